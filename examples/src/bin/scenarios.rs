@@ -1,0 +1,152 @@
+//! Guest scenarios the hypervisor's integration tests boot and observe.
+//!
+//! `dbos run scenarios -- NAME`; each scenario prints what the test checks.
+#![no_std]
+#![no_main]
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use libdbos::paging::{self, PageTableFlags};
+use libdbos::{frames, println, HookResult, InterruptFrame, PageFault};
+
+libdbos::entry!(main);
+
+/// A virtual window nothing maps at boot (above the direct map's reach is not
+/// needed: the lower half is entirely unmapped).
+const WINDOW: u64 = 0x0000_1000_0000_0000;
+
+fn main() -> u8 {
+    let mut args = libdbos::args();
+    let scenario = args.next().unwrap_or("");
+    match scenario {
+        "page-fault-hook" => page_fault_hook(),
+        "unhandled-fault" => unhandled_fault(),
+        "hook-declines" => hook_declines(),
+        "panic" => panic!("scenario panic with value {}", 42),
+        "bad-pointer" => {
+            println!("passing an address beyond guest memory to the console call");
+            libdbos::hypercall::console_write_raw(1 << 40, 16);
+            println!("still running after a bad pointer");
+            0
+        }
+        "bad-length" => {
+            let text = b"abc";
+            let phys = libdbos::memory::virt_to_phys(text.as_ptr() as u64).unwrap();
+            libdbos::hypercall::console_write_raw(phys, u64::MAX - 8);
+            println!("still running after a bad length");
+            0
+        }
+        "clock" => {
+            let a = libdbos::hypercall::clock_nanos();
+            let b = libdbos::hypercall::clock_nanos();
+            println!("clock {a} {b} monotonic={}", b >= a && a > 0);
+            0
+        }
+        "args" => {
+            let all: alloc_free::Joined = args.collect();
+            println!("args: {}", all.as_str());
+            0
+        }
+        other => panic!("unknown scenario {other:?}"),
+    }
+}
+
+/// Reads the u64 at `addr`. Naked so that the faulting instruction is the
+/// function's first: a fault here has RIP == `load as u64`.
+#[unsafe(naked)]
+extern "sysv64" fn load(addr: u64) -> u64 {
+    core::arch::naked_asm!("mov rax, qword ptr [rdi]", "ret")
+}
+
+/// Writes `value` at `addr`; the faulting instruction is the first.
+#[unsafe(naked)]
+extern "sysv64" fn store(addr: u64, value: u64) {
+    core::arch::naked_asm!("mov qword ptr [rdi], rsi", "ret")
+}
+
+static FAULT_ADDR: AtomicU64 = AtomicU64::new(0);
+static FAULT_ERROR: AtomicU64 = AtomicU64::new(0);
+static FAULT_RIP: AtomicU64 = AtomicU64::new(0);
+static FAULT_COUNT: AtomicU64 = AtomicU64::new(0);
+
+fn map_on_fault(fault: &PageFault, _frame: &mut InterruptFrame) -> HookResult {
+    FAULT_ADDR.store(fault.addr, Ordering::Relaxed);
+    FAULT_ERROR.store(fault.error.0, Ordering::Relaxed);
+    FAULT_RIP.store(fault.rip, Ordering::Relaxed);
+    FAULT_COUNT.fetch_add(1, Ordering::Relaxed);
+    if !(WINDOW..WINDOW + (1 << 30)).contains(&fault.addr) {
+        return HookResult::Unhandled;
+    }
+    let Some(frame) = frames::alloc_zeroed() else {
+        return HookResult::Unhandled;
+    };
+    let flags = PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+    match paging::map_4k(fault.addr & !0xfff, frame, flags) {
+        Ok(()) => HookResult::Handled,
+        Err(_) => HookResult::Unhandled,
+    }
+}
+
+fn page_fault_hook() -> u8 {
+    libdbos::set_page_fault_hook(Some(map_on_fault));
+    let addr = WINDOW + 0x5000 + 0x238;
+    store(addr, 0xdead_beef_cafe_f00d);
+    let value = load(addr);
+    println!(
+        "fault cr2={:#x} error={:#x} rip-is-store={} faults={} value={:#x} phys-mapped={}",
+        FAULT_ADDR.load(Ordering::Relaxed),
+        FAULT_ERROR.load(Ordering::Relaxed),
+        FAULT_RIP.load(Ordering::Relaxed) == (store as extern "sysv64" fn(u64, u64)) as usize as u64,
+        FAULT_COUNT.load(Ordering::Relaxed),
+        value,
+        paging::translate(addr).is_some(),
+    );
+    // A second access to the same page must not fault again.
+    store(addr + 8, 7);
+    println!("faults after second access={}", FAULT_COUNT.load(Ordering::Relaxed));
+    0
+}
+
+fn unhandled_fault() -> u8 {
+    let addr = WINDOW + 0x7_7000 + 0x10;
+    println!("load-fn={:#x} addr={:#x}", (load as extern "sysv64" fn(u64) -> u64) as usize, addr);
+    let v = load(addr);
+    println!("unreachable: read {v}");
+    0
+}
+
+fn hook_declines() -> u8 {
+    libdbos::set_page_fault_hook(Some(map_on_fault));
+    // Outside the window the hook handles: it declines.
+    let addr = 0x0000_2000_0000_0000 + 0x40;
+    println!("load-fn={:#x} addr={:#x}", (load as extern "sysv64" fn(u64) -> u64) as usize, addr);
+    let v = load(addr);
+    println!("unreachable: read {v}");
+    0
+}
+
+/// Joining arguments without a heap-free dependency on `alloc` in this file.
+mod alloc_free {
+    extern crate alloc;
+    use alloc::string::String;
+
+    pub struct Joined(String);
+
+    impl Joined {
+        pub fn as_str(&self) -> &str {
+            &self.0
+        }
+    }
+
+    impl<'a> FromIterator<&'a str> for Joined {
+        fn from_iter<I: IntoIterator<Item = &'a str>>(iter: I) -> Self {
+            let mut s = String::new();
+            for (i, w) in iter.into_iter().enumerate() {
+                if i > 0 {
+                    s.push('|');
+                }
+                s.push_str(w);
+            }
+            Joined(s)
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The ring-0 guest kernel: only compiled for `x86_64-unknown-none`.
+
+
+
+pub mod boot;
+pub mod console;
+pub mod frames;
+pub mod gdt;
+pub mod heap;
+pub mod hypercall;
+pub mod idt;
+pub mod interrupts;
+pub mod memory;
+pub mod paging;
+
+pub mod panic;
+pub mod percpu;
+
+pub use boot::{args, boot_info, exit, Args};
+pub use interrupts::{
+    set_page_fault_hook, set_vector_hook, HookResult, InterruptFrame, PageFault, PageFaultError,
+};

@@ -1,0 +1,24 @@
+//! `libdbos`: the guest kernel library of dbos, and the host/guest ABI.
+//!
+//! Built for `x86_64-unknown-none`, this crate is a small ring-0 kernel that a
+//! database links against: it boots on the vCPUs the `dbos` hypervisor starts,
+//! sets up per-CPU descriptor tables with IST stacks, an IDT whose handlers save
+//! the full register state and call hooks the database registers, a heap, a
+//! frame allocator and page-table access, and a `log` backend and panic
+//! handler that go through hypercalls. A guest program provides its entry
+//! point with [`entry!`].
+//!
+//! Built for the host, only the target-independent parts are compiled: the
+//! [`abi`] module, which the hypervisor uses, and helpers such as [`fmtbuf`].
+#![no_std]
+
+#[cfg(target_os = "none")]
+extern crate alloc;
+
+pub mod abi;
+pub mod fmtbuf;
+
+#[cfg(target_os = "none")]
+mod guest;
+#[cfg(target_os = "none")]
+pub use guest::*;
