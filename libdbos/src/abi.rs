@@ -260,6 +260,51 @@ pub struct ClockArgs {
     pub nanos: u64,
 }
 
+/// Plain old data: `#[repr(C)]`, only integer fields, no padding bytes, so
+/// every bit pattern is a valid value and the host may copy it in and out of
+/// guest memory as bytes.
+///
+/// # Safety
+/// Implement only for types that satisfy all of the above.
+pub unsafe trait Pod: Copy + Default + 'static {}
+
+// SAFETY: each is #[repr(C)] with only u32/u64 fields (or arrays or structs
+// of such) laid out without padding, as `layouts_are_stable` checks.
+unsafe impl Pod for MemoryRegion {}
+// SAFETY: as above.
+unsafe impl Pod for GuestBuf {}
+// SAFETY: as above.
+unsafe impl Pod for ConsoleArgs {}
+// SAFETY: as above.
+unsafe impl Pod for ExitArgs {}
+// SAFETY: as above.
+unsafe impl Pod for PanicArgs {}
+// SAFETY: as above.
+unsafe impl Pod for FaultArgs {}
+// SAFETY: as above.
+unsafe impl Pod for ClockArgs {}
+// SAFETY: as above.
+unsafe impl Pod for BootInfo {}
+// SAFETY: an integer has no padding and no invalid bit patterns.
+unsafe impl Pod for u64 {}
+
+impl Default for BootInfo {
+    fn default() -> Self {
+        BootInfo {
+            magic: 0,
+            abi_version: 0,
+            vcpu_count: 0,
+            ram_bytes: 0,
+            memory_map_len: 0,
+            argc: 0,
+            args_addr: 0,
+            args_len: 0,
+            pml4_addr: 0,
+            memory_map: [MemoryRegion::default(); MAX_MEMORY_REGIONS],
+        }
+    }
+}
+
 /// Exception vectors 0..32 by name, for reports on both sides.
 pub fn exception_name(vector: u64) -> &'static str {
     match vector {

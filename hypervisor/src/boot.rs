@@ -1,0 +1,263 @@
+//! Writing the guest's boot state into guest memory: the image, a GDT, the
+//! boot information with the arguments, and the initial page tables.
+//!
+//! Boot-data region layout (guest-physical, inside `abi::BOOT_REGION`):
+//! GDT at [`GDT_ADDR`], `BootInfo` at [`BOOT_INFO_ADDR`], arguments at
+//! [`ARGS_ADDR`], and page tables from [`TABLES_START`] to the region's end.
+
+use crate::elf::Image;
+use crate::layout::{Layout, PAGE};
+use crate::memory::GuestRam;
+use libdbos::abi::{
+    self, BootInfo, BOOT_MAGIC, DIRECT_MAP_BASE, IMAGE_BASE, MAX_ARGS_BYTES, MAX_MEMORY_REGIONS,
+};
+
+pub const GDT_ADDR: u64 = 0x1000;
+pub const BOOT_INFO_ADDR: u64 = 0x2000;
+pub const ARGS_ADDR: u64 = 0x3000;
+pub const TABLES_START: u64 = 0x4000;
+
+/// GDT selectors set at entry (libdbos loads its own GDT with the same ones).
+pub const CODE_SELECTOR: u16 = 0x08;
+pub const DATA_SELECTOR: u16 = 0x10;
+
+const PTE_PRESENT: u64 = 1 << 0;
+const PTE_WRITABLE: u64 = 1 << 1;
+const PTE_HUGE: u64 = 1 << 7;
+const PTE_NX: u64 = 1 << 63;
+const HUGE: u64 = 2 << 20;
+
+/// Why the boot state could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("guest arguments take {0} bytes, more than the {MAX_ARGS_BYTES}-byte limit")]
+    ArgsTooLong(usize),
+    #[error("guest argument {0:?} contains a NUL byte")]
+    ArgHasNul(String),
+    #[error("the boot page tables do not fit the boot region (guest memory or image too large)")]
+    TablesFull,
+    #[error("the memory map has {0} regions, more than the ABI's {MAX_MEMORY_REGIONS}")]
+    MemoryMapTooLarge(usize),
+    #[error("writing boot data into guest memory: {0}")]
+    Memory(#[from] crate::memory::MemoryError),
+}
+
+/// Writes everything the guest needs at entry. Returns the PML4 address.
+pub fn write_boot_state(
+    ram: &GuestRam,
+    layout: &Layout,
+    image: &Image,
+    args: &[String],
+    vcpus: u32,
+    abi_version: u32,
+    nx: bool,
+) -> Result<BootState, BootError> {
+    for seg in &image.segments {
+        ram.write(seg.phys, &seg.data)?;
+        // The tail past the file data is already zero: fresh guest RAM is
+        // anonymous memory.
+    }
+    ram.write(GDT_ADDR, &gdt_bytes())?;
+
+    let mut arg_bytes = Vec::new();
+    for a in args {
+        if a.as_bytes().contains(&0) {
+            return Err(BootError::ArgHasNul(a.clone()));
+        }
+        arg_bytes.extend_from_slice(a.as_bytes());
+        arg_bytes.push(0);
+    }
+    if arg_bytes.len() > MAX_ARGS_BYTES {
+        return Err(BootError::ArgsTooLong(arg_bytes.len()));
+    }
+    ram.write(ARGS_ADDR, &arg_bytes)?;
+
+    let pml4 = build_page_tables(ram, layout, image, nx)?;
+
+    let map = layout.memory_map();
+    if map.len() > MAX_MEMORY_REGIONS {
+        return Err(BootError::MemoryMapTooLarge(map.len()));
+    }
+    let mut info = BootInfo {
+        magic: BOOT_MAGIC,
+        abi_version,
+        vcpu_count: vcpus,
+        ram_bytes: layout.ram_bytes(),
+        memory_map_len: map.len() as u32,
+        argc: args.len() as u32,
+        args_addr: ARGS_ADDR,
+        args_len: arg_bytes.len() as u64,
+        pml4_addr: pml4,
+        ..BootInfo::default()
+    };
+    info.memory_map[..map.len()].copy_from_slice(&map);
+    ram.write_pod(BOOT_INFO_ADDR, &info)?;
+    Ok(BootState {
+        pml4,
+        boot_info_virt: DIRECT_MAP_BASE + BOOT_INFO_ADDR,
+        gdt_virt: DIRECT_MAP_BASE + GDT_ADDR,
+    })
+}
+
+/// Addresses the vCPU setup needs.
+#[derive(Clone, Copy, Debug)]
+pub struct BootState {
+    pub pml4: u64,
+    pub boot_info_virt: u64,
+    pub gdt_virt: u64,
+}
+
+/// Null, 64-bit ring-0 code, ring-0 data.
+fn gdt_bytes() -> Vec<u8> {
+    let entries: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+    entries.iter().flat_map(|e| e.to_le_bytes()).collect()
+}
+
+/// Hands out zeroed page-table pages from the boot region.
+struct TableAlloc<'a> {
+    ram: &'a GuestRam,
+    next: u64,
+    end: u64,
+}
+
+impl TableAlloc<'_> {
+    fn page(&mut self) -> Result<u64, BootError> {
+        if self.next + PAGE > self.end {
+            return Err(BootError::TablesFull);
+        }
+        let p = self.next;
+        self.next += PAGE;
+        self.ram.write(p, &[0u8; PAGE as usize])?;
+        Ok(p)
+    }
+
+    /// Returns the table that entry `index` of `table` points to, creating it.
+    fn child(&mut self, table: u64, index: u64) -> Result<u64, BootError> {
+        let slot = table + index * 8;
+        let entry: u64 = self.ram.read_pod(slot)?;
+        if entry & PTE_PRESENT != 0 {
+            return Ok(entry & 0x000f_ffff_ffff_f000);
+        }
+        let child = self.page()?;
+        self.ram.write_pod(slot, &(child | PTE_PRESENT | PTE_WRITABLE))?;
+        Ok(child)
+    }
+}
+
+fn index(virt: u64, level: u32) -> u64 {
+    (virt >> (12 + 9 * level)) & 0x1ff
+}
+
+/// Builds the direct map (2 MiB pages, RW, NX) of all RAM and the image
+/// mapping (4 KiB pages with the segments' permissions).
+fn build_page_tables(ram: &GuestRam, layout: &Layout, image: &Image, nx: bool) -> Result<u64, BootError> {
+    let nx_bit = if nx { PTE_NX } else { 0 };
+    let mut tables = TableAlloc { ram, next: TABLES_START, end: layout.boot.end };
+    let pml4 = tables.page()?;
+
+    for r in &layout.ram {
+        let mut phys = r.start & !(HUGE - 1);
+        while phys < r.end {
+            let virt = DIRECT_MAP_BASE + phys;
+            let pdpt = tables.child(pml4, index(virt, 3))?;
+            let pd = tables.child(pdpt, index(virt, 2))?;
+            let entry = phys | PTE_PRESENT | PTE_WRITABLE | PTE_HUGE | nx_bit;
+            ram.write_pod(pd + index(virt, 1) * 8, &entry)?;
+            phys += HUGE;
+        }
+    }
+
+    for seg in &image.segments {
+        let mut phys = seg.phys & !(PAGE - 1);
+        while phys < seg.phys_end() {
+            let virt = IMAGE_BASE + phys;
+            let pdpt = tables.child(pml4, index(virt, 3))?;
+            let pd = tables.child(pdpt, index(virt, 2))?;
+            let pt = tables.child(pd, index(virt, 1))?;
+            let slot = pt + index(virt, 0) * 8;
+            // Two segments may share a page at their boundary: the page gets
+            // the union of their permissions.
+            let old: u64 = ram.read_pod(slot)?;
+            let mut entry = phys | PTE_PRESENT;
+            let writable = seg.writable || old & PTE_WRITABLE != 0;
+            let executable = seg.executable || (old & PTE_PRESENT != 0 && old & PTE_NX == 0);
+            if writable {
+                entry |= PTE_WRITABLE;
+            }
+            if !executable {
+                entry |= nx_bit;
+            }
+            ram.write_pod(slot, &entry)?;
+            phys += PAGE;
+        }
+    }
+    Ok(pml4)
+}
+
+/// The ABI version the hypervisor advertises unless told otherwise.
+pub const DEFAULT_ABI_VERSION: u32 = abi::ABI_VERSION;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf::Segment;
+
+    /// Walks the tables the way the MMU does; returns (phys, pte flags).
+    fn walk(ram: &GuestRam, pml4: u64, virt: u64) -> Option<(u64, u64)> {
+        let mut table = pml4;
+        for level in (0..4).rev() {
+            let e: u64 = ram.read_pod(table + index(virt, level) * 8).ok()?;
+            if e & PTE_PRESENT == 0 {
+                return None;
+            }
+            let base = e & 0x000f_ffff_ffff_f000;
+            if level == 1 && e & PTE_HUGE != 0 {
+                return Some((base + (virt & (HUGE - 1)), e));
+            }
+            if level == 0 {
+                return Some((base + (virt & (PAGE - 1)), e));
+            }
+            table = base;
+        }
+        None
+    }
+
+    #[test]
+    fn maps_ram_and_image() {
+        let image = Image {
+            entry: IMAGE_BASE + 0x20_0000,
+            segments: vec![
+                Segment { phys: 0x20_0000, mem_size: 0x1800, data: vec![0x90; 16], writable: false, executable: true },
+                Segment { phys: 0x20_2000, mem_size: 0x3000, data: vec![1, 2, 3], writable: true, executable: false },
+            ],
+        };
+        let layout = Layout::plan(32 << 20, &image, 1).unwrap();
+        let ram = GuestRam::new(&layout.ram).unwrap();
+        let st = write_boot_state(&ram, &layout, &image, &["a".into(), "bc".into()], 1, 7, true).unwrap();
+
+        let (p, f) = walk(&ram, st.pml4, DIRECT_MAP_BASE + 0x123_4567).unwrap();
+        assert_eq!(p, 0x123_4567);
+        assert!(f & PTE_WRITABLE != 0 && f & PTE_NX != 0);
+        assert_eq!(walk(&ram, st.pml4, DIRECT_MAP_BASE + (32 << 20)), None);
+
+        let (p, f) = walk(&ram, st.pml4, IMAGE_BASE + 0x20_1004).unwrap();
+        assert_eq!(p, 0x20_1004);
+        assert!(f & PTE_WRITABLE == 0 && f & PTE_NX == 0, "text is RX");
+        let (_, f) = walk(&ram, st.pml4, IMAGE_BASE + 0x20_4000).unwrap();
+        assert!(f & PTE_WRITABLE != 0 && f & PTE_NX != 0, "data is RW NX");
+        assert_eq!(walk(&ram, st.pml4, IMAGE_BASE + 0x20_5000), None);
+        assert_eq!(walk(&ram, st.pml4, 0), None, "nothing at virtual 0");
+
+        let info: BootInfo = ram.read_pod(BOOT_INFO_ADDR).unwrap();
+        assert_eq!(info.magic, BOOT_MAGIC);
+        assert_eq!(info.abi_version, 7);
+        assert_eq!(info.argc, 2);
+        assert_eq!(info.args_len, 5);
+        let mut args = [0u8; 5];
+        ram.read(ARGS_ADDR, &mut args).unwrap();
+        assert_eq!(&args, b"a\0bc\0");
+        let mut text = [0u8; 16];
+        ram.read(0x20_0000, &mut text).unwrap();
+        assert_eq!(text, [0x90; 16]);
+    }
+}

@@ -1,0 +1,96 @@
+//! Guest console output: bytes from the console hypercall, assembled into
+//! lines per vCPU and printed prefixed by the vCPU index (`[vcpu0] ...`).
+
+use std::io::Write;
+use std::sync::Mutex;
+
+/// Longest line kept; a longer one is printed in pieces.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Console state shared by the vCPU threads.
+pub struct Console {
+    inner: Mutex<Inner>,
+    echo: bool,
+    capture: bool,
+}
+
+struct Inner {
+    partial: Vec<Vec<u8>>,
+    captured: Vec<String>,
+}
+
+impl Console {
+    /// `echo`: print lines on stdout; `capture`: keep them for the run report.
+    pub fn new(vcpus: u32, echo: bool, capture: bool) -> Self {
+        Console {
+            inner: Mutex::new(Inner {
+                partial: vec![Vec::new(); vcpus as usize],
+                captured: Vec::new(),
+            }),
+            echo,
+            capture,
+        }
+    }
+
+    /// Appends bytes written by `vcpu`.
+    pub fn write(&self, vcpu: u32, bytes: &[u8]) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lines = Vec::new();
+        let partial = &mut inner.partial[vcpu as usize];
+        for &b in bytes {
+            if b == b'\n' || partial.len() >= MAX_LINE {
+                lines.push(std::mem::take(partial));
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            partial.push(b);
+        }
+        for line in lines {
+            self.emit(&mut inner, vcpu, &line);
+        }
+    }
+
+    /// Emits unterminated output left at the end of the run.
+    pub fn flush(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for vcpu in 0..inner.partial.len() {
+            let line = std::mem::take(&mut inner.partial[vcpu]);
+            if !line.is_empty() {
+                self.emit(&mut inner, vcpu as u32, &line);
+            }
+        }
+    }
+
+    fn emit(&self, inner: &mut Inner, vcpu: u32, line: &[u8]) {
+        let text = format!("[vcpu{vcpu}] {}", String::from_utf8_lossy(line));
+        if self.echo {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        }
+        if self.capture {
+            inner.captured.push(text);
+        }
+    }
+
+    /// The captured lines so far.
+    pub fn captured(&self) -> Vec<String> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).captured.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assembles_lines_per_vcpu() {
+        let c = Console::new(2, false, true);
+        c.write(0, b"hel");
+        c.write(1, b"other\n");
+        c.write(0, b"lo\nwor");
+        c.flush();
+        assert_eq!(c.captured(), vec!["[vcpu1] other", "[vcpu0] hello", "[vcpu0] wor"]);
+    }
+}

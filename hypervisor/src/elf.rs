@@ -1,0 +1,190 @@
+//! Loading a static ELF64 guest image.
+//!
+//! A dbos guest is an `ET_EXEC`, x86-64, little-endian ELF64 file whose
+//! loadable segments are linked in the image window (`IMAGE_BASE + p`) and
+//! loaded at guest-physical `p` (see `libdbos::abi` and `libdbos/guest.ld`).
+//! Everything else is rejected here, before any guest memory is touched.
+
+use goblin::elf::header::{EM_X86_64, ET_EXEC};
+use goblin::elf::program_header::{PF_W, PF_X, PT_LOAD};
+use goblin::elf::Elf;
+use libdbos::abi::{IMAGE_BASE, IMAGE_PHYS_MAX, IMAGE_PHYS_MIN};
+
+/// Why an image was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ElfError {
+    #[error("not an ELF file (bad magic)")]
+    NotElf,
+    #[error("truncated ELF file: {0}")]
+    Truncated(String),
+    #[error("malformed ELF file: {0}")]
+    Malformed(String),
+    #[error("wrong ELF class: a dbos guest must be ELF64, this is ELF32")]
+    WrongClass,
+    #[error("wrong byte order: a dbos guest must be little-endian")]
+    WrongEndianness,
+    #[error("wrong machine: a dbos guest must be x86-64 (e_machine 62), this is e_machine {0}")]
+    WrongMachine(u16),
+    #[error("wrong ELF type {0}: a dbos guest must be a static executable (ET_EXEC); build it with libdbos/guest.ld and --no-pie")]
+    NotExecutable(u16),
+    #[error("no loadable segment")]
+    NoSegments,
+    #[error(
+        "segment {index} at virtual {vaddr:#x} is outside the image window \
+         [{IMAGE_BASE:#x}, {:#x}); link the guest with libdbos/guest.ld",
+        IMAGE_BASE + IMAGE_PHYS_MAX
+    )]
+    SegmentOutsideWindow { index: usize, vaddr: u64 },
+    #[error("segment {index} has physical address {paddr:#x} but virtual {vaddr:#x}; a dbos image needs vaddr = {IMAGE_BASE:#x} + paddr")]
+    SegmentAddressMismatch { index: usize, vaddr: u64, paddr: u64 },
+    #[error(
+        "segment {index} [{start:#x}, {end:#x}) lies outside guest memory available to the image \
+         [{IMAGE_PHYS_MIN:#x}, {limit:#x})"
+    )]
+    SegmentOutsideMemory { index: usize, start: u64, end: u64, limit: u64 },
+    #[error("segment {index} has a file size {filesz} larger than its memory size {memsz}")]
+    FileSizeExceedsMemSize { index: usize, filesz: u64, memsz: u64 },
+    #[error("segments {0} and {1} overlap")]
+    OverlappingSegments(usize, usize),
+    #[error("entry point {0:#x} is not inside an executable segment")]
+    BadEntry(u64),
+}
+
+/// A loadable segment, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Guest-physical load address.
+    pub phys: u64,
+    /// Bytes in memory (the tail past `data` is zero).
+    pub mem_size: u64,
+    /// Contents from the file.
+    pub data: Vec<u8>,
+    pub writable: bool,
+    pub executable: bool,
+}
+
+impl Segment {
+    pub fn phys_end(&self) -> u64 {
+        self.phys + self.mem_size
+    }
+}
+
+/// A validated guest image, ready to be copied into guest memory.
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// Virtual entry point.
+    pub entry: u64,
+    pub segments: Vec<Segment>,
+}
+
+impl Image {
+    /// Guest-physical end of the highest segment (exclusive).
+    pub fn phys_end(&self) -> u64 {
+        self.segments.iter().map(Segment::phys_end).max().unwrap_or(IMAGE_PHYS_MIN)
+    }
+
+    /// Parses and validates `bytes` for a guest whose image may reach up to
+    /// guest-physical `phys_limit` (exclusive).
+    pub fn parse(bytes: &[u8], phys_limit: u64) -> Result<Image, ElfError> {
+        if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
+            return Err(ElfError::NotElf);
+        }
+        if bytes.len() < 64 {
+            return Err(ElfError::Truncated(format!(
+                "{} bytes is shorter than an ELF64 header (64 bytes)",
+                bytes.len()
+            )));
+        }
+        match bytes[4] {
+            2 => {}
+            1 => return Err(ElfError::WrongClass),
+            c => return Err(ElfError::Malformed(format!("unknown ELF class {c}"))),
+        }
+        if bytes[5] != 1 {
+            return Err(ElfError::WrongEndianness);
+        }
+        let elf = Elf::parse_header(bytes).map_err(|e| ElfError::Malformed(e.to_string()))?;
+        if elf.e_machine != EM_X86_64 {
+            return Err(ElfError::WrongMachine(elf.e_machine));
+        }
+        if elf.e_type != ET_EXEC {
+            return Err(ElfError::NotExecutable(elf.e_type));
+        }
+        let ph_end = elf.e_phoff.saturating_add(u64::from(elf.e_phnum) * u64::from(elf.e_phentsize));
+        if ph_end > bytes.len() as u64 {
+            return Err(ElfError::Truncated(format!(
+                "program headers end at byte {ph_end}, the file has {}",
+                bytes.len()
+            )));
+        }
+        let elf = Elf::parse(bytes).map_err(|e| match e {
+            goblin::error::Error::Scroll(_) | goblin::error::Error::BufferTooShort(..) => {
+                ElfError::Truncated(e.to_string())
+            }
+            other => ElfError::Malformed(other.to_string()),
+        })?;
+
+        let mut segments = Vec::new();
+        for (index, ph) in elf.program_headers.iter().enumerate() {
+            if ph.p_type != PT_LOAD || ph.p_memsz == 0 {
+                continue;
+            }
+            if ph.p_filesz > ph.p_memsz {
+                return Err(ElfError::FileSizeExceedsMemSize {
+                    index,
+                    filesz: ph.p_filesz,
+                    memsz: ph.p_memsz,
+                });
+            }
+            if ph.p_vaddr < IMAGE_BASE {
+                return Err(ElfError::SegmentOutsideWindow { index, vaddr: ph.p_vaddr });
+            }
+            if ph.p_vaddr - IMAGE_BASE != ph.p_paddr {
+                return Err(ElfError::SegmentAddressMismatch {
+                    index,
+                    vaddr: ph.p_vaddr,
+                    paddr: ph.p_paddr,
+                });
+            }
+            let start = ph.p_paddr;
+            let end = start.checked_add(ph.p_memsz).unwrap_or(u64::MAX);
+            let limit = phys_limit.min(IMAGE_PHYS_MAX);
+            if start < IMAGE_PHYS_MIN || end > limit {
+                return Err(ElfError::SegmentOutsideMemory { index, start, end, limit });
+            }
+            let file_end = ph.p_offset.checked_add(ph.p_filesz).unwrap_or(u64::MAX);
+            if file_end > bytes.len() as u64 {
+                return Err(ElfError::Truncated(format!(
+                    "segment {index} needs file bytes up to {file_end}, the file has {}",
+                    bytes.len()
+                )));
+            }
+            segments.push(Segment {
+                phys: start,
+                mem_size: ph.p_memsz,
+                data: bytes[ph.p_offset as usize..file_end as usize].to_vec(),
+                writable: ph.p_flags & PF_W != 0,
+                executable: ph.p_flags & PF_X != 0,
+            });
+        }
+        if segments.is_empty() {
+            return Err(ElfError::NoSegments);
+        }
+        let mut order: Vec<usize> = (0..segments.len()).collect();
+        order.sort_by_key(|&i| segments[i].phys);
+        for pair in order.windows(2) {
+            let (a, b) = (&segments[pair[0]], &segments[pair[1]]);
+            if a.phys_end() > b.phys {
+                return Err(ElfError::OverlappingSegments(pair[0], pair[1]));
+            }
+        }
+        let entry = elf.entry;
+        let entry_ok = segments.iter().any(|s| {
+            s.executable && (IMAGE_BASE + s.phys..IMAGE_BASE + s.phys_end()).contains(&entry)
+        });
+        if !entry_ok {
+            return Err(ElfError::BadEntry(entry));
+        }
+        Ok(Image { entry, segments })
+    }
+}

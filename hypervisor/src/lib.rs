@@ -1,0 +1,30 @@
+//! The dbos hypervisor: a small KVM-based VMM that runs a `libdbos` guest in
+//! 64-bit ring 0.
+//!
+//! [`Vm::from_file`] validates and loads a static ELF64 image, lays out guest
+//! memory ([`layout`]), writes the boot state ([`boot`]) and creates the vCPUs
+//! ([`vcpu`]); [`Vm::run`] runs them until the guest stops and returns a
+//! [`RunReport`]. Guest services go through the hypercall server
+//! ([`hypercall`]), which checks every guest address against guest memory
+//! ([`memory`]).
+
+pub mod boot;
+pub mod console;
+pub mod elf;
+pub mod hypercall;
+pub mod layout;
+pub mod memory;
+pub mod report;
+pub mod vcpu;
+pub mod vm;
+
+pub use report::{ExitCounts, GuestExit, RunReport};
+pub use vm::{Vm, VmConfig, VmError};
+
+/// Directory holding the guest images built from `examples/` with this crate.
+pub const GUEST_DIR: &str = env!("DBOS_GUEST_DIR");
+
+/// Path of the built guest image `name` (e.g. `"hello"`).
+pub fn guest_image(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(GUEST_DIR).join(name)
+}

@@ -1,0 +1,129 @@
+//! Guest RAM: anonymous host memory (vm-memory) registered with KVM, and the
+//! only way the VMM reads or writes it. Every access is checked against the
+//! guest's RAM ranges first, so a guest-supplied address can never make the
+//! VMM touch host memory outside guest memory.
+
+use crate::layout::Range;
+use libdbos::abi::Pod;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+/// An access outside guest RAM.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MemoryError {
+    #[error("guest range [{addr:#x}, +{len:#x}) is outside guest memory")]
+    OutOfRange { addr: u64, len: u64 },
+    #[error("could not allocate {0} bytes of guest memory: {1}")]
+    Alloc(u64, String),
+}
+
+/// The guest's RAM.
+pub struct GuestRam {
+    mem: GuestMemoryMmap,
+}
+
+/// One region as KVM needs it.
+pub struct HostRegion {
+    pub guest_addr: u64,
+    pub size: u64,
+    pub host_addr: u64,
+}
+
+impl GuestRam {
+    /// Allocates zeroed RAM for the given guest-physical ranges.
+    pub fn new(ranges: &[Range]) -> Result<Self, MemoryError> {
+        let spec: Vec<(GuestAddress, usize)> = ranges
+            .iter()
+            .map(|r| (GuestAddress(r.start), r.len() as usize))
+            .collect();
+        let total = ranges.iter().map(Range::len).sum();
+        let mem = GuestMemoryMmap::from_ranges(&spec).map_err(|e| MemoryError::Alloc(total, e.to_string()))?;
+        Ok(GuestRam { mem })
+    }
+
+    /// The regions to register with KVM.
+    pub fn host_regions(&self) -> Vec<HostRegion> {
+        self.mem
+            .iter()
+            .map(|r| HostRegion {
+                guest_addr: r.start_addr().0,
+                size: r.len(),
+                host_addr: r.as_ptr() as u64,
+            })
+            .collect()
+    }
+
+    /// Checks that `[addr, addr + len)` lies entirely in guest RAM.
+    pub fn check(&self, addr: u64, len: u64) -> Result<(), MemoryError> {
+        let err = MemoryError::OutOfRange { addr, len };
+        let end = addr.checked_add(len).ok_or(err.clone())?;
+        if len == 0 {
+            return Ok(());
+        }
+        // RAM ranges are disjoint and a checked range must sit in one of them
+        // (there is nothing between them).
+        let inside = self
+            .mem
+            .iter()
+            .any(|r| addr >= r.start_addr().0 && end <= r.start_addr().0 + r.len());
+        if inside {
+            Ok(())
+        } else {
+            Err(err)
+        }
+    }
+
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.check(addr, buf.len() as u64)?;
+        self.mem
+            .read_slice(buf, GuestAddress(addr))
+            .map_err(|_| MemoryError::OutOfRange { addr, len: buf.len() as u64 })
+    }
+
+    pub fn write(&self, addr: u64, buf: &[u8]) -> Result<(), MemoryError> {
+        self.check(addr, buf.len() as u64)?;
+        self.mem
+            .write_slice(buf, GuestAddress(addr))
+            .map_err(|_| MemoryError::OutOfRange { addr, len: buf.len() as u64 })
+    }
+
+    /// Reads a plain-data value (an ABI struct or an integer).
+    pub fn read_pod<T: Pod>(&self, addr: u64) -> Result<T, MemoryError> {
+        let mut value = T::default();
+        // SAFETY: `T: Pod` has no padding and accepts any bit pattern, so
+        // viewing it as bytes and filling them in is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut((&mut value as *mut T).cast::<u8>(), size_of::<T>())
+        };
+        self.read(addr, bytes)?;
+        Ok(value)
+    }
+
+    /// Writes a plain-data value.
+    pub fn write_pod<T: Pod>(&self, addr: u64, value: &T) -> Result<(), MemoryError> {
+        // SAFETY: `T: Pod` has no padding, so all its bytes are initialised.
+        let bytes = unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
+        self.write(addr, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_enforced() {
+        let ram = GuestRam::new(&[Range { start: 0, end: 0x10000 }, Range { start: 0x20000, end: 0x21000 }]).unwrap();
+        assert!(ram.check(0, 0x10000).is_ok());
+        assert!(ram.check(0xfff0, 0x20).is_err(), "runs off the end");
+        assert!(ram.check(0x10000, 1).is_err(), "in the gap");
+        assert!(ram.check(0xffff, 0x10002).is_err(), "spans the gap");
+        assert!(ram.check(u64::MAX - 4, 16).is_err(), "wraps");
+        assert!(ram.check(0x20ff0, 0x10).is_ok());
+        ram.write_pod(0x20ff8, &0x1122_3344_5566_7788u64).unwrap();
+        assert_eq!(ram.read_pod::<u64>(0x20ff8).unwrap(), 0x1122_3344_5566_7788);
+        assert_eq!(
+            ram.write(0x20ffc, &[0u8; 8]),
+            Err(MemoryError::OutOfRange { addr: 0x20ffc, len: 8 })
+        );
+    }
+}

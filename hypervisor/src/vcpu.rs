@@ -1,0 +1,184 @@
+//! One vCPU: its initial register state and its run loop.
+//!
+//! The loop runs `KVM_RUN`, serves hypercall exits through the
+//! [`hypercall::Server`](crate::hypercall::Server), counts every exit, and
+//! turns anything unexpected (triple fault, emulation failure, an unknown
+//! port, MMIO with no device) into a [`GuestExit::Crashed`] with the vCPU's
+//! RIP and a register dump.
+
+use crate::boot::{BootState, CODE_SELECTOR, DATA_SELECTOR};
+use crate::hypercall::{self, Outcome};
+use crate::report::{ExitCounts, GuestExit, RegisterDump};
+use crate::vm::Shared;
+use kvm_bindings::{kvm_segment, CpuId};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use libdbos::abi::{Hypercall, DIRECT_MAP_BASE};
+use std::sync::atomic::Ordering;
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_MP: u64 = 1 << 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_WP: u64 = 1 << 16;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
+
+/// Sets `cpuid` (with this vCPU's APIC id), the long-mode segment and control
+/// registers, and the entry registers from the ABI: `rip` = entry,
+/// `rdi` = boot info, `rsi` = vCPU index, `rsp` = boot stack top - 8.
+pub fn setup(
+    vcpu: &VcpuFd,
+    index: u32,
+    cpuid: &CpuId,
+    boot: &BootState,
+    entry: u64,
+    stack_top_phys: u64,
+    nx: bool,
+) -> Result<(), kvm_ioctls::Error> {
+    let mut cpuid = cpuid.clone();
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => e.ebx = (e.ebx & 0x00ff_ffff) | (index << 24),
+            0xb | 0x1f => e.edx = index,
+            _ => {}
+        }
+    }
+    vcpu.set_cpuid2(&cpuid)?;
+
+    let mut sregs = vcpu.get_sregs()?;
+    let code = kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: CODE_SELECTOR,
+        type_: 0xb,
+        present: 1,
+        dpl: 0,
+        db: 0,
+        s: 1,
+        l: 1,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    };
+    let data = kvm_segment {
+        selector: DATA_SELECTOR,
+        type_: 0x3,
+        db: 1,
+        l: 0,
+        ..code
+    };
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.gdt.base = boot.gdt_virt;
+    sregs.gdt.limit = 3 * 8 - 1;
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0;
+    sregs.cr3 = boot.pml4;
+    sregs.cr4 = CR4_PAE;
+    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+    sregs.efer = EFER_LME | EFER_LMA | if nx { EFER_NXE } else { 0 };
+    vcpu.set_sregs(&sregs)?;
+
+    let mut regs = vcpu.get_regs()?;
+    regs.rip = entry;
+    regs.rdi = boot.boot_info_virt;
+    regs.rsi = u64::from(index);
+    // As if `_start` had been called: the return-address slot keeps the
+    // SysV alignment rule (rsp + 8 is 16-byte aligned at function entry).
+    regs.rsp = DIRECT_MAP_BASE + stack_top_phys - 8;
+    regs.rflags = 0x2;
+    vcpu.set_regs(&regs)?;
+    Ok(())
+}
+
+/// What one exit asks the loop to do.
+enum Next {
+    Continue,
+    Stop(GuestExit),
+}
+
+/// Runs vCPU `index` until the guest stops or the VM is being torn down.
+pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
+    let mut counts = ExitCounts::default();
+    let server = hypercall::Server {
+        ram: &shared.ram,
+        console: &shared.console,
+        started: shared.started,
+    };
+    loop {
+        if shared.stopping.load(Ordering::Acquire) {
+            return counts;
+        }
+        let next = match vcpu.run() {
+            Ok(exit) => {
+                counts.total += 1;
+                match exit {
+                    VcpuExit::IoOut(port, data) => match Hypercall::from_port(port) {
+                        Some(call) => {
+                            counts.hypercalls[call as usize] += 1;
+                            match server.handle(index, call, data) {
+                                Ok(Outcome::Continue) => Next::Continue,
+                                Ok(Outcome::Stop(stop)) => Next::Stop(GuestExit::from_stop(index, stop)),
+                                Err(error) => {
+                                    Next::Stop(GuestExit::BadHypercall { vcpu: index, error, regs: None })
+                                }
+                            }
+                        }
+                        None => crashed(format!("write of {} byte(s) to unknown I/O port {port:#x}", data.len())),
+                    },
+                    VcpuExit::IoIn(port, data) => {
+                        crashed(format!("read of {} byte(s) from unknown I/O port {port:#x}", data.len()))
+                    }
+                    VcpuExit::MmioRead(addr, data) => {
+                        crashed(format!("MMIO read of {} byte(s) at {addr:#x}: no device there", data.len()))
+                    }
+                    VcpuExit::MmioWrite(addr, data) => {
+                        crashed(format!("MMIO write of {} byte(s) at {addr:#x}: no device there", data.len()))
+                    }
+                    VcpuExit::Shutdown => crashed("triple fault (KVM_EXIT_SHUTDOWN)".into()),
+                    VcpuExit::Hlt => crashed("halted with no way to wake (KVM_EXIT_HLT)".into()),
+                    VcpuExit::FailEntry(reason, cpu) => {
+                        crashed(format!("VM entry failed (KVM_EXIT_FAIL_ENTRY, reason {reason:#x}, cpu {cpu})"))
+                    }
+                    VcpuExit::InternalError => crashed(String::new()),
+                    other => crashed(format!("unexpected VM exit {other:?}")),
+                }
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+                Next::Continue
+            }
+            Err(e) => crashed(format!("KVM_RUN failed: {e}")),
+        };
+        if let Next::Stop(mut exit) = next {
+            if let GuestExit::Crashed { reason, .. } = &mut exit {
+                if reason.is_empty() {
+                    let internal = vcpu.get_kvm_run();
+                    // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so
+                    // the `internal` member of the exit union is the valid one.
+                    let sub = unsafe { internal.__bindgen_anon_1.internal.suberror };
+                    *reason = format!(
+                        "KVM internal error (KVM_EXIT_INTERNAL_ERROR, suberror {sub}{}): \
+                         the instruction could not be emulated (SSE/AVX and some others fail in ring 0 here)",
+                        if sub == 1 { ", emulation failure" } else { "" }
+                    );
+                }
+            }
+            exit.attach_registers(index, RegisterDump::read(&vcpu));
+            shared.stop_with(exit);
+            return counts;
+        }
+    }
+}
+
+fn crashed(reason: String) -> Next {
+    Next::Stop(GuestExit::Crashed { vcpu: 0, reason, regs: None })
+}

@@ -1,0 +1,301 @@
+//! The VM: creating it from a configuration and an image, and running its
+//! vCPUs (one host thread each) until the guest stops.
+
+use crate::boot::{self, BootError, BootState};
+use crate::console::Console;
+use crate::elf::{ElfError, Image};
+use crate::layout::{Layout, MemoryTooSmall, PAGE};
+use crate::memory::{GuestRam, MemoryError};
+use crate::report::{ExitCounts, GuestExit, RunReport};
+use crate::vcpu;
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use libdbos::abi::MAX_VCPUS;
+use std::ffi::CString;
+use std::os::unix::thread::JoinHandleExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::time::{Duration, Instant};
+
+/// Default guest RAM.
+pub const DEFAULT_MEMORY: u64 = 128 << 20;
+
+/// How to build a VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Number of vCPUs, 1 to `abi::MAX_VCPUS`.
+    pub vcpus: u32,
+    /// Guest RAM in bytes, a multiple of 4 KiB.
+    pub memory: u64,
+    /// Arguments handed to the guest.
+    pub args: Vec<String>,
+    /// The KVM device to open.
+    pub kvm_device: PathBuf,
+    /// Print guest console lines on stdout.
+    pub echo_console: bool,
+    /// Keep guest console lines in the [`RunReport`].
+    pub capture_console: bool,
+    /// The ABI version written into the boot information. Only for testing
+    /// the guest's version check: the default is `abi::ABI_VERSION`.
+    pub abi_version: u32,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            vcpus: 1,
+            memory: DEFAULT_MEMORY,
+            args: Vec::new(),
+            kvm_device: PathBuf::from("/dev/kvm"),
+            echo_console: true,
+            capture_console: false,
+            abi_version: boot::DEFAULT_ABI_VERSION,
+        }
+    }
+}
+
+/// Why a VM could not be created or run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{} does not exist: this host has no KVM (load the kvm module for the CPU, or kvm_pvm)", .path.display())]
+    KvmMissing { path: PathBuf },
+    #[error("permission denied opening {}: run as root or add the user to the group that owns it (usually 'kvm')", .path.display())]
+    KvmPermission { path: PathBuf },
+    #[error("cannot open {}: {source}", .path.display())]
+    KvmOpen { path: PathBuf, source: kvm_ioctls::Error },
+    #[error("KVM API version {0} is not supported (12 is required)")]
+    KvmApiVersion(i32),
+    #[error("KVM call {op} failed: {source}")]
+    Kvm { op: &'static str, source: kvm_ioctls::Error },
+    #[error("cannot read guest image {}: {source}", .path.display())]
+    ImageRead { path: PathBuf, source: std::io::Error },
+    #[error("invalid guest image {}: {source}", .path.display())]
+    Elf { path: PathBuf, source: ElfError },
+    #[error(transparent)]
+    MemoryTooSmall(#[from] MemoryTooSmall),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error("cannot start a vCPU thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { op, source }
+}
+
+/// State shared by the vCPU threads and the thread that runs the VM.
+pub(crate) struct Shared {
+    pub ram: Arc<GuestRam>,
+    pub console: Console,
+    pub started: Instant,
+    /// Set once the guest has stopped; vCPU loops return when they see it.
+    pub stopping: AtomicBool,
+    exit: Mutex<Option<GuestExit>>,
+    stopped: Condvar,
+}
+
+impl Shared {
+    /// Records how the guest stopped; the first report wins.
+    pub fn stop_with(&self, exit: GuestExit) {
+        let mut slot = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            log::debug!("guest stopped: {exit}");
+            *slot = Some(exit);
+        }
+        self.stopping.store(true, Ordering::Release);
+        self.stopped.notify_all();
+    }
+}
+
+/// A created VM, ready to run.
+pub struct Vm {
+    // Field order is drop order: the vCPUs and the VM go before the memory
+    // they have mapped.
+    vcpus: Vec<VcpuFd>,
+    _vm: VmFd,
+    _kvm: Kvm,
+    ram: Arc<GuestRam>,
+    config: VmConfig,
+    layout: Layout,
+    started: Instant,
+}
+
+impl Vm {
+    /// Reads, validates and loads the image at `path`, and creates the VM.
+    pub fn from_file(path: &Path, config: VmConfig) -> Result<Vm, VmError> {
+        let bytes = std::fs::read(path).map_err(|source| VmError::ImageRead { path: path.into(), source })?;
+        Self::new(&bytes, config).map_err(|e| match e {
+            VmError::Elf { source, .. } => VmError::Elf { path: path.into(), source },
+            other => other,
+        })
+    }
+
+    /// Creates a VM running the guest image `image` (the bytes of an ELF file).
+    pub fn new(image: &[u8], config: VmConfig) -> Result<Vm, VmError> {
+        if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+            return Err(VmError::Config(format!("{} vCPUs requested, 1 to {MAX_VCPUS} are supported", config.vcpus)));
+        }
+        if config.memory % PAGE != 0 {
+            return Err(VmError::Config(format!("memory size {} is not a multiple of 4 KiB", config.memory)));
+        }
+        let started = Instant::now();
+        let ram_limit = config.memory.min(libdbos::abi::LOW_RAM_END);
+        let image = Image::parse(image, ram_limit).map_err(|source| VmError::Elf { path: PathBuf::new(), source })?;
+        let layout = Layout::plan(config.memory, &image, config.vcpus)?;
+
+        let kvm = open_kvm(&config.kvm_device)?;
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        if let Err(e) = vm.set_tss_address(0xfffb_d000) {
+            log::debug!("KVM_SET_TSS_ADDR failed ({e}); not needed for a long-mode guest");
+        }
+        vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+
+        let ram = Arc::new(GuestRam::new(&layout.ram)?);
+        for (slot, region) in ram.host_regions().iter().enumerate() {
+            let spec = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.guest_addr,
+                memory_size: region.size,
+                userspace_addr: region.host_addr,
+            };
+            // SAFETY: the host range is a live mapping owned by `ram`, which
+            // the `Vm` keeps alive until after the VM fd is closed (field
+            // order), and guest ranges do not overlap.
+            unsafe { vm.set_user_memory_region(spec) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let nx = cpuid
+            .as_slice()
+            .iter()
+            .any(|e| e.function == 0x8000_0001 && e.edx & (1 << 20) != 0);
+        let boot: BootState =
+            boot::write_boot_state(&ram, &layout, &image, &config.args, config.vcpus, config.abi_version, nx)?;
+
+        let mut vcpus = Vec::new();
+        for index in 0..config.vcpus {
+            let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            vcpu::setup(&fd, index, &cpuid, &boot, image.entry, layout.stack_top(index), nx)
+                .map_err(kvm_err("vCPU register setup"))?;
+            vcpus.push(fd);
+        }
+        log::debug!(
+            "VM created: {} vCPU(s), {} MiB, image [{:#x}, {:#x}), heap [{:#x}, {:#x})",
+            config.vcpus,
+            config.memory >> 20,
+            layout.image.start,
+            layout.image.end,
+            layout.heap.start,
+            layout.heap.end
+        );
+        Ok(Vm { vcpus, _vm: vm, _kvm: kvm, ram, config, layout, started })
+    }
+
+    /// The planned guest-physical layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Runs the guest until it stops, and reports how.
+    pub fn run(mut self) -> Result<RunReport, VmError> {
+        install_kick_handler();
+        let shared = Arc::new(Shared {
+            ram: self.ram.clone(),
+            console: Console::new(self.config.vcpus, self.config.echo_console, self.config.capture_console),
+            started: self.started,
+            stopping: AtomicBool::new(false),
+            exit: Mutex::new(None),
+            stopped: Condvar::new(),
+        });
+        let mut threads = Vec::new();
+        for (index, fd) in self.vcpus.drain(..).enumerate() {
+            let thread_shared = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || vcpu::run(index as u32, fd, &thread_shared))
+                .map_err(VmError::Thread);
+            match handle {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    shared.stop_with(GuestExit::Crashed { vcpu: index as u32, reason: e.to_string(), regs: None });
+                    break;
+                }
+            }
+        }
+
+        let exit = {
+            let mut slot = shared.exit.lock().unwrap_or_else(|p| p.into_inner());
+            while slot.is_none() {
+                slot = shared.stopped.wait(slot).unwrap_or_else(|p| p.into_inner());
+            }
+            slot.clone().expect("loop ends only with an exit recorded")
+        };
+        let elapsed = shared.started.elapsed();
+
+        // Other vCPUs may sit in KVM_RUN (in a guest `hlt`, say): interrupt
+        // them with a signal until every thread has left its loop. Repeating
+        // the kick covers a signal that lands just before KVM_RUN starts.
+        while threads.iter().any(|t| !t.is_finished()) {
+            for t in threads.iter().filter(|t| !t.is_finished()) {
+                // SAFETY: the thread is still running (not joined), so its
+                // pthread handle is valid; the signal's handler does nothing.
+                unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut exits = ExitCounts::default();
+        let mut exits_per_vcpu = Vec::new();
+        for t in threads {
+            let counts = t.join().unwrap_or_default();
+            exits.add(&counts);
+            exits_per_vcpu.push(counts);
+        }
+        shared.console.flush();
+        Ok(RunReport { exit, exits, exits_per_vcpu, elapsed, console: shared.console.captured() })
+    }
+}
+
+fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
+    let cpath = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| VmError::Config(format!("KVM device path {} contains a NUL byte", path.display())))?;
+    let kvm = Kvm::new_with_path(&cpath).map_err(|source| match source.errno() {
+        libc::ENOENT => VmError::KvmMissing { path: path.into() },
+        libc::EACCES | libc::EPERM => VmError::KvmPermission { path: path.into() },
+        _ => VmError::KvmOpen { path: path.into(), source },
+    })?;
+    let version = kvm.get_api_version();
+    if version != 12 {
+        return Err(VmError::KvmApiVersion(version));
+    }
+    Ok(kvm)
+}
+
+/// The signal used to interrupt a vCPU thread's `KVM_RUN`.
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn kick_handler(_: libc::c_int) {}
+
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: installs a handler that does nothing (async-signal-safe) for
+        // a real-time signal this process uses for nothing else; no SA_RESTART,
+        // so KVM_RUN returns EINTR.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = kick_handler as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(kick_signal(), &action, std::ptr::null_mut());
+        }
+    });
+}
