@@ -1,0 +1,1 @@
+//! Shared helpers for the dbos benchmarks (work in progress).
