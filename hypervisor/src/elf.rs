@@ -6,7 +6,8 @@
 //! Everything else is rejected here, before any guest memory is touched.
 
 use goblin::elf::header::{EM_X86_64, ET_EXEC};
-use goblin::elf::program_header::{PF_W, PF_X, PT_LOAD};
+use goblin::container::{Container, Ctx, Endian};
+use goblin::elf::program_header::{ProgramHeader, PF_W, PF_X, PT_LOAD};
 use goblin::elf::Elf;
 use libdbos::abi::{IMAGE_BASE, IMAGE_PHYS_MAX, IMAGE_PHYS_MIN};
 
@@ -78,14 +79,29 @@ pub struct Image {
 }
 
 impl Image {
+    /// Checks that every segment ends below guest-physical `phys_limit`.
+    pub fn within(self, phys_limit: u64) -> Result<Image, ElfError> {
+        let limit = phys_limit.min(IMAGE_PHYS_MAX);
+        if let Some((index, s)) = self.segments.iter().enumerate().find(|(_, s)| s.phys_end() > limit) {
+            return Err(ElfError::SegmentOutsideMemory { index, start: s.phys, end: s.phys_end(), limit });
+        }
+        Ok(self)
+    }
+
+    /// Bytes of memory the segments occupy, page-rounded.
+    pub fn packed_size(&self) -> u64 {
+        self.segments.iter().map(|s| s.mem_size.div_ceil(4096) * 4096).sum()
+    }
+
     /// Guest-physical end of the highest segment (exclusive).
     pub fn phys_end(&self) -> u64 {
         self.segments.iter().map(Segment::phys_end).max().unwrap_or(IMAGE_PHYS_MIN)
     }
 
-    /// Parses and validates `bytes` for a guest whose image may reach up to
-    /// guest-physical `phys_limit` (exclusive).
-    pub fn parse(bytes: &[u8], phys_limit: u64) -> Result<Image, ElfError> {
+    /// Parses and validates `bytes` as a dbos guest image. Segments must lie in
+    /// `[IMAGE_PHYS_MIN, IMAGE_PHYS_MAX)`; [`Image::within`] then checks them
+    /// against a VM's memory.
+    pub fn parse(bytes: &[u8]) -> Result<Image, ElfError> {
         if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
             return Err(ElfError::NotElf);
         }
@@ -117,15 +133,12 @@ impl Image {
                 bytes.len()
             )));
         }
-        let elf = Elf::parse(bytes).map_err(|e| match e {
-            goblin::error::Error::Scroll(_) | goblin::error::Error::BufferTooShort(..) => {
-                ElfError::Truncated(e.to_string())
-            }
-            other => ElfError::Malformed(other.to_string()),
-        })?;
+        let ctx = Ctx::new(Container::Big, Endian::Little);
+        let headers = ProgramHeader::parse(bytes, elf.e_phoff as usize, usize::from(elf.e_phnum), ctx)
+            .map_err(|e| ElfError::Malformed(format!("program headers: {e}")))?;
 
         let mut segments = Vec::new();
-        for (index, ph) in elf.program_headers.iter().enumerate() {
+        for (index, ph) in headers.iter().enumerate() {
             if ph.p_type != PT_LOAD || ph.p_memsz == 0 {
                 continue;
             }
@@ -148,7 +161,7 @@ impl Image {
             }
             let start = ph.p_paddr;
             let end = start.checked_add(ph.p_memsz).unwrap_or(u64::MAX);
-            let limit = phys_limit.min(IMAGE_PHYS_MAX);
+            let limit = IMAGE_PHYS_MAX;
             if start < IMAGE_PHYS_MIN || end > limit {
                 return Err(ElfError::SegmentOutsideMemory { index, start, end, limit });
             }
@@ -178,7 +191,7 @@ impl Image {
                 return Err(ElfError::OverlappingSegments(pair[0], pair[1]));
             }
         }
-        let entry = elf.entry;
+        let entry = elf.e_entry;
         let entry_ok = segments.iter().any(|s| {
             s.executable && (IMAGE_BASE + s.phys..IMAGE_BASE + s.phys_end()).contains(&entry)
         });

@@ -107,6 +107,12 @@ impl Layout {
         })
     }
 
+    /// The least memory any layout of `image` with `vcpus` boot stacks needs,
+    /// were the image packed at the lowest load address.
+    pub fn minimum_memory(image: &Image, vcpus: u32) -> u64 {
+        BOOT_REGION.1 + image.packed_size() + u64::from(vcpus) * BOOT_STACK_SIZE + MIN_HEAP
+    }
+
     /// Total RAM bytes.
     pub fn ram_bytes(&self) -> u64 {
         self.ram.iter().map(Range::len).sum()

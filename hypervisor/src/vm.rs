@@ -144,8 +144,16 @@ impl Vm {
             return Err(VmError::Config(format!("memory size {} is not a multiple of 4 KiB", config.memory)));
         }
         let started = Instant::now();
-        let ram_limit = config.memory.min(libdbos::abi::LOW_RAM_END);
-        let image = Image::parse(image, ram_limit).map_err(|source| VmError::Elf { path: PathBuf::new(), source })?;
+        let elf_err = |source| VmError::Elf { path: PathBuf::new(), source };
+        // First check the image on its own, then against this VM's memory: a
+        // memory size that could never hold the image is "memory too small",
+        // an image linked beyond a memory that could hold it is an image error.
+        let image = Image::parse(image).map_err(elf_err)?;
+        let required = Layout::minimum_memory(&image, config.vcpus);
+        if config.memory < required {
+            return Err(MemoryTooSmall { requested: config.memory, required, vcpus: config.vcpus }.into());
+        }
+        let image = image.within(config.memory.min(libdbos::abi::LOW_RAM_END)).map_err(elf_err)?;
         let layout = Layout::plan(config.memory, &image, config.vcpus)?;
 
         let kvm = open_kvm(&config.kvm_device)?;

@@ -21,6 +21,7 @@ fn main() -> u8 {
         "page-fault-hook" => page_fault_hook(),
         "unhandled-fault" => unhandled_fault(),
         "hook-declines" => hook_declines(),
+        "vector-hook" => vector_hook(),
         "panic" => panic!("scenario panic with value {}", 42),
         "bad-pointer" => {
             println!("passing an address beyond guest memory to the console call");
@@ -121,6 +122,38 @@ fn hook_declines() -> u8 {
     println!("load-fn={:#x} addr={:#x}", (load as extern "sysv64" fn(u64) -> u64) as usize, addr);
     let v = load(addr);
     println!("unreachable: read {v}");
+    0
+}
+
+/// #UD hook: skips the 2-byte `ud2` and hands a value back in rax.
+fn skip_ud2(frame: &mut InterruptFrame) -> HookResult {
+    frame.rip += 2;
+    frame.rax = 0x1234_5678;
+    HookResult::Handled
+}
+
+fn vector_hook() -> u8 {
+    libdbos::set_vector_hook(6, Some(skip_ud2));
+    let (mut rax, mut rbx, mut rcx, mut rdx) = (0u64, 0xb0b0u64, 0xc0c0u64, 0xd0d0u64);
+    let (mut rsi, mut r8, mut r12, mut r15) = (0x5151u64, 0x0808u64, 0x1212u64, 0x1515u64);
+    // SAFETY: `ud2` traps to the hook above, which resumes after it.
+    unsafe {
+        core::arch::asm!(
+            "ud2",
+            inout("rax") rax, inout("rcx") rcx, inout("rdx") rdx,
+            inout("rsi") rsi, inout("r8") r8, inout("r12") r12, inout("r15") r15,
+            inout("r9") rbx,
+        );
+    }
+    println!(
+        "rax={rax:#x} preserved={}",
+        rbx == 0xb0b0 && rcx == 0xc0c0 && rdx == 0xd0d0 && rsi == 0x5151 && r8 == 0x0808 && r12 == 0x1212 && r15 == 0x1515
+    );
+    // Once the hook is cleared, #UD stops the guest. (Not `int3`: KVM's
+    // instruction emulator on these hosts fails on it in ring 0.)
+    libdbos::set_vector_hook(6, None);
+    // SAFETY: traps to the default handler, which never returns.
+    unsafe { core::arch::asm!("ud2") };
     0
 }
 

@@ -1,0 +1,215 @@
+//! Boots real guest images under KVM and checks what they do and what the
+//! host observes.
+
+mod common;
+
+use common::{config, hex_field, require_kvm, run, scenario};
+use dbos_hypervisor::hypercall::HypercallError;
+use dbos_hypervisor::report::{STATUS_CRASH, STATUS_PANIC};
+use dbos_hypervisor::{GuestExit, VmConfig};
+use libdbos::abi::{Hypercall, ABI_VERSION};
+
+#[test]
+fn hello_prints_and_exits_with_chosen_status() {
+    if !require_kvm() {
+        return;
+    }
+    let report = run("hello", config(&["7"]));
+    assert_eq!(
+        report.console,
+        vec![
+            "[vcpu0] hello from dbos guest: 1 vCPU(s), 64 MiB RAM",
+            "[vcpu0] INFO  hello: exiting with status 7",
+        ]
+    );
+    assert!(matches!(report.exit, GuestExit::Exited { vcpu: 0, status: 7 }), "{}", report.exit);
+    assert_eq!(report.exit.process_status(), 7);
+    // Two console lines and the exit: nothing else leaves the guest.
+    assert_eq!(report.exits.total, 3);
+    assert_eq!(report.exits.hypercall(Hypercall::Console), 2);
+    assert_eq!(report.exits.hypercall(Hypercall::Exit), 1);
+}
+
+#[test]
+fn guest_arguments_arrive_in_order() {
+    if !require_kvm() {
+        return;
+    }
+    let report = run("scenarios", config(&["args", "one", "two words", "ünï"]));
+    assert_eq!(report.console, vec!["[vcpu0] args: one|two words|ünï"]);
+    assert_eq!(report.exit.process_status(), 0);
+}
+
+#[test]
+fn page_fault_hook_maps_the_page_and_the_access_is_retried() {
+    if !require_kvm() {
+        return;
+    }
+    let report = scenario("page-fault-hook");
+    assert_eq!(
+        report.console,
+        vec![
+            // CR2 is the exact faulting address; error code 0x2 = write to a
+            // non-present page from ring 0; RIP is the store instruction.
+            "[vcpu0] fault cr2=0x100000005238 error=0x2 rip-is-store=true faults=1 \
+             value=0xdeadbeefcafef00d phys-mapped=true",
+            "[vcpu0] faults after second access=1",
+        ]
+    );
+    assert_eq!(report.exit.process_status(), 0, "{}", report.exit);
+}
+
+#[test]
+fn unhooked_fault_stops_the_guest_with_vector_rip_and_cr2() {
+    if !require_kvm() {
+        return;
+    }
+    let report = scenario("unhandled-fault");
+    let line = &report.console[0];
+    let (load_fn, addr) = (hex_field(line, "load-fn"), hex_field(line, "addr"));
+    match &report.exit {
+        GuestExit::UnhandledException { vcpu: 0, vector: 14, error_code: 0, rip, cr2, reason, .. } => {
+            assert_eq!(*rip, load_fn);
+            assert_eq!(*cr2, addr);
+            assert_eq!(reason, "no page-fault hook registered");
+        }
+        other => panic!("unexpected exit: {other}"),
+    }
+    let text = report.exit.to_string();
+    assert!(text.contains("vector 14"), "{text}");
+    assert!(text.contains(&format!("RIP {load_fn:#x}")), "{text}");
+    assert!(text.contains(&format!("CR2 {addr:#x}")), "{text}");
+    assert_eq!(report.exit.process_status(), STATUS_CRASH);
+    assert_eq!(report.console.len(), 1, "nothing runs after the fault");
+}
+
+#[test]
+fn vector_hook_sees_and_restores_the_full_register_state() {
+    if !require_kvm() {
+        return;
+    }
+    let report = scenario("vector-hook");
+    assert_eq!(report.console, vec!["[vcpu0] rax=0x12345678 preserved=true"]);
+    // The second ud2 comes after the hook was cleared: vector 6 is reported.
+    assert!(
+        matches!(&report.exit, GuestExit::UnhandledException { vector: 6, reason, .. } if reason == "no hook registered"),
+        "{}",
+        report.exit
+    );
+}
+
+#[test]
+fn a_hook_that_declines_stops_the_guest() {
+    if !require_kvm() {
+        return;
+    }
+    let report = scenario("hook-declines");
+    let addr = hex_field(&report.console[0], "addr");
+    match &report.exit {
+        GuestExit::UnhandledException { vector: 14, cr2, reason, .. } => {
+            assert_eq!(*cr2, addr);
+            assert_eq!(reason, "the page-fault hook did not resolve it");
+        }
+        other => panic!("unexpected exit: {other}"),
+    }
+}
+
+#[test]
+fn guest_panic_reaches_the_host() {
+    if !require_kvm() {
+        return;
+    }
+    let report = scenario("panic");
+    match &report.exit {
+        GuestExit::Panicked { vcpu: 0, message, file, line, .. } => {
+            assert_eq!(message, "scenario panic with value 42");
+            assert_eq!(file, "src/bin/scenarios.rs");
+            assert!(*line > 0);
+        }
+        other => panic!("unexpected exit: {other}"),
+    }
+    assert_eq!(report.exit.process_status(), STATUS_PANIC);
+}
+
+#[test]
+fn wild_console_pointer_stops_the_guest_and_the_host_stays_healthy() {
+    if !require_kvm() {
+        return;
+    }
+    let report = scenario("bad-pointer");
+    match &report.exit {
+        GuestExit::BadHypercall { vcpu: 0, error, regs } => {
+            assert_eq!(
+                *error,
+                HypercallError::BadBuffer { call: Hypercall::Console, what: "text", addr: 1 << 40, len: 16 }
+            );
+            assert!(regs.is_some(), "a register dump comes with the report");
+        }
+        other => panic!("unexpected exit: {other}"),
+    }
+    assert!(report.exit.to_string().contains("hypercall Console"));
+    assert!(!report.console.iter().any(|l| l.contains("still running")));
+    assert_eq!(report.exit.process_status(), STATUS_CRASH);
+
+    let report = scenario("bad-length");
+    assert!(
+        matches!(
+            &report.exit,
+            GuestExit::BadHypercall { error: HypercallError::TooLong { call: Hypercall::Console, .. }, .. }
+        ),
+        "{}",
+        report.exit
+    );
+
+    // The same host process boots and runs another guest normally.
+    let again = run("hello", config(&[]));
+    assert_eq!(again.exit.process_status(), 0);
+    assert_eq!(again.console.len(), 2);
+}
+
+#[test]
+fn abi_version_mismatch_is_detected_by_the_guest() {
+    if !require_kvm() {
+        return;
+    }
+    let cfg = VmConfig { abi_version: ABI_VERSION + 1, ..config(&[]) };
+    let report = run("hello", cfg);
+    match &report.exit {
+        GuestExit::Panicked { message, .. } => assert_eq!(
+            *message,
+            format!(
+                "dbos ABI version mismatch: guest built for version {ABI_VERSION}, \
+                 hypervisor provides version {}",
+                ABI_VERSION + 1
+            )
+        ),
+        other => panic!("unexpected exit: {other}"),
+    }
+    assert!(report.console.is_empty(), "the guest stops before running main");
+}
+
+#[test]
+fn clock_is_monotonic() {
+    if !require_kvm() {
+        return;
+    }
+    let report = scenario("clock");
+    assert!(report.console[0].ends_with("monotonic=true"), "{}", report.console[0]);
+    assert_eq!(report.exits.hypercall(Hypercall::Clock), 2);
+}
+
+#[test]
+fn secondary_vcpus_boot_and_are_stopped_with_the_guest() {
+    if !require_kvm() {
+        return;
+    }
+    let cfg = VmConfig { vcpus: 4, ..config(&["3"]) };
+    let report = run("hello", cfg);
+    assert_eq!(report.console[0], "[vcpu0] hello from dbos guest: 4 vCPU(s), 64 MiB RAM");
+    assert!(matches!(report.exit, GuestExit::Exited { vcpu: 0, status: 3 }), "{}", report.exit);
+    assert_eq!(report.exits_per_vcpu.len(), 4);
+    // Parked vCPUs sit in `hlt` inside KVM and never exit to the VMM.
+    for counts in &report.exits_per_vcpu[1..] {
+        assert_eq!(counts.total, 0);
+    }
+}

@@ -1,0 +1,49 @@
+//! Helpers shared by the hypervisor's integration tests.
+#![allow(dead_code)]
+
+use dbos_hypervisor::{guest_image, RunReport, Vm, VmConfig};
+use std::path::Path;
+
+/// Whether KVM tests can run. With `CI=true` a missing `/dev/kvm` fails the
+/// test instead of skipping it, so that a green CI run always booted guests.
+pub fn require_kvm() -> bool {
+    if Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("/dev/kvm is missing and CI=true: the KVM tests must run in CI");
+    }
+    eprintln!("skipping: /dev/kvm is missing (set CI=true to make this a failure)");
+    false
+}
+
+/// A configuration that captures the console instead of printing it.
+pub fn config(args: &[&str]) -> VmConfig {
+    VmConfig {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        echo_console: false,
+        capture_console: true,
+        memory: 64 << 20,
+        ..VmConfig::default()
+    }
+}
+
+/// Boots guest `name` with `config` and runs it to the end.
+pub fn run(name: &str, config: VmConfig) -> RunReport {
+    Vm::from_file(&guest_image(name), config)
+        .unwrap_or_else(|e| panic!("creating the VM for {name}: {e}"))
+        .run()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"))
+}
+
+/// Runs the `scenarios` guest with one scenario.
+pub fn scenario(name: &str) -> RunReport {
+    run("scenarios", config(&[name]))
+}
+
+/// Parses `key=0x...` out of a console line.
+pub fn hex_field(line: &str, key: &str) -> u64 {
+    let start = line.find(&format!("{key}=0x")).unwrap_or_else(|| panic!("no {key}= in {line:?}")) + key.len() + 3;
+    let digits: String = line[start..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+    u64::from_str_radix(&digits, 16).unwrap()
+}
