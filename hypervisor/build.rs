@@ -36,7 +36,13 @@ fn main() {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root.join("examples"))
-        .args(["build", "--release", "--target", GUEST_TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            GUEST_TARGET,
+            "--target-dir",
+        ])
         .arg(&target_dir);
     // The outer build's settings (flags for the host target, wrappers such as
     // clippy-driver, its target dir) must not leak into the guest build.
@@ -55,7 +61,9 @@ fn main() {
             cmd.env_remove(&key);
         }
     }
-    let out = cmd.output().expect("failed to run cargo to build the guest images");
+    let out = cmd
+        .output()
+        .expect("failed to run cargo to build the guest images");
     if !out.status.success() {
         panic!(
             "building the guest images (examples/, target {GUEST_TARGET}) failed; \

@@ -139,7 +139,8 @@ impl TableAlloc<'_> {
             return Ok(entry & 0x000f_ffff_ffff_f000);
         }
         let child = self.page()?;
-        self.ram.write_pod(slot, &(child | PTE_PRESENT | PTE_WRITABLE))?;
+        self.ram
+            .write_pod(slot, &(child | PTE_PRESENT | PTE_WRITABLE))?;
         Ok(child)
     }
 }
@@ -150,9 +151,18 @@ fn index(virt: u64, level: u32) -> u64 {
 
 /// Builds the direct map (2 MiB pages, RW, NX) of all RAM and the image
 /// mapping (4 KiB pages with the segments' permissions).
-fn build_page_tables(ram: &GuestRam, layout: &Layout, image: &Image, nx: bool) -> Result<u64, BootError> {
+fn build_page_tables(
+    ram: &GuestRam,
+    layout: &Layout,
+    image: &Image,
+    nx: bool,
+) -> Result<u64, BootError> {
     let nx_bit = if nx { PTE_NX } else { 0 };
-    let mut tables = TableAlloc { ram, next: TABLES_START, end: layout.boot.end };
+    let mut tables = TableAlloc {
+        ram,
+        next: TABLES_START,
+        end: layout.boot.end,
+    };
     let pml4 = tables.page()?;
 
     for r in &layout.ram {
@@ -227,13 +237,34 @@ mod tests {
         let image = Image {
             entry: IMAGE_BASE + 0x20_0000,
             segments: vec![
-                Segment { phys: 0x20_0000, mem_size: 0x1800, data: vec![0x90; 16], writable: false, executable: true },
-                Segment { phys: 0x20_2000, mem_size: 0x3000, data: vec![1, 2, 3], writable: true, executable: false },
+                Segment {
+                    phys: 0x20_0000,
+                    mem_size: 0x1800,
+                    data: vec![0x90; 16],
+                    writable: false,
+                    executable: true,
+                },
+                Segment {
+                    phys: 0x20_2000,
+                    mem_size: 0x3000,
+                    data: vec![1, 2, 3],
+                    writable: true,
+                    executable: false,
+                },
             ],
         };
         let layout = Layout::plan(32 << 20, &image, 1).unwrap();
         let ram = GuestRam::new(&layout.ram).unwrap();
-        let st = write_boot_state(&ram, &layout, &image, &["a".into(), "bc".into()], 1, 7, true).unwrap();
+        let st = write_boot_state(
+            &ram,
+            &layout,
+            &image,
+            &["a".into(), "bc".into()],
+            1,
+            7,
+            true,
+        )
+        .unwrap();
 
         let (p, f) = walk(&ram, st.pml4, DIRECT_MAP_BASE + 0x123_4567).unwrap();
         assert_eq!(p, 0x123_4567);

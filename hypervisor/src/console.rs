@@ -76,7 +76,11 @@ impl Console {
 
     /// The captured lines so far.
     pub fn captured(&self) -> Vec<String> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).captured.clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .captured
+            .clone()
     }
 }
 
@@ -91,6 +95,9 @@ mod tests {
         c.write(1, b"other\n");
         c.write(0, b"lo\nwor");
         c.flush();
-        assert_eq!(c.captured(), vec!["[vcpu1] other", "[vcpu0] hello", "[vcpu0] wor"]);
+        assert_eq!(
+            c.captured(),
+            vec!["[vcpu1] other", "[vcpu0] hello", "[vcpu0] wor"]
+        );
     }
 }

@@ -5,8 +5,8 @@
 //! loaded at guest-physical `p` (see `libdbos::abi` and `libdbos/guest.ld`).
 //! Everything else is rejected here, before any guest memory is touched.
 
-use goblin::elf::header::{EM_X86_64, ET_EXEC};
 use goblin::container::{Container, Ctx, Endian};
+use goblin::elf::header::{EM_X86_64, ET_EXEC};
 use goblin::elf::program_header::{ProgramHeader, PF_W, PF_X, PT_LOAD};
 use goblin::elf::Elf;
 use libdbos::abi::{IMAGE_BASE, IMAGE_PHYS_MAX, IMAGE_PHYS_MIN};
@@ -37,14 +37,27 @@ pub enum ElfError {
     )]
     SegmentOutsideWindow { index: usize, vaddr: u64 },
     #[error("segment {index} has physical address {paddr:#x} but virtual {vaddr:#x}; a dbos image needs vaddr = {IMAGE_BASE:#x} + paddr")]
-    SegmentAddressMismatch { index: usize, vaddr: u64, paddr: u64 },
+    SegmentAddressMismatch {
+        index: usize,
+        vaddr: u64,
+        paddr: u64,
+    },
     #[error(
         "segment {index} [{start:#x}, {end:#x}) lies outside guest memory available to the image \
          [{IMAGE_PHYS_MIN:#x}, {limit:#x})"
     )]
-    SegmentOutsideMemory { index: usize, start: u64, end: u64, limit: u64 },
+    SegmentOutsideMemory {
+        index: usize,
+        start: u64,
+        end: u64,
+        limit: u64,
+    },
     #[error("segment {index} has a file size {filesz} larger than its memory size {memsz}")]
-    FileSizeExceedsMemSize { index: usize, filesz: u64, memsz: u64 },
+    FileSizeExceedsMemSize {
+        index: usize,
+        filesz: u64,
+        memsz: u64,
+    },
     #[error("segments {0} and {1} overlap")]
     OverlappingSegments(usize, usize),
     #[error("entry point {0:#x} is not inside an executable segment")]
@@ -82,20 +95,37 @@ impl Image {
     /// Checks that every segment ends below guest-physical `phys_limit`.
     pub fn within(self, phys_limit: u64) -> Result<Image, ElfError> {
         let limit = phys_limit.min(IMAGE_PHYS_MAX);
-        if let Some((index, s)) = self.segments.iter().enumerate().find(|(_, s)| s.phys_end() > limit) {
-            return Err(ElfError::SegmentOutsideMemory { index, start: s.phys, end: s.phys_end(), limit });
+        if let Some((index, s)) = self
+            .segments
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.phys_end() > limit)
+        {
+            return Err(ElfError::SegmentOutsideMemory {
+                index,
+                start: s.phys,
+                end: s.phys_end(),
+                limit,
+            });
         }
         Ok(self)
     }
 
     /// Bytes of memory the segments occupy, page-rounded.
     pub fn packed_size(&self) -> u64 {
-        self.segments.iter().map(|s| s.mem_size.div_ceil(4096) * 4096).sum()
+        self.segments
+            .iter()
+            .map(|s| s.mem_size.div_ceil(4096) * 4096)
+            .sum()
     }
 
     /// Guest-physical end of the highest segment (exclusive).
     pub fn phys_end(&self) -> u64 {
-        self.segments.iter().map(Segment::phys_end).max().unwrap_or(IMAGE_PHYS_MIN)
+        self.segments
+            .iter()
+            .map(Segment::phys_end)
+            .max()
+            .unwrap_or(IMAGE_PHYS_MIN)
     }
 
     /// Parses and validates `bytes` as a dbos guest image. Segments must lie in
@@ -126,7 +156,9 @@ impl Image {
         if elf.e_type != ET_EXEC {
             return Err(ElfError::NotExecutable(elf.e_type));
         }
-        let ph_end = elf.e_phoff.saturating_add(u64::from(elf.e_phnum) * u64::from(elf.e_phentsize));
+        let ph_end = elf
+            .e_phoff
+            .saturating_add(u64::from(elf.e_phnum) * u64::from(elf.e_phentsize));
         if ph_end > bytes.len() as u64 {
             return Err(ElfError::Truncated(format!(
                 "program headers end at byte {ph_end}, the file has {}",
@@ -134,8 +166,9 @@ impl Image {
             )));
         }
         let ctx = Ctx::new(Container::Big, Endian::Little);
-        let headers = ProgramHeader::parse(bytes, elf.e_phoff as usize, usize::from(elf.e_phnum), ctx)
-            .map_err(|e| ElfError::Malformed(format!("program headers: {e}")))?;
+        let headers =
+            ProgramHeader::parse(bytes, elf.e_phoff as usize, usize::from(elf.e_phnum), ctx)
+                .map_err(|e| ElfError::Malformed(format!("program headers: {e}")))?;
 
         let mut segments = Vec::new();
         for (index, ph) in headers.iter().enumerate() {
@@ -150,7 +183,10 @@ impl Image {
                 });
             }
             if ph.p_vaddr < IMAGE_BASE {
-                return Err(ElfError::SegmentOutsideWindow { index, vaddr: ph.p_vaddr });
+                return Err(ElfError::SegmentOutsideWindow {
+                    index,
+                    vaddr: ph.p_vaddr,
+                });
             }
             if ph.p_vaddr - IMAGE_BASE != ph.p_paddr {
                 return Err(ElfError::SegmentAddressMismatch {
@@ -160,12 +196,17 @@ impl Image {
                 });
             }
             let start = ph.p_paddr;
-            let end = start.checked_add(ph.p_memsz).unwrap_or(u64::MAX);
+            let end = start.saturating_add(ph.p_memsz);
             let limit = IMAGE_PHYS_MAX;
             if start < IMAGE_PHYS_MIN || end > limit {
-                return Err(ElfError::SegmentOutsideMemory { index, start, end, limit });
+                return Err(ElfError::SegmentOutsideMemory {
+                    index,
+                    start,
+                    end,
+                    limit,
+                });
             }
-            let file_end = ph.p_offset.checked_add(ph.p_filesz).unwrap_or(u64::MAX);
+            let file_end = ph.p_offset.saturating_add(ph.p_filesz);
             if file_end > bytes.len() as u64 {
                 return Err(ElfError::Truncated(format!(
                     "segment {index} needs file bytes up to {file_end}, the file has {}",

@@ -6,9 +6,7 @@
 use crate::console::Console;
 use crate::memory::{GuestRam, MemoryError};
 use libdbos::abi::Pod;
-use libdbos::abi::{
-    ClockArgs, ConsoleArgs, ExitArgs, FaultArgs, GuestBuf, Hypercall, PanicArgs,
-};
+use libdbos::abi::{ClockArgs, ConsoleArgs, ExitArgs, FaultArgs, GuestBuf, Hypercall, PanicArgs};
 use std::time::Instant;
 
 /// Largest console write accepted in one call.
@@ -22,9 +20,19 @@ pub enum HypercallError {
     #[error("hypercall {call:?}: the argument block at {addr:#x} is outside guest memory")]
     BadArgs { call: Hypercall, addr: u64 },
     #[error("hypercall {call:?}: {what} buffer [{addr:#x}, +{len:#x}) is outside guest memory")]
-    BadBuffer { call: Hypercall, what: &'static str, addr: u64, len: u64 },
+    BadBuffer {
+        call: Hypercall,
+        what: &'static str,
+        addr: u64,
+        len: u64,
+    },
     #[error("hypercall {call:?}: {what} of {len} bytes exceeds the {limit}-byte limit")]
-    TooLong { call: Hypercall, what: &'static str, len: u64, limit: u64 },
+    TooLong {
+        call: Hypercall,
+        what: &'static str,
+        len: u64,
+        limit: u64,
+    },
     #[error("hypercall {call:?}: expected a 32-bit out, got a {size}-byte access")]
     BadAccessSize { call: Hypercall, size: usize },
 }
@@ -33,8 +41,21 @@ pub enum HypercallError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stop {
     Exit(u32),
-    Panic { message: String, file: String, line: u32, column: u32 },
-    Fault { vector: u64, error_code: u64, rip: u64, cr2: u64, rsp: u64, rflags: u64, reason: String },
+    Panic {
+        message: String,
+        file: String,
+        line: u32,
+        column: u32,
+    },
+    Fault {
+        vector: u64,
+        error_code: u64,
+        rip: u64,
+        cr2: u64,
+        rsp: u64,
+        rflags: u64,
+        reason: String,
+    },
 }
 
 /// The result of one hypercall.
@@ -55,10 +76,20 @@ pub struct Server<'a> {
 
 impl Server<'_> {
     /// Handles an `out` of `data` to the port of `call` from `vcpu`.
-    pub fn handle(&self, vcpu: u32, call: Hypercall, data: &[u8]) -> Result<Outcome, HypercallError> {
+    pub fn handle(
+        &self,
+        vcpu: u32,
+        call: Hypercall,
+        data: &[u8],
+    ) -> Result<Outcome, HypercallError> {
         let addr = match <[u8; 4]>::try_from(data) {
             Ok(bytes) => u64::from(u32::from_le_bytes(bytes)),
-            Err(_) => return Err(HypercallError::BadAccessSize { call, size: data.len() }),
+            Err(_) => {
+                return Err(HypercallError::BadAccessSize {
+                    call,
+                    size: data.len(),
+                })
+            }
         };
         match call {
             Hypercall::Console => {
@@ -75,7 +106,12 @@ impl Server<'_> {
                 let args: PanicArgs = self.args(call, addr)?;
                 let message = self.text(call, "message", args.message)?;
                 let file = self.text(call, "file", args.file)?;
-                Ok(Outcome::Stop(Stop::Panic { message, file, line: args.line, column: args.column }))
+                Ok(Outcome::Stop(Stop::Panic {
+                    message,
+                    file,
+                    line: args.line,
+                    column: args.column,
+                }))
             }
             Hypercall::Fault => {
                 let args: FaultArgs = self.args(call, addr)?;
@@ -102,23 +138,44 @@ impl Server<'_> {
     }
 
     fn args<T: Pod>(&self, call: Hypercall, addr: u64) -> Result<T, HypercallError> {
-        self.ram.read_pod(addr).map_err(|_| HypercallError::BadArgs { call, addr })
+        self.ram
+            .read_pod(addr)
+            .map_err(|_| HypercallError::BadArgs { call, addr })
     }
 
-    fn buffer(&self, call: Hypercall, what: &'static str, buf: GuestBuf, limit: u64) -> Result<Vec<u8>, HypercallError> {
+    fn buffer(
+        &self,
+        call: Hypercall,
+        what: &'static str,
+        buf: GuestBuf,
+        limit: u64,
+    ) -> Result<Vec<u8>, HypercallError> {
         if buf.len > limit {
-            return Err(HypercallError::TooLong { call, what, len: buf.len, limit });
+            return Err(HypercallError::TooLong {
+                call,
+                what,
+                len: buf.len,
+                limit,
+            });
         }
         let mut bytes = vec![0u8; buf.len as usize];
         self.ram.read(buf.addr, &mut bytes).map_err(|e| match e {
-            MemoryError::OutOfRange { .. } | MemoryError::Alloc(..) => {
-                HypercallError::BadBuffer { call, what, addr: buf.addr, len: buf.len }
-            }
+            MemoryError::OutOfRange { .. } | MemoryError::Alloc(..) => HypercallError::BadBuffer {
+                call,
+                what,
+                addr: buf.addr,
+                len: buf.len,
+            },
         })?;
         Ok(bytes)
     }
 
-    fn text(&self, call: Hypercall, what: &'static str, buf: GuestBuf) -> Result<String, HypercallError> {
+    fn text(
+        &self,
+        call: Hypercall,
+        what: &'static str,
+        buf: GuestBuf,
+    ) -> Result<String, HypercallError> {
         let bytes = self.buffer(call, what, buf, MAX_REPORT_TEXT)?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
@@ -130,7 +187,14 @@ mod tests {
     use crate::layout::Range;
 
     fn setup() -> (GuestRam, Console) {
-        (GuestRam::new(&[Range { start: 0, end: 0x10000 }]).unwrap(), Console::new(1, false, true))
+        (
+            GuestRam::new(&[Range {
+                start: 0,
+                end: 0x10000,
+            }])
+            .unwrap(),
+            Console::new(1, false, true),
+        )
     }
 
     fn port_data(addr: u32) -> [u8; 4] {
@@ -140,15 +204,33 @@ mod tests {
     #[test]
     fn console_and_clock() {
         let (ram, console) = setup();
-        let server = Server { ram: &ram, console: &console, started: Instant::now() };
+        let server = Server {
+            ram: &ram,
+            console: &console,
+            started: Instant::now(),
+        };
         ram.write(0x2000, b"hi there\n").unwrap();
-        ram.write_pod(0x1000, &ConsoleArgs { text: GuestBuf { addr: 0x2000, len: 9 } }).unwrap();
-        assert_eq!(server.handle(0, Hypercall::Console, &port_data(0x1000)), Ok(Outcome::Continue));
+        ram.write_pod(
+            0x1000,
+            &ConsoleArgs {
+                text: GuestBuf {
+                    addr: 0x2000,
+                    len: 9,
+                },
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            server.handle(0, Hypercall::Console, &port_data(0x1000)),
+            Ok(Outcome::Continue)
+        );
         assert_eq!(console.captured(), vec!["[vcpu0] hi there"]);
 
         ram.write_pod(0x1100, &ClockArgs { nanos: 0 }).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
-        server.handle(0, Hypercall::Clock, &port_data(0x1100)).unwrap();
+        server
+            .handle(0, Hypercall::Clock, &port_data(0x1100))
+            .unwrap();
         let clock: ClockArgs = ram.read_pod(0x1100).unwrap();
         assert!(clock.nanos >= 2_000_000);
     }
@@ -156,29 +238,75 @@ mod tests {
     #[test]
     fn hostile_arguments_are_rejected() {
         let (ram, console) = setup();
-        let server = Server { ram: &ram, console: &console, started: Instant::now() };
+        let server = Server {
+            ram: &ram,
+            console: &console,
+            started: Instant::now(),
+        };
         assert_eq!(
             server.handle(0, Hypercall::Console, &port_data(0xfff8)),
-            Err(HypercallError::BadArgs { call: Hypercall::Console, addr: 0xfff8 })
+            Err(HypercallError::BadArgs {
+                call: Hypercall::Console,
+                addr: 0xfff8
+            })
         );
-        ram.write_pod(0x1000, &ConsoleArgs { text: GuestBuf { addr: 1 << 40, len: 16 } }).unwrap();
+        ram.write_pod(
+            0x1000,
+            &ConsoleArgs {
+                text: GuestBuf {
+                    addr: 1 << 40,
+                    len: 16,
+                },
+            },
+        )
+        .unwrap();
         assert_eq!(
             server.handle(0, Hypercall::Console, &port_data(0x1000)),
-            Err(HypercallError::BadBuffer { call: Hypercall::Console, what: "text", addr: 1 << 40, len: 16 })
+            Err(HypercallError::BadBuffer {
+                call: Hypercall::Console,
+                what: "text",
+                addr: 1 << 40,
+                len: 16
+            })
         );
-        ram.write_pod(0x1000, &ConsoleArgs { text: GuestBuf { addr: 0x2000, len: u64::MAX } }).unwrap();
+        ram.write_pod(
+            0x1000,
+            &ConsoleArgs {
+                text: GuestBuf {
+                    addr: 0x2000,
+                    len: u64::MAX,
+                },
+            },
+        )
+        .unwrap();
         assert!(matches!(
             server.handle(0, Hypercall::Console, &port_data(0x1000)),
             Err(HypercallError::TooLong { .. })
         ));
-        ram.write_pod(0x1000, &PanicArgs { message: GuestBuf { addr: 0xff00, len: 0x200 }, ..Default::default() }).unwrap();
+        ram.write_pod(
+            0x1000,
+            &PanicArgs {
+                message: GuestBuf {
+                    addr: 0xff00,
+                    len: 0x200,
+                },
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(matches!(
             server.handle(0, Hypercall::Panic, &port_data(0x1000)),
-            Err(HypercallError::BadBuffer { what: "message", .. })
+            Err(HypercallError::BadBuffer {
+                what: "message",
+                ..
+            })
         ));
         assert_eq!(
             server.handle(0, Hypercall::Exit, &[1, 0]),
-            Err(HypercallError::BadAccessSize { call: Hypercall::Exit, size: 2 })
+            Err(HypercallError::BadAccessSize {
+                call: Hypercall::Exit,
+                size: 2
+            })
         );
         assert!(console.captured().is_empty());
     }

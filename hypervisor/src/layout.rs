@@ -63,14 +63,22 @@ impl Layout {
     /// given image and `vcpus` vCPUs.
     pub fn plan(memory: u64, image: &Image, vcpus: u32) -> Result<Layout, MemoryTooSmall> {
         let low_end = memory.min(LOW_RAM_END);
-        let mut ram = vec![Range { start: 0, end: low_end }];
+        let mut ram = vec![Range {
+            start: 0,
+            end: low_end,
+        }];
         if memory > LOW_RAM_END {
             ram.push(Range {
                 start: HIGH_RAM_START,
                 end: HIGH_RAM_START + (memory - LOW_RAM_END),
             });
         }
-        let image_start = image.segments.iter().map(|s| s.phys).min().unwrap_or(BOOT_REGION.1);
+        let image_start = image
+            .segments
+            .iter()
+            .map(|s| s.phys)
+            .min()
+            .unwrap_or(BOOT_REGION.1);
         let image = Range {
             start: image_start & !(PAGE - 1),
             end: align_up(image.phys_end(), PAGE),
@@ -94,12 +102,18 @@ impl Layout {
         }
         let mut usable = Vec::new();
         if heap.end < low_end {
-            usable.push(Range { start: heap.end, end: low_end });
+            usable.push(Range {
+                start: heap.end,
+                end: low_end,
+            });
         }
         usable.extend(ram.iter().skip(1).copied());
         Ok(Layout {
             ram,
-            boot: Range { start: BOOT_REGION.0, end: BOOT_REGION.1 },
+            boot: Range {
+                start: BOOT_REGION.0,
+                end: BOOT_REGION.1,
+            },
             image,
             stacks,
             heap,
@@ -174,11 +188,41 @@ mod tests {
     #[test]
     fn small_vm_layout() {
         let l = Layout::plan(64 << 20, &image(0x20_0000, 0x1_2345), 2).unwrap();
-        assert_eq!(l.ram, vec![Range { start: 0, end: 64 << 20 }]);
-        assert_eq!(l.image, Range { start: 0x20_0000, end: 0x21_3000 });
-        assert_eq!(l.stacks, Range { start: 0x21_3000, end: 0x23_3000 });
-        assert_eq!(l.heap, Range { start: 0x23_3000, end: 0x23_3000 + (8 << 20) });
-        assert_eq!(l.usable, vec![Range { start: l.heap.end, end: 64 << 20 }]);
+        assert_eq!(
+            l.ram,
+            vec![Range {
+                start: 0,
+                end: 64 << 20
+            }]
+        );
+        assert_eq!(
+            l.image,
+            Range {
+                start: 0x20_0000,
+                end: 0x21_3000
+            }
+        );
+        assert_eq!(
+            l.stacks,
+            Range {
+                start: 0x21_3000,
+                end: 0x23_3000
+            }
+        );
+        assert_eq!(
+            l.heap,
+            Range {
+                start: 0x23_3000,
+                end: 0x23_3000 + (8 << 20)
+            }
+        );
+        assert_eq!(
+            l.usable,
+            vec![Range {
+                start: l.heap.end,
+                end: 64 << 20
+            }]
+        );
         assert_eq!(l.stack_top(1), 0x23_3000);
         let map = l.memory_map();
         assert_eq!(map.len(), 5);
@@ -188,7 +232,13 @@ mod tests {
     #[test]
     fn memory_above_the_hole() {
         let l = Layout::plan(4 << 30, &image(0x20_0000, 0x1000), 1).unwrap();
-        assert_eq!(l.ram[1], Range { start: HIGH_RAM_START, end: HIGH_RAM_START + (1 << 30) });
+        assert_eq!(
+            l.ram[1],
+            Range {
+                start: HIGH_RAM_START,
+                end: HIGH_RAM_START + (1 << 30)
+            }
+        );
         assert_eq!(l.ram_bytes(), 4 << 30);
         assert_eq!(l.heap.len(), MAX_HEAP);
         assert_eq!(l.usable.len(), 2);

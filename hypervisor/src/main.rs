@@ -75,8 +75,11 @@ fn parse_size(text: &str) -> Result<u64, String> {
         Some('G') => (&t[..t.len() - 1], 30),
         _ => (t, 0),
     };
-    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size (examples: 64M, 1G, 1048576)"))?;
-    n.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 64M, 1G, 1048576)"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 fn main() -> ExitCode {

@@ -36,7 +36,8 @@ impl GuestRam {
             .map(|r| (GuestAddress(r.start), r.len() as usize))
             .collect();
         let total = ranges.iter().map(Range::len).sum();
-        let mem = GuestMemoryMmap::from_ranges(&spec).map_err(|e| MemoryError::Alloc(total, e.to_string()))?;
+        let mem = GuestMemoryMmap::from_ranges(&spec)
+            .map_err(|e| MemoryError::Alloc(total, e.to_string()))?;
         Ok(GuestRam { mem })
     }
 
@@ -76,14 +77,20 @@ impl GuestRam {
         self.check(addr, buf.len() as u64)?;
         self.mem
             .read_slice(buf, GuestAddress(addr))
-            .map_err(|_| MemoryError::OutOfRange { addr, len: buf.len() as u64 })
+            .map_err(|_| MemoryError::OutOfRange {
+                addr,
+                len: buf.len() as u64,
+            })
     }
 
     pub fn write(&self, addr: u64, buf: &[u8]) -> Result<(), MemoryError> {
         self.check(addr, buf.len() as u64)?;
         self.mem
             .write_slice(buf, GuestAddress(addr))
-            .map_err(|_| MemoryError::OutOfRange { addr, len: buf.len() as u64 })
+            .map_err(|_| MemoryError::OutOfRange {
+                addr,
+                len: buf.len() as u64,
+            })
     }
 
     /// Reads a plain-data value (an ABI struct or an integer).
@@ -101,7 +108,8 @@ impl GuestRam {
     /// Writes a plain-data value.
     pub fn write_pod<T: Pod>(&self, addr: u64, value: &T) -> Result<(), MemoryError> {
         // SAFETY: `T: Pod` has no padding, so all its bytes are initialised.
-        let bytes = unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
+        let bytes =
+            unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
         self.write(addr, bytes)
     }
 }
@@ -112,7 +120,17 @@ mod tests {
 
     #[test]
     fn bounds_are_enforced() {
-        let ram = GuestRam::new(&[Range { start: 0, end: 0x10000 }, Range { start: 0x20000, end: 0x21000 }]).unwrap();
+        let ram = GuestRam::new(&[
+            Range {
+                start: 0,
+                end: 0x10000,
+            },
+            Range {
+                start: 0x20000,
+                end: 0x21000,
+            },
+        ])
+        .unwrap();
         assert!(ram.check(0, 0x10000).is_ok());
         assert!(ram.check(0xfff0, 0x20).is_err(), "runs off the end");
         assert!(ram.check(0x10000, 1).is_err(), "in the gap");
@@ -123,7 +141,10 @@ mod tests {
         assert_eq!(ram.read_pod::<u64>(0x20ff8).unwrap(), 0x1122_3344_5566_7788);
         assert_eq!(
             ram.write(0x20ffc, &[0u8; 8]),
-            Err(MemoryError::OutOfRange { addr: 0x20ffc, len: 8 })
+            Err(MemoryError::OutOfRange {
+                addr: 0x20ffc,
+                len: 8
+            })
         );
     }
 }

@@ -20,7 +20,13 @@ pub enum GuestExit {
     /// The guest called exit.
     Exited { vcpu: u32, status: u32 },
     /// The guest panicked.
-    Panicked { vcpu: u32, message: String, file: String, line: u32, column: u32 },
+    Panicked {
+        vcpu: u32,
+        message: String,
+        file: String,
+        line: u32,
+        column: u32,
+    },
     /// An exception no hook handled.
     UnhandledException {
         vcpu: u32,
@@ -32,19 +38,52 @@ pub enum GuestExit {
         reason: String,
     },
     /// A hypercall with a bad argument.
-    BadHypercall { vcpu: u32, error: HypercallError, regs: Option<RegisterDump> },
+    BadHypercall {
+        vcpu: u32,
+        error: HypercallError,
+        regs: Option<RegisterDump>,
+    },
     /// An unexpected VM exit or KVM failure.
-    Crashed { vcpu: u32, reason: String, regs: Option<RegisterDump> },
+    Crashed {
+        vcpu: u32,
+        reason: String,
+        regs: Option<RegisterDump>,
+    },
 }
 
 impl GuestExit {
     pub(crate) fn from_stop(vcpu: u32, stop: Stop) -> Self {
         match stop {
             Stop::Exit(status) => GuestExit::Exited { vcpu, status },
-            Stop::Panic { message, file, line, column } => GuestExit::Panicked { vcpu, message, file, line, column },
-            Stop::Fault { vector, error_code, rip, cr2, rsp, reason, .. } => {
-                GuestExit::UnhandledException { vcpu, vector, error_code, rip, cr2, rsp, reason }
-            }
+            Stop::Panic {
+                message,
+                file,
+                line,
+                column,
+            } => GuestExit::Panicked {
+                vcpu,
+                message,
+                file,
+                line,
+                column,
+            },
+            Stop::Fault {
+                vector,
+                error_code,
+                rip,
+                cr2,
+                rsp,
+                reason,
+                ..
+            } => GuestExit::UnhandledException {
+                vcpu,
+                vector,
+                error_code,
+                rip,
+                cr2,
+                rsp,
+                reason,
+            },
         }
     }
 
@@ -80,14 +119,34 @@ impl fmt::Display for GuestExit {
             GuestExit::Exited { vcpu, status } => {
                 write!(f, "guest exited with status {status} (from vCPU {vcpu})")?;
                 if *status > 255 {
-                    write!(f, "; it does not fit a process exit status, {STATUS_BAD_EXIT} is used")?;
+                    write!(
+                        f,
+                        "; it does not fit a process exit status, {STATUS_BAD_EXIT} is used"
+                    )?;
                 }
                 Ok(())
             }
-            GuestExit::Panicked { vcpu, message, file, line, column } => {
-                write!(f, "guest panicked on vCPU {vcpu} at {file}:{line}:{column}: {message}")
+            GuestExit::Panicked {
+                vcpu,
+                message,
+                file,
+                line,
+                column,
+            } => {
+                write!(
+                    f,
+                    "guest panicked on vCPU {vcpu} at {file}:{line}:{column}: {message}"
+                )
             }
-            GuestExit::UnhandledException { vcpu, vector, error_code, rip, cr2, rsp, reason } => write!(
+            GuestExit::UnhandledException {
+                vcpu,
+                vector,
+                error_code,
+                rip,
+                cr2,
+                rsp,
+                reason,
+            } => write!(
                 f,
                 "guest stopped on vCPU {vcpu}: unhandled exception {} (vector {vector}), \
                  error code {error_code:#x}, RIP {rip:#x}, CR2 {cr2:#x}, RSP {rsp:#x}: {reason}",
@@ -161,7 +220,11 @@ impl RegisterDump {
 
 impl fmt::Display for RegisterDump {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "  RIP {:#018x}  RSP {:#018x}  RFLAGS {:#x}", self.rip, self.rsp, self.rflags)?;
+        writeln!(
+            f,
+            "  RIP {:#018x}  RSP {:#018x}  RFLAGS {:#x}",
+            self.rip, self.rsp, self.rflags
+        )?;
         for chunk in self.gprs.chunks(4) {
             write!(f, " ")?;
             for (name, value) in chunk {

@@ -102,7 +102,7 @@ pub fn setup(
 /// What one exit asks the loop to do.
 enum Next {
     Continue,
-    Stop(GuestExit),
+    Stop(Box<GuestExit>),
 }
 
 /// Runs vCPU `index` until the guest stops or the VM is being torn down.
@@ -126,28 +126,38 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
                             counts.hypercalls[call as usize] += 1;
                             match server.handle(index, call, data) {
                                 Ok(Outcome::Continue) => Next::Continue,
-                                Ok(Outcome::Stop(stop)) => Next::Stop(GuestExit::from_stop(index, stop)),
-                                Err(error) => {
-                                    Next::Stop(GuestExit::BadHypercall { vcpu: index, error, regs: None })
+                                Ok(Outcome::Stop(stop)) => {
+                                    Next::Stop(Box::new(GuestExit::from_stop(index, stop)))
                                 }
+                                Err(error) => Next::Stop(Box::new(GuestExit::BadHypercall {
+                                    vcpu: index,
+                                    error,
+                                    regs: None,
+                                })),
                             }
                         }
-                        None => crashed(format!("write of {} byte(s) to unknown I/O port {port:#x}", data.len())),
+                        None => crashed(format!(
+                            "write of {} byte(s) to unknown I/O port {port:#x}",
+                            data.len()
+                        )),
                     },
-                    VcpuExit::IoIn(port, data) => {
-                        crashed(format!("read of {} byte(s) from unknown I/O port {port:#x}", data.len()))
-                    }
-                    VcpuExit::MmioRead(addr, data) => {
-                        crashed(format!("MMIO read of {} byte(s) at {addr:#x}: no device there", data.len()))
-                    }
-                    VcpuExit::MmioWrite(addr, data) => {
-                        crashed(format!("MMIO write of {} byte(s) at {addr:#x}: no device there", data.len()))
-                    }
+                    VcpuExit::IoIn(port, data) => crashed(format!(
+                        "read of {} byte(s) from unknown I/O port {port:#x}",
+                        data.len()
+                    )),
+                    VcpuExit::MmioRead(addr, data) => crashed(format!(
+                        "MMIO read of {} byte(s) at {addr:#x}: no device there",
+                        data.len()
+                    )),
+                    VcpuExit::MmioWrite(addr, data) => crashed(format!(
+                        "MMIO write of {} byte(s) at {addr:#x}: no device there",
+                        data.len()
+                    )),
                     VcpuExit::Shutdown => crashed("triple fault (KVM_EXIT_SHUTDOWN)".into()),
                     VcpuExit::Hlt => crashed("halted with no way to wake (KVM_EXIT_HLT)".into()),
-                    VcpuExit::FailEntry(reason, cpu) => {
-                        crashed(format!("VM entry failed (KVM_EXIT_FAIL_ENTRY, reason {reason:#x}, cpu {cpu})"))
-                    }
+                    VcpuExit::FailEntry(reason, cpu) => crashed(format!(
+                        "VM entry failed (KVM_EXIT_FAIL_ENTRY, reason {reason:#x}, cpu {cpu})"
+                    )),
                     VcpuExit::InternalError => crashed(String::new()),
                     other => crashed(format!("unexpected VM exit {other:?}")),
                 }
@@ -159,7 +169,7 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
             Err(e) => crashed(format!("KVM_RUN failed: {e}")),
         };
         if let Next::Stop(mut exit) = next {
-            if let GuestExit::Crashed { reason, .. } = &mut exit {
+            if let GuestExit::Crashed { reason, .. } = exit.as_mut() {
                 if reason.is_empty() {
                     let internal = vcpu.get_kvm_run();
                     // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so
@@ -173,12 +183,16 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
                 }
             }
             exit.attach_registers(index, RegisterDump::read(&vcpu));
-            shared.stop_with(exit);
+            shared.stop_with(*exit);
             return counts;
         }
     }
 }
 
 fn crashed(reason: String) -> Next {
-    Next::Stop(GuestExit::Crashed { vcpu: 0, reason, regs: None })
+    Next::Stop(Box::new(GuestExit::Crashed {
+        vcpu: 0,
+        reason,
+        regs: None,
+    }))
 }

@@ -63,13 +63,22 @@ pub enum VmError {
     #[error("permission denied opening {}: run as root or add the user to the group that owns it (usually 'kvm')", .path.display())]
     KvmPermission { path: PathBuf },
     #[error("cannot open {}: {source}", .path.display())]
-    KvmOpen { path: PathBuf, source: kvm_ioctls::Error },
+    KvmOpen {
+        path: PathBuf,
+        source: kvm_ioctls::Error,
+    },
     #[error("KVM API version {0} is not supported (12 is required)")]
     KvmApiVersion(i32),
     #[error("KVM call {op} failed: {source}")]
-    Kvm { op: &'static str, source: kvm_ioctls::Error },
+    Kvm {
+        op: &'static str,
+        source: kvm_ioctls::Error,
+    },
     #[error("cannot read guest image {}: {source}", .path.display())]
-    ImageRead { path: PathBuf, source: std::io::Error },
+    ImageRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid guest image {}: {source}", .path.display())]
     Elf { path: PathBuf, source: ElfError },
     #[error(transparent)]
@@ -128,9 +137,15 @@ pub struct Vm {
 impl Vm {
     /// Reads, validates and loads the image at `path`, and creates the VM.
     pub fn from_file(path: &Path, config: VmConfig) -> Result<Vm, VmError> {
-        let bytes = std::fs::read(path).map_err(|source| VmError::ImageRead { path: path.into(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| VmError::ImageRead {
+            path: path.into(),
+            source,
+        })?;
         Self::new(&bytes, config).map_err(|e| match e {
-            VmError::Elf { source, .. } => VmError::Elf { path: path.into(), source },
+            VmError::Elf { source, .. } => VmError::Elf {
+                path: path.into(),
+                source,
+            },
             other => other,
         })
     }
@@ -138,22 +153,38 @@ impl Vm {
     /// Creates a VM running the guest image `image` (the bytes of an ELF file).
     pub fn new(image: &[u8], config: VmConfig) -> Result<Vm, VmError> {
         if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
-            return Err(VmError::Config(format!("{} vCPUs requested, 1 to {MAX_VCPUS} are supported", config.vcpus)));
+            return Err(VmError::Config(format!(
+                "{} vCPUs requested, 1 to {MAX_VCPUS} are supported",
+                config.vcpus
+            )));
         }
-        if config.memory % PAGE != 0 {
-            return Err(VmError::Config(format!("memory size {} is not a multiple of 4 KiB", config.memory)));
+        if !config.memory.is_multiple_of(PAGE) {
+            return Err(VmError::Config(format!(
+                "memory size {} is not a multiple of 4 KiB",
+                config.memory
+            )));
         }
         let started = Instant::now();
-        let elf_err = |source| VmError::Elf { path: PathBuf::new(), source };
+        let elf_err = |source| VmError::Elf {
+            path: PathBuf::new(),
+            source,
+        };
         // First check the image on its own, then against this VM's memory: a
         // memory size that could never hold the image is "memory too small",
         // an image linked beyond a memory that could hold it is an image error.
         let image = Image::parse(image).map_err(elf_err)?;
         let required = Layout::minimum_memory(&image, config.vcpus);
         if config.memory < required {
-            return Err(MemoryTooSmall { requested: config.memory, required, vcpus: config.vcpus }.into());
+            return Err(MemoryTooSmall {
+                requested: config.memory,
+                required,
+                vcpus: config.vcpus,
+            }
+            .into());
         }
-        let image = image.within(config.memory.min(libdbos::abi::LOW_RAM_END)).map_err(elf_err)?;
+        let image = image
+            .within(config.memory.min(libdbos::abi::LOW_RAM_END))
+            .map_err(elf_err)?;
         let layout = Layout::plan(config.memory, &image, config.vcpus)?;
 
         let kvm = open_kvm(&config.kvm_device)?;
@@ -161,7 +192,8 @@ impl Vm {
         if let Err(e) = vm.set_tss_address(0xfffb_d000) {
             log::debug!("KVM_SET_TSS_ADDR failed ({e}); not needed for a long-mode guest");
         }
-        vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
 
         let ram = Arc::new(GuestRam::new(&layout.ram)?);
         for (slot, region) in ram.host_regions().iter().enumerate() {
@@ -175,7 +207,8 @@ impl Vm {
             // SAFETY: the host range is a live mapping owned by `ram`, which
             // the `Vm` keeps alive until after the VM fd is closed (field
             // order), and guest ranges do not overlap.
-            unsafe { vm.set_user_memory_region(spec) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+            unsafe { vm.set_user_memory_region(spec) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
         let cpuid = kvm
@@ -185,14 +218,31 @@ impl Vm {
             .as_slice()
             .iter()
             .any(|e| e.function == 0x8000_0001 && e.edx & (1 << 20) != 0);
-        let boot: BootState =
-            boot::write_boot_state(&ram, &layout, &image, &config.args, config.vcpus, config.abi_version, nx)?;
+        let boot: BootState = boot::write_boot_state(
+            &ram,
+            &layout,
+            &image,
+            &config.args,
+            config.vcpus,
+            config.abi_version,
+            nx,
+        )?;
 
         let mut vcpus = Vec::new();
         for index in 0..config.vcpus {
-            let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            vcpu::setup(&fd, index, &cpuid, &boot, image.entry, layout.stack_top(index), nx)
-                .map_err(kvm_err("vCPU register setup"))?;
+            let fd = vm
+                .create_vcpu(u64::from(index))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            vcpu::setup(
+                &fd,
+                index,
+                &cpuid,
+                &boot,
+                image.entry,
+                layout.stack_top(index),
+                nx,
+            )
+            .map_err(kvm_err("vCPU register setup"))?;
             vcpus.push(fd);
         }
         log::debug!(
@@ -204,7 +254,15 @@ impl Vm {
             layout.heap.start,
             layout.heap.end
         );
-        Ok(Vm { vcpus, _vm: vm, _kvm: kvm, ram, config, layout, started })
+        Ok(Vm {
+            vcpus,
+            _vm: vm,
+            _kvm: kvm,
+            ram,
+            config,
+            layout,
+            started,
+        })
     }
 
     /// The planned guest-physical layout.
@@ -215,9 +273,14 @@ impl Vm {
     /// Runs the guest until it stops, and reports how.
     pub fn run(mut self) -> Result<RunReport, VmError> {
         install_kick_handler();
+        log::debug!("VM set up in {:?}", self.started.elapsed());
         let shared = Arc::new(Shared {
             ram: self.ram.clone(),
-            console: Console::new(self.config.vcpus, self.config.echo_console, self.config.capture_console),
+            console: Console::new(
+                self.config.vcpus,
+                self.config.echo_console,
+                self.config.capture_console,
+            ),
             started: self.started,
             stopping: AtomicBool::new(false),
             exit: Mutex::new(None),
@@ -233,7 +296,11 @@ impl Vm {
             match handle {
                 Ok(h) => threads.push(h),
                 Err(e) => {
-                    shared.stop_with(GuestExit::Crashed { vcpu: index as u32, reason: e.to_string(), regs: None });
+                    shared.stop_with(GuestExit::Crashed {
+                        vcpu: index as u32,
+                        reason: e.to_string(),
+                        regs: None,
+                    });
                     break;
                 }
             }
@@ -267,17 +334,30 @@ impl Vm {
             exits_per_vcpu.push(counts);
         }
         shared.console.flush();
-        Ok(RunReport { exit, exits, exits_per_vcpu, elapsed, console: shared.console.captured() })
+        Ok(RunReport {
+            exit,
+            exits,
+            exits_per_vcpu,
+            elapsed,
+            console: shared.console.captured(),
+        })
     }
 }
 
 fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
-    let cpath = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| VmError::Config(format!("KVM device path {} contains a NUL byte", path.display())))?;
+    let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        VmError::Config(format!(
+            "KVM device path {} contains a NUL byte",
+            path.display()
+        ))
+    })?;
     let kvm = Kvm::new_with_path(&cpath).map_err(|source| match source.errno() {
         libc::ENOENT => VmError::KvmMissing { path: path.into() },
         libc::EACCES | libc::EPERM => VmError::KvmPermission { path: path.into() },
-        _ => VmError::KvmOpen { path: path.into(), source },
+        _ => VmError::KvmOpen {
+            path: path.into(),
+            source,
+        },
     })?;
     let version = kvm.get_api_version();
     if version != 12 {

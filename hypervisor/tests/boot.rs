@@ -22,7 +22,11 @@ fn hello_prints_and_exits_with_chosen_status() {
             "[vcpu0] INFO  hello: exiting with status 7",
         ]
     );
-    assert!(matches!(report.exit, GuestExit::Exited { vcpu: 0, status: 7 }), "{}", report.exit);
+    assert!(
+        matches!(report.exit, GuestExit::Exited { vcpu: 0, status: 7 }),
+        "{}",
+        report.exit
+    );
     assert_eq!(report.exit.process_status(), 7);
     // Two console lines and the exit: nothing else leaves the guest.
     assert_eq!(report.exits.total, 3);
@@ -68,7 +72,15 @@ fn unhooked_fault_stops_the_guest_with_vector_rip_and_cr2() {
     let line = &report.console[0];
     let (load_fn, addr) = (hex_field(line, "load-fn"), hex_field(line, "addr"));
     match &report.exit {
-        GuestExit::UnhandledException { vcpu: 0, vector: 14, error_code: 0, rip, cr2, reason, .. } => {
+        GuestExit::UnhandledException {
+            vcpu: 0,
+            vector: 14,
+            error_code: 0,
+            rip,
+            cr2,
+            reason,
+            ..
+        } => {
             assert_eq!(*rip, load_fn);
             assert_eq!(*cr2, addr);
             assert_eq!(reason, "no page-fault hook registered");
@@ -89,7 +101,10 @@ fn vector_hook_sees_and_restores_the_full_register_state() {
         return;
     }
     let report = scenario("vector-hook");
-    assert_eq!(report.console, vec!["[vcpu0] rax=0x12345678 preserved=true"]);
+    assert_eq!(
+        report.console,
+        vec!["[vcpu0] rax=0x12345678 preserved=true"]
+    );
     // The second ud2 comes after the hook was cleared: vector 6 is reported.
     assert!(
         matches!(&report.exit, GuestExit::UnhandledException { vector: 6, reason, .. } if reason == "no hook registered"),
@@ -106,7 +121,12 @@ fn a_hook_that_declines_stops_the_guest() {
     let report = scenario("hook-declines");
     let addr = hex_field(&report.console[0], "addr");
     match &report.exit {
-        GuestExit::UnhandledException { vector: 14, cr2, reason, .. } => {
+        GuestExit::UnhandledException {
+            vector: 14,
+            cr2,
+            reason,
+            ..
+        } => {
             assert_eq!(*cr2, addr);
             assert_eq!(reason, "the page-fault hook did not resolve it");
         }
@@ -121,7 +141,13 @@ fn guest_panic_reaches_the_host() {
     }
     let report = scenario("panic");
     match &report.exit {
-        GuestExit::Panicked { vcpu: 0, message, file, line, .. } => {
+        GuestExit::Panicked {
+            vcpu: 0,
+            message,
+            file,
+            line,
+            ..
+        } => {
             assert_eq!(message, "scenario panic with value 42");
             assert_eq!(file, "src/bin/scenarios.rs");
             assert!(*line > 0);
@@ -138,10 +164,19 @@ fn wild_console_pointer_stops_the_guest_and_the_host_stays_healthy() {
     }
     let report = scenario("bad-pointer");
     match &report.exit {
-        GuestExit::BadHypercall { vcpu: 0, error, regs } => {
+        GuestExit::BadHypercall {
+            vcpu: 0,
+            error,
+            regs,
+        } => {
             assert_eq!(
                 *error,
-                HypercallError::BadBuffer { call: Hypercall::Console, what: "text", addr: 1 << 40, len: 16 }
+                HypercallError::BadBuffer {
+                    call: Hypercall::Console,
+                    what: "text",
+                    addr: 1 << 40,
+                    len: 16
+                }
             );
             assert!(regs.is_some(), "a register dump comes with the report");
         }
@@ -155,7 +190,13 @@ fn wild_console_pointer_stops_the_guest_and_the_host_stays_healthy() {
     assert!(
         matches!(
             &report.exit,
-            GuestExit::BadHypercall { error: HypercallError::TooLong { call: Hypercall::Console, .. }, .. }
+            GuestExit::BadHypercall {
+                error: HypercallError::TooLong {
+                    call: Hypercall::Console,
+                    ..
+                },
+                ..
+            }
         ),
         "{}",
         report.exit
@@ -172,7 +213,10 @@ fn abi_version_mismatch_is_detected_by_the_guest() {
     if !require_kvm() {
         return;
     }
-    let cfg = VmConfig { abi_version: ABI_VERSION + 1, ..config(&[]) };
+    let cfg = VmConfig {
+        abi_version: ABI_VERSION + 1,
+        ..config(&[])
+    };
     let report = run("hello", cfg);
     match &report.exit {
         GuestExit::Panicked { message, .. } => assert_eq!(
@@ -185,7 +229,10 @@ fn abi_version_mismatch_is_detected_by_the_guest() {
         ),
         other => panic!("unexpected exit: {other}"),
     }
-    assert!(report.console.is_empty(), "the guest stops before running main");
+    assert!(
+        report.console.is_empty(),
+        "the guest stops before running main"
+    );
 }
 
 #[test]
@@ -194,7 +241,11 @@ fn clock_is_monotonic() {
         return;
     }
     let report = scenario("clock");
-    assert!(report.console[0].ends_with("monotonic=true"), "{}", report.console[0]);
+    assert!(
+        report.console[0].ends_with("monotonic=true"),
+        "{}",
+        report.console[0]
+    );
     assert_eq!(report.exits.hypercall(Hypercall::Clock), 2);
 }
 
@@ -203,10 +254,20 @@ fn secondary_vcpus_boot_and_are_stopped_with_the_guest() {
     if !require_kvm() {
         return;
     }
-    let cfg = VmConfig { vcpus: 4, ..config(&["3"]) };
+    let cfg = VmConfig {
+        vcpus: 4,
+        ..config(&["3"])
+    };
     let report = run("hello", cfg);
-    assert_eq!(report.console[0], "[vcpu0] hello from dbos guest: 4 vCPU(s), 64 MiB RAM");
-    assert!(matches!(report.exit, GuestExit::Exited { vcpu: 0, status: 3 }), "{}", report.exit);
+    assert_eq!(
+        report.console[0],
+        "[vcpu0] hello from dbos guest: 4 vCPU(s), 64 MiB RAM"
+    );
+    assert!(
+        matches!(report.exit, GuestExit::Exited { vcpu: 0, status: 3 }),
+        "{}",
+        report.exit
+    );
     assert_eq!(report.exits_per_vcpu.len(), 4);
     // Parked vCPUs sit in `hlt` inside KVM and never exit to the VMM.
     for counts in &report.exits_per_vcpu[1..] {

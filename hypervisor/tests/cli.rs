@@ -7,7 +7,10 @@ use dbos_hypervisor::guest_image;
 use std::process::Command;
 
 fn dbos(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dbos")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dbos"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().expect("dbos exited by a signal"),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -49,7 +52,10 @@ fn guest_panic_is_non_zero_with_the_message() {
     }
     let (code, _, stderr) = dbos(&["run", &image("scenarios"), "--", "panic"]);
     assert_eq!(code, 101);
-    assert!(stderr.contains("guest panicked on vCPU 0 at src/bin/scenarios.rs:"), "{stderr}");
+    assert!(
+        stderr.contains("guest panicked on vCPU 0 at src/bin/scenarios.rs:"),
+        "{stderr}"
+    );
     assert!(stderr.contains("scenario panic with value 42"), "{stderr}");
 }
 
@@ -62,15 +68,24 @@ fn unhandled_fault_report_names_vector_rip_and_cr2() {
     assert_eq!(code, 102);
     let rip = common::hex_field(&stdout, "load-fn");
     let cr2 = common::hex_field(&stdout, "addr");
-    assert!(stderr.contains("unhandled exception #PF page fault (vector 14)"), "{stderr}");
-    assert!(stderr.contains(&format!("RIP {rip:#x}, CR2 {cr2:#x}")), "{stderr}");
+    assert!(
+        stderr.contains("unhandled exception #PF page fault (vector 14)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("RIP {rip:#x}, CR2 {cr2:#x}")),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn setup_errors_are_clear() {
     let (code, _, stderr) = dbos(&["run", "/nonexistent/guest.elf"]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("cannot read guest image /nonexistent/guest.elf"), "{stderr}");
+    assert!(
+        stderr.contains("cannot read guest image /nonexistent/guest.elf"),
+        "{stderr}"
+    );
 
     let bogus = std::env::temp_dir().join(format!("dbos-not-elf-{}", std::process::id()));
     std::fs::write(&bogus, b"not an elf").unwrap();
@@ -81,7 +96,10 @@ fn setup_errors_are_clear() {
 
     let (code, _, stderr) = dbos(&["run", &image("hello"), "--kvm-device", "/nonexistent/kvm"]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("/nonexistent/kvm does not exist"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/kvm does not exist"),
+        "{stderr}"
+    );
 
     let (code, _, stderr) = dbos(&["run", &image("hello"), "--memory", "2M"]);
     assert_eq!(code, 1);
@@ -96,7 +114,13 @@ fn setup_errors_are_clear() {
 fn help_explains_the_options() {
     let (code, stdout, _) = dbos(&["run", "--help"]);
     assert_eq!(code, 0);
-    for option in ["--vcpus", "--memory", "--kvm-device", "--stats", "GUEST ARGS"] {
+    for option in [
+        "--vcpus",
+        "--memory",
+        "--kvm-device",
+        "--stats",
+        "GUEST ARGS",
+    ] {
         assert!(stdout.contains(option), "{option} missing from:\n{stdout}");
     }
 }

@@ -12,7 +12,13 @@ fn hello() -> Vec<u8> {
 }
 
 fn elf_error(bytes: &[u8]) -> ElfError {
-    match Vm::new(bytes, VmConfig { memory: 64 << 20, ..VmConfig::default() }) {
+    match Vm::new(
+        bytes,
+        VmConfig {
+            memory: 64 << 20,
+            ..VmConfig::default()
+        },
+    ) {
         Err(VmError::Elf { source, .. }) => source,
         Err(other) => panic!("expected an ELF error, got: {other}"),
         Ok(_) => panic!("the image was accepted"),
@@ -44,7 +50,10 @@ fn truncated_files() {
     // Headers intact, segment contents cut off.
     let cut = &image[..0x2000.min(image.len() - 1)];
     let err = elf_error(cut);
-    assert!(matches!(err, ElfError::Truncated(ref m) if m.contains("segment")), "{err}");
+    assert!(
+        matches!(err, ElfError::Truncated(ref m) if m.contains("segment")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -77,38 +86,90 @@ fn segment_outside_guest_memory() {
     // Linked outside the image window entirely.
     let mut image = hello();
     image[ph + 16..ph + 24].copy_from_slice(&0x40_0000u64.to_le_bytes());
-    assert!(matches!(elf_error(&image), ElfError::SegmentOutsideWindow { vaddr: 0x40_0000, .. }));
+    assert!(matches!(
+        elf_error(&image),
+        ElfError::SegmentOutsideWindow {
+            vaddr: 0x40_0000,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn memory_too_small() {
-    let err = Vm::new(&hello(), VmConfig { memory: 3 << 20, ..VmConfig::default() }).err().unwrap();
-    let VmError::MemoryTooSmall(e) = &err else { panic!("unexpected: {err}") };
+    let err = Vm::new(
+        &hello(),
+        VmConfig {
+            memory: 3 << 20,
+            ..VmConfig::default()
+        },
+    )
+    .err()
+    .unwrap();
+    let VmError::MemoryTooSmall(e) = &err else {
+        panic!("unexpected: {err}")
+    };
     assert_eq!(e.requested, 3 << 20);
-    assert!(err.to_string().starts_with("guest memory too small"), "{err}");
+    assert!(
+        err.to_string().starts_with("guest memory too small"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_vcpu_count_and_memory_size() {
-    let err = Vm::new(&hello(), VmConfig { vcpus: 0, ..VmConfig::default() }).err().unwrap();
+    let err = Vm::new(
+        &hello(),
+        VmConfig {
+            vcpus: 0,
+            ..VmConfig::default()
+        },
+    )
+    .err()
+    .unwrap();
     assert!(matches!(err, VmError::Config(_)), "{err}");
-    let err = Vm::new(&hello(), VmConfig { vcpus: 65, ..VmConfig::default() }).err().unwrap();
+    let err = Vm::new(
+        &hello(),
+        VmConfig {
+            vcpus: 65,
+            ..VmConfig::default()
+        },
+    )
+    .err()
+    .unwrap();
     assert!(matches!(err, VmError::Config(_)), "{err}");
-    let err = Vm::new(&hello(), VmConfig { memory: (64 << 20) + 1, ..VmConfig::default() }).err().unwrap();
+    let err = Vm::new(
+        &hello(),
+        VmConfig {
+            memory: (64 << 20) + 1,
+            ..VmConfig::default()
+        },
+    )
+    .err()
+    .unwrap();
     assert!(matches!(err, VmError::Config(_)), "{err}");
 }
 
 #[test]
 fn missing_kvm_device() {
-    let cfg = VmConfig { kvm_device: "/nonexistent/kvm".into(), memory: 64 << 20, ..VmConfig::default() };
+    let cfg = VmConfig {
+        kvm_device: "/nonexistent/kvm".into(),
+        memory: 64 << 20,
+        ..VmConfig::default()
+    };
     let err = Vm::new(&hello(), cfg).err().unwrap();
     assert!(matches!(err, VmError::KvmMissing { .. }), "{err}");
-    assert!(err.to_string().contains("/nonexistent/kvm does not exist"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/kvm does not exist"),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_image_file() {
-    let err = Vm::from_file("/nonexistent/guest.elf".as_ref(), VmConfig::default()).err().unwrap();
+    let err = Vm::from_file("/nonexistent/guest.elf".as_ref(), VmConfig::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, VmError::ImageRead { .. }), "{err}");
     assert!(err.to_string().contains("/nonexistent/guest.elf"), "{err}");
 }

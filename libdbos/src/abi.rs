@@ -405,7 +405,9 @@ mod tests {
         let mut buf = [0u8; 128];
         let mut w = crate::fmtbuf::FmtBuf::new(&mut buf);
         core::fmt::Write::write_fmt(&mut w, format_args!("{err}")).unwrap();
-        assert!(w.as_str().contains("guest built for version 1, hypervisor provides version 2"));
+        assert!(w
+            .as_str()
+            .contains("guest built for version 1, hypervisor provides version 2"));
     }
 
     #[test]

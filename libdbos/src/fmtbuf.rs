@@ -68,7 +68,8 @@ mod tests {
     fn truncates_at_char_boundary() {
         let mut b = [0u8; 5];
         let mut w = FmtBuf::new(&mut b);
-        write!(w, "ab{}", "çd").unwrap();
+        let c = 'ç';
+        write!(w, "ab{c}d").unwrap();
         assert_eq!(w.as_str(), "abçd");
         assert!(!w.truncated());
         write!(w, "é").unwrap();

@@ -96,20 +96,28 @@ fn page_fault_hook() -> u8 {
         "fault cr2={:#x} error={:#x} rip-is-store={} faults={} value={:#x} phys-mapped={}",
         FAULT_ADDR.load(Ordering::Relaxed),
         FAULT_ERROR.load(Ordering::Relaxed),
-        FAULT_RIP.load(Ordering::Relaxed) == (store as extern "sysv64" fn(u64, u64)) as usize as u64,
+        FAULT_RIP.load(Ordering::Relaxed)
+            == (store as extern "sysv64" fn(u64, u64)) as usize as u64,
         FAULT_COUNT.load(Ordering::Relaxed),
         value,
         paging::translate(addr).is_some(),
     );
     // A second access to the same page must not fault again.
     store(addr + 8, 7);
-    println!("faults after second access={}", FAULT_COUNT.load(Ordering::Relaxed));
+    println!(
+        "faults after second access={}",
+        FAULT_COUNT.load(Ordering::Relaxed)
+    );
     0
 }
 
 fn unhandled_fault() -> u8 {
     let addr = WINDOW + 0x7_7000 + 0x10;
-    println!("load-fn={:#x} addr={:#x}", (load as extern "sysv64" fn(u64) -> u64) as usize, addr);
+    println!(
+        "load-fn={:#x} addr={:#x}",
+        (load as extern "sysv64" fn(u64) -> u64) as usize,
+        addr
+    );
     let v = load(addr);
     println!("unreachable: read {v}");
     0
@@ -119,7 +127,11 @@ fn hook_declines() -> u8 {
     libdbos::set_page_fault_hook(Some(map_on_fault));
     // Outside the window the hook handles: it declines.
     let addr = 0x0000_2000_0000_0000 + 0x40;
-    println!("load-fn={:#x} addr={:#x}", (load as extern "sysv64" fn(u64) -> u64) as usize, addr);
+    println!(
+        "load-fn={:#x} addr={:#x}",
+        (load as extern "sysv64" fn(u64) -> u64) as usize,
+        addr
+    );
     let v = load(addr);
     println!("unreachable: read {v}");
     0
@@ -147,7 +159,13 @@ fn vector_hook() -> u8 {
     }
     println!(
         "rax={rax:#x} preserved={}",
-        rbx == 0xb0b0 && rcx == 0xc0c0 && rdx == 0xd0d0 && rsi == 0x5151 && r8 == 0x0808 && r12 == 0x1212 && r15 == 0x1515
+        rbx == 0xb0b0
+            && rcx == 0xc0c0
+            && rdx == 0xd0d0
+            && rsi == 0x5151
+            && r8 == 0x0808
+            && r12 == 0x1212
+            && r15 == 0x1515
     );
     // Once the hook is cleared, #UD stops the guest. (Not `int3`: KVM's
     // instruction emulator on these hosts fails on it in ring 0.)

@@ -43,7 +43,14 @@ pub fn scenario(name: &str) -> RunReport {
 
 /// Parses `key=0x...` out of a console line.
 pub fn hex_field(line: &str, key: &str) -> u64 {
-    let start = line.find(&format!("{key}=0x")).unwrap_or_else(|| panic!("no {key}= in {line:?}")) + key.len() + 3;
-    let digits: String = line[start..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+    let start = line
+        .find(&format!("{key}=0x"))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        + key.len()
+        + 3;
+    let digits: String = line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit())
+        .collect();
     u64::from_str_radix(&digits, 16).unwrap()
 }

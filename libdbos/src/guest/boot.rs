@@ -57,7 +57,12 @@ fn bsp_init(boot_info: *mut BootInfo) {
     // information, which lives in the boot-data region for the VM's lifetime.
     let info = unsafe { &*boot_info };
     if info.magic != abi::BOOT_MAGIC {
-        crate::hypercall::panic(b"dbos boot information is corrupt (bad magic)", file!().as_bytes(), line!(), 0);
+        crate::hypercall::panic(
+            b"dbos boot information is corrupt (bad magic)",
+            file!().as_bytes(),
+            line!(),
+            0,
+        );
     }
     if let Err(mismatch) = abi::check_abi_version(info.abi_version) {
         let mut buf = [0u8; 160];
@@ -69,7 +74,12 @@ fn bsp_init(boot_info: *mut BootInfo) {
     let map = memory_map();
     crate::memory::set_phys_end(map.iter().map(MemoryRegion::end).max().unwrap_or(0));
     let Some(heap) = map.iter().find(|r| r.kind() == Some(MemoryKind::Heap)) else {
-        crate::hypercall::panic(b"dbos boot information has no heap region", file!().as_bytes(), line!(), 0);
+        crate::hypercall::panic(
+            b"dbos boot information has no heap region",
+            file!().as_bytes(),
+            line!(),
+            0,
+        );
     };
     crate::heap::init(phys_to_virt(heap.start), heap.len);
     crate::frames::init(map);
@@ -127,7 +137,8 @@ pub fn args() -> Args {
     let len = (info.args_len as usize).min(abi::MAX_ARGS_BYTES);
     // SAFETY: the hypervisor wrote `args_len` bytes of arguments at
     // `args_addr` in the boot-data region, which is never reused.
-    let rest = unsafe { core::slice::from_raw_parts(phys_to_virt(info.args_addr) as *const u8, len) };
+    let rest =
+        unsafe { core::slice::from_raw_parts(phys_to_virt(info.args_addr) as *const u8, len) };
     Args {
         rest,
         remaining: info.argc,

@@ -2,9 +2,7 @@
 //! address of its argument block (see [`crate::abi`]). Each call is one VM
 //! exit, about 5 us on the development machines: keep them off hot paths.
 
-use crate::abi::{
-    ClockArgs, ConsoleArgs, ExitArgs, FaultArgs, GuestBuf, Hypercall, PanicArgs,
-};
+use crate::abi::{ClockArgs, ConsoleArgs, ExitArgs, FaultArgs, GuestBuf, Hypercall, PanicArgs};
 use crate::memory::virt_to_phys;
 
 /// Issues `call` with the argument block `args`.

@@ -118,7 +118,8 @@ pub fn set_page_fault_hook(hook: Option<PageFaultHook>) {
 pub fn set_vector_hook(vector: u8, hook: Option<VectorHook>) {
     assert!(vector != PAGE_FAULT, "use set_page_fault_hook for #PF");
     assert!(vector != 8, "a double fault cannot be hooked");
-    VECTOR_HOOKS[usize::from(vector)].store(hook.map_or(NO_HOOK, |h| h as usize), Ordering::Release);
+    VECTOR_HOOKS[usize::from(vector)]
+        .store(hook.map_or(NO_HOOK, |h| h as usize), Ordering::Release);
 }
 
 fn load_hook<F: Copy>(slot: &AtomicUsize) -> Option<F> {
@@ -152,7 +153,9 @@ pub(crate) extern "sysv64" fn dispatch(frame: &mut InterruptFrame) {
         percpu.in_page_fault.set(false);
         match result {
             HookResult::Handled => return,
-            HookResult::Unhandled => report(frame, fault.addr, "the page-fault hook did not resolve it"),
+            HookResult::Unhandled => {
+                report(frame, fault.addr, "the page-fault hook did not resolve it")
+            }
         }
     }
     let cr2 = x86_64::registers::control::Cr2::read_raw();

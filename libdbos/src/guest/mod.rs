@@ -1,7 +1,5 @@
 //! The ring-0 guest kernel: only compiled for `x86_64-unknown-none`.
 
-
-
 pub mod boot;
 pub mod console;
 pub mod frames;

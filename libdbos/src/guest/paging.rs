@@ -44,7 +44,10 @@ fn with_tables<R>(f: impl FnOnce(&mut OffsetPageTable<'static>) -> R) -> R {
     // direct map (invariant above), and the lock makes this the only mutable
     // view of the tables for the duration of `f`.
     let mut mapper = unsafe {
-        OffsetPageTable::new(&mut *(pml4_virt as *mut PageTable), VirtAddr::new(DIRECT_MAP_BASE))
+        OffsetPageTable::new(
+            &mut *(pml4_virt as *mut PageTable),
+            VirtAddr::new(DIRECT_MAP_BASE),
+        )
     };
     f(&mut mapper)
 }
@@ -57,7 +60,12 @@ pub fn map_4k(virt: u64, frame: PhysFrame, flags: PageTableFlags) -> Result<(), 
         // reference the program holds; what the frame is used for is the
         // caller's contract.
         let flush = unsafe {
-            m.map_to(page, frame, flags | PageTableFlags::PRESENT, &mut ZeroedFrames)
+            m.map_to(
+                page,
+                frame,
+                flags | PageTableFlags::PRESENT,
+                &mut ZeroedFrames,
+            )
         };
         match flush {
             // The entry was not present before, so no stale translation can be
