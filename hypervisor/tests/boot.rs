@@ -274,3 +274,61 @@ fn secondary_vcpus_boot_and_are_stopped_with_the_guest() {
         assert_eq!(counts.total, 0);
     }
 }
+
+/// Runs a scenario expected to crash and returns the report text.
+fn crash(name: &str) -> String {
+    let report = scenario(name);
+    assert_eq!(
+        report.exit.process_status(),
+        STATUS_CRASH,
+        "{}",
+        report.exit
+    );
+    let GuestExit::Crashed {
+        vcpu: 0,
+        regs: Some(regs),
+        ..
+    } = &report.exit
+    else {
+        panic!(
+            "expected a crash with a register dump, got: {}",
+            report.exit
+        )
+    };
+    let text = report.exit.to_string();
+    assert!(text.contains(&format!("RIP {:#018x}", regs.rip)), "{text}");
+    assert!(
+        regs.rip >= libdbos::abi::IMAGE_BASE,
+        "RIP is in the image: {text}"
+    );
+    text
+}
+
+#[test]
+fn unexpected_exits_are_reported_with_registers() {
+    if !require_kvm() {
+        return;
+    }
+    let text = crash("unknown-port");
+    assert!(
+        text.contains("write of 1 byte(s) to unknown I/O port 0x80"),
+        "{text}"
+    );
+    let text = crash("triple-fault");
+    assert!(text.contains("triple fault (KVM_EXIT_SHUTDOWN)"), "{text}");
+    // Only hosts without hardware virtualization emulate ring 0 (and fail on
+    // SSE); with VT-x/AMD-V the instruction simply runs.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hardware = cpuinfo
+        .lines()
+        .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if hardware {
+        assert_eq!(scenario("emulation-failure").exit.process_status(), 0);
+    } else {
+        let text = crash("emulation-failure");
+        assert!(
+            text.contains("KVM_EXIT_INTERNAL_ERROR, suberror 1"),
+            "{text}"
+        );
+    }
+}

@@ -22,6 +22,18 @@ fn main() -> u8 {
         "unhandled-fault" => unhandled_fault(),
         "hook-declines" => hook_declines(),
         "vector-hook" => vector_hook(),
+        "unknown-port" => {
+            // SAFETY: a write to an I/O port nothing serves; the host stops us.
+            unsafe { core::arch::asm!("out dx, al", in("dx") 0x80u16, in("al") 1u8) };
+            0
+        }
+        "emulation-failure" => {
+            // SAFETY: an SSE instruction, which the ring-0 emulator on hosts
+            // without VT-x cannot execute; the host stops us.
+            unsafe { core::arch::asm!("pxor xmm0, xmm0") };
+            0
+        }
+        "triple-fault" => triple_fault(),
         "panic" => panic!("scenario panic with value {}", 42),
         "bad-pointer" => {
             println!("passing an address beyond guest memory to the console call");
@@ -172,6 +184,21 @@ fn vector_hook() -> u8 {
     libdbos::set_vector_hook(6, None);
     // SAFETY: traps to the default handler, which never returns.
     unsafe { core::arch::asm!("ud2") };
+    0
+}
+
+/// Loads an empty IDT and faults: the #UD cannot be delivered, nor the
+/// double fault that follows, so the CPU shuts down (a triple fault).
+fn triple_fault() -> u8 {
+    let empty = x86_64::structures::DescriptorTablePointer {
+        limit: 0,
+        base: x86_64::VirtAddr::new(0),
+    };
+    // SAFETY: deliberately breaks interrupt delivery; the guest ends here.
+    unsafe {
+        x86_64::instructions::tables::lidt(&empty);
+        core::arch::asm!("ud2");
+    }
     0
 }
 
