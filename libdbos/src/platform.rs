@@ -1,0 +1,382 @@
+//! The privileged API a database programs against, and the types it uses.
+//!
+//! [`Platform`] is implemented twice: by the guest kernel (`libdbos` in ring 0,
+//! `GuestPlatform`) and by an ordinary Linux process (`ProcessPlatform`). A
+//! buffer pool, a snapshot mechanism or a test written against the trait runs
+//! on both; the guest gives it direct control of page tables, the TLB and
+//! interrupts, the process is the fallback and the baseline.
+//!
+//! The model:
+//! - A **window** is a range of virtual addresses reserved for the database;
+//!   nothing is mapped in it until the database maps pages.
+//! - A **frame** is a 4 KiB (or 2 MiB) unit of memory the platform owns: guest
+//!   RAM in the guest, a page of a memory file in a process. Its contents are
+//!   always reachable through [`Platform::frame_ptr`], whether or not it is
+//!   mapped in a window, and it can be mapped at any window page.
+//! - Mapping calls edit translations; they do **not** invalidate other CPUs'
+//!   TLBs (see each call). [`Platform::invalidate_all`] does, at the price of
+//!   interrupting every other CPU.
+//! - An access to an unmapped or protected window page calls the **fault
+//!   hook** on the faulting CPU/thread; the hook resolves it (maps a frame,
+//!   changes protection) and returns [`FaultResolution::Retry`], and the access
+//!   is retried.
+//! - Every implementation counts its events ([`EventCounts`]), so a mechanism
+//!   can be judged by page-table writes, invalidations and IPIs per operation.
+//!
+//! What each call costs in each implementation is stated on the call and
+//! tabulated (from counted runs) in the crate's `docs/costs.md`.
+
+use core::fmt;
+
+/// Size of a small page and of a frame.
+pub const PAGE_SIZE: u64 = 4096;
+/// Size of a large page (and of a large frame).
+pub const LARGE_PAGE_SIZE: u64 = 2 << 20;
+
+/// A frame: a 4 KiB unit of memory owned by the platform (in the guest, its
+/// guest-physical address; in a process, its offset in the memory file). A
+/// large frame is 512 consecutive, 2 MiB-aligned frames named by the first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frame(u64);
+
+impl Frame {
+    /// The frame at byte address/offset `addr`, which must be 4 KiB aligned.
+    pub const fn from_addr(addr: u64) -> Option<Frame> {
+        if addr % PAGE_SIZE == 0 {
+            Some(Frame(addr))
+        } else {
+            None
+        }
+    }
+    /// Its byte address (guest-physical) or offset (process memory file).
+    pub const fn addr(self) -> u64 {
+        self.0
+    }
+}
+
+/// Access rights of a mapped window page. Window pages are never executable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protection {
+    /// Reads succeed, writes fault.
+    ReadOnly,
+    /// Reads and writes succeed.
+    ReadWrite,
+}
+
+/// Page sizes a mapping can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageSize {
+    /// 4 KiB.
+    Small,
+    /// 2 MiB; the page address and the frame must be 2 MiB aligned.
+    Large,
+}
+
+impl PageSize {
+    pub const fn bytes(self) -> u64 {
+        match self {
+            PageSize::Small => PAGE_SIZE,
+            PageSize::Large => LARGE_PAGE_SIZE,
+        }
+    }
+}
+
+/// A reserved range of virtual addresses, `[base, base + len)`, page aligned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub base: u64,
+    pub len: u64,
+}
+
+impl Window {
+    /// Whether `[addr, addr + len)` lies inside the window.
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        addr >= self.base
+            && addr
+                .checked_add(len)
+                .is_some_and(|end| end <= self.base + self.len)
+    }
+    /// Address of the `i`-th small page.
+    pub fn page(&self, i: u64) -> u64 {
+        self.base + i * PAGE_SIZE
+    }
+}
+
+/// The accessed and dirty state of a mapped page, as far as the platform can
+/// observe it: `None` where it cannot (see [`Platform::capabilities`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AccessBits {
+    pub accessed: Option<bool>,
+    pub dirty: Option<bool>,
+}
+
+/// A fault in a window, handed to the fault hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// The faulting address (not page aligned).
+    pub addr: u64,
+    /// The access was a write.
+    pub write: bool,
+    /// The page was mapped (a protection fault), not missing.
+    pub present: bool,
+    /// The faulting instruction.
+    pub ip: u64,
+    /// The CPU (guest) or thread's CPU index (process) that faulted.
+    pub cpu: usize,
+}
+
+/// What the fault hook did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultResolution {
+    /// The fault is resolved; retry the access.
+    Retry,
+    /// Not resolved: the platform's default action (the guest stops with a
+    /// report; a process aborts with a message).
+    Unhandled,
+}
+
+/// The fault hook: runs on the faulting CPU (guest) or thread (process), in
+/// interrupt or signal context. It may call the mapping and frame functions
+/// of the platform, but must not block on a lock the faulting code may hold,
+/// and must not fault itself.
+pub type FaultHook = fn(&Fault) -> FaultResolution;
+
+/// A hook for timer ticks and inter-processor interrupts: runs on the CPU
+/// (thread) the event is for, in interrupt (signal) context, with its index.
+pub type EventHook = fn(cpu: usize);
+
+/// Events counted by a platform. Sums over all CPUs; read with
+/// [`Platform::counters`] and subtract two readings to cost an operation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    /// Faults delivered to the fault hook.
+    pub faults: u64,
+    /// Page-table entries written (guest), or mapping system calls made
+    /// (process: each `mmap`/`mprotect`/`madvise` counts one).
+    pub pte_writes: u64,
+    /// Single-page invalidations on the calling CPU (`invlpg`).
+    pub local_invalidations: u64,
+    /// Whole-TLB flushes on the calling CPU (CR3 reload).
+    pub local_flushes: u64,
+    /// Invalidations requested on other CPUs.
+    pub remote_invalidations: u64,
+    /// Inter-processor interrupts sent.
+    pub ipis_sent: u64,
+    /// VM exits taken by the whole VM (guest; 0 in a process).
+    pub vm_exits: u64,
+    /// TLB shootdowns the kernel performed (process: from
+    /// `/proc/interrupts`, machine-wide; 0 in the guest, which has none it
+    /// did not ask for).
+    pub shootdowns: u64,
+}
+
+impl EventCounts {
+    /// The events between `earlier` and `self`.
+    pub fn since(&self, earlier: &EventCounts) -> EventCounts {
+        EventCounts {
+            faults: self.faults - earlier.faults,
+            pte_writes: self.pte_writes - earlier.pte_writes,
+            local_invalidations: self.local_invalidations - earlier.local_invalidations,
+            local_flushes: self.local_flushes - earlier.local_flushes,
+            remote_invalidations: self.remote_invalidations - earlier.remote_invalidations,
+            ipis_sent: self.ipis_sent - earlier.ipis_sent,
+            vm_exits: self.vm_exits - earlier.vm_exits,
+            shootdowns: self.shootdowns.saturating_sub(earlier.shootdowns),
+        }
+    }
+}
+
+/// What an implementation can observe or do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// [`AccessBits::accessed`] is reported.
+    pub accessed_bit: bool,
+    /// [`AccessBits::dirty`] is reported.
+    pub dirty_bit: bool,
+    /// [`Platform::clear_access_bits`] clears one page only (otherwise it is
+    /// unsupported).
+    pub per_page_clear: bool,
+    /// Timer and IPI hooks run in interrupt context on the target CPU.
+    pub interrupts: bool,
+}
+
+/// Why a privileged call failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The address is not inside a reserved window.
+    NotInWindow(u64),
+    /// The address or frame is not aligned to the page size.
+    Unaligned(u64),
+    /// The page is already mapped.
+    AlreadyMapped(u64),
+    /// The page is not mapped.
+    NotMapped(u64),
+    /// A large page covers the small page (or the reverse).
+    SizeMismatch(u64),
+    /// No free frame (or no memory for a page table).
+    OutOfFrames,
+    /// No virtual address space left for a window of this size.
+    OutOfAddressSpace(u64),
+    /// A CPU index beyond [`Platform::cpu_count`].
+    NoSuchCpu(usize),
+    /// The implementation cannot do this (see [`Capabilities`]).
+    Unsupported(&'static str),
+    /// A system call failed (process): the call and `errno`.
+    Os(&'static str, i32),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotInWindow(a) => write!(f, "address {a:#x} is not in a reserved window"),
+            Error::Unaligned(a) => write!(f, "address {a:#x} is not aligned to the page size"),
+            Error::AlreadyMapped(a) => write!(f, "page {a:#x} is already mapped"),
+            Error::NotMapped(a) => write!(f, "page {a:#x} is not mapped"),
+            Error::SizeMismatch(a) => write!(f, "page {a:#x} is mapped with another page size"),
+            Error::OutOfFrames => write!(f, "out of frames"),
+            Error::OutOfAddressSpace(n) => write!(f, "no address space for a {n}-byte window"),
+            Error::NoSuchCpu(c) => write!(f, "no CPU {c}"),
+            Error::Unsupported(what) => write!(f, "unsupported on this platform: {what}"),
+            Error::Os(call, errno) => write!(f, "{call} failed with errno {errno}"),
+        }
+    }
+}
+
+impl core::error::Error for Error {}
+
+/// The privileged API. All methods take `&self` and may be called from any
+/// CPU (thread) concurrently; costs are for the guest / the process.
+pub trait Platform: Sync {
+    /// What this implementation can observe or do.
+    fn capabilities(&self) -> Capabilities;
+
+    // ---- windows -------------------------------------------------------
+
+    /// Reserves `len` bytes (rounded up to 2 MiB) of virtual address space,
+    /// 2 MiB aligned, with nothing mapped. Guest: no page-table write until
+    /// pages are mapped. Process: one `mmap(PROT_NONE, MAP_NORESERVE)`.
+    fn reserve(&self, len: u64) -> Result<Window, Error>;
+
+    // ---- frames --------------------------------------------------------
+
+    /// Allocates a frame of `size`; its contents are unspecified.
+    fn alloc_frame(&self, size: PageSize) -> Result<Frame, Error>;
+
+    /// Returns a frame.
+    ///
+    /// # Safety
+    /// The frame must come from `alloc_frame` with the same size, be unmapped
+    /// everywhere, and not be used afterwards.
+    unsafe fn free_frame(&self, frame: Frame, size: PageSize);
+
+    /// Pointer to the frame's contents (`size` bytes), valid while it is
+    /// allocated, whether or not it is mapped in a window.
+    fn frame_ptr(&self, frame: Frame) -> *mut u8;
+
+    /// Frames still available to `alloc_frame` (small-frame units).
+    fn free_frames(&self) -> u64;
+
+    // ---- mappings ------------------------------------------------------
+
+    /// Maps window page `page` to `frame` with `prot`. The page must be
+    /// unmapped; no TLB invalidation is needed (nothing was cached).
+    /// Guest: 1 PTE write (plus one per missing page table). Process: 1 `mmap`.
+    fn map(&self, page: u64, frame: Frame, size: PageSize, prot: Protection) -> Result<(), Error>;
+
+    /// Unmaps window page `page` and returns its frame. Invalidates the page
+    /// on the calling CPU only: other CPUs may keep using a stale translation
+    /// until they invalidate it or [`invalidate_all`](Self::invalidate_all) is
+    /// called. Guest: 1 PTE write + 1 `invlpg`, no IPI. Process: 1 `mmap`; the
+    /// kernel shoots down every CPU that ran the process.
+    fn unmap(&self, page: u64, size: PageSize) -> Result<Frame, Error>;
+
+    /// Changes the protection of mapped page `page`; invalidates it on the
+    /// calling CPU only (as [`unmap`](Self::unmap)).
+    fn protect(&self, page: u64, size: PageSize, prot: Protection) -> Result<(), Error>;
+
+    /// The frame mapped at `page`, if any.
+    fn translate(&self, page: u64) -> Option<Frame>;
+
+    /// The accessed/dirty state of mapped page `page`.
+    fn access_bits(&self, page: u64) -> Result<AccessBits, Error>;
+
+    /// Clears the accessed and dirty state of `page` (and invalidates it on
+    /// this CPU, so the CPU sets them again on the next access); returns the
+    /// state before.
+    fn clear_access_bits(&self, page: u64) -> Result<AccessBits, Error>;
+
+    // ---- TLB -------------------------------------------------------------
+
+    /// Invalidates `page` in this CPU's TLB. Guest: `invlpg`. Process: no-op
+    /// (the kernel keeps TLBs coherent), counted.
+    fn invalidate_local(&self, page: u64);
+
+    /// Flushes this CPU's whole TLB. Guest: CR3 reload. Process: no-op, counted.
+    fn flush_local(&self);
+
+    /// Invalidates `page` on every CPU and returns when all have done it.
+    /// Guest: `invlpg` here plus one IPI to each other CPU, which runs
+    /// `invlpg` and acknowledges. Process: no-op (already done by the kernel).
+    fn invalidate_all(&self, page: u64);
+
+    // ---- faults ----------------------------------------------------------
+
+    /// Sets (or clears) the hook for faults in windows, for all CPUs.
+    fn set_fault_hook(&self, hook: Option<FaultHook>);
+
+    // ---- CPUs ------------------------------------------------------------
+
+    /// Number of CPUs (guest vCPUs; worker threads in a process).
+    fn cpu_count(&self) -> usize;
+
+    /// Index of the calling CPU (thread), `0..cpu_count()`.
+    fn cpu_id(&self) -> usize;
+
+    /// Runs `f(cpu)` once on every CPU (thread) concurrently and returns when
+    /// all have finished.
+    fn run_on_all(&self, f: &(dyn Fn(usize) + Sync));
+
+    // ---- interrupts --------------------------------------------------------
+
+    /// Sets (or clears) the hook run on a CPU when its timer fires.
+    fn set_timer_hook(&self, hook: Option<EventHook>);
+
+    /// Starts (or with `None` stops) a periodic timer on the calling CPU.
+    fn set_timer(&self, period_us: Option<u64>) -> Result<(), Error>;
+
+    /// Sets (or clears) the hook run on a CPU that receives an IPI.
+    fn set_ipi_hook(&self, hook: Option<EventHook>);
+
+    /// Sends an IPI to `cpu`, whose IPI hook runs there.
+    fn send_ipi(&self, cpu: usize) -> Result<(), Error>;
+
+    // ---- counters ------------------------------------------------------------
+
+    /// Events so far, summed over all CPUs.
+    fn counters(&self) -> EventCounts;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_and_frames() {
+        let w = Window { base: 0x20_0000, len: 0x40_0000 };
+        assert!(w.contains(0x20_0000, 4096));
+        assert!(w.contains(0x5f_f000, 4096));
+        assert!(!w.contains(0x5f_f001, 4096));
+        assert!(!w.contains(0x1f_f000, 4096));
+        assert!(!w.contains(u64::MAX, 2));
+        assert_eq!(w.page(3), 0x20_3000);
+        assert_eq!(Frame::from_addr(0x3000).map(Frame::addr), Some(0x3000));
+        assert_eq!(Frame::from_addr(0x3001), None);
+    }
+
+    #[test]
+    fn counts_subtract() {
+        let a = EventCounts { faults: 1, pte_writes: 2, ..Default::default() };
+        let b = EventCounts { faults: 4, pte_writes: 3, ipis_sent: 2, ..Default::default() };
+        assert_eq!(b.since(&a), EventCounts { faults: 3, pte_writes: 1, ipis_sent: 2, ..Default::default() });
+    }
+}
