@@ -1,0 +1,107 @@
+//! The I/O submission path behind the poller, as a trait.
+//!
+//! The poller turns each valid command into [`IoOp`]s and hands them to a
+//! [`Backend`]: [`crate::host::uring::UringBackend`] in production,
+//! [`crate::host::sync::SyncBackend`] where io_uring is unavailable, and
+//! [`crate::host::testing::InspectBackend`] around either to record or fail
+//! operations in tests. The poller is generic over the backend, so the real
+//! path pays no dynamic dispatch.
+
+use super::memory::HostBuf;
+use super::wake::WakeFd;
+use crate::status::{NvmeError, Status};
+use std::io;
+use std::sync::Arc;
+
+/// What one operation does on the backing file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IoKind {
+    /// `pread` into the buffer.
+    Read,
+    /// `pwrite` from the buffer; with `fua`, a `RWF_DSYNC` write.
+    Write { fua: bool },
+    /// `fdatasync`.
+    Flush,
+}
+
+/// One operation on the backing file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoOp {
+    pub kind: IoKind,
+    /// Byte offset in the file (0 for flush).
+    pub offset: u64,
+    /// The data (length 0 for flush).
+    pub buf: HostBuf,
+}
+
+/// A way of carrying out [`IoOp`]s asynchronously.
+///
+/// Operations are pushed with a tag, handed to the kernel by
+/// [`Backend::submit`], and reported back by [`Backend::reap`] with the tag
+/// and the syscall result (bytes moved, or a negated errno).
+pub trait Backend: Send {
+    /// Capacity of the backing file in 4 KiB blocks.
+    fn capacity_blocks(&self) -> u64;
+
+    /// How many more operations [`Backend::push`] accepts now.
+    fn room(&self) -> usize;
+
+    /// Queues an operation; `false` if there is no room (the caller checks
+    /// [`Backend::room`] first).
+    fn push(&mut self, op: &IoOp, tag: u64) -> bool;
+
+    /// Hands queued operations to the kernel without waiting.
+    fn submit(&mut self) -> io::Result<()>;
+
+    /// Reports every finished operation as `f(tag, result)`; returns how many.
+    fn reap<F: FnMut(u64, i32)>(&mut self, f: F) -> usize;
+
+    /// Blocks until an operation has finished or `wake` is signalled.
+    fn park(&mut self, wake: &Arc<WakeFd>) -> io::Result<()>;
+
+    /// Operations pushed and not yet reaped.
+    fn in_flight(&self) -> usize;
+}
+
+/// The completion status for an operation of `kind` that expected to move
+/// `expected` bytes and returned `result` (bytes, or a negated errno).
+pub fn status_for(kind: IoKind, result: i32, expected: u32) -> Status {
+    let err = match (kind, result) {
+        (IoKind::Flush, r) if r >= 0 => return Status::SUCCESS,
+        (_, r) if r >= 0 && r as u32 == expected => return Status::SUCCESS,
+        (_, r) if r >= 0 => NvmeError::DataTransferError,
+        (IoKind::Read, r) if r == -libc::EIO => NvmeError::UnrecoveredReadError,
+        (_, r) if r == -libc::EIO => NvmeError::WriteFault,
+        (_, r) if r == -libc::ENOSPC || r == -libc::EDQUOT => NvmeError::CapacityExceeded,
+        _ => NvmeError::InternalError,
+    };
+    if result < 0 {
+        log::warn!("nvme: {kind:?} failed: {}", io::Error::from_raw_os_error(-result));
+    } else {
+        log::warn!("nvme: short {kind:?}: {result} of {expected} bytes");
+    }
+    Status::from_error(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_mapping() {
+        let st = |k, r, e| status_for(k, r, e).error();
+        let w = IoKind::Write { fua: false };
+        assert_eq!(st(IoKind::Read, 4096, 4096), None);
+        assert_eq!(st(IoKind::Flush, 0, 0), None);
+        assert_eq!(st(IoKind::Read, 2048, 4096), Some(NvmeError::DataTransferError));
+        assert_eq!(st(w, 0, 4096), Some(NvmeError::DataTransferError));
+        assert_eq!(st(IoKind::Read, -libc::EIO, 4096), Some(NvmeError::UnrecoveredReadError));
+        assert_eq!(st(w, -libc::EIO, 4096), Some(NvmeError::WriteFault));
+        assert_eq!(st(IoKind::Write { fua: true }, -libc::EIO, 4096), Some(NvmeError::WriteFault));
+        assert_eq!(st(IoKind::Flush, -libc::EIO, 0), Some(NvmeError::WriteFault));
+        assert_eq!(st(w, -libc::ENOSPC, 4096), Some(NvmeError::CapacityExceeded));
+        assert_eq!(st(IoKind::Flush, -libc::ENOSPC, 0), Some(NvmeError::CapacityExceeded));
+        assert_eq!(st(w, -libc::EDQUOT, 4096), Some(NvmeError::CapacityExceeded));
+        assert_eq!(st(IoKind::Read, -libc::EINVAL, 4096), Some(NvmeError::InternalError));
+    }
+}

@@ -1,0 +1,36 @@
+//! The host side: the poller that serves queue pairs from shared memory
+//! and issues their I/O on an `O_DIRECT` file (not built for the guest).
+//!
+//! Setting up, in the VMM:
+//!
+//! 1. Describe guest RAM as [`DmaRegion`]s (guest-physical address, host
+//!    mapping, length) and build an `Arc<`[`DmaMemory`]`>`.
+//! 2. Open the [`BackingFile`] and build a [`UringBackend`] over it and the
+//!    memory (which registers the memory as fixed buffers).
+//! 3. [`Poller::new`] and [`Poller::spawn`] give a [`PollerHandle`].
+//! 4. For each queue pair the guest announces, [`PollerControl::add_queue`]
+//!    with its [`crate::QueuePairConfig`]; on the guest's doorbell exit,
+//!    [`WakeFd::wake`] on [`PollerControl::wake_fd`].
+//!
+//! In process mode, [`process::Device`] does all of this over a
+//! [`ProcessMemory`] region.
+
+pub mod backend;
+mod command;
+pub mod file;
+pub mod memory;
+pub mod poller;
+pub mod process;
+pub mod sync;
+pub mod testing;
+pub mod uring;
+pub mod wake;
+
+pub use backend::{Backend, IoKind, IoOp};
+pub use file::{BackingFile, FileError};
+pub use memory::{DmaBuf, DmaMemory, DmaRegion, HostBuf, MemoryError, ProcessMemory};
+pub use poller::{Poller, PollerConfig, PollerControl, PollerError, PollerHandle, PollerStats};
+pub use process::{Device, DeviceError, ProcessQueuePair};
+pub use sync::SyncBackend;
+pub use uring::{UringBackend, UringConfig, UringError};
+pub use wake::{EventFdDoorbell, WakeFd};

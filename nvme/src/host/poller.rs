@@ -1,0 +1,754 @@
+//! The poller: the host side of every queue pair.
+//!
+//! One poller thread serves any number of queue pairs over one
+//! [`DmaMemory`] and one [`Backend`]. Each turn it reads every queue's
+//! shadow SQ tail, validates new entries ([`super::command`]), hands valid
+//! ones to the backend as operations, posts an error completion for invalid
+//! ones, and posts the completion of every command whose operations have
+//! all finished.
+//!
+//! While there is work (new entries, operations in flight, completions) it
+//! spins; after [`PollerConfig::spin`] without progress it parks: it sets
+//! each queue's SQ event index to the tail it has consumed, re-checks the
+//! tails, and blocks in the backend until an operation finishes or the wake
+//! eventfd is signalled (the driver's real doorbell). An idle poller
+//! therefore costs no CPU, and a busy one costs the driver no doorbell.
+//!
+//! The poller never trusts queue memory: a tail or head outside the ring is
+//! ignored, a reused command id gets "command id conflict", and completions
+//! are only posted into completion-ring slots the driver has released, so a
+//! hostile driver can only stall its own queue.
+
+use super::backend::{status_for, Backend, IoKind, IoOp};
+use super::command::decode;
+use super::memory::{DmaMemory, HostBuf};
+use super::wake::{EventFdDoorbell, WakeFd};
+use crate::queue::{
+    post_cqe, read_sqe, shared_word, ConfigError, Cqe, QueuePairConfig, Sqe, CQ_HEAD_WORD, EVENT_IDX_POLLING,
+    SQ_TAIL_WORD,
+};
+use crate::status::{NvmeError, Status};
+use crate::types::{CommandId, DmaAddr, QueueId};
+use std::io;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use std::vec::Vec;
+
+/// Most queue pairs one poller serves.
+pub const MAX_QUEUES: usize = 256;
+
+/// Poller settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PollerConfig {
+    /// How long to keep polling without progress before parking. Longer
+    /// than a typical I/O, so that a steady stream of requests never needs a
+    /// real doorbell.
+    pub spin: Duration,
+}
+
+impl Default for PollerConfig {
+    fn default() -> Self {
+        PollerConfig { spin: Duration::from_micros(200) }
+    }
+}
+
+/// A poller that cannot do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum PollerError {
+    #[error("invalid queue pair: {0}")]
+    Config(#[from] ConfigError),
+    #[error("the poller thread has stopped")]
+    Stopped,
+    #[error("no queue pair {0:?}")]
+    NoSuchQueue(QueueId),
+    #[error("starting the poller failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Counters of a poller.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PollerStats {
+    /// Submission entries taken off the queues.
+    pub commands: u64,
+    /// Completions posted with an error status.
+    pub errors: u64,
+    /// Operations handed to the backend.
+    pub io_ops: u64,
+    /// Times the poller parked.
+    pub parks: u64,
+    /// Times a park ended.
+    pub wakeups: u64,
+    /// Times a queue's shadow doorbell held an index outside its ring.
+    pub bad_doorbells: u64,
+}
+
+#[derive(Default)]
+struct AtomicStats {
+    commands: AtomicU64,
+    errors: AtomicU64,
+    io_ops: AtomicU64,
+    parks: AtomicU64,
+    wakeups: AtomicU64,
+    bad_doorbells: AtomicU64,
+}
+
+impl AtomicStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        // Only the poller thread writes, so load + store is exact and cheaper
+        // than a locked add.
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> PollerStats {
+        PollerStats {
+            commands: self.commands.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            io_ops: self.io_ops.load(Ordering::Relaxed),
+            parks: self.parks.load(Ordering::Relaxed),
+            wakeups: self.wakeups.load(Ordering::Relaxed),
+            bad_doorbells: self.bad_doorbells.load(Ordering::Relaxed),
+        }
+    }
+}
+
+enum Control {
+    Add(QueuePairConfig, mpsc::Sender<Result<QueueId, PollerError>>),
+    Remove(QueueId, mpsc::Sender<Result<(), PollerError>>),
+}
+
+/// What the poller shares with its handles.
+struct Shared {
+    /// Requests for the poller thread; `None` once it has stopped.
+    control: Mutex<Option<Vec<Control>>>,
+    control_pending: AtomicBool,
+    stop: AtomicBool,
+    stats: AtomicStats,
+    wake: Arc<WakeFd>,
+}
+
+/// The host's view of one queue pair.
+struct HostQueue {
+    id: QueueId,
+    depth: u32,
+    sq: *const Sqe,
+    cq: *mut Cqe,
+    doorbells: *mut u32,
+    events: *mut u32,
+    sq_head: u32,
+    cq_tail: u32,
+    phase: bool,
+    /// Commands taken off the SQ whose completion is not posted yet.
+    held: u32,
+    /// Command ids of the held commands.
+    cid_busy: Vec<u64>,
+    /// The CQ was full when we last looked (only a misbehaving driver).
+    cq_stalled: bool,
+    cq_head_seen: u32,
+    bad_doorbell: bool,
+    removing: Option<mpsc::Sender<Result<(), PollerError>>>,
+}
+
+impl HostQueue {
+    fn word(&self, base: *mut u32, index: usize) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: `base` points to two dwords inside the served memory,
+        // validated when the queue was added, 8-byte aligned.
+        unsafe { shared_word(base.add(index)) }
+    }
+
+    fn cid_is_busy(&self, cid: CommandId) -> bool {
+        self.cid_busy[cid.0 as usize / 64] & (1 << (cid.0 % 64)) != 0
+    }
+
+    fn set_cid_busy(&mut self, cid: CommandId, busy: bool) {
+        let (w, bit) = (cid.0 as usize / 64, 1u64 << (cid.0 % 64));
+        if busy {
+            self.cid_busy[w] |= bit;
+        } else {
+            self.cid_busy[w] &= !bit;
+        }
+    }
+
+    /// Posts a completion for a held command.
+    fn post(&mut self, cid: CommandId, status: Status) {
+        let cqe = Cqe::new(cid, self.sq_head as u16, self.id, status, self.phase);
+        // SAFETY: cq_tail < depth, so the slot is inside the completion
+        // ring, which was validated to lie in served memory.
+        unsafe { post_cqe(self.cq.add(self.cq_tail as usize), &cqe) };
+        self.cq_tail += 1;
+        if self.cq_tail == self.depth {
+            self.cq_tail = 0;
+            self.phase = !self.phase;
+        }
+        self.held -= 1;
+    }
+
+    /// Completion-ring entries posted and not yet consumed, per the
+    /// driver's shadow CQ head; `None` if that head is outside the ring.
+    fn cq_used(&self) -> Option<u32> {
+        let head = self.word(self.doorbells, CQ_HEAD_WORD).load(Ordering::Acquire);
+        (head < self.depth).then(|| (self.cq_tail + self.depth - head) % self.depth)
+    }
+
+    fn set_events(&self, sq: u32, cq: u32) {
+        self.word(self.events, SQ_TAIL_WORD).store(sq, Ordering::Relaxed);
+        self.word(self.events, CQ_HEAD_WORD).store(cq, Ordering::Relaxed);
+    }
+}
+
+/// A command whose operations are in the backend.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    queue: u16,
+    cid: CommandId,
+    kind: IoKind,
+    remaining: u32,
+    status: Status,
+}
+
+/// The host side of the queue pairs. Run it on its own thread with
+/// [`Poller::spawn`], or drive it by hand with [`Poller::turn`].
+pub struct Poller<B: Backend> {
+    memory: Arc<DmaMemory>,
+    backend: B,
+    capacity_blocks: u64,
+    queues: Vec<Option<HostQueue>>,
+    pending: Vec<Pending>,
+    free_pending: Vec<u32>,
+    bufs: Vec<HostBuf>,
+    ops: Vec<IoOp>,
+    shared: Arc<Shared>,
+    config: PollerConfig,
+}
+
+// SAFETY: the raw pointers in HostQueue point into the served memory, which
+// DmaMemory (held in an Arc) keeps valid; they are only used by the thread
+// that owns the poller.
+unsafe impl<B: Backend> Send for Poller<B> {}
+
+impl<B: Backend> Poller<B> {
+    /// A poller over `memory` issuing I/O through `backend`.
+    pub fn new(memory: Arc<DmaMemory>, backend: B, config: PollerConfig) -> io::Result<Poller<B>> {
+        let shared = Arc::new(Shared {
+            control: Mutex::new(Some(Vec::new())),
+            control_pending: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            stats: AtomicStats::default(),
+            wake: Arc::new(WakeFd::new()?),
+        });
+        Ok(Poller {
+            capacity_blocks: backend.capacity_blocks(),
+            memory,
+            backend,
+            queues: Vec::new(),
+            pending: Vec::new(),
+            free_pending: Vec::new(),
+            bufs: Vec::new(),
+            ops: Vec::new(),
+            shared,
+            config,
+        })
+    }
+
+    /// The eventfd that wakes this poller.
+    pub fn wake_fd(&self) -> &Arc<WakeFd> {
+        &self.shared.wake
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> PollerStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Namespace capacity in blocks.
+    pub fn capacity_blocks(&self) -> u64 {
+        self.capacity_blocks
+    }
+
+    /// Starts serving a queue pair after checking that its rings and words
+    /// lie in the served memory. The event indexes are set to "polling".
+    pub fn add_queue(&mut self, config: QueuePairConfig) -> Result<QueueId, PollerError> {
+        config.validate_shape()?;
+        let mut ptrs = [std::ptr::null_mut(); 4];
+        for (ptr, (what, addr, len, _)) in ptrs.iter_mut().zip(config.areas()) {
+            *ptr = self.memory.host_ptr(DmaAddr(addr), len).ok_or(ConfigError::OutsideMemory { what, addr, len })?;
+        }
+        let slot = match self.queues.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if self.queues.len() < MAX_QUEUES => {
+                self.queues.push(None);
+                self.queues.len() - 1
+            }
+            None => return Err(ConfigError::TooManyQueues(MAX_QUEUES).into()),
+        };
+        let depth = config.depth as u32;
+        let q = HostQueue {
+            id: QueueId(slot as u16),
+            depth,
+            sq: ptrs[0].cast(),
+            cq: ptrs[1].cast(),
+            doorbells: ptrs[2].cast(),
+            events: ptrs[3].cast(),
+            sq_head: 0,
+            cq_tail: 0,
+            phase: true,
+            held: 0,
+            cid_busy: std::vec![0; 1024],
+            cq_stalled: false,
+            cq_head_seen: 0,
+            bad_doorbell: false,
+            removing: None,
+        };
+        // The driver starts with SQ tail 0 and the host with head 0; a
+        // driver that already submitted is picked up on the next turn.
+        q.set_events(EVENT_IDX_POLLING, EVENT_IDX_POLLING);
+        fence(Ordering::SeqCst);
+        log::debug!("nvme: serving queue pair {slot} with depth {depth} at {config:x?}");
+        self.queues[slot] = Some(q);
+        Ok(QueueId(slot as u16))
+    }
+
+    /// Stops serving a queue pair once its outstanding commands have
+    /// completed; `done` is told when the host no longer touches its memory.
+    fn remove_queue(&mut self, id: QueueId, done: mpsc::Sender<Result<(), PollerError>>) {
+        match self.queues.get_mut(id.0 as usize).and_then(Option::as_mut) {
+            Some(q) if q.removing.is_none() => q.removing = Some(done),
+            _ => {
+                let _ = done.send(Err(PollerError::NoSuchQueue(id)));
+            }
+        }
+        self.finish_removals();
+    }
+
+    fn finish_removals(&mut self) {
+        for slot in self.queues.iter_mut() {
+            if slot.as_ref().is_some_and(|q| q.removing.is_some() && q.held == 0) {
+                let q = slot.take().expect("checked above");
+                log::debug!("nvme: queue pair {} removed", q.id.0);
+                if let Some(done) = q.removing {
+                    let _ = done.send(Ok(()));
+                }
+            }
+        }
+    }
+
+    fn handle_control(&mut self) {
+        self.shared.control_pending.store(false, Ordering::Relaxed);
+        let msgs = {
+            let mut control = self.shared.control.lock().unwrap_or_else(|e| e.into_inner());
+            control.as_mut().map(std::mem::take).unwrap_or_default()
+        };
+        for msg in msgs {
+            match msg {
+                Control::Add(config, reply) => {
+                    let r = self.add_queue(config);
+                    let _ = reply.send(r);
+                }
+                Control::Remove(id, reply) => self.remove_queue(id, reply),
+            }
+        }
+    }
+
+    /// Takes new entries off one queue. Returns whether it did anything.
+    fn fetch(&mut self, qi: usize) -> bool {
+        let Some(mut q) = self.queues[qi].take() else {
+            return false;
+        };
+        let work = self.fetch_from(&mut q);
+        self.queues[qi] = Some(q);
+        work
+    }
+
+    fn fetch_from(&mut self, q: &mut HostQueue) -> bool {
+        if q.removing.is_some() {
+            return false;
+        }
+        let tail = q.word(q.doorbells, SQ_TAIL_WORD).load(Ordering::Acquire);
+        if tail >= q.depth {
+            if !q.bad_doorbell {
+                log::warn!("nvme: queue pair {}: SQ tail {tail} outside a ring of {}", q.id.0, q.depth);
+                q.bad_doorbell = true;
+                AtomicStats::add(&self.shared.stats.bad_doorbells, 1);
+            }
+            return false;
+        }
+        q.bad_doorbell = false;
+        if q.sq_head == tail {
+            return false;
+        }
+        let Some(mut cq_used) = q.cq_used() else {
+            q.cq_stalled = true;
+            return false;
+        };
+        let stats = &self.shared.stats;
+        let (mut commands, mut errors, mut io_ops) = (0, 0, 0);
+        q.cq_stalled = false;
+        while q.sq_head != tail {
+            // Take an entry only if its completion is sure to find room.
+            if q.held + cq_used >= q.depth - 1 {
+                q.cq_stalled = true;
+                break;
+            }
+            // SAFETY: sq_head < depth: the slot is inside the submission
+            // ring, which lies in served memory.
+            let sqe = unsafe { read_sqe(q.sq.add(q.sq_head as usize)) };
+            let cid = sqe.cid();
+            let decoded = if q.cid_is_busy(cid) {
+                Err(NvmeError::CommandIdConflict)
+            } else {
+                decode(&sqe, &self.memory, self.capacity_blocks, &mut self.bufs, &mut self.ops)
+            };
+            if decoded.is_ok() && self.backend.room() < self.ops.len() {
+                break; // The backend is full: retry on a later turn.
+            }
+            q.sq_head = (q.sq_head + 1) % q.depth;
+            q.held += 1;
+            commands += 1;
+            match decoded {
+                Err(e) => {
+                    errors += 1;
+                    q.post(cid, Status::from_error(e));
+                    cq_used += 1;
+                }
+                Ok(kind) => {
+                    q.set_cid_busy(cid, true);
+                    let p = Pending { queue: q.id.0, cid, kind, remaining: self.ops.len() as u32, status: Status::SUCCESS };
+                    let slot = match self.free_pending.pop() {
+                        Some(s) => {
+                            self.pending[s as usize] = p;
+                            s
+                        }
+                        None => {
+                            self.pending.push(p);
+                            (self.pending.len() - 1) as u32
+                        }
+                    };
+                    for op in &self.ops {
+                        let tag = slot as u64 | (op.buf.len as u64) << 32;
+                        if !self.backend.push(op, tag) {
+                            // Cannot happen after the room check; fail the
+                            // operation rather than lose the command.
+                            log::error!("nvme: backend refused an operation it had room for");
+                            complete_op(
+                                &mut self.queues,
+                                &mut self.pending,
+                                &mut self.free_pending,
+                                stats,
+                                Some(&mut *q),
+                                tag,
+                                -libc::EAGAIN,
+                            );
+                        }
+                    }
+                    io_ops += self.ops.len() as u64;
+                }
+            }
+        }
+        AtomicStats::add(&stats.commands, commands);
+        AtomicStats::add(&stats.errors, errors);
+        AtomicStats::add(&stats.io_ops, io_ops);
+        commands > 0
+    }
+
+    /// One pass: control messages, new entries on every queue, submission to
+    /// the kernel, finished operations. Returns whether anything happened.
+    pub fn turn(&mut self) -> bool {
+        self.turn_inner(true)
+    }
+
+    fn turn_inner(&mut self, fetch: bool) -> bool {
+        if self.shared.control_pending.load(Ordering::Acquire) {
+            self.handle_control();
+        }
+        let mut work = false;
+        if fetch {
+            for qi in 0..self.queues.len() {
+                work |= self.fetch(qi);
+            }
+        }
+        if work {
+            if let Err(e) = self.backend.submit() {
+                log::error!("nvme: submitting to the backend failed: {e}");
+            }
+        }
+        let Poller { backend, queues, pending, free_pending, shared, .. } = self;
+        let reaped = backend.reap(|tag, res| complete_op(queues, pending, free_pending, &shared.stats, None, tag, res));
+        if reaped > 0 {
+            self.finish_removals();
+        }
+        work || reaped > 0
+    }
+
+    /// Sets every queue's event indexes so that the driver rings the real
+    /// doorbell on its next submission, then re-checks the queues. Returns
+    /// `true` if it is safe to park (nothing arrived meanwhile); otherwise
+    /// the event indexes are back to "polling".
+    pub fn arm_doorbells(&mut self) -> bool {
+        for q in self.queues.iter_mut().flatten() {
+            let cq = if q.cq_stalled {
+                q.cq_head_seen = q.word(q.doorbells, CQ_HEAD_WORD).load(Ordering::Relaxed);
+                q.cq_head_seen
+            } else {
+                EVENT_IDX_POLLING
+            };
+            q.set_events(q.sq_head, cq);
+        }
+        fence(Ordering::SeqCst);
+        let busy = self.shared.control_pending.load(Ordering::Relaxed)
+            || self.shared.stop.load(Ordering::Relaxed)
+            || self.queues.iter().flatten().any(|q| {
+                if q.removing.is_some() {
+                    return false;
+                }
+                if q.cq_stalled {
+                    q.word(q.doorbells, CQ_HEAD_WORD).load(Ordering::Relaxed) != q.cq_head_seen
+                } else {
+                    let tail = q.word(q.doorbells, SQ_TAIL_WORD).load(Ordering::Relaxed);
+                    tail < q.depth && tail != q.sq_head
+                }
+            });
+        if busy {
+            self.disarm_doorbells();
+        }
+        !busy
+    }
+
+    /// Sets every queue's event indexes to "polling".
+    pub fn disarm_doorbells(&mut self) {
+        for q in self.queues.iter().flatten() {
+            q.set_events(EVENT_IDX_POLLING, EVENT_IDX_POLLING);
+        }
+    }
+
+    /// Parks until an operation finishes or the wake eventfd is signalled,
+    /// unless work arrives while arming the doorbells.
+    pub fn park(&mut self) {
+        if self.arm_doorbells() {
+            AtomicStats::add(&self.shared.stats.parks, 1);
+            if let Err(e) = self.backend.park(&self.shared.wake) {
+                log::error!("nvme: parking failed: {e}");
+            }
+            AtomicStats::add(&self.shared.stats.wakeups, 1);
+            self.disarm_doorbells();
+        }
+    }
+
+    /// Operations in the backend.
+    pub fn in_flight(&self) -> usize {
+        self.backend.in_flight()
+    }
+
+    /// Turns until no entry is waiting and no operation is in flight,
+    /// blocking in the backend while only operations are outstanding.
+    pub fn run_until_idle(&mut self) {
+        loop {
+            if self.turn() {
+                continue;
+            }
+            if self.backend.in_flight() == 0 {
+                return;
+            }
+            if let Err(e) = self.backend.park(&self.shared.wake) {
+                log::error!("nvme: waiting for the backend failed: {e}");
+                return;
+            }
+        }
+    }
+
+    /// Serves the queues until [`PollerHandle::stop`]; then finishes the
+    /// operations in flight (taking no new entries) and returns.
+    pub fn run(&mut self) {
+        let spin = self.config.spin;
+        let mut idle_since: Option<Instant> = None;
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            if self.turn() {
+                idle_since = None;
+                continue;
+            }
+            let now = Instant::now();
+            if now.duration_since(*idle_since.get_or_insert(now)) < spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            self.park();
+            idle_since = None;
+        }
+        while self.backend.in_flight() > 0 {
+            if !self.turn_inner(false) {
+                if let Err(e) = self.backend.park(&self.shared.wake) {
+                    log::error!("nvme: draining the backend failed: {e}");
+                    break;
+                }
+            }
+        }
+        let msgs = self.shared.control.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+        for msg in msgs {
+            match msg {
+                Control::Add(_, reply) => drop(reply.send(Err(PollerError::Stopped))),
+                Control::Remove(_, reply) => drop(reply.send(Err(PollerError::Stopped))),
+            }
+        }
+        log::debug!("nvme: poller stopped: {:?}", self.stats());
+    }
+}
+
+/// Accounts one finished operation (`tag` = pending slot | length << 32)
+/// and posts its command's completion when it was the last one. `current`
+/// is a queue taken out of `queues` for the moment, if any.
+fn complete_op(
+    queues: &mut [Option<HostQueue>],
+    pending: &mut [Pending],
+    free_pending: &mut Vec<u32>,
+    stats: &AtomicStats,
+    current: Option<&mut HostQueue>,
+    tag: u64,
+    res: i32,
+) {
+    let slot = tag as u32;
+    let Some(p) = pending.get_mut(slot as usize) else {
+        log::error!("nvme: completion with unknown tag {tag:#x}");
+        return;
+    };
+    let st = status_for(p.kind, res, (tag >> 32) as u32);
+    if p.status.is_success() {
+        p.status = st;
+    }
+    p.remaining -= 1;
+    if p.remaining > 0 {
+        return;
+    }
+    free_pending.push(slot);
+    let q = match current {
+        Some(q) if q.id.0 == p.queue => Some(q),
+        _ => queues.get_mut(p.queue as usize).and_then(Option::as_mut),
+    };
+    if let Some(q) = q {
+        q.set_cid_busy(p.cid, false);
+        if !p.status.is_success() {
+            AtomicStats::add(&stats.errors, 1);
+        }
+        q.post(p.cid, p.status);
+    }
+}
+
+impl<B: Backend + 'static> Poller<B> {
+    /// Runs the poller on a new thread named `nvme-poller`.
+    pub fn spawn(mut self) -> Result<PollerHandle, PollerError> {
+        let shared = self.shared.clone();
+        let thread = std::thread::Builder::new().name("nvme-poller".into()).spawn(move || self.run())?;
+        Ok(PollerHandle { control: PollerControl { shared }, thread: Some(thread) })
+    }
+}
+
+/// Sends requests to a running poller; cheap to clone.
+#[derive(Clone)]
+pub struct PollerControl {
+    shared: Arc<Shared>,
+}
+
+impl PollerControl {
+    fn request<T>(&self, make: impl FnOnce(mpsc::Sender<Result<T, PollerError>>) -> Control) -> Result<T, PollerError> {
+        let (tx, rx) = mpsc::channel();
+        match self.shared.control.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            Some(msgs) => msgs.push(make(tx)),
+            None => return Err(PollerError::Stopped),
+        }
+        self.shared.control_pending.store(true, Ordering::Release);
+        self.shared.wake.wake();
+        rx.recv().map_err(|_| PollerError::Stopped)?
+    }
+
+    /// Starts serving a queue pair (validated against the served memory).
+    pub fn add_queue(&self, config: QueuePairConfig) -> Result<QueueId, PollerError> {
+        self.request(|tx| Control::Add(config, tx))
+    }
+
+    /// Stops serving a queue pair; returns once its outstanding commands
+    /// have completed and the poller no longer touches its memory.
+    pub fn remove_queue(&self, id: QueueId) -> Result<(), PollerError> {
+        self.request(|tx| Control::Remove(id, tx))
+    }
+
+    /// The eventfd that wakes the poller (the VMM signals it on a doorbell
+    /// exit, or registers it as a KVM ioeventfd).
+    pub fn wake_fd(&self) -> &Arc<WakeFd> {
+        &self.shared.wake
+    }
+
+    /// A process-mode doorbell for driver queue pairs.
+    pub fn doorbell(&self) -> EventFdDoorbell {
+        EventFdDoorbell(self.shared.wake.clone())
+    }
+
+    /// The poller's counters.
+    pub fn stats(&self) -> PollerStats {
+        self.shared.stats.snapshot()
+    }
+}
+
+/// Owns a poller thread; stopping or dropping it finishes the operations
+/// in flight and joins the thread.
+pub struct PollerHandle {
+    control: PollerControl,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::ops::Deref for PollerHandle {
+    type Target = PollerControl;
+    fn deref(&self) -> &PollerControl {
+        &self.control
+    }
+}
+
+impl PollerHandle {
+    /// A clonable control for the poller.
+    pub fn control(&self) -> PollerControl {
+        self.control.clone()
+    }
+
+    /// CPU time the poller thread has used.
+    pub fn cpu_time(&self) -> io::Result<Duration> {
+        use std::os::unix::thread::JoinHandleExt;
+        let thread = self.thread.as_ref().ok_or_else(|| io::Error::other("poller stopped"))?;
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: the pthread is alive (not joined) while we hold its handle.
+        let rc = unsafe { libc::pthread_getcpuclockid(thread.as_pthread_t(), &mut clock) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: writes one timespec we own.
+        if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+
+    /// Stops the poller and waits for it; returns its final counters.
+    pub fn stop(mut self) -> PollerStats {
+        self.shutdown();
+        self.control.stats()
+    }
+
+    fn shutdown(&mut self) {
+        self.control.shared.stop.store(true, Ordering::Relaxed);
+        self.control.shared.wake.wake();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("nvme: the poller thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for PollerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,143 @@
+//! Process mode in one piece: a [`ProcessMemory`] region registered with a
+//! backend, a poller thread serving it, and driver queue pairs (one per
+//! thread) carved from the region, with eventfd doorbells.
+
+use super::backend::Backend;
+use super::file::BackingFile;
+use super::memory::{DmaBuf, DmaMemory, MemoryError, ProcessMemory};
+use super::poller::{Poller, PollerConfig, PollerControl, PollerError, PollerHandle};
+use super::uring::{UringBackend, UringConfig, UringError};
+use super::wake::EventFdDoorbell;
+use crate::driver::{DriverError, QueueMemory, QueuePair};
+use crate::queue::QueueLayout;
+use crate::types::QueueId;
+use std::io;
+use std::sync::Arc;
+
+/// Setting up process mode failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Uring(#[from] UringError),
+    #[error(transparent)]
+    Poller(#[from] PollerError),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error("the registered region has no room for {0} more bytes")]
+    OutOfMemory(usize),
+}
+
+/// A process-mode device: a poller thread over a registered region.
+pub struct Device {
+    // Dropped first: stops the poller and waits for its I/O.
+    handle: PollerHandle,
+    memory: Arc<ProcessMemory>,
+    blocks: u64,
+}
+
+impl Device {
+    /// A device on `file` with a registered region of `region_bytes`,
+    /// served through io_uring.
+    pub fn open(
+        file: &BackingFile,
+        region_bytes: usize,
+        poller: PollerConfig,
+        uring: UringConfig,
+    ) -> Result<Device, DeviceError> {
+        Device::with_backend(region_bytes, poller, |dma| Ok(UringBackend::new(file, dma, uring)?))
+    }
+
+    /// A device whose backend `make` builds over the registered memory.
+    pub fn with_backend<B: Backend + 'static>(
+        region_bytes: usize,
+        poller: PollerConfig,
+        make: impl FnOnce(&Arc<DmaMemory>) -> Result<B, DeviceError>,
+    ) -> Result<Device, DeviceError> {
+        let memory = Arc::new(ProcessMemory::new(region_bytes)?);
+        let dma = Arc::new(DmaMemory::from_process(memory.clone())?);
+        let backend = make(&dma)?;
+        let blocks = backend.capacity_blocks();
+        let handle = Poller::new(dma, backend, poller)?.spawn()?;
+        Ok(Device { handle, memory, blocks })
+    }
+
+    /// Namespace capacity in blocks.
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    /// The registered region.
+    pub fn memory(&self) -> &Arc<ProcessMemory> {
+        &self.memory
+    }
+
+    /// Carves a 4 KiB aligned buffer of `len` bytes from the region.
+    pub fn alloc(&self, len: usize) -> Result<DmaBuf, DeviceError> {
+        self.memory.alloc(len).ok_or(DeviceError::OutOfMemory(len))
+    }
+
+    /// The poller.
+    pub fn poller(&self) -> &PollerHandle {
+        &self.handle
+    }
+
+    /// A new queue pair with `depth` entries per ring, served by the poller.
+    pub fn queue_pair(&self, depth: u16) -> Result<ProcessQueuePair, DeviceError> {
+        let layout = QueueLayout::new(depth).ok_or(DriverError::Depth(depth))?;
+        let mem = self.alloc(layout.size() as usize)?;
+        // SAFETY: the block was just carved from the region (never handed
+        // out again), is 4 KiB aligned and layout.size() long, and its device
+        // address is its host address; the Arc keeps the region mapped.
+        let qp = unsafe {
+            QueuePair::new(QueueMemory { virt: mem.ptr, dma: mem.addr }, depth, self.handle.doorbell())?
+        };
+        let id = self.handle.add_queue(qp.config())?;
+        Ok(ProcessQueuePair { qp, id, control: self.handle.control(), _memory: self.memory.clone() })
+    }
+
+    /// Stops the poller (finishing its I/O) and returns its counters.
+    pub fn shutdown(self) -> super::PollerStats {
+        self.handle.stop()
+    }
+}
+
+/// A driver queue pair in process mode; removed from the poller on drop.
+pub struct ProcessQueuePair {
+    qp: QueuePair<EventFdDoorbell>,
+    id: QueueId,
+    control: PollerControl,
+    _memory: Arc<ProcessMemory>,
+}
+
+impl ProcessQueuePair {
+    /// The id the poller gave this queue pair.
+    pub fn id(&self) -> QueueId {
+        self.id
+    }
+}
+
+impl std::ops::Deref for ProcessQueuePair {
+    type Target = QueuePair<EventFdDoorbell>;
+    fn deref(&self) -> &Self::Target {
+        &self.qp
+    }
+}
+
+impl std::ops::DerefMut for ProcessQueuePair {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.qp
+    }
+}
+
+impl Drop for ProcessQueuePair {
+    fn drop(&mut self) {
+        match self.control.remove_queue(self.id) {
+            Ok(()) | Err(PollerError::Stopped) => {}
+            Err(e) => log::error!("nvme: removing queue pair {}: {e}", self.id.0),
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The io_uring backend: reads and writes with `READ_FIXED`/`WRITE_FIXED`
+//! on the registered file, with all served memory registered as fixed
+//! buffers (so no per-I/O pinning or mapping), FUA as `RWF_DSYNC`, flush as
+//! `IORING_OP_FSYNC` with `IORING_FSYNC_DATASYNC` (`fdatasync`).
+//!
+//! Parking waits in `io_uring_enter` for either an I/O completion or a read
+//! of the poller's eventfd, so one wait covers both.
+
+use super::backend::{Backend, IoKind, IoOp};
+use super::file::BackingFile;
+use super::memory::DmaMemory;
+use super::wake::WakeFd;
+use io_uring::{opcode, squeue, types, IoUring};
+use std::boxed::Box;
+use std::fs::File;
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
+use std::vec::Vec;
+
+/// Tag of the eventfd read that wakes a parked poller.
+const WAKE_TAG: u64 = u64::MAX;
+
+/// Fewest submission entries: one command may need
+/// [`crate::MAX_TRANSFER_BLOCKS`] operations.
+pub const MIN_ENTRIES: u32 = 512;
+
+/// Settings of the io_uring instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UringConfig {
+    /// Submission ring entries (rounded up to a power of two, at least
+    /// [`MIN_ENTRIES`]); the completion ring has twice as many.
+    pub entries: u32,
+}
+
+impl Default for UringConfig {
+    fn default() -> Self {
+        UringConfig { entries: MIN_ENTRIES }
+    }
+}
+
+/// The io_uring backend could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum UringError {
+    #[error("io_uring setup failed: {0}")]
+    Setup(io::Error),
+    #[error("registering the backing file with io_uring failed: {0}")]
+    RegisterFile(io::Error),
+    #[error(
+        "registering {bytes} bytes of memory as {count} io_uring fixed buffers failed: {source} \
+         (without CAP_IPC_LOCK the size counts against RLIMIT_MEMLOCK)"
+    )]
+    RegisterBuffers { bytes: u64, count: usize, source: io::Error },
+    #[error("duplicating the backing file descriptor failed: {0}")]
+    Dup(io::Error),
+}
+
+/// The io_uring submission entry for `op` (exposed so tests can check what
+/// the kernel will be asked to do).
+pub fn entry_for(op: &IoOp, tag: u64) -> squeue::Entry {
+    let fd = types::Fixed(0);
+    match op.kind {
+        IoKind::Read => {
+            opcode::ReadFixed::new(fd, op.buf.ptr, op.buf.len, op.buf.buf_index).offset(op.offset).build()
+        }
+        IoKind::Write { fua } => opcode::WriteFixed::new(fd, op.buf.ptr, op.buf.len, op.buf.buf_index)
+            .offset(op.offset)
+            .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
+            .build(),
+        IoKind::Flush => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
+    }
+    .user_data(tag)
+}
+
+/// Carries out operations with io_uring.
+pub struct UringBackend {
+    // Field order matters: the ring is dropped (after Drop drained it)
+    // before the buffers it may reference.
+    ring: IoUring,
+    wake_buf: Box<u64>,
+    _file: File,
+    _memory: Arc<DmaMemory>,
+    blocks: u64,
+    outstanding: usize,
+    cq_entries: usize,
+    wake: Option<Arc<WakeFd>>,
+    wake_armed: bool,
+}
+
+impl UringBackend {
+    /// Sets up io_uring on `file` with `memory` registered as fixed buffers.
+    pub fn new(file: &BackingFile, memory: &Arc<DmaMemory>, config: UringConfig) -> Result<UringBackend, UringError> {
+        let entries = config.entries.max(MIN_ENTRIES).next_power_of_two();
+        let ring = IoUring::builder().build(entries).map_err(UringError::Setup)?;
+        let fd = file.file().try_clone().map_err(UringError::Dup)?;
+        ring.submitter().register_files(&[fd.as_raw_fd()]).map_err(UringError::RegisterFile)?;
+        let iovecs: Vec<libc::iovec> = memory
+            .fixed_buffers()
+            .iter()
+            .map(|&(ptr, len)| libc::iovec { iov_base: ptr.cast(), iov_len: len as usize })
+            .collect();
+        // SAFETY: DmaMemory's contract keeps every buffer mapped while the
+        // DmaMemory lives, and we hold an Arc of it for the ring's lifetime
+        // (the ring is dropped first, see the field order).
+        unsafe { ring.submitter().register_buffers(&iovecs) }.map_err(|source| UringError::RegisterBuffers {
+            bytes: memory.fixed_buffers().iter().map(|b| b.1).sum(),
+            count: iovecs.len(),
+            source,
+        })?;
+        let cq_entries = ring.params().cq_entries() as usize;
+        Ok(UringBackend {
+            ring,
+            wake_buf: Box::new(0),
+            _file: fd,
+            _memory: memory.clone(),
+            blocks: file.blocks(),
+            outstanding: 0,
+            cq_entries,
+            wake: None,
+            wake_armed: false,
+        })
+    }
+
+    fn push_entry(&mut self, entry: &squeue::Entry) -> bool {
+        // SAFETY: every entry we build references either a fixed buffer
+        // inside the registered memory (checked by the poller against
+        // DmaMemory) or `wake_buf`, both alive until the ring is drained.
+        unsafe { self.ring.submission().push(entry).is_ok() }
+    }
+
+    fn enter(&mut self, want: usize) -> io::Result<()> {
+        match self.ring.submit_and_wait(want) {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Backend for UringBackend {
+    fn capacity_blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    fn room(&self) -> usize {
+        // One submission and one completion slot stay reserved for the
+        // wake-up read.
+        let sq_room = (self.ring.params().sq_entries() as usize).saturating_sub(self.sq_len() + 1);
+        let cq_room = self.cq_entries.saturating_sub(self.outstanding + 1);
+        sq_room.min(cq_room)
+    }
+
+    fn push(&mut self, op: &IoOp, tag: u64) -> bool {
+        if self.room() == 0 || !self.push_entry(&entry_for(op, tag)) {
+            return false;
+        }
+        self.outstanding += 1;
+        true
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        if self.sq_len() == 0 {
+            return Ok(());
+        }
+        self.enter(0)
+    }
+
+    fn reap<F: FnMut(u64, i32)>(&mut self, mut f: F) -> usize {
+        let mut n = 0;
+        for cqe in self.ring.completion() {
+            if cqe.user_data() == WAKE_TAG {
+                self.wake_armed = false;
+                continue;
+            }
+            self.outstanding -= 1;
+            n += 1;
+            f(cqe.user_data(), cqe.result());
+        }
+        n
+    }
+
+    fn park(&mut self, wake: &Arc<WakeFd>) -> io::Result<()> {
+        if !self.wake_armed {
+            let entry = opcode::Read::new(types::Fd(wake.raw_fd()), (&mut *self.wake_buf as *mut u64).cast(), 8)
+                .build()
+                .user_data(WAKE_TAG);
+            if !self.push_entry(&entry) {
+                // The ring is full of operations: their completions wake us.
+                return self.enter(1);
+            }
+            self.wake = Some(wake.clone());
+            self.wake_armed = true;
+        }
+        self.enter(1)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.outstanding
+    }
+}
+
+impl UringBackend {
+    fn sq_len(&self) -> usize {
+        // SAFETY: no other SubmissionQueue of this ring exists while this
+        // temporary one does (the backend is not shared between threads).
+        unsafe { self.ring.submission_shared().len() }
+    }
+}
+
+impl Drop for UringBackend {
+    fn drop(&mut self) {
+        // Wait for every operation (and the wake-up read, which we complete
+        // ourselves) so the kernel never writes memory after we are gone.
+        if self.wake_armed {
+            if let Some(w) = &self.wake {
+                w.wake();
+            }
+        }
+        while self.outstanding > 0 || self.wake_armed {
+            if let Err(e) = self.enter(1) {
+                log::error!("nvme: io_uring wait while shutting down failed: {e}");
+                break;
+            }
+            self.reap(|_, _| {});
+        }
+    }
+}

@@ -1,0 +1,594 @@
+//! The shared queue format: entries, rings, shadow doorbells, event indexes.
+//!
+//! # Entries
+//!
+//! A submission entry ([`Sqe`], 64 bytes) and a completion entry ([`Cqe`],
+//! 16 bytes) have NVMe's layouts. The commands are NVM read (0x02), write
+//! (0x01, optionally with FUA, CDW12 bit 30) and flush (0x00). The starting
+//! LBA is in CDW10/11, the 0-based block count in CDW12 bits 15:0.
+//!
+//! The data pointer (DPTR) is either
+//! - PRPs (`PSDT` = 0): PRP1 is the first 4 KiB page; for two pages PRP2 is
+//!   the second page; for more, PRP2 points to a PRP list of the remaining
+//!   page addresses, which must fit in the rest of its page (no chaining, so
+//!   with [`MAX_TRANSFER_BLOCKS`] a page-aligned list always fits);
+//! - one contiguous buffer (`PSDT` = 1): an NVMe SGL *data block* descriptor
+//!   in DPTR (address in bytes 0..8, length in bytes 8..12, descriptor type 0
+//!   in byte 15), whose length must equal the transfer length.
+//!
+//! Every data page and buffer must be 4 KiB aligned.
+//!
+//! # Rings and phase
+//!
+//! Both rings have `depth` entries. The host writes a completion's first
+//! 12 bytes, then (release) its last dword, which carries the command id, the
+//! status and the phase tag. The phase tag is 1 on the first pass through
+//! the completion ring and flips on every wrap; the driver consumes an entry
+//! when its phase tag equals the phase it expects.
+//!
+//! # Shadow doorbells and event indexes
+//!
+//! The driver never writes a device register to announce work. It writes its
+//! SQ tail and CQ head into two shadow doorbell words (dwords 0 and 1 at
+//! [`QueuePairConfig::doorbell_addr`]), which the host polls. The host writes
+//! two event indexes (dwords 0 and 1 at [`QueuePairConfig::event_idx_addr`]):
+//! an event index is the ring index at which the host wants a real doorbell,
+//! that is, the driver rings when its update moves the index from `old` to
+//! `new` past it ([`need_event`]). While the host polls it keeps both at
+//! [`EVENT_IDX_POLLING`], so a busy host costs the driver no exit; before it
+//! parks it sets the SQ event index to the SQ tail it has consumed up to.
+//! Both sides order "write my word; full fence; read the other's word", so
+//! a submission is either seen by the host's last check or rings the bell.
+
+use crate::types::{CommandId, DmaAddr, Lba, QueueId, MAX_DEPTH, MIN_DEPTH, PAGE_SIZE};
+use core::sync::atomic::{AtomicU32, Ordering};
+
+#[allow(unused_imports)] // used by the module docs
+use crate::types::MAX_TRANSFER_BLOCKS;
+
+/// NVM command set opcodes served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Opcode {
+    Flush = 0x00,
+    Write = 0x01,
+    Read = 0x02,
+}
+
+impl Opcode {
+    /// Decodes a raw opcode; `None` for unsupported ones.
+    pub const fn from_raw(raw: u8) -> Option<Opcode> {
+        match raw {
+            0x00 => Some(Opcode::Flush),
+            0x01 => Some(Opcode::Write),
+            0x02 => Some(Opcode::Read),
+            _ => None,
+        }
+    }
+}
+
+/// PRP Or SGL for Data Transfer (CDW0 bits 15:14): PRPs.
+pub const PSDT_PRP: u8 = 0;
+/// PSDT: SGL (here: one data block descriptor in DPTR).
+pub const PSDT_SGL: u8 = 1;
+/// SGL identifier byte of a data block descriptor (type 0, subtype 0).
+pub const SGL_DATA_BLOCK: u8 = 0x00;
+/// Force Unit Access bit in CDW12.
+pub const CDW12_FUA: u32 = 1 << 30;
+
+/// A 64-byte NVMe submission queue entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sqe {
+    /// Opcode (7:0), fused operation (9:8), PSDT (15:14), command id (31:16).
+    pub cdw0: u32,
+    /// Namespace id.
+    pub nsid: u32,
+    pub cdw2: u32,
+    pub cdw3: u32,
+    /// Metadata pointer (unused: the namespace has no metadata).
+    pub mptr: u64,
+    /// Data pointer: PRP1, PRP2 or an SGL descriptor.
+    pub dptr: [u64; 2],
+    /// Starting LBA, low dword.
+    pub cdw10: u32,
+    /// Starting LBA, high dword.
+    pub cdw11: u32,
+    /// 0-based number of blocks (15:0), FUA (30).
+    pub cdw12: u32,
+    pub cdw13: u32,
+    pub cdw14: u32,
+    pub cdw15: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Sqe>() == 64);
+const _: () = assert!(core::mem::size_of::<Cqe>() == 16);
+
+impl Sqe {
+    /// A zeroed entry with an opcode, a command id and a namespace.
+    pub const fn new(opcode: Opcode, cid: CommandId, nsid: u32) -> Sqe {
+        Sqe {
+            cdw0: opcode as u32 | (cid.0 as u32) << 16,
+            nsid,
+            cdw2: 0,
+            cdw3: 0,
+            mptr: 0,
+            dptr: [0; 2],
+            cdw10: 0,
+            cdw11: 0,
+            cdw12: 0,
+            cdw13: 0,
+            cdw14: 0,
+            cdw15: 0,
+        }
+    }
+
+    /// Raw opcode byte.
+    pub const fn opcode_raw(&self) -> u8 {
+        self.cdw0 as u8
+    }
+
+    /// Fused operation field.
+    pub const fn fuse(&self) -> u8 {
+        ((self.cdw0 >> 8) & 0x3) as u8
+    }
+
+    /// PRP or SGL for data transfer field.
+    pub const fn psdt(&self) -> u8 {
+        ((self.cdw0 >> 14) & 0x3) as u8
+    }
+
+    /// Command identifier.
+    pub const fn cid(&self) -> CommandId {
+        CommandId((self.cdw0 >> 16) as u16)
+    }
+
+    /// Replaces the command identifier.
+    pub fn set_cid(&mut self, cid: CommandId) {
+        self.cdw0 = (self.cdw0 & 0xffff) | (cid.0 as u32) << 16;
+    }
+
+    /// Starting LBA.
+    pub const fn slba(&self) -> Lba {
+        Lba(self.cdw10 as u64 | (self.cdw11 as u64) << 32)
+    }
+
+    /// Number of blocks (1..=65536; the field is 0-based).
+    pub const fn blocks(&self) -> u32 {
+        (self.cdw12 & 0xffff) + 1
+    }
+
+    /// Force unit access.
+    pub const fn fua(&self) -> bool {
+        self.cdw12 & CDW12_FUA != 0
+    }
+
+    /// Sets the LBA range; `blocks` must be in 1..=65536 (0 wraps to 65536).
+    pub fn set_range(&mut self, lba: Lba, blocks: u32) {
+        self.cdw10 = lba.0 as u32;
+        self.cdw11 = (lba.0 >> 32) as u32;
+        self.cdw12 = (self.cdw12 & !0xffff) | (blocks.wrapping_sub(1) & 0xffff);
+    }
+
+    /// Sets or clears FUA.
+    pub fn set_fua(&mut self, fua: bool) {
+        if fua {
+            self.cdw12 |= CDW12_FUA;
+        } else {
+            self.cdw12 &= !CDW12_FUA;
+        }
+    }
+
+    /// Sets a PRP data pointer.
+    pub fn set_prp(&mut self, prp1: DmaAddr, prp2: DmaAddr) {
+        self.cdw0 &= !(0x3 << 14);
+        self.dptr = [prp1.0, prp2.0];
+    }
+
+    /// Sets a single contiguous buffer (an SGL data block descriptor).
+    pub fn set_sgl_block(&mut self, addr: DmaAddr, len: u32) {
+        self.cdw0 = (self.cdw0 & !(0x3 << 14)) | (PSDT_SGL as u32) << 14;
+        self.dptr = [addr.0, len as u64 | (SGL_DATA_BLOCK as u64) << 56];
+    }
+
+    /// SGL descriptor fields of DPTR: (address, length, identifier byte).
+    pub const fn sgl(&self) -> (DmaAddr, u32, u8) {
+        (DmaAddr(self.dptr[0]), self.dptr[1] as u32, (self.dptr[1] >> 56) as u8)
+    }
+}
+
+/// A 16-byte NVMe completion queue entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cqe {
+    /// Command specific (0 here).
+    pub dw0: u32,
+    pub dw1: u32,
+    /// SQ head pointer (15:0), SQ identifier (31:16).
+    pub dw2: u32,
+    /// Command id (15:0), phase tag (16), status field (31:17).
+    pub dw3: u32,
+}
+
+impl Cqe {
+    /// A completion entry.
+    pub const fn new(cid: CommandId, sq_head: u16, sq_id: QueueId, status: crate::Status, phase: bool) -> Cqe {
+        Cqe {
+            dw0: 0,
+            dw1: 0,
+            dw2: sq_head as u32 | (sq_id.0 as u32) << 16,
+            dw3: cid.0 as u32 | (phase as u32) << 16 | ((status.0 as u32) & 0x7fff) << 17,
+        }
+    }
+
+    /// The SQ head the host had reached when it posted this entry.
+    pub const fn sq_head(&self) -> u16 {
+        self.dw2 as u16
+    }
+
+    /// The submission queue the command came from.
+    pub const fn sq_id(&self) -> QueueId {
+        QueueId((self.dw2 >> 16) as u16)
+    }
+
+    /// Command identifier.
+    pub const fn cid(&self) -> CommandId {
+        CommandId(self.dw3 as u16)
+    }
+
+    /// Phase tag.
+    pub const fn phase(&self) -> bool {
+        self.dw3 & (1 << 16) != 0
+    }
+
+    /// Status field.
+    pub const fn status(&self) -> crate::Status {
+        crate::Status((self.dw3 >> 17) as u16)
+    }
+}
+
+/// Event index value meaning "the host is polling; no real doorbell needed".
+pub const EVENT_IDX_POLLING: u32 = u32::MAX;
+
+/// Dword index of the SQ tail in the doorbell and event-index pairs.
+pub const SQ_TAIL_WORD: usize = 0;
+/// Dword index of the CQ head in the doorbell and event-index pairs.
+pub const CQ_HEAD_WORD: usize = 1;
+
+/// Whether moving a ring index from `old` to `new` (forward, modulo `depth`)
+/// passes the event index `event`, i.e. `event` is in `[old, new)` modulo
+/// `depth`. An event index outside the ring (such as [`EVENT_IDX_POLLING`])
+/// never asks for a doorbell.
+pub const fn need_event(event: u32, new: u32, old: u32, depth: u32) -> bool {
+    if event >= depth || new >= depth || old >= depth {
+        return false;
+    }
+    let span = (new + depth - old) % depth;
+    let dist = (event + depth - old) % depth;
+    dist < span
+}
+
+/// Where a queue pair lives, as the driver tells the host at creation.
+///
+/// All addresses are device addresses ([`DmaAddr`] values): guest-physical in
+/// a VM, process virtual addresses in process mode. The host validates every
+/// field ([`QueuePairConfig::validate_shape`] for what needs no memory map,
+/// and the host's memory checks for the rest).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueuePairConfig {
+    /// Submission ring: `depth` × 64 bytes, 4 KiB aligned.
+    pub sq_addr: u64,
+    /// Completion ring: `depth` × 16 bytes, 4 KiB aligned.
+    pub cq_addr: u64,
+    /// Shadow doorbells: two dwords (SQ tail, CQ head), 8-byte aligned.
+    pub doorbell_addr: u64,
+    /// Event indexes: two dwords (SQ tail, CQ head), 8-byte aligned.
+    pub event_idx_addr: u64,
+    /// Entries per ring, in [`MIN_DEPTH`]..=[`MAX_DEPTH`].
+    pub depth: u16,
+    pub _reserved: [u16; 3],
+}
+
+/// A [`QueuePairConfig`] the host refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("queue depth {0} is outside {MIN_DEPTH}..={MAX_DEPTH}")]
+    Depth(u16),
+    #[error("{what} address {addr:#x} is not {align}-byte aligned")]
+    Misaligned { what: &'static str, addr: u64, align: u64 },
+    #[error("{what} [{addr:#x}, +{len:#x}) is outside the registered memory")]
+    OutsideMemory { what: &'static str, addr: u64, len: u64 },
+    #[error("{a} and {b} overlap")]
+    Overlap { a: &'static str, b: &'static str },
+    #[error("too many queue pairs (at most {0})")]
+    TooManyQueues(usize),
+}
+
+impl QueuePairConfig {
+    /// The four areas: (name, address, length, alignment).
+    pub fn areas(&self) -> [(&'static str, u64, u64, u64); 4] {
+        let depth = self.depth as u64;
+        [
+            ("submission ring", self.sq_addr, depth * 64, PAGE_SIZE),
+            ("completion ring", self.cq_addr, depth * 16, PAGE_SIZE),
+            ("doorbells", self.doorbell_addr, 8, 8),
+            ("event indexes", self.event_idx_addr, 8, 8),
+        ]
+    }
+
+    /// Checks the depth, the alignments and that the four areas do not
+    /// overlap (each other or the end of the address space). Whether they
+    /// lie in memory is the host's check.
+    pub fn validate_shape(&self) -> Result<(), ConfigError> {
+        if !(MIN_DEPTH..=MAX_DEPTH).contains(&self.depth) {
+            return Err(ConfigError::Depth(self.depth));
+        }
+        let areas = self.areas();
+        for (what, addr, len, align) in areas {
+            if addr % align != 0 {
+                return Err(ConfigError::Misaligned { what, addr, align });
+            }
+            if addr.checked_add(len).is_none() {
+                return Err(ConfigError::OutsideMemory { what, addr, len });
+            }
+        }
+        for i in 0..areas.len() {
+            for j in i + 1..areas.len() {
+                let (a, a0, alen, _) = areas[i];
+                let (b, b0, blen, _) = areas[j];
+                if a0 < b0 + blen && b0 < a0 + alen {
+                    return Err(ConfigError::Overlap { a, b });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A queue pair's memory laid out in one block: submission ring, completion
+/// ring, then one page with the shadow doorbells (offset 0) and the event
+/// indexes (offset 64, their own cache line, since the other side writes them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLayout {
+    depth: u16,
+}
+
+impl QueueLayout {
+    /// The layout for `depth` entries per ring, `None` outside
+    /// [`MIN_DEPTH`]..=[`MAX_DEPTH`].
+    pub const fn new(depth: u16) -> Option<QueueLayout> {
+        if depth < MIN_DEPTH || depth > MAX_DEPTH {
+            None
+        } else {
+            Some(QueueLayout { depth })
+        }
+    }
+
+    const fn round_page(bytes: u64) -> u64 {
+        bytes.div_ceil(PAGE_SIZE) * PAGE_SIZE
+    }
+
+    /// Entries per ring.
+    pub const fn depth(&self) -> u16 {
+        self.depth
+    }
+
+    /// Offset of the submission ring.
+    pub const fn sq_offset(&self) -> u64 {
+        0
+    }
+
+    /// Offset of the completion ring.
+    pub const fn cq_offset(&self) -> u64 {
+        Self::round_page(self.depth as u64 * 64)
+    }
+
+    /// Offset of the shadow doorbells.
+    pub const fn doorbell_offset(&self) -> u64 {
+        self.cq_offset() + Self::round_page(self.depth as u64 * 16)
+    }
+
+    /// Offset of the event indexes.
+    pub const fn event_idx_offset(&self) -> u64 {
+        self.doorbell_offset() + 64
+    }
+
+    /// Total size in bytes (a multiple of 4 KiB).
+    pub const fn size(&self) -> u64 {
+        self.doorbell_offset() + PAGE_SIZE
+    }
+
+    /// The config for this layout placed at device address `base`.
+    pub const fn config(&self, base: DmaAddr) -> QueuePairConfig {
+        QueuePairConfig {
+            sq_addr: base.0 + self.sq_offset(),
+            cq_addr: base.0 + self.cq_offset(),
+            doorbell_addr: base.0 + self.doorbell_offset(),
+            event_idx_addr: base.0 + self.event_idx_offset(),
+            depth: self.depth,
+            _reserved: [0; 3],
+        }
+    }
+}
+
+/// The shared dword at `ptr` as an atomic.
+///
+/// # Safety
+/// `ptr` must be valid for reads and writes of 4 bytes, 4-byte aligned, and
+/// stay so for `'a`; other parties may access it only atomically or with
+/// volatile accesses.
+pub(crate) unsafe fn shared_word<'a>(ptr: *mut u32) -> &'a AtomicU32 {
+    // SAFETY: the caller guarantees validity, alignment and lifetime;
+    // AtomicU32 has the same layout as u32.
+    unsafe { AtomicU32::from_ptr(ptr) }
+}
+
+/// Copies a submission entry out of shared memory (the host's side).
+#[cfg_attr(target_os = "none", allow(dead_code))]
+///
+/// # Safety
+/// `slot` must be valid for a 64-byte read and 8-byte aligned.
+pub(crate) unsafe fn read_sqe(slot: *const Sqe) -> Sqe {
+    // SAFETY: guaranteed by the caller; volatile because the other side may
+    // write the memory concurrently (a hostile one at any time).
+    unsafe { core::ptr::read_volatile(slot) }
+}
+
+/// Writes a submission entry into shared memory (published later by the
+/// release store of the SQ tail).
+///
+/// # Safety
+/// `slot` must be valid for a 64-byte write and 8-byte aligned.
+pub(crate) unsafe fn write_sqe(slot: *mut Sqe, sqe: &Sqe) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { core::ptr::write_volatile(slot, *sqe) }
+}
+
+/// Posts a completion entry (the host's side): the first three dwords,
+/// then the last one (with the phase tag) with release ordering.
+#[cfg_attr(target_os = "none", allow(dead_code))]
+///
+/// # Safety
+/// `slot` must be valid for a 16-byte write and 16-byte aligned.
+pub(crate) unsafe fn post_cqe(slot: *mut Cqe, cqe: &Cqe) {
+    let words = slot as *mut u32;
+    // SAFETY: guaranteed by the caller; the dwords are inside the entry.
+    unsafe {
+        core::ptr::write_volatile(words, cqe.dw0);
+        core::ptr::write_volatile(words.add(1), cqe.dw1);
+        core::ptr::write_volatile(words.add(2), cqe.dw2);
+        shared_word(words.add(3)).store(cqe.dw3, Ordering::Release);
+    }
+}
+
+/// Reads the completion entry in `slot` if its phase tag is `phase`.
+///
+/// # Safety
+/// `slot` must be valid for a 16-byte read and 16-byte aligned.
+pub(crate) unsafe fn peek_cqe(slot: *mut Cqe, phase: bool) -> Option<Cqe> {
+    let words = slot as *mut u32;
+    // SAFETY: guaranteed by the caller; the acquire load of dword 3 orders
+    // the reads of dwords 0..3 after the host's release store.
+    unsafe {
+        let dw3 = shared_word(words.add(3)).load(Ordering::Acquire);
+        if (dw3 & (1 << 16) != 0) != phase {
+            return None;
+        }
+        Some(Cqe {
+            dw0: core::ptr::read_volatile(words),
+            dw1: core::ptr::read_volatile(words.add(1)),
+            dw2: core::ptr::read_volatile(words.add(2)),
+            dw3,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NvmeError, Status};
+
+    #[test]
+    fn sqe_fields() {
+        let mut s = Sqe::new(Opcode::Write, CommandId(0xbeef), 1);
+        s.set_range(Lba(0x1_2345_6789), 256);
+        s.set_fua(true);
+        s.set_sgl_block(DmaAddr(0x7000), 256 * 4096);
+        assert_eq!(s.opcode_raw(), 0x01);
+        assert_eq!(s.cid(), CommandId(0xbeef));
+        assert_eq!(s.slba(), Lba(0x1_2345_6789));
+        assert_eq!(s.blocks(), 256);
+        assert_eq!(s.cdw12, 255 | 1 << 30);
+        assert!(s.fua());
+        assert_eq!(s.psdt(), PSDT_SGL);
+        assert_eq!(s.sgl(), (DmaAddr(0x7000), 0x10_0000, 0));
+        s.set_prp(DmaAddr(0x1000), DmaAddr(0x2000));
+        assert_eq!(s.psdt(), PSDT_PRP);
+        assert_eq!(s.cid(), CommandId(0xbeef));
+        s.set_fua(false);
+        assert_eq!(s.cdw12, 255);
+        // Byte layout as NVMe defines it.
+        // SAFETY: Sqe is plain old data of 64 bytes.
+        let bytes: [u8; 64] = unsafe { core::mem::transmute(s) };
+        assert_eq!(bytes[0], 0x01);
+        assert_eq!(&bytes[2..4], &0xbeefu16.to_le_bytes());
+        assert_eq!(&bytes[4..8], &1u32.to_le_bytes());
+        assert_eq!(&bytes[24..32], &0x1000u64.to_le_bytes());
+        assert_eq!(&bytes[32..40], &0x2000u64.to_le_bytes());
+        assert_eq!(&bytes[40..48], &0x1_2345_6789u64.to_le_bytes());
+    }
+
+    #[test]
+    fn cqe_fields() {
+        let st = Status::from_error(NvmeError::LbaOutOfRange);
+        let c = Cqe::new(CommandId(7), 33, QueueId(2), st, true);
+        assert_eq!(c.cid(), CommandId(7));
+        assert_eq!(c.sq_head(), 33);
+        assert_eq!(c.sq_id(), QueueId(2));
+        assert!(c.phase());
+        assert_eq!(c.status(), st);
+        assert_eq!(c.dw3, 7 | 1 << 16 | 0x4080 << 17);
+        let c = Cqe::new(CommandId(0xffff), 0, QueueId(0), Status::SUCCESS, false);
+        assert!(!c.phase());
+        assert_eq!(c.status(), Status::SUCCESS);
+    }
+
+    #[test]
+    fn event_index() {
+        // Host parked with the SQ consumed up to 5: moving 5 -> 6 rings.
+        assert!(need_event(5, 6, 5, 8));
+        // Moving 6 -> 7 does not ring again.
+        assert!(!need_event(5, 7, 6, 8));
+        // A batch 5 -> 1 (wrapping) passing 7 rings.
+        assert!(need_event(7, 1, 5, 8));
+        assert!(need_event(0, 1, 5, 8));
+        assert!(!need_event(1, 1, 5, 8));
+        assert!(!need_event(4, 1, 5, 8));
+        // No movement never rings.
+        assert!(!need_event(5, 5, 5, 8));
+        // Polling host never asks for a doorbell.
+        assert!(!need_event(EVENT_IDX_POLLING, 6, 5, 8));
+        assert!(!need_event(8, 6, 5, 8));
+    }
+
+    #[test]
+    fn layout_and_config() {
+        let l = QueueLayout::new(32).unwrap();
+        assert_eq!(l.cq_offset(), 4096);
+        assert_eq!(l.doorbell_offset(), 8192);
+        assert_eq!(l.event_idx_offset(), 8192 + 64);
+        assert_eq!(l.size(), 12288);
+        let l = QueueLayout::new(256).unwrap();
+        assert_eq!(l.cq_offset(), 16384);
+        assert_eq!(l.doorbell_offset(), 16384 + 4096);
+        assert!(QueueLayout::new(1).is_none());
+        assert!(QueueLayout::new(MAX_DEPTH + 1).is_none());
+        let c = l.config(DmaAddr(0x10_0000));
+        assert_eq!(c.validate_shape(), Ok(()));
+        let mut bad = c;
+        bad.depth = 1;
+        assert_eq!(bad.validate_shape(), Err(ConfigError::Depth(1)));
+        let mut bad = c;
+        bad.sq_addr += 64;
+        assert_eq!(
+            bad.validate_shape(),
+            Err(ConfigError::Misaligned { what: "submission ring", addr: 0x10_0040, align: 4096 })
+        );
+        let mut bad = c;
+        bad.cq_addr = c.sq_addr;
+        assert_eq!(
+            bad.validate_shape(),
+            Err(ConfigError::Overlap { a: "submission ring", b: "completion ring" })
+        );
+        let mut bad = c;
+        bad.event_idx_addr = c.doorbell_addr + 4;
+        assert_eq!(
+            bad.validate_shape(),
+            Err(ConfigError::Misaligned { what: "event indexes", addr: c.doorbell_addr + 4, align: 8 })
+        );
+        let mut bad = c;
+        bad.sq_addr = u64::MAX - 4095;
+        assert!(matches!(bad.validate_shape(), Err(ConfigError::OutsideMemory { .. })));
+    }
+}
