@@ -10,7 +10,7 @@ use crate::boot::{BootState, CODE_SELECTOR, DATA_SELECTOR};
 use crate::hypercall::{self, Outcome};
 use crate::report::{ExitCounts, GuestExit, RegisterDump};
 use crate::vm::Shared;
-use kvm_bindings::{kvm_segment, CpuId};
+use kvm_bindings::{kvm_mp_state, kvm_segment, CpuId, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use libdbos::abi::{Hypercall, DIRECT_MAP_BASE};
 use std::sync::atomic::Ordering;
@@ -96,6 +96,12 @@ pub fn setup(
     regs.rsp = DIRECT_MAP_BASE + stack_top_phys - 8;
     regs.rflags = 0x2;
     vcpu.set_regs(&regs)?;
+
+    // With an in-kernel irqchip, KVM parks every vCPU but the first in
+    // wait-for-SIPI; ours start directly at the entry point instead.
+    if index > 0 {
+        vcpu.set_mp_state(kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE })?;
+    }
     Ok(())
 }
 

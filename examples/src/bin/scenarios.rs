@@ -34,6 +34,7 @@ fn main() -> u8 {
             0
         }
         "triple-fault" => triple_fault(),
+        "smp" => smp(),
         "panic" => panic!("scenario panic with value {}", 42),
         "bad-pointer" => {
             println!("passing an address beyond guest memory to the console call");
@@ -199,6 +200,44 @@ fn triple_fault() -> u8 {
         x86_64::instructions::tables::lidt(&empty);
         core::arch::asm!("ud2");
     }
+    0
+}
+
+static PER_CPU_SUM: AtomicU64 = AtomicU64::new(0);
+static SEEN_CPUS: AtomicU64 = AtomicU64::new(0);
+static TICKS: AtomicU64 = AtomicU64::new(0);
+static IPI_ON: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn smp() -> u8 {
+    let n = libdbos::smp::cpu_count();
+    libdbos::smp::run_on_all(&|cpu| {
+        PER_CPU_SUM.fetch_add(cpu as u64 + 1, Ordering::Relaxed);
+        SEEN_CPUS.fetch_or(1 << libdbos::percpu::cpu_id(), Ordering::Relaxed);
+    });
+    println!(
+        "run_on_all: sum={} seen={:#b}",
+        PER_CPU_SUM.load(Ordering::Relaxed),
+        SEEN_CPUS.load(Ordering::Relaxed)
+    );
+    libdbos::set_ipi_hook(Some(|cpu| IPI_ON.store(cpu as u64, Ordering::Relaxed)));
+    if n > 1 {
+        libdbos::apic::send_ipi(1, libdbos::apic::vector::USER_IPI);
+        let start = libdbos::hypercall::clock_nanos();
+        while IPI_ON.load(Ordering::Relaxed) == u64::MAX && libdbos::hypercall::clock_nanos() - start < 1_000_000_000 {
+            core::hint::spin_loop();
+        }
+    }
+    println!("ipi ran on cpu {}", IPI_ON.load(Ordering::Relaxed) as i64);
+    libdbos::set_timer_hook(Some(|_| {
+        TICKS.fetch_add(1, Ordering::Relaxed);
+    }));
+    libdbos::apic::set_timer(Some(1000));
+    let start = libdbos::hypercall::clock_nanos();
+    while TICKS.load(Ordering::Relaxed) < 3 && libdbos::hypercall::clock_nanos() - start < 1_000_000_000 {
+        core::hint::spin_loop();
+    }
+    libdbos::apic::set_timer(None);
+    println!("timer ticks>=3: {}", TICKS.load(Ordering::Relaxed) >= 3);
     0
 }
 

@@ -39,6 +39,12 @@ extern "sysv64" fn _start(boot_info: *mut BootInfo, cpu: u64) -> ! {
     if cpu == 0 {
         bsp_init(boot_info);
         BSP_READY.store(true, Ordering::Release);
+        // Wait for the other CPUs' setup, so that `run_on_all` and IPIs
+        // reach every CPU from the first instruction of `main`.
+        while crate::percpu::online() < self::boot_info().vcpu_count as usize {
+            core::hint::spin_loop();
+        }
+        x86_64::instructions::interrupts::enable();
         // SAFETY: defined by the program through `entry!`; the linker refuses
         // an image without it.
         let status = unsafe { __libdbos_main() };
@@ -48,7 +54,7 @@ extern "sysv64" fn _start(boot_info: *mut BootInfo, cpu: u64) -> ! {
             core::hint::spin_loop();
         }
         cpu_init(cpu as u32);
-        crate::percpu::halt_forever()
+        crate::smp::idle()
     }
 }
 
@@ -87,11 +93,13 @@ fn bsp_init(boot_info: *mut BootInfo) {
     cpu_init(0);
 }
 
-/// Per-CPU setup: descriptor tables (with IST stacks) and the per-CPU area.
+/// Per-CPU setup: descriptor tables (with IST stacks), the per-CPU area and
+/// the local APIC. Interrupts stay disabled.
 fn cpu_init(cpu: u32) {
     crate::gdt::init_this_cpu();
     crate::idt::load();
     crate::percpu::init(cpu);
+    crate::apic::init_this_cpu();
 }
 
 /// The boot information the hypervisor provided.

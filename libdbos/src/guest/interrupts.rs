@@ -132,9 +132,54 @@ fn load_hook<F: Copy>(slot: &AtomicUsize) -> Option<F> {
     })
 }
 
+/// Hook run on a CPU when its timer fires, and when it receives the
+/// database's IPI: `fn(cpu)`.
+pub type CpuHook = fn(usize);
+
+static TIMER_HOOK: AtomicUsize = AtomicUsize::new(NO_HOOK);
+static IPI_HOOK: AtomicUsize = AtomicUsize::new(NO_HOOK);
+
+/// Sets (or clears) the hook run when a CPU's timer fires.
+pub fn set_timer_hook(hook: Option<CpuHook>) {
+    TIMER_HOOK.store(hook.map_or(NO_HOOK, |h| h as usize), Ordering::Release);
+}
+
+/// Sets (or clears) the hook run on a CPU that receives the database IPI.
+pub fn set_ipi_hook(hook: Option<CpuHook>) {
+    IPI_HOOK.store(hook.map_or(NO_HOOK, |h| h as usize), Ordering::Release);
+}
+
+/// Interrupts from the local APIC (vectors 32-255). Returns whether the
+/// vector is one libdbos owns.
+fn apic_interrupt(vector: u8) -> bool {
+    use crate::apic::vector::*;
+    let cpu = crate::percpu::cpu_id() as usize;
+    match vector {
+        SPURIOUS => return true,
+        WAKE => {}
+        TLB => crate::smp::service_tlb_requests(),
+        TIMER => {
+            if let Some(hook) = load_hook::<CpuHook>(&TIMER_HOOK) {
+                hook(cpu);
+            }
+        }
+        USER_IPI => {
+            if let Some(hook) = load_hook::<CpuHook>(&IPI_HOOK) {
+                hook(cpu);
+            }
+        }
+        _ => return false,
+    }
+    crate::apic::eoi();
+    true
+}
+
 /// Called by the entry stubs with the saved register state.
 pub(crate) extern "sysv64" fn dispatch(frame: &mut InterruptFrame) {
     let vector = frame.vector;
+    if vector >= 32 && apic_interrupt(vector as u8) {
+        return;
+    }
     if vector == u64::from(PAGE_FAULT) {
         let fault = PageFault {
             addr: x86_64::registers::control::Cr2::read_raw(),
@@ -163,7 +208,11 @@ pub(crate) extern "sysv64" fn dispatch(frame: &mut InterruptFrame) {
         report(frame, cr2, "no hook registered");
     };
     match hook(frame) {
-        HookResult::Handled => {}
+        HookResult::Handled => {
+            if vector >= 32 {
+                crate::apic::eoi();
+            }
+        }
         HookResult::Unhandled => report(frame, cr2, "the hook did not handle it"),
     }
 }

@@ -1,12 +1,30 @@
-//! Per-CPU data, reached through the `gs` segment base, and CPU idling.
+//! Per-CPU data, reached through the `gs` segment base, the registry of all
+//! CPUs' areas, and CPU idling.
 //!
 //! Each vCPU gets one [`PerCpu`] allocated at boot and leaked; `IA32_GS_BASE`
 //! points at it and its first word points at itself, so [`current`] is one
-//! `mov` from `gs:0`.
+//! `mov` from `gs:0`. [`cpu`] finds another CPU's area (for sums and
+//! acknowledgements).
 
+use crate::abi::MAX_VCPUS;
 use core::cell::Cell;
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use x86_64::registers::model_specific::GsBase;
 use x86_64::VirtAddr;
+
+/// Events counted per CPU (see `platform::EventCounts`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Event {
+    Fault,
+    PteWrite,
+    LocalInvalidation,
+    LocalFlush,
+    RemoteInvalidation,
+    IpiSent,
+}
+
+const EVENTS: usize = 6;
 
 /// The per-CPU area.
 #[repr(C)]
@@ -18,7 +36,18 @@ pub struct PerCpu {
     /// Set while this CPU runs the page-fault hook, to detect a fault inside it
     /// (the #PF IST stack would be reused and the outer frame overwritten).
     pub(crate) in_page_fault: Cell<bool>,
+    /// Event counters, written only by this CPU (plain load + store, no lock
+    /// prefix) and read by any.
+    counters: [AtomicU64; EVENTS],
+    /// Last `run_on_all` generation this CPU has finished.
+    pub(crate) work_done: AtomicU64,
+    /// Last remote-invalidation generation this CPU has carried out.
+    pub(crate) tlb_done: AtomicU64,
 }
+
+static CPUS: [AtomicPtr<PerCpu>; MAX_VCPUS as usize] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_VCPUS as usize];
+static ONLINE: AtomicUsize = AtomicUsize::new(0);
 
 /// Installs a new per-CPU area for `cpu` on the calling CPU.
 pub(crate) fn init(cpu: u32) {
@@ -26,9 +55,14 @@ pub(crate) fn init(cpu: u32) {
         self_ptr: core::ptr::null(),
         cpu,
         in_page_fault: Cell::new(false),
+        counters: [const { AtomicU64::new(0) }; EVENTS],
+        work_done: AtomicU64::new(0),
+        tlb_done: AtomicU64::new(0),
     }));
     area.self_ptr = area as *const PerCpu;
     GsBase::write(VirtAddr::from_ptr(area as *const PerCpu));
+    CPUS[cpu as usize].store(area, Ordering::Release);
+    ONLINE.fetch_add(1, Ordering::AcqRel);
 }
 
 /// The calling CPU's per-CPU area.
@@ -42,9 +76,46 @@ pub fn current() -> &'static PerCpu {
     }
 }
 
+/// CPU `index`'s area, once it is online.
+pub fn cpu(index: usize) -> Option<&'static PerCpu> {
+    let ptr = CPUS.get(index)?.load(Ordering::Acquire);
+    // SAFETY: non-null entries point at leaked areas that live forever.
+    (!ptr.is_null()).then(|| unsafe { &*ptr })
+}
+
+/// Number of CPUs that finished their per-CPU setup.
+pub fn online() -> usize {
+    ONLINE.load(Ordering::Acquire)
+}
+
 /// This CPU's index.
 pub fn cpu_id() -> u32 {
     current().cpu
+}
+
+impl PerCpu {
+    /// Counts one `event` on this CPU. Must be called on the owning CPU.
+    #[inline]
+    pub fn count(&self, event: Event) {
+        let c = &self.counters[event as usize];
+        c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// This CPU's count of `event`.
+    pub fn counted(&self, event: Event) -> u64 {
+        self.counters[event as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Counts `event` on the calling CPU.
+#[inline]
+pub fn count(event: Event) {
+    current().count(event);
+}
+
+/// Sum of `event` over all online CPUs.
+pub fn total(event: Event) -> u64 {
+    (0..MAX_VCPUS as usize).filter_map(cpu).map(|c| c.counted(event)).sum()
 }
 
 /// Disables interrupts and halts this CPU for good.
