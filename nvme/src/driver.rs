@@ -12,8 +12,8 @@
 //! among its outstanding commands; completions may arrive in any order.
 
 use crate::queue::{
-    need_event, peek_cqe, shared_word, write_sqe, Cqe, Opcode, QueueLayout, QueuePairConfig, Sqe, CQ_HEAD_WORD,
-    SQ_TAIL_WORD,
+    need_event, peek_cqe, shared_word, write_sqe, Cqe, Opcode, QueueLayout, QueuePairConfig, Sqe,
+    CQ_HEAD_WORD, SQ_TAIL_WORD,
 };
 use crate::status::{NvmeError, Status};
 use crate::types::{CommandId, DmaAddr, Lba, BLOCK_SIZE, MAX_TRANSFER_BLOCKS, NSID, PAGE_SIZE};
@@ -63,18 +63,30 @@ pub enum DataPtr {
 /// Returns `None` when `pages` is empty or has more than
 /// [`MAX_TRANSFER_BLOCKS`] entries, or `list_addr` is not 8-byte aligned.
 pub fn prp_list(pages: &[DmaAddr], list: &mut [u64; 512], list_addr: DmaAddr) -> Option<DataPtr> {
-    if pages.is_empty() || pages.len() > MAX_TRANSFER_BLOCKS as usize || list_addr.0 % 8 != 0 {
+    if pages.is_empty()
+        || pages.len() > MAX_TRANSFER_BLOCKS as usize
+        || !list_addr.0.is_multiple_of(8)
+    {
         return None;
     }
     let prp1 = pages[0];
     Some(match pages.len() {
-        1 => DataPtr::Prp { prp1, prp2: DmaAddr(0) },
-        2 => DataPtr::Prp { prp1, prp2: pages[1] },
+        1 => DataPtr::Prp {
+            prp1,
+            prp2: DmaAddr(0),
+        },
+        2 => DataPtr::Prp {
+            prp1,
+            prp2: pages[1],
+        },
         _ => {
             for (slot, page) in list.iter_mut().zip(&pages[1..]) {
                 *slot = page.0;
             }
-            DataPtr::Prp { prp1, prp2: list_addr }
+            DataPtr::Prp {
+                prp1,
+                prp2: list_addr,
+            }
         }
     })
 }
@@ -93,22 +105,46 @@ pub struct Command {
 impl Command {
     /// Reads `blocks` blocks from `lba` into `data`.
     pub const fn read(lba: Lba, blocks: u32, data: DataPtr) -> Command {
-        Command { opcode: Opcode::Read, lba, blocks, fua: false, data }
+        Command {
+            opcode: Opcode::Read,
+            lba,
+            blocks,
+            fua: false,
+            data,
+        }
     }
 
     /// Writes `blocks` blocks from `data` to `lba`.
     pub const fn write(lba: Lba, blocks: u32, data: DataPtr) -> Command {
-        Command { opcode: Opcode::Write, lba, blocks, fua: false, data }
+        Command {
+            opcode: Opcode::Write,
+            lba,
+            blocks,
+            fua: false,
+            data,
+        }
     }
 
     /// A write that completes only once the data is on stable storage.
     pub const fn write_fua(lba: Lba, blocks: u32, data: DataPtr) -> Command {
-        Command { opcode: Opcode::Write, lba, blocks, fua: true, data }
+        Command {
+            opcode: Opcode::Write,
+            lba,
+            blocks,
+            fua: true,
+            data,
+        }
     }
 
     /// Commits all completed writes to stable storage.
     pub const fn flush() -> Command {
-        Command { opcode: Opcode::Flush, lba: Lba(0), blocks: 1, fua: false, data: DataPtr::None }
+        Command {
+            opcode: Opcode::Flush,
+            lba: Lba(0),
+            blocks: 1,
+            fua: false,
+            data: DataPtr::None,
+        }
     }
 
     /// The submission entry for this command with command id `cid`.
@@ -121,7 +157,9 @@ impl Command {
         sqe.set_fua(self.fua);
         match self.data {
             DataPtr::None => {}
-            DataPtr::Contiguous(addr) => sqe.set_sgl_block(addr, self.blocks.saturating_mul(BLOCK_SIZE as u32)),
+            DataPtr::Contiguous(addr) => {
+                sqe.set_sgl_block(addr, self.blocks.saturating_mul(BLOCK_SIZE as u32))
+            }
             DataPtr::Prp { prp1, prp2 } => sqe.set_prp(prp1, prp2),
         }
         sqe
@@ -210,7 +248,7 @@ impl<D: Doorbell> QueuePair<D> {
     /// must be the device address of the same memory.
     pub unsafe fn new(mem: QueueMemory, depth: u16, doorbell: D) -> Result<Self, DriverError> {
         let layout = QueueLayout::new(depth).ok_or(DriverError::Depth(depth))?;
-        if mem.virt as u64 % PAGE_SIZE != 0 {
+        if !(mem.virt as u64).is_multiple_of(PAGE_SIZE) {
             return Err(DriverError::Misaligned(mem.virt as u64));
         }
         if !mem.dma.is_page_aligned() {
@@ -297,8 +335,12 @@ impl<D: Doorbell> QueuePair<D> {
         self.published_tail = new;
         // SAFETY: the doorbell and event-index dwords are inside the queue
         // memory, 4-byte aligned.
-        let (tail_word, event_word) =
-            unsafe { (shared_word(self.doorbells.add(SQ_TAIL_WORD)), shared_word(self.events.add(SQ_TAIL_WORD))) };
+        let (tail_word, event_word) = unsafe {
+            (
+                shared_word(self.doorbells.add(SQ_TAIL_WORD)),
+                shared_word(self.events.add(SQ_TAIL_WORD)),
+            )
+        };
         tail_word.store(new, Ordering::Release);
         fence(Ordering::SeqCst);
         if need_event(event_word.load(Ordering::Relaxed), new, old, self.depth) {
@@ -329,7 +371,11 @@ impl<D: Doorbell> QueuePair<D> {
     /// many were submitted (at most `ids.len()`), or the error of the first
     /// command if it is invalid; an invalid later command ends the batch
     /// before it.
-    pub fn submit_batch(&mut self, cmds: &[Command], ids: &mut [CommandId]) -> Result<usize, DriverError> {
+    pub fn submit_batch(
+        &mut self,
+        cmds: &[Command],
+        ids: &mut [CommandId],
+    ) -> Result<usize, DriverError> {
         let mut n = 0;
         for (cmd, id) in cmds.iter().zip(ids.iter_mut()) {
             if let Err(e) = Self::check(cmd) {
@@ -364,7 +410,11 @@ impl<D: Doorbell> QueuePair<D> {
                 self.busy[cid] = false;
                 self.free_cids.push(cid as u16);
                 self.stats.completed += 1;
-                return Some(Completion { cid: cqe.cid(), status: cqe.status(), sq_head: cqe.sq_head() });
+                return Some(Completion {
+                    cid: cqe.cid(),
+                    status: cqe.status(),
+                    sq_head: cqe.sq_head(),
+                });
             }
             self.stats.stray_completions += 1;
             log::warn!("nvme: completion for unknown command id {cid} ignored");
@@ -376,8 +426,12 @@ impl<D: Doorbell> QueuePair<D> {
     fn publish_cq_head(&mut self, old: u32) {
         let new = self.cq_head;
         // SAFETY: as in `publish`.
-        let (head_word, event_word) =
-            unsafe { (shared_word(self.doorbells.add(CQ_HEAD_WORD)), shared_word(self.events.add(CQ_HEAD_WORD))) };
+        let (head_word, event_word) = unsafe {
+            (
+                shared_word(self.doorbells.add(CQ_HEAD_WORD)),
+                shared_word(self.events.add(CQ_HEAD_WORD)),
+            )
+        };
         head_word.store(new, Ordering::Release);
         fence(Ordering::SeqCst);
         if need_event(event_word.load(Ordering::Relaxed), new, old, self.depth) {
@@ -459,7 +513,14 @@ mod tests {
         let rings = Cell::new(0u32);
         let base = mem.0.as_mut_ptr();
         let mut qp = unsafe {
-            QueuePair::new(QueueMemory { virt: base, dma: DmaAddr(0x40_0000) }, 4, || rings.set(rings.get() + 1))
+            QueuePair::new(
+                QueueMemory {
+                    virt: base,
+                    dma: DmaAddr(0x40_0000),
+                },
+                4,
+                || rings.set(rings.get() + 1),
+            )
         }
         .unwrap();
         let cfg = qp.config();
@@ -471,7 +532,13 @@ mod tests {
         let events = unsafe { base.add(0x2040) as *mut u32 };
         let doorbells = unsafe { base.add(0x2000) as *mut u32 };
         // Event index 0 (host not polling yet): the first submission rings.
-        let cid = qp.submit(&Command::read(Lba(9), 2, DataPtr::Contiguous(DmaAddr(0x1000)))).unwrap();
+        let cid = qp
+            .submit(&Command::read(
+                Lba(9),
+                2,
+                DataPtr::Contiguous(DmaAddr(0x1000)),
+            ))
+            .unwrap();
         assert_eq!(cid, CommandId(0));
         assert_eq!(rings.get(), 1);
         assert_eq!(unsafe { doorbells.read() }, 1);
@@ -486,8 +553,15 @@ mod tests {
             events.add(1).write(EVENT_IDX_POLLING);
         }
         qp.submit(&Command::flush()).unwrap();
-        qp.submit(&Command::write_fua(Lba(1), 1, DataPtr::Prp { prp1: DmaAddr(0x3000), prp2: DmaAddr(0) }))
-            .unwrap();
+        qp.submit(&Command::write_fua(
+            Lba(1),
+            1,
+            DataPtr::Prp {
+                prp1: DmaAddr(0x3000),
+                prp2: DmaAddr(0),
+            },
+        ))
+        .unwrap();
         assert_eq!(rings.get(), 1);
         assert_eq!(qp.submit(&Command::flush()), Err(DriverError::QueueFull));
         assert_eq!(qp.in_flight(), 3);
@@ -496,24 +570,51 @@ mod tests {
         let cq = unsafe { base.add(0x1000) as *mut Cqe };
         let st = Status::from_error(NvmeError::LbaOutOfRange);
         unsafe {
-            post_cqe(cq, &Cqe::new(CommandId(2), 3, QueueId(0), Status::SUCCESS, true));
+            post_cqe(
+                cq,
+                &Cqe::new(CommandId(2), 3, QueueId(0), Status::SUCCESS, true),
+            );
             post_cqe(cq.add(1), &Cqe::new(CommandId(0), 3, QueueId(0), st, true));
         }
         let mut out = [Completion::default(); 4];
         assert_eq!(qp.reap(&mut out), 2);
-        assert_eq!(out[0], Completion { cid: CommandId(2), status: Status::SUCCESS, sq_head: 3 });
+        assert_eq!(
+            out[0],
+            Completion {
+                cid: CommandId(2),
+                status: Status::SUCCESS,
+                sq_head: 3
+            }
+        );
         assert_eq!(out[1].result(), Err(NvmeError::LbaOutOfRange));
         assert_eq!(unsafe { doorbells.add(1).read() }, 2);
-        unsafe { post_cqe(cq.add(2), &Cqe::new(CommandId(1), 3, QueueId(0), Status::SUCCESS, true)) };
+        unsafe {
+            post_cqe(
+                cq.add(2),
+                &Cqe::new(CommandId(1), 3, QueueId(0), Status::SUCCESS, true),
+            )
+        };
         assert_eq!(qp.wait().unwrap().cid, CommandId(1));
         assert_eq!(qp.wait(), None);
-        assert_eq!(qp.stats(), DriverStats { submitted: 3, completed: 3, doorbells: 1, stray_completions: 0 });
+        assert_eq!(
+            qp.stats(),
+            DriverStats {
+                submitted: 3,
+                completed: 3,
+                doorbells: 1,
+                stray_completions: 0
+            }
+        );
         assert_eq!(
             qp.submit(&Command::read(Lba(0), 0, DataPtr::None)),
             Err(DriverError::TransferSize(0))
         );
         assert_eq!(
-            qp.submit(&Command::read(Lba(0), MAX_TRANSFER_BLOCKS + 1, DataPtr::None)),
+            qp.submit(&Command::read(
+                Lba(0),
+                MAX_TRANSFER_BLOCKS + 1,
+                DataPtr::None
+            )),
             Err(DriverError::TransferSize(MAX_TRANSFER_BLOCKS + 1))
         );
     }
@@ -524,15 +625,24 @@ mod tests {
         let pages = [DmaAddr(0x5000), DmaAddr(0x9000), DmaAddr(0x2000)];
         assert_eq!(
             prp_list(&pages[..1], &mut list, DmaAddr(0x8000)),
-            Some(DataPtr::Prp { prp1: DmaAddr(0x5000), prp2: DmaAddr(0) })
+            Some(DataPtr::Prp {
+                prp1: DmaAddr(0x5000),
+                prp2: DmaAddr(0)
+            })
         );
         assert_eq!(
             prp_list(&pages[..2], &mut list, DmaAddr(0x8000)),
-            Some(DataPtr::Prp { prp1: DmaAddr(0x5000), prp2: DmaAddr(0x9000) })
+            Some(DataPtr::Prp {
+                prp1: DmaAddr(0x5000),
+                prp2: DmaAddr(0x9000)
+            })
         );
         assert_eq!(
             prp_list(&pages, &mut list, DmaAddr(0x8000)),
-            Some(DataPtr::Prp { prp1: DmaAddr(0x5000), prp2: DmaAddr(0x8000) })
+            Some(DataPtr::Prp {
+                prp1: DmaAddr(0x5000),
+                prp2: DmaAddr(0x8000)
+            })
         );
         assert_eq!(&list[..2], &[0x9000, 0x2000]);
         assert_eq!(prp_list(&[], &mut list, DmaAddr(0x8000)), None);
@@ -543,9 +653,27 @@ mod tests {
     fn rejects_bad_memory() {
         let mut mem = block();
         let base = mem.0.as_mut_ptr();
-        let r = unsafe { QueuePair::new(QueueMemory { virt: base, dma: DmaAddr(0x40_0010) }, 4, || {}) };
+        let r = unsafe {
+            QueuePair::new(
+                QueueMemory {
+                    virt: base,
+                    dma: DmaAddr(0x40_0010),
+                },
+                4,
+                || {},
+            )
+        };
         assert_eq!(r.err(), Some(DriverError::Misaligned(0x40_0010)));
-        let r = unsafe { QueuePair::new(QueueMemory { virt: base, dma: DmaAddr(0) }, 1, || {}) };
+        let r = unsafe {
+            QueuePair::new(
+                QueueMemory {
+                    virt: base,
+                    dma: DmaAddr(0),
+                },
+                1,
+                || {},
+            )
+        };
         assert_eq!(r.err(), Some(DriverError::Depth(1)));
     }
 }

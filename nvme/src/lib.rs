@@ -43,4 +43,6 @@ pub mod host;
 pub use driver::{Command, Completion, DataPtr, Doorbell, DriverError, QueueMemory, QueuePair};
 pub use queue::{Cqe, Opcode, QueueLayout, QueuePairConfig, Sqe};
 pub use status::{NvmeError, Status};
-pub use types::{CommandId, DmaAddr, Lba, QueueId, BLOCK_SIZE, MAX_DEPTH, MAX_TRANSFER_BLOCKS, NSID};
+pub use types::{
+    CommandId, DmaAddr, Lba, QueueId, BLOCK_SIZE, MAX_DEPTH, MAX_TRANSFER_BLOCKS, NSID,
+};

@@ -193,7 +193,11 @@ impl Sqe {
 
     /// SGL descriptor fields of DPTR: (address, length, identifier byte).
     pub const fn sgl(&self) -> (DmaAddr, u32, u8) {
-        (DmaAddr(self.dptr[0]), self.dptr[1] as u32, (self.dptr[1] >> 56) as u8)
+        (
+            DmaAddr(self.dptr[0]),
+            self.dptr[1] as u32,
+            (self.dptr[1] >> 56) as u8,
+        )
     }
 }
 
@@ -212,7 +216,13 @@ pub struct Cqe {
 
 impl Cqe {
     /// A completion entry.
-    pub const fn new(cid: CommandId, sq_head: u16, sq_id: QueueId, status: crate::Status, phase: bool) -> Cqe {
+    pub const fn new(
+        cid: CommandId,
+        sq_head: u16,
+        sq_id: QueueId,
+        status: crate::Status,
+        phase: bool,
+    ) -> Cqe {
         Cqe {
             dw0: 0,
             dw1: 0,
@@ -296,9 +306,17 @@ pub enum ConfigError {
     #[error("queue depth {0} is outside {MIN_DEPTH}..={MAX_DEPTH}")]
     Depth(u16),
     #[error("{what} address {addr:#x} is not {align}-byte aligned")]
-    Misaligned { what: &'static str, addr: u64, align: u64 },
+    Misaligned {
+        what: &'static str,
+        addr: u64,
+        align: u64,
+    },
     #[error("{what} [{addr:#x}, +{len:#x}) is outside the registered memory")]
-    OutsideMemory { what: &'static str, addr: u64, len: u64 },
+    OutsideMemory {
+        what: &'static str,
+        addr: u64,
+        len: u64,
+    },
     #[error("{a} and {b} overlap")]
     Overlap { a: &'static str, b: &'static str },
     #[error("too many queue pairs (at most {0})")]
@@ -573,22 +591,36 @@ mod tests {
         bad.sq_addr += 64;
         assert_eq!(
             bad.validate_shape(),
-            Err(ConfigError::Misaligned { what: "submission ring", addr: 0x10_0040, align: 4096 })
+            Err(ConfigError::Misaligned {
+                what: "submission ring",
+                addr: 0x10_0040,
+                align: 4096
+            })
         );
         let mut bad = c;
         bad.cq_addr = c.sq_addr;
         assert_eq!(
             bad.validate_shape(),
-            Err(ConfigError::Overlap { a: "submission ring", b: "completion ring" })
+            Err(ConfigError::Overlap {
+                a: "submission ring",
+                b: "completion ring"
+            })
         );
         let mut bad = c;
         bad.event_idx_addr = c.doorbell_addr + 4;
         assert_eq!(
             bad.validate_shape(),
-            Err(ConfigError::Misaligned { what: "event indexes", addr: c.doorbell_addr + 4, align: 8 })
+            Err(ConfigError::Misaligned {
+                what: "event indexes",
+                addr: c.doorbell_addr + 4,
+                align: 8
+            })
         );
         let mut bad = c;
         bad.sq_addr = u64::MAX - 4095;
-        assert!(matches!(bad.validate_shape(), Err(ConfigError::OutsideMemory { .. })));
+        assert!(matches!(
+            bad.validate_shape(),
+            Err(ConfigError::OutsideMemory { .. })
+        ));
     }
 }

@@ -168,7 +168,10 @@ mod tests {
         assert_eq!(Status::SUCCESS.result(), Ok(()));
         assert_eq!(Status::from_error(NvmeError::LbaOutOfRange).0, 0x4080);
         assert_eq!(Status::from_error(NvmeError::WriteFault).0, 0x4280);
-        assert_eq!(Status::from_error(NvmeError::UnrecoveredReadError).0, 0x4281);
+        assert_eq!(
+            Status::from_error(NvmeError::UnrecoveredReadError).0,
+            0x4281
+        );
         assert_eq!(Status::from_error(NvmeError::CapacityExceeded).0, 0x4081);
         assert_eq!(Status::from_error(NvmeError::InvalidField).0, 0x4002);
     }

@@ -58,6 +58,6 @@ impl DmaAddr {
     }
     /// Whether the address is [`PAGE_SIZE`] aligned.
     pub fn is_page_aligned(self) -> bool {
-        self.0 % PAGE_SIZE == 0
+        self.0.is_multiple_of(PAGE_SIZE)
     }
 }

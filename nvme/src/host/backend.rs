@@ -76,7 +76,10 @@ pub fn status_for(kind: IoKind, result: i32, expected: u32) -> Status {
         _ => NvmeError::InternalError,
     };
     if result < 0 {
-        log::warn!("nvme: {kind:?} failed: {}", io::Error::from_raw_os_error(-result));
+        log::warn!(
+            "nvme: {kind:?} failed: {}",
+            io::Error::from_raw_os_error(-result)
+        );
     } else {
         log::warn!("nvme: short {kind:?}: {result} of {expected} bytes");
     }
@@ -93,15 +96,39 @@ mod tests {
         let w = IoKind::Write { fua: false };
         assert_eq!(st(IoKind::Read, 4096, 4096), None);
         assert_eq!(st(IoKind::Flush, 0, 0), None);
-        assert_eq!(st(IoKind::Read, 2048, 4096), Some(NvmeError::DataTransferError));
+        assert_eq!(
+            st(IoKind::Read, 2048, 4096),
+            Some(NvmeError::DataTransferError)
+        );
         assert_eq!(st(w, 0, 4096), Some(NvmeError::DataTransferError));
-        assert_eq!(st(IoKind::Read, -libc::EIO, 4096), Some(NvmeError::UnrecoveredReadError));
+        assert_eq!(
+            st(IoKind::Read, -libc::EIO, 4096),
+            Some(NvmeError::UnrecoveredReadError)
+        );
         assert_eq!(st(w, -libc::EIO, 4096), Some(NvmeError::WriteFault));
-        assert_eq!(st(IoKind::Write { fua: true }, -libc::EIO, 4096), Some(NvmeError::WriteFault));
-        assert_eq!(st(IoKind::Flush, -libc::EIO, 0), Some(NvmeError::WriteFault));
-        assert_eq!(st(w, -libc::ENOSPC, 4096), Some(NvmeError::CapacityExceeded));
-        assert_eq!(st(IoKind::Flush, -libc::ENOSPC, 0), Some(NvmeError::CapacityExceeded));
-        assert_eq!(st(w, -libc::EDQUOT, 4096), Some(NvmeError::CapacityExceeded));
-        assert_eq!(st(IoKind::Read, -libc::EINVAL, 4096), Some(NvmeError::InternalError));
+        assert_eq!(
+            st(IoKind::Write { fua: true }, -libc::EIO, 4096),
+            Some(NvmeError::WriteFault)
+        );
+        assert_eq!(
+            st(IoKind::Flush, -libc::EIO, 0),
+            Some(NvmeError::WriteFault)
+        );
+        assert_eq!(
+            st(w, -libc::ENOSPC, 4096),
+            Some(NvmeError::CapacityExceeded)
+        );
+        assert_eq!(
+            st(IoKind::Flush, -libc::ENOSPC, 0),
+            Some(NvmeError::CapacityExceeded)
+        );
+        assert_eq!(
+            st(w, -libc::EDQUOT, 4096),
+            Some(NvmeError::CapacityExceeded)
+        );
+        assert_eq!(
+            st(IoKind::Read, -libc::EINVAL, 4096),
+            Some(NvmeError::InternalError)
+        );
     }
 }

@@ -11,7 +11,9 @@ use super::backend::{IoKind, IoOp};
 use super::memory::{DmaMemory, HostBuf};
 use crate::queue::{Opcode, Sqe, PSDT_PRP, PSDT_SGL, SGL_DATA_BLOCK};
 use crate::status::NvmeError;
-use crate::types::{DmaAddr, BLOCK_SHIFT, BLOCK_SIZE, MAX_TRANSFER_BLOCKS, NSID, NSID_ALL, PAGE_SIZE};
+use crate::types::{
+    DmaAddr, BLOCK_SHIFT, BLOCK_SIZE, MAX_TRANSFER_BLOCKS, NSID, NSID_ALL, PAGE_SIZE,
+};
 use std::vec::Vec;
 
 /// Maps a device range of whole pages, or fails with "invalid field".
@@ -25,11 +27,16 @@ fn map(mem: &DmaMemory, addr: u64, len: u64, bufs: &mut Vec<HostBuf>) -> Result<
 
 /// Collects the data pages of a PRP data pointer into `bufs`, merging
 /// consecutive pages.
-fn prp_pages(sqe: &Sqe, pages: u64, mem: &DmaMemory, bufs: &mut Vec<HostBuf>) -> Result<(), NvmeError> {
+fn prp_pages(
+    sqe: &Sqe,
+    pages: u64,
+    mem: &DmaMemory,
+    bufs: &mut Vec<HostBuf>,
+) -> Result<(), NvmeError> {
     let [prp1, prp2] = sqe.dptr;
     let mut run = (prp1, PAGE_SIZE);
     let mut add = |page: u64, bufs: &mut Vec<HostBuf>| -> Result<(), NvmeError> {
-        if page % PAGE_SIZE != 0 {
+        if !page.is_multiple_of(PAGE_SIZE) {
             return Err(NvmeError::InvalidField);
         }
         if run.0.checked_add(run.1) == Some(page) {
@@ -53,7 +60,9 @@ fn prp_pages(sqe: &Sqe, pages: u64, mem: &DmaMemory, bufs: &mut Vec<HostBuf>) ->
             if prp2 % 8 != 0 || prp2 % PAGE_SIZE + entries * 8 > PAGE_SIZE {
                 return Err(NvmeError::InvalidField);
             }
-            let list = mem.host_ptr(DmaAddr(prp2), entries * 8).ok_or(NvmeError::InvalidField)? as *const u64;
+            let list = mem
+                .host_ptr(DmaAddr(prp2), entries * 8)
+                .ok_or(NvmeError::InvalidField)? as *const u64;
             for i in 0..entries as usize {
                 // SAFETY: the list range was checked to lie in served memory
                 // and is 8-byte aligned; read once, volatile, because the
@@ -87,8 +96,16 @@ pub(crate) fn decode(
             if sqe.nsid != NSID && sqe.nsid != NSID_ALL {
                 return Err(NvmeError::InvalidNamespace);
             }
-            let buf = HostBuf { ptr: core::ptr::null_mut(), len: 0, buf_index: 0 };
-            ops.push(IoOp { kind: IoKind::Flush, offset: 0, buf });
+            let buf = HostBuf {
+                ptr: core::ptr::null_mut(),
+                len: 0,
+                buf_index: 0,
+            };
+            ops.push(IoOp {
+                kind: IoKind::Flush,
+                offset: 0,
+                buf,
+            });
             return Ok(IoKind::Flush);
         }
         Opcode::Read => IoKind::Read,
@@ -102,7 +119,10 @@ pub(crate) fn decode(
         return Err(NvmeError::InvalidField);
     }
     let slba = sqe.slba().0;
-    if slba.checked_add(blocks).is_none_or(|end| end > capacity_blocks) {
+    if slba
+        .checked_add(blocks)
+        .is_none_or(|end| end > capacity_blocks)
+    {
         return Err(NvmeError::LbaOutOfRange);
     }
     let len = blocks * BLOCK_SIZE;
@@ -119,7 +139,11 @@ pub(crate) fn decode(
     }
     let mut offset = slba << BLOCK_SHIFT;
     for buf in bufs.iter() {
-        ops.push(IoOp { kind, offset, buf: *buf });
+        ops.push(IoOp {
+            kind,
+            offset,
+            buf: *buf,
+        });
         offset += buf.len as u64;
     }
     Ok(kind)
@@ -148,13 +172,25 @@ mod tests {
         let mut list = std::boxed::Box::new(Page([0; 512]));
         let list_addr = 0x50000;
         let regions = [
-            DmaRegion { addr: 0x10000, host: 0x7f00_0001_0000 as *mut u8, len: 0x20000 },
-            DmaRegion { addr: list_addr, host: list.0.as_mut_ptr().cast(), len: 4096 },
+            DmaRegion {
+                addr: 0x10000,
+                host: 0x7f00_0001_0000 as *mut u8,
+                len: 0x20000,
+            },
+            DmaRegion {
+                addr: list_addr,
+                host: list.0.as_mut_ptr().cast(),
+                len: 4096,
+            },
         ];
         // SAFETY: only the list region is ever dereferenced, and it lives in
         // the fixture alongside the memory.
         let mem = unsafe { DmaMemory::new(&regions) }.unwrap();
-        Fixture { mem, list, list_addr }
+        Fixture {
+            mem,
+            list,
+            list_addr,
+        }
     }
 
     fn run(f: &Fixture, sqe: &Sqe) -> Result<std::vec::Vec<IoOp>, NvmeError> {
@@ -169,25 +205,53 @@ mod tests {
     #[test]
     fn decodes_valid_commands() {
         let f = fixture();
-        let sqe = Command::write_fua(Lba(7), 2, DataPtr::Contiguous(DmaAddr(0x12000))).to_sqe(CommandId(1));
+        let sqe = Command::write_fua(Lba(7), 2, DataPtr::Contiguous(DmaAddr(0x12000)))
+            .to_sqe(CommandId(1));
         assert_eq!(
             run(&f, &sqe),
             Ok(std::vec![IoOp {
                 kind: IoKind::Write { fua: true },
                 offset: 7 * 4096,
-                buf: HostBuf { ptr: host(0x12000), len: 8192, buf_index: 0 }
+                buf: HostBuf {
+                    ptr: host(0x12000),
+                    len: 8192,
+                    buf_index: 0
+                }
             }])
         );
         let sqe = Command::flush().to_sqe(CommandId(2));
         assert_eq!(run(&f, &sqe).unwrap()[0].kind, IoKind::Flush);
         // PRP1 + PRP2, not contiguous: two operations at consecutive offsets.
-        let sqe = Command::read(Lba(10), 2, DataPtr::Prp { prp1: DmaAddr(0x20000), prp2: DmaAddr(0x11000) })
-            .to_sqe(CommandId(3));
+        let sqe = Command::read(
+            Lba(10),
+            2,
+            DataPtr::Prp {
+                prp1: DmaAddr(0x20000),
+                prp2: DmaAddr(0x11000),
+            },
+        )
+        .to_sqe(CommandId(3));
         assert_eq!(
             run(&f, &sqe),
             Ok(std::vec![
-                IoOp { kind: IoKind::Read, offset: 40960, buf: HostBuf { ptr: host(0x20000), len: 4096, buf_index: 0 } },
-                IoOp { kind: IoKind::Read, offset: 45056, buf: HostBuf { ptr: host(0x11000), len: 4096, buf_index: 0 } },
+                IoOp {
+                    kind: IoKind::Read,
+                    offset: 40960,
+                    buf: HostBuf {
+                        ptr: host(0x20000),
+                        len: 4096,
+                        buf_index: 0
+                    }
+                },
+                IoOp {
+                    kind: IoKind::Read,
+                    offset: 45056,
+                    buf: HostBuf {
+                        ptr: host(0x11000),
+                        len: 4096,
+                        buf_index: 0
+                    }
+                },
             ])
         );
     }
@@ -197,12 +261,29 @@ mod tests {
         let mut f = fixture();
         // Pages: 0x10000 (PRP1), then 0x11000, 0x12000 (contiguous), 0x2f000.
         f.list.0[..3].copy_from_slice(&[0x11000, 0x12000, 0x2f000]);
-        let sqe = Command::read(Lba(0), 4, DataPtr::Prp { prp1: DmaAddr(0x10000), prp2: DmaAddr(f.list_addr) })
-            .to_sqe(CommandId(0));
+        let sqe = Command::read(
+            Lba(0),
+            4,
+            DataPtr::Prp {
+                prp1: DmaAddr(0x10000),
+                prp2: DmaAddr(f.list_addr),
+            },
+        )
+        .to_sqe(CommandId(0));
         let ops = run(&f, &sqe).unwrap();
         assert_eq!(ops.len(), 2);
-        assert_eq!(ops[0].buf, HostBuf { ptr: host(0x10000), len: 3 * 4096, buf_index: 0 });
-        assert_eq!((ops[1].offset, ops[1].buf.len, ops[1].buf.ptr), (3 * 4096, 4096, host(0x2f000)));
+        assert_eq!(
+            ops[0].buf,
+            HostBuf {
+                ptr: host(0x10000),
+                len: 3 * 4096,
+                buf_index: 0
+            }
+        );
+        assert_eq!(
+            (ops[1].offset, ops[1].buf.len, ops[1].buf.ptr),
+            (3 * 4096, 4096, host(0x2f000))
+        );
         // A list entry outside memory, or misaligned.
         f.list.0[1] = 0x40000;
         assert_eq!(run(&f, &sqe), Err(NvmeError::InvalidField));
@@ -221,27 +302,61 @@ mod tests {
     #[test]
     fn rejects_bad_entries() {
         let f = fixture();
-        let good = Command::write(Lba(0), 1, DataPtr::Contiguous(DmaAddr(0x10000))).to_sqe(CommandId(0));
+        let good =
+            Command::write(Lba(0), 1, DataPtr::Contiguous(DmaAddr(0x10000))).to_sqe(CommandId(0));
         let bad = |edit: &dyn Fn(&mut Sqe)| {
             let mut s = good;
             edit(&mut s);
             run(&f, &s)
         };
         assert!(bad(&|_| {}).is_ok());
-        assert_eq!(bad(&|s| s.cdw0 = (s.cdw0 & !0xff) | 0x05), Err(NvmeError::InvalidOpcode));
+        assert_eq!(
+            bad(&|s| s.cdw0 = (s.cdw0 & !0xff) | 0x05),
+            Err(NvmeError::InvalidOpcode)
+        );
         assert_eq!(bad(&|s| s.cdw0 |= 1 << 8), Err(NvmeError::InvalidField));
         assert_eq!(bad(&|s| s.nsid = 0), Err(NvmeError::InvalidNamespace));
         assert_eq!(bad(&|s| s.nsid = 2), Err(NvmeError::InvalidNamespace));
-        assert_eq!(bad(&|s| s.nsid = NSID_ALL), Err(NvmeError::InvalidNamespace));
-        assert_eq!(bad(&|s| s.set_range(Lba(999), 2)), Err(NvmeError::LbaOutOfRange));
-        assert_eq!(bad(&|s| s.set_range(Lba(1000), 1)), Err(NvmeError::LbaOutOfRange));
-        assert_eq!(bad(&|s| s.set_range(Lba(u64::MAX), 1)), Err(NvmeError::LbaOutOfRange));
-        assert_eq!(bad(&|s| s.set_range(Lba(0), 257)), Err(NvmeError::InvalidField));
-        assert_eq!(bad(&|s| s.set_sgl_block(DmaAddr(0x10200), 4096)), Err(NvmeError::InvalidField));
-        assert_eq!(bad(&|s| s.set_sgl_block(DmaAddr(0x10000), 512)), Err(NvmeError::InvalidField));
-        assert_eq!(bad(&|s| s.set_sgl_block(DmaAddr(0x30000), 4096)), Err(NvmeError::InvalidField));
-        assert_eq!(bad(&|s| s.set_sgl_block(DmaAddr(u64::MAX - 4095), 4096)), Err(NvmeError::InvalidField));
-        assert_eq!(bad(&|s| s.dptr[1] |= 0x20 << 56), Err(NvmeError::InvalidField));
+        assert_eq!(
+            bad(&|s| s.nsid = NSID_ALL),
+            Err(NvmeError::InvalidNamespace)
+        );
+        assert_eq!(
+            bad(&|s| s.set_range(Lba(999), 2)),
+            Err(NvmeError::LbaOutOfRange)
+        );
+        assert_eq!(
+            bad(&|s| s.set_range(Lba(1000), 1)),
+            Err(NvmeError::LbaOutOfRange)
+        );
+        assert_eq!(
+            bad(&|s| s.set_range(Lba(u64::MAX), 1)),
+            Err(NvmeError::LbaOutOfRange)
+        );
+        assert_eq!(
+            bad(&|s| s.set_range(Lba(0), 257)),
+            Err(NvmeError::InvalidField)
+        );
+        assert_eq!(
+            bad(&|s| s.set_sgl_block(DmaAddr(0x10200), 4096)),
+            Err(NvmeError::InvalidField)
+        );
+        assert_eq!(
+            bad(&|s| s.set_sgl_block(DmaAddr(0x10000), 512)),
+            Err(NvmeError::InvalidField)
+        );
+        assert_eq!(
+            bad(&|s| s.set_sgl_block(DmaAddr(0x30000), 4096)),
+            Err(NvmeError::InvalidField)
+        );
+        assert_eq!(
+            bad(&|s| s.set_sgl_block(DmaAddr(u64::MAX - 4095), 4096)),
+            Err(NvmeError::InvalidField)
+        );
+        assert_eq!(
+            bad(&|s| s.dptr[1] |= 0x20 << 56),
+            Err(NvmeError::InvalidField)
+        );
         assert_eq!(bad(&|s| s.cdw0 |= 3 << 14), Err(NvmeError::InvalidField));
         // A contiguous buffer running past the end of its region.
         assert_eq!(

@@ -30,15 +30,22 @@ pub struct BackingFile {
 
 fn open_direct(path: &Path, create: bool) -> Result<File, FileError> {
     let mut opts = OpenOptions::new();
-    opts.read(true).write(true).custom_flags(libc::O_DIRECT | libc::O_CLOEXEC);
+    opts.read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC);
     if create {
         opts.create_new(true);
     }
     opts.open(path).map_err(|source| {
         if source.raw_os_error() == Some(libc::EINVAL) {
-            FileError::DirectIoUnsupported { path: path.to_path_buf() }
+            FileError::DirectIoUnsupported {
+                path: path.to_path_buf(),
+            }
         } else {
-            FileError::Io { path: path.to_path_buf(), source }
+            FileError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
         }
     })
 }
@@ -50,12 +57,21 @@ impl BackingFile {
     /// Fails if the file exists.
     pub fn create(path: impl AsRef<Path>, bytes: u64) -> Result<BackingFile, FileError> {
         let path = path.as_ref();
-        if bytes == 0 || bytes % BLOCK_SIZE != 0 {
-            return Err(FileError::Size { path: path.to_path_buf(), len: bytes });
+        if bytes == 0 || !bytes.is_multiple_of(BLOCK_SIZE) {
+            return Err(FileError::Size {
+                path: path.to_path_buf(),
+                len: bytes,
+            });
         }
         let file = open_direct(path, true)?;
-        let err = |source| FileError::Io { path: path.to_path_buf(), source };
-        let len = libc::off_t::try_from(bytes).map_err(|_| FileError::Size { path: path.to_path_buf(), len: bytes })?;
+        let err = |source| FileError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let len = libc::off_t::try_from(bytes).map_err(|_| FileError::Size {
+            path: path.to_path_buf(),
+            len: bytes,
+        })?;
         // SAFETY: plain syscall on a file descriptor we own.
         let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
         if rc != 0 {
@@ -64,10 +80,17 @@ impl BackingFile {
                 let _ = std::fs::remove_file(path);
                 return Err(err(e));
             }
-            log::warn!("{}: fallocate unsupported, the file is sparse", path.display());
+            log::warn!(
+                "{}: fallocate unsupported, the file is sparse",
+                path.display()
+            );
             file.set_len(bytes).map_err(err)?;
         }
-        Ok(BackingFile { file, path: path.to_path_buf(), blocks: bytes / BLOCK_SIZE })
+        Ok(BackingFile {
+            file,
+            path: path.to_path_buf(),
+            blocks: bytes / BLOCK_SIZE,
+        })
     }
 
     /// Opens an existing file; its length (a non-zero multiple of 4 KiB) is
@@ -75,11 +98,24 @@ impl BackingFile {
     pub fn open(path: impl AsRef<Path>) -> Result<BackingFile, FileError> {
         let path = path.as_ref();
         let file = open_direct(path, false)?;
-        let len = file.metadata().map_err(|source| FileError::Io { path: path.to_path_buf(), source })?.len();
+        let len = file
+            .metadata()
+            .map_err(|source| FileError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .len();
         if len == 0 || len % BLOCK_SIZE != 0 {
-            return Err(FileError::Size { path: path.to_path_buf(), len });
+            return Err(FileError::Size {
+                path: path.to_path_buf(),
+                len,
+            });
         }
-        Ok(BackingFile { file, path: path.to_path_buf(), blocks: len / BLOCK_SIZE })
+        Ok(BackingFile {
+            file,
+            path: path.to_path_buf(),
+            blocks: len / BLOCK_SIZE,
+        })
     }
 
     /// Capacity in 4 KiB blocks.
@@ -99,7 +135,9 @@ impl BackingFile {
 
     /// Whether files in `dir` can be opened with `O_DIRECT` (tmpfs cannot).
     pub fn direct_io_supported(dir: impl AsRef<Path>) -> bool {
-        let probe = dir.as_ref().join(format!(".odirect-probe-{}", std::process::id()));
+        let probe = dir
+            .as_ref()
+            .join(format!(".odirect-probe-{}", std::process::id()));
         let ok = open_direct(&probe, true).is_ok();
         let _ = std::fs::remove_file(&probe);
         ok

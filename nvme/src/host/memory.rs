@@ -86,7 +86,10 @@ unsafe impl Sync for DmaMemory {}
 
 impl std::fmt::Debug for DmaMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DmaMemory").field("regions", &self.regions).field("buffers", &self.buffers.len()).finish()
+        f.debug_struct("DmaMemory")
+            .field("regions", &self.regions)
+            .field("buffers", &self.buffers.len())
+            .finish()
     }
 }
 
@@ -109,16 +112,32 @@ impl DmaMemory {
         let mut out = Vec::with_capacity(sorted.len());
         let mut buffers = Vec::new();
         for (i, r) in sorted.iter().enumerate() {
-            if r.len == 0 || r.addr % PAGE_SIZE != 0 || r.host as u64 % PAGE_SIZE != 0 || r.len % PAGE_SIZE != 0 {
-                return Err(MemoryError::Misaligned { addr: r.addr, host: r.host as u64, len: r.len });
+            if r.len == 0
+                || r.addr % PAGE_SIZE != 0
+                || !(r.host as u64).is_multiple_of(PAGE_SIZE)
+                || r.len % PAGE_SIZE != 0
+            {
+                return Err(MemoryError::Misaligned {
+                    addr: r.addr,
+                    host: r.host as u64,
+                    len: r.len,
+                });
             }
             if r.addr.checked_add(r.len).is_none() || (r.host as u64).checked_add(r.len).is_none() {
                 return Err(MemoryError::Wraps { addr: r.addr });
             }
             if i > 0 && sorted[i - 1].addr + sorted[i - 1].len > r.addr {
-                return Err(MemoryError::Overlap { a: sorted[i - 1].addr, b: r.addr });
+                return Err(MemoryError::Overlap {
+                    a: sorted[i - 1].addr,
+                    b: r.addr,
+                });
             }
-            out.push(Region { addr: r.addr, host: r.host, len: r.len, first_buffer: buffers.len() });
+            out.push(Region {
+                addr: r.addr,
+                host: r.host,
+                len: r.len,
+                first_buffer: buffers.len(),
+            });
             let mut off = 0;
             while off < r.len {
                 let len = (r.len - off).min(MAX_FIXED_BUFFER);
@@ -129,7 +148,11 @@ impl DmaMemory {
         if buffers.len() > MAX_FIXED_BUFFERS {
             return Err(MemoryError::TooManyBuffers(buffers.len()));
         }
-        Ok(DmaMemory { regions: out, buffers, _owner: None })
+        Ok(DmaMemory {
+            regions: out,
+            buffers,
+            _owner: None,
+        })
     }
 
     /// The memory of one [`ProcessMemory`], whose device addresses are its
@@ -149,7 +172,11 @@ impl DmaMemory {
 
     /// The regions, sorted by device address.
     pub fn regions(&self) -> impl Iterator<Item = DmaRegion> + '_ {
-        self.regions.iter().map(|r| DmaRegion { addr: r.addr, host: r.host, len: r.len })
+        self.regions.iter().map(|r| DmaRegion {
+            addr: r.addr,
+            host: r.host,
+            len: r.len,
+        })
     }
 
     /// The fixed buffers to register, in buffer-index order: (host, len).
@@ -159,7 +186,9 @@ impl DmaMemory {
 
     fn region_of(&self, addr: u64, len: u64) -> Option<&Region> {
         let end = addr.checked_add(len)?;
-        self.regions.iter().find(|r| addr >= r.addr && end <= r.addr + r.len)
+        self.regions
+            .iter()
+            .find(|r| addr >= r.addr && end <= r.addr + r.len)
     }
 
     /// The host address of `[addr, addr + len)`, if the whole range is
@@ -230,12 +259,20 @@ impl ProcessMemory {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(ProcessMemory { ptr: ptr.cast(), len, next: AtomicUsize::new(0) })
+        Ok(ProcessMemory {
+            ptr: ptr.cast(),
+            len,
+            next: AtomicUsize::new(0),
+        })
     }
 
     /// The whole region as a [`DmaRegion`].
     pub fn region(&self) -> DmaRegion {
-        DmaRegion { addr: self.ptr as u64, host: self.ptr, len: self.len as u64 }
+        DmaRegion {
+            addr: self.ptr as u64,
+            host: self.ptr,
+            len: self.len as u64,
+        }
     }
 
     /// Size in bytes.
@@ -259,10 +296,16 @@ impl ProcessMemory {
         let len = len.max(1).checked_next_multiple_of(PAGE_SIZE as usize)?;
         let off = self
             .next
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(len).filter(|&e| e <= self.len))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                n.checked_add(len).filter(|&e| e <= self.len)
+            })
             .ok()?;
         let ptr = self.ptr.wrapping_add(off);
-        Some(DmaBuf { ptr, addr: DmaAddr(ptr as u64), len })
+        Some(DmaBuf {
+            ptr,
+            addr: DmaAddr(ptr as u64),
+            len,
+        })
     }
 }
 
@@ -336,7 +379,11 @@ mod tests {
     use super::*;
 
     fn region(addr: u64, host: u64, len: u64) -> DmaRegion {
-        DmaRegion { addr, host: host as *mut u8, len }
+        DmaRegion {
+            addr,
+            host: host as *mut u8,
+            len,
+        }
     }
 
     #[test]
@@ -345,17 +392,36 @@ mod tests {
         assert_eq!(m(&[]), Err(MemoryError::Empty));
         assert_eq!(
             m(&[region(0x1000, 0x10_0800, 0x1000)]),
-            Err(MemoryError::Misaligned { addr: 0x1000, host: 0x10_0800, len: 0x1000 })
+            Err(MemoryError::Misaligned {
+                addr: 0x1000,
+                host: 0x10_0800,
+                len: 0x1000
+            })
         );
         assert_eq!(
             m(&[region(0, 0x10_0000, 0)]),
-            Err(MemoryError::Misaligned { addr: 0, host: 0x10_0000, len: 0 })
+            Err(MemoryError::Misaligned {
+                addr: 0,
+                host: 0x10_0000,
+                len: 0
+            })
         );
         assert_eq!(
-            m(&[region(0x3000, 0x20_0000, 0x1000), region(0x1000, 0x10_0000, 0x3000)]),
-            Err(MemoryError::Overlap { a: 0x1000, b: 0x3000 })
+            m(&[
+                region(0x3000, 0x20_0000, 0x1000),
+                region(0x1000, 0x10_0000, 0x3000)
+            ]),
+            Err(MemoryError::Overlap {
+                a: 0x1000,
+                b: 0x3000
+            })
         );
-        assert_eq!(m(&[region(u64::MAX - 0xfff, 0x10_0000, 0x2000)]), Err(MemoryError::Wraps { addr: u64::MAX - 0xfff }));
+        assert_eq!(
+            m(&[region(u64::MAX - 0xfff, 0x10_0000, 0x2000)]),
+            Err(MemoryError::Wraps {
+                addr: u64::MAX - 0xfff
+            })
+        );
     }
 
     #[test]
@@ -367,10 +433,22 @@ mod tests {
         let high = region(4 * g, 0x7100_0000_0000, g / 2);
         let mem = unsafe { DmaMemory::new(&[high, low]) }.unwrap();
         assert_eq!(mem.fixed_buffers().len(), 4);
-        assert_eq!(mem.fixed_buffers()[1], ((0x7000_0000_0000u64 + g) as *mut u8, g));
-        assert_eq!(mem.fixed_buffers()[3], (0x7100_0000_0000u64 as *mut u8, g / 2));
-        assert_eq!(mem.host_ptr(DmaAddr(0x2000), 8), Some(0x7000_0000_2000u64 as *mut u8));
-        assert_eq!(mem.host_ptr(DmaAddr(4 * g + 0x1000), 4096), Some(0x7100_0000_1000u64 as *mut u8));
+        assert_eq!(
+            mem.fixed_buffers()[1],
+            ((0x7000_0000_0000u64 + g) as *mut u8, g)
+        );
+        assert_eq!(
+            mem.fixed_buffers()[3],
+            (0x7100_0000_0000u64 as *mut u8, g / 2)
+        );
+        assert_eq!(
+            mem.host_ptr(DmaAddr(0x2000), 8),
+            Some(0x7000_0000_2000u64 as *mut u8)
+        );
+        assert_eq!(
+            mem.host_ptr(DmaAddr(4 * g + 0x1000), 4096),
+            Some(0x7100_0000_1000u64 as *mut u8)
+        );
         assert_eq!(mem.host_ptr(DmaAddr(3 * g), 4096), None);
         assert_eq!(mem.host_ptr(DmaAddr(3 * g - 4096), 8192), None);
         assert_eq!(mem.host_ptr(DmaAddr(u64::MAX - 3), 8), None);
@@ -380,13 +458,28 @@ mod tests {
         assert_eq!(
             out,
             [
-                HostBuf { ptr: (0x7000_0000_0000u64 + g - 4096) as *mut u8, len: 4096, buf_index: 0 },
-                HostBuf { ptr: (0x7000_0000_0000u64 + g) as *mut u8, len: 8192, buf_index: 1 },
+                HostBuf {
+                    ptr: (0x7000_0000_0000u64 + g - 4096) as *mut u8,
+                    len: 4096,
+                    buf_index: 0
+                },
+                HostBuf {
+                    ptr: (0x7000_0000_0000u64 + g) as *mut u8,
+                    len: 8192,
+                    buf_index: 1
+                },
             ]
         );
         out.clear();
         assert!(mem.map_range(DmaAddr(4 * g + 8192), 4096, &mut out));
-        assert_eq!(out, [HostBuf { ptr: 0x7100_0000_2000u64 as *mut u8, len: 4096, buf_index: 3 }]);
+        assert_eq!(
+            out,
+            [HostBuf {
+                ptr: 0x7100_0000_2000u64 as *mut u8,
+                len: 4096,
+                buf_index: 3
+            }]
+        );
         out.clear();
         assert!(!mem.map_range(DmaAddr(3 * g - 4096), 8192, &mut out));
         assert!(!mem.map_range(DmaAddr(4 * g + g / 2), 4096, &mut out));

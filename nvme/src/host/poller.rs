@@ -24,8 +24,8 @@ use super::command::decode;
 use super::memory::{DmaMemory, HostBuf};
 use super::wake::{EventFdDoorbell, WakeFd};
 use crate::queue::{
-    post_cqe, read_sqe, shared_word, ConfigError, Cqe, QueuePairConfig, Sqe, CQ_HEAD_WORD, EVENT_IDX_POLLING,
-    SQ_TAIL_WORD,
+    post_cqe, read_sqe, shared_word, ConfigError, Cqe, QueuePairConfig, Sqe, CQ_HEAD_WORD,
+    EVENT_IDX_POLLING, SQ_TAIL_WORD,
 };
 use crate::status::{NvmeError, Status};
 use crate::types::{CommandId, DmaAddr, QueueId};
@@ -50,7 +50,9 @@ pub struct PollerConfig {
 
 impl Default for PollerConfig {
     fn default() -> Self {
-        PollerConfig { spin: Duration::from_micros(200) }
+        PollerConfig {
+            spin: Duration::from_micros(200),
+        }
     }
 }
 
@@ -187,13 +189,17 @@ impl HostQueue {
     /// Completion-ring entries posted and not yet consumed, per the
     /// driver's shadow CQ head; `None` if that head is outside the ring.
     fn cq_used(&self) -> Option<u32> {
-        let head = self.word(self.doorbells, CQ_HEAD_WORD).load(Ordering::Acquire);
+        let head = self
+            .word(self.doorbells, CQ_HEAD_WORD)
+            .load(Ordering::Acquire);
         (head < self.depth).then(|| (self.cq_tail + self.depth - head) % self.depth)
     }
 
     fn set_events(&self, sq: u32, cq: u32) {
-        self.word(self.events, SQ_TAIL_WORD).store(sq, Ordering::Relaxed);
-        self.word(self.events, CQ_HEAD_WORD).store(cq, Ordering::Relaxed);
+        self.word(self.events, SQ_TAIL_WORD)
+            .store(sq, Ordering::Relaxed);
+        self.word(self.events, CQ_HEAD_WORD)
+            .store(cq, Ordering::Relaxed);
     }
 }
 
@@ -277,7 +283,10 @@ impl<B: Backend> Poller<B> {
         config.validate_shape()?;
         let mut ptrs = [std::ptr::null_mut(); 4];
         for (ptr, (what, addr, len, _)) in ptrs.iter_mut().zip(config.areas()) {
-            *ptr = self.memory.host_ptr(DmaAddr(addr), len).ok_or(ConfigError::OutsideMemory { what, addr, len })?;
+            *ptr = self
+                .memory
+                .host_ptr(DmaAddr(addr), len)
+                .ok_or(ConfigError::OutsideMemory { what, addr, len })?;
         }
         let slot = match self.queues.iter().position(Option::is_none) {
             Some(i) => i,
@@ -328,7 +337,10 @@ impl<B: Backend> Poller<B> {
 
     fn finish_removals(&mut self) {
         for slot in self.queues.iter_mut() {
-            if slot.as_ref().is_some_and(|q| q.removing.is_some() && q.held == 0) {
+            if slot
+                .as_ref()
+                .is_some_and(|q| q.removing.is_some() && q.held == 0)
+            {
                 let q = slot.take().expect("checked above");
                 log::debug!("nvme: queue pair {} removed", q.id.0);
                 if let Some(done) = q.removing {
@@ -341,7 +353,11 @@ impl<B: Backend> Poller<B> {
     fn handle_control(&mut self) {
         self.shared.control_pending.store(false, Ordering::Relaxed);
         let msgs = {
-            let mut control = self.shared.control.lock().unwrap_or_else(|e| e.into_inner());
+            let mut control = self
+                .shared
+                .control
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             control.as_mut().map(std::mem::take).unwrap_or_default()
         };
         for msg in msgs {
@@ -372,7 +388,11 @@ impl<B: Backend> Poller<B> {
         let tail = q.word(q.doorbells, SQ_TAIL_WORD).load(Ordering::Acquire);
         if tail >= q.depth {
             if !q.bad_doorbell {
-                log::warn!("nvme: queue pair {}: SQ tail {tail} outside a ring of {}", q.id.0, q.depth);
+                log::warn!(
+                    "nvme: queue pair {}: SQ tail {tail} outside a ring of {}",
+                    q.id.0,
+                    q.depth
+                );
                 q.bad_doorbell = true;
                 AtomicStats::add(&self.shared.stats.bad_doorbells, 1);
             }
@@ -402,7 +422,13 @@ impl<B: Backend> Poller<B> {
             let decoded = if q.cid_is_busy(cid) {
                 Err(NvmeError::CommandIdConflict)
             } else {
-                decode(&sqe, &self.memory, self.capacity_blocks, &mut self.bufs, &mut self.ops)
+                decode(
+                    &sqe,
+                    &self.memory,
+                    self.capacity_blocks,
+                    &mut self.bufs,
+                    &mut self.ops,
+                )
             };
             if decoded.is_ok() && self.backend.room() < self.ops.len() {
                 break; // The backend is full: retry on a later turn.
@@ -418,7 +444,13 @@ impl<B: Backend> Poller<B> {
                 }
                 Ok(kind) => {
                     q.set_cid_busy(cid, true);
-                    let p = Pending { queue: q.id.0, cid, kind, remaining: self.ops.len() as u32, status: Status::SUCCESS };
+                    let p = Pending {
+                        queue: q.id.0,
+                        cid,
+                        kind,
+                        remaining: self.ops.len() as u32,
+                        status: Status::SUCCESS,
+                    };
                     let slot = match self.free_pending.pop() {
                         Some(s) => {
                             self.pending[s as usize] = p;
@@ -477,8 +509,17 @@ impl<B: Backend> Poller<B> {
                 log::error!("nvme: submitting to the backend failed: {e}");
             }
         }
-        let Poller { backend, queues, pending, free_pending, shared, .. } = self;
-        let reaped = backend.reap(|tag, res| complete_op(queues, pending, free_pending, &shared.stats, None, tag, res));
+        let Poller {
+            backend,
+            queues,
+            pending,
+            free_pending,
+            shared,
+            ..
+        } = self;
+        let reaped = backend.reap(|tag, res| {
+            complete_op(queues, pending, free_pending, &shared.stats, None, tag, res)
+        });
         if reaped > 0 {
             self.finish_removals();
         }
@@ -587,7 +628,13 @@ impl<B: Backend> Poller<B> {
                 }
             }
         }
-        let msgs = self.shared.control.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+        let msgs = self
+            .shared
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default();
         for msg in msgs {
             match msg {
                 Control::Add(_, reply) => drop(reply.send(Err(PollerError::Stopped))),
@@ -641,8 +688,13 @@ impl<B: Backend + 'static> Poller<B> {
     /// Runs the poller on a new thread named `nvme-poller`.
     pub fn spawn(mut self) -> Result<PollerHandle, PollerError> {
         let shared = self.shared.clone();
-        let thread = std::thread::Builder::new().name("nvme-poller".into()).spawn(move || self.run())?;
-        Ok(PollerHandle { control: PollerControl { shared }, thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name("nvme-poller".into())
+            .spawn(move || self.run())?;
+        Ok(PollerHandle {
+            control: PollerControl { shared },
+            thread: Some(thread),
+        })
     }
 }
 
@@ -653,9 +705,18 @@ pub struct PollerControl {
 }
 
 impl PollerControl {
-    fn request<T>(&self, make: impl FnOnce(mpsc::Sender<Result<T, PollerError>>) -> Control) -> Result<T, PollerError> {
+    fn request<T>(
+        &self,
+        make: impl FnOnce(mpsc::Sender<Result<T, PollerError>>) -> Control,
+    ) -> Result<T, PollerError> {
         let (tx, rx) = mpsc::channel();
-        match self.shared.control.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        match self
+            .shared
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
             Some(msgs) => msgs.push(make(tx)),
             None => return Err(PollerError::Stopped),
         }
@@ -715,14 +776,20 @@ impl PollerHandle {
     /// CPU time the poller thread has used.
     pub fn cpu_time(&self) -> io::Result<Duration> {
         use std::os::unix::thread::JoinHandleExt;
-        let thread = self.thread.as_ref().ok_or_else(|| io::Error::other("poller stopped"))?;
+        let thread = self
+            .thread
+            .as_ref()
+            .ok_or_else(|| io::Error::other("poller stopped"))?;
         let mut clock: libc::clockid_t = 0;
         // SAFETY: the pthread is alive (not joined) while we hold its handle.
         let rc = unsafe { libc::pthread_getcpuclockid(thread.as_pthread_t(), &mut clock) };
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: writes one timespec we own.
         if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
             return Err(io::Error::last_os_error());

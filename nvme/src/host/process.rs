@@ -48,7 +48,9 @@ impl Device {
         poller: PollerConfig,
         uring: UringConfig,
     ) -> Result<Device, DeviceError> {
-        Device::with_backend(region_bytes, poller, |dma| Ok(UringBackend::new(file, dma, uring)?))
+        Device::with_backend(region_bytes, poller, |dma| {
+            Ok(UringBackend::new(file, dma, uring)?)
+        })
     }
 
     /// A device whose backend `make` builds over the registered memory.
@@ -62,7 +64,11 @@ impl Device {
         let backend = make(&dma)?;
         let blocks = backend.capacity_blocks();
         let handle = Poller::new(dma, backend, poller)?.spawn()?;
-        Ok(Device { handle, memory, blocks })
+        Ok(Device {
+            handle,
+            memory,
+            blocks,
+        })
     }
 
     /// Namespace capacity in blocks.
@@ -93,10 +99,22 @@ impl Device {
         // out again), is 4 KiB aligned and layout.size() long, and its device
         // address is its host address; the Arc keeps the region mapped.
         let qp = unsafe {
-            QueuePair::new(QueueMemory { virt: mem.ptr, dma: mem.addr }, depth, self.handle.doorbell())?
+            QueuePair::new(
+                QueueMemory {
+                    virt: mem.ptr,
+                    dma: mem.addr,
+                },
+                depth,
+                self.handle.doorbell(),
+            )?
         };
         let id = self.handle.add_queue(qp.config())?;
-        Ok(ProcessQueuePair { qp, id, control: self.handle.control(), _memory: self.memory.clone() })
+        Ok(ProcessQueuePair {
+            qp,
+            id,
+            control: self.handle.control(),
+            _memory: self.memory.clone(),
+        })
     }
 
     /// Stops the poller (finishing its I/O) and returns its counters.

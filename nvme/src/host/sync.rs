@@ -51,14 +51,19 @@ impl SyncBackend {
                 IoKind::Read => libc::pread(fd, ptr.cast(), len, off),
                 IoKind::Write { fua: false } => libc::pwrite(fd, ptr.cast(), len, off),
                 IoKind::Write { fua: true } => {
-                    let iov = libc::iovec { iov_base: ptr.cast(), iov_len: len };
+                    let iov = libc::iovec {
+                        iov_base: ptr.cast(),
+                        iov_len: len,
+                    };
                     libc::pwritev2(fd, &iov, 1, off, libc::RWF_DSYNC)
                 }
                 IoKind::Flush => libc::fdatasync(fd) as isize,
             }
         };
         if rc < 0 {
-            -io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+            -io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)
         } else {
             rc as i32
         }
@@ -81,7 +86,10 @@ impl Backend for SyncBackend {
 
     fn submit(&mut self) -> io::Result<()> {
         let batch = std::mem::take(&mut self.queued);
-        let results: Vec<(u64, i32)> = batch.iter().map(|(op, tag)| (*tag, self.execute(op))).collect();
+        let results: Vec<(u64, i32)> = batch
+            .iter()
+            .map(|(op, tag)| (*tag, self.execute(op)))
+            .collect();
         if self.reverse {
             self.done.extend(results.into_iter().rev());
         } else {

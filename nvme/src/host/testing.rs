@@ -32,7 +32,9 @@ impl OpMatch {
     fn matches(self, kind: IoKind) -> bool {
         matches!(
             (self, kind),
-            (OpMatch::Read, IoKind::Read) | (OpMatch::Write, IoKind::Write { .. }) | (OpMatch::Flush, IoKind::Flush)
+            (OpMatch::Read, IoKind::Read)
+                | (OpMatch::Write, IoKind::Write { .. })
+                | (OpMatch::Flush, IoKind::Flush)
         )
     }
 }
@@ -48,12 +50,18 @@ pub struct Inspector {
 impl Inspector {
     /// Fails every later operation matching `what` with `errno`.
     pub fn fail(&self, what: OpMatch, errno: i32) {
-        self.faults.lock().unwrap_or_else(|e| e.into_inner()).push((what, errno));
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((what, errno));
     }
 
     /// Removes all faults.
     pub fn clear_faults(&self) {
-        self.faults.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Takes the operations recorded so far.
@@ -63,7 +71,10 @@ impl Inspector {
 
     fn fault_for(&self, kind: IoKind) -> Option<i32> {
         let faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
-        faults.iter().find(|(m, _)| m.matches(kind)).map(|&(_, errno)| errno)
+        faults
+            .iter()
+            .find(|(m, _)| m.matches(kind))
+            .map(|&(_, errno)| errno)
     }
 }
 
@@ -78,7 +89,14 @@ impl<B: Backend> InspectBackend<B> {
     /// Wraps `inner`; the returned inspector observes and steers it.
     pub fn new(inner: B) -> (InspectBackend<B>, Arc<Inspector>) {
         let inspector = Arc::new(Inspector::default());
-        (InspectBackend { inner, inspector: inspector.clone(), failed: VecDeque::new() }, inspector)
+        (
+            InspectBackend {
+                inner,
+                inspector: inspector.clone(),
+                failed: VecDeque::new(),
+            },
+            inspector,
+        )
     }
 }
 
@@ -99,8 +117,17 @@ impl<B: Backend> Backend for InspectBackend<B> {
         if let Some(errno) = fault {
             self.failed.push_back((tag, -errno));
         }
-        let rec = Recorded { kind: op.kind, offset: op.offset, len: op.buf.len, failed_with: fault };
-        self.inspector.ops.lock().unwrap_or_else(|e| e.into_inner()).push(rec);
+        let rec = Recorded {
+            kind: op.kind,
+            offset: op.offset,
+            len: op.buf.len,
+            failed_with: fault,
+        };
+        self.inspector
+            .ops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(rec);
         true
     }
 

@@ -35,7 +35,9 @@ pub struct UringConfig {
 
 impl Default for UringConfig {
     fn default() -> Self {
-        UringConfig { entries: MIN_ENTRIES }
+        UringConfig {
+            entries: MIN_ENTRIES,
+        }
     }
 }
 
@@ -50,7 +52,11 @@ pub enum UringError {
         "registering {bytes} bytes of memory as {count} io_uring fixed buffers failed: {source} \
          (without CAP_IPC_LOCK the size counts against RLIMIT_MEMLOCK)"
     )]
-    RegisterBuffers { bytes: u64, count: usize, source: io::Error },
+    RegisterBuffers {
+        bytes: u64,
+        count: usize,
+        source: io::Error,
+    },
     #[error("duplicating the backing file descriptor failed: {0}")]
     Dup(io::Error),
 }
@@ -60,14 +66,18 @@ pub enum UringError {
 pub fn entry_for(op: &IoOp, tag: u64) -> squeue::Entry {
     let fd = types::Fixed(0);
     match op.kind {
-        IoKind::Read => {
-            opcode::ReadFixed::new(fd, op.buf.ptr, op.buf.len, op.buf.buf_index).offset(op.offset).build()
-        }
-        IoKind::Write { fua } => opcode::WriteFixed::new(fd, op.buf.ptr, op.buf.len, op.buf.buf_index)
+        IoKind::Read => opcode::ReadFixed::new(fd, op.buf.ptr, op.buf.len, op.buf.buf_index)
             .offset(op.offset)
-            .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
             .build(),
-        IoKind::Flush => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
+        IoKind::Write { fua } => {
+            opcode::WriteFixed::new(fd, op.buf.ptr, op.buf.len, op.buf.buf_index)
+                .offset(op.offset)
+                .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
+                .build()
+        }
+        IoKind::Flush => opcode::Fsync::new(fd)
+            .flags(types::FsyncFlags::DATASYNC)
+            .build(),
     }
     .user_data(tag)
 }
@@ -89,23 +99,36 @@ pub struct UringBackend {
 
 impl UringBackend {
     /// Sets up io_uring on `file` with `memory` registered as fixed buffers.
-    pub fn new(file: &BackingFile, memory: &Arc<DmaMemory>, config: UringConfig) -> Result<UringBackend, UringError> {
+    pub fn new(
+        file: &BackingFile,
+        memory: &Arc<DmaMemory>,
+        config: UringConfig,
+    ) -> Result<UringBackend, UringError> {
         let entries = config.entries.max(MIN_ENTRIES).next_power_of_two();
-        let ring = IoUring::builder().build(entries).map_err(UringError::Setup)?;
+        let ring = IoUring::builder()
+            .build(entries)
+            .map_err(UringError::Setup)?;
         let fd = file.file().try_clone().map_err(UringError::Dup)?;
-        ring.submitter().register_files(&[fd.as_raw_fd()]).map_err(UringError::RegisterFile)?;
+        ring.submitter()
+            .register_files(&[fd.as_raw_fd()])
+            .map_err(UringError::RegisterFile)?;
         let iovecs: Vec<libc::iovec> = memory
             .fixed_buffers()
             .iter()
-            .map(|&(ptr, len)| libc::iovec { iov_base: ptr.cast(), iov_len: len as usize })
+            .map(|&(ptr, len)| libc::iovec {
+                iov_base: ptr.cast(),
+                iov_len: len as usize,
+            })
             .collect();
         // SAFETY: DmaMemory's contract keeps every buffer mapped while the
         // DmaMemory lives, and we hold an Arc of it for the ring's lifetime
         // (the ring is dropped first, see the field order).
-        unsafe { ring.submitter().register_buffers(&iovecs) }.map_err(|source| UringError::RegisterBuffers {
-            bytes: memory.fixed_buffers().iter().map(|b| b.1).sum(),
-            count: iovecs.len(),
-            source,
+        unsafe { ring.submitter().register_buffers(&iovecs) }.map_err(|source| {
+            UringError::RegisterBuffers {
+                bytes: memory.fixed_buffers().iter().map(|b| b.1).sum(),
+                count: iovecs.len(),
+                source,
+            }
         })?;
         let cq_entries = ring.params().cq_entries() as usize;
         Ok(UringBackend {
@@ -131,7 +154,14 @@ impl UringBackend {
     fn enter(&mut self, want: usize) -> io::Result<()> {
         match self.ring.submit_and_wait(want) {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -181,9 +211,13 @@ impl Backend for UringBackend {
 
     fn park(&mut self, wake: &Arc<WakeFd>) -> io::Result<()> {
         if !self.wake_armed {
-            let entry = opcode::Read::new(types::Fd(wake.raw_fd()), (&mut *self.wake_buf as *mut u64).cast(), 8)
-                .build()
-                .user_data(WAKE_TAG);
+            let entry = opcode::Read::new(
+                types::Fd(wake.raw_fd()),
+                (&mut *self.wake_buf as *mut u64).cast(),
+                8,
+            )
+            .build()
+            .user_data(WAKE_TAG);
             if !self.push_entry(&entry) {
                 // The ring is full of operations: their completions wake us.
                 return self.enter(1);
