@@ -7,6 +7,7 @@ use crate::console::Console;
 use crate::memory::{GuestRam, MemoryError};
 use libdbos::abi::Pod;
 use libdbos::abi::{ClockArgs, ConsoleArgs, ExitArgs, FaultArgs, GuestBuf, Hypercall, PanicArgs};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Largest console write accepted in one call.
@@ -72,6 +73,10 @@ pub struct Server<'a> {
     pub ram: &'a GuestRam,
     pub console: &'a Console,
     pub started: Instant,
+    /// VM exits of all vCPUs so far (including the one being served), and
+    /// how many of them were `Stats` calls.
+    pub exits: &'a AtomicU64,
+    pub stats_calls: &'a AtomicU64,
 }
 
 impl Server<'_> {
@@ -125,6 +130,15 @@ impl Server<'_> {
                     rflags: args.rflags,
                     reason,
                 }))
+            }
+            Hypercall::Stats => {
+                let mut args: StatsArgs = self.args(call, addr)?;
+                let stats_calls = self.stats_calls.fetch_add(1, Ordering::Relaxed) + 1;
+                args.vm_exits = self.exits.load(Ordering::Relaxed).saturating_sub(stats_calls);
+                self.ram
+                    .write_pod(addr, &args)
+                    .map_err(|_| HypercallError::BadArgs { call, addr })?;
+                Ok(Outcome::Continue)
             }
             Hypercall::Clock => {
                 let mut args: ClockArgs = self.args(call, addr)?;
@@ -185,6 +199,13 @@ impl Server<'_> {
 mod tests {
     use super::*;
     use crate::layout::Range;
+
+    static EXITS: AtomicU64 = AtomicU64::new(0);
+    static STATS: AtomicU64 = AtomicU64::new(0);
+
+    fn server<'a>(ram: &'a GuestRam, console: &'a Console) -> Server<'a> {
+        Server { ram, console, started: Instant::now(), exits: &EXITS, stats_calls: &STATS }
+    }
 
     fn setup() -> (GuestRam, Console) {
         (

@@ -118,6 +118,8 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
         ram: &shared.ram,
         console: &shared.console,
         started: shared.started,
+        exits: &shared.exits,
+        stats_calls: &shared.stats_calls,
     };
     loop {
         if shared.stopping.load(Ordering::Acquire) {
@@ -126,6 +128,7 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
         let next = match vcpu.run() {
             Ok(exit) => {
                 counts.total += 1;
+                shared.exits.fetch_add(1, Ordering::Relaxed);
                 match exit {
                     VcpuExit::IoOut(port, data) => match Hypercall::from_port(port) {
                         Some(call) => {

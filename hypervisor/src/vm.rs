@@ -14,7 +14,7 @@ use libdbos::abi::MAX_VCPUS;
 use std::ffi::CString;
 use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,9 @@ pub(crate) struct Shared {
     pub ram: Arc<GuestRam>,
     pub console: Console,
     pub started: Instant,
+    /// VM exits of all vCPUs, and the `Stats` hypercalls among them.
+    pub exits: AtomicU64,
+    pub stats_calls: AtomicU64,
     /// Set once the guest has stopped; vCPU loops return when they see it.
     pub stopping: AtomicBool,
     exit: Mutex<Option<GuestExit>>,
@@ -282,6 +285,8 @@ impl Vm {
                 self.config.capture_console,
             ),
             started: self.started,
+            exits: AtomicU64::new(0),
+            stats_calls: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             exit: Mutex::new(None),
             stopped: Condvar::new(),

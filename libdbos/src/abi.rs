@@ -179,16 +179,19 @@ pub enum Hypercall {
     Fault = 3,
     /// Read the host's monotonic clock ([`ClockArgs`]).
     Clock = 4,
+    /// Read the VMM's counters ([`StatsArgs`]).
+    Stats = 5,
 }
 
 impl Hypercall {
     /// All calls, in number order.
-    pub const ALL: [Hypercall; 5] = [
+    pub const ALL: [Hypercall; 6] = [
         Self::Console,
         Self::Exit,
         Self::Panic,
         Self::Fault,
         Self::Clock,
+        Self::Stats,
     ];
 
     /// The call for an I/O port, `None` if the port is not a hypercall port.
@@ -305,6 +308,19 @@ impl Default for BootInfo {
     }
 }
 
+/// Arguments of [`Hypercall::Stats`]; written by the host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StatsArgs {
+    /// VM exits taken so far by all vCPUs, not counting `Stats` calls
+    /// themselves, so that the difference of two readings is exactly the
+    /// exits taken in between.
+    pub vm_exits: u64,
+}
+
+// SAFETY: #[repr(C)] with one u64 field.
+unsafe impl Pod for StatsArgs {}
+
 /// Exception vectors 0..32 by name, for reports on both sides.
 pub fn exception_name(vector: u64) -> &'static str {
     match vector {
@@ -372,7 +388,7 @@ mod tests {
             assert_eq!(Hypercall::from_port(call.port()), Some(call));
         }
         assert_eq!(Hypercall::from_port(HYPERCALL_PORT_BASE - 1), None);
-        assert_eq!(Hypercall::from_port(HYPERCALL_PORT_BASE + 5), None);
+        assert_eq!(Hypercall::from_port(HYPERCALL_PORT_BASE + 6), None);
         assert_eq!(Hypercall::from_port(0x3f8), None);
     }
 

@@ -1,18 +1,21 @@
-//! The physical frame allocator: 4 KiB frames from the usable RAM regions of
-//! the boot memory map.
+//! The physical frame allocator: 4 KiB and 2 MiB frames from the usable RAM
+//! regions of the boot memory map.
 //!
 //! Fresh frames are handed out in address order from each region (a bump
-//! pointer); freed frames go on a free list threaded through the frames
-//! themselves (the first word of a free frame, reached through the direct
-//! map, holds the next one). One spin lock guards both.
+//! pointer); a 2 MiB frame first aligns the bump pointer, and the 4 KiB frames
+//! it skips go on the small free list. Freed frames go on free lists (one per
+//! size) threaded through the frames themselves: the first word of a free
+//! frame, reached through the direct map, holds the next one. One spin lock
+//! guards everything, taken with interrupts disabled so that a hook running
+//! in an interrupt on the same CPU can allocate too.
 
 use crate::abi::{MemoryKind, MemoryRegion, MAX_MEMORY_REGIONS};
 use crate::memory::phys_to_virt;
+use crate::platform::{PageSize, LARGE_PAGE_SIZE, PAGE_SIZE};
 use spin::Mutex;
 use x86_64::structures::paging::{FrameAllocator, PhysFrame, Size4KiB};
 use x86_64::PhysAddr;
 
-const FRAME: u64 = 4096;
 const NONE: u64 = u64::MAX;
 
 struct Frames {
@@ -21,8 +24,10 @@ struct Frames {
     /// Index of the region the bump pointer is in, and the next fresh frame.
     current: usize,
     next: u64,
-    free_head: u64,
-    free_frames: u64,
+    free_small: u64,
+    free_large: u64,
+    /// Frames on the free lists, in 4 KiB units.
+    free_units: u64,
 }
 
 static FRAMES: Mutex<Frames> = Mutex::new(Frames {
@@ -30,53 +35,96 @@ static FRAMES: Mutex<Frames> = Mutex::new(Frames {
     count: 0,
     current: 0,
     next: 0,
-    free_head: NONE,
-    free_frames: 0,
+    free_small: NONE,
+    free_large: NONE,
+    free_units: 0,
 });
+
+fn locked<R>(f: impl FnOnce(&mut Frames) -> R) -> R {
+    x86_64::instructions::interrupts::without_interrupts(|| f(&mut FRAMES.lock()))
+}
 
 /// Takes the usable regions of the memory map. Called once at boot.
 pub(crate) fn init(map: &[MemoryRegion]) {
-    let mut f = FRAMES.lock();
-    for r in map.iter().filter(|r| r.kind() == Some(MemoryKind::Usable)) {
-        let start = r.start.next_multiple_of(FRAME);
-        let end = r.end() & !(FRAME - 1);
-        if start < end && f.count < MAX_MEMORY_REGIONS {
-            let i = f.count;
-            f.regions[i] = (start, end);
-            f.count += 1;
+    locked(|f| {
+        for r in map.iter().filter(|r| r.kind() == Some(MemoryKind::Usable)) {
+            let start = r.start.next_multiple_of(PAGE_SIZE);
+            let end = r.end() & !(PAGE_SIZE - 1);
+            if start < end && f.count < MAX_MEMORY_REGIONS {
+                let i = f.count;
+                f.regions[i] = (start, end);
+                f.count += 1;
+            }
         }
-    }
-    f.current = 0;
-    f.next = if f.count > 0 { f.regions[0].0 } else { 0 };
+        f.current = 0;
+        f.next = if f.count > 0 { f.regions[0].0 } else { 0 };
+    })
 }
 
-/// Allocates one frame; its contents are unspecified. `None` when RAM is exhausted.
+impl Frames {
+    fn pop(&mut self, size: PageSize) -> Option<u64> {
+        let head = match size {
+            PageSize::Small => &mut self.free_small,
+            PageSize::Large => &mut self.free_large,
+        };
+        if *head == NONE {
+            return None;
+        }
+        let frame = *head;
+        // SAFETY: `frame` is on a free list, so it is free RAM owned by the
+        // allocator whose first word holds the next free frame.
+        *head = unsafe { *(phys_to_virt(frame) as *const u64) };
+        self.free_units -= size.bytes() / PAGE_SIZE;
+        Some(frame)
+    }
+
+    fn push(&mut self, frame: u64, size: PageSize) {
+        let head = match size {
+            PageSize::Small => &mut self.free_small,
+            PageSize::Large => &mut self.free_large,
+        };
+        // SAFETY: the frame is free (given back or skipped), so we may write it.
+        unsafe { *(phys_to_virt(frame) as *mut u64) = *head };
+        *head = frame;
+        self.free_units += size.bytes() / PAGE_SIZE;
+    }
+
+    fn bump(&mut self, size: PageSize) -> Option<u64> {
+        let bytes = size.bytes();
+        while self.current < self.count {
+            let (_, end) = self.regions[self.current];
+            let start = self.next.next_multiple_of(bytes);
+            if start + bytes <= end {
+                // Keep the frames skipped for alignment.
+                let mut skipped = self.next;
+                while skipped < start {
+                    self.push(skipped, PageSize::Small);
+                    skipped += PAGE_SIZE;
+                }
+                self.next = start + bytes;
+                return Some(start);
+            }
+            self.current += 1;
+            if self.current < self.count {
+                self.next = self.regions[self.current].0;
+            }
+        }
+        None
+    }
+}
+
+/// Allocates one frame of `size`; contents unspecified. `None` when exhausted.
+pub fn alloc_sized(size: PageSize) -> Option<PhysFrame> {
+    let addr = locked(|f| f.pop(size).or_else(|| f.bump(size)))?;
+    Some(PhysFrame::containing_address(PhysAddr::new(addr)))
+}
+
+/// Allocates one 4 KiB frame; its contents are unspecified.
 pub fn alloc() -> Option<PhysFrame> {
-    let mut f = FRAMES.lock();
-    if f.free_head != NONE {
-        let frame = f.free_head;
-        // SAFETY: `frame` is on the free list, so it is a free RAM frame owned
-        // by the allocator whose first word holds the next free frame.
-        f.free_head = unsafe { *(phys_to_virt(frame) as *const u64) };
-        f.free_frames -= 1;
-        return Some(PhysFrame::containing_address(PhysAddr::new(frame)));
-    }
-    while f.current < f.count {
-        let (_, end) = f.regions[f.current];
-        if f.next < end {
-            let frame = f.next;
-            f.next += FRAME;
-            return Some(PhysFrame::containing_address(PhysAddr::new(frame)));
-        }
-        f.current += 1;
-        if f.current < f.count {
-            f.next = f.regions[f.current].0;
-        }
-    }
-    None
+    alloc_sized(PageSize::Small)
 }
 
-/// Allocates one frame filled with zeroes.
+/// Allocates one 4 KiB frame filled with zeroes.
 pub fn alloc_zeroed() -> Option<PhysFrame> {
     let frame = alloc()?;
     // SAFETY: the frame was just allocated, so nothing else refers to it, and
@@ -85,37 +133,46 @@ pub fn alloc_zeroed() -> Option<PhysFrame> {
         core::ptr::write_bytes(
             phys_to_virt(frame.start_address().as_u64()) as *mut u8,
             0,
-            FRAME as usize,
+            PAGE_SIZE as usize,
         )
     };
     Some(frame)
 }
 
-/// Returns a frame to the allocator.
+/// Returns a frame of `size` to the allocator.
 ///
 /// # Safety
-/// The frame must have come from [`alloc`] and must no longer be mapped or used.
-pub unsafe fn free(frame: PhysFrame) {
-    let addr = frame.start_address().as_u64();
-    let mut f = FRAMES.lock();
-    // SAFETY: the caller gives the frame back, so we may write into it.
-    unsafe { *(phys_to_virt(addr) as *mut u64) = f.free_head };
-    f.free_head = addr;
-    f.free_frames += 1;
+/// The frame must have come from [`alloc_sized`] with the same size and must
+/// no longer be mapped or used.
+pub unsafe fn free_sized(frame: u64, size: PageSize) {
+    debug_assert_eq!(frame % size.bytes(), 0);
+    locked(|f| f.push(frame, size));
 }
 
-/// Frames still available (fresh plus freed).
-pub fn available() -> u64 {
-    let f = FRAMES.lock();
-    let mut n = f.free_frames;
-    if f.current < f.count {
-        n += (f.regions[f.current].1 - f.next) / FRAME;
-        for &(s, e) in &f.regions[f.current + 1..f.count] {
-            n += (e - s) / FRAME;
-        }
-    }
-    n
+/// Returns a 4 KiB frame to the allocator.
+///
+/// # Safety
+/// As [`free_sized`].
+pub unsafe fn free(frame: PhysFrame) {
+    // SAFETY: forwarded contract.
+    unsafe { free_sized(frame.start_address().as_u64(), PageSize::Small) }
 }
+
+/// Frames still available (fresh plus freed), in 4 KiB units.
+pub fn available() -> u64 {
+    locked(|f| {
+        let mut n = f.free_units;
+        if f.current < f.count {
+            n += (f.regions[f.current].1 - f.next) / PAGE_SIZE;
+            for &(s, e) in &f.regions[f.current + 1..f.count] {
+                n += (e - s) / PAGE_SIZE;
+            }
+        }
+        n
+    })
+}
+
+const _: () = assert!(LARGE_PAGE_SIZE % PAGE_SIZE == 0);
 
 /// The allocator as the `x86_64` crate's page-table code wants it.
 pub(crate) struct ZeroedFrames;
@@ -124,5 +181,11 @@ pub(crate) struct ZeroedFrames;
 unsafe impl FrameAllocator<Size4KiB> for ZeroedFrames {
     fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
         alloc_zeroed()
+    }
+}
+
+impl crate::pagetable::TableFrames for ZeroedFrames {
+    fn alloc_zeroed_table(&mut self) -> Option<u64> {
+        alloc_zeroed().map(|f| f.start_address().as_u64())
     }
 }

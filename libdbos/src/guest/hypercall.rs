@@ -2,7 +2,9 @@
 //! address of its argument block (see [`crate::abi`]). Each call is one VM
 //! exit, about 5 us on the development machines: keep them off hot paths.
 
-use crate::abi::{ClockArgs, ConsoleArgs, ExitArgs, FaultArgs, GuestBuf, Hypercall, PanicArgs};
+use crate::abi::{
+    ClockArgs, ConsoleArgs, ExitArgs, FaultArgs, GuestBuf, Hypercall, PanicArgs, StatsArgs,
+};
 use crate::memory::virt_to_phys;
 
 /// Issues `call` with the argument block `args`.
@@ -100,4 +102,12 @@ pub fn clock_nanos() -> u64 {
     let mut args = ClockArgs::default();
     call(Hypercall::Clock, &mut args);
     args.nanos
+}
+
+/// VM exits taken so far by the whole VM, not counting these queries (one
+/// VM exit per call).
+pub fn vm_exits() -> u64 {
+    let mut args = StatsArgs::default();
+    call(Hypercall::Stats, &mut args);
+    args.vm_exits
 }

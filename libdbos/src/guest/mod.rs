@@ -1,5 +1,6 @@
 //! The ring-0 guest kernel: only compiled for `x86_64-unknown-none`.
 
+pub mod api;
 pub mod apic;
 pub mod boot;
 pub mod console;
@@ -11,13 +12,13 @@ pub mod idt;
 pub mod interrupts;
 pub mod memory;
 pub mod paging;
-
 pub mod panic;
 pub mod percpu;
 pub mod smp;
 pub mod tlb;
 
 pub use boot::{args, boot_info, exit, Args};
+pub use api::{platform, GuestPlatform};
 pub use interrupts::{
     set_ipi_hook, set_page_fault_hook, set_timer_hook, set_vector_hook, CpuHook, HookResult,
     InterruptFrame, PageFault, PageFaultError,

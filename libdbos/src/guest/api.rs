@@ -1,0 +1,232 @@
+//! [`GuestPlatform`]: the privileged API implemented in ring 0.
+//!
+//! Windows are carved from the lower half of the address space (nothing else
+//! lives there); mappings are direct page-table edits ([`crate::paging`]);
+//! frames come from [`crate::frames`] and are addressed through the direct
+//! map; TLB calls are `invlpg`, CR3 reloads and IPIs ([`crate::smp`]); the
+//! fault hook is called from the #PF handler on the faulting CPU.
+
+use crate::abi::DIRECT_MAP_BASE;
+use crate::interrupts::{self, HookResult, InterruptFrame, PageFault};
+use crate::percpu::{self, Event};
+use crate::platform::{
+    AccessBits, Capabilities, Error, EventCounts, EventHook, Fault, FaultHook, FaultResolution,
+    Frame, PageSize, Platform, Protection, Window, LARGE_PAGE_SIZE,
+};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use spin::Mutex;
+
+/// First address handed out for windows (16 TiB) and the end of the lower half.
+const WINDOW_SPACE: (u64, u64) = (0x0000_1000_0000_0000, 0x0000_8000_0000_0000);
+/// Most windows that can be reserved.
+const MAX_WINDOWS: usize = 32;
+
+/// The guest's privileged API; use [`platform`](crate::platform()) to get it.
+pub struct GuestPlatform {
+    _private: (),
+}
+
+static PLATFORM: GuestPlatform = GuestPlatform { _private: () };
+
+/// The guest platform.
+pub fn platform() -> &'static GuestPlatform {
+    &PLATFORM
+}
+
+/// Reserved windows: written under `RESERVE`, read lock-free (a window's
+/// bounds are stored before `WINDOW_COUNT` makes it visible).
+static WINDOW_BASE: [AtomicU64; MAX_WINDOWS] = [const { AtomicU64::new(0) }; MAX_WINDOWS];
+static WINDOW_END: [AtomicU64; MAX_WINDOWS] = [const { AtomicU64::new(0) }; MAX_WINDOWS];
+static WINDOW_COUNT: AtomicUsize = AtomicUsize::new(0);
+static RESERVE: Mutex<u64> = Mutex::new(WINDOW_SPACE.0);
+
+static FAULT_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+fn in_window(addr: u64, len: u64) -> bool {
+    let n = WINDOW_COUNT.load(Ordering::Acquire);
+    (0..n).any(|i| {
+        let base = WINDOW_BASE[i].load(Ordering::Relaxed);
+        let end = WINDOW_END[i].load(Ordering::Relaxed);
+        addr >= base && addr.checked_add(len).is_some_and(|e| e <= end)
+    })
+}
+
+fn check_page(page: u64, size: PageSize) -> Result<(), Error> {
+    if page % size.bytes() != 0 {
+        return Err(Error::Unaligned(page));
+    }
+    if !in_window(page, size.bytes()) {
+        return Err(Error::NotInWindow(page));
+    }
+    Ok(())
+}
+
+/// The #PF hook installed while a fault hook is set: window faults go to the
+/// database's hook, anything else stops the guest.
+fn window_fault(pf: &PageFault, _frame: &mut InterruptFrame) -> HookResult {
+    let raw = FAULT_HOOK.load(Ordering::Acquire);
+    if raw == 0 || !in_window(pf.addr, 1) {
+        return HookResult::Unhandled;
+    }
+    // SAFETY: only `FaultHook` values are stored in FAULT_HOOK.
+    let hook: FaultHook = unsafe { core::mem::transmute::<usize, FaultHook>(raw) };
+    percpu::count(Event::Fault);
+    let fault = Fault {
+        addr: pf.addr,
+        write: pf.error.write(),
+        present: pf.error.present(),
+        ip: pf.rip,
+        cpu: percpu::cpu_id() as usize,
+    };
+    match hook(&fault) {
+        FaultResolution::Retry => HookResult::Handled,
+        FaultResolution::Unhandled => HookResult::Unhandled,
+    }
+}
+
+impl Platform for GuestPlatform {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { accessed_bit: true, dirty_bit: true, per_page_clear: true, interrupts: true }
+    }
+
+    fn reserve(&self, len: u64) -> Result<Window, Error> {
+        let len = len.max(1).next_multiple_of(LARGE_PAGE_SIZE);
+        let mut next = RESERVE.lock();
+        let index = WINDOW_COUNT.load(Ordering::Acquire);
+        let end = next.checked_add(len).filter(|&e| e <= WINDOW_SPACE.1);
+        let (Some(end), true) = (end, index < MAX_WINDOWS) else {
+            return Err(Error::OutOfAddressSpace(len));
+        };
+        let base = *next;
+        WINDOW_BASE[index].store(base, Ordering::Relaxed);
+        WINDOW_END[index].store(end, Ordering::Relaxed);
+        WINDOW_COUNT.store(index + 1, Ordering::Release);
+        // Leave an unmapped 2 MiB gap between windows, so an overrun faults.
+        *next = end + LARGE_PAGE_SIZE;
+        Ok(Window { base, len })
+    }
+
+    fn alloc_frame(&self, size: PageSize) -> Result<Frame, Error> {
+        crate::frames::alloc_sized(size)
+            .map(|f| Frame::from_addr(f.start_address().as_u64()).expect("frames are aligned"))
+            .ok_or(Error::OutOfFrames)
+    }
+
+    unsafe fn free_frame(&self, frame: Frame, size: PageSize) {
+        // SAFETY: forwarded contract.
+        unsafe { crate::frames::free_sized(frame.addr(), size) }
+    }
+
+    fn frame_ptr(&self, frame: Frame) -> *mut u8 {
+        (DIRECT_MAP_BASE + frame.addr()) as *mut u8
+    }
+
+    fn free_frames(&self) -> u64 {
+        crate::frames::available()
+    }
+
+    fn map(&self, page: u64, frame: Frame, size: PageSize, prot: Protection) -> Result<(), Error> {
+        check_page(page, size)?;
+        if frame.addr() % size.bytes() != 0 {
+            return Err(Error::Unaligned(frame.addr()));
+        }
+        crate::paging::map(page, frame, size, prot)
+    }
+
+    fn unmap(&self, page: u64, size: PageSize) -> Result<Frame, Error> {
+        check_page(page, size)?;
+        crate::paging::unmap(page, size)
+    }
+
+    fn protect(&self, page: u64, size: PageSize, prot: Protection) -> Result<(), Error> {
+        check_page(page, size)?;
+        crate::paging::set_protection(page, size, prot)
+    }
+
+    fn translate(&self, page: u64) -> Option<Frame> {
+        if !in_window(page, 1) {
+            return None;
+        }
+        crate::paging::lookup(page).map(|m| m.frame)
+    }
+
+    fn access_bits(&self, page: u64) -> Result<AccessBits, Error> {
+        if !in_window(page, 1) {
+            return Err(Error::NotInWindow(page));
+        }
+        let m = crate::paging::lookup(page).ok_or(Error::NotMapped(page))?;
+        Ok(AccessBits { accessed: Some(m.accessed), dirty: Some(m.dirty) })
+    }
+
+    fn clear_access_bits(&self, page: u64) -> Result<AccessBits, Error> {
+        if !in_window(page, 1) {
+            return Err(Error::NotInWindow(page));
+        }
+        let m = crate::paging::clear_access_bits(page)?;
+        Ok(AccessBits { accessed: Some(m.accessed), dirty: Some(m.dirty) })
+    }
+
+    fn invalidate_local(&self, page: u64) {
+        crate::tlb::invalidate_local(page);
+    }
+
+    fn flush_local(&self) {
+        crate::tlb::flush_local();
+    }
+
+    fn invalidate_all(&self, page: u64) {
+        crate::smp::invalidate_all(page);
+    }
+
+    fn set_fault_hook(&self, hook: Option<FaultHook>) {
+        FAULT_HOOK.store(hook.map_or(0, |h| h as usize), Ordering::Release);
+        interrupts::set_page_fault_hook(hook.map(|_| window_fault as interrupts::PageFaultHook));
+    }
+
+    fn cpu_count(&self) -> usize {
+        crate::smp::cpu_count()
+    }
+
+    fn cpu_id(&self) -> usize {
+        percpu::cpu_id() as usize
+    }
+
+    fn run_on_all(&self, f: &(dyn Fn(usize) + Sync)) {
+        crate::smp::run_on_all(f);
+    }
+
+    fn set_timer_hook(&self, hook: Option<EventHook>) {
+        interrupts::set_timer_hook(hook);
+    }
+
+    fn set_timer(&self, period_us: Option<u64>) -> Result<(), Error> {
+        crate::apic::set_timer(period_us);
+        Ok(())
+    }
+
+    fn set_ipi_hook(&self, hook: Option<EventHook>) {
+        interrupts::set_ipi_hook(hook);
+    }
+
+    fn send_ipi(&self, cpu: usize) -> Result<(), Error> {
+        if cpu >= self.cpu_count() {
+            return Err(Error::NoSuchCpu(cpu));
+        }
+        crate::apic::send_ipi(cpu as u32, crate::apic::vector::USER_IPI);
+        percpu::count(Event::IpiSent);
+        Ok(())
+    }
+
+    fn counters(&self) -> EventCounts {
+        EventCounts {
+            faults: percpu::total(Event::Fault),
+            pte_writes: percpu::total(Event::PteWrite),
+            local_invalidations: percpu::total(Event::LocalInvalidation),
+            local_flushes: percpu::total(Event::LocalFlush),
+            remote_invalidations: percpu::total(Event::RemoteInvalidation),
+            ipis_sent: percpu::total(Event::IpiSent),
+            vm_exits: crate::hypercall::vm_exits(),
+            shootdowns: 0,
+        }
+    }
+}
