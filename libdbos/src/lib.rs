@@ -17,6 +17,7 @@ extern crate alloc;
 
 pub mod abi;
 pub mod fmtbuf;
+pub mod pagetable;
 pub mod platform;
 
 #[cfg(target_os = "none")]
