@@ -1,1 +1,4 @@
-//! Shared helpers for the dbos benchmarks (work in progress).
+//! Shared code of the dbos benchmarks: workloads run side by side on the
+//! same file and machine, so that their ratios mean something.
+
+pub mod nvme;

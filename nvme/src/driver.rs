@@ -295,6 +295,13 @@ impl<D: Doorbell> QueuePair<D> {
         self.free_cids.len()
     }
 
+    /// The command id the next submission will get (`None` when full), so
+    /// that per-command state (a buffer, a timestamp) can be indexed by it.
+    /// Ids are below `depth - 1`.
+    pub fn next_cid(&self) -> Option<CommandId> {
+        self.free_cids.last().map(|&c| CommandId(c))
+    }
+
     /// The driver's counters.
     pub fn stats(&self) -> DriverStats {
         self.stats
@@ -529,6 +536,7 @@ mod tests {
         assert_eq!(cfg.doorbell_addr, 0x40_2000);
         assert_eq!(cfg.event_idx_addr, 0x40_2040);
         assert_eq!(qp.free_slots(), 3);
+        assert_eq!(qp.next_cid(), Some(CommandId(0)));
         let events = unsafe { base.add(0x2040) as *mut u32 };
         let doorbells = unsafe { base.add(0x2000) as *mut u32 };
         // Event index 0 (host not polling yet): the first submission rings.
