@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dbos_benches::nvme::{
     prepare_file, run_pread, run_queue_pair, run_uring, Budget, Pattern, Workload,
 };
-use dbos_nvme::host::{BackingFile, PollerConfig};
+use dbos_nvme::host::{BackingFile, PollerConfig, UringConfig};
 use std::time::Duration;
 
 fn file() -> BackingFile {
@@ -53,7 +53,7 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_function("queue_pair", |b| {
             b.iter_custom(|n| {
-                run_queue_pair(&file, w, Budget::ops(n), PollerConfig::default()).elapsed
+                run_queue_pair(&file, w, Budget::ops(n), PollerConfig::default(), UringConfig::default()).elapsed
             })
         });
         g.finish();

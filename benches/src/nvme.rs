@@ -343,11 +343,11 @@ pub fn run_queue_pair(
     w: Workload,
     budget: Budget,
     poller: PollerConfig,
+    uring: UringConfig,
 ) -> Summary {
     let bytes = file.blocks() * BLOCK_SIZE;
     let region = w.depth * w.block + (1 << 20);
-    let dev =
-        Device::open(file, region, poller, UringConfig::default()).expect("process-mode device");
+    let dev = Device::open(file, region, poller, uring).expect("process-mode device");
     let depth = (w.depth + 1).max(2) as u16;
     let mut qp = dev.queue_pair(depth).expect("queue pair");
     let bufs: DmaBuf = dev.alloc(depth as usize * w.block).expect("buffers");

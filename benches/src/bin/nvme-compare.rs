@@ -7,13 +7,14 @@
 //! - queue pair IOPS >= 90% of fio's at QD32 for 4 KiB random reads;
 //! - queue pair mean latency <= 1.2x `pread`'s at QD1.
 //!
-//! Usage: `nvme-compare [--file PATH] [--size-mib N] [--seconds S] [--only NAME]`
+//! Usage: `nvme-compare [--file PATH] [--size-mib N] [--seconds S] [--only NAME]
+//! [--spin-us N] [--coop-taskrun]` (the last two tune the poller)
 //! (default file: `nvme-bench.img` in the system temp dir, 1024 MiB, 3 s per run).
 
 use dbos_benches::nvme::{
     prepare_file, run_fio, run_pread, run_queue_pair, run_uring, Budget, Summary, Workload,
 };
-use dbos_nvme::host::{BackingFile, PollerConfig};
+use dbos_nvme::host::{BackingFile, PollerConfig, UringConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ struct Args {
     size_mib: u64,
     seconds: f64,
     only: Option<String>,
+    poller: PollerConfig,
+    uring: UringConfig,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -30,6 +33,8 @@ fn parse_args() -> Result<Args, String> {
         size_mib: 1024,
         seconds: 3.0,
         only: None,
+        poller: PollerConfig::default(),
+        uring: UringConfig::default(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -41,9 +46,14 @@ fn parse_args() -> Result<Args, String> {
             }
             "--seconds" => args.seconds = val()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--only" => args.only = Some(val()?),
+            "--spin-us" => {
+                let us: u64 = val()?.parse().map_err(|e| format!("--spin-us: {e}"))?;
+                args.poller.spin = Duration::from_micros(us);
+            }
+            "--coop-taskrun" => args.uring.coop_taskrun = true,
             "-h" | "--help" => {
                 return Err(
-                    "usage: nvme-compare [--file PATH] [--size-mib N] [--seconds S] [--only NAME]"
+                    "usage: nvme-compare [--file PATH] [--size-mib N] [--seconds S] [--only NAME] [--spin-us N] [--coop-taskrun]"
                         .into(),
                 )
             }
@@ -128,7 +138,7 @@ fn main() {
         row("pread", &pread);
         let uring = run_uring(&file, w, budget);
         row("io_uring", &uring);
-        let qp = run_queue_pair(&file, w, budget, PollerConfig::default());
+        let qp = run_queue_pair(&file, w, budget, args.poller, args.uring);
         row("queue pair", &qp);
         let fio = if have_fio {
             run_fio(&args.file, w, time)

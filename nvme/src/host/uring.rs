@@ -31,13 +31,16 @@ pub struct UringConfig {
     /// Submission ring entries (rounded up to a power of two, at least
     /// [`MIN_ENTRIES`]); the completion ring has twice as many.
     pub entries: u32,
+    /// `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG`: the kernel
+    /// does not interrupt the polling thread to post completions; the
+    /// backend enters the kernel to collect them when the ring flags say
+    /// some are waiting.
+    pub coop_taskrun: bool,
 }
 
 impl Default for UringConfig {
     fn default() -> Self {
-        UringConfig {
-            entries: MIN_ENTRIES,
-        }
+        UringConfig { entries: MIN_ENTRIES, coop_taskrun: false }
     }
 }
 
@@ -95,6 +98,7 @@ pub struct UringBackend {
     cq_entries: usize,
     wake: Option<Arc<WakeFd>>,
     wake_armed: bool,
+    coop: bool,
 }
 
 impl UringBackend {
@@ -105,9 +109,11 @@ impl UringBackend {
         config: UringConfig,
     ) -> Result<UringBackend, UringError> {
         let entries = config.entries.max(MIN_ENTRIES).next_power_of_two();
-        let ring = IoUring::builder()
-            .build(entries)
-            .map_err(UringError::Setup)?;
+        let mut builder = IoUring::builder();
+        if config.coop_taskrun {
+            builder.setup_coop_taskrun().setup_taskrun_flag();
+        }
+        let ring = builder.build(entries).map_err(UringError::Setup)?;
         let fd = file.file().try_clone().map_err(UringError::Dup)?;
         ring.submitter()
             .register_files(&[fd.as_raw_fd()])
@@ -141,6 +147,7 @@ impl UringBackend {
             cq_entries,
             wake: None,
             wake_armed: false,
+            coop: config.coop_taskrun,
         })
     }
 
@@ -196,6 +203,13 @@ impl Backend for UringBackend {
     }
 
     fn reap<F: FnMut(u64, i32)>(&mut self, mut f: F) -> usize {
+        // SAFETY: no other SubmissionQueue of this ring exists meanwhile.
+        if self.coop && self.outstanding > 0 && unsafe { self.ring.submission_shared().taskrun() } {
+            // Completions are waiting for us to enter the kernel.
+            if let Err(e) = self.enter(0) {
+                log::warn!("nvme: io_uring_enter to run completions failed: {e}");
+            }
+        }
         let mut n = 0;
         for cqe in self.ring.completion() {
             if cqe.user_data() == WAKE_TAG {
