@@ -4,9 +4,12 @@
 //! it ends the guest with a [`HypercallError`] naming the call.
 
 use crate::console::Console;
+use crate::files::Files;
 use crate::memory::{GuestRam, MemoryError};
-use libdbos::abi::Pod;
-use libdbos::abi::{ClockArgs, ConsoleArgs, ExitArgs, FaultArgs, GuestBuf, Hypercall, PanicArgs};
+use libdbos::abi::{
+    ClockArgs, ConsoleArgs, ExitArgs, FaultArgs, FileArgs, FileIoArgs, FileOpenArgs, GuestBuf,
+    Hypercall, PanicArgs, Pod, StatsArgs, MAX_FILE_IO, MAX_FILE_NAME,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -77,6 +80,8 @@ pub struct Server<'a> {
     /// how many of them were `Stats` calls.
     pub exits: &'a AtomicU64,
     pub stats_calls: &'a AtomicU64,
+    /// Files the user authorised.
+    pub files: &'a Files,
 }
 
 impl Server<'_> {
@@ -134,11 +139,53 @@ impl Server<'_> {
             Hypercall::Stats => {
                 let mut args: StatsArgs = self.args(call, addr)?;
                 let stats_calls = self.stats_calls.fetch_add(1, Ordering::Relaxed) + 1;
-                args.vm_exits = self.exits.load(Ordering::Relaxed).saturating_sub(stats_calls);
+                args.vm_exits = self
+                    .exits
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(stats_calls);
                 self.ram
                     .write_pod(addr, &args)
                     .map_err(|_| HypercallError::BadArgs { call, addr })?;
                 Ok(Outcome::Continue)
+            }
+            Hypercall::FileOpen => {
+                let mut args: FileOpenArgs = self.args(call, addr)?;
+                let name = self.buffer(call, "name", args.name, MAX_FILE_NAME)?;
+                args.status = self.files.lookup(&name);
+                self.write_back(call, addr, &args)
+            }
+            Hypercall::FileRead => {
+                let mut args: FileIoArgs = self.args(call, addr)?;
+                self.check_buffer(call, "data", args.buf, MAX_FILE_IO)?;
+                let mut data = vec![0u8; args.buf.len as usize];
+                args.status = self.files.read(args.handle, args.offset, &mut data);
+                if args.status > 0 {
+                    let n = args.status as usize;
+                    self.ram.write(args.buf.addr, &data[..n]).map_err(|_| {
+                        HypercallError::BadBuffer {
+                            call,
+                            what: "data",
+                            addr: args.buf.addr,
+                            len: args.buf.len,
+                        }
+                    })?;
+                }
+                self.write_back(call, addr, &args)
+            }
+            Hypercall::FileWrite => {
+                let mut args: FileIoArgs = self.args(call, addr)?;
+                let data = self.buffer(call, "data", args.buf, MAX_FILE_IO)?;
+                args.status = self.files.write(args.handle, args.offset, &data);
+                self.write_back(call, addr, &args)
+            }
+            Hypercall::FileFlush | Hypercall::FileSize => {
+                let mut args: FileArgs = self.args(call, addr)?;
+                args.status = if call == Hypercall::FileFlush {
+                    self.files.flush(args.handle)
+                } else {
+                    self.files.size(args.handle)
+                };
+                self.write_back(call, addr, &args)
             }
             Hypercall::Clock => {
                 let mut args: ClockArgs = self.args(call, addr)?;
@@ -155,6 +202,44 @@ impl Server<'_> {
         self.ram
             .read_pod(addr)
             .map_err(|_| HypercallError::BadArgs { call, addr })
+    }
+
+    fn write_back<T: Pod>(
+        &self,
+        call: Hypercall,
+        addr: u64,
+        args: &T,
+    ) -> Result<Outcome, HypercallError> {
+        self.ram
+            .write_pod(addr, args)
+            .map_err(|_| HypercallError::BadArgs { call, addr })?;
+        Ok(Outcome::Continue)
+    }
+
+    /// Checks a buffer's length against `limit` and its range against guest memory.
+    fn check_buffer(
+        &self,
+        call: Hypercall,
+        what: &'static str,
+        buf: GuestBuf,
+        limit: u64,
+    ) -> Result<(), HypercallError> {
+        if buf.len > limit {
+            return Err(HypercallError::TooLong {
+                call,
+                what,
+                len: buf.len,
+                limit,
+            });
+        }
+        self.ram
+            .check(buf.addr, buf.len)
+            .map_err(|_| HypercallError::BadBuffer {
+                call,
+                what,
+                addr: buf.addr,
+                len: buf.len,
+            })
     }
 
     fn buffer(
@@ -204,7 +289,16 @@ mod tests {
     static STATS: AtomicU64 = AtomicU64::new(0);
 
     fn server<'a>(ram: &'a GuestRam, console: &'a Console) -> Server<'a> {
-        Server { ram, console, started: Instant::now(), exits: &EXITS, stats_calls: &STATS }
+        static FILES: std::sync::OnceLock<Files> = std::sync::OnceLock::new();
+        let files = FILES.get_or_init(Files::default);
+        Server {
+            ram,
+            console,
+            started: Instant::now(),
+            exits: &EXITS,
+            stats_calls: &STATS,
+            files,
+        }
     }
 
     fn setup() -> (GuestRam, Console) {
@@ -225,11 +319,7 @@ mod tests {
     #[test]
     fn console_and_clock() {
         let (ram, console) = setup();
-        let server = Server {
-            ram: &ram,
-            console: &console,
-            started: Instant::now(),
-        };
+        let server = server(&ram, &console);
         ram.write(0x2000, b"hi there\n").unwrap();
         ram.write_pod(
             0x1000,
@@ -259,11 +349,7 @@ mod tests {
     #[test]
     fn hostile_arguments_are_rejected() {
         let (ram, console) = setup();
-        let server = Server {
-            ram: &ram,
-            console: &console,
-            started: Instant::now(),
-        };
+        let server = server(&ram, &console);
         assert_eq!(
             server.handle(0, Hypercall::Console, &port_data(0xfff8)),
             Err(HypercallError::BadArgs {
@@ -330,5 +416,83 @@ mod tests {
             })
         );
         assert!(console.captured().is_empty());
+    }
+
+    #[test]
+    fn file_calls_check_buffers_and_handles() {
+        let (ram, console) = setup();
+        let server = server(&ram, &console);
+        // No file is authorised: any name is ENOENT.
+        ram.write(0x2000, b"data").unwrap();
+        ram.write_pod(
+            0x1000,
+            &FileOpenArgs {
+                name: GuestBuf {
+                    addr: 0x2000,
+                    len: 4,
+                },
+                status: 0,
+            },
+        )
+        .unwrap();
+        server
+            .handle(0, Hypercall::FileOpen, &port_data(0x1000))
+            .unwrap();
+        assert_eq!(
+            ram.read_pod::<FileOpenArgs>(0x1000).unwrap().status,
+            -i64::from(libc::ENOENT)
+        );
+        // A read into a buffer outside guest memory stops the guest.
+        let io = FileIoArgs {
+            handle: 1,
+            offset: 0,
+            buf: GuestBuf {
+                addr: 0xff00,
+                len: 0x1000,
+            },
+            status: 0,
+        };
+        ram.write_pod(0x1000, &io).unwrap();
+        assert_eq!(
+            server.handle(0, Hypercall::FileRead, &port_data(0x1000)),
+            Err(HypercallError::BadBuffer {
+                call: Hypercall::FileRead,
+                what: "data",
+                addr: 0xff00,
+                len: 0x1000
+            })
+        );
+        let io = FileIoArgs {
+            buf: GuestBuf {
+                addr: 0,
+                len: MAX_FILE_IO + 1,
+            },
+            ..io
+        };
+        ram.write_pod(0x1000, &io).unwrap();
+        assert!(matches!(
+            server.handle(0, Hypercall::FileWrite, &port_data(0x1000)),
+            Err(HypercallError::TooLong {
+                call: Hypercall::FileWrite,
+                ..
+            })
+        ));
+        // A valid buffer with an unknown handle is an error status, not a stop.
+        let io = FileIoArgs {
+            buf: GuestBuf {
+                addr: 0x3000,
+                len: 16,
+            },
+            ..io
+        };
+        ram.write_pod(0x1000, &io).unwrap();
+        assert_eq!(
+            server.handle(0, Hypercall::FileRead, &port_data(0x1000)),
+            Ok(Outcome::Continue)
+        );
+        assert_eq!(
+            ram.read_pod::<FileIoArgs>(0x1000).unwrap().status,
+            -i64::from(libc::EBADF)
+        );
     }
 }

@@ -11,6 +11,7 @@
 pub mod boot;
 pub mod console;
 pub mod elf;
+pub mod files;
 pub mod hypercall;
 pub mod layout;
 pub mod memory;

@@ -57,6 +57,11 @@ struct RunArgs {
     #[arg(long, default_value = "/dev/kvm", value_name = "PATH")]
     kvm_device: PathBuf,
 
+    /// A host file the guest may open by NAME (read-write, created if
+    /// missing). Repeatable. The guest can use no other host file.
+    #[arg(long = "file", value_name = "NAME=PATH")]
+    files: Vec<dbos_hypervisor::files::FileGrant>,
+
     /// Print how many VM exits the run took, by kind, on stderr.
     #[arg(long)]
     stats: bool,
@@ -96,6 +101,7 @@ fn run(args: RunArgs) -> ExitCode {
         memory: args.memory,
         args: args.args,
         kvm_device: args.kvm_device,
+        files: args.files,
         echo_console: true,
         capture_console: false,
         ..VmConfig::default()

@@ -100,7 +100,9 @@ pub fn setup(
     // With an in-kernel irqchip, KVM parks every vCPU but the first in
     // wait-for-SIPI; ours start directly at the entry point instead.
     if index > 0 {
-        vcpu.set_mp_state(kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE })?;
+        vcpu.set_mp_state(kvm_mp_state {
+            mp_state: KVM_MP_STATE_RUNNABLE,
+        })?;
     }
     Ok(())
 }
@@ -120,6 +122,7 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
         started: shared.started,
         exits: &shared.exits,
         stats_calls: &shared.stats_calls,
+        files: &shared.files,
     };
     loop {
         if shared.stopping.load(Ordering::Acquire) {

@@ -4,6 +4,7 @@
 use crate::boot::{self, BootError, BootState};
 use crate::console::Console;
 use crate::elf::{ElfError, Image};
+use crate::files::{FileGrant, FileOpenError, Files};
 use crate::layout::{Layout, MemoryTooSmall, PAGE};
 use crate::memory::{GuestRam, MemoryError};
 use crate::report::{ExitCounts, GuestExit, RunReport};
@@ -36,6 +37,8 @@ pub struct VmConfig {
     pub echo_console: bool,
     /// Keep guest console lines in the [`RunReport`].
     pub capture_console: bool,
+    /// Host files the guest may open by name (`--file NAME=PATH`).
+    pub files: Vec<FileGrant>,
     /// The ABI version written into the boot information. Only for testing
     /// the guest's version check: the default is `abi::ABI_VERSION`.
     pub abi_version: u32,
@@ -50,6 +53,7 @@ impl Default for VmConfig {
             kvm_device: PathBuf::from("/dev/kvm"),
             echo_console: true,
             capture_console: false,
+            files: Vec::new(),
             abi_version: boot::DEFAULT_ABI_VERSION,
         }
     }
@@ -89,6 +93,8 @@ pub enum VmError {
     Memory(#[from] MemoryError),
     #[error(transparent)]
     Boot(#[from] BootError),
+    #[error(transparent)]
+    File(#[from] FileOpenError),
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
 }
@@ -105,6 +111,7 @@ pub(crate) struct Shared {
     /// VM exits of all vCPUs, and the `Stats` hypercalls among them.
     pub exits: AtomicU64,
     pub stats_calls: AtomicU64,
+    pub files: Files,
     /// Set once the guest has stopped; vCPU loops return when they see it.
     pub stopping: AtomicBool,
     exit: Mutex<Option<GuestExit>>,
@@ -134,6 +141,7 @@ pub struct Vm {
     ram: Arc<GuestRam>,
     config: VmConfig,
     layout: Layout,
+    files: Files,
     started: Instant,
 }
 
@@ -257,6 +265,7 @@ impl Vm {
             layout.heap.start,
             layout.heap.end
         );
+        let files = Files::open(&config.files)?;
         Ok(Vm {
             vcpus,
             _vm: vm,
@@ -264,6 +273,7 @@ impl Vm {
             ram,
             config,
             layout,
+            files,
             started,
         })
     }
@@ -287,6 +297,7 @@ impl Vm {
             started: self.started,
             exits: AtomicU64::new(0),
             stats_calls: AtomicU64::new(0),
+            files: std::mem::take(&mut self.files),
             stopping: AtomicBool::new(false),
             exit: Mutex::new(None),
             stopped: Condvar::new(),

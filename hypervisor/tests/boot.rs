@@ -332,3 +332,62 @@ fn unexpected_exits_are_reported_with_registers() {
         );
     }
 }
+
+#[test]
+fn smp_run_on_all_ipis_and_timer() {
+    if !require_kvm() {
+        return;
+    }
+    let report = run(
+        "scenarios",
+        VmConfig {
+            vcpus: 2,
+            ..config(&["smp"])
+        },
+    );
+    assert_eq!(
+        report.console,
+        vec![
+            // cpu 0 adds 1 and cpu 1 adds 2; both bits seen.
+            "[vcpu0] run_on_all: sum=3 seen=0b11",
+            "[vcpu0] ipi ran on cpu 1",
+            "[vcpu0] timer ticks>=3: true",
+        ]
+    );
+    assert_eq!(report.exit.process_status(), 0, "{}", report.exit);
+    // IPIs and timer interrupts go through KVM's in-kernel APIC: vCPU 1 never
+    // exits to the VMM.
+    assert_eq!(report.exits_per_vcpu[1].total, 0);
+}
+
+#[test]
+fn authorised_host_files_by_name() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.bin");
+    std::fs::write(&path, b"hello").unwrap();
+    let grant = format!("data={}", path.display()).parse().unwrap();
+    let report = run(
+        "scenarios",
+        VmConfig {
+            files: vec![grant],
+            ..config(&["files"])
+        },
+    );
+    assert_eq!(
+        report.console,
+        vec![
+            "[vcpu0] open unknown: Err(Errno(2))",
+            "[vcpu0] size=5 read=5 head=\"hello\"",
+            "[vcpu0] size after write=14",
+            "[vcpu0] window round trip=true",
+            "[vcpu0] bad handle: true",
+        ]
+    );
+    assert_eq!(report.exit.process_status(), 0, "{}", report.exit);
+    let on_disk = std::fs::read(&path).unwrap();
+    assert_eq!(&on_disk[..14], b"hello and more");
+    assert_eq!(&on_disk[100..112], b"across pages");
+}

@@ -181,17 +181,32 @@ pub enum Hypercall {
     Clock = 4,
     /// Read the VMM's counters ([`StatsArgs`]).
     Stats = 5,
+    /// Open a file the user authorised with `--file NAME=PATH` ([`FileOpenArgs`]).
+    FileOpen = 6,
+    /// Read from an open file ([`FileIoArgs`]).
+    FileRead = 7,
+    /// Write to an open file ([`FileIoArgs`]).
+    FileWrite = 8,
+    /// Make an open file's data durable, `fdatasync` ([`FileArgs`]).
+    FileFlush = 9,
+    /// The current size of an open file ([`FileArgs`]).
+    FileSize = 10,
 }
 
 impl Hypercall {
     /// All calls, in number order.
-    pub const ALL: [Hypercall; 6] = [
+    pub const ALL: [Hypercall; 11] = [
         Self::Console,
         Self::Exit,
         Self::Panic,
         Self::Fault,
         Self::Clock,
         Self::Stats,
+        Self::FileOpen,
+        Self::FileRead,
+        Self::FileWrite,
+        Self::FileFlush,
+        Self::FileSize,
     ];
 
     /// The call for an I/O port, `None` if the port is not a hypercall port.
@@ -321,6 +336,53 @@ pub struct StatsArgs {
 // SAFETY: #[repr(C)] with one u64 field.
 unsafe impl Pod for StatsArgs {}
 
+/// Longest file name accepted by [`Hypercall::FileOpen`].
+pub const MAX_FILE_NAME: u64 = 256;
+/// Largest buffer accepted by one [`Hypercall::FileRead`] or [`Hypercall::FileWrite`].
+pub const MAX_FILE_IO: u64 = 16 << 20;
+
+/// Arguments of [`Hypercall::FileOpen`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileOpenArgs {
+    /// The name given on the command line (`--file NAME=PATH`), UTF-8.
+    pub name: GuestBuf,
+    /// Written by the host: a handle (> 0) on success, or a negative errno
+    /// (`-ENOENT` for a name that was not authorised).
+    pub status: i64,
+}
+
+/// Arguments of [`Hypercall::FileRead`] and [`Hypercall::FileWrite`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileIoArgs {
+    pub handle: u64,
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// The guest buffer (physically contiguous, at most [`MAX_FILE_IO`] bytes).
+    pub buf: GuestBuf,
+    /// Written by the host: bytes transferred (a read past the end is short),
+    /// or a negative errno.
+    pub status: i64,
+}
+
+/// Arguments of [`Hypercall::FileFlush`] and [`Hypercall::FileSize`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileArgs {
+    pub handle: u64,
+    /// Written by the host: 0 (flush) or the size (size) on success, or a
+    /// negative errno.
+    pub status: i64,
+}
+
+// SAFETY: #[repr(C)], integer fields only, no padding.
+unsafe impl Pod for FileOpenArgs {}
+// SAFETY: as above.
+unsafe impl Pod for FileIoArgs {}
+// SAFETY: as above.
+unsafe impl Pod for FileArgs {}
+
 /// Exception vectors 0..32 by name, for reports on both sides.
 pub fn exception_name(vector: u64) -> &'static str {
     match vector {
@@ -388,7 +450,7 @@ mod tests {
             assert_eq!(Hypercall::from_port(call.port()), Some(call));
         }
         assert_eq!(Hypercall::from_port(HYPERCALL_PORT_BASE - 1), None);
-        assert_eq!(Hypercall::from_port(HYPERCALL_PORT_BASE + 6), None);
+        assert_eq!(Hypercall::from_port(HYPERCALL_PORT_BASE + 11), None);
         assert_eq!(Hypercall::from_port(0x3f8), None);
     }
 

@@ -84,28 +84,41 @@ impl<'a> PageTables<'a> {
     ) -> Result<u64, Error> {
         let flags = flags_for(prot);
         let parent = F::PRESENT | F::WRITABLE;
-        let mut alloc = Adapter { inner: tables, allocated: 0 };
+        let mut alloc = Adapter {
+            inner: tables,
+            allocated: 0,
+        };
         let result = match size {
             PageSize::Small => {
-                let p = Page::<Size4KiB>::from_start_address(VirtAddr::try_new(page).map_err(|_| Error::Unaligned(page))?)
-                    .map_err(|_| Error::Unaligned(page))?;
+                let p = Page::<Size4KiB>::from_start_address(
+                    VirtAddr::try_new(page).map_err(|_| Error::Unaligned(page))?,
+                )
+                .map_err(|_| Error::Unaligned(page))?;
                 let f = PhysFrame::<Size4KiB>::from_start_address(PhysAddr::new(frame.addr()))
                     .map_err(|_| Error::Unaligned(frame.addr()))?;
                 // SAFETY: the page is in a window the database owns; what the
                 // mapping is used for is the database's contract.
-                unsafe { self.mapper.map_to_with_table_flags(p, f, flags, parent, &mut alloc) }
-                    .map(|flush| flush.ignore())
-                    .map_err(|e| map_error(e, page))
+                unsafe {
+                    self.mapper
+                        .map_to_with_table_flags(p, f, flags, parent, &mut alloc)
+                }
+                .map(|flush| flush.ignore())
+                .map_err(|e| map_error(e, page))
             }
             PageSize::Large => {
-                let p = Page::<Size2MiB>::from_start_address(VirtAddr::try_new(page).map_err(|_| Error::Unaligned(page))?)
-                    .map_err(|_| Error::Unaligned(page))?;
+                let p = Page::<Size2MiB>::from_start_address(
+                    VirtAddr::try_new(page).map_err(|_| Error::Unaligned(page))?,
+                )
+                .map_err(|_| Error::Unaligned(page))?;
                 let f = PhysFrame::<Size2MiB>::from_start_address(PhysAddr::new(frame.addr()))
                     .map_err(|_| Error::Unaligned(frame.addr()))?;
                 // SAFETY: as above.
-                unsafe { self.mapper.map_to_with_table_flags(p, f, flags, parent, &mut alloc) }
-                    .map(|flush| flush.ignore())
-                    .map_err(|e| map_error(e, page))
+                unsafe {
+                    self.mapper
+                        .map_to_with_table_flags(p, f, flags, parent, &mut alloc)
+                }
+                .map(|flush| flush.ignore())
+                .map_err(|e| map_error(e, page))
             }
         };
         result.map(|()| 1 + alloc.allocated)
@@ -116,7 +129,8 @@ impl<'a> PageTables<'a> {
         let v = VirtAddr::try_new(page).map_err(|_| Error::Unaligned(page))?;
         match size {
             PageSize::Small => {
-                let p = Page::<Size4KiB>::from_start_address(v).map_err(|_| Error::Unaligned(page))?;
+                let p =
+                    Page::<Size4KiB>::from_start_address(v).map_err(|_| Error::Unaligned(page))?;
                 self.mapper
                     .unmap(p)
                     .map(|(f, flush)| {
@@ -126,7 +140,8 @@ impl<'a> PageTables<'a> {
                     .map_err(|e| unmap_error(e, page))
             }
             PageSize::Large => {
-                let p = Page::<Size2MiB>::from_start_address(v).map_err(|_| Error::Unaligned(page))?;
+                let p =
+                    Page::<Size2MiB>::from_start_address(v).map_err(|_| Error::Unaligned(page))?;
                 self.mapper
                     .unmap(p)
                     .map(|(f, flush)| {
@@ -145,12 +160,16 @@ impl<'a> PageTables<'a> {
         let r = unsafe {
             match size {
                 PageSize::Small => {
-                    let p = Page::<Size4KiB>::from_start_address(v).map_err(|_| Error::Unaligned(page))?;
+                    let p = Page::<Size4KiB>::from_start_address(v)
+                        .map_err(|_| Error::Unaligned(page))?;
                     self.mapper.update_flags(p, flags).map(|f| f.ignore())
                 }
                 PageSize::Large => {
-                    let p = Page::<Size2MiB>::from_start_address(v).map_err(|_| Error::Unaligned(page))?;
-                    self.mapper.update_flags(p, flags | F::HUGE_PAGE).map(|f| f.ignore())
+                    let p = Page::<Size2MiB>::from_start_address(v)
+                        .map_err(|_| Error::Unaligned(page))?;
+                    self.mapper
+                        .update_flags(p, flags | F::HUGE_PAGE)
+                        .map(|f| f.ignore())
                 }
             }
         };
@@ -217,7 +236,9 @@ mod tests {
 
     impl Phys {
         fn new(pages: usize) -> Self {
-            Phys { pages: std::vec![Page4k([0; 4096]); pages] }
+            Phys {
+                pages: std::vec![Page4k([0; 4096]); pages],
+            }
         }
         fn offset(&self) -> u64 {
             self.pages.as_ptr() as u64
@@ -251,25 +272,58 @@ mod tests {
         let mut next = 1;
         let page = 0x0000_1000_0000_3000;
         let writes = pt
-            .map(page, Frame::from_addr(DATA).unwrap(), PageSize::Small, Protection::ReadWrite, &mut Tables(&mut next, 40))
+            .map(
+                page,
+                Frame::from_addr(DATA).unwrap(),
+                PageSize::Small,
+                Protection::ReadWrite,
+                &mut Tables(&mut next, 40),
+            )
             .unwrap();
         assert_eq!(writes, 4, "PTE plus three new tables (PDPT, PD, PT)");
         let m = pt.lookup(page + 0x123).unwrap();
-        assert_eq!(m, Mapping { frame: Frame::from_addr(DATA).unwrap(), size: PageSize::Small, writable: true, accessed: false, dirty: false });
+        assert_eq!(
+            m,
+            Mapping {
+                frame: Frame::from_addr(DATA).unwrap(),
+                size: PageSize::Small,
+                writable: true,
+                accessed: false,
+                dirty: false
+            }
+        );
         // A neighbour reuses the tables: one write.
         let writes = pt
-            .map(page + 4096, Frame::from_addr(DATA + 4096).unwrap(), PageSize::Small, Protection::ReadOnly, &mut Tables(&mut next, 40))
+            .map(
+                page + 4096,
+                Frame::from_addr(DATA + 4096).unwrap(),
+                PageSize::Small,
+                Protection::ReadOnly,
+                &mut Tables(&mut next, 40),
+            )
             .unwrap();
         assert_eq!(writes, 1);
         assert!(!pt.lookup(page + 4096).unwrap().writable);
         assert_eq!(
-            pt.map(page, Frame::from_addr(DATA).unwrap(), PageSize::Small, Protection::ReadWrite, &mut Tables(&mut next, 40)),
+            pt.map(
+                page,
+                Frame::from_addr(DATA).unwrap(),
+                PageSize::Small,
+                Protection::ReadWrite,
+                &mut Tables(&mut next, 40)
+            ),
             Err(Error::AlreadyMapped(page))
         );
-        assert_eq!(pt.unmap(page, PageSize::Small), Ok(Frame::from_addr(DATA).unwrap()));
+        assert_eq!(
+            pt.unmap(page, PageSize::Small),
+            Ok(Frame::from_addr(DATA).unwrap())
+        );
         assert_eq!(pt.lookup(page), None);
         assert_eq!(pt.unmap(page, PageSize::Small), Err(Error::NotMapped(page)));
-        assert_eq!(pt.unmap(page + 1, PageSize::Small), Err(Error::Unaligned(page + 1)));
+        assert_eq!(
+            pt.unmap(page + 1, PageSize::Small),
+            Err(Error::Unaligned(page + 1))
+        );
     }
 
     #[test]
@@ -278,14 +332,30 @@ mod tests {
         let mut pt = phys.tables();
         let mut next = 1;
         let page = 0x0000_2000_0000_0000;
-        pt.map(page, Frame::from_addr(DATA).unwrap(), PageSize::Small, Protection::ReadWrite, &mut Tables(&mut next, 40)).unwrap();
-        pt.set_flags(page, PageSize::Small, flags_for(Protection::ReadWrite) | F::ACCESSED | F::DIRTY).unwrap();
+        pt.map(
+            page,
+            Frame::from_addr(DATA).unwrap(),
+            PageSize::Small,
+            Protection::ReadWrite,
+            &mut Tables(&mut next, 40),
+        )
+        .unwrap();
+        pt.set_flags(
+            page,
+            PageSize::Small,
+            flags_for(Protection::ReadWrite) | F::ACCESSED | F::DIRTY,
+        )
+        .unwrap();
         let m = pt.lookup(page).unwrap();
         assert!(m.accessed && m.dirty && m.writable);
-        pt.set_flags(page, PageSize::Small, flags_for(Protection::ReadOnly)).unwrap();
+        pt.set_flags(page, PageSize::Small, flags_for(Protection::ReadOnly))
+            .unwrap();
         let m = pt.lookup(page).unwrap();
         assert!(!m.accessed && !m.dirty && !m.writable);
-        assert_eq!(pt.set_flags(page + 4096, PageSize::Small, F::PRESENT), Err(Error::NotMapped(page + 4096)));
+        assert_eq!(
+            pt.set_flags(page + 4096, PageSize::Small, F::PRESENT),
+            Err(Error::NotMapped(page + 4096))
+        );
     }
 
     #[test]
@@ -296,20 +366,50 @@ mod tests {
         let page = 0x0000_3000_0020_0000;
         let frame = Frame::from_addr(2 << 20).unwrap();
         assert_eq!(
-            pt.map(page + 4096, frame, PageSize::Large, Protection::ReadWrite, &mut Tables(&mut next, 40)),
+            pt.map(
+                page + 4096,
+                frame,
+                PageSize::Large,
+                Protection::ReadWrite,
+                &mut Tables(&mut next, 40)
+            ),
             Err(Error::Unaligned(page + 4096))
         );
         assert_eq!(
-            pt.map(page, Frame::from_addr(4096).unwrap(), PageSize::Large, Protection::ReadWrite, &mut Tables(&mut next, 40)),
+            pt.map(
+                page,
+                Frame::from_addr(4096).unwrap(),
+                PageSize::Large,
+                Protection::ReadWrite,
+                &mut Tables(&mut next, 40)
+            ),
             Err(Error::Unaligned(4096))
         );
-        assert_eq!(pt.map(page, frame, PageSize::Large, Protection::ReadWrite, &mut Tables(&mut next, 40)), Ok(3));
+        assert_eq!(
+            pt.map(
+                page,
+                frame,
+                PageSize::Large,
+                Protection::ReadWrite,
+                &mut Tables(&mut next, 40)
+            ),
+            Ok(3)
+        );
         let m = pt.lookup(page + 0x1f_fff8).unwrap();
         assert_eq!((m.frame, m.size), (frame, PageSize::Large));
         // A small page inside a large one is a size mismatch.
-        assert_eq!(pt.unmap(page + 4096, PageSize::Small), Err(Error::SizeMismatch(page + 4096)));
         assert_eq!(
-            pt.map(page + 4096, Frame::from_addr(DATA).unwrap(), PageSize::Small, Protection::ReadWrite, &mut Tables(&mut next, 40)),
+            pt.unmap(page + 4096, PageSize::Small),
+            Err(Error::SizeMismatch(page + 4096))
+        );
+        assert_eq!(
+            pt.map(
+                page + 4096,
+                Frame::from_addr(DATA).unwrap(),
+                PageSize::Small,
+                Protection::ReadWrite,
+                &mut Tables(&mut next, 40)
+            ),
             Err(Error::SizeMismatch(page + 4096))
         );
         assert_eq!(pt.unmap(page, PageSize::Large), Ok(frame));
@@ -321,7 +421,13 @@ mod tests {
         let mut pt = phys.tables();
         let mut next = 39; // one frame left, three tables needed
         assert_eq!(
-            pt.map(0x0000_4000_0000_0000, Frame::from_addr(DATA).unwrap(), PageSize::Small, Protection::ReadWrite, &mut Tables(&mut next, 40)),
+            pt.map(
+                0x0000_4000_0000_0000,
+                Frame::from_addr(DATA).unwrap(),
+                PageSize::Small,
+                Protection::ReadWrite,
+                &mut Tables(&mut next, 40)
+            ),
             Err(Error::OutOfFrames)
         );
     }

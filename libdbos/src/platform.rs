@@ -42,7 +42,7 @@ pub struct Frame(u64);
 impl Frame {
     /// The frame at byte address/offset `addr`, which must be 4 KiB aligned.
     pub const fn from_addr(addr: u64) -> Option<Frame> {
-        if addr % PAGE_SIZE == 0 {
+        if addr.is_multiple_of(PAGE_SIZE) {
             Some(Frame(addr))
         } else {
             None
@@ -362,7 +362,10 @@ mod tests {
 
     #[test]
     fn windows_and_frames() {
-        let w = Window { base: 0x20_0000, len: 0x40_0000 };
+        let w = Window {
+            base: 0x20_0000,
+            len: 0x40_0000,
+        };
         assert!(w.contains(0x20_0000, 4096));
         assert!(w.contains(0x5f_f000, 4096));
         assert!(!w.contains(0x5f_f001, 4096));
@@ -375,8 +378,25 @@ mod tests {
 
     #[test]
     fn counts_subtract() {
-        let a = EventCounts { faults: 1, pte_writes: 2, ..Default::default() };
-        let b = EventCounts { faults: 4, pte_writes: 3, ipis_sent: 2, ..Default::default() };
-        assert_eq!(b.since(&a), EventCounts { faults: 3, pte_writes: 1, ipis_sent: 2, ..Default::default() });
+        let a = EventCounts {
+            faults: 1,
+            pte_writes: 2,
+            ..Default::default()
+        };
+        let b = EventCounts {
+            faults: 4,
+            pte_writes: 3,
+            ipis_sent: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            b.since(&a),
+            EventCounts {
+                faults: 3,
+                pte_writes: 1,
+                ipis_sent: 2,
+                ..Default::default()
+            }
+        );
     }
 }

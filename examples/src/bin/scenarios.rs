@@ -35,6 +35,7 @@ fn main() -> u8 {
         }
         "triple-fault" => triple_fault(),
         "smp" => smp(),
+        "files" => files(),
         "panic" => panic!("scenario panic with value {}", 42),
         "bad-pointer" => {
             println!("passing an address beyond guest memory to the console call");
@@ -223,7 +224,9 @@ fn smp() -> u8 {
     if n > 1 {
         libdbos::apic::send_ipi(1, libdbos::apic::vector::USER_IPI);
         let start = libdbos::hypercall::clock_nanos();
-        while IPI_ON.load(Ordering::Relaxed) == u64::MAX && libdbos::hypercall::clock_nanos() - start < 1_000_000_000 {
+        while IPI_ON.load(Ordering::Relaxed) == u64::MAX
+            && libdbos::hypercall::clock_nanos() - start < 1_000_000_000
+        {
             core::hint::spin_loop();
         }
     }
@@ -233,11 +236,48 @@ fn smp() -> u8 {
     }));
     libdbos::apic::set_timer(Some(1000));
     let start = libdbos::hypercall::clock_nanos();
-    while TICKS.load(Ordering::Relaxed) < 3 && libdbos::hypercall::clock_nanos() - start < 1_000_000_000 {
+    while TICKS.load(Ordering::Relaxed) < 3
+        && libdbos::hypercall::clock_nanos() - start < 1_000_000_000
+    {
         core::hint::spin_loop();
     }
     libdbos::apic::set_timer(None);
     println!("timer ticks>=3: {}", TICKS.load(Ordering::Relaxed) >= 3);
+    0
+}
+
+fn files() -> u8 {
+    use libdbos::hostfile::{Errno, HostFile};
+    let missing = HostFile::open("nope").map(|_| ());
+    println!("open unknown: {missing:?}");
+    let f = HostFile::open("data").expect("data is authorised");
+    let size = f.size().unwrap();
+    let mut head = [0u8; 5];
+    let n = f.read_at(0, &mut head).unwrap();
+    println!(
+        "size={size} read={n} head={:?}",
+        core::str::from_utf8(&head[..n]).unwrap()
+    );
+    f.write_at(size, b" and more").unwrap();
+    f.flush().unwrap();
+    println!("size after write={}", f.size().unwrap());
+    // A window buffer (split per page by the library) works too.
+    let p = libdbos::platform();
+    use libdbos::platform::{PageSize, Platform, Protection};
+    let w = p.reserve(1 << 21).unwrap();
+    for i in 0..2 {
+        let frame = p.alloc_frame(PageSize::Small).unwrap();
+        p.map(w.page(i), frame, PageSize::Small, Protection::ReadWrite)
+            .unwrap();
+    }
+    let span = unsafe { core::slice::from_raw_parts_mut((w.base + 4090) as *mut u8, 12) };
+    span.copy_from_slice(b"across pages");
+    f.write_at(100, span).unwrap();
+    let mut back = [0u8; 12];
+    f.read_at(100, &mut back).unwrap();
+    println!("window round trip={}", &back == b"across pages");
+    let bad = HostFile::from_raw_handle(99).size();
+    println!("bad handle: {}", bad == Err(Errno(9)));
     0
 }
 

@@ -86,7 +86,12 @@ fn window_fault(pf: &PageFault, _frame: &mut InterruptFrame) -> HookResult {
 
 impl Platform for GuestPlatform {
     fn capabilities(&self) -> Capabilities {
-        Capabilities { accessed_bit: true, dirty_bit: true, per_page_clear: true, interrupts: true }
+        Capabilities {
+            accessed_bit: true,
+            dirty_bit: true,
+            per_page_clear: true,
+            interrupts: true,
+        }
     }
 
     fn reserve(&self, len: u64) -> Result<Window, Error> {
@@ -155,7 +160,10 @@ impl Platform for GuestPlatform {
             return Err(Error::NotInWindow(page));
         }
         let m = crate::paging::lookup(page).ok_or(Error::NotMapped(page))?;
-        Ok(AccessBits { accessed: Some(m.accessed), dirty: Some(m.dirty) })
+        Ok(AccessBits {
+            accessed: Some(m.accessed),
+            dirty: Some(m.dirty),
+        })
     }
 
     fn clear_access_bits(&self, page: u64) -> Result<AccessBits, Error> {
@@ -163,7 +171,10 @@ impl Platform for GuestPlatform {
             return Err(Error::NotInWindow(page));
         }
         let m = crate::paging::clear_access_bits(page)?;
-        Ok(AccessBits { accessed: Some(m.accessed), dirty: Some(m.dirty) })
+        Ok(AccessBits {
+            accessed: Some(m.accessed),
+            dirty: Some(m.dirty),
+        })
     }
 
     fn invalidate_local(&self, page: u64) {

@@ -70,7 +70,10 @@ pub(crate) fn eoi() {
 
 /// Sends fixed interrupt `vector` to CPU `cpu` (physical destination).
 pub fn send_ipi(cpu: u32, vector: u8) {
-    write(X2APIC_ICR, (u64::from(cpu) << 32) | ICR_LEVEL_ASSERT | u64::from(vector));
+    write(
+        X2APIC_ICR,
+        (u64::from(cpu) << 32) | ICR_LEVEL_ASSERT | u64::from(vector),
+    );
 }
 
 /// Starts (or with `None` stops) this CPU's periodic timer.
@@ -79,7 +82,9 @@ pub fn set_timer(period_us: Option<u64>) {
         Some(us) => {
             write(X2APIC_TIMER_DIVIDE, DIVIDE_BY_1);
             write(X2APIC_LVT_TIMER, LVT_PERIODIC | u64::from(vector::TIMER));
-            let ticks = us.saturating_mul(TIMER_TICKS_PER_US).clamp(1, u64::from(u32::MAX));
+            let ticks = us
+                .saturating_mul(TIMER_TICKS_PER_US)
+                .clamp(1, u64::from(u32::MAX));
             write(X2APIC_TIMER_INITIAL, ticks);
         }
         None => {

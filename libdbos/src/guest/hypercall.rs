@@ -13,7 +13,7 @@ use crate::memory::virt_to_phys;
 /// (stacks, the heap and the image always are); if it is not, the call cannot
 /// be made and the vCPU halts for good, which the host reports as a hang
 /// rather than acting on a wrong address.
-fn call<T>(call: Hypercall, args: &mut T) {
+pub(crate) fn call<T>(call: Hypercall, args: &mut T) {
     let phys = virt_to_phys(args as *mut T as u64)
         .filter(|p| *p + core::mem::size_of::<T>() as u64 <= u64::from(u32::MAX));
     let Some(phys) = phys else {
@@ -33,8 +33,9 @@ fn call<T>(call: Hypercall, args: &mut T) {
     }
 }
 
-/// Describes a byte slice to the host; `None` if it is not translatable.
-fn buf(bytes: &[u8]) -> GuestBuf {
+/// Describes a byte slice to the host (an address of `u64::MAX`, which the
+/// host rejects, if it is not translatable).
+pub(crate) fn buf(bytes: &[u8]) -> GuestBuf {
     if bytes.is_empty() {
         return GuestBuf::default();
     }

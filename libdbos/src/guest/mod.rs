@@ -7,6 +7,7 @@ pub mod console;
 pub mod frames;
 pub mod gdt;
 pub mod heap;
+pub mod hostfile;
 pub mod hypercall;
 pub mod idt;
 pub mod interrupts;
@@ -17,8 +18,8 @@ pub mod percpu;
 pub mod smp;
 pub mod tlb;
 
-pub use boot::{args, boot_info, exit, Args};
 pub use api::{platform, GuestPlatform};
+pub use boot::{args, boot_info, exit, Args};
 pub use interrupts::{
     set_ipi_hook, set_page_fault_hook, set_timer_hook, set_vector_hook, CpuHook, HookResult,
     InterruptFrame, PageFault, PageFaultError,

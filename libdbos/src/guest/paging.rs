@@ -74,7 +74,11 @@ pub fn set_protection(page: u64, size: PageSize, prot: Protection) -> Result<(),
 pub fn clear_access_bits(page: u64) -> Result<Mapping, Error> {
     let before = with_tables(|t| {
         let m = t.lookup(page).ok_or(Error::NotMapped(page))?;
-        let prot = if m.writable { Protection::ReadWrite } else { Protection::ReadOnly };
+        let prot = if m.writable {
+            Protection::ReadWrite
+        } else {
+            Protection::ReadOnly
+        };
         t.set_flags(page, m.size, flags_for(prot))?;
         Ok::<_, Error>(m)
     })?;
@@ -97,6 +101,15 @@ pub fn translate(virt: u64) -> Option<u64> {
 /// Maps the 4 KiB page at `virt` to `frame` with `flags` (PRESENT is added):
 /// the low-level form for code outside a window; no counting.
 pub fn map_4k(virt: u64, frame: PhysFrame, flags: PageTableFlags) -> Result<(), Error> {
-    let prot = if flags.contains(F::WRITABLE) { Protection::ReadWrite } else { Protection::ReadOnly };
-    map(virt & !0xfff, Frame::from_addr(frame.start_address().as_u64()).expect("aligned"), PageSize::Small, prot)
+    let prot = if flags.contains(F::WRITABLE) {
+        Protection::ReadWrite
+    } else {
+        Protection::ReadOnly
+    };
+    map(
+        virt & !0xfff,
+        Frame::from_addr(frame.start_address().as_u64()).expect("aligned"),
+        PageSize::Small,
+        prot,
+    )
 }

@@ -115,7 +115,10 @@ pub fn count(event: Event) {
 
 /// Sum of `event` over all online CPUs.
 pub fn total(event: Event) -> u64 {
-    (0..MAX_VCPUS as usize).filter_map(cpu).map(|c| c.counted(event)).sum()
+    (0..MAX_VCPUS as usize)
+        .filter_map(cpu)
+        .map(|c| c.counted(event))
+        .sum()
 }
 
 /// Disables interrupts and halts this CPU for good.

@@ -43,14 +43,19 @@ pub fn cpu_count() -> usize {
 /// When called from inside `f` (it would wait for itself).
 pub fn run_on_all(f: &(dyn Fn(usize) + Sync)) {
     let Some(_guard) = RUN.try_lock() else {
-        panic!("run_on_all called while another run_on_all is in progress (from inside its closure?)");
+        panic!(
+            "run_on_all called while another run_on_all is in progress (from inside its closure?)"
+        );
     };
     let me = percpu::cpu_id() as usize;
     let n = cpu_count();
     // SAFETY (lifetime erasure): we do not return before every CPU has
     // reported this generation done, after which nobody reads the pointer.
     let work = Work(unsafe {
-        core::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync + 'static)>(f)
+        core::mem::transmute::<
+            *const (dyn Fn(usize) + Sync + '_),
+            *const (dyn Fn(usize) + Sync + 'static),
+        >(f)
     });
     *WORK.lock() = Some(work);
     let generation = WORK_GENERATION.fetch_add(1, Ordering::AcqRel) + 1;
@@ -59,7 +64,9 @@ pub fn run_on_all(f: &(dyn Fn(usize) + Sync)) {
         percpu::count(Event::IpiSent);
     }
     f(me);
-    percpu::current().work_done.store(generation, Ordering::Release);
+    percpu::current()
+        .work_done
+        .store(generation, Ordering::Release);
     for cpu in 0..n {
         loop {
             if percpu::cpu(cpu).is_some_and(|c| c.work_done.load(Ordering::Acquire) >= generation) {
@@ -81,7 +88,9 @@ pub(crate) fn idle() -> ! {
         if generation > me.work_done.load(Ordering::Relaxed) {
             // Published before the generation was bumped, cleared only after
             // every CPU (this one included) reported it done.
-            let work = WORK.lock().expect("work is published before its generation");
+            let work = WORK
+                .lock()
+                .expect("work is published before its generation");
             x86_64::instructions::interrupts::enable();
             // SAFETY: see `Work`; the closure outlives this call.
             unsafe { (*work.0)(me.cpu as usize) };
@@ -109,7 +118,9 @@ pub fn invalidate_all(page: u64) {
     TLB_PAGE.store(page, Ordering::Release);
     let generation = TLB_GENERATION.fetch_add(1, Ordering::AcqRel) + 1;
     crate::tlb::invalidate_local(page);
-    percpu::current().tlb_done.store(generation, Ordering::Release);
+    percpu::current()
+        .tlb_done
+        .store(generation, Ordering::Release);
     for cpu in (0..n).filter(|&c| c != me) {
         apic::send_ipi(cpu as u32, vector::TLB);
         percpu::count(Event::IpiSent);
