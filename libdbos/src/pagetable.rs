@@ -113,12 +113,24 @@ impl<'a> PageTables<'a> {
                 let f = PhysFrame::<Size2MiB>::from_start_address(PhysAddr::new(frame.addr()))
                     .map_err(|_| Error::Unaligned(frame.addr()))?;
                 // SAFETY: as above.
-                unsafe {
+                let r = unsafe {
                     self.mapper
                         .map_to_with_table_flags(p, f, flags, parent, &mut alloc)
                 }
                 .map(|flush| flush.ignore())
-                .map_err(|e| map_error(e, page))
+                .map_err(|e| map_error(e, page));
+                // The crate reports a page table under the 2 MiB entry as
+                // "already mapped"; for the caller that is a size mismatch.
+                match r {
+                    Err(Error::AlreadyMapped(_))
+                        if self
+                            .directory_entry(page)
+                            .is_some_and(|f| !f.contains(F::HUGE_PAGE)) =>
+                    {
+                        Err(Error::SizeMismatch(page))
+                    }
+                    other => other,
+                }
             }
         };
         result.map(|()| 1 + alloc.allocated)
@@ -155,6 +167,15 @@ impl<'a> PageTables<'a> {
 
     /// Replaces the flags of mapped `page` (keeping its frame). One entry written.
     pub fn set_flags(&mut self, page: u64, size: PageSize, flags: F) -> Result<(), Error> {
+        // The crate would rewrite a directory entry that points to a page
+        // table as if it mapped a 2 MiB page; refuse unless it really does.
+        if size == PageSize::Large {
+            match self.directory_entry(page) {
+                None => return Err(Error::NotMapped(page)),
+                Some(flags) if !flags.contains(F::HUGE_PAGE) => return Err(Error::SizeMismatch(page)),
+                Some(_) => {}
+            }
+        }
         let v = VirtAddr::try_new(page).map_err(|_| Error::Unaligned(page))?;
         // SAFETY: changes only the flags of a window page; the frame stays.
         let r = unsafe {
@@ -177,6 +198,24 @@ impl<'a> PageTables<'a> {
             FlagUpdateError::PageNotMapped => Error::NotMapped(page),
             FlagUpdateError::ParentEntryHugePage => Error::SizeMismatch(page),
         })
+    }
+
+    /// The flags of the present level-2 (page directory) entry covering
+    /// `addr`: a 2 MiB mapping if HUGE_PAGE is set, else a page table.
+    fn directory_entry(&self, addr: u64) -> Option<F> {
+        let offset = self.mapper.phys_offset().as_u64();
+        let mut table: &PageTable = self.mapper.level_4_table();
+        for level in [3u32, 2] {
+            let entry = &table[((addr >> (12 + 9 * level)) & 0x1ff) as usize];
+            if !entry.flags().contains(F::PRESENT) || entry.flags().contains(F::HUGE_PAGE) {
+                return None;
+            }
+            // SAFETY: a present, non-huge entry points to a table, which the
+            // constructor's contract makes addressable at `offset + phys`.
+            table = unsafe { &*((offset + entry.addr().as_u64()) as *const PageTable) };
+        }
+        let entry = &table[((addr >> 21) & 0x1ff) as usize];
+        entry.flags().contains(F::PRESENT).then(|| entry.flags())
     }
 
     /// The mapping covering `addr`, if any.
@@ -413,6 +452,15 @@ mod tests {
             Err(Error::SizeMismatch(page + 4096))
         );
         assert_eq!(pt.unmap(page, PageSize::Large), Ok(frame));
+        // Small pages under a 2 MiB slot: neither a large map nor a large
+        // flag change may treat their page table as a large page.
+        pt.map(page + 4096, Frame::from_addr(DATA).unwrap(), PageSize::Small, Protection::ReadWrite, &mut Tables(&mut next, 40)).unwrap();
+        assert_eq!(
+            pt.map(page, frame, PageSize::Large, Protection::ReadWrite, &mut Tables(&mut next, 40)),
+            Err(Error::SizeMismatch(page))
+        );
+        assert_eq!(pt.set_flags(page, PageSize::Large, flags_for(Protection::ReadOnly)), Err(Error::SizeMismatch(page)));
+        assert_eq!(pt.lookup(page + 4096).map(|m| m.size), Some(PageSize::Small));
     }
 
     #[test]

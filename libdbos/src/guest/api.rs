@@ -11,7 +11,7 @@ use crate::interrupts::{self, HookResult, InterruptFrame, PageFault};
 use crate::percpu::{self, Event};
 use crate::platform::{
     AccessBits, Capabilities, Error, EventCounts, EventHook, Fault, FaultHook, FaultResolution,
-    Frame, PageSize, Platform, Protection, Window, LARGE_PAGE_SIZE,
+    Frame, PageSize, Platform, Protection, Window, LARGE_PAGE_SIZE, PAGE_SIZE,
 };
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
@@ -152,10 +152,15 @@ impl Platform for GuestPlatform {
         if !in_window(page, 1) {
             return None;
         }
-        crate::paging::lookup(page).map(|m| m.frame)
+        // Inside a large mapping, the 4 KiB frame backing this page.
+        let m = crate::paging::lookup(page)?;
+        Frame::from_addr(m.frame.addr() + (page & (m.size.bytes() - 1) & !(PAGE_SIZE - 1)))
     }
 
     fn access_bits(&self, page: u64) -> Result<AccessBits, Error> {
+        if page % PAGE_SIZE != 0 {
+            return Err(Error::Unaligned(page));
+        }
         if !in_window(page, 1) {
             return Err(Error::NotInWindow(page));
         }
@@ -167,6 +172,9 @@ impl Platform for GuestPlatform {
     }
 
     fn clear_access_bits(&self, page: u64) -> Result<AccessBits, Error> {
+        if page % PAGE_SIZE != 0 {
+            return Err(Error::Unaligned(page));
+        }
         if !in_window(page, 1) {
             return Err(Error::NotInWindow(page));
         }

@@ -78,6 +78,9 @@ pub fn send_ipi(cpu: u32, vector: u8) {
 
 /// Starts (or with `None` stops) this CPU's periodic timer.
 pub fn set_timer(period_us: Option<u64>) {
+    crate::percpu::current()
+        .timer_on
+        .store(period_us.is_some(), core::sync::atomic::Ordering::Relaxed);
     match period_us {
         Some(us) => {
             write(X2APIC_TIMER_DIVIDE, DIVIDE_BY_1);

@@ -159,7 +159,8 @@ fn apic_interrupt(vector: u8) -> bool {
         WAKE => {}
         TLB => crate::smp::service_tlb_requests(),
         TIMER => {
-            if let Some(hook) = load_hook::<CpuHook>(&TIMER_HOOK) {
+            let running = crate::percpu::current().timer_on.load(Ordering::Relaxed);
+            if let Some(hook) = load_hook::<CpuHook>(&TIMER_HOOK).filter(|_| running) {
                 hook(cpu);
             }
         }

@@ -43,6 +43,9 @@ pub struct PerCpu {
     pub(crate) work_done: AtomicU64,
     /// Last remote-invalidation generation this CPU has carried out.
     pub(crate) tlb_done: AtomicU64,
+    /// Whether this CPU's timer is running; a tick latched before the timer
+    /// was stopped is dropped, so stopping it is synchronous for the hook.
+    pub(crate) timer_on: core::sync::atomic::AtomicBool,
 }
 
 static CPUS: [AtomicPtr<PerCpu>; MAX_VCPUS as usize] =
@@ -58,6 +61,7 @@ pub(crate) fn init(cpu: u32) {
         counters: [const { AtomicU64::new(0) }; EVENTS],
         work_done: AtomicU64::new(0),
         tlb_done: AtomicU64::new(0),
+        timer_on: core::sync::atomic::AtomicBool::new(false),
     }));
     area.self_ptr = area as *const PerCpu;
     GsBase::write(VirtAddr::from_ptr(area as *const PerCpu));

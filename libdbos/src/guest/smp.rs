@@ -140,7 +140,8 @@ pub(crate) fn service_tlb_requests() {
     let me = percpu::current();
     let generation = TLB_GENERATION.load(Ordering::Acquire);
     if generation > me.tlb_done.load(Ordering::Relaxed) {
-        crate::tlb::invalidate_local(TLB_PAGE.load(Ordering::Acquire));
+        // Counted once, as a remote invalidation, by the requesting CPU.
+        crate::tlb::invalidate_uncounted(TLB_PAGE.load(Ordering::Acquire));
         me.tlb_done.store(generation, Ordering::Release);
     }
 }

@@ -13,6 +13,11 @@ pub fn invalidate_local(page: u64) {
     percpu::count(Event::LocalInvalidation);
 }
 
+/// `invlpg page` without counting it (for work another CPU asked for and counted).
+pub(crate) fn invalidate_uncounted(page: u64) {
+    x86_64::instructions::tlb::flush(VirtAddr::new_truncate(page));
+}
+
 /// Drops every translation cached by this CPU (CR3 reload).
 pub fn flush_local() {
     let (frame, flags) = Cr3::read();
