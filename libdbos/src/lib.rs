@@ -14,11 +14,16 @@
 
 #[cfg(target_os = "none")]
 extern crate alloc;
+#[cfg(not(target_os = "none"))]
+extern crate std;
 
 pub mod abi;
+pub mod conformance;
 pub mod fmtbuf;
 pub mod pagetable;
 pub mod platform;
+#[cfg(not(target_os = "none"))]
+pub mod process;
 
 #[cfg(target_os = "none")]
 mod guest;

@@ -1,0 +1,392 @@
+//! Windows of the process platform: reserved address ranges, the record of
+//! which frame is mapped at which page, and the mapping system calls.
+//!
+//! A window is one `mmap(PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS |
+//! MAP_NORESERVE)`, 2 MiB aligned. Mapping frame `f` at a page replaces that
+//! page with `mmap(MAP_FIXED | MAP_SHARED)` of the memory file at offset
+//! `f.addr()`; unmapping replaces it with a fresh reserved page
+//! (`mmap(MAP_FIXED, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)`);
+//! a protection change is one `mprotect`. Each of these is one system call
+//! and one mapping-edit event (`pte_writes`).
+//!
+//! The record of mappings (the "page table" of the window) is two arrays of
+//! atomic entries, one per 4 KiB page and one per 2 MiB page, allocated as
+//! anonymous `MAP_NORESERVE` memory so that a huge window costs only the
+//! entries that are touched. An entry is `frame address | flags`; the `BUSY`
+//! flag is held while a system call edits the page, so that concurrent calls
+//! on one page serialise without a lock (a call that finds an entry busy
+//! spins, then yields, until it is not). Everything here is lock-free and
+//! async-signal-safe except [`reserve`], so the fault hook may map and unmap.
+//!
+//! Windows are registered in a fixed, append-only table of [`MAX_WINDOWS`]
+//! entries that the SIGSEGV handler searches without locks. Windows are never
+//! released (the trait has no call for it): a platform and its windows live
+//! until the process exits.
+//!
+//! Each mapped page that is not contiguous with its neighbours (in the file
+//! and in protection) is a separate kernel VMA, and Linux limits a process to
+//! `vm.max_map_count` VMAs (65530 by default): past that, `map` fails with
+//! `Error::Os("mmap", ENOMEM)`. Raise the sysctl for large buffer pools.
+
+use super::last_errno;
+use crate::platform::{Error, Frame, PageSize, Protection, LARGE_PAGE_SIZE, PAGE_SIZE};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::boxed::Box;
+use std::sync::Mutex;
+
+/// How many windows the whole process may reserve (all platforms together).
+pub const MAX_WINDOWS: usize = 1024;
+
+const BUSY: u64 = 1 << 0;
+const MAPPED: u64 = 1 << 1;
+const WRITE: u64 = 1 << 2;
+const FLAGS: u64 = PAGE_SIZE - 1;
+const SMALL_PER_LARGE: usize = (LARGE_PAGE_SIZE / PAGE_SIZE) as usize;
+
+static REGISTRY: [AtomicPtr<Window>; MAX_WINDOWS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_WINDOWS];
+static REGISTERED: AtomicUsize = AtomicUsize::new(0);
+static REGISTER: Mutex<()> = Mutex::new(());
+
+/// One reserved window and its mappings.
+pub(crate) struct Window {
+    /// Id of the platform that reserved it.
+    pub(crate) owner: usize,
+    pub(crate) base: u64,
+    pub(crate) len: u64,
+    small: &'static [AtomicU64],
+    large: &'static [AtomicU64],
+}
+
+/// Reserves a window of `len` bytes (a positive multiple of 2 MiB) for
+/// platform `owner`.
+pub(crate) fn reserve(owner: usize, len: u64) -> Result<&'static Window, Error> {
+    let _guard = REGISTER.lock().unwrap_or_else(|e| e.into_inner());
+    let slot = REGISTERED.load(Ordering::Relaxed);
+    if slot >= MAX_WINDOWS {
+        return Err(Error::OutOfAddressSpace(len));
+    }
+    let base = reserve_aligned(len)?;
+    let small = match zeroed_table(len / PAGE_SIZE) {
+        Ok(t) => t,
+        Err(e) => {
+            unmap_range(base, len);
+            return Err(e);
+        }
+    };
+    let large = match zeroed_table(len / LARGE_PAGE_SIZE) {
+        Ok(t) => t,
+        Err(e) => {
+            unmap_range(base, len);
+            unmap_range(small.as_ptr() as u64, len / PAGE_SIZE * 8);
+            return Err(e);
+        }
+    };
+    let window = Box::leak(Box::new(Window {
+        owner,
+        base,
+        len,
+        small,
+        large,
+    }));
+    REGISTRY[slot].store(window, Ordering::Release);
+    REGISTERED.store(slot + 1, Ordering::Release);
+    Ok(window)
+}
+
+/// The window containing `addr`, whoever owns it (lock-free, for the
+/// SIGSEGV handler).
+pub(crate) fn find(addr: u64) -> Option<&'static Window> {
+    let n = REGISTERED.load(Ordering::Acquire);
+    REGISTRY[..n].iter().find_map(|slot| {
+        let w = slot.load(Ordering::Acquire);
+        // SAFETY: registered windows are leaked boxes, never freed.
+        let w = unsafe { w.as_ref() }?;
+        (addr >= w.base && addr - w.base < w.len).then_some(w)
+    })
+}
+
+/// The window of platform `owner` containing `addr`.
+pub(crate) fn find_owned(owner: usize, addr: u64) -> Option<&'static Window> {
+    find(addr).filter(|w| w.owner == owner)
+}
+
+impl Window {
+    fn small_entry(&self, page: u64) -> &AtomicU64 {
+        &self.small[((page - self.base) / PAGE_SIZE) as usize]
+    }
+
+    fn large_entry(&self, page: u64) -> &AtomicU64 {
+        &self.large[((page - self.base) / LARGE_PAGE_SIZE) as usize]
+    }
+
+    /// The small entries covered by the large page at `page`.
+    fn small_entries_of(&self, page: u64) -> &[AtomicU64] {
+        let first = ((page - self.base) / PAGE_SIZE) as usize;
+        &self.small[first..first + SMALL_PER_LARGE]
+    }
+
+    fn entry(&self, page: u64, size: PageSize) -> &AtomicU64 {
+        match size {
+            PageSize::Small => self.small_entry(page),
+            PageSize::Large => self.large_entry(page),
+        }
+    }
+
+    /// Maps `frame` at `page` (aligned, inside this window; the frame inside
+    /// the memory file `fd`).
+    pub(crate) fn map(
+        &self,
+        page: u64,
+        frame: Frame,
+        size: PageSize,
+        prot: Protection,
+        fd: libc::c_int,
+    ) -> Result<(), Error> {
+        let entry = self.entry(page, size);
+        if claim(entry, |v| v & MAPPED == 0).is_err() {
+            return Err(Error::AlreadyMapped(page));
+        }
+        if self.conflicts(page, size) {
+            entry.store(0, Ordering::SeqCst);
+            return Err(Error::SizeMismatch(page));
+        }
+        // SAFETY: `page..page + size` is inside this window, which is ours;
+        // replacing it touches no memory outside the window.
+        let p = unsafe {
+            libc::mmap(
+                page as *mut libc::c_void,
+                size.bytes() as usize,
+                prot_bits(prot),
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd,
+                frame.addr() as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let e = last_errno();
+            entry.store(0, Ordering::Release);
+            return Err(Error::Os("mmap", e));
+        }
+        entry.store(frame.addr() | MAPPED | write_flag(prot), Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether a mapping of the other size overlaps `page` (`entry` for
+    /// `page` claimed by the caller). A small page waits for a busy large
+    /// entry; a large page does not wait for small ones (a busy one counts as
+    /// a conflict), so two such calls never wait for each other.
+    fn conflicts(&self, page: u64, size: PageSize) -> bool {
+        match size {
+            PageSize::Small => {
+                let large = self.large_entry(page & !(LARGE_PAGE_SIZE - 1));
+                wait_not_busy(large) & MAPPED != 0
+            }
+            PageSize::Large => self
+                .small_entries_of(page)
+                .iter()
+                .any(|e| e.load(Ordering::SeqCst) != 0),
+        }
+    }
+
+    /// The error for an operation on `page` of `size` that is not mapped.
+    fn not_mapped(&self, page: u64, size: PageSize) -> Error {
+        let other = match size {
+            PageSize::Small => {
+                self.large_entry(page & !(LARGE_PAGE_SIZE - 1))
+                    .load(Ordering::Acquire)
+                    & MAPPED
+                    != 0
+            }
+            PageSize::Large => self
+                .small_entries_of(page)
+                .iter()
+                .any(|e| e.load(Ordering::Acquire) & MAPPED != 0),
+        };
+        if other {
+            Error::SizeMismatch(page)
+        } else {
+            Error::NotMapped(page)
+        }
+    }
+
+    /// Unmaps `page` (back to reserved) and returns its frame.
+    pub(crate) fn unmap(&self, page: u64, size: PageSize) -> Result<Frame, Error> {
+        let entry = self.entry(page, size);
+        let Ok(old) = claim(entry, |v| v & MAPPED != 0) else {
+            return Err(self.not_mapped(page, size));
+        };
+        // SAFETY: as in `map`: the range is inside our window.
+        let p = unsafe {
+            libc::mmap(
+                page as *mut libc::c_void,
+                size.bytes() as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let e = last_errno();
+            entry.store(old, Ordering::Release);
+            return Err(Error::Os("mmap", e));
+        }
+        entry.store(0, Ordering::Release);
+        Ok(frame_of(old))
+    }
+
+    /// Changes the protection of mapped `page`.
+    pub(crate) fn protect(&self, page: u64, size: PageSize, prot: Protection) -> Result<(), Error> {
+        let entry = self.entry(page, size);
+        let Ok(old) = claim(entry, |v| v & MAPPED != 0) else {
+            return Err(self.not_mapped(page, size));
+        };
+        // SAFETY: as in `map`: the range is inside our window.
+        let r = unsafe {
+            libc::mprotect(
+                page as *mut libc::c_void,
+                size.bytes() as usize,
+                prot_bits(prot),
+            )
+        };
+        if r != 0 {
+            let e = last_errno();
+            entry.store(old, Ordering::Release);
+            return Err(Error::Os("mprotect", e));
+        }
+        entry.store(
+            (old & !FLAGS) | MAPPED | write_flag(prot),
+            Ordering::Release,
+        );
+        Ok(())
+    }
+
+    /// The frame mapped at small page `page` (aligned, inside the window):
+    /// its own, or the matching 4 KiB part of a large frame.
+    pub(crate) fn translate(&self, page: u64) -> Option<Frame> {
+        let small = self.small_entry(page).load(Ordering::Acquire);
+        if small & MAPPED != 0 {
+            return Some(frame_of(small));
+        }
+        let large_page = page & !(LARGE_PAGE_SIZE - 1);
+        let large = self.large_entry(large_page).load(Ordering::Acquire);
+        (large & MAPPED != 0).then(|| frame_of(large + (page - large_page)))
+    }
+}
+
+/// Waits while `entry` is busy, then sets `BUSY` on it if `accept` takes its
+/// value. Returns the value before, or `Err` with the value refused.
+fn claim(entry: &AtomicU64, accept: impl Fn(u64) -> bool) -> Result<u64, u64> {
+    loop {
+        let v = wait_not_busy(entry);
+        if !accept(v) {
+            return Err(v);
+        }
+        if entry
+            .compare_exchange(v, v | BUSY, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return Ok(v);
+        }
+    }
+}
+
+/// The entry's value once it is not busy.
+fn wait_not_busy(entry: &AtomicU64) -> u64 {
+    let mut spins = 0u32;
+    loop {
+        let v = entry.load(Ordering::SeqCst);
+        if v & BUSY == 0 {
+            return v;
+        }
+        spins += 1;
+        if spins < 128 {
+            core::hint::spin_loop();
+        } else {
+            // SAFETY: sched_yield has no preconditions (and is async-signal-safe).
+            unsafe { libc::sched_yield() };
+        }
+    }
+}
+
+fn frame_of(entry: u64) -> Frame {
+    Frame::from_addr(entry & !FLAGS)
+        .unwrap_or_else(|| unreachable!("entries hold page-aligned frames"))
+}
+
+fn write_flag(prot: Protection) -> u64 {
+    match prot {
+        Protection::ReadOnly => 0,
+        Protection::ReadWrite => WRITE,
+    }
+}
+
+fn prot_bits(prot: Protection) -> libc::c_int {
+    match prot {
+        Protection::ReadOnly => libc::PROT_READ,
+        Protection::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
+    }
+}
+
+/// Reserves `len` bytes, 2 MiB aligned: over-reserve by 2 MiB and trim.
+fn reserve_aligned(len: u64) -> Result<u64, Error> {
+    let total = len
+        .checked_add(LARGE_PAGE_SIZE)
+        .ok_or(Error::OutOfAddressSpace(len))?;
+    // SAFETY: a fresh reservation chosen by the kernel.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            total as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(match last_errno() {
+            libc::ENOMEM => Error::OutOfAddressSpace(len),
+            e => Error::Os("mmap", e),
+        });
+    }
+    let start = p as u64;
+    let base = start.next_multiple_of(LARGE_PAGE_SIZE);
+    if base > start {
+        unmap_range(start, base - start);
+    }
+    let end = start + total;
+    if end > base + len {
+        unmap_range(base + len, end - (base + len));
+    }
+    Ok(base)
+}
+
+/// A zero-filled array of `n` atomic entries in fresh anonymous memory.
+fn zeroed_table(n: u64) -> Result<&'static [AtomicU64], Error> {
+    // SAFETY: a fresh private anonymous mapping chosen by the kernel.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            (n * 8) as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Error::OutOfAddressSpace(n * PAGE_SIZE));
+    }
+    // SAFETY: the mapping is `n * 8` zeroed, suitably aligned bytes that
+    // nothing else references and that are never unmapped; all-zero bytes are
+    // valid `AtomicU64`s.
+    Ok(unsafe { core::slice::from_raw_parts(p as *const AtomicU64, n as usize) })
+}
+
+/// Releases address space this module reserved and does not use.
+fn unmap_range(addr: u64, len: u64) {
+    // SAFETY: callers pass ranges they reserved themselves and never use.
+    unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) };
+}
