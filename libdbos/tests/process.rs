@@ -383,6 +383,52 @@ fn hooks_allocate_and_map_in_signal_context() {
     }
 }
 
+static NESTED_PAGE: AtomicU64 = AtomicU64::new(0);
+static NESTED_READS: AtomicU64 = AtomicU64::new(0);
+
+/// Reads an unmapped window page from the timer hook: the fault hook runs
+/// inside the timer handler and maps it.
+fn nested_timer_hook(_cpu: usize) {
+    let page = NESTED_PAGE.load(Ordering::SeqCst);
+    // SAFETY: a window page; the fault hook maps a frame holding `page`.
+    let v = unsafe { std::ptr::read_volatile(page as *const u64) };
+    if v == page {
+        NESTED_READS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn fault_inside_a_timer_hook_reaches_the_fault_hook() {
+    let _g = serial();
+    let p = *STRESS.get_or_init(|| {
+        ProcessPlatform::new(Config {
+            frames: 4096,
+            cpus: CPUS,
+            ..Config::default()
+        })
+        .unwrap()
+    });
+    let w = p.reserve(LARGE_PAGE_SIZE).unwrap();
+    NESTED_PAGE.store(w.page(9), Ordering::SeqCst);
+    p.set_fault_hook(Some(stress_fault_hook));
+    p.set_timer_hook(Some(nested_timer_hook));
+    let before = p.counters();
+    p.set_timer(Some(1000)).unwrap();
+    let start = std::time::Instant::now();
+    while NESTED_READS.load(Ordering::SeqCst) < 3 && start.elapsed().as_secs() < 5 {
+        std::hint::spin_loop();
+    }
+    p.set_timer(None).unwrap();
+    p.set_timer_hook(None);
+    p.set_fault_hook(None);
+    assert!(NESTED_READS.load(Ordering::SeqCst) >= 3);
+    // Only the first read faulted; the page stayed mapped.
+    assert_eq!(p.counters().since(&before).faults, 1);
+    let f = p.unmap(w.page(9), PageSize::Small).unwrap();
+    // SAFETY: unmapped, not used again.
+    unsafe { p.free_frame(f, PageSize::Small) };
+}
+
 #[test]
 fn errno_survives_a_fault() {
     let _g = serial();
@@ -605,6 +651,7 @@ fn reserve_rounds_and_limits() {
 
 #[test]
 fn cpus_are_worker_threads() {
+    let _g = serial();
     let p = ProcessPlatform::new(Config {
         frames: 512,
         cpus: 3,

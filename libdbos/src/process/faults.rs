@@ -40,6 +40,9 @@
 //!
 //! The handler is async-signal-safe: it allocates nothing and takes no lock;
 //! it preserves `errno`. The timer and IPI signals are blocked while it runs.
+//! It runs on the faulting thread's own stack (no `SA_ONSTACK`), so a hook has
+//! the room of ordinary code; the price is that a stack overflow kills the
+//! process without Rust's "has overflowed its stack" message.
 
 use super::{cpus, platform_by_id, windows, ErrnoGuard};
 use crate::fmtbuf::FmtBuf;

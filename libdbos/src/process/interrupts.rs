@@ -17,8 +17,10 @@
 //! `SIGRTMIN` itself is left alone (the hypervisor uses it in the VMM
 //! process). Both signals carry `(platform id, cpu)` in their value, so the
 //! handlers find their platform without locks. While a timer, IPI or fault
-//! handler runs, the other two signals are blocked (as an interrupt gate
-//! masks interrupts), so hooks never nest.
+//! handler runs, the timer and IPI signals are blocked (as an interrupt gate
+//! masks interrupts), so timer and IPI hooks never nest; a timer or IPI hook
+//! that touches an unmapped window page enters the fault hook, as a guest
+//! interrupt handler may page-fault.
 //!
 //! `set_timer` and `send_ipi` are not async-signal-safe (`set_timer` takes a
 //! lock); hooks must not call them.

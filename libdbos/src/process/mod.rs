@@ -417,8 +417,10 @@ fn install_handlers() -> Result<(), Error> {
     })
 }
 
-/// Installs `handler` (SA_SIGINFO) for `sig`, blocking SIGSEGV and the timer
-/// and IPI signals while it runs; returns the previous action.
+/// Installs `handler` (SA_SIGINFO) for `sig`, blocking the timer and IPI
+/// signals while it runs (and `sig` itself: SIGSEGV stays deliverable in the
+/// timer and IPI handlers, so a hook there may fault into the fault hook, as
+/// a guest interrupt handler may page-fault); returns the previous action.
 fn install(sig: libc::c_int, handler: usize, flags: libc::c_int) -> Result<libc::sigaction, Error> {
     // SAFETY: all-zero sigactions are valid; the mask is initialised with
     // sigemptyset before use; the handler has the SA_SIGINFO signature.
@@ -427,7 +429,6 @@ fn install(sig: libc::c_int, handler: usize, flags: libc::c_int) -> Result<libc:
         action.sa_sigaction = handler;
         action.sa_flags = libc::SA_SIGINFO | flags;
         libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaddset(&mut action.sa_mask, libc::SIGSEGV);
         libc::sigaddset(&mut action.sa_mask, timer_signal());
         libc::sigaddset(&mut action.sa_mask, ipi_signal());
         let mut previous: libc::sigaction = core::mem::zeroed();
