@@ -1,5 +1,5 @@
 //! Event counters of the process platform: one cache-line-aligned block of
-//! atomics per CPU (worker thread), summed on [`Counters::sum`], plus the
+//! atomics per CPU (worker thread), summed on `Counters::sum`, plus the
 //! kernel's TLB-shootdown count read from `/proc/interrupts`.
 //!
 //! Counting is a relaxed `fetch_add` on the calling CPU's block, so it is

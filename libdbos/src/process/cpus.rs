@@ -2,11 +2,11 @@
 //! per configured CPU.
 //!
 //! Worker `i` is CPU `i`: it records its index in a thread-local, so
-//! [`cpu_id`] is one thread-local read. Every other thread (the one that
+//! `cpu_id` is one thread-local read. Every other thread (the one that
 //! created the platform, test threads, ...) is **CPU 0** for that platform:
 //! its calls are counted as CPU 0's and its faults report `cpu = 0`.
 //!
-//! [`Pool::run_on_all`] hands a closure to every worker at once and waits
+//! `Pool::run_on_all` hands a closure to every worker at once and waits
 //! until all have returned (calls from several threads take turns; a call
 //! from inside a worker would wait for itself and panics instead). The
 //! workers stay alive between calls, blocked on a condition variable, so they

@@ -1,6 +1,6 @@
 //! Frames of the process platform: the pages of one memory file.
 //!
-//! [`Frames::new`] creates a `memfd` of the configured capacity and maps the
+//! `Frames::new` creates a `memfd` of the configured capacity and maps the
 //! whole file once, `MAP_SHARED`, as the *direct map*: frame `f` lives at
 //! file offset `f.addr()` and its contents at `base + f.addr()`, whether or
 //! not (and wherever) it is also mapped in a window. Mapping a frame in a

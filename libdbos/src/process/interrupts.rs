@@ -1,14 +1,14 @@
 //! Timer and inter-processor interrupts of the process platform, as
 //! real-time signals.
 //!
-//! - **Timer**: [`Interrupts::set_timer`] creates a POSIX timer
+//! - **Timer**: `Interrupts::set_timer` creates a POSIX timer
 //!   (`timer_create(CLOCK_MONOTONIC)` with `SIGEV_THREAD_ID`) that sends
 //!   [`timer_signal`] (`SIGRTMIN + 3`) to the calling thread every period;
 //!   the handler calls the timer hook with the calling thread's CPU index.
 //!   One timer per CPU index: a second `set_timer` on the same CPU re-arms
 //!   it (and moves it to the calling thread if another thread with the same
 //!   index, such as a non-worker thread for CPU 0, made the first).
-//! - **IPI**: [`Interrupts::send_ipi`] queues [`ipi_signal`] (`SIGRTMIN + 4`)
+//! - **IPI**: `send_ipi` queues [`ipi_signal`] (`SIGRTMIN + 4`)
 //!   to the target CPU's worker thread with `pthread_sigqueue`; its handler
 //!   calls the IPI hook there. Real-time signals queue, so every IPI sent runs
 //!   the hook once. The workers live as long as the platform, so an IPI can

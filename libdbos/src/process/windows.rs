@@ -16,7 +16,7 @@
 //! flag is held while a system call edits the page, so that concurrent calls
 //! on one page serialise without a lock (a call that finds an entry busy
 //! spins, then yields, until it is not). Everything here is lock-free and
-//! async-signal-safe except [`reserve`], so the fault hook may map and unmap.
+//! async-signal-safe except `reserve`, so the fault hook may map and unmap.
 //!
 //! Windows are registered in a fixed, append-only table of [`MAX_WINDOWS`]
 //! entries that the SIGSEGV handler searches without locks. Windows are never
