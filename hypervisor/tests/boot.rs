@@ -348,6 +348,7 @@ fn smp_run_on_all_ipis_and_timer() {
     assert_eq!(
         report.console,
         vec![
+            "[vcpu0] barrier: missed=0",
             // cpu 0 adds 1 and cpu 1 adds 2; both bits seen.
             "[vcpu0] run_on_all: sum=3 seen=0b11",
             "[vcpu0] ipi ran on cpu 1",

@@ -24,6 +24,7 @@ pub mod pagetable;
 pub mod platform;
 #[cfg(not(target_os = "none"))]
 pub mod process;
+pub mod sync;
 
 #[cfg(target_os = "none")]
 mod guest;

@@ -215,6 +215,20 @@ fn smp() -> u8 {
         PER_CPU_SUM.fetch_add(cpu as u64 + 1, Ordering::Relaxed);
         SEEN_CPUS.fetch_or(1 << libdbos::percpu::cpu_id(), Ordering::Relaxed);
     });
+    // Every CPU stops at the barrier twice; between the rounds all of them
+    // must see every other CPU's first increment.
+    static ROUND1: AtomicU64 = AtomicU64::new(0);
+    static MISSED: AtomicU64 = AtomicU64::new(0);
+    let barrier = libdbos::sync::Barrier::new(n);
+    libdbos::smp::run_on_all(&|_| {
+        ROUND1.fetch_add(1, Ordering::SeqCst);
+        barrier.wait();
+        if ROUND1.load(Ordering::SeqCst) != n as u64 {
+            MISSED.fetch_add(1, Ordering::SeqCst);
+        }
+        barrier.wait();
+    });
+    println!("barrier: missed={}", MISSED.load(Ordering::SeqCst));
     println!(
         "run_on_all: sum={} seen={:#b}",
         PER_CPU_SUM.load(Ordering::Relaxed),
