@@ -8,9 +8,10 @@
 //! panics (a panic stops a guest). [`checks`] lists them by name and
 //! [`run_all`] runs them in order. The suite uses only `core` (no heap, no
 //! floating point) and keeps each check to a few thousand operations, so it
-//! runs in the guest's emulated ring 0. From a guest:
+//! runs in the guest's emulated ring 0. From a guest (the complete program is
+//! `examples/src/bin/platform.rs`, which the hypervisor's tests boot):
 //!
-//! ```ignore
+//! ```text
 //! let passed = libdbos::conformance::run_all(platform, |name, result| match result {
 //!     Ok(()) => log::info!("conformance {name}: ok"),
 //!     Err(failure) => log::error!("{failure}"),
