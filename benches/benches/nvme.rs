@@ -53,7 +53,14 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_function("queue_pair", |b| {
             b.iter_custom(|n| {
-                run_queue_pair(&file, w, Budget::ops(n), PollerConfig::default(), UringConfig::default()).elapsed
+                run_queue_pair(
+                    &file,
+                    w,
+                    Budget::ops(n),
+                    PollerConfig::default(),
+                    UringConfig::default(),
+                )
+                .elapsed
             })
         });
         g.finish();

@@ -8,7 +8,7 @@
 //! - queue pair mean latency <= 1.2x `pread`'s at QD1.
 //!
 //! Usage: `nvme-compare [--file PATH] [--size-mib N] [--seconds S] [--only NAME]
-//! [--spin-us N] [--coop-taskrun]` (the last two tune the poller)
+//! [--spin-us N] [--no-coop-taskrun]` (the last two tune the poller)
 //! (default file: `nvme-bench.img` in the system temp dir, 1024 MiB, 3 s per run).
 
 use dbos_benches::nvme::{
@@ -50,10 +50,10 @@ fn parse_args() -> Result<Args, String> {
                 let us: u64 = val()?.parse().map_err(|e| format!("--spin-us: {e}"))?;
                 args.poller.spin = Duration::from_micros(us);
             }
-            "--coop-taskrun" => args.uring.coop_taskrun = true,
+            "--no-coop-taskrun" => args.uring.coop_taskrun = false,
             "-h" | "--help" => {
                 return Err(
-                    "usage: nvme-compare [--file PATH] [--size-mib N] [--seconds S] [--only NAME] [--spin-us N] [--coop-taskrun]"
+                    "usage: nvme-compare [--file PATH] [--size-mib N] [--seconds S] [--only NAME] [--spin-us N] [--no-coop-taskrun]"
                         .into(),
                 )
             }
@@ -71,6 +71,36 @@ fn row(method: &str, s: &Summary) {
         "  {method:<12} {:>10.0} {:>10.1} {:>10.1} {:>10.1} {:>10} {:>12}",
         s.iops, s.mean_us, s.p50_us, s.p99_us, s.ops, bells
     );
+}
+
+/// CPU time (seconds) used so far by the whole machine, and by this
+/// process and its waited-for children (fio), from /proc/stat and getrusage.
+fn cpu_seconds() -> (f64, f64) {
+    let ticks = 100.0; // USER_HZ
+    let total = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().next()?.to_string();
+            // user nice system idle iowait irq softirq steal
+            let v: Vec<f64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some((v.iter().take(8).sum::<f64>() - v.get(3)? - v.get(4)?) / ticks)
+        })
+        .unwrap_or(0.0);
+    let usage = |who| {
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage fills the struct we own.
+        unsafe { libc::getrusage(who, &mut ru) };
+        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        t(ru.ru_utime) + t(ru.ru_stime)
+    };
+    (
+        total,
+        usage(libc::RUSAGE_SELF) + usage(libc::RUSAGE_CHILDREN),
+    )
 }
 
 fn main() {
@@ -134,6 +164,8 @@ fn main() {
             continue;
         }
         println!("{}", w.name());
+        let (total0, ours0) = cpu_seconds();
+        let wall0 = std::time::Instant::now();
         let pread = run_pread(&file, w, budget);
         row("pread", &pread);
         let uring = run_uring(&file, w, budget);
@@ -148,6 +180,13 @@ fn main() {
         if let Some(f) = &fio {
             row("fio", f);
         }
+        let (total1, ours1) = cpu_seconds();
+        let other = ((total1 - total0) - (ours1 - ours0)).max(0.0);
+        println!(
+            "  other processes used {:.2} of {} CPUs during these runs",
+            other / wall0.elapsed().as_secs_f64(),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
         print!("  ratios: qp/io_uring IOPS {:.2}", qp.iops / uring.iops);
         if let Some(f) = &fio {
             print!(", qp/fio IOPS {:.2}", qp.iops / f.iops);

@@ -31,16 +31,21 @@ pub struct UringConfig {
     /// Submission ring entries (rounded up to a power of two, at least
     /// [`MIN_ENTRIES`]); the completion ring has twice as many.
     pub entries: u32,
-    /// `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG`: the kernel
-    /// does not interrupt the polling thread to post completions; the
-    /// backend enters the kernel to collect them when the ring flags say
-    /// some are waiting.
+    /// `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG` (default on):
+    /// the kernel does not interrupt the polling thread to post completions;
+    /// the backend enters the kernel to collect them when the ring flags say
+    /// some are waiting. Without it, completions of a spinning poller are
+    /// posted by interrupting it, which measured 3-4x fewer IOPS at queue
+    /// depth 32 here (see `nvme-compare --no-coop-taskrun`).
     pub coop_taskrun: bool,
 }
 
 impl Default for UringConfig {
     fn default() -> Self {
-        UringConfig { entries: MIN_ENTRIES, coop_taskrun: false }
+        UringConfig {
+            entries: MIN_ENTRIES,
+            coop_taskrun: true,
+        }
     }
 }
 
