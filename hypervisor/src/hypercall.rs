@@ -4,11 +4,12 @@
 //! it ends the guest with a [`HypercallError`] naming the call.
 
 use crate::console::Console;
+use crate::disk::Disk;
 use crate::files::Files;
 use crate::memory::{GuestRam, MemoryError};
 use libdbos::abi::{
     ClockArgs, ConsoleArgs, ExitArgs, FaultArgs, FileArgs, FileIoArgs, FileOpenArgs, GuestBuf,
-    Hypercall, PanicArgs, Pod, StatsArgs, MAX_FILE_IO, MAX_FILE_NAME,
+    Hypercall, NvmeInfoArgs, NvmeQueueArgs, PanicArgs, Pod, StatsArgs, MAX_FILE_IO, MAX_FILE_NAME,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -82,6 +83,8 @@ pub struct Server<'a> {
     pub stats_calls: &'a AtomicU64,
     /// Files the user authorised.
     pub files: &'a Files,
+    /// The NVMe disk, if the VM has one.
+    pub disk: Option<&'a Disk>,
 }
 
 impl Server<'_> {
@@ -186,6 +189,43 @@ impl Server<'_> {
                     self.files.size(args.handle)
                 };
                 self.write_back(call, addr, &args)
+            }
+            Hypercall::NvmeInfo => {
+                let mut args: NvmeInfoArgs = self.args(call, addr)?;
+                args.blocks = self.disk.map_or(0, Disk::blocks);
+                args.block_size = dbos_nvme::BLOCK_SIZE;
+                self.write_back(call, addr, &args)
+            }
+            Hypercall::NvmeCreateQueue => {
+                let mut args: NvmeQueueArgs = self.args(call, addr)?;
+                args.status = match (self.disk, u16::try_from(args.depth)) {
+                    (None, _) => -i64::from(libc::ENODEV),
+                    (Some(_), Err(_)) => -i64::from(libc::EINVAL),
+                    (Some(disk), Ok(depth)) => {
+                        let config = dbos_nvme::QueuePairConfig {
+                            sq_addr: args.sq_addr,
+                            cq_addr: args.cq_addr,
+                            doorbell_addr: args.doorbell_addr,
+                            event_idx_addr: args.event_idx_addr,
+                            depth,
+                            _reserved: [0; 3],
+                        };
+                        match disk.add_queue(config) {
+                            Ok(id) => i64::from(id),
+                            Err(e) => {
+                                log::warn!("vCPU {vcpu}: queue pair refused: {e}");
+                                -i64::from(libc::EINVAL)
+                            }
+                        }
+                    }
+                };
+                self.write_back(call, addr, &args)
+            }
+            Hypercall::NvmeDoorbell => {
+                if let Some(disk) = self.disk {
+                    disk.ring();
+                }
+                Ok(Outcome::Continue)
             }
             Hypercall::Clock => {
                 let mut args: ClockArgs = self.args(call, addr)?;
@@ -298,6 +338,7 @@ mod tests {
             exits: &EXITS,
             stats_calls: &STATS,
             files,
+            disk: None,
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod boot;
 pub mod console;
+pub mod disk;
 pub mod elf;
 pub mod files;
 pub mod hypercall;

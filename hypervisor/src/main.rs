@@ -62,6 +62,23 @@ struct RunArgs {
     #[arg(long = "file", value_name = "NAME=PATH")]
     files: Vec<dbos_hypervisor::files::FileGrant>,
 
+    /// An NVMe disk backed by this file (opened with O_DIRECT), served by a
+    /// host poller thread through queue pairs in guest memory.
+    #[arg(long, value_name = "PATH")]
+    disk: Option<PathBuf>,
+
+    /// Create the --disk file with this size (K, M, G suffixes) if it does
+    /// not exist. An existing file keeps its size; a different --disk-size is
+    /// an error (a disk is never resized silently).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE", requires = "disk")]
+    disk_size: Option<u64>,
+
+    /// Microseconds the disk poller keeps polling without work before it
+    /// parks; while it polls, I/O costs the guest no VM exit. Where ring 0 is
+    /// emulated (no VT-x), guests need milliseconds between I/Os.
+    #[arg(long, default_value_t = 200, value_name = "US", requires = "disk")]
+    disk_spin_us: u64,
+
     /// Print how many VM exits the run took, by kind, on stderr.
     #[arg(long)]
     stats: bool,
@@ -102,6 +119,10 @@ fn run(args: RunArgs) -> ExitCode {
         args: args.args,
         kvm_device: args.kvm_device,
         files: args.files,
+        disk: args.disk.map(|path| dbos_hypervisor::disk::DiskConfig {
+            poll_spin: std::time::Duration::from_micros(args.disk_spin_us),
+            ..dbos_hypervisor::disk::DiskConfig::new(path, args.disk_size)
+        }),
         echo_console: true,
         capture_console: false,
         ..VmConfig::default()

@@ -275,4 +275,6 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// Console lines, when capture was enabled.
     pub console: Vec<String>,
+    /// The disk poller's counters, when the VM had a disk.
+    pub disk: Option<dbos_nvme::host::PollerStats>,
 }

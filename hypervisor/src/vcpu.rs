@@ -123,6 +123,7 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
         exits: &shared.exits,
         stats_calls: &shared.stats_calls,
         files: &shared.files,
+        disk: shared.disk.as_ref(),
     };
     loop {
         if shared.stopping.load(Ordering::Acquire) {

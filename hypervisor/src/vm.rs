@@ -3,6 +3,7 @@
 
 use crate::boot::{self, BootError, BootState};
 use crate::console::Console;
+use crate::disk::{Disk, DiskConfig, DiskError};
 use crate::elf::{ElfError, Image};
 use crate::files::{FileGrant, FileOpenError, Files};
 use crate::layout::{Layout, MemoryTooSmall, PAGE};
@@ -39,6 +40,8 @@ pub struct VmConfig {
     pub capture_console: bool,
     /// Host files the guest may open by name (`--file NAME=PATH`).
     pub files: Vec<FileGrant>,
+    /// The NVMe disk, if any (`--disk PATH [--disk-size SIZE]`).
+    pub disk: Option<DiskConfig>,
     /// The ABI version written into the boot information. Only for testing
     /// the guest's version check: the default is `abi::ABI_VERSION`.
     pub abi_version: u32,
@@ -54,6 +57,7 @@ impl Default for VmConfig {
             echo_console: true,
             capture_console: false,
             files: Vec::new(),
+            disk: None,
             abi_version: boot::DEFAULT_ABI_VERSION,
         }
     }
@@ -95,6 +99,8 @@ pub enum VmError {
     Boot(#[from] BootError),
     #[error(transparent)]
     File(#[from] FileOpenError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
 }
@@ -112,6 +118,7 @@ pub(crate) struct Shared {
     pub exits: AtomicU64,
     pub stats_calls: AtomicU64,
     pub files: Files,
+    pub disk: Option<Disk>,
     /// Set once the guest has stopped; vCPU loops return when they see it.
     pub stopping: AtomicBool,
     exit: Mutex<Option<GuestExit>>,
@@ -142,6 +149,7 @@ pub struct Vm {
     config: VmConfig,
     layout: Layout,
     files: Files,
+    disk: Option<Disk>,
     started: Instant,
 }
 
@@ -199,7 +207,7 @@ impl Vm {
         let layout = Layout::plan(config.memory, &image, config.vcpus)?;
 
         let kvm = open_kvm(&config.kvm_device)?;
-        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let vm = create_vm(&kvm)?;
         if let Err(e) = vm.set_tss_address(0xfffb_d000) {
             log::debug!("KVM_SET_TSS_ADDR failed ({e}); not needed for a long-mode guest");
         }
@@ -266,6 +274,11 @@ impl Vm {
             layout.heap.end
         );
         let files = Files::open(&config.files)?;
+        let disk = config
+            .disk
+            .as_ref()
+            .map(|d| Disk::start(d, &ram))
+            .transpose()?;
         Ok(Vm {
             vcpus,
             _vm: vm,
@@ -274,6 +287,7 @@ impl Vm {
             config,
             layout,
             files,
+            disk,
             started,
         })
     }
@@ -298,6 +312,7 @@ impl Vm {
             exits: AtomicU64::new(0),
             stats_calls: AtomicU64::new(0),
             files: std::mem::take(&mut self.files),
+            disk: self.disk.take(),
             stopping: AtomicBool::new(false),
             exit: Mutex::new(None),
             stopped: Condvar::new(),
@@ -350,13 +365,31 @@ impl Vm {
             exits_per_vcpu.push(counts);
         }
         shared.console.flush();
+        let disk = shared.disk.as_ref().and_then(Disk::stop);
         Ok(RunReport {
             exit,
             exits,
             exits_per_vcpu,
             elapsed,
             console: shared.console.captured(),
+            disk,
         })
+    }
+}
+
+/// `KVM_CREATE_VM`, retried while it reports EINTR: it is interruptible, and
+/// here it was seen to fail that way while a previous VM of the process was
+/// still being torn down.
+fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
+    let mut tries = 0;
+    loop {
+        match kvm.create_vm() {
+            Err(e) if e.errno() == libc::EINTR && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other.map_err(kvm_err("KVM_CREATE_VM")),
+        }
     }
 }
 

@@ -191,11 +191,19 @@ pub enum Hypercall {
     FileFlush = 9,
     /// The current size of an open file ([`FileArgs`]).
     FileSize = 10,
+    /// Describe the NVMe disk ([`NvmeInfoArgs`]).
+    NvmeInfo = 11,
+    /// Register a queue pair with the host's poller ([`NvmeQueueArgs`]).
+    NvmeCreateQueue = 12,
+    /// The real (exiting) NVMe doorbell: wakes the parked poller. The value
+    /// written is ignored; the driver rings it only when the poller has said
+    /// (through the shadow doorbells' event indexes) that it is going idle.
+    NvmeDoorbell = 13,
 }
 
 impl Hypercall {
     /// All calls, in number order.
-    pub const ALL: [Hypercall; 11] = [
+    pub const ALL: [Hypercall; 14] = [
         Self::Console,
         Self::Exit,
         Self::Panic,
@@ -207,6 +215,9 @@ impl Hypercall {
         Self::FileWrite,
         Self::FileFlush,
         Self::FileSize,
+        Self::NvmeInfo,
+        Self::NvmeCreateQueue,
+        Self::NvmeDoorbell,
     ];
 
     /// The call for an I/O port, `None` if the port is not a hypercall port.
@@ -383,6 +394,36 @@ unsafe impl Pod for FileIoArgs {}
 // SAFETY: as above.
 unsafe impl Pod for FileArgs {}
 
+/// Arguments of [`Hypercall::NvmeInfo`]; written by the host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NvmeInfoArgs {
+    /// Capacity in logical blocks (0: the VM has no disk).
+    pub blocks: u64,
+    /// Bytes per logical block.
+    pub block_size: u64,
+}
+
+/// Arguments of [`Hypercall::NvmeCreateQueue`]: where the queue pair lives,
+/// in guest-physical addresses (the layout of `dbos_nvme::QueuePairConfig`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NvmeQueueArgs {
+    pub sq_addr: u64,
+    pub cq_addr: u64,
+    pub doorbell_addr: u64,
+    pub event_idx_addr: u64,
+    pub depth: u64,
+    /// Written by the host: the queue id (>= 0), or a negative errno
+    /// (`-ENODEV` without a disk, `-EINVAL` for a bad layout).
+    pub status: i64,
+}
+
+// SAFETY: #[repr(C)], integer fields only, no padding.
+unsafe impl Pod for NvmeInfoArgs {}
+// SAFETY: as above.
+unsafe impl Pod for NvmeQueueArgs {}
+
 /// Exception vectors 0..32 by name, for reports on both sides.
 pub fn exception_name(vector: u64) -> &'static str {
     match vector {
@@ -450,7 +491,7 @@ mod tests {
             assert_eq!(Hypercall::from_port(call.port()), Some(call));
         }
         assert_eq!(Hypercall::from_port(HYPERCALL_PORT_BASE - 1), None);
-        assert_eq!(Hypercall::from_port(HYPERCALL_PORT_BASE + 11), None);
+        assert_eq!(Hypercall::from_port(HYPERCALL_PORT_BASE + 14), None);
         assert_eq!(Hypercall::from_port(0x3f8), None);
     }
 

@@ -36,6 +36,7 @@ fn main() -> u8 {
         "triple-fault" => triple_fault(),
         "smp" => smp(),
         "files" => files(),
+        "nvme" => nvme(),
         "panic" => panic!("scenario panic with value {}", 42),
         "bad-pointer" => {
             println!("passing an address beyond guest memory to the console call");
@@ -292,6 +293,68 @@ fn files() -> u8 {
     println!("window round trip={}", &back == b"across pages");
     let bad = HostFile::from_raw_handle(99).size();
     println!("bad handle: {}", bad == Err(Errno(9)));
+    0
+}
+
+fn nvme() -> u8 {
+    extern crate alloc;
+    use libdbos::nvme::{self, dma};
+    use libdbos::platform::Platform;
+    use nvme_format::{Command, DataPtr, DriverError, Lba, NvmeError};
+    let info = nvme::info().expect("the VM has a disk");
+    println!("disk: {} blocks of {} bytes", info.blocks, info.block_size);
+    let mut qp = nvme::queue_pair(16).expect("queue pair");
+    // Two 4 KiB-aligned, physically contiguous buffers of two blocks each.
+    let layout = core::alloc::Layout::from_size_align(8192, 4096).unwrap();
+    // SAFETY: non-zero size; freed at the end.
+    let (out, back) = unsafe {
+        (
+            alloc::alloc::alloc(layout),
+            alloc::alloc::alloc_zeroed(layout),
+        )
+    };
+    for i in 0..8192 {
+        // SAFETY: `out` is 8192 bytes.
+        unsafe { *out.add(i) = (i % 251) as u8 };
+    }
+    let data = |p: *mut u8| DataPtr::Contiguous(dma(p).unwrap());
+    qp.execute(&Command::write(Lba(3), 1, data(out))).unwrap();
+    qp.execute(&Command::write_fua(
+        Lba(4),
+        1,
+        data(unsafe { out.add(4096) }),
+    ))
+    .unwrap();
+    qp.execute(&Command::flush()).unwrap();
+    qp.execute(&Command::read(Lba(3), 2, data(back))).unwrap();
+    // SAFETY: both buffers are 8192 bytes.
+    let same = unsafe {
+        core::slice::from_raw_parts(out, 8192) == core::slice::from_raw_parts(back, 8192)
+    };
+    println!("write, write FUA, flush, read back: same={same}");
+    let beyond = qp.execute(&Command::read(Lba(info.blocks), 1, data(back)));
+    println!(
+        "read past the end: lba-out-of-range={}",
+        beyond == Err(DriverError::Device(NvmeError::LbaOutOfRange))
+    );
+    // Steady state: back-to-back I/Os after a warm-up.
+    let p = libdbos::platform();
+    for i in 0..8 {
+        qp.execute(&Command::read(Lba(i), 1, data(back))).unwrap();
+    }
+    let before = p.counters();
+    let n = 64u64;
+    for i in 0..n {
+        qp.execute(&Command::read(Lba(i % 16), 1, data(back)))
+            .unwrap();
+    }
+    let exits = p.counters().since(&before).vm_exits;
+    println!("steady state: {n} reads, {exits} VM exits");
+    // SAFETY: allocated above with `layout`.
+    unsafe {
+        alloc::alloc::dealloc(out, layout);
+        alloc::alloc::dealloc(back, layout);
+    }
     0
 }
 

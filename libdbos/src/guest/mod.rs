@@ -12,6 +12,7 @@ pub mod hypercall;
 pub mod idt;
 pub mod interrupts;
 pub mod memory;
+pub mod nvme;
 pub mod paging;
 pub mod panic;
 pub mod percpu;

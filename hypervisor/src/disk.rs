@@ -1,0 +1,165 @@
+//! The NVMe disk device: a `dbos_nvme` poller thread serving the guest's
+//! queue pairs from guest RAM, with io_uring on an `O_DIRECT` backing file
+//! and guest RAM registered as fixed buffers.
+//!
+//! The guest registers each queue pair with a hypercall; after that, I/O
+//! costs no VM exit while the poller is polling. The only exit on the I/O
+//! path is the real doorbell, which the guest rings when the poller has
+//! announced (event indexes) that it is parking.
+
+use crate::memory::GuestRam;
+use dbos_nvme::host::{
+    BackingFile, DmaMemory, DmaRegion, FileError, MemoryError, Poller, PollerConfig, PollerControl,
+    PollerError, PollerHandle, PollerStats, UringBackend, UringConfig, UringError,
+};
+use dbos_nvme::{QueuePairConfig, BLOCK_SIZE};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Which file backs the disk, and its size when it is created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    /// Create the file with this many bytes if it does not exist. An
+    /// existing file is used at its own size; if this is given and differs,
+    /// the VM is refused (a disk is never grown or shrunk silently).
+    pub create_bytes: Option<u64>,
+    /// How long the poller keeps polling without work before it parks (and
+    /// the guest must ring the exiting doorbell). The default, 200 us, is
+    /// longer than a guest's gap between I/Os on VT-x/AMD-V hardware; where
+    /// ring 0 is emulated (no VT-x), a guest needs milliseconds between
+    /// I/Os, and only a longer spin keeps steady-state I/O free of exits.
+    pub poll_spin: std::time::Duration,
+}
+
+impl DiskConfig {
+    /// A disk at `path` with the default polling.
+    pub fn new(path: impl Into<PathBuf>, create_bytes: Option<u64>) -> Self {
+        DiskConfig {
+            path: path.into(),
+            create_bytes,
+            poll_spin: PollerConfig::default().spin,
+        }
+    }
+}
+
+/// The disk could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("disk {}: {source}", .path.display())]
+    File { path: PathBuf, source: FileError },
+    #[error("disk {} does not exist; give --disk-size to create it", .0.display())]
+    Missing(PathBuf),
+    #[error("disk {} has {actual} bytes, not the {requested} given with --disk-size; it is never resized", .path.display())]
+    SizeMismatch {
+        path: PathBuf,
+        actual: u64,
+        requested: u64,
+    },
+    #[error("registering guest memory for the disk: {0}")]
+    Memory(#[from] MemoryError),
+    #[error("setting up io_uring for the disk: {0}")]
+    Uring(#[from] UringError),
+    #[error("starting the disk poller: {0}")]
+    Poller(#[from] PollerError),
+    #[error("starting the disk poller: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running disk.
+pub struct Disk {
+    blocks: u64,
+    control: PollerControl,
+    poller: Mutex<Option<PollerHandle>>,
+}
+
+impl Disk {
+    /// Opens (or creates) the backing file and starts the poller over `ram`.
+    pub fn start(config: &DiskConfig, ram: &Arc<GuestRam>) -> Result<Disk, DiskError> {
+        let file_err = |source| DiskError::File {
+            path: config.path.clone(),
+            source,
+        };
+        let file = if config.path.exists() {
+            let file = BackingFile::open(&config.path).map_err(file_err)?;
+            if let Some(requested) = config.create_bytes {
+                let actual = file.blocks() * BLOCK_SIZE;
+                if actual != requested {
+                    return Err(DiskError::SizeMismatch {
+                        path: config.path.clone(),
+                        actual,
+                        requested,
+                    });
+                }
+            }
+            file
+        } else {
+            let bytes = config
+                .create_bytes
+                .ok_or_else(|| DiskError::Missing(config.path.clone()))?;
+            BackingFile::create(&config.path, bytes).map_err(file_err)?
+        };
+        let regions: Vec<DmaRegion> = ram
+            .host_regions()
+            .iter()
+            .map(|r| DmaRegion {
+                addr: r.guest_addr,
+                host: r.host_addr as *mut u8,
+                len: r.size,
+            })
+            .collect();
+        // SAFETY: the regions are guest RAM, mapped read-write for as long as
+        // the `GuestRam` lives, which the memory's owner handle keeps alive;
+        // the guest writing them concurrently is what the poller expects.
+        let memory = unsafe { DmaMemory::new(&regions) }?;
+        let memory = Arc::new(memory.with_owner(ram.clone()));
+        let backend = UringBackend::new(&file, &memory, UringConfig::default())?;
+        let blocks = file.blocks();
+        let poller = Poller::new(
+            memory,
+            backend,
+            PollerConfig {
+                spin: config.poll_spin,
+            },
+        )?
+        .spawn()?;
+        log::debug!("disk {} started: {blocks} blocks", config.path.display());
+        Ok(Disk {
+            blocks,
+            control: poller.control(),
+            poller: Mutex::new(Some(poller)),
+        })
+    }
+
+    /// Capacity in blocks of [`BLOCK_SIZE`] bytes.
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    /// Registers a queue pair the guest built.
+    pub fn add_queue(&self, config: QueuePairConfig) -> Result<u16, PollerError> {
+        self.control.add_queue(config).map(|id| id.0)
+    }
+
+    /// The real doorbell: wakes the poller if it is parked.
+    pub fn ring(&self) {
+        self.control.wake_fd().wake();
+    }
+
+    /// The poller's counters so far.
+    pub fn stats(&self) -> PollerStats {
+        self.control.stats()
+    }
+
+    /// Stops the poller (waiting for it) and returns its counters.
+    pub fn stop(&self) -> Option<PollerStats> {
+        let handle = self.poller.lock().unwrap_or_else(|p| p.into_inner()).take();
+        handle.map(PollerHandle::stop)
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

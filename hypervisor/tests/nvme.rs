@@ -1,0 +1,104 @@
+//! The NVMe disk end to end: a guest driving a queue pair in guest RAM, the
+//! VMM's poller serving it with io_uring on an O_DIRECT file.
+
+mod common;
+
+use common::{config, require_kvm, run};
+use dbos_hypervisor::disk::DiskConfig;
+use dbos_hypervisor::{GuestExit, Vm, VmConfig, VmError};
+use std::time::Duration;
+
+/// A scratch directory on a file system with O_DIRECT (not tmpfs).
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+#[test]
+fn guest_reads_and_writes_through_the_queue_pair_without_exits() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let path = dir.path().join("disk.img");
+    let disk = DiskConfig {
+        // Longer than the emulated guest's gap between I/Os (milliseconds on
+        // hosts without VT-x), so the poller never parks in steady state.
+        poll_spin: Duration::from_millis(200),
+        ..DiskConfig::new(&path, Some(64 << 20))
+    };
+    let report = run(
+        "scenarios",
+        VmConfig {
+            disk: Some(disk),
+            ..config(&["nvme"])
+        },
+    );
+    assert_eq!(
+        report.console,
+        vec![
+            "[vcpu0] disk: 16384 blocks of 4096 bytes",
+            "[vcpu0] write, write FUA, flush, read back: same=true",
+            "[vcpu0] read past the end: lba-out-of-range=true",
+            "[vcpu0] steady state: 64 reads, 0 VM exits",
+        ]
+    );
+    assert_eq!(report.exit.process_status(), 0, "{}", report.exit);
+    let stats = report.disk.expect("poller counters");
+    // 2 writes + flush + read + bad read + 8 warm-up + 64 reads.
+    assert_eq!(stats.commands, 77);
+    assert_eq!(stats.errors, 1);
+    // The bytes are in the file, at blocks 3 and 4.
+    let file = std::fs::read(&path).unwrap();
+    assert_eq!(file.len(), 64 << 20);
+    let expected: Vec<u8> = (0..8192).map(|i| (i % 251) as u8).collect();
+    assert_eq!(&file[3 * 4096..5 * 4096], &expected[..]);
+}
+
+#[test]
+fn a_guest_without_a_disk_is_told_so() {
+    if !require_kvm() {
+        return;
+    }
+    let report = run("scenarios", config(&["nvme"]));
+    assert!(
+        matches!(&report.exit, GuestExit::Panicked { message, .. } if message.contains("the VM has a disk")),
+        "{}",
+        report.exit
+    );
+}
+
+#[test]
+fn disk_files_are_never_resized_or_invented() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let hello = std::fs::read(dbos_hypervisor::guest_image("hello")).unwrap();
+    let vm = |disk: DiskConfig| {
+        Vm::new(
+            &hello,
+            VmConfig {
+                disk: Some(disk),
+                ..config(&[])
+            },
+        )
+    };
+
+    let missing = dir.path().join("missing.img");
+    let err = vm(DiskConfig::new(&missing, None)).err().unwrap();
+    assert!(matches!(err, VmError::Disk(_)), "{err}");
+    assert!(
+        err.to_string().contains("give --disk-size to create it"),
+        "{err}"
+    );
+    assert!(!missing.exists());
+
+    let path = dir.path().join("disk.img");
+    drop(vm(DiskConfig::new(&path, Some(1 << 20))).unwrap());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
+    let err = vm(DiskConfig::new(&path, Some(2 << 20))).err().unwrap();
+    assert!(err.to_string().contains("it is never resized"), "{err}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
+    // Opening it again at its own size works.
+    drop(vm(DiskConfig::new(&path, None)).unwrap());
+}

@@ -1,0 +1,107 @@
+//! The NVMe disk, from the guest: queue pairs in guest RAM served by the
+//! VMM's poller thread (`dbos run --disk PATH`).
+//!
+//! [`queue_pair`] allocates the rings in the heap (physically contiguous,
+//! 4 KiB aligned), registers them with the host by a hypercall and returns a
+//! `dbos_nvme` driver whose real doorbell is the [`Hypercall::NvmeDoorbell`]
+//! exit. Data buffers must be 4 KiB aligned and physically contiguous (the
+//! heap, the direct map, or a frame): [`dma`] gives their device address.
+//!
+//! Queue pairs live as long as the VM: the host keeps serving a registered
+//! ring, so its memory is never freed.
+
+use crate::abi::{Hypercall, NvmeInfoArgs, NvmeQueueArgs};
+use crate::hypercall;
+use crate::memory::virt_to_phys;
+use dbos_nvme::{DmaAddr, Doorbell, DriverError, QueueLayout, QueueMemory, QueuePair};
+
+/// The exiting doorbell: one VM exit that wakes the host's parked poller.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HypercallDoorbell;
+
+impl Doorbell for HypercallDoorbell {
+    fn ring(&self) {
+        let mut unused = 0u64;
+        hypercall::call(Hypercall::NvmeDoorbell, &mut unused);
+    }
+}
+
+/// A queue pair of the guest's disk.
+pub type GuestQueuePair = QueuePair<HypercallDoorbell>;
+
+/// The disk as the host describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskInfo {
+    pub blocks: u64,
+    pub block_size: u64,
+}
+
+/// Why a queue pair could not be set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetupError {
+    /// The VM has no disk.
+    NoDisk,
+    /// The depth is outside what the queue format allows.
+    Driver(DriverError),
+    /// No heap memory for the rings.
+    OutOfMemory,
+    /// The host refused the queue pair (negative errno).
+    Refused(i64),
+}
+
+/// The VM's disk, `None` if it has none.
+pub fn info() -> Option<DiskInfo> {
+    let mut args = NvmeInfoArgs::default();
+    hypercall::call(Hypercall::NvmeInfo, &mut args);
+    (args.blocks > 0).then_some(DiskInfo {
+        blocks: args.blocks,
+        block_size: args.block_size,
+    })
+}
+
+/// The device address of a buffer in memory the host can address
+/// contiguously (heap, direct map, image).
+pub fn dma(ptr: *const u8) -> Option<DmaAddr> {
+    virt_to_phys(ptr as u64).map(DmaAddr)
+}
+
+/// Creates a queue pair of `depth` entries and registers it with the host.
+pub fn queue_pair(depth: u16) -> Result<GuestQueuePair, SetupError> {
+    if info().is_none() {
+        return Err(SetupError::NoDisk);
+    }
+    let layout = QueueLayout::new(depth).ok_or(SetupError::Driver(DriverError::Depth(depth)))?;
+    let bytes = layout.size() as usize;
+    let alloc_layout =
+        core::alloc::Layout::from_size_align(bytes, 4096).map_err(|_| SetupError::OutOfMemory)?;
+    // SAFETY: a non-zero-sized layout; the memory is never freed (the host
+    // keeps serving the ring for the VM's lifetime).
+    let virt = unsafe { alloc::alloc::alloc(alloc_layout) };
+    if virt.is_null() {
+        return Err(SetupError::OutOfMemory);
+    }
+    let phys = virt_to_phys(virt as u64).ok_or(SetupError::OutOfMemory)?;
+    let mem = QueueMemory {
+        virt,
+        dma: DmaAddr(phys),
+    };
+    // SAFETY: `virt` is `bytes` bytes of heap memory owned by this queue pair
+    // alone (leaked), and `phys` is its guest-physical address: the heap is
+    // in the direct map, physically contiguous.
+    let qp =
+        unsafe { QueuePair::new(mem, depth, HypercallDoorbell) }.map_err(SetupError::Driver)?;
+    let c = qp.config();
+    let mut args = NvmeQueueArgs {
+        sq_addr: c.sq_addr,
+        cq_addr: c.cq_addr,
+        doorbell_addr: c.doorbell_addr,
+        event_idx_addr: c.event_idx_addr,
+        depth: u64::from(c.depth),
+        status: 0,
+    };
+    hypercall::call(Hypercall::NvmeCreateQueue, &mut args);
+    if args.status < 0 {
+        return Err(SetupError::Refused(args.status));
+    }
+    Ok(qp)
+}
