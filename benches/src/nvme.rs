@@ -336,8 +336,8 @@ pub fn run_uring(file: &BackingFile, w: Workload, budget: Budget) -> Summary {
 }
 
 /// The dbos queue pair and poller in process mode: one driver thread keeps
-/// `depth` commands outstanding and spins for completions; the poller
-/// thread issues them with io_uring.
+/// `depth` commands outstanding (refilling with one batch after each reap)
+/// and spins for completions; the poller thread issues them with io_uring.
 pub fn run_queue_pair(
     file: &BackingFile,
     w: Workload,
@@ -362,25 +362,38 @@ pub fn run_queue_pair(
     let start = Instant::now();
     let deadline = start + budget.time;
     let mut end = start;
+    // Buffer slots are ours; each submitted command id remembers its slot.
+    let mut free_slots: Vec<usize> = (0..w.depth).collect();
+    let mut slot_of = vec![0usize; depth as usize];
+    let (mut cmds, mut slots) = (Vec::with_capacity(w.depth), Vec::with_capacity(w.depth));
+    let mut ids = vec![CommandId(0); w.depth];
     loop {
+        // Refill to `depth` outstanding with one batch (one doorbell update).
         let now = Instant::now();
-        let open = issued < budget.ops && now < deadline;
-        while open && issued < budget.ops && qp.in_flight() < w.depth {
+        cmds.clear();
+        slots.clear();
+        while now < deadline && issued + (cmds.len() as u64) < budget.ops && !free_slots.is_empty()
+        {
+            let slot = free_slots.pop().expect("checked");
             let off = offs.next(seq);
             seq += 1;
-            // Each command id owns the buffer slot of its number.
-            let cid = qp.next_cid().expect("room checked").0 as usize;
             let lba = Lba(off / BLOCK_SIZE);
-            let data = DataPtr::Contiguous(bufs.addr.offset((cid * w.block) as u64));
-            let cmd = match w.pattern {
+            let data = DataPtr::Contiguous(bufs.addr.offset((slot * w.block) as u64));
+            cmds.push(match w.pattern {
                 Pattern::RandRead => Command::read(lba, blocks, data),
                 Pattern::SeqWrite => Command::write(lba, blocks, data),
-            };
+            });
+            slots.push(slot);
+        }
+        if !cmds.is_empty() {
             let t0 = Instant::now();
-            let id: CommandId = qp.submit(&cmd).expect("submit");
-            debug_assert_eq!(id.0 as usize, cid);
-            started[cid] = t0;
-            issued += 1;
+            let n = qp.submit_batch(&cmds, &mut ids).expect("submit");
+            assert_eq!(n, cmds.len(), "the queue pair has room for depth commands");
+            for (id, &slot) in ids[..n].iter().zip(&slots) {
+                started[id.0 as usize] = t0;
+                slot_of[id.0 as usize] = slot;
+            }
+            issued += n as u64;
         }
         if qp.in_flight() == 0 {
             break;
@@ -391,6 +404,7 @@ pub fn run_queue_pair(
             for c in &done[..n] {
                 assert_eq!(c.result(), Ok(()), "queue pair I/O failed");
                 lat.push((end - started[c.cid.0 as usize]).as_nanos() as u64);
+                free_slots.push(slot_of[c.cid.0 as usize]);
             }
         } else {
             std::hint::spin_loop();

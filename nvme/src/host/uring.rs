@@ -35,8 +35,9 @@ pub struct UringConfig {
     /// the kernel does not interrupt the polling thread to post completions;
     /// the backend enters the kernel to collect them when the ring flags say
     /// some are waiting. Without it, completions of a spinning poller are
-    /// posted by interrupting it, which measured 3-4x fewer IOPS at queue
-    /// depth 32 here (see `nvme-compare --no-coop-taskrun`).
+    /// posted by interrupting it; that measured about the same on an idle
+    /// machine but 3-4x fewer IOPS at queue depth 32 while other processes
+    /// competed for the CPUs (see `nvme-compare --no-coop-taskrun`).
     pub coop_taskrun: bool,
 }
 
