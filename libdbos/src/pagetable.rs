@@ -13,8 +13,8 @@ use x86_64::structures::paging::mapper::{
     FlagUpdateError, MapToError, MappedFrame, TranslateResult, UnmapError,
 };
 use x86_64::structures::paging::{
-    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as F, PhysFrame,
-    Size2MiB, Size4KiB, Translate,
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageSize as XPageSize, PageTable,
+    PageTableFlags as F, PhysFrame, Size2MiB, Size4KiB, Translate,
 };
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -82,87 +82,72 @@ impl<'a> PageTables<'a> {
         prot: Protection,
         tables: &mut impl TableFrames,
     ) -> Result<u64, Error> {
-        let flags = flags_for(prot);
-        let parent = F::PRESENT | F::WRITABLE;
         let mut alloc = Adapter {
             inner: tables,
             allocated: 0,
         };
-        let result = match size {
-            PageSize::Small => {
-                let p = Page::<Size4KiB>::from_start_address(
-                    VirtAddr::try_new(page).map_err(|_| Error::Unaligned(page))?,
-                )
-                .map_err(|_| Error::Unaligned(page))?;
-                let f = PhysFrame::<Size4KiB>::from_start_address(PhysAddr::new(frame.addr()))
-                    .map_err(|_| Error::Unaligned(frame.addr()))?;
-                // SAFETY: the page is in a window the database owns; what the
-                // mapping is used for is the database's contract.
-                unsafe {
-                    self.mapper
-                        .map_to_with_table_flags(p, f, flags, parent, &mut alloc)
-                }
-                .map(|flush| flush.ignore())
-                .map_err(|e| map_error(e, page))
-            }
+        match size {
+            PageSize::Small => self.map_as::<Size4KiB, _>(page, frame, prot, &mut alloc)?,
             PageSize::Large => {
-                let p = Page::<Size2MiB>::from_start_address(
-                    VirtAddr::try_new(page).map_err(|_| Error::Unaligned(page))?,
-                )
-                .map_err(|_| Error::Unaligned(page))?;
-                let f = PhysFrame::<Size2MiB>::from_start_address(PhysAddr::new(frame.addr()))
-                    .map_err(|_| Error::Unaligned(frame.addr()))?;
-                // SAFETY: as above.
-                let r = unsafe {
-                    self.mapper
-                        .map_to_with_table_flags(p, f, flags, parent, &mut alloc)
-                }
-                .map(|flush| flush.ignore())
-                .map_err(|e| map_error(e, page));
                 // The crate reports a page table under the 2 MiB entry as
                 // "already mapped"; for the caller that is a size mismatch.
-                match r {
+                match self.map_as::<Size2MiB, _>(page, frame, prot, &mut alloc) {
                     Err(Error::AlreadyMapped(_))
                         if self
                             .directory_entry(page)
                             .is_some_and(|f| !f.contains(F::HUGE_PAGE)) =>
                     {
-                        Err(Error::SizeMismatch(page))
+                        return Err(Error::SizeMismatch(page))
                     }
-                    other => other,
+                    other => other?,
                 }
             }
-        };
-        result.map(|()| 1 + alloc.allocated)
+        }
+        Ok(1 + alloc.allocated)
+    }
+
+    fn map_as<S: XPageSize, T: TableFrames>(
+        &mut self,
+        page: u64,
+        frame: Frame,
+        prot: Protection,
+        alloc: &mut Adapter<'_, T>,
+    ) -> Result<(), Error>
+    where
+        OffsetPageTable<'a>: Mapper<S>,
+    {
+        let p = page_at::<S>(page)?;
+        let f = PhysFrame::<S>::from_start_address(PhysAddr::new(frame.addr()))
+            .map_err(|_| Error::Unaligned(frame.addr()))?;
+        let parent = F::PRESENT | F::WRITABLE;
+        // SAFETY: the page is in a window the database owns; what the mapping
+        // is used for is the database's contract.
+        unsafe {
+            self.mapper
+                .map_to_with_table_flags(p, f, flags_for(prot), parent, alloc)
+        }
+        .map(|flush| flush.ignore())
+        .map_err(|e| map_error(e, page))
     }
 
     /// Unmaps `page`; returns its frame. One entry written.
     pub fn unmap(&mut self, page: u64, size: PageSize) -> Result<Frame, Error> {
-        let v = VirtAddr::try_new(page).map_err(|_| Error::Unaligned(page))?;
         match size {
-            PageSize::Small => {
-                let p =
-                    Page::<Size4KiB>::from_start_address(v).map_err(|_| Error::Unaligned(page))?;
-                self.mapper
-                    .unmap(p)
-                    .map(|(f, flush)| {
-                        flush.ignore();
-                        Frame::from_addr(f.start_address().as_u64()).expect("frames are aligned")
-                    })
-                    .map_err(|e| unmap_error(e, page))
-            }
-            PageSize::Large => {
-                let p =
-                    Page::<Size2MiB>::from_start_address(v).map_err(|_| Error::Unaligned(page))?;
-                self.mapper
-                    .unmap(p)
-                    .map(|(f, flush)| {
-                        flush.ignore();
-                        Frame::from_addr(f.start_address().as_u64()).expect("frames are aligned")
-                    })
-                    .map_err(|e| unmap_error(e, page))
-            }
+            PageSize::Small => self.unmap_as::<Size4KiB>(page),
+            PageSize::Large => self.unmap_as::<Size2MiB>(page),
         }
+    }
+
+    fn unmap_as<S: XPageSize>(&mut self, page: u64) -> Result<Frame, Error>
+    where
+        OffsetPageTable<'a>: Mapper<S>,
+    {
+        let (f, flush) = self
+            .mapper
+            .unmap(page_at::<S>(page)?)
+            .map_err(|e| unmap_error(e, page))?;
+        flush.ignore();
+        Ok(Frame::from_addr(f.start_address().as_u64()).expect("frames are aligned"))
     }
 
     /// Replaces the flags of mapped `page` (keeping its frame). One entry written.
@@ -178,22 +163,17 @@ impl<'a> PageTables<'a> {
                 Some(_) => {}
             }
         }
-        let v = VirtAddr::try_new(page).map_err(|_| Error::Unaligned(page))?;
         // SAFETY: changes only the flags of a window page; the frame stays.
         let r = unsafe {
             match size {
-                PageSize::Small => {
-                    let p = Page::<Size4KiB>::from_start_address(v)
-                        .map_err(|_| Error::Unaligned(page))?;
-                    self.mapper.update_flags(p, flags).map(|f| f.ignore())
-                }
-                PageSize::Large => {
-                    let p = Page::<Size2MiB>::from_start_address(v)
-                        .map_err(|_| Error::Unaligned(page))?;
-                    self.mapper
-                        .update_flags(p, flags | F::HUGE_PAGE)
-                        .map(|f| f.ignore())
-                }
+                PageSize::Small => self
+                    .mapper
+                    .update_flags(page_at::<Size4KiB>(page)?, flags)
+                    .map(|f| f.ignore()),
+                PageSize::Large => self
+                    .mapper
+                    .update_flags(page_at::<Size2MiB>(page)?, flags | F::HUGE_PAGE)
+                    .map(|f| f.ignore()),
             }
         };
         r.map_err(|e| match e {
@@ -243,7 +223,13 @@ impl<'a> PageTables<'a> {
     }
 }
 
-fn map_error<S: x86_64::structures::paging::PageSize>(e: MapToError<S>, page: u64) -> Error {
+/// The page of size `S` starting at `addr`.
+fn page_at<S: XPageSize>(addr: u64) -> Result<Page<S>, Error> {
+    let v = VirtAddr::try_new(addr).map_err(|_| Error::Unaligned(addr))?;
+    Page::<S>::from_start_address(v).map_err(|_| Error::Unaligned(addr))
+}
+
+fn map_error<S: XPageSize>(e: MapToError<S>, page: u64) -> Error {
     match e {
         MapToError::FrameAllocationFailed => Error::OutOfFrames,
         MapToError::ParentEntryHugePage => Error::SizeMismatch(page),

@@ -170,7 +170,44 @@ pub struct EventCounts {
     pub shootdowns: u64,
 }
 
+/// The events an implementation counts itself (the library-side fields of
+/// [`EventCounts`]); `vm_exits` and `shootdowns` come from outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Event {
+    Fault,
+    PteWrite,
+    LocalInvalidation,
+    LocalFlush,
+    RemoteInvalidation,
+    IpiSent,
+}
+
+impl Event {
+    /// Number of kinds, for per-CPU counter arrays indexed by `event as usize`.
+    pub const COUNT: usize = 6;
+}
+
 impl EventCounts {
+    /// Counts assembled from the library's own totals (`total(event)`, summed
+    /// over CPUs) and the two outside sources.
+    pub fn from_totals(
+        total: impl Fn(Event) -> u64,
+        vm_exits: u64,
+        shootdowns: u64,
+    ) -> EventCounts {
+        EventCounts {
+            faults: total(Event::Fault),
+            pte_writes: total(Event::PteWrite),
+            local_invalidations: total(Event::LocalInvalidation),
+            local_flushes: total(Event::LocalFlush),
+            remote_invalidations: total(Event::RemoteInvalidation),
+            ipis_sent: total(Event::IpiSent),
+            vm_exits,
+            shootdowns,
+        }
+    }
+
     /// The events between `earlier` and `self`.
     pub fn since(&self, earlier: &EventCounts) -> EventCounts {
         EventCounts {

@@ -237,15 +237,6 @@ impl Platform for GuestPlatform {
     }
 
     fn counters(&self) -> EventCounts {
-        EventCounts {
-            faults: percpu::total(Event::Fault),
-            pte_writes: percpu::total(Event::PteWrite),
-            local_invalidations: percpu::total(Event::LocalInvalidation),
-            local_flushes: percpu::total(Event::LocalFlush),
-            remote_invalidations: percpu::total(Event::RemoteInvalidation),
-            ipis_sent: percpu::total(Event::IpiSent),
-            vm_exits: crate::hypercall::vm_exits(),
-            shootdowns: 0,
-        }
+        EventCounts::from_totals(percpu::total, crate::hypercall::vm_exits(), 0)
     }
 }

@@ -72,24 +72,40 @@ impl HostFile {
         status(args.status).map(|handle| HostFile { handle })
     }
 
+    /// One read or write hypercall for a physically contiguous piece.
+    fn transfer(
+        &self,
+        call: Hypercall,
+        offset: u64,
+        virt: u64,
+        len: usize,
+    ) -> Result<usize, Errno> {
+        let phys = virt_to_phys(virt).ok_or(Errno::EFAULT)?;
+        let mut args = FileIoArgs {
+            handle: self.handle,
+            offset,
+            buf: crate::abi::GuestBuf {
+                addr: phys,
+                len: len as u64,
+            },
+            status: 0,
+        };
+        hypercall::call(call, &mut args);
+        status(args.status).map(|n| n as usize)
+    }
+
     /// Reads at `offset` into `data`; returns the bytes read (fewer at the end
     /// of the file).
     pub fn read_at(&self, offset: u64, data: &mut [u8]) -> Result<usize, Errno> {
         let base = data.as_mut_ptr() as u64;
         let mut total = 0;
         for (start, n) in pieces(base, data.len()) {
-            let phys = virt_to_phys(base + start as u64).ok_or(Errno::EFAULT)?;
-            let mut args = FileIoArgs {
-                handle: self.handle,
-                offset: offset + start as u64,
-                buf: crate::abi::GuestBuf {
-                    addr: phys,
-                    len: n as u64,
-                },
-                status: 0,
-            };
-            hypercall::call(Hypercall::FileRead, &mut args);
-            let got = status(args.status)? as usize;
+            let got = self.transfer(
+                Hypercall::FileRead,
+                offset + start as u64,
+                base + start as u64,
+                n,
+            )?;
             total += got;
             if got < n {
                 break;
@@ -102,18 +118,12 @@ impl HostFile {
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
         let base = data.as_ptr() as u64;
         for (start, n) in pieces(base, data.len()) {
-            let phys = virt_to_phys(base + start as u64).ok_or(Errno::EFAULT)?;
-            let mut args = FileIoArgs {
-                handle: self.handle,
-                offset: offset + start as u64,
-                buf: crate::abi::GuestBuf {
-                    addr: phys,
-                    len: n as u64,
-                },
-                status: 0,
-            };
-            hypercall::call(Hypercall::FileWrite, &mut args);
-            status(args.status)?;
+            self.transfer(
+                Hypercall::FileWrite,
+                offset + start as u64,
+                base + start as u64,
+                n,
+            )?;
         }
         Ok(())
     }

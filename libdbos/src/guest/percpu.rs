@@ -12,19 +12,9 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use x86_64::registers::model_specific::GsBase;
 use x86_64::VirtAddr;
 
-/// Events counted per CPU (see `platform::EventCounts`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(usize)]
-pub enum Event {
-    Fault,
-    PteWrite,
-    LocalInvalidation,
-    LocalFlush,
-    RemoteInvalidation,
-    IpiSent,
-}
+pub use crate::platform::Event;
 
-const EVENTS: usize = 6;
+const EVENTS: usize = Event::COUNT;
 
 /// The per-CPU area.
 #[repr(C)]

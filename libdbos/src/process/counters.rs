@@ -12,20 +12,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use std::boxed::Box;
 use std::vec::Vec;
 
-/// An event the process platform counts (the fields of [`EventCounts`] that
-/// the library itself observes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(usize)]
-pub(crate) enum Event {
-    Fault,
-    PteWrite,
-    LocalInvalidation,
-    LocalFlush,
-    RemoteInvalidation,
-    IpiSent,
-}
+pub(crate) use crate::platform::Event;
 
-const EVENTS: usize = 6;
+const EVENTS: usize = Event::COUNT;
 
 #[repr(align(64))]
 struct CpuCounters([AtomicU64; EVENTS]);
@@ -60,16 +49,7 @@ impl Counters {
                 .map(|c| c.0[e as usize].load(Ordering::Relaxed))
                 .sum()
         };
-        EventCounts {
-            faults: total(Event::Fault),
-            pte_writes: total(Event::PteWrite),
-            local_invalidations: total(Event::LocalInvalidation),
-            local_flushes: total(Event::LocalFlush),
-            remote_invalidations: total(Event::RemoteInvalidation),
-            ipis_sent: total(Event::IpiSent),
-            vm_exits: 0,
-            shootdowns: tlb_shootdowns().unwrap_or(0),
-        }
+        EventCounts::from_totals(total, 0, tlb_shootdowns().unwrap_or(0))
     }
 }
 
