@@ -392,3 +392,33 @@ fn authorised_host_files_by_name() {
     assert_eq!(&on_disk[..14], b"hello and more");
     assert_eq!(&on_disk[100..112], b"across pages");
 }
+
+#[test]
+fn hypercalls_from_a_stack_in_a_window() {
+    if !require_kvm() {
+        return;
+    }
+    let report = scenario("window-stack");
+    assert_eq!(
+        report.console,
+        vec!["[vcpu0] hypercalls from a window stack: clock>0=true open errno=2"]
+    );
+    // The console buffer spans two frames that are not adjacent: the guest
+    // library refuses to describe it, and the host stops the guest.
+    assert!(
+        matches!(
+            &report.exit,
+            GuestExit::BadHypercall {
+                error: HypercallError::BadBuffer {
+                    call: Hypercall::Console,
+                    addr: u64::MAX,
+                    len: 12,
+                    ..
+                },
+                ..
+            }
+        ),
+        "{}",
+        report.exit
+    );
+}

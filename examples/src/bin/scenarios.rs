@@ -37,6 +37,7 @@ fn main() -> u8 {
         "smp" => smp(),
         "files" => files(),
         "nvme" => nvme(),
+        "window-stack" => window_stack(),
         "panic" => panic!("scenario panic with value {}", 42),
         "bad-pointer" => {
             println!("passing an address beyond guest memory to the console call");
@@ -355,6 +356,57 @@ fn nvme() -> u8 {
         alloc::alloc::dealloc(out, layout);
         alloc::alloc::dealloc(back, layout);
     }
+    0
+}
+
+/// Calls `f` with the stack pointer at `top` and returns to the old stack.
+#[unsafe(naked)]
+extern "sysv64" fn on_stack(top: u64, f: extern "sysv64" fn()) {
+    core::arch::naked_asm!(
+        "push rbp",
+        "mov rbp, rsp",
+        "mov rsp, rdi",
+        "call rsi",
+        "mov rsp, rbp",
+        "pop rbp",
+        "ret"
+    )
+}
+
+static WINDOW_CLOCK: AtomicU64 = AtomicU64::new(0);
+static WINDOW_FILE: AtomicU64 = AtomicU64::new(0);
+
+extern "sysv64" fn on_window_stack() {
+    // The argument blocks of these calls live on this (window) stack.
+    WINDOW_CLOCK.store(libdbos::hypercall::clock_nanos(), Ordering::Relaxed);
+    let missing = libdbos::hostfile::HostFile::open("nope").err();
+    WINDOW_FILE.store(missing.map_or(0, |e| e.0 as u64), Ordering::Relaxed);
+}
+
+fn window_stack() -> u8 {
+    use libdbos::platform::{PageSize, Platform, Protection};
+    let p = libdbos::platform();
+    let w = p.reserve(1 << 21).unwrap();
+    // Two pages of stack, backed by frames that are not adjacent.
+    let frames = [
+        p.alloc_frame(PageSize::Small).unwrap(),
+        p.alloc_frame(PageSize::Small).unwrap(),
+    ];
+    for (i, f) in frames.iter().rev().enumerate() {
+        p.map(w.page(i as u64), *f, PageSize::Small, Protection::ReadWrite)
+            .unwrap();
+    }
+    on_stack(w.page(2), on_window_stack);
+    println!(
+        "hypercalls from a window stack: clock>0={} open errno={}",
+        WINDOW_CLOCK.load(Ordering::Relaxed) > 0,
+        WINDOW_FILE.load(Ordering::Relaxed)
+    );
+    // A console buffer across two non-adjacent frames is refused, not misread.
+    let span = unsafe { core::slice::from_raw_parts_mut((w.base + 4090) as *mut u8, 12) };
+    span.copy_from_slice(b"across pages");
+    libdbos::hypercall::console_write(span);
+    println!("unreachable");
     0
 }
 

@@ -9,48 +9,87 @@ use crate::memory::virt_to_phys;
 
 /// Issues `call` with the argument block `args`.
 ///
-/// The block must be in memory the hypervisor can address below 4 GiB
-/// (stacks, the heap and the image always are); if it is not, the call cannot
-/// be made and the vCPU halts for good, which the host reports as a hang
-/// rather than acting on a wrong address.
-pub(crate) fn call<T>(call: Hypercall, args: &mut T) {
-    let phys = virt_to_phys(args as *mut T as u64)
-        .filter(|p| *p + core::mem::size_of::<T>() as u64 <= u64::from(u32::MAX));
-    let Some(phys) = phys else {
-        crate::percpu::halt_forever();
-    };
+/// The host addresses the block by its guest-physical address, which must be
+/// below 4 GiB and physically contiguous: true for stacks, the heap and the
+/// image. A block anywhere else (say, on a stack in a database window) is
+/// copied through a bounce buffer in the image.
+pub(crate) fn call<T: Copy>(call: Hypercall, args: &mut T) {
+    let virt = args as *mut T as u64;
+    let direct = virt >= crate::abi::DIRECT_MAP_BASE;
+    let phys =
+        virt_to_phys(virt).filter(|p| direct && *p + size_of::<T>() as u64 <= u64::from(u32::MAX));
+    match phys {
+        Some(phys) => out(call, phys as u32),
+        None => bounced(call, args),
+    }
+}
+
+fn out(call: Hypercall, phys: u32) {
     // SAFETY: `out` to a hypercall port has no effect on guest state other
-    // than the host writing results into `args`, which we own mutably and
-    // which stays alive across the instruction (no `nomem`, so the compiler
-    // re-reads it afterwards).
+    // than the host writing results into the argument block, which the
+    // callers own mutably and keep alive across the instruction (no
+    // `nomem`, so the compiler re-reads it afterwards).
     unsafe {
         core::arch::asm!(
             "out dx, eax",
             in("dx") call.port(),
-            in("eax") phys as u32,
+            in("eax") phys,
             options(nostack, preserves_flags)
         );
     }
 }
 
-/// Describes a byte slice to the host (an address of `u64::MAX`, which the
-/// host rejects, if it is not translatable).
+/// A buffer in the image (so below 4 GiB and contiguous) for argument blocks
+/// the host cannot address where they are.
+#[repr(C, align(64))]
+struct Bounce([u64; 16]);
+static BOUNCE: spin::Mutex<Bounce> = spin::Mutex::new(Bounce([0; 16]));
+
+fn bounced<T: Copy>(call: Hypercall, args: &mut T) {
+    const { assert!(size_of::<T>() <= size_of::<Bounce>()) };
+    // Interrupts off while the lock is held: a hook making a hypercall on
+    // this CPU must not spin on it.
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut bounce = BOUNCE.lock();
+        let slot = bounce.0.as_mut_ptr().cast::<T>();
+        // SAFETY: the bounce buffer is large and aligned enough for `T`
+        // (checked above; 64-byte alignment covers every argument block) and
+        // is ours while the lock is held.
+        unsafe { slot.write(*args) };
+        let phys = virt_to_phys(slot as u64).expect("the image is mapped");
+        out(call, phys as u32);
+        // SAFETY: as above; the host wrote its results into the slot.
+        *args = unsafe { slot.read() };
+    })
+}
+
+/// Describes a byte slice to the host: its guest-physical address if it is
+/// physically contiguous (always true in the direct map and the image;
+/// checked page by page elsewhere), else an address the host rejects
+/// (`u64::MAX`), which stops the guest with an error naming the call.
 pub(crate) fn buf(bytes: &[u8]) -> GuestBuf {
-    if bytes.is_empty() {
+    let len = bytes.len() as u64;
+    if len == 0 {
         return GuestBuf::default();
     }
-    match virt_to_phys(bytes.as_ptr() as u64) {
-        // A buffer must be physically contiguous: true for the direct map and
-        // the image; other virtual ranges are copied by the callers first.
-        Some(addr) => GuestBuf {
-            addr,
-            len: bytes.len() as u64,
-        },
-        None => GuestBuf {
-            addr: u64::MAX,
-            len: bytes.len() as u64,
-        },
+    let start = bytes.as_ptr() as u64;
+    let bad = GuestBuf {
+        addr: u64::MAX,
+        len,
+    };
+    let Some(phys) = virt_to_phys(start) else {
+        return bad;
+    };
+    if start < crate::abi::DIRECT_MAP_BASE {
+        let mut page = (start & !0xfff) + 0x1000;
+        while page < start + len {
+            if virt_to_phys(page) != Some(phys + (page - start)) {
+                return bad;
+            }
+            page += 0x1000;
+        }
     }
+    GuestBuf { addr: phys, len }
 }
 
 /// Appends raw bytes to this vCPU's console.
