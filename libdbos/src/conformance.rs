@@ -506,20 +506,12 @@ fn pattern(i: u64, w: u64) -> u64 {
     0xdb05_0000_0000_0000 | (i << 24) | w
 }
 
-/// The time-stamp counter.
+/// The time-stamp counter (libdbos is x86-64 only).
 fn cycles() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: rdtsc has no preconditions (and works in the guest).
-        #[allow(unused_unsafe)]
-        unsafe {
-            core::arch::x86_64::_rdtsc()
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        static FAKE: AtomicU64 = AtomicU64::new(0);
-        FAKE.fetch_add(1000, Ordering::Relaxed)
+    // SAFETY: rdtsc has no preconditions (and works in the guest).
+    #[allow(unused_unsafe)]
+    unsafe {
+        core::arch::x86_64::_rdtsc()
     }
 }
 
