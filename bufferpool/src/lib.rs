@@ -1,13 +1,68 @@
-//! Buffer management for dbos.
+//! Buffer management for dbos: page and log identifiers, the write-ahead
+//! log with group commit, the data page format, a minimal page store,
+//! checkpoints and crash recovery.
 //!
-//! For now this crate holds the identifiers the buffer manager and the
-//! write-ahead log are built on; Tabby, the vmcache-style process buffer
-//! manager, the B+tree and the WAL arrive with their own issues. It is
-//! `no_std` so the same code runs in the guest and in a process.
+//! It is `no_std` with `alloc`, generic over the storage ([`BlockDevice`])
+//! and the platform's waiting and clock ([`Env`]), so the same code runs in
+//! the guest (vCPUs spinning on a guest NVMe queue pair) and in a process
+//! (threads on a `dbos_nvme::host` queue pair; see `host`).
+//!
+//! - [`device`]: the storage trait and its NVMe queue-pair implementation.
+//! - [`record`]: log record framing (length, LSN, CRC32C).
+//! - [`log`]: the log format, group commit ([`Wal`]) and the log reader.
+//! - [`page`]: the page header (page LSN, checksum).
+//! - [`control`]: the control block (layout, epoch, last checkpoint).
+//! - [`store`]: resident pages, written back under the write-ahead rule.
+//! - [`engine`]: transactions, full-page images, checkpoints, failure.
+//! - [`recovery`]: crash recovery, [`Engine::open`].
+//! - [`kv`]: a tiny key-value table on pages (the crash tests' data).
+//!
+//! Design notes and measured figures: `docs/wal.md`.
 #![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+#[cfg(not(target_os = "none"))]
+extern crate std;
+
+pub mod checksum;
+pub mod control;
+pub mod device;
+pub mod engine;
+pub mod kv;
+pub mod log;
+pub mod page;
+pub mod record;
+pub mod recovery;
+pub mod store;
+pub mod sync;
+
+#[cfg(not(target_os = "none"))]
+pub mod host;
+
+pub use control::Layout;
+pub use device::{
+    BlockDevice, DeviceError, DmaAllocator, Io, IoBuf, IoKind, NvmeDevice, QueueAccess,
+};
+pub use engine::{CheckpointReport, Config, Engine, EngineStats, Error, PageWrite};
+pub use kv::KvTable;
+pub use log::{CommitMode, LogStats, Wal, WalError};
+pub use recovery::RecoveryReport;
 
 /// Size of a database page in bytes.
 pub const PAGE_SIZE: usize = 4096;
+
+/// What the platform provides besides storage: how to wait and what time
+/// it is. In the guest `relax` is `core::hint::spin_loop` and `now_ns`
+/// reads the TSC; in a process see `host::env`.
+#[derive(Clone, Copy, Debug)]
+pub struct Env {
+    /// Called in every wait loop (a lock held elsewhere, a batch in flight,
+    /// a completion not yet posted).
+    pub relax: fn(),
+    /// Monotonic nanoseconds (only differences are used: reports, ids).
+    pub now_ns: fn() -> u64,
+}
 
 /// Identifies a database page: its index in the data file, so that page `n`
 /// lives at byte offset `n * PAGE_SIZE` and, in an MMU-translated buffer pool,

@@ -20,6 +20,7 @@ mod command;
 pub mod file;
 pub mod memory;
 pub mod poller;
+pub mod powercut;
 pub mod process;
 pub mod sync;
 pub mod testing;

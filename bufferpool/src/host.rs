@@ -1,0 +1,70 @@
+//! Process mode: [`BlockDevice`](crate::BlockDevice)s over
+//! `dbos_nvme::host::process` queue pairs (the real driver, poller and
+//! io_uring on an `O_DIRECT` file), and the host [`Env`].
+
+use crate::device::{DmaAllocator, IoBuf, NvmeDevice, QueueAccess};
+use crate::Env;
+use dbos_nvme::host::{Device, DeviceError, EventFdDoorbell, ProcessMemory, ProcessQueuePair};
+use dbos_nvme::QueuePair;
+use std::sync::Arc;
+
+impl QueueAccess for ProcessQueuePair {
+    type Doorbell = EventFdDoorbell;
+    fn queue(&mut self) -> &mut QueuePair<EventFdDoorbell> {
+        self
+    }
+    fn queue_ref(&self) -> &QueuePair<EventFdDoorbell> {
+        self
+    }
+}
+
+/// Buffers carved from a process device's registered region.
+pub struct RegionAlloc(pub Arc<ProcessMemory>);
+
+// SAFETY: ProcessMemory::alloc hands out disjoint, 4 KiB aligned pieces of
+// its registered mapping (device address = host address), never reused,
+// mapped as long as the Arc lives.
+unsafe impl DmaAllocator for RegionAlloc {
+    fn alloc(&mut self, bytes: usize) -> Option<IoBuf> {
+        let b = self.0.alloc(bytes)?;
+        Some(IoBuf {
+            ptr: b.ptr,
+            addr: b.addr,
+            blocks: b.len / crate::device::BLOCK_SIZE,
+        })
+    }
+}
+
+/// A block device on a process-mode queue pair.
+pub type ProcessBlockDevice = NvmeDevice<ProcessQueuePair, RegionAlloc>;
+
+/// A new queue pair of `depth` entries on `dev`, as a block device.
+pub fn block_device(dev: &Device, depth: u16) -> Result<ProcessBlockDevice, DeviceError> {
+    let qp = dev.queue_pair(depth)?;
+    Ok(NvmeDevice::new(
+        qp,
+        RegionAlloc(dev.memory().clone()),
+        dev.blocks(),
+    ))
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (time since boot, so that it also
+/// makes a reasonable format id).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass and nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The process platform: waits yield the CPU (threads may outnumber
+/// cores), the clock is `Instant`.
+pub fn env() -> Env {
+    Env {
+        relax: std::thread::yield_now,
+        now_ns: monotonic_ns,
+    }
+}

@@ -1,0 +1,97 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use dbos_bufferpool::host::{block_device, env, ProcessBlockDevice};
+use dbos_bufferpool::{CommitMode, Config, Engine, Layout};
+use dbos_nvme::host::powercut::{PowerCut, PowerCutBackend};
+use dbos_nvme::host::testing::{InspectBackend, Inspector};
+use dbos_nvme::host::{BackingFile, Device, DeviceError, PollerConfig, UringConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Registered memory per device: log buffer, scan buffer, page buffer,
+/// queues.
+pub const REGION: usize = 4 << 20;
+
+pub fn poller() -> PollerConfig {
+    PollerConfig {
+        spin: Duration::from_micros(50),
+    }
+}
+
+/// A device on an in-memory power-cut disk holding `image`.
+pub fn memory_device(image: Vec<u8>) -> (Device, Arc<PowerCut>) {
+    let mut pc = None;
+    let dev = Device::with_backend(REGION, poller(), |_| {
+        let (b, p) = PowerCutBackend::new(image);
+        pc = Some(p);
+        Ok::<_, DeviceError>(b)
+    })
+    .expect("device");
+    (dev, pc.unwrap())
+}
+
+/// A device on a power-cut disk, with an inspector recording operations.
+pub fn inspected_memory_device(image: Vec<u8>) -> (Device, Arc<PowerCut>, Arc<Inspector>) {
+    let mut pc = None;
+    let mut ins = None;
+    let dev = Device::with_backend(REGION, poller(), |_| {
+        let (b, p) = PowerCutBackend::new(image);
+        let (b, i) = InspectBackend::new(b);
+        pc = Some(p);
+        ins = Some(i);
+        Ok::<_, DeviceError>(b)
+    })
+    .expect("device");
+    (dev, pc.unwrap(), ins.unwrap())
+}
+
+/// A temporary directory where O_DIRECT works.
+pub fn direct_io_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    if BackingFile::direct_io_supported(dir.path()) {
+        return dir;
+    }
+    let alt = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir in target");
+    assert!(BackingFile::direct_io_supported(alt.path()));
+    alt
+}
+
+/// A device on an O_DIRECT file through io_uring.
+pub fn file_device(file: &BackingFile) -> Device {
+    Device::open(file, REGION, poller(), UringConfig::default()).expect("device")
+}
+
+/// The two queues an engine uses.
+pub fn devices(dev: &Device) -> (ProcessBlockDevice, ProcessBlockDevice) {
+    (
+        block_device(dev, 64).unwrap(),
+        block_device(dev, 64).unwrap(),
+    )
+}
+
+pub fn config(mode: CommitMode) -> Config {
+    Config {
+        env: env(),
+        mode,
+        log_buffer_blocks: 32,
+    }
+}
+
+pub fn format(dev: &Device, layout: Layout, mode: CommitMode) -> Engine<ProcessBlockDevice> {
+    let (l, d) = devices(dev);
+    Engine::format(l, d, layout, config(mode)).expect("format")
+}
+
+pub fn open(
+    dev: &Device,
+    mode: CommitMode,
+) -> Result<(Engine<ProcessBlockDevice>, dbos_bufferpool::RecoveryReport), dbos_bufferpool::Error> {
+    let (l, d) = devices(dev);
+    Engine::open(l, d, config(mode))
+}
+
+/// Blocks of a disk for `layout`.
+pub fn disk_bytes(layout: Layout) -> usize {
+    layout.blocks() as usize * 4096
+}
