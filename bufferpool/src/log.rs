@@ -108,9 +108,10 @@ pub fn lsn_advance(lsn: Lsn, bytes: u64) -> Lsn {
     lsn_of_payload(payload_index(lsn) + bytes)
 }
 
-/// Position of the last payload byte before `end` (`end > FIRST_LSN`).
+/// Position of the last payload byte before `end` (the first payload byte
+/// for `FIRST_LSN`).
 fn last_byte(end: Lsn) -> u64 {
-    lsn_of_payload(payload_index(end) - 1).0
+    lsn_of_payload(payload_index(end).saturating_sub(1)).0
 }
 
 /// How commits are made durable.
