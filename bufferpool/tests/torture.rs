@@ -75,7 +75,7 @@ fn crash_torture() {
 /// Returns (logged, acknowledged, recovered, pages repaired).
 fn run_seed(seed: u64) -> [u64; 4] {
     let mut rng = Rng::new(seed);
-    let mode = if seed % 2 == 0 {
+    let mode = if seed.is_multiple_of(2) {
         CommitMode::Fua
     } else {
         CommitMode::WriteFlush
@@ -159,7 +159,6 @@ fn run_seed(seed: u64) -> [u64; 4] {
                 pc.stats()
             );
         }
-        drop(kv);
         drop(engine);
         drop(dev);
         let mut txns = txns.into_inner().unwrap();
@@ -192,7 +191,6 @@ fn run_seed(seed: u64) -> [u64; 4] {
         totals[0] += txns.len() as u64;
         totals[1] += txns.iter().filter(|t| t.acked).count() as u64;
         totals[3] += report.pages_repaired.len() as u64;
-        drop(kv);
         drop(engine);
         image = pc.current();
     }

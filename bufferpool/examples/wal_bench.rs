@@ -1,0 +1,290 @@
+//! Side-by-side durability benchmark on one disk:
+//!
+//! - the physical limit: a loop of 8 KiB `O_DIRECT|O_DSYNC` `pwrite`s;
+//! - single-committer commit latency and commits per second at 1, 4, 16
+//!   and 64 concurrent committers, through the engine (key-value
+//!   transactions of 2 keys), the WAL's group commit, the NVMe queue pair,
+//!   the poller and io_uring on an `O_DIRECT` file, with FUA log writes and
+//!   with log writes plus one flush per batch;
+//! - write amplification: bytes written to the log per committed byte.
+//!
+//! Usage: `cargo run --release -p dbos-bufferpool --example wal_bench --
+//! [DIR] [SECONDS]` (DIR defaults to the system temp dir, which must
+//! support O_DIRECT; SECONDS per configuration, default 2). With
+//! `WAL_BENCH_SPIN=1` waits spin instead of yielding the CPU.
+
+use dbos_bufferpool::host::{block_device, env};
+use dbos_bufferpool::{CommitMode, Config, Engine, Error, KvTable, Layout, PageId, WalError};
+use dbos_nvme::host::{BackingFile, Device, PollerConfig, UringConfig};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const LAYOUT: Layout = Layout {
+    log_blocks: 8192,
+    data_pages: 64,
+};
+/// Bytes a transaction commits (2 keys of 8-byte values).
+const TXN_BYTES: u64 = 16;
+
+struct Row {
+    label: String,
+    committers: usize,
+    commits: u64,
+    secs: f64,
+    mean_latency_us: f64,
+    p99_latency_us: f64,
+    log_bytes: u64,
+    batches: u64,
+}
+
+fn raw_dsync_loop(dir: &Path, secs: f64) -> (u64, f64, f64) {
+    let path = dir.join("raw-dsync.img");
+    let _ = std::fs::remove_file(&path);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+        .open(&path)
+        .expect("open raw file");
+    let area: u64 = 16 << 20;
+    file.set_len(area).unwrap();
+    // SAFETY: an anonymous mapping is page aligned, as O_DIRECT needs.
+    let buf = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            8192,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(buf, libc::MAP_FAILED);
+    // Preallocate with one pass so the loop measures overwrites, like a
+    // recycled log.
+    let mut off = 0;
+    while off < area {
+        // SAFETY: buf is 8 KiB of mapped memory.
+        assert_eq!(
+            unsafe { libc::pwrite(file.as_raw_fd(), buf, 8192, off as i64) },
+            8192
+        );
+        off += 8192;
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut lat = Vec::new();
+    while start.elapsed().as_secs_f64() < secs {
+        let t = Instant::now();
+        // SAFETY: as above.
+        let rc = unsafe { libc::pwrite(file.as_raw_fd(), buf, 8192, ((n * 8192) % area) as i64) };
+        assert_eq!(rc, 8192);
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        n += 1;
+    }
+    let el = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (n, el, lat[lat.len() * 99 / 100])
+}
+
+/// The device path without the WAL: 4 KiB FUA writes through a
+/// process-mode queue pair, the poller and io_uring, one at a time.
+fn queue_pair_fua_loop(dir: &Path, secs: f64) -> (u64, f64) {
+    use dbos_nvme::{Command, DataPtr, Lba};
+    let path = dir.join("qp-bench.img");
+    let _ = std::fs::remove_file(&path);
+    let file = BackingFile::create(&path, 4096 * 4096).expect("backing file");
+    let dev = Device::open(
+        &file,
+        1 << 20,
+        PollerConfig::default(),
+        UringConfig::default(),
+    )
+    .expect("device");
+    let mut qp = dev.queue_pair(64).unwrap();
+    let buf = dev.alloc(4096).unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        let cmd = Command::write_fua(Lba(n % 4096), 1, DataPtr::Contiguous(buf.addr));
+        qp.submit(&cmd).unwrap();
+        loop {
+            if let Some(c) = qp.poll() {
+                c.result().unwrap();
+                break;
+            }
+            std::thread::yield_now();
+        }
+        n += 1;
+    }
+    let el = start.elapsed().as_secs_f64();
+    drop(qp);
+    drop(dev);
+    let _ = std::fs::remove_file(&path);
+    (n, el)
+}
+
+fn engine_run(dir: &Path, mode: CommitMode, committers: usize, secs: f64) -> Row {
+    let path = dir.join("wal-bench.img");
+    let _ = std::fs::remove_file(&path);
+    let file = BackingFile::create(&path, LAYOUT.blocks() * 4096).expect("backing file");
+    let dev = Device::open(
+        &file,
+        8 << 20,
+        PollerConfig::default(),
+        UringConfig::default(),
+    )
+    .expect("device");
+    let mut platform = env();
+    if std::env::var("WAL_BENCH_SPIN").is_ok() {
+        platform.relax = std::hint::spin_loop;
+    }
+    let config = Config {
+        env: platform,
+        mode,
+        log_buffer_blocks: 256,
+    };
+    let engine = Engine::format(
+        block_device(&dev, 64).unwrap(),
+        block_device(&dev, 64).unwrap(),
+        LAYOUT,
+        config,
+    )
+    .expect("format");
+    let kv = KvTable::new(&engine, PageId(0), LAYOUT.data_pages);
+    // Warm up: log the page images of every page now, not during the run.
+    for p in 0..LAYOUT.data_pages {
+        let k = p * dbos_bufferpool::kv::SLOTS_PER_PAGE;
+        kv.put(&[(k, 1)]).unwrap();
+    }
+    let before = engine.wal().stats();
+    let stop = AtomicBool::new(false);
+    let commits = AtomicU64::new(0);
+    let lat_all = std::sync::Mutex::new(Vec::new());
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..committers {
+            let (kv, stop, commits, lat_all, engine) = (&kv, &stop, &commits, &lat_all, &engine);
+            s.spawn(move || {
+                let mut lat = Vec::new();
+                let mut i = 0u64;
+                // Each committer owns keys on its own page.
+                let base = (t as u64 % LAYOUT.data_pages) * dbos_bufferpool::kv::SLOTS_PER_PAGE
+                    + (t as u64 / LAYOUT.data_pages) * 2;
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    match kv.put(&[(base, i + 1), (base + 1, i + 2)]) {
+                        Ok(_) => {}
+                        Err(Error::Log(WalError::LogFull { .. })) => {
+                            engine.checkpoint().unwrap();
+                            continue;
+                        }
+                        Err(e) => panic!("commit failed: {e}"),
+                    }
+                    lat.push(t0.elapsed().as_secs_f64() * 1e6);
+                    i += 1;
+                }
+                commits.fetch_add(i, Ordering::Relaxed);
+                lat_all.lock().unwrap().extend(lat);
+            });
+        }
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let el = start.elapsed().as_secs_f64();
+    let after = engine.wal().stats();
+    let mut lat = lat_all.into_inner().unwrap();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let mean = lat.iter().sum::<f64>() / lat.len() as f64;
+    let row = Row {
+        label: format!("{mode:?}"),
+        committers,
+        commits: commits.load(Ordering::Relaxed),
+        secs: el,
+        mean_latency_us: mean,
+        p99_latency_us: lat[lat.len() * 99 / 100],
+        log_bytes: (after.blocks_written - before.blocks_written) * 4096,
+        batches: after.batches - before.batches,
+    };
+    drop(engine);
+    drop(dev);
+    let _ = std::fs::remove_file(&path);
+    row
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = args
+        .get(1)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let secs: f64 = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(2.0);
+    assert!(
+        BackingFile::direct_io_supported(&dir),
+        "{} does not support O_DIRECT",
+        dir.display()
+    );
+    println!("disk: {} ({secs} s per configuration)", dir.display());
+    let (n, el, p99) = raw_dsync_loop(&dir, secs);
+    let raw_lat = el / n as f64 * 1e6;
+    println!(
+        "raw 8 KiB O_DIRECT|O_DSYNC pwrite loop: {n} writes, {:.1} us mean, {:.1} us p99, {:.0}/s",
+        raw_lat,
+        p99,
+        n as f64 / el
+    );
+    let (n, el) = queue_pair_fua_loop(&dir, secs);
+    println!(
+        "queue pair 4 KiB FUA write loop (no WAL): {n} writes, {:.1} us mean, {:.0}/s",
+        el / n as f64 * 1e6,
+        n as f64 / el
+    );
+    println!();
+    println!(
+        "{:<11} {:>10} {:>9} {:>10} {:>10} {:>9} {:>10} {:>9} {:>12} {:>9}",
+        "mode",
+        "committers",
+        "commits",
+        "commits/s",
+        "mean us",
+        "p99 us",
+        "vs raw",
+        "x 1-thr",
+        "commits/batch",
+        "WA"
+    );
+    for mode in [CommitMode::Fua, CommitMode::WriteFlush] {
+        let mut single = 0.0;
+        for committers in [1, 4, 16, 64] {
+            let r = engine_run(&dir, mode, committers, secs);
+            let rate = r.commits as f64 / r.secs;
+            if committers == 1 {
+                single = rate;
+            }
+            println!(
+                "{:<11} {:>10} {:>9} {:>10.0} {:>10.1} {:>9.1} {:>9.2}x {:>8.2}x {:>12.1} {:>9.1}",
+                r.label,
+                r.committers,
+                r.commits,
+                rate,
+                r.mean_latency_us,
+                r.p99_latency_us,
+                r.mean_latency_us / raw_lat,
+                rate / single,
+                r.commits as f64 / r.batches as f64,
+                r.log_bytes as f64 / (r.commits * TXN_BYTES) as f64,
+            );
+        }
+    }
+    println!();
+    println!(
+        "vs raw: mean commit latency / mean raw write latency; x 1-thr: commits/s over the \
+         1-committer rate; WA: log bytes written per committed byte ({TXN_BYTES} bytes of \
+         values per transaction; its log records take 91 bytes)"
+    );
+}
