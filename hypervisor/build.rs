@@ -22,6 +22,10 @@ fn main() {
         "libdbos/src",
         "libdbos/Cargo.toml",
         "libdbos/guest.ld",
+        "nvme/src",
+        "nvme/Cargo.toml",
+        "bufferpool/src",
+        "bufferpool/Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }

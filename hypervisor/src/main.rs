@@ -1,7 +1,7 @@
 //! `dbos`: the command-line front end of the hypervisor.
 
 use clap::{Parser, Subcommand};
-use dbos_hypervisor::report::{STATUS_BAD_EXIT, STATUS_CRASH, STATUS_PANIC};
+use dbos_hypervisor::report::{STATUS_BAD_EXIT, STATUS_CRASH, STATUS_PANIC, STATUS_TIMED_OUT};
 use dbos_hypervisor::{Vm, VmConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,8 +19,8 @@ const STATUS_SETUP: u8 = 1;
         "Exit status: the guest's own exit status when it exits normally; \
          {STATUS_PANIC} when the guest panics; {STATUS_CRASH} when it crashes (unhandled \
          exception, bad hypercall, triple fault, emulation failure); {STATUS_BAD_EXIT} when \
-         its exit status does not fit 8 bits; {STATUS_SETUP} when the VM cannot be set up; \
-         2 for a usage error."
+         its exit status does not fit 8 bits; {STATUS_TIMED_OUT} when it is stopped at \
+         --time-limit; {STATUS_SETUP} when the VM cannot be set up; 2 for a usage error."
     )
 )]
 struct Cli {
@@ -79,6 +79,11 @@ struct RunArgs {
     #[arg(long, default_value_t = 200, value_name = "US", requires = "disk")]
     disk_spin_us: u64,
 
+    /// Stop the guest after this many seconds (fractions allowed), wherever
+    /// it is, like a power failure; exit status 104.
+    #[arg(long, value_name = "SECONDS")]
+    time_limit: Option<f64>,
+
     /// Print how many VM exits the run took, by kind, on stderr.
     #[arg(long)]
     stats: bool,
@@ -119,6 +124,14 @@ fn run(args: RunArgs) -> ExitCode {
         args: args.args,
         kvm_device: args.kvm_device,
         files: args.files,
+        time_limit: match args.time_limit.map(std::time::Duration::try_from_secs_f64) {
+            Some(Ok(limit)) => Some(limit),
+            Some(Err(_)) => {
+                eprintln!("dbos: error: --time-limit must be a non-negative number of seconds");
+                return ExitCode::from(2);
+            }
+            None => None,
+        },
         disk: args.disk.map(|path| dbos_hypervisor::disk::DiskConfig {
             poll_spin: std::time::Duration::from_micros(args.disk_spin_us),
             ..dbos_hypervisor::disk::DiskConfig::new(path, args.disk_size)

@@ -13,6 +13,8 @@ pub const STATUS_PANIC: u8 = 101;
 pub const STATUS_CRASH: u8 = 102;
 /// Process exit status for an exit status that does not fit 8 bits.
 pub const STATUS_BAD_EXIT: u8 = 103;
+/// Process exit status for a guest stopped at its time limit.
+pub const STATUS_TIMED_OUT: u8 = 104;
 
 /// How the guest stopped.
 #[derive(Clone, Debug)]
@@ -49,6 +51,8 @@ pub enum GuestExit {
         reason: String,
         regs: Option<RegisterDump>,
     },
+    /// Stopped by the VMM at the configured time limit, wherever it was.
+    TimedOut { limit: Duration },
 }
 
 impl GuestExit {
@@ -103,6 +107,7 @@ impl GuestExit {
         match self {
             GuestExit::Exited { status, .. } => u8::try_from(*status).unwrap_or(STATUS_BAD_EXIT),
             GuestExit::Panicked { .. } => STATUS_PANIC,
+            GuestExit::TimedOut { .. } => STATUS_TIMED_OUT,
             _ => STATUS_CRASH,
         }
     }
@@ -165,6 +170,13 @@ impl fmt::Display for GuestExit {
                     write!(f, "\n{r}")?;
                 }
                 Ok(())
+            }
+            GuestExit::TimedOut { limit } => {
+                write!(
+                    f,
+                    "guest stopped at its time limit of {:.3} s",
+                    limit.as_secs_f64()
+                )
             }
         }
     }

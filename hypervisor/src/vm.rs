@@ -42,6 +42,8 @@ pub struct VmConfig {
     pub files: Vec<FileGrant>,
     /// The NVMe disk, if any (`--disk PATH [--disk-size SIZE]`).
     pub disk: Option<DiskConfig>,
+    /// Stop the guest (as if the power failed) once it has run this long.
+    pub time_limit: Option<Duration>,
     /// The ABI version written into the boot information. Only for testing
     /// the guest's version check: the default is `abi::ABI_VERSION`.
     pub abi_version: u32,
@@ -58,6 +60,7 @@ impl Default for VmConfig {
             capture_console: false,
             files: Vec::new(),
             disk: None,
+            time_limit: None,
             abi_version: boot::DEFAULT_ABI_VERSION,
         }
     }
@@ -340,7 +343,24 @@ impl Vm {
         let exit = {
             let mut slot = shared.exit.lock().unwrap_or_else(|p| p.into_inner());
             while slot.is_none() {
-                slot = shared.stopped.wait(slot).unwrap_or_else(|p| p.into_inner());
+                match self.config.time_limit {
+                    None => slot = shared.stopped.wait(slot).unwrap_or_else(|p| p.into_inner()),
+                    Some(limit) => {
+                        let left = limit.saturating_sub(shared.started.elapsed());
+                        if left.is_zero() {
+                            // Recorded like any other stop; the vCPUs are
+                            // kicked out of KVM_RUN below.
+                            *slot = Some(GuestExit::TimedOut { limit });
+                            shared.stopping.store(true, Ordering::Release);
+                            break;
+                        }
+                        slot = shared
+                            .stopped
+                            .wait_timeout(slot, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                }
             }
             slot.clone().expect("loop ends only with an exit recorded")
         };
