@@ -56,6 +56,11 @@ impl Default for PollerConfig {
     }
 }
 
+/// How long the poller spins with I/O in flight and nothing completing
+/// before it starts yielding its CPU between turns (completions of a busy
+/// queue arrive faster than this; a single durable write takes longer).
+const YIELD_AFTER: Duration = Duration::from_micros(20);
+
 /// A poller that cannot do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum PollerError {
@@ -613,8 +618,17 @@ impl<B: Backend> Poller<B> {
                 continue;
             }
             let now = Instant::now();
-            if now.duration_since(*idle_since.get_or_insert(now)) < spin {
-                std::hint::spin_loop();
+            let idle = now.duration_since(*idle_since.get_or_insert(now));
+            if idle < spin {
+                if idle > YIELD_AFTER && self.backend.in_flight() > 0 {
+                    // Waiting on the kernel for a while: let it run here.
+                    // A write the kernel hands to an io_uring worker thread
+                    // (an O_DSYNC write, say) needs a CPU, and on a small
+                    // machine this poller's spinning would take it.
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
                 continue;
             }
             self.park();
