@@ -208,6 +208,36 @@ impl EventCounts {
         }
     }
 
+    /// The counts as an array, in field order (for per-slot atomics).
+    pub fn to_array(&self) -> [u64; 8] {
+        [
+            self.faults,
+            self.pte_writes,
+            self.local_invalidations,
+            self.local_flushes,
+            self.remote_invalidations,
+            self.ipis_sent,
+            self.vm_exits,
+            self.shootdowns,
+        ]
+    }
+
+    /// The inverse of [`EventCounts::to_array`].
+    pub fn from_array(a: [u64; 8]) -> EventCounts {
+        let [faults, pte_writes, local_invalidations, local_flushes, remote_invalidations, ipis_sent, vm_exits, shootdowns] =
+            a;
+        EventCounts {
+            faults,
+            pte_writes,
+            local_invalidations,
+            local_flushes,
+            remote_invalidations,
+            ipis_sent,
+            vm_exits,
+            shootdowns,
+        }
+    }
+
     /// The events between `earlier` and `self`.
     pub fn since(&self, earlier: &EventCounts) -> EventCounts {
         EventCounts {
@@ -435,5 +465,6 @@ mod tests {
                 ..Default::default()
             }
         );
+        assert_eq!(EventCounts::from_array(b.to_array()), b);
     }
 }

@@ -149,7 +149,7 @@ pub fn measure<P: Platform>(
                     }
                 }
                 let d = p.counters().since(&c);
-                for (slot, value) in delta.iter().zip(to_words(&d)) {
+                for (slot, value) in delta.iter().zip(d.to_array()) {
                     slot.store(value, Ordering::SeqCst);
                 }
                 STAGE.store(2, Ordering::SeqCst);
@@ -162,7 +162,7 @@ pub fn measure<P: Platform>(
                 format_args!("failed on CPU 0"),
             ));
         }
-        let d = from_words(delta.each_ref().map(|a| a.load(Ordering::SeqCst)));
+        let d = EventCounts::from_array(delta.each_ref().map(|a| a.load(Ordering::SeqCst)));
         record(3, n, &EventCounts::default(), &d);
         ok!(p.unmap(busy, small));
     }
@@ -261,32 +261,6 @@ pub fn measure<P: Platform>(
         p.free_frame(g, small);
     }
     Ok(costs)
-}
-
-fn to_words(e: &EventCounts) -> [u64; 8] {
-    [
-        e.faults,
-        e.pte_writes,
-        e.local_invalidations,
-        e.local_flushes,
-        e.remote_invalidations,
-        e.ipis_sent,
-        e.vm_exits,
-        e.shootdowns,
-    ]
-}
-
-fn from_words(w: [u64; 8]) -> EventCounts {
-    EventCounts {
-        faults: w[0],
-        pte_writes: w[1],
-        local_invalidations: w[2],
-        local_flushes: w[3],
-        remote_invalidations: w[4],
-        ipis_sent: w[5],
-        vm_exits: w[6],
-        shootdowns: w[7],
-    }
 }
 
 /// `total / ops` with two decimals, rounded; "n/a" when `ops` is 0.
