@@ -157,7 +157,7 @@ mod tests {
     use crate::DataPtr;
     use crate::{host::memory::DmaRegion, Command};
 
-    /// A fake memory map: device [0x10000, 0x30000) at host 0x7f00_0001_0000
+    /// A memory map for decoding tests: device [0x10000, 0x30000) at host 0x7f00_0001_0000
     /// (never dereferenced except for the PRP list, which lives in `list`).
     struct Fixture {
         mem: DmaMemory,

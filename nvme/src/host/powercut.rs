@@ -17,10 +17,10 @@
 //! operations and seed give the same image.
 
 use super::backend::{Backend, IoKind, IoOp};
+use super::sync::Inline;
 use super::testing::OpMatch;
 use super::wake::WakeFd;
 use crate::types::BLOCK_SIZE;
-use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::vec;
@@ -310,8 +310,7 @@ impl PowerCut {
 pub struct PowerCutBackend {
     shared: Arc<PowerCut>,
     blocks: u64,
-    queued: Vec<(IoOp, u64)>,
-    done: VecDeque<(u64, i32)>,
+    ops: Inline,
 }
 
 impl PowerCutBackend {
@@ -341,8 +340,7 @@ impl PowerCutBackend {
             PowerCutBackend {
                 shared: shared.clone(),
                 blocks,
-                queued: Vec::new(),
-                done: VecDeque::new(),
+                ops: Inline::default(),
             },
             shared,
         )
@@ -364,36 +362,25 @@ impl Backend for PowerCutBackend {
     }
 
     fn push(&mut self, op: &IoOp, tag: u64) -> bool {
-        self.queued.push((*op, tag));
-        true
+        self.ops.push(op, tag)
     }
 
     fn submit(&mut self) -> io::Result<()> {
         let mut disk = self.shared.disk();
-        for (op, tag) in self.queued.drain(..) {
-            let r = disk.execute(&op);
-            self.done.push_back((tag, r));
-        }
+        self.ops.submit(|op| disk.execute(op), false);
         Ok(())
     }
 
-    fn reap<F: FnMut(u64, i32)>(&mut self, mut f: F) -> usize {
-        let n = self.done.len();
-        for (tag, res) in self.done.drain(..) {
-            f(tag, res);
-        }
-        n
+    fn reap<F: FnMut(u64, i32)>(&mut self, f: F) -> usize {
+        self.ops.reap(f)
     }
 
     fn park(&mut self, wake: &Arc<WakeFd>) -> io::Result<()> {
-        if !self.done.is_empty() || !self.queued.is_empty() {
-            return Ok(());
-        }
-        wake.wait().map(|_| ())
+        self.ops.park(wake)
     }
 
     fn in_flight(&self) -> usize {
-        self.queued.len() + self.done.len()
+        self.ops.in_flight()
     }
 }
 
