@@ -9,7 +9,7 @@ use crate::elf::Image;
 use crate::layout::{Layout, PAGE};
 use crate::memory::GuestRam;
 use libdbos::abi::{
-    self, BootInfo, BOOT_MAGIC, DIRECT_MAP_BASE, IMAGE_BASE, MAX_ARGS_BYTES, MAX_MEMORY_REGIONS,
+    BootInfo, BOOT_MAGIC, DIRECT_MAP_BASE, IMAGE_BASE, MAX_ARGS_BYTES, MAX_MEMORY_REGIONS,
 };
 
 pub const GDT_ADDR: u64 = 0x1000;
@@ -203,9 +203,6 @@ fn build_page_tables(
     }
     Ok(pml4)
 }
-
-/// The ABI version the hypervisor advertises unless told otherwise.
-pub const DEFAULT_ABI_VERSION: u32 = abi::ABI_VERSION;
 
 #[cfg(test)]
 mod tests {

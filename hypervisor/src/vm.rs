@@ -61,7 +61,7 @@ impl Default for VmConfig {
             files: Vec::new(),
             disk: None,
             time_limit: None,
-            abi_version: boot::DEFAULT_ABI_VERSION,
+            abi_version: libdbos::abi::ABI_VERSION,
         }
     }
 }

@@ -4,8 +4,11 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 use core::sync::atomic::{AtomicU64, Ordering};
-use libdbos::paging::{self, PageTableFlags};
+use libdbos::paging;
+use libdbos::platform::{Frame, PageSize, Protection};
 use libdbos::{frames, println, HookResult, InterruptFrame, PageFault};
 
 libdbos::entry!(main);
@@ -59,8 +62,8 @@ fn main() -> u8 {
             0
         }
         "args" => {
-            let all: alloc_free::Joined = args.collect();
-            println!("args: {}", all.as_str());
+            let all: alloc::vec::Vec<&str> = args.collect();
+            println!("args: {}", all.join("|"));
             0
         }
         other => panic!("unknown scenario {other:?}"),
@@ -96,8 +99,13 @@ fn map_on_fault(fault: &PageFault, _frame: &mut InterruptFrame) -> HookResult {
     let Some(frame) = frames::alloc_zeroed() else {
         return HookResult::Unhandled;
     };
-    let flags = PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
-    match paging::map_4k(fault.addr & !0xfff, frame, flags) {
+    let frame = Frame::from_addr(frame.start_address().as_u64()).expect("frames are aligned");
+    match paging::map(
+        fault.addr & !0xfff,
+        frame,
+        PageSize::Small,
+        Protection::ReadWrite,
+    ) {
         Ok(()) => HookResult::Handled,
         Err(_) => HookResult::Unhandled,
     }
@@ -298,7 +306,6 @@ fn files() -> u8 {
 }
 
 fn nvme() -> u8 {
-    extern crate alloc;
     use libdbos::nvme::{self, dma};
     use libdbos::platform::Platform;
     use nvme_format::{Command, DataPtr, DriverError, Lba, NvmeError};
@@ -408,31 +415,4 @@ fn window_stack() -> u8 {
     libdbos::hypercall::console_write(span);
     println!("unreachable");
     0
-}
-
-/// Joining arguments without a heap-free dependency on `alloc` in this file.
-mod alloc_free {
-    extern crate alloc;
-    use alloc::string::String;
-
-    pub struct Joined(String);
-
-    impl Joined {
-        pub fn as_str(&self) -> &str {
-            &self.0
-        }
-    }
-
-    impl<'a> FromIterator<&'a str> for Joined {
-        fn from_iter<I: IntoIterator<Item = &'a str>>(iter: I) -> Self {
-            let mut s = String::new();
-            for (i, w) in iter.into_iter().enumerate() {
-                if i > 0 {
-                    s.push('|');
-                }
-                s.push_str(w);
-            }
-            Joined(s)
-        }
-    }
 }

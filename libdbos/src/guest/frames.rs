@@ -13,7 +13,7 @@ use crate::abi::{MemoryKind, MemoryRegion, MAX_MEMORY_REGIONS};
 use crate::memory::phys_to_virt;
 use crate::platform::{PageSize, LARGE_PAGE_SIZE, PAGE_SIZE};
 use spin::Mutex;
-use x86_64::structures::paging::{FrameAllocator, PhysFrame, Size4KiB};
+use x86_64::structures::paging::PhysFrame;
 use x86_64::PhysAddr;
 
 const NONE: u64 = u64::MAX;
@@ -174,15 +174,8 @@ pub fn available() -> u64 {
 
 const _: () = assert!(LARGE_PAGE_SIZE % PAGE_SIZE == 0);
 
-/// The allocator as the `x86_64` crate's page-table code wants it.
+/// Zeroed frames for new page tables.
 pub(crate) struct ZeroedFrames;
-
-// SAFETY: `alloc_zeroed` hands out each frame at most once until it is freed.
-unsafe impl FrameAllocator<Size4KiB> for ZeroedFrames {
-    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
-        alloc_zeroed()
-    }
-}
 
 impl crate::pagetable::TableFrames for ZeroedFrames {
     fn alloc_zeroed_table(&mut self) -> Option<u64> {

@@ -22,9 +22,6 @@ use crate::percpu::{self, Event};
 use crate::platform::{Error, Frame, PageSize, Protection};
 use spin::Mutex;
 use x86_64::registers::control::Cr3;
-use x86_64::structures::paging::PageTableFlags as F;
-
-pub use x86_64::structures::paging::{PageTableFlags, PhysFrame};
 
 /// Serialises edits of the active page tables.
 static TABLES: Mutex<()> = Mutex::new(());
@@ -96,20 +93,4 @@ pub fn lookup(addr: u64) -> Option<Mapping> {
 pub fn translate(virt: u64) -> Option<u64> {
     let m = lookup(virt)?;
     Some(m.frame.addr() + (virt & (m.size.bytes() - 1)))
-}
-
-/// Maps the 4 KiB page at `virt` to `frame` with `flags` (PRESENT is added):
-/// the low-level form for code outside a window; no counting.
-pub fn map_4k(virt: u64, frame: PhysFrame, flags: PageTableFlags) -> Result<(), Error> {
-    let prot = if flags.contains(F::WRITABLE) {
-        Protection::ReadWrite
-    } else {
-        Protection::ReadOnly
-    };
-    map(
-        virt & !0xfff,
-        Frame::from_addr(frame.start_address().as_u64()).expect("aligned"),
-        PageSize::Small,
-        prot,
-    )
 }
