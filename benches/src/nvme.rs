@@ -417,8 +417,8 @@ pub fn run_queue_pair(
 }
 
 /// fio's figure for the same pattern (io_uring engine, registered file and
-/// fixed buffers), or `None` if fio is not installed.
-pub fn run_fio(path: &Path, w: Workload, time: Duration) -> Option<Summary> {
+/// fixed buffers). Fails if fio cannot be run or its report not read.
+pub fn run_fio(path: &Path, w: Workload, time: Duration) -> Result<Summary, String> {
     let rw = match w.pattern {
         Pattern::RandRead => "randread",
         Pattern::SeqWrite => "write",
@@ -440,12 +440,16 @@ pub fn run_fio(path: &Path, w: Workload, time: Duration) -> Option<Summary> {
             "--output-format=json",
         ])
         .output()
-        .ok()?;
+        .map_err(|e| format!("running fio: {e}"))?;
     if !out.status.success() {
-        log::warn!("fio failed: {}", String::from_utf8_lossy(&out.stderr));
-        return None;
+        return Err(format!(
+            "fio failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("reading fio's report: {e}"))?;
     let job = &json["jobs"][0][if w.pattern == Pattern::RandRead {
         "read"
     } else {
@@ -454,10 +458,12 @@ pub fn run_fio(path: &Path, w: Workload, time: Duration) -> Option<Summary> {
     let lat = &job["lat_ns"];
     let pct = |p: &str| lat["percentile"][p].as_f64().unwrap_or(0.0) / 1000.0;
     let runtime_ms = job["runtime"].as_f64().unwrap_or(0.0);
-    Some(Summary {
-        ops: job["total_ios"].as_u64().unwrap_or(0),
+    Ok(Summary {
+        ops: job["total_ios"]
+            .as_u64()
+            .ok_or("fio's report has no total_ios")?,
         elapsed: Duration::from_secs_f64(runtime_ms / 1000.0),
-        iops: job["iops"].as_f64().unwrap_or(0.0),
+        iops: job["iops"].as_f64().ok_or("fio's report has no iops")?,
         mean_us: lat["mean"].as_f64().unwrap_or(0.0) / 1000.0,
         p50_us: pct("50.000000"),
         p99_us: pct("99.000000"),

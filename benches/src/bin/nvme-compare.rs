@@ -7,68 +7,83 @@
 //! - queue pair IOPS >= 90% of fio's at QD32 for 4 KiB random reads;
 //! - queue pair mean latency <= 1.2x `pread`'s at QD1.
 //!
-//! Usage: `nvme-compare [--file PATH] [--size-mib N] [--seconds S] [--only NAME]
-//! [--spin-us N] [--no-coop-taskrun]` (the last two tune the poller)
-//! (default file: `nvme-bench.img` in the system temp dir, 1024 MiB, 3 s per run).
+//! The disk of a virtual machine moves by 10-30% between runs seconds apart,
+//! so with `--rounds N` every workload runs N rounds, each round running
+//! every method once in a rotated order; the report gives each method's
+//! median round and the ratios of those medians, and for the QD32 target
+//! also the median of the per-round ratios (each from two runs that were
+//! seconds apart).
 
+use clap::Parser;
 use dbos_benches::nvme::{
-    prepare_file, run_fio, run_pread, run_queue_pair, run_uring, Budget, Summary, Workload,
+    prepare_file, run_fio, run_pread, run_queue_pair, run_uring, Budget, Pattern, Summary, Workload,
 };
 use dbos_nvme::host::{BackingFile, PollerConfig, UringConfig};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+#[derive(Parser)]
+#[command(about = "Storage I/O side by side: pread/pwrite, io_uring, the dbos queue pair, fio")]
 struct Args {
+    /// The benchmark file (created and filled if missing or of another size).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("nvme-bench.img"))]
     file: PathBuf,
+    /// Size of the benchmark file in MiB.
+    #[arg(long, default_value_t = 1024)]
     size_mib: u64,
+    /// Seconds per run (one method, one workload, one round).
+    #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Rounds per workload; each method runs once per round.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Only workloads whose name contains this, e.g. "randread 4k qd32".
+    #[arg(long)]
     only: Option<String>,
-    poller: PollerConfig,
-    uring: UringConfig,
+    /// Methods to run (default: all; fio only if installed).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    methods: Vec<Method>,
+    /// The poller's spin before parking, in microseconds.
+    #[arg(long)]
+    spin_us: Option<u64>,
+    /// Set up the poller's io_uring without COOP_TASKRUN.
+    #[arg(long)]
+    no_coop_taskrun: bool,
+    /// Set up the poller's io_uring without SINGLE_ISSUER|DEFER_TASKRUN.
+    #[arg(long)]
+    no_defer_taskrun: bool,
+    /// Operations per io_uring submission in the poller (0: no limit).
+    #[arg(long)]
+    submit_batch: Option<u32>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        file: std::env::temp_dir().join("nvme-bench.img"),
-        size_mib: 1024,
-        seconds: 3.0,
-        only: None,
-        poller: PollerConfig::default(),
-        uring: UringConfig::default(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut val = || it.next().ok_or(format!("{a} needs a value"));
-        match a.as_str() {
-            "--file" => args.file = PathBuf::from(val()?),
-            "--size-mib" => {
-                args.size_mib = val()?.parse().map_err(|e| format!("--size-mib: {e}"))?
-            }
-            "--seconds" => args.seconds = val()?.parse().map_err(|e| format!("--seconds: {e}"))?,
-            "--only" => args.only = Some(val()?),
-            "--spin-us" => {
-                let us: u64 = val()?.parse().map_err(|e| format!("--spin-us: {e}"))?;
-                args.poller.spin = Duration::from_micros(us);
-            }
-            "--no-coop-taskrun" => args.uring.coop_taskrun = false,
-            "-h" | "--help" => {
-                return Err(
-                    "usage: nvme-compare [--file PATH] [--size-mib N] [--seconds S] [--only NAME] [--spin-us N] [--no-coop-taskrun]"
-                        .into(),
-                )
-            }
-            _ => return Err(format!("unknown argument {a}")),
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Method {
+    Pread,
+    #[value(name = "io_uring")]
+    Uring,
+    #[value(name = "qp")]
+    QueuePair,
+    Fio,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Pread => "pread",
+            Method::Uring => "io_uring",
+            Method::QueuePair => "queue pair",
+            Method::Fio => "fio",
         }
     }
-    Ok(args)
 }
 
-fn row(method: &str, s: &Summary) {
+fn row(label: &str, s: &Summary) {
     let bells = s.doorbells.map_or("-".to_string(), |d| {
         format!("{:.4}", d as f64 / s.ops.max(1) as f64)
     });
     println!(
-        "  {method:<12} {:>10.0} {:>10.1} {:>10.1} {:>10.1} {:>10} {:>12}",
+        "  {label:<16} {:>10.0} {:>10.1} {:>10.1} {:>10.1} {:>10} {:>12}",
         s.iops, s.mean_us, s.p50_us, s.p99_us, s.ops, bells
     );
 }
@@ -91,6 +106,7 @@ fn cpu_seconds() -> (f64, f64) {
         })
         .unwrap_or(0.0);
     let usage = |who| {
+        // SAFETY: rusage is plain data; all zeroes is a valid value.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
         // SAFETY: getrusage fills the struct we own.
         unsafe { libc::getrusage(who, &mut ru) };
@@ -103,14 +119,40 @@ fn cpu_seconds() -> (f64, f64) {
     )
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The run whose IOPS is the median of `runs` (the lower middle one for
+/// an even count).
+fn median_run(runs: &[Summary]) -> Summary {
+    let mut sorted: Vec<&Summary> = runs.iter().collect();
+    sorted.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+    sorted[(sorted.len() - 1) / 2].clone()
+}
+
 fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
+    let args = Args::parse();
+    let mut poller = PollerConfig::default();
+    if let Some(us) = args.spin_us {
+        poller.spin = Duration::from_micros(us);
+    }
+    let mut uring = UringConfig {
+        coop_taskrun: !args.no_coop_taskrun,
+        defer_taskrun: !args.no_defer_taskrun,
+        ..UringConfig::default()
     };
+    if let Some(n) = args.submit_batch {
+        uring.submit_batch = n;
+    }
     let dir = args
         .file
         .parent()
@@ -123,6 +165,7 @@ fn main() {
         );
         std::process::exit(1);
     }
+    let rounds = args.rounds.max(1);
     let bytes = args.size_mib << 20;
     eprintln!(
         "preparing {} ({} MiB)...",
@@ -140,7 +183,7 @@ fn main() {
         .output()
         .is_ok_and(|o| o.status.success());
     println!(
-        "file {} ({} MiB, O_DIRECT), {:.1} s per run, fio {}",
+        "file {} ({} MiB, O_DIRECT), {:.1} s per run, {rounds} round(s), fio {}",
         args.file.display(),
         args.size_mib,
         args.seconds,
@@ -151,9 +194,18 @@ fn main() {
         }
     );
     println!(
-        "  {:<12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
+        "  {:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "method", "IOPS", "mean us", "p50 us", "p99 us", "ops", "doorbells/IO"
     );
+    let mut methods = if args.methods.is_empty() {
+        vec![Method::Pread, Method::Uring, Method::QueuePair, Method::Fio]
+    } else {
+        args.methods.clone()
+    };
+    methods.dedup();
+    if !have_fio {
+        methods.retain(|&m| m != Method::Fio);
+    }
     let mut verdicts = Vec::new();
     for w in Workload::all() {
         if args
@@ -165,20 +217,33 @@ fn main() {
         }
         println!("{}", w.name());
         let (total0, ours0) = cpu_seconds();
-        let wall0 = std::time::Instant::now();
-        let pread = run_pread(&file, w, budget);
-        row("pread", &pread);
-        let uring = run_uring(&file, w, budget);
-        row("io_uring", &uring);
-        let qp = run_queue_pair(&file, w, budget, args.poller, args.uring);
-        row("queue pair", &qp);
-        let fio = if have_fio {
-            run_fio(&args.file, w, time)
-        } else {
-            None
-        };
-        if let Some(f) = &fio {
-            row("fio", f);
+        let wall0 = Instant::now();
+        // runs[m][round]
+        let mut runs: Vec<Vec<Summary>> = vec![Vec::new(); methods.len()];
+        for round in 0..rounds {
+            for k in 0..methods.len() {
+                let mi = (k + round) % methods.len();
+                let s = match methods[mi] {
+                    Method::Pread => run_pread(&file, w, budget),
+                    Method::Uring => run_uring(&file, w, budget),
+                    Method::QueuePair => run_queue_pair(&file, w, budget, poller, uring),
+                    Method::Fio => run_fio(&args.file, w, time).unwrap_or_else(|e| {
+                        eprintln!("{e}");
+                        std::process::exit(1);
+                    }),
+                };
+                if rounds > 1 {
+                    row(&format!("{} r{}", methods[mi].name(), round + 1), &s);
+                }
+                runs[mi].push(s);
+            }
+        }
+        let med: Vec<Summary> = runs.iter().map(|r| median_run(r)).collect();
+        if rounds > 1 {
+            println!("  median round of each method:");
+        }
+        for (m, s) in methods.iter().zip(&med) {
+            row(m.name(), s);
         }
         let (total1, ours1) = cpu_seconds();
         let other = ((total1 - total0) - (ours1 - ours0)).max(0.0);
@@ -187,24 +252,56 @@ fn main() {
             other / wall0.elapsed().as_secs_f64(),
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
-        print!("  ratios: qp/io_uring IOPS {:.2}", qp.iops / uring.iops);
-        if let Some(f) = &fio {
-            print!(", qp/fio IOPS {:.2}", qp.iops / f.iops);
+        let at = |m: Method| methods.iter().position(|&x| x == m);
+        let Some(q) = at(Method::QueuePair) else {
+            continue;
+        };
+        let qp = &med[q];
+        let fio = at(Method::Fio).map(|i| (&med[i], &runs[i]));
+        let mut ratios = Vec::new();
+        if let Some(u) = at(Method::Uring) {
+            ratios.push(format!("qp/io_uring IOPS {:.2}", qp.iops / med[u].iops));
         }
-        println!(", qp/pread mean latency {:.2}", qp.mean_us / pread.mean_us);
-        if w.depth == 32 && w.block == 4096 && w.pattern == dbos_benches::nvme::Pattern::RandRead {
-            if let Some(f) = &fio {
+        if let Some((f, _)) = fio {
+            ratios.push(format!("qp/fio IOPS {:.2}", qp.iops / f.iops));
+        }
+        let pread = at(Method::Pread).map(|p| &med[p]);
+        if let Some(p) = pread {
+            ratios.push(format!(
+                "qp/pread mean latency {:.2}",
+                qp.mean_us / p.mean_us
+            ));
+        }
+        if !ratios.is_empty() {
+            println!("  ratios: {}", ratios.join(", "));
+        }
+        if w.depth == 32 && w.block == 4096 && w.pattern == Pattern::RandRead {
+            if let Some((f, fio_runs)) = fio {
                 let r = qp.iops / f.iops;
+                let per_round: Vec<f64> = runs[q]
+                    .iter()
+                    .zip(fio_runs)
+                    .map(|(q, f)| q.iops / f.iops)
+                    .collect();
+                let list = per_round
+                    .iter()
+                    .map(|x| format!("{:.0}%", x * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let round_median = median(per_round);
                 verdicts.push(format!(
-                    "QD32 4k randread: queue pair {:.0} IOPS = {:.0}% of fio's {:.0} (target >= 90%): {}",
+                    "QD32 4k randread: queue pair {:.0} IOPS = {:.0}% of fio's {:.0} \
+                     (medians of {rounds} round(s); per round: {list}; median per-round \
+                     ratio {:.0}%; target >= 90%): {}",
                     qp.iops,
                     r * 100.0,
                     f.iops,
+                    round_median * 100.0,
                     if r >= 0.9 { "met" } else { "NOT met" }
                 ));
             }
         }
-        if w.depth == 1 {
+        if let (1, Some(pread)) = (w.depth, pread) {
             let r = qp.mean_us / pread.mean_us;
             verdicts.push(format!(
                 "QD1 {}: queue pair mean {:.1} us = {:.2}x pread's {:.1} us (target <= 1.2x): {}",
