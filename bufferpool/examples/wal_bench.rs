@@ -14,8 +14,7 @@
 //! table it runs ROUNDS (default 5) rounds of the raw loop, 1 and then 16
 //! FUA committers, and prints each round's ratios and their medians: the
 //! disk's speed drifts between runs seconds apart, and both targets are
-//! ratios. With
-//! `WAL_BENCH_SPIN=1` waits spin instead of yielding the CPU.
+//! ratios. With `WAL_BENCH_SPIN=1` waits spin instead of yielding the CPU.
 
 use dbos_bufferpool::host::{block_device, env};
 use dbos_bufferpool::{CommitMode, Config, Engine, Error, KvTable, Layout, PageId, WalError};
@@ -68,23 +67,13 @@ fn raw_dsync_loop(dir: &Path, secs: f64) -> (u64, f64, f64) {
         )
     };
     assert_ne!(buf, libc::MAP_FAILED);
-    // Preallocate with one pass so the loop measures overwrites, like a
-    // recycled log.
-    let mut off = 0;
-    while off < area {
-        // SAFETY: buf is 8 KiB of mapped memory.
-        assert_eq!(
-            unsafe { libc::pwrite(file.as_raw_fd(), buf, 8192, off as i64) },
-            8192
-        );
-        off += 8192;
-    }
+    overwrite_once(&path, area);
     let start = Instant::now();
     let mut n = 0u64;
     let mut lat = Vec::new();
     while start.elapsed().as_secs_f64() < secs {
         let t = Instant::now();
-        // SAFETY: as above.
+        // SAFETY: buf is 8 KiB of mapped memory.
         let rc = unsafe { libc::pwrite(file.as_raw_fd(), buf, 8192, ((n * 8192) % area) as i64) };
         assert_eq!(rc, 8192);
         lat.push(t.elapsed().as_secs_f64() * 1e6);
@@ -96,8 +85,6 @@ fn raw_dsync_loop(dir: &Path, secs: f64) -> (u64, f64, f64) {
     (n, el, lat[lat.len() * 99 / 100])
 }
 
-/// The device path without the WAL: 4 KiB FUA writes through a
-/// process-mode queue pair, the poller and io_uring, one at a time.
 /// Writes every block of the (fallocated) file once, so that the runs
 /// measure overwrites, like a recycled log and like the raw loop: the first
 /// durable write into an unwritten extent also commits the file system's
@@ -118,6 +105,8 @@ fn overwrite_once(path: &Path, bytes: u64) {
     f.sync_all().expect("first pass sync");
 }
 
+/// The device path without the WAL: 4 KiB FUA writes through a
+/// process-mode queue pair, the poller and io_uring, one at a time.
 fn queue_pair_fua_loop(dir: &Path, secs: f64) -> (u64, f64) {
     use dbos_nvme::{Command, DataPtr, Lba};
     let path = dir.join("qp-bench.img");
