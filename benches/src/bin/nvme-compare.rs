@@ -119,23 +119,10 @@ fn cpu_seconds() -> (f64, f64) {
     )
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// The run whose IOPS is the median of `runs` (the lower middle one for
-/// an even count).
-fn median_run(runs: &[Summary]) -> Summary {
-    let mut sorted: Vec<&Summary> = runs.iter().collect();
-    sorted.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+/// The middle of `v` by `key` (the lower middle for an even count).
+fn median_by<T: Clone>(v: &[T], key: impl Fn(&T) -> f64) -> T {
+    let mut sorted: Vec<&T> = v.iter().collect();
+    sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
     sorted[(sorted.len() - 1) / 2].clone()
 }
 
@@ -197,12 +184,17 @@ fn main() {
         "  {:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "method", "IOPS", "mean us", "p50 us", "p99 us", "ops", "doorbells/IO"
     );
-    let mut methods = if args.methods.is_empty() {
+    let requested = if args.methods.is_empty() {
         vec![Method::Pread, Method::Uring, Method::QueuePair, Method::Fio]
     } else {
         args.methods.clone()
     };
-    methods.dedup();
+    let mut methods: Vec<Method> = Vec::new();
+    for m in requested {
+        if !methods.contains(&m) {
+            methods.push(m);
+        }
+    }
     if !have_fio {
         methods.retain(|&m| m != Method::Fio);
     }
@@ -238,7 +230,8 @@ fn main() {
                 runs[mi].push(s);
             }
         }
-        let med: Vec<Summary> = runs.iter().map(|r| median_run(r)).collect();
+        // Each method's run with the median IOPS.
+        let med: Vec<Summary> = runs.iter().map(|r| median_by(r, |s| s.iops)).collect();
         if rounds > 1 {
             println!("  median round of each method:");
         }
@@ -288,7 +281,7 @@ fn main() {
                     .map(|x| format!("{:.0}%", x * 100.0))
                     .collect::<Vec<_>>()
                     .join(" ");
-                let round_median = median(per_round);
+                let round_median = median_by(&per_round, |&x| x);
                 verdicts.push(format!(
                     "QD32 4k randread: queue pair {:.0} IOPS = {:.0}% of fio's {:.0} \
                      (medians of {rounds} round(s); per round: {list}; median per-round \

@@ -148,8 +148,12 @@ impl UringBackend {
     ) -> Result<UringBackend, UringError> {
         let entries = config.entries.max(MIN_ENTRIES).next_power_of_two();
         let mut builder = IoUring::builder();
+        let coop = config.coop_taskrun || config.defer_taskrun;
+        if coop {
+            builder.setup_taskrun_flag();
+        }
         if config.coop_taskrun {
-            builder.setup_coop_taskrun().setup_taskrun_flag();
+            builder.setup_coop_taskrun();
         }
         if config.defer_taskrun {
             // Disabled until the poller's thread enables it (see `enter`):
@@ -157,7 +161,6 @@ impl UringBackend {
             builder
                 .setup_single_issuer()
                 .setup_defer_taskrun()
-                .setup_taskrun_flag()
                 .setup_r_disabled();
         }
         let ring = builder.build(entries).map_err(UringError::Setup)?;
@@ -194,7 +197,7 @@ impl UringBackend {
             cq_entries,
             wake: None,
             wake_armed: false,
-            coop: config.coop_taskrun || config.defer_taskrun,
+            coop,
             disabled: config.defer_taskrun,
             submit_batch: config.submit_batch as usize,
             run_end: None,
