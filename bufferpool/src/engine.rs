@@ -212,13 +212,7 @@ impl<D: BlockDevice> Engine<D> {
     ) -> Result<Engine<D>, Error> {
         let env = config.env;
         let io = StoreIo::new(data_dev, env)?;
-        let have = io.block_count();
-        if have < layout.blocks() {
-            return Err(Error::DeviceTooSmall {
-                needed: layout.blocks(),
-                have,
-            });
-        }
+        check_fits(&io, &layout)?;
         let store = PageStore::new(io, layout, env);
         store.write_all_unlogged()?;
         let control = Control {
@@ -466,4 +460,16 @@ impl<D: BlockDevice> Engine<D> {
             pages_written,
         })
     }
+}
+
+/// Refuses a data device smaller than `layout` needs.
+pub(crate) fn check_fits<D: BlockDevice>(io: &StoreIo<D>, layout: &Layout) -> Result<(), Error> {
+    let have = io.block_count();
+    if have < layout.blocks() {
+        return Err(Error::DeviceTooSmall {
+            needed: layout.blocks(),
+            have,
+        });
+    }
+    Ok(())
 }

@@ -20,7 +20,7 @@
 
 use crate::control::Control;
 use crate::device::{BlockDevice, DmaBytes};
-use crate::engine::{Config, Engine, Error};
+use crate::engine::{check_fits, Config, Engine, Error};
 use crate::log::{lsn_advance, read_tail, scan, LogGeometry, ScanError, ScanStop};
 use crate::page::{page_lsn, set_page_lsn, PageCheck};
 use crate::record::Record;
@@ -94,13 +94,7 @@ fn recover<D: BlockDevice>(
     let mut io = StoreIo::new(data_dev, env)?;
     let control = io.read_control()?.ok_or(Error::NotFormatted)?;
     let layout = control.layout;
-    let have = io.block_count();
-    if have < layout.blocks() {
-        return Err(Error::DeviceTooSmall {
-            needed: layout.blocks(),
-            have,
-        });
-    }
+    check_fits(&io, &layout)?;
     let store = PageStore::new(io, layout, env);
     let checks = store.load()?;
     let mut damaged: Vec<Option<PageCheck>> = checks
