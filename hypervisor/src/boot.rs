@@ -8,8 +8,9 @@
 use crate::elf::Image;
 use crate::layout::{Layout, PAGE};
 use crate::memory::GuestRam;
-use libdbos::abi::{
-    BootInfo, BOOT_MAGIC, DIRECT_MAP_BASE, IMAGE_BASE, MAX_ARGS_BYTES, MAX_MEMORY_REGIONS,
+use dbos_abi::{
+    BootInfo, GuestPhysAddr, BOOT_MAGIC, DIRECT_MAP_BASE, IMAGE_BASE, MAX_ARGS_BYTES,
+    MAX_MEMORY_REGIONS,
 };
 
 pub const GDT_ADDR: u64 = 0x1000;
@@ -85,9 +86,9 @@ pub fn write_boot_state(
         ram_bytes: layout.ram_bytes(),
         memory_map_len: map.len() as u32,
         argc: args.len() as u32,
-        args_addr: ARGS_ADDR,
+        args_addr: GuestPhysAddr(ARGS_ADDR),
         args_len: arg_bytes.len() as u64,
-        pml4_addr: pml4,
+        pml4_addr: GuestPhysAddr(pml4),
         ..BootInfo::default()
     };
     info.memory_map[..map.len()].copy_from_slice(&map);

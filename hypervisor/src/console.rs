@@ -1,6 +1,9 @@
-//! Guest console output: bytes from the console hypercall, assembled into
-//! lines per vCPU and printed prefixed by the vCPU index (`[vcpu0] ...`).
+//! Guest console output: bytes from the console hypercall
+//! ([`Hypercall::Console`]), assembled into lines per vCPU and printed
+//! prefixed by the vCPU index (`[vcpu0] ...`).
 
+use crate::hypercall::{Outcome, Request, Service, MAX_CONSOLE_WRITE};
+use dbos_abi::{ConsoleArgs, Hypercall};
 use std::io::Write;
 use std::sync::Mutex;
 
@@ -81,6 +84,16 @@ impl Console {
             .unwrap_or_else(|p| p.into_inner())
             .captured
             .clone()
+    }
+}
+
+impl Service for Console {
+    fn serve(&self, req: &Request<'_>) -> Result<Outcome, crate::hypercall::HypercallError> {
+        debug_assert_eq!(req.call, Hypercall::Console);
+        let args: ConsoleArgs = req.args()?;
+        let text = req.buffer("text", args.text, MAX_CONSOLE_WRITE)?;
+        self.write(req.vcpu, &text);
+        Ok(Outcome::Continue)
     }
 }
 

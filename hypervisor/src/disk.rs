@@ -7,7 +7,9 @@
 //! path is the real doorbell, which the guest rings when the poller has
 //! announced (event indexes) that it is parking.
 
+use crate::hypercall::{HypercallError, Outcome, Request, Service};
 use crate::memory::GuestRam;
+use dbos_abi::{Hypercall, NvmeInfoArgs, NvmeQueueArgs};
 use dbos_nvme::host::{
     BackingFile, DmaMemory, DmaRegion, FileError, MemoryError, Poller, PollerConfig, PollerControl,
     PollerError, PollerHandle, PollerStats, UringBackend, UringConfig, UringError,
@@ -161,5 +163,48 @@ impl Disk {
 impl Drop for Disk {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The disk's hypercalls: describe the disk, register a queue pair (the
+/// registration is the shared [`QueuePairConfig`] layout, validated by the
+/// poller), and the exiting doorbell. A VM without a disk answers with 0
+/// blocks and `-ENODEV`.
+pub struct DiskService<'a> {
+    pub disk: Option<&'a Disk>,
+}
+
+impl Service for DiskService<'_> {
+    fn serve(&self, req: &Request<'_>) -> Result<Outcome, HypercallError> {
+        match req.call {
+            Hypercall::NvmeInfo => {
+                let mut args: NvmeInfoArgs = req.args()?;
+                args.blocks = self.disk.map_or(0, Disk::blocks);
+                args.block_size = BLOCK_SIZE;
+                req.write_back(&args)
+            }
+            Hypercall::NvmeCreateQueue => {
+                let mut args: NvmeQueueArgs = req.args()?;
+                args.status = match self.disk {
+                    None => -i64::from(libc::ENODEV),
+                    Some(disk) => match disk.add_queue(args.queue) {
+                        Ok(id) => i64::from(id),
+                        Err(e) => {
+                            log::warn!("vCPU {}: queue pair refused: {e}", req.vcpu);
+                            -i64::from(libc::EINVAL)
+                        }
+                    },
+                };
+                req.write_back(&args)
+            }
+            _ => {
+                debug_assert_eq!(req.call, Hypercall::NvmeDoorbell);
+                // The doorbell reads no argument block.
+                if let Some(disk) = self.disk {
+                    disk.ring();
+                }
+                Ok(Outcome::Continue)
+            }
+        }
     }
 }

@@ -2,14 +2,14 @@
 //!
 //! A dbos guest is an `ET_EXEC`, x86-64, little-endian ELF64 file whose
 //! loadable segments are linked in the image window (`IMAGE_BASE + p`) and
-//! loaded at guest-physical `p` (see `libdbos::abi` and `libdbos/guest.ld`).
+//! loaded at guest-physical `p` (see `dbos_abi::layout` and `libdbos/guest.ld`).
 //! Everything else is rejected here, before any guest memory is touched.
 
+use dbos_abi::{IMAGE_BASE, IMAGE_PHYS_MAX, IMAGE_PHYS_MIN};
 use goblin::container::{Container, Ctx, Endian};
 use goblin::elf::header::{EM_X86_64, ET_EXEC};
-use goblin::elf::program_header::{ProgramHeader, PF_W, PF_X, PT_LOAD};
+use goblin::elf::program_header::{ProgramHeader, PF_W, PF_X, PT_LOAD, PT_NOTE};
 use goblin::elf::Elf;
-use libdbos::abi::{IMAGE_BASE, IMAGE_PHYS_MAX, IMAGE_PHYS_MIN};
 
 /// Why an image was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -62,6 +62,18 @@ pub enum ElfError {
     OverlappingSegments(usize, usize),
     #[error("entry point {0:#x} is not inside an executable segment")]
     BadEntry(u64),
+    #[error(
+        "the image has no dbos ABI version note ({}): link it with libdbos and libdbos/guest.ld \
+         (images built before ABI version 2 have none); this dbos provides ABI version {}",
+        dbos_abi::note::SECTION,
+        dbos_abi::ABI_VERSION
+    )]
+    NoAbiNote,
+    #[error(
+        "the image was built for dbos ABI version {image}, but this dbos provides version {vmm}: \
+         rebuild the guest against the libdbos of this dbos"
+    )]
+    AbiVersion { image: u32, vmm: u32 },
 }
 
 /// A loadable segment, validated.
@@ -239,6 +251,38 @@ impl Image {
         if !entry_ok {
             return Err(ElfError::BadEntry(entry));
         }
+        check_abi_note(bytes, &headers)?;
         Ok(Image { entry, segments })
     }
+}
+
+/// Finds the ABI version note in the image's `PT_NOTE` segments and checks
+/// it against this VMM's [`dbos_abi::ABI_VERSION`].
+fn check_abi_note(bytes: &[u8], headers: &[ProgramHeader]) -> Result<(), ElfError> {
+    let mut version = None;
+    for (index, ph) in headers.iter().enumerate() {
+        if ph.p_type != PT_NOTE {
+            continue;
+        }
+        let notes = usize::try_from(ph.p_offset)
+            .ok()
+            .zip(usize::try_from(ph.p_filesz).ok())
+            .and_then(|(start, len)| bytes.get(start..start.checked_add(len)?))
+            .ok_or_else(|| {
+                ElfError::Truncated(format!(
+                    "note segment {index} needs file bytes up to {}, the file has {}",
+                    ph.p_offset.saturating_add(ph.p_filesz),
+                    bytes.len()
+                ))
+            })?;
+        version = version.or(dbos_abi::note::find_abi_version(notes));
+    }
+    let version = version.ok_or(ElfError::NoAbiNote)?;
+    if version != dbos_abi::ABI_VERSION {
+        return Err(ElfError::AbiVersion {
+            image: version,
+            vmm: dbos_abi::ABI_VERSION,
+        });
+    }
+    Ok(())
 }

@@ -5,6 +5,8 @@
 //! These calls are for setup and tools (loading data, writing results); the
 //! hot I/O path is the NVMe queue.
 
+use crate::hypercall::{HypercallError, Outcome, Request, Service};
+use dbos_abi::{FileArgs, FileIoArgs, FileOpenArgs, Hypercall, MAX_FILE_IO, MAX_FILE_NAME};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -24,10 +26,10 @@ impl std::str::FromStr for FileGrant {
         let (name, path) = s
             .split_once('=')
             .ok_or_else(|| format!("{s:?} is not NAME=PATH"))?;
-        if name.is_empty() || name.len() as u64 > libdbos::abi::MAX_FILE_NAME {
+        if name.is_empty() || name.len() as u64 > MAX_FILE_NAME {
             return Err(format!(
                 "file name {name:?} must be 1 to {} bytes",
-                libdbos::abi::MAX_FILE_NAME
+                MAX_FILE_NAME
             ));
         }
         if path.is_empty() {
@@ -166,6 +168,48 @@ fn open_rw(path: &Path) -> std::io::Result<File> {
         .create(true)
         .truncate(false)
         .open(path)
+}
+
+/// The host-file calls: open by name, read, write, flush, size. A bad
+/// handle or an I/O error is an errno in the block's status; a buffer outside
+/// guest memory stops the guest.
+impl Service for Files {
+    fn serve(&self, req: &Request<'_>) -> Result<Outcome, HypercallError> {
+        match req.call {
+            Hypercall::FileOpen => {
+                let mut args: FileOpenArgs = req.args()?;
+                let name = req.buffer("name", args.name, MAX_FILE_NAME)?;
+                args.status = self.lookup(&name);
+                req.write_back(&args)
+            }
+            Hypercall::FileRead => {
+                let mut args: FileIoArgs = req.args()?;
+                req.check_buffer("data", args.buf, MAX_FILE_IO)?;
+                let mut data = vec![0u8; args.buf.len as usize];
+                args.status = self.read(args.handle, args.offset, &mut data);
+                if args.status > 0 {
+                    req.fill("data", args.buf, &data[..args.status as usize])?;
+                }
+                req.write_back(&args)
+            }
+            Hypercall::FileWrite => {
+                let mut args: FileIoArgs = req.args()?;
+                let data = req.buffer("data", args.buf, MAX_FILE_IO)?;
+                args.status = self.write(args.handle, args.offset, &data);
+                req.write_back(&args)
+            }
+            call => {
+                debug_assert!(matches!(call, Hypercall::FileFlush | Hypercall::FileSize));
+                let mut args: FileArgs = req.args()?;
+                args.status = if call == Hypercall::FileFlush {
+                    self.flush(args.handle)
+                } else {
+                    self.size(args.handle)
+                };
+                req.write_back(&args)
+            }
+        }
+    }
 }
 
 #[cfg(test)]

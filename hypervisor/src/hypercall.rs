@@ -1,18 +1,18 @@
-//! The hypercall server: decodes a hypercall exit, validates every guest
-//! address and length against guest memory and the limits below, and carries
-//! the call out. A bad request never touches host memory outside guest RAM;
-//! it ends the guest with a [`HypercallError`] naming the call.
+//! The hypercall server: decodes a hypercall exit (port and `rax`, see
+//! [`dbos_abi::hypercall`]), hands the call to the service that owns it
+//! (console, control, clock, host files, disk: one module each, behind
+//! [`Service`]), and gives every service the same checked access to the
+//! argument block and the buffers it names ([`Request`]). A bad request never
+//! touches host memory outside guest RAM; it ends the guest with a
+//! [`HypercallError`] naming the call.
 
+use crate::clock::Clock;
 use crate::console::Console;
-use crate::disk::Disk;
+use crate::control::Control;
+use crate::disk::DiskService;
 use crate::files::Files;
-use crate::memory::{GuestRam, MemoryError};
-use libdbos::abi::{
-    ClockArgs, ConsoleArgs, ExitArgs, FaultArgs, FileArgs, FileIoArgs, FileOpenArgs, GuestBuf,
-    Hypercall, NvmeInfoArgs, NvmeQueueArgs, PanicArgs, Pod, StatsArgs, MAX_FILE_IO, MAX_FILE_NAME,
-};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use crate::memory::GuestRam;
+use dbos_abi::{argument_address, GuestBuf, GuestPhysAddr, Hypercall, Pod};
 
 /// Largest console write accepted in one call.
 pub const MAX_CONSOLE_WRITE: u64 = 64 * 1024;
@@ -23,12 +23,15 @@ pub const MAX_REPORT_TEXT: u64 = 4096;
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HypercallError {
     #[error("hypercall {call:?}: the argument block at {addr:#x} is outside guest memory")]
-    BadArgs { call: Hypercall, addr: u64 },
+    BadArgs {
+        call: Hypercall,
+        addr: GuestPhysAddr,
+    },
     #[error("hypercall {call:?}: {what} buffer [{addr:#x}, +{len:#x}) is outside guest memory")]
     BadBuffer {
         call: Hypercall,
         what: &'static str,
-        addr: u64,
+        addr: GuestPhysAddr,
         len: u64,
     },
     #[error("hypercall {call:?}: {what} of {len} bytes exceeds the {limit}-byte limit")]
@@ -40,6 +43,15 @@ pub enum HypercallError {
     },
     #[error("hypercall {call:?}: expected a 32-bit out, got a {size}-byte access")]
     BadAccessSize { call: Hypercall, size: usize },
+    #[error(
+        "hypercall {call:?}: the out wrote {port_value:#x} but rax holds {rax:#x}; \
+         a hypercall passes its argument block's address in rax and writes eax"
+    )]
+    TornAddress {
+        call: Hypercall,
+        port_value: u32,
+        rax: u64,
+    },
 }
 
 /// What the guest asked for when it stopped.
@@ -72,251 +84,168 @@ pub enum Outcome {
     Stop(Stop),
 }
 
-/// Serves hypercalls for one VM.
-pub struct Server<'a> {
-    pub ram: &'a GuestRam,
-    pub console: &'a Console,
-    pub started: Instant,
-    /// VM exits of all vCPUs so far (including the one being served), and
-    /// how many of them were `Stats` calls.
-    pub exits: &'a AtomicU64,
-    pub stats_calls: &'a AtomicU64,
-    /// Files the user authorised.
-    pub files: &'a Files,
-    /// The NVMe disk, if the VM has one.
-    pub disk: Option<&'a Disk>,
+/// The argument block's address of a hypercall exit: the `out`'s data must
+/// be 4 bytes and equal the low half of `rax`, which holds the address.
+pub fn decode(call: Hypercall, data: &[u8], rax: u64) -> Result<GuestPhysAddr, HypercallError> {
+    let bytes = <[u8; 4]>::try_from(data).map_err(|_| HypercallError::BadAccessSize {
+        call,
+        size: data.len(),
+    })?;
+    argument_address(u32::from_le_bytes(bytes), rax).map_err(|torn| HypercallError::TornAddress {
+        call,
+        port_value: torn.port_value,
+        rax: torn.rax,
+    })
 }
 
-impl Server<'_> {
-    /// Handles an `out` of `data` to the port of `call` from `vcpu`.
-    pub fn handle(
-        &self,
-        vcpu: u32,
-        call: Hypercall,
-        data: &[u8],
-    ) -> Result<Outcome, HypercallError> {
-        let addr = match <[u8; 4]>::try_from(data) {
-            Ok(bytes) => u64::from(u32::from_le_bytes(bytes)),
-            Err(_) => {
-                return Err(HypercallError::BadAccessSize {
-                    call,
-                    size: data.len(),
-                })
-            }
-        };
-        match call {
-            Hypercall::Console => {
-                let args: ConsoleArgs = self.args(call, addr)?;
-                let text = self.buffer(call, "text", args.text, MAX_CONSOLE_WRITE)?;
-                self.console.write(vcpu, &text);
-                Ok(Outcome::Continue)
-            }
-            Hypercall::Exit => {
-                let args: ExitArgs = self.args(call, addr)?;
-                Ok(Outcome::Stop(Stop::Exit(args.status)))
-            }
-            Hypercall::Panic => {
-                let args: PanicArgs = self.args(call, addr)?;
-                let message = self.text(call, "message", args.message)?;
-                let file = self.text(call, "file", args.file)?;
-                Ok(Outcome::Stop(Stop::Panic {
-                    message,
-                    file,
-                    line: args.line,
-                    column: args.column,
-                }))
-            }
-            Hypercall::Fault => {
-                let args: FaultArgs = self.args(call, addr)?;
-                let reason = self.text(call, "reason", args.reason)?;
-                Ok(Outcome::Stop(Stop::Fault {
-                    vector: args.vector,
-                    error_code: args.error_code,
-                    rip: args.rip,
-                    cr2: args.cr2,
-                    rsp: args.rsp,
-                    rflags: args.rflags,
-                    reason,
-                }))
-            }
-            Hypercall::Stats => {
-                let mut args: StatsArgs = self.args(call, addr)?;
-                let stats_calls = self.stats_calls.fetch_add(1, Ordering::Relaxed) + 1;
-                args.vm_exits = self
-                    .exits
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(stats_calls);
-                self.ram
-                    .write_pod(addr, &args)
-                    .map_err(|_| HypercallError::BadArgs { call, addr })?;
-                Ok(Outcome::Continue)
-            }
-            Hypercall::FileOpen => {
-                let mut args: FileOpenArgs = self.args(call, addr)?;
-                let name = self.buffer(call, "name", args.name, MAX_FILE_NAME)?;
-                args.status = self.files.lookup(&name);
-                self.write_back(call, addr, &args)
-            }
-            Hypercall::FileRead => {
-                let mut args: FileIoArgs = self.args(call, addr)?;
-                self.check_buffer(call, "data", args.buf, MAX_FILE_IO)?;
-                let mut data = vec![0u8; args.buf.len as usize];
-                args.status = self.files.read(args.handle, args.offset, &mut data);
-                if args.status > 0 {
-                    let n = args.status as usize;
-                    self.ram.write(args.buf.addr, &data[..n]).map_err(|_| {
-                        HypercallError::BadBuffer {
-                            call,
-                            what: "data",
-                            addr: args.buf.addr,
-                            len: args.buf.len,
-                        }
-                    })?;
-                }
-                self.write_back(call, addr, &args)
-            }
-            Hypercall::FileWrite => {
-                let mut args: FileIoArgs = self.args(call, addr)?;
-                let data = self.buffer(call, "data", args.buf, MAX_FILE_IO)?;
-                args.status = self.files.write(args.handle, args.offset, &data);
-                self.write_back(call, addr, &args)
-            }
-            Hypercall::FileFlush | Hypercall::FileSize => {
-                let mut args: FileArgs = self.args(call, addr)?;
-                args.status = if call == Hypercall::FileFlush {
-                    self.files.flush(args.handle)
-                } else {
-                    self.files.size(args.handle)
-                };
-                self.write_back(call, addr, &args)
-            }
-            Hypercall::NvmeInfo => {
-                let mut args: NvmeInfoArgs = self.args(call, addr)?;
-                args.blocks = self.disk.map_or(0, Disk::blocks);
-                args.block_size = dbos_nvme::BLOCK_SIZE;
-                self.write_back(call, addr, &args)
-            }
-            Hypercall::NvmeCreateQueue => {
-                let mut args: NvmeQueueArgs = self.args(call, addr)?;
-                args.status = match (self.disk, u16::try_from(args.depth)) {
-                    (None, _) => -i64::from(libc::ENODEV),
-                    (Some(_), Err(_)) => -i64::from(libc::EINVAL),
-                    (Some(disk), Ok(depth)) => {
-                        let config = dbos_nvme::QueuePairConfig {
-                            sq_addr: args.sq_addr,
-                            cq_addr: args.cq_addr,
-                            doorbell_addr: args.doorbell_addr,
-                            event_idx_addr: args.event_idx_addr,
-                            depth,
-                            _reserved: [0; 3],
-                        };
-                        match disk.add_queue(config) {
-                            Ok(id) => i64::from(id),
-                            Err(e) => {
-                                log::warn!("vCPU {vcpu}: queue pair refused: {e}");
-                                -i64::from(libc::EINVAL)
-                            }
-                        }
-                    }
-                };
-                self.write_back(call, addr, &args)
-            }
-            Hypercall::NvmeDoorbell => {
-                if let Some(disk) = self.disk {
-                    disk.ring();
-                }
-                Ok(Outcome::Continue)
-            }
-            Hypercall::Clock => {
-                let mut args: ClockArgs = self.args(call, addr)?;
-                args.nanos = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                self.ram
-                    .write_pod(addr, &args)
-                    .map_err(|_| HypercallError::BadArgs { call, addr })?;
-                Ok(Outcome::Continue)
-            }
-        }
+/// One hypercall being served: who made it, which call, where its argument
+/// block is, and checked access to guest memory.
+pub struct Request<'a> {
+    pub vcpu: u32,
+    pub call: Hypercall,
+    pub block: GuestPhysAddr,
+    ram: &'a GuestRam,
+}
+
+impl Request<'_> {
+    /// Reads the argument block.
+    pub fn args<T: Pod>(&self) -> Result<T, HypercallError> {
+        self.ram
+            .read_pod(self.block.raw())
+            .map_err(|_| self.bad_args())
     }
 
-    fn args<T: Pod>(&self, call: Hypercall, addr: u64) -> Result<T, HypercallError> {
+    /// Writes the argument block back (the call's results) and continues.
+    pub fn write_back<T: Pod>(&self, args: &T) -> Result<Outcome, HypercallError> {
         self.ram
-            .read_pod(addr)
-            .map_err(|_| HypercallError::BadArgs { call, addr })
-    }
-
-    fn write_back<T: Pod>(
-        &self,
-        call: Hypercall,
-        addr: u64,
-        args: &T,
-    ) -> Result<Outcome, HypercallError> {
-        self.ram
-            .write_pod(addr, args)
-            .map_err(|_| HypercallError::BadArgs { call, addr })?;
+            .write_pod(self.block.raw(), args)
+            .map_err(|_| self.bad_args())?;
         Ok(Outcome::Continue)
     }
 
+    fn bad_args(&self) -> HypercallError {
+        HypercallError::BadArgs {
+            call: self.call,
+            addr: self.block,
+        }
+    }
+
+    fn bad_buffer(&self, what: &'static str, buf: GuestBuf) -> HypercallError {
+        HypercallError::BadBuffer {
+            call: self.call,
+            what,
+            addr: buf.addr,
+            len: buf.len,
+        }
+    }
+
     /// Checks a buffer's length against `limit` and its range against guest memory.
-    fn check_buffer(
+    pub fn check_buffer(
         &self,
-        call: Hypercall,
         what: &'static str,
         buf: GuestBuf,
         limit: u64,
     ) -> Result<(), HypercallError> {
         if buf.len > limit {
             return Err(HypercallError::TooLong {
-                call,
+                call: self.call,
                 what,
                 len: buf.len,
                 limit,
             });
         }
         self.ram
-            .check(buf.addr, buf.len)
-            .map_err(|_| HypercallError::BadBuffer {
-                call,
-                what,
-                addr: buf.addr,
-                len: buf.len,
-            })
+            .check(buf.addr.raw(), buf.len)
+            .map_err(|_| self.bad_buffer(what, buf))
     }
 
-    fn buffer(
+    /// Copies a guest buffer of at most `limit` bytes out of guest memory.
+    pub fn buffer(
         &self,
-        call: Hypercall,
         what: &'static str,
         buf: GuestBuf,
         limit: u64,
     ) -> Result<Vec<u8>, HypercallError> {
-        if buf.len > limit {
-            return Err(HypercallError::TooLong {
-                call,
-                what,
-                len: buf.len,
-                limit,
-            });
-        }
+        self.check_buffer(what, buf, limit)?;
         let mut bytes = vec![0u8; buf.len as usize];
-        self.ram.read(buf.addr, &mut bytes).map_err(|e| match e {
-            MemoryError::OutOfRange { .. } | MemoryError::Alloc(..) => HypercallError::BadBuffer {
-                call,
-                what,
-                addr: buf.addr,
-                len: buf.len,
-            },
-        })?;
+        self.ram
+            .read(buf.addr.raw(), &mut bytes)
+            .map_err(|_| self.bad_buffer(what, buf))?;
         Ok(bytes)
     }
 
-    fn text(
+    /// Copies `data` into a guest buffer that [`Request::check_buffer`] accepted.
+    pub fn fill(
         &self,
-        call: Hypercall,
         what: &'static str,
         buf: GuestBuf,
-    ) -> Result<String, HypercallError> {
-        let bytes = self.buffer(call, what, buf, MAX_REPORT_TEXT)?;
+        data: &[u8],
+    ) -> Result<(), HypercallError> {
+        if data.len() as u64 > buf.len {
+            return Err(self.bad_buffer(what, buf));
+        }
+        self.ram
+            .write(buf.addr.raw(), data)
+            .map_err(|_| self.bad_buffer(what, buf))
+    }
+
+    /// A report text (panic message, file, fault reason), lossily UTF-8.
+    pub fn text(&self, what: &'static str, buf: GuestBuf) -> Result<String, HypercallError> {
+        let bytes = self.buffer(what, buf, MAX_REPORT_TEXT)?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+/// A VMM service: serves the hypercalls it owns.
+pub trait Service {
+    /// Serves `req`, whose call is one this service owns.
+    fn serve(&self, req: &Request<'_>) -> Result<Outcome, HypercallError>;
+}
+
+/// Every service of one VM, and which call goes to which.
+pub struct Services<'a> {
+    pub ram: &'a GuestRam,
+    pub console: &'a Console,
+    pub control: Control<'a>,
+    pub clock: Clock,
+    pub files: &'a Files,
+    pub disk: DiskService<'a>,
+}
+
+impl Services<'_> {
+    /// The service that owns `call`.
+    fn owner(&self, call: Hypercall) -> &dyn Service {
+        match call {
+            Hypercall::Console => self.console,
+            Hypercall::Exit | Hypercall::Panic | Hypercall::Fault | Hypercall::Stats => {
+                &self.control
+            }
+            Hypercall::Clock => &self.clock,
+            Hypercall::FileOpen
+            | Hypercall::FileRead
+            | Hypercall::FileWrite
+            | Hypercall::FileFlush
+            | Hypercall::FileSize => self.files,
+            Hypercall::NvmeInfo | Hypercall::NvmeCreateQueue | Hypercall::NvmeDoorbell => {
+                &self.disk
+            }
+        }
+    }
+
+    /// Serves `call` from `vcpu` with its argument block at `block`.
+    pub fn handle(
+        &self,
+        vcpu: u32,
+        call: Hypercall,
+        block: GuestPhysAddr,
+    ) -> Result<Outcome, HypercallError> {
+        let req = Request {
+            vcpu,
+            call,
+            block,
+            ram: self.ram,
+        };
+        self.owner(call).serve(&req)
     }
 }
 
@@ -324,65 +253,106 @@ impl Server<'_> {
 mod tests {
     use super::*;
     use crate::layout::Range;
+    use dbos_abi::{ClockArgs, ConsoleArgs, FileIoArgs, FileOpenArgs, PanicArgs, MAX_FILE_IO};
+    use std::sync::atomic::AtomicU64;
+    use std::time::Instant;
 
     static EXITS: AtomicU64 = AtomicU64::new(0);
     static STATS: AtomicU64 = AtomicU64::new(0);
 
-    fn server<'a>(ram: &'a GuestRam, console: &'a Console) -> Server<'a> {
+    fn services<'a>(ram: &'a GuestRam, console: &'a Console) -> Services<'a> {
         static FILES: std::sync::OnceLock<Files> = std::sync::OnceLock::new();
-        let files = FILES.get_or_init(Files::default);
-        Server {
+        Services {
             ram,
             console,
-            started: Instant::now(),
-            exits: &EXITS,
-            stats_calls: &STATS,
-            files,
-            disk: None,
+            control: Control {
+                exits: &EXITS,
+                stats_calls: &STATS,
+            },
+            clock: Clock::new(Instant::now()),
+            files: FILES.get_or_init(Files::default),
+            disk: DiskService { disk: None },
         }
     }
 
+    /// 64 KiB of RAM at 0 and 64 KiB at 5 GiB (above the 32-bit range).
+    const HIGH: u64 = 5 << 30;
+
     fn setup() -> (GuestRam, Console) {
         (
-            GuestRam::new(&[Range {
-                start: 0,
-                end: 0x10000,
-            }])
+            GuestRam::new(&[
+                Range {
+                    start: 0,
+                    end: 0x10000,
+                },
+                Range {
+                    start: HIGH,
+                    end: HIGH + 0x10000,
+                },
+            ])
             .unwrap(),
             Console::new(1, false, true),
         )
     }
 
-    fn port_data(addr: u32) -> [u8; 4] {
-        addr.to_le_bytes()
+    fn gpa(a: u64) -> GuestPhysAddr {
+        GuestPhysAddr(a)
+    }
+
+    fn text(addr: u64, len: u64) -> GuestBuf {
+        GuestBuf {
+            addr: gpa(addr),
+            len,
+        }
     }
 
     #[test]
-    fn console_and_clock() {
+    fn decoding_the_exit() {
+        let data = 0x1000u32.to_le_bytes();
+        assert_eq!(decode(Hypercall::Console, &data, 0x1000), Ok(gpa(0x1000)));
+        let high = (HIGH + 0x1000) as u32;
+        assert_eq!(
+            decode(Hypercall::Console, &high.to_le_bytes(), HIGH + 0x1000),
+            Ok(gpa(HIGH + 0x1000))
+        );
+        assert_eq!(
+            decode(Hypercall::Exit, &[1, 0], 1),
+            Err(HypercallError::BadAccessSize {
+                call: Hypercall::Exit,
+                size: 2
+            })
+        );
+        assert_eq!(
+            decode(Hypercall::Exit, &data, 0x2000),
+            Err(HypercallError::TornAddress {
+                call: Hypercall::Exit,
+                port_value: 0x1000,
+                rax: 0x2000
+            })
+        );
+    }
+
+    #[test]
+    fn console_and_clock_anywhere_in_ram() {
         let (ram, console) = setup();
-        let server = server(&ram, &console);
-        ram.write(0x2000, b"hi there\n").unwrap();
+        let services = services(&ram, &console);
+        ram.write(HIGH + 0x2000, b"hi there\n").unwrap();
         ram.write_pod(
-            0x1000,
+            HIGH + 0x1000,
             &ConsoleArgs {
-                text: GuestBuf {
-                    addr: 0x2000,
-                    len: 9,
-                },
+                text: text(HIGH + 0x2000, 9),
             },
         )
         .unwrap();
         assert_eq!(
-            server.handle(0, Hypercall::Console, &port_data(0x1000)),
+            services.handle(0, Hypercall::Console, gpa(HIGH + 0x1000)),
             Ok(Outcome::Continue)
         );
         assert_eq!(console.captured(), vec!["[vcpu0] hi there"]);
 
         ram.write_pod(0x1100, &ClockArgs { nanos: 0 }).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
-        server
-            .handle(0, Hypercall::Clock, &port_data(0x1100))
-            .unwrap();
+        services.handle(0, Hypercall::Clock, gpa(0x1100)).unwrap();
         let clock: ClockArgs = ram.read_pod(0x1100).unwrap();
         assert!(clock.nanos >= 2_000_000);
     }
@@ -390,94 +360,85 @@ mod tests {
     #[test]
     fn hostile_arguments_are_rejected() {
         let (ram, console) = setup();
-        let server = server(&ram, &console);
+        let services = services(&ram, &console);
         assert_eq!(
-            server.handle(0, Hypercall::Console, &port_data(0xfff8)),
+            services.handle(0, Hypercall::Console, gpa(0xfff8)),
             Err(HypercallError::BadArgs {
                 call: Hypercall::Console,
-                addr: 0xfff8
+                addr: gpa(0xfff8)
             })
         );
+        // Between the two RAM ranges, and past the end of the high one.
+        for addr in [0x1_0000, HIGH + 0xfffc, u64::MAX - 4] {
+            assert_eq!(
+                services.handle(0, Hypercall::Exit, gpa(addr)),
+                Err(HypercallError::BadArgs {
+                    call: Hypercall::Exit,
+                    addr: gpa(addr)
+                })
+            );
+        }
         ram.write_pod(
             0x1000,
             &ConsoleArgs {
-                text: GuestBuf {
-                    addr: 1 << 40,
-                    len: 16,
-                },
+                text: text(1 << 40, 16),
             },
         )
         .unwrap();
         assert_eq!(
-            server.handle(0, Hypercall::Console, &port_data(0x1000)),
+            services.handle(0, Hypercall::Console, gpa(0x1000)),
             Err(HypercallError::BadBuffer {
                 call: Hypercall::Console,
                 what: "text",
-                addr: 1 << 40,
+                addr: gpa(1 << 40),
                 len: 16
             })
         );
         ram.write_pod(
             0x1000,
             &ConsoleArgs {
-                text: GuestBuf {
-                    addr: 0x2000,
-                    len: u64::MAX,
-                },
+                text: text(0x2000, u64::MAX),
             },
         )
         .unwrap();
         assert!(matches!(
-            server.handle(0, Hypercall::Console, &port_data(0x1000)),
+            services.handle(0, Hypercall::Console, gpa(0x1000)),
             Err(HypercallError::TooLong { .. })
         ));
         ram.write_pod(
             0x1000,
             &PanicArgs {
-                message: GuestBuf {
-                    addr: 0xff00,
-                    len: 0x200,
-                },
+                message: text(0xff00, 0x200),
                 ..Default::default()
             },
         )
         .unwrap();
         assert!(matches!(
-            server.handle(0, Hypercall::Panic, &port_data(0x1000)),
+            services.handle(0, Hypercall::Panic, gpa(0x1000)),
             Err(HypercallError::BadBuffer {
                 what: "message",
                 ..
             })
         ));
-        assert_eq!(
-            server.handle(0, Hypercall::Exit, &[1, 0]),
-            Err(HypercallError::BadAccessSize {
-                call: Hypercall::Exit,
-                size: 2
-            })
-        );
         assert!(console.captured().is_empty());
     }
 
     #[test]
     fn file_calls_check_buffers_and_handles() {
         let (ram, console) = setup();
-        let server = server(&ram, &console);
+        let services = services(&ram, &console);
         // No file is authorised: any name is ENOENT.
         ram.write(0x2000, b"data").unwrap();
         ram.write_pod(
             0x1000,
             &FileOpenArgs {
-                name: GuestBuf {
-                    addr: 0x2000,
-                    len: 4,
-                },
+                name: text(0x2000, 4),
                 status: 0,
             },
         )
         .unwrap();
-        server
-            .handle(0, Hypercall::FileOpen, &port_data(0x1000))
+        services
+            .handle(0, Hypercall::FileOpen, gpa(0x1000))
             .unwrap();
         assert_eq!(
             ram.read_pod::<FileOpenArgs>(0x1000).unwrap().status,
@@ -487,32 +448,26 @@ mod tests {
         let io = FileIoArgs {
             handle: 1,
             offset: 0,
-            buf: GuestBuf {
-                addr: 0xff00,
-                len: 0x1000,
-            },
+            buf: text(0xff00, 0x1000),
             status: 0,
         };
         ram.write_pod(0x1000, &io).unwrap();
         assert_eq!(
-            server.handle(0, Hypercall::FileRead, &port_data(0x1000)),
+            services.handle(0, Hypercall::FileRead, gpa(0x1000)),
             Err(HypercallError::BadBuffer {
                 call: Hypercall::FileRead,
                 what: "data",
-                addr: 0xff00,
+                addr: gpa(0xff00),
                 len: 0x1000
             })
         );
         let io = FileIoArgs {
-            buf: GuestBuf {
-                addr: 0,
-                len: MAX_FILE_IO + 1,
-            },
+            buf: text(0, MAX_FILE_IO + 1),
             ..io
         };
         ram.write_pod(0x1000, &io).unwrap();
         assert!(matches!(
-            server.handle(0, Hypercall::FileWrite, &port_data(0x1000)),
+            services.handle(0, Hypercall::FileWrite, gpa(0x1000)),
             Err(HypercallError::TooLong {
                 call: Hypercall::FileWrite,
                 ..
@@ -520,20 +475,45 @@ mod tests {
         ));
         // A valid buffer with an unknown handle is an error status, not a stop.
         let io = FileIoArgs {
-            buf: GuestBuf {
-                addr: 0x3000,
-                len: 16,
-            },
+            buf: text(0x3000, 16),
             ..io
         };
         ram.write_pod(0x1000, &io).unwrap();
         assert_eq!(
-            server.handle(0, Hypercall::FileRead, &port_data(0x1000)),
+            services.handle(0, Hypercall::FileRead, gpa(0x1000)),
             Ok(Outcome::Continue)
         );
         assert_eq!(
             ram.read_pod::<FileIoArgs>(0x1000).unwrap().status,
             -i64::from(libc::EBADF)
+        );
+    }
+
+    #[test]
+    fn disk_calls_without_a_disk() {
+        let (ram, console) = setup();
+        let services = services(&ram, &console);
+        ram.write_pod(
+            HIGH,
+            &dbos_abi::NvmeQueueArgs {
+                queue: dbos_abi::QueueLayout::new(8).unwrap().config(0x4000),
+                status: 0,
+            },
+        )
+        .unwrap();
+        services
+            .handle(0, Hypercall::NvmeCreateQueue, gpa(HIGH))
+            .unwrap();
+        assert_eq!(
+            ram.read_pod::<dbos_abi::NvmeQueueArgs>(HIGH)
+                .unwrap()
+                .status,
+            -i64::from(libc::ENODEV)
+        );
+        // The doorbell reads no block: any address continues.
+        assert_eq!(
+            services.handle(0, Hypercall::NvmeDoorbell, gpa(u64::MAX)),
+            Ok(Outcome::Continue)
         );
     }
 }

@@ -1,13 +1,14 @@
 //! Where everything goes in guest-physical memory, decided before the VM is
-//! created (see `libdbos::abi` for the contract with the guest).
+//! created (see `dbos_abi::layout` for the contract with the guest).
 
 use crate::elf::Image;
-use libdbos::abi::{
+use dbos_abi::{
     MemoryKind, MemoryRegion, BOOT_REGION, BOOT_STACK_SIZE, HIGH_RAM_START, LOW_RAM_END,
     MAX_MEMORY_REGIONS,
 };
 
-pub const PAGE: u64 = 4096;
+/// A 4 KiB page, the unit of the layout.
+pub const PAGE: u64 = dbos_abi::PAGE_SIZE;
 
 /// Smallest and largest heap the layout gives the guest; in between it is
 /// one eighth of RAM.
@@ -174,7 +175,7 @@ mod tests {
 
     fn image(start: u64, size: u64) -> Image {
         Image {
-            entry: libdbos::abi::IMAGE_BASE + start,
+            entry: dbos_abi::IMAGE_BASE + start,
             segments: vec![Segment {
                 phys: start,
                 mem_size: size,

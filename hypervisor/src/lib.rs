@@ -6,10 +6,15 @@
 //! ([`vcpu`]); [`Vm::run`] runs them until the guest stops and returns a
 //! [`RunReport`]. Guest services go through the hypercall server
 //! ([`hypercall`]), which checks every guest address against guest memory
-//! ([`memory`]).
+//! ([`memory`]) and hands each call to the module that owns it: [`console`],
+//! [`control`] (exit, panic, fault, counters), [`clock`], [`files`] and
+//! [`disk`]. Everything the VMM and a guest agree on comes from the
+//! `dbos-abi` crate; the VMM does not link `libdbos`.
 
 pub mod boot;
+pub mod clock;
 pub mod console;
+pub mod control;
 pub mod disk;
 pub mod elf;
 pub mod files;

@@ -155,9 +155,9 @@ fn run(args: RunArgs) -> ExitCode {
             "dbos: {} VM exits in {:.3} ms ({} console, {} clock, {} exit hypercalls)",
             report.exits.total,
             report.elapsed.as_secs_f64() * 1e3,
-            report.exits.hypercall(libdbos::abi::Hypercall::Console),
-            report.exits.hypercall(libdbos::abi::Hypercall::Clock),
-            report.exits.hypercall(libdbos::abi::Hypercall::Exit),
+            report.exits.hypercall(dbos_abi::Hypercall::Console),
+            report.exits.hypercall(dbos_abi::Hypercall::Clock),
+            report.exits.hypercall(dbos_abi::Hypercall::Exit),
         );
     }
     ExitCode::from(report.exit.process_status())

@@ -4,7 +4,7 @@
 //! VMM touch host memory outside guest memory.
 
 use crate::layout::Range;
-use libdbos::abi::Pod;
+use dbos_abi::Pod;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// An access outside guest RAM.

@@ -1,8 +1,8 @@
 //! How a run ended, what it cost in VM exits, and how it is reported.
 
 use crate::hypercall::{HypercallError, Stop};
+use dbos_abi::{exception_name, Hypercall};
 use kvm_ioctls::VcpuFd;
-use libdbos::abi::{exception_name, Hypercall};
 use std::fmt;
 use std::time::Duration;
 

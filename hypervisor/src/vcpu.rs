@@ -7,12 +7,15 @@
 //! RIP and a register dump.
 
 use crate::boot::{BootState, CODE_SELECTOR, DATA_SELECTOR};
+use crate::clock::Clock;
+use crate::control::Control;
+use crate::disk::DiskService;
 use crate::hypercall::{self, Outcome};
 use crate::report::{ExitCounts, GuestExit, RegisterDump};
 use crate::vm::Shared;
+use dbos_abi::{Hypercall, DIRECT_MAP_BASE};
 use kvm_bindings::{kvm_mp_state, kvm_segment, CpuId, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use libdbos::abi::{Hypercall, DIRECT_MAP_BASE};
 use std::sync::atomic::Ordering;
 
 const CR0_PE: u64 = 1 << 0;
@@ -116,14 +119,18 @@ enum Next {
 /// Runs vCPU `index` until the guest stops or the VM is being torn down.
 pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
     let mut counts = ExitCounts::default();
-    let server = hypercall::Server {
+    let services = hypercall::Services {
         ram: &shared.ram,
         console: &shared.console,
-        started: shared.started,
-        exits: &shared.exits,
-        stats_calls: &shared.stats_calls,
+        control: Control {
+            exits: &shared.exits,
+            stats_calls: &shared.stats_calls,
+        },
+        clock: Clock::new(shared.started),
         files: &shared.files,
-        disk: shared.disk.as_ref(),
+        disk: DiskService {
+            disk: shared.disk.as_ref(),
+        },
     };
     loop {
         if shared.stopping.load(Ordering::Acquire) {
@@ -135,21 +142,28 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
                 shared.exits.fetch_add(1, Ordering::Relaxed);
                 match exit {
                     VcpuExit::IoOut(port, data) => match Hypercall::from_port(port) {
-                        Some(call) => {
+                        Ok(call) => {
                             counts.hypercalls[call as usize] += 1;
-                            match server.handle(index, call, data) {
-                                Ok(Outcome::Continue) => Next::Continue,
-                                Ok(Outcome::Stop(stop)) => {
-                                    Next::Stop(Box::new(GuestExit::from_stop(index, stop)))
-                                }
-                                Err(error) => Next::Stop(Box::new(GuestExit::BadHypercall {
-                                    vcpu: index,
-                                    error,
-                                    regs: None,
-                                })),
+                            // The data borrows the vCPU's run area: copy it
+                            // before reading `rax` (one ioctl, no VM exit).
+                            let data = data.to_vec();
+                            match vcpu
+                                .get_regs()
+                                .map_err(|e| format!("KVM_GET_REGS failed: {e}"))
+                                .map(|regs| hypercall::decode(call, &data, regs.rax))
+                            {
+                                Ok(Ok(block)) => match services.handle(index, call, block) {
+                                    Ok(Outcome::Continue) => Next::Continue,
+                                    Ok(Outcome::Stop(stop)) => {
+                                        Next::Stop(Box::new(GuestExit::from_stop(index, stop)))
+                                    }
+                                    Err(error) => bad_hypercall(index, error),
+                                },
+                                Ok(Err(error)) => bad_hypercall(index, error),
+                                Err(reason) => crashed(reason),
                             }
                         }
-                        None => crashed(format!(
+                        Err(_) => crashed(format!(
                             "write of {} byte(s) to unknown I/O port {port:#x}",
                             data.len()
                         )),
@@ -200,6 +214,14 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
             return counts;
         }
     }
+}
+
+fn bad_hypercall(vcpu: u32, error: hypercall::HypercallError) -> Next {
+    Next::Stop(Box::new(GuestExit::BadHypercall {
+        vcpu,
+        error,
+        regs: None,
+    }))
 }
 
 fn crashed(reason: String) -> Next {

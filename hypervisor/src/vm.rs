@@ -10,9 +10,9 @@ use crate::layout::{Layout, MemoryTooSmall, PAGE};
 use crate::memory::{GuestRam, MemoryError};
 use crate::report::{ExitCounts, GuestExit, RunReport};
 use crate::vcpu;
+use dbos_abi::MAX_VCPUS;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use libdbos::abi::MAX_VCPUS;
 use std::ffi::CString;
 use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
@@ -61,7 +61,7 @@ impl Default for VmConfig {
             files: Vec::new(),
             disk: None,
             time_limit: None,
-            abi_version: libdbos::abi::ABI_VERSION,
+            abi_version: dbos_abi::ABI_VERSION,
         }
     }
 }
@@ -205,7 +205,7 @@ impl Vm {
             .into());
         }
         let image = image
-            .within(config.memory.min(libdbos::abi::LOW_RAM_END))
+            .within(config.memory.min(dbos_abi::LOW_RAM_END))
             .map_err(elf_err)?;
         let layout = Layout::plan(config.memory, &image, config.vcpus)?;
 

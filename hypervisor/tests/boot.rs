@@ -4,10 +4,10 @@
 mod common;
 
 use common::{config, hex_field, require_kvm, run, scenario};
+use dbos_abi::{Hypercall, ABI_VERSION};
 use dbos_hypervisor::hypercall::HypercallError;
 use dbos_hypervisor::report::{STATUS_CRASH, STATUS_PANIC};
 use dbos_hypervisor::{GuestExit, VmConfig};
-use libdbos::abi::{Hypercall, ABI_VERSION};
 
 #[test]
 fn hello_prints_and_exits_with_chosen_status() {
@@ -174,7 +174,7 @@ fn wild_console_pointer_stops_the_guest_and_the_host_stays_healthy() {
                 HypercallError::BadBuffer {
                     call: Hypercall::Console,
                     what: "text",
-                    addr: 1 << 40,
+                    addr: dbos_abi::GuestPhysAddr(1 << 40),
                     len: 16
                 }
             );
@@ -298,7 +298,7 @@ fn crash(name: &str) -> String {
     let text = report.exit.to_string();
     assert!(text.contains(&format!("RIP {:#018x}", regs.rip)), "{text}");
     assert!(
-        regs.rip >= libdbos::abi::IMAGE_BASE,
+        regs.rip >= dbos_abi::IMAGE_BASE,
         "RIP is in the image: {text}"
     );
     text
@@ -394,6 +394,28 @@ fn authorised_host_files_by_name() {
 }
 
 #[test]
+fn hypercall_argument_block_above_4_gib() {
+    if !require_kvm() {
+        return;
+    }
+    let report = run(
+        "scenarios",
+        VmConfig {
+            memory: 5 << 30,
+            ..config(&["high-args"])
+        },
+    );
+    assert_eq!(report.exit.process_status(), 0, "{}", report.exit);
+    assert_eq!(report.console.len(), 2, "{:?}", report.console);
+    let block = hex_field(&report.console[0], "addr");
+    assert!(block >= dbos_abi::HIGH_RAM_START, "{block:#x}");
+    assert_eq!(report.console[1], "[vcpu0] hello from above 4 GiB");
+    // One exit per console call and one for the exit call, as always.
+    assert_eq!(report.exits.hypercall(Hypercall::Console), 2);
+    assert_eq!(report.exits.hypercall(Hypercall::Exit), 1);
+}
+
+#[test]
 fn hypercalls_from_a_stack_in_a_window() {
     if !require_kvm() {
         return;
@@ -411,7 +433,7 @@ fn hypercalls_from_a_stack_in_a_window() {
             GuestExit::BadHypercall {
                 error: HypercallError::BadBuffer {
                     call: Hypercall::Console,
-                    addr: u64::MAX,
+                    addr: dbos_abi::GuestPhysAddr(u64::MAX),
                     len: 12,
                     ..
                 },

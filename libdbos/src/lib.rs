@@ -8,8 +8,10 @@
 //! handler that go through hypercalls. A guest program provides its entry
 //! point with [`entry!`].
 //!
-//! Built for the host, only the target-independent parts are compiled: the
-//! [`abi`] module, which the hypervisor uses, and helpers such as [`fmtbuf`].
+//! Built for the host, it is the process-mode implementation of the same
+//! privileged API ([`process`]). The host/guest ABI lives in its own crate,
+//! `dbos-abi` (re-exported as [`abi`]), which the hypervisor uses without
+//! this library.
 #![no_std]
 
 #[cfg(target_os = "none")]
@@ -17,7 +19,8 @@ extern crate alloc;
 #[cfg(not(target_os = "none"))]
 extern crate std;
 
-pub mod abi;
+/// The host/guest ABI (the `dbos-abi` crate), re-exported for guests.
+pub use dbos_abi as abi;
 pub mod conformance;
 pub mod fmtbuf;
 pub mod pagetable;

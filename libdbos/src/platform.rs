@@ -28,10 +28,8 @@
 
 use core::fmt;
 
-/// Size of a small page and of a frame.
-pub const PAGE_SIZE: u64 = 4096;
-/// Size of a large page (and of a large frame).
-pub const LARGE_PAGE_SIZE: u64 = 2 << 20;
+/// Sizes of a small page (and frame) and of a large page (and large frame).
+pub use dbos_abi::{LARGE_PAGE_SIZE, PAGE_SIZE};
 
 /// A frame: a 4 KiB unit of memory owned by the platform (in the guest, its
 /// guest-physical address; in a process, its offset in the memory file). A

@@ -269,7 +269,7 @@ impl<D: Doorbell> QueuePair<D> {
             phase: true,
             free_cids: (0..depth - 1).rev().collect(),
             busy: alloc::vec![false; depth as usize - 1],
-            config: layout.config(mem.dma),
+            config: layout.config(mem.dma.0),
             doorbell,
             stats: DriverStats::default(),
         })

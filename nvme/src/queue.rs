@@ -40,8 +40,13 @@
 //! Both sides order "write my word; full fence; read the other's word", so
 //! a submission is either seen by the host's last check or rings the bell.
 
-use crate::types::{CommandId, DmaAddr, Lba, QueueId, MAX_DEPTH, MIN_DEPTH, PAGE_SIZE};
+use crate::types::{CommandId, DmaAddr, Lba, QueueId};
 use core::sync::atomic::{AtomicU32, Ordering};
+/// The registration and memory layout of a queue pair, and the shadow
+/// doorbell words, are part of the host/guest ABI (`dbos_abi::nvme`).
+pub use dbos_abi::nvme::{
+    ConfigError, QueueLayout, QueuePairConfig, CQ_HEAD_WORD, EVENT_IDX_POLLING, SQ_TAIL_WORD,
+};
 
 #[allow(unused_imports)] // used by the module docs
 use crate::types::MAX_TRANSFER_BLOCKS;
@@ -257,14 +262,6 @@ impl Cqe {
     }
 }
 
-/// Event index value meaning "the host is polling; no real doorbell needed".
-pub const EVENT_IDX_POLLING: u32 = u32::MAX;
-
-/// Dword index of the SQ tail in the doorbell and event-index pairs.
-pub const SQ_TAIL_WORD: usize = 0;
-/// Dword index of the CQ head in the doorbell and event-index pairs.
-pub const CQ_HEAD_WORD: usize = 1;
-
 /// Whether moving a ring index from `old` to `new` (forward, modulo `depth`)
 /// passes the event index `event`, i.e. `event` is in `[old, new)` modulo
 /// `depth`. An event index outside the ring (such as [`EVENT_IDX_POLLING`])
@@ -276,158 +273,6 @@ pub const fn need_event(event: u32, new: u32, old: u32, depth: u32) -> bool {
     let span = (new + depth - old) % depth;
     let dist = (event + depth - old) % depth;
     dist < span
-}
-
-/// Where a queue pair lives, as the driver tells the host at creation.
-///
-/// All addresses are device addresses ([`DmaAddr`] values): guest-physical in
-/// a VM, process virtual addresses in process mode. The host validates every
-/// field ([`QueuePairConfig::validate_shape`] for what needs no memory map,
-/// and the host's memory checks for the rest).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QueuePairConfig {
-    /// Submission ring: `depth` × 64 bytes, 4 KiB aligned.
-    pub sq_addr: u64,
-    /// Completion ring: `depth` × 16 bytes, 4 KiB aligned.
-    pub cq_addr: u64,
-    /// Shadow doorbells: two dwords (SQ tail, CQ head), 8-byte aligned.
-    pub doorbell_addr: u64,
-    /// Event indexes: two dwords (SQ tail, CQ head), 8-byte aligned.
-    pub event_idx_addr: u64,
-    /// Entries per ring, in [`MIN_DEPTH`]..=[`MAX_DEPTH`].
-    pub depth: u16,
-    pub _reserved: [u16; 3],
-}
-
-/// A [`QueuePairConfig`] the host refuses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("queue depth {0} is outside {MIN_DEPTH}..={MAX_DEPTH}")]
-    Depth(u16),
-    #[error("{what} address {addr:#x} is not {align}-byte aligned")]
-    Misaligned {
-        what: &'static str,
-        addr: u64,
-        align: u64,
-    },
-    #[error("{what} [{addr:#x}, +{len:#x}) is outside the registered memory")]
-    OutsideMemory {
-        what: &'static str,
-        addr: u64,
-        len: u64,
-    },
-    #[error("{a} and {b} overlap")]
-    Overlap { a: &'static str, b: &'static str },
-    #[error("too many queue pairs (at most {0})")]
-    TooManyQueues(usize),
-}
-
-impl QueuePairConfig {
-    /// The four areas: (name, address, length, alignment).
-    pub fn areas(&self) -> [(&'static str, u64, u64, u64); 4] {
-        let depth = self.depth as u64;
-        [
-            ("submission ring", self.sq_addr, depth * 64, PAGE_SIZE),
-            ("completion ring", self.cq_addr, depth * 16, PAGE_SIZE),
-            ("doorbells", self.doorbell_addr, 8, 8),
-            ("event indexes", self.event_idx_addr, 8, 8),
-        ]
-    }
-
-    /// Checks the depth, the alignments and that the four areas do not
-    /// overlap (each other or the end of the address space). Whether they
-    /// lie in memory is the host's check.
-    pub fn validate_shape(&self) -> Result<(), ConfigError> {
-        if !(MIN_DEPTH..=MAX_DEPTH).contains(&self.depth) {
-            return Err(ConfigError::Depth(self.depth));
-        }
-        let areas = self.areas();
-        for (what, addr, len, align) in areas {
-            if addr % align != 0 {
-                return Err(ConfigError::Misaligned { what, addr, align });
-            }
-            if addr.checked_add(len).is_none() {
-                return Err(ConfigError::OutsideMemory { what, addr, len });
-            }
-        }
-        for i in 0..areas.len() {
-            for j in i + 1..areas.len() {
-                let (a, a0, alen, _) = areas[i];
-                let (b, b0, blen, _) = areas[j];
-                if a0 < b0 + blen && b0 < a0 + alen {
-                    return Err(ConfigError::Overlap { a, b });
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A queue pair's memory laid out in one block: submission ring, completion
-/// ring, then one page with the shadow doorbells (offset 0) and the event
-/// indexes (offset 64, their own cache line, since the other side writes them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueLayout {
-    depth: u16,
-}
-
-impl QueueLayout {
-    /// The layout for `depth` entries per ring, `None` outside
-    /// [`MIN_DEPTH`]..=[`MAX_DEPTH`].
-    pub const fn new(depth: u16) -> Option<QueueLayout> {
-        if depth < MIN_DEPTH || depth > MAX_DEPTH {
-            None
-        } else {
-            Some(QueueLayout { depth })
-        }
-    }
-
-    const fn round_page(bytes: u64) -> u64 {
-        bytes.div_ceil(PAGE_SIZE) * PAGE_SIZE
-    }
-
-    /// Entries per ring.
-    pub const fn depth(&self) -> u16 {
-        self.depth
-    }
-
-    /// Offset of the submission ring.
-    pub const fn sq_offset(&self) -> u64 {
-        0
-    }
-
-    /// Offset of the completion ring.
-    pub const fn cq_offset(&self) -> u64 {
-        Self::round_page(self.depth as u64 * 64)
-    }
-
-    /// Offset of the shadow doorbells.
-    pub const fn doorbell_offset(&self) -> u64 {
-        self.cq_offset() + Self::round_page(self.depth as u64 * 16)
-    }
-
-    /// Offset of the event indexes.
-    pub const fn event_idx_offset(&self) -> u64 {
-        self.doorbell_offset() + 64
-    }
-
-    /// Total size in bytes (a multiple of 4 KiB).
-    pub const fn size(&self) -> u64 {
-        self.doorbell_offset() + PAGE_SIZE
-    }
-
-    /// The config for this layout placed at device address `base`.
-    pub const fn config(&self, base: DmaAddr) -> QueuePairConfig {
-        QueuePairConfig {
-            sq_addr: base.0 + self.sq_offset(),
-            cq_addr: base.0 + self.cq_offset(),
-            doorbell_addr: base.0 + self.doorbell_offset(),
-            event_idx_addr: base.0 + self.event_idx_offset(),
-            depth: self.depth,
-            _reserved: [0; 3],
-        }
-    }
 }
 
 /// The shared dword at `ptr` as an atomic.
@@ -568,59 +413,5 @@ mod tests {
         // Polling host never asks for a doorbell.
         assert!(!need_event(EVENT_IDX_POLLING, 6, 5, 8));
         assert!(!need_event(8, 6, 5, 8));
-    }
-
-    #[test]
-    fn layout_and_config() {
-        let l = QueueLayout::new(32).unwrap();
-        assert_eq!(l.cq_offset(), 4096);
-        assert_eq!(l.doorbell_offset(), 8192);
-        assert_eq!(l.event_idx_offset(), 8192 + 64);
-        assert_eq!(l.size(), 12288);
-        let l = QueueLayout::new(256).unwrap();
-        assert_eq!(l.cq_offset(), 16384);
-        assert_eq!(l.doorbell_offset(), 16384 + 4096);
-        assert!(QueueLayout::new(1).is_none());
-        assert!(QueueLayout::new(MAX_DEPTH + 1).is_none());
-        let c = l.config(DmaAddr(0x10_0000));
-        assert_eq!(c.validate_shape(), Ok(()));
-        let mut bad = c;
-        bad.depth = 1;
-        assert_eq!(bad.validate_shape(), Err(ConfigError::Depth(1)));
-        let mut bad = c;
-        bad.sq_addr += 64;
-        assert_eq!(
-            bad.validate_shape(),
-            Err(ConfigError::Misaligned {
-                what: "submission ring",
-                addr: 0x10_0040,
-                align: 4096
-            })
-        );
-        let mut bad = c;
-        bad.cq_addr = c.sq_addr;
-        assert_eq!(
-            bad.validate_shape(),
-            Err(ConfigError::Overlap {
-                a: "submission ring",
-                b: "completion ring"
-            })
-        );
-        let mut bad = c;
-        bad.event_idx_addr = c.doorbell_addr + 4;
-        assert_eq!(
-            bad.validate_shape(),
-            Err(ConfigError::Misaligned {
-                what: "event indexes",
-                addr: c.doorbell_addr + 4,
-                align: 8
-            })
-        );
-        let mut bad = c;
-        bad.sq_addr = u64::MAX - 4095;
-        assert!(matches!(
-            bad.validate_shape(),
-            Err(ConfigError::OutsideMemory { .. })
-        ));
     }
 }

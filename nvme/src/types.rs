@@ -1,14 +1,10 @@
 //! Typed values and limits shared by the driver and the host.
 
-/// Size of one logical block in bytes (the LBA unit): 4 KiB.
-pub const BLOCK_SIZE: u64 = 4096;
-
-/// log2 of [`BLOCK_SIZE`].
-pub const BLOCK_SHIFT: u32 = 12;
-
-/// Memory page size for data pointers and queue placement (PRP entries,
-/// queue bases): 4 KiB.
-pub const PAGE_SIZE: u64 = 4096;
+/// Block size, page size and queue-depth limits are part of the host/guest
+/// ABI (`dbos_abi`): a logical block (the LBA unit) is one 4 KiB page, and
+/// data pointers and queue bases are page aligned.
+pub use dbos_abi::nvme::{BLOCK_SHIFT, BLOCK_SIZE, MAX_DEPTH, MIN_DEPTH};
+pub use dbos_abi::PAGE_SIZE;
 
 /// The one namespace served.
 pub const NSID: u32 = 1;
@@ -19,12 +15,6 @@ pub const NSID_ALL: u32 = 0xffff_ffff;
 /// Largest transfer of one command, in blocks (1 MiB). Larger transfers get
 /// [`crate::NvmeError::InvalidField`], as NVMe's MDTS limit prescribes.
 pub const MAX_TRANSFER_BLOCKS: u32 = 256;
-
-/// Largest queue depth (entries per ring).
-pub const MAX_DEPTH: u16 = 4096;
-
-/// Smallest queue depth: a ring of 2 holds one entry.
-pub const MIN_DEPTH: u16 = 2;
 
 /// A logical block address (in units of [`BLOCK_SIZE`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

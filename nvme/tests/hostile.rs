@@ -85,7 +85,7 @@ fn setup() -> Setup {
 fn raw_queue(s: &mut Setup, depth: u16) -> RawQueue {
     let layout = QueueLayout::new(depth).unwrap();
     let mem = s.pm.alloc(layout.size() as usize).unwrap();
-    s.poller.add_queue(layout.config(mem.addr)).unwrap();
+    s.poller.add_queue(layout.config(mem.addr.0)).unwrap();
     assert_eq!(
         (
             mem.read_word_at(layout.event_idx_offset()),
@@ -365,7 +365,7 @@ fn invalid_queue_configurations_are_refused() {
     let mut s = setup();
     let layout = QueueLayout::new(16).unwrap();
     let mem = s.pm.alloc(layout.size() as usize).unwrap();
-    let good = layout.config(mem.addr);
+    let good = layout.config(mem.addr.0);
     let region = s.pm.region();
     let end = region.addr + region.len;
     let try_add = |s: &mut Setup, f: &dyn Fn(&mut QueuePairConfig)| {

@@ -41,6 +41,7 @@ fn main() -> u8 {
         "files" => files(),
         "nvme" => nvme(),
         "window-stack" => window_stack(),
+        "high-args" => high_args(),
         "panic" => panic!("scenario panic with value {}", 42),
         "bad-pointer" => {
             println!("passing an address beyond guest memory to the console call");
@@ -388,6 +389,42 @@ extern "sysv64" fn on_window_stack() {
     WINDOW_CLOCK.store(libdbos::hypercall::clock_nanos(), Ordering::Relaxed);
     let missing = libdbos::hostfile::HostFile::open("nope").err();
     WINDOW_FILE.store(missing.map_or(0, |e| e.0 as u64), Ordering::Relaxed);
+}
+
+/// A hypercall whose argument block (and text) lie above 4 GiB of guest RAM:
+/// run with `--memory 5G`, so RAM continues from 4 GiB up.
+fn high_args() -> u8 {
+    use libdbos::abi::{ConsoleArgs, GuestBuf, GuestPhysAddr, Hypercall, HIGH_RAM_START};
+    use libdbos::platform::PageSize;
+    let frame = loop {
+        match frames::alloc_sized(PageSize::Large) {
+            Some(f) if f.start_address().as_u64() >= HIGH_RAM_START => break f,
+            Some(_) => continue,
+            None => {
+                println!("no frame above 4 GiB");
+                return 1;
+            }
+        }
+    };
+    let phys = frame.start_address().as_u64();
+    let base = libdbos::memory::phys_to_virt(phys);
+    let text = b"hello from above 4 GiB\n";
+    // SAFETY: the frame is ours (just allocated), 2 MiB, mapped in the
+    // direct map at `base`; the text and the block fit in its first page.
+    let args = unsafe {
+        core::ptr::copy_nonoverlapping(text.as_ptr(), (base + 256) as *mut u8, text.len());
+        let args = &mut *(base as *mut ConsoleArgs);
+        *args = ConsoleArgs {
+            text: GuestBuf {
+                addr: GuestPhysAddr(phys + 256),
+                len: text.len() as u64,
+            },
+        };
+        args
+    };
+    println!("argument block addr={phys:#x}");
+    libdbos::hypercall::call(Hypercall::Console, args);
+    0
 }
 
 fn window_stack() -> u8 {

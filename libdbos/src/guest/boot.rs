@@ -11,6 +11,13 @@ use crate::abi::{self, BootInfo, MemoryKind, MemoryRegion};
 use crate::memory::phys_to_virt;
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
+/// The image's ABI version note (see [`crate::abi::note`]): `dbos run`
+/// reads it before it creates the VM. `guest.ld` keeps the section and gives
+/// it a `PT_NOTE` segment; `bsp_init` reads it, so it is always linked.
+#[used]
+#[unsafe(link_section = ".note.dbos")]
+static ABI_NOTE: abi::note::AbiNote = abi::note::AbiNote::new(abi::ABI_VERSION);
+
 static BOOT_INFO: AtomicPtr<BootInfo> = AtomicPtr::new(core::ptr::null_mut());
 static BSP_READY: AtomicBool = AtomicBool::new(false);
 
@@ -70,6 +77,12 @@ fn bsp_init(boot_info: *mut BootInfo) {
             0,
         );
     }
+    // The second line of defence behind the hypervisor's check of the note:
+    // the version this image says it was built for against the one the
+    // hypervisor provides. Read volatile, so the note stays referenced.
+    // SAFETY: a plain read of a field of a static.
+    let built_for = unsafe { core::ptr::read_volatile(&ABI_NOTE.version) };
+    debug_assert_eq!(built_for, abi::ABI_VERSION);
     if let Err(mismatch) = abi::check_abi_version(info.abi_version) {
         let mut buf = [0u8; 160];
         let mut msg = crate::fmtbuf::FmtBuf::new(&mut buf);
@@ -145,8 +158,9 @@ pub fn args() -> Args {
     let len = (info.args_len as usize).min(abi::MAX_ARGS_BYTES);
     // SAFETY: the hypervisor wrote `args_len` bytes of arguments at
     // `args_addr` in the boot-data region, which is never reused.
-    let rest =
-        unsafe { core::slice::from_raw_parts(phys_to_virt(info.args_addr) as *const u8, len) };
+    let rest = unsafe {
+        core::slice::from_raw_parts(phys_to_virt(info.args_addr.raw()) as *const u8, len)
+    };
     Args {
         rest,
         remaining: info.argc,

@@ -85,7 +85,7 @@ impl HostFile {
             handle: self.handle,
             offset,
             buf: crate::abi::GuestBuf {
-                addr: phys,
+                addr: crate::abi::GuestPhysAddr(phys),
                 len: len as u64,
             },
             status: 0,

@@ -1,66 +1,60 @@
-//! Hypercalls: a 32-bit `out` to the call's port carrying the guest-physical
-//! address of its argument block (see [`crate::abi`]). Each call is one VM
-//! exit, about 5 us on the development machines: keep them off hot paths.
+//! Hypercalls: one `out` to the call's port with the full 64-bit
+//! guest-physical address of its argument block in `rax` (see
+//! [`crate::abi::hypercall`]). Each call is one VM exit, about 5 us on the
+//! development machines: keep them off hot paths.
 
 use crate::abi::{
-    ClockArgs, ConsoleArgs, ExitArgs, FaultArgs, GuestBuf, Hypercall, PanicArgs, StatsArgs,
+    ClockArgs, ConsoleArgs, ExitArgs, FaultArgs, GuestBuf, GuestPhysAddr, Hypercall, PanicArgs,
+    Pod, StatsArgs,
 };
 use crate::memory::virt_to_phys;
+use crate::platform::PAGE_SIZE;
 
-/// Issues `call` with the argument block `args`.
+/// An argument block copied to where it cannot straddle a page: 64 bytes,
+/// 64-byte aligned, so it lies within one page wherever it is.
+#[repr(C, align(64))]
+struct OnePage<T>(T);
+
+/// Issues `call` with the argument block `args`, which must be the block
+/// that call takes (see [`crate::abi::hypercall`]); the host validates every
+/// address and length in it and stops the guest when one is bad.
 ///
-/// The host addresses the block by its guest-physical address, which must be
-/// below 4 GiB and physically contiguous: true for stacks, the heap and the
-/// image. A block anywhere else (say, on a stack in a database window) is
-/// copied through a bounce buffer in the image.
-pub(crate) fn call<T: Copy>(call: Hypercall, args: &mut T) {
+/// The host addresses the block by its guest-physical address, anywhere in
+/// guest RAM. A block that straddles a page boundary outside the direct map
+/// (whose pages need not be physically adjacent, say on a stack in a
+/// database window) is first copied into an aligned slot on this stack,
+/// which cannot straddle a page.
+pub fn call<T: Pod>(call: Hypercall, args: &mut T) {
+    const { assert!(size_of::<T>() <= 64 && align_of::<T>() <= 64) };
     let virt = args as *mut T as u64;
-    let direct = virt >= crate::abi::DIRECT_MAP_BASE;
-    let phys =
-        virt_to_phys(virt).filter(|p| direct && *p + size_of::<T>() as u64 <= u64::from(u32::MAX));
-    match phys {
-        Some(phys) => out(call, phys as u32),
-        None => bounced(call, args),
+    let last = virt + size_of::<T>() as u64 - 1;
+    let contiguous = virt >= crate::abi::DIRECT_MAP_BASE || virt / PAGE_SIZE == last / PAGE_SIZE;
+    match virt_to_phys(virt).filter(|_| contiguous) {
+        Some(phys) => out(call, GuestPhysAddr(phys)),
+        None => {
+            let mut slot = OnePage(*args);
+            let phys = virt_to_phys(&mut slot as *mut OnePage<T> as u64)
+                .expect("the current stack is mapped");
+            out(call, GuestPhysAddr(phys));
+            *args = slot.0;
+        }
     }
 }
 
-fn out(call: Hypercall, phys: u32) {
+fn out(call: Hypercall, block: GuestPhysAddr) {
     // SAFETY: `out` to a hypercall port has no effect on guest state other
     // than the host writing results into the argument block, which the
     // callers own mutably and keep alive across the instruction (no
-    // `nomem`, so the compiler re-reads it afterwards).
+    // `nomem`, so the compiler re-reads it afterwards). The port carries
+    // `eax`, the low half of `rax`; the host reads all of `rax`.
     unsafe {
         core::arch::asm!(
             "out dx, eax",
             in("dx") call.port(),
-            in("eax") phys,
+            in("rax") block.raw(),
             options(nostack, preserves_flags)
         );
     }
-}
-
-/// A buffer in the image (so below 4 GiB and contiguous) for argument blocks
-/// the host cannot address where they are.
-#[repr(C, align(64))]
-struct Bounce([u64; 16]);
-static BOUNCE: spin::Mutex<Bounce> = spin::Mutex::new(Bounce([0; 16]));
-
-fn bounced<T: Copy>(call: Hypercall, args: &mut T) {
-    const { assert!(size_of::<T>() <= size_of::<Bounce>()) };
-    // Interrupts off while the lock is held: a hook making a hypercall on
-    // this CPU must not spin on it.
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        let mut bounce = BOUNCE.lock();
-        let slot = bounce.0.as_mut_ptr().cast::<T>();
-        // SAFETY: the bounce buffer is large and aligned enough for `T`
-        // (checked above; 64-byte alignment covers every argument block) and
-        // is ours while the lock is held.
-        unsafe { slot.write(*args) };
-        let phys = virt_to_phys(slot as u64).expect("the image is mapped");
-        out(call, phys as u32);
-        // SAFETY: as above; the host wrote its results into the slot.
-        *args = unsafe { slot.read() };
-    })
 }
 
 /// Describes a byte slice to the host: its guest-physical address if it is
@@ -74,7 +68,7 @@ pub(crate) fn buf(bytes: &[u8]) -> GuestBuf {
     }
     let start = bytes.as_ptr() as u64;
     let bad = GuestBuf {
-        addr: u64::MAX,
+        addr: GuestPhysAddr(u64::MAX),
         len,
     };
     let Some(phys) = virt_to_phys(start) else {
@@ -89,7 +83,10 @@ pub(crate) fn buf(bytes: &[u8]) -> GuestBuf {
             page += 0x1000;
         }
     }
-    GuestBuf { addr: phys, len }
+    GuestBuf {
+        addr: GuestPhysAddr(phys),
+        len,
+    }
 }
 
 /// Appends raw bytes to this vCPU's console.
@@ -102,7 +99,10 @@ pub fn console_write(bytes: &[u8]) {
 /// testing the hypervisor's validation: a bad `addr`/`len` ends the guest.
 pub fn console_write_raw(addr: u64, len: u64) {
     let mut args = ConsoleArgs {
-        text: GuestBuf { addr, len },
+        text: GuestBuf {
+            addr: GuestPhysAddr(addr),
+            len,
+        },
     };
     call(Hypercall::Console, &mut args);
 }

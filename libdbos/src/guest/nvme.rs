@@ -21,6 +21,7 @@ pub struct HypercallDoorbell;
 
 impl Doorbell for HypercallDoorbell {
     fn ring(&self) {
+        // The host reads no argument block for this call.
         let mut unused = 0u64;
         hypercall::call(Hypercall::NvmeDoorbell, &mut unused);
     }
@@ -90,13 +91,8 @@ pub fn queue_pair(depth: u16) -> Result<GuestQueuePair, SetupError> {
     // in the direct map, physically contiguous.
     let qp =
         unsafe { QueuePair::new(mem, depth, HypercallDoorbell) }.map_err(SetupError::Driver)?;
-    let c = qp.config();
     let mut args = NvmeQueueArgs {
-        sq_addr: c.sq_addr,
-        cq_addr: c.cq_addr,
-        doorbell_addr: c.doorbell_addr,
-        event_idx_addr: c.event_idx_addr,
-        depth: u64::from(c.depth),
+        queue: qp.config(),
         status: 0,
     };
     hypercall::call(Hypercall::NvmeCreateQueue, &mut args);

@@ -1,0 +1,60 @@
+//! The guest's life cycle and the VMM's counters: [`Hypercall::Exit`],
+//! [`Hypercall::Panic`] and [`Hypercall::Fault`] stop the guest with a
+//! [`Stop`] the run report turns into an exit status; [`Hypercall::Stats`]
+//! reads the VM-exit counter.
+
+use crate::hypercall::{HypercallError, Outcome, Request, Service, Stop};
+use dbos_abi::{ExitArgs, FaultArgs, Hypercall, PanicArgs, StatsArgs};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The control service of one VM.
+pub struct Control<'a> {
+    /// VM exits of all vCPUs so far (including the one being served).
+    pub exits: &'a AtomicU64,
+    /// How many of them were `Stats` calls.
+    pub stats_calls: &'a AtomicU64,
+}
+
+impl Service for Control<'_> {
+    fn serve(&self, req: &Request<'_>) -> Result<Outcome, HypercallError> {
+        match req.call {
+            Hypercall::Exit => {
+                let args: ExitArgs = req.args()?;
+                Ok(Outcome::Stop(Stop::Exit(args.status)))
+            }
+            Hypercall::Panic => {
+                let args: PanicArgs = req.args()?;
+                Ok(Outcome::Stop(Stop::Panic {
+                    message: req.text("message", args.message)?,
+                    file: req.text("file", args.file)?,
+                    line: args.line,
+                    column: args.column,
+                }))
+            }
+            Hypercall::Fault => {
+                let args: FaultArgs = req.args()?;
+                Ok(Outcome::Stop(Stop::Fault {
+                    vector: args.vector,
+                    error_code: args.error_code,
+                    rip: args.rip,
+                    cr2: args.cr2,
+                    rsp: args.rsp,
+                    rflags: args.rflags,
+                    reason: req.text("reason", args.reason)?,
+                }))
+            }
+            _ => {
+                debug_assert_eq!(req.call, Hypercall::Stats);
+                let mut args: StatsArgs = req.args()?;
+                // The Stats calls themselves are not counted, so that the
+                // difference of two readings is exactly the exits between.
+                let stats_calls = self.stats_calls.fetch_add(1, Ordering::Relaxed) + 1;
+                args.vm_exits = self
+                    .exits
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(stats_calls);
+                req.write_back(&args)
+            }
+        }
+    }
+}

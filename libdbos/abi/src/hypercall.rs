@@ -1,0 +1,371 @@
+//! Hypercalls: the numbers, how a call reaches the host, and the argument
+//! block of each call.
+//!
+//! # Transport
+//!
+//! A hypercall is one `out dx, eax` to port [`HYPERCALL_PORT_BASE`] + the
+//! call's [`Hypercall`] number, with `rax` holding the full 64-bit
+//! guest-physical address of the call's argument block (one of the `*Args`
+//! structs below). The `out` itself carries the low 32 bits; the host reads
+//! `rax` from the vCPU's registers and refuses the call when the two disagree
+//! ([`argument_address`]). An argument block may therefore live anywhere in
+//! guest RAM, but it must be physically contiguous. Results are written back
+//! into the block. One call is one VM exit.
+//!
+//! The hypervisor checks every address and length against guest memory
+//! before using it and stops the guest with an error naming the call when
+//! one is bad.
+//!
+//! Calls 0 to 3 ([`Hypercall::Console`], [`Hypercall::Exit`],
+//! [`Hypercall::Panic`], [`Hypercall::Fault`]) keep their numbers and layouts
+//! in every ABI version, so that a guest can always report an ABI mismatch.
+
+use crate::nvme::QueuePairConfig;
+use crate::{GuestPhysAddr, Pod};
+
+/// First I/O port of the hypercall range.
+pub const HYPERCALL_PORT_BASE: u16 = 0x0d00;
+
+/// Longest file name accepted by [`Hypercall::FileOpen`].
+pub const MAX_FILE_NAME: u64 = 256;
+/// Largest buffer accepted by one [`Hypercall::FileRead`] or [`Hypercall::FileWrite`].
+pub const MAX_FILE_IO: u64 = 16 << 20;
+
+/// Defines [`Hypercall`] and its table from one list, so that the numbers,
+/// [`Hypercall::ALL`], [`Hypercall::COUNT`] and the decoding cannot drift.
+macro_rules! hypercalls {
+    ($( $(#[$doc:meta])* $name:ident = $nr:literal, )*) => {
+        /// Hypercall numbers; the port is `HYPERCALL_PORT_BASE + number`.
+        #[repr(u16)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Hypercall {
+            $( $(#[$doc])* $name = $nr, )*
+        }
+
+        impl Hypercall {
+            /// Every call, in number order.
+            pub const ALL: &'static [Hypercall] = &[$(Self::$name),*];
+
+            /// The call's name, as in the source.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $( Self::$name => stringify!($name), )*
+                }
+            }
+        }
+
+        impl TryFrom<u16> for Hypercall {
+            type Error = UnknownHypercall;
+
+            /// Decodes a call number.
+            fn try_from(nr: u16) -> Result<Self, UnknownHypercall> {
+                match nr {
+                    $( $nr => Ok(Self::$name), )*
+                    _ => Err(UnknownHypercall(nr)),
+                }
+            }
+        }
+    };
+}
+
+hypercalls! {
+    /// Write bytes to the console ([`ConsoleArgs`]).
+    Console = 0,
+    /// Stop the whole guest with a status ([`ExitArgs`]).
+    Exit = 1,
+    /// Report a panic and stop the guest ([`PanicArgs`]).
+    Panic = 2,
+    /// Report an unhandled exception and stop the guest ([`FaultArgs`]).
+    Fault = 3,
+    /// Read the host's monotonic clock ([`ClockArgs`]).
+    Clock = 4,
+    /// Read the VMM's counters ([`StatsArgs`]).
+    Stats = 5,
+    /// Open a file the user authorised with `--file NAME=PATH` ([`FileOpenArgs`]).
+    FileOpen = 6,
+    /// Read from an open file ([`FileIoArgs`]).
+    FileRead = 7,
+    /// Write to an open file ([`FileIoArgs`]).
+    FileWrite = 8,
+    /// Make an open file's data durable, `fdatasync` ([`FileArgs`]).
+    FileFlush = 9,
+    /// The current size of an open file ([`FileArgs`]).
+    FileSize = 10,
+    /// Describe the NVMe disk ([`NvmeInfoArgs`]).
+    NvmeInfo = 11,
+    /// Register a queue pair with the host's poller ([`NvmeQueueArgs`]).
+    NvmeCreateQueue = 12,
+    /// The real (exiting) NVMe doorbell: wakes the parked poller. The block
+    /// is not read (any address will do); the driver rings it only when the
+    /// poller has said (through the shadow doorbells' event indexes) that it
+    /// is going idle.
+    NvmeDoorbell = 13,
+}
+
+impl Hypercall {
+    /// Number of calls; numbers are dense, `0..COUNT`, so a per-call table
+    /// can be an array indexed by `call as usize`.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The call for an I/O port.
+    pub fn from_port(port: u16) -> Result<Self, UnknownHypercall> {
+        let nr = port
+            .checked_sub(HYPERCALL_PORT_BASE)
+            .ok_or(UnknownHypercall(u16::MAX))?;
+        Self::try_from(nr)
+    }
+
+    /// The I/O port of this call.
+    pub const fn port(self) -> u16 {
+        HYPERCALL_PORT_BASE + self as u16
+    }
+}
+
+const _: () = {
+    let mut i = 0;
+    while i < Hypercall::COUNT {
+        assert!(
+            Hypercall::ALL[i] as usize == i,
+            "hypercall numbers must be dense"
+        );
+        i += 1;
+    }
+};
+
+/// A port or number that names no hypercall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownHypercall(pub u16);
+
+/// The low half of `rax` differs from the value the `out` wrote: not a
+/// well-formed hypercall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TornAddress {
+    pub port_value: u32,
+    pub rax: u64,
+}
+
+/// The argument block's address of a hypercall whose `out` wrote
+/// `port_value` while `rax` held `rax` (see the module documentation).
+pub fn argument_address(port_value: u32, rax: u64) -> Result<GuestPhysAddr, TornAddress> {
+    if rax as u32 == port_value {
+        Ok(GuestPhysAddr(rax))
+    } else {
+        Err(TornAddress { port_value, rax })
+    }
+}
+
+/// A byte buffer in guest-physical memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestBuf {
+    pub addr: GuestPhysAddr,
+    pub len: u64,
+}
+
+/// Arguments of [`Hypercall::Console`]: bytes to append to this vCPU's console.
+/// The host prints complete lines, prefixed by the vCPU index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConsoleArgs {
+    pub text: GuestBuf,
+}
+
+/// Arguments of [`Hypercall::Exit`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitArgs {
+    /// Becomes the hypervisor's process exit status.
+    pub status: u32,
+    pub _reserved: u32,
+}
+
+/// Arguments of [`Hypercall::Panic`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PanicArgs {
+    pub message: GuestBuf,
+    pub file: GuestBuf,
+    pub line: u32,
+    pub column: u32,
+}
+
+/// Arguments of [`Hypercall::Fault`]: an exception no hook handled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultArgs {
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cr2: u64,
+    pub rsp: u64,
+    pub rflags: u64,
+    /// Why the handler gave up, e.g. "no hook registered" (may be empty).
+    pub reason: GuestBuf,
+}
+
+/// Arguments of [`Hypercall::Clock`]; `nanos` is written by the host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClockArgs {
+    /// Nanoseconds on the host's monotonic clock since the VM was created.
+    pub nanos: u64,
+}
+
+/// Arguments of [`Hypercall::Stats`]; written by the host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StatsArgs {
+    /// VM exits taken so far by all vCPUs, not counting `Stats` calls
+    /// themselves, so that the difference of two readings is exactly the
+    /// exits taken in between.
+    pub vm_exits: u64,
+}
+
+/// Arguments of [`Hypercall::FileOpen`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileOpenArgs {
+    /// The name given on the command line (`--file NAME=PATH`), UTF-8.
+    pub name: GuestBuf,
+    /// Written by the host: a handle (> 0) on success, or a negative errno
+    /// (`-ENOENT` for a name that was not authorised).
+    pub status: i64,
+}
+
+/// Arguments of [`Hypercall::FileRead`] and [`Hypercall::FileWrite`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileIoArgs {
+    pub handle: u64,
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// The guest buffer (physically contiguous, at most [`MAX_FILE_IO`] bytes).
+    pub buf: GuestBuf,
+    /// Written by the host: bytes transferred (a read past the end is short),
+    /// or a negative errno.
+    pub status: i64,
+}
+
+/// Arguments of [`Hypercall::FileFlush`] and [`Hypercall::FileSize`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileArgs {
+    pub handle: u64,
+    /// Written by the host: 0 (flush) or the size (size) on success, or a
+    /// negative errno.
+    pub status: i64,
+}
+
+/// Arguments of [`Hypercall::NvmeInfo`]; written by the host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NvmeInfoArgs {
+    /// Capacity in logical blocks (0: the VM has no disk).
+    pub blocks: u64,
+    /// Bytes per logical block.
+    pub block_size: u64,
+}
+
+/// Arguments of [`Hypercall::NvmeCreateQueue`]: the queue pair's
+/// registration, in guest-physical addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NvmeQueueArgs {
+    pub queue: QueuePairConfig,
+    /// Written by the host: the queue id (>= 0), or a negative errno
+    /// (`-ENODEV` without a disk, `-EINVAL` for a bad layout).
+    pub status: i64,
+}
+
+// Every `Pod` impl below holds for one reason: each type is #[repr(C)] with only integer
+// fields, `GuestPhysAddr` (a transparent u64), `GuestBuf` or
+// `QueuePairConfig` (themselves Pod), laid out without padding, as
+// `layouts_are_stable` checks size by size.
+// SAFETY: see above.
+unsafe impl Pod for GuestBuf {}
+// SAFETY: see above.
+unsafe impl Pod for ConsoleArgs {}
+// SAFETY: see above.
+unsafe impl Pod for ExitArgs {}
+// SAFETY: see above.
+unsafe impl Pod for PanicArgs {}
+// SAFETY: see above.
+unsafe impl Pod for FaultArgs {}
+// SAFETY: see above.
+unsafe impl Pod for ClockArgs {}
+// SAFETY: see above.
+unsafe impl Pod for StatsArgs {}
+// SAFETY: see above.
+unsafe impl Pod for FileOpenArgs {}
+// SAFETY: see above.
+unsafe impl Pod for FileIoArgs {}
+// SAFETY: see above.
+unsafe impl Pod for FileArgs {}
+// SAFETY: see above.
+unsafe impl Pod for NvmeInfoArgs {}
+// SAFETY: see above.
+unsafe impl Pod for NvmeQueueArgs {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn ports_and_numbers_round_trip() {
+        assert_eq!(Hypercall::COUNT, 14);
+        for (i, &call) in Hypercall::ALL.iter().enumerate() {
+            assert_eq!(call as usize, i);
+            assert_eq!(Hypercall::try_from(i as u16), Ok(call));
+            assert_eq!(Hypercall::from_port(call.port()), Ok(call));
+        }
+        assert_eq!(
+            Hypercall::try_from(Hypercall::COUNT as u16),
+            Err(UnknownHypercall(14))
+        );
+        assert!(Hypercall::from_port(HYPERCALL_PORT_BASE - 1).is_err());
+        assert!(Hypercall::from_port(HYPERCALL_PORT_BASE + 14).is_err());
+        assert!(Hypercall::from_port(0x3f8).is_err());
+        assert_eq!(Hypercall::NvmeCreateQueue.name(), "NvmeCreateQueue");
+    }
+
+    #[test]
+    fn frozen_calls_keep_their_numbers() {
+        assert_eq!(Hypercall::Console as u16, 0);
+        assert_eq!(Hypercall::Exit as u16, 1);
+        assert_eq!(Hypercall::Panic as u16, 2);
+        assert_eq!(Hypercall::Fault as u16, 3);
+        assert_eq!(size_of::<ConsoleArgs>(), 16);
+        assert_eq!(size_of::<ExitArgs>(), 8);
+    }
+
+    #[test]
+    fn argument_addresses_are_64_bit() {
+        assert_eq!(
+            argument_address(0x1000, 0x1_0000_1000),
+            Ok(GuestPhysAddr(0x1_0000_1000))
+        );
+        assert_eq!(argument_address(0x1000, 0x1000), Ok(GuestPhysAddr(0x1000)));
+        assert_eq!(
+            argument_address(0x1000, 0x2000),
+            Err(TornAddress {
+                port_value: 0x1000,
+                rax: 0x2000
+            })
+        );
+    }
+
+    #[test]
+    fn layouts_are_stable() {
+        assert_eq!(size_of::<GuestBuf>(), 16);
+        assert_eq!(size_of::<PanicArgs>(), 40);
+        assert_eq!(size_of::<FaultArgs>(), 64);
+        assert_eq!(size_of::<ClockArgs>(), 8);
+        assert_eq!(size_of::<StatsArgs>(), 8);
+        assert_eq!(size_of::<FileOpenArgs>(), 24);
+        assert_eq!(size_of::<FileIoArgs>(), 40);
+        assert_eq!(size_of::<FileArgs>(), 16);
+        assert_eq!(size_of::<NvmeInfoArgs>(), 16);
+        assert_eq!(size_of::<NvmeQueueArgs>(), 48);
+    }
+}
