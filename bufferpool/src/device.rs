@@ -13,10 +13,10 @@ use core::fmt;
 use dbos_nvme::{Command, DataPtr, DmaAddr, Doorbell, DriverError, Lba, NvmeError, QueuePair};
 
 /// Size of one logical block (the I/O unit) in bytes.
-pub const BLOCK_SIZE: usize = 4096;
+pub const BLOCK_SIZE: usize = dbos_abi::nvme::BLOCK_SIZE as usize;
 
 /// Size of a sector, the unit a write may be torn at, in bytes.
-pub const SECTOR_SIZE: usize = 512;
+pub const SECTOR_SIZE: usize = dbos_abi::SECTOR_SIZE as usize;
 
 /// Most blocks one request moves (NVMe's transfer limit here).
 pub const MAX_IO_BLOCKS: u32 = dbos_nvme::MAX_TRANSFER_BLOCKS;

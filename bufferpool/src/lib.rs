@@ -50,7 +50,7 @@ pub use log::{CommitMode, LogStats, Wal, WalError};
 pub use recovery::RecoveryReport;
 
 /// Size of a database page in bytes.
-pub const PAGE_SIZE: usize = 4096;
+pub const PAGE_SIZE: usize = dbos_abi::PAGE_SIZE as usize;
 
 /// What the platform provides besides storage: how to wait and what time
 /// it is. In the guest `relax` is `core::hint::spin_loop` and `now_ns`

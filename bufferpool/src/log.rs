@@ -67,7 +67,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Mutex;
 
 /// Bytes per sector.
-pub const SECTOR: u64 = 512;
+pub const SECTOR: u64 = dbos_abi::SECTOR_SIZE;
 /// Bytes of sector header.
 pub const SECTOR_HEADER: u64 = 24;
 /// Payload bytes per sector.
