@@ -500,6 +500,8 @@ impl<D: Doorbell> QueuePair<D> {
 }
 
 #[cfg(test)]
+// The tests drive queues by hand on memory each test allocates and owns.
+#[allow(clippy::undocumented_unsafe_blocks)]
 mod tests {
     use super::*;
     use crate::queue::{post_cqe, read_sqe, EVENT_IDX_POLLING};

@@ -295,6 +295,8 @@ fn files() -> u8 {
         p.map(w.page(i), frame, PageSize::Small, Protection::ReadWrite)
             .unwrap();
     }
+    // SAFETY: pages 0 and 1 of the window are mapped read-write just above,
+    // and nothing else refers to these 12 bytes.
     let span = unsafe { core::slice::from_raw_parts_mut((w.base + 4090) as *mut u8, 12) };
     span.copy_from_slice(b"across pages");
     f.write_at(100, span).unwrap();
@@ -331,6 +333,7 @@ fn nvme() -> u8 {
     qp.execute(&Command::write_fua(
         Lba(4),
         1,
+        // SAFETY: `out` is 8192 bytes; this is its second half.
         data(unsafe { out.add(4096) }),
     ))
     .unwrap();
@@ -447,6 +450,8 @@ fn window_stack() -> u8 {
         WINDOW_FILE.load(Ordering::Relaxed)
     );
     // A console buffer across two non-adjacent frames is refused, not misread.
+    // SAFETY: pages 0 and 1 of the window are mapped read-write above (to
+    // frames that are not adjacent), and nothing else refers to these bytes.
     let span = unsafe { core::slice::from_raw_parts_mut((w.base + 4090) as *mut u8, 12) };
     span.copy_from_slice(b"across pages");
     libdbos::hypercall::console_write(span);

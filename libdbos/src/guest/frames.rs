@@ -172,7 +172,7 @@ pub fn available() -> u64 {
     })
 }
 
-const _: () = assert!(LARGE_PAGE_SIZE % PAGE_SIZE == 0);
+const _: () = assert!(LARGE_PAGE_SIZE.is_multiple_of(PAGE_SIZE));
 
 /// Zeroed frames for new page tables.
 pub(crate) struct ZeroedFrames;

@@ -51,12 +51,13 @@ pub fn run_on_all(f: &(dyn Fn(usize) + Sync)) {
     let n = cpu_count();
     // SAFETY (lifetime erasure): we do not return before every CPU has
     // reported this generation done, after which nobody reads the pointer.
-    let work = Work(unsafe {
+    let erased = unsafe {
         core::mem::transmute::<
             *const (dyn Fn(usize) + Sync + '_),
             *const (dyn Fn(usize) + Sync + 'static),
         >(f)
-    });
+    };
+    let work = Work(erased);
     *WORK.lock() = Some(work);
     let generation = WORK_GENERATION.fetch_add(1, Ordering::AcqRel) + 1;
     for cpu in (0..n).filter(|&c| c != me) {
@@ -127,7 +128,7 @@ pub fn invalidate_all(page: u64) {
         percpu::count(Event::RemoteInvalidation);
     }
     for cpu in 0..n {
-        while !percpu::cpu(cpu).is_some_and(|c| c.tlb_done.load(Ordering::Acquire) >= generation) {
+        while percpu::cpu(cpu).is_none_or(|c| c.tlb_done.load(Ordering::Acquire) < generation) {
             core::hint::spin_loop();
         }
     }

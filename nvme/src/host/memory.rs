@@ -375,6 +375,8 @@ impl DmaBuf {
 }
 
 #[cfg(test)]
+// The tests drive queues by hand on memory each test allocates and owns.
+#[allow(clippy::undocumented_unsafe_blocks)]
 mod tests {
     use super::*;
 
