@@ -9,7 +9,8 @@
 //! point with [`entry!`].
 //!
 //! Built for the host, only the target-independent parts are compiled: the
-//! [`abi`] module, which the hypervisor uses, and helpers such as [`fmtbuf`].
+//! [`abi`] module, which the hypervisor uses, and helpers such as [`fmtbuf`] and
+//! [`hook`].
 #![no_std]
 
 #[cfg(target_os = "none")]
@@ -20,6 +21,7 @@ extern crate std;
 pub mod abi;
 pub mod conformance;
 pub mod fmtbuf;
+pub mod hook;
 pub mod pagetable;
 pub mod platform;
 #[cfg(not(target_os = "none"))]
