@@ -55,30 +55,35 @@ pub enum HookResult {
     Unhandled,
 }
 
-/// Bits of the page-fault error code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PageFaultError(pub u64);
+bitflags::bitflags! {
+    /// Bits of the page-fault error code (every bit the CPU pushed is kept,
+    /// named or not; [`bits`](Self::bits) is the raw code).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct PageFaultError: u64 {
+        /// The page was present (a protection violation), not missing.
+        const PRESENT = 1 << 0;
+        /// The access was a write.
+        const WRITE = 1 << 1;
+        /// The access came from ring 3.
+        const USER = 1 << 2;
+        /// A reserved bit was set in a paging-structure entry.
+        const RESERVED = 1 << 3;
+        /// The access was an instruction fetch.
+        const INSTRUCTION = 1 << 4;
+        // Protection keys, shadow stack, SGX and the rest: kept as pushed.
+        const _ = !0;
+    }
+}
 
 impl PageFaultError {
-    /// The page was present (a protection violation), not missing.
-    pub const PRESENT: u64 = 1 << 0;
-    /// The access was a write.
-    pub const WRITE: u64 = 1 << 1;
-    /// The access came from ring 3.
-    pub const USER: u64 = 1 << 2;
-    /// A reserved bit was set in a paging-structure entry.
-    pub const RESERVED: u64 = 1 << 3;
-    /// The access was an instruction fetch.
-    pub const INSTRUCTION: u64 = 1 << 4;
-
     pub fn present(self) -> bool {
-        self.0 & Self::PRESENT != 0
+        self.contains(Self::PRESENT)
     }
     pub fn write(self) -> bool {
-        self.0 & Self::WRITE != 0
+        self.contains(Self::WRITE)
     }
     pub fn instruction(self) -> bool {
-        self.0 & Self::INSTRUCTION != 0
+        self.contains(Self::INSTRUCTION)
     }
 }
 
@@ -173,7 +178,7 @@ pub(crate) extern "sysv64" fn dispatch(frame: &mut InterruptFrame) {
     if vector == u64::from(PAGE_FAULT) {
         let fault = PageFault {
             addr: x86_64::registers::control::Cr2::read_raw(),
-            error: PageFaultError(frame.error_code),
+            error: PageFaultError::from_bits_retain(frame.error_code),
             rip: frame.rip,
         };
         let percpu = crate::percpu::current();
