@@ -12,6 +12,7 @@ use dbos_abi::{
     BootInfo, GuestPhysAddr, BOOT_MAGIC, DIRECT_MAP_BASE, IMAGE_BASE, MAX_ARGS_BYTES,
     MAX_MEMORY_REGIONS,
 };
+use x86_64::structures::paging::PageTableFlags as Pte;
 
 pub const GDT_ADDR: u64 = 0x1000;
 pub const BOOT_INFO_ADDR: u64 = 0x2000;
@@ -22,11 +23,12 @@ pub const TABLES_START: u64 = 0x4000;
 pub const CODE_SELECTOR: u16 = 0x08;
 pub const DATA_SELECTOR: u16 = 0x10;
 
-const PTE_PRESENT: u64 = 1 << 0;
-const PTE_WRITABLE: u64 = 1 << 1;
-const PTE_HUGE: u64 = 1 << 7;
-const PTE_NX: u64 = 1 << 63;
 const HUGE: u64 = 2 << 20;
+
+/// The flags of page-table entry `entry` (its address bits dropped).
+fn pte_flags(entry: u64) -> Pte {
+    Pte::from_bits_truncate(entry)
+}
 
 /// Why the boot state could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -136,12 +138,12 @@ impl TableAlloc<'_> {
     fn child(&mut self, table: u64, index: u64) -> Result<u64, BootError> {
         let slot = table + index * 8;
         let entry: u64 = self.ram.read_pod(slot)?;
-        if entry & PTE_PRESENT != 0 {
+        if pte_flags(entry).contains(Pte::PRESENT) {
             return Ok(entry & 0x000f_ffff_ffff_f000);
         }
         let child = self.page()?;
         self.ram
-            .write_pod(slot, &(child | PTE_PRESENT | PTE_WRITABLE))?;
+            .write_pod(slot, &(child | (Pte::PRESENT | Pte::WRITABLE).bits()))?;
         Ok(child)
     }
 }
@@ -158,7 +160,7 @@ fn build_page_tables(
     image: &Image,
     nx: bool,
 ) -> Result<u64, BootError> {
-    let nx_bit = if nx { PTE_NX } else { 0 };
+    let nx_flag = if nx { Pte::NO_EXECUTE } else { Pte::empty() };
     let mut tables = TableAlloc {
         ram,
         next: TABLES_START,
@@ -172,7 +174,8 @@ fn build_page_tables(
             let virt = DIRECT_MAP_BASE + phys;
             let pdpt = tables.child(pml4, index(virt, 3))?;
             let pd = tables.child(pdpt, index(virt, 2))?;
-            let entry = phys | PTE_PRESENT | PTE_WRITABLE | PTE_HUGE | nx_bit;
+            let flags = Pte::PRESENT | Pte::WRITABLE | Pte::HUGE_PAGE | nx_flag;
+            let entry = phys | flags.bits();
             ram.write_pod(pd + index(virt, 1) * 8, &entry)?;
             phys += HUGE;
         }
@@ -188,17 +191,18 @@ fn build_page_tables(
             let slot = pt + index(virt, 0) * 8;
             // Two segments may share a page at their boundary: the page gets
             // the union of their permissions.
-            let old: u64 = ram.read_pod(slot)?;
-            let mut entry = phys | PTE_PRESENT;
-            let writable = seg.writable || old & PTE_WRITABLE != 0;
-            let executable = seg.executable || (old & PTE_PRESENT != 0 && old & PTE_NX == 0);
+            let old = pte_flags(ram.read_pod(slot)?);
+            let mut flags = Pte::PRESENT;
+            let writable = seg.writable || old.contains(Pte::WRITABLE);
+            let executable =
+                seg.executable || (old.contains(Pte::PRESENT) && !old.contains(Pte::NO_EXECUTE));
             if writable {
-                entry |= PTE_WRITABLE;
+                flags |= Pte::WRITABLE;
             }
             if !executable {
-                entry |= nx_bit;
+                flags |= nx_flag;
             }
-            ram.write_pod(slot, &entry)?;
+            ram.write_pod(slot, &(phys | flags.bits()))?;
             phys += PAGE;
         }
     }
@@ -211,19 +215,19 @@ mod tests {
     use crate::elf::Segment;
 
     /// Walks the tables the way the MMU does; returns (phys, pte flags).
-    fn walk(ram: &GuestRam, pml4: u64, virt: u64) -> Option<(u64, u64)> {
+    fn walk(ram: &GuestRam, pml4: u64, virt: u64) -> Option<(u64, Pte)> {
         let mut table = pml4;
         for level in (0..4).rev() {
             let e: u64 = ram.read_pod(table + index(virt, level) * 8).ok()?;
-            if e & PTE_PRESENT == 0 {
+            if !pte_flags(e).contains(Pte::PRESENT) {
                 return None;
             }
             let base = e & 0x000f_ffff_ffff_f000;
-            if level == 1 && e & PTE_HUGE != 0 {
-                return Some((base + (virt & (HUGE - 1)), e));
+            if level == 1 && pte_flags(e).contains(Pte::HUGE_PAGE) {
+                return Some((base + (virt & (HUGE - 1)), pte_flags(e)));
             }
             if level == 0 {
-                return Some((base + (virt & (PAGE - 1)), e));
+                return Some((base + (virt & (PAGE - 1)), pte_flags(e)));
             }
             table = base;
         }
@@ -266,14 +270,15 @@ mod tests {
 
         let (p, f) = walk(&ram, st.pml4, DIRECT_MAP_BASE + 0x123_4567).unwrap();
         assert_eq!(p, 0x123_4567);
-        assert!(f & PTE_WRITABLE != 0 && f & PTE_NX != 0);
+        // Present, writable, 2 MiB, no-execute.
+        assert_eq!(f.bits(), 0x8000_0000_0000_0083);
         assert_eq!(walk(&ram, st.pml4, DIRECT_MAP_BASE + (32 << 20)), None);
 
         let (p, f) = walk(&ram, st.pml4, IMAGE_BASE + 0x20_1004).unwrap();
         assert_eq!(p, 0x20_1004);
-        assert!(f & PTE_WRITABLE == 0 && f & PTE_NX == 0, "text is RX");
+        assert_eq!(f.bits(), 0x1, "text is RX");
         let (_, f) = walk(&ram, st.pml4, IMAGE_BASE + 0x20_4000).unwrap();
-        assert!(f & PTE_WRITABLE != 0 && f & PTE_NX != 0, "data is RW NX");
+        assert_eq!(f.bits(), 0x8000_0000_0000_0003, "data is RW NX");
         assert_eq!(walk(&ram, st.pml4, IMAGE_BASE + 0x20_5000), None);
         assert_eq!(walk(&ram, st.pml4, 0), None, "nothing at virtual 0");
 

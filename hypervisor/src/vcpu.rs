@@ -17,17 +17,23 @@ use dbos_abi::{Hypercall, DIRECT_MAP_BASE};
 use kvm_bindings::{kvm_mp_state, kvm_segment, CpuId, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::Ordering;
+use x86_64::registers::control::{Cr0Flags, Cr4Flags};
+use x86_64::registers::model_specific::EferFlags;
 
-const CR0_PE: u64 = 1 << 0;
-const CR0_MP: u64 = 1 << 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
+/// CR0, CR4 and EFER at entry: 64-bit long mode with paging, write
+/// protection in ring 0 and native FPU errors; no-execute pages if `nx`.
+fn control_registers(nx: bool) -> (Cr0Flags, Cr4Flags, EferFlags) {
+    let cr0 = Cr0Flags::PROTECTED_MODE_ENABLE
+        | Cr0Flags::MONITOR_COPROCESSOR
+        | Cr0Flags::EXTENSION_TYPE
+        | Cr0Flags::NUMERIC_ERROR
+        | Cr0Flags::WRITE_PROTECT
+        | Cr0Flags::PAGING;
+    let cr4 = Cr4Flags::PHYSICAL_ADDRESS_EXTENSION;
+    let mut efer = EferFlags::LONG_MODE_ENABLE | EferFlags::LONG_MODE_ACTIVE;
+    efer.set(EferFlags::NO_EXECUTE_ENABLE, nx);
+    (cr0, cr4, efer)
+}
 
 /// Sets `cpuid` (with this vCPU's APIC id), the long-mode segment and control
 /// registers, and the entry registers from the ABI: `rip` = entry,
@@ -85,9 +91,10 @@ pub fn setup(
     sregs.idt.base = 0;
     sregs.idt.limit = 0;
     sregs.cr3 = boot.pml4;
-    sregs.cr4 = CR4_PAE;
-    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
-    sregs.efer = EFER_LME | EFER_LMA | if nx { EFER_NXE } else { 0 };
+    let (cr0, cr4, efer) = control_registers(nx);
+    sregs.cr4 = cr4.bits();
+    sregs.cr0 = cr0.bits();
+    sregs.efer = efer.bits();
     vcpu.set_sregs(&sregs)?;
 
     let mut regs = vcpu.get_regs()?;
@@ -230,4 +237,22 @@ fn crashed(reason: String) -> Next {
         reason,
         regs: None,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::control_registers;
+
+    #[test]
+    fn control_register_values() {
+        // PE | MP | ET | NE | WP | PG; PAE; LME | LMA (| NXE).
+        let (cr0, cr4, efer) = control_registers(true);
+        assert_eq!(cr0.bits(), 0x8001_0033);
+        assert_eq!(cr4.bits(), 0x20);
+        assert_eq!(efer.bits(), 0xd00);
+        let (cr0, cr4, efer) = control_registers(false);
+        assert_eq!(cr0.bits(), 0x8001_0033);
+        assert_eq!(cr4.bits(), 0x20);
+        assert_eq!(efer.bits(), 0x500);
+    }
 }

@@ -9,7 +9,8 @@
 //! point with [`entry!`].
 //!
 //! Built for the host, it is the process-mode implementation of the same
-//! privileged API ([`process`]). The host/guest ABI lives in its own crate,
+//! privileged API ([`process`]), and the target-independent helpers
+//! ([`fmtbuf`], [`hook`]) serve both. The host/guest ABI lives in its own crate,
 //! `dbos-abi` (re-exported as [`abi`]), which the hypervisor uses without
 //! this library.
 #![no_std]
@@ -23,6 +24,7 @@ extern crate std;
 pub use dbos_abi as abi;
 pub mod conformance;
 pub mod fmtbuf;
+pub mod hook;
 pub mod pagetable;
 pub mod platform;
 #[cfg(not(target_os = "none"))]

@@ -42,7 +42,7 @@ pub mod host;
 
 pub use driver::{Command, Completion, DataPtr, Doorbell, DriverError, QueueMemory, QueuePair};
 pub use queue::{Cqe, Opcode, QueueLayout, QueuePairConfig, Sqe};
-pub use status::{NvmeError, Status};
+pub use status::{NvmeError, Status, StatusFlags};
 pub use types::{
     CommandId, DmaAddr, Lba, QueueId, BLOCK_SIZE, MAX_DEPTH, MAX_TRANSFER_BLOCKS, NSID,
 };

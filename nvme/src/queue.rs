@@ -78,8 +78,16 @@ pub const PSDT_PRP: u8 = 0;
 pub const PSDT_SGL: u8 = 1;
 /// SGL identifier byte of a data block descriptor (type 0, subtype 0).
 pub const SGL_DATA_BLOCK: u8 = 0x00;
-/// Force Unit Access bit in CDW12.
-pub const CDW12_FUA: u32 = 1 << 30;
+
+bitflags::bitflags! {
+    /// The single-bit command flags of CDW12 of a read or write (the number
+    /// of blocks is the field in bits 15:0, see [`Sqe::blocks`]).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Cdw12Flags: u32 {
+        /// Force Unit Access: the write is durable when it completes.
+        const FUA = 1 << 30;
+    }
+}
 
 /// A 64-byte NVMe submission queue entry.
 #[repr(C)]
@@ -163,9 +171,14 @@ impl Sqe {
         (self.cdw12 & 0xffff) + 1
     }
 
+    /// The command flags of CDW12.
+    pub const fn cdw12_flags(&self) -> Cdw12Flags {
+        Cdw12Flags::from_bits_truncate(self.cdw12)
+    }
+
     /// Force unit access.
     pub const fn fua(&self) -> bool {
-        self.cdw12 & CDW12_FUA != 0
+        self.cdw12_flags().contains(Cdw12Flags::FUA)
     }
 
     /// Sets the LBA range; `blocks` must be in 1..=65536 (0 wraps to 65536).
@@ -178,9 +191,9 @@ impl Sqe {
     /// Sets or clears FUA.
     pub fn set_fua(&mut self, fua: bool) {
         if fua {
-            self.cdw12 |= CDW12_FUA;
+            self.cdw12 |= Cdw12Flags::FUA.bits();
         } else {
-            self.cdw12 &= !CDW12_FUA;
+            self.cdw12 &= !Cdw12Flags::FUA.bits();
         }
     }
 
@@ -363,6 +376,8 @@ mod tests {
         assert_eq!(s.slba(), Lba(0x1_2345_6789));
         assert_eq!(s.blocks(), 256);
         assert_eq!(s.cdw12, 255 | 1 << 30);
+        assert_eq!(Cdw12Flags::FUA.bits(), 0x4000_0000);
+        assert_eq!(s.cdw12_flags(), Cdw12Flags::FUA);
         assert!(s.fua());
         assert_eq!(s.psdt(), PSDT_SGL);
         assert_eq!(s.sgl(), (DmaAddr(0x7000), 0x10_0000, 0));
@@ -371,6 +386,7 @@ mod tests {
         assert_eq!(s.cid(), CommandId(0xbeef));
         s.set_fua(false);
         assert_eq!(s.cdw12, 255);
+        assert_eq!(s.cdw12_flags(), Cdw12Flags::empty());
         // Byte layout as NVMe defines it.
         // SAFETY: Sqe is plain old data of 64 bytes.
         let bytes: [u8; 64] = unsafe { core::mem::transmute(s) };

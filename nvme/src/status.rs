@@ -86,6 +86,19 @@ impl NvmeError {
     }
 }
 
+bitflags::bitflags! {
+    /// The single-bit fields of a status field (the status code, its type
+    /// and the retry delay are multi-bit fields, read with [`Status::sc`]
+    /// and [`Status::sct`]).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct StatusFlags: u16 {
+        /// More: the controller has more status in its error log.
+        const MORE = 1 << 13;
+        /// Do not retry: the command would fail again.
+        const DNR = 1 << 14;
+    }
+}
+
 /// The raw 15-bit status field of a completion entry (phase bit excluded).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Status(pub u16);
@@ -94,14 +107,11 @@ impl Status {
     /// Successful completion.
     pub const SUCCESS: Status = Status(0);
 
-    /// DNR bit of the status field.
-    pub const DNR: u16 = 1 << 14;
-
     /// The status for an error, with "do not retry" set: errors are final
     /// (a durability error is never retried silently).
     pub const fn from_error(err: NvmeError) -> Status {
         let (sct, sc) = err.codes();
-        Status(sc as u16 | ((sct as u16 & 0x7) << 8) | Status::DNR)
+        Status(sc as u16 | ((sct as u16 & 0x7) << 8) | StatusFlags::DNR.bits())
     }
 
     /// Status code.
@@ -112,6 +122,11 @@ impl Status {
     /// Status code type.
     pub const fn sct(self) -> u8 {
         ((self.0 >> 8) & 0x7) as u8
+    }
+
+    /// The "more" and "do not retry" bits.
+    pub const fn flags(self) -> StatusFlags {
+        StatusFlags::from_bits_truncate(self.0)
     }
 
     /// Whether this is a successful completion.
@@ -163,9 +178,16 @@ mod tests {
             assert_eq!(s.error(), Some(e));
             assert_eq!(s.result(), Err(e));
             assert!(!s.is_success());
-            assert_eq!(s.0 & Status::DNR, Status::DNR);
+            assert_eq!(s.flags(), StatusFlags::DNR);
         }
         assert_eq!(Status::SUCCESS.result(), Ok(()));
+        assert_eq!(Status::SUCCESS.flags(), StatusFlags::empty());
+        assert_eq!(StatusFlags::DNR.bits(), 0x4000);
+        assert_eq!(Status(0x6281).flags(), StatusFlags::MORE | StatusFlags::DNR);
+        assert_eq!(
+            Status(0x6281).error(),
+            Some(NvmeError::UnrecoveredReadError)
+        );
         assert_eq!(Status::from_error(NvmeError::LbaOutOfRange).0, 0x4080);
         assert_eq!(Status::from_error(NvmeError::WriteFault).0, 0x4280);
         assert_eq!(

@@ -91,7 +91,7 @@ static FAULT_COUNT: AtomicU64 = AtomicU64::new(0);
 
 fn map_on_fault(fault: &PageFault, _frame: &mut InterruptFrame) -> HookResult {
     FAULT_ADDR.store(fault.addr, Ordering::Relaxed);
-    FAULT_ERROR.store(fault.error.0, Ordering::Relaxed);
+    FAULT_ERROR.store(fault.error.bits(), Ordering::Relaxed);
     FAULT_RIP.store(fault.rip, Ordering::Relaxed);
     FAULT_COUNT.fetch_add(1, Ordering::Relaxed);
     if !(WINDOW..WINDOW + (1 << 30)).contains(&fault.addr) {

@@ -7,6 +7,7 @@
 //! fault hook is called from the #PF handler on the faulting CPU.
 
 use crate::abi::DIRECT_MAP_BASE;
+use crate::hook::HookCell;
 use crate::interrupts::{self, HookResult, InterruptFrame, PageFault};
 use crate::percpu::{self, Event};
 use crate::platform::{
@@ -40,7 +41,7 @@ static WINDOW_END: [AtomicU64; MAX_WINDOWS] = [const { AtomicU64::new(0) }; MAX_
 static WINDOW_COUNT: AtomicUsize = AtomicUsize::new(0);
 static RESERVE: Mutex<u64> = Mutex::new(WINDOW_SPACE.0);
 
-static FAULT_HOOK: AtomicUsize = AtomicUsize::new(0);
+static FAULT_HOOK: HookCell<FaultHook> = HookCell::new();
 
 fn in_window(addr: u64, len: u64) -> bool {
     let n = WINDOW_COUNT.load(Ordering::Acquire);
@@ -64,12 +65,9 @@ fn check_page(page: u64, size: PageSize) -> Result<(), Error> {
 /// The #PF hook installed while a fault hook is set: window faults go to the
 /// database's hook, anything else stops the guest.
 fn window_fault(pf: &PageFault, _frame: &mut InterruptFrame) -> HookResult {
-    let raw = FAULT_HOOK.load(Ordering::Acquire);
-    if raw == 0 || !in_window(pf.addr, 1) {
+    let Some(hook) = FAULT_HOOK.get().filter(|_| in_window(pf.addr, 1)) else {
         return HookResult::Unhandled;
-    }
-    // SAFETY: only `FaultHook` values are stored in FAULT_HOOK.
-    let hook: FaultHook = unsafe { core::mem::transmute::<usize, FaultHook>(raw) };
+    };
     percpu::count(Event::Fault);
     let fault = Fault {
         addr: pf.addr,
@@ -198,7 +196,7 @@ impl Platform for GuestPlatform {
     }
 
     fn set_fault_hook(&self, hook: Option<FaultHook>) {
-        FAULT_HOOK.store(hook.map_or(0, |h| h as usize), Ordering::Release);
+        FAULT_HOOK.set(hook);
         interrupts::set_page_fault_hook(hook.map(|_| window_fault as interrupts::PageFaultHook));
     }
 

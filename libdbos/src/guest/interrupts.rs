@@ -11,8 +11,9 @@
 
 use crate::abi::FaultArgs;
 use crate::fmtbuf::FmtBuf;
+use crate::hook::HookCell;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::Ordering;
 
 /// The register state saved on entry to every vector, in stack order.
 /// Hooks may modify it; it is restored on return.
@@ -54,30 +55,35 @@ pub enum HookResult {
     Unhandled,
 }
 
-/// Bits of the page-fault error code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PageFaultError(pub u64);
+bitflags::bitflags! {
+    /// Bits of the page-fault error code (every bit the CPU pushed is kept,
+    /// named or not; [`bits`](Self::bits) is the raw code).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct PageFaultError: u64 {
+        /// The page was present (a protection violation), not missing.
+        const PRESENT = 1 << 0;
+        /// The access was a write.
+        const WRITE = 1 << 1;
+        /// The access came from ring 3.
+        const USER = 1 << 2;
+        /// A reserved bit was set in a paging-structure entry.
+        const RESERVED = 1 << 3;
+        /// The access was an instruction fetch.
+        const INSTRUCTION = 1 << 4;
+        // Protection keys, shadow stack, SGX and the rest: kept as pushed.
+        const _ = !0;
+    }
+}
 
 impl PageFaultError {
-    /// The page was present (a protection violation), not missing.
-    pub const PRESENT: u64 = 1 << 0;
-    /// The access was a write.
-    pub const WRITE: u64 = 1 << 1;
-    /// The access came from ring 3.
-    pub const USER: u64 = 1 << 2;
-    /// A reserved bit was set in a paging-structure entry.
-    pub const RESERVED: u64 = 1 << 3;
-    /// The access was an instruction fetch.
-    pub const INSTRUCTION: u64 = 1 << 4;
-
     pub fn present(self) -> bool {
-        self.0 & Self::PRESENT != 0
+        self.contains(Self::PRESENT)
     }
     pub fn write(self) -> bool {
-        self.0 & Self::WRITE != 0
+        self.contains(Self::WRITE)
     }
     pub fn instruction(self) -> bool {
-        self.0 & Self::INSTRUCTION != 0
+        self.contains(Self::INSTRUCTION)
     }
 }
 
@@ -99,15 +105,14 @@ pub type PageFaultHook = fn(&PageFault, &mut InterruptFrame) -> HookResult;
 /// A hook for any other vector.
 pub type VectorHook = fn(&mut InterruptFrame) -> HookResult;
 
-const NO_HOOK: usize = 0;
 const PAGE_FAULT: u8 = 14;
 
-static PAGE_FAULT_HOOK: AtomicUsize = AtomicUsize::new(NO_HOOK);
-static VECTOR_HOOKS: [AtomicUsize; 256] = [const { AtomicUsize::new(NO_HOOK) }; 256];
+static PAGE_FAULT_HOOK: HookCell<PageFaultHook> = HookCell::new();
+static VECTOR_HOOKS: [HookCell<VectorHook>; 256] = [const { HookCell::new() }; 256];
 
 /// Sets (or with `None` clears) the page-fault hook, for all CPUs.
 pub fn set_page_fault_hook(hook: Option<PageFaultHook>) {
-    PAGE_FAULT_HOOK.store(hook.map_or(NO_HOOK, |h| h as usize), Ordering::Release);
+    PAGE_FAULT_HOOK.set(hook);
 }
 
 /// Sets (or clears) the hook for `vector`, for all CPUs.
@@ -118,35 +123,24 @@ pub fn set_page_fault_hook(hook: Option<PageFaultHook>) {
 pub fn set_vector_hook(vector: u8, hook: Option<VectorHook>) {
     assert!(vector != PAGE_FAULT, "use set_page_fault_hook for #PF");
     assert!(vector != 8, "a double fault cannot be hooked");
-    VECTOR_HOOKS[usize::from(vector)]
-        .store(hook.map_or(NO_HOOK, |h| h as usize), Ordering::Release);
-}
-
-fn load_hook<F: Copy>(slot: &AtomicUsize) -> Option<F> {
-    let raw = slot.load(Ordering::Acquire);
-    (raw != NO_HOOK).then(|| {
-        debug_assert_eq!(core::mem::size_of::<F>(), core::mem::size_of::<usize>());
-        // SAFETY: the only non-zero values stored in the hook slots are
-        // function pointers of type `F` (see the setters above).
-        unsafe { core::mem::transmute_copy::<usize, F>(&raw) }
-    })
+    VECTOR_HOOKS[usize::from(vector)].set(hook);
 }
 
 /// Hook run on a CPU when its timer fires, and when it receives the
 /// database's IPI: `fn(cpu)`.
 pub type CpuHook = fn(usize);
 
-static TIMER_HOOK: AtomicUsize = AtomicUsize::new(NO_HOOK);
-static IPI_HOOK: AtomicUsize = AtomicUsize::new(NO_HOOK);
+static TIMER_HOOK: HookCell<CpuHook> = HookCell::new();
+static IPI_HOOK: HookCell<CpuHook> = HookCell::new();
 
 /// Sets (or clears) the hook run when a CPU's timer fires.
 pub fn set_timer_hook(hook: Option<CpuHook>) {
-    TIMER_HOOK.store(hook.map_or(NO_HOOK, |h| h as usize), Ordering::Release);
+    TIMER_HOOK.set(hook);
 }
 
 /// Sets (or clears) the hook run on a CPU that receives the database IPI.
 pub fn set_ipi_hook(hook: Option<CpuHook>) {
-    IPI_HOOK.store(hook.map_or(NO_HOOK, |h| h as usize), Ordering::Release);
+    IPI_HOOK.set(hook);
 }
 
 /// Interrupts from the local APIC (vectors 32-255). Returns whether the
@@ -160,12 +154,12 @@ fn apic_interrupt(vector: u8) -> bool {
         TLB => crate::smp::service_tlb_requests(),
         TIMER => {
             let running = crate::percpu::current().timer_on.load(Ordering::Relaxed);
-            if let Some(hook) = load_hook::<CpuHook>(&TIMER_HOOK).filter(|_| running) {
+            if let Some(hook) = TIMER_HOOK.get().filter(|_| running) {
                 hook(cpu);
             }
         }
         USER_IPI => {
-            if let Some(hook) = load_hook::<CpuHook>(&IPI_HOOK) {
+            if let Some(hook) = IPI_HOOK.get() {
                 hook(cpu);
             }
         }
@@ -184,14 +178,14 @@ pub(crate) extern "sysv64" fn dispatch(frame: &mut InterruptFrame) {
     if vector == u64::from(PAGE_FAULT) {
         let fault = PageFault {
             addr: x86_64::registers::control::Cr2::read_raw(),
-            error: PageFaultError(frame.error_code),
+            error: PageFaultError::from_bits_retain(frame.error_code),
             rip: frame.rip,
         };
         let percpu = crate::percpu::current();
         if percpu.in_page_fault.get() {
             report(frame, fault.addr, "page fault inside the page-fault hook");
         }
-        let Some(hook) = load_hook::<PageFaultHook>(&PAGE_FAULT_HOOK) else {
+        let Some(hook) = PAGE_FAULT_HOOK.get() else {
             report(frame, fault.addr, "no page-fault hook registered");
         };
         percpu.in_page_fault.set(true);
@@ -205,7 +199,7 @@ pub(crate) extern "sysv64" fn dispatch(frame: &mut InterruptFrame) {
         }
     }
     let cr2 = x86_64::registers::control::Cr2::read_raw();
-    let Some(hook) = load_hook::<VectorHook>(&VECTOR_HOOKS[vector as usize & 0xff]) else {
+    let Some(hook) = VECTOR_HOOKS[vector as usize & 0xff].get() else {
         report(frame, cr2, "no hook registered");
     };
     match hook(frame) {

@@ -46,31 +46,9 @@
 
 use super::{cpus, platform_by_id, windows, ErrnoGuard};
 use crate::fmtbuf::FmtBuf;
-use crate::platform::{Fault, FaultHook, FaultResolution, PAGE_SIZE};
+use crate::platform::{Fault, FaultResolution, PAGE_SIZE};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicUsize, Ordering};
-
-/// An optional `FaultHook` in an atomic (0 = none).
-pub(crate) struct FaultHookCell(AtomicUsize);
-
-impl FaultHookCell {
-    pub(crate) const fn new() -> FaultHookCell {
-        FaultHookCell(AtomicUsize::new(0))
-    }
-
-    pub(crate) fn set(&self, hook: Option<FaultHook>) {
-        self.0
-            .store(hook.map_or(0, |h| h as usize), Ordering::Release);
-    }
-
-    pub(crate) fn get(&self) -> Option<FaultHook> {
-        match self.0.load(Ordering::Acquire) {
-            0 => None,
-            // SAFETY: nonzero values are only ever stored from a `FaultHook`.
-            f => Some(unsafe { core::mem::transmute::<usize, FaultHook>(f) }),
-        }
-    }
-}
 
 /// The `sa_sigaction` and `sa_flags` of the SIGSEGV action this handler
 /// replaced (to chain to for faults outside the windows).

@@ -26,8 +26,8 @@
 //! lock); hooks must not call them.
 
 use super::{last_errno, platform_by_id};
+use crate::hook::HookCell;
 use crate::platform::{Error, EventHook};
-use core::sync::atomic::{AtomicUsize, Ordering};
 use std::boxed::Box;
 use std::sync::Mutex;
 use std::vec::Vec;
@@ -42,28 +42,6 @@ pub fn ipi_signal() -> libc::c_int {
     libc::SIGRTMIN() + 4
 }
 
-/// An optional `EventHook` in an atomic (0 = none).
-pub(crate) struct HookCell(AtomicUsize);
-
-impl HookCell {
-    pub(crate) const fn new() -> HookCell {
-        HookCell(AtomicUsize::new(0))
-    }
-
-    pub(crate) fn set(&self, hook: Option<EventHook>) {
-        self.0
-            .store(hook.map_or(0, |h| h as usize), Ordering::Release);
-    }
-
-    pub(crate) fn get(&self) -> Option<EventHook> {
-        match self.0.load(Ordering::Acquire) {
-            0 => None,
-            // SAFETY: nonzero values are only ever stored from an `EventHook`.
-            f => Some(unsafe { core::mem::transmute::<usize, EventHook>(f) }),
-        }
-    }
-}
-
 /// A POSIX timer and the thread it signals.
 struct Timer {
     id: libc::timer_t,
@@ -75,8 +53,8 @@ unsafe impl Send for Timer {}
 
 /// The interrupt state of one platform.
 pub(crate) struct Interrupts {
-    pub(crate) timer_hook: HookCell,
-    pub(crate) ipi_hook: HookCell,
+    pub(crate) timer_hook: HookCell<EventHook>,
+    pub(crate) ipi_hook: HookCell<EventHook>,
     timers: Box<[Mutex<Option<Timer>>]>,
 }
 

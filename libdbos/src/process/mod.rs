@@ -68,6 +68,7 @@ pub use counters::tlb_shootdowns;
 pub use interrupts::{ipi_signal, timer_signal};
 pub use windows::MAX_WINDOWS;
 
+use crate::hook::HookCell;
 use crate::platform::{
     AccessBits, Capabilities, Error, EventCounts, EventHook, FaultHook, Frame, PageSize, Platform,
     Protection, Window, LARGE_PAGE_SIZE, PAGE_SIZE,
@@ -75,7 +76,6 @@ use crate::platform::{
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use counters::{Counters, Event};
 use cpus::Pool;
-use faults::FaultHookCell;
 use frames::Frames;
 use interrupts::Interrupts;
 use std::boxed::Box;
@@ -118,7 +118,7 @@ pub struct ProcessPlatform {
     frames: Frames,
     pool: Pool,
     counters: Counters,
-    fault_hook: FaultHookCell,
+    fault_hook: HookCell<FaultHook>,
     interrupts: Interrupts,
     reserved: AtomicU64,
 }
@@ -157,7 +157,7 @@ impl ProcessPlatform {
             frames,
             pool,
             counters: Counters::new(config.cpus),
-            fault_hook: FaultHookCell::new(),
+            fault_hook: HookCell::new(),
             interrupts: Interrupts::new(config.cpus),
             reserved: AtomicU64::new(0),
         }));

@@ -37,10 +37,35 @@ use std::sync::Mutex;
 /// How many windows the whole process may reserve (all platforms together).
 pub const MAX_WINDOWS: usize = 1024;
 
-const BUSY: u64 = 1 << 0;
-const MAPPED: u64 = 1 << 1;
-const WRITE: u64 = 1 << 2;
+bitflags::bitflags! {
+    /// The state bits of a mapping entry (in its low [`FLAGS`] bits; the rest
+    /// is the frame address).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct State: u64 {
+        /// A system call is editing the page.
+        const BUSY = 1 << 0;
+        /// A frame is mapped at the page.
+        const MAPPED = 1 << 1;
+        /// The page is mapped writable.
+        const WRITE = 1 << 2;
+    }
+}
+
+/// The bits of an entry that are not the frame address.
 const FLAGS: u64 = PAGE_SIZE - 1;
+const _: () = assert!(State::all().bits() & !FLAGS == 0);
+
+impl State {
+    /// The state bits of entry value `entry`.
+    fn of(entry: u64) -> State {
+        State::from_bits_truncate(entry)
+    }
+
+    /// Whether entry value `entry` has a frame mapped.
+    fn mapped(entry: u64) -> bool {
+        State::of(entry).contains(State::MAPPED)
+    }
+}
 const SMALL_PER_LARGE: usize = (LARGE_PAGE_SIZE / PAGE_SIZE) as usize;
 
 static REGISTRY: [AtomicPtr<Window>; MAX_WINDOWS] =
@@ -144,7 +169,7 @@ impl Window {
         fd: libc::c_int,
     ) -> Result<(), Error> {
         let entry = self.entry(page, size);
-        if claim(entry, |v| v & MAPPED == 0).is_err() {
+        if claim(entry, |v| !State::mapped(v)).is_err() {
             return Err(Error::AlreadyMapped(page));
         }
         if self.conflicts(page, size) {
@@ -168,7 +193,10 @@ impl Window {
             entry.store(0, Ordering::Release);
             return Err(Error::Os("mmap", e));
         }
-        entry.store(frame.addr() | MAPPED | write_flag(prot), Ordering::Release);
+        entry.store(
+            frame.addr() | (State::MAPPED | write_flag(prot)).bits(),
+            Ordering::Release,
+        );
         Ok(())
     }
 
@@ -180,7 +208,7 @@ impl Window {
         match size {
             PageSize::Small => {
                 let large = self.large_entry(page & !(LARGE_PAGE_SIZE - 1));
-                wait_not_busy(large) & MAPPED != 0
+                State::mapped(wait_not_busy(large))
             }
             PageSize::Large => self
                 .small_entries_of(page)
@@ -192,16 +220,14 @@ impl Window {
     /// The error for an operation on `page` of `size` that is not mapped.
     fn not_mapped(&self, page: u64, size: PageSize) -> Error {
         let other = match size {
-            PageSize::Small => {
+            PageSize::Small => State::mapped(
                 self.large_entry(page & !(LARGE_PAGE_SIZE - 1))
-                    .load(Ordering::Acquire)
-                    & MAPPED
-                    != 0
-            }
+                    .load(Ordering::Acquire),
+            ),
             PageSize::Large => self
                 .small_entries_of(page)
                 .iter()
-                .any(|e| e.load(Ordering::Acquire) & MAPPED != 0),
+                .any(|e| State::mapped(e.load(Ordering::Acquire))),
         };
         if other {
             Error::SizeMismatch(page)
@@ -213,7 +239,7 @@ impl Window {
     /// Unmaps `page` (back to reserved) and returns its frame.
     pub(crate) fn unmap(&self, page: u64, size: PageSize) -> Result<Frame, Error> {
         let entry = self.entry(page, size);
-        let Ok(old) = claim(entry, |v| v & MAPPED != 0) else {
+        let Ok(old) = claim(entry, State::mapped) else {
             return Err(self.not_mapped(page, size));
         };
         // SAFETY: as in `map`: the range is inside our window.
@@ -239,7 +265,7 @@ impl Window {
     /// Changes the protection of mapped `page`.
     pub(crate) fn protect(&self, page: u64, size: PageSize, prot: Protection) -> Result<(), Error> {
         let entry = self.entry(page, size);
-        let Ok(old) = claim(entry, |v| v & MAPPED != 0) else {
+        let Ok(old) = claim(entry, State::mapped) else {
             return Err(self.not_mapped(page, size));
         };
         // SAFETY: as in `map`: the range is inside our window.
@@ -256,7 +282,7 @@ impl Window {
             return Err(Error::Os("mprotect", e));
         }
         entry.store(
-            (old & !FLAGS) | MAPPED | write_flag(prot),
+            (old & !FLAGS) | (State::MAPPED | write_flag(prot)).bits(),
             Ordering::Release,
         );
         Ok(())
@@ -266,12 +292,12 @@ impl Window {
     /// its own, or the matching 4 KiB part of a large frame.
     pub(crate) fn translate(&self, page: u64) -> Option<Frame> {
         let small = self.small_entry(page).load(Ordering::Acquire);
-        if small & MAPPED != 0 {
+        if State::mapped(small) {
             return Some(frame_of(small));
         }
         let large_page = page & !(LARGE_PAGE_SIZE - 1);
         let large = self.large_entry(large_page).load(Ordering::Acquire);
-        (large & MAPPED != 0).then(|| frame_of(large + (page - large_page)))
+        State::mapped(large).then(|| frame_of(large + (page - large_page)))
     }
 }
 
@@ -284,7 +310,12 @@ fn claim(entry: &AtomicU64, accept: impl Fn(u64) -> bool) -> Result<u64, u64> {
             return Err(v);
         }
         if entry
-            .compare_exchange(v, v | BUSY, Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(
+                v,
+                v | State::BUSY.bits(),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
             .is_ok()
         {
             return Ok(v);
@@ -297,7 +328,7 @@ fn wait_not_busy(entry: &AtomicU64) -> u64 {
     let mut spins = 0u32;
     loop {
         let v = entry.load(Ordering::SeqCst);
-        if v & BUSY == 0 {
+        if !State::of(v).contains(State::BUSY) {
             return v;
         }
         spins += 1;
@@ -315,10 +346,10 @@ fn frame_of(entry: u64) -> Frame {
         .unwrap_or_else(|| unreachable!("entries hold page-aligned frames"))
 }
 
-fn write_flag(prot: Protection) -> u64 {
+fn write_flag(prot: Protection) -> State {
     match prot {
-        Protection::ReadOnly => 0,
-        Protection::ReadWrite => WRITE,
+        Protection::ReadOnly => State::empty(),
+        Protection::ReadWrite => State::WRITE,
     }
 }
 
@@ -389,4 +420,29 @@ fn zeroed_table(n: u64) -> Result<&'static [AtomicU64], Error> {
 fn unmap_range(addr: u64, len: u64) {
     // SAFETY: callers pass ranges they reserved themselves and never use.
     unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_state_bits() {
+        assert_eq!(
+            (
+                State::BUSY.bits(),
+                State::MAPPED.bits(),
+                State::WRITE.bits()
+            ),
+            (1, 2, 4)
+        );
+        let rw = 0x1234_5000 | (State::MAPPED | write_flag(Protection::ReadWrite)).bits();
+        assert_eq!(rw, 0x1234_5006);
+        let ro = 0x1234_5000 | (State::MAPPED | write_flag(Protection::ReadOnly)).bits();
+        assert_eq!(ro, 0x1234_5002);
+        assert!(State::mapped(rw) && State::mapped(ro));
+        assert_eq!(State::of(rw | State::BUSY.bits()), State::all());
+        assert!(!State::mapped(0x1234_5000 | State::BUSY.bits()));
+        assert_eq!(frame_of(rw).addr(), 0x1234_5000);
+    }
 }

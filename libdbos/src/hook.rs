@@ -1,0 +1,199 @@
+//! [`HookCell`]: one optional function pointer, installed at run time and
+//! called from interrupt or signal context.
+//!
+//! Every hook libdbos calls from a context that may not lock or allocate is
+//! kept in one of these: on the guest, the page-fault, per-vector, timer and
+//! IPI hooks of `interrupts` and the platform's fault hook; on the host, the process platform's fault hook (called from its
+//! `SIGSEGV` handler) and its timer and IPI hooks (called from real-time
+//! signal handlers). A cell is one atomic pointer, so it can be a `static`,
+//! an element of a `const` array or a field, and both setting and reading it
+//! are lock-free and async-signal-safe: [`HookCell::set`] publishes the hook
+//! with `Release`, [`HookCell::get`] reads it with `Acquire`.
+//!
+//! A cell holds only a function-pointer type that implements the sealed
+//! [`HookFn`], which this module implements for exactly the hook types
+//! libdbos stores; any other type does not compile:
+//!
+//! ```compile_fail
+//! use libdbos::hook::HookCell;
+//! static NOT_A_HOOK: HookCell<u64> = HookCell::new();
+//! ```
+//!
+//! ```
+//! use libdbos::hook::HookCell;
+//! use libdbos::platform::EventHook;
+//! fn tick(_cpu: usize) {}
+//! static TIMER: HookCell<EventHook> = HookCell::new();
+//! TIMER.set(Some(tick));
+//! assert!(TIMER.get().is_some());
+//! ```
+
+use core::marker::PhantomData;
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A function-pointer type a [`HookCell`] may hold (sealed: implemented
+/// here for the hook types libdbos stores, and for nothing else).
+pub trait HookFn: Copy + sealed::Sealed {
+    /// The function's address.
+    #[doc(hidden)]
+    fn into_ptr(self) -> *mut ();
+}
+
+/// Implements [`HookFn`] for function-pointer types, checking at compile time
+/// that each is exactly one pointer wide.
+macro_rules! hook_fns {
+    ($($(#[$attr:meta])* $fn_type:ty),* $(,)?) => {$(
+        $(#[$attr])*
+        impl sealed::Sealed for $fn_type {}
+        $(#[$attr])*
+        impl HookFn for $fn_type {
+            fn into_ptr(self) -> *mut () {
+                self as *mut ()
+            }
+        }
+        $(#[$attr])*
+        const _: () = assert!(
+            core::mem::size_of::<$fn_type>() == core::mem::size_of::<*mut ()>()
+        );
+    )*};
+}
+
+hook_fns!(
+    crate::platform::FaultHook,
+    // Also the guest's `interrupts::CpuHook`, which is the same type.
+    crate::platform::EventHook,
+    #[cfg(target_os = "none")]
+    crate::guest::interrupts::PageFaultHook,
+    #[cfg(target_os = "none")]
+    crate::guest::interrupts::VectorHook,
+);
+
+/// An optional hook of type `F` (null = none).
+pub struct HookCell<F: HookFn> {
+    ptr: AtomicPtr<()>,
+    _hook: PhantomData<F>,
+}
+
+impl<F: HookFn> HookCell<F> {
+    /// An empty cell.
+    pub const fn new() -> HookCell<F> {
+        HookCell {
+            ptr: AtomicPtr::new(core::ptr::null_mut()),
+            _hook: PhantomData,
+        }
+    }
+
+    /// Installs `hook`, or with `None` removes the hook (`Release`: what the
+    /// caller wrote before is visible to whoever calls the hook).
+    pub fn set(&self, hook: Option<F>) {
+        let ptr = hook.map_or(core::ptr::null_mut(), F::into_ptr);
+        self.ptr.store(ptr, Ordering::Release);
+    }
+
+    /// The hook installed, if any (`Acquire`).
+    pub fn get(&self) -> Option<F> {
+        let ptr = self.ptr.load(Ordering::Acquire);
+        (!ptr.is_null()).then(|| from_ptr::<F>(ptr))
+    }
+}
+
+impl<F: HookFn> Default for HookCell<F> {
+    fn default() -> HookCell<F> {
+        HookCell::new()
+    }
+}
+
+/// The hook whose address `ptr` is.
+///
+/// Only called on a non-null pointer loaded from a `HookCell<F>`, and the
+/// only non-null values ever stored in a `HookCell<F>` are
+/// [`HookFn::into_ptr`] of an `F` (`set` is the only writer).
+fn from_ptr<F: HookFn>(ptr: *mut ()) -> F {
+    const { assert!(core::mem::size_of::<F>() == core::mem::size_of::<*mut ()>()) };
+    // SAFETY: `ptr` came from `F::into_ptr` (see above), which casts a
+    // function pointer of type `F` to a data pointer of the same size (checked
+    // at compile time here and in `hook_fns!`), so reading its bits as an
+    // `F` gives back that same, valid, non-null function pointer.
+    unsafe { core::mem::transmute_copy::<*mut (), F>(&ptr) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::{EventHook, Fault, FaultHook, FaultResolution};
+    use core::sync::atomic::AtomicUsize;
+
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    fn add_one(_cpu: usize) {
+        CALLS.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn add_cpu_times_100(cpu: usize) {
+        CALLS.fetch_add(cpu * 100, Ordering::SeqCst);
+    }
+
+    fn retry_if_write(f: &Fault) -> FaultResolution {
+        if f.write {
+            FaultResolution::Retry
+        } else {
+            FaultResolution::Unhandled
+        }
+    }
+
+    fn never(_: &Fault) -> FaultResolution {
+        FaultResolution::Unhandled
+    }
+
+    fn fault(write: bool) -> Fault {
+        Fault {
+            addr: 0x1000,
+            write,
+            present: false,
+            ip: 0,
+            cpu: 0,
+        }
+    }
+
+    #[test]
+    fn set_get_clear() {
+        let cell: HookCell<FaultHook> = HookCell::new();
+        assert!(cell.get().is_none());
+        cell.set(Some(retry_if_write));
+        let hook = cell.get().expect("hook set");
+        assert_eq!(hook(&fault(true)), FaultResolution::Retry);
+        assert_eq!(hook(&fault(false)), FaultResolution::Unhandled);
+        cell.set(Some(never));
+        assert_eq!(
+            cell.get().map(|h| h(&fault(true))),
+            Some(FaultResolution::Unhandled)
+        );
+        cell.set(None);
+        assert!(cell.get().is_none());
+        assert!(HookCell::<FaultHook>::default().get().is_none());
+    }
+
+    /// Two hooks in two cells of a `const` array, called through the cells.
+    #[test]
+    fn two_hooks_called_through_cells() {
+        static CELLS: [HookCell<EventHook>; 4] = [const { HookCell::new() }; 4];
+        CELLS[1].set(Some(add_one));
+        CELLS[2].set(Some(add_cpu_times_100));
+        CALLS.store(0, Ordering::SeqCst);
+        for cell in &CELLS {
+            if let Some(hook) = cell.get() {
+                hook(3);
+            }
+        }
+        assert_eq!(CALLS.load(Ordering::SeqCst), 301);
+        assert!(CELLS[0].get().is_none() && CELLS[3].get().is_none());
+        CELLS[1].set(None);
+        CALLS.store(0, Ordering::SeqCst);
+        CELLS.iter().filter_map(HookCell::get).for_each(|h| h(5));
+        assert_eq!(CALLS.load(Ordering::SeqCst), 500);
+    }
+}
