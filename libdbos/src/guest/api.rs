@@ -53,7 +53,7 @@ fn in_window(addr: u64, len: u64) -> bool {
 }
 
 fn check_page(page: u64, size: PageSize) -> Result<(), Error> {
-    if page % size.bytes() != 0 {
+    if !page.is_multiple_of(size.bytes()) {
         return Err(Error::Unaligned(page));
     }
     if !in_window(page, size.bytes()) {
@@ -130,7 +130,7 @@ impl Platform for GuestPlatform {
 
     fn map(&self, page: u64, frame: Frame, size: PageSize, prot: Protection) -> Result<(), Error> {
         check_page(page, size)?;
-        if frame.addr() % size.bytes() != 0 {
+        if !frame.addr().is_multiple_of(size.bytes()) {
             return Err(Error::Unaligned(frame.addr()));
         }
         crate::paging::map(page, frame, size, prot)
@@ -156,7 +156,7 @@ impl Platform for GuestPlatform {
     }
 
     fn access_bits(&self, page: u64) -> Result<AccessBits, Error> {
-        if page % PAGE_SIZE != 0 {
+        if !page.is_multiple_of(PAGE_SIZE) {
             return Err(Error::Unaligned(page));
         }
         if !in_window(page, 1) {
@@ -170,7 +170,7 @@ impl Platform for GuestPlatform {
     }
 
     fn clear_access_bits(&self, page: u64) -> Result<AccessBits, Error> {
-        if page % PAGE_SIZE != 0 {
+        if !page.is_multiple_of(PAGE_SIZE) {
             return Err(Error::Unaligned(page));
         }
         if !in_window(page, 1) {

@@ -49,7 +49,7 @@ pub fn run_on_all(f: &(dyn Fn(usize) + Sync)) {
     };
     let me = percpu::cpu_id() as usize;
     let n = cpu_count();
-    // SAFETY (lifetime erasure): we do not return before every CPU has
+    // SAFETY: lifetime erasure only; we do not return before every CPU has
     // reported this generation done, after which nobody reads the pointer.
     let erased = unsafe {
         core::mem::transmute::<
