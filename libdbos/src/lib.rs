@@ -10,6 +10,10 @@
 //!
 //! Built for the host, only the target-independent parts are compiled: the
 //! [`abi`] module, which the hypervisor uses, and helpers such as [`fmtbuf`].
+//!
+//! Feature `conformance` (off by default, test code): the module
+//! `conformance`, the conformance suite and cost measurement for
+//! [`platform::Platform`] implementations, on either side.
 #![no_std]
 
 #[cfg(target_os = "none")]
@@ -18,6 +22,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod abi;
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod fmtbuf;
 pub mod pagetable;
