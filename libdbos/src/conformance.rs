@@ -1,6 +1,11 @@
 //! A conformance suite for [`Platform`] implementations: the same checks run
 //! on the process platform (host tests) and on the guest (ring 0).
 //!
+//! Test code, compiled only with the crate's `conformance` feature (off by
+//! default): `libdbos = { path = "...", features = ["conformance"] }`. This
+//! crate's tests and its `costs` example get it from its dev-dependency on
+//! itself; the guest programs from `examples/Cargo.toml`.
+//!
 //! Each check is a function generic over the platform, `fn(&'static P) ->
 //! Result<(), Failure>`, that exercises one behaviour of the contract in
 //! [`crate::platform`] with exact assertions. A failed assertion returns a

@@ -13,6 +13,10 @@
 //! ([`fmtbuf`], [`hook`]) serve both. The host/guest ABI lives in its own crate,
 //! `dbos-abi` (re-exported as [`abi`]), which the hypervisor uses without
 //! this library.
+//!
+//! Feature `conformance` (off by default, test code): the module
+//! `conformance`, the conformance suite and cost measurement for
+//! [`platform::Platform`] implementations, on either side.
 #![no_std]
 
 #[cfg(target_os = "none")]
@@ -22,6 +26,7 @@ extern crate std;
 
 /// The host/guest ABI (the `dbos-abi` crate), re-exported for guests.
 pub use dbos_abi as abi;
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod fmtbuf;
 pub mod hook;

@@ -3,9 +3,9 @@
 //! The poller turns each valid command into [`IoOp`]s and hands them to a
 //! [`Backend`]: [`crate::host::uring::UringBackend`] in production,
 //! [`crate::host::sync::SyncBackend`] where io_uring is unavailable, and
-//! [`crate::host::testing::InspectBackend`] around either to record or fail
-//! operations in tests. The poller is generic over the backend, so the real
-//! path pays no dynamic dispatch.
+//! `crate::host::testing::InspectBackend` (feature `test-backends`) around
+//! either to record or fail operations in tests. The poller is generic over
+//! the backend, so the real path pays no dynamic dispatch.
 
 use super::memory::HostBuf;
 use super::wake::WakeFd;

@@ -14,15 +14,23 @@
 //!
 //! In process mode, [`process::Device`] does all of this over a
 //! [`ProcessMemory`] region.
+//!
+//! Backends for tests, `testing` (records operations, fails chosen ones) and
+//! `powercut` (an in-memory disk that models a power cut), are test code:
+//! they are compiled only with the crate's `test-backends` feature (off by
+//! default; enable it from a dev-dependency,
+//! `dbos-nvme = { path = "...", features = ["test-backends"] }`).
 
 pub mod backend;
 mod command;
 pub mod file;
 pub mod memory;
 pub mod poller;
+#[cfg(feature = "test-backends")]
 pub mod powercut;
 pub mod process;
 pub mod sync;
+#[cfg(feature = "test-backends")]
 pub mod testing;
 pub mod uring;
 pub mod wake;

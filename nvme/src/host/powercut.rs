@@ -27,7 +27,7 @@ use std::vec;
 use std::vec::Vec;
 
 /// Bytes per sector, the unit a write may be torn at.
-pub const SECTOR: usize = 512;
+pub const SECTOR: usize = dbos_abi::SECTOR_SIZE as usize;
 
 /// A small deterministic generator (xorshift64*).
 #[derive(Clone, Debug)]
