@@ -21,6 +21,8 @@ fn main() {
         "examples/build.rs",
         "libdbos/src",
         "libdbos/Cargo.toml",
+        "libdbos/abi/src",
+        "libdbos/abi/Cargo.toml",
         "libdbos/guest.ld",
         "nvme/src",
         "nvme/Cargo.toml",
