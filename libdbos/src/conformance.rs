@@ -68,7 +68,7 @@
 
 use crate::fmtbuf::FmtBuf;
 use crate::platform::{
-    AccessBits, Error, Fault, FaultResolution, Frame, PageSize, Platform, Protection,
+    AccessBits, Error, Fault, FaultResolution, Frame, PageSize, Platform, Protection, Window,
     LARGE_PAGE_SIZE, PAGE_SIZE,
 };
 use core::fmt;
@@ -207,7 +207,7 @@ pub mod costs;
 pub type Check<P> = fn(&'static P) -> Result<(), Failure>;
 
 /// Every check, by name, in the order [`run_all`] runs them.
-pub fn checks<P: Platform>() -> [(&'static str, Check<P>); 16] {
+pub fn checks<P: Platform>() -> [(&'static str, Check<P>); 17] {
     [
         ("frames_alloc_free", frames_alloc_free::<P>),
         (
@@ -234,6 +234,7 @@ pub fn checks<P: Platform>() -> [(&'static str, Check<P>); 16] {
         ("ipi_runs_on_target", ipi_runs_on_target::<P>),
         ("event_counts", event_counts::<P>),
         ("fault_event_counts", fault_event_counts::<P>),
+        ("window_fault_hooks", window_fault_hooks::<P>),
     ]
 }
 
@@ -455,6 +456,34 @@ fn fault_hook<P: Platform + 'static>(f: &Fault) -> FaultResolution {
         _ => return FaultResolution::Unhandled,
     };
     match result {
+        Ok(()) => FaultResolution::Retry,
+        Err(_) => {
+            HOOK_ERRORS.fetch_add(1, Ordering::SeqCst);
+            FaultResolution::Unhandled
+        }
+    }
+}
+
+/// Faults handled by the suite's window hook, and the last context it got.
+static WINDOW_FAULTS: AtomicU64 = AtomicU64::new(0);
+static WINDOW_CONTEXT: AtomicU64 = AtomicU64::new(0);
+
+/// The suite's window hook: its context is the address of the frame to map
+/// read-write at the faulting page.
+fn window_hook<P: Platform + 'static>(f: &Fault, context: usize) -> FaultResolution {
+    let Some(p) = platform::<P>() else {
+        return FaultResolution::Unhandled;
+    };
+    WINDOW_FAULTS.fetch_add(1, Ordering::SeqCst);
+    WINDOW_CONTEXT.store(context as u64, Ordering::SeqCst);
+    if f.cpu != p.cpu_id() {
+        HOOK_ERRORS.fetch_add(1, Ordering::SeqCst);
+    }
+    let page = f.addr & !(PAGE_SIZE - 1);
+    match Frame::from_addr(context as u64)
+        .ok_or(Error::Unaligned(context as u64))
+        .and_then(|frame| p.map(page, frame, PageSize::Small, Protection::ReadWrite))
+    {
         Ok(()) => FaultResolution::Retry,
         Err(_) => {
             HOOK_ERRORS.fetch_add(1, Ordering::SeqCst);
@@ -1283,6 +1312,82 @@ pub fn fault_event_counts<P: Platform>(p: &'static P) -> Result<(), Failure> {
     unsafe {
         p.free_frame(f, PageSize::Small);
         p.free_frame(g, PageSize::Small);
+    }
+    Ok(())
+}
+
+/// A window's own fault hook gets the faults of its window with its
+/// context; another window's faults go to the platform-wide hook; replacing
+/// the hook replaces its context; clearing it falls back to the
+/// platform-wide hook; a window the platform did not reserve is refused.
+pub fn window_fault_hooks<P: Platform>(p: &'static P) -> Result<(), Failure> {
+    let s = Session::begin(p)?;
+    WINDOW_FAULTS.store(0, Ordering::SeqCst);
+    WINDOW_CONTEXT.store(0, Ordering::SeqCst);
+    let own = ok!(p.reserve(LARGE_PAGE_SIZE));
+    let other = ok!(p.reserve(LARGE_PAGE_SIZE));
+    let frames = [
+        ok!(p.alloc_frame(PageSize::Small)),
+        ok!(p.alloc_frame(PageSize::Small)),
+        ok!(p.alloc_frame(PageSize::Small)),
+    ];
+    for (i, f) in frames.iter().enumerate() {
+        // SAFETY: the frames are allocated.
+        unsafe { write(frame_addr(p, *f, 0), pattern(i as u64, 0)) };
+    }
+    // The platform-wide hook maps frame 2; the window's own maps frame 0.
+    HOOK_FRAME.store(frames[2].addr(), Ordering::SeqCst);
+    s.fault_hook(ACT_MAP_FRAME);
+    ok!(p.set_window_fault_hook(&own, Some(window_hook::<P>), frames[0].addr() as usize));
+    let page = own.page(5);
+    // SAFETY: window pages, mapped by the hooks on the fault.
+    check_eq!(unsafe { read(page) }, pattern(0, 0));
+    check_eq!(WINDOW_FAULTS.load(Ordering::SeqCst), 1);
+    check_eq!(WINDOW_CONTEXT.load(Ordering::SeqCst), frames[0].addr());
+    check_eq!(FAULTS.load(Ordering::SeqCst), 0);
+    // SAFETY: as above.
+    check_eq!(unsafe { read(other.page(5)) }, pattern(2, 0));
+    check_eq!(FAULTS.load(Ordering::SeqCst), 1);
+    check_eq!(WINDOW_FAULTS.load(Ordering::SeqCst), 1);
+    // A new registration: the new context comes with it.
+    ok!(p.set_window_fault_hook(&own, Some(window_hook::<P>), frames[1].addr() as usize));
+    check_eq!(ok!(p.unmap(page, PageSize::Small)), frames[0]);
+    // SAFETY: as above.
+    check_eq!(unsafe { read(page) }, pattern(1, 0));
+    check_eq!(WINDOW_FAULTS.load(Ordering::SeqCst), 2);
+    check_eq!(WINDOW_CONTEXT.load(Ordering::SeqCst), frames[1].addr());
+    // Cleared: the platform-wide hook takes the window's faults again.
+    ok!(p.set_window_fault_hook(&own, None, 0));
+    check_eq!(ok!(p.unmap(page, PageSize::Small)), frames[1]);
+    check_eq!(ok!(p.unmap(other.page(5), PageSize::Small)), frames[2]);
+    // SAFETY: as above.
+    check_eq!(unsafe { read(page) }, pattern(2, 0));
+    check_eq!(FAULTS.load(Ordering::SeqCst), 2);
+    check_eq!(WINDOW_FAULTS.load(Ordering::SeqCst), 2);
+    check_eq!(HOOK_ERRORS.load(Ordering::SeqCst), 0);
+    // Not a window of this platform: a window's tail, and a made-up one.
+    let tail = Window {
+        base: own.page(1),
+        len: own.len - PAGE_SIZE,
+    };
+    check_eq!(
+        p.set_window_fault_hook(&tail, Some(window_hook::<P>), 0),
+        Err(Error::NotInWindow(tail.base))
+    );
+    let nowhere = Window {
+        base: OUTSIDE,
+        len: LARGE_PAGE_SIZE,
+    };
+    check_eq!(
+        p.set_window_fault_hook(&nowhere, Some(window_hook::<P>), 0),
+        Err(Error::NotInWindow(nowhere.base))
+    );
+    check_eq!(ok!(p.unmap(page, PageSize::Small)), frames[2]);
+    // SAFETY: all three frames are unmapped and not used again.
+    unsafe {
+        for f in frames {
+            p.free_frame(f, PageSize::Small);
+        }
     }
     Ok(())
 }

@@ -29,7 +29,7 @@
 //! ```
 
 use core::marker::PhantomData;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 mod sealed {
     pub trait Sealed {}
@@ -64,6 +64,7 @@ macro_rules! hook_fns {
 
 hook_fns!(
     crate::platform::FaultHook,
+    crate::platform::WindowFaultHook,
     // Also the guest's `interrupts::CpuHook`, which is the same type.
     crate::platform::EventHook,
     #[cfg(target_os = "none")]
@@ -121,10 +122,113 @@ fn from_ptr<F: HookFn>(ptr: *mut ()) -> F {
     unsafe { core::mem::transmute_copy::<*mut (), F>(&ptr) }
 }
 
+/// A hook and the context value registered with it, read together: a
+/// reader never sees one hook with another registration's context.
+///
+/// For hooks whose registration can change while they may be called (a
+/// window's fault hook, say, replaced while another CPU faults in the
+/// window). Two slots: a writer fills the slot readers are not directed to,
+/// then directs them to it with one `Release` store. A reader checks the
+/// slot's version before and after reading it and retries on a change, which
+/// needs a second registration during its read. A reader never waits for a
+/// writer: the slot it is directed to is never the one being written, except
+/// after two back-to-back registrations, and then it retries on the other
+/// slot, which is complete. So a hook may read the cell even if it
+/// interrupted a writer on its own CPU. Writers are serialised by a flag
+/// and must not run in interrupt or signal context.
+pub struct ContextHookCell<F: HookFn> {
+    /// The slot readers use (0 or 1).
+    live: AtomicUsize,
+    slots: [Slot<F>; 2],
+    writing: AtomicBool,
+}
+
+struct Slot<F: HookFn> {
+    /// Odd while a writer fills the slot.
+    version: AtomicU64,
+    hook: HookCell<F>,
+    context: AtomicUsize,
+}
+
+impl<F: HookFn> Slot<F> {
+    const fn new() -> Slot<F> {
+        Slot {
+            version: AtomicU64::new(0),
+            hook: HookCell::new(),
+            context: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<F: HookFn> ContextHookCell<F> {
+    /// An empty cell.
+    pub const fn new() -> ContextHookCell<F> {
+        ContextHookCell {
+            live: AtomicUsize::new(0),
+            slots: [Slot::new(), Slot::new()],
+            writing: AtomicBool::new(false),
+        }
+    }
+
+    /// Registers `hook` with `context` (or with `None` removes the hook).
+    /// Not from interrupt or signal context.
+    pub fn set(&self, hook: Option<F>, context: usize) {
+        while self
+            .writing
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+        let next = 1 - self.live.load(Ordering::Relaxed);
+        let slot = &self.slots[next];
+        let v = slot.version.load(Ordering::Relaxed);
+        slot.version.store(v + 1, Ordering::Relaxed);
+        // The odd version is visible before any field changes.
+        fence(Ordering::Release);
+        slot.hook.set(hook);
+        slot.context.store(context, Ordering::Relaxed);
+        // Even again, after the fields (Release orders them before).
+        slot.version.store(v + 2, Ordering::Release);
+        self.live.store(next, Ordering::Release);
+        self.writing.store(false, Ordering::Release);
+    }
+
+    /// The registered hook and its context, if a hook is registered.
+    pub fn get(&self) -> Option<(F, usize)> {
+        loop {
+            let slot = &self.slots[self.live.load(Ordering::Acquire)];
+            let before = slot.version.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                core::hint::spin_loop();
+                continue;
+            }
+            let hook = slot.hook.get();
+            let context = slot.context.load(Ordering::Relaxed);
+            // The field reads happen before the second version read.
+            fence(Ordering::Acquire);
+            if slot.version.load(Ordering::Relaxed) == before {
+                return hook.map(|h| (h, context));
+            }
+        }
+    }
+
+    /// Whether a hook is registered.
+    pub fn is_set(&self) -> bool {
+        self.get().is_some()
+    }
+}
+
+impl<F: HookFn> Default for ContextHookCell<F> {
+    fn default() -> ContextHookCell<F> {
+        ContextHookCell::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::{EventHook, Fault, FaultHook, FaultResolution};
+    use crate::platform::{EventHook, Fault, FaultHook, FaultResolution, WindowFaultHook};
     use core::sync::atomic::AtomicUsize;
 
     static CALLS: AtomicUsize = AtomicUsize::new(0);
@@ -175,6 +279,68 @@ mod tests {
         cell.set(None);
         assert!(cell.get().is_none());
         assert!(HookCell::<FaultHook>::default().get().is_none());
+    }
+
+    fn retry(_: &Fault, _context: usize) -> FaultResolution {
+        FaultResolution::Retry
+    }
+
+    fn decline(_: &Fault, _context: usize) -> FaultResolution {
+        FaultResolution::Unhandled
+    }
+
+    #[test]
+    fn context_cell_set_get_clear() {
+        let cell: ContextHookCell<WindowFaultHook> = ContextHookCell::new();
+        assert!(cell.get().is_none() && !cell.is_set());
+        cell.set(Some(retry), 7);
+        let (hook, context) = cell.get().unwrap();
+        assert_eq!(
+            (hook(&fault(false), context), context),
+            (FaultResolution::Retry, 7)
+        );
+        cell.set(Some(decline), 9);
+        let (hook, context) = cell.get().unwrap();
+        assert_eq!(
+            (hook(&fault(false), context), context),
+            (FaultResolution::Unhandled, 9)
+        );
+        cell.set(None, 0);
+        assert!(cell.get().is_none());
+    }
+
+    /// Readers on other threads never see one registration's hook with
+    /// another's context while a writer keeps replacing it.
+    #[test]
+    fn context_cell_pairs_are_never_torn() {
+        static CELL: ContextHookCell<WindowFaultHook> = ContextHookCell::new();
+        static STOP: AtomicBool = AtomicBool::new(false);
+        CELL.set(Some(retry), 1);
+        let readers: std::vec::Vec<_> = (0..2)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    let mut reads = 0u64;
+                    while !STOP.load(Ordering::Relaxed) {
+                        let (hook, context) = CELL.get().expect("always registered");
+                        let retried = hook(&fault(false), context) == FaultResolution::Retry;
+                        assert_eq!(retried, context == 1, "torn pair after {reads} reads");
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for i in 0..200_000u32 {
+            if i % 2 == 0 {
+                CELL.set(Some(decline), 2);
+            } else {
+                CELL.set(Some(retry), 1);
+            }
+        }
+        STOP.store(true, Ordering::Relaxed);
+        for r in readers {
+            assert!(r.join().unwrap() > 0);
+        }
     }
 
     /// Two hooks in two cells of a `const` array, called through the cells.

@@ -139,6 +139,12 @@ pub enum FaultResolution {
 /// and must not fault itself.
 pub type FaultHook = fn(&Fault) -> FaultResolution;
 
+/// A window's own fault hook: as [`FaultHook`], with the context value
+/// registered with it (for example the address of the buffer pool or
+/// snapshot that owns the window), so that several mechanisms, each with
+/// its own windows, can handle their faults side by side.
+pub type WindowFaultHook = fn(&Fault, context: usize) -> FaultResolution;
+
 /// A hook for timer ticks and inter-processor interrupts: runs on the CPU
 /// (thread) the event is for, in interrupt (signal) context, with its index.
 pub type EventHook = fn(cpu: usize);
@@ -386,8 +392,23 @@ pub trait Platform: Sync {
 
     // ---- faults ----------------------------------------------------------
 
-    /// Sets (or clears) the hook for faults in windows, for all CPUs.
+    /// Sets (or clears) the hook for faults in windows, for all CPUs. A
+    /// window with a hook of its own ([`set_window_fault_hook`](Self::set_window_fault_hook))
+    /// uses that one instead.
     fn set_fault_hook(&self, hook: Option<FaultHook>);
+
+    /// Sets (or with `None` clears) `window`'s own fault hook, called with
+    /// `context` for every fault in the window, on the faulting CPU
+    /// (thread), instead of the platform-wide hook. The hook and its context
+    /// are replaced together: a fault never sees one with the other's
+    /// partner. `window` must be one this platform reserved
+    /// ([`Error::NotInWindow`] otherwise). Not from a hook.
+    fn set_window_fault_hook(
+        &self,
+        window: &Window,
+        hook: Option<WindowFaultHook>,
+        context: usize,
+    ) -> Result<(), Error>;
 
     // ---- CPUs ------------------------------------------------------------
 

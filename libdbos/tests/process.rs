@@ -79,6 +79,7 @@ conformance_tests!(
     ipi_runs_on_target,
     event_counts,
     fault_event_counts,
+    window_fault_hooks,
 );
 
 #[test]

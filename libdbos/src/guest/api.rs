@@ -7,12 +7,12 @@
 //! fault hook is called from the #PF handler on the faulting CPU.
 
 use crate::abi::DIRECT_MAP_BASE;
-use crate::hook::HookCell;
+use crate::hook::{ContextHookCell, HookCell};
 use crate::interrupts::{self, HookResult, InterruptFrame, PageFault};
 use crate::percpu::{self, Event};
 use crate::platform::{
     AccessBits, Capabilities, Error, EventCounts, EventHook, Fault, FaultHook, FaultResolution,
-    Frame, PageSize, Platform, Protection, Window, LARGE_PAGE_SIZE, PAGE_SIZE,
+    Frame, PageSize, Platform, Protection, Window, WindowFaultHook, LARGE_PAGE_SIZE, PAGE_SIZE,
 };
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
@@ -42,14 +42,29 @@ static WINDOW_COUNT: AtomicUsize = AtomicUsize::new(0);
 static RESERVE: Mutex<u64> = Mutex::new(WINDOW_SPACE.0);
 
 static FAULT_HOOK: HookCell<FaultHook> = HookCell::new();
+/// Each window's own fault hook, by window index.
+static WINDOW_HOOKS: [ContextHookCell<WindowFaultHook>; MAX_WINDOWS] =
+    [const { ContextHookCell::new() }; MAX_WINDOWS];
 
-fn in_window(addr: u64, len: u64) -> bool {
+/// The index of the window holding `[addr, addr + len)`.
+fn window_index(addr: u64, len: u64) -> Option<usize> {
     let n = WINDOW_COUNT.load(Ordering::Acquire);
-    (0..n).any(|i| {
+    (0..n).find(|&i| {
         let base = WINDOW_BASE[i].load(Ordering::Relaxed);
         let end = WINDOW_END[i].load(Ordering::Relaxed);
         addr >= base && addr.checked_add(len).is_some_and(|e| e <= end)
     })
+}
+
+fn in_window(addr: u64, len: u64) -> bool {
+    window_index(addr, len).is_some()
+}
+
+/// Installs the #PF hook while any fault hook (platform-wide or a window's)
+/// is set, and removes it when none is.
+fn update_page_fault_hook() {
+    let any = FAULT_HOOK.get().is_some() || WINDOW_HOOKS.iter().any(ContextHookCell::is_set);
+    interrupts::set_page_fault_hook(any.then_some(window_fault as interrupts::PageFaultHook));
 }
 
 fn check_page(page: u64, size: PageSize) -> Result<(), Error> {
@@ -62,12 +77,18 @@ fn check_page(page: u64, size: PageSize) -> Result<(), Error> {
     Ok(())
 }
 
-/// The #PF hook installed while a fault hook is set: window faults go to the
-/// database's hook, anything else stops the guest.
+/// The #PF hook installed while a fault hook is set: a window fault goes to
+/// the window's own hook, else to the platform-wide one; anything else stops
+/// the guest.
 fn window_fault(pf: &PageFault, _frame: &mut InterruptFrame) -> HookResult {
-    let Some(hook) = FAULT_HOOK.get().filter(|_| in_window(pf.addr, 1)) else {
+    let Some(index) = window_index(pf.addr, 1) else {
         return HookResult::Unhandled;
     };
+    let own = WINDOW_HOOKS[index].get();
+    let global = FAULT_HOOK.get();
+    if own.is_none() && global.is_none() {
+        return HookResult::Unhandled;
+    }
     percpu::count(Event::Fault);
     let fault = Fault {
         addr: pf.addr,
@@ -76,7 +97,12 @@ fn window_fault(pf: &PageFault, _frame: &mut InterruptFrame) -> HookResult {
         ip: pf.rip,
         cpu: percpu::cpu_id() as usize,
     };
-    match hook(&fault) {
+    let resolution = match (own, global) {
+        (Some((hook, context)), _) => hook(&fault, context),
+        (None, Some(hook)) => hook(&fault),
+        (None, None) => FaultResolution::Unhandled,
+    };
+    match resolution {
         FaultResolution::Retry => HookResult::Handled,
         FaultResolution::Unhandled => HookResult::Unhandled,
     }
@@ -197,7 +223,24 @@ impl Platform for GuestPlatform {
 
     fn set_fault_hook(&self, hook: Option<FaultHook>) {
         FAULT_HOOK.set(hook);
-        interrupts::set_page_fault_hook(hook.map(|_| window_fault as interrupts::PageFaultHook));
+        update_page_fault_hook();
+    }
+
+    fn set_window_fault_hook(
+        &self,
+        window: &Window,
+        hook: Option<WindowFaultHook>,
+        context: usize,
+    ) -> Result<(), Error> {
+        let index = window_index(window.base, window.len)
+            .filter(|&i| {
+                WINDOW_BASE[i].load(Ordering::Relaxed) == window.base
+                    && WINDOW_END[i].load(Ordering::Relaxed) == window.base + window.len
+            })
+            .ok_or(Error::NotInWindow(window.base))?;
+        WINDOW_HOOKS[index].set(hook, context);
+        update_page_fault_hook();
+        Ok(())
     }
 
     fn cpu_count(&self) -> usize {

@@ -97,10 +97,12 @@ pub(crate) extern "C" fn on_sigsegv(
         die("fault in a window of an unknown platform", addr, ip);
         return;
     };
-    let Some(hook) = platform.fault_hook.get() else {
+    let own = window.hook.get();
+    let global = platform.fault_hook.get();
+    if own.is_none() && global.is_none() {
         die("fault in a window with no fault hook set", addr, ip);
         return;
-    };
+    }
     let cpu = cpus::cpu_id(window.owner);
     let fault = Fault {
         addr,
@@ -110,7 +112,12 @@ pub(crate) extern "C" fn on_sigsegv(
         cpu,
     };
     platform.counters.add(cpu, super::counters::Event::Fault, 1);
-    match hook(&fault) {
+    let resolution = match (own, global) {
+        (Some((hook, context)), _) => hook(&fault, context),
+        (None, Some(hook)) => hook(&fault),
+        (None, None) => FaultResolution::Unhandled,
+    };
+    match resolution {
         FaultResolution::Retry => drop(errno),
         FaultResolution::Unhandled => die("the fault hook did not resolve the fault", addr, ip),
     }

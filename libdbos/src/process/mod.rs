@@ -71,7 +71,7 @@ pub use windows::MAX_WINDOWS;
 use crate::hook::HookCell;
 use crate::platform::{
     AccessBits, Capabilities, Error, EventCounts, EventHook, FaultHook, Frame, PageSize, Platform,
-    Protection, Window, LARGE_PAGE_SIZE, PAGE_SIZE,
+    Protection, Window, WindowFaultHook, LARGE_PAGE_SIZE, PAGE_SIZE,
 };
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use counters::{Counters, Event};
@@ -333,6 +333,19 @@ impl Platform for ProcessPlatform {
 
     fn set_fault_hook(&self, hook: Option<FaultHook>) {
         self.fault_hook.set(hook);
+    }
+
+    fn set_window_fault_hook(
+        &self,
+        window: &Window,
+        hook: Option<WindowFaultHook>,
+        context: usize,
+    ) -> Result<(), Error> {
+        let w = windows::find_owned(self.id, window.base)
+            .filter(|w| w.base == window.base && w.len == window.len)
+            .ok_or(Error::NotInWindow(window.base))?;
+        w.hook.set(hook, context);
+        Ok(())
     }
 
     fn cpu_count(&self) -> usize {

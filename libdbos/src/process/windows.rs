@@ -29,6 +29,8 @@
 //! `Error::Os("mmap", ENOMEM)`. Raise the sysctl for large buffer pools.
 
 use super::last_errno;
+use crate::hook::ContextHookCell;
+use crate::platform::WindowFaultHook;
 use crate::platform::{Error, Frame, PageSize, Protection, LARGE_PAGE_SIZE, PAGE_SIZE};
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::boxed::Box;
@@ -79,6 +81,8 @@ pub(crate) struct Window {
     pub(crate) owner: usize,
     pub(crate) base: u64,
     pub(crate) len: u64,
+    /// The window's own fault hook, if set.
+    pub(crate) hook: ContextHookCell<WindowFaultHook>,
     small: &'static [AtomicU64],
     large: &'static [AtomicU64],
 }
@@ -111,6 +115,7 @@ pub(crate) fn reserve(owner: usize, len: u64) -> Result<&'static Window, Error> 
         owner,
         base,
         len,
+        hook: ContextHookCell::new(),
         small,
         large,
     }));
