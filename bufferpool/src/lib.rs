@@ -25,6 +25,7 @@ extern crate alloc;
 #[cfg(not(target_os = "none"))]
 extern crate std;
 
+pub mod btree;
 pub mod checksum;
 pub mod control;
 pub mod device;
@@ -32,6 +33,7 @@ pub mod engine;
 pub mod kv;
 pub mod log;
 pub mod page;
+pub mod pool;
 pub mod record;
 pub mod recovery;
 pub mod store;
@@ -47,6 +49,7 @@ pub use device::{
 pub use engine::{CheckpointReport, Config, Engine, EngineStats, Error, PageWrite};
 pub use kv::KvTable;
 pub use log::{CommitMode, LogStats, Wal, WalError};
+pub use pool::{BufferManager, Durability, Pool, PoolError, PoolStats};
 pub use recovery::RecoveryReport;
 
 /// Size of a database page in bytes.
