@@ -501,8 +501,10 @@ impl<B: BufferManager + ?Sized> PageRead for OptimisticGuard<'_, B> {
         let n = len.min(other.len());
         let mut i = 0;
         while i + 8 <= n {
-            let c = racy_chunk::<8>(base.wrapping_add(i));
-            match c[..].cmp(&other[i..i + 8]) {
+            // Big-endian words compare like their bytes.
+            let a = u64::from_be_bytes(racy_chunk::<8>(base.wrapping_add(i)));
+            let b = u64::from_be_bytes(other[i..i + 8].try_into().expect("8 bytes"));
+            match a.cmp(&b) {
                 core::cmp::Ordering::Equal => i += 8,
                 o => return Ok(o),
             }
@@ -515,6 +517,34 @@ impl<B: BufferManager + ?Sized> PageRead for OptimisticGuard<'_, B> {
             }
         }
         Ok(len.cmp(&other.len()))
+    }
+
+    #[inline]
+    fn u16_at(&self, off: usize) -> Result<u16, Stale> {
+        if off > PAGE_SIZE - 2 {
+            return Err(Stale);
+        }
+        Ok(u16::from_le_bytes(racy_chunk::<2>(
+            self.frame.data.as_ptr().wrapping_add(off),
+        )))
+    }
+
+    #[inline]
+    fn u64_at(&self, off: usize) -> Result<u64, Stale> {
+        if off > PAGE_SIZE - 8 {
+            return Err(Stale);
+        }
+        Ok(u64::from_le_bytes(racy_chunk::<8>(
+            self.frame.data.as_ptr().wrapping_add(off),
+        )))
+    }
+
+    #[inline]
+    fn u8_at(&self, off: usize) -> Result<u8, Stale> {
+        if off >= PAGE_SIZE {
+            return Err(Stale);
+        }
+        Ok(racy_chunk::<1>(self.frame.data.as_ptr().wrapping_add(off))[0])
     }
 }
 
