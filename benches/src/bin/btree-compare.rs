@@ -90,6 +90,15 @@ fn value_of(k: u64) -> [u8; VALUE] {
 }
 
 struct Rng(u64);
+
+/// A new seed for every lookup thread of every run, so that a run does not
+/// replay the keys an earlier run (or the warm-up) just made resident.
+fn seed() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1) ^ 0x1234_5678
+}
+
 impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
@@ -160,9 +169,9 @@ fn lookups<B: BufferManager>(t: &BTree<'_, B>, keys: u64, threads: usize, secs: 
     let start = Instant::now();
     let total: u64 = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
-            .map(|i| {
+            .map(|_| {
+                let mut r = Rng(seed());
                 s.spawn(move || {
-                    let mut r = Rng(0x1234_5678 + i as u64 * 7919);
                     let mut out = Vec::with_capacity(VALUE);
                     let mut n = 0u64;
                     loop {
@@ -189,9 +198,9 @@ fn map_lookups(m: &BTreeMap<[u8; 8], Vec<u8>>, keys: u64, threads: usize, secs: 
     let start = Instant::now();
     let total: u64 = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
-            .map(|i| {
+            .map(|_| {
+                let mut r = Rng(seed());
                 s.spawn(move || {
-                    let mut r = Rng(0x1234_5678 + i as u64 * 7919);
                     let mut out = Vec::with_capacity(VALUE);
                     let mut n = 0u64;
                     loop {
@@ -305,7 +314,7 @@ fn in_memory(args: &Args) {
 
 /// QD1 random 4 KiB reads of pages 0..pages through one queue pair: IOPS.
 fn qd1_reads(dev: &mut ProcessBlockDevice, buf: &DmaBytes, pages: u64, secs: f64) -> f64 {
-    let mut r = Rng(0xabcdef);
+    let mut r = Rng(seed());
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let mut n = 0u64;
