@@ -466,7 +466,7 @@ fn key(r: &mut Rng) -> Vec<u8> {
     // some long ones.
     let k = r.below(3000);
     let mut v = format!("k{k:05}").into_bytes();
-    if k % 7 == 0 {
+    if k.is_multiple_of(7) {
         v.extend(std::iter::repeat_n(b'x', (k % 200) as usize));
     }
     v

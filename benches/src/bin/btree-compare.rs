@@ -433,14 +433,18 @@ fn out_of_memory(args: &Args) {
                 continue;
             }
             let threads = args.threads[(m - 1) / 2];
-            let r = if (m - 1) % 2 == 0 {
+            let r = if (m - 1).is_multiple_of(2) {
                 ooo_measure(&tv, keys, threads, args.seconds)
             } else {
                 ooo_measure(&th, keys, threads, args.seconds)
             };
             let name = format!(
                 "{} {threads}T",
-                if (m - 1) % 2 == 0 { "vmcache" } else { "hash" }
+                if (m - 1).is_multiple_of(2) {
+                    "vmcache"
+                } else {
+                    "hash"
+                }
             );
             ooo_row(&name, &r);
             runs[m - 1].push(r);
@@ -450,7 +454,11 @@ fn out_of_memory(args: &Args) {
     println!("  medians: QD1 reads {q:.0} IOPS");
     for (i, r) in runs.iter().enumerate() {
         let threads = args.threads[i / 2];
-        let name = if i % 2 == 0 { "vmcache" } else { "hash" };
+        let name = if i.is_multiple_of(2) {
+            "vmcache"
+        } else {
+            "hash"
+        };
         let rates: Vec<f64> = r.iter().map(|x| x.rate).collect();
         let ratios: Vec<f64> = rates.iter().zip(&qd1).map(|(a, b)| a / b).collect();
         let reads_per: Vec<f64> = r

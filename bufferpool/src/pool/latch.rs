@@ -142,7 +142,7 @@ impl Latch {
         let s = state(seen);
         let next = match s {
             UNLOCKED | MARKED => SHARED_BASE,
-            s if s >= SHARED_BASE && s < 255 => s + 1,
+            s if (SHARED_BASE..255).contains(&s) => s + 1,
             _ => return false,
         };
         self.cas(seen, word(next, version(seen)))

@@ -160,6 +160,8 @@ pub struct PoolStats {
     pub allocations: u64,
 }
 
+// Used by the process pools; no_std so that the guest pool can use it too.
+#[cfg_attr(target_os = "none", allow(dead_code))]
 #[derive(Default)]
 pub(crate) struct Counters {
     pub reads: AtomicU64,
@@ -170,6 +172,7 @@ pub(crate) struct Counters {
     pub allocations: AtomicU64,
 }
 
+#[cfg_attr(target_os = "none", allow(dead_code))]
 impl Counters {
     pub(crate) fn snapshot(&self) -> PoolStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -706,12 +709,14 @@ impl<D: BlockDevice> IoQueues<D> {
 /// The resident set shared by the process pools: `capacity` slots, each
 /// holding a resident page (`pid + 1`, 0 if free), a stack of free slots,
 /// and the clock hand.
+#[cfg_attr(target_os = "none", allow(dead_code))]
 pub(crate) struct Slots {
     pub pids: Vec<AtomicU64>,
     pub free: spin::Mutex<Vec<usize>>,
     pub hand: AtomicUsize,
 }
 
+#[cfg_attr(target_os = "none", allow(dead_code))]
 impl Slots {
     pub fn new(capacity: usize) -> Slots {
         Slots {

@@ -65,7 +65,9 @@ impl Mapping {
     /// Releases `len` bytes at `offset` (page aligned): they read as zero
     /// afterwards. Linux flushes the TLBs of every CPU that may cache them.
     pub fn dontneed(&self, offset: usize, len: usize) -> Result<(), PoolError> {
-        assert!(offset % 4096 == 0 && len % 4096 == 0 && offset + len <= self.len);
+        assert!(
+            offset.is_multiple_of(4096) && len.is_multiple_of(4096) && offset + len <= self.len
+        );
         // SAFETY: the range lies inside our mapping; DONTNEED on private
         // anonymous memory only drops its contents (callers hold the
         // exclusive latches of the pages in it).
