@@ -16,6 +16,9 @@
 //! - [`engine`]: transactions, full-page images, checkpoints, failure.
 //! - [`recovery`]: crash recovery, [`Engine::open`].
 //! - [`kv`]: a tiny key-value table on pages (the crash tests' data).
+//! - [`pool`]: the buffer-manager interface, versioned latches, and the
+//!   vmcache-style and hash-table process pools (`docs/pools.md`).
+//! - [`btree`]: a B+tree on any buffer manager.
 //!
 //! Design notes and measured figures: `docs/wal.md`.
 #![no_std]
