@@ -16,6 +16,9 @@
 //! - [`engine`]: transactions, full-page images, checkpoints, failure.
 //! - [`recovery`]: crash recovery, [`Engine::open`].
 //! - [`kv`]: a tiny key-value table on pages (the crash tests' data).
+//! - [`pool`]: the buffer-manager interface, versioned latches, and the
+//!   vmcache-style and hash-table process pools (`docs/pools.md`).
+//! - [`btree`]: a B+tree on any buffer manager.
 //!
 //! Design notes and measured figures: `docs/wal.md`.
 #![no_std]
@@ -25,6 +28,7 @@ extern crate alloc;
 #[cfg(not(target_os = "none"))]
 extern crate std;
 
+pub mod btree;
 pub mod checksum;
 pub mod control;
 pub mod device;
@@ -32,6 +36,7 @@ pub mod engine;
 pub mod kv;
 pub mod log;
 pub mod page;
+pub mod pool;
 pub mod record;
 pub mod recovery;
 pub mod store;
@@ -47,6 +52,7 @@ pub use device::{
 pub use engine::{CheckpointReport, Config, Engine, EngineStats, Error, PageWrite};
 pub use kv::KvTable;
 pub use log::{CommitMode, LogStats, Wal, WalError};
+pub use pool::{BufferManager, Durability, Pool, PoolError, PoolStats};
 pub use recovery::RecoveryReport;
 
 /// Size of a database page in bytes.

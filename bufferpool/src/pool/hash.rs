@@ -1,0 +1,488 @@
+//! The classic design, as the baseline the VM-based pools must beat: a
+//! frame array, a table from page id to frame, one versioned [`Latch`] per
+//! frame, clock eviction. Same interface and invariants as
+//! [`VmCache`](super::vmcache::VmCache).
+//!
+//! The table is open addressing with linear probing over `AtomicU64`
+//! entries (`(pid + 1) << 24 | frame`, 0 empty), at most half full. Hits
+//! look up without locking; inserts and removals (backward-shift deletion)
+//! hold one table mutex. A lock-free lookup that races with a removal may
+//! miss a present entry: misses are therefore re-checked under the mutex
+//! before a page is read. A lookup may also find a frame that is being
+//! reused for another page: the frame's latch word is loaded, then its
+//! page id is checked; a change after that bumps the version, which the
+//! reader validates.
+
+use super::os::{Mapping, ZeroedArray};
+use super::vmcache::PoolConfig;
+use super::{BufferManager, Counters, Frame, IoQueues, Latch, PoolError, PoolStats, Slots};
+use crate::device::BlockDevice;
+use crate::pool::latch::{state, EVICTED, EXCLUSIVE, MARKED, UNLOCKED};
+use crate::{PageId, PAGE_SIZE};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::vec::Vec;
+
+const FRAME_BITS: u32 = 24;
+const FRAME_MASK: u64 = (1 << FRAME_BITS) - 1;
+
+/// Page id -> frame, lock-free lookups.
+struct Table {
+    entries: Vec<AtomicU64>,
+    mask: usize,
+    lock: spin::Mutex<()>,
+}
+
+impl Table {
+    fn new(frames: usize) -> Table {
+        let len = (frames * 2).next_power_of_two().max(16);
+        Table {
+            entries: (0..len).map(|_| AtomicU64::new(0)).collect(),
+            mask: len - 1,
+            lock: spin::Mutex::new(()),
+        }
+    }
+
+    #[inline]
+    fn home(&self, id: PageId) -> usize {
+        (id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20) as usize & self.mask
+    }
+
+    /// The frame of `id`, if found (may miss during a concurrent removal).
+    #[inline]
+    fn get(&self, id: PageId) -> Option<usize> {
+        let key = id.0 + 1;
+        let mut i = self.home(id);
+        for _ in 0..=self.mask {
+            let e = self.entries[i].load(Ordering::Acquire);
+            if e == 0 {
+                return None;
+            }
+            if e >> FRAME_BITS == key {
+                return Some((e & FRAME_MASK) as usize);
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
+    }
+
+    /// Inserts under the table lock (`id` is absent).
+    fn insert_locked(&self, id: PageId, frame: usize) {
+        let mut i = self.home(id);
+        while self.entries[i].load(Ordering::Relaxed) != 0 {
+            i = (i + 1) & self.mask;
+        }
+        self.entries[i].store(((id.0 + 1) << FRAME_BITS) | frame as u64, Ordering::Release);
+    }
+
+    /// Removes `id` under the table lock, shifting later entries of its
+    /// probe run back so that no tombstones are needed.
+    fn remove_locked(&self, id: PageId) {
+        let key = id.0 + 1;
+        let mut i = self.home(id);
+        loop {
+            let e = self.entries[i].load(Ordering::Relaxed);
+            if e == 0 {
+                return;
+            }
+            if e >> FRAME_BITS == key {
+                break;
+            }
+            i = (i + 1) & self.mask;
+        }
+        let mut hole = i;
+        let mut j = i;
+        loop {
+            j = (j + 1) & self.mask;
+            let e = self.entries[j].load(Ordering::Relaxed);
+            if e == 0 {
+                break;
+            }
+            let home = self.home(PageId((e >> FRAME_BITS) - 1));
+            // Move e into the hole if its home is not in (hole, j].
+            let in_between = if hole <= j {
+                hole < home && home <= j
+            } else {
+                hole < home || home <= j
+            };
+            if !in_between {
+                self.entries[hole].store(e, Ordering::Release);
+                hole = j;
+            }
+        }
+        self.entries[hole].store(0, Ordering::Release);
+    }
+}
+
+/// The hash-table process pool.
+pub struct HashPool<D> {
+    frames: Mapping,
+    latches: Vec<Latch>,
+    dirty: ZeroedArray<AtomicU8>,
+    table: Table,
+    slots: Slots,
+    io: IoQueues<D>,
+    next_pid: AtomicU64,
+    capacity: usize,
+    evict_batch: usize,
+    counters: Counters,
+    relax: fn(),
+}
+
+impl<D: BlockDevice> HashPool<D> {
+    /// A pool of `cfg.capacity` frames over `devs`.
+    pub fn new(devs: Vec<D>, cfg: PoolConfig) -> Result<HashPool<D>, PoolError> {
+        let batch = cfg.evict_batch.clamp(1, cfg.capacity.max(1));
+        let io = IoQueues::new(devs, batch, cfg.durability, cfg.relax)?;
+        if cfg.capacity == 0
+            || cfg.capacity as u64 > FRAME_MASK
+            || io.device_pages() >= 1 << (64 - FRAME_BITS)
+            || cfg.allocated > io.device_pages()
+        {
+            return Err(PoolError::Setup {
+                what: "hash pool: capacity 0 or over 2^24 frames, device over 2^40 pages, \
+                       or more pages allocated than the device holds",
+                errno: 0,
+            });
+        }
+        Ok(HashPool {
+            frames: Mapping::anonymous(cfg.capacity * PAGE_SIZE)?,
+            latches: (0..cfg.capacity).map(|_| Latch::new()).collect(),
+            dirty: ZeroedArray::new(cfg.capacity)?,
+            table: Table::new(cfg.capacity),
+            slots: Slots::new(cfg.capacity),
+            io,
+            next_pid: AtomicU64::new(cfg.allocated),
+            capacity: cfg.capacity,
+            evict_batch: batch,
+            counters: Counters::default(),
+            relax: cfg.relax,
+        })
+    }
+
+    fn frame(&self, id: PageId, f: usize) -> Frame<'_> {
+        Frame {
+            id,
+            latch: &self.latches[f],
+            data: core::ptr::NonNull::new(self.frames.ptr().as_ptr().wrapping_add(f * PAGE_SIZE))
+                .expect("inside the frame array"),
+            index: f,
+        }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn bytes_mut(&self, f: usize) -> &mut [u8] {
+        // SAFETY: the caller holds frame f's exclusive latch; the frame is
+        // PAGE_SIZE bytes inside the frame array.
+        unsafe {
+            core::slice::from_raw_parts_mut(
+                self.frames.ptr().as_ptr().add(f * PAGE_SIZE),
+                PAGE_SIZE,
+            )
+        }
+    }
+
+    fn bytes(&self, f: usize) -> &[u8] {
+        // SAFETY: the caller holds a latch of frame f that excludes writers.
+        unsafe {
+            core::slice::from_raw_parts(self.frames.ptr().as_ptr().add(f * PAGE_SIZE), PAGE_SIZE)
+        }
+    }
+
+    fn check(&self, id: PageId) -> Result<(), PoolError> {
+        let pages = self.next_pid.load(Ordering::Acquire);
+        if id.0 >= pages {
+            return Err(PoolError::OutOfRange { id, pages });
+        }
+        Ok(())
+    }
+
+    fn take_frame(&self) -> Result<usize, PoolError> {
+        let mut idle = 0;
+        loop {
+            if let Some(f) = self.slots.pop_free() {
+                return Ok(f);
+            }
+            if self.evict(self.evict_batch)? == 0 {
+                idle += 1;
+                if idle > 100 {
+                    return Err(PoolError::NoFreeFrame {
+                        frames: self.capacity,
+                    });
+                }
+                (self.relax)();
+            }
+        }
+    }
+
+    /// Page `id` resident: its frame and the latch word seen (not
+    /// Exclusive, not Evicted), or, if `exclusive`, its frame latched
+    /// exclusively (the word returned is then meaningless).
+    fn resident(&self, id: PageId, exclusive: bool) -> Result<(usize, u64), PoolError> {
+        self.check(id)?;
+        loop {
+            let f = match self.table.get(id) {
+                Some(f) => f,
+                None => match self.miss(id)? {
+                    // We loaded it and hold it exclusively.
+                    Some(f) => {
+                        if exclusive {
+                            return Ok((f, 0));
+                        }
+                        self.latches[f].unlock_exclusive();
+                        continue;
+                    }
+                    None => continue,
+                },
+            };
+            let latch = &self.latches[f];
+            let w = latch.load();
+            if self.slots.get(f) != Some(id) {
+                continue;
+            }
+            match state(w) {
+                EVICTED => continue,
+                EXCLUSIVE => (self.relax)(),
+                s => {
+                    if exclusive {
+                        if (s == UNLOCKED || s == MARKED) && latch.try_lock_exclusive(w) {
+                            if self.slots.get(f) == Some(id) {
+                                return Ok((f, 0));
+                            }
+                            latch.unlock_exclusive();
+                        }
+                        (self.relax)();
+                        continue;
+                    }
+                    if s == MARKED {
+                        latch.unmark(w);
+                    }
+                    return Ok((f, w));
+                }
+            }
+        }
+    }
+
+    /// The slow path of a lookup that found nothing: re-checks under the
+    /// table lock and, if `id` is still absent, loads it into a free frame.
+    /// `Some(frame)` latched exclusively if we loaded it, `None` if it turned
+    /// out to be there (retry the lookup).
+    fn miss(&self, id: PageId) -> Result<Option<usize>, PoolError> {
+        let f = self.take_frame()?;
+        let latch = &self.latches[f];
+        {
+            let _t = self.table.lock.lock();
+            if self.table.get(id).is_some() {
+                drop(_t);
+                self.slots.push_free(f);
+                return Ok(None);
+            }
+            // A free frame's latch is Evicted and nobody else holds it.
+            let w = latch.load();
+            let locked = latch.try_lock_exclusive(w);
+            debug_assert!(locked && state(w) == EVICTED);
+            self.slots.set(f, id);
+            self.table.insert_locked(id, f);
+        }
+        if let Err(e) = self.io.read_page(id, self.bytes_mut(f)) {
+            {
+                let _t = self.table.lock.lock();
+                self.table.remove_locked(id);
+            }
+            latch.unlock_exclusive_evicted();
+            self.slots.push_free(f);
+            return Err(e);
+        }
+        Counters::add(&self.counters.reads, 1);
+        Ok(Some(f))
+    }
+
+    fn pick_victims(&self, n: usize, out: &mut Vec<(PageId, usize)>) {
+        let cap = self.capacity;
+        let mut scanned = 0;
+        while out.len() < n && scanned < 2 * cap {
+            let chunk = 64.min(2 * cap - scanned);
+            for s in self.slots.advance(chunk) {
+                let f = s % cap;
+                let latch = &self.latches[f];
+                let w = latch.load();
+                match state(w) {
+                    UNLOCKED => {
+                        latch.try_mark(w);
+                    }
+                    MARKED if latch.try_lock_exclusive(w) => match self.slots.get(f) {
+                        Some(id) => {
+                            out.push((id, f));
+                            if out.len() == n {
+                                break;
+                            }
+                        }
+                        None => latch.unlock_exclusive(),
+                    },
+                    _ => {}
+                }
+            }
+            scanned += chunk;
+        }
+    }
+
+    fn write_back(&self, frames: &[(PageId, usize)]) -> Result<usize, PoolError> {
+        let dirty: Vec<(PageId, usize)> = frames
+            .iter()
+            .copied()
+            .filter(|&(_, f)| self.dirty[f].load(Ordering::Relaxed) != 0)
+            .collect();
+        for chunk in dirty.chunks(self.io.batch()) {
+            let pages: Vec<(PageId, &[u8])> =
+                chunk.iter().map(|&(id, f)| (id, self.bytes(f))).collect();
+            self.io.write_pages(&pages)?;
+            for &(_, f) in chunk {
+                self.dirty[f].store(0, Ordering::Relaxed);
+            }
+            Counters::add(&self.counters.writes, chunk.len() as u64);
+        }
+        Ok(dirty.len())
+    }
+}
+
+// SAFETY: frames are PAGE_SIZE pieces of one mapping that lives as long as
+// the pool; a frame changes page only under its exclusive latch, whose
+// release increments the version; try_upgrade'd latches are released by
+// unfix_exclusive_frame.
+unsafe impl<D: BlockDevice> BufferManager for HashPool<D> {
+    fn fix_exclusive_frame(&self, id: PageId) -> Result<Frame<'_>, PoolError> {
+        let (f, _) = self.resident(id, true)?;
+        Ok(self.frame(id, f))
+    }
+
+    fn fix_shared_frame(&self, id: PageId) -> Result<Frame<'_>, PoolError> {
+        loop {
+            let (f, w) = self.resident(id, false)?;
+            let latch = &self.latches[f];
+            if latch.try_lock_shared(w) || latch.try_lock_shared(latch.load()) {
+                if self.slots.get(f) == Some(id) {
+                    return Ok(self.frame(id, f));
+                }
+                latch.unlock_shared();
+            }
+            (self.relax)();
+        }
+    }
+
+    #[inline]
+    fn fix_optimistic_frame(&self, id: PageId) -> Result<(Frame<'_>, u64), PoolError> {
+        let (f, w) = self.resident(id, false)?;
+        Ok((self.frame(id, f), w))
+    }
+
+    fn unfix_exclusive_frame(&self, frame: &Frame<'_>, dirty: bool) {
+        if dirty {
+            self.dirty[frame.index].store(1, Ordering::Relaxed);
+        }
+        frame.latch.unlock_exclusive();
+    }
+
+    fn unfix_shared_frame(&self, frame: &Frame<'_>) {
+        frame.latch.unlock_shared();
+    }
+
+    fn allocate_frame(&self) -> Result<Frame<'_>, PoolError> {
+        let pages = self.io.device_pages();
+        let id = PageId(self.next_pid.fetch_add(1, Ordering::AcqRel));
+        if id.0 >= pages {
+            self.next_pid.fetch_sub(1, Ordering::AcqRel);
+            return Err(PoolError::DeviceFull { pages });
+        }
+        let f = self.take_frame()?;
+        let latch = &self.latches[f];
+        {
+            let _t = self.table.lock.lock();
+            let w = latch.load();
+            let locked = latch.try_lock_exclusive(w);
+            debug_assert!(locked && state(w) == EVICTED);
+            self.slots.set(f, id);
+            self.table.insert_locked(id, f);
+        }
+        self.bytes_mut(f).fill(0);
+        self.dirty[f].store(1, Ordering::Relaxed);
+        Counters::add(&self.counters.allocations, 1);
+        Ok(self.frame(id, f))
+    }
+
+    fn evict(&self, pages: usize) -> Result<usize, PoolError> {
+        let mut victims = Vec::with_capacity(pages.min(self.evict_batch));
+        self.pick_victims(pages.min(self.evict_batch), &mut victims);
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = self.write_back(&victims) {
+            log::warn!("hash pool: write-back of an eviction batch failed: {e}");
+            for &(_, f) in &victims {
+                self.latches[f].unlock_exclusive();
+            }
+            return Err(e);
+        }
+        {
+            let _t = self.table.lock.lock();
+            for &(id, _) in &victims {
+                self.table.remove_locked(id);
+            }
+        }
+        for &(_, f) in &victims {
+            self.latches[f].unlock_exclusive_evicted();
+            self.slots.push_free(f);
+        }
+        Counters::add(&self.counters.evictions, victims.len() as u64);
+        Counters::add(&self.counters.evict_batches, 1);
+        Ok(victims.len())
+    }
+
+    fn flush(&self) -> Result<usize, PoolError> {
+        let mut written = 0;
+        let mut batch: Vec<(PageId, usize)> = Vec::new();
+        let release = |b: &mut Vec<(PageId, usize)>| {
+            b.drain(..)
+                .for_each(|(_, f)| self.latches[f].unlock_shared())
+        };
+        for f in 0..self.capacity {
+            if self.dirty[f].load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let latch = &self.latches[f];
+            let w = latch.load();
+            if state(w) == EVICTED || !latch.try_lock_shared(w) {
+                continue;
+            }
+            match self.slots.get(f) {
+                Some(id) => batch.push((id, f)),
+                None => {
+                    latch.unlock_shared();
+                    continue;
+                }
+            }
+            if batch.len() == self.evict_batch {
+                let r = self.write_back(&batch);
+                release(&mut batch);
+                written += r?;
+            }
+        }
+        let r = self.write_back(&batch);
+        release(&mut batch);
+        Ok(written + r?)
+    }
+
+    fn page_count(&self) -> u64 {
+        self.next_pid.load(Ordering::Acquire)
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn stats(&self) -> PoolStats {
+        self.counters.snapshot()
+    }
+
+    fn relax(&self) {
+        (self.relax)()
+    }
+}

@@ -1,0 +1,755 @@
+//! The buffer-manager interface ([`BufferManager`]) over 4 KiB pages named
+//! by [`PageId`], its guards, and what every pool shares: page I/O through
+//! [`BlockDevice`] queues with identity checks ([`IoQueues`]) and the
+//! owner's write-ahead hook ([`Durability`]).
+//!
+//! Implementations:
+//! - [`vmcache::VmCache`] (process): every page id has a fixed address in
+//!   one anonymous `MAP_NORESERVE` window; eviction is `MADV_DONTNEED`.
+//! - [`hash::HashPool`] (process): a frame array and a page-id -> frame
+//!   table, the classic design.
+//! - Later, Tabby in the guest: the vmcache layout with the guest's own
+//!   page tables, so eviction needs no TLB shootdown.
+//!
+//! # The contract, and the invariants every pool holds
+//!
+//! A page is fixed in one of three modes:
+//! - **exclusive** ([`ExclusiveGuard`]): the only holder, may write;
+//! - **shared** ([`SharedGuard`]): readers only, nobody writes;
+//! - **optimistic** ([`OptimisticGuard`]): no latch at all. The reader
+//!   remembers the page's latch word, reads, and validates; any write,
+//!   eviction or reuse of the memory in between changes the version and
+//!   fails validation.
+//!
+//! 1. *An optimistic reader may read a page that is being evicted or
+//!    overwritten with another page: it never crashes, loops forever or
+//!    acts on garbage.* The page's memory stays readable for as long as the
+//!    pool lives (the vmcache window stays mapped, DONTNEED pages read as
+//!    zero; hash-pool frames are never freed; Tabby must map something
+//!    readable, e.g. a zero frame, or handle the fault). Every read through
+//!    an [`OptimisticGuard`] is bounds-checked against the page and returns
+//!    [`Stale`] instead of panicking, and callers must validate before they
+//!    act on what they read (follow a child pointer, return a value).
+//! 2. *A version cannot wrap into a stale read validating:* versions are 56
+//!    bits (argument in [`latch`]).
+//! 3. *A page on storage carries its identity:* every write seals the page
+//!    with [`page::seal`] (checksum, magic, page id, page LSN), and every
+//!    read checks [`page::verify`] against the id it was read for: a bad
+//!    checksum, a wrong id or a never-written page is
+//!    [`PoolError::Corrupt`], never silent garbage.
+//! 4. *The write-ahead rule:* a dirty page is written back only after the
+//!    owner's [`Durability::ensure_durable`] returned for an LSN at least
+//!    its page LSN (bytes 8..16 of the page, [`page::page_lsn`]).
+//!
+//! Page bytes 0..[`page::PAGE_HEADER`] are the page header; users own the
+//! rest and set the page LSN through [`ExclusiveGuard::set_lsn`].
+
+use crate::device::{run_all, BlockDevice, DeviceError, DmaBytes, Io, IoKind, BLOCK_SIZE};
+use crate::page::{self, PageCheck};
+use crate::{Lsn, PageId, PAGE_SIZE};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+pub mod latch;
+pub use latch::Latch;
+
+#[cfg(not(target_os = "none"))]
+pub mod hash;
+#[cfg(not(target_os = "none"))]
+mod os;
+#[cfg(not(target_os = "none"))]
+pub mod vmcache;
+
+/// What went wrong in a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolError {
+    /// Reading or writing page `id` failed on the device.
+    Device {
+        id: PageId,
+        kind: IoKind,
+        error: DeviceError,
+    },
+    /// Page `id` read from storage is not a valid image of page `id`.
+    Corrupt { id: PageId, check: PageCheck },
+    /// Page `id` was never allocated (`pages` are).
+    OutOfRange { id: PageId, pages: u64 },
+    /// The device has no room for another page.
+    DeviceFull { pages: u64 },
+    /// Every one of `frames` frames is latched: nothing can be evicted.
+    NoFreeFrame { frames: usize },
+    /// The owner could not make the log durable up to `lsn`, so page `id`
+    /// may not be written.
+    NotDurable { id: PageId, lsn: Lsn },
+    /// Setting up the pool failed: what, and the OS error number (0 if
+    /// none).
+    Setup { what: &'static str, errno: i32 },
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolError::Device { id, kind, error } => {
+                write!(f, "{kind:?} of page {} failed: {error}", id.0)
+            }
+            PoolError::Corrupt { id, check } => {
+                write!(f, "page {} read from storage is not valid: {check:?}", id.0)
+            }
+            PoolError::OutOfRange { id, pages } => {
+                write!(f, "page {} was never allocated ({pages} pages are)", id.0)
+            }
+            PoolError::DeviceFull { pages } => write!(f, "the device holds only {pages} pages"),
+            PoolError::NoFreeFrame { frames } => {
+                write!(f, "all {frames} frames are latched, none can be evicted")
+            }
+            PoolError::NotDurable { id, lsn } => write!(
+                f,
+                "the log could not be made durable to {} before writing page {}",
+                lsn.0, id.0
+            ),
+            PoolError::Setup { what, errno } => write!(f, "{what} failed (errno {errno})"),
+        }
+    }
+}
+
+/// An optimistic read went stale: the page changed, was evicted, or what
+/// was read points outside the page. Restart the operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stale;
+
+/// The owner's side of the write-ahead rule.
+pub trait Durability: Send + Sync {
+    /// Returns once the log is durable up to at least `lsn`, or fails.
+    fn ensure_durable(&self, lsn: Lsn) -> Result<(), DurabilityError>;
+}
+
+/// The log could not be made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurabilityError {
+    /// How far the log is durable.
+    pub durable: Lsn,
+}
+
+/// For pools whose pages are never logged (benchmarks, caches): every LSN
+/// is durable. Using it with logged pages breaks the write-ahead rule.
+pub struct NoLog;
+
+impl Durability for NoLog {
+    fn ensure_durable(&self, _lsn: Lsn) -> Result<(), DurabilityError> {
+        Ok(())
+    }
+}
+
+/// Counters of a pool (monotonic since creation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Pages read from storage.
+    pub reads: u64,
+    /// Pages written to storage.
+    pub writes: u64,
+    /// Pages evicted.
+    pub evictions: u64,
+    /// Eviction batches (each one `madvise` pass in vmcache).
+    pub evict_batches: u64,
+    /// `madvise(MADV_DONTNEED)` calls (vmcache; ranges of adjacent pages
+    /// are merged into one call).
+    pub dontneed_calls: u64,
+    /// Pages allocated.
+    pub allocations: u64,
+}
+
+// Used by the process pools; no_std so that the guest pool can use it too.
+#[cfg_attr(target_os = "none", allow(dead_code))]
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub evictions: AtomicU64,
+    pub evict_batches: AtomicU64,
+    pub dontneed_calls: AtomicU64,
+    pub allocations: AtomicU64,
+}
+
+#[cfg_attr(target_os = "none", allow(dead_code))]
+impl Counters {
+    pub(crate) fn snapshot(&self) -> PoolStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PoolStats {
+            reads: l(&self.reads),
+            writes: l(&self.writes),
+            evictions: l(&self.evictions),
+            evict_batches: l(&self.evict_batches),
+            dontneed_calls: l(&self.dontneed_calls),
+            allocations: l(&self.allocations),
+        }
+    }
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A fixed page as a pool lends it: the page's latch and its 4 KiB.
+#[derive(Clone, Copy, Debug)]
+pub struct Frame<'a> {
+    /// The page.
+    pub id: PageId,
+    /// Its latch (per page in vmcache and Tabby, per frame in the hash
+    /// pool).
+    pub latch: &'a Latch,
+    /// Its first byte; `PAGE_SIZE` bytes, 4 KiB aligned.
+    pub data: NonNull<u8>,
+    /// The implementation's index of the frame (slot, page id, ...).
+    pub index: usize,
+}
+
+/// A buffer manager over 4 KiB pages. The `*_frame` methods are what an
+/// implementation provides; users call the guard-returning methods of
+/// [`Pool`], implemented for every `BufferManager`.
+///
+/// # Safety
+/// Implementations guarantee:
+/// - a [`Frame`] returned by a fix or allocation points to `PAGE_SIZE`
+///   bytes holding page `id`, with `latch` in the state the method names
+///   (exclusive for `fix_exclusive_frame` and `allocate_frame`, shared for
+///   `fix_shared_frame`, any resident state for `fix_optimistic_frame`,
+///   which returns the latch word it saw);
+/// - while the latch word's version is unchanged and its state neither
+///   Exclusive nor Evicted, the frame's memory holds page `id` (every write,
+///   eviction or reuse of the memory goes through an exclusive latch, whose
+///   release increments the version);
+/// - the frame's memory stays readable (no fault that kills the program) for
+///   as long as the pool lives, whatever happens to the page;
+/// - a latch taken exclusively by [`Latch::try_upgrade`] on a frame's latch
+///   is released correctly by `unfix_exclusive_frame`.
+pub unsafe trait BufferManager: Sync {
+    /// Fixes page `id` exclusively, reading it in if it is not resident;
+    /// waits (relaxing) while others hold it.
+    fn fix_exclusive_frame(&self, id: PageId) -> Result<Frame<'_>, PoolError>;
+    /// Fixes page `id` shared, reading it in if it is not resident.
+    fn fix_shared_frame(&self, id: PageId) -> Result<Frame<'_>, PoolError>;
+    /// Makes page `id` resident and returns its frame and the latch word
+    /// an optimistic read starts from (never Exclusive or Evicted).
+    fn fix_optimistic_frame(&self, id: PageId) -> Result<(Frame<'_>, u64), PoolError>;
+    /// Releases an exclusive fix; `dirty` if the page was changed.
+    fn unfix_exclusive_frame(&self, frame: &Frame<'_>, dirty: bool);
+    /// Releases a shared fix.
+    fn unfix_shared_frame(&self, frame: &Frame<'_>);
+    /// A new page, zero-filled, fixed exclusively (and dirty).
+    fn allocate_frame(&self) -> Result<Frame<'_>, PoolError>;
+    /// Evicts up to `pages` unlatched pages (clock), writing dirty ones
+    /// back under the write-ahead rule. Returns how many were evicted. Pools
+    /// evict inline when they need a frame; a background thread may call
+    /// this to keep frames free.
+    fn evict(&self, pages: usize) -> Result<usize, PoolError>;
+    /// Writes every dirty unlatched resident page back (they stay
+    /// resident). Returns how many were written.
+    fn flush(&self) -> Result<usize, PoolError>;
+    /// Page ids handed out so far (`0..page_count()` are valid).
+    fn page_count(&self) -> u64;
+    /// Frames the pool holds at most.
+    fn capacity(&self) -> usize;
+    /// Counters.
+    fn stats(&self) -> PoolStats;
+    /// Called in every wait loop.
+    fn relax(&self);
+}
+
+/// The guard-returning API of every [`BufferManager`] (also on
+/// `dyn BufferManager`).
+pub trait Pool: BufferManager {
+    /// Fixes page `id` exclusively.
+    fn fix_exclusive(&self, id: PageId) -> Result<ExclusiveGuard<'_, Self>, PoolError> {
+        let frame = self.fix_exclusive_frame(id)?;
+        Ok(ExclusiveGuard {
+            pool: self,
+            frame,
+            dirty: false,
+        })
+    }
+
+    /// Fixes page `id` shared.
+    fn fix_shared(&self, id: PageId) -> Result<SharedGuard<'_, Self>, PoolError> {
+        let frame = self.fix_shared_frame(id)?;
+        Ok(SharedGuard { pool: self, frame })
+    }
+
+    /// Starts an optimistic read of page `id`.
+    fn optimistic(&self, id: PageId) -> Result<OptimisticGuard<'_, Self>, PoolError> {
+        let (frame, seen) = self.fix_optimistic_frame(id)?;
+        Ok(OptimisticGuard {
+            pool: self,
+            frame,
+            seen,
+        })
+    }
+
+    /// Allocates a new zeroed page, fixed exclusively and dirty.
+    fn allocate(&self) -> Result<ExclusiveGuard<'_, Self>, PoolError> {
+        let frame = self.allocate_frame()?;
+        Ok(ExclusiveGuard {
+            pool: self,
+            frame,
+            dirty: true,
+        })
+    }
+}
+
+impl<B: BufferManager + ?Sized> Pool for B {}
+
+/// An exclusive fix; unfixed on drop (dirty if the bytes were borrowed
+/// mutably or [`mark_dirty`](Self::mark_dirty) was called).
+pub struct ExclusiveGuard<'a, B: BufferManager + ?Sized> {
+    pool: &'a B,
+    frame: Frame<'a>,
+    dirty: bool,
+}
+
+impl<'a, B: BufferManager + ?Sized> ExclusiveGuard<'a, B> {
+    /// The page.
+    pub fn id(&self) -> PageId {
+        self.frame.id
+    }
+    /// The page's bytes (header included).
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: BufferManager's contract: PAGE_SIZE bytes, and the
+        // exclusive latch makes us the only accessor (optimistic readers
+        // only read, and discard what they read when they validate).
+        unsafe { core::slice::from_raw_parts(self.frame.data.as_ptr(), PAGE_SIZE) }
+    }
+    /// The page's bytes, to change them (marks the page dirty).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        self.dirty = true;
+        // SAFETY: as in `bytes`; `&mut self` makes the borrow unique.
+        unsafe { core::slice::from_raw_parts_mut(self.frame.data.as_ptr(), PAGE_SIZE) }
+    }
+    /// Marks the page dirty.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+    /// The page LSN.
+    pub fn lsn(&self) -> Lsn {
+        page::page_lsn(self.bytes())
+    }
+    /// Sets the page LSN (the end of the log record of this change): the
+    /// page will not be written before the log is durable up to it.
+    pub fn set_lsn(&mut self, lsn: Lsn) {
+        page::set_page_lsn(self.bytes_mut(), lsn);
+    }
+}
+
+impl<B: BufferManager + ?Sized> Drop for ExclusiveGuard<'_, B> {
+    fn drop(&mut self) {
+        self.pool.unfix_exclusive_frame(&self.frame, self.dirty);
+    }
+}
+
+/// A shared fix; unfixed on drop.
+pub struct SharedGuard<'a, B: BufferManager + ?Sized> {
+    pool: &'a B,
+    frame: Frame<'a>,
+}
+
+impl<B: BufferManager + ?Sized> SharedGuard<'_, B> {
+    /// The page.
+    pub fn id(&self) -> PageId {
+        self.frame.id
+    }
+    /// The page's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: BufferManager's contract: PAGE_SIZE bytes, and the shared
+        // latch excludes writers.
+        unsafe { core::slice::from_raw_parts(self.frame.data.as_ptr(), PAGE_SIZE) }
+    }
+}
+
+impl<B: BufferManager + ?Sized> Drop for SharedGuard<'_, B> {
+    fn drop(&mut self) {
+        self.pool.unfix_shared_frame(&self.frame);
+    }
+}
+
+/// An optimistic read of a page: no latch is held. Reads are bounds-checked
+/// and may see anything (a torn write, another page, zeros); they become
+/// trustworthy only when [`validate`](Self::validate) succeeds after them.
+pub struct OptimisticGuard<'a, B: BufferManager + ?Sized> {
+    pool: &'a B,
+    frame: Frame<'a>,
+    seen: u64,
+}
+
+impl<B: BufferManager + ?Sized> Clone for OptimisticGuard<'_, B> {
+    fn clone(&self) -> Self {
+        OptimisticGuard {
+            pool: self.pool,
+            frame: self.frame,
+            seen: self.seen,
+        }
+    }
+}
+
+impl<'a, B: BufferManager + ?Sized> OptimisticGuard<'a, B> {
+    /// The page.
+    pub fn id(&self) -> PageId {
+        self.frame.id
+    }
+
+    /// Whether nothing changed the page since the read began.
+    pub fn validate(&self) -> Result<(), Stale> {
+        if self.frame.latch.validate(self.seen) {
+            Ok(())
+        } else {
+            Err(Stale)
+        }
+    }
+
+    /// Turns the read into an exclusive fix if the page is unchanged and
+    /// unlatched; never waits.
+    pub fn upgrade(self) -> Result<ExclusiveGuard<'a, B>, Stale> {
+        if self.frame.latch.try_upgrade(self.seen) {
+            Ok(ExclusiveGuard {
+                pool: self.pool,
+                frame: self.frame,
+                dirty: false,
+            })
+        } else {
+            Err(Stale)
+        }
+    }
+}
+
+/// Bounds-checked reads of a page's bytes, implemented by latched pages
+/// (`[u8]`) and by optimistic reads, so that code parsing a page is written
+/// once for both.
+pub trait PageRead {
+    /// Copies `out.len()` bytes at `off` into `out`.
+    fn read_into(&self, off: usize, out: &mut [u8]) -> Result<(), Stale>;
+
+    /// Compares `len` bytes at `off` with `other`.
+    fn compare(&self, off: usize, len: usize, other: &[u8]) -> Result<core::cmp::Ordering, Stale>;
+
+    /// The little-endian u16 at `off`.
+    fn u16_at(&self, off: usize) -> Result<u16, Stale> {
+        let mut b = [0; 2];
+        self.read_into(off, &mut b)?;
+        Ok(u16::from_le_bytes(b))
+    }
+
+    /// The little-endian u64 at `off`.
+    fn u64_at(&self, off: usize) -> Result<u64, Stale> {
+        let mut b = [0; 8];
+        self.read_into(off, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// The byte at `off`.
+    fn u8_at(&self, off: usize) -> Result<u8, Stale> {
+        let mut b = [0; 1];
+        self.read_into(off, &mut b)?;
+        Ok(b[0])
+    }
+}
+
+impl PageRead for [u8] {
+    fn read_into(&self, off: usize, out: &mut [u8]) -> Result<(), Stale> {
+        let end = off.checked_add(out.len()).ok_or(Stale)?;
+        out.copy_from_slice(self.get(off..end).ok_or(Stale)?);
+        Ok(())
+    }
+
+    fn compare(&self, off: usize, len: usize, other: &[u8]) -> Result<core::cmp::Ordering, Stale> {
+        let end = off.checked_add(len).ok_or(Stale)?;
+        Ok(self.get(off..end).ok_or(Stale)?.cmp(other))
+    }
+}
+
+/// Copies `N` bytes at `p`, racing with writers (a seqlock read: the copy
+/// may be torn and is only used if the read validates).
+#[inline(always)]
+fn racy_chunk<const N: usize>(p: *const u8) -> [u8; N] {
+    // SAFETY: callers pass a pointer to N readable bytes inside a frame
+    // (bounds checked against PAGE_SIZE); volatile keeps the compiler from
+    // assuming the bytes are stable, and [u8; N] has no invalid values.
+    unsafe { p.cast::<[u8; N]>().read_volatile() }
+}
+
+impl<B: BufferManager + ?Sized> PageRead for OptimisticGuard<'_, B> {
+    #[inline]
+    fn read_into(&self, off: usize, out: &mut [u8]) -> Result<(), Stale> {
+        let end = off.checked_add(out.len()).ok_or(Stale)?;
+        if end > PAGE_SIZE {
+            return Err(Stale);
+        }
+        let base = self.frame.data.as_ptr().wrapping_add(off);
+        let mut i = 0;
+        while i + 8 <= out.len() {
+            out[i..i + 8].copy_from_slice(&racy_chunk::<8>(base.wrapping_add(i)));
+            i += 8;
+        }
+        while i < out.len() {
+            out[i] = racy_chunk::<1>(base.wrapping_add(i))[0];
+            i += 1;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn compare(&self, off: usize, len: usize, other: &[u8]) -> Result<core::cmp::Ordering, Stale> {
+        let end = off.checked_add(len).ok_or(Stale)?;
+        if end > PAGE_SIZE {
+            return Err(Stale);
+        }
+        let base = self.frame.data.as_ptr().wrapping_add(off);
+        let n = len.min(other.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            // Big-endian words compare like their bytes.
+            let a = u64::from_be_bytes(racy_chunk::<8>(base.wrapping_add(i)));
+            let b = u64::from_be_bytes(other[i..i + 8].try_into().expect("8 bytes"));
+            match a.cmp(&b) {
+                core::cmp::Ordering::Equal => i += 8,
+                o => return Ok(o),
+            }
+        }
+        while i < n {
+            let c = racy_chunk::<1>(base.wrapping_add(i))[0];
+            match c.cmp(&other[i]) {
+                core::cmp::Ordering::Equal => i += 1,
+                o => return Ok(o),
+            }
+        }
+        Ok(len.cmp(&other.len()))
+    }
+
+    #[inline]
+    fn u16_at(&self, off: usize) -> Result<u16, Stale> {
+        if off > PAGE_SIZE - 2 {
+            return Err(Stale);
+        }
+        Ok(u16::from_le_bytes(racy_chunk::<2>(
+            self.frame.data.as_ptr().wrapping_add(off),
+        )))
+    }
+
+    #[inline]
+    fn u64_at(&self, off: usize) -> Result<u64, Stale> {
+        if off > PAGE_SIZE - 8 {
+            return Err(Stale);
+        }
+        Ok(u64::from_le_bytes(racy_chunk::<8>(
+            self.frame.data.as_ptr().wrapping_add(off),
+        )))
+    }
+
+    #[inline]
+    fn u8_at(&self, off: usize) -> Result<u8, Stale> {
+        if off >= PAGE_SIZE {
+            return Err(Stale);
+        }
+        Ok(racy_chunk::<1>(self.frame.data.as_ptr().wrapping_add(off))[0])
+    }
+}
+
+/// Blocks per page.
+const PAGE_BLOCKS: usize = PAGE_SIZE / BLOCK_SIZE;
+
+struct Queue<D> {
+    dev: D,
+    /// `batch` pages of bounce buffer.
+    bounce: DmaBytes,
+    ios: Vec<Io>,
+}
+
+/// Page I/O for a pool: a set of [`BlockDevice`] queues (one per thread
+/// that may miss at once), each with bounce buffers, reads verified
+/// against the page id, writes sealed and gated by [`Durability`].
+///
+/// Reads go through a bounce buffer and a copy into the frame: the process
+/// device only reaches its registered region, and for vmcache's window
+/// that is also the only correct path (memory released with DONTNEED and
+/// faulted in again is not the page a fixed-buffer registration pinned;
+/// see `docs/pools.md`).
+pub struct IoQueues<D> {
+    queues: Vec<spin::Mutex<Queue<D>>>,
+    batch: usize,
+    pages: u64,
+    next: AtomicUsize,
+    durability: Arc<dyn Durability>,
+    relax: fn(),
+}
+
+impl<D: BlockDevice> IoQueues<D> {
+    /// Queues over `devs` (at least one), each with `batch` pages of bounce
+    /// buffer.
+    pub fn new(
+        devs: Vec<D>,
+        batch: usize,
+        durability: Arc<dyn Durability>,
+        relax: fn(),
+    ) -> Result<IoQueues<D>, PoolError> {
+        if devs.is_empty() || batch == 0 {
+            return Err(PoolError::Setup {
+                what: "a pool needs at least one device queue and a batch of one page",
+                errno: 0,
+            });
+        }
+        let pages = devs[0].block_count() / PAGE_BLOCKS as u64;
+        let mut queues = Vec::with_capacity(devs.len());
+        for mut dev in devs {
+            let buf = dev
+                .alloc(batch * PAGE_BLOCKS)
+                .map_err(|error| PoolError::Device {
+                    id: PageId(0),
+                    kind: IoKind::Read,
+                    error,
+                })?;
+            queues.push(spin::Mutex::new(Queue {
+                dev,
+                bounce: DmaBytes::new(buf),
+                ios: Vec::with_capacity(batch),
+            }));
+        }
+        Ok(IoQueues {
+            queues,
+            batch,
+            pages,
+            next: AtomicUsize::new(0),
+            durability,
+            relax,
+        })
+    }
+
+    /// Pages the device holds.
+    pub fn device_pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// Pages per write batch.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    fn with_queue<R>(&self, f: impl FnOnce(&mut Queue<D>) -> R) -> R {
+        let n = self.queues.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        loop {
+            for k in 0..n {
+                if let Some(mut q) = self.queues[(start + k) % n].try_lock() {
+                    return f(&mut q);
+                }
+            }
+            (self.relax)();
+        }
+    }
+
+    /// Reads page `id` into `dest` and checks it is a valid image of `id`.
+    pub fn read_page(&self, id: PageId, dest: &mut [u8]) -> Result<(), PoolError> {
+        let relax = self.relax;
+        self.with_queue(|q| {
+            let lba = id.0 * PAGE_BLOCKS as u64;
+            let io = Io::read(lba, PAGE_BLOCKS as u32, q.bounce.io_buf().addr);
+            run_all(&mut q.dev, &[io], relax).map_err(|error| PoolError::Device {
+                id,
+                kind: IoKind::Read,
+                error,
+            })?;
+            let img = &q.bounce.bytes()[..PAGE_SIZE];
+            match page::verify(img, id) {
+                PageCheck::Valid => {
+                    dest[..PAGE_SIZE].copy_from_slice(img);
+                    Ok(())
+                }
+                check => Err(PoolError::Corrupt { id, check }),
+            }
+        })
+    }
+
+    /// Writes `pages` (at most [`batch`](Self::batch); each latched by the
+    /// caller so that its bytes are stable) after making the log durable to
+    /// the largest page LSN among them. The in-memory pages are not changed
+    /// (the copies are sealed).
+    pub fn write_pages(&self, pages: &[(PageId, &[u8])]) -> Result<(), PoolError> {
+        debug_assert!(pages.len() <= self.batch);
+        let Some(max) = pages.iter().max_by_key(|(_, b)| page::page_lsn(b)) else {
+            return Ok(());
+        };
+        let lsn = page::page_lsn(max.1);
+        if lsn > Lsn::ZERO {
+            self.durability
+                .ensure_durable(lsn)
+                .map_err(|_| PoolError::NotDurable { id: max.0, lsn })?;
+        }
+        let relax = self.relax;
+        self.with_queue(|q| {
+            let base = q.bounce.io_buf();
+            let bytes = q.bounce.bytes_mut();
+            q.ios.clear();
+            for (i, (id, src)) in pages.iter().enumerate() {
+                let copy = &mut bytes[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+                copy.copy_from_slice(&src[..PAGE_SIZE]);
+                page::seal(copy, *id);
+                q.ios.push(Io::write(
+                    id.0 * PAGE_BLOCKS as u64,
+                    PAGE_BLOCKS as u32,
+                    base.block_addr(i * PAGE_BLOCKS),
+                    false,
+                ));
+            }
+            let Queue { dev, ios, .. } = q;
+            run_all(dev, ios, relax).map_err(|error| PoolError::Device {
+                id: pages[0].0,
+                kind: IoKind::Write,
+                error,
+            })
+        })
+    }
+}
+
+/// The resident set shared by the process pools: `capacity` slots, each
+/// holding a resident page (`pid + 1`, 0 if free), a stack of free slots,
+/// and the clock hand.
+#[cfg_attr(target_os = "none", allow(dead_code))]
+pub(crate) struct Slots {
+    pub pids: Vec<AtomicU64>,
+    pub free: spin::Mutex<Vec<usize>>,
+    pub hand: AtomicUsize,
+}
+
+#[cfg_attr(target_os = "none", allow(dead_code))]
+impl Slots {
+    pub fn new(capacity: usize) -> Slots {
+        Slots {
+            pids: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+            free: spin::Mutex::new((0..capacity).rev().collect()),
+            hand: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn pop_free(&self) -> Option<usize> {
+        self.free.lock().pop()
+    }
+
+    pub fn push_free(&self, slot: usize) {
+        self.pids[slot].store(0, Ordering::Release);
+        self.free.lock().push(slot);
+    }
+
+    /// Which page slot `slot` holds.
+    pub fn get(&self, slot: usize) -> Option<PageId> {
+        match self.pids[slot].load(Ordering::Acquire) {
+            0 => None,
+            p => Some(PageId(p - 1)),
+        }
+    }
+
+    pub fn set(&self, slot: usize, id: PageId) {
+        self.pids[slot].store(id.0 + 1, Ordering::Release);
+    }
+
+    /// The next `n` slots of the clock.
+    pub fn advance(&self, n: usize) -> core::ops::Range<usize> {
+        let start = self.hand.fetch_add(n, Ordering::Relaxed);
+        start..start + n
+    }
+}

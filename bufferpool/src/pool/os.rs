@@ -1,0 +1,143 @@
+//! Anonymous memory for the process pools: one `mmap(MAP_NORESERVE)`
+//! mapping per window or array (never one mapping per page, so
+//! `vm.max_map_count` is not a limit), released page by page with
+//! `madvise(MADV_DONTNEED)`, which zaps page-table entries without
+//! splitting the mapping.
+
+use super::{Latch, PoolError};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, AtomicU8};
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// One private anonymous mapping, unmapped on drop.
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; concurrent access
+// to its contents is governed by the pools' latches.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` only hands out its address.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// `len` bytes (rounded up to 4 KiB) of zeroed, lazily backed memory.
+    pub fn anonymous(len: usize) -> Result<Mapping, PoolError> {
+        let len = len.max(1).next_multiple_of(4096);
+        // SAFETY: a new private anonymous mapping at an address the kernel
+        // picks; it overlaps nothing of ours.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(PoolError::Setup {
+                what: "mmap of an anonymous window",
+                errno: errno(),
+            });
+        }
+        Ok(Mapping {
+            ptr: NonNull::new(p.cast()).expect("mmap never returns null on success"),
+            len,
+        })
+    }
+
+    /// The first byte.
+    pub fn ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Releases `len` bytes at `offset` (page aligned): they read as zero
+    /// afterwards. Linux flushes the TLBs of every CPU that may cache them.
+    pub fn dontneed(&self, offset: usize, len: usize) -> Result<(), PoolError> {
+        assert!(
+            offset.is_multiple_of(4096) && len.is_multiple_of(4096) && offset + len <= self.len
+        );
+        // SAFETY: the range lies inside our mapping; DONTNEED on private
+        // anonymous memory only drops its contents (callers hold the
+        // exclusive latches of the pages in it).
+        let r = unsafe {
+            libc::madvise(
+                self.ptr.as_ptr().add(offset).cast(),
+                len,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if r != 0 {
+            return Err(PoolError::Setup {
+                what: "madvise(MADV_DONTNEED)",
+                errno: errno(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: we own the mapping and nothing borrows it any more (every
+        // borrow is tied to a pool that owns this value).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Types for which all-zero memory is a valid value.
+///
+/// # Safety
+/// The all-zero bit pattern must be a valid value of the type.
+pub(crate) unsafe trait ZeroIsValid: Sync {}
+// SAFETY: a zero AtomicU64 is 0.
+unsafe impl ZeroIsValid for AtomicU64 {}
+// SAFETY: a zero AtomicU8 is 0.
+unsafe impl ZeroIsValid for AtomicU8 {}
+// SAFETY: Latch is a transparent AtomicU64; zero is Evicted, version 0.
+unsafe impl ZeroIsValid for Latch {}
+
+/// An array of `n` `T`s in an anonymous mapping (zero-initialized and
+/// backed lazily, so arrays over every page of a large device are cheap).
+pub(crate) struct ZeroedArray<T> {
+    map: Mapping,
+    n: usize,
+    _t: core::marker::PhantomData<T>,
+}
+
+impl<T: ZeroIsValid> ZeroedArray<T> {
+    pub fn new(n: usize) -> Result<ZeroedArray<T>, PoolError> {
+        let bytes = n
+            .checked_mul(core::mem::size_of::<T>())
+            .ok_or(PoolError::Setup {
+                what: "array size overflows",
+                errno: 0,
+            })?;
+        Ok(ZeroedArray {
+            map: Mapping::anonymous(bytes)?,
+            n,
+            _t: core::marker::PhantomData,
+        })
+    }
+}
+
+impl<T: ZeroIsValid> core::ops::Deref for ZeroedArray<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: the mapping holds at least n * size_of::<T>() zeroed (or
+        // since written through &T, i.e. atomically) bytes, page aligned;
+        // zero is a valid T and T is only accessed through shared refs.
+        unsafe { core::slice::from_raw_parts(self.map.ptr().as_ptr().cast::<T>(), self.n) }
+    }
+}

@@ -1,0 +1,756 @@
+//! The buffer pools (vmcache-style and hash table) and the B+tree on them:
+//! model-based tests against `BTreeMap` with eviction forced by small
+//! pools, concurrent readers and writers, dirty pages surviving eviction,
+//! page identity checks, and the write-ahead rule.
+
+mod common;
+
+use dbos_bufferpool::btree::{BTree, TreeError, MAX_ENTRY};
+use dbos_bufferpool::device::{BlockDevice, DeviceError, Io, IoBuf, IoKind, IoTag};
+use dbos_bufferpool::page::{self, PageCheck};
+use dbos_bufferpool::pool::hash::HashPool;
+use dbos_bufferpool::pool::vmcache::{PoolConfig, VmCache};
+use dbos_bufferpool::pool::{
+    BufferManager, Durability, DurabilityError, PageRead, Pool, PoolError, Stale,
+};
+use dbos_bufferpool::{Lsn, PageId, PAGE_SIZE};
+use dbos_nvme::DmaAddr;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+// ---- an in-memory device that records writes ----
+
+/// One write as the device saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct WriteRecord {
+    page: PageId,
+    /// The page LSN in the written image.
+    lsn: Lsn,
+    /// How far the fake log was durable when the write was submitted.
+    durable: Lsn,
+}
+
+struct Disk {
+    bytes: Mutex<Vec<u8>>,
+    writes: Mutex<Vec<WriteRecord>>,
+    log: Arc<FakeLog>,
+}
+
+impl Disk {
+    fn new(pages: usize, log: Arc<FakeLog>) -> Arc<Disk> {
+        Arc::new(Disk {
+            bytes: Mutex::new(vec![0; pages * PAGE_SIZE]),
+            writes: Mutex::new(Vec::new()),
+            log,
+        })
+    }
+    fn page(&self, id: u64) -> Vec<u8> {
+        let b = self.bytes.lock().unwrap();
+        b[id as usize * PAGE_SIZE..(id as usize + 1) * PAGE_SIZE].to_vec()
+    }
+    fn set_page(&self, id: u64, img: &[u8]) {
+        let mut b = self.bytes.lock().unwrap();
+        b[id as usize * PAGE_SIZE..(id as usize + 1) * PAGE_SIZE].copy_from_slice(img);
+    }
+}
+
+/// A BlockDevice on a `Disk`: requests complete at submission.
+struct MemDevice {
+    disk: Arc<Disk>,
+    done: VecDeque<(IoTag, Result<(), DeviceError>)>,
+    tag: IoTag,
+    bufs: Vec<(*mut u8, std::alloc::Layout)>,
+}
+
+// SAFETY: the buffers are owned by the device and only touched through it.
+unsafe impl Send for MemDevice {}
+
+impl MemDevice {
+    fn new(disk: &Arc<Disk>) -> MemDevice {
+        MemDevice {
+            disk: disk.clone(),
+            done: VecDeque::new(),
+            tag: 0,
+            bufs: Vec::new(),
+        }
+    }
+}
+
+impl Drop for MemDevice {
+    fn drop(&mut self) {
+        for &(p, l) in &self.bufs {
+            // SAFETY: allocated in `alloc` with this layout; the pool that
+            // used the buffers is gone (it owns this device).
+            unsafe { std::alloc::dealloc(p, l) };
+        }
+    }
+}
+
+// SAFETY: buffers are fresh heap allocations of the requested size, 4 KiB
+// aligned, owned until drop; "device addresses" are host addresses, and
+// the device touches them only inside `submit`.
+unsafe impl BlockDevice for MemDevice {
+    fn block_count(&self) -> u64 {
+        (self.disk.bytes.lock().unwrap().len() / PAGE_SIZE) as u64
+    }
+
+    fn alloc(&mut self, blocks: usize) -> Result<IoBuf, DeviceError> {
+        let layout = std::alloc::Layout::from_size_align(blocks * PAGE_SIZE, 4096).unwrap();
+        // SAFETY: the layout has non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!p.is_null());
+        self.bufs.push((p, layout));
+        Ok(IoBuf {
+            ptr: p,
+            addr: DmaAddr(p as u64),
+            blocks,
+        })
+    }
+
+    fn submit(&mut self, io: &Io) -> Result<IoTag, DeviceError> {
+        let len = io.blocks as usize * PAGE_SIZE;
+        let at = io.lba as usize * PAGE_SIZE;
+        let mut disk = self.disk.bytes.lock().unwrap();
+        if at + len > disk.len() {
+            return Err(DeviceError::LbaOutOfRange);
+        }
+        let ptr = io.addr.0 as *mut u8;
+        match io.kind {
+            IoKind::Read => {
+                // SAFETY: io.addr is a buffer from `alloc` of at least len bytes.
+                let buf = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+                buf.copy_from_slice(&disk[at..at + len]);
+            }
+            IoKind::Write | IoKind::WriteFua => {
+                // SAFETY: as above.
+                let buf = unsafe { std::slice::from_raw_parts(ptr, len) };
+                let durable = Lsn(self.disk.log.durable.load(Ordering::SeqCst));
+                let mut w = self.disk.writes.lock().unwrap();
+                for (i, img) in buf.chunks(PAGE_SIZE).enumerate() {
+                    w.push(WriteRecord {
+                        page: PageId(io.lba + i as u64),
+                        lsn: page::page_lsn(img),
+                        durable,
+                    });
+                }
+                disk[at..at + len].copy_from_slice(buf);
+            }
+            IoKind::Flush => {}
+        }
+        self.tag = self.tag.wrapping_add(1);
+        self.done.push_back((self.tag, Ok(())));
+        Ok(self.tag)
+    }
+
+    fn poll(&mut self) -> Option<(IoTag, Result<(), DeviceError>)> {
+        self.done.pop_front()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.done.len()
+    }
+}
+
+/// A log that becomes durable exactly as far as it is asked, and records
+/// every request; it can be told to fail.
+#[derive(Default)]
+struct FakeLog {
+    durable: AtomicU64,
+    requests: Mutex<Vec<Lsn>>,
+    fail: AtomicBool,
+}
+
+impl Durability for FakeLog {
+    fn ensure_durable(&self, lsn: Lsn) -> Result<(), DurabilityError> {
+        self.requests.lock().unwrap().push(lsn);
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(DurabilityError {
+                durable: Lsn(self.durable.load(Ordering::SeqCst)),
+            });
+        }
+        self.durable.fetch_max(lsn.0, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    VmCache,
+    Hash,
+}
+
+const KINDS: [Kind; 2] = [Kind::VmCache, Kind::Hash];
+
+fn config(capacity: usize, log: &Arc<FakeLog>, batch: usize) -> PoolConfig {
+    PoolConfig {
+        capacity,
+        allocated: 0,
+        evict_batch: batch,
+        durability: log.clone(),
+        relax: std::thread::yield_now,
+    }
+}
+
+/// A pool of `kind` with `capacity` frames over a disk of `disk_pages`,
+/// `queues` device queues.
+fn pool(
+    kind: Kind,
+    capacity: usize,
+    disk_pages: usize,
+    queues: usize,
+) -> (Box<dyn BufferManager>, Arc<Disk>, Arc<FakeLog>) {
+    let log = Arc::new(FakeLog::default());
+    let disk = Disk::new(disk_pages, log.clone());
+    let devs = (0..queues).map(|_| MemDevice::new(&disk)).collect();
+    let cfg = config(capacity, &log, 8);
+    let p: Box<dyn BufferManager> = match kind {
+        Kind::VmCache => Box::new(VmCache::new(devs, cfg).unwrap()),
+        Kind::Hash => Box::new(HashPool::new(devs, cfg).unwrap()),
+    };
+    (p, disk, log)
+}
+
+fn fill(id: PageId, round: u8) -> Vec<u8> {
+    (0..PAGE_SIZE - page::PAGE_HEADER)
+        .map(|i| (id.0 as u8).wrapping_mul(31) ^ (i as u8) ^ round)
+        .collect()
+}
+
+#[test]
+fn dirty_pages_survive_eviction_and_reload() {
+    for kind in KINDS {
+        let (p, disk, _) = pool(kind, 8, 256, 1);
+        let mut ids = Vec::new();
+        for _ in 0..40 {
+            let mut g = p.allocate().unwrap();
+            let id = g.id();
+            g.bytes_mut()[page::PAGE_HEADER..].copy_from_slice(&fill(id, 1));
+            ids.push(id);
+        }
+        assert_eq!(ids, (0..40).map(PageId).collect::<Vec<_>>(), "{kind:?}");
+        // Change every page once more after it was evicted.
+        for &id in &ids {
+            let mut g = p.fix_exclusive(id).unwrap();
+            assert_eq!(
+                &g.bytes()[page::PAGE_HEADER..],
+                &fill(id, 1)[..],
+                "{kind:?} {id:?}"
+            );
+            g.bytes_mut()[page::PAGE_HEADER..].copy_from_slice(&fill(id, 2));
+        }
+        for &id in ids.iter().rev() {
+            let g = p.fix_shared(id).unwrap();
+            assert_eq!(
+                &g.bytes()[page::PAGE_HEADER..],
+                &fill(id, 2)[..],
+                "{kind:?} {id:?}"
+            );
+        }
+        let s = p.stats();
+        assert_eq!(s.allocations, 40);
+        assert!(s.evictions >= 40 + 40 - 8, "{kind:?}: {s:?}");
+        assert!(s.reads >= 40 + 40 - 8, "{kind:?}: {s:?}");
+        // Every page was written at least once, sealed with its own id.
+        p.flush().unwrap();
+        for &id in &ids {
+            let img = disk.page(id.0);
+            assert_eq!(page::verify(&img, id), PageCheck::Valid, "{kind:?} {id:?}");
+            assert_eq!(&img[page::PAGE_HEADER..], &fill(id, 2)[..]);
+        }
+        // Out of range.
+        assert_eq!(
+            p.fix_shared(PageId(40)).err(),
+            Some(PoolError::OutOfRange {
+                id: PageId(40),
+                pages: 40
+            })
+        );
+    }
+}
+
+#[test]
+fn reads_check_the_page_identity() {
+    for kind in KINDS {
+        let (p, disk, _) = pool(kind, 4, 64, 1);
+        for _ in 0..12 {
+            let mut g = p.allocate().unwrap();
+            let id = g.id();
+            g.bytes_mut()[100] = id.0 as u8;
+        }
+        p.flush().unwrap();
+        while p.evict(64).unwrap() > 0 {}
+        // Page 5's slot holds page 3's image: a misdirected write.
+        disk.set_page(5, &disk.page(3));
+        assert_eq!(
+            p.fix_shared(PageId(5)).err(),
+            Some(PoolError::Corrupt {
+                id: PageId(5),
+                check: PageCheck::WrongId(PageId(3))
+            }),
+            "{kind:?}"
+        );
+        // A flipped bit.
+        let mut img = disk.page(7);
+        img[2000] ^= 4;
+        disk.set_page(7, &img);
+        assert_eq!(
+            p.optimistic(PageId(7)).err(),
+            Some(PoolError::Corrupt {
+                id: PageId(7),
+                check: PageCheck::BadChecksum
+            }),
+            "{kind:?}"
+        );
+        // A never-written slot (zeros) is not silently an empty page.
+        disk.set_page(8, &[0; PAGE_SIZE]);
+        assert_eq!(
+            p.fix_exclusive(PageId(8)).err(),
+            Some(PoolError::Corrupt {
+                id: PageId(8),
+                check: PageCheck::Empty
+            })
+        );
+        // The pool still works, and a failed load left no trace.
+        assert_eq!(p.fix_shared(PageId(3)).unwrap().bytes()[100], 3);
+        disk.set_page(7, &{
+            img[2000] ^= 4;
+            img
+        });
+        assert_eq!(p.fix_shared(PageId(7)).unwrap().bytes()[100], 7);
+    }
+}
+
+#[test]
+fn write_ahead_rule_holds_on_eviction_and_flush() {
+    for kind in KINDS {
+        let (p, disk, log) = pool(kind, 4, 64, 1);
+        // Pages with LSNs 100, 200, ..., 1600.
+        for i in 0..16u64 {
+            let mut g = p.allocate().unwrap();
+            g.bytes_mut()[64] = i as u8;
+            g.set_lsn(Lsn(100 * (i + 1)));
+        }
+        p.flush().unwrap();
+        let writes = disk.writes.lock().unwrap().clone();
+        assert_eq!(writes.len(), 16, "{kind:?}: every page written once");
+        for w in &writes {
+            assert_eq!(w.lsn, Lsn(100 * (w.page.0 + 1)));
+            assert!(w.durable >= w.lsn, "{kind:?}: {w:?} written before its log");
+        }
+        // The log was asked exactly for each batch's largest LSN, never
+        // beyond what the pages needed.
+        let requests = log.requests.lock().unwrap().clone();
+        assert_eq!(requests.iter().max(), Some(&Lsn(1600)));
+        assert_eq!(log.durable.load(Ordering::SeqCst), 1600);
+
+        // A failing log stops write-back: nothing is written, the page
+        // stays resident, dirty and intact.
+        let mut g = p.fix_exclusive(PageId(2)).unwrap();
+        g.bytes_mut()[64] = 0xee;
+        g.set_lsn(Lsn(5000));
+        drop(g);
+        log.fail.store(true, Ordering::SeqCst);
+        let before = disk.writes.lock().unwrap().len();
+        let mut errs = 0;
+        for _ in 0..4 {
+            match p.evict(4) {
+                Err(PoolError::NotDurable { id, lsn }) => {
+                    assert_eq!((id, lsn), (PageId(2), Lsn(5000)));
+                    errs += 1;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{kind:?}: {e}"),
+            }
+        }
+        assert!(errs > 0, "{kind:?}: the dirty page was never picked");
+        assert_eq!(disk.writes.lock().unwrap().len(), before, "{kind:?}");
+        assert_eq!(p.fix_shared(PageId(2)).unwrap().bytes()[64], 0xee);
+        log.fail.store(false, Ordering::SeqCst);
+        assert_eq!(p.flush().unwrap(), 1);
+        let last = *disk.writes.lock().unwrap().last().unwrap();
+        assert_eq!(
+            last,
+            WriteRecord {
+                page: PageId(2),
+                lsn: Lsn(5000),
+                durable: Lsn(5000)
+            }
+        );
+    }
+}
+
+#[test]
+fn optimistic_reads_of_evicted_pages_fail_validation_without_faulting() {
+    for kind in KINDS {
+        let (p, _, _) = pool(kind, 4, 64, 1);
+        for _ in 0..4 {
+            let mut g = p.allocate().unwrap();
+            g.bytes_mut()[64] = 9;
+        }
+        let r = p.optimistic(PageId(1)).unwrap();
+        assert_eq!(r.u8_at(64), Ok(9));
+        assert_eq!(r.validate(), Ok(()));
+        assert_eq!(r.u64_at(PAGE_SIZE - 4), Err(Stale), "bounds-checked");
+        while p.evict(64).unwrap() > 0 {}
+        // The memory is still readable (zero in vmcache, a frame in the
+        // hash pool) and the read does not validate.
+        let _ = r.u8_at(64).unwrap();
+        assert_eq!(r.validate(), Err(Stale), "{kind:?}");
+        assert!(r.clone().upgrade().is_err());
+        let r2 = p.optimistic(PageId(1)).unwrap();
+        assert_eq!(r2.u8_at(64), Ok(9));
+        assert_eq!(r2.validate(), Ok(()));
+        // A writer in between invalidates.
+        let w = p.fix_exclusive(PageId(1)).unwrap();
+        assert_eq!(r2.validate(), Err(Stale));
+        drop(w);
+        assert_eq!(r2.validate(), Err(Stale));
+    }
+}
+
+#[test]
+fn vmcache_window_stays_one_mapping() {
+    let log = Arc::new(FakeLog::default());
+    let disk = Disk::new(4096, log.clone());
+    let p = VmCache::new(vec![MemDevice::new(&disk)], config(16, &log, 8)).unwrap();
+    for i in 0..600u64 {
+        let mut g = p.allocate().unwrap();
+        g.bytes_mut()[64] = i as u8;
+    }
+    // Random residency: touch pages all over.
+    let mut x = 7u64;
+    for _ in 0..2000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let id = PageId(x % 600);
+        assert_eq!(p.fix_shared(id).unwrap().bytes()[64], id.0 as u8);
+    }
+    assert!(p.stats().dontneed_calls > 50);
+    let (base, len) = p.window();
+    let (base, end) = (base as u64, base as u64 + len as u64);
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let covering: Vec<&str> = maps
+        .lines()
+        .filter(|l| {
+            let r = l.split_whitespace().next().unwrap();
+            let (a, b) = r.split_once('-').unwrap();
+            let (a, b) = (
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(b, 16).unwrap(),
+            );
+            a < end && b > base
+        })
+        .collect();
+    assert_eq!(covering.len(), 1, "{covering:?}");
+}
+
+// ---- the B+tree against a model ----
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn key(r: &mut Rng) -> Vec<u8> {
+    // Mostly short keys from a small space (so updates and deletes hit),
+    // some long ones.
+    let k = r.below(3000);
+    let mut v = format!("k{k:05}").into_bytes();
+    if k.is_multiple_of(7) {
+        v.extend(std::iter::repeat_n(b'x', (k % 200) as usize));
+    }
+    v
+}
+
+fn value(r: &mut Rng, k: &[u8]) -> Vec<u8> {
+    let len = match r.below(10) {
+        0 => r.below((MAX_ENTRY - k.len()) as u64 + 1) as usize,
+        1 => 0,
+        _ => r.below(150) as usize,
+    };
+    let b = r.next() as u8;
+    (0..len).map(|i| b.wrapping_add(i as u8)).collect()
+}
+
+fn model_run(p: &dyn BufferManager, seed: u64, ops: usize) {
+    model_run_checked(p, seed, ops, false)
+}
+
+fn model_run_checked(p: &dyn BufferManager, seed: u64, ops: usize, paranoid: bool) {
+    let t = BTree::create(p).unwrap();
+    let mut m: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut r = Rng(seed);
+    let mut out = Vec::new();
+    for op in 0..ops {
+        let k = key(&mut r);
+        let c = r.below(100);
+        match c {
+            0..=39 => {
+                let v = value(&mut r, &k);
+                let new = !m.contains_key(&k);
+                assert_eq!(t.insert(&k, &v).unwrap(), new, "op {op}");
+                m.entry(k).or_insert(v);
+            }
+            40..=49 => {
+                let v = value(&mut r, &k);
+                let had = m.contains_key(&k);
+                assert_eq!(t.update(&k, &v).unwrap(), had, "op {op}");
+                if had {
+                    m.insert(k, v);
+                }
+            }
+            50..=54 => {
+                let v = value(&mut r, &k);
+                assert_eq!(t.upsert(&k, &v).unwrap(), m.insert(k, v).is_none());
+            }
+            55..=79 => {
+                assert_eq!(t.delete(&k).unwrap(), m.remove(&k).is_some(), "op {op}");
+            }
+            80..=91 => {
+                let found = t.lookup(&k, &mut out).unwrap();
+                assert_eq!(found.then_some(&out), m.get(&k), "op {op}");
+            }
+            92..=95 => {
+                let n = r.below(60) as usize;
+                let mut got = Vec::new();
+                t.scan_forward(Some(&k), |k, v| {
+                    got.push((k.to_vec(), v.to_vec()));
+                    got.len() < n
+                })
+                .unwrap();
+                let want: Vec<_> = m
+                    .range(k.clone()..)
+                    .take(n.max(1))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                assert_eq!(got, want, "op {op} forward from {k:?}");
+            }
+            _ => {
+                let n = r.below(60) as usize;
+                let mut got = Vec::new();
+                t.scan_backward(Some(&k), |k, v| {
+                    got.push((k.to_vec(), v.to_vec()));
+                    got.len() < n
+                })
+                .unwrap();
+                let want: Vec<_> = m
+                    .range(..=k.clone())
+                    .rev()
+                    .take(n.max(1))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                assert_eq!(got, want, "op {op} backward from {k:?}");
+            }
+        }
+        if op % 1000 == 999 || paranoid {
+            assert_eq!(t.check().unwrap(), m.len(), "op {op}");
+        }
+        if paranoid {
+            for (k, v) in &m {
+                assert!(t.lookup(k, &mut out).unwrap(), "op {op} lost {k:?}");
+                assert_eq!(&out, v, "op {op}");
+            }
+        }
+    }
+    // Whole scans both ways.
+    let mut all = Vec::new();
+    t.scan_forward(None, |k, v| {
+        all.push((k.to_vec(), v.to_vec()));
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        all,
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    );
+    let mut back = Vec::new();
+    t.scan_backward(None, |k, _| {
+        back.push(k.to_vec());
+        true
+    })
+    .unwrap();
+    assert_eq!(back, m.keys().rev().cloned().collect::<Vec<_>>());
+    // Delete everything: merges all the way down to one leaf.
+    for k in m.keys() {
+        assert!(t.delete(k).unwrap());
+    }
+    assert_eq!(t.check().unwrap(), 0);
+    assert!(!t.lookup(b"k00001", &mut out).unwrap());
+    // Reopen from the meta page after all pages were written and evicted.
+    p.flush().unwrap();
+    while p.evict(64).unwrap() > 0 {}
+    let t2 = BTree::open(p, t.meta()).unwrap();
+    assert!(t2.insert(b"again", b"v").unwrap());
+    assert!(t2.lookup(b"again", &mut out).unwrap());
+    assert_eq!(out, b"v");
+    assert_eq!(t2.check().unwrap(), 1);
+}
+
+#[test]
+fn btree_matches_a_btreemap_with_eviction() {
+    for kind in KINDS {
+        for seed in [1u64, 0xdead_beef] {
+            // 24 frames: the tree grows to a few hundred pages.
+            let (p, _, _) = pool(kind, 24, 4096, 1);
+            model_run(&*p, seed, 8000);
+            let s = p.stats();
+            assert!(s.evictions > 100 && s.reads > 100, "{kind:?}: {s:?}");
+        }
+    }
+}
+
+#[test]
+fn btree_errors_on_oversized_entries() {
+    let (p, _, _) = pool(Kind::VmCache, 16, 64, 1);
+    let t = BTree::create(&*p).unwrap();
+    assert_eq!(
+        t.insert(&[1; 513], b""),
+        Err(TreeError::KeyTooLong { len: 513 })
+    );
+    assert_eq!(
+        t.insert(&[1; 10], &[0; 1015]),
+        Err(TreeError::EntryTooLarge { len: 1025 })
+    );
+    assert_eq!(t.insert(&[1; 10], &[0; 1014]), Ok(true));
+}
+
+/// A self-checking value: 8 bytes of key hash then a pattern.
+fn tagged(k: u64, gen: u64) -> Vec<u8> {
+    let len = 16 + ((k + gen) % 100) as usize;
+    let mut v = Vec::with_capacity(len);
+    v.extend_from_slice(&k.to_be_bytes());
+    v.extend_from_slice(&gen.to_le_bytes());
+    while v.len() < len {
+        v.push((k ^ gen) as u8 ^ v.len() as u8);
+    }
+    v
+}
+
+fn check_tagged(k: &[u8], v: &[u8]) -> u64 {
+    assert!(v.len() >= 16);
+    assert_eq!(&v[..8], k);
+    let k = u64::from_be_bytes(k.try_into().unwrap());
+    let gen = u64::from_le_bytes(v[8..16].try_into().unwrap());
+    assert_eq!(v, &tagged(k, gen)[..]);
+    gen
+}
+
+#[test]
+fn readers_and_writers_on_two_threads() {
+    for kind in KINDS {
+        let (p, _, _) = pool(kind, 32, 8192, 2);
+        let t = BTree::create(&*p).unwrap();
+        let stop = AtomicBool::new(false);
+        let model = std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let mut m = BTreeMap::new();
+                let mut r = Rng(99);
+                for gen in 0..12_000u64 {
+                    let k = r.below(2000);
+                    if r.below(3) == 0 {
+                        assert_eq!(t.delete(&k.to_be_bytes()).unwrap(), m.remove(&k).is_some());
+                    } else {
+                        t.upsert(&k.to_be_bytes(), &tagged(k, gen)).unwrap();
+                        m.insert(k, gen);
+                    }
+                }
+                stop.store(true, Ordering::SeqCst);
+                m
+            });
+            let reader = s.spawn(|| {
+                let mut r = Rng(5);
+                let mut out = Vec::new();
+                let (mut found, mut scanned) = (0u64, 0u64);
+                while !stop.load(Ordering::SeqCst) {
+                    let k = r.below(2000);
+                    if t.lookup(&k.to_be_bytes(), &mut out).unwrap() {
+                        check_tagged(&k.to_be_bytes(), &out);
+                        found += 1;
+                    }
+                    let mut last: Option<Vec<u8>> = None;
+                    let fwd = r.below(2) == 0;
+                    let f = |k: &[u8], v: &[u8]| {
+                        check_tagged(k, v);
+                        if let Some(l) = &last {
+                            assert!(if fwd {
+                                l.as_slice() < k
+                            } else {
+                                l.as_slice() > k
+                            });
+                        }
+                        last = Some(k.to_vec());
+                        scanned += 1;
+                        true
+                    };
+                    let start = k.to_be_bytes();
+                    if fwd {
+                        t.scan_forward(Some(&start), f).unwrap();
+                    } else {
+                        t.scan_backward(Some(&start), f).unwrap();
+                    }
+                }
+                (found, scanned)
+            });
+            let m = writer.join().unwrap();
+            let (found, scanned) = reader.join().unwrap();
+            assert!(found > 0 && scanned > 0, "{kind:?}: the reader saw nothing");
+            m
+        });
+        assert_eq!(t.check().unwrap(), model.len(), "{kind:?}");
+        let mut out = Vec::new();
+        for k in 0..2000u64 {
+            let found = t.lookup(&k.to_be_bytes(), &mut out).unwrap();
+            assert_eq!(found, model.contains_key(&k));
+            if found {
+                assert_eq!(check_tagged(&k.to_be_bytes(), &out), model[&k]);
+            }
+        }
+        assert!(p.stats().evictions > 0, "{kind:?}");
+    }
+}
+
+/// The pools on the real process device: NVMe queue pairs and the poller
+/// over io_uring on an O_DIRECT file.
+#[test]
+fn btree_on_the_process_nvme_device() {
+    use dbos_bufferpool::host::block_device;
+    use dbos_nvme::host::BackingFile;
+    let dir = common::direct_io_dir();
+    for kind in KINDS {
+        let path = dir.path().join(format!("{kind:?}.img"));
+        let file = BackingFile::create(&path, 2048 * PAGE_SIZE as u64).unwrap();
+        let dev = common::file_device(&file);
+        let devs = vec![
+            block_device(&dev, 16).unwrap(),
+            block_device(&dev, 16).unwrap(),
+        ];
+        let log = Arc::new(FakeLog::default());
+        let cfg = config(24, &log, 8);
+        match kind {
+            Kind::VmCache => model_run(&VmCache::new(devs, cfg).unwrap(), 3, 3000),
+            Kind::Hash => model_run(&HashPool::new(devs, cfg).unwrap(), 3, 3000),
+        }
+    }
+}
+
+/// A shorter run that checks the whole tree and every entry after every
+/// operation (catches a bad operation where it happens).
+#[test]
+fn btree_every_entry_checked_after_every_op() {
+    for kind in KINDS {
+        let (p, _, _) = pool(kind, 24, 4096, 1);
+        model_run_checked(&*p, 11, 600, true);
+    }
+}
