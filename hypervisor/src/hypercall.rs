@@ -72,6 +72,9 @@ pub enum Stop {
         rsp: u64,
         rflags: u64,
         reason: String,
+        /// The faulting context's general-purpose registers
+        /// (`dbos_abi::FAULT_GPR_NAMES`).
+        gprs: [u64; 15],
     },
 }
 

@@ -54,6 +54,9 @@ pub enum GuestExit {
         cr2: u64,
         rsp: u64,
         reason: String,
+        /// The faulting context's registers: those the guest reported, with
+        /// the control registers of the vCPU.
+        regs: Option<RegisterDump>,
     },
     /// A hypercall with a bad argument.
     BadHypercall {
@@ -93,8 +96,9 @@ impl GuestExit {
                 rip,
                 cr2,
                 rsp,
+                rflags,
                 reason,
-                ..
+                gprs,
             } => GuestExit::UnhandledException {
                 vcpu,
                 vector,
@@ -103,15 +107,41 @@ impl GuestExit {
                 cr2,
                 rsp,
                 reason,
+                regs: Some(RegisterDump {
+                    rip,
+                    rsp,
+                    rflags,
+                    gprs: std::array::from_fn(|i| (dbos_abi::FAULT_GPR_NAMES[i], gprs[i])),
+                    cr0: 0,
+                    cr2,
+                    cr3: 0,
+                    cr4: 0,
+                    efer: 0,
+                }),
             },
         }
     }
 
+    /// Completes the report with vCPU `index`'s registers, read when it
+    /// stopped. For an unhandled exception the guest reported the faulting
+    /// context's registers itself (the vCPU is in the handler by then); only
+    /// the control registers, which the handler did not change, come from
+    /// the vCPU.
     pub(crate) fn attach_registers(&mut self, index: u32, dump: Option<RegisterDump>) {
         match self {
             GuestExit::BadHypercall { vcpu, regs, .. } | GuestExit::Crashed { vcpu, regs, .. } => {
                 *vcpu = index;
                 *regs = dump;
+            }
+            GuestExit::UnhandledException {
+                regs: Some(regs), ..
+            } => {
+                if let Some(vcpu) = dump {
+                    regs.cr0 = vcpu.cr0;
+                    regs.cr3 = vcpu.cr3;
+                    regs.cr4 = vcpu.cr4;
+                    regs.efer = vcpu.efer;
+                }
             }
             _ => {}
         }
@@ -181,12 +211,20 @@ impl fmt::Display for GuestExit {
                 cr2,
                 rsp,
                 reason,
-            } => write!(
-                f,
-                "guest stopped on vCPU {vcpu}: unhandled exception {} (vector {vector}), \
-                 error code {error_code:#x}, RIP {rip:#x}, CR2 {cr2:#x}, RSP {rsp:#x}: {reason}",
-                exception_name(*vector)
-            ),
+                regs,
+            } => {
+                write!(
+                    f,
+                    "guest stopped on vCPU {vcpu}: unhandled exception {} (vector {vector}), \
+                     error code {error_code:#x}, RIP {rip:#x}, CR2 {cr2:#x}, RSP {rsp:#x}: \
+                     {reason}",
+                    exception_name(*vector)
+                )?;
+                if let Some(r) = regs {
+                    write!(f, "\n{r}")?;
+                }
+                Ok(())
+            }
             GuestExit::BadHypercall { vcpu, error, regs } => {
                 write!(f, "guest stopped on vCPU {vcpu}: bad {error}")?;
                 if let Some(r) = regs {
