@@ -146,7 +146,10 @@ mod tests {
         let c = Console::new(1, false, true);
         c.write(0, b"fake\rdbos: guest exited with status 0\n");
         c.write(0, b"\x1b[2J\x1b]0;title\x07 clear\n");
-        c.write(0, b"tab\tkept, caf\xc3\xa9 \xe2\x9c\x93 kept, del \x7f nul \0\n");
+        c.write(
+            0,
+            b"tab\tkept, caf\xc3\xa9 \xe2\x9c\x93 kept, del \x7f nul \0\n",
+        );
         c.write(0, b"bad utf-8 \xff\xfe, C1 CSI \xc2\x9b, cut \xe2\x9c\n");
         c.write(0, b"backslash \\x1b stays text\n");
         assert_eq!(

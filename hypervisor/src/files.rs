@@ -74,7 +74,10 @@ impl Files {
             source,
         };
         if let Some(name) = duplicate_name(grants) {
-            let g = grants.iter().rfind(|g| g.name == name).unwrap_or(&grants[0]);
+            let g = grants
+                .iter()
+                .rfind(|g| g.name == name)
+                .unwrap_or(&grants[0]);
             return Err(error(
                 g,
                 std::io::Error::new(std::io::ErrorKind::AlreadyExists, "name given twice"),
@@ -110,6 +113,13 @@ impl Files {
             }
         }
         Ok(Files { files })
+    }
+
+    /// Files already open, by name (for the fuzz targets; [`Files::open`]
+    /// is the way to grant files).
+    #[doc(hidden)]
+    pub fn from_open(files: Vec<(String, File)>) -> Files {
+        Files { files }
     }
 
     /// The handle of the file called `name`, or `-ENOENT`.

@@ -20,6 +20,10 @@ pub const MAX_HEAP: u64 = 256 << 20;
 /// image, one vCPU's boot stack and heap, and the smallest heap share.
 pub const MIN_MEMORY: u64 = BOOT_REGION.1 + PAGE + BOOT_STACK_SIZE + HEAP_PER_VCPU + MIN_HEAP;
 
+/// The most guest memory dbos lays out: 1 TiB. (The boot page tables, in
+/// the 2 MiB boot region, could not map a much larger direct map anyway.)
+pub const MAX_MEMORY: u64 = 1 << 40;
+
 /// A guest-physical address range `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Range {
@@ -94,13 +98,17 @@ impl Layout {
             start: image.end,
             end: image.end + u64::from(vcpus) * BOOT_STACK_SIZE,
         };
-        let heap_len = align_up((memory / 8).clamp(MIN_HEAP, MAX_HEAP), PAGE)
-            + u64::from(vcpus) * HEAP_PER_VCPU;
+        // The program's share is an eighth of RAM within [MIN_HEAP, MAX_HEAP],
+        // less if that is what fits below the hole (but never below MIN_HEAP),
+        // so that the least memory that fits is exactly `required` below.
+        let per_vcpu = u64::from(vcpus) * HEAP_PER_VCPU;
+        let room = low_end.saturating_sub(stacks.end + per_vcpu) & !(PAGE - 1);
+        let share = align_up((memory / 8).clamp(MIN_HEAP, MAX_HEAP), PAGE).min(room);
         let heap = Range {
             start: stacks.end,
-            end: stacks.end + heap_len,
+            end: stacks.end + share.max(MIN_HEAP) + per_vcpu,
         };
-        if heap.end > low_end {
+        if share < MIN_HEAP || heap.end > low_end {
             // Boot data, image, stacks and heap all live below the hole.
             return Err(MemoryTooSmall {
                 requested: memory,
@@ -284,5 +292,10 @@ mod tests {
             "{err}"
         );
         assert!(MIN_MEMORY <= Layout::minimum_memory(&image(0x20_0000, 1), 1));
+        // The memory the error asks for is enough.
+        let l = Layout::plan(err.required, &image(0x20_0000, 0x1000), 64).unwrap();
+        assert_eq!(l.heap.end, err.required);
+        assert_eq!(l.heap.len(), MIN_HEAP + 64 * HEAP_PER_VCPU);
+        assert!(Layout::plan(err.required - PAGE, &image(0x20_0000, 0x1000), 64).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! `dbos`: the command-line front end of the hypervisor.
 
 use clap::{Parser, Subcommand};
-use dbos_hypervisor::layout::{MIN_MEMORY, PAGE};
+use dbos_hypervisor::layout::{MAX_MEMORY, MIN_MEMORY, PAGE};
 use dbos_hypervisor::report::{
     STATUS_BAD_EXIT, STATUS_CRASH, STATUS_PANIC, STATUS_SETUP, STATUS_TIMED_OUT, STATUS_USAGE,
 };
@@ -14,16 +14,7 @@ use std::process::ExitCode;
     name = "dbos",
     version,
     about = "Run a database in guest ring 0 on top of libdbos, under KVM",
-    after_help = format!(
-        "Exit status: the guest's own exit status when it exits normally; \
-         {STATUS_PANIC} when the guest panics; {STATUS_CRASH} when it crashes (unhandled \
-         exception, bad hypercall, triple fault, emulation failure, unknown I/O port); \
-         {STATUS_BAD_EXIT} when its exit status does not fit 8 bits; {STATUS_TIMED_OUT} when it \
-         is stopped at --time-limit; {STATUS_SETUP} when the VM cannot be set up (no KVM, \
-         unreadable or invalid image, memory too small for the image and vCPUs or more than \
-         the host can provide, a --file or --disk that cannot be opened); {STATUS_USAGE} for a \
-         usage error. A guest that itself exits with one of these statuses is named on stderr."
-    )
+    after_help = exit_statuses()
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,7 +28,22 @@ enum Command {
     /// Guest console lines are printed on stdout, prefixed by the vCPU that
     /// wrote them ("[vcpu0] ..."); how the guest stopped, and VM-exit counts,
     /// go to stderr.
+    #[command(after_help = exit_statuses())]
     Run(RunArgs),
+}
+
+/// The exit statuses, for `--help`.
+fn exit_statuses() -> String {
+    format!(
+        "Exit status: the guest's own exit status when it exits normally; \
+         {STATUS_PANIC} when the guest panics; {STATUS_CRASH} when it crashes (unhandled \
+         exception, bad hypercall, triple fault, emulation failure, unknown I/O port); \
+         {STATUS_BAD_EXIT} when its exit status does not fit 8 bits; {STATUS_TIMED_OUT} when it \
+         is stopped at --time-limit; {STATUS_SETUP} when the VM cannot be set up (no KVM, \
+         unreadable or invalid image, memory too small for the image and vCPUs or more than \
+         the host can provide, a --file or --disk that cannot be opened); {STATUS_USAGE} for a \
+         usage error. A guest that itself exits with one of these statuses is named on stderr."
+    )
 }
 
 #[derive(clap::Args)]
@@ -108,6 +114,12 @@ fn parse_memory(text: &str) -> Result<u64, String> {
     let size = parse_size(text)?;
     if !size.is_multiple_of(PAGE) {
         return Err(format!("{size} bytes is not a multiple of 4 KiB"));
+    }
+    if size > MAX_MEMORY {
+        return Err(format!(
+            "{size} bytes is more than the {}G dbos can lay out",
+            MAX_MEMORY >> 30
+        ));
     }
     if size < MIN_MEMORY {
         return Err(format!(
@@ -212,8 +224,11 @@ mod tests {
     #[test]
     fn memory_sizes() {
         assert_eq!(parse_memory("64M"), Ok(64 << 20));
-        assert!(parse_memory("1K").unwrap_err().contains("not a multiple of 4 KiB"));
+        assert!(parse_memory("1K")
+            .unwrap_err()
+            .contains("not a multiple of 4 KiB"));
         assert!(parse_memory("4K").unwrap_err().contains("any guest needs"));
+        assert!(parse_memory("1025G").unwrap_err().contains("can lay out"));
         assert!(parse_memory("lots").unwrap_err().contains("is not a size"));
         // The figure `--help` gives.
         assert_eq!(super::MIN_MEMORY, 4356 << 10);

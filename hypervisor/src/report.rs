@@ -484,9 +484,18 @@ mod tests {
         let parts = a.breakdown();
         assert_eq!(parts.len(), Hypercall::ALL.len() + OtherExit::ALL.len());
         assert_eq!(parts.iter().map(|(_, n)| n).sum::<u64>(), a.total);
-        assert_eq!(a.total, (Hypercall::ALL.len() + 1 + OtherExit::ALL.len()) as u64);
-        assert!(a.to_string().starts_with("Console 2, Exit 1, Panic 1, "), "{a}");
-        assert!(a.to_string().ends_with("KVM internal error 1, other 1"), "{a}");
+        assert_eq!(
+            a.total,
+            (Hypercall::ALL.len() + 1 + OtherExit::ALL.len()) as u64
+        );
+        assert!(
+            a.to_string().starts_with("Console 2, Exit 1, Panic 1, "),
+            "{a}"
+        );
+        assert!(
+            a.to_string().ends_with("KVM internal error 1, other 1"),
+            "{a}"
+        );
     }
 
     #[test]
@@ -503,7 +512,10 @@ mod tests {
             );
         }
         for status in [0, 3, 42, 100, 105, 255, 257] {
-            assert_eq!(GuestExit::Exited { vcpu: 0, status }.status_collision(), None);
+            assert_eq!(
+                GuestExit::Exited { vcpu: 0, status }.status_collision(),
+                None
+            );
         }
         let panic = GuestExit::TimedOut {
             limit: Duration::from_secs(1),

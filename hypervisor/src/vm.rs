@@ -6,7 +6,7 @@ use crate::console::Console;
 use crate::disk::{Disk, DiskConfig, DiskError};
 use crate::elf::{ElfError, Image};
 use crate::files::{FileGrant, FileOpenError, Files};
-use crate::layout::{Layout, MemoryTooSmall, PAGE};
+use crate::layout::{Layout, MemoryTooSmall, MAX_MEMORY, PAGE};
 use crate::memory::{GuestRam, MemoryError};
 use crate::report::{ExitCounts, GuestExit, RunReport};
 use crate::vcpu;
@@ -110,7 +110,11 @@ pub enum VmError {
          here (the guest memory, at most the {IMAGE_PHYS_MAX}-byte image window)",
         .path.display()
     )]
-    ImageTooLarge { path: PathBuf, size: u64, limit: u64 },
+    ImageTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error(
         "guest memory of {requested} bytes is more than this host can provide: \
          {provided} bytes ({what})"
@@ -207,9 +211,9 @@ impl Vm {
                 config.vcpus
             )));
         }
-        if !config.memory.is_multiple_of(PAGE) {
+        if !config.memory.is_multiple_of(PAGE) || config.memory > MAX_MEMORY {
             return Err(VmError::Config(format!(
-                "memory size {} is not a multiple of 4 KiB",
+                "memory size {} is not a multiple of 4 KiB of at most {MAX_MEMORY} bytes",
                 config.memory
             )));
         }
