@@ -93,7 +93,7 @@ pub fn hypercalls(data: &[u8]) {
         let hypercall = Hypercall::ALL[usize::from(call[0]) % Hypercall::ALL.len()];
         let vcpu = u32::from(call[1] & 1);
         let offset = u64::from(u16::from_le_bytes([call[2], call[3]]));
-        let block = match call[1] >> 1 & 3 {
+        let block = match (call[1] >> 1) & 3 {
             0 => LOW.start + offset,
             1 => HIGH.start + offset,
             2 => HIGH.start.wrapping_sub(offset),
@@ -117,7 +117,7 @@ pub fn elf(data: &[u8]) {
     }
     let vcpus = u32::from(data[0]) % dbos_abi::MAX_VCPUS + 1;
     let memory =
-        u64::from_le_bytes(data[1..9].try_into().expect("8 bytes")) % MAX_MEMORY & !(PAGE - 1);
+        (u64::from_le_bytes(data[1..9].try_into().expect("8 bytes")) % MAX_MEMORY) & !(PAGE - 1);
     let Ok(image) = Image::parse(&data[9..]) else {
         return;
     };
