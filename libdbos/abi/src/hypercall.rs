@@ -368,7 +368,8 @@ mod tests {
     fn layouts_are_stable() {
         assert_eq!(size_of::<GuestBuf>(), 16);
         assert_eq!(size_of::<PanicArgs>(), 40);
-        assert_eq!(size_of::<FaultArgs>(), 64);
+        // ABI 3: 64 bytes and the 15 general-purpose registers.
+        assert_eq!(size_of::<FaultArgs>(), 64 + 15 * 8);
         assert_eq!(size_of::<ClockArgs>(), 8);
         assert_eq!(size_of::<StatsArgs>(), 8);
         assert_eq!(size_of::<FileOpenArgs>(), 24);
