@@ -45,6 +45,12 @@ pub enum BootError {
     Memory(#[from] crate::memory::MemoryError),
 }
 
+/// Bytes the guest arguments take in the boot data (each with its NUL),
+/// to compare with [`MAX_ARGS_BYTES`].
+pub fn args_size(args: &[String]) -> usize {
+    args.iter().map(|a| a.len() + 1).sum()
+}
+
 /// Writes everything the guest needs at entry. Returns the PML4 address.
 pub fn write_boot_state(
     ram: &GuestRam,

@@ -1,6 +1,7 @@
 //! Guest console output: bytes from the console hypercall
 //! ([`Hypercall::Console`]), assembled into lines per vCPU and printed
-//! prefixed by the vCPU index (`[vcpu0] ...`).
+//! prefixed by the vCPU index (`[vcpu0] ...`). The guest cannot drive the
+//! terminal: every control character is printed escaped ([`escape`]).
 
 use crate::hypercall::{Outcome, Request, Service, MAX_CONSOLE_WRITE};
 use dbos_abi::{ConsoleArgs, Hypercall};
@@ -66,7 +67,7 @@ impl Console {
     }
 
     fn emit(&self, inner: &mut Inner, vcpu: u32, line: &[u8]) {
-        let text = format!("[vcpu{vcpu}] {}", String::from_utf8_lossy(line));
+        let text = format!("[vcpu{vcpu}] {}", escape(line, false));
         if self.echo {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{text}");
@@ -85,6 +86,32 @@ impl Console {
             .captured
             .clone()
     }
+}
+
+/// Guest bytes made safe for a terminal: valid UTF-8 printable text and tabs
+/// are kept as they are (and newlines, if `keep_newlines`); every other
+/// control character (C0, DEL, C1) is written as `\xNN` (below 0x80) or
+/// `\u{NN}`, and every byte that is not valid UTF-8 as `\xNN`. So a guest
+/// cannot move the cursor, clear the screen or overwrite a line with a
+/// carriage return.
+pub fn escape(bytes: &[u8], keep_newlines: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if !c.is_control() || c == '\t' || (keep_newlines && c == '\n') {
+                out.push(c);
+            } else if c.is_ascii() {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            } else {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
 }
 
 impl Service for Console {
@@ -112,5 +139,30 @@ mod tests {
             c.captured(),
             vec!["[vcpu1] other", "[vcpu0] hello", "[vcpu0] wor"]
         );
+    }
+
+    #[test]
+    fn control_bytes_are_escaped() {
+        let c = Console::new(1, false, true);
+        c.write(0, b"fake\rdbos: guest exited with status 0\n");
+        c.write(0, b"\x1b[2J\x1b]0;title\x07 clear\n");
+        c.write(
+            0,
+            b"tab\tkept, caf\xc3\xa9 \xe2\x9c\x93 kept, del \x7f nul \0\n",
+        );
+        c.write(0, b"bad utf-8 \xff\xfe, C1 CSI \xc2\x9b, cut \xe2\x9c\n");
+        c.write(0, b"backslash \\x1b stays text\n");
+        assert_eq!(
+            c.captured(),
+            vec![
+                "[vcpu0] fake\\x0ddbos: guest exited with status 0",
+                "[vcpu0] \\x1b[2J\\x1b]0;title\\x07 clear",
+                "[vcpu0] tab\tkept, café ✓ kept, del \\x7f nul \\x00",
+                "[vcpu0] bad utf-8 \\xff\\xfe, C1 CSI \\u{9b}, cut \\xe2\\x9c",
+                "[vcpu0] backslash \\x1b stays text",
+            ]
+        );
+        assert_eq!(escape(b"a\nb\rc", true), "a\nb\\x0dc");
+        assert_eq!(escape(b"a\nb", false), "a\\x0ab");
     }
 }

@@ -41,6 +41,7 @@ impl Service for Control<'_> {
                     rsp: args.rsp,
                     rflags: args.rflags,
                     reason: req.text("reason", args.reason)?,
+                    gprs: args.gprs,
                 }))
             }
             _ => {

@@ -62,28 +62,64 @@ fn errno(e: &std::io::Error) -> i64 {
 }
 
 impl Files {
-    /// Opens every granted file read-write, creating it if missing.
+    /// Opens every granted file read-write, creating it if missing. All or
+    /// nothing: the grants are checked first (no name twice), existing files
+    /// are opened before any missing one is created, and when anything fails
+    /// the files this call created are removed again, so a failed setup
+    /// leaves no new file behind.
     pub fn open(grants: &[FileGrant]) -> Result<Files, FileOpenError> {
-        let mut files = Vec::new();
+        let error = |g: &FileGrant, source| FileOpenError {
+            name: g.name.clone(),
+            path: g.path.clone(),
+            source,
+        };
+        if let Some(name) = duplicate_name(grants) {
+            let g = grants
+                .iter()
+                .rfind(|g| g.name == name)
+                .unwrap_or(&grants[0]);
+            return Err(error(
+                g,
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "name given twice"),
+            ));
+        }
+        // Existing files first: most failures (a directory, no permission)
+        // show up here, before anything is created.
+        let mut opened: Vec<Option<File>> = Vec::with_capacity(grants.len());
         for g in grants {
-            if files.iter().any(|(n, _): &(String, File)| *n == g.name) {
-                return Err(FileOpenError {
-                    name: g.name.clone(),
-                    path: g.path.clone(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::AlreadyExists,
-                        "name given twice",
-                    ),
-                });
+            match open_rw(&g.path, false) {
+                Ok(file) => opened.push(Some(file)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => opened.push(None),
+                Err(e) => return Err(error(g, e)),
             }
-            let file = open_rw(&g.path).map_err(|source| FileOpenError {
-                name: g.name.clone(),
-                path: g.path.clone(),
-                source,
-            })?;
-            files.push((g.name.clone(), file));
+        }
+        let mut created: Vec<&Path> = Vec::new();
+        let mut files = Vec::with_capacity(grants.len());
+        for (g, file) in grants.iter().zip(opened) {
+            let file = match file {
+                Some(file) => Ok(file),
+                None => open_rw(&g.path, true).inspect(|_| created.push(&g.path)),
+            };
+            match file {
+                Ok(file) => files.push((g.name.clone(), file)),
+                Err(e) => {
+                    for path in created {
+                        if let Err(e) = std::fs::remove_file(path) {
+                            log::warn!("cannot remove {} again: {e}", path.display());
+                        }
+                    }
+                    return Err(error(g, e));
+                }
+            }
         }
         Ok(Files { files })
+    }
+
+    /// Files already open, by name (for the fuzz targets; [`Files::open`]
+    /// is the way to grant files).
+    #[doc(hidden)]
+    pub fn from_open(files: Vec<(String, File)>) -> Files {
+        Files { files }
     }
 
     /// The handle of the file called `name`, or `-ENOENT`.
@@ -161,12 +197,22 @@ impl Files {
     }
 }
 
-fn open_rw(path: &Path) -> std::io::Result<File> {
+/// The first name granted more than once, if any.
+pub fn duplicate_name(grants: &[FileGrant]) -> Option<&str> {
+    grants
+        .iter()
+        .enumerate()
+        .find(|(i, g)| grants[..*i].iter().any(|h| h.name == g.name))
+        .map(|(_, g)| g.name.as_str())
+}
+
+/// Opens an existing file read-write, or creates a new one (`create`; it
+/// must not exist yet, so that what this call creates is known exactly).
+fn open_rw(path: &Path, create: bool) -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(false)
+        .create_new(create)
         .open(path)
 }
 
@@ -266,5 +312,39 @@ mod tests {
             },
         ]);
         assert!(twice.is_err());
+    }
+
+    #[test]
+    fn a_failed_setup_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let grant = |name: &str, file: &str| FileGrant {
+            name: name.into(),
+            path: dir.path().join(file),
+        };
+        // A name given twice: refused before anything is opened.
+        let err = Files::open(&[grant("a", "f1"), grant("a", "f2")]).unwrap_err();
+        assert_eq!(err.source.kind(), std::io::ErrorKind::AlreadyExists);
+        // A grant that cannot be opened (a directory), after one that would
+        // be created: the new file is not left behind.
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let err = Files::open(&[grant("a", "f1"), grant("b", "d")]).unwrap_err();
+        assert_eq!(err.name, "b");
+        // One that can only fail at creation (its directory is missing),
+        // after one that was created.
+        let err = Files::open(&[grant("a", "f1"), grant("b", "no/such/f")]).unwrap_err();
+        assert_eq!(err.source.kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "only the directory d"
+        );
+        // The path appears once in the message.
+        let msg = err.to_string();
+        assert_eq!(msg.matches("no/such/f").count(), 1, "{msg}");
+        assert_eq!(duplicate_name(&[grant("a", "1"), grant("b", "2")]), None);
+        assert_eq!(
+            duplicate_name(&[grant("a", "1"), grant("b", "2"), grant("b", "3")]),
+            Some("b")
+        );
     }
 }

@@ -72,6 +72,9 @@ pub enum Stop {
         rsp: u64,
         rflags: u64,
         reason: String,
+        /// The faulting context's general-purpose registers
+        /// (`dbos_abi::FAULT_GPR_NAMES`).
+        gprs: [u64; 15],
     },
 }
 
@@ -189,10 +192,12 @@ impl Request<'_> {
             .map_err(|_| self.bad_buffer(what, buf))
     }
 
-    /// A report text (panic message, file, fault reason), lossily UTF-8.
+    /// A report text (panic message, file, fault reason), escaped for the
+    /// terminal like console output ([`crate::console::escape`]; newlines
+    /// are kept).
     pub fn text(&self, what: &'static str, buf: GuestBuf) -> Result<String, HypercallError> {
         let bytes = self.buffer(what, buf, MAX_REPORT_TEXT)?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        Ok(crate::console::escape(&bytes, true))
     }
 }
 

@@ -3,17 +3,26 @@
 
 use crate::elf::Image;
 use dbos_abi::{
-    MemoryKind, MemoryRegion, BOOT_REGION, BOOT_STACK_SIZE, HIGH_RAM_START, LOW_RAM_END,
-    MAX_MEMORY_REGIONS,
+    MemoryKind, MemoryRegion, BOOT_REGION, BOOT_STACK_SIZE, HEAP_PER_VCPU, HIGH_RAM_START,
+    LOW_RAM_END, MAX_MEMORY_REGIONS,
 };
 
 /// A 4 KiB page, the unit of the layout.
 pub const PAGE: u64 = dbos_abi::PAGE_SIZE;
 
-/// Smallest and largest heap the layout gives the guest; in between it is
-/// one eighth of RAM.
+/// Smallest and largest heap share the layout gives the guest program; in
+/// between it is one eighth of RAM. The heap region is this share plus
+/// [`HEAP_PER_VCPU`] bytes per vCPU, which the guest library takes at boot.
 pub const MIN_HEAP: u64 = 2 << 20;
 pub const MAX_HEAP: u64 = 256 << 20;
+
+/// The least guest memory any image can run in: boot data, a one-page
+/// image, one vCPU's boot stack and heap, and the smallest heap share.
+pub const MIN_MEMORY: u64 = BOOT_REGION.1 + PAGE + BOOT_STACK_SIZE + HEAP_PER_VCPU + MIN_HEAP;
+
+/// The most guest memory dbos lays out: 1 TiB. (The boot page tables, in
+/// the 2 MiB boot region, could not map a much larger direct map anyway.)
+pub const MAX_MEMORY: u64 = 1 << 40;
 
 /// A guest-physical address range `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,8 +55,9 @@ pub struct Layout {
 /// The requested memory cannot hold the image, boot stacks and heap.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "guest memory too small: {requested} bytes requested, at least {required} bytes needed \
-     for boot data, the image, {vcpus} boot stack(s) and a {MIN_HEAP}-byte heap"
+    "guest memory too small for {vcpus} vCPU(s) (need {required} bytes, {requested} requested): \
+     boot data, the image, per vCPU a {BOOT_STACK_SIZE}-byte boot stack and {HEAP_PER_VCPU} \
+     bytes of heap, and a {MIN_HEAP}-byte heap for the program"
 )]
 pub struct MemoryTooSmall {
     pub requested: u64,
@@ -88,16 +98,21 @@ impl Layout {
             start: image.end,
             end: image.end + u64::from(vcpus) * BOOT_STACK_SIZE,
         };
-        let heap_len = align_up((memory / 8).clamp(MIN_HEAP, MAX_HEAP), PAGE);
+        // The program's share is an eighth of RAM within [MIN_HEAP, MAX_HEAP],
+        // less if that is what fits below the hole (but never below MIN_HEAP),
+        // so that the least memory that fits is exactly `required` below.
+        let per_vcpu = u64::from(vcpus) * HEAP_PER_VCPU;
+        let room = low_end.saturating_sub(stacks.end + per_vcpu) & !(PAGE - 1);
+        let share = align_up((memory / 8).clamp(MIN_HEAP, MAX_HEAP), PAGE).min(room);
         let heap = Range {
             start: stacks.end,
-            end: stacks.end + heap_len,
+            end: stacks.end + share.max(MIN_HEAP) + per_vcpu,
         };
-        if heap.end > low_end {
+        if share < MIN_HEAP || heap.end > low_end {
             // Boot data, image, stacks and heap all live below the hole.
             return Err(MemoryTooSmall {
                 requested: memory,
-                required: stacks.end + MIN_HEAP,
+                required: stacks.end + MIN_HEAP + u64::from(vcpus) * HEAP_PER_VCPU,
                 vcpus,
             });
         }
@@ -122,10 +137,13 @@ impl Layout {
         })
     }
 
-    /// The least memory any layout of `image` with `vcpus` boot stacks needs,
-    /// were the image packed at the lowest load address.
+    /// The least memory any layout of `image` with `vcpus` vCPUs needs, were
+    /// the image packed at the lowest load address.
     pub fn minimum_memory(image: &Image, vcpus: u32) -> u64 {
-        BOOT_REGION.1 + image.packed_size() + u64::from(vcpus) * BOOT_STACK_SIZE + MIN_HEAP
+        BOOT_REGION.1
+            + image.packed_size()
+            + u64::from(vcpus) * (BOOT_STACK_SIZE + HEAP_PER_VCPU)
+            + MIN_HEAP
     }
 
     /// Total RAM bytes.
@@ -214,7 +232,7 @@ mod tests {
             l.heap,
             Range {
                 start: 0x23_3000,
-                end: 0x23_3000 + (8 << 20)
+                end: 0x23_3000 + (8 << 20) + 2 * HEAP_PER_VCPU
             }
         );
         assert_eq!(
@@ -241,7 +259,7 @@ mod tests {
             }
         );
         assert_eq!(l.ram_bytes(), 4 << 30);
-        assert_eq!(l.heap.len(), MAX_HEAP);
+        assert_eq!(l.heap.len(), MAX_HEAP + HEAP_PER_VCPU);
         assert_eq!(l.usable.len(), 2);
     }
 
@@ -249,6 +267,35 @@ mod tests {
     fn too_small() {
         let err = Layout::plan(3 << 20, &image(0x20_0000, 0x10_0000), 1).unwrap_err();
         assert_eq!(err.requested, 3 << 20);
-        assert_eq!(err.required, 0x30_0000 + BOOT_STACK_SIZE + MIN_HEAP);
+        assert_eq!(
+            err.required,
+            0x30_0000 + BOOT_STACK_SIZE + MIN_HEAP + HEAP_PER_VCPU
+        );
+    }
+
+    #[test]
+    fn the_heap_grows_with_the_vcpus() {
+        // 32 MiB: a 4 MiB share for the program, whatever the vCPU count.
+        for vcpus in [1, 16, 64] {
+            let l = Layout::plan(32 << 20, &image(0x20_0000, 0x1000), vcpus).unwrap();
+            assert_eq!(
+                l.heap.len(),
+                (4 << 20) + u64::from(vcpus) * HEAP_PER_VCPU,
+                "{vcpus} vCPUs"
+            );
+        }
+        let err = Layout::plan(16 << 20, &image(0x20_0000, 0x1000), 64).unwrap_err();
+        assert_eq!(err.vcpus, 64);
+        assert!(
+            err.to_string()
+                .starts_with("guest memory too small for 64 vCPU(s) (need "),
+            "{err}"
+        );
+        assert!(MIN_MEMORY <= Layout::minimum_memory(&image(0x20_0000, 1), 1));
+        // The memory the error asks for is enough.
+        let l = Layout::plan(err.required, &image(0x20_0000, 0x1000), 64).unwrap();
+        assert_eq!(l.heap.end, err.required);
+        assert_eq!(l.heap.len(), MIN_HEAP + 64 * HEAP_PER_VCPU);
+        assert!(Layout::plan(err.required - PAGE, &image(0x20_0000, 0x1000), 64).is_err());
     }
 }

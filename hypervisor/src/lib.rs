@@ -18,6 +18,8 @@ pub mod control;
 pub mod disk;
 pub mod elf;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hypercall;
 pub mod layout;
 pub mod memory;

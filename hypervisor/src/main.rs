@@ -1,27 +1,20 @@
 //! `dbos`: the command-line front end of the hypervisor.
 
 use clap::{Parser, Subcommand};
-use dbos_hypervisor::report::{STATUS_BAD_EXIT, STATUS_CRASH, STATUS_PANIC, STATUS_TIMED_OUT};
+use dbos_hypervisor::layout::{MAX_MEMORY, MIN_MEMORY, PAGE};
+use dbos_hypervisor::report::{
+    STATUS_BAD_EXIT, STATUS_CRASH, STATUS_PANIC, STATUS_SETUP, STATUS_TIMED_OUT, STATUS_USAGE,
+};
 use dbos_hypervisor::{Vm, VmConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// Exit status when the VM could not be set up (bad arguments, no KVM,
-/// unreadable or invalid image, memory too small).
-const STATUS_SETUP: u8 = 1;
 
 #[derive(Parser)]
 #[command(
     name = "dbos",
     version,
     about = "Run a database in guest ring 0 on top of libdbos, under KVM",
-    after_help = format!(
-        "Exit status: the guest's own exit status when it exits normally; \
-         {STATUS_PANIC} when the guest panics; {STATUS_CRASH} when it crashes (unhandled \
-         exception, bad hypercall, triple fault, emulation failure); {STATUS_BAD_EXIT} when \
-         its exit status does not fit 8 bits; {STATUS_TIMED_OUT} when it is stopped at \
-         --time-limit; {STATUS_SETUP} when the VM cannot be set up; 2 for a usage error."
-    )
+    after_help = exit_statuses()
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,7 +28,22 @@ enum Command {
     /// Guest console lines are printed on stdout, prefixed by the vCPU that
     /// wrote them ("[vcpu0] ..."); how the guest stopped, and VM-exit counts,
     /// go to stderr.
+    #[command(after_help = exit_statuses())]
     Run(RunArgs),
+}
+
+/// The exit statuses, for `--help`.
+fn exit_statuses() -> String {
+    format!(
+        "Exit status: the guest's own exit status when it exits normally; \
+         {STATUS_PANIC} when the guest panics; {STATUS_CRASH} when it crashes (unhandled \
+         exception, bad hypercall, triple fault, emulation failure, unknown I/O port); \
+         {STATUS_BAD_EXIT} when its exit status does not fit 8 bits; {STATUS_TIMED_OUT} when it \
+         is stopped at --time-limit; {STATUS_SETUP} when the VM cannot be set up (no KVM, \
+         unreadable or invalid image, memory too small for the image and vCPUs or more than \
+         the host can provide, a --file or --disk that cannot be opened); {STATUS_USAGE} for a \
+         usage error. A guest that itself exits with one of these statuses is named on stderr."
+    )
 }
 
 #[derive(clap::Args)]
@@ -45,12 +53,18 @@ struct RunArgs {
     guest: PathBuf,
 
     /// Number of vCPUs to start, each directly in 64-bit ring 0 (1 to 64).
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(dbos_abi::MAX_VCPUS))
+    )]
     vcpus: u32,
 
     /// Guest RAM, in bytes or with a K, M or G suffix (binary units), a
-    /// multiple of 4 KiB.
-    #[arg(long, default_value = "128M", value_parser = parse_size, value_name = "SIZE")]
+    /// multiple of 4 KiB, at least 4356K (the smallest guest with one vCPU)
+    /// and at most the host's RAM plus swap.
+    #[arg(long, default_value = "128M", value_parser = parse_memory, value_name = "SIZE")]
     memory: u64,
 
     /// The KVM device to use.
@@ -84,13 +98,36 @@ struct RunArgs {
     #[arg(long, value_name = "SECONDS")]
     time_limit: Option<f64>,
 
-    /// Print how many VM exits the run took, by kind, on stderr.
+    /// Print how many VM exits the run took on stderr, by kind (each
+    /// hypercall, and every other exit reason), with the run time.
     #[arg(long)]
     stats: bool,
 
     /// Arguments passed to the guest (after `--`).
     #[arg(last = true, value_name = "GUEST ARGS")]
     args: Vec<String>,
+}
+
+/// Parses a guest memory size: a size, a multiple of 4 KiB, at least
+/// [`MIN_MEMORY`] (what the smallest image with one vCPU needs).
+fn parse_memory(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    if !size.is_multiple_of(PAGE) {
+        return Err(format!("{size} bytes is not a multiple of 4 KiB"));
+    }
+    if size > MAX_MEMORY {
+        return Err(format!(
+            "{size} bytes is more than the {}G dbos can lay out",
+            MAX_MEMORY >> 30
+        ));
+    }
+    if size < MIN_MEMORY {
+        return Err(format!(
+            "{size} bytes is less than the {MIN_MEMORY} bytes ({}K) any guest needs",
+            MIN_MEMORY >> 10
+        ));
+    }
+    Ok(size)
 }
 
 /// Parses "4096", "64K", "128M", "2G" (binary units).
@@ -117,7 +154,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Reports a usage error found after parsing, as clap reports its own.
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("dbos: error: {message}\n\nFor more information, try 'dbos run --help'.");
+    ExitCode::from(STATUS_USAGE)
+}
+
 fn run(args: RunArgs) -> ExitCode {
+    if let Some(name) = dbos_hypervisor::files::duplicate_name(&args.files) {
+        return usage_error(&format!("--file name {name:?} is given more than once"));
+    }
+    let arg_bytes = dbos_hypervisor::boot::args_size(&args.args);
+    if arg_bytes > dbos_abi::MAX_ARGS_BYTES {
+        return usage_error(&format!(
+            "the guest arguments take {arg_bytes} bytes (each with a NUL), more than the \
+             {}-byte limit",
+            dbos_abi::MAX_ARGS_BYTES
+        ));
+    }
     let config = VmConfig {
         vcpus: args.vcpus,
         memory: args.memory,
@@ -127,8 +181,7 @@ fn run(args: RunArgs) -> ExitCode {
         time_limit: match args.time_limit.map(std::time::Duration::try_from_secs_f64) {
             Some(Ok(limit)) => Some(limit),
             Some(Err(_)) => {
-                eprintln!("dbos: error: --time-limit must be a non-negative number of seconds");
-                return ExitCode::from(2);
+                return usage_error("--time-limit must be a non-negative number of seconds");
             }
             None => None,
         },
@@ -150,14 +203,15 @@ fn run(args: RunArgs) -> ExitCode {
     if !report.exit.is_exit() || args.stats {
         eprintln!("dbos: {}", report.exit);
     }
+    if let Some(note) = report.exit.status_collision() {
+        eprintln!("dbos: {note}");
+    }
     if args.stats {
         eprintln!(
-            "dbos: {} VM exits in {:.3} ms ({} console, {} clock, {} exit hypercalls)",
+            "dbos: {} VM exits in {:.3} ms: {}",
             report.exits.total,
             report.elapsed.as_secs_f64() * 1e3,
-            report.exits.hypercall(dbos_abi::Hypercall::Console),
-            report.exits.hypercall(dbos_abi::Hypercall::Clock),
-            report.exits.hypercall(dbos_abi::Hypercall::Exit),
+            report.exits
         );
     }
     ExitCode::from(report.exit.process_status())
@@ -165,7 +219,20 @@ fn run(args: RunArgs) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_memory, parse_size};
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("64M"), Ok(64 << 20));
+        assert!(parse_memory("1K")
+            .unwrap_err()
+            .contains("not a multiple of 4 KiB"));
+        assert!(parse_memory("4K").unwrap_err().contains("any guest needs"));
+        assert!(parse_memory("1025G").unwrap_err().contains("can lay out"));
+        assert!(parse_memory("lots").unwrap_err().contains("is not a size"));
+        // The figure `--help` gives.
+        assert_eq!(super::MIN_MEMORY, 4356 << 10);
+    }
 
     #[test]
     fn sizes() {

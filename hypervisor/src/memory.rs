@@ -114,9 +114,68 @@ impl GuestRam {
     }
 }
 
+/// How much memory the host has, from `/proc/meminfo`.
+///
+/// "What the host can provide" is its RAM plus its swap (`MemTotal` +
+/// `SwapTotal`): guest RAM is mapped lazily (`MAP_NORESERVE`) and a guest
+/// touches only what it uses, so a VM larger than the memory free at the
+/// moment (`MemAvailable`, which moves with every other process and the page
+/// cache) may well run; but one larger than RAM and swap together can never
+/// be backed, and touching it would end in the OOM killer. A cgroup's memory
+/// limit is not taken into account.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostMemory {
+    /// `MemTotal`, bytes.
+    pub total: Option<u64>,
+    /// `SwapTotal`, bytes.
+    pub swap: Option<u64>,
+}
+
+impl HostMemory {
+    /// Reads `/proc/meminfo`; unknown values stay `None`.
+    pub fn read() -> HostMemory {
+        std::fs::read_to_string("/proc/meminfo")
+            .map(|text| HostMemory::parse(&text))
+            .unwrap_or_default()
+    }
+
+    /// Parses the text of `/proc/meminfo` ("MemTotal:  24684092 kB").
+    pub fn parse(text: &str) -> HostMemory {
+        let field = |key: &str| {
+            text.lines().find_map(|line| {
+                let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+                let kib: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;
+                kib.checked_mul(1024)
+            })
+        };
+        HostMemory {
+            total: field("MemTotal"),
+            swap: field("SwapTotal"),
+        }
+    }
+
+    /// The most guest memory the host can provide, when known.
+    pub fn provides(&self) -> Option<u64> {
+        self.total?.checked_add(self.swap.unwrap_or(0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_memory_from_meminfo() {
+        let host = HostMemory::parse(
+            "MemTotal:       24684092 kB\nMemFree:        21135272 kB\n\
+             MemAvailable:   24087232 kB\nSwapTotal:       1048576 kB\n",
+        );
+        assert_eq!(host.total, Some(24684092 << 10));
+        assert_eq!(host.swap, Some(1 << 30));
+        assert_eq!(host.provides(), Some((24684092 << 10) + (1 << 30)));
+        assert_eq!(HostMemory::parse("garbage").provides(), None);
+        assert!(HostMemory::read().provides().is_some_and(|b| b > 0));
+    }
 
     #[test]
     fn bounds_are_enforced() {

@@ -15,6 +15,22 @@ pub const STATUS_CRASH: u8 = 102;
 pub const STATUS_BAD_EXIT: u8 = 103;
 /// Process exit status for a guest stopped at its time limit.
 pub const STATUS_TIMED_OUT: u8 = 104;
+/// Process exit status when the VM cannot be set up (no KVM, unreadable or
+/// invalid image, memory too small or larger than the host can provide, a
+/// host file or disk that cannot be opened).
+pub const STATUS_SETUP: u8 = 1;
+/// Process exit status for a usage error (a bad or inconsistent option).
+pub const STATUS_USAGE: u8 = 2;
+
+/// dbos's own process exit statuses and what each means.
+pub const DBOS_STATUSES: [(u8, &str); 6] = [
+    (STATUS_SETUP, "a VM that cannot be set up"),
+    (STATUS_USAGE, "a usage error"),
+    (STATUS_PANIC, "a guest panic"),
+    (STATUS_CRASH, "a guest crash"),
+    (STATUS_BAD_EXIT, "an exit status that does not fit 8 bits"),
+    (STATUS_TIMED_OUT, "a guest stopped at its time limit"),
+];
 
 /// How the guest stopped.
 #[derive(Clone, Debug)]
@@ -38,6 +54,9 @@ pub enum GuestExit {
         cr2: u64,
         rsp: u64,
         reason: String,
+        /// The faulting context's registers: those the guest reported, with
+        /// the control registers of the vCPU.
+        regs: Option<RegisterDump>,
     },
     /// A hypercall with a bad argument.
     BadHypercall {
@@ -77,8 +96,9 @@ impl GuestExit {
                 rip,
                 cr2,
                 rsp,
+                rflags,
                 reason,
-                ..
+                gprs,
             } => GuestExit::UnhandledException {
                 vcpu,
                 vector,
@@ -87,15 +107,41 @@ impl GuestExit {
                 cr2,
                 rsp,
                 reason,
+                regs: Some(RegisterDump {
+                    rip,
+                    rsp,
+                    rflags,
+                    gprs: std::array::from_fn(|i| (dbos_abi::FAULT_GPR_NAMES[i], gprs[i])),
+                    cr0: 0,
+                    cr2,
+                    cr3: 0,
+                    cr4: 0,
+                    efer: 0,
+                }),
             },
         }
     }
 
+    /// Completes the report with vCPU `index`'s registers, read when it
+    /// stopped. For an unhandled exception the guest reported the faulting
+    /// context's registers itself (the vCPU is in the handler by then); only
+    /// the control registers, which the handler did not change, come from
+    /// the vCPU.
     pub(crate) fn attach_registers(&mut self, index: u32, dump: Option<RegisterDump>) {
         match self {
             GuestExit::BadHypercall { vcpu, regs, .. } | GuestExit::Crashed { vcpu, regs, .. } => {
                 *vcpu = index;
                 *regs = dump;
+            }
+            GuestExit::UnhandledException {
+                regs: Some(regs), ..
+            } => {
+                if let Some(vcpu) = dump {
+                    regs.cr0 = vcpu.cr0;
+                    regs.cr3 = vcpu.cr3;
+                    regs.cr4 = vcpu.cr4;
+                    regs.efer = vcpu.efer;
+                }
             }
             _ => {}
         }
@@ -115,6 +161,20 @@ impl GuestExit {
     /// Whether the guest stopped by calling exit.
     pub fn is_exit(&self) -> bool {
         matches!(self, GuestExit::Exited { .. })
+    }
+
+    /// When the guest exited with a status that dbos also uses for an outcome
+    /// of its own, one line that says the guest chose it.
+    pub fn status_collision(&self) -> Option<String> {
+        let GuestExit::Exited { status, .. } = self else {
+            return None;
+        };
+        let (code, meaning) = DBOS_STATUSES
+            .iter()
+            .find(|(code, _)| u32::from(*code) == *status)?;
+        Some(format!(
+            "exit status {code} was chosen by the guest (dbos itself uses {code} for {meaning})"
+        ))
     }
 }
 
@@ -151,12 +211,20 @@ impl fmt::Display for GuestExit {
                 cr2,
                 rsp,
                 reason,
-            } => write!(
-                f,
-                "guest stopped on vCPU {vcpu}: unhandled exception {} (vector {vector}), \
-                 error code {error_code:#x}, RIP {rip:#x}, CR2 {cr2:#x}, RSP {rsp:#x}: {reason}",
-                exception_name(*vector)
-            ),
+                regs,
+            } => {
+                write!(
+                    f,
+                    "guest stopped on vCPU {vcpu}: unhandled exception {} (vector {vector}), \
+                     error code {error_code:#x}, RIP {rip:#x}, CR2 {cr2:#x}, RSP {rsp:#x}: \
+                     {reason}",
+                    exception_name(*vector)
+                )?;
+                if let Some(r) = regs {
+                    write!(f, "\n{r}")?;
+                }
+                Ok(())
+            }
             GuestExit::BadHypercall { vcpu, error, regs } => {
                 write!(f, "guest stopped on vCPU {vcpu}: bad {error}")?;
                 if let Some(r) = regs {
@@ -252,19 +320,90 @@ impl fmt::Display for RegisterDump {
     }
 }
 
-/// VM exits counted by the VMM.
+/// A VM exit that is not a hypercall, by reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtherExit {
+    /// An `out` to a port that is not a hypercall.
+    UnknownPortOut,
+    /// An `in` from any port.
+    PortIn,
+    /// An MMIO read or write (there are no MMIO devices).
+    Mmio,
+    /// A triple fault (`KVM_EXIT_SHUTDOWN`).
+    Shutdown,
+    /// `hlt` with no way to wake.
+    Hlt,
+    /// `KVM_EXIT_FAIL_ENTRY`.
+    FailEntry,
+    /// `KVM_EXIT_INTERNAL_ERROR` (such as an emulation failure).
+    InternalError,
+    /// Any other exit reason.
+    Other,
+}
+
+impl OtherExit {
+    /// Every reason, in the order of the breakdown.
+    pub const ALL: [OtherExit; 8] = [
+        OtherExit::UnknownPortOut,
+        OtherExit::PortIn,
+        OtherExit::Mmio,
+        OtherExit::Shutdown,
+        OtherExit::Hlt,
+        OtherExit::FailEntry,
+        OtherExit::InternalError,
+        OtherExit::Other,
+    ];
+
+    /// How the `--stats` breakdown names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OtherExit::UnknownPortOut => "unknown-port out",
+            OtherExit::PortIn => "port in",
+            OtherExit::Mmio => "MMIO",
+            OtherExit::Shutdown => "triple fault",
+            OtherExit::Hlt => "hlt",
+            OtherExit::FailEntry => "failed entry",
+            OtherExit::InternalError => "KVM internal error",
+            OtherExit::Other => "other",
+        }
+    }
+}
+
+/// Why one VM exit happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitKind {
+    Hypercall(Hypercall),
+    Other(OtherExit),
+}
+
+/// VM exits counted by the VMM: every exit is counted once in `total` and
+/// once under its kind, so the kinds always sum to the total.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitCounts {
     /// Every return from `KVM_RUN` with an exit (not counting signal kicks).
     pub total: u64,
     /// Hypercall exits by call number.
     pub hypercalls: [u64; Hypercall::ALL.len()],
+    /// Other exits, indexed by [`OtherExit`].
+    pub others: [u64; OtherExit::ALL.len()],
 }
 
 impl ExitCounts {
+    /// Counts one exit.
+    pub fn record(&mut self, kind: ExitKind) {
+        self.total += 1;
+        match kind {
+            ExitKind::Hypercall(call) => self.hypercalls[call as usize] += 1,
+            ExitKind::Other(reason) => self.others[reason as usize] += 1,
+        }
+    }
+
     pub fn add(&mut self, other: &ExitCounts) {
         self.total += other.total;
         for (a, b) in self.hypercalls.iter_mut().zip(other.hypercalls) {
+            *a += b;
+        }
+        for (a, b) in self.others.iter_mut().zip(other.others) {
             *a += b;
         }
     }
@@ -272,6 +411,40 @@ impl ExitCounts {
     /// Hypercall exits of one kind.
     pub fn hypercall(&self, call: Hypercall) -> u64 {
         self.hypercalls[call as usize]
+    }
+
+    /// Exits of one other reason.
+    pub fn other(&self, reason: OtherExit) -> u64 {
+        self.others[reason as usize]
+    }
+
+    /// Every kind with a non-zero count, hypercalls first (by name), then
+    /// the other reasons; the counts sum to [`ExitCounts::total`].
+    pub fn breakdown(&self) -> Vec<(&'static str, u64)> {
+        let calls = Hypercall::ALL
+            .iter()
+            .map(|&call| (call.name(), self.hypercall(call)));
+        let others = OtherExit::ALL
+            .iter()
+            .map(|&reason| (reason.name(), self.other(reason)));
+        calls.chain(others).filter(|&(_, n)| n > 0).collect()
+    }
+}
+
+/// The breakdown, as `--stats` prints it: "Console 2, Exit 1" (or "none").
+impl fmt::Display for ExitCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts = self.breakdown();
+        if parts.is_empty() {
+            return write!(f, "none");
+        }
+        for (i, (name, n)) in parts.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{name} {n}")?;
+        }
+        Ok(())
     }
 }
 
@@ -289,4 +462,64 @@ pub struct RunReport {
     pub console: Vec<String>,
     /// The disk poller's counters, when the VM had a disk.
     pub disk: Option<dbos_nvme::host::PollerStats>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breakdown_sums_to_the_total() {
+        let mut a = ExitCounts::default();
+        assert_eq!(a.to_string(), "none");
+        for call in Hypercall::ALL {
+            a.record(ExitKind::Hypercall(*call));
+        }
+        a.record(ExitKind::Hypercall(Hypercall::Console));
+        let mut b = ExitCounts::default();
+        for reason in OtherExit::ALL {
+            b.record(ExitKind::Other(reason));
+        }
+        a.add(&b);
+        let parts = a.breakdown();
+        assert_eq!(parts.len(), Hypercall::ALL.len() + OtherExit::ALL.len());
+        assert_eq!(parts.iter().map(|(_, n)| n).sum::<u64>(), a.total);
+        assert_eq!(
+            a.total,
+            (Hypercall::ALL.len() + 1 + OtherExit::ALL.len()) as u64
+        );
+        assert!(
+            a.to_string().starts_with("Console 2, Exit 1, Panic 1, "),
+            "{a}"
+        );
+        assert!(
+            a.to_string().ends_with("KVM internal error 1, other 1"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn statuses_dbos_uses_are_attributed_to_the_guest() {
+        for (code, _) in DBOS_STATUSES {
+            let exit = GuestExit::Exited {
+                vcpu: 0,
+                status: u32::from(code),
+            };
+            let note = exit.status_collision().unwrap();
+            assert!(
+                note.starts_with(&format!("exit status {code} was chosen by the guest")),
+                "{note}"
+            );
+        }
+        for status in [0, 3, 42, 100, 105, 255, 257] {
+            assert_eq!(
+                GuestExit::Exited { vcpu: 0, status }.status_collision(),
+                None
+            );
+        }
+        let panic = GuestExit::TimedOut {
+            limit: Duration::from_secs(1),
+        };
+        assert_eq!(panic.status_collision(), None);
+    }
 }

@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::control::Control;
 use crate::disk::DiskService;
 use crate::hypercall::{self, Outcome};
-use crate::report::{ExitCounts, GuestExit, RegisterDump};
+use crate::report::{ExitCounts, ExitKind, GuestExit, OtherExit, RegisterDump};
 use crate::vm::Shared;
 use dbos_abi::{Hypercall, DIRECT_MAP_BASE};
 use kvm_bindings::{kvm_mp_state, kvm_segment, CpuId, KVM_MP_STATE_RUNNABLE};
@@ -145,12 +145,11 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
         }
         let next = match vcpu.run() {
             Ok(exit) => {
-                counts.total += 1;
                 shared.exits.fetch_add(1, Ordering::Relaxed);
+                counts.record(exit_kind(&exit));
                 match exit {
                     VcpuExit::IoOut(port, data) => match Hypercall::from_port(port) {
                         Ok(call) => {
-                            counts.hypercalls[call as usize] += 1;
                             // The data borrows the vCPU's run area: copy it
                             // before reading `rax` (one ioctl, no VM exit).
                             let data = data.to_vec();
@@ -220,6 +219,23 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
             shared.stop_with(*exit);
             return counts;
         }
+    }
+}
+
+/// What an exit is counted as.
+fn exit_kind(exit: &VcpuExit<'_>) -> ExitKind {
+    match exit {
+        VcpuExit::IoOut(port, _) => match Hypercall::from_port(*port) {
+            Ok(call) => ExitKind::Hypercall(call),
+            Err(_) => ExitKind::Other(OtherExit::UnknownPortOut),
+        },
+        VcpuExit::IoIn(..) => ExitKind::Other(OtherExit::PortIn),
+        VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..) => ExitKind::Other(OtherExit::Mmio),
+        VcpuExit::Shutdown => ExitKind::Other(OtherExit::Shutdown),
+        VcpuExit::Hlt => ExitKind::Other(OtherExit::Hlt),
+        VcpuExit::FailEntry(..) => ExitKind::Other(OtherExit::FailEntry),
+        VcpuExit::InternalError => ExitKind::Other(OtherExit::InternalError),
+        _ => ExitKind::Other(OtherExit::Other),
     }
 }
 

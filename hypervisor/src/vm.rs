@@ -6,11 +6,11 @@ use crate::console::Console;
 use crate::disk::{Disk, DiskConfig, DiskError};
 use crate::elf::{ElfError, Image};
 use crate::files::{FileGrant, FileOpenError, Files};
-use crate::layout::{Layout, MemoryTooSmall, PAGE};
+use crate::layout::{Layout, MemoryTooSmall, MAX_MEMORY, PAGE};
 use crate::memory::{GuestRam, MemoryError};
 use crate::report::{ExitCounts, GuestExit, RunReport};
 use crate::vcpu;
-use dbos_abi::MAX_VCPUS;
+use dbos_abi::{IMAGE_PHYS_MAX, MAX_ARGS_BYTES, MAX_VCPUS};
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::ffi::CString;
@@ -80,6 +80,14 @@ pub enum VmError {
     },
     #[error("KVM API version {0} is not supported (12 is required)")]
     KvmApiVersion(i32),
+    #[error(
+        "{} is not a KVM device: KVM_GET_API_VERSION failed ({source}); \
+         pass the KVM device, usually /dev/kvm", .path.display()
+    )]
+    NotKvm {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("KVM call {op} failed: {source}")]
     Kvm {
         op: &'static str,
@@ -92,6 +100,30 @@ pub enum VmError {
     },
     #[error("invalid guest image {}: {source}", .path.display())]
     Elf { path: PathBuf, source: ElfError },
+    #[error(
+        "cannot use guest image {}: it is {kind}, not a regular file (an ELF executable)",
+        .path.display()
+    )]
+    ImageNotAFile { path: PathBuf, kind: &'static str },
+    #[error(
+        "guest image {} is {size} bytes, larger than the {limit} bytes an image may have \
+         here (the guest memory, at most the {IMAGE_PHYS_MAX}-byte image window)",
+        .path.display()
+    )]
+    ImageTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+    #[error(
+        "guest memory of {requested} bytes is more than this host can provide: \
+         {provided} bytes ({what})"
+    )]
+    MemoryExceedsHost {
+        requested: u64,
+        provided: u64,
+        what: &'static str,
+    },
     #[error(transparent)]
     MemoryTooSmall(#[from] MemoryTooSmall),
     #[error("invalid configuration: {0}")]
@@ -158,11 +190,10 @@ pub struct Vm {
 
 impl Vm {
     /// Reads, validates and loads the image at `path`, and creates the VM.
+    /// Only a regular file no larger than the guest memory (and the image
+    /// window) is read.
     pub fn from_file(path: &Path, config: VmConfig) -> Result<Vm, VmError> {
-        let bytes = std::fs::read(path).map_err(|source| VmError::ImageRead {
-            path: path.into(),
-            source,
-        })?;
+        let bytes = read_image(path, config.memory.min(IMAGE_PHYS_MAX))?;
         Self::new(&bytes, config).map_err(|e| match e {
             VmError::Elf { source, .. } => VmError::Elf {
                 path: path.into(),
@@ -180,12 +211,25 @@ impl Vm {
                 config.vcpus
             )));
         }
-        if !config.memory.is_multiple_of(PAGE) {
+        if !config.memory.is_multiple_of(PAGE) || config.memory > MAX_MEMORY {
             return Err(VmError::Config(format!(
-                "memory size {} is not a multiple of 4 KiB",
+                "memory size {} is not a multiple of 4 KiB of at most {MAX_MEMORY} bytes",
                 config.memory
             )));
         }
+        if let Some(name) = crate::files::duplicate_name(&config.files) {
+            return Err(VmError::Config(format!(
+                "file name {name:?} is granted more than once"
+            )));
+        }
+        let arg_bytes = boot::args_size(&config.args);
+        if arg_bytes > MAX_ARGS_BYTES {
+            return Err(VmError::Config(format!(
+                "the guest arguments take {arg_bytes} bytes, more than the \
+                 {MAX_ARGS_BYTES}-byte limit"
+            )));
+        }
+        check_host_memory(config.memory, &crate::memory::HostMemory::read())?;
         let started = Instant::now();
         let elf_err = |source| VmError::Elf {
             path: PathBuf::new(),
@@ -276,12 +320,13 @@ impl Vm {
             layout.heap.start,
             layout.heap.end
         );
-        let files = Files::open(&config.files)?;
         let disk = config
             .disk
             .as_ref()
             .map(|d| Disk::start(d, &ram))
             .transpose()?;
+        // Last, so that no earlier failure leaves files it created behind.
+        let files = Files::open(&config.files)?;
         Ok(Vm {
             vcpus,
             _vm: vm,
@@ -429,10 +474,82 @@ fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
         },
     })?;
     let version = kvm.get_api_version();
+    if version < 0 {
+        // The ioctl failed: the device opened, but it is not KVM.
+        return Err(VmError::NotKvm {
+            path: path.into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
     if version != 12 {
         return Err(VmError::KvmApiVersion(version));
     }
     Ok(kvm)
+}
+
+/// Reads the guest image at `path`: a regular file of at most `limit` bytes.
+/// Anything else (a directory, a FIFO, a device such as /dev/zero) is refused
+/// before a byte is read; the read itself is bounded too, in case the file
+/// grows meanwhile. A FIFO is opened without blocking for a writer.
+fn read_image(path: &Path, limit: u64) -> Result<Vec<u8>, VmError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let io_err = |source| VmError::ImageRead {
+        path: path.into(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    let kind = meta.file_type();
+    let not_a_file = |kind| VmError::ImageNotAFile {
+        path: path.into(),
+        kind,
+    };
+    if kind.is_dir() {
+        return Err(not_a_file("a directory"));
+    } else if kind.is_fifo() {
+        return Err(not_a_file("a FIFO"));
+    } else if kind.is_char_device() {
+        return Err(not_a_file("a character device"));
+    } else if kind.is_block_device() {
+        return Err(not_a_file("a block device"));
+    } else if kind.is_socket() {
+        return Err(not_a_file("a socket"));
+    } else if !kind.is_file() {
+        return Err(not_a_file("an unknown kind of file"));
+    }
+    let too_large = |size| VmError::ImageTooLarge {
+        path: path.into(),
+        size,
+        limit,
+    };
+    if meta.len() > limit {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io_err)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// Refuses guest memory larger than the host could ever back.
+fn check_host_memory(requested: u64, host: &crate::memory::HostMemory) -> Result<(), VmError> {
+    match host.provides() {
+        Some(provided) if requested > provided => Err(VmError::MemoryExceedsHost {
+            requested,
+            provided,
+            what: "its RAM plus swap, MemTotal + SwapTotal in /proc/meminfo",
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The signal used to interrupt a vCPU thread's `KVM_RUN`.

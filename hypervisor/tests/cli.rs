@@ -101,7 +101,7 @@ fn setup_errors_are_clear() {
         "{stderr}"
     );
 
-    let (code, _, stderr) = dbos(&["run", &image("hello"), "--memory", "2M"]);
+    let (code, _, stderr) = dbos(&["run", &image("hello"), "--memory", "8M", "--vcpus", "64"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("guest memory too small"), "{stderr}");
 

@@ -28,26 +28,35 @@ pub fn config(args: &[&str]) -> VmConfig {
     }
 }
 
-/// Boots guest `name` with `config` and runs it to the end.
+/// Boots guest `name` with `config` and runs it to the end. A failure is
+/// reported at the calling test's line.
+#[track_caller]
 pub fn run(name: &str, config: VmConfig) -> RunReport {
-    Vm::from_file(&guest_image(name), config)
-        .unwrap_or_else(|e| panic!("creating the VM for {name}: {e}"))
-        .run()
-        .unwrap_or_else(|e| panic!("running {name}: {e}"))
+    // `match`, not `unwrap_or_else`: a panic in a closure would name the
+    // closure's line, not the caller's.
+    let vm = match Vm::from_file(&guest_image(name), config) {
+        Ok(vm) => vm,
+        Err(e) => panic!("creating the VM for {name}: {e}"),
+    };
+    match vm.run() {
+        Ok(report) => report,
+        Err(e) => panic!("running {name}: {e}"),
+    }
 }
 
 /// Runs the `scenarios` guest with one scenario.
+#[track_caller]
 pub fn scenario(name: &str) -> RunReport {
     run("scenarios", config(&[name]))
 }
 
 /// Parses `key=0x...` out of a console line.
+#[track_caller]
 pub fn hex_field(line: &str, key: &str) -> u64 {
-    let start = line
-        .find(&format!("{key}=0x"))
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-        + key.len()
-        + 3;
+    let Some(at) = line.find(&format!("{key}=0x")) else {
+        panic!("no {key}= in {line:?}");
+    };
+    let start = at + key.len() + 3;
     let digits: String = line[start..]
         .chars()
         .take_while(|c| c.is_ascii_hexdigit())

@@ -201,7 +201,16 @@ pub struct FaultArgs {
     pub rflags: u64,
     /// Why the handler gave up, e.g. "no hook registered" (may be empty).
     pub reason: GuestBuf,
+    /// The faulting context's general-purpose registers, in the order of
+    /// [`FAULT_GPR_NAMES`].
+    pub gprs: [u64; 15],
 }
+
+/// The registers in [`FaultArgs::gprs`], in order.
+pub const FAULT_GPR_NAMES: [&str; 15] = [
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
+    "r15",
+];
 
 /// Arguments of [`Hypercall::Clock`]; `nanos` is written by the host.
 #[repr(C)]
@@ -359,7 +368,8 @@ mod tests {
     fn layouts_are_stable() {
         assert_eq!(size_of::<GuestBuf>(), 16);
         assert_eq!(size_of::<PanicArgs>(), 40);
-        assert_eq!(size_of::<FaultArgs>(), 64);
+        // ABI 3: 64 bytes and the 15 general-purpose registers.
+        assert_eq!(size_of::<FaultArgs>(), 64 + 15 * 8);
         assert_eq!(size_of::<ClockArgs>(), 8);
         assert_eq!(size_of::<StatsArgs>(), 8);
         assert_eq!(size_of::<FileOpenArgs>(), 24);

@@ -59,10 +59,18 @@ pub const LOW_RAM_END: u64 = 0xc000_0000;
 /// Size of each vCPU's boot stack.
 pub const BOOT_STACK_SIZE: u64 = 64 * 1024;
 
+/// Heap bytes the hypervisor adds to the heap region for each vCPU, on top
+/// of the program's share: what the guest library allocates for a vCPU when
+/// it starts it (its interrupt-stack-table stacks, TSS, GDT and per-CPU
+/// area, with allocator slack). The guest library checks at compile time
+/// that its per-vCPU allocations fit.
+pub const HEAP_PER_VCPU: u64 = 192 * 1024;
+
 /// Maximum number of vCPUs.
 pub const MAX_VCPUS: u32 = 64;
 
 const _: () = assert!(1 << PAGE_SHIFT == PAGE_SIZE);
+const _: () = assert!(HEAP_PER_VCPU.is_multiple_of(PAGE_SIZE));
 const _: () = assert!(PAGE_SIZE.is_multiple_of(SECTOR_SIZE));
 const _: () = assert!(LARGE_PAGE_SIZE.is_multiple_of(PAGE_SIZE));
 const _: () = assert!(IMAGE_PHYS_MIN.is_multiple_of(LARGE_PAGE_SIZE));

@@ -28,6 +28,8 @@
 //! - 2: argument blocks addressed by the full 64-bit guest-physical address in
 //!   `rax` ([`hypercall`]); the NVMe registration embeds [`QueuePairConfig`];
 //!   the ELF version note.
+//! - 3: [`FaultArgs`] carries the faulting context's general-purpose
+//!   registers; the heap region includes [`HEAP_PER_VCPU`] bytes per vCPU.
 #![no_std]
 
 pub mod boot;
@@ -44,7 +46,7 @@ pub use layout::*;
 pub use nvme::{QueueLayout, QueuePairConfig};
 
 /// Version of this ABI (see the crate documentation for the history).
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// A guest-physical address: what the guest's page tables translate to and
 /// what the VMM checks against guest memory before it touches anything.
@@ -183,7 +185,7 @@ mod tests {
         core::fmt::Write::write_fmt(&mut buf, format_args!("{err}")).unwrap();
         assert_eq!(
             core::str::from_utf8(&buf.bytes[..buf.len]).unwrap(),
-            "dbos ABI version mismatch: guest built for version 2, hypervisor provides version 3"
+            "dbos ABI version mismatch: guest built for version 3, hypervisor provides version 4"
         );
     }
 

@@ -25,7 +25,7 @@ pub enum Ist {
 }
 
 impl Ist {
-    fn stack_size(self) -> usize {
+    const fn stack_size(self) -> usize {
         match self {
             // The page-fault hook runs the database's fault handling (frame
             // allocation, I/O submission and polling), so it gets the most.
@@ -43,7 +43,29 @@ impl Ist {
         Ist::Exception,
         Ist::Interrupt,
     ];
+
+    /// Heap bytes the IST stacks of one CPU take.
+    const fn total() -> usize {
+        let mut sum = 0;
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            sum += Self::ALL[i].stack_size();
+            i += 1;
+        }
+        sum
+    }
 }
+
+/// What one CPU takes from the heap at boot besides its IST stacks: TSS,
+/// GDT, per-CPU area and the allocator's own overhead, rounded up generously.
+const OTHER_PER_CPU_HEAP: usize = 8 * 1024;
+
+// The hypervisor sizes the heap region with `HEAP_PER_VCPU` bytes per vCPU:
+// everything `init_this_cpu` and `percpu::init` allocate must fit in it.
+const _: () = assert!(
+    Ist::total() + OTHER_PER_CPU_HEAP + core::mem::size_of::<crate::percpu::PerCpu>()
+        <= crate::abi::HEAP_PER_VCPU as usize
+);
 
 /// Selectors of the kernel segments, identical on every CPU.
 pub const KERNEL_CS: SegmentSelector = SegmentSelector(0x08);

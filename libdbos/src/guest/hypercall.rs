@@ -10,9 +10,9 @@ use crate::abi::{
 use crate::memory::virt_to_phys;
 use crate::platform::PAGE_SIZE;
 
-/// An argument block copied to where it cannot straddle a page: 64 bytes,
-/// 64-byte aligned, so it lies within one page wherever it is.
-#[repr(C, align(64))]
+/// An argument block copied to where it cannot straddle a page: at most 256
+/// bytes, 256-byte aligned, so it lies within one page wherever it is.
+#[repr(C, align(256))]
 struct OnePage<T>(T);
 
 /// Issues `call` with the argument block `args`, which must be the block
@@ -25,7 +25,7 @@ struct OnePage<T>(T);
 /// database window) is first copied into an aligned slot on this stack,
 /// which cannot straddle a page.
 pub fn call<T: Pod>(call: Hypercall, args: &mut T) {
-    const { assert!(size_of::<T>() <= 64 && align_of::<T>() <= 64) };
+    const { assert!(size_of::<T>() <= 256 && align_of::<T>() <= 256) };
     let virt = args as *mut T as u64;
     let last = virt + size_of::<T>() as u64 - 1;
     let contiguous = virt >= crate::abi::DIRECT_MAP_BASE || virt / PAGE_SIZE == last / PAGE_SIZE;

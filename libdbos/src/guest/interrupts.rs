@@ -225,6 +225,10 @@ fn report(frame: &InterruptFrame, cr2: u64, why: &str) -> ! {
         rsp: frame.rsp,
         rflags: frame.rflags,
         reason: Default::default(),
+        gprs: [
+            frame.rax, frame.rbx, frame.rcx, frame.rdx, frame.rsi, frame.rdi, frame.rbp, frame.r8,
+            frame.r9, frame.r10, frame.r11, frame.r12, frame.r13, frame.r14, frame.r15,
+        ],
     };
     crate::hypercall::fault(args, reason.as_bytes())
 }

@@ -40,7 +40,9 @@ pub fn cpu_count() -> usize {
 /// Runs `f(cpu)` on every CPU concurrently and returns when all are done.
 ///
 /// # Panics
-/// When called from inside `f` (it would wait for itself).
+/// When called from inside `f` (it would wait for itself); the panic names
+/// the caller's location.
+#[track_caller]
 pub fn run_on_all(f: &(dyn Fn(usize) + Sync)) {
     let Some(_guard) = RUN.try_lock() else {
         panic!(

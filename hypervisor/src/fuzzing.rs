@@ -1,0 +1,139 @@
+//! The bodies of the fuzz targets in `hypervisor/fuzz/` (cargo fuzz,
+//! libFuzzer). They live here so that an ordinary test
+//! (`tests/fuzz_corpus.rs`) replays the committed corpus
+//! (`hypervisor/fuzz/corpus/<target>/`) through the same code. Each body
+//! panics only on a bug.
+
+use crate::clock::Clock;
+use crate::console::Console;
+use crate::control::Control;
+use crate::disk::DiskService;
+use crate::elf::Image;
+use crate::files::Files;
+use crate::hypercall::Services;
+use crate::layout::{Layout, Range, MAX_MEMORY, PAGE};
+use crate::memory::GuestRam;
+use dbos_abi::{GuestPhysAddr, Hypercall, LOW_RAM_END};
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+/// Guest RAM of the hypercall target: 16 KiB at 0 and one page at 5 GiB.
+const LOW: Range = Range {
+    start: 0,
+    end: 0x4000,
+};
+const HIGH: Range = Range {
+    start: 5 << 30,
+    end: (5 << 30) + 0x1000,
+};
+
+/// At most this many calls per input.
+const MAX_CALLS: usize = 16;
+
+/// A memfd standing for a granted host file: I/O goes to memory, and it is
+/// gone when the input is done.
+fn scratch_file() -> Option<File> {
+    // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns
+    // a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c"dbos-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    Some(unsafe { File::from_raw_fd(fd) })
+}
+
+/// The hypercall server against arbitrary guest memory and calls.
+///
+/// Input: a count byte, then per call 4 bytes (call number, vCPU and where
+/// the argument block is: low RAM, high RAM, or near the top of the address
+/// space; a 16-bit offset), then the contents of guest RAM (low, then high).
+/// One host file named "f" is granted (a memfd); there is no disk.
+pub fn hypercalls(data: &[u8]) {
+    let Some((&count, rest)) = data.split_first() else {
+        return;
+    };
+    let calls = usize::from(count) % MAX_CALLS + 1;
+    if rest.len() < calls * 4 {
+        return;
+    }
+    let (calls, contents) = rest.split_at(calls * 4);
+    let Ok(ram) = GuestRam::new(&[LOW, HIGH]) else {
+        return;
+    };
+    let (low, high) = contents.split_at(contents.len().min(LOW.len() as usize));
+    let high = &high[..high.len().min(HIGH.len() as usize)];
+    ram.write(LOW.start, low)
+        .expect("low RAM holds the contents");
+    ram.write(HIGH.start, high)
+        .expect("high RAM holds the contents");
+
+    let console = Console::new(2, false, false);
+    let files = Files::from_open(
+        scratch_file()
+            .map(|f| ("f".into(), f))
+            .into_iter()
+            .collect(),
+    );
+    let (exits, stats_calls) = (AtomicU64::new(0), AtomicU64::new(0));
+    let services = Services {
+        ram: &ram,
+        console: &console,
+        control: Control {
+            exits: &exits,
+            stats_calls: &stats_calls,
+        },
+        clock: Clock::new(Instant::now()),
+        files: &files,
+        disk: DiskService { disk: None },
+    };
+    for call in calls.chunks_exact(4) {
+        let hypercall = Hypercall::ALL[usize::from(call[0]) % Hypercall::ALL.len()];
+        let vcpu = u32::from(call[1] & 1);
+        let offset = u64::from(u16::from_le_bytes([call[2], call[3]]));
+        let block = match (call[1] >> 1) & 3 {
+            0 => LOW.start + offset,
+            1 => HIGH.start + offset,
+            2 => HIGH.start.wrapping_sub(offset),
+            _ => u64::MAX - offset,
+        };
+        exits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Any result is fine (a bad block is an error, not a panic).
+        let _ = services.handle(vcpu, hypercall, GuestPhysAddr(block));
+    }
+    console.flush();
+}
+
+/// The ELF loader and the layout on arbitrary bytes.
+///
+/// Input: one byte for the vCPU count, eight for the memory size, then the
+/// image. A parsed image is checked against the memory (`Image::within`)
+/// and laid out as `Vm::new` would.
+pub fn elf(data: &[u8]) {
+    if data.len() < 9 {
+        return;
+    }
+    let vcpus = u32::from(data[0]) % dbos_abi::MAX_VCPUS + 1;
+    let memory =
+        (u64::from_le_bytes(data[1..9].try_into().expect("8 bytes")) % MAX_MEMORY) & !(PAGE - 1);
+    let Ok(image) = Image::parse(&data[9..]) else {
+        return;
+    };
+    let _ = image.packed_size();
+    if memory < Layout::minimum_memory(&image, vcpus) {
+        return;
+    }
+    let Ok(image) = image.within(memory.min(LOW_RAM_END)) else {
+        return;
+    };
+    if let Ok(layout) = Layout::plan(memory, &image, vcpus) {
+        assert_eq!(layout.ram_bytes(), memory);
+        let map = layout.memory_map();
+        assert!(map.windows(2).all(|w| w[0].end() <= w[1].start));
+        for s in &image.segments {
+            assert!(layout.image.start <= s.phys && s.phys_end() <= layout.image.end);
+        }
+    }
+}
