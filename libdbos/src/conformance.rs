@@ -47,6 +47,12 @@
 //!   part of the large frame;
 //! - a write to a page mapped read-only faults with `write` and `present`
 //!   set, also when the page was mapped read-only and never touched;
+//! - where accessed/dirty bits are observable, a page freshly mapped is
+//!   neither accessed nor dirty (nothing sets them but an access through the
+//!   window), and a read sets only the accessed bit;
+//! - `unmap_many` reports per page the error `unmap` would return, and
+//!   `test_and_clear_accessed` reports `None` for a page not mapped with the
+//!   size asked for;
 //! - event counts (deltas of [`Platform::counters`], with the other CPUs
 //!   idle): `map` of a page whose page table exists = 1 `pte_writes` and no
 //!   other event; `unmap` and `protect` = 1 `pte_writes` + 1
@@ -54,7 +60,11 @@
 //!   `flush_local` = 1 `local_flushes`; `invalidate_all` = 1
 //!   `local_invalidations` + `cpu_count - 1` `remote_invalidations`;
 //!   `send_ipi` = 1 `ipis_sent`; a fault resolved by a hook that maps one
-//!   page = 1 `faults` + 1 `pte_writes`. `vm_exits`, `shootdowns` and the
+//!   page = 1 `faults` + 1 `pte_writes`; `unmap_many` = per page unmapped 1
+//!   `pte_writes` + 1 `local_invalidations`; `invalidate_local_many` = 1
+//!   `local_invalidations` per page; `test_and_clear_accessed` = where
+//!   accessed bits are observable, 1 `pte_writes` + 1 `local_invalidations`
+//!   per accessed page and nothing per other page, elsewhere nothing. `vm_exits`, `shootdowns` and the
 //!   IPIs behind `invalidate_all` differ between implementations and are not
 //!   asserted (the [`costs`] table records them).
 //!
