@@ -8,10 +8,13 @@
 use crate::elf::Image;
 use crate::layout::{Layout, PAGE};
 use crate::memory::GuestRam;
+use dbos_abi::paging::{Entry, Flags, PageTables, PagingError, Size, Table, TableMemory};
 use dbos_abi::{
     BootInfo, GuestPhysAddr, BOOT_MAGIC, DIRECT_MAP_BASE, IMAGE_BASE, MAX_ARGS_BYTES,
     MAX_MEMORY_REGIONS,
 };
+use std::cell::Cell;
+#[cfg(test)]
 use x86_64::structures::paging::PageTableFlags as Pte;
 
 pub const GDT_ADDR: u64 = 0x1000;
@@ -26,6 +29,7 @@ pub const DATA_SELECTOR: u16 = 0x10;
 const HUGE: u64 = 2 << 20;
 
 /// The flags of page-table entry `entry` (its address bits dropped).
+#[cfg(test)]
 fn pte_flags(entry: u64) -> Pte {
     Pte::from_bits_truncate(entry)
 }
@@ -41,6 +45,8 @@ pub enum BootError {
     TablesFull,
     #[error("the memory map has {0} regions, more than the ABI's {MAX_MEMORY_REGIONS}")]
     MemoryMapTooLarge(usize),
+    #[error("building the boot page tables: {0:?}")]
+    Paging(PagingError),
     #[error("writing boot data into guest memory: {0}")]
     Memory(#[from] crate::memory::MemoryError),
 }
@@ -122,67 +128,96 @@ fn gdt_bytes() -> Vec<u8> {
     entries.iter().flat_map(|e| e.to_le_bytes()).collect()
 }
 
-/// Hands out zeroed page-table pages from the boot region.
-struct TableAlloc<'a> {
-    ram: &'a GuestRam,
-    next: u64,
+/// Guest RAM as the walker's table memory: every table address is checked
+/// against guest RAM before the VMM touches it, and new tables come from the
+/// boot region, in order, zeroed.
+struct BootTables<'r> {
+    ram: &'r GuestRam,
+    next: Cell<u64>,
     end: u64,
 }
 
-impl TableAlloc<'_> {
-    fn page(&mut self) -> Result<u64, BootError> {
-        if self.next + PAGE > self.end {
-            return Err(BootError::TablesFull);
-        }
-        let p = self.next;
-        self.next += PAGE;
-        self.ram.write(p, &[0u8; PAGE as usize])?;
-        Ok(p)
+impl<'r> TableMemory<'r> for BootTables<'r> {
+    fn table(&self, phys: u64) -> Option<&'r Table> {
+        let ptr = self.ram.page_ptr(phys).ok()?;
+        // SAFETY: `page_ptr` checked that the whole 4 KiB page is guest RAM;
+        // guest RAM is host memory mapped for as long as `ram` lives ('r),
+        // at a page-aligned host address, so the page is a valid, aligned
+        // `[u64; 512]`, and `AtomicU64` has the layout of `u64` and accepts
+        // any bit pattern. The VMM accesses table pages only through these
+        // atomics (and, before a table is linked, the zeroing below); no vCPU
+        // runs while the boot tables are built.
+        Some(unsafe { &*ptr.cast::<Table>() })
     }
 
-    /// Returns the table that entry `index` of `table` points to, creating it.
-    fn child(&mut self, table: u64, index: u64) -> Result<u64, BootError> {
-        let slot = table + index * 8;
-        let entry: u64 = self.ram.read_pod(slot)?;
-        if pte_flags(entry).contains(Pte::PRESENT) {
-            return Ok(entry & 0x000f_ffff_ffff_f000);
+    fn alloc_table(&self) -> Option<u64> {
+        let p = self.next.get();
+        if p + PAGE > self.end {
+            return None;
         }
-        let child = self.page()?;
-        self.ram
-            .write_pod(slot, &(child | (Pte::PRESENT | Pte::WRITABLE).bits()))?;
-        Ok(child)
+        self.ram.write(p, &[0u8; PAGE as usize]).ok()?;
+        self.next.set(p + PAGE);
+        Some(p)
     }
 }
 
-fn index(virt: u64, level: u32) -> u64 {
-    (virt >> (12 + 9 * level)) & 0x1ff
+fn paging_error(e: PagingError) -> BootError {
+    match e {
+        PagingError::OutOfTables { .. } => BootError::TablesFull,
+        PagingError::BadTable(addr) => {
+            BootError::Memory(crate::memory::MemoryError::OutOfRange { addr, len: PAGE })
+        }
+        e => BootError::Paging(e),
+    }
+}
+
+/// The flags of an image page: the segment's permissions, united with those
+/// of the segment that already mapped the page (`old`), if any: two segments
+/// may share a page at their boundary.
+fn image_page_flags(writable: bool, executable: bool, old: Entry, nx: Flags) -> Flags {
+    let writable = writable || old.has(Flags::WRITABLE);
+    let executable = executable || (old.present() && !old.has(Flags::NO_EXECUTE));
+    let mut flags = Flags::PRESENT;
+    if writable {
+        flags |= Flags::WRITABLE;
+    }
+    if !executable {
+        flags |= nx;
+    }
+    flags
 }
 
 /// Builds the direct map (2 MiB pages, RW, NX) of all RAM and the image
-/// mapping (4 KiB pages with the segments' permissions).
+/// mapping (4 KiB pages with the segments' permissions) with the walker the
+/// guest uses too (`dbos_abi::paging`). Tables are created in the order the
+/// addresses are first touched, with present + writable parents.
 fn build_page_tables(
     ram: &GuestRam,
     layout: &Layout,
     image: &Image,
     nx: bool,
 ) -> Result<u64, BootError> {
-    let nx_flag = if nx { Pte::NO_EXECUTE } else { Pte::empty() };
-    let mut tables = TableAlloc {
-        ram,
-        next: TABLES_START,
-        end: layout.boot.end,
+    let nx_flag = if nx {
+        Flags::NO_EXECUTE
+    } else {
+        Flags::empty()
     };
-    let pml4 = tables.page()?;
+    let tables = PageTables::create(BootTables {
+        ram,
+        next: Cell::new(TABLES_START),
+        end: layout.boot.end,
+    })
+    .map_err(paging_error)?;
 
     for r in &layout.ram {
         let mut phys = r.start & !(HUGE - 1);
         while phys < r.end {
             let virt = DIRECT_MAP_BASE + phys;
-            let pdpt = tables.child(pml4, index(virt, 3))?;
-            let pd = tables.child(pdpt, index(virt, 2))?;
-            let flags = Pte::PRESENT | Pte::WRITABLE | Pte::HUGE_PAGE | nx_flag;
-            let entry = phys | flags.bits();
-            ram.write_pod(pd + index(virt, 1) * 8, &entry)?;
+            match tables.map(virt, phys, Size::Large, Flags::WRITABLE | nx_flag) {
+                // Two ranges sharing a 2 MiB page map it identically.
+                Ok(_) | Err(PagingError::AlreadyMapped) => {}
+                Err(e) => return Err(paging_error(e)),
+            }
             phys += HUGE;
         }
     }
@@ -191,28 +226,30 @@ fn build_page_tables(
         let mut phys = seg.phys & !(PAGE - 1);
         while phys < seg.phys_end() {
             let virt = IMAGE_BASE + phys;
-            let pdpt = tables.child(pml4, index(virt, 3))?;
-            let pd = tables.child(pdpt, index(virt, 2))?;
-            let pt = tables.child(pd, index(virt, 1))?;
-            let slot = pt + index(virt, 0) * 8;
-            // Two segments may share a page at their boundary: the page gets
-            // the union of their permissions.
-            let old = pte_flags(ram.read_pod(slot)?);
-            let mut flags = Pte::PRESENT;
-            let writable = seg.writable || old.contains(Pte::WRITABLE);
-            let executable =
-                seg.executable || (old.contains(Pte::PRESENT) && !old.contains(Pte::NO_EXECUTE));
-            if writable {
-                flags |= Pte::WRITABLE;
+            let flags = image_page_flags(seg.writable, seg.executable, Entry::EMPTY, nx_flag);
+            match tables.map(virt, phys, Size::Small, flags) {
+                Ok(_) => {}
+                Err(PagingError::AlreadyMapped) => {
+                    tables
+                        .update(virt, Size::Small, |old| {
+                            let flags =
+                                image_page_flags(seg.writable, seg.executable, old, nx_flag);
+                            Some(Entry::new(phys, flags))
+                        })
+                        .map_err(paging_error)?;
+                }
+                Err(e) => return Err(paging_error(e)),
             }
-            if !executable {
-                flags |= nx_flag;
-            }
-            ram.write_pod(slot, &(phys | flags.bits()))?;
             phys += PAGE;
         }
     }
-    Ok(pml4)
+    Ok(tables.root())
+}
+
+/// The index of `virt`'s entry in a table of `level` (0: page table).
+#[cfg(test)]
+fn index(virt: u64, level: u32) -> u64 {
+    (virt >> (12 + 9 * level)) & 0x1ff
 }
 
 #[cfg(test)]
@@ -299,5 +336,146 @@ mod tests {
         let mut text = [0u8; 16];
         ram.read(0x20_0000, &mut text).unwrap();
         assert_eq!(text, [0x90; 16]);
+    }
+
+    /// The boot tables as the VMM built them before it used the shared
+    /// walker (its own walker, kept here as the reference).
+    fn reference_page_tables(ram: &GuestRam, layout: &Layout, image: &Image, nx: bool) -> u64 {
+        let nx_flag = if nx { Pte::NO_EXECUTE } else { Pte::empty() };
+        let mut next = TABLES_START;
+        let mut page = |ram: &GuestRam| {
+            let p = next;
+            next += PAGE;
+            ram.write(p, &[0u8; PAGE as usize]).unwrap();
+            p
+        };
+        let pml4 = page(ram);
+        let mut child = |ram: &GuestRam, table: u64, index: u64| {
+            let slot = table + index * 8;
+            let entry: u64 = ram.read_pod(slot).unwrap();
+            if pte_flags(entry).contains(Pte::PRESENT) {
+                return entry & 0x000f_ffff_ffff_f000;
+            }
+            let c = page(ram);
+            ram.write_pod(slot, &(c | (Pte::PRESENT | Pte::WRITABLE).bits()))
+                .unwrap();
+            c
+        };
+        for r in &layout.ram {
+            let mut phys = r.start & !(HUGE - 1);
+            while phys < r.end {
+                let virt = DIRECT_MAP_BASE + phys;
+                let pdpt = child(ram, pml4, index(virt, 3));
+                let pd = child(ram, pdpt, index(virt, 2));
+                let flags = Pte::PRESENT | Pte::WRITABLE | Pte::HUGE_PAGE | nx_flag;
+                ram.write_pod(pd + index(virt, 1) * 8, &(phys | flags.bits()))
+                    .unwrap();
+                phys += HUGE;
+            }
+        }
+        for seg in &image.segments {
+            let mut phys = seg.phys & !(PAGE - 1);
+            while phys < seg.phys_end() {
+                let virt = IMAGE_BASE + phys;
+                let pdpt = child(ram, pml4, index(virt, 3));
+                let pd = child(ram, pdpt, index(virt, 2));
+                let pt = child(ram, pd, index(virt, 1));
+                let slot = pt + index(virt, 0) * 8;
+                let old = pte_flags(ram.read_pod(slot).unwrap());
+                let mut flags = Pte::PRESENT;
+                let writable = seg.writable || old.contains(Pte::WRITABLE);
+                let executable = seg.executable
+                    || (old.contains(Pte::PRESENT) && !old.contains(Pte::NO_EXECUTE));
+                if writable {
+                    flags |= Pte::WRITABLE;
+                }
+                if !executable {
+                    flags |= nx_flag;
+                }
+                ram.write_pod(slot, &(phys | flags.bits())).unwrap();
+                phys += PAGE;
+            }
+        }
+        pml4
+    }
+
+    /// The walker builds the boot tables bit for bit as the VMM's own walker
+    /// did: the whole table area of the boot region is compared, for RAM
+    /// below and above the 4 GiB hole, segments sharing pages (with the
+    /// union of their permissions) and with and without NX.
+    #[test]
+    fn boot_tables_are_bit_identical_to_the_reference() {
+        let image = Image {
+            entry: IMAGE_BASE + 0x20_0000,
+            segments: vec![
+                Segment {
+                    phys: 0x20_0000,
+                    mem_size: 0x1800,
+                    data: vec![0x90; 16],
+                    writable: false,
+                    executable: true,
+                },
+                Segment {
+                    phys: 0x20_1800,
+                    mem_size: 0x2000,
+                    data: vec![1],
+                    writable: false,
+                    executable: false,
+                },
+                Segment {
+                    phys: 0x20_3000,
+                    mem_size: 0x20_3000,
+                    data: vec![1, 2, 3],
+                    writable: true,
+                    executable: false,
+                },
+            ],
+        };
+        for (memory, nx) in [
+            (32u64 << 20, true),
+            (32 << 20, false),
+            ((3 << 30) + (6 << 20), true),
+        ] {
+            let layout = Layout::plan(memory, &image, 2).unwrap();
+            let ours = GuestRam::new(&layout.ram).unwrap();
+            let theirs = GuestRam::new(&layout.ram).unwrap();
+            let root = build_page_tables(&ours, &layout, &image, nx).unwrap();
+            let reference = reference_page_tables(&theirs, &layout, &image, nx);
+            assert_eq!(root, reference);
+            let len = (layout.boot.end - TABLES_START) as usize;
+            let (mut a, mut b) = (vec![0u8; len], vec![0u8; len]);
+            ours.read(TABLES_START, &mut a).unwrap();
+            theirs.read(TABLES_START, &mut b).unwrap();
+            let used = a.iter().rposition(|&x| x != 0).unwrap_or(0);
+            assert!(used > 4 * PAGE as usize, "several tables were built");
+            assert!(a == b, "boot tables differ for {memory:#x} bytes, nx {nx}");
+            // Spot checks through the walk: direct map, image, absent.
+            for virt in [
+                DIRECT_MAP_BASE,
+                DIRECT_MAP_BASE + layout.ram.last().unwrap().end - 1,
+                IMAGE_BASE + 0x20_1000,
+            ] {
+                assert_eq!(walk(&ours, root, virt), walk(&theirs, root, virt));
+                assert!(walk(&ours, root, virt).is_some());
+            }
+            assert_eq!(walk(&ours, root, IMAGE_BASE + 0x40_6000), None);
+            assert_eq!(walk(&ours, root, DIRECT_MAP_BASE + (8 << 30)), None);
+        }
+    }
+
+    #[test]
+    fn too_many_tables_for_the_boot_region() {
+        let image = Image {
+            entry: IMAGE_BASE + 0x20_0000,
+            segments: vec![],
+        };
+        let layout = Layout::plan(32 << 20, &image, 1).unwrap();
+        let ram = GuestRam::new(&layout.ram).unwrap();
+        let mut small = layout.clone();
+        small.boot.end = TABLES_START + 2 * PAGE;
+        assert!(matches!(
+            build_page_tables(&ram, &small, &image, true),
+            Err(BootError::TablesFull)
+        ));
     }
 }

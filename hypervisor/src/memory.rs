@@ -73,6 +73,20 @@ impl GuestRam {
         }
     }
 
+    /// The host address of the 4 KiB guest-physical page at `addr` (4 KiB
+    /// aligned, entirely in RAM), for data the VMM must access atomically
+    /// (page-table entries). Valid as long as `self`.
+    pub fn page_ptr(&self, addr: u64) -> Result<*mut u8, MemoryError> {
+        let err = MemoryError::OutOfRange { addr, len: 4096 };
+        if !addr.is_multiple_of(4096) {
+            return Err(err);
+        }
+        self.check(addr, 4096)?;
+        self.mem
+            .get_host_address(GuestAddress(addr))
+            .map_err(|_| err)
+    }
+
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.check(addr, buf.len() as u64)?;
         self.mem

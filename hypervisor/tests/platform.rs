@@ -25,7 +25,7 @@ fn conformance(vcpus: u32) {
     );
     assert_eq!(
         report.console.last().map(String::as_str),
-        Some("[vcpu0] 17 passed, 0 failed")
+        Some("[vcpu0] 21 passed, 0 failed")
     );
     assert_eq!(report.exit.process_status(), 0, "{}", report.exit);
 }
@@ -119,6 +119,24 @@ fn guest_costs_per_operation_are_exact() {
         ["0", "0", "1", "0", "1", "1", "0", "0"]
     );
     assert_eq!(row("flush_local"), ["0", "0", "0", "1", "0", "0", "0", "0"]);
+    assert_eq!(
+        row("unmap_many, 16 written pages a call (per page)"),
+        ["0", "1", "1", "0", "0", "0", "0", "0"],
+        "the same per page as unmap"
+    );
+    assert_eq!(
+        row("invalidate_local_many, 16 pages a call (per page)"),
+        ["0", "0", "1", "0", "0", "0", "0", "0"]
+    );
+    assert_eq!(
+        row("test_and_clear_accessed, page accessed (per page)"),
+        ["0", "1", "1", "0", "0", "0", "0", "0"]
+    );
+    assert_eq!(
+        row("test_and_clear_accessed, page not accessed (per page)"),
+        ["0", "0", "0", "0", "0", "0", "0", "0"],
+        "a page not accessed costs nothing"
+    );
     // Every operation: zero VM exits.
     for (op, cells) in &rows {
         assert_eq!(cells[6], "0", "{op} took VM exits");

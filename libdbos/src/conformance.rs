@@ -47,6 +47,12 @@
 //!   part of the large frame;
 //! - a write to a page mapped read-only faults with `write` and `present`
 //!   set, also when the page was mapped read-only and never touched;
+//! - where accessed/dirty bits are observable, a page freshly mapped is
+//!   neither accessed nor dirty (nothing sets them but an access through the
+//!   window), and a read sets only the accessed bit;
+//! - `unmap_many` reports per page the error `unmap` would return, and
+//!   `test_and_clear_accessed` reports `None` for a page not mapped with the
+//!   size asked for;
 //! - event counts (deltas of [`Platform::counters`], with the other CPUs
 //!   idle): `map` of a page whose page table exists = 1 `pte_writes` and no
 //!   other event; `unmap` and `protect` = 1 `pte_writes` + 1
@@ -54,7 +60,11 @@
 //!   `flush_local` = 1 `local_flushes`; `invalidate_all` = 1
 //!   `local_invalidations` + `cpu_count - 1` `remote_invalidations`;
 //!   `send_ipi` = 1 `ipis_sent`; a fault resolved by a hook that maps one
-//!   page = 1 `faults` + 1 `pte_writes`. `vm_exits`, `shootdowns` and the
+//!   page = 1 `faults` + 1 `pte_writes`; `unmap_many` = per page unmapped 1
+//!   `pte_writes` + 1 `local_invalidations`; `invalidate_local_many` = 1
+//!   `local_invalidations` per page; `test_and_clear_accessed` = where
+//!   accessed bits are observable, 1 `pte_writes` + 1 `local_invalidations`
+//!   per accessed page and nothing per other page, elsewhere nothing. `vm_exits`, `shootdowns` and the
 //!   IPIs behind `invalidate_all` differ between implementations and are not
 //!   asserted (the [`costs`] table records them).
 //!
@@ -68,8 +78,8 @@
 
 use crate::fmtbuf::FmtBuf;
 use crate::platform::{
-    AccessBits, Error, Fault, FaultResolution, Frame, PageSize, Platform, Protection, Window,
-    LARGE_PAGE_SIZE, PAGE_SIZE,
+    AccessBits, Error, Fault, FaultResolution, Frame, PageSize, Platform, Protection, Unmapped,
+    Window, LARGE_PAGE_SIZE, PAGE_SIZE,
 };
 use core::fmt;
 use core::fmt::Write;
@@ -207,7 +217,7 @@ pub mod costs;
 pub type Check<P> = fn(&'static P) -> Result<(), Failure>;
 
 /// Every check, by name, in the order [`run_all`] runs them.
-pub fn checks<P: Platform>() -> [(&'static str, Check<P>); 17] {
+pub fn checks<P: Platform>() -> [(&'static str, Check<P>); 21] {
     [
         ("frames_alloc_free", frames_alloc_free::<P>),
         (
@@ -235,6 +245,16 @@ pub fn checks<P: Platform>() -> [(&'static str, Check<P>); 17] {
         ("event_counts", event_counts::<P>),
         ("fault_event_counts", fault_event_counts::<P>),
         ("window_fault_hooks", window_fault_hooks::<P>),
+        ("unmap_reports_access_bits", unmap_reports_access_bits::<P>),
+        ("protect_keeps_dirty", protect_keeps_dirty::<P>),
+        (
+            "unmap_many_and_invalidate_many",
+            unmap_many_and_invalidate_many::<P>,
+        ),
+        (
+            "test_and_clear_accessed_sweep",
+            test_and_clear_accessed_sweep::<P>,
+        ),
     ]
 }
 
@@ -442,7 +462,9 @@ fn fault_hook<P: Platform + 'static>(f: &Fault) -> FaultResolution {
             Some(frame) => p.map(page, frame, PageSize::Small, Protection::ReadWrite),
             None => Err(Error::Unaligned(HOOK_FRAME.load(Ordering::SeqCst))),
         },
-        ACT_MAKE_WRITABLE => p.protect(page, PageSize::Small, Protection::ReadWrite),
+        ACT_MAKE_WRITABLE => p
+            .protect(page, PageSize::Small, Protection::ReadWrite)
+            .map(|_| ()),
         ACT_MAP_TABLE => {
             let i = (page.wrapping_sub(TABLE_BASE.load(Ordering::SeqCst)) / PAGE_SIZE) as usize;
             match TABLE
@@ -634,7 +656,7 @@ pub fn map_write_unmap_fault_remap<P: Platform>(p: &'static P) -> Result<(), Fai
         check_eq!(read(frame_addr(p, a, PAGE_SIZE - 8)), pattern(1, 2));
         write(frame_addr(p, b, 8), pattern(2, 1));
     }
-    check_eq!(ok!(p.unmap(page, PageSize::Small)), a);
+    check_eq!(ok!(p.unmap(page, PageSize::Small)).frame, a);
     check_eq!(p.translate(page), None);
     HOOK_FRAME.store(b.addr(), Ordering::SeqCst);
     s.fault_hook(ACT_MAP_FRAME);
@@ -653,7 +675,7 @@ pub fn map_write_unmap_fault_remap<P: Platform>(p: &'static P) -> Result<(), Fai
     // The old frame keeps its contents.
     // SAFETY: `a` is allocated.
     check_eq!(unsafe { read(frame_addr(p, a, 8)) }, pattern(1, 1));
-    check_eq!(ok!(p.unmap(page, PageSize::Small)), b);
+    check_eq!(ok!(p.unmap(page, PageSize::Small)).frame, b);
     // SAFETY: both frames are unmapped and not used again.
     unsafe {
         p.free_frame(a, PageSize::Small);
@@ -684,8 +706,8 @@ pub fn window_and_direct_map_agree<P: Platform>(p: &'static P) -> Result<(), Fai
             check_eq!(read(x + offset), pattern(i, 3));
         }
     }
-    check_eq!(ok!(p.unmap(x, PageSize::Small)), f);
-    check_eq!(ok!(p.unmap(y, PageSize::Small)), f);
+    check_eq!(ok!(p.unmap(x, PageSize::Small)).frame, f);
+    check_eq!(ok!(p.unmap(y, PageSize::Small)).frame, f);
     // SAFETY: unmapped everywhere, not used again.
     unsafe { p.free_frame(f, PageSize::Small) };
     Ok(())
@@ -737,8 +759,8 @@ pub fn write_protect_fault<P: Platform>(p: &'static P) -> Result<(), Failure> {
     // SAFETY: `g` is allocated.
     check_eq!(unsafe { read(frame_addr(p, g, 8)) }, 4);
     check_eq!(HOOK_ERRORS.load(Ordering::SeqCst), 0);
-    check_eq!(ok!(p.unmap(page, PageSize::Small)), f);
-    check_eq!(ok!(p.unmap(fresh, PageSize::Small)), g);
+    check_eq!(ok!(p.unmap(page, PageSize::Small)).frame, f);
+    check_eq!(ok!(p.unmap(fresh, PageSize::Small)).frame, g);
     // SAFETY: unmapped, not used again.
     unsafe {
         p.free_frame(f, PageSize::Small);
@@ -797,7 +819,7 @@ pub fn access_bits<P: Platform>(p: &'static P) -> Result<(), Failure> {
             }
         }
     }
-    check_eq!(ok!(p.unmap(page, PageSize::Small)), f);
+    check_eq!(ok!(p.unmap(page, PageSize::Small)).frame, f);
     // SAFETY: unmapped, not used again.
     unsafe { p.free_frame(f, PageSize::Small) };
     Ok(())
@@ -842,7 +864,7 @@ pub fn bad_input_errors<P: Platform>(p: &'static P) -> Result<(), Failure> {
     check_eq!(p.translate(page), Some(f));
     check_eq!(p.translate(other), None);
     check_eq!(p.unmap(other, small), Err(Error::NotMapped(other)));
-    check_eq!(ok!(p.unmap(page, small)), f);
+    check_eq!(ok!(p.unmap(page, small)).frame, f);
     check_eq!(p.unmap(page, small), Err(Error::NotMapped(page)));
     let n = p.cpu_count();
     check_eq!(p.send_ipi(n), Err(Error::NoSuchCpu(n)));
@@ -898,7 +920,7 @@ pub fn large_page_errors<P: Platform>(p: &'static P) -> Result<(), Failure> {
         Err(Error::SizeMismatch(hi + 5 * PAGE_SIZE))
     );
     check_eq!(p.protect(hi, small, rw), Err(Error::SizeMismatch(hi)));
-    check_eq!(ok!(p.unmap(hi, big)), large);
+    check_eq!(ok!(p.unmap(hi, big)).frame, large);
     // Small mappings block large calls over them.
     ok!(p.map(lo + 9 * PAGE_SIZE, f, small, rw));
     check_eq!(p.map(lo, large, big, rw), Err(Error::SizeMismatch(lo)));
@@ -906,7 +928,7 @@ pub fn large_page_errors<P: Platform>(p: &'static P) -> Result<(), Failure> {
     check_eq!(p.protect(lo, big, rw), Err(Error::SizeMismatch(lo)));
     check_eq!(p.translate(lo), None);
     check_eq!(p.translate(lo + 9 * PAGE_SIZE), Some(f));
-    check_eq!(ok!(p.unmap(lo + 9 * PAGE_SIZE, small)), f);
+    check_eq!(ok!(p.unmap(lo + 9 * PAGE_SIZE, small)).frame, f);
     // SAFETY: unmapped, not used again.
     unsafe {
         p.free_frame(large, PageSize::Large);
@@ -929,7 +951,7 @@ pub fn translate_before_after<P: Platform>(p: &'static P) -> Result<(), Failure>
     check_eq!(p.translate(page + PAGE_SIZE), None);
     ok!(p.protect(page, PageSize::Small, Protection::ReadWrite));
     check_eq!(p.translate(page), Some(f));
-    check_eq!(ok!(p.unmap(page, PageSize::Small)), f);
+    check_eq!(ok!(p.unmap(page, PageSize::Small)).frame, f);
     check_eq!(p.translate(page), None);
     let hi = w.base + LARGE_PAGE_SIZE;
     check_eq!(p.translate(hi), None);
@@ -941,7 +963,7 @@ pub fn translate_before_after<P: Platform>(p: &'static P) -> Result<(), Failure>
         );
     }
     check_eq!(p.translate(w.base), None);
-    check_eq!(ok!(p.unmap(hi, PageSize::Large)), large);
+    check_eq!(ok!(p.unmap(hi, PageSize::Large)).frame, large);
     check_eq!(p.translate(hi), None);
     check_eq!(p.translate(hi + 511 * PAGE_SIZE), None);
     // SAFETY: unmapped, not used again.
@@ -977,7 +999,7 @@ pub fn large_mapping<P: Platform>(p: &'static P) -> Result<(), Failure> {
             pattern(7, 2)
         );
     }
-    check_eq!(ok!(p.unmap(w.base, PageSize::Large)), large);
+    check_eq!(ok!(p.unmap(w.base, PageSize::Large)).frame, large);
     // (Mapping may have taken frames for page tables: compare from here.)
     let unmapped = p.free_frames();
     // SAFETY: unmapped, not used again.
@@ -1062,7 +1084,7 @@ pub fn fault_on_every_cpu<P: Platform>(p: &'static P) -> Result<(), Failure> {
         check_eq!((cpu, CPU_FAULTS[cpu].load(Ordering::SeqCst)), (cpu, 1));
         let page = w.page(cpu as u64);
         check_eq!(p.translate(page), *frame);
-        let f = ok!(p.unmap(page, PageSize::Small));
+        let f = ok!(p.unmap(page, PageSize::Small)).frame;
         // SAFETY: unmapped, not used again.
         unsafe { p.free_frame(f, PageSize::Small) };
     }
@@ -1109,7 +1131,7 @@ pub fn remote_sees_remap_after_invalidate_all<P: Platform>(p: &'static P) -> Res
                     STAGE.store(2, Ordering::SeqCst);
                     return;
                 }
-                match p.unmap(page, PageSize::Small) {
+                match p.unmap(page, PageSize::Small).map(|u| u.frame) {
                     Ok(f) if f == old => {}
                     Ok(f) => note(line!(), f.addr()),
                     Err(_) => note(line!(), 0),
@@ -1144,7 +1166,7 @@ pub fn remote_sees_remap_after_invalidate_all<P: Platform>(p: &'static P) -> Res
         );
         check_eq!(p.translate(page), Some(new));
     }
-    check_eq!(ok!(p.unmap(page, PageSize::Small)), a);
+    check_eq!(ok!(p.unmap(page, PageSize::Small)).frame, a);
     // SAFETY: unmapped, not used again.
     unsafe {
         p.free_frame(a, PageSize::Small);
@@ -1261,7 +1283,7 @@ pub fn event_counts<P: Platform>(p: &'static P) -> Result<(), Failure> {
     let d = p.counters().since(&c);
     check_eq!((d.faults, d.pte_writes, d.local_invalidations), (0, 0, 0));
 
-    check_eq!(ok!(p.unmap(w.page(0), PageSize::Small)), g);
+    check_eq!(ok!(p.unmap(w.page(0), PageSize::Small)).frame, g);
     // SAFETY: unmapped, not used again.
     unsafe {
         p.free_frame(f, PageSize::Small);
@@ -1306,8 +1328,8 @@ pub fn fault_event_counts<P: Platform>(p: &'static P) -> Result<(), Failure> {
         check!(arrived, "no IPI hook ran on CPU 0");
         check_eq!((d.ipis_sent, d.pte_writes, d.faults), (1, 0, 0));
     }
-    check_eq!(ok!(p.unmap(page, PageSize::Small)), f);
-    check_eq!(ok!(p.unmap(w.page(0), PageSize::Small)), g);
+    check_eq!(ok!(p.unmap(page, PageSize::Small)).frame, f);
+    check_eq!(ok!(p.unmap(w.page(0), PageSize::Small)).frame, g);
     // SAFETY: unmapped, not used again.
     unsafe {
         p.free_frame(f, PageSize::Small);
@@ -1351,15 +1373,18 @@ pub fn window_fault_hooks<P: Platform>(p: &'static P) -> Result<(), Failure> {
     check_eq!(WINDOW_FAULTS.load(Ordering::SeqCst), 1);
     // A new registration: the new context comes with it.
     ok!(p.set_window_fault_hook(&own, Some(window_hook::<P>), frames[1].addr() as usize));
-    check_eq!(ok!(p.unmap(page, PageSize::Small)), frames[0]);
+    check_eq!(ok!(p.unmap(page, PageSize::Small)).frame, frames[0]);
     // SAFETY: as above.
     check_eq!(unsafe { read(page) }, pattern(1, 0));
     check_eq!(WINDOW_FAULTS.load(Ordering::SeqCst), 2);
     check_eq!(WINDOW_CONTEXT.load(Ordering::SeqCst), frames[1].addr());
     // Cleared: the platform-wide hook takes the window's faults again.
     ok!(p.set_window_fault_hook(&own, None, 0));
-    check_eq!(ok!(p.unmap(page, PageSize::Small)), frames[1]);
-    check_eq!(ok!(p.unmap(other.page(5), PageSize::Small)), frames[2]);
+    check_eq!(ok!(p.unmap(page, PageSize::Small)).frame, frames[1]);
+    check_eq!(
+        ok!(p.unmap(other.page(5), PageSize::Small)).frame,
+        frames[2]
+    );
     // SAFETY: as above.
     check_eq!(unsafe { read(page) }, pattern(2, 0));
     check_eq!(FAULTS.load(Ordering::SeqCst), 2);
@@ -1382,12 +1407,278 @@ pub fn window_fault_hooks<P: Platform>(p: &'static P) -> Result<(), Failure> {
         p.set_window_fault_hook(&nowhere, Some(window_hook::<P>), 0),
         Err(Error::NotInWindow(nowhere.base))
     );
-    check_eq!(ok!(p.unmap(page, PageSize::Small)), frames[2]);
+    check_eq!(ok!(p.unmap(page, PageSize::Small)).frame, frames[2]);
     // SAFETY: all three frames are unmapped and not used again.
     unsafe {
         for f in frames {
             p.free_frame(f, PageSize::Small);
         }
     }
+    Ok(())
+}
+
+/// `unmap` returns the frame with the accessed/dirty state the page had at
+/// that moment: dirty after a write through the window, accessed only after
+/// a read, neither when untouched (`None` where `capabilities()` says the
+/// platform cannot observe them).
+pub fn unmap_reports_access_bits<P: Platform>(p: &'static P) -> Result<(), Failure> {
+    let _s = Session::begin(p)?;
+    let caps = p.capabilities();
+    let expect = |accessed: bool, dirty: bool| AccessBits {
+        accessed: caps.accessed_bit.then_some(accessed),
+        dirty: caps.dirty_bit.then_some(dirty),
+    };
+    let w = ok!(p.reserve(LARGE_PAGE_SIZE));
+    let f = ok!(p.alloc_frame(PageSize::Small));
+    let page = w.page(2);
+    let rw = Protection::ReadWrite;
+    ok!(p.map(page, f, PageSize::Small, rw));
+    // SAFETY: mapped read-write.
+    unsafe { write(page + 8, 1) };
+    check_eq!(
+        ok!(p.unmap(page, PageSize::Small)),
+        Unmapped {
+            frame: f,
+            bits: expect(true, true)
+        }
+    );
+    ok!(p.map(page, f, PageSize::Small, rw));
+    // SAFETY: mapped read-write.
+    check_eq!(unsafe { read(page + 8) }, 1);
+    check_eq!(
+        ok!(p.unmap(page, PageSize::Small)),
+        Unmapped {
+            frame: f,
+            bits: expect(true, false)
+        }
+    );
+    ok!(p.map(page, f, PageSize::Small, Protection::ReadOnly));
+    check_eq!(
+        ok!(p.unmap(page, PageSize::Small)),
+        Unmapped {
+            frame: f,
+            bits: expect(false, false)
+        }
+    );
+    // A large page reports its own entry's bits (in a window of its own: a
+    // 2 MiB range that held small pages may keep its page table).
+    let big = ok!(p.reserve(LARGE_PAGE_SIZE));
+    let large = ok!(p.alloc_frame(PageSize::Large));
+    ok!(p.map(big.base, large, PageSize::Large, rw));
+    // SAFETY: mapped read-write.
+    unsafe { write(big.base + LARGE_PAGE_SIZE - 8, 2) };
+    check_eq!(
+        ok!(p.unmap(big.base, PageSize::Large)),
+        Unmapped {
+            frame: large,
+            bits: expect(true, true)
+        }
+    );
+    // SAFETY: both unmapped, not used again.
+    unsafe {
+        p.free_frame(f, PageSize::Small);
+        p.free_frame(large, PageSize::Large);
+    }
+    Ok(())
+}
+
+/// `protect` returns the state before and keeps the dirty (and accessed)
+/// state: a page written, then made read-only, is still dirty, and an
+/// `unmap` after that reports it dirty.
+pub fn protect_keeps_dirty<P: Platform>(p: &'static P) -> Result<(), Failure> {
+    let _s = Session::begin(p)?;
+    let caps = p.capabilities();
+    let expect = |accessed: bool, dirty: bool| AccessBits {
+        accessed: caps.accessed_bit.then_some(accessed),
+        dirty: caps.dirty_bit.then_some(dirty),
+    };
+    let w = ok!(p.reserve(LARGE_PAGE_SIZE));
+    let f = ok!(p.alloc_frame(PageSize::Small));
+    let page = w.page(4);
+    ok!(p.map(page, f, PageSize::Small, Protection::ReadWrite));
+    check_eq!(
+        ok!(p.protect(page, PageSize::Small, Protection::ReadWrite)),
+        expect(false, false)
+    );
+    // SAFETY: mapped read-write.
+    unsafe { write(page, 3) };
+    check_eq!(
+        ok!(p.protect(page, PageSize::Small, Protection::ReadOnly)),
+        expect(true, true)
+    );
+    check_eq!(ok!(p.access_bits(page)), expect(true, true));
+    // SAFETY: mapped read-only: reads succeed.
+    check_eq!(unsafe { read(page) }, 3);
+    check_eq!(
+        ok!(p.protect(page, PageSize::Small, Protection::ReadWrite)),
+        expect(true, true)
+    );
+    check_eq!(
+        ok!(p.unmap(page, PageSize::Small)),
+        Unmapped {
+            frame: f,
+            bits: expect(true, true)
+        }
+    );
+    // SAFETY: unmapped, not used again.
+    unsafe { p.free_frame(f, PageSize::Small) };
+    Ok(())
+}
+
+/// `unmap_many` unmaps each page and reports each one's outcome (frame and
+/// bits, or the error of a page that is not mapped), at the cost of that
+/// many `unmap`s; `invalidate_local_many` costs one local invalidation per
+/// page.
+pub fn unmap_many_and_invalidate_many<P: Platform>(p: &'static P) -> Result<(), Failure> {
+    let _s = Session::begin(p)?;
+    let caps = p.capabilities();
+    let expect = |accessed: bool, dirty: bool| AccessBits {
+        accessed: caps.accessed_bit.then_some(accessed),
+        dirty: caps.dirty_bit.then_some(dirty),
+    };
+    let w = ok!(p.reserve(LARGE_PAGE_SIZE));
+    let f = ok!(p.alloc_frame(PageSize::Small));
+    let g = ok!(p.alloc_frame(PageSize::Small));
+    let pages = [w.page(0), w.page(1), w.page(2), w.page(3)];
+    ok!(p.map(pages[0], f, PageSize::Small, Protection::ReadWrite));
+    ok!(p.map(pages[1], g, PageSize::Small, Protection::ReadWrite));
+    ok!(p.map(pages[2], f, PageSize::Small, Protection::ReadOnly));
+    // SAFETY: mapped (0 read-write, 2 read-only).
+    unsafe {
+        write(pages[0], 1);
+        read(pages[2]);
+    }
+    let mut results = [Ok(Unmapped {
+        frame: f,
+        bits: AccessBits::default(),
+    }); 4];
+    let c = p.counters();
+    p.unmap_many(&pages, PageSize::Small, &mut results);
+    let d = p.counters().since(&c);
+    check_eq!(library_events(&d), (0, 3, 3, 0, 0, 0));
+    check_eq!(
+        results,
+        [
+            Ok(Unmapped {
+                frame: f,
+                bits: expect(true, true)
+            }),
+            Ok(Unmapped {
+                frame: g,
+                bits: expect(false, false)
+            }),
+            Ok(Unmapped {
+                frame: f,
+                bits: expect(true, false)
+            }),
+            Err(Error::NotMapped(pages[3])),
+        ]
+    );
+    for page in pages {
+        check_eq!(p.translate(page), None);
+    }
+    // Bad pages are reported, not fatal.
+    let mut two = [Ok(Unmapped {
+        frame: f,
+        bits: AccessBits::default(),
+    }); 2];
+    p.unmap_many(&[OUTSIDE, w.page(0) + 8], PageSize::Small, &mut two);
+    check_eq!(
+        two,
+        [
+            Err(Error::NotInWindow(OUTSIDE)),
+            Err(Error::Unaligned(w.page(0) + 8))
+        ]
+    );
+    let c = p.counters();
+    p.invalidate_local_many(&pages);
+    p.invalidate_local_many(&[]);
+    let d = p.counters().since(&c);
+    check_eq!(library_events(&d), (0, 0, 4, 0, 0, 0));
+    // SAFETY: unmapped, not used again.
+    unsafe {
+        p.free_frame(f, PageSize::Small);
+        p.free_frame(g, PageSize::Small);
+    }
+    Ok(())
+}
+
+/// A clock sweep with `test_and_clear_accessed`: it reports each page's
+/// state before (`None` for pages not mapped), clears the accessed bit and
+/// keeps the dirty bit, and costs one page-table write and one local
+/// invalidation per accessed page only. Where accessed bits are not
+/// observable, mapped pages report `None` bits, nothing is cleared, and it
+/// costs nothing.
+pub fn test_and_clear_accessed_sweep<P: Platform>(p: &'static P) -> Result<(), Failure> {
+    let _s = Session::begin(p)?;
+    let caps = p.capabilities();
+    let expect = |accessed: bool, dirty: bool| {
+        Some(AccessBits {
+            accessed: caps.accessed_bit.then_some(accessed),
+            dirty: caps.dirty_bit.then_some(dirty),
+        })
+    };
+    let w = ok!(p.reserve(LARGE_PAGE_SIZE));
+    let f = ok!(p.alloc_frame(PageSize::Small));
+    for i in 0..4 {
+        ok!(p.map(w.page(i), f, PageSize::Small, Protection::ReadWrite));
+    }
+    let mut bits = [None; 5];
+    // Start from a clean state: every page not accessed.
+    ok!(p.test_and_clear_accessed(w.page(0), PageSize::Small, &mut bits));
+    // SAFETY: mapped read-write.
+    unsafe {
+        read(w.page(1));
+        write(w.page(2), 7);
+    }
+    let c = p.counters();
+    let accessed = ok!(p.test_and_clear_accessed(w.page(0), PageSize::Small, &mut bits));
+    let d = p.counters().since(&c);
+    if caps.accessed_bit {
+        check_eq!(accessed, 2);
+        check_eq!(library_events(&d), (0, 2, 2, 0, 0, 0));
+    } else {
+        check_eq!(accessed, 0);
+        check_eq!(library_events(&d), (0, 0, 0, 0, 0, 0));
+    }
+    check_eq!(
+        bits,
+        [
+            expect(false, false),
+            expect(true, false),
+            expect(true, true),
+            expect(false, false),
+            None
+        ]
+    );
+    // Nothing touched since: nothing accessed, nothing written; the dirty
+    // bit stayed.
+    let c = p.counters();
+    check_eq!(
+        ok!(p.test_and_clear_accessed(w.page(0), PageSize::Small, &mut bits)),
+        0
+    );
+    let d = p.counters().since(&c);
+    check_eq!(library_events(&d), (0, 0, 0, 0, 0, 0));
+    check_eq!(bits[2], expect(false, true));
+    // The range is checked first.
+    check_eq!(
+        p.test_and_clear_accessed(w.page(0) + 8, PageSize::Small, &mut bits),
+        Err(Error::Unaligned(w.page(0) + 8))
+    );
+    check_eq!(
+        p.test_and_clear_accessed(OUTSIDE, PageSize::Small, &mut bits),
+        Err(Error::NotInWindow(OUTSIDE))
+    );
+    let last = w.page(w.len / PAGE_SIZE - 2);
+    check_eq!(
+        p.test_and_clear_accessed(last, PageSize::Small, &mut bits),
+        Err(Error::NotInWindow(last))
+    );
+    for i in 0..4 {
+        check_eq!(ok!(p.unmap(w.page(i), PageSize::Small)).frame, f);
+    }
+    // SAFETY: unmapped, not used again.
+    unsafe { p.free_frame(f, PageSize::Small) };
     Ok(())
 }

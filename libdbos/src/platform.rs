@@ -108,6 +108,15 @@ pub struct AccessBits {
     pub dirty: Option<bool>,
 }
 
+/// What [`Platform::unmap`] took away: the frame, and the page's accessed
+/// and dirty state at the moment its translation disappeared (`None` where
+/// the platform cannot observe it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unmapped {
+    pub frame: Frame,
+    pub bits: AccessBits,
+}
+
 /// A fault in a window, handed to the fault hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault {
@@ -286,6 +295,9 @@ pub enum Error {
     SizeMismatch(u64),
     /// No free frame (or no memory for a page table).
     OutOfFrames,
+    /// The page's entry is locked (or changed) by another CPU's lock-free
+    /// edit; try again.
+    Busy(u64),
     /// No virtual address space left for a window of this size.
     OutOfAddressSpace(u64),
     /// A CPU index beyond [`Platform::cpu_count`].
@@ -305,6 +317,7 @@ impl fmt::Display for Error {
             Error::NotMapped(a) => write!(f, "page {a:#x} is not mapped"),
             Error::SizeMismatch(a) => write!(f, "page {a:#x} is mapped with another page size"),
             Error::OutOfFrames => write!(f, "out of frames"),
+            Error::Busy(a) => write!(f, "page {a:#x} is being edited by another CPU"),
             Error::OutOfAddressSpace(n) => write!(f, "no address space for a {n}-byte window"),
             Error::NoSuchCpu(c) => write!(f, "no CPU {c}"),
             Error::Unsupported(what) => write!(f, "unsupported on this platform: {what}"),
@@ -354,16 +367,38 @@ pub trait Platform: Sync {
     /// Guest: 1 PTE write (plus one per missing page table). Process: 1 `mmap`.
     fn map(&self, page: u64, frame: Frame, size: PageSize, prot: Protection) -> Result<(), Error>;
 
-    /// Unmaps window page `page` and returns its frame. Invalidates the page
-    /// on the calling CPU only: other CPUs may keep using a stale translation
-    /// until they invalidate it or [`invalidate_all`](Self::invalidate_all) is
-    /// called. Guest: 1 PTE write + 1 `invlpg`, no IPI. Process: 1 `mmap`; the
-    /// kernel shoots down every CPU that ran the process.
-    fn unmap(&self, page: u64, size: PageSize) -> Result<Frame, Error>;
+    /// Unmaps window page `page` and returns its frame with the page's
+    /// accessed/dirty state as it was when the translation disappeared (one
+    /// atomic exchange of the entry: a write that raced the unmap is either
+    /// in `bits.dirty` or faulted). Invalidates the page on the calling CPU
+    /// only: other CPUs may keep using a stale translation until they
+    /// invalidate it or [`invalidate_all`](Self::invalidate_all) is called.
+    /// Guest: 1 PTE write + 1 `invlpg`, no IPI, no lock. Process: 1 `mmap`;
+    /// the kernel shoots down every CPU that ran the process; `bits` are
+    /// `None`.
+    fn unmap(&self, page: u64, size: PageSize) -> Result<Unmapped, Error>;
 
-    /// Changes the protection of mapped page `page`; invalidates it on the
-    /// calling CPU only (as [`unmap`](Self::unmap)).
-    fn protect(&self, page: u64, size: PageSize, prot: Protection) -> Result<(), Error>;
+    /// Changes the protection of mapped page `page`, keeping its frame and its
+    /// accessed and dirty state; returns that state as it was before.
+    /// Invalidates the page on the calling CPU only (as
+    /// [`unmap`](Self::unmap)). Guest: 1 PTE write + 1 `invlpg` (a
+    /// compare-and-swap loop on the entry, no lock). Process: 1 `mprotect`;
+    /// the bits are `None`.
+    fn protect(&self, page: u64, size: PageSize, prot: Protection) -> Result<AccessBits, Error>;
+
+    /// Unmaps every page of `pages` (each of `size`), writing each page's
+    /// outcome to the same index of `results` (which must be as long as
+    /// `pages`: panics otherwise). All entries are removed before any is
+    /// invalidated on this CPU; other CPUs as for [`unmap`](Self::unmap).
+    /// Costs the same per page as `unmap` (guest: 1 PTE write + 1 `invlpg`
+    /// per page unmapped; process: one `mmap` each, a loop); a page that
+    /// fails costs nothing.
+    fn unmap_many(&self, pages: &[u64], size: PageSize, results: &mut [Result<Unmapped, Error>]) {
+        assert_eq!(pages.len(), results.len(), "one result per page");
+        for (page, result) in pages.iter().zip(results.iter_mut()) {
+            *result = self.unmap(*page, size);
+        }
+    }
 
     /// The frame mapped at `page`, if any.
     fn translate(&self, page: u64) -> Option<Frame>;
@@ -376,11 +411,39 @@ pub trait Platform: Sync {
     /// state before.
     fn clear_access_bits(&self, page: u64) -> Result<AccessBits, Error>;
 
+    /// A clock sweep over `bits.len()` consecutive pages of `size` from
+    /// `first` (all in one window): for each mapped page, its
+    /// accessed/dirty state before (`bits[i]`, `None` when the page is not
+    /// mapped with this size), and its accessed bit cleared (the dirty bit
+    /// stays). Returns how many pages were accessed. Alignment and the window
+    /// are checked for the whole range first (nothing is done on error).
+    /// Guest: per accessed page 1 PTE write (a compare-and-swap, no lock) +
+    /// 1 `invlpg` on this CPU (so this CPU sets the bit again; other CPUs may
+    /// keep a cached translation and not set it until they invalidate); per
+    /// page not accessed, nothing. Process: the state is not observable:
+    /// every mapped page is `Some` with `None` bits, nothing is cleared, no
+    /// system call, and the result is 0.
+    fn test_and_clear_accessed(
+        &self,
+        first: u64,
+        size: PageSize,
+        bits: &mut [Option<AccessBits>],
+    ) -> Result<usize, Error>;
+
     // ---- TLB -------------------------------------------------------------
 
     /// Invalidates `page` in this CPU's TLB. Guest: `invlpg`. Process: no-op
     /// (the kernel keeps TLBs coherent), counted.
     fn invalidate_local(&self, page: u64);
+
+    /// Invalidates every page of `pages` in this CPU's TLB: as
+    /// [`invalidate_local`](Self::invalidate_local) for each (guest: one
+    /// `invlpg` each; process: no-op, counted per page).
+    fn invalidate_local_many(&self, pages: &[u64]) {
+        for &page in pages {
+            self.invalidate_local(page);
+        }
+    }
 
     /// Flushes this CPU's whole TLB. Guest: CR3 reload. Process: no-op, counted.
     fn flush_local(&self);

@@ -80,6 +80,10 @@ conformance_tests!(
     event_counts,
     fault_event_counts,
     window_fault_hooks,
+    unmap_reports_access_bits,
+    protect_keeps_dirty,
+    unmap_many_and_invalidate_many,
+    test_and_clear_accessed_sweep,
 );
 
 #[test]
@@ -151,6 +155,24 @@ fn costs_are_exact() {
         (0, 0, 0, 0, 0, n, 0)
     );
     assert_eq!(row("alloc + free 4 KiB frame"), (0, 0, 0, 0, 0, 0, 0));
+    // The batched calls loop: one system call per page unmapped; accessed
+    // bits are not observable, so the sweep does nothing.
+    assert_eq!(
+        row("unmap_many, 16 written pages a call (per page)"),
+        (0, n, n, 0, 0, 0, 0)
+    );
+    assert_eq!(
+        row("invalidate_local_many, 16 pages a call (per page)"),
+        (0, 0, n, 0, 0, 0, 0)
+    );
+    assert_eq!(
+        row("test_and_clear_accessed, page accessed (per page)"),
+        (0, 0, 0, 0, 0, 0, 0)
+    );
+    assert_eq!(
+        row("test_and_clear_accessed, page not accessed (per page)"),
+        (0, 0, 0, 0, 0, 0, 0)
+    );
     let mut table = String::new();
     costs::write_markdown(&mut table, &costs).unwrap();
     assert!(
@@ -317,7 +339,7 @@ fn stress_timer_hook(cpu: usize) {
     let ok = p
         .map(page, frame, PageSize::Small, Protection::ReadWrite)
         .is_ok()
-        && p.unmap(page, PageSize::Small) == Ok(frame);
+        && p.unmap(page, PageSize::Small).map(|u| u.frame) == Ok(frame);
     // SAFETY: unmapped again, not used afterwards.
     unsafe { p.free_frame(frame, PageSize::Small) };
     if !ok {
@@ -360,7 +382,7 @@ fn hooks_allocate_and_map_in_signal_context() {
             }
             for i in 0..PAGES_PER_CPU {
                 let page = w.page(cpu as u64 * PAGES_PER_CPU + i);
-                match p.unmap(page, PageSize::Small) {
+                match p.unmap(page, PageSize::Small).map(|u| u.frame) {
                     // SAFETY: unmapped now, not used again.
                     Ok(f) => unsafe { p.free_frame(f, PageSize::Small) },
                     Err(e) => panic!("round {round}: unmap {page:#x}: {e}"),
@@ -425,7 +447,7 @@ fn fault_inside_a_timer_hook_reaches_the_fault_hook() {
     assert!(NESTED_READS.load(Ordering::SeqCst) >= 3);
     // Only the first read faulted; the page stayed mapped.
     assert_eq!(p.counters().since(&before).faults, 1);
-    let f = p.unmap(w.page(9), PageSize::Small).unwrap();
+    let f = p.unmap(w.page(9), PageSize::Small).unwrap().frame;
     // SAFETY: unmapped, not used again.
     unsafe { p.free_frame(f, PageSize::Small) };
 }
@@ -453,7 +475,7 @@ fn errno_survives_a_fault() {
     p.set_fault_hook(None);
     assert_eq!(v, w.page(0));
     assert_eq!(errno, Some(libc::EBADF));
-    let f = p.unmap(w.page(0), PageSize::Small).unwrap();
+    let f = p.unmap(w.page(0), PageSize::Small).unwrap().frame;
     // SAFETY: unmapped, not used again.
     unsafe { p.free_frame(f, PageSize::Small) };
 }
@@ -647,7 +669,7 @@ fn reserve_rounds_and_limits() {
     unsafe { std::ptr::write_volatile(last as *mut u64, 5) };
     // SAFETY: `f` is allocated.
     assert_eq!(unsafe { *(q.frame_ptr(f) as *const u64) }, 5);
-    assert_eq!(q.unmap(last, PageSize::Small), Ok(f));
+    assert_eq!(q.unmap(last, PageSize::Small).map(|u| u.frame), Ok(f));
 }
 
 #[test]

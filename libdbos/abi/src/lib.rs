@@ -37,6 +37,7 @@ pub mod hypercall;
 pub mod layout;
 pub mod note;
 pub mod nvme;
+pub mod paging;
 
 pub use boot::{
     BootInfo, MemoryKind, MemoryRegion, BOOT_MAGIC, MAX_ARGS_BYTES, MAX_MEMORY_REGIONS,

@@ -22,7 +22,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// The operations measured, in table order.
-pub const OPERATIONS: [&str; 12] = [
+pub const OPERATIONS: [&str; 16] = [
     "map 4 KiB page",
     "unmap 4 KiB page",
     "map + write + unmap 4 KiB page, other CPUs idle",
@@ -35,7 +35,14 @@ pub const OPERATIONS: [&str; 12] = [
     "invalidate_all",
     "send_ipi (and wait for the hook)",
     "alloc + free 4 KiB frame",
+    "unmap_many, 16 written pages a call (per page)",
+    "invalidate_local_many, 16 pages a call (per page)",
+    "test_and_clear_accessed, page accessed (per page)",
+    "test_and_clear_accessed, page not accessed (per page)",
 ];
+
+/// Pages per call of the batched operations.
+const BATCH: usize = 16;
 
 /// One operation's totals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -254,6 +261,76 @@ pub fn measure<P: Platform>(
     }
     let d = p.counters();
     record(11, n, &c, &d);
+
+    // 12: unmap_many over written pages, in batches.
+    for i in 0..n {
+        ok!(p.map(w.page(i), f, small, rw));
+        // SAFETY: mapped read-write.
+        unsafe { write(w.page(i) + 8, i) };
+    }
+    let mut pages = [0u64; BATCH];
+    let mut results = [Err(crate::platform::Error::OutOfFrames); BATCH];
+    let c = p.counters();
+    let mut i = 0;
+    while i < n {
+        let k = (n - i).min(BATCH as u64) as usize;
+        for (j, page) in pages[..k].iter_mut().enumerate() {
+            *page = w.page(i + j as u64);
+        }
+        p.unmap_many(&pages[..k], small, &mut results[..k]);
+        if let Some(Err(e)) = results[..k].iter().find(|r| r.is_err()) {
+            fail!("unmap_many: {e:?}");
+        }
+        i += k as u64;
+    }
+    let d = p.counters();
+    record(12, n, &c, &d);
+
+    // 13: invalidate_local_many, in batches.
+    let c = p.counters();
+    let mut i = 0;
+    while i < n {
+        let k = (n - i).min(BATCH as u64) as usize;
+        for (j, page) in pages[..k].iter_mut().enumerate() {
+            *page = w.page(i + j as u64);
+        }
+        p.invalidate_local_many(&pages[..k]);
+        i += k as u64;
+    }
+    let d = p.counters();
+    record(13, n, &c, &d);
+
+    // 14, 15: a clock sweep over n mapped pages, every page read since the
+    // last sweep; then again with none touched.
+    for i in 0..n {
+        ok!(p.map(w.page(i), f, small, rw));
+    }
+    let mut bits = [None; BATCH];
+    let sweep = |bits: &mut [Option<crate::platform::AccessBits>; BATCH]| {
+        let mut i = 0;
+        while i < n {
+            let k = (n - i).min(BATCH as u64) as usize;
+            p.test_and_clear_accessed(w.page(i), small, &mut bits[..k])?;
+            i += k as u64;
+        }
+        Ok::<(), crate::platform::Error>(())
+    };
+    ok!(sweep(&mut bits));
+    for i in 0..n {
+        // SAFETY: mapped read-write.
+        unsafe { read(w.page(i)) };
+    }
+    let c = p.counters();
+    ok!(sweep(&mut bits));
+    let d = p.counters();
+    record(14, n, &c, &d);
+    let c = p.counters();
+    ok!(sweep(&mut bits));
+    let d = p.counters();
+    record(15, n, &c, &d);
+    for i in 0..n {
+        ok!(p.unmap(w.page(i), small));
+    }
 
     // SAFETY: both frames are unmapped everywhere and not used again.
     unsafe {

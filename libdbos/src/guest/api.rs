@@ -12,7 +12,8 @@ use crate::interrupts::{self, HookResult, InterruptFrame, PageFault};
 use crate::percpu::{self, Event};
 use crate::platform::{
     AccessBits, Capabilities, Error, EventCounts, EventHook, Fault, FaultHook, FaultResolution,
-    Frame, PageSize, Platform, Protection, Window, WindowFaultHook, LARGE_PAGE_SIZE, PAGE_SIZE,
+    Frame, PageSize, Platform, Protection, Unmapped, Window, WindowFaultHook, LARGE_PAGE_SIZE,
+    PAGE_SIZE,
 };
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
@@ -162,14 +163,68 @@ impl Platform for GuestPlatform {
         crate::paging::map(page, frame, size, prot)
     }
 
-    fn unmap(&self, page: u64, size: PageSize) -> Result<Frame, Error> {
+    fn unmap(&self, page: u64, size: PageSize) -> Result<Unmapped, Error> {
         check_page(page, size)?;
-        crate::paging::unmap(page, size)
+        let before = crate::paging::unmap(page, size)?;
+        Ok(Unmapped {
+            frame: before.frame,
+            bits: before.bits(),
+        })
     }
 
-    fn protect(&self, page: u64, size: PageSize, prot: Protection) -> Result<(), Error> {
+    fn protect(&self, page: u64, size: PageSize, prot: Protection) -> Result<AccessBits, Error> {
         check_page(page, size)?;
-        crate::paging::set_protection(page, size, prot)
+        crate::paging::set_protection(page, size, prot).map(|before| before.bits())
+    }
+
+    /// Removes all the entries first (lock-free, one compare-and-swap each),
+    /// then invalidates the pages removed on this CPU: the same events as
+    /// `unmap` page by page.
+    fn unmap_many(&self, pages: &[u64], size: PageSize, results: &mut [Result<Unmapped, Error>]) {
+        assert_eq!(pages.len(), results.len(), "one result per page");
+        for (&page, result) in pages.iter().zip(results.iter_mut()) {
+            *result = check_page(page, size).and_then(|()| {
+                let before = crate::paging::unmap_entry(page, size)?;
+                Ok(Unmapped {
+                    frame: before.frame,
+                    bits: before.bits(),
+                })
+            });
+        }
+        for (&page, result) in pages.iter().zip(results.iter()) {
+            if result.is_ok() {
+                crate::tlb::invalidate_local(page);
+            }
+        }
+    }
+
+    fn test_and_clear_accessed(
+        &self,
+        first: u64,
+        size: PageSize,
+        bits: &mut [Option<AccessBits>],
+    ) -> Result<usize, Error> {
+        let len = (bits.len() as u64)
+            .checked_mul(size.bytes())
+            .ok_or(Error::NotInWindow(first))?;
+        if !first.is_multiple_of(size.bytes()) {
+            return Err(Error::Unaligned(first));
+        }
+        if !bits.is_empty() && !in_window(first, len) {
+            return Err(Error::NotInWindow(first));
+        }
+        let mut accessed = 0;
+        for (i, slot) in bits.iter_mut().enumerate() {
+            let page = first + i as u64 * size.bytes();
+            *slot = match crate::paging::test_and_clear_accessed(page, size) {
+                Ok(before) => {
+                    accessed += usize::from(before.accessed);
+                    Some(before.bits())
+                }
+                Err(_) => None,
+            };
+        }
+        Ok(accessed)
     }
 
     fn translate(&self, page: u64) -> Option<Frame> {
@@ -211,6 +266,12 @@ impl Platform for GuestPlatform {
 
     fn invalidate_local(&self, page: u64) {
         crate::tlb::invalidate_local(page);
+    }
+
+    fn invalidate_local_many(&self, pages: &[u64]) {
+        for &page in pages {
+            crate::tlb::invalidate_local(page);
+        }
     }
 
     fn flush_local(&self) {

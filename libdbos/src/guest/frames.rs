@@ -175,10 +175,16 @@ pub fn available() -> u64 {
 const _: () = assert!(LARGE_PAGE_SIZE.is_multiple_of(PAGE_SIZE));
 
 /// Zeroed frames for new page tables.
-pub(crate) struct ZeroedFrames;
+pub struct ZeroedFrames;
 
 impl crate::pagetable::TableFrames for ZeroedFrames {
-    fn alloc_zeroed_table(&mut self) -> Option<u64> {
+    fn alloc_zeroed_table(&self) -> Option<u64> {
         alloc_zeroed().map(|f| f.start_address().as_u64())
+    }
+
+    fn free_table(&self, phys: u64) {
+        // SAFETY: the walker returns only tables it got from
+        // `alloc_zeroed_table` and that no entry points to.
+        unsafe { free_sized(phys, PageSize::Small) }
     }
 }

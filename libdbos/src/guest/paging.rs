@@ -1,12 +1,25 @@
 //! Edits of the active page tables, reached through the direct map, counted.
+//! Every read and write of an entry is the shared walker's
+//! ([`dbos_abi::paging`], through [`crate::pagetable`]), atomic.
 //!
 //! Invariants relied on here:
 //! - every paging structure is a RAM frame, so the direct map at
-//!   `DIRECT_MAP_BASE` covers it;
-//! - all edits of the active tables go through [`with_tables`], which holds
-//!   one spin lock with interrupts disabled, so two CPUs never write the same
-//!   table at once and a hook interrupting the lock holder on its own CPU
-//!   cannot deadlock on it.
+//!   `DIRECT_MAP_BASE` covers it, and only the walker's atomics access it;
+//! - **structural edits** (anything that may create, re-point or free a
+//!   table: [`map`], [`populate`], and whatever a caller does in
+//!   [`with_tables`]) hold one spin lock with interrupts disabled, so two CPUs
+//!   never create the same table twice, and a hook interrupting the lock
+//!   holder on its own CPU cannot deadlock on it;
+//! - **leaf edits** ([`unmap`], [`set_protection`], [`clear_access_bits`],
+//!   [`test_and_clear_accessed`], and writes through [`leaf`]) take no lock:
+//!   each is one compare-and-swap on one entry, which serialises with the
+//!   hardware's accessed/dirty updates and with other CPUs' edits of that
+//!   entry. They are safe against structural edits because page tables of a
+//!   window are never freed or re-pointed while the window lives (windows are
+//!   never released today, and nothing in the platform shares or copies a
+//!   window's tables): a slot a walk found stays the slot the MMU uses. A
+//!   caller of [`with_tables`] that re-points a table (share, copy) must edit
+//!   the leaves below it under the lock as well, or re-walk afterwards.
 //!
 //! TLB rule: mapping a page that was not present needs no invalidation (x86
 //! does not cache non-present entries). After a present entry changes or goes
@@ -14,79 +27,138 @@
 //! [`set_protection`] invalidate the page on this CPU (`invlpg`) before
 //! returning; other CPUs are the caller's business
 //! (`smp::invalidate_all`, or Tabby's lazy repair).
+//!
+//! Counting: every entry written is one [`Event::PteWrite`], including the
+//! tables a failed `map` linked before memory ran out.
 
 use crate::abi::DIRECT_MAP_BASE;
 use crate::frames::ZeroedFrames;
-use crate::pagetable::{flags_for, Mapping, PageTables};
+use crate::pagetable::{PageTables, F};
 use crate::percpu::{self, Event};
 use crate::platform::{Error, Frame, PageSize, Protection};
+use core::sync::atomic::AtomicU64;
 use spin::Mutex;
 use x86_64::registers::control::Cr3;
 
-/// Serialises edits of the active page tables.
+pub use crate::pagetable::Mapping;
+
+/// Serialises structural edits of the active page tables.
 static TABLES: Mutex<()> = Mutex::new(());
 
-fn with_tables<R>(f: impl FnOnce(&mut PageTables<'static>) -> R) -> R {
+/// The active tables (CR3's root), through the direct map.
+fn active() -> PageTables<'static, ZeroedFrames> {
+    let root = Cr3::read().0.start_address().as_u64();
+    // SAFETY: CR3 holds the active PML4; every table is a RAM frame in the
+    // direct map, which is mapped for the guest's whole life, and tables are
+    // only accessed through the walker's atomics (invariants above); new
+    // tables are zeroed frames from the frame allocator.
+    unsafe { PageTables::new(root, DIRECT_MAP_BASE, ZeroedFrames) }
+}
+
+/// Runs `f` on the active tables under the structural lock (interrupts
+/// disabled). For level-aware edits through [`PageTables::walker`]: the
+/// caller counts what the walker reports ([`count_writes`]) and invalidates.
+pub fn with_tables<R>(f: impl FnOnce(&PageTables<'static, ZeroedFrames>) -> R) -> R {
     x86_64::instructions::interrupts::without_interrupts(|| {
         let _guard = TABLES.lock();
-        let root = Cr3::read().0.start_address().as_u64();
-        // SAFETY: CR3 holds the active PML4, every table is a RAM frame in the
-        // direct map (invariant above), and the lock makes this the only view
-        // that edits them for the duration of `f`.
-        let mut tables = unsafe { PageTables::new(root, DIRECT_MAP_BASE) };
-        f(&mut tables)
+        f(&active())
     })
+}
+
+/// Counts `n` page-table entries written on this CPU.
+pub fn count_writes(n: u64) {
+    let me = percpu::current();
+    for _ in 0..n {
+        me.count(Event::PteWrite);
+    }
 }
 
 /// Maps `page` to `frame`. Counted: one PTE write plus one per new table.
 pub fn map(page: u64, frame: Frame, size: PageSize, prot: Protection) -> Result<(), Error> {
-    let writes = with_tables(|t| t.map(page, frame, size, prot, &mut ZeroedFrames))?;
-    let me = percpu::current();
-    for _ in 0..writes {
-        me.count(Event::PteWrite);
-    }
-    Ok(())
+    let mut writes = 0;
+    let r = with_tables(|t| t.map(page, frame, size, prot, &mut writes));
+    count_writes(writes);
+    r
 }
 
-/// Unmaps `page` and invalidates it on this CPU. Returns the frame.
-pub fn unmap(page: u64, size: PageSize) -> Result<Frame, Error> {
-    let frame = with_tables(|t| t.unmap(page, size))?;
-    percpu::count(Event::PteWrite);
+/// Unmaps `page` (lock-free) and invalidates it on this CPU. Returns the
+/// mapping as it was when it disappeared (frame, accessed, dirty).
+pub fn unmap(page: u64, size: PageSize) -> Result<Mapping, Error> {
+    let before = unmap_entry(page, size)?;
     crate::tlb::invalidate_local(page);
-    Ok(frame)
+    Ok(before)
 }
 
-/// Changes the protection of mapped `page` (clearing its accessed and dirty
-/// bits) and invalidates it on this CPU.
-pub fn set_protection(page: u64, size: PageSize, prot: Protection) -> Result<(), Error> {
-    with_tables(|t| t.set_flags(page, size, flags_for(prot)))?;
+/// [`unmap`] without the invalidation, which the caller owes this CPU
+/// before it relies on the page being gone (batched unmaps invalidate after
+/// the last entry). Counted: one PTE write.
+pub fn unmap_entry(page: u64, size: PageSize) -> Result<Mapping, Error> {
+    let before = active().unmap(page, size)?;
     percpu::count(Event::PteWrite);
-    crate::tlb::invalidate_local(page);
-    Ok(())
+    Ok(before)
 }
 
-/// Clears the accessed and dirty bits of mapped `page` and invalidates it on
-/// this CPU (otherwise the CPU would not set them again: it only writes them
-/// when its cached entry lacks them). Returns the mapping as it was.
-pub fn clear_access_bits(page: u64) -> Result<Mapping, Error> {
-    let before = with_tables(|t| {
-        let m = t.lookup(page).ok_or(Error::NotMapped(page))?;
-        let prot = if m.writable {
-            Protection::ReadWrite
-        } else {
-            Protection::ReadOnly
-        };
-        t.set_flags(page, m.size, flags_for(prot))?;
-        Ok::<_, Error>(m)
-    })?;
+/// Changes the protection of mapped `page` (lock-free; its frame and its
+/// accessed and dirty bits stay) and invalidates it on this CPU. Returns the
+/// mapping before.
+pub fn set_protection(page: u64, size: PageSize, prot: Protection) -> Result<Mapping, Error> {
+    let before = active().protect(page, size, prot)?;
     percpu::count(Event::PteWrite);
     crate::tlb::invalidate_local(page);
     Ok(before)
 }
 
-/// The mapping covering `addr`, if any.
+/// Clears the accessed and dirty bits of the mapping covering `page`
+/// (lock-free) and invalidates it on this CPU (otherwise the CPU would not
+/// set them again: it only writes them when its cached entry lacks them).
+/// Returns the mapping as it was. One PTE write and one `invlpg`, whatever
+/// the bits were.
+pub fn clear_access_bits(page: u64) -> Result<Mapping, Error> {
+    let tables = active();
+    let size = tables.lookup(page).ok_or(Error::NotMapped(page))?.size;
+    let base = page & !(size.bytes() - 1);
+    let (before, writes) = tables.clear_bits(base, size, F::ACCESSED | F::DIRTY, true)?;
+    count_writes(writes);
+    crate::tlb::invalidate_local(page);
+    Ok(before)
+}
+
+/// Clears the accessed bit of the leaf of `size` at `page` if it is set
+/// (lock-free), and then invalidates the page on this CPU; the dirty bit
+/// stays. Returns the mapping before. One PTE write and one `invlpg` if it
+/// was accessed, nothing otherwise.
+pub fn test_and_clear_accessed(page: u64, size: PageSize) -> Result<Mapping, Error> {
+    let (before, writes) = active().clear_bits(page, size, F::ACCESSED, false)?;
+    if writes > 0 {
+        count_writes(writes);
+        crate::tlb::invalidate_local(page);
+    }
+    Ok(before)
+}
+
+/// Creates every page table of `[start, end)`, so that [`leaf`] finds each
+/// page's entry without allocating or locking. Counted: one PTE write per
+/// table created.
+pub fn populate(start: u64, end: u64) -> Result<(), Error> {
+    let mut writes = 0;
+    let r = with_tables(|t| t.populate(start, end, &mut writes));
+    count_writes(writes);
+    r
+}
+
+/// The level-1 entry of `addr`, if its page table exists (after
+/// [`populate`]), found without the lock. It stays valid while the window
+/// lives (see the invariants). Edit it only with compare-and-swap (the
+/// hardware sets its accessed/dirty bits concurrently), count each write
+/// ([`count_writes`]), respect [`crate::pagetable::LOCK`], and invalidate
+/// after changing a present entry.
+pub fn leaf(addr: u64) -> Option<&'static AtomicU64> {
+    active().leaf(addr)
+}
+
+/// The mapping covering `addr`, if any (lock-free).
 pub fn lookup(addr: u64) -> Option<Mapping> {
-    with_tables(|t| t.lookup(addr))
+    active().lookup(addr)
 }
 
 /// The guest-physical address `virt` translates to, if mapped.

@@ -30,7 +30,12 @@
 //! newly created mapping, and every `map` here creates one, and (3) can only be
 //! cleared for the whole process (`echo 4 > /proc/self/clear_refs`). So
 //! [`AccessBits::dirty`] is `None` too, [`Capabilities`] says so, and
-//! [`Platform::clear_access_bits`] returns [`Error::Unsupported`].
+//! [`Platform::clear_access_bits`] returns [`Error::Unsupported`]. `unmap`
+//! and `protect` report `None` bits, and `test_and_clear_accessed` reports
+//! each mapped page with `None` bits and clears nothing. The batched calls
+//! (`unmap_many`, `invalidate_local_many`) are the trait's loops: one system
+//! call (and its events) per page unmapped, one counted no-op per page
+//! invalidated.
 //!
 //! **Large pages.** A 2 MiB mapping maps 2 MiB of the memory file at a 2 MiB
 //! aligned window page; whether the kernel backs it with one huge page is not
@@ -71,7 +76,7 @@ pub use windows::MAX_WINDOWS;
 use crate::hook::HookCell;
 use crate::platform::{
     AccessBits, Capabilities, Error, EventCounts, EventHook, FaultHook, Frame, PageSize, Platform,
-    Protection, Window, WindowFaultHook, LARGE_PAGE_SIZE, PAGE_SIZE,
+    Protection, Unmapped, Window, WindowFaultHook, LARGE_PAGE_SIZE, PAGE_SIZE,
 };
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use counters::{Counters, Event};
@@ -279,18 +284,24 @@ impl Platform for ProcessPlatform {
         Ok(())
     }
 
-    fn unmap(&self, page: u64, size: PageSize) -> Result<Frame, Error> {
+    /// The bits are `None`: Linux does not expose a page's accessed/dirty
+    /// state to the process (see the module docs).
+    fn unmap(&self, page: u64, size: PageSize) -> Result<Unmapped, Error> {
         let frame = self.window_of(page, size)?.unmap(page, size)?;
         self.count(Event::PteWrite, 1);
         self.count(Event::LocalInvalidation, 1);
-        Ok(frame)
+        Ok(Unmapped {
+            frame,
+            bits: AccessBits::default(),
+        })
     }
 
-    fn protect(&self, page: u64, size: PageSize, prot: Protection) -> Result<(), Error> {
+    /// The bits are `None`, as for `unmap`.
+    fn protect(&self, page: u64, size: PageSize, prot: Protection) -> Result<AccessBits, Error> {
         self.window_of(page, size)?.protect(page, size, prot)?;
         self.count(Event::PteWrite, 1);
         self.count(Event::LocalInvalidation, 1);
-        Ok(())
+        Ok(AccessBits::default())
     }
 
     /// `None` also for an unaligned page or one outside the windows.
@@ -313,6 +324,32 @@ impl Platform for ProcessPlatform {
         Err(Error::Unsupported(
             "per-page clearing of accessed/dirty state (Linux clears soft-dirty only process-wide)",
         ))
+    }
+
+    /// Reports every mapped page with `None` bits and clears nothing: no
+    /// system call, no event; returns 0.
+    fn test_and_clear_accessed(
+        &self,
+        first: u64,
+        size: PageSize,
+        bits: &mut [Option<AccessBits>],
+    ) -> Result<usize, Error> {
+        let len = (bits.len() as u64)
+            .checked_mul(size.bytes())
+            .ok_or(Error::NotInWindow(first))?;
+        let w = self.window_of(first, size)?;
+        if !bits.is_empty()
+            && first
+                .checked_add(len)
+                .is_none_or(|end| end > w.base + w.len)
+        {
+            return Err(Error::NotInWindow(first));
+        }
+        for (i, slot) in bits.iter_mut().enumerate() {
+            let page = first + i as u64 * size.bytes();
+            *slot = w.translate_sized(page, size).map(|_| AccessBits::default());
+        }
+        Ok(0)
     }
 
     fn invalidate_local(&self, _page: u64) {

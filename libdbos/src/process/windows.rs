@@ -293,6 +293,13 @@ impl Window {
         Ok(())
     }
 
+    /// The frame mapped at `page` (aligned to `size`, inside the window) with
+    /// exactly that size, if any.
+    pub(crate) fn translate_sized(&self, page: u64, size: PageSize) -> Option<Frame> {
+        let entry = self.entry(page, size).load(Ordering::Acquire);
+        State::mapped(entry).then(|| frame_of(entry))
+    }
+
     /// The frame mapped at small page `page` (aligned, inside the window):
     /// its own, or the matching 4 KiB part of a large frame.
     pub(crate) fn translate(&self, page: u64) -> Option<Frame> {
