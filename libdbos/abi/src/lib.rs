@@ -3,8 +3,10 @@
 //!
 //! Both sides compile this crate: the VMM on Linux, `libdbos` in the guest
 //! (`x86_64-unknown-none`), and the NVMe crate in both. It holds plain
-//! `#[repr(C)]` data, constants and pure decoding functions, and depends on
-//! nothing, so that linking it never drags either side's code into the other.
+//! `#[repr(C)]` data, constants, pure decoding functions and the one
+//! page-table walker both sides use; its only dependency is the `x86_64`
+//! crate's types (no instructions), so linking it never drags either side's
+//! code into the other.
 //!
 //! | module | what it defines |
 //! |---|---|
@@ -13,6 +15,7 @@
 //! | [`hypercall`] | the [`Hypercall`] numbers, their argument blocks and how an argument block's address travels |
 //! | [`nvme`] | the NVMe queue-pair registration ([`QueuePairConfig`]) and the ring layout in memory ([`QueueLayout`]) |
 //! | [`note`] | the ELF note that carries a guest image's ABI version |
+//! | [`paging`] | the page-table walker: the VMM builds the boot tables with it, the guest edits its live tables with it (atomic entries, level-aware operations) |
 //!
 //! # Versioning
 //!
