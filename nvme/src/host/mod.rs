@@ -36,7 +36,7 @@ pub mod uring;
 pub mod wake;
 
 pub use backend::{Backend, IoKind, IoOp};
-pub use file::{BackingFile, FileError};
+pub use file::{BackingFile, FileError, LockHolder};
 pub use memory::{DmaBuf, DmaMemory, DmaRegion, HostBuf, MemoryError, ProcessMemory};
 pub use poller::{Poller, PollerConfig, PollerControl, PollerError, PollerHandle, PollerStats};
 pub use process::{Device, DeviceError, ProcessQueuePair};

@@ -88,6 +88,8 @@ pub enum UringError {
     },
     #[error("duplicating the backing file descriptor failed: {0}")]
     Dup(io::Error),
+    #[error("opening the backing file for io_uring failed: {0}")]
+    Reopen(super::file::FileError),
 }
 
 /// Waiting on an io_uring ring from a thread other than the one that
@@ -122,6 +124,8 @@ pub struct UringBackend {
     ring: IoUring,
     wake_buf: Box<u64>,
     _file: File,
+    /// The locked descriptor (dropped after the ring).
+    _lock: File,
     _memory: Arc<DmaMemory>,
     blocks: u64,
     outstanding: usize,
@@ -164,7 +168,12 @@ impl UringBackend {
                 .setup_r_disabled();
         }
         let ring = builder.build(entries).map_err(UringError::Setup)?;
-        let fd = file.file().try_clone().map_err(UringError::Dup)?;
+        // The ring gets its own open of the file; the backend keeps a
+        // duplicate of the locked descriptor, which holds the file's lock
+        // exactly as long as the backend lives (see
+        // `BackingFile::reopen_unlocked`).
+        let lock = file.file().try_clone().map_err(UringError::Dup)?;
+        let fd = file.reopen_unlocked().map_err(UringError::Reopen)?;
         ring.submitter()
             .register_files(&[fd.as_raw_fd()])
             .map_err(UringError::RegisterFile)?;
@@ -191,6 +200,7 @@ impl UringBackend {
             ring,
             wake_buf: Box::new(0),
             _file: fd,
+            _lock: lock,
             _memory: memory.clone(),
             blocks: file.blocks(),
             outstanding: 0,
