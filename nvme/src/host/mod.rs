@@ -15,18 +15,20 @@
 //! In process mode, [`process::Device`] does all of this over a
 //! [`ProcessMemory`] region.
 //!
-//! Backends for tests, `testing` (records operations, fails chosen ones) and
-//! `powercut` (an in-memory disk that models a power cut), are test code:
-//! they are compiled only with the crate's `test-backends` feature (off by
-//! default; enable it from a dev-dependency,
-//! `dbos-nvme = { path = "...", features = ["test-backends"] }`).
+//! `powercut` (an in-memory disk that models a power cut; crash injection
+//! for `dbos run --power-cut-after` and for crash tests) is compiled with
+//! the crate's `powercut` feature. `testing` (records operations, fails
+//! chosen ones) is test code, compiled with the `test-backends` feature,
+//! which implies `powercut` (enable it from a dev-dependency,
+//! `dbos-nvme = { path = "...", features = ["test-backends"] }`). Both are
+//! off by default.
 
 pub mod backend;
 mod command;
 pub mod file;
 pub mod memory;
 pub mod poller;
-#[cfg(feature = "test-backends")]
+#[cfg(feature = "powercut")]
 pub mod powercut;
 pub mod process;
 pub mod sync;
@@ -35,7 +37,7 @@ pub mod testing;
 pub mod uring;
 pub mod wake;
 
-pub use backend::{Backend, IoKind, IoOp};
+pub use backend::{Backend, IoKind, IoOp, OpMatch};
 pub use file::{BackingFile, FileError, LockHolder};
 pub use memory::{DmaBuf, DmaMemory, DmaRegion, HostBuf, MemoryError, ProcessMemory};
 pub use poller::{Poller, PollerConfig, PollerControl, PollerError, PollerHandle, PollerStats};
