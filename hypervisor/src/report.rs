@@ -15,6 +15,8 @@ pub const STATUS_CRASH: u8 = 102;
 pub const STATUS_BAD_EXIT: u8 = 103;
 /// Process exit status for a guest stopped at its time limit.
 pub const STATUS_TIMED_OUT: u8 = 104;
+/// Process exit status for a guest stopped by an injected power cut.
+pub const STATUS_POWER_CUT: u8 = 105;
 
 /// How the guest stopped.
 #[derive(Clone, Debug)]
@@ -53,6 +55,13 @@ pub enum GuestExit {
     },
     /// Stopped by the VMM at the configured time limit, wherever it was.
     TimedOut { limit: Duration },
+    /// Stopped by an injected power cut (`--power-cut-after`): the writes
+    /// not yet durable were kept, lost or torn as `cut` says.
+    PowerCut {
+        after: Duration,
+        seed: u64,
+        cut: dbos_nvme::host::powercut::CutReport,
+    },
 }
 
 impl GuestExit {
@@ -108,6 +117,7 @@ impl GuestExit {
             GuestExit::Exited { status, .. } => u8::try_from(*status).unwrap_or(STATUS_BAD_EXIT),
             GuestExit::Panicked { .. } => STATUS_PANIC,
             GuestExit::TimedOut { .. } => STATUS_TIMED_OUT,
+            GuestExit::PowerCut { .. } => STATUS_POWER_CUT,
             _ => STATUS_CRASH,
         }
     }
@@ -178,6 +188,16 @@ impl fmt::Display for GuestExit {
                     limit.as_secs_f64()
                 )
             }
+            GuestExit::PowerCut { after, seed, cut } => write!(
+                f,
+                "power cut at {:.3} s (seed {seed}): {} writes not yet durable: {} kept, {} lost, \
+                 {} torn; the disk file holds the crash image",
+                after.as_secs_f64(),
+                cut.volatile,
+                cut.kept,
+                cut.lost,
+                cut.torn
+            ),
         }
     }
 }

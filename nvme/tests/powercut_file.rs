@@ -48,10 +48,19 @@ fn load_and_store_a_crash_image() {
         let mut ones = vec![1u8; 8192];
         let mut twos = vec![2u8; 4096];
         let mut none = [];
-        assert_eq!(run(&mut b, IoKind::Write { fua: false }, 4096, &mut ones), 8192);
+        assert_eq!(
+            run(&mut b, IoKind::Write { fua: false }, 4096, &mut ones),
+            8192
+        );
         assert_eq!(run(&mut b, IoKind::Flush, 0, &mut none), 0);
-        assert_eq!(run(&mut b, IoKind::Write { fua: false }, 1 << 20, &mut twos), 4096);
-        assert_eq!(run(&mut b, IoKind::Write { fua: false }, 4096, &mut twos), 4096);
+        assert_eq!(
+            run(&mut b, IoKind::Write { fua: false }, 1 << 20, &mut twos),
+            4096
+        );
+        assert_eq!(
+            run(&mut b, IoKind::Write { fua: false }, 4096, &mut twos),
+            4096
+        );
         let expected = if cut {
             pc.cut(seed);
             pc.image().unwrap().0

@@ -27,10 +27,10 @@
 //! contents, plus the volatile writes). Until `store`, the file is not
 //! written at all.
 
-use super::backend::{Backend, IoKind, IoOp};
-use super::sync::Inline;
 use super::backend::OpMatch;
+use super::backend::{Backend, IoKind, IoOp};
 use super::file::{BackingFile, FileError};
+use super::sync::Inline;
 use super::wake::WakeFd;
 use crate::types::BLOCK_SIZE;
 use std::io;
@@ -376,12 +376,10 @@ impl PowerCutBackend {
             len: bytes,
         })?;
         let mut image = Vec::new();
-        image
-            .try_reserve_exact(len)
-            .map_err(|_| FileError::Io {
-                path: file.path().to_path_buf(),
-                source: io::Error::from(io::ErrorKind::OutOfMemory),
-            })?;
+        image.try_reserve_exact(len).map_err(|_| FileError::Io {
+            path: file.path().to_path_buf(),
+            source: io::Error::from(io::ErrorKind::OutOfMemory),
+        })?;
         let mut bounce = vec![0u8; FILE_CHUNK + BLOCK_SIZE as usize];
         while image.len() < len {
             let n = FILE_CHUNK.min(len - image.len());
