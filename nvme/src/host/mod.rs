@@ -5,8 +5,10 @@
 //!
 //! 1. Describe guest RAM as [`DmaRegion`]s (guest-physical address, host
 //!    mapping, length) and build an `Arc<`[`DmaMemory`]`>`.
-//! 2. Open the [`BackingFile`] and build a [`UringBackend`] over it and the
-//!    memory (which registers the memory as fixed buffers).
+//! 2. Open the [`BackingFile`] (which locks it) and build a
+//!    [`UringBackend`] over it and the memory (the VMM turns
+//!    [`UringConfig::fixed_buffers`] off: registering all guest RAM would
+//!    pin it at start).
 //! 3. [`Poller::new`] and [`Poller::spawn`] give a [`PollerHandle`].
 //! 4. For each queue pair the guest announces, [`PollerControl::add_queue`]
 //!    with its [`crate::QueuePairConfig`]; on the guest's doorbell exit,
