@@ -119,7 +119,7 @@ fn open(
 fn main() -> u8 {
     let mut args = libdbos::args();
     let txns: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
-    let mode = match args.next().as_deref() {
+    let mode = match args.next() {
         None | Some("fua") => CommitMode::Fua,
         Some("flush") => CommitMode::WriteFlush,
         Some(other) => {

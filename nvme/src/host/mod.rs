@@ -28,6 +28,8 @@
 pub mod backend;
 mod command;
 pub mod file;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod memory;
 pub mod poller;
 #[cfg(feature = "powercut")]
