@@ -3,7 +3,8 @@
 use clap::{Parser, Subcommand};
 use dbos_hypervisor::layout::{MAX_MEMORY, MIN_MEMORY, PAGE};
 use dbos_hypervisor::report::{
-    STATUS_BAD_EXIT, STATUS_CRASH, STATUS_PANIC, STATUS_SETUP, STATUS_TIMED_OUT, STATUS_USAGE,
+    STATUS_BAD_EXIT, STATUS_CRASH, STATUS_PANIC, STATUS_POWER_CUT, STATUS_SETUP, STATUS_TIMED_OUT,
+    STATUS_USAGE,
 };
 use dbos_hypervisor::{Vm, VmConfig};
 use std::path::PathBuf;
@@ -39,9 +40,11 @@ fn exit_statuses() -> String {
          {STATUS_PANIC} when the guest panics; {STATUS_CRASH} when it crashes (unhandled \
          exception, bad hypercall, triple fault, emulation failure, unknown I/O port); \
          {STATUS_BAD_EXIT} when its exit status does not fit 8 bits; {STATUS_TIMED_OUT} when it \
-         is stopped at --time-limit; {STATUS_SETUP} when the VM cannot be set up (no KVM, \
+         is stopped at --time-limit; {STATUS_POWER_CUT} when it is stopped by \
+         --power-cut-after; {STATUS_SETUP} when the VM cannot be set up (no KVM, \
          unreadable or invalid image, memory too small for the image and vCPUs or more than \
-         the host can provide, a --file or --disk that cannot be opened); {STATUS_USAGE} for a \
+         the host can provide, a --file or --disk that cannot be opened or is in use by \
+         another process); {STATUS_USAGE} for a \
          usage error. A guest that itself exits with one of these statuses is named on stderr."
     )
 }
@@ -77,7 +80,9 @@ struct RunArgs {
     files: Vec<dbos_hypervisor::files::FileGrant>,
 
     /// An NVMe disk backed by this file (opened with O_DIRECT), served by a
-    /// host poller thread through queue pairs in guest memory.
+    /// host poller thread through queue pairs in guest memory. The file is
+    /// locked (flock) while the VM runs: a second dbos (or any other user of
+    /// the file's lock) is refused.
     #[arg(long, value_name = "PATH")]
     disk: Option<PathBuf>,
 
@@ -94,9 +99,31 @@ struct RunArgs {
     disk_spin_us: u64,
 
     /// Stop the guest after this many seconds (fractions allowed), wherever
-    /// it is, like a power failure; exit status 104.
+    /// it is; exit status 104. A clean stop, not a power failure: the disk
+    /// finishes every I/O in flight, so no write is lost or torn (see
+    /// --power-cut-after).
     #[arg(long, value_name = "SECONDS")]
     time_limit: Option<f64>,
+
+    /// Cut the power this long after start (seconds, fractions allowed, or
+    /// with an ms or s suffix): the VM stops, and every disk write not
+    /// covered by a completed flush or FUA write is kept, lost or torn at
+    /// 512-byte boundaries, decided by --seed; the disk file is left
+    /// holding that crash image. Exit status 105. The disk then runs on an
+    /// in-memory model of itself (the file is read at start and written
+    /// back at the end; synchronous I/O, slower than io_uring).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "disk")]
+    power_cut_after: Option<std::time::Duration>,
+
+    /// The seed of --power-cut-after: the same writes and seed give the
+    /// same crash image.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        requires = "power_cut_after"
+    )]
+    seed: u64,
 
     /// Print how many VM exits the run took on stderr, by kind (each
     /// hypercall, and every other exit reason), with the run time.
@@ -146,6 +173,22 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// Parses "1.5", "1.5s", "300ms" into a duration.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (number, scale) = if let Some(ms) = t.strip_suffix("ms") {
+        (ms, 1e-3)
+    } else {
+        (t.strip_suffix('s').unwrap_or(t), 1.0)
+    };
+    number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|n| std::time::Duration::try_from_secs_f64(n * scale).ok())
+        .ok_or_else(|| format!("{text:?} is not a duration (examples: 1.5, 2s, 300ms)"))
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
@@ -187,6 +230,12 @@ fn run(args: RunArgs) -> ExitCode {
         },
         disk: args.disk.map(|path| dbos_hypervisor::disk::DiskConfig {
             poll_spin: std::time::Duration::from_micros(args.disk_spin_us),
+            power_cut: args
+                .power_cut_after
+                .map(|after| dbos_hypervisor::disk::PowerCutPlan {
+                    after,
+                    seed: args.seed,
+                }),
             ..dbos_hypervisor::disk::DiskConfig::new(path, args.disk_size)
         }),
         echo_console: true,
@@ -243,5 +292,17 @@ mod tests {
         assert!(parse_size("12X").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        use super::parse_duration;
+        use std::time::Duration;
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("").is_err());
     }
 }

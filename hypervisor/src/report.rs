@@ -22,14 +22,18 @@ pub const STATUS_SETUP: u8 = 1;
 /// Process exit status for a usage error (a bad or inconsistent option).
 pub const STATUS_USAGE: u8 = 2;
 
+/// Process exit status for a guest stopped by an injected power cut.
+pub const STATUS_POWER_CUT: u8 = 105;
+
 /// dbos's own process exit statuses and what each means.
-pub const DBOS_STATUSES: [(u8, &str); 6] = [
+pub const DBOS_STATUSES: [(u8, &str); 7] = [
     (STATUS_SETUP, "a VM that cannot be set up"),
     (STATUS_USAGE, "a usage error"),
     (STATUS_PANIC, "a guest panic"),
     (STATUS_CRASH, "a guest crash"),
     (STATUS_BAD_EXIT, "an exit status that does not fit 8 bits"),
     (STATUS_TIMED_OUT, "a guest stopped at its time limit"),
+    (STATUS_POWER_CUT, "a guest stopped by an injected power cut"),
 ];
 
 /// How the guest stopped.
@@ -72,6 +76,13 @@ pub enum GuestExit {
     },
     /// Stopped by the VMM at the configured time limit, wherever it was.
     TimedOut { limit: Duration },
+    /// Stopped by an injected power cut (`--power-cut-after`): the writes
+    /// not yet durable were kept, lost or torn as `cut` says.
+    PowerCut {
+        after: Duration,
+        seed: u64,
+        cut: dbos_nvme::host::powercut::CutReport,
+    },
 }
 
 impl GuestExit {
@@ -154,6 +165,7 @@ impl GuestExit {
             GuestExit::Exited { status, .. } => u8::try_from(*status).unwrap_or(STATUS_BAD_EXIT),
             GuestExit::Panicked { .. } => STATUS_PANIC,
             GuestExit::TimedOut { .. } => STATUS_TIMED_OUT,
+            GuestExit::PowerCut { .. } => STATUS_POWER_CUT,
             _ => STATUS_CRASH,
         }
     }
@@ -246,6 +258,16 @@ impl fmt::Display for GuestExit {
                     limit.as_secs_f64()
                 )
             }
+            GuestExit::PowerCut { after, seed, cut } => write!(
+                f,
+                "power cut at {:.3} s (seed {seed}): {} writes not yet durable: {} kept, {} lost, \
+                 {} torn; the disk file holds the crash image",
+                after.as_secs_f64(),
+                cut.volatile,
+                cut.kept,
+                cut.lost,
+                cut.torn
+            ),
         }
     }
 }

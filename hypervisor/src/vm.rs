@@ -42,7 +42,9 @@ pub struct VmConfig {
     pub files: Vec<FileGrant>,
     /// The NVMe disk, if any (`--disk PATH [--disk-size SIZE]`).
     pub disk: Option<DiskConfig>,
-    /// Stop the guest (as if the power failed) once it has run this long.
+    /// Stop the guest cleanly once it has run this long: the disk finishes
+    /// every I/O in flight, nothing is lost or torn (for a power cut, see
+    /// [`DiskConfig::power_cut`]).
     pub time_limit: Option<Duration>,
     /// The ABI version written into the boot information. Only for testing
     /// the guest's version check: the default is `abi::ABI_VERSION`.
@@ -385,17 +387,34 @@ impl Vm {
             }
         }
 
+        // A power cut armed on the disk stops the VM like the time limit,
+        // whichever comes first, and cuts the disk's power first.
+        let power_cut = shared.disk.as_ref().and_then(Disk::power_cut_plan);
+        let deadline = match (self.config.time_limit, power_cut.map(|p| p.after)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let exit = {
             let mut slot = shared.exit.lock().unwrap_or_else(|p| p.into_inner());
             while slot.is_none() {
-                match self.config.time_limit {
+                match deadline {
                     None => slot = shared.stopped.wait(slot).unwrap_or_else(|p| p.into_inner()),
                     Some(limit) => {
                         let left = limit.saturating_sub(shared.started.elapsed());
                         if left.is_zero() {
                             // Recorded like any other stop; the vCPUs are
                             // kicked out of KVM_RUN below.
-                            *slot = Some(GuestExit::TimedOut { limit });
+                            let cut = power_cut.filter(|p| p.after == limit).and_then(|p| {
+                                Some((p, shared.disk.as_ref().and_then(Disk::cut_power)?))
+                            });
+                            *slot = Some(match cut {
+                                Some((plan, cut)) => GuestExit::PowerCut {
+                                    after: plan.after,
+                                    seed: plan.seed,
+                                    cut,
+                                },
+                                None => GuestExit::TimedOut { limit },
+                            });
                             shared.stopping.store(true, Ordering::Release);
                             break;
                         }
@@ -430,7 +449,7 @@ impl Vm {
             exits_per_vcpu.push(counts);
         }
         shared.console.flush();
-        let disk = shared.disk.as_ref().and_then(Disk::stop);
+        let disk = shared.disk.as_ref().map(Disk::stop).transpose()?.flatten();
         Ok(RunReport {
             exit,
             exits,

@@ -104,7 +104,8 @@ fn disk_files_are_never_resized_or_invented() {
 }
 
 /// The key-value store guest (bufferpool's WAL and page store in ring 0):
-/// format, stop it mid-run like a power failure, recover.
+/// format, stop it mid-run at the time limit (a clean stop: every I/O in
+/// flight completes; power cuts are in tests/crash.rs), recover.
 #[test]
 fn kvstore_guest_recovers_after_being_stopped_mid_run() {
     if !require_kvm() {
@@ -134,6 +135,10 @@ fn kvstore_guest_recovers_after_being_stopped_mid_run() {
             "[vcpu0] fresh disk: formatting",
             "[vcpu0] INFO  dbos_bufferpool::engine: engine: formatted 256 log blocks, 64 pages",
             "[vcpu0] found 0 committed transactions, 0 wrong",
+            "[vcpu0] acked 1",
+            "[vcpu0] acked 2",
+            "[vcpu0] acked 3",
+            "[vcpu0] acked 4",
             "[vcpu0] committed 4 more: 4 in all",
         ]
     );
@@ -150,7 +155,7 @@ fn kvstore_guest_recovers_after_being_stopped_mid_run() {
     let acknowledged = cut
         .console
         .iter()
-        .filter_map(|l| l.strip_prefix("[vcpu0] durable through "))
+        .filter_map(|l| l.strip_prefix("[vcpu0] acked "))
         .map(|n| n.parse::<u64>().unwrap())
         .max()
         .expect("some commits were acknowledged before the stop");
@@ -171,14 +176,10 @@ fn kvstore_guest_recovers_after_being_stopped_mid_run() {
         .unwrap_or_else(|| panic!("no clean check in {:#?}", after.console))
         .parse::<u64>()
         .unwrap();
-    // Every acknowledged commit survived (and at most the few in flight
+    // Every acknowledged commit survived (and at most the one in flight
     // when the VM stopped came on top).
     assert!(
-        found >= acknowledged,
-        "found {found}, acknowledged {acknowledged}"
-    );
-    assert!(
-        found < acknowledged + 8,
+        found == acknowledged || found == acknowledged + 1,
         "found {found}, acknowledged {acknowledged}"
     );
     assert!(

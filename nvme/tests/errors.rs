@@ -301,6 +301,7 @@ fn the_backing_file_is_sized_once() {
         dbos_nvme::host::BackingFile::create(dir.path().join("g.img"), 1000),
         Err(dbos_nvme::host::FileError::Size { len: 1000, .. })
     ));
+    drop(f);
     assert_eq!(
         dbos_nvme::host::BackingFile::open(&path).unwrap().blocks(),
         64
@@ -316,4 +317,59 @@ fn the_backing_file_is_sized_once() {
         std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
         64 * BLOCK_SIZE
     );
+}
+
+/// Two opens of one file conflict, even in one process (`flock` locks
+/// belong to the open file description); the refusal names the file and
+/// the holder; the lock lasts as long as any descriptor of the holder's
+/// open (a backend's duplicate included) and is released with the last.
+#[test]
+fn a_backing_file_has_one_opener_at_a_time() {
+    use dbos_nvme::host::{BackingFile, FileError, LockHolder, PollerConfig, UringConfig};
+    let dir = direct_io_dir();
+    let path = dir.path().join("locked.img");
+    let first = BackingFile::create(&path, 64 * BLOCK_SIZE).unwrap();
+    let err = BackingFile::open(&path).unwrap_err();
+    let FileError::Locked { path: p, holder } = &err else {
+        panic!("not refused as locked: {err}");
+    };
+    assert_eq!(p, &path);
+    let me = std::process::id();
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    assert_eq!(
+        holder,
+        &LockHolder::Process {
+            pid: me,
+            comm: Some(comm.trim_end().to_string()),
+            this_process: true
+        }
+    );
+    let text = err.to_string();
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(text.contains(&format!("process {me} (")), "{text}");
+    assert!(text.contains("is in use"), "{text}");
+
+    // A device's backend keeps its own duplicate of the descriptor: the
+    // file stays locked after the BackingFile itself is dropped, until the
+    // device is gone.
+    let dev = dbos_nvme::host::Device::open(
+        &first,
+        1 << 20,
+        PollerConfig::default(),
+        UringConfig::default(),
+    )
+    .unwrap();
+    drop(first);
+    assert!(matches!(
+        BackingFile::open(&path),
+        Err(FileError::Locked { .. })
+    ));
+    drop(dev);
+    let second = BackingFile::open(&path).expect("free once the device is gone");
+    assert!(matches!(
+        BackingFile::open(&path),
+        Err(FileError::Locked { .. })
+    ));
+    drop(second);
+    BackingFile::open(&path).unwrap();
 }

@@ -195,3 +195,55 @@ fn a_deferred_taskrun_ring_refuses_a_second_thread_with_a_clear_error() {
         "unexpected error: {err}"
     );
 }
+
+/// Without fixed buffers (the VMM's guest RAM): nothing is registered, and
+/// plain reads, writes (FUA too) and flushes move the same bytes.
+#[test]
+fn unregistered_memory_reads_and_writes_with_plain_operations() {
+    let s = setup();
+    let config = UringConfig {
+        fixed_buffers: false,
+        submit_batch: 0,
+        ..UringConfig::default()
+    };
+    let mut backend = UringBackend::new(&s.file, &s.dma, config).unwrap();
+    // Read LBA 3 into page 0, write it to LBA 5 (FUA) and LBA 6, flush,
+    // read LBA 5 back into page 1.
+    let write = |fua, lba| IoOp {
+        kind: IoKind::Write { fua },
+        offset: lba * B as u64,
+        ..read_op(&s, 0, 0)
+    };
+    let ops = [
+        (read_op(&s, 0, 3), 1),
+        (write(true, 5), 2),
+        (write(false, 6), 3),
+        (
+            IoOp {
+                kind: IoKind::Flush,
+                offset: 0,
+                ..read_op(&s, 0, 0)
+            },
+            4,
+        ),
+        (read_op(&s, 1, 5), 5),
+    ];
+    for (op, tag) in ops {
+        assert!(backend.push(&op, tag));
+        backend.submit().unwrap();
+        let got = reap_for(&mut backend, Duration::from_secs(5), 1);
+        let expected = if op.kind == IoKind::Flush {
+            0
+        } else {
+            B as i32
+        };
+        assert_eq!(got, vec![(tag, expected)], "{op:?}");
+    }
+    let mut page1 = vec![0u8; B];
+    assert!(s.buf.read(B, &mut page1));
+    assert_eq!(page1, pattern(3, 0, B));
+    let mut back = vec![0u8; B];
+    let plain = std::fs::File::open(s.file.path()).unwrap();
+    plain.read_exact_at(&mut back, 6 * B as u64).unwrap();
+    assert_eq!(back, pattern(3, 0, B));
+}

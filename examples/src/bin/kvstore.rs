@@ -1,20 +1,28 @@
 //! A key-value store guest: libdbos's write-ahead log and page store
 //! (`dbos-bufferpool`) on the VM's NVMe disk, run in ring 0.
 //!
-//! `dbos run --disk DISK --disk-size 64M kvstore -- [TXNS]`
+//! `dbos run --disk DISK --disk-size 64M kvstore -- [TXNS [fua|flush]]`
 //!
-//! On a fresh disk it formats the store; otherwise it recovers from the log
-//! and prints what recovery did. It then checks every transaction committed
-//! by earlier runs (key 0 counts them; transaction `t` wrote key `t` = `t * 7`
-//! and the counter, atomically), commits TXNS more (default 16) and exits 0
-//! only if everything checked out.
+//! On a blank disk it formats the store; otherwise it recovers from the log
+//! and prints what recovery did. A disk that is not blank but has no valid
+//! control block is refused, never formatted. It then checks every
+//! transaction committed by earlier runs (key 0 counts them; transaction
+//! `t` wrote key `t` = `t * 7` and the counter, atomically) and prints
+//! `found N committed transactions, M wrong`, then commits TXNS more
+//! (default 16; with FUA log writes, or plain writes and a flush with
+//! `flush`), printing `acked T` as soon as the commit of transaction T has
+//! returned (it is durable), and exits 0 only if everything checked out.
+//! The crash tests compare the `acked` lines of a run cut short with what
+//! the next run finds.
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
+use dbos_bufferpool::device::{run_all, DmaBytes};
 use dbos_bufferpool::{
-    Config, Engine, Env, Error, IoBuf, KvTable, Layout, NvmeDevice, PageId, RecoveryReport,
+    BlockDevice, CommitMode, Config, Engine, Env, Error, Io, IoBuf, KvTable, Layout, NvmeDevice,
+    PageId, RecoveryReport,
 };
 use libdbos::nvme::{self, dma, GuestQueuePair};
 use libdbos::println;
@@ -65,34 +73,73 @@ fn env() -> Env {
     }
 }
 
-fn open(blocks: u64) -> Result<(Engine<Device>, Option<RecoveryReport>), Error> {
-    let config = Config::new(env());
+/// Why the store could not be opened.
+enum OpenError {
+    Engine(Error),
+    /// No valid control block, but the control blocks are not blank.
+    Damaged,
+}
+
+/// Whether the control blocks (blocks 0 and 1) are all zeros: only such a
+/// disk is formatted.
+fn control_blocks_blank(blocks: u64) -> Result<bool, Error> {
+    let mut dev = device(blocks);
+    let buf = DmaBytes::new(dev.alloc(2)?);
+    run_all(&mut dev, &[Io::read(0, 2, buf.io_buf().addr)], env().relax)?;
+    Ok(buf.bytes().iter().all(|&b| b == 0))
+}
+
+fn open(
+    blocks: u64,
+    mode: CommitMode,
+) -> Result<(Engine<Device>, Option<RecoveryReport>), OpenError> {
+    let config = Config {
+        mode,
+        ..Config::new(env())
+    };
     match Engine::open(device(blocks), device(blocks), config) {
         Ok((engine, report)) => Ok((engine, Some(report))),
         Err(Error::NotFormatted) => {
+            if !control_blocks_blank(blocks).map_err(OpenError::Engine)? {
+                return Err(OpenError::Damaged);
+            }
             println!("fresh disk: formatting");
             let layout = Layout {
                 log_blocks: LOG_BLOCKS,
                 data_pages: DATA_PAGES,
             };
-            Engine::format(device(blocks), device(blocks), layout, Config::new(env()))
+            Engine::format(device(blocks), device(blocks), layout, config)
                 .map(|e| (e, None))
+                .map_err(OpenError::Engine)
         }
-        Err(e) => Err(e),
+        Err(e) => Err(OpenError::Engine(e)),
     }
 }
 
 fn main() -> u8 {
-    let txns: u64 = libdbos::args()
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(16);
+    let mut args = libdbos::args();
+    let txns: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
+    let mode = match args.next() {
+        None | Some("fua") => CommitMode::Fua,
+        Some("flush") => CommitMode::WriteFlush,
+        Some(other) => {
+            println!("unknown commit mode {other:?}: fua or flush");
+            return 2;
+        }
+    };
     let disk =
         nvme::info().expect("kvstore needs a disk: dbos run --disk PATH --disk-size 64M ...");
-    let (engine, report) = match open(disk.blocks) {
+    let (engine, report) = match open(disk.blocks, mode) {
         Ok(opened) => opened,
-        Err(e) => {
+        Err(OpenError::Engine(e)) => {
             println!("cannot open the store: {e}");
+            return 1;
+        }
+        Err(OpenError::Damaged) => {
+            println!(
+                "cannot open the store: no valid control block in blocks 0-1, but they are not \
+                 blank: the store is damaged; refusing to format it"
+            );
             return 1;
         }
     };
@@ -118,11 +165,9 @@ fn main() -> u8 {
             println!("commit {t} failed: {e}");
             return 1;
         }
-        // `put` returned: transaction t is durable. Say so now and then, so
-        // that a run cut short shows what it had acknowledged.
-        if t % 8 == 0 {
-            println!("durable through {t}");
-        }
+        // `put` returned: transaction t is durable. Say so, so that a run
+        // cut short shows what it had acknowledged.
+        println!("acked {t}");
     }
     println!("committed {txns} more: {} in all", done + txns);
     if bad == 0 {

@@ -24,6 +24,28 @@ pub enum IoKind {
     Flush,
 }
 
+/// Which operations a fault applies to (the test backends' fault
+/// injection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpMatch {
+    Read,
+    /// Any write, with or without FUA.
+    Write,
+    Flush,
+}
+
+impl OpMatch {
+    /// Whether an operation of `kind` is one of these.
+    pub fn matches(self, kind: IoKind) -> bool {
+        matches!(
+            (self, kind),
+            (OpMatch::Read, IoKind::Read)
+                | (OpMatch::Write, IoKind::Write { .. })
+                | (OpMatch::Flush, IoKind::Flush)
+        )
+    }
+}
+
 /// One operation on the backing file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IoOp {

@@ -1,5 +1,12 @@
 //! The backing file: opened with `O_DIRECT`, sized once at creation, never
 //! grown. Its length in 4 KiB blocks is the namespace capacity.
+//!
+//! Every [`BackingFile`] holds an exclusive `flock` on its file for as long
+//! as it (or a backend's duplicate of its descriptor) is open, so two
+//! devices, two VMs or two engines never drive one file at once: the second
+//! opener gets [`FileError::Locked`], naming the holder when `/proc/locks`
+//! tells it. `flock` locks belong to the open file description, so two
+//! opens in one process conflict as well.
 
 use crate::types::BLOCK_SIZE;
 use std::format;
@@ -8,6 +15,8 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::string::{String, ToString};
+use std::vec::Vec;
 
 /// A backing file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +27,110 @@ pub enum FileError {
     DirectIoUnsupported { path: PathBuf },
     #[error("{path}: size {len} is not a non-zero multiple of {BLOCK_SIZE} bytes")]
     Size { path: PathBuf, len: u64 },
+    #[error("{path} is in use: {holder} holds an exclusive lock on it (flock); one disk has one user at a time")]
+    Locked { path: PathBuf, holder: LockHolder },
+}
+
+/// Who holds the lock on a file, as far as `/proc/locks` tells.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LockHolder {
+    /// A process: its pid and command name (`/proc/PID/comm`), and whether
+    /// it is this process (another open of the same file).
+    Process {
+        pid: u32,
+        comm: Option<String>,
+        this_process: bool,
+    },
+    /// Not found (the lock is held from another PID namespace, or was
+    /// released just now).
+    Unknown,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockHolder::Process {
+                pid,
+                comm,
+                this_process,
+            } => {
+                write!(f, "process {pid}")?;
+                if let Some(c) = comm {
+                    write!(f, " ({c})")?;
+                }
+                if *this_process {
+                    write!(f, ", this process, through another open of the file,")?;
+                }
+                Ok(())
+            }
+            LockHolder::Unknown => write!(f, "another open file description"),
+        }
+    }
+}
+
+/// Takes an exclusive, non-blocking `flock` on `file`.
+fn lock(file: &File, path: &Path) -> Result<(), FileError> {
+    loop {
+        // SAFETY: plain syscall on a file descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => {
+                return Err(FileError::Locked {
+                    path: path.to_path_buf(),
+                    holder: lock_holder(file),
+                })
+            }
+            _ => {
+                return Err(FileError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                })
+            }
+        }
+    }
+}
+
+/// The holder of the `flock` on `file`, from `/proc/locks`.
+fn lock_holder(file: &File) -> LockHolder {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = file.metadata() else {
+        return LockHolder::Unknown;
+    };
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    match holder_in(&locks, meta.dev(), meta.ino()) {
+        Some(pid) => LockHolder::Process {
+            pid,
+            comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .ok()
+                .map(|c| c.trim_end().to_string()),
+            this_process: pid == std::process::id(),
+        },
+        None => LockHolder::Unknown,
+    }
+}
+
+/// The pid of the granted `FLOCK` on device `dev`, inode `ino` in the text
+/// of `/proc/locks` (lines like `1: FLOCK  ADVISORY  WRITE 12571
+/// fe:00:10052806 0 EOF`; device numbers in hex, the inode in decimal;
+/// waiters are marked `->` and skipped).
+fn holder_in(locks: &str, dev: u64, ino: u64) -> Option<u32> {
+    let want = format!(
+        "{:02x}:{:02x}:{ino}",
+        libc::major(dev as libc::dev_t),
+        libc::minor(dev as libc::dev_t)
+    );
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [_, "FLOCK", _, _, pid, id, ..] if *id == want => pid.parse().ok(),
+            _ => None,
+        }
+    })
 }
 
 /// An `O_DIRECT` file holding the namespace.
@@ -54,7 +167,8 @@ impl BackingFile {
     /// Creates a new file of `bytes` bytes (a non-zero multiple of 4 KiB)
     /// and reserves its blocks with `fallocate`, so that the file system
     /// cannot run out of space for it later (where it supports that).
-    /// Fails if the file exists.
+    /// Fails if the file exists. The new file is locked like one opened
+    /// with [`BackingFile::open`].
     pub fn create(path: impl AsRef<Path>, bytes: u64) -> Result<BackingFile, FileError> {
         let path = path.as_ref();
         if bytes == 0 || !bytes.is_multiple_of(BLOCK_SIZE) {
@@ -64,6 +178,7 @@ impl BackingFile {
             });
         }
         let file = open_direct(path, true)?;
+        lock(&file, path)?;
         let err = |source| FileError::Io {
             path: path.to_path_buf(),
             source,
@@ -94,10 +209,12 @@ impl BackingFile {
     }
 
     /// Opens an existing file; its length (a non-zero multiple of 4 KiB) is
-    /// the capacity.
+    /// the capacity. Fails with [`FileError::Locked`] while another
+    /// `BackingFile` (in any process) has it open.
     pub fn open(path: impl AsRef<Path>) -> Result<BackingFile, FileError> {
         let path = path.as_ref();
         let file = open_direct(path, false)?;
+        lock(&file, path)?;
         let len = file
             .metadata()
             .map_err(|source| FileError::Io {
@@ -128,6 +245,31 @@ impl BackingFile {
         &self.file
     }
 
+    /// A new open file description of the same file (`O_DIRECT`, through
+    /// `/proc/self/fd`, so a rename does not matter), without the lock: for
+    /// an io_uring instance to register. A ring releases its registered
+    /// files asynchronously after it is closed, so a registered descriptor
+    /// of the locked open would keep the file locked for a moment after its
+    /// user is gone; the lock stays with this `BackingFile`'s descriptor and
+    /// its duplicates ([`std::fs::File::try_clone`]), which are closed
+    /// synchronously.
+    pub fn reopen_unlocked(&self) -> Result<File, FileError> {
+        open_direct(
+            Path::new(&format!("/proc/self/fd/{}", self.file.as_raw_fd())),
+            false,
+        )
+        .map_err(|e| match e {
+            FileError::Io { source, .. } => FileError::Io {
+                path: self.path.clone(),
+                source,
+            },
+            FileError::DirectIoUnsupported { .. } => FileError::DirectIoUnsupported {
+                path: self.path.clone(),
+            },
+            other => other,
+        })
+    }
+
     /// Where the file is.
     pub fn path(&self) -> &Path {
         &self.path
@@ -141,5 +283,23 @@ impl BackingFile {
         let ok = open_direct(&probe, true).is_ok();
         let _ = std::fs::remove_file(&probe);
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_locks_lines_are_parsed() {
+        let locks = "1: FLOCK  ADVISORY  WRITE 12571 fe:00:10052806 0 EOF\n\
+                     1: -> FLOCK  ADVISORY  WRITE 999 fe:00:77 0 EOF\n\
+                     2: POSIX  ADVISORY  WRITE 4242 fe:00:77 0 EOF\n\
+                     3: FLOCK  ADVISORY  WRITE 4343 fe:00:77 0 EOF\n";
+        let dev = libc::makedev(0xfe, 0) as u64;
+        assert_eq!(holder_in(locks, dev, 10052806), Some(12571));
+        assert_eq!(holder_in(locks, dev, 77), Some(4343));
+        assert_eq!(holder_in(locks, dev, 78), None);
+        assert_eq!(holder_in(locks, libc::makedev(8, 1) as u64, 77), None);
     }
 }

@@ -5,8 +5,10 @@
 //!
 //! 1. Describe guest RAM as [`DmaRegion`]s (guest-physical address, host
 //!    mapping, length) and build an `Arc<`[`DmaMemory`]`>`.
-//! 2. Open the [`BackingFile`] and build a [`UringBackend`] over it and the
-//!    memory (which registers the memory as fixed buffers).
+//! 2. Open the [`BackingFile`] (which locks it) and build a
+//!    [`UringBackend`] over it and the memory (the VMM turns
+//!    [`UringConfig::fixed_buffers`] off: registering all guest RAM would
+//!    pin it at start).
 //! 3. [`Poller::new`] and [`Poller::spawn`] give a [`PollerHandle`].
 //! 4. For each queue pair the guest announces, [`PollerControl::add_queue`]
 //!    with its [`crate::QueuePairConfig`]; on the guest's doorbell exit,
@@ -15,18 +17,22 @@
 //! In process mode, [`process::Device`] does all of this over a
 //! [`ProcessMemory`] region.
 //!
-//! Backends for tests, `testing` (records operations, fails chosen ones) and
-//! `powercut` (an in-memory disk that models a power cut), are test code:
-//! they are compiled only with the crate's `test-backends` feature (off by
-//! default; enable it from a dev-dependency,
-//! `dbos-nvme = { path = "...", features = ["test-backends"] }`).
+//! `powercut` (an in-memory disk that models a power cut; crash injection
+//! for `dbos run --power-cut-after` and for crash tests) is compiled with
+//! the crate's `powercut` feature. `testing` (records operations, fails
+//! chosen ones) is test code, compiled with the `test-backends` feature,
+//! which implies `powercut` (enable it from a dev-dependency,
+//! `dbos-nvme = { path = "...", features = ["test-backends"] }`). Both are
+//! off by default.
 
 pub mod backend;
 mod command;
 pub mod file;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod memory;
 pub mod poller;
-#[cfg(feature = "test-backends")]
+#[cfg(feature = "powercut")]
 pub mod powercut;
 pub mod process;
 pub mod sync;
@@ -35,8 +41,8 @@ pub mod testing;
 pub mod uring;
 pub mod wake;
 
-pub use backend::{Backend, IoKind, IoOp};
-pub use file::{BackingFile, FileError};
+pub use backend::{Backend, IoKind, IoOp, OpMatch};
+pub use file::{BackingFile, FileError, LockHolder};
 pub use memory::{DmaBuf, DmaMemory, DmaRegion, HostBuf, MemoryError, ProcessMemory};
 pub use poller::{Poller, PollerConfig, PollerControl, PollerError, PollerHandle, PollerStats};
 pub use process::{Device, DeviceError, ProcessQueuePair};

@@ -1,4 +1,5 @@
-//! A backend for tests that models a power cut.
+//! A backend that models a power cut: crash injection for tests and for
+//! `dbos run --power-cut-after` (feature `powercut`).
 //!
 //! The disk is in memory: what reads see ("current"), what would survive a
 //! power cut ("durable"), and the writes since the last flush ("volatile").
@@ -15,10 +16,21 @@
 //!
 //! Everything random comes from the seed given to the cut, so the same
 //! operations and seed give the same image.
+//!
+//! On a file ([`PowerCutBackend::load`], [`PowerCut::store`]): the file's
+//! contents are read into memory at the start (all durable, as a disk
+//! found after power-on), I/O runs on the model, synchronously on the
+//! poller's thread (no io_uring, so slower than the real backend), and
+//! `store` writes back what the disk holds at the end: the crash image
+//! after a cut, the current contents otherwise (a clean shutdown). The
+//! model keeps about twice the disk in memory (current and durable
+//! contents, plus the volatile writes). Until `store`, the file is not
+//! written at all.
 
+use super::backend::OpMatch;
 use super::backend::{Backend, IoKind, IoOp};
+use super::file::{BackingFile, FileError};
 use super::sync::Inline;
-use super::testing::OpMatch;
 use super::wake::WakeFd;
 use crate::types::BLOCK_SIZE;
 use std::io;
@@ -173,7 +185,7 @@ impl Disk {
         let fault = self
             .faults
             .iter()
-            .find(|(m, _)| matches_op(*m, op.kind))
+            .find(|(m, _)| m.matches(op.kind))
             .map(|&(_, e)| e);
         let fault = if self.image.is_some() {
             Some(libc::EIO)
@@ -226,15 +238,6 @@ impl Disk {
         }
         len as i32
     }
-}
-
-fn matches_op(m: OpMatch, kind: IoKind) -> bool {
-    matches!(
-        (m, kind),
-        (OpMatch::Read, IoKind::Read)
-            | (OpMatch::Write, IoKind::Write { .. })
-            | (OpMatch::Flush, IoKind::Flush)
-    )
 }
 
 /// The shared handle of a [`PowerCutBackend`]: faults, cuts, the image.
@@ -349,6 +352,82 @@ impl PowerCutBackend {
     /// A zeroed disk of `blocks` blocks.
     pub fn blank(blocks: u64) -> (PowerCutBackend, Arc<PowerCut>) {
         PowerCutBackend::new(vec![0; (blocks * BLOCK_SIZE) as usize])
+    }
+}
+
+/// Bytes moved per `pread`/`pwrite` by [`PowerCutBackend::load`] and
+/// [`PowerCut::store`].
+const FILE_CHUNK: usize = 1 << 20;
+
+/// A 4 KiB aligned piece of `v` of `len` bytes, as `O_DIRECT` needs.
+fn aligned(v: &mut [u8], len: usize) -> &mut [u8] {
+    let off = v.as_ptr().align_offset(BLOCK_SIZE as usize);
+    &mut v[off..off + len]
+}
+
+impl PowerCutBackend {
+    /// A disk holding the contents of `file` (all of them durable), to be
+    /// written back with [`PowerCut::store`].
+    pub fn load(file: &BackingFile) -> Result<(PowerCutBackend, Arc<PowerCut>), FileError> {
+        use std::os::unix::fs::FileExt;
+        let bytes = file.blocks() * BLOCK_SIZE;
+        let len = usize::try_from(bytes).map_err(|_| FileError::Size {
+            path: file.path().to_path_buf(),
+            len: bytes,
+        })?;
+        let mut image = Vec::new();
+        image.try_reserve_exact(len).map_err(|_| FileError::Io {
+            path: file.path().to_path_buf(),
+            source: io::Error::from(io::ErrorKind::OutOfMemory),
+        })?;
+        let mut bounce = vec![0u8; FILE_CHUNK + BLOCK_SIZE as usize];
+        while image.len() < len {
+            let n = FILE_CHUNK.min(len - image.len());
+            let chunk = aligned(&mut bounce, n);
+            file.file()
+                .read_exact_at(chunk, image.len() as u64)
+                .map_err(|source| FileError::Io {
+                    path: file.path().to_path_buf(),
+                    source,
+                })?;
+            image.extend_from_slice(chunk);
+        }
+        Ok(PowerCutBackend::new(image))
+    }
+}
+
+impl PowerCut {
+    /// Writes what the disk holds now to `file` (of the same size) and
+    /// makes it durable (`fdatasync`): the crash image after a cut,
+    /// otherwise the current contents. Returns whether it was a crash
+    /// image.
+    pub fn store(&self, file: &BackingFile) -> Result<bool, FileError> {
+        use std::os::unix::fs::FileExt;
+        let err = |source| FileError::Io {
+            path: file.path().to_path_buf(),
+            source,
+        };
+        let disk = self.disk();
+        let (contents, crashed) = match &disk.image {
+            Some((image, _)) => (image, true),
+            None => (&disk.current, false),
+        };
+        if contents.len() as u64 != file.blocks() * BLOCK_SIZE {
+            return Err(FileError::Size {
+                path: file.path().to_path_buf(),
+                len: contents.len() as u64,
+            });
+        }
+        let mut bounce = vec![0u8; FILE_CHUNK + BLOCK_SIZE as usize];
+        for (i, piece) in contents.chunks(FILE_CHUNK).enumerate() {
+            let chunk = aligned(&mut bounce, piece.len());
+            chunk.copy_from_slice(piece);
+            file.file()
+                .write_all_at(chunk, (i * FILE_CHUNK) as u64)
+                .map_err(err)?;
+        }
+        file.file().sync_data().map_err(err)?;
+        Ok(crashed)
     }
 }
 

@@ -2,6 +2,7 @@
 //! and can fail chosen kinds of operation with an errno instead of issuing
 //! them.
 
+pub use super::backend::OpMatch;
 use super::backend::{Backend, IoKind, IoOp};
 use super::wake::WakeFd;
 use std::collections::VecDeque;
@@ -17,26 +18,6 @@ pub struct Recorded {
     pub len: u32,
     /// The errno it was failed with instead of being issued, if any.
     pub failed_with: Option<i32>,
-}
-
-/// Which operations a fault applies to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpMatch {
-    Read,
-    /// Any write, with or without FUA.
-    Write,
-    Flush,
-}
-
-impl OpMatch {
-    fn matches(self, kind: IoKind) -> bool {
-        matches!(
-            (self, kind),
-            (OpMatch::Read, IoKind::Read)
-                | (OpMatch::Write, IoKind::Write { .. })
-                | (OpMatch::Flush, IoKind::Flush)
-        )
-    }
 }
 
 /// The shared view of an [`InspectBackend`]: what it recorded, which faults

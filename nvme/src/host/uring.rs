@@ -3,6 +3,13 @@
 //! buffers (so no per-I/O pinning or mapping), FUA as `RWF_DSYNC`, flush as
 //! `IORING_OP_FSYNC` with `IORING_FSYNC_DATASYNC` (`fdatasync`).
 //!
+//! Registering pins (and so faults in) all of the memory at once, counted
+//! against `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK`: right for process mode's
+//! small region, too costly for all of a VM's RAM (4 GiB took seconds and
+//! stayed pinned). [`UringConfig::fixed_buffers`] off registers nothing and
+//! issues plain `READ`/`WRITE` operations, which pin each I/O's pages for
+//! its duration only.
+//!
 //! Parking waits in `io_uring_enter` for either an I/O completion or a read
 //! of the poller's eventfd, so one wait covers both.
 
@@ -57,6 +64,10 @@ pub struct UringConfig {
     /// the IOPS for 4 KiB sequential writes at QD32). Figures in
     /// `nvme/docs/benchmarks.md`.
     pub submit_batch: u32,
+    /// Register the served memory as fixed buffers (default on). Off: no
+    /// registration (no start-up cost, nothing pinned or counted against
+    /// `RLIMIT_MEMLOCK`), and each I/O pins its pages while it runs.
+    pub fixed_buffers: bool,
 }
 
 impl Default for UringConfig {
@@ -66,6 +77,7 @@ impl Default for UringConfig {
             coop_taskrun: true,
             defer_taskrun: true,
             submit_batch: 2,
+            fixed_buffers: true,
         }
     }
 }
@@ -88,6 +100,8 @@ pub enum UringError {
     },
     #[error("duplicating the backing file descriptor failed: {0}")]
     Dup(io::Error),
+    #[error("opening the backing file for io_uring failed: {0}")]
+    Reopen(super::file::FileError),
 }
 
 /// Waiting on an io_uring ring from a thread other than the one that
@@ -115,6 +129,25 @@ pub fn entry_for(op: &IoOp, tag: u64) -> squeue::Entry {
     .user_data(tag)
 }
 
+/// The io_uring submission entry for `op` on memory that is not registered
+/// (plain `READ`/`WRITE`; see [`UringConfig::fixed_buffers`]).
+pub fn plain_entry_for(op: &IoOp, tag: u64) -> squeue::Entry {
+    let fd = types::Fixed(0);
+    match op.kind {
+        IoKind::Read => opcode::Read::new(fd, op.buf.ptr, op.buf.len)
+            .offset(op.offset)
+            .build(),
+        IoKind::Write { fua } => opcode::Write::new(fd, op.buf.ptr, op.buf.len)
+            .offset(op.offset)
+            .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
+            .build(),
+        IoKind::Flush => opcode::Fsync::new(fd)
+            .flags(types::FsyncFlags::DATASYNC)
+            .build(),
+    }
+    .user_data(tag)
+}
+
 /// Carries out operations with io_uring.
 pub struct UringBackend {
     // Field order matters: the ring is dropped (after Drop drained it)
@@ -122,6 +155,8 @@ pub struct UringBackend {
     ring: IoUring,
     wake_buf: Box<u64>,
     _file: File,
+    /// The locked descriptor (dropped after the ring).
+    _lock: File,
     _memory: Arc<DmaMemory>,
     blocks: u64,
     outstanding: usize,
@@ -137,6 +172,8 @@ pub struct UringBackend {
     /// Kind and end offset of the last operation pushed, to tell whether
     /// the next one continues it.
     run_end: Option<(IoKind, u64)>,
+    /// The memory is registered as fixed buffers.
+    fixed: bool,
 }
 
 impl UringBackend {
@@ -164,33 +201,41 @@ impl UringBackend {
                 .setup_r_disabled();
         }
         let ring = builder.build(entries).map_err(UringError::Setup)?;
-        let fd = file.file().try_clone().map_err(UringError::Dup)?;
+        // The ring gets its own open of the file; the backend keeps a
+        // duplicate of the locked descriptor, which holds the file's lock
+        // exactly as long as the backend lives (see
+        // `BackingFile::reopen_unlocked`).
+        let lock = file.file().try_clone().map_err(UringError::Dup)?;
+        let fd = file.reopen_unlocked().map_err(UringError::Reopen)?;
         ring.submitter()
             .register_files(&[fd.as_raw_fd()])
             .map_err(UringError::RegisterFile)?;
-        let iovecs: Vec<libc::iovec> = memory
-            .fixed_buffers()
-            .iter()
-            .map(|&(ptr, len)| libc::iovec {
-                iov_base: ptr.cast(),
-                iov_len: len as usize,
-            })
-            .collect();
-        // SAFETY: DmaMemory's contract keeps every buffer mapped while the
-        // DmaMemory lives, and we hold an Arc of it for the ring's lifetime
-        // (the ring is dropped first, see the field order).
-        unsafe { ring.submitter().register_buffers(&iovecs) }.map_err(|source| {
-            UringError::RegisterBuffers {
-                bytes: memory.fixed_buffers().iter().map(|b| b.1).sum(),
-                count: iovecs.len(),
-                source,
-            }
-        })?;
+        if config.fixed_buffers {
+            let iovecs: Vec<libc::iovec> = memory
+                .fixed_buffers()
+                .iter()
+                .map(|&(ptr, len)| libc::iovec {
+                    iov_base: ptr.cast(),
+                    iov_len: len as usize,
+                })
+                .collect();
+            // SAFETY: DmaMemory's contract keeps every buffer mapped while
+            // the DmaMemory lives, and we hold an Arc of it for the ring's
+            // lifetime (the ring is dropped first, see the field order).
+            unsafe { ring.submitter().register_buffers(&iovecs) }.map_err(|source| {
+                UringError::RegisterBuffers {
+                    bytes: memory.fixed_buffers().iter().map(|b| b.1).sum(),
+                    count: iovecs.len(),
+                    source,
+                }
+            })?;
+        }
         let cq_entries = ring.params().cq_entries() as usize;
         Ok(UringBackend {
             ring,
             wake_buf: Box::new(0),
             _file: fd,
+            _lock: lock,
             _memory: memory.clone(),
             blocks: file.blocks(),
             outstanding: 0,
@@ -201,6 +246,7 @@ impl UringBackend {
             disabled: config.defer_taskrun,
             submit_batch: config.submit_batch as usize,
             run_end: None,
+            fixed: config.fixed_buffers,
         })
     }
 
@@ -262,7 +308,12 @@ impl Backend for UringBackend {
                 log::warn!("nvme: io_uring submission failed: {e}");
             }
         }
-        if !self.push_entry(&entry_for(op, tag)) {
+        let entry = if self.fixed {
+            entry_for(op, tag)
+        } else {
+            plain_entry_for(op, tag)
+        };
+        if !self.push_entry(&entry) {
             return false;
         }
         self.outstanding += 1;
