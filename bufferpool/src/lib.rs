@@ -44,10 +44,10 @@ pub use control::Layout;
 pub use device::{
     BlockDevice, DeviceError, DmaAllocator, Io, IoBuf, IoKind, NvmeDevice, QueueAccess,
 };
-pub use engine::{CheckpointReport, Config, Engine, EngineStats, Error, PageWrite};
+pub use engine::{CheckpointReport, Config, Engine, EngineStats, Error, PageWrite, RecordProblem};
 pub use kv::KvTable;
-pub use log::{CommitMode, LogStats, Wal, WalError};
-pub use recovery::RecoveryReport;
+pub use log::{CommitMode, Damage, LogDamage, LogStats, ScanStop, SectorState, Wal, WalError};
+pub use recovery::{RecoveryReport, TruncateRequest};
 
 /// Size of a database page in bytes.
 pub const PAGE_SIZE: usize = dbos_abi::PAGE_SIZE as usize;
