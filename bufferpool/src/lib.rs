@@ -29,6 +29,8 @@ pub mod checksum;
 pub mod control;
 pub mod device;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kv;
 pub mod log;
 pub mod page;
