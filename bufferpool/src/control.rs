@@ -360,7 +360,14 @@ mod tests {
                 "log blocks",
                 1,
             ),
-            (Control { redo: Lsn(512), ..c }, "redo LSN", 512),
+            (
+                Control {
+                    redo: Lsn(512),
+                    ..c
+                },
+                "redo LSN",
+                512,
+            ),
             (
                 Control {
                     redo: Lsn(u64::MAX),
@@ -385,14 +392,7 @@ mod tests {
                 "epoch",
                 u32::MAX as u64,
             ),
-            (
-                Control {
-                    seq: u64::MAX,
-                    ..c
-                },
-                "sequence number",
-                u64::MAX,
-            ),
+            (Control { seq: u64::MAX, ..c }, "sequence number", u64::MAX),
         ];
         for (bad, field, value) in cases {
             assert_eq!(

@@ -57,9 +57,9 @@ use crate::device::{BlockDevice, DeviceError};
 use crate::log::{
     CommitMode, LogBlock, LogDamage, LogGeometry, Tail, Wal, WalError, FIRST_LSN, LOG_BLOCK,
 };
-use crate::recovery::TruncateRequest;
 use crate::page::{page_lsn, set_page_lsn, PageCheck, PAGE_HEADER};
 use crate::record::Record;
+use crate::recovery::TruncateRequest;
 use crate::store::{PageStore, StoreIo, WriteError};
 use crate::sync::{lock, Gate};
 use crate::{Env, Lsn, PageId, PAGE_SIZE};
@@ -479,7 +479,9 @@ impl<D: BlockDevice> Engine<D> {
             self.checkpoint_if_due()?;
             let seen = self.stats.checkpoints.load(Ordering::Acquire);
             match self.try_append_commit(writes) {
-                Err(Error::Log(WalError::LogFull { .. })) if self.checkpoint_blocks > 0 && attempts < 3 => {
+                Err(Error::Log(WalError::LogFull { .. }))
+                    if self.checkpoint_blocks > 0 && attempts < 3 =>
+                {
                     attempts += 1;
                     self.checkpoint_since(seen)?;
                 }
@@ -611,10 +613,7 @@ impl<D: BlockDevice> Engine<D> {
         self.checkpoint_locked(lock(&self.checkpointing, self.env.relax))
     }
 
-    fn checkpoint_locked(
-        &self,
-        _one: spin::MutexGuard<'_, ()>,
-    ) -> Result<CheckpointReport, Error> {
+    fn checkpoint_locked(&self, _one: spin::MutexGuard<'_, ()>) -> Result<CheckpointReport, Error> {
         if let Some(e) = self.wal.failure() {
             return Err(Error::Log(WalError::Failed(e)));
         }

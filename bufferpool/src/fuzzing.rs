@@ -252,7 +252,9 @@ pub fn control(data: &[u8]) {
             assert!(c.layout.validate().is_ok());
             assert!(c.lba() < CONTROL_BLOCKS);
             assert!(c.epoch.checked_add(1).is_some() && c.seq.checked_add(1).is_some());
-            let _ = c.layout.page_lba(PageId(c.layout.data_pages.saturating_sub(1)));
+            let _ = c
+                .layout
+                .page_lba(PageId(c.layout.data_pages.saturating_sub(1)));
         }
         Err(e) => {
             let _ = e.to_string();
@@ -334,7 +336,8 @@ fn recover_image(data: &[u8]) {
             let redo_lap = redo_sector / lap;
             let number = (redo_lap + (flags as u64 >> 7)) * lap + i as u64;
             s[6..8].copy_from_slice(&(u16_at(bytes, 6) % 64).to_le_bytes());
-            s[8..12].copy_from_slice(&(epoch - (flags as u32 >> 5 & 1).min(epoch - 1)).to_le_bytes());
+            s[8..12]
+                .copy_from_slice(&(epoch - (flags as u32 >> 5 & 1).min(epoch - 1)).to_le_bytes());
             s[12..16].copy_from_slice(&(FUZZ_FORMAT_ID as u32).to_le_bytes());
             s[16..24].copy_from_slice(&number.to_le_bytes());
             if u16_at(bytes, 4) > 488 {

@@ -642,9 +642,7 @@ impl<D: BlockDevice> Wal<D> {
         let from = ((nblocks - 1) * LOG_BLOCK) as usize;
         let len = ((end_sector - frozen.first_sector) * SECTOR) as usize;
         frozen.raw.clear();
-        frozen
-            .raw
-            .extend_from_slice(&buf.bytes()[from..from + len]);
+        frozen.raw.extend_from_slice(&buf.bytes()[from..from + len]);
         self.durable.store(target, Ordering::Release);
         Ok(())
     }

@@ -29,8 +29,8 @@
 //!    writes the recovered pages and bounds the next recovery.
 
 use crate::control::Control;
-use crate::device::{BlockDevice, DmaBytes};
 use crate::control::Layout;
+use crate::device::{BlockDevice, DmaBytes};
 use crate::engine::{check_fits, Config, Engine, Error, RecordProblem};
 use crate::log::{lsn_advance, read_tail, scan, LogDamage, LogGeometry, ScanError, ScanStop};
 use crate::page::{page_lsn, set_page_lsn, PageCheck};
@@ -121,7 +121,10 @@ impl<D: BlockDevice> Engine<D> {
         config: Config,
     ) -> Result<(Engine<D>, RecoveryReport), Error> {
         let io = StoreIo::new(data_dev, config.env)?;
-        recover(log_dev, read_control(io, BLANK_CHECK_BLOCKS), config, None)
+        match read_control(io, BLANK_CHECK_BLOCKS)? {
+            Found::Store(control, io) => recover(log_dev, control, io, config, None),
+            Found::Blank(_) => Err(Error::NotFormatted),
+        }
     }
 
     /// Opens like [`Engine::open`], but on a corrupt log cuts it as the
@@ -135,8 +138,10 @@ impl<D: BlockDevice> Engine<D> {
         request: TruncateRequest,
     ) -> Result<(Engine<D>, RecoveryReport), Error> {
         let io = StoreIo::new(data_dev, config.env)?;
-        let opened = read_control(io, BLANK_CHECK_BLOCKS);
-        recover(log_dev, opened, config, Some(request))
+        match read_control(io, BLANK_CHECK_BLOCKS)? {
+            Found::Store(control, io) => recover(log_dev, control, io, config, Some(request)),
+            Found::Blank(_) => Err(Error::NotFormatted),
+        }
     }
 
     /// Opens the store on the device, or formats it for `layout` if the
@@ -152,47 +157,49 @@ impl<D: BlockDevice> Engine<D> {
     ) -> Result<(Engine<D>, Option<RecoveryReport>), Error> {
         layout.validate().map_err(Error::BadLayout)?;
         let io = StoreIo::new(data_dev, config.env)?;
-        match read_control(io, layout.blocks()) {
-            Ok(opened) => recover(log_dev, Ok(opened), config, None).map(|(e, r)| (e, Some(r))),
-            Err((Error::NotFormatted, Some(io))) => {
+        match read_control(io, layout.blocks())? {
+            Found::Store(control, io) => {
+                recover(log_dev, control, io, config, None).map(|(e, r)| (e, Some(r)))
+            }
+            Found::Blank(io) => {
                 log::info!("engine: blank device, formatting");
                 Engine::format_on(log_dev, io, layout, config).map(|e| (e, None))
             }
-            Err((e, _)) => Err(e),
         }
     }
 }
 
+/// What [`read_control`] found.
+enum Found<D> {
+    /// A store: its control block.
+    Store(Control, StoreIo<D>),
+    /// No control block and a blank device.
+    Blank(StoreIo<D>),
+}
+
 /// Reads the control block through `io`; without a valid one, tells a
-/// blank device (blocks `0..blank_check` all zero: `NotFormatted`, with
-/// `io` given back) from anything else.
-#[allow(clippy::type_complexity)]
-fn read_control<D: BlockDevice>(
-    mut io: StoreIo<D>,
-    blank_check: u64,
-) -> Result<(Control, StoreIo<D>), (Error, Option<StoreIo<D>>)> {
-    let slots = match io.read_control() {
-        Err(e) => return Err((Error::Device(e), None)),
-        Ok(Ok(control)) => return Ok((control, io)),
-        Ok(Err(slots)) => slots,
+/// blank device (blocks `0..blank_check` all zero) from anything else
+/// ([`Error::NoControlBlock`]).
+fn read_control<D: BlockDevice>(mut io: StoreIo<D>, blank_check: u64) -> Result<Found<D>, Error> {
+    let slots = match io.read_control()? {
+        Ok(control) => return Ok(Found::Store(control, io)),
+        Err(slots) => slots,
     };
-    match io.first_nonzero(blank_check) {
-        Err(e) => Err((Error::Device(e), None)),
-        Ok(None) => Err((Error::NotFormatted, Some(io))),
-        Ok(Some(data_at)) => Err((Error::NoControlBlock { slots, data_at }, None)),
+    match io.first_nonzero(blank_check)? {
+        None => Ok(Found::Blank(io)),
+        Some(data_at) => Err(Error::NoControlBlock { slots, data_at }),
     }
 }
 
-#[allow(clippy::type_complexity)]
 fn recover<D: BlockDevice>(
     mut log_dev: D,
-    opened: Result<(Control, StoreIo<D>), (Error, Option<StoreIo<D>>)>,
+    control: Control,
+    io: StoreIo<D>,
     config: Config,
     request: Option<TruncateRequest>,
 ) -> Result<(Engine<D>, RecoveryReport), Error> {
     let env = config.env;
     let t0 = (env.now_ns)();
-    let (control, io) = opened.map_err(|(e, _)| e)?;
     let layout = control.layout;
     check_fits(&io, &layout)?;
     let store = PageStore::try_new(io, layout, env).map_err(|_| Error::OutOfMemory {

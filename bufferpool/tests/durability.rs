@@ -170,8 +170,13 @@ fn a_torn_last_batch_is_a_torn_tail_whatever_lands() {
         })
         .collect();
     assert!(changed.len() >= 11, "{changed:?}");
-    let log = LAYOUT.log_start() as usize * 8..(LAYOUT.log_start() + LAYOUT.log_blocks) as usize * 8;
-    let log_changed: Vec<usize> = changed.iter().copied().filter(|s| log.contains(s)).collect();
+    let log =
+        LAYOUT.log_start() as usize * 8..(LAYOUT.log_start() + LAYOUT.log_blocks) as usize * 8;
+    let log_changed: Vec<usize> = changed
+        .iter()
+        .copied()
+        .filter(|s| log.contains(s))
+        .collect();
     // Everything else (control block, pages) as after the run; log sectors
     // in every "prefix lost" and "single sector lost" pattern.
     let mut patterns: Vec<Vec<bool>> = Vec::new();
@@ -193,7 +198,10 @@ fn a_torn_last_batch_is_a_torn_tail_whatever_lands() {
         assert!(holds_all(&e, 60), "{keep:?}");
         assert_eq!(KvTable::new(&e, PageId(0), 4).get(1999).unwrap(), 5);
         assert!(
-            matches!(report.stop, ScanStop::PartialSector | ScanStop::TornTail { .. }),
+            matches!(
+                report.stop,
+                ScanStop::PartialSector | ScanStop::TornTail { .. }
+            ),
             "{:?}",
             report.stop
         );
@@ -231,7 +239,16 @@ fn an_older_sector_inside_durable_history_is_corruption() {
         panic!("accepted")
     };
     assert_eq!(d.sector, s);
-    assert!(matches!(d.what, Damage::Overtaken { found: SectorState::Valid { .. }, .. }), "{d}");
+    assert!(
+        matches!(
+            d.what,
+            Damage::Overtaken {
+                found: SectorState::Valid { .. },
+                ..
+            }
+        ),
+        "{d}"
+    );
     assert!(disk2.image() == img, "a refusal wrote");
     // Zeroed instead.
     let mut img = last.clone();
@@ -241,7 +258,16 @@ fn an_older_sector_inside_durable_history_is_corruption() {
         panic!("accepted")
     };
     assert_eq!(d.sector, s);
-    assert!(matches!(d.what, Damage::Overtaken { found: SectorState::Zeros, .. }), "{d}");
+    assert!(
+        matches!(
+            d.what,
+            Damage::Overtaken {
+                found: SectorState::Zeros,
+                ..
+            }
+        ),
+        "{d}"
+    );
 }
 
 /// Item 2: no valid control block means "fresh disk" only when the device
@@ -259,7 +285,12 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
         data_at: 0,
     };
     assert_eq!(mem_open(&disk).err(), Some(want));
-    let r = Engine::open_or_format(MemDevice::new(&disk), MemDevice::new(&disk), LAYOUT, config());
+    let r = Engine::open_or_format(
+        MemDevice::new(&disk),
+        MemDevice::new(&disk),
+        LAYOUT,
+        config(),
+    );
     assert_eq!(r.err(), Some(want));
     assert!(disk.image() == img, "nothing written");
     let msg = want.to_string();
@@ -291,15 +322,23 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
     // A blank device: open says so, open_or_format formats it.
     let fresh = blank(LAYOUT);
     assert_eq!(mem_open(&fresh).err(), Some(Error::NotFormatted));
-    let (e, report) =
-        Engine::open_or_format(MemDevice::new(&fresh), MemDevice::new(&fresh), LAYOUT, config())
-            .unwrap();
+    let (e, report) = Engine::open_or_format(
+        MemDevice::new(&fresh),
+        MemDevice::new(&fresh),
+        LAYOUT,
+        config(),
+    )
+    .unwrap();
     assert!(report.is_none());
     KvTable::new(&e, PageId(0), 4).put(&[(1, 2)]).unwrap();
     drop(e);
-    let (e, report) =
-        Engine::open_or_format(MemDevice::new(&fresh), MemDevice::new(&fresh), LAYOUT, config())
-            .unwrap();
+    let (e, report) = Engine::open_or_format(
+        MemDevice::new(&fresh),
+        MemDevice::new(&fresh),
+        LAYOUT,
+        config(),
+    )
+    .unwrap();
     assert_eq!(report.unwrap().transactions, 1);
     assert_eq!(KvTable::new(&e, PageId(0), 4).get(1).unwrap(), 2);
     drop(e);
@@ -377,7 +416,11 @@ fn crafted_control_blocks_are_corrupt_not_a_panic() {
                 data_at: 0
             })
         );
-        assert!(mem_open(&d).err().unwrap().to_string().contains("corrupt control block"));
+        assert!(mem_open(&d)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("corrupt control block"));
     }
     // Possible but larger than the device: too small, not a panic.
     let mut img = disk.image();

@@ -11,8 +11,7 @@ use dbos_bufferpool::log::{
 use dbos_bufferpool::page::PageCheck;
 use dbos_bufferpool::record::RecordError;
 use dbos_bufferpool::{
-    CommitMode, Damage, Error, KvTable, Layout, Lsn, PageId, SectorState, TruncateRequest,
-    WalError,
+    CommitMode, Damage, Error, KvTable, Layout, Lsn, PageId, SectorState, TruncateRequest, WalError,
 };
 use dbos_nvme::host::backend::IoKind;
 use dbos_nvme::host::testing::OpMatch;
