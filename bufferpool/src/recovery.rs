@@ -44,14 +44,15 @@ use alloc::vec::Vec;
 const SCAN_BLOCKS: usize = 64;
 
 /// Blocks [`Engine::open`] checks for data when neither control block is
-/// valid (8 MiB from block 0), to tell a blank device from something else.
+/// valid (1 MiB from block 0), to tell a blank device from something else.
 /// Every store this crate formats has, at any time, a valid control block
 /// or data in block 2 (the log's first sector, sealed at format, is never
 /// zeroed again), so a damaged store is never taken for a blank device;
 /// other data (a file system, a partition table) starts in the first
-/// blocks too. [`Engine::open_or_format`] checks every block that format
-/// would write instead.
-pub const BLANK_CHECK_BLOCKS: u64 = 2048;
+/// blocks too. The bound keeps a first start cheap on a large device (8
+/// reads of the store's 32-block buffer). [`Engine::open_or_format`]
+/// checks every block that format would write instead.
+pub const BLANK_CHECK_BLOCKS: u64 = 256;
 
 /// The operator's request to give up part of a corrupt log: recovery cuts
 /// the log at `at` and discards it up to `discard_to`. Both must equal
