@@ -1070,7 +1070,9 @@ pub fn scan<D: BlockDevice, E>(
         rules.min_epoch = epoch;
         let h = SECTOR_HEADER as usize;
         pending.extend_from_slice(&raw[h + skip as usize..h + used as usize]);
-        valid_end = Lsn(payload_start + used);
+        // The position of the next payload byte (in the next sector if
+        // this one is full), comparable with the epoch start.
+        valid_end = lsn_of_payload(payload_index(Lsn(payload_start)) + used);
         let mut consumed = 0;
         while pending.len() - consumed >= 4 {
             let rest = &pending[consumed..];

@@ -546,3 +546,80 @@ fn recovery_says_what_it_found() {
         "{msg}"
     );
 }
+
+/// A recovery that wrote its control block (new epoch, epoch start `R`)
+/// and crashed before cutting the log at `R`: the next recovery reads the
+/// log only up to `R` and succeeds, whether `R` falls inside a sector or at
+/// a sector's start (the cut sector then still holds older data).
+#[test]
+fn a_crash_between_the_recovery_control_write_and_the_log_cut_recovers() {
+    use dbos_bufferpool::log::payload_index;
+    for at_sector_start in [false, true] {
+        let disk = blank(LAYOUT);
+        let e = mem_format(
+            &disk,
+            LAYOUT,
+            Config {
+                checkpoint_percent: 0,
+                ..config()
+            },
+        );
+        let kv = KvTable::new(&e, PageId(0), 4);
+        for i in 0..5 {
+            kv.put(&[(i, value(i))]).unwrap();
+        }
+        // Page 2's image is logged with its first change, now.
+        e.commit(&[dbos_bufferpool::PageWrite {
+            page: PageId(2),
+            offset: 2000,
+            data: &[1],
+        }])
+        .unwrap();
+        // One write sized so that its commit ends where we want the cut:
+        // a page write record is 27 bytes plus its data, a commit 21.
+        let p = payload_index(e.wal().insert_lsn());
+        let len = if at_sector_start {
+            let l = (488 - (p + 48) % 488) % 488;
+            if l == 0 {
+                488
+            } else {
+                l
+            }
+        } else {
+            100
+        } as usize;
+        let data = vec![0x77u8; len];
+        let cut = e
+            .commit(&[dbos_bufferpool::PageWrite {
+                page: PageId(2),
+                offset: 2000,
+                data: &data,
+            }])
+            .unwrap();
+        assert_eq!(cut.0 % SECTOR == 24, at_sector_start, "{cut:?}");
+        for i in 5..40 {
+            kv.put(&[(i, value(i))]).unwrap();
+        }
+        drop(e);
+        let mut img = disk.image();
+        let c = Control::newest(&img[..BLOCK_SIZE], &img[BLOCK_SIZE..2 * BLOCK_SIZE]).unwrap();
+        let next = Control {
+            seq: c.seq + 1,
+            epoch: c.epoch + 1,
+            epoch_start: cut,
+            ..c
+        };
+        next.encode(&mut img[next.lba() as usize * BLOCK_SIZE..]);
+        let disk = MemDisk::new(img);
+        let (e, report) = mem_open(&disk).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(report.end, cut);
+        let kv = KvTable::new(&e, PageId(0), 4);
+        for i in 0..40 {
+            let want = if i < 5 { value(i) } else { 0 };
+            assert_eq!(kv.get(i).unwrap(), want, "key {i}");
+        }
+        let mut got = vec![0u8; len];
+        e.read(PageId(2), 2000, &mut got).unwrap();
+        assert!(got == data);
+    }
+}
