@@ -1134,6 +1134,11 @@ pub fn scan<D: BlockDevice, E>(
     let mut later = None;
     for v in sector + 1..window_end {
         let raw = reader.sector(v).map_err(ScanError::Device)?;
+        // Only a sector carrying its own number can be valid: skip the
+        // checksum of the others (stale laps, zeros), most of the area.
+        if raw[16..24] != v.to_le_bytes() {
+            continue;
+        }
         if let SectorState::Valid { used, back, .. } = check_sector(raw, v, &rules) {
             let start = Lsn(v * SECTOR);
             let stop = Lsn(v * SECTOR + SECTOR_HEADER + used as u64);
