@@ -159,9 +159,9 @@ fn engine_run(dir: &Path, mode: CommitMode, committers: usize, secs: f64) -> Row
         platform.relax = std::hint::spin_loop;
     }
     let config = Config {
-        env: platform,
         mode,
         log_buffer_blocks: 256,
+        ..Config::new(platform)
     };
     let engine = Engine::format(
         block_device(&dev, 64).unwrap(),

@@ -36,6 +36,15 @@
 //! flushes, and writes the control block with the new redo point (FUA).
 //! Only then may the log before the redo point be overwritten.
 //!
+//! The engine checkpoints by itself: a transaction that finds the log
+//! filled past [`Config::checkpoint_percent`] of its size since the last
+//! redo point takes a checkpoint before it appends (unless another one is
+//! running), and a transaction refused for a full log waits for, or takes,
+//! a checkpoint and tries again. So `LogFull` reaches the caller only when
+//! automatic checkpoints are off or a single transaction does not fit the
+//! log; a failing checkpoint returns its error to the transaction that
+//! took it (which appended nothing) and fails the engine.
+//!
 //! # Failure
 //!
 //! A failed log write, page write or flush fails the engine (the log's
@@ -43,11 +52,14 @@
 //! commit and checkpoint returns [`WalError::Failed`]. Nothing is retried;
 //! restart and recover.
 
-use crate::control::{Control, Layout};
+use crate::control::{Control, ControlError, Layout, LayoutError};
 use crate::device::{BlockDevice, DeviceError};
-use crate::log::{CommitMode, LogGeometry, Tail, Wal, WalError, FIRST_LSN, LOG_BLOCK};
+use crate::log::{
+    CommitMode, LogBlock, LogDamage, LogGeometry, Tail, Wal, WalError, FIRST_LSN, LOG_BLOCK,
+};
 use crate::page::{page_lsn, set_page_lsn, PageCheck, PAGE_HEADER};
 use crate::record::Record;
+use crate::recovery::TruncateRequest;
 use crate::store::{PageStore, StoreIo, WriteError};
 use crate::sync::{lock, Gate};
 use crate::{Env, Lsn, PageId, PAGE_SIZE};
@@ -63,17 +75,25 @@ pub struct Config {
     pub env: Env,
     /// FUA log writes, or writes and a flush.
     pub mode: CommitMode,
-    /// Blocks of log buffered in memory (the largest batch).
+    /// Blocks of log buffered in memory (the largest batch; 4 to
+    /// [`crate::log::MAX_BUFFER_BLOCKS`]).
     pub log_buffer_blocks: usize,
+    /// Take a checkpoint when the log since the last redo point fills more
+    /// than this percentage of the log area (1 to 100); 0 turns automatic
+    /// checkpoints off (then a full log refuses transactions with
+    /// `WalError::LogFull` until the caller checkpoints).
+    pub checkpoint_percent: u8,
 }
 
 impl Config {
-    /// FUA commits and a 1 MiB log buffer.
+    /// FUA commits, a 1 MiB log buffer, a checkpoint whenever the log is
+    /// half full.
     pub fn new(env: Env) -> Config {
         Config {
             env,
             mode: CommitMode::Fua,
             log_buffer_blocks: 256,
+            checkpoint_percent: 50,
         }
     }
 }
@@ -87,6 +107,39 @@ pub struct PageWrite<'a> {
     pub data: &'a [u8],
 }
 
+/// What is wrong with a record in a log whose sectors and frames hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordProblem {
+    /// A page image or write of a page past the last page.
+    NoSuchPage(PageId),
+    /// A page write outside the page's contents.
+    OutsidePage {
+        page: PageId,
+        offset: usize,
+        len: usize,
+    },
+    /// A commit record counting a different number of page writes than
+    /// precede it.
+    WriteCount { commit_says: u32, found: u64 },
+}
+
+impl fmt::Display for RecordProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordProblem::NoSuchPage(p) => write!(f, "it names page {}, past the last page", p.0),
+            RecordProblem::OutsidePage { page, offset, len } => write!(
+                f,
+                "it writes {len} bytes at offset {offset} of page {}, outside its contents",
+                page.0
+            ),
+            RecordProblem::WriteCount { commit_says, found } => write!(
+                f,
+                "the commit counts {commit_says} page writes, {found} precede it"
+            ),
+        }
+    }
+}
+
 /// An engine operation that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
@@ -94,8 +147,31 @@ pub enum Error {
     Log(WalError),
     /// A page or control-block I/O failed.
     Device(DeviceError),
-    /// No valid control block: the device was never formatted.
+    /// No valid control block, and the device is blank where a store would
+    /// be (blocks `0..BLANK_CHECK_BLOCKS` for [`Engine::open`], see
+    /// `crate::recovery::BLANK_CHECK_BLOCKS`): never formatted.
     NotFormatted,
+    /// No valid control block (what each of blocks 0 and 1 holds), and the
+    /// device is not blank (block `data_at` holds data): a damaged store or
+    /// something else. Opening refuses it and nothing formats it except an
+    /// explicit [`Engine::format`].
+    NoControlBlock {
+        slots: [ControlError; 2],
+        data_at: u64,
+    },
+    /// The layout asked for (or found) is impossible.
+    BadLayout(LayoutError),
+    /// The log is corrupt; recovery refused and wrote nothing.
+    LogCorrupt(LogDamage),
+    /// A truncation was requested that does not match what recovery found
+    /// (`found`: the damage, or `None` for an intact log); nothing was
+    /// written.
+    TruncateMismatch {
+        requested: TruncateRequest,
+        found: Option<LogDamage>,
+    },
+    /// No memory for the pages the layout has.
+    OutOfMemory { pages: u64 },
     /// The device has `have` blocks, the layout needs `needed`.
     DeviceTooSmall { needed: u64, have: u64 },
     /// A write outside a page's contents, or a transaction with no writes.
@@ -108,10 +184,8 @@ pub enum Error {
     NoSuchPage(PageId),
     /// A page on storage is damaged and the log holds no image of it.
     UnrepairablePage(PageId, PageCheck),
-    /// The log the last checkpoint needs is gone.
-    RedoLost(Lsn),
-    /// The log holds a commit whose writes do not precede it.
-    CorruptLog(Lsn),
+    /// The log holds a well-formed record at `lsn` that makes no sense.
+    BadLogRecord { lsn: Lsn, problem: RecordProblem },
 }
 
 impl From<WalError> for Error {
@@ -131,7 +205,36 @@ impl fmt::Display for Error {
         match self {
             Error::Log(e) => write!(f, "{e}"),
             Error::Device(e) => write!(f, "page I/O failed: {e}"),
-            Error::NotFormatted => f.write_str("no valid control block: not formatted"),
+            Error::NotFormatted => f.write_str(
+                "not formatted: no control block, and the device is blank where a store would be",
+            ),
+            Error::NoControlBlock { slots, data_at } => write!(
+                f,
+                "no valid control block (block 0 holds {}, block 1 holds {}), and the device \
+                 is not blank (block {data_at} holds data): refusing to open it; only an \
+                 explicit format would reuse it, discarding its contents",
+                slots[0], slots[1]
+            ),
+            Error::BadLayout(e) => write!(f, "impossible layout: {e}"),
+            Error::LogCorrupt(d) => write!(f, "{d}"),
+            Error::TruncateMismatch { requested, found } => {
+                write!(
+                    f,
+                    "truncation at LSN {} discarding up to LSN {} requested, but ",
+                    requested.at.0, requested.discard_to.0
+                )?;
+                match found {
+                    None => f.write_str("the log is intact; nothing was written"),
+                    Some(d) => write!(
+                        f,
+                        "recovery would truncate at LSN {} and discard up to LSN {} \
+                         (nothing was written): {d}",
+                        d.keep_end.0,
+                        d.lost_end().0
+                    ),
+                }
+            }
+            Error::OutOfMemory { pages } => write!(f, "no memory for {pages} pages"),
             Error::DeviceTooSmall { needed, have } => {
                 write!(f, "the device has {have} blocks, {needed} needed")
             }
@@ -148,8 +251,9 @@ impl fmt::Display for Error {
                     p.0
                 )
             }
-            Error::RedoLost(l) => write!(f, "the log from the redo point {} on is gone", l.0),
-            Error::CorruptLog(l) => write!(f, "corrupt log at {}", l.0),
+            Error::BadLogRecord { lsn, problem } => {
+                write!(f, "corrupt log: the record at LSN {}: {problem}", lsn.0)
+            }
         }
     }
 }
@@ -197,22 +301,48 @@ pub struct Engine<D: BlockDevice> {
     image_redo: AtomicU64,
     control: Mutex<Control>,
     checkpointing: Mutex<()>,
+    /// Checkpoint when this many log blocks are in use (0: never).
+    checkpoint_blocks: u64,
     stats: AtomicEngineStats,
 }
 
 impl<D: BlockDevice> Engine<D> {
-    /// Formats the namespace for `layout` and opens an empty engine: the
-    /// log through `log_dev`, the pages and the control block through
-    /// `data_dev` (two queues of the same namespace).
+    /// Formats the namespace for `layout`, whatever it holds (the explicit
+    /// format request: its contents are discarded), and opens an empty
+    /// engine: the log through `log_dev`, the pages and the control block
+    /// through `data_dev` (two queues of the same namespace). See
+    /// [`Engine::open_or_format`] for formatting only a blank device.
     pub fn format(
         log_dev: D,
         data_dev: D,
         layout: Layout,
         config: Config,
     ) -> Result<Engine<D>, Error> {
+        let io = StoreIo::new(data_dev, config.env)?;
+        Engine::format_on(log_dev, io, layout, config)
+    }
+
+    /// Formats through `io` (see [`Engine::format`]). Order: zero the log
+    /// area, write every page, flush, write the log's first sector (an
+    /// empty, valid end of the log), then the control block (FUA), which
+    /// makes it a store. A crash before that leaves no control block (and
+    /// `open` refuses the device as not blank).
+    pub(crate) fn format_on(
+        log_dev: D,
+        mut io: StoreIo<D>,
+        layout: Layout,
+        config: Config,
+    ) -> Result<Engine<D>, Error> {
         let env = config.env;
-        let io = StoreIo::new(data_dev, env)?;
+        layout.validate().map_err(Error::BadLayout)?;
         check_fits(&io, &layout)?;
+        // From here until the new control block is written the device is
+        // no store: not the old one either.
+        io.clear_control(0)?;
+        io.clear_control(1)?;
+        // A log area holding only zeros and this format's sectors is what
+        // lets recovery tell a torn tail from corruption (`crate::log`).
+        io.zero_blocks(layout.log_start(), layout.log_blocks)?;
         let store = PageStore::new(io, layout, env);
         store.write_all_unlogged()?;
         let control = Control {
@@ -221,22 +351,21 @@ impl<D: BlockDevice> Engine<D> {
             epoch: 1,
             layout,
             redo: FIRST_LSN,
+            epoch_start: FIRST_LSN,
         };
-        {
-            let mut io = store.io();
-            io.clear_control(0)?;
-            io.write_control(&control)?;
-        }
         let tail = Tail {
             end: FIRST_LSN,
             block: vec![0; LOG_BLOCK as usize],
         };
+        let engine = Engine::assemble(log_dev, store, control, tail, config)?;
+        engine.wal.truncate_tail()?;
+        engine.store.io().write_control(&control)?;
         log::info!(
             "engine: formatted {} log blocks, {} pages",
             layout.log_blocks,
             layout.data_pages
         );
-        Engine::assemble(log_dev, store, control, tail, config)
+        Ok(engine)
     }
 
     /// Puts the pieces together (the log continuing at `tail`).
@@ -270,6 +399,10 @@ impl<D: BlockDevice> Engine<D> {
             image_redo: AtomicU64::new(control.redo.0),
             control: Mutex::new(control),
             checkpointing: Mutex::new(()),
+            checkpoint_blocks: match config.checkpoint_percent.min(100) {
+                0 => 0,
+                p => (control.layout.log_blocks * p as u64 / 100).max(1),
+            },
             stats: AtomicEngineStats::default(),
         })
     }
@@ -340,6 +473,60 @@ impl<D: BlockDevice> Engine<D> {
     /// is committed only once that returns `Ok`; until then a crash may
     /// lose it (entirely: never partly).
     pub fn append_commit(&self, writes: &[PageWrite<'_>]) -> Result<Lsn, Error> {
+        self.check_writes(writes)?;
+        let mut attempts = 0;
+        loop {
+            self.checkpoint_if_due()?;
+            let seen = self.stats.checkpoints.load(Ordering::Acquire);
+            match self.try_append_commit(writes) {
+                Err(Error::Log(WalError::LogFull { .. }))
+                    if self.checkpoint_blocks > 0 && attempts < 3 =>
+                {
+                    attempts += 1;
+                    self.checkpoint_since(seen)?;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Log blocks from the redo point's to the insert position's.
+    pub fn log_blocks_in_use(&self) -> u64 {
+        let insert = LogBlock::of(self.wal.insert_lsn()).0;
+        insert.saturating_sub(LogBlock::of(self.wal.redo_lsn()).0) + 1
+    }
+
+    /// Takes a checkpoint if the log is filled past the threshold and no
+    /// checkpoint is running.
+    fn checkpoint_if_due(&self) -> Result<(), Error> {
+        if self.checkpoint_blocks == 0 || self.log_blocks_in_use() < self.checkpoint_blocks {
+            return Ok(());
+        }
+        let Some(guard) = self.checkpointing.try_lock() else {
+            return Ok(());
+        };
+        if self.log_blocks_in_use() < self.checkpoint_blocks {
+            return Ok(());
+        }
+        log::debug!(
+            "engine: {} of {} log blocks in use, checkpointing",
+            self.log_blocks_in_use(),
+            self.wal.geometry().blocks
+        );
+        self.checkpoint_locked(guard).map(|_| ())
+    }
+
+    /// Takes a checkpoint unless one has completed since the checkpoint
+    /// count was `seen` (then waits for any running one).
+    fn checkpoint_since(&self, seen: u64) -> Result<(), Error> {
+        let guard = lock(&self.checkpointing, self.env.relax);
+        if self.stats.checkpoints.load(Ordering::Acquire) != seen {
+            return Ok(());
+        }
+        self.checkpoint_locked(guard).map(|_| ())
+    }
+
+    fn check_writes(&self, writes: &[PageWrite<'_>]) -> Result<(), Error> {
         for w in writes {
             let end = w.offset.checked_add(w.data.len());
             if w.offset < PAGE_HEADER || end.is_none_or(|e| e > PAGE_SIZE) || w.data.is_empty() {
@@ -360,6 +547,11 @@ impl<D: BlockDevice> Engine<D> {
                 len: 0,
             });
         }
+        Ok(())
+    }
+
+    /// One attempt at logging and applying `writes` (checked).
+    fn try_append_commit(&self, writes: &[PageWrite<'_>]) -> Result<Lsn, Error> {
         let _pass = self.gate.read(self.env.relax);
         let mut ids: Vec<PageId> = writes.iter().map(|w| w.page).collect();
         ids.sort_unstable();
@@ -418,7 +610,10 @@ impl<D: BlockDevice> Engine<D> {
     /// Takes a checkpoint: writes every dirty page and moves the redo point
     /// to where the log was when it began, freeing the log before it.
     pub fn checkpoint(&self) -> Result<CheckpointReport, Error> {
-        let _one = lock(&self.checkpointing, self.env.relax);
+        self.checkpoint_locked(lock(&self.checkpointing, self.env.relax))
+    }
+
+    fn checkpoint_locked(&self, _one: spin::MutexGuard<'_, ()>) -> Result<CheckpointReport, Error> {
         if let Some(e) = self.wal.failure() {
             return Err(Error::Log(WalError::Failed(e)));
         }
@@ -450,7 +645,7 @@ impl<D: BlockDevice> Engine<D> {
         *control = next;
         drop(control);
         self.wal.set_redo_lsn(redo);
-        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.stats.checkpoints.fetch_add(1, Ordering::Release);
         log::debug!(
             "engine: checkpoint at {}, {pages_written} pages written",
             redo.0
@@ -465,11 +660,9 @@ impl<D: BlockDevice> Engine<D> {
 /// Refuses a data device smaller than `layout` needs.
 pub(crate) fn check_fits<D: BlockDevice>(io: &StoreIo<D>, layout: &Layout) -> Result<(), Error> {
     let have = io.block_count();
-    if have < layout.blocks() {
-        return Err(Error::DeviceTooSmall {
-            needed: layout.blocks(),
-            have,
-        });
+    let needed = layout.blocks();
+    if have < needed {
+        return Err(Error::DeviceTooSmall { needed, have });
     }
     Ok(())
 }

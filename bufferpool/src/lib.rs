@@ -33,6 +33,8 @@ pub mod checksum;
 pub mod control;
 pub mod device;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kv;
 pub mod log;
 pub mod page;
@@ -49,11 +51,11 @@ pub use control::Layout;
 pub use device::{
     BlockDevice, DeviceError, DmaAllocator, Io, IoBuf, IoKind, NvmeDevice, QueueAccess,
 };
-pub use engine::{CheckpointReport, Config, Engine, EngineStats, Error, PageWrite};
+pub use engine::{CheckpointReport, Config, Engine, EngineStats, Error, PageWrite, RecordProblem};
 pub use kv::KvTable;
-pub use log::{CommitMode, LogStats, Wal, WalError};
+pub use log::{CommitMode, Damage, LogDamage, LogStats, ScanStop, SectorState, Wal, WalError};
 pub use pool::{BufferManager, Durability, Pool, PoolError, PoolStats};
-pub use recovery::RecoveryReport;
+pub use recovery::{RecoveryReport, TruncateRequest};
 
 /// Size of a database page in bytes.
 pub const PAGE_SIZE: usize = dbos_abi::PAGE_SIZE as usize;

@@ -15,7 +15,8 @@
 //! offset  size  field
 //!      0     4  CRC32C of bytes 4..512
 //!      4     2  payload bytes used (0..=488)
-//!      6     2  reserved
+//!      6     2  back: this sector's distance from the first sector
+//!                its write batch changed (the batch marker)
 //!      8     4  epoch (the control block's epoch when written)
 //!     12     4  format id (low half)
 //!     16     8  sector number
@@ -25,13 +26,50 @@
 //! The CRC and LSN unit is the sector, the unit a write can be torn at:
 //! a torn 4 KiB log write leaves every sector either old or new, each
 //! self-validating. The tail block is rewritten by each batch; its sectors
-//! that were already durable are rewritten byte for byte, so whichever
-//! version of them survives holds the same records. The reader
-//! ([`scan`]) stops at the first sector whose CRC, number, format id or
-//! epoch does not hold, or that is not full, and at the first record whose
-//! frame does not hold. The epoch (raised at every start) keeps stale
-//! sectors written past the recovered end by an earlier run from being
-//! read as the continuation of a later one.
+//! that were already durable are rewritten byte for byte (from a copy of
+//! what was written), so whichever version of them survives is
+//! the same. Every batch also writes the sector holding its end, even when
+//! no payload of it is used yet (`used` = 0): the durable end of the log is
+//! always a valid sector that is not full. The epoch (raised at every
+//! start) keeps stale sectors written past the recovered end by an earlier
+//! run from being read as the continuation of a later one.
+//!
+//! # Torn tail or corruption: the in-flight invariant
+//!
+//! **Invariant.** At most one write batch is in flight at any time: a
+//! leader holds the writer lock from sealing a batch until all of its
+//! writes (and, in [`CommitMode::WriteFlush`], its flush) have completed,
+//! and only then publishes the durable LSN; nothing else writes the log
+//! area (format zeroes it before the log exists). A batch whose durable
+//! LSN was `D` when it began changes only sectors from `D`'s sector on
+//! (earlier sectors of the block are rewritten byte for byte), and every
+//! sector it seals records in `back` how far it is from `D`'s sector. So
+//! for a sector `v` written by some batch, every sector before
+//! `v - back(v)` was durable, and final, before `v` was written.
+//!
+//! A crash leaves every sector the in-flight batch wrote either old or new,
+//! and both are intact (a sector is the atomic unit; format zeroed the log
+//! area, so "old" is zeros, an older version of the same sector, or a
+//! sector of an earlier lap or epoch). Therefore, when the reader
+//! ([`scan`]) stops at sector `s`:
+//!
+//! - if `s` is damaged in a way no crash produces (checksum failure, an
+//!   impossible header, a foreign format, a misplaced sector number, an
+//!   epoch newer than the control block's, a record frame that does not
+//!   hold in sectors whose checksums do), that is corruption;
+//! - if some later valid sector `v` continuing the sequence has
+//!   `v - back(v) > s`, a batch began after `s` was durable, so `s` cannot
+//!   be the torn tail of the in-flight batch: corruption;
+//! - if the readable log ends before the epoch start the control block
+//!   names (log the recovery that began the epoch had read and kept), that
+//!   is corruption;
+//! - otherwise `s` and every valid sector after it can belong to the batch
+//!   that was in flight, which acknowledged nothing: a torn tail.
+//!
+//! Corruption is reported as [`LogDamage`] (sector, device block, LSN
+//! range, what was found, the intact log beyond it); recovery refuses to
+//! open and writes nothing, unless the operator asks for that exact
+//! truncation (`crate::recovery::TruncateRequest`).
 //!
 //! # Group commit
 //!
@@ -78,6 +116,9 @@ pub const SECTORS_PER_BLOCK: u64 = 8;
 pub const LOG_BLOCK: u64 = SECTOR * SECTORS_PER_BLOCK;
 /// The LSN of the first record of a new log.
 pub const FIRST_LSN: Lsn = Lsn(SECTOR_HEADER);
+/// Most blocks of log buffer ([`Wal::new`]): a batch's sectors must be able
+/// to name their distance from its first in 16 bits.
+pub const MAX_BUFFER_BLOCKS: usize = (u16::MAX as usize + 1) / SECTORS_PER_BLOCK as usize - 2;
 
 /// A block of the unbounded log: `LogBlock(n)` covers LSNs
 /// `[4096 n, 4096 n + 4096)`.
@@ -106,12 +147,6 @@ pub fn lsn_of_payload(p: u64) -> Lsn {
 /// The LSN `bytes` payload bytes after `lsn`.
 pub fn lsn_advance(lsn: Lsn, bytes: u64) -> Lsn {
     lsn_of_payload(payload_index(lsn) + bytes)
-}
-
-/// Position of the last payload byte before `end` (the first payload byte
-/// for `FIRST_LSN`).
-fn last_byte(end: Lsn) -> u64 {
-    lsn_of_payload(payload_index(end).saturating_sub(1)).0
 }
 
 /// How commits are made durable.
@@ -264,10 +299,12 @@ impl Ring {
     }
 }
 
-/// Durable sectors of the tail block left by an earlier run, rewritten
-/// byte for byte until the log has moved past their block.
+/// The complete (durable, final) sectors of the block holding the durable
+/// LSN, as they were written: the next batch rewrites them byte for byte.
 struct Frozen {
+    /// The first sector of that block.
     first_sector: u64,
+    /// The sectors before the durable LSN's sector.
     raw: Vec<u8>,
 }
 
@@ -275,7 +312,7 @@ struct Writer<D> {
     dev: D,
     buf: DmaBytes,
     ios: Vec<Io>,
-    frozen: Option<Frozen>,
+    frozen: Frozen,
 }
 
 /// Where a log continues after recovery (see [`scan`]).
@@ -317,6 +354,10 @@ impl<D: BlockDevice> Wal<D> {
         tail: Tail,
     ) -> Result<Wal<D>, DeviceError> {
         assert!(buffer_blocks >= 4, "the log buffer needs at least 4 blocks");
+        assert!(
+            buffer_blocks <= MAX_BUFFER_BLOCKS,
+            "the log buffer takes at most {MAX_BUFFER_BLOCKS} blocks"
+        );
         assert!(geo.blocks >= 2, "the log needs at least 2 blocks");
         let ring = Ring::new(buffer_blocks as u64 * LOG_BLOCK);
         let buf = DmaBytes::new(dev.alloc(buffer_blocks + 1)?);
@@ -336,10 +377,10 @@ impl<D: BlockDevice> Wal<D> {
             // SAFETY: nothing else uses the ring yet.
             unsafe { ring.copy_in(Lsn(payload_start), &raw[SECTOR_HEADER as usize..][..used]) };
         }
-        let frozen = (end_sector > first_sector).then(|| Frozen {
+        let frozen = Frozen {
             first_sector,
             raw: tail.block[..((end_sector - first_sector) * SECTOR) as usize].to_vec(),
-        });
+        };
         Ok(Wal {
             env,
             geo,
@@ -453,8 +494,10 @@ impl<D: BlockDevice> Wal<D> {
             self.check_failed()?;
             let start = *next;
             let end = lsn_advance(start, total as u64);
+            // The batch that makes `end` durable writes the block holding
+            // `end` (its end sector), so that block counts.
             let redo_block = LogBlock::of(self.redo_lsn()).0;
-            let needed = last_byte(end) / LOG_BLOCK - redo_block + 1;
+            let needed = LogBlock::of(end).0 - redo_block + 1;
             if needed > self.geo.blocks {
                 return Err(WalError::LogFull {
                     needed_blocks: needed,
@@ -539,32 +582,29 @@ impl<D: BlockDevice> Wal<D> {
         if target <= durable && !force {
             return Ok(());
         }
+        // The batch changes sectors from the durable LSN's on (see the
+        // in-flight invariant in the module docs) and writes every block up
+        // to the one holding its end sector.
         let first = LogBlock(durable / LOG_BLOCK);
-        let last = LogBlock((last_byte(Lsn(target)) / LOG_BLOCK).max(first.0));
+        let first_changed = durable / SECTOR;
+        let last = LogBlock::of(Lsn(target));
         let nblocks = last.0 - first.0 + 1;
-        if w.frozen
-            .as_ref()
-            .is_some_and(|f| f.first_sector / SECTORS_PER_BLOCK < first.0)
-        {
-            w.frozen = None;
-        }
         let Writer {
             dev,
             buf,
             ios,
             frozen,
         } = w;
+        debug_assert_eq!(frozen.first_sector, first.0 * SECTORS_PER_BLOCK);
+        debug_assert_eq!(
+            frozen.raw.len() as u64,
+            (first_changed - frozen.first_sector) * SECTOR
+        );
         let out = &mut buf.bytes_mut()[..(nblocks * LOG_BLOCK) as usize];
-        for (i, sector) in out.chunks_exact_mut(SECTOR as usize).enumerate() {
-            let s = first.0 * SECTORS_PER_BLOCK + i as u64;
-            if let Some(f) = frozen.as_ref() {
-                if s >= f.first_sector && ((s - f.first_sector) * SECTOR) < f.raw.len() as u64 {
-                    let at = ((s - f.first_sector) * SECTOR) as usize;
-                    sector.copy_from_slice(&f.raw[at..at + SECTOR as usize]);
-                    continue;
-                }
-            }
-            self.seal_sector(s, target, sector);
+        let (done, rest) = out.split_at_mut(frozen.raw.len());
+        done.copy_from_slice(&frozen.raw);
+        for (i, sector) in rest.chunks_exact_mut(SECTOR as usize).enumerate() {
+            self.seal_sector(first_changed + i as u64, target, first_changed, sector);
         }
         ios.clear();
         let mut i = 0;
@@ -595,18 +635,29 @@ impl<D: BlockDevice> Wal<D> {
         self.stats
             .blocks_written
             .fetch_add(nblocks, Ordering::Relaxed);
+        // Remember the complete sectors of the new durable LSN's block as
+        // written: the next batch rewrites them byte for byte.
+        let end_sector = target / SECTOR;
+        frozen.first_sector = last.0 * SECTORS_PER_BLOCK;
+        let from = ((nblocks - 1) * LOG_BLOCK) as usize;
+        let len = ((end_sector - frozen.first_sector) * SECTOR) as usize;
+        frozen.raw.clear();
+        frozen.raw.extend_from_slice(&buf.bytes()[from..from + len]);
         self.durable.store(target, Ordering::Release);
         Ok(())
     }
 
-    /// Fills `out` with sector `s` as of insert position `target`.
-    fn seal_sector(&self, s: u64, target: u64, out: &mut [u8]) {
-        let payload_start = s * SECTOR + SECTOR_HEADER;
-        let used = target.saturating_sub(payload_start).min(SECTOR_PAYLOAD) as usize;
-        if used == 0 {
+    /// Fills `out` with sector `s` as of insert position `target`, for a
+    /// batch whose first changed sector is `first_changed`: payload up to
+    /// `target`; the sector holding `target` is sealed even when none of
+    /// its payload is used; sectors after it are zero.
+    fn seal_sector(&self, s: u64, target: u64, first_changed: u64, out: &mut [u8]) {
+        if s > target / SECTOR {
             out.fill(0);
             return;
         }
+        let payload_start = s * SECTOR + SECTOR_HEADER;
+        let used = (target - payload_start).min(SECTOR_PAYLOAD) as usize;
         let h = SECTOR_HEADER as usize;
         // SAFETY: positions below `target` were written by appenders that
         // released the insert lock before we read `target` under it, and
@@ -614,7 +665,9 @@ impl<D: BlockDevice> Wal<D> {
         unsafe { self.ring.copy_out(payload_start, &mut out[h..h + used]) };
         out[h + used..].fill(0);
         out[4..6].copy_from_slice(&(used as u16).to_le_bytes());
-        out[6..8].fill(0);
+        // At most MAX_BUFFER_BLOCKS + 1 blocks per batch: fits 16 bits.
+        let back = u16::try_from(s - first_changed).expect("batch within the buffer");
+        out[6..8].copy_from_slice(&back.to_le_bytes());
         out[8..12].copy_from_slice(&self.geo.epoch.to_le_bytes());
         out[12..16].copy_from_slice(&(self.geo.format_id as u32).to_le_bytes());
         out[16..24].copy_from_slice(&s.to_le_bytes());
@@ -623,31 +676,121 @@ impl<D: BlockDevice> Wal<D> {
     }
 }
 
-/// What a sector read from the log holds, if it belongs to the log.
-fn check_sector(
-    raw: &[u8],
-    sector: u64,
-    format_id: u64,
-    min_epoch: u32,
-    max_epoch: u32,
-) -> Option<(usize, u32)> {
+/// What a sector read from the log turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SectorState {
+    /// It belongs here: checksum, format id, number and epoch hold.
+    Valid { used: u16, epoch: u32, back: u16 },
+    /// All zero (never written since the format, or past a batch's end).
+    Zeros,
+    /// Not all zero, and the checksum does not hold.
+    BadChecksum,
+    /// The checksum holds but the header is impossible (payload length
+    /// over 488, or a batch marker before sector 0).
+    BadHeader { used: u16, back: u16 },
+    /// A sector of another format (low 32 bits of its format id).
+    OtherFormat(u32),
+    /// This log's sector `n` of an earlier lap of the circular area.
+    OtherLap(u64),
+    /// A sector number that never belongs at this position.
+    Misplaced(u64),
+    /// An epoch older than this position requires (a sector an earlier
+    /// run left past the end its recovery kept).
+    OldEpoch(u32),
+    /// An epoch newer than the control block's: the newer control block
+    /// that started it has been lost.
+    NewerEpoch(u32),
+}
+
+impl SectorState {
+    /// Whether a crash can leave this where a write batch was writing: an
+    /// intact sector, the write's old or new version (see the module docs).
+    pub fn crash_can_leave(&self) -> bool {
+        matches!(
+            self,
+            SectorState::Valid { .. }
+                | SectorState::Zeros
+                | SectorState::OtherLap(_)
+                | SectorState::OldEpoch(_)
+        )
+    }
+}
+
+impl fmt::Display for SectorState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SectorState::Valid { used, epoch, .. } => {
+                write!(f, "a valid sector ({used} payload bytes, epoch {epoch})")
+            }
+            SectorState::Zeros => f.write_str("zeros"),
+            SectorState::BadChecksum => f.write_str("a sector failing its checksum"),
+            SectorState::BadHeader { used, back } => write!(
+                f,
+                "a sector with an impossible header ({used} payload bytes, marker {back})"
+            ),
+            SectorState::OtherFormat(id) => {
+                write!(f, "a sector of another format (id {id:#010x})")
+            }
+            SectorState::OtherLap(n) => write!(f, "log sector {n} of an earlier lap"),
+            SectorState::Misplaced(n) => write!(f, "log sector {n}, which does not belong here"),
+            SectorState::OldEpoch(e) => write!(f, "a stale sector of epoch {e}"),
+            SectorState::NewerEpoch(e) => write!(
+                f,
+                "a sector of epoch {e}, newer than the control block's (a newer control block was lost)"
+            ),
+        }
+    }
+}
+
+/// What the reader requires of the sectors it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SectorRules {
+    /// Format id and current epoch (the control block's).
+    pub geo: LogGeometry,
+    /// The epoch of the previous valid sector: epochs never decrease.
+    pub min_epoch: u32,
+    /// Log bytes from here on carry the current epoch (the control
+    /// block's epoch start).
+    pub epoch_start: Lsn,
+}
+
+/// Classifies `raw` (one 512-byte sector) read where log sector `sector`
+/// belongs.
+pub fn check_sector(raw: &[u8], sector: u64, rules: &SectorRules) -> SectorState {
+    let raw = &raw[..SECTOR as usize];
     let u32_at = |at: usize| u32::from_le_bytes(raw[at..at + 4].try_into().unwrap());
-    if u32_at(0) != crc32c(&raw[4..SECTOR as usize]) {
-        return None;
+    let u16_at = |at: usize| u16::from_le_bytes(raw[at..at + 2].try_into().unwrap());
+    if u32_at(0) != crc32c(&raw[4..]) {
+        if raw.iter().all(|&b| b == 0) {
+            return SectorState::Zeros;
+        }
+        return SectorState::BadChecksum;
     }
-    let used = u16::from_le_bytes(raw[4..6].try_into().unwrap()) as usize;
-    let epoch = u32_at(8);
+    let (used, back, epoch) = (u16_at(4), u16_at(6), u32_at(8));
+    let format = u32_at(12);
     let number = u64::from_le_bytes(raw[16..24].try_into().unwrap());
-    if used == 0
-        || used > SECTOR_PAYLOAD as usize
-        || u32_at(12) != format_id as u32
-        || number != sector
-        || epoch < min_epoch
-        || epoch > max_epoch
-    {
-        return None;
+    let geo = &rules.geo;
+    if format != geo.format_id as u32 {
+        return SectorState::OtherFormat(format);
     }
-    Some((used, epoch))
+    if number != sector {
+        let lap = geo.blocks.saturating_mul(SECTORS_PER_BLOCK);
+        if number < sector && (sector - number).is_multiple_of(lap) {
+            return SectorState::OtherLap(number);
+        }
+        return SectorState::Misplaced(number);
+    }
+    if used as u64 > SECTOR_PAYLOAD || back as u64 > sector {
+        return SectorState::BadHeader { used, back };
+    }
+    if epoch > geo.epoch {
+        return SectorState::NewerEpoch(epoch);
+    }
+    let payload_start = sector * SECTOR + SECTOR_HEADER;
+    if epoch < rules.min_epoch || (epoch < geo.epoch && payload_start >= rules.epoch_start.0) {
+        return SectorState::OldEpoch(epoch);
+    }
+    SectorState::Valid { used, epoch, back }
 }
 
 /// Why the log could not be read.
@@ -655,11 +798,120 @@ fn check_sector(
 pub enum ScanError<E> {
     /// A read failed.
     Device(DeviceError),
-    /// The sector holding the redo LSN does not reach it: log the last
-    /// checkpoint needs is gone.
-    RedoLost(Lsn),
     /// The record handler failed.
     Handler(E),
+}
+
+/// What is wrong with a damaged log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Damage {
+    /// The sector holding the redo point (durable before the control block
+    /// naming it was written) does not hold it.
+    Redo { redo: Lsn, found: SectorState },
+    /// A sector no crash can leave in a log.
+    Sector(SectorState),
+    /// A record whose frame does not hold, in sectors whose checksums do.
+    Record { lsn: Lsn, error: RecordError },
+    /// An intact sector that is not the log's continuation where the log
+    /// must continue: a later write batch (its sector `later`) began only
+    /// after this sector was durable.
+    Overtaken { found: SectorState, later: u64 },
+    /// The readable log ends at `end`, before `verified`, the end of the
+    /// log that the recovery which began the current epoch read and kept.
+    EndsEarly { end: Lsn, verified: Lsn },
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Damage::Redo { redo, found } => write!(
+                f,
+                "holds {found} where the log from the redo point {} must be",
+                redo.0
+            ),
+            Damage::Sector(found) => write!(f, "holds {found}, which no crash leaves"),
+            Damage::Record { lsn, error } => {
+                write!(f, "holds a broken record at LSN {}: {error}", lsn.0)
+            }
+            Damage::Overtaken { found, later } => write!(
+                f,
+                "holds {found} where the log continues: log sector {later} was written after \
+                 this sector was durable"
+            ),
+            Damage::EndsEarly { end, verified } => write!(
+                f,
+                "ends the readable log at LSN {}, before LSN {}, which an earlier recovery \
+                 read and kept",
+                end.0, verified.0
+            ),
+        }
+    }
+}
+
+/// Where and how the log is damaged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogDamage {
+    /// What is wrong.
+    pub what: Damage,
+    /// The damaged sector's number in the unbounded log (it covers LSNs
+    /// `512 * sector .. 512 * sector + 512`).
+    pub sector: u64,
+    /// The device block holding it (sector `sector % 8` of that block).
+    pub lba: u64,
+    /// Intact log sectors found past the damage: the LSN range from the
+    /// first one's start to the last one's end, if any.
+    pub beyond: Option<(Lsn, Lsn)>,
+    /// The end of the last commit record before the damage: where a
+    /// truncation would cut the log (filled in by recovery).
+    pub keep_end: Lsn,
+}
+
+impl LogDamage {
+    /// LSNs the damaged sector covers.
+    pub fn lsns(&self) -> (Lsn, Lsn) {
+        (Lsn(self.sector * SECTOR), Lsn((self.sector + 1) * SECTOR))
+    }
+
+    /// Everything before this LSN was read; a truncation discards the log
+    /// from [`LogDamage::keep_end`] up to here.
+    pub fn lost_end(&self) -> Lsn {
+        let mut end = self.lsns().1;
+        if let Some((_, b)) = self.beyond {
+            end = end.max(b);
+        }
+        end
+    }
+}
+
+impl fmt::Display for LogDamage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (a, b) = self.lsns();
+        write!(
+            f,
+            "the log is corrupt: log sector {} (device block {}, sector {} of it, LSNs {}..{}) {}",
+            self.sector,
+            self.lba,
+            self.sector % SECTORS_PER_BLOCK,
+            a.0,
+            b.0,
+            self.what
+        )?;
+        if let Some((x, y)) = self.beyond {
+            write!(
+                f,
+                "; intact log follows at LSNs {}..{}, which may hold acknowledged commits",
+                x.0, y.0
+            )?;
+        }
+        write!(
+            f,
+            ". Recovery refused and wrote nothing. Truncating the log at LSN {} would discard \
+             LSNs {}..{}",
+            self.keep_end.0,
+            self.keep_end.0,
+            self.lost_end().0
+        )
+    }
 }
 
 /// What a scan found.
@@ -672,108 +924,265 @@ pub struct ScanSummary {
     pub stop: ScanStop,
     /// The end of the last valid record.
     pub end: Lsn,
+    /// Corruption, if the log is corrupt (then `stop` is
+    /// [`ScanStop::Damaged`] and the records read were those before it).
+    pub damage: Option<LogDamage>,
 }
 
 /// Why a scan stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScanStop {
-    /// The last sector was not full: the clean end of the log.
+    /// A valid sector that is not full: the clean end of the log (a new
+    /// log ends in sector 0 with nothing in it).
     PartialSector,
-    /// A sector's CRC, number, format id or epoch did not hold.
-    InvalidSector(u64),
-    /// A record's frame did not hold (a torn or incomplete tail record).
-    BadRecord(Lsn, RecordError),
-    /// The whole log area was read.
+    /// The write batch in flight at a crash did not reach this sector
+    /// (it holds `found`): a torn tail. Later sectors of that batch, if
+    /// any landed, are ignored.
+    TornTail { sector: u64, found: SectorState },
+    /// The whole log area was read (a log this crate writes always ends
+    /// before).
     LogEnd,
+    /// The log is corrupt ([`ScanSummary::damage`]).
+    Damaged,
+}
+
+impl fmt::Display for ScanStop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScanStop::PartialSector => f.write_str("clean end"),
+            ScanStop::TornTail { sector, found } => {
+                write!(f, "torn tail at log sector {sector}, which holds {found}")
+            }
+            ScanStop::LogEnd => f.write_str("end of the log area"),
+            ScanStop::Damaged => f.write_str("corrupt log"),
+        }
+    }
+}
+
+/// Reads sectors of the log through `buf`, a window of blocks at a time.
+struct SectorReader<'a, D> {
+    dev: &'a mut D,
+    geo: LogGeometry,
+    buf: &'a mut DmaBytes,
+    env: Env,
+    chunk_blocks: u64,
+    /// (first block, blocks) held in `buf`.
+    loaded: Option<(u64, u64)>,
+}
+
+impl<D: BlockDevice> SectorReader<'_, D> {
+    fn sector(&mut self, sector: u64) -> Result<&[u8], DeviceError> {
+        let block = sector / SECTORS_PER_BLOCK;
+        if !self
+            .loaded
+            .is_some_and(|(b, n)| block >= b && block < b + n)
+        {
+            let phys = block % self.geo.blocks;
+            let n = self.chunk_blocks.min(self.geo.blocks - phys);
+            let io = Io::read(self.geo.start_lba + phys, n as u32, self.buf.io_buf().addr);
+            run_all(self.dev, &[io], self.env.relax)?;
+            self.loaded = Some((block, n));
+        }
+        let (b0, _) = self.loaded.unwrap();
+        let at = ((sector - b0 * SECTORS_PER_BLOCK) * SECTOR) as usize;
+        Ok(&self.buf.bytes()[at..at + SECTOR as usize])
+    }
 }
 
 /// Reads the log of `geo` from `redo` on, handing every valid record to
-/// `handle` in order, and stops at the first invalid sector or record.
-/// Sectors must carry `geo.format_id` and epochs up to `geo.epoch`, never
-/// decreasing. Uses `buf` (at least one block) to read.
+/// `handle` in order, until the end of the log, and tells a torn tail from
+/// corruption (see the module docs). Sectors must carry `geo.format_id`,
+/// epochs up to `geo.epoch`, never decreasing, and `geo.epoch` from
+/// `epoch_start` on. Uses `buf` (at least one block) to read. Reads the
+/// whole log area past the end; writes nothing.
 pub fn scan<D: BlockDevice, E>(
     dev: &mut D,
     geo: &LogGeometry,
     redo: Lsn,
+    epoch_start: Lsn,
     buf: &mut DmaBytes,
     env: Env,
     mut handle: impl FnMut(Lsn, Record<'_>) -> Result<(), E>,
 ) -> Result<ScanSummary, ScanError<E>> {
     let chunk_blocks = (buf.io_buf().blocks as u64).min(MAX_IO_BLOCKS as u64);
-    let max_record = (geo.blocks * LOG_BLOCK) as usize;
+    let mut reader = SectorReader {
+        dev,
+        geo: *geo,
+        buf,
+        env,
+        chunk_blocks,
+        loaded: None,
+    };
+    let max_record = geo.blocks.saturating_mul(LOG_BLOCK).min(u32::MAX as u64) as usize;
     let first_sector = redo.0 / SECTOR;
-    let end_sector = first_sector + geo.blocks * SECTORS_PER_BLOCK;
+    // The log may occupy the redo point's block and the blocks after it,
+    // one lap of the area (appends never go further).
+    let window_end = (LogBlock::of(redo).0 + geo.blocks) * SECTORS_PER_BLOCK;
+    let mut rules = SectorRules {
+        geo: *geo,
+        min_epoch: 0,
+        epoch_start,
+    };
     let mut pending: Vec<u8> = Vec::new();
     let mut pending_start = payload_index(redo);
-    let mut loaded: Option<(u64, u64)> = None; // (first block, blocks) in buf
-    let mut min_epoch = 0;
-    let mut summary_records = 0;
+    let mut records = 0;
     let mut sectors = 0;
     let mut sector = first_sector;
-    let stop = 'scan: loop {
-        if sector >= end_sector {
-            break ScanStop::LogEnd;
+    // Where the readable payload ends.
+    let mut valid_end = redo;
+    let mut damage: Option<Damage> = None;
+    let mut stop_state = None;
+    loop {
+        if sector >= window_end {
+            break;
         }
-        let block = sector / SECTORS_PER_BLOCK;
-        if !loaded.is_some_and(|(b, n)| block >= b && block < b + n) {
-            let phys = block % geo.blocks;
-            let n = chunk_blocks.min(geo.blocks - phys);
-            let io = Io::read(geo.start_lba + phys, n as u32, buf.io_buf().addr);
-            run_all(dev, &[io], env.relax).map_err(ScanError::Device)?;
-            loaded = Some((block, n));
-        }
-        let (b0, _) = loaded.unwrap();
-        let at = ((sector - b0 * SECTORS_PER_BLOCK) * SECTOR) as usize;
-        let raw = &buf.bytes()[at..at + SECTOR as usize];
-        let Some((used, epoch)) = check_sector(raw, sector, geo.format_id, min_epoch, geo.epoch)
+        let raw = reader.sector(sector).map_err(ScanError::Device)?;
+        let state = check_sector(raw, sector, &rules);
+        let SectorState::Valid {
+            used, epoch, back, ..
+        } = state
         else {
-            if sector == first_sector && redo.0 % SECTOR != SECTOR_HEADER {
-                return Err(ScanError::RedoLost(redo));
+            if sector == first_sector {
+                damage = Some(Damage::Redo { redo, found: state });
+            } else if !state.crash_can_leave() {
+                damage = Some(Damage::Sector(state));
             }
-            break ScanStop::InvalidSector(sector);
+            stop_state = Some(state);
+            break;
         };
+        let payload_start = sector * SECTOR + SECTOR_HEADER;
         let skip = if sector == first_sector {
-            (redo.0 % SECTOR - SECTOR_HEADER) as usize
+            redo.0 - payload_start
         } else {
             0
         };
+        let mut used = used as u64;
         if used < skip {
-            return Err(ScanError::RedoLost(redo));
+            damage = Some(Damage::Redo { redo, found: state });
+            stop_state = Some(state);
+            break;
+        }
+        // Payload of an older epoch counts only up to the epoch start.
+        if epoch < geo.epoch && payload_start + used > epoch_start.0 {
+            used = epoch_start.0 - payload_start;
         }
         sectors += 1;
-        min_epoch = epoch;
+        rules.min_epoch = epoch;
         let h = SECTOR_HEADER as usize;
-        pending.extend_from_slice(&raw[h + skip..h + used]);
+        pending.extend_from_slice(&raw[h + skip as usize..h + used as usize]);
+        // The position of the next payload byte (in the next sector if
+        // this one is full), comparable with the epoch start.
+        valid_end = lsn_of_payload(payload_index(Lsn(payload_start)) + used);
         let mut consumed = 0;
         while pending.len() - consumed >= 4 {
             let rest = &pending[consumed..];
             let lsn = lsn_of_payload(pending_start);
-            let len = match Record::framed_len(rest, max_record) {
-                Ok(len) => len,
-                Err(e) => break 'scan ScanStop::BadRecord(lsn, e),
-            };
-            if rest.len() < len {
-                break;
+            let decoded = Record::framed_len(rest, max_record).and_then(|len| {
+                if rest.len() < len {
+                    Ok(None)
+                } else {
+                    Record::decode(&rest[..len], lsn).map(|r| Some((len, r)))
+                }
+            });
+            match decoded {
+                Ok(None) => break,
+                Ok(Some((len, r))) => {
+                    handle(lsn, r).map_err(ScanError::Handler)?;
+                    records += 1;
+                    consumed += len;
+                    pending_start += len as u64;
+                }
+                Err(error) => {
+                    damage = Some(Damage::Record { lsn, error });
+                    break;
+                }
             }
-            match Record::decode(&rest[..len], lsn) {
-                Ok(r) => handle(lsn, r).map_err(ScanError::Handler)?,
-                Err(e) => break 'scan ScanStop::BadRecord(lsn, e),
-            }
-            summary_records += 1;
-            consumed += len;
-            pending_start += len as u64;
         }
         pending.drain(..consumed);
-        if used < SECTOR_PAYLOAD as usize {
-            break ScanStop::PartialSector;
+        if damage.is_some() {
+            stop_state = Some(SectorState::Valid {
+                used: used as u16,
+                epoch,
+                back,
+            });
+            break;
+        }
+        if used < SECTOR_PAYLOAD {
+            stop_state = Some(SectorState::Valid {
+                used: used as u16,
+                epoch,
+                back,
+            });
+            break;
         }
         sector += 1;
+    }
+    let end = lsn_of_payload(pending_start);
+    let Some(found) = stop_state else {
+        // Every sector of the area was full: nothing past it to check.
+        return Ok(ScanSummary {
+            records,
+            sectors,
+            stop: ScanStop::LogEnd,
+            end,
+            damage: None,
+        });
+    };
+    // Past the stop: intact sectors continuing the log, and whether any
+    // was written by a batch that began after the stop sector was durable.
+    let mut beyond: Option<(Lsn, Lsn)> = None;
+    let mut later = None;
+    for v in sector + 1..window_end {
+        let raw = reader.sector(v).map_err(ScanError::Device)?;
+        // Only a sector carrying its own number can be valid: skip the
+        // checksum of the others (stale laps, zeros), most of the area.
+        if raw[16..24] != v.to_le_bytes() {
+            continue;
+        }
+        if let SectorState::Valid { used, back, .. } = check_sector(raw, v, &rules) {
+            let start = Lsn(v * SECTOR);
+            let stop = Lsn(v * SECTOR + SECTOR_HEADER + used as u64);
+            beyond = Some(beyond.map_or((start, stop), |(a, _)| (a, stop)));
+            if later.is_none() && v - back as u64 > sector {
+                later = Some(v);
+            }
+        }
+    }
+    if damage.is_none() {
+        if let Some(v) = later {
+            damage = Some(Damage::Overtaken { found, later: v });
+        } else if valid_end < epoch_start {
+            damage = Some(Damage::EndsEarly {
+                end: valid_end,
+                verified: epoch_start,
+            });
+        }
+    }
+    let stop = match (&damage, found) {
+        (Some(_), _) => ScanStop::Damaged,
+        (None, SectorState::Valid { .. }) if beyond.is_none() => ScanStop::PartialSector,
+        (None, found) => ScanStop::TornTail { sector, found },
     };
     Ok(ScanSummary {
-        records: summary_records,
+        records,
         sectors,
         stop,
-        end: lsn_of_payload(pending_start),
+        end,
+        damage: damage.map(|what| LogDamage {
+            what,
+            sector: match what {
+                Damage::Record { lsn, .. } => lsn.0 / SECTOR,
+                _ => sector,
+            },
+            lba: geo.lba_of(LogBlock(
+                match what {
+                    Damage::Record { lsn, .. } => lsn.0 / SECTOR,
+                    _ => sector,
+                } / SECTORS_PER_BLOCK,
+            )),
+            beyond,
+            keep_end: end,
+        }),
     })
 }
 
@@ -806,8 +1215,6 @@ mod tests {
         assert_eq!(lsn_advance(Lsn(500), 12), Lsn(536));
         assert_eq!(lsn_advance(Lsn(500), 11), Lsn(511));
         assert_eq!(lsn_advance(FIRST_LSN, 488 * 8), Lsn(4096 + 24));
-        assert_eq!(last_byte(Lsn(4096 + 24)), 4095);
-        assert_eq!(last_byte(Lsn(100)), 99);
         assert_eq!(LogBlock::of(Lsn(4096 + 24)), LogBlock(1));
     }
 }

@@ -66,6 +66,22 @@ pub enum RecordError {
     BadBody,
 }
 
+impl core::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RecordError::Incomplete => f.write_str("fewer bytes than its frame says"),
+            RecordError::BadLength(n) => write!(f, "impossible length {n}"),
+            RecordError::BadChecksum => f.write_str("its checksum does not hold"),
+            RecordError::WrongLsn { expected, found } => write!(
+                f,
+                "it says it is at LSN {}, found at LSN {}",
+                found.0, expected.0
+            ),
+            RecordError::BadBody => f.write_str("an unknown kind or a body that does not fit it"),
+        }
+    }
+}
+
 impl Record<'_> {
     /// Length of the encoded record, frame included.
     pub fn encoded_len(&self) -> usize {

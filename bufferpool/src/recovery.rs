@@ -1,27 +1,38 @@
 //! Crash recovery: open an engine from what is durable.
 //!
 //! 1. Read the control block (the newer valid copy): the layout, the
-//!    epoch, and the redo point of the last complete checkpoint.
+//!    epoch, the epoch start and the redo point of the last complete
+//!    checkpoint. With neither copy valid, a device that is blank where a
+//!    store would be is [`Error::NotFormatted`]; anything else is refused
+//!    ([`Error::NoControlBlock`], saying what blocks 0 and 1 hold): only an
+//!    explicit [`Engine::format`] reuses it. [`Engine::open_or_format`]
+//!    formats only a blank device.
 //! 2. Read every data page and check it (checksum, page id): a torn page
 //!    is marked damaged.
-//! 3. Scan the log from the redo point ([`crate::log::scan`]), stopping at
-//!    the first sector or record that does not hold (a torn tail is normal
-//!    after a crash). Redo: a page image replaces the page (repairing it if
-//!    it was damaged); the page writes of a transaction are applied when
-//!    its commit record is reached, to pages whose LSN is below the commit's
+//! 3. Scan the log from the redo point ([`crate::log::scan`]) to its end.
+//!    Redo: a page image replaces the page (repairing it if it was
+//!    damaged); the page writes of a transaction are applied when its
+//!    commit record is reached, to pages whose LSN is below the commit's
 //!    end; writes of a transaction whose commit is missing are discarded.
+//!    A torn tail (the write batch in flight at a crash) ends the log; a
+//!    corrupt log ([`crate::log::LogDamage`]: damage no crash leaves, or
+//!    intact log past the end that a crash cannot explain) is refused with
+//!    [`Error::LogCorrupt`] before anything is written, unless the
+//!    operator asked for exactly that truncation ([`TruncateRequest`],
+//!    [`Engine::open_truncating`]).
 //! 4. Fail if a damaged page was not repaired.
-//! 5. Raise the epoch in the control block (FUA), rewrite the log block
-//!    holding the end of the last commit record cut off there (FUA:
-//!    records of a transaction without a commit are erased, so they can
-//!    never be read as part of the continued log), continue the log there,
-//!    and take a checkpoint, which writes the recovered pages and bounds
-//!    the next recovery.
+//! 5. Raise the epoch in the control block (FUA), with the end of the last
+//!    commit record as the new epoch start; rewrite the log block holding
+//!    that end cut off there (FUA: records of a transaction without a
+//!    commit are erased, so they can never be read as part of the
+//!    continued log), continue the log there, and take a checkpoint, which
+//!    writes the recovered pages and bounds the next recovery.
 
 use crate::control::Control;
+use crate::control::Layout;
 use crate::device::{BlockDevice, DmaBytes};
-use crate::engine::{check_fits, Config, Engine, Error};
-use crate::log::{lsn_advance, read_tail, scan, LogGeometry, ScanError, ScanStop};
+use crate::engine::{check_fits, Config, Engine, Error, RecordProblem};
+use crate::log::{lsn_advance, read_tail, scan, LogDamage, LogGeometry, ScanError, ScanStop};
 use crate::page::{page_lsn, set_page_lsn, PageCheck};
 use crate::record::Record;
 use crate::store::{PageStore, StoreIo};
@@ -31,6 +42,32 @@ use alloc::vec::Vec;
 
 /// Blocks read at a time while scanning the log.
 const SCAN_BLOCKS: usize = 64;
+
+/// Blocks [`Engine::open`] checks for data when neither control block is
+/// valid (1 MiB from block 0), to tell a blank device from something else.
+/// Every store this crate formats has, at any time, a valid control block
+/// or data in block 2 (the log's first sector, sealed at format, is never
+/// zeroed again), so a damaged store is never taken for a blank device;
+/// other data (a file system, a partition table) starts in the first
+/// blocks too. The bound keeps a first start cheap on a large device (8
+/// reads of the store's 32-block buffer). [`Engine::open_or_format`]
+/// checks every block that format would write instead.
+pub const BLANK_CHECK_BLOCKS: u64 = 256;
+
+/// The operator's request to give up part of a corrupt log: recovery cuts
+/// the log at `at` and discards it up to `discard_to`. Both must equal
+/// what recovery finds ([`LogDamage::keep_end`], [`LogDamage::lost_end`],
+/// as the refusal reported them), so the request states exactly how much
+/// is lost; anything else is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TruncateRequest {
+    /// Keep the log before this LSN (the end of the last commit before the
+    /// damage).
+    pub at: Lsn,
+    /// Discard the log from `at` up to this LSN (the end of the intact log
+    /// found past the damage).
+    pub discard_to: Lsn,
+}
 
 /// What recovery did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +81,9 @@ pub struct RecoveryReport {
     pub log_end: Lsn,
     /// Why the scan stopped.
     pub stop: ScanStop,
+    /// The damage the operator asked to truncate at, if any: the log from
+    /// its `keep_end` to its `lost_end` was discarded.
+    pub truncated: Option<LogDamage>,
     /// Valid log records read.
     pub records: u64,
     /// Committed transactions replayed.
@@ -74,28 +114,98 @@ struct Pending {
 
 impl<D: BlockDevice> Engine<D> {
     /// Opens a formatted namespace: recovers the pages from the log (see
-    /// the module docs) and returns the engine with a report.
+    /// the module docs) and returns the engine with a report. Never
+    /// formats: a blank device is [`Error::NotFormatted`].
     pub fn open(
         log_dev: D,
         data_dev: D,
         config: Config,
     ) -> Result<(Engine<D>, RecoveryReport), Error> {
-        recover(log_dev, data_dev, config)
+        let io = StoreIo::new(data_dev, config.env)?;
+        match read_control(io, BLANK_CHECK_BLOCKS)? {
+            Found::Store(control, io) => recover(log_dev, control, io, config, None),
+            Found::Blank(_) => Err(Error::NotFormatted),
+        }
+    }
+
+    /// Opens like [`Engine::open`], but on a corrupt log cuts it as the
+    /// operator's `request` says, discarding committed transactions after
+    /// the damage. Refused unless the log is corrupt and `request` names
+    /// exactly the cut and the loss recovery finds.
+    pub fn open_truncating(
+        log_dev: D,
+        data_dev: D,
+        config: Config,
+        request: TruncateRequest,
+    ) -> Result<(Engine<D>, RecoveryReport), Error> {
+        let io = StoreIo::new(data_dev, config.env)?;
+        match read_control(io, BLANK_CHECK_BLOCKS)? {
+            Found::Store(control, io) => recover(log_dev, control, io, config, Some(request)),
+            Found::Blank(_) => Err(Error::NotFormatted),
+        }
+    }
+
+    /// Opens the store on the device, or formats it for `layout` if the
+    /// device is blank: every block format would write (`layout.blocks()`
+    /// from block 0) is zero. A device holding anything else without a
+    /// valid control block is refused ([`Error::NoControlBlock`]). Returns
+    /// the recovery report when it opened an existing store.
+    pub fn open_or_format(
+        log_dev: D,
+        data_dev: D,
+        layout: Layout,
+        config: Config,
+    ) -> Result<(Engine<D>, Option<RecoveryReport>), Error> {
+        layout.validate().map_err(Error::BadLayout)?;
+        let io = StoreIo::new(data_dev, config.env)?;
+        match read_control(io, layout.blocks())? {
+            Found::Store(control, io) => {
+                recover(log_dev, control, io, config, None).map(|(e, r)| (e, Some(r)))
+            }
+            Found::Blank(io) => {
+                log::info!("engine: blank device, formatting");
+                Engine::format_on(log_dev, io, layout, config).map(|e| (e, None))
+            }
+        }
+    }
+}
+
+/// What [`read_control`] found.
+enum Found<D> {
+    /// A store: its control block.
+    Store(Control, StoreIo<D>),
+    /// No control block and a blank device.
+    Blank(StoreIo<D>),
+}
+
+/// Reads the control block through `io`; without a valid one, tells a
+/// blank device (blocks `0..blank_check` all zero) from anything else
+/// ([`Error::NoControlBlock`]).
+fn read_control<D: BlockDevice>(mut io: StoreIo<D>, blank_check: u64) -> Result<Found<D>, Error> {
+    let slots = match io.read_control()? {
+        Ok(control) => return Ok(Found::Store(control, io)),
+        Err(slots) => slots,
+    };
+    match io.first_nonzero(blank_check)? {
+        None => Ok(Found::Blank(io)),
+        Some(data_at) => Err(Error::NoControlBlock { slots, data_at }),
     }
 }
 
 fn recover<D: BlockDevice>(
     mut log_dev: D,
-    data_dev: D,
+    control: Control,
+    io: StoreIo<D>,
     config: Config,
+    request: Option<TruncateRequest>,
 ) -> Result<(Engine<D>, RecoveryReport), Error> {
     let env = config.env;
     let t0 = (env.now_ns)();
-    let mut io = StoreIo::new(data_dev, env)?;
-    let control = io.read_control()?.ok_or(Error::NotFormatted)?;
     let layout = control.layout;
     check_fits(&io, &layout)?;
-    let store = PageStore::new(io, layout, env);
+    let store = PageStore::try_new(io, layout, env).map_err(|_| Error::OutOfMemory {
+        pages: layout.data_pages,
+    })?;
     let checks = store.load()?;
     let mut damaged: Vec<Option<PageCheck>> = checks
         .iter()
@@ -119,6 +229,7 @@ fn recover<D: BlockDevice>(
         end: control.redo,
         log_end: control.redo,
         stop: ScanStop::LogEnd,
+        truncated: None,
         records: 0,
         transactions: 0,
         writes_applied: 0,
@@ -134,6 +245,7 @@ fn recover<D: BlockDevice>(
         &mut log_dev,
         &geo,
         control.redo,
+        control.epoch_start,
         &mut buf,
         env,
         |lsn, rec| {
@@ -146,7 +258,6 @@ fn recover<D: BlockDevice>(
     )
     .map_err(|e| match e {
         ScanError::Device(d) => Error::Device(d),
-        ScanError::RedoLost(l) => Error::RedoLost(l),
         ScanError::Handler(e) => e,
     })?;
     report.records = summary.records;
@@ -154,6 +265,27 @@ fn recover<D: BlockDevice>(
     report.end = resume;
     report.log_end = summary.end;
     report.stop = summary.stop;
+    let damage = summary.damage.map(|d| LogDamage {
+        keep_end: resume,
+        ..d
+    });
+    match (damage, request) {
+        (None, None) => {}
+        (Some(d), None) => {
+            log::error!("recovery: {d}");
+            return Err(Error::LogCorrupt(d));
+        }
+        (Some(d), Some(r)) if r.at == d.keep_end && r.discard_to == d.lost_end() => {
+            log::warn!(
+                "recovery: truncating the log at LSN {} as requested, discarding LSNs {}..{}: {d}",
+                r.at.0,
+                r.at.0,
+                r.discard_to.0
+            );
+            report.truncated = Some(d);
+        }
+        (found, Some(requested)) => return Err(Error::TruncateMismatch { requested, found }),
+    }
     if let Some((i, c)) = damaged
         .iter()
         .enumerate()
@@ -165,11 +297,12 @@ fn recover<D: BlockDevice>(
     let control = Control {
         seq: control.seq + 1,
         epoch: control.epoch + 1,
+        epoch_start: resume,
         ..control
     };
     store.io().write_control(&control)?;
     log::info!(
-        "recovery: {} records from {} to {} ({:?}), {} transactions replayed, {} pages repaired",
+        "recovery: {} records from {} to {} ({}), {} transactions replayed, {} pages repaired",
         report.records,
         report.redo.0,
         report.end.0,
@@ -196,7 +329,10 @@ fn redo_record<D: BlockDevice>(
 ) -> Result<(), Error> {
     match rec {
         Record::PageImage { page, image } => {
-            let mut f = store.latch(page).ok_or(Error::CorruptLog(lsn))?;
+            let mut f = store.latch(page).ok_or(Error::BadLogRecord {
+                lsn,
+                problem: RecordProblem::NoSuchPage(page),
+            })?;
             f.page.0.copy_from_slice(image);
             f.dirty = true;
             report.page_images += 1;
@@ -205,11 +341,23 @@ fn redo_record<D: BlockDevice>(
             }
         }
         Record::PageWrite { page, offset, data } => {
-            if page.0 >= store.pages()
-                || (offset as usize) < crate::page::PAGE_HEADER
+            if page.0 >= store.pages() {
+                return Err(Error::BadLogRecord {
+                    lsn,
+                    problem: RecordProblem::NoSuchPage(page),
+                });
+            }
+            if (offset as usize) < crate::page::PAGE_HEADER
                 || offset as usize + data.len() > crate::PAGE_SIZE
             {
-                return Err(Error::CorruptLog(lsn));
+                return Err(Error::BadLogRecord {
+                    lsn,
+                    problem: RecordProblem::OutsidePage {
+                        page,
+                        offset: offset as usize,
+                        len: data.len(),
+                    },
+                });
             }
             pending.push(Pending {
                 page,
@@ -219,7 +367,13 @@ fn redo_record<D: BlockDevice>(
         }
         Record::Commit { writes } => {
             if writes as usize != pending.len() {
-                return Err(Error::CorruptLog(lsn));
+                return Err(Error::BadLogRecord {
+                    lsn,
+                    problem: RecordProblem::WriteCount {
+                        commit_says: writes,
+                        found: pending.len() as u64,
+                    },
+                });
             }
             let end = lsn_advance(lsn, rec.encoded_len() as u64);
             let mut touched: Vec<PageId> = vec![];

@@ -7,7 +7,7 @@
 //! the data) comes with Tabby and the vmcache-style buffer manager; they
 //! will keep this rule and this page format.
 
-use crate::control::{Control, Layout, CONTROL_BLOCKS};
+use crate::control::{Control, ControlError, Layout, CONTROL_BLOCKS};
 use crate::device::{run_all, BlockDevice, DeviceError, DmaBytes, Io, BLOCK_SIZE};
 use crate::page::{page_lsn, seal, verify, PageBuf, PageCheck};
 use crate::sync::lock;
@@ -51,8 +51,8 @@ impl<D: BlockDevice> StoreIo<D> {
         self.dev.block_count()
     }
 
-    /// The newest valid control block, if any.
-    pub fn read_control(&mut self) -> Result<Option<Control>, DeviceError> {
+    /// The newest valid control block, or why neither block is one.
+    pub fn read_control(&mut self) -> Result<Result<Control, [ControlError; 2]>, DeviceError> {
         let io = Io::read(0, CONTROL_BLOCKS as u32, self.buf.io_buf().addr);
         run_all(&mut self.dev, &[io], self.env.relax)?;
         let b = self.buf.bytes();
@@ -60,6 +60,38 @@ impl<D: BlockDevice> StoreIo<D> {
             &b[..BLOCK_SIZE],
             &b[BLOCK_SIZE..2 * BLOCK_SIZE],
         ))
+    }
+
+    /// The first of blocks `0..blocks` (clamped to the device) that is not
+    /// entirely zero, if any.
+    pub fn first_nonzero(&mut self, blocks: u64) -> Result<Option<u64>, DeviceError> {
+        let blocks = blocks.min(self.block_count());
+        let mut first = 0;
+        while first < blocks {
+            let n = (blocks - first).min(BATCH as u64);
+            let io = Io::read(first, n as u32, self.buf.io_buf().addr);
+            run_all(&mut self.dev, &[io], self.env.relax)?;
+            let bytes = &self.buf.bytes()[..n as usize * BLOCK_SIZE];
+            if let Some(i) = bytes.iter().position(|&b| b != 0) {
+                return Ok(Some(first + (i / BLOCK_SIZE) as u64));
+            }
+            first += n;
+        }
+        Ok(None)
+    }
+
+    /// Writes zeros over blocks `first..first + blocks` (plain writes: a
+    /// flush makes them stable).
+    pub fn zero_blocks(&mut self, first: u64, blocks: u64) -> Result<(), DeviceError> {
+        self.buf.bytes_mut().fill(0);
+        let mut done = 0;
+        while done < blocks {
+            let n = (blocks - done).min(BATCH as u64);
+            let io = Io::write(first + done, n as u32, self.buf.io_buf().addr, false);
+            run_all(&mut self.dev, &[io], self.env.relax)?;
+            done += n;
+        }
+        Ok(())
     }
 
     /// Writes `c` to its slot with FUA.
@@ -102,24 +134,52 @@ pub enum WriteError<E> {
     Log(E),
 }
 
+/// A zeroed page on the heap, or `None` when memory is out.
+fn try_zeroed_page() -> Option<Box<PageBuf>> {
+    let layout = core::alloc::Layout::new::<PageBuf>();
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) } as *mut PageBuf;
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: `ptr` is a fresh allocation of PageBuf's layout, made by the
+    // global allocator (as Box requires), and all zeros is a valid PageBuf.
+    Some(unsafe { Box::from_raw(ptr) })
+}
+
 impl<D: BlockDevice> PageStore<D> {
     /// A store of `layout.data_pages` zeroed frames doing I/O through `io`.
+    /// Panics when memory is out; see [`PageStore::try_new`].
     pub fn new(io: StoreIo<D>, layout: Layout, env: Env) -> PageStore<D> {
-        let frames = (0..layout.data_pages)
-            .map(|_| {
-                Mutex::new(Frame {
-                    page: Box::new(PageBuf::zeroed()),
-                    dirty: false,
-                })
-            })
-            .collect();
-        PageStore {
+        match PageStore::try_new(io, layout, env) {
+            Ok(s) => s,
+            Err(_) => panic!("no memory for {} pages", layout.data_pages),
+        }
+    }
+
+    /// Like [`PageStore::new`], but gives `io` back when memory for the
+    /// frames is out (the layout may come from a damaged disk).
+    pub fn try_new(io: StoreIo<D>, layout: Layout, env: Env) -> Result<PageStore<D>, StoreIo<D>> {
+        let Ok(n) = usize::try_from(layout.data_pages) else {
+            return Err(io);
+        };
+        let mut frames = Vec::new();
+        if frames.try_reserve_exact(n).is_err() {
+            return Err(io);
+        }
+        for _ in 0..n {
+            let Some(page) = try_zeroed_page() else {
+                return Err(io);
+            };
+            frames.push(Mutex::new(Frame { page, dirty: false }));
+        }
+        Ok(PageStore {
             env,
             layout,
             frames,
             io: Mutex::new(io),
             stats: Mutex::new(StoreStats::default()),
-        }
+        })
     }
 
     /// The layout.

@@ -10,7 +10,9 @@ use dbos_bufferpool::log::{
 };
 use dbos_bufferpool::page::PageCheck;
 use dbos_bufferpool::record::RecordError;
-use dbos_bufferpool::{CommitMode, Error, KvTable, Layout, Lsn, PageId, WalError};
+use dbos_bufferpool::{
+    CommitMode, Damage, Error, KvTable, Layout, Lsn, PageId, SectorState, TruncateRequest, WalError,
+};
 use dbos_nvme::host::backend::IoKind;
 use dbos_nvme::host::testing::OpMatch;
 use dbos_nvme::host::BackingFile;
@@ -127,8 +129,12 @@ fn a_page_torn_at_any_sector_boundary_is_repaired_from_its_image() {
     );
 }
 
+/// The two cases of damage below used to be taken for a torn tail and the
+/// acknowledged commits after them silently dropped. They are corruption:
+/// recovery refuses, naming the place, and writes nothing; the operator's
+/// explicit truncation request then recovers what precedes the damage.
 #[test]
-fn recovery_stops_at_a_torn_log_tail() {
+fn a_corrupt_log_is_refused_and_truncated_only_on_request() {
     let (dev, pc) = memory_device(vec![0; disk_bytes(LAYOUT)]);
     let e = format(&dev, LAYOUT, CommitMode::Fua);
     let kv = KvTable::new(&e, PageId(0), 4);
@@ -137,18 +143,55 @@ fn recovery_stops_at_a_torn_log_tail() {
     drop(e);
     drop(dev);
     let log_byte = |lsn: u64| (LAYOUT.log_start() * LOG_BLOCK + lsn) as usize;
-    // 1. A sector in the middle of the log does not hold (a torn write of
-    //    the tail): everything from it on is ignored.
+    // 1. A sector in the middle of the log does not hold: corruption
+    //    (intact log follows it).
     let bad_sector = ends[20].0 / SECTOR + 1;
     let mut img = clean.clone();
     img[log_byte(bad_sector * SECTOR + 100)] ^= 0xff;
-    let (dev, _) = memory_device(img);
-    let (e, report) = open(&dev, CommitMode::Fua).unwrap();
-    assert_eq!(report.stop, ScanStop::InvalidSector(bad_sector));
+    let (dev, pc) = memory_device(img.clone());
     let kept = ends
         .iter()
         .filter(|e| e.0 <= bad_sector * SECTOR + 24)
         .count();
+    let Some(Error::LogCorrupt(d)) = open(&dev, CommitMode::Fua).err() else {
+        panic!("not refused")
+    };
+    assert_eq!(d.what, Damage::Sector(SectorState::BadChecksum));
+    assert_eq!(d.sector, bad_sector);
+    assert_eq!(d.lba, LAYOUT.log_start() + bad_sector / 8);
+    assert_eq!(d.keep_end, ends[kept - 1]);
+    let (from, to) = d.beyond.unwrap();
+    assert_eq!(from, Lsn((bad_sector + 1) * SECTOR));
+    assert_eq!(to, ends[39]);
+    assert_eq!(d.lost_end(), ends[39]);
+    assert_eq!(pc.current(), img, "a refusing recovery writes nothing");
+    let msg = Error::LogCorrupt(d).to_string();
+    assert!(
+        msg.contains(&format!("log sector {bad_sector} (device block {}", d.lba)),
+        "{msg}"
+    );
+    // A request naming another loss is refused too.
+    let wrong = TruncateRequest {
+        at: d.keep_end,
+        discard_to: ends[30],
+    };
+    assert_eq!(
+        open_truncating(&dev, wrong).err(),
+        Some(Error::TruncateMismatch {
+            requested: wrong,
+            found: Some(d)
+        })
+    );
+    let (e, report) = open_truncating(
+        &dev,
+        TruncateRequest {
+            at: d.keep_end,
+            discard_to: d.lost_end(),
+        },
+    )
+    .unwrap();
+    assert_eq!(report.stop, ScanStop::Damaged);
+    assert_eq!(report.truncated, Some(d));
     assert_eq!(report.transactions, kept as u64);
     assert_eq!(report.end, ends[kept - 1]);
     assert!(report.writes_discarded <= 1);
@@ -180,11 +223,27 @@ fn recovery_stops_at_a_torn_log_tail() {
     let crc = dbos_bufferpool::checksum::crc32c(&img[s0 + 4..s0 + 512]);
     img[s0..s0 + 4].copy_from_slice(&crc.to_le_bytes());
     let (dev, _) = memory_device(img);
-    let (_, report) = open(&dev, CommitMode::Fua).unwrap();
+    let Some(Error::LogCorrupt(d)) = open(&dev, CommitMode::Fua).err() else {
+        panic!("not refused")
+    };
     assert_eq!(
-        report.stop,
-        ScanStop::BadRecord(last_commit, RecordError::BadChecksum)
+        d.what,
+        Damage::Record {
+            lsn: last_commit,
+            error: RecordError::BadChecksum
+        }
     );
+    assert_eq!(d.sector, last_commit.0 / SECTOR);
+    assert_eq!(d.keep_end, ends[38]);
+    let (_, report) = open_truncating(
+        &dev,
+        TruncateRequest {
+            at: d.keep_end,
+            discard_to: d.lost_end(),
+        },
+    )
+    .unwrap();
+    assert_eq!(report.stop, ScanStop::Damaged);
     assert_eq!(report.transactions, 39);
     assert_eq!(report.writes_discarded, 1);
     assert_eq!(report.end, ends[38]);
@@ -317,7 +376,8 @@ fn a_full_log_refuses_commits_until_a_checkpoint_and_then_wraps() {
         data_pages: 4,
     };
     let (dev, _pc) = memory_device(vec![0; disk_bytes(small)]);
-    let e = format(&dev, small, CommitMode::Fua);
+    // Automatic checkpoints off: the caller checkpoints.
+    let e = format_with(&dev, small, manual_config(CommitMode::Fua));
     let kv = KvTable::new(&e, PageId(0), 4);
     let mut n = 0u64;
     let err = loop {

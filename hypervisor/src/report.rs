@@ -533,7 +533,7 @@ mod tests {
                 "{note}"
             );
         }
-        for status in [0, 3, 42, 100, 105, 255, 257] {
+        for status in [0, 3, 42, 100, 106, 255, 257] {
             assert_eq!(
                 GuestExit::Exited { vcpu: 0, status }.status_collision(),
                 None

@@ -286,8 +286,8 @@ fn kvstore_refuses_a_store_with_both_control_blocks_damaged() {
     control(&image);
     image[100] ^= 0xff;
     image[4096 + 100] ^= 0xff;
-    assert!(Control::decode(&image[..4096]).is_none());
-    assert!(Control::decode(&image[4096..8192]).is_none());
+    assert!(Control::decode(&image[..4096]).is_err());
+    assert!(Control::decode(&image[4096..8192]).is_err());
     std::fs::write(&path, &image).unwrap();
 
     let after = kvstore(&["4"], disk(&path, None, None));

@@ -75,12 +75,25 @@ pub fn config(mode: CommitMode) -> Config {
         env: env(),
         mode,
         log_buffer_blocks: 32,
+        checkpoint_percent: 50,
+    }
+}
+
+/// `config` without automatic checkpoints.
+pub fn manual_config(mode: CommitMode) -> Config {
+    Config {
+        checkpoint_percent: 0,
+        ..config(mode)
     }
 }
 
 pub fn format(dev: &Device, layout: Layout, mode: CommitMode) -> Engine<ProcessBlockDevice> {
+    format_with(dev, layout, config(mode))
+}
+
+pub fn format_with(dev: &Device, layout: Layout, config: Config) -> Engine<ProcessBlockDevice> {
     let (l, d) = devices(dev);
-    Engine::format(l, d, layout, config(mode)).expect("format")
+    Engine::format(l, d, layout, config).expect("format")
 }
 
 pub fn open(
@@ -89,6 +102,14 @@ pub fn open(
 ) -> Result<(Engine<ProcessBlockDevice>, dbos_bufferpool::RecoveryReport), dbos_bufferpool::Error> {
     let (l, d) = devices(dev);
     Engine::open(l, d, config(mode))
+}
+
+pub fn open_truncating(
+    dev: &Device,
+    request: dbos_bufferpool::TruncateRequest,
+) -> Result<(Engine<ProcessBlockDevice>, dbos_bufferpool::RecoveryReport), dbos_bufferpool::Error> {
+    let (l, d) = devices(dev);
+    Engine::open_truncating(l, d, config(CommitMode::Fua), request)
 }
 
 /// Blocks of a disk for `layout`.
