@@ -4,7 +4,7 @@
 //! The host uses the `crc32c` crate, which picks the SSE 4.2 `crc32`
 //! instruction at run time. The guest (`target_os = "none"`) must not: KVM's
 //! instruction emulator on the development machines cannot execute `crc32`
-//! (see ENVIRONMENT.md), so it uses the table-driven software implementation
+//! (see the README, "Performance on hosts without VT-x/AMD-V"), so it uses the table-driven software implementation
 //! of the `crc` crate (16 lanes, plain integer code). Both compute the same
 //! function; a unit test checks them against each other on the host.
 
