@@ -236,7 +236,10 @@ impl fmt::Display for Error {
             }
             Error::OutOfMemory { pages } => write!(f, "no memory for {pages} pages"),
             Error::DeviceTooSmall { needed, have } => {
-                write!(f, "the device has {have} blocks, {needed} needed")
+                write!(
+                    f,
+                    "device too small: it has {have} blocks of 4 KiB, the store needs {needed}"
+                )
             }
             Error::BadWrite { page, offset, len } => write!(
                 f,

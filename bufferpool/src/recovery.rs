@@ -30,6 +30,7 @@
 
 use crate::control::Control;
 use crate::control::Layout;
+use crate::control::CONTROL_BLOCKS;
 use crate::device::{BlockDevice, DmaBytes};
 use crate::engine::{check_fits, Config, Engine, Error, RecordProblem};
 use crate::log::{lsn_advance, read_tail, scan, LogDamage, LogGeometry, ScanError, ScanStop};
@@ -182,6 +183,15 @@ enum Found<D> {
 /// blank device (blocks `0..blank_check` all zero) from anything else
 /// ([`Error::NoControlBlock`]).
 fn read_control<D: BlockDevice>(mut io: StoreIo<D>, blank_check: u64) -> Result<Found<D>, Error> {
+    // A device that cannot even hold the control blocks is named as such,
+    // not as an I/O error of the first read.
+    let have = io.block_count();
+    if have < CONTROL_BLOCKS {
+        return Err(Error::DeviceTooSmall {
+            needed: CONTROL_BLOCKS,
+            have,
+        });
+    }
     let slots = match io.read_control()? {
         Ok(control) => return Ok(Found::Store(control, io)),
         Err(slots) => slots,

@@ -319,6 +319,31 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
             data_at: 0,
         })
     );
+    // A device smaller than the control blocks: too small, not an I/O error.
+    for blocks in [0usize, 1] {
+        let tiny = MemDisk::new(vec![0; blocks * BLOCK_SIZE]);
+        let err = mem_open(&tiny).err();
+        assert_eq!(
+            err,
+            Some(Error::DeviceTooSmall {
+                needed: 2,
+                have: blocks as u64
+            })
+        );
+        assert_eq!(
+            err.unwrap().to_string(),
+            format!("device too small: it has {blocks} blocks of 4 KiB, the store needs 2")
+        );
+        assert!(matches!(
+            Engine::open_or_format(
+                MemDevice::new(&tiny),
+                MemDevice::new(&tiny),
+                LAYOUT,
+                config()
+            ),
+            Err(Error::DeviceTooSmall { needed: 2, .. })
+        ));
+    }
     // A blank device: open says so, open_or_format formats it.
     let fresh = blank(LAYOUT);
     assert_eq!(mem_open(&fresh).err(), Some(Error::NotFormatted));
