@@ -108,13 +108,45 @@ pub struct Disk {
     poller: Mutex<Option<PollerHandle>>,
     /// The power-cut model and its plan, when one is armed.
     power: Option<(Arc<PowerCut>, PowerCutPlan)>,
+    /// The backing file, if this disk created it (removed again by
+    /// [`Disk::discard`] when the VM's setup fails later).
+    created: Option<PathBuf>,
     // Dropped last: holds the file's lock while the poller serves it.
     file: BackingFile,
 }
 
 impl Disk {
     /// Opens (or creates) the backing file and starts the poller over `ram`.
+    /// A file it created is removed again if a later step fails.
     pub fn start(config: &DiskConfig, ram: &Arc<GuestRam>) -> Result<Disk, DiskError> {
+        let created = !config.path.exists();
+        let disk = Disk::start_inner(config, ram);
+        match disk {
+            Ok(mut disk) => {
+                disk.created = created.then(|| config.path.clone());
+                Ok(disk)
+            }
+            // Only a file this call created: `create` opens with O_EXCL, so
+            // EEXIST means another process made it first, and it stays.
+            Err(e) if created && config.path.exists() && !is_eexist(&e) => {
+                remove_created(&config.path);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stops the disk and removes its backing file if this disk created it:
+    /// for a VM whose setup failed after the disk was started.
+    pub fn discard(self) {
+        let created = self.created.clone();
+        drop(self);
+        if let Some(path) = created {
+            remove_created(&path);
+        }
+    }
+
+    fn start_inner(config: &DiskConfig, ram: &Arc<GuestRam>) -> Result<Disk, DiskError> {
         let file_err = |source| DiskError::File {
             path: config.path.clone(),
             source,
@@ -177,6 +209,7 @@ impl Disk {
             control: poller.control(),
             poller: Mutex::new(Some(poller)),
             power,
+            created: None,
             file,
         })
     }
@@ -240,6 +273,26 @@ impl Drop for Disk {
         if let Err(e) = self.stop() {
             log::error!("{e}");
         }
+    }
+}
+
+fn is_eexist(e: &DiskError) -> bool {
+    matches!(
+        e,
+        DiskError::File {
+            source: FileError::Io { source, .. },
+            ..
+        } if source.raw_os_error() == Some(libc::EEXIST)
+    )
+}
+
+/// Removes a backing file this process created, after a failed setup.
+fn remove_created(path: &std::path::Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        log::warn!(
+            "could not remove {} after a failed setup: {e}",
+            path.display()
+        );
     }
 }
 

@@ -327,8 +327,15 @@ impl Vm {
             .as_ref()
             .map(|d| Disk::start(d, &ram))
             .transpose()?;
-        // Last, so that no earlier failure leaves files it created behind.
-        let files = Files::open(&config.files)?;
+        // Last, so that no earlier failure leaves files it created behind;
+        // if it fails, a disk file this setup created goes too.
+        let files = match Files::open(&config.files) {
+            Ok(files) => files,
+            Err(e) => {
+                disk.map(Disk::discard);
+                return Err(e.into());
+            }
+        };
         Ok(Vm {
             vcpus,
             _vm: vm,

@@ -131,6 +131,35 @@ fn a_failed_setup_leaves_no_new_file() {
         "the failed setup left {} behind",
         f1.display()
     );
+    // A disk the run would create, and a --file that cannot be opened: the
+    // new disk file goes too. An existing disk file stays.
+    let disk = dir.path().join("new.img");
+    let args = |disk: &std::path::Path| {
+        [
+            "run".to_string(),
+            image("hello"),
+            "--memory".into(),
+            "32M".into(),
+            "--disk".into(),
+            disk.display().to_string(),
+            "--disk-size".into(),
+            "1M".into(),
+            "--file".into(),
+            format!("b={}", sub.display()),
+        ]
+    };
+    let new = args(&disk);
+    let (code, _, stderr) = dbos(&new.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        !disk.exists(),
+        "the failed setup left {} behind",
+        disk.display()
+    );
+    std::fs::write(&disk, vec![7u8; 1 << 20]).unwrap();
+    let (code, _, stderr) = dbos(&new.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(std::fs::read(&disk).unwrap(), vec![7u8; 1 << 20]);
 }
 
 #[test]

@@ -311,6 +311,21 @@ fn the_backing_file_is_sized_once() {
         dbos_nvme::host::BackingFile::open(dir.path().join("odd.img")),
         Err(dbos_nvme::host::FileError::Size { len: 100, .. })
     ));
+    // Not a regular file: named as such before anything is opened.
+    for (other, kind) in [
+        ("/dev/null", "a character device"),
+        (dir.path().to_str().unwrap(), "a directory"),
+    ] {
+        let err = dbos_nvme::host::BackingFile::open(other).err().unwrap();
+        assert!(
+            matches!(err, dbos_nvme::host::FileError::NotAFile { kind: k, .. } if k == kind),
+            "{other}: {err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("{other} is {kind}, not a regular file")
+        );
+    }
     // Blocks are reserved at creation (fallocate), not on first write.
     let meta = std::fs::metadata(&path).unwrap();
     assert_eq!(

@@ -25,6 +25,8 @@ pub enum FileError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: the file system does not support O_DIRECT")]
     DirectIoUnsupported { path: PathBuf },
+    #[error("{path} is {kind}, not a regular file")]
+    NotAFile { path: PathBuf, kind: &'static str },
     #[error("{path}: size {len} is not a non-zero multiple of {BLOCK_SIZE} bytes")]
     Size { path: PathBuf, len: u64 },
     #[error("{path} is in use: {holder} holds an exclusive lock on it (flock); one disk has one user at a time")]
@@ -141,6 +143,24 @@ pub struct BackingFile {
     blocks: u64,
 }
 
+/// What a file that is not a regular file is, for messages.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
 fn open_direct(path: &Path, create: bool) -> Result<File, FileError> {
     let mut opts = OpenOptions::new();
     opts.read(true)
@@ -213,6 +233,16 @@ impl BackingFile {
     /// `BackingFile` (in any process) has it open.
     pub fn open(path: impl AsRef<Path>) -> Result<BackingFile, FileError> {
         let path = path.as_ref();
+        let meta = std::fs::metadata(path).map_err(|source| FileError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(FileError::NotAFile {
+                path: path.to_path_buf(),
+                kind: file_kind(&meta.file_type()),
+            });
+        }
         let file = open_direct(path, false)?;
         lock(&file, path)?;
         let len = file
