@@ -332,7 +332,9 @@ impl Vm {
         let files = match Files::open(&config.files) {
             Ok(files) => files,
             Err(e) => {
-                disk.map(Disk::discard);
+                if let Some(disk) = disk {
+                    disk.discard();
+                }
                 return Err(e.into());
             }
         };
