@@ -39,13 +39,9 @@ fn blank(layout: Layout) -> Arc<MemDisk> {
     MemDisk::new(vec![0; layout.blocks() as usize * BLOCK_SIZE])
 }
 
-fn value(i: u64) -> u64 {
-    i * 1000 + 7
-}
-
-/// Commits `n` one-key transactions (key `i` = `value(i)`) with a
-/// checkpoint after the first `n / 3`, so the redo point is inside the log.
-fn committed_store(n: u64) -> (Arc<MemDisk>, Vec<Lsn>) {
+/// A blank `LAYOUT` disk and an engine formatted on it that checkpoints
+/// only when told to.
+fn manual_store() -> (Arc<MemDisk>, Mem) {
     let disk = blank(LAYOUT);
     let e = mem_format(
         &disk,
@@ -55,6 +51,17 @@ fn committed_store(n: u64) -> (Arc<MemDisk>, Vec<Lsn>) {
             ..config()
         },
     );
+    (disk, e)
+}
+
+fn value(i: u64) -> u64 {
+    i * 1000 + 7
+}
+
+/// Commits `n` one-key transactions (key `i` = `value(i)`) with a
+/// checkpoint after the first `n / 3`, so the redo point is inside the log.
+fn committed_store(n: u64) -> (Arc<MemDisk>, Vec<Lsn>) {
+    let (disk, e) = manual_store();
     let kv = KvTable::new(&e, PageId(0), 4);
     let mut ends = Vec::new();
     for i in 0..n {
@@ -472,10 +479,7 @@ fn crafted_control_blocks_are_corrupt_not_a_panic() {
 /// log's capacity never sees a full log.
 #[test]
 fn a_long_workload_never_fills_the_log() {
-    let small = Layout {
-        log_blocks: 8,
-        data_pages: 4,
-    };
+    let small = SMALL_LOG;
     let disk = blank(small);
     let e = mem_format(&disk, small, config());
     let kv = KvTable::new(&e, PageId(0), 4);
@@ -499,10 +503,7 @@ fn a_long_workload_never_fills_the_log() {
 /// transaction that took it (which appended nothing) and fails the engine.
 #[test]
 fn a_failing_automatic_checkpoint_surfaces_its_error() {
-    let small = Layout {
-        log_blocks: 8,
-        data_pages: 4,
-    };
+    let small = SMALL_LOG;
     let (dev, pc) = memory_device(vec![0; disk_bytes(small)]);
     let e = format(&dev, small, CommitMode::Fua);
     let kv = KvTable::new(&e, PageId(0), 4);
@@ -580,15 +581,7 @@ fn recovery_says_what_it_found() {
 fn a_crash_between_the_recovery_control_write_and_the_log_cut_recovers() {
     use dbos_bufferpool::log::payload_index;
     for at_sector_start in [false, true] {
-        let disk = blank(LAYOUT);
-        let e = mem_format(
-            &disk,
-            LAYOUT,
-            Config {
-                checkpoint_percent: 0,
-                ..config()
-            },
-        );
+        let (disk, e) = manual_store();
         let kv = KvTable::new(&e, PageId(0), 4);
         for i in 0..5 {
             kv.put(&[(i, value(i))]).unwrap();

@@ -182,14 +182,7 @@ fn a_corrupt_log_is_refused_and_truncated_only_on_request() {
             found: Some(d)
         })
     );
-    let (e, report) = open_truncating(
-        &dev,
-        TruncateRequest {
-            at: d.keep_end,
-            discard_to: d.lost_end(),
-        },
-    )
-    .unwrap();
+    let (e, report) = open_truncating_reported(&dev, &d).unwrap();
     assert_eq!(report.stop, ScanStop::Damaged);
     assert_eq!(report.truncated, Some(d));
     assert_eq!(report.transactions, kept as u64);
@@ -235,14 +228,7 @@ fn a_corrupt_log_is_refused_and_truncated_only_on_request() {
     );
     assert_eq!(d.sector, last_commit.0 / SECTOR);
     assert_eq!(d.keep_end, ends[38]);
-    let (_, report) = open_truncating(
-        &dev,
-        TruncateRequest {
-            at: d.keep_end,
-            discard_to: d.lost_end(),
-        },
-    )
-    .unwrap();
+    let (_, report) = open_truncating_reported(&dev, &d).unwrap();
     assert_eq!(report.stop, ScanStop::Damaged);
     assert_eq!(report.transactions, 39);
     assert_eq!(report.writes_discarded, 1);
@@ -371,10 +357,7 @@ fn read_errors_and_a_full_disk_are_errors_not_crashes() {
 
 #[test]
 fn a_full_log_refuses_commits_until_a_checkpoint_and_then_wraps() {
-    let small = Layout {
-        log_blocks: 8,
-        data_pages: 4,
-    };
+    let small = SMALL_LOG;
     let (dev, _pc) = memory_device(vec![0; disk_bytes(small)]);
     // Automatic checkpoints off: the caller checkpoints.
     let e = format_with(&dev, small, manual_config(CommitMode::Fua));

@@ -78,8 +78,8 @@
 
 use crate::fmtbuf::FmtBuf;
 use crate::platform::{
-    AccessBits, Error, Fault, FaultResolution, Frame, PageSize, Platform, Protection, Unmapped,
-    Window, LARGE_PAGE_SIZE, PAGE_SIZE,
+    AccessBits, Capabilities, Error, Fault, FaultResolution, Frame, PageSize, Platform, Protection,
+    Unmapped, Window, LARGE_PAGE_SIZE, PAGE_SIZE,
 };
 use core::fmt;
 use core::fmt::Write;
@@ -557,6 +557,16 @@ fn frame_addr<P: Platform>(p: &P, frame: Frame, offset: u64) -> u64 {
     p.frame_ptr(frame) as u64 + offset
 }
 
+/// The bits a platform with `caps` reports for a page whose accessed and
+/// dirty states are `accessed` and `dirty` (`None` where it cannot observe
+/// them).
+fn expected_bits(caps: Capabilities, accessed: bool, dirty: bool) -> AccessBits {
+    AccessBits {
+        accessed: caps.accessed_bit.then_some(accessed),
+        dirty: caps.dirty_bit.then_some(dirty),
+    }
+}
+
 /// A distinct value for page `i`, word `w`.
 fn pattern(i: u64, w: u64) -> u64 {
     0xdb05_0000_0000_0000 | (i << 24) | w
@@ -775,10 +785,7 @@ pub fn write_protect_fault<P: Platform>(p: &'static P) -> Result<(), Failure> {
 pub fn access_bits<P: Platform>(p: &'static P) -> Result<(), Failure> {
     let _s = Session::begin(p)?;
     let caps = p.capabilities();
-    let expect = |accessed: bool, dirty: bool| AccessBits {
-        accessed: caps.accessed_bit.then_some(accessed),
-        dirty: caps.dirty_bit.then_some(dirty),
-    };
+    let expect = |accessed, dirty| expected_bits(caps, accessed, dirty);
     let w = ok!(p.reserve(LARGE_PAGE_SIZE));
     let f = ok!(p.alloc_frame(PageSize::Small));
     let page = w.page(1);
@@ -1424,10 +1431,7 @@ pub fn window_fault_hooks<P: Platform>(p: &'static P) -> Result<(), Failure> {
 pub fn unmap_reports_access_bits<P: Platform>(p: &'static P) -> Result<(), Failure> {
     let _s = Session::begin(p)?;
     let caps = p.capabilities();
-    let expect = |accessed: bool, dirty: bool| AccessBits {
-        accessed: caps.accessed_bit.then_some(accessed),
-        dirty: caps.dirty_bit.then_some(dirty),
-    };
+    let expect = |accessed, dirty| expected_bits(caps, accessed, dirty);
     let w = ok!(p.reserve(LARGE_PAGE_SIZE));
     let f = ok!(p.alloc_frame(PageSize::Small));
     let page = w.page(2);
@@ -1488,10 +1492,7 @@ pub fn unmap_reports_access_bits<P: Platform>(p: &'static P) -> Result<(), Failu
 pub fn protect_keeps_dirty<P: Platform>(p: &'static P) -> Result<(), Failure> {
     let _s = Session::begin(p)?;
     let caps = p.capabilities();
-    let expect = |accessed: bool, dirty: bool| AccessBits {
-        accessed: caps.accessed_bit.then_some(accessed),
-        dirty: caps.dirty_bit.then_some(dirty),
-    };
+    let expect = |accessed, dirty| expected_bits(caps, accessed, dirty);
     let w = ok!(p.reserve(LARGE_PAGE_SIZE));
     let f = ok!(p.alloc_frame(PageSize::Small));
     let page = w.page(4);
@@ -1532,10 +1533,7 @@ pub fn protect_keeps_dirty<P: Platform>(p: &'static P) -> Result<(), Failure> {
 pub fn unmap_many_and_invalidate_many<P: Platform>(p: &'static P) -> Result<(), Failure> {
     let _s = Session::begin(p)?;
     let caps = p.capabilities();
-    let expect = |accessed: bool, dirty: bool| AccessBits {
-        accessed: caps.accessed_bit.then_some(accessed),
-        dirty: caps.dirty_bit.then_some(dirty),
-    };
+    let expect = |accessed, dirty| expected_bits(caps, accessed, dirty);
     let w = ok!(p.reserve(LARGE_PAGE_SIZE));
     let f = ok!(p.alloc_frame(PageSize::Small));
     let g = ok!(p.alloc_frame(PageSize::Small));
@@ -1612,12 +1610,7 @@ pub fn unmap_many_and_invalidate_many<P: Platform>(p: &'static P) -> Result<(), 
 pub fn test_and_clear_accessed_sweep<P: Platform>(p: &'static P) -> Result<(), Failure> {
     let _s = Session::begin(p)?;
     let caps = p.capabilities();
-    let expect = |accessed: bool, dirty: bool| {
-        Some(AccessBits {
-            accessed: caps.accessed_bit.then_some(accessed),
-            dirty: caps.dirty_bit.then_some(dirty),
-        })
-    };
+    let expect = |accessed, dirty| Some(expected_bits(caps, accessed, dirty));
     let w = ok!(p.reserve(LARGE_PAGE_SIZE));
     let f = ok!(p.alloc_frame(PageSize::Small));
     for i in 0..4 {

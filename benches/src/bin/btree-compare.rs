@@ -22,6 +22,7 @@
 //! per-round ratios are reported.
 
 use clap::Parser;
+use dbos_benches::{median, poller_config, require_direct_io};
 use dbos_bufferpool::btree::BTree;
 use dbos_bufferpool::device::{run_all, BlockDevice, DmaBytes, Io};
 use dbos_bufferpool::host::{block_device, ProcessBlockDevice};
@@ -29,7 +30,7 @@ use dbos_bufferpool::pool::hash::HashPool;
 use dbos_bufferpool::pool::vmcache::{PoolConfig, VmCache};
 use dbos_bufferpool::pool::{BufferManager, PoolStats};
 use dbos_bufferpool::{PageId, PAGE_SIZE};
-use dbos_nvme::host::{BackingFile, Device, PollerConfig, UringConfig};
+use dbos_nvme::host::{BackingFile, Device, UringConfig};
 use io_uring::{opcode, types, IoUring};
 use std::collections::BTreeMap;
 use std::os::unix::io::AsRawFd;
@@ -125,12 +126,6 @@ fn tlb_shootdowns() -> u64 {
         .unwrap_or(0)
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[(s.len() - 1) / 2]
-}
-
 fn config(capacity: usize, allocated: u64) -> PoolConfig {
     PoolConfig {
         capacity,
@@ -163,10 +158,18 @@ fn build<B: BufferManager>(pool: &B, keys: u64) -> PageId {
     t.meta()
 }
 
-/// Lookups/s of `threads` threads for `secs`.
-fn lookups<B: BufferManager>(t: &BTree<'_, B>, keys: u64, threads: usize, secs: f64) -> f64 {
+/// Lookups/s of `threads` threads for `secs`, each looking up uniform
+/// random keys below `keys` with `lookup(key, out)`, which checks what it
+/// finds.
+fn timed_lookups(
+    keys: u64,
+    threads: usize,
+    secs: f64,
+    lookup: impl Fn(u64, &mut Vec<u8>) + Sync,
+) -> f64 {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let start = Instant::now();
+    let lookup = &lookup;
     let total: u64 = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
             .map(|_| {
@@ -176,9 +179,7 @@ fn lookups<B: BufferManager>(t: &BTree<'_, B>, keys: u64, threads: usize, secs: 
                     let mut n = 0u64;
                     loop {
                         for _ in 0..64 {
-                            let k = r.below(keys);
-                            let found = t.lookup(&k.to_be_bytes(), &mut out).expect("lookup");
-                            assert!(found && out[..8] == k.to_be_bytes(), "key {k}");
+                            lookup(r.below(keys), &mut out);
                         }
                         n += 64;
                         if Instant::now() >= deadline {
@@ -193,35 +194,21 @@ fn lookups<B: BufferManager>(t: &BTree<'_, B>, keys: u64, threads: usize, secs: 
     total as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Lookups/s of `threads` threads for `secs`.
+fn lookups<B: BufferManager>(t: &BTree<'_, B>, keys: u64, threads: usize, secs: f64) -> f64 {
+    timed_lookups(keys, threads, secs, |k, out| {
+        let found = t.lookup(&k.to_be_bytes(), out).expect("lookup");
+        assert!(found && out[..8] == k.to_be_bytes(), "key {k}");
+    })
+}
+
 fn map_lookups(m: &BTreeMap<[u8; 8], Vec<u8>>, keys: u64, threads: usize, secs: f64) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let start = Instant::now();
-    let total: u64 = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..threads)
-            .map(|_| {
-                let mut r = Rng(seed());
-                s.spawn(move || {
-                    let mut out = Vec::with_capacity(VALUE);
-                    let mut n = 0u64;
-                    loop {
-                        for _ in 0..64 {
-                            let k = r.below(keys);
-                            let v = m.get(&k.to_be_bytes()).expect("present");
-                            out.clear();
-                            out.extend_from_slice(v);
-                            assert_eq!(out[..8], k.to_be_bytes());
-                        }
-                        n += 64;
-                        if Instant::now() >= deadline {
-                            return n;
-                        }
-                    }
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().expect("thread")).sum()
-    });
-    total as f64 / start.elapsed().as_secs_f64()
+    timed_lookups(keys, threads, secs, |k, out| {
+        let v = m.get(&k.to_be_bytes()).expect("present");
+        out.clear();
+        out.extend_from_slice(v);
+        assert_eq!(out[..8], k.to_be_bytes());
+    })
 }
 
 fn open_file(path: &PathBuf, bytes: u64) -> BackingFile {
@@ -239,11 +226,13 @@ fn open_file(path: &PathBuf, bytes: u64) -> BackingFile {
 }
 
 fn device(file: &BackingFile, args: &Args) -> Device {
-    let mut poller = PollerConfig::default();
-    if let Some(us) = args.spin_us {
-        poller.spin = Duration::from_micros(us);
-    }
-    Device::open(file, 32 << 20, poller, UringConfig::default()).expect("process device")
+    Device::open(
+        file,
+        32 << 20,
+        poller_config(args.spin_us),
+        UringConfig::default(),
+    )
+    .expect("process device")
 }
 
 fn in_memory(args: &Args) {
@@ -609,18 +598,7 @@ fn read_path(args: &Args) {
 
 fn main() {
     let args = Args::parse();
-    let dir = args
-        .file
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    if !BackingFile::direct_io_supported(&dir) {
-        eprintln!(
-            "{} does not support O_DIRECT; pass --file on a disk file system",
-            dir.display()
-        );
-        std::process::exit(1);
-    }
+    require_direct_io(&args.file);
     let parts = if args.parts.is_empty() {
         vec![Part::InMemory, Part::OutOfMemory, Part::ReadPath]
     } else {

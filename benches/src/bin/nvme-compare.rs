@@ -18,7 +18,8 @@ use clap::Parser;
 use dbos_benches::nvme::{
     prepare_file, run_fio, run_pread, run_queue_pair, run_uring, Budget, Pattern, Summary, Workload,
 };
-use dbos_nvme::host::{BackingFile, PollerConfig, UringConfig};
+use dbos_benches::{median_by, poller_config, require_direct_io};
+use dbos_nvme::host::UringConfig;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -119,19 +120,9 @@ fn cpu_seconds() -> (f64, f64) {
     )
 }
 
-/// The middle of `v` by `key` (the lower middle for an even count).
-fn median_by<T: Clone>(v: &[T], key: impl Fn(&T) -> f64) -> T {
-    let mut sorted: Vec<&T> = v.iter().collect();
-    sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
-    sorted[(sorted.len() - 1) / 2].clone()
-}
-
 fn main() {
     let args = Args::parse();
-    let mut poller = PollerConfig::default();
-    if let Some(us) = args.spin_us {
-        poller.spin = Duration::from_micros(us);
-    }
+    let poller = poller_config(args.spin_us);
     let mut uring = UringConfig {
         coop_taskrun: !args.no_coop_taskrun,
         defer_taskrun: !args.no_defer_taskrun,
@@ -140,18 +131,7 @@ fn main() {
     if let Some(n) = args.submit_batch {
         uring.submit_batch = n;
     }
-    let dir = args
-        .file
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    if !BackingFile::direct_io_supported(&dir) {
-        eprintln!(
-            "{} does not support O_DIRECT (tmpfs?); pass --file on a disk file system",
-            dir.display()
-        );
-        std::process::exit(1);
-    }
+    require_direct_io(&args.file);
     let rounds = args.rounds.max(1);
     let bytes = args.size_mib << 20;
     eprintln!(

@@ -13,13 +13,14 @@
 //! page id is checked; a change after that bumps the version, which the
 //! reader validates.
 
-use super::os::{Mapping, ZeroedArray};
+use super::os::Mapping;
+use super::resident::{Frames, Held, PoolCore};
 use super::vmcache::PoolConfig;
-use super::{BufferManager, Counters, Frame, IoQueues, Latch, PoolError, PoolStats, Slots};
+use super::{BufferManager, Counters, Frame, Latch, PoolError, PoolStats};
 use crate::device::BlockDevice;
 use crate::pool::latch::{state, EVICTED, EXCLUSIVE, MARKED, UNLOCKED};
 use crate::{PageId, PAGE_SIZE};
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use std::vec::Vec;
 
 const FRAME_BITS: u32 = 24;
@@ -117,22 +118,15 @@ impl Table {
 pub struct HashPool<D> {
     frames: Mapping,
     latches: Vec<Latch>,
-    dirty: ZeroedArray<AtomicU8>,
     table: Table,
-    slots: Slots,
-    io: IoQueues<D>,
-    next_pid: AtomicU64,
-    capacity: usize,
-    evict_batch: usize,
-    counters: Counters,
-    relax: fn(),
+    /// Frame index = frame number = slot.
+    core: PoolCore<D>,
 }
 
 impl<D: BlockDevice> HashPool<D> {
     /// A pool of `cfg.capacity` frames over `devs`.
     pub fn new(devs: Vec<D>, cfg: PoolConfig) -> Result<HashPool<D>, PoolError> {
-        let batch = cfg.evict_batch.clamp(1, cfg.capacity.max(1));
-        let io = IoQueues::new(devs, batch, cfg.durability, cfg.relax)?;
+        let io = PoolCore::queues(devs, &cfg)?;
         if cfg.capacity == 0
             || cfg.capacity as u64 > FRAME_MASK
             || io.device_pages() >= 1 << (64 - FRAME_BITS)
@@ -147,15 +141,8 @@ impl<D: BlockDevice> HashPool<D> {
         Ok(HashPool {
             frames: Mapping::anonymous(cfg.capacity * PAGE_SIZE)?,
             latches: (0..cfg.capacity).map(|_| Latch::new()).collect(),
-            dirty: ZeroedArray::new(cfg.capacity)?,
             table: Table::new(cfg.capacity),
-            slots: Slots::new(cfg.capacity),
-            io,
-            next_pid: AtomicU64::new(cfg.allocated),
-            capacity: cfg.capacity,
-            evict_batch: batch,
-            counters: Counters::default(),
-            relax: cfg.relax,
+            core: PoolCore::new(io, &cfg, cfg.capacity, "hash pool")?,
         })
     }
 
@@ -181,44 +168,11 @@ impl<D: BlockDevice> HashPool<D> {
         }
     }
 
-    fn bytes(&self, f: usize) -> &[u8] {
-        // SAFETY: the caller holds a latch of frame f that excludes writers.
-        unsafe {
-            core::slice::from_raw_parts(self.frames.ptr().as_ptr().add(f * PAGE_SIZE), PAGE_SIZE)
-        }
-    }
-
-    fn check(&self, id: PageId) -> Result<(), PoolError> {
-        let pages = self.next_pid.load(Ordering::Acquire);
-        if id.0 >= pages {
-            return Err(PoolError::OutOfRange { id, pages });
-        }
-        Ok(())
-    }
-
-    fn take_frame(&self) -> Result<usize, PoolError> {
-        let mut idle = 0;
-        loop {
-            if let Some(f) = self.slots.pop_free() {
-                return Ok(f);
-            }
-            if self.evict(self.evict_batch)? == 0 {
-                idle += 1;
-                if idle > 100 {
-                    return Err(PoolError::NoFreeFrame {
-                        frames: self.capacity,
-                    });
-                }
-                (self.relax)();
-            }
-        }
-    }
-
     /// Page `id` resident: its frame and the latch word seen (not
     /// Exclusive, not Evicted), or, if `exclusive`, its frame latched
     /// exclusively (the word returned is then meaningless).
     fn resident(&self, id: PageId, exclusive: bool) -> Result<(usize, u64), PoolError> {
-        self.check(id)?;
+        self.core.check(id)?;
         loop {
             let f = match self.table.get(id) {
                 Some(f) => f,
@@ -236,21 +190,21 @@ impl<D: BlockDevice> HashPool<D> {
             };
             let latch = &self.latches[f];
             let w = latch.load();
-            if self.slots.get(f) != Some(id) {
+            if self.core.slots.get(f) != Some(id) {
                 continue;
             }
             match state(w) {
                 EVICTED => continue,
-                EXCLUSIVE => (self.relax)(),
+                EXCLUSIVE => (self.core.relax)(),
                 s => {
                     if exclusive {
                         if (s == UNLOCKED || s == MARKED) && latch.try_lock_exclusive(w) {
-                            if self.slots.get(f) == Some(id) {
+                            if self.core.slots.get(f) == Some(id) {
                                 return Ok((f, 0));
                             }
                             latch.unlock_exclusive();
                         }
-                        (self.relax)();
+                        (self.core.relax)();
                         continue;
                     }
                     if s == MARKED {
@@ -267,80 +221,60 @@ impl<D: BlockDevice> HashPool<D> {
     /// `Some(frame)` latched exclusively if we loaded it, `None` if it turned
     /// out to be there (retry the lookup).
     fn miss(&self, id: PageId) -> Result<Option<usize>, PoolError> {
-        let f = self.take_frame()?;
+        let f = self.core.take_slot(self)?;
         let latch = &self.latches[f];
         {
             let _t = self.table.lock.lock();
             if self.table.get(id).is_some() {
                 drop(_t);
-                self.slots.push_free(f);
+                self.core.slots.push_free(f);
                 return Ok(None);
             }
             // A free frame's latch is Evicted and nobody else holds it.
             let w = latch.load();
             let locked = latch.try_lock_exclusive(w);
             debug_assert!(locked && state(w) == EVICTED);
-            self.slots.set(f, id);
+            self.core.slots.set(f, id);
             self.table.insert_locked(id, f);
         }
-        if let Err(e) = self.io.read_page(id, self.bytes_mut(f)) {
+        if let Err(e) = self.core.io.read_page(id, self.bytes_mut(f)) {
             {
                 let _t = self.table.lock.lock();
                 self.table.remove_locked(id);
             }
             latch.unlock_exclusive_evicted();
-            self.slots.push_free(f);
+            self.core.slots.push_free(f);
             return Err(e);
         }
-        Counters::add(&self.counters.reads, 1);
+        Counters::add(&self.core.counters.reads, 1);
         Ok(Some(f))
     }
+}
 
-    fn pick_victims(&self, n: usize, out: &mut Vec<(PageId, usize)>) {
-        let cap = self.capacity;
-        let mut scanned = 0;
-        while out.len() < n && scanned < 2 * cap {
-            let chunk = 64.min(2 * cap - scanned);
-            for s in self.slots.advance(chunk) {
-                let f = s % cap;
-                let latch = &self.latches[f];
-                let w = latch.load();
-                match state(w) {
-                    UNLOCKED => {
-                        latch.try_mark(w);
-                    }
-                    MARKED if latch.try_lock_exclusive(w) => match self.slots.get(f) {
-                        Some(id) => {
-                            out.push((id, f));
-                            if out.len() == n {
-                                break;
-                            }
-                        }
-                        None => latch.unlock_exclusive(),
-                    },
-                    _ => {}
-                }
-            }
-            scanned += chunk;
+impl<D: BlockDevice> Frames for HashPool<D> {
+    fn locate(&self, slot: usize) -> Option<(usize, Option<PageId>)> {
+        Some((slot, None))
+    }
+
+    fn latch(&self, index: usize) -> &Latch {
+        &self.latches[index]
+    }
+
+    fn bytes(&self, f: usize) -> &[u8] {
+        // SAFETY: the caller holds a latch of frame f that excludes writers.
+        unsafe {
+            core::slice::from_raw_parts(self.frames.ptr().as_ptr().add(f * PAGE_SIZE), PAGE_SIZE)
         }
     }
 
-    fn write_back(&self, frames: &[(PageId, usize)]) -> Result<usize, PoolError> {
-        let dirty: Vec<(PageId, usize)> = frames
-            .iter()
-            .copied()
-            .filter(|&(_, f)| self.dirty[f].load(Ordering::Relaxed) != 0)
-            .collect();
-        for chunk in dirty.chunks(self.io.batch()) {
-            let pages: Vec<(PageId, &[u8])> =
-                chunk.iter().map(|&(id, f)| (id, self.bytes(f))).collect();
-            self.io.write_pages(&pages)?;
-            for &(_, f) in chunk {
-                self.dirty[f].store(0, Ordering::Relaxed);
-            }
-            Counters::add(&self.counters.writes, chunk.len() as u64);
+    /// Removes the victims from the table (the frames are reused as they
+    /// are).
+    fn release(&self, victims: &[Held]) -> Result<(), PoolError> {
+        let _t = self.table.lock.lock();
+        for v in victims {
+            self.table.remove_locked(v.id);
         }
-        Ok(dirty.len())
+        Ok(())
     }
 }
 
@@ -359,12 +293,12 @@ unsafe impl<D: BlockDevice> BufferManager for HashPool<D> {
             let (f, w) = self.resident(id, false)?;
             let latch = &self.latches[f];
             if latch.try_lock_shared(w) || latch.try_lock_shared(latch.load()) {
-                if self.slots.get(f) == Some(id) {
+                if self.core.slots.get(f) == Some(id) {
                     return Ok(self.frame(id, f));
                 }
                 latch.unlock_shared();
             }
-            (self.relax)();
+            (self.core.relax)();
         }
     }
 
@@ -375,10 +309,7 @@ unsafe impl<D: BlockDevice> BufferManager for HashPool<D> {
     }
 
     fn unfix_exclusive_frame(&self, frame: &Frame<'_>, dirty: bool) {
-        if dirty {
-            self.dirty[frame.index].store(1, Ordering::Relaxed);
-        }
-        frame.latch.unlock_exclusive();
+        self.core.unfix_exclusive(frame, dirty);
     }
 
     fn unfix_shared_frame(&self, frame: &Frame<'_>) {
@@ -386,103 +317,43 @@ unsafe impl<D: BlockDevice> BufferManager for HashPool<D> {
     }
 
     fn allocate_frame(&self) -> Result<Frame<'_>, PoolError> {
-        let pages = self.io.device_pages();
-        let id = PageId(self.next_pid.fetch_add(1, Ordering::AcqRel));
-        if id.0 >= pages {
-            self.next_pid.fetch_sub(1, Ordering::AcqRel);
-            return Err(PoolError::DeviceFull { pages });
-        }
-        let f = self.take_frame()?;
+        let id = self.core.allocate_id()?;
+        let f = self.core.take_slot(self)?;
         let latch = &self.latches[f];
         {
             let _t = self.table.lock.lock();
             let w = latch.load();
             let locked = latch.try_lock_exclusive(w);
             debug_assert!(locked && state(w) == EVICTED);
-            self.slots.set(f, id);
+            self.core.slots.set(f, id);
             self.table.insert_locked(id, f);
         }
         self.bytes_mut(f).fill(0);
-        self.dirty[f].store(1, Ordering::Relaxed);
-        Counters::add(&self.counters.allocations, 1);
+        self.core.allocated(f);
         Ok(self.frame(id, f))
     }
 
     fn evict(&self, pages: usize) -> Result<usize, PoolError> {
-        let mut victims = Vec::with_capacity(pages.min(self.evict_batch));
-        self.pick_victims(pages.min(self.evict_batch), &mut victims);
-        if victims.is_empty() {
-            return Ok(0);
-        }
-        if let Err(e) = self.write_back(&victims) {
-            log::warn!("hash pool: write-back of an eviction batch failed: {e}");
-            for &(_, f) in &victims {
-                self.latches[f].unlock_exclusive();
-            }
-            return Err(e);
-        }
-        {
-            let _t = self.table.lock.lock();
-            for &(id, _) in &victims {
-                self.table.remove_locked(id);
-            }
-        }
-        for &(_, f) in &victims {
-            self.latches[f].unlock_exclusive_evicted();
-            self.slots.push_free(f);
-        }
-        Counters::add(&self.counters.evictions, victims.len() as u64);
-        Counters::add(&self.counters.evict_batches, 1);
-        Ok(victims.len())
+        self.core.evict(self, pages)
     }
 
     fn flush(&self) -> Result<usize, PoolError> {
-        let mut written = 0;
-        let mut batch: Vec<(PageId, usize)> = Vec::new();
-        let release = |b: &mut Vec<(PageId, usize)>| {
-            b.drain(..)
-                .for_each(|(_, f)| self.latches[f].unlock_shared())
-        };
-        for f in 0..self.capacity {
-            if self.dirty[f].load(Ordering::Relaxed) == 0 {
-                continue;
-            }
-            let latch = &self.latches[f];
-            let w = latch.load();
-            if state(w) == EVICTED || !latch.try_lock_shared(w) {
-                continue;
-            }
-            match self.slots.get(f) {
-                Some(id) => batch.push((id, f)),
-                None => {
-                    latch.unlock_shared();
-                    continue;
-                }
-            }
-            if batch.len() == self.evict_batch {
-                let r = self.write_back(&batch);
-                release(&mut batch);
-                written += r?;
-            }
-        }
-        let r = self.write_back(&batch);
-        release(&mut batch);
-        Ok(written + r?)
+        self.core.flush(self)
     }
 
     fn page_count(&self) -> u64 {
-        self.next_pid.load(Ordering::Acquire)
+        self.core.page_count()
     }
 
     fn capacity(&self) -> usize {
-        self.capacity
+        self.core.capacity
     }
 
     fn stats(&self) -> PoolStats {
-        self.counters.snapshot()
+        self.core.stats()
     }
 
     fn relax(&self) {
-        (self.relax)()
+        (self.core.relax)()
     }
 }

@@ -61,6 +61,8 @@ pub mod hash;
 #[cfg(not(target_os = "none"))]
 mod os;
 #[cfg(not(target_os = "none"))]
+mod resident;
+#[cfg(not(target_os = "none"))]
 pub mod vmcache;
 
 /// What went wrong in a pool.
@@ -703,53 +705,5 @@ impl<D: BlockDevice> IoQueues<D> {
                 error,
             })
         })
-    }
-}
-
-/// The resident set shared by the process pools: `capacity` slots, each
-/// holding a resident page (`pid + 1`, 0 if free), a stack of free slots,
-/// and the clock hand.
-#[cfg_attr(target_os = "none", allow(dead_code))]
-pub(crate) struct Slots {
-    pub pids: Vec<AtomicU64>,
-    pub free: spin::Mutex<Vec<usize>>,
-    pub hand: AtomicUsize,
-}
-
-#[cfg_attr(target_os = "none", allow(dead_code))]
-impl Slots {
-    pub fn new(capacity: usize) -> Slots {
-        Slots {
-            pids: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
-            free: spin::Mutex::new((0..capacity).rev().collect()),
-            hand: AtomicUsize::new(0),
-        }
-    }
-
-    pub fn pop_free(&self) -> Option<usize> {
-        self.free.lock().pop()
-    }
-
-    pub fn push_free(&self, slot: usize) {
-        self.pids[slot].store(0, Ordering::Release);
-        self.free.lock().push(slot);
-    }
-
-    /// Which page slot `slot` holds.
-    pub fn get(&self, slot: usize) -> Option<PageId> {
-        match self.pids[slot].load(Ordering::Acquire) {
-            0 => None,
-            p => Some(PageId(p - 1)),
-        }
-    }
-
-    pub fn set(&self, slot: usize, id: PageId) {
-        self.pids[slot].store(id.0 + 1, Ordering::Release);
-    }
-
-    /// The next `n` slots of the clock.
-    pub fn advance(&self, n: usize) -> core::ops::Range<usize> {
-        let start = self.hand.fetch_add(n, Ordering::Relaxed);
-        start..start + n
     }
 }

@@ -112,6 +112,27 @@ pub fn open_truncating(
     Engine::open_truncating(l, d, config(CommitMode::Fua), request)
 }
 
+/// Opens `dev`, truncating exactly the loss a refusing recovery reported
+/// as `d` (what an operator who accepts that loss asks for).
+pub fn open_truncating_reported(
+    dev: &Device,
+    d: &dbos_bufferpool::LogDamage,
+) -> Result<(Engine<ProcessBlockDevice>, dbos_bufferpool::RecoveryReport), dbos_bufferpool::Error> {
+    open_truncating(
+        dev,
+        dbos_bufferpool::TruncateRequest {
+            at: d.keep_end,
+            discard_to: d.lost_end(),
+        },
+    )
+}
+
+/// A layout whose log (8 blocks) fills after a few hundred small commits.
+pub const SMALL_LOG: Layout = Layout {
+    log_blocks: 8,
+    data_pages: 4,
+};
+
 /// Blocks of a disk for `layout`.
 pub fn disk_bytes(layout: Layout) -> usize {
     layout.blocks() as usize * 4096
