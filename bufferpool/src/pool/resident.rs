@@ -35,7 +35,10 @@ pub(crate) trait Frames {
     fn bytes(&self, index: usize) -> &[u8];
 
     /// Releases the memory of an eviction batch, written back and latched
-    /// exclusively; on failure the victims stay resident (and clean).
+    /// exclusively. On failure part of the batch may have been released
+    /// (vmcache: the runs before the failing `madvise` read as zero now),
+    /// so the caller evicts the whole batch anyway: every victim is clean,
+    /// and an evicted page is read back from the device on its next fix.
     fn release(&self, victims: &[Held]) -> Result<(), PoolError>;
 }
 
@@ -276,16 +279,22 @@ impl<D: BlockDevice> PoolCore<D> {
             unlock(&victims);
             return Err(e);
         }
-        if let Err(e) = frames.release(&victims) {
-            unlock(&victims);
-            return Err(e);
-        }
+        // Written back: from here every victim is clean, so each may become
+        // Evicted whether or not its memory was released. A failed release
+        // may have released part of the batch, whose pages must not stay
+        // marked resident (they would read as zero), so the whole batch is
+        // evicted before the error is returned.
+        let released = frames.release(&victims);
         for v in &victims {
             frames.latch(v.index).unlock_exclusive_evicted();
             self.slots.push_free(v.slot);
         }
         Counters::add(&self.counters.evictions, victims.len() as u64);
         Counters::add(&self.counters.evict_batches, 1);
+        if let Err(e) = released {
+            log::warn!("{}: releasing an eviction batch failed: {e}", self.name);
+            return Err(e);
+        }
         Ok(victims.len())
     }
 

@@ -192,8 +192,8 @@ impl<D: BlockDevice> Frames for VmCache<D> {
             while j < sorted.len() && sorted[j].0 == sorted[j - 1].0 + 1 {
                 j += 1;
             }
-            // On failure nothing was released: the victims stay resident
-            // and clean.
+            // On failure the runs before this one were released: the pool
+            // evicts the whole (clean) batch (see `Frames::release`).
             self.window
                 .dontneed(sorted[i].0 as usize * PAGE_SIZE, (j - i) * PAGE_SIZE)?;
             calls += 1;
