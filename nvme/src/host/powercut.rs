@@ -47,8 +47,8 @@ use super::file::{BackingFile, FileError};
 use super::sync::Inline;
 use super::wake::WakeFd;
 use crate::types::BLOCK_SIZE;
-use std::io;
 use std::boxed::Box;
+use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::vec;
 use std::vec::Vec;
@@ -115,6 +115,9 @@ pub struct InFlight {
     pub len: u64,
     pub fua: bool,
     pub fate: Fate,
+    /// How many of its 512-byte sectors landed (all when kept, none when
+    /// lost).
+    pub sectors_landed: u64,
 }
 
 /// Counters of the model.
@@ -229,7 +232,10 @@ impl Disk {
                 }
                 _ => {
                     report.torn += 1;
-                    (Fate::Torn, (0..sectors).map(|_| rng.below(2) == 0).collect())
+                    (
+                        Fate::Torn,
+                        (0..sectors).map(|_| rng.below(2) == 0).collect(),
+                    )
                 }
             };
             if let Some(p) = in_flight.filter(|_| i == self.volatile.len()) {
@@ -239,6 +245,7 @@ impl Disk {
                     len: p.write.data.len() as u64,
                     fua: p.fua,
                     fate,
+                    sectors_landed: keep.iter().filter(|&&k| k).count() as u64,
                 });
             }
             // Volatile writes land in the order drawn, so that a later one
@@ -270,7 +277,9 @@ impl Disk {
     fn execute(&mut self, op: &IoOp) -> i32 {
         self.stats.ops += 1;
         let (off, len) = (op.offset as usize, op.buf.len as usize);
-        let in_range = off.checked_add(len).is_some_and(|e| e <= self.current.len());
+        let in_range = off
+            .checked_add(len)
+            .is_some_and(|e| e <= self.current.len());
         let fua = match op.kind {
             IoKind::Write { fua } => {
                 self.stats.write_commands += 1;
@@ -763,6 +772,8 @@ mod tests {
                 assert!(v == 2 || v == old, "seed {seed} sector {s}: {v}");
                 assert!(img[s * 512..(s + 1) * 512].iter().all(|&b| b == v));
             }
+            let n = landed.iter().filter(|&&l| l).count() as u64;
+            assert_eq!(w.sectors_landed, n, "seed {seed}");
             match w.fate {
                 Fate::Kept => assert!(landed.iter().all(|&l| l)),
                 Fate::Lost => assert!(landed.iter().all(|&l| !l)),
@@ -811,7 +822,10 @@ mod tests {
             assert_eq!(r.in_flight.unwrap().write, 3);
             assert_eq!(r.in_flight.unwrap().offset, 8192);
             assert!(img[..4096].iter().all(|&b| b == 1), "flushed");
-            assert!(img[12288..].iter().all(|&b| b == 0), "never reached the disk");
+            assert!(
+                img[12288..].iter().all(|&b| b == 0),
+                "never reached the disk"
+            );
             assert_eq!(pc.disarm(), Some(r));
             assert_eq!(pc.stats().write_commands, 4);
             (img, r)
