@@ -1,5 +1,6 @@
 //! Durability of the key-value store guest on `dbos run --disk`: power cuts
-//! injected by the VMM (`DiskConfig::power_cut`, `--power-cut-after`),
+//! injected by the VMM (`DiskConfig::power_cut`, `--power-cut-at-write`,
+//! `--power-cut-after`),
 //! damaged stores that must be refused rather than "recovered" or
 //! reformatted, and one disk file never used by two VMs at once.
 //!
