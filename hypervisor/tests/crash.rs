@@ -143,15 +143,18 @@ fn kvstore_survives_power_cuts_at_seeded_writes() {
         }
     };
     let mut previous = String::from("the calibration run (no cut)");
+    // When the last run that acknowledged commits stopped.
+    let mut committing_by = calibrate.elapsed;
+    let mut time_cuts_committing = 0;
     for seed in 0..WRITE_SEEDS + TIME_SEEDS {
         let mut rng = Rng::new(seed);
         let at = if seed < WRITE_SEEDS {
             CutAt::Write(1 + rng.below(writes))
         } else {
-            // Around the calibration run's length: mostly while the guest
-            // commits.
-            let run = calibrate.elapsed.as_millis() as u64;
-            CutAt::After(Duration::from_millis(run * 3 / 4 + rng.below(run / 2)))
+            // Within a second after the moment the last run that
+            // acknowledged commits was cut: past recovery, while the guest
+            // commits (unless recovery got slower).
+            CutAt::After(committing_by + Duration::from_millis(rng.below(1000)))
         };
         let mode = if seed % 2 == 0 { "fua" } else { "flush" };
         let plan = PowerCutPlan {
@@ -216,6 +219,10 @@ fn kvstore_survives_power_cuts_at_seeded_writes() {
         }
         let a = acked(&r);
         acked_max = acked_max.max(a.iter().copied().max().unwrap_or(0));
+        if !a.is_empty() {
+            committing_by = r.elapsed;
+            time_cuts_committing += u64::from(matches!(at, CutAt::After(_)));
+        }
         known = known.max(acked_max);
         // Cut while committing: recovery was done and the write in flight
         // was a log write, lost or torn: the commit after the last
@@ -261,7 +268,7 @@ fn kvstore_survives_power_cuts_at_seeded_writes() {
     settle(&mut pending, n);
     eprintln!(
         "power-cut torture: {WRITE_SEEDS} cuts at a write (1 to {writes}) and {TIME_SEEDS} at a \
-         moment, {cut_while_committing} at a log write while committing; {acked_max} \
+         moment ({time_cuts_committing} of them after a commit), {cut_while_committing} at a log write while committing; {acked_max} \
          transactions acknowledged, {n} found at the end; {volatile} writes not durable at the \
          cuts: {lost} lost, {torn} torn ({partly_torn} log writes in flight torn with some \
          sectors landed); the commit after the last acknowledged one lost at \
