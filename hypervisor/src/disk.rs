@@ -86,8 +86,9 @@ pub struct DiskConfig {
     /// ring 0 is emulated (no VT-x), a guest needs milliseconds between
     /// I/Os, and only a longer spin keeps steady-state I/O free of exits.
     pub poll_spin: std::time::Duration,
-    /// Run the disk on the power-cut model and cut the power at this
-    /// moment ([`Disk::cut_power`], called by the VM).
+    /// Run the disk on the power-cut model and cut the power as planned
+    /// (at a moment: [`Disk::cut_power`], called by the VM; at a write: by
+    /// the model, which tells the VM).
     pub power_cut: Option<PowerCutPlan>,
 }
 
