@@ -16,6 +16,10 @@
 //! into memory at the start, I/O is carried out synchronously on the
 //! poller's thread (slower than io_uring), and when the disk stops the file
 //! receives the crash image (if the power was cut) or the final contents.
+//! A cut at a moment ([`CutAt::After`]) is made by the VM
+//! ([`Disk::cut_power`]); a cut at a write ([`CutAt::Write`]) by the model
+//! itself, on the poller's thread, which then tells the VM
+//! ([`Disk::on_power_cut`]).
 //!
 //! The guest registers each queue pair with a hypercall; after that, I/O
 //! costs no VM exit while the poller is polling. The only exit on the I/O
@@ -25,7 +29,7 @@
 use crate::hypercall::{HypercallError, Outcome, Request, Service};
 use crate::memory::GuestRam;
 use dbos_abi::{Hypercall, NvmeInfoArgs, NvmeQueueArgs};
-use dbos_nvme::host::powercut::{CutReport, PowerCut, PowerCutBackend};
+use dbos_nvme::host::powercut::{CutReport, PowerCut, PowerCutBackend, PowerCutStats};
 use dbos_nvme::host::{
     BackingFile, DmaMemory, DmaRegion, FileError, MemoryError, Poller, PollerConfig, PollerControl,
     PollerError, PollerHandle, PollerStats, UringBackend, UringConfig, UringError,
@@ -35,14 +39,37 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A power cut to inject (`dbos run --power-cut-after DURATION --seed N`).
+/// A power cut to inject (`dbos run --power-cut-after DURATION` or
+/// `--power-cut-at-write N`, with `--seed N`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PowerCutPlan {
-    /// When, counted like the time limit (from the start of VM setup).
-    pub after: Duration,
+    /// When.
+    pub at: CutAt,
     /// Decides, for each write not yet durable, whether it is kept, lost
     /// or torn (see `dbos_nvme::host::powercut`).
     pub seed: u64,
+}
+
+/// When a power cut falls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CutAt {
+    /// This long after start, counted like the time limit (from the start
+    /// of VM setup). Which writes are in flight then depends on timing.
+    After(Duration),
+    /// When write command number N of the run (counted from 1, FUA or
+    /// not) reaches the disk, before it completes: that write is in flight,
+    /// and is kept, lost or torn like every write not yet durable. The
+    /// same guest, disk, N and seed give the same crash image.
+    Write(u64),
+}
+
+impl std::fmt::Display for CutAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CutAt::After(after) => write!(f, "{:.3} s", after.as_secs_f64()),
+            CutAt::Write(n) => write!(f, "disk write {n}"),
+        }
+    }
 }
 
 /// Which file backs the disk, and its size when it is created.
@@ -59,8 +86,9 @@ pub struct DiskConfig {
     /// ring 0 is emulated (no VT-x), a guest needs milliseconds between
     /// I/Os, and only a longer spin keeps steady-state I/O free of exits.
     pub poll_spin: std::time::Duration,
-    /// Run the disk on the power-cut model and cut the power at this
-    /// moment ([`Disk::cut_power`], called by the VM).
+    /// Run the disk on the power-cut model and cut the power as planned
+    /// (at a moment: [`Disk::cut_power`], called by the VM; at a write: by
+    /// the model, which tells the VM).
     pub power_cut: Option<PowerCutPlan>,
 }
 
@@ -199,6 +227,9 @@ impl Disk {
             }
             Some(plan) => {
                 let (backend, model) = PowerCutBackend::load(&file).map_err(file_err)?;
+                if let CutAt::Write(n) = plan.at {
+                    model.cut_at_write(n, plan.seed);
+                }
                 let poller = Poller::new(memory, backend, poller_config)?.spawn()?;
                 (poller, Some((model, plan)))
             }
@@ -227,6 +258,29 @@ impl Disk {
         self.power
             .as_ref()
             .map(|(model, plan)| model.cut(plan.seed))
+    }
+
+    /// Calls `f` on the poller's thread when the disk cuts its own power
+    /// ([`CutAt::Write`]), before the write at the cut or any later I/O is
+    /// reported to the guest. No lock of the disk is held while `f` runs.
+    pub fn on_power_cut(&self, f: impl FnMut(CutReport) + Send + 'static) {
+        if let Some((model, _)) = &self.power {
+            model.on_cut(f);
+        }
+    }
+
+    /// Settles the power cut when the VM stops: a cut that has not
+    /// happened is called off (the disk then finishes normally), one that
+    /// has is returned.
+    pub fn settle_power_cut(&self) -> Option<(PowerCutPlan, CutReport)> {
+        let (model, plan) = self.power.as_ref()?;
+        Some((*plan, model.disarm()?))
+    }
+
+    /// The power-cut model's counters (operations, write commands, ...),
+    /// when the disk runs on it.
+    pub fn power_cut_stats(&self) -> Option<PowerCutStats> {
+        self.power.as_ref().map(|(model, _)| model.stats())
     }
 
     /// Capacity in blocks of [`BLOCK_SIZE`] bytes.

@@ -1,6 +1,7 @@
 //! `dbos`: the command-line front end of the hypervisor.
 
 use clap::{Parser, Subcommand};
+use dbos_hypervisor::disk::{CutAt, PowerCutPlan};
 use dbos_hypervisor::layout::{MAX_MEMORY, MIN_MEMORY, PAGE};
 use dbos_hypervisor::report::{
     STATUS_BAD_EXIT, STATUS_CRASH, STATUS_PANIC, STATUS_POWER_CUT, STATUS_SETUP, STATUS_TIMED_OUT,
@@ -41,7 +42,7 @@ fn exit_statuses() -> String {
          exception, bad hypercall, triple fault, emulation failure, unknown I/O port); \
          {STATUS_BAD_EXIT} when its exit status does not fit 8 bits; {STATUS_TIMED_OUT} when it \
          is stopped at --time-limit; {STATUS_POWER_CUT} when it is stopped by \
-         --power-cut-after; {STATUS_SETUP} when the VM cannot be set up (no KVM, \
+         --power-cut-after or --power-cut-at-write; {STATUS_SETUP} when the VM cannot be set up (no KVM, \
          unreadable or invalid image, memory too small for the image and vCPUs or more than \
          the host can provide, a --file or --disk that cannot be opened or is in use by \
          another process); {STATUS_USAGE} for a \
@@ -111,18 +112,38 @@ struct RunArgs {
     /// 512-byte boundaries, decided by --seed; the disk file is left
     /// holding that crash image. Exit status 105. The disk then runs on an
     /// in-memory model of itself (the file is read at start and written
-    /// back at the end; synchronous I/O, slower than io_uring).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "disk")]
+    /// back at the end; synchronous I/O, slower than io_uring). Which writes
+    /// are in flight at a moment depends on timing: see
+    /// --power-cut-at-write for a repeatable cut.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        requires = "disk",
+        group = "power_cut"
+    )]
     power_cut_after: Option<std::time::Duration>,
 
-    /// The seed of --power-cut-after: the same writes and seed give the
-    /// same crash image.
+    /// Cut the power when the N-th disk write command of the run (counted
+    /// from 1, FUA or not) reaches the disk, before it completes: the VM
+    /// stops, and that write and every other one not covered by a
+    /// completed flush or FUA write are kept, lost or torn at 512-byte
+    /// boundaries, decided by --seed. Otherwise as --power-cut-after (exit
+    /// status 105, the disk on the in-memory model), with which it cannot
+    /// be combined; the same guest, disk file, N and seed give the same
+    /// crash image. A run that makes fewer than N writes is not cut.
     #[arg(
         long,
         value_name = "N",
-        default_value_t = 0,
-        requires = "power_cut_after"
+        value_parser = clap::value_parser!(u64).range(1..),
+        requires = "disk",
+        group = "power_cut"
     )]
+    power_cut_at_write: Option<u64>,
+
+    /// The seed of the power cut: the same writes in flight and seed give
+    /// the same crash image.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "power_cut")]
     seed: u64,
 
     /// Print how many VM exits the run took on stderr, by kind (each
@@ -232,8 +253,10 @@ fn run(args: RunArgs) -> ExitCode {
             poll_spin: std::time::Duration::from_micros(args.disk_spin_us),
             power_cut: args
                 .power_cut_after
-                .map(|after| dbos_hypervisor::disk::PowerCutPlan {
-                    after,
+                .map(CutAt::After)
+                .or(args.power_cut_at_write.map(CutAt::Write))
+                .map(|at| PowerCutPlan {
+                    at,
                     seed: args.seed,
                 }),
             ..dbos_hypervisor::disk::DiskConfig::new(path, args.disk_size)

@@ -2,6 +2,7 @@
 
 use crate::hypercall::{HypercallError, Stop};
 use dbos_abi::{exception_name, Hypercall};
+use dbos_nvme::host::powercut::Fate;
 use kvm_ioctls::VcpuFd;
 use std::fmt;
 use std::time::Duration;
@@ -76,10 +77,11 @@ pub enum GuestExit {
     },
     /// Stopped by the VMM at the configured time limit, wherever it was.
     TimedOut { limit: Duration },
-    /// Stopped by an injected power cut (`--power-cut-after`): the writes
-    /// not yet durable were kept, lost or torn as `cut` says.
+    /// Stopped by an injected power cut (`--power-cut-after`,
+    /// `--power-cut-at-write`): the writes not yet durable were kept, lost
+    /// or torn as `cut` says.
     PowerCut {
-        after: Duration,
+        at: crate::disk::CutAt,
         seed: u64,
         cut: dbos_nvme::host::powercut::CutReport,
     },
@@ -258,16 +260,38 @@ impl fmt::Display for GuestExit {
                     limit.as_secs_f64()
                 )
             }
-            GuestExit::PowerCut { after, seed, cut } => write!(
-                f,
-                "power cut at {:.3} s (seed {seed}): {} writes not yet durable: {} kept, {} lost, \
-                 {} torn; the disk file holds the crash image",
-                after.as_secs_f64(),
-                cut.volatile,
-                cut.kept,
-                cut.lost,
-                cut.torn
-            ),
+            GuestExit::PowerCut { at, seed, cut } => {
+                write!(
+                    f,
+                    "power cut at {at} (seed {seed}): {} writes not yet durable: {} kept, {} \
+                     lost, {} torn",
+                    cut.volatile, cut.kept, cut.lost, cut.torn
+                )?;
+                if let Some(w) = cut.in_flight {
+                    write!(
+                        f,
+                        " (among them the write in flight, {}{} bytes at byte {}: {}",
+                        if w.fua { "FUA, " } else { "" },
+                        w.len,
+                        w.offset,
+                        match w.fate {
+                            Fate::Kept => "kept",
+                            Fate::Lost => "lost",
+                            Fate::Torn => "torn",
+                        }
+                    )?;
+                    if w.fate == Fate::Torn {
+                        write!(
+                            f,
+                            ", {} of {} sectors landed",
+                            w.sectors_landed,
+                            w.len.div_ceil(512)
+                        )?;
+                    }
+                    write!(f, ")")?;
+                }
+                write!(f, "; the disk file holds the crash image")
+            }
         }
     }
 }
@@ -484,6 +508,10 @@ pub struct RunReport {
     pub console: Vec<String>,
     /// The disk poller's counters, when the VM had a disk.
     pub disk: Option<dbos_nvme::host::PollerStats>,
+    /// The power-cut model's counters, when the disk ran on it (a power
+    /// cut was armed): `write_commands` is what `--power-cut-at-write`
+    /// counts.
+    pub power_cut_model: Option<dbos_nvme::host::powercut::PowerCutStats>,
 }
 
 #[cfg(test)]

@@ -147,6 +147,12 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
             Ok(exit) => {
                 shared.exits.fetch_add(1, Ordering::Relaxed);
                 counts.record(exit_kind(&exit));
+                // The guest has stopped meanwhile (another vCPU, the time
+                // limit, a power cut): the machine is off, this exit is not
+                // served (no console line, no I/O after a power cut).
+                if shared.stopping.load(Ordering::Acquire) {
+                    return counts;
+                }
                 match exit {
                     VcpuExit::IoOut(port, data) => match Hypercall::from_port(port) {
                         Ok(call) => {

@@ -3,7 +3,7 @@
 
 use crate::boot::{self, BootError, BootState};
 use crate::console::Console;
-use crate::disk::{Disk, DiskConfig, DiskError};
+use crate::disk::{CutAt, Disk, DiskConfig, DiskError, PowerCutPlan};
 use crate::elf::{ElfError, Image};
 use crate::files::{FileGrant, FileOpenError, Files};
 use crate::layout::{Layout, MemoryTooSmall, MAX_MEMORY, PAGE};
@@ -11,6 +11,7 @@ use crate::memory::{GuestRam, MemoryError};
 use crate::report::{ExitCounts, GuestExit, RunReport};
 use crate::vcpu;
 use dbos_abi::{IMAGE_PHYS_MAX, MAX_ARGS_BYTES, MAX_VCPUS};
+use dbos_nvme::host::powercut::CutReport;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::ffi::CString;
@@ -166,12 +167,44 @@ impl Shared {
     /// Records how the guest stopped; the first report wins.
     pub fn stop_with(&self, exit: GuestExit) {
         let mut slot = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        self.record(&mut slot, exit);
+    }
+
+    /// Records that the disk cut its own power (`--power-cut-at-write`),
+    /// unless the guest stopped first.
+    fn power_cut_by_disk(&self) {
+        let mut slot = self.exit.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
+            if let Some((plan, cut)) = self.disk.as_ref().and_then(Disk::settle_power_cut) {
+                self.record(&mut slot, power_cut_exit(plan, cut));
+            }
+        }
+    }
+
+    /// Records `exit` in `slot` (the locked exit) if nothing is recorded,
+    /// and tells the vCPUs and the VM thread. A power cut armed on the disk
+    /// is settled under the same lock: if the power has been cut, that is
+    /// how the guest stopped (the guest's own exit, if any, came after the
+    /// machine was off); otherwise the cut is called off.
+    fn record(&self, slot: &mut Option<GuestExit>, exit: GuestExit) {
+        if slot.is_none() {
+            let exit = match self.disk.as_ref().and_then(Disk::settle_power_cut) {
+                Some((plan, cut)) => power_cut_exit(plan, cut),
+                None => exit,
+            };
             log::debug!("guest stopped: {exit}");
             *slot = Some(exit);
         }
         self.stopping.store(true, Ordering::Release);
         self.stopped.notify_all();
+    }
+}
+
+fn power_cut_exit(plan: PowerCutPlan, cut: CutReport) -> GuestExit {
+    GuestExit::PowerCut {
+        at: plan.at,
+        seed: plan.seed,
+        cut,
     }
 }
 
@@ -376,6 +409,17 @@ impl Vm {
             exit: Mutex::new(None),
             stopped: Condvar::new(),
         });
+        // A power cut at a disk write is made by the disk's poller thread,
+        // which stops the VM before the guest can see the write fail. Weak:
+        // the disk belongs to `shared`.
+        if let Some(disk) = &shared.disk {
+            let weak = Arc::downgrade(&shared);
+            disk.on_power_cut(move |_| {
+                if let Some(shared) = weak.upgrade() {
+                    shared.power_cut_by_disk();
+                }
+            });
+        }
         let mut threads = Vec::new();
         for (index, fd) in self.vcpus.drain(..).enumerate() {
             let thread_shared = shared.clone();
@@ -396,10 +440,16 @@ impl Vm {
             }
         }
 
-        // A power cut armed on the disk stops the VM like the time limit,
+        // A power cut at a moment stops the VM like the time limit,
         // whichever comes first, and cuts the disk's power first.
-        let power_cut = shared.disk.as_ref().and_then(Disk::power_cut_plan);
-        let deadline = match (self.config.time_limit, power_cut.map(|p| p.after)) {
+        let cut_after = match shared.disk.as_ref().and_then(Disk::power_cut_plan) {
+            Some(PowerCutPlan {
+                at: CutAt::After(after),
+                ..
+            }) => Some(after),
+            _ => None,
+        };
+        let deadline = match (self.config.time_limit, cut_after) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -411,20 +461,14 @@ impl Vm {
                     Some(limit) => {
                         let left = limit.saturating_sub(shared.started.elapsed());
                         if left.is_zero() {
-                            // Recorded like any other stop; the vCPUs are
-                            // kicked out of KVM_RUN below.
-                            let cut = power_cut.filter(|p| p.after == limit).and_then(|p| {
-                                Some((p, shared.disk.as_ref().and_then(Disk::cut_power)?))
-                            });
-                            *slot = Some(match cut {
-                                Some((plan, cut)) => GuestExit::PowerCut {
-                                    after: plan.after,
-                                    seed: plan.seed,
-                                    cut,
-                                },
-                                None => GuestExit::TimedOut { limit },
-                            });
-                            shared.stopping.store(true, Ordering::Release);
+                            // Recorded like any other stop (a power cut, if
+                            // it is this moment's or has happened at a
+                            // write); the vCPUs are kicked out of KVM_RUN
+                            // below.
+                            if cut_after == Some(limit) {
+                                shared.disk.as_ref().and_then(Disk::cut_power);
+                            }
+                            shared.record(&mut slot, GuestExit::TimedOut { limit });
                             break;
                         }
                         slot = shared
@@ -459,6 +503,7 @@ impl Vm {
         }
         shared.console.flush();
         let disk = shared.disk.as_ref().map(Disk::stop).transpose()?.flatten();
+        let power_cut_model = shared.disk.as_ref().and_then(Disk::power_cut_stats);
         Ok(RunReport {
             exit,
             exits,
@@ -466,6 +511,7 @@ impl Vm {
             elapsed,
             console: shared.console.captured(),
             disk,
+            power_cut_model,
         })
     }
 }

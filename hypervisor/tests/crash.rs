@@ -1,5 +1,6 @@
 //! Durability of the key-value store guest on `dbos run --disk`: power cuts
-//! injected by the VMM (`DiskConfig::power_cut`, `--power-cut-after`),
+//! injected by the VMM (`DiskConfig::power_cut`, `--power-cut-at-write`,
+//! `--power-cut-after`),
 //! damaged stores that must be refused rather than "recovered" or
 //! reformatted, and one disk file never used by two VMs at once.
 //!
@@ -12,9 +13,9 @@ mod common;
 use common::{config, require_kvm, run};
 use dbos_bufferpool::control::Control;
 use dbos_bufferpool::log::{SECTOR, SECTORS_PER_BLOCK};
-use dbos_hypervisor::disk::{DiskConfig, PowerCutPlan};
+use dbos_hypervisor::disk::{CutAt, DiskConfig, PowerCutPlan};
 use dbos_hypervisor::{GuestExit, RunReport, VmConfig};
-use dbos_nvme::host::powercut::Rng;
+use dbos_nvme::host::powercut::{Fate, Rng};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -68,64 +69,144 @@ fn found(report: &RunReport) -> Option<(u64, u64)> {
     })
 }
 
-/// The key-value guest under power cuts at 20 seeded moments while it
-/// commits, on one disk: each run recovers what the previous run's cut
-/// left, checks every earlier transaction, and commits until its own cut.
-/// Every acknowledged commit must be found by the next recovery, with the
-/// right contents; at most the one commit in flight at the cut may come on
-/// top. Even seeds commit with FUA log writes, odd seeds with plain writes
-/// and a flush (so that writes not yet durable exist at some cuts).
+/// The key-value guest under power cuts, on one disk: 20 seeds cut the
+/// power when a write drawn from the seed reaches the disk
+/// (`CutAt::Write`, within the writes a run makes while it recovers and
+/// commits a few transactions), 2 more at a moment (`CutAt::After`). Each
+/// run recovers what the previous run's cut left, checks every earlier
+/// transaction, and commits until its own cut. Every acknowledged commit
+/// must be found by the next recovery, with the right contents; at most the
+/// one commit in flight at the cut may come on top. A refused store is a
+/// failure: a power cut can damage only writes not yet durable, the last
+/// ones of the log, which recovery must tell apart from corruption. Even
+/// seeds commit with FUA log writes, odd seeds with plain writes and a
+/// flush.
+///
+/// The cuts must actually lose or tear writes (a cut at a write always has
+/// that write in flight), and at least once the commit in flight at the cut
+/// (the successor of the last acknowledged one) must be lost, its log write
+/// lost or torn: the case the crash torture is for.
 #[test]
-fn kvstore_survives_power_cuts_at_seeded_moments() {
+fn kvstore_survives_power_cuts_at_seeded_writes() {
     if !require_kvm() {
         return;
     }
-    const SEEDS: u64 = 20;
-    /// The window after recovery in which the cut falls (~100 ms/commit).
-    const WINDOW_MS: u64 = 1500;
+    const WRITE_SEEDS: u64 = 20;
+    const TIME_SEEDS: u64 = 2;
+    /// Commits of the calibration run: the cuts at a write fall within the
+    /// writes of a run that recovers and commits this many.
+    const CALIBRATION_COMMITS: u64 = 6;
     let dir = scratch();
     let path = dir.path().join("kv.img");
     let started = Instant::now();
     let first = kvstore(&["4"], disk(&path, Some(DISK_BYTES), None));
     assert_eq!(first.exit.process_status(), 0, "{:#?}", first.console);
     assert_eq!(acked(&first), [1, 2, 3, 4]);
+    let layout = control(&std::fs::read(&path).unwrap()).layout;
+    let log_bytes = layout.log_start() * 4096..(layout.log_start() + layout.log_blocks) * 4096;
 
-    // How long a run takes to boot, load the disk model and recover: the
-    // cuts fall after that, while the guest commits.
-    let far = PowerCutPlan {
-        after: Duration::from_secs(600),
+    // How many writes a run makes while it recovers and commits a few
+    // transactions, on the model (armed with a cut that never comes).
+    let never = PowerCutPlan {
+        at: CutAt::Write(u64::MAX),
         seed: 0,
     };
-    let calibrate = kvstore(&["0"], disk(&path, None, Some(far)));
+    let commits = CALIBRATION_COMMITS.to_string();
+    let calibrate = kvstore(&[&commits], disk(&path, None, Some(never)));
     assert_eq!(calibrate.exit.process_status(), 0, "{}", calibrate.exit);
     assert_eq!(found(&calibrate), Some((4, 0)), "{:#?}", calibrate.console);
-    let recovery = calibrate.elapsed;
+    let writes = calibrate.power_cut_model.unwrap().write_commands;
+    assert!(
+        writes > CALIBRATION_COMMITS,
+        "{writes} writes for {CALIBRATION_COMMITS} commits"
+    );
 
-    let mut acked_max = 4;
-    let mut known = 4;
-    let (mut cut_while_committing, mut volatile, mut torn) = (0, 0, 0);
-    for seed in 0..SEEDS {
+    let mut acked_max = acked(&calibrate).into_iter().max().unwrap();
+    assert_eq!(acked_max, 4 + CALIBRATION_COMMITS);
+    let mut known = acked_max;
+    let (mut volatile, mut lost, mut torn) = (0, 0, 0);
+    let mut cut_while_committing = 0;
+    // Log writes in flight while committing that were torn with some of
+    // their sectors landed.
+    let mut partly_torn = 0;
+    // (seed, last acknowledged commit) of a cut that lost or tore the log
+    // write in flight while the guest committed: its successor must not be
+    // found unless a write made it durable.
+    let mut pending: Option<(u64, u64)> = None;
+    let mut successor_lost = Vec::new();
+    // What the next recovery found, `n`, settles a pending cut.
+    let mut settle = |pending: &mut Option<(u64, u64)>, n: u64| {
+        if let Some((cut_seed, last)) = pending.take() {
+            if n == last {
+                successor_lost.push(cut_seed);
+            }
+        }
+    };
+    let mut previous = String::from("the calibration run (no cut)");
+    // When the last run that acknowledged commits stopped.
+    let mut committing_by = calibrate.elapsed;
+    let mut time_cuts_committing = 0;
+    for seed in 0..WRITE_SEEDS + TIME_SEEDS {
         let mut rng = Rng::new(seed);
-        let after = recovery + Duration::from_millis(50 + rng.below(WINDOW_MS));
+        let at = if seed < WRITE_SEEDS {
+            CutAt::Write(1 + rng.below(writes))
+        } else {
+            // Within a second after the moment the last run that
+            // acknowledged commits was cut: past recovery, while the guest
+            // commits (unless recovery got slower).
+            CutAt::After(committing_by + Duration::from_millis(rng.below(1000)))
+        };
         let mode = if seed % 2 == 0 { "fua" } else { "flush" };
         let plan = PowerCutPlan {
-            after,
+            at,
             seed: rng.next_u64(),
         };
         let r = kvstore(&["100000", mode], disk(&path, None, Some(plan)));
-        let GuestExit::PowerCut { cut, .. } = &r.exit else {
+        if let Some(refusal) = r
+            .console
+            .iter()
+            .find(|l| l.contains("cannot open the store"))
+        {
+            let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("refused-crash-image.img");
+            std::fs::copy(&path, &keep).unwrap();
+            panic!(
+                "seed {seed}: the store left by {previous} was refused (a power cut can only \
+                 damage the last writes; the store is kept at {}): {refusal}\n{:#?}",
+                keep.display(),
+                r.console
+            );
+        }
+        let GuestExit::PowerCut {
+            cut, at: cut_at, ..
+        } = &r.exit
+        else {
             panic!(
                 "seed {seed}: not stopped by the power cut: {}\n{:#?}",
                 r.exit, r.console
             );
         };
+        assert_eq!(*cut_at, at);
+        if let CutAt::Write(n) = at {
+            let w = cut
+                .in_flight
+                .expect("a cut at a write has that write in flight");
+            assert_eq!(w.write, n, "seed {seed}");
+            assert_eq!(
+                r.power_cut_model.unwrap().write_commands,
+                n,
+                "seed {seed}: nothing is written after the cut"
+            );
+        }
         volatile += cut.volatile;
+        lost += cut.lost;
         torn += cut.torn;
-        if let Some((n, wrong)) = found(&r) {
+        let recovered = found(&r);
+        if let Some((n, wrong)) = recovered {
             assert_eq!(wrong, 0, "seed {seed}: {:#?}", r.console);
             assert!(
                 n >= acked_max,
-                "seed {seed}: recovery found {n} transactions, {acked_max} were acknowledged\n{:#?}",
+                "seed {seed}: recovery found {n} transactions, {acked_max} were acknowledged \
+                 (before the cut of {previous})\n{:#?}",
                 r.console
             );
             assert!(
@@ -133,22 +214,44 @@ fn kvstore_survives_power_cuts_at_seeded_moments() {
                 "seed {seed}: found {n}, at most {} committed",
                 known + 1
             );
+            settle(&mut pending, n);
             known = known.max(n);
         }
         let a = acked(&r);
+        acked_max = acked_max.max(a.iter().copied().max().unwrap_or(0));
         if !a.is_empty() {
-            cut_while_committing += 1;
-            acked_max = acked_max.max(*a.iter().max().unwrap());
-            known = known.max(acked_max);
+            committing_by = r.elapsed;
+            time_cuts_committing += u64::from(matches!(at, CutAt::After(_)));
+        }
+        known = known.max(acked_max);
+        // Cut while committing: recovery was done and the write in flight
+        // was a log write, lost or torn: the commit after the last
+        // acknowledged one may be gone.
+        if let Some(w) = cut.in_flight.filter(|_| recovered.is_some()) {
+            if log_bytes.contains(&w.offset) {
+                cut_while_committing += 1;
+                if w.fate != Fate::Kept {
+                    pending = Some((seed, acked_max));
+                }
+                partly_torn += u64::from(w.fate == Fate::Torn && w.sectors_landed > 0);
+            }
         }
         eprintln!(
-            "seed {seed} ({mode}): cut at {:.3} s, found {:?}, acked {} (up to {acked_max}), {cut:?}",
-            after.as_secs_f64(),
-            found(&r),
+            "seed {seed} ({mode}): cut at {at:?}, {:.1} s, found {recovered:?}, acked {} (up to \
+             {acked_max}), {cut:?}",
+            r.elapsed.as_secs_f64(),
             a.len()
         );
+        previous = format!("the cut of seed {seed} ({:?}, {cut:?})", at);
     }
     let last = kvstore(&["0"], disk(&path, None, None));
+    if let Some(refusal) = last
+        .console
+        .iter()
+        .find(|l| l.contains("cannot open the store"))
+    {
+        panic!("the store left by {previous} was refused: {refusal}");
+    }
     assert_eq!(
         last.exit.process_status(),
         0,
@@ -162,16 +265,24 @@ fn kvstore_survives_power_cuts_at_seeded_moments() {
         n >= acked_max && n <= known + 1,
         "found {n}, acked {acked_max}"
     );
+    settle(&mut pending, n);
     eprintln!(
-        "power-cut torture: {SEEDS} cuts, {cut_while_committing} while committing, \
-         {acked_max} transactions acknowledged, {n} found at the end; {volatile} writes not \
-         durable at the cuts, {torn} torn; {:.1} s",
+        "power-cut torture: {WRITE_SEEDS} cuts at a write (1 to {writes}) and {TIME_SEEDS} at a \
+         moment ({time_cuts_committing} of them after a commit), {cut_while_committing} at a log write while committing; {acked_max} \
+         transactions acknowledged, {n} found at the end; {volatile} writes not durable at the \
+         cuts: {lost} lost, {torn} torn ({partly_torn} log writes in flight torn with some \
+         sectors landed); the commit after the last acknowledged one lost at \
+         seeds {successor_lost:?}; {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert!(
-        cut_while_committing >= SEEDS / 2,
-        "only {cut_while_committing} of {SEEDS} cuts fell while the guest committed: the \
-         cut window missed (recovery took {recovery:?} in calibration)"
+        lost + torn > 0,
+        "no cut lost or tore a write ({volatile} not durable)"
+    );
+    assert!(
+        !successor_lost.is_empty(),
+        "no cut lost the commit in flight: {cut_while_committing} cuts at a log write while \
+         committing"
     );
 }
 
@@ -370,9 +481,11 @@ fn a_second_dbos_run_on_the_same_disk_is_refused() {
     );
 }
 
-/// `dbos run --power-cut-after` end to end: exit status 105, the cut
-/// reported on stderr, and the disk file left as the crash image that the
-/// next run recovers from.
+/// `dbos run --power-cut-after` and `--power-cut-at-write` end to end:
+/// exit status 105, the cut reported on stderr, and the disk file left as
+/// the crash image that the next run recovers from. A cut at a write is
+/// repeatable: the same disk file, N and seed give byte-identical crash
+/// images.
 #[test]
 fn power_cut_from_the_command_line() {
     if !require_kvm() {
@@ -399,10 +512,47 @@ fn power_cut_from_the_command_line() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    // Formatted first, so that the cut falls in recovery or committing even
+    // Formatted first, so that the cuts fall in recovery or committing even
     // on a loaded machine.
     let (code, _, stderr) = dbos(&[], &["4"]);
     assert_eq!(code, Some(0), "{stderr}");
+    let formatted = std::fs::read(&path).unwrap();
+
+    // The 8th write: recovery makes 4 here, so it is a commit's log write,
+    // in flight and (with this seed) torn; the same run twice leaves the
+    // same bytes.
+    let at_write = &["--power-cut-at-write", "8", "--seed", "4"];
+    let mut crashes = Vec::new();
+    for _ in 0..2 {
+        std::fs::write(&path, &formatted).unwrap();
+        let (code, stdout, stderr) = dbos(at_write, &["100000", "flush"]);
+        assert_eq!(code, Some(105), "{stderr}");
+        assert!(stdout.contains("[vcpu0] acked 5"), "{stdout}");
+        let report = stderr
+            .lines()
+            .find(|l| l.starts_with("dbos: power cut at disk write 8 (seed 4): "))
+            .unwrap_or_else(|| panic!("no report of the cut: {stderr}"))
+            .to_string();
+        assert!(report.contains("the write in flight"), "{report}");
+        assert!(report.contains(": torn, "), "{report}");
+        eprintln!("{report}");
+        assert!(
+            report.ends_with("the disk file holds the crash image"),
+            "{report}"
+        );
+        crashes.push((std::fs::read(&path).unwrap(), report));
+    }
+    assert_ne!(crashes[0].0, formatted, "the cut run wrote nothing");
+    assert!(
+        crashes[0] == crashes[1],
+        "two cuts at the same write with the same seed left different disks: {} / {}",
+        crashes[0].1,
+        crashes[1].1
+    );
+    let (code, stdout, stderr) = dbos(&[], &["0"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("[vcpu0] recovered: "), "{stdout}");
+
     let (code, _, stderr) = dbos(
         &["--power-cut-after", "4s", "--seed", "9"],
         &["100000", "flush"],
@@ -416,10 +566,16 @@ fn power_cut_from_the_command_line() {
     let (code, stdout, stderr) = dbos(&[], &["0"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("[vcpu0] recovered: "), "{stdout}");
-    // A seed without a cut disk is a usage error.
+    // A seed without a cut disk is a usage error, and so are both cuts.
     let out = Command::new(env!("CARGO_BIN_EXE_dbos"))
         .args(["run", "--seed", "3", image])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    let (code, _, stderr) = dbos(
+        &["--power-cut-after", "4s", "--power-cut-at-write", "3"],
+        &["0"],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
 }

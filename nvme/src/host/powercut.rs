@@ -1,12 +1,15 @@
 //! A backend that models a power cut: crash injection for tests and for
-//! `dbos run --power-cut-after` (feature `powercut`).
+//! `dbos run --power-cut-after` / `--power-cut-at-write` (feature
+//! `powercut`).
 //!
 //! The disk is in memory: what reads see ("current"), what would survive a
 //! power cut ("durable"), and the writes since the last flush ("volatile").
-//! A FUA write is durable when it completes; a flush makes every completed
-//! write durable. [`PowerCut::cut`] (or [`PowerCut::cut_after`], which
-//! cuts inside the poller when a given number of operations has been
-//! issued) produces the disk as it would be found after the power returns:
+//! Operations are carried out one at a time, and an operation carried out
+//! has completed (its completion may reach the host later, which a real
+//! device allows too): a completed FUA write is durable; a flush makes
+//! every completed write durable.
+//!
+//! A cut produces the disk as it would be found after the power returns:
 //! the durable image, plus each volatile write — taken in a random order —
 //! either kept, lost, or torn (each of its 512-byte sectors kept or lost
 //! independently). A volatile write never overrides a sector that a later
@@ -14,8 +17,19 @@
 //! with EIO: the machine is off. Reads, writes and flushes can also be
 //! failed with any errno ([`PowerCut::fail`]).
 //!
+//! The cut comes from outside ([`PowerCut::cut`]: between two operations,
+//! none in flight) or from the disk's own operation stream: when a given
+//! operation ([`PowerCut::cut_after`]) or a given write command
+//! ([`PowerCut::cut_at_write`]) reaches the disk. That operation is in
+//! flight at the cut and never completes (it fails with EIO, like every
+//! later one): if it is a write, FUA or not, it is not durable and joins
+//! the volatile writes, to be kept, lost or torn like them
+//! ([`CutReport::in_flight`] says what became of it). Operations handed to
+//! the disk together with it but behind it are not carried out at all.
+//!
 //! Everything random comes from the seed given to the cut, so the same
-//! operations and seed give the same image.
+//! operations and seed give the same image; a cut timed by the operation
+//! stream also falls at the same place in it.
 //!
 //! On a file ([`PowerCutBackend::load`], [`PowerCut::store`]): the file's
 //! contents are read into memory at the start (all durable, as a disk
@@ -33,6 +47,7 @@ use super::file::{BackingFile, FileError};
 use super::sync::Inline;
 use super::wake::WakeFd;
 use crate::types::BLOCK_SIZE;
+use std::boxed::Box;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::vec;
@@ -68,11 +83,41 @@ impl Rng {
 /// What happened to the volatile writes at a cut.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CutReport {
-    /// Volatile writes at the cut.
+    /// Volatile writes at the cut, the write in flight included.
     pub volatile: usize,
     pub kept: usize,
     pub lost: usize,
     pub torn: usize,
+    /// The write in flight at the cut (one cut by the operation stream
+    /// whose operation at the cut is a write), counted in the figures
+    /// above too.
+    pub in_flight: Option<InFlight>,
+}
+
+/// What became of a volatile write at a cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Every sector landed.
+    Kept,
+    /// No sector landed.
+    Lost,
+    /// Each sector landed or not, independently (possibly all or none).
+    Torn,
+}
+
+/// The write in flight at a cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    /// Its number among the run's write commands, from 1.
+    pub write: u64,
+    /// Byte offset and length on the disk.
+    pub offset: u64,
+    pub len: u64,
+    pub fua: bool,
+    pub fate: Fate,
+    /// How many of its 512-byte sectors landed (all when kept, none when
+    /// lost).
+    pub sectors_landed: u64,
 }
 
 /// Counters of the model.
@@ -86,6 +131,9 @@ pub struct PowerCutStats {
     pub flushes: u64,
     /// Bytes written (plain and FUA).
     pub bytes_written: u64,
+    /// Write commands that reached the disk, including failed ones and
+    /// one in flight at a cut: what [`PowerCut::cut_at_write`] counts.
+    pub write_commands: u64,
     /// Operations failed by an injected fault or because the power is off.
     pub failed: u64,
 }
@@ -96,6 +144,22 @@ struct Volatile {
     data: Vec<u8>,
 }
 
+/// A cut timed by the operation stream: at which operation, and its seed.
+#[derive(Clone, Copy, Debug)]
+enum Trigger {
+    /// When operation number `.0` (counted in `stats.ops`) arrives.
+    Op(u64),
+    /// When write command number `.0` (`stats.write_commands`) arrives.
+    Write(u64),
+}
+
+/// The write in flight at a cut by the operation stream.
+struct Pending {
+    write: Volatile,
+    number: u64,
+    fua: bool,
+}
+
 struct Disk {
     current: Vec<u8>,
     durable: Vec<u8>,
@@ -104,8 +168,11 @@ struct Disk {
     volatile: Vec<Volatile>,
     seq: u64,
     faults: Vec<(OpMatch, i32)>,
-    cut_after: Option<(u64, u64)>,
+    trigger: Option<(Trigger, u64)>,
     image: Option<(Vec<u8>, CutReport)>,
+    /// Set when the operation stream cut the power, until the backend has
+    /// told [`PowerCut::on_cut`]'s callback.
+    cut_by_disk: bool,
     stats: PowerCutStats,
 }
 
@@ -126,17 +193,24 @@ impl Disk {
         }
     }
 
-    fn cut(&mut self, seed: u64) -> CutReport {
-        let (image, report) = self.crash_image(seed);
+    fn cut(&mut self, seed: u64, in_flight: Option<Pending>) -> CutReport {
+        self.trigger = None;
+        let (image, report) = self.crash_image(seed, in_flight.as_ref());
         self.image = Some((image, report));
         report
     }
 
-    fn crash_image(&self, seed: u64) -> (Vec<u8>, CutReport) {
+    /// The durable image plus the volatile writes and `in_flight`, each
+    /// kept, lost or torn as `seed` decides.
+    fn crash_image(&self, seed: u64, in_flight: Option<&Pending>) -> (Vec<u8>, CutReport) {
         let mut rng = Rng::new(seed);
         let mut image = self.durable.clone();
-        let mut image_seq = self.durable_seq.clone();
-        let mut order: Vec<usize> = (0..self.volatile.len()).collect();
+        let writes: Vec<&Volatile> = self
+            .volatile
+            .iter()
+            .chain(in_flight.map(|p| &p.write))
+            .collect();
+        let mut order: Vec<usize> = (0..writes.len()).collect();
         for i in (1..order.len()).rev() {
             order.swap(i, rng.below(i as u64 + 1) as usize);
         }
@@ -145,41 +219,96 @@ impl Disk {
             ..CutReport::default()
         };
         for &i in &order {
-            let w = &self.volatile[i];
-            let fate = rng.below(3);
+            let w = writes[i];
             let sectors = w.data.len().div_ceil(SECTOR);
-            let keep: Vec<bool> = match fate {
+            let (fate, keep): (Fate, Vec<bool>) = match rng.below(3) {
                 0 => {
                     report.kept += 1;
-                    vec![true; sectors]
+                    (Fate::Kept, vec![true; sectors])
                 }
                 1 => {
                     report.lost += 1;
-                    continue;
+                    (Fate::Lost, vec![false; sectors])
                 }
                 _ => {
                     report.torn += 1;
-                    (0..sectors).map(|_| rng.below(2) == 0).collect()
+                    (
+                        Fate::Torn,
+                        (0..sectors).map(|_| rng.below(2) == 0).collect(),
+                    )
                 }
             };
+            if let Some(p) = in_flight.filter(|_| i == self.volatile.len()) {
+                report.in_flight = Some(InFlight {
+                    write: p.number,
+                    offset: p.write.offset as u64,
+                    len: p.write.data.len() as u64,
+                    fua: p.fua,
+                    fate,
+                    sectors_landed: keep.iter().filter(|&&k| k).count() as u64,
+                });
+            }
+            // Volatile writes land in the order drawn, so that a later one
+            // of two overlapping writes may or may not win a sector.
             for (j, chunk) in w.data.chunks(SECTOR).enumerate() {
                 let s = w.offset / SECTOR + j;
                 // Older than what a FUA write or flush made durable there:
                 // superseded in the device's cache, cannot land.
                 if keep[j] && w.seq > self.durable_seq[s] {
                     image[s * SECTOR..s * SECTOR + chunk.len()].copy_from_slice(chunk);
-                    image_seq[s] = w.seq;
                 }
             }
         }
         (image, report)
     }
 
+    /// Whether `op`, the operation just counted, is the one an armed
+    /// trigger cuts at.
+    fn triggers(&self, write: bool) -> Option<u64> {
+        match self.trigger {
+            Some((Trigger::Op(n), seed)) if self.stats.ops >= n => Some(seed),
+            Some((Trigger::Write(n), seed)) if write && self.stats.write_commands >= n => {
+                Some(seed)
+            }
+            _ => None,
+        }
+    }
+
     fn execute(&mut self, op: &IoOp) -> i32 {
         self.stats.ops += 1;
-        if let Some((at, seed)) = self.cut_after {
-            if self.stats.ops > at && self.image.is_none() {
-                self.cut(seed);
+        let (off, len) = (op.offset as usize, op.buf.len as usize);
+        let in_range = off
+            .checked_add(len)
+            .is_some_and(|e| e <= self.current.len());
+        let fua = match op.kind {
+            IoKind::Write { fua } => {
+                self.stats.write_commands += 1;
+                Some(fua)
+            }
+            _ => None,
+        };
+        if self.image.is_none() {
+            if let Some(seed) = self.triggers(fua.is_some()) {
+                // The operation reached the disk and the power went before
+                // it completed: a write is in flight, durable or not as the
+                // seed decides, FUA or not.
+                let in_flight = fua.filter(|_| in_range).map(|fua| {
+                    let mut data = vec![0u8; len];
+                    // SAFETY: the poller checked that the buffer lies in the
+                    // served memory, which stays mapped while the poller runs.
+                    unsafe { std::ptr::copy_nonoverlapping(op.buf.ptr, data.as_mut_ptr(), len) };
+                    Pending {
+                        write: Volatile {
+                            seq: self.seq + 1,
+                            offset: off,
+                            data,
+                        },
+                        number: self.stats.write_commands,
+                        fua,
+                    }
+                });
+                self.cut(seed, in_flight);
+                self.cut_by_disk = true;
             }
         }
         let fault = self
@@ -196,8 +325,7 @@ impl Disk {
             self.stats.failed += 1;
             return -errno;
         }
-        let (off, len) = (op.offset as usize, op.buf.len as usize);
-        if op.kind != IoKind::Flush && off.checked_add(len).is_none_or(|e| e > self.current.len()) {
+        if op.kind != IoKind::Flush && !in_range {
             return -libc::EINVAL;
         }
         match op.kind {
@@ -240,9 +368,13 @@ impl Disk {
     }
 }
 
+/// Told of a cut by the operation stream (see [`PowerCut::on_cut`]).
+type CutCallback = Box<dyn FnMut(CutReport) + Send>;
+
 /// The shared handle of a [`PowerCutBackend`]: faults, cuts, the image.
 pub struct PowerCut {
     disk: Mutex<Disk>,
+    on_cut: Mutex<Option<CutCallback>>,
 }
 
 impl PowerCut {
@@ -260,27 +392,56 @@ impl PowerCut {
         self.disk().faults.clear();
     }
 
-    /// Cuts the power now (if not yet cut), with randomness from `seed`.
+    /// Cuts the power now (if not yet cut), with randomness from `seed`:
+    /// between two operations, none in flight.
     pub fn cut(&self, seed: u64) -> CutReport {
         let mut d = self.disk();
         if let Some((_, r)) = &d.image {
             return *r;
         }
-        d.cut(seed)
+        d.cut(seed, None)
     }
 
     /// The disk a power cut with `seed` would leave now, without cutting
     /// (the same as [`PowerCut::cut`] followed by [`PowerCut::image`]).
     pub fn crash_image(&self, seed: u64) -> (Vec<u8>, CutReport) {
-        self.disk().crash_image(seed)
+        self.disk().crash_image(seed, None)
     }
 
-    /// Cuts the power just before the operation after the next `ops`
-    /// operations, with randomness from `seed`.
+    /// Cuts the power when the operation after the next `ops` operations
+    /// reaches the disk, with randomness from `seed`; that operation is in
+    /// flight at the cut (see the module docs). Replaces any cut armed
+    /// before.
     pub fn cut_after(&self, ops: u64, seed: u64) {
         let mut d = self.disk();
-        let at = d.stats.ops + ops;
-        d.cut_after = Some((at, seed));
+        let at = d.stats.ops + ops + 1;
+        d.trigger = Some((Trigger::Op(at), seed));
+    }
+
+    /// Cuts the power when write command number `n` (counted from 1 since
+    /// the model was created, FUA or not, failed ones included:
+    /// [`PowerCutStats::write_commands`]) reaches the disk, with
+    /// randomness from `seed`; that write is in flight at the cut (see the
+    /// module docs). If `n` writes have been issued already, the next
+    /// write cuts. Replaces any cut armed before.
+    pub fn cut_at_write(&self, n: u64, seed: u64) {
+        self.disk().trigger = Some((Trigger::Write(n), seed));
+    }
+
+    /// Calls `f` (on the poller's thread, with no lock of the model held)
+    /// when the operation stream cuts the power ([`PowerCut::cut_after`],
+    /// [`PowerCut::cut_at_write`]), before the operation at the cut or any
+    /// later one is reported complete. Not called for [`PowerCut::cut`].
+    pub fn on_cut(&self, f: impl FnMut(CutReport) + Send + 'static) {
+        *self.on_cut.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
+    }
+
+    /// Drops an armed cut that has not happened; returns what the cut did
+    /// if the power has been cut already.
+    pub fn disarm(&self) -> Option<CutReport> {
+        let mut d = self.disk();
+        d.trigger = None;
+        d.image.as_ref().map(|(_, r)| *r)
     }
 
     /// Whether the power has been cut.
@@ -334,10 +495,12 @@ impl PowerCutBackend {
                 volatile: Vec::new(),
                 seq: 0,
                 faults: Vec::new(),
-                cut_after: None,
+                trigger: None,
                 image: None,
+                cut_by_disk: false,
                 stats: PowerCutStats::default(),
             }),
+            on_cut: Mutex::new(None),
         });
         (
             PowerCutBackend {
@@ -447,6 +610,23 @@ impl Backend for PowerCutBackend {
     fn submit(&mut self) -> io::Result<()> {
         let mut disk = self.shared.disk();
         self.ops.submit(|op| disk.execute(op), false);
+        let cut = std::mem::take(&mut disk.cut_by_disk)
+            .then(|| disk.image.as_ref().map(|(_, r)| *r))
+            .flatten();
+        drop(disk);
+        // Completions are reaped after this returns: the callback hears of
+        // the cut before anyone can see the operation at the cut fail.
+        if let Some(report) = cut {
+            if let Some(f) = self
+                .shared
+                .on_cut
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+            {
+                f(report);
+            }
+        }
         Ok(())
     }
 
@@ -561,5 +741,126 @@ mod tests {
         assert!(!pc.is_cut());
         assert_eq!(run(&mut b, op(IoKind::Read, 0, &mut buf)), -libc::EIO);
         assert!(pc.is_cut());
+    }
+
+    /// A FUA write in flight at the cut has not completed: it is not
+    /// durable, and is kept, lost or torn at 512-byte boundaries like any
+    /// other write not covered by a completed flush or FUA write.
+    #[test]
+    fn a_fua_write_in_flight_at_the_cut_may_be_kept_lost_or_torn() {
+        let fua = IoKind::Write { fua: true };
+        let mut fates = std::collections::BTreeSet::new();
+        let mut partly = false;
+        for seed in 0..64 {
+            let (mut b, pc) = PowerCutBackend::blank(2);
+            let mut ones = vec![1u8; 4096];
+            let mut twos = vec![2u8; 8192];
+            assert_eq!(run(&mut b, op(fua, 0, &mut ones)), 4096);
+            pc.cut_at_write(2, seed);
+            assert_eq!(run(&mut b, op(fua, 0, &mut twos)), -libc::EIO);
+            let (img, r) = pc.image().expect("cut at the second write");
+            let w = r.in_flight.expect("the write at the cut is in flight");
+            assert_eq!((w.write, w.offset, w.len, w.fua), (2, 0, 8192, true));
+            assert_eq!(r.volatile, 1);
+            assert_eq!(r.kept + r.lost + r.torn, 1);
+            let landed: Vec<bool> = (0..16).map(|s| img[s * 512] == 2).collect();
+            // Each sector holds the write in flight or what was durable
+            // before it: the completed FUA write's ones, or zeros.
+            for s in 0..16 {
+                let old = if s < 8 { 1 } else { 0 };
+                let v = img[s * 512];
+                assert!(v == 2 || v == old, "seed {seed} sector {s}: {v}");
+                assert!(img[s * 512..(s + 1) * 512].iter().all(|&b| b == v));
+            }
+            let n = landed.iter().filter(|&&l| l).count() as u64;
+            assert_eq!(w.sectors_landed, n, "seed {seed}");
+            match w.fate {
+                Fate::Kept => assert!(landed.iter().all(|&l| l)),
+                Fate::Lost => assert!(landed.iter().all(|&l| !l)),
+                Fate::Torn => partly |= landed.iter().any(|&l| l) && landed.iter().any(|&l| !l),
+            }
+            fates.insert(w.fate as u8);
+        }
+        assert_eq!(fates.len(), 3, "{fates:?}");
+        assert!(partly, "no seed tore the write in flight");
+    }
+
+    /// `cut_at_write` counts write commands only, cuts at the n-th with
+    /// the earlier volatile writes and the one in flight, runs nothing
+    /// handed over behind it, tells `on_cut` once before the failures are
+    /// reaped, and gives the same image for the same seed.
+    #[test]
+    fn cut_at_write_counts_writes_and_is_deterministic() {
+        let image = |seed: u64| {
+            let w = IoKind::Write { fua: false };
+            let (mut b, pc) = PowerCutBackend::blank(4);
+            let heard = Arc::new(Mutex::new(Vec::new()));
+            let h = heard.clone();
+            pc.on_cut(move |r| h.lock().unwrap().push(r));
+            pc.cut_at_write(3, seed);
+            let mut bufs: Vec<Vec<u8>> = (1..=5).map(|i| vec![i as u8; 4096]).collect();
+            let mut none = [];
+            let mut back = vec![0u8; 4096];
+            assert_eq!(run(&mut b, op(w, 0, &mut bufs[0])), 4096);
+            assert_eq!(run(&mut b, op(IoKind::Flush, 0, &mut none)), 0);
+            assert_eq!(run(&mut b, op(IoKind::Read, 0, &mut back)), 4096);
+            assert_eq!(run(&mut b, op(w, 4096, &mut bufs[1])), 4096);
+            assert!(!pc.is_cut());
+            // One batch: the third write cuts; the fourth, behind it, is
+            // never carried out.
+            let (p2, p3) = bufs[2..4].split_at_mut(1);
+            assert!(b.push(&op(w, 8192, &mut p2[0]), 1));
+            assert!(b.push(&op(w, 12288, &mut p3[0]), 2));
+            b.submit().unwrap();
+            assert_eq!(heard.lock().unwrap().len(), 1, "told before reaping");
+            let mut results = Vec::new();
+            b.reap(|tag, res| results.push((tag, res)));
+            assert_eq!(results, [(1, -libc::EIO), (2, -libc::EIO)]);
+            let (img, r) = pc.image().unwrap();
+            assert_eq!(heard.lock().unwrap().as_slice(), [r]);
+            assert_eq!(r.volatile, 2, "the unflushed write and the one in flight");
+            assert_eq!(r.in_flight.unwrap().write, 3);
+            assert_eq!(r.in_flight.unwrap().offset, 8192);
+            assert!(img[..4096].iter().all(|&b| b == 1), "flushed");
+            assert!(
+                img[12288..].iter().all(|&b| b == 0),
+                "never reached the disk"
+            );
+            assert_eq!(pc.disarm(), Some(r));
+            assert_eq!(pc.stats().write_commands, 4);
+            (img, r)
+        };
+        let a = image(11);
+        assert_eq!(a, image(11));
+        let mut differ = false;
+        for seed in 0..16 {
+            differ |= image(seed).0 != a.0;
+        }
+        assert!(differ, "the seed decides the image");
+    }
+
+    #[test]
+    fn cut_after_counts_operations_and_a_disarmed_cut_never_comes() {
+        let (mut b, pc) = PowerCutBackend::blank(1);
+        let mut buf = vec![7u8; 4096];
+        let mut none = [];
+        pc.cut_after(1, 3);
+        assert_eq!(run(&mut b, op(IoKind::Flush, 0, &mut none)), 0);
+        // The second operation, a FUA write, is in flight at the cut.
+        assert_eq!(
+            run(&mut b, op(IoKind::Write { fua: true }, 0, &mut buf)),
+            -libc::EIO
+        );
+        let r = pc.image().unwrap().1;
+        assert_eq!(r.in_flight.map(|w| (w.write, w.fua)), Some((1, true)));
+        let (mut b, pc) = PowerCutBackend::blank(1);
+        pc.cut_at_write(1, 3);
+        assert_eq!(pc.disarm(), None);
+        assert_eq!(
+            run(&mut b, op(IoKind::Write { fua: true }, 0, &mut buf)),
+            4096
+        );
+        assert!(!pc.is_cut());
+        assert_eq!(pc.current(), buf);
     }
 }
