@@ -21,6 +21,8 @@ extern crate std;
 pub mod fork;
 #[cfg(not(target_os = "none"))]
 mod sys;
+#[cfg(not(target_os = "none"))]
+pub mod uffd;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
