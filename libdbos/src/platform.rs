@@ -306,6 +306,19 @@ pub enum Error {
     Unsupported(&'static str),
     /// A system call failed (process): the call and `errno`.
     Os(&'static str, i32),
+    /// The call could take the process past its limit on memory mappings
+    /// (process: Linux's `vm.max_map_count`), so it was refused before any
+    /// system call: it would need `needed` mappings where the platform may
+    /// use `allowed` of the `limit`.
+    MappingLimit {
+        /// Mappings the platform would hold after the call (or, when a
+        /// platform is created, could hold with every frame mapped apart).
+        needed: u64,
+        /// The share of `limit` the platform may use.
+        allowed: u64,
+        /// The process's limit (`vm.max_map_count`, or the configured one).
+        limit: u64,
+    },
 }
 
 impl fmt::Display for Error {
@@ -322,6 +335,16 @@ impl fmt::Display for Error {
             Error::NoSuchCpu(c) => write!(f, "no CPU {c}"),
             Error::Unsupported(what) => write!(f, "unsupported on this platform: {what}"),
             Error::Os(call, errno) => write!(f, "{call} failed with errno {errno}"),
+            Error::MappingLimit {
+                needed,
+                allowed,
+                limit,
+            } => write!(
+                f,
+                "would need {needed} memory mappings, more than the {allowed} of \
+                 vm.max_map_count = {limit} the platform may use; raise the limit \
+                 (sysctl -w vm.max_map_count=N) or use fewer frames or windows"
+            ),
         }
     }
 }

@@ -12,7 +12,7 @@ use libdbos::platform::{
     Error, Fault, FaultResolution, Frame, PageSize, Platform, Protection, LARGE_PAGE_SIZE,
     PAGE_SIZE,
 };
-use libdbos::process::{Config, ProcessPlatform};
+use libdbos::process::{maps, Config, MapCount, ProcessPlatform};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -790,4 +790,213 @@ fn tlb_shootdowns_are_read_from_proc_interrupts() {
     let a = libdbos::process::tlb_shootdowns().expect("a TLB line in /proc/interrupts");
     let b = libdbos::process::tlb_shootdowns().unwrap();
     assert!(b >= a);
+}
+
+// ---- the limit on memory mappings (vm.max_map_count) ---------------------------
+
+/// A platform allowed 700 of an artificial limit of 800 mappings, with 256
+/// frames (the most it could need is 3 + 3 + 2 * 256 = 518) and a 4 MiB
+/// window; returns it with the window's base and all its frames.
+fn limited() -> (&'static ProcessPlatform, u64, Vec<Frame>) {
+    let p = ProcessPlatform::new(Config {
+        frames: 256,
+        cpus: 1,
+        max_map_count: Some(800),
+        ..Config::default()
+    })
+    .unwrap();
+    // The platform: its direct map, one worker stack and guard.
+    assert_eq!(
+        p.map_count(),
+        MapCount {
+            charged: 3,
+            allowed: 700,
+            limit: 800
+        }
+    );
+    let w = p.reserve(2 * LARGE_PAGE_SIZE).unwrap();
+    assert_eq!(p.map_count().charged, 6);
+    let frames: Vec<Frame> = (0..256)
+        .map(|_| p.alloc_frame(PageSize::Small).unwrap())
+        .collect();
+    (p, w.base, frames)
+}
+
+/// The kernel's mappings (VMAs) overlapping `base..base + len`.
+fn vmas_in(base: u64, len: u64) -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            let range = line.split_whitespace().next().unwrap();
+            let (start, end) = range.split_once('-').unwrap();
+            let start = u64::from_str_radix(start, 16).unwrap();
+            let end = u64::from_str_radix(end, 16).unwrap();
+            start < base + len && end > base
+        })
+        .count()
+}
+
+#[test]
+fn scattered_maps_stop_at_the_mapping_limit() {
+    let (p, base, frames) = limited();
+    let page = |i: u64| base + i * PAGE_SIZE;
+    // Every other page, so that no two mappings merge: 2 VMAs each.
+    let fits = (700 - 6) / 2;
+    assert_eq!(fits, 347);
+    for i in 0..fits {
+        p.map(
+            page(2 * i),
+            frames[(i % 256) as usize],
+            PageSize::Small,
+            Protection::ReadWrite,
+        )
+        .unwrap();
+    }
+    assert_eq!(p.map_count().charged, 700);
+    // The kernel holds 347 mappings and the 347 holes after them.
+    let window_len = 2 * LARGE_PAGE_SIZE;
+    assert_eq!(vmas_in(base, window_len), 694);
+    // The next map is refused before any system call: nothing half-mapped.
+    let next = page(2 * fits);
+    let refused = p.map(next, frames[0], PageSize::Small, Protection::ReadWrite);
+    assert_eq!(
+        refused,
+        Err(Error::MappingLimit {
+            needed: 702,
+            allowed: 700,
+            limit: 800
+        })
+    );
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains("vm.max_map_count = 800"), "{message}");
+    assert!(message.contains("sysctl -w vm.max_map_count="), "{message}");
+    assert_eq!(p.translate(next), None);
+    assert_eq!(p.map_count().charged, 700);
+    assert_eq!(vmas_in(base, window_len), 694);
+    // So is a new window.
+    assert_eq!(
+        p.reserve(LARGE_PAGE_SIZE).err(),
+        Some(Error::MappingLimit {
+            needed: 703,
+            allowed: 700,
+            limit: 800
+        })
+    );
+    // Unmapping gives the charge back, and then the page maps.
+    assert_eq!(p.unmap(page(0), PageSize::Small).unwrap().frame, frames[0]);
+    assert_eq!(p.map_count().charged, 698);
+    p.map(next, frames[0], PageSize::Small, Protection::ReadWrite)
+        .unwrap();
+    assert_eq!(p.translate(next), Some(frames[0]));
+    assert_eq!(p.map_count().charged, 700);
+    // Writes through the mapping reach the frame.
+    // SAFETY: `next` is mapped read-write to `frames[0]`.
+    unsafe { *(next as *mut u64) = 5 };
+    // SAFETY: `frames[0]` is allocated.
+    assert_eq!(unsafe { *(p.frame_ptr(frames[0]) as *const u64) }, 5);
+}
+
+#[test]
+fn unmap_and_protect_inside_a_merged_run_succeed_at_the_limit() {
+    let (p, base, frames) = limited();
+    let page = |i: u64| base + i * PAGE_SIZE;
+    // Consecutive frames at consecutive pages: the kernel merges them into
+    // one mapping, charged 2 each all the same.
+    for (i, &f) in frames.iter().enumerate() {
+        p.map(page(i as u64), f, PageSize::Small, Protection::ReadWrite)
+            .unwrap();
+    }
+    assert_eq!(p.map_count().charged, 6 + 512);
+    // Fill the rest of the allowance with scattered aliases of frame 0.
+    for k in 0..91 {
+        p.map(
+            page(258 + 2 * k),
+            frames[0],
+            PageSize::Small,
+            Protection::ReadOnly,
+        )
+        .unwrap();
+    }
+    assert_eq!(p.map_count().charged, 700);
+    let window_len = 2 * LARGE_PAGE_SIZE;
+    // The run, the hole after it, then 91 mappings and their holes.
+    assert_eq!(vmas_in(base, window_len), 1 + 1 + 91 + 91);
+    assert!(matches!(
+        p.map(
+            page(1000),
+            frames[1],
+            PageSize::Small,
+            Protection::ReadWrite
+        ),
+        Err(Error::MappingLimit { needed: 702, .. })
+    ));
+    // Unmapping a page in the middle of the run splits it in the kernel (2
+    // more VMAs) but stays within the charge: it is never refused.
+    assert_eq!(
+        p.unmap(page(128), PageSize::Small).unwrap().frame,
+        frames[128]
+    );
+    assert_eq!(p.translate(page(128)), None);
+    assert_eq!(p.translate(page(127)), Some(frames[127]));
+    assert_eq!(p.translate(page(129)), Some(frames[129]));
+    assert_eq!(vmas_in(base, window_len), 186);
+    assert_eq!(p.map_count().charged, 698);
+    p.map(
+        page(1000),
+        frames[1],
+        PageSize::Small,
+        Protection::ReadWrite,
+    )
+    .unwrap();
+    assert_eq!(p.map_count().charged, 700);
+    // So does a protection change in the middle of a run (another split).
+    p.protect(page(64), PageSize::Small, Protection::ReadOnly)
+        .unwrap();
+    assert_eq!(vmas_in(base, window_len), 186 + 2 + 2);
+    assert_eq!(p.map_count().charged, 700);
+    assert!(vmas_in(base, window_len) as u64 <= 700 - 3);
+}
+
+#[test]
+fn configurations_beyond_the_mapping_limit_are_refused() {
+    // 512 frames mapped apart could need 3 + 3 + 1024 mappings.
+    let refused = ProcessPlatform::new(Config {
+        frames: 512,
+        cpus: 1,
+        max_map_count: Some(800),
+        ..Config::default()
+    });
+    assert_eq!(
+        refused.err(),
+        Some(Error::MappingLimit {
+            needed: 1030,
+            allowed: 700,
+            limit: 800
+        })
+    );
+    // The most frames that fit: 3 + 3 + 2 * 347 = 700.
+    let p = ProcessPlatform::new(Config {
+        frames: 347,
+        cpus: 1,
+        max_map_count: Some(800),
+        ..Config::default()
+    })
+    .unwrap();
+    assert_eq!(p.map_count().allowed, 700);
+    // A limit above the system's is the system's.
+    let system = maps::system_limit();
+    let q = ProcessPlatform::new(Config {
+        frames: 16,
+        cpus: 1,
+        max_map_count: Some(u64::MAX),
+        ..Config::default()
+    })
+    .unwrap();
+    assert_eq!(q.map_count().limit, system);
+    // The default configuration fits the system's limit (65,530 by default)
+    // with room to spare.
+    assert!(
+        maps::worst_case(Config::default().frames, Config::default().cpus) <= maps::allowed(system)
+    );
 }

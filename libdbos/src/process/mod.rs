@@ -67,6 +67,7 @@ pub mod cpus;
 pub mod faults;
 pub mod frames;
 pub mod interrupts;
+pub mod maps;
 pub mod windows;
 
 pub use counters::tlb_shootdowns;
@@ -102,6 +103,11 @@ pub struct Config {
     pub pin: bool,
     /// Total bytes of windows the platform may reserve.
     pub address_space: u64,
+    /// A lower limit on the process's memory mappings than
+    /// `vm.max_map_count` for this platform (for tests); `None` (the
+    /// default) uses the sysctl. A value above the sysctl's is ignored. See
+    /// [`maps`].
+    pub max_map_count: Option<u64>,
 }
 
 impl Default for Config {
@@ -112,6 +118,7 @@ impl Default for Config {
             cpus: 2,
             pin: true,
             address_space: 1 << 44,
+            max_map_count: None,
         }
     }
 }
@@ -126,6 +133,18 @@ pub struct ProcessPlatform {
     fault_hook: HookCell<FaultHook>,
     interrupts: Interrupts,
     reserved: AtomicU64,
+    maps: maps::Account,
+}
+
+/// How many memory mappings a platform is charged, and may be (see [`maps`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapCount {
+    /// The platform's charge: an upper bound on the kernel VMAs it holds.
+    pub charged: u64,
+    /// The most it may be charged: 7/8 of `limit`.
+    pub allowed: u64,
+    /// The limit: `vm.max_map_count`, or the lower `Config::max_map_count`.
+    pub limit: u64,
 }
 
 static PLATFORMS: [AtomicPtr<ProcessPlatform>; MAX_PLATFORMS] =
@@ -143,19 +162,46 @@ fn platform_by_id(id: usize) -> Option<&'static ProcessPlatform> {
 impl ProcessPlatform {
     /// Creates a platform: the memory file, the worker threads, and (once
     /// per process) the signal handlers. It lives until the process exits.
+    ///
+    /// Refuses with [`Error::MappingLimit`] a configuration that could need
+    /// more memory mappings than `vm.max_map_count` allows (see [`maps`]):
+    /// one window with every frame mapped as a separate small page.
     pub fn new(config: Config) -> Result<&'static ProcessPlatform, Error> {
         if config.cpus == 0 {
             return Err(Error::NoSuchCpu(0));
         }
-        install_handlers()?;
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        if id >= MAX_PLATFORMS {
-            return Err(Error::Unsupported(
-                "more than MAX_PLATFORMS process platforms",
-            ));
+        let system = maps::system_limit();
+        let limit = config.max_map_count.map_or(system, |l| l.min(system));
+        let worst = maps::worst_case(config.frames, config.cpus);
+        if worst > maps::allowed(limit) {
+            return Err(Error::MappingLimit {
+                needed: worst,
+                allowed: maps::allowed(limit),
+                limit,
+            });
         }
-        let frames = Frames::new(config.frames)?;
-        let pool = Pool::start(id, config.cpus, config.pin)?;
+        let account = maps::Account::new(limit);
+        let base = maps::platform_base(config.cpus);
+        account.charge(base)?;
+        let parts = (|| {
+            install_handlers()?;
+            let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+            if id >= MAX_PLATFORMS {
+                return Err(Error::Unsupported(
+                    "more than MAX_PLATFORMS process platforms",
+                ));
+            }
+            let frames = Frames::new(config.frames)?;
+            let pool = Pool::start(id, config.cpus, config.pin)?;
+            Ok((id, frames, pool))
+        })();
+        let (id, frames, pool) = match parts {
+            Ok(parts) => parts,
+            Err(e) => {
+                account.release(base);
+                return Err(e);
+            }
+        };
         let platform: &'static ProcessPlatform = Box::leak(Box::new(ProcessPlatform {
             id,
             config,
@@ -165,6 +211,7 @@ impl ProcessPlatform {
             fault_hook: HookCell::new(),
             interrupts: Interrupts::new(config.cpus),
             reserved: AtomicU64::new(0),
+            maps: account,
         }));
         PLATFORMS[id].store(
             platform as *const ProcessPlatform as *mut ProcessPlatform,
@@ -187,6 +234,16 @@ impl ProcessPlatform {
     /// Size of the memory file in bytes.
     pub fn memory_bytes(&self) -> u64 {
         self.frames.bytes()
+    }
+
+    /// The platform's charge of memory mappings and its allowance.
+    pub fn map_count(&self) -> MapCount {
+        let own = self.maps.own();
+        MapCount {
+            charged: own.used(),
+            allowed: own.allowed(),
+            limit: own.limit(),
+        }
     }
 
     fn cpu_count_internal(&self) -> usize {
@@ -237,6 +294,10 @@ impl Platform for ProcessPlatform {
             self.reserved.fetch_sub(rounded, Ordering::Relaxed);
             return Err(Error::OutOfAddressSpace(len));
         }
+        if let Err(e) = self.maps.charge(maps::PER_WINDOW) {
+            self.reserved.fetch_sub(rounded, Ordering::Relaxed);
+            return Err(e);
+        }
         match windows::reserve(self.id, rounded) {
             Ok(w) => Ok(Window {
                 base: w.base,
@@ -244,6 +305,7 @@ impl Platform for ProcessPlatform {
             }),
             Err(e) => {
                 self.reserved.fetch_sub(rounded, Ordering::Relaxed);
+                self.maps.release(maps::PER_WINDOW);
                 Err(e)
             }
         }
@@ -279,7 +341,11 @@ impl Platform for ProcessPlatform {
                 libc::EINVAL,
             ));
         }
-        w.map(page, frame, size, prot, self.frames.fd())?;
+        self.maps.charge(maps::PER_PAGE)?;
+        if let Err(e) = w.map(page, frame, size, prot, self.frames.fd()) {
+            self.maps.release(maps::PER_PAGE);
+            return Err(e);
+        }
         self.count(Event::PteWrite, 1);
         Ok(())
     }
@@ -288,6 +354,7 @@ impl Platform for ProcessPlatform {
     /// state to the process (see the module docs).
     fn unmap(&self, page: u64, size: PageSize) -> Result<Unmapped, Error> {
         let frame = self.window_of(page, size)?.unmap(page, size)?;
+        self.maps.release(maps::PER_PAGE);
         self.count(Event::PteWrite, 1);
         self.count(Event::LocalInvalidation, 1);
         Ok(Unmapped {
