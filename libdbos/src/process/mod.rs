@@ -15,6 +15,7 @@
 //! | CPUs | a pool of worker threads, one per configured CPU ([`cpus`]) |
 //! | timer, IPIs | POSIX timers and queued real-time signals ([`interrupts`]) |
 //! | event counters | per-CPU atomics; shootdowns from `/proc/interrupts` ([`counters`]) |
+//! | `vm.max_map_count` | every window and mapped page charged against it before the system call ([`maps`]) |
 //!
 //! A platform is created with [`ProcessPlatform::new`] and lives for the rest
 //! of the process (`&'static`): the signal handlers find it, its windows and
@@ -53,6 +54,32 @@
 //! (`invalidate_all` = 1 local + `cpu_count - 1` remote invalidations, no
 //! IPI sent by the library). Counted figures per operation are in the crate's
 //! `docs/costs.md`.
+//!
+//! **The limit on memory mappings.** Each mapped page that does not continue
+//! its neighbour's mapping is a kernel VMA, and Linux refuses a process more
+//! than `vm.max_map_count` of them (65,530 by default; `ENOMEM` from `mmap`,
+//! which used to come after ~32,000 scattered mappings, in `map` and in an
+//! `unmap` that splits a mapping). The platform cannot choose where a caller
+//! maps which frame, so rather than hoping the kernel merges neighbours it
+//! keeps a bound that holds whatever the layout ([`maps`]): a window with `m`
+//! mapped pages holds at most `2m + 1` VMAs, so each window is charged 3 and
+//! each mapped page 2, against 7/8 of the limit (the rest is headroom for the
+//! rest of the process). Then:
+//! - `map` and `reserve` that would pass the allowance fail with
+//!   [`Error::MappingLimit`] before any system call, with nothing changed;
+//! - `unmap` and `protect` only lower the charge or keep it, and the bound
+//!   covers the split they may cause, so they never fail for the limit:
+//!   eviction cannot stop half-way;
+//! - [`ProcessPlatform::new`] refuses, with the same error, a configuration
+//!   whose frames, each mapped apart in one window, could pass the allowance
+//!   (about 28,660 frames, 112 MiB, with the default limit): raise
+//!   `vm.max_map_count` for larger memory files.
+//!
+//! The bound is pessimistic for pools that map consecutive frames at
+//! consecutive pages (the kernel merges those into one VMA) and for large
+//! pages; it is what makes the check one atomic add, exact under concurrent
+//! edits of neighbouring pages and async-signal-safe.
+//! [`ProcessPlatform::map_count`] reports the charge and the allowance.
 //!
 //! **Signal context.** The fault, timer and IPI hooks run in signal handlers.
 //! There they may call `map`, `unmap`, `protect`, `translate`,

@@ -25,8 +25,10 @@
 //!
 //! Each mapped page that is not contiguous with its neighbours (in the file
 //! and in protection) is a separate kernel VMA, and Linux limits a process to
-//! `vm.max_map_count` VMAs (65530 by default): past that, `map` fails with
-//! `Error::Os("mmap", ENOMEM)`. Raise the sysctl for large buffer pools.
+//! `vm.max_map_count` VMAs (65530 by default). The platform charges every
+//! window and mapped page against that limit before the system call (see
+//! [`maps`](super::maps)), so `map` and `reserve` fail with
+//! `Error::MappingLimit` instead of `ENOMEM`, and `unmap` never fails for it.
 
 use super::last_errno;
 use crate::hook::ContextHookCell;
