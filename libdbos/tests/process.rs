@@ -246,6 +246,38 @@ fn child() {
             unsafe { std::ptr::write_volatile((page + 16) as *mut u64, 1) };
             unreachable!("the write to a read-only page did not fault");
         }
+        "real-limit" => {
+            // Scattered maps of one frame with the real vm.max_map_count:
+            // they stop with MappingLimit, before the kernel's ENOMEM.
+            let allowed = p.map_count().allowed;
+            let w = p.reserve(2 * allowed * PAGE_SIZE).unwrap();
+            let f = p.alloc_frame(PageSize::Small).unwrap();
+            let mut mapped = 0;
+            let refused = loop {
+                match p.map(w.page(2 * mapped), f, PageSize::Small, Protection::ReadOnly) {
+                    Ok(()) => mapped += 1,
+                    Err(e) => break e,
+                }
+            };
+            assert!(matches!(refused, Error::MappingLimit { .. }), "{refused}");
+            assert!(p.map_count().charged + 2 > allowed);
+            let vmas = std::fs::read_to_string("/proc/self/maps")
+                .unwrap()
+                .lines()
+                .count() as u64;
+            assert!(vmas < p.map_count().limit, "{vmas} VMAs");
+            // Merge two mappings into one run, then split it again with an
+            // unmap in its middle: not refused.
+            p.map(w.page(1), f, PageSize::Small, Protection::ReadOnly)
+                .unwrap_err();
+            let g = p.alloc_frame(PageSize::Small).unwrap();
+            p.unmap(w.page(2), PageSize::Small).unwrap();
+            p.map(w.page(1), g, PageSize::Small, Protection::ReadOnly)
+                .unwrap();
+            p.unmap(w.page(1), PageSize::Small).unwrap();
+            eprintln!("refused after {mapped} maps with {vmas} VMAs: {refused}");
+            std::process::exit(0);
+        }
         other => panic!("unknown child action {other}"),
     };
     // SAFETY: deliberately faults (the parent expects the child to die).
@@ -999,4 +1031,12 @@ fn configurations_beyond_the_mapping_limit_are_refused() {
     assert!(
         maps::worst_case(Config::default().frames, Config::default().cpus) <= maps::allowed(system)
     );
+}
+
+#[test]
+fn real_limit_is_reached_with_mapping_limit_not_enomem() {
+    let (status, stderr) = run_child("real-limit");
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("refused after"), "{stderr}");
+    assert!(stderr.contains("vm.max_map_count"), "{stderr}");
 }
