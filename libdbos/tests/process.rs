@@ -266,8 +266,9 @@ fn child() {
                 .lines()
                 .count() as u64;
             assert!(vmas < p.map_count().limit, "{vmas} VMAs");
-            // Merge two mappings into one run, then split it again with an
-            // unmap in its middle: not refused.
+            // At the limit, a map is refused; an unmap is not and makes room
+            // for one more map (the next frame after `f`, at the page after
+            // page 0, so the kernel merges the two), which unmaps again.
             p.map(w.page(1), f, PageSize::Small, Protection::ReadOnly)
                 .unwrap_err();
             let g = p.alloc_frame(PageSize::Small).unwrap();
