@@ -28,7 +28,7 @@ enum Command {
     /// Boot a guest image and run it until it exits.
     ///
     /// Guest console lines are printed on stdout, prefixed by the vCPU that
-    /// wrote them ("[vcpu0] ..."); how the guest stopped, and VM-exit counts,
+    /// wrote them (`[vcpu0] ...`); how the guest stopped, and VM-exit counts,
     /// go to stderr.
     #[command(after_help = exit_statuses())]
     Run(RunArgs),

@@ -1,7 +1,7 @@
 //! One vCPU: its initial register state and its run loop.
 //!
 //! The loop runs `KVM_RUN`, serves hypercall exits through the
-//! [`hypercall::Server`](crate::hypercall::Server), counts every exit, and
+//! [`hypercall::Services`], counts every exit, and
 //! turns anything unexpected (triple fault, emulation failure, an unknown
 //! port, MMIO with no device) into a [`GuestExit::Crashed`] with the vCPU's
 //! RIP and a register dump.

@@ -6,7 +6,7 @@
 //! the full register state and call hooks the database registers, a heap, a
 //! frame allocator and page-table access, and a `log` backend and panic
 //! handler that go through hypercalls. A guest program provides its entry
-//! point with [`entry!`].
+//! point with the `entry!` macro (guest builds only).
 //!
 //! Built for the host, it is the process-mode implementation of the same
 //! privileged API ([`process`]), and the target-independent helpers

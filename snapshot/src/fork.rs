@@ -6,9 +6,9 @@
 //! copies every page-table entry of the heap (its cost grows with the heap)
 //! and every later first write to a page in the parent takes a copy-on-write
 //! fault. [`ForkHeap::take`] forks one child per snapshot; the parent reads
-//! the view through a request protocol: it writes a [`Request`] to the
+//! the view through a request protocol: it writes a `Request` to the
 //! child's request pipe, the child copies the range into a `MAP_SHARED`
-//! buffer (or computes its checksum) and answers with a [`Reply`] on the
+//! buffer (or computes its checksum) and answers with a `Reply` on the
 //! reply pipe. Releasing a snapshot kills the child (`SIGKILL`) and reaps it.
 //!
 //! # Why the child is safe in a multi-threaded process
@@ -16,7 +16,7 @@
 //! After `fork()` in a multi-threaded process the child has only the forking
 //! thread; locks held by the other threads (the allocator's among them) stay
 //! locked forever, so the child may only do async-signal-safe work. The
-//! child runs [`child_serve`], which only: calls `prctl`, `getppid`, `read`,
+//! child runs `child_serve`, which only: calls `prctl`, `getppid`, `read`,
 //! `write` and `_exit` (raw syscalls, async-signal-safe), copies memory with
 //! `ptr::copy_nonoverlapping`, and runs [`Checksum::update`] (a loop over
 //! bytes). It allocates nothing, takes no lock, never panics (all arithmetic

@@ -6,7 +6,7 @@
 //! - A hit is a latch load plus a load at a computed address: no lookup.
 //! - A miss latches the page exclusively (Evicted -> Exclusive), takes a
 //!   free resident slot (evicting a batch if none is free), reads the page
-//!   and copies it to its address (see [`IoQueues`] for why a bounce
+//!   and copies it to its address (see [`IoQueues`](super::IoQueues) for why a bounce
 //!   buffer), checking its identity.
 //! - Eviction is a clock over the resident slots (Unlocked -> Marked ->
 //!   victim); a batch of victims is latched exclusively, the dirty ones are

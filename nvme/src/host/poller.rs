@@ -2,7 +2,7 @@
 //!
 //! One poller thread serves any number of queue pairs over one
 //! [`DmaMemory`] and one [`Backend`]. Each turn it reads every queue's
-//! shadow SQ tail, validates new entries ([`super::command`]), hands valid
+//! shadow SQ tail, validates new entries (the `command` module), hands valid
 //! ones to the backend as operations, posts an error completion for invalid
 //! ones, and posts the completion of every command whose operations have
 //! all finished.
