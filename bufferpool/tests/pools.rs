@@ -27,18 +27,18 @@ struct WriteRecord {
     page: PageId,
     /// The page LSN in the written image.
     lsn: Lsn,
-    /// How far the fake log was durable when the write was submitted.
+    /// How far the log was durable when the write was submitted.
     durable: Lsn,
 }
 
 struct Disk {
     bytes: Mutex<Vec<u8>>,
     writes: Mutex<Vec<WriteRecord>>,
-    log: Arc<FakeLog>,
+    log: Arc<RecordingLog>,
 }
 
 impl Disk {
-    fn new(pages: usize, log: Arc<FakeLog>) -> Arc<Disk> {
+    fn new(pages: usize, log: Arc<RecordingLog>) -> Arc<Disk> {
         Arc::new(Disk {
             bytes: Mutex::new(vec![0; pages * PAGE_SIZE]),
             writes: Mutex::new(Vec::new()),
@@ -152,16 +152,16 @@ unsafe impl BlockDevice for MemDevice {
     }
 }
 
-/// A log that becomes durable exactly as far as it is asked, and records
-/// every request; it can be told to fail.
+/// A [`Durability`] that records every request and how far it has made
+/// the log durable: exactly as far as it is asked, unless told to fail.
 #[derive(Default)]
-struct FakeLog {
+struct RecordingLog {
     durable: AtomicU64,
     requests: Mutex<Vec<Lsn>>,
     fail: AtomicBool,
 }
 
-impl Durability for FakeLog {
+impl Durability for RecordingLog {
     fn ensure_durable(&self, lsn: Lsn) -> Result<(), DurabilityError> {
         self.requests.lock().unwrap().push(lsn);
         if self.fail.load(Ordering::SeqCst) {
@@ -182,7 +182,7 @@ enum Kind {
 
 const KINDS: [Kind; 2] = [Kind::VmCache, Kind::Hash];
 
-fn config(capacity: usize, log: &Arc<FakeLog>, batch: usize) -> PoolConfig {
+fn config(capacity: usize, log: &Arc<RecordingLog>, batch: usize) -> PoolConfig {
     PoolConfig {
         capacity,
         allocated: 0,
@@ -199,8 +199,8 @@ fn pool(
     capacity: usize,
     disk_pages: usize,
     queues: usize,
-) -> (Box<dyn BufferManager>, Arc<Disk>, Arc<FakeLog>) {
-    let log = Arc::new(FakeLog::default());
+) -> (Box<dyn BufferManager>, Arc<Disk>, Arc<RecordingLog>) {
+    let log = Arc::new(RecordingLog::default());
     let disk = Disk::new(disk_pages, log.clone());
     let devs = (0..queues).map(|_| MemDevice::new(&disk)).collect();
     let cfg = config(capacity, &log, 8);
@@ -411,7 +411,7 @@ fn optimistic_reads_of_evicted_pages_fail_validation_without_faulting() {
 
 #[test]
 fn vmcache_window_stays_one_mapping() {
-    let log = Arc::new(FakeLog::default());
+    let log = Arc::new(RecordingLog::default());
     let disk = Disk::new(4096, log.clone());
     let p = VmCache::new(vec![MemDevice::new(&disk)], config(16, &log, 8)).unwrap();
     for i in 0..600u64 {
@@ -736,7 +736,7 @@ fn btree_on_the_process_nvme_device() {
             block_device(&dev, 16).unwrap(),
             block_device(&dev, 16).unwrap(),
         ];
-        let log = Arc::new(FakeLog::default());
+        let log = Arc::new(RecordingLog::default());
         let cfg = config(24, &log, 8);
         match kind {
             Kind::VmCache => model_run(&VmCache::new(devs, cfg).unwrap(), 3, 3000),
