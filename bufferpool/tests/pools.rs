@@ -7,6 +7,7 @@ mod common;
 
 use dbos_bufferpool::btree::{BTree, TreeError, MAX_ENTRY};
 use dbos_bufferpool::device::{BlockDevice, DeviceError, Io, IoBuf, IoKind, IoTag};
+use dbos_bufferpool::fuzzing::{self, MemDisk};
 use dbos_bufferpool::page::{self, PageCheck};
 use dbos_bufferpool::pool::hash::HashPool;
 use dbos_bufferpool::pool::vmcache::{PoolConfig, VmCache};
@@ -14,8 +15,7 @@ use dbos_bufferpool::pool::{
     BufferManager, Durability, DurabilityError, PageRead, Pool, PoolError, Stale,
 };
 use dbos_bufferpool::{Lsn, PageId, PAGE_SIZE};
-use dbos_nvme::DmaAddr;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -32,7 +32,7 @@ struct WriteRecord {
 }
 
 struct Disk {
-    bytes: Mutex<Vec<u8>>,
+    mem: Arc<MemDisk>,
     writes: Mutex<Vec<WriteRecord>>,
     log: Arc<RecordingLog>,
 }
@@ -40,115 +40,78 @@ struct Disk {
 impl Disk {
     fn new(pages: usize, log: Arc<RecordingLog>) -> Arc<Disk> {
         Arc::new(Disk {
-            bytes: Mutex::new(vec![0; pages * PAGE_SIZE]),
+            mem: MemDisk::new(vec![0; pages * PAGE_SIZE]),
             writes: Mutex::new(Vec::new()),
             log,
         })
     }
     fn page(&self, id: u64) -> Vec<u8> {
-        let b = self.bytes.lock().unwrap();
-        b[id as usize * PAGE_SIZE..(id as usize + 1) * PAGE_SIZE].to_vec()
+        let at = id as usize * PAGE_SIZE;
+        self.mem.with(|b| b[at..at + PAGE_SIZE].to_vec())
     }
     fn set_page(&self, id: u64, img: &[u8]) {
-        let mut b = self.bytes.lock().unwrap();
-        b[id as usize * PAGE_SIZE..(id as usize + 1) * PAGE_SIZE].copy_from_slice(img);
+        let at = id as usize * PAGE_SIZE;
+        self.mem
+            .with(|b| b[at..at + PAGE_SIZE].copy_from_slice(img));
     }
 }
 
-/// A BlockDevice on a `Disk`: requests complete at submission.
+/// The in-memory device on a `Disk` that also records every page write
+/// with the log's durable LSN at submission.
 struct MemDevice {
     disk: Arc<Disk>,
-    done: VecDeque<(IoTag, Result<(), DeviceError>)>,
-    tag: IoTag,
-    bufs: Vec<(*mut u8, std::alloc::Layout)>,
+    inner: fuzzing::MemDevice,
 }
-
-// SAFETY: the buffers are owned by the device and only touched through it.
-unsafe impl Send for MemDevice {}
 
 impl MemDevice {
     fn new(disk: &Arc<Disk>) -> MemDevice {
         MemDevice {
             disk: disk.clone(),
-            done: VecDeque::new(),
-            tag: 0,
-            bufs: Vec::new(),
+            inner: fuzzing::MemDevice::new(&disk.mem),
         }
     }
 }
 
-impl Drop for MemDevice {
-    fn drop(&mut self) {
-        for &(p, l) in &self.bufs {
-            // SAFETY: allocated in `alloc` with this layout; the pool that
-            // used the buffers is gone (it owns this device).
-            unsafe { std::alloc::dealloc(p, l) };
-        }
-    }
-}
-
-// SAFETY: buffers are fresh heap allocations of the requested size, 4 KiB
-// aligned, owned until drop; "device addresses" are host addresses, and
-// the device touches them only inside `submit`.
+// SAFETY: every request goes to the inner device, which keeps the
+// contract; the recording only reads a write's buffer at submission.
 unsafe impl BlockDevice for MemDevice {
     fn block_count(&self) -> u64 {
-        (self.disk.bytes.lock().unwrap().len() / PAGE_SIZE) as u64
+        self.inner.block_count()
     }
 
     fn alloc(&mut self, blocks: usize) -> Result<IoBuf, DeviceError> {
-        let layout = std::alloc::Layout::from_size_align(blocks * PAGE_SIZE, 4096).unwrap();
-        // SAFETY: the layout has non-zero size.
-        let p = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!p.is_null());
-        self.bufs.push((p, layout));
-        Ok(IoBuf {
-            ptr: p,
-            addr: DmaAddr(p as u64),
-            blocks,
-        })
+        self.inner.alloc(blocks)
     }
 
     fn submit(&mut self, io: &Io) -> Result<IoTag, DeviceError> {
-        let len = io.blocks as usize * PAGE_SIZE;
-        let at = io.lba as usize * PAGE_SIZE;
-        let mut disk = self.disk.bytes.lock().unwrap();
-        if at + len > disk.len() {
+        if io.lba + io.blocks as u64 > self.block_count() {
             return Err(DeviceError::LbaOutOfRange);
         }
-        let ptr = io.addr.0 as *mut u8;
-        match io.kind {
-            IoKind::Read => {
-                // SAFETY: io.addr is a buffer from `alloc` of at least len bytes.
-                let buf = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
-                buf.copy_from_slice(&disk[at..at + len]);
+        if matches!(io.kind, IoKind::Write | IoKind::WriteFua) {
+            // SAFETY: io.addr is a live buffer from `alloc` ("device
+            // addresses" are host addresses) of at least `blocks` pages.
+            let buf = unsafe {
+                std::slice::from_raw_parts(io.addr.0 as *const u8, io.blocks as usize * PAGE_SIZE)
+            };
+            let durable = Lsn(self.disk.log.durable.load(Ordering::SeqCst));
+            let mut w = self.disk.writes.lock().unwrap();
+            for (i, img) in buf.chunks(PAGE_SIZE).enumerate() {
+                w.push(WriteRecord {
+                    page: PageId(io.lba + i as u64),
+                    lsn: page::page_lsn(img),
+                    durable,
+                });
             }
-            IoKind::Write | IoKind::WriteFua => {
-                // SAFETY: as above.
-                let buf = unsafe { std::slice::from_raw_parts(ptr, len) };
-                let durable = Lsn(self.disk.log.durable.load(Ordering::SeqCst));
-                let mut w = self.disk.writes.lock().unwrap();
-                for (i, img) in buf.chunks(PAGE_SIZE).enumerate() {
-                    w.push(WriteRecord {
-                        page: PageId(io.lba + i as u64),
-                        lsn: page::page_lsn(img),
-                        durable,
-                    });
-                }
-                disk[at..at + len].copy_from_slice(buf);
-            }
-            IoKind::Flush => {}
         }
-        self.tag = self.tag.wrapping_add(1);
-        self.done.push_back((self.tag, Ok(())));
-        Ok(self.tag)
+        self.inner.submit(io)
     }
 
     fn poll(&mut self) -> Option<(IoTag, Result<(), DeviceError>)> {
-        self.done.pop_front()
+        self.inner.poll()
     }
 
     fn in_flight(&self) -> usize {
-        self.done.len()
+        self.inner.in_flight()
     }
 }
 
