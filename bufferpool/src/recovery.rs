@@ -33,7 +33,7 @@ use crate::control::Layout;
 use crate::control::CONTROL_BLOCKS;
 use crate::device::{BlockDevice, DmaBytes};
 use crate::engine::{check_fits, Config, Engine, Error, RecordProblem};
-use crate::log::{lsn_advance, read_tail, scan, LogDamage, LogGeometry, ScanError, ScanStop};
+use crate::log::{lsn_advance, read_tail, scan, LogDamage, ScanError, ScanStop};
 use crate::page::{page_lsn, set_page_lsn, PageCheck};
 use crate::record::Record;
 use crate::store::{PageStore, StoreIo};
@@ -231,12 +231,7 @@ fn recover<D: BlockDevice>(
             c => Some(*c),
         })
         .collect();
-    let geo = LogGeometry {
-        start_lba: layout.log_start(),
-        blocks: layout.log_blocks,
-        format_id: control.format_id,
-        epoch: control.epoch,
-    };
+    let geo = control.log_geometry();
     let mut buf = DmaBytes::new(log_dev.alloc(SCAN_BLOCKS)?);
     let mut pending: Vec<Pending> = Vec::new();
     // Where the log continues: after the last commit record.
