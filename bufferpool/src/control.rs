@@ -39,7 +39,7 @@
 
 use crate::checksum::crc32c;
 use crate::device::BLOCK_SIZE;
-use crate::log::{SECTOR, SECTOR_HEADER};
+use crate::log::{LogGeometry, SECTOR, SECTOR_HEADER};
 use crate::{Lsn, PageId};
 use core::fmt;
 
@@ -182,6 +182,16 @@ fn payload_position(lsn: u64) -> bool {
 }
 
 impl Control {
+    /// The log area this control block describes, in its epoch.
+    pub fn log_geometry(&self) -> LogGeometry {
+        LogGeometry {
+            start_lba: self.layout.log_start(),
+            blocks: self.layout.log_blocks,
+            format_id: self.format_id,
+            epoch: self.epoch,
+        }
+    }
+
     /// The block this control block is written to.
     pub fn lba(&self) -> u64 {
         self.seq % CONTROL_BLOCKS

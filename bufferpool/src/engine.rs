@@ -54,9 +54,7 @@
 
 use crate::control::{Control, ControlError, Layout, LayoutError};
 use crate::device::{BlockDevice, DeviceError};
-use crate::log::{
-    CommitMode, LogBlock, LogDamage, LogGeometry, Tail, Wal, WalError, FIRST_LSN, LOG_BLOCK,
-};
+use crate::log::{CommitMode, LogBlock, LogDamage, Tail, Wal, WalError, FIRST_LSN, LOG_BLOCK};
 use crate::page::{page_lsn, set_page_lsn, PageCheck, PAGE_HEADER};
 use crate::record::Record;
 use crate::recovery::TruncateRequest;
@@ -379,12 +377,7 @@ impl<D: BlockDevice> Engine<D> {
         tail: Tail,
         config: Config,
     ) -> Result<Engine<D>, Error> {
-        let geo = LogGeometry {
-            start_lba: control.layout.log_start(),
-            blocks: control.layout.log_blocks,
-            format_id: control.format_id,
-            epoch: control.epoch,
-        };
+        let geo = control.log_geometry();
         let wal = Wal::new(
             log_dev,
             geo,

@@ -1099,15 +1099,7 @@ pub fn scan<D: BlockDevice, E>(
             }
         }
         pending.drain(..consumed);
-        if damage.is_some() {
-            stop_state = Some(SectorState::Valid {
-                used: used as u16,
-                epoch,
-                back,
-            });
-            break;
-        }
-        if used < SECTOR_PAYLOAD {
+        if damage.is_some() || used < SECTOR_PAYLOAD {
             stop_state = Some(SectorState::Valid {
                 used: used as u16,
                 epoch,
@@ -1168,20 +1160,18 @@ pub fn scan<D: BlockDevice, E>(
         sectors,
         stop,
         end,
-        damage: damage.map(|what| LogDamage {
-            what,
-            sector: match what {
+        damage: damage.map(|what| {
+            let sector = match what {
                 Damage::Record { lsn, .. } => lsn.0 / SECTOR,
                 _ => sector,
-            },
-            lba: geo.lba_of(LogBlock(
-                match what {
-                    Damage::Record { lsn, .. } => lsn.0 / SECTOR,
-                    _ => sector,
-                } / SECTORS_PER_BLOCK,
-            )),
-            beyond,
-            keep_end: end,
+            };
+            LogDamage {
+                what,
+                sector,
+                lba: geo.lba_of(LogBlock(sector / SECTORS_PER_BLOCK)),
+                beyond,
+                keep_end: end,
+            }
         }),
     })
 }

@@ -33,7 +33,7 @@ use crate::control::Layout;
 use crate::control::CONTROL_BLOCKS;
 use crate::device::{BlockDevice, DmaBytes};
 use crate::engine::{check_fits, Config, Engine, Error, RecordProblem};
-use crate::log::{lsn_advance, read_tail, scan, LogDamage, LogGeometry, ScanError, ScanStop};
+use crate::log::{lsn_advance, read_tail, scan, LogDamage, ScanError, ScanStop};
 use crate::page::{page_lsn, set_page_lsn, PageCheck};
 use crate::record::Record;
 use crate::store::{PageStore, StoreIo};
@@ -122,11 +122,7 @@ impl<D: BlockDevice> Engine<D> {
         data_dev: D,
         config: Config,
     ) -> Result<(Engine<D>, RecoveryReport), Error> {
-        let io = StoreIo::new(data_dev, config.env)?;
-        match read_control(io, BLANK_CHECK_BLOCKS)? {
-            Found::Store(control, io) => recover(log_dev, control, io, config, None),
-            Found::Blank(_) => Err(Error::NotFormatted),
-        }
+        open_existing(log_dev, data_dev, config, None)
     }
 
     /// Opens like [`Engine::open`], but on a corrupt log cuts it as the
@@ -139,11 +135,7 @@ impl<D: BlockDevice> Engine<D> {
         config: Config,
         request: TruncateRequest,
     ) -> Result<(Engine<D>, RecoveryReport), Error> {
-        let io = StoreIo::new(data_dev, config.env)?;
-        match read_control(io, BLANK_CHECK_BLOCKS)? {
-            Found::Store(control, io) => recover(log_dev, control, io, config, Some(request)),
-            Found::Blank(_) => Err(Error::NotFormatted),
-        }
+        open_existing(log_dev, data_dev, config, Some(request))
     }
 
     /// Opens the store on the device, or formats it for `layout` if the
@@ -168,6 +160,21 @@ impl<D: BlockDevice> Engine<D> {
                 Engine::format_on(log_dev, io, layout, config).map(|e| (e, None))
             }
         }
+    }
+}
+
+/// The body of [`Engine::open`] and [`Engine::open_truncating`]: recovers
+/// a store, refusing a blank device.
+fn open_existing<D: BlockDevice>(
+    log_dev: D,
+    data_dev: D,
+    config: Config,
+    request: Option<TruncateRequest>,
+) -> Result<(Engine<D>, RecoveryReport), Error> {
+    let io = StoreIo::new(data_dev, config.env)?;
+    match read_control(io, BLANK_CHECK_BLOCKS)? {
+        Found::Store(control, io) => recover(log_dev, control, io, config, request),
+        Found::Blank(_) => Err(Error::NotFormatted),
     }
 }
 
@@ -224,12 +231,7 @@ fn recover<D: BlockDevice>(
             c => Some(*c),
         })
         .collect();
-    let geo = LogGeometry {
-        start_lba: layout.log_start(),
-        blocks: layout.log_blocks,
-        format_id: control.format_id,
-        epoch: control.epoch,
-    };
+    let geo = control.log_geometry();
     let mut buf = DmaBytes::new(log_dev.alloc(SCAN_BLOCKS)?);
     let mut pending: Vec<Pending> = Vec::new();
     // Where the log continues: after the last commit record.
