@@ -86,7 +86,12 @@ fn window_fault(pf: &PageFault, _frame: &mut InterruptFrame) -> HookResult {
         return HookResult::Unhandled;
     };
     let own = WINDOW_HOOKS[index].get();
-    let global = FAULT_HOOK.get();
+    // The global hook matters only to a window without its own.
+    let global = if own.is_some() {
+        None
+    } else {
+        FAULT_HOOK.get()
+    };
     if own.is_none() && global.is_none() {
         return HookResult::Unhandled;
     }

@@ -29,7 +29,7 @@ pub fn call<T: Pod>(call: Hypercall, args: &mut T) {
     let virt = args as *mut T as u64;
     let last = virt + size_of::<T>() as u64 - 1;
     let contiguous = virt >= crate::abi::DIRECT_MAP_BASE || virt / PAGE_SIZE == last / PAGE_SIZE;
-    match virt_to_phys(virt).filter(|_| contiguous) {
+    match contiguous.then(|| virt_to_phys(virt)).flatten() {
         Some(phys) => out(call, GuestPhysAddr(phys)),
         None => {
             let mut slot = OnePage(*args);

@@ -91,8 +91,14 @@ impl PerCpu {
     /// Counts one `event` on this CPU. Must be called on the owning CPU.
     #[inline]
     pub fn count(&self, event: Event) {
+        self.count_n(event, 1);
+    }
+
+    /// Counts `n` of `event` on this CPU. Must be called on the owning CPU.
+    #[inline]
+    pub fn count_n(&self, event: Event, n: u64) {
         let c = &self.counters[event as usize];
-        c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
 
     /// This CPU's count of `event`.
