@@ -154,6 +154,35 @@ pub type FaultHook = fn(&Fault) -> FaultResolution;
 /// its own windows, can handle their faults side by side.
 pub type WindowFaultHook = fn(&Fault, context: usize) -> FaultResolution;
 
+/// The hook a fault in a window goes to: the window's own, with its
+/// context, or else the platform-wide one. Both platforms dispatch through it.
+#[derive(Clone, Copy)]
+pub(crate) enum FaultHandler {
+    Window(WindowFaultHook, usize),
+    Platform(FaultHook),
+}
+
+impl FaultHandler {
+    /// The window's own hook if it has one; only then is `platform` read.
+    pub(crate) fn choose(
+        own: Option<(WindowFaultHook, usize)>,
+        platform: impl FnOnce() -> Option<FaultHook>,
+    ) -> Option<FaultHandler> {
+        match own {
+            Some((hook, context)) => Some(FaultHandler::Window(hook, context)),
+            None => platform().map(FaultHandler::Platform),
+        }
+    }
+
+    /// Calls the hook.
+    pub(crate) fn call(self, fault: &Fault) -> FaultResolution {
+        match self {
+            FaultHandler::Window(hook, context) => hook(fault, context),
+            FaultHandler::Platform(hook) => hook(fault),
+        }
+    }
+}
+
 /// A hook for timer ticks and inter-processor interrupts: runs on the CPU
 /// (thread) the event is for, in interrupt (signal) context, with its index.
 pub type EventHook = fn(cpu: usize);

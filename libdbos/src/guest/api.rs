@@ -11,9 +11,9 @@ use crate::hook::{ContextHookCell, HookCell};
 use crate::interrupts::{self, HookResult, InterruptFrame, PageFault};
 use crate::percpu::{self, Event};
 use crate::platform::{
-    AccessBits, Capabilities, Error, EventCounts, EventHook, Fault, FaultHook, FaultResolution,
-    Frame, PageSize, Platform, Protection, Unmapped, Window, WindowFaultHook, LARGE_PAGE_SIZE,
-    PAGE_SIZE,
+    AccessBits, Capabilities, Error, EventCounts, EventHook, Fault, FaultHandler, FaultHook,
+    FaultResolution, Frame, PageSize, Platform, Protection, Unmapped, Window, WindowFaultHook,
+    LARGE_PAGE_SIZE, PAGE_SIZE,
 };
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
@@ -85,16 +85,9 @@ fn window_fault(pf: &PageFault, _frame: &mut InterruptFrame) -> HookResult {
     let Some(index) = window_index(pf.addr, 1) else {
         return HookResult::Unhandled;
     };
-    let own = WINDOW_HOOKS[index].get();
-    // The global hook matters only to a window without its own.
-    let global = if own.is_some() {
-        None
-    } else {
-        FAULT_HOOK.get()
-    };
-    if own.is_none() && global.is_none() {
+    let Some(handler) = FaultHandler::choose(WINDOW_HOOKS[index].get(), || FAULT_HOOK.get()) else {
         return HookResult::Unhandled;
-    }
+    };
     percpu::count(Event::Fault);
     let fault = Fault {
         addr: pf.addr,
@@ -103,12 +96,7 @@ fn window_fault(pf: &PageFault, _frame: &mut InterruptFrame) -> HookResult {
         ip: pf.rip,
         cpu: percpu::cpu_id() as usize,
     };
-    let resolution = match (own, global) {
-        (Some((hook, context)), _) => hook(&fault, context),
-        (None, Some(hook)) => hook(&fault),
-        (None, None) => FaultResolution::Unhandled,
-    };
-    match resolution {
+    match handler.call(&fault) {
         FaultResolution::Retry => HookResult::Handled,
         FaultResolution::Unhandled => HookResult::Unhandled,
     }

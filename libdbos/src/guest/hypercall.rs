@@ -75,12 +75,12 @@ pub(crate) fn buf(bytes: &[u8]) -> GuestBuf {
         return bad;
     };
     if start < crate::abi::DIRECT_MAP_BASE {
-        let mut page = (start & !0xfff) + 0x1000;
+        let mut page = (start & !(PAGE_SIZE - 1)) + PAGE_SIZE;
         while page < start + len {
             if virt_to_phys(page) != Some(phys + (page - start)) {
                 return bad;
             }
-            page += 0x1000;
+            page += PAGE_SIZE;
         }
     }
     GuestBuf {

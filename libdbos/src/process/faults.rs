@@ -46,7 +46,7 @@
 
 use super::{cpus, platform_by_id, windows, ErrnoGuard};
 use crate::fmtbuf::FmtBuf;
-use crate::platform::{Fault, FaultResolution, PAGE_SIZE};
+use crate::platform::{Fault, FaultHandler, FaultResolution, PAGE_SIZE};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -97,12 +97,11 @@ pub(crate) extern "C" fn on_sigsegv(
         die("fault in a window of an unknown platform", addr, ip);
         return;
     };
-    let own = window.hook.get();
-    let global = platform.fault_hook.get();
-    if own.is_none() && global.is_none() {
+    let Some(handler) = FaultHandler::choose(window.hook.get(), || platform.fault_hook.get())
+    else {
         die("fault in a window with no fault hook set", addr, ip);
         return;
-    }
+    };
     let cpu = cpus::cpu_id(window.owner);
     let fault = Fault {
         addr,
@@ -112,12 +111,7 @@ pub(crate) extern "C" fn on_sigsegv(
         cpu,
     };
     platform.counters.add(cpu, super::counters::Event::Fault, 1);
-    let resolution = match (own, global) {
-        (Some((hook, context)), _) => hook(&fault, context),
-        (None, Some(hook)) => hook(&fault),
-        (None, None) => FaultResolution::Unhandled,
-    };
-    match resolution {
+    match handler.call(&fault) {
         FaultResolution::Retry => drop(errno),
         FaultResolution::Unhandled => die("the fault hook did not resolve the fault", addr, ip),
     }
