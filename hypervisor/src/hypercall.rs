@@ -90,11 +90,26 @@ pub enum Outcome {
 /// The argument block's address of a hypercall exit: the `out`'s data must
 /// be 4 bytes and equal the low half of `rax`, which holds the address.
 pub fn decode(call: Hypercall, data: &[u8], rax: u64) -> Result<GuestPhysAddr, HypercallError> {
+    block_address(call, port_value(call, data)?, rax)
+}
+
+/// The value a hypercall's `out` wrote: it must be a 32-bit access.
+pub fn port_value(call: Hypercall, data: &[u8]) -> Result<u32, HypercallError> {
     let bytes = <[u8; 4]>::try_from(data).map_err(|_| HypercallError::BadAccessSize {
         call,
         size: data.len(),
     })?;
-    argument_address(u32::from_le_bytes(bytes), rax).map_err(|torn| HypercallError::TornAddress {
+    Ok(u32::from_le_bytes(bytes))
+}
+
+/// The argument block's address: `rax`, whose low half must equal the
+/// `out`'s value.
+pub fn block_address(
+    call: Hypercall,
+    port_value: u32,
+    rax: u64,
+) -> Result<GuestPhysAddr, HypercallError> {
+    argument_address(port_value, rax).map_err(|torn| HypercallError::TornAddress {
         call,
         port_value: torn.port_value,
         rax: torn.rax,

@@ -146,7 +146,8 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
         let next = match vcpu.run() {
             Ok(exit) => {
                 shared.exits.fetch_add(1, Ordering::Relaxed);
-                counts.record(exit_kind(&exit));
+                let kind = exit_kind(&exit);
+                counts.record(kind);
                 // The guest has stopped meanwhile (another vCPU, the time
                 // limit, a power cut): the machine is off, this exit is not
                 // served (no console line, no I/O after a power cut).
@@ -154,28 +155,28 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
                     return counts;
                 }
                 match exit {
-                    VcpuExit::IoOut(port, data) => match Hypercall::from_port(port) {
-                        Ok(call) => {
-                            // The data borrows the vCPU's run area: copy it
-                            // before reading `rax` (one ioctl, no VM exit).
-                            let data = data.to_vec();
-                            match vcpu
-                                .get_regs()
-                                .map_err(|e| format!("KVM_GET_REGS failed: {e}"))
-                                .map(|regs| hypercall::decode(call, &data, regs.rax))
-                            {
-                                Ok(Ok(block)) => match services.handle(index, call, block) {
+                    VcpuExit::IoOut(port, data) => match kind {
+                        ExitKind::Hypercall(call) => {
+                            // The data borrows the vCPU's run area: take
+                            // its 4-byte value (no allocation) before reading
+                            // `rax` (one ioctl, no VM exit), and only then.
+                            let block = hypercall::port_value(call, data).map(|value| {
+                                vcpu.get_regs()
+                                    .map(|regs| hypercall::block_address(call, value, regs.rax))
+                            });
+                            match block {
+                                Ok(Ok(Ok(block))) => match services.handle(index, call, block) {
                                     Ok(Outcome::Continue) => Next::Continue,
                                     Ok(Outcome::Stop(stop)) => {
                                         Next::Stop(Box::new(GuestExit::from_stop(index, stop)))
                                     }
                                     Err(error) => bad_hypercall(index, error),
                                 },
-                                Ok(Err(error)) => bad_hypercall(index, error),
-                                Err(reason) => crashed(reason),
+                                Ok(Ok(Err(error))) | Err(error) => bad_hypercall(index, error),
+                                Ok(Err(e)) => crashed(format!("KVM_GET_REGS failed: {e}")),
                             }
                         }
-                        Err(_) => crashed(format!(
+                        ExitKind::Other(_) => crashed(format!(
                             "write of {} byte(s) to unknown I/O port {port:#x}",
                             data.len()
                         )),

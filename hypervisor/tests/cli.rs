@@ -2,8 +2,7 @@
 
 mod common;
 
-use common::require_kvm;
-use dbos_hypervisor::guest_image;
+use common::{image, require_kvm};
 use std::process::Command;
 
 fn dbos(args: &[&str]) -> (i32, String, String) {
@@ -16,10 +15,6 @@ fn dbos(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn image(name: &str) -> String {
-    guest_image(name).to_string_lossy().into_owned()
 }
 
 #[test]

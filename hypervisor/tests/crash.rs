@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{config, require_kvm, run};
+use common::{acked, config, require_kvm, run, scratch};
 use dbos_bufferpool::control::Control;
 use dbos_bufferpool::log::{SECTOR, SECTORS_PER_BLOCK};
 use dbos_hypervisor::disk::{CutAt, DiskConfig, PowerCutPlan};
@@ -24,11 +24,6 @@ use std::time::{Duration, Instant};
 /// Big enough for kvstore's layout (2 control blocks, 256 log blocks, 64
 /// pages) and small enough to load and store quickly on the power-cut model.
 const DISK_BYTES: u64 = 2 << 20;
-
-/// A scratch directory on a file system with O_DIRECT (not tmpfs).
-fn scratch() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
-}
 
 fn disk(path: &Path, create: Option<u64>, power_cut: Option<PowerCutPlan>) -> DiskConfig {
     DiskConfig {
@@ -47,16 +42,6 @@ fn kvstore(args: &[&str], disk: DiskConfig) -> RunReport {
             ..config(args)
         },
     )
-}
-
-/// The `acked T` numbers of a run.
-fn acked(report: &RunReport) -> Vec<u64> {
-    report
-        .console
-        .iter()
-        .filter_map(|l| l.strip_prefix("[vcpu0] acked "))
-        .map(|n| n.parse().unwrap())
-        .collect()
 }
 
 /// `(found, wrong)` from the check after recovery, if the run got there.

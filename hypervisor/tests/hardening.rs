@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::require_kvm;
+use common::{image, require_kvm};
 use dbos_hypervisor::{guest_image, Vm, VmError};
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -52,10 +52,6 @@ fn dbos(args: &[&str]) -> (i32, String, String) {
         stdout,
         stderr,
     )
-}
-
-fn image(name: &str) -> String {
-    guest_image(name).to_string_lossy().into_owned()
 }
 
 #[test]

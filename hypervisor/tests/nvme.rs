@@ -3,15 +3,10 @@
 
 mod common;
 
-use common::{config, require_kvm, run};
+use common::{acked, config, require_kvm, run, scratch};
 use dbos_hypervisor::disk::DiskConfig;
 use dbos_hypervisor::{GuestExit, Vm, VmConfig, VmError};
 use std::time::Duration;
-
-/// A scratch directory on a file system with O_DIRECT (not tmpfs).
-fn scratch() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
-}
 
 #[test]
 fn guest_reads_and_writes_through_the_queue_pair_without_exits() {
@@ -156,12 +151,7 @@ fn kvstore_guest_recovers_after_being_stopped_mid_run() {
             "{}",
             cut.exit
         );
-        acknowledged = cut
-            .console
-            .iter()
-            .filter_map(|l| l.strip_prefix("[vcpu0] acked "))
-            .map(|n| n.parse::<u64>().unwrap())
-            .max();
+        acknowledged = acked(&cut).into_iter().max();
         if acknowledged.is_some() {
             break;
         }

@@ -17,6 +17,26 @@ pub fn require_kvm() -> bool {
     false
 }
 
+/// A scratch directory on a file system with O_DIRECT (not tmpfs).
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+/// The path of guest image `name`, as a command-line argument.
+pub fn image(name: &str) -> String {
+    guest_image(name).to_string_lossy().into_owned()
+}
+
+/// The `acked T` numbers of a kvstore run.
+pub fn acked(report: &RunReport) -> Vec<u64> {
+    report
+        .console
+        .iter()
+        .filter_map(|l| l.strip_prefix("[vcpu0] acked "))
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
 /// A configuration that captures the console instead of printing it.
 pub fn config(args: &[&str]) -> VmConfig {
     VmConfig {
