@@ -8,14 +8,54 @@
 //! the page id in vmcache, the frame number in the hash pool. It tells the
 //! shared code how slots map to indexes through [`Frames`].
 
+use super::latch::EXCLUSIVE;
 use super::latch::{state, EVICTED, MARKED, UNLOCKED};
-use super::os::ZeroedArray;
-use super::vmcache::PoolConfig;
-use super::{Counters, Frame, IoQueues, Latch, PoolError, PoolStats};
+use super::memory::ZeroedArray;
+use super::{Counters, Durability, Frame, IoQueues, Latch, PoolError, PoolStats};
 use crate::device::BlockDevice;
 use crate::PageId;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::vec::Vec;
+
+/// How a pool is set up.
+#[derive(Clone)]
+pub struct PoolConfig {
+    /// Resident pages at most.
+    pub capacity: usize,
+    /// Pages already allocated on the device (`allocate` continues after
+    /// them; 0 for a new pool).
+    pub allocated: u64,
+    /// The device block holding page 0 (the data area's start: the
+    /// engine's pages follow its control and log blocks). Must lie inside
+    /// the device; page `n` is at `first_block + n * (PAGE_SIZE /
+    /// BLOCK_SIZE)`.
+    pub first_block: u64,
+    /// Pages evicted (and written) per batch.
+    pub evict_batch: usize,
+    /// The owner's write-ahead hook.
+    pub durability: Arc<dyn Durability>,
+    /// Called in wait loops.
+    pub relax: fn(),
+}
+
+impl PoolConfig {
+    /// `capacity` pages from block 0, batches of 64, no log, yielding (in
+    /// a process) or spinning (in the guest) while waiting.
+    pub fn new(capacity: usize) -> PoolConfig {
+        PoolConfig {
+            capacity,
+            allocated: 0,
+            first_block: 0,
+            evict_batch: 64,
+            durability: Arc::new(super::NoLog),
+            #[cfg(not(target_os = "none"))]
+            relax: std::thread::yield_now,
+            #[cfg(target_os = "none")]
+            relax: core::hint::spin_loop,
+        }
+    }
+}
 
 /// A pool's frames as the shared machinery sees them.
 pub(crate) trait Frames {
@@ -117,7 +157,13 @@ impl<D: BlockDevice> PoolCore<D> {
     /// `cfg.evict_batch` pages, at least one and at most the capacity.
     pub fn queues(devs: Vec<D>, cfg: &PoolConfig) -> Result<IoQueues<D>, PoolError> {
         let batch = cfg.evict_batch.clamp(1, cfg.capacity.max(1));
-        IoQueues::new(devs, batch, cfg.durability.clone(), cfg.relax)
+        IoQueues::over(
+            devs,
+            cfg.first_block,
+            batch,
+            cfg.durability.clone(),
+            cfg.relax,
+        )
     }
 
     /// The core of a pool over `io` (from [`queues`](Self::queues)) with
@@ -298,9 +344,24 @@ impl<D: BlockDevice> PoolCore<D> {
         Ok(victims.len())
     }
 
-    /// Writes every dirty resident page that can be latched shared back,
-    /// a batch at a time (they stay resident). Returns how many were
-    /// written.
+    /// Writes back every page dirty when the call begins (see
+    /// [`BufferManager::flush`](super::BufferManager::flush)), a batch at a
+    /// time, under shared latches (they stay resident). Returns how many
+    /// were written.
+    ///
+    /// Why no page dirty at the start is missed: a page stays in one slot
+    /// from its load to its eviction, and an eviction writes a dirty page
+    /// (the write completes) before the page leaves its slot. So when the
+    /// sweep reaches slot `s`, the page that was there at the start is
+    /// either still there (latched shared below, waiting for an exclusive
+    /// holder, and written if dirty) or was written by its eviction. The
+    /// dirty flag is cleared only after a write completes, under a latch
+    /// that excludes writers.
+    ///
+    /// While it waits for a latch it holds none: the batch gathered so far
+    /// is written and released first, so a holder that waits for a page
+    /// of the batch (a transaction latching pages in order) cannot
+    /// deadlock with it.
     pub fn flush(&self, frames: &impl Frames) -> Result<usize, PoolError> {
         let mut written = 0;
         let mut batch: Vec<Held> = Vec::new();
@@ -308,31 +369,47 @@ impl<D: BlockDevice> PoolCore<D> {
             b.drain(..)
                 .for_each(|h| frames.latch(h.index).unlock_shared())
         };
+        let mut write_batch = |batch: &mut Vec<Held>| -> Result<(), PoolError> {
+            let r = self.write_back(frames, batch);
+            release(batch);
+            written += r?;
+            Ok(())
+        };
         for slot in 0..self.capacity {
-            let Some((index, known)) = frames.locate(slot) else {
-                continue;
-            };
-            if self.dirty[index].load(Ordering::Relaxed) == 0 {
-                continue;
-            }
-            let latch = frames.latch(index);
-            let w = latch.load();
-            if state(w) == EVICTED || !latch.try_lock_shared(w) {
-                continue;
-            }
-            let Some(id) = known.or_else(|| self.slots.get(slot)) else {
-                latch.unlock_shared();
-                continue;
-            };
-            batch.push(Held { id, slot, index });
-            if batch.len() == self.evict_batch {
-                let r = self.write_back(frames, &batch);
-                release(&mut batch);
-                written += r?;
+            loop {
+                let Some((index, known)) = frames.locate(slot) else {
+                    break;
+                };
+                if self.dirty[index].load(Ordering::Relaxed) == 0 {
+                    break;
+                }
+                let latch = frames.latch(index);
+                let w = latch.load();
+                if state(w) == EVICTED {
+                    // Evicted (so written) after `locate` saw it.
+                    break;
+                }
+                if state(w) == EXCLUSIVE || !latch.try_lock_shared(w) {
+                    // Held, or the word moved: wait holding nothing.
+                    write_batch(&mut batch)?;
+                    (self.relax)();
+                    continue;
+                }
+                match self.slots.get(slot) {
+                    Some(id) if known.is_none_or(|k| k == id) => {
+                        batch.push(Held { id, slot, index });
+                        if batch.len() == self.evict_batch {
+                            write_batch(&mut batch)?;
+                        }
+                        break;
+                    }
+                    // The slot's page changed between `locate` and the
+                    // latch: look again at what it holds now.
+                    _ => latch.unlock_shared(),
+                }
             }
         }
-        let r = self.write_back(frames, &batch);
-        release(&mut batch);
-        Ok(written + r?)
+        write_batch(&mut batch)?;
+        Ok(written)
     }
 }
