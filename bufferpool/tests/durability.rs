@@ -11,8 +11,9 @@ mod common;
 use common::*;
 use dbos_bufferpool::control::{Control, ControlError};
 use dbos_bufferpool::device::{DeviceError, BLOCK_SIZE};
-use dbos_bufferpool::fuzzing::{config, MemDevice, MemDisk};
+use dbos_bufferpool::fuzzing::{config, pool, MemDevice, MemDisk};
 use dbos_bufferpool::log::{LOG_BLOCK, SECTOR};
+use dbos_bufferpool::pool::hash::HashPool;
 use dbos_bufferpool::{
     CommitMode, Config, Damage, Engine, Error, KvTable, Layout, Lsn, PageId, RecoveryReport,
     ScanStop, SectorState, WalError,
@@ -25,14 +26,26 @@ const LAYOUT: Layout = Layout {
     data_pages: 4,
 };
 
-type Mem = Engine<MemDevice>;
+type Mem = Engine<MemDevice, HashPool<MemDevice>>;
 
 fn mem_format(disk: &Arc<MemDisk>, layout: Layout, config: Config) -> Mem {
-    Engine::format(MemDevice::new(disk), MemDevice::new(disk), layout, config).unwrap()
+    Engine::format(
+        MemDevice::new(disk),
+        MemDevice::new(disk),
+        layout,
+        config,
+        pool(disk, FRAMES),
+    )
+    .unwrap()
 }
 
 fn mem_open(disk: &Arc<MemDisk>) -> Result<(Mem, RecoveryReport), Error> {
-    Engine::open(MemDevice::new(disk), MemDevice::new(disk), config())
+    Engine::open(
+        MemDevice::new(disk),
+        MemDevice::new(disk),
+        config(),
+        pool(disk, FRAMES),
+    )
 }
 
 fn blank(layout: Layout) -> Arc<MemDisk> {
@@ -298,6 +311,7 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
         MemDevice::new(&disk),
         LAYOUT,
         config(),
+        pool(&disk, FRAMES),
     );
     assert_eq!(r.err(), Some(want));
     assert!(disk.image() == img, "nothing written");
@@ -347,7 +361,8 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
                 MemDevice::new(&tiny),
                 MemDevice::new(&tiny),
                 LAYOUT,
-                config()
+                config(),
+                pool(&tiny, FRAMES)
             ),
             Err(Error::DeviceTooSmall { needed: 2, .. })
         ));
@@ -360,6 +375,7 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
         MemDevice::new(&fresh),
         LAYOUT,
         config(),
+        pool(&fresh, FRAMES),
     )
     .unwrap();
     assert!(report.is_none());
@@ -370,6 +386,7 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
         MemDevice::new(&fresh),
         LAYOUT,
         config(),
+        pool(&fresh, FRAMES),
     )
     .unwrap();
     assert_eq!(report.unwrap().transactions, 1);
@@ -379,7 +396,13 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
     let mut img3 = vec![0u8; LAYOUT.blocks() as usize * BLOCK_SIZE];
     img3[(LAYOUT.blocks() as usize - 1) * BLOCK_SIZE + 9] = 1;
     let d3 = MemDisk::new(img3);
-    let r = Engine::open_or_format(MemDevice::new(&d3), MemDevice::new(&d3), LAYOUT, config());
+    let r = Engine::open_or_format(
+        MemDevice::new(&d3),
+        MemDevice::new(&d3),
+        LAYOUT,
+        config(),
+        pool(&d3, FRAMES),
+    );
     assert_eq!(
         r.err(),
         Some(Error::NoControlBlock {

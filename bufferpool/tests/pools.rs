@@ -149,6 +149,7 @@ fn config(capacity: usize, log: &Arc<RecordingLog>, batch: usize) -> PoolConfig 
     PoolConfig {
         capacity,
         allocated: 0,
+        first_block: 0,
         evict_batch: batch,
         durability: log.clone(),
         relax: std::thread::yield_now,
