@@ -718,3 +718,95 @@ fn btree_every_entry_checked_after_every_op() {
         model_run_checked(&*p, 11, 600, true);
     }
 }
+
+#[test]
+fn fix_overwrite_installs_a_page_without_reading_it() {
+    for kind in KINDS {
+        let (p, disk, _) = pool(kind, 4, 64, 1);
+        for _ in 0..12 {
+            let mut g = p.allocate().unwrap();
+            let id = g.id();
+            g.bytes_mut()[100] = id.0 as u8 + 1;
+        }
+        p.flush().unwrap();
+        while p.evict(64).unwrap() > 0 {}
+        // Page 7 torn on storage: a read refuses it.
+        let mut img = disk.page(7);
+        img[2000] ^= 4;
+        disk.set_page(7, &img);
+        let torn = Some(PoolError::Corrupt {
+            id: PageId(7),
+            check: PageCheck::BadChecksum,
+        });
+        assert_eq!(p.fix_exclusive(PageId(7)).err(), torn, "{kind:?}");
+        // Installed without a read, over a frame that held another page
+        // (the hash pool reuses frames): zeroed, then the caller's bytes.
+        let reads = p.stats().reads;
+        {
+            let mut g = p.fix_overwrite(PageId(7)).unwrap();
+            assert!(g.bytes().iter().all(|&b| b == 0), "{kind:?}");
+            g.bytes_mut()[100] = 77;
+        }
+        assert_eq!(p.stats().reads, reads, "{kind:?}: read");
+        // Unfixed dirty: written back sealed, read back valid.
+        while p.evict(64).unwrap() > 0 {}
+        assert_eq!(page::verify(&disk.page(7), PageId(7)), PageCheck::Valid);
+        assert_eq!(p.fix_shared(PageId(7)).unwrap().bytes()[100], 77);
+        // A resident page is zeroed too, never left as it was.
+        assert_eq!(p.fix_shared(PageId(3)).unwrap().bytes()[100], 4);
+        let g = p.fix_overwrite(PageId(3)).unwrap();
+        assert!(g.bytes().iter().all(|&b| b == 0), "{kind:?}");
+    }
+}
+
+#[test]
+fn pages_start_at_the_first_block() {
+    for kind in KINDS {
+        let log = Arc::new(RecordingLog::default());
+        let disk = Disk::new(40, log.clone());
+        let cfg = PoolConfig {
+            first_block: 30,
+            ..config(4, &log, 2)
+        };
+        let devs = vec![MemDevice::new(&disk)];
+        let p: Box<dyn BufferManager> = match kind {
+            Kind::VmCache => Box::new(VmCache::new(devs, cfg.clone()).unwrap()),
+            Kind::Hash => Box::new(HashPool::new(devs, cfg.clone()).unwrap()),
+        };
+        // Ten pages fit from block 30 of 40.
+        for i in 0..10 {
+            p.allocate().unwrap().bytes_mut()[200] = i + 1;
+        }
+        assert_eq!(
+            p.allocate().err(),
+            Some(PoolError::DeviceFull { pages: 10 }),
+            "{kind:?}"
+        );
+        p.flush().unwrap();
+        for i in 0..10u64 {
+            assert_eq!(
+                page::verify(&disk.page(30 + i), PageId(i)),
+                PageCheck::Valid
+            );
+            assert_eq!(disk.page(30 + i)[200], i as u8 + 1);
+        }
+        assert!((0..30).all(|b| disk.page(b).iter().all(|&x| x == 0)));
+        // A data area past the device's end is refused at setup.
+        let past = PoolConfig {
+            first_block: 41,
+            ..cfg
+        };
+        let devs = vec![MemDevice::new(&disk)];
+        let err = match kind {
+            Kind::VmCache => VmCache::new(devs, past).err(),
+            Kind::Hash => HashPool::new(devs, past).err(),
+        };
+        assert_eq!(
+            err,
+            Some(PoolError::Setup {
+                what: "the data area starts past the device's end",
+                errno: 0
+            })
+        );
+    }
+}
