@@ -482,3 +482,84 @@ fn a_checkpoint_waits_for_a_latched_dirty_page_vmcache() {
 fn a_checkpoint_waits_for_a_latched_dirty_page_hash_pool() {
     a_checkpoint_waits_for_a_latched_dirty_page("hash pool", HashPool::new);
 }
+
+// ---- threads committing while the pool evicts and checkpoints run ----
+
+/// Two committers (two keys per transaction, each its own keys) and a
+/// checkpointing thread on 64 pages through an 8-frame pool (at most 4
+/// pages fixed by the committers and 2 by the checkpoint's batch at once,
+/// so a frame is always free); then a clean restart through an 8-frame
+/// pool finds every key's last value.
+fn threads_commit_through_a_small_pool<B: BufferManager>(name: &str, make: MakePool<B>) {
+    let layout = Layout {
+        log_blocks: 128,
+        data_pages: 64,
+    };
+    let (dev, _pc) = memory_device(vec![0; disk_bytes(layout)]);
+    let (l, d) = devices(&dev);
+    let e = Engine::format(l, d, layout, config(CommitMode::Fua), |s| make(&dev, s)).unwrap();
+    const PER_THREAD: u64 = 150;
+    let per_page = dbos_bufferpool::kv::SLOTS_PER_PAGE;
+    // Thread t's keys spread over every page.
+    let key = |t: u64, i: u64| ((i * 13 + t * 5) % layout.data_pages) * per_page + t * 8 + i % 8;
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let committers: Vec<_> = (0..2u64)
+            .map(|t| {
+                let e = &e;
+                s.spawn(move || {
+                    let kv = KvTable::new(e, PageId(0), layout.data_pages);
+                    for i in 0..PER_THREAD {
+                        let (a, b) = (key(t, i), key(t, i + 1));
+                        kv.put(&[(a, t * 10_000 + i + 1), (b, t * 10_000 + i + 1)])
+                            .unwrap_or_else(|err| panic!("thread {t} commit {i}: {err}"));
+                    }
+                })
+            })
+            .collect();
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                e.checkpoint().unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        for c in committers {
+            c.join().unwrap();
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    assert!(
+        e.pool().stats().evictions > 50,
+        "{name}: {:?}",
+        e.pool().stats()
+    );
+    assert!(e.stats().checkpoints > 1, "{name}");
+    let want = |e: &Engine<ProcessBlockDevice, B>| {
+        let kv = KvTable::new(e, PageId(0), layout.data_pages);
+        let mut model = std::collections::BTreeMap::new();
+        for t in 0..2 {
+            for i in 0..PER_THREAD {
+                model.insert(key(t, i), t * 10_000 + i + 1);
+                model.insert(key(t, i + 1), t * 10_000 + i + 1);
+            }
+        }
+        for (k, v) in model {
+            assert_eq!(kv.get(k).unwrap(), v, "{name}: key {k}");
+        }
+    };
+    want(&e);
+    drop(e);
+    let (l, d) = devices(&dev);
+    let (e, _) = Engine::open(l, d, config(CommitMode::Fua), |s| make(&dev, s)).unwrap();
+    want(&e);
+}
+
+#[test]
+fn threads_commit_through_a_small_vmcache() {
+    threads_commit_through_a_small_pool("vmcache", vmcache);
+}
+
+#[test]
+fn threads_commit_through_a_small_hash_pool() {
+    threads_commit_through_a_small_pool("hash pool", hash);
+}
