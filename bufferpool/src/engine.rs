@@ -201,6 +201,12 @@ pub enum Error {
     UnrepairablePage(PageId, PageCheck),
     /// The log holds a well-formed record at `lsn` that makes no sense.
     BadLogRecord { lsn: Lsn, problem: RecordProblem },
+    /// Recovery's redo pass read the log differently from its check pass
+    /// (the last commit ended at `checked`, now at `replayed`): the device
+    /// returned other data for the same blocks. Pages redone so far may
+    /// have been written (each with its LSN, from checked log); the control
+    /// block and the log were not.
+    LogChanged { checked: Lsn, replayed: Lsn },
 }
 
 impl From<WalError> for Error {
@@ -272,6 +278,12 @@ impl fmt::Display for Error {
             Error::BadLogRecord { lsn, problem } => {
                 write!(f, "corrupt log: the record at LSN {}: {problem}", lsn.0)
             }
+            Error::LogChanged { checked, replayed } => write!(
+                f,
+                "the log read differently during recovery: its last commit ended at LSN {} \
+                 when checked and at LSN {} when replayed; recovery stopped",
+                checked.0, replayed.0
+            ),
         }
     }
 }

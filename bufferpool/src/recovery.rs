@@ -53,7 +53,7 @@ use crate::engine::{
     build_pool, check_fits, Config, Engine, Error, LogHook, PoolSetup, RecordProblem,
 };
 use crate::log::{
-    lsn_advance, read_tail, scan, LogDamage, LogGeometry, ScanError, ScanStop, ScanSummary,
+    lsn_advance, read_tail, scan, scan_to, LogDamage, LogGeometry, ScanError, ScanStop, ScanSummary,
 };
 use crate::page::{PageCheck, PAGE_HEADER};
 use crate::pool::{BufferManager, Pool, PoolError};
@@ -287,9 +287,16 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
         pending: Vec::new(),
         report: &mut report,
         resume: control.redo,
-        limit: Lsn(u64::MAX),
     };
-    let summary = scan_log(&mut log_dev, &geo, &control, &mut buf, env, &mut check)?;
+    let summary = scan_log(
+        &mut log_dev,
+        &geo,
+        &control,
+        None,
+        &mut buf,
+        env,
+        &mut check,
+    )?;
     let resume = check.resume;
     let discarded = check.pending.len() as u64;
     let damaged = core::mem::take(&mut check.damaged);
@@ -337,9 +344,25 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
         pending: Vec::new(),
         report: &mut report,
         resume: control.redo,
-        limit: resume,
     };
-    scan_log(&mut log_dev, &geo, &control, &mut buf, env, &mut redo)?;
+    // Up to the last commit only: what follows was judged by the check.
+    let again = scan_log(
+        &mut log_dev,
+        &geo,
+        &control,
+        Some(resume),
+        &mut buf,
+        env,
+        &mut redo,
+    )?;
+    if redo.resume != resume || again.damage.is_some() {
+        // The log read differently the second time (nothing of ours
+        // writes it): stop rather than redo something unchecked.
+        return Err(Error::LogChanged {
+            checked: resume,
+            replayed: redo.resume,
+        });
+    }
     // A new epoch before any log write of this run.
     let control = Control {
         seq: control.seq + 1,
@@ -366,24 +389,39 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
     Ok((engine, report))
 }
 
-/// Scans the log of `control` from its redo point through `replay`.
+/// Scans the log of `control` from its redo point through `replay`: all of
+/// it (judging its end), or up to `until`.
 fn scan_log<D: BlockDevice, B: BufferManager>(
     log_dev: &mut D,
     geo: &LogGeometry,
     control: &Control,
+    until: Option<Lsn>,
     buf: &mut DmaBytes,
     env: Env,
     replay: &mut Replay<'_, B>,
 ) -> Result<ScanSummary, Error> {
-    scan(
-        log_dev,
-        geo,
-        control.redo,
-        control.epoch_start,
-        buf,
-        env,
-        |lsn, rec| replay.record(lsn, rec),
-    )
+    let handle = |lsn: Lsn, rec: Record<'_>| replay.record(lsn, rec);
+    match until {
+        None => scan(
+            log_dev,
+            geo,
+            control.redo,
+            control.epoch_start,
+            buf,
+            env,
+            handle,
+        ),
+        Some(end) => scan_to(
+            log_dev,
+            geo,
+            control.redo,
+            control.epoch_start,
+            end,
+            buf,
+            env,
+            handle,
+        ),
+    }
     .map_err(scan_error)
 }
 
@@ -395,7 +433,7 @@ struct Pending {
 
 /// One pass over the log: the check (`pool` is `None`: records are
 /// validated, damaged pages tracked, transactions counted, nothing
-/// applied) or the redo (through `pool`, commits up to `limit`).
+/// applied) or the redo (through `pool`).
 struct Replay<'a, B> {
     pages: u64,
     pool: Option<&'a B>,
@@ -405,9 +443,6 @@ struct Replay<'a, B> {
     report: &'a mut RecoveryReport,
     /// The end of the last commit record seen.
     resume: Lsn,
-    /// The redo pass applies no commit ending past this (what the check
-    /// pass accepted).
-    limit: Lsn,
 }
 
 impl<B: BufferManager> Replay<'_, B> {
@@ -484,8 +519,7 @@ impl<B: BufferManager> Replay<'_, B> {
                         self.report.transactions += 1;
                         self.pending.clear();
                     }
-                    Some(pool) if end <= self.limit => self.apply(pool, end)?,
-                    Some(_) => self.pending.clear(),
+                    Some(pool) => self.apply(pool, end)?,
                 }
                 self.resume = end;
             }

@@ -201,7 +201,6 @@ fn random_commits_on_a_small_hash_pool_survive_a_power_cut() {
 
 /// A page write that reached the device before the log on the device
 /// covered its page LSN.
-#[derive(Debug)]
 struct Violation {
     page: PageId,
     lsn: Lsn,
@@ -364,12 +363,16 @@ fn eviction_writes_no_page_before_its_log<B: BufferManager>(
     assert!(checks.checked.load(Ordering::Relaxed) >= evicted);
     let no_violations = |when: &str| {
         let v = checks.violations.lock().unwrap();
-        assert!(
-            v.is_empty(),
-            "{name} ({when}): {} page writes ahead of the log, the first {:?}",
-            v.len(),
-            v.first()
-        );
+        if let Some(first) = v.first() {
+            panic!(
+                "{name} ({when}): {} page writes ahead of the log; the first: page {} with \
+                 LSN {} written while the log on the device ended at {}",
+                v.len(),
+                first.page.0,
+                first.lsn.0,
+                first.log_end.0
+            );
+        }
     };
     no_violations("eviction");
     // Eviction made the log durable, in batches.

@@ -376,10 +376,7 @@ impl<D: BlockDevice> PoolCore<D> {
             Ok(())
         };
         for slot in 0..self.capacity {
-            loop {
-                let Some((index, known)) = frames.locate(slot) else {
-                    break;
-                };
+            while let Some((index, known)) = frames.locate(slot) {
                 if self.dirty[index].load(Ordering::Relaxed) == 0 {
                     break;
                 }
