@@ -1007,22 +1007,31 @@ pub fn scan<D: BlockDevice, E>(
     scan_until(dev, geo, redo, epoch_start, None, buf, env, handle)
 }
 
-/// Reads the log like [`scan`], but only the records that start before
-/// `end`, and reads nothing past them: for a second pass over a log that a
-/// [`scan`] has already judged (recovery's redo), not a check of its end.
-/// The summary's `stop` is then [`ScanStop::PartialSector`] and `damage`
-/// `None` unless the sectors before `end` no longer hold.
+/// Reads the log like [`scan`] from `records.start` (the redo point), but
+/// only the records that start before `records.end`, and reads nothing
+/// past them: for a second pass over a log that a [`scan`] has already
+/// judged (recovery's redo), not a check of its end. The summary's `stop`
+/// is then [`ScanStop::PartialSector`] and `damage` `None` unless the
+/// sectors before `records.end` no longer hold.
 pub fn scan_to<D: BlockDevice, E>(
     dev: &mut D,
     geo: &LogGeometry,
-    redo: Lsn,
+    records: core::ops::Range<Lsn>,
     epoch_start: Lsn,
-    end: Lsn,
     buf: &mut DmaBytes,
     env: Env,
     handle: impl FnMut(Lsn, Record<'_>) -> Result<(), E>,
 ) -> Result<ScanSummary, ScanError<E>> {
-    scan_until(dev, geo, redo, epoch_start, Some(end), buf, env, handle)
+    scan_until(
+        dev,
+        geo,
+        records.start,
+        epoch_start,
+        Some(records.end),
+        buf,
+        env,
+        handle,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

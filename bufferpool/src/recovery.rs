@@ -414,9 +414,8 @@ fn scan_log<D: BlockDevice, B: BufferManager>(
         Some(end) => scan_to(
             log_dev,
             geo,
-            control.redo,
+            control.redo..end,
             control.epoch_start,
-            end,
             buf,
             env,
             handle,
