@@ -41,13 +41,23 @@ use spin::Mutex;
 use x86_64::registers::control::Cr3;
 
 pub use crate::pagetable::Mapping;
+#[cfg(feature = "conformance")]
+pub use crate::view::{
+    defer_view, deferring, end_deferred_view, view_counts, ViewCounts, ViewError,
+};
 
 /// Serialises structural edits of the active page tables.
 static TABLES: Mutex<()> = Mutex::new(());
 
-/// The active tables (CR3's root), through the direct map.
+/// The active tables (CR3's root, or on a CPU that defers its view the
+/// shared root: edits and walks always go to the real tables, see
+/// `crate::view`), through the direct map.
 fn active() -> PageTables<'static, ZeroedFrames> {
-    let root = Cr3::read().0.start_address().as_u64();
+    #[cfg(feature = "conformance")]
+    let shared = crate::view::shared_root();
+    #[cfg(not(feature = "conformance"))]
+    let shared = None;
+    let root = shared.unwrap_or_else(|| Cr3::read().0.start_address().as_u64());
     // SAFETY: CR3 holds the active PML4; every table is a RAM frame in the
     // direct map, which is mapped for the guest's whole life, and tables are
     // only accessed through the walker's atomics (invariants above); new

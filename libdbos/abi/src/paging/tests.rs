@@ -666,7 +666,11 @@ fn a_view_translates_its_private_range_late() {
     assert_eq!(leaf(PAGE + 0x1000), None);
     assert_eq!(view.sync_view(0, &private, &(0..u64::MAX)), Ok(1));
     assert_eq!(leaf(PAGE + 0x1000), Some(e(DATA + 0x6000, P | W | NX)));
-    assert_eq!(view.sync_view(0, &private, &(0..u64::MAX)), Ok(0), "in sync");
+    assert_eq!(
+        view.sync_view(0, &private, &(0..u64::MAX)),
+        Ok(0),
+        "in sync"
+    );
     assert_eq!(phys.next.load(Ordering::SeqCst), 12, "4 view tables");
     // A source table that goes away takes its private copy with it.
     phys.pages[2].0[0].store(0, Ordering::SeqCst);
