@@ -62,7 +62,7 @@ fn active() -> PageTables<'static, ZeroedFrames> {
 }
 
 /// The root of the real tables: CR3's, or the shared root a CPU that
-/// defers its view saved (one per-CPU check with the `conformance` feature).
+/// defers its view saved (one global check with the `conformance` feature).
 fn real_root() -> u64 {
     #[cfg(feature = "conformance")]
     if let Some(root) = crate::view::shared_root() {

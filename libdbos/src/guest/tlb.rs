@@ -5,7 +5,7 @@
 //!
 //! With the `conformance` feature, a CPU may defer its view of a range
 //! ([`crate::view`]): every invalidation here first refreshes that CPU's
-//! private copy of the tables (one per-CPU check when it defers nothing),
+//! private copy of the tables (one global check while no CPU defers),
 //! so that a correct invalidation repairs the view and a missing one leaves
 //! it stale.
 

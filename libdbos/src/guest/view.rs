@@ -105,17 +105,31 @@
 //! [`ViewCounts::tables`] is the private tables alive (root included): 0
 //! after [`end_deferred_view`], and every frame returns to the allocator.
 //!
-//! Cost when unused: one per-CPU load and compare on each invalidation, each
-//! CR3 flush, each page-table edit (which root to walk) and each page fault.
+//! Cost when unused: one load of a global count of deferring CPUs (0), and
+//! a compare, on each invalidation, each CR3 flush, each page-table edit
+//! (which root to walk) and each page fault; while some CPU defers, one
+//! per-CPU check more on those paths of every CPU.
 
 use crate::abi::DIRECT_MAP_BASE;
 use crate::pagetable::{walker, OffsetMemory, PagingError, TableFrames};
 use crate::percpu::{self, PerCpu};
 use core::ops::Range;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use x86_64::registers::control::Cr3;
 use x86_64::structures::paging::PhysFrame;
 use x86_64::PhysAddr;
+
+/// CPUs that defer a view now. The hot paths check it before anything
+/// per-CPU: it is 0 in every program that never defers, and it is also what
+/// makes them safe before a CPU's per-CPU area exists (a page-table walk or
+/// a panic during boot reaches [`shared_root`]).
+static DEFERRING: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether any CPU may defer a view (one global load).
+#[inline]
+fn any() -> bool {
+    DEFERRING.load(Ordering::Relaxed) != 0
+}
 
 /// One CPU's deferred view. Written by its owner only (see the invariants);
 /// read by any CPU for the counters.
@@ -302,6 +316,7 @@ pub fn defer_view(range: Range<u64>) -> Result<u64, ViewError> {
         state.start.store(start, Ordering::Relaxed);
         state.end.store(end, Ordering::Relaxed);
         state.root.store(root, Ordering::Relaxed);
+        DEFERRING.fetch_add(1, Ordering::Relaxed);
         // SAFETY: the private root translates every address exactly as the
         // shared root does at this moment (every entry is a copy of the real
         // one, or points at a copy of the real table made just above, with
@@ -331,6 +346,7 @@ pub fn end_deferred_view() -> Result<u64, ViewError> {
         // PCIDs), so the private tables freed below are no longer used.
         unsafe { Cr3::write(PhysFrame::containing_address(PhysAddr::new(shared)), flags) };
         state.root.store(0, Ordering::Relaxed);
+        DEFERRING.fetch_sub(1, Ordering::Relaxed);
         let freed = view(state, root)
             .release_view(&state.range())
             .expect("private tables are RAM frames");
@@ -340,7 +356,7 @@ pub fn end_deferred_view() -> Result<u64, ViewError> {
 
 /// Whether the calling CPU defers a view.
 pub fn deferring() -> bool {
-    percpu::current().view.root.load(Ordering::Relaxed) != 0
+    any() && percpu::current().view.root.load(Ordering::Relaxed) != 0
 }
 
 /// The deferred views' counters, summed over all CPUs.
@@ -357,6 +373,9 @@ pub fn view_counts() -> ViewCounts {
 /// The real root to walk on this CPU while it defers a view.
 #[inline]
 pub(crate) fn shared_root() -> Option<u64> {
+    if !any() {
+        return None;
+    }
     let state = &percpu::current().view;
     (state.root.load(Ordering::Relaxed) != 0).then(|| state.shared.load(Ordering::Relaxed))
 }
@@ -389,9 +408,12 @@ fn sync(me: &'static PerCpu, only: &Range<u64>) -> u64 {
 }
 
 /// Before `invlpg page` on this CPU: refreshes the page in the view, if this
-/// CPU defers one (one per-CPU check otherwise).
+/// CPU defers one (one global check while no CPU does).
 #[inline]
 pub(crate) fn refresh_page(page: u64) {
+    if !any() {
+        return;
+    }
     let me = percpu::current();
     if me.view.root.load(Ordering::Relaxed) != 0 {
         let page = page & !0xfff;
@@ -404,6 +426,9 @@ pub(crate) fn refresh_page(page: u64) {
 /// Before a CR3 reload on this CPU: refreshes the whole view, if any.
 #[inline]
 pub(crate) fn refresh_all() {
+    if !any() {
+        return;
+    }
     let me = percpu::current();
     if me.view.root.load(Ordering::Relaxed) != 0 {
         x86_64::instructions::interrupts::without_interrupts(|| {
@@ -429,9 +454,12 @@ fn permits(view: &View, addr: u64, write: bool) -> bool {
 /// Called first by the #PF handler (interrupts disabled): on a deferring
 /// CPU, refreshes the faulting page as the fault would invalidate it on
 /// hardware, and returns true when the fault is resolved by that (retry
-/// without the hook). One per-CPU check when this CPU defers nothing.
+/// without the hook). One global check while no CPU defers a view.
 #[inline]
 pub(crate) fn absorb_fault(addr: u64, write: bool) -> bool {
+    if !any() {
+        return false;
+    }
     let me = percpu::current();
     let root = me.view.root.load(Ordering::Relaxed);
     if root == 0 {
