@@ -7,9 +7,11 @@
 //!    ([`Error::NoControlBlock`], saying what blocks 0 and 1 hold): only an
 //!    explicit [`Engine::format`] reuses it. [`Engine::open_or_format`]
 //!    formats only a blank device.
-//! 2. Read every data page and check it (checksum, page id): a torn page
-//!    is damaged, an all-zero page empty. Only the list of bad pages is
-//!    kept; the pages themselves are not (the pool reads them as needed).
+//! 2. Read every data page and check it (checksum, page id): a torn page,
+//!    another page's image or an all-zero page (format writes every page
+//!    before the control block, so no store has one) is damaged. Only the
+//!    list of bad pages is kept; the pages themselves are not (the pool
+//!    reads them as needed).
 //! 3. Check the log: scan it from the redo point ([`crate::log::scan`]) to
 //!    its end without applying anything. A torn tail (the write batch in
 //!    flight at a crash) ends the log; a corrupt log
@@ -26,9 +28,8 @@
 //! 4. Redo through the pool: flush the device (so the log just read is
 //!    durable before any page write: a crashed process can leave log
 //!    writes in the device's volatile cache), allow page writes up to the
-//!    end of the log replayed, install an empty page over every empty page
-//!    (as before the pool, an all-zero page is an empty page), then scan
-//!    the log again: a page image is installed without reading the page
+//!    end of the log replayed, then scan the log again (up to the last
+//!    commit): a page image is installed without reading the page
 //!    ([`Pool::fix_overwrite`]; repairing it if it was damaged); the page
 //!    writes of a transaction are applied when its commit record is
 //!    reached, to pages (fixed exclusively, read in if need be) whose LSN
@@ -250,13 +251,10 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
     let t0 = (env.now_ns)();
     let layout = control.layout;
     check_fits(&io, &layout)?;
-    // Empty (all-zero) pages hold nothing: as before the pool, they are
-    // accepted as empty pages (installed at redo). Any other bad page must
-    // be restored from an image in the log.
-    let (empty, damaged): (Vec<_>, Vec<_>) = io
-        .check_pages(&layout)?
-        .into_iter()
-        .partition(|(_, c)| *c == PageCheck::Empty);
+    // Every page of a store was written at format (before its control
+    // block), so an all-zero page is damage like any other bad page: it
+    // must be restored from an image in the log, or recovery refuses.
+    let damaged = io.check_pages(&layout)?;
     // The hook allows no page write until the checks below have passed.
     let hook = Arc::new(LogHook::new());
     let pool = build_pool(&hook, &layout, make_pool)?;
@@ -283,7 +281,7 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
     let mut check = Replay::<B> {
         pages: layout.data_pages,
         pool: None,
-        damaged: damaged.into_iter().collect(),
+        damaged,
         pending: Vec::new(),
         report: &mut report,
         resume: control.redo,
@@ -334,9 +332,6 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
     // page never reaches storage ahead of the log it depends on.
     io.flush()?;
     hook.allow_up_to(resume);
-    for (i, _) in empty {
-        pool.fix_overwrite(PageId(i)).map_err(Error::Pool)?;
-    }
     let mut redo = Replay {
         pages: layout.data_pages,
         pool: Some(&pool),

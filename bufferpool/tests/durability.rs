@@ -665,3 +665,47 @@ fn a_crash_between_the_recovery_control_write_and_the_log_cut_recovers() {
         assert!(got == data);
     }
 }
+
+/// An all-zero data page is damage (format writes every page before the
+/// control block): repaired from its image if the log has one, refused
+/// otherwise, with nothing written. (Before the pool, recovery took it for
+/// an empty page and silently lost what it held.)
+#[test]
+fn an_all_zero_page_is_repaired_from_its_image_or_refused() {
+    let (disk, e) = manual_store();
+    let kv = KvTable::new(&e, PageId(0), 4);
+    let on_page = |p: u64| p * dbos_bufferpool::kv::SLOTS_PER_PAGE + 5;
+    kv.put(&[(on_page(1), 11)]).unwrap();
+    e.checkpoint().unwrap();
+    // Page 2's first change after the checkpoint logs its image.
+    kv.put(&[(on_page(2), 22)]).unwrap();
+    e.checkpoint().unwrap();
+    kv.put(&[(on_page(2), 23)]).unwrap();
+    drop(e);
+    let zero = |img: &mut Vec<u8>, p: u64| {
+        let at = LAYOUT.page_lba(PageId(p)) as usize * BLOCK_SIZE;
+        img[at..at + BLOCK_SIZE].fill(0);
+    };
+    // Page 2 changed after the last checkpoint: its image is in the log.
+    let mut img = disk.image();
+    zero(&mut img, 2);
+    let d = MemDisk::new(img);
+    let (e, report) = mem_open(&d).unwrap();
+    assert_eq!(report.pages_repaired, [PageId(2)]);
+    let kv = KvTable::new(&e, PageId(0), 4);
+    assert_eq!(kv.get(on_page(2)).unwrap(), 23);
+    assert_eq!(kv.get(on_page(1)).unwrap(), 11);
+    drop(e);
+    // Page 1 last changed before it: no image, refused, nothing written.
+    let mut img = disk.image();
+    zero(&mut img, 1);
+    let d = MemDisk::new(img.clone());
+    assert_eq!(
+        mem_open(&d).err(),
+        Some(Error::UnrepairablePage(
+            PageId(1),
+            dbos_bufferpool::page::PageCheck::Empty
+        ))
+    );
+    assert!(d.image() == img, "a refusing recovery wrote");
+}
