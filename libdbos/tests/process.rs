@@ -84,6 +84,7 @@ conformance_tests!(
     protect_keeps_dirty,
     unmap_many_and_invalidate_many,
     test_and_clear_accessed_sweep,
+    remap_exchanges_frames,
 );
 
 #[test]
@@ -172,6 +173,11 @@ fn costs_are_exact() {
     assert_eq!(
         row("test_and_clear_accessed, page not accessed (per page)"),
         (0, 0, 0, 0, 0, 0, 0)
+    );
+    assert_eq!(
+        row("remap mapped 4 KiB page to another frame"),
+        (0, n, n, 0, 0, 0, 0),
+        "one mmap(MAP_FIXED), standing for one exchange and one invlpg"
     );
     let mut table = String::new();
     costs::write_markdown(&mut table, &costs).unwrap();
