@@ -405,9 +405,8 @@ impl<P: Platform + 'static, D: BlockDevice> Tabby<P, D> {
         // SAFETY: the frame is ours and free (its slot came off a free
         // list): nobody writes it; readers with stale translations only
         // read, and fail their header check or validation.
-        let dest = unsafe {
-            core::slice::from_raw_parts_mut(self.platform.frame_ptr(frame), PAGE_SIZE)
-        };
+        let dest =
+            unsafe { core::slice::from_raw_parts_mut(self.platform.frame_ptr(frame), PAGE_SIZE) };
         // The verified image carries the page id at 16..24 (invariant 2).
         if let Err(e) = self.core.io.read_page(id, dest) {
             self.set_header(frame, INVALID);
@@ -471,7 +470,10 @@ impl<P: Platform + 'static, D> Drop for Tabby<P, D> {
     /// Unmaps every page mapped at creation and frees every frame.
     fn drop(&mut self) {
         for id in 0..self.pages {
-            if let Err(e) = self.platform.unmap(self.window.page(id as u64), PageSize::Small) {
+            if let Err(e) = self
+                .platform
+                .unmap(self.window.page(id as u64), PageSize::Small)
+            {
                 log::warn!("tabby: unmapping page {id} on drop: {e}");
             }
         }
