@@ -103,7 +103,7 @@ fn tabby_guest_btree_and_eviction_events() {
     assert_eq!(field(lookups, "ipis"), "0.00", "{lookups}");
     assert_eq!(field(lookups, "remote"), "0.00", "{lookups}");
     let totals = lookups.split("totals:").nth(1).unwrap();
-    let summary = line(c, "tabby lookups: 20 lookups");
+    let summary = line(c, "tabby lookups: 10 lookups");
     assert_eq!(before(summary, "bad"), "0", "every lookup found its value");
     let page_reads = before(summary, "page reads");
     assert_eq!(field(totals, "pte"), page_reads, "{lookups}");
@@ -125,7 +125,7 @@ fn tabby_guest_btree_and_eviction_events() {
     assert_eq!(field(lookups, "ipis"), "1.00", "{lookups}");
     assert_eq!(field(lookups, "remote"), "1.00", "{lookups}");
     assert_eq!(
-        before(line(c, "invalidate_all lookups: 20 lookups"), "bad"),
+        before(line(c, "invalidate_all lookups: 10 lookups"), "bad"),
         "0"
     );
 }

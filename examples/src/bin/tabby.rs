@@ -136,7 +136,7 @@ fn print_stats(what: &str, s: &PoolStats) {
 /// model. Returns whether everything matched.
 fn model() -> bool {
     const KEYS: u64 = 100;
-    const OPS: u64 = 100;
+    const OPS: u64 = 60;
     let p = pool(4, Eviction::Tabby);
     let t = match BTree::create(&p) {
         Ok(t) => t,
@@ -234,7 +234,7 @@ fn print_events(mode: &str, phase: &str, d: &EventCounts, evicted: u64) {
 /// The event report of one eviction mode.
 fn events(mode: Eviction, name: &str) {
     const KEYS: u64 = 120;
-    const LOOKUPS: u64 = 20;
+    const LOOKUPS: u64 = 10;
     let plat = libdbos::platform();
     let t0 = libdbos::hypercall::clock_nanos();
     let p = pool(4, mode);
