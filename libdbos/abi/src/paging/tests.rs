@@ -680,7 +680,9 @@ fn remap_exchanges_any_entry_and_returns_the_old_one() {
         t.remap(PAGE, DATA + 8, Size::Small, W, true),
         Err(PagingError::UnalignedFrame)
     );
+}
 
+#[test]
 fn a_view_translates_its_private_range_late() {
     let phys = Phys::new(16, 16);
     let real = pt(&phys);
