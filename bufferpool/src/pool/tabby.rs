@@ -6,7 +6,8 @@
 //! It owns one window with page `id` at `base + id * 4096` for every page
 //! of the device, one versioned [`Latch`] per page id, `capacity` frames
 //! and one read-only *blank* frame, and shares the resident set, clock,
-//! write-back and eviction with the process pools ([`PoolCore`]).
+//! write-back and eviction with the process pools (`PoolCore` in
+//! `pool/resident.rs`).
 //!
 //! # Invariants
 //!
