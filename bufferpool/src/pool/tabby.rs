@@ -100,8 +100,10 @@
 //! Where staleness can be forced for tests: [`Tabby::verify_translation`]
 //! is the one function that checks and repairs; a test that makes one CPU's
 //! translation of page P point at a frame holding another page exercises it
-//! through any fix of P. [`TabbyConfig::repair`] turns the check off (for
-//! tests that must show they fail without it).
+//! through any fix of P (the guest program `examples/src/bin/tabby.rs`,
+//! mode `stale`, does it with libdbos's deferred page-table view).
+//! [`TabbyConfig::repair`] turns the check off (for tests that must show
+//! they fail without it).
 
 use super::latch::{state, EVICTED, EXCLUSIVE, MARKED};
 use super::resident::{CoreConfig, Frames, Held, PoolCore};
