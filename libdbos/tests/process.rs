@@ -907,6 +907,24 @@ fn scattered_maps_stop_at_the_mapping_limit() {
             limit: 800
         })
     );
+    // remap of an unmapped page is charged like map, and refused the same
+    // way; remap of a mapped page keeps its charge and is never refused.
+    assert_eq!(
+        p.remap(next, frames[0], PageSize::Small, Protection::ReadWrite),
+        Err(Error::MappingLimit {
+            needed: 702,
+            allowed: 700,
+            limit: 800
+        })
+    );
+    assert_eq!(
+        p.remap(page(2), frames[5], PageSize::Small, Protection::ReadWrite)
+            .unwrap()
+            .map(|u| u.frame),
+        Some(frames[1])
+    );
+    assert_eq!(p.translate(page(2)), Some(frames[5]));
+    assert_eq!(p.map_count().charged, 700);
     let message = refused.unwrap_err().to_string();
     assert!(message.contains("vm.max_map_count = 800"), "{message}");
     assert!(message.contains("sysctl -w vm.max_map_count="), "{message}");
