@@ -465,7 +465,12 @@ impl<B: BufferManager> Replay<'_, B> {
                         // Installed without reading the page: its stored
                         // copy may be torn.
                         let mut g = pool.fix_overwrite(page).map_err(Error::Pool)?;
-                        g.bytes_mut().copy_from_slice(image);
+                        let bytes = g.bytes_mut();
+                        bytes.copy_from_slice(image);
+                        // The page's own id in the header's id field, as
+                        // `fix_overwrite` left it (an image of page P holds
+                        // P there already; Tabby relies on it).
+                        bytes[16..24].copy_from_slice(&page.0.to_le_bytes());
                     }
                 }
             }

@@ -17,7 +17,7 @@
 
 use super::memory::Mapping;
 use super::resident::{Frames, Held, PoolCore};
-use super::{BufferManager, Counters, Frame, Latch, PoolConfig, PoolError, PoolStats};
+use super::{overwritten, BufferManager, Counters, Frame, Latch, PoolConfig, PoolError, PoolStats};
 use crate::device::BlockDevice;
 use crate::pool::latch::{state, EVICTED, EXCLUSIVE, MARKED, UNLOCKED};
 use crate::{PageId, PAGE_SIZE};
@@ -127,7 +127,7 @@ pub struct HashPool<D> {
 impl<D: BlockDevice> HashPool<D> {
     /// A pool of `cfg.capacity` frames over `devs`.
     pub fn new(devs: Vec<D>, cfg: PoolConfig) -> Result<HashPool<D>, PoolError> {
-        let io = PoolCore::queues(devs, &cfg)?;
+        let io = PoolCore::queues(devs, &cfg.core())?;
         if cfg.capacity == 0
             || cfg.capacity as u64 > FRAME_MASK
             || io.device_pages() >= 1 << (64 - FRAME_BITS)
@@ -143,7 +143,7 @@ impl<D: BlockDevice> HashPool<D> {
             frames: Mapping::anonymous(cfg.capacity * PAGE_SIZE)?,
             latches: (0..cfg.capacity).map(|_| Latch::new()).collect(),
             table: Table::new(cfg.capacity),
-            core: PoolCore::new(io, &cfg, cfg.capacity, "hash pool")?,
+            core: PoolCore::new(io, &cfg.core(), cfg.capacity, "hash pool")?,
         })
     }
 
@@ -230,7 +230,7 @@ impl<D: BlockDevice> HashPool<D> {
             let _t = self.table.lock.lock();
             if self.table.get(id).is_some() {
                 drop(_t);
-                self.core.slots.push_free(f);
+                self.core.slots.push_free(f, 0);
                 return Ok(None);
             }
             // A free frame's latch is Evicted and nobody else holds it.
@@ -241,7 +241,7 @@ impl<D: BlockDevice> HashPool<D> {
             self.table.insert_locked(id, f);
         }
         if !read {
-            self.bytes_mut(f).fill(0);
+            // The caller overwrites it (`fix_overwrite_frame`).
             return Ok(Some(f));
         }
         if let Err(e) = self.core.io.read_page(id, self.bytes_mut(f)) {
@@ -250,7 +250,7 @@ impl<D: BlockDevice> HashPool<D> {
                 self.table.remove_locked(id);
             }
             latch.unlock_exclusive_evicted();
-            self.core.slots.push_free(f);
+            self.core.slots.push_free(f, 0);
             return Err(e);
         }
         Counters::add(&self.core.counters.reads, 1);
@@ -297,7 +297,7 @@ unsafe impl<D: BlockDevice> BufferManager for HashPool<D> {
 
     fn fix_overwrite_frame(&self, id: PageId) -> Result<Frame<'_>, PoolError> {
         let (f, _) = self.resident(id, true, false)?;
-        self.bytes_mut(f).fill(0);
+        overwritten(self.bytes_mut(f), id);
         Ok(self.frame(id, f))
     }
 

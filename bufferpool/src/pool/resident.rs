@@ -1,15 +1,21 @@
-//! What the two process pools ([`VmCache`](super::vmcache::VmCache) and
-//! [`HashPool`](super::hash::HashPool)) share besides their frames and
-//! latches: the resident set (slots and the clock hand), dirty flags,
-//! page-id allocation, the clock sweep, batched write-back, eviction and
-//! flush ([`PoolCore`]).
+//! What the pools ([`VmCache`](super::vmcache::VmCache),
+//! [`HashPool`](super::hash::HashPool) and [`Tabby`](super::tabby::Tabby))
+//! share besides their frames and latches: the resident set (slots, free
+//! lists and the clock hand), dirty flags, page-id allocation, the clock
+//! sweep, batched write-back, eviction and flush ([`PoolCore`]).
+//!
+//! It is `no_std` (Tabby and the hash pool run in the guest): the dirty
+//! flags are a zeroed anonymous mapping in a process and zeroed heap memory
+//! in the guest (`memory.rs`). Free slots
+//! are kept in one list per CPU ([`Slots`]; the process pools use one list,
+//! Tabby one per platform CPU), a slot freed by an eviction goes on the
+//! evicting CPU's list, and a CPU whose list is empty steals from the others.
 //!
 //! A pool names each frame by an *index* (its latch, dirty flag and bytes):
 //! the page id in vmcache, the frame number in the hash pool. It tells the
 //! shared code how slots map to indexes through [`Frames`].
 
-use super::latch::EXCLUSIVE;
-use super::latch::{state, EVICTED, MARKED, UNLOCKED};
+use super::latch::{state, EVICTED, EXCLUSIVE, MARKED, UNLOCKED};
 use super::memory::ZeroedArray;
 use super::{Counters, Durability, Frame, IoQueues, Latch, PoolError, PoolStats};
 use crate::device::BlockDevice;
@@ -18,7 +24,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-/// How a pool is set up.
+/// How a process pool (or the guest's hash pool) is set up.
 #[derive(Clone)]
 pub struct PoolConfig {
     /// Resident pages at most.
@@ -40,6 +46,19 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
+    /// The shared core's part of it (one free list).
+    pub(crate) fn core(&self) -> CoreConfig<'_> {
+        CoreConfig {
+            capacity: self.capacity,
+            allocated: self.allocated,
+            first_block: self.first_block,
+            evict_batch: self.evict_batch,
+            durability: &self.durability,
+            relax: self.relax,
+            free_lists: 1,
+        }
+    }
+
     /// `capacity` pages from block 0, batches of 64, no log, yielding (in
     /// a process) or spinning (in the guest) while waiting.
     pub fn new(capacity: usize) -> PoolConfig {
@@ -55,6 +74,19 @@ impl PoolConfig {
             relax: core::hint::spin_loop,
         }
     }
+}
+
+/// How a pool's core is set up (from its configuration).
+pub(crate) struct CoreConfig<'a> {
+    pub capacity: usize,
+    pub allocated: u64,
+    /// The device block of page 0.
+    pub first_block: u64,
+    pub evict_batch: usize,
+    pub durability: &'a Arc<dyn Durability>,
+    pub relax: fn(),
+    /// Free lists (one per CPU that evicts and loads; at least 1).
+    pub free_lists: usize,
 }
 
 /// A pool's frames as the shared machinery sees them.
@@ -80,6 +112,12 @@ pub(crate) trait Frames {
     /// so the caller evicts the whole batch anyway: every victim is clean,
     /// and an evicted page is read back from the device on its next fix.
     fn release(&self, victims: &[Held]) -> Result<(), PoolError>;
+
+    /// The free list of the calling CPU (taken modulo the lists); the
+    /// process pools have one.
+    fn cpu(&self) -> usize {
+        0
+    }
 }
 
 /// A resident page latched by the pool's own machinery: the page, its
@@ -92,29 +130,43 @@ pub(crate) struct Held {
 }
 
 /// The resident set: `capacity` slots, each holding a resident page
-/// (`pid + 1`, 0 if free), a stack of free slots, and the clock hand.
+/// (`pid + 1`, 0 if free), per-CPU stacks of free slots, and the clock hand.
 pub(crate) struct Slots {
     pub pids: Vec<AtomicU64>,
-    pub free: spin::Mutex<Vec<usize>>,
+    pub free: Vec<spin::Mutex<Vec<usize>>>,
     pub hand: AtomicUsize,
 }
 
 impl Slots {
-    pub fn new(capacity: usize) -> Slots {
+    /// `capacity` free slots dealt round-robin over `lists` free lists.
+    pub fn new(capacity: usize, lists: usize) -> Slots {
+        let lists = lists.max(1);
+        let mut free: Vec<Vec<usize>> = (0..lists).map(|_| Vec::new()).collect();
+        for s in (0..capacity).rev() {
+            free[s % lists].push(s);
+        }
         Slots {
             pids: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
-            free: spin::Mutex::new((0..capacity).rev().collect()),
+            free: free.into_iter().map(spin::Mutex::new).collect(),
             hand: AtomicUsize::new(0),
         }
     }
 
-    pub fn pop_free(&self) -> Option<usize> {
-        self.free.lock().pop()
+    /// A free slot from `cpu`'s list, else stolen from another's.
+    pub fn pop_free(&self, cpu: usize) -> Option<usize> {
+        let n = self.free.len();
+        (0..n).find_map(|k| self.free[(cpu + k) % n].lock().pop())
     }
 
-    pub fn push_free(&self, slot: usize) {
+    /// Frees `slot` onto `cpu`'s list.
+    pub fn push_free(&self, slot: usize, cpu: usize) {
         self.pids[slot].store(0, Ordering::Release);
-        self.free.lock().push(slot);
+        self.free[cpu % self.free.len()].lock().push(slot);
+    }
+
+    /// Free slots now (all lists).
+    pub fn free_count(&self) -> usize {
+        self.free.iter().map(|l| l.lock().len()).sum()
     }
 
     /// Which page slot `slot` holds.
@@ -155,13 +207,13 @@ pub(crate) struct PoolCore<D> {
 impl<D: BlockDevice> PoolCore<D> {
     /// The I/O queues of a pool set up by `cfg`: batches of
     /// `cfg.evict_batch` pages, at least one and at most the capacity.
-    pub fn queues(devs: Vec<D>, cfg: &PoolConfig) -> Result<IoQueues<D>, PoolError> {
+    pub fn queues(devs: Vec<D>, cfg: &CoreConfig<'_>) -> Result<IoQueues<D>, PoolError> {
         let batch = cfg.evict_batch.clamp(1, cfg.capacity.max(1));
         IoQueues::over(
             devs,
             cfg.first_block,
             batch,
-            cfg.durability.clone(),
+            Arc::clone(cfg.durability),
             cfg.relax,
         )
     }
@@ -170,13 +222,13 @@ impl<D: BlockDevice> PoolCore<D> {
     /// `indexes` frame indexes.
     pub fn new(
         io: IoQueues<D>,
-        cfg: &PoolConfig,
+        cfg: &CoreConfig<'_>,
         indexes: usize,
         name: &'static str,
     ) -> Result<PoolCore<D>, PoolError> {
         Ok(PoolCore {
             dirty: ZeroedArray::new(indexes)?,
-            slots: Slots::new(cfg.capacity),
+            slots: Slots::new(cfg.capacity, cfg.free_lists),
             evict_batch: io.batch(),
             io,
             next_pid: AtomicU64::new(cfg.allocated),
@@ -237,7 +289,7 @@ impl<D: BlockDevice> PoolCore<D> {
     pub fn take_slot(&self, frames: &impl Frames) -> Result<usize, PoolError> {
         let mut idle = 0;
         loop {
-            if let Some(s) = self.slots.pop_free() {
+            if let Some(s) = self.slots.pop_free(frames.cpu()) {
                 return Ok(s);
             }
             if self.evict(frames, self.evict_batch)? == 0 {
@@ -331,9 +383,10 @@ impl<D: BlockDevice> PoolCore<D> {
         // marked resident (they would read as zero), so the whole batch is
         // evicted before the error is returned.
         let released = frames.release(&victims);
+        let cpu = frames.cpu();
         for v in &victims {
             frames.latch(v.index).unlock_exclusive_evicted();
-            self.slots.push_free(v.slot);
+            self.slots.push_free(v.slot, cpu);
         }
         Counters::add(&self.counters.evictions, victims.len() as u64);
         Counters::add(&self.counters.evict_batches, 1);

@@ -21,7 +21,7 @@
 
 use super::memory::{Mapping, ZeroedArray};
 use super::resident::{Frames, Held, PoolCore};
-use super::{BufferManager, Counters, Frame, Latch, PoolError, PoolStats};
+use super::{overwritten, BufferManager, Counters, Frame, Latch, PoolError, PoolStats};
 use crate::device::BlockDevice;
 use crate::{PageId, PAGE_SIZE};
 use latch_states::*;
@@ -45,7 +45,7 @@ impl<D: BlockDevice> VmCache<D> {
     /// A pool over `devs` (queues to one device; one per thread that may
     /// miss concurrently) with a window over every page of the device.
     pub fn new(devs: Vec<D>, cfg: PoolConfig) -> Result<VmCache<D>, PoolError> {
-        let io = PoolCore::queues(devs, &cfg)?;
+        let io = PoolCore::queues(devs, &cfg.core())?;
         let pages = io.device_pages() as usize;
         if cfg.capacity == 0 || cfg.allocated > pages as u64 {
             return Err(PoolError::Setup {
@@ -62,7 +62,7 @@ impl<D: BlockDevice> VmCache<D> {
         Ok(VmCache {
             window,
             latches: ZeroedArray::new(pages)?,
-            core: PoolCore::new(io, &cfg, pages, "vmcache")?,
+            core: PoolCore::new(io, &cfg.core(), pages, "vmcache")?,
         })
     }
 
@@ -73,7 +73,7 @@ impl<D: BlockDevice> VmCache<D> {
 
     /// Pages resident now.
     pub fn resident(&self) -> usize {
-        self.core.capacity - self.core.slots.free.lock().len()
+        self.core.capacity - self.core.slots.free_count()
     }
 
     fn frame(&self, id: PageId) -> Frame<'_> {
@@ -115,7 +115,7 @@ impl<D: BlockDevice> VmCache<D> {
         if let Err(e) = self.core.io.read_page(id, self.page_mut(id)) {
             // Leave the page zero for the next attempt.
             let _ = self.window.dontneed(id.0 as usize * PAGE_SIZE, PAGE_SIZE);
-            self.core.slots.push_free(slot);
+            self.core.slots.push_free(slot, 0);
             latch.unlock_exclusive_evicted();
             return Err(e);
         }
@@ -247,16 +247,17 @@ unsafe impl<D: BlockDevice> BufferManager for VmCache<D> {
             match state(w) {
                 UNLOCKED | MARKED => {
                     if latch.try_lock_exclusive(w) {
-                        self.page_mut(id).fill(0);
+                        overwritten(self.page_mut(id), id);
                         return Ok(self.frame(id));
                     }
                 }
                 EVICTED => {
                     if latch.try_lock_exclusive(w) {
                         let slot = self.take_slot(latch)?;
-                        // Not resident: the window page is zero (never
-                        // touched, or released with DONTNEED), as the
-                        // contract promises; nothing is read.
+                        // Not resident: nothing is read; the window page
+                        // is zero (never touched, or released with
+                        // DONTNEED) and gets its id.
+                        overwritten(self.page_mut(id), id);
                         self.core.slots.set(slot, id);
                         return Ok(self.frame(id));
                     }
