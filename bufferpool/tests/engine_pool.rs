@@ -2,7 +2,8 @@
 //! transactions model-checked through eviction, checkpoints and a power cut,
 //! recovery redoing through the small pool; the write-ahead rule for pages
 //! written by eviction, checked on the device; a checkpoint that meets a
-//! latched dirty page waits for it. For the vmcache-style and the hash pool.
+//! latched dirty page waits for it. For the vmcache-style pool, the hash
+//! pool and Tabby (on libdbos's process platform).
 
 mod common;
 
@@ -15,14 +16,16 @@ use dbos_bufferpool::host::{block_device, ProcessBlockDevice};
 use dbos_bufferpool::log::scan;
 use dbos_bufferpool::page::{self, PAGE_CONTENTS, PAGE_HEADER};
 use dbos_bufferpool::pool::hash::HashPool;
+use dbos_bufferpool::pool::tabby::{Tabby, TabbyConfig};
 use dbos_bufferpool::pool::vmcache::VmCache;
 use dbos_bufferpool::pool::{BufferManager, Pool, PoolConfig};
 use dbos_bufferpool::{
     CommitMode, Config, Engine, KvTable, Lsn, PageId, PageWrite, PoolError, PAGE_SIZE,
 };
 use dbos_nvme::host::Device;
+use libdbos::process::{Config as PlatformConfig, ProcessPlatform};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// 256 data pages; the pools below hold 8 of them.
@@ -70,6 +73,47 @@ fn vmcache(dev: &Device, setup: PoolSetup) -> Result<VmCache<ProcessBlockDevice>
 
 fn hash(dev: &Device, setup: PoolSetup) -> Result<HashPool<ProcessBlockDevice>, PoolError> {
     HashPool::new(queues(dev), small_config(setup))
+}
+
+/// The process platform the Tabby pools of this binary share.
+fn platform() -> &'static ProcessPlatform {
+    static P: OnceLock<&'static ProcessPlatform> = OnceLock::new();
+    P.get_or_init(|| {
+        ProcessPlatform::new(PlatformConfig {
+            frames: 1024,
+            cpus: 2,
+            pin: false,
+            ..PlatformConfig::default()
+        })
+        .expect("process platform")
+    })
+}
+
+/// Tabby's configuration for an engine's `setup`, from a process pool's.
+fn tabby_config(cfg: PoolConfig) -> TabbyConfig {
+    TabbyConfig {
+        capacity: cfg.capacity,
+        allocated: cfg.allocated,
+        first_block: cfg.first_block,
+        evict_batch: cfg.evict_batch,
+        durability: cfg.durability,
+        relax: cfg.relax,
+        ..TabbyConfig::new(cfg.capacity)
+    }
+}
+
+fn tabby(
+    dev: &Device,
+    setup: PoolSetup,
+) -> Result<Tabby<ProcessPlatform, ProcessBlockDevice>, PoolError> {
+    Tabby::new(platform(), queues(dev), tabby_config(small_config(setup)))
+}
+
+fn tabby_mem<D: BlockDevice>(
+    devs: Vec<D>,
+    cfg: PoolConfig,
+) -> Result<Tabby<ProcessPlatform, D>, PoolError> {
+    Tabby::new(platform(), devs, tabby_config(cfg))
 }
 
 /// One random transaction: 1 to 3 writes of 1 to 64 random bytes at random
@@ -195,6 +239,11 @@ fn random_commits_on_a_small_vmcache_survive_a_power_cut() {
 #[test]
 fn random_commits_on_a_small_hash_pool_survive_a_power_cut() {
     random_commits_survive_a_power_cut("hash pool", hash);
+}
+
+#[test]
+fn random_commits_on_a_small_tabby_survive_a_power_cut() {
+    random_commits_survive_a_power_cut("tabby", tabby);
 }
 
 // ---- the write-ahead rule, checked on the device ----
@@ -399,6 +448,11 @@ fn eviction_writes_no_page_before_its_log_hash_pool() {
     eviction_writes_no_page_before_its_log("hash pool", HashPool::new);
 }
 
+#[test]
+fn eviction_writes_no_page_before_its_log_tabby() {
+    eviction_writes_no_page_before_its_log("tabby", tabby_mem);
+}
+
 // ---- a checkpoint and a latched dirty page ----
 
 /// A checkpoint that finds a dirty page latched exclusively waits for it
@@ -486,6 +540,11 @@ fn a_checkpoint_waits_for_a_latched_dirty_page_hash_pool() {
     a_checkpoint_waits_for_a_latched_dirty_page("hash pool", HashPool::new);
 }
 
+#[test]
+fn a_checkpoint_waits_for_a_latched_dirty_page_tabby() {
+    a_checkpoint_waits_for_a_latched_dirty_page("tabby", tabby_mem);
+}
+
 // ---- threads committing while the pool evicts and checkpoints run ----
 
 /// Two committers (two keys per transaction, each its own keys) and a
@@ -565,4 +624,9 @@ fn threads_commit_through_a_small_vmcache() {
 #[test]
 fn threads_commit_through_a_small_hash_pool() {
     threads_commit_through_a_small_pool("hash pool", hash);
+}
+
+#[test]
+fn threads_commit_through_a_small_tabby() {
+    threads_commit_through_a_small_pool("tabby", tabby);
 }
