@@ -291,7 +291,7 @@ pub unsafe trait BufferManager: Sync {
     /// log over a page whose stored copy is torn). If the page is resident,
     /// its frame is returned latched; if not, a frame is taken (evicting if
     /// needed) and the page becomes resident in it, nothing read and
-    /// nothing checked. Either way the bytes are those [`overwritten`]
+    /// nothing checked. Either way the bytes are those `overwritten`
     /// leaves: zeros, with the page's own id in the header's id field
     /// (bytes 16..24, where Tabby's frame header names the page), so a
     /// caller that writes less never leaves another page's bytes. A caller
