@@ -71,6 +71,8 @@ struct State {
 /// The fork-like snapshot mechanism over one heap window.
 pub struct ForkLike {
     heap: Window,
+    /// The heap's length as asked for (the window is rounded up to 2 MiB).
+    len: u64,
     views: Window,
     state: ServingLock<State>,
     cow_faults: AtomicU64,
@@ -105,6 +107,7 @@ impl ForkLike {
             / PAGE;
         let me = alloc::boxed::Box::new(ForkLike {
             heap,
+            len,
             views,
             state: ServingLock::new(State {
                 live: [false; MAX_SNAPSHOTS],
@@ -136,7 +139,7 @@ impl ForkLike {
 
     /// Maps every missing page of `[offset, offset + len)`.
     pub fn populate(&self, offset: u64, len: u64) -> Result<(), SnapError> {
-        if offset.checked_add(len).is_none_or(|e| e > self.heap.len) {
+        if offset.checked_add(len).is_none_or(|e| e > self.len) {
             return Err(SnapError::OutOfRange { offset, len });
         }
         let mut page = offset & !(PAGE - 1);
@@ -185,7 +188,7 @@ impl ForkLike {
                 .position(|l| !l)
                 .ok_or(SnapError::TooManySnapshots)?;
             let view = self.view_base(slot);
-            let (heap, len) = (self.heap.base, self.heap.len);
+            let (heap, len) = (self.heap.base, self.len);
             let writes = libdbos::paging::with_tables(|t| -> Result<u64, SnapError> {
                 let w = t.walker();
                 let mut writes = 0;
@@ -264,7 +267,7 @@ impl ForkLike {
     }
 
     fn resolve(&self, addr: u64) -> Result<(), SnapError> {
-        if !self.heap.contains(addr, 1) {
+        if addr < self.heap.base || addr - self.heap.base >= self.len {
             return Err(SnapError::NotResolvable(addr));
         }
         let page = addr & !(PAGE - 1);

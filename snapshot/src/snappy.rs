@@ -215,7 +215,10 @@ impl State {
 }
 
 struct Inner {
+    /// The heap window (its length rounded up to 2 MiB by the platform).
     heap: Window,
+    /// The heap's length as asked for: the part that is resolved and read.
+    len: u64,
     views: Window,
     state: ServingLock<State>,
     cow_faults: AtomicU64,
@@ -283,6 +286,7 @@ impl Snappy {
         libdbos::paging::count_writes(writes);
         let inner = Arc::new(Inner {
             heap,
+            len,
             views,
             state: ServingLock::new(State {
                 epoch: 0,
@@ -303,7 +307,8 @@ impl Snappy {
         Ok(Snappy { inner })
     }
 
-    /// The heap window.
+    /// The heap window (its length rounded up to 2 MiB; the heap is the
+    /// first [`Snapshotter::heap_len`] bytes).
     pub fn heap_window(&self) -> Window {
         self.inner.heap
     }
@@ -312,7 +317,7 @@ impl Snappy {
     /// first access would, without faulting). Counted like faults' writes.
     pub fn populate(&self, offset: u64, len: u64) -> Result<(), SnapError> {
         let heap = self.inner.heap;
-        if offset.checked_add(len).is_none_or(|e| e > heap.len) {
+        if offset.checked_add(len).is_none_or(|e| e > self.inner.len) {
             return Err(SnapError::OutOfRange { offset, len });
         }
         let mut page = offset & !(PAGE - 1);
@@ -504,7 +509,7 @@ impl Inner {
     /// Resolves an access to heap address `addr`: maps a missing page, or
     /// unshares a COW path (see the module comment).
     fn resolve(&self, addr: u64) -> Result<(), SnapError> {
-        if !self.heap.contains(addr, 1) {
+        if addr < self.heap.base || addr - self.heap.base >= self.len {
             return Err(SnapError::NotResolvable(addr));
         }
         let page = addr & !(PAGE - 1);
@@ -769,7 +774,7 @@ unsafe impl Snapshotter for Snappy {
     }
 
     fn heap_len(&self) -> usize {
-        self.inner.heap.len as usize
+        self.inner.len as usize
     }
 
     fn take(&self) -> Result<Snapshot, SnapError> {
@@ -780,7 +785,7 @@ unsafe impl Snapshotter for Snappy {
     /// the heap at the take) reads as zeroes.
     fn read(&self, snap: &Snapshot, offset: usize, buf: &mut [u8]) -> Result<(), SnapError> {
         let (offset, len) = (offset as u64, buf.len() as u64);
-        if offset.checked_add(len).is_none_or(|e| e > self.inner.heap.len) {
+        if offset.checked_add(len).is_none_or(|e| e > self.inner.len) {
             return Err(SnapError::OutOfRange { offset, len });
         }
         let view = self.inner.view_base(snap.slot);
