@@ -243,8 +243,14 @@ impl ForkLike {
                         free.push(u.old.addr());
                     }
                 }
-                w.visit(view, view + GIB, |v| tables.push(v.table))
-                    .map_err(paging(view))?;
+                // Only the tables wholly inside the slot are the view's own
+                // (the level-3 table above it is shared with other windows).
+                w.visit(view, view + GIB, |v| {
+                    if v.whole {
+                        tables.push(v.table)
+                    }
+                })
+                .map_err(paging(view))?;
                 let top = w.read(view, Level::L3).map_err(paging(view))?;
                 if top.present() {
                     writes += w

@@ -390,7 +390,7 @@ fn bench(max_mib: u64) {
         "bench: {SNAPSHOTS} snapshots per heap, {WRITES} random pages written after each, one page mapped per MiB, {} vCPUs",
         libdbos::smp::cpu_count()
     );
-    println!("mechanism heap_mib mapped take_pte_writes take_ipis cow_faults bytes_copied fault_ipis (per snapshot)");
+    println!("mechanism heap_mib mapped snapshot take_pte_writes take_ipis cow_faults bytes_copied fault_ipis");
     let mut len = 16 * MIB;
     while len <= max_mib * MIB {
         let mapped = len / DENSITY;
@@ -406,8 +406,8 @@ fn bench(max_mib: u64) {
             picks.push(rng.below(mapped) * DENSITY);
         }
         // Snappy
-        let mut tot = [0u64; 5];
         for k in 0..SNAPSHOTS {
+            let mut tot = [0u64; 5];
             let c0 = counters();
             let st0 = s.stats();
             let snap = s.take().unwrap();
@@ -417,17 +417,17 @@ fn bench(max_mib: u64) {
             }
             let c2 = counters();
             let st1 = s.stats();
-            tot[0] += c1.since(&c0).pte_writes;
-            tot[1] += c1.since(&c0).ipis_sent;
-            tot[2] += st1.cow_faults - st0.cow_faults;
-            tot[3] += st1.bytes_copied - st0.bytes_copied;
-            tot[4] += c2.since(&c1).ipis_sent;
+            tot[0] = c1.since(&c0).pte_writes;
+            tot[1] = c1.since(&c0).ipis_sent;
+            tot[2] = st1.cow_faults - st0.cow_faults;
+            tot[3] = st1.bytes_copied - st0.bytes_copied;
+            tot[4] = c2.since(&c1).ipis_sent;
             s.release(snap).unwrap();
+            print_row("snappy", len, mapped, k, &tot);
         }
-        print_row("snappy", len, mapped, &tot, SNAPSHOTS);
         // Fork-like
-        let mut tot = [0u64; 5];
         for k in 0..SNAPSHOTS {
+            let mut tot = [0u64; 5];
             let c0 = counters();
             let st0 = f.stats();
             let snap = f.take().unwrap();
@@ -440,26 +440,27 @@ fn bench(max_mib: u64) {
             }
             let c2 = counters();
             let st1 = f.stats();
-            tot[0] += c1.since(&c0).pte_writes;
-            tot[1] += c1.since(&c0).ipis_sent;
-            tot[2] += st1.cow_faults - st0.cow_faults;
-            tot[3] += st1.bytes_copied - st0.bytes_copied;
-            tot[4] += c2.since(&c1).ipis_sent;
+            tot[0] = c1.since(&c0).pte_writes;
+            tot[1] = c1.since(&c0).ipis_sent;
+            tot[2] = st1.cow_faults - st0.cow_faults;
+            tot[3] = st1.bytes_copied - st0.bytes_copied;
+            tot[4] = c2.since(&c1).ipis_sent;
             f.release(snap).unwrap();
+            print_row("forklike", len, mapped, k, &tot);
         }
-        print_row("forklike", len, mapped, &tot, SNAPSHOTS);
         len *= 4;
     }
 }
 
-fn print_row(name: &str, len: u64, mapped: u64, tot: &[u64; 5], n: u64) {
+fn print_row(name: &str, len: u64, mapped: u64, k: u64, e: &[u64; 5]) {
     println!(
-        "{name} {} {mapped} {} {} {} {} {}",
+        "{name} {} {mapped} {} {} {} {} {} {}",
         len / MIB,
-        tot[0] / n,
-        tot[1] / n,
-        tot[2] / n,
-        tot[3] / n,
-        tot[4] / n
+        k + 1,
+        e[0],
+        e[1],
+        e[2],
+        e[3],
+        e[4]
     );
 }
