@@ -10,8 +10,20 @@ use dbos_hypervisor::{RunReport, VmConfig};
 
 #[track_caller]
 fn snappy(args: &[&str], vcpus: u32) -> RunReport {
-    let report = run("snappy", VmConfig { vcpus, ..config(args) });
-    assert_eq!(report.exit.process_status(), 0, "{}\n{:?}", report.exit, report.console);
+    let report = run(
+        "snappy",
+        VmConfig {
+            vcpus,
+            ..config(args)
+        },
+    );
+    assert_eq!(
+        report.exit.process_status(),
+        0,
+        "{}\n{:?}",
+        report.exit,
+        report.console
+    );
     report
 }
 
@@ -154,8 +166,10 @@ fn event_report_side_by_side() {
         ["snappy", "snappy", "snappy", "forklike", "forklike", "forklike"].repeat(2)
     );
     for (i, r) in rows.iter().enumerate() {
-        // heap_mib mapped snapshot take_pte_writes take_ipis cow_faults bytes fault_ipis
-        let [heap, mapped, _k, writes, take_ipis, faults, bytes, fault_ipis] = r[..] else {
+        // heap_mib mapped snapshot take_pte_writes take_ipis cow_faults bytes
+        // fault_ipis fault_pte_writes
+        let [heap, mapped, _k, writes, take_ipis, faults, bytes, fault_ipis, fault_writes] = r[..]
+        else {
             panic!("row {r:?}");
         };
         assert_eq!(mapped, heap, "one page per MiB");
@@ -169,6 +183,8 @@ fn event_report_side_by_side() {
         } else {
             assert!(writes > mapped, "row {r:?}");
             assert_eq!(fault_ipis, faults);
+            // One entry re-pointed (and made writable) per fault.
+            assert_eq!(fault_writes, faults);
         }
     }
     // Fork-like writes at the first snapshot: 2 per mapped page plus the

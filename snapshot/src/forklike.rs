@@ -161,13 +161,10 @@ impl ForkLike {
         .map_err(paging(base))?;
         let mut out = Vec::new();
         for (table, tbase) in tables {
-            let entries = w
-                .memory()
-                .table(table)
-                .ok_or(SnapError::Paging {
-                    addr: tbase,
-                    error: walker::PagingError::BadTable(table),
-                })?;
+            let entries = w.memory().table(table).ok_or(SnapError::Paging {
+                addr: tbase,
+                error: walker::PagingError::BadTable(table),
+            })?;
             for (i, slot) in entries.iter().enumerate() {
                 let e = Entry(slot.load(Ordering::Acquire));
                 let va = tbase + i as u64 * PAGE;
@@ -306,13 +303,20 @@ impl ForkLike {
                         // SAFETY: RAM frames in the direct map; `copy` is
                         // new, `from` read-only everywhere.
                         unsafe {
-                            core::ptr::copy_nonoverlapping(p.frame_ptr(from), p.frame_ptr(copy), PAGE_SIZE)
+                            core::ptr::copy_nonoverlapping(
+                                p.frame_ptr(from),
+                                p.frame_ptr(copy),
+                                PAGE_SIZE,
+                            )
                         };
                         *r -= 1;
                         st.refs[(copy.addr() / PAGE) as usize] = 1;
                         writes += w
                             .update(page, Size::Small, |e| {
-                                Some(Entry::new(copy.addr(), e.flags().union(F::WRITABLE).difference(COW)))
+                                Some(Entry::new(
+                                    copy.addr(),
+                                    e.flags().union(F::WRITABLE).difference(COW),
+                                ))
                             })
                             .map_err(paging(page))?
                             .writes;
@@ -320,7 +324,9 @@ impl ForkLike {
                         shootdown = true;
                     } else {
                         writes += w
-                            .update(page, Size::Small, |e| Some(e.with(F::WRITABLE).without(COW)))
+                            .update(page, Size::Small, |e| {
+                                Some(e.with(F::WRITABLE).without(COW))
+                            })
                             .map_err(paging(page))?
                             .writes;
                     }

@@ -69,10 +69,16 @@ pub enum SnapError {
 impl fmt::Display for SnapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SnapError::HeapSize(n) => write!(f, "heap size {n} is not a multiple of 4 KiB in (0, 1 GiB]"),
+            SnapError::HeapSize(n) => {
+                write!(f, "heap size {n} is not a multiple of 4 KiB in (0, 1 GiB]")
+            }
             SnapError::TooManySnapshots => write!(f, "all {MAX_SNAPSHOTS} snapshot slots are live"),
-            SnapError::NotLive { slot, epoch } => write!(f, "snapshot {epoch} (slot {slot}) is not live"),
-            SnapError::OutOfRange { offset, len } => write!(f, "range {offset:#x}+{len:#x} is outside the heap"),
+            SnapError::NotLive { slot, epoch } => {
+                write!(f, "snapshot {epoch} (slot {slot}) is not live")
+            }
+            SnapError::OutOfRange { offset, len } => {
+                write!(f, "range {offset:#x}+{len:#x} is outside the heap")
+            }
             SnapError::NotResolvable(a) => write!(f, "fault at {a:#x} is not a snapshot fault"),
             SnapError::Platform(e) => write!(f, "platform: {e}"),
             SnapError::Paging { addr, error } => write!(f, "page tables at {addr:#x}: {error:?}"),

@@ -12,9 +12,9 @@
 //!   view, as Redis's BGSAVE does) and [`uffd::UffdHeap`] (userfaultfd
 //!   write-protection, the page is copied into the snapshot on its first
 //!   write).
-//! - Guest only (`target_os = "none"`): [`snappy::Snappy`], O(1)
+//! - Guest only (`target_os = "none"`): `snappy::Snappy`, O(1)
 //!   page-table snapshots with copy on write by path and epoch
-//!   reclamation, and [`forklike::ForkLike`], the same snapshot taken the
+//!   reclamation, and `forklike::ForkLike`, the same snapshot taken the
 //!   way `fork()` takes one, for the side-by-side event counts.
 #![no_std]
 

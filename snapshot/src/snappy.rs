@@ -119,9 +119,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use libdbos::pagetable::{walker, Entry, Level, TableMemory, COW, F};
-use libdbos::platform::{
-    Fault, FaultResolution, Frame, PageSize, Platform, Window,
-};
+use libdbos::platform::{Fault, FaultResolution, Frame, PageSize, Platform, Window};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
@@ -426,7 +424,12 @@ impl Inner {
                 // accessed bit clear (fresh), so that its accessed bit later
                 // says whether anyone walked this view.
                 let mut writes = w
-                    .replace(view, Level::L3, cur, Entry::new(top.addr(), F::PRESENT | F::NO_EXECUTE))
+                    .replace(
+                        view,
+                        Level::L3,
+                        cur,
+                        Entry::new(top.addr(), F::PRESENT | F::NO_EXECUTE),
+                    )
                     .map_err(paging(view))?
                     .writes;
                 // Invariant H at the top: the heap's top table is shared.
@@ -702,7 +705,9 @@ impl Inner {
             // has a COW heap entry since that path was copied).
             return Ok(());
         }
-        let (copy, n) = w.duplicate(table, |e| e).map_err(paging(self.heap.base + off))?;
+        let (copy, n) = w
+            .duplicate(table, |e| e)
+            .map_err(paging(self.heap.base + off))?;
         *writes += n;
         st.limbo.push(Limbo {
             phys: copy,
@@ -807,7 +812,11 @@ unsafe impl Snapshotter for Snappy {
                 // SAFETY: the view page is mapped read-only for as long as
                 // `snap` is live (it is: we hold it), `n` bytes stay in it.
                 unsafe {
-                    core::ptr::copy_nonoverlapping((view + at) as *const u8, dst.as_mut_ptr(), n as usize)
+                    core::ptr::copy_nonoverlapping(
+                        (view + at) as *const u8,
+                        dst.as_mut_ptr(),
+                        n as usize,
+                    )
                 };
             } else {
                 dst.fill(0);

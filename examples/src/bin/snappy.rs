@@ -390,7 +390,7 @@ fn bench(max_mib: u64) {
         "bench: {SNAPSHOTS} snapshots per heap, {WRITES} random pages written after each, one page mapped per MiB, {} vCPUs",
         libdbos::smp::cpu_count()
     );
-    println!("mechanism heap_mib mapped snapshot take_pte_writes take_ipis cow_faults bytes_copied fault_ipis");
+    println!("mechanism heap_mib mapped snapshot take_pte_writes take_ipis cow_faults bytes_copied fault_ipis fault_pte_writes");
     let mut len = 16 * MIB;
     while len <= max_mib * MIB {
         let mapped = len / DENSITY;
@@ -407,7 +407,7 @@ fn bench(max_mib: u64) {
         }
         // Snappy
         for k in 0..SNAPSHOTS {
-            let mut tot = [0u64; 5];
+            let mut tot = [0u64; 6];
             let c0 = counters();
             let st0 = s.stats();
             let snap = s.take().unwrap();
@@ -422,12 +422,13 @@ fn bench(max_mib: u64) {
             tot[2] = st1.cow_faults - st0.cow_faults;
             tot[3] = st1.bytes_copied - st0.bytes_copied;
             tot[4] = c2.since(&c1).ipis_sent;
+            tot[5] = c2.since(&c1).pte_writes;
             s.release(snap).unwrap();
             print_row("snappy", len, mapped, k, &tot);
         }
         // Fork-like
         for k in 0..SNAPSHOTS {
-            let mut tot = [0u64; 5];
+            let mut tot = [0u64; 6];
             let c0 = counters();
             let st0 = f.stats();
             let snap = f.take().unwrap();
@@ -445,6 +446,7 @@ fn bench(max_mib: u64) {
             tot[2] = st1.cow_faults - st0.cow_faults;
             tot[3] = st1.bytes_copied - st0.bytes_copied;
             tot[4] = c2.since(&c1).ipis_sent;
+            tot[5] = c2.since(&c1).pte_writes;
             f.release(snap).unwrap();
             print_row("forklike", len, mapped, k, &tot);
         }
@@ -452,15 +454,16 @@ fn bench(max_mib: u64) {
     }
 }
 
-fn print_row(name: &str, len: u64, mapped: u64, k: u64, e: &[u64; 5]) {
+fn print_row(name: &str, len: u64, mapped: u64, k: u64, e: &[u64; 6]) {
     println!(
-        "{name} {} {mapped} {} {} {} {} {} {}",
+        "{name} {} {mapped} {} {} {} {} {} {} {}",
         len / MIB,
         k + 1,
         e[0],
         e[1],
         e[2],
         e[3],
-        e[4]
+        e[4],
+        e[5]
     );
 }

@@ -884,7 +884,8 @@ impl<'a, M: TableMemory<'a>> PageTables<'a, M> {
         if !canonical(addr) {
             return Err(PagingError::UnalignedAddr);
         }
-        self.table_at_creating(addr, level).map(|(_, created)| created)
+        self.table_at_creating(addr, level)
+            .map(|(_, created)| created)
     }
 
     /// Copies the table at physical `table` into a new table, entry by entry,
@@ -897,7 +898,11 @@ impl<'a, M: TableMemory<'a>> PageTables<'a, M> {
     /// As for [`copy_table`](Self::copy_table), the caller holds the
     /// structural lock and nobody edits the source's entries lock-free during
     /// the copy (the hardware may still set accessed bits in it).
-    pub fn duplicate(&self, table: u64, f: impl Fn(Entry) -> Entry) -> Result<(u64, u64), PagingError> {
+    pub fn duplicate(
+        &self,
+        table: u64,
+        f: impl Fn(Entry) -> Entry,
+    ) -> Result<(u64, u64), PagingError> {
         let src = self.table(table)?;
         let new_phys = self
             .mem

@@ -631,12 +631,13 @@ fn prepare_duplicate_and_update_entries() {
     t.map(PAGE + 4096, DATA + 4096, Size::Small, NX).unwrap();
     let pt_table = t.read(PAGE, Level::L2).unwrap().addr();
     // A copy with COW set and W cleared in every present entry; unlinked.
-    let (copy, writes) = t
-        .duplicate(pt_table, |e| e.without(W).with(COW))
-        .unwrap();
+    let (copy, writes) = t.duplicate(pt_table, |e| e.without(W).with(COW)).unwrap();
     assert_eq!(writes, 2);
     assert_eq!(copy, 0x4000);
-    assert_eq!(phys.pages[4].0[3].load(Ordering::SeqCst), e(DATA, P | COW).raw());
+    assert_eq!(
+        phys.pages[4].0[3].load(Ordering::SeqCst),
+        e(DATA, P | COW).raw()
+    );
     assert_eq!(t.read(PAGE, Level::L1), Ok(e(DATA, P | W)));
     // In place: only the writable entry changes.
     let n = t
