@@ -62,6 +62,7 @@ fn main() -> u8 {
             println!("clock {a} {b} monotonic={}", b >= a && a > 0);
             0
         }
+        "deferred-view" => deferred_view(args.next()),
         "args" => {
             let all: alloc::vec::Vec<&str> = args.collect();
             println!("args: {}", all.join("|"));
@@ -456,5 +457,224 @@ fn window_stack() -> u8 {
     span.copy_from_slice(b"across pages");
     libdbos::hypercall::console_write(span);
     println!("unreachable");
+    0
+}
+
+/// Values CPU 1 read (see `deferred_view`).
+static SEEN: [AtomicU64; 10] = [const { AtomicU64::new(0) }; 10];
+/// Figures measured on either CPU (see `deferred_view`).
+static FIGURES: [AtomicU64; 17] = [const { AtomicU64::new(0) }; 17];
+/// Faults that reached the window's fault hook.
+static HOOK_FAULTS: AtomicU64 = AtomicU64::new(0);
+
+/// The window fault hook of `deferred-view`: maps the faulting page to the
+/// frame whose address is `context` (it holds 3) and retries.
+fn map_to_context(
+    fault: &libdbos::platform::Fault,
+    context: usize,
+) -> libdbos::platform::FaultResolution {
+    use libdbos::platform::{FaultResolution, Platform};
+    HOOK_FAULTS.fetch_add(1, Ordering::Relaxed);
+    let frame = Frame::from_addr(context as u64).expect("an aligned frame");
+    let page = fault.addr & !0xfff;
+    match libdbos::platform().map(page, frame, PageSize::Small, Protection::ReadWrite) {
+        Ok(()) => FaultResolution::Retry,
+        Err(_) => FaultResolution::Unhandled,
+    }
+}
+
+/// Stale translations forced with a deferred view (`libdbos::paging::
+/// defer_view`), on 2 vCPUs. CPU 1 reads pages of a window (all mapped to
+/// a frame holding 1) and defers its view of the window; CPU 0 re-points
+/// them with platform calls, which invalidate only CPU 0; then:
+///
+/// 1. page 0 re-pointed at a frame holding 2: CPU 1 reads the stale 1,
+///    invalidates locally, reads 2;
+/// 2. page 2 re-pointed the same way, CPU 0 calls `invalidate_all`: CPU 1
+///    reads 2 without invalidating itself (the IPI refreshed its view);
+/// 3. after `end_deferred_view` the private tables are freed: frames back
+///    to the baseline;
+/// 4. page 1, never mapped while CPU 1 looked, mapped by CPU 0 (frame
+///    holding 3): CPU 1 reads 3 at once (a not-present entry is never
+///    cached; the view absorbs one fault); page 3 unmapped by CPU 0: CPU 1
+///    still reads the stale 1 until it invalidates, then faults (the hook
+///    maps a frame holding 3);
+/// 5. page 4 re-pointed at the frame holding 2: CPU 1 reads the stale 1,
+///    flushes its TLB (`flush_local`), reads 2.
+///
+/// The mode argument: `deferred` (the default), `no-repair` (the same with
+/// CPU 1's `invalidate_local` and `flush_local` and CPU 0's
+/// `invalidate_all` left out: every read stays stale), `shared` (no deferred view: what this host's KVM does
+/// by itself).
+fn deferred_view(mode: Option<&str>) -> u8 {
+    use libdbos::platform::Platform;
+    let (defer, repair) = match mode.unwrap_or("deferred") {
+        "deferred" => (true, true),
+        "no-repair" => (true, false),
+        "shared" => (false, true),
+        other => panic!("deferred-view: unknown mode {other:?}"),
+    };
+    let p = libdbos::platform();
+    if p.cpu_count() != 2 {
+        println!("deferred-view needs --vcpus 2");
+        return 1;
+    }
+    let w = p.reserve(1 << 21).unwrap();
+    let frame_holding = |value: u64| {
+        let f = p.alloc_frame(PageSize::Small).unwrap();
+        // SAFETY: a fresh frame, ours, reached through the direct map.
+        unsafe { (p.frame_ptr(f) as *mut u64).write_volatile(value) };
+        f
+    };
+    let (f1, f2, f3) = (frame_holding(1), frame_holding(2), frame_holding(3));
+    let rw = Protection::ReadWrite;
+    for i in [0, 2, 3, 4] {
+        p.map(w.page(i), f1, PageSize::Small, rw).unwrap();
+    }
+    p.set_window_fault_hook(&w, Some(map_to_context), f3.addr() as usize)
+        .unwrap();
+    // SAFETY: reads of window pages that are mapped (or fault into the hook
+    // above, which maps them).
+    let read = |page: u64| unsafe { core::ptr::read_volatile(page as *const u64) };
+    let set = |slot: &AtomicU64, v: u64| slot.store(v, Ordering::SeqCst);
+    let get = |slot: &AtomicU64| slot.load(Ordering::SeqCst);
+    let barrier = libdbos::sync::Barrier::new(2);
+    p.run_on_all(&|cpu| {
+        if cpu == 1 {
+            set(&SEEN[0], read(w.page(0)));
+            read(w.page(2));
+            read(w.page(3));
+            read(w.page(4));
+            set(&FIGURES[0], frames::available());
+            if defer {
+                set(
+                    &FIGURES[1],
+                    paging::defer_view(w.base..w.base + w.len).unwrap(),
+                );
+            }
+            set(&FIGURES[2], frames::available());
+            set(&FIGURES[3], paging::view_counts().writes);
+        }
+        barrier.wait();
+        if cpu == 0 {
+            let before = p.counters();
+            p.unmap(w.page(0), PageSize::Small).unwrap();
+            p.map(w.page(0), f2, PageSize::Small, rw).unwrap();
+            p.unmap(w.page(2), PageSize::Small).unwrap();
+            p.map(w.page(2), f2, PageSize::Small, rw).unwrap();
+            p.map(w.page(1), f3, PageSize::Small, rw).unwrap();
+            p.unmap(w.page(3), PageSize::Small).unwrap();
+            p.unmap(w.page(4), PageSize::Small).unwrap();
+            p.map(w.page(4), f2, PageSize::Small, rw).unwrap();
+            let d = p.counters().since(&before);
+            set(&FIGURES[4], d.pte_writes);
+            set(&FIGURES[5], d.local_invalidations);
+            set(&FIGURES[6], d.ipis_sent);
+        }
+        barrier.wait();
+        if cpu == 1 {
+            set(&SEEN[1], read(w.page(0)));
+            let vw = paging::view_counts().writes;
+            if repair {
+                p.invalidate_local(w.page(0));
+            }
+            set(&FIGURES[7], paging::view_counts().writes - vw);
+            set(&SEEN[2], read(w.page(0)));
+        }
+        barrier.wait();
+        if cpu == 0 {
+            let before = p.counters();
+            let vw = paging::view_counts().writes;
+            if repair {
+                p.invalidate_all(w.page(2));
+            }
+            let d = p.counters().since(&before);
+            set(&FIGURES[8], d.ipis_sent);
+            set(&FIGURES[9], d.remote_invalidations);
+            set(&FIGURES[10], d.local_invalidations);
+            set(&FIGURES[11], paging::view_counts().writes - vw);
+        }
+        barrier.wait();
+        if cpu == 1 {
+            set(&SEEN[3], read(w.page(2)));
+            let absorbed = paging::view_counts().absorbed_faults;
+            set(&SEEN[4], read(w.page(1)));
+            set(
+                &FIGURES[12],
+                paging::view_counts().absorbed_faults - absorbed,
+            );
+            set(&SEEN[5], read(w.page(3)));
+            if repair {
+                p.invalidate_local(w.page(3));
+            }
+            set(&SEEN[6], read(w.page(3)));
+            set(&SEEN[7], read(w.page(4)));
+            let vw = paging::view_counts().writes;
+            if repair {
+                p.flush_local();
+            }
+            set(&FIGURES[16], paging::view_counts().writes - vw);
+            set(&SEEN[8], read(w.page(4)));
+            if defer {
+                set(&FIGURES[13], paging::end_deferred_view().unwrap());
+            }
+            set(&FIGURES[14], frames::available());
+            set(&FIGURES[15], paging::view_counts().tables);
+        }
+    });
+    let f = |i: usize| get(&FIGURES[i]);
+    let seen = |i: usize| get(&SEEN[i]);
+    println!(
+        "cpu 1 defers its view of the window: private tables={} frames during={:+} (cpu 0 defers: {})",
+        f(1),
+        f(2) as i64 - f(0) as i64,
+        paging::deferring()
+    );
+    println!(
+        "cpu 0 re-points pages 0, 2 and 4, maps 1, unmaps 3: pte_writes={} local_invalidations={} ipis={}",
+        f(4),
+        f(5),
+        f(6)
+    );
+    println!(
+        "case 1, invalidate_local: before={} after remap={} after invalidate={} (view writes {})",
+        seen(0),
+        seen(1),
+        seen(2),
+        f(7)
+    );
+    println!(
+        "case 2, invalidate_all on cpu 0: cpu 1 reads {} (ipis={} remote={} local={} view writes {})",
+        seen(3),
+        f(8),
+        f(9),
+        f(10),
+        f(11)
+    );
+    println!(
+        "case 3, end of the view: tables freed={} frames after={:+} private tables alive={}",
+        f(13),
+        f(14) as i64 - f(0) as i64,
+        f(15)
+    );
+    println!(
+        "case 4, page mapped by cpu 0: reads {} (absorbed faults {}); page unmapped by cpu 0: reads {} then {} after invalidate (hook faults {})",
+        seen(4),
+        f(12),
+        seen(5),
+        seen(6),
+        HOOK_FAULTS.load(Ordering::Relaxed)
+    );
+    println!(
+        "case 5, flush_local: reads {} then {} (view writes {})",
+        seen(7),
+        seen(8),
+        f(16)
+    );
+    println!(
+        "view writes at the copy={} in all={}",
+        f(3),
+        paging::view_counts().writes
+    );
     0
 }

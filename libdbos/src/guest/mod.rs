@@ -18,6 +18,8 @@ pub mod panic;
 pub mod percpu;
 pub mod smp;
 pub mod tlb;
+#[cfg(feature = "conformance")]
+pub mod view;
 
 pub use api::{platform, GuestPlatform};
 pub use boot::{args, boot_info, exit, Args};

@@ -41,18 +41,34 @@ use spin::Mutex;
 use x86_64::registers::control::Cr3;
 
 pub use crate::pagetable::Mapping;
+#[cfg(feature = "conformance")]
+pub use crate::view::{
+    defer_view, deferring, end_deferred_view, view_counts, ViewCounts, ViewError,
+};
 
 /// Serialises structural edits of the active page tables.
 static TABLES: Mutex<()> = Mutex::new(());
 
-/// The active tables (CR3's root), through the direct map.
+/// The active tables (CR3's root, or on a CPU that defers its view the
+/// shared root: edits and walks always go to the real tables, see
+/// `crate::view`), through the direct map.
 fn active() -> PageTables<'static, ZeroedFrames> {
-    let root = Cr3::read().0.start_address().as_u64();
+    let root = real_root();
     // SAFETY: CR3 holds the active PML4; every table is a RAM frame in the
     // direct map, which is mapped for the guest's whole life, and tables are
     // only accessed through the walker's atomics (invariants above); new
     // tables are zeroed frames from the frame allocator.
     unsafe { PageTables::new(root, DIRECT_MAP_BASE, ZeroedFrames) }
+}
+
+/// The root of the real tables: CR3's, or the shared root a CPU that
+/// defers its view saved (one global check with the `conformance` feature).
+fn real_root() -> u64 {
+    #[cfg(feature = "conformance")]
+    if let Some(root) = crate::view::shared_root() {
+        return root;
+    }
+    Cr3::read().0.start_address().as_u64()
 }
 
 /// Runs `f` on the active tables under the structural lock (interrupts

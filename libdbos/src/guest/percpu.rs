@@ -36,6 +36,9 @@ pub struct PerCpu {
     /// Whether this CPU's timer is running; a tick latched before the timer
     /// was stopped is dropped, so stopping it is synchronous for the hook.
     pub(crate) timer_on: core::sync::atomic::AtomicBool,
+    /// This CPU's deferred page-table view (test mode), if any.
+    #[cfg(feature = "conformance")]
+    pub(crate) view: crate::view::ViewState,
 }
 
 static CPUS: [AtomicPtr<PerCpu>; MAX_VCPUS as usize] =
@@ -52,6 +55,8 @@ pub(crate) fn init(cpu: u32) {
         work_done: AtomicU64::new(0),
         tlb_done: AtomicU64::new(0),
         timer_on: core::sync::atomic::AtomicBool::new(false),
+        #[cfg(feature = "conformance")]
+        view: crate::view::ViewState::new(),
     }));
     area.self_ptr = area as *const PerCpu;
     GsBase::write(VirtAddr::from_ptr(area as *const PerCpu));

@@ -2,6 +2,12 @@
 //!
 //! The guest runs without PCIDs (these hosts reject CR4.PCIDE) and without
 //! global pages, so a CR3 reload drops every translation.
+//!
+//! With the `conformance` feature, a CPU may defer its view of a range
+//! ([`crate::view`]): every invalidation here first refreshes that CPU's
+//! private copy of the tables (one global check while no CPU defers),
+//! so that a correct invalidation repairs the view and a missing one leaves
+//! it stale.
 
 use crate::percpu::{self, Event};
 use x86_64::registers::control::Cr3;
@@ -9,12 +15,16 @@ use x86_64::VirtAddr;
 
 /// `invlpg page` on this CPU.
 pub fn invalidate_local(page: u64) {
+    #[cfg(feature = "conformance")]
+    crate::view::refresh_page(page);
     x86_64::instructions::tlb::flush(VirtAddr::new_truncate(page));
     percpu::count(Event::LocalInvalidation);
 }
 
 /// `invlpg page` without counting it (for work another CPU asked for and counted).
 pub(crate) fn invalidate_uncounted(page: u64) {
+    #[cfg(feature = "conformance")]
+    crate::view::refresh_page(page);
     x86_64::instructions::tlb::flush(VirtAddr::new_truncate(page));
 }
 
@@ -26,6 +36,8 @@ pub fn flush_local() {
 
 /// A CR3 reload without counting it (for work another CPU asked for and counted).
 pub(crate) fn flush_uncounted() {
+    #[cfg(feature = "conformance")]
+    crate::view::refresh_all();
     let (frame, flags) = Cr3::read();
     // SAFETY: writing back the current root and flags changes no mapping; it
     // only drops cached translations (and the paging-structure caches).

@@ -647,3 +647,80 @@ fn prepare_duplicate_and_update_entries() {
     assert_eq!(t.read(PAGE, Level::L1), Ok(e(DATA, P)));
     assert_eq!(t.read(PAGE + 4096, Level::L1), Ok(e(DATA + 4096, P | NX)));
 }
+
+#[test]
+fn a_view_translates_its_private_range_late() {
+    let phys = Phys::new(16, 16);
+    let real = pt(&phys);
+    const MIB2: u64 = 2 << 20;
+    let private = (PAGE & !(MIB2 - 1))..(PAGE & !(MIB2 - 1)) + MIB2;
+    // Real tables: PDPT 1, PD 2, PT 3 for PAGE; PT 4 for a page 4 MiB on
+    // (same PD, outside the private range); PDPT 5, PD 6, PT 7 for a page
+    // under another level-4 entry.
+    let other = PAGE + (4 << 20);
+    let far = 0x0000_2000_0000_0000;
+    real.map(PAGE, DATA, Size::Small, W | NX).unwrap();
+    real.map(other, DATA + 0x1000, Size::Small, W | NX).unwrap();
+    real.map(far, DATA + 0x2000, Size::Small, W | NX).unwrap();
+    let view = PageTables::create(&phys).unwrap();
+    assert_eq!(view.root(), 0x8000);
+    // Private PDPT 9, PD 10, PT 11; everything else is a copied entry.
+    assert_eq!(view.sync_view(0, &private, &(0..u64::MAX)), Ok(6));
+    assert_eq!(
+        (
+            view.read(PAGE, Level::L4).unwrap().addr(),
+            view.read(PAGE, Level::L3).unwrap().addr(),
+            view.read(PAGE, Level::L2).unwrap().addr(),
+        ),
+        (0x9000, 0xa000, 0xb000),
+        "private tables down to the range's page table"
+    );
+    assert_eq!(view.read(other, Level::L2), Ok(e(0x4000, P | W)), "shared");
+    assert_eq!(view.read(far, Level::L4), Ok(e(0x5000, P | W)), "shared");
+    // The real tables change: the view keeps the old translation in its
+    // range, and sees changes outside it (shared tables).
+    real.unmap(PAGE, Size::Small).unwrap();
+    real.map(PAGE, DATA + 0x5000, Size::Small, W | NX).unwrap();
+    real.map(PAGE + 0x1000, DATA + 0x6000, Size::Small, W | NX)
+        .unwrap();
+    real.protect(other, Size::Small, NX).unwrap();
+    let leaf = |a| view.walk(a).unwrap().leaf().map(|(e, _)| e);
+    assert_eq!(leaf(PAGE), Some(e(DATA, P | W | NX)), "stale");
+    assert_eq!(leaf(PAGE + 0x1000), None, "not seen yet");
+    assert_eq!(leaf(other), Some(e(DATA + 0x1000, P | NX)), "live");
+    // Synchronising one page repairs that page only.
+    assert_eq!(view.sync_view(0, &private, &(PAGE..PAGE + 1)), Ok(1));
+    assert_eq!(leaf(PAGE), Some(e(DATA + 0x5000, P | W | NX)));
+    assert_eq!(leaf(PAGE + 0x1000), None);
+    assert_eq!(view.sync_view(0, &private, &(0..u64::MAX)), Ok(1));
+    assert_eq!(leaf(PAGE + 0x1000), Some(e(DATA + 0x6000, P | W | NX)));
+    assert_eq!(
+        view.sync_view(0, &private, &(0..u64::MAX)),
+        Ok(0),
+        "in sync"
+    );
+    assert_eq!(phys.next.load(Ordering::SeqCst), 12, "4 view tables");
+    // A source table that goes away takes its private copy with it.
+    phys.pages[2].0[0].store(0, Ordering::SeqCst);
+    assert_eq!(view.sync_view(0, &private, &(PAGE..PAGE + 1)), Ok(1));
+    assert_eq!(phys.freed.load(Ordering::SeqCst), 1);
+    assert_eq!(leaf(PAGE), None);
+    assert_eq!(view.release_view(&private), Ok(3));
+    assert_eq!(phys.freed.load(Ordering::SeqCst), 4, "every view table");
+}
+
+#[test]
+fn a_view_out_of_tables_stays_consistent() {
+    let phys = Phys::new(16, 7); // root 4, then tables 5 and 6 only
+    let real = pt(&phys);
+    real.map(PAGE, DATA, Size::Small, W).unwrap();
+    let view = PageTables::create(&phys).unwrap();
+    let private = PAGE..PAGE + 0x1000;
+    assert_eq!(
+        view.sync_view(0, &private, &(0..u64::MAX)),
+        Err(PagingError::OutOfTables { writes: 0 })
+    );
+    assert_eq!(view.read(PAGE, Level::L4), Ok(Entry::EMPTY));
+    assert_eq!(phys.freed.load(Ordering::SeqCst), 2, "the unlinked copies");
+    assert_eq!(view.release_view(&private), Ok(1));
+}
