@@ -11,9 +11,10 @@
 //! - `many`: overlapping snapshots taken and released in random order while
 //!   writing; frames back to the baseline at the end;
 //! - `bytes`: bytes copied per snapshot against distinct pages written;
-//! - `reader`: a reader on vCPU 0 reads a snapshot through its view while a
-//!   writer on vCPU 1 writes (needs 2 vCPUs); `reader noflush` runs it
-//!   with the fault-time reader flush disabled;
+//! - `reader`: a reader on vCPU 0, its translations of the view frozen
+//!   (`paging::defer_view`), reads a snapshot through its view while a
+//!   writer on vCPU 1 writes (needs 2 vCPUs); `reader noflush` runs it with
+//!   Snappy's fault-time reader flush disabled, and must see stale data;
 //! - `bench [MAX_MIB]`: per-snapshot events for heaps from 16 MiB up to
 //!   MAX_MIB (default 1024), both mechanisms side by side.
 #![no_std]
