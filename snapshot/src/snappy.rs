@@ -106,6 +106,26 @@
 //! interval. When every snapshot is released the limbo list is empty and
 //! the frames and tables in use are exactly those before the first take.
 //!
+//! # Why the heap's tables stay in place (a change from the first design)
+//!
+//! The first design copied the *heap's* path (the heap re-pointed at fresh
+//! copies, the old tables left to the snapshots) and then re-pointed
+//! snapshot leaves inside those old tables. That has a hole: another CPU
+//! may still hold paging-structure-cache entries for the heap's old path
+//! (the upper-level entries it walked since the take), and through them it
+//! would translate heap addresses via the old tables, whose leaves now lead
+//! to the snapshots' copies: it would read frozen data instead of the
+//! heap's newer writes, until it happens to flush. Closing it needs a
+//! shootdown on every path copy that another CPU may have walked, and the
+//! faulting CPU's own walk sets the accessed bits that would tell. Copying
+//! for the snapshots at every level instead (the heap keeps its tables and
+//! frames; only views are re-pointed) leaves the heap's translations valid
+//! everywhere (they only gain write permission), so heap CPUs never need an
+//! IPI, and the one flush left is for snapshot readers, decided by the
+//! view's accessed bits. The price: the heap's table is write-protected in
+//! place (one write per entry not yet protected) in addition to the copy,
+//! about twice the page-table writes of a heap-side copy at fault time.
+//!
 //! # Locking and TLB rules
 //!
 //! One [`ServingLock`] per instance serialises take, release and fault
