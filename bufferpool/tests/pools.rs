@@ -1,4 +1,5 @@
-//! The buffer pools (vmcache-style and hash table) and the B+tree on them:
+//! The buffer pools (vmcache-style, hash table, and Tabby on the process
+//! platform in both eviction modes) and the B+tree on them:
 //! model-based tests against `BTreeMap` with eviction forced by small
 //! pools, concurrent readers and writers, dirty pages surviving eviction,
 //! page identity checks, and the write-ahead rule.
@@ -10,14 +11,17 @@ use dbos_bufferpool::device::{BlockDevice, DeviceError, Io, IoBuf, IoKind, IoTag
 use dbos_bufferpool::fuzzing::{self, MemDisk};
 use dbos_bufferpool::page::{self, PageCheck};
 use dbos_bufferpool::pool::hash::HashPool;
+use dbos_bufferpool::pool::tabby::{self, Eviction, Tabby, TabbyConfig};
 use dbos_bufferpool::pool::vmcache::{PoolConfig, VmCache};
 use dbos_bufferpool::pool::{
     BufferManager, Durability, DurabilityError, PageRead, Pool, PoolError, Stale,
 };
 use dbos_bufferpool::{Lsn, PageId, PAGE_SIZE};
+use libdbos::platform::Platform;
+use libdbos::process::{Config as PlatformConfig, ProcessPlatform};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 // ---- an in-memory device that records writes ----
 
@@ -141,9 +145,50 @@ impl Durability for RecordingLog {
 enum Kind {
     VmCache,
     Hash,
+    /// Tabby on the process platform, evicting without shootdowns.
+    Tabby,
+    /// Tabby evicting the classic way (`invalidate_all` per page).
+    TabbyInvalidateAll,
 }
 
-const KINDS: [Kind; 2] = [Kind::VmCache, Kind::Hash];
+const KINDS: [Kind; 4] = [
+    Kind::VmCache,
+    Kind::Hash,
+    Kind::Tabby,
+    Kind::TabbyInvalidateAll,
+];
+
+/// The process platform the Tabby pools of this binary share (16 MiB of
+/// frames, 2 CPUs).
+fn platform() -> &'static ProcessPlatform {
+    static P: OnceLock<&'static ProcessPlatform> = OnceLock::new();
+    P.get_or_init(|| {
+        ProcessPlatform::new(PlatformConfig {
+            frames: 4096,
+            cpus: 2,
+            pin: false,
+            ..PlatformConfig::default()
+        })
+        .expect("process platform")
+    })
+}
+
+/// Tabby maps every page of its window at creation (2 mappings charged
+/// each against `vm.max_map_count`, process-wide): its test devices are
+/// capped so that the tests running at once stay far below the limit.
+const TABBY_MAX_PAGES: usize = 2048;
+
+fn tabby_config(cfg: PoolConfig, eviction: Eviction) -> TabbyConfig {
+    TabbyConfig {
+        capacity: cfg.capacity,
+        allocated: cfg.allocated,
+        evict_batch: cfg.evict_batch,
+        durability: cfg.durability,
+        relax: cfg.relax,
+        eviction,
+        repair: true,
+    }
+}
 
 fn config(capacity: usize, log: &Arc<RecordingLog>, batch: usize) -> PoolConfig {
     PoolConfig {
@@ -164,12 +209,22 @@ fn pool(
     queues: usize,
 ) -> (Box<dyn BufferManager>, Arc<Disk>, Arc<RecordingLog>) {
     let log = Arc::new(RecordingLog::default());
+    let disk_pages = match kind {
+        Kind::Tabby | Kind::TabbyInvalidateAll => disk_pages.min(TABBY_MAX_PAGES),
+        _ => disk_pages,
+    };
     let disk = Disk::new(disk_pages, log.clone());
     let devs = (0..queues).map(|_| MemDevice::new(&disk)).collect();
     let cfg = config(capacity, &log, 8);
     let p: Box<dyn BufferManager> = match kind {
         Kind::VmCache => Box::new(VmCache::new(devs, cfg).unwrap()),
         Kind::Hash => Box::new(HashPool::new(devs, cfg).unwrap()),
+        Kind::Tabby => {
+            Box::new(Tabby::new(platform(), devs, tabby_config(cfg, Eviction::Tabby)).unwrap())
+        }
+        Kind::TabbyInvalidateAll => Box::new(
+            Tabby::new(platform(), devs, tabby_config(cfg, Eviction::InvalidateAll)).unwrap(),
+        ),
     };
     (p, disk, log)
 }
@@ -704,6 +759,16 @@ fn btree_on_the_process_nvme_device() {
         match kind {
             Kind::VmCache => model_run(&VmCache::new(devs, cfg).unwrap(), 3, 3000),
             Kind::Hash => model_run(&HashPool::new(devs, cfg).unwrap(), 3, 3000),
+            Kind::Tabby => model_run(
+                &Tabby::new(platform(), devs, tabby_config(cfg, Eviction::Tabby)).unwrap(),
+                3,
+                3000,
+            ),
+            Kind::TabbyInvalidateAll => model_run(
+                &Tabby::new(platform(), devs, tabby_config(cfg, Eviction::InvalidateAll)).unwrap(),
+                3,
+                3000,
+            ),
         }
     }
 }
@@ -716,4 +781,219 @@ fn btree_every_entry_checked_after_every_op() {
         let (p, _, _) = pool(kind, 24, 4096, 1);
         model_run_checked(&*p, 11, 600, true);
     }
+}
+
+// ---- Tabby's own mechanism, counted on a platform of its own ----
+
+/// A platform for one test, so that its event counters see only that test.
+fn own_platform() -> &'static ProcessPlatform {
+    ProcessPlatform::new(PlatformConfig {
+        frames: 256,
+        cpus: 2,
+        pin: false,
+        ..PlatformConfig::default()
+    })
+    .expect("process platform")
+}
+
+/// A Tabby pool of `capacity` frames over 64 pages, batches of 1, with
+/// pages `0..capacity` allocated; page `i` holds `i` at byte 64.
+fn small_tabby(
+    plat: &'static ProcessPlatform,
+    capacity: usize,
+    eviction: Eviction,
+    repair: bool,
+) -> Tabby<ProcessPlatform, MemDevice> {
+    let log = Arc::new(RecordingLog::default());
+    let disk = Disk::new(64, log.clone());
+    let cfg = TabbyConfig {
+        repair,
+        ..tabby_config(config(capacity, &log, 1), eviction)
+    };
+    let p = Tabby::new(plat, vec![MemDevice::new(&disk)], cfg).unwrap();
+    for i in 0..capacity as u64 {
+        let mut g = p.allocate().unwrap();
+        assert_eq!(g.id(), PageId(i));
+        g.bytes_mut()[64] = i as u8;
+    }
+    p
+}
+
+/// Evicts until page `id` is no longer resident.
+fn evict_page<P: Platform>(p: &Tabby<P, MemDevice>, id: PageId) {
+    for _ in 0..64 {
+        if p.resident_frame(id).is_none() {
+            return;
+        }
+        p.evict(1).unwrap();
+    }
+    panic!("page {id:?} was never evicted");
+}
+
+#[test]
+fn tabby_eviction_leaves_the_translation_and_writes_no_entry() {
+    let plat = own_platform();
+    let p = small_tabby(plat, 4, Eviction::Tabby, true);
+    let va = p.page_addr(PageId(0));
+    let f0 = p.resident_frame(PageId(0)).unwrap();
+    assert_eq!(plat.translate(va), Some(f0));
+    assert_eq!(p.frame_header(f0), 0, "the frame's header names its page");
+
+    let c = plat.counters();
+    evict_page(&p, PageId(0));
+    let d = plat.counters().since(&c);
+    assert_eq!(
+        (
+            d.pte_writes,
+            d.local_invalidations,
+            d.remote_invalidations,
+            d.ipis_sent
+        ),
+        (0, 0, 0, 0),
+        "Tabby eviction touches no entry and no TLB"
+    );
+    assert!(p.stats().evictions >= 1);
+    // The entry still points at the old frame, whose header says INVALID.
+    assert_eq!(plat.translate(va), Some(f0));
+    assert_eq!(p.frame_header(f0), tabby::INVALID);
+
+    // The reload: one entry written (and the local invalidation that goes
+    // with replacing a present entry), nothing remote.
+    let c = plat.counters();
+    let g = p.fix_shared(PageId(0)).unwrap();
+    let d = plat.counters().since(&c);
+    assert_eq!(g.bytes()[64], 0);
+    assert_eq!(g.bytes()[16..24], 0u64.to_le_bytes());
+    assert_eq!(
+        (
+            d.pte_writes,
+            d.local_invalidations,
+            d.remote_invalidations,
+            d.ipis_sent
+        ),
+        (1, 1, 0, 0)
+    );
+    let f = p.resident_frame(PageId(0)).unwrap();
+    assert_eq!(plat.translate(va), Some(f));
+    assert_eq!(p.frame_header(f), 0);
+    assert_eq!(p.stats().remaps, 4 + 1, "4 allocations and 1 load");
+    assert_eq!(p.stats().stale_repairs, 0);
+}
+
+#[test]
+fn tabby_invalidate_all_mode_shoots_every_eviction_down() {
+    let plat = own_platform();
+    let p = small_tabby(plat, 4, Eviction::InvalidateAll, true);
+    let va = p.page_addr(PageId(0));
+    let c = plat.counters();
+    evict_page(&p, PageId(0));
+    let d = plat.counters().since(&c);
+    let n = p.stats().evictions;
+    assert!(n >= 1);
+    // Per evicted page: one remap to the blank frame (1 entry, 1 local
+    // invalidation) and one invalidate_all (1 local + 1 remote on 2 CPUs).
+    assert_eq!(
+        (d.pte_writes, d.local_invalidations, d.remote_invalidations),
+        (n, 2 * n, n)
+    );
+    assert_eq!(p.stats().invalidate_alls, n);
+    assert_eq!(plat.translate(va), Some(p.blank_frame()));
+    assert_eq!(p.fix_shared(PageId(0)).unwrap().bytes()[64], 0);
+}
+
+#[test]
+fn tabby_optimistic_read_through_a_reused_frame_fails_validation() {
+    let plat = own_platform();
+    let p = small_tabby(plat, 2, Eviction::Tabby, true);
+    for _ in 0..2 {
+        let mut g = p.allocate().unwrap();
+        let id = g.id();
+        g.bytes_mut()[64] = id.0 as u8;
+    }
+    // Pages 0..4 exist; two are resident. Read page 0 optimistically.
+    let r = p.optimistic(PageId(0)).unwrap();
+    assert_eq!(r.u8_at(64), Ok(0));
+    let f0 = p.resident_frame(PageId(0)).unwrap();
+    // Evict both and load pages 2 and 3: page 0's frame now holds one of
+    // them, and page 0's entry still points at it (the page-table-level
+    // stale translation Tabby leaves behind on purpose).
+    evict_page(&p, PageId(0));
+    evict_page(&p, PageId(1));
+    let g2 = p.fix_shared(PageId(2)).unwrap();
+    let g3 = p.fix_shared(PageId(3)).unwrap();
+    assert_eq!(plat.translate(p.page_addr(PageId(0))), Some(f0));
+    let other = p.frame_header(f0);
+    assert!(other == 2 || other == 3, "frame reused: {other}");
+    // The reader sees the other page through page 0's address...
+    assert_eq!(r.u64_at(16), Ok(other));
+    assert_eq!(r.u8_at(64), Ok(other as u8));
+    // ...and validation refuses it.
+    assert_eq!(r.validate(), Err(Stale));
+    drop((g2, g3));
+    // A new optimistic read of page 0 loads it back into a frame.
+    let r = p.optimistic(PageId(0)).unwrap();
+    assert_eq!(r.u8_at(64), Ok(0));
+    assert_eq!(r.validate(), Ok(()));
+}
+
+/// Page 1's entry pointed at page 2's frame while page 1 is resident: what
+/// a CPU with a stale translation would use. (The entry itself is wrong
+/// here, so the local invalidation cannot repair it; the guest test with
+/// forced per-CPU staleness covers the repair that succeeds.)
+#[test]
+fn tabby_header_check_refuses_a_translation_to_another_pages_frame() {
+    let plat = own_platform();
+    let small = libdbos::platform::PageSize::Small;
+    let rw = libdbos::platform::Protection::ReadWrite;
+    for repair in [true, false] {
+        let p = small_tabby(plat, 4, Eviction::Tabby, repair);
+        let (va1, f1) = (p.page_addr(PageId(1)), p.resident_frame(PageId(1)).unwrap());
+        let f2 = p.resident_frame(PageId(2)).unwrap();
+        plat.remap(va1, f2, small, rw).unwrap();
+        let c = plat.counters();
+        if repair {
+            let stale = Some(PoolError::StaleTranslation {
+                id: PageId(1),
+                found: 2,
+            });
+            assert_eq!(p.fix_shared(PageId(1)).err(), stale);
+            assert_eq!(p.fix_exclusive(PageId(1)).err(), stale);
+            let d = plat.counters().since(&c);
+            assert_eq!(
+                (d.pte_writes, d.local_invalidations),
+                (0, 2),
+                "one local invalidation per check, no entry written"
+            );
+            assert_eq!(p.stats().stale_repairs, 2);
+        } else {
+            // Without the check the pool hands out page 2's bytes as page 1.
+            assert_eq!(p.fix_shared(PageId(1)).unwrap().bytes()[64], 2);
+            assert_eq!(p.stats().stale_repairs, 0);
+        }
+        // The latches were released: with the entry put right, page 1 is
+        // page 1 again.
+        plat.remap(va1, f1, small, rw).unwrap();
+        assert_eq!(p.fix_exclusive(PageId(1)).unwrap().bytes()[64], 1);
+    }
+}
+
+#[test]
+fn tabby_setup_errors_come_at_creation() {
+    let plat = own_platform();
+    let log = Arc::new(RecordingLog::default());
+    let disk = Disk::new(64, log.clone());
+    let make = |capacity| {
+        Tabby::new(
+            plat,
+            vec![MemDevice::new(&disk)],
+            tabby_config(config(capacity, &log, 1), Eviction::Tabby),
+        )
+        .err()
+    };
+    assert!(matches!(make(0), Some(PoolError::Setup { .. })));
+    assert!(matches!(make(256), Some(PoolError::Setup { .. })));
+    // Frames are given back on drop.
+    let free = plat.free_frames();
+    drop(small_tabby(plat, 8, Eviction::Tabby, true));
+    assert_eq!(plat.free_frames(), free);
 }

@@ -217,7 +217,7 @@ pub mod costs;
 pub type Check<P> = fn(&'static P) -> Result<(), Failure>;
 
 /// Every check, by name, in the order [`run_all`] runs them.
-pub fn checks<P: Platform>() -> [(&'static str, Check<P>); 21] {
+pub fn checks<P: Platform>() -> [(&'static str, Check<P>); 22] {
     [
         ("frames_alloc_free", frames_alloc_free::<P>),
         (
@@ -255,6 +255,7 @@ pub fn checks<P: Platform>() -> [(&'static str, Check<P>); 21] {
             "test_and_clear_accessed_sweep",
             test_and_clear_accessed_sweep::<P>,
         ),
+        ("remap_exchanges_frames", remap_exchanges_frames::<P>),
     ]
 }
 
@@ -1420,6 +1421,96 @@ pub fn window_fault_hooks<P: Platform>(p: &'static P) -> Result<(), Failure> {
         for f in frames {
             p.free_frame(f, PageSize::Small);
         }
+    }
+    Ok(())
+}
+
+/// `remap` replaces a page's translation in one exchange: on an unmapped
+/// page it maps (returns `None`, 1 PTE write, no invalidation); on a mapped
+/// page it returns the old frame with its accessed/dirty state and shows the
+/// new frame's contents at once (1 PTE write, 1 local invalidation, nothing
+/// remote); bad input fails and counts nothing.
+pub fn remap_exchanges_frames<P: Platform>(p: &'static P) -> Result<(), Failure> {
+    let _s = Session::begin(p)?;
+    let caps = p.capabilities();
+    let expect = |accessed, dirty| expected_bits(caps, accessed, dirty);
+    let (small, rw) = (PageSize::Small, Protection::ReadWrite);
+    let w = ok!(p.reserve(LARGE_PAGE_SIZE));
+    let a = ok!(p.alloc_frame(small));
+    let b = ok!(p.alloc_frame(small));
+    // A neighbour, so that the page table of the page below exists.
+    ok!(p.map(w.page(0), b, small, rw));
+    let page = w.page(1);
+    // SAFETY: both frames are allocated.
+    unsafe {
+        write(frame_addr(p, a, 16), pattern(7, 1));
+        write(frame_addr(p, b, 16), pattern(7, 2));
+    }
+
+    let c = p.counters();
+    check_eq!(ok!(p.remap(page, a, small, rw)), None);
+    let d = p.counters().since(&c);
+    check_eq!(library_events(&d), (0, 1, 0, 0, 0, 0));
+    check_eq!(p.translate(page), Some(a));
+    // SAFETY: mapped read-write to `a`.
+    unsafe {
+        check_eq!(read(page + 16), pattern(7, 1));
+        write(page + 24, pattern(7, 3));
+        check_eq!(read(frame_addr(p, a, 24)), pattern(7, 3));
+    }
+
+    let c = p.counters();
+    check_eq!(
+        ok!(p.remap(page, b, small, rw)),
+        Some(Unmapped {
+            frame: a,
+            bits: expect(true, true)
+        })
+    );
+    let d = p.counters().since(&c);
+    check_eq!(library_events(&d), (0, 1, 1, 0, 0, 0));
+    check_eq!(p.translate(page), Some(b));
+    // SAFETY: now mapped to `b`.
+    check_eq!(unsafe { read(page + 16) }, pattern(7, 2));
+
+    // Read-only, back to `a`: `b` was read, not written.
+    check_eq!(
+        ok!(p.remap(page, a, small, Protection::ReadOnly)),
+        Some(Unmapped {
+            frame: b,
+            bits: expect(true, false)
+        })
+    );
+    // SAFETY: mapped read-only to `a`.
+    check_eq!(unsafe { read(page + 24) }, pattern(7, 3));
+
+    // Bad input: nothing counted, nothing changed.
+    let c = p.counters();
+    check_eq!(
+        p.remap(page + 8, b, small, rw),
+        Err(Error::Unaligned(page + 8))
+    );
+    check_eq!(
+        p.remap(OUTSIDE, b, small, rw),
+        Err(Error::NotInWindow(OUTSIDE))
+    );
+    let large = ok!(p.alloc_frame(PageSize::Large));
+    check_eq!(
+        p.remap(w.base, large, PageSize::Large, rw),
+        Err(Error::SizeMismatch(w.base))
+    );
+    // SAFETY: allocated above, never mapped.
+    unsafe { p.free_frame(large, PageSize::Large) };
+    let d = p.counters().since(&c);
+    check_eq!((d.pte_writes, d.local_invalidations), (0, 0));
+    check_eq!(p.translate(page), Some(a));
+
+    check_eq!(ok!(p.unmap(page, small)).frame, a);
+    check_eq!(ok!(p.unmap(w.page(0), small)).frame, b);
+    // SAFETY: unmapped, not used again.
+    unsafe {
+        p.free_frame(a, small);
+        p.free_frame(b, small);
     }
     Ok(())
 }

@@ -200,6 +200,36 @@ impl<'a, T: TableFrames> PageTables<'a, T> {
         }
     }
 
+    /// Points `page` at `frame` whatever it held (one exchange of the
+    /// entry); returns the mapping it replaced, if it was present (with its
+    /// accessed and dirty bits at that moment). With `create`, missing
+    /// tables are created (the caller serialises structural edits);
+    /// without, a missing table is `NotMapped`. Adds the entries written to
+    /// `writes` (1 plus the tables created).
+    pub fn remap(
+        &self,
+        page: u64,
+        frame: Frame,
+        size: PageSize,
+        prot: Protection,
+        create: bool,
+        writes: &mut u64,
+    ) -> Result<Option<Mapping>, Error> {
+        match self
+            .tables
+            .remap(page, frame.addr(), size_of(size), flags_for(prot), create)
+        {
+            Ok(u) => {
+                *writes += u.writes;
+                Ok(Mapping::from_entry(u.old, size))
+            }
+            Err(e) => {
+                *writes += writes_of(&e);
+                Err(error(e, page, frame.addr()))
+            }
+        }
+    }
+
     /// Unmaps `page`; returns the mapping as it was at that moment (frame,
     /// accessed, dirty). One entry written.
     pub fn unmap(&self, page: u64, size: PageSize) -> Result<Mapping, Error> {

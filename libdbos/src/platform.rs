@@ -419,6 +419,29 @@ pub trait Platform: Sync {
     /// Guest: 1 PTE write (plus one per missing page table). Process: 1 `mmap`.
     fn map(&self, page: u64, frame: Frame, size: PageSize, prot: Protection) -> Result<(), Error>;
 
+    /// Points window page `page` at `frame` with `prot`, replacing whatever
+    /// translation it had (mapped or not) in one atomic exchange, and
+    /// returns the translation replaced (its frame and its accessed/dirty
+    /// state at the moment of the exchange), `None` if the page was not
+    /// mapped. Invalidates the page on the calling CPU only, as
+    /// [`unmap`](Self::unmap): other CPUs may keep using the old frame until
+    /// they invalidate. Guest: 1 PTE write (a compare-and-swap on the leaf,
+    /// no lock, when its tables exist; else the missing tables are created
+    /// under the structural lock, one write each, as [`map`](Self::map)) +
+    /// 1 `invlpg` if the page was mapped (none if not: nothing was cached).
+    /// Process: 1 `mmap(MAP_FIXED)` of the frame's page of the memory file,
+    /// counted as 1 PTE write + 1 local invalidation if the page was mapped
+    /// (the kernel shoots down the other CPUs); a page not mapped before is
+    /// charged against the mapping limit like `map`
+    /// ([`Error::MappingLimit`] before any system call); `bits` are `None`.
+    fn remap(
+        &self,
+        page: u64,
+        frame: Frame,
+        size: PageSize,
+        prot: Protection,
+    ) -> Result<Option<Unmapped>, Error>;
+
     /// Unmaps window page `page` and returns its frame with the page's
     /// accessed/dirty state as it was when the translation disappeared (one
     /// atomic exchange of the entry: a write that raced the unmap is either

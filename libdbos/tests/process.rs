@@ -84,6 +84,7 @@ conformance_tests!(
     protect_keeps_dirty,
     unmap_many_and_invalidate_many,
     test_and_clear_accessed_sweep,
+    remap_exchanges_frames,
 );
 
 #[test]
@@ -172,6 +173,11 @@ fn costs_are_exact() {
     assert_eq!(
         row("test_and_clear_accessed, page not accessed (per page)"),
         (0, 0, 0, 0, 0, 0, 0)
+    );
+    assert_eq!(
+        row("remap mapped 4 KiB page to another frame"),
+        (0, n, n, 0, 0, 0, 0),
+        "one mmap(MAP_FIXED), standing for one exchange and one invlpg"
     );
     let mut table = String::new();
     costs::write_markdown(&mut table, &costs).unwrap();
@@ -901,6 +907,24 @@ fn scattered_maps_stop_at_the_mapping_limit() {
             limit: 800
         })
     );
+    // remap of an unmapped page is charged like map, and refused the same
+    // way; remap of a mapped page keeps its charge and is never refused.
+    assert_eq!(
+        p.remap(next, frames[0], PageSize::Small, Protection::ReadWrite),
+        Err(Error::MappingLimit {
+            needed: 702,
+            allowed: 700,
+            limit: 800
+        })
+    );
+    assert_eq!(
+        p.remap(page(2), frames[5], PageSize::Small, Protection::ReadWrite)
+            .unwrap()
+            .map(|u| u.frame),
+        Some(frames[1])
+    );
+    assert_eq!(p.translate(page(2)), Some(frames[5]));
+    assert_eq!(p.map_count().charged, 700);
     let message = refused.unwrap_err().to_string();
     assert!(message.contains("vm.max_map_count = 800"), "{message}");
     assert!(message.contains("sysctl -w vm.max_map_count="), "{message}");

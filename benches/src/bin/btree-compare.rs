@@ -338,6 +338,7 @@ fn ooo_measure<B: BufferManager>(t: &BTree<'_, B>, keys: u64, threads: usize, se
             evict_batches: s1.evict_batches - s0.evict_batches,
             dontneed_calls: s1.dontneed_calls - s0.dontneed_calls,
             allocations: s1.allocations - s0.allocations,
+            ..PoolStats::default()
         },
         tlb: tlb_shootdowns() - tlb0,
         secs,

@@ -126,7 +126,7 @@ pub struct HashPool<D> {
 impl<D: BlockDevice> HashPool<D> {
     /// A pool of `cfg.capacity` frames over `devs`.
     pub fn new(devs: Vec<D>, cfg: PoolConfig) -> Result<HashPool<D>, PoolError> {
-        let io = PoolCore::queues(devs, &cfg)?;
+        let io = PoolCore::queues(devs, &cfg.core())?;
         if cfg.capacity == 0
             || cfg.capacity as u64 > FRAME_MASK
             || io.device_pages() >= 1 << (64 - FRAME_BITS)
@@ -142,7 +142,7 @@ impl<D: BlockDevice> HashPool<D> {
             frames: Mapping::anonymous(cfg.capacity * PAGE_SIZE)?,
             latches: (0..cfg.capacity).map(|_| Latch::new()).collect(),
             table: Table::new(cfg.capacity),
-            core: PoolCore::new(io, &cfg, cfg.capacity, "hash pool")?,
+            core: PoolCore::new(io, &cfg.core(), cfg.capacity, "hash pool")?,
         })
     }
 
@@ -227,7 +227,7 @@ impl<D: BlockDevice> HashPool<D> {
             let _t = self.table.lock.lock();
             if self.table.get(id).is_some() {
                 drop(_t);
-                self.core.slots.push_free(f);
+                self.core.slots.push_free(f, 0);
                 return Ok(None);
             }
             // A free frame's latch is Evicted and nobody else holds it.
@@ -243,7 +243,7 @@ impl<D: BlockDevice> HashPool<D> {
                 self.table.remove_locked(id);
             }
             latch.unlock_exclusive_evicted();
-            self.core.slots.push_free(f);
+            self.core.slots.push_free(f, 0);
             return Err(e);
         }
         Counters::add(&self.core.counters.reads, 1);

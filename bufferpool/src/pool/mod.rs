@@ -8,8 +8,17 @@
 //!   one anonymous `MAP_NORESERVE` window; eviction is `MADV_DONTNEED`.
 //! - [`hash::HashPool`] (process): a frame array and a page-id -> frame
 //!   table, the classic design.
-//! - Later, Tabby in the guest: the vmcache layout with the guest's own
-//!   page tables, so eviction needs no TLB shootdown.
+//! - [`tabby::Tabby`] (guest, and a process through libdbos's
+//!   `ProcessPlatform`): the vmcache layout on a libdbos [`Platform`] window
+//!   whose translations the pool edits itself; frames are allocated once,
+//!   every frame's header names the page it holds, and eviction leaves the
+//!   page-table entry and every TLB as they are (no `invlpg`, no IPI, no
+//!   entry written): each access checks the header through the page's own
+//!   address and a CPU with a stale translation repairs only itself
+//!   (`docs/pools.md`). Its [`tabby::Eviction::InvalidateAll`] mode evicts
+//!   the classic way (one `invalidate_all` per evicted page) for comparison.
+//!
+//! [`Platform`]: libdbos::platform::Platform
 //!
 //! # The contract, and the invariants every pool holds
 //!
@@ -25,8 +34,9 @@
 //!    overwritten with another page: it never crashes, loops forever or
 //!    acts on garbage.* The page's memory stays readable for as long as the
 //!    pool lives (the vmcache window stays mapped, DONTNEED pages read as
-//!    zero; hash-pool frames are never freed; Tabby must map something
-//!    readable, e.g. a zero frame, or handle the fault). Every read through
+//!    zero; hash-pool frames are never freed; Tabby maps every page of its
+//!    window from creation on, to a read-only blank frame or to a frame
+//!    that is never freed while the pool lives). Every read through
 //!    an [`OptimisticGuard`] is bounds-checked against the page and returns
 //!    [`Stale`] instead of panicking, and callers must validate before they
 //!    act on what they read (follow a child pointer, return a value).
@@ -60,8 +70,8 @@ pub use latch::Latch;
 pub mod hash;
 #[cfg(not(target_os = "none"))]
 mod os;
-#[cfg(not(target_os = "none"))]
 mod resident;
+pub mod tabby;
 #[cfg(not(target_os = "none"))]
 pub mod vmcache;
 
@@ -88,6 +98,17 @@ pub enum PoolError {
     /// Setting up the pool failed: what, and the OS error number (0 if
     /// none).
     Setup { what: &'static str, errno: i32 },
+    /// A call to the libdbos platform failed (Tabby): what the pool was
+    /// doing, and the platform's error.
+    Platform {
+        what: &'static str,
+        error: libdbos::platform::Error,
+    },
+    /// Tabby: page `id` is latched, yet its own address shows a frame whose
+    /// header names page `found`, even after this CPU invalidated its
+    /// translation. The pool's invariant (a latched page's entry points at
+    /// its frame) is broken: a bug, never a normal outcome.
+    StaleTranslation { id: PageId, found: u64 },
 }
 
 impl fmt::Display for PoolError {
@@ -112,6 +133,13 @@ impl fmt::Display for PoolError {
                 lsn.0, id.0
             ),
             PoolError::Setup { what, errno } => write!(f, "{what} failed (errno {errno})"),
+            PoolError::Platform { what, error } => write!(f, "{what} failed: {error}"),
+            PoolError::StaleTranslation { id, found } => write!(
+                f,
+                "page {} is latched but its address shows a frame holding page {found:#x} \
+                 after a local invalidation",
+                id.0
+            ),
         }
     }
 }
@@ -160,6 +188,16 @@ pub struct PoolStats {
     pub dontneed_calls: u64,
     /// Pages allocated.
     pub allocations: u64,
+    /// Tabby: accesses whose header check through the page's address found
+    /// another page's frame (a stale translation on this CPU) and repaired it
+    /// with one local invalidation.
+    pub stale_repairs: u64,
+    /// Tabby: page-table entries rewritten by the pool (one per load; plus
+    /// one per eviction in `InvalidateAll` mode).
+    pub remaps: u64,
+    /// Tabby in `InvalidateAll` mode: `invalidate_all` calls (one per evicted
+    /// page, each interrupting every other CPU).
+    pub invalidate_alls: u64,
 }
 
 // Used by the process pools; no_std so that the guest pool can use it too.
@@ -172,6 +210,9 @@ pub(crate) struct Counters {
     pub evict_batches: AtomicU64,
     pub dontneed_calls: AtomicU64,
     pub allocations: AtomicU64,
+    pub stale_repairs: AtomicU64,
+    pub remaps: AtomicU64,
+    pub invalidate_alls: AtomicU64,
 }
 
 #[cfg_attr(target_os = "none", allow(dead_code))]
@@ -185,6 +226,9 @@ impl Counters {
             evict_batches: l(&self.evict_batches),
             dontneed_calls: l(&self.dontneed_calls),
             allocations: l(&self.allocations),
+            stale_repairs: l(&self.stale_repairs),
+            remaps: l(&self.remaps),
+            invalidate_alls: l(&self.invalidate_alls),
         }
     }
     pub(crate) fn add(c: &AtomicU64, n: u64) {

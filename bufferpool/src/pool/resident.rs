@@ -1,21 +1,57 @@
-//! What the two process pools ([`VmCache`](super::vmcache::VmCache) and
-//! [`HashPool`](super::hash::HashPool)) share besides their frames and
-//! latches: the resident set (slots and the clock hand), dirty flags,
-//! page-id allocation, the clock sweep, batched write-back, eviction and
-//! flush ([`PoolCore`]).
+//! What the pools ([`VmCache`](super::vmcache::VmCache),
+//! [`HashPool`](super::hash::HashPool) and [`Tabby`](super::tabby::Tabby))
+//! share besides their frames and latches: the resident set (slots, free
+//! lists and the clock hand), dirty flags, page-id allocation, the clock
+//! sweep, batched write-back, eviction and flush ([`PoolCore`]).
+//!
+//! It is `no_std` (Tabby runs in the guest): the dirty flags are a zeroed
+//! anonymous mapping in a process and a heap vector in the guest. Free slots
+//! are kept in one list per CPU ([`Slots`]; the process pools use one list,
+//! Tabby one per platform CPU), a slot freed by an eviction goes on the
+//! evicting CPU's list, and a CPU whose list is empty steals from the others.
 //!
 //! A pool names each frame by an *index* (its latch, dirty flag and bytes):
 //! the page id in vmcache, the frame number in the hash pool. It tells the
 //! shared code how slots map to indexes through [`Frames`].
 
 use super::latch::{state, EVICTED, MARKED, UNLOCKED};
+#[cfg(not(target_os = "none"))]
 use super::os::ZeroedArray;
-use super::vmcache::PoolConfig;
-use super::{Counters, Frame, IoQueues, Latch, PoolError, PoolStats};
+use super::{Counters, Durability, Frame, IoQueues, Latch, PoolError, PoolStats};
 use crate::device::BlockDevice;
 use crate::PageId;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::vec::Vec;
+
+/// How a pool's core is set up (from its configuration).
+pub(crate) struct CoreConfig<'a> {
+    pub capacity: usize,
+    pub allocated: u64,
+    pub evict_batch: usize,
+    pub durability: &'a Arc<dyn Durability>,
+    pub relax: fn(),
+    /// Free lists (one per CPU that evicts and loads; at least 1).
+    pub free_lists: usize,
+}
+
+/// Per-index dirty flags: lazily backed zeroed memory in a process (arrays
+/// over every page of a large device stay cheap), a heap vector in the guest.
+#[cfg(not(target_os = "none"))]
+type DirtyFlags = ZeroedArray<AtomicU8>;
+#[cfg(target_os = "none")]
+type DirtyFlags = Vec<AtomicU8>;
+
+fn dirty_flags(n: usize) -> Result<DirtyFlags, PoolError> {
+    #[cfg(not(target_os = "none"))]
+    {
+        ZeroedArray::new(n)
+    }
+    #[cfg(target_os = "none")]
+    {
+        Ok((0..n).map(|_| AtomicU8::new(0)).collect())
+    }
+}
 
 /// A pool's frames as the shared machinery sees them.
 pub(crate) trait Frames {
@@ -40,6 +76,12 @@ pub(crate) trait Frames {
     /// so the caller evicts the whole batch anyway: every victim is clean,
     /// and an evicted page is read back from the device on its next fix.
     fn release(&self, victims: &[Held]) -> Result<(), PoolError>;
+
+    /// The free list of the calling CPU (taken modulo the lists); the
+    /// process pools have one.
+    fn cpu(&self) -> usize {
+        0
+    }
 }
 
 /// A resident page latched by the pool's own machinery: the page, its
@@ -52,29 +94,43 @@ pub(crate) struct Held {
 }
 
 /// The resident set: `capacity` slots, each holding a resident page
-/// (`pid + 1`, 0 if free), a stack of free slots, and the clock hand.
+/// (`pid + 1`, 0 if free), per-CPU stacks of free slots, and the clock hand.
 pub(crate) struct Slots {
     pub pids: Vec<AtomicU64>,
-    pub free: spin::Mutex<Vec<usize>>,
+    pub free: Vec<spin::Mutex<Vec<usize>>>,
     pub hand: AtomicUsize,
 }
 
 impl Slots {
-    pub fn new(capacity: usize) -> Slots {
+    /// `capacity` free slots dealt round-robin over `lists` free lists.
+    pub fn new(capacity: usize, lists: usize) -> Slots {
+        let lists = lists.max(1);
+        let mut free: Vec<Vec<usize>> = (0..lists).map(|_| Vec::new()).collect();
+        for s in (0..capacity).rev() {
+            free[s % lists].push(s);
+        }
         Slots {
             pids: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
-            free: spin::Mutex::new((0..capacity).rev().collect()),
+            free: free.into_iter().map(spin::Mutex::new).collect(),
             hand: AtomicUsize::new(0),
         }
     }
 
-    pub fn pop_free(&self) -> Option<usize> {
-        self.free.lock().pop()
+    /// A free slot from `cpu`'s list, else stolen from another's.
+    pub fn pop_free(&self, cpu: usize) -> Option<usize> {
+        let n = self.free.len();
+        (0..n).find_map(|k| self.free[(cpu + k) % n].lock().pop())
     }
 
-    pub fn push_free(&self, slot: usize) {
+    /// Frees `slot` onto `cpu`'s list.
+    pub fn push_free(&self, slot: usize, cpu: usize) {
         self.pids[slot].store(0, Ordering::Release);
-        self.free.lock().push(slot);
+        self.free[cpu % self.free.len()].lock().push(slot);
+    }
+
+    /// Free slots now (all lists).
+    pub fn free_count(&self) -> usize {
+        self.free.iter().map(|l| l.lock().len()).sum()
     }
 
     /// Which page slot `slot` holds.
@@ -100,7 +156,7 @@ impl Slots {
 pub(crate) struct PoolCore<D> {
     /// Per frame index: 1 if the page there was changed since it was last
     /// written.
-    pub dirty: ZeroedArray<AtomicU8>,
+    pub dirty: DirtyFlags,
     pub slots: Slots,
     pub io: IoQueues<D>,
     next_pid: AtomicU64,
@@ -115,22 +171,22 @@ pub(crate) struct PoolCore<D> {
 impl<D: BlockDevice> PoolCore<D> {
     /// The I/O queues of a pool set up by `cfg`: batches of
     /// `cfg.evict_batch` pages, at least one and at most the capacity.
-    pub fn queues(devs: Vec<D>, cfg: &PoolConfig) -> Result<IoQueues<D>, PoolError> {
+    pub fn queues(devs: Vec<D>, cfg: &CoreConfig<'_>) -> Result<IoQueues<D>, PoolError> {
         let batch = cfg.evict_batch.clamp(1, cfg.capacity.max(1));
-        IoQueues::new(devs, batch, cfg.durability.clone(), cfg.relax)
+        IoQueues::new(devs, batch, Arc::clone(cfg.durability), cfg.relax)
     }
 
     /// The core of a pool over `io` (from [`queues`](Self::queues)) with
     /// `indexes` frame indexes.
     pub fn new(
         io: IoQueues<D>,
-        cfg: &PoolConfig,
+        cfg: &CoreConfig<'_>,
         indexes: usize,
         name: &'static str,
     ) -> Result<PoolCore<D>, PoolError> {
         Ok(PoolCore {
-            dirty: ZeroedArray::new(indexes)?,
-            slots: Slots::new(cfg.capacity),
+            dirty: dirty_flags(indexes)?,
+            slots: Slots::new(cfg.capacity, cfg.free_lists),
             evict_batch: io.batch(),
             io,
             next_pid: AtomicU64::new(cfg.allocated),
@@ -191,7 +247,7 @@ impl<D: BlockDevice> PoolCore<D> {
     pub fn take_slot(&self, frames: &impl Frames) -> Result<usize, PoolError> {
         let mut idle = 0;
         loop {
-            if let Some(s) = self.slots.pop_free() {
+            if let Some(s) = self.slots.pop_free(frames.cpu()) {
                 return Ok(s);
             }
             if self.evict(frames, self.evict_batch)? == 0 {
@@ -285,9 +341,10 @@ impl<D: BlockDevice> PoolCore<D> {
         // marked resident (they would read as zero), so the whole batch is
         // evicted before the error is returned.
         let released = frames.release(&victims);
+        let cpu = frames.cpu();
         for v in &victims {
             frames.latch(v.index).unlock_exclusive_evicted();
-            self.slots.push_free(v.slot);
+            self.slots.push_free(v.slot, cpu);
         }
         Counters::add(&self.counters.evictions, victims.len() as u64);
         Counters::add(&self.counters.evict_batches, 1);

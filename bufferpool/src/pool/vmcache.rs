@@ -49,6 +49,18 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
+    /// The shared core's part of it (one free list).
+    pub(crate) fn core(&self) -> super::resident::CoreConfig<'_> {
+        super::resident::CoreConfig {
+            capacity: self.capacity,
+            allocated: self.allocated,
+            evict_batch: self.evict_batch,
+            durability: &self.durability,
+            relax: self.relax,
+            free_lists: 1,
+        }
+    }
+
     /// `capacity` pages, batches of 64, no log, yielding while waiting.
     pub fn new(capacity: usize) -> PoolConfig {
         PoolConfig {
@@ -73,7 +85,7 @@ impl<D: BlockDevice> VmCache<D> {
     /// A pool over `devs` (queues to one device; one per thread that may
     /// miss concurrently) with a window over every page of the device.
     pub fn new(devs: Vec<D>, cfg: PoolConfig) -> Result<VmCache<D>, PoolError> {
-        let io = PoolCore::queues(devs, &cfg)?;
+        let io = PoolCore::queues(devs, &cfg.core())?;
         let pages = io.device_pages() as usize;
         if cfg.capacity == 0 || cfg.allocated > pages as u64 {
             return Err(PoolError::Setup {
@@ -90,7 +102,7 @@ impl<D: BlockDevice> VmCache<D> {
         Ok(VmCache {
             window,
             latches: ZeroedArray::new(pages)?,
-            core: PoolCore::new(io, &cfg, pages, "vmcache")?,
+            core: PoolCore::new(io, &cfg.core(), pages, "vmcache")?,
         })
     }
 
@@ -101,7 +113,7 @@ impl<D: BlockDevice> VmCache<D> {
 
     /// Pages resident now.
     pub fn resident(&self) -> usize {
-        self.core.capacity - self.core.slots.free.lock().len()
+        self.core.capacity - self.core.slots.free_count()
     }
 
     fn frame(&self, id: PageId) -> Frame<'_> {
@@ -143,7 +155,7 @@ impl<D: BlockDevice> VmCache<D> {
         if let Err(e) = self.core.io.read_page(id, self.page_mut(id)) {
             // Leave the page zero for the next attempt.
             let _ = self.window.dontneed(id.0 as usize * PAGE_SIZE, PAGE_SIZE);
-            self.core.slots.push_free(slot);
+            self.core.slots.push_free(slot, 0);
             latch.unlock_exclusive_evicted();
             return Err(e);
         }

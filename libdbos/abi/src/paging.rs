@@ -625,6 +625,64 @@ impl<'a, M: TableMemory<'a>> PageTables<'a, M> {
         }
     }
 
+    /// Points the leaf of `size` at `addr` at `frame` with `flags`
+    /// (`PRESENT`, and `HUGE_PAGE` for a large page, are added), whatever
+    /// the entry held before, present or not: one compare-and-swap loop on
+    /// the entry, so the old value returned in [`Update::old`] carries the
+    /// accessed and dirty bits as they were at the moment of the exchange
+    /// (the hardware cannot set a bit in an entry after it was replaced).
+    /// With `create`, missing tables are created as [`map`](Self::map) does
+    /// (a structural edit: the caller serialises it); without, a missing
+    /// table is `NotMapped` and nothing is written (the lock-free leaf
+    /// path). `Locked` if the entry is locked; `SizeMismatch` if a leaf of
+    /// the other size covers `addr`. Writes: 1 + the tables created.
+    pub fn remap(
+        &self,
+        addr: u64,
+        frame: u64,
+        size: Size,
+        flags: Flags,
+        create: bool,
+    ) -> Result<Update, PagingError> {
+        if !canonical(addr) || !addr.is_multiple_of(size.bytes()) {
+            return Err(PagingError::UnalignedAddr);
+        }
+        if !frame.is_multiple_of(size.bytes()) || frame & !ADDR_MASK != 0 {
+            return Err(PagingError::UnalignedFrame);
+        }
+        let level = size.level();
+        let leaf_flags = match size {
+            Size::Small => flags | Flags::PRESENT,
+            Size::Large => flags | Flags::PRESENT | Flags::HUGE_PAGE,
+        };
+        let new = Entry::new(frame, leaf_flags);
+        let (table, created) = if create {
+            self.table_at_creating(addr, level)?
+        } else {
+            (self.table_at(addr, level)?, 0)
+        };
+        let slot = &table[level.index(addr)];
+        let mut old = load(slot);
+        loop {
+            if old.has(LOCK) {
+                return Err(PagingError::Locked);
+            }
+            if size == Size::Large && old.present() && !old.has(Flags::HUGE_PAGE) {
+                return Err(PagingError::SizeMismatch);
+            }
+            match cas(slot, old, new) {
+                Ok(()) => {
+                    return Ok(Update {
+                        old,
+                        new,
+                        writes: 1 + created,
+                    })
+                }
+                Err(now) => old = now,
+            }
+        }
+    }
+
     /// The slot of the present leaf of `size` at `addr`, checking alignment.
     fn leaf_slot(&self, addr: u64, size: Size) -> Result<&'a AtomicU64, PagingError> {
         if !canonical(addr) || !addr.is_multiple_of(size.bytes()) {

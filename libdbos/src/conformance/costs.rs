@@ -22,7 +22,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// The operations measured, in table order.
-pub const OPERATIONS: [&str; 16] = [
+pub const OPERATIONS: [&str; 17] = [
     "map 4 KiB page",
     "unmap 4 KiB page",
     "map + write + unmap 4 KiB page, other CPUs idle",
@@ -39,6 +39,7 @@ pub const OPERATIONS: [&str; 16] = [
     "invalidate_local_many, 16 pages a call (per page)",
     "test_and_clear_accessed, page accessed (per page)",
     "test_and_clear_accessed, page not accessed (per page)",
+    "remap mapped 4 KiB page to another frame",
 ];
 
 /// Pages per call of the batched operations.
@@ -331,6 +332,16 @@ pub fn measure<P: Platform>(
     for i in 0..n {
         ok!(p.unmap(w.page(i), small));
     }
+
+    // 16: remap a mapped page to the other frame, back and forth.
+    ok!(p.map(page, f, small, rw));
+    let c = p.counters();
+    for i in 0..n {
+        ok!(p.remap(page, if i % 2 == 0 { g } else { f }, small, rw));
+    }
+    let d = p.counters();
+    record(16, n, &c, &d);
+    ok!(p.unmap(page, small));
 
     // SAFETY: both frames are unmapped everywhere and not used again.
     unsafe {

@@ -172,6 +172,24 @@ impl Platform for GuestPlatform {
         crate::paging::map(page, frame, size, prot)
     }
 
+    fn remap(
+        &self,
+        page: u64,
+        frame: Frame,
+        size: PageSize,
+        prot: Protection,
+    ) -> Result<Option<Unmapped>, Error> {
+        check_page(page, size)?;
+        if !frame.addr().is_multiple_of(size.bytes()) {
+            return Err(Error::Unaligned(frame.addr()));
+        }
+        let before = crate::paging::remap(page, frame, size, prot)?;
+        Ok(before.map(|m| Unmapped {
+            frame: m.frame,
+            bits: m.bits(),
+        }))
+    }
+
     fn unmap(&self, page: u64, size: PageSize) -> Result<Unmapped, Error> {
         check_page(page, size)?;
         let before = crate::paging::unmap(page, size)?;

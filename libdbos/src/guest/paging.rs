@@ -94,6 +94,36 @@ pub fn map(page: u64, frame: Frame, size: PageSize, prot: Protection) -> Result<
     r
 }
 
+/// Points `page` at `frame` with `prot`, whatever it held: one exchange of
+/// the entry, lock-free when the page's tables exist (a leaf edit), else
+/// under the structural lock creating them as [`map`] does. If a present
+/// entry was replaced, the page is invalidated on this CPU (`invlpg`; other
+/// CPUs may keep the old translation: the caller's business, see Tabby);
+/// if the page was not mapped, nothing can be cached and nothing is
+/// invalidated. Returns the mapping replaced. Counted: 1 PTE write plus one
+/// per table created.
+pub fn remap(
+    page: u64,
+    frame: Frame,
+    size: PageSize,
+    prot: Protection,
+) -> Result<Option<Mapping>, Error> {
+    let mut writes = 0;
+    let r = match active().remap(page, frame, size, prot, false, &mut writes) {
+        // A missing table: a structural edit, under the lock.
+        Err(Error::NotMapped(_)) => {
+            with_tables(|t| t.remap(page, frame, size, prot, true, &mut writes))
+        }
+        r => r,
+    };
+    count_writes(writes);
+    let before = r?;
+    if before.is_some() {
+        crate::tlb::invalidate_local(page);
+    }
+    Ok(before)
+}
+
 /// Unmaps `page` (lock-free) and invalidates it on this CPU. Returns the
 /// mapping as it was when it disappeared (frame, accessed, dirty).
 pub fn unmap(page: u64, size: PageSize) -> Result<Mapping, Error> {

@@ -377,6 +377,37 @@ impl Platform for ProcessPlatform {
         Ok(())
     }
 
+    /// One `mmap(MAP_FIXED | MAP_SHARED)` of the frame's page of the memory
+    /// file over the page; a page not mapped before is charged like `map`.
+    /// The bits are `None` (see the module docs).
+    fn remap(
+        &self,
+        page: u64,
+        frame: Frame,
+        size: PageSize,
+        prot: Protection,
+    ) -> Result<Option<Unmapped>, Error> {
+        let w = self.window_of(page, size)?;
+        if !frame.addr().is_multiple_of(size.bytes()) {
+            return Err(Error::Unaligned(frame.addr()));
+        }
+        if !self.frames.contains(frame, size) {
+            return Err(Error::Os(
+                "remap: frame outside the memory file",
+                libc::EINVAL,
+            ));
+        }
+        let old = w.remap(page, frame, size, prot, self.frames.fd(), &self.maps)?;
+        self.count(Event::PteWrite, 1);
+        if old.is_some() {
+            self.count(Event::LocalInvalidation, 1);
+        }
+        Ok(old.map(|frame| Unmapped {
+            frame,
+            bits: AccessBits::default(),
+        }))
+    }
+
     /// The bits are `None`: Linux does not expose a page's accessed/dirty
     /// state to the process (see the module docs).
     fn unmap(&self, page: u64, size: PageSize) -> Result<Unmapped, Error> {

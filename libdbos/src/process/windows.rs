@@ -207,6 +207,63 @@ impl Window {
         Ok(())
     }
 
+    /// Maps `frame` at `page` whatever was there (aligned, inside this
+    /// window; the frame inside the memory file `fd`): one
+    /// `mmap(MAP_FIXED | MAP_SHARED)`, which replaces the old mapping
+    /// atomically for every thread. A page not mapped before is charged to
+    /// `account` first (the mapping limit, as for `map`); a mapped one keeps
+    /// its charge. Returns the frame replaced, if any.
+    pub(crate) fn remap(
+        &self,
+        page: u64,
+        frame: Frame,
+        size: PageSize,
+        prot: Protection,
+        fd: libc::c_int,
+        account: &super::maps::Account,
+    ) -> Result<Option<Frame>, Error> {
+        let entry = self.entry(page, size);
+        let old = match claim(entry, |_| true) {
+            Ok(v) | Err(v) => v,
+        };
+        let was_mapped = State::mapped(old);
+        if !was_mapped {
+            if self.conflicts(page, size) {
+                entry.store(old, Ordering::SeqCst);
+                return Err(Error::SizeMismatch(page));
+            }
+            if let Err(e) = account.charge(super::maps::PER_PAGE) {
+                entry.store(old, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        // SAFETY: `page..page + size` is inside this window, which is ours;
+        // replacing it touches no memory outside the window.
+        let p = unsafe {
+            libc::mmap(
+                page as *mut libc::c_void,
+                size.bytes() as usize,
+                prot_bits(prot),
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd,
+                frame.addr() as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let e = last_errno();
+            if !was_mapped {
+                account.release(super::maps::PER_PAGE);
+            }
+            entry.store(old, Ordering::Release);
+            return Err(Error::Os("mmap", e));
+        }
+        entry.store(
+            frame.addr() | (State::MAPPED | write_flag(prot)).bits(),
+            Ordering::Release,
+        );
+        Ok(was_mapped.then(|| frame_of(old)))
+    }
+
     /// Whether a mapping of the other size overlaps `page` (`entry` for
     /// `page` claimed by the caller). A small page waits for a busy large
     /// entry; a large page does not wait for small ones (a busy one counts as

@@ -649,6 +649,68 @@ fn prepare_duplicate_and_update_entries() {
 }
 
 #[test]
+fn remap_exchanges_any_entry_and_returns_the_old_one() {
+    let phys = Phys::new(16, 16);
+    let t = pt(&phys);
+    // No tables yet: the lock-free path refuses and writes nothing.
+    assert_eq!(
+        t.remap(PAGE, DATA, Size::Small, W | NX, false),
+        Err(PagingError::NotMapped)
+    );
+    assert_eq!(phys.next.load(Ordering::SeqCst), 1);
+    // Creating: three tables and the leaf; the old entry was empty.
+    let u = t.remap(PAGE, DATA, Size::Small, W | NX, true).unwrap();
+    assert_eq!(
+        u,
+        Update {
+            old: Entry::EMPTY,
+            new: e(DATA, P | W | NX),
+            writes: 4
+        }
+    );
+    // The CPU sets accessed and dirty; the exchange returns them.
+    t.leaf(PAGE)
+        .unwrap()
+        .fetch_or((A | D).bits(), Ordering::SeqCst);
+    let u = t
+        .remap(PAGE, DATA + 0x1000, Size::Small, NX, false)
+        .unwrap();
+    assert_eq!(
+        u,
+        Update {
+            old: e(DATA, P | W | NX | A | D),
+            new: e(DATA + 0x1000, P | NX),
+            writes: 1
+        }
+    );
+    assert_eq!(
+        t.leaf(PAGE).unwrap().load(Ordering::SeqCst),
+        e(DATA + 0x1000, P | NX).0
+    );
+    // A locked entry is refused.
+    let slot = t.leaf(PAGE).unwrap();
+    let before = try_lock(slot).unwrap();
+    assert_eq!(
+        t.remap(PAGE, DATA, Size::Small, W, false),
+        Err(PagingError::Locked)
+    );
+    unlock(slot, before);
+    // Sizes and alignment.
+    assert_eq!(
+        t.remap(PAGE & !0x1f_ffff, DATA, Size::Large, W, true),
+        Err(PagingError::SizeMismatch)
+    );
+    assert_eq!(
+        t.remap(PAGE + 8, DATA, Size::Small, W, true),
+        Err(PagingError::UnalignedAddr)
+    );
+    assert_eq!(
+        t.remap(PAGE, DATA + 8, Size::Small, W, true),
+        Err(PagingError::UnalignedFrame)
+    );
+}
+
+#[test]
 fn a_view_translates_its_private_range_late() {
     let phys = Phys::new(16, 16);
     let real = pt(&phys);
