@@ -28,6 +28,8 @@ fn main() {
         "nvme/Cargo.toml",
         "bufferpool/src",
         "bufferpool/Cargo.toml",
+        "snapshot/src",
+        "snapshot/Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }

@@ -12,7 +12,14 @@
 //!   view, as Redis's BGSAVE does) and [`uffd::UffdHeap`] (userfaultfd
 //!   write-protection, the page is copied into the snapshot on its first
 //!   write).
+//! - Guest only (`target_os = "none"`): `snappy::Snappy`, O(1)
+//!   page-table snapshots with copy on write by path and epoch
+//!   reclamation, and `forklike::ForkLike`, the same snapshot taken the
+//!   way `fork()` takes one, for the side-by-side event counts.
 #![no_std]
+
+#[cfg(target_os = "none")]
+extern crate alloc;
 
 #[cfg(not(target_os = "none"))]
 extern crate std;
@@ -23,6 +30,15 @@ pub mod fork;
 mod sys;
 #[cfg(not(target_os = "none"))]
 pub mod uffd;
+
+#[cfg(target_os = "none")]
+pub mod forklike;
+#[cfg(target_os = "none")]
+mod guest;
+#[cfg(target_os = "none")]
+pub mod snappy;
+#[cfg(target_os = "none")]
+pub use guest::{SnapError, GIB, MAX_SNAPSHOTS};
 
 use core::sync::atomic::{AtomicU64, Ordering};
 

@@ -933,6 +933,93 @@ impl<'a, M: TableMemory<'a>> PageTables<'a, M> {
         })
     }
 
+    /// Creates the missing tables down to the one holding `addr`'s entry at
+    /// `level` (with [`PARENT_FLAGS`]; a present entry is never changed), so
+    /// that a later [`replace`](Self::replace) or [`share`](Self::share) at
+    /// that level writes exactly one entry. Returns the tables created (=
+    /// entries written).
+    pub fn prepare(&self, addr: u64, level: Level) -> Result<u64, PagingError> {
+        if !canonical(addr) {
+            return Err(PagingError::UnalignedAddr);
+        }
+        self.table_at_creating(addr, level)
+            .map(|(_, created)| created)
+    }
+
+    /// Copies the table at physical `table` into a new table, entry by entry,
+    /// with `f` applied to every present entry (empty and non-present entries
+    /// are copied as they are), and returns the new table's physical address
+    /// and the entries written (the non-empty entries). Nothing points at the
+    /// copy yet: the caller links it (with [`replace`](Self::replace) on each
+    /// entry that must see it), or frees it.
+    ///
+    /// As for [`copy_table`](Self::copy_table), the caller holds the
+    /// structural lock and nobody edits the source's entries lock-free during
+    /// the copy (the hardware may still set accessed bits in it).
+    pub fn duplicate(
+        &self,
+        table: u64,
+        f: impl Fn(Entry) -> Entry,
+    ) -> Result<(u64, u64), PagingError> {
+        let src = self.table(table)?;
+        let new_phys = self
+            .mem
+            .alloc_table()
+            .ok_or(PagingError::OutOfTables { writes: 0 })?;
+        let dst = match self.table(new_phys) {
+            Ok(t) => t,
+            Err(e) => {
+                self.mem.free_table(new_phys);
+                return Err(e);
+            }
+        };
+        let mut writes = 0;
+        for (from, to) in src.iter().zip(dst.iter()) {
+            let e = load(from);
+            if e.0 == 0 {
+                continue;
+            }
+            let e = if e.present() { f(e) } else { e };
+            // Relaxed: the copy is published by the caller's release
+            // compare-and-swap of the entry that links it.
+            to.store(e.0, Ordering::Relaxed);
+            writes += 1;
+        }
+        Ok((new_phys, writes))
+    }
+
+    /// Rewrites every present entry of the table at physical `table` with
+    /// `f(index, entry)` (compare-and-swap per entry, retried if the hardware
+    /// set a bit meanwhile; `None`: leave it). Returns the entries written.
+    /// For structural edits of a whole table in place (Snappy marks the
+    /// entries of a table it stops sharing copy-on-write); the caller holds
+    /// the structural lock.
+    pub fn update_entries(
+        &self,
+        table: u64,
+        mut f: impl FnMut(usize, Entry) -> Option<Entry>,
+    ) -> Result<u64, PagingError> {
+        let entries = self.table(table)?;
+        let mut writes = 0;
+        for (i, slot) in entries.iter().enumerate() {
+            let mut old = load(slot);
+            loop {
+                if !old.present() {
+                    break;
+                }
+                let Some(new) = f(i, old) else { break };
+                match cas(slot, old, new) {
+                    Ok(()) => {
+                        writes += 1;
+                        break;
+                    }
+                    Err(now) => old = now,
+                }
+            }
+        }
+        Ok(writes)
+    }
+
     /// Calls `f` for every table below the root that covers part of
     /// `[start, end)`, children before their parent (so a reclaimer can free
     /// a table after everything below it). Follows present non-leaf entries

@@ -102,6 +102,35 @@ fn window_fault(pf: &PageFault, _frame: &mut InterruptFrame) -> HookResult {
     }
 }
 
+impl GuestPlatform {
+    /// Reserves a window of `len` bytes (rounded up to 2 MiB) whose base is
+    /// a multiple of `align` (a power of two, at least 2 MiB): for mechanisms
+    /// that share or protect a window through one upper-level entry (Snappy
+    /// reserves its heap 1 GiB-aligned, so one level-3 entry covers it).
+    /// Address space skipped for the alignment stays unused.
+    pub fn reserve_aligned(&self, len: u64, align: u64) -> Result<Window, Error> {
+        let len = len.max(1).next_multiple_of(LARGE_PAGE_SIZE);
+        if !align.is_power_of_two() || align < LARGE_PAGE_SIZE {
+            return Err(Error::Unaligned(align));
+        }
+        let mut next = RESERVE.lock();
+        let index = WINDOW_COUNT.load(Ordering::Acquire);
+        let base = next.checked_next_multiple_of(align);
+        let end = base
+            .and_then(|b| b.checked_add(len))
+            .filter(|&e| e <= WINDOW_SPACE.1);
+        let (Some(base), Some(end), true) = (base, end, index < MAX_WINDOWS) else {
+            return Err(Error::OutOfAddressSpace(len));
+        };
+        WINDOW_BASE[index].store(base, Ordering::Relaxed);
+        WINDOW_END[index].store(end, Ordering::Relaxed);
+        WINDOW_COUNT.store(index + 1, Ordering::Release);
+        // Leave an unmapped 2 MiB gap between windows, so an overrun faults.
+        *next = end + LARGE_PAGE_SIZE;
+        Ok(Window { base, len })
+    }
+}
+
 impl Platform for GuestPlatform {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
@@ -113,20 +142,7 @@ impl Platform for GuestPlatform {
     }
 
     fn reserve(&self, len: u64) -> Result<Window, Error> {
-        let len = len.max(1).next_multiple_of(LARGE_PAGE_SIZE);
-        let mut next = RESERVE.lock();
-        let index = WINDOW_COUNT.load(Ordering::Acquire);
-        let end = next.checked_add(len).filter(|&e| e <= WINDOW_SPACE.1);
-        let (Some(end), true) = (end, index < MAX_WINDOWS) else {
-            return Err(Error::OutOfAddressSpace(len));
-        };
-        let base = *next;
-        WINDOW_BASE[index].store(base, Ordering::Relaxed);
-        WINDOW_END[index].store(end, Ordering::Relaxed);
-        WINDOW_COUNT.store(index + 1, Ordering::Release);
-        // Leave an unmapped 2 MiB gap between windows, so an overrun faults.
-        *next = end + LARGE_PAGE_SIZE;
-        Ok(Window { base, len })
+        self.reserve_aligned(len, LARGE_PAGE_SIZE)
     }
 
     fn alloc_frame(&self, size: PageSize) -> Result<Frame, Error> {

@@ -11,6 +11,15 @@
 //! [`invalidate_all`] works the same way with its own generation and the
 //! `TLB` vector, except that the work (`invlpg`) is done in the interrupt
 //! handler, so it reaches CPUs that are busy, not only idle ones.
+//! [`flush_all`] is the same shootdown with a whole-TLB flush (CR3 reload)
+//! instead of one `invlpg`: for edits of an upper-level entry, which change
+//! the translations of a whole range at once.
+//!
+//! Deadlock rule: a CPU waits for every other CPU's acknowledgement, and a
+//! CPU acknowledges only when it takes the interrupt or calls
+//! [`service_tlb_requests`]. So a CPU that spins with interrupts disabled on
+//! a lock whose holder may send a shootdown must serve requests while it
+//! spins (as the shootdown lock does below, and Snappy's lock does).
 
 use crate::apic::{self, vector};
 use crate::percpu::{self, Event};
@@ -104,9 +113,25 @@ pub(crate) fn idle() -> ! {
     }
 }
 
+/// The request value meaning "flush everything" (not canonical, so never a
+/// page's address).
+const FLUSH_ALL: u64 = u64::MAX;
+
 /// Invalidates `page` on every CPU: `invlpg` here, an IPI to each other CPU,
 /// which runs `invlpg` in its handler, and a wait for all acknowledgements.
 pub fn invalidate_all(page: u64) {
+    shootdown(page);
+}
+
+/// Drops every cached translation on every CPU: a CR3 reload here, an IPI
+/// to each other CPU, which reloads CR3 in its handler, and a wait for all
+/// acknowledgements. Counted as one local flush, and one IPI and one remote
+/// invalidation per other CPU.
+pub fn flush_all() {
+    shootdown(FLUSH_ALL);
+}
+
+fn shootdown(page: u64) {
     // While waiting for the lock, keep serving other CPUs' requests, or two
     // CPUs invalidating at once would wait for each other forever.
     let guard = loop {
@@ -120,7 +145,11 @@ pub fn invalidate_all(page: u64) {
     let n = cpu_count();
     TLB_PAGE.store(page, Ordering::Release);
     let generation = TLB_GENERATION.fetch_add(1, Ordering::AcqRel) + 1;
-    crate::tlb::invalidate_local(page);
+    if page == FLUSH_ALL {
+        crate::tlb::flush_local();
+    } else {
+        crate::tlb::invalidate_local(page);
+    }
     percpu::current()
         .tlb_done
         .store(generation, Ordering::Release);
@@ -138,13 +167,18 @@ pub fn invalidate_all(page: u64) {
 }
 
 /// Carries out a pending remote invalidation on this CPU, if any. Called by
-/// the TLB interrupt handler and by CPUs spinning on the shootdown lock.
-pub(crate) fn service_tlb_requests() {
+/// the TLB interrupt handler, by CPUs spinning on the shootdown lock, and by
+/// anyone spinning with interrupts disabled on a lock whose holder may wait
+/// for a shootdown (see the deadlock rule above).
+pub fn service_tlb_requests() {
     let me = percpu::current();
     let generation = TLB_GENERATION.load(Ordering::Acquire);
     if generation > me.tlb_done.load(Ordering::Relaxed) {
         // Counted once, as a remote invalidation, by the requesting CPU.
-        crate::tlb::invalidate_uncounted(TLB_PAGE.load(Ordering::Acquire));
+        match TLB_PAGE.load(Ordering::Acquire) {
+            FLUSH_ALL => crate::tlb::flush_uncounted(),
+            page => crate::tlb::invalidate_uncounted(page),
+        }
         me.tlb_done.store(generation, Ordering::Release);
     }
 }

@@ -30,11 +30,16 @@ pub(crate) fn invalidate_uncounted(page: u64) {
 
 /// Drops every translation cached by this CPU (CR3 reload).
 pub fn flush_local() {
+    flush_uncounted();
+    percpu::count(Event::LocalFlush);
+}
+
+/// A CR3 reload without counting it (for work another CPU asked for and counted).
+pub(crate) fn flush_uncounted() {
     #[cfg(feature = "conformance")]
     crate::view::refresh_all();
     let (frame, flags) = Cr3::read();
     // SAFETY: writing back the current root and flags changes no mapping; it
-    // only drops cached translations.
+    // only drops cached translations (and the paging-structure caches).
     unsafe { Cr3::write(frame, flags) };
-    percpu::count(Event::LocalFlush);
 }

@@ -621,6 +621,34 @@ fn a_table_outside_memory_is_refused() {
 }
 
 #[test]
+fn prepare_duplicate_and_update_entries() {
+    let phys = Phys::new(16, 16);
+    let t = pt(&phys);
+    // Tables down to the level-2 table holding PAGE's entry: PDPT and PD.
+    assert_eq!(t.prepare(PAGE, Level::L2), Ok(2));
+    assert_eq!(t.prepare(PAGE, Level::L2), Ok(0));
+    t.map(PAGE, DATA, Size::Small, W).unwrap();
+    t.map(PAGE + 4096, DATA + 4096, Size::Small, NX).unwrap();
+    let pt_table = t.read(PAGE, Level::L2).unwrap().addr();
+    // A copy with COW set and W cleared in every present entry; unlinked.
+    let (copy, writes) = t.duplicate(pt_table, |e| e.without(W).with(COW)).unwrap();
+    assert_eq!(writes, 2);
+    assert_eq!(copy, 0x4000);
+    assert_eq!(
+        phys.pages[4].0[3].load(Ordering::SeqCst),
+        e(DATA, P | COW).raw()
+    );
+    assert_eq!(t.read(PAGE, Level::L1), Ok(e(DATA, P | W)));
+    // In place: only the writable entry changes.
+    let n = t
+        .update_entries(pt_table, |_, e| e.has(W).then(|| e.without(W)))
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(t.read(PAGE, Level::L1), Ok(e(DATA, P)));
+    assert_eq!(t.read(PAGE + 4096, Level::L1), Ok(e(DATA + 4096, P | NX)));
+}
+
+#[test]
 fn remap_exchanges_any_entry_and_returns_the_old_one() {
     let phys = Phys::new(16, 16);
     let t = pt(&phys);

@@ -1,0 +1,497 @@
+//! Snappy's guest tests and event report (`hypervisor/tests/snappy.rs` runs
+//! them and checks the console exactly).
+//!
+//! `dbos run snappy -- CMD`:
+//! - `o1`: page-table writes at snapshot time, Snappy against the fork-like
+//!   snapshot, for a 16 MiB heap and a 1 GiB (sparsely mapped) heap;
+//! - `consistency`: writes, a snapshot, more writes, on one vCPU; the
+//!   snapshot's checksum against the writers' log;
+//! - `consistency2`: the same with the writer on vCPU 1 and the snapshot
+//!   taken and checked on vCPU 0 (needs 2 vCPUs);
+//! - `many`: overlapping snapshots taken and released in random order while
+//!   writing; frames back to the baseline at the end;
+//! - `bytes`: bytes copied per snapshot against distinct pages written;
+//! - `reader`: a reader on vCPU 0, its translations of the view frozen
+//!   (`paging::defer_view`), reads a snapshot through its view while a
+//!   writer on vCPU 1 writes (needs 2 vCPUs); `reader noflush` runs it with
+//!   Snappy's fault-time reader flush disabled, and must see stale data;
+//! - `bench [MAX_MIB]`: per-snapshot events for heaps from 16 MiB up to
+//!   MAX_MIB (default 1024), both mechanisms side by side.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use dbos_snapshot::forklike::ForkLike;
+use dbos_snapshot::snappy::Snappy;
+use dbos_snapshot::{Checksum, Snapshotter};
+use libdbos::platform::Platform;
+use libdbos::println;
+use libdbos::sync::SpinLock;
+
+libdbos::entry!(main);
+
+const PAGE: u64 = 4096;
+const MIB: u64 = 1 << 20;
+
+fn main() -> u8 {
+    let mut args = libdbos::args();
+    let cmd = args.next().unwrap_or("");
+    match cmd {
+        "o1" => o1(),
+        "consistency" => consistency(),
+        "consistency2" => consistency2(),
+        "many" => many(),
+        "bytes" => bytes(),
+        "reader" => reader(args.next() != Some("noflush")),
+        "bench" => bench(args.next().and_then(|a| a.parse().ok()).unwrap_or(1024)),
+        other => panic!("unknown command {other:?}"),
+    }
+    0
+}
+
+/// xorshift64*: deterministic pseudo-random numbers, no floating point.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn counters() -> libdbos::platform::EventCounts {
+    libdbos::platform().counters()
+}
+
+/// The checksum of a heap image given as 8-byte slots.
+fn checksum_of(slots: &[u64]) -> u64 {
+    let mut c = Checksum::new();
+    for s in slots {
+        c.update(&s.to_le_bytes());
+    }
+    c.finish()
+}
+
+/// Replays `log` (slot, value) over a zeroed heap of `n` slots.
+fn replay(n: usize, log: &[(u32, u64)]) -> Vec<u64> {
+    let mut heap = vec![0u64; n];
+    for &(slot, value) in log {
+        heap[slot as usize] = value;
+    }
+    heap
+}
+
+fn o1() {
+    // (heap length, mapped pages, stride between them)
+    for (len, pages, stride) in [(16 * MIB, 256, PAGE), (1024 * MIB, 256, 4 * MIB)] {
+        let s = Snappy::new(len).unwrap();
+        for i in 0..pages {
+            s.populate(i * stride, PAGE).unwrap();
+        }
+        let before = counters();
+        let snap = s.take().unwrap();
+        let d = counters().since(&before);
+        println!(
+            "snappy heap={}MiB mapped={pages} take_pte_writes={} (own count {})",
+            len / MIB,
+            d.pte_writes,
+            s.stats().last_take_writes
+        );
+        s.release(snap).unwrap();
+
+        let f = ForkLike::new(len).unwrap();
+        for i in 0..pages {
+            f.populate(i * stride, PAGE).unwrap();
+        }
+        let before = counters();
+        let snap = f.take().unwrap();
+        let d = counters().since(&before);
+        println!(
+            "forklike heap={}MiB mapped={pages} take_pte_writes={}",
+            len / MIB,
+            d.pte_writes
+        );
+        f.release(snap).unwrap();
+    }
+}
+
+/// Slots in a heap of `pages` pages.
+fn slots(pages: u64) -> usize {
+    (pages * PAGE / 8) as usize
+}
+
+fn consistency() {
+    let pages = 16;
+    let s = Snappy::new(pages * PAGE).unwrap();
+    s.populate(0, pages * PAGE).unwrap();
+    let n = slots(pages);
+    let mut rng = Rng(0x5eed_0001);
+    let mut log: Vec<(u32, u64)> = Vec::new();
+    let mut counter = 0u64;
+    let mut write = |log: &mut Vec<(u32, u64)>, rng: &mut Rng| {
+        counter += 1;
+        let slot = rng.below(n as u64) as u32;
+        let value = counter.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        s.write_u64(slot as usize * 8, value);
+        log.push((slot, value));
+    };
+    for _ in 0..300 {
+        write(&mut log, &mut rng);
+    }
+    let snap = s.take().unwrap();
+    let at = log.len();
+    for _ in 0..300 {
+        write(&mut log, &mut rng);
+    }
+    let expected = checksum_of(&replay(n, &log[..at]));
+    let got = s.checksum(&snap, 0, s.heap_len()).unwrap();
+    // The heap itself, through the heap: the whole log.
+    // SAFETY: the heap is mapped for its whole length (populated above).
+    let heap = unsafe { core::slice::from_raw_parts(s.heap() as *const u8, s.heap_len()) };
+    let heap_ok = Checksum::of(heap) == checksum_of(&replay(n, &log));
+    println!(
+        "consistency: snapshot_matches_log={} heap_matches_log={heap_ok} writes_before={at} writes_after={}",
+        got == expected,
+        log.len() - at
+    );
+    s.release(snap).unwrap();
+}
+
+fn consistency2() {
+    assert!(libdbos::smp::cpu_count() >= 2, "needs 2 vCPUs");
+    let pages = 16;
+    let s = Snappy::new(pages * PAGE).unwrap();
+    s.populate(0, pages * PAGE).unwrap();
+    let n = slots(pages);
+    // The writer holds the log's lock around each write and its log entry;
+    // the taker holds it around take: the log length at the take is the
+    // snapshot's exact moment.
+    let log: SpinLock<Vec<(u32, u64)>> = SpinLock::new(Vec::new());
+    let done = AtomicBool::new(false);
+    let snap_at = AtomicUsize::new(0);
+    let snap: SpinLock<Option<dbos_snapshot::snappy::Snapshot>> = SpinLock::new(None);
+    libdbos::smp::run_on_all(&|cpu| match cpu {
+        1 => {
+            let mut rng = Rng(0x5eed_0002);
+            for i in 1..=600u64 {
+                let slot = rng.below(n as u64) as u32;
+                let value = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                let mut l = log.lock();
+                s.write_u64(slot as usize * 8, value);
+                l.push((slot, value));
+            }
+            done.store(true, Ordering::Release);
+        }
+        0 => {
+            while log.lock().len() < 200 {
+                core::hint::spin_loop();
+            }
+            let l = log.lock();
+            *snap.lock() = Some(s.take().unwrap());
+            snap_at.store(l.len(), Ordering::Relaxed);
+            drop(l);
+        }
+        _ => {}
+    });
+    assert!(done.load(Ordering::Acquire));
+    let log = log.lock();
+    let at = snap_at.load(Ordering::Relaxed);
+    let snap = snap.lock().take().unwrap();
+    let expected = checksum_of(&replay(n, &log[..at]));
+    let got = s.checksum(&snap, 0, s.heap_len()).unwrap();
+    println!(
+        "consistency2: snapshot_matches_log={} writes_after_snapshot>0={} total_writes={}",
+        got == expected,
+        log.len() > at,
+        log.len()
+    );
+    s.release(snap).unwrap();
+}
+
+fn many() {
+    let pages = 8;
+    let s = Snappy::new(pages * PAGE).unwrap();
+    s.populate(0, pages * PAGE).unwrap();
+    let n = slots(pages);
+    let mut shadow = vec![0u64; n];
+    let mut rng = Rng(0x5eed_0003);
+    let p = libdbos::platform();
+    let baseline = p.free_frames();
+    // (snapshot, expected checksum)
+    let mut live: Vec<(dbos_snapshot::snappy::Snapshot, u64)> = Vec::new();
+    let (mut taken, mut released, mut mismatches, mut max_live) = (0, 0, 0, 0);
+    let mut counter = 0u64;
+    let mut limbo_ok = true;
+    for _ in 0..24 {
+        match rng.below(3) {
+            0 | 1 if live.len() < 6 => {
+                let snap = s.take().unwrap();
+                live.push((snap, checksum_of(&shadow)));
+                taken += 1;
+                max_live = max_live.max(live.len());
+            }
+            _ if !live.is_empty() => {
+                let i = rng.below(live.len() as u64) as usize;
+                let (snap, expected) = live.swap_remove(i);
+                if s.checksum(&snap, 0, s.heap_len()).unwrap() != expected {
+                    mismatches += 1;
+                }
+                s.release(snap).unwrap();
+                released += 1;
+            }
+            _ => {}
+        }
+        for _ in 0..12 {
+            counter += 1;
+            let slot = rng.below(n as u64) as usize;
+            let value = counter.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            s.write_u64(slot * 8, value);
+            shadow[slot] = value;
+        }
+        // Every frame missing from the baseline is a copy on the limbo list.
+        let st = s.stats();
+        limbo_ok &= baseline - p.free_frames() == st.limbo_tables + st.limbo_frames;
+    }
+    let during = baseline - p.free_frames();
+    while let Some((snap, expected)) = live.pop() {
+        if s.checksum(&snap, 0, s.heap_len()).unwrap() != expected {
+            mismatches += 1;
+        }
+        s.release(snap).unwrap();
+        released += 1;
+    }
+    let st = s.stats();
+    println!(
+        "many: taken={taken} released={released} max_live={max_live} mismatches={mismatches} limbo_accounts_for_every_frame={limbo_ok} copies_before_last_releases>0={}",
+        during > 0
+    );
+    println!(
+        "many: frames_after_minus_baseline={} limbo_tables={} limbo_frames={} freed_equals_copied={}",
+        p.free_frames() as i64 - baseline as i64,
+        st.limbo_tables,
+        st.limbo_frames,
+        st.freed == st.tables_copied + st.pages_copied
+    );
+}
+
+fn bytes() {
+    let pages = 32;
+    let s = Snappy::new(pages * PAGE).unwrap();
+    s.populate(0, pages * PAGE).unwrap();
+    let write_pages = |list: &[u64]| {
+        for &pg in list {
+            for k in 0..3 {
+                s.write_u64((pg * PAGE + k * 512) as usize, pg * 10 + k + 1);
+            }
+        }
+    };
+    let s1 = s.take().unwrap();
+    write_pages(&[1, 4, 9, 16, 25]);
+    let a = s.stats();
+    println!(
+        "bytes: after s1 distinct_pages=5 bytes_copied={} tables_copied={} cow_faults={} reader_flushes={}",
+        a.bytes_copied, a.tables_copied, a.cow_faults, a.reader_shootdowns
+    );
+    let s2 = s.take().unwrap();
+    // Page 4 was written after s1 (s2 shares the written frame), 2 and 30
+    // were not (s1 and s2 both reach them: one copy serves both).
+    write_pages(&[4, 2, 30, 2]);
+    let b = s.stats();
+    println!(
+        "bytes: after s2 distinct_pages=3 bytes_copied={} tables_copied={} cow_faults={} reader_flushes={}",
+        b.bytes_copied - a.bytes_copied,
+        b.tables_copied - a.tables_copied,
+        b.cow_faults - a.cow_faults,
+        b.reader_shootdowns
+    );
+    s.release(s1).unwrap();
+    s.release(s2).unwrap();
+}
+
+/// A reader on vCPU 0 and a writer on vCPU 1. The reader first reads every
+/// page of the view (its walks set the accessed bits in the real tables, as
+/// any CPU's would before it caches a translation), then freezes its
+/// translations of the view (`paging::defer_view`, test mode: they stay as
+/// they are until this CPU invalidates, as stale TLB entries would; this
+/// host's KVM would otherwise resynchronise them by itself), reads while the
+/// writer writes, and reads every slot once more after the writer is done.
+/// With the reader flush, no read sees a later write; without it the frozen
+/// view keeps the heap's frames and sees them all.
+fn reader(flush: bool) {
+    assert!(libdbos::smp::cpu_count() >= 2, "needs 2 vCPUs");
+    let pages = 8;
+    let s = Snappy::new(pages * PAGE).unwrap();
+    s.populate(0, pages * PAGE).unwrap();
+    s.set_reader_flush(flush);
+    let n = slots(pages);
+    for i in 0..n {
+        s.write_u64(i * 8, i as u64 + 1);
+    }
+    let snap = s.take().unwrap();
+    let view = snap.as_ptr() as u64;
+    let ready = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    let mismatches = AtomicU64::new(0);
+    let reads = AtomicU64::new(0);
+    let final_mismatches = AtomicU64::new(0);
+    let check = |slot: usize| {
+        // SAFETY: the view is mapped read-only while `snap` lives.
+        let v = unsafe { core::ptr::read_volatile((view + slot as u64 * 8) as *const u64) };
+        reads.fetch_add(1, Ordering::Relaxed);
+        v != slot as u64 + 1
+    };
+    let mut written = vec![false; n];
+    let mut rng = Rng(0x5eed_0005);
+    let picks: Vec<usize> = (0..200).map(|_| rng.below(n as u64) as usize).collect();
+    for &p in &picks {
+        written[p] = true;
+    }
+    libdbos::smp::run_on_all(&|cpu| match cpu {
+        0 => {
+            for pg in 0..pages as usize {
+                check(pg * 512);
+            }
+            libdbos::paging::defer_view(view..view + pages * PAGE).unwrap();
+            ready.store(true, Ordering::Release);
+            let mut rng = Rng(0x5eed_0004);
+            while !done.load(Ordering::Acquire) {
+                if check(rng.below(n as u64) as usize) {
+                    mismatches.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            for slot in 0..n {
+                if check(slot) {
+                    final_mismatches.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            libdbos::paging::end_deferred_view().unwrap();
+        }
+        1 => {
+            while !ready.load(Ordering::Acquire) {
+                core::hint::spin_loop();
+            }
+            for (i, &slot) in picks.iter().enumerate() {
+                s.write_u64(slot * 8, (1 << 63) | i as u64);
+            }
+            done.store(true, Ordering::Release);
+        }
+        _ => {}
+    });
+    let st = s.stats();
+    // While writing, how many stale reads a missing flush gives depends on
+    // timing: printed (as a count) only with the flush, where it must be 0.
+    let during = if flush {
+        alloc::format!(
+            " mismatches_while_writing={}",
+            mismatches.load(Ordering::Relaxed)
+        )
+    } else {
+        alloc::string::String::new()
+    };
+    println!(
+        "reader: flush={flush} final_pass_mismatches={} (slots written after the snapshot: {}){during} reads>{n}={} pages_copied={} reader_flushes={}",
+        final_mismatches.load(Ordering::Relaxed),
+        written.iter().filter(|w| **w).count(),
+        reads.load(Ordering::Relaxed) > n as u64,
+        st.pages_copied,
+        st.reader_shootdowns
+    );
+    s.release(snap).unwrap();
+}
+
+/// Per-snapshot events, both mechanisms, heaps from 16 MiB to `max_mib`.
+fn bench(max_mib: u64) {
+    const SNAPSHOTS: u64 = 3;
+    const WRITES: u64 = 16;
+    const DENSITY: u64 = MIB; // one mapped page per MiB of heap
+    println!(
+        "bench: {SNAPSHOTS} snapshots per heap, {WRITES} random pages written after each, one page mapped per MiB, {} vCPUs",
+        libdbos::smp::cpu_count()
+    );
+    println!("mechanism heap_mib mapped snapshot take_pte_writes take_ipis cow_faults bytes_copied fault_ipis fault_pte_writes");
+    let mut len = 16 * MIB;
+    while len <= max_mib * MIB {
+        let mapped = len / DENSITY;
+        let s = Snappy::new(len).unwrap();
+        let f = ForkLike::new(len).unwrap();
+        for i in 0..mapped {
+            s.populate(i * DENSITY, PAGE).unwrap();
+            f.populate(i * DENSITY, PAGE).unwrap();
+        }
+        let mut rng = Rng(0x5eed_0006 + len);
+        let mut picks = Vec::new();
+        for _ in 0..SNAPSHOTS * WRITES {
+            picks.push(rng.below(mapped) * DENSITY);
+        }
+        // Snappy
+        for k in 0..SNAPSHOTS {
+            let mut tot = [0u64; 6];
+            let c0 = counters();
+            let st0 = s.stats();
+            let snap = s.take().unwrap();
+            let c1 = counters();
+            for &off in &picks[(k * WRITES) as usize..((k + 1) * WRITES) as usize] {
+                s.write_u64(off as usize, k + 1);
+            }
+            let c2 = counters();
+            let st1 = s.stats();
+            tot[0] = c1.since(&c0).pte_writes;
+            tot[1] = c1.since(&c0).ipis_sent;
+            tot[2] = st1.cow_faults - st0.cow_faults;
+            tot[3] = st1.bytes_copied - st0.bytes_copied;
+            tot[4] = c2.since(&c1).ipis_sent;
+            tot[5] = c2.since(&c1).pte_writes;
+            s.release(snap).unwrap();
+            print_row("snappy", len, mapped, k, &tot);
+        }
+        // Fork-like
+        for k in 0..SNAPSHOTS {
+            let mut tot = [0u64; 6];
+            let c0 = counters();
+            let st0 = f.stats();
+            let snap = f.take().unwrap();
+            let c1 = counters();
+            for &off in &picks[(k * WRITES) as usize..((k + 1) * WRITES) as usize] {
+                let p = (f.heap_window().base + off) as *mut u64;
+                // SAFETY: inside the fork-like heap, mapped (populated), and
+                // made writable by its fault hook.
+                unsafe { p.write_volatile(k + 1) };
+            }
+            let c2 = counters();
+            let st1 = f.stats();
+            tot[0] = c1.since(&c0).pte_writes;
+            tot[1] = c1.since(&c0).ipis_sent;
+            tot[2] = st1.cow_faults - st0.cow_faults;
+            tot[3] = st1.bytes_copied - st0.bytes_copied;
+            tot[4] = c2.since(&c1).ipis_sent;
+            tot[5] = c2.since(&c1).pte_writes;
+            f.release(snap).unwrap();
+            print_row("forklike", len, mapped, k, &tot);
+        }
+        len *= 4;
+    }
+}
+
+fn print_row(name: &str, len: u64, mapped: u64, k: u64, e: &[u64; 6]) {
+    println!(
+        "{name} {} {mapped} {} {} {} {} {} {} {}",
+        len / MIB,
+        k + 1,
+        e[0],
+        e[1],
+        e[2],
+        e[3],
+        e[4],
+        e[5]
+    );
+}

@@ -1,0 +1,196 @@
+//! Snappy in the guest (`examples/src/bin/snappy.rs`): the O(1) claim,
+//! consistency under writes (one and two vCPUs), many overlapping snapshots
+//! and reclamation to the baseline, bytes copied, a reader on another vCPU,
+//! and the event report at small sizes. Exact console lines.
+
+mod common;
+
+use common::{config, require_kvm, run};
+use dbos_hypervisor::{RunReport, VmConfig};
+
+#[track_caller]
+fn snappy(args: &[&str], vcpus: u32) -> RunReport {
+    let report = run(
+        "snappy",
+        VmConfig {
+            vcpus,
+            ..config(args)
+        },
+    );
+    assert_eq!(
+        report.exit.process_status(),
+        0,
+        "{}\n{:?}",
+        report.exit,
+        report.console
+    );
+    report
+}
+
+/// Taking a snapshot writes 2 entries for a 16 MiB heap and for a 1 GiB
+/// heap; the fork-like snapshot writes 2 per mapped page plus its tables:
+/// 256 contiguous pages = 256 leaves + 256 write-protects + 1 directory +
+/// 1 page table = 514; 256 pages 4 MiB apart = 256 + 256 + 1 directory +
+/// 256 page tables = 769.
+#[test]
+fn snapshot_writes_are_constant_in_the_heap_size() {
+    if !require_kvm() {
+        return;
+    }
+    let report = snappy(&["o1"], 1);
+    assert_eq!(
+        report.console,
+        vec![
+            "[vcpu0] snappy heap=16MiB mapped=256 take_pte_writes=2 (own count 2)",
+            "[vcpu0] forklike heap=16MiB mapped=256 take_pte_writes=514",
+            "[vcpu0] snappy heap=1024MiB mapped=256 take_pte_writes=2 (own count 2)",
+            "[vcpu0] forklike heap=1024MiB mapped=256 take_pte_writes=769",
+        ]
+    );
+}
+
+#[test]
+fn snapshot_matches_the_writers_log_on_one_vcpu() {
+    if !require_kvm() {
+        return;
+    }
+    let report = snappy(&["consistency"], 1);
+    assert_eq!(
+        report.console,
+        vec!["[vcpu0] consistency: snapshot_matches_log=true heap_matches_log=true writes_before=300 writes_after=300"]
+    );
+}
+
+/// The writer runs on vCPU 1; the snapshot is taken (between two of its
+/// writes, under the log's lock) and checked on vCPU 0.
+#[test]
+fn snapshot_matches_the_writers_log_with_a_writer_on_another_vcpu() {
+    if !require_kvm() {
+        return;
+    }
+    let report = snappy(&["consistency2"], 2);
+    assert_eq!(
+        report.console,
+        vec!["[vcpu0] consistency2: snapshot_matches_log=true writes_after_snapshot>0=true total_writes=600"]
+    );
+}
+
+/// Up to 6 snapshots alive at once, 12 taken and released in random order
+/// while writing; each one's checksum is checked at its release; every
+/// frame missing from the baseline meanwhile is a copy on the limbo list,
+/// and after the last release the free frames are exactly the baseline.
+#[test]
+fn overlapping_snapshots_reclaim_to_the_baseline() {
+    if !require_kvm() {
+        return;
+    }
+    let report = snappy(&["many"], 1);
+    assert_eq!(
+        report.console,
+        vec![
+            "[vcpu0] many: taken=12 released=12 max_live=6 mismatches=0 limbo_accounts_for_every_frame=true copies_before_last_releases>0=true",
+            "[vcpu0] many: frames_after_minus_baseline=0 limbo_tables=0 limbo_frames=0 freed_equals_copied=true",
+        ]
+    );
+}
+
+/// 4 KiB per distinct page written after a snapshot, and no more: 5 pages
+/// (3 writes each) after s1; after s2, page 4 (written since s1, so shared
+/// only with s2), 2 and 30 (shared by s1 and s2: one copy serves both) and 2
+/// again. Each snapshot's first write copies the top table and the page
+/// table (2 tables). No reader walked a view: no reader flush.
+#[test]
+fn bytes_copied_are_one_page_per_distinct_page_written() {
+    if !require_kvm() {
+        return;
+    }
+    let report = snappy(&["bytes"], 1);
+    assert_eq!(
+        report.console,
+        vec![
+            "[vcpu0] bytes: after s1 distinct_pages=5 bytes_copied=20480 tables_copied=2 cow_faults=5 reader_flushes=0",
+            "[vcpu0] bytes: after s2 distinct_pages=3 bytes_copied=12288 tables_copied=2 cow_faults=3 reader_flushes=0",
+        ]
+    );
+}
+
+/// A reader on vCPU 0 that touched every page of the view freezes its
+/// translations of the view (the deferred view, test mode: they stay stale
+/// until it invalidates, which this host's KVM would not do by itself) and
+/// reads while the writer on vCPU 1 writes every page, then reads every
+/// slot again. With Snappy's fault-time reader flush: no stale read, one
+/// flush per copy-on-write fault (8 pages copied, 8 flushes). Without it
+/// (the one function that sends it switched off), the reader's final pass
+/// sees every slot written after the snapshot (196 distinct slots): the
+/// flush is what keeps the snapshot frozen for readers on other CPUs.
+#[test]
+fn a_reader_on_another_vcpu_never_sees_later_writes() {
+    if !require_kvm() {
+        return;
+    }
+    let report = snappy(&["reader"], 2);
+    assert_eq!(
+        report.console,
+        vec!["[vcpu0] reader: flush=true final_pass_mismatches=0 (slots written after the snapshot: 196) mismatches_while_writing=0 reads>4096=true pages_copied=8 reader_flushes=8"]
+    );
+    let report = snappy(&["reader", "noflush"], 2);
+    assert_eq!(
+        report.console,
+        vec!["[vcpu0] reader: flush=false final_pass_mismatches=196 (slots written after the snapshot: 196) reads>4096=true pages_copied=8 reader_flushes=0"]
+    );
+}
+
+/// The event report at 16 and 64 MiB: Snappy writes 2 entries per snapshot
+/// at both sizes, the fork-like snapshot more at 64 than at 16; both copy
+/// the same bytes; only the fork-like one interrupts the other vCPU on a
+/// copy-on-write fault (no snapshot reader here).
+#[test]
+fn event_report_side_by_side() {
+    if !require_kvm() {
+        return;
+    }
+    let report = snappy(&["bench", "64"], 2);
+    let rows: Vec<Vec<u64>> = report.console[2..]
+        .iter()
+        .map(|l| {
+            l.split_whitespace()
+                .skip(2)
+                .map(|n| n.parse().unwrap())
+                .collect()
+        })
+        .collect();
+    let names: Vec<&str> = report.console[2..]
+        .iter()
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["snappy", "snappy", "snappy", "forklike", "forklike", "forklike"].repeat(2)
+    );
+    for (i, r) in rows.iter().enumerate() {
+        // heap_mib mapped snapshot take_pte_writes take_ipis cow_faults bytes
+        // fault_ipis fault_pte_writes
+        let [heap, mapped, _k, writes, take_ipis, faults, bytes, fault_ipis, fault_writes] = r[..]
+        else {
+            panic!("row {r:?}");
+        };
+        assert_eq!(mapped, heap, "one page per MiB");
+        assert_eq!(take_ipis, 1, "one flush IPI to the other vCPU at take");
+        assert_eq!(bytes, faults * 4096, "row {r:?}");
+        if names[i] == "snappy" {
+            assert_eq!(writes, 2);
+            assert_eq!(fault_ipis, 0);
+            // The fork-like row for the same snapshot copies the same pages.
+            assert_eq!(rows[i + 3][6], bytes);
+        } else {
+            assert!(writes > mapped, "row {r:?}");
+            assert_eq!(fault_ipis, faults);
+            // One entry re-pointed (and made writable) per fault.
+            assert_eq!(fault_writes, faults);
+        }
+    }
+    // Fork-like writes at the first snapshot: 2 per mapped page plus the
+    // view's tables (1 directory, one page table per 2 MiB holding a page).
+    assert_eq!(rows[3][3], 16 * 2 + 1 + 8);
+    assert_eq!(rows[9][3], 64 * 2 + 1 + 32);
+}
