@@ -343,8 +343,22 @@ impl PoolSetup {
         PoolConfig {
             allocated: self.pages,
             first_block: self.first_block,
+            pages: Some(self.pages),
             durability: self.durability.clone(),
             ..PoolConfig::new(capacity)
+        }
+    }
+
+    /// The configuration of a [`Tabby`](crate::pool::tabby::Tabby) pool of
+    /// `capacity` frames for this setup (as [`config`](Self::config)): its
+    /// window covers the data pages only.
+    pub fn tabby_config(&self, capacity: usize) -> crate::pool::tabby::TabbyConfig {
+        crate::pool::tabby::TabbyConfig {
+            allocated: self.pages,
+            first_block: self.first_block,
+            pages: Some(self.pages),
+            durability: self.durability.clone(),
+            ..crate::pool::tabby::TabbyConfig::new(capacity)
         }
     }
 }

@@ -183,6 +183,7 @@ fn tabby_config(cfg: PoolConfig, eviction: Eviction) -> TabbyConfig {
         capacity: cfg.capacity,
         allocated: cfg.allocated,
         first_block: cfg.first_block,
+        pages: cfg.pages,
         evict_batch: cfg.evict_batch,
         durability: cfg.durability,
         relax: cfg.relax,
@@ -196,6 +197,7 @@ fn config(capacity: usize, log: &Arc<RecordingLog>, batch: usize) -> PoolConfig 
         capacity,
         allocated: 0,
         first_block: 0,
+        pages: None,
         evict_batch: batch,
         durability: log.clone(),
         relax: std::thread::yield_now,
@@ -1052,28 +1054,30 @@ fn pages_start_at_the_first_block() {
     for kind in KINDS {
         let log = Arc::new(RecordingLog::default());
         let disk = Disk::new(40, log.clone());
-        let build = |first_block: u64| -> Result<Box<dyn BufferManager>, PoolError> {
-            let cfg = PoolConfig {
-                first_block,
-                ..config(4, &log, 2)
+        let build =
+            |first_block: u64, pages: Option<u64>| -> Result<Box<dyn BufferManager>, PoolError> {
+                let cfg = PoolConfig {
+                    first_block,
+                    pages,
+                    ..config(4, &log, 2)
+                };
+                let devs = vec![MemDevice::new(&disk)];
+                Ok(match kind {
+                    Kind::VmCache => Box::new(VmCache::new(devs, cfg)?),
+                    Kind::Hash => Box::new(HashPool::new(devs, cfg)?),
+                    Kind::Tabby => Box::new(Tabby::new(
+                        platform(),
+                        devs,
+                        tabby_config(cfg, Eviction::Tabby),
+                    )?),
+                    Kind::TabbyInvalidateAll => Box::new(Tabby::new(
+                        platform(),
+                        devs,
+                        tabby_config(cfg, Eviction::InvalidateAll),
+                    )?),
+                })
             };
-            let devs = vec![MemDevice::new(&disk)];
-            Ok(match kind {
-                Kind::VmCache => Box::new(VmCache::new(devs, cfg)?),
-                Kind::Hash => Box::new(HashPool::new(devs, cfg)?),
-                Kind::Tabby => Box::new(Tabby::new(
-                    platform(),
-                    devs,
-                    tabby_config(cfg, Eviction::Tabby),
-                )?),
-                Kind::TabbyInvalidateAll => Box::new(Tabby::new(
-                    platform(),
-                    devs,
-                    tabby_config(cfg, Eviction::InvalidateAll),
-                )?),
-            })
-        };
-        let p = build(30).unwrap();
+        let p = build(30, None).unwrap();
         // Ten pages fit from block 30 of 40.
         for i in 0..10 {
             p.allocate().unwrap().bytes_mut()[200] = i + 1;
@@ -1095,9 +1099,34 @@ fn pages_start_at_the_first_block() {
         drop(p);
         // A data area past the device's end is refused at setup.
         assert_eq!(
-            build(41).err(),
+            build(41, None).err(),
             Some(PoolError::Setup {
                 what: "the data area starts past the device's end",
+                errno: 0
+            }),
+            "{kind:?}"
+        );
+        // A data area of 3 pages from block 30: page ids 0..3 only, on
+        // the blocks after the pages written above.
+        let p = build(30, Some(3)).unwrap();
+        assert_eq!(p.page_count(), 0, "{kind:?}");
+        for i in 0..3 {
+            p.allocate().unwrap().bytes_mut()[200] = 0x40 + i;
+        }
+        assert_eq!(
+            p.allocate().err(),
+            Some(PoolError::DeviceFull { pages: 3 }),
+            "{kind:?}"
+        );
+        p.flush().unwrap();
+        assert_eq!(disk.page(32)[200], 0x42, "{kind:?}");
+        assert_eq!(disk.page(33)[200], 4, "{kind:?}: page 3 is not the pool's");
+        drop(p);
+        // More pages than fit are refused at setup.
+        assert_eq!(
+            build(30, Some(11)).err(),
+            Some(PoolError::Setup {
+                what: "the data area extends past the device's end",
                 errno: 0
             }),
             "{kind:?}"

@@ -685,16 +685,18 @@ impl<D: BlockDevice> IoQueues<D> {
         durability: Arc<dyn Durability>,
         relax: fn(),
     ) -> Result<IoQueues<D>, PoolError> {
-        IoQueues::over(devs, 0, batch, durability, relax)
+        IoQueues::over(devs, 0, None, batch, durability, relax)
     }
 
     /// Queues over `devs` whose page 0 is at block `first_block` (the
     /// data area after the engine's control and log blocks); the pages are
-    /// those that fit from there to the device's end. `first_block` past
-    /// the device's end is refused.
+    /// those that fit from there to the device's end, or the first
+    /// `max_pages` of them. `first_block` past the device's end, and
+    /// `max_pages` more than fit, are refused.
     pub fn over(
         devs: Vec<D>,
         first_block: u64,
+        max_pages: Option<u64>,
         batch: usize,
         durability: Arc<dyn Durability>,
         relax: fn(),
@@ -711,7 +713,17 @@ impl<D: BlockDevice> IoQueues<D> {
                 errno: 0,
             });
         };
-        let pages = blocks / PAGE_BLOCKS as u64;
+        let fit = blocks / PAGE_BLOCKS as u64;
+        let pages = match max_pages {
+            None => fit,
+            Some(n) if n <= fit => n,
+            Some(_) => {
+                return Err(PoolError::Setup {
+                    what: "the data area extends past the device's end",
+                    errno: 0,
+                })
+            }
+        };
         let mut queues = Vec::with_capacity(devs.len());
         for mut dev in devs {
             let buf = dev

@@ -37,6 +37,10 @@ pub struct PoolConfig {
     /// the device; page `n` is at `first_block + n * (PAGE_SIZE /
     /// BLOCK_SIZE)`.
     pub first_block: u64,
+    /// Pages the pool serves at most (the data area's length), or `None`
+    /// for every page from `first_block` to the device's end. Page ids, the
+    /// latch arrays and vmcache's window cover these pages only.
+    pub pages: Option<u64>,
     /// Pages evicted (and written) per batch.
     pub evict_batch: usize,
     /// The owner's write-ahead hook.
@@ -52,6 +56,7 @@ impl PoolConfig {
             capacity: self.capacity,
             allocated: self.allocated,
             first_block: self.first_block,
+            pages: self.pages,
             evict_batch: self.evict_batch,
             durability: &self.durability,
             relax: self.relax,
@@ -66,6 +71,7 @@ impl PoolConfig {
             capacity,
             allocated: 0,
             first_block: 0,
+            pages: None,
             evict_batch: 64,
             durability: Arc::new(super::NoLog),
             #[cfg(not(target_os = "none"))]
@@ -82,6 +88,8 @@ pub(crate) struct CoreConfig<'a> {
     pub allocated: u64,
     /// The device block of page 0.
     pub first_block: u64,
+    /// See [`PoolConfig::pages`].
+    pub pages: Option<u64>,
     pub evict_batch: usize,
     pub durability: &'a Arc<dyn Durability>,
     pub relax: fn(),
@@ -212,6 +220,7 @@ impl<D: BlockDevice> PoolCore<D> {
         IoQueues::over(
             devs,
             cfg.first_block,
+            cfg.pages,
             batch,
             Arc::clone(cfg.durability),
             cfg.relax,

@@ -144,6 +144,10 @@ pub struct TabbyConfig {
     /// The device block holding page 0 (see
     /// [`PoolConfig::first_block`](super::PoolConfig::first_block)).
     pub first_block: u64,
+    /// Pages the pool serves at most (see
+    /// [`PoolConfig::pages`](super::PoolConfig::pages)); the window and
+    /// its mappings cover these pages only.
+    pub pages: Option<u64>,
     /// Pages evicted (and written) per batch.
     pub evict_batch: usize,
     /// The owner's write-ahead hook.
@@ -168,6 +172,7 @@ impl TabbyConfig {
             capacity,
             allocated: 0,
             first_block: 0,
+            pages: None,
             evict_batch: 8,
             durability: Arc::new(super::NoLog),
             relax: core::hint::spin_loop,
@@ -181,6 +186,7 @@ impl TabbyConfig {
             capacity: self.capacity,
             allocated: self.allocated,
             first_block: self.first_block,
+            pages: self.pages,
             evict_batch: self.evict_batch,
             durability: &self.durability,
             relax: self.relax,

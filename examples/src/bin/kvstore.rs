@@ -1,6 +1,7 @@
 //! A key-value store guest: libdbos's write-ahead log and the engine's
-//! pages in a buffer pool (`dbos-bufferpool`; the hash pool, holding 16 of
-//! the 64 data pages) on the VM's NVMe disk, run in ring 0.
+//! pages in a buffer pool (`dbos-bufferpool`'s Tabby, on the guest's own
+//! page tables, holding 16 of the 64 data pages) on the VM's NVMe disk, run
+//! in ring 0.
 //!
 //! `dbos run --disk DISK --disk-size 64M kvstore -- [TXNS [fua|flush]]`
 //!
@@ -22,8 +23,7 @@ extern crate alloc;
 
 use dbos_bufferpool::device::{run_all, DmaBytes};
 use dbos_bufferpool::engine::PoolSetup;
-use dbos_bufferpool::pool::hash::HashPool;
-use dbos_bufferpool::pool::PoolConfig;
+use dbos_bufferpool::pool::tabby::{Tabby, TabbyConfig};
 use dbos_bufferpool::{
     BlockDevice, CommitMode, Config, Engine, Env, Error, Io, IoBuf, KvTable, Layout, NvmeDevice,
     PageId, PoolError, RecoveryReport,
@@ -65,17 +65,18 @@ unsafe impl dbos_bufferpool::DmaAllocator for HeapDma {
 }
 
 type Device = NvmeDevice<GuestQueuePair, HeapDma>;
-type Pool = HashPool<Device>;
+type Pool = Tabby<libdbos::GuestPlatform, Device>;
 
 /// The engine's pool: `POOL_FRAMES` frames on a queue pair of its own.
 fn pool(blocks: u64) -> impl FnOnce(PoolSetup) -> Result<Pool, PoolError> {
     move |setup| {
-        HashPool::new(
+        Tabby::new(
+            libdbos::platform(),
             alloc::vec![device(blocks)],
-            PoolConfig {
+            TabbyConfig {
                 evict_batch: 4,
                 relax: env().relax,
-                ..setup.config(POOL_FRAMES)
+                ..setup.tabby_config(POOL_FRAMES)
             },
         )
     }
