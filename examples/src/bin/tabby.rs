@@ -19,6 +19,11 @@
 //!   writes, VM exits) per evicted page, and the stale-translation repairs
 //!   with their events.
 //!
+//! - `bench [KEYS [FRAMES [LOOKUPS]]]` (default 2000 16 200): the
+//!   `events` report on the benchmark's tree: 8-byte big-endian keys and
+//!   120-byte values (2000 keys fill about 80 pages, 5x the 16 frames),
+//!   uniform random lookups split over the vCPUs. Run it with `--vcpus 1`
+//!   and `--vcpus 2` and a disk of 4 MiB.
 //! - `stale` / `stale-no-repair`: stale translations forced with a deferred
 //!   page-table view on vCPU 1 (see `stale`): the repair must make vCPU 1
 //!   read page 0's bytes and write page 0's current frame; with the repair
@@ -241,13 +246,59 @@ fn print_events(mode: &str, phase: &str, d: &EventCounts, evicted: u64) {
     );
 }
 
+/// The size of an event report.
+#[derive(Clone, Copy)]
+struct Shape {
+    /// Keys in the tree (`0..keys`, 8-byte big-endian).
+    keys: u64,
+    /// Frames of the pool.
+    frames: usize,
+    /// Point lookups in all (split over the vCPUs).
+    lookups: u64,
+    /// Every value this long (the 120 bytes), or the tests'
+    /// self-checking values of 150..250 bytes.
+    value_len: Option<usize>,
+}
+
+impl Shape {
+    /// The `events` report the host test checks.
+    const TEST: Shape = Shape {
+        keys: 120,
+        frames: 4,
+        lookups: 10,
+        value_len: None,
+    };
+
+    fn value(&self, k: u64) -> Vec<u8> {
+        match self.value_len {
+            None => tagged(k, 0),
+            Some(len) => fixed(k, len),
+        }
+    }
+}
+
+/// A value of `len` (at least 8) bytes for key `k`: the key, then a
+/// pattern derived from it.
+fn fixed(k: u64, len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    v.extend_from_slice(&k.to_be_bytes());
+    while v.len() < len {
+        v.push((k as u8).wrapping_mul(13) ^ v.len() as u8);
+    }
+    v
+}
+
 /// The event report of one eviction mode.
-fn events(mode: Eviction, name: &str) {
-    const KEYS: u64 = 120;
-    const LOOKUPS: u64 = 10;
+fn events(mode: Eviction, name: &str, shape: Shape) {
+    let Shape {
+        keys,
+        frames,
+        lookups,
+        ..
+    } = shape;
     let plat = libdbos::platform();
     let t0 = libdbos::hypercall::clock_nanos();
-    let p = pool(4, mode);
+    let p = pool(frames, mode);
     log::info!(
         "{name}: pool set up in {} ms",
         (libdbos::hypercall::clock_nanos() - t0) / 1_000_000
@@ -257,10 +308,15 @@ fn events(mode: Eviction, name: &str) {
         Err(e) => panic!("create: {e:?}"),
     };
     let t0 = libdbos::hypercall::clock_nanos();
-    for k in 0..KEYS {
-        t.insert(&k.to_be_bytes(), &tagged(k, 0)).expect("insert");
+    for k in 0..keys {
+        t.insert(&k.to_be_bytes(), &shape.value(k)).expect("insert");
     }
     p.flush().expect("flush");
+    let s = p.stats();
+    println!(
+        "{name} tree: {keys} keys, {} pages, {frames} frames",
+        s.allocations
+    );
     log::info!(
         "{name}: built in {} ms",
         (libdbos::hypercall::clock_nanos() - t0) / 1_000_000
@@ -289,10 +345,10 @@ fn events(mode: Eviction, name: &str) {
         }
         let mut r = Rng(17 + cpu as u64);
         let mut out = Vec::new();
-        for _ in 0..LOOKUPS / n {
-            let k = r.below(KEYS);
+        for _ in 0..lookups / n {
+            let k = r.below(keys);
             let ok = t.lookup(&k.to_be_bytes(), &mut out).expect("lookup")
-                && check_tagged(k, &out) == Some(0);
+                && out == shape.value(k);
             if !ok {
                 bad.fetch_add(1, Ordering::SeqCst);
             }
@@ -315,7 +371,7 @@ fn events(mode: Eviction, name: &str) {
     print_events(name, "lookups", &d, s.evictions - s0.evictions);
     let repairs = s.stale_repairs - s0.stale_repairs;
     println!(
-        "{name} lookups: {LOOKUPS} lookups, {} bad, {} page reads, {repairs} stale repairs",
+        "{name} lookups: {lookups} lookups, {} bad, {} page reads, {repairs} stale repairs",
         bad.load(Ordering::SeqCst),
         s.reads - s0.reads,
     );
@@ -481,8 +537,26 @@ fn main() -> u8 {
         ok &= stale(false);
     }
     if what == "events" || what == "all" {
-        events(Eviction::Tabby, "tabby");
-        events(Eviction::InvalidateAll, "invalidate_all");
+        events(Eviction::Tabby, "tabby", Shape::TEST);
+        events(Eviction::InvalidateAll, "invalidate_all", Shape::TEST);
+    }
+    if what == "bench" {
+        // `bench [KEYS [FRAMES [LOOKUPS]]]`: the tree (8-byte
+        // big-endian keys, 120-byte values), both modes side by side.
+        let mut args = libdbos::args().skip(1);
+        let mut num = |default: u64| {
+            args.next()
+                .map(|a| a.parse::<u64>().expect("a number"))
+                .unwrap_or(default)
+        };
+        let shape = Shape {
+            keys: num(2000),
+            frames: num(16) as usize,
+            lookups: num(200),
+            value_len: Some(120),
+        };
+        events(Eviction::Tabby, "tabby", shape);
+        events(Eviction::InvalidateAll, "invalidate_all", shape);
     }
     println!("tabby: {}", if ok { "ok" } else { "FAILED" });
     u8::from(!ok)
