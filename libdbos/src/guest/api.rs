@@ -35,12 +35,36 @@ pub fn platform() -> &'static GuestPlatform {
     &PLATFORM
 }
 
-/// Reserved windows: written under `RESERVE`, read lock-free (a window's
-/// bounds are stored before `WINDOW_COUNT` makes it visible).
+/// Reserved windows, by slot: written under `RESERVE`, read lock-free. A
+/// slot is live while its end is non-zero. Publishing stores the base, then
+/// the end (release); releasing stores end 0 (release). A reader loads the
+/// end, the base (both acquire) and the end again, and uses the pair only
+/// if the end did not change: a base it read from a later reuse of the slot
+/// was stored after the release's end 0, so the second load sees that (or
+/// a later end) and the pair is refused.
 static WINDOW_BASE: [AtomicU64; MAX_WINDOWS] = [const { AtomicU64::new(0) }; MAX_WINDOWS];
 static WINDOW_END: [AtomicU64; MAX_WINDOWS] = [const { AtomicU64::new(0) }; MAX_WINDOWS];
+/// Slots ever used (the high-water mark readers search below).
 static WINDOW_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// The next free address (everything from it to the end of the window
+/// space is unused). Released windows at the top give their range back at
+/// once; a hole below a live window is reused once every window above it
+/// is released (the space is a stack).
 static RESERVE: Mutex<u64> = Mutex::new(WINDOW_SPACE.0);
+
+/// The bounds of slot `i`, if it holds a live window (see `WINDOW_END`).
+fn slot_bounds(i: usize) -> Option<(u64, u64)> {
+    loop {
+        let end = WINDOW_END[i].load(Ordering::Acquire);
+        if end == 0 {
+            return None;
+        }
+        let base = WINDOW_BASE[i].load(Ordering::Acquire);
+        if WINDOW_END[i].load(Ordering::Acquire) == end {
+            return Some((base, end));
+        }
+    }
+}
 
 static FAULT_HOOK: HookCell<FaultHook> = HookCell::new();
 /// Each window's own fault hook, by window index.
@@ -51,10 +75,15 @@ static WINDOW_HOOKS: [ContextHookCell<WindowFaultHook>; MAX_WINDOWS] =
 fn window_index(addr: u64, len: u64) -> Option<usize> {
     let n = WINDOW_COUNT.load(Ordering::Acquire);
     (0..n).find(|&i| {
-        let base = WINDOW_BASE[i].load(Ordering::Relaxed);
-        let end = WINDOW_END[i].load(Ordering::Relaxed);
-        addr >= base && addr.checked_add(len).is_some_and(|e| e <= end)
+        slot_bounds(i)
+            .is_some_and(|(base, end)| addr >= base && addr.checked_add(len).is_some_and(|e| e <= end))
     })
+}
+
+/// The slot holding exactly `window`.
+fn exact_window(window: &Window) -> Option<usize> {
+    let end = window.base.checked_add(window.len)?;
+    window_index(window.base, window.len).filter(|&i| slot_bounds(i) == Some((window.base, end)))
 }
 
 fn in_window(addr: u64, len: u64) -> bool {
@@ -114,17 +143,18 @@ impl GuestPlatform {
             return Err(Error::Unaligned(align));
         }
         let mut next = RESERVE.lock();
-        let index = WINDOW_COUNT.load(Ordering::Acquire);
+        // The lowest free slot (released slots are reused first).
+        let index = (0..MAX_WINDOWS).find(|&i| WINDOW_END[i].load(Ordering::Relaxed) == 0);
         let base = next.checked_next_multiple_of(align);
         let end = base
             .and_then(|b| b.checked_add(len))
             .filter(|&e| e <= WINDOW_SPACE.1);
-        let (Some(base), Some(end), true) = (base, end, index < MAX_WINDOWS) else {
+        let (Some(base), Some(end), Some(index)) = (base, end, index) else {
             return Err(Error::OutOfAddressSpace(len));
         };
-        WINDOW_BASE[index].store(base, Ordering::Relaxed);
-        WINDOW_END[index].store(end, Ordering::Relaxed);
-        WINDOW_COUNT.store(index + 1, Ordering::Release);
+        WINDOW_BASE[index].store(base, Ordering::Release);
+        WINDOW_END[index].store(end, Ordering::Release);
+        WINDOW_COUNT.fetch_max(index + 1, Ordering::Release);
         // Leave an unmapped 2 MiB gap between windows, so an overrun faults.
         *next = end + LARGE_PAGE_SIZE;
         Ok(Window { base, len })
@@ -320,12 +350,7 @@ impl Platform for GuestPlatform {
         hook: Option<WindowFaultHook>,
         context: usize,
     ) -> Result<(), Error> {
-        let index = window_index(window.base, window.len)
-            .filter(|&i| {
-                WINDOW_BASE[i].load(Ordering::Relaxed) == window.base
-                    && WINDOW_END[i].load(Ordering::Relaxed) == window.base + window.len
-            })
-            .ok_or(Error::NotInWindow(window.base))?;
+        let index = exact_window(window).ok_or(Error::NotInWindow(window.base))?;
         WINDOW_HOOKS[index].set(hook, context);
         update_page_fault_hook();
         Ok(())
