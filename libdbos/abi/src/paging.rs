@@ -1180,16 +1180,8 @@ impl<'a, M: TableMemory<'a>> PageTables<'a, M> {
                 continue;
             }
             let below = level.below().expect("a table entry above level 1");
-            let child_empty = self.clear_table(
-                e.addr(),
-                below,
-                lo,
-                range,
-                may_free,
-                leaf,
-                unlinked,
-                done,
-            )?;
+            let child_empty =
+                self.clear_table(e.addr(), below, lo, range, may_free, leaf, unlinked, done)?;
             if child_empty && (inside || may_free(lo, hi)) && cas(slot, e, Entry::EMPTY).is_ok() {
                 done.tables += 1;
                 unlinked(e.addr());

@@ -12,8 +12,8 @@ use crate::interrupts::{self, HookResult, InterruptFrame, PageFault};
 use crate::percpu::{self, Event};
 use crate::platform::{
     AccessBits, Capabilities, Error, EventCounts, EventHook, Fault, FaultHandler, FaultHook,
-    FaultResolution, Frame, PageSize, Platform, Protection, Unmapped, Window, WindowFaultHook,
-    LARGE_PAGE_SIZE, PAGE_SIZE,
+    FaultResolution, Frame, PageSize, Platform, Protection, Released, Unmapped, Window,
+    WindowFaultHook, LARGE_PAGE_SIZE, PAGE_SIZE,
 };
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
@@ -75,8 +75,9 @@ static WINDOW_HOOKS: [ContextHookCell<WindowFaultHook>; MAX_WINDOWS] =
 fn window_index(addr: u64, len: u64) -> Option<usize> {
     let n = WINDOW_COUNT.load(Ordering::Acquire);
     (0..n).find(|&i| {
-        slot_bounds(i)
-            .is_some_and(|(base, end)| addr >= base && addr.checked_add(len).is_some_and(|e| e <= end))
+        slot_bounds(i).is_some_and(|(base, end)| {
+            addr >= base && addr.checked_add(len).is_some_and(|e| e <= end)
+        })
     })
 }
 
@@ -161,6 +162,78 @@ impl GuestPlatform {
     }
 }
 
+impl GuestPlatform {
+    /// [`Platform::release`] (see there for the costs and the contract).
+    ///
+    /// # Safety
+    /// As [`Platform::release`].
+    unsafe fn release_window(
+        &self,
+        window: Window,
+        still_mapped: &mut dyn FnMut(u64, PageSize, Unmapped),
+    ) -> Result<Released, Error> {
+        let mut next = RESERVE.lock();
+        let index = exact_window(&window).ok_or(Error::NotReserved(window.base))?;
+        let (start, end) = (window.base, window.base + window.len);
+        // Unpublished first: from here no call and no fault finds the
+        // window (the caller promised none comes), and its hook is gone.
+        WINDOW_END[index].store(0, Ordering::Release);
+        WINDOW_HOOKS[index].set(None, 0);
+        update_page_fault_hook();
+        // A table may be freed when no other live window meets its span (a
+        // window reserved meanwhile cannot exist: we hold RESERVE).
+        let in_use = |lo: u64, hi: u64| {
+            (0..WINDOW_COUNT.load(Ordering::Acquire))
+                .filter_map(slot_bounds)
+                .any(|(b, e)| b <= hi && e > lo)
+        };
+        let (leaves, tables) = crate::paging::clear_range(start, end, &in_use);
+        if !leaves.is_empty() || !tables.is_empty() {
+            // TLB invariant: a present entry went away (a leaf, or a table
+            // link the paging-structure caches may hold), so every CPU must
+            // drop what it cached of the range before a reported frame or a
+            // freed table can be reused. No entry written: nothing present
+            // changed, nothing can be cached (x86 caches no non-present
+            // entry). On a CPU that defers its view, the CR3 reload of this
+            // flush refreshes the whole view first (`crate::view`), dropping
+            // its private copies of the window's tables too.
+            crate::smp::flush_all();
+        }
+        for &table in &tables {
+            // SAFETY: a window table, allocated zeroed from the frame
+            // allocator, unlinked above and flushed from every CPU; no
+            // other window reaches it (the caller's contract, and `in_use`).
+            unsafe { crate::frames::free_sized(table, PageSize::Small) };
+        }
+        // The address space above the highest live window is free again.
+        *next = (0..WINDOW_COUNT.load(Ordering::Acquire))
+            .filter_map(slot_bounds)
+            .map(|(_, e)| e + LARGE_PAGE_SIZE)
+            .max()
+            .unwrap_or(WINDOW_SPACE.0);
+        drop(next);
+        for (page, m) in &leaves {
+            still_mapped(
+                *page,
+                m.size,
+                Unmapped {
+                    frame: m.frame,
+                    bits: m.bits(),
+                },
+            );
+        }
+        log::debug!(
+            "released window {start:#x}..{end:#x}: {} pages, {} tables",
+            leaves.len(),
+            tables.len()
+        );
+        Ok(Released {
+            pages: leaves.len() as u64,
+            tables: tables.len() as u64,
+        })
+    }
+}
+
 impl Platform for GuestPlatform {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
@@ -173,6 +246,15 @@ impl Platform for GuestPlatform {
 
     fn reserve(&self, len: u64) -> Result<Window, Error> {
         self.reserve_aligned(len, LARGE_PAGE_SIZE)
+    }
+
+    unsafe fn release(
+        &self,
+        window: Window,
+        still_mapped: &mut dyn FnMut(u64, PageSize, Unmapped),
+    ) -> Result<Released, Error> {
+        // SAFETY: forwarded contract.
+        unsafe { self.release_window(window, still_mapped) }
     }
 
     fn alloc_frame(&self, size: PageSize) -> Result<Frame, Error> {

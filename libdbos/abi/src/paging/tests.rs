@@ -795,8 +795,8 @@ fn clear_range_takes_leaves_and_frees_only_unshared_empty_tables() {
     t.map(base, DATA, Size::Small, W).unwrap(); // 1: PDPT, 2: PD, 3: PT
     t.map(base + 0x1000, DATA + 0x1000, Size::Small, W).unwrap();
     t.map(base + (4 << 20), 2 << 20, Size::Large, W).unwrap(); // leaf in PD
-    // Another "window" in the same PD, 8 MiB on: its PT (4) stays, and so
-    // do the PD and PDPT above it.
+                                                               // Another "window" in the same PD, 8 MiB on: its PT (4) stays, and so
+                                                               // do the PD and PDPT above it.
     t.map(base + (8 << 20), DATA, Size::Small, W).unwrap();
     let mut leaves = Vec::new();
     let mut tables = Vec::new();
@@ -847,7 +847,13 @@ fn clear_range_takes_leaves_and_frees_only_unshared_empty_tables() {
     assert_eq!(t.read(base, Level::L4).unwrap(), Entry::EMPTY);
     // Nothing left: a second clear writes nothing.
     let c = t
-        .clear_range(base, base + (16 << 20), &|_, _| true, &mut |_, _, _| {}, &mut |_| {})
+        .clear_range(
+            base,
+            base + (16 << 20),
+            &|_, _| true,
+            &mut |_, _, _| {},
+            &mut |_| {},
+        )
         .unwrap();
     assert_eq!(c, Cleared::default());
 }
