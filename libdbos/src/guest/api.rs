@@ -52,6 +52,19 @@ static WINDOW_COUNT: AtomicUsize = AtomicUsize::new(0);
 /// is released (the space is a stack).
 static RESERVE: Mutex<u64> = Mutex::new(WINDOW_SPACE.0);
 
+/// Takes `RESERVE`, serving TLB shootdowns while it spins: a release holds
+/// it across `smp::flush_all`, which waits for every CPU, this one
+/// included, even if it spins here with interrupts disabled.
+fn lock_reserve() -> spin::MutexGuard<'static, u64> {
+    loop {
+        if let Some(g) = RESERVE.try_lock() {
+            return g;
+        }
+        crate::smp::service_tlb_requests();
+        core::hint::spin_loop();
+    }
+}
+
 /// The bounds of slot `i`, if it holds a live window (see `WINDOW_END`).
 fn slot_bounds(i: usize) -> Option<(u64, u64)> {
     loop {
@@ -143,7 +156,7 @@ impl GuestPlatform {
         if !align.is_power_of_two() || align < LARGE_PAGE_SIZE {
             return Err(Error::Unaligned(align));
         }
-        let mut next = RESERVE.lock();
+        let mut next = lock_reserve();
         // The lowest free slot (released slots are reused first).
         let index = (0..MAX_WINDOWS).find(|&i| WINDOW_END[i].load(Ordering::Relaxed) == 0);
         let base = next.checked_next_multiple_of(align);
@@ -172,7 +185,7 @@ impl GuestPlatform {
         window: Window,
         still_mapped: &mut dyn FnMut(u64, PageSize, Unmapped),
     ) -> Result<Released, Error> {
-        let mut next = RESERVE.lock();
+        let mut next = lock_reserve();
         let index = exact_window(&window).ok_or(Error::NotReserved(window.base))?;
         let (start, end) = (window.base, window.base + window.len);
         // Unpublished first: from here no call and no fault finds the
