@@ -25,7 +25,7 @@ fn conformance(vcpus: u32) {
     );
     assert_eq!(
         report.console.last().map(String::as_str),
-        Some("[vcpu0] 22 passed, 0 failed")
+        Some("[vcpu0] 23 passed, 0 failed")
     );
     assert_eq!(report.exit.process_status(), 0, "{}", report.exit);
 }

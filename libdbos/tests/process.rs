@@ -85,6 +85,7 @@ conformance_tests!(
     unmap_many_and_invalidate_many,
     test_and_clear_accessed_sweep,
     remap_exchanges_frames,
+    release_gives_back,
 );
 
 #[test]
