@@ -9,7 +9,7 @@
 
 use libdbos::conformance::{self, costs};
 use libdbos::platform::{
-    Error, Fault, FaultResolution, Frame, PageSize, Platform, Protection, LARGE_PAGE_SIZE,
+    Error, Fault, FaultResolution, Frame, PageSize, Platform, Protection, LARGE_PAGE_SIZE, Window,
     PAGE_SIZE,
 };
 use libdbos::process::{maps, Config, MapCount, ProcessPlatform};
@@ -1065,4 +1065,60 @@ fn real_limit_is_reached_with_mapping_limit_not_enomem() {
     assert!(status.success(), "{status}: {stderr}");
     assert!(stderr.contains("refused after"), "{stderr}");
     assert!(stderr.contains("vm.max_map_count"), "{stderr}");
+}
+
+/// `release` gives back the mapping-limit charge of the window and of each
+/// page still mapped, its share of `address_space` (a reserve that did not
+/// fit fits after it), and its address range (no VMA left); another
+/// platform's window is refused.
+#[test]
+fn release_gives_back_charge_address_space_and_range() {
+    let (p, base, frames) = limited();
+    let w = Window {
+        base,
+        len: 2 * LARGE_PAGE_SIZE,
+    };
+    // Scattered pages: charged 2 each.
+    for i in 0..10 {
+        p.map(w.page(2 * i), frames[i as usize], PageSize::Small, Protection::ReadWrite)
+            .unwrap();
+    }
+    assert_eq!(p.map_count().charged, 6 + 20);
+    assert!(vmas_in(w.base, w.len) > 0);
+    // Another platform may not release it.
+    let other = ProcessPlatform::new(Config {
+        frames: 16,
+        cpus: 1,
+        ..Config::default()
+    })
+    .unwrap();
+    // SAFETY: refused: the window is not `other`'s, nothing is released.
+    let refused = unsafe { other.release(w, &mut |_, _, _| {}) };
+    assert_eq!(refused, Err(Error::NotReserved(base)));
+    assert_eq!(p.translate(w.page(0)), Some(frames[0]));
+    let windows = libdbos::process::live_windows();
+    let mut reported = Vec::new();
+    // SAFETY: this test owns the window; nothing accesses it any more.
+    let r = unsafe { p.release(w, &mut |page, _, u| reported.push((page, u.frame))) }.unwrap();
+    assert_eq!(r.pages, 10);
+    let expected: Vec<(u64, Frame)> = (0..10).map(|i| (w.page(2 * i), frames[i as usize])).collect();
+    assert_eq!(reported, expected);
+    // Back to the platform's own charge (3), the range unmapped.
+    assert_eq!(p.map_count().charged, 3);
+    assert_eq!(vmas_in(w.base, w.len), 0);
+    assert_eq!(libdbos::process::live_windows(), windows - 1);
+
+    let q = ProcessPlatform::new(Config {
+        frames: 64,
+        cpus: 1,
+        address_space: 4 << 20,
+        ..Config::default()
+    })
+    .unwrap();
+    let a = q.reserve(4 << 20).unwrap();
+    assert_eq!(q.reserve(1), Err(Error::OutOfAddressSpace(1)));
+    // SAFETY: never used.
+    unsafe { q.release(a, &mut |_, _, _| {}) }.unwrap();
+    let b = q.reserve(4 << 20).unwrap();
+    assert_eq!(b.len, 4 << 20);
 }
