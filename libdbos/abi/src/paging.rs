@@ -1147,17 +1147,22 @@ impl<'a, M: TableMemory<'a>> PageTables<'a, M> {
     ) -> Result<bool, PagingError> {
         let entries = self.table(table)?;
         let mut empty = true;
-        for (i, slot) in entries.iter().enumerate() {
+        // Only the entries that meet the range are visited (the guest runs
+        // this emulated: 512 entries per level add up); the others are read
+        // for emptiness only if the table could be freed at all.
+        // The range meets this table (the caller's or the recursion's
+        // check), so its first and last entries are the ones holding the
+        // range's clipped ends.
+        let table_last = entry_span(level, base, ENTRIES - 1).1;
+        let first = level.index(range.start.max(base));
+        let last = level.index((range.end - 1).min(table_last));
+        for (i, slot) in entries.iter().enumerate().take(last + 1).skip(first) {
             let e = load(slot);
             if !e.present() {
                 continue;
             }
             let (lo, hi) = entry_span(level, base, i);
             let inside = lo >= range.start && hi < range.end;
-            if !meets(lo, hi, range) {
-                empty = false;
-                continue;
-            }
             let size = match level {
                 Level::L1 => Some(Size::Small),
                 Level::L2 if e.has(Flags::HUGE_PAGE) => Some(Size::Large),
@@ -1189,7 +1194,11 @@ impl<'a, M: TableMemory<'a>> PageTables<'a, M> {
                 empty = false;
             }
         }
-        Ok(empty)
+        if empty && level != Level::L4 {
+            let outside = entries[..first].iter().chain(&entries[last + 1..]);
+            empty = outside.map(load).all(|e| !e.present());
+        }
+        Ok(empty && level != Level::L4)
     }
 }
 
