@@ -180,6 +180,16 @@ fn costs_are_exact() {
         (0, n, n, 0, 0, 0, 0),
         "one mmap(MAP_FIXED), standing for one exchange and one invlpg"
     );
+    assert_eq!(
+        row("reserve 2 MiB window, map 1 page, release it (still mapped)"),
+        (0, 2 * n, 0, 0, 0, 0, 0),
+        "one mmap for the map, one munmap for the release"
+    );
+    assert_eq!(
+        row("reserve 2 MiB window, release it empty"),
+        (0, n, 0, 0, 0, 0, 0),
+        "one munmap"
+    );
     let mut table = String::new();
     costs::write_markdown(&mut table, &costs).unwrap();
     assert!(
