@@ -9,7 +9,7 @@
 
 use libdbos::conformance::{self, costs};
 use libdbos::platform::{
-    Error, Fault, FaultResolution, Frame, PageSize, Platform, Protection, LARGE_PAGE_SIZE, Window,
+    Error, Fault, FaultResolution, Frame, PageSize, Platform, Protection, Window, LARGE_PAGE_SIZE,
     PAGE_SIZE,
 };
 use libdbos::process::{maps, Config, MapCount, ProcessPlatform};
@@ -1090,8 +1090,13 @@ fn release_gives_back_charge_address_space_and_range() {
     };
     // Scattered pages: charged 2 each.
     for i in 0..10 {
-        p.map(w.page(2 * i), frames[i as usize], PageSize::Small, Protection::ReadWrite)
-            .unwrap();
+        p.map(
+            w.page(2 * i),
+            frames[i as usize],
+            PageSize::Small,
+            Protection::ReadWrite,
+        )
+        .unwrap();
     }
     assert_eq!(p.map_count().charged, 6 + 20);
     assert!(vmas_in(w.base, w.len) > 0);
@@ -1111,7 +1116,9 @@ fn release_gives_back_charge_address_space_and_range() {
     // SAFETY: this test owns the window; nothing accesses it any more.
     let r = unsafe { p.release(w, &mut |page, _, u| reported.push((page, u.frame))) }.unwrap();
     assert_eq!(r.pages, 10);
-    let expected: Vec<(u64, Frame)> = (0..10).map(|i| (w.page(2 * i), frames[i as usize])).collect();
+    let expected: Vec<(u64, Frame)> = (0..10)
+        .map(|i| (w.page(2 * i), frames[i as usize]))
+        .collect();
     assert_eq!(reported, expected);
     // Back to the platform's own charge (3), the range unmapped.
     assert_eq!(p.map_count().charged, 3);

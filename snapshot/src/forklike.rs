@@ -370,8 +370,7 @@ impl Drop for ForkLike {
             // ForkLike (the only way to the heap, and `as_ptr` needs it for
             // a view) is being dropped, the hook is gone, and the windows
             // share no table (views hold their own tables).
-            let released =
-                unsafe { p.release(window, &mut |_, _, u| mapped.push(u.frame.addr())) };
+            let released = unsafe { p.release(window, &mut |_, _, u| mapped.push(u.frame.addr())) };
             if let Err(e) = released {
                 log::error!("fork-like: releasing window {:#x}: {e}", window.base);
             }

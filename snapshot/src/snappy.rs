@@ -429,9 +429,8 @@ impl Drop for Inner {
             // Snappy. No table of either window is linked from outside: the
             // views' top entries, the only links to the heap's tables, were
             // cleared at each snapshot's release.
-            let released = unsafe {
-                p.release(window, &mut |_, size, u| frames.push((u.frame, size)))
-            };
+            let released =
+                unsafe { p.release(window, &mut |_, size, u| frames.push((u.frame, size))) };
             if let Err(e) = released {
                 log::error!("snappy: releasing window {:#x}: {e}", window.base);
             }

@@ -19,9 +19,9 @@
 //! async-signal-safe except `reserve`, so the fault hook may map and unmap.
 //!
 //! Windows are registered in a fixed table of [`MAX_WINDOWS`] slots that the
-//! SIGSEGV handler searches without locks. [`release`] empties a window's
-//! slot (reused by the next `reserve`) and unmaps its range and its entry
-//! arrays; the window's small record itself (base, length, owner, hook) is
+//! SIGSEGV handler searches without locks. `release` (behind
+//! `Platform::release`) empties a window's slot (reused by the next
+//! `reserve`) and unmaps its range and its entry arrays; the window's small record itself (base, length, owner, hook) is
 //! kept, never freed, because a handler running on another thread may have
 //! loaded the slot just before it was emptied and still reads the record
 //! (about 80 bytes per released window; the mappings, the address range
@@ -149,7 +149,7 @@ pub(crate) unsafe fn release(
 ) -> Result<std::vec::Vec<(u64, PageSize, Frame)>, Error> {
     let guard = REGISTER.lock().unwrap_or_else(|e| e.into_inner());
     let slot = &REGISTRY[window.slot];
-    if slot.load(Ordering::Acquire) != window as *const Window as *mut Window {
+    if !core::ptr::eq(slot.load(Ordering::Acquire), window) {
         return Err(Error::NotReserved(window.base));
     }
     slot.store(core::ptr::null_mut(), Ordering::Release);
