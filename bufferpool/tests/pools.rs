@@ -1133,3 +1133,23 @@ fn pages_start_at_the_first_block() {
         );
     }
 }
+
+/// Dropping a Tabby releases its window (a platform call that gives the
+/// slot, the range and the mapping-limit charge back) and frees its frames:
+/// more pools than the process may hold windows at once
+/// (`libdbos::process::MAX_WINDOWS`), each with pages loaded, created and
+/// dropped one after the other, leave free frames and the charge exactly
+/// where they were.
+#[test]
+fn tabby_drop_gives_back_window_and_frames() {
+    let plat = own_platform();
+    let free = plat.free_frames();
+    let charged = plat.map_count().charged;
+    for _ in 0..libdbos::process::MAX_WINDOWS + 16 {
+        let p = small_tabby(plat, 2, Eviction::Tabby, true);
+        assert_eq!(plat.map_count().charged, charged + 3 + 64 * 2);
+        drop(p);
+    }
+    assert_eq!(plat.free_frames(), free);
+    assert_eq!(plat.map_count().charged, charged);
+}

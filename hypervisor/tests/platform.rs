@@ -25,7 +25,7 @@ fn conformance(vcpus: u32) {
     );
     assert_eq!(
         report.console.last().map(String::as_str),
-        Some("[vcpu0] 22 passed, 0 failed")
+        Some("[vcpu0] 23 passed, 0 failed")
     );
     assert_eq!(report.exit.process_status(), 0, "{}", report.exit);
 }
@@ -141,6 +141,16 @@ fn guest_costs_per_operation_are_exact() {
         row("remap mapped 4 KiB page to another frame"),
         ["0", "1", "1", "0", "0", "0", "0", "0"],
         "one exchange of the entry and one local invlpg, nothing remote"
+    );
+    assert_eq!(
+        row("reserve 2 MiB window, map 1 page, release it (still mapped)"),
+        ["0", "4", "0", "1", "1", "1", "0", "0"],
+        "map: page table + leaf; release: leaf + page table, one flush of every CPU (1 IPI)"
+    );
+    assert_eq!(
+        row("reserve 2 MiB window, release it empty"),
+        ["0", "0", "0", "0", "0", "0", "0", "0"],
+        "nothing mapped, nothing cached: no write, no flush"
     );
     // Every operation: zero VM exits.
     for (op, cells) in &rows {

@@ -194,3 +194,23 @@ fn event_report_side_by_side() {
     assert_eq!(rows[3][3], 16 * 2 + 1 + 8);
     assert_eq!(rows[9][3], 64 * 2 + 1 + 32);
 }
+
+/// Snappy and the fork-like snapshot created, used and dropped 20 times each
+/// (two windows per instance: more than the 32 window slots without
+/// release): every frame and page-table page comes back after every cycle,
+/// and every heap lands at the same address (slots and address space
+/// reused).
+#[test]
+fn dropping_gives_back_every_frame_and_window() {
+    if !require_kvm() {
+        return;
+    }
+    let report = snappy(&["drop"], 1);
+    assert_eq!(
+        report.console,
+        vec![
+            "[vcpu0] drop: snappy cycles=20 back_to_baseline=20 frames_after_minus_baseline=0 same_heap_base=true",
+            "[vcpu0] drop: forklike cycles=20 back_to_baseline=20 frames_after_minus_baseline=0 same_heap_base=true",
+        ]
+    );
+}

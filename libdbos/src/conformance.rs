@@ -29,7 +29,9 @@
 //! (CPU) at a time, apart from the closures a check itself runs with
 //! `run_on_all`. A check sets the hooks it needs and clears all three hooks
 //! (and stops the calling CPU's timer) when it ends. A failing check may leak
-//! the frames and mappings it made; windows are never released.
+//! the frames and mappings it made; windows are not released (apart from
+//! `release_gives_back`'s), so a platform must offer at least as many
+//! windows as the checks reserve.
 //!
 //! **What the checks expect** beyond the trait's documentation (an
 //! implementation must agree):
@@ -64,7 +66,13 @@
 //!   `pte_writes` + 1 `local_invalidations`; `invalidate_local_many` = 1
 //!   `local_invalidations` per page; `test_and_clear_accessed` = where
 //!   accessed bits are observable, 1 `pte_writes` + 1 `local_invalidations`
-//!   per accessed page and nothing per other page, elsewhere nothing. `vm_exits`, `shootdowns` and the
+//!   per accessed page and nothing per other page, elsewhere nothing;
+//!   `release` of a window with pages still mapped = where the platform has
+//!   page tables of its own (the guest, the implementation that observes
+//!   accessed bits), 1 `pte_writes` per page and per table freed, 1
+//!   `local_flushes`, `cpu_count - 1` `remote_invalidations` and
+//!   `ipis_sent`; elsewhere (the process) 1 `pte_writes`; of an empty window,
+//!   no event in the guest. `vm_exits`, `shootdowns` and the
 //!   IPIs behind `invalidate_all` differ between implementations and are not
 //!   asserted (the [`costs`] table records them).
 //!
@@ -79,7 +87,7 @@
 use crate::fmtbuf::FmtBuf;
 use crate::platform::{
     AccessBits, Capabilities, Error, Fault, FaultResolution, Frame, PageSize, Platform, Protection,
-    Unmapped, Window, LARGE_PAGE_SIZE, PAGE_SIZE,
+    Released, Unmapped, Window, LARGE_PAGE_SIZE, PAGE_SIZE,
 };
 use core::fmt;
 use core::fmt::Write;
@@ -217,7 +225,7 @@ pub mod costs;
 pub type Check<P> = fn(&'static P) -> Result<(), Failure>;
 
 /// Every check, by name, in the order [`run_all`] runs them.
-pub fn checks<P: Platform>() -> [(&'static str, Check<P>); 22] {
+pub fn checks<P: Platform>() -> [(&'static str, Check<P>); 23] {
     [
         ("frames_alloc_free", frames_alloc_free::<P>),
         (
@@ -256,6 +264,7 @@ pub fn checks<P: Platform>() -> [(&'static str, Check<P>); 22] {
             test_and_clear_accessed_sweep::<P>,
         ),
         ("remap_exchanges_frames", remap_exchanges_frames::<P>),
+        ("release_gives_back", release_gives_back::<P>),
     ]
 }
 
@@ -1763,6 +1772,155 @@ pub fn test_and_clear_accessed_sweep<P: Platform>(p: &'static P) -> Result<(), F
         check_eq!(ok!(p.unmap(w.page(i), PageSize::Small)).frame, f);
     }
     // SAFETY: unmapped, not used again.
+    unsafe { p.free_frame(f, PageSize::Small) };
+    Ok(())
+}
+
+/// How many times [`release_gives_back`] reserves and releases a window: more
+/// than either platform has window slots (the guest 32, the process 1024),
+/// so a slot that is not given back fails it.
+pub const RELEASE_CYCLES: usize = 1040;
+
+/// One reserve, map, release cycle of [`release_gives_back`]: a 4 MiB
+/// window with a frame at two small pages and a large frame, released;
+/// every frame reported, freed; free frames back to `before` exactly.
+/// Returns the window and the release.
+fn release_cycle<P: Platform>(p: &'static P) -> Result<(Window, Released), Failure> {
+    let n = p.cpu_count() as u64;
+    let before = p.free_frames();
+    let w = ok!(p.reserve(2 * LARGE_PAGE_SIZE));
+    let f = ok!(p.alloc_frame(PageSize::Small));
+    let large = ok!(p.alloc_frame(PageSize::Large));
+    ok!(p.map(w.page(0), f, PageSize::Small, Protection::ReadWrite));
+    ok!(p.map(w.page(5), f, PageSize::Small, Protection::ReadOnly));
+    let big = w.base + LARGE_PAGE_SIZE;
+    ok!(p.map(big, large, PageSize::Large, Protection::ReadWrite));
+    // SAFETY: both pages are mapped read-write.
+    unsafe {
+        write(w.page(0), pattern(7, 1));
+        write(big + 8, pattern(7, 2));
+    }
+    let data = 1 + LARGE_PAGE_SIZE / PAGE_SIZE;
+    // Page-table pages the mappings created (0 in a process).
+    let tables = before - p.free_frames() - data;
+    let c = p.counters();
+    let mut seen = [None; 4];
+    let mut calls = 0;
+    // SAFETY: nothing accesses the window from here on (this check owns it)
+    // and none of its tables is linked from elsewhere.
+    let r = ok!(unsafe {
+        p.release(w, &mut |page, size, u| {
+            if let Some(slot) = seen.get_mut(calls) {
+                *slot = Some((page, size, u.frame));
+            }
+            calls += 1;
+        })
+    });
+    let d = p.counters().since(&c);
+    check_eq!(r.pages, 3);
+    check_eq!(calls, 3);
+    check_eq!(
+        seen,
+        [
+            Some((w.page(0), PageSize::Small, f)),
+            Some((w.page(5), PageSize::Small, f)),
+            Some((big, PageSize::Large, large)),
+            None
+        ]
+    );
+    if p.capabilities().accessed_bit {
+        // Page tables of its own (the guest): every table the window made is
+        // freed, each entry cleared is one write, one flush of every CPU.
+        check_eq!(r.tables, tables);
+        check_eq!(library_events(&d), (0, 3 + tables, 0, 1, n - 1, n - 1));
+    } else {
+        check_eq!((r.tables, tables), (0, 0));
+        check_eq!(library_events(&d), (0, 1, 0, 0, 0, 0));
+    }
+    // The frames kept their data and are the caller's to free.
+    // SAFETY: both are allocated (reported, not freed, by the release).
+    unsafe {
+        check_eq!(read(frame_addr(p, f, 0)), pattern(7, 1));
+        check_eq!(read(frame_addr(p, large, 8)), pattern(7, 2));
+    }
+    check_eq!(p.free_frames(), before - data);
+    // SAFETY: reported by the release: unmapped everywhere, not used again.
+    unsafe {
+        p.free_frame(f, PageSize::Small);
+        p.free_frame(large, PageSize::Large);
+    }
+    check_eq!(p.free_frames(), before);
+    Ok((w, r))
+}
+
+/// `release` unmaps what is still mapped, reports each such page once with
+/// its frame (which it does not free), frees the window's page tables (free
+/// frames back to the baseline exactly), costs what the contract says,
+/// makes the range unusable (`translate` None, calls `NotInWindow`), refuses
+/// a second release and a part of a window (`NotReserved`), and gives the
+/// slot back: [`RELEASE_CYCLES`] windows reserved and released one after
+/// the other all succeed (more than either platform's slots). In the guest
+/// (where address space is reused as a stack), the next window of the same
+/// size gets the same base.
+pub fn release_gives_back<P: Platform>(p: &'static P) -> Result<(), Failure> {
+    let _s = Session::begin(p)?;
+    let guest = p.capabilities().accessed_bit;
+    let (w, _) = release_cycle(p)?;
+    // A second cycle: the same costs and the same exact balance, whatever
+    // tables the first one found in place.
+    let (w2, _) = release_cycle(p)?;
+    if guest {
+        check_eq!(w2.base, w.base);
+    }
+    check_eq!(p.translate(w2.page(0)), None);
+    check_eq!(p.translate(w2.base + LARGE_PAGE_SIZE), None);
+    let f = ok!(p.alloc_frame(PageSize::Small));
+    check_eq!(
+        p.map(w2.page(0), f, PageSize::Small, Protection::ReadWrite),
+        Err(Error::NotInWindow(w2.page(0)))
+    );
+    check_eq!(
+        p.set_window_fault_hook(&w2, None, 0),
+        Err(Error::NotInWindow(w2.base))
+    );
+    // SAFETY: released already: the call must refuse it and change nothing.
+    let again = unsafe { p.release(w2, &mut |_, _, _| {}) };
+    check_eq!(again, Err(Error::NotReserved(w2.base)));
+    // A part of a live window is not a window.
+    let live = ok!(p.reserve(2 * LARGE_PAGE_SIZE));
+    let half = Window {
+        base: live.base,
+        len: LARGE_PAGE_SIZE,
+    };
+    // SAFETY: refused (not a whole window): nothing is released.
+    let part = unsafe { p.release(half, &mut |_, _, _| {}) };
+    check_eq!(part, Err(Error::NotReserved(live.base)));
+    ok!(p.map(live.page(1), f, PageSize::Small, Protection::ReadWrite));
+    check_eq!(p.translate(live.page(1)), Some(f));
+    // An empty window: nothing written, nothing flushed, in the guest.
+    let c = p.counters();
+    let mut calls = 0;
+    let e = ok!(p.reserve(LARGE_PAGE_SIZE));
+    // SAFETY: this check owns the window and never used it.
+    let r = ok!(unsafe { p.release(e, &mut |_, _, _| calls += 1) });
+    let d = p.counters().since(&c);
+    check_eq!((r, calls), (Released::default(), 0));
+    if guest {
+        check_eq!(library_events(&d), (0, 0, 0, 0, 0, 0));
+    }
+    for i in 0..RELEASE_CYCLES {
+        let w = match p.reserve(LARGE_PAGE_SIZE) {
+            Ok(w) => w,
+            Err(e) => fail!("reserve {i} of {RELEASE_CYCLES}: {e:?}"),
+        };
+        // SAFETY: as above.
+        ok!(unsafe { p.release(w, &mut |_, _, _| {}) });
+    }
+    let mut reported = 0;
+    // SAFETY: this check owns `live`; nothing accesses it any more.
+    let r = ok!(unsafe { p.release(live, &mut |_, _, u| reported += u.frame.addr()) });
+    check_eq!((r.pages, reported), (1, f.addr()));
+    // SAFETY: reported by the release, not used again.
     unsafe { p.free_frame(f, PageSize::Small) };
     Ok(())
 }

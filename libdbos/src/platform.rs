@@ -117,6 +117,16 @@ pub struct Unmapped {
     pub bits: AccessBits,
 }
 
+/// What [`Platform::release`] took down, besides the pages it reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Pages that were still mapped (each reported to the caller once).
+    pub pages: u64,
+    /// Page-table pages freed (guest; 0 in a process, whose kernel frees
+    /// its own).
+    pub tables: u64,
+}
+
 /// A fault in a window, handed to the fault hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault {
@@ -348,6 +358,10 @@ pub enum Error {
         /// The process's limit (`vm.max_map_count`, or the configured one).
         limit: u64,
     },
+    /// The window (named by its base) is not one this platform reserved
+    /// and still holds: another platform's, a range that is not exactly a
+    /// window, or a window released already.
+    NotReserved(u64),
 }
 
 impl fmt::Display for Error {
@@ -374,6 +388,11 @@ impl fmt::Display for Error {
                  vm.max_map_count = {limit} the platform may use; raise the limit \
                  (sysctl -w vm.max_map_count=N) or use fewer frames or windows"
             ),
+            Error::NotReserved(base) => write!(
+                f,
+                "no window reserved by this platform starts at {base:#x} \
+                 (another platform's, not a whole window, or released already)"
+            ),
         }
     }
 }
@@ -392,6 +411,50 @@ pub trait Platform: Sync {
     /// 2 MiB aligned, with nothing mapped. Guest: no page-table write until
     /// pages are mapped. Process: one `mmap(PROT_NONE, MAP_NORESERVE)`.
     fn reserve(&self, len: u64) -> Result<Window, Error>;
+
+    /// Gives `window` back: unmaps every page still mapped in it (without
+    /// freeing its frame: frames are the caller's), frees the page-table
+    /// pages only it used, makes every CPU drop what it cached of it, removes
+    /// its fault hook, and makes its slot and its address range reusable by
+    /// a later [`reserve`](Self::reserve).
+    ///
+    /// `still_mapped(page, size, unmapped)` is called once for every page
+    /// that was still mapped, **after** every CPU dropped its translations,
+    /// so the caller may free `unmapped.frame` there if it owns it (a frame
+    /// mapped at several pages is reported once per page). A caller that
+    /// unmapped everything before gets no call.
+    ///
+    /// Errors, before anything is changed: [`Error::NotReserved`] if
+    /// `window` is not exactly a window this platform reserved and has not
+    /// released (another platform's, a part of one, or released twice).
+    ///
+    /// Guest: per page still mapped 1 PTE write (its entry cleared), per
+    /// page-table page freed 1 PTE write (its parent entry cleared); then,
+    /// if any entry was written, one flush of every CPU's TLB (a CR3 reload
+    /// here, one IPI per other CPU, which reloads CR3: 1 local flush, `n-1`
+    /// IPIs and remote invalidations), before any table or reported frame
+    /// can be reused; nothing if the window was empty. A page-table page is
+    /// freed when its whole span lies in the window, or when no other live
+    /// window meets its span and it is empty once the window's entries are
+    /// gone. A CPU that defers its view (the `conformance` test mode) is
+    /// refreshed by that flush like any other. Process: one `munmap` of the
+    /// window (1 PTE write), the window's bookkeeping freed, and the mapping
+    /// limit charge of the window and of each page still mapped given back;
+    /// finding the pages still mapped reads one entry per page of the window.
+    ///
+    /// # Safety
+    /// From the call on, nothing accesses an address of the window or calls
+    /// the platform for one of its pages (no CPU, thread or fault hook, and
+    /// no pointer into it kept for later: a later `reserve` may hand the
+    /// same addresses to another window). In the guest, no page table of the
+    /// window is linked from outside it (a table shared with another
+    /// window's entry, as Snappy's views share the heap's while a snapshot
+    /// lives, would be freed under that window).
+    unsafe fn release(
+        &self,
+        window: Window,
+        still_mapped: &mut dyn FnMut(u64, PageSize, Unmapped),
+    ) -> Result<Released, Error>;
 
     // ---- frames --------------------------------------------------------
 

@@ -9,7 +9,7 @@
 
 use libdbos::conformance::{self, costs};
 use libdbos::platform::{
-    Error, Fault, FaultResolution, Frame, PageSize, Platform, Protection, LARGE_PAGE_SIZE,
+    Error, Fault, FaultResolution, Frame, PageSize, Platform, Protection, Window, LARGE_PAGE_SIZE,
     PAGE_SIZE,
 };
 use libdbos::process::{maps, Config, MapCount, ProcessPlatform};
@@ -85,6 +85,7 @@ conformance_tests!(
     unmap_many_and_invalidate_many,
     test_and_clear_accessed_sweep,
     remap_exchanges_frames,
+    release_gives_back,
 );
 
 #[test]
@@ -178,6 +179,16 @@ fn costs_are_exact() {
         row("remap mapped 4 KiB page to another frame"),
         (0, n, n, 0, 0, 0, 0),
         "one mmap(MAP_FIXED), standing for one exchange and one invlpg"
+    );
+    assert_eq!(
+        row("reserve 2 MiB window, map 1 page, release it (still mapped)"),
+        (0, 2 * n, 0, 0, 0, 0, 0),
+        "one mmap for the map, one munmap for the release"
+    );
+    assert_eq!(
+        row("reserve 2 MiB window, release it empty"),
+        (0, n, 0, 0, 0, 0, 0),
+        "one munmap"
     );
     let mut table = String::new();
     costs::write_markdown(&mut table, &costs).unwrap();
@@ -1064,4 +1075,67 @@ fn real_limit_is_reached_with_mapping_limit_not_enomem() {
     assert!(status.success(), "{status}: {stderr}");
     assert!(stderr.contains("refused after"), "{stderr}");
     assert!(stderr.contains("vm.max_map_count"), "{stderr}");
+}
+
+/// `release` gives back the mapping-limit charge of the window and of each
+/// page still mapped, its share of `address_space` (a reserve that did not
+/// fit fits after it), and its address range (no VMA left); another
+/// platform's window is refused.
+#[test]
+fn release_gives_back_charge_address_space_and_range() {
+    let (p, base, frames) = limited();
+    let w = Window {
+        base,
+        len: 2 * LARGE_PAGE_SIZE,
+    };
+    // Scattered pages: charged 2 each.
+    for i in 0..10 {
+        p.map(
+            w.page(2 * i),
+            frames[i as usize],
+            PageSize::Small,
+            Protection::ReadWrite,
+        )
+        .unwrap();
+    }
+    assert_eq!(p.map_count().charged, 6 + 20);
+    assert!(vmas_in(w.base, w.len) > 0);
+    // Another platform may not release it.
+    let other = ProcessPlatform::new(Config {
+        frames: 16,
+        cpus: 1,
+        ..Config::default()
+    })
+    .unwrap();
+    // SAFETY: refused: the window is not `other`'s, nothing is released.
+    let refused = unsafe { other.release(w, &mut |_, _, _| {}) };
+    assert_eq!(refused, Err(Error::NotReserved(base)));
+    assert_eq!(p.translate(w.page(0)), Some(frames[0]));
+    let windows = libdbos::process::live_windows();
+    let mut reported = Vec::new();
+    // SAFETY: this test owns the window; nothing accesses it any more.
+    let r = unsafe { p.release(w, &mut |page, _, u| reported.push((page, u.frame))) }.unwrap();
+    assert_eq!(r.pages, 10);
+    let expected: Vec<(u64, Frame)> = (0..10)
+        .map(|i| (w.page(2 * i), frames[i as usize]))
+        .collect();
+    assert_eq!(reported, expected);
+    // Back to the platform's own charge (3), the range unmapped.
+    assert_eq!(p.map_count().charged, 3);
+    assert_eq!(vmas_in(w.base, w.len), 0);
+    assert_eq!(libdbos::process::live_windows(), windows - 1);
+
+    let q = ProcessPlatform::new(Config {
+        frames: 64,
+        cpus: 1,
+        address_space: 4 << 20,
+        ..Config::default()
+    })
+    .unwrap();
+    let a = q.reserve(4 << 20).unwrap();
+    assert_eq!(q.reserve(1), Err(Error::OutOfAddressSpace(1)));
+    // SAFETY: never used.
+    unsafe { q.release(a, &mut |_, _, _| {}) }.unwrap();
+    let b = q.reserve(4 << 20).unwrap();
+    assert_eq!(b.len, 4 << 20);
 }

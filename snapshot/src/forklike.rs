@@ -355,9 +355,42 @@ type Walker = walker::PageTables<
 >;
 
 impl Drop for ForkLike {
+    /// Gives both windows back and frees every frame and table it used,
+    /// live snapshots included (a [`ForkSnapshot`] is only a slot number,
+    /// useless without its ForkLike): each frame a view or the heap still
+    /// maps loses that reference, and is freed at zero.
     fn drop(&mut self) {
-        if let Err(e) = libdbos::platform().set_window_fault_hook(&self.heap, None, 0) {
+        let p = libdbos::platform();
+        if let Err(e) = p.set_window_fault_hook(&self.heap, None, 0) {
             log::error!("removing the fork-like fault hook: {e}");
+        }
+        let mut mapped = Vec::new();
+        for window in [self.views, self.heap] {
+            // SAFETY: nothing can access either window any more: the
+            // ForkLike (the only way to the heap, and `as_ptr` needs it for
+            // a view) is being dropped, the hook is gone, and the windows
+            // share no table (views hold their own tables).
+            let released = unsafe { p.release(window, &mut |_, _, u| mapped.push(u.frame.addr())) };
+            if let Err(e) = released {
+                log::error!("fork-like: releasing window {:#x}: {e}", window.base);
+            }
+        }
+        let free = self.state.with(|st| {
+            let mut free = Vec::new();
+            for phys in mapped {
+                let r = &mut st.refs[(phys / PAGE) as usize];
+                *r -= 1;
+                if *r == 0 {
+                    free.push(phys);
+                }
+            }
+            free
+        });
+        for phys in free {
+            // SAFETY: every mapping of the frame was counted in `refs`, and
+            // the last one just went away with its window (every CPU
+            // flushed it in the release).
+            unsafe { p.free_frame(Frame::from_addr(phys).expect("aligned"), PageSize::Small) };
         }
     }
 }

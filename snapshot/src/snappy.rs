@@ -269,7 +269,10 @@ struct Plan {
     copied: bool,
 }
 
-/// Snappy over one heap window.
+/// Snappy over one heap window. Dropping it (and every [`Snapshot`] it
+/// took, which keep its state alive) gives both windows back and frees
+/// every frame and page-table page it used: the frame allocator's count
+/// returns to what it was before [`Snappy::new`].
 pub struct Snappy {
     inner: Arc<Inner>,
 }
@@ -403,6 +406,40 @@ impl Drop for Snappy {
         // Before the Inner can go away with the last Arc.
         if let Err(e) = libdbos::platform().set_window_fault_hook(&self.inner.heap, None, 0) {
             log::error!("removing Snappy's fault hook: {e}");
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// Runs when the Snappy and every snapshot are gone (each holds an
+    /// Arc): gives both windows back and frees every frame and table Snappy
+    /// owns. What each release finds: the views window has no entry left
+    /// (every snapshot's release cleared its top entry), the heap window
+    /// holds the heap's tables and frames, now Snappy's alone.
+    fn drop(&mut self) {
+        // Every slot is empty (no snapshot is left), so nothing in limbo is
+        // reachable: all of it is freed.
+        self.state.with(|st| self.reclaim(st));
+        let p = libdbos::platform();
+        let mut frames = Vec::new();
+        for window in [self.views, self.heap] {
+            // SAFETY: nothing can access either window: the Snappy (the
+            // only way to the heap) and every snapshot (the only readers of
+            // the views) are gone, and the heap's hook was removed with the
+            // Snappy. No table of either window is linked from outside: the
+            // views' top entries, the only links to the heap's tables, were
+            // cleared at each snapshot's release.
+            let released =
+                unsafe { p.release(window, &mut |_, size, u| frames.push((u.frame, size))) };
+            if let Err(e) = released {
+                log::error!("snappy: releasing window {:#x}: {e}", window.base);
+            }
+        }
+        for (frame, size) in frames {
+            // SAFETY: a heap page's frame, allocated by `unshare_path` with
+            // this size; its only mapping (the heap's: snapshots map copies,
+            // all freed above) is gone and every CPU flushed it (release).
+            unsafe { p.free_frame(frame, size) };
         }
     }
 }

@@ -12,8 +12,9 @@
 //! # Invariants
 //!
 //! 1. **Frames live as long as the pool.** The `capacity` frames are
-//!    allocated once at creation and freed only when the pool drops; they
-//!    are never zeroed on eviction. Every page of the window is mapped from
+//!    allocated once at creation and freed only when the pool drops (after
+//!    its window is released, [`Platform::release`], which flushes every
+//!    CPU's stale translations of them); they are never zeroed on eviction. Every page of the window is mapped from
 //!    creation on (to the blank frame, read-only, until first loaded), and
 //!    nothing ever unmaps it while the pool lives: any address of the window
 //!    is readable at any time, whatever an optimistic reader races with.
@@ -250,6 +251,16 @@ impl<P: Platform + 'static, D: BlockDevice> Tabby<P, D> {
         let window = platform
             .reserve((pages.max(1) * PAGE_SIZE) as u64)
             .map_err(platform_err("tabby: reserving the window"))?;
+        let blank = match platform.alloc_frame(PageSize::Small) {
+            Ok(f) => f,
+            Err(e) => {
+                // SAFETY: the window was just reserved and nothing uses it.
+                if let Err(e) = unsafe { platform.release(window, &mut |_, _, _| {}) } {
+                    log::error!("tabby: releasing the window of a failed pool: {e}");
+                }
+                return Err(platform_err("tabby: allocating the blank frame")(e));
+            }
+        };
         let mut pool = Tabby {
             platform,
             window,
@@ -257,9 +268,7 @@ impl<P: Platform + 'static, D: BlockDevice> Tabby<P, D> {
             latches: (0..pages).map(|_| Latch::new()).collect(),
             owner: (0..pages).map(|_| AtomicU32::new(0)).collect(),
             frames: Vec::with_capacity(cfg.capacity),
-            blank: platform
-                .alloc_frame(PageSize::Small)
-                .map_err(platform_err("tabby: allocating the blank frame"))?,
+            blank,
             eviction: cfg.eviction,
             repair: cfg.repair,
             core,
@@ -481,19 +490,34 @@ unsafe fn read_id(p: *const u8) -> u64 {
 }
 
 impl<P: Platform + 'static, D> Drop for Tabby<P, D> {
-    /// Unmaps every page mapped at creation and frees every frame.
+    /// Gives the window back ([`Platform::release`]: every page mapped at
+    /// creation goes with it, and every CPU drops its translations, stale
+    /// ones from lazy eviction included) and then frees every frame.
     fn drop(&mut self) {
-        for id in 0..self.pages {
-            if let Err(e) = self
-                .platform
-                .unmap(self.window.page(id as u64), PageSize::Small)
-            {
-                log::warn!("tabby: unmapping page {id} on drop: {e}");
+        // The release reports each page still mapped (all of them, to the
+        // blank frame or a pool frame); the frames are ours and freed below
+        // from our own list, once each.
+        // SAFETY: the pool is being dropped, so nothing reads or maps its
+        // window any more (readers borrow the pool), and its tables are
+        // linked from nowhere else.
+        let released = unsafe { self.platform.release(self.window, &mut |_, _, _| {}) };
+        match released {
+            Ok(r) if r.pages != self.pages as u64 => log::warn!(
+                "tabby: {} pages were still mapped on drop, {} expected",
+                r.pages,
+                self.pages
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                // The window stays reserved, and its pages map our frames:
+                // keep the frames (leaked) rather than free them mapped.
+                log::error!("tabby: releasing the window on drop: {e}");
+                return;
             }
         }
         for &f in self.frames.iter().chain(core::iter::once(&self.blank)) {
             // SAFETY: allocated by us with this size; every page mapping it
-            // was just unmapped, and the pool is gone.
+            // went with the window, flushed from every CPU.
             unsafe { self.platform.free_frame(f, PageSize::Small) };
         }
     }

@@ -1077,6 +1077,131 @@ impl<'a, M: TableMemory<'a>> PageTables<'a, M> {
     }
 }
 
+/// What [`PageTables::clear_range`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cleared {
+    /// Present leaves taken out (one entry written each).
+    pub leaves: u64,
+    /// Tables unlinked (one parent entry written each), handed to the
+    /// caller, not freed.
+    pub tables: u64,
+    /// Entries written: `leaves + tables`.
+    pub writes: u64,
+}
+
+impl<'a, M: TableMemory<'a>> PageTables<'a, M> {
+    /// Takes down everything of `[start, end)` (a window being released):
+    /// every present leaf wholly inside the range is swapped to empty and
+    /// reported to `leaf(address, entry as it was, size)`; then every table
+    /// below the root that covers part of the range and is empty afterwards
+    /// is unlinked (its parent entry cleared by compare-and-swap) and
+    /// reported to `unlinked(table)`, children before their parent, if its
+    /// whole span lies in the range or `may_free(first, last)` (its span,
+    /// last inclusive) says nobody else may use it. Tables and frames are
+    /// **not freed**: the caller frees them after every CPU dropped its
+    /// cached translations (and paging-structure caches) of the range.
+    ///
+    /// A structural edit: the caller holds the structural lock, and no
+    /// lock-free leaf edit may run in the range or in a table `may_free`
+    /// accepts (their windows are gone). A large leaf straddling the range
+    /// (never the case for 2 MiB-aligned windows) is left alone.
+    pub fn clear_range(
+        &self,
+        start: u64,
+        end: u64,
+        may_free: &dyn Fn(u64, u64) -> bool,
+        leaf: &mut dyn FnMut(u64, Entry, Size),
+        unlinked: &mut dyn FnMut(u64),
+    ) -> Result<Cleared, PagingError> {
+        let mut done = Cleared::default();
+        if start < end {
+            let range = start..end;
+            self.clear_table(
+                self.root,
+                Level::L4,
+                0,
+                &range,
+                may_free,
+                leaf,
+                unlinked,
+                &mut done,
+            )?;
+        }
+        done.writes = done.leaves + done.tables;
+        Ok(done)
+    }
+
+    /// [`clear_range`](Self::clear_range) below `table` (of `level`,
+    /// covering from `base`); returns whether the table is empty afterwards.
+    #[allow(clippy::too_many_arguments)]
+    fn clear_table(
+        &self,
+        table: u64,
+        level: Level,
+        base: u64,
+        range: &core::ops::Range<u64>,
+        may_free: &dyn Fn(u64, u64) -> bool,
+        leaf: &mut dyn FnMut(u64, Entry, Size),
+        unlinked: &mut dyn FnMut(u64),
+        done: &mut Cleared,
+    ) -> Result<bool, PagingError> {
+        let entries = self.table(table)?;
+        let mut empty = true;
+        // Only the entries that meet the range are visited (the guest runs
+        // this emulated: 512 entries per level add up); the others are read
+        // for emptiness only if the table could be freed at all.
+        // The range meets this table (the caller's or the recursion's
+        // check), so its first and last entries are the ones holding the
+        // range's clipped ends.
+        let table_last = entry_span(level, base, ENTRIES - 1).1;
+        let first = level.index(range.start.max(base));
+        let last = level.index((range.end - 1).min(table_last));
+        for (i, slot) in entries.iter().enumerate().take(last + 1).skip(first) {
+            let e = load(slot);
+            if !e.present() {
+                continue;
+            }
+            let (lo, hi) = entry_span(level, base, i);
+            let inside = lo >= range.start && hi < range.end;
+            let size = match level {
+                Level::L1 => Some(Size::Small),
+                Level::L2 if e.has(Flags::HUGE_PAGE) => Some(Size::Large),
+                _ if e.has(Flags::HUGE_PAGE) => {
+                    empty = false; // a 1 GiB leaf: never made by the walker
+                    continue;
+                }
+                _ => None,
+            };
+            if let Some(size) = size {
+                if inside {
+                    // Swapped, not stored: the value reported carries the
+                    // accessed/dirty bits as they were when it went away.
+                    let old = Entry(slot.swap(0, Ordering::AcqRel));
+                    done.leaves += 1;
+                    leaf(lo, old, size);
+                } else {
+                    empty = false;
+                }
+                continue;
+            }
+            let below = level.below().expect("a table entry above level 1");
+            let child_empty =
+                self.clear_table(e.addr(), below, lo, range, may_free, leaf, unlinked, done)?;
+            if child_empty && (inside || may_free(lo, hi)) && cas(slot, e, Entry::EMPTY).is_ok() {
+                done.tables += 1;
+                unlinked(e.addr());
+            } else {
+                empty = false;
+            }
+        }
+        if empty && level != Level::L4 {
+            let outside = entries[..first].iter().chain(&entries[last + 1..]);
+            empty = outside.map(load).all(|e| !e.present());
+        }
+        Ok(empty && level != Level::L4)
+    }
+}
+
 /// The first and last (inclusive) address entry `i` of a table of `level`
 /// covering from `base` translates (the upper half sign-extended).
 fn entry_span(level: Level, base: u64, i: usize) -> (u64, u64) {

@@ -22,7 +22,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// The operations measured, in table order.
-pub const OPERATIONS: [&str; 17] = [
+pub const OPERATIONS: [&str; 19] = [
     "map 4 KiB page",
     "unmap 4 KiB page",
     "map + write + unmap 4 KiB page, other CPUs idle",
@@ -40,6 +40,8 @@ pub const OPERATIONS: [&str; 17] = [
     "test_and_clear_accessed, page accessed (per page)",
     "test_and_clear_accessed, page not accessed (per page)",
     "remap mapped 4 KiB page to another frame",
+    "reserve 2 MiB window, map 1 page, release it (still mapped)",
+    "reserve 2 MiB window, release it empty",
 ];
 
 /// Pages per call of the batched operations.
@@ -343,11 +345,41 @@ pub fn measure<P: Platform>(
     record(16, n, &c, &d);
     ok!(p.unmap(page, small));
 
+    // 17: a window's life: reserve, map one page, release with the page
+    // still mapped (the release unmaps it, frees the tables the map made and
+    // flushes every CPU); every cycle reuses the slot and the range.
+    let c = p.counters();
+    for _ in 0..n {
+        let x = ok!(p.reserve(LARGE_PAGE_SIZE));
+        ok!(p.map(x.page(3), f, small, rw));
+        let mut reported = 0;
+        // SAFETY: nothing accesses the window; its only page maps `f`,
+        // which the release reports and which stays allocated.
+        let r = ok!(unsafe { p.release(x, &mut |_, _, _| reported += 1) });
+        if (r.pages, reported) != (1, 1) {
+            fail!("release reported {} pages, {reported} calls", r.pages);
+        }
+    }
+    let d = p.counters();
+    record(17, n, &c, &d);
+
+    // 18: reserve and release an empty window.
+    let c = p.counters();
+    for _ in 0..n {
+        let x = ok!(p.reserve(LARGE_PAGE_SIZE));
+        // SAFETY: never used.
+        ok!(unsafe { p.release(x, &mut |_, _, _| {}) });
+    }
+    let d = p.counters();
+    record(18, n, &c, &d);
+
     // SAFETY: both frames are unmapped everywhere and not used again.
     unsafe {
         p.free_frame(f, small);
         p.free_frame(g, small);
     }
+    // SAFETY: the measuring window is not used any more.
+    ok!(unsafe { p.release(w, &mut |_, _, _| {}) });
     Ok(costs)
 }
 

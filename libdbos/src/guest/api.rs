@@ -12,8 +12,8 @@ use crate::interrupts::{self, HookResult, InterruptFrame, PageFault};
 use crate::percpu::{self, Event};
 use crate::platform::{
     AccessBits, Capabilities, Error, EventCounts, EventHook, Fault, FaultHandler, FaultHook,
-    FaultResolution, Frame, PageSize, Platform, Protection, Unmapped, Window, WindowFaultHook,
-    LARGE_PAGE_SIZE, PAGE_SIZE,
+    FaultResolution, Frame, PageSize, Platform, Protection, Released, Unmapped, Window,
+    WindowFaultHook, LARGE_PAGE_SIZE, PAGE_SIZE,
 };
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
@@ -35,12 +35,49 @@ pub fn platform() -> &'static GuestPlatform {
     &PLATFORM
 }
 
-/// Reserved windows: written under `RESERVE`, read lock-free (a window's
-/// bounds are stored before `WINDOW_COUNT` makes it visible).
+/// Reserved windows, by slot: written under `RESERVE`, read lock-free. A
+/// slot is live while its end is non-zero. Publishing stores the base, then
+/// the end (release); releasing stores end 0 (release). A reader loads the
+/// end, the base (both acquire) and the end again, and uses the pair only
+/// if the end did not change: a base it read from a later reuse of the slot
+/// was stored after the release's end 0, so the second load sees that (or
+/// a later end) and the pair is refused.
 static WINDOW_BASE: [AtomicU64; MAX_WINDOWS] = [const { AtomicU64::new(0) }; MAX_WINDOWS];
 static WINDOW_END: [AtomicU64; MAX_WINDOWS] = [const { AtomicU64::new(0) }; MAX_WINDOWS];
+/// Slots ever used (the high-water mark readers search below).
 static WINDOW_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// The next free address (everything from it to the end of the window
+/// space is unused). Released windows at the top give their range back at
+/// once; a hole below a live window is reused once every window above it
+/// is released (the space is a stack).
 static RESERVE: Mutex<u64> = Mutex::new(WINDOW_SPACE.0);
+
+/// Takes `RESERVE`, serving TLB shootdowns while it spins: a release holds
+/// it across `smp::flush_all`, which waits for every CPU, this one
+/// included, even if it spins here with interrupts disabled.
+fn lock_reserve() -> spin::MutexGuard<'static, u64> {
+    loop {
+        if let Some(g) = RESERVE.try_lock() {
+            return g;
+        }
+        crate::smp::service_tlb_requests();
+        core::hint::spin_loop();
+    }
+}
+
+/// The bounds of slot `i`, if it holds a live window (see `WINDOW_END`).
+fn slot_bounds(i: usize) -> Option<(u64, u64)> {
+    loop {
+        let end = WINDOW_END[i].load(Ordering::Acquire);
+        if end == 0 {
+            return None;
+        }
+        let base = WINDOW_BASE[i].load(Ordering::Acquire);
+        if WINDOW_END[i].load(Ordering::Acquire) == end {
+            return Some((base, end));
+        }
+    }
+}
 
 static FAULT_HOOK: HookCell<FaultHook> = HookCell::new();
 /// Each window's own fault hook, by window index.
@@ -51,10 +88,16 @@ static WINDOW_HOOKS: [ContextHookCell<WindowFaultHook>; MAX_WINDOWS] =
 fn window_index(addr: u64, len: u64) -> Option<usize> {
     let n = WINDOW_COUNT.load(Ordering::Acquire);
     (0..n).find(|&i| {
-        let base = WINDOW_BASE[i].load(Ordering::Relaxed);
-        let end = WINDOW_END[i].load(Ordering::Relaxed);
-        addr >= base && addr.checked_add(len).is_some_and(|e| e <= end)
+        slot_bounds(i).is_some_and(|(base, end)| {
+            addr >= base && addr.checked_add(len).is_some_and(|e| e <= end)
+        })
     })
+}
+
+/// The slot holding exactly `window`.
+fn exact_window(window: &Window) -> Option<usize> {
+    let end = window.base.checked_add(window.len)?;
+    window_index(window.base, window.len).filter(|&i| slot_bounds(i) == Some((window.base, end)))
 }
 
 fn in_window(addr: u64, len: u64) -> bool {
@@ -113,21 +156,94 @@ impl GuestPlatform {
         if !align.is_power_of_two() || align < LARGE_PAGE_SIZE {
             return Err(Error::Unaligned(align));
         }
-        let mut next = RESERVE.lock();
-        let index = WINDOW_COUNT.load(Ordering::Acquire);
+        let mut next = lock_reserve();
+        // The lowest free slot (released slots are reused first).
+        let index = (0..MAX_WINDOWS).find(|&i| WINDOW_END[i].load(Ordering::Relaxed) == 0);
         let base = next.checked_next_multiple_of(align);
         let end = base
             .and_then(|b| b.checked_add(len))
             .filter(|&e| e <= WINDOW_SPACE.1);
-        let (Some(base), Some(end), true) = (base, end, index < MAX_WINDOWS) else {
+        let (Some(base), Some(end), Some(index)) = (base, end, index) else {
             return Err(Error::OutOfAddressSpace(len));
         };
-        WINDOW_BASE[index].store(base, Ordering::Relaxed);
-        WINDOW_END[index].store(end, Ordering::Relaxed);
-        WINDOW_COUNT.store(index + 1, Ordering::Release);
+        WINDOW_BASE[index].store(base, Ordering::Release);
+        WINDOW_END[index].store(end, Ordering::Release);
+        WINDOW_COUNT.fetch_max(index + 1, Ordering::Release);
         // Leave an unmapped 2 MiB gap between windows, so an overrun faults.
         *next = end + LARGE_PAGE_SIZE;
         Ok(Window { base, len })
+    }
+}
+
+impl GuestPlatform {
+    /// [`Platform::release`] (see there for the costs and the contract).
+    ///
+    /// # Safety
+    /// As [`Platform::release`].
+    unsafe fn release_window(
+        &self,
+        window: Window,
+        still_mapped: &mut dyn FnMut(u64, PageSize, Unmapped),
+    ) -> Result<Released, Error> {
+        let mut next = lock_reserve();
+        let index = exact_window(&window).ok_or(Error::NotReserved(window.base))?;
+        let (start, end) = (window.base, window.base + window.len);
+        // Unpublished first: from here no call and no fault finds the
+        // window (the caller promised none comes), and its hook is gone.
+        WINDOW_END[index].store(0, Ordering::Release);
+        WINDOW_HOOKS[index].set(None, 0);
+        update_page_fault_hook();
+        // A table may be freed when no other live window meets its span (a
+        // window reserved meanwhile cannot exist: we hold RESERVE).
+        let in_use = |lo: u64, hi: u64| {
+            (0..WINDOW_COUNT.load(Ordering::Acquire))
+                .filter_map(slot_bounds)
+                .any(|(b, e)| b <= hi && e > lo)
+        };
+        let (leaves, tables) = crate::paging::clear_range(start, end, &in_use);
+        if !leaves.is_empty() || !tables.is_empty() {
+            // TLB invariant: a present entry went away (a leaf, or a table
+            // link the paging-structure caches may hold), so every CPU must
+            // drop what it cached of the range before a reported frame or a
+            // freed table can be reused. No entry written: nothing present
+            // changed, nothing can be cached (x86 caches no non-present
+            // entry). On a CPU that defers its view, the CR3 reload of this
+            // flush refreshes the whole view first (`crate::view`), dropping
+            // its private copies of the window's tables too.
+            crate::smp::flush_all();
+        }
+        for &table in &tables {
+            // SAFETY: a window table, allocated zeroed from the frame
+            // allocator, unlinked above and flushed from every CPU; no
+            // other window reaches it (the caller's contract, and `in_use`).
+            unsafe { crate::frames::free_sized(table, PageSize::Small) };
+        }
+        // The address space above the highest live window is free again.
+        *next = (0..WINDOW_COUNT.load(Ordering::Acquire))
+            .filter_map(slot_bounds)
+            .map(|(_, e)| e + LARGE_PAGE_SIZE)
+            .max()
+            .unwrap_or(WINDOW_SPACE.0);
+        drop(next);
+        for (page, m) in &leaves {
+            still_mapped(
+                *page,
+                m.size,
+                Unmapped {
+                    frame: m.frame,
+                    bits: m.bits(),
+                },
+            );
+        }
+        log::debug!(
+            "released window {start:#x}..{end:#x}: {} pages, {} tables",
+            leaves.len(),
+            tables.len()
+        );
+        Ok(Released {
+            pages: leaves.len() as u64,
+            tables: tables.len() as u64,
+        })
     }
 }
 
@@ -143,6 +259,15 @@ impl Platform for GuestPlatform {
 
     fn reserve(&self, len: u64) -> Result<Window, Error> {
         self.reserve_aligned(len, LARGE_PAGE_SIZE)
+    }
+
+    unsafe fn release(
+        &self,
+        window: Window,
+        still_mapped: &mut dyn FnMut(u64, PageSize, Unmapped),
+    ) -> Result<Released, Error> {
+        // SAFETY: forwarded contract.
+        unsafe { self.release_window(window, still_mapped) }
     }
 
     fn alloc_frame(&self, size: PageSize) -> Result<Frame, Error> {
@@ -320,12 +445,7 @@ impl Platform for GuestPlatform {
         hook: Option<WindowFaultHook>,
         context: usize,
     ) -> Result<(), Error> {
-        let index = window_index(window.base, window.len)
-            .filter(|&i| {
-                WINDOW_BASE[i].load(Ordering::Relaxed) == window.base
-                    && WINDOW_END[i].load(Ordering::Relaxed) == window.base + window.len
-            })
-            .ok_or(Error::NotInWindow(window.base))?;
+        let index = exact_window(window).ok_or(Error::NotInWindow(window.base))?;
         WINDOW_HOOKS[index].set(hook, context);
         update_page_fault_hook();
         Ok(())

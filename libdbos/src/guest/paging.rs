@@ -15,9 +15,11 @@
 //!   each is one compare-and-swap on one entry, which serialises with the
 //!   hardware's accessed/dirty updates and with other CPUs' edits of that
 //!   entry. They are safe against structural edits because page tables of a
-//!   window are never freed or re-pointed while the window lives (windows are
-//!   never released today, and nothing in the platform shares or copies a
-//!   window's tables): a slot a walk found stays the slot the MMU uses. A
+//!   window are never freed or re-pointed while the window lives (only
+//!   `Platform::release` frees them, after the window is gone and nothing
+//!   may use it, and only tables no other live window's range meets; nothing
+//!   in the platform shares or copies a window's tables): a slot a walk
+//!   found stays the slot the MMU uses. A
 //!   caller of [`with_tables`] that re-points a table (share, copy) must edit
 //!   the leaves below it under the lock as well, or re-walk afterwards.
 //!
@@ -36,6 +38,7 @@ use crate::frames::ZeroedFrames;
 use crate::pagetable::{PageTables, F};
 use crate::percpu::{self, Event};
 use crate::platform::{Error, Frame, PageSize, Protection};
+use alloc::vec::Vec;
 use core::sync::atomic::AtomicU64;
 use spin::Mutex;
 use x86_64::registers::control::Cr3;
@@ -187,6 +190,46 @@ pub fn populate(start: u64, end: u64) -> Result<(), Error> {
     let r = with_tables(|t| t.populate(start, end, &mut writes));
     count_writes(writes);
     r
+}
+
+/// Takes `[start, end)` (a window being released) out of the tables under
+/// the structural lock: every present leaf (returned with its mapping as it
+/// was when it went away) and every page-table page that is empty
+/// afterwards and either lies wholly in the range or spans no address
+/// `in_use(first, last)` claims (unlinked and returned, **not freed**).
+/// Counted: one PTE write per leaf and per table. Nothing is invalidated:
+/// the caller flushes every CPU (the tables may sit in paging-structure
+/// caches, the frames in TLBs) before it frees the tables or reuses the
+/// frames.
+pub(crate) fn clear_range(
+    start: u64,
+    end: u64,
+    in_use: &dyn Fn(u64, u64) -> bool,
+) -> (Vec<(u64, Mapping)>, Vec<u64>) {
+    let mut leaves = Vec::new();
+    let mut tables = Vec::new();
+    let r = with_tables(|t| {
+        t.walker().clear_range(
+            start,
+            end,
+            &|lo, hi| !in_use(lo, hi),
+            &mut |addr, entry, size| {
+                let size = match size {
+                    crate::pagetable::Size::Small => PageSize::Small,
+                    crate::pagetable::Size::Large => PageSize::Large,
+                };
+                if let Some(m) = Mapping::from_entry(entry, size) {
+                    leaves.push((addr, m));
+                }
+            },
+            &mut |table| tables.push(table),
+        )
+    });
+    // The walk only fails on a table the memory cannot reach, and every
+    // table is a RAM frame in the direct map (the invariants above).
+    let cleared = r.expect("window page tables are RAM frames in the direct map");
+    count_writes(cleared.writes);
+    (leaves, tables)
 }
 
 /// The level-1 entry of `addr`, if its page table exists (after

@@ -99,12 +99,12 @@ pub mod windows;
 
 pub use counters::tlb_shootdowns;
 pub use interrupts::{ipi_signal, timer_signal};
-pub use windows::MAX_WINDOWS;
+pub use windows::{live_windows, MAX_WINDOWS};
 
 use crate::hook::HookCell;
 use crate::platform::{
     AccessBits, Capabilities, Error, EventCounts, EventHook, FaultHook, Frame, PageSize, Platform,
-    Protection, Unmapped, Window, WindowFaultHook, LARGE_PAGE_SIZE, PAGE_SIZE,
+    Protection, Released, Unmapped, Window, WindowFaultHook, LARGE_PAGE_SIZE, PAGE_SIZE,
 };
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use counters::{Counters, Event};
@@ -336,6 +336,39 @@ impl Platform for ProcessPlatform {
                 Err(e)
             }
         }
+    }
+
+    /// One `munmap` (counted as 1 PTE write); the bits reported are `None`.
+    /// The mapping-limit charge of the window and of every page still
+    /// mapped is given back, and so is its share of `address_space`.
+    unsafe fn release(
+        &self,
+        window: Window,
+        still_mapped: &mut dyn FnMut(u64, PageSize, Unmapped),
+    ) -> Result<Released, Error> {
+        let w = windows::find_owned(self.id, window.base)
+            .filter(|w| w.base == window.base && w.len == window.len)
+            .ok_or(Error::NotReserved(window.base))?;
+        // SAFETY: `w` is this platform's, found registered just now (a
+        // release racing ours is refused inside), and the caller promised
+        // nothing uses the window any more.
+        let mapped = unsafe { windows::release(w)? };
+        let pages = mapped.len() as u64;
+        self.maps.release(maps::PER_WINDOW + pages * maps::PER_PAGE);
+        self.reserved.fetch_sub(w.len, Ordering::Relaxed);
+        self.count(Event::PteWrite, 1);
+        // After the munmap: no thread can reach these frames through it.
+        for (page, size, frame) in mapped {
+            still_mapped(
+                page,
+                size,
+                Unmapped {
+                    frame,
+                    bits: AccessBits::default(),
+                },
+            );
+        }
+        Ok(Released { pages, tables: 0 })
     }
 
     fn alloc_frame(&self, size: PageSize) -> Result<Frame, Error> {

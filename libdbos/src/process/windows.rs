@@ -18,10 +18,14 @@
 //! spins, then yields, until it is not). Everything here is lock-free and
 //! async-signal-safe except `reserve`, so the fault hook may map and unmap.
 //!
-//! Windows are registered in a fixed, append-only table of [`MAX_WINDOWS`]
-//! entries that the SIGSEGV handler searches without locks. Windows are never
-//! released (the trait has no call for it): a platform and its windows live
-//! until the process exits.
+//! Windows are registered in a fixed table of [`MAX_WINDOWS`] slots that the
+//! SIGSEGV handler searches without locks. `release` (behind
+//! `Platform::release`) empties a window's slot (reused by the next
+//! `reserve`) and unmaps its range and its entry arrays; the window's small record itself (base, length, owner, hook) is
+//! kept, never freed, because a handler running on another thread may have
+//! loaded the slot just before it was emptied and still reads the record
+//! (about 80 bytes per released window; the mappings, the address range
+//! and the slot are what is given back).
 //!
 //! Each mapped page that is not contiguous with its neighbours (in the file
 //! and in protection) is a separate kernel VMA, and Linux limits a process to
@@ -87,16 +91,21 @@ pub(crate) struct Window {
     pub(crate) hook: ContextHookCell<WindowFaultHook>,
     small: &'static [AtomicU64],
     large: &'static [AtomicU64],
+    /// The slot it is registered in.
+    slot: usize,
 }
 
 /// Reserves a window of `len` bytes (a positive multiple of 2 MiB) for
 /// platform `owner`.
 pub(crate) fn reserve(owner: usize, len: u64) -> Result<&'static Window, Error> {
     let _guard = REGISTER.lock().unwrap_or_else(|e| e.into_inner());
-    let slot = REGISTERED.load(Ordering::Relaxed);
-    if slot >= MAX_WINDOWS {
+    // The lowest empty slot: a released one, or a fresh one.
+    let used = REGISTERED.load(Ordering::Relaxed);
+    let Some(slot) =
+        (0..MAX_WINDOWS).find(|&i| i >= used || REGISTRY[i].load(Ordering::Relaxed).is_null())
+    else {
         return Err(Error::OutOfAddressSpace(len));
-    }
+    };
     let base = reserve_aligned(len)?;
     let small = match zeroed_table(len / PAGE_SIZE) {
         Ok(t) => t,
@@ -120,10 +129,58 @@ pub(crate) fn reserve(owner: usize, len: u64) -> Result<&'static Window, Error> 
         hook: ContextHookCell::new(),
         small,
         large,
+        slot,
     }));
     REGISTRY[slot].store(window, Ordering::Release);
-    REGISTERED.store(slot + 1, Ordering::Release);
+    REGISTERED.fetch_max(slot + 1, Ordering::Release);
     Ok(window)
+}
+
+/// Empties `window`'s slot and unmaps its range and entry arrays; returns
+/// the pages that were still mapped in it, with their frames. One `munmap`
+/// of the range (the kernel shoots down every CPU that ran the process
+/// before it returns).
+///
+/// # Safety
+/// `window` is registered (not released before), and nothing uses it any
+/// more: no thread accesses its range or calls the platform for it.
+pub(crate) unsafe fn release(
+    window: &'static Window,
+) -> Result<std::vec::Vec<(u64, PageSize, Frame)>, Error> {
+    let guard = REGISTER.lock().unwrap_or_else(|e| e.into_inner());
+    let slot = &REGISTRY[window.slot];
+    if !core::ptr::eq(slot.load(Ordering::Acquire), window) {
+        return Err(Error::NotReserved(window.base));
+    }
+    slot.store(core::ptr::null_mut(), Ordering::Release);
+    drop(guard);
+    window.hook.set(None, 0);
+    let mut pages = std::vec::Vec::new();
+    for (tables, size) in [
+        (window.small, PageSize::Small),
+        (window.large, PageSize::Large),
+    ] {
+        for (i, entry) in tables.iter().enumerate() {
+            let v = entry.load(Ordering::Acquire);
+            if State::mapped(v) {
+                pages.push((window.base + i as u64 * size.bytes(), size, frame_of(v)));
+            }
+        }
+    }
+    unmap_range(window.base, window.len);
+    unmap_range(window.small.as_ptr() as u64, window.small.len() as u64 * 8);
+    unmap_range(window.large.as_ptr() as u64, window.large.len() as u64 * 8);
+    Ok(pages)
+}
+
+/// Windows registered now, whoever owns them (the process may have at most
+/// [`MAX_WINDOWS`]).
+pub fn live_windows() -> usize {
+    let n = REGISTERED.load(Ordering::Acquire);
+    REGISTRY[..n]
+        .iter()
+        .filter(|s| !s.load(Ordering::Acquire).is_null())
+        .count()
 }
 
 /// The window containing `addr`, whoever owns it (lock-free, for the
@@ -132,7 +189,8 @@ pub(crate) fn find(addr: u64) -> Option<&'static Window> {
     let n = REGISTERED.load(Ordering::Acquire);
     REGISTRY[..n].iter().find_map(|slot| {
         let w = slot.load(Ordering::Acquire);
-        // SAFETY: registered windows are leaked boxes, never freed.
+        // SAFETY: window records are leaked boxes, never freed (not even
+        // when the window is released: see the module comment).
         let w = unsafe { w.as_ref() }?;
         (addr >= w.base && addr - w.base < w.len).then_some(w)
     })
@@ -482,8 +540,8 @@ fn zeroed_table(n: u64) -> Result<&'static [AtomicU64], Error> {
         return Err(Error::OutOfAddressSpace(n * PAGE_SIZE));
     }
     // SAFETY: the mapping is `n * 8` zeroed, suitably aligned bytes that
-    // nothing else references and that are never unmapped; all-zero bytes are
-    // valid `AtomicU64`s.
+    // nothing else references, unmapped only by `release` once nothing uses
+    // the window; all-zero bytes are valid `AtomicU64`s.
     Ok(unsafe { core::slice::from_raw_parts(p as *const AtomicU64, n as usize) })
 }
 

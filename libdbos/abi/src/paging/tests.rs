@@ -786,3 +786,74 @@ fn a_view_out_of_tables_stays_consistent() {
     assert_eq!(phys.freed.load(Ordering::SeqCst), 2, "the unlinked copies");
     assert_eq!(view.release_view(&private), Ok(1));
 }
+
+#[test]
+fn clear_range_takes_leaves_and_frees_only_unshared_empty_tables() {
+    let phys = Phys::new(16, 16);
+    let t = pt(&phys);
+    let base = 0x0000_6000_0000_0000;
+    t.map(base, DATA, Size::Small, W).unwrap(); // 1: PDPT, 2: PD, 3: PT
+    t.map(base + 0x1000, DATA + 0x1000, Size::Small, W).unwrap();
+    t.map(base + (4 << 20), 2 << 20, Size::Large, W).unwrap(); // leaf in PD
+                                                               // Another "window" in the same PD, 8 MiB on: its PT (4) stays, and so
+                                                               // do the PD and PDPT above it.
+    t.map(base + (8 << 20), DATA, Size::Small, W).unwrap();
+    let mut leaves = Vec::new();
+    let mut tables = Vec::new();
+    let window = base..base + (6 << 20);
+    let other = base + (8 << 20)..base + (10 << 20);
+    let may_free = |lo: u64, hi: u64| hi < other.start || lo >= other.end;
+    let c = t
+        .clear_range(
+            window.start,
+            window.end,
+            &may_free,
+            &mut |a, e, s| leaves.push((a, e.addr(), s)),
+            &mut |tb| tables.push(tb),
+        )
+        .unwrap();
+    assert_eq!(
+        leaves,
+        [
+            (base, DATA, Size::Small),
+            (base + 0x1000, DATA + 0x1000, Size::Small),
+            (base + (4 << 20), 2 << 20, Size::Large),
+        ]
+    );
+    assert_eq!(tables, [0x3000]);
+    assert_eq!(
+        c,
+        Cleared {
+            leaves: 3,
+            tables: 1,
+            writes: 4
+        }
+    );
+    assert_eq!(t.read(base, Level::L1), Err(PagingError::NotMapped));
+    assert!(t.read(base + (8 << 20), Level::L1).unwrap().present());
+    // Now the other window goes too: every table is empty and unshared.
+    tables.clear();
+    let c = t
+        .clear_range(
+            other.start,
+            other.end,
+            &|_, _| true,
+            &mut |_, _, _| {},
+            &mut |tb| tables.push(tb),
+        )
+        .unwrap();
+    assert_eq!(tables, [0x4000, 0x2000, 0x1000]);
+    assert_eq!((c.leaves, c.tables, c.writes), (1, 3, 4));
+    assert_eq!(t.read(base, Level::L4).unwrap(), Entry::EMPTY);
+    // Nothing left: a second clear writes nothing.
+    let c = t
+        .clear_range(
+            base,
+            base + (16 << 20),
+            &|_, _| true,
+            &mut |_, _, _| {},
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(c, Cleared::default());
+}
