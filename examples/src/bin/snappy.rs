@@ -185,11 +185,21 @@ fn consistency2() {
     let log: SpinLock<Vec<(u32, u64)>> = SpinLock::new(Vec::new());
     let done = AtomicBool::new(false);
     let snap_at = AtomicUsize::new(0);
+    let taken = AtomicBool::new(false);
     let snap: SpinLock<Option<dbos_snapshot::snappy::Snapshot>> = SpinLock::new(None);
     libdbos::smp::run_on_all(&|cpu| match cpu {
         1 => {
             let mut rng = Rng(0x5eed_0002);
             for i in 1..=600u64 {
+                // The snapshot is taken while writes 200..400 run (the
+                // vCPUs are host threads: vCPU 0 may be descheduled for a
+                // long time); past that the writer waits for it, so that
+                // writes after the snapshot always exist.
+                if i == 401 {
+                    while !taken.load(Ordering::Acquire) {
+                        core::hint::spin_loop();
+                    }
+                }
                 let slot = rng.below(n as u64) as u32;
                 let value = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
                 let mut l = log.lock();
@@ -206,6 +216,7 @@ fn consistency2() {
             *snap.lock() = Some(s.take().unwrap());
             snap_at.store(l.len(), Ordering::Relaxed);
             drop(l);
+            taken.store(true, Ordering::Release);
         }
         _ => {}
     });
