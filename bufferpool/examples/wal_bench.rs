@@ -17,6 +17,7 @@
 //! ratios. With `WAL_BENCH_SPIN=1` waits spin instead of yielding the CPU.
 
 use dbos_bufferpool::host::{block_device, env};
+use dbos_bufferpool::pool::hash::HashPool;
 use dbos_bufferpool::{CommitMode, Config, Engine, Error, KvTable, Layout, PageId, WalError};
 use dbos_nvme::host::{BackingFile, Device, PollerConfig, UringConfig};
 use std::os::unix::fs::OpenOptionsExt;
@@ -168,6 +169,13 @@ fn engine_run(dir: &Path, mode: CommitMode, committers: usize, secs: f64) -> Row
         block_device(&dev, 64).unwrap(),
         LAYOUT,
         config,
+        |setup| {
+            // Every page resident: the benchmark measures the log.
+            HashPool::new(
+                vec![block_device(&dev, 64).unwrap()],
+                setup.config(LAYOUT.data_pages as usize),
+            )
+        },
     )
     .expect("format");
     let kv = KvTable::new(&engine, PageId(0), LAYOUT.data_pages);

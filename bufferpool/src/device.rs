@@ -1,4 +1,4 @@
-//! The storage the log and the page store run on: [`BlockDevice`], a queue
+//! The storage the log and the pools run on: [`BlockDevice`], a queue
 //! of 4 KiB-block reads, writes, FUA writes and flushes on DMA-able buffers.
 //!
 //! It is deliberately the shape of one NVMe queue pair plus a buffer
@@ -187,7 +187,7 @@ pub type IoTag = u16;
 
 /// A queue of block requests on one namespace.
 ///
-/// One user at a time drives a device (the log's writer, the page store):
+/// One user at a time drives a device (the log's writer, a pool's queue):
 /// it is `Send`, not shared.
 ///
 /// # Safety

@@ -1,15 +1,26 @@
-//! The storage engine: the log, the page store, transactions of page writes
-//! with redo-only logging, checkpoints, and full-page images against torn
-//! pages.
+//! The storage engine: the log, the pages in a buffer pool, transactions of
+//! page writes with redo-only logging, checkpoints, and full-page images
+//! against torn pages.
+//!
+//! # The pool
+//!
+//! The data pages live in a [`BufferManager`] that holds at most its
+//! capacity of them, evicting as it needs; page `n` is at device block
+//! `2 + log_blocks + n` (the pool's first block). The engine builds the
+//! pool through a function the caller gives ([`PoolSetup`]) once the
+//! layout is known, handing it the engine's write-ahead hook: the pool
+//! writes a dirty page only after the hook made the log durable up to the
+//! page LSN, and a failed page write fails the engine through the same
+//! hook before any other page is written.
 //!
 //! # Transactions
 //!
-//! [`Engine::commit`] takes a set of page writes. It latches the pages (in
-//! page order), appends to the log, as one contiguous run, a full-page image
+//! [`Engine::commit`] takes a set of page writes. It fixes the pages
+//! exclusively through the pool (in page order), appends to the log, as one contiguous run, a full-page image
 //! of every page that has not been changed since the last checkpoint began,
 //! one [`Record::PageWrite`] per write and a [`Record::Commit`], applies the
-//! writes to the pages (page LSN = the end of the commit record), releases
-//! the latches and waits for the log to be durable up to its commit record
+//! writes to the pages (page LSN = the end of the commit record), unfixes
+//! them dirty and waits for the log to be durable up to its commit record
 //! (group commit). Changes reach pages only through committed log runs and
 //! pages are written only after the log covering them is durable, so
 //! recovery never needs undo.
@@ -32,9 +43,11 @@
 //!
 //! [`Engine::checkpoint`] fences transactions off for an instant to take
 //! the redo point (the insert LSN; from now on changed pages log images),
-//! makes the log durable to it, writes every dirty page (write-ahead rule),
-//! flushes, and writes the control block with the new redo point (FUA).
-//! Only then may the log before the redo point be overwritten.
+//! makes the log durable to it, writes every page dirty in the pool
+//! ([`BufferManager::flush`]: latched pages are waited for, not skipped;
+//! write-ahead rule), flushes the device, and writes the control block with
+//! the new redo point (FUA). Only then may the log before the redo point be
+//! overwritten.
 //!
 //! The engine checkpoints by itself: a transaction that finds the log
 //! filled past [`Config::checkpoint_percent`] of its size since the last
@@ -55,12 +68,14 @@
 use crate::control::{Control, ControlError, Layout, LayoutError};
 use crate::device::{BlockDevice, DeviceError};
 use crate::log::{CommitMode, LogBlock, LogDamage, Tail, Wal, WalError, FIRST_LSN, LOG_BLOCK};
-use crate::page::{page_lsn, set_page_lsn, PageCheck, PAGE_HEADER};
+use crate::page::{PageCheck, PAGE_HEADER};
+use crate::pool::{BufferManager, Durability, DurabilityError, Pool, PoolConfig, PoolError};
 use crate::record::Record;
 use crate::recovery::TruncateRequest;
-use crate::store::{PageStore, StoreIo, WriteError};
+use crate::store::StoreIo;
 use crate::sync::{lock, Gate};
 use crate::{Env, Lsn, PageId, PAGE_SIZE};
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -168,8 +183,10 @@ pub enum Error {
         requested: TruncateRequest,
         found: Option<LogDamage>,
     },
-    /// No memory for the pages the layout has.
-    OutOfMemory { pages: u64 },
+    /// The buffer pool failed: a page read or write (a failed write has
+    /// failed the engine), a page on storage that is not what it should
+    /// be, no frame free, or the pool could not be built for the layout.
+    Pool(PoolError),
     /// The device has `have` blocks, the layout needs `needed`.
     DeviceTooSmall { needed: u64, have: u64 },
     /// A write outside a page's contents, or a transaction with no writes.
@@ -184,6 +201,12 @@ pub enum Error {
     UnrepairablePage(PageId, PageCheck),
     /// The log holds a well-formed record at `lsn` that makes no sense.
     BadLogRecord { lsn: Lsn, problem: RecordProblem },
+    /// Recovery's redo pass read the log differently from its check pass
+    /// (the last commit ended at `checked`, now at `replayed`): the device
+    /// returned other data for the same blocks. Pages redone so far may
+    /// have been written (each with its LSN, from checked log); the control
+    /// block and the log were not.
+    LogChanged { checked: Lsn, replayed: Lsn },
 }
 
 impl From<WalError> for Error {
@@ -232,7 +255,7 @@ impl fmt::Display for Error {
                     ),
                 }
             }
-            Error::OutOfMemory { pages } => write!(f, "no memory for {pages} pages"),
+            Error::Pool(e) => write!(f, "buffer pool: {e}"),
             Error::DeviceTooSmall { needed, have } => {
                 write!(
                     f,
@@ -255,6 +278,12 @@ impl fmt::Display for Error {
             Error::BadLogRecord { lsn, problem } => {
                 write!(f, "corrupt log: the record at LSN {}: {problem}", lsn.0)
             }
+            Error::LogChanged { checked, replayed } => write!(
+                f,
+                "the log read differently during recovery: its last commit ended at LSN {} \
+                 when checked and at LSN {} when replayed; recovery stopped",
+                checked.0, replayed.0
+            ),
         }
     }
 }
@@ -292,11 +321,96 @@ struct AtomicEngineStats {
     checkpoints: AtomicU64,
 }
 
-/// The log, the pages, and the rules between them.
-pub struct Engine<D: BlockDevice> {
+/// What the engine gives the function that builds its pool: the pool must
+/// serve pages `0..pages` from device block `first_block` on (see
+/// [`IoQueues::over`](crate::pool::IoQueues::over)) and gate every page
+/// write with `durability`.
+#[derive(Clone)]
+pub struct PoolSetup {
+    /// The engine's write-ahead hook.
+    pub durability: Arc<dyn Durability>,
+    /// The device block of page 0 (after the control and log blocks).
+    pub first_block: u64,
+    /// The layout's data pages.
+    pub pages: u64,
+}
+
+impl PoolSetup {
+    /// The configuration of a process pool (or the guest's hash pool) of
+    /// `capacity` frames for this setup: every data page allocated, page 0
+    /// at the data area's first block, the engine's hook.
+    pub fn config(&self, capacity: usize) -> PoolConfig {
+        PoolConfig {
+            allocated: self.pages,
+            first_block: self.first_block,
+            durability: self.durability.clone(),
+            ..PoolConfig::new(capacity)
+        }
+    }
+}
+
+/// The engine's side of the write-ahead rule, shared with its pool.
+///
+/// Before the log is open (during recovery) pages may be written only up
+/// to `recovered`: the end of the log recovery replays, made durable by a
+/// device flush before the first page write, and set only once recovery's
+/// checks have passed (0 until then: nothing may be written). Once the log
+/// is open, `ensure_durable` makes the log durable to the LSN (as a group
+/// commit leader if need be), and fails once the log has failed.
+pub(crate) struct LogHook<D: BlockDevice> {
+    wal: spin::Once<Arc<Wal<D>>>,
+    recovered: AtomicU64,
+}
+
+impl<D: BlockDevice> LogHook<D> {
+    pub(crate) fn new() -> LogHook<D> {
+        LogHook {
+            wal: spin::Once::new(),
+            recovered: AtomicU64::new(0),
+        }
+    }
+
+    /// Allows page writes up to `lsn` before the log is open.
+    pub(crate) fn allow_up_to(&self, lsn: Lsn) {
+        self.recovered.store(lsn.0, Ordering::Release);
+    }
+}
+
+impl<D: BlockDevice + Send + 'static> Durability for LogHook<D> {
+    fn ensure_durable(&self, lsn: Lsn) -> Result<(), DurabilityError> {
+        match self.wal.get() {
+            Some(wal) => wal.flush_to(lsn).map_err(|_| DurabilityError {
+                durable: wal.durable_lsn(),
+            }),
+            None => {
+                let durable = Lsn(self.recovered.load(Ordering::Acquire));
+                if lsn <= durable {
+                    Ok(())
+                } else {
+                    Err(DurabilityError { durable })
+                }
+            }
+        }
+    }
+
+    fn page_write_failed(&self, id: PageId, error: DeviceError) {
+        log::error!("engine: writing page {} failed: {error}", id.0);
+        match self.wal.get() {
+            Some(wal) => wal.fail(error),
+            // Recovery: no further page writes; the error reaches it.
+            None => self.recovered.store(0, Ordering::Release),
+        }
+    }
+}
+
+/// The log, the pages (in a buffer pool `B`), and the rules between them.
+pub struct Engine<D: BlockDevice, B> {
     pub(crate) env: Env,
-    pub(crate) wal: Wal<D>,
-    pub(crate) store: PageStore<D>,
+    pub(crate) wal: Arc<Wal<D>>,
+    pool: B,
+    /// The control block, format and flush I/O.
+    io: Mutex<StoreIo<D>>,
+    layout: Layout,
     gate: Gate,
     /// Pages whose LSN is at most this get an image before their next change.
     image_redo: AtomicU64,
@@ -307,36 +421,43 @@ pub struct Engine<D: BlockDevice> {
     stats: AtomicEngineStats,
 }
 
-impl<D: BlockDevice> Engine<D> {
+impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
     /// Formats the namespace for `layout`, whatever it holds (the explicit
     /// format request: its contents are discarded), and opens an empty
-    /// engine: the log through `log_dev`, the pages and the control block
-    /// through `data_dev` (two queues of the same namespace). See
-    /// [`Engine::open_or_format`] for formatting only a blank device.
+    /// engine: the log through `log_dev`, the control block through
+    /// `data_dev` (two queues of the same namespace), the pages through the
+    /// pool `make_pool` builds (its own queues of the namespace) from the
+    /// [`PoolSetup`] it is given. See [`Engine::open_or_format`] for
+    /// formatting only a blank device.
     pub fn format(
         log_dev: D,
         data_dev: D,
         layout: Layout,
         config: Config,
-    ) -> Result<Engine<D>, Error> {
+        make_pool: impl FnOnce(PoolSetup) -> Result<B, PoolError>,
+    ) -> Result<Engine<D, B>, Error> {
         let io = StoreIo::new(data_dev, config.env)?;
-        Engine::format_on(log_dev, io, layout, config)
+        Engine::format_on(log_dev, io, layout, config, make_pool)
     }
 
-    /// Formats through `io` (see [`Engine::format`]). Order: zero the log
-    /// area, write every page, flush, write the log's first sector (an
-    /// empty, valid end of the log), then the control block (FUA), which
-    /// makes it a store. A crash before that leaves no control block (and
-    /// `open` refuses the device as not blank).
+    /// Formats through `io` (see [`Engine::format`]). Order: build the pool
+    /// (nothing written yet), zero the log area, write every page (empty,
+    /// sealed), flush, write the log's first sector (an empty, valid end of
+    /// the log), then the control block (FUA), which makes it a store. A
+    /// crash before that leaves no control block (and `open` refuses the
+    /// device as not blank).
     pub(crate) fn format_on(
         log_dev: D,
         mut io: StoreIo<D>,
         layout: Layout,
         config: Config,
-    ) -> Result<Engine<D>, Error> {
+        make_pool: impl FnOnce(PoolSetup) -> Result<B, PoolError>,
+    ) -> Result<Engine<D, B>, Error> {
         let env = config.env;
         layout.validate().map_err(Error::BadLayout)?;
         check_fits(&io, &layout)?;
+        let hook = Arc::new(LogHook::new());
+        let pool = build_pool(&hook, &layout, make_pool)?;
         // From here until the new control block is written the device is
         // no store: not the old one either.
         io.clear_control(0)?;
@@ -344,8 +465,7 @@ impl<D: BlockDevice> Engine<D> {
         // A log area holding only zeros and this format's sectors is what
         // lets recovery tell a torn tail from corruption (`crate::log`).
         io.zero_blocks(layout.log_start(), layout.log_blocks)?;
-        let store = PageStore::new(io, layout, env);
-        store.write_all_unlogged()?;
+        io.write_blank_pages(&layout)?;
         let control = Control {
             seq: 1,
             format_id: (env.now_ns)() ^ 0x005e_ed0f_d805,
@@ -358,9 +478,9 @@ impl<D: BlockDevice> Engine<D> {
             end: FIRST_LSN,
             block: vec![0; LOG_BLOCK as usize],
         };
-        let engine = Engine::assemble(log_dev, store, control, tail, config)?;
+        let engine = Engine::assemble(log_dev, io, pool, hook, control, tail, config)?;
         engine.wal.truncate_tail()?;
-        engine.store.io().write_control(&control)?;
+        engine.io().write_control(&control)?;
         log::info!(
             "engine: formatted {} log blocks, {} pages",
             layout.log_blocks,
@@ -369,16 +489,19 @@ impl<D: BlockDevice> Engine<D> {
         Ok(engine)
     }
 
-    /// Puts the pieces together (the log continuing at `tail`).
+    /// Puts the pieces together (the log continuing at `tail`), and opens
+    /// the log to the pool's page writes through `hook`.
     pub(crate) fn assemble(
         log_dev: D,
-        store: PageStore<D>,
+        io: StoreIo<D>,
+        pool: B,
+        hook: Arc<LogHook<D>>,
         control: Control,
         tail: Tail,
         config: Config,
-    ) -> Result<Engine<D>, Error> {
+    ) -> Result<Engine<D, B>, Error> {
         let geo = control.log_geometry();
-        let wal = Wal::new(
+        let wal = Arc::new(Wal::new(
             log_dev,
             geo,
             config.mode,
@@ -386,11 +509,14 @@ impl<D: BlockDevice> Engine<D> {
             config.log_buffer_blocks,
             control.redo,
             tail,
-        )?;
+        )?);
+        hook.wal.call_once(|| wal.clone());
         Ok(Engine {
             env: config.env,
             wal,
-            store,
+            pool,
+            io: Mutex::new(io),
+            layout: control.layout,
             gate: Gate::new(),
             image_redo: AtomicU64::new(control.redo.0),
             control: Mutex::new(control),
@@ -408,9 +534,30 @@ impl<D: BlockDevice> Engine<D> {
         &self.wal
     }
 
-    /// The page store.
-    pub fn store(&self) -> &PageStore<D> {
-        &self.store
+    /// The buffer pool holding the pages. Its pages may be read through
+    /// it; changing them other than through [`Engine::commit`] bypasses the
+    /// log.
+    pub fn pool(&self) -> &B {
+        &self.pool
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The control-block and raw I/O.
+    pub(crate) fn io(&self) -> spin::MutexGuard<'_, StoreIo<D>> {
+        lock(&self.io, self.env.relax)
+    }
+
+    /// The engine error for a pool error: a log that could not be made
+    /// durable is the log's failure, if it has failed.
+    pub(crate) fn pool_error(&self, e: PoolError) -> Error {
+        match (e, self.wal.failure()) {
+            (PoolError::NotDurable { .. }, Some(f)) => Error::Log(WalError::Failed(f)),
+            _ => Error::Pool(e),
+        }
     }
 
     /// The last control block written.
@@ -445,15 +592,21 @@ impl<D: BlockDevice> Engine<D> {
                 len: out.len(),
             });
         }
-        let f = self.store.latch(page).ok_or(Error::NoSuchPage(page))?;
-        out.copy_from_slice(&f.page.0[offset..offset + out.len()]);
+        if page.0 >= self.layout.data_pages {
+            return Err(Error::NoSuchPage(page));
+        }
+        let g = self.pool.fix_shared(page).map_err(|e| self.pool_error(e))?;
+        out.copy_from_slice(&g.bytes()[offset..offset + out.len()]);
         Ok(())
     }
 
-    /// The page LSN of `page` in memory.
+    /// The page LSN of `page` (in the pool, read in if need be).
     pub fn page_lsn(&self, page: PageId) -> Result<Lsn, Error> {
-        let f = self.store.latch(page).ok_or(Error::NoSuchPage(page))?;
-        Ok(page_lsn(&f.page.0))
+        if page.0 >= self.layout.data_pages {
+            return Err(Error::NoSuchPage(page));
+        }
+        let g = self.pool.fix_shared(page).map_err(|e| self.pool_error(e))?;
+        Ok(crate::page::page_lsn(g.bytes()))
     }
 
     /// Commits `writes` as one transaction and returns once it is durable,
@@ -532,7 +685,7 @@ impl<D: BlockDevice> Engine<D> {
                     len: w.data.len(),
                 });
             }
-            if w.page.0 >= self.store.pages() {
+            if w.page.0 >= self.layout.data_pages {
                 return Err(Error::NoSuchPage(w.page));
             }
         }
@@ -552,18 +705,25 @@ impl<D: BlockDevice> Engine<D> {
         let mut ids: Vec<PageId> = writes.iter().map(|w| w.page).collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut frames: Vec<_> = ids
-            .iter()
-            .map(|&id| self.store.latch(id).expect("checked page id"))
-            .collect();
+        // In page order, so two transactions never wait for each other's
+        // pages in a cycle. On an error the pages fixed so far are unfixed
+        // unchanged (the guards drop).
+        let mut pages = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            pages.push(
+                self.pool
+                    .fix_exclusive(id)
+                    .map_err(|e| self.pool_error(e))?,
+            );
+        }
         let redo = Lsn(self.image_redo.load(Ordering::Acquire));
         let end = {
             let mut records = Vec::with_capacity(ids.len() + writes.len() + 1);
-            for (id, f) in ids.iter().zip(&frames) {
-                if page_lsn(&f.page.0) <= redo {
+            for (id, g) in ids.iter().zip(&pages) {
+                if g.lsn() <= redo {
                     records.push(Record::PageImage {
                         page: *id,
-                        image: &f.page.0,
+                        image: g.bytes(),
                     });
                 }
             }
@@ -581,13 +741,15 @@ impl<D: BlockDevice> Engine<D> {
             end
         };
         for w in writes {
-            let i = ids.binary_search(&w.page).expect("latched");
-            frames[i].page.0[w.offset..w.offset + w.data.len()].copy_from_slice(w.data);
+            let i = ids.binary_search(&w.page).expect("fixed");
+            pages[i].bytes_mut()[w.offset..w.offset + w.data.len()].copy_from_slice(w.data);
         }
-        for f in &mut frames {
-            set_page_lsn(&mut f.page.0, end);
-            f.dirty = true;
+        for g in &mut pages {
+            // Marks the page dirty: it is unfixed dirty when `pages` drops,
+            // and the pool writes it only once the log is durable to `end`.
+            g.set_lsn(end);
         }
+        drop(pages);
         let s = &self.stats;
         s.transactions.fetch_add(1, Ordering::Relaxed);
         s.page_writes
@@ -620,21 +782,27 @@ impl<D: BlockDevice> Engine<D> {
             redo
         };
         self.wal.wait_durable(redo)?;
-        let pages_written = match self.store.write_dirty(|lsn| self.wal.flush_to(lsn)) {
-            Ok(n) => n,
-            Err(WriteError::Log(e)) => return Err(Error::Log(e)),
-            Err(WriteError::Device(e)) => {
-                self.wal.fail(e);
-                return Err(Error::Device(e));
-            }
-        };
+        // The invariant a checkpoint keeps: the control block names `redo`
+        // only once every change before `redo` is on storage. Every such
+        // change was applied, and its page unfixed dirty, before the gate
+        // above let us take `redo`; `flush` writes every page dirty when it
+        // begins, waiting for latched pages rather than skipping them, and
+        // a page evicted in the meantime was written before it left the
+        // pool; the device flush below makes those writes durable. Changes
+        // after `redo` have larger LSNs and are replayed from the log this
+        // checkpoint keeps.
+        let pages_written = self.pool.flush().map_err(|e| self.pool_error(e))? as u64;
+        if let Err(e) = self.io().flush() {
+            self.wal.fail(e);
+            return Err(Error::Device(e));
+        }
         let mut control = lock(&self.control, self.env.relax);
         let next = Control {
             seq: control.seq + 1,
             redo,
             ..*control
         };
-        if let Err(e) = self.store.io().write_control(&next) {
+        if let Err(e) = self.io().write_control(&next) {
             self.wal.fail(e);
             return Err(Error::Device(e));
         }
@@ -651,6 +819,28 @@ impl<D: BlockDevice> Engine<D> {
             pages_written,
         })
     }
+}
+
+/// Builds the engine's pool for `layout` and checks it serves every data
+/// page.
+pub(crate) fn build_pool<D: BlockDevice + Send + 'static, B: BufferManager>(
+    hook: &Arc<LogHook<D>>,
+    layout: &Layout,
+    make_pool: impl FnOnce(PoolSetup) -> Result<B, PoolError>,
+) -> Result<B, Error> {
+    let pool = make_pool(PoolSetup {
+        durability: hook.clone(),
+        first_block: layout.page_lba(PageId(0)),
+        pages: layout.data_pages,
+    })
+    .map_err(Error::Pool)?;
+    if pool.page_count() < layout.data_pages {
+        return Err(Error::Pool(PoolError::OutOfRange {
+            id: PageId(layout.data_pages - 1),
+            pages: pool.page_count(),
+        }));
+    }
+    Ok(pool)
 }
 
 /// Refuses a data device smaller than `layout` needs.

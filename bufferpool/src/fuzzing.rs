@@ -8,9 +8,11 @@
 
 use crate::control::{Control, Layout, CONTROL_BLOCKS};
 use crate::device::{BlockDevice, DeviceError, Io, IoBuf, IoKind, IoTag, BLOCK_SIZE};
-use crate::engine::{Config, Engine, Error, PageWrite};
+use crate::engine::{Config, Engine, Error, PageWrite, PoolSetup};
 use crate::log::{CommitMode, SECTOR, SECTOR_HEADER};
 use crate::page::{PAGE_CONTENTS, PAGE_HEADER};
+use crate::pool::hash::HashPool;
+use crate::pool::PoolError;
 use crate::record::Record;
 use crate::{Env, Lsn, PageId};
 use alloc::collections::VecDeque;
@@ -172,6 +174,29 @@ pub fn env() -> Env {
         now_ns: || 0,
     }
 }
+
+/// The engine's pool for in-memory runs: a hash pool of `capacity` frames
+/// over two queues of `disk`, evicting two pages at a time.
+pub fn pool(
+    disk: &Arc<MemDisk>,
+    capacity: usize,
+) -> impl FnOnce(PoolSetup) -> Result<HashPool<MemDevice>, PoolError> + use<> {
+    let disk = disk.clone();
+    move |setup| {
+        HashPool::new(
+            vec![MemDevice::new(&disk), MemDevice::new(&disk)],
+            crate::pool::PoolConfig {
+                evict_batch: 2,
+                relax: env().relax,
+                ..setup.config(capacity)
+            },
+        )
+    }
+}
+
+/// Frames of the fuzz targets' pools: fewer than the pages of most
+/// layouts they make, so eviction runs too.
+const FUZZ_FRAMES: usize = 4;
 
 /// An engine configuration for small in-memory runs.
 pub fn config() -> Config {
@@ -348,7 +373,12 @@ fn recover_image(data: &[u8]) {
         }
     }
     let disk = MemDisk::new(image);
-    let r = Engine::open(MemDevice::new(&disk), MemDevice::new(&disk), config());
+    let r = Engine::open(
+        MemDevice::new(&disk),
+        MemDevice::new(&disk),
+        config(),
+        pool(&disk, FUZZ_FRAMES),
+    );
     match r {
         Ok((engine, report)) => {
             let _ = format!("{report:?} {}", report.stop);
@@ -382,6 +412,7 @@ fn commit_flip_reopen(data: &[u8]) {
             MemDevice::new(&disk),
             layout,
             config(),
+            pool(&disk, FUZZ_FRAMES),
         )
         .expect("format");
         // Transactions: 4 bytes each (page and kind, offset, length,
@@ -411,7 +442,12 @@ fn commit_flip_reopen(data: &[u8]) {
         let x = if f[4] == 0 { 0x80 } else { f[4] };
         disk.with(|d| d[at] ^= x);
     }
-    match Engine::open(MemDevice::new(&disk), MemDevice::new(&disk), config()) {
+    match Engine::open(
+        MemDevice::new(&disk),
+        MemDevice::new(&disk),
+        config(),
+        pool(&disk, FUZZ_FRAMES),
+    ) {
         Ok((engine, report)) => {
             for (p, want) in model.iter().enumerate() {
                 let mut got = vec![0u8; PAGE_CONTENTS];
@@ -452,6 +488,7 @@ mod tests {
             MemDevice::new(&disk),
             layout,
             config(),
+            pool(&disk, 1),
         )
         .unwrap();
         e.commit(&[PageWrite {
@@ -461,7 +498,13 @@ mod tests {
         }])
         .unwrap();
         drop(e);
-        let (e, r) = Engine::open(MemDevice::new(&disk), MemDevice::new(&disk), config()).unwrap();
+        let (e, r) = Engine::open(
+            MemDevice::new(&disk),
+            MemDevice::new(&disk),
+            config(),
+            pool(&disk, 1),
+        )
+        .unwrap();
         assert_eq!(r.transactions, 1);
         let mut got = [0u8; 3];
         e.read(PageId(1), 100, &mut got).unwrap();

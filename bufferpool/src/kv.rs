@@ -7,6 +7,7 @@
 use crate::device::BlockDevice;
 use crate::engine::{Engine, Error, PageWrite};
 use crate::page::{PAGE_CONTENTS, PAGE_HEADER};
+use crate::pool::BufferManager;
 use crate::{Lsn, PageId};
 use alloc::vec::Vec;
 
@@ -17,15 +18,15 @@ pub const SLOT: usize = 8;
 pub const SLOTS_PER_PAGE: u64 = (PAGE_CONTENTS / SLOT) as u64;
 
 /// A key-value table on pages `first_page .. first_page + pages`.
-pub struct KvTable<'e, D: BlockDevice> {
-    engine: &'e Engine<D>,
+pub struct KvTable<'e, D: BlockDevice, B> {
+    engine: &'e Engine<D, B>,
     first_page: PageId,
     pages: u64,
 }
 
-impl<'e, D: BlockDevice> KvTable<'e, D> {
+impl<'e, D: BlockDevice + Send + 'static, B: BufferManager> KvTable<'e, D, B> {
     /// The table on `pages` pages from `first_page` of `engine`.
-    pub fn new(engine: &'e Engine<D>, first_page: PageId, pages: u64) -> KvTable<'e, D> {
+    pub fn new(engine: &'e Engine<D, B>, first_page: PageId, pages: u64) -> KvTable<'e, D, B> {
         KvTable {
             engine,
             first_page,

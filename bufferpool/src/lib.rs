@@ -1,6 +1,6 @@
 //! Buffer management for dbos: page and log identifiers, the write-ahead
-//! log with group commit, the data page format, a minimal page store,
-//! checkpoints and crash recovery.
+//! log with group commit, the data page format, buffer pools, the storage
+//! engine on them (transactions, checkpoints, crash recovery), a B+tree.
 //!
 //! It is `no_std` with `alloc`, generic over the storage ([`BlockDevice`])
 //! and the platform's waiting and clock ([`Env`]), so the same code runs in
@@ -12,12 +12,14 @@
 //! - [`log`]: the log format, group commit ([`Wal`]) and the log reader.
 //! - [`page`]: the page header (page LSN, checksum).
 //! - [`control`]: the control block (layout, epoch, last checkpoint).
-//! - [`store`]: resident pages, written back under the write-ahead rule.
-//! - [`engine`]: transactions, full-page images, checkpoints, failure.
+//! - [`store`]: the engine's own I/O (control block, format, page check).
+//! - [`engine`]: transactions on a buffer pool, full-page images,
+//!   checkpoints, failure.
 //! - [`recovery`]: crash recovery, [`Engine::open`].
 //! - [`kv`]: a tiny key-value table on pages (the crash tests' data).
 //! - [`pool`]: the buffer-manager interface, versioned latches, and the
-//!   vmcache-style and hash-table process pools (`docs/pools.md`).
+//!   vmcache-style and hash-table pools (the hash pool also in the guest;
+//!   `docs/pools.md`).
 //! - [`btree`]: a B+tree on any buffer manager.
 //!
 //! Design notes and measured figures: `docs/wal.md`.
@@ -51,10 +53,12 @@ pub use control::Layout;
 pub use device::{
     BlockDevice, DeviceError, DmaAllocator, Io, IoBuf, IoKind, NvmeDevice, QueueAccess,
 };
-pub use engine::{CheckpointReport, Config, Engine, EngineStats, Error, PageWrite, RecordProblem};
+pub use engine::{
+    CheckpointReport, Config, Engine, EngineStats, Error, PageWrite, PoolSetup, RecordProblem,
+};
 pub use kv::KvTable;
 pub use log::{CommitMode, Damage, LogDamage, LogStats, ScanStop, SectorState, Wal, WalError};
-pub use pool::{BufferManager, Durability, Pool, PoolError, PoolStats};
+pub use pool::{BufferManager, Durability, Pool, PoolConfig, PoolError, PoolStats};
 pub use recovery::{RecoveryReport, TruncateRequest};
 
 /// Size of a database page in bytes.

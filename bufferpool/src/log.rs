@@ -1002,6 +1002,47 @@ pub fn scan<D: BlockDevice, E>(
     epoch_start: Lsn,
     buf: &mut DmaBytes,
     env: Env,
+    handle: impl FnMut(Lsn, Record<'_>) -> Result<(), E>,
+) -> Result<ScanSummary, ScanError<E>> {
+    scan_until(dev, geo, redo, epoch_start, None, buf, env, handle)
+}
+
+/// Reads the log like [`scan`] from `records.start` (the redo point), but
+/// only the records that start before `records.end`, and reads nothing
+/// past them: for a second pass over a log that a [`scan`] has already
+/// judged (recovery's redo), not a check of its end. The summary's `stop`
+/// is then [`ScanStop::PartialSector`] and `damage` `None` unless the
+/// sectors before `records.end` no longer hold.
+pub fn scan_to<D: BlockDevice, E>(
+    dev: &mut D,
+    geo: &LogGeometry,
+    records: core::ops::Range<Lsn>,
+    epoch_start: Lsn,
+    buf: &mut DmaBytes,
+    env: Env,
+    handle: impl FnMut(Lsn, Record<'_>) -> Result<(), E>,
+) -> Result<ScanSummary, ScanError<E>> {
+    scan_until(
+        dev,
+        geo,
+        records.start,
+        epoch_start,
+        Some(records.end),
+        buf,
+        env,
+        handle,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scan_until<D: BlockDevice, E>(
+    dev: &mut D,
+    geo: &LogGeometry,
+    redo: Lsn,
+    epoch_start: Lsn,
+    until: Option<Lsn>,
+    buf: &mut DmaBytes,
+    env: Env,
     mut handle: impl FnMut(Lsn, Record<'_>) -> Result<(), E>,
 ) -> Result<ScanSummary, ScanError<E>> {
     let chunk_blocks = (buf.io_buf().blocks as u64).min(MAX_IO_BLOCKS as u64);
@@ -1032,8 +1073,9 @@ pub fn scan<D: BlockDevice, E>(
     let mut valid_end = redo;
     let mut damage: Option<Damage> = None;
     let mut stop_state = None;
+    let mut reached_until = false;
     loop {
-        if sector >= window_end {
+        if sector >= window_end || reached_until {
             break;
         }
         let raw = reader.sector(sector).map_err(ScanError::Device)?;
@@ -1077,6 +1119,10 @@ pub fn scan<D: BlockDevice, E>(
         while pending.len() - consumed >= 4 {
             let rest = &pending[consumed..];
             let lsn = lsn_of_payload(pending_start);
+            if until.is_some_and(|u| lsn >= u) {
+                reached_until = true;
+                break;
+            }
             let decoded = Record::framed_len(rest, max_record).and_then(|len| {
                 if rest.len() < len {
                     Ok(None)
@@ -1099,6 +1145,9 @@ pub fn scan<D: BlockDevice, E>(
             }
         }
         pending.drain(..consumed);
+        if reached_until {
+            break;
+        }
         if damage.is_some() || used < SECTOR_PAYLOAD {
             stop_state = Some(SectorState::Valid {
                 used: used as u16,
@@ -1110,6 +1159,16 @@ pub fn scan<D: BlockDevice, E>(
         sector += 1;
     }
     let end = lsn_of_payload(pending_start);
+    if until.is_some() && damage.is_none() {
+        // What lies past `end` was judged by the scan before.
+        return Ok(ScanSummary {
+            records,
+            sectors,
+            stop: ScanStop::PartialSector,
+            end,
+            damage: None,
+        });
+    }
     let Some(found) = stop_state else {
         // Every sector of the area was full: nothing past it to check.
         return Ok(ScanSummary {

@@ -7,20 +7,38 @@
 //!    ([`Error::NoControlBlock`], saying what blocks 0 and 1 hold): only an
 //!    explicit [`Engine::format`] reuses it. [`Engine::open_or_format`]
 //!    formats only a blank device.
-//! 2. Read every data page and check it (checksum, page id): a torn page
-//!    is marked damaged.
-//! 3. Scan the log from the redo point ([`crate::log::scan`]) to its end.
-//!    Redo: a page image replaces the page (repairing it if it was
-//!    damaged); the page writes of a transaction are applied when its
-//!    commit record is reached, to pages whose LSN is below the commit's
-//!    end; writes of a transaction whose commit is missing are discarded.
-//!    A torn tail (the write batch in flight at a crash) ends the log; a
-//!    corrupt log ([`crate::log::LogDamage`]: damage no crash leaves, or
-//!    intact log past the end that a crash cannot explain) is refused with
-//!    [`Error::LogCorrupt`] before anything is written, unless the
-//!    operator asked for exactly that truncation ([`TruncateRequest`],
-//!    [`Engine::open_truncating`]).
-//! 4. Fail if a damaged page was not repaired.
+//! 2. Read every data page and check it (checksum, page id): a torn page,
+//!    another page's image or an all-zero page (format writes every page
+//!    before the control block, so no store has one) is damaged. Only the
+//!    list of bad pages is kept; the pages themselves are not (the pool
+//!    reads them as needed).
+//! 3. Check the log: scan it from the redo point ([`crate::log::scan`]) to
+//!    its end without applying anything. A torn tail (the write batch in
+//!    flight at a crash) ends the log; a corrupt log
+//!    ([`crate::log::LogDamage`]: damage no crash leaves, or intact log
+//!    past the end that a crash cannot explain) is refused with
+//!    [`Error::LogCorrupt`], unless the operator asked for exactly that
+//!    truncation ([`TruncateRequest`], [`Engine::open_truncating`]); a
+//!    record that makes no sense is [`Error::BadLogRecord`]; a damaged page
+//!    that the log does not restore from an image before its first change
+//!    (or at all) is [`Error::UnrepairablePage`]. Nothing has been written
+//!    when any of these is refused: the pool was built, but nothing may be
+//!    written through it until the checks pass (its write-ahead hook allows
+//!    no LSN yet).
+//! 4. Redo through the pool: flush the device (so the log just read is
+//!    durable before any page write: a crashed process can leave log
+//!    writes in the device's volatile cache), allow page writes up to the
+//!    end of the log replayed, then scan the log again (up to the last
+//!    commit): a page image is installed without reading the page
+//!    ([`Pool::fix_overwrite`]; repairing it if it was damaged); the page
+//!    writes of a transaction are applied when its commit record is
+//!    reached, to pages (fixed exclusively, read in if need be) whose LSN
+//!    is below the commit's end; writes of a transaction whose commit is
+//!    missing are discarded. The pool evicts (and writes) as it needs, so
+//!    the pages redone may be many more than its frames. A crash during
+//!    this leaves the control block and the log as they were, and every
+//!    page written carries its page LSN, so the next recovery redoes the
+//!    same.
 //! 5. Raise the epoch in the control block (FUA), with the end of the last
 //!    commit record as the new epoch start; rewrite the log block holding
 //!    that end cut off there (FUA: records of a transaction without a
@@ -32,13 +50,19 @@ use crate::control::Control;
 use crate::control::Layout;
 use crate::control::CONTROL_BLOCKS;
 use crate::device::{BlockDevice, DmaBytes};
-use crate::engine::{check_fits, Config, Engine, Error, RecordProblem};
-use crate::log::{lsn_advance, read_tail, scan, LogDamage, ScanError, ScanStop};
-use crate::page::{page_lsn, set_page_lsn, PageCheck};
+use crate::engine::{
+    build_pool, check_fits, Config, Engine, Error, LogHook, PoolSetup, RecordProblem,
+};
+use crate::log::{
+    lsn_advance, read_tail, scan, scan_to, LogDamage, LogGeometry, ScanError, ScanStop, ScanSummary,
+};
+use crate::page::{PageCheck, PAGE_HEADER};
+use crate::pool::{BufferManager, Pool, PoolError};
 use crate::record::Record;
-use crate::store::{PageStore, StoreIo};
-use crate::{Lsn, PageId};
-use alloc::vec;
+use crate::store::StoreIo;
+use crate::{Env, Lsn, PageId, PAGE_SIZE};
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 /// Blocks read at a time while scanning the log.
@@ -107,22 +131,18 @@ pub struct RecoveryReport {
     pub elapsed_ns: u64,
 }
 
-struct Pending {
-    page: PageId,
-    offset: usize,
-    data: Vec<u8>,
-}
-
-impl<D: BlockDevice> Engine<D> {
+impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
     /// Opens a formatted namespace: recovers the pages from the log (see
-    /// the module docs) and returns the engine with a report. Never
+    /// the module docs) through the pool `make_pool` builds (as for
+    /// [`Engine::format`]) and returns the engine with a report. Never
     /// formats: a blank device is [`Error::NotFormatted`].
     pub fn open(
         log_dev: D,
         data_dev: D,
         config: Config,
-    ) -> Result<(Engine<D>, RecoveryReport), Error> {
-        open_existing(log_dev, data_dev, config, None)
+        make_pool: impl FnOnce(PoolSetup) -> Result<B, PoolError>,
+    ) -> Result<(Engine<D, B>, RecoveryReport), Error> {
+        open_existing(log_dev, data_dev, config, None, make_pool)
     }
 
     /// Opens like [`Engine::open`], but on a corrupt log cuts it as the
@@ -134,8 +154,9 @@ impl<D: BlockDevice> Engine<D> {
         data_dev: D,
         config: Config,
         request: TruncateRequest,
-    ) -> Result<(Engine<D>, RecoveryReport), Error> {
-        open_existing(log_dev, data_dev, config, Some(request))
+        make_pool: impl FnOnce(PoolSetup) -> Result<B, PoolError>,
+    ) -> Result<(Engine<D, B>, RecoveryReport), Error> {
+        open_existing(log_dev, data_dev, config, Some(request), make_pool)
     }
 
     /// Opens the store on the device, or formats it for `layout` if the
@@ -148,16 +169,17 @@ impl<D: BlockDevice> Engine<D> {
         data_dev: D,
         layout: Layout,
         config: Config,
-    ) -> Result<(Engine<D>, Option<RecoveryReport>), Error> {
+        make_pool: impl FnOnce(PoolSetup) -> Result<B, PoolError>,
+    ) -> Result<(Engine<D, B>, Option<RecoveryReport>), Error> {
         layout.validate().map_err(Error::BadLayout)?;
         let io = StoreIo::new(data_dev, config.env)?;
         match read_control(io, layout.blocks())? {
             Found::Store(control, io) => {
-                recover(log_dev, control, io, config, None).map(|(e, r)| (e, Some(r)))
+                recover(log_dev, control, io, config, None, make_pool).map(|(e, r)| (e, Some(r)))
             }
             Found::Blank(io) => {
                 log::info!("engine: blank device, formatting");
-                Engine::format_on(log_dev, io, layout, config).map(|e| (e, None))
+                Engine::format_on(log_dev, io, layout, config, make_pool).map(|e| (e, None))
             }
         }
     }
@@ -165,15 +187,16 @@ impl<D: BlockDevice> Engine<D> {
 
 /// The body of [`Engine::open`] and [`Engine::open_truncating`]: recovers
 /// a store, refusing a blank device.
-fn open_existing<D: BlockDevice>(
+fn open_existing<D: BlockDevice + Send + 'static, B: BufferManager>(
     log_dev: D,
     data_dev: D,
     config: Config,
     request: Option<TruncateRequest>,
-) -> Result<(Engine<D>, RecoveryReport), Error> {
+    make_pool: impl FnOnce(PoolSetup) -> Result<B, PoolError>,
+) -> Result<(Engine<D, B>, RecoveryReport), Error> {
     let io = StoreIo::new(data_dev, config.env)?;
     match read_control(io, BLANK_CHECK_BLOCKS)? {
-        Found::Store(control, io) => recover(log_dev, control, io, config, request),
+        Found::Store(control, io) => recover(log_dev, control, io, config, request, make_pool),
         Found::Blank(_) => Err(Error::NotFormatted),
     }
 }
@@ -209,33 +232,34 @@ fn read_control<D: BlockDevice>(mut io: StoreIo<D>, blank_check: u64) -> Result<
     }
 }
 
-fn recover<D: BlockDevice>(
+fn scan_error(e: ScanError<Error>) -> Error {
+    match e {
+        ScanError::Device(d) => Error::Device(d),
+        ScanError::Handler(e) => e,
+    }
+}
+
+fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
     mut log_dev: D,
     control: Control,
-    io: StoreIo<D>,
+    mut io: StoreIo<D>,
     config: Config,
     request: Option<TruncateRequest>,
-) -> Result<(Engine<D>, RecoveryReport), Error> {
+    make_pool: impl FnOnce(PoolSetup) -> Result<B, PoolError>,
+) -> Result<(Engine<D, B>, RecoveryReport), Error> {
     let env = config.env;
     let t0 = (env.now_ns)();
     let layout = control.layout;
     check_fits(&io, &layout)?;
-    let store = PageStore::try_new(io, layout, env).map_err(|_| Error::OutOfMemory {
-        pages: layout.data_pages,
-    })?;
-    let checks = store.load()?;
-    let mut damaged: Vec<Option<PageCheck>> = checks
-        .iter()
-        .map(|c| match c {
-            PageCheck::Valid | PageCheck::Empty => None,
-            c => Some(*c),
-        })
-        .collect();
+    // Every page of a store was written at format (before its control
+    // block), so an all-zero page is damage like any other bad page: it
+    // must be restored from an image in the log, or recovery refuses.
+    let damaged = io.check_pages(&layout)?;
+    // The hook allows no page write until the checks below have passed.
+    let hook = Arc::new(LogHook::new());
+    let pool = build_pool(&hook, &layout, make_pool)?;
     let geo = control.log_geometry();
     let mut buf = DmaBytes::new(log_dev.alloc(SCAN_BLOCKS)?);
-    let mut pending: Vec<Pending> = Vec::new();
-    // Where the log continues: after the last commit record.
-    let mut resume = control.redo;
     let mut report = RecoveryReport {
         redo: control.redo,
         end: control.redo,
@@ -253,27 +277,29 @@ fn recover<D: BlockDevice>(
         epoch: control.epoch + 1,
         elapsed_ns: 0,
     };
-    let summary = scan(
+    // Pass 1: check everything, apply nothing.
+    let mut check = Replay::<B> {
+        pages: layout.data_pages,
+        pool: None,
+        damaged,
+        pending: Vec::new(),
+        report: &mut report,
+        resume: control.redo,
+    };
+    let summary = scan_log(
         &mut log_dev,
         &geo,
-        control.redo,
-        control.epoch_start,
+        &control,
+        None,
         &mut buf,
         env,
-        |lsn, rec| {
-            redo_record(&store, &mut damaged, &mut pending, &mut report, lsn, rec)?;
-            if let Record::Commit { .. } = rec {
-                resume = lsn_advance(lsn, rec.encoded_len() as u64);
-            }
-            Ok(())
-        },
-    )
-    .map_err(|e| match e {
-        ScanError::Device(d) => Error::Device(d),
-        ScanError::Handler(e) => e,
-    })?;
+        &mut check,
+    )?;
+    let resume = check.resume;
+    let discarded = check.pending.len() as u64;
+    let damaged = core::mem::take(&mut check.damaged);
     report.records = summary.records;
-    report.writes_discarded = pending.len() as u64;
+    report.writes_discarded = discarded;
     report.end = resume;
     report.log_end = summary.end;
     report.stop = summary.stop;
@@ -298,12 +324,39 @@ fn recover<D: BlockDevice>(
         }
         (found, Some(requested)) => return Err(Error::TruncateMismatch { requested, found }),
     }
-    if let Some((i, c)) = damaged
-        .iter()
-        .enumerate()
-        .find_map(|(i, c)| c.map(|c| (i, c)))
-    {
-        return Err(Error::UnrepairablePage(PageId(i as u64), c));
+    if let Some((&i, &c)) = damaged.iter().next() {
+        return Err(Error::UnrepairablePage(PageId(i), c));
+    }
+    // Pass 2: redo through the pool. The log up to `resume` was read from
+    // the device; the flush makes it durable before any page write, so a
+    // page never reaches storage ahead of the log it depends on.
+    io.flush()?;
+    hook.allow_up_to(resume);
+    let mut redo = Replay {
+        pages: layout.data_pages,
+        pool: Some(&pool),
+        damaged: BTreeMap::new(),
+        pending: Vec::new(),
+        report: &mut report,
+        resume: control.redo,
+    };
+    // Up to the last commit only: what follows was judged by the check.
+    let again = scan_log(
+        &mut log_dev,
+        &geo,
+        &control,
+        Some(resume),
+        &mut buf,
+        env,
+        &mut redo,
+    )?;
+    if redo.resume != resume || again.damage.is_some() {
+        // The log read differently the second time (nothing of ours
+        // writes it): stop rather than redo something unchecked.
+        return Err(Error::LogChanged {
+            checked: resume,
+            replayed: redo.resume,
+        });
     }
     // A new epoch before any log write of this run.
     let control = Control {
@@ -312,7 +365,7 @@ fn recover<D: BlockDevice>(
         epoch_start: resume,
         ..control
     };
-    store.io().write_control(&control)?;
+    io.write_control(&control)?;
     log::info!(
         "recovery: {} records from {} to {} ({}), {} transactions replayed, {} pages repaired",
         report.records,
@@ -323,7 +376,7 @@ fn recover<D: BlockDevice>(
         report.pages_repaired.len()
     );
     let tail = read_tail(&mut log_dev, &geo, resume, &mut buf, env)?;
-    let engine = Engine::assemble(log_dev, store, control, tail, config)?;
+    let engine = Engine::assemble(log_dev, io, pool, hook, control, tail, config)?;
     engine.wal.truncate_tail()?;
     let ckpt = engine.checkpoint()?;
     report.pages_written = ckpt.pages_written;
@@ -331,86 +384,171 @@ fn recover<D: BlockDevice>(
     Ok((engine, report))
 }
 
-fn redo_record<D: BlockDevice>(
-    store: &PageStore<D>,
-    damaged: &mut [Option<PageCheck>],
-    pending: &mut Vec<Pending>,
-    report: &mut RecoveryReport,
-    lsn: Lsn,
-    rec: Record<'_>,
-) -> Result<(), Error> {
-    match rec {
-        Record::PageImage { page, image } => {
-            let mut f = store.latch(page).ok_or(Error::BadLogRecord {
+/// Scans the log of `control` from its redo point through `replay`: all of
+/// it (judging its end), or up to `until`.
+fn scan_log<D: BlockDevice, B: BufferManager>(
+    log_dev: &mut D,
+    geo: &LogGeometry,
+    control: &Control,
+    until: Option<Lsn>,
+    buf: &mut DmaBytes,
+    env: Env,
+    replay: &mut Replay<'_, B>,
+) -> Result<ScanSummary, Error> {
+    let handle = |lsn: Lsn, rec: Record<'_>| replay.record(lsn, rec);
+    match until {
+        None => scan(
+            log_dev,
+            geo,
+            control.redo,
+            control.epoch_start,
+            buf,
+            env,
+            handle,
+        ),
+        Some(end) => scan_to(
+            log_dev,
+            geo,
+            control.redo..end,
+            control.epoch_start,
+            buf,
+            env,
+            handle,
+        ),
+    }
+    .map_err(scan_error)
+}
+
+struct Pending {
+    page: PageId,
+    offset: usize,
+    data: Vec<u8>,
+}
+
+/// One pass over the log: the check (`pool` is `None`: records are
+/// validated, damaged pages tracked, transactions counted, nothing
+/// applied) or the redo (through `pool`).
+struct Replay<'a, B> {
+    pages: u64,
+    pool: Option<&'a B>,
+    /// Damaged pages not restored from an image yet (the check pass).
+    damaged: BTreeMap<u64, PageCheck>,
+    pending: Vec<Pending>,
+    report: &'a mut RecoveryReport,
+    /// The end of the last commit record seen.
+    resume: Lsn,
+}
+
+impl<B: BufferManager> Replay<'_, B> {
+    fn check_page(&self, lsn: Lsn, page: PageId) -> Result<(), Error> {
+        if page.0 >= self.pages {
+            return Err(Error::BadLogRecord {
                 lsn,
                 problem: RecordProblem::NoSuchPage(page),
-            })?;
-            f.page.0.copy_from_slice(image);
-            f.dirty = true;
-            report.page_images += 1;
-            if damaged[page.0 as usize].take().is_some() {
-                report.pages_repaired.push(page);
-            }
-        }
-        Record::PageWrite { page, offset, data } => {
-            if page.0 >= store.pages() {
-                return Err(Error::BadLogRecord {
-                    lsn,
-                    problem: RecordProblem::NoSuchPage(page),
-                });
-            }
-            if (offset as usize) < crate::page::PAGE_HEADER
-                || offset as usize + data.len() > crate::PAGE_SIZE
-            {
-                return Err(Error::BadLogRecord {
-                    lsn,
-                    problem: RecordProblem::OutsidePage {
-                        page,
-                        offset: offset as usize,
-                        len: data.len(),
-                    },
-                });
-            }
-            pending.push(Pending {
-                page,
-                offset: offset as usize,
-                data: data.to_vec(),
             });
         }
-        Record::Commit { writes } => {
-            if writes as usize != pending.len() {
-                return Err(Error::BadLogRecord {
-                    lsn,
-                    problem: RecordProblem::WriteCount {
-                        commit_says: writes,
-                        found: pending.len() as u64,
+        Ok(())
+    }
+
+    fn record(&mut self, lsn: Lsn, rec: Record<'_>) -> Result<(), Error> {
+        match rec {
+            Record::PageImage { page, image } => {
+                self.check_page(lsn, page)?;
+                match self.pool {
+                    None => {
+                        self.report.page_images += 1;
+                        if self.damaged.remove(&page.0).is_some() {
+                            self.report.pages_repaired.push(page);
+                        }
+                    }
+                    Some(pool) => {
+                        // Installed without reading the page: its stored
+                        // copy may be torn.
+                        let mut g = pool.fix_overwrite(page).map_err(Error::Pool)?;
+                        let bytes = g.bytes_mut();
+                        bytes.copy_from_slice(image);
+                        // The page's own id in the header's id field, as
+                        // `fix_overwrite` left it (an image of page P holds
+                        // P there already; Tabby relies on it).
+                        bytes[16..24].copy_from_slice(&page.0.to_le_bytes());
+                    }
+                }
+            }
+            Record::PageWrite { page, offset, data } => {
+                self.check_page(lsn, page)?;
+                let offset = offset as usize;
+                if offset < PAGE_HEADER || offset + data.len() > PAGE_SIZE {
+                    return Err(Error::BadLogRecord {
+                        lsn,
+                        problem: RecordProblem::OutsidePage {
+                            page,
+                            offset,
+                            len: data.len(),
+                        },
+                    });
+                }
+                self.pending.push(Pending {
+                    page,
+                    offset,
+                    data: if self.pool.is_some() {
+                        data.to_vec()
+                    } else {
+                        Vec::new()
                     },
                 });
             }
-            let end = lsn_advance(lsn, rec.encoded_len() as u64);
-            let mut touched: Vec<PageId> = vec![];
-            for w in pending.drain(..) {
-                if let Some(c) = damaged[w.page.0 as usize] {
-                    return Err(Error::UnrepairablePage(w.page, c));
+            Record::Commit { writes } => {
+                if writes as usize != self.pending.len() {
+                    return Err(Error::BadLogRecord {
+                        lsn,
+                        problem: RecordProblem::WriteCount {
+                            commit_says: writes,
+                            found: self.pending.len() as u64,
+                        },
+                    });
                 }
-                let mut f = store.latch(w.page).expect("checked page id");
-                if page_lsn(&f.page.0) < end {
-                    f.page.0[w.offset..w.offset + w.data.len()].copy_from_slice(&w.data);
-                    report.writes_applied += 1;
-                    if !touched.contains(&w.page) {
-                        touched.push(w.page);
+                let end = lsn_advance(lsn, rec.encoded_len() as u64);
+                match self.pool {
+                    None => {
+                        for w in &self.pending {
+                            if let Some(&c) = self.damaged.get(&w.page.0) {
+                                return Err(Error::UnrepairablePage(w.page, c));
+                            }
+                        }
+                        self.report.transactions += 1;
+                        self.pending.clear();
                     }
-                } else {
-                    report.writes_skipped += 1;
+                    Some(pool) => self.apply(pool, end)?,
                 }
+                self.resume = end;
             }
-            for p in touched {
-                let mut f = store.latch(p).expect("checked page id");
-                set_page_lsn(&mut f.page.0, end);
-                f.dirty = true;
-            }
-            report.transactions += 1;
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Applies the pending writes of the transaction whose commit record
+    /// ends at `end`, page by page: a page whose LSN is below `end` gets
+    /// all its writes (in log order) and LSN `end`; a page already holding
+    /// them is left as it is.
+    fn apply(&mut self, pool: &B, end: Lsn) -> Result<(), Error> {
+        let mut pending = core::mem::take(&mut self.pending);
+        // Stable: a page's writes stay in log order.
+        pending.sort_by_key(|w| w.page);
+        for run in pending.chunk_by(|a, b| a.page == b.page) {
+            let mut g = pool.fix_exclusive(run[0].page).map_err(Error::Pool)?;
+            if g.lsn() < end {
+                let bytes = g.bytes_mut();
+                for w in run {
+                    bytes[w.offset..w.offset + w.data.len()].copy_from_slice(&w.data);
+                }
+                g.set_lsn(end);
+                self.report.writes_applied += run.len() as u64;
+            } else {
+                self.report.writes_skipped += run.len() as u64;
+            }
+        }
+        pending.clear();
+        self.pending = pending;
+        Ok(())
+    }
 }

@@ -11,8 +11,9 @@ mod common;
 use common::*;
 use dbos_bufferpool::control::{Control, ControlError};
 use dbos_bufferpool::device::{DeviceError, BLOCK_SIZE};
-use dbos_bufferpool::fuzzing::{config, MemDevice, MemDisk};
+use dbos_bufferpool::fuzzing::{config, pool, MemDevice, MemDisk};
 use dbos_bufferpool::log::{LOG_BLOCK, SECTOR};
+use dbos_bufferpool::pool::hash::HashPool;
 use dbos_bufferpool::{
     CommitMode, Config, Damage, Engine, Error, KvTable, Layout, Lsn, PageId, RecoveryReport,
     ScanStop, SectorState, WalError,
@@ -25,14 +26,26 @@ const LAYOUT: Layout = Layout {
     data_pages: 4,
 };
 
-type Mem = Engine<MemDevice>;
+type Mem = Engine<MemDevice, HashPool<MemDevice>>;
 
 fn mem_format(disk: &Arc<MemDisk>, layout: Layout, config: Config) -> Mem {
-    Engine::format(MemDevice::new(disk), MemDevice::new(disk), layout, config).unwrap()
+    Engine::format(
+        MemDevice::new(disk),
+        MemDevice::new(disk),
+        layout,
+        config,
+        pool(disk, FRAMES),
+    )
+    .unwrap()
 }
 
 fn mem_open(disk: &Arc<MemDisk>) -> Result<(Mem, RecoveryReport), Error> {
-    Engine::open(MemDevice::new(disk), MemDevice::new(disk), config())
+    Engine::open(
+        MemDevice::new(disk),
+        MemDevice::new(disk),
+        config(),
+        pool(disk, FRAMES),
+    )
 }
 
 fn blank(layout: Layout) -> Arc<MemDisk> {
@@ -298,6 +311,7 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
         MemDevice::new(&disk),
         LAYOUT,
         config(),
+        pool(&disk, FRAMES),
     );
     assert_eq!(r.err(), Some(want));
     assert!(disk.image() == img, "nothing written");
@@ -347,7 +361,8 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
                 MemDevice::new(&tiny),
                 MemDevice::new(&tiny),
                 LAYOUT,
-                config()
+                config(),
+                pool(&tiny, FRAMES)
             ),
             Err(Error::DeviceTooSmall { needed: 2, .. })
         ));
@@ -360,6 +375,7 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
         MemDevice::new(&fresh),
         LAYOUT,
         config(),
+        pool(&fresh, FRAMES),
     )
     .unwrap();
     assert!(report.is_none());
@@ -370,6 +386,7 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
         MemDevice::new(&fresh),
         LAYOUT,
         config(),
+        pool(&fresh, FRAMES),
     )
     .unwrap();
     assert_eq!(report.unwrap().transactions, 1);
@@ -379,7 +396,13 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
     let mut img3 = vec![0u8; LAYOUT.blocks() as usize * BLOCK_SIZE];
     img3[(LAYOUT.blocks() as usize - 1) * BLOCK_SIZE + 9] = 1;
     let d3 = MemDisk::new(img3);
-    let r = Engine::open_or_format(MemDevice::new(&d3), MemDevice::new(&d3), LAYOUT, config());
+    let r = Engine::open_or_format(
+        MemDevice::new(&d3),
+        MemDevice::new(&d3),
+        LAYOUT,
+        config(),
+        pool(&d3, FRAMES),
+    );
     assert_eq!(
         r.err(),
         Some(Error::NoControlBlock {
@@ -641,4 +664,48 @@ fn a_crash_between_the_recovery_control_write_and_the_log_cut_recovers() {
         e.read(PageId(2), 2000, &mut got).unwrap();
         assert!(got == data);
     }
+}
+
+/// An all-zero data page is damage (format writes every page before the
+/// control block): repaired from its image if the log has one, refused
+/// otherwise, with nothing written. (Before the pool, recovery took it for
+/// an empty page and silently lost what it held.)
+#[test]
+fn an_all_zero_page_is_repaired_from_its_image_or_refused() {
+    let (disk, e) = manual_store();
+    let kv = KvTable::new(&e, PageId(0), 4);
+    let on_page = |p: u64| p * dbos_bufferpool::kv::SLOTS_PER_PAGE + 5;
+    kv.put(&[(on_page(1), 11)]).unwrap();
+    e.checkpoint().unwrap();
+    // Page 2's first change after the checkpoint logs its image.
+    kv.put(&[(on_page(2), 22)]).unwrap();
+    e.checkpoint().unwrap();
+    kv.put(&[(on_page(2), 23)]).unwrap();
+    drop(e);
+    let zero = |img: &mut Vec<u8>, p: u64| {
+        let at = LAYOUT.page_lba(PageId(p)) as usize * BLOCK_SIZE;
+        img[at..at + BLOCK_SIZE].fill(0);
+    };
+    // Page 2 changed after the last checkpoint: its image is in the log.
+    let mut img = disk.image();
+    zero(&mut img, 2);
+    let d = MemDisk::new(img);
+    let (e, report) = mem_open(&d).unwrap();
+    assert_eq!(report.pages_repaired, [PageId(2)]);
+    let kv = KvTable::new(&e, PageId(0), 4);
+    assert_eq!(kv.get(on_page(2)).unwrap(), 23);
+    assert_eq!(kv.get(on_page(1)).unwrap(), 11);
+    drop(e);
+    // Page 1 last changed before it: no image, refused, nothing written.
+    let mut img = disk.image();
+    zero(&mut img, 1);
+    let d = MemDisk::new(img.clone());
+    assert_eq!(
+        mem_open(&d).err(),
+        Some(Error::UnrepairablePage(
+            PageId(1),
+            dbos_bufferpool::page::PageCheck::Empty
+        ))
+    );
+    assert!(d.image() == img, "a refusing recovery wrote");
 }

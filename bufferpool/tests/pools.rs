@@ -182,6 +182,7 @@ fn tabby_config(cfg: PoolConfig, eviction: Eviction) -> TabbyConfig {
     TabbyConfig {
         capacity: cfg.capacity,
         allocated: cfg.allocated,
+        first_block: cfg.first_block,
         evict_batch: cfg.evict_batch,
         durability: cfg.durability,
         relax: cfg.relax,
@@ -194,6 +195,7 @@ fn config(capacity: usize, log: &Arc<RecordingLog>, batch: usize) -> PoolConfig 
     PoolConfig {
         capacity,
         allocated: 0,
+        first_block: 0,
         evict_batch: batch,
         durability: log.clone(),
         relax: std::thread::yield_now,
@@ -996,4 +998,109 @@ fn tabby_setup_errors_come_at_creation() {
     let free = plat.free_frames();
     drop(small_tabby(plat, 8, Eviction::Tabby, true));
     assert_eq!(plat.free_frames(), free);
+}
+
+/// What `fix_overwrite` leaves for page `id`: zeros, the id at 16..24.
+fn overwritten_image(id: PageId) -> Vec<u8> {
+    let mut img = vec![0u8; PAGE_SIZE];
+    img[16..24].copy_from_slice(&id.0.to_le_bytes());
+    img
+}
+
+#[test]
+fn fix_overwrite_installs_a_page_without_reading_it() {
+    for kind in KINDS {
+        let (p, disk, _) = pool(kind, 4, 64, 1);
+        for _ in 0..12 {
+            let mut g = p.allocate().unwrap();
+            let id = g.id();
+            g.bytes_mut()[100] = id.0 as u8 + 1;
+        }
+        p.flush().unwrap();
+        while p.evict(64).unwrap() > 0 {}
+        // Page 7 torn on storage: a read refuses it.
+        let mut img = disk.page(7);
+        img[2000] ^= 4;
+        disk.set_page(7, &img);
+        let torn = Some(PoolError::Corrupt {
+            id: PageId(7),
+            check: PageCheck::BadChecksum,
+        });
+        assert_eq!(p.fix_exclusive(PageId(7)).err(), torn, "{kind:?}");
+        // Installed without a read, in a frame that held another page
+        // (frames are reused): zeros and its id, then the caller's bytes.
+        let reads = p.stats().reads;
+        {
+            let mut g = p.fix_overwrite(PageId(7)).unwrap();
+            assert!(g.bytes() == overwritten_image(PageId(7)), "{kind:?}");
+            g.bytes_mut()[100] = 77;
+        }
+        assert_eq!(p.stats().reads, reads, "{kind:?}: read");
+        // Unfixed dirty: written back sealed, read back valid.
+        while p.evict(64).unwrap() > 0 {}
+        assert_eq!(page::verify(&disk.page(7), PageId(7)), PageCheck::Valid);
+        assert_eq!(p.fix_shared(PageId(7)).unwrap().bytes()[100], 77);
+        // A resident page is cleared too, never left as it was.
+        assert_eq!(p.fix_shared(PageId(3)).unwrap().bytes()[100], 4);
+        let g = p.fix_overwrite(PageId(3)).unwrap();
+        assert!(g.bytes() == overwritten_image(PageId(3)), "{kind:?}");
+    }
+}
+
+#[test]
+fn pages_start_at_the_first_block() {
+    for kind in KINDS {
+        let log = Arc::new(RecordingLog::default());
+        let disk = Disk::new(40, log.clone());
+        let build = |first_block: u64| -> Result<Box<dyn BufferManager>, PoolError> {
+            let cfg = PoolConfig {
+                first_block,
+                ..config(4, &log, 2)
+            };
+            let devs = vec![MemDevice::new(&disk)];
+            Ok(match kind {
+                Kind::VmCache => Box::new(VmCache::new(devs, cfg)?),
+                Kind::Hash => Box::new(HashPool::new(devs, cfg)?),
+                Kind::Tabby => Box::new(Tabby::new(
+                    platform(),
+                    devs,
+                    tabby_config(cfg, Eviction::Tabby),
+                )?),
+                Kind::TabbyInvalidateAll => Box::new(Tabby::new(
+                    platform(),
+                    devs,
+                    tabby_config(cfg, Eviction::InvalidateAll),
+                )?),
+            })
+        };
+        let p = build(30).unwrap();
+        // Ten pages fit from block 30 of 40.
+        for i in 0..10 {
+            p.allocate().unwrap().bytes_mut()[200] = i + 1;
+        }
+        assert_eq!(
+            p.allocate().err(),
+            Some(PoolError::DeviceFull { pages: 10 }),
+            "{kind:?}"
+        );
+        p.flush().unwrap();
+        for i in 0..10u64 {
+            assert_eq!(
+                page::verify(&disk.page(30 + i), PageId(i)),
+                PageCheck::Valid
+            );
+            assert_eq!(disk.page(30 + i)[200], i as u8 + 1);
+        }
+        assert!((0..30).all(|b| disk.page(b).iter().all(|&x| x == 0)));
+        drop(p);
+        // A data area past the device's end is refused at setup.
+        assert_eq!(
+            build(41).err(),
+            Some(PoolError::Setup {
+                what: "the data area starts past the device's end",
+                errno: 0
+            }),
+            "{kind:?}"
+        );
+    }
 }

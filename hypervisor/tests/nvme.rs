@@ -98,7 +98,7 @@ fn disk_files_are_never_resized_or_invented() {
     drop(vm(DiskConfig::new(&path, None)).unwrap());
 }
 
-/// The key-value store guest (bufferpool's WAL and page store in ring 0):
+/// The key-value store guest (bufferpool's WAL and engine on a hash pool in ring 0):
 /// format, stop it mid-run at the time limit (a clean stop: every I/O in
 /// flight completes; power cuts are in tests/crash.rs), recover.
 #[test]

@@ -1,7 +1,9 @@
 //! The classic design, as the baseline the VM-based pools must beat: a
 //! frame array, a table from page id to frame, one versioned [`Latch`] per
-//! frame, clock eviction. Same interface and invariants as
-//! [`VmCache`](super::vmcache::VmCache).
+//! frame, clock eviction. Same interface and invariants as the
+//! vmcache-style process pool. It needs no virtual-memory tricks, so it
+//! also builds for the guest (frames on the heap), where it is the
+//! engine's pool until Tabby.
 //!
 //! The table is open addressing with linear probing over `AtomicU64`
 //! entries (`(pid + 1) << 24 | frame`, 0 empty), at most half full. Hits
@@ -13,15 +15,14 @@
 //! page id is checked; a change after that bumps the version, which the
 //! reader validates.
 
-use super::os::Mapping;
+use super::memory::Mapping;
 use super::resident::{Frames, Held, PoolCore};
-use super::vmcache::PoolConfig;
-use super::{BufferManager, Counters, Frame, Latch, PoolError, PoolStats};
+use super::{overwritten, BufferManager, Counters, Frame, Latch, PoolConfig, PoolError, PoolStats};
 use crate::device::BlockDevice;
 use crate::pool::latch::{state, EVICTED, EXCLUSIVE, MARKED, UNLOCKED};
 use crate::{PageId, PAGE_SIZE};
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
-use std::vec::Vec;
 
 const FRAME_BITS: u32 = 24;
 const FRAME_MASK: u64 = (1 << FRAME_BITS) - 1;
@@ -170,13 +171,14 @@ impl<D: BlockDevice> HashPool<D> {
 
     /// Page `id` resident: its frame and the latch word seen (not
     /// Exclusive, not Evicted), or, if `exclusive`, its frame latched
-    /// exclusively (the word returned is then meaningless).
-    fn resident(&self, id: PageId, exclusive: bool) -> Result<(usize, u64), PoolError> {
+    /// exclusively (the word returned is then meaningless). A miss reads
+    /// the page, or with `read` false zeroes the frame instead.
+    fn resident(&self, id: PageId, exclusive: bool, read: bool) -> Result<(usize, u64), PoolError> {
         self.core.check(id)?;
         loop {
             let f = match self.table.get(id) {
                 Some(f) => f,
-                None => match self.miss(id)? {
+                None => match self.miss(id, read)? {
                     // We loaded it and hold it exclusively.
                     Some(f) => {
                         if exclusive {
@@ -219,8 +221,9 @@ impl<D: BlockDevice> HashPool<D> {
     /// The slow path of a lookup that found nothing: re-checks under the
     /// table lock and, if `id` is still absent, loads it into a free frame.
     /// `Some(frame)` latched exclusively if we loaded it, `None` if it turned
-    /// out to be there (retry the lookup).
-    fn miss(&self, id: PageId) -> Result<Option<usize>, PoolError> {
+    /// out to be there (retry the lookup). With `read` false the frame is
+    /// zeroed instead of read (see `fix_overwrite_frame`).
+    fn miss(&self, id: PageId, read: bool) -> Result<Option<usize>, PoolError> {
         let f = self.core.take_slot(self)?;
         let latch = &self.latches[f];
         {
@@ -236,6 +239,10 @@ impl<D: BlockDevice> HashPool<D> {
             debug_assert!(locked && state(w) == EVICTED);
             self.core.slots.set(f, id);
             self.table.insert_locked(id, f);
+        }
+        if !read {
+            // The caller overwrites it (`fix_overwrite_frame`).
+            return Ok(Some(f));
         }
         if let Err(e) = self.core.io.read_page(id, self.bytes_mut(f)) {
             {
@@ -284,13 +291,19 @@ impl<D: BlockDevice> Frames for HashPool<D> {
 // unfix_exclusive_frame.
 unsafe impl<D: BlockDevice> BufferManager for HashPool<D> {
     fn fix_exclusive_frame(&self, id: PageId) -> Result<Frame<'_>, PoolError> {
-        let (f, _) = self.resident(id, true)?;
+        let (f, _) = self.resident(id, true, true)?;
+        Ok(self.frame(id, f))
+    }
+
+    fn fix_overwrite_frame(&self, id: PageId) -> Result<Frame<'_>, PoolError> {
+        let (f, _) = self.resident(id, true, false)?;
+        overwritten(self.bytes_mut(f), id);
         Ok(self.frame(id, f))
     }
 
     fn fix_shared_frame(&self, id: PageId) -> Result<Frame<'_>, PoolError> {
         loop {
-            let (f, w) = self.resident(id, false)?;
+            let (f, w) = self.resident(id, false, true)?;
             let latch = &self.latches[f];
             if latch.try_lock_shared(w) || latch.try_lock_shared(latch.load()) {
                 if self.core.slots.get(f) == Some(id) {
@@ -304,7 +317,7 @@ unsafe impl<D: BlockDevice> BufferManager for HashPool<D> {
 
     #[inline]
     fn fix_optimistic_frame(&self, id: PageId) -> Result<(Frame<'_>, u64), PoolError> {
-        let (f, w) = self.resident(id, false)?;
+        let (f, w) = self.resident(id, false, true)?;
         Ok((self.frame(id, f), w))
     }
 

@@ -6,7 +6,8 @@
 //! Implementations:
 //! - [`vmcache::VmCache`] (process): every page id has a fixed address in
 //!   one anonymous `MAP_NORESERVE` window; eviction is `MADV_DONTNEED`.
-//! - [`hash::HashPool`] (process): a frame array and a page-id -> frame
+//! - [`hash::HashPool`] (process, and the guest without virtual-memory
+//!   tricks: frames on the heap): a frame array and a page-id -> frame
 //!   table, the classic design.
 //! - [`tabby::Tabby`] (guest, and a process through libdbos's
 //!   `ProcessPlatform`): the vmcache layout on a libdbos [`Platform`] window
@@ -66,14 +67,14 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 pub mod latch;
 pub use latch::Latch;
 
-#[cfg(not(target_os = "none"))]
 pub mod hash;
-#[cfg(not(target_os = "none"))]
-mod os;
+mod memory;
 mod resident;
 pub mod tabby;
 #[cfg(not(target_os = "none"))]
 pub mod vmcache;
+
+pub use resident::PoolConfig;
 
 /// What went wrong in a pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,6 +154,13 @@ pub struct Stale;
 pub trait Durability: Send + Sync {
     /// Returns once the log is durable up to at least `lsn`, or fails.
     fn ensure_durable(&self, lsn: Lsn) -> Result<(), DurabilityError>;
+
+    /// A page write of the pool failed (called by [`IoQueues::write_pages`]
+    /// before it returns the error). An owner that must not retry page
+    /// writes (the engine: a failed write stops it) fails itself here, so
+    /// that its next `ensure_durable` refuses and no other thread's
+    /// eviction writes a page before the error has reached the owner.
+    fn page_write_failed(&self, _id: PageId, _error: DeviceError) {}
 }
 
 /// The log could not be made durable.
@@ -278,6 +286,18 @@ pub unsafe trait BufferManager: Sync {
     /// Makes page `id` resident and returns its frame and the latch word
     /// an optimistic read starts from (never Exclusive or Evicted).
     fn fix_optimistic_frame(&self, id: PageId) -> Result<(Frame<'_>, u64), PoolError>;
+    /// Fixes page `id` exclusively *without reading it*: the caller is about
+    /// to overwrite the page (recovery installing a page image from the
+    /// log over a page whose stored copy is torn). If the page is resident,
+    /// its frame is returned latched; if not, a frame is taken (evicting if
+    /// needed) and the page becomes resident in it, nothing read and
+    /// nothing checked. Either way the bytes are those `overwritten`
+    /// leaves: zeros, with the page's own id in the header's id field
+    /// (bytes 16..24, where Tabby's frame header names the page), so a
+    /// caller that writes less never leaves another page's bytes. A caller
+    /// must keep bytes 16..24 as the page id. Waits (relaxing) while others
+    /// hold the page. The caller unfixes it dirty.
+    fn fix_overwrite_frame(&self, id: PageId) -> Result<Frame<'_>, PoolError>;
     /// Releases an exclusive fix; `dirty` if the page was changed.
     fn unfix_exclusive_frame(&self, frame: &Frame<'_>, dirty: bool);
     /// Releases a shared fix.
@@ -289,8 +309,18 @@ pub unsafe trait BufferManager: Sync {
     /// evict inline when they need a frame; a background thread may call
     /// this to keep frames free.
     fn evict(&self, pages: usize) -> Result<usize, PoolError>;
-    /// Writes every dirty unlatched resident page back (they stay
-    /// resident). Returns how many were written.
+    /// Writes back every page that is dirty when the call begins (they stay
+    /// resident), each under the write-ahead rule; a page latched
+    /// exclusively is waited for, never skipped (a page evicted meanwhile
+    /// was written before it left the pool). Returns how many pages it
+    /// wrote. The caller must hold no latch of this pool (it could wait
+    /// for itself), and the flush holds no latch while it waits for one
+    /// (so it cannot deadlock with a holder waiting for another page). The
+    /// writes complete before it returns; making them durable (a device
+    /// flush) is the caller's.
+    ///
+    /// This is what a checkpoint relies on: after `flush` returns, every
+    /// change made before it began is written.
     fn flush(&self) -> Result<usize, PoolError>;
     /// Page ids handed out so far (`0..page_count()` are valid).
     fn page_count(&self) -> u64;
@@ -331,6 +361,17 @@ pub trait Pool: BufferManager {
         })
     }
 
+    /// Fixes page `id` exclusively without reading it, dirty: see
+    /// [`BufferManager::fix_overwrite_frame`].
+    fn fix_overwrite(&self, id: PageId) -> Result<ExclusiveGuard<'_, Self>, PoolError> {
+        let frame = self.fix_overwrite_frame(id)?;
+        Ok(ExclusiveGuard {
+            pool: self,
+            frame,
+            dirty: true,
+        })
+    }
+
     /// Allocates a new zeroed page, fixed exclusively and dirty.
     fn allocate(&self) -> Result<ExclusiveGuard<'_, Self>, PoolError> {
         let frame = self.allocate_frame()?;
@@ -343,6 +384,14 @@ pub trait Pool: BufferManager {
 }
 
 impl<B: BufferManager + ?Sized> Pool for B {}
+
+/// Makes `page` what [`BufferManager::fix_overwrite_frame`] returns for page
+/// `id`: zeros, with `id` in the page header's id field (bytes 16..24, as
+/// [`page::seal`] writes it).
+pub(crate) fn overwritten(page: &mut [u8], id: PageId) {
+    page[..PAGE_SIZE].fill(0);
+    page[16..24].copy_from_slice(&id.0.to_le_bytes());
+}
 
 /// An exclusive fix; unfixed on drop (dirty if the bytes were borrowed
 /// mutably or [`mark_dirty`](Self::mark_dirty) was called).
@@ -619,6 +668,8 @@ struct Queue<D> {
 pub struct IoQueues<D> {
     queues: Vec<spin::Mutex<Queue<D>>>,
     batch: usize,
+    /// The block of page 0.
+    first_block: u64,
     pages: u64,
     next: AtomicUsize,
     durability: Arc<dyn Durability>,
@@ -627,9 +678,23 @@ pub struct IoQueues<D> {
 
 impl<D: BlockDevice> IoQueues<D> {
     /// Queues over `devs` (at least one), each with `batch` pages of bounce
-    /// buffer.
+    /// buffer, page 0 at block 0.
     pub fn new(
         devs: Vec<D>,
+        batch: usize,
+        durability: Arc<dyn Durability>,
+        relax: fn(),
+    ) -> Result<IoQueues<D>, PoolError> {
+        IoQueues::over(devs, 0, batch, durability, relax)
+    }
+
+    /// Queues over `devs` whose page 0 is at block `first_block` (the
+    /// data area after the engine's control and log blocks); the pages are
+    /// those that fit from there to the device's end. `first_block` past
+    /// the device's end is refused.
+    pub fn over(
+        devs: Vec<D>,
+        first_block: u64,
         batch: usize,
         durability: Arc<dyn Durability>,
         relax: fn(),
@@ -640,7 +705,13 @@ impl<D: BlockDevice> IoQueues<D> {
                 errno: 0,
             });
         }
-        let pages = devs[0].block_count() / PAGE_BLOCKS as u64;
+        let Some(blocks) = devs[0].block_count().checked_sub(first_block) else {
+            return Err(PoolError::Setup {
+                what: "the data area starts past the device's end",
+                errno: 0,
+            });
+        };
+        let pages = blocks / PAGE_BLOCKS as u64;
         let mut queues = Vec::with_capacity(devs.len());
         for mut dev in devs {
             let buf = dev
@@ -659,6 +730,7 @@ impl<D: BlockDevice> IoQueues<D> {
         Ok(IoQueues {
             queues,
             batch,
+            first_block,
             pages,
             next: AtomicUsize::new(0),
             durability,
@@ -666,7 +738,12 @@ impl<D: BlockDevice> IoQueues<D> {
         })
     }
 
-    /// Pages the device holds.
+    /// The device block of page `id`.
+    fn lba(&self, id: PageId) -> u64 {
+        self.first_block + id.0 * PAGE_BLOCKS as u64
+    }
+
+    /// Pages the device holds from the first block on.
     pub fn device_pages(&self) -> u64 {
         self.pages
     }
@@ -693,7 +770,7 @@ impl<D: BlockDevice> IoQueues<D> {
     pub fn read_page(&self, id: PageId, dest: &mut [u8]) -> Result<(), PoolError> {
         let relax = self.relax;
         self.with_queue(|q| {
-            let lba = id.0 * PAGE_BLOCKS as u64;
+            let lba = self.lba(id);
             let io = Io::read(lba, PAGE_BLOCKS as u32, q.bounce.io_buf().addr);
             run_all(&mut q.dev, &[io], relax).map_err(|error| PoolError::Device {
                 id,
@@ -736,17 +813,20 @@ impl<D: BlockDevice> IoQueues<D> {
                 copy.copy_from_slice(&src[..PAGE_SIZE]);
                 page::seal(copy, *id);
                 q.ios.push(Io::write(
-                    id.0 * PAGE_BLOCKS as u64,
+                    self.lba(*id),
                     PAGE_BLOCKS as u32,
                     base.block_addr(i * PAGE_BLOCKS),
                     false,
                 ));
             }
             let Queue { dev, ios, .. } = q;
-            run_all(dev, ios, relax).map_err(|error| PoolError::Device {
-                id: pages[0].0,
-                kind: IoKind::Write,
-                error,
+            run_all(dev, ios, relax).map_err(|error| {
+                self.durability.page_write_failed(pages[0].0, error);
+                PoolError::Device {
+                    id: pages[0].0,
+                    kind: IoKind::Write,
+                    error,
+                }
             })
         })
     }

@@ -4,8 +4,9 @@
 //! lists and the clock hand), dirty flags, page-id allocation, the clock
 //! sweep, batched write-back, eviction and flush ([`PoolCore`]).
 //!
-//! It is `no_std` (Tabby runs in the guest): the dirty flags are a zeroed
-//! anonymous mapping in a process and a heap vector in the guest. Free slots
+//! It is `no_std` (Tabby and the hash pool run in the guest): the dirty
+//! flags are a zeroed anonymous mapping in a process and zeroed heap memory
+//! in the guest (`memory.rs`). Free slots
 //! are kept in one list per CPU ([`Slots`]; the process pools use one list,
 //! Tabby one per platform CPU), a slot freed by an eviction goes on the
 //! evicting CPU's list, and a CPU whose list is empty steals from the others.
@@ -14,9 +15,8 @@
 //! the page id in vmcache, the frame number in the hash pool. It tells the
 //! shared code how slots map to indexes through [`Frames`].
 
-use super::latch::{state, EVICTED, MARKED, UNLOCKED};
-#[cfg(not(target_os = "none"))]
-use super::os::ZeroedArray;
+use super::latch::{state, EVICTED, EXCLUSIVE, MARKED, UNLOCKED};
+use super::memory::ZeroedArray;
 use super::{Counters, Durability, Frame, IoQueues, Latch, PoolError, PoolStats};
 use crate::device::BlockDevice;
 use crate::PageId;
@@ -24,33 +24,69 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
+/// How a process pool (or the guest's hash pool) is set up.
+#[derive(Clone)]
+pub struct PoolConfig {
+    /// Resident pages at most.
+    pub capacity: usize,
+    /// Pages already allocated on the device (`allocate` continues after
+    /// them; 0 for a new pool).
+    pub allocated: u64,
+    /// The device block holding page 0 (the data area's start: the
+    /// engine's pages follow its control and log blocks). Must lie inside
+    /// the device; page `n` is at `first_block + n * (PAGE_SIZE /
+    /// BLOCK_SIZE)`.
+    pub first_block: u64,
+    /// Pages evicted (and written) per batch.
+    pub evict_batch: usize,
+    /// The owner's write-ahead hook.
+    pub durability: Arc<dyn Durability>,
+    /// Called in wait loops.
+    pub relax: fn(),
+}
+
+impl PoolConfig {
+    /// The shared core's part of it (one free list).
+    pub(crate) fn core(&self) -> CoreConfig<'_> {
+        CoreConfig {
+            capacity: self.capacity,
+            allocated: self.allocated,
+            first_block: self.first_block,
+            evict_batch: self.evict_batch,
+            durability: &self.durability,
+            relax: self.relax,
+            free_lists: 1,
+        }
+    }
+
+    /// `capacity` pages from block 0, batches of 64, no log, yielding (in
+    /// a process) or spinning (in the guest) while waiting.
+    pub fn new(capacity: usize) -> PoolConfig {
+        PoolConfig {
+            capacity,
+            allocated: 0,
+            first_block: 0,
+            evict_batch: 64,
+            durability: Arc::new(super::NoLog),
+            #[cfg(not(target_os = "none"))]
+            relax: std::thread::yield_now,
+            #[cfg(target_os = "none")]
+            relax: core::hint::spin_loop,
+        }
+    }
+}
+
 /// How a pool's core is set up (from its configuration).
 pub(crate) struct CoreConfig<'a> {
     pub capacity: usize,
     pub allocated: u64,
+    /// The device block of page 0.
+    pub first_block: u64,
     pub evict_batch: usize,
     pub durability: &'a Arc<dyn Durability>,
     pub relax: fn(),
     /// Free lists (one per CPU that evicts and loads; at least 1).
     pub free_lists: usize,
-}
-
-/// Per-index dirty flags: lazily backed zeroed memory in a process (arrays
-/// over every page of a large device stay cheap), a heap vector in the guest.
-#[cfg(not(target_os = "none"))]
-type DirtyFlags = ZeroedArray<AtomicU8>;
-#[cfg(target_os = "none")]
-type DirtyFlags = Vec<AtomicU8>;
-
-fn dirty_flags(n: usize) -> Result<DirtyFlags, PoolError> {
-    #[cfg(not(target_os = "none"))]
-    {
-        ZeroedArray::new(n)
-    }
-    #[cfg(target_os = "none")]
-    {
-        Ok((0..n).map(|_| AtomicU8::new(0)).collect())
-    }
 }
 
 /// A pool's frames as the shared machinery sees them.
@@ -156,7 +192,7 @@ impl Slots {
 pub(crate) struct PoolCore<D> {
     /// Per frame index: 1 if the page there was changed since it was last
     /// written.
-    pub dirty: DirtyFlags,
+    pub dirty: ZeroedArray<AtomicU8>,
     pub slots: Slots,
     pub io: IoQueues<D>,
     next_pid: AtomicU64,
@@ -173,7 +209,13 @@ impl<D: BlockDevice> PoolCore<D> {
     /// `cfg.evict_batch` pages, at least one and at most the capacity.
     pub fn queues(devs: Vec<D>, cfg: &CoreConfig<'_>) -> Result<IoQueues<D>, PoolError> {
         let batch = cfg.evict_batch.clamp(1, cfg.capacity.max(1));
-        IoQueues::new(devs, batch, Arc::clone(cfg.durability), cfg.relax)
+        IoQueues::over(
+            devs,
+            cfg.first_block,
+            batch,
+            Arc::clone(cfg.durability),
+            cfg.relax,
+        )
     }
 
     /// The core of a pool over `io` (from [`queues`](Self::queues)) with
@@ -185,7 +227,7 @@ impl<D: BlockDevice> PoolCore<D> {
         name: &'static str,
     ) -> Result<PoolCore<D>, PoolError> {
         Ok(PoolCore {
-            dirty: dirty_flags(indexes)?,
+            dirty: ZeroedArray::new(indexes)?,
             slots: Slots::new(cfg.capacity, cfg.free_lists),
             evict_batch: io.batch(),
             io,
@@ -355,9 +397,24 @@ impl<D: BlockDevice> PoolCore<D> {
         Ok(victims.len())
     }
 
-    /// Writes every dirty resident page that can be latched shared back,
-    /// a batch at a time (they stay resident). Returns how many were
-    /// written.
+    /// Writes back every page dirty when the call begins (see
+    /// [`BufferManager::flush`](super::BufferManager::flush)), a batch at a
+    /// time, under shared latches (they stay resident). Returns how many
+    /// were written.
+    ///
+    /// Why no page dirty at the start is missed: a page stays in one slot
+    /// from its load to its eviction, and an eviction writes a dirty page
+    /// (the write completes) before the page leaves its slot. So when the
+    /// sweep reaches slot `s`, the page that was there at the start is
+    /// either still there (latched shared below, waiting for an exclusive
+    /// holder, and written if dirty) or was written by its eviction. The
+    /// dirty flag is cleared only after a write completes, under a latch
+    /// that excludes writers.
+    ///
+    /// While it waits for a latch it holds none: the batch gathered so far
+    /// is written and released first, so a holder that waits for a page
+    /// of the batch (a transaction latching pages in order) cannot
+    /// deadlock with it.
     pub fn flush(&self, frames: &impl Frames) -> Result<usize, PoolError> {
         let mut written = 0;
         let mut batch: Vec<Held> = Vec::new();
@@ -365,31 +422,44 @@ impl<D: BlockDevice> PoolCore<D> {
             b.drain(..)
                 .for_each(|h| frames.latch(h.index).unlock_shared())
         };
+        let mut write_batch = |batch: &mut Vec<Held>| -> Result<(), PoolError> {
+            let r = self.write_back(frames, batch);
+            release(batch);
+            written += r?;
+            Ok(())
+        };
         for slot in 0..self.capacity {
-            let Some((index, known)) = frames.locate(slot) else {
-                continue;
-            };
-            if self.dirty[index].load(Ordering::Relaxed) == 0 {
-                continue;
-            }
-            let latch = frames.latch(index);
-            let w = latch.load();
-            if state(w) == EVICTED || !latch.try_lock_shared(w) {
-                continue;
-            }
-            let Some(id) = known.or_else(|| self.slots.get(slot)) else {
-                latch.unlock_shared();
-                continue;
-            };
-            batch.push(Held { id, slot, index });
-            if batch.len() == self.evict_batch {
-                let r = self.write_back(frames, &batch);
-                release(&mut batch);
-                written += r?;
+            while let Some((index, known)) = frames.locate(slot) {
+                if self.dirty[index].load(Ordering::Relaxed) == 0 {
+                    break;
+                }
+                let latch = frames.latch(index);
+                let w = latch.load();
+                if state(w) == EVICTED {
+                    // Evicted (so written) after `locate` saw it.
+                    break;
+                }
+                if state(w) == EXCLUSIVE || !latch.try_lock_shared(w) {
+                    // Held, or the word moved: wait holding nothing.
+                    write_batch(&mut batch)?;
+                    (self.relax)();
+                    continue;
+                }
+                match self.slots.get(slot) {
+                    Some(id) if known.is_none_or(|k| k == id) => {
+                        batch.push(Held { id, slot, index });
+                        if batch.len() == self.evict_batch {
+                            write_batch(&mut batch)?;
+                        }
+                        break;
+                    }
+                    // The slot's page changed between `locate` and the
+                    // latch: look again at what it holds now.
+                    _ => latch.unlock_shared(),
+                }
             }
         }
-        let r = self.write_back(frames, &batch);
-        release(&mut batch);
-        Ok(written + r?)
+        write_batch(&mut batch)?;
+        Ok(written)
     }
 }

@@ -107,7 +107,7 @@
 
 use super::latch::{state, EVICTED, EXCLUSIVE, MARKED};
 use super::resident::{CoreConfig, Frames, Held, PoolCore};
-use super::{BufferManager, Counters, Durability, Frame, Latch, PoolError, PoolStats};
+use super::{overwritten, BufferManager, Counters, Durability, Frame, Latch, PoolError, PoolStats};
 use crate::device::BlockDevice;
 use crate::{PageId, PAGE_SIZE};
 use alloc::sync::Arc;
@@ -141,6 +141,9 @@ pub struct TabbyConfig {
     pub capacity: usize,
     /// Pages already allocated on the device (0 for a new pool).
     pub allocated: u64,
+    /// The device block holding page 0 (see
+    /// [`PoolConfig::first_block`](super::PoolConfig::first_block)).
+    pub first_block: u64,
     /// Pages evicted (and written) per batch.
     pub evict_batch: usize,
     /// The owner's write-ahead hook.
@@ -164,6 +167,7 @@ impl TabbyConfig {
         TabbyConfig {
             capacity,
             allocated: 0,
+            first_block: 0,
             evict_batch: 8,
             durability: Arc::new(super::NoLog),
             relax: core::hint::spin_loop,
@@ -176,6 +180,7 @@ impl TabbyConfig {
         CoreConfig {
             capacity: self.capacity,
             allocated: self.allocated,
+            first_block: self.first_block,
             evict_batch: self.evict_batch,
             durability: &self.durability,
             relax: self.relax,
@@ -625,6 +630,59 @@ unsafe impl<P: Platform + 'static, D: BlockDevice> BufferManager for Tabby<P, D>
                         latch.unmark(w);
                     }
                     return Ok((self.guard_frame(id), w));
+                }
+            }
+        }
+    }
+
+    fn fix_overwrite_frame(&self, id: PageId) -> Result<Frame<'_>, PoolError> {
+        self.core.check(id)?;
+        let latch = &self.latches[id.0 as usize];
+        loop {
+            let w = latch.load();
+            match state(w) {
+                EVICTED => {
+                    if latch.try_lock_exclusive(w) {
+                        // As `allocate_frame`, for an existing page: a free
+                        // frame, nothing read, the header naming the page
+                        // (invariant 2), then the entry pointed at it.
+                        let slot = self
+                            .core
+                            .take_slot(self)
+                            .inspect_err(|_| latch.unlock_exclusive_evicted())?;
+                        let frame = self.frames[slot];
+                        // SAFETY: a free frame of ours (see `load`).
+                        let bytes = unsafe {
+                            core::slice::from_raw_parts_mut(
+                                self.platform.frame_ptr(frame),
+                                PAGE_SIZE,
+                            )
+                        };
+                        overwritten(bytes, id);
+                        self.install(id, slot)
+                            .inspect_err(|_| latch.unlock_exclusive_evicted())?;
+                        return Ok(self.guard_frame(id));
+                    }
+                }
+                EXCLUSIVE => (self.core.relax)(),
+                _ => {
+                    if latch.try_lock_exclusive(w) {
+                        // Before any write: the translation must lead to the
+                        // page's frame.
+                        if let Err(e) = self.verify_latched(id) {
+                            latch.unlock_exclusive();
+                            return Err(e);
+                        }
+                        let f = self.guard_frame(id);
+                        // SAFETY: latched exclusively, translation verified:
+                        // these are the page's PAGE_SIZE bytes, ours alone
+                        // (optimistic readers fail validation).
+                        let bytes =
+                            unsafe { core::slice::from_raw_parts_mut(f.data.as_ptr(), PAGE_SIZE) };
+                        overwritten(bytes, id);
+                        return Ok(f);
+                    }
+                    (self.core.relax)();
                 }
             }
         }

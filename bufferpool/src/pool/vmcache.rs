@@ -19,59 +19,19 @@
 //!   optimistic reader of an evicted page reads zeros, never faults, and
 //!   fails validation.
 
-use super::os::{Mapping, ZeroedArray};
+use super::memory::{Mapping, ZeroedArray};
 use super::resident::{Frames, Held, PoolCore};
-use super::{BufferManager, Counters, Durability, Frame, Latch, PoolError, PoolStats};
+use super::{overwritten, BufferManager, Counters, Frame, Latch, PoolError, PoolStats};
 use crate::device::BlockDevice;
 use crate::{PageId, PAGE_SIZE};
 use latch_states::*;
-use std::sync::Arc;
 use std::vec::Vec;
 
 mod latch_states {
     pub use crate::pool::latch::{state, EVICTED, EXCLUSIVE, MARKED, UNLOCKED};
 }
 
-/// How a process pool is set up.
-#[derive(Clone)]
-pub struct PoolConfig {
-    /// Resident pages at most.
-    pub capacity: usize,
-    /// Pages already allocated on the device (`allocate` continues after
-    /// them; 0 for a new pool).
-    pub allocated: u64,
-    /// Pages evicted (and written) per batch.
-    pub evict_batch: usize,
-    /// The owner's write-ahead hook.
-    pub durability: Arc<dyn Durability>,
-    /// Called in wait loops.
-    pub relax: fn(),
-}
-
-impl PoolConfig {
-    /// The shared core's part of it (one free list).
-    pub(crate) fn core(&self) -> super::resident::CoreConfig<'_> {
-        super::resident::CoreConfig {
-            capacity: self.capacity,
-            allocated: self.allocated,
-            evict_batch: self.evict_batch,
-            durability: &self.durability,
-            relax: self.relax,
-            free_lists: 1,
-        }
-    }
-
-    /// `capacity` pages, batches of 64, no log, yielding while waiting.
-    pub fn new(capacity: usize) -> PoolConfig {
-        PoolConfig {
-            capacity,
-            allocated: 0,
-            evict_batch: 64,
-            durability: Arc::new(super::NoLog),
-            relax: std::thread::yield_now,
-        }
-    }
-}
+pub use super::PoolConfig;
 
 /// The vmcache-style process pool.
 pub struct VmCache<D> {
@@ -275,6 +235,34 @@ unsafe impl<D: BlockDevice> BufferManager for VmCache<D> {
                     return Ok((self.frame(id), w));
                 }
                 _ => return Ok((self.frame(id), w)),
+            }
+        }
+    }
+
+    fn fix_overwrite_frame(&self, id: PageId) -> Result<Frame<'_>, PoolError> {
+        self.core.check(id)?;
+        let latch = &self.latches[id.0 as usize];
+        loop {
+            let w = latch.load();
+            match state(w) {
+                UNLOCKED | MARKED => {
+                    if latch.try_lock_exclusive(w) {
+                        overwritten(self.page_mut(id), id);
+                        return Ok(self.frame(id));
+                    }
+                }
+                EVICTED => {
+                    if latch.try_lock_exclusive(w) {
+                        let slot = self.take_slot(latch)?;
+                        // Not resident: nothing is read; the window page
+                        // is zero (never touched, or released with
+                        // DONTNEED) and gets its id.
+                        overwritten(self.page_mut(id), id);
+                        self.core.slots.set(slot, id);
+                        return Ok(self.frame(id));
+                    }
+                }
+                _ => (self.core.relax)(),
             }
         }
     }

@@ -1,8 +1,11 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+use dbos_bufferpool::engine::PoolSetup;
 use dbos_bufferpool::host::{block_device, env, ProcessBlockDevice};
-use dbos_bufferpool::{CommitMode, Config, Engine, Layout};
+use dbos_bufferpool::pool::hash::HashPool;
+use dbos_bufferpool::pool::PoolConfig;
+use dbos_bufferpool::{CommitMode, Config, Engine, Layout, PoolError};
 use dbos_nvme::host::powercut::{PowerCut, PowerCutBackend};
 use dbos_nvme::host::testing::{InspectBackend, Inspector};
 use dbos_nvme::host::{BackingFile, Device, DeviceError, PollerConfig, UringConfig};
@@ -87,29 +90,65 @@ pub fn manual_config(mode: CommitMode) -> Config {
     }
 }
 
-pub fn format(dev: &Device, layout: Layout, mode: CommitMode) -> Engine<ProcessBlockDevice> {
+/// The pool of the engine tests on a process device.
+pub type TestPool = HashPool<ProcessBlockDevice>;
+
+/// The engine of the tests on a process device.
+pub type TestEngine = Engine<ProcessBlockDevice, TestPool>;
+
+/// Frames of the tests' pools: more than their layouts' pages (the tests
+/// of a pool smaller than the data say so).
+pub const FRAMES: usize = 16;
+
+/// A hash pool of `capacity` frames on two queues of `dev` (batches of 4
+/// pages: little registered memory per queue).
+pub fn hash_pool(
+    dev: &Device,
+    capacity: usize,
+) -> impl FnOnce(PoolSetup) -> Result<TestPool, PoolError> + '_ {
+    move |setup| {
+        HashPool::new(
+            vec![
+                block_device(dev, 64).unwrap(),
+                block_device(dev, 64).unwrap(),
+            ],
+            PoolConfig {
+                evict_batch: 4,
+                ..setup.config(capacity)
+            },
+        )
+    }
+}
+
+pub fn format(dev: &Device, layout: Layout, mode: CommitMode) -> TestEngine {
     format_with(dev, layout, config(mode))
 }
 
-pub fn format_with(dev: &Device, layout: Layout, config: Config) -> Engine<ProcessBlockDevice> {
+pub fn format_with(dev: &Device, layout: Layout, config: Config) -> TestEngine {
     let (l, d) = devices(dev);
-    Engine::format(l, d, layout, config).expect("format")
+    Engine::format(l, d, layout, config, hash_pool(dev, FRAMES)).expect("format")
 }
 
 pub fn open(
     dev: &Device,
     mode: CommitMode,
-) -> Result<(Engine<ProcessBlockDevice>, dbos_bufferpool::RecoveryReport), dbos_bufferpool::Error> {
+) -> Result<(TestEngine, dbos_bufferpool::RecoveryReport), dbos_bufferpool::Error> {
     let (l, d) = devices(dev);
-    Engine::open(l, d, config(mode))
+    Engine::open(l, d, config(mode), hash_pool(dev, FRAMES))
 }
 
 pub fn open_truncating(
     dev: &Device,
     request: dbos_bufferpool::TruncateRequest,
-) -> Result<(Engine<ProcessBlockDevice>, dbos_bufferpool::RecoveryReport), dbos_bufferpool::Error> {
+) -> Result<(TestEngine, dbos_bufferpool::RecoveryReport), dbos_bufferpool::Error> {
     let (l, d) = devices(dev);
-    Engine::open_truncating(l, d, config(CommitMode::Fua), request)
+    Engine::open_truncating(
+        l,
+        d,
+        config(CommitMode::Fua),
+        request,
+        hash_pool(dev, FRAMES),
+    )
 }
 
 /// Opens `dev`, truncating exactly the loss a refusing recovery reported
@@ -117,7 +156,7 @@ pub fn open_truncating(
 pub fn open_truncating_reported(
     dev: &Device,
     d: &dbos_bufferpool::LogDamage,
-) -> Result<(Engine<ProcessBlockDevice>, dbos_bufferpool::RecoveryReport), dbos_bufferpool::Error> {
+) -> Result<(TestEngine, dbos_bufferpool::RecoveryReport), dbos_bufferpool::Error> {
     open_truncating(
         dev,
         dbos_bufferpool::TruncateRequest {

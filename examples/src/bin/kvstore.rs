@@ -1,5 +1,6 @@
-//! A key-value store guest: libdbos's write-ahead log and page store
-//! (`dbos-bufferpool`) on the VM's NVMe disk, run in ring 0.
+//! A key-value store guest: libdbos's write-ahead log and the engine's
+//! pages in a buffer pool (`dbos-bufferpool`; the hash pool, holding 16 of
+//! the 64 data pages) on the VM's NVMe disk, run in ring 0.
 //!
 //! `dbos run --disk DISK --disk-size 64M kvstore -- [TXNS [fua|flush]]`
 //!
@@ -20,9 +21,12 @@
 extern crate alloc;
 
 use dbos_bufferpool::device::{run_all, DmaBytes};
+use dbos_bufferpool::engine::PoolSetup;
+use dbos_bufferpool::pool::hash::HashPool;
+use dbos_bufferpool::pool::PoolConfig;
 use dbos_bufferpool::{
     BlockDevice, CommitMode, Config, Engine, Env, Error, Io, IoBuf, KvTable, Layout, NvmeDevice,
-    PageId, RecoveryReport,
+    PageId, PoolError, RecoveryReport,
 };
 use libdbos::nvme::{self, dma, GuestQueuePair};
 use libdbos::println;
@@ -32,6 +36,9 @@ libdbos::entry!(main);
 const LOG_BLOCKS: u64 = 256;
 const DATA_PAGES: u64 = 64;
 const QUEUE_DEPTH: u16 = 32;
+/// Frames of the buffer pool: a quarter of the data pages, so the pool
+/// evicts (and writes pages back under the write-ahead rule) as it runs.
+const POOL_FRAMES: usize = 16;
 
 /// DMA buffers from the heap: 4 KiB aligned and physically contiguous (the
 /// heap lives in the direct map). Never freed, as the device contract says.
@@ -58,6 +65,21 @@ unsafe impl dbos_bufferpool::DmaAllocator for HeapDma {
 }
 
 type Device = NvmeDevice<GuestQueuePair, HeapDma>;
+type Pool = HashPool<Device>;
+
+/// The engine's pool: `POOL_FRAMES` frames on a queue pair of its own.
+fn pool(blocks: u64) -> impl FnOnce(PoolSetup) -> Result<Pool, PoolError> {
+    move |setup| {
+        HashPool::new(
+            alloc::vec![device(blocks)],
+            PoolConfig {
+                evict_batch: 4,
+                relax: env().relax,
+                ..setup.config(POOL_FRAMES)
+            },
+        )
+    }
+}
 
 fn device(blocks: u64) -> Device {
     let qp = nvme::queue_pair(QUEUE_DEPTH).expect("an NVMe queue pair (run with --disk)");
@@ -92,12 +114,12 @@ fn control_blocks_blank(blocks: u64) -> Result<bool, Error> {
 fn open(
     blocks: u64,
     mode: CommitMode,
-) -> Result<(Engine<Device>, Option<RecoveryReport>), OpenError> {
+) -> Result<(Engine<Device, Pool>, Option<RecoveryReport>), OpenError> {
     let config = Config {
         mode,
         ..Config::new(env())
     };
-    match Engine::open(device(blocks), device(blocks), config) {
+    match Engine::open(device(blocks), device(blocks), config, pool(blocks)) {
         Ok((engine, report)) => Ok((engine, Some(report))),
         Err(Error::NotFormatted) => {
             if !control_blocks_blank(blocks).map_err(OpenError::Engine)? {
@@ -108,7 +130,7 @@ fn open(
                 log_blocks: LOG_BLOCKS,
                 data_pages: DATA_PAGES,
             };
-            Engine::format(device(blocks), device(blocks), layout, config)
+            Engine::format(device(blocks), device(blocks), layout, config, pool(blocks))
                 .map(|e| (e, None))
                 .map_err(OpenError::Engine)
         }

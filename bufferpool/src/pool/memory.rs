@@ -1,18 +1,24 @@
-//! Anonymous memory for the process pools: one `mmap(MAP_NORESERVE)`
-//! mapping per window or array (never one mapping per page, so
-//! `vm.max_map_count` is not a limit), released page by page with
-//! `madvise(MADV_DONTNEED)`, which zaps page-table entries without
-//! splitting the mapping.
+//! Memory for the pools' frames and per-page arrays ([`Mapping`],
+//! [`ZeroedArray`]).
+//!
+//! In a process: one anonymous `mmap(MAP_NORESERVE)` mapping per window or
+//! array (never one mapping per page, so `vm.max_map_count` is not a
+//! limit), released page by page with `madvise(MADV_DONTNEED)`, which zaps
+//! page-table entries without splitting the mapping. In the guest
+//! (`target_os = "none"`, used by the hash pool only): a zeroed, 4 KiB
+//! aligned heap allocation, freed on drop, never released page by page.
 
 use super::{Latch, PoolError};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicU8};
 
+#[cfg(not(target_os = "none"))]
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-/// One private anonymous mapping, unmapped on drop.
+/// Zeroed memory owned by a pool: in a process one private anonymous
+/// mapping, unmapped on drop; in the guest a heap allocation.
 pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
@@ -24,6 +30,7 @@ unsafe impl Send for Mapping {}
 // SAFETY: as above; `&Mapping` only hands out its address.
 unsafe impl Sync for Mapping {}
 
+#[cfg(not(target_os = "none"))]
 impl Mapping {
     /// `len` bytes (rounded up to 4 KiB) of zeroed, lazily backed memory.
     pub fn anonymous(len: usize) -> Result<Mapping, PoolError> {
@@ -88,11 +95,51 @@ impl Mapping {
     }
 }
 
+#[cfg(not(target_os = "none"))]
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: we own the mapping and nothing borrows it any more (every
         // borrow is tied to a pool that owns this value).
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+#[cfg(target_os = "none")]
+impl Mapping {
+    fn heap_layout(len: usize) -> Option<core::alloc::Layout> {
+        core::alloc::Layout::from_size_align(len, 4096).ok()
+    }
+
+    /// `len` bytes (rounded up to 4 KiB) of zeroed heap memory, 4 KiB
+    /// aligned.
+    pub fn anonymous(len: usize) -> Result<Mapping, PoolError> {
+        let len = len.max(1).next_multiple_of(4096);
+        let no_memory = PoolError::Setup {
+            what: "heap allocation of pool memory",
+            errno: 0,
+        };
+        let layout = Mapping::heap_layout(len).ok_or(no_memory)?;
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        Ok(Mapping {
+            ptr: NonNull::new(p).ok_or(no_memory)?,
+            len,
+        })
+    }
+
+    /// The first byte.
+    pub fn ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+}
+
+#[cfg(target_os = "none")]
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        let layout = Mapping::heap_layout(self.len).expect("the layout it was allocated with");
+        // SAFETY: allocated by `anonymous` with this layout; nothing borrows
+        // it any more (every borrow is tied to a pool that owns this value).
+        unsafe { alloc::alloc::dealloc(self.ptr.as_ptr(), layout) };
     }
 }
 
