@@ -61,7 +61,9 @@ fn main() -> u8 {
             let max_mib = args.next().map_or(1024, |a| a.parse().expect("MAX_MIB"));
             let table_pages = args.next().map_or(256, |a| a.parse().expect("TABLE_PAGES"));
             let intervals: Vec<u64> = args.next().map_or(vec![100, 1000], |a| {
-                a.split(',').map(|n| n.parse().expect("INTERVALS")).collect()
+                a.split(',')
+                    .map(|n| n.parse().expect("INTERVALS"))
+                    .collect()
             });
             let snapshots = args.next().map_or(4, |a| a.parse().expect("SNAPSHOTS"));
             kv(max_mib, table_pages, &intervals, snapshots)
@@ -710,9 +712,7 @@ fn kv_run<M: Mechanism>(m: &M, table: &Table, run: KvRun) -> Vec<KvRow> {
         // SAFETY: the view of the newest snapshot, which stays live until
         // this round's `helper_done`; the table's pages are mapped in it
         // (mapped in the heap at the take) and 8-byte aligned.
-        unsafe {
-            dbos_snapshot::kv::digest(view.load(Ordering::Acquire) as *const u8, slots)
-        }
+        unsafe { dbos_snapshot::kv::digest(view.load(Ordering::Acquire) as *const u8, slots) }
     };
     libdbos::smp::run_on_all(&|cpu| match cpu {
         0 => {
@@ -758,7 +758,10 @@ fn kv_run<M: Mechanism>(m: &M, table: &Table, run: KvRun) -> Vec<KvRow> {
                     take.ipis_sent,
                     c2.since(&c1).ipis_sent,
                     e1.0 - e0.0,
-                    written.iter().map(|w| u64::from(w.load(Ordering::Relaxed).count_ones())).sum(),
+                    written
+                        .iter()
+                        .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
+                        .sum(),
                     e1.1 - e0.1,
                     faults.ipis_sent,
                     faults.pte_writes,
