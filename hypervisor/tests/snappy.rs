@@ -1,7 +1,8 @@
 //! Snappy in the guest (`examples/src/bin/snappy.rs`): the O(1) claim,
 //! consistency under writes (one and two vCPUs), many overlapping snapshots
 //! and reclamation to the baseline, bytes copied, a reader on another vCPU,
-//! and the event report at small sizes. Exact console lines.
+//! the event report at small sizes, and issue 12's key-value workload
+//! under both mechanisms (`kv`). Exact console lines and exact counts.
 
 mod common;
 
@@ -213,4 +214,98 @@ fn dropping_gives_back_every_frame_and_window() {
             "[vcpu0] drop: forklike cycles=20 back_to_baseline=20 frames_after_minus_baseline=0 same_heap_base=true",
         ]
     );
+}
+
+/// Issue 12's key-value workload (`dbos_snapshot::kv`: a 16-page table, 256
+/// keys; a snapshot every 20 updates, the previous one released; 3
+/// snapshots per run) in a 16 MiB and a 64 MiB heap (one more mapped page
+/// per further MiB), under Snappy and the fork-like snapshot side by side:
+/// 1 writer, 1 writer with a reader on vCPU 1, 2 writers. Checked per
+/// snapshot, exactly:
+/// - Snappy's take writes 2 entries at both heap sizes; the fork-like take
+///   writes one view leaf per mapped page, re-protects every heap leaf made
+///   writable since the previous take (all of them at the first take: the
+///   table filled, the rest populated), and links the view's tables (1
+///   directory and one page table per 2 MiB, all holding a mapped page);
+/// - both copy 4 KiB per distinct page written after the snapshot, no more,
+///   the same pages;
+/// - Snappy interrupts the other vCPU at a copy-on-write fault only when a
+///   reader walked the view: 0 IPIs without the reader; with it, whose first
+///   pass touched every page of the table through the view (setting the
+///   accessed bits Snappy checks), exactly one per fault. The fork-like
+///   snapshot sends one per fault always (the heap's entry moves);
+/// - the reader's digests of the view (one before the writes, repeated
+///   during them, one after) all equal the heap's digest at the take.
+#[test]
+fn kv_workload_events_per_snapshot() {
+    if !require_kvm() {
+        return;
+    }
+    let report = snappy(&["kv", "64", "16", "20", "3"], 2);
+    assert_eq!(
+        report.console[..2],
+        [
+            "[vcpu0] kv: table 16 pages, 512 slots of 128 bytes, 256 keys; one more mapped page per further MiB of heap; 3 snapshots per run; 2 vCPUs",
+            "[vcpu0] mechanism heap_mib mapped writers reader interval snap updates take_pte_writes take_ipis release_ipis cow_faults distinct_pages bytes_copied fault_ipis fault_pte_writes reader_bad_passes",
+        ]
+    );
+    let rows: Vec<(String, Vec<u64>)> = report.console[2..]
+        .iter()
+        .map(|l| {
+            let mut f = l.split_whitespace().skip(1);
+            let name = f.next().unwrap().to_string();
+            (name, f.map(|n| n.parse().unwrap()).collect())
+        })
+        .collect();
+    // 2 heaps x 2 mechanisms x 3 configurations x 3 snapshots.
+    assert_eq!(rows.len(), 36);
+    let mut prev_distinct = None;
+    for (i, (name, r)) in rows.iter().enumerate() {
+        let [heap, mapped, writers, reader, interval, snap, updates, take_writes, take_ipis, release_ipis, faults, distinct, bytes, fault_ipis, _fault_writes, bad] =
+            r[..]
+        else {
+            panic!("row {r:?}");
+        };
+        let expected_name = if (i / 9) % 2 == 0 {
+            "snappy"
+        } else {
+            "forklike"
+        };
+        assert_eq!(name, expected_name, "row {i}");
+        let expected_heap = if i < 18 { 16 } else { 64 };
+        assert_eq!(heap, expected_heap);
+        assert_eq!(mapped, 16 + heap - 1);
+        let (w, rd) = [(1, 0), (1, 1), (2, 0)][(i / 3) % 3];
+        assert_eq!(
+            (writers, reader, interval, snap),
+            (w, rd, 20, i as u64 % 3 + 1)
+        );
+        assert_eq!(updates, 20);
+        assert_eq!(take_ipis, 1, "take flushes the other vCPU once: {r:?}");
+        assert_eq!(bad, 0, "a reader saw a later write: {r:?}");
+        assert!(distinct > 0 && distinct <= 16, "{r:?}");
+        assert_eq!(
+            bytes,
+            4096 * distinct,
+            "one page copied per page written: {r:?}"
+        );
+        assert_eq!(faults, distinct, "{r:?}");
+        let has_prev = snap > 1;
+        if name == "snappy" {
+            assert_eq!(take_writes, 2, "O(1) take: {r:?}");
+            assert_eq!(fault_ipis, if reader == 1 { faults } else { 0 }, "{r:?}");
+            assert_eq!(release_ipis, u64::from(has_prev && reader == 1), "{r:?}");
+            // The fork-like row for the same snapshot: the same pages.
+            assert_eq!(rows[i + 9].1[11], distinct, "row {i}");
+        } else {
+            let view_tables = 1 + heap / 2;
+            let reprotected = prev_distinct.unwrap_or(mapped);
+            assert_eq!(take_writes, mapped + reprotected + view_tables, "{r:?}");
+            assert_eq!(fault_ipis, faults, "{r:?}");
+            assert_eq!(release_ipis, u64::from(has_prev), "{r:?}");
+        }
+        // The fork-like take re-protects what the previous snapshot's
+        // writers wrote, in the same heap.
+        prev_distinct = (name == "forklike" && (i + 1) % 9 != 0).then_some(distinct);
+    }
 }

@@ -7,6 +7,9 @@
 //! - [`Epoch`]/[`EpochClock`]: the counter Snappy's copy-on-write is keyed
 //!   on: a page last copied in an epoch older than the current one must be
 //!   copied before it is written.
+//! - [`kv`]: the key-value workload of issue 12 (the hash table's layout
+//!   and hashing, the writers' keys), shared by the process benchmark and
+//!   the guest's event report.
 //! - Host only (`not(target_os = "none")`): the two process baselines Snappy
 //!   is measured against, [`fork::ForkHeap`] (the child process holds the
 //!   view, as Redis's BGSAVE does) and [`uffd::UffdHeap`] (userfaultfd
@@ -26,6 +29,7 @@ extern crate std;
 
 #[cfg(not(target_os = "none"))]
 pub mod fork;
+pub mod kv;
 #[cfg(not(target_os = "none"))]
 mod sys;
 #[cfg(not(target_os = "none"))]

@@ -4,7 +4,9 @@
 //! values filling the snapshotted heap (half its 128-byte slots hold a key),
 //! updated by 1 and 2 writer threads (each owning the keys `key % writers ==
 //! id`), while a snapshot thread takes a snapshot every interval and releases
-//! the previous one (so one or two are alive).
+//! the previous one (so one or two are alive). The table's layout, hashing
+//! and the writers' keys are `dbos_snapshot::kv`, which the guest's `kv`
+//! event report (`examples/src/bin/snappy.rs`) runs too.
 //!
 //! Reported per heap, writer count and method: snapshot creation time
 //! (median, max), the writers' update latency p50/p99/p99.9/max and total
@@ -16,6 +18,7 @@
 
 use clap::Parser;
 use dbos_snapshot::fork::ForkHeap;
+use dbos_snapshot::kv::{self, Table, Writer};
 use dbos_snapshot::uffd::UffdHeap;
 use dbos_snapshot::Snapshotter;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,62 +40,6 @@ struct Args {
     /// Seconds per run.
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
-}
-
-const SLOT: usize = 128;
-const VALUE: usize = 100;
-
-fn hash(key: u64) -> u64 {
-    let mut x = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    x ^= x >> 29;
-    x.wrapping_mul(0xbf58_476d_1ce4_e5b9)
-}
-
-/// The hash table in a snapshotted heap.
-struct Table<'a, S: Snapshotter> {
-    heap: &'a S,
-    slots: usize,
-}
-
-impl<S: Snapshotter> Table<'_, S> {
-    fn key_at(&self, slot: usize) -> u64 {
-        assert!(slot < self.slots);
-        // SAFETY: the slot lies in the heap (checked), which is valid for
-        // its length (Snapshotter contract); 8-byte aligned (128-byte slots).
-        unsafe {
-            self.heap
-                .heap()
-                .add(slot * SLOT)
-                .cast::<u64>()
-                .read_volatile()
-        }
-    }
-
-    fn find(&self, key: u64) -> usize {
-        let mut slot = (hash(key) % self.slots as u64) as usize;
-        loop {
-            let k = self.key_at(slot);
-            if k == key || k == 0 {
-                return slot;
-            }
-            slot = (slot + 1) % self.slots;
-        }
-    }
-
-    fn put(&self, key: u64, value: &[u8; VALUE]) {
-        let slot = self.find(key);
-        self.heap.write_u64(slot * SLOT, key);
-        // SAFETY: bytes 8..108 of a slot in the heap (find returns slots
-        // below `self.slots`); each writer owns its keys, so no two threads
-        // write one slot.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                value.as_ptr(),
-                self.heap.heap().add(slot * SLOT + 8),
-                VALUE,
-            )
-        };
-    }
 }
 
 struct Outcome {
@@ -118,14 +65,12 @@ fn run<S: Snapshotter>(
     seconds: f64,
     copied: impl Fn() -> u64,
 ) -> Outcome {
-    let table = Table {
-        heap,
-        slots: heap.heap_len() / SLOT,
-    };
-    let keys = (table.slots / 2) as u64;
-    for key in 1..=keys {
-        table.put(key, &[0; VALUE]);
-    }
+    // SAFETY: the Snapshotter contract makes `heap()` valid, page-aligned
+    // and writable for `heap_len()` bytes while `heap` lives (longer than
+    // the table); only this workload writes it.
+    let table = unsafe { Table::new(heap.heap(), heap.heap_len() / kv::SLOT) };
+    let keys = table.keys();
+    table.fill();
     let stop = AtomicBool::new(false);
     let copied0 = copied();
     let start = Instant::now();
@@ -134,19 +79,15 @@ fn run<S: Snapshotter>(
             .map(|id| {
                 let (table, stop) = (&table, &stop);
                 scope.spawn(move || {
-                    let mut rng = 0x1234_5678_u64 + id as u64;
+                    let mut writer = Writer::new(id, writers, keys);
                     let mut lat = Vec::with_capacity(1 << 22);
-                    let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        rng ^= rng << 13;
-                        rng ^= rng >> 7;
-                        rng ^= rng << 17;
-                        let key = (rng % (keys / writers as u64)) * writers as u64 + id as u64 + 1;
-                        let value = [n as u8; VALUE];
+                        let key = writer.next_key();
+                        let value = kv::value(writer.n);
                         let t = Instant::now();
                         table.put(key, &value);
                         lat.push(t.elapsed().as_nanos() as u64);
-                        n += 1;
+                        writer.n += 1;
                     }
                     lat
                 })

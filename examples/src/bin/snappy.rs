@@ -21,7 +21,15 @@
 //!   frames back to the baseline exactly, and every heap at the same
 //!   address (windows and address space given back);
 //! - `bench [MAX_MIB]`: per-snapshot events for heaps from 16 MiB up to
-//!   MAX_MIB (default 1024), both mechanisms side by side.
+//!   MAX_MIB (default 1024), both mechanisms side by side;
+//! - `kv [MAX_MIB [TABLE_PAGES [INTERVALS [SNAPSHOTS]]]]`: issue 12's
+//!   key-value workload (`dbos_snapshot::kv`, the process benchmark's table)
+//!   in a Snappy heap and in a fork-like heap, heaps from 16 MiB up to
+//!   MAX_MIB (default 1024), a table of TABLE_PAGES pages (default 256),
+//!   a snapshot every N updates for each N of the comma-separated INTERVALS
+//!   (default 100,1000), SNAPSHOTS snapshots per run (default 4); writers on
+//!   1 and 2 vCPUs, and 1 writer with a snapshot reader on vCPU 1 (needs 2
+//!   vCPUs). Per snapshot: counted events (see [`kv`]).
 #![no_std]
 #![no_main]
 
@@ -30,7 +38,8 @@ extern crate alloc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use dbos_snapshot::forklike::ForkLike;
+use dbos_snapshot::forklike::{ForkLike, ForkSnapshot};
+use dbos_snapshot::kv::{Table, Writer, SLOTS_PER_PAGE};
 use dbos_snapshot::snappy::Snappy;
 use dbos_snapshot::{Checksum, Snapshotter};
 use libdbos::platform::Platform;
@@ -54,6 +63,17 @@ fn main() -> u8 {
         "reader" => reader(args.next() != Some("noflush")),
         "drop" => drop_cycles(),
         "bench" => bench(args.next().and_then(|a| a.parse().ok()).unwrap_or(1024)),
+        "kv" => {
+            let max_mib = args.next().map_or(1024, |a| a.parse().expect("MAX_MIB"));
+            let table_pages = args.next().map_or(256, |a| a.parse().expect("TABLE_PAGES"));
+            let intervals: Vec<u64> = args.next().map_or(vec![100, 1000], |a| {
+                a.split(',')
+                    .map(|n| n.parse().expect("INTERVALS"))
+                    .collect()
+            });
+            let snapshots = args.next().map_or(4, |a| a.parse().expect("SNAPSHOTS"));
+            kv(max_mib, table_pages, &intervals, snapshots)
+        }
         other => panic!("unknown command {other:?}"),
     }
     0
@@ -559,4 +579,294 @@ fn print_row(name: &str, len: u64, mapped: u64, k: u64, e: &[u64; 6]) {
         e[4],
         e[5]
     );
+}
+
+/// What the `kv` workload needs of a snapshot mechanism: Snappy and the
+/// fork-like snapshot, driven identically.
+trait Mechanism: Sync {
+    type Snap: Send;
+    const NAME: &'static str;
+    /// The heap's first byte.
+    fn base(&self) -> *mut u8;
+    fn populate(&self, offset: u64, len: u64);
+    fn take_snap(&self) -> Self::Snap;
+    fn release_snap(&self, snap: Self::Snap);
+    /// The snapshot's view of the heap's first byte.
+    fn view(&self, snap: &Self::Snap) -> *const u8;
+    /// (copy-on-write faults, bytes copied) so far.
+    fn events(&self) -> (u64, u64);
+}
+
+impl Mechanism for Snappy {
+    type Snap = dbos_snapshot::snappy::Snapshot;
+    const NAME: &'static str = "snappy";
+    fn base(&self) -> *mut u8 {
+        self.heap()
+    }
+    fn populate(&self, offset: u64, len: u64) {
+        Snappy::populate(self, offset, len).unwrap()
+    }
+    fn take_snap(&self) -> Self::Snap {
+        self.take().unwrap()
+    }
+    fn release_snap(&self, snap: Self::Snap) {
+        self.release(snap).unwrap()
+    }
+    fn view(&self, snap: &Self::Snap) -> *const u8 {
+        snap.as_ptr()
+    }
+    fn events(&self) -> (u64, u64) {
+        let s = self.stats();
+        (s.cow_faults, s.bytes_copied)
+    }
+}
+
+impl Mechanism for ForkLike {
+    type Snap = ForkSnapshot;
+    const NAME: &'static str = "forklike";
+    fn base(&self) -> *mut u8 {
+        self.heap_window().base as *mut u8
+    }
+    fn populate(&self, offset: u64, len: u64) {
+        ForkLike::populate(self, offset, len).unwrap()
+    }
+    fn take_snap(&self) -> Self::Snap {
+        self.take().unwrap()
+    }
+    fn release_snap(&self, snap: Self::Snap) {
+        self.release(snap).unwrap()
+    }
+    fn view(&self, snap: &Self::Snap) -> *const u8 {
+        snap.as_ptr(self)
+    }
+    fn events(&self) -> (u64, u64) {
+        let s = self.stats();
+        (s.cow_faults, s.bytes_copied)
+    }
+}
+
+/// One `kv` run's shape.
+#[derive(Clone, Copy)]
+struct KvRun {
+    mapped: u64,
+    table_pages: u64,
+    writers: usize,
+    reader: bool,
+    interval: u64,
+    snapshots: u64,
+}
+
+/// A `kv` row: per snapshot, in the order of [`KV_COLUMNS`] after `snap`.
+type KvRow = [u64; 10];
+
+const KV_COLUMNS: &str = "mechanism heap_mib mapped writers reader interval snap updates take_pte_writes take_ipis release_ipis cow_faults distinct_pages bytes_copied fault_ipis fault_pte_writes reader_bad_passes";
+
+/// Issue 12's key-value workload under both mechanisms, heaps from 16 MiB
+/// to `max_mib`, as counted events per snapshot.
+///
+/// Layout of each heap (both mechanisms alike): the hash table
+/// (`dbos_snapshot::kv`, half of its `table_pages * 32` slots holding keys)
+/// in its first `table_pages` pages, and one more mapped page at every
+/// further MiB (`heap_mib - 1` pages the writers never touch: the rest of a
+/// heap of that size, mapped sparsely because mapping a whole GiB in this
+/// emulated guest would take many minutes). Every mapped page exists before
+/// the first snapshot, so a take sees `table_pages + heap_mib - 1` pages.
+///
+/// Per configuration (writers on 1 vCPU; 1 writer and a reader on vCPU 1;
+/// writers on 2 vCPUs) and interval N: `snapshots` rounds of "take a
+/// snapshot, release the previous one, then the writers make N updates in
+/// all (N / writers each, on their own keys)", the last snapshot released at
+/// the end. The take happens while the writers wait, so every update is
+/// ordered after one take and before the next: the pages written after a
+/// snapshot are known exactly (a bitmap the writers mark). The reader, when
+/// there is one, digests the table through the newest snapshot's view once
+/// before the writers start (touching every page of it), then again and
+/// again while they write, and once after; every digest must equal the
+/// heap's digest at the take.
+fn kv(max_mib: u64, table_pages: u64, intervals: &[u64], snapshots: u64) {
+    assert!(libdbos::smp::cpu_count() >= 2, "needs 2 vCPUs");
+    assert!(
+        (1..=256).contains(&table_pages),
+        "the table fits in the heap's first MiB"
+    );
+    let slots = table_pages as usize * SLOTS_PER_PAGE;
+    println!(
+        "kv: table {table_pages} pages, {slots} slots of 128 bytes, {} keys; one more mapped page per further MiB of heap; {snapshots} snapshots per run; {} vCPUs",
+        slots / 2,
+        libdbos::smp::cpu_count()
+    );
+    println!("{KV_COLUMNS}");
+    let mut mib = 16;
+    while mib <= max_mib {
+        let len = mib * MIB;
+        let s = Snappy::new(len).unwrap();
+        let f = ForkLike::new(len).unwrap();
+        kv_heap(&s, mib, table_pages, intervals, snapshots);
+        kv_heap(&*f, mib, table_pages, intervals, snapshots);
+        mib *= 4;
+    }
+}
+
+fn kv_heap<M: Mechanism>(m: &M, mib: u64, table_pages: u64, intervals: &[u64], snapshots: u64) {
+    m.populate(0, table_pages * PAGE);
+    for i in 1..mib {
+        m.populate(i * MIB, PAGE);
+    }
+    // SAFETY: the heap is at least 16 MiB, mapped and writable for its whole
+    // length while `m` lives (the mechanism's fault hook), and the table's
+    // pages lie in its first MiB; only this workload writes it.
+    let table = unsafe { Table::new(m.base(), table_pages as usize * SLOTS_PER_PAGE) };
+    table.fill();
+    for (writers, reader) in [(1, false), (1, true), (2, false)] {
+        for &interval in intervals {
+            let run = KvRun {
+                mapped: table_pages + mib - 1,
+                table_pages,
+                writers,
+                reader,
+                interval,
+                snapshots,
+            };
+            for (k, row) in kv_run(m, &table, run).iter().enumerate() {
+                let mut line = alloc::format!(
+                    "{} {mib} {} {writers} {} {interval} {}",
+                    M::NAME,
+                    run.mapped,
+                    u8::from(reader),
+                    k + 1
+                );
+                for v in row {
+                    line.push_str(&alloc::format!(" {v}"));
+                }
+                println!("{line}");
+            }
+        }
+    }
+}
+
+fn kv_run<M: Mechanism>(m: &M, table: &Table, run: KvRun) -> Vec<KvRow> {
+    assert!(run.interval.is_multiple_of(run.writers as u64));
+    let per_writer = run.interval / run.writers as u64;
+    let slots = table.slots();
+    let keys = table.keys();
+    let written: Vec<AtomicU64> = (0..run.table_pages.div_ceil(64))
+        .map(|_| AtomicU64::new(0))
+        .collect();
+    let mark = |slot: usize| {
+        let page = slot / SLOTS_PER_PAGE;
+        written[page / 64].fetch_or(1 << (page % 64), Ordering::Relaxed);
+    };
+    const STOP: u64 = u64::MAX;
+    // The round the writers may run (1-based; STOP ends the run), the round
+    // vCPU 1 finished, the round whose first reader pass is done, the round
+    // whose writes are all done.
+    let round = AtomicU64::new(0);
+    let helper_done = AtomicU64::new(0);
+    let reader_ready = AtomicU64::new(0);
+    let writes_done = AtomicU64::new(0);
+    let view = AtomicU64::new(0);
+    let expected = AtomicU64::new(0);
+    let bad_passes = AtomicU64::new(0);
+    let rows: SpinLock<Vec<KvRow>> = SpinLock::new(Vec::new());
+    let wait = |a: &AtomicU64, k: u64| {
+        while a.load(Ordering::Acquire) < k {
+            core::hint::spin_loop();
+        }
+    };
+    let digest_view = || {
+        // SAFETY: the view of the newest snapshot, which stays live until
+        // this round's `helper_done`; the table's pages are mapped in it
+        // (mapped in the heap at the take) and 8-byte aligned.
+        unsafe { dbos_snapshot::kv::digest(view.load(Ordering::Acquire) as *const u8, slots) }
+    };
+    libdbos::smp::run_on_all(&|cpu| match cpu {
+        0 => {
+            let mut writer = Writer::new(0, run.writers, keys);
+            let mut prev: Option<M::Snap> = None;
+            for k in 1..=run.snapshots {
+                // The writers wait: the heap is the snapshot's image.
+                if run.reader {
+                    // SAFETY: the table's pages of the heap, mapped.
+                    let d = unsafe { dbos_snapshot::kv::digest(m.base(), slots) };
+                    expected.store(d, Ordering::Relaxed);
+                }
+                let c0 = counters();
+                let e0 = m.events();
+                let snap = m.take_snap();
+                let c1 = counters();
+                view.store(m.view(&snap) as u64, Ordering::Relaxed);
+                if let Some(p) = prev.replace(snap) {
+                    m.release_snap(p);
+                }
+                let c2 = counters();
+                for w in &written {
+                    w.store(0, Ordering::Relaxed);
+                }
+                round.store(k, Ordering::Release);
+                if run.reader {
+                    wait(&reader_ready, k);
+                }
+                for _ in 0..per_writer {
+                    mark(writer.update(table));
+                }
+                writes_done.store(k, Ordering::Release);
+                if run.writers == 2 || run.reader {
+                    wait(&helper_done, k);
+                }
+                let c3 = counters();
+                let e1 = m.events();
+                let take = c1.since(&c0);
+                let faults = c3.since(&c2);
+                rows.lock().push([
+                    run.interval,
+                    take.pte_writes,
+                    take.ipis_sent,
+                    c2.since(&c1).ipis_sent,
+                    e1.0 - e0.0,
+                    written
+                        .iter()
+                        .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
+                        .sum(),
+                    e1.1 - e0.1,
+                    faults.ipis_sent,
+                    faults.pte_writes,
+                    bad_passes.swap(0, Ordering::Relaxed),
+                ]);
+            }
+            if let Some(p) = prev {
+                m.release_snap(p);
+            }
+            round.store(STOP, Ordering::Release);
+        }
+        1 if run.writers == 2 => {
+            let mut writer = Writer::new(1, 2, keys);
+            for k in 1..=run.snapshots {
+                wait(&round, k);
+                for _ in 0..per_writer {
+                    mark(writer.update(table));
+                }
+                helper_done.store(k, Ordering::Release);
+            }
+        }
+        1 if run.reader => {
+            for k in 1..=run.snapshots {
+                wait(&round, k);
+                let check = || {
+                    if digest_view() != expected.load(Ordering::Relaxed) {
+                        bad_passes.fetch_add(1, Ordering::Relaxed);
+                    }
+                };
+                check();
+                reader_ready.store(k, Ordering::Release);
+                while writes_done.load(Ordering::Acquire) < k {
+                    check();
+                }
+                check();
+                helper_done.store(k, Ordering::Release);
+            }
+        }
+        _ => {}
+    });
+    let rows = core::mem::take(&mut *rows.lock());
+    rows
 }
