@@ -669,6 +669,7 @@ fn check_tagged(k: &[u8], v: &[u8]) -> u64 {
     gen
 }
 
+/// A writer, a reader and a background evictor on three threads.
 #[test]
 fn readers_and_writers_on_two_threads() {
     for kind in KINDS {
@@ -725,9 +726,20 @@ fn readers_and_writers_on_two_threads() {
                 }
                 (found, scanned)
             });
+            // Eviction in the background too, racing the inline eviction
+            // of both threads' misses.
+            let evictor = s.spawn(|| {
+                let mut evicted = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    evicted += p.evict(4).unwrap();
+                    std::thread::yield_now();
+                }
+                evicted
+            });
             let m = writer.join().unwrap();
             let (found, scanned) = reader.join().unwrap();
             assert!(found > 0 && scanned > 0, "{kind:?}: the reader saw nothing");
+            assert!(evictor.join().unwrap() > 0, "{kind:?}: nothing evicted in the background");
             m
         });
         assert_eq!(t.check().unwrap(), model.len(), "{kind:?}");
