@@ -739,7 +739,10 @@ fn readers_and_writers_on_two_threads() {
             let m = writer.join().unwrap();
             let (found, scanned) = reader.join().unwrap();
             assert!(found > 0 && scanned > 0, "{kind:?}: the reader saw nothing");
-            assert!(evictor.join().unwrap() > 0, "{kind:?}: nothing evicted in the background");
+            assert!(
+                evictor.join().unwrap() > 0,
+                "{kind:?}: nothing evicted in the background"
+            );
             m
         });
         assert_eq!(t.check().unwrap(), model.len(), "{kind:?}");

@@ -309,3 +309,26 @@ fn kv_workload_events_per_snapshot() {
         prev_distinct = (name == "forklike" && (i + 1) % 9 != 0).then_some(distinct);
     }
 }
+
+/// Misuse is refused with the right error and harms nothing: heap sizes
+/// outside (0, 1 GiB], a 17th live snapshot, another instance's snapshot
+/// (read or release: slots and epochs are per instance, so it would name
+/// one of ours), a range past the heap; every frame comes back.
+#[test]
+fn misuse_is_refused_and_harms_nothing() {
+    if !require_kvm() {
+        return;
+    }
+    let report = snappy(&["errors"], 1);
+    assert_eq!(
+        report.console,
+        vec![
+            "[vcpu0] errors: new(0)=HeapSize(0) new(1GiB+4KiB)=HeapSize(1073745920)",
+            "[vcpu0] errors: took 16 then refused take 16: TooManySnapshots",
+            "[vcpu0] errors: foreign read=ForeignSnapshot out of range=OutOfRange { offset: 16380, len: 8 } foreign release=ForeignSnapshot live a=0 b=1",
+            "[vcpu0] errors: b's snapshot still reads 0",
+            "[vcpu0] errors: forklike foreign release=ForeignSnapshot",
+            "[vcpu0] errors: frames_after_minus_baseline=0",
+        ]
+    );
+}

@@ -44,14 +44,23 @@ const PAGE: u64 = PAGE_SIZE as u64;
 #[derive(Debug)]
 pub struct ForkSnapshot {
     slot: usize,
+    /// The [`ForkLike::id`] of the instance that took it.
+    owner: u64,
 }
 
 impl ForkSnapshot {
     /// Its view, readable from any CPU (unmapped where the heap was).
+    ///
+    /// # Panics
+    /// If `owner` is not the instance that took it.
     pub fn as_ptr(&self, owner: &ForkLike) -> *const u8 {
+        assert_eq!(self.owner, owner.id, "a snapshot of another ForkLike");
         owner.view_base(self.slot) as *const u8
     }
 }
+
+/// Instance ids (slots are per instance, so a snapshot names its owner).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Counted events of a fork-like instance.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,6 +79,8 @@ struct State {
 
 /// The fork-like snapshot mechanism over one heap window.
 pub struct ForkLike {
+    /// Unique among the instances of this boot.
+    id: u64,
     heap: Window,
     /// The heap's length as asked for (the window is rounded up to 2 MiB).
     len: u64,
@@ -113,6 +124,7 @@ impl ForkLike {
                 live: [false; MAX_SNAPSHOTS],
                 refs: vec![0; frames as usize],
             }),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             cow_faults: AtomicU64::new(0),
             bytes_copied: AtomicU64::new(0),
             last_take_writes: AtomicU64::new(0),
@@ -210,13 +222,19 @@ impl ForkLike {
             // The heap's writable translations, on every CPU.
             libdbos::smp::flush_all();
             st.live[slot] = true;
-            Ok(ForkSnapshot { slot })
+            Ok(ForkSnapshot {
+                slot,
+                owner: self.id,
+            })
         })
     }
 
     /// Releases a snapshot: unmaps its view, drops the counts, frees what
     /// nobody maps and the view's tables.
     pub fn release(&self, snap: ForkSnapshot) -> Result<(), SnapError> {
+        if snap.owner != self.id {
+            return Err(SnapError::ForeignSnapshot);
+        }
         let view = self.view_base(snap.slot);
         let p = libdbos::platform();
         self.state.with(|st| {

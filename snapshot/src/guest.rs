@@ -57,6 +57,9 @@ pub enum SnapError {
     NotLive { slot: usize, epoch: u64 },
     /// A range outside the heap.
     OutOfRange { offset: u64, len: u64 },
+    /// The snapshot was taken by another instance (it stays live in that
+    /// one, and is released there when dropped).
+    ForeignSnapshot,
     /// A fault at an address the mechanism does not resolve (a read-only
     /// page that is not copy-on-write, a large page).
     NotResolvable(u64),
@@ -78,6 +81,9 @@ impl fmt::Display for SnapError {
             }
             SnapError::OutOfRange { offset, len } => {
                 write!(f, "range {offset:#x}+{len:#x} is outside the heap")
+            }
+            SnapError::ForeignSnapshot => {
+                write!(f, "the snapshot belongs to another instance")
             }
             SnapError::NotResolvable(a) => write!(f, "fault at {a:#x} is not a snapshot fault"),
             SnapError::Platform(e) => write!(f, "platform: {e}"),

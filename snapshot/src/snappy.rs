@@ -349,6 +349,16 @@ impl Snappy {
         Ok(())
     }
 
+    /// Fails unless `snap` was taken by this instance: slots and epochs are
+    /// per instance, so another's snapshot would name one of ours.
+    fn check_owner(&self, snap: &Snapshot) -> Result<(), SnapError> {
+        if Arc::ptr_eq(&snap.owner, &self.inner) {
+            Ok(())
+        } else {
+            Err(SnapError::ForeignSnapshot)
+        }
+    }
+
     /// Takes a snapshot: two page-table writes and a TLB flush on every CPU.
     pub fn take_snapshot(&self) -> Result<Snapshot, SnapError> {
         let (slot, epoch) = self.inner.take()?;
@@ -360,8 +370,11 @@ impl Snappy {
         })
     }
 
-    /// Releases a snapshot and frees whatever only it reached.
+    /// Releases a snapshot and frees whatever only it reached. A snapshot
+    /// of another `Snappy` is refused ([`SnapError::ForeignSnapshot`]) and,
+    /// dropped here, released by its own instance.
     pub fn release_snapshot(&self, mut snap: Snapshot) -> Result<(), SnapError> {
+        self.check_owner(&snap)?;
         snap.released = true;
         self.inner.release(snap.slot, snap.epoch)
     }
@@ -846,6 +859,7 @@ unsafe impl Snapshotter for Snappy {
     /// Reads through the view; a page not mapped in the view (not mapped in
     /// the heap at the take) reads as zeroes.
     fn read(&self, snap: &Snapshot, offset: usize, buf: &mut [u8]) -> Result<(), SnapError> {
+        self.check_owner(snap)?;
         let (offset, len) = (offset as u64, buf.len() as u64);
         if offset.checked_add(len).is_none_or(|e| e > self.inner.len) {
             return Err(SnapError::OutOfRange { offset, len });

@@ -62,6 +62,7 @@ fn main() -> u8 {
         "bytes" => bytes(),
         "reader" => reader(args.next() != Some("noflush")),
         "drop" => drop_cycles(),
+        "errors" => errors(),
         "bench" => bench(args.next().and_then(|a| a.parse().ok()).unwrap_or(1024)),
         "kv" => {
             let max_mib = args.next().map_or(1024, |a| a.parse().expect("MAX_MIB"));
@@ -323,6 +324,69 @@ fn many() {
 
 /// Cycles of `drop`: more than the guest's 32 window slots / 2 windows.
 const DROP_CYCLES: usize = 20;
+
+/// Misuse, refused with the right error and no harm done: bad heap sizes,
+/// more live snapshots than slots, another instance's snapshot, a range
+/// outside the heap. Frames back to the baseline at the end.
+fn errors() {
+    let p = libdbos::platform();
+    let baseline = p.free_frames();
+    let e = |r: Result<(), dbos_snapshot::SnapError>| match r {
+        Ok(()) => alloc::string::String::from("ok"),
+        Err(e) => alloc::format!("{e:?}"),
+    };
+    println!(
+        "errors: new(0)={} new(1GiB+4KiB)={}",
+        e(Snappy::new(0).map(|_| ())),
+        e(Snappy::new(1024 * MIB + PAGE).map(|_| ()))
+    );
+    {
+        let a = Snappy::new(4 * PAGE).unwrap();
+        a.populate(0, 4 * PAGE).unwrap();
+        let mut live = Vec::new();
+        let mut first_refused = None;
+        for i in 0..20 {
+            match a.take() {
+                Ok(s) => live.push(s),
+                Err(err) => {
+                    first_refused.get_or_insert((i, e(Err(err))));
+                }
+            }
+        }
+        let (at, err) = first_refused.unwrap_or((0, "none".into()));
+        println!("errors: took {} then refused take {at}: {err}", live.len());
+        for s in live {
+            a.release(s).unwrap();
+        }
+        let b = Snappy::new(4 * PAGE).unwrap();
+        b.populate(0, 4 * PAGE).unwrap();
+        // The same slot and epoch in both instances.
+        let sa = a.take().unwrap();
+        let sb = b.take().unwrap();
+        a.write_u64(0, 1);
+        b.write_u64(0, 2);
+        let mut buf = [0u8; 8];
+        let foreign_read = e(b.read(&sa, 0, &mut buf));
+        let out_of_range = e(a.read(&sa, 4 * PAGE as usize - 4, &mut buf));
+        let foreign_release = e(b.release(sa));
+        println!(
+            "errors: foreign read={foreign_read} out of range={out_of_range} foreign release={foreign_release} live a={} b={}",
+            a.live(),
+            b.live()
+        );
+        b.read(&sb, 0, &mut buf).unwrap();
+        println!("errors: b's snapshot still reads {}", u64::from_le_bytes(buf));
+        b.release(sb).unwrap();
+        let f = ForkLike::new(4 * PAGE).unwrap();
+        let g = ForkLike::new(4 * PAGE).unwrap();
+        let fs = f.take().unwrap();
+        println!("errors: forklike foreign release={}", e(g.release(fs)));
+    }
+    println!(
+        "errors: frames_after_minus_baseline={}",
+        p.free_frames() as i64 - baseline as i64
+    );
+}
 
 fn drop_cycles() {
     let p = libdbos::platform();
