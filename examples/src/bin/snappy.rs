@@ -375,7 +375,10 @@ fn errors() {
             b.live()
         );
         b.read(&sb, 0, &mut buf).unwrap();
-        println!("errors: b's snapshot still reads {}", u64::from_le_bytes(buf));
+        println!(
+            "errors: b's snapshot still reads {}",
+            u64::from_le_bytes(buf)
+        );
         b.release(sb).unwrap();
         let f = ForkLike::new(4 * PAGE).unwrap();
         let g = ForkLike::new(4 * PAGE).unwrap();

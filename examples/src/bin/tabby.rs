@@ -347,8 +347,7 @@ fn events(mode: Eviction, name: &str, shape: Shape) {
         let mut out = Vec::new();
         for _ in 0..lookups / n {
             let k = r.below(keys);
-            let ok = t.lookup(&k.to_be_bytes(), &mut out).expect("lookup")
-                && out == shape.value(k);
+            let ok = t.lookup(&k.to_be_bytes(), &mut out).expect("lookup") && out == shape.value(k);
             if !ok {
                 bad.fetch_add(1, Ordering::SeqCst);
             }
