@@ -79,7 +79,7 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
 
 /// How an engine runs.
@@ -197,6 +197,10 @@ pub enum Error {
     },
     /// A page id past the last page.
     NoSuchPage(PageId),
+    /// A transaction changes more distinct pages (`pages`) than commits may
+    /// hold fixed at once (`limit`: half the pool's frames, see
+    /// [`Engine::commit_page_limit`]); nothing was logged.
+    TooManyPages { pages: usize, limit: usize },
     /// A page on storage is damaged and the log holds no image of it.
     UnrepairablePage(PageId, PageCheck),
     /// The log holds a well-formed record at `lsn` that makes no sense.
@@ -268,6 +272,11 @@ impl fmt::Display for Error {
                 page.0
             ),
             Error::NoSuchPage(p) => write!(f, "no page {}", p.0),
+            Error::TooManyPages { pages, limit } => write!(
+                f,
+                "a transaction changes {pages} pages, more than the {limit} that commits may \
+                 hold fixed at once (half the buffer pool)"
+            ),
             Error::UnrepairablePage(p, c) => {
                 write!(
                     f,
@@ -432,7 +441,29 @@ pub struct Engine<D: BlockDevice, B> {
     checkpointing: Mutex<()>,
     /// Checkpoint when this many log blocks are in use (0: never).
     checkpoint_blocks: u64,
+    /// Frames held fixed by commits in flight, at most `pin_limit`.
+    pins: AtomicUsize,
+    /// Half the pool's frames (at least 1). Commits fix all their pages
+    /// before they log, and wait (they do not fail) while those of the
+    /// commits in flight would exceed this, so the other half stays free
+    /// for eviction, readers and checkpoints: without the limit, commits
+    /// that each hold some frames and wait for more could latch every frame
+    /// and fail with `NoFreeFrame`.
+    pin_limit: usize,
     stats: AtomicEngineStats,
+}
+
+/// Frames a commit holds against [`Engine::commit_page_limit`]; given back
+/// on drop (after the commit's pages are unfixed: declare it before them).
+struct Pins<'a> {
+    pins: &'a AtomicUsize,
+    n: usize,
+}
+
+impl Drop for Pins<'_> {
+    fn drop(&mut self) {
+        self.pins.fetch_sub(self.n, Ordering::AcqRel);
+    }
 }
 
 impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
@@ -528,7 +559,6 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         Ok(Engine {
             env: config.env,
             wal,
-            pool,
             io: Mutex::new(io),
             layout: control.layout,
             gate: Gate::new(),
@@ -539,8 +569,51 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
                 0 => 0,
                 p => (control.layout.log_blocks * p as u64 / 100).max(1),
             },
+            pins: AtomicUsize::new(0),
+            pin_limit: (pool.capacity() / 2).max(1),
+            pool,
             stats: AtomicEngineStats::default(),
         })
+    }
+
+    /// The most distinct pages one transaction may change: half the pool's
+    /// frames (at least 1).
+    pub fn commit_page_limit(&self) -> usize {
+        self.pin_limit
+    }
+
+    /// Reserves `n` frames for a commit, waiting while the commits in
+    /// flight hold too many; a transaction larger than the limit is
+    /// refused.
+    fn pin(&self, n: usize) -> Result<Pins<'_>, Error> {
+        if n > self.pin_limit {
+            return Err(Error::TooManyPages {
+                pages: n,
+                limit: self.pin_limit,
+            });
+        }
+        let mut cur = self.pins.load(Ordering::Acquire);
+        loop {
+            if cur + n <= self.pin_limit {
+                match self.pins.compare_exchange_weak(
+                    cur,
+                    cur + n,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => {
+                        return Ok(Pins {
+                            pins: &self.pins,
+                            n,
+                        })
+                    }
+                    Err(now) => cur = now,
+                }
+            } else {
+                (self.env.relax)();
+                cur = self.pins.load(Ordering::Acquire);
+            }
+        }
     }
 
     /// The log.
@@ -719,6 +792,9 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         let mut ids: Vec<PageId> = writes.iter().map(|w| w.page).collect();
         ids.sort_unstable();
         ids.dedup();
+        // Frames for every page first (given back after the pages are
+        // unfixed: `_pins` drops after `pages`).
+        let _pins = self.pin(ids.len())?;
         // In page order, so two transactions never wait for each other's
         // pages in a cycle. On an error the pages fixed so far are unfixed
         // unchanged (the guards drop).

@@ -553,6 +553,19 @@ fn a_checkpoint_waits_for_a_latched_dirty_page_tabby() {
 /// so a frame is always free); then a clean restart through an 8-frame
 /// pool finds every key's last value.
 fn threads_commit_through_a_small_pool<B: BufferManager>(name: &str, make: MakePool<B>) {
+    committers_through_a_small_pool(name, make, 2, 2);
+}
+
+/// `threads` committers, `keys` keys per transaction (each on its own page,
+/// each thread its own keys) and a checkpointing thread on 64 pages through
+/// an 8-frame pool; then a clean restart through an 8-frame pool finds every
+/// key's last value.
+fn committers_through_a_small_pool<B: BufferManager>(
+    name: &str,
+    make: MakePool<B>,
+    threads: u64,
+    keys: u64,
+) {
     let layout = Layout {
         log_blocks: 128,
         data_pages: 64,
@@ -566,15 +579,17 @@ fn threads_commit_through_a_small_pool<B: BufferManager>(name: &str, make: MakeP
     let key = |t: u64, i: u64| ((i * 13 + t * 5) % layout.data_pages) * per_page + t * 8 + i % 8;
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
-        let committers: Vec<_> = (0..2u64)
+        let committers: Vec<_> = (0..threads)
             .map(|t| {
                 let e = &e;
                 s.spawn(move || {
                     let kv = KvTable::new(e, PageId(0), layout.data_pages);
                     for i in 0..PER_THREAD {
-                        let (a, b) = (key(t, i), key(t, i + 1));
-                        kv.put(&[(a, t * 10_000 + i + 1), (b, t * 10_000 + i + 1)])
-                            .unwrap_or_else(|err| panic!("thread {t} commit {i}: {err}"));
+                        let puts: Vec<(u64, u64)> = (0..keys)
+                            .map(|j| (key(t, i + j), t * 10_000 + i + 1))
+                            .collect();
+                        kv.put(&puts)
+                            .unwrap_or_else(|err| panic!("{name}: thread {t} commit {i}: {err}"));
                     }
                 })
             })
@@ -585,10 +600,16 @@ fn threads_commit_through_a_small_pool<B: BufferManager>(name: &str, make: MakeP
                 std::thread::sleep(Duration::from_millis(2));
             }
         });
-        for c in committers {
-            c.join().unwrap();
-        }
+        // Every committer joined and the checkpointer stopped before a
+        // committer's panic is passed on (or the scope would wait forever
+        // for the checkpointer).
+        let results: Vec<_> = committers.into_iter().map(|c| c.join()).collect();
         stop.store(true, Ordering::SeqCst);
+        for r in results {
+            if let Err(panic) = r {
+                std::panic::resume_unwind(panic);
+            }
+        }
     });
     assert!(
         e.pool().stats().evictions > 50,
@@ -599,10 +620,11 @@ fn threads_commit_through_a_small_pool<B: BufferManager>(name: &str, make: MakeP
     let want = |e: &Engine<ProcessBlockDevice, B>| {
         let kv = KvTable::new(e, PageId(0), layout.data_pages);
         let mut model = std::collections::BTreeMap::new();
-        for t in 0..2 {
+        for t in 0..threads {
             for i in 0..PER_THREAD {
-                model.insert(key(t, i), t * 10_000 + i + 1);
-                model.insert(key(t, i + 1), t * 10_000 + i + 1);
+                for j in 0..keys {
+                    model.insert(key(t, i + j), t * 10_000 + i + 1);
+                }
             }
         }
         for (k, v) in model {
@@ -614,6 +636,27 @@ fn threads_commit_through_a_small_pool<B: BufferManager>(name: &str, make: MakeP
     let (l, d) = devices(&dev);
     let (e, _) = Engine::open(l, d, config(CommitMode::Fua), |s| make(&dev, s)).unwrap();
     want(&e);
+}
+
+/// Four committers of three pages each want 12 of the 8 frames at once:
+/// commits wait for frames instead of failing.
+fn crowded_committers_wait<B: BufferManager>(name: &str, make: MakePool<B>) {
+    committers_through_a_small_pool(name, make, 4, 3);
+}
+
+#[test]
+fn crowded_committers_wait_on_vmcache() {
+    crowded_committers_wait("vmcache", vmcache);
+}
+
+#[test]
+fn crowded_committers_wait_on_a_hash_pool() {
+    crowded_committers_wait("hash pool", hash);
+}
+
+#[test]
+fn crowded_committers_wait_on_tabby() {
+    crowded_committers_wait("tabby", tabby);
 }
 
 #[test]
@@ -629,4 +672,57 @@ fn threads_commit_through_a_small_hash_pool() {
 #[test]
 fn threads_commit_through_a_small_tabby() {
     threads_commit_through_a_small_pool("tabby", tabby);
+}
+
+/// A transaction changing more distinct pages than half the pool's frames
+/// is refused before anything is logged, with the limit named; the engine
+/// keeps working, and a transaction of exactly the limit commits.
+#[test]
+fn a_transaction_larger_than_half_the_pool_is_refused() {
+    let layout = Layout {
+        log_blocks: 128,
+        data_pages: 64,
+    };
+    let (dev, _pc) = memory_device(vec![0; disk_bytes(layout)]);
+    let (l, d) = devices(&dev);
+    let e = Engine::format(l, d, layout, config(CommitMode::Fua), |s| vmcache(&dev, s)).unwrap();
+    assert_eq!(e.commit_page_limit(), FRAMES_SMALL / 2);
+    let data = [7u8; 8];
+    let writes = |n: u64| -> Vec<PageWrite<'_>> {
+        (0..n)
+            .map(|p| PageWrite {
+                page: PageId(p * 3),
+                offset: PAGE_HEADER,
+                data: &data,
+            })
+            .collect()
+    };
+    let before = (e.stats(), e.wal().insert_lsn());
+    let err = e.commit(&writes(5)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            dbos_bufferpool::Error::TooManyPages { pages: 5, limit: 4 }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "a transaction changes 5 pages, more than the 4 that commits may hold fixed at once \
+         (half the buffer pool)"
+    );
+    assert_eq!((e.stats(), e.wal().insert_lsn()), before, "nothing logged");
+    // Two writes to one page count once.
+    let mut same = writes(4);
+    same.push(PageWrite {
+        page: PageId(0),
+        offset: PAGE_HEADER + 8,
+        data: &data,
+    });
+    e.commit(&same).unwrap();
+    let mut out = [0u8; 16];
+    e.read(PageId(9), PAGE_HEADER, &mut out[..8]).unwrap();
+    assert_eq!(out[..8], data);
+    e.read(PageId(0), PAGE_HEADER, &mut out).unwrap();
+    assert_eq!(out, [7u8; 16]);
 }
