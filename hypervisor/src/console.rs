@@ -91,15 +91,24 @@ impl Console {
 /// Guest bytes made safe for a terminal: valid UTF-8 printable text and tabs
 /// are kept as they are (and newlines, if `keep_newlines`); every other
 /// control character (C0, DEL, C1) is written as `\xNN` (below 0x80) or
-/// `\u{NN}`, and every byte that is not valid UTF-8 as `\xNN`. So a guest
-/// cannot move the cursor, clear the screen or overwrite a line with a
-/// carriage return.
+/// `\u{NN}`, and so are the invisible formatting characters that reorder or
+/// hide text (bidirectional overrides and isolates, zero-width characters,
+/// [`hides_or_reorders`]); every byte that is not valid UTF-8 is written as
+/// `\xNN`, and a backslash as `\\`. So a guest cannot move the cursor, clear
+/// the screen, overwrite a line with a carriage return, display text in
+/// another order than it wrote it, or print something that reads like an
+/// escape the host made.
 pub fn escape(bytes: &[u8], keep_newlines: bool) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
-            if !c.is_control() || c == '\t' || (keep_newlines && c == '\n') {
+            if c == '\\' {
+                out.push_str(r"\\");
+            } else if (!c.is_control() && !hides_or_reorders(c))
+                || c == '\t'
+                || (keep_newlines && c == '\n')
+            {
                 out.push(c);
             } else if c.is_ascii() {
                 let _ = write!(out, "\\x{:02x}", c as u32);
@@ -112,6 +121,15 @@ pub fn escape(bytes: &[u8], keep_newlines: bool) -> String {
         }
     }
     out
+}
+
+/// Invisible formatting characters that change how the text around them is
+/// displayed: zero-width spaces and joiners, left-to-right and right-to-left
+/// marks (U+200B..=U+200F), bidirectional embeddings and overrides
+/// (U+202A..=U+202E), word joiner and invisible operators (U+2060..=U+2064),
+/// bidirectional isolates (U+2066..=U+2069), and the byte-order mark.
+pub fn hides_or_reorders(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
 impl Service for Console {
@@ -151,7 +169,11 @@ mod tests {
             b"tab\tkept, caf\xc3\xa9 \xe2\x9c\x93 kept, del \x7f nul \0\n",
         );
         c.write(0, b"bad utf-8 \xff\xfe, C1 CSI \xc2\x9b, cut \xe2\x9c\n");
-        c.write(0, b"backslash \\x1b stays text\n");
+        c.write(0, b"backslash \\x1b is not an escape\n");
+        c.write(
+            0,
+            "rtl \u{202e}gnp.exe\u{202c} zw a\u{200b}b bom \u{feff}\n".as_bytes(),
+        );
         assert_eq!(
             c.captured(),
             vec![
@@ -159,7 +181,8 @@ mod tests {
                 "[vcpu0] \\x1b[2J\\x1b]0;title\\x07 clear",
                 "[vcpu0] tab\tkept, café ✓ kept, del \\x7f nul \\x00",
                 "[vcpu0] bad utf-8 \\xff\\xfe, C1 CSI \\u{9b}, cut \\xe2\\x9c",
-                "[vcpu0] backslash \\x1b stays text",
+                "[vcpu0] backslash \\\\x1b is not an escape",
+                "[vcpu0] rtl \\u{202e}gnp.exe\\u{202c} zw a\\u{200b}b bom \\u{feff}",
             ]
         );
         assert_eq!(escape(b"a\nb\rc", true), "a\nb\\x0dc");
