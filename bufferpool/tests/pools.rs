@@ -1168,3 +1168,57 @@ fn tabby_drop_gives_back_window_and_frames() {
     assert_eq!(plat.free_frames(), free);
     assert_eq!(plat.map_count().charged, charged);
 }
+
+/// While another thread holds every frame (say across a slow page read), a
+/// miss waits for a frame instead of failing; a thread that itself holds
+/// every frame gets `NoFreeFrame` after a bounded wait, not a hang.
+#[test]
+fn a_miss_waits_while_another_thread_holds_every_frame() {
+    for kind in KINDS {
+        let (p, _, _) = pool(kind, 4, 64, 2);
+        let ids: Vec<PageId> = (0..6)
+            .map(|i| {
+                let mut g = p.allocate().unwrap();
+                g.bytes_mut()[page::PAGE_HEADER] = i as u8 + 1;
+                g.id()
+            })
+            .collect();
+        let held = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let holder = s.spawn(|| {
+                let guards: Vec<_> = ids[..4]
+                    .iter()
+                    .map(|&id| p.fix_exclusive(id).unwrap())
+                    .collect();
+                held.store(true, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                drop(guards);
+            });
+            while !held.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            let started = std::time::Instant::now();
+            let g = p
+                .fix_shared(ids[5])
+                .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+            assert_eq!(g.bytes()[page::PAGE_HEADER], 6, "{kind:?}");
+            assert!(
+                started.elapsed() >= std::time::Duration::from_millis(50),
+                "{kind:?}: the miss did not wait for the holder"
+            );
+            drop(g);
+            holder.join().unwrap();
+        });
+        // One thread holding every frame and missing: refused, not hung.
+        let guards: Vec<_> = ids[..4]
+            .iter()
+            .map(|&id| p.fix_exclusive(id).unwrap())
+            .collect();
+        assert_eq!(
+            p.fix_shared(ids[5]).err(),
+            Some(PoolError::NoFreeFrame { frames: 4 }),
+            "{kind:?}"
+        );
+        drop(guards);
+    }
+}

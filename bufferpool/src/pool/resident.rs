@@ -295,7 +295,17 @@ impl<D: BlockDevice> PoolCore<D> {
     }
 
     /// A free slot, evicting a batch if there is none.
+    ///
+    /// While every frame is latched, it waits (a clock sweep, then `relax`)
+    /// for their holders: another thread may hold frames across a page read
+    /// (a vCPU for as long as an emulated I/O takes). It gives up with
+    /// [`PoolError::NoFreeFrame`] only after 2^22 / capacity rounds in
+    /// vain (at least 100; each sweeps up to twice the capacity: about 2^23
+    /// slot visits, about a second in a process on this project's
+    /// machines), which is what a caller that itself holds every frame
+    /// gets, after a bounded wait, instead of a hang.
     pub fn take_slot(&self, frames: &impl Frames) -> Result<usize, PoolError> {
+        let patience = ((1u64 << 22) / self.capacity.max(1) as u64).max(100);
         let mut idle = 0;
         loop {
             if let Some(s) = self.slots.pop_free(frames.cpu()) {
@@ -303,7 +313,7 @@ impl<D: BlockDevice> PoolCore<D> {
             }
             if self.evict(frames, self.evict_batch)? == 0 {
                 idle += 1;
-                if idle > 100 {
+                if idle > patience {
                     return Err(PoolError::NoFreeFrame {
                         frames: self.capacity,
                     });
