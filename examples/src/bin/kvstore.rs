@@ -3,7 +3,7 @@
 //! page tables, holding 16 of the 64 data pages) on the VM's NVMe disk, run
 //! in ring 0.
 //!
-//! `dbos run --disk DISK --disk-size 64M kvstore -- [TXNS [fua|flush]]`
+//! `dbos run --disk DISK --disk-size 64M kvstore -- [TXNS [fua|flush [truncate AT TO]]]`
 //!
 //! On a blank disk it formats the store; otherwise it recovers from the log
 //! and prints what recovery did. A disk that is not blank but has no valid
@@ -16,6 +16,12 @@
 //! returned (it is durable), and exits 0 only if everything checked out.
 //! The crash tests compare the `acked` lines of a run cut short with what
 //! the next run finds.
+//!
+//! A log damaged in the middle of durable history is refused (nothing is
+//! written) with the damage and the exact request that would accept the
+//! loss: `truncate AT TO` cuts the log at LSN `AT` (the end of the last
+//! commit before the damage) and discards it up to `TO`; the transactions
+//! committed in between are lost. Any other request is refused too.
 #![no_std]
 #![no_main]
 
@@ -25,8 +31,8 @@ use dbos_bufferpool::device::{run_all, DmaBytes};
 use dbos_bufferpool::engine::PoolSetup;
 use dbos_bufferpool::pool::tabby::{Tabby, TabbyConfig};
 use dbos_bufferpool::{
-    BlockDevice, CommitMode, Config, Engine, Env, Error, Io, IoBuf, KvTable, Layout, NvmeDevice,
-    PageId, PoolError, RecoveryReport,
+    BlockDevice, CommitMode, Config, Engine, Env, Error, Io, IoBuf, KvTable, Layout, Lsn,
+    NvmeDevice, PageId, PoolError, RecoveryReport, TruncateRequest,
 };
 use libdbos::nvme::{self, dma, GuestQueuePair};
 use libdbos::println;
@@ -115,12 +121,23 @@ fn control_blocks_blank(blocks: u64) -> Result<bool, Error> {
 fn open(
     blocks: u64,
     mode: CommitMode,
+    truncate: Option<TruncateRequest>,
 ) -> Result<(Engine<Device, Pool>, Option<RecoveryReport>), OpenError> {
     let config = Config {
         mode,
         ..Config::new(env())
     };
-    match Engine::open(device(blocks), device(blocks), config, pool(blocks)) {
+    let opened = match truncate {
+        None => Engine::open(device(blocks), device(blocks), config, pool(blocks)),
+        Some(request) => Engine::open_truncating(
+            device(blocks),
+            device(blocks),
+            config,
+            request,
+            pool(blocks),
+        ),
+    };
+    match opened {
         Ok((engine, report)) => Ok((engine, Some(report))),
         Err(Error::NotFormatted) => {
             if !control_blocks_blank(blocks).map_err(OpenError::Engine)? {
@@ -142,7 +159,8 @@ fn open(
 fn main() -> u8 {
     let mut args = libdbos::args();
     let txns: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
-    let mode = match args.next() {
+    let mode_arg = args.next();
+    let mode = match mode_arg {
         None | Some("fua") => CommitMode::Fua,
         Some("flush") => CommitMode::WriteFlush,
         Some(other) => {
@@ -150,12 +168,40 @@ fn main() -> u8 {
             return 2;
         }
     };
+    let truncate = match (args.next(), args.next(), args.next()) {
+        (None, ..) => None,
+        (Some("truncate"), Some(at), Some(to)) => match (at.parse(), to.parse()) {
+            (Ok(at), Ok(to)) => Some(TruncateRequest {
+                at: Lsn(at),
+                discard_to: Lsn(to),
+            }),
+            _ => {
+                println!("truncate takes two LSNs (decimal), AT and TO");
+                return 2;
+            }
+        },
+        _ => {
+            println!("unknown arguments after the commit mode: truncate AT TO");
+            return 2;
+        }
+    };
     let disk =
         nvme::info().expect("kvstore needs a disk: dbos run --disk PATH --disk-size 64M ...");
-    let (engine, report) = match open(disk.blocks, mode) {
+    let (engine, report) = match open(disk.blocks, mode, truncate) {
         Ok(opened) => opened,
         Err(OpenError::Engine(e)) => {
             println!("cannot open the store: {e}");
+            if let Error::LogCorrupt(d) = e {
+                println!(
+                    "to accept the loss (the log from LSN {} to {} is discarded, with the \
+                     transactions committed in it), run again with: -- {txns} {} truncate {} {}",
+                    d.keep_end.0,
+                    d.lost_end().0,
+                    mode_arg.unwrap_or("fua"),
+                    d.keep_end.0,
+                    d.lost_end().0
+                );
+            }
             return 1;
         }
         Err(OpenError::Damaged) => {
@@ -167,6 +213,13 @@ fn main() -> u8 {
         }
     };
     if let Some(r) = report {
+        if let Some(d) = r.truncated {
+            println!(
+                "truncated: the log from LSN {} to {} was discarded",
+                d.keep_end.0,
+                d.lost_end().0
+            );
+        }
         println!(
             "recovered: {} transactions replayed, {} records, {} pages repaired",
             r.transactions,
