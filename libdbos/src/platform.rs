@@ -317,6 +317,13 @@ pub struct Capabilities {
     pub per_page_clear: bool,
     /// Timer and IPI hooks run in interrupt context on the target CPU.
     pub interrupts: bool,
+    /// Separately mapped pages count against a limit
+    /// ([`Error::MappingLimit`]: the process platform, where each one is a
+    /// kernel mapping), so `map` or `remap` of an unmapped page can fail on
+    /// it; a mechanism that must not fail midway maps what it needs up
+    /// front. `false`: only frames and page-table memory bound mappings
+    /// (the guest).
+    pub bounded_mappings: bool,
 }
 
 /// Why a privileged call failed.

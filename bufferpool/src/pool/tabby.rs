@@ -14,13 +14,19 @@
 //! 1. **Frames live as long as the pool.** The `capacity` frames are
 //!    allocated once at creation and freed only when the pool drops (after
 //!    its window is released, [`Platform::release`], which flushes every
-//!    CPU's stale translations of them); they are never zeroed on eviction. Every page of the window is mapped from
-//!    creation on (to the blank frame, read-only, until first loaded), and
-//!    nothing ever unmaps it while the pool lives: any address of the window
-//!    is readable at any time, whatever an optimistic reader races with.
-//!    Mapping every page at creation also turns the process platform's limit
-//!    on memory mappings into an error at creation: a remap never adds a
-//!    mapping later.
+//!    CPU's stale translations of them); they are never zeroed on eviction.
+//!    **A page once mapped stays mapped** while the pool lives (its entry
+//!    is only ever re-pointed: to a frame on a load, to the blank frame on
+//!    an `InvalidateAll` eviction, never cleared), and no address of the
+//!    window is read before its page's first load (every fix loads an
+//!    Evicted page before it hands the page out), so any address a reader
+//!    can hold is readable at any time, whatever an optimistic reader races
+//!    with. Where the platform bounds the number of mappings
+//!    ([`bounded_mappings`](pf::Capabilities::bounded_mappings): the
+//!    process), every page is mapped (to the blank frame, read-only) at
+//!    creation, which turns the limit into an error at creation: a remap
+//!    never adds a mapping later. Elsewhere (the guest) pages are mapped
+//!    by their first load, so creating a pool writes no entry per page.
 //! 2. **A frame's header names what it holds.** Bytes 16..24 of a frame (the
 //!    page header's id, [`page`](crate::page)) are the id of the page the
 //!    frame holds, or [`INVALID`] (`u64::MAX`): set to `INVALID` for every
@@ -200,7 +206,8 @@ impl TabbyConfig {
 pub struct Tabby<P: Platform + 'static, D> {
     platform: &'static P,
     window: Window,
-    /// Pages of the device (and of the window).
+    /// Pages mapped at creation: every page of the window on a platform
+    /// with bounded mappings, else none (invariant 1).
     pages: usize,
     /// One latch per page id (outlives frames: versions never reset).
     latches: Vec<Latch>,
@@ -288,8 +295,15 @@ impl<P: Platform + 'static, D: BlockDevice> Tabby<P, D> {
             // Garbage never looks like a page (invariant 2).
             pool.set_header(f, INVALID);
         }
-        // Every page mapped from now on (invariant 1).
-        for id in 0..pages {
+        // On a platform that bounds mappings, every page mapped from now
+        // on, so that the limit is met here (invariant 1); elsewhere each
+        // page is mapped by its first load.
+        let premap = if platform.capabilities().bounded_mappings {
+            pages
+        } else {
+            0
+        };
+        for id in 0..premap {
             platform
                 .map(
                     window.page(id as u64),
@@ -494,15 +508,16 @@ impl<P: Platform + 'static, D> Drop for Tabby<P, D> {
     /// creation goes with it, and every CPU drops its translations, stale
     /// ones from lazy eviction included) and then frees every frame.
     fn drop(&mut self) {
-        // The release reports each page still mapped (all of them, to the
-        // blank frame or a pool frame); the frames are ours and freed below
-        // from our own list, once each.
+        // The release reports each page still mapped (to the blank frame or
+        // a pool frame: all of them if mapped at creation, else those ever
+        // loaded); the frames are ours and freed below from our own list,
+        // once each.
         // SAFETY: the pool is being dropped, so nothing reads or maps its
         // window any more (readers borrow the pool), and its tables are
         // linked from nowhere else.
         let released = unsafe { self.platform.release(self.window, &mut |_, _, _| {}) };
         match released {
-            Ok(r) if r.pages != self.pages as u64 => log::warn!(
+            Ok(r) if self.pages > 0 && r.pages != self.pages as u64 => log::warn!(
                 "tabby: {} pages were still mapped on drop, {} expected",
                 r.pages,
                 self.pages

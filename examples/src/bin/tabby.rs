@@ -298,10 +298,20 @@ fn events(mode: Eviction, name: &str, shape: Shape) {
     } = shape;
     let plat = libdbos::platform();
     let t0 = libdbos::hypercall::clock_nanos();
+    let c0 = plat.counters();
     let p = pool(frames, mode);
     log::info!(
         "{name}: pool set up in {} ms",
         (libdbos::hypercall::clock_nanos() - t0) / 1_000_000
+    );
+    // In the guest a pool maps its pages by their first load: creating one
+    // writes no page-table entry, whatever the window's size.
+    let setup = plat.counters().since(&c0);
+    println!(
+        "{name} setup: {} window pages, {} entries written, {} invalidations",
+        p.window().len / 4096,
+        setup.pte_writes,
+        setup.local_invalidations + setup.remote_invalidations
     );
     let t = match BTree::create(&p) {
         Ok(t) => t,

@@ -254,6 +254,7 @@ impl Platform for GuestPlatform {
             dirty_bit: true,
             per_page_clear: true,
             interrupts: true,
+            bounded_mappings: false,
         }
     }
 

@@ -303,6 +303,7 @@ impl Platform for ProcessPlatform {
             dirty_bit: false,
             per_page_clear: false,
             interrupts: true,
+            bounded_mappings: true,
         }
     }
 
