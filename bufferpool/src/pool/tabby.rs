@@ -26,7 +26,9 @@
 //!    process), every page is mapped (to the blank frame, read-only) at
 //!    creation, which turns the limit into an error at creation: a remap
 //!    never adds a mapping later. Elsewhere (the guest) pages are mapped
-//!    by their first load, so creating a pool writes no entry per page.
+//!    by their first load, and creation maps only the first page of each
+//!    2 MiB, which makes the window's page tables exist: one entry per 512
+//!    pages, and a load never needs memory for a table.
 //! 2. **A frame's header names what it holds.** Bytes 16..24 of a frame (the
 //!    page header's id, [`page`](crate::page)) are the id of the page the
 //!    frame holds, or [`INVALID`] (`u64::MAX`): set to `INVALID` for every
@@ -121,7 +123,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering};
-use libdbos::platform::{self as pf, PageSize, Platform, Protection, Window};
+use libdbos::platform::{self as pf, PageSize, Platform, Protection, Window, LARGE_PAGE_SIZE};
 
 /// The header id of a frame that holds no page.
 pub const INVALID: u64 = u64::MAX;
@@ -206,8 +208,8 @@ impl TabbyConfig {
 pub struct Tabby<P: Platform + 'static, D> {
     platform: &'static P,
     window: Window,
-    /// Pages mapped at creation: every page of the window on a platform
-    /// with bounded mappings, else none (invariant 1).
+    /// Pages mapped at creation (all on a platform with bounded mappings,
+    /// else the first of every 2 MiB), for the check at drop.
     pages: usize,
     /// One latch per page id (outlives frames: versions never reset).
     latches: Vec<Latch>,
@@ -296,14 +298,17 @@ impl<P: Platform + 'static, D: BlockDevice> Tabby<P, D> {
             pool.set_header(f, INVALID);
         }
         // On a platform that bounds mappings, every page mapped from now
-        // on, so that the limit is met here (invariant 1); elsewhere each
-        // page is mapped by its first load.
-        let premap = if platform.capabilities().bounded_mappings {
-            pages
+        // on, so that the limit is met here (invariant 1). Elsewhere each
+        // page is mapped by its first load, and only the first page of each
+        // 2 MiB of the window is mapped now: that makes the page tables
+        // below the window exist (so a load never needs memory for one,
+        // and runs out of nothing midway) at one entry per 512 pages.
+        let step = if platform.capabilities().bounded_mappings {
+            1
         } else {
-            0
+            (LARGE_PAGE_SIZE / PAGE_SIZE as u64) as usize
         };
-        for id in 0..premap {
+        for id in (0..pages).step_by(step) {
             platform
                 .map(
                     window.page(id as u64),
@@ -312,7 +317,7 @@ impl<P: Platform + 'static, D: BlockDevice> Tabby<P, D> {
                     Protection::ReadOnly,
                 )
                 .map_err(platform_err("tabby: mapping the window to the blank frame"))?;
-            pool.pages = id + 1;
+            pool.pages += 1;
         }
         log::debug!(
             "tabby: window of {pages} pages at {:#x}, {} frames, {:?}, repair {}",
@@ -517,7 +522,7 @@ impl<P: Platform + 'static, D> Drop for Tabby<P, D> {
         // linked from nowhere else.
         let released = unsafe { self.platform.release(self.window, &mut |_, _, _| {}) };
         match released {
-            Ok(r) if self.pages > 0 && r.pages != self.pages as u64 => log::warn!(
+            Ok(r) if r.pages < self.pages as u64 => log::warn!(
                 "tabby: {} pages were still mapped on drop, {} expected",
                 r.pages,
                 self.pages

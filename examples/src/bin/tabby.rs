@@ -305,7 +305,8 @@ fn events(mode: Eviction, name: &str, shape: Shape) {
         (libdbos::hypercall::clock_nanos() - t0) / 1_000_000
     );
     // In the guest a pool maps its pages by their first load: creating one
-    // writes no page-table entry, whatever the window's size.
+    // maps only the first page of each 2 MiB of its window (which makes the
+    // window's page tables exist), not every page.
     let setup = plat.counters().since(&c0);
     println!(
         "{name} setup: {} window pages, {} entries written, {} invalidations",
