@@ -364,6 +364,24 @@ pub struct PageTables<'a, M: TableMemory<'a>> {
     _tables: PhantomData<&'a Table>,
 }
 
+/// The leaf entry mapping `addr` to `frame` with `flags` (plus `PRESENT`,
+/// and `HUGE_PAGE` for a large page), once both are checked: a canonical
+/// address and a frame inside the physical address mask, each aligned to
+/// `size`.
+fn leaf_entry(addr: u64, frame: u64, size: Size, flags: Flags) -> Result<Entry, PagingError> {
+    if !canonical(addr) || !addr.is_multiple_of(size.bytes()) {
+        return Err(PagingError::UnalignedAddr);
+    }
+    if !frame.is_multiple_of(size.bytes()) || frame & !ADDR_MASK != 0 {
+        return Err(PagingError::UnalignedFrame);
+    }
+    let leaf_flags = match size {
+        Size::Small => flags | Flags::PRESENT,
+        Size::Large => flags | Flags::PRESENT | Flags::HUGE_PAGE,
+    };
+    Ok(Entry::new(frame, leaf_flags))
+}
+
 /// Whether `addr` is canonical (bits 48..64 copy bit 47).
 const fn canonical(addr: u64) -> bool {
     let top = addr >> 47;
@@ -586,18 +604,8 @@ impl<'a, M: TableMemory<'a>> PageTables<'a, M> {
         size: Size,
         flags: Flags,
     ) -> Result<Update, PagingError> {
-        if !canonical(addr) || !addr.is_multiple_of(size.bytes()) {
-            return Err(PagingError::UnalignedAddr);
-        }
-        if !frame.is_multiple_of(size.bytes()) || frame & !ADDR_MASK != 0 {
-            return Err(PagingError::UnalignedFrame);
-        }
+        let new = leaf_entry(addr, frame, size, flags)?;
         let level = size.level();
-        let leaf_flags = match size {
-            Size::Small => flags | Flags::PRESENT,
-            Size::Large => flags | Flags::PRESENT | Flags::HUGE_PAGE,
-        };
-        let new = Entry::new(frame, leaf_flags);
         let (table, created) = self.table_at_creating(addr, level)?;
         let slot = &table[level.index(addr)];
         let mut old = load(slot);
@@ -644,18 +652,8 @@ impl<'a, M: TableMemory<'a>> PageTables<'a, M> {
         flags: Flags,
         create: bool,
     ) -> Result<Update, PagingError> {
-        if !canonical(addr) || !addr.is_multiple_of(size.bytes()) {
-            return Err(PagingError::UnalignedAddr);
-        }
-        if !frame.is_multiple_of(size.bytes()) || frame & !ADDR_MASK != 0 {
-            return Err(PagingError::UnalignedFrame);
-        }
+        let new = leaf_entry(addr, frame, size, flags)?;
         let level = size.level();
-        let leaf_flags = match size {
-            Size::Small => flags | Flags::PRESENT,
-            Size::Large => flags | Flags::PRESENT | Flags::HUGE_PAGE,
-        };
-        let new = Entry::new(frame, leaf_flags);
         let (table, created) = if create {
             self.table_at_creating(addr, level)?
         } else {
