@@ -434,6 +434,17 @@ impl<P: Platform + 'static, D: BlockDevice> Tabby<P, D> {
         }
     }
 
+    /// The frame of page `id`, latched by the caller, once its translation
+    /// is verified; on a broken translation the latch is released with
+    /// `unlock` and the error returned.
+    fn verified_frame(&self, id: PageId, unlock: fn(&Latch)) -> Result<Frame<'_>, PoolError> {
+        if let Err(e) = self.verify_latched(id) {
+            unlock(&self.latches[id.0 as usize]);
+            return Err(e);
+        }
+        Ok(self.guard_frame(id))
+    }
+
     /// Reads page `id`, whose latch the caller holds exclusively (it was
     /// Evicted), into a free frame and points its entry there. On failure
     /// the latch is released as Evicted.
@@ -626,11 +637,7 @@ unsafe impl<P: Platform + 'static, D: BlockDevice> BufferManager for Tabby<P, D>
                     if latch.try_lock_exclusive(w) {
                         // Before any write: the translation must lead to the
                         // page's frame.
-                        if let Err(e) = self.verify_latched(id) {
-                            latch.unlock_exclusive();
-                            return Err(e);
-                        }
-                        return Ok(self.guard_frame(id));
+                        return self.verified_frame(id, Latch::unlock_exclusive);
                     }
                     (self.core.relax)();
                 }
@@ -648,11 +655,7 @@ unsafe impl<P: Platform + 'static, D: BlockDevice> BufferManager for Tabby<P, D>
                 EXCLUSIVE => (self.core.relax)(),
                 _ => {
                     if latch.try_lock_shared(w) {
-                        if let Err(e) = self.verify_latched(id) {
-                            latch.unlock_shared();
-                            return Err(e);
-                        }
-                        return Ok(self.guard_frame(id));
+                        return self.verified_frame(id, Latch::unlock_shared);
                     }
                     (self.core.relax)();
                 }
@@ -719,11 +722,7 @@ unsafe impl<P: Platform + 'static, D: BlockDevice> BufferManager for Tabby<P, D>
                     if latch.try_lock_exclusive(w) {
                         // Before any write: the translation must lead to the
                         // page's frame.
-                        if let Err(e) = self.verify_latched(id) {
-                            latch.unlock_exclusive();
-                            return Err(e);
-                        }
-                        let f = self.guard_frame(id);
+                        let f = self.verified_frame(id, Latch::unlock_exclusive)?;
                         // SAFETY: latched exclusively, translation verified:
                         // these are the page's PAGE_SIZE bytes, ours alone
                         // (optimistic readers fail validation).
