@@ -46,6 +46,8 @@ pub mod recovery;
 pub mod store;
 pub mod sync;
 
+#[cfg(target_os = "none")]
+pub mod guest;
 #[cfg(not(target_os = "none"))]
 pub mod host;
 

@@ -31,10 +31,10 @@ use dbos_bufferpool::device::{run_all, DmaBytes};
 use dbos_bufferpool::engine::PoolSetup;
 use dbos_bufferpool::pool::tabby::{Tabby, TabbyConfig};
 use dbos_bufferpool::{
-    BlockDevice, CommitMode, Config, Engine, Env, Error, Io, IoBuf, KvTable, Layout, Lsn,
-    NvmeDevice, PageId, PoolError, RecoveryReport, TruncateRequest,
+    BlockDevice, CommitMode, Config, Engine, Env, Error, Io, KvTable, Layout, Lsn, PageId,
+    PoolError, RecoveryReport, TruncateRequest,
 };
-use libdbos::nvme::{self, dma, GuestQueuePair};
+use libdbos::nvme;
 use libdbos::println;
 
 libdbos::entry!(main);
@@ -46,31 +46,7 @@ const QUEUE_DEPTH: u16 = 32;
 /// evicts (and writes pages back under the write-ahead rule) as it runs.
 const POOL_FRAMES: usize = 16;
 
-/// DMA buffers from the heap: 4 KiB aligned and physically contiguous (the
-/// heap lives in the direct map). Never freed, as the device contract says.
-struct HeapDma;
-
-// SAFETY: every buffer is fresh heap memory of the requested size, 4 KiB
-// aligned, physically contiguous, owned by nobody else, and its `addr` is its
-// guest-physical address, which is what the host's poller expects.
-unsafe impl dbos_bufferpool::DmaAllocator for HeapDma {
-    fn alloc(&mut self, bytes: usize) -> Option<IoBuf> {
-        let bytes = bytes.max(1).next_multiple_of(4096);
-        let layout = core::alloc::Layout::from_size_align(bytes, 4096).ok()?;
-        // SAFETY: non-zero size.
-        let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return None;
-        }
-        Some(IoBuf {
-            ptr,
-            addr: dma(ptr)?,
-            blocks: bytes / 4096,
-        })
-    }
-}
-
-type Device = NvmeDevice<GuestQueuePair, HeapDma>;
+type Device = dbos_bufferpool::guest::GuestDevice;
 type Pool = Tabby<libdbos::GuestPlatform, Device>;
 
 /// The engine's pool: `POOL_FRAMES` frames on a queue pair of its own.
@@ -89,8 +65,8 @@ fn pool(blocks: u64) -> impl FnOnce(PoolSetup) -> Result<Pool, PoolError> {
 }
 
 fn device(blocks: u64) -> Device {
-    let qp = nvme::queue_pair(QUEUE_DEPTH).expect("an NVMe queue pair (run with --disk)");
-    NvmeDevice::new(qp, HeapDma, blocks)
+    dbos_bufferpool::guest::device(QUEUE_DEPTH, blocks)
+        .expect("an NVMe queue pair (run with --disk)")
 }
 
 fn env() -> Env {

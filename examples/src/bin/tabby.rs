@@ -43,8 +43,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dbos_bufferpool::btree::BTree;
 use dbos_bufferpool::pool::tabby::{Eviction, Tabby, TabbyConfig};
 use dbos_bufferpool::pool::{BufferManager, PoolStats};
-use dbos_bufferpool::{IoBuf, NvmeDevice, PageId};
-use libdbos::nvme::{self, dma, GuestQueuePair};
+use dbos_bufferpool::PageId;
+use libdbos::nvme;
 use libdbos::platform::{EventCounts, Platform};
 use libdbos::println;
 
@@ -52,41 +52,14 @@ libdbos::entry!(main);
 
 const QUEUE_DEPTH: u16 = 16;
 
-/// DMA buffers from the heap (as in `kvstore`): 4 KiB aligned, physically
-/// contiguous, never freed.
-struct HeapDma;
-
-// SAFETY: every buffer is fresh heap memory of the requested size, 4 KiB
-// aligned, physically contiguous, owned by nobody else, and its `addr` is
-// its guest-physical address.
-unsafe impl dbos_bufferpool::DmaAllocator for HeapDma {
-    fn alloc(&mut self, bytes: usize) -> Option<IoBuf> {
-        let bytes = bytes.max(1).next_multiple_of(4096);
-        let layout = core::alloc::Layout::from_size_align(bytes, 4096).ok()?;
-        // SAFETY: non-zero size.
-        let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return None;
-        }
-        Some(IoBuf {
-            ptr,
-            addr: dma(ptr)?,
-            blocks: bytes / 4096,
-        })
-    }
-}
-
-type Device = NvmeDevice<GuestQueuePair, HeapDma>;
+type Device = dbos_bufferpool::guest::GuestDevice;
 type Pool = Tabby<libdbos::GuestPlatform, Device>;
 
 /// One queue pair per vCPU over the whole disk.
 fn devices() -> Vec<Device> {
     let blocks = nvme::info().expect("a disk (run with --disk)").blocks;
     (0..libdbos::platform().cpu_count())
-        .map(|_| {
-            let qp = nvme::queue_pair(QUEUE_DEPTH).expect("an NVMe queue pair");
-            NvmeDevice::new(qp, HeapDma, blocks)
-        })
+        .map(|_| dbos_bufferpool::guest::device(QUEUE_DEPTH, blocks).expect("an NVMe queue pair"))
         .collect()
 }
 
