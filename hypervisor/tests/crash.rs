@@ -386,19 +386,7 @@ fn kvstore_refuses_a_log_damaged_in_the_middle_of_durable_history() {
         ],
         disk(&path, None, None),
     );
-    assert_ne!(wrong.exit.process_status(), 0, "{:#?}", wrong.console);
-    assert!(
-        wrong
-            .console
-            .iter()
-            .any(|l| l.contains("cannot open the store")),
-        "{:#?}",
-        wrong.console
-    );
-    assert!(
-        std::fs::read(&path).unwrap() == image,
-        "a refused request wrote"
-    );
+    assert_refused_untouched(&wrong, &path, &image);
     // The reported one opens the store with the commits before the damage.
     let cut = kvstore(
         &["2", "fua", "truncate", &at.to_string(), &to.to_string()],
@@ -462,22 +450,28 @@ fn kvstore_refuses_a_store_with_both_control_blocks_damaged() {
     std::fs::write(&path, &image).unwrap();
 
     let after = kvstore(&["4"], disk(&path, None, None));
-    assert_ne!(after.exit.process_status(), 0, "{:#?}", after.console);
     assert!(
         !after.console.iter().any(|l| l.contains("formatting")),
         "{:#?}",
         after.console
     );
+    assert_refused_untouched(&after, &path, &image);
+}
+
+/// A kvstore run that refused to open the store: a non-zero exit, the
+/// refusal on the console, and the disk exactly `image`.
+#[track_caller]
+fn assert_refused_untouched(run: &RunReport, path: &Path, image: &[u8]) {
+    assert_ne!(run.exit.process_status(), 0, "{:#?}", run.console);
     assert!(
-        after
-            .console
+        run.console
             .iter()
             .any(|l| l.starts_with("[vcpu0] cannot open the store")),
         "{:#?}",
-        after.console
+        run.console
     );
     assert!(
-        std::fs::read(&path).unwrap() == image,
+        std::fs::read(path).unwrap() == image,
         "a refused store must be left exactly as it was"
     );
 }
