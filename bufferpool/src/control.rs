@@ -11,7 +11,7 @@
 //! offset  size  field
 //!      0     8  magic "DBOSCTL1"
 //!      8     4  CRC32C of bytes 12..4096
-//!     12     4  format version (2)
+//!     12     4  format version (3)
 //!     16     8  sequence number
 //!     24     8  format id (tags this format's log sectors)
 //!     32     4  epoch: incremented at every start, tags log sectors
@@ -35,7 +35,11 @@
 //! value is refused as corrupt, never trusted.
 //!
 //! Namespace layout: blocks 0-1 control, then `log_blocks` log blocks,
-//! then `data_pages` data pages.
+//! then `data_pages` data pages; and the device's last block holds the
+//! *backup* control block, the copy format wrote (as GPT and ext4 keep a
+//! backup header). It is never updated and never used to open a store:
+//! it lets a store whose first blocks were destroyed be recognised, and
+//! refused, instead of being taken for a blank device and formatted.
 
 use crate::checksum::crc32c;
 use crate::device::BLOCK_SIZE;
@@ -45,10 +49,12 @@ use core::fmt;
 
 const MAGIC: &[u8; 8] = b"DBOSCTL1";
 /// The format version this build reads and writes.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Blocks used by the control block copies.
 pub const CONTROL_BLOCKS: u64 = 2;
+/// Blocks used by the backup control block (the device's last block).
+pub const BACKUP_BLOCKS: u64 = 1;
 
 /// Most log blocks a layout may have (16 TiB of log).
 pub const MAX_LOG_BLOCKS: u64 = 1 << 32;
@@ -104,11 +110,15 @@ impl Layout {
         CONTROL_BLOCKS + self.log_blocks + id.0
     }
 
-    /// Blocks the layout needs; `None` if that does not fit 64 bits.
+    /// Blocks the layout needs: the control blocks, the log, the data
+    /// pages and the backup control block (which goes in the device's
+    /// last block, at or past the data); `None` if that does not fit 64
+    /// bits.
     pub fn checked_blocks(&self) -> Option<u64> {
         CONTROL_BLOCKS
             .checked_add(self.log_blocks)?
-            .checked_add(self.data_pages)
+            .checked_add(self.data_pages)?
+            .checked_add(BACKUP_BLOCKS)
     }
 
     /// Blocks the layout needs (`u64::MAX` if that does not fit 64 bits,
@@ -424,5 +434,6 @@ mod tests {
             .checked_blocks(),
             None
         );
+        assert_eq!(c.layout.checked_blocks(), Some(2 + 64 + 10 + 1));
     }
 }

@@ -67,7 +67,9 @@
 
 use crate::control::{Control, ControlError, Layout, LayoutError};
 use crate::device::{BlockDevice, DeviceError};
-use crate::log::{CommitMode, LogBlock, LogDamage, Tail, Wal, WalError, FIRST_LSN, LOG_BLOCK};
+use crate::log::{
+    unwritten_block, CommitMode, LogBlock, LogDamage, Tail, Wal, WalError, FIRST_LSN, LOG_BLOCK,
+};
 use crate::page::{PageCheck, PAGE_HEADER};
 use crate::pool::{BufferManager, Durability, DurabilityError, Pool, PoolConfig, PoolError};
 use crate::record::Record;
@@ -166,11 +168,15 @@ pub enum Error {
     NotFormatted,
     /// No valid control block (what each of blocks 0 and 1 holds), and the
     /// device is not blank (block `data_at` holds data): a damaged store or
-    /// something else. Opening refuses it and nothing formats it except an
-    /// explicit [`Engine::format`].
+    /// something else. `backup` is the backup control block found in the
+    /// device's last block (`backup_lba`), if it holds one: then this is
+    /// a store whose first blocks were destroyed. Opening refuses it and
+    /// nothing formats it except an explicit [`Engine::format`].
     NoControlBlock {
         slots: [ControlError; 2],
         data_at: u64,
+        backup: Option<Control>,
+        backup_lba: u64,
     },
     /// The layout asked for (or found) is impossible.
     BadLayout(LayoutError),
@@ -233,13 +239,32 @@ impl fmt::Display for Error {
             Error::NotFormatted => f.write_str(
                 "not formatted: no control block, and the device is blank where a store would be",
             ),
-            Error::NoControlBlock { slots, data_at } => write!(
-                f,
-                "no valid control block (block 0 holds {}, block 1 holds {}), and the device \
-                 is not blank (block {data_at} holds data): refusing to open it; only an \
-                 explicit format would reuse it, discarding its contents",
-                slots[0], slots[1]
-            ),
+            Error::NoControlBlock {
+                slots,
+                data_at,
+                backup,
+                backup_lba,
+            } => {
+                write!(
+                    f,
+                    "no valid control block (block 0 holds {}, block 1 holds {}), and the \
+                     device is not blank (block {data_at} holds data",
+                    slots[0], slots[1]
+                )?;
+                if let Some(b) = backup {
+                    write!(
+                        f,
+                        "; block {backup_lba}, the device's last, holds the backup control \
+                         block of a store formatted here: format id {:#x}, {} log blocks, {} \
+                         data pages, so this is that store with its first blocks destroyed",
+                        b.format_id, b.layout.log_blocks, b.layout.data_pages
+                    )?;
+                }
+                f.write_str(
+                    "): refusing to open it and writing nothing; only an explicit format \
+                     would reuse the device, discarding its contents",
+                )
+            }
             Error::BadLayout(e) => write!(f, "impossible layout: {e}"),
             Error::LogCorrupt(d) => write!(f, "{d}"),
             Error::TruncateMismatch { requested, found } => {
@@ -486,11 +511,13 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
     }
 
     /// Formats through `io` (see [`Engine::format`]). Order: build the pool
-    /// (nothing written yet), zero the log area, write every page (empty,
-    /// sealed), flush, write the log's first sector (an empty, valid end of
-    /// the log), then the control block (FUA), which makes it a store. A
-    /// crash before that leaves no control block (and `open` refuses the
-    /// device as not blank).
+    /// (nothing written yet), clear both control blocks, write the log
+    /// area's unwritten sectors, write every page (empty, sealed), flush,
+    /// write the backup control block in the device's last block (FUA),
+    /// write the log's first sector (an empty, valid end of the log), then
+    /// the control block (FUA), which makes it a store. A crash before
+    /// that leaves no control block (and `open` refuses the device as not
+    /// blank).
     pub(crate) fn format_on(
         log_dev: D,
         mut io: StoreIo<D>,
@@ -507,10 +534,6 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         // no store: not the old one either.
         io.clear_control(0)?;
         io.clear_control(1)?;
-        // A log area holding only zeros and this format's sectors is what
-        // lets recovery tell a torn tail from corruption (`crate::log`).
-        io.zero_blocks(layout.log_start(), layout.log_blocks)?;
-        io.write_blank_pages(&layout)?;
         let control = Control {
             seq: 1,
             format_id: (env.now_ns)() ^ 0x005e_ed0f_d805,
@@ -519,10 +542,20 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
             redo: FIRST_LSN,
             epoch_start: FIRST_LSN,
         };
+        // A log area holding only this format's sectors (never zeros) is
+        // what lets recovery tell a torn tail from corruption (`crate::log`).
+        let geo = control.log_geometry();
+        io.write_blocks(layout.log_start(), layout.log_blocks, |i, block| {
+            unwritten_block(&geo, LogBlock(i), block)
+        })?;
+        io.write_blank_pages(&layout)?;
         let tail = Tail {
             end: FIRST_LSN,
             block: vec![0; LOG_BLOCK as usize],
         };
+        // The backup first: a crash before the control block leaves a
+        // device that is recognisably a (failed) store, never blank.
+        io.write_backup_control(&control)?;
         let engine = Engine::assemble(log_dev, io, pool, hook, control, tail, config)?;
         engine.wal.truncate_tail()?;
         engine.io().write_control(&control)?;

@@ -30,9 +30,14 @@
 //! what was written), so whichever version of them survives is
 //! the same. Every batch also writes the sector holding its end, even when
 //! no payload of it is used yet (`used` = 0): the durable end of the log is
-//! always a valid sector that is not full. The epoch (raised at every
-//! start) keeps stale sectors written past the recovered end by an earlier
-//! run from being read as the continuation of a later one.
+//! always a valid sector that is not full. The sectors after the end in
+//! its last block are written as *blank* sectors (checksummed, numbered,
+//! `used` = 0xFFFF, with the batch marker), and format writes every sector
+//! of the log area as an *unwritten* sector (`used` = 0xFFFE): **no sector
+//! of a log is ever all zeros**, so a zeroed sector is damage wherever it
+//! is found, never the old contents of a torn write. The epoch (raised at
+//! every start) keeps stale sectors written past the recovered end by an
+//! earlier run from being read as the continuation of a later one.
 //!
 //! # Torn tail or corruption: the in-flight invariant
 //!
@@ -48,16 +53,17 @@
 //! `v - back(v)` was durable, and final, before `v` was written.
 //!
 //! A crash leaves every sector the in-flight batch wrote either old or new,
-//! and both are intact (a sector is the atomic unit; format zeroed the log
-//! area, so "old" is zeros, an older version of the same sector, or a
-//! sector of an earlier lap or epoch). Therefore, when the reader
-//! ([`scan`]) stops at sector `s`:
+//! and both are intact (a sector is the atomic unit; format wrote every
+//! sector of the log area, so "old" is an unwritten sector, a blank one, an
+//! older version of the same sector, or a sector of an earlier lap or
+//! epoch, and never zeros). Therefore, when the reader ([`scan`]) stops at
+//! sector `s`:
 //!
-//! - if `s` is damaged in a way no crash produces (checksum failure, an
-//!   impossible header, a foreign format, a misplaced sector number, an
-//!   epoch newer than the control block's, a record frame that does not
-//!   hold in sectors whose checksums do), that is corruption;
-//! - if some later valid sector `v` continuing the sequence has
+//! - if `s` is damaged in a way no crash produces (zeros, a checksum
+//!   failure, an impossible header, a foreign format, a misplaced sector
+//!   number, an epoch newer than the control block's, a record frame that
+//!   does not hold in sectors whose checksums do), that is corruption;
+//! - if some later valid or blank sector `v` of this epoch has
 //!   `v - back(v) > s`, a batch began after `s` was durable, so `s` cannot
 //!   be the torn tail of the in-flight batch: corruption;
 //! - if the readable log ends before the epoch start the control block
@@ -65,6 +71,11 @@
 //!   is corruption;
 //! - otherwise `s` and every valid sector after it can belong to the batch
 //!   that was in flight, which acknowledged nothing: a torn tail.
+//!
+//! What this cannot tell apart: a sector of the *last* completed batch
+//! (with no batch after it) reverted to an older intact version, which is
+//! exactly what a crash during that batch leaves. No log can: nothing is
+//! written after the last batch to contradict it (see `docs/wal.md`).
 //!
 //! Corruption is reported as [`LogDamage`] (sector, device block, LSN
 //! range, what was found, the intact log beyond it); recovery refuses to
@@ -114,6 +125,10 @@ pub const SECTOR_PAYLOAD: u64 = SECTOR - SECTOR_HEADER;
 pub const SECTORS_PER_BLOCK: u64 = 8;
 /// Bytes per log block.
 pub const LOG_BLOCK: u64 = SECTOR * SECTORS_PER_BLOCK;
+/// `used` of a blank sector: written by a batch past its end sector.
+pub const USED_BLANK: u16 = 0xFFFF;
+/// `used` of an unwritten sector: written by format, by no batch since.
+pub const USED_UNWRITTEN: u16 = 0xFFFE;
 /// The LSN of the first record of a new log.
 pub const FIRST_LSN: Lsn = Lsn(SECTOR_HEADER);
 /// Most blocks of log buffer ([`Wal::new`]): a batch's sectors must be able
@@ -650,10 +665,12 @@ impl<D: BlockDevice> Wal<D> {
     /// Fills `out` with sector `s` as of insert position `target`, for a
     /// batch whose first changed sector is `first_changed`: payload up to
     /// `target`; the sector holding `target` is sealed even when none of
-    /// its payload is used; sectors after it are zero.
+    /// its payload is used; sectors after it are blank.
     fn seal_sector(&self, s: u64, target: u64, first_changed: u64, out: &mut [u8]) {
+        // At most MAX_BUFFER_BLOCKS + 1 blocks per batch: fits 16 bits.
+        let back = u16::try_from(s - first_changed).expect("batch within the buffer");
         if s > target / SECTOR {
-            out.fill(0);
+            seal_header(&self.geo, s, USED_BLANK, back, out);
             return;
         }
         let payload_start = s * SECTOR + SECTOR_HEADER;
@@ -664,15 +681,36 @@ impl<D: BlockDevice> Wal<D> {
         // appenders stay one ring length ahead of the durable block.
         unsafe { self.ring.copy_out(payload_start, &mut out[h..h + used]) };
         out[h + used..].fill(0);
-        out[4..6].copy_from_slice(&(used as u16).to_le_bytes());
-        // At most MAX_BUFFER_BLOCKS + 1 blocks per batch: fits 16 bits.
-        let back = u16::try_from(s - first_changed).expect("batch within the buffer");
-        out[6..8].copy_from_slice(&back.to_le_bytes());
-        out[8..12].copy_from_slice(&self.geo.epoch.to_le_bytes());
-        out[12..16].copy_from_slice(&(self.geo.format_id as u32).to_le_bytes());
-        out[16..24].copy_from_slice(&s.to_le_bytes());
-        let crc = crc32c(&out[4..]);
-        out[0..4].copy_from_slice(&crc.to_le_bytes());
+        seal_header(&self.geo, s, used as u16, back, out);
+    }
+}
+
+/// Writes sector `s`'s header (`used` payload bytes or a marker, batch
+/// marker `back`, the geometry's epoch and format id) and its checksum
+/// over `out`, whose payload is filled already (zeros for the markers).
+fn seal_header(geo: &LogGeometry, s: u64, used: u16, back: u16, out: &mut [u8]) {
+    if used >= USED_UNWRITTEN {
+        out[SECTOR_HEADER as usize..SECTOR as usize].fill(0);
+    }
+    out[4..6].copy_from_slice(&used.to_le_bytes());
+    out[6..8].copy_from_slice(&back.to_le_bytes());
+    out[8..12].copy_from_slice(&geo.epoch.to_le_bytes());
+    out[12..16].copy_from_slice(&(geo.format_id as u32).to_le_bytes());
+    out[16..24].copy_from_slice(&s.to_le_bytes());
+    let crc = crc32c(&out[4..SECTOR as usize]);
+    out[0..4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Fills `out` (one log block) with the unwritten sectors format writes at
+/// `block` of the log of `geo`: checksummed and numbered, so that no sector
+/// of a log is ever all zeros (see the module docs).
+pub fn unwritten_block(geo: &LogGeometry, block: LogBlock, out: &mut [u8]) {
+    let first = block.0 * SECTORS_PER_BLOCK;
+    for (i, sector) in out[..LOG_BLOCK as usize]
+        .chunks_exact_mut(SECTOR as usize)
+        .enumerate()
+    {
+        seal_header(geo, first + i as u64, USED_UNWRITTEN, 0, sector);
     }
 }
 
@@ -681,7 +719,13 @@ impl<D: BlockDevice> Wal<D> {
 pub enum SectorState {
     /// It belongs here: checksum, format id, number and epoch hold.
     Valid { used: u16, epoch: u32, back: u16 },
-    /// All zero (never written since the format, or past a batch's end).
+    /// A blank sector of this epoch, written by a batch past its end
+    /// sector (`back` as in a valid sector).
+    Blank { epoch: u32, back: u16 },
+    /// A sector format wrote and no batch has written since.
+    Unwritten,
+    /// All zero: no log writes such a sector (format writes every sector
+    /// of the area), so it is damage.
     Zeros,
     /// Not all zero, and the checksum does not hold.
     BadChecksum,
@@ -709,7 +753,8 @@ impl SectorState {
         matches!(
             self,
             SectorState::Valid { .. }
-                | SectorState::Zeros
+                | SectorState::Blank { .. }
+                | SectorState::Unwritten
                 | SectorState::OtherLap(_)
                 | SectorState::OldEpoch(_)
         )
@@ -722,6 +767,10 @@ impl fmt::Display for SectorState {
             SectorState::Valid { used, epoch, .. } => {
                 write!(f, "a valid sector ({used} payload bytes, epoch {epoch})")
             }
+            SectorState::Blank { epoch, .. } => {
+                write!(f, "a blank sector past a write's end (epoch {epoch})")
+            }
+            SectorState::Unwritten => f.write_str("a sector unwritten since the format"),
             SectorState::Zeros => f.write_str("zeros"),
             SectorState::BadChecksum => f.write_str("a sector failing its checksum"),
             SectorState::BadHeader { used, back } => write!(
@@ -780,7 +829,11 @@ pub fn check_sector(raw: &[u8], sector: u64, rules: &SectorRules) -> SectorState
         }
         return SectorState::Misplaced(number);
     }
-    if used as u64 > SECTOR_PAYLOAD || back as u64 > sector {
+    if used == USED_UNWRITTEN {
+        return SectorState::Unwritten;
+    }
+    let blank = used == USED_BLANK;
+    if (used as u64 > SECTOR_PAYLOAD && !blank) || back as u64 > sector {
         return SectorState::BadHeader { used, back };
     }
     if epoch > geo.epoch {
@@ -789,6 +842,9 @@ pub fn check_sector(raw: &[u8], sector: u64, rules: &SectorRules) -> SectorState
     let payload_start = sector * SECTOR + SECTOR_HEADER;
     if epoch < rules.min_epoch || (epoch < geo.epoch && payload_start >= rules.epoch_start.0) {
         return SectorState::OldEpoch(epoch);
+    }
+    if blank {
+        return SectorState::Blank { epoch, back };
     }
     SectorState::Valid { used, epoch, back }
 }
@@ -1180,23 +1236,30 @@ fn scan_until<D: BlockDevice, E>(
         });
     };
     // Past the stop: intact sectors continuing the log, and whether any
-    // was written by a batch that began after the stop sector was durable.
+    // (or a blank one) was written by a batch that began after the stop
+    // sector was durable.
     let mut beyond: Option<(Lsn, Lsn)> = None;
     let mut later = None;
     for v in sector + 1..window_end {
         let raw = reader.sector(v).map_err(ScanError::Device)?;
-        // Only a sector carrying its own number can be valid: skip the
-        // checksum of the others (stale laps, zeros), most of the area.
-        if raw[16..24] != v.to_le_bytes() {
+        // Only a sector carrying its own number, written by a batch, can
+        // say anything: skip the checksum of the others (stale laps, the
+        // format's unwritten sectors, zeros), most of the area.
+        if raw[16..24] != v.to_le_bytes() || raw[4..6] == USED_UNWRITTEN.to_le_bytes() {
             continue;
         }
-        if let SectorState::Valid { used, back, .. } = check_sector(raw, v, &rules) {
-            let start = Lsn(v * SECTOR);
-            let stop = Lsn(v * SECTOR + SECTOR_HEADER + used as u64);
-            beyond = Some(beyond.map_or((start, stop), |(a, _)| (a, stop)));
-            if later.is_none() && v - back as u64 > sector {
-                later = Some(v);
+        let back = match check_sector(raw, v, &rules) {
+            SectorState::Valid { used, back, .. } => {
+                let start = Lsn(v * SECTOR);
+                let stop = Lsn(v * SECTOR + SECTOR_HEADER + used as u64);
+                beyond = Some(beyond.map_or((start, stop), |(a, _)| (a, stop)));
+                back
             }
+            SectorState::Blank { back, .. } => back,
+            _ => continue,
+        };
+        if later.is_none() && v - back as u64 > sector {
+            later = Some(v);
         }
     }
     if damage.is_none() {

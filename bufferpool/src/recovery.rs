@@ -46,9 +46,9 @@
 //!    continued log), continue the log there, and take a checkpoint, which
 //!    writes the recovered pages and bounds the next recovery.
 
-use crate::control::Control;
 use crate::control::Layout;
 use crate::control::CONTROL_BLOCKS;
+use crate::control::{Control, ControlError};
 use crate::device::{BlockDevice, DmaBytes};
 use crate::engine::{
     build_pool, check_fits, Config, Engine, Error, LogHook, PoolSetup, RecordProblem,
@@ -69,14 +69,16 @@ use alloc::vec::Vec;
 const SCAN_BLOCKS: usize = 64;
 
 /// Blocks [`Engine::open`] checks for data when neither control block is
-/// valid (1 MiB from block 0), to tell a blank device from something else.
-/// Every store this crate formats has, at any time, a valid control block
-/// or data in block 2 (the log's first sector, sealed at format, is never
-/// zeroed again), so a damaged store is never taken for a blank device;
-/// other data (a file system, a partition table) starts in the first
-/// blocks too. The bound keeps a first start cheap on a large device (8
-/// reads of the store's 32-block buffer). [`Engine::open_or_format`]
-/// checks every block that format would write instead.
+/// valid (1 MiB from block 0), besides the device's last block, to tell a
+/// blank device from something else. Every store this crate formats has
+/// its backup control block in the device's last block and data all
+/// through its log area (format writes every log sector), so a store
+/// whose first blocks, or whose last block, were destroyed is never taken
+/// for a blank device; other data (a file system, a partition table)
+/// starts in the first blocks too. The bound keeps a first start cheap on
+/// a large device (8 reads of the store's 32-block buffer).
+/// [`Engine::open_or_format`] checks every block that format would write
+/// instead.
 pub const BLANK_CHECK_BLOCKS: u64 = 256;
 
 /// The operator's request to give up part of a corrupt log: recovery cuts
@@ -210,7 +212,8 @@ enum Found<D> {
 }
 
 /// Reads the control block through `io`; without a valid one, tells a
-/// blank device (blocks `0..blank_check` all zero) from anything else
+/// blank device (blocks `0..blank_check` and the device's last block, where
+/// format puts the backup control block, all zero) from anything else
 /// ([`Error::NoControlBlock`]).
 fn read_control<D: BlockDevice>(mut io: StoreIo<D>, blank_check: u64) -> Result<Found<D>, Error> {
     // A device that cannot even hold the control blocks is named as such,
@@ -226,10 +229,19 @@ fn read_control<D: BlockDevice>(mut io: StoreIo<D>, blank_check: u64) -> Result<
         Ok(control) => return Ok(Found::Store(control, io)),
         Err(slots) => slots,
     };
-    match io.first_nonzero(blank_check)? {
-        None => Ok(Found::Blank(io)),
-        Some(data_at) => Err(Error::NoControlBlock { slots, data_at }),
-    }
+    let backup_lba = io.backup_lba();
+    let backup = io.read_backup_control()?;
+    let data_at = match (io.first_nonzero(blank_check)?, backup) {
+        (None, Err(ControlError::Zeros)) => return Ok(Found::Blank(io)),
+        (Some(at), _) => at,
+        (None, _) => backup_lba,
+    };
+    Err(Error::NoControlBlock {
+        slots,
+        data_at,
+        backup: backup.ok(),
+        backup_lba,
+    })
 }
 
 fn scan_error(e: ScanError<Error>) -> Error {

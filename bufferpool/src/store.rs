@@ -1,5 +1,5 @@
 //! The engine's own I/O on the data queue, besides the pool's page I/O:
-//! the control block, zeroing the log at format, writing the blank pages
+//! the control block, the log area's unwritten sectors at format, writing the blank pages
 //! of a new store, the page check recovery makes before it replays
 //! anything, and device flushes.
 //!
@@ -65,13 +65,23 @@ impl<D: BlockDevice> StoreIo<D> {
         Ok(None)
     }
 
-    /// Writes zeros over blocks `first..first + blocks` (plain writes: a
-    /// flush makes them stable).
-    pub fn zero_blocks(&mut self, first: u64, blocks: u64) -> Result<(), DeviceError> {
-        self.buf.bytes_mut().fill(0);
+    /// Writes blocks `first..first + blocks`, block `first + i` as `fill(i,
+    /// block)` makes it (plain writes: a flush makes them stable).
+    pub fn write_blocks(
+        &mut self,
+        first: u64,
+        blocks: u64,
+        mut fill: impl FnMut(u64, &mut [u8]),
+    ) -> Result<(), DeviceError> {
         let mut done = 0;
         while done < blocks {
             let n = (blocks - done).min(BATCH as u64);
+            for (i, block) in self.buf.bytes_mut()[..n as usize * BLOCK_SIZE]
+                .chunks_exact_mut(BLOCK_SIZE)
+                .enumerate()
+            {
+                fill(done + i as u64, block);
+            }
             let io = Io::write(first + done, n as u32, self.buf.io_buf().addr, false);
             run_all(&mut self.dev, &[io], self.env.relax)?;
             done += n;
@@ -84,6 +94,27 @@ impl<D: BlockDevice> StoreIo<D> {
         c.encode(&mut self.buf.bytes_mut()[..BLOCK_SIZE]);
         let io = Io::write(c.lba(), 1, self.buf.io_buf().addr, true);
         run_all(&mut self.dev, &[io], self.env.relax)
+    }
+
+    /// The device's last block: where the backup control block goes.
+    pub fn backup_lba(&self) -> u64 {
+        self.block_count() - 1
+    }
+
+    /// Writes `c` as the backup control block (the device's last block)
+    /// with FUA.
+    pub fn write_backup_control(&mut self, c: &Control) -> Result<(), DeviceError> {
+        c.encode(&mut self.buf.bytes_mut()[..BLOCK_SIZE]);
+        let io = Io::write(self.backup_lba(), 1, self.buf.io_buf().addr, true);
+        run_all(&mut self.dev, &[io], self.env.relax)
+    }
+
+    /// Reads the device's last block: the backup control block, or why it
+    /// is not one (all zero on a blank device).
+    pub fn read_backup_control(&mut self) -> Result<Result<Control, ControlError>, DeviceError> {
+        let io = Io::read(self.backup_lba(), 1, self.buf.io_buf().addr);
+        run_all(&mut self.dev, &[io], self.env.relax)?;
+        Ok(Control::decode(&self.buf.bytes()[..BLOCK_SIZE]))
     }
 
     /// Writes zeros over control slot `slot` with FUA.

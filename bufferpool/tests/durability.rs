@@ -86,6 +86,11 @@ fn committed_store(n: u64) -> (Arc<MemDisk>, Vec<Lsn>) {
     (disk, ends)
 }
 
+/// The backup control block in the device's last block, if it is one.
+fn backup_of(img: &[u8]) -> Option<Control> {
+    Control::decode(&img[img.len() - BLOCK_SIZE..]).ok()
+}
+
 fn holds_all(e: &Mem, n: u64) -> bool {
     let kv = KvTable::new(e, PageId(0), 4);
     (0..n).all(|i| kv.get(i * 37 % 2000).unwrap() == value(i))
@@ -275,20 +280,11 @@ fn an_older_sector_inside_durable_history_is_corruption() {
         "{d}"
     );
     assert!(disk2.image() == img, "a refusal wrote");
-    // Zeroed instead.
+    // Zeroed instead: no log sector is ever all zeros.
     let mut img = last.clone();
     img[r].fill(0);
     let d = refused(&MemDisk::new(img));
-    assert!(
-        matches!(
-            d.what,
-            Damage::Overtaken {
-                found: SectorState::Zeros,
-                ..
-            }
-        ),
-        "{d}"
-    );
+    assert_eq!(d.what, Damage::Sector(SectorState::Zeros), "{d}");
 }
 
 /// Item 2: no valid control block means "fresh disk" only when the device
@@ -301,9 +297,13 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
     img[100] ^= 1;
     img[BLOCK_SIZE + 100] ^= 1;
     let disk = MemDisk::new(img.clone());
+    let backup = backup_of(&img);
+    assert_eq!(backup.map(|c| (c.seq, c.layout)), Some((1, LAYOUT)));
     let want = Error::NoControlBlock {
         slots: [ControlError::BadChecksum, ControlError::BadChecksum],
         data_at: 0,
+        backup,
+        backup_lba: LAYOUT.blocks() - 1,
     };
     assert_eq!(mem_open(&disk).err(), Some(want));
     let r = Engine::open_or_format(
@@ -330,6 +330,8 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
         Some(Error::NoControlBlock {
             slots: [ControlError::Zeros, ControlError::Zeros],
             data_at: 2,
+            backup,
+            backup_lba: LAYOUT.blocks() - 1,
         })
     );
     // Something else entirely.
@@ -339,6 +341,8 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
         Some(Error::NoControlBlock {
             slots: [ControlError::NotControl, ControlError::NotControl],
             data_at: 0,
+            backup: None,
+            backup_lba: LAYOUT.blocks() - 1,
         })
     );
     // A device smaller than the control blocks: too small, not an I/O error.
@@ -408,6 +412,8 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
         Some(Error::NoControlBlock {
             slots: [ControlError::Zeros, ControlError::Zeros],
             data_at: LAYOUT.blocks() - 1,
+            backup: None,
+            backup_lba: LAYOUT.blocks() - 1,
         })
     );
     // The explicit request formats anything.
@@ -469,7 +475,9 @@ fn crafted_control_blocks_are_corrupt_not_a_panic() {
             mem_open(&d).err(),
             Some(Error::NoControlBlock {
                 slots: [err, err],
-                data_at: 0
+                data_at: 0,
+                backup: backup_of(&disk.image()),
+                backup_lba: LAYOUT.blocks() - 1,
             })
         );
         assert!(mem_open(&d)
@@ -493,7 +501,7 @@ fn crafted_control_blocks_are_corrupt_not_a_panic() {
     assert_eq!(
         mem_open(&d).err(),
         Some(Error::DeviceTooSmall {
-            needed: 2 + (1 << 32) + (1 << 36),
+            needed: 2 + (1 << 32) + (1 << 36) + 1,
             have: LAYOUT.blocks()
         })
     );
