@@ -70,6 +70,7 @@ use crate::device::{BlockDevice, DeviceError};
 use crate::log::{
     unwritten_block, CommitMode, LogBlock, LogDamage, Tail, Wal, WalError, FIRST_LSN, LOG_BLOCK,
 };
+use crate::lsntable::{self, PageLsns};
 use crate::page::{PageCheck, PAGE_HEADER};
 use crate::pool::{BufferManager, Durability, DurabilityError, Pool, PoolConfig, PoolError};
 use crate::record::Record;
@@ -136,6 +137,9 @@ pub enum RecordProblem {
     /// A commit record counting a different number of page writes than
     /// precede it.
     WriteCount { commit_says: u32, found: u64 },
+    /// A checkpoint's page-LSN table inside a transaction's records (a
+    /// checkpoint appends it on its own).
+    TableInTransaction,
 }
 
 impl fmt::Display for RecordProblem {
@@ -151,6 +155,9 @@ impl fmt::Display for RecordProblem {
                 f,
                 "the commit counts {commit_says} page writes, {found} precede it"
             ),
+            RecordProblem::TableInTransaction => {
+                f.write_str("a checkpoint's page-LSN table among a transaction's page writes")
+            }
         }
     }
 }
@@ -211,6 +218,19 @@ pub enum Error {
     UnrepairablePage(PageId, PageCheck),
     /// The log holds a well-formed record at `lsn` that makes no sense.
     BadLogRecord { lsn: Lsn, problem: RecordProblem },
+    /// Page `page` (device block `lba`) holds LSN `found` on storage, but a
+    /// checkpoint's page-LSN table in the log says it held at least
+    /// `expected` (see `crate::lsntable`): an older copy of the page (a
+    /// lost or reverted page write), and the log holds no image of it.
+    /// Recovery refused and wrote nothing.
+    StalePage {
+        page: PageId,
+        lba: u64,
+        found: Lsn,
+        expected: Lsn,
+    },
+    /// Memory for `what` (`bytes` bytes) could not be had.
+    OutOfMemory { what: &'static str, bytes: u64 },
     /// Recovery's redo pass read the log differently from its check pass
     /// (the last commit ended at `checked`, now at `replayed`): the device
     /// returned other data for the same blocks. Pages redone so far may
@@ -311,6 +331,22 @@ impl fmt::Display for Error {
             }
             Error::BadLogRecord { lsn, problem } => {
                 write!(f, "corrupt log: the record at LSN {}: {problem}", lsn.0)
+            }
+            Error::StalePage {
+                page,
+                lba,
+                found,
+                expected,
+            } => write!(
+                f,
+                "page {} (device block {lba}) is older on storage than the log says: it holds \
+                 LSN {}, but a checkpoint recorded it at LSN {} (a lost or reverted page \
+                 write), and the log holds no image of it to restore it from. Recovery \
+                 refused and wrote nothing",
+                page.0, found.0, expected.0
+            ),
+            Error::OutOfMemory { what, bytes } => {
+                write!(f, "out of memory: {bytes} bytes for {what}")
             }
             Error::LogChanged { checked, replayed } => write!(
                 f,
@@ -475,6 +511,9 @@ pub struct Engine<D: BlockDevice, B> {
     /// that each hold some frames and wait for more could latch every frame
     /// and fail with `NoFreeFrame`.
     pin_limit: usize,
+    /// Every data page's LSN, logged by each checkpoint (see
+    /// `crate::lsntable`); `None` for a store too large for the table.
+    page_lsns: Option<PageLsns>,
     stats: AtomicEngineStats,
 }
 
@@ -530,6 +569,7 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         check_fits(&io, &layout)?;
         let hook = Arc::new(LogHook::new());
         let pool = build_pool(&hook, &layout, make_pool)?;
+        let page_lsns = page_lsns(&layout, |_| 0)?;
         // From here until the new control block is written the device is
         // no store: not the old one either.
         io.clear_control(0)?;
@@ -556,7 +596,7 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         // The backup first: a crash before the control block leaves a
         // device that is recognisably a (failed) store, never blank.
         io.write_backup_control(&control)?;
-        let engine = Engine::assemble(log_dev, io, pool, hook, control, tail, config)?;
+        let engine = Engine::assemble(log_dev, io, pool, hook, control, tail, page_lsns, config)?;
         engine.wal.truncate_tail()?;
         engine.io().write_control(&control)?;
         log::info!(
@@ -567,8 +607,10 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         Ok(engine)
     }
 
-    /// Puts the pieces together (the log continuing at `tail`), and opens
-    /// the log to the pool's page writes through `hook`.
+    /// Puts the pieces together (the log continuing at `tail`, the pages
+    /// at `page_lsns`), and opens the log to the pool's page writes through
+    /// `hook`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn assemble(
         log_dev: D,
         io: StoreIo<D>,
@@ -576,6 +618,7 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         hook: Arc<LogHook<D>>,
         control: Control,
         tail: Tail,
+        page_lsns: Option<PageLsns>,
         config: Config,
     ) -> Result<Engine<D, B>, Error> {
         let geo = control.log_geometry();
@@ -588,6 +631,9 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
             control.redo,
             tail,
         )?);
+        if page_lsns.is_some() {
+            wal.set_reserve(lsntable::table_blocks(control.layout.data_pages));
+        }
         hook.wal.call_once(|| wal.clone());
         Ok(Engine {
             env: config.env,
@@ -605,6 +651,7 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
             pins: AtomicUsize::new(0),
             pin_limit: (pool.capacity() / 2).max(1),
             pool,
+            page_lsns,
             stats: AtomicEngineStats::default(),
         })
     }
@@ -867,10 +914,13 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
             let i = ids.binary_search(&w.page).expect("fixed");
             pages[i].bytes_mut()[w.offset..w.offset + w.data.len()].copy_from_slice(w.data);
         }
-        for g in &mut pages {
+        for (g, &id) in pages.iter_mut().zip(&ids) {
             // Marks the page dirty: it is unfixed dirty when `pages` drops,
             // and the pool writes it only once the log is durable to `end`.
             g.set_lsn(end);
+            if let Some(t) = &self.page_lsns {
+                t.set(id, end);
+            }
         }
         drop(pages);
         let s = &self.stats;
@@ -919,6 +969,9 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
             self.wal.fail(e);
             return Err(Error::Device(e));
         }
+        // Every page's LSN as it is on storage now, before the control
+        // block that makes this checkpoint recovery's starting point.
+        self.log_page_lsns(redo)?;
         let mut control = lock(&self.control, self.env.relax);
         let next = Control {
             seq: control.seq + 1,
@@ -942,6 +995,63 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
             pages_written,
         })
     }
+}
+
+impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
+    /// Logs the page-LSN table of the checkpoint whose redo point is `redo`
+    /// (its pages written and flushed) into the log's reserve, and makes
+    /// it durable.
+    fn log_page_lsns(&self, redo: Lsn) -> Result<(), Error> {
+        let Some(t) = &self.page_lsns else {
+            return Ok(());
+        };
+        let chunks = t.chunks(redo);
+        let records = lsntable::records(redo, &chunks);
+        let max = self.wal.max_append();
+        let mut end = None;
+        let mut from = 0;
+        while from < records.len() {
+            let mut to = from;
+            let mut bytes = 0;
+            while to < records.len() && bytes + records[to].encoded_len() <= max {
+                bytes += records[to].encoded_len();
+                to += 1;
+            }
+            end = Some(self.wal.append_reserved(&records[from..to.max(from + 1)])?);
+            from = to.max(from + 1);
+        }
+        if let Some(end) = end {
+            self.wal.flush_to(end)?;
+        }
+        Ok(())
+    }
+}
+
+/// The engine's page-LSN table for `layout` (pages at `lsns`), if the store
+/// keeps one (`crate::lsntable::enabled`).
+pub(crate) fn page_lsns(
+    layout: &Layout,
+    lsn_of: impl Fn(usize) -> u64,
+) -> Result<Option<PageLsns>, Error> {
+    if !lsntable::enabled(layout) {
+        log::warn!(
+            "engine: {} data pages over {} log blocks: no page-LSN table (it needs a log of at \
+             least {} blocks), so a lost page write is not detected",
+            layout.data_pages,
+            layout.log_blocks,
+            lsntable::table_blocks(layout.data_pages) * 4
+        );
+        return Ok(None);
+    }
+    let bytes = layout.data_pages * 8;
+    // `enabled` bounds the pages by the log's size, which is below 2^32
+    // blocks: they fit a usize.
+    PageLsns::new(layout.data_pages as usize, lsn_of)
+        .map(Some)
+        .ok_or(Error::OutOfMemory {
+            what: "the page-LSN table",
+            bytes,
+        })
 }
 
 /// Builds the engine's pool for `layout` and checks it serves every data

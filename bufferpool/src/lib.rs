@@ -39,6 +39,7 @@ pub mod engine;
 pub mod fuzzing;
 pub mod kv;
 pub mod log;
+pub mod lsntable;
 pub mod page;
 pub mod pool;
 pub mod record;

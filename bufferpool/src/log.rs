@@ -347,6 +347,9 @@ pub struct Wal<D: BlockDevice> {
     insert: Mutex<Lsn>,
     durable: AtomicU64,
     redo: AtomicU64,
+    /// Log blocks that [`Wal::append`] leaves free for
+    /// [`Wal::append_reserved`] (a checkpoint's page-LSN table).
+    reserve: AtomicU64,
     writer: Mutex<Writer<D>>,
     failed: AtomicBool,
     failure: Mutex<Option<DeviceError>>,
@@ -404,6 +407,7 @@ impl<D: BlockDevice> Wal<D> {
             insert: Mutex::new(end),
             durable: AtomicU64::new(end.0),
             redo: AtomicU64::new(redo.0),
+            reserve: AtomicU64::new(0),
             writer: Mutex::new(Writer {
                 dev,
                 buf,
@@ -488,10 +492,28 @@ impl<D: BlockDevice> Wal<D> {
         ((self.ring.size - 2 * LOG_BLOCK) / SECTOR * SECTOR_PAYLOAD) as usize
     }
 
+    /// Keeps `blocks` log blocks free of [`Wal::append`]'s records, for
+    /// [`Wal::append_reserved`]: a full log still has room for what a
+    /// checkpoint must log before it can free the log.
+    pub fn set_reserve(&self, blocks: u64) {
+        self.reserve.store(blocks, Ordering::Release);
+    }
+
     /// Appends `records` as one contiguous run and returns the LSN just
     /// after them. They are durable once [`Wal::flush_to`] with that LSN
-    /// returns `Ok`.
+    /// returns `Ok`. Refused with [`WalError::LogFull`] where it would use
+    /// the reserve ([`Wal::set_reserve`]).
     pub fn append(&self, records: &[Record<'_>]) -> Result<Lsn, WalError> {
+        self.append_within(records, self.reserve.load(Ordering::Acquire))
+    }
+
+    /// Appends like [`Wal::append`], into the reserve too.
+    pub fn append_reserved(&self, records: &[Record<'_>]) -> Result<Lsn, WalError> {
+        self.append_within(records, 0)
+    }
+
+    /// Appends, leaving `reserve` log blocks free.
+    fn append_within(&self, records: &[Record<'_>], reserve: u64) -> Result<Lsn, WalError> {
         self.check_failed()?;
         let total: usize = records.iter().map(Record::encoded_len).sum();
         if total > self.max_append() {
@@ -513,7 +535,7 @@ impl<D: BlockDevice> Wal<D> {
             // `end` (its end sector), so that block counts.
             let redo_block = LogBlock::of(self.redo_lsn()).0;
             let needed = LogBlock::of(end).0 - redo_block + 1;
-            if needed > self.geo.blocks {
+            if needed > self.geo.blocks.saturating_sub(reserve) {
                 return Err(WalError::LogFull {
                     needed_blocks: needed,
                     log_blocks: self.geo.blocks,

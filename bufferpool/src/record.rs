@@ -23,6 +23,12 @@
 //!   u16, data`.
 //! - [`Record::Commit`]: ends a transaction whose `writes` page writes
 //!   precede it, `writes u32`.
+//! - [`Record::PageLsns`]: part of a checkpoint's page-LSN table: the page
+//!   LSN that pages `first..` held on storage once the checkpoint whose
+//!   redo point is `checkpoint` had written them (0: not known, a page
+//!   changed after the redo point), `checkpoint u64, first u64, lsns
+//!   [u64]`. Recovery refuses a page older than its entry (a lost or
+//!   reverted page write) unless the log holds an image of it.
 
 use crate::checksum::Crc32c;
 use crate::{Lsn, PageId, PAGE_SIZE};
@@ -33,6 +39,10 @@ pub const RECORD_HEADER: usize = 17;
 const KIND_PAGE_IMAGE: u8 = 1;
 const KIND_PAGE_WRITE: u8 = 2;
 const KIND_COMMIT: u8 = 3;
+const KIND_PAGE_LSNS: u8 = 4;
+
+/// Most pages one [`Record::PageLsns`] covers (3840 bytes of LSNs).
+pub const PAGE_LSNS_PER_RECORD: usize = 480;
 
 /// One log record, borrowing its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +58,12 @@ pub enum Record<'a> {
     },
     Commit {
         writes: u32,
+    },
+    PageLsns {
+        checkpoint: Lsn,
+        first: PageId,
+        /// Little-endian `u64` LSNs, one per page from `first` on.
+        lsns: &'a [u8],
     },
 }
 
@@ -90,6 +106,7 @@ impl Record<'_> {
                 Record::PageImage { .. } => 8 + PAGE_SIZE,
                 Record::PageWrite { data, .. } => 8 + 2 + data.len(),
                 Record::Commit { .. } => 4,
+                Record::PageLsns { lsns, .. } => 16 + lsns.len(),
             }
     }
 
@@ -117,6 +134,20 @@ impl Record<'_> {
             Record::Commit { writes } => {
                 body[0] = KIND_COMMIT;
                 body[1..5].copy_from_slice(&writes.to_le_bytes());
+            }
+            Record::PageLsns {
+                checkpoint,
+                first,
+                lsns,
+            } => {
+                assert!(
+                    !lsns.is_empty() && lsns.len().is_multiple_of(8),
+                    "whole LSNs"
+                );
+                body[0] = KIND_PAGE_LSNS;
+                body[1..9].copy_from_slice(&checkpoint.0.to_le_bytes());
+                body[9..17].copy_from_slice(&first.0.to_le_bytes());
+                body[17..].copy_from_slice(lsns);
             }
         }
         let crc = frame_crc(out);
@@ -176,6 +207,17 @@ impl Record<'_> {
             KIND_COMMIT if body.len() == 5 => Ok(Record::Commit {
                 writes: u32::from_le_bytes(body[1..5].try_into().unwrap()),
             }),
+            KIND_PAGE_LSNS
+                if body.len() > 17
+                    && (body.len() - 17).is_multiple_of(8)
+                    && body.len() - 17 <= 8 * PAGE_LSNS_PER_RECORD =>
+            {
+                Ok(Record::PageLsns {
+                    checkpoint: Lsn(u64::from_le_bytes(body[1..9].try_into().unwrap())),
+                    first: PageId(u64::from_le_bytes(body[9..17].try_into().unwrap())),
+                    lsns: &body[17..],
+                })
+            }
             _ => Err(RecordError::BadBody),
         }
     }
@@ -207,8 +249,13 @@ mod tests {
                 data: b"hello",
             },
             Record::Commit { writes: 1 },
+            Record::PageLsns {
+                checkpoint: Lsn(4120),
+                first: PageId(480),
+                lsns: &[7; 24],
+            },
         ];
-        let lens = [17 + 8 + 4096, 17 + 10 + 5, 17 + 4];
+        let lens = [17 + 8 + 4096, 17 + 10 + 5, 17 + 4, 17 + 16 + 24];
         for (r, len) in recs.iter().zip(lens) {
             assert_eq!(r.encoded_len(), len);
             let mut buf = vec![0; len];

@@ -51,12 +51,13 @@ use crate::control::CONTROL_BLOCKS;
 use crate::control::{Control, ControlError};
 use crate::device::{BlockDevice, DmaBytes};
 use crate::engine::{
-    build_pool, check_fits, Config, Engine, Error, LogHook, PoolSetup, RecordProblem,
+    build_pool, check_fits, page_lsns, Config, Engine, Error, LogHook, PoolSetup, RecordProblem,
 };
 use crate::log::{
     lsn_advance, read_tail, scan, scan_to, LogDamage, LogGeometry, ScanError, ScanStop, ScanSummary,
 };
-use crate::page::{PageCheck, PAGE_HEADER};
+use crate::lsntable::{self, Expected};
+use crate::page::{page_lsn, PageCheck, PAGE_HEADER};
 use crate::pool::{BufferManager, Pool, PoolError};
 use crate::record::Record;
 use crate::store::StoreIo;
@@ -266,7 +267,26 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
     // Every page of a store was written at format (before its control
     // block), so an all-zero page is damage like any other bad page: it
     // must be restored from an image in the log, or recovery refuses.
-    let damaged = io.check_pages(&layout)?;
+    // Every valid page's LSN, for the page-LSN tables' check and as the
+    // engine's table (see `crate::lsntable`), when the store keeps one.
+    let keep_lsns = lsntable::enabled(&layout);
+    let mut stored: Vec<u64> = Vec::new();
+    if keep_lsns {
+        // Bounded by the log's size (see `lsntable::enabled`).
+        let pages = layout.data_pages as usize;
+        stored
+            .try_reserve_exact(pages)
+            .map_err(|_| Error::OutOfMemory {
+                what: "the page-LSN table",
+                bytes: layout.data_pages * 8,
+            })?;
+        stored.resize(pages, 0);
+    }
+    let damaged = io.check_pages(&layout, |id, lsn| {
+        if keep_lsns {
+            stored[id.0 as usize] = lsn.0;
+        }
+    })?;
     // The hook allows no page write until the checks below have passed.
     let hook = Arc::new(LogHook::new());
     let pool = build_pool(&hook, &layout, make_pool)?;
@@ -297,6 +317,8 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
         pending: Vec::new(),
         report: &mut report,
         resume: control.redo,
+        expected: Expected::default(),
+        lsns: &mut [],
     };
     let summary = scan_log(
         &mut log_dev,
@@ -310,6 +332,7 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
     let resume = check.resume;
     let discarded = check.pending.len() as u64;
     let damaged = core::mem::take(&mut check.damaged);
+    let expected = core::mem::take(&mut check.expected);
     report.records = summary.records;
     report.writes_discarded = discarded;
     report.end = resume;
@@ -339,6 +362,21 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
     if let Some((&i, &c)) = damaged.iter().next() {
         return Err(Error::UnrepairablePage(PageId(i), c));
     }
+    // A page older than a checkpoint recorded, which the log does not
+    // restore: a lost or reverted page write.
+    // (A page damaged on storage was restored from an image, or refused
+    // above: the images exempt it.)
+    let stale = expected.first_stale(|p| stored.get(p.0 as usize).map(|&l| Lsn(l)));
+    if let Some(st) = stale {
+        let e = Error::StalePage {
+            page: st.page,
+            lba: layout.page_lba(st.page),
+            found: st.found,
+            expected: st.expected,
+        };
+        log::error!("recovery: {e}");
+        return Err(e);
+    }
     // Pass 2: redo through the pool. The log up to `resume` was read from
     // the device; the flush makes it durable before any page write, so a
     // page never reaches storage ahead of the log it depends on.
@@ -351,6 +389,8 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
         pending: Vec::new(),
         report: &mut report,
         resume: control.redo,
+        expected: Expected::default(),
+        lsns: &mut stored,
     };
     // Up to the last commit only: what follows was judged by the check.
     let again = scan_log(
@@ -388,7 +428,12 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
         report.pages_repaired.len()
     );
     let tail = read_tail(&mut log_dev, &geo, resume, &mut buf, env)?;
-    let engine = Engine::assemble(log_dev, io, pool, hook, control, tail, config)?;
+    let page_lsns = if keep_lsns {
+        page_lsns(&layout, |i| stored[i])?
+    } else {
+        None
+    };
+    let engine = Engine::assemble(log_dev, io, pool, hook, control, tail, page_lsns, config)?;
     engine.wal.truncate_tail()?;
     let ckpt = engine.checkpoint()?;
     report.pages_written = ckpt.pages_written;
@@ -447,8 +492,13 @@ struct Replay<'a, B> {
     damaged: BTreeMap<u64, PageCheck>,
     pending: Vec<Pending>,
     report: &'a mut RecoveryReport,
-    /// The end of the last commit record seen.
+    /// The end of the last commit record (or page-LSN table) seen.
     resume: Lsn,
+    /// What the page-LSN tables and images say (the check pass).
+    expected: Expected,
+    /// Every page's LSN, kept up to date by the redo pass (empty for a
+    /// store without a page-LSN table, and in the check pass).
+    lsns: &'a mut [u64],
 }
 
 impl<B: BufferManager> Replay<'_, B> {
@@ -469,6 +519,7 @@ impl<B: BufferManager> Replay<'_, B> {
                 match self.pool {
                     None => {
                         self.report.page_images += 1;
+                        self.expected.image(page);
                         if self.damaged.remove(&page.0).is_some() {
                             self.report.pages_repaired.push(page);
                         }
@@ -483,8 +534,33 @@ impl<B: BufferManager> Replay<'_, B> {
                         // `fix_overwrite` left it (an image of page P holds
                         // P there already; Tabby relies on it).
                         bytes[16..24].copy_from_slice(&page.0.to_le_bytes());
+                        if let Some(l) = self.lsns.get_mut(page.0 as usize) {
+                            *l = page_lsn(image).0;
+                        }
                     }
                 }
+            }
+            Record::PageLsns {
+                checkpoint,
+                first,
+                lsns,
+            } => {
+                // A checkpoint appends its table on its own, never inside
+                // a transaction's run of records.
+                if !self.pending.is_empty() {
+                    return Err(Error::BadLogRecord {
+                        lsn,
+                        problem: RecordProblem::TableInTransaction,
+                    });
+                }
+                let last = first.0.checked_add(lsns.len() as u64 / 8 - 1);
+                self.check_page(lsn, PageId(last.unwrap_or(u64::MAX)))?;
+                if self.pool.is_none() {
+                    self.expected.table(checkpoint, first, lsns);
+                }
+                // The log is cut after the last commit at the end of
+                // recovery: keep the table.
+                self.resume = lsn_advance(lsn, rec.encoded_len() as u64);
             }
             Record::PageWrite { page, offset, data } => {
                 self.check_page(lsn, page)?;
@@ -554,6 +630,9 @@ impl<B: BufferManager> Replay<'_, B> {
                     bytes[w.offset..w.offset + w.data.len()].copy_from_slice(&w.data);
                 }
                 g.set_lsn(end);
+                if let Some(l) = self.lsns.get_mut(run[0].page.0 as usize) {
+                    *l = end.0;
+                }
                 self.report.writes_applied += run.len() as u64;
             } else {
                 self.report.writes_skipped += run.len() as u64;

@@ -10,8 +10,8 @@
 
 use crate::control::{Control, ControlError, Layout, CONTROL_BLOCKS};
 use crate::device::{run_all, BlockDevice, DeviceError, DmaBytes, Io, BLOCK_SIZE};
-use crate::page::{seal, verify, PageCheck};
-use crate::{Env, PageId, PAGE_SIZE};
+use crate::page::{page_lsn, seal, verify, PageCheck};
+use crate::{Env, Lsn, PageId, PAGE_SIZE};
 use alloc::collections::BTreeMap;
 
 /// Blocks read or written per batch of requests.
@@ -153,9 +153,11 @@ impl<D: BlockDevice> StoreIo<D> {
     /// page, another page's image, or all zero). Recovery decides with
     /// this, before it writes anything, which pages the log must repair;
     /// memory is one entry per bad page, not per page.
+    /// `valid(id, lsn)` is called for every valid page with its page LSN.
     pub fn check_pages(
         &mut self,
         layout: &Layout,
+        mut valid: impl FnMut(PageId, Lsn),
     ) -> Result<BTreeMap<u64, PageCheck>, DeviceError> {
         let mut bad = BTreeMap::new();
         let mut first = 0;
@@ -168,7 +170,7 @@ impl<D: BlockDevice> StoreIo<D> {
                 let id = PageId(first + i);
                 let page = &self.buf.bytes()[i as usize * PAGE_SIZE..][..PAGE_SIZE];
                 match verify(page, id) {
-                    PageCheck::Valid => {}
+                    PageCheck::Valid => valid(id, page_lsn(page)),
                     check => {
                         bad.insert(id.0, check);
                     }

@@ -717,3 +717,71 @@ fn an_all_zero_page_is_repaired_from_its_image_or_refused() {
     );
     assert!(d.image() == img, "a refusing recovery wrote");
 }
+
+/// Issue 16, case 6: an older, valid copy of a data page put back after a
+/// checkpoint had written a newer one (a lost or reverted page write) is
+/// refused with the page, its block and both LSNs, writing nothing; the
+/// same stale copy of a page that the log restores from an image (it was
+/// changed after the last checkpoint) does no harm.
+#[test]
+fn a_stale_page_is_refused_unless_the_log_restores_it() {
+    const SLOTS: u64 = dbos_bufferpool::kv::SLOTS_PER_PAGE;
+    let page_block = |p: u64| LAYOUT.page_lba(PageId(p)) as usize * BLOCK_SIZE;
+    for changed_after in [false, true] {
+        let (disk, e) = manual_store();
+        let kv = KvTable::new(&e, PageId(0), 4);
+        for k in 0..4 {
+            kv.put(&[(k * SLOTS, 10 + k)]).unwrap();
+        }
+        e.checkpoint().unwrap();
+        // Page 1 as on storage now: valid, LSN of its first change.
+        let old = disk.image()[page_block(1)..page_block(1) + BLOCK_SIZE].to_vec();
+        kv.put(&[(SLOTS, 21)]).unwrap();
+        e.checkpoint().unwrap();
+        // Later commits, to page 0 only (or to page 1 too).
+        kv.put(&[(0, 30)]).unwrap();
+        if changed_after {
+            kv.put(&[(SLOTS + 1, 31)]).unwrap();
+        }
+        drop(e);
+        let mut img = disk.image();
+        assert_ne!(img[page_block(1)..page_block(1) + BLOCK_SIZE], old[..]);
+        img[page_block(1)..page_block(1) + BLOCK_SIZE].copy_from_slice(&old);
+        let disk = MemDisk::new(img.clone());
+        match mem_open(&disk) {
+            Err(err) => {
+                assert!(!changed_after, "{err}");
+                let Error::StalePage {
+                    page,
+                    lba,
+                    found,
+                    expected,
+                } = err
+                else {
+                    panic!("{err}")
+                };
+                assert_eq!((page, lba), (PageId(1), LAYOUT.page_lba(PageId(1))));
+                assert!(found < expected, "{err}");
+                assert!(disk.image() == img, "a refusal wrote");
+                let msg = err.to_string();
+                assert!(
+                    msg.contains(&format!(
+                        "page 1 (device block {lba}) is older on storage than the log says: \
+                         it holds LSN {}, but a checkpoint recorded it at LSN {}",
+                        found.0, expected.0
+                    )),
+                    "{msg}"
+                );
+            }
+            Ok((e, report)) => {
+                assert!(changed_after, "the stale page was served");
+                assert!(report.page_images >= 1);
+                let kv = KvTable::new(&e, PageId(0), 4);
+                assert_eq!(kv.get(0).unwrap(), 30);
+                assert_eq!(kv.get(SLOTS).unwrap(), 21);
+                assert_eq!(kv.get(SLOTS + 1).unwrap(), 31);
+                assert_eq!(kv.get(2 * SLOTS).unwrap(), 12);
+            }
+        }
+    }
+}

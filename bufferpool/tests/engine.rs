@@ -427,9 +427,14 @@ fn pages_are_written_only_after_the_log_covering_them() {
         .position(|o| matches!(o.kind, IoKind::Write { .. }) && o.offset >= log_end)
         .unwrap();
     assert!(first_log < first_page, "{ops:?}");
-    // Then the pages, a flush, and the control block with FUA.
+    // Then the pages, a flush, the page-LSN table (a FUA log write: the
+    // store keeps one, see `dbos_bufferpool::lsntable`) and the control
+    // block with FUA.
+    assert!(dbos_bufferpool::lsntable::enabled(&LAYOUT));
     let n = ops.len();
-    assert_eq!(ops[n - 2].kind, IoKind::Flush);
+    assert_eq!(ops[n - 3].kind, IoKind::Flush);
+    assert_eq!(ops[n - 2].kind, IoKind::Write { fua: true });
+    assert!((2 * 4096..log_end).contains(&ops[n - 2].offset));
     assert_eq!(ops[n - 1].kind, IoKind::Write { fua: true });
     assert!(ops[n - 1].offset < 2 * 4096);
 }
