@@ -162,6 +162,24 @@ impl fmt::Display for RecordProblem {
     }
 }
 
+/// What a backup control block says of the store formatted on a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backup {
+    /// The format id its log sectors carry.
+    pub format_id: u64,
+    /// The layout it was formatted with.
+    pub layout: Layout,
+}
+
+impl From<Control> for Backup {
+    fn from(c: Control) -> Backup {
+        Backup {
+            format_id: c.format_id,
+            layout: c.layout,
+        }
+    }
+}
+
 /// An engine operation that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
@@ -182,7 +200,7 @@ pub enum Error {
     NoControlBlock {
         slots: [ControlError; 2],
         data_at: u64,
-        backup: Option<Control>,
+        backup: Option<Backup>,
         backup_lba: u64,
     },
     /// The layout asked for (or found) is impossible.

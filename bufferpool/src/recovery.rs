@@ -240,7 +240,7 @@ fn read_control<D: BlockDevice>(mut io: StoreIo<D>, blank_check: u64) -> Result<
     Err(Error::NoControlBlock {
         slots,
         data_at,
-        backup: backup.ok(),
+        backup: backup.ok().map(Into::into),
         backup_lba,
     })
 }

@@ -11,6 +11,7 @@ mod common;
 use common::*;
 use dbos_bufferpool::control::{Control, ControlError};
 use dbos_bufferpool::device::{DeviceError, BLOCK_SIZE};
+use dbos_bufferpool::engine::Backup;
 use dbos_bufferpool::fuzzing::{config, pool, MemDevice, MemDisk};
 use dbos_bufferpool::log::{LOG_BLOCK, SECTOR};
 use dbos_bufferpool::pool::hash::HashPool;
@@ -87,8 +88,10 @@ fn committed_store(n: u64) -> (Arc<MemDisk>, Vec<Lsn>) {
 }
 
 /// The backup control block in the device's last block, if it is one.
-fn backup_of(img: &[u8]) -> Option<Control> {
-    Control::decode(&img[img.len() - BLOCK_SIZE..]).ok()
+fn backup_of(img: &[u8]) -> Option<Backup> {
+    Control::decode(&img[img.len() - BLOCK_SIZE..])
+        .ok()
+        .map(Into::into)
 }
 
 fn holds_all(e: &Mem, n: u64) -> bool {
@@ -298,7 +301,7 @@ fn damaged_control_blocks_are_refused_never_reformatted() {
     img[BLOCK_SIZE + 100] ^= 1;
     let disk = MemDisk::new(img.clone());
     let backup = backup_of(&img);
-    assert_eq!(backup.map(|c| (c.seq, c.layout)), Some((1, LAYOUT)));
+    assert_eq!(backup.map(|c| c.layout), Some(LAYOUT));
     let want = Error::NoControlBlock {
         slots: [ControlError::BadChecksum, ControlError::BadChecksum],
         data_at: 0,
