@@ -64,8 +64,11 @@
 //!   number, an epoch newer than the control block's, a record frame that
 //!   does not hold in sectors whose checksums do), that is corruption;
 //! - if some later valid or blank sector `v` of this epoch has
-//!   `v - back(v) > s`, a batch began after `s` was durable, so `s` cannot
-//!   be the torn tail of the in-flight batch: corruption;
+//!   `v - back(v) > s`, or a blank one says its batch began past the
+//!   readable log, a batch began after `s` was durable, so `s` cannot be
+//!   the torn tail of the in-flight batch: corruption (the in-flight
+//!   batch began at the durable end, and every version of the sector
+//!   holding it, old or new, holds the log up to there);
 //! - if the readable log ends before the epoch start the control block
 //!   names (log the recovery that began the epoch had read and kept), that
 //!   is corruption;
@@ -73,9 +76,10 @@
 //!   that was in flight, which acknowledged nothing: a torn tail.
 //!
 //! What this cannot tell apart: a sector of the *last* completed batch
-//! (with no batch after it) reverted to an older intact version, which is
-//! exactly what a crash during that batch leaves. No log can: nothing is
-//! written after the last batch to contradict it (see `docs/wal.md`).
+//! (with no batch after it) reverted to the version it had before that
+//! batch, which is exactly what a crash during that batch leaves. No log
+//! can: nothing is written after the last batch to contradict it (see
+//! `docs/wal.md`).
 //!
 //! Corruption is reported as [`LogDamage`] (sector, device block, LSN
 //! range, what was found, the intact log beyond it); recovery refuses to
@@ -641,7 +645,7 @@ impl<D: BlockDevice> Wal<D> {
         let (done, rest) = out.split_at_mut(frozen.raw.len());
         done.copy_from_slice(&frozen.raw);
         for (i, sector) in rest.chunks_exact_mut(SECTOR as usize).enumerate() {
-            self.seal_sector(first_changed + i as u64, target, first_changed, sector);
+            self.seal_sector(first_changed + i as u64, durable, target, sector);
         }
         ios.clear();
         let mut i = 0;
@@ -685,13 +689,18 @@ impl<D: BlockDevice> Wal<D> {
     }
 
     /// Fills `out` with sector `s` as of insert position `target`, for a
-    /// batch whose first changed sector is `first_changed`: payload up to
-    /// `target`; the sector holding `target` is sealed even when none of
-    /// its payload is used; sectors after it are blank.
-    fn seal_sector(&self, s: u64, target: u64, first_changed: u64, out: &mut [u8]) {
+    /// batch that began at durable LSN `durable`: payload up to `target`;
+    /// the sector holding `target` is sealed even when none of its payload
+    /// is used; sectors after it are blank, their payload naming `durable`
+    /// and `target`.
+    fn seal_sector(&self, s: u64, durable: u64, target: u64, out: &mut [u8]) {
         // At most MAX_BUFFER_BLOCKS + 1 blocks per batch: fits 16 bits.
-        let back = u16::try_from(s - first_changed).expect("batch within the buffer");
+        let back = u16::try_from(s - durable / SECTOR).expect("batch within the buffer");
         if s > target / SECTOR {
+            let h = SECTOR_HEADER as usize;
+            out[h..].fill(0);
+            out[h..h + 8].copy_from_slice(&durable.to_le_bytes());
+            out[h + 8..h + 16].copy_from_slice(&target.to_le_bytes());
             seal_header(&self.geo, s, USED_BLANK, back, out);
             return;
         }
@@ -709,11 +718,8 @@ impl<D: BlockDevice> Wal<D> {
 
 /// Writes sector `s`'s header (`used` payload bytes or a marker, batch
 /// marker `back`, the geometry's epoch and format id) and its checksum
-/// over `out`, whose payload is filled already (zeros for the markers).
+/// over `out`, whose payload is filled already.
 fn seal_header(geo: &LogGeometry, s: u64, used: u16, back: u16, out: &mut [u8]) {
-    if used >= USED_UNWRITTEN {
-        out[SECTOR_HEADER as usize..SECTOR as usize].fill(0);
-    }
     out[4..6].copy_from_slice(&used.to_le_bytes());
     out[6..8].copy_from_slice(&back.to_le_bytes());
     out[8..12].copy_from_slice(&geo.epoch.to_le_bytes());
@@ -732,6 +738,7 @@ pub fn unwritten_block(geo: &LogGeometry, block: LogBlock, out: &mut [u8]) {
         .chunks_exact_mut(SECTOR as usize)
         .enumerate()
     {
+        sector.fill(0);
         seal_header(geo, first + i as u64, USED_UNWRITTEN, 0, sector);
     }
 }
@@ -742,8 +749,9 @@ pub enum SectorState {
     /// It belongs here: checksum, format id, number and epoch hold.
     Valid { used: u16, epoch: u32, back: u16 },
     /// A blank sector of this epoch, written by a batch past its end
-    /// sector (`back` as in a valid sector).
-    Blank { epoch: u32, back: u16 },
+    /// sector (`back` as in a valid sector; `began`: the durable LSN when
+    /// that batch began).
+    Blank { epoch: u32, back: u16, began: Lsn },
     /// A sector format wrote and no batch has written since.
     Unwritten,
     /// All zero: no log writes such a sector (format writes every sector
@@ -866,7 +874,9 @@ pub fn check_sector(raw: &[u8], sector: u64, rules: &SectorRules) -> SectorState
         return SectorState::OldEpoch(epoch);
     }
     if blank {
-        return SectorState::Blank { epoch, back };
+        let h = SECTOR_HEADER as usize;
+        let began = Lsn(u64::from_le_bytes(raw[h..h + 8].try_into().unwrap()));
+        return SectorState::Blank { epoch, back, began };
     }
     SectorState::Valid { used, epoch, back }
 }
@@ -1275,6 +1285,14 @@ fn scan_until<D: BlockDevice, E>(
                 let start = Lsn(v * SECTOR);
                 let stop = Lsn(v * SECTOR + SECTOR_HEADER + used as u64);
                 beyond = Some(beyond.map_or((start, stop), |(a, _)| (a, stop)));
+                back
+            }
+            // A blank sector says exactly where its batch began: past the
+            // readable log, that batch began after more log than we read
+            // was durable (a sector before it reverted to an older
+            // version, which no crash leaves).
+            SectorState::Blank { back, began, .. } if began > valid_end => {
+                later.get_or_insert(v);
                 back
             }
             SectorState::Blank { back, .. } => back,
