@@ -64,7 +64,10 @@
 //!   number, an epoch newer than the control block's, a record frame that
 //!   does not hold in sectors whose checksums do), that is corruption;
 //! - if some later valid or blank sector `v` of this epoch has
-//!   `v - back(v) > s`, or a blank one says its batch began past the
+//!   `v - back(v) > s` (or `= s` where `s` is not a valid sector: a batch
+//!   can only begin in a sector that holds the durable end, a valid
+//!   sector in every version a crash leaves), or a blank one says its
+//!   batch began past the
 //!   readable log, a batch began after `s` was durable, so `s` cannot be
 //!   the torn tail of the in-flight batch: corruption (the in-flight
 //!   batch began at the durable end, and every version of the sector
@@ -1298,7 +1301,12 @@ fn scan_until<D: BlockDevice, E>(
             SectorState::Blank { back, .. } => back,
             _ => continue,
         };
-        if later.is_none() && v - back as u64 > sector {
+        // A batch that began in the stop sector found it valid (the
+        // sector holding the durable end always is), and a crash leaves
+        // such a sector old or new, valid either way.
+        let began = v - back as u64;
+        let stop_valid = matches!(found, SectorState::Valid { .. });
+        if later.is_none() && (began > sector || (began == sector && !stop_valid)) {
             later = Some(v);
         }
     }
