@@ -247,6 +247,17 @@ pub enum Error {
         found: Lsn,
         expected: Lsn,
     },
+    /// Page `page` (device block `lba`) holds LSN `page_lsn` on storage,
+    /// but the readable log ends (its last commit) at `log_end`, before
+    /// it. A page is written only once the log is durable up to its LSN,
+    /// so the log lost records that were durable: its final blocks were
+    /// reverted or lost. Recovery refused and wrote nothing.
+    LogBehindPage {
+        page: PageId,
+        lba: u64,
+        page_lsn: Lsn,
+        log_end: Lsn,
+    },
     /// Memory for `what` (`bytes` bytes) could not be had.
     OutOfMemory { what: &'static str, bytes: u64 },
     /// Recovery's redo pass read the log differently from its check pass
@@ -304,7 +315,11 @@ impl fmt::Display for Error {
                 )
             }
             Error::BadLayout(e) => write!(f, "impossible layout: {e}"),
-            Error::LogCorrupt(d) => write!(f, "{d}"),
+            Error::LogCorrupt(d) => write!(
+                f,
+                "{d}. Recovery refused and wrote nothing; {}",
+                d.truncation()
+            ),
             Error::TruncateMismatch { requested, found } => {
                 write!(
                     f,
@@ -362,6 +377,19 @@ impl fmt::Display for Error {
                  write), and the log holds no image of it to restore it from. Recovery \
                  refused and wrote nothing",
                 page.0, found.0, expected.0
+            ),
+            Error::LogBehindPage {
+                page,
+                lba,
+                page_lsn,
+                log_end,
+            } => write!(
+                f,
+                "the log ends too early: page {} (device block {lba}) holds LSN {}, but the \
+                 readable log's last commit ends at LSN {}; a page is written only once the \
+                 log is durable up to its LSN, so durable log records were lost (the log's \
+                 last blocks reverted or not written back). Recovery refused and wrote nothing",
+                page.0, page_lsn.0, log_end.0
             ),
             Error::OutOfMemory { what, bytes } => {
                 write!(f, "out of memory: {bytes} bytes for {what}")

@@ -742,8 +742,29 @@ pub fn unwritten_block(geo: &LogGeometry, block: LogBlock, out: &mut [u8]) {
         .enumerate()
     {
         sector.fill(0);
-        seal_header(geo, first + i as u64, USED_UNWRITTEN, 0, sector);
+        // No checksum (the field stays zero): the pattern is checked whole
+        // instead (`unwritten_number`), which costs the guest, whose
+        // CRC32C is software, far less at format and at every recovery.
+        sector[4..6].copy_from_slice(&USED_UNWRITTEN.to_le_bytes());
+        sector[12..16].copy_from_slice(&(geo.format_id as u32).to_le_bytes());
+        sector[16..24].copy_from_slice(&(first + i as u64).to_le_bytes());
     }
+}
+
+/// The sector number of `raw` if it is exactly an unwritten sector of the
+/// log of `geo` (see [`unwritten_block`]): checksum field, batch marker,
+/// epoch and payload zero, the unwritten marker, `geo`'s format id.
+fn unwritten_number(raw: &[u8], geo: &LogGeometry) -> Option<u64> {
+    let words = |r: &[u8]| {
+        r.chunks_exact(8)
+            .all(|w| u64::from_le_bytes(w.try_into().unwrap()) == 0)
+    };
+    (raw[0..4] == [0; 4]
+        && raw[4..6] == USED_UNWRITTEN.to_le_bytes()
+        && raw[6..12] == [0; 6]
+        && raw[12..16] == (geo.format_id as u32).to_le_bytes()
+        && words(&raw[SECTOR_HEADER as usize..SECTOR as usize]))
+    .then(|| u64::from_le_bytes(raw[16..24].try_into().unwrap()))
 }
 
 /// What a sector read from the log turned out to be.
@@ -842,6 +863,14 @@ pub fn check_sector(raw: &[u8], sector: u64, rules: &SectorRules) -> SectorState
     let raw = &raw[..SECTOR as usize];
     let u32_at = |at: usize| u32::from_le_bytes(raw[at..at + 4].try_into().unwrap());
     let u16_at = |at: usize| u16::from_le_bytes(raw[at..at + 2].try_into().unwrap());
+    let lap = rules.geo.blocks.saturating_mul(SECTORS_PER_BLOCK);
+    if let Some(n) = unwritten_number(raw, &rules.geo) {
+        return match n {
+            n if n == sector => SectorState::Unwritten,
+            n if n < sector && (sector - n).is_multiple_of(lap) => SectorState::OtherLap(n),
+            n => SectorState::Misplaced(n),
+        };
+    }
     if u32_at(0) != crc32c(&raw[4..]) {
         if raw.iter().all(|&b| b == 0) {
             return SectorState::Zeros;
@@ -856,14 +885,10 @@ pub fn check_sector(raw: &[u8], sector: u64, rules: &SectorRules) -> SectorState
         return SectorState::OtherFormat(format);
     }
     if number != sector {
-        let lap = geo.blocks.saturating_mul(SECTORS_PER_BLOCK);
         if number < sector && (sector - number).is_multiple_of(lap) {
             return SectorState::OtherLap(number);
         }
         return SectorState::Misplaced(number);
-    }
-    if used == USED_UNWRITTEN {
-        return SectorState::Unwritten;
     }
     let blank = used == USED_BLANK;
     if (used as u64 > SECTOR_PAYLOAD && !blank) || back as u64 > sector {
@@ -952,6 +977,10 @@ pub struct LogDamage {
     /// Intact log sectors found past the damage: the LSN range from the
     /// first one's start to the last one's end, if any.
     pub beyond: Option<(Lsn, Lsn)>,
+    /// Commit records found whole in that intact log past the damage: at
+    /// least this many committed (and acknowledged) transactions are lost
+    /// if the log is cut at the damage.
+    pub commits_beyond: u64,
     /// The end of the last commit record before the damage: where a
     /// truncation would cut the log (filled in by recovery).
     pub keep_end: Lsn,
@@ -990,18 +1019,34 @@ impl fmt::Display for LogDamage {
         if let Some((x, y)) = self.beyond {
             write!(
                 f,
-                "; intact log follows at LSNs {}..{}, which may hold acknowledged commits",
-                x.0, y.0
+                "; intact log follows at LSNs {}..{}, holding the commit records of {} \
+                 transactions (acknowledged commits, which a truncation would lose)",
+                x.0, y.0, self.commits_beyond
             )?;
         }
-        write!(
-            f,
-            ". Recovery refused and wrote nothing. Truncating the log at LSN {} would discard \
-             LSNs {}..{}",
-            self.keep_end.0,
-            self.keep_end.0,
-            self.lost_end().0
-        )
+        Ok(())
+    }
+}
+
+impl LogDamage {
+    /// What truncating at this damage discards, for the refusal.
+    pub fn truncation(&self) -> impl fmt::Display + '_ {
+        struct T<'a>(&'a LogDamage);
+        impl fmt::Display for T<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let d = self.0;
+                write!(
+                    f,
+                    "truncating the log at LSN {} would discard LSNs {}..{} and at least {} \
+                     committed transactions",
+                    d.keep_end.0,
+                    d.keep_end.0,
+                    d.lost_end().0,
+                    d.commits_beyond
+                )
+            }
+        }
+        T(self)
     }
 }
 
@@ -1275,6 +1320,10 @@ fn scan_until<D: BlockDevice, E>(
     // sector was durable.
     let mut beyond: Option<(Lsn, Lsn)> = None;
     let mut later = None;
+    // Runs of consecutive valid sectors past the stop: (the payload index
+    // of the first byte, the payload), for counting the commits there.
+    let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut run_next = None;
     for v in sector + 1..window_end {
         let raw = reader.sector(v).map_err(ScanError::Device)?;
         // Only a sector carrying its own number, written by a batch, can
@@ -1288,6 +1337,12 @@ fn scan_until<D: BlockDevice, E>(
                 let start = Lsn(v * SECTOR);
                 let stop = Lsn(v * SECTOR + SECTOR_HEADER + used as u64);
                 beyond = Some(beyond.map_or((start, stop), |(a, _)| (a, stop)));
+                let payload = &raw[SECTOR_HEADER as usize..][..used as usize];
+                if run_next != Some(v) {
+                    runs.push((payload_index(Lsn(start.0 + SECTOR_HEADER)), Vec::new()));
+                }
+                runs.last_mut().unwrap().1.extend_from_slice(payload);
+                run_next = (used as u64 == SECTOR_PAYLOAD).then_some(v + 1);
                 back
             }
             // A blank sector says exactly where its batch began: past the
@@ -1340,10 +1395,45 @@ fn scan_until<D: BlockDevice, E>(
                 sector,
                 lba: geo.lba_of(LogBlock(sector / SECTORS_PER_BLOCK)),
                 beyond,
+                commits_beyond: runs
+                    .iter()
+                    .map(|(first, payload)| count_commits(*first, payload, max_record))
+                    .sum(),
                 keep_end: end,
             }
         }),
     })
+}
+
+/// The commit records in `payload` (consecutive log payload from payload
+/// index `first`, which may begin inside a record): from the first place a
+/// whole record starts (its frame's length, LSN and checksum hold), the
+/// records that follow one another.
+fn count_commits(first: u64, payload: &[u8], max_record: usize) -> u64 {
+    let frame_at = |i: usize| -> Option<(usize, bool)> {
+        let rest = &payload[i..];
+        let len = Record::framed_len(rest, max_record).ok()?;
+        let lsn = lsn_of_payload(first + i as u64);
+        // The LSN field first: it rules out almost every wrong offset
+        // without a checksum.
+        if rest.len() < len || rest[8..16] != lsn.0.to_le_bytes() {
+            return None;
+        }
+        let r = Record::decode(&rest[..len], lsn).ok()?;
+        Some((len, matches!(r, Record::Commit { .. })))
+    };
+    let Some(mut i) = (0..payload.len().saturating_sub(16)).find(|&i| frame_at(i).is_some()) else {
+        return 0;
+    };
+    let mut commits = 0;
+    while i + 16 <= payload.len() {
+        let Some((len, commit)) = frame_at(i) else {
+            break;
+        };
+        commits += commit as u64;
+        i += len;
+    }
+    commits
 }
 
 /// Reads the log block holding `end`, where the log is to continue.

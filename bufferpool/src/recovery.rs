@@ -282,9 +282,15 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
             })?;
         stored.resize(pages, 0);
     }
+    // The page holding the highest LSN: no page is written before the log
+    // is durable up to its LSN, so the log must reach that far.
+    let mut newest = (PageId(0), Lsn(0));
     let damaged = io.check_pages(&layout, |id, lsn| {
         if keep_lsns {
             stored[id.0 as usize] = lsn.0;
+        }
+        if lsn > newest.1 {
+            newest = (id, lsn);
         }
     })?;
     // The hook allows no page write until the checks below have passed.
@@ -342,19 +348,39 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
         keep_end: resume,
         ..d
     });
+    let behind = (newest.1 > resume).then_some(Error::LogBehindPage {
+        page: newest.0,
+        lba: layout.page_lba(newest.0),
+        page_lsn: newest.1,
+        log_end: resume,
+    });
     match (damage, request) {
-        (None, None) => {}
+        (None, None) => {
+            if let Some(e) = behind {
+                log::error!("recovery: {e}");
+                return Err(e);
+            }
+        }
         (Some(d), None) => {
-            log::error!("recovery: {d}");
-            return Err(Error::LogCorrupt(d));
+            let e = Error::LogCorrupt(d);
+            log::error!("recovery: {e}");
+            return Err(e);
         }
         (Some(d), Some(r)) if r.at == d.keep_end && r.discard_to == d.lost_end() => {
             log::warn!(
-                "recovery: truncating the log at LSN {} as requested, discarding LSNs {}..{}: {d}",
+                "recovery: truncating the log at LSN {} as requested, discarding LSNs {}..{} \
+                 and at least {} committed transactions: {d}",
                 r.at.0,
                 r.at.0,
-                r.discard_to.0
+                r.discard_to.0,
+                d.commits_beyond
             );
+            if let Some(e) = behind {
+                log::warn!(
+                    "recovery: after the truncation, pages hold changes of discarded \
+                     transactions: {e}"
+                );
+            }
             report.truncated = Some(d);
         }
         (found, Some(requested)) => return Err(Error::TruncateMismatch { requested, found }),

@@ -57,8 +57,11 @@ impl<D: BlockDevice> StoreIo<D> {
             let io = Io::read(first, n as u32, self.buf.io_buf().addr);
             run_all(&mut self.dev, &[io], self.env.relax)?;
             let bytes = &self.buf.bytes()[..n as usize * BLOCK_SIZE];
-            if let Some(i) = bytes.iter().position(|&b| b != 0) {
-                return Ok(Some(first + (i / BLOCK_SIZE) as u64));
+            // By words: a guest's ring-0 code is emulated instruction by
+            // instruction where the CPU has no VT-x.
+            let word = |w: &[u8]| u64::from_le_bytes(w.try_into().unwrap());
+            if let Some(i) = bytes.chunks_exact(8).position(|w| word(w) != 0) {
+                return Ok(Some(first + (i * 8 / BLOCK_SIZE) as u64));
             }
             first += n;
         }

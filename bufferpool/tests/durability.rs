@@ -13,7 +13,7 @@ use dbos_bufferpool::control::{Control, ControlError};
 use dbos_bufferpool::device::{DeviceError, BLOCK_SIZE};
 use dbos_bufferpool::engine::Backup;
 use dbos_bufferpool::fuzzing::{config, pool, MemDevice, MemDisk};
-use dbos_bufferpool::log::{LOG_BLOCK, SECTOR};
+use dbos_bufferpool::log::{lsn_of_payload, payload_index, LOG_BLOCK, SECTOR};
 use dbos_bufferpool::pool::hash::HashPool;
 use dbos_bufferpool::{
     CommitMode, Config, Damage, Engine, Error, KvTable, Layout, Lsn, PageId, RecoveryReport,
@@ -67,6 +67,9 @@ fn manual_store() -> (Arc<MemDisk>, Mem) {
     );
     (disk, e)
 }
+
+/// Bytes of a commit record (frame and body).
+const COMMIT_RECORD: u64 = 21;
 
 fn value(i: u64) -> u64 {
     i * 1000 + 7
@@ -138,6 +141,20 @@ fn every_flipped_byte_is_recovered_or_refused_never_lost() {
                         assert_eq!(d.lsns(), (Lsn(s * SECTOR), Lsn((s + 1) * SECTOR)));
                         let msg = err.to_string();
                         assert!(msg.contains(&format!("log sector {s} ")), "{msg}");
+                        // Every commit whose record lies wholly past the
+                        // damaged sector is counted as lost to a truncation.
+                        let past = ends
+                            .iter()
+                            .filter(|&&end| {
+                                lsn_of_payload(payload_index(end) - COMMIT_RECORD).0
+                                    >= (s + 1) * SECTOR
+                            })
+                            .count() as u64;
+                        assert_eq!(d.commits_beyond, past, "{d}");
+                        assert!(
+                            msg.contains(&format!("at least {past} committed transactions")),
+                            "{msg}"
+                        );
                     }
                 }
             }

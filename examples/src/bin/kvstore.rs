@@ -3,58 +3,95 @@
 //! page tables, holding 16 of the 64 data pages) on the VM's NVMe disk, run
 //! in ring 0.
 //!
-//! `dbos run --disk DISK --disk-size 64M kvstore -- [TXNS [fua|flush [truncate AT TO]]]`
+//! ```text
+//! dbos run [--vcpus N] --disk DISK --disk-size 64M kvstore -- [TXNS [fua|flush [truncate AT TO]]]
+//! dbos run --disk DISK kvstore -- format --force
+//! ```
 //!
 //! On a blank disk it formats the store; otherwise it recovers from the log
-//! and prints what recovery did. A disk that is not blank but has no valid
-//! control block is refused, never formatted. It then checks every
-//! transaction committed by earlier runs (key 0 counts them; transaction
-//! `t` wrote key `t` = `t * 7` and the counter, atomically) and prints
-//! `found N committed transactions, M wrong`, then commits TXNS more
+//! and prints what recovery did. A disk that is not blank but holds no
+//! valid control block (a damaged store, or something else) is refused,
+//! never formatted, unless asked for explicitly: `format --force` formats
+//! the disk whatever it holds (its contents are lost) and exits.
+//!
+//! Transaction `t` writes key `t` and its mirror key `MIRROR - t`, both
+//! `t * 7`, atomically. The store is checked first, every key of it: each
+//! transaction's two keys both there with its value or both absent, the
+//! keys no transaction writes absent; it prints `found N committed
+//! transactions, M wrong` (M counts the keys that break this). It then
+//! commits TXNS more transactions, numbered on from the highest found
 //! (default 16; with FUA log writes, or plain writes and a flush with
-//! `flush`), printing `acked T` as soon as the commit of transaction T has
-//! returned (it is durable), and exits 0 only if everything checked out.
-//! The crash tests compare the `acked` lines of a run cut short with what
-//! the next run finds.
+//! `flush`), on every vCPU at once (`--vcpus N`: N committers, so commits
+//! meet in group commit; committer `c` takes every N-th number), printing
+//! `acked T` as soon as the commit of transaction T has returned (it is
+//! durable), and exits 0 only if everything checked out. The crash tests
+//! compare the `acked` lines of a run cut short with what the next run
+//! finds. After a failed commit no committer acknowledges another: the
+//! engine stops at its first failed write or flush.
 //!
 //! A log damaged in the middle of durable history is refused (nothing is
 //! written) with the damage and the exact request that would accept the
 //! loss: `truncate AT TO` cuts the log at LSN `AT` (the end of the last
 //! commit before the damage) and discards it up to `TO`; the transactions
 //! committed in between are lost. Any other request is refused too.
+//!
+//! Usage errors (a TXNS that is not a number, an unknown mode, extra
+//! arguments, more transactions than the store holds) exit with status 2.
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
-use dbos_bufferpool::device::{run_all, DmaBytes};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dbos_bufferpool::engine::PoolSetup;
+use dbos_bufferpool::kv::{SLOT, SLOTS_PER_PAGE};
+use dbos_bufferpool::page::{PAGE_CONTENTS, PAGE_HEADER};
 use dbos_bufferpool::pool::tabby::{Tabby, TabbyConfig};
 use dbos_bufferpool::{
-    BlockDevice, CommitMode, Config, Engine, Env, Error, Io, KvTable, Layout, Lsn, PageId,
-    PoolError, RecoveryReport, TruncateRequest,
+    CommitMode, Config, Engine, Env, Error, KvTable, Layout, Lsn, PageId, PoolError,
+    RecoveryReport, TruncateRequest,
 };
 use libdbos::nvme;
+use libdbos::platform::Platform;
 use libdbos::println;
 
 libdbos::entry!(main);
 
 const LOG_BLOCKS: u64 = 256;
 const DATA_PAGES: u64 = 64;
+const LAYOUT: Layout = Layout {
+    log_blocks: LOG_BLOCKS,
+    data_pages: DATA_PAGES,
+};
 const QUEUE_DEPTH: u16 = 32;
 /// Frames of the buffer pool: a quarter of the data pages, so the pool
 /// evicts (and writes pages back under the write-ahead rule) as it runs.
 const POOL_FRAMES: usize = 16;
+/// Keys of the table: every slot of every data page.
+const KEYS: u64 = DATA_PAGES * SLOTS_PER_PAGE;
+/// Transaction `t` writes keys `t` and `MIRROR - t`, for `t` in
+/// `1..MIRROR / 2`; keys 0 and `MIRROR / 2` are never written.
+const MIRROR: u64 = KEYS;
+/// The highest transaction number the store holds.
+const MAX_TXN: u64 = MIRROR / 2 - 1;
+
+/// Exit statuses.
+const STATUS_USAGE: u8 = 2;
 
 type Device = dbos_bufferpool::guest::GuestDevice;
 type Pool = Tabby<libdbos::GuestPlatform, Device>;
+type Store = Engine<Device, Pool>;
 
-/// The engine's pool: `POOL_FRAMES` frames on a queue pair of its own.
+/// The engine's pool: `POOL_FRAMES` frames, a queue pair per vCPU.
 fn pool(blocks: u64) -> impl FnOnce(PoolSetup) -> Result<Pool, PoolError> {
     move |setup| {
+        let devices = (0..libdbos::platform().cpu_count())
+            .map(|_| device(blocks))
+            .collect();
         Tabby::new(
             libdbos::platform(),
-            alloc::vec![device(blocks)],
+            devices,
             TabbyConfig {
                 evict_batch: 4,
                 relax: env().relax,
@@ -78,150 +115,254 @@ fn env() -> Env {
     }
 }
 
-/// Why the store could not be opened.
-enum OpenError {
-    Engine(Error),
-    /// No valid control block, but the control blocks are not blank.
-    Damaged,
+/// What the command line asks for.
+enum Request {
+    /// Commit `txns` more (after recovering, or formatting a blank disk).
+    Run {
+        txns: u64,
+        mode: CommitMode,
+        mode_arg: &'static str,
+        truncate: Option<TruncateRequest>,
+    },
+    /// Format the disk whatever it holds.
+    Format,
 }
 
-/// Whether the control blocks (blocks 0 and 1) are all zeros: only such a
-/// disk is formatted.
-fn control_blocks_blank(blocks: u64) -> Result<bool, Error> {
-    let mut dev = device(blocks);
-    let buf = DmaBytes::new(dev.alloc(2)?);
-    run_all(&mut dev, &[Io::read(0, 2, buf.io_buf().addr)], env().relax)?;
-    Ok(buf.bytes().iter().all(|&b| b == 0))
+const USAGE: &str = "usage: kvstore -- [TXNS [fua|flush [truncate AT TO]]] | format --force";
+
+fn parse(args: &[&'static str]) -> Result<Request, &'static str> {
+    if args.first() == Some(&"format") {
+        return match args {
+            ["format", "--force"] => Ok(Request::Format),
+            _ => Err("format discards the store: say `format --force`"),
+        };
+    }
+    let txns = match args.first() {
+        None => 16,
+        Some(a) => a
+            .parse::<u64>()
+            .map_err(|_| "TXNS must be a whole number of transactions (0 or more)")?,
+    };
+    let (mode, mode_arg) = match args.get(1) {
+        None | Some(&"fua") => (CommitMode::Fua, "fua"),
+        Some(&"flush") => (CommitMode::WriteFlush, "flush"),
+        Some(_) => return Err("the commit mode is fua or flush"),
+    };
+    let truncate = match &args[args.len().min(2)..] {
+        [] => None,
+        ["truncate", at, to] => match (at.parse(), to.parse()) {
+            (Ok(at), Ok(to)) => Some(TruncateRequest {
+                at: Lsn(at),
+                discard_to: Lsn(to),
+            }),
+            _ => return Err("truncate takes two LSNs (decimal), AT and TO"),
+        },
+        ["truncate", ..] => return Err("truncate takes two LSNs (decimal), AT and TO"),
+        _ => return Err("unknown arguments after the commit mode: truncate AT TO"),
+    };
+    Ok(Request::Run {
+        txns,
+        mode,
+        mode_arg,
+        truncate,
+    })
 }
 
 fn open(
     blocks: u64,
     mode: CommitMode,
     truncate: Option<TruncateRequest>,
-) -> Result<(Engine<Device, Pool>, Option<RecoveryReport>), OpenError> {
+) -> Result<(Store, Option<RecoveryReport>), Error> {
     let config = Config {
         mode,
         ..Config::new(env())
     };
-    let opened = match truncate {
-        None => Engine::open(device(blocks), device(blocks), config, pool(blocks)),
-        Some(request) => Engine::open_truncating(
-            device(blocks),
-            device(blocks),
-            config,
-            request,
-            pool(blocks),
-        ),
-    };
-    match opened {
-        Ok((engine, report)) => Ok((engine, Some(report))),
-        Err(Error::NotFormatted) => {
-            if !control_blocks_blank(blocks).map_err(OpenError::Engine)? {
-                return Err(OpenError::Damaged);
-            }
-            println!("fresh disk: formatting");
-            let layout = Layout {
-                log_blocks: LOG_BLOCKS,
-                data_pages: DATA_PAGES,
-            };
-            Engine::format(device(blocks), device(blocks), layout, config, pool(blocks))
-                .map(|e| (e, None))
-                .map_err(OpenError::Engine)
-        }
-        Err(e) => Err(OpenError::Engine(e)),
+    let (log, data) = (device(blocks), device(blocks));
+    match truncate {
+        // Formats only a disk that is blank wherever format would write
+        // (and in its last block, where the backup control block goes).
+        None => Engine::open_or_format(log, data, LAYOUT, config, pool(blocks)),
+        Some(request) => Engine::open_truncating(log, data, config, request, pool(blocks))
+            .map(|(e, r)| (e, Some(r))),
     }
 }
 
-fn main() -> u8 {
-    let mut args = libdbos::args();
-    let txns: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
-    let mode_arg = args.next();
-    let mode = match mode_arg {
-        None | Some("fua") => CommitMode::Fua,
-        Some("flush") => CommitMode::WriteFlush,
-        Some(other) => {
-            println!("unknown commit mode {other:?}: fua or flush");
-            return 2;
-        }
-    };
-    let truncate = match (args.next(), args.next(), args.next()) {
-        (None, ..) => None,
-        (Some("truncate"), Some(at), Some(to)) => match (at.parse(), to.parse()) {
-            (Ok(at), Ok(to)) => Some(TruncateRequest {
-                at: Lsn(at),
-                discard_to: Lsn(to),
-            }),
-            _ => {
-                println!("truncate takes two LSNs (decimal), AT and TO");
-                return 2;
+/// The keys transaction `t` writes.
+fn keys(t: u64) -> [u64; 2] {
+    [t, MIRROR - t]
+}
+
+/// Checks every key of the store: returns the transactions found (the
+/// numbers whose keys are both there) and how many keys are wrong.
+fn check(engine: &Store) -> Result<(Vec<u64>, u64), Error> {
+    let mut values = Vec::with_capacity(KEYS as usize);
+    let mut page = [0u8; PAGE_CONTENTS];
+    for p in 0..DATA_PAGES {
+        engine.read(PageId(p), PAGE_HEADER, &mut page)?;
+        values.extend(
+            page.chunks_exact(SLOT)
+                .map(|v| u64::from_le_bytes(v.try_into().unwrap())),
+        );
+    }
+    let mut found = Vec::new();
+    let mut wrong = 0;
+    for t in 1..=MAX_TXN {
+        let [a, b] = keys(t).map(|k| values[k as usize]);
+        match (a, b) {
+            (0, 0) => {}
+            (a, b) if a == t * 7 && b == t * 7 => found.push(t),
+            (a, b) => {
+                println!("transaction {t}: keys {:?} hold {a} and {b}", keys(t));
+                wrong += (a != t * 7) as u64 + (b != t * 7) as u64;
             }
-        },
-        _ => {
-            println!("unknown arguments after the commit mode: truncate AT TO");
-            return 2;
+        }
+    }
+    for k in [0, MIRROR / 2] {
+        if values[k as usize] != 0 {
+            println!(
+                "key {k}, which no transaction writes, holds {}",
+                values[k as usize]
+            );
+            wrong += 1;
+        }
+    }
+    Ok((found, wrong))
+}
+
+fn main() -> u8 {
+    let args: Vec<&'static str> = libdbos::args().collect();
+    let request = match parse(&args) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("{e}\n{USAGE}");
+            return STATUS_USAGE;
         }
     };
     let disk =
         nvme::info().expect("kvstore needs a disk: dbos run --disk PATH --disk-size 64M ...");
+    let (txns, mode, mode_arg, truncate) = match request {
+        Request::Format => {
+            let config = Config::new(env());
+            return match Engine::format(
+                device(disk.blocks),
+                device(disk.blocks),
+                LAYOUT,
+                config,
+                pool(disk.blocks),
+            ) {
+                Ok(_) => {
+                    println!(
+                        "formatted: {LOG_BLOCKS} log blocks, {DATA_PAGES} data pages; the disk's \
+                         earlier contents are gone"
+                    );
+                    0
+                }
+                Err(e) => {
+                    println!("cannot format the disk: {e}");
+                    1
+                }
+            };
+        }
+        Request::Run {
+            txns,
+            mode,
+            mode_arg,
+            truncate,
+        } => (txns, mode, mode_arg, truncate),
+    };
     let (engine, report) = match open(disk.blocks, mode, truncate) {
         Ok(opened) => opened,
-        Err(OpenError::Engine(e)) => {
+        Err(e) => {
             println!("cannot open the store: {e}");
-            if let Error::LogCorrupt(d) = e {
-                println!(
+            match e {
+                Error::LogCorrupt(d) => println!(
                     "to accept the loss (the log from LSN {} to {} is discarded, with the \
-                     transactions committed in it), run again with: -- {txns} {} truncate {} {}",
+                     transactions committed in it: at least {} whose commits are intact past \
+                     the damage), run again with: -- {txns} {mode_arg} truncate {} {}",
                     d.keep_end.0,
                     d.lost_end().0,
-                    mode_arg.unwrap_or("fua"),
+                    d.commits_beyond,
+                    d.keep_end.0,
+                    d.lost_end().0
+                ),
+                Error::NoControlBlock { .. } => println!(
+                    "to discard whatever the disk holds and start a new store, run with: -- \
+                     format --force"
+                ),
+                _ => {}
+            }
+            return 1;
+        }
+    };
+    match &report {
+        None => println!("fresh disk: formatted"),
+        Some(r) => {
+            if let Some(d) = r.truncated {
+                println!(
+                    "truncated: the log from LSN {} to {} was discarded",
                     d.keep_end.0,
                     d.lost_end().0
                 );
             }
-            return 1;
-        }
-        Err(OpenError::Damaged) => {
             println!(
-                "cannot open the store: no valid control block in blocks 0-1, but they are not \
-                 blank: the store is damaged; refusing to format it"
+                "recovered: {} transactions replayed, {} records, {} pages repaired",
+                r.transactions,
+                r.records,
+                r.pages_repaired.len()
             );
+        }
+    }
+    let (found, bad) = match check(&engine) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("cannot read the store: {e}");
             return 1;
         }
     };
-    if let Some(r) = report {
-        if let Some(d) = r.truncated {
-            println!(
-                "truncated: the log from LSN {} to {} was discarded",
-                d.keep_end.0,
-                d.lost_end().0
-            );
-        }
+    println!("found {} committed transactions, {bad} wrong", found.len());
+    let base = found.last().copied().unwrap_or(0);
+    if txns > MAX_TXN - base {
         println!(
-            "recovered: {} transactions replayed, {} records, {} pages repaired",
-            r.transactions,
-            r.records,
-            r.pages_repaired.len()
+            "the store holds transactions up to {MAX_TXN}; {base} is the highest found, so at \
+             most {} more fit\n{USAGE}",
+            MAX_TXN - base
         );
+        return STATUS_USAGE;
     }
+    let committers = libdbos::platform().cpu_count() as u64;
+    let failed = AtomicBool::new(false);
+    let acked = AtomicU64::new(0);
     let table = KvTable::new(&engine, PageId(0), DATA_PAGES);
-    let done = table.get(0).expect("read the counter");
-    let mut bad = 0;
-    for t in 1..=done {
-        if table.get(t) != Ok(t * 7) {
-            bad += 1;
+    libdbos::platform().run_on_all(&|cpu| {
+        let mut t = base + 1 + cpu as u64;
+        while t <= base + txns && !failed.load(Ordering::Acquire) {
+            let [a, b] = keys(t);
+            if let Err(e) = table.put(&[(a, t * 7), (b, t * 7)]) {
+                // No committer acknowledges anything after this: the
+                // engine has stopped (a failed write or flush), or this
+                // commit was refused.
+                failed.store(true, Ordering::Release);
+                println!("commit {t} failed: {e}");
+                return;
+            }
+            // `put` returned: transaction t is durable. Say so, so that a
+            // run cut short shows what it had acknowledged.
+            println!("acked {t}");
+            acked.fetch_add(1, Ordering::AcqRel);
+            t += committers;
         }
+    });
+    if failed.load(Ordering::Acquire) {
+        println!(
+            "stopped after a failed commit: {} of {txns} acknowledged",
+            acked.load(Ordering::Acquire)
+        );
+        return 1;
     }
-    println!("found {done} committed transactions, {bad} wrong");
-    for t in done + 1..=done + txns {
-        if let Err(e) = table.put(&[(t, t * 7), (0, t)]) {
-            println!("commit {t} failed: {e}");
-            return 1;
-        }
-        // `put` returned: transaction t is durable. Say so, so that a run
-        // cut short shows what it had acknowledged.
-        println!("acked {t}");
-    }
-    println!("committed {txns} more: {} in all", done + txns);
+    println!(
+        "committed {txns} more: {} in all",
+        found.len() as u64 + txns
+    );
     if bad == 0 {
         0
     } else {
