@@ -201,6 +201,8 @@ pub struct IoErrorReport {
     pub plan: ErrorInjection,
     /// Commands of the planned kind the run made.
     pub seen: u64,
+    /// Read, write and flush commands the run made.
+    pub commands: [u64; 3],
     /// The command failed, if the run made `plan.nth` of them.
     pub failed: Option<FailedCommand>,
 }
@@ -217,8 +219,14 @@ impl std::fmt::Display for IoErrorReport {
             None => write!(
                 f,
                 "--io-error-at {} --io-error-kind {kind}: the run made {} {kind} command(s), \
-                 fewer than {}; nothing was failed",
-                self.plan.nth, self.seen, self.plan.nth
+                 fewer than {}; nothing was failed (in all: {} read, {} write and {} flush \
+                 commands)",
+                self.plan.nth,
+                self.seen,
+                self.plan.nth,
+                self.commands[0],
+                self.commands[1],
+                self.commands[2]
             ),
             Some(c) => {
                 write!(
@@ -388,6 +396,11 @@ impl Disk {
         Some(IoErrorReport {
             plan,
             seen,
+            commands: [
+                stats.read_commands,
+                stats.write_commands,
+                stats.flush_commands,
+            ],
             failed: self.control.injected_failure(),
         })
     }

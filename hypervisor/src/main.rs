@@ -64,6 +64,7 @@ struct RunArgs {
         long,
         default_value_t = 1,
         value_name = "N",
+        allow_negative_numbers = true,
         value_parser = clap::value_parser!(u32).range(1..=i64::from(dbos_abi::MAX_VCPUS))
     )]
     vcpus: u32,
@@ -72,7 +73,13 @@ struct RunArgs {
     /// multiple of 4 KiB, at least 4608K (one vCPU and an image of up to
     /// 256 KiB; a larger image or more vCPUs need more) and at most the
     /// host's RAM plus swap.
-    #[arg(long, default_value = "128M", value_parser = parse_memory, value_name = "SIZE")]
+    #[arg(
+        long,
+        default_value = "128M",
+        value_parser = parse_memory,
+        value_name = "SIZE",
+        allow_hyphen_values = true
+    )]
     memory: u64,
 
     /// The KVM device to use.
@@ -95,7 +102,13 @@ struct RunArgs {
     /// multiple of 4 KiB) if it does not exist. An existing file keeps its
     /// size; a different --disk-size is an error (a disk is never resized
     /// silently).
-    #[arg(long, value_parser = parse_disk_size, value_name = "SIZE", requires = "disk")]
+    #[arg(
+        long,
+        value_parser = parse_disk_size,
+        value_name = "SIZE",
+        requires = "disk",
+        allow_hyphen_values = true
+    )]
     disk_size: Option<u64>,
 
     /// Microseconds the disk poller keeps polling without work before it
@@ -107,6 +120,7 @@ struct RunArgs {
         default_value_t = 200,
         value_name = "US",
         requires = "disk",
+        allow_negative_numbers = true,
         value_parser = clap::value_parser!(u64).range(0..=MAX_SPIN_US)
     )]
     disk_spin_us: u64,
@@ -116,7 +130,12 @@ struct RunArgs {
     /// status 104. A clean stop, not a power failure: the disk finishes
     /// every I/O in flight, so no write is lost or torn (see
     /// --power-cut-after).
-    #[arg(long, value_name = "SECONDS", value_parser = parse_duration)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        value_parser = parse_duration,
+        allow_hyphen_values = true
+    )]
     time_limit: Option<std::time::Duration>,
 
     /// Cut the power this long after start (seconds, fractions allowed, or
@@ -132,6 +151,7 @@ struct RunArgs {
         long,
         value_name = "DURATION",
         value_parser = parse_duration,
+        allow_hyphen_values = true,
         requires = "disk",
         group = "power_cut"
     )]
@@ -148,7 +168,8 @@ struct RunArgs {
     #[arg(
         long,
         value_name = "N",
-        value_parser = clap::value_parser!(u64).range(1..),
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(u64).range(1..=u64::MAX),
         requires = "disk",
         group = "power_cut"
     )]
@@ -156,7 +177,13 @@ struct RunArgs {
 
     /// The seed of the power cut (0 to 2^64-1): the same writes in flight
     /// and seed give the same crash image.
-    #[arg(long, value_name = "N", default_value_t = 0, requires = "power_cut")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        requires = "power_cut",
+        allow_negative_numbers = true
+    )]
     seed: u64,
 
     /// Fail the N-th disk command of --io-error-kind (counted from 1 over
@@ -170,14 +197,21 @@ struct RunArgs {
     #[arg(
         long,
         value_name = "N",
-        value_parser = clap::value_parser!(u64).range(1..),
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(u64).range(1..=u64::MAX),
         requires = "disk"
     )]
     io_error_at: Option<u64>,
 
     /// Which commands --io-error-at counts: read, write (with or without
     /// FUA: a FUA write counts as a write) or flush.
-    #[arg(long, value_name = "KIND", value_enum, default_value_t = IoErrorKind::Write, requires = "io_error_at")]
+    #[arg(
+        long,
+        value_name = "KIND",
+        value_enum,
+        default_value_t = IoErrorKind::Write,
+        requires = "io_error_at"
+    )]
     io_error_kind: IoErrorKind,
 
     /// Print how many VM exits the run took on stderr, by kind (each
