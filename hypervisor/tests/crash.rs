@@ -903,3 +903,43 @@ fn a_power_cut_model_too_large_for_the_address_space_is_refused_cleanly() {
         assert!(out.stdout.is_empty(), "the guest never ran");
     }
 }
+
+/// Issue 16, case 4: a power cut is not reported as a disk error. The
+/// operations the cut fails (the write in flight, any behind it) used to
+/// print `WARN ... Write { fua: false } failed: Input/output error` before
+/// the report of the cut; now stderr holds only the report, and with debug
+/// logging the line says it was the simulated power cut.
+#[test]
+fn a_power_cut_is_not_reported_as_a_disk_error() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let path = dir.path().join("kv.img");
+    let (code, _, _, stderr) = dbos_kvstore(&path, &["--disk-size", "2M"], &["4"], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let formatted = std::fs::read(&path).unwrap();
+    let cut = ["--power-cut-at-write", "8", "--seed", "4"];
+    let (code, _, _, stderr) = dbos_kvstore(&path, &cut, &["100000", "flush"], &[]);
+    assert_eq!(code, Some(105), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "only the report of the cut: {stderr}");
+    assert!(
+        lines[0].starts_with("dbos: power cut at disk write 8 (seed 4): "),
+        "{stderr}"
+    );
+    std::fs::write(&path, &formatted).unwrap();
+    let (code, _, _, stderr) = dbos_kvstore(
+        &path,
+        &cut,
+        &["100000", "flush"],
+        &[("RUST_LOG", "dbos_nvme=debug")],
+    );
+    assert_eq!(code, Some(105), "{stderr}");
+    assert!(
+        stderr
+            .contains("not completed: the power is off (a simulated power cut, not a disk error)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Input/output error"), "{stderr}");
+}
