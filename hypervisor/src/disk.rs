@@ -472,7 +472,11 @@ impl Disk {
             return Ok(None);
         };
         let stats = handle.stop();
-        if let Some((model, _)) = &self.power {
+        // A model that received no write and no cut holds what the file
+        // holds (a setup that failed after the disk started, a guest that
+        // only read): nothing to write back.
+        let untouched = |model: &PowerCut| model.stats().write_commands == 0 && !model.is_cut();
+        if let Some((model, _)) = self.power.as_ref().filter(|(m, _)| !untouched(m)) {
             let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
             let stored = model
                 .store_with(&file, &mut writeback_test_hook())
