@@ -676,8 +676,8 @@ fn dbos_kvstore(
 /// temporary file renamed over the disk), so wherever the kill falls the
 /// disk file is byte-identical to what it was before that run, and the next
 /// normal run removes the leftover temporary file (saying so) and finds
-/// every commit acknowledged before the killed run. Kills: at the first of
-/// the 8 chunks of an 8 MiB disk, in the middle, at the last, and after
+/// every commit acknowledged before the killed run. Kills: in the middle of
+/// the 8 chunks of an 8 MiB disk, at the first, at the last, and after
 /// every chunk before the rename; after a cut at a write and after a clean
 /// end of the guest. The kill comes from `dbos` itself, through its test
 /// hook `DBOS_TEST_KILL_WRITEBACK_AT_CHUNK` (chunk N: chunks 1 to N-1 are
@@ -703,8 +703,8 @@ fn killing_dbos_during_the_power_cut_write_back_leaves_the_disk_as_it_was() {
     // (chunk to die at, a cut at this write (or none: the guest ends
     // cleanly after 2 commits), seed)
     for (chunk, cut_at, seed) in [
-        ("1", Some("9"), "1"),
         ("4", Some("10"), "2"),
+        ("1", Some("9"), "1"),
         ("8", None, "3"),
         ("9", Some("9"), "4"),
         ("4", None, "5"),
