@@ -1039,6 +1039,32 @@ mod tests {
         assert_eq!(pc.stats().failed, 1);
     }
 
+    /// A cut allocates no crash image (one the size of the disk might not
+    /// be had, and the cut must not fail): the image is built in the
+    /// durable contents' memory, and is the same as the preview
+    /// (`crash_image`, which does allocate) gives.
+    #[test]
+    fn a_cut_builds_its_image_in_the_durable_contents_memory() {
+        let w = IoKind::Write { fua: false };
+        let (mut b, pc) = PowerCutBackend::blank(64);
+        let mut ones = vec![1u8; 8192];
+        let mut twos = vec![2u8; 4096];
+        assert_eq!(run(&mut b, op(w, 0, &mut ones)), 8192);
+        assert_eq!(run(&mut b, op(w, 4096, &mut twos)), 4096);
+        let preview = pc.crash_image(9);
+        let durable = pc.disk().durable.as_ptr();
+        let report = pc.cut(9);
+        let d = pc.disk();
+        let (image, r) = d.image.as_ref().unwrap();
+        assert_eq!(image.as_ptr(), durable, "the cut allocated a new image");
+        assert_eq!((image.clone(), *r), preview);
+        assert_eq!(*r, report);
+        assert!(d.durable.is_empty());
+        drop(d);
+        // After the cut, the preview is the cut's image.
+        assert_eq!(pc.crash_image(1), preview);
+    }
+
     #[test]
     fn fua_supersedes_older_volatile_writes() {
         let (mut b, pc) = PowerCutBackend::blank(1);
