@@ -11,11 +11,22 @@
 //! The backing file is locked (`flock`, see `dbos_nvme::host::file`) for as
 //! long as the disk lives: a second VM on the same file is refused.
 //!
+//! If the backing file is deleted while the VM runs, the poller notices at
+//! the next flush or FUA write (its link count is 0) and fails that command
+//! and every later write and flush, with an error on stderr: nothing
+//! written to a file without a name is durable. An injected I/O error
+//! ([`DiskConfig::io_error`]) fails one chosen command the same way a
+//! failing disk would, without carrying it out.
+//!
 //! With a power cut armed ([`PowerCutPlan`]), the disk runs on the
 //! power-cut model instead (`dbos_nvme::host::powercut`): the file is read
 //! into memory at the start, I/O is carried out synchronously on the
 //! poller's thread (slower than io_uring), and when the disk stops the file
-//! receives the crash image (if the power was cut) or the final contents.
+//! receives the crash image (if the power was cut) or the final contents,
+//! atomically: they are written to `PATH.dbos-writeback`, synced and
+//! renamed over PATH (`PowerCut::store`), so a `dbos` killed meanwhile
+//! leaves PATH as it was before the run. The next run on the disk removes
+//! such a leftover temporary file, with a warning.
 //! A cut at a moment ([`CutAt::After`]) is made by the VM
 //! ([`Disk::cut_power`]); a cut at a write ([`CutAt::Write`]) by the model
 //! itself, on the poller's thread, which then tells the VM
@@ -29,10 +40,14 @@
 use crate::hypercall::{HypercallError, Outcome, Request, Service};
 use crate::memory::GuestRam;
 use dbos_abi::{Hypercall, NvmeInfoArgs, NvmeQueueArgs};
-use dbos_nvme::host::powercut::{CutReport, PowerCut, PowerCutBackend, PowerCutStats};
+use dbos_nvme::host::powercut::{
+    remove_stale_writeback, CutReport, LoadError, OutOfMemory, PowerCut, PowerCutBackend,
+    PowerCutStats, StoreError, WriteBackStep,
+};
 use dbos_nvme::host::{
-    BackingFile, DmaMemory, DmaRegion, FileError, MemoryError, Poller, PollerConfig, PollerControl,
-    PollerError, PollerHandle, PollerStats, UringBackend, UringConfig, UringError,
+    BackingFile, DeletionWatch, DmaMemory, DmaRegion, ErrorInjection, FailedCommand, FileError,
+    MemoryError, Poller, PollerConfig, PollerControl, PollerError, PollerHandle, PollerStats,
+    UringBackend, UringConfig, UringError,
 };
 use dbos_nvme::{QueuePairConfig, BLOCK_SIZE};
 use std::path::PathBuf;
@@ -63,6 +78,16 @@ pub enum CutAt {
     Write(u64),
 }
 
+impl CutAt {
+    /// The `dbos run` option that asks for this cut.
+    pub fn option(&self) -> &'static str {
+        match self {
+            CutAt::After(_) => "--power-cut-after",
+            CutAt::Write(_) => "--power-cut-at-write",
+        }
+    }
+}
+
 impl std::fmt::Display for CutAt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -90,6 +115,11 @@ pub struct DiskConfig {
     /// (at a moment: [`Disk::cut_power`], called by the VM; at a write: by
     /// the model, which tells the VM).
     pub power_cut: Option<PowerCutPlan>,
+    /// Fail one disk command on purpose (`--io-error-at N
+    /// --io-error-kind KIND`): the N-th of its kind, counted from 1 over
+    /// the run and all queue pairs, completes with the error status a
+    /// failing disk gives and is not carried out.
+    pub io_error: Option<ErrorInjection>,
 }
 
 impl DiskConfig {
@@ -100,6 +130,7 @@ impl DiskConfig {
             create_bytes,
             poll_spin: PollerConfig::default().spin,
             power_cut: None,
+            io_error: None,
         }
     }
 }
@@ -110,7 +141,24 @@ pub enum DiskError {
     #[error("disk {source}")]
     File { path: PathBuf, source: FileError },
     #[error("disk {}: writing back the power-cut model's contents failed: {source}", .path.display())]
-    Store { path: PathBuf, source: FileError },
+    Store {
+        path: PathBuf,
+        source: Box<StoreError>,
+    },
+    #[error(
+        "disk {}: {option} runs the disk on an in-memory model of it, which needs about \
+         {need} bytes for this {disk}-byte disk (its contents twice, and 8 bytes per \
+         512-byte sector): {source}; use a smaller disk, or allow the process more memory \
+         (ulimit -v)", .path.display()
+    )]
+    ModelMemory {
+        path: PathBuf,
+        /// The option that armed the power cut.
+        option: &'static str,
+        disk: u64,
+        need: u64,
+        source: OutOfMemory,
+    },
     #[error("disk {} does not exist; give --disk-size to create it", .0.display())]
     Missing(PathBuf),
     #[error("disk {} has {actual} bytes, not the {requested} given with --disk-size; it is never resized", .path.display())]
@@ -136,11 +184,75 @@ pub struct Disk {
     poller: Mutex<Option<PollerHandle>>,
     /// The power-cut model and its plan, when one is armed.
     power: Option<(Arc<PowerCut>, PowerCutPlan)>,
+    /// The error injection asked for, if any.
+    io_error: Option<ErrorInjection>,
     /// The backing file, if this disk created it (removed again by
     /// [`Disk::discard`] when the VM's setup fails later).
     created: Option<PathBuf>,
-    // Dropped last: holds the file's lock while the poller serves it.
-    file: BackingFile,
+    // Dropped last: holds the file's lock while the poller serves it. The
+    // power-cut write-back replaces it with the new file it renamed over
+    // the path (locked before the rename), so the lock never lapses.
+    file: Mutex<BackingFile>,
+}
+
+/// What an injected I/O error did (`--io-error-at`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoErrorReport {
+    pub plan: ErrorInjection,
+    /// Commands of the planned kind the run made.
+    pub seen: u64,
+    /// Read, write and flush commands the run made.
+    pub commands: [u64; 3],
+    /// The command failed, if the run made `plan.nth` of them.
+    pub failed: Option<FailedCommand>,
+}
+
+impl std::fmt::Display for IoErrorReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use dbos_nvme::host::{IoKind, OpMatch};
+        let kind = match self.plan.kind {
+            OpMatch::Read => "read",
+            OpMatch::Write => "write",
+            OpMatch::Flush => "flush",
+        };
+        match self.failed {
+            None => write!(
+                f,
+                "--io-error-at {} --io-error-kind {kind}: the run made {} {kind} command(s), \
+                 fewer than {}; nothing was failed (in all: {} read, {} write and {} flush \
+                 commands)",
+                self.plan.nth,
+                self.seen,
+                self.plan.nth,
+                self.commands[0],
+                self.commands[1],
+                self.commands[2]
+            ),
+            Some(c) => {
+                write!(
+                    f,
+                    "injected I/O error: {kind} command {} of the run ",
+                    self.plan.nth
+                )?;
+                match c.kind {
+                    IoKind::Flush => write!(f, "(a flush)")?,
+                    IoKind::Read => write!(f, "(read of {} block(s) at LBA {})", c.blocks, c.slba)?,
+                    IoKind::Write { fua } => write!(
+                        f,
+                        "({}write of {} block(s) at LBA {})",
+                        if fua { "FUA " } else { "" },
+                        c.blocks,
+                        c.slba
+                    )?,
+                }
+                write!(
+                    f,
+                    ", queue pair {} command id {}, failed with \"{}\" and not carried out",
+                    c.queue, c.cid, c.error
+                )
+            }
+        }
+    }
 }
 
 impl Disk {
@@ -181,6 +293,20 @@ impl Disk {
         };
         let file = if config.path.exists() {
             let file = BackingFile::open(&config.path).map_err(file_err)?;
+            // We hold the disk's lock, so no write-back into it is under way:
+            // a temporary file of one is what a killed run left.
+            match remove_stale_writeback(&file) {
+                Ok(Some(stale)) => log::warn!(
+                    "removed {}: a dbos run killed while writing the disk back left it \
+                     (the disk was left as it was before that run)",
+                    stale.display()
+                ),
+                Ok(None) => {}
+                Err(e) => log::warn!(
+                    "disk {}: cannot check for a write-back file left by a killed run: {e}",
+                    config.path.display()
+                ),
+            }
             if let Some(requested) = config.create_bytes {
                 let actual = file.blocks() * BLOCK_SIZE;
                 if actual != requested {
@@ -223,15 +349,27 @@ impl Disk {
                     ..UringConfig::default()
                 };
                 let backend = UringBackend::new(&file, &memory, uring)?;
-                (Poller::new(memory, backend, poller_config)?.spawn()?, None)
+                let mut poller = Poller::new(memory, backend, poller_config)?;
+                set_gates(&mut poller, &file, config)?;
+                (poller.spawn()?, None)
             }
             Some(plan) => {
-                let (backend, model) = PowerCutBackend::load(&file).map_err(file_err)?;
+                let (backend, model) = PowerCutBackend::load(&file).map_err(|e| match e {
+                    LoadError::File(source) => file_err(source),
+                    LoadError::OutOfMemory { disk, need, source } => DiskError::ModelMemory {
+                        path: config.path.clone(),
+                        option: plan.at.option(),
+                        disk,
+                        need,
+                        source,
+                    },
+                })?;
                 if let CutAt::Write(n) = plan.at {
                     model.cut_at_write(n, plan.seed);
                 }
-                let poller = Poller::new(memory, backend, poller_config)?.spawn()?;
-                (poller, Some((model, plan)))
+                let mut poller = Poller::new(memory, backend, poller_config)?;
+                set_gates(&mut poller, &file, config)?;
+                (poller.spawn()?, Some((model, plan)))
             }
         };
         log::debug!("disk {} started: {blocks} blocks", config.path.display());
@@ -240,8 +378,30 @@ impl Disk {
             control: poller.control(),
             poller: Mutex::new(Some(poller)),
             power,
+            io_error: config.io_error,
             created: None,
-            file,
+            file: Mutex::new(file),
+        })
+    }
+
+    /// What the injected I/O error did, if one was asked for.
+    pub fn io_error_report(&self) -> Option<IoErrorReport> {
+        let plan = self.io_error?;
+        let stats = self.control.stats();
+        let seen = match plan.kind {
+            dbos_nvme::host::OpMatch::Read => stats.read_commands,
+            dbos_nvme::host::OpMatch::Write => stats.write_commands,
+            dbos_nvme::host::OpMatch::Flush => stats.flush_commands,
+        };
+        Some(IoErrorReport {
+            plan,
+            seen,
+            commands: [
+                stats.read_commands,
+                stats.write_commands,
+                stats.flush_commands,
+            ],
+            failed: self.control.injected_failure(),
         })
     }
 
@@ -312,11 +472,20 @@ impl Disk {
             return Ok(None);
         };
         let stats = handle.stop();
-        if let Some((model, _)) = &self.power {
-            model.store(&self.file).map_err(|source| DiskError::Store {
-                path: self.file.path().to_path_buf(),
-                source,
-            })?;
+        // A model that received no write and no cut holds what the file
+        // holds (a setup that failed after the disk started, a guest that
+        // only read): nothing to write back.
+        let untouched = |model: &PowerCut| model.stats().write_commands == 0 && !model.is_cut();
+        if let Some((model, _)) = self.power.as_ref().filter(|(m, _)| !untouched(m)) {
+            let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            let stored = model
+                .store_with(&file, &mut writeback_test_hook())
+                .map_err(|source| DiskError::Store {
+                    path: file.path().to_path_buf(),
+                    source: Box::new(source),
+                })?;
+            // The new file, locked, replaces the old (unlocked as it goes).
+            *file = stored.file;
         }
         Ok(Some(stats))
     }
@@ -328,6 +497,66 @@ impl Drop for Disk {
             log::error!("{e}");
         }
     }
+}
+
+/// The environment variable of the write-back's test hook (a test hook,
+/// not a user option): `DBOS_TEST_KILL_WRITEBACK_AT_CHUNK=N` makes the
+/// process kill itself with SIGKILL, as `kill -9` would, when the power-cut
+/// model's write-back reaches chunk N (from 1; chunks 1 to N-1 are written
+/// to the temporary file). N one past the last chunk kills it after every
+/// chunk is written, before the temporary file is synced and renamed.
+pub const KILL_WRITEBACK_ENV: &str = "DBOS_TEST_KILL_WRITEBACK_AT_CHUNK";
+
+/// The write-back hook [`KILL_WRITEBACK_ENV`] asks for (or one that does
+/// nothing).
+fn writeback_test_hook() -> impl FnMut(WriteBackStep) {
+    let at: Option<u64> = std::env::var(KILL_WRITEBACK_ENV).ok().and_then(|v| {
+        let n = v.parse().ok();
+        if n.is_none() {
+            log::warn!("{KILL_WRITEBACK_ENV}={v:?} is not a number; ignored");
+        }
+        n
+    });
+    let mut chunks = 0;
+    move |step| {
+        let reached = match step {
+            WriteBackStep::Chunk { n, of } => {
+                chunks = of;
+                n
+            }
+            WriteBackStep::Rename => chunks + 1,
+        };
+        if at == Some(reached) {
+            kill_self();
+        }
+    }
+}
+
+/// Ends this process with SIGKILL, as `kill -9` would: no destructor, no
+/// clean-up (the write-back's test hook).
+fn kill_self() -> ! {
+    // SAFETY: kill(2) of our own process id; it touches no memory. SIGKILL
+    // cannot be caught or blocked, so it ends the process.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    std::process::abort()
+}
+
+/// Sets the poller's gates: the deletion watch on the backing file, and
+/// the error injection asked for.
+fn set_gates<B: dbos_nvme::host::Backend>(
+    poller: &mut Poller<B>,
+    file: &BackingFile,
+    config: &DiskConfig,
+) -> Result<(), DiskError> {
+    poller.watch_for_deletion(DeletionWatch::new(
+        file,
+        format!("disk {}", config.path.display()),
+        "while the VM ran",
+    )?);
+    if let Some(injection) = config.io_error {
+        poller.inject_error(injection);
+    }
+    Ok(())
 }
 
 fn is_eexist(e: &DiskError) -> bool {

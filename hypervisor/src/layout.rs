@@ -16,9 +16,14 @@ pub const PAGE: u64 = dbos_abi::PAGE_SIZE;
 pub const MIN_HEAP: u64 = 2 << 20;
 pub const MAX_HEAP: u64 = 256 << 20;
 
-/// The least guest memory any image can run in: boot data, a one-page
-/// image, one vCPU's boot stack and heap, and the smallest heap share.
-pub const MIN_MEMORY: u64 = BOOT_REGION.1 + PAGE + BOOT_STACK_SIZE + HEAP_PER_VCPU + MIN_HEAP;
+/// The image size [`MIN_MEMORY`] leaves room for (`hello` takes 56 KiB).
+pub const MIN_IMAGE: u64 = 256 << 10;
+
+/// The least guest memory `dbos run --memory` accepts (4608K): boot data,
+/// an image of up to [`MIN_IMAGE`] bytes, one vCPU's boot stack and heap,
+/// and the smallest heap share. A larger image or more vCPUs need more,
+/// which [`Layout::minimum_memory`] tells.
+pub const MIN_MEMORY: u64 = BOOT_REGION.1 + MIN_IMAGE + BOOT_STACK_SIZE + HEAP_PER_VCPU + MIN_HEAP;
 
 /// The most guest memory dbos lays out: 1 TiB. (The boot page tables, in
 /// the 2 MiB boot region, could not map a much larger direct map anyway.)
@@ -291,7 +296,10 @@ mod tests {
                 .starts_with("guest memory too small for 64 vCPU(s) (need "),
             "{err}"
         );
-        assert!(MIN_MEMORY <= Layout::minimum_memory(&image(0x20_0000, 1), 1));
+        assert_eq!(
+            MIN_MEMORY,
+            Layout::minimum_memory(&image(0x20_0000, MIN_IMAGE), 1)
+        );
         // The memory the error asks for is enough.
         let l = Layout::plan(err.required, &image(0x20_0000, 0x1000), 64).unwrap();
         assert_eq!(l.heap.end, err.required);

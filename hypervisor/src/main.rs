@@ -2,12 +2,13 @@
 
 use clap::{Parser, Subcommand};
 use dbos_hypervisor::disk::{CutAt, PowerCutPlan};
-use dbos_hypervisor::layout::{MAX_MEMORY, MIN_MEMORY, PAGE};
+use dbos_hypervisor::layout::{MAX_MEMORY, MIN_IMAGE, MIN_MEMORY, PAGE};
 use dbos_hypervisor::report::{
     STATUS_BAD_EXIT, STATUS_CRASH, STATUS_PANIC, STATUS_POWER_CUT, STATUS_SETUP, STATUS_TIMED_OUT,
     STATUS_USAGE,
 };
 use dbos_hypervisor::{Vm, VmConfig};
+use dbos_nvme::host::{ErrorInjection, OpMatch};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -45,8 +46,10 @@ fn exit_statuses() -> String {
          --power-cut-after or --power-cut-at-write; {STATUS_SETUP} when the VM cannot be set up (no KVM, \
          unreadable or invalid image, memory too small for the image and vCPUs or more than \
          the host can provide, a --file or --disk that cannot be opened or is in use by \
-         another process); {STATUS_USAGE} for a \
-         usage error. A guest that itself exits with one of these statuses is named on stderr."
+         another process, a power-cut model that does not fit in memory) or the power-cut \
+         model's contents cannot be written back at the end; {STATUS_USAGE} for a \
+         usage error (an option out of its range or malformed). A guest that itself exits with \
+         one of these statuses is named on stderr."
     )
 }
 
@@ -61,14 +64,22 @@ struct RunArgs {
         long,
         default_value_t = 1,
         value_name = "N",
+        allow_negative_numbers = true,
         value_parser = clap::value_parser!(u32).range(1..=i64::from(dbos_abi::MAX_VCPUS))
     )]
     vcpus: u32,
 
     /// Guest RAM, in bytes or with a K, M or G suffix (binary units), a
-    /// multiple of 4 KiB, at least 4356K (the smallest guest with one vCPU)
-    /// and at most the host's RAM plus swap.
-    #[arg(long, default_value = "128M", value_parser = parse_memory, value_name = "SIZE")]
+    /// multiple of 4 KiB, at least 4608K (one vCPU and an image of up to
+    /// 256 KiB; a larger image or more vCPUs need more) and at most the
+    /// host's RAM plus swap.
+    #[arg(
+        long,
+        default_value = "128M",
+        value_parser = parse_memory,
+        value_name = "SIZE",
+        allow_hyphen_values = true
+    )]
     memory: u64,
 
     /// The KVM device to use.
@@ -87,27 +98,48 @@ struct RunArgs {
     #[arg(long, value_name = "PATH")]
     disk: Option<PathBuf>,
 
-    /// Create the --disk file with this size (K, M, G suffixes) if it does
-    /// not exist. An existing file keeps its size; a different --disk-size is
-    /// an error (a disk is never resized silently).
-    #[arg(long, value_parser = parse_size, value_name = "SIZE", requires = "disk")]
+    /// Create the --disk file with this size (K, M, G suffixes; a non-zero
+    /// multiple of 4 KiB) if it does not exist. An existing file keeps its
+    /// size; a different --disk-size is an error (a disk is never resized
+    /// silently).
+    #[arg(
+        long,
+        value_parser = parse_disk_size,
+        value_name = "SIZE",
+        requires = "disk",
+        allow_hyphen_values = true
+    )]
     disk_size: Option<u64>,
 
     /// Microseconds the disk poller keeps polling without work before it
-    /// parks; while it polls, I/O costs the guest no VM exit. Where ring 0 is
-    /// emulated (no VT-x), guests need milliseconds between I/Os.
-    #[arg(long, default_value_t = 200, value_name = "US", requires = "disk")]
+    /// parks (0 to 60000000); while it polls, I/O costs the guest no VM
+    /// exit. Where ring 0 is emulated (no VT-x), guests need milliseconds
+    /// between I/Os.
+    #[arg(
+        long,
+        default_value_t = 200,
+        value_name = "US",
+        requires = "disk",
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_SPIN_US)
+    )]
     disk_spin_us: u64,
 
-    /// Stop the guest after this many seconds (fractions allowed), wherever
-    /// it is; exit status 104. A clean stop, not a power failure: the disk
-    /// finishes every I/O in flight, so no write is lost or torn (see
+    /// Stop the guest after this many seconds (fractions allowed, or with
+    /// an ms or s suffix; finite, at most 1000000000), wherever it is; exit
+    /// status 104. A clean stop, not a power failure: the disk finishes
+    /// every I/O in flight, so no write is lost or torn (see
     /// --power-cut-after).
-    #[arg(long, value_name = "SECONDS")]
-    time_limit: Option<f64>,
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        value_parser = parse_duration,
+        allow_hyphen_values = true
+    )]
+    time_limit: Option<std::time::Duration>,
 
     /// Cut the power this long after start (seconds, fractions allowed, or
-    /// with an ms or s suffix): the VM stops, and every disk write not
+    /// with an ms or s suffix; as --time-limit): the VM stops, and every disk write not
     /// covered by a completed flush or FUA write is kept, lost or torn at
     /// 512-byte boundaries, decided by --seed; the disk file is left
     /// holding that crash image. Exit status 105. The disk then runs on an
@@ -119,6 +151,7 @@ struct RunArgs {
         long,
         value_name = "DURATION",
         value_parser = parse_duration,
+        allow_hyphen_values = true,
         requires = "disk",
         group = "power_cut"
     )]
@@ -135,16 +168,51 @@ struct RunArgs {
     #[arg(
         long,
         value_name = "N",
-        value_parser = clap::value_parser!(u64).range(1..),
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(u64).range(1..=u64::MAX),
         requires = "disk",
         group = "power_cut"
     )]
     power_cut_at_write: Option<u64>,
 
-    /// The seed of the power cut: the same writes in flight and seed give
-    /// the same crash image.
-    #[arg(long, value_name = "N", default_value_t = 0, requires = "power_cut")]
+    /// The seed of the power cut (0 to 2^64-1): the same writes in flight
+    /// and seed give the same crash image.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        requires = "power_cut",
+        allow_negative_numbers = true
+    )]
     seed: u64,
+
+    /// Fail the N-th disk command of --io-error-kind (counted from 1 over
+    /// the run, across queue pairs) with the error status a failing disk
+    /// gives (write fault; unrecovered read error for a read): the guest
+    /// sees it and the VM goes on. The command is not carried out: a failed
+    /// write writes nothing. Stderr says at the end which command was
+    /// failed, or that the run made fewer than N. Can be combined with a
+    /// power cut (a failed write never reaches the disk, so
+    /// --power-cut-at-write does not count it).
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(u64).range(1..=u64::MAX),
+        requires = "disk"
+    )]
+    io_error_at: Option<u64>,
+
+    /// Which commands --io-error-at counts: read, write (with or without
+    /// FUA: a FUA write counts as a write) or flush.
+    #[arg(
+        long,
+        value_name = "KIND",
+        value_enum,
+        default_value_t = IoErrorKind::Write,
+        requires = "io_error_at"
+    )]
+    io_error_kind: IoErrorKind,
 
     /// Print how many VM exits the run took on stderr, by kind (each
     /// hypercall, and every other exit reason), with the run time.
@@ -156,8 +224,27 @@ struct RunArgs {
     args: Vec<String>,
 }
 
+/// The kinds of command `--io-error-kind` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum IoErrorKind {
+    Read,
+    Write,
+    Flush,
+}
+
+/// The longest `--disk-spin-us`: a minute.
+const MAX_SPIN_US: u64 = 60_000_000;
+
+/// The largest `--disk-size`: the largest multiple of 4 KiB a file offset
+/// (`off_t`) holds.
+const MAX_DISK_SIZE: u64 = i64::MAX as u64 & !(PAGE - 1);
+
+/// The longest `--time-limit` and `--power-cut-after`, in seconds (about
+/// 31 years).
+const MAX_SECONDS: f64 = 1e9;
+
 /// Parses a guest memory size: a size, a multiple of 4 KiB, at least
-/// [`MIN_MEMORY`] (what the smallest image with one vCPU needs).
+/// [`MIN_MEMORY`] (one vCPU and an image of up to [`MIN_IMAGE`] bytes).
 fn parse_memory(text: &str) -> Result<u64, String> {
     let size = parse_size(text)?;
     if !size.is_multiple_of(PAGE) {
@@ -171,8 +258,23 @@ fn parse_memory(text: &str) -> Result<u64, String> {
     }
     if size < MIN_MEMORY {
         return Err(format!(
-            "{size} bytes is less than the {MIN_MEMORY} bytes ({}K) any guest needs",
-            MIN_MEMORY >> 10
+            "{size} bytes is less than the {MIN_MEMORY} bytes ({}K) any guest needs (one \
+             vCPU and an image of up to {} KiB)",
+            MIN_MEMORY >> 10,
+            MIN_IMAGE >> 10
+        ));
+    }
+    Ok(size)
+}
+
+/// Parses a disk size: a non-zero multiple of 4 KiB, at most
+/// [`MAX_DISK_SIZE`].
+fn parse_disk_size(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    if size == 0 || !size.is_multiple_of(PAGE) || size > MAX_DISK_SIZE {
+        return Err(format!(
+            "{size} bytes is not a disk size: a disk is a non-zero multiple of 4 KiB (4096 \
+             bytes), at most {MAX_DISK_SIZE} bytes"
         ));
     }
     Ok(size)
@@ -194,7 +296,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// Parses "1.5", "1.5s", "300ms" into a duration.
+/// Parses "1.5", "1.5s", "300ms" into a duration: finite, non-negative, at
+/// most [`MAX_SECONDS`].
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let t = text.trim();
     let (number, scale) = if let Some(ms) = t.strip_suffix("ms") {
@@ -202,12 +305,28 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     } else {
         (t.strip_suffix('s').unwrap_or(t), 1.0)
     };
-    number
+    let range = format!(
+        "give a finite, non-negative number of seconds of at most {MAX_SECONDS}, fractions \
+         allowed, optionally with an s or ms suffix (examples: 1.5, 2s, 300ms)"
+    );
+    let n: f64 = number
         .trim()
-        .parse::<f64>()
-        .ok()
-        .and_then(|n| std::time::Duration::try_from_secs_f64(n * scale).ok())
-        .ok_or_else(|| format!("{text:?} is not a duration (examples: 1.5, 2s, 300ms)"))
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: {range}"))?;
+    let seconds = n * scale;
+    let problem = if n.is_nan() {
+        "is not a number"
+    } else if n.is_infinite() {
+        "is infinite"
+    } else if seconds < 0.0 || (seconds == 0.0 && n.is_sign_negative()) {
+        "is negative"
+    } else if seconds > MAX_SECONDS {
+        "is too long"
+    } else {
+        return std::time::Duration::try_from_secs_f64(seconds)
+            .map_err(|e| format!("{text:?} is not a duration ({e}): {range}"));
+    };
+    Err(format!("{text:?} {problem}: {range}"))
 }
 
 fn main() -> ExitCode {
@@ -242,13 +361,7 @@ fn run(args: RunArgs) -> ExitCode {
         args: args.args,
         kvm_device: args.kvm_device,
         files: args.files,
-        time_limit: match args.time_limit.map(std::time::Duration::try_from_secs_f64) {
-            Some(Ok(limit)) => Some(limit),
-            Some(Err(_)) => {
-                return usage_error("--time-limit must be a non-negative number of seconds");
-            }
-            None => None,
-        },
+        time_limit: args.time_limit,
         disk: args.disk.map(|path| dbos_hypervisor::disk::DiskConfig {
             poll_spin: std::time::Duration::from_micros(args.disk_spin_us),
             power_cut: args
@@ -259,6 +372,14 @@ fn run(args: RunArgs) -> ExitCode {
                     at,
                     seed: args.seed,
                 }),
+            io_error: args.io_error_at.map(|nth| ErrorInjection {
+                kind: match args.io_error_kind {
+                    IoErrorKind::Read => OpMatch::Read,
+                    IoErrorKind::Write => OpMatch::Write,
+                    IoErrorKind::Flush => OpMatch::Flush,
+                },
+                nth,
+            }),
             ..dbos_hypervisor::disk::DiskConfig::new(path, args.disk_size)
         }),
         echo_console: true,
@@ -277,6 +398,9 @@ fn run(args: RunArgs) -> ExitCode {
     }
     if let Some(note) = report.exit.status_collision() {
         eprintln!("dbos: {note}");
+    }
+    if let Some(io_error) = &report.io_error {
+        eprintln!("dbos: {io_error}");
     }
     if args.stats {
         eprintln!(
@@ -302,8 +426,25 @@ mod tests {
         assert!(parse_memory("4K").unwrap_err().contains("any guest needs"));
         assert!(parse_memory("1025G").unwrap_err().contains("can lay out"));
         assert!(parse_memory("lots").unwrap_err().contains("is not a size"));
-        // The figure `--help` gives.
-        assert_eq!(super::MIN_MEMORY, 4356 << 10);
+        // The figure `--help` and the README give.
+        assert_eq!(super::MIN_MEMORY, 4608 << 10);
+        assert_eq!(parse_memory("4608K"), Ok(4608 << 10));
+        assert!(parse_memory("4604K")
+            .unwrap_err()
+            .contains("less than the 4718592 bytes (4608K)"));
+    }
+
+    #[test]
+    fn disk_sizes() {
+        use super::parse_disk_size;
+        assert_eq!(parse_disk_size("4096"), Ok(4096));
+        assert_eq!(parse_disk_size("8M"), Ok(8 << 20));
+        for bad in ["0", "1", "4095", "5000", "4097"] {
+            let e = parse_disk_size(bad).unwrap_err();
+            assert!(e.contains("non-zero multiple of 4 KiB"), "{bad}: {e}");
+        }
+        assert!(parse_disk_size("8589934592G").is_err());
+        assert!(parse_disk_size("99999999999G").is_err());
     }
 
     #[test]
@@ -324,8 +465,32 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
-        assert!(parse_duration("-1").is_err());
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("").is_err());
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_duration("1e9"),
+            Ok(Duration::from_secs(1_000_000_000))
+        );
+        for (bad, why) in [
+            ("-1", "is negative"),
+            ("-0", "is negative"),
+            ("-5ms", "is negative"),
+            ("inf", "is infinite"),
+            ("-inf", "is infinite"),
+            ("infinity", "is infinite"),
+            ("NaN", "is not a number"),
+            ("1e10", "is too long"),
+            ("1e300", "is too long"),
+            ("soon", "is not a duration"),
+            ("", "is not a duration"),
+            ("5m", "is not a duration"),
+            ("5h", "is not a duration"),
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(
+                e.contains("finite, non-negative number of seconds"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

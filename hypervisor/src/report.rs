@@ -512,6 +512,9 @@ pub struct RunReport {
     /// cut was armed): `write_commands` is what `--power-cut-at-write`
     /// counts.
     pub power_cut_model: Option<dbos_nvme::host::powercut::PowerCutStats>,
+    /// What the injected I/O error did (`--io-error-at`), when one was
+    /// asked for.
+    pub io_error: Option<crate::disk::IoErrorReport>,
 }
 
 #[cfg(test)]

@@ -504,6 +504,7 @@ impl Vm {
         shared.console.flush();
         let disk = shared.disk.as_ref().map(Disk::stop).transpose()?.flatten();
         let power_cut_model = shared.disk.as_ref().and_then(Disk::power_cut_stats);
+        let io_error = shared.disk.as_ref().and_then(Disk::io_error_report);
         Ok(RunReport {
             exit,
             exits,
@@ -512,6 +513,7 @@ impl Vm {
             console: shared.console.captured(),
             disk,
             power_cut_model,
+            io_error,
         })
     }
 }

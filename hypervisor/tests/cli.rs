@@ -119,3 +119,323 @@ fn help_explains_the_options() {
         assert!(stdout.contains(option), "{option} missing from:\n{stdout}");
     }
 }
+
+/// An option, the arguments it needs, the values refused and the values
+/// accepted.
+type OptionCase<'a> = (&'a str, Vec<&'a str>, Vec<&'a str>, Vec<&'a str>);
+
+/// Every `dbos run` option under hostile values: each out-of-range or
+/// malformed value (zero, negative, too large, garbage, wrong units,
+/// NaN, infinity) is a usage error, exit status 2, with a message naming
+/// the option (in `--opt=value` form and, for numbers, `--opt value` too),
+/// and nothing is created on the disk. Each value in range is accepted:
+/// not a usage error (with KVM, the hello guest boots and exits 0; the
+/// few values that ask for more than a VM can have fail at setup, status
+/// 1, or stop the guest, status 104).
+#[test]
+fn every_run_option_refuses_hostile_values_and_accepts_its_range() {
+    let dir = common::scratch();
+    let disk = dir.path().join("hostile.img");
+    let disk_arg = disk.to_str().unwrap().to_string();
+    let file_arg = format!("f={}", dir.path().join("granted").display());
+    let long_name = format!("{}=x", "n".repeat(257));
+    let with_disk: Vec<&str> = vec!["--disk", &disk_arg, "--disk-size", "1M"];
+    let with_cut: Vec<&str> = vec![
+        "--disk",
+        &disk_arg,
+        "--disk-size",
+        "1M",
+        "--power-cut-at-write",
+        "1000000",
+    ];
+    let with_io_error: Vec<&str> = vec![
+        "--disk",
+        &disk_arg,
+        "--disk-size",
+        "1M",
+        "--io-error-at",
+        "1000000",
+    ];
+    let durations = [
+        "-1",
+        "-0.5",
+        "-0",
+        "-5ms",
+        "inf",
+        "-inf",
+        "infinity",
+        "NaN",
+        "nan",
+        "1e10",
+        "1e300",
+        "1000000001",
+        "5m",
+        "5h",
+        "5 min",
+        "1,5",
+        "soon",
+        "",
+        "0x10",
+    ];
+    let u64_refused = [
+        "0",
+        "-1",
+        "18446744073709551616",
+        "99999999999999999999999",
+        "1.5",
+        "1e3",
+        "ten",
+        "",
+        "0x10",
+        "5K",
+    ];
+    let cases: Vec<OptionCase> = vec![
+        (
+            "--vcpus",
+            vec![],
+            vec![
+                "0",
+                "-1",
+                "65",
+                "4294967296",
+                "18446744073709551616",
+                "1.5",
+                "two",
+                "",
+                "0x2",
+            ],
+            vec!["1", "64"],
+        ),
+        (
+            "--memory",
+            vec![],
+            vec![
+                "0",
+                "-1",
+                "-4096",
+                "1",
+                "1K",
+                "4095",
+                "4604K",
+                "1025G",
+                "1048577M",
+                "99999999999G",
+                "64MB",
+                "64MiB",
+                "64 M",
+                "1T",
+                "lots",
+                "",
+                "NaN",
+                "inf",
+                "1.5G",
+            ],
+            vec!["4608K", "64M", "4718592"],
+        ),
+        (
+            "--disk-size",
+            vec!["--disk", &disk_arg],
+            vec![
+                "0",
+                "1",
+                "4095",
+                "4097",
+                "5000",
+                "-4096",
+                "-1",
+                "99999999999G",
+                "8589934592G",
+                "8M8",
+                "1T",
+                "lots",
+                "",
+                "NaN",
+                "inf",
+                "1.5M",
+            ],
+            vec!["4096", "4K", "1M"],
+        ),
+        (
+            "--disk-spin-us",
+            with_disk.clone(),
+            vec![
+                "-1",
+                "60000001",
+                "18446744073709551616",
+                "1.5",
+                "200us",
+                "lots",
+                "",
+                "inf",
+                "NaN",
+            ],
+            vec!["0", "200", "60000000"],
+        ),
+        (
+            "--time-limit",
+            vec![],
+            durations.to_vec(),
+            vec!["10", "1.5", "2s", "3000ms", "1e9", "0"],
+        ),
+        (
+            "--power-cut-after",
+            with_disk.clone(),
+            durations.to_vec(),
+            vec!["100", "100s", "100000ms", "1e9"],
+        ),
+        (
+            "--power-cut-at-write",
+            with_disk.clone(),
+            u64_refused.to_vec(),
+            vec!["1", "18446744073709551615"],
+        ),
+        (
+            "--seed",
+            with_cut.clone(),
+            vec!["-1", "18446744073709551616", "1.5", "seven", "", "0x10"],
+            vec!["0", "18446744073709551615"],
+        ),
+        (
+            "--file",
+            vec![],
+            vec!["noequals", "=path", "name=", "", &long_name],
+            vec![&file_arg],
+        ),
+        (
+            "--io-error-at",
+            with_disk.clone(),
+            u64_refused.to_vec(),
+            vec!["1", "18446744073709551615"],
+        ),
+        (
+            "--io-error-kind",
+            with_io_error.clone(),
+            vec!["trim", "WRITE", "Read", "writes", "fua", "", "1"],
+            vec!["read", "write", "flush"],
+        ),
+    ];
+    let hello = image("hello");
+    let kvm = std::path::Path::new("/dev/kvm").exists();
+    for (option, extra, refused, accepted) in &cases {
+        for value in refused {
+            let mut forms = vec![vec![format!("{option}={value}")]];
+            // The separate form, where a value could not be taken for
+            // another option: numbers (negative ones too) and words.
+            if !value.is_empty() {
+                forms.push(vec![option.to_string(), value.to_string()]);
+            }
+            for form in forms {
+                let mut args = vec!["run".to_string()];
+                args.extend(extra.iter().map(|s| s.to_string()));
+                args.extend(form.iter().cloned());
+                args.push(hello.clone());
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let (code, stdout, stderr) = dbos(&args);
+                assert_eq!(code, 2, "{args:?} is a usage error: {stderr}");
+                assert!(stdout.is_empty(), "{args:?}: {stdout}");
+                assert!(
+                    stderr.contains(&format!("'{option} <")),
+                    "{args:?}: the message names {option}: {stderr}"
+                );
+                assert!(!disk.exists(), "{args:?} created the disk");
+            }
+        }
+        for value in accepted {
+            let mut args = vec!["run".to_string()];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args.push(format!("{option}={value}"));
+            args.push(hello.clone());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, _, stderr) = dbos(&args);
+            assert_ne!(code, 2, "{args:?} is in range: {stderr}");
+            assert!(!stderr.contains("invalid value"), "{args:?}: {stderr}");
+            if kvm {
+                // 0 s stops the guest at once (104); everything else boots
+                // hello to its exit.
+                let want = if *option == "--time-limit" && *value == "0" {
+                    104
+                } else {
+                    0
+                };
+                assert_eq!(code, want, "{args:?}: {stderr}");
+            }
+            let _ = std::fs::remove_file(&disk);
+        }
+    }
+    // Options that need another one: usage errors naming what is missing.
+    for (args, missing) in [
+        (vec!["--disk-size", "1M"], "--disk <PATH>"),
+        (vec!["--disk-spin-us", "5"], "--disk <PATH>"),
+        (vec!["--power-cut-after", "1s"], "--disk <PATH>"),
+        (vec!["--power-cut-at-write", "1"], "--disk <PATH>"),
+        (vec!["--io-error-at", "1"], "--disk <PATH>"),
+        (
+            vec!["--disk", &disk_arg, "--disk-size", "1M", "--seed", "1"],
+            "--power-cut",
+        ),
+        (
+            vec!["--disk", &disk_arg, "--io-error-kind", "read"],
+            "--io-error-at <N>",
+        ),
+    ] {
+        let mut all = vec!["run"];
+        all.extend(&args);
+        all.push(&hello);
+        let (code, _, stderr) = dbos(&all);
+        assert_eq!(code, 2, "{all:?}: {stderr}");
+        assert!(stderr.contains(missing), "{all:?}: {stderr}");
+        assert!(!disk.exists(), "{all:?} created the disk");
+    }
+}
+
+/// The least `--memory` the README and `--help` give boots the hello guest;
+/// one page less is a usage error naming the minimum.
+#[test]
+fn the_documented_minimum_memory_boots_hello() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let bullet = readme
+        .split("\n- ")
+        .find(|b| b.starts_with("`--memory SIZE`"))
+        .expect("the README's --memory bullet")
+        .replace('\n', " ");
+    let documented = |text: &str| -> u64 {
+        let rest = &text[text.find("at least ").expect("'at least' in the text") + 9..];
+        let figure: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        assert!(rest[figure.len()..].starts_with('K'), "{rest}");
+        figure.parse::<u64>().unwrap() << 10
+    };
+    let min = documented(&bullet);
+    let (_, help, _) = dbos(&["run", "--help"]);
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    let memory_help = &help[help.find("--memory <SIZE>").unwrap()..];
+    assert_eq!(documented(memory_help), min, "--help and the README agree");
+
+    let (code, _, stderr) = dbos(&[
+        "run",
+        &image("hello"),
+        "--memory",
+        &(min - 4096).to_string(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!("less than the {min} bytes")),
+        "{stderr}"
+    );
+    if !require_kvm() {
+        return;
+    }
+    let (code, stdout, stderr) = dbos(&[
+        "run",
+        &image("hello"),
+        "--memory",
+        &min.to_string(),
+        "--",
+        "9",
+    ]);
+    assert_eq!(code, 9, "hello in {min} bytes: {stdout}{stderr}");
+    assert!(
+        stdout.contains("hello from dbos guest: 1 vCPU(s)"),
+        "{stdout}"
+    );
+}

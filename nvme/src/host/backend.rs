@@ -85,9 +85,60 @@ pub trait Backend: Send {
     fn in_flight(&self) -> usize;
 }
 
+/// Why a backend failed an operation on purpose: a model of a failure
+/// (crash injection), not an error of the host's disk. A backend reports
+/// such a failure with [`simulated_failure`], so that the poller names it
+/// for what it is instead of logging it as a disk error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simulated {
+    /// The power is cut (`host::powercut`): the operation never completes.
+    PowerCut,
+    /// A fault injected by a test (`PowerCut::fail`).
+    Fault,
+}
+
+/// The bit of a negated result that marks a [`Simulated::PowerCut`]
+/// failure, and that of a [`Simulated::Fault`]. Errno values are below
+/// 4096, so neither can be mistaken for one.
+const SIMULATED_POWER_CUT: i32 = 1 << 24;
+const SIMULATED_FAULT: i32 = 1 << 25;
+
+/// The result a backend reports for an operation it fails on purpose with
+/// `errno` (`why` says which model failed it). [`split_result`] takes it
+/// apart again; the guest sees the status `errno` maps to.
+pub const fn simulated_failure(why: Simulated, errno: i32) -> i32 {
+    let bit = match why {
+        Simulated::PowerCut => SIMULATED_POWER_CUT,
+        Simulated::Fault => SIMULATED_FAULT,
+    };
+    -(errno | bit)
+}
+
+/// A backend's result as the syscall result it stands for (bytes, or a
+/// negated errno) and, for a failure made by [`simulated_failure`], which
+/// model made it.
+pub const fn split_result(result: i32) -> (i32, Option<Simulated>) {
+    if result >= 0 {
+        return (result, None);
+    }
+    let raw = -result;
+    let why = if raw & SIMULATED_POWER_CUT != 0 {
+        Some(Simulated::PowerCut)
+    } else if raw & SIMULATED_FAULT != 0 {
+        Some(Simulated::Fault)
+    } else {
+        None
+    };
+    (-(raw & !(SIMULATED_POWER_CUT | SIMULATED_FAULT)), why)
+}
+
 /// The completion status for an operation of `kind` that expected to move
-/// `expected` bytes and returned `result` (bytes, or a negated errno).
+/// `expected` bytes and returned `result` (bytes, a negated errno, or a
+/// [`simulated_failure`]). A real failure is logged as a warning; a
+/// simulated one only at debug level, named as what it is (the power-cut
+/// report or the test says what happened).
 pub fn status_for(kind: IoKind, result: i32, expected: u32) -> Status {
+    let (result, simulated) = split_result(result);
     let err = match (kind, result) {
         (IoKind::Flush, r) if r >= 0 => return Status::SUCCESS,
         (_, r) if r >= 0 && r as u32 == expected => return Status::SUCCESS,
@@ -97,13 +148,20 @@ pub fn status_for(kind: IoKind, result: i32, expected: u32) -> Status {
         (_, r) if r == -libc::ENOSPC || r == -libc::EDQUOT => NvmeError::CapacityExceeded,
         _ => NvmeError::InternalError,
     };
-    if result < 0 {
-        log::warn!(
+    match simulated {
+        Some(Simulated::PowerCut) => log::debug!(
+            "nvme: {kind:?} not completed: the power is off (a simulated power cut, not a \
+             disk error)"
+        ),
+        Some(Simulated::Fault) => log::debug!(
+            "nvme: {kind:?} failed by an injected fault: {}",
+            io::Error::from_raw_os_error(-result)
+        ),
+        None if result < 0 => log::warn!(
             "nvme: {kind:?} failed: {}",
             io::Error::from_raw_os_error(-result)
-        );
-    } else {
-        log::warn!("nvme: short {kind:?}: {result} of {expected} bytes");
+        ),
+        None => log::warn!("nvme: short {kind:?}: {result} of {expected} bytes"),
     }
     Status::from_error(err)
 }
@@ -152,5 +210,28 @@ mod tests {
             st(IoKind::Read, -libc::EINVAL, 4096),
             Some(NvmeError::InternalError)
         );
+    }
+
+    /// A simulated failure maps to the status of its errno and splits back
+    /// into it; plain results pass through unchanged.
+    #[test]
+    fn simulated_failures_round_trip() {
+        for why in [Simulated::PowerCut, Simulated::Fault] {
+            for errno in [libc::EIO, libc::ENOSPC, libc::EINVAL, 4095] {
+                let r = simulated_failure(why, errno);
+                assert!(r < 0);
+                assert_eq!(split_result(r), (-errno, Some(why)));
+            }
+            let r = simulated_failure(why, libc::EIO);
+            let w = IoKind::Write { fua: true };
+            assert_eq!(status_for(w, r, 4096).error(), Some(NvmeError::WriteFault));
+            assert_eq!(
+                status_for(IoKind::Read, r, 4096).error(),
+                Some(NvmeError::UnrecoveredReadError)
+            );
+        }
+        for r in [0, 4096, i32::MAX, -libc::EIO, -4095] {
+            assert_eq!(split_result(r), (r, None));
+        }
     }
 }

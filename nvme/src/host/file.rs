@@ -97,6 +97,12 @@ fn lock(file: &File, path: &Path) -> Result<(), FileError> {
     }
 }
 
+/// The link count of an open file (`fstat`'s `st_nlink`).
+pub(crate) fn link_count(file: &File) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().map(|m| m.nlink())
+}
+
 /// The holder of the `flock` on `file`, from `/proc/locks`.
 fn lock_holder(file: &File) -> LockHolder {
     use std::os::unix::fs::MetadataExt;
@@ -183,6 +189,33 @@ fn open_direct(path: &Path, create: bool) -> Result<File, FileError> {
     })
 }
 
+/// Opens `path` (`O_DIRECT`) and locks it, making sure the lock is on the
+/// file at `path`: a power-cut write-back (`PowerCut::store`) renames a new
+/// file over the path while its process holds the lock on the old one, and
+/// an open made just before that rename would otherwise lock the old,
+/// unlinked file once that process lets go of it. Such an open is retried.
+fn open_locked(path: &Path) -> Result<File, FileError> {
+    use std::os::unix::fs::MetadataExt;
+    let io_err = |source| FileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    for _ in 0..16 {
+        let file = open_direct(path, false)?;
+        lock(&file, path)?;
+        let ours = file.metadata().map_err(io_err)?;
+        match std::fs::metadata(path) {
+            Ok(now) if (now.dev(), now.ino()) == (ours.dev(), ours.ino()) => return Ok(file),
+            // Replaced since we opened it: open what is there now.
+            Ok(_) => continue,
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    Err(io_err(io::Error::other(
+        "the file was replaced again and again while it was being opened",
+    )))
+}
+
 impl BackingFile {
     /// Creates a new file of `bytes` bytes (a non-zero multiple of 4 KiB)
     /// and reserves its blocks with `fallocate`, so that the file system
@@ -243,8 +276,7 @@ impl BackingFile {
                 kind: file_kind(&meta.file_type()),
             });
         }
-        let file = open_direct(path, false)?;
-        lock(&file, path)?;
+        let file = open_locked(path)?;
         let len = file
             .metadata()
             .map_err(|source| FileError::Io {
@@ -303,6 +335,18 @@ impl BackingFile {
     /// Where the file is.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The same open file, known by `path` from now on (after a rename).
+    pub(crate) fn renamed(self, path: PathBuf) -> BackingFile {
+        BackingFile { path, ..self }
+    }
+
+    /// Whether the file has been deleted: its link count is 0 (`fstat`).
+    /// Its data is still there for this open, but no longer reachable by
+    /// any name, so nothing written to it survives its last close.
+    pub fn is_deleted(&self) -> io::Result<bool> {
+        link_count(&self.file).map(|n| n == 0)
     }
 
     /// Whether files in `dir` can be opened with `O_DIRECT` (tmpfs cannot).

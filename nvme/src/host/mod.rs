@@ -41,10 +41,13 @@ pub mod testing;
 pub mod uring;
 pub mod wake;
 
-pub use backend::{Backend, IoKind, IoOp, OpMatch};
+pub use backend::{simulated_failure, split_result, Backend, IoKind, IoOp, OpMatch, Simulated};
 pub use file::{BackingFile, FileError, LockHolder};
 pub use memory::{DmaBuf, DmaMemory, DmaRegion, HostBuf, MemoryError, ProcessMemory};
-pub use poller::{Poller, PollerConfig, PollerControl, PollerError, PollerHandle, PollerStats};
+pub use poller::{
+    DeletionWatch, ErrorInjection, FailedCommand, Poller, PollerConfig, PollerControl, PollerError,
+    PollerHandle, PollerStats,
+};
 pub use process::{Device, DeviceError, ProcessQueuePair};
 pub use sync::SyncBackend;
 pub use uring::{UringBackend, UringConfig, UringError};

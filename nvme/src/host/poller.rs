@@ -18,9 +18,24 @@
 //! ignored, a reused command id gets "command id conflict", and completions
 //! are only posted into completion-ring slots the driver has released, so a
 //! hostile driver can only stall its own queue.
+//!
+//! Two gates sit between a valid command and the backend, both off unless
+//! asked for:
+//!
+//! - [`Poller::watch_for_deletion`]: before a flush or FUA write is
+//!   reported complete, the backing file's link count is checked (`fstat`,
+//!   well under a microsecond); once the file is found deleted, that command
+//!   and every later write and flush fail ("internal error"), because
+//!   nothing written to a file without a name survives, and the error is
+//!   logged once. Reads go on (the data is still there for this open).
+//! - [`Poller::inject_error`]: the N-th command of a kind (read, write with
+//!   or without FUA, flush), counted from 1 over all queue pairs, fails with
+//!   the status a failing disk gives ("unrecovered read error" or "write
+//!   fault") and is not carried out: a failed write writes nothing.
 
-use super::backend::{status_for, Backend, IoKind, IoOp};
+use super::backend::{status_for, Backend, IoKind, IoOp, OpMatch};
 use super::command::decode;
+use super::file::{link_count, BackingFile};
 use super::memory::{DmaMemory, HostBuf};
 use super::wake::{EventFdDoorbell, WakeFd};
 use crate::queue::{
@@ -29,7 +44,9 @@ use crate::queue::{
 };
 use crate::status::{NvmeError, Status};
 use crate::types::{CommandId, DmaAddr, QueueId};
+use std::fs::File;
 use std::io;
+use std::string::String;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -89,6 +106,158 @@ pub struct PollerStats {
     pub wakeups: u64,
     /// Times a queue's shadow doorbell held an index outside its ring.
     pub bad_doorbells: u64,
+    /// Valid read, write (FUA or not) and flush commands taken off the
+    /// queues (those failed on purpose included): what
+    /// [`Poller::inject_error`] counts.
+    pub read_commands: u64,
+    pub write_commands: u64,
+    pub flush_commands: u64,
+    /// Commands failed because the backing file was found deleted
+    /// ([`Poller::watch_for_deletion`]).
+    pub refused_deleted: u64,
+}
+
+/// A command to fail on purpose: the `nth` command (from 1) of the kind
+/// `kind` matches, counted over all queue pairs ([`Poller::inject_error`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorInjection {
+    /// Reads, writes (FUA or not) or flushes.
+    pub kind: OpMatch,
+    pub nth: u64,
+}
+
+/// The command an [`ErrorInjection`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailedCommand {
+    pub kind: IoKind,
+    /// First block and block count (0 and 0 for a flush).
+    pub slba: u64,
+    pub blocks: u32,
+    /// The queue pair and command id it came with.
+    pub queue: u16,
+    pub cid: u16,
+    /// The status it completed with.
+    pub error: NvmeError,
+}
+
+/// The backing file whose deletion [`Poller::watch_for_deletion`] watches
+/// for.
+pub struct DeletionWatch {
+    file: File,
+    name: String,
+    during: String,
+}
+
+impl DeletionWatch {
+    /// Watches `file` (through a duplicate of its descriptor, which shares
+    /// its lock and is closed with the poller). In the error, the file is
+    /// `name` and was deleted `during` (for example "disk /d.img" and
+    /// "while the VM ran").
+    pub fn new(
+        file: &BackingFile,
+        name: impl Into<String>,
+        during: impl Into<String>,
+    ) -> io::Result<DeletionWatch> {
+        Ok(DeletionWatch {
+            file: file.file().try_clone()?,
+            name: name.into(),
+            during: during.into(),
+        })
+    }
+}
+
+/// The gates between valid commands and the backend (see the module docs).
+#[derive(Default)]
+struct Gate {
+    watch: Option<DeletionWatch>,
+    /// The watched file was found deleted.
+    deleted: bool,
+    injection: Option<ErrorInjection>,
+}
+
+impl Gate {
+    /// Counts a valid command and decides whether it goes to the backend;
+    /// `Err` fails it with that status instead.
+    fn admit(
+        &mut self,
+        kind: IoKind,
+        sqe: &Sqe,
+        queue: u16,
+        shared: &Shared,
+    ) -> Result<(), NvmeError> {
+        let stats = &shared.stats;
+        let counter = match kind {
+            IoKind::Read => &stats.read_commands,
+            IoKind::Write { .. } => &stats.write_commands,
+            IoKind::Flush => &stats.flush_commands,
+        };
+        AtomicStats::add(counter, 1);
+        let nth = counter.load(Ordering::Relaxed);
+        if self.deleted && kind != IoKind::Read {
+            AtomicStats::add(&stats.refused_deleted, 1);
+            return Err(NvmeError::InternalError);
+        }
+        match self.injection {
+            Some(inj) if inj.kind.matches(kind) && inj.nth == nth => {
+                let error = match kind {
+                    IoKind::Read => NvmeError::UnrecoveredReadError,
+                    _ => NvmeError::WriteFault,
+                };
+                let (slba, blocks) = match kind {
+                    IoKind::Flush => (0, 0),
+                    _ => (sqe.slba().0, sqe.blocks()),
+                };
+                let failed = FailedCommand {
+                    kind,
+                    slba,
+                    blocks,
+                    queue,
+                    cid: sqe.cid().0,
+                    error,
+                };
+                log::debug!("nvme: failing {failed:?} on purpose (error injection)");
+                *shared.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(failed);
+                Err(error)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a flush or FUA write that completed may be reported done:
+    /// not if the watched file has been deleted (then nothing it wrote is
+    /// durable), which is logged once.
+    fn durable(&mut self, stats: &AtomicStats) -> bool {
+        let Some(watch) = &self.watch else {
+            return true;
+        };
+        let ok = !self.deleted
+            && match link_count(&watch.file) {
+                Ok(0) => {
+                    self.deleted = true;
+                    log::error!(
+                        "{} was deleted {}; writes are refused from now on: a flush or FUA \
+                         write cannot make anything durable in a file that no longer has a \
+                         name (its link count is 0), so none is acknowledged",
+                        watch.name,
+                        watch.during
+                    );
+                    false
+                }
+                Ok(_) => true,
+                Err(e) => {
+                    log::error!(
+                        "{}: fstat failed ({e}); a flush or FUA write is failed, since the \
+                         file cannot be shown to still exist",
+                        watch.name
+                    );
+                    false
+                }
+            };
+        if !ok {
+            AtomicStats::add(&stats.refused_deleted, 1);
+        }
+        ok
+    }
 }
 
 #[derive(Default)]
@@ -99,6 +268,10 @@ struct AtomicStats {
     parks: AtomicU64,
     wakeups: AtomicU64,
     bad_doorbells: AtomicU64,
+    read_commands: AtomicU64,
+    write_commands: AtomicU64,
+    flush_commands: AtomicU64,
+    refused_deleted: AtomicU64,
 }
 
 impl AtomicStats {
@@ -116,6 +289,10 @@ impl AtomicStats {
             parks: self.parks.load(Ordering::Relaxed),
             wakeups: self.wakeups.load(Ordering::Relaxed),
             bad_doorbells: self.bad_doorbells.load(Ordering::Relaxed),
+            read_commands: self.read_commands.load(Ordering::Relaxed),
+            write_commands: self.write_commands.load(Ordering::Relaxed),
+            flush_commands: self.flush_commands.load(Ordering::Relaxed),
+            refused_deleted: self.refused_deleted.load(Ordering::Relaxed),
         }
     }
 }
@@ -133,6 +310,8 @@ struct Shared {
     stop: AtomicBool,
     stats: AtomicStats,
     wake: Arc<WakeFd>,
+    /// The command an [`ErrorInjection`] failed, once it has.
+    failed: Mutex<Option<FailedCommand>>,
 }
 
 /// The host's view of one queue pair.
@@ -231,6 +410,7 @@ pub struct Poller<B: Backend> {
     ops: Vec<IoOp>,
     shared: Arc<Shared>,
     config: PollerConfig,
+    gate: Gate,
 }
 
 // SAFETY: the raw pointers in HostQueue point into the served memory, which
@@ -247,6 +427,7 @@ impl<B: Backend> Poller<B> {
             stop: AtomicBool::new(false),
             stats: AtomicStats::default(),
             wake: Arc::new(WakeFd::new()?),
+            failed: Mutex::new(None),
         });
         Ok(Poller {
             capacity_blocks: backend.capacity_blocks(),
@@ -259,7 +440,22 @@ impl<B: Backend> Poller<B> {
             ops: Vec::new(),
             shared,
             config,
+            gate: Gate::default(),
         })
+    }
+
+    /// Checks, before a flush or FUA write is reported complete, that
+    /// `watch`'s file still has a name; once it has none, fails that
+    /// command and every later write and flush (see the module docs).
+    pub fn watch_for_deletion(&mut self, watch: DeletionWatch) {
+        self.gate.watch = Some(watch);
+    }
+
+    /// Fails the command `injection` names, without carrying it out (see
+    /// the module docs); [`PollerControl::injected_failure`] tells which
+    /// it was.
+    pub fn inject_error(&mut self, injection: ErrorInjection) {
+        self.gate.injection = Some(injection);
     }
 
     /// The eventfd that wakes this poller.
@@ -270,6 +466,11 @@ impl<B: Backend> Poller<B> {
     /// The counters so far.
     pub fn stats(&self) -> PollerStats {
         self.shared.stats.snapshot()
+    }
+
+    /// The command [`Poller::inject_error`] failed, once it has.
+    pub fn injected_failure(&self) -> Option<FailedCommand> {
+        *self.shared.failed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The backend.
@@ -441,6 +642,11 @@ impl<B: Backend> Poller<B> {
             q.sq_head = (q.sq_head + 1) % q.depth;
             q.held += 1;
             commands += 1;
+            let decoded = decoded.and_then(|kind| {
+                self.gate
+                    .admit(kind, &sqe, q.id.0, &self.shared)
+                    .map(|()| kind)
+            });
             match decoded {
                 Err(e) => {
                     errors += 1;
@@ -477,6 +683,7 @@ impl<B: Backend> Poller<B> {
                                 &mut self.pending,
                                 &mut self.free_pending,
                                 stats,
+                                &mut self.gate,
                                 Some(&mut *q),
                                 tag,
                                 -libc::EAGAIN,
@@ -520,10 +727,20 @@ impl<B: Backend> Poller<B> {
             pending,
             free_pending,
             shared,
+            gate,
             ..
         } = self;
         let reaped = backend.reap(|tag, res| {
-            complete_op(queues, pending, free_pending, &shared.stats, None, tag, res)
+            complete_op(
+                queues,
+                pending,
+                free_pending,
+                &shared.stats,
+                gate,
+                None,
+                tag,
+                res,
+            )
         });
         if reaped > 0 {
             self.finish_removals();
@@ -660,13 +877,16 @@ impl<B: Backend> Poller<B> {
 }
 
 /// Accounts one finished operation (`tag` = pending slot | length << 32)
-/// and posts its command's completion when it was the last one. `current`
-/// is a queue taken out of `queues` for the moment, if any.
+/// and posts its command's completion when it was the last one (a flush or
+/// FUA write only if `gate` lets it count as durable). `current` is a queue
+/// taken out of `queues` for the moment, if any.
+#[allow(clippy::too_many_arguments)]
 fn complete_op(
     queues: &mut [Option<HostQueue>],
     pending: &mut [Pending],
     free_pending: &mut Vec<u32>,
     stats: &AtomicStats,
+    gate: &mut Gate,
     current: Option<&mut HostQueue>,
     tag: u64,
     res: i32,
@@ -683,6 +903,10 @@ fn complete_op(
     p.remaining -= 1;
     if p.remaining > 0 {
         return;
+    }
+    let durable_kind = matches!(p.kind, IoKind::Flush | IoKind::Write { fua: true });
+    if durable_kind && p.status.is_success() && !gate.durable(stats) {
+        p.status = Status::from_error(NvmeError::InternalError);
     }
     free_pending.push(slot);
     let q = match current {
@@ -764,6 +988,11 @@ impl PollerControl {
     /// The poller's counters.
     pub fn stats(&self) -> PollerStats {
         self.shared.stats.snapshot()
+    }
+
+    /// The command [`Poller::inject_error`] failed, once it has.
+    pub fn injected_failure(&self) -> Option<FailedCommand> {
+        *self.shared.failed.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -14,8 +14,10 @@
 //! either kept, lost, or torn (each of its 512-byte sectors kept or lost
 //! independently). A volatile write never overrides a sector that a later
 //! FUA write or flush made durable. After the cut every operation fails
-//! with EIO: the machine is off. Reads, writes and flushes can also be
-//! failed with any errno ([`PowerCut::fail`]).
+//! with EIO, marked as a simulated power cut
+//! ([`super::backend::simulated_failure`], so the poller does not log it
+//! as a disk error): the machine is off. Reads, writes and flushes can also
+//! be failed with any errno ([`PowerCut::fail`]).
 //!
 //! The cut comes from outside ([`PowerCut::cut`]: between two operations,
 //! none in flight) or from the disk's own operation stream: when a given
@@ -38,23 +40,67 @@
 //! `store` writes back what the disk holds at the end: the crash image
 //! after a cut, the current contents otherwise (a clean shutdown). The
 //! model keeps about twice the disk in memory (current and durable
-//! contents, plus the volatile writes). Until `store`, the file is not
-//! written at all.
+//! contents, plus the volatile writes and 8 bytes per 512-byte sector);
+//! every allocation of its size is fallible: [`PowerCutBackend::load`]
+//! fails with [`LoadError::OutOfMemory`], a write the model cannot hold
+//! fails with `ENOMEM`, and a cut allocates no image (it is built in the
+//! durable contents' memory, which the cut ends the use of). Until
+//! `store`, the file is not written at all.
+//!
+//! `store` is atomic: it writes the contents to a new file next to the
+//! disk's ([`writeback_temp_path`], created exclusively, locked), syncs it,
+//! renames it over the disk's path and syncs the directory. A process
+//! killed at any moment before the rename leaves the disk file as it was
+//! (and a stale temporary file, which [`remove_stale_writeback`] removes);
+//! after it, the new contents. The new file gets the old one's permission
+//! bits (and owner, where the process may set it).
 
 use super::backend::OpMatch;
-use super::backend::{Backend, IoKind, IoOp};
+use super::backend::{simulated_failure, Backend, IoKind, IoOp, Simulated};
 use super::file::{BackingFile, FileError};
 use super::sync::Inline;
 use super::wake::WakeFd;
 use crate::types::BLOCK_SIZE;
 use std::boxed::Box;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::vec;
 use std::vec::Vec;
 
 /// Bytes per sector, the unit a write may be torn at.
 pub const SECTOR: usize = dbos_abi::SECTOR_SIZE as usize;
+
+/// The model could not allocate memory it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("allocating {bytes} bytes for {what} failed (out of memory or address space)")]
+pub struct OutOfMemory {
+    /// What the memory was for.
+    pub what: &'static str,
+    pub bytes: u64,
+}
+
+/// `len` zero bytes, or [`OutOfMemory`] for `what`.
+fn try_zeroed(len: usize, what: &'static str) -> Result<Vec<u8>, OutOfMemory> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| OutOfMemory {
+        what,
+        bytes: len as u64,
+    })?;
+    v.resize(len, 0);
+    Ok(v)
+}
+
+/// A copy of `src`, or [`OutOfMemory`] for `what`.
+fn try_copy(src: &[u8], what: &'static str) -> Result<Vec<u8>, OutOfMemory> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(src.len()).map_err(|_| OutOfMemory {
+        what,
+        bytes: src.len() as u64,
+    })?;
+    v.extend_from_slice(src);
+    Ok(v)
+}
 
 /// A small deterministic generator (xorshift64*).
 #[derive(Clone, Debug)]
@@ -193,18 +239,32 @@ impl Disk {
         }
     }
 
+    /// Cuts the power: the crash image is built in the durable contents'
+    /// memory (nothing reads them after the cut), so a cut allocates no
+    /// image and cannot run out of memory for one.
     fn cut(&mut self, seed: u64, in_flight: Option<Pending>) -> CutReport {
         self.trigger = None;
-        let (image, report) = self.crash_image(seed, in_flight.as_ref());
+        let mut image = std::mem::take(&mut self.durable);
+        let report = self.land_volatile(&mut image, seed, in_flight.as_ref());
         self.image = Some((image, report));
         report
     }
 
-    /// The durable image plus the volatile writes and `in_flight`, each
-    /// kept, lost or torn as `seed` decides.
-    fn crash_image(&self, seed: u64, in_flight: Option<&Pending>) -> (Vec<u8>, CutReport) {
+    /// The disk a cut with `seed` would leave now (after a cut: the image
+    /// it left), in newly allocated memory.
+    fn crash_image(&self, seed: u64) -> Result<(Vec<u8>, CutReport), OutOfMemory> {
+        if let Some((image, report)) = &self.image {
+            return Ok((try_copy(image, "a copy of the crash image")?, *report));
+        }
+        let mut image = try_copy(&self.durable, "a crash image")?;
+        let report = self.land_volatile(&mut image, seed, None);
+        Ok((image, report))
+    }
+
+    /// Lands the volatile writes and `in_flight` on `image` (the durable
+    /// contents), each kept, lost or torn as `seed` decides.
+    fn land_volatile(&self, image: &mut [u8], seed: u64, in_flight: Option<&Pending>) -> CutReport {
         let mut rng = Rng::new(seed);
-        let mut image = self.durable.clone();
         let writes: Vec<&Volatile> = self
             .volatile
             .iter()
@@ -259,7 +319,7 @@ impl Disk {
                 }
             }
         }
-        (image, report)
+        report
     }
 
     /// Whether `op`, the operation just counted, is the one an armed
@@ -292,12 +352,20 @@ impl Disk {
                 // The operation reached the disk and the power went before
                 // it completed: a write is in flight, durable or not as the
                 // seed decides, FUA or not.
-                let in_flight = fua.filter(|_| in_range).map(|fua| {
-                    let mut data = vec![0u8; len];
+                let in_flight = fua.filter(|_| in_range).and_then(|fua| {
+                    // Without the memory to hold it, the write in flight is
+                    // lost (one of its possible fates), and said so.
+                    let mut data = match try_zeroed(len, "the write in flight at the cut") {
+                        Ok(data) => data,
+                        Err(e) => {
+                            log::error!("power-cut model: {e}; that write is lost");
+                            return None;
+                        }
+                    };
                     // SAFETY: the poller checked that the buffer lies in the
                     // served memory, which stays mapped while the poller runs.
                     unsafe { std::ptr::copy_nonoverlapping(op.buf.ptr, data.as_mut_ptr(), len) };
-                    Pending {
+                    Some(Pending {
                         write: Volatile {
                             seq: self.seq + 1,
                             offset: off,
@@ -305,25 +373,23 @@ impl Disk {
                         },
                         number: self.stats.write_commands,
                         fua,
-                    }
+                    })
                 });
                 self.cut(seed, in_flight);
                 self.cut_by_disk = true;
             }
         }
-        let fault = self
-            .faults
-            .iter()
-            .find(|(m, _)| m.matches(op.kind))
-            .map(|&(_, e)| e);
         let fault = if self.image.is_some() {
-            Some(libc::EIO)
+            Some(simulated_failure(Simulated::PowerCut, libc::EIO))
         } else {
-            fault
+            self.faults
+                .iter()
+                .find(|(m, _)| m.matches(op.kind))
+                .map(|&(_, e)| simulated_failure(Simulated::Fault, e))
         };
-        if let Some(errno) = fault {
+        if let Some(result) = fault {
             self.stats.failed += 1;
-            return -errno;
+            return result;
         }
         if op.kind != IoKind::Flush && !in_range {
             return -libc::EINVAL;
@@ -338,9 +404,21 @@ impl Disk {
                 };
             }
             IoKind::Write { fua } => {
+                let mut data = match try_zeroed(len, "a write") {
+                    Ok(data) => data,
+                    Err(e) => {
+                        log::error!("power-cut model: {e}; the write fails");
+                        self.stats.failed += 1;
+                        return -libc::ENOMEM;
+                    }
+                };
+                if !fua && self.volatile.try_reserve(1).is_err() {
+                    log::error!("power-cut model: no memory for one more unflushed write");
+                    self.stats.failed += 1;
+                    return -libc::ENOMEM;
+                }
                 self.stats.writes += 1;
                 self.stats.bytes_written += len as u64;
-                let mut data = vec![0u8; len];
                 // SAFETY: as for reads.
                 unsafe { std::ptr::copy_nonoverlapping(op.buf.ptr, data.as_mut_ptr(), len) };
                 self.current[off..off + len].copy_from_slice(&data);
@@ -404,8 +482,17 @@ impl PowerCut {
 
     /// The disk a power cut with `seed` would leave now, without cutting
     /// (the same as [`PowerCut::cut`] followed by [`PowerCut::image`]).
+    /// After a cut, the image that cut left. For tests: panics if the copy
+    /// cannot be allocated ([`PowerCut::try_crash_image`] does not).
     pub fn crash_image(&self, seed: u64) -> (Vec<u8>, CutReport) {
-        self.disk().crash_image(seed, None)
+        self.try_crash_image(seed)
+            .unwrap_or_else(|e| panic!("power-cut model: {e}"))
+    }
+
+    /// [`PowerCut::crash_image`], failing if the image's memory cannot be
+    /// allocated.
+    pub fn try_crash_image(&self, seed: u64) -> Result<(Vec<u8>, CutReport), OutOfMemory> {
+        self.disk().crash_image(seed)
     }
 
     /// Cuts the power when the operation after the next `ops` operations
@@ -479,19 +566,37 @@ pub struct PowerCutBackend {
 
 impl PowerCutBackend {
     /// A disk holding `image` (a non-zero multiple of 4 KiB), all of it
-    /// durable.
+    /// durable. For tests and small disks: panics if the model's memory
+    /// (a second copy of `image`, 8 bytes per sector) cannot be allocated;
+    /// [`PowerCutBackend::try_new`] fails instead.
     pub fn new(image: Vec<u8>) -> (PowerCutBackend, Arc<PowerCut>) {
+        PowerCutBackend::try_new(image).unwrap_or_else(|e| panic!("power-cut model: {e}"))
+    }
+
+    /// A disk holding `image` (a non-zero multiple of 4 KiB), all of it
+    /// durable; [`OutOfMemory`] if the rest of the model's memory (a second
+    /// copy of `image`, 8 bytes per 512-byte sector) cannot be allocated.
+    pub fn try_new(image: Vec<u8>) -> Result<(PowerCutBackend, Arc<PowerCut>), OutOfMemory> {
         assert!(
             !image.is_empty() && image.len().is_multiple_of(BLOCK_SIZE as usize),
             "the image must be a non-zero multiple of 4 KiB"
         );
         let blocks = image.len() as u64 / BLOCK_SIZE;
         let sectors = image.len() / SECTOR;
+        let current = try_copy(&image, "the disk's current contents (a second copy)")?;
+        let mut durable_seq = Vec::new();
+        durable_seq
+            .try_reserve_exact(sectors)
+            .map_err(|_| OutOfMemory {
+                what: "the sequence number of each sector",
+                bytes: (sectors * std::mem::size_of::<u64>()) as u64,
+            })?;
+        durable_seq.resize(sectors, 0);
         let shared = Arc::new(PowerCut {
             disk: Mutex::new(Disk {
-                current: image.clone(),
+                current,
                 durable: image,
-                durable_seq: vec![0; sectors],
+                durable_seq,
                 volatile: Vec::new(),
                 seq: 0,
                 faults: Vec::new(),
@@ -502,14 +607,14 @@ impl PowerCutBackend {
             }),
             on_cut: Mutex::new(None),
         });
-        (
+        Ok((
             PowerCutBackend {
                 shared: shared.clone(),
                 blocks,
                 ops: Inline::default(),
             },
             shared,
-        )
+        ))
     }
 
     /// A zeroed disk of `blocks` blocks.
@@ -528,22 +633,49 @@ fn aligned(v: &mut [u8], len: usize) -> &mut [u8] {
     &mut v[off..off + len]
 }
 
+/// [`PowerCutBackend::load`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(
+        "the in-memory model of a {disk}-byte disk needs about {need} bytes of memory (its \
+         contents twice, and 8 bytes per 512-byte sector): {source}"
+    )]
+    OutOfMemory {
+        /// The disk's size in bytes.
+        disk: u64,
+        /// About what the model needs in all.
+        need: u64,
+        source: OutOfMemory,
+    },
+}
+
 impl PowerCutBackend {
     /// A disk holding the contents of `file` (all of them durable), to be
-    /// written back with [`PowerCut::store`].
-    pub fn load(file: &BackingFile) -> Result<(PowerCutBackend, Arc<PowerCut>), FileError> {
+    /// written back with [`PowerCut::store`]. Every allocation of the
+    /// disk's size is fallible ([`LoadError::OutOfMemory`]).
+    pub fn load(file: &BackingFile) -> Result<(PowerCutBackend, Arc<PowerCut>), LoadError> {
         use std::os::unix::fs::FileExt;
         let bytes = file.blocks() * BLOCK_SIZE;
         let len = usize::try_from(bytes).map_err(|_| FileError::Size {
             path: file.path().to_path_buf(),
             len: bytes,
         })?;
+        let oom = |source| LoadError::OutOfMemory {
+            disk: bytes,
+            need: bytes.saturating_mul(2).saturating_add(bytes / 64),
+            source,
+        };
         let mut image = Vec::new();
-        image.try_reserve_exact(len).map_err(|_| FileError::Io {
-            path: file.path().to_path_buf(),
-            source: io::Error::from(io::ErrorKind::OutOfMemory),
+        image.try_reserve_exact(len).map_err(|_| {
+            oom(OutOfMemory {
+                what: "the disk's contents",
+                bytes,
+            })
         })?;
-        let mut bounce = vec![0u8; FILE_CHUNK + BLOCK_SIZE as usize];
+        let mut bounce =
+            try_zeroed(FILE_CHUNK + BLOCK_SIZE as usize, "a transfer buffer").map_err(oom)?;
         while image.len() < len {
             let n = FILE_CHUNK.min(len - image.len());
             let chunk = aligned(&mut bounce, n);
@@ -555,42 +687,233 @@ impl PowerCutBackend {
                 })?;
             image.extend_from_slice(chunk);
         }
-        Ok(PowerCutBackend::new(image))
+        PowerCutBackend::try_new(image).map_err(oom)
     }
 }
 
+/// What [`PowerCut::store`] appends to the disk file's name for the file
+/// it writes the new contents to before renaming it over the disk's.
+pub const WRITEBACK_SUFFIX: &str = ".dbos-writeback";
+
+/// The file [`PowerCut::store`] writes the new contents of the disk at
+/// `disk` (a path with no symbolic link in it) to, before renaming it over
+/// `disk`: `DISK.dbos-writeback`, in the same directory.
+pub fn writeback_temp_path(disk: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(disk.as_os_str());
+    name.push(WRITEBACK_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Removes the temporary file a [`PowerCut::store`] into the disk at `disk`
+/// left when its process was killed before the rename (the disk file itself
+/// is then as it was before that run, and the temporary file holds a
+/// partial image that nothing may use). Returns the path removed, if there
+/// was one. Call it only while holding the disk's lock (an open
+/// [`BackingFile`] of it): a store in progress holds that lock, so the
+/// file found then is never one being written.
+pub fn remove_stale_writeback(disk: &BackingFile) -> io::Result<Option<PathBuf>> {
+    let temp = writeback_temp_path(&std::fs::canonicalize(disk.path())?);
+    match std::fs::symlink_metadata(&temp) {
+        Ok(meta) if meta.is_file() => {
+            std::fs::remove_file(&temp)?;
+            Ok(Some(temp))
+        }
+        Ok(_) => Err(io::Error::other(std::format!(
+            "{} exists and is not a regular file; it is left alone",
+            temp.display()
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A point of [`PowerCut::store_with`]'s write-back, for a test hook that
+/// stops it there (as a kill would).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteBackStep {
+    /// About to write chunk `n` of `of` ([`WRITEBACK_CHUNK`] bytes each,
+    /// from 1) to the temporary file: chunks 1 to `n - 1` are written.
+    Chunk { n: u64, of: u64 },
+    /// Every chunk is written; about to sync the temporary file and rename
+    /// it over the disk's.
+    Rename,
+}
+
+/// Bytes written per `pwrite` by [`PowerCut::store`].
+pub const WRITEBACK_CHUNK: usize = FILE_CHUNK;
+
+/// What [`PowerCut::store`] wrote.
+#[derive(Debug)]
+pub struct Stored {
+    /// It was a crash image (the power had been cut), not the current
+    /// contents.
+    pub crashed: bool,
+    /// The disk file now at the path: the new file, open and locked like
+    /// any [`BackingFile`]. The one passed to `store` is the old file, no
+    /// longer at the path; keep this one until done with the disk, so that
+    /// the lock passes from the old file to the new without a gap.
+    pub file: BackingFile,
+}
+
+/// [`PowerCut::store`] failed; the disk file is left as it was unless
+/// stated otherwise.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "{} was deleted while in use (its link count is 0); its contents are not written back, \
+         so nothing is recreated at that path", .path.display()
+    )]
+    Deleted { path: PathBuf },
+    #[error(
+        "{} is no longer the file that was loaded (it was replaced, renamed or deleted while in \
+         use); the contents are not written over whatever is there now", .path.display()
+    )]
+    Replaced { path: PathBuf },
+    #[error("{}: the model holds {contents} bytes, the file {file} bytes", .path.display())]
+    Size {
+        path: PathBuf,
+        contents: u64,
+        file: u64,
+    },
+    #[error(
+        "writing the new contents of {} to {} failed: {source}; the disk file is left as it \
+         was", .path.display(), .temp.display()
+    )]
+    Write {
+        path: PathBuf,
+        temp: PathBuf,
+        source: FileError,
+    },
+    #[error(
+        "{} holds the new contents, but syncing its directory failed (the rename may not \
+         survive a crash of the host): {source}", .path.display()
+    )]
+    SyncDirectory { path: PathBuf, source: io::Error },
+}
+
+/// Identity of an open file: device and inode.
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
 impl PowerCut {
-    /// Writes what the disk holds now to `file` (of the same size) and
-    /// makes it durable (`fdatasync`): the crash image after a cut,
-    /// otherwise the current contents. Returns whether it was a crash
-    /// image.
-    pub fn store(&self, file: &BackingFile) -> Result<bool, FileError> {
-        use std::os::unix::fs::FileExt;
-        let err = |source| FileError::Io {
-            path: file.path().to_path_buf(),
-            source,
-        };
+    /// Writes what the disk holds now (the crash image after a cut,
+    /// otherwise the current contents) to `file`'s path, atomically (see
+    /// the module docs), and makes it durable. `file` must be the file the
+    /// model was loaded from, still at its path.
+    pub fn store(&self, file: &BackingFile) -> Result<Stored, StoreError> {
+        self.store_with(file, &mut |_| {})
+    }
+
+    /// [`PowerCut::store`], calling `step` at each [`WriteBackStep`] (a test
+    /// hook: a process that kills itself there shows what a kill leaves).
+    pub fn store_with(
+        &self,
+        file: &BackingFile,
+        step: &mut dyn FnMut(WriteBackStep),
+    ) -> Result<Stored, StoreError> {
+        use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
         let disk = self.disk();
         let (contents, crashed) = match &disk.image {
             Some((image, _)) => (image, true),
             None => (&disk.current, false),
         };
-        if contents.len() as u64 != file.blocks() * BLOCK_SIZE {
-            return Err(FileError::Size {
-                path: file.path().to_path_buf(),
-                len: contents.len() as u64,
+        let path = file.path().to_path_buf();
+        let file_bytes = file.blocks() * BLOCK_SIZE;
+        if contents.len() as u64 != file_bytes {
+            return Err(StoreError::Size {
+                path,
+                contents: contents.len() as u64,
+                file: file_bytes,
             });
         }
-        let mut bounce = vec![0u8; FILE_CHUNK + BLOCK_SIZE as usize];
-        for (i, piece) in contents.chunks(FILE_CHUNK).enumerate() {
-            let chunk = aligned(&mut bounce, piece.len());
-            chunk.copy_from_slice(piece);
-            file.file()
-                .write_all_at(chunk, (i * FILE_CHUNK) as u64)
-                .map_err(err)?;
+        let replaced = || StoreError::Replaced { path: path.clone() };
+        let old = file.file().metadata().map_err(|_| replaced())?;
+        if old.nlink() == 0 {
+            return Err(StoreError::Deleted { path });
         }
-        file.file().sync_data().map_err(err)?;
-        Ok(crashed)
+        // The file's real path (through any symbolic link), which must
+        // still be this file: the new one replaces it there.
+        let real = std::fs::canonicalize(&path).map_err(|_| replaced())?;
+        let now = std::fs::metadata(&real).map_err(|_| replaced())?;
+        if identity(&now) != identity(&old) {
+            return Err(replaced());
+        }
+        let temp = writeback_temp_path(&real);
+        let write_err = |source| StoreError::Write {
+            path: path.clone(),
+            temp: temp.clone(),
+            source,
+        };
+        let io_err = |source| {
+            write_err(FileError::Io {
+                path: temp.clone(),
+                source,
+            })
+        };
+        // We hold the disk's lock: a file by that name is a stale one.
+        if let Ok(Some(stale)) = remove_stale_writeback(file) {
+            log::warn!(
+                "removed {}, left by a write-back that was killed",
+                stale.display()
+            );
+        }
+        let new = BackingFile::create(&temp, file_bytes).map_err(write_err)?;
+        let result = (|| {
+            // Owner first: changing it may clear the set-id bits the mode
+            // then sets. Without the right to (not root), the new file is
+            // ours.
+            let new_meta = new.file().metadata().map_err(io_err)?;
+            if (new_meta.uid(), new_meta.gid()) != (old.uid(), old.gid()) {
+                if let Err(e) =
+                    std::os::unix::fs::fchown(new.file(), Some(old.uid()), Some(old.gid()))
+                {
+                    log::warn!(
+                        "{}: cannot give the new file the old one's owner ({}:{}): {e}",
+                        path.display(),
+                        old.uid(),
+                        old.gid()
+                    );
+                }
+            }
+            new.file()
+                .set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777))
+                .map_err(io_err)?;
+            let mut bounce = vec![0u8; WRITEBACK_CHUNK + BLOCK_SIZE as usize];
+            let chunks = contents.len().div_ceil(WRITEBACK_CHUNK) as u64;
+            for (i, piece) in contents.chunks(WRITEBACK_CHUNK).enumerate() {
+                step(WriteBackStep::Chunk {
+                    n: i as u64 + 1,
+                    of: chunks,
+                });
+                let chunk = aligned(&mut bounce, piece.len());
+                chunk.copy_from_slice(piece);
+                new.file()
+                    .write_all_at(chunk, (i * WRITEBACK_CHUNK) as u64)
+                    .map_err(io_err)?;
+            }
+            step(WriteBackStep::Rename);
+            new.file().sync_all().map_err(io_err)?;
+            std::fs::rename(&temp, &real).map_err(io_err)
+        })();
+        if let Err(e) = result {
+            if let Err(rm) = std::fs::remove_file(&temp) {
+                log::warn!("could not remove {}: {rm}", temp.display());
+            }
+            return Err(e);
+        }
+        let dir = real.parent().unwrap_or(Path::new("/"));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| StoreError::SyncDirectory {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Stored {
+            crashed,
+            file: new.renamed(path),
+        })
     }
 }
 
@@ -648,6 +971,9 @@ mod tests {
     use super::*;
     use crate::host::memory::HostBuf;
 
+    /// What every operation gets once the power is off.
+    const OFF: i32 = simulated_failure(Simulated::PowerCut, libc::EIO);
+
     fn op(kind: IoKind, offset: u64, buf: &mut [u8]) -> IoOp {
         IoOp {
             kind,
@@ -698,7 +1024,7 @@ mod tests {
             assert!(img[s * 512..(s + 1) * 512].iter().all(|&b| b == v));
         }
         assert!(img[4096..8192].iter().all(|&b| b == 3));
-        assert_eq!(run(&mut b, op(IoKind::Read, 0, &mut back)), -libc::EIO);
+        assert_eq!(run(&mut b, op(IoKind::Read, 0, &mut back)), OFF);
         let (mut b2, pc2) = PowerCutBackend::blank(4);
         for o in [op(w, 0, &mut ones), op(IoKind::Flush, 0, &mut none)] {
             run(&mut b2, o);
@@ -711,6 +1037,32 @@ mod tests {
         pc2.cut(42);
         assert_eq!(pc2.image().unwrap().0, img);
         assert_eq!(pc.stats().failed, 1);
+    }
+
+    /// A cut allocates no crash image (one the size of the disk might not
+    /// be had, and the cut must not fail): the image is built in the
+    /// durable contents' memory, and is the same as the preview
+    /// (`crash_image`, which does allocate) gives.
+    #[test]
+    fn a_cut_builds_its_image_in_the_durable_contents_memory() {
+        let w = IoKind::Write { fua: false };
+        let (mut b, pc) = PowerCutBackend::blank(64);
+        let mut ones = vec![1u8; 8192];
+        let mut twos = vec![2u8; 4096];
+        assert_eq!(run(&mut b, op(w, 0, &mut ones)), 8192);
+        assert_eq!(run(&mut b, op(w, 4096, &mut twos)), 4096);
+        let preview = pc.crash_image(9);
+        let durable = pc.disk().durable.as_ptr();
+        let report = pc.cut(9);
+        let d = pc.disk();
+        let (image, r) = d.image.as_ref().unwrap();
+        assert_eq!(image.as_ptr(), durable, "the cut allocated a new image");
+        assert_eq!((image.clone(), *r), preview);
+        assert_eq!(*r, report);
+        assert!(d.durable.is_empty());
+        drop(d);
+        // After the cut, the preview is the cut's image.
+        assert_eq!(pc.crash_image(1), preview);
     }
 
     #[test]
@@ -732,14 +1084,17 @@ mod tests {
         }
         pc.fail(OpMatch::Flush, libc::EIO);
         let mut none = [];
-        assert_eq!(run(&mut b, op(IoKind::Flush, 0, &mut none)), -libc::EIO);
+        assert_eq!(
+            run(&mut b, op(IoKind::Flush, 0, &mut none)),
+            simulated_failure(Simulated::Fault, libc::EIO)
+        );
         pc.clear_faults();
         assert_eq!(run(&mut b, op(IoKind::Flush, 0, &mut none)), 0);
         pc.cut_after(1, 5);
         let mut buf = vec![0u8; 4096];
         assert_eq!(run(&mut b, op(IoKind::Read, 0, &mut buf)), 4096);
         assert!(!pc.is_cut());
-        assert_eq!(run(&mut b, op(IoKind::Read, 0, &mut buf)), -libc::EIO);
+        assert_eq!(run(&mut b, op(IoKind::Read, 0, &mut buf)), OFF);
         assert!(pc.is_cut());
     }
 
@@ -757,7 +1112,7 @@ mod tests {
             let mut twos = vec![2u8; 8192];
             assert_eq!(run(&mut b, op(fua, 0, &mut ones)), 4096);
             pc.cut_at_write(2, seed);
-            assert_eq!(run(&mut b, op(fua, 0, &mut twos)), -libc::EIO);
+            assert_eq!(run(&mut b, op(fua, 0, &mut twos)), OFF);
             let (img, r) = pc.image().expect("cut at the second write");
             let w = r.in_flight.expect("the write at the cut is in flight");
             assert_eq!((w.write, w.offset, w.len, w.fua), (2, 0, 8192, true));
@@ -815,7 +1170,7 @@ mod tests {
             assert_eq!(heard.lock().unwrap().len(), 1, "told before reaping");
             let mut results = Vec::new();
             b.reap(|tag, res| results.push((tag, res)));
-            assert_eq!(results, [(1, -libc::EIO), (2, -libc::EIO)]);
+            assert_eq!(results, [(1, OFF), (2, OFF)]);
             let (img, r) = pc.image().unwrap();
             assert_eq!(heard.lock().unwrap().as_slice(), [r]);
             assert_eq!(r.volatile, 2, "the unflushed write and the one in flight");
@@ -849,7 +1204,7 @@ mod tests {
         // The second operation, a FUA write, is in flight at the cut.
         assert_eq!(
             run(&mut b, op(IoKind::Write { fua: true }, 0, &mut buf)),
-            -libc::EIO
+            OFF
         );
         let r = pc.image().unwrap().1;
         assert_eq!(r.in_flight.map(|w| (w.write, w.fua)), Some((1, true)));

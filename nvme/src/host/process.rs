@@ -5,13 +5,16 @@
 use super::backend::Backend;
 use super::file::BackingFile;
 use super::memory::{DmaBuf, DmaMemory, MemoryError, ProcessMemory};
-use super::poller::{Poller, PollerConfig, PollerControl, PollerError, PollerHandle};
+use super::poller::{
+    DeletionWatch, Poller, PollerConfig, PollerControl, PollerError, PollerHandle,
+};
 use super::uring::{UringBackend, UringConfig, UringError};
 use super::wake::EventFdDoorbell;
 use crate::driver::{DriverError, QueueMemory, QueuePair};
 use crate::queue::QueueLayout;
 use crate::types::QueueId;
 use std::io;
+use std::string::ToString;
 use std::sync::Arc;
 
 /// Setting up process mode failed.
@@ -41,16 +44,22 @@ pub struct Device {
 
 impl Device {
     /// A device on `file` with a registered region of `region_bytes`,
-    /// served through io_uring.
+    /// served through io_uring. If `file` is deleted while the device runs,
+    /// its next flush or FUA write and every later write fail
+    /// ([`Poller::watch_for_deletion`]).
     pub fn open(
         file: &BackingFile,
         region_bytes: usize,
         poller: PollerConfig,
         uring: UringConfig,
     ) -> Result<Device, DeviceError> {
-        Device::with_backend(region_bytes, poller, |dma| {
-            Ok(UringBackend::new(file, dma, uring)?)
-        })
+        let watch = DeletionWatch::new(file, file.path().display().to_string(), "while in use")?;
+        Device::build(
+            region_bytes,
+            poller,
+            |dma| Ok(UringBackend::new(file, dma, uring)?),
+            Some(watch),
+        )
     }
 
     /// A device whose backend `make` builds over the registered memory.
@@ -59,11 +68,24 @@ impl Device {
         poller: PollerConfig,
         make: impl FnOnce(&Arc<DmaMemory>) -> Result<B, DeviceError>,
     ) -> Result<Device, DeviceError> {
+        Device::build(region_bytes, poller, make, None)
+    }
+
+    fn build<B: Backend + 'static>(
+        region_bytes: usize,
+        poller: PollerConfig,
+        make: impl FnOnce(&Arc<DmaMemory>) -> Result<B, DeviceError>,
+        watch: Option<DeletionWatch>,
+    ) -> Result<Device, DeviceError> {
         let memory = Arc::new(ProcessMemory::new(region_bytes)?);
         let dma = Arc::new(DmaMemory::from_process(memory.clone())?);
         let backend = make(&dma)?;
         let blocks = backend.capacity_blocks();
-        let handle = Poller::new(dma, backend, poller)?.spawn()?;
+        let mut poller = Poller::new(dma, backend, poller)?;
+        if let Some(watch) = watch {
+            poller.watch_for_deletion(watch);
+        }
+        let handle = poller.spawn()?;
         Ok(Device {
             handle,
             memory,
