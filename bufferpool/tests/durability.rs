@@ -784,6 +784,7 @@ fn a_stale_page_is_refused_unless_the_log_restores_it() {
                 assert!(found < expected, "{err}");
                 assert!(disk.image() == img, "a refusal wrote");
                 let msg = err.to_string();
+                eprintln!("{msg}");
                 assert!(
                     msg.contains(&format!(
                         "page 1 (device block {lba}) is older on storage than the log says: \

@@ -12,7 +12,7 @@ mod common;
 
 use common::{acked, config, require_kvm, run, scratch};
 use dbos_bufferpool::control::Control;
-use dbos_bufferpool::log::{SECTOR, SECTORS_PER_BLOCK};
+use dbos_bufferpool::log::{SECTOR, SECTORS_PER_BLOCK, SECTOR_PAYLOAD};
 use dbos_hypervisor::disk::{CutAt, DiskConfig, PowerCutPlan};
 use dbos_hypervisor::{GuestExit, RunReport, VmConfig};
 use dbos_nvme::host::powercut::{Fate, Rng};
@@ -146,7 +146,7 @@ fn kvstore_survives_power_cuts_at_seeded_writes() {
             at,
             seed: rng.next_u64(),
         };
-        let r = kvstore(&["100000", mode], disk(&path, None, Some(plan)));
+        let r = kvstore(&["16000", mode], disk(&path, None, Some(plan)));
         if let Some(refusal) = r
             .console
             .iter()
@@ -176,10 +176,12 @@ fn kvstore_survives_power_cuts_at_seeded_writes() {
                 .in_flight
                 .expect("a cut at a write has that write in flight");
             assert_eq!(w.write, n, "seed {seed}");
-            assert_eq!(
-                r.power_cut_model.unwrap().write_commands,
-                n,
-                "seed {seed}: nothing is written after the cut"
+            // Writes queued behind the cut may still reach the model (a
+            // checkpoint writes its pages together); each fails, unwritten.
+            let model = r.power_cut_model.unwrap();
+            assert!(
+                model.write_commands >= n && model.write_commands - n <= model.failed,
+                "seed {seed}: nothing is written after the cut: {model:?}"
             );
         }
         volatile += cut.volatile;
@@ -282,13 +284,16 @@ fn sector_offset(c: &Control, n: u64) -> usize {
     (block * 4096 + (n % SECTORS_PER_BLOCK) * SECTOR) as usize
 }
 
-/// Whether log sector `n` on the disk carries its own number and the
-/// format's id (the header: number at byte 16, format id low half at 12).
+/// Whether log sector `n` on the disk holds log payload: it carries its
+/// own number and the format's id (the header: number at byte 16, format
+/// id low half at 12) and a payload length (bytes 4..6), not the marker
+/// of a blank or unwritten sector.
 fn sector_written(image: &[u8], c: &Control, n: u64) -> bool {
     let at = sector_offset(c, n);
     let s = &image[at..at + SECTOR as usize];
     u64::from_le_bytes(s[16..24].try_into().unwrap()) == n
         && u32::from_le_bytes(s[12..16].try_into().unwrap()) == c.format_id as u32
+        && u16::from_le_bytes(s[4..6].try_into().unwrap()) as u64 <= SECTOR_PAYLOAD
 }
 
 /// Data-loss case (a): a byte flipped in a log sector in the middle of
@@ -344,21 +349,18 @@ fn kvstore_refuses_a_log_damaged_in_the_middle_of_durable_history() {
         after.console
     );
     let refusal = refusal.unwrap();
-    // The message names the location: the damaged sector's LSN, its sector
-    // number, its log block's LBA or its byte offset on the disk.
+    // The message names the location exactly: the damaged sector, its
+    // device block and the sector in it, its LSNs.
     let lba = at as u64 / 4096;
-    let places = [
-        (victim * SECTOR).to_string(),
-        format!("{:#x}", victim * SECTOR),
-        format!("sector {victim}"),
-        format!("block {lba}"),
-        format!("lba {lba}"),
-        format!("LBA {lba}"),
-        at.to_string(),
-    ];
+    let place = format!(
+        "log sector {victim} (device block {lba}, sector {} of it, LSNs {}..{})",
+        victim % SECTORS_PER_BLOCK,
+        victim * SECTOR,
+        (victim + 1) * SECTOR
+    );
     assert!(
-        places.iter().any(|p| refusal.contains(p.as_str())),
-        "the refusal does not name the damaged sector ({places:?}): {refusal}"
+        refusal.contains(&place),
+        "the refusal does not name the damaged sector ({place}): {refusal}"
     );
     assert!(
         std::fs::read(&path).unwrap() == image,
@@ -492,7 +494,7 @@ fn a_second_dbos_run_on_the_same_disk_is_refused() {
     let mut first = Command::new(env!("CARGO_BIN_EXE_dbos"))
         .args(["run", "--disk", disk_arg, "--disk-size", "2M"])
         .args(["--disk-spin-us", "200000", "--time-limit", "120", image])
-        .args(["--", "100000"])
+        .args(["--", "16000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -579,7 +581,7 @@ fn power_cut_from_the_command_line() {
     let mut crashes = Vec::new();
     for _ in 0..2 {
         std::fs::write(&path, &formatted).unwrap();
-        let (code, stdout, stderr) = dbos(at_write, &["100000", "flush"]);
+        let (code, stdout, stderr) = dbos(at_write, &["16000", "flush"]);
         assert_eq!(code, Some(105), "{stderr}");
         assert!(stdout.contains("[vcpu0] acked 5"), "{stdout}");
         let report = stderr
@@ -609,7 +611,7 @@ fn power_cut_from_the_command_line() {
 
     let (code, _, stderr) = dbos(
         &["--power-cut-after", "4s", "--seed", "9"],
-        &["100000", "flush"],
+        &["16000", "flush"],
     );
     assert_eq!(code, Some(105), "{stderr}");
     assert!(stderr.contains("power cut at 4.000 s (seed 9)"), "{stderr}");
@@ -717,7 +719,7 @@ fn killing_dbos_during_the_power_cut_write_back_leaves_the_disk_as_it_was() {
             None => extra.extend(["--power-cut-at-write", "1000000"]),
         }
         let guest: &[&str] = if cut_at.is_some() {
-            &["100000", "flush"]
+            &["16000", "flush"]
         } else {
             &["2"]
         };
@@ -789,7 +791,7 @@ fn deleting_the_disk_while_the_guest_commits_stops_every_later_ack() {
         .args(["run", "--disk", path.to_str().unwrap()])
         .args(["--disk-spin-us", "200000", "--time-limit", "120"])
         .arg(image)
-        .args(["--", "100000"])
+        .args(["--", "16000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -920,7 +922,7 @@ fn a_power_cut_is_not_reported_as_a_disk_error() {
     assert_eq!(code, Some(0), "{stderr}");
     let formatted = std::fs::read(&path).unwrap();
     let cut = ["--power-cut-at-write", "8", "--seed", "4"];
-    let (code, _, _, stderr) = dbos_kvstore(&path, &cut, &["100000", "flush"], &[]);
+    let (code, _, _, stderr) = dbos_kvstore(&path, &cut, &["16000", "flush"], &[]);
     assert_eq!(code, Some(105), "{stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "only the report of the cut: {stderr}");
@@ -932,7 +934,7 @@ fn a_power_cut_is_not_reported_as_a_disk_error() {
     let (code, _, _, stderr) = dbos_kvstore(
         &path,
         &cut,
-        &["100000", "flush"],
+        &["16000", "flush"],
         &[("RUST_LOG", "dbos_nvme=debug")],
     );
     assert_eq!(code, Some(105), "{stderr}");
