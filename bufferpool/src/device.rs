@@ -182,6 +182,47 @@ impl fmt::Display for DeviceError {
     }
 }
 
+/// A request that failed, with where it went: for errors that must say
+/// which blocks could not be read or written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoFailure {
+    pub error: DeviceError,
+    pub kind: IoKind,
+    /// First block (0 for a flush).
+    pub lba: u64,
+    pub blocks: u32,
+}
+
+impl fmt::Display for IoFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = match self.kind {
+            IoKind::Read => "reading",
+            IoKind::Write => "writing",
+            IoKind::WriteFua => "writing (FUA)",
+            IoKind::Flush => return write!(f, "the device flush failed: {}", self.error),
+        };
+        write!(
+            f,
+            "{verb} device blocks {}..{} (bytes {}..{}) failed: {}",
+            self.lba,
+            self.lba + self.blocks as u64,
+            self.lba * BLOCK_SIZE as u64,
+            (self.lba + self.blocks as u64) * BLOCK_SIZE as u64,
+            self.error
+        )
+    }
+}
+
+/// Runs one request to completion, naming it if it fails.
+pub fn run_one<D: BlockDevice + ?Sized>(dev: &mut D, io: Io, relax: fn()) -> Result<(), IoFailure> {
+    run_all(dev, &[io], relax).map_err(|error| IoFailure {
+        error,
+        kind: io.kind,
+        lba: io.lba,
+        blocks: io.blocks,
+    })
+}
+
 /// A request's handle, unique among the device's outstanding requests.
 pub type IoTag = u16;
 

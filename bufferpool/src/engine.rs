@@ -66,7 +66,7 @@
 //! restart and recover.
 
 use crate::control::{Control, ControlError, Layout, LayoutError};
-use crate::device::{BlockDevice, DeviceError};
+use crate::device::{BlockDevice, DeviceError, IoFailure};
 use crate::log::{
     unwritten_block, CommitMode, LogBlock, LogDamage, Tail, Wal, WalError, FIRST_LSN, LOG_BLOCK,
 };
@@ -185,8 +185,11 @@ impl From<Control> for Backup {
 pub enum Error {
     /// The log refused or failed (including the failed state).
     Log(WalError),
-    /// A page or control-block I/O failed.
+    /// An I/O failed (a page through the pool, the log).
     Device(DeviceError),
+    /// The engine's own I/O failed (the control block, recovery's reads of
+    /// the pages and the log, format), at the blocks it names.
+    DeviceAt(IoFailure),
     /// No valid control block, and the device is blank where a store would
     /// be (blocks `0..BLANK_CHECK_BLOCKS` for [`Engine::open`], see
     /// `crate::recovery::BLANK_CHECK_BLOCKS`): never formatted.
@@ -232,8 +235,13 @@ pub enum Error {
     /// hold fixed at once (`limit`: half the pool's frames, see
     /// [`Engine::commit_page_limit`]); nothing was logged.
     TooManyPages { pages: usize, limit: usize },
-    /// A page on storage is damaged and the log holds no image of it.
-    UnrepairablePage(PageId, PageCheck),
+    /// A page on storage (at device block `lba`) is damaged and the log
+    /// holds no image of it.
+    UnrepairablePage {
+        page: PageId,
+        lba: u64,
+        check: PageCheck,
+    },
     /// The log holds a well-formed record at `lsn` that makes no sense.
     BadLogRecord { lsn: Lsn, problem: RecordProblem },
     /// Page `page` (device block `lba`) holds LSN `found` on storage, but a
@@ -280,11 +288,23 @@ impl From<DeviceError> for Error {
     }
 }
 
+impl From<IoFailure> for Error {
+    fn from(e: IoFailure) -> Error {
+        Error::DeviceAt(e)
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Log(e) => write!(f, "{e}"),
-            Error::Device(e) => write!(f, "page I/O failed: {e}"),
+            Error::Device(e) => write!(f, "I/O failed: {e}"),
+            Error::DeviceAt(e) => write!(
+                f,
+                "{e}; nothing more was written. A read error may be passing (run again); \
+                 blocks that stay unreadable must be copied off with a tool that skips them, \
+                 and the store opened from the copy"
+            ),
             Error::NotFormatted => f.write_str(
                 "not formatted: no control block, and the device is blank where a store would be",
             ),
@@ -355,13 +375,16 @@ impl fmt::Display for Error {
                 "a transaction changes {pages} pages, more than the {limit} that commits may \
                  hold fixed at once (half the buffer pool)"
             ),
-            Error::UnrepairablePage(p, c) => {
-                write!(
-                    f,
-                    "page {} is damaged ({c:?}) and the log has no image of it",
-                    p.0
-                )
-            }
+            Error::UnrepairablePage { page, lba, check } => write!(
+                f,
+                "page {} (device block {lba}, bytes {}..{}) is damaged on storage ({check}) and \
+                 the log holds no image of it to restore it from. Recovery refused and wrote \
+                 nothing; the page's contents are lost unless it is put back from a copy of \
+                 the store",
+                page.0,
+                lba * 4096,
+                (lba + 1) * 4096
+            ),
             Error::BadLogRecord { lsn, problem } => {
                 write!(f, "corrupt log: the record at LSN {}: {problem}", lsn.0)
             }
@@ -1012,8 +1035,8 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         // checkpoint keeps.
         let pages_written = self.pool.flush().map_err(|e| self.pool_error(e))? as u64;
         if let Err(e) = self.io().flush() {
-            self.wal.fail(e);
-            return Err(Error::Device(e));
+            self.wal.fail(e.error);
+            return Err(Error::DeviceAt(e));
         }
         // Every page's LSN as it is on storage now, before the control
         // block that makes this checkpoint recovery's starting point.
@@ -1025,8 +1048,8 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
             ..*control
         };
         if let Err(e) = self.io().write_control(&next) {
-            self.wal.fail(e);
-            return Err(Error::Device(e));
+            self.wal.fail(e.error);
+            return Err(Error::DeviceAt(e));
         }
         *control = next;
         drop(control);

@@ -463,7 +463,7 @@ fn commit_flip_reopen(data: &[u8]) {
         Err(
             e @ (Error::LogCorrupt(_)
             | Error::NoControlBlock { .. }
-            | Error::UnrepairablePage(..)
+            | Error::UnrepairablePage { .. }
             | Error::BadLogRecord { .. }),
         ) => {
             let _ = e.to_string();

@@ -110,7 +110,9 @@
 //! with [`WalError::LogFull`] and changes nothing.
 
 use crate::checksum::crc32c;
-use crate::device::{run_all, BlockDevice, DeviceError, DmaBytes, Io, IoKind, MAX_IO_BLOCKS};
+use crate::device::{
+    run_all, run_one, BlockDevice, DeviceError, DmaBytes, Io, IoFailure, IoKind, MAX_IO_BLOCKS,
+};
 use crate::record::{Record, RecordError};
 use crate::sync::lock;
 use crate::{Env, Lsn};
@@ -913,7 +915,7 @@ pub fn check_sector(raw: &[u8], sector: u64, rules: &SectorRules) -> SectorState
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScanError<E> {
     /// A read failed.
-    Device(DeviceError),
+    Device(IoFailure),
     /// The record handler failed.
     Handler(E),
 }
@@ -1107,7 +1109,7 @@ struct SectorReader<'a, D> {
 }
 
 impl<D: BlockDevice> SectorReader<'_, D> {
-    fn sector(&mut self, sector: u64) -> Result<&[u8], DeviceError> {
+    fn sector(&mut self, sector: u64) -> Result<&[u8], IoFailure> {
         let block = sector / SECTORS_PER_BLOCK;
         if !self
             .loaded
@@ -1116,7 +1118,7 @@ impl<D: BlockDevice> SectorReader<'_, D> {
             let phys = block % self.geo.blocks;
             let n = self.chunk_blocks.min(self.geo.blocks - phys);
             let io = Io::read(self.geo.start_lba + phys, n as u32, self.buf.io_buf().addr);
-            run_all(self.dev, &[io], self.env.relax)?;
+            run_one(self.dev, io, self.env.relax)?;
             self.loaded = Some((block, n));
         }
         let (b0, _) = self.loaded.unwrap();
@@ -1443,9 +1445,9 @@ pub fn read_tail<D: BlockDevice>(
     end: Lsn,
     buf: &mut DmaBytes,
     env: Env,
-) -> Result<Tail, DeviceError> {
+) -> Result<Tail, IoFailure> {
     let io = Io::read(geo.lba_of(LogBlock::of(end)), 1, buf.io_buf().addr);
-    run_all(dev, &[io], env.relax)?;
+    run_one(dev, io, env.relax)?;
     Ok(Tail {
         end,
         block: buf.bytes()[..LOG_BLOCK as usize].to_vec(),

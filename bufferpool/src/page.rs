@@ -75,6 +75,17 @@ pub enum PageCheck {
     WrongId(PageId),
 }
 
+impl core::fmt::Display for PageCheck {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PageCheck::Valid => f.write_str("a valid page"),
+            PageCheck::Empty => f.write_str("all zero"),
+            PageCheck::BadChecksum => f.write_str("its checksum does not hold"),
+            PageCheck::WrongId(id) => write!(f, "it holds page {}", id.0),
+        }
+    }
+}
+
 /// Checks a page read from the slot of page `id`.
 pub fn verify(page: &[u8], id: PageId) -> PageCheck {
     let stored = u32::from_le_bytes(page[0..4].try_into().unwrap());

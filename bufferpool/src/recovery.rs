@@ -247,7 +247,7 @@ fn read_control<D: BlockDevice>(mut io: StoreIo<D>, blank_check: u64) -> Result<
 
 fn scan_error(e: ScanError<Error>) -> Error {
     match e {
-        ScanError::Device(d) => Error::Device(d),
+        ScanError::Device(d) => Error::DeviceAt(d),
         ScanError::Handler(e) => e,
     }
 }
@@ -318,6 +318,7 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
     // Pass 1: check everything, apply nothing.
     let mut check = Replay::<B> {
         pages: layout.data_pages,
+        page0_lba: layout.page_lba(PageId(0)),
         pool: None,
         damaged,
         pending: Vec::new(),
@@ -385,8 +386,12 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
         }
         (found, Some(requested)) => return Err(Error::TruncateMismatch { requested, found }),
     }
-    if let Some((&i, &c)) = damaged.iter().next() {
-        return Err(Error::UnrepairablePage(PageId(i), c));
+    if let Some((&i, &check)) = damaged.iter().next() {
+        return Err(Error::UnrepairablePage {
+            page: PageId(i),
+            lba: layout.page_lba(PageId(i)),
+            check,
+        });
     }
     // A page older than a checkpoint recorded, which the log does not
     // restore: a lost or reverted page write.
@@ -410,6 +415,7 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
     hook.allow_up_to(resume);
     let mut redo = Replay {
         pages: layout.data_pages,
+        page0_lba: layout.page_lba(PageId(0)),
         pool: Some(&pool),
         damaged: BTreeMap::new(),
         pending: Vec::new(),
@@ -513,6 +519,8 @@ struct Pending {
 /// applied) or the redo (through `pool`).
 struct Replay<'a, B> {
     pages: u64,
+    /// The device block of page 0.
+    page0_lba: u64,
     pool: Option<&'a B>,
     /// Damaged pages not restored from an image yet (the check pass).
     damaged: BTreeMap<u64, PageCheck>,
@@ -626,7 +634,11 @@ impl<B: BufferManager> Replay<'_, B> {
                     None => {
                         for w in &self.pending {
                             if let Some(&c) = self.damaged.get(&w.page.0) {
-                                return Err(Error::UnrepairablePage(w.page, c));
+                                return Err(Error::UnrepairablePage {
+                                    page: w.page,
+                                    lba: self.page0_lba + w.page.0,
+                                    check: c,
+                                });
                             }
                         }
                         self.report.transactions += 1;

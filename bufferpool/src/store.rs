@@ -9,7 +9,7 @@
 //! [`Durability`](crate::Durability) hook.
 
 use crate::control::{Control, ControlError, Layout, CONTROL_BLOCKS};
-use crate::device::{run_all, BlockDevice, DeviceError, DmaBytes, Io, BLOCK_SIZE};
+use crate::device::{run_one, BlockDevice, DeviceError, DmaBytes, Io, IoFailure, BLOCK_SIZE};
 use crate::page::{page_lsn, seal, verify, PageCheck};
 use crate::{Env, Lsn, PageId, PAGE_SIZE};
 use alloc::collections::BTreeMap;
@@ -37,9 +37,9 @@ impl<D: BlockDevice> StoreIo<D> {
     }
 
     /// The newest valid control block, or why neither block is one.
-    pub fn read_control(&mut self) -> Result<Result<Control, [ControlError; 2]>, DeviceError> {
+    pub fn read_control(&mut self) -> Result<Result<Control, [ControlError; 2]>, IoFailure> {
         let io = Io::read(0, CONTROL_BLOCKS as u32, self.buf.io_buf().addr);
-        run_all(&mut self.dev, &[io], self.env.relax)?;
+        run_one(&mut self.dev, io, self.env.relax)?;
         let b = self.buf.bytes();
         Ok(Control::newest(
             &b[..BLOCK_SIZE],
@@ -49,13 +49,13 @@ impl<D: BlockDevice> StoreIo<D> {
 
     /// The first of blocks `0..blocks` (clamped to the device) that is not
     /// entirely zero, if any.
-    pub fn first_nonzero(&mut self, blocks: u64) -> Result<Option<u64>, DeviceError> {
+    pub fn first_nonzero(&mut self, blocks: u64) -> Result<Option<u64>, IoFailure> {
         let blocks = blocks.min(self.block_count());
         let mut first = 0;
         while first < blocks {
             let n = (blocks - first).min(BATCH as u64);
             let io = Io::read(first, n as u32, self.buf.io_buf().addr);
-            run_all(&mut self.dev, &[io], self.env.relax)?;
+            run_one(&mut self.dev, io, self.env.relax)?;
             let bytes = &self.buf.bytes()[..n as usize * BLOCK_SIZE];
             // By words: a guest's ring-0 code is emulated instruction by
             // instruction where the CPU has no VT-x.
@@ -75,7 +75,7 @@ impl<D: BlockDevice> StoreIo<D> {
         first: u64,
         blocks: u64,
         mut fill: impl FnMut(u64, &mut [u8]),
-    ) -> Result<(), DeviceError> {
+    ) -> Result<(), IoFailure> {
         let mut done = 0;
         while done < blocks {
             let n = (blocks - done).min(BATCH as u64);
@@ -86,17 +86,17 @@ impl<D: BlockDevice> StoreIo<D> {
                 fill(done + i as u64, block);
             }
             let io = Io::write(first + done, n as u32, self.buf.io_buf().addr, false);
-            run_all(&mut self.dev, &[io], self.env.relax)?;
+            run_one(&mut self.dev, io, self.env.relax)?;
             done += n;
         }
         Ok(())
     }
 
     /// Writes `c` to its slot with FUA.
-    pub fn write_control(&mut self, c: &Control) -> Result<(), DeviceError> {
+    pub fn write_control(&mut self, c: &Control) -> Result<(), IoFailure> {
         c.encode(&mut self.buf.bytes_mut()[..BLOCK_SIZE]);
         let io = Io::write(c.lba(), 1, self.buf.io_buf().addr, true);
-        run_all(&mut self.dev, &[io], self.env.relax)
+        run_one(&mut self.dev, io, self.env.relax)
     }
 
     /// The device's last block: where the backup control block goes.
@@ -106,34 +106,34 @@ impl<D: BlockDevice> StoreIo<D> {
 
     /// Writes `c` as the backup control block (the device's last block)
     /// with FUA.
-    pub fn write_backup_control(&mut self, c: &Control) -> Result<(), DeviceError> {
+    pub fn write_backup_control(&mut self, c: &Control) -> Result<(), IoFailure> {
         c.encode(&mut self.buf.bytes_mut()[..BLOCK_SIZE]);
         let io = Io::write(self.backup_lba(), 1, self.buf.io_buf().addr, true);
-        run_all(&mut self.dev, &[io], self.env.relax)
+        run_one(&mut self.dev, io, self.env.relax)
     }
 
     /// Reads the device's last block: the backup control block, or why it
     /// is not one (all zero on a blank device).
-    pub fn read_backup_control(&mut self) -> Result<Result<Control, ControlError>, DeviceError> {
+    pub fn read_backup_control(&mut self) -> Result<Result<Control, ControlError>, IoFailure> {
         let io = Io::read(self.backup_lba(), 1, self.buf.io_buf().addr);
-        run_all(&mut self.dev, &[io], self.env.relax)?;
+        run_one(&mut self.dev, io, self.env.relax)?;
         Ok(Control::decode(&self.buf.bytes()[..BLOCK_SIZE]))
     }
 
     /// Writes zeros over control slot `slot` with FUA.
-    pub fn clear_control(&mut self, slot: u64) -> Result<(), DeviceError> {
+    pub fn clear_control(&mut self, slot: u64) -> Result<(), IoFailure> {
         self.buf.bytes_mut()[..BLOCK_SIZE].fill(0);
         let io = Io::write(slot, 1, self.buf.io_buf().addr, true);
-        run_all(&mut self.dev, &[io], self.env.relax)
+        run_one(&mut self.dev, io, self.env.relax)
     }
     /// Makes every completed write durable (a device flush).
-    pub fn flush(&mut self) -> Result<(), DeviceError> {
-        run_all(&mut self.dev, &[Io::flush()], self.env.relax)
+    pub fn flush(&mut self) -> Result<(), IoFailure> {
+        run_one(&mut self.dev, Io::flush(), self.env.relax)
     }
 
     /// Writes every data page of `layout` as an empty, sealed page (page
     /// LSN 0) and flushes: the pages of a new store, which need no log.
-    pub fn write_blank_pages(&mut self, layout: &Layout) -> Result<(), DeviceError> {
+    pub fn write_blank_pages(&mut self, layout: &Layout) -> Result<(), IoFailure> {
         let mut first = 0;
         while first < layout.data_pages {
             let n = (layout.data_pages - first).min(BATCH as u64) as usize;
@@ -145,7 +145,7 @@ impl<D: BlockDevice> StoreIo<D> {
             }
             let lba = layout.page_lba(PageId(first));
             let io = Io::write(lba, n as u32, self.buf.io_buf().addr, false);
-            run_all(&mut self.dev, &[io], self.env.relax)?;
+            run_one(&mut self.dev, io, self.env.relax)?;
             first += n as u64;
         }
         self.flush()
@@ -161,14 +161,14 @@ impl<D: BlockDevice> StoreIo<D> {
         &mut self,
         layout: &Layout,
         mut valid: impl FnMut(PageId, Lsn),
-    ) -> Result<BTreeMap<u64, PageCheck>, DeviceError> {
+    ) -> Result<BTreeMap<u64, PageCheck>, IoFailure> {
         let mut bad = BTreeMap::new();
         let mut first = 0;
         while first < layout.data_pages {
             let n = (layout.data_pages - first).min(BATCH as u64);
             let lba = layout.page_lba(PageId(first));
             let io = Io::read(lba, n as u32, self.buf.io_buf().addr);
-            run_all(&mut self.dev, &[io], self.env.relax)?;
+            run_one(&mut self.dev, io, self.env.relax)?;
             for i in 0..n {
                 let id = PageId(first + i);
                 let page = &self.buf.bytes()[i as usize * PAGE_SIZE..][..PAGE_SIZE];

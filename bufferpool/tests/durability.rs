@@ -730,10 +730,11 @@ fn an_all_zero_page_is_repaired_from_its_image_or_refused() {
     let d = MemDisk::new(img.clone());
     assert_eq!(
         mem_open(&d).err(),
-        Some(Error::UnrepairablePage(
-            PageId(1),
-            dbos_bufferpool::page::PageCheck::Empty
-        ))
+        Some(Error::UnrepairablePage {
+            page: PageId(1),
+            lba: LAYOUT.page_lba(PageId(1)),
+            check: dbos_bufferpool::page::PageCheck::Empty
+        })
     );
     assert!(d.image() == img, "a refusing recovery wrote");
 }

@@ -123,9 +123,26 @@ fn a_page_torn_at_any_sector_boundary_is_repaired_from_its_image() {
     let at = page0 + 512;
     img[at..at + 512].copy_from_slice(&before[at..at + 512]);
     let (dev, _) = memory_device(img);
+    let err = open(&dev, CommitMode::Fua).err();
+    let lba = LAYOUT.page_lba(PageId(0));
     assert_eq!(
-        open(&dev, CommitMode::Fua).err(),
-        Some(Error::UnrepairablePage(PageId(0), PageCheck::BadChecksum))
+        err,
+        Some(Error::UnrepairablePage {
+            page: PageId(0),
+            lba,
+            check: PageCheck::BadChecksum
+        })
+    );
+    assert_eq!(
+        err.unwrap().to_string(),
+        format!(
+            "page 0 (device block {lba}, bytes {}..{}) is damaged on storage (its checksum \
+             does not hold) and the log holds no image of it to restore it from. Recovery \
+             refused and wrote nothing; the page's contents are lost unless it is put back \
+             from a copy of the store",
+            lba * 4096,
+            lba * 4096 + 4096
+        )
     );
 }
 

@@ -69,10 +69,12 @@ impl Run {
         })
     }
 
+    /// Why the store could not be opened, or read for its check.
     fn refused(&self) -> Option<&str> {
-        self.stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("[vcpu0] cannot open the store: "))
+        self.stdout.lines().find_map(|l| {
+            l.strip_prefix("[vcpu0] cannot open the store: ")
+                .or_else(|| l.strip_prefix("[vcpu0] cannot read the store: "))
+        })
     }
 }
 

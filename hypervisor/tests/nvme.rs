@@ -127,9 +127,11 @@ fn kvstore_guest_recovers_after_being_stopped_mid_run() {
     assert_eq!(
         first.console,
         vec![
-            "[vcpu0] fresh disk: formatting",
+            "[vcpu0] INFO  dbos_bufferpool::recovery: engine: blank device, formatting",
             "[vcpu0] INFO  dbos_bufferpool::engine: engine: formatted 256 log blocks, 64 pages",
+            "[vcpu0] fresh disk: formatted",
             "[vcpu0] found 0 committed transactions, 0 wrong",
+            "[vcpu0] transactions found: []",
             "[vcpu0] acked 1",
             "[vcpu0] acked 2",
             "[vcpu0] acked 3",

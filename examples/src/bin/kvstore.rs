@@ -18,7 +18,8 @@
 //! `t * 7`, atomically. The store is checked first, every key of it: each
 //! transaction's two keys both there with its value or both absent, the
 //! keys no transaction writes absent; it prints `found N committed
-//! transactions, M wrong` (M counts the keys that break this). It then
+//! transactions, M wrong` (M counts the keys that break this) and
+//! `transactions found: [A-B,C-D]`, which ones, as ranges. It then
 //! commits TXNS more transactions, numbered on from the highest found
 //! (default 16; with FUA log writes, or plain writes and a flush with
 //! `flush`), on every vCPU at once (`--vcpus N`: N committers, so commits
@@ -73,8 +74,9 @@ const KEYS: u64 = DATA_PAGES * SLOTS_PER_PAGE;
 /// Transaction `t` writes keys `t` and `MIRROR - t`, for `t` in
 /// `1..MIRROR / 2`; keys 0 and `MIRROR / 2` are never written.
 const MIRROR: u64 = KEYS;
-/// The highest transaction number the store holds.
+/// The highest transaction number the store holds (16255).
 const MAX_TXN: u64 = MIRROR / 2 - 1;
+const _: () = assert!(MAX_TXN == 16255);
 
 /// Exit statuses.
 const STATUS_USAGE: u8 = 2;
@@ -143,6 +145,9 @@ fn parse(args: &[&'static str]) -> Result<Request, &'static str> {
             .parse::<u64>()
             .map_err(|_| "TXNS must be a whole number of transactions (0 or more)")?,
     };
+    if txns > MAX_TXN {
+        return Err("TXNS is more transactions than the store holds (16255)");
+    }
     let (mode, mode_arg) = match args.get(1) {
         None | Some(&"fua") => (CommitMode::Fua, "fua"),
         Some(&"flush") => (CommitMode::WriteFlush, "flush"),
@@ -320,6 +325,20 @@ fn main() -> u8 {
         }
     };
     println!("found {} committed transactions, {bad} wrong", found.len());
+    // Which ones, as ranges (with several committers a cut can leave gaps:
+    // each committer's own numbers are a prefix).
+    let mut ranges = alloc::string::String::new();
+    let mut i = 0;
+    while i < found.len() {
+        let mut j = i;
+        while j + 1 < found.len() && found[j + 1] == found[j] + 1 {
+            j += 1;
+        }
+        let sep = if ranges.is_empty() { "" } else { "," };
+        ranges.push_str(&alloc::format!("{sep}{}-{}", found[i], found[j]));
+        i = j + 1;
+    }
+    println!("transactions found: [{ranges}]");
     let base = found.last().copied().unwrap_or(0);
     if txns > MAX_TXN - base {
         println!(
