@@ -116,10 +116,15 @@ impl fmt::Display for PoolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PoolError::Device { id, kind, error } => {
-                write!(f, "{kind:?} of page {} failed: {error}", id.0)
+                let verb = match kind {
+                    IoKind::Read => "reading",
+                    IoKind::Write | IoKind::WriteFua => "writing",
+                    IoKind::Flush => "flushing",
+                };
+                write!(f, "{verb} page {} failed: {error}", id.0)
             }
             PoolError::Corrupt { id, check } => {
-                write!(f, "page {} read from storage is not valid: {check:?}", id.0)
+                write!(f, "page {} read from storage is not valid: {check}", id.0)
             }
             PoolError::OutOfRange { id, pages } => {
                 write!(f, "page {} was never allocated ({pages} pages are)", id.0)
