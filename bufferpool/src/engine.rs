@@ -66,7 +66,7 @@
 //! restart and recover.
 
 use crate::control::{Control, ControlError, Layout, LayoutError};
-use crate::device::{BlockDevice, DeviceError, IoFailure};
+use crate::device::{BlockDevice, DeviceError, IoFailure, IoKind};
 use crate::log::{
     unwritten_block, CommitMode, LogBlock, LogDamage, Tail, Wal, WalError, FIRST_LSN, LOG_BLOCK,
 };
@@ -299,11 +299,17 @@ impl fmt::Display for Error {
         match self {
             Error::Log(e) => write!(f, "{e}"),
             Error::Device(e) => write!(f, "I/O failed: {e}"),
-            Error::DeviceAt(e) => write!(
+            Error::DeviceAt(e) if e.kind == IoKind::Read => write!(
                 f,
                 "{e}; nothing more was written. A read error may be passing (run again); \
                  blocks that stay unreadable must be copied off with a tool that skips them, \
                  and the store opened from the copy"
+            ),
+            Error::DeviceAt(e) => write!(
+                f,
+                "{e}; the engine stopped there and retried nothing. Once the device accepts \
+                 writes again (space, permissions, hardware), the next start recovers every \
+                 commit that was acknowledged"
             ),
             Error::NotFormatted => f.write_str(
                 "not formatted: no control block, and the device is blank where a store would be",
