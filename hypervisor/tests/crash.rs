@@ -146,7 +146,7 @@ fn kvstore_survives_power_cuts_at_seeded_writes() {
             at,
             seed: rng.next_u64(),
         };
-        let r = kvstore(&["16000", mode], disk(&path, None, Some(plan)));
+        let r = kvstore(&["15000", mode], disk(&path, None, Some(plan)));
         if let Some(refusal) = r
             .console
             .iter()
@@ -494,7 +494,7 @@ fn a_second_dbos_run_on_the_same_disk_is_refused() {
     let mut first = Command::new(env!("CARGO_BIN_EXE_dbos"))
         .args(["run", "--disk", disk_arg, "--disk-size", "2M"])
         .args(["--disk-spin-us", "200000", "--time-limit", "120", image])
-        .args(["--", "16000"])
+        .args(["--", "15000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -581,7 +581,7 @@ fn power_cut_from_the_command_line() {
     let mut crashes = Vec::new();
     for _ in 0..2 {
         std::fs::write(&path, &formatted).unwrap();
-        let (code, stdout, stderr) = dbos(at_write, &["16000", "flush"]);
+        let (code, stdout, stderr) = dbos(at_write, &["15000", "flush"]);
         assert_eq!(code, Some(105), "{stderr}");
         assert!(stdout.contains("[vcpu0] acked 5"), "{stdout}");
         let report = stderr
@@ -611,7 +611,7 @@ fn power_cut_from_the_command_line() {
 
     let (code, _, stderr) = dbos(
         &["--power-cut-after", "4s", "--seed", "9"],
-        &["16000", "flush"],
+        &["15000", "flush"],
     );
     assert_eq!(code, Some(105), "{stderr}");
     assert!(stderr.contains("power cut at 4.000 s (seed 9)"), "{stderr}");
@@ -719,7 +719,7 @@ fn killing_dbos_during_the_power_cut_write_back_leaves_the_disk_as_it_was() {
             None => extra.extend(["--power-cut-at-write", "1000000"]),
         }
         let guest: &[&str] = if cut_at.is_some() {
-            &["16000", "flush"]
+            &["15000", "flush"]
         } else {
             &["2"]
         };
@@ -791,7 +791,7 @@ fn deleting_the_disk_while_the_guest_commits_stops_every_later_ack() {
         .args(["run", "--disk", path.to_str().unwrap()])
         .args(["--disk-spin-us", "200000", "--time-limit", "120"])
         .arg(image)
-        .args(["--", "16000"])
+        .args(["--", "15000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -922,7 +922,7 @@ fn a_power_cut_is_not_reported_as_a_disk_error() {
     assert_eq!(code, Some(0), "{stderr}");
     let formatted = std::fs::read(&path).unwrap();
     let cut = ["--power-cut-at-write", "8", "--seed", "4"];
-    let (code, _, _, stderr) = dbos_kvstore(&path, &cut, &["16000", "flush"], &[]);
+    let (code, _, _, stderr) = dbos_kvstore(&path, &cut, &["15000", "flush"], &[]);
     assert_eq!(code, Some(105), "{stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "only the report of the cut: {stderr}");
@@ -934,7 +934,7 @@ fn a_power_cut_is_not_reported_as_a_disk_error() {
     let (code, _, _, stderr) = dbos_kvstore(
         &path,
         &cut,
-        &["16000", "flush"],
+        &["15000", "flush"],
         &[("RUST_LOG", "dbos_nvme=debug")],
     );
     assert_eq!(code, Some(105), "{stderr}");

@@ -253,7 +253,7 @@ fn two_committers_survive_power_cuts() {
             at: CutAt::Write(8 + seed * 5),
             seed,
         };
-        let r = kvstore_on(&path, 2, &["16000"], Some(cut));
+        let r = kvstore_on(&path, 2, &["15000"], Some(cut));
         assert!(
             matches!(r.exit, GuestExit::PowerCut { .. }),
             "seed {seed}: {}\n{:#?}",

@@ -147,7 +147,7 @@ fn kvstore_guest_recovers_after_being_stopped_mid_run() {
     // here), so the limit doubles until a run acknowledged some commits.
     let mut acknowledged = None;
     for secs in [4, 8, 16, 32] {
-        let cut = kv(&["16000"], None, Some(Duration::from_secs(secs)));
+        let cut = kv(&["15000"], None, Some(Duration::from_secs(secs)));
         assert!(
             matches!(cut.exit, GuestExit::TimedOut { .. }),
             "{}",
