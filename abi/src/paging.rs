@@ -31,8 +31,9 @@
 //! # Who writes what, and why lock-free leaf updates are safe
 //!
 //! - **Structural edits** (creating a table, [`share`](PageTables::share),
-//!   [`copy_table`](PageTables::copy_table), clearing the write bit of a
-//!   non-leaf entry, freeing tables after [`visit`](PageTables::visit)) are made
+//!   [`duplicate`](PageTables::duplicate) and linking the copy, clearing the
+//!   write bit of a non-leaf entry, freeing tables after
+//!   [`visit`](PageTables::visit)) are made
 //!   by one writer at a time: the caller serialises them (the guest holds one
 //!   global lock, the VMM builds the tables before any vCPU runs). Creating a
 //!   table is nevertheless a compare-and-swap from the empty entry, with
@@ -241,7 +242,7 @@ pub enum PagingError {
     /// The entry's [`LOCK`] bit is set.
     Locked,
     /// The entry changed under a compare-and-swap the caller asked for with
-    /// an expected value ([`PageTables::replace`], [`PageTables::copy_table`]).
+    /// an expected value ([`PageTables::replace`]).
     Changed,
     /// `alloc_table` returned `None`. Tables created earlier in the same
     /// call stay linked (empty, harmless); `writes` counts their entries, so
@@ -325,19 +326,6 @@ pub struct Update {
     /// The entry after.
     pub new: Entry,
     /// Entries written (this entry, plus tables created on the way).
-    pub writes: u64,
-}
-
-/// The result of [`PageTables::copy_table`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Copied {
-    /// The new table's physical address.
-    pub table: u64,
-    /// The parent entry before it was re-pointed.
-    pub old: Entry,
-    /// The parent entry after.
-    pub new: Entry,
-    /// Entries written: the non-empty entries copied, plus the parent.
     pub writes: u64,
 }
 
@@ -830,107 +818,6 @@ impl<'a, M: TableMemory<'a>> PageTables<'a, M> {
         })
     }
 
-    /// Clears the write bit of `addr`'s present entry at `level` (a leaf or
-    /// a table: for a table, everything below becomes read-only, whatever
-    /// its own entries say). Writes: 1, or 0 if it was already clear.
-    pub fn clear_write(&self, addr: u64, level: Level) -> Result<Update, PagingError> {
-        let slot = self.slot(addr, level)?;
-        let mut old = load(slot);
-        loop {
-            if !old.present() {
-                return Err(PagingError::NotMapped);
-            }
-            if !old.has(Flags::WRITABLE) {
-                return Ok(Update {
-                    old,
-                    new: old,
-                    writes: 0,
-                });
-            }
-            match cas(slot, old, old.without(Flags::WRITABLE)) {
-                Ok(()) => {
-                    return Ok(Update {
-                        old,
-                        new: old.without(Flags::WRITABLE),
-                        writes: 1,
-                    })
-                }
-                Err(now) => old = now,
-            }
-        }
-    }
-
-    /// Copies the table that `addr`'s entry at `level` (2, 3 or 4) points
-    /// to into a new table, clearing `clear_in_copy` in every present entry
-    /// of the copy, and re-points that entry at the copy with
-    /// `set_in_parent` added to its flags (compare-and-swap: `Changed`, and
-    /// the copy freed, if the entry changed meanwhile). The old table is left
-    /// as it was (others may share it). Writes: the non-empty entries copied,
-    /// plus 1.
-    ///
-    /// The caller holds the structural lock, and nobody edits the old
-    /// table's entries lock-free during the copy (the hardware may still set
-    /// accessed bits in it; a bit set after its entry was copied is not in
-    /// the copy).
-    pub fn copy_table(
-        &self,
-        addr: u64,
-        level: Level,
-        clear_in_copy: Flags,
-        set_in_parent: Flags,
-    ) -> Result<Copied, PagingError> {
-        if level == Level::L1 {
-            return Err(PagingError::SizeMismatch);
-        }
-        let slot = self.slot(addr, level)?;
-        let old = load(slot);
-        if !old.present() {
-            return Err(PagingError::NotMapped);
-        }
-        if old.has(Flags::HUGE_PAGE) {
-            return Err(PagingError::SizeMismatch);
-        }
-        let src = self.table(old.addr())?;
-        let new_phys = self
-            .mem
-            .alloc_table()
-            .ok_or(PagingError::OutOfTables { writes: 0 })?;
-        let dst = match self.table(new_phys) {
-            Ok(t) => t,
-            Err(e) => {
-                self.mem.free_table(new_phys);
-                return Err(e);
-            }
-        };
-        let mut writes = 0;
-        for (from, to) in src.iter().zip(dst.iter()) {
-            let e = load(from);
-            if e.0 == 0 {
-                continue;
-            }
-            let e = if e.present() {
-                e.without(clear_in_copy)
-            } else {
-                e
-            };
-            to.store(e.0, Ordering::Relaxed);
-            writes += 1;
-        }
-        let new = Entry::new(new_phys, old.flags() | set_in_parent);
-        // Release: the copy's entries are visible before the entry that
-        // points at it.
-        if cas(slot, old, new).is_err() {
-            self.mem.free_table(new_phys);
-            return Err(PagingError::Changed);
-        }
-        Ok(Copied {
-            table: new_phys,
-            old,
-            new,
-            writes: writes + 1,
-        })
-    }
-
     /// Creates the missing tables down to the one holding `addr`'s entry at
     /// `level` (with [`PARENT_FLAGS`]; a present entry is never changed), so
     /// that a later [`replace`](Self::replace) or [`share`](Self::share) at
@@ -951,9 +838,9 @@ impl<'a, M: TableMemory<'a>> PageTables<'a, M> {
     /// copy yet: the caller links it (with [`replace`](Self::replace) on each
     /// entry that must see it), or frees it.
     ///
-    /// As for [`copy_table`](Self::copy_table), the caller holds the
-    /// structural lock and nobody edits the source's entries lock-free during
-    /// the copy (the hardware may still set accessed bits in it).
+    /// The caller holds the structural lock and nobody edits the source's
+    /// entries lock-free during the copy (the hardware may still set accessed
+    /// bits in it; a bit set after its entry was copied is not in the copy).
     pub fn duplicate(
         &self,
         table: u64,
@@ -1210,170 +1097,8 @@ fn entry_span(level: Level, base: u64, i: usize) -> (u64, u64) {
     (lo, lo + (level.span() - 1))
 }
 
-/// Whether `[lo, hi]` meets `range` (`range.end` exclusive).
-fn meets(lo: u64, hi: u64, range: &core::ops::Range<u64>) -> bool {
-    hi >= range.start && lo < range.end
-}
-
-/// # Views: a second root that translates like the real tables, late
-///
-/// A *view* is a set of tables rooted at its own level-4 table that
-/// translates like a *source* root (the real tables), except that for a
-/// *private* range it holds its own copies of every table below the root:
-/// edits of the source's entries in that range reach the view only when the
-/// view is synchronised ([`sync_view`](PageTables::sync_view)). A CPU running
-/// on the view therefore keeps seeing the old translations of the range,
-/// exactly as a CPU with stale TLB entries would; the guest uses this to
-/// force stale translations in tests (`libdbos::paging::defer_view`).
-///
-/// Shape (the invariant every view operation keeps): in the view, an entry
-/// that covers part of the private range and points at a table points at a
-/// **private table** (allocated for this view, owned by it, freed by
-/// [`release_view`](PageTables::release_view)); every other entry is a copy
-/// of the source's entry as of the last synchronisation, so outside the
-/// private range the view shares the source's tables (and sees their edits
-/// live, one level below the copied entry). Upper levels covering the range
-/// must be private too: a shared table above a private one would be the
-/// source's own, and pointing it at a private copy would change the source.
-///
-/// Only one writer edits a view (its owner); the source is read lock-free,
-/// like the hardware walker reads it (tables are only added while a window
-/// lives, and a table a source entry points at is zeroed before it is
-/// published). Writes into the view are reported like any other (`writes`).
-impl<'a, M: TableMemory<'a>> PageTables<'a, M> {
-    /// Makes the view rooted here translate the addresses of `only` like the
-    /// tables rooted at `source`, keeping the shape above for `private`
-    /// (copying tables that became reachable, freeing private tables whose
-    /// source entry went away or became a leaf). Entries outside `only` are
-    /// not read. Ranges are end-exclusive; `0..u64::MAX` is everything.
-    /// Returns the entries written in the view. On `OutOfTables` the view is
-    /// consistent (every private table is linked or freed) but translates
-    /// part of `only` as not present.
-    pub fn sync_view(
-        &self,
-        source: u64,
-        private: &core::ops::Range<u64>,
-        only: &core::ops::Range<u64>,
-    ) -> Result<u64, PagingError> {
-        let mut writes = 0;
-        match self.sync_table(self.root, source, Level::L4, 0, private, only, &mut writes) {
-            Ok(()) => Ok(writes),
-            Err(PagingError::OutOfTables { .. }) => Err(PagingError::OutOfTables { writes }),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// One table of a view (`view`, of `level`, covering from `base`)
-    /// against the source table `source` at the same place.
-    #[allow(clippy::too_many_arguments)]
-    fn sync_table(
-        &self,
-        view: u64,
-        source: u64,
-        level: Level,
-        base: u64,
-        private: &core::ops::Range<u64>,
-        only: &core::ops::Range<u64>,
-        writes: &mut u64,
-    ) -> Result<(), PagingError> {
-        let (v, s) = (self.table(view)?, self.table(source)?);
-        for (i, (vslot, sslot)) in v.iter().zip(s.iter()).enumerate() {
-            let (lo, hi) = entry_span(level, base, i);
-            if !meets(lo, hi, only) {
-                continue;
-            }
-            let want = load(sslot);
-            let have = load(vslot);
-            let in_private = meets(lo, hi, private);
-            let table = |e: Entry| e.present() && !e.has(Flags::HUGE_PAGE);
-            let below = level.below();
-            // A present non-leaf view entry in the private range points at a
-            // private table (the shape invariant).
-            let have_private = in_private && below.is_some() && table(have);
-            let new = match below {
-                Some(below) if in_private && table(want) => {
-                    let (copy, fresh) = if have_private {
-                        (have.addr(), false)
-                    } else {
-                        let t = self
-                            .mem
-                            .alloc_table()
-                            .ok_or(PagingError::OutOfTables { writes: 0 })?;
-                        (t, true)
-                    };
-                    if let Err(e) =
-                        self.sync_table(copy, want.addr(), below, lo, private, only, writes)
-                    {
-                        if fresh {
-                            // Not linked yet: nobody else can reach it.
-                            self.release_table(copy, below, lo, private)?;
-                            self.mem.free_table(copy);
-                        }
-                        return Err(e);
-                    }
-                    // A table that was a shared copy (or a leaf) is replaced
-                    // by the private one below.
-                    Entry::new(copy, want.flags())
-                }
-                _ => {
-                    if have_private {
-                        // Unlinked first, freed after: the view no longer
-                        // reaches it (the caller invalidates the CPU's
-                        // paging-structure caches before the frames are reused).
-                        vslot.store(want.0, Ordering::Release);
-                        *writes += 1;
-                        let below = below.expect("a table has a level below");
-                        self.release_table(have.addr(), below, lo, private)?;
-                        self.mem.free_table(have.addr());
-                        continue;
-                    }
-                    want
-                }
-            };
-            if new != have {
-                // Release: a fresh private table's entries are visible
-                // before the entry that points at it.
-                vslot.store(new.0, Ordering::Release);
-                *writes += 1;
-            }
-        }
-        Ok(())
-    }
-
-    /// Frees the private tables below `table` (of `level`, covering from
-    /// `base`), children first; not `table` itself. Returns how many.
-    fn release_table(
-        &self,
-        table: u64,
-        level: Level,
-        base: u64,
-        private: &core::ops::Range<u64>,
-    ) -> Result<u64, PagingError> {
-        let Some(below) = level.below() else {
-            return Ok(0);
-        };
-        let mut freed = 0;
-        for (i, slot) in self.table(table)?.iter().enumerate() {
-            let (lo, hi) = entry_span(level, base, i);
-            let e = load(slot);
-            if meets(lo, hi, private) && e.present() && !e.has(Flags::HUGE_PAGE) {
-                freed += self.release_table(e.addr(), below, lo, private)? + 1;
-                self.mem.free_table(e.addr());
-            }
-        }
-        Ok(freed)
-    }
-
-    /// Frees every private table of the view rooted here, and its root: the
-    /// tables [`sync_view`](Self::sync_view) allocated for `private` (the
-    /// same range it was given). The root must no longer be in use by any
-    /// CPU. Writes nothing; returns the tables freed, the root included.
-    pub fn release_view(self, private: &core::ops::Range<u64>) -> Result<u64, PagingError> {
-        let freed = self.release_table(self.root, Level::L4, 0, private)?;
-        self.mem.free_table(self.root);
-        Ok(freed + 1)
-    }
-}
+#[cfg(feature = "views")]
+mod view;
 
 #[cfg(test)]
 mod tests;

@@ -210,8 +210,11 @@ fn map_never_modifies_a_write_protected_parent() {
     let t = pt(&phys);
     t.map(PAGE, DATA, Size::Small, W).unwrap();
     // Write-protect the 1 GiB subtree (the level-3 entry) and the 512 GiB one.
-    assert_eq!(t.clear_write(PAGE, Level::L3).unwrap().writes, 1);
-    assert_eq!(t.clear_write(PAGE, Level::L4).unwrap().writes, 1);
+    for level in [Level::L3, Level::L4] {
+        let old = t.read(PAGE, level).unwrap();
+        let ro = old.without(Flags::WRITABLE);
+        assert_eq!(t.replace(PAGE, level, old, ro).unwrap().writes, 1);
+    }
     let l4 = t.read(PAGE, Level::L4).unwrap();
     let l3 = t.read(PAGE, Level::L3).unwrap();
     let l2 = t.read(PAGE, Level::L2).unwrap();
@@ -469,63 +472,6 @@ fn share_a_subtree_between_two_roots() {
 }
 
 #[test]
-fn clear_write_at_a_level() {
-    let phys = Phys::new(16, 16);
-    let t = pt(&phys);
-    t.map(PAGE, DATA, Size::Small, W).unwrap();
-    let u = t.clear_write(PAGE, Level::L2).unwrap();
-    assert_eq!(
-        (u.old, u.new, u.writes),
-        (e(0x3000, P | W), e(0x3000, P), 1)
-    );
-    assert_eq!(t.clear_write(PAGE, Level::L2).unwrap().writes, 0);
-    assert_eq!(t.clear_write(PAGE, Level::L1).unwrap().new, e(DATA, P));
-    assert_eq!(
-        t.clear_write(PAGE + 4096, Level::L1),
-        Err(PagingError::NotMapped)
-    );
-}
-
-#[test]
-fn copy_a_table_and_repoint_its_parent() {
-    let phys = Phys::new(16, 16);
-    let t = pt(&phys);
-    t.map(PAGE, DATA, Size::Small, W).unwrap();
-    t.map(PAGE + 4096, DATA + 4096, Size::Small, NX).unwrap();
-    t.clear_write(PAGE, Level::L2).unwrap();
-    let c = t.copy_table(PAGE, Level::L2, W, W).unwrap();
-    assert_eq!(
-        c,
-        Copied {
-            table: 0x4000,
-            old: e(0x3000, P),
-            new: e(0x4000, P | W),
-            writes: 3
-        }
-    );
-    assert_eq!(t.read(PAGE, Level::L1), Ok(e(DATA, P)));
-    assert_eq!(t.read(PAGE + 4096, Level::L1), Ok(e(DATA + 4096, P | NX)));
-    // The old table is untouched (another root may still use it).
-    assert_eq!(
-        phys.pages[3].0[3].load(Ordering::SeqCst),
-        e(DATA, P | W).raw()
-    );
-    assert_eq!(
-        t.copy_table(PAGE, Level::L1, W, W),
-        Err(PagingError::SizeMismatch)
-    );
-    // Out of tables: nothing written.
-    let full = Phys::new(16, 4);
-    let t = pt(&full);
-    t.map(PAGE, DATA, Size::Small, W).unwrap();
-    assert_eq!(
-        t.copy_table(PAGE, Level::L2, W, W),
-        Err(PagingError::OutOfTables { writes: 0 })
-    );
-    assert_eq!(t.read(PAGE, Level::L2), Ok(e(0x3000, P | W)));
-}
-
-#[test]
 fn replace_is_a_compare_and_swap() {
     let phys = Phys::new(16, 16);
     let t = pt(&phys);
@@ -710,6 +656,7 @@ fn remap_exchanges_any_entry_and_returns_the_old_one() {
     );
 }
 
+#[cfg(feature = "views")]
 #[test]
 fn a_view_translates_its_private_range_late() {
     let phys = Phys::new(16, 16);
@@ -771,6 +718,7 @@ fn a_view_translates_its_private_range_late() {
     assert_eq!(phys.freed.load(Ordering::SeqCst), 4, "every view table");
 }
 
+#[cfg(feature = "views")]
 #[test]
 fn a_view_out_of_tables_stays_consistent() {
     let phys = Phys::new(16, 7); // root 4, then tables 5 and 6 only
