@@ -1,7 +1,15 @@
 //! Builds the guest programs in `examples/` for `x86_64-unknown-none` as part
 //! of the normal build, so that `cargo build` and `cargo test` always have
-//! current guest images. They land in `<target dir>/guest/x86_64-unknown-none/release/`,
-//! and the directory is passed to this crate as `DBOS_GUEST_DIR`.
+//! current guest images, twice:
+//!
+//! - the measured programs (`hello`, `kvstore`, `tabby`, `snappy`), without
+//!   any test machinery on their paths, into
+//!   `<target dir>/guest/x86_64-unknown-none/release/` (`DBOS_GUEST_DIR`);
+//! - every program with feature `conformance` (libdbos's conformance suite
+//!   and deferred views, the pool's test knobs: the test programs
+//!   `platform` and `scenarios` and the test subcommands of `tabby` and
+//!   `snappy`), into `<target dir>/guest-test/x86_64-unknown-none/release/`
+//!   (`DBOS_GUEST_TEST_DIR`).
 //!
 //! The nested cargo uses its own target directory, so it never waits on the
 //! lock of the outer build.
@@ -35,12 +43,19 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
 
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+    let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|d| if d.is_absolute() { d } else { root.join(d) })
-        .unwrap_or_else(|| root.join("target"))
-        .join("guest");
+        .unwrap_or_else(|| root.join("target"));
+    let guests = build(&root, &target.join("guest"), None);
+    println!("cargo:rustc-env=DBOS_GUEST_DIR={}", guests.display());
+    let tests = build(&root, &target.join("guest-test"), Some("conformance"));
+    println!("cargo:rustc-env=DBOS_GUEST_TEST_DIR={}", tests.display());
+}
 
+/// Builds the guest workspace into `target_dir` with `features`; returns
+/// the directory of the images.
+fn build(root: &std::path::Path, target_dir: &std::path::Path, features: Option<&str>) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root.join("examples"))
@@ -51,7 +66,10 @@ fn main() {
             GUEST_TARGET,
             "--target-dir",
         ])
-        .arg(&target_dir);
+        .arg(target_dir);
+    if let Some(f) = features {
+        cmd.args(["--features", f]);
+    }
     // The outer build's settings (flags for the host target, wrappers such as
     // clippy-driver, its target dir) must not leak into the guest build.
     for (key, _) in std::env::vars_os() {
@@ -74,11 +92,10 @@ fn main() {
         .expect("failed to run cargo to build the guest images");
     if !out.status.success() {
         panic!(
-            "building the guest images (examples/, target {GUEST_TARGET}) failed; \
-             is the target installed? (rustup target add {GUEST_TARGET})\n{}",
+            "building the guest images (examples/, target {GUEST_TARGET}, features {features:?}) \
+             failed; is the target installed? (rustup target add {GUEST_TARGET})\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let dir = target_dir.join(GUEST_TARGET).join("release");
-    println!("cargo:rustc-env=DBOS_GUEST_DIR={}", dir.display());
+    target_dir.join(GUEST_TARGET).join("release")
 }

@@ -498,13 +498,12 @@ impl PoolSetup {
     /// `capacity` frames for this setup (as [`config`](Self::config)): its
     /// window covers the data pages only.
     pub fn tabby_config(&self, capacity: usize) -> crate::pool::tabby::TabbyConfig {
-        crate::pool::tabby::TabbyConfig {
-            allocated: self.pages,
-            first_block: self.first_block,
-            pages: Some(self.pages),
-            durability: self.durability.clone(),
-            ..crate::pool::tabby::TabbyConfig::new(capacity)
-        }
+        let defaults = crate::pool::tabby::TabbyConfig::new(capacity).pool;
+        crate::pool::tabby::TabbyConfig::of(PoolConfig {
+            evict_batch: defaults.evict_batch,
+            relax: defaults.relax,
+            ..self.config(capacity)
+        })
     }
 }
 

@@ -35,7 +35,7 @@ pub mod checksum;
 pub mod control;
 pub mod device;
 pub mod engine;
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod kv;
 pub mod log;

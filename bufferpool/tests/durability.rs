@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use dbos_bufferpool::control::{Control, ControlError};
-use dbos_bufferpool::device::{DeviceError, BLOCK_SIZE};
+use dbos_bufferpool::device::{DeviceError, IoFailure, IoKind, BLOCK_SIZE};
 use dbos_bufferpool::engine::Backup;
 use dbos_bufferpool::fuzzing::{config, pool, MemDevice, MemDisk};
 use dbos_bufferpool::log::{lsn_of_payload, payload_index, LOG_BLOCK, SECTOR};
@@ -572,7 +572,19 @@ fn a_failing_automatic_checkpoint_surfaces_its_error() {
             }
         }
     };
-    assert_eq!(err, Error::Device(DeviceError::WriteFault));
+    assert_eq!(
+        err,
+        Error::DeviceAt(IoFailure {
+            error: DeviceError::WriteFault,
+            kind: IoKind::Flush,
+            lba: 0,
+            blocks: 0
+        })
+    );
+    assert!(err.to_string().starts_with(
+        "the device flush failed: write fault (the data may not be stable); the engine stopped \
+         there and retried nothing"
+    ));
     // The transaction that finds 4 of the 8 blocks in use (50%) takes the
     // checkpoint: after the image of page 0 (4122 bytes) and n of 56
     // bytes, the insert position enters block 3 (payload 3 * 8 * 488).

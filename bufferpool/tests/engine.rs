@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use dbos_bufferpool::device::DeviceError;
+use dbos_bufferpool::device::{DeviceError, IoFailure};
 use dbos_bufferpool::log::{
     lsn_advance, lsn_of_payload, payload_index, ScanStop, LOG_BLOCK, SECTOR,
 };
@@ -356,10 +356,21 @@ fn read_errors_and_a_full_disk_are_errors_not_crashes() {
     drop(e);
     pc.clear_faults();
     pc.fail(OpMatch::Read, libc::EIO);
+    // The first read (the control blocks) fails, and says where.
+    let err = open(&dev, CommitMode::Fua).err().unwrap();
     assert_eq!(
-        open(&dev, CommitMode::Fua).err(),
-        Some(Error::Device(DeviceError::UnrecoveredRead))
+        err,
+        Error::DeviceAt(IoFailure {
+            error: DeviceError::UnrecoveredRead,
+            kind: dbos_bufferpool::device::IoKind::Read,
+            lba: 0,
+            blocks: 2
+        })
     );
+    assert!(err.to_string().starts_with(
+        "reading device blocks 0..2 (bytes 0..8192) failed: unrecovered read error; nothing more \
+         was written"
+    ));
     pc.clear_faults();
     let (e, report) = open(&dev, CommitMode::Fua).unwrap();
     assert_eq!(report.transactions, 1);

@@ -91,15 +91,7 @@ fn platform() -> &'static ProcessPlatform {
 
 /// Tabby's configuration for an engine's `setup`, from a process pool's.
 fn tabby_config(cfg: PoolConfig) -> TabbyConfig {
-    TabbyConfig {
-        capacity: cfg.capacity,
-        allocated: cfg.allocated,
-        first_block: cfg.first_block,
-        evict_batch: cfg.evict_batch,
-        durability: cfg.durability,
-        relax: cfg.relax,
-        ..TabbyConfig::new(cfg.capacity)
-    }
+    TabbyConfig::of(PoolConfig { pages: None, ..cfg })
 }
 
 fn tabby(

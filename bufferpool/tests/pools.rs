@@ -180,15 +180,8 @@ const TABBY_MAX_PAGES: usize = 2048;
 
 fn tabby_config(cfg: PoolConfig, eviction: Eviction) -> TabbyConfig {
     TabbyConfig {
-        capacity: cfg.capacity,
-        allocated: cfg.allocated,
-        first_block: cfg.first_block,
-        pages: cfg.pages,
-        evict_batch: cfg.evict_batch,
-        durability: cfg.durability,
-        relax: cfg.relax,
         eviction,
-        repair: true,
+        ..TabbyConfig::of(cfg)
     }
 }
 

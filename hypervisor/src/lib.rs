@@ -18,7 +18,7 @@ pub mod control;
 pub mod disk;
 pub mod elf;
 pub mod files;
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod hypercall;
 pub mod layout;
@@ -30,10 +30,20 @@ pub mod vm;
 pub use report::{ExitCounts, GuestExit, RunReport};
 pub use vm::{Vm, VmConfig, VmError};
 
-/// Directory holding the guest images built from `examples/` with this crate.
+/// Directory holding the measured guest images built from `examples/` with
+/// this crate (no test machinery: see `hypervisor/build.rs`).
 pub const GUEST_DIR: &str = env!("DBOS_GUEST_DIR");
 
-/// Path of the built guest image `name` (e.g. `"hello"`).
+/// Directory holding the test build of every guest program (feature
+/// `conformance`: libdbos's conformance suite, deferred views, test knobs).
+pub const GUEST_TEST_DIR: &str = env!("DBOS_GUEST_TEST_DIR");
+
+/// Path of the built, measured guest image `name` (e.g. `"kvstore"`).
 pub fn guest_image(name: &str) -> std::path::PathBuf {
     std::path::Path::new(GUEST_DIR).join(name)
+}
+
+/// Path of the test build of guest program `name` (e.g. `"scenarios"`).
+pub fn test_guest_image(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(GUEST_TEST_DIR).join(name)
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{config, require_kvm, run, scratch};
+use common::{config, require_kvm, run, run_test_build, scratch};
 use dbos_hypervisor::disk::DiskConfig;
 use dbos_hypervisor::VmConfig;
 use std::time::Duration;
@@ -141,10 +141,16 @@ fn tabby_guest_btree_and_eviction_events() {
     );
 }
 
-/// Runs `tabby -- MODE` on 2 vCPUs with a fresh 1 MiB disk.
+/// Runs `tabby -- MODE` on 2 vCPUs with a fresh 1 MiB disk: the measured
+/// image, or for the `stale` modes (deferred views) the test build.
 fn run_mode(mode: &str) -> dbos_hypervisor::RunReport {
     let dir = scratch();
     let path = dir.path().join("tabby.img");
+    let run = if mode.starts_with("stale") {
+        run_test_build
+    } else {
+        run
+    };
     run(
         "tabby",
         VmConfig {

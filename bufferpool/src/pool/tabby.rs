@@ -111,15 +111,14 @@
 //! translation of page P point at a frame holding another page exercises it
 //! through any fix of P (the guest program `examples/src/bin/tabby.rs`,
 //! mode `stale`, does it with libdbos's deferred page-table view).
-//! [`TabbyConfig::repair`] turns the check off (for tests that must show
-//! they fail without it).
+//! `TabbyConfig::repair` (feature `test-knobs`) turns the check off (for
+//! tests that must show they fail without it).
 
 use super::latch::{state, EVICTED, EXCLUSIVE, MARKED};
-use super::resident::{CoreConfig, Frames, Held, PoolCore};
-use super::{overwritten, BufferManager, Counters, Durability, Frame, Latch, PoolError, PoolStats};
+use super::resident::{CoreConfig, Frames, Held, PoolConfig, PoolCore};
+use super::{overwritten, BufferManager, Counters, Frame, Latch, PoolError, PoolStats};
 use crate::device::BlockDevice;
 use crate::{PageId, PAGE_SIZE};
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -142,34 +141,20 @@ pub enum Eviction {
     InvalidateAll,
 }
 
-/// How a Tabby pool is set up (as [`vmcache::PoolConfig`](super::vmcache),
-/// plus the eviction mode and the test-only repair switch).
+/// How a Tabby pool is set up: what every pool is set up with, the
+/// eviction mode, and (feature `test-knobs`) the repair switch.
 #[derive(Clone)]
 pub struct TabbyConfig {
-    /// Frames (resident pages at most).
-    pub capacity: usize,
-    /// Pages already allocated on the device (0 for a new pool).
-    pub allocated: u64,
-    /// The device block holding page 0 (see
-    /// [`PoolConfig::first_block`](super::PoolConfig::first_block)).
-    pub first_block: u64,
-    /// Pages the pool serves at most (see
-    /// [`PoolConfig::pages`](super::PoolConfig::pages)); the window and
-    /// its mappings cover these pages only.
-    pub pages: Option<u64>,
-    /// Pages evicted (and written) per batch.
-    pub evict_batch: usize,
-    /// The owner's write-ahead hook.
-    pub durability: Arc<dyn Durability>,
-    /// Called in wait loops.
-    pub relax: fn(),
+    /// Frames, pages, the write-ahead hook, ... as for every pool.
+    pub pool: PoolConfig,
     /// How pages are evicted.
     pub eviction: Eviction,
     /// Check every access's header through the page's address and repair a
     /// stale translation (invariant 5). **Exists only so that tests can show
-    /// they fail without it**: with `false` the pool trusts whatever
-    /// translation the CPU holds, which after a `Tabby` eviction may lead to
-    /// another page's frame.
+    /// they fail without it** (feature `test-knobs`): with `false` the pool
+    /// trusts whatever translation the CPU holds, which after a `Tabby`
+    /// eviction may lead to another page's frame.
+    #[cfg(feature = "test-knobs")]
     pub repair: bool,
 }
 
@@ -177,29 +162,27 @@ impl TabbyConfig {
     /// `capacity` frames, batches of 8, no log, spinning while waiting,
     /// Tabby eviction with repair.
     pub fn new(capacity: usize) -> TabbyConfig {
-        TabbyConfig {
-            capacity,
-            allocated: 0,
-            first_block: 0,
-            pages: None,
+        TabbyConfig::of(PoolConfig {
             evict_batch: 8,
-            durability: Arc::new(super::NoLog),
             relax: core::hint::spin_loop,
+            ..PoolConfig::new(capacity)
+        })
+    }
+
+    /// A pool set up as `pool` says, with Tabby eviction and repair.
+    pub fn of(pool: PoolConfig) -> TabbyConfig {
+        TabbyConfig {
+            pool,
             eviction: Eviction::Tabby,
+            #[cfg(feature = "test-knobs")]
             repair: true,
         }
     }
 
     fn core(&self, free_lists: usize) -> CoreConfig<'_> {
         CoreConfig {
-            capacity: self.capacity,
-            allocated: self.allocated,
-            first_block: self.first_block,
-            pages: self.pages,
-            evict_batch: self.evict_batch,
-            durability: &self.durability,
-            relax: self.relax,
             free_lists,
+            ..self.pool.core()
         }
     }
 }
@@ -222,6 +205,7 @@ pub struct Tabby<P: Platform + 'static, D> {
     /// before its first load (and after an `InvalidateAll` eviction).
     blank: pf::Frame,
     eviction: Eviction,
+    #[cfg(feature = "test-knobs")]
     repair: bool,
     core: PoolCore<D>,
 }
@@ -244,13 +228,15 @@ impl<P: Platform + 'static, D: BlockDevice> Tabby<P, D> {
         let lists = platform.cpu_count().max(1);
         let io = PoolCore::queues(devs, &cfg.core(lists))?;
         let pages = io.device_pages() as usize;
-        if cfg.capacity == 0 || cfg.allocated > pages as u64 {
+        if cfg.pool.capacity == 0 || cfg.pool.allocated > pages as u64 {
             return Err(PoolError::Setup {
                 what: "tabby: capacity is zero or more pages allocated than the device holds",
                 errno: 0,
             });
         }
-        if cfg.capacity as u64 >= platform.free_frames() || cfg.capacity > u32::MAX as usize {
+        if cfg.pool.capacity as u64 >= platform.free_frames()
+            || cfg.pool.capacity > u32::MAX as usize
+        {
             return Err(PoolError::Setup {
                 what: "tabby: more frames (plus the blank one) than the platform has free",
                 errno: 0,
@@ -276,9 +262,10 @@ impl<P: Platform + 'static, D: BlockDevice> Tabby<P, D> {
             pages: 0,
             latches: (0..pages).map(|_| Latch::new()).collect(),
             owner: (0..pages).map(|_| AtomicU32::new(0)).collect(),
-            frames: Vec::with_capacity(cfg.capacity),
+            frames: Vec::with_capacity(cfg.pool.capacity),
             blank,
             eviction: cfg.eviction,
+            #[cfg(feature = "test-knobs")]
             repair: cfg.repair,
             core,
         };
@@ -289,7 +276,7 @@ impl<P: Platform + 'static, D: BlockDevice> Tabby<P, D> {
             core::ptr::write_bytes(platform.frame_ptr(pool.blank), 0, PAGE_SIZE);
         }
         pool.set_header(pool.blank, INVALID);
-        for _ in 0..cfg.capacity {
+        for _ in 0..cfg.pool.capacity {
             let f = platform
                 .alloc_frame(PageSize::Small)
                 .map_err(platform_err("tabby: allocating a frame"))?;
@@ -320,11 +307,10 @@ impl<P: Platform + 'static, D: BlockDevice> Tabby<P, D> {
             pool.pages += 1;
         }
         log::debug!(
-            "tabby: window of {pages} pages at {:#x}, {} frames, {:?}, repair {}",
+            "tabby: window of {pages} pages at {:#x}, {} frames, {:?}",
             window.base,
-            cfg.capacity,
+            cfg.pool.capacity,
             cfg.eviction,
-            cfg.repair
         );
         Ok(pool)
     }
@@ -398,9 +384,10 @@ impl<P: Platform + 'static, D: BlockDevice> Tabby<P, D> {
     /// page (one `invlpg`, no entry written) and checks again. Returns the
     /// id found last (`id.0` if the translation is good). This is the one
     /// place where a stale translation is detected and repaired
-    /// (invariant 5); with [`TabbyConfig::repair`] off it trusts the
+    /// (invariant 5); with `TabbyConfig::repair` off it trusts the
     /// translation and returns `id.0` without reading.
     pub fn verify_translation(&self, id: PageId) -> u64 {
+        #[cfg(feature = "test-knobs")]
         if !self.repair {
             return id.0;
         }

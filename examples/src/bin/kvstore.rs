@@ -48,7 +48,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dbos_bufferpool::engine::PoolSetup;
 use dbos_bufferpool::kv::{SLOT, SLOTS_PER_PAGE};
 use dbos_bufferpool::page::{PAGE_CONTENTS, PAGE_HEADER};
-use dbos_bufferpool::pool::tabby::{Tabby, TabbyConfig};
+use dbos_bufferpool::pool::tabby::Tabby;
 use dbos_bufferpool::{
     CommitMode, Config, Engine, Env, Error, KvTable, Layout, Lsn, PageId, PoolError,
     RecoveryReport, TruncateRequest,
@@ -91,15 +91,10 @@ fn pool(blocks: u64) -> impl FnOnce(PoolSetup) -> Result<Pool, PoolError> {
         let devices = (0..libdbos::platform().cpu_count())
             .map(|_| device(blocks))
             .collect();
-        Tabby::new(
-            libdbos::platform(),
-            devices,
-            TabbyConfig {
-                evict_batch: 4,
-                relax: env().relax,
-                ..setup.tabby_config(POOL_FRAMES)
-            },
-        )
+        let mut cfg = setup.tabby_config(POOL_FRAMES);
+        cfg.pool.evict_batch = 4;
+        cfg.pool.relax = env().relax;
+        Tabby::new(libdbos::platform(), devices, cfg)
     }
 }
 

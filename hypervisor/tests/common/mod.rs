@@ -1,7 +1,7 @@
 //! Helpers shared by the hypervisor's integration tests.
 #![allow(dead_code)]
 
-use dbos_hypervisor::{guest_image, RunReport, Vm, VmConfig};
+use dbos_hypervisor::{guest_image, test_guest_image, RunReport, Vm, VmConfig};
 use std::path::Path;
 
 /// Whether KVM tests can run. With `CI=true` a missing `/dev/kvm` fails the
@@ -22,9 +22,24 @@ pub fn scratch() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
-/// The path of guest image `name`, as a command-line argument.
+/// The guest programs that exist only in the test build (they need feature
+/// `conformance`; see `examples/Cargo.toml`).
+pub const TEST_PROGRAMS: [&str; 2] = ["platform", "scenarios"];
+
+/// The guest image `name`: the measured build, or for the test programs
+/// the test build.
+pub fn image_path(name: &str) -> std::path::PathBuf {
+    if TEST_PROGRAMS.contains(&name) {
+        test_guest_image(name)
+    } else {
+        guest_image(name)
+    }
+}
+
+/// The path of guest image `name` (see [`image_path`]), as a command-line
+/// argument.
 pub fn image(name: &str) -> String {
-    guest_image(name).to_string_lossy().into_owned()
+    image_path(name).to_string_lossy().into_owned()
 }
 
 /// The `acked T` numbers of a kvstore run.
@@ -48,13 +63,25 @@ pub fn config(args: &[&str]) -> VmConfig {
     }
 }
 
-/// Boots guest `name` with `config` and runs it to the end. A failure is
-/// reported at the calling test's line.
+/// Boots guest image `name` (see [`image_path`]) with `config` and runs it
+/// to the end. A failure is reported at the calling test's line.
 #[track_caller]
 pub fn run(name: &str, config: VmConfig) -> RunReport {
+    run_image(name, &image_path(name), config)
+}
+
+/// Boots the test build of guest program `name` (feature `conformance`:
+/// the conformance suite, deferred views, test knobs) with `config`.
+#[track_caller]
+pub fn run_test_build(name: &str, config: VmConfig) -> RunReport {
+    run_image(name, &test_guest_image(name), config)
+}
+
+#[track_caller]
+fn run_image(name: &str, path: &Path, config: VmConfig) -> RunReport {
     // `match`, not `unwrap_or_else`: a panic in a closure would name the
     // closure's line, not the caller's.
-    let vm = match Vm::from_file(&guest_image(name), config) {
+    let vm = match Vm::from_file(path, config) {
         Ok(vm) => vm,
         Err(e) => panic!("creating the VM for {name}: {e}"),
     };
@@ -64,10 +91,10 @@ pub fn run(name: &str, config: VmConfig) -> RunReport {
     }
 }
 
-/// Runs the `scenarios` guest with one scenario.
+/// Runs the `scenarios` guest (a test program) with one scenario.
 #[track_caller]
 pub fn scenario(name: &str) -> RunReport {
-    run("scenarios", config(&[name]))
+    run_test_build("scenarios", config(&[name]))
 }
 
 /// Parses `key=0x...` out of a console line.

@@ -96,7 +96,9 @@ pub fn console_write(bytes: &[u8]) {
 }
 
 /// Passes a raw, unchecked buffer description to the console call. Only for
-/// testing the hypervisor's validation: a bad `addr`/`len` ends the guest.
+/// testing the hypervisor's validation (feature `conformance`): a bad
+/// `addr`/`len` ends the guest.
+#[cfg(feature = "conformance")]
 pub fn console_write_raw(addr: u64, len: u64) {
     let mut args = ConsoleArgs {
         text: GuestBuf {

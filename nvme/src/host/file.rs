@@ -338,6 +338,7 @@ impl BackingFile {
     }
 
     /// The same open file, known by `path` from now on (after a rename).
+    #[cfg(feature = "powercut")]
     pub(crate) fn renamed(self, path: PathBuf) -> BackingFile {
         BackingFile { path, ..self }
     }

@@ -28,7 +28,7 @@
 pub mod backend;
 mod command;
 pub mod file;
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod memory;
 pub mod poller;
