@@ -31,10 +31,17 @@ pub const MAX_FILE_NAME: u64 = 256;
 /// Largest buffer accepted by one [`Hypercall::FileRead`] or [`Hypercall::FileWrite`].
 pub const MAX_FILE_IO: u64 = 16 << 20;
 
-/// Defines [`Hypercall`] and its table from one list, so that the numbers,
-/// [`Hypercall::ALL`], [`Hypercall::COUNT`] and the decoding cannot drift.
+/// Defines [`Hypercall`], its table, and the tie between each call and its
+/// argument block from one list, so that the numbers, [`Hypercall::ALL`],
+/// [`Hypercall::COUNT`], the decoding and the block types cannot drift:
+///
+/// - [`calls`]: one [`Call`] per call, typed by its block, which is how the
+///   guest names a call (`hypercall::call(calls::Console, &mut ConsoleArgs
+///   { .. })`): it cannot pass a call another call's block;
+/// - [`Args`]: a call with its block as the host reads it
+///   ([`Args::read`]), so each VMM service gets the decoded request.
 macro_rules! hypercalls {
-    ($( $(#[$doc:meta])* $name:ident = $nr:literal, )*) => {
+    ($( $(#[$doc:meta])* $name:ident = $nr:literal => $block:ty, )*) => {
         /// Hypercall numbers; the port is `HYPERCALL_PORT_BASE + number`.
         #[repr(u16)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,41 +72,119 @@ macro_rules! hypercalls {
                 }
             }
         }
+
+        /// Each call, typed by its argument block (see [`Call`]).
+        #[allow(non_upper_case_globals)]
+        pub mod calls {
+            use super::*;
+            $(
+                $(#[$doc])*
+                pub const $name: Call<$block> = Call::new(Hypercall::$name);
+            )*
+        }
+
+        /// A hypercall and its argument block, as the host read it.
+        #[derive(Clone, Copy, Debug)]
+        pub enum Args {
+            $( $(#[$doc])* $name($block), )*
+        }
+
+        impl Args {
+            /// Reads `call`'s argument block with `block` (a block of size
+            /// zero is not read: any address will do).
+            pub fn read<R: ReadBlock>(call: Hypercall, block: &mut R) -> Result<Args, R::Error> {
+                Ok(match call {
+                    $( Hypercall::$name => Args::$name(read_block::<$block, R>(block)?), )*
+                })
+            }
+
+            /// The call.
+            pub fn call(&self) -> Hypercall {
+                match self {
+                    $( Args::$name(_) => Hypercall::$name, )*
+                }
+            }
+        }
     };
+}
+
+/// A call number tied to the type of its argument block: the constants of
+/// [`calls`] are the only values, so a call and a block of another call
+/// cannot meet.
+#[derive(Debug)]
+pub struct Call<A> {
+    call: Hypercall,
+    _block: core::marker::PhantomData<fn(A)>,
+}
+
+impl<A> Clone for Call<A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<A> Copy for Call<A> {}
+
+impl<A> Call<A> {
+    const fn new(call: Hypercall) -> Call<A> {
+        Call {
+            call,
+            _block: core::marker::PhantomData,
+        }
+    }
+
+    /// The call's number.
+    pub const fn hypercall(self) -> Hypercall {
+        self.call
+    }
+}
+
+/// Where the host reads argument blocks from (guest memory, checked).
+pub trait ReadBlock {
+    type Error;
+    /// Reads a block of type `T` at the call's block address.
+    fn read<T: Pod>(&mut self) -> Result<T, Self::Error>;
+}
+
+fn read_block<T: Pod, R: ReadBlock>(r: &mut R) -> Result<T, R::Error> {
+    if core::mem::size_of::<T>() == 0 {
+        return Ok(T::default());
+    }
+    r.read()
 }
 
 hypercalls! {
     /// Write bytes to the console ([`ConsoleArgs`]).
-    Console = 0,
+    Console = 0 => ConsoleArgs,
     /// Stop the whole guest with a status ([`ExitArgs`]).
-    Exit = 1,
+    Exit = 1 => ExitArgs,
     /// Report a panic and stop the guest ([`PanicArgs`]).
-    Panic = 2,
+    Panic = 2 => PanicArgs,
     /// Report an unhandled exception and stop the guest ([`FaultArgs`]).
-    Fault = 3,
+    Fault = 3 => FaultArgs,
     /// Read the host's monotonic clock ([`ClockArgs`]).
-    Clock = 4,
+    Clock = 4 => ClockArgs,
     /// Read the VMM's counters ([`StatsArgs`]).
-    Stats = 5,
+    Stats = 5 => StatsArgs,
     /// Open a file the user authorised with `--file NAME=PATH` ([`FileOpenArgs`]).
-    FileOpen = 6,
+    FileOpen = 6 => FileOpenArgs,
     /// Read from an open file ([`FileIoArgs`]).
-    FileRead = 7,
+    FileRead = 7 => FileIoArgs,
     /// Write to an open file ([`FileIoArgs`]).
-    FileWrite = 8,
+    FileWrite = 8 => FileIoArgs,
     /// Make an open file's data durable, `fdatasync` ([`FileArgs`]).
-    FileFlush = 9,
+    FileFlush = 9 => FileArgs,
     /// The current size of an open file ([`FileArgs`]).
-    FileSize = 10,
+    FileSize = 10 => FileArgs,
     /// Describe the NVMe disk ([`NvmeInfoArgs`]).
-    NvmeInfo = 11,
+    NvmeInfo = 11 => NvmeInfoArgs,
     /// Register a queue pair with the host's poller ([`NvmeQueueArgs`]).
-    NvmeCreateQueue = 12,
-    /// The real (exiting) NVMe doorbell: wakes the parked poller. The block
-    /// is not read (any address will do); the driver rings it only when the
-    /// poller has said (through the shadow doorbells' event indexes) that it
-    /// is going idle.
-    NvmeDoorbell = 13,
+    NvmeCreateQueue = 12 => NvmeQueueArgs,
+    /// The real (exiting) NVMe doorbell: wakes the parked poller. Its block
+    /// ([`DoorbellArgs`]) is empty and not read (any address will do); the
+    /// driver rings it only when the poller has said (through the shadow
+    /// doorbells' event indexes) that it is going idle.
+    NvmeDoorbell = 13 => DoorbellArgs,
 }
 
 impl Hypercall {
@@ -286,6 +371,11 @@ pub struct NvmeQueueArgs {
     pub status: i64,
 }
 
+/// The block of [`Hypercall::NvmeDoorbell`]: empty (the host reads none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DoorbellArgs {}
+
 // Every `Pod` impl below holds for one reason: each type is #[repr(C)] with only integer
 // fields, `GuestPhysAddr` (a transparent u64), `GuestBuf` or
 // `QueuePairConfig` (themselves Pod), laid out without padding, as
@@ -314,6 +404,8 @@ unsafe impl Pod for FileArgs {}
 unsafe impl Pod for NvmeInfoArgs {}
 // SAFETY: see above.
 unsafe impl Pod for NvmeQueueArgs {}
+// SAFETY: see above (no fields at all).
+unsafe impl Pod for DoorbellArgs {}
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,8 @@
-//! The guest's clock: [`Hypercall::Clock`] reads the host's monotonic
+//! The guest's clock: [`Hypercall::Clock`](dbos_abi::Hypercall::Clock) reads the host's monotonic
 //! clock, as nanoseconds since the VM was created.
 
-use crate::hypercall::{HypercallError, Outcome, Request, Service};
-use dbos_abi::{ClockArgs, Hypercall};
+use crate::hypercall::{HypercallError, Outcome, Request};
+use dbos_abi::ClockArgs;
 use std::time::Instant;
 
 /// The clock service of one VM.
@@ -17,10 +17,9 @@ impl Clock {
     }
 }
 
-impl Service for Clock {
-    fn serve(&self, req: &Request<'_>) -> Result<Outcome, HypercallError> {
-        debug_assert_eq!(req.call, Hypercall::Clock);
-        let mut args: ClockArgs = req.args()?;
+impl Clock {
+    /// [`Hypercall::Clock`](dbos_abi::Hypercall::Clock): nanoseconds since the VM was created.
+    pub fn serve(&self, req: &Request<'_>, mut args: ClockArgs) -> Result<Outcome, HypercallError> {
         args.nanos = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         req.write_back(&args)
     }

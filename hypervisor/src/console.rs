@@ -1,10 +1,10 @@
 //! Guest console output: bytes from the console hypercall
-//! ([`Hypercall::Console`]), assembled into lines per vCPU and printed
+//! ([`Hypercall::Console`](dbos_abi::Hypercall::Console)), assembled into lines per vCPU and printed
 //! prefixed by the vCPU index (`[vcpu0] ...`). The guest cannot drive the
 //! terminal: every control character is printed escaped ([`escape`]).
 
-use crate::hypercall::{Outcome, Request, Service, MAX_CONSOLE_WRITE};
-use dbos_abi::{ConsoleArgs, Hypercall};
+use crate::hypercall::{Outcome, Request, MAX_CONSOLE_WRITE};
+use dbos_abi::ConsoleArgs;
 use std::io::Write;
 use std::sync::Mutex;
 
@@ -132,10 +132,13 @@ pub fn hides_or_reorders(c: char) -> bool {
     matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
-impl Service for Console {
-    fn serve(&self, req: &Request<'_>) -> Result<Outcome, crate::hypercall::HypercallError> {
-        debug_assert_eq!(req.call, Hypercall::Console);
-        let args: ConsoleArgs = req.args()?;
+impl Console {
+    /// [`Hypercall::Console`](dbos_abi::Hypercall::Console): appends the guest's text to its vCPU's line.
+    pub fn serve(
+        &self,
+        req: &Request<'_>,
+        args: ConsoleArgs,
+    ) -> Result<Outcome, crate::hypercall::HypercallError> {
         let text = req.buffer("text", args.text, MAX_CONSOLE_WRITE)?;
         self.write(req.vcpu, &text);
         Ok(Outcome::Continue)

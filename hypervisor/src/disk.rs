@@ -37,9 +37,9 @@
 //! path is the real doorbell, which the guest rings when the poller has
 //! announced (event indexes) that it is parking.
 
-use crate::hypercall::{HypercallError, Outcome, Request, Service};
+use crate::hypercall::{HypercallError, Outcome, Request};
 use crate::memory::GuestRam;
-use dbos_abi::{Hypercall, NvmeInfoArgs, NvmeQueueArgs};
+use dbos_abi::{NvmeInfoArgs, NvmeQueueArgs};
 use dbos_nvme::host::powercut::{
     remove_stale_writeback, CutReport, LoadError, OutOfMemory, PowerCut, PowerCutBackend,
     PowerCutStats, StoreError, WriteBackStep,
@@ -587,37 +587,43 @@ pub struct DiskService<'a> {
     pub disk: Option<&'a Disk>,
 }
 
-impl Service for DiskService<'_> {
-    fn serve(&self, req: &Request<'_>) -> Result<Outcome, HypercallError> {
-        match req.call {
-            Hypercall::NvmeInfo => {
-                let mut args: NvmeInfoArgs = req.args()?;
-                args.blocks = self.disk.map_or(0, Disk::blocks);
-                args.block_size = BLOCK_SIZE;
-                req.write_back(&args)
-            }
-            Hypercall::NvmeCreateQueue => {
-                let mut args: NvmeQueueArgs = req.args()?;
-                args.status = match self.disk {
-                    None => -i64::from(libc::ENODEV),
-                    Some(disk) => match disk.add_queue(args.queue) {
-                        Ok(id) => i64::from(id),
-                        Err(e) => {
-                            log::warn!("vCPU {}: queue pair refused: {e}", req.vcpu);
-                            -i64::from(libc::EINVAL)
-                        }
-                    },
-                };
-                req.write_back(&args)
-            }
-            _ => {
-                debug_assert_eq!(req.call, Hypercall::NvmeDoorbell);
-                // The doorbell reads no argument block.
-                if let Some(disk) = self.disk {
-                    disk.ring();
+impl DiskService<'_> {
+    /// [`Hypercall::NvmeInfo`](dbos_abi::Hypercall::NvmeInfo): the disk's size (0 blocks without one).
+    pub fn info(
+        &self,
+        req: &Request<'_>,
+        mut args: NvmeInfoArgs,
+    ) -> Result<Outcome, HypercallError> {
+        args.blocks = self.disk.map_or(0, Disk::blocks);
+        args.block_size = BLOCK_SIZE;
+        req.write_back(&args)
+    }
+
+    /// [`Hypercall::NvmeCreateQueue`](dbos_abi::Hypercall::NvmeCreateQueue): registers a queue pair.
+    pub fn create_queue(
+        &self,
+        req: &Request<'_>,
+        mut args: NvmeQueueArgs,
+    ) -> Result<Outcome, HypercallError> {
+        args.status = match self.disk {
+            None => -i64::from(libc::ENODEV),
+            Some(disk) => match disk.add_queue(args.queue) {
+                Ok(id) => i64::from(id),
+                Err(e) => {
+                    log::warn!("vCPU {}: queue pair refused: {e}", req.vcpu);
+                    -i64::from(libc::EINVAL)
                 }
-                Ok(Outcome::Continue)
-            }
+            },
+        };
+        req.write_back(&args)
+    }
+
+    /// [`Hypercall::NvmeDoorbell`](dbos_abi::Hypercall::NvmeDoorbell): wakes the parked poller (its block is
+    /// empty and never read).
+    pub fn doorbell(&self) -> Outcome {
+        if let Some(disk) = self.disk {
+            disk.ring();
         }
+        Outcome::Continue
     }
 }

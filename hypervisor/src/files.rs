@@ -5,8 +5,8 @@
 //! These calls are for setup and tools (loading data, writing results); the
 //! hot I/O path is the NVMe queue.
 
-use crate::hypercall::{HypercallError, Outcome, Request, Service};
-use dbos_abi::{FileArgs, FileIoArgs, FileOpenArgs, Hypercall, MAX_FILE_IO, MAX_FILE_NAME};
+use crate::hypercall::{HypercallError, Outcome, Request};
+use dbos_abi::{FileArgs, FileIoArgs, FileOpenArgs, MAX_FILE_IO, MAX_FILE_NAME};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -219,42 +219,62 @@ fn open_rw(path: &Path, create: bool) -> std::io::Result<File> {
 /// The host-file calls: open by name, read, write, flush, size. A bad
 /// handle or an I/O error is an errno in the block's status; a buffer outside
 /// guest memory stops the guest.
-impl Service for Files {
-    fn serve(&self, req: &Request<'_>) -> Result<Outcome, HypercallError> {
-        match req.call {
-            Hypercall::FileOpen => {
-                let mut args: FileOpenArgs = req.args()?;
-                let name = req.buffer("name", args.name, MAX_FILE_NAME)?;
-                args.status = self.lookup(&name);
-                req.write_back(&args)
-            }
-            Hypercall::FileRead => {
-                let mut args: FileIoArgs = req.args()?;
-                req.check_buffer("data", args.buf, MAX_FILE_IO)?;
-                let mut data = vec![0u8; args.buf.len as usize];
-                args.status = self.read(args.handle, args.offset, &mut data);
-                if args.status > 0 {
-                    req.fill("data", args.buf, &data[..args.status as usize])?;
-                }
-                req.write_back(&args)
-            }
-            Hypercall::FileWrite => {
-                let mut args: FileIoArgs = req.args()?;
-                let data = req.buffer("data", args.buf, MAX_FILE_IO)?;
-                args.status = self.write(args.handle, args.offset, &data);
-                req.write_back(&args)
-            }
-            call => {
-                debug_assert!(matches!(call, Hypercall::FileFlush | Hypercall::FileSize));
-                let mut args: FileArgs = req.args()?;
-                args.status = if call == Hypercall::FileFlush {
-                    self.flush(args.handle)
-                } else {
-                    self.size(args.handle)
-                };
-                req.write_back(&args)
-            }
+impl Files {
+    /// [`Hypercall::FileOpen`](dbos_abi::Hypercall::FileOpen).
+    pub fn open_call(
+        &self,
+        req: &Request<'_>,
+        mut args: FileOpenArgs,
+    ) -> Result<Outcome, HypercallError> {
+        let name = req.buffer("name", args.name, MAX_FILE_NAME)?;
+        args.status = self.lookup(&name);
+        req.write_back(&args)
+    }
+
+    /// [`Hypercall::FileRead`](dbos_abi::Hypercall::FileRead).
+    pub fn read_call(
+        &self,
+        req: &Request<'_>,
+        mut args: FileIoArgs,
+    ) -> Result<Outcome, HypercallError> {
+        req.check_buffer("data", args.buf, MAX_FILE_IO)?;
+        let mut data = vec![0u8; args.buf.len as usize];
+        args.status = self.read(args.handle, args.offset, &mut data);
+        if args.status > 0 {
+            req.fill("data", args.buf, &data[..args.status as usize])?;
         }
+        req.write_back(&args)
+    }
+
+    /// [`Hypercall::FileWrite`](dbos_abi::Hypercall::FileWrite).
+    pub fn write_call(
+        &self,
+        req: &Request<'_>,
+        mut args: FileIoArgs,
+    ) -> Result<Outcome, HypercallError> {
+        let data = req.buffer("data", args.buf, MAX_FILE_IO)?;
+        args.status = self.write(args.handle, args.offset, &data);
+        req.write_back(&args)
+    }
+
+    /// [`Hypercall::FileFlush`](dbos_abi::Hypercall::FileFlush).
+    pub fn flush_call(
+        &self,
+        req: &Request<'_>,
+        mut args: FileArgs,
+    ) -> Result<Outcome, HypercallError> {
+        args.status = self.flush(args.handle);
+        req.write_back(&args)
+    }
+
+    /// [`Hypercall::FileSize`](dbos_abi::Hypercall::FileSize).
+    pub fn size_call(
+        &self,
+        req: &Request<'_>,
+        mut args: FileArgs,
+    ) -> Result<Outcome, HypercallError> {
+        args.status = self.size(args.handle);
+        req.write_back(&args)
     }
 }
 

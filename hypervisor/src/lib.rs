@@ -24,6 +24,7 @@ pub mod hypercall;
 pub mod layout;
 pub mod memory;
 pub mod report;
+pub mod services;
 pub mod vcpu;
 pub mod vm;
 

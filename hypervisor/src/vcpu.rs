@@ -1,7 +1,7 @@
 //! One vCPU: its initial register state and its run loop.
 //!
 //! The loop runs `KVM_RUN`, serves hypercall exits through the
-//! [`hypercall::Services`], counts every exit, and
+//! [`Services`], counts every exit, and
 //! turns anything unexpected (triple fault, emulation failure, an unknown
 //! port, MMIO with no device) into a [`GuestExit::Crashed`] with the vCPU's
 //! RIP and a register dump.
@@ -12,6 +12,7 @@ use crate::control::Control;
 use crate::disk::DiskService;
 use crate::hypercall::{self, Outcome};
 use crate::report::{ExitCounts, ExitKind, GuestExit, OtherExit, RegisterDump};
+use crate::services::Services;
 use crate::vm::Shared;
 use dbos_abi::{Hypercall, DIRECT_MAP_BASE};
 use kvm_bindings::{kvm_mp_state, kvm_segment, CpuId, KVM_MP_STATE_RUNNABLE};
@@ -126,7 +127,7 @@ enum Next {
 /// Runs vCPU `index` until the guest stops or the VM is being torn down.
 pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
     let mut counts = ExitCounts::default();
-    let services = hypercall::Services {
+    let services = Services {
         ram: &shared.ram,
         console: &shared.console,
         control: Control {
@@ -155,51 +156,17 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
                     return counts;
                 }
                 match exit {
-                    VcpuExit::IoOut(port, data) => match kind {
+                    VcpuExit::IoOut(_, data) => match kind {
                         ExitKind::Hypercall(call) => {
-                            // The data borrows the vCPU's run area: take
-                            // its 4-byte value (no allocation) before reading
+                            // The data borrows the vCPU's run area: take its
+                            // 4-byte value (no allocation) before reading
                             // `rax` (one ioctl, no VM exit), and only then.
-                            let block = hypercall::port_value(call, data).map(|value| {
-                                vcpu.get_regs()
-                                    .map(|regs| hypercall::block_address(call, value, regs.rax))
-                            });
-                            match block {
-                                Ok(Ok(Ok(block))) => match services.handle(index, call, block) {
-                                    Ok(Outcome::Continue) => Next::Continue,
-                                    Ok(Outcome::Stop(stop)) => {
-                                        Next::Stop(Box::new(GuestExit::from_stop(index, stop)))
-                                    }
-                                    Err(error) => bad_hypercall(index, error),
-                                },
-                                Ok(Ok(Err(error))) | Err(error) => bad_hypercall(index, error),
-                                Ok(Err(e)) => crashed(format!("KVM_GET_REGS failed: {e}")),
-                            }
+                            let value = hypercall::port_value(call, data);
+                            serve_hypercall(index, &vcpu, &services, call, value)
                         }
-                        ExitKind::Other(_) => crashed(format!(
-                            "write of {} byte(s) to unknown I/O port {port:#x}",
-                            data.len()
-                        )),
+                        ExitKind::Other(_) => crashed(unserved(&exit)),
                     },
-                    VcpuExit::IoIn(port, data) => crashed(format!(
-                        "read of {} byte(s) from unknown I/O port {port:#x}",
-                        data.len()
-                    )),
-                    VcpuExit::MmioRead(addr, data) => crashed(format!(
-                        "MMIO read of {} byte(s) at {addr:#x}: no device there",
-                        data.len()
-                    )),
-                    VcpuExit::MmioWrite(addr, data) => crashed(format!(
-                        "MMIO write of {} byte(s) at {addr:#x}: no device there",
-                        data.len()
-                    )),
-                    VcpuExit::Shutdown => crashed("triple fault (KVM_EXIT_SHUTDOWN)".into()),
-                    VcpuExit::Hlt => crashed("halted with no way to wake (KVM_EXIT_HLT)".into()),
-                    VcpuExit::FailEntry(reason, cpu) => crashed(format!(
-                        "VM entry failed (KVM_EXIT_FAIL_ENTRY, reason {reason:#x}, cpu {cpu})"
-                    )),
-                    VcpuExit::InternalError => crashed(String::new()),
-                    other => crashed(format!("unexpected VM exit {other:?}")),
+                    exit => crashed(unserved(&exit)),
                 }
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -208,25 +175,88 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
             }
             Err(e) => crashed(format!("KVM_RUN failed: {e}")),
         };
-        if let Next::Stop(mut exit) = next {
-            if let GuestExit::Crashed { reason, .. } = exit.as_mut() {
-                if reason.is_empty() {
-                    let internal = vcpu.get_kvm_run();
-                    // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so
-                    // the `internal` member of the exit union is the valid one.
-                    let sub = unsafe { internal.__bindgen_anon_1.internal.suberror };
-                    *reason = format!(
-                        "KVM internal error (KVM_EXIT_INTERNAL_ERROR, suberror {sub}{}): \
-                         the instruction could not be emulated (SSE/AVX and some others fail in ring 0 here)",
-                        if sub == 1 { ", emulation failure" } else { "" }
-                    );
-                }
-            }
-            exit.attach_registers(index, RegisterDump::read(&vcpu));
-            shared.stop_with(*exit);
+        if let Next::Stop(exit) = next {
+            stop(index, &mut vcpu, shared, exit);
             return counts;
         }
     }
+}
+
+/// Serves hypercall `call` whose `out` wrote `value` (read before this, as
+/// it borrows the vCPU): reads `rax` for the argument block's address and
+/// hands the call to its service.
+fn serve_hypercall(
+    index: u32,
+    vcpu: &VcpuFd,
+    services: &Services<'_>,
+    call: Hypercall,
+    value: Result<u32, hypercall::HypercallError>,
+) -> Next {
+    let value = match value {
+        Ok(v) => v,
+        Err(error) => return bad_hypercall(index, error),
+    };
+    let rax = match vcpu.get_regs() {
+        Ok(regs) => regs.rax,
+        Err(e) => return crashed(format!("KVM_GET_REGS failed: {e}")),
+    };
+    let outcome = hypercall::block_address(call, value, rax)
+        .and_then(|block| services.handle(index, call, block));
+    match outcome {
+        Ok(Outcome::Continue) => Next::Continue,
+        Ok(Outcome::Stop(stop)) => Next::Stop(Box::new(GuestExit::from_stop(index, stop))),
+        Err(error) => bad_hypercall(index, error),
+    }
+}
+
+/// Why an exit that no service serves ends the guest.
+fn unserved(exit: &VcpuExit<'_>) -> String {
+    match exit {
+        VcpuExit::IoOut(port, data) => format!(
+            "write of {} byte(s) to unknown I/O port {port:#x}",
+            data.len()
+        ),
+        VcpuExit::IoIn(port, data) => format!(
+            "read of {} byte(s) from unknown I/O port {port:#x}",
+            data.len()
+        ),
+        VcpuExit::MmioRead(addr, data) => format!(
+            "MMIO read of {} byte(s) at {addr:#x}: no device there",
+            data.len()
+        ),
+        VcpuExit::MmioWrite(addr, data) => format!(
+            "MMIO write of {} byte(s) at {addr:#x}: no device there",
+            data.len()
+        ),
+        VcpuExit::Shutdown => "triple fault (KVM_EXIT_SHUTDOWN)".into(),
+        VcpuExit::Hlt => "halted with no way to wake (KVM_EXIT_HLT)".into(),
+        VcpuExit::FailEntry(reason, cpu) => {
+            format!("VM entry failed (KVM_EXIT_FAIL_ENTRY, reason {reason:#x}, cpu {cpu})")
+        }
+        // Filled in by `stop`, which can read the exit's suberror.
+        VcpuExit::InternalError => String::new(),
+        other => format!("unexpected VM exit {other:?}"),
+    }
+}
+
+/// Stops the VM with `exit`: names a KVM internal error, attaches the
+/// vCPU's registers and tells every vCPU to stop.
+fn stop(index: u32, vcpu: &mut VcpuFd, shared: &Shared, mut exit: Box<GuestExit>) {
+    if let GuestExit::Crashed { reason, .. } = exit.as_mut() {
+        if reason.is_empty() {
+            let internal = vcpu.get_kvm_run();
+            // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so
+            // the `internal` member of the exit union is the valid one.
+            let sub = unsafe { internal.__bindgen_anon_1.internal.suberror };
+            *reason = format!(
+                "KVM internal error (KVM_EXIT_INTERNAL_ERROR, suberror {sub}{}): \
+                 the instruction could not be emulated (SSE/AVX and some others fail in ring 0 here)",
+                if sub == 1 { ", emulation failure" } else { "" }
+            );
+        }
+    }
+    exit.attach_registers(index, RegisterDump::read(vcpu));
+    shared.stop_with(*exit);
 }
 
 /// What an exit is counted as.

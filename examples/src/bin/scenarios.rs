@@ -398,7 +398,7 @@ extern "sysv64" fn on_window_stack() {
 /// A hypercall whose argument block (and text) lie above 4 GiB of guest RAM:
 /// run with `--memory 5G`, so RAM continues from 4 GiB up.
 fn high_args() -> u8 {
-    use libdbos::abi::{ConsoleArgs, GuestBuf, GuestPhysAddr, Hypercall, HIGH_RAM_START};
+    use libdbos::abi::{calls, ConsoleArgs, GuestBuf, GuestPhysAddr, HIGH_RAM_START};
     use libdbos::platform::PageSize;
     let frame = loop {
         match frames::alloc_sized(PageSize::Large) {
@@ -427,7 +427,7 @@ fn high_args() -> u8 {
         args
     };
     println!("argument block addr={phys:#x}");
-    libdbos::hypercall::call(Hypercall::Console, args);
+    libdbos::hypercall::call(calls::Console, args);
     0
 }
 

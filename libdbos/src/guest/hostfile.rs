@@ -2,7 +2,7 @@
 //! NAME=PATH`), reached by name through hypercalls. One VM exit per call:
 //! for setup and tools, not for the hot I/O path (that is the NVMe queue).
 
-use crate::abi::{FileArgs, FileIoArgs, FileOpenArgs, Hypercall, MAX_FILE_IO};
+use crate::abi::{calls, Call, FileArgs, FileIoArgs, FileOpenArgs, MAX_FILE_IO};
 use crate::hypercall::{self, buf};
 use crate::memory::virt_to_phys;
 use crate::platform::PAGE_SIZE;
@@ -68,14 +68,14 @@ impl HostFile {
             name: buf(name.as_bytes()),
             status: 0,
         };
-        hypercall::call(Hypercall::FileOpen, &mut args);
+        hypercall::call(calls::FileOpen, &mut args);
         status(args.status).map(|handle| HostFile { handle })
     }
 
     /// One read or write hypercall for a physically contiguous piece.
     fn transfer(
         &self,
-        call: Hypercall,
+        call: Call<FileIoArgs>,
         offset: u64,
         virt: u64,
         len: usize,
@@ -101,7 +101,7 @@ impl HostFile {
         let mut total = 0;
         for (start, n) in pieces(base, data.len()) {
             let got = self.transfer(
-                Hypercall::FileRead,
+                calls::FileRead,
                 offset + start as u64,
                 base + start as u64,
                 n,
@@ -119,7 +119,7 @@ impl HostFile {
         let base = data.as_ptr() as u64;
         for (start, n) in pieces(base, data.len()) {
             self.transfer(
-                Hypercall::FileWrite,
+                calls::FileWrite,
                 offset + start as u64,
                 base + start as u64,
                 n,
@@ -134,7 +134,7 @@ impl HostFile {
             handle: self.handle,
             status: 0,
         };
-        hypercall::call(Hypercall::FileFlush, &mut args);
+        hypercall::call(calls::FileFlush, &mut args);
         status(args.status).map(|_| ())
     }
 
@@ -144,7 +144,7 @@ impl HostFile {
             handle: self.handle,
             status: 0,
         };
-        hypercall::call(Hypercall::FileSize, &mut args);
+        hypercall::call(calls::FileSize, &mut args);
         status(args.status)
     }
 

@@ -4,8 +4,8 @@
 //! development machines: keep them off hot paths.
 
 use crate::abi::{
-    ClockArgs, ConsoleArgs, ExitArgs, FaultArgs, GuestBuf, GuestPhysAddr, Hypercall, PanicArgs,
-    Pod, StatsArgs,
+    calls, Call, ClockArgs, ConsoleArgs, ExitArgs, FaultArgs, GuestBuf, GuestPhysAddr, Hypercall,
+    PanicArgs, Pod, StatsArgs,
 };
 use crate::memory::virt_to_phys;
 use crate::platform::PAGE_SIZE;
@@ -15,16 +15,17 @@ use crate::platform::PAGE_SIZE;
 #[repr(C, align(256))]
 struct OnePage<T>(T);
 
-/// Issues `call` with the argument block `args`, which must be the block
-/// that call takes (see [`crate::abi::hypercall`]); the host validates every
-/// address and length in it and stops the guest when one is bad.
+/// Issues `call` with its argument block `args` (the block type is the
+/// call's: see [`crate::abi::calls`]); the host validates every address and
+/// length in it and stops the guest when one is bad.
 ///
 /// The host addresses the block by its guest-physical address, anywhere in
 /// guest RAM. A block that straddles a page boundary outside the direct map
 /// (whose pages need not be physically adjacent, say on a stack in a
 /// database window) is first copied into an aligned slot on this stack,
 /// which cannot straddle a page.
-pub fn call<T: Pod>(call: Hypercall, args: &mut T) {
+pub fn call<T: Pod>(call: Call<T>, args: &mut T) {
+    let call = call.hypercall();
     const { assert!(size_of::<T>() <= 256 && align_of::<T>() <= 256) };
     let virt = args as *mut T as u64;
     let last = virt + size_of::<T>() as u64 - 1;
@@ -92,7 +93,7 @@ pub(crate) fn buf(bytes: &[u8]) -> GuestBuf {
 /// Appends raw bytes to this vCPU's console.
 pub fn console_write(bytes: &[u8]) {
     let mut args = ConsoleArgs { text: buf(bytes) };
-    call(Hypercall::Console, &mut args);
+    call(calls::Console, &mut args);
 }
 
 /// Passes a raw, unchecked buffer description to the console call. Only for
@@ -106,7 +107,7 @@ pub fn console_write_raw(addr: u64, len: u64) {
             len,
         },
     };
-    call(Hypercall::Console, &mut args);
+    call(calls::Console, &mut args);
 }
 
 /// Ends the guest; `status` becomes the hypervisor's exit status.
@@ -115,7 +116,7 @@ pub fn exit(status: u8) -> ! {
         status: u32::from(status),
         _reserved: 0,
     };
-    call(Hypercall::Exit, &mut args);
+    call(calls::Exit, &mut args);
     crate::percpu::halt_forever()
 }
 
@@ -127,14 +128,14 @@ pub fn panic(message: &[u8], file: &[u8], line: u32, column: u32) -> ! {
         line,
         column,
     };
-    call(Hypercall::Panic, &mut args);
+    call(calls::Panic, &mut args);
     crate::percpu::halt_forever()
 }
 
 /// Reports an unhandled exception to the host, which stops the guest.
 pub fn fault(mut args: FaultArgs, reason: &[u8]) -> ! {
     args.reason = buf(reason);
-    call(Hypercall::Fault, &mut args);
+    call(calls::Fault, &mut args);
     crate::percpu::halt_forever()
 }
 
@@ -142,7 +143,7 @@ pub fn fault(mut args: FaultArgs, reason: &[u8]) -> ! {
 /// One VM exit per call.
 pub fn clock_nanos() -> u64 {
     let mut args = ClockArgs::default();
-    call(Hypercall::Clock, &mut args);
+    call(calls::Clock, &mut args);
     args.nanos
 }
 
@@ -150,6 +151,6 @@ pub fn clock_nanos() -> u64 {
 /// VM exit per call).
 pub fn vm_exits() -> u64 {
     let mut args = StatsArgs::default();
-    call(Hypercall::Stats, &mut args);
+    call(calls::Stats, &mut args);
     args.vm_exits
 }

@@ -3,14 +3,14 @@
 //!
 //! [`queue_pair`] allocates the rings in the heap (physically contiguous,
 //! 4 KiB aligned), registers them with the host by a hypercall and returns a
-//! `dbos_nvme` driver whose real doorbell is the [`Hypercall::NvmeDoorbell`]
+//! `dbos_nvme` driver whose real doorbell is the [`calls::NvmeDoorbell`]
 //! exit. Data buffers must be 4 KiB aligned and physically contiguous (the
 //! heap, the direct map, or a frame): [`dma`] gives their device address.
 //!
 //! Queue pairs live as long as the VM: the host keeps serving a registered
 //! ring, so its memory is never freed.
 
-use crate::abi::{Hypercall, NvmeInfoArgs, NvmeQueueArgs};
+use crate::abi::{calls, DoorbellArgs, NvmeInfoArgs, NvmeQueueArgs};
 use crate::hypercall;
 use crate::memory::virt_to_phys;
 use dbos_nvme::{DmaAddr, Doorbell, DriverError, QueueLayout, QueueMemory, QueuePair};
@@ -22,8 +22,7 @@ pub struct HypercallDoorbell;
 impl Doorbell for HypercallDoorbell {
     fn ring(&self) {
         // The host reads no argument block for this call.
-        let mut unused = 0u64;
-        hypercall::call(Hypercall::NvmeDoorbell, &mut unused);
+        hypercall::call(calls::NvmeDoorbell, &mut DoorbellArgs {});
     }
 }
 
@@ -53,7 +52,7 @@ pub enum SetupError {
 /// The VM's disk, `None` if it has none.
 pub fn info() -> Option<DiskInfo> {
     let mut args = NvmeInfoArgs::default();
-    hypercall::call(Hypercall::NvmeInfo, &mut args);
+    hypercall::call(calls::NvmeInfo, &mut args);
     (args.blocks > 0).then_some(DiskInfo {
         blocks: args.blocks,
         block_size: args.block_size,
@@ -95,7 +94,7 @@ pub fn queue_pair(depth: u16) -> Result<GuestQueuePair, SetupError> {
         queue: qp.config(),
         status: 0,
     };
-    hypercall::call(Hypercall::NvmeCreateQueue, &mut args);
+    hypercall::call(calls::NvmeCreateQueue, &mut args);
     if args.status < 0 {
         return Err(SetupError::Refused(args.status));
     }
