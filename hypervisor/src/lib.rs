@@ -25,6 +25,7 @@ pub mod layout;
 pub mod memory;
 pub mod report;
 pub mod services;
+mod shared;
 pub mod vcpu;
 pub mod vm;
 

@@ -13,7 +13,7 @@ use crate::disk::DiskService;
 use crate::hypercall::{self, Outcome};
 use crate::report::{ExitCounts, ExitKind, GuestExit, OtherExit, RegisterDump};
 use crate::services::Services;
-use crate::vm::Shared;
+use crate::shared::Shared;
 use dbos_abi::{Hypercall, DIRECT_MAP_BASE};
 use kvm_bindings::{kvm_mp_state, kvm_segment, CpuId, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{VcpuExit, VcpuFd};

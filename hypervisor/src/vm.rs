@@ -9,15 +9,15 @@ use crate::files::{FileGrant, FileOpenError, Files};
 use crate::layout::{Layout, MemoryTooSmall, MAX_MEMORY, PAGE};
 use crate::memory::{GuestRam, MemoryError};
 use crate::report::{ExitCounts, GuestExit, RunReport};
+use crate::shared::Shared;
 use crate::vcpu;
 use dbos_abi::{IMAGE_PHYS_MAX, MAX_ARGS_BYTES, MAX_VCPUS};
-use dbos_nvme::host::powercut::CutReport;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::ffi::CString;
 use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -147,67 +147,6 @@ fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { op, source }
 }
 
-/// State shared by the vCPU threads and the thread that runs the VM.
-pub(crate) struct Shared {
-    pub ram: Arc<GuestRam>,
-    pub console: Console,
-    pub started: Instant,
-    /// VM exits of all vCPUs, and the `Stats` hypercalls among them.
-    pub exits: AtomicU64,
-    pub stats_calls: AtomicU64,
-    pub files: Files,
-    pub disk: Option<Disk>,
-    /// Set once the guest has stopped; vCPU loops return when they see it.
-    pub stopping: AtomicBool,
-    exit: Mutex<Option<GuestExit>>,
-    stopped: Condvar,
-}
-
-impl Shared {
-    /// Records how the guest stopped; the first report wins.
-    pub fn stop_with(&self, exit: GuestExit) {
-        let mut slot = self.exit.lock().unwrap_or_else(|p| p.into_inner());
-        self.record(&mut slot, exit);
-    }
-
-    /// Records that the disk cut its own power (`--power-cut-at-write`),
-    /// unless the guest stopped first.
-    fn power_cut_by_disk(&self) {
-        let mut slot = self.exit.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            if let Some((plan, cut)) = self.disk.as_ref().and_then(Disk::settle_power_cut) {
-                self.record(&mut slot, power_cut_exit(plan, cut));
-            }
-        }
-    }
-
-    /// Records `exit` in `slot` (the locked exit) if nothing is recorded,
-    /// and tells the vCPUs and the VM thread. A power cut armed on the disk
-    /// is settled under the same lock: if the power has been cut, that is
-    /// how the guest stopped (the guest's own exit, if any, came after the
-    /// machine was off); otherwise the cut is called off.
-    fn record(&self, slot: &mut Option<GuestExit>, exit: GuestExit) {
-        if slot.is_none() {
-            let exit = match self.disk.as_ref().and_then(Disk::settle_power_cut) {
-                Some((plan, cut)) => power_cut_exit(plan, cut),
-                None => exit,
-            };
-            log::debug!("guest stopped: {exit}");
-            *slot = Some(exit);
-        }
-        self.stopping.store(true, Ordering::Release);
-        self.stopped.notify_all();
-    }
-}
-
-fn power_cut_exit(plan: PowerCutPlan, cut: CutReport) -> GuestExit {
-    GuestExit::PowerCut {
-        at: plan.at,
-        seed: plan.seed,
-        cut,
-    }
-}
-
 /// A created VM, ready to run.
 pub struct Vm {
     // Field order is drop order: the vCPUs and the VM go before the memory
@@ -240,54 +179,9 @@ impl Vm {
 
     /// Creates a VM running the guest image `image` (the bytes of an ELF file).
     pub fn new(image: &[u8], config: VmConfig) -> Result<Vm, VmError> {
-        if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
-            return Err(VmError::Config(format!(
-                "{} vCPUs requested, 1 to {MAX_VCPUS} are supported",
-                config.vcpus
-            )));
-        }
-        if !config.memory.is_multiple_of(PAGE) || config.memory > MAX_MEMORY {
-            return Err(VmError::Config(format!(
-                "memory size {} is not a multiple of 4 KiB of at most {MAX_MEMORY} bytes",
-                config.memory
-            )));
-        }
-        if let Some(name) = crate::files::duplicate_name(&config.files) {
-            return Err(VmError::Config(format!(
-                "file name {name:?} is granted more than once"
-            )));
-        }
-        let arg_bytes = boot::args_size(&config.args);
-        if arg_bytes > MAX_ARGS_BYTES {
-            return Err(VmError::Config(format!(
-                "the guest arguments take {arg_bytes} bytes, more than the \
-                 {MAX_ARGS_BYTES}-byte limit"
-            )));
-        }
-        check_host_memory(config.memory, &crate::memory::HostMemory::read())?;
+        check_config(&config)?;
         let started = Instant::now();
-        let elf_err = |source| VmError::Elf {
-            path: PathBuf::new(),
-            source,
-        };
-        // First check the image on its own, then against this VM's memory: a
-        // memory size that could never hold the image is "memory too small",
-        // an image linked beyond a memory that could hold it is an image error.
-        let image = Image::parse(image).map_err(elf_err)?;
-        let required = Layout::minimum_memory(&image, config.vcpus);
-        if config.memory < required {
-            return Err(MemoryTooSmall {
-                requested: config.memory,
-                required,
-                vcpus: config.vcpus,
-            }
-            .into());
-        }
-        let image = image
-            .within(config.memory.min(dbos_abi::LOW_RAM_END))
-            .map_err(elf_err)?;
-        let layout = Layout::plan(config.memory, &image, config.vcpus)?;
-
+        let (image, layout) = plan(image, &config)?;
         let kvm = open_kvm(&config.kvm_device)?;
         let vm = create_vm(&kvm)?;
         if let Err(e) = vm.set_tss_address(0xfffb_d000) {
@@ -295,23 +189,7 @@ impl Vm {
         }
         vm.create_irq_chip()
             .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-
-        let ram = Arc::new(GuestRam::new(&layout.ram)?);
-        for (slot, region) in ram.host_regions().iter().enumerate() {
-            let spec = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.guest_addr,
-                memory_size: region.size,
-                userspace_addr: region.host_addr,
-            };
-            // SAFETY: the host range is a live mapping owned by `ram`, which
-            // the `Vm` keeps alive until after the VM fd is closed (field
-            // order), and guest ranges do not overlap.
-            unsafe { vm.set_user_memory_region(spec) }
-                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-        }
-
+        let ram = map_ram(&vm, &layout)?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -328,22 +206,14 @@ impl Vm {
             config.abi_version,
             nx,
         )?;
-
         let mut vcpus = Vec::new();
         for index in 0..config.vcpus {
             let fd = vm
                 .create_vcpu(u64::from(index))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            vcpu::setup(
-                &fd,
-                index,
-                &cpuid,
-                &boot,
-                image.entry,
-                layout.stack_top(index),
-                nx,
-            )
-            .map_err(kvm_err("vCPU register setup"))?;
+            let stack = layout.stack_top(index);
+            vcpu::setup(&fd, index, &cpuid, &boot, image.entry, stack, nx)
+                .map_err(kvm_err("vCPU register setup"))?;
             vcpus.push(fd);
         }
         log::debug!(
@@ -355,22 +225,7 @@ impl Vm {
             layout.heap.start,
             layout.heap.end
         );
-        let disk = config
-            .disk
-            .as_ref()
-            .map(|d| Disk::start(d, &ram))
-            .transpose()?;
-        // Last, so that no earlier failure leaves files it created behind;
-        // if it fails, a disk file this setup created goes too.
-        let files = match Files::open(&config.files) {
-            Ok(files) => files,
-            Err(e) => {
-                if let Some(disk) = disk {
-                    disk.discard();
-                }
-                return Err(e.into());
-            }
-        };
+        let (disk, files) = open_host_files(&config, &ram)?;
         Ok(Vm {
             vcpus,
             _vm: vm,
@@ -420,87 +275,10 @@ impl Vm {
                 }
             });
         }
-        let mut threads = Vec::new();
-        for (index, fd) in self.vcpus.drain(..).enumerate() {
-            let thread_shared = shared.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("vcpu{index}"))
-                .spawn(move || vcpu::run(index as u32, fd, &thread_shared))
-                .map_err(VmError::Thread);
-            match handle {
-                Ok(h) => threads.push(h),
-                Err(e) => {
-                    shared.stop_with(GuestExit::Crashed {
-                        vcpu: index as u32,
-                        reason: e.to_string(),
-                        regs: None,
-                    });
-                    break;
-                }
-            }
-        }
-
-        // A power cut at a moment stops the VM like the time limit,
-        // whichever comes first, and cuts the disk's power first.
-        let cut_after = match shared.disk.as_ref().and_then(Disk::power_cut_plan) {
-            Some(PowerCutPlan {
-                at: CutAt::After(after),
-                ..
-            }) => Some(after),
-            _ => None,
-        };
-        let deadline = match (self.config.time_limit, cut_after) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let exit = {
-            let mut slot = shared.exit.lock().unwrap_or_else(|p| p.into_inner());
-            while slot.is_none() {
-                match deadline {
-                    None => slot = shared.stopped.wait(slot).unwrap_or_else(|p| p.into_inner()),
-                    Some(limit) => {
-                        let left = limit.saturating_sub(shared.started.elapsed());
-                        if left.is_zero() {
-                            // Recorded like any other stop (a power cut, if
-                            // it is this moment's or has happened at a
-                            // write); the vCPUs are kicked out of KVM_RUN
-                            // below.
-                            if cut_after == Some(limit) {
-                                shared.disk.as_ref().and_then(Disk::cut_power);
-                            }
-                            shared.record(&mut slot, GuestExit::TimedOut { limit });
-                            break;
-                        }
-                        slot = shared
-                            .stopped
-                            .wait_timeout(slot, left)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0;
-                    }
-                }
-            }
-            slot.clone().expect("loop ends only with an exit recorded")
-        };
+        let threads = spawn_vcpus(&shared, self.vcpus.drain(..));
+        let exit = wait_for_stop(&shared, self.config.time_limit);
         let elapsed = shared.started.elapsed();
-
-        // Other vCPUs may sit in KVM_RUN (in a guest `hlt`, say): interrupt
-        // them with a signal until every thread has left its loop. Repeating
-        // the kick covers a signal that lands just before KVM_RUN starts.
-        while threads.iter().any(|t| !t.is_finished()) {
-            for t in threads.iter().filter(|t| !t.is_finished()) {
-                // SAFETY: the thread is still running (not joined), so its
-                // pthread handle is valid; the signal's handler does nothing.
-                unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let mut exits = ExitCounts::default();
-        let mut exits_per_vcpu = Vec::new();
-        for t in threads {
-            let counts = t.join().unwrap_or_default();
-            exits.add(&counts);
-            exits_per_vcpu.push(counts);
-        }
+        let (exits, exits_per_vcpu) = stop_vcpus(threads);
         shared.console.flush();
         let disk = shared.disk.as_ref().map(Disk::stop).transpose()?.flatten();
         let power_cut_model = shared.disk.as_ref().and_then(Disk::power_cut_stats);
@@ -516,6 +294,196 @@ impl Vm {
             io_error,
         })
     }
+}
+
+/// Refuses a configuration no VM can have (before anything is created).
+fn check_config(config: &VmConfig) -> Result<(), VmError> {
+    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+        return Err(VmError::Config(format!(
+            "{} vCPUs requested, 1 to {MAX_VCPUS} are supported",
+            config.vcpus
+        )));
+    }
+    if !config.memory.is_multiple_of(PAGE) || config.memory > MAX_MEMORY {
+        return Err(VmError::Config(format!(
+            "memory size {} is not a multiple of 4 KiB of at most {MAX_MEMORY} bytes",
+            config.memory
+        )));
+    }
+    if let Some(name) = crate::files::duplicate_name(&config.files) {
+        return Err(VmError::Config(format!(
+            "file name {name:?} is granted more than once"
+        )));
+    }
+    let arg_bytes = boot::args_size(&config.args);
+    if arg_bytes > MAX_ARGS_BYTES {
+        return Err(VmError::Config(format!(
+            "the guest arguments take {arg_bytes} bytes, more than the \
+             {MAX_ARGS_BYTES}-byte limit"
+        )));
+    }
+    check_host_memory(config.memory, &crate::memory::HostMemory::read())
+}
+
+/// Parses the image and plans guest memory around it. First the image on
+/// its own, then against this VM's memory: a memory size that could never
+/// hold the image is "memory too small", an image linked beyond a memory
+/// that could hold it is an image error.
+fn plan(image: &[u8], config: &VmConfig) -> Result<(Image, Layout), VmError> {
+    let elf_err = |source| VmError::Elf {
+        path: PathBuf::new(),
+        source,
+    };
+    let image = Image::parse(image).map_err(elf_err)?;
+    let required = Layout::minimum_memory(&image, config.vcpus);
+    if config.memory < required {
+        return Err(MemoryTooSmall {
+            requested: config.memory,
+            required,
+            vcpus: config.vcpus,
+        }
+        .into());
+    }
+    let image = image
+        .within(config.memory.min(dbos_abi::LOW_RAM_END))
+        .map_err(elf_err)?;
+    let layout = Layout::plan(config.memory, &image, config.vcpus)?;
+    Ok((image, layout))
+}
+
+/// Allocates guest RAM for `layout` and maps it into `vm`.
+fn map_ram(vm: &VmFd, layout: &Layout) -> Result<Arc<GuestRam>, VmError> {
+    let ram = Arc::new(GuestRam::new(&layout.ram)?);
+    for (slot, region) in ram.host_regions().iter().enumerate() {
+        let spec = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.guest_addr,
+            memory_size: region.size,
+            userspace_addr: region.host_addr,
+        };
+        // SAFETY: the host range is a live mapping owned by `ram`, which
+        // the `Vm` keeps alive until after the VM fd is closed (field
+        // order), and guest ranges do not overlap.
+        unsafe { vm.set_user_memory_region(spec) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(ram)
+}
+
+/// Starts the disk and opens the granted files, last, so that no earlier
+/// failure leaves files they created behind; if the files fail, a disk
+/// file this setup created goes too.
+fn open_host_files(
+    config: &VmConfig,
+    ram: &Arc<GuestRam>,
+) -> Result<(Option<Disk>, Files), VmError> {
+    let disk = config
+        .disk
+        .as_ref()
+        .map(|d| Disk::start(d, ram))
+        .transpose()?;
+    match Files::open(&config.files) {
+        Ok(files) => Ok((disk, files)),
+        Err(e) => {
+            if let Some(disk) = disk {
+                disk.discard();
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// Starts one thread per vCPU; a thread that cannot start stops the guest.
+fn spawn_vcpus(
+    shared: &Arc<Shared>,
+    vcpus: impl Iterator<Item = VcpuFd>,
+) -> Vec<std::thread::JoinHandle<ExitCounts>> {
+    let mut threads = Vec::new();
+    for (index, fd) in vcpus.enumerate() {
+        let thread_shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || vcpu::run(index as u32, fd, &thread_shared));
+        match handle {
+            Ok(h) => threads.push(h),
+            Err(e) => {
+                shared.stop_with(GuestExit::Crashed {
+                    vcpu: index as u32,
+                    reason: VmError::Thread(e).to_string(),
+                    regs: None,
+                });
+                break;
+            }
+        }
+    }
+    threads
+}
+
+/// Waits until the guest stops, or until the time limit or a power cut at
+/// a moment (whichever comes first; the cut cuts the disk's power first)
+/// stops it; returns how it stopped.
+fn wait_for_stop(shared: &Shared, time_limit: Option<Duration>) -> GuestExit {
+    let cut_after = match shared.disk.as_ref().and_then(Disk::power_cut_plan) {
+        Some(PowerCutPlan {
+            at: CutAt::After(after),
+            ..
+        }) => Some(after),
+        _ => None,
+    };
+    let deadline = match (time_limit, cut_after) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let mut slot = shared.exit.lock().unwrap_or_else(|p| p.into_inner());
+    while slot.is_none() {
+        match deadline {
+            None => slot = shared.stopped.wait(slot).unwrap_or_else(|p| p.into_inner()),
+            Some(limit) => {
+                let left = limit.saturating_sub(shared.started.elapsed());
+                if left.is_zero() {
+                    // Recorded like any other stop (a power cut, if it is
+                    // this moment's or has happened at a write); the vCPUs
+                    // are kicked out of KVM_RUN afterwards.
+                    if cut_after == Some(limit) {
+                        shared.disk.as_ref().and_then(Disk::cut_power);
+                    }
+                    shared.record(&mut slot, GuestExit::TimedOut { limit });
+                    break;
+                }
+                slot = shared
+                    .stopped
+                    .wait_timeout(slot, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+    }
+    slot.clone().expect("loop ends only with an exit recorded")
+}
+
+/// Gets every vCPU thread out of its loop and joins it; returns the exits,
+/// in all and per vCPU. Other vCPUs may sit in KVM_RUN (in a guest `hlt`,
+/// say): they are interrupted with a signal until every thread has left
+/// its loop; repeating the kick covers a signal that lands just before
+/// KVM_RUN starts.
+fn stop_vcpus(threads: Vec<std::thread::JoinHandle<ExitCounts>>) -> (ExitCounts, Vec<ExitCounts>) {
+    while threads.iter().any(|t| !t.is_finished()) {
+        for t in threads.iter().filter(|t| !t.is_finished()) {
+            // SAFETY: the thread is still running (not joined), so its
+            // pthread handle is valid; the signal's handler does nothing.
+            unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut exits = ExitCounts::default();
+    let mut exits_per_vcpu = Vec::new();
+    for t in threads {
+        let counts = t.join().unwrap_or_default();
+        exits.add(&counts);
+        exits_per_vcpu.push(counts);
+    }
+    (exits, exits_per_vcpu)
 }
 
 /// `KVM_CREATE_VM`, retried while it reports EINTR: it is interruptible, and

@@ -31,7 +31,7 @@
 use core::marker::PhantomData;
 use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-mod sealed {
+pub(crate) mod sealed {
     pub trait Sealed {}
 }
 
@@ -44,13 +44,15 @@ pub trait HookFn: Copy + sealed::Sealed {
 }
 
 /// Implements [`HookFn`] for function-pointer types, checking at compile time
-/// that each is exactly one pointer wide.
+/// that each is exactly one pointer wide. Used here for the platform's hook
+/// types and by the guest's `interrupts` for its own (so this module names
+/// no guest module).
 macro_rules! hook_fns {
     ($($(#[$attr:meta])* $fn_type:ty),* $(,)?) => {$(
         $(#[$attr])*
-        impl sealed::Sealed for $fn_type {}
+        impl $crate::hook::sealed::Sealed for $fn_type {}
         $(#[$attr])*
-        impl HookFn for $fn_type {
+        impl $crate::hook::HookFn for $fn_type {
             fn into_ptr(self) -> *mut () {
                 self as *mut ()
             }
@@ -62,15 +64,15 @@ macro_rules! hook_fns {
     )*};
 }
 
+// The guest's `interrupts` implements it for its own hook types.
+#[cfg(target_os = "none")]
+pub(crate) use hook_fns;
+
 hook_fns!(
     crate::platform::FaultHook,
     crate::platform::WindowFaultHook,
     // Also the guest's `interrupts::CpuHook`, which is the same type.
     crate::platform::EventHook,
-    #[cfg(target_os = "none")]
-    crate::guest::interrupts::PageFaultHook,
-    #[cfg(target_os = "none")]
-    crate::guest::interrupts::VectorHook,
 );
 
 /// An optional hook of type `F` (null = none).

@@ -105,6 +105,8 @@ pub type PageFaultHook = fn(&PageFault, &mut InterruptFrame) -> HookResult;
 /// A hook for any other vector.
 pub type VectorHook = fn(&mut InterruptFrame) -> HookResult;
 
+crate::hook::hook_fns!(PageFaultHook, VectorHook);
+
 const PAGE_FAULT: u8 = 14;
 
 static PAGE_FAULT_HOOK: HookCell<PageFaultHook> = HookCell::new();
