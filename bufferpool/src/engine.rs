@@ -68,13 +68,13 @@
 use crate::control::{Control, ControlError, Layout, LayoutError};
 use crate::device::{BlockDevice, DeviceError, IoFailure, IoKind};
 use crate::log::{
-    unwritten_block, CommitMode, LogBlock, LogDamage, Tail, Wal, WalError, FIRST_LSN, LOG_BLOCK,
+    unwritten_block, CommitMode, LogBlock, LogDamage, Tail, TruncateRequest, Wal, WalError,
+    FIRST_LSN, LOG_BLOCK,
 };
 use crate::lsntable::{self, PageLsns};
 use crate::page::{PageCheck, PAGE_HEADER};
 use crate::pool::{BufferManager, Durability, DurabilityError, Pool, PoolConfig, PoolError};
 use crate::record::Record;
-use crate::recovery::TruncateRequest;
 use crate::store::StoreIo;
 use crate::sync::{lock, Gate};
 use crate::{Env, Lsn, PageId, PAGE_SIZE};

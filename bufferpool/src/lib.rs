@@ -60,9 +60,10 @@ pub use engine::{
     CheckpointReport, Config, Engine, EngineStats, Error, PageWrite, PoolSetup, RecordProblem,
 };
 pub use kv::KvTable;
+pub use log::TruncateRequest;
 pub use log::{CommitMode, Damage, LogDamage, LogStats, ScanStop, SectorState, Wal, WalError};
 pub use pool::{BufferManager, Durability, Pool, PoolConfig, PoolError, PoolStats};
-pub use recovery::{RecoveryReport, TruncateRequest};
+pub use recovery::RecoveryReport;
 
 /// Size of a database page in bytes.
 pub const PAGE_SIZE: usize = dbos_abi::PAGE_SIZE as usize;

@@ -54,7 +54,8 @@ use crate::engine::{
     build_pool, check_fits, page_lsns, Config, Engine, Error, LogHook, PoolSetup, RecordProblem,
 };
 use crate::log::{
-    lsn_advance, read_tail, scan, scan_to, LogDamage, LogGeometry, ScanError, ScanStop, ScanSummary,
+    lsn_advance, read_tail, scan, scan_to, LogDamage, LogGeometry, ScanError, ScanStop,
+    ScanSummary, TruncateRequest,
 };
 use crate::lsntable::{self, Expected};
 use crate::page::{page_lsn, PageCheck, PAGE_HEADER};
@@ -81,21 +82,6 @@ const SCAN_BLOCKS: usize = 64;
 /// [`Engine::open_or_format`] checks every block that format would write
 /// instead.
 pub const BLANK_CHECK_BLOCKS: u64 = 256;
-
-/// The operator's request to give up part of a corrupt log: recovery cuts
-/// the log at `at` and discards it up to `discard_to`. Both must equal
-/// what recovery finds ([`LogDamage::keep_end`], [`LogDamage::lost_end`],
-/// as the refusal reported them), so the request states exactly how much
-/// is lost; anything else is refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TruncateRequest {
-    /// Keep the log before this LSN (the end of the last commit before the
-    /// damage).
-    pub at: Lsn,
-    /// Discard the log from `at` up to this LSN (the end of the intact log
-    /// found past the damage).
-    pub discard_to: Lsn,
-}
 
 /// What recovery did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -264,35 +250,11 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
     let t0 = (env.now_ns)();
     let layout = control.layout;
     check_fits(&io, &layout)?;
-    // Every page of a store was written at format (before its control
-    // block), so an all-zero page is damage like any other bad page: it
-    // must be restored from an image in the log, or recovery refuses.
-    // Every valid page's LSN, for the page-LSN tables' check and as the
-    // engine's table (see `crate::lsntable`), when the store keeps one.
-    let keep_lsns = lsntable::enabled(&layout);
-    let mut stored: Vec<u64> = Vec::new();
-    if keep_lsns {
-        // Bounded by the log's size (see `lsntable::enabled`).
-        let pages = layout.data_pages as usize;
-        stored
-            .try_reserve_exact(pages)
-            .map_err(|_| Error::OutOfMemory {
-                what: "the page-LSN table",
-                bytes: layout.data_pages * 8,
-            })?;
-        stored.resize(pages, 0);
-    }
-    // The page holding the highest LSN: no page is written before the log
-    // is durable up to its LSN, so the log must reach that far.
-    let mut newest = (PageId(0), Lsn(0));
-    let damaged = io.check_pages(&layout, |id, lsn| {
-        if keep_lsns {
-            stored[id.0 as usize] = lsn.0;
-        }
-        if lsn > newest.1 {
-            newest = (id, lsn);
-        }
-    })?;
+    let Pages {
+        damaged,
+        mut stored,
+        newest,
+    } = read_pages(&mut io, &layout)?;
     // The hook allows no page write until the checks below have passed.
     let hook = Arc::new(LogHook::new());
     let pool = build_pool(&hook, &layout, make_pool)?;
@@ -349,65 +311,9 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
         keep_end: resume,
         ..d
     });
-    let behind = (newest.1 > resume).then_some(Error::LogBehindPage {
-        page: newest.0,
-        lba: layout.page_lba(newest.0),
-        page_lsn: newest.1,
-        log_end: resume,
-    });
-    match (damage, request) {
-        (None, None) => {
-            if let Some(e) = behind {
-                log::error!("recovery: {e}");
-                return Err(e);
-            }
-        }
-        (Some(d), None) => {
-            let e = Error::LogCorrupt(d);
-            log::error!("recovery: {e}");
-            return Err(e);
-        }
-        (Some(d), Some(r)) if r.at == d.keep_end && r.discard_to == d.lost_end() => {
-            log::warn!(
-                "recovery: truncating the log at LSN {} as requested, discarding LSNs {}..{} \
-                 and at least {} committed transactions: {d}",
-                r.at.0,
-                r.at.0,
-                r.discard_to.0,
-                d.commits_beyond
-            );
-            if let Some(e) = behind {
-                log::warn!(
-                    "recovery: after the truncation, pages hold changes of discarded \
-                     transactions: {e}"
-                );
-            }
-            report.truncated = Some(d);
-        }
-        (found, Some(requested)) => return Err(Error::TruncateMismatch { requested, found }),
-    }
-    if let Some((&i, &check)) = damaged.iter().next() {
-        return Err(Error::UnrepairablePage {
-            page: PageId(i),
-            lba: layout.page_lba(PageId(i)),
-            check,
-        });
-    }
-    // A page older than a checkpoint recorded, which the log does not
-    // restore: a lost or reverted page write.
-    // (A page damaged on storage was restored from an image, or refused
-    // above: the images exempt it.)
-    let stale = expected.first_stale(|p| stored.get(p.0 as usize).map(|&l| Lsn(l)));
-    if let Some(st) = stale {
-        let e = Error::StalePage {
-            page: st.page,
-            lba: layout.page_lba(st.page),
-            found: st.found,
-            expected: st.expected,
-        };
-        log::error!("recovery: {e}");
-        return Err(e);
-    }
+    report.truncated = judge(
+        &layout, resume, damage, request, newest, &damaged, &expected, &stored,
+    )?;
     // Pass 2: redo through the pool. The log up to `resume` was read from
     // the device; the flush makes it durable before any page write, so a
     // page never reaches storage ahead of the log it depends on.
@@ -460,10 +366,10 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
         report.pages_repaired.len()
     );
     let tail = read_tail(&mut log_dev, &geo, resume, &mut buf, env)?;
-    let page_lsns = if keep_lsns {
-        page_lsns(&layout, |i| stored[i])?
-    } else {
+    let page_lsns = if stored.is_empty() {
         None
+    } else {
+        page_lsns(&layout, |i| stored[i])?
     };
     let engine = Engine::assemble(log_dev, io, pool, hook, control, tail, page_lsns, config)?;
     engine.wal.truncate_tail()?;
@@ -471,6 +377,131 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
     report.pages_written = ckpt.pages_written;
     report.elapsed_ns = (env.now_ns)().saturating_sub(t0);
     Ok((engine, report))
+}
+
+/// What recovery learned from reading every data page.
+struct Pages {
+    /// Pages that are not a valid image of themselves (torn, another
+    /// page's, all zero).
+    damaged: BTreeMap<u64, PageCheck>,
+    /// Every page's LSN (0 for a damaged one), for the page-LSN tables'
+    /// check and as the engine's table; empty for a store without one
+    /// (`lsntable::enabled`).
+    stored: Vec<u64>,
+    /// The page holding the highest LSN: no page is written before the
+    /// log is durable up to its LSN, so the log must reach that far.
+    newest: (PageId, Lsn),
+}
+
+/// Reads every data page of `layout`. Every page of a store was written at
+/// format (before its control block), so an all-zero page is damage like
+/// any other bad page: it must be restored from an image in the log, or
+/// recovery refuses.
+fn read_pages<D: BlockDevice>(io: &mut StoreIo<D>, layout: &Layout) -> Result<Pages, Error> {
+    let keep_lsns = lsntable::enabled(layout);
+    let mut stored: Vec<u64> = Vec::new();
+    if keep_lsns {
+        // Bounded by the log's size (see `lsntable::enabled`).
+        let pages = layout.data_pages as usize;
+        stored
+            .try_reserve_exact(pages)
+            .map_err(|_| Error::OutOfMemory {
+                what: "the page-LSN table",
+                bytes: layout.data_pages * 8,
+            })?;
+        stored.resize(pages, 0);
+    }
+    let mut newest = (PageId(0), Lsn(0));
+    let damaged = io.check_pages(layout, |id, lsn| {
+        if keep_lsns {
+            stored[id.0 as usize] = lsn.0;
+        }
+        if lsn > newest.1 {
+            newest = (id, lsn);
+        }
+    })?;
+    Ok(Pages {
+        damaged,
+        stored,
+        newest,
+    })
+}
+
+/// Decides, after the check pass and before anything is written, whether
+/// recovery may go on: a corrupt log (unless the operator asked for exactly
+/// its truncation), a page newer than the log, a damaged page the log does
+/// not restore, a page older than a checkpoint recorded (a lost or reverted
+/// page write) are refused. Returns the damage truncated at, if any.
+#[allow(clippy::too_many_arguments)]
+fn judge(
+    layout: &Layout,
+    resume: Lsn,
+    damage: Option<LogDamage>,
+    request: Option<TruncateRequest>,
+    newest: (PageId, Lsn),
+    damaged: &BTreeMap<u64, PageCheck>,
+    expected: &Expected,
+    stored: &[u64],
+) -> Result<Option<LogDamage>, Error> {
+    let behind = (newest.1 > resume).then_some(Error::LogBehindPage {
+        page: newest.0,
+        lba: layout.page_lba(newest.0),
+        page_lsn: newest.1,
+        log_end: resume,
+    });
+    let truncated = match (damage, request) {
+        (None, None) => {
+            if let Some(e) = behind {
+                log::error!("recovery: {e}");
+                return Err(e);
+            }
+            None
+        }
+        (Some(d), None) => {
+            let e = Error::LogCorrupt(d);
+            log::error!("recovery: {e}");
+            return Err(e);
+        }
+        (Some(d), Some(r)) if r.at == d.keep_end && r.discard_to == d.lost_end() => {
+            log::warn!(
+                "recovery: truncating the log at LSN {} as requested, discarding LSNs {}..{} \
+                 and at least {} committed transactions: {d}",
+                r.at.0,
+                r.at.0,
+                r.discard_to.0,
+                d.commits_beyond
+            );
+            if let Some(e) = behind {
+                log::warn!(
+                    "recovery: after the truncation, pages hold changes of discarded \
+                     transactions: {e}"
+                );
+            }
+            Some(d)
+        }
+        (found, Some(requested)) => return Err(Error::TruncateMismatch { requested, found }),
+    };
+    if let Some((&i, &check)) = damaged.iter().next() {
+        return Err(Error::UnrepairablePage {
+            page: PageId(i),
+            lba: layout.page_lba(PageId(i)),
+            check,
+        });
+    }
+    // A page older than a checkpoint recorded, which the log does not
+    // restore: a lost or reverted page write. (A page damaged on storage
+    // was restored from an image, or refused above: the images exempt it.)
+    if let Some(st) = expected.first_stale(|p| stored.get(p.0 as usize).map(|&l| Lsn(l))) {
+        let e = Error::StalePage {
+            page: st.page,
+            lba: layout.page_lba(st.page),
+            found: st.found,
+            expected: st.expected,
+        };
+        log::error!("recovery: {e}");
+        return Err(e);
+    }
+    Ok(truncated)
 }
 
 /// Scans the log of `control` from its redo point through `replay`: all of

@@ -1,0 +1,546 @@
+//! The writer: [`Wal`] appends records into an in-memory ring under a short
+//! spin lock and makes them durable in groups, one write batch at a time
+//! (the in-flight invariant of the `log` module docs), sealing sectors with
+//! the format of [`super::format`]; a failed write or flush fails the log.
+
+use super::format::*;
+use crate::device::{run_all, BlockDevice, DeviceError, DmaBytes, Io, IoKind, MAX_IO_BLOCKS};
+use crate::record::Record;
+use crate::sync::lock;
+use crate::{Env, Lsn};
+use alloc::boxed::Box;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use spin::Mutex;
+
+/// How commits are made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitMode {
+    /// Every log write is a FUA write.
+    Fua,
+    /// Plain log writes, then one flush per batch.
+    WriteFlush,
+}
+
+/// A log operation that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalError {
+    /// This operation's log write or flush failed; the log is now failed.
+    Device(DeviceError),
+    /// An earlier log write or flush failed; the log accepts nothing more.
+    Failed(DeviceError),
+    /// The append would overwrite log still needed by recovery:
+    /// `needed_blocks` blocks past the redo point, `log_blocks` available.
+    /// Nothing was appended; a checkpoint frees space.
+    LogFull { needed_blocks: u64, log_blocks: u64 },
+    /// The records are larger than the log buffer can hold at once.
+    TooLarge(usize),
+}
+
+impl fmt::Display for WalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WalError::Device(e) => write!(f, "log write failed: {e}"),
+            WalError::Failed(e) => {
+                write!(f, "the log has failed earlier ({e}) and accepts nothing")
+            }
+            WalError::LogFull {
+                needed_blocks,
+                log_blocks,
+            } => write!(
+                f,
+                "the log is full: {needed_blocks} blocks since the last checkpoint needed, \
+                 {log_blocks} available (checkpoint to free space)"
+            ),
+            WalError::TooLarge(n) => write!(f, "{n} bytes of records do not fit the log buffer"),
+        }
+    }
+}
+
+/// Counters of a log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Successful [`Wal::append`] calls.
+    pub appends: u64,
+    /// Records appended.
+    pub records: u64,
+    /// Encoded record bytes appended.
+    pub record_bytes: u64,
+    /// Batches written (leader turns that wrote something).
+    pub batches: u64,
+    /// Log blocks written.
+    pub blocks_written: u64,
+    /// Flushes issued.
+    pub flushes: u64,
+}
+
+#[derive(Default)]
+struct AtomicLogStats {
+    appends: AtomicU64,
+    records: AtomicU64,
+    record_bytes: AtomicU64,
+    batches: AtomicU64,
+    blocks_written: AtomicU64,
+    flushes: AtomicU64,
+}
+
+/// The in-memory copy of the unwritten log: payload bytes at
+/// `lsn % size` (header positions unused).
+struct Ring {
+    bytes: UnsafeCell<Box<[u8]>>,
+    size: u64,
+}
+
+// SAFETY: appenders write disjoint ranges under the insert lock; the writer
+// reads only ranges below the insert position it read under that lock, and
+// appends never reach a slot the writer may still read (see `Wal::append`).
+unsafe impl Sync for Ring {}
+
+impl Ring {
+    fn new(size: u64) -> Ring {
+        Ring {
+            bytes: UnsafeCell::new(vec![0u8; size as usize].into_boxed_slice()),
+            size,
+        }
+    }
+
+    /// Copies `data` to the payload positions starting at `lsn`.
+    ///
+    /// # Safety
+    /// No other thread accesses the ring slots of those positions meanwhile.
+    unsafe fn copy_in(&self, lsn: Lsn, data: &[u8]) {
+        let base = self.base();
+        let mut pos = lsn.0;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let take = ((SECTOR - pos % SECTOR) as usize).min(rest.len());
+            let at = (pos % self.size) as usize;
+            // SAFETY: a sector's payload never crosses the ring end (the
+            // ring is a multiple of 512 bytes); exclusivity from the caller.
+            unsafe { core::ptr::copy_nonoverlapping(rest.as_ptr(), base.add(at), take) };
+            rest = &rest[take..];
+            pos += take as u64;
+            if pos.is_multiple_of(SECTOR) {
+                pos += SECTOR_HEADER;
+            }
+        }
+    }
+
+    /// Copies `out.len()` bytes at position `pos` (inside one sector).
+    ///
+    /// # Safety
+    /// Nobody writes those ring slots meanwhile.
+    unsafe fn copy_out(&self, pos: u64, out: &mut [u8]) {
+        debug_assert!(pos % SECTOR + out.len() as u64 <= SECTOR);
+        let at = (pos % self.size) as usize;
+        // SAFETY: inside the ring (see copy_in); exclusivity from the caller.
+        unsafe { core::ptr::copy_nonoverlapping(self.base().add(at), out.as_mut_ptr(), out.len()) };
+    }
+
+    fn base(&self) -> *mut u8 {
+        // SAFETY: only the pointer is taken; accesses go through copy_in and
+        // copy_out, whose callers guarantee disjointness.
+        unsafe { (*self.bytes.get()).as_mut_ptr() }
+    }
+}
+
+/// The complete (durable, final) sectors of the block holding the durable
+/// LSN, as they were written: the next batch rewrites them byte for byte.
+struct Frozen {
+    /// The first sector of that block.
+    first_sector: u64,
+    /// The sectors before the durable LSN's sector.
+    raw: Vec<u8>,
+}
+
+struct Writer<D> {
+    dev: D,
+    buf: DmaBytes,
+    ios: Vec<Io>,
+    frozen: Frozen,
+}
+
+/// Where a log continues after recovery (see [`scan`]).
+pub struct Tail {
+    /// End of the last valid record: the next append goes here.
+    pub end: Lsn,
+    /// The raw block holding `end`, as read from the log.
+    pub block: Vec<u8>,
+}
+
+/// The write-ahead log.
+pub struct Wal<D: BlockDevice> {
+    env: Env,
+    geo: LogGeometry,
+    mode: CommitMode,
+    ring: Ring,
+    insert: Mutex<Lsn>,
+    durable: AtomicU64,
+    redo: AtomicU64,
+    /// Log blocks that [`Wal::append`] leaves free for
+    /// [`Wal::append_reserved`] (a checkpoint's page-LSN table).
+    reserve: AtomicU64,
+    writer: Mutex<Writer<D>>,
+    failed: AtomicBool,
+    failure: Mutex<Option<DeviceError>>,
+    stats: AtomicLogStats,
+}
+
+impl<D: BlockDevice> Wal<D> {
+    /// A log on `geo` written through `dev`, continuing at `tail` (from
+    /// [`scan`], or an empty tail at [`FIRST_LSN`] for a new log), keeping
+    /// everything from `redo` on, buffering up to `buffer_blocks` blocks
+    /// of unwritten log.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        mut dev: D,
+        geo: LogGeometry,
+        mode: CommitMode,
+        env: Env,
+        buffer_blocks: usize,
+        redo: Lsn,
+        tail: Tail,
+    ) -> Result<Wal<D>, DeviceError> {
+        assert!(buffer_blocks >= 4, "the log buffer needs at least 4 blocks");
+        assert!(
+            buffer_blocks <= MAX_BUFFER_BLOCKS,
+            "the log buffer takes at most {MAX_BUFFER_BLOCKS} blocks"
+        );
+        assert!(geo.blocks >= 2, "the log needs at least 2 blocks");
+        let ring = Ring::new(buffer_blocks as u64 * LOG_BLOCK);
+        let buf = DmaBytes::new(dev.alloc(buffer_blocks + 1)?);
+        let end = tail.end;
+        // Reload the tail block's durable payload and freeze its full
+        // sectors before the end's sector.
+        let block = LogBlock::of(end);
+        let end_sector = end.0 / SECTOR;
+        let first_sector = block.0 * SECTORS_PER_BLOCK;
+        for s in first_sector..=end_sector {
+            let payload_start = s * SECTOR + SECTOR_HEADER;
+            let used = (end.0 - payload_start.min(end.0)).min(SECTOR_PAYLOAD) as usize;
+            if used == 0 {
+                continue;
+            }
+            let raw = &tail.block[((s - first_sector) * SECTOR) as usize..][..SECTOR as usize];
+            // SAFETY: nothing else uses the ring yet.
+            unsafe { ring.copy_in(Lsn(payload_start), &raw[SECTOR_HEADER as usize..][..used]) };
+        }
+        let frozen = Frozen {
+            first_sector,
+            raw: tail.block[..((end_sector - first_sector) * SECTOR) as usize].to_vec(),
+        };
+        Ok(Wal {
+            env,
+            geo,
+            mode,
+            ring,
+            insert: Mutex::new(end),
+            durable: AtomicU64::new(end.0),
+            redo: AtomicU64::new(redo.0),
+            reserve: AtomicU64::new(0),
+            writer: Mutex::new(Writer {
+                dev,
+                buf,
+                ios: Vec::new(),
+                frozen,
+            }),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            stats: AtomicLogStats::default(),
+        })
+    }
+
+    /// The geometry.
+    pub fn geometry(&self) -> LogGeometry {
+        self.geo
+    }
+
+    /// Where the next append goes.
+    pub fn insert_lsn(&self) -> Lsn {
+        *lock(&self.insert, self.env.relax)
+    }
+
+    /// Everything before this LSN is durable.
+    pub fn durable_lsn(&self) -> Lsn {
+        Lsn(self.durable.load(Ordering::Acquire))
+    }
+
+    /// The oldest LSN recovery needs (the last checkpoint's redo LSN).
+    pub fn redo_lsn(&self) -> Lsn {
+        Lsn(self.redo.load(Ordering::Acquire))
+    }
+
+    /// Frees the log before `redo` for reuse (after a checkpoint whose
+    /// control block is stable).
+    pub fn set_redo_lsn(&self, redo: Lsn) {
+        self.redo.fetch_max(redo.0, Ordering::AcqRel);
+    }
+
+    /// The device error that failed the log, if it has failed.
+    pub fn failure(&self) -> Option<DeviceError> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        *lock(&self.failure, self.env.relax)
+    }
+
+    /// Puts the log into the failed state (first error wins).
+    pub fn fail(&self, e: DeviceError) {
+        let mut f = lock(&self.failure, self.env.relax);
+        if f.is_none() {
+            log::error!("wal: failed: {e}; no further commits until restart");
+            *f = Some(e);
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> LogStats {
+        let s = &self.stats;
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LogStats {
+            appends: l(&s.appends),
+            records: l(&s.records),
+            record_bytes: l(&s.record_bytes),
+            batches: l(&s.batches),
+            blocks_written: l(&s.blocks_written),
+            flushes: l(&s.flushes),
+        }
+    }
+
+    fn check_failed(&self) -> Result<(), WalError> {
+        match self.failure() {
+            Some(e) => Err(WalError::Failed(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Largest total of encoded record bytes one append takes.
+    pub fn max_append(&self) -> usize {
+        // Payload bytes whose LSN span (headers included) leaves a block of
+        // the ring free.
+        ((self.ring.size - 2 * LOG_BLOCK) / SECTOR * SECTOR_PAYLOAD) as usize
+    }
+
+    /// Keeps `blocks` log blocks free of [`Wal::append`]'s records, for
+    /// [`Wal::append_reserved`]: a full log still has room for what a
+    /// checkpoint must log before it can free the log.
+    pub fn set_reserve(&self, blocks: u64) {
+        self.reserve.store(blocks, Ordering::Release);
+    }
+
+    /// Appends `records` as one contiguous run and returns the LSN just
+    /// after them. They are durable once [`Wal::flush_to`] with that LSN
+    /// returns `Ok`. Refused with [`WalError::LogFull`] where it would use
+    /// the reserve ([`Wal::set_reserve`]).
+    pub fn append(&self, records: &[Record<'_>]) -> Result<Lsn, WalError> {
+        self.append_within(records, self.reserve.load(Ordering::Acquire))
+    }
+
+    /// Appends like [`Wal::append`], into the reserve too.
+    pub fn append_reserved(&self, records: &[Record<'_>]) -> Result<Lsn, WalError> {
+        self.append_within(records, 0)
+    }
+
+    /// Appends, leaving `reserve` log blocks free.
+    fn append_within(&self, records: &[Record<'_>], reserve: u64) -> Result<Lsn, WalError> {
+        self.check_failed()?;
+        let total: usize = records.iter().map(Record::encoded_len).sum();
+        if total > self.max_append() {
+            return Err(WalError::TooLarge(total));
+        }
+        let mut scratch = vec![0u8; total];
+        let mut off = 0;
+        for r in records {
+            let len = r.encoded_len();
+            r.encode(Lsn(0), &mut scratch[off..off + len]);
+            off += len;
+        }
+        loop {
+            let mut next = lock(&self.insert, self.env.relax);
+            self.check_failed()?;
+            let start = *next;
+            let end = lsn_advance(start, total as u64);
+            // The batch that makes `end` durable writes the block holding
+            // `end` (its end sector), so that block counts.
+            let redo_block = LogBlock::of(self.redo_lsn()).0;
+            let needed = LogBlock::of(end).0 - redo_block + 1;
+            if needed > self.geo.blocks.saturating_sub(reserve) {
+                return Err(WalError::LogFull {
+                    needed_blocks: needed,
+                    log_blocks: self.geo.blocks,
+                });
+            }
+            // The writer may read from the durable LSN's block on: stay
+            // within one ring length of it.
+            let floor = self.durable.load(Ordering::Acquire) / LOG_BLOCK * LOG_BLOCK;
+            if end.0 - floor > self.ring.size {
+                drop(next);
+                self.wait_durable(start)?;
+                continue;
+            }
+            let mut off = 0;
+            for r in records {
+                let len = r.encoded_len();
+                Record::relocate(&mut scratch[off..off + len], lsn_advance(start, off as u64));
+                off += len;
+            }
+            // SAFETY: [start, end) is reserved to us under the insert lock,
+            // and no writer reads it before we release the lock; it is
+            // within one ring length of the writer's lowest position.
+            unsafe { self.ring.copy_in(start, &scratch) };
+            *next = end;
+            drop(next);
+            let s = &self.stats;
+            s.appends.fetch_add(1, Ordering::Relaxed);
+            s.records.fetch_add(records.len() as u64, Ordering::Relaxed);
+            s.record_bytes.fetch_add(total as u64, Ordering::Relaxed);
+            return Ok(end);
+        }
+    }
+
+    /// Waits until everything before `lsn` (clamped to the insert
+    /// position) is durable, writing batches as the leader when no one else
+    /// is.
+    pub fn flush_to(&self, lsn: Lsn) -> Result<(), WalError> {
+        let lsn = lsn.min(self.insert_lsn());
+        self.wait_durable(lsn)
+    }
+
+    /// Waits until everything before `lsn` (at most the insert position)
+    /// is durable.
+    pub fn wait_durable(&self, lsn: Lsn) -> Result<(), WalError> {
+        loop {
+            if self.durable.load(Ordering::Acquire) >= lsn.0 {
+                return Ok(());
+            }
+            self.check_failed()?;
+            if let Some(mut w) = self.writer.try_lock() {
+                self.write_batch(&mut w, false)?;
+                continue;
+            }
+            (self.env.relax)();
+        }
+    }
+
+    /// Rewrites the block holding the insert position with FUA, cut off
+    /// there: the durable records before it as they are, nothing after it.
+    /// Recovery does this before the log continues, so that records left
+    /// after the end it chose (a transaction without its commit) can never
+    /// be read as part of the continued log.
+    pub fn truncate_tail(&self) -> Result<(), WalError> {
+        let mut w = lock(&self.writer, self.env.relax);
+        self.write_batch_as(&mut w, true, IoKind::WriteFua)
+    }
+
+    /// The leader's turn: writes everything appended so far.
+    fn write_batch(&self, w: &mut Writer<D>, force: bool) -> Result<(), WalError> {
+        let kind = match self.mode {
+            CommitMode::Fua => IoKind::WriteFua,
+            CommitMode::WriteFlush => IoKind::Write,
+        };
+        self.write_batch_as(w, force, kind)
+    }
+
+    fn write_batch_as(&self, w: &mut Writer<D>, force: bool, kind: IoKind) -> Result<(), WalError> {
+        self.check_failed()?;
+        let durable = self.durable.load(Ordering::Acquire);
+        let target = self.insert_lsn().0;
+        if target <= durable && !force {
+            return Ok(());
+        }
+        // The batch changes sectors from the durable LSN's on (see the
+        // in-flight invariant in the module docs) and writes every block up
+        // to the one holding its end sector.
+        let first = LogBlock(durable / LOG_BLOCK);
+        let first_changed = durable / SECTOR;
+        let last = LogBlock::of(Lsn(target));
+        let nblocks = last.0 - first.0 + 1;
+        let Writer {
+            dev,
+            buf,
+            ios,
+            frozen,
+        } = w;
+        debug_assert_eq!(frozen.first_sector, first.0 * SECTORS_PER_BLOCK);
+        debug_assert_eq!(
+            frozen.raw.len() as u64,
+            (first_changed - frozen.first_sector) * SECTOR
+        );
+        let out = &mut buf.bytes_mut()[..(nblocks * LOG_BLOCK) as usize];
+        let (done, rest) = out.split_at_mut(frozen.raw.len());
+        done.copy_from_slice(&frozen.raw);
+        for (i, sector) in rest.chunks_exact_mut(SECTOR as usize).enumerate() {
+            self.seal_sector(first_changed + i as u64, durable, target, sector);
+        }
+        ios.clear();
+        let mut i = 0;
+        while i < nblocks {
+            let block = LogBlock(first.0 + i);
+            let phys = block.0 % self.geo.blocks;
+            let run = (nblocks - i)
+                .min(self.geo.blocks - phys)
+                .min(MAX_IO_BLOCKS as u64);
+            ios.push(Io {
+                kind,
+                lba: self.geo.lba_of(block),
+                blocks: run as u32,
+                addr: buf.io_buf().block_addr(i as usize),
+            });
+            i += run;
+        }
+        let mut result = run_all(dev, ios, self.env.relax);
+        if result.is_ok() && kind == IoKind::Write {
+            self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+            result = run_all(dev, &[Io::flush()], self.env.relax);
+        }
+        if let Err(e) = result {
+            self.fail(e);
+            return Err(WalError::Device(e));
+        }
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .blocks_written
+            .fetch_add(nblocks, Ordering::Relaxed);
+        // Remember the complete sectors of the new durable LSN's block as
+        // written: the next batch rewrites them byte for byte.
+        let end_sector = target / SECTOR;
+        frozen.first_sector = last.0 * SECTORS_PER_BLOCK;
+        let from = ((nblocks - 1) * LOG_BLOCK) as usize;
+        let len = ((end_sector - frozen.first_sector) * SECTOR) as usize;
+        frozen.raw.clear();
+        frozen.raw.extend_from_slice(&buf.bytes()[from..from + len]);
+        self.durable.store(target, Ordering::Release);
+        Ok(())
+    }
+
+    /// Fills `out` with sector `s` as of insert position `target`, for a
+    /// batch that began at durable LSN `durable`: payload up to `target`;
+    /// the sector holding `target` is sealed even when none of its payload
+    /// is used; sectors after it are blank, their payload naming `durable`
+    /// and `target`.
+    fn seal_sector(&self, s: u64, durable: u64, target: u64, out: &mut [u8]) {
+        // At most MAX_BUFFER_BLOCKS + 1 blocks per batch: fits 16 bits.
+        let back = u16::try_from(s - durable / SECTOR).expect("batch within the buffer");
+        if s > target / SECTOR {
+            let h = SECTOR_HEADER as usize;
+            out[h..].fill(0);
+            out[h..h + 8].copy_from_slice(&durable.to_le_bytes());
+            out[h + 8..h + 16].copy_from_slice(&target.to_le_bytes());
+            seal_header(&self.geo, s, USED_BLANK, back, out);
+            return;
+        }
+        let payload_start = s * SECTOR + SECTOR_HEADER;
+        let used = (target - payload_start).min(SECTOR_PAYLOAD) as usize;
+        let h = SECTOR_HEADER as usize;
+        // SAFETY: positions below `target` were written by appenders that
+        // released the insert lock before we read `target` under it, and
+        // appenders stay one ring length ahead of the durable block.
+        unsafe { self.ring.copy_out(payload_start, &mut out[h..h + used]) };
+        out[h + used..].fill(0);
+        seal_header(&self.geo, s, used as u16, back, out);
+    }
+}
