@@ -313,7 +313,7 @@ pub fn create(name: &str, dir: &Path, checkout: &Checkout) -> Result<(), NewErro
         }
     }
     let files = render(name, checkout)?;
-    match std::fs::symlink_metadata(dir) {
+    match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => {
             let mut entries = std::fs::read_dir(dir).map_err(|error| NewError::Io {
                 path: dir.to_path_buf(),

@@ -258,6 +258,12 @@ fn occupied_places_are_refused_and_left_alone() {
         "{stderr}"
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+    let (code, _, stderr) = dbos_in(scratch.path(), &["new", "guest", "--path", "a-file/sub"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stderr,
+        "dbos: error: cannot write a-file/sub: Not a directory (os error 20)\n"
+    );
 
     // An empty directory is used, and a missing parent is created.
     let empty = scratch.path().join("empty");
