@@ -1,9 +1,8 @@
 //! Links the guest binaries with libdbos's linker script (fixed addresses in
-//! the image window, see `libdbos::abi`) as static, non-PIE executables.
+//! the image window, see `libdbos::abi`) as static, non-PIE executables,
+//! through `libdbos-build`: the helper guest projects outside this
+//! repository (`dbos new`) use too.
 fn main() {
-    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    let script = std::path::Path::new(&dir).join("../libdbos/guest.ld");
-    println!("cargo:rerun-if-changed={}", script.display());
-    println!("cargo:rustc-link-arg-bins=-T{}", script.display());
-    println!("cargo:rustc-link-arg-bins=--no-pie");
+    println!("cargo:rerun-if-changed=build.rs");
+    libdbos_build::link_guest();
 }

@@ -38,6 +38,9 @@ fn main() {
         "bufferpool/Cargo.toml",
         "snapshot/src",
         "snapshot/Cargo.toml",
+        "libdbos-build/src",
+        "libdbos-build/Cargo.toml",
+        "libdbos/build.rs",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }

@@ -26,13 +26,20 @@ pub enum ElfError {
     WrongEndianness,
     #[error("wrong machine: a dbos guest must be x86-64 (e_machine 62), this is e_machine {0}")]
     WrongMachine(u16),
-    #[error("wrong ELF type {0}: a dbos guest must be a static executable (ET_EXEC); build it with libdbos/guest.ld and --no-pie")]
+    #[error(
+        "wrong ELF type {0}{note}: a dbos guest must be a static executable (ET_EXEC), linked with \
+         libdbos/guest.ld and --no-pie; in a cargo project, a build.rs that calls \
+         libdbos_build::link_guest() (build-dependency libdbos-build, in the dbos checkout) \
+         does both when it builds for x86_64-unknown-none, as the projects `dbos new` makes do",
+        note = elf_type_note(.0)
+    )]
     NotExecutable(u16),
     #[error("no loadable segment")]
     NoSegments,
     #[error(
         "segment {index} at virtual {vaddr:#x} is outside the image window \
-         [{IMAGE_BASE:#x}, {:#x}); link the guest with libdbos/guest.ld",
+         [{IMAGE_BASE:#x}, {:#x}); link the guest with libdbos/guest.ld (in a cargo project: \
+         a build.rs that calls libdbos_build::link_guest())",
         IMAGE_BASE + IMAGE_PHYS_MAX
     )]
     SegmentOutsideWindow { index: usize, vaddr: u64 },
@@ -74,6 +81,15 @@ pub enum ElfError {
          rebuild the guest against the libdbos of this dbos"
     )]
     AbiVersion { image: u32, vmm: u32 },
+}
+
+/// What an ELF type other than `ET_EXEC` most likely is, for the error.
+fn elf_type_note(e_type: &u16) -> &'static str {
+    match *e_type {
+        goblin::elf::header::ET_DYN => " (ET_DYN: a position-independent executable)",
+        goblin::elf::header::ET_REL => " (ET_REL: an object file, not linked)",
+        _ => "",
+    }
 }
 
 /// A loadable segment, validated.

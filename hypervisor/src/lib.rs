@@ -23,6 +23,7 @@ pub mod fuzzing;
 pub mod hypercall;
 pub mod layout;
 pub mod memory;
+pub mod new_project;
 pub mod report;
 pub mod services;
 mod shared;

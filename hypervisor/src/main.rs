@@ -33,6 +33,38 @@ enum Command {
     /// go to stderr.
     #[command(after_help = exit_statuses())]
     Run(RunArgs),
+
+    /// Create a cargo project for a guest of your own.
+    ///
+    /// Writes NAME/ (or --path DIR): a Cargo.toml that depends on libdbos
+    /// in the dbos checkout this dbos was built in (by absolute path), a
+    /// build.rs that links the guest with libdbos's linker script and
+    /// --no-pie (through libdbos-build), a .cargo/config.toml that builds
+    /// for x86_64-unknown-none, runs the guest under this dbos with `cargo
+    /// run` and as a Linux process with `cargo process`, and a src/main.rs
+    /// generic over libdbos's Platform that reserves a window, installs a
+    /// fault hook that maps frames on fault, touches pages and prints the
+    /// platform's counters.
+    #[command(after_help = NEW_STATUSES)]
+    New(NewArgs),
+}
+
+/// The exit statuses of `dbos new`, for `--help`.
+const NEW_STATUSES: &str = "Exit status: 0 when the project is written; 2 for a usage error \
+     (a NAME cargo would refuse); 1 when it cannot be written (the directory exists and is \
+     not empty, a file cannot be written, the dbos checkout this dbos was built in has no \
+     libdbos any more), leaving nothing it created behind.";
+
+#[derive(clap::Args)]
+struct NewArgs {
+    /// The project's name, and its binary's: ASCII letters, digits, '-'
+    /// and '_', starting with a letter, at most 64 bytes.
+    name: String,
+
+    /// The directory to write the project in (default: ./NAME). It must
+    /// not exist or be empty.
+    #[arg(long, value_name = "DIR")]
+    path: Option<PathBuf>,
 }
 
 /// The exit statuses, for `--help`.
@@ -334,7 +366,44 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
+        Command::New(args) => new(args),
     }
+}
+
+fn new(args: NewArgs) -> ExitCode {
+    use dbos_hypervisor::new_project::{create, Checkout, GUEST_TARGET};
+    let dir = args.path.unwrap_or_else(|| PathBuf::from(&args.name));
+    let dbos = match std::env::current_exe() {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!("dbos: error: cannot find the path of this dbos binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let checkout = Checkout::built_in(dbos);
+    if let Err(e) = create(&args.name, &dir, &checkout) {
+        if e.is_usage() {
+            eprintln!("dbos: error: {e}\n\nFor more information, try 'dbos new --help'.");
+            return ExitCode::from(STATUS_USAGE);
+        }
+        eprintln!("dbos: error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let name = &args.name;
+    println!(
+        "Created the guest project `{name}` in {}, on libdbos at {}.\n\
+         \n\
+         Build it and run it in guest ring 0 (once: rustup target add {GUEST_TARGET}):\n\
+         \n    cd {}\n    cargo build --release\n    {} run target/{GUEST_TARGET}/release/{name}\n\
+         \n\
+         (`cargo run --release` does the same.) Run the same program as a Linux process:\n\
+         \n    cargo process",
+        dir.display(),
+        checkout.libdbos.display(),
+        dir.display(),
+        checkout.dbos.display(),
+    );
+    ExitCode::SUCCESS
 }
 
 /// Reports a usage error found after parsing, as clap reports its own.

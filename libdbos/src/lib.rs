@@ -6,7 +6,8 @@
 //! the full register state and call hooks the database registers, a heap, a
 //! frame allocator and page-table access, and a `log` backend and panic
 //! handler that go through hypercalls. A guest program provides its entry
-//! point with the `entry!` macro (guest builds only).
+//! point with the `entry!` macro (guest builds only: built for another
+//! target, `entry!` is an error that names it and the guest target).
 //!
 //! Built for the host, it is the process-mode implementation of the same
 //! privileged API ([`process`]), and the target-independent helpers
@@ -38,5 +39,10 @@ pub mod sync;
 
 #[cfg(target_os = "none")]
 mod guest;
+// `entry!` (an error naming the target) and `println!` (standard output)
+// on other targets.
+#[cfg(not(target_os = "none"))]
+#[doc(hidden)]
+pub mod host_macros;
 #[cfg(target_os = "none")]
 pub use guest::*;
