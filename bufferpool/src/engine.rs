@@ -66,7 +66,7 @@
 //! restart and recover.
 
 use crate::control::{Control, ControlError, Layout, LayoutError};
-use crate::device::{BlockDevice, DeviceError, IoFailure, IoKind};
+use crate::device::{BlockDevice, DeviceError, IoFailure, IoKind, BLOCK_SIZE};
 use crate::log::{
     unwritten_block, CommitMode, LogBlock, LogDamage, Tail, TruncateRequest, Wal, WalError,
     FIRST_LSN, LOG_BLOCK,
@@ -388,8 +388,8 @@ impl fmt::Display for Error {
                  nothing; the page's contents are lost unless it is put back from a copy of \
                  the store",
                 page.0,
-                lba * 4096,
-                (lba + 1) * 4096
+                lba * BLOCK_SIZE as u64,
+                (lba + 1) * BLOCK_SIZE as u64
             ),
             Error::BadLogRecord { lsn, problem } => {
                 write!(f, "corrupt log: the record at LSN {}: {problem}", lsn.0)

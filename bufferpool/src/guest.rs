@@ -1,7 +1,7 @@
 //! Guest mode: [`BlockDevice`](crate::BlockDevice)s over libdbos's NVMe
 //! queue pairs (`libdbos::nvme`), with DMA buffers from the guest heap.
 
-use crate::device::{DmaAllocator, IoBuf, NvmeDevice};
+use crate::device::{DmaAllocator, IoBuf, NvmeDevice, BLOCK_SIZE};
 use libdbos::nvme::{self, dma, GuestQueuePair, SetupError};
 
 /// DMA buffers from the guest heap: 4 KiB aligned and physically contiguous
@@ -14,8 +14,8 @@ pub struct HeapDma;
 // guest-physical address, which is what the host's poller expects.
 unsafe impl DmaAllocator for HeapDma {
     fn alloc(&mut self, bytes: usize) -> Option<IoBuf> {
-        let bytes = bytes.max(1).next_multiple_of(4096);
-        let layout = core::alloc::Layout::from_size_align(bytes, 4096).ok()?;
+        let bytes = bytes.max(1).next_multiple_of(BLOCK_SIZE);
+        let layout = core::alloc::Layout::from_size_align(bytes, BLOCK_SIZE).ok()?;
         // SAFETY: non-zero size.
         let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
         if ptr.is_null() {
@@ -24,7 +24,7 @@ unsafe impl DmaAllocator for HeapDma {
         Some(IoBuf {
             ptr,
             addr: dma(ptr)?,
-            blocks: bytes / 4096,
+            blocks: bytes / BLOCK_SIZE,
         })
     }
 }

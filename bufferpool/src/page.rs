@@ -22,6 +22,19 @@ use crate::{Lsn, PageId, PAGE_SIZE};
 /// Bytes of page header; contents start here.
 pub const PAGE_HEADER: usize = 32;
 
+/// Where the page LSN is in a page (8 bytes, little-endian).
+pub const LSN_OFFSET: usize = 8;
+
+/// Where the page id is in a page (8 bytes, little-endian): what Tabby's
+/// every access reads through the page's own address, recovery writes into
+/// an installed image and the pool into every page it writes.
+pub const ID_OFFSET: usize = 16;
+
+/// Writes page id `id` into `page`'s id field.
+pub fn set_page_id(page: &mut [u8], id: PageId) {
+    page[ID_OFFSET..ID_OFFSET + 8].copy_from_slice(&id.0.to_le_bytes());
+}
+
 /// Bytes of contents per page.
 pub const PAGE_CONTENTS: usize = PAGE_SIZE - PAGE_HEADER;
 
@@ -45,19 +58,19 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 /// The page LSN of `page`.
 pub fn page_lsn(page: &[u8]) -> Lsn {
-    Lsn(u64_at(page, 8))
+    Lsn(u64_at(page, LSN_OFFSET))
 }
 
 /// Sets the page LSN of `page`.
 pub fn set_page_lsn(page: &mut [u8], lsn: Lsn) {
-    page[8..16].copy_from_slice(&lsn.0.to_le_bytes());
+    page[LSN_OFFSET..LSN_OFFSET + 8].copy_from_slice(&lsn.0.to_le_bytes());
 }
 
 /// Fills in magic, page id and checksum of `page` (a copy about to be
 /// written).
 pub fn seal(page: &mut [u8], id: PageId) {
     page[4..8].copy_from_slice(&MAGIC);
-    page[16..24].copy_from_slice(&id.0.to_le_bytes());
+    set_page_id(page, id);
     let crc = crc32c(&page[4..PAGE_SIZE]);
     page[0..4].copy_from_slice(&crc.to_le_bytes());
 }
@@ -95,7 +108,7 @@ pub fn verify(page: &[u8], id: PageId) -> PageCheck {
         }
         return PageCheck::BadChecksum;
     }
-    let found = PageId(u64_at(page, 16));
+    let found = PageId(u64_at(page, ID_OFFSET));
     if found != id {
         return PageCheck::WrongId(found);
     }

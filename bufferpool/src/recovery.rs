@@ -58,7 +58,7 @@ use crate::log::{
     ScanSummary, TruncateRequest,
 };
 use crate::lsntable::{self, Expected};
-use crate::page::{page_lsn, PageCheck, PAGE_HEADER};
+use crate::page::{page_lsn, set_page_id, PageCheck, PAGE_HEADER};
 use crate::pool::{BufferManager, Pool, PoolError};
 use crate::record::Record;
 use crate::store::StoreIo;
@@ -598,7 +598,7 @@ impl<B: BufferManager> Replay<'_, B> {
                         // The page's own id in the header's id field, as
                         // `fix_overwrite` left it (an image of page P holds
                         // P there already; Tabby relies on it).
-                        bytes[16..24].copy_from_slice(&page.0.to_le_bytes());
+                        set_page_id(bytes, page);
                         if let Some(l) = self.lsns.get_mut(page.0 as usize) {
                             *l = page_lsn(image).0;
                         }

@@ -1,4 +1,5 @@
-//! `libdbos`: the guest kernel library of dbos, and the host/guest ABI.
+//! `libdbos`: the guest kernel library of dbos (over the host/guest ABI of
+//! `dbos-abi`).
 //!
 //! Built for `x86_64-unknown-none`, this crate is a small ring-0 kernel that a
 //! database links against: it boots on the vCPUs the `dbos` hypervisor starts,
@@ -17,7 +18,26 @@
 //!
 //! Feature `conformance` (off by default, test code): the module
 //! `conformance`, the conformance suite and cost measurement for
-//! [`platform::Platform`] implementations, on either side.
+//! [`platform::Platform`] implementations, on either side; in the guest
+//! also the deferred page-table views (`paging::defer_view`) and their
+//! hooks on the page-fault, `invlpg` and CR3 paths, and the raw console
+//! call. The guest programs the project measures are built without it
+//! (`hypervisor/build.rs`; `hypervisor/tests/images.rs` checks).
+//!
+//! # The page-table API of mechanisms built on libdbos
+//!
+//! [`platform::Platform`] offers what a database needs of its memory:
+//! windows, pages mapped and remapped, invalidations, fault hooks. A
+//! mechanism that edits the tables *above* the leaves (Snappy shares a
+//! heap's level-3 subtree between views and copies tables on write) needs
+//! more, and uses, in the guest, exactly this: `paging::with_tables` (the
+//! structural lock, with the tables), [`pagetable`]'s walker types
+//! (`walker`, `Entry`, `Level`, the `COW` bit), `tlb::invalidate_local`,
+//! `smp::flush_all` and `smp::ServingLock` (a lock that serves TLB
+//! shootdowns while it spins), and `frames::ZeroedFrames` (table memory).
+//! These are public for that reason; their invariants (who may write which
+//! entry, when an invalidation is owed) are stated where they are
+//! defined.
 #![no_std]
 
 #[cfg(target_os = "none")]

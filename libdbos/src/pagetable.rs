@@ -14,9 +14,15 @@
 //! the caller invalidates (see `guest::paging` for the rule the guest follows).
 //! Counting: a mapping writes one entry, plus one parent entry for every
 //! table it had to create; unmapping or changing flags writes one entry.
-//! Level-aware operations (walk, share, clear the write bit at a level, copy
-//! a table, visit for reclamation) are the walker's own: see
-//! [`PageTables::walker`].
+//! Level-aware operations (walk, share, duplicate a table, visit for
+//! reclamation) are the walker's own: see [`PageTables::walker`].
+//!
+//! `remap` is written in four layers, each adding one thing: the walker
+//! (`dbos_abi::paging::PageTables::remap`: the exchange of one entry, its
+//! flags and the write count), this module (libdbos's terms: frames,
+//! [`Protection`], [`Error`]), the guest's `paging::remap` (the structural
+//! lock only when tables must be created, the local `invlpg`, the counters)
+//! and `GuestPlatform::remap` (the `Platform` call: argument checks).
 
 use crate::platform::{AccessBits, Error, Frame, PageSize, Protection};
 use core::marker::PhantomData;
@@ -58,7 +64,7 @@ impl<'a, T: TableFrames> OffsetMemory<'a, T> {
 
 impl<'a, T: TableFrames> TableMemory<'a> for OffsetMemory<'a, T> {
     fn table(&self, phys: u64) -> Option<&'a Table> {
-        if !phys.is_multiple_of(4096) {
+        if !phys.is_multiple_of(crate::platform::PAGE_SIZE) {
             return None;
         }
         let virt = self.offset.checked_add(phys)?;

@@ -1,11 +1,12 @@
 //! What the two guest snapshot mechanisms ([`crate::snappy`] and
-//! [`crate::forklike`]) share: the lock that serialises a mechanism's
-//! structural edits (and serves TLB shootdowns while it spins), the window
-//! layout of snapshot views, and the errors.
+//! [`crate::forklike`]) share: the window layout of snapshot views and the
+//! errors. The lock that serialises a mechanism's structural edits (and
+//! serves TLB shootdowns while it spins) is libdbos's
+//! [`ServingLock`](libdbos::smp::ServingLock).
 
 use core::fmt;
 use libdbos::pagetable::PagingError;
-use libdbos::sync::SpinLock;
+pub use libdbos::smp::ServingLock;
 
 /// The most snapshots one mechanism keeps alive at once (view slots).
 pub const MAX_SNAPSHOTS: usize = 16;
@@ -13,38 +14,6 @@ pub const MAX_SNAPSHOTS: usize = 16;
 /// One gibibyte: the span of a level-3 entry, the largest heap, and the
 /// alignment (and stride) of heaps and views.
 pub const GIB: u64 = 1 << 30;
-
-/// A lock taken with interrupts disabled (the fault hook takes it in the
-/// page-fault handler, so a holder interrupted on its own CPU would
-/// deadlock otherwise) that **serves TLB shootdowns while it spins**: its
-/// holder may wait for every CPU to acknowledge a shootdown
-/// (`smp::flush_all`), and a CPU spinning here with interrupts disabled
-/// could not acknowledge it otherwise (the deadlock rule of `libdbos::smp`).
-pub struct ServingLock<T> {
-    inner: SpinLock<T>,
-}
-
-impl<T> ServingLock<T> {
-    pub const fn new(value: T) -> Self {
-        ServingLock {
-            inner: SpinLock::new(value),
-        }
-    }
-
-    /// Runs `f` with the lock held and interrupts disabled.
-    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        x86_64::instructions::interrupts::without_interrupts(|| {
-            let mut guard = loop {
-                if let Some(g) = self.inner.try_lock() {
-                    break g;
-                }
-                libdbos::smp::service_tlb_requests();
-                core::hint::spin_loop();
-            };
-            f(&mut guard)
-        })
-    }
-}
 
 /// What can go wrong in a guest snapshot mechanism.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

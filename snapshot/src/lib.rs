@@ -4,9 +4,6 @@
 //!   heap region that writers write through, `take`, read a snapshot's view,
 //!   `release`). `no_std`, so the guest's Snappy can implement it.
 //! - [`Checksum`]: the checksum a snapshot's view is compared by.
-//! - [`Epoch`]/[`EpochClock`]: the counter Snappy's copy-on-write is keyed
-//!   on: a page last copied in an epoch older than the current one must be
-//!   copied before it is written.
 //! - [`kv`]: the key-value workload of issue 12 (the hash table's layout
 //!   and hashing, the writers' keys), shared by the process benchmark and
 //!   the guest's event report.
@@ -44,10 +41,8 @@ pub mod snappy;
 #[cfg(target_os = "none")]
 pub use guest::{SnapError, GIB, MAX_SNAPSHOTS};
 
-use core::sync::atomic::{AtomicU64, Ordering};
-
 /// Page size of every implementation's copy-on-write granule.
-pub const PAGE_SIZE: usize = 4096;
+pub const PAGE_SIZE: usize = dbos_abi::PAGE_SIZE as usize;
 
 /// A heap region of [`heap_len`](Self::heap_len) bytes whose consistent
 /// snapshots can be taken while it is being written.
@@ -186,51 +181,9 @@ impl Default for Checksum {
     }
 }
 
-/// A snapshot epoch. Epoch 0 is "before any snapshot".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Epoch(pub u64);
-
-/// The current epoch, advanced by each snapshot.
-#[derive(Debug, Default)]
-pub struct EpochClock(AtomicU64);
-
-impl EpochClock {
-    pub const fn new() -> Self {
-        EpochClock(AtomicU64::new(0))
-    }
-
-    /// The current epoch.
-    pub fn current(&self) -> Epoch {
-        Epoch(self.0.load(Ordering::Acquire))
-    }
-
-    /// Starts a new epoch and returns the one that just closed: the epoch a
-    /// snapshot taken now captures.
-    pub fn advance(&self) -> Epoch {
-        Epoch(self.0.fetch_add(1, Ordering::AcqRel))
-    }
-
-    /// Whether a page last copied in `copied` must be copied again before a
-    /// write in the current epoch.
-    pub fn needs_copy(&self, copied: Epoch) -> bool {
-        copied < self.current()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn epochs_advance_and_decide_copies() {
-        let clock = EpochClock::new();
-        assert_eq!(clock.current(), Epoch(0));
-        assert!(!clock.needs_copy(Epoch(0)));
-        assert_eq!(clock.advance(), Epoch(0));
-        assert_eq!(clock.current(), Epoch(1));
-        assert!(clock.needs_copy(Epoch(0)));
-        assert!(!clock.needs_copy(Epoch(1)));
-    }
 
     #[test]
     fn checksum_is_fnv1a_and_piecewise() {

@@ -16,7 +16,7 @@
 //! reader validates.
 
 use super::memory::Mapping;
-use super::resident::{Frames, Held, PoolCore};
+use super::resident::{forward_to_core, Frames, Held, PoolCore};
 use super::{overwritten, BufferManager, Counters, Frame, Latch, PoolConfig, PoolError, PoolStats};
 use crate::device::BlockDevice;
 use crate::pool::latch::{state, EVICTED, EXCLUSIVE, MARKED, UNLOCKED};
@@ -321,13 +321,7 @@ unsafe impl<D: BlockDevice> BufferManager for HashPool<D> {
         Ok((self.frame(id, f), w))
     }
 
-    fn unfix_exclusive_frame(&self, frame: &Frame<'_>, dirty: bool) {
-        self.core.unfix_exclusive(frame, dirty);
-    }
-
-    fn unfix_shared_frame(&self, frame: &Frame<'_>) {
-        frame.latch.unlock_shared();
-    }
+    forward_to_core!();
 
     fn allocate_frame(&self) -> Result<Frame<'_>, PoolError> {
         let id = self.core.allocate_id()?;
@@ -344,29 +338,5 @@ unsafe impl<D: BlockDevice> BufferManager for HashPool<D> {
         self.bytes_mut(f).fill(0);
         self.core.allocated(f);
         Ok(self.frame(id, f))
-    }
-
-    fn evict(&self, pages: usize) -> Result<usize, PoolError> {
-        self.core.evict(self, pages)
-    }
-
-    fn flush(&self) -> Result<usize, PoolError> {
-        self.core.flush(self)
-    }
-
-    fn page_count(&self) -> u64 {
-        self.core.page_count()
-    }
-
-    fn capacity(&self) -> usize {
-        self.core.capacity
-    }
-
-    fn stats(&self) -> PoolStats {
-        self.core.stats()
-    }
-
-    fn relax(&self) {
-        (self.core.relax)()
     }
 }

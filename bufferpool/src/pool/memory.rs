@@ -9,6 +9,7 @@
 //! aligned heap allocation, freed on drop, never released page by page.
 
 use super::{Latch, PoolError};
+use crate::PAGE_SIZE;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicU8};
 
@@ -34,7 +35,7 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     /// `len` bytes (rounded up to 4 KiB) of zeroed, lazily backed memory.
     pub fn anonymous(len: usize) -> Result<Mapping, PoolError> {
-        let len = len.max(1).next_multiple_of(4096);
+        let len = len.max(1).next_multiple_of(PAGE_SIZE);
         // SAFETY: a new private anonymous mapping at an address the kernel
         // picks; it overlaps nothing of ours.
         let p = unsafe {
@@ -73,7 +74,9 @@ impl Mapping {
     /// afterwards. Linux flushes the TLBs of every CPU that may cache them.
     pub fn dontneed(&self, offset: usize, len: usize) -> Result<(), PoolError> {
         assert!(
-            offset.is_multiple_of(4096) && len.is_multiple_of(4096) && offset + len <= self.len
+            offset.is_multiple_of(PAGE_SIZE)
+                && len.is_multiple_of(PAGE_SIZE)
+                && offset + len <= self.len
         );
         // SAFETY: the range lies inside our mapping; DONTNEED on private
         // anonymous memory only drops its contents (callers hold the
@@ -107,13 +110,13 @@ impl Drop for Mapping {
 #[cfg(target_os = "none")]
 impl Mapping {
     fn heap_layout(len: usize) -> Option<core::alloc::Layout> {
-        core::alloc::Layout::from_size_align(len, 4096).ok()
+        core::alloc::Layout::from_size_align(len, PAGE_SIZE).ok()
     }
 
     /// `len` bytes (rounded up to 4 KiB) of zeroed heap memory, 4 KiB
     /// aligned.
     pub fn anonymous(len: usize) -> Result<Mapping, PoolError> {
-        let len = len.max(1).next_multiple_of(4096);
+        let len = len.max(1).next_multiple_of(PAGE_SIZE);
         let no_memory = PoolError::Setup {
             what: "heap allocation of pool memory",
             errno: 0,

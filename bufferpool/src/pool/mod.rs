@@ -395,7 +395,7 @@ impl<B: BufferManager + ?Sized> Pool for B {}
 /// [`page::seal`] writes it).
 pub(crate) fn overwritten(page: &mut [u8], id: PageId) {
     page[..PAGE_SIZE].fill(0);
-    page[16..24].copy_from_slice(&id.0.to_le_bytes());
+    crate::page::set_page_id(page, id);
 }
 
 /// An exclusive fix; unfixed on drop (dirty if the bytes were borrowed

@@ -82,6 +82,47 @@ impl PoolConfig {
     }
 }
 
+/// The [`BufferManager`](super::BufferManager) methods every pool forwards
+/// to its [`PoolCore`] (a field `core`) unchanged, written once: unfixing,
+/// eviction, flushing and the counters. Each pool writes its fix paths
+/// and allocation itself (the hot paths, kept explicit per pool).
+macro_rules! forward_to_core {
+    () => {
+        fn unfix_exclusive_frame(&self, frame: &Frame<'_>, dirty: bool) {
+            self.core.unfix_exclusive(frame, dirty);
+        }
+
+        fn unfix_shared_frame(&self, frame: &Frame<'_>) {
+            frame.latch.unlock_shared();
+        }
+
+        fn evict(&self, pages: usize) -> Result<usize, PoolError> {
+            self.core.evict(self, pages)
+        }
+
+        fn flush(&self) -> Result<usize, PoolError> {
+            self.core.flush(self)
+        }
+
+        fn page_count(&self) -> u64 {
+            self.core.page_count()
+        }
+
+        fn capacity(&self) -> usize {
+            self.core.capacity
+        }
+
+        fn stats(&self) -> PoolStats {
+            self.core.stats()
+        }
+
+        fn relax(&self) {
+            (self.core.relax)()
+        }
+    };
+}
+pub(crate) use forward_to_core;
+
 /// How a pool's core is set up (from its configuration).
 pub(crate) struct CoreConfig<'a> {
     pub capacity: usize,

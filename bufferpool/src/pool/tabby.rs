@@ -115,9 +115,10 @@
 //! tests that must show they fail without it).
 
 use super::latch::{state, EVICTED, EXCLUSIVE, MARKED};
-use super::resident::{CoreConfig, Frames, Held, PoolConfig, PoolCore};
+use super::resident::{forward_to_core, CoreConfig, Frames, Held, PoolConfig, PoolCore};
 use super::{overwritten, BufferManager, Counters, Frame, Latch, PoolError, PoolStats};
 use crate::device::BlockDevice;
+use crate::page::ID_OFFSET;
 use crate::{PageId, PAGE_SIZE};
 use alloc::vec::Vec;
 use core::ptr::NonNull;
@@ -126,9 +127,6 @@ use libdbos::platform::{self as pf, PageSize, Platform, Protection, Window, LARG
 
 /// The header id of a frame that holds no page.
 pub const INVALID: u64 = u64::MAX;
-
-/// Offset of the page id in the page header.
-const ID_OFFSET: usize = 16;
 
 /// How Tabby evicts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -724,13 +722,7 @@ unsafe impl<P: Platform + 'static, D: BlockDevice> BufferManager for Tabby<P, D>
         }
     }
 
-    fn unfix_exclusive_frame(&self, frame: &Frame<'_>, dirty: bool) {
-        self.core.unfix_exclusive(frame, dirty);
-    }
-
-    fn unfix_shared_frame(&self, frame: &Frame<'_>) {
-        frame.latch.unlock_shared();
-    }
+    forward_to_core!();
 
     fn allocate_frame(&self) -> Result<Frame<'_>, PoolError> {
         let id = self.core.allocate_id()?;
@@ -756,29 +748,5 @@ unsafe impl<P: Platform + 'static, D: BlockDevice> BufferManager for Tabby<P, D>
             .inspect_err(|_| latch.unlock_exclusive_evicted())?;
         self.core.allocated(id.0 as usize);
         Ok(self.guard_frame(id))
-    }
-
-    fn evict(&self, pages: usize) -> Result<usize, PoolError> {
-        self.core.evict(self, pages)
-    }
-
-    fn flush(&self) -> Result<usize, PoolError> {
-        self.core.flush(self)
-    }
-
-    fn page_count(&self) -> u64 {
-        self.core.page_count()
-    }
-
-    fn capacity(&self) -> usize {
-        self.core.capacity
-    }
-
-    fn stats(&self) -> PoolStats {
-        self.core.stats()
-    }
-
-    fn relax(&self) {
-        (self.core.relax)()
     }
 }

@@ -20,7 +20,7 @@
 //!   fails validation.
 
 use super::memory::{Mapping, ZeroedArray};
-use super::resident::{Frames, Held, PoolCore};
+use super::resident::{forward_to_core, Frames, Held, PoolCore};
 use super::{overwritten, BufferManager, Counters, Frame, Latch, PoolError, PoolStats};
 use crate::device::BlockDevice;
 use crate::{PageId, PAGE_SIZE};
@@ -267,13 +267,7 @@ unsafe impl<D: BlockDevice> BufferManager for VmCache<D> {
         }
     }
 
-    fn unfix_exclusive_frame(&self, frame: &Frame<'_>, dirty: bool) {
-        self.core.unfix_exclusive(frame, dirty);
-    }
-
-    fn unfix_shared_frame(&self, frame: &Frame<'_>) {
-        frame.latch.unlock_shared();
-    }
+    forward_to_core!();
 
     fn allocate_frame(&self) -> Result<Frame<'_>, PoolError> {
         let id = self.core.allocate_id()?;
@@ -291,29 +285,5 @@ unsafe impl<D: BlockDevice> BufferManager for VmCache<D> {
         self.core.slots.set(slot, id);
         self.core.allocated(id.0 as usize);
         Ok(self.frame(id))
-    }
-
-    fn evict(&self, pages: usize) -> Result<usize, PoolError> {
-        self.core.evict(self, pages)
-    }
-
-    fn flush(&self) -> Result<usize, PoolError> {
-        self.core.flush(self)
-    }
-
-    fn page_count(&self) -> u64 {
-        self.core.page_count()
-    }
-
-    fn capacity(&self) -> usize {
-        self.core.capacity
-    }
-
-    fn stats(&self) -> PoolStats {
-        self.core.stats()
-    }
-
-    fn relax(&self) {
-        (self.core.relax)()
     }
 }

@@ -48,7 +48,7 @@ use libdbos::sync::SpinLock;
 
 libdbos::entry!(main);
 
-const PAGE: u64 = 4096;
+const PAGE: u64 = libdbos::platform::PAGE_SIZE;
 const MIB: u64 = 1 << 20;
 
 fn main() -> u8 {

@@ -72,8 +72,8 @@ pub fn queue_pair(depth: u16) -> Result<GuestQueuePair, SetupError> {
     }
     let layout = QueueLayout::new(depth).ok_or(SetupError::Driver(DriverError::Depth(depth)))?;
     let bytes = layout.size() as usize;
-    let alloc_layout =
-        core::alloc::Layout::from_size_align(bytes, 4096).map_err(|_| SetupError::OutOfMemory)?;
+    let alloc_layout = core::alloc::Layout::from_size_align(bytes, crate::abi::PAGE_SIZE as usize)
+        .map_err(|_| SetupError::OutOfMemory)?;
     // SAFETY: a non-zero-sized layout; the memory is never freed (the host
     // keeps serving the ring for the VM's lifetime).
     let virt = unsafe { alloc::alloc::alloc(alloc_layout) };

@@ -23,6 +23,7 @@
 
 use crate::apic::{self, vector};
 use crate::percpu::{self, Event};
+use crate::sync::SpinLock;
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 
@@ -180,5 +181,37 @@ pub fn service_tlb_requests() {
             page => crate::tlb::invalidate_uncounted(page),
         }
         me.tlb_done.store(generation, Ordering::Release);
+    }
+}
+
+/// A lock taken with interrupts disabled (the fault hook takes it in the
+/// page-fault handler, so a holder interrupted on its own CPU would
+/// deadlock otherwise) that **serves TLB shootdowns while it spins**: its
+/// holder may wait for every CPU to acknowledge a shootdown
+/// ([`flush_all`]), and a CPU spinning here with interrupts disabled
+/// could not acknowledge it otherwise (the deadlock rule of this module).
+pub struct ServingLock<T> {
+    inner: SpinLock<T>,
+}
+
+impl<T> ServingLock<T> {
+    pub const fn new(value: T) -> Self {
+        ServingLock {
+            inner: SpinLock::new(value),
+        }
+    }
+
+    /// Runs `f` with the lock held and interrupts disabled.
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            let mut guard = loop {
+                if let Some(g) = self.inner.try_lock() {
+                    break g;
+                }
+                service_tlb_requests();
+                core::hint::spin_loop();
+            };
+            f(&mut guard)
+        })
     }
 }

@@ -110,7 +110,7 @@
 //! (which root to walk) and each page fault; while some CPU defers, one
 //! per-CPU check more on those paths of every CPU.
 
-use crate::abi::DIRECT_MAP_BASE;
+use crate::abi::{DIRECT_MAP_BASE, PAGE_SIZE};
 use crate::pagetable::{walker, OffsetMemory, PagingError, TableFrames};
 use crate::percpu::{self, PerCpu};
 use core::ops::Range;
@@ -272,8 +272,8 @@ fn canonical(addr: u64) -> bool {
 pub fn defer_view(range: Range<u64>) -> Result<u64, ViewError> {
     let (start, end) = (range.start, range.end);
     if start >= end
-        || !start.is_multiple_of(4096)
-        || !end.is_multiple_of(4096)
+        || !start.is_multiple_of(PAGE_SIZE)
+        || !end.is_multiple_of(PAGE_SIZE)
         || !canonical(start)
         || !canonical(end - 1)
         || start >> 63 != (end - 1) >> 63
@@ -422,7 +422,7 @@ pub(crate) fn refresh_page(page: u64) {
     if me.view.root.load(Ordering::Relaxed) != 0 {
         let page = page & !0xfff;
         x86_64::instructions::interrupts::without_interrupts(|| {
-            sync(me, &(page..page.saturating_add(4096)));
+            sync(me, &(page..page.saturating_add(PAGE_SIZE)));
         });
     }
 }
@@ -476,7 +476,7 @@ pub(crate) fn absorb_fault(addr: u64, write: bool) -> bool {
     let page = addr & !0xfff;
     let v = view(&me.view, root);
     let before = permits(&v, addr, write);
-    sync(me, &(page..page.saturating_add(4096)));
+    sync(me, &(page..page.saturating_add(PAGE_SIZE)));
     // The refresh's own invlpg (not `tlb::invalidate_uncounted`, which
     // would refresh again).
     x86_64::instructions::tlb::flush(x86_64::VirtAddr::new_truncate(page));
