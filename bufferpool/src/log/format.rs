@@ -24,7 +24,7 @@ pub const USED_BLANK: u16 = 0xFFFF;
 pub const USED_UNWRITTEN: u16 = 0xFFFE;
 /// The LSN of the first record of a new log.
 pub const FIRST_LSN: Lsn = Lsn(SECTOR_HEADER);
-/// Most blocks of log buffer ([`Wal::new`]): a batch's sectors must be able
+/// Most blocks of log buffer ([`Wal::new`](super::Wal::new)): a batch's sectors must be able
 /// to name their distance from its first in 16 bits.
 pub const MAX_BUFFER_BLOCKS: usize = (u16::MAX as usize + 1) / SECTORS_PER_BLOCK as usize - 2;
 

@@ -163,7 +163,7 @@ struct Writer<D> {
     frozen: Frozen,
 }
 
-/// Where a log continues after recovery (see [`scan`]).
+/// Where a log continues after recovery (see [`scan`](super::scan)).
 pub struct Tail {
     /// End of the last valid record: the next append goes here.
     pub end: Lsn,
@@ -191,7 +191,7 @@ pub struct Wal<D: BlockDevice> {
 
 impl<D: BlockDevice> Wal<D> {
     /// A log on `geo` written through `dev`, continuing at `tail` (from
-    /// [`scan`], or an empty tail at [`FIRST_LSN`] for a new log), keeping
+    /// [`scan`](super::scan), or an empty tail at [`FIRST_LSN`] for a new log), keeping
     /// everything from `redo` on, buffering up to `buffer_blocks` blocks
     /// of unwritten log.
     #[allow(clippy::too_many_arguments)]
