@@ -50,6 +50,8 @@ pub mod sync;
 #[cfg(target_os = "none")]
 pub mod guest;
 #[cfg(not(target_os = "none"))]
+pub mod direct;
+#[cfg(not(target_os = "none"))]
 pub mod host;
 
 pub use control::Layout;
