@@ -5,6 +5,7 @@ use dbos_nvme::host::{BackingFile, PollerConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod load;
 pub mod nvme;
 
 /// The middle of `v` by `key` (the lower middle for an even count).

@@ -407,7 +407,9 @@ pub fn run_queue_pair(
                 free_slots.push(slot_of[c.cid.0 as usize]);
             }
         } else {
-            std::hint::spin_loop();
+            // Polls a moment, then sleeps until the poller posts a
+            // completion (no spinning against the poller's thread).
+            qp.wait_for_completion();
         }
     }
     let doorbells = qp.stats().doorbells - doorbells0;

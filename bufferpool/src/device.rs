@@ -253,6 +253,13 @@ pub unsafe trait BlockDevice: Send {
 
     /// Requests submitted and not yet polled.
     fn in_flight(&self) -> usize;
+
+    /// Waits a moment for a completion (the last poll found none and
+    /// requests are outstanding): `relax` by default; a device whose host
+    /// can wake it sleeps until one arrives instead of spinning.
+    fn wait(&mut self, relax: fn()) {
+        relax();
+    }
 }
 
 /// Carries out `ios` (in submission order, as many at a time as the queue
@@ -286,7 +293,7 @@ pub fn run_all<D: BlockDevice + ?Sized>(
             }
         }
         if !any && dev.in_flight() > 0 {
-            relax();
+            dev.wait(relax);
         }
     }
     match first_err {
@@ -300,6 +307,13 @@ pub trait QueueAccess: Send {
     type Doorbell: Doorbell;
     fn queue(&mut self) -> &mut QueuePair<Self::Doorbell>;
     fn queue_ref(&self) -> &QueuePair<Self::Doorbell>;
+
+    /// Waits a moment for a completion (nothing arrived on the last poll):
+    /// `relax` by default; a queue whose host can wake it (process mode)
+    /// sleeps until a completion is posted.
+    fn wait_for_completion(&mut self, relax: fn()) {
+        relax();
+    }
 }
 
 impl<D: Doorbell + Send> QueueAccess for QueuePair<D> {
@@ -381,6 +395,10 @@ unsafe impl<Q: QueueAccess, A: DmaAllocator> BlockDevice for NvmeDevice<Q, A> {
     fn poll(&mut self) -> Option<(IoTag, Result<(), DeviceError>)> {
         let c = self.queue.queue().poll()?;
         Some((c.cid.0, c.result().map_err(DeviceError::from)))
+    }
+
+    fn wait(&mut self, relax: fn()) {
+        self.queue.wait_for_completion(relax);
     }
 
     fn in_flight(&self) -> usize {

@@ -72,7 +72,11 @@ impl DirectDevice {
     fn execute(&mut self, io: &Io) -> Result<(), DeviceError> {
         if io.kind == IoKind::Flush {
             self.check_deleted()?;
-            return self.file.file().sync_data().map_err(|_| DeviceError::WriteFault);
+            return self
+                .file
+                .file()
+                .sync_data()
+                .map_err(|_| DeviceError::WriteFault);
         }
         let end = io.lba.checked_add(io.blocks as u64);
         if io.blocks == 0 || end.is_none_or(|e| e > self.blocks) {

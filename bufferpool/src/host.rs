@@ -16,6 +16,12 @@ impl QueueAccess for ProcessQueuePair {
     fn queue_ref(&self) -> &QueuePair<EventFdDoorbell> {
         self
     }
+
+    /// Polls a moment, then sleeps until the poller posts a completion (it
+    /// wakes this queue's waker): no spinning against the poller thread.
+    fn wait_for_completion(&mut self, _relax: fn()) {
+        ProcessQueuePair::wait_for_completion(self);
+    }
 }
 
 /// Buffers carved from a process device's registered region.

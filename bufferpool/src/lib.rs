@@ -47,10 +47,10 @@ pub mod recovery;
 pub mod store;
 pub mod sync;
 
-#[cfg(target_os = "none")]
-pub mod guest;
 #[cfg(not(target_os = "none"))]
 pub mod direct;
+#[cfg(target_os = "none")]
+pub mod guest;
 #[cfg(not(target_os = "none"))]
 pub mod host;
 

@@ -82,7 +82,10 @@ fn writes_read_back_and_bad_requests_are_refused() {
     );
     let stack = [0u8; 64];
     assert_eq!(
-        one(&mut dev, Io::write(0, 1, DmaAddr(stack.as_ptr() as u64), false)),
+        one(
+            &mut dev,
+            Io::write(0, 1, DmaAddr(stack.as_ptr() as u64), false)
+        ),
         Err(DeviceError::InvalidRequest)
     );
     assert_eq!(dev.in_flight(), 0);
@@ -118,7 +121,9 @@ type DirectEngine = Engine<DirectDevice, HashPool<DirectDevice>>;
 
 fn pool(
     f: &Arc<BackingFile>,
-) -> impl FnOnce(dbos_bufferpool::PoolSetup) -> Result<HashPool<DirectDevice>, dbos_bufferpool::PoolError>
+) -> impl FnOnce(
+    dbos_bufferpool::PoolSetup,
+) -> Result<HashPool<DirectDevice>, dbos_bufferpool::PoolError>
        + '_ {
     move |setup| {
         HashPool::new(

@@ -341,6 +341,7 @@ impl Disk {
         let blocks = file.blocks();
         let poller_config = PollerConfig {
             spin: config.poll_spin,
+            ..PollerConfig::default()
         };
         let (poller, power) = match config.power_cut {
             None => {

@@ -447,6 +447,14 @@ impl<D: Doorbell> QueuePair<D> {
         }
     }
 
+    /// Whether a completion is waiting to be consumed (reads the ring,
+    /// consumes nothing).
+    pub fn has_completion(&self) -> bool {
+        // SAFETY: cq_head < depth: the slot is inside the completion ring,
+        // which this queue pair's memory holds for its life.
+        unsafe { peek_cqe(self.cq.add(self.cq_head as usize), self.phase) }.is_some()
+    }
+
     /// Consumes one completion if there is one.
     pub fn poll(&mut self) -> Option<Completion> {
         let old = self.cq_head;

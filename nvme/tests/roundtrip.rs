@@ -229,6 +229,7 @@ fn completions_in_reverse_order_are_matched_by_command_id() {
     let file = backing_file(dir.path(), 64);
     let config = PollerConfig {
         spin: Duration::from_micros(200),
+        ..PollerConfig::default()
     };
     let dev = Device::with_backend(1 << 20, config, |_| {
         Ok::<_, DeviceError>(SyncBackend::new(&file)?.reverse_completions(true))

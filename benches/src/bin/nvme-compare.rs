@@ -15,6 +15,7 @@
 //! seconds apart).
 
 use clap::Parser;
+use dbos_benches::load::BackgroundLoad;
 use dbos_benches::nvme::{
     prepare_file, run_fio, run_pread, run_queue_pair, run_uring, Budget, Pattern, Summary, Workload,
 };
@@ -47,6 +48,11 @@ struct Args {
     /// The poller's spin before parking, in microseconds.
     #[arg(long)]
     spin_us: Option<u64>,
+    /// How long the poller polls with I/O in flight and nothing completing
+    /// before it blocks until an I/O completes, in microseconds; `never`
+    /// keeps polling (yielding the CPU between turns).
+    #[arg(long, value_name = "US|never")]
+    block_in_flight_us: Option<String>,
     /// Set up the poller's io_uring without COOP_TASKRUN.
     #[arg(long)]
     no_coop_taskrun: bool,
@@ -56,6 +62,10 @@ struct Args {
     /// Operations per io_uring submission in the poller (0: no limit).
     #[arg(long)]
     submit_batch: Option<u32>,
+    /// Busy threads of pure computation to run beside every method, for
+    /// the same comparison on a shared machine (0: none).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    background_load: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -122,7 +132,18 @@ fn cpu_seconds() -> (f64, f64) {
 
 fn main() {
     let args = Args::parse();
-    let poller = poller_config(args.spin_us);
+    let mut poller = poller_config(args.spin_us);
+    match args.block_in_flight_us.as_deref() {
+        None => {}
+        Some("never") => poller.block_in_flight_after = None,
+        Some(us) => match us.parse() {
+            Ok(us) => poller.block_in_flight_after = Some(Duration::from_micros(us)),
+            Err(_) => {
+                eprintln!("--block-in-flight-us takes microseconds or `never`, not {us:?}");
+                std::process::exit(2);
+            }
+        },
+    }
     let mut uring = UringConfig {
         coop_taskrun: !args.no_coop_taskrun,
         defer_taskrun: !args.no_defer_taskrun,
@@ -160,6 +181,9 @@ fn main() {
             "not installed"
         }
     );
+    // Started after the file is prepared, stopped at the end (drop).
+    let load = BackgroundLoad::start(args.background_load);
+    println!("background load: {} busy thread(s)", load.threads());
     println!(
         "  {:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "method", "IOPS", "mean us", "p50 us", "p99 us", "ops", "doorbells/IO"

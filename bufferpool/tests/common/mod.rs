@@ -19,6 +19,7 @@ pub const REGION: usize = 4 << 20;
 pub fn poller() -> PollerConfig {
     PollerConfig {
         spin: Duration::from_micros(50),
+        ..PollerConfig::default()
     }
 }
 

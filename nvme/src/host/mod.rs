@@ -51,4 +51,4 @@ pub use poller::{
 pub use process::{Device, DeviceError, ProcessQueuePair};
 pub use sync::SyncBackend;
 pub use uring::{UringBackend, UringConfig, UringError};
-pub use wake::{EventFdDoorbell, WakeFd};
+pub use wake::{CompletionWaker, EventFdDoorbell, WakeFd};

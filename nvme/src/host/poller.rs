@@ -37,7 +37,7 @@ use super::backend::{status_for, Backend, IoKind, IoOp, OpMatch};
 use super::command::decode;
 use super::file::{link_count, BackingFile};
 use super::memory::{DmaMemory, HostBuf};
-use super::wake::{EventFdDoorbell, WakeFd};
+use super::wake::{CompletionWaker, EventFdDoorbell, WakeFd};
 use crate::queue::{
     post_cqe, read_sqe, shared_word, ConfigError, Cqe, QueuePairConfig, Sqe, CQ_HEAD_WORD,
     EVENT_IDX_POLLING, SQ_TAIL_WORD,
@@ -63,19 +63,30 @@ pub struct PollerConfig {
     /// than a typical I/O, so that a steady stream of requests never needs a
     /// real doorbell.
     pub spin: Duration,
+    /// How long to keep polling with operations in flight and nothing
+    /// completing before blocking in the kernel until one completes (or a
+    /// doorbell rings: the doorbells are armed meanwhile). Completions of a
+    /// busy queue arrive faster than this; a single durable write takes
+    /// longer, and a poller spinning through it would take a CPU that the
+    /// kernel (an io_uring worker running the write) or the waiting thread
+    /// needs, which on a shared machine is the difference between 20 us
+    /// and 20 ms. `None`: never block with operations in flight (yield the
+    /// CPU between turns instead, the old behaviour, for comparison).
+    pub block_in_flight_after: Option<Duration>,
 }
 
 impl Default for PollerConfig {
     fn default() -> Self {
         PollerConfig {
             spin: Duration::from_micros(200),
+            block_in_flight_after: Some(Duration::from_micros(20)),
         }
     }
 }
 
-/// How long the poller spins with I/O in flight and nothing completing
-/// before it starts yielding its CPU between turns (completions of a busy
-/// queue arrive faster than this; a single durable write takes longer).
+/// With [`PollerConfig::block_in_flight_after`] `None`: how long the poller
+/// spins with I/O in flight and nothing completing before it yields its CPU
+/// between turns.
 const YIELD_AFTER: Duration = Duration::from_micros(20);
 
 /// A poller that cannot do what was asked.
@@ -298,7 +309,11 @@ impl AtomicStats {
 }
 
 enum Control {
-    Add(QueuePairConfig, mpsc::Sender<Result<QueueId, PollerError>>),
+    Add(
+        QueuePairConfig,
+        Option<Arc<CompletionWaker>>,
+        mpsc::Sender<Result<QueueId, PollerError>>,
+    ),
     Remove(QueueId, mpsc::Sender<Result<(), PollerError>>),
 }
 
@@ -334,6 +349,12 @@ struct HostQueue {
     cq_head_seen: u32,
     bad_doorbell: bool,
     removing: Option<mpsc::Sender<Result<(), PollerError>>>,
+    /// Woken at the end of every turn that posted a completion here
+    /// (process mode: a driver thread may sleep on it instead of
+    /// spinning); one wake-up for all of a turn's completions.
+    waker: Option<Arc<CompletionWaker>>,
+    /// A completion was posted in this turn.
+    posted: bool,
 }
 
 impl HostQueue {
@@ -368,6 +389,7 @@ impl HostQueue {
             self.phase = !self.phase;
         }
         self.held -= 1;
+        self.posted = true;
     }
 
     /// Completion-ring entries posted and not yet consumed, per the
@@ -486,6 +508,16 @@ impl<B: Backend> Poller<B> {
     /// Starts serving a queue pair after checking that its rings and words
     /// lie in the served memory. The event indexes are set to "polling".
     pub fn add_queue(&mut self, config: QueuePairConfig) -> Result<QueueId, PollerError> {
+        self.add_queue_woken(config, None)
+    }
+
+    /// Starts serving a queue pair like [`Poller::add_queue`], waking
+    /// `waker` after every completion posted on it.
+    pub fn add_queue_woken(
+        &mut self,
+        config: QueuePairConfig,
+        waker: Option<Arc<CompletionWaker>>,
+    ) -> Result<QueueId, PollerError> {
         config.validate_shape()?;
         let mut ptrs = [std::ptr::null_mut(); 4];
         for (ptr, (what, addr, len, _)) in ptrs.iter_mut().zip(config.areas()) {
@@ -519,6 +551,8 @@ impl<B: Backend> Poller<B> {
             cq_head_seen: 0,
             bad_doorbell: false,
             removing: None,
+            waker,
+            posted: false,
         };
         // The driver starts with SQ tail 0 and the host with head 0; a
         // driver that already submitted is picked up on the next turn.
@@ -568,8 +602,8 @@ impl<B: Backend> Poller<B> {
         };
         for msg in msgs {
             match msg {
-                Control::Add(config, reply) => {
-                    let r = self.add_queue(config);
+                Control::Add(config, waker, reply) => {
+                    let r = self.add_queue_woken(config, waker);
                     let _ = reply.send(r);
                 }
                 Control::Remove(id, reply) => self.remove_queue(id, reply),
@@ -745,6 +779,14 @@ impl<B: Backend> Poller<B> {
         if reaped > 0 {
             self.finish_removals();
         }
+        // One wake-up per queue for everything this turn posted there.
+        for q in self.queues.iter_mut().flatten() {
+            if std::mem::take(&mut q.posted) {
+                if let Some(w) = &q.waker {
+                    w.notify();
+                }
+            }
+        }
         work || reaped > 0
     }
 
@@ -837,12 +879,18 @@ impl<B: Backend> Poller<B> {
             let now = Instant::now();
             let idle = now.duration_since(*idle_since.get_or_insert(now));
             if idle < spin {
-                if idle > YIELD_AFTER && self.backend.in_flight() > 0 {
-                    // Waiting on the kernel for a while: let it run here.
-                    // A write the kernel hands to an io_uring worker thread
-                    // (an O_DSYNC write, say) needs a CPU, and on a small
-                    // machine this poller's spinning would take it.
-                    std::thread::yield_now();
+                if self.backend.in_flight() > 0 {
+                    match self.config.block_in_flight_after {
+                        // Waiting on the kernel for a while: block until an
+                        // operation completes (or a doorbell rings), so the
+                        // kernel's worker and the waiting thread get the CPU.
+                        Some(after) if idle > after => {
+                            self.park();
+                            idle_since = None;
+                        }
+                        None if idle > YIELD_AFTER => std::thread::yield_now(),
+                        _ => std::hint::spin_loop(),
+                    }
                 } else {
                     std::hint::spin_loop();
                 }
@@ -868,7 +916,7 @@ impl<B: Backend> Poller<B> {
             .unwrap_or_default();
         for msg in msgs {
             match msg {
-                Control::Add(_, reply) => drop(reply.send(Err(PollerError::Stopped))),
+                Control::Add(_, _, reply) => drop(reply.send(Err(PollerError::Stopped))),
                 Control::Remove(_, reply) => drop(reply.send(Err(PollerError::Stopped))),
             }
         }
@@ -965,7 +1013,17 @@ impl PollerControl {
 
     /// Starts serving a queue pair (validated against the served memory).
     pub fn add_queue(&self, config: QueuePairConfig) -> Result<QueueId, PollerError> {
-        self.request(|tx| Control::Add(config, tx))
+        self.request(|tx| Control::Add(config, None, tx))
+    }
+
+    /// Starts serving a queue pair, waking `waker` after every completion
+    /// posted on it (see [`CompletionWaker`]).
+    pub fn add_queue_woken(
+        &self,
+        config: QueuePairConfig,
+        waker: Arc<CompletionWaker>,
+    ) -> Result<QueueId, PollerError> {
+        self.request(|tx| Control::Add(config, Some(waker), tx))
     }
 
     /// Stops serving a queue pair; returns once its outstanding commands

@@ -9,7 +9,7 @@ use super::poller::{
     DeletionWatch, Poller, PollerConfig, PollerControl, PollerError, PollerHandle,
 };
 use super::uring::{UringBackend, UringConfig, UringError};
-use super::wake::EventFdDoorbell;
+use super::wake::{CompletionWaker, EventFdDoorbell};
 use crate::driver::{DriverError, QueueMemory, QueuePair};
 use crate::queue::QueueLayout;
 use crate::types::QueueId;
@@ -130,11 +130,16 @@ impl Device {
                 self.handle.doorbell(),
             )?
         };
-        let id = self.handle.add_queue(qp.config())?;
+        let waker = Arc::new(CompletionWaker::new()?);
+        let id = self
+            .handle
+            .control()
+            .add_queue_woken(qp.config(), waker.clone())?;
         Ok(ProcessQueuePair {
             qp,
             id,
             control: self.handle.control(),
+            waker,
             _memory: self.memory.clone(),
         })
     }
@@ -150,13 +155,39 @@ pub struct ProcessQueuePair {
     qp: QueuePair<EventFdDoorbell>,
     id: QueueId,
     control: PollerControl,
+    /// Signalled by the poller after each completion it posts here.
+    waker: Arc<CompletionWaker>,
     _memory: Arc<ProcessMemory>,
 }
+
+/// How long a waiting driver thread polls its completion ring before it
+/// sleeps until the poller wakes it: about a fast device's latency, so a
+/// completion that is about to arrive costs no sleep, and a slow one (or a
+/// poller that does not get a CPU because other work has them) costs no
+/// CPU spent spinning against the thread it waits for.
+pub const WAIT_SPIN: std::time::Duration = std::time::Duration::from_micros(20);
 
 impl ProcessQueuePair {
     /// The id the poller gave this queue pair.
     pub fn id(&self) -> QueueId {
         self.id
+    }
+
+    /// Waits until a completion is in the ring (returns at once if one
+    /// is, or if nothing is outstanding): polls for [`WAIT_SPIN`], then
+    /// sleeps until the poller posts one. Returns whether it slept.
+    pub fn wait_for_completion(&self) -> bool {
+        if self.qp.in_flight() == 0 {
+            return false;
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < WAIT_SPIN {
+            if self.qp.has_completion() {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+        self.waker.sleep_unless(|| self.qp.has_completion())
     }
 }
 

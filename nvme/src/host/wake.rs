@@ -1,5 +1,10 @@
 //! Waking a parked poller: an eventfd the poller waits on, and the
-//! process-mode [`Doorbell`] that signals it.
+//! process-mode [`Doorbell`] that signals it. And the other direction, in
+//! process mode: a driver thread waiting for a completion sleeps on a
+//! [`CompletionWaker`] the poller signals when it posts one (the mirror of
+//! io_uring's `IORING_SQ_NEED_WAKEUP`: the sleeper sets a flag, the other
+//! side checks it after publishing and wakes it with one call), so a waiter
+//! never spins against the thread it waits for.
 //!
 //! The VMM signals the same eventfd when the guest's doorbell exit arrives
 //! (directly with [`WakeFd::wake`], or by registering [`WakeFd::raw_fd`] as a
@@ -8,6 +13,7 @@
 use crate::driver::Doorbell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// An eventfd that wakes a parked poller.
@@ -67,5 +73,53 @@ pub struct EventFdDoorbell(pub Arc<WakeFd>);
 impl Doorbell for EventFdDoorbell {
     fn ring(&self) {
         self.0.wake();
+    }
+}
+
+/// How a driver thread sleeps until the poller posts a completion on its
+/// queue pair: it raises `sleeping`, checks the completion ring once more,
+/// and blocks on the eventfd; the poller, after posting a completion,
+/// lowers `sleeping` and signals the eventfd if it was raised. Both sides
+/// use sequentially consistent read-modify-writes (Dekker): either the
+/// poller sees the flag, or the sleeper sees the completion.
+#[derive(Debug)]
+pub struct CompletionWaker {
+    sleeping: AtomicBool,
+    fd: WakeFd,
+}
+
+impl CompletionWaker {
+    /// A waker nobody sleeps on yet.
+    pub fn new() -> io::Result<CompletionWaker> {
+        Ok(CompletionWaker {
+            sleeping: AtomicBool::new(false),
+            fd: WakeFd::new()?,
+        })
+    }
+
+    /// The driver's side: sleeps until the poller posts a completion,
+    /// unless `ready` (a completion is in the ring) already holds after the
+    /// flag is raised. Returns whether it slept.
+    pub fn sleep_unless(&self, ready: impl Fn() -> bool) -> bool {
+        self.sleeping.swap(true, Ordering::SeqCst);
+        if ready() {
+            self.sleeping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        // A wake-up from an earlier round may still be counted: it only
+        // makes this wait return early, and the caller polls again.
+        if let Err(e) = self.fd.wait() {
+            log::error!("nvme: waiting for a completion failed: {e}");
+        }
+        self.sleeping.store(false, Ordering::SeqCst);
+        true
+    }
+
+    /// The poller's side, after posting a completion: wakes the driver if
+    /// it sleeps (one atomic operation otherwise).
+    pub fn notify(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            self.fd.wake();
+        }
     }
 }

@@ -40,6 +40,7 @@ pub fn inspected_device(
     let mut inspector = None;
     let config = PollerConfig {
         spin: std::time::Duration::from_micros(spin_us),
+        ..PollerConfig::default()
     };
     let dev = Device::with_backend(region, config, |dma| {
         let uring = UringBackend::new(file, dma, UringConfig::default())?;
