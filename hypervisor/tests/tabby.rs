@@ -84,6 +84,11 @@ fn tabby_guest_btree_and_eviction_events() {
         field(pool, "evictions").parse::<u64>().unwrap() > 0,
         "{pool}"
     );
+    // Every miss read straight into its frame (guest RAM is the device's
+    // reach): no bounce buffer, no copy.
+    let reads = field(pool, "reads");
+    assert!(reads.parse::<u64>().unwrap() > 0, "{pool}");
+    assert_eq!(field(pool, "direct reads"), reads, "{pool}");
 
     // (b) Events. Creating a pool in the guest maps only the first page of
     // each 2 MiB of its window, to make its page tables exist (pages are

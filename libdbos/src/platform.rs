@@ -479,6 +479,14 @@ pub trait Platform: Sync {
     /// allocated, whether or not it is mapped in a window.
     fn frame_ptr(&self, frame: Frame) -> *mut u8;
 
+    /// The address a device transfers to and from the frame at, if devices
+    /// reach frames directly: in the guest, its guest-physical address (the
+    /// VMM's disk serves any guest RAM); `None` in a process (a device
+    /// reaches only its registered region).
+    fn frame_dma_addr(&self, _frame: Frame) -> Option<u64> {
+        None
+    }
+
     /// Frames still available to `alloc_frame` (small-frame units).
     fn free_frames(&self) -> u64;
 

@@ -63,6 +63,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use dbos_nvme::DmaAddr;
 
 pub mod latch;
 pub use latch::Latch;
@@ -211,6 +212,9 @@ pub struct PoolStats {
     /// Tabby in `InvalidateAll` mode: `invalidate_all` calls (one per evicted
     /// page, each interrupting every other CPU).
     pub invalidate_alls: u64,
+    /// Pages read straight into their frame (Tabby in the guest: no bounce
+    /// buffer, no copy); the rest of `reads` went through a bounce buffer.
+    pub direct_reads: u64,
 }
 
 // Used by the process pools; no_std so that the guest pool can use it too.
@@ -226,6 +230,7 @@ pub(crate) struct Counters {
     pub stale_repairs: AtomicU64,
     pub remaps: AtomicU64,
     pub invalidate_alls: AtomicU64,
+    pub direct_reads: AtomicU64,
 }
 
 #[cfg_attr(target_os = "none", allow(dead_code))]
@@ -242,6 +247,7 @@ impl Counters {
             stale_repairs: l(&self.stale_repairs),
             remaps: l(&self.remaps),
             invalidate_alls: l(&self.invalidate_alls),
+            direct_reads: l(&self.direct_reads),
         }
     }
     pub(crate) fn add(c: &AtomicU64, n: u64) {
@@ -800,6 +806,34 @@ impl<D: BlockDevice> IoQueues<D> {
                     dest[..PAGE_SIZE].copy_from_slice(img);
                     Ok(())
                 }
+                check => Err(PoolError::Corrupt { id, check }),
+            }
+        })
+    }
+
+    /// Reads page `id` straight into memory the device reaches at `addr`
+    /// (`dest` is that memory, as the CPU sees it) and checks it is a valid
+    /// image of `id`; no bounce buffer, no copy.
+    ///
+    /// # Safety
+    /// `addr` and `dest` name the same `PAGE_SIZE` bytes, which nobody else
+    /// writes until this returns (a free frame the caller owns).
+    pub unsafe fn read_page_direct(
+        &self,
+        id: PageId,
+        addr: DmaAddr,
+        dest: &[u8],
+    ) -> Result<(), PoolError> {
+        let relax = self.relax;
+        self.with_queue(|q| {
+            let io = Io::read(self.lba(id), PAGE_BLOCKS as u32, addr);
+            run_all(&mut q.dev, &[io], relax).map_err(|error| PoolError::Device {
+                id,
+                kind: IoKind::Read,
+                error,
+            })?;
+            match page::verify(&dest[..PAGE_SIZE], id) {
+                PageCheck::Valid => Ok(()),
                 check => Err(PoolError::Corrupt { id, check }),
             }
         })

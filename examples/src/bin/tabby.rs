@@ -120,8 +120,8 @@ fn check_tagged(k: u64, v: &[u8]) -> Option<u64> {
 
 fn print_stats(what: &str, s: &PoolStats) {
     println!(
-        "{what}: reads {}, writes {}, evictions {}, stale repairs {}, remaps {}, invalidate_alls {}",
-        s.reads, s.writes, s.evictions, s.stale_repairs, s.remaps, s.invalidate_alls
+        "{what}: reads {}, direct reads {}, writes {}, evictions {}, stale repairs {}, remaps {}, invalidate_alls {}",
+        s.reads, s.direct_reads, s.writes, s.evictions, s.stale_repairs, s.remaps, s.invalidate_alls
     );
 }
 

@@ -286,6 +286,10 @@ impl Platform for GuestPlatform {
         (DIRECT_MAP_BASE + frame.addr()) as *mut u8
     }
 
+    fn frame_dma_addr(&self, frame: Frame) -> Option<u64> {
+        Some(frame.addr())
+    }
+
     fn free_frames(&self) -> u64 {
         crate::frames::available()
     }
