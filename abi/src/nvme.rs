@@ -28,6 +28,17 @@ pub const EVENT_IDX_POLLING: u32 = u32::MAX;
 pub const SQ_TAIL_WORD: usize = 0;
 /// Dword index of the CQ head in the doorbell and event-index pairs.
 pub const CQ_HEAD_WORD: usize = 1;
+/// Dword index, among the doorbells (which the driver writes), of the
+/// *waiting* word: 0, or the CPU (APIC id) + 1 that is going to sleep
+/// until the host posts a completion on this queue pair. A host that
+/// posts one and finds it set clears it and sends that CPU the queue's
+/// [`QueuePairConfig::interrupt`] (the mirror of io_uring's
+/// `IORING_SQ_NEED_WAKEUP`: the sleeper publishes its intent, then checks
+/// the ring once more; the host publishes the completion, then checks the
+/// word).
+pub const WAIT_WORD: usize = 2;
+/// Bytes of the doorbell area: SQ tail, CQ head, waiting, one reserved.
+pub const DOORBELL_BYTES: u64 = 16;
 
 /// Where a queue pair lives, as the driver tells the host at creation.
 ///
@@ -42,13 +53,17 @@ pub struct QueuePairConfig {
     pub sq_addr: u64,
     /// Completion ring: `depth` × 16 bytes, 4 KiB aligned.
     pub cq_addr: u64,
-    /// Shadow doorbells: two dwords (SQ tail, CQ head), 8-byte aligned.
+    /// Shadow doorbells: four dwords (SQ tail, CQ head, waiting
+    /// ([`WAIT_WORD`]), reserved), 8-byte aligned.
     pub doorbell_addr: u64,
     /// Event indexes: two dwords (SQ tail, CQ head), 8-byte aligned.
     pub event_idx_addr: u64,
     /// Entries per ring, in [`MIN_DEPTH`]..=[`MAX_DEPTH`].
     pub depth: u16,
-    pub _reserved: [u16; 3],
+    /// The interrupt vector the host sends a CPU waiting for a completion
+    /// ([`WAIT_WORD`]), 32 to 254; 0: the driver never sleeps (it polls).
+    pub interrupt: u16,
+    pub _reserved: [u16; 2],
 }
 
 // SAFETY: #[repr(C)], four u64 then u16 + [u16; 3]: 40 bytes, no padding
@@ -76,6 +91,9 @@ pub enum ConfigError {
     Overlap { a: &'static str, b: &'static str },
     /// The host serves no more queue pairs.
     TooManyQueues(usize),
+    /// An interrupt vector the host does not send (0 or 32..=254), or
+    /// interrupts where the host cannot send them.
+    Interrupt(u16),
 }
 
 impl core::fmt::Display for ConfigError {
@@ -93,6 +111,11 @@ impl core::fmt::Display for ConfigError {
             }
             Self::Overlap { a, b } => write!(f, "{a} and {b} overlap"),
             Self::TooManyQueues(n) => write!(f, "too many queue pairs (at most {n})"),
+            Self::Interrupt(v) => write!(
+                f,
+                "completion interrupt vector {v} cannot be sent here (0: none, or 32..=254 \
+                 where the host sends interrupts)"
+            ),
         }
     }
 }
@@ -106,7 +129,7 @@ impl QueuePairConfig {
         [
             ("submission ring", self.sq_addr, depth * SQE_SIZE, PAGE_SIZE),
             ("completion ring", self.cq_addr, depth * CQE_SIZE, PAGE_SIZE),
-            ("doorbells", self.doorbell_addr, 8, 8),
+            ("doorbells", self.doorbell_addr, DOORBELL_BYTES, 8),
             ("event indexes", self.event_idx_addr, 8, 8),
         ]
     }
@@ -117,6 +140,9 @@ impl QueuePairConfig {
     pub fn validate_shape(&self) -> Result<(), ConfigError> {
         if !(MIN_DEPTH..=MAX_DEPTH).contains(&self.depth) {
             return Err(ConfigError::Depth(self.depth));
+        }
+        if self.interrupt != 0 && !(32..=254).contains(&self.interrupt) {
+            return Err(ConfigError::Interrupt(self.interrupt));
         }
         let areas = self.areas();
         for (what, addr, len, align) in areas {
@@ -201,7 +227,8 @@ impl QueueLayout {
             doorbell_addr: base + self.doorbell_offset(),
             event_idx_addr: base + self.event_idx_offset(),
             depth: self.depth,
-            _reserved: [0; 3],
+            interrupt: 0,
+            _reserved: [0; 2],
         }
     }
 }

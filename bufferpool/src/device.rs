@@ -324,6 +324,14 @@ impl<D: Doorbell + Send> QueueAccess for QueuePair<D> {
     fn queue_ref(&self) -> &QueuePair<D> {
         self
     }
+
+    /// Sleeps until the host's completion interrupt where the queue pair
+    /// asked for one and its doorbell can sleep (the guest), else `relax`.
+    fn wait_for_completion(&mut self, relax: fn()) {
+        if !self.sleep_until_completion() {
+            relax();
+        }
+    }
 }
 
 /// Hands out DMA-able memory.

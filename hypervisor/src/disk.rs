@@ -46,8 +46,8 @@ use dbos_nvme::host::powercut::{
 };
 use dbos_nvme::host::{
     BackingFile, DeletionWatch, DmaMemory, DmaRegion, ErrorInjection, FailedCommand, FileError,
-    MemoryError, Poller, PollerConfig, PollerControl, PollerError, PollerHandle, PollerStats,
-    UringBackend, UringConfig, UringError,
+    InterruptSender, MemoryError, Poller, PollerConfig, PollerControl, PollerError, PollerHandle,
+    PollerStats, UringBackend, UringConfig, UringError,
 };
 use dbos_nvme::{QueuePairConfig, BLOCK_SIZE};
 use std::path::PathBuf;
@@ -256,11 +256,17 @@ impl std::fmt::Display for IoErrorReport {
 }
 
 impl Disk {
-    /// Opens (or creates) the backing file and starts the poller over `ram`.
-    /// A file it created is removed again if a later step fails.
-    pub fn start(config: &DiskConfig, ram: &Arc<GuestRam>) -> Result<Disk, DiskError> {
+    /// Opens (or creates) the backing file and starts the poller over `ram`,
+    /// sending completion interrupts with `interrupts` (to guest CPUs that
+    /// wait for them; queue pairs asking for interrupts are refused
+    /// without). A file it created is removed again if a later step fails.
+    pub fn start(
+        config: &DiskConfig,
+        ram: &Arc<GuestRam>,
+        interrupts: Option<InterruptSender>,
+    ) -> Result<Disk, DiskError> {
         let created = !config.path.exists();
-        let disk = Disk::start_inner(config, ram);
+        let disk = Disk::start_inner(config, ram, interrupts);
         match disk {
             Ok(mut disk) => {
                 disk.created = created.then(|| config.path.clone());
@@ -286,7 +292,11 @@ impl Disk {
         }
     }
 
-    fn start_inner(config: &DiskConfig, ram: &Arc<GuestRam>) -> Result<Disk, DiskError> {
+    fn start_inner(
+        config: &DiskConfig,
+        ram: &Arc<GuestRam>,
+        interrupts: Option<InterruptSender>,
+    ) -> Result<Disk, DiskError> {
         let file_err = |source| DiskError::File {
             path: config.path.clone(),
             source,
@@ -351,7 +361,7 @@ impl Disk {
                 };
                 let backend = UringBackend::new(&file, &memory, uring)?;
                 let mut poller = Poller::new(memory, backend, poller_config)?;
-                set_gates(&mut poller, &file, config)?;
+                set_gates(&mut poller, &file, config, interrupts)?;
                 (poller.spawn()?, None)
             }
             Some(plan) => {
@@ -369,7 +379,7 @@ impl Disk {
                     model.cut_at_write(n, plan.seed);
                 }
                 let mut poller = Poller::new(memory, backend, poller_config)?;
-                set_gates(&mut poller, &file, config)?;
+                set_gates(&mut poller, &file, config, interrupts)?;
                 (poller.spawn()?, Some((model, plan)))
             }
         };
@@ -543,12 +553,16 @@ fn kill_self() -> ! {
 }
 
 /// Sets the poller's gates: the deletion watch on the backing file, and
-/// the error injection asked for.
+/// the error injection asked for; and how it sends completion interrupts.
 fn set_gates<B: dbos_nvme::host::Backend>(
     poller: &mut Poller<B>,
     file: &BackingFile,
     config: &DiskConfig,
+    interrupts: Option<InterruptSender>,
 ) -> Result<(), DiskError> {
+    if let Some(send) = interrupts {
+        poller.send_interrupts(send);
+    }
     poller.watch_for_deletion(DeletionWatch::new(
         file,
         format!("disk {}", config.path.display()),

@@ -12,6 +12,7 @@ use crate::report::{ExitCounts, GuestExit, RunReport};
 use crate::shared::Shared;
 use crate::vcpu;
 use dbos_abi::{IMAGE_PHYS_MAX, MAX_ARGS_BYTES, MAX_VCPUS};
+use dbos_nvme::host::InterruptSender;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::ffi::CString;
@@ -152,7 +153,9 @@ pub struct Vm {
     // Field order is drop order: the vCPUs and the VM go before the memory
     // they have mapped.
     vcpus: Vec<VcpuFd>,
-    _vm: VmFd,
+    /// Shared with the disk's poller, which sends completion interrupts
+    /// through it (`KVM_SIGNAL_MSI`).
+    _vm: Arc<VmFd>,
     _kvm: Kvm,
     ram: Arc<GuestRam>,
     config: VmConfig,
@@ -183,7 +186,7 @@ impl Vm {
         let started = Instant::now();
         let (image, layout) = plan(image, &config)?;
         let kvm = open_kvm(&config.kvm_device)?;
-        let vm = create_vm(&kvm)?;
+        let vm = Arc::new(create_vm(&kvm)?);
         if let Err(e) = vm.set_tss_address(0xfffb_d000) {
             log::debug!("KVM_SET_TSS_ADDR failed ({e}); not needed for a long-mode guest");
         }
@@ -225,7 +228,7 @@ impl Vm {
             layout.heap.start,
             layout.heap.end
         );
-        let (disk, files) = open_host_files(&config, &ram)?;
+        let (disk, files) = open_host_files(&config, &ram, interrupt_sender(&vm))?;
         Ok(Vm {
             vcpus,
             _vm: vm,
@@ -377,11 +380,12 @@ fn map_ram(vm: &VmFd, layout: &Layout) -> Result<Arc<GuestRam>, VmError> {
 fn open_host_files(
     config: &VmConfig,
     ram: &Arc<GuestRam>,
+    interrupts: InterruptSender,
 ) -> Result<(Option<Disk>, Files), VmError> {
     let disk = config
         .disk
         .as_ref()
-        .map(|d| Disk::start(d, ram))
+        .map(|d| Disk::start(d, ram, Some(interrupts)))
         .transpose()?;
     match Files::open(&config.files) {
         Ok(files) => Ok((disk, files)),
@@ -392,6 +396,25 @@ fn open_host_files(
             Err(e.into())
         }
     }
+}
+
+/// Sends fixed interrupt `vector` to vCPU `cpu` (its x2APIC id) as an MSI
+/// (`KVM_SIGNAL_MSI`), from any thread: how the disk's poller wakes a
+/// guest CPU that sleeps until a completion arrives.
+fn interrupt_sender(vm: &Arc<VmFd>) -> InterruptSender {
+    let vm = vm.clone();
+    Arc::new(move |cpu: u32, vector: u8| {
+        let msi = kvm_bindings::kvm_msi {
+            // Destination in bits 19:12 of the address (physical mode,
+            // fixed delivery), the vector in the data.
+            address_lo: 0xfee0_0000 | ((cpu & 0xff) << 12),
+            data: u32::from(vector),
+            ..Default::default()
+        };
+        if let Err(e) = vm.signal_msi(msi) {
+            log::warn!("sending completion interrupt {vector} to vCPU {cpu} failed: {e}");
+        }
+    })
 }
 
 /// Starts one thread per vCPU; a thread that cannot start stops the guest.

@@ -49,6 +49,49 @@ fn guest_reads_and_writes_through_the_queue_pair_without_exits() {
     assert_eq!(&file[3 * 4096..5 * 4096], &expected[..]);
 }
 
+/// A guest CPU that waits for a completion sleeps in `hlt` until the
+/// poller's completion interrupt (the poller parks between reads here: a
+/// short spin), instead of spinning: every read is right, the CPU slept,
+/// and the poller sent at most one interrupt per sleep.
+#[test]
+fn a_waiting_guest_cpu_sleeps_until_the_completion_interrupt() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let path = dir.path().join("disk.img");
+    let disk = DiskConfig {
+        poll_spin: Duration::from_micros(50),
+        ..DiskConfig::new(&path, Some(1 << 20))
+    };
+    let report = run(
+        "scenarios",
+        VmConfig {
+            disk: Some(disk),
+            // A lost interrupt would leave the CPU halted: stopped here.
+            time_limit: Some(Duration::from_secs(120)),
+            ..config(&["nvme-sleep"])
+        },
+    );
+    assert_eq!(report.exit.process_status(), 0, "{}", report.exit);
+    assert_eq!(
+        report.console[0], "[vcpu0] sleeping reads: 32 reads, 0 wrong, slept true",
+        "{:#?}",
+        report.console
+    );
+    let sleeps: u64 = report.console[1]
+        .strip_prefix("[vcpu0] sleeps ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stats = report.disk.expect("poller counters");
+    assert!(
+        stats.interrupts >= 1 && stats.interrupts <= sleeps,
+        "{} interrupts for {sleeps} sleeps",
+        stats.interrupts
+    );
+}
+
 #[test]
 fn a_guest_without_a_disk_is_told_so() {
     if !require_kvm() {

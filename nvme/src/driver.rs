@@ -13,18 +13,29 @@
 
 use crate::queue::{
     need_event, peek_cqe, shared_word, write_sqe, Cqe, Opcode, QueueLayout, QueuePairConfig, Sqe,
-    CQ_HEAD_WORD, SQ_TAIL_WORD,
+    CQ_HEAD_WORD, SQ_TAIL_WORD, WAIT_WORD,
 };
 use crate::status::{NvmeError, Status};
 use crate::types::{CommandId, DmaAddr, Lba, BLOCK_SIZE, MAX_TRANSFER_BLOCKS, NSID, PAGE_SIZE};
 use alloc::vec::Vec;
-use core::sync::atomic::{fence, Ordering};
+use core::sync::atomic::{fence, AtomicU32, Ordering};
 
 /// The real doorbell: wakes a parked host. In process mode it signals the
 /// poller's eventfd; in a guest it is a port-I/O hypercall (a VM exit).
 pub trait Doorbell {
     /// Tells the host there is new work on this queue pair.
     fn ring(&self);
+
+    /// Sleeps until the host posts a completion, if this side of the link
+    /// can: raises `waiting` (the queue's waiting word),
+    /// checks `ready` once more, and sleeps until the host's interrupt.
+    /// (`WAIT_WORD`: see `dbos_abi::nvme::WAIT_WORD`.)
+    /// Returns `false` without doing anything where it cannot sleep (the
+    /// caller polls).
+    fn sleep(&self, waiting: &AtomicU32, ready: &dyn Fn() -> bool) -> bool {
+        let _ = (waiting, ready);
+        false
+    }
 }
 
 impl<F: Fn()> Doorbell for F {
@@ -212,6 +223,10 @@ pub struct DriverStats {
     pub stray_completions: u64,
 }
 
+/// Sleeps a driver has taken waiting for a completion (its doorbell's
+/// [`Doorbell::sleep`]), counted across all its queue pairs.
+pub static SLEEPS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 /// The driver side of one queue pair.
 pub struct QueuePair<D: Doorbell> {
     sq: *mut Sqe,
@@ -278,6 +293,30 @@ impl<D: Doorbell> QueuePair<D> {
     /// What the host needs to serve this queue pair.
     pub fn config(&self) -> QueuePairConfig {
         self.config
+    }
+
+    /// Asks the host to send interrupt `vector` to a CPU waiting for a
+    /// completion on this queue pair ([`QueuePair::sleep_until_completion`]);
+    /// before the queue pair is registered (it is part of [`config`](Self::config)).
+    pub fn set_interrupt(&mut self, vector: u8) {
+        self.config.interrupt = u16::from(vector);
+    }
+
+    /// Whether a completion is waiting, else sleeps until the host posts
+    /// one, if the doorbell can sleep and the host was asked for an
+    /// interrupt; `false` when it did not sleep (the caller polls).
+    pub fn sleep_until_completion(&self) -> bool {
+        if self.config.interrupt == 0 || self.in_flight() == 0 || self.has_completion() {
+            return false;
+        }
+        // SAFETY: the doorbell area holds four dwords inside this queue
+        // pair's memory, 8-byte aligned (the layout).
+        let waiting = unsafe { shared_word(self.doorbells.add(WAIT_WORD)) };
+        let slept = self.doorbell.sleep(waiting, &|| self.has_completion());
+        if slept {
+            SLEEPS.fetch_add(1, Ordering::Relaxed);
+        }
+        slept
     }
 
     /// Entries per ring.

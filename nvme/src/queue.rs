@@ -45,7 +45,8 @@ use core::sync::atomic::{AtomicU32, Ordering};
 /// The registration and memory layout of a queue pair, and the shadow
 /// doorbell words, are part of the host/guest ABI (`dbos_abi::nvme`).
 pub use dbos_abi::nvme::{
-    ConfigError, QueueLayout, QueuePairConfig, CQ_HEAD_WORD, EVENT_IDX_POLLING, SQ_TAIL_WORD,
+    ConfigError, QueueLayout, QueuePairConfig, CQ_HEAD_WORD, DOORBELL_BYTES, EVENT_IDX_POLLING,
+    SQ_TAIL_WORD, WAIT_WORD,
 };
 
 #[allow(unused_imports)] // used by the module docs

@@ -414,7 +414,7 @@ fn invalid_queue_configurations_are_refused() {
         Err(ConfigError::OutsideMemory {
             what: "doorbells",
             addr: end,
-            len: 8
+            len: 16
         })
     );
     assert_eq!(
@@ -439,6 +439,18 @@ fn invalid_queue_configurations_are_refused() {
             addr: !0xfffu64,
             len: 16 * 64
         })
+    );
+    // Vectors below 32 are exceptions, 255 is spurious: never sent.
+    for v in [1, 31, 255, 4096] {
+        assert_eq!(
+            try_add(&mut s, &|c| c.interrupt = v),
+            Err(ConfigError::Interrupt(v))
+        );
+    }
+    // A valid vector, but this poller was given no way to send it.
+    assert_eq!(
+        try_add(&mut s, &|c| c.interrupt = 40),
+        Err(ConfigError::Interrupt(40))
     );
     assert_eq!(try_add(&mut s, &|_| {}).map(|id| id.0), Ok(0));
 }

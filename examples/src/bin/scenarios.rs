@@ -40,6 +40,7 @@ fn main() -> u8 {
         "smp" => smp(),
         "files" => files(),
         "nvme" => nvme(),
+        "nvme-sleep" => nvme_sleep(),
         "window-stack" => window_stack(),
         "high-args" => high_args(),
         "panic" => panic!("scenario panic with value {}", 42),
@@ -306,6 +307,64 @@ fn files() -> u8 {
     println!("window round trip={}", &back == b"across pages");
     let bad = HostFile::from_raw_handle(99).size();
     println!("bad handle: {}", bad == Err(Errno(9)));
+    0
+}
+
+/// Reads that wait for their completion asleep: the CPU raises the queue's
+/// waiting word and halts until the poller's completion interrupt (run
+/// with a short poller spin, so the poller parks between reads and each
+/// read waits on the disk).
+fn nvme_sleep() -> u8 {
+    use libdbos::nvme::{self, dma};
+    use nvme_format::{Command, DataPtr, Lba};
+    let mut qp = nvme::queue_pair(8).expect("queue pair");
+    let layout = core::alloc::Layout::from_size_align(4096, 4096).unwrap();
+    // SAFETY: non-zero size; freed at the end.
+    let buf = unsafe { alloc::alloc::alloc_zeroed(layout) };
+    // Block b holds b's number in its first 8 bytes.
+    for b in 0..4u64 {
+        // SAFETY: `buf` is 4096 bytes.
+        unsafe { (buf as *mut u64).write(b * 1000 + 7) };
+        qp.execute(&Command::write(
+            Lba(b),
+            1,
+            DataPtr::Contiguous(dma(buf).unwrap()),
+        ))
+        .unwrap();
+    }
+    let sleeps0 = nvme_format::driver::SLEEPS.load(core::sync::atomic::Ordering::Relaxed);
+    let (n, mut wrong) = (32u64, 0);
+    for i in 0..n {
+        let b = i % 4;
+        // SAFETY: `buf` is 4096 bytes.
+        unsafe { (buf as *mut u64).write(0) };
+        qp.submit(&Command::read(
+            Lba(b),
+            1,
+            DataPtr::Contiguous(dma(buf).unwrap()),
+        ))
+        .unwrap();
+        let c = loop {
+            if let Some(c) = qp.poll() {
+                break c;
+            }
+            if !qp.sleep_until_completion() {
+                core::hint::spin_loop();
+            }
+        };
+        // SAFETY: `buf` is 4096 bytes; the read has completed.
+        if c.result().is_err() || unsafe { (buf as *const u64).read() } != b * 1000 + 7 {
+            wrong += 1;
+        }
+    }
+    let sleeps = nvme_format::driver::SLEEPS.load(core::sync::atomic::Ordering::Relaxed) - sleeps0;
+    println!(
+        "sleeping reads: {n} reads, {wrong} wrong, slept {}",
+        sleeps > 0
+    );
+    println!("sleeps {sleeps}");
+    // SAFETY: allocated above with `layout`.
+    unsafe { alloc::alloc::dealloc(buf, layout) };
     0
 }
 

@@ -13,16 +13,59 @@
 use crate::abi::{calls, DoorbellArgs, NvmeInfoArgs, NvmeQueueArgs};
 use crate::hypercall;
 use crate::memory::virt_to_phys;
+use core::sync::atomic::{AtomicU32, Ordering};
 use dbos_nvme::{DmaAddr, Doorbell, DriverError, QueueLayout, QueueMemory, QueuePair};
 
 /// The exiting doorbell: one VM exit that wakes the host's parked poller.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HypercallDoorbell;
 
+/// Polls of the completion ring before a waiting CPU sleeps: in the
+/// emulated ring 0 of the development machines each poll is some
+/// microseconds, so a completion already on its way is caught without a
+/// sleep, and a slow one costs no more spinning.
+const POLLS_BEFORE_SLEEP: u32 = 8;
+
 impl Doorbell for HypercallDoorbell {
     fn ring(&self) {
         // The host reads no argument block for this call.
         hypercall::call(calls::NvmeDoorbell, &mut DoorbellArgs {});
+    }
+
+    /// Sleeps in `hlt` until the host's completion interrupt (only when
+    /// interrupts are on: otherwise `false`, and the caller polls)
+    /// ([`vector::WAKE`](crate::apic::vector::WAKE), which only ends the
+    /// `hlt`). Interrupts are off from raising `waiting` until `sti; hlt`,
+    /// which enables them only for the `hlt` itself: an interrupt sent
+    /// after the last look at the ring cannot be taken before the `hlt`
+    /// (it wakes it). The `hlt` is served by KVM in the kernel (in-kernel
+    /// irqchip): no exit to the VMM.
+    fn sleep(&self, waiting: &AtomicU32, ready: &dyn Fn() -> bool) -> bool {
+        for _ in 0..POLLS_BEFORE_SLEEP {
+            if ready() {
+                return false;
+            }
+            core::hint::spin_loop();
+        }
+        // With interrupts off (an exception or interrupt handler, on its
+        // IST stack; a lock that must not be interrupted) the caller spins:
+        // enabling them there could nest an interrupt on the same stack.
+        if !x86_64::instructions::interrupts::are_enabled() {
+            return false;
+        }
+        x86_64::instructions::interrupts::disable();
+        let me = crate::percpu::cpu_id() + 1;
+        waiting.store(me, Ordering::SeqCst);
+        if ready() {
+            waiting.store(0, Ordering::SeqCst);
+        } else {
+            x86_64::instructions::interrupts::enable_and_hlt();
+            // The host cleared it when it sent the interrupt; another
+            // interrupt (a TLB shootdown, say) may have ended the `hlt`.
+            waiting.store(0, Ordering::SeqCst);
+        }
+        x86_64::instructions::interrupts::enable();
+        true
     }
 }
 
@@ -88,8 +131,10 @@ pub fn queue_pair(depth: u16) -> Result<GuestQueuePair, SetupError> {
     // SAFETY: `virt` is `bytes` bytes of heap memory owned by this queue pair
     // alone (leaked), and `phys` is its guest-physical address: the heap is
     // in the direct map, physically contiguous.
-    let qp =
+    let mut qp =
         unsafe { QueuePair::new(mem, depth, HypercallDoorbell) }.map_err(SetupError::Driver)?;
+    // A CPU waiting for a completion sleeps until the host sends WAKE.
+    qp.set_interrupt(crate::apic::vector::WAKE);
     let mut args = NvmeQueueArgs {
         queue: qp.config(),
         status: 0,

@@ -45,8 +45,8 @@ pub use backend::{simulated_failure, split_result, Backend, IoKind, IoOp, OpMatc
 pub use file::{BackingFile, FileError, LockHolder};
 pub use memory::{DmaBuf, DmaMemory, DmaRegion, HostBuf, MemoryError, ProcessMemory};
 pub use poller::{
-    DeletionWatch, ErrorInjection, FailedCommand, Poller, PollerConfig, PollerControl, PollerError,
-    PollerHandle, PollerStats,
+    DeletionWatch, ErrorInjection, FailedCommand, InterruptSender, Poller, PollerConfig,
+    PollerControl, PollerError, PollerHandle, PollerStats,
 };
 pub use process::{Device, DeviceError, ProcessQueuePair};
 pub use sync::SyncBackend;

@@ -14,6 +14,16 @@
 //! eventfd is signalled (the driver's real doorbell). An idle poller
 //! therefore costs no CPU, and a busy one costs the driver no doorbell.
 //!
+//! A queue pair registered with an interrupt vector
+//! ([`QueuePairConfig::interrupt`]) may have a CPU sleeping until a
+//! completion arrives: it raises the queue's waiting word
+//! ([`WAIT_WORD`]) and looks at the ring once more before it sleeps. At the
+//! end of every turn that posted a completion on such a queue, the poller
+//! (after a full fence, so that either it sees the word or the sleeper
+//! sees the completion) swaps the word to 0 and, if it was raised, sends
+//! that CPU the vector through [`Poller::send_interrupts`]. One interrupt
+//! per sleep, none while nobody sleeps.
+//!
 //! The poller never trusts queue memory: a tail or head outside the ring is
 //! ignored, a reused command id gets "command id conflict", and completions
 //! are only posted into completion-ring slots the driver has released, so a
@@ -40,7 +50,7 @@ use super::memory::{DmaMemory, HostBuf};
 use super::wake::{CompletionWaker, EventFdDoorbell, WakeFd};
 use crate::queue::{
     post_cqe, read_sqe, shared_word, ConfigError, Cqe, QueuePairConfig, Sqe, CQ_HEAD_WORD,
-    EVENT_IDX_POLLING, SQ_TAIL_WORD,
+    EVENT_IDX_POLLING, SQ_TAIL_WORD, WAIT_WORD,
 };
 use crate::status::{NvmeError, Status};
 use crate::types::{CommandId, DmaAddr, QueueId};
@@ -52,6 +62,11 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
+
+/// Sends interrupt `vector` (second argument) to the CPU whose APIC id is
+/// the first argument: how the poller wakes a CPU waiting for a completion
+/// (a guest vCPU: `KVM_SIGNAL_MSI`). Called on the poller thread.
+pub type InterruptSender = Arc<dyn Fn(u32, u8) + Send + Sync>;
 
 /// Most queue pairs one poller serves.
 pub const MAX_QUEUES: usize = 256;
@@ -126,6 +141,9 @@ pub struct PollerStats {
     /// Commands failed because the backing file was found deleted
     /// ([`Poller::watch_for_deletion`]).
     pub refused_deleted: u64,
+    /// Completion interrupts sent to waiting CPUs
+    /// ([`Poller::send_interrupts`]).
+    pub interrupts: u64,
 }
 
 /// A command to fail on purpose: the `nth` command (from 1) of the kind
@@ -283,6 +301,7 @@ struct AtomicStats {
     write_commands: AtomicU64,
     flush_commands: AtomicU64,
     refused_deleted: AtomicU64,
+    interrupts: AtomicU64,
 }
 
 impl AtomicStats {
@@ -304,6 +323,7 @@ impl AtomicStats {
             write_commands: self.write_commands.load(Ordering::Relaxed),
             flush_commands: self.flush_commands.load(Ordering::Relaxed),
             refused_deleted: self.refused_deleted.load(Ordering::Relaxed),
+            interrupts: self.interrupts.load(Ordering::Relaxed),
         }
     }
 }
@@ -355,12 +375,16 @@ struct HostQueue {
     waker: Option<Arc<CompletionWaker>>,
     /// A completion was posted in this turn.
     posted: bool,
+    /// The vector to send a CPU waiting on this queue (its waiting word);
+    /// 0: nobody sleeps on it.
+    interrupt: u8,
 }
 
 impl HostQueue {
     fn word(&self, base: *mut u32, index: usize) -> &std::sync::atomic::AtomicU32 {
-        // SAFETY: `base` points to two dwords inside the served memory,
-        // validated when the queue was added, 8-byte aligned.
+        // SAFETY: `base` points to the doorbell area (four dwords) or the
+        // event indexes (two dwords) inside the served memory, validated
+        // when the queue was added, 8-byte aligned; `index` is within it.
         unsafe { shared_word(base.add(index)) }
     }
 
@@ -433,6 +457,9 @@ pub struct Poller<B: Backend> {
     shared: Arc<Shared>,
     config: PollerConfig,
     gate: Gate,
+    /// How completion interrupts are sent; `None`: queue pairs asking for
+    /// them are refused.
+    interrupts: Option<InterruptSender>,
 }
 
 // SAFETY: the raw pointers in HostQueue point into the served memory, which
@@ -463,6 +490,7 @@ impl<B: Backend> Poller<B> {
             shared,
             config,
             gate: Gate::default(),
+            interrupts: None,
         })
     }
 
@@ -478,6 +506,13 @@ impl<B: Backend> Poller<B> {
     /// it was.
     pub fn inject_error(&mut self, injection: ErrorInjection) {
         self.gate.injection = Some(injection);
+    }
+
+    /// Sends completion interrupts with `send` to CPUs waiting on queue
+    /// pairs registered with an interrupt vector (see the module docs);
+    /// without it such queue pairs are refused.
+    pub fn send_interrupts(&mut self, send: InterruptSender) {
+        self.interrupts = Some(send);
     }
 
     /// The eventfd that wakes this poller.
@@ -519,6 +554,9 @@ impl<B: Backend> Poller<B> {
         waker: Option<Arc<CompletionWaker>>,
     ) -> Result<QueueId, PollerError> {
         config.validate_shape()?;
+        if config.interrupt != 0 && self.interrupts.is_none() {
+            return Err(ConfigError::Interrupt(config.interrupt).into());
+        }
         let mut ptrs = [std::ptr::null_mut(); 4];
         for (ptr, (what, addr, len, _)) in ptrs.iter_mut().zip(config.areas()) {
             *ptr = self
@@ -553,6 +591,8 @@ impl<B: Backend> Poller<B> {
             removing: None,
             waker,
             posted: false,
+            // validate_shape checked 0 or 32..=254.
+            interrupt: config.interrupt as u8,
         };
         // The driver starts with SQ tail 0 and the host with head 0; a
         // driver that already submitted is picked up on the next turn.
@@ -780,10 +820,29 @@ impl<B: Backend> Poller<B> {
             self.finish_removals();
         }
         // One wake-up per queue for everything this turn posted there.
+        // The completions are published (post_cqe's release store); the
+        // fence orders them before the look at the waiting word, pairing
+        // with the sleeper's store of the word before its last look at
+        // the ring: one of the two sees the other.
+        let mut fenced = false;
         for q in self.queues.iter_mut().flatten() {
-            if std::mem::take(&mut q.posted) {
-                if let Some(w) = &q.waker {
-                    w.notify();
+            if !std::mem::take(&mut q.posted) {
+                continue;
+            }
+            if let Some(w) = &q.waker {
+                w.notify();
+            }
+            if q.interrupt != 0 {
+                if !fenced {
+                    fence(Ordering::SeqCst);
+                    fenced = true;
+                }
+                let waiting = q.word(q.doorbells, WAIT_WORD).swap(0, Ordering::SeqCst);
+                if waiting != 0 {
+                    if let Some(send) = &self.interrupts {
+                        send(waiting - 1, q.interrupt);
+                        AtomicStats::add(&self.shared.stats.interrupts, 1);
+                    }
                 }
             }
         }
