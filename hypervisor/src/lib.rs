@@ -21,6 +21,7 @@ pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hypercall;
+pub mod kvmstats;
 pub mod layout;
 pub mod memory;
 pub mod report;

@@ -29,7 +29,7 @@ enum Command {
     /// Boot a guest image and run it until it exits.
     ///
     /// Guest console lines are printed on stdout, prefixed by the vCPU that
-    /// wrote them (`[vcpu0] ...`); how the guest stopped, and VM-exit counts,
+    /// wrote them (`[vcpu0] ...`); how the guest stopped, and exit counts,
     /// go to stderr.
     #[command(after_help = exit_statuses())]
     Run(RunArgs),
@@ -214,8 +214,11 @@ struct RunArgs {
     )]
     io_error_kind: IoErrorKind,
 
-    /// Print how many VM exits the run took on stderr, by kind (each
-    /// hypercall, and every other exit reason), with the run time.
+    /// Print on stderr how many exits to the VMM the run took, by kind (each
+    /// hypercall, and every other exit reason), with the run time; all VM
+    /// exits as KVM counted them (those it handled in the kernel included,
+    /// from its per-vCPU statistics, or "not available here"); and the set-up
+    /// time and this process's peak resident, locked and pinned memory.
     #[arg(long)]
     stats: bool,
 
@@ -404,10 +407,16 @@ fn run(args: RunArgs) -> ExitCode {
     }
     if args.stats {
         eprintln!(
-            "dbos: {} VM exits in {:.3} ms: {}",
-            report.exits.total,
+            "dbos: {} exits to the VMM in {:.3} ms: {}",
+            report.vmm_exits.total,
             report.elapsed.as_secs_f64() * 1e3,
-            report.exits
+            report.vmm_exits
+        );
+        eprintln!("dbos: all VM exits (KVM): {}", report.kvm);
+        eprintln!(
+            "dbos: VM set up in {:.3} ms; {}",
+            report.setup.as_secs_f64() * 1e3,
+            dbos_hypervisor::memory::ProcessMemory::read()
         );
     }
     ExitCode::from(report.exit.process_status())

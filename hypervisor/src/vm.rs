@@ -6,6 +6,7 @@ use crate::console::Console;
 use crate::disk::{CutAt, Disk, DiskConfig, DiskError, PowerCutPlan};
 use crate::elf::{ElfError, Image};
 use crate::files::{FileGrant, FileOpenError, Files};
+use crate::kvmstats::{KvmCounts, KvmStats, VcpuStats};
 use crate::layout::{Layout, MemoryTooSmall, MAX_MEMORY, PAGE};
 use crate::memory::{GuestRam, MemoryError};
 use crate::report::{ExitCounts, GuestExit, RunReport};
@@ -152,9 +153,13 @@ pub(crate) struct Shared {
     pub ram: Arc<GuestRam>,
     pub console: Console,
     pub started: Instant,
-    /// VM exits of all vCPUs, and the `Stats` hypercalls among them.
-    pub exits: AtomicU64,
+    /// Exits to the VMM (returns from `KVM_RUN`) of all vCPUs, and the
+    /// `Stats` hypercalls among them.
+    pub vmm_exits: AtomicU64,
     pub stats_calls: AtomicU64,
+    /// KVM's own statistics of every vCPU (all VM exits, those handled in
+    /// the kernel included), or why they cannot be read.
+    pub kvm_stats: Result<Vec<VcpuStats>, String>,
     pub files: Files,
     pub disk: Option<Disk>,
     /// Set once the guest has stopped; vCPU loops return when they see it.
@@ -220,6 +225,7 @@ pub struct Vm {
     layout: Layout,
     files: Files,
     disk: Option<Disk>,
+    kvm_stats: Result<Vec<VcpuStats>, String>,
     started: Instant,
 }
 
@@ -346,6 +352,16 @@ impl Vm {
             .map_err(kvm_err("vCPU register setup"))?;
             vcpus.push(fd);
         }
+        // KVM's per-vCPU statistics, when this KVM offers them: not being
+        // able to read them is reported as such, never as zero exits.
+        let kvm_stats = vcpus
+            .iter()
+            .map(|fd| VcpuStats::open(&kvm, fd))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string());
+        if let Err(reason) = &kvm_stats {
+            log::debug!("KVM's statistics cannot be read: {reason}");
+        }
         log::debug!(
             "VM created: {} vCPU(s), {} MiB, image [{:#x}, {:#x}), heap [{:#x}, {:#x})",
             config.vcpus,
@@ -380,6 +396,7 @@ impl Vm {
             layout,
             files,
             disk,
+            kvm_stats,
             started,
         })
     }
@@ -392,7 +409,8 @@ impl Vm {
     /// Runs the guest until it stops, and reports how.
     pub fn run(mut self) -> Result<RunReport, VmError> {
         install_kick_handler();
-        log::debug!("VM set up in {:?}", self.started.elapsed());
+        let setup = self.started.elapsed();
+        log::debug!("VM set up in {setup:?}");
         let shared = Arc::new(Shared {
             ram: self.ram.clone(),
             console: Console::new(
@@ -401,8 +419,9 @@ impl Vm {
                 self.config.capture_console,
             ),
             started: self.started,
-            exits: AtomicU64::new(0),
+            vmm_exits: AtomicU64::new(0),
             stats_calls: AtomicU64::new(0),
+            kvm_stats: std::mem::replace(&mut self.kvm_stats, Err(String::new())),
             files: std::mem::take(&mut self.files),
             disk: self.disk.take(),
             stopping: AtomicBool::new(false),
@@ -494,28 +513,61 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let mut exits = ExitCounts::default();
-        let mut exits_per_vcpu = Vec::new();
+        let mut vmm_exits = ExitCounts::default();
+        let mut vmm_exits_per_vcpu = Vec::new();
         for t in threads {
             let counts = t.join().unwrap_or_default();
-            exits.add(&counts);
-            exits_per_vcpu.push(counts);
+            vmm_exits.add(&counts);
+            vmm_exits_per_vcpu.push(counts);
         }
+        // Read after every vCPU has left KVM_RUN: the final counts.
+        let kvm = kvm_stats_of(&shared.kvm_stats);
         shared.console.flush();
         let disk = shared.disk.as_ref().map(Disk::stop).transpose()?.flatten();
         let power_cut_model = shared.disk.as_ref().and_then(Disk::power_cut_stats);
         let io_error = shared.disk.as_ref().and_then(Disk::io_error_report);
         Ok(RunReport {
             exit,
-            exits,
-            exits_per_vcpu,
+            vmm_exits,
+            vmm_exits_per_vcpu,
+            kvm,
             elapsed,
+            setup,
             console: shared.console.captured(),
             disk,
             power_cut_model,
             io_error,
         })
     }
+}
+
+/// KVM's counters of every vCPU now, summed, or why they are not there.
+fn kvm_stats_of(stats: &Result<Vec<VcpuStats>, String>) -> KvmStats {
+    let read = stats.as_ref().map_err(Clone::clone).and_then(|vcpus| {
+        vcpus
+            .iter()
+            .map(|s| s.read().map_err(|e| e.to_string()))
+            .collect::<Result<Vec<KvmCounts>, String>>()
+    });
+    match read {
+        Ok(per_vcpu) => {
+            let mut total = KvmCounts::default();
+            for c in &per_vcpu {
+                total.add(c);
+            }
+            KvmStats::Available { total, per_vcpu }
+        }
+        Err(reason) => KvmStats::Unavailable { reason },
+    }
+}
+
+/// All VM exits KVM has counted on every vCPU so far, if it can say.
+pub(crate) fn kvm_exits_now(stats: &Result<Vec<VcpuStats>, String>) -> Option<u64> {
+    let vcpus = stats.as_ref().ok()?;
+    vcpus
+        .iter()
+        .map(|s| s.read().ok().map(|c| c.exits))
+        .sum::<Option<u64>>()
 }
 
 /// `KVM_CREATE_VM`, retried while it reports EINTR: it is interruptible, and

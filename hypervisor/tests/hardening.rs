@@ -309,7 +309,7 @@ fn a_guest_status_dbos_also_uses_is_attributed_to_the_guest() {
 fn stats(stderr: &str) -> (u64, u64, String) {
     let line = stderr
         .lines()
-        .find(|l| l.contains(" VM exits in "))
+        .find(|l| l.contains(" exits to the VMM in "))
         .unwrap_or_else(|| panic!("no stats line in {stderr}"));
     let total: u64 = line["dbos: ".len()..]
         .split(' ')

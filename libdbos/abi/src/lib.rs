@@ -33,6 +33,8 @@
 //!   the ELF version note.
 //! - 3: [`FaultArgs`] carries the faulting context's general-purpose
 //!   registers; the heap region includes [`HEAP_PER_VCPU`] bytes per vCPU.
+//! - 4: [`StatsArgs`] names its count for what it is (exits to the VMM,
+//!   `vmm_exits`) and adds KVM's own count of all VM exits (`kvm_exits`).
 #![no_std]
 
 pub mod boot;
@@ -50,7 +52,7 @@ pub use layout::*;
 pub use nvme::{QueueLayout, QueuePairConfig};
 
 /// Version of this ABI (see the crate documentation for the history).
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// A guest-physical address: what the guest's page tables translate to and
 /// what the VMM checks against guest memory before it touches anything.
@@ -189,7 +191,7 @@ mod tests {
         core::fmt::Write::write_fmt(&mut buf, format_args!("{err}")).unwrap();
         assert_eq!(
             core::str::from_utf8(&buf.bytes[..buf.len]).unwrap(),
-            "dbos ABI version mismatch: guest built for version 3, hypervisor provides version 4"
+            "dbos ABI version mismatch: guest built for version 4, hypervisor provides version 5"
         );
     }
 
