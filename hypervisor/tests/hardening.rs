@@ -481,6 +481,15 @@ fn no_reference_to_files_outside_the_repository() {
         hits.trim().is_empty(),
         "references outside the repository:\n{hits}"
     );
+    // `git grep` exits 1 when nothing matched; 0 is a match (above), and
+    // anything else an error (no repository, no git, a bad pattern), which
+    // would otherwise pass with empty output.
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "git grep failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
     assert!(
         readme.contains("(docs/architecture.md)"),
