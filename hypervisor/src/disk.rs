@@ -111,6 +111,11 @@ pub struct DiskConfig {
     /// ring 0 is emulated (no VT-x), a guest needs milliseconds between
     /// I/Os, and only a longer spin keeps steady-state I/O free of exits.
     pub poll_spin: std::time::Duration,
+    /// Experiment (`--disk-fixed-buffers`): register all of guest RAM with
+    /// io_uring as fixed buffers, as the disk did before, which pins and
+    /// faults it all in at start. Off by default; ignored on the power-cut
+    /// model.
+    pub fixed_buffers: bool,
     /// Run the disk on the power-cut model and cut the power as planned
     /// (at a moment: [`Disk::cut_power`], called by the VM; at a write: by
     /// the model, which tells the VM).
@@ -129,6 +134,7 @@ impl DiskConfig {
             path: path.into(),
             create_bytes,
             poll_spin: PollerConfig::default().spin,
+            fixed_buffers: false,
             power_cut: None,
             io_error: None,
         }
@@ -345,7 +351,7 @@ impl Disk {
         let (poller, power) = match config.power_cut {
             None => {
                 let uring = UringConfig {
-                    fixed_buffers: false,
+                    fixed_buffers: config.fixed_buffers,
                     ..UringConfig::default()
                 };
                 let backend = UringBackend::new(&file, &memory, uring)?;

@@ -125,6 +125,13 @@ struct RunArgs {
     )]
     disk_spin_us: u64,
 
+    /// Experiment: register all of guest RAM with the disk's io_uring as
+    /// fixed buffers, as dbos did before (pins and faults in every byte of
+    /// it at start, counted against RLIMIT_MEMLOCK without CAP_IPC_LOCK),
+    /// to measure that against the default with --stats.
+    #[arg(long, requires = "disk", conflicts_with_all = ["power_cut_after", "power_cut_at_write"])]
+    disk_fixed_buffers: bool,
+
     /// Stop the guest after this many seconds (fractions allowed, or with
     /// an ms or s suffix; finite, at most 1000000000), wherever it is; exit
     /// status 104. A clean stop, not a power failure: the disk finishes
@@ -367,6 +374,7 @@ fn run(args: RunArgs) -> ExitCode {
         time_limit: args.time_limit,
         disk: args.disk.map(|path| dbos_hypervisor::disk::DiskConfig {
             poll_spin: std::time::Duration::from_micros(args.disk_spin_us),
+            fixed_buffers: args.disk_fixed_buffers,
             power_cut: args
                 .power_cut_after
                 .map(CutAt::After)
@@ -416,7 +424,7 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!(
             "dbos: VM set up in {:.3} ms; {}",
             report.setup.as_secs_f64() * 1e3,
-            dbos_hypervisor::memory::ProcessMemory::read()
+            report.memory
         );
     }
     ExitCode::from(report.exit.process_status())

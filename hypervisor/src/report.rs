@@ -517,6 +517,10 @@ pub struct RunReport {
     /// Time from VM creation to the start of the first vCPU (the VM set
     /// up: guest RAM, boot state, vCPUs, the disk's poller).
     pub setup: Duration,
+    /// This process's memory when the guest had stopped, before the disk
+    /// was torn down: peak resident, and what was locked and pinned while
+    /// the VM (and its disk's io_uring) lived.
+    pub memory: crate::memory::ProcessMemory,
     /// Console lines, when capture was enabled.
     pub console: Vec<String>,
     /// The disk poller's counters, when the VM had a disk.

@@ -523,6 +523,9 @@ impl Vm {
         // Read after every vCPU has left KVM_RUN: the final counts.
         let kvm = kvm_stats_of(&shared.kvm_stats);
         shared.console.flush();
+        // Before the disk goes: its ring's registrations, if any, still
+        // count as pinned.
+        let memory = crate::memory::ProcessMemory::read();
         let disk = shared.disk.as_ref().map(Disk::stop).transpose()?.flatten();
         let power_cut_model = shared.disk.as_ref().and_then(Disk::power_cut_stats);
         let io_error = shared.disk.as_ref().and_then(Disk::io_error_report);
@@ -533,6 +536,7 @@ impl Vm {
             kvm,
             elapsed,
             setup,
+            memory,
             console: shared.console.captured(),
             disk,
             power_cut_model,

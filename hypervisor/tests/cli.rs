@@ -40,6 +40,61 @@ fn stats_report_the_exit_count() {
     assert!(stderr.contains("dbos: 3 exits to the VMM in "), "{stderr}");
 }
 
+/// `dbos run --memory MEMORY --disk ... --stats hello` plus `extra`: the
+/// process's (peak resident, locked, pinned) memory in KiB, from the
+/// `--stats` line.
+fn startup_memory(memory: &str, extra: &[&str]) -> (u64, u64, u64) {
+    let dir = common::scratch();
+    let disk = dir.path().join("start.img");
+    let mut args = vec![
+        "run",
+        "--memory",
+        memory,
+        "--disk",
+        disk.to_str().unwrap(),
+        "--disk-size",
+        "4M",
+        "--stats",
+    ];
+    args.extend(extra);
+    let guest = image("hello");
+    args.push(&guest);
+    let (code, _, stderr) = dbos(&args);
+    assert_eq!(code, 0, "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("dbos: VM set up in "))
+        .unwrap_or_else(|| panic!("no memory line in {stderr}"));
+    let kib = |what: &str| -> u64 {
+        let at = line
+            .find(&format!(" kB ({what})"))
+            .unwrap_or_else(|| panic!("no {what} in {line}"));
+        line[..at].rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    (kib("VmHWM"), kib("VmLck"), kib("VmPin"))
+}
+
+/// A 4 GiB guest with a disk starts without faulting in, locking or
+/// pinning its RAM: guest RAM is not registered with io_uring (each I/O
+/// pins its pages only while it runs), so the process stays small. The
+/// memory is read when the guest has stopped, before the disk's ring is
+/// torn down (registered buffers still count as pinned then: the
+/// `--disk-fixed-buffers` experiment, which registers them, shows it on a
+/// smaller guest).
+#[test]
+fn a_4_gib_guest_with_a_disk_locks_and_pins_nothing() {
+    if !require_kvm() {
+        return;
+    }
+    let (peak, locked, pinned) = startup_memory("4G", &[]);
+    assert_eq!((locked, pinned), (0, 0), "peak {peak} KiB");
+    // Far below the guest's 4 GiB (registering it faulted all of it in).
+    assert!(peak < 64 << 10, "peak resident {peak} KiB");
+    let (peak, _, pinned) = startup_memory("256M", &["--disk-fixed-buffers"]);
+    assert!(pinned >= 256 << 10, "registered: {pinned} KiB pinned");
+    assert!(peak >= 256 << 10, "registered: peak resident {peak} KiB");
+}
+
 /// The number after `prefix` on the first line of `text` where one follows
 /// it.
 fn number_after(text: &str, prefix: &str) -> Option<u64> {
