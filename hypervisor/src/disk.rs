@@ -33,7 +33,7 @@
 //! ([`Disk::on_power_cut`]).
 //!
 //! The guest registers each queue pair with a hypercall; after that, I/O
-//! costs no VM exit while the poller is polling. The only exit on the I/O
+//! costs no exit to the VMM while the poller is polling. The only exit on the I/O
 //! path is the real doorbell, which the guest rings when the poller has
 //! announced (event indexes) that it is parking.
 

@@ -20,15 +20,17 @@ const UNITS: [&str; 22] = [
 ];
 
 /// How a command that produces figures begins.
-const COMMANDS: [&str; 16] = [
+const COMMANDS: [&str; 18] = [
     "cargo run",
     "cargo test",
     "cargo bench",
     "cargo fuzz",
     "RUSTC_BOOTSTRAP=1 cargo fuzz",
     "dbos run",
-    "target/release/dbos run",
-    "./target/release/dbos run",
+    "target/release/",
+    "./target/release/",
+    "target/debug/",
+    "./target/debug/",
     "DBOS_",
     "fio ",
     "pg_test_fsync",
