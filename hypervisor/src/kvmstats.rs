@@ -16,7 +16,7 @@
 //! header's `name_size` bytes) and a data block of `u64` values. The
 //! header and descriptors are read once; [`VcpuStats::read`] re-reads the
 //! data block. Parsing is plain byte slicing ([`Layout::parse`]); the only
-//! `unsafe` is the ioctl that makes the file ([`stats_fd`]).
+//! `unsafe` is the ioctl that makes the file (`stats_fd`).
 
 use kvm_ioctls::{Kvm, VcpuFd};
 use std::fmt;
