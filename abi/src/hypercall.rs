@@ -164,7 +164,7 @@ hypercalls! {
     Fault = 3 => FaultArgs,
     /// Read the host's monotonic clock ([`ClockArgs`]).
     Clock = 4 => ClockArgs,
-    /// Read the VMM's counters ([`StatsArgs`]).
+    /// Read the exit counters: the VMM's and KVM's ([`StatsArgs`]).
     Stats = 5 => StatsArgs,
     /// Open a file the user authorised with `--file NAME=PATH` ([`FileOpenArgs`]).
     FileOpen = 6 => FileOpenArgs,
@@ -309,11 +309,21 @@ pub struct ClockArgs {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StatsArgs {
-    /// VM exits taken so far by all vCPUs, not counting `Stats` calls
+    /// Exits to the VMM (returns from `KVM_RUN`: hypercalls, unknown ports,
+    /// MMIO) taken so far by all vCPUs, not counting `Stats` calls
     /// themselves, so that the difference of two readings is exactly the
-    /// exits taken in between.
-    pub vm_exits: u64,
+    /// exits to the VMM taken in between. Exits KVM handles in the kernel
+    /// are not among them.
+    pub vmm_exits: u64,
+    /// All VM exits KVM has counted so far on all vCPUs (its per-vCPU
+    /// `exits` statistic: those it handled in the kernel included), less
+    /// one per `Stats` call (the call's own exit), or [`KVM_EXITS_UNKNOWN`]
+    /// when this host's KVM does not offer its statistics.
+    pub kvm_exits: u64,
 }
+
+/// [`StatsArgs::kvm_exits`] when KVM's statistics cannot be read.
+pub const KVM_EXITS_UNKNOWN: u64 = u64::MAX;
 
 /// Arguments of [`Hypercall::FileOpen`].
 #[repr(C)]
@@ -463,7 +473,7 @@ mod tests {
         // ABI 3: 64 bytes and the 15 general-purpose registers.
         assert_eq!(size_of::<FaultArgs>(), 64 + 15 * 8);
         assert_eq!(size_of::<ClockArgs>(), 8);
-        assert_eq!(size_of::<StatsArgs>(), 8);
+        assert_eq!(size_of::<StatsArgs>(), 16);
         assert_eq!(size_of::<FileOpenArgs>(), 24);
         assert_eq!(size_of::<FileIoArgs>(), 40);
         assert_eq!(size_of::<FileArgs>(), 16);

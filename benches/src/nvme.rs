@@ -270,6 +270,20 @@ pub fn run_pread(file: &BackingFile, w: Workload, budget: Budget) -> Summary {
 /// One thread driving io_uring directly: registered file and buffers,
 /// `depth` requests outstanding, `submit_and_wait(1)` between batches.
 pub fn run_uring(file: &BackingFile, w: Workload, budget: Budget) -> Summary {
+    run_uring_submitting(file, w, budget, 0)
+}
+
+/// [`run_uring`], but with `submit_every` > 0 each refill is handed to the
+/// kernel `submit_every` entries per `io_uring_enter` (an enter after every
+/// `submit_every` entries pushed, the rest with the wait): the experiment
+/// behind the poller's pairwise submission (`nvme-compare
+/// --uring-submit-every N`, figures in `nvme/docs/benchmarks.md`).
+pub fn run_uring_submitting(
+    file: &BackingFile,
+    w: Workload,
+    budget: Budget,
+    submit_every: usize,
+) -> Summary {
     let bytes = file.blocks() * BLOCK_SIZE;
     let mut ring = IoUring::new((w.depth as u32 * 2).next_power_of_two().max(8)).expect("io_uring");
     ring.submitter()
@@ -317,6 +331,9 @@ pub fn run_uring(file: &BackingFile, w: Workload, budget: Budget) -> Summary {
             unsafe { ring.submission().push(&entry.user_data(slot as u64)) }
                 .expect("ring has room");
             issued += 1;
+            if submit_every > 0 && ring.submission().len() >= submit_every {
+                ring.submit().expect("io_uring_enter");
+            }
         }
         if free.len() == w.depth {
             break;

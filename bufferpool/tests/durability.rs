@@ -105,7 +105,12 @@ fn holds_all(e: &Mem, n: u64) -> bool {
 /// Item 1: flip one byte in every sector of the device, in turn (in the
 /// header and in the payload): recovery either has all N acknowledged
 /// commits or refuses, naming the place, and writes nothing. Never fewer
-/// than N with success.
+/// than N with success. Which of the two is exact: a flip in a log sector
+/// holding any byte recovery needs (from the checkpoint's redo point to
+/// the durable end) is refused, naming that sector; every other flip (in
+/// either control block, the backup block, a data page, which the log's
+/// page images restore, or a log sector wholly before the redo point or
+/// wholly past the durable end) is recovered with every commit.
 #[test]
 fn every_flipped_byte_is_recovered_or_refused_never_lost() {
     const N: u64 = 120;
@@ -113,7 +118,14 @@ fn every_flipped_byte_is_recovered_or_refused_never_lost() {
     let clean = disk.image();
     let log = LAYOUT.log_start() as usize * BLOCK_SIZE;
     let log_end = log + LAYOUT.log_blocks as usize * BLOCK_SIZE;
-    let durable_end = log + ends[N as usize - 1].0 as usize;
+    let durable_end = ends[N as usize - 1].0;
+    let redo = Control::newest(&clean[..BLOCK_SIZE], &clean[BLOCK_SIZE..2 * BLOCK_SIZE])
+        .unwrap()
+        .redo
+        .0;
+    // The checkpoint left the redo point inside the log, past its first
+    // sectors (so flips before it exist), and the log did not wrap.
+    assert!(redo > 4 * SECTOR && durable_end < (log_end - log) as u64);
     let (mut recovered, mut refused) = (0, 0);
     for sector in 0..clean.len() / SECTOR as usize {
         for offset in [5, 100] {
@@ -121,17 +133,27 @@ fn every_flipped_byte_is_recovered_or_refused_never_lost() {
             let mut img = clean.clone();
             img[at] ^= 0x40;
             let disk = MemDisk::new(img.clone());
+            // A log sector any byte of which lies in [redo, durable end).
+            let needed = (log..log_end).contains(&at) && {
+                let first = (at - log) as u64 / SECTOR * SECTOR;
+                first < durable_end && first + SECTOR > redo
+            };
             match mem_open(&disk) {
                 Ok((e, _)) => {
                     assert!(holds_all(&e, N), "byte {at} flipped: commits lost");
+                    assert!(
+                        !needed,
+                        "byte {at} flipped, in a log sector recovery needs: accepted"
+                    );
                     recovered += 1;
                 }
                 Err(err) => {
                     assert!(disk.image() == img, "a refusing recovery wrote");
                     refused += 1;
-                    // A flip in the log the checkpoint's redo point needs is
-                    // refused with that very sector.
-                    if at >= log && at < durable_end {
+                    // Only a flip in the log the checkpoint's redo point
+                    // needs is refused, with that very sector.
+                    assert!(needed, "byte {at} flipped, not needed: refused ({err})");
+                    {
                         let Error::LogCorrupt(d) = err else {
                             panic!("byte {at}: {err}")
                         };
@@ -158,13 +180,17 @@ fn every_flipped_byte_is_recovered_or_refused_never_lost() {
                     }
                 }
             }
-            let _ = log_end;
         }
     }
-    // Each flip in the log from the redo point to the durable end, and in
-    // a page written by the checkpoint, is refused; flips in the other
-    // control block copy, past the end or before the redo point are not.
-    assert!(refused > 0 && recovered > 0, "{recovered} {refused}");
+    // 2 flips in each of the sectors from the one holding the redo point
+    // to the one holding the durable end; every other flip recovered.
+    let sectors = (durable_end - 1) / SECTOR - redo / SECTOR + 1;
+    assert_eq!(refused, 2 * sectors, "{recovered} recovered");
+    assert_eq!(
+        recovered + refused,
+        2 * (clean.len() as u64 / SECTOR),
+        "{recovered} {refused}"
+    );
     eprintln!("flips: {recovered} recovered in full, {refused} refused");
 }
 

@@ -22,6 +22,7 @@ use dbos_bufferpool::pool::{BufferManager, Pool, PoolConfig};
 use dbos_bufferpool::{
     CommitMode, Config, Engine, KvTable, Lsn, PageId, PageWrite, PoolError, PAGE_SIZE,
 };
+use dbos_nvme::host::powercut::Fate;
 use dbos_nvme::host::Device;
 use libdbos::process::{Config as PlatformConfig, ProcessPlatform};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -146,51 +147,65 @@ fn page_contents<B: BufferManager>(e: &Engine<ProcessBlockDevice, B>, p: u64) ->
     got
 }
 
+/// Seeds of [`random_commits_survive_a_power_cut`]: enough that the
+/// transaction in flight at the cut is both kept and lost.
+const CUT_SEEDS: u64 = 6;
+
 /// 400 random transactions on 256 pages through an 8-frame pool, with
-/// checkpoints; one more appended but not waited for; then power cuts
-/// (FUA log writes are durable; page writes since the last flush are each
-/// kept, lost or torn). Recovery, through an 8-frame pool too, must find
-/// exactly the acknowledged transactions, plus the last one entirely or
-/// not at all.
+/// checkpoints; then one more, whose log write is in flight when the power
+/// is cut (FUA log writes that completed are durable; page writes since the
+/// last flush, and the write in flight, are each kept, lost or torn, as the
+/// seed decides). Recovery, through an 8-frame pool too, must find exactly
+/// the acknowledged transactions, plus the last one entirely or not at all;
+/// over the seeds, both must happen (the last transaction kept, and lost),
+/// and it must never survive a cut that lost its log write.
 fn random_commits_survive_a_power_cut<B: BufferManager>(name: &str, make: MakePool<B>) {
-    let (dev, pc) = memory_device(vec![0; disk_bytes(BIG)]);
-    let (l, d) = devices(&dev);
-    let e = Engine::format(l, d, BIG, config(CommitMode::Fua), |s| make(&dev, s)).unwrap();
-    let mut model = vec![vec![0u8; PAGE_CONTENTS]; BIG.data_pages as usize];
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut written_before_checkpoint = None;
-    for t in 0..400 {
-        if t % 150 == 149 {
-            if written_before_checkpoint.is_none() {
-                written_before_checkpoint = Some(e.pool().stats().writes);
-            }
-            e.checkpoint().unwrap();
-        }
-        let txn = random_txn(&mut rng);
-        e.commit(&as_writes(&txn)).unwrap();
-        apply(&mut model, &txn);
-        // Reads through the pool see the model, whatever was evicted.
-        if t % 20 == 0 {
-            let p = txn[0].0 .0;
-            assert_eq!(page_contents(&e, p), model[p as usize], "{name}: page {p}");
-        }
-    }
-    let stats = e.pool().stats();
-    assert_eq!(e.pool().capacity(), FRAMES_SMALL);
-    assert!(stats.evictions > 300, "{name}: {stats:?}");
-    assert!(
-        written_before_checkpoint.unwrap() > 0,
-        "{name}: eviction wrote no page before the first checkpoint"
-    );
-    assert!(e.stats().checkpoints >= 2, "{name}: {:?}", e.stats());
-    let last = random_txn(&mut rng);
-    e.append_commit(&as_writes(&last)).unwrap();
-    let mut with_last = model.clone();
-    apply(&mut with_last, &last);
-    drop(e);
     let mut outcomes = [0; 2];
-    for seed in 0..4 {
-        let (img, _) = pc.crash_image(seed);
+    for seed in 0..CUT_SEEDS {
+        let (dev, pc) = memory_device(vec![0; disk_bytes(BIG)]);
+        let (l, d) = devices(&dev);
+        let e = Engine::format(l, d, BIG, config(CommitMode::Fua), |s| make(&dev, s)).unwrap();
+        let mut model = vec![vec![0u8; PAGE_CONTENTS]; BIG.data_pages as usize];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut written_before_checkpoint = None;
+        for t in 0..400 {
+            if t % 150 == 149 {
+                if written_before_checkpoint.is_none() {
+                    written_before_checkpoint = Some(e.pool().stats().writes);
+                }
+                e.checkpoint().unwrap();
+            }
+            let txn = random_txn(&mut rng);
+            e.commit(&as_writes(&txn)).unwrap();
+            apply(&mut model, &txn);
+            // Reads through the pool see the model, whatever was evicted.
+            if t % 20 == 0 {
+                let p = txn[0].0 .0;
+                assert_eq!(page_contents(&e, p), model[p as usize], "{name}: page {p}");
+            }
+        }
+        let stats = e.pool().stats();
+        assert_eq!(e.pool().capacity(), FRAMES_SMALL);
+        assert!(stats.evictions > 300, "{name}: {stats:?}");
+        assert!(
+            written_before_checkpoint.unwrap() > 0,
+            "{name}: eviction wrote no page before the first checkpoint"
+        );
+        assert!(e.stats().checkpoints >= 2, "{name}: {:?}", e.stats());
+        let last = random_txn(&mut rng);
+        let end = e.append_commit(&as_writes(&last)).unwrap();
+        let mut with_last = model.clone();
+        apply(&mut with_last, &last);
+        // Appending wrote nothing to the log yet: its write is the next one
+        // to reach the disk. Cut the power with it in flight.
+        pc.cut_at_write(pc.stats().write_commands + 1, seed);
+        assert!(
+            e.wait_durable(end).is_err(),
+            "{name} seed {seed}: a commit acknowledged across a power cut"
+        );
+        let (img, cut) = pc.image().expect("the power was cut at the log write");
+        let fate = cut.in_flight.expect("the log write was in flight").fate;
+        drop(e);
         let (dev2, _) = memory_device(img);
         let (l, d) = devices(&dev2);
         let (e2, report) = Engine::open(l, d, config(CommitMode::Fua), |s| make(&dev2, s))
@@ -216,11 +231,20 @@ fn random_commits_survive_a_power_cut<B: BufferManager>(name: &str, make: MakePo
                 if has_last { "kept" } else { "lost" }
             );
         }
+        assert!(
+            !(has_last && fate == Fate::Lost),
+            "{name} seed {seed}: the last transaction survived the loss of its log write"
+        );
         outcomes[has_last as usize] += 1;
         // Recovery and the checks went through 8 frames for 256 pages.
         assert!(e2.pool().stats().evictions > 200, "{name}");
     }
-    assert_eq!(outcomes.iter().sum::<i32>(), 4);
+    assert!(
+        outcomes[0] > 0 && outcomes[1] > 0,
+        "{name}: over {CUT_SEEDS} cuts the last transaction was lost {} times and kept {} times",
+        outcomes[0],
+        outcomes[1]
+    );
 }
 
 #[test]

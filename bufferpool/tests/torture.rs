@@ -14,8 +14,15 @@
 //! transaction is present in full, and no other transaction is partly
 //! visible.
 //!
-//! `DBOS_TORTURE_SEEDS=N` runs N seeds (default 500, about 15 s); `DBOS_TORTURE_FIRST`
-//! the first seed (default 0).
+//! The cuts must have done what they are there for: over the seeds, writes
+//! not yet durable were lost and others torn, and logged transactions whose
+//! commit was never acknowledged were lost with them (as `crash.rs`
+//! requires of the guest's cuts); a run whose cuts only ever fell between
+//! durable writes would prove nothing.
+//!
+//! `DBOS_TORTURE_SEEDS=N` runs N seeds (default 500, about 15 s; those
+//! requirements are checked from 50 seeds up); `DBOS_TORTURE_FIRST` the
+//! first seed (default 0).
 
 mod common;
 
@@ -57,23 +64,34 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn crash_torture() {
     let seeds = env_u64("DBOS_TORTURE_SEEDS", 500);
     let first = env_u64("DBOS_TORTURE_FIRST", 0);
-    let mut totals = [0u64; 4];
+    let mut totals = [0u64; 7];
     for seed in first..first + seeds {
         let t = run_seed(seed);
         for (a, b) in totals.iter_mut().zip(t) {
             *a += b;
         }
     }
+    let [logged, acked, recovered, repaired, lost, torn, lost_txns] = totals;
     eprintln!(
-        "torture: {seeds} seeds x {ROUNDS} rounds: {} transactions logged, {} acknowledged, \
-         {} recovered, {} pages repaired",
-        totals[0], totals[1], totals[2], totals[3]
+        "torture: {seeds} seeds x {ROUNDS} rounds: {logged} transactions logged, {acked} \
+         acknowledged, {recovered} recovered, {repaired} pages repaired; the cuts lost \
+         {lost} and tore {torn} writes not yet durable, and {lost_txns} logged transactions \
+         with them"
     );
-    assert!(totals[1] > 0);
+    assert!(acked > 0);
+    if seeds >= 50 {
+        assert!(lost > 0, "no cut lost a write");
+        assert!(torn > 0, "no cut tore a write");
+        assert!(
+            lost_txns > 0,
+            "no cut lost a logged, unacknowledged transaction"
+        );
+    }
 }
 
-/// Returns (logged, acknowledged, recovered, pages repaired).
-fn run_seed(seed: u64) -> [u64; 4] {
+/// Returns (logged, acknowledged, recovered, pages repaired, writes the
+/// cuts lost, writes they tore, logged transactions not recovered).
+fn run_seed(seed: u64) -> [u64; 7] {
     let mut rng = Rng::new(seed);
     let mode = if seed.is_multiple_of(2) {
         CommitMode::Fua
@@ -86,7 +104,7 @@ fn run_seed(seed: u64) -> [u64; 4] {
         pc.current()
     };
     let mut expected = vec![0u64; KEYS as usize];
-    let mut totals = [0u64; 4];
+    let mut totals = [0u64; 7];
     for round in 0..ROUNDS {
         let (dev, pc) = memory_device(image);
         let (engine, _) = open(&dev, mode).unwrap();
@@ -191,6 +209,9 @@ fn run_seed(seed: u64) -> [u64; 4] {
         totals[0] += txns.len() as u64;
         totals[1] += txns.iter().filter(|t| t.acked).count() as u64;
         totals[3] += report.pages_repaired.len() as u64;
+        totals[4] += cut.lost as u64;
+        totals[5] += cut.torn as u64;
+        totals[6] += txns.iter().filter(|t| t.end > report.end).count() as u64;
         drop(engine);
         image = pc.current();
     }

@@ -33,7 +33,7 @@
 //! ([`Disk::on_power_cut`]).
 //!
 //! The guest registers each queue pair with a hypercall; after that, I/O
-//! costs no VM exit while the poller is polling. The only exit on the I/O
+//! costs no exit to the VMM while the poller is polling. The only exit on the I/O
 //! path is the real doorbell, which the guest rings when the poller has
 //! announced (event indexes) that it is parking.
 
@@ -111,6 +111,11 @@ pub struct DiskConfig {
     /// ring 0 is emulated (no VT-x), a guest needs milliseconds between
     /// I/Os, and only a longer spin keeps steady-state I/O free of exits.
     pub poll_spin: std::time::Duration,
+    /// Experiment (`--disk-fixed-buffers`): register all of guest RAM with
+    /// io_uring as fixed buffers, as the disk did before, which pins and
+    /// faults it all in at start. Off by default; ignored on the power-cut
+    /// model.
+    pub fixed_buffers: bool,
     /// Run the disk on the power-cut model and cut the power as planned
     /// (at a moment: [`Disk::cut_power`], called by the VM; at a write: by
     /// the model, which tells the VM).
@@ -129,6 +134,7 @@ impl DiskConfig {
             path: path.into(),
             create_bytes,
             poll_spin: PollerConfig::default().spin,
+            fixed_buffers: false,
             power_cut: None,
             io_error: None,
         }
@@ -356,7 +362,7 @@ impl Disk {
         let (poller, power) = match config.power_cut {
             None => {
                 let uring = UringConfig {
-                    fixed_buffers: false,
+                    fixed_buffers: config.fixed_buffers,
                     ..UringConfig::default()
                 };
                 let backend = UringBackend::new(&file, &memory, uring)?;

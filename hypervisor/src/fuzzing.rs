@@ -2,7 +2,11 @@
 //! libFuzzer). They live here so that an ordinary test
 //! (`tests/fuzz_corpus.rs`) replays the committed corpus
 //! (`hypervisor/fuzz/corpus/<target>/`) through the same code. Each body
-//! panics only on a bug.
+//! panics only on a bug, or when the machine cannot give it what it needs
+//! (the guest RAM of the hypercall target): never silently skipped, so that
+//! a replay always runs what it says. Each returns whether the input got
+//! past its first check (the shape of the input) to the code under test,
+//! which the corpus replay counts.
 
 use crate::clock::Clock;
 use crate::console::Console;
@@ -51,18 +55,19 @@ fn scratch_file() -> Option<File> {
 /// the argument block is: low RAM, high RAM, or near the top of the address
 /// space; a 16-bit offset), then the contents of guest RAM (low, then high).
 /// One host file named "f" is granted (a memfd); there is no disk.
-pub fn hypercalls(data: &[u8]) {
+/// Returns whether the calls were served (the input held the count byte
+/// and the calls it announces).
+pub fn hypercalls(data: &[u8]) -> bool {
     let Some((&count, rest)) = data.split_first() else {
-        return;
+        return false;
     };
     let calls = usize::from(count) % MAX_CALLS + 1;
     if rest.len() < calls * 4 {
-        return;
+        return false;
     }
     let (calls, contents) = rest.split_at(calls * 4);
-    let Ok(ram) = GuestRam::new(&[LOW, HIGH]) else {
-        return;
-    };
+    let ram = GuestRam::new(&[LOW, HIGH])
+        .unwrap_or_else(|e| panic!("cannot allocate the target's 20 KiB of guest RAM: {e}"));
     let (low, high) = contents.split_at(contents.len().min(LOW.len() as usize));
     let high = &high[..high.len().min(HIGH.len() as usize)];
     ram.write(LOW.start, low)
@@ -78,12 +83,14 @@ pub fn hypercalls(data: &[u8]) {
             .collect(),
     );
     let (exits, stats_calls) = (AtomicU64::new(0), AtomicU64::new(0));
+    let kvm_stats = Err("no KVM in the fuzz target".to_string());
     let services = Services {
         ram: &ram,
         console: &console,
         control: Control {
-            exits: &exits,
+            vmm_exits: &exits,
             stats_calls: &stats_calls,
+            kvm_stats: &kvm_stats,
         },
         clock: Clock::new(Instant::now()),
         files: &files,
@@ -104,29 +111,31 @@ pub fn hypercalls(data: &[u8]) {
         let _ = services.handle(vcpu, hypercall, GuestPhysAddr(block));
     }
     console.flush();
+    true
 }
 
 /// The ELF loader and the layout on arbitrary bytes.
 ///
 /// Input: one byte for the vCPU count, eight for the memory size, then the
 /// image. A parsed image is checked against the memory (`Image::within`)
-/// and laid out as `Vm::new` would.
-pub fn elf(data: &[u8]) {
+/// and laid out as `Vm::new` would. Returns whether the image reached the
+/// parser (the input held the 9 bytes before it).
+pub fn elf(data: &[u8]) -> bool {
     if data.len() < 9 {
-        return;
+        return false;
     }
     let vcpus = u32::from(data[0]) % dbos_abi::MAX_VCPUS + 1;
     let memory =
         (u64::from_le_bytes(data[1..9].try_into().expect("8 bytes")) % MAX_MEMORY) & !(PAGE - 1);
     let Ok(image) = Image::parse(&data[9..]) else {
-        return;
+        return true;
     };
     let _ = image.packed_size();
     if memory < Layout::minimum_memory(&image, vcpus) {
-        return;
+        return true;
     }
     let Ok(image) = image.within(memory.min(LOW_RAM_END)) else {
-        return;
+        return true;
     };
     if let Ok(layout) = Layout::plan(memory, &image, vcpus) {
         assert_eq!(layout.ram_bytes(), memory);
@@ -136,4 +145,5 @@ pub fn elf(data: &[u8]) {
             assert!(layout.image.start <= s.phys && s.phys_end() <= layout.image.end);
         }
     }
+    true
 }

@@ -8,8 +8,11 @@
 //! ([`hypercall`]), which checks every guest address against guest memory
 //! ([`memory`]) and hands each call to the module that owns it: [`console`],
 //! [`control`] (exit, panic, fault, counters), [`clock`], [`files`] and
-//! [`disk`]. Everything the VMM and a guest agree on comes from the
-//! `dbos-abi` crate; the VMM does not link `libdbos`.
+//! [`disk`]. The run report counts the exits that reach the VMM;
+//! [`kvmstats`] reads KVM's own per-vCPU statistics, which count every VM
+//! exit, those KVM handles in the kernel included. Everything the VMM and
+//! a guest agree on comes from the `dbos-abi` crate; the VMM does not link
+//! `libdbos`.
 
 pub mod boot;
 pub mod clock;
@@ -21,6 +24,7 @@ pub mod files;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod hypercall;
+pub mod kvmstats;
 pub mod layout;
 pub mod memory;
 pub mod new_project;

@@ -174,9 +174,81 @@ impl HostMemory {
     }
 }
 
+/// This process's memory, from `/proc/self/status`: what a run of `dbos`
+/// held at its peak and what it locked or pinned (`--stats` prints it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessMemory {
+    /// Peak resident set size (`VmHWM`), bytes.
+    pub peak_resident: Option<u64>,
+    /// Memory locked with `mlock` (`VmLck`), bytes.
+    pub locked: Option<u64>,
+    /// Pages pinned by the kernel for this process (`VmPin`: io_uring
+    /// fixed buffers, for one), bytes.
+    pub pinned: Option<u64>,
+}
+
+impl ProcessMemory {
+    /// Reads `/proc/self/status`; fields it lacks are `None`.
+    pub fn read() -> ProcessMemory {
+        std::fs::read_to_string("/proc/self/status")
+            .map(|text| ProcessMemory::parse(&text))
+            .unwrap_or_default()
+    }
+
+    /// Parses the text of `/proc/PID/status` ("VmHWM:  5120 kB").
+    pub fn parse(text: &str) -> ProcessMemory {
+        let field = |key: &str| {
+            text.lines().find_map(|line| {
+                let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+                let kib: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;
+                kib.checked_mul(1024)
+            })
+        };
+        ProcessMemory {
+            peak_resident: field("VmHWM"),
+            locked: field("VmLck"),
+            pinned: field("VmPin"),
+        }
+    }
+}
+
+/// "peak resident 5.1 MB (VmHWM), locked 0 kB (VmLck), pinned 0 kB (VmPin)".
+impl std::fmt::Display for ProcessMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: Option<u64>| match v {
+            Some(b) => format!("{} kB", b >> 10),
+            None => "unknown".to_string(),
+        };
+        write!(
+            f,
+            "peak resident {} (VmHWM), locked {} (VmLck), pinned {} (VmPin)",
+            show(self.peak_resident),
+            show(self.locked),
+            show(self.pinned)
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_memory_from_status() {
+        let m = ProcessMemory::parse(
+            "Name:\tdbos\nVmPeak:\t 4300000 kB\nVmLck:\t       0 kB\nVmPin:\t     12 kB\n\
+             VmHWM:\t    5120 kB\nVmRSS:\t    5000 kB\n",
+        );
+        assert_eq!(m.peak_resident, Some(5120 << 10));
+        assert_eq!(m.locked, Some(0));
+        assert_eq!(m.pinned, Some(12 << 10));
+        assert_eq!(
+            m.to_string(),
+            "peak resident 5120 kB (VmHWM), locked 0 kB (VmLck), pinned 12 kB (VmPin)"
+        );
+        assert_eq!(ProcessMemory::parse("garbage").pinned, None);
+        assert!(ProcessMemory::read().peak_resident.is_some_and(|b| b > 0));
+    }
 
     #[test]
     fn host_memory_from_meminfo() {

@@ -1,4 +1,4 @@
-//! How a run ended, what it cost in VM exits, and how it is reported.
+//! How a run ended, what it cost in exits to the VMM, and how it is reported.
 
 use crate::hypercall::{HypercallError, Stop};
 use dbos_abi::{exception_name, Hypercall};
@@ -422,11 +422,16 @@ pub enum ExitKind {
     Other(OtherExit),
 }
 
-/// VM exits counted by the VMM: every exit is counted once in `total` and
-/// once under its kind, so the kinds always sum to the total.
+/// Exits to the VMM, counted by the VMM: every return from `KVM_RUN` with
+/// an exit is counted once in `total` and once under its kind, so the kinds
+/// always sum to the total. Exits KVM handles in the kernel without
+/// returning (interrupts, IPIs through the in-kernel APIC, page faults and
+/// TLB instructions under shadow paging, emulated instructions) are not
+/// here; [`crate::kvmstats`] reads KVM's own count of every exit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitCounts {
-    /// Every return from `KVM_RUN` with an exit (not counting signal kicks).
+    /// Every return from `KVM_RUN` with an exit to the VMM (not counting
+    /// signal kicks).
     pub total: u64,
     /// Hypercall exits by call number.
     pub hypercalls: [u64; Hypercall::ALL.len()],
@@ -498,12 +503,24 @@ impl fmt::Display for ExitCounts {
 #[derive(Clone, Debug)]
 pub struct RunReport {
     pub exit: GuestExit,
-    /// Exits of all vCPUs together.
-    pub exits: ExitCounts,
-    /// Exits per vCPU.
-    pub exits_per_vcpu: Vec<ExitCounts>,
+    /// Exits to the VMM (returns from `KVM_RUN`) of all vCPUs together.
+    /// Exits KVM handled in the kernel are not among them: see `kvm`.
+    pub vmm_exits: ExitCounts,
+    /// Exits to the VMM per vCPU.
+    pub vmm_exits_per_vcpu: Vec<ExitCounts>,
+    /// KVM's own counters (`KVM_GET_STATS_FD`): all VM exits, those KVM
+    /// handled in the kernel included, by kind; or why they are not
+    /// available.
+    pub kvm: crate::kvmstats::KvmStats,
     /// Time from VM creation to the guest's stop.
     pub elapsed: Duration,
+    /// Time from VM creation to the start of the first vCPU (the VM set
+    /// up: guest RAM, boot state, vCPUs, the disk's poller).
+    pub setup: Duration,
+    /// This process's memory when the guest had stopped, before the disk
+    /// was torn down: peak resident, and what was locked and pinned while
+    /// the VM (and its disk's io_uring) lived.
+    pub memory: crate::memory::ProcessMemory,
     /// Console lines, when capture was enabled.
     pub console: Vec<String>,
     /// The disk poller's counters, when the VM had a disk.

@@ -65,6 +65,7 @@ mod tests {
 
     static EXITS: AtomicU64 = AtomicU64::new(0);
     static STATS: AtomicU64 = AtomicU64::new(0);
+    static KVM: Result<Vec<crate::kvmstats::VcpuStats>, String> = Err(String::new());
 
     fn services<'a>(ram: &'a GuestRam, console: &'a Console) -> Services<'a> {
         static FILES: std::sync::OnceLock<Files> = std::sync::OnceLock::new();
@@ -72,8 +73,9 @@ mod tests {
             ram,
             console,
             control: Control {
-                exits: &EXITS,
+                vmm_exits: &EXITS,
                 stats_calls: &STATS,
+                kvm_stats: &KVM,
             },
             clock: Clock::new(Instant::now()),
             files: FILES.get_or_init(Files::default),

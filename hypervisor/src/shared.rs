@@ -5,6 +5,7 @@
 use crate::console::Console;
 use crate::disk::{Disk, PowerCutPlan};
 use crate::files::Files;
+use crate::kvmstats::VcpuStats;
 use crate::memory::GuestRam;
 use crate::report::GuestExit;
 use dbos_nvme::host::powercut::CutReport;
@@ -17,9 +18,13 @@ pub(crate) struct Shared {
     pub ram: Arc<GuestRam>,
     pub console: Console,
     pub started: Instant,
-    /// VM exits of all vCPUs, and the `Stats` hypercalls among them.
-    pub exits: AtomicU64,
+    /// Exits to the VMM (returns from `KVM_RUN`) of all vCPUs, and the
+    /// `Stats` hypercalls among them.
+    pub vmm_exits: AtomicU64,
     pub stats_calls: AtomicU64,
+    /// KVM's own statistics of every vCPU (all VM exits, those handled in
+    /// the kernel included), or why they cannot be read.
+    pub kvm_stats: Result<Vec<VcpuStats>, String>,
     pub files: Files,
     pub disk: Option<Disk>,
     /// Set once the guest has stopped; vCPU loops return when they see it.

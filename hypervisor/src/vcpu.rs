@@ -1,7 +1,7 @@
 //! One vCPU: its initial register state and its run loop.
 //!
 //! The loop runs `KVM_RUN`, serves hypercall exits through the
-//! [`Services`], counts every exit, and
+//! [`Services`], counts every exit that reaches the VMM, and
 //! turns anything unexpected (triple fault, emulation failure, an unknown
 //! port, MMIO with no device) into a [`GuestExit::Crashed`] with the vCPU's
 //! RIP and a register dump.
@@ -131,8 +131,9 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
         ram: &shared.ram,
         console: &shared.console,
         control: Control {
-            exits: &shared.exits,
+            vmm_exits: &shared.vmm_exits,
             stats_calls: &shared.stats_calls,
+            kvm_stats: &shared.kvm_stats,
         },
         clock: Clock::new(shared.started),
         files: &shared.files,
@@ -146,7 +147,7 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
         }
         let next = match vcpu.run() {
             Ok(exit) => {
-                shared.exits.fetch_add(1, Ordering::Relaxed);
+                shared.vmm_exits.fetch_add(1, Ordering::Relaxed);
                 let kind = exit_kind(&exit);
                 counts.record(kind);
                 // The guest has stopped meanwhile (another vCPU, the time

@@ -6,6 +6,7 @@ use crate::console::Console;
 use crate::disk::{CutAt, Disk, DiskConfig, DiskError, PowerCutPlan};
 use crate::elf::{ElfError, Image};
 use crate::files::{FileGrant, FileOpenError, Files};
+use crate::kvmstats::{KvmCounts, KvmStats, VcpuStats};
 use crate::layout::{Layout, MemoryTooSmall, MAX_MEMORY, PAGE};
 use crate::memory::{GuestRam, MemoryError};
 use crate::report::{ExitCounts, GuestExit, RunReport};
@@ -162,6 +163,7 @@ pub struct Vm {
     layout: Layout,
     files: Files,
     disk: Option<Disk>,
+    kvm_stats: Result<Vec<VcpuStats>, String>,
     started: Instant,
 }
 
@@ -219,6 +221,16 @@ impl Vm {
                 .map_err(kvm_err("vCPU register setup"))?;
             vcpus.push(fd);
         }
+        // KVM's per-vCPU statistics, when this KVM offers them: not being
+        // able to read them is reported as such, never as zero exits.
+        let kvm_stats = vcpus
+            .iter()
+            .map(|fd| VcpuStats::open(&kvm, fd))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string());
+        if let Err(reason) = &kvm_stats {
+            log::debug!("KVM's statistics cannot be read: {reason}");
+        }
         log::debug!(
             "VM created: {} vCPU(s), {} MiB, image [{:#x}, {:#x}), heap [{:#x}, {:#x})",
             config.vcpus,
@@ -238,6 +250,7 @@ impl Vm {
             layout,
             files,
             disk,
+            kvm_stats,
             started,
         })
     }
@@ -250,7 +263,8 @@ impl Vm {
     /// Runs the guest until it stops, and reports how.
     pub fn run(mut self) -> Result<RunReport, VmError> {
         install_kick_handler();
-        log::debug!("VM set up in {:?}", self.started.elapsed());
+        let setup = self.started.elapsed();
+        log::debug!("VM set up in {setup:?}");
         let shared = Arc::new(Shared {
             ram: self.ram.clone(),
             console: Console::new(
@@ -259,8 +273,9 @@ impl Vm {
                 self.config.capture_console,
             ),
             started: self.started,
-            exits: AtomicU64::new(0),
+            vmm_exits: AtomicU64::new(0),
             stats_calls: AtomicU64::new(0),
+            kvm_stats: std::mem::replace(&mut self.kvm_stats, Err(String::new())),
             files: std::mem::take(&mut self.files),
             disk: self.disk.take(),
             stopping: AtomicBool::new(false),
@@ -281,16 +296,24 @@ impl Vm {
         let threads = spawn_vcpus(&shared, self.vcpus.drain(..));
         let exit = wait_for_stop(&shared, self.config.time_limit);
         let elapsed = shared.started.elapsed();
-        let (exits, exits_per_vcpu) = stop_vcpus(threads);
+        let (vmm_exits, vmm_exits_per_vcpu) = stop_vcpus(threads);
+        // Read after every vCPU has left KVM_RUN: the final counts.
+        let kvm = kvm_stats_of(&shared.kvm_stats);
         shared.console.flush();
+        // Before the disk goes: its ring's registrations, if any, still
+        // count as pinned.
+        let memory = crate::memory::ProcessMemory::read();
         let disk = shared.disk.as_ref().map(Disk::stop).transpose()?.flatten();
         let power_cut_model = shared.disk.as_ref().and_then(Disk::power_cut_stats);
         let io_error = shared.disk.as_ref().and_then(Disk::io_error_report);
         Ok(RunReport {
             exit,
-            exits,
-            exits_per_vcpu,
+            vmm_exits,
+            vmm_exits_per_vcpu,
+            kvm,
             elapsed,
+            setup,
+            memory,
             console: shared.console.captured(),
             disk,
             power_cut_model,
@@ -507,6 +530,35 @@ fn stop_vcpus(threads: Vec<std::thread::JoinHandle<ExitCounts>>) -> (ExitCounts,
         exits_per_vcpu.push(counts);
     }
     (exits, exits_per_vcpu)
+}
+
+/// KVM's counters of every vCPU now, summed, or why they are not there.
+fn kvm_stats_of(stats: &Result<Vec<VcpuStats>, String>) -> KvmStats {
+    let read = stats.as_ref().map_err(Clone::clone).and_then(|vcpus| {
+        vcpus
+            .iter()
+            .map(|s| s.read().map_err(|e| e.to_string()))
+            .collect::<Result<Vec<KvmCounts>, String>>()
+    });
+    match read {
+        Ok(per_vcpu) => {
+            let mut total = KvmCounts::default();
+            for c in &per_vcpu {
+                total.add(c);
+            }
+            KvmStats::Available { total, per_vcpu }
+        }
+        Err(reason) => KvmStats::Unavailable { reason },
+    }
+}
+
+/// All VM exits KVM has counted on every vCPU so far, if it can say.
+pub(crate) fn kvm_exits_now(stats: &Result<Vec<VcpuStats>, String>) -> Option<u64> {
+    let vcpus = stats.as_ref().ok()?;
+    vcpus
+        .iter()
+        .map(|s| s.read().ok().map(|c| c.exits))
+        .sum::<Option<u64>>()
 }
 
 /// `KVM_CREATE_VM`, retried while it reports EINTR: it is interruptible, and

@@ -29,9 +29,9 @@ fn hello_prints_and_exits_with_chosen_status() {
     );
     assert_eq!(report.exit.process_status(), 7);
     // Two console lines and the exit: nothing else leaves the guest.
-    assert_eq!(report.exits.total, 3);
-    assert_eq!(report.exits.hypercall(Hypercall::Console), 2);
-    assert_eq!(report.exits.hypercall(Hypercall::Exit), 1);
+    assert_eq!(report.vmm_exits.total, 3);
+    assert_eq!(report.vmm_exits.hypercall(Hypercall::Console), 2);
+    assert_eq!(report.vmm_exits.hypercall(Hypercall::Exit), 1);
 }
 
 #[test]
@@ -246,7 +246,7 @@ fn clock_is_monotonic() {
         "{}",
         report.console[0]
     );
-    assert_eq!(report.exits.hypercall(Hypercall::Clock), 2);
+    assert_eq!(report.vmm_exits.hypercall(Hypercall::Clock), 2);
 }
 
 #[test]
@@ -268,9 +268,9 @@ fn secondary_vcpus_boot_and_are_stopped_with_the_guest() {
         "{}",
         report.exit
     );
-    assert_eq!(report.exits_per_vcpu.len(), 4);
+    assert_eq!(report.vmm_exits_per_vcpu.len(), 4);
     // Parked vCPUs sit in `hlt` inside KVM and never exit to the VMM.
-    for counts in &report.exits_per_vcpu[1..] {
+    for counts in &report.vmm_exits_per_vcpu[1..] {
         assert_eq!(counts.total, 0);
     }
 }
@@ -358,7 +358,7 @@ fn smp_run_on_all_ipis_and_timer() {
     assert_eq!(report.exit.process_status(), 0, "{}", report.exit);
     // IPIs and timer interrupts go through KVM's in-kernel APIC: vCPU 1 never
     // exits to the VMM.
-    assert_eq!(report.exits_per_vcpu[1].total, 0);
+    assert_eq!(report.vmm_exits_per_vcpu[1].total, 0);
 }
 
 #[test]
@@ -411,8 +411,8 @@ fn hypercall_argument_block_above_4_gib() {
     assert!(block >= dbos_abi::HIGH_RAM_START, "{block:#x}");
     assert_eq!(report.console[1], "[vcpu0] hello from above 4 GiB");
     // One exit per console call and one for the exit call, as always.
-    assert_eq!(report.exits.hypercall(Hypercall::Console), 2);
-    assert_eq!(report.exits.hypercall(Hypercall::Exit), 1);
+    assert_eq!(report.vmm_exits.hypercall(Hypercall::Console), 2);
+    assert_eq!(report.vmm_exits.hypercall(Hypercall::Exit), 1);
 }
 
 #[test]

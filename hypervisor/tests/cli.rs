@@ -37,7 +37,127 @@ fn stats_report_the_exit_count() {
     }
     let (code, _, stderr) = dbos(&["run", &image("hello"), "--stats"]);
     assert_eq!(code, 0);
-    assert!(stderr.contains("dbos: 3 VM exits in "), "{stderr}");
+    assert!(stderr.contains("dbos: 3 exits to the VMM in "), "{stderr}");
+}
+
+/// `dbos run --memory MEMORY --disk ... --stats hello` plus `extra`: the
+/// process's (peak resident, locked, pinned) memory in KiB, from the
+/// `--stats` line.
+fn startup_memory(memory: &str, extra: &[&str]) -> (u64, u64, u64) {
+    let dir = common::scratch();
+    let disk = dir.path().join("start.img");
+    let mut args = vec![
+        "run",
+        "--memory",
+        memory,
+        "--disk",
+        disk.to_str().unwrap(),
+        "--disk-size",
+        "4M",
+        "--stats",
+    ];
+    args.extend(extra);
+    let guest = image("hello");
+    args.push(&guest);
+    let (code, _, stderr) = dbos(&args);
+    assert_eq!(code, 0, "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("dbos: VM set up in "))
+        .unwrap_or_else(|| panic!("no memory line in {stderr}"));
+    let kib = |what: &str| -> u64 {
+        let at = line
+            .find(&format!(" kB ({what})"))
+            .unwrap_or_else(|| panic!("no {what} in {line}"));
+        line[..at].rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    (kib("VmHWM"), kib("VmLck"), kib("VmPin"))
+}
+
+/// A 4 GiB guest with a disk starts without faulting in, locking or
+/// pinning its RAM: guest RAM is not registered with io_uring (each I/O
+/// pins its pages only while it runs), so the process stays small. The
+/// memory is read when the guest has stopped, before the disk's ring is
+/// torn down (registered buffers still count as pinned then: the
+/// `--disk-fixed-buffers` experiment, which registers them, shows it on a
+/// smaller guest).
+#[test]
+fn a_4_gib_guest_with_a_disk_locks_and_pins_nothing() {
+    if !require_kvm() {
+        return;
+    }
+    let (peak, locked, pinned) = startup_memory("4G", &[]);
+    assert_eq!((locked, pinned), (0, 0), "peak {peak} KiB");
+    // Far below the guest's 4 GiB (registering it faulted all of it in).
+    assert!(peak < 64 << 10, "peak resident {peak} KiB");
+    let (peak, _, pinned) = startup_memory("256M", &["--disk-fixed-buffers"]);
+    assert!(pinned >= 256 << 10, "registered: {pinned} KiB pinned");
+    assert!(peak >= 256 << 10, "registered: peak resident {peak} KiB");
+}
+
+/// The number after `prefix` on the first line of `text` where one follows
+/// it.
+fn number_after(text: &str, prefix: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .find_map(|rest| rest.split([' ', ';']).next()?.parse().ok())
+}
+
+/// `--stats` of the key-value guest states exits at both levels: the exits
+/// that reached the VMM, and every VM exit as KVM counted it (its per-vCPU
+/// statistics, those it handled in the kernel included), which can never
+/// be fewer. Where this KVM offers no statistics the line says so instead
+/// of a number; which of the two this host is, the test asks KVM itself.
+#[test]
+fn stats_report_exits_to_the_vmm_and_all_exits_counted_by_kvm() {
+    if !require_kvm() {
+        return;
+    }
+    let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm opens");
+    let available = dbos_hypervisor::kvmstats::available(&kvm);
+    let dir = common::scratch();
+    let disk = dir.path().join("kv.img");
+    let (code, stdout, stderr) = dbos(&[
+        "run",
+        "--vcpus",
+        "2",
+        "--stats",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--disk-size",
+        "64M",
+        "--disk-spin-us",
+        "200000",
+        &image("kvstore"),
+        "--",
+        "4",
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("committed 4 more: 4 in all"), "{stdout}");
+    let vmm = number_after(&stderr, "dbos: ").expect("exits to the VMM");
+    assert!(
+        stderr.contains(&format!("dbos: {vmm} exits to the VMM in ")),
+        "{stderr}"
+    );
+    // At least the console lines, the queue pairs' set-up and the exit.
+    assert!(vmm > 10, "{stderr}");
+    let kvm_line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("dbos: all VM exits (KVM): "))
+        .unwrap_or_else(|| panic!("no KVM line in {stderr}"));
+    if available {
+        let all = number_after(&stderr, "dbos: all VM exits (KVM): ")
+            .unwrap_or_else(|| panic!("KVM offers statistics, but: {kvm_line}"));
+        assert!(
+            all >= vmm,
+            "KVM counted {all} exits, fewer than the {vmm} that reached the VMM"
+        );
+    } else {
+        assert!(
+            kvm_line.starts_with("not available here ("),
+            "no statistics on this KVM, yet: {kvm_line}"
+        );
+    }
 }
 
 #[test]

@@ -309,7 +309,7 @@ fn a_guest_status_dbos_also_uses_is_attributed_to_the_guest() {
 fn stats(stderr: &str) -> (u64, u64, String) {
     let line = stderr
         .lines()
-        .find(|l| l.contains(" VM exits in "))
+        .find(|l| l.contains(" exits to the VMM in "))
         .unwrap_or_else(|| panic!("no stats line in {stderr}"));
     let total: u64 = line["dbos: ".len()..]
         .split(' ')
@@ -480,6 +480,15 @@ fn no_reference_to_files_outside_the_repository() {
     assert!(
         hits.trim().is_empty(),
         "references outside the repository:\n{hits}"
+    );
+    // `git grep` exits 1 when nothing matched; 0 is a match (above), and
+    // anything else an error (no repository, no git, a bad pattern), which
+    // would otherwise pass with empty output.
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "git grep failed: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
     assert!(

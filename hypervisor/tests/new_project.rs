@@ -78,7 +78,7 @@ fn guest_output(name: &str, pages: u64, cpus: u32) -> String {
          [vcpu0] reserved 2048 KiB at 0x100000000000, fault hook installed\n\
          [vcpu0] touched {pages} pages, 0 words wrong\n\
          [vcpu0] counters: faults={pages} pte_writes={} local_invalidations=0 \
-         remote_invalidations=0 ipis_sent=0 vm_exits=0\n\
+         remote_invalidations=0 ipis_sent=0 vmm_exits=0\n\
          [vcpu0] released the window: {pages} pages were mapped, {pages} frames freed\n",
         pages + 3
     )
@@ -143,7 +143,7 @@ fn the_project_builds_and_runs_in_the_guest_and_as_a_process() {
             "touched 8 pages, 0 words wrong",
             // One mmap per page mapped; the kernel keeps TLBs coherent.
             "counters: faults=8 pte_writes=8 local_invalidations=0 remote_invalidations=0 \
-             ipis_sent=0 vm_exits=0",
+             ipis_sent=0 vmm_exits=0",
             "released the window: 8 pages were mapped, 8 frames freed",
         ]
     );

@@ -110,10 +110,16 @@ fn tabby_guest_btree_and_eviction_events() {
     for key in ["ipis", "remote", "local", "pte"] {
         assert_eq!(field(tabby, key), "0.00", "{key}: {tabby}");
     }
-    // During the lookups on both vCPUs (inline evictions and loads): no IPI
-    // and no remote invalidation at all; one entry written and one local
-    // invalidation per page read, nothing else (no stale translation needed
-    // repair on this host: the repairs' residue is 0).
+    // During the lookups on both vCPUs (inline evictions and loads), what
+    // Tabby guarantees on any hardware: no IPI and no remote invalidation at
+    // all; one entry written per page read (the load's remap) and none for
+    // anything else; one local invalidation per page read and one per stale
+    // translation repaired, nothing else. How many stale translations there
+    // are is the hardware's business: this host's KVM resynchronises every
+    // vCPU's TLB by itself, so here there are none unforced (the forced
+    // cases are `tabby_guest_repairs_forced_stale_translations`), while a
+    // VT-x host may keep some; either way each costs exactly one local
+    // invalidation and no entry written.
     let lookups = line(c, "tabby lookups: evicted");
     assert!(field(lookups, "evicted").parse::<u64>().unwrap() > 0);
     assert_eq!(field(lookups, "ipis"), "0.00", "{lookups}");
@@ -121,13 +127,22 @@ fn tabby_guest_btree_and_eviction_events() {
     let totals = lookups.split("totals:").nth(1).unwrap();
     let summary = line(c, "tabby lookups: 10 lookups");
     assert_eq!(before(summary, "bad"), "0", "every lookup found its value");
-    let page_reads = before(summary, "page reads");
-    assert_eq!(field(totals, "pte"), page_reads, "{lookups}");
-    assert_eq!(field(totals, "local"), page_reads, "{lookups}");
+    let number = |s: String| s.parse::<u64>().unwrap();
+    let page_reads = number(before(summary, "page reads"));
+    let repairs = number(before(summary, "stale repairs"));
+    assert!(page_reads > 0, "{summary}");
+    assert_eq!(number(field(totals, "pte")), page_reads, "{lookups}");
     assert_eq!(
-        line(c, "tabby repairs: "),
-        "tabby repairs: 0; other events: local 0 pte 0; per repair: local n/a pte n/a"
+        number(field(totals, "local")),
+        page_reads + repairs,
+        "{lookups}\n{summary}"
     );
+    // The same from the other side: after each load's events are taken out,
+    // what is left is the repairs', one local invalidation each, no entry.
+    let residue = line(c, "tabby repairs: ");
+    assert_eq!(number(field(residue, "repairs:")), repairs, "{residue}");
+    assert_eq!(number(field(residue, "local")), repairs, "{residue}");
+    assert_eq!(number(field(residue, "pte")), 0, "{residue}");
 
     // The classic way, same pool, same run: one IPI and one remote
     // invalidation per evicted page (2 vCPUs), plus the entry write.

@@ -72,7 +72,7 @@
 //!   accessed bits), 1 `pte_writes` per page and per table freed, 1
 //!   `local_flushes`, `cpu_count - 1` `remote_invalidations` and
 //!   `ipis_sent`; elsewhere (the process) 1 `pte_writes`; of an empty window,
-//!   no event in the guest. `vm_exits`, `shootdowns` and the
+//!   no event in the guest. `vmm_exits`, `kvm_exits`, `shootdowns` and the
 //!   IPIs behind `invalidate_all` differ between implementations and are not
 //!   asserted (the [`costs`] table records them).
 //!

@@ -214,8 +214,17 @@ pub struct EventCounts {
     pub remote_invalidations: u64,
     /// Inter-processor interrupts sent.
     pub ipis_sent: u64,
-    /// VM exits taken by the whole VM (guest; 0 in a process).
-    pub vm_exits: u64,
+    /// Exits to the VMM taken by the whole VM (guest; 0 in a process): the
+    /// returns from `KVM_RUN` the VMM counts (hypercalls, the exiting
+    /// doorbell). Exits KVM handles in the kernel are not among them.
+    pub vmm_exits: u64,
+    /// All VM exits of the whole VM as KVM counts them (its per-vCPU
+    /// `exits` statistic, read by the VMM), those it handles in the kernel
+    /// included: interrupts and IPIs through the in-kernel APIC, page
+    /// faults and TLB instructions under shadow paging, emulated
+    /// instructions. `None` in a process, and in a guest whose host KVM
+    /// does not offer its statistics.
+    pub kvm_exits: Option<u64>,
     /// TLB shootdowns the kernel performed (process: from
     /// `/proc/interrupts`, machine-wide; 0 in the guest, which has none it
     /// did not ask for).
@@ -223,7 +232,8 @@ pub struct EventCounts {
 }
 
 /// The events an implementation counts itself (the library-side fields of
-/// [`EventCounts`]); `vm_exits` and `shootdowns` come from outside.
+/// [`EventCounts`]); `vmm_exits`, `kvm_exits` and `shootdowns` come from
+/// outside.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Event {
@@ -242,10 +252,11 @@ impl Event {
 
 impl EventCounts {
     /// Counts assembled from the library's own totals (`total(event)`, summed
-    /// over CPUs) and the two outside sources.
+    /// over CPUs) and the outside sources.
     pub fn from_totals(
         total: impl Fn(Event) -> u64,
-        vm_exits: u64,
+        vmm_exits: u64,
+        kvm_exits: Option<u64>,
         shootdowns: u64,
     ) -> EventCounts {
         EventCounts {
@@ -255,13 +266,15 @@ impl EventCounts {
             local_flushes: total(Event::LocalFlush),
             remote_invalidations: total(Event::RemoteInvalidation),
             ipis_sent: total(Event::IpiSent),
-            vm_exits,
+            vmm_exits,
+            kvm_exits,
             shootdowns,
         }
     }
 
-    /// The counts as an array, in field order (for per-slot atomics).
-    pub fn to_array(&self) -> [u64; 8] {
+    /// The counts as an array, in field order (for per-slot atomics);
+    /// `kvm_exits` of `None` is `u64::MAX`.
+    pub fn to_array(&self) -> [u64; 9] {
         [
             self.faults,
             self.pte_writes,
@@ -269,14 +282,15 @@ impl EventCounts {
             self.local_flushes,
             self.remote_invalidations,
             self.ipis_sent,
-            self.vm_exits,
+            self.vmm_exits,
+            self.kvm_exits.unwrap_or(u64::MAX),
             self.shootdowns,
         ]
     }
 
     /// The inverse of [`EventCounts::to_array`].
-    pub fn from_array(a: [u64; 8]) -> EventCounts {
-        let [faults, pte_writes, local_invalidations, local_flushes, remote_invalidations, ipis_sent, vm_exits, shootdowns] =
+    pub fn from_array(a: [u64; 9]) -> EventCounts {
+        let [faults, pte_writes, local_invalidations, local_flushes, remote_invalidations, ipis_sent, vmm_exits, kvm_exits, shootdowns] =
             a;
         EventCounts {
             faults,
@@ -285,7 +299,8 @@ impl EventCounts {
             local_flushes,
             remote_invalidations,
             ipis_sent,
-            vm_exits,
+            vmm_exits,
+            kvm_exits: (kvm_exits != u64::MAX).then_some(kvm_exits),
             shootdowns,
         }
     }
@@ -299,7 +314,11 @@ impl EventCounts {
             local_flushes: self.local_flushes - earlier.local_flushes,
             remote_invalidations: self.remote_invalidations - earlier.remote_invalidations,
             ipis_sent: self.ipis_sent - earlier.ipis_sent,
-            vm_exits: self.vm_exits - earlier.vm_exits,
+            vmm_exits: self.vmm_exits - earlier.vmm_exits,
+            kvm_exits: self
+                .kvm_exits
+                .zip(earlier.kvm_exits)
+                .map(|(now, then)| now - then),
             shootdowns: self.shootdowns.saturating_sub(earlier.shootdowns),
         }
     }
@@ -701,5 +720,19 @@ mod tests {
             }
         );
         assert_eq!(EventCounts::from_array(b.to_array()), b);
+        // KVM's count: subtracted when both readings have it, else unknown.
+        let (c, d) = (
+            EventCounts {
+                kvm_exits: Some(10),
+                ..a
+            },
+            EventCounts {
+                kvm_exits: Some(25),
+                ..b
+            },
+        );
+        assert_eq!(d.since(&c).kvm_exits, Some(15));
+        assert_eq!(b.since(&c).kvm_exits, None);
+        assert_eq!(EventCounts::from_array(d.to_array()), d);
     }
 }

@@ -123,7 +123,7 @@ fn costs_are_exact() {
             e.local_flushes,
             e.remote_invalidations,
             e.ipis_sent,
-            e.vm_exits,
+            e.vmm_exits,
         )
     };
     let r = CPUS as u64 - 1;
@@ -831,7 +831,8 @@ fn timer_errors_and_rearm() {
 fn capabilities_are_documented_values() {
     let c = shared().capabilities();
     assert!(!c.accessed_bit && !c.dirty_bit && !c.per_page_clear && c.interrupts);
-    assert_eq!(shared().counters().vm_exits, 0);
+    assert_eq!(shared().counters().vmm_exits, 0);
+    assert_eq!(shared().counters().kvm_exits, None, "no KVM in a process");
 }
 
 #[test]

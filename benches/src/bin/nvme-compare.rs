@@ -17,7 +17,8 @@
 use clap::Parser;
 use dbos_benches::load::BackgroundLoad;
 use dbos_benches::nvme::{
-    prepare_file, run_fio, run_pread, run_queue_pair, run_uring, Budget, Pattern, Summary, Workload,
+    prepare_file, run_fio, run_pread, run_queue_pair, run_uring_submitting, Budget, Pattern,
+    Summary, Workload,
 };
 use dbos_benches::{median_by, poller_config, require_direct_io};
 use dbos_nvme::host::UringConfig;
@@ -66,6 +67,11 @@ struct Args {
     /// the same comparison on a shared machine (0: none).
     #[arg(long, default_value_t = 0, value_name = "N")]
     background_load: usize,
+    /// The io_uring method hands its refills to the kernel this many
+    /// entries per io_uring_enter (0, the default: the whole refill in one
+    /// enter, which plugs the block layer for more than 2).
+    #[arg(long, default_value_t = 0)]
+    uring_submit_every: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -221,7 +227,9 @@ fn main() {
                 let mi = (k + round) % methods.len();
                 let s = match methods[mi] {
                     Method::Pread => run_pread(&file, w, budget),
-                    Method::Uring => run_uring(&file, w, budget),
+                    Method::Uring => {
+                        run_uring_submitting(&file, w, budget, args.uring_submit_every)
+                    }
                     Method::QueuePair => run_queue_pair(&file, w, budget, poller, uring),
                     Method::Fio => run_fio(&args.file, w, time).unwrap_or_else(|e| {
                         eprintln!("{e}");

@@ -17,6 +17,19 @@ libdbos::entry!(main);
 /// needed: the lower half is entirely unmapped).
 const WINDOW: u64 = 0x0000_1000_0000_0000;
 
+/// A count that may not be known: "n/a" when it is not (KVM's exit count on
+/// a host whose KVM does not offer its statistics).
+struct Maybe(Option<u64>);
+
+impl core::fmt::Display for Maybe {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("n/a"),
+        }
+    }
+}
+
 fn main() -> u8 {
     let mut args = libdbos::args();
     let scenario = args.next().unwrap_or("");
@@ -420,8 +433,12 @@ fn nvme() -> u8 {
         qp.execute(&Command::read(Lba(i % 16), 1, data(back)))
             .unwrap();
     }
-    let exits = p.counters().since(&before).vm_exits;
-    println!("steady state: {n} reads, {exits} VM exits");
+    let d = p.counters().since(&before);
+    println!(
+        "steady state: {n} reads, {} exits to the VMM, {} VM exits (KVM)",
+        d.vmm_exits,
+        Maybe(d.kvm_exits)
+    );
     // SAFETY: allocated above with `layout`.
     unsafe {
         alloc::alloc::dealloc(out, layout);

@@ -3,7 +3,10 @@
 //!
 //! `dbos run snappy -- CMD`:
 //! - `o1`: page-table writes at snapshot time, Snappy against the fork-like
-//!   snapshot, for a 16 MiB heap and a 1 GiB (sparsely mapped) heap;
+//!   snapshot, for a 16 MiB heap and a 1 GiB (sparsely mapped) heap: the
+//!   platform's count (what the walker reported) beside the entries that
+//!   differ between copies of every page table taken before and after,
+//!   read from memory without the walker;
 //! - `consistency`: writes, a snapshot, more writes, on one vCPU; the
 //!   snapshot's checksum against the writers' log;
 //! - `consistency2`: the same with the writer on vCPU 1 and the snapshot
@@ -127,6 +130,66 @@ fn replay(n: usize, log: &[(u32, u64)]) -> Vec<u64> {
     heap
 }
 
+/// Every page table reachable from CR3, copied by its physical address:
+/// read straight from memory through the direct map, entry by entry,
+/// without the page-table walker (an independent count of what a take
+/// writes). Large pages are not descended into.
+fn tables() -> alloc::collections::BTreeMap<u64, Vec<u64>> {
+    const PRESENT: u64 = 1;
+    const LARGE: u64 = 1 << 7;
+    const ADDR: u64 = 0x000f_ffff_ffff_f000;
+    let root = x86_64::registers::control::Cr3::read()
+        .0
+        .start_address()
+        .as_u64();
+    let mut out = alloc::collections::BTreeMap::new();
+    // (table, level): 4 is the top, 1 holds 4 KiB leaves.
+    let mut todo = vec![(root, 4u8)];
+    while let Some((table, level)) = todo.pop() {
+        if out.contains_key(&table) {
+            continue;
+        }
+        let base = (libdbos::abi::DIRECT_MAP_BASE + table) as *const u64;
+        let entries: Vec<u64> = (0..512)
+            // SAFETY: `table` is a page-table page (CR3's, or one a
+            // present non-leaf entry names), RAM in the direct map; a
+            // volatile 8-byte read of an aligned entry.
+            .map(|i| unsafe { base.add(i).read_volatile() })
+            .collect();
+        if level > 1 {
+            for &e in &entries {
+                if e & PRESENT != 0 && e & LARGE == 0 {
+                    todo.push((e & ADDR, level - 1));
+                }
+            }
+        }
+        out.insert(table, entries);
+    }
+    out
+}
+
+/// Entries written between two [`tables`] copies, as memory shows them:
+/// in a table present in both, each entry that differs (accessed and dirty
+/// bits aside: the CPU sets those); in a table that is new, each entry that
+/// is not zero (a new table starts zeroed).
+fn entries_changed(
+    before: &alloc::collections::BTreeMap<u64, Vec<u64>>,
+    after: &alloc::collections::BTreeMap<u64, Vec<u64>>,
+) -> u64 {
+    const AD: u64 = (1 << 5) | (1 << 6);
+    after
+        .iter()
+        .map(|(table, now)| match before.get(table) {
+            Some(was) => now
+                .iter()
+                .zip(was)
+                .filter(|(a, b)| (*a & !AD) != (*b & !AD))
+                .count() as u64,
+            None => now.iter().filter(|&&e| e != 0).count() as u64,
+        })
+        .sum()
+}
+
 fn o1() {
     // (heap length, mapped pages, stride between them)
     for (len, pages, stride) in [(16 * MIB, 256, PAGE), (1024 * MIB, 256, 4 * MIB)] {
@@ -134,14 +197,15 @@ fn o1() {
         for i in 0..pages {
             s.populate(i * stride, PAGE).unwrap();
         }
+        let t0 = tables();
         let before = counters();
         let snap = s.take().unwrap();
         let d = counters().since(&before);
+        let changed = entries_changed(&t0, &tables());
         println!(
-            "snappy heap={}MiB mapped={pages} take_pte_writes={} (own count {})",
+            "snappy heap={}MiB mapped={pages} take_pte_writes={} (entries changed in memory {changed})",
             len / MIB,
             d.pte_writes,
-            s.stats().last_take_writes
         );
         s.release(snap).unwrap();
 
@@ -149,11 +213,13 @@ fn o1() {
         for i in 0..pages {
             f.populate(i * stride, PAGE).unwrap();
         }
+        let t0 = tables();
         let before = counters();
         let snap = f.take().unwrap();
         let d = counters().since(&before);
+        let changed = entries_changed(&t0, &tables());
         println!(
-            "forklike heap={}MiB mapped={pages} take_pte_writes={}",
+            "forklike heap={}MiB mapped={pages} take_pte_writes={} (entries changed in memory {changed})",
             len / MIB,
             d.pte_writes
         );
@@ -456,12 +522,21 @@ fn bytes() {
             }
         }
     };
+    // Frames taken from the frame allocator: the copies, counted apart from
+    // Snappy's own counters (whose `bytes_copied` is pages copied x 4096).
+    let p = libdbos::platform();
+    let free0 = p.free_frames();
     let s1 = s.take().unwrap();
     write_pages(&[1, 4, 9, 16, 25]);
     let a = s.stats();
+    let free1 = p.free_frames();
     println!(
-        "bytes: after s1 distinct_pages=5 bytes_copied={} tables_copied={} cow_faults={} reader_flushes={}",
-        a.bytes_copied, a.tables_copied, a.cow_faults, a.reader_shootdowns
+        "bytes: after s1 distinct_pages=5 bytes_copied={} tables_copied={} cow_faults={} reader_flushes={} frames_taken={}",
+        a.bytes_copied,
+        a.tables_copied,
+        a.cow_faults,
+        a.reader_shootdowns,
+        free0 - free1
     );
     let s2 = s.take().unwrap();
     // Page 4 was written after s1 (s2 shares the written frame), 2 and 30
@@ -469,11 +544,12 @@ fn bytes() {
     write_pages(&[4, 2, 30, 2]);
     let b = s.stats();
     println!(
-        "bytes: after s2 distinct_pages=3 bytes_copied={} tables_copied={} cow_faults={} reader_flushes={}",
+        "bytes: after s2 distinct_pages=3 bytes_copied={} tables_copied={} cow_faults={} reader_flushes={} frames_taken={}",
         b.bytes_copied - a.bytes_copied,
         b.tables_copied - a.tables_copied,
         b.cow_faults - a.cow_faults,
-        b.reader_shootdowns
+        b.reader_shootdowns,
+        free1 - p.free_frames()
     );
     s.release(s1).unwrap();
     s.release(s2).unwrap();
@@ -580,7 +656,7 @@ fn bench(max_mib: u64) {
         "bench: {SNAPSHOTS} snapshots per heap, {WRITES} random pages written after each, one page mapped per MiB, {} vCPUs",
         libdbos::smp::cpu_count()
     );
-    println!("mechanism heap_mib mapped snapshot take_pte_writes take_ipis cow_faults bytes_copied fault_ipis fault_pte_writes");
+    println!("mechanism heap_mib mapped snapshot take_pte_writes take_ipis cow_faults bytes_copied fault_ipis fault_pte_writes vmm_exits kvm_exits");
     let mut len = 16 * MIB;
     while len <= max_mib * MIB {
         let mapped = len / DENSITY;
@@ -614,7 +690,7 @@ fn bench(max_mib: u64) {
             tot[4] = c2.since(&c1).ipis_sent;
             tot[5] = c2.since(&c1).pte_writes;
             s.release(snap).unwrap();
-            print_row("snappy", len, mapped, k, &tot);
+            print_row("snappy", len, mapped, k, &tot, c2.since(&c0));
         }
         // Fork-like
         for k in 0..SNAPSHOTS {
@@ -638,15 +714,30 @@ fn bench(max_mib: u64) {
             tot[4] = c2.since(&c1).ipis_sent;
             tot[5] = c2.since(&c1).pte_writes;
             f.release(snap).unwrap();
-            print_row("forklike", len, mapped, k, &tot);
+            print_row("forklike", len, mapped, k, &tot, c2.since(&c0));
         }
         len *= 4;
     }
 }
 
-fn print_row(name: &str, len: u64, mapped: u64, k: u64, e: &[u64; 6]) {
+/// A count that may not be known (KVM's exits on a host whose KVM does not
+/// offer its statistics): "n/a" then.
+fn maybe(n: Option<u64>) -> alloc::string::String {
+    n.map_or_else(|| "n/a".into(), |n| alloc::format!("{n}"))
+}
+
+/// One `bench` row; `all` is the snapshot's whole window (take and writes),
+/// for its exits: to the VMM, and all VM exits as KVM counted them.
+fn print_row(
+    name: &str,
+    len: u64,
+    mapped: u64,
+    k: u64,
+    e: &[u64; 6],
+    all: libdbos::platform::EventCounts,
+) {
     println!(
-        "{name} {} {mapped} {} {} {} {} {} {} {}",
+        "{name} {} {mapped} {} {} {} {} {} {} {} {} {}",
         len / MIB,
         k + 1,
         e[0],
@@ -654,7 +745,9 @@ fn print_row(name: &str, len: u64, mapped: u64, k: u64, e: &[u64; 6]) {
         e[2],
         e[3],
         e[4],
-        e[5]
+        e[5],
+        all.vmm_exits,
+        maybe(all.kvm_exits)
     );
 }
 
@@ -733,10 +826,12 @@ struct KvRun {
     snapshots: u64,
 }
 
-/// A `kv` row: per snapshot, in the order of [`KV_COLUMNS`] after `snap`.
-type KvRow = [u64; 10];
+/// A `kv` row: per snapshot, in the order of [`KV_COLUMNS`] after `snap`
+/// (the exits to the VMM, then KVM's count of all VM exits, `None` where
+/// this host's KVM does not say).
+type KvRow = ([u64; 10], u64, Option<u64>);
 
-const KV_COLUMNS: &str = "mechanism heap_mib mapped writers reader interval snap updates take_pte_writes take_ipis release_ipis cow_faults distinct_pages bytes_copied fault_ipis fault_pte_writes reader_bad_passes";
+const KV_COLUMNS: &str = "mechanism heap_mib mapped writers reader interval snap updates take_pte_writes take_ipis release_ipis cow_faults distinct_pages bytes_copied fault_ipis fault_pte_writes reader_bad_passes vmm_exits kvm_exits";
 
 /// Issue 12's key-value workload under both mechanisms, heaps from 16 MiB
 /// to `max_mib`, as counted events per snapshot.
@@ -759,7 +854,15 @@ const KV_COLUMNS: &str = "mechanism heap_mib mapped writers reader interval snap
 /// there is one, digests the table through the newest snapshot's view once
 /// before the writers start (touching every page of it), then again and
 /// again while they write, and once after; every digest must equal the
-/// heap's digest at the take.
+/// heap's digest at the take. In the test build (feature `conformance`),
+/// between its first pass and its last, the reader's translations of the
+/// view are frozen (`paging::defer_view`, as in `reader`): this host's KVM
+/// would otherwise resynchronise them by itself, and a missing reader
+/// flush (Snappy's IPI at a copy-on-write fault) would go unseen; frozen,
+/// only the flush refreshes them, so a digest that must stay equal shows
+/// the flush was sent. The measured build does not freeze them: the frozen
+/// view is a private copy of the tables, which this host's shadow paging
+/// pays for in exits, and which is not what the benchmark measures.
 fn kv(max_mib: u64, table_pages: u64, intervals: &[u64], snapshots: u64) {
     assert!(libdbos::smp::cpu_count() >= 2, "needs 2 vCPUs");
     assert!(
@@ -804,7 +907,7 @@ fn kv_heap<M: Mechanism>(m: &M, mib: u64, table_pages: u64, intervals: &[u64], s
                 interval,
                 snapshots,
             };
-            for (k, row) in kv_run(m, &table, run).iter().enumerate() {
+            for (k, (row, vmm, kvm)) in kv_run(m, &table, run).iter().enumerate() {
                 let mut line = alloc::format!(
                     "{} {mib} {} {writers} {} {interval} {}",
                     M::NAME,
@@ -815,7 +918,7 @@ fn kv_heap<M: Mechanism>(m: &M, mib: u64, table_pages: u64, intervals: &[u64], s
                 for v in row {
                     line.push_str(&alloc::format!(" {v}"));
                 }
-                println!("{line}");
+                println!("{line} {vmm} {}", maybe(*kvm));
             }
         }
     }
@@ -894,21 +997,26 @@ fn kv_run<M: Mechanism>(m: &M, table: &Table, run: KvRun) -> Vec<KvRow> {
                 let e1 = m.events();
                 let take = c1.since(&c0);
                 let faults = c3.since(&c2);
-                rows.lock().push([
-                    run.interval,
-                    take.pte_writes,
-                    take.ipis_sent,
-                    c2.since(&c1).ipis_sent,
-                    e1.0 - e0.0,
-                    written
-                        .iter()
-                        .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
-                        .sum(),
-                    e1.1 - e0.1,
-                    faults.ipis_sent,
-                    faults.pte_writes,
-                    bad_passes.swap(0, Ordering::Relaxed),
-                ]);
+                let all = c3.since(&c0);
+                rows.lock().push((
+                    [
+                        run.interval,
+                        take.pte_writes,
+                        take.ipis_sent,
+                        c2.since(&c1).ipis_sent,
+                        e1.0 - e0.0,
+                        written
+                            .iter()
+                            .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
+                            .sum(),
+                        e1.1 - e0.1,
+                        faults.ipis_sent,
+                        faults.pte_writes,
+                        bad_passes.swap(0, Ordering::Relaxed),
+                    ],
+                    all.vmm_exits,
+                    all.kvm_exits,
+                ));
             }
             if let Some(p) = prev {
                 m.release_snap(p);
@@ -934,11 +1042,21 @@ fn kv_run<M: Mechanism>(m: &M, table: &Table, run: KvRun) -> Vec<KvRow> {
                     }
                 };
                 check();
+                // The first pass cached the view's translations (and set
+                // the accessed bits Snappy checks): in the test build,
+                // freeze them.
+                #[cfg(feature = "conformance")]
+                {
+                    let v = view.load(Ordering::Acquire);
+                    libdbos::paging::defer_view(v..v + run.table_pages * PAGE).expect("defer_view");
+                }
                 reader_ready.store(k, Ordering::Release);
                 while writes_done.load(Ordering::Acquire) < k {
                     check();
                 }
                 check();
+                #[cfg(feature = "conformance")]
+                libdbos::paging::end_deferred_view().expect("end_deferred_view");
                 helper_done.store(k, Ordering::Release);
             }
         }

@@ -2,4 +2,6 @@
 //! `dbos_hypervisor::fuzzing::elf`).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| dbos_hypervisor::fuzzing::elf(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    dbos_hypervisor::fuzzing::elf(data);
+});

@@ -131,7 +131,7 @@ pub fn measure<P: Platform>(
         ok!(p.map(busy, g, small, rw));
         STAGE.store(0, Ordering::SeqCst);
         let result = AtomicU32::new(0);
-        let delta = [const { AtomicU64::new(0) }; 8];
+        let delta = [const { AtomicU64::new(0) }; 9];
         p.run_on_all(&|cpu| {
             if cpu == 1 {
                 STAGE.store(1, Ordering::SeqCst);
@@ -173,7 +173,13 @@ pub fn measure<P: Platform>(
             ));
         }
         let d = EventCounts::from_array(delta.each_ref().map(|a| a.load(Ordering::SeqCst)));
-        record(3, n, &EventCounts::default(), &d);
+        // `d` is already a difference: subtract nothing (KVM's count, when
+        // known, included).
+        let zero = EventCounts {
+            kvm_exits: d.kvm_exits.map(|_| 0),
+            ..EventCounts::default()
+        };
+        record(3, n, &zero, &d);
         ok!(p.unmap(busy, small));
     }
 
@@ -386,6 +392,18 @@ pub fn measure<P: Platform>(
 /// `total / ops` with two decimals, rounded; "n/a" when `ops` is 0.
 struct PerOp(u64, u64);
 
+/// [`PerOp`] of a count that may not be known: "n/a" when it is not.
+struct MaybePerOp(Option<u64>, u64);
+
+impl fmt::Display for MaybePerOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(total) => PerOp(total, self.1).fmt(f),
+            None => f.write_str("n/a"),
+        }
+    }
+}
+
 impl fmt::Display for PerOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let PerOp(total, ops) = *self;
@@ -405,14 +423,14 @@ impl fmt::Display for PerOp {
 pub fn write_markdown(out: &mut dyn fmt::Write, costs: &[Cost]) -> fmt::Result {
     writeln!(
         out,
-        "| operation | faults | pte_writes | local_invalidations | local_flushes | remote_invalidations | ipis_sent | vm_exits | shootdowns |"
+        "| operation | faults | pte_writes | local_invalidations | local_flushes | remote_invalidations | ipis_sent | vmm_exits | kvm_exits | shootdowns |"
     )?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for c in costs {
         let e = &c.events;
         writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.operation,
             PerOp(e.faults, c.ops),
             PerOp(e.pte_writes, c.ops),
@@ -420,7 +438,8 @@ pub fn write_markdown(out: &mut dyn fmt::Write, costs: &[Cost]) -> fmt::Result {
             PerOp(e.local_flushes, c.ops),
             PerOp(e.remote_invalidations, c.ops),
             PerOp(e.ipis_sent, c.ops),
-            PerOp(e.vm_exits, c.ops),
+            PerOp(e.vmm_exits, c.ops),
+            MaybePerOp(e.kvm_exits, c.ops),
             PerOp(e.shootdowns, c.ops),
         )?;
     }

@@ -491,6 +491,7 @@ impl Platform for GuestPlatform {
     }
 
     fn counters(&self) -> EventCounts {
-        EventCounts::from_totals(percpu::total, crate::hypercall::vm_exits(), 0)
+        let exits = crate::hypercall::exits();
+        EventCounts::from_totals(percpu::total, exits.vmm, exits.kvm, 0)
     }
 }

@@ -147,10 +147,27 @@ pub fn clock_nanos() -> u64 {
     args.nanos
 }
 
-/// VM exits taken so far by the whole VM, not counting these queries (one
-/// VM exit per call).
-pub fn vm_exits() -> u64 {
+/// Exits taken so far by the whole VM, at two levels, not counting these
+/// queries (one exit to the VMM per call).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exits {
+    /// Exits to the VMM (hypercalls, doorbells, anything KVM hands to user
+    /// space): the VMM's own count.
+    pub vmm: u64,
+    /// All VM exits as KVM counted them, those it handled in the kernel
+    /// included (interrupts, IPIs, shadow-paging faults, emulated
+    /// instructions); `None` when this host's KVM does not offer its
+    /// statistics.
+    pub kvm: Option<u64>,
+}
+
+/// Both exit counts of the whole VM so far (one exit to the VMM per call,
+/// not counted in either).
+pub fn exits() -> Exits {
     let mut args = StatsArgs::default();
     call(calls::Stats, &mut args);
-    args.vm_exits
+    Exits {
+        vmm: args.vmm_exits,
+        kvm: (args.kvm_exits != crate::abi::KVM_EXITS_UNKNOWN).then_some(args.kvm_exits),
+    }
 }

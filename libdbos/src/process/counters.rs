@@ -49,7 +49,7 @@ impl Counters {
                 .map(|c| c.0[e as usize].load(Ordering::Relaxed))
                 .sum()
         };
-        EventCounts::from_totals(total, 0, tlb_shootdowns().unwrap_or(0))
+        EventCounts::from_totals(total, 0, None, tlb_shootdowns().unwrap_or(0))
     }
 }
 
@@ -95,8 +95,14 @@ mod tests {
         c.add(7, Event::Fault, 1); // clamps to the last CPU
         let s = c.sum();
         assert_eq!(
-            (s.pte_writes, s.ipis_sent, s.faults, s.vm_exits),
-            (5, 1, 1, 0)
+            (
+                s.pte_writes,
+                s.ipis_sent,
+                s.faults,
+                s.vmm_exits,
+                s.kvm_exits
+            ),
+            (5, 1, 1, 0, None)
         );
     }
 }
