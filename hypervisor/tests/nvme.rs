@@ -101,6 +101,25 @@ fn a_waiting_guest_cpu_sleeps_until_the_completion_interrupt() {
         .unwrap()
         .parse()
         .unwrap();
+    // A sleep costs no exit to the VMM: every one of them is a doorbell.
+    let exits = report.console[2]
+        .strip_prefix("[vcpu0] exits: ")
+        .unwrap_or_else(|| panic!("{}", report.console[2]));
+    let (vmm, rest) = exits.split_once(" to the VMM for ").unwrap();
+    let (doorbells, kvm) = rest.split_once(" doorbells, ").unwrap();
+    assert_eq!(vmm, doorbells, "{exits}");
+    match report.kvm.exits() {
+        Some(total) => {
+            let kvm: u64 = kvm
+                .strip_suffix(" VM exits (KVM)")
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(kvm <= total, "{kvm} > {total}");
+            eprintln!("{sleeps} sleeps: {exits}");
+        }
+        None => assert_eq!(kvm, "n/a VM exits (KVM)"),
+    }
     let stats = report.disk.expect("poller counters");
     assert!(
         stats.interrupts >= 1 && stats.interrupts <= sleeps,

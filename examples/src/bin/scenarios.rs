@@ -346,6 +346,11 @@ fn nvme_sleep() -> u8 {
         .unwrap();
     }
     let sleeps0 = nvme_format::driver::SLEEPS.load(core::sync::atomic::Ordering::Relaxed);
+    let doorbells0 = qp.stats().doorbells;
+    let p = {
+        use libdbos::platform::Platform;
+        libdbos::platform().counters()
+    };
     let (n, mut wrong) = (32u64, 0);
     for i in 0..n {
         let b = i % 4;
@@ -370,12 +375,24 @@ fn nvme_sleep() -> u8 {
             wrong += 1;
         }
     }
+    let d = {
+        use libdbos::platform::Platform;
+        libdbos::platform().counters().since(&p)
+    };
     let sleeps = nvme_format::driver::SLEEPS.load(core::sync::atomic::Ordering::Relaxed) - sleeps0;
+    let doorbells = qp.stats().doorbells - doorbells0;
     println!(
         "sleeping reads: {n} reads, {wrong} wrong, slept {}",
         sleeps > 0
     );
     println!("sleeps {sleeps}");
+    // Every exit to the VMM is a real doorbell (the poller parked): the
+    // sleeps cost none (the `hlt` and the interrupt are KVM's alone).
+    println!(
+        "exits: {} to the VMM for {doorbells} doorbells, {} VM exits (KVM)",
+        d.vmm_exits,
+        Maybe(d.kvm_exits)
+    );
     // SAFETY: allocated above with `layout`.
     unsafe { alloc::alloc::dealloc(buf, layout) };
     0
