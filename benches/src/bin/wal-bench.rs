@@ -400,13 +400,9 @@ fn main() {
         eprintln!("--seconds takes a positive number, not {}", args.seconds);
         std::process::exit(2);
     }
-    if !args.dir.is_dir() {
-        eprintln!("--dir {}: not a directory", args.dir.display());
-        std::process::exit(2);
-    }
-    if !BackingFile::direct_io_supported(&args.dir) {
+    if let Some(problem) = dbos_benches::disk_dir_problem(&args.dir) {
         eprintln!(
-            "{} does not support O_DIRECT (tmpfs?); pass --dir on a disk file system",
+            "--dir {}: {problem}; pass --dir on a disk file system",
             args.dir.display()
         );
         std::process::exit(2);
