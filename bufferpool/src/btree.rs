@@ -11,26 +11,57 @@
 //!
 //! # Limits
 //! Keys are at most [`MAX_KEY`] (512) bytes and an entry (key + value) at
-//! most [`MAX_ENTRY`] (1024) bytes, a quarter of a page, so every node
-//! holds at least three entries and a split always makes room.
+//! most [`MAX_ENTRY`] (1024) bytes, a quarter of a page, so a node holding
+//! one entry and two fences of the longest kind still has room for another
+//! entry, and a split always makes progress.
 //!
 //! # Node format (after the 32-byte page header of [`crate::page`])
+//! The layout of vmcache's `BTreeNode` (after LeanStore): each slot carries
+//! the first 8 bytes of its key (after the node's prefix) as an
+//! order-preserving big-endian number, the *head*, and a search compares
+//! heads as integers, touching a key's bytes only when two heads tie and
+//! both keys are longer than 8 bytes. A hint array (the heads of 16 slots
+//! spread evenly over the node) narrows the search to a few slots. Every
+//! node carries fences (the bounds its parent gives it) and stores its keys
+//! without their common prefix.
 //! ```text
-//! 32  u8   kind: 1 leaf, 2 inner, 3 meta, 4 free (unlinked)
-//! 34  u16  count of entries
-//! 36  u16  heap start (entries are stored from the end of the page down)
-//! 38  u16  live heap bytes
-//! 40  u64  leaf: right sibling; inner: upper child (keys > every key); meta: root
-//! 48  u64  leaf: left sibling
-//! 56  slots, 6 bytes each, sorted by key: offset u16, key length u16,
-//!     value length u16; an inner node's value is the child page id (u64 LE)
+//!  32  u8   kind: 1 leaf, 2 inner, 3 meta, 4 free (unlinked)
+//!  33  u8   flags: bit 0 = this node is the root
+//!  34  u16  count of entries
+//!  36  u16  heap start (the heap grows down from the page's end)
+//!  38  u16  live heap bytes (keys, values and fences)
+//!  40  u64  leaf: right sibling; inner: upper child (keys > every key);
+//!           meta: root
+//!  48  u64  the prefix's head (its first up to 8 bytes, big-endian)
+//!  56  u16  prefix length: the bytes the fences share, cut from every key
+//!  58  u16  lower fence length (0xffff: none, -infinity), exclusive
+//!  60  u16  upper fence length (0xffff: none, +infinity), inclusive
+//!  64  u64 x 16  hints: hint i is the head of slot (i + 1) * count / 17
+//! 192  u64  leaf: left sibling
+//! 208  slots, 16 bytes each, sorted by key: head u64, heap offset u16,
+//!      key length u16 (without the prefix), value length u16, zero u16;
+//!      an inner node's value is the child page id (u64 LE)
+//! ...  heap: entries (key without the prefix, then value) growing down,
+//!      then the lower fence, then the upper fence at the page's end
 //! ```
-//! An inner entry `(k, c)` sends keys `<= k` (and greater than the previous
-//! entry's key) to `c`. Missing siblings are `u64::MAX`. Freed nodes are
-//! kept on an in-memory free list for reuse by splits (not persistent: the
-//! tree's free space is not logged yet).
+//! Words a reader loads are aligned (heads, slot words, hints, links), so
+//! an optimistic read of one is a single load. Keys in a node are in its
+//! fences' range `(lower, upper]` and so start with their common prefix. An
+//! inner entry `(k, c)` sends keys `<= k` (and greater than the previous
+//! entry's key) to `c`, whose fences are exactly those two keys. Missing
+//! siblings are `u64::MAX`. Freed nodes are kept on an in-memory free list
+//! for reuse by splits (not persistent: the tree's free space is not logged
+//! yet).
+//!
+//! # The root
+//! The tree caches its root's id; the root carries the root flag, cleared
+//! (under the exclusive latch that changes it) whenever the node stops
+//! being the root, so a reader that finds the flag in a read that validates
+//! knows it started from the root without fixing the meta page. A cached
+//! id whose node lacks the flag is refreshed from the meta page.
 
 use crate::page::{PageBuf, PAGE_HEADER};
+use crate::pool::racy::{be_head, top_bytes};
 use crate::pool::{
     BufferManager, ExclusiveGuard, OptimisticGuard, PageRead, Pool, PoolError, Stale,
 };
@@ -38,6 +69,7 @@ use crate::{PageId, PAGE_SIZE};
 use alloc::vec::Vec;
 use core::cmp::Ordering;
 use core::fmt;
+use core::sync::atomic::{self, AtomicU64};
 
 /// Longest key in bytes.
 pub const MAX_KEY: usize = 512;
@@ -45,22 +77,42 @@ pub const MAX_KEY: usize = 512;
 pub const MAX_ENTRY: usize = 1024;
 
 const KIND: usize = PAGE_HEADER;
+const FLAGS: usize = PAGE_HEADER + 1;
 const COUNT: usize = PAGE_HEADER + 2;
 const HEAP: usize = PAGE_HEADER + 4;
 const LIVE: usize = PAGE_HEADER + 6;
 const LINK_A: usize = PAGE_HEADER + 8;
-const LINK_B: usize = PAGE_HEADER + 16;
-const SLOTS: usize = PAGE_HEADER + 24;
-const SLOT: usize = 6;
+const PREFIX_HEAD: usize = PAGE_HEADER + 16;
+const PREFIX: usize = PAGE_HEADER + 24;
+const LOWER: usize = PAGE_HEADER + 26;
+const UPPER: usize = PAGE_HEADER + 28;
+const HINTS: usize = PAGE_HEADER + 32;
+const HINT_COUNT: usize = 16;
+const LINK_B: usize = HINTS + HINT_COUNT * 8;
+const SLOTS: usize = LINK_B + 16;
+const SLOT: usize = 16;
 const MAX_COUNT: usize = (PAGE_SIZE - SLOTS) / SLOT;
 const NONE: u64 = u64::MAX;
+/// A fence length meaning "no fence" (the node is the first or last of its
+/// level: -infinity or +infinity).
+const NO_FENCE: usize = 0xffff;
+/// Nodes with at least this many entries are searched through their hints.
+const HINT_MIN: usize = HINT_COUNT;
 
 const LEAF: u8 = 1;
 const INNER: u8 = 2;
 const META: u8 = 3;
 const FREE: u8 = 4;
 
-/// A node is merged with a sibling when its live bytes fall below this.
+/// The root flag (in `FLAGS`).
+const ROOT: u8 = 1;
+
+// Loads a reader does must be aligned words.
+const _: () = assert!(PREFIX_HEAD % 8 == 0 && HINTS % 8 == 0 && LINK_B % 8 == 0);
+const _: () = assert!(SLOTS % SLOT == 0 && SLOT % 8 == 0 && LINK_A % 8 == 0);
+
+/// A node is merged with a sibling when its slots and live bytes fall
+/// below this.
 const UNDERFULL: usize = (PAGE_SIZE - SLOTS) / 4;
 
 /// What went wrong in a tree operation.
@@ -120,6 +172,10 @@ fn corrupt(page: PageId, what: &'static str) -> E {
 }
 
 // ---- reading nodes (optimistic or latched) ----
+//
+// Everything read here may be garbage in an optimistic read (the caller
+// validates before acting on it): every offset is checked by `PageRead`,
+// every loop is bounded by values checked against the page.
 
 fn kind<P: PageRead + ?Sized>(p: &P) -> Result<u8, Stale> {
     p.u8_at(KIND)
@@ -133,45 +189,157 @@ fn count<P: PageRead + ?Sized>(p: &P) -> Result<usize, Stale> {
     Ok(c)
 }
 
-/// Slot `i`: (offset, key length, value length), checked to lie in the page.
+/// Slot `i`: (heap offset, key length without the prefix, value length),
+/// checked to lie in the page.
+#[inline]
 fn slot<P: PageRead + ?Sized>(p: &P, i: usize) -> Result<(usize, usize, usize), Stale> {
-    let at = SLOTS + i * SLOT;
-    let off = p.u16_at(at)? as usize;
-    let klen = p.u16_at(at + 2)? as usize;
-    let vlen = p.u16_at(at + 4)? as usize;
+    let w = p.u64_at(SLOTS + i * SLOT + 8)?;
+    let off = (w & 0xffff) as usize;
+    let klen = ((w >> 16) & 0xffff) as usize;
+    let vlen = ((w >> 32) & 0xffff) as usize;
     if off < SLOTS || off + klen + vlen > PAGE_SIZE {
         return Err(Stale);
     }
     Ok((off, klen, vlen))
 }
 
+/// The head of slot `i`.
+#[inline]
+fn head_at<P: PageRead + ?Sized>(p: &P, i: usize) -> Result<u64, Stale> {
+    p.u64_at(SLOTS + i * SLOT)
+}
+
+/// Where the lower fence starts (the prefix is its first bytes).
+fn lower_fence_at<P: PageRead + ?Sized>(p: &P) -> Result<usize, Stale> {
+    let fence = |at| -> Result<usize, Stale> {
+        let l = p.u16_at(at)? as usize;
+        Ok(if l == NO_FENCE { 0 } else { l })
+    };
+    let used = fence(UPPER)? + fence(LOWER)?;
+    if used > PAGE_SIZE - SLOTS {
+        return Err(Stale);
+    }
+    Ok(PAGE_SIZE - used)
+}
+
+/// The slot whose head hint `i` holds, in a node of `n` entries.
+#[inline(always)]
+fn hint_pos(i: usize, n: usize) -> usize {
+    (i + 1) * n / (HINT_COUNT + 1)
+}
+
+/// `key` against the node's prefix: Less or Greater if the key sorts
+/// before or after every key that starts with the prefix (a proper prefix
+/// of the prefix sorts before), Equal if it starts with it; and the
+/// prefix's length.
+#[inline]
+fn cmp_prefix<P: PageRead + ?Sized>(p: &P, key: &[u8]) -> Result<(Ordering, usize), Stale> {
+    let plen = p.u16_at(PREFIX)? as usize;
+    if plen == 0 {
+        return Ok((Ordering::Equal, 0));
+    }
+    let m = plen.min(key.len());
+    let h = m.min(8);
+    let ph = p.u64_at(PREFIX_HEAD)? & top_bytes(h);
+    let o = be_head(&key[..h]).cmp(&ph);
+    if o != Ordering::Equal {
+        return Ok((o, plen));
+    }
+    if m > 8 {
+        let at = lower_fence_at(p)?;
+        let o = p.compare(at + 8, m - 8, &key[8..m])?.reverse();
+        if o != Ordering::Equal {
+            return Ok((o, plen));
+        }
+    }
+    Ok((
+        if key.len() < plen {
+            Ordering::Less
+        } else {
+            Ordering::Equal
+        },
+        plen,
+    ))
+}
+
+/// The range of positions the hints leave for a key whose head is `kh`
+/// (the first position `>= key` lies in it, both ends included).
+#[inline]
+fn hint_range<P: PageRead + ?Sized>(p: &P, n: usize, kh: u64) -> Result<(usize, usize), Stale> {
+    let (mut below, mut upto) = (0, 0);
+    for i in 0..HINT_COUNT {
+        let h = p.u64_at(HINTS + 8 * i)?;
+        below += (h < kh) as usize;
+        upto += (h <= kh) as usize;
+    }
+    // Slots up to hint `below - 1`'s are below the key (their heads are);
+    // hint `upto`'s slot is above it.
+    let lo = if below == 0 {
+        0
+    } else {
+        hint_pos(below - 1, n) + 1
+    };
+    let hi = if upto == HINT_COUNT {
+        n
+    } else {
+        hint_pos(upto, n)
+    };
+    if lo > hi {
+        return Err(Stale);
+    }
+    Ok((lo, hi))
+}
+
+/// A key (`rest`: without the prefix) against entry `i`'s key, given that
+/// their heads are equal.
+#[inline]
+fn cmp_tail<P: PageRead + ?Sized>(p: &P, i: usize, rest: &[u8]) -> Result<Ordering, Stale> {
+    let (off, klen, _) = slot(p, i)?;
+    if rest.len() <= 8 || klen <= 8 {
+        // Equal heads: the shorter key is a prefix of the other.
+        return Ok(rest.len().cmp(&klen));
+    }
+    Ok(p.compare(off + 8, klen - 8, &rest[8..])?.reverse())
+}
+
 /// First position whose key is `>= key` (`None`: +infinity), and whether it
 /// is equal.
+#[inline]
 fn lower_bound<P: PageRead + ?Sized>(p: &P, key: Option<&[u8]>) -> Result<(usize, bool), Stale> {
     let n = count(p)?;
     let Some(key) = key else {
         return Ok((n, false));
     };
-    let (mut lo, mut hi) = (0, n);
+    let (o, plen) = cmp_prefix(p, key)?;
+    match o {
+        Ordering::Less => return Ok((0, false)),
+        Ordering::Greater => return Ok((n, false)),
+        Ordering::Equal => {}
+    }
+    let rest = &key[plen..];
+    let kh = be_head(rest);
+    let (mut lo, mut hi) = if n >= HINT_MIN {
+        hint_range(p, n, kh)?
+    } else {
+        (0, n)
+    };
     while lo < hi {
-        let mid = (lo + hi) / 2;
-        let (off, klen, _) = slot(p, mid)?;
-        if p.compare(off, klen, key)? == Ordering::Less {
-            lo = mid + 1;
-        } else {
-            hi = mid;
+        let mid = lo + (hi - lo) / 2;
+        let o = match kh.cmp(&head_at(p, mid)?) {
+            Ordering::Equal => cmp_tail(p, mid, rest)?,
+            o => o,
+        };
+        match o {
+            Ordering::Less => hi = mid,
+            Ordering::Greater => lo = mid + 1,
+            Ordering::Equal => return Ok((mid, true)),
         }
     }
-    let exact = if lo < n {
-        let (off, klen, _) = slot(p, lo)?;
-        p.compare(off, klen, key)? == Ordering::Equal
-    } else {
-        false
-    };
-    Ok((lo, exact))
+    Ok((lo, false))
 }
 
 /// An inner node's child at `pos` (`count` is the upper child).
+#[inline]
 fn child<P: PageRead + ?Sized>(p: &P, pos: usize) -> Result<u64, Stale> {
     if pos >= count(p)? {
         return p.u64_at(LINK_A);
@@ -202,41 +370,137 @@ fn init(b: &mut [u8], k: u8) {
     b[PAGE_HEADER..].fill(0);
     b[KIND] = k;
     wr16(b, HEAP, PAGE_SIZE);
+    wr16(b, LOWER, NO_FENCE);
+    wr16(b, UPPER, NO_FENCE);
     wr64(b, LINK_A, NONE);
     wr64(b, LINK_B, NONE);
 }
 
-/// Free bytes, counting holes left by removals.
-fn free_space(b: &[u8]) -> usize {
-    PAGE_SIZE - SLOTS - rd16(b, COUNT) * SLOT - rd16(b, LIVE)
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// The entry at `i` of a latched node: (key, value) ranges.
+fn fence_len(b: &[u8], at: usize) -> Option<usize> {
+    let l = rd16(b, at);
+    (l != NO_FENCE).then_some(l)
+}
+
+/// A latched node's fences: (lower, upper).
+fn fences(b: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+    let (l, u) = (fence_len(b, LOWER), fence_len(b, UPPER));
+    let u_at = PAGE_SIZE - u.unwrap_or(0);
+    let l_at = u_at - l.unwrap_or(0);
+    (l.map(|l| &b[l_at..l_at + l]), u.map(|u| &b[u_at..u_at + u]))
+}
+
+/// Bytes the fences take in the heap.
+fn fence_bytes(b: &[u8]) -> usize {
+    fence_len(b, LOWER).unwrap_or(0) + fence_len(b, UPPER).unwrap_or(0)
+}
+
+/// A latched node's prefix (the start of its lower fence).
+fn prefix(b: &[u8]) -> &[u8] {
+    let p = rd16(b, PREFIX);
+    fences(b).0.map_or(&[][..], |l| &l[..p])
+}
+
+/// Whether `key` lies in the node's fences.
+fn within(b: &[u8], key: &[u8]) -> bool {
+    let (l, u) = fences(b);
+    l.is_none_or(|l| key > l) && u.is_none_or(|u| key <= u)
+}
+
+/// Gives the empty node `b` (just `init`ed) its fences and prefix.
+fn set_fences(b: &mut [u8], lower: Option<&[u8]>, upper: Option<&[u8]>) {
+    debug_assert!(rd16(b, COUNT) == 0 && rd16(b, HEAP) == PAGE_SIZE);
+    let ul = upper.map_or(0, <[u8]>::len);
+    let ll = lower.map_or(0, <[u8]>::len);
+    if let Some(u) = upper {
+        b[PAGE_SIZE - ul..].copy_from_slice(u);
+    }
+    if let Some(l) = lower {
+        b[PAGE_SIZE - ul - ll..PAGE_SIZE - ul].copy_from_slice(l);
+    }
+    wr16(b, LOWER, lower.map_or(NO_FENCE, <[u8]>::len));
+    wr16(b, UPPER, upper.map_or(NO_FENCE, <[u8]>::len));
+    wr16(b, HEAP, PAGE_SIZE - ul - ll);
+    wr16(b, LIVE, ul + ll);
+    let plen = match (lower, upper) {
+        (Some(l), Some(u)) => common_prefix(l, u),
+        _ => 0,
+    };
+    wr16(b, PREFIX, plen);
+    let p = lower.unwrap_or(&[]);
+    wr64(b, PREFIX_HEAD, be_head(&p[..plen.min(8)]));
+}
+
+/// Free bytes, counting holes left by removals.
+fn free_space(b: &[u8]) -> usize {
+    PAGE_SIZE - SLOTS - used(b)
+}
+
+/// Bytes taken by slots and the heap's live bytes.
+fn used(b: &[u8]) -> usize {
+    rd16(b, COUNT) * SLOT + rd16(b, LIVE)
+}
+
+/// The slot of entry `i` of a latched node: (offset, key length, value
+/// length).
+fn slot_of(b: &[u8], i: usize) -> (usize, usize, usize) {
+    let at = SLOTS + i * SLOT + 8;
+    (rd16(b, at), rd16(b, at + 2), rd16(b, at + 4))
+}
+
+/// The entry at `i` of a latched node: (key without the prefix, value).
 fn entry(b: &[u8], i: usize) -> (&[u8], &[u8]) {
-    let at = SLOTS + i * SLOT;
-    let (off, klen, vlen) = (rd16(b, at), rd16(b, at + 2), rd16(b, at + 4));
+    let (off, klen, vlen) = slot_of(b, i);
     (&b[off..off + klen], &b[off + klen..off + klen + vlen])
 }
 
+/// The whole key of entry `i` of a latched node.
+fn key_at(b: &[u8], i: usize) -> Vec<u8> {
+    let mut k = prefix(b).to_vec();
+    k.extend_from_slice(entry(b, i).0);
+    k
+}
+
+/// Recomputes the hints (after every change of the slots).
+fn make_hints(b: &mut [u8]) {
+    let n = rd16(b, COUNT);
+    for i in 0..HINT_COUNT {
+        let h = if n == 0 {
+            0
+        } else {
+            rd64(b, SLOTS + hint_pos(i, n) * SLOT)
+        };
+        wr64(b, HINTS + 8 * i, h);
+    }
+}
+
+/// Moves the entries together below the fences.
 fn compact(b: &mut [u8]) {
     let mut tmp = PageBuf::zeroed();
     tmp.0.copy_from_slice(b);
     let n = rd16(b, COUNT);
-    let mut heap = PAGE_SIZE;
+    let mut heap = PAGE_SIZE - fence_bytes(b);
     for i in 0..n {
         let (k, v) = entry(&tmp.0, i);
         let len = k.len() + v.len();
         heap -= len;
         b[heap..heap + k.len()].copy_from_slice(k);
         b[heap + k.len()..heap + len].copy_from_slice(v);
-        wr16(b, SLOTS + i * SLOT, heap);
+        wr16(b, SLOTS + i * SLOT + 8, heap);
     }
     wr16(b, HEAP, heap);
 }
 
-/// Inserts `(key, val)` at position `pos`; false if it does not fit.
+/// Inserts `(key, val)` (the whole key, which starts with the node's
+/// prefix) at position `pos`; false if it does not fit.
 fn insert_at(b: &mut [u8], pos: usize, key: &[u8], val: &[u8]) -> bool {
-    let need = key.len() + val.len();
+    let plen = rd16(b, PREFIX);
+    debug_assert!(key.starts_with(prefix(b)), "key outside the node's fences");
+    let suffix = &key[plen..];
+    let need = suffix.len() + val.len();
     if free_space(b) < need + SLOT {
         return false;
     }
@@ -245,18 +509,27 @@ fn insert_at(b: &mut [u8], pos: usize, key: &[u8], val: &[u8]) -> bool {
         compact(b);
     }
     let heap = rd16(b, HEAP) - need;
-    b[heap..heap + key.len()].copy_from_slice(key);
-    b[heap + key.len()..heap + need].copy_from_slice(val);
+    b[heap..heap + suffix.len()].copy_from_slice(suffix);
+    b[heap + suffix.len()..heap + need].copy_from_slice(val);
     let at = SLOTS + pos * SLOT;
     b.copy_within(at..SLOTS + n * SLOT, at + SLOT);
-    wr16(b, at, heap);
-    wr16(b, at + 2, key.len());
-    wr16(b, at + 4, val.len());
+    wr64(b, at, be_head(suffix));
+    wr16(b, at + 8, heap);
+    wr16(b, at + 10, suffix.len());
+    wr16(b, at + 12, val.len());
+    wr16(b, at + 14, 0);
     wr16(b, HEAP, heap);
     wr16(b, COUNT, n + 1);
     let live = rd16(b, LIVE) + need;
     wr16(b, LIVE, live);
+    make_hints(b);
     true
+}
+
+/// Appends `(key, val)` to a node being built; false if it does not fit.
+fn push(b: &mut [u8], key: &[u8], val: &[u8]) -> bool {
+    let n = rd16(b, COUNT);
+    insert_at(b, n, key, val)
 }
 
 fn remove_at(b: &mut [u8], pos: usize) {
@@ -268,14 +541,14 @@ fn remove_at(b: &mut [u8], pos: usize) {
     wr16(b, COUNT, n - 1);
     let live = rd16(b, LIVE) - len;
     wr16(b, LIVE, live);
+    make_hints(b);
 }
 
 fn set_child(b: &mut [u8], pos: usize, c: PageId) {
     if pos >= rd16(b, COUNT) {
         wr64(b, LINK_A, c.0);
     } else {
-        let at = SLOTS + pos * SLOT;
-        let (off, klen) = (rd16(b, at), rd16(b, at + 2));
+        let (off, klen, _) = slot_of(b, pos);
         wr64(b, off + klen, c.0);
     }
 }
@@ -300,6 +573,8 @@ enum Put {
 pub struct BTree<'p, B: BufferManager + ?Sized> {
     pool: &'p B,
     meta: PageId,
+    /// The root's id as last seen (checked by the root flag at every use).
+    root: AtomicU64,
     free: spin::Mutex<Vec<PageId>>,
 }
 
@@ -308,7 +583,9 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     pub fn create(pool: &'p B) -> Result<BTree<'p, B>, TreeError> {
         let mut meta = pool.allocate()?;
         let mut root = pool.allocate()?;
-        init(root.bytes_mut(), LEAF);
+        let r = root.bytes_mut();
+        init(r, LEAF);
+        r[FLAGS] = ROOT;
         let m = meta.bytes_mut();
         init(m, META);
         wr64(m, LINK_A, root.id().0);
@@ -317,6 +594,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         Ok(BTree {
             pool,
             meta: id,
+            root: AtomicU64::new(root.id().0),
             free: spin::Mutex::new(Vec::new()),
         })
     }
@@ -330,9 +608,11 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 what: "not a tree meta page",
             });
         }
+        let root = rd64(g.bytes(), LINK_A);
         Ok(BTree {
             pool,
             meta,
+            root: AtomicU64::new(root),
             free: spin::Mutex::new(Vec::new()),
         })
     }
@@ -365,20 +645,30 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         }
     }
 
-    /// The root, read optimistically; the meta page is validated.
+    /// The root, read optimistically: the cached root if its node still
+    /// says it is the root (trusted once the caller validates the node);
+    /// otherwise the cache is refreshed from the meta page and the
+    /// operation restarts.
+    #[inline]
     fn root(&self) -> R<OptimisticGuard<'p, B>> {
+        let id = self.root.load(atomic::Ordering::Relaxed);
+        let node = self.pool.optimistic(PageId(id))?;
+        if node.u8_at(FLAGS)? & ROOT != 0 {
+            return Ok(node);
+        }
+        node.validate()?;
         let meta = self.pool.optimistic(self.meta)?;
         let root = meta.u64_at(LINK_A)?;
         meta.validate()?;
-        let node = self.pool.optimistic(PageId(root))?;
-        meta.validate()?;
-        Ok(node)
+        self.root.store(root, atomic::Ordering::Relaxed);
+        Err(E::Restart)
     }
 
     /// Descends to the leaf for `key` (`None`: the last leaf). Returns the
     /// leaf and its parent (with the leaf's position in it), all read
     /// optimistically.
     #[allow(clippy::type_complexity)]
+    #[inline]
     fn descend(
         &self,
         key: Option<&[u8]>,
@@ -410,7 +700,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
 
     /// Finds `target`'s parent on the path of `key`, optimistically: the
     /// parent and `target`'s position in it. `None` if `target` is the root
-    /// (the meta page's guard is returned instead) or not on the path.
+    /// (not validated: the caller checks the meta page) or not on the path.
     #[allow(clippy::type_complexity)]
     fn find_parent(
         &self,
@@ -488,6 +778,9 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         let (leaf, _) = self.descend(Some(key))?;
         let id = leaf.id();
         let mut x = leaf.upgrade()?;
+        if !within(x.bytes(), key) {
+            return Err(corrupt(id, "a key led to a leaf whose fences exclude it"));
+        }
         let (pos, exact) =
             lower_bound(x.bytes(), Some(key)).map_err(|_| corrupt(id, "latched leaf"))?;
         match (how, exact) {
@@ -501,7 +794,8 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         } else {
             0
         };
-        if free_space(b) + old >= key.len() + val.len() + SLOT {
+        let need = key.len() - rd16(b, PREFIX) + val.len() + SLOT;
+        if free_space(b) + old >= need {
             let b = x.bytes_mut();
             if exact {
                 remove_at(b, pos);
@@ -549,12 +843,15 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             let mut right = self.new_node()?;
             let mut root = self.new_node()?;
             let ids = (n.id(), right.id());
+            // The old root loses its flag here (split_node rebuilds it).
             let sep = split_node(n.bytes_mut(), right.bytes_mut(), ids, key);
             let r = root.bytes_mut();
             init(r, INNER);
+            r[FLAGS] = ROOT;
             insert_at(r, 0, &sep, &n.id().0.to_le_bytes());
             wr64(r, LINK_A, right.id().0);
             wr64(m.bytes_mut(), LINK_A, root.id().0);
+            self.root.store(root.id().0, atomic::Ordering::Relaxed);
             log::trace!("btree: root {} split, new root {}", target.0, root.id().0);
             drop((m, n, right, root));
             return Ok(());
@@ -607,7 +904,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 return Ok((false, id, false));
             }
             remove_at(x.bytes_mut(), pos);
-            Ok((true, id, rd16(x.bytes(), LIVE) < UNDERFULL))
+            Ok((true, id, used(x.bytes()) < UNDERFULL))
         })?;
         if underfull {
             self.merge_up(leaf, key)?;
@@ -654,13 +951,9 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             return Err(corrupt(p.id(), "siblings of different kinds"));
         }
         let leaf = lb[KIND] == LEAF;
-        let sep_len = if leaf {
-            0
-        } else {
-            entry(p.bytes(), lpos).0.len() + 8 + SLOT
-        };
-        let used = |b: &[u8]| rd16(b, LIVE) + rd16(b, COUNT) * SLOT;
-        if used(lb) + used(rb) + sep_len > PAGE_SIZE - SLOTS {
+        let sep = key_at(p.bytes(), lpos);
+        let mut tmp = PageBuf::zeroed();
+        if !merge_nodes(&mut tmp.0, lb, rb, (!leaf).then_some(&sep[..])) {
             return Ok(None);
         }
         let mut rr = None;
@@ -670,24 +963,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 rr = Some(self.pool.optimistic(PageId(x))?.upgrade()?);
             }
         }
-        // Move r's entries (after the separator, for inner nodes) into l.
-        let mut tmp = PageBuf::zeroed();
-        tmp.0.copy_from_slice(r.bytes());
-        let lbm = l.bytes_mut();
-        if !leaf {
-            let (k, _) = entry(p.bytes(), lpos);
-            let upper = rd64(lbm, LINK_A);
-            let at = rd16(lbm, COUNT);
-            let ok = insert_at(lbm, at, k, &upper.to_le_bytes());
-            debug_assert!(ok);
-        }
-        for i in 0..rd16(&tmp.0, COUNT) {
-            let (k, v) = entry(&tmp.0, i);
-            let at = rd16(lbm, COUNT);
-            let ok = insert_at(lbm, at, k, v);
-            debug_assert!(ok);
-        }
-        wr64(lbm, LINK_A, rd64(&tmp.0, LINK_A));
+        l.bytes_mut()[PAGE_HEADER..].copy_from_slice(&tmp.0[PAGE_HEADER..]);
         if let Some(rr) = rr.as_mut() {
             wr64(rr.bytes_mut(), LINK_B, l.id().0);
         }
@@ -698,7 +974,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         drop(l);
         self.free_node(r);
         let pid = p.id();
-        let under = rd16(p.bytes(), LIVE) < UNDERFULL;
+        let under = used(p.bytes()) < UNDERFULL;
         drop(p);
         Ok(if under { Some(pid) } else { None })
     }
@@ -711,11 +987,17 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         if kind(&root)? != INNER || count(&root)? != 0 {
             return Ok(());
         }
+        let only = root.u64_at(LINK_A)?;
+        root.validate()?;
         let mut m = meta.upgrade()?;
         let r = root.upgrade()?;
-        let only = rd64(r.bytes(), LINK_A);
+        let mut c = self.pool.optimistic(PageId(only))?.upgrade()?;
+        c.bytes_mut()[FLAGS] |= ROOT;
         wr64(m.bytes_mut(), LINK_A, only);
+        self.root.store(only, atomic::Ordering::Relaxed);
+        drop(c);
         drop(m);
+        // The old root loses its flag here.
         self.free_node(r);
         Ok(())
     }
@@ -805,9 +1087,11 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     }
 
     /// Walks the whole tree with shared latches and checks its invariants:
-    /// keys sorted and within their parents' bounds, all leaves at one
-    /// depth, sibling links consistent. Returns the number of entries.
-    /// For tests and tools; do not run it concurrently with writers.
+    /// keys sorted and within their parents' bounds, fences equal to those
+    /// bounds, prefixes, heads and hints as the keys make them, the root
+    /// flag on the root alone, all leaves at one depth, sibling links
+    /// consistent. Returns the number of entries. For tests and tools; do
+    /// not run it concurrently with writers.
     pub fn check(&self) -> Result<usize, TreeError> {
         let root = {
             let m = self.pool.fix_shared(self.meta)?;
@@ -844,26 +1128,10 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         let bad = |what| TreeError::Corrupt { page: id, what };
         let g = self.pool.fix_shared(id)?;
         let b = g.bytes();
-        let n = rd16(b, COUNT);
-        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(n);
-        for i in 0..n {
-            let k = entry(b, i).0.to_vec();
-            if keys.last().is_some_and(|p| *p >= k) {
-                return Err(bad("keys out of order"));
-            }
-            if low.is_some_and(|l| k.as_slice() <= l) || high.is_some_and(|h| k.as_slice() > h) {
-                return Err(bad("key outside the parent's bounds"));
-            }
-            keys.push(k);
-        }
-        let live: usize = (0..n)
-            .map(|i| {
-                let (k, v) = entry(b, i);
-                k.len() + v.len()
-            })
-            .sum();
-        if live != rd16(b, LIVE) {
-            return Err(bad("live byte count wrong"));
+        let keys = check_layout(b, low, high).map_err(bad)?;
+        let n = keys.len();
+        if (b[FLAGS] & ROOT != 0) != (level == 0) {
+            return Err(bad("root flag wrong"));
         }
         match b[KIND] {
             LEAF => {
@@ -874,6 +1142,9 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 Ok(n)
             }
             INNER => {
+                if (0..n).any(|i| entry(b, i).1.len() != 8) {
+                    return Err(bad("inner entry without a child id"));
+                }
                 let children: Vec<PageId> = (0..=n).map(|i| live_child(b, i)).collect();
                 drop(g);
                 let mut total = 0;
@@ -897,66 +1168,206 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     }
 }
 
+/// Checks a latched node's layout against the bounds its parent gives it:
+/// fences equal to them, the prefix their common prefix, keys sorted and
+/// within them, heads, hints, heap and live bytes consistent. Returns the
+/// whole keys.
+fn check_layout(
+    b: &[u8],
+    low: Option<&[u8]>,
+    high: Option<&[u8]>,
+) -> Result<Vec<Vec<u8>>, &'static str> {
+    let n = rd16(b, COUNT);
+    if n > MAX_COUNT || SLOTS + n * SLOT > rd16(b, HEAP) {
+        return Err("slots overlap the heap");
+    }
+    let fb = fence_bytes(b);
+    if rd16(b, HEAP) + fb > PAGE_SIZE {
+        return Err("fences overlap the heap");
+    }
+    if fences(b) != (low, high) {
+        return Err("fences differ from the parent's bounds");
+    }
+    let plen = match (low, high) {
+        (Some(l), Some(h)) => common_prefix(l, h),
+        _ => 0,
+    };
+    if rd16(b, PREFIX) != plen {
+        return Err("prefix length is not the fences' common prefix");
+    }
+    if rd64(b, PREFIX_HEAD) != be_head(&prefix(b)[..plen.min(8)]) {
+        return Err("prefix head wrong");
+    }
+    let mut keys: Vec<Vec<u8>> = Vec::with_capacity(n);
+    let mut live = fb;
+    for i in 0..n {
+        let (off, klen, vlen) = slot_of(b, i);
+        if off < rd16(b, HEAP) || off + klen + vlen > PAGE_SIZE - fb {
+            return Err("entry outside the heap");
+        }
+        live += klen + vlen;
+        let (suffix, _) = entry(b, i);
+        if rd64(b, SLOTS + i * SLOT) != be_head(suffix) {
+            return Err("slot head wrong");
+        }
+        let k = key_at(b, i);
+        if keys.last().is_some_and(|p| *p >= k) {
+            return Err("keys out of order");
+        }
+        if low.is_some_and(|l| k.as_slice() <= l) || high.is_some_and(|h| k.as_slice() > h) {
+            return Err("key outside the parent's bounds");
+        }
+        keys.push(k);
+    }
+    if live != rd16(b, LIVE) {
+        return Err("live byte count wrong");
+    }
+    for i in 0..HINT_COUNT {
+        let want = if n == 0 {
+            0
+        } else {
+            rd64(b, SLOTS + hint_pos(i, n) * SLOT)
+        };
+        if rd64(b, HINTS + 8 * i) != want {
+            return Err("hint wrong");
+        }
+    }
+    Ok(keys)
+}
+
+/// Builds in the empty page `out` the merge of the latched siblings `l`
+/// and `r` (an inner pair with their parent's separator `sep` between
+/// them). False, and `out` unusable, if the merge does not fit in a page.
+fn merge_nodes(out: &mut [u8], l: &[u8], r: &[u8], sep: Option<&[u8]>) -> bool {
+    let (lower, _) = fences(l);
+    let (_, upper) = fences(r);
+    let plen = match (lower, upper) {
+        (Some(a), Some(c)) => common_prefix(a, c),
+        _ => 0,
+    };
+    // Keys grow by what the prefix loses.
+    let grown = |b: &[u8]| {
+        let n = rd16(b, COUNT);
+        n * SLOT + rd16(b, LIVE) - fence_bytes(b) + n * (rd16(b, PREFIX) - plen)
+    };
+    let mut size = SLOTS + grown(l) + grown(r);
+    size += lower.map_or(0, <[u8]>::len) + upper.map_or(0, <[u8]>::len);
+    if let Some(s) = sep {
+        size += SLOT + s.len() - plen + 8;
+    }
+    if size > PAGE_SIZE {
+        return false;
+    }
+    init(out, l[KIND]);
+    set_fences(out, lower, upper);
+    let mut ok = true;
+    for i in 0..rd16(l, COUNT) {
+        ok &= push(out, &key_at(l, i), entry(l, i).1);
+    }
+    if let Some(s) = sep {
+        ok &= push(out, s, &rd64(l, LINK_A).to_le_bytes());
+    }
+    for i in 0..rd16(r, COUNT) {
+        ok &= push(out, &key_at(r, i), entry(r, i).1);
+    }
+    debug_assert!(ok, "the merge was sized to fit");
+    wr64(out, LINK_A, rd64(r, LINK_A));
+    wr64(out, LINK_B, rd64(l, LINK_B));
+    ok
+}
+
+/// The shortest separator `s` with `a <= s < b` (for `a < b`): a prefix of
+/// `b` one byte longer than what `a` and `b` share, or `a` itself.
+fn separator(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let c = common_prefix(a, b);
+    if c + 1 < b.len() {
+        b[..c + 1].to_vec()
+    } else {
+        a.to_vec()
+    }
+}
+
 /// Splits the latched node `b` (id `bid`) into `b` and the empty page `r`
-/// (id `rid`, to the right). Returns the separator to insert into the parent: keys
-/// `<= sep` stay in `b`. When `key` (the insert that needs room) is beyond
-/// every key of the rightmost leaf, the leaf keeps everything (an append
-/// pattern leaves full leaves behind).
+/// (id `rid`, to the right). Returns the separator to insert into the
+/// parent: keys `<= sep` stay in `b`, which gets `sep` as upper fence and
+/// `r` as lower. When `key` (the insert that needs room) is beyond every
+/// key of the rightmost node of its level, the node keeps all it can (an
+/// append pattern leaves full nodes behind).
 fn split_node(b: &mut [u8], r: &mut [u8], (bid, rid): (PageId, PageId), key: &[u8]) -> Vec<u8> {
     let mut tmp = PageBuf::zeroed();
     tmp.0.copy_from_slice(b);
     let t = &tmp.0;
     let n = rd16(t, COUNT);
     let k = t[KIND];
+    let (lower, upper) = fences(t);
     let (left_link, right_link) = (rd64(t, LINK_B), rd64(t, LINK_A));
-    init(b, k);
-    init(r, k);
+    let append = upper.is_none() && n > 0 && key_at(t, n - 1).as_slice() < key;
+    let fill = |b: &mut [u8], sep: &[u8], from: usize, to: usize| -> bool {
+        init(b, k);
+        set_fences(b, lower, Some(sep));
+        (from..to).all(|i| push(b, &key_at(t, i), entry(t, i).1))
+    };
     if k == LEAF {
-        let append = right_link == NONE && n > 0 && entry(t, n - 1).0 < key;
-        let m = if append {
-            n
-        } else {
-            // Split by bytes.
-            let half = rd16(t, LIVE) / 2;
-            let mut acc = 0;
-            let mut m = 0;
-            while m < n - 1 {
-                let (kk, v) = entry(t, m);
-                acc += kk.len() + v.len();
-                m += 1;
-                if acc >= half {
-                    break;
-                }
+        // Appending: the node keeps every entry if they fit with the new
+        // fence.
+        let kept = append
+            .then(|| key_at(t, n - 1))
+            .filter(|sep| fill(b, sep, 0, n));
+        let (m, sep) = match kept {
+            Some(sep) => (n, sep),
+            None => {
+                let m = if append {
+                    (n - 1).max(1)
+                } else {
+                    // Split by bytes.
+                    let half = (rd16(t, LIVE) - fence_bytes(t)) / 2;
+                    let mut acc = 0;
+                    let mut m = 0;
+                    while m + 1 < n {
+                        let (kk, v) = entry(t, m);
+                        acc += kk.len() + v.len();
+                        m += 1;
+                        if acc >= half {
+                            break;
+                        }
+                    }
+                    m.max(1)
+                };
+                let sep = if m < n {
+                    separator(&key_at(t, m - 1), &key_at(t, m))
+                } else {
+                    key_at(t, m - 1)
+                };
+                let fits = fill(b, &sep, 0, m);
+                debug_assert!(fits, "a split's left half fits");
+                (m, sep)
             }
-            m.max(1)
         };
-        for i in 0..m {
-            let (kk, v) = entry(t, i);
-            insert_at(b, i, kk, v);
-        }
+        init(r, k);
+        set_fences(r, Some(&sep), upper);
         for i in m..n {
-            let (kk, v) = entry(t, i);
-            insert_at(r, i - m, kk, v);
+            let fits = push(r, &key_at(t, i), entry(t, i).1);
+            debug_assert!(fits, "a split's right half fits");
         }
         wr64(b, LINK_B, left_link);
         wr64(b, LINK_A, rid.0);
         wr64(r, LINK_B, bid.0);
         wr64(r, LINK_A, right_link);
-        entry(t, m - 1).0.to_vec()
+        sep
     } else {
-        let m = n / 2;
-        for i in 0..m {
-            let (kk, v) = entry(t, i);
-            insert_at(b, i, kk, v);
-        }
+        let m = if append { n - 1 } else { n / 2 };
+        let sep = key_at(t, m);
+        let fits = fill(b, &sep, 0, m);
+        debug_assert!(fits, "a split's left half fits");
+        wr64(b, LINK_A, rd64(entry(t, m).1, 0));
+        init(r, k);
+        set_fences(r, Some(&sep), upper);
         for i in m + 1..n {
-            let (kk, v) = entry(t, i);
-            insert_at(r, i - m - 1, kk, v);
+            let fits = push(r, &key_at(t, i), entry(t, i).1);
+            debug_assert!(fits, "a split's right half fits");
         }
-        let (sep, mid_child) = entry(t, m);
-        wr64(b, LINK_A, rd64(mid_child, 0));
         wr64(r, LINK_A, right_link);
-        sep.to_vec()
+        sep
     }
 }
 
@@ -966,6 +1377,8 @@ struct Batch {
     data: Vec<u8>,
     /// (key start, key len, value len) into data, in delivery order.
     items: Vec<(usize, usize, usize)>,
+    /// The leaf's prefix.
+    prefix: Vec<u8>,
     /// The next leaf in scan direction.
     next: u64,
 }
@@ -985,19 +1398,25 @@ impl Batch {
             Some(b) => lower_bound(p, Some(b))?,
             None => (if forward { 0 } else { n }, false),
         };
-        let range: Vec<usize> = if forward {
-            let from = if exact && !inclusive { pos + 1 } else { pos };
-            (from..n).collect()
+        let plen = p.u16_at(PREFIX)? as usize;
+        if plen > MAX_KEY {
+            return Err(Stale);
+        }
+        self.prefix.resize(plen, 0);
+        p.read_into(lower_fence_at(p)?, &mut self.prefix)?;
+        let (from, to) = if forward {
+            (if exact && !inclusive { pos + 1 } else { pos }, n)
         } else {
-            let to = if exact && inclusive { pos + 1 } else { pos };
-            (0..to).rev().collect()
+            (0, if exact && inclusive { pos + 1 } else { pos })
         };
-        for i in range {
+        for j in from..to {
+            let i = if forward { j } else { to - 1 - (j - from) };
             let (off, klen, vlen) = slot(p, i)?;
             let at = self.data.len();
-            self.data.resize(at + klen + vlen, 0);
-            p.read_into(off, &mut self.data[at..])?;
-            self.items.push((at, klen, vlen));
+            self.data.extend_from_slice(&self.prefix);
+            self.data.resize(at + plen + klen + vlen, 0);
+            p.read_into(off, &mut self.data[at + plen..])?;
+            self.items.push((at, plen + klen, vlen));
         }
         self.next = p.u64_at(if forward { LINK_A } else { LINK_B })?;
         Ok(())
