@@ -1,10 +1,18 @@
 //! B+tree point lookups on the buffer pools side by side: the vmcache-style
-//! pool, the hash-table pool and (in memory) std's `BTreeMap`, 8-byte
-//! big-endian keys with 120-byte values in 4 KiB pages, uniform random keys,
-//! 1 and 2 threads.
+//! pool, the hash-table pool and (in memory) std's `BTreeMap` and the
+//! reference vmcache binary, 8-byte big-endian keys with 120-byte values in
+//! 4 KiB pages, uniform random keys, 1 and 2 threads.
 //!
-//! - `in-memory`: `--keys` keys, pools larger than the data. Target:
-//!   vmcache lookups/s per thread >= 1.5x the hash pool's.
+//! - `in-memory`: `--keys` keys, pools larger than the data. Targets: the
+//!   vmcache-style pool's lookups/s per thread >= 1.5x the hash pool's, and
+//!   >= 1.0x (goal 1.2x) the reference vmcache's in the same shape.
+//!   The reference is an optional peer: vmcache
+//!   (github.com/viktorleis/vmcache) built by hand, its binary given with
+//!   `--vmcache PATH` or `DBOS_VMCACHE=PATH`; it runs as a child process
+//!   with `RNDREAD=1 DATASIZE=<keys> PHYSGB VIRTGB THREADS RUNFOR` and
+//!   `BLOCK` a sparse file beside `--file`, and its rate is the mean of its
+//!   per-second `tx` column after the first second. Without it, its column
+//!   says "not installed".
 //! - `out-of-memory`: `--ooo-data-mib` of tree over a pool of
 //!   `--ooo-pool-mib` on `--file`, with QD1 random 4 KiB reads of the same
 //!   pages through the same queue-pair path measured in alternating rounds.
@@ -19,7 +27,10 @@
 //!
 //! The disk of a virtual machine moves 10-30% between runs, so everything
 //! runs in `--rounds` rounds in rotated order; medians of rounds and
-//! per-round ratios are reported.
+//! per-round ratios are reported. `--background-load N[,M...]` runs every
+//! comparison once per listed level with that many threads of pure
+//! computation started by the benchmark beside it (0: quiet), so a quiet
+//! and a loaded comparison come from one command.
 
 use clap::Parser;
 use dbos_benches::{median, poller_config, require_direct_io};
@@ -35,6 +46,9 @@ use io_uring::{opcode, types, IoUring};
 use std::collections::BTreeMap;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -75,11 +89,155 @@ struct Args {
     /// The poller's spin before parking, in microseconds.
     #[arg(long)]
     spin_us: Option<u64>,
+    /// Threads of pure computation run beside every measurement; a list
+    /// runs each comparison once per level (e.g. `0,2`: quiet, then 2 busy
+    /// threads).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0])]
+    background_load: Vec<usize>,
+    /// The reference vmcache binary (github viktorleis/vmcache, built by
+    /// hand); default: $DBOS_VMCACHE. Without one, its column says "not
+    /// installed".
+    #[arg(long)]
+    vmcache: Option<PathBuf>,
+    /// The reference vmcache's PHYSGB (its pool, GiB).
+    #[arg(long, default_value_t = 1)]
+    vmcache_physgb: u64,
+    /// The reference vmcache's VIRTGB (its window and the sparse BLOCK
+    /// file, GiB).
+    #[arg(long, default_value_t = 4)]
+    vmcache_virtgb: u64,
 }
 
 const VALUE: usize = 120;
-/// Keys per full leaf: (4096 - 56) / (8 + 120 + 6).
-const KEYS_PER_LEAF: u64 = 30;
+/// Keys per full leaf: (4096 - 208 - 6) / (16 + 3 + 120) (16-byte slots,
+/// keys without the 5 bytes their leaf's fences share, 3-byte fences).
+const KEYS_PER_LEAF: u64 = 27;
+
+/// `n` threads of pure computation until dropped.
+struct BackgroundLoad {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl BackgroundLoad {
+    fn start(n: usize) -> BackgroundLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|i| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ i as u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..4096 {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                        }
+                        x = std::hint::black_box(x);
+                    }
+                    x
+                })
+            })
+            .collect();
+        BackgroundLoad { stop, threads }
+    }
+}
+
+impl Drop for BackgroundLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The reference vmcache binary and the sparse file it runs on.
+struct Reference {
+    bin: PathBuf,
+    block: PathBuf,
+    physgb: u64,
+    virtgb: u64,
+}
+
+impl Reference {
+    /// The binary of `--vmcache` or `$DBOS_VMCACHE`, if any; exits if one
+    /// is named but missing.
+    fn find(args: &Args) -> Option<Reference> {
+        let bin = args
+            .vmcache
+            .clone()
+            .or_else(|| std::env::var_os("DBOS_VMCACHE").map(PathBuf::from))?;
+        if !bin.is_file() {
+            eprintln!("the vmcache binary {} does not exist", bin.display());
+            std::process::exit(1);
+        }
+        let mut block = args.file.clone().into_os_string();
+        block.push(".vmcache-block");
+        let block = PathBuf::from(block);
+        let f = std::fs::File::create(&block).unwrap_or_else(|e| {
+            eprintln!("cannot create {}: {e}", block.display());
+            std::process::exit(1);
+        });
+        // Sparse: nothing is written in memory.
+        f.set_len(args.vmcache_virtgb << 30)
+            .expect("size the BLOCK file");
+        Some(Reference {
+            bin,
+            block,
+            physgb: args.vmcache_physgb,
+            virtgb: args.vmcache_virtgb,
+        })
+    }
+
+    /// Lookups/s of one run of `threads` threads for about `secs` (after
+    /// its load phase): the mean of its per-second `tx` column, the first
+    /// second left out.
+    fn lookups(&self, keys: u64, threads: usize, secs: f64) -> f64 {
+        let runfor = secs.ceil().max(1.0) as u64 + 1;
+        let out = Command::new(&self.bin)
+            .env("RNDREAD", "1")
+            .env("DATASIZE", keys.to_string())
+            .env("PHYSGB", self.physgb.to_string())
+            .env("VIRTGB", self.virtgb.to_string())
+            .env("THREADS", threads.to_string())
+            .env("RUNFOR", runfor.to_string())
+            .env("BLOCK", &self.block)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", self.bin.display()));
+        let text = String::from_utf8_lossy(&out.stdout);
+        match parse_tx(&text) {
+            Some(rate) if out.status.success() => rate,
+            _ => panic!(
+                "vmcache {} failed ({}): stdout {text:?} stderr {:?}",
+                self.bin.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.block);
+    }
+}
+
+/// vmcache's CSV (`ts,tx,...` then one line per second): the mean `tx`
+/// of the lines after the first.
+fn parse_tx(csv: &str) -> Option<f64> {
+    let mut lines = csv.lines().skip_while(|l| !l.starts_with("ts,"));
+    let header = lines.next()?;
+    let col = header.split(',').position(|c| c == "tx")?;
+    let tx: Vec<f64> = lines
+        .filter_map(|l| l.split(',').nth(col)?.parse().ok())
+        .collect();
+    if tx.len() < 2 {
+        return None;
+    }
+    Some(tx[1..].iter().sum::<f64>() / (tx.len() - 1) as f64)
+}
 
 fn value_of(k: u64) -> [u8; VALUE] {
     let mut v = [0u8; VALUE];
@@ -265,37 +423,89 @@ fn in_memory(args: &Args) {
         (used * PAGE_SIZE as u64) as f64 / (1 << 20) as f64,
         args.seconds
     );
+    let reference = Reference::find(args);
+    if reference.is_none() {
+        println!("  vmcache (reference): not installed (--vmcache PATH or DBOS_VMCACHE=PATH)");
+    }
+    let names = ["vm pool", "hash pool", "BTreeMap", "vmcache (ref)"];
+    let methods = if reference.is_some() { 4 } else { 3 };
     for &threads in &args.threads {
-        let mut res: [Vec<f64>; 3] = Default::default();
-        for round in 0..args.rounds {
-            for k in 0..3 {
-                let m = (k + round) % 3;
-                let r = match m {
-                    0 => lookups(&tv, keys, threads, args.seconds),
-                    1 => lookups(&th, keys, threads, args.seconds),
-                    _ => map_lookups(&map, keys, threads, args.seconds),
+        for &load in &args.background_load {
+            let _load = BackgroundLoad::start(load);
+            let what = format!("{threads} thread(s), background load {load}");
+            let mut res: Vec<Vec<f64>> = vec![Vec::new(); 4];
+            for round in 0..args.rounds {
+                for k in 0..methods {
+                    let m = (k + round) % methods;
+                    let r = match m {
+                        0 => lookups(&tv, keys, threads, args.seconds),
+                        1 => lookups(&th, keys, threads, args.seconds),
+                        2 => map_lookups(&map, keys, threads, args.seconds),
+                        _ => reference.as_ref().expect("installed").lookups(
+                            keys,
+                            threads,
+                            args.seconds,
+                        ),
+                    };
+                    res[m].push(r / threads as f64);
+                }
+                let rates = (0..methods)
+                    .map(|m| format!("{} {:.0}", names[m], res[m][round]))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let vs_ref = if methods == 4 {
+                    format!(
+                        ", vm pool/ref {:.2}, hash pool/ref {:.2}",
+                        res[0][round] / res[3][round],
+                        res[1][round] / res[3][round]
+                    )
+                } else {
+                    String::new()
                 };
-                res[m].push(r / threads as f64);
+                println!(
+                    "  {what}, round {}: per thread {rates} lookups/s; vm pool/hash pool {:.2}{vs_ref}",
+                    round + 1,
+                    res[0][round] / res[1][round],
+                );
             }
+            let ratio = |a: usize, b: usize| -> Vec<f64> {
+                res[a].iter().zip(&res[b]).map(|(x, y)| x / y).collect()
+            };
+            let list = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let medians = (0..methods)
+                .map(|m| format!("{} {:.0}", names[m], median(&res[m])))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let vh = ratio(0, 1);
             println!(
-                "  {threads} thread(s) round {}: per thread vmcache {:.0}, hash {:.0}, BTreeMap {:.0} lookups/s; vmcache/hash {:.2}",
-                round + 1,
-                res[0][round],
-                res[1][round],
-                res[2][round],
-                res[0][round] / res[1][round]
+                "  {what}: medians per thread {medians} lookups/s; vm pool/hash pool median per-round \
+                 ratio {:.2} (rounds {}; target >= 1.5: {}), vm pool/BTreeMap {:.2}",
+                median(&vh),
+                list(&vh),
+                if median(&vh) >= 1.5 { "met" } else { "NOT met" },
+                median(&res[0]) / median(&res[2]),
             );
+            if methods == 4 {
+                for (m, name) in [(0, "vm pool"), (1, "hash pool")] {
+                    let r = ratio(m, 3);
+                    let x = median(&r);
+                    println!(
+                        "  {what}: {name}/vmcache (ref) median per-round ratio {x:.2} (rounds {}; \
+                         target >= 1.0: {}, goal 1.2: {})",
+                        list(&r),
+                        if x >= 1.0 { "met" } else { "NOT met" },
+                        if x >= 1.2 { "met" } else { "not met" },
+                    );
+                }
+            } else {
+                println!("  {what}: vmcache (ref) not installed");
+            }
         }
-        let ratios: Vec<f64> = res[0].iter().zip(&res[1]).map(|(a, b)| a / b).collect();
-        let (v, h, m) = (median(&res[0]), median(&res[1]), median(&res[2]));
-        println!(
-            "  {threads} thread(s) medians per thread: vmcache {v:.0}, hash {h:.0}, BTreeMap {m:.0} lookups/s; \
-             vmcache/hash {:.2} (median per-round ratio {:.2}; target >= 1.5: {}), vmcache/BTreeMap {:.2}",
-            v / h,
-            median(&ratios),
-            if median(&ratios) >= 1.5 { "met" } else { "NOT met" },
-            v / m
-        );
     }
     let s = vm.stats();
     assert_eq!(s.evictions, 0, "the in-memory pool evicted");
@@ -402,89 +612,93 @@ fn out_of_memory(args: &Args) {
         args.file.display(),
         args.seconds
     );
-    // runs[m][round]: 0 QD1 reads, then (vmcache, hash) per thread count.
-    let methods = 1 + 2 * args.threads.len();
-    let mut qd1 = Vec::new();
-    let mut runs: Vec<Vec<OooRun>> = (0..methods - 1).map(|_| Vec::new()).collect();
-    for round in 0..args.rounds {
-        println!("  round {}:", round + 1);
-        for k in 0..methods {
-            let m = (k + round) % methods;
-            if m == 0 {
-                let tlb0 = tlb_shootdowns();
-                let t0 = Instant::now();
-                let iops = qd1_reads(&mut qdev, &buf, used, args.seconds);
-                let tlb = (tlb_shootdowns() - tlb0) as f64 / t0.elapsed().as_secs_f64();
-                println!(
-                    "    {:<18} {iops:>9.0} IOPS (TLB shootdowns {tlb:.0}/s, no evictions)",
-                    "QD1 reads"
+    for &load in &args.background_load {
+        let _load = BackgroundLoad::start(load);
+        println!("  background load {load}:");
+        // runs[m][round]: 0 QD1 reads, then (vmcache, hash) per thread count.
+        let methods = 1 + 2 * args.threads.len();
+        let mut qd1 = Vec::new();
+        let mut runs: Vec<Vec<OooRun>> = (0..methods - 1).map(|_| Vec::new()).collect();
+        for round in 0..args.rounds {
+            println!("  round {}:", round + 1);
+            for k in 0..methods {
+                let m = (k + round) % methods;
+                if m == 0 {
+                    let tlb0 = tlb_shootdowns();
+                    let t0 = Instant::now();
+                    let iops = qd1_reads(&mut qdev, &buf, used, args.seconds);
+                    let tlb = (tlb_shootdowns() - tlb0) as f64 / t0.elapsed().as_secs_f64();
+                    println!(
+                        "    {:<18} {iops:>9.0} IOPS (TLB shootdowns {tlb:.0}/s, no evictions)",
+                        "QD1 reads"
+                    );
+                    qd1.push(iops);
+                    continue;
+                }
+                let threads = args.threads[(m - 1) / 2];
+                let r = if (m - 1).is_multiple_of(2) {
+                    ooo_measure(&tv, keys, threads, args.seconds)
+                } else {
+                    ooo_measure(&th, keys, threads, args.seconds)
+                };
+                let name = format!(
+                    "{} {threads}T",
+                    if (m - 1).is_multiple_of(2) {
+                        "vmcache"
+                    } else {
+                        "hash"
+                    }
                 );
-                qd1.push(iops);
-                continue;
+                ooo_row(&name, &r);
+                runs[m - 1].push(r);
             }
-            let threads = args.threads[(m - 1) / 2];
-            let r = if (m - 1).is_multiple_of(2) {
-                ooo_measure(&tv, keys, threads, args.seconds)
-            } else {
-                ooo_measure(&th, keys, threads, args.seconds)
-            };
-            let name = format!(
-                "{} {threads}T",
-                if (m - 1).is_multiple_of(2) {
-                    "vmcache"
-                } else {
-                    "hash"
-                }
-            );
-            ooo_row(&name, &r);
-            runs[m - 1].push(r);
         }
-    }
-    let q = median(&qd1);
-    println!("  medians: QD1 reads {q:.0} IOPS");
-    for (i, r) in runs.iter().enumerate() {
-        let threads = args.threads[i / 2];
-        let name = if i.is_multiple_of(2) {
-            "vmcache"
-        } else {
-            "hash"
-        };
-        let rates: Vec<f64> = r.iter().map(|x| x.rate).collect();
-        let ratios: Vec<f64> = rates.iter().zip(&qd1).map(|(a, b)| a / b).collect();
-        let reads_per: Vec<f64> = r
-            .iter()
-            .map(|x| x.stats.reads as f64 / (x.rate * x.secs))
-            .collect();
-        let tlb_per: Vec<f64> = r
-            .iter()
-            .map(|x| x.tlb as f64 / x.stats.evictions.max(1) as f64)
-            .collect();
-        let list = ratios
-            .iter()
-            .map(|x| format!("{:.0}%", x * 100.0))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let verdict = if threads == 1 {
-            format!(
-                "; target >= 85%: {}",
-                if median(&ratios) >= 0.85 {
-                    "met"
-                } else {
-                    "NOT met"
-                }
-            )
-        } else {
-            String::new()
-        };
-        println!(
-            "  {name} {threads}T: {:.0} lookups/s = {:.0}% of QD1 IOPS (per round {list}; median per-round {:.0}%{verdict}); \
-             {:.2} page reads per lookup, {:.3} TLB shootdowns per evicted page",
-            median(&rates),
-            median(&rates) / q * 100.0,
-            median(&ratios) * 100.0,
-            median(&reads_per),
-            median(&tlb_per)
-        );
+        let q = median(&qd1);
+        println!("  medians: QD1 reads {q:.0} IOPS");
+        for (i, r) in runs.iter().enumerate() {
+            let threads = args.threads[i / 2];
+            let name = if i.is_multiple_of(2) {
+                "vmcache"
+            } else {
+                "hash"
+            };
+            let rates: Vec<f64> = r.iter().map(|x| x.rate).collect();
+            let ratios: Vec<f64> = rates.iter().zip(&qd1).map(|(a, b)| a / b).collect();
+            let reads_per: Vec<f64> = r
+                .iter()
+                .map(|x| x.stats.reads as f64 / (x.rate * x.secs))
+                .collect();
+            let tlb_per: Vec<f64> = r
+                .iter()
+                .map(|x| x.tlb as f64 / x.stats.evictions.max(1) as f64)
+                .collect();
+            let list = ratios
+                .iter()
+                .map(|x| format!("{:.0}%", x * 100.0))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let verdict = if threads == 1 {
+                format!(
+                    "; target >= 85%: {}",
+                    if median(&ratios) >= 0.85 {
+                        "met"
+                    } else {
+                        "NOT met"
+                    }
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "  {name} {threads}T: {:.0} lookups/s = {:.0}% of QD1 IOPS (per round {list}; median per-round {:.0}%{verdict}); \
+                 {:.2} page reads per lookup, {:.3} TLB shootdowns per evicted page",
+                median(&rates),
+                median(&rates) / q * 100.0,
+                median(&ratios) * 100.0,
+                median(&reads_per),
+                median(&tlb_per)
+            );
+        }
     }
 }
 
@@ -570,28 +784,32 @@ fn read_path(args: &Args) {
         args.file.display(),
         args.seconds
     );
-    let (mut fixed, mut direct) = (Vec::new(), Vec::new());
-    for round in 0..args.rounds {
-        for k in 0..2 {
-            let is_fixed = (k + round) % 2 == 0;
-            let (iops, us) = run(is_fixed);
-            println!(
-                "  round {} {:<34} {iops:>9.0} IOPS {us:>7.1} us mean",
-                round + 1,
-                if is_fixed {
-                    "READ_FIXED to bounce + copy"
-                } else {
-                    "READ (not fixed) into the window"
-                }
-            );
-            if is_fixed { &mut fixed } else { &mut direct }.push(us);
+    for &load in &args.background_load {
+        let _load = BackgroundLoad::start(load);
+        println!("  background load {load}:");
+        let (mut fixed, mut direct) = (Vec::new(), Vec::new());
+        for round in 0..args.rounds {
+            for k in 0..2 {
+                let is_fixed = (k + round) % 2 == 0;
+                let (iops, us) = run(is_fixed);
+                println!(
+                    "  round {} {:<34} {iops:>9.0} IOPS {us:>7.1} us mean",
+                    round + 1,
+                    if is_fixed {
+                        "READ_FIXED to bounce + copy"
+                    } else {
+                        "READ (not fixed) into the window"
+                    }
+                );
+                if is_fixed { &mut fixed } else { &mut direct }.push(us);
+            }
         }
+        let (f, d) = (median(&fixed), median(&direct));
+        println!(
+            "  medians: bounce + copy {f:.1} us, straight into the window {d:.1} us per read (difference {:.2} us)",
+            f - d
+        );
     }
-    let (f, d) = (median(&fixed), median(&direct));
-    println!(
-        "  medians: bounce + copy {f:.1} us, straight into the window {d:.1} us per read (difference {:.2} us)",
-        f - d
-    );
     drop(ring);
     // SAFETY: our mapping; the ring that referenced it is gone.
     unsafe { libc::munmap(window.cast(), len + PAGE_SIZE) };
