@@ -108,8 +108,10 @@ const FREE: u8 = 4;
 const ROOT: u8 = 1;
 
 // Loads a reader does must be aligned words.
-const _: () = assert!(PREFIX_HEAD % 8 == 0 && HINTS % 8 == 0 && LINK_B % 8 == 0);
-const _: () = assert!(SLOTS % SLOT == 0 && SLOT % 8 == 0 && LINK_A % 8 == 0);
+const _: () =
+    assert!(PREFIX_HEAD.is_multiple_of(8) && HINTS.is_multiple_of(8) && LINK_B.is_multiple_of(8));
+const _: () =
+    assert!(SLOTS.is_multiple_of(SLOT) && SLOT.is_multiple_of(8) && LINK_A.is_multiple_of(8));
 
 /// A node is merged with a sibling when its slots and live bytes fall
 /// below this.

@@ -4,9 +4,9 @@
 //! 4 KiB pages, uniform random keys, 1 and 2 threads.
 //!
 //! - `in-memory`: `--keys` keys, pools larger than the data. Targets: the
-//!   vmcache-style pool's lookups/s per thread >= 1.5x the hash pool's, and
-//!   >= 1.0x (goal 1.2x) the reference vmcache's in the same shape.
-//!   The reference is an optional peer: vmcache
+//!   vmcache-style pool's lookups/s per thread at least 1.5x the hash
+//!   pool's, and at least 1.0x (goal 1.2x) the reference vmcache's in the
+//!   same shape. The reference is an optional peer: vmcache
 //!   (github.com/viktorleis/vmcache) built by hand, its binary given with
 //!   `--vmcache PATH` or `DBOS_VMCACHE=PATH`; it runs as a child process
 //!   with `RNDREAD=1 DATASIZE=<keys> PHYSGB VIRTGB THREADS RUNFOR` and
