@@ -38,17 +38,22 @@
 //!  60  u16  upper fence length (0xffff: none, +infinity), inclusive
 //!  64  u64 x 16  hints: hint i is the head of slot (i + 1) * count / 17
 //! 192  u64  leaf: left sibling
-//! 208  slots, 16 bytes each, sorted by key: head u64, heap offset u16,
-//!      key length u16 (without the prefix), value length u16, zero u16;
-//!      an inner node's value is the child page id (u64 LE)
-//! ...  heap: entries (key without the prefix, then value) growing down,
-//!      then the lower fence, then the upper fence at the page's end
+//! 208  slots, 16 bytes each, sorted by key: the head (u64), then a u64
+//!      of the entry's heap offset (bits 0..13), its key length without
+//!      the prefix (bits 13..23) and in bits 23..64 a leaf's value length
+//!      or an inner node's child page id (so a search that ends in an
+//!      inner slot has the child without touching the heap)
+//! ...  heap: entries (key without the prefix, then a leaf's value)
+//!      growing down, then the lower fence, then the upper fence at the
+//!      page's end
 //! ```
 //! Words a reader loads are aligned (heads, slot words, hints, links), so
 //! an optimistic read of one is a single load. Keys in a node are in its
 //! fences' range `(lower, upper]` and so start with their common prefix. An
 //! inner entry `(k, c)` sends keys `<= k` (and greater than the previous
-//! entry's key) to `c`, whose fences are exactly those two keys. Missing
+//! entry's key) to `c`, whose fences are exactly those two keys. Child ids
+//! in slots have 41 bits ([`MAX_PAGES`] pages, 8 PiB; every pool's limit is
+//! lower). Missing
 //! siblings are `u64::MAX`. Freed nodes are kept on an in-memory free list
 //! for reuse by splits (not persistent: the tree's free space is not logged
 //! yet).
@@ -91,6 +96,14 @@ const HINT_COUNT: usize = 16;
 const LINK_B: usize = HINTS + HINT_COUNT * 8;
 const SLOTS: usize = LINK_B + 16;
 const SLOT: usize = 16;
+/// The slot word's fields: heap offset, key length, then the value length
+/// or child id.
+const OFF_MASK: u64 = (1 << 13) - 1;
+const KLEN_SHIFT: u32 = 13;
+const KLEN_MASK: u64 = (1 << 10) - 1;
+const REST_SHIFT: u32 = 23;
+/// Page ids a tree can hold in its inner slots.
+pub const MAX_PAGES: u64 = 1 << (64 - REST_SHIFT);
 const MAX_COUNT: usize = (PAGE_SIZE - SLOTS) / SLOT;
 const NONE: u64 = u64::MAX;
 /// A fence length meaning "no fence" (the node is the first or last of its
@@ -128,6 +141,9 @@ pub enum TreeError {
     EntryTooLarge { len: usize },
     /// A latched node does not parse: the tree is damaged.
     Corrupt { page: PageId, what: &'static str },
+    /// The pool gave the tree a page beyond the [`MAX_PAGES`] its inner
+    /// nodes can address.
+    PageTooFar { page: PageId },
 }
 
 impl fmt::Display for TreeError {
@@ -139,6 +155,11 @@ impl fmt::Display for TreeError {
                 write!(f, "entry of {len} bytes (max {MAX_ENTRY})")
             }
             TreeError::Corrupt { page, what } => write!(f, "node {} is damaged: {what}", page.0),
+            TreeError::PageTooFar { page } => write!(
+                f,
+                "page {} is beyond the {MAX_PAGES} pages a tree can address",
+                page.0
+            ),
         }
     }
 }
@@ -191,18 +212,43 @@ fn count<P: PageRead + ?Sized>(p: &P) -> Result<usize, Stale> {
     Ok(c)
 }
 
-/// Slot `i`: (heap offset, key length without the prefix, value length),
-/// checked to lie in the page.
+/// The fields of a slot word: (heap offset, key length without the
+/// prefix, value length or child id).
+#[inline(always)]
+fn unpack(w: u64) -> (usize, usize, u64) {
+    (
+        (w & OFF_MASK) as usize,
+        ((w >> KLEN_SHIFT) & KLEN_MASK) as usize,
+        w >> REST_SHIFT,
+    )
+}
+
+#[inline(always)]
+fn pack(off: usize, klen: usize, rest: u64) -> u64 {
+    debug_assert!(off as u64 <= OFF_MASK && klen as u64 <= KLEN_MASK && rest < MAX_PAGES);
+    off as u64 | (klen as u64) << KLEN_SHIFT | rest << REST_SHIFT
+}
+
+/// Slot `i`: (heap offset, key length without the prefix, value length or
+/// child id), the key checked to lie in the page.
 #[inline]
-fn slot<P: PageRead + ?Sized>(p: &P, i: usize) -> Result<(usize, usize, usize), Stale> {
-    let w = p.u64_at(SLOTS + i * SLOT + 8)?;
-    let off = (w & 0xffff) as usize;
-    let klen = ((w >> 16) & 0xffff) as usize;
-    let vlen = ((w >> 32) & 0xffff) as usize;
-    if off < SLOTS || off + klen + vlen > PAGE_SIZE {
+fn slot<P: PageRead + ?Sized>(p: &P, i: usize) -> Result<(usize, usize, u64), Stale> {
+    let (off, klen, rest) = unpack(p.u64_at(SLOTS + i * SLOT + 8)?);
+    if off < SLOTS || off + klen > PAGE_SIZE {
         return Err(Stale);
     }
-    Ok((off, klen, vlen))
+    Ok((off, klen, rest))
+}
+
+/// A leaf's slot `i`: (heap offset, key length, value length), checked to
+/// lie in the page.
+#[inline]
+fn leaf_slot<P: PageRead + ?Sized>(p: &P, i: usize) -> Result<(usize, usize, usize), Stale> {
+    let (off, klen, vlen) = slot(p, i)?;
+    if vlen > (PAGE_SIZE - off - klen) as u64 {
+        return Err(Stale);
+    }
+    Ok((off, klen, vlen as usize))
 }
 
 /// The head of slot `i`.
@@ -264,8 +310,9 @@ fn cmp_prefix<P: PageRead + ?Sized>(p: &P, key: &[u8]) -> Result<(Ordering, usiz
     ))
 }
 
-/// The range of positions the hints leave for a key whose head is `kh`
-/// (the first position `>= key` lies in it, both ends included).
+/// The range of positions the hints leave for a key whose head is `kh`:
+/// the first position `>= key` lies in `lo..=hi`, the slots before `lo`
+/// have smaller heads and slot `hi` (if any) a larger one.
 #[inline]
 fn hint_range<P: PageRead + ?Sized>(p: &P, n: usize, kh: u64) -> Result<(usize, usize), Stale> {
     let (mut below, mut upto) = (0, 0);
@@ -320,24 +367,28 @@ fn lower_bound<P: PageRead + ?Sized>(p: &P, key: Option<&[u8]>) -> Result<(usize
     }
     let rest = &key[plen..];
     let kh = be_head(rest);
-    let (mut lo, mut hi) = if n >= HINT_MIN {
+    let (lo, hi) = if n >= HINT_MIN {
         hint_range(p, n, kh)?
     } else {
         (0, n)
     };
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        let o = match kh.cmp(&head_at(p, mid)?) {
-            Ordering::Equal => cmp_tail(p, mid, rest)?,
-            o => o,
-        };
-        match o {
-            Ordering::Less => hi = mid,
-            Ordering::Greater => lo = mid + 1,
-            Ordering::Equal => return Ok((mid, true)),
+    // Count the heads below the key's in the range, every one (no early
+    // exit, so that the loads go out together instead of one miss after
+    // another as in a binary search).
+    let mut pos = lo;
+    for i in lo..hi {
+        pos += (head_at(p, i)? < kh) as usize;
+    }
+    // Equal heads (keys sharing their first 8 bytes after the prefix):
+    // compare the rest. They end before `hi`, whose head is larger.
+    while pos < hi && head_at(p, pos)? == kh {
+        match cmp_tail(p, pos, rest)? {
+            Ordering::Less => break,
+            Ordering::Equal => return Ok((pos, true)),
+            Ordering::Greater => pos += 1,
         }
     }
-    Ok((lo, false))
+    Ok((pos, false))
 }
 
 /// An inner node's child at `pos` (`count` is the upper child).
@@ -346,11 +397,7 @@ fn child<P: PageRead + ?Sized>(p: &P, pos: usize) -> Result<u64, Stale> {
     if pos >= count(p)? {
         return p.u64_at(LINK_A);
     }
-    let (off, klen, vlen) = slot(p, pos)?;
-    if vlen != 8 {
-        return Err(Stale);
-    }
-    p.u64_at(off + klen)
+    Ok(unpack(p.u64_at(SLOTS + pos * SLOT + 8)?).2)
 }
 
 // ---- changing latched nodes ----
@@ -446,17 +493,30 @@ fn used(b: &[u8]) -> usize {
     rd16(b, COUNT) * SLOT + rd16(b, LIVE)
 }
 
-/// The slot of entry `i` of a latched node: (offset, key length, value
-/// length).
-fn slot_of(b: &[u8], i: usize) -> (usize, usize, usize) {
-    let at = SLOTS + i * SLOT + 8;
-    (rd16(b, at), rd16(b, at + 2), rd16(b, at + 4))
+/// The slot of entry `i` of a latched node: (offset, key length, bytes of
+/// value in the heap (0 in an inner node), value length or child id).
+fn slot_of(b: &[u8], i: usize) -> (usize, usize, usize, u64) {
+    let (off, klen, rest) = unpack(rd64(b, SLOTS + i * SLOT + 8));
+    let vlen = if b[KIND] == INNER { 0 } else { rest as usize };
+    (off, klen, vlen, rest)
 }
 
-/// The entry at `i` of a latched node: (key without the prefix, value).
+/// The heap bytes of entry `i` of a latched node: (key without the
+/// prefix, a leaf's value; empty in an inner node).
 fn entry(b: &[u8], i: usize) -> (&[u8], &[u8]) {
-    let (off, klen, vlen) = slot_of(b, i);
+    let (off, klen, vlen, _) = slot_of(b, i);
     (&b[off..off + klen], &b[off + klen..off + klen + vlen])
+}
+
+/// Copies entry `i` of the latched node `src` to the end of the node being
+/// built in `dst` (of the same kind); false if it does not fit.
+fn copy_entry(dst: &mut [u8], src: &[u8], i: usize) -> bool {
+    let key = key_at(src, i);
+    if src[KIND] == INNER {
+        push(dst, &key, &slot_of(src, i).3.to_le_bytes())
+    } else {
+        push(dst, &key, entry(src, i).1)
+    }
 }
 
 /// The whole key of entry `i` of a latched node.
@@ -491,17 +551,28 @@ fn compact(b: &mut [u8]) {
         heap -= len;
         b[heap..heap + k.len()].copy_from_slice(k);
         b[heap + k.len()..heap + len].copy_from_slice(v);
-        wr16(b, SLOTS + i * SLOT + 8, heap);
+        let (_, klen, _, rest) = slot_of(&tmp.0, i);
+        wr64(b, SLOTS + i * SLOT + 8, pack(heap, klen, rest));
     }
     wr16(b, HEAP, heap);
 }
 
 /// Inserts `(key, val)` (the whole key, which starts with the node's
-/// prefix) at position `pos`; false if it does not fit.
+/// prefix) at position `pos`; false if it does not fit. An inner node's
+/// value is the child id (8 bytes LE, below [`MAX_PAGES`]), kept in the
+/// slot.
 fn insert_at(b: &mut [u8], pos: usize, key: &[u8], val: &[u8]) -> bool {
     let plen = rd16(b, PREFIX);
     debug_assert!(key.starts_with(prefix(b)), "key outside the node's fences");
     let suffix = &key[plen..];
+    let (val, rest) = if b[KIND] == INNER {
+        (
+            &[][..],
+            u64::from_le_bytes(val.try_into().expect("a child id")),
+        )
+    } else {
+        (val, val.len() as u64)
+    };
     let need = suffix.len() + val.len();
     if free_space(b) < need + SLOT {
         return false;
@@ -516,10 +587,7 @@ fn insert_at(b: &mut [u8], pos: usize, key: &[u8], val: &[u8]) -> bool {
     let at = SLOTS + pos * SLOT;
     b.copy_within(at..SLOTS + n * SLOT, at + SLOT);
     wr64(b, at, be_head(suffix));
-    wr16(b, at + 8, heap);
-    wr16(b, at + 10, suffix.len());
-    wr16(b, at + 12, val.len());
-    wr16(b, at + 14, 0);
+    wr64(b, at + 8, pack(heap, suffix.len(), rest));
     wr16(b, HEAP, heap);
     wr16(b, COUNT, n + 1);
     let live = rd16(b, LIVE) + need;
@@ -550,8 +618,8 @@ fn set_child(b: &mut [u8], pos: usize, c: PageId) {
     if pos >= rd16(b, COUNT) {
         wr64(b, LINK_A, c.0);
     } else {
-        let (off, klen, _) = slot_of(b, pos);
-        wr64(b, off + klen, c.0);
+        let (off, klen, _, _) = slot_of(b, pos);
+        wr64(b, SLOTS + pos * SLOT + 8, pack(off, klen, c.0));
     }
 }
 
@@ -559,7 +627,7 @@ fn live_child(b: &[u8], pos: usize) -> PageId {
     if pos >= rd16(b, COUNT) {
         PageId(rd64(b, LINK_A))
     } else {
-        PageId(rd64(entry(b, pos).1, 0))
+        PageId(slot_of(b, pos).3)
     }
 }
 
@@ -585,6 +653,9 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     pub fn create(pool: &'p B) -> Result<BTree<'p, B>, TreeError> {
         let mut meta = pool.allocate()?;
         let mut root = pool.allocate()?;
+        if root.id().0 >= MAX_PAGES {
+            return Err(TreeError::PageTooFar { page: root.id() });
+        }
         let r = root.bytes_mut();
         init(r, LEAF);
         r[FLAGS] = ROOT;
@@ -749,7 +820,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             let (leaf, _) = self.descend(Some(key))?;
             let (pos, exact) = lower_bound(&leaf, Some(key))?;
             if exact {
-                let (off, klen, vlen) = slot(&leaf, pos)?;
+                let (off, klen, vlen) = leaf_slot(&leaf, pos)?;
                 out.resize(vlen, 0);
                 leaf.read_into(off + klen, out)?;
             }
@@ -815,10 +886,14 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     /// A page for a new node, latched exclusively.
     fn new_node(&self) -> R<ExclusiveGuard<'p, B>> {
         let reuse = self.free.lock().pop();
-        match reuse {
-            Some(id) => Ok(self.pool.fix_exclusive(id)?),
-            None => Ok(self.pool.allocate()?),
+        let node = match reuse {
+            Some(id) => self.pool.fix_exclusive(id)?,
+            None => self.pool.allocate()?,
+        };
+        if node.id().0 >= MAX_PAGES {
+            return Err(E::Fail(TreeError::PageTooFar { page: node.id() }));
         }
+        Ok(node)
     }
 
     fn free_node(&self, mut x: ExclusiveGuard<'p, B>) {
@@ -1144,9 +1219,6 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 Ok(n)
             }
             INNER => {
-                if (0..n).any(|i| entry(b, i).1.len() != 8) {
-                    return Err(bad("inner entry without a child id"));
-                }
                 let children: Vec<PageId> = (0..=n).map(|i| live_child(b, i)).collect();
                 drop(g);
                 let mut total = 0;
@@ -1203,7 +1275,7 @@ fn check_layout(
     let mut keys: Vec<Vec<u8>> = Vec::with_capacity(n);
     let mut live = fb;
     for i in 0..n {
-        let (off, klen, vlen) = slot_of(b, i);
+        let (off, klen, vlen, _) = slot_of(b, i);
         if off < rd16(b, HEAP) || off + klen + vlen > PAGE_SIZE - fb {
             return Err("entry outside the heap");
         }
@@ -1255,7 +1327,7 @@ fn merge_nodes(out: &mut [u8], l: &[u8], r: &[u8], sep: Option<&[u8]>) -> bool {
     let mut size = SLOTS + grown(l) + grown(r);
     size += lower.map_or(0, <[u8]>::len) + upper.map_or(0, <[u8]>::len);
     if let Some(s) = sep {
-        size += SLOT + s.len() - plen + 8;
+        size += SLOT + s.len() - plen;
     }
     if size > PAGE_SIZE {
         return false;
@@ -1264,13 +1336,13 @@ fn merge_nodes(out: &mut [u8], l: &[u8], r: &[u8], sep: Option<&[u8]>) -> bool {
     set_fences(out, lower, upper);
     let mut ok = true;
     for i in 0..rd16(l, COUNT) {
-        ok &= push(out, &key_at(l, i), entry(l, i).1);
+        ok &= copy_entry(out, l, i);
     }
     if let Some(s) = sep {
         ok &= push(out, s, &rd64(l, LINK_A).to_le_bytes());
     }
     for i in 0..rd16(r, COUNT) {
-        ok &= push(out, &key_at(r, i), entry(r, i).1);
+        ok &= copy_entry(out, r, i);
     }
     debug_assert!(ok, "the merge was sized to fit");
     wr64(out, LINK_A, rd64(r, LINK_A));
@@ -1307,7 +1379,7 @@ fn split_node(b: &mut [u8], r: &mut [u8], (bid, rid): (PageId, PageId), key: &[u
     let fill = |b: &mut [u8], sep: &[u8], from: usize, to: usize| -> bool {
         init(b, k);
         set_fences(b, lower, Some(sep));
-        (from..to).all(|i| push(b, &key_at(t, i), entry(t, i).1))
+        (from..to).all(|i| copy_entry(b, t, i))
     };
     if k == LEAF {
         // Appending: the node keeps every entry if they fit with the new
@@ -1348,7 +1420,7 @@ fn split_node(b: &mut [u8], r: &mut [u8], (bid, rid): (PageId, PageId), key: &[u
         init(r, k);
         set_fences(r, Some(&sep), upper);
         for i in m..n {
-            let fits = push(r, &key_at(t, i), entry(t, i).1);
+            let fits = copy_entry(r, t, i);
             debug_assert!(fits, "a split's right half fits");
         }
         wr64(b, LINK_B, left_link);
@@ -1361,11 +1433,11 @@ fn split_node(b: &mut [u8], r: &mut [u8], (bid, rid): (PageId, PageId), key: &[u
         let sep = key_at(t, m);
         let fits = fill(b, &sep, 0, m);
         debug_assert!(fits, "a split's left half fits");
-        wr64(b, LINK_A, rd64(entry(t, m).1, 0));
+        wr64(b, LINK_A, slot_of(t, m).3);
         init(r, k);
         set_fences(r, Some(&sep), upper);
         for i in m + 1..n {
-            let fits = push(r, &key_at(t, i), entry(t, i).1);
+            let fits = copy_entry(r, t, i);
             debug_assert!(fits, "a split's right half fits");
         }
         wr64(r, LINK_A, right_link);
@@ -1413,7 +1485,7 @@ impl Batch {
         };
         for j in from..to {
             let i = if forward { j } else { to - 1 - (j - from) };
-            let (off, klen, vlen) = slot(p, i)?;
+            let (off, klen, vlen) = leaf_slot(p, i)?;
             let at = self.data.len();
             self.data.extend_from_slice(&self.prefix);
             self.data.resize(at + plen + klen + vlen, 0);
