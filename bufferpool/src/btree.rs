@@ -93,6 +93,7 @@ const LOWER: usize = PAGE_HEADER + 26;
 const UPPER: usize = PAGE_HEADER + 28;
 const HINTS: usize = PAGE_HEADER + 32;
 const HINT_COUNT: usize = 16;
+const _: () = assert!(HINT_COUNT.is_power_of_two());
 const LINK_B: usize = HINTS + HINT_COUNT * 8;
 const SLOTS: usize = LINK_B + 16;
 const SLOT: usize = 16;
@@ -111,6 +112,9 @@ const NONE: u64 = u64::MAX;
 const NO_FENCE: usize = 0xffff;
 /// Nodes with at least this many entries are searched through their hints.
 const HINT_MIN: usize = HINT_COUNT;
+/// Ranges of at most this many slots are searched by a linear count of
+/// heads (the hints leave at most `count / 17 + 1`).
+const LINEAR_MAX: usize = 16;
 
 const LEAF: u8 = 1;
 const INNER: u8 = 2;
@@ -315,11 +319,21 @@ fn cmp_prefix<P: PageRead + ?Sized>(p: &P, key: &[u8]) -> Result<(Ordering, usiz
 /// have smaller heads and slot `hi` (if any) a larger one.
 #[inline]
 fn hint_range<P: PageRead + ?Sized>(p: &P, n: usize, kh: u64) -> Result<(usize, usize), Stale> {
-    let (mut below, mut upto) = (0, 0);
-    for i in 0..HINT_COUNT {
-        let h = p.u64_at(HINTS + 8 * i)?;
-        below += (h < kh) as usize;
-        upto += (h <= kh) as usize;
+    let hint = |i: usize| p.u64_at(HINTS + 8 * i);
+    // The hints below the key's head: a branchless halving (hints are
+    // sorted), then those equal to it.
+    let mut below = 0;
+    let mut step = HINT_COUNT / 2;
+    while step > 0 {
+        below += step * ((hint(below + step - 1)? < kh) as usize);
+        step /= 2;
+    }
+    if below == HINT_COUNT - 1 {
+        below += (hint(below)? < kh) as usize;
+    }
+    let mut upto = below;
+    while upto < HINT_COUNT && hint(upto)? == kh {
+        upto += 1;
     }
     // Slots up to hint `below - 1`'s are below the key (their heads are);
     // hint `upto`'s slot is above it.
@@ -341,7 +355,7 @@ fn hint_range<P: PageRead + ?Sized>(p: &P, n: usize, kh: u64) -> Result<(usize, 
 
 /// A key (`rest`: without the prefix) against entry `i`'s key, given that
 /// their heads are equal.
-#[inline]
+#[inline(always)]
 fn cmp_tail<P: PageRead + ?Sized>(p: &P, i: usize, rest: &[u8]) -> Result<Ordering, Stale> {
     let (off, klen, _) = slot(p, i)?;
     if rest.len() <= 8 || klen <= 8 {
@@ -367,11 +381,27 @@ fn lower_bound<P: PageRead + ?Sized>(p: &P, key: Option<&[u8]>) -> Result<(usize
     }
     let rest = &key[plen..];
     let kh = be_head(rest);
-    let (lo, hi) = if n >= HINT_MIN {
+    // The first position >= key is in lo..=hi; slots before lo are below
+    // the key, slot hi (if any) is not.
+    let (mut lo, mut hi) = if n >= HINT_MIN {
         hint_range(p, n, kh)?
     } else {
         (0, n)
     };
+    // Halve a range the hints left wide (many keys sharing 8 bytes after
+    // the prefix), comparing whole keys.
+    while hi - lo > LINEAR_MAX {
+        let mid = lo + (hi - lo) / 2;
+        let o = match kh.cmp(&head_at(p, mid)?) {
+            Ordering::Equal => cmp_tail(p, mid, rest)?,
+            o => o,
+        };
+        match o {
+            Ordering::Less => hi = mid,
+            Ordering::Greater => lo = mid + 1,
+            Ordering::Equal => return Ok((mid, true)),
+        }
+    }
     // Count the heads below the key's in the range, every one (no early
     // exit, so that the loads go out together instead of one miss after
     // another as in a binary search).
@@ -380,7 +410,7 @@ fn lower_bound<P: PageRead + ?Sized>(p: &P, key: Option<&[u8]>) -> Result<(usize
         pos += (head_at(p, i)? < kh) as usize;
     }
     // Equal heads (keys sharing their first 8 bytes after the prefix):
-    // compare the rest. They end before `hi`, whose head is larger.
+    // compare the rest, up to `hi`.
     while pos < hi && head_at(p, pos)? == kh {
         match cmp_tail(p, pos, rest)? {
             Ordering::Less => break,
@@ -722,7 +752,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     /// says it is the root (trusted once the caller validates the node);
     /// otherwise the cache is refreshed from the meta page and the
     /// operation restarts.
-    #[inline]
+    #[inline(always)]
     fn root(&self) -> R<OptimisticGuard<'p, B>> {
         let id = self.root.load(atomic::Ordering::Relaxed);
         let node = self.pool.optimistic(PageId(id))?;
@@ -737,23 +767,14 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         Err(E::Restart)
     }
 
-    /// Descends to the leaf for `key` (`None`: the last leaf). Returns the
-    /// leaf and its parent (with the leaf's position in it), all read
-    /// optimistically.
-    #[allow(clippy::type_complexity)]
-    #[inline]
-    fn descend(
-        &self,
-        key: Option<&[u8]>,
-    ) -> R<(
-        OptimisticGuard<'p, B>,
-        Option<(OptimisticGuard<'p, B>, usize)>,
-    )> {
+    /// Descends to the leaf for `key` (`None`: the last leaf), read
+    /// optimistically (not validated yet).
+    #[inline(always)]
+    fn descend(&self, key: Option<&[u8]>) -> R<OptimisticGuard<'p, B>> {
         let mut node = self.root()?;
-        let mut parent = None;
         for _ in 0..64 {
             match kind(&node)? {
-                LEAF => return Ok((node, parent)),
+                LEAF => return Ok(node),
                 INNER => {}
                 _ => {
                     node.validate()?;
@@ -765,7 +786,6 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             node.validate()?;
             let next = self.pool.optimistic(PageId(c))?;
             node.validate()?;
-            parent = Some((node, pos));
             node = next;
         }
         Err(E::Restart)
@@ -817,7 +837,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     /// Copies the value of `key` into `out`; false if absent.
     pub fn lookup(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, TreeError> {
         self.retry(|| {
-            let (leaf, _) = self.descend(Some(key))?;
+            let leaf = self.descend(Some(key))?;
             let (pos, exact) = lower_bound(&leaf, Some(key))?;
             if exact {
                 let (off, klen, vlen) = leaf_slot(&leaf, pos)?;
@@ -848,7 +868,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     }
 
     fn put(&self, key: &[u8], val: &[u8], how: Put) -> R<bool> {
-        let (leaf, _) = self.descend(Some(key))?;
+        let leaf = self.descend(Some(key))?;
         let id = leaf.id();
         let mut x = leaf.upgrade()?;
         if !within(x.bytes(), key) {
@@ -972,7 +992,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     /// Deletes `key`; false if absent.
     pub fn delete(&self, key: &[u8]) -> Result<bool, TreeError> {
         let (found, leaf, underfull) = self.retry(|| {
-            let (leaf, _) = self.descend(Some(key))?;
+            let leaf = self.descend(Some(key))?;
             let id = leaf.id();
             let mut x = leaf.upgrade()?;
             let (pos, exact) =
@@ -1114,7 +1134,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         loop {
             // Snapshot of the first leaf, found from the root.
             let res = self.retry(|| {
-                let (leaf, _) = self.descend(if forward || bound.is_some() {
+                let leaf = self.descend(if forward || bound.is_some() {
                     Some(bound.as_deref().unwrap_or(&[]))
                 } else {
                     None

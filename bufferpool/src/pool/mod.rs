@@ -358,6 +358,7 @@ pub trait Pool: BufferManager {
     }
 
     /// Starts an optimistic read of page `id`.
+    #[inline]
     fn optimistic(&self, id: PageId) -> Result<OptimisticGuard<'_, Self>, PoolError> {
         let (frame, seen) = self.fix_optimistic_frame(id)?;
         Ok(OptimisticGuard {
@@ -497,6 +498,7 @@ impl<'a, B: BufferManager + ?Sized> OptimisticGuard<'a, B> {
     }
 
     /// Whether nothing changed the page since the read began.
+    #[inline]
     pub fn validate(&self) -> Result<(), Stale> {
         if self.frame.latch.validate(self.seen) {
             Ok(())

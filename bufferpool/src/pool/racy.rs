@@ -95,41 +95,38 @@ impl RacyPage {
     /// into `out`, 8 bytes per step.
     #[inline]
     pub(crate) fn copy(self, off: usize, out: &mut [u8]) {
-        let len = out.len();
-        if len == 0 {
-            return;
-        }
         let s = off & 7;
         let mut at = off - s;
-        // The word holding byte off + i.
-        let mut w = self.word(at);
-        let mut i = 0;
-        while i + 8 <= len {
-            let chunk = if s == 0 {
-                w
-            } else {
+        let len = out.len();
+        let (body, tail) = out.split_at_mut(len - len % 8);
+        // The word holding the next byte to copy once the body is done.
+        let w = if s == 0 {
+            for c in body.chunks_exact_mut(8) {
+                c.copy_from_slice(&self.word(at).to_le_bytes());
+                at += 8;
+            }
+            if tail.is_empty() {
+                return;
+            }
+            self.word(at)
+        } else {
+            let mut w = self.word(at);
+            for c in body.chunks_exact_mut(8) {
                 let next = self.word(at + 8);
-                let c = (w >> (8 * s)) | (next << (64 - 8 * s));
+                c.copy_from_slice(&((w >> (8 * s)) | (next << (64 - 8 * s))).to_le_bytes());
                 w = next;
-                c
-            };
-            out[i..i + 8].copy_from_slice(&chunk.to_le_bytes());
-            i += 8;
-            at += 8;
-            if s == 0 && i < len {
-                w = self.word(at);
+                at += 8;
             }
+            w
+        };
+        // Fewer than 8 bytes left, starting at byte `s` of `w`.
+        let mut v = w >> (8 * s);
+        if s + tail.len() > 8 {
+            v |= self.word(at + 8) << (64 - 8 * s);
         }
-        if i < len {
-            let r = len - i;
-            let mut v = w >> (8 * s);
-            if s + r > 8 {
-                v |= self.word(at + 8) << (64 - 8 * s);
-            }
-            for b in &mut out[i..] {
-                *b = v as u8;
-                v >>= 8;
-            }
+        for b in tail {
+            *b = v as u8;
+            v >>= 8;
         }
     }
 
@@ -164,15 +161,25 @@ pub(crate) fn top_bytes(n: usize) -> u64 {
 
 /// The first (up to) 8 bytes of `b` as a big-endian number, zero-padded at
 /// the bottom: `be_head(a) < be_head(b)` implies `a < b` for byte strings,
-/// and `>` implies `>`.
+/// and `>` implies `>`. Built from at most two loads (a variable-length
+/// copy would be a call to `memcpy`).
 #[inline(always)]
 pub(crate) fn be_head(b: &[u8]) -> u64 {
-    if b.len() >= 8 {
+    let n = b.len();
+    if n >= 8 {
         u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
+    } else if n >= 4 {
+        // Two overlapping 4-byte loads: bytes 0..4 and n-4..n.
+        let hi = u32::from_be_bytes(b[..4].try_into().expect("4 bytes")) as u64;
+        let lo = u32::from_be_bytes(b[n - 4..].try_into().expect("4 bytes")) as u64;
+        (hi << 32) | (lo << (8 * (8 - n)))
+    } else if n > 0 {
+        // Bytes 0, n/2 and n-1 cover 1 to 3 bytes.
+        (b[0] as u64) << 56
+            | (b[n / 2] as u64) << (56 - 8 * (n / 2))
+            | (b[n - 1] as u64) << (64 - 8 * n)
     } else {
-        let mut x = [0u8; 8];
-        x[..b.len()].copy_from_slice(b);
-        u64::from_be_bytes(x)
+        0
     }
 }
 
@@ -251,6 +258,19 @@ mod tests {
         let mut out = vec![0u8; PAGE_SIZE - 3];
         r.copy(3, &mut out);
         assert_eq!(out, &b[3..]);
+    }
+
+    #[test]
+    fn heads_are_the_first_eight_bytes_padded() {
+        let bytes: Vec<u8> = (0..12u8)
+            .map(|i| i.wrapping_mul(89).wrapping_add(200))
+            .collect();
+        for n in 0..=12 {
+            let mut want = [0u8; 8];
+            let k = n.min(8);
+            want[..k].copy_from_slice(&bytes[..k]);
+            assert_eq!(be_head(&bytes[..n]), u64::from_be_bytes(want), "{n} bytes");
+        }
     }
 
     #[test]
