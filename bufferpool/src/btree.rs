@@ -1533,3 +1533,557 @@ impl Batch {
         self.items.last().map(|&(at, k, _)| &self.data[at..at + k])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+    use alloc::vec;
+
+    /// xorshift, seeded.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Every byte string over {0, 1, 0xff} of at most `max` bytes.
+    fn strings(max: usize) -> Vec<Vec<u8>> {
+        let mut all = vec![Vec::new()];
+        let mut last = vec![Vec::new()];
+        for _ in 0..max {
+            let mut next = Vec::new();
+            for s in &last {
+                for b in [0u8, 1, 0xff] {
+                    let mut t = s.clone();
+                    t.push(b);
+                    next.push(t);
+                }
+            }
+            all.extend(next.iter().cloned());
+            last = next;
+        }
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn heads_preserve_the_order_of_keys_of_every_length() {
+        // Sorted byte strings of 0 to 10 bytes (the empty key, keys that
+        // are prefixes of others, bytes 0 and 0xff where padding and
+        // lengths matter): their heads never decrease, and two neighbours
+        // with equal heads differ only beyond 8 bytes or in length, the
+        // shorter being a prefix of the longer.
+        let all = strings(10);
+        assert_eq!(all[0], Vec::<u8>::new());
+        for w in all.windows(2) {
+            let (a, b) = (&w[0], &w[1]);
+            let (ha, hb) = (be_head(a), be_head(b));
+            assert!(ha <= hb, "{a:?} {b:?}");
+            if ha == hb && a.len().min(b.len()) <= 8 {
+                assert!(b.starts_with(a), "{a:?} {b:?}");
+            }
+        }
+    }
+
+    /// A node of `kind` with the given fences and (sorted) entries.
+    fn node(
+        kind: u8,
+        lower: Option<&[u8]>,
+        upper: Option<&[u8]>,
+        entries: &[(Vec<u8>, Vec<u8>)],
+    ) -> PageBuf {
+        let mut p = PageBuf::zeroed();
+        init(&mut p.0, kind);
+        set_fences(&mut p.0, lower, upper);
+        for (k, v) in entries {
+            assert!(push(&mut p.0, k, v), "entry fits");
+        }
+        p
+    }
+
+    /// Where `key` goes among sorted `keys`: (position, found).
+    fn model_bound(keys: &[Vec<u8>], key: &[u8]) -> (usize, bool) {
+        match keys.binary_search_by(|k| k.as_slice().cmp(key)) {
+            Ok(i) => (i, true),
+            Err(i) => (i, false),
+        }
+    }
+
+    #[test]
+    fn slots_hold_heads_of_keys_without_the_prefix_and_search_finds_them() {
+        let p = b"prefix-shared-by-all-".to_vec();
+        let mut lower = p.clone();
+        lower.push(0);
+        let mut upper = p.clone();
+        upper.extend_from_slice(&[0xff; 12]);
+        // Keys in (lower, upper]: the prefix then 0 to 14 more bytes,
+        // many of them sharing 8 or more bytes after the prefix.
+        let mut keys: Vec<Vec<u8>> = strings(4)
+            .into_iter()
+            .chain([
+                vec![1; 9],
+                vec![1; 10],
+                [vec![1; 8], vec![0]].concat(),
+                vec![0xff; 12],
+            ])
+            .chain((0..20).map(|i| [vec![7; 8], vec![i; (i % 6) as usize]].concat()))
+            .map(|s| [p.clone(), s].concat())
+            .filter(|k| k.as_slice() > lower.as_slice() && k.as_slice() <= upper.as_slice())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = keys
+            .iter()
+            .map(|k| (k.clone(), vec![k.len() as u8]))
+            .collect();
+        let n = node(LEAF, Some(&lower), Some(&upper), &entries);
+        let b = &n.0;
+        assert_eq!(rd16(b, PREFIX), p.len(), "the fences share the prefix");
+        assert_eq!(
+            check_layout(b, Some(&lower), Some(&upper)),
+            Ok(keys.clone())
+        );
+        for (i, k) in keys.iter().enumerate() {
+            let (suffix, v) = entry(b, i);
+            assert_eq!(suffix, &k[rd16(b, PREFIX)..], "the prefix is cut");
+            assert_eq!(rd64(b, SLOTS + i * SLOT), be_head(suffix));
+            assert_eq!(v, &[k.len() as u8]);
+        }
+        // Probes: every key, and keys between, before and after them.
+        let mut probes = keys.clone();
+        for k in &keys {
+            let mut x = k.clone();
+            x.push(0);
+            probes.push(x);
+            let mut y = k.clone();
+            y.pop();
+            probes.push(y);
+        }
+        probes.extend([
+            Vec::new(),
+            vec![0xff; 40],
+            p[..5].to_vec(),
+            lower.clone(),
+            upper.clone(),
+        ]);
+        for q in &probes {
+            let want = if q.as_slice() <= lower.as_slice() {
+                (0, false)
+            } else if q.as_slice() > upper.as_slice() {
+                (keys.len(), false)
+            } else {
+                model_bound(&keys, q)
+            };
+            assert_eq!(lower_bound(&b[..], Some(q)), Ok(want), "{q:?}");
+        }
+    }
+
+    #[test]
+    fn hints_hold_spread_heads_and_narrow_the_search_correctly() {
+        let mut r = Rng(7);
+        for count in [0usize, 1, 2, 16, 17, 32, 33, 34, 50, 100, 140] {
+            // Keys of 4 random bytes from a small alphabet (so that some
+            // heads repeat across probes), a few long ones tying on heads.
+            let mut keys: Vec<Vec<u8>> = Vec::new();
+            while keys.len() < count {
+                let mut k: Vec<u8> = (0..4).map(|_| [0u8, 3, 9, 200][r.below(4)]).collect();
+                if r.below(4) == 0 {
+                    k = [
+                        vec![5; 8],
+                        (0..r.below(4)).map(|_| r.next() as u8).collect(),
+                    ]
+                    .concat();
+                }
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+            keys.sort();
+            let entries: Vec<_> = keys.iter().map(|k| (k.clone(), vec![1u8])).collect();
+            let n = node(LEAF, None, None, &entries);
+            let b = &n.0[..];
+            for i in 0..HINT_COUNT {
+                let want = if count == 0 {
+                    0
+                } else {
+                    be_head(&keys[hint_pos(i, count)])
+                };
+                assert_eq!(rd64(b, HINTS + 8 * i), want, "count {count} hint {i}");
+            }
+            for _ in 0..300 {
+                let q: Vec<u8> = if r.below(2) == 0 {
+                    keys.get(r.below(count.max(1))).cloned().unwrap_or_default()
+                } else {
+                    (0..r.below(10))
+                        .map(|_| [0u8, 3, 5, 9, 200][r.below(5)])
+                        .collect()
+                };
+                let want = model_bound(&keys, &q);
+                if count >= HINT_MIN {
+                    let (lo, hi) = hint_range(b, count, be_head(&q)).unwrap();
+                    assert!(
+                        lo <= want.0 && want.0 <= hi,
+                        "{q:?}: {lo}..={hi} misses {}",
+                        want.0
+                    );
+                    // Without a hint equal to the key's head, the hints
+                    // leave at most one stretch between two of them.
+                    let tie = (0..HINT_COUNT).any(|i| rd64(b, HINTS + 8 * i) == be_head(&q));
+                    assert!(
+                        tie || hi - lo <= count / (HINT_COUNT + 1) + 1,
+                        "{lo}..={hi}"
+                    );
+                }
+                assert_eq!(lower_bound(b, Some(&q)), Ok(want), "count {count}: {q:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn splits_cut_the_separator_short_and_the_prefix_grows() {
+        // A full leaf of keys "user:0000123:" + 2 bytes, between fences
+        // "user:0000" and "user:0001".
+        let lower = b"user:0000".to_vec();
+        let upper = b"user:0001".to_vec();
+        let mut entries = Vec::new();
+        let mut i = 0u32;
+        let base = node(LEAF, Some(&lower), Some(&upper), &[]);
+        assert_eq!(rd16(&base.0, PREFIX), 8, "\"user:000\" is shared");
+        let mut p = base.clone();
+        loop {
+            let k = format!("user:0000{:03}:", i / 7).into_bytes();
+            let k = [k, vec![b'a' + (i % 7) as u8, b'z']].concat();
+            if !push(&mut p.0, &k, &[0x5a; 40]) {
+                break;
+            }
+            entries.push((k, vec![0x5a; 40]));
+            i += 1;
+        }
+        let keys: Vec<Vec<u8>> = entries.iter().map(|e| e.0.clone()).collect();
+        let (bid, rid) = (PageId(10), PageId(11));
+        let mut right = PageBuf::zeroed();
+        let mut left = p.clone();
+        let probe = b"user:0000001:bb".to_vec();
+        let sep = split_node(&mut left.0, &mut right.0, (bid, rid), &probe);
+        let m = keys
+            .iter()
+            .position(|k| k.as_slice() > sep.as_slice())
+            .unwrap();
+        // The shortest separator between the halves' neighbouring keys.
+        assert!(keys[m - 1].as_slice() <= sep.as_slice() && sep.as_slice() < keys[m].as_slice());
+        assert_eq!(
+            sep.len(),
+            common_prefix(&keys[m - 1], &keys[m]) + 1,
+            "{sep:?}"
+        );
+        assert!(sep.len() < keys[m].len());
+        let lk = check_layout(&left.0, Some(&lower), Some(&sep)).unwrap();
+        let rk = check_layout(&right.0, Some(&sep), Some(&upper)).unwrap();
+        assert_eq!([lk, rk].concat(), keys);
+        // Each half's prefix is its new fences' common prefix, longer
+        // than the old one: the keys are stored shorter.
+        assert!(rd16(&left.0, PREFIX) >= 8 && rd16(&right.0, PREFIX) >= 8);
+        assert!(rd16(&left.0, PREFIX) > 8 || rd16(&right.0, PREFIX) > 8);
+        assert_eq!(
+            (rd64(&left.0, LINK_A), rd64(&right.0, LINK_B)),
+            (rid.0, bid.0)
+        );
+        // Merging the halves back gives the node again.
+        let mut merged = PageBuf::zeroed();
+        assert!(merge_nodes(&mut merged.0, &left.0, &right.0, None));
+        assert_eq!(
+            check_layout(&merged.0, Some(&lower), Some(&upper)),
+            Ok(keys.clone())
+        );
+        assert_eq!(rd16(&merged.0, PREFIX), 8);
+        for (i, (_, v)) in entries.iter().enumerate() {
+            assert_eq!(entry(&merged.0, i).1, v.as_slice());
+        }
+    }
+
+    #[test]
+    fn inner_splits_move_the_middle_key_up_and_keep_children() {
+        let keys: Vec<Vec<u8>> = (0..150u32)
+            .map(|i| format!("key{:05}", i * 3).into_bytes())
+            .collect();
+        let entries: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), (1000 + i as u64).to_le_bytes().to_vec()))
+            .collect();
+        let mut left = node(INNER, Some(b"key"), Some(b"key9"), &entries);
+        wr64(&mut left.0, LINK_A, 999);
+        let mut right = PageBuf::zeroed();
+        let sep = split_node(
+            &mut left.0,
+            &mut right.0,
+            (PageId(1), PageId(2)),
+            b"key00001",
+        );
+        let m = keys.iter().position(|k| *k == sep).expect("a key moved up");
+        assert_eq!(
+            check_layout(&left.0, Some(b"key"), Some(&sep)).unwrap(),
+            keys[..m]
+        );
+        assert_eq!(
+            check_layout(&right.0, Some(&sep), Some(b"key9")).unwrap(),
+            keys[m + 1..]
+        );
+        assert_eq!(
+            rd64(&left.0, LINK_A),
+            1000 + m as u64,
+            "the separator's child is the left upper child"
+        );
+        assert_eq!(rd64(&right.0, LINK_A), 999);
+        for i in 0..m {
+            assert_eq!(live_child(&left.0, i), PageId(1000 + i as u64));
+        }
+        for i in m + 1..keys.len() {
+            assert_eq!(live_child(&right.0, i - m - 1), PageId(1000 + i as u64));
+            assert_eq!(child(&right.0[..], i - m - 1), Ok(1000 + i as u64));
+        }
+        let mut merged = PageBuf::zeroed();
+        assert!(merge_nodes(&mut merged.0, &left.0, &right.0, Some(&sep)));
+        assert_eq!(
+            check_layout(&merged.0, Some(b"key"), Some(b"key9")),
+            Ok(keys.clone())
+        );
+        for i in 0..keys.len() {
+            assert_eq!(live_child(&merged.0, i), PageId(1000 + i as u64));
+        }
+        assert_eq!(live_child(&merged.0, keys.len()), PageId(999));
+    }
+
+    #[test]
+    fn slot_words_hold_the_largest_child_ids() {
+        for (off, klen, rest) in [
+            (SLOTS, 0, 0),
+            (PAGE_SIZE, MAX_KEY, MAX_PAGES - 1),
+            (4000, 513, 1024),
+        ] {
+            assert_eq!(unpack(pack(off, klen, rest)), (off, klen, rest));
+        }
+    }
+
+    /// A random key in the fences' range (lower, upper], often sharing
+    /// long stretches with others.
+    fn key_between(r: &mut Rng, lower: &[u8], upper: &[u8]) -> Option<Vec<u8>> {
+        for _ in 0..100 {
+            let base = if r.below(2) == 0 { lower } else { upper };
+            let cut = r.below(base.len() + 1);
+            let mut k = base[..cut].to_vec();
+            for _ in 0..r.below(14) {
+                k.push([0u8, 1, 0x61, 0x62, 0xfe, 0xff][r.below(6)]);
+            }
+            if k.as_slice() > lower && k.as_slice() <= upper {
+                return Some(k);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn node_operations_match_a_sorted_vec() {
+        let mut r = Rng(0x5eed);
+        for round in 0..60 {
+            // Fences sharing a prefix of 0 to 20 bytes.
+            let shared: Vec<u8> = (0..r.below(21)).map(|_| r.next() as u8).collect();
+            let lower = [shared.clone(), vec![0x10, r.next() as u8]].concat();
+            let upper = [
+                shared.clone(),
+                vec![0xf0],
+                (0..r.below(4)).map(|_| r.next() as u8).collect(),
+            ]
+            .concat();
+            let mut p = node(LEAF, Some(&lower), Some(&upper), &[]);
+            let mut model: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            for op in 0..600 {
+                let b = &mut p.0;
+                if r.below(3) > 0 || model.is_empty() {
+                    let Some(k) = key_between(&mut r, &lower, &upper) else {
+                        continue;
+                    };
+                    let v: Vec<u8> = (0..[0, 3, 40, 300][r.below(4)])
+                        .map(|_| r.next() as u8)
+                        .collect();
+                    let (pos, found) = lower_bound(&b[..], Some(&k)).unwrap();
+                    assert_eq!(
+                        (pos, found),
+                        model_bound(&model.iter().map(|e| e.0.clone()).collect::<Vec<_>>(), &k)
+                    );
+                    if found {
+                        continue;
+                    }
+                    if insert_at(b, pos, &k, &v) {
+                        model.insert(pos, (k, v));
+                    } else {
+                        assert!(
+                            free_space(b) < k.len() - rd16(b, PREFIX) + v.len() + SLOT,
+                            "refused with room"
+                        );
+                    }
+                } else {
+                    let i = r.below(model.len());
+                    remove_at(b, i);
+                    model.remove(i);
+                }
+                let keys: Vec<Vec<u8>> = model.iter().map(|e| e.0.clone()).collect();
+                assert_eq!(
+                    check_layout(b, Some(&lower), Some(&upper)),
+                    Ok(keys.clone()),
+                    "round {round} op {op}"
+                );
+                for (i, (_, v)) in model.iter().enumerate() {
+                    assert_eq!(entry(b, i).1, v.as_slice());
+                }
+                // Searches for keys present, absent and outside the fences.
+                for _ in 0..4 {
+                    let q = match r.below(3) {
+                        0 if !keys.is_empty() => keys[r.below(keys.len())].clone(),
+                        1 => lower[..r.below(lower.len() + 1)].to_vec(),
+                        _ => key_between(&mut r, &lower, &upper).unwrap_or_default(),
+                    };
+                    let want = if q.as_slice() <= lower.as_slice() {
+                        (0, false)
+                    } else {
+                        model_bound(&keys, &q)
+                    };
+                    assert_eq!(lower_bound(&b[..], Some(&q)), Ok(want), "{q:?}");
+                }
+            }
+        }
+    }
+
+    #[cfg(feature = "fuzzing")]
+    mod on_a_pool {
+        use super::*;
+        use crate::fuzzing::{MemDevice, MemDisk};
+        use crate::pool::hash::HashPool;
+        use crate::pool::{NoLog, PoolConfig};
+        use alloc::sync::Arc;
+
+        fn pool(pages: usize, capacity: usize) -> HashPool<MemDevice> {
+            let disk = MemDisk::new(vec![0; pages * PAGE_SIZE]);
+            let cfg = PoolConfig {
+                capacity,
+                allocated: 0,
+                first_block: 0,
+                pages: None,
+                evict_batch: 4,
+                durability: Arc::new(NoLog),
+                relax: std::thread::yield_now,
+            };
+            HashPool::new(vec![MemDevice::new(&disk)], cfg).unwrap()
+        }
+
+        #[test]
+        fn optimistic_searches_read_words_like_latched_ones() {
+            // The same nodes searched through an optimistic fix (racy word
+            // reads) and latched (plain slices) agree, ties on 8-byte
+            // heads and long prefixes included.
+            let p = pool(64, 16);
+            let mut r = Rng(99);
+            for _ in 0..30 {
+                let shared: Vec<u8> = (0..r.below(20)).map(|_| r.next() as u8).collect();
+                let lower = [shared.clone(), vec![1]].concat();
+                let upper = [shared.clone(), vec![0xfe, 7]].concat();
+                let mut keys = Vec::new();
+                for _ in 0..r.below(120) {
+                    if let Some(k) = key_between(&mut r, &lower, &upper) {
+                        keys.push(k);
+                    }
+                }
+                keys.sort();
+                keys.dedup();
+                let entries: Vec<_> = keys.iter().map(|k| (k.clone(), vec![3u8; 9])).collect();
+                let built = node(
+                    LEAF,
+                    Some(&lower),
+                    Some(&upper),
+                    &entries[..entries.len().min(100)],
+                );
+                let mut g = p.allocate().unwrap();
+                let id = g.id();
+                g.bytes_mut()[PAGE_HEADER..].copy_from_slice(&built.0[PAGE_HEADER..]);
+                drop(g);
+                let o = p.optimistic(id).unwrap();
+                for _ in 0..100 {
+                    let q = key_between(&mut r, &lower, &upper).unwrap_or_default();
+                    assert_eq!(
+                        lower_bound(&o, Some(&q)),
+                        lower_bound(&built.0[..], Some(&q)),
+                        "{q:?}"
+                    );
+                }
+                o.validate().unwrap();
+            }
+        }
+
+        #[test]
+        fn lookups_do_not_fix_the_meta_page() {
+            let p = pool(256, 200);
+            let t = BTree::create(&p).unwrap();
+            for k in 0..3000u32 {
+                t.insert(&k.to_be_bytes(), &[7; 40]).unwrap();
+            }
+            p.flush().unwrap();
+            while p.evict(64).unwrap() > 0 {}
+            let mut out = Vec::new();
+            let before = p.stats().reads;
+            assert!(t.lookup(&77u32.to_be_bytes(), &mut out).unwrap());
+            let read = p.stats().reads - before;
+            // Root, inner node, leaf: no meta page.
+            let depth = {
+                let mut d = 1;
+                let mut id = PageId(t.root.load(atomic::Ordering::Relaxed));
+                loop {
+                    let g = p.fix_shared(id).unwrap();
+                    if g.bytes()[KIND] == LEAF {
+                        break d;
+                    }
+                    id = live_child(g.bytes(), 0);
+                    d += 1;
+                }
+            };
+            assert!(depth >= 2);
+            assert_eq!(
+                read, depth as u64,
+                "one read per level, none of the meta page"
+            );
+        }
+
+        #[test]
+        fn a_second_handle_follows_root_splits_and_collapses() {
+            let p = pool(512, 512);
+            let t1 = BTree::create(&p).unwrap();
+            let t2 = BTree::open(&p, t1.meta()).unwrap();
+            let mut out = Vec::new();
+            assert!(t2.insert(b"first", b"1").unwrap());
+            // t1 grows the root (t2's cached root stops being the root).
+            for k in 0..4000u32 {
+                t1.insert(&k.to_be_bytes(), &[1; 30]).unwrap();
+            }
+            for k in (0..4000u32).step_by(37) {
+                assert!(t2.lookup(&k.to_be_bytes(), &mut out).unwrap());
+            }
+            assert!(t2.lookup(b"first", &mut out).unwrap());
+            // t2 deletes everything (the root collapses to a leaf).
+            for k in 0..4000u32 {
+                assert!(t2.delete(&k.to_be_bytes()).unwrap());
+            }
+            assert!(t1.lookup(b"first", &mut out).unwrap() && out == b"1");
+            assert!(!t1.lookup(&5u32.to_be_bytes(), &mut out).unwrap());
+            assert!(t1.insert(b"again", b"2").unwrap());
+            assert!(t2.lookup(b"again", &mut out).unwrap() && out == b"2");
+            assert_eq!(t1.check().unwrap(), 2);
+        }
+    }
+}
