@@ -2060,6 +2060,105 @@ mod tests {
             );
         }
 
+        /// A key of the concurrent test: a long shared prefix (so nodes
+        /// cut prefixes and their fences change at splits and merges)
+        /// and a tail that makes some keys tie on 8-byte heads.
+        fn shared_key(k: u32) -> Vec<u8> {
+            let mut key = b"tenant-0042/orders/2024/".to_vec();
+            key.extend_from_slice(format!("{:04}", k % 2000).as_bytes());
+            if k.is_multiple_of(3) {
+                key.extend_from_slice(b"/line-items/");
+                key.extend_from_slice(&k.to_be_bytes());
+            }
+            key
+        }
+
+        /// A value naming its key and a generation.
+        fn tagged(key: &[u8], gen: u32) -> Vec<u8> {
+            let mut v = gen.to_le_bytes().to_vec();
+            v.extend_from_slice(key);
+            v.resize(4 + key.len() + (gen % 50) as usize, gen as u8);
+            v
+        }
+
+        fn check_tagged(key: &[u8], v: &[u8]) {
+            assert!(v.len() >= 4 + key.len(), "{key:?}: {v:?}");
+            let gen = u32::from_le_bytes(v[..4].try_into().unwrap());
+            assert_eq!(v, tagged(key, gen).as_slice(), "{key:?}");
+        }
+
+        #[test]
+        fn readers_see_whole_entries_while_writers_split_and_merge() {
+            // Two writers and two readers on a pool small enough to evict;
+            // every value a reader gets (by lookup or by scan, in order)
+            // must be a whole value written for its key.
+            let p = pool(4096, 48);
+            let t = BTree::create(&p).unwrap();
+            let stop = core::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|s| {
+                let writers: Vec<_> = (0..2u64)
+                    .map(|w| {
+                        let t = &t;
+                        s.spawn(move || {
+                            let mut r = Rng(0x1000 + w);
+                            for gen in 0..20_000u32 {
+                                let k = r.below(6000) as u32;
+                                let key = shared_key(k);
+                                if r.below(3) == 0 {
+                                    t.delete(&key).unwrap();
+                                } else {
+                                    t.upsert(&key, &tagged(&key, gen)).unwrap();
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for rd in 0..2u64 {
+                    let (t, stop) = (&t, &stop);
+                    s.spawn(move || {
+                        let mut r = Rng(0x2000 + rd);
+                        let mut out = Vec::new();
+                        loop {
+                            let key = shared_key(r.below(6000) as u32);
+                            if t.lookup(&key, &mut out).unwrap() {
+                                check_tagged(&key, &out);
+                            }
+                            let mut last: Option<Vec<u8>> = None;
+                            let fwd = r.below(2) == 0;
+                            let mut n = 0;
+                            let f = |k: &[u8], v: &[u8]| {
+                                check_tagged(k, v);
+                                if let Some(l) = &last {
+                                    assert!(if fwd {
+                                        l.as_slice() < k
+                                    } else {
+                                        l.as_slice() > k
+                                    });
+                                }
+                                last = Some(k.to_vec());
+                                n += 1;
+                                n < 50
+                            };
+                            if fwd {
+                                t.scan_forward(Some(&key), f).unwrap();
+                            } else {
+                                t.scan_backward(Some(&key), f).unwrap();
+                            }
+                            if stop.load(atomic::Ordering::Relaxed) {
+                                break;
+                            }
+                        }
+                    });
+                }
+                for w in writers {
+                    w.join().unwrap();
+                }
+                stop.store(true, atomic::Ordering::Relaxed);
+            });
+            t.check().unwrap();
+            assert!(p.stats().evictions > 0);
+        }
+
         #[test]
         fn a_second_handle_follows_root_splits_and_collapses() {
             let p = pool(512, 512);
