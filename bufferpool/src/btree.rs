@@ -11,26 +11,66 @@
 //!
 //! # Limits
 //! Keys are at most [`MAX_KEY`] (512) bytes and an entry (key + value) at
-//! most [`MAX_ENTRY`] (1024) bytes, a quarter of a page, so every node
-//! holds at least three entries and a split always makes room.
+//! most [`MAX_ENTRY`] (1024) bytes, a quarter of a page, so a node holding
+//! one entry and two fences of the longest kind still has room for another
+//! entry, and a split always makes progress.
 //!
 //! # Node format (after the 32-byte page header of [`crate::page`])
+//! The layout of vmcache's `BTreeNode` (after LeanStore): each slot carries
+//! the first 8 bytes of its key (after the node's prefix) as an
+//! order-preserving big-endian number, the *head*, and a search compares
+//! heads as integers, touching a key's bytes only when two heads tie and
+//! both keys are longer than 8 bytes. In a node of more than 32 entries a
+//! hint array (the heads of 16 slots spread evenly over the node) narrows
+//! the search to a few slots; the slots left (all of them in a smaller
+//! node) are searched by counting the heads below the key's, every one, so
+//! that their cache misses overlap instead of following one another as in a
+//! binary search. Every
+//! node carries fences (the bounds its parent gives it) and stores its keys
+//! without their common prefix.
 //! ```text
-//! 32  u8   kind: 1 leaf, 2 inner, 3 meta, 4 free (unlinked)
-//! 34  u16  count of entries
-//! 36  u16  heap start (entries are stored from the end of the page down)
-//! 38  u16  live heap bytes
-//! 40  u64  leaf: right sibling; inner: upper child (keys > every key); meta: root
-//! 48  u64  leaf: left sibling
-//! 56  slots, 6 bytes each, sorted by key: offset u16, key length u16,
-//!     value length u16; an inner node's value is the child page id (u64 LE)
+//!  32  u8   kind: 1 leaf, 2 inner, 3 meta, 4 free (unlinked)
+//!  33  u8   flags: bit 0 = this node is the root
+//!  34  u16  count of entries
+//!  36  u16  heap start (the heap grows down from the page's end)
+//!  38  u16  live heap bytes (keys, values and fences)
+//!  40  u64  leaf: right sibling; inner: upper child (keys > every key);
+//!           meta: root
+//!  48  u64  the prefix's head (its first up to 8 bytes, big-endian)
+//!  56  u16  prefix length: the bytes the fences share, cut from every key
+//!  58  u16  lower fence length (0xffff: none, -infinity), exclusive
+//!  60  u16  upper fence length (0xffff: none, +infinity), inclusive
+//!  64  u64 x 16  hints: hint i is the head of slot (i + 1) * count / 17
+//! 192  u64  leaf: left sibling
+//! 208  slots, 16 bytes each, sorted by key: the head (u64), then a u64
+//!      of the entry's heap offset (bits 0..13), its key length without
+//!      the prefix (bits 13..23) and in bits 23..64 a leaf's value length
+//!      or an inner node's child page id (so a search that ends in an
+//!      inner slot has the child without touching the heap)
+//! ...  heap: entries (key without the prefix, then a leaf's value)
+//!      growing down, then the lower fence, then the upper fence at the
+//!      page's end
 //! ```
-//! An inner entry `(k, c)` sends keys `<= k` (and greater than the previous
-//! entry's key) to `c`. Missing siblings are `u64::MAX`. Freed nodes are
-//! kept on an in-memory free list for reuse by splits (not persistent: the
-//! tree's free space is not logged yet).
+//! Words a reader loads are aligned (heads, slot words, hints, links), so
+//! an optimistic read of one is a single load. Keys in a node are in its
+//! fences' range `(lower, upper]` and so start with their common prefix. An
+//! inner entry `(k, c)` sends keys `<= k` (and greater than the previous
+//! entry's key) to `c`, whose fences are exactly those two keys. Child ids
+//! in slots have 41 bits ([`MAX_PAGES`] pages, 8 PiB; every pool's limit is
+//! lower). Missing
+//! siblings are `u64::MAX`. Freed nodes are kept on an in-memory free list
+//! for reuse by splits (not persistent: the tree's free space is not logged
+//! yet).
+//!
+//! # The root
+//! The tree caches its root's id; the root carries the root flag, cleared
+//! (under the exclusive latch that changes it) whenever the node stops
+//! being the root, so a reader that finds the flag in a read that validates
+//! knows it started from the root without fixing the meta page. A cached
+//! id whose node lacks the flag is refreshed from the meta page.
 
 use crate::page::{PageBuf, PAGE_HEADER};
+use crate::pool::racy::{be_head, top_bytes};
 use crate::pool::{
     BufferManager, ExclusiveGuard, OptimisticGuard, PageRead, Pool, PoolError, Stale,
 };
@@ -38,6 +78,7 @@ use crate::{PageId, PAGE_SIZE};
 use alloc::vec::Vec;
 use core::cmp::Ordering;
 use core::fmt;
+use core::sync::atomic::{self, AtomicU64};
 
 /// Longest key in bytes.
 pub const MAX_KEY: usize = 512;
@@ -45,22 +86,59 @@ pub const MAX_KEY: usize = 512;
 pub const MAX_ENTRY: usize = 1024;
 
 const KIND: usize = PAGE_HEADER;
+const FLAGS: usize = PAGE_HEADER + 1;
 const COUNT: usize = PAGE_HEADER + 2;
 const HEAP: usize = PAGE_HEADER + 4;
 const LIVE: usize = PAGE_HEADER + 6;
 const LINK_A: usize = PAGE_HEADER + 8;
-const LINK_B: usize = PAGE_HEADER + 16;
-const SLOTS: usize = PAGE_HEADER + 24;
-const SLOT: usize = 6;
+const PREFIX_HEAD: usize = PAGE_HEADER + 16;
+const PREFIX: usize = PAGE_HEADER + 24;
+const LOWER: usize = PAGE_HEADER + 26;
+const UPPER: usize = PAGE_HEADER + 28;
+const HINTS: usize = PAGE_HEADER + 32;
+const HINT_COUNT: usize = 16;
+const _: () = assert!(HINT_COUNT.is_power_of_two());
+const LINK_B: usize = HINTS + HINT_COUNT * 8;
+const SLOTS: usize = LINK_B + 16;
+const SLOT: usize = 16;
+/// The slot word's fields: heap offset, key length, then the value length
+/// or child id.
+const OFF_MASK: u64 = (1 << 13) - 1;
+const KLEN_SHIFT: u32 = 13;
+const KLEN_MASK: u64 = (1 << 10) - 1;
+const REST_SHIFT: u32 = 23;
+/// Page ids a tree can hold in its inner slots.
+pub const MAX_PAGES: u64 = 1 << (64 - REST_SHIFT);
 const MAX_COUNT: usize = (PAGE_SIZE - SLOTS) / SLOT;
 const NONE: u64 = u64::MAX;
+/// A fence length meaning "no fence" (the node is the first or last of its
+/// level: -infinity or +infinity).
+const NO_FENCE: usize = 0xffff;
+/// Ranges of at most this many slots (512 bytes of slots, 8 cache lines)
+/// are searched by a linear count of heads, whose loads go out together: a
+/// leaf of 120-byte values (27 entries) is searched in one round trip to
+/// memory instead of one for the hints and one for the slots they point to.
+const LINEAR_MAX: usize = 32;
+/// Nodes with more entries are searched through their hints first (which
+/// leave at most `count / 17 + 1` slots).
+const HINT_MIN: usize = LINEAR_MAX + 1;
 
 const LEAF: u8 = 1;
 const INNER: u8 = 2;
 const META: u8 = 3;
 const FREE: u8 = 4;
 
-/// A node is merged with a sibling when its live bytes fall below this.
+/// The root flag (in `FLAGS`).
+const ROOT: u8 = 1;
+
+// Loads a reader does must be aligned words.
+const _: () =
+    assert!(PREFIX_HEAD.is_multiple_of(8) && HINTS.is_multiple_of(8) && LINK_B.is_multiple_of(8));
+const _: () =
+    assert!(SLOTS.is_multiple_of(SLOT) && SLOT.is_multiple_of(8) && LINK_A.is_multiple_of(8));
+
+/// A node is merged with a sibling when its slots and live bytes fall
+/// below this.
 const UNDERFULL: usize = (PAGE_SIZE - SLOTS) / 4;
 
 /// What went wrong in a tree operation.
@@ -74,6 +152,9 @@ pub enum TreeError {
     EntryTooLarge { len: usize },
     /// A latched node does not parse: the tree is damaged.
     Corrupt { page: PageId, what: &'static str },
+    /// The pool gave the tree a page beyond the [`MAX_PAGES`] its inner
+    /// nodes can address.
+    PageTooFar { page: PageId },
 }
 
 impl fmt::Display for TreeError {
@@ -85,6 +166,11 @@ impl fmt::Display for TreeError {
                 write!(f, "entry of {len} bytes (max {MAX_ENTRY})")
             }
             TreeError::Corrupt { page, what } => write!(f, "node {} is damaged: {what}", page.0),
+            TreeError::PageTooFar { page } => write!(
+                f,
+                "page {} is beyond the {MAX_PAGES} pages a tree can address",
+                page.0
+            ),
         }
     }
 }
@@ -120,6 +206,10 @@ fn corrupt(page: PageId, what: &'static str) -> E {
 }
 
 // ---- reading nodes (optimistic or latched) ----
+//
+// Everything read here may be garbage in an optimistic read (the caller
+// validates before acting on it): every offset is checked by `PageRead`,
+// every loop is bounded by values checked against the page.
 
 fn kind<P: PageRead + ?Sized>(p: &P) -> Result<u8, Stale> {
     p.u8_at(KIND)
@@ -133,54 +223,218 @@ fn count<P: PageRead + ?Sized>(p: &P) -> Result<usize, Stale> {
     Ok(c)
 }
 
-/// Slot `i`: (offset, key length, value length), checked to lie in the page.
-fn slot<P: PageRead + ?Sized>(p: &P, i: usize) -> Result<(usize, usize, usize), Stale> {
-    let at = SLOTS + i * SLOT;
-    let off = p.u16_at(at)? as usize;
-    let klen = p.u16_at(at + 2)? as usize;
-    let vlen = p.u16_at(at + 4)? as usize;
-    if off < SLOTS || off + klen + vlen > PAGE_SIZE {
+/// The fields of a slot word: (heap offset, key length without the
+/// prefix, value length or child id).
+#[inline(always)]
+fn unpack(w: u64) -> (usize, usize, u64) {
+    (
+        (w & OFF_MASK) as usize,
+        ((w >> KLEN_SHIFT) & KLEN_MASK) as usize,
+        w >> REST_SHIFT,
+    )
+}
+
+#[inline(always)]
+fn pack(off: usize, klen: usize, rest: u64) -> u64 {
+    debug_assert!(off as u64 <= OFF_MASK && klen as u64 <= KLEN_MASK && rest < MAX_PAGES);
+    off as u64 | (klen as u64) << KLEN_SHIFT | rest << REST_SHIFT
+}
+
+/// Slot `i`: (heap offset, key length without the prefix, value length or
+/// child id), the key checked to lie in the page.
+#[inline]
+fn slot<P: PageRead + ?Sized>(p: &P, i: usize) -> Result<(usize, usize, u64), Stale> {
+    let (off, klen, rest) = unpack(p.u64_at(SLOTS + i * SLOT + 8)?);
+    if off < SLOTS || off + klen > PAGE_SIZE {
         return Err(Stale);
     }
-    Ok((off, klen, vlen))
+    Ok((off, klen, rest))
+}
+
+/// A leaf's slot `i`: (heap offset, key length, value length), checked to
+/// lie in the page.
+#[inline]
+fn leaf_slot<P: PageRead + ?Sized>(p: &P, i: usize) -> Result<(usize, usize, usize), Stale> {
+    let (off, klen, vlen) = slot(p, i)?;
+    if vlen > (PAGE_SIZE - off - klen) as u64 {
+        return Err(Stale);
+    }
+    Ok((off, klen, vlen as usize))
+}
+
+/// The head of slot `i`.
+#[inline]
+fn head_at<P: PageRead + ?Sized>(p: &P, i: usize) -> Result<u64, Stale> {
+    p.u64_at(SLOTS + i * SLOT)
+}
+
+/// Where the lower fence starts (the prefix is its first bytes).
+fn lower_fence_at<P: PageRead + ?Sized>(p: &P) -> Result<usize, Stale> {
+    let fence = |at| -> Result<usize, Stale> {
+        let l = p.u16_at(at)? as usize;
+        Ok(if l == NO_FENCE { 0 } else { l })
+    };
+    let used = fence(UPPER)? + fence(LOWER)?;
+    if used > PAGE_SIZE - SLOTS {
+        return Err(Stale);
+    }
+    Ok(PAGE_SIZE - used)
+}
+
+/// The slot whose head hint `i` holds, in a node of `n` entries.
+#[inline(always)]
+fn hint_pos(i: usize, n: usize) -> usize {
+    (i + 1) * n / (HINT_COUNT + 1)
+}
+
+/// `key` against the node's prefix: Less or Greater if the key sorts
+/// before or after every key that starts with the prefix (a proper prefix
+/// of the prefix sorts before), Equal if it starts with it; and the
+/// prefix's length.
+#[inline]
+fn cmp_prefix<P: PageRead + ?Sized>(p: &P, key: &[u8]) -> Result<(Ordering, usize), Stale> {
+    let plen = p.u16_at(PREFIX)? as usize;
+    if plen == 0 {
+        return Ok((Ordering::Equal, 0));
+    }
+    let m = plen.min(key.len());
+    let h = m.min(8);
+    let ph = p.u64_at(PREFIX_HEAD)? & top_bytes(h);
+    let o = be_head(&key[..h]).cmp(&ph);
+    if o != Ordering::Equal {
+        return Ok((o, plen));
+    }
+    if m > 8 {
+        let at = lower_fence_at(p)?;
+        let o = p.compare(at + 8, m - 8, &key[8..m])?.reverse();
+        if o != Ordering::Equal {
+            return Ok((o, plen));
+        }
+    }
+    Ok((
+        if key.len() < plen {
+            Ordering::Less
+        } else {
+            Ordering::Equal
+        },
+        plen,
+    ))
+}
+
+/// The range of positions the hints leave for a key whose head is `kh`:
+/// the first position `>= key` lies in `lo..=hi`, the slots before `lo`
+/// have smaller heads and slot `hi` (if any) a larger one.
+#[inline]
+fn hint_range<P: PageRead + ?Sized>(p: &P, n: usize, kh: u64) -> Result<(usize, usize), Stale> {
+    let hint = |i: usize| p.u64_at(HINTS + 8 * i);
+    // The hints below the key's head: a branchless halving (hints are
+    // sorted), then those equal to it.
+    let mut below = 0;
+    let mut step = HINT_COUNT / 2;
+    while step > 0 {
+        below += step * ((hint(below + step - 1)? < kh) as usize);
+        step /= 2;
+    }
+    if below == HINT_COUNT - 1 {
+        below += (hint(below)? < kh) as usize;
+    }
+    let mut upto = below;
+    while upto < HINT_COUNT && hint(upto)? == kh {
+        upto += 1;
+    }
+    // Slots up to hint `below - 1`'s are below the key (their heads are);
+    // hint `upto`'s slot is above it.
+    let lo = if below == 0 {
+        0
+    } else {
+        hint_pos(below - 1, n) + 1
+    };
+    let hi = if upto == HINT_COUNT {
+        n
+    } else {
+        hint_pos(upto, n)
+    };
+    if lo > hi {
+        return Err(Stale);
+    }
+    Ok((lo, hi))
+}
+
+/// A key (`rest`: without the prefix) against entry `i`'s key, given that
+/// their heads are equal.
+#[inline(always)]
+fn cmp_tail<P: PageRead + ?Sized>(p: &P, i: usize, rest: &[u8]) -> Result<Ordering, Stale> {
+    let (off, klen, _) = slot(p, i)?;
+    if rest.len() <= 8 || klen <= 8 {
+        // Equal heads: the shorter key is a prefix of the other.
+        return Ok(rest.len().cmp(&klen));
+    }
+    Ok(p.compare(off + 8, klen - 8, &rest[8..])?.reverse())
 }
 
 /// First position whose key is `>= key` (`None`: +infinity), and whether it
 /// is equal.
+#[inline]
 fn lower_bound<P: PageRead + ?Sized>(p: &P, key: Option<&[u8]>) -> Result<(usize, bool), Stale> {
     let n = count(p)?;
     let Some(key) = key else {
         return Ok((n, false));
     };
-    let (mut lo, mut hi) = (0, n);
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        let (off, klen, _) = slot(p, mid)?;
-        if p.compare(off, klen, key)? == Ordering::Less {
-            lo = mid + 1;
-        } else {
-            hi = mid;
+    let (o, plen) = cmp_prefix(p, key)?;
+    match o {
+        Ordering::Less => return Ok((0, false)),
+        Ordering::Greater => return Ok((n, false)),
+        Ordering::Equal => {}
+    }
+    let rest = &key[plen..];
+    let kh = be_head(rest);
+    // The first position >= key is in lo..=hi; slots before lo are below
+    // the key, slot hi (if any) is not.
+    let (mut lo, mut hi) = if n >= HINT_MIN {
+        hint_range(p, n, kh)?
+    } else {
+        (0, n)
+    };
+    // Halve a range the hints left wide (many keys sharing 8 bytes after
+    // the prefix), comparing whole keys.
+    while hi - lo > LINEAR_MAX {
+        let mid = lo + (hi - lo) / 2;
+        let o = match kh.cmp(&head_at(p, mid)?) {
+            Ordering::Equal => cmp_tail(p, mid, rest)?,
+            o => o,
+        };
+        match o {
+            Ordering::Less => hi = mid,
+            Ordering::Greater => lo = mid + 1,
+            Ordering::Equal => return Ok((mid, true)),
         }
     }
-    let exact = if lo < n {
-        let (off, klen, _) = slot(p, lo)?;
-        p.compare(off, klen, key)? == Ordering::Equal
-    } else {
-        false
-    };
-    Ok((lo, exact))
+    // Count the heads below the key's in the range, every one (no early
+    // exit, so that the loads go out together instead of one miss after
+    // another as in a binary search).
+    let mut pos = lo;
+    for i in lo..hi {
+        pos += (head_at(p, i)? < kh) as usize;
+    }
+    // Equal heads (keys sharing their first 8 bytes after the prefix):
+    // compare the rest, up to `hi`.
+    while pos < hi && head_at(p, pos)? == kh {
+        match cmp_tail(p, pos, rest)? {
+            Ordering::Less => break,
+            Ordering::Equal => return Ok((pos, true)),
+            Ordering::Greater => pos += 1,
+        }
+    }
+    Ok((pos, false))
 }
 
 /// An inner node's child at `pos` (`count` is the upper child).
+#[inline]
 fn child<P: PageRead + ?Sized>(p: &P, pos: usize) -> Result<u64, Stale> {
     if pos >= count(p)? {
         return p.u64_at(LINK_A);
     }
-    let (off, klen, vlen) = slot(p, pos)?;
-    if vlen != 8 {
-        return Err(Stale);
-    }
-    p.u64_at(off + klen)
+    Ok(unpack(p.u64_at(SLOTS + pos * SLOT + 8)?).2)
 }
 
 // ---- changing latched nodes ----
@@ -202,41 +456,161 @@ fn init(b: &mut [u8], k: u8) {
     b[PAGE_HEADER..].fill(0);
     b[KIND] = k;
     wr16(b, HEAP, PAGE_SIZE);
+    wr16(b, LOWER, NO_FENCE);
+    wr16(b, UPPER, NO_FENCE);
     wr64(b, LINK_A, NONE);
     wr64(b, LINK_B, NONE);
 }
 
-/// Free bytes, counting holes left by removals.
-fn free_space(b: &[u8]) -> usize {
-    PAGE_SIZE - SLOTS - rd16(b, COUNT) * SLOT - rd16(b, LIVE)
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// The entry at `i` of a latched node: (key, value) ranges.
+fn fence_len(b: &[u8], at: usize) -> Option<usize> {
+    let l = rd16(b, at);
+    (l != NO_FENCE).then_some(l)
+}
+
+/// A latched node's fences: (lower, upper).
+fn fences(b: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+    let (l, u) = (fence_len(b, LOWER), fence_len(b, UPPER));
+    let u_at = PAGE_SIZE - u.unwrap_or(0);
+    let l_at = u_at - l.unwrap_or(0);
+    (l.map(|l| &b[l_at..l_at + l]), u.map(|u| &b[u_at..u_at + u]))
+}
+
+/// Bytes the fences take in the heap.
+fn fence_bytes(b: &[u8]) -> usize {
+    fence_len(b, LOWER).unwrap_or(0) + fence_len(b, UPPER).unwrap_or(0)
+}
+
+/// A latched node's prefix (the start of its lower fence).
+fn prefix(b: &[u8]) -> &[u8] {
+    let p = rd16(b, PREFIX);
+    fences(b).0.map_or(&[][..], |l| &l[..p])
+}
+
+/// Whether `key` lies in the node's fences.
+fn within(b: &[u8], key: &[u8]) -> bool {
+    let (l, u) = fences(b);
+    l.is_none_or(|l| key > l) && u.is_none_or(|u| key <= u)
+}
+
+/// Gives the empty node `b` (just `init`ed) its fences and prefix.
+fn set_fences(b: &mut [u8], lower: Option<&[u8]>, upper: Option<&[u8]>) {
+    debug_assert!(rd16(b, COUNT) == 0 && rd16(b, HEAP) == PAGE_SIZE);
+    let ul = upper.map_or(0, <[u8]>::len);
+    let ll = lower.map_or(0, <[u8]>::len);
+    if let Some(u) = upper {
+        b[PAGE_SIZE - ul..].copy_from_slice(u);
+    }
+    if let Some(l) = lower {
+        b[PAGE_SIZE - ul - ll..PAGE_SIZE - ul].copy_from_slice(l);
+    }
+    wr16(b, LOWER, lower.map_or(NO_FENCE, <[u8]>::len));
+    wr16(b, UPPER, upper.map_or(NO_FENCE, <[u8]>::len));
+    wr16(b, HEAP, PAGE_SIZE - ul - ll);
+    wr16(b, LIVE, ul + ll);
+    let plen = match (lower, upper) {
+        (Some(l), Some(u)) => common_prefix(l, u),
+        _ => 0,
+    };
+    wr16(b, PREFIX, plen);
+    let p = lower.unwrap_or(&[]);
+    wr64(b, PREFIX_HEAD, be_head(&p[..plen.min(8)]));
+}
+
+/// Free bytes, counting holes left by removals.
+fn free_space(b: &[u8]) -> usize {
+    PAGE_SIZE - SLOTS - used(b)
+}
+
+/// Bytes taken by slots and the heap's live bytes.
+fn used(b: &[u8]) -> usize {
+    rd16(b, COUNT) * SLOT + rd16(b, LIVE)
+}
+
+/// The slot of entry `i` of a latched node: (offset, key length, bytes of
+/// value in the heap (0 in an inner node), value length or child id).
+fn slot_of(b: &[u8], i: usize) -> (usize, usize, usize, u64) {
+    let (off, klen, rest) = unpack(rd64(b, SLOTS + i * SLOT + 8));
+    let vlen = if b[KIND] == INNER { 0 } else { rest as usize };
+    (off, klen, vlen, rest)
+}
+
+/// The heap bytes of entry `i` of a latched node: (key without the
+/// prefix, a leaf's value; empty in an inner node).
 fn entry(b: &[u8], i: usize) -> (&[u8], &[u8]) {
-    let at = SLOTS + i * SLOT;
-    let (off, klen, vlen) = (rd16(b, at), rd16(b, at + 2), rd16(b, at + 4));
+    let (off, klen, vlen, _) = slot_of(b, i);
     (&b[off..off + klen], &b[off + klen..off + klen + vlen])
 }
 
+/// Copies entry `i` of the latched node `src` to the end of the node being
+/// built in `dst` (of the same kind); false if it does not fit.
+fn copy_entry(dst: &mut [u8], src: &[u8], i: usize) -> bool {
+    let key = key_at(src, i);
+    if src[KIND] == INNER {
+        push(dst, &key, &slot_of(src, i).3.to_le_bytes())
+    } else {
+        push(dst, &key, entry(src, i).1)
+    }
+}
+
+/// The whole key of entry `i` of a latched node.
+fn key_at(b: &[u8], i: usize) -> Vec<u8> {
+    let mut k = prefix(b).to_vec();
+    k.extend_from_slice(entry(b, i).0);
+    k
+}
+
+/// Recomputes the hints (after every change of the slots).
+fn make_hints(b: &mut [u8]) {
+    let n = rd16(b, COUNT);
+    for i in 0..HINT_COUNT {
+        let h = if n == 0 {
+            0
+        } else {
+            rd64(b, SLOTS + hint_pos(i, n) * SLOT)
+        };
+        wr64(b, HINTS + 8 * i, h);
+    }
+}
+
+/// Moves the entries together below the fences.
 fn compact(b: &mut [u8]) {
     let mut tmp = PageBuf::zeroed();
     tmp.0.copy_from_slice(b);
     let n = rd16(b, COUNT);
-    let mut heap = PAGE_SIZE;
+    let mut heap = PAGE_SIZE - fence_bytes(b);
     for i in 0..n {
         let (k, v) = entry(&tmp.0, i);
         let len = k.len() + v.len();
         heap -= len;
         b[heap..heap + k.len()].copy_from_slice(k);
         b[heap + k.len()..heap + len].copy_from_slice(v);
-        wr16(b, SLOTS + i * SLOT, heap);
+        let (_, klen, _, rest) = slot_of(&tmp.0, i);
+        wr64(b, SLOTS + i * SLOT + 8, pack(heap, klen, rest));
     }
     wr16(b, HEAP, heap);
 }
 
-/// Inserts `(key, val)` at position `pos`; false if it does not fit.
+/// Inserts `(key, val)` (the whole key, which starts with the node's
+/// prefix) at position `pos`; false if it does not fit. An inner node's
+/// value is the child id (8 bytes LE, below [`MAX_PAGES`]), kept in the
+/// slot.
 fn insert_at(b: &mut [u8], pos: usize, key: &[u8], val: &[u8]) -> bool {
-    let need = key.len() + val.len();
+    let plen = rd16(b, PREFIX);
+    debug_assert!(key.starts_with(prefix(b)), "key outside the node's fences");
+    let suffix = &key[plen..];
+    let (val, rest) = if b[KIND] == INNER {
+        (
+            &[][..],
+            u64::from_le_bytes(val.try_into().expect("a child id")),
+        )
+    } else {
+        (val, val.len() as u64)
+    };
+    let need = suffix.len() + val.len();
     if free_space(b) < need + SLOT {
         return false;
     }
@@ -245,18 +619,24 @@ fn insert_at(b: &mut [u8], pos: usize, key: &[u8], val: &[u8]) -> bool {
         compact(b);
     }
     let heap = rd16(b, HEAP) - need;
-    b[heap..heap + key.len()].copy_from_slice(key);
-    b[heap + key.len()..heap + need].copy_from_slice(val);
+    b[heap..heap + suffix.len()].copy_from_slice(suffix);
+    b[heap + suffix.len()..heap + need].copy_from_slice(val);
     let at = SLOTS + pos * SLOT;
     b.copy_within(at..SLOTS + n * SLOT, at + SLOT);
-    wr16(b, at, heap);
-    wr16(b, at + 2, key.len());
-    wr16(b, at + 4, val.len());
+    wr64(b, at, be_head(suffix));
+    wr64(b, at + 8, pack(heap, suffix.len(), rest));
     wr16(b, HEAP, heap);
     wr16(b, COUNT, n + 1);
     let live = rd16(b, LIVE) + need;
     wr16(b, LIVE, live);
+    make_hints(b);
     true
+}
+
+/// Appends `(key, val)` to a node being built; false if it does not fit.
+fn push(b: &mut [u8], key: &[u8], val: &[u8]) -> bool {
+    let n = rd16(b, COUNT);
+    insert_at(b, n, key, val)
 }
 
 fn remove_at(b: &mut [u8], pos: usize) {
@@ -268,15 +648,15 @@ fn remove_at(b: &mut [u8], pos: usize) {
     wr16(b, COUNT, n - 1);
     let live = rd16(b, LIVE) - len;
     wr16(b, LIVE, live);
+    make_hints(b);
 }
 
 fn set_child(b: &mut [u8], pos: usize, c: PageId) {
     if pos >= rd16(b, COUNT) {
         wr64(b, LINK_A, c.0);
     } else {
-        let at = SLOTS + pos * SLOT;
-        let (off, klen) = (rd16(b, at), rd16(b, at + 2));
-        wr64(b, off + klen, c.0);
+        let (off, klen, _, _) = slot_of(b, pos);
+        wr64(b, SLOTS + pos * SLOT + 8, pack(off, klen, c.0));
     }
 }
 
@@ -284,7 +664,7 @@ fn live_child(b: &[u8], pos: usize) -> PageId {
     if pos >= rd16(b, COUNT) {
         PageId(rd64(b, LINK_A))
     } else {
-        PageId(rd64(entry(b, pos).1, 0))
+        PageId(slot_of(b, pos).3)
     }
 }
 
@@ -300,6 +680,8 @@ enum Put {
 pub struct BTree<'p, B: BufferManager + ?Sized> {
     pool: &'p B,
     meta: PageId,
+    /// The root's id as last seen (checked by the root flag at every use).
+    root: AtomicU64,
     free: spin::Mutex<Vec<PageId>>,
 }
 
@@ -308,7 +690,12 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     pub fn create(pool: &'p B) -> Result<BTree<'p, B>, TreeError> {
         let mut meta = pool.allocate()?;
         let mut root = pool.allocate()?;
-        init(root.bytes_mut(), LEAF);
+        if root.id().0 >= MAX_PAGES {
+            return Err(TreeError::PageTooFar { page: root.id() });
+        }
+        let r = root.bytes_mut();
+        init(r, LEAF);
+        r[FLAGS] = ROOT;
         let m = meta.bytes_mut();
         init(m, META);
         wr64(m, LINK_A, root.id().0);
@@ -317,6 +704,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         Ok(BTree {
             pool,
             meta: id,
+            root: AtomicU64::new(root.id().0),
             free: spin::Mutex::new(Vec::new()),
         })
     }
@@ -330,9 +718,11 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 what: "not a tree meta page",
             });
         }
+        let root = rd64(g.bytes(), LINK_A);
         Ok(BTree {
             pool,
             meta,
+            root: AtomicU64::new(root),
             free: spin::Mutex::new(Vec::new()),
         })
     }
@@ -365,32 +755,33 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         }
     }
 
-    /// The root, read optimistically; the meta page is validated.
+    /// The root, read optimistically: the cached root if its node still
+    /// says it is the root (trusted once the caller validates the node);
+    /// otherwise the cache is refreshed from the meta page and the
+    /// operation restarts.
+    #[inline(always)]
     fn root(&self) -> R<OptimisticGuard<'p, B>> {
+        let id = self.root.load(atomic::Ordering::Relaxed);
+        let node = self.pool.optimistic(PageId(id))?;
+        if node.u8_at(FLAGS)? & ROOT != 0 {
+            return Ok(node);
+        }
+        node.validate()?;
         let meta = self.pool.optimistic(self.meta)?;
         let root = meta.u64_at(LINK_A)?;
         meta.validate()?;
-        let node = self.pool.optimistic(PageId(root))?;
-        meta.validate()?;
-        Ok(node)
+        self.root.store(root, atomic::Ordering::Relaxed);
+        Err(E::Restart)
     }
 
-    /// Descends to the leaf for `key` (`None`: the last leaf). Returns the
-    /// leaf and its parent (with the leaf's position in it), all read
-    /// optimistically.
-    #[allow(clippy::type_complexity)]
-    fn descend(
-        &self,
-        key: Option<&[u8]>,
-    ) -> R<(
-        OptimisticGuard<'p, B>,
-        Option<(OptimisticGuard<'p, B>, usize)>,
-    )> {
+    /// Descends to the leaf for `key` (`None`: the last leaf), read
+    /// optimistically (not validated yet).
+    #[inline(always)]
+    fn descend(&self, key: Option<&[u8]>) -> R<OptimisticGuard<'p, B>> {
         let mut node = self.root()?;
-        let mut parent = None;
         for _ in 0..64 {
             match kind(&node)? {
-                LEAF => return Ok((node, parent)),
+                LEAF => return Ok(node),
                 INNER => {}
                 _ => {
                     node.validate()?;
@@ -402,7 +793,6 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             node.validate()?;
             let next = self.pool.optimistic(PageId(c))?;
             node.validate()?;
-            parent = Some((node, pos));
             node = next;
         }
         Err(E::Restart)
@@ -410,7 +800,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
 
     /// Finds `target`'s parent on the path of `key`, optimistically: the
     /// parent and `target`'s position in it. `None` if `target` is the root
-    /// (the meta page's guard is returned instead) or not on the path.
+    /// (not validated: the caller checks the meta page) or not on the path.
     #[allow(clippy::type_complexity)]
     fn find_parent(
         &self,
@@ -454,10 +844,10 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     /// Copies the value of `key` into `out`; false if absent.
     pub fn lookup(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, TreeError> {
         self.retry(|| {
-            let (leaf, _) = self.descend(Some(key))?;
+            let leaf = self.descend(Some(key))?;
             let (pos, exact) = lower_bound(&leaf, Some(key))?;
             if exact {
-                let (off, klen, vlen) = slot(&leaf, pos)?;
+                let (off, klen, vlen) = leaf_slot(&leaf, pos)?;
                 out.resize(vlen, 0);
                 leaf.read_into(off + klen, out)?;
             }
@@ -485,9 +875,12 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     }
 
     fn put(&self, key: &[u8], val: &[u8], how: Put) -> R<bool> {
-        let (leaf, _) = self.descend(Some(key))?;
+        let leaf = self.descend(Some(key))?;
         let id = leaf.id();
         let mut x = leaf.upgrade()?;
+        if !within(x.bytes(), key) {
+            return Err(corrupt(id, "a key led to a leaf whose fences exclude it"));
+        }
         let (pos, exact) =
             lower_bound(x.bytes(), Some(key)).map_err(|_| corrupt(id, "latched leaf"))?;
         match (how, exact) {
@@ -501,7 +894,8 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         } else {
             0
         };
-        if free_space(b) + old >= key.len() + val.len() + SLOT {
+        let need = key.len() - rd16(b, PREFIX) + val.len() + SLOT;
+        if free_space(b) + old >= need {
             let b = x.bytes_mut();
             if exact {
                 remove_at(b, pos);
@@ -519,10 +913,14 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     /// A page for a new node, latched exclusively.
     fn new_node(&self) -> R<ExclusiveGuard<'p, B>> {
         let reuse = self.free.lock().pop();
-        match reuse {
-            Some(id) => Ok(self.pool.fix_exclusive(id)?),
-            None => Ok(self.pool.allocate()?),
+        let node = match reuse {
+            Some(id) => self.pool.fix_exclusive(id)?,
+            None => self.pool.allocate()?,
+        };
+        if node.id().0 >= MAX_PAGES {
+            return Err(E::Fail(TreeError::PageTooFar { page: node.id() }));
         }
+        Ok(node)
     }
 
     fn free_node(&self, mut x: ExclusiveGuard<'p, B>) {
@@ -549,12 +947,15 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             let mut right = self.new_node()?;
             let mut root = self.new_node()?;
             let ids = (n.id(), right.id());
+            // The old root loses its flag here (split_node rebuilds it).
             let sep = split_node(n.bytes_mut(), right.bytes_mut(), ids, key);
             let r = root.bytes_mut();
             init(r, INNER);
+            r[FLAGS] = ROOT;
             insert_at(r, 0, &sep, &n.id().0.to_le_bytes());
             wr64(r, LINK_A, right.id().0);
             wr64(m.bytes_mut(), LINK_A, root.id().0);
+            self.root.store(root.id().0, atomic::Ordering::Relaxed);
             log::trace!("btree: root {} split, new root {}", target.0, root.id().0);
             drop((m, n, right, root));
             return Ok(());
@@ -598,7 +999,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     /// Deletes `key`; false if absent.
     pub fn delete(&self, key: &[u8]) -> Result<bool, TreeError> {
         let (found, leaf, underfull) = self.retry(|| {
-            let (leaf, _) = self.descend(Some(key))?;
+            let leaf = self.descend(Some(key))?;
             let id = leaf.id();
             let mut x = leaf.upgrade()?;
             let (pos, exact) =
@@ -607,7 +1008,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 return Ok((false, id, false));
             }
             remove_at(x.bytes_mut(), pos);
-            Ok((true, id, rd16(x.bytes(), LIVE) < UNDERFULL))
+            Ok((true, id, used(x.bytes()) < UNDERFULL))
         })?;
         if underfull {
             self.merge_up(leaf, key)?;
@@ -654,13 +1055,9 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             return Err(corrupt(p.id(), "siblings of different kinds"));
         }
         let leaf = lb[KIND] == LEAF;
-        let sep_len = if leaf {
-            0
-        } else {
-            entry(p.bytes(), lpos).0.len() + 8 + SLOT
-        };
-        let used = |b: &[u8]| rd16(b, LIVE) + rd16(b, COUNT) * SLOT;
-        if used(lb) + used(rb) + sep_len > PAGE_SIZE - SLOTS {
+        let sep = key_at(p.bytes(), lpos);
+        let mut tmp = PageBuf::zeroed();
+        if !merge_nodes(&mut tmp.0, lb, rb, (!leaf).then_some(&sep[..])) {
             return Ok(None);
         }
         let mut rr = None;
@@ -670,24 +1067,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 rr = Some(self.pool.optimistic(PageId(x))?.upgrade()?);
             }
         }
-        // Move r's entries (after the separator, for inner nodes) into l.
-        let mut tmp = PageBuf::zeroed();
-        tmp.0.copy_from_slice(r.bytes());
-        let lbm = l.bytes_mut();
-        if !leaf {
-            let (k, _) = entry(p.bytes(), lpos);
-            let upper = rd64(lbm, LINK_A);
-            let at = rd16(lbm, COUNT);
-            let ok = insert_at(lbm, at, k, &upper.to_le_bytes());
-            debug_assert!(ok);
-        }
-        for i in 0..rd16(&tmp.0, COUNT) {
-            let (k, v) = entry(&tmp.0, i);
-            let at = rd16(lbm, COUNT);
-            let ok = insert_at(lbm, at, k, v);
-            debug_assert!(ok);
-        }
-        wr64(lbm, LINK_A, rd64(&tmp.0, LINK_A));
+        l.bytes_mut()[PAGE_HEADER..].copy_from_slice(&tmp.0[PAGE_HEADER..]);
         if let Some(rr) = rr.as_mut() {
             wr64(rr.bytes_mut(), LINK_B, l.id().0);
         }
@@ -698,7 +1078,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         drop(l);
         self.free_node(r);
         let pid = p.id();
-        let under = rd16(p.bytes(), LIVE) < UNDERFULL;
+        let under = used(p.bytes()) < UNDERFULL;
         drop(p);
         Ok(if under { Some(pid) } else { None })
     }
@@ -711,11 +1091,17 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         if kind(&root)? != INNER || count(&root)? != 0 {
             return Ok(());
         }
+        let only = root.u64_at(LINK_A)?;
+        root.validate()?;
         let mut m = meta.upgrade()?;
         let r = root.upgrade()?;
-        let only = rd64(r.bytes(), LINK_A);
+        let mut c = self.pool.optimistic(PageId(only))?.upgrade()?;
+        c.bytes_mut()[FLAGS] |= ROOT;
         wr64(m.bytes_mut(), LINK_A, only);
+        self.root.store(only, atomic::Ordering::Relaxed);
+        drop(c);
         drop(m);
+        // The old root loses its flag here.
         self.free_node(r);
         Ok(())
     }
@@ -755,7 +1141,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         loop {
             // Snapshot of the first leaf, found from the root.
             let res = self.retry(|| {
-                let (leaf, _) = self.descend(if forward || bound.is_some() {
+                let leaf = self.descend(if forward || bound.is_some() {
                     Some(bound.as_deref().unwrap_or(&[]))
                 } else {
                     None
@@ -805,9 +1191,11 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     }
 
     /// Walks the whole tree with shared latches and checks its invariants:
-    /// keys sorted and within their parents' bounds, all leaves at one
-    /// depth, sibling links consistent. Returns the number of entries.
-    /// For tests and tools; do not run it concurrently with writers.
+    /// keys sorted and within their parents' bounds, fences equal to those
+    /// bounds, prefixes, heads and hints as the keys make them, the root
+    /// flag on the root alone, all leaves at one depth, sibling links
+    /// consistent. Returns the number of entries. For tests and tools; do
+    /// not run it concurrently with writers.
     pub fn check(&self) -> Result<usize, TreeError> {
         let root = {
             let m = self.pool.fix_shared(self.meta)?;
@@ -844,26 +1232,10 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         let bad = |what| TreeError::Corrupt { page: id, what };
         let g = self.pool.fix_shared(id)?;
         let b = g.bytes();
-        let n = rd16(b, COUNT);
-        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(n);
-        for i in 0..n {
-            let k = entry(b, i).0.to_vec();
-            if keys.last().is_some_and(|p| *p >= k) {
-                return Err(bad("keys out of order"));
-            }
-            if low.is_some_and(|l| k.as_slice() <= l) || high.is_some_and(|h| k.as_slice() > h) {
-                return Err(bad("key outside the parent's bounds"));
-            }
-            keys.push(k);
-        }
-        let live: usize = (0..n)
-            .map(|i| {
-                let (k, v) = entry(b, i);
-                k.len() + v.len()
-            })
-            .sum();
-        if live != rd16(b, LIVE) {
-            return Err(bad("live byte count wrong"));
+        let keys = check_layout(b, low, high).map_err(bad)?;
+        let n = keys.len();
+        if (b[FLAGS] & ROOT != 0) != (level == 0) {
+            return Err(bad("root flag wrong"));
         }
         match b[KIND] {
             LEAF => {
@@ -897,66 +1269,206 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     }
 }
 
+/// Checks a latched node's layout against the bounds its parent gives it:
+/// fences equal to them, the prefix their common prefix, keys sorted and
+/// within them, heads, hints, heap and live bytes consistent. Returns the
+/// whole keys.
+fn check_layout(
+    b: &[u8],
+    low: Option<&[u8]>,
+    high: Option<&[u8]>,
+) -> Result<Vec<Vec<u8>>, &'static str> {
+    let n = rd16(b, COUNT);
+    if n > MAX_COUNT || SLOTS + n * SLOT > rd16(b, HEAP) {
+        return Err("slots overlap the heap");
+    }
+    let fb = fence_bytes(b);
+    if rd16(b, HEAP) + fb > PAGE_SIZE {
+        return Err("fences overlap the heap");
+    }
+    if fences(b) != (low, high) {
+        return Err("fences differ from the parent's bounds");
+    }
+    let plen = match (low, high) {
+        (Some(l), Some(h)) => common_prefix(l, h),
+        _ => 0,
+    };
+    if rd16(b, PREFIX) != plen {
+        return Err("prefix length is not the fences' common prefix");
+    }
+    if rd64(b, PREFIX_HEAD) != be_head(&prefix(b)[..plen.min(8)]) {
+        return Err("prefix head wrong");
+    }
+    let mut keys: Vec<Vec<u8>> = Vec::with_capacity(n);
+    let mut live = fb;
+    for i in 0..n {
+        let (off, klen, vlen, _) = slot_of(b, i);
+        if off < rd16(b, HEAP) || off + klen + vlen > PAGE_SIZE - fb {
+            return Err("entry outside the heap");
+        }
+        live += klen + vlen;
+        let (suffix, _) = entry(b, i);
+        if rd64(b, SLOTS + i * SLOT) != be_head(suffix) {
+            return Err("slot head wrong");
+        }
+        let k = key_at(b, i);
+        if keys.last().is_some_and(|p| *p >= k) {
+            return Err("keys out of order");
+        }
+        if low.is_some_and(|l| k.as_slice() <= l) || high.is_some_and(|h| k.as_slice() > h) {
+            return Err("key outside the parent's bounds");
+        }
+        keys.push(k);
+    }
+    if live != rd16(b, LIVE) {
+        return Err("live byte count wrong");
+    }
+    for i in 0..HINT_COUNT {
+        let want = if n == 0 {
+            0
+        } else {
+            rd64(b, SLOTS + hint_pos(i, n) * SLOT)
+        };
+        if rd64(b, HINTS + 8 * i) != want {
+            return Err("hint wrong");
+        }
+    }
+    Ok(keys)
+}
+
+/// Builds in the empty page `out` the merge of the latched siblings `l`
+/// and `r` (an inner pair with their parent's separator `sep` between
+/// them). False, and `out` unusable, if the merge does not fit in a page.
+fn merge_nodes(out: &mut [u8], l: &[u8], r: &[u8], sep: Option<&[u8]>) -> bool {
+    let (lower, _) = fences(l);
+    let (_, upper) = fences(r);
+    let plen = match (lower, upper) {
+        (Some(a), Some(c)) => common_prefix(a, c),
+        _ => 0,
+    };
+    // Keys grow by what the prefix loses.
+    let grown = |b: &[u8]| {
+        let n = rd16(b, COUNT);
+        n * SLOT + rd16(b, LIVE) - fence_bytes(b) + n * (rd16(b, PREFIX) - plen)
+    };
+    let mut size = SLOTS + grown(l) + grown(r);
+    size += lower.map_or(0, <[u8]>::len) + upper.map_or(0, <[u8]>::len);
+    if let Some(s) = sep {
+        size += SLOT + s.len() - plen;
+    }
+    if size > PAGE_SIZE {
+        return false;
+    }
+    init(out, l[KIND]);
+    set_fences(out, lower, upper);
+    let mut ok = true;
+    for i in 0..rd16(l, COUNT) {
+        ok &= copy_entry(out, l, i);
+    }
+    if let Some(s) = sep {
+        ok &= push(out, s, &rd64(l, LINK_A).to_le_bytes());
+    }
+    for i in 0..rd16(r, COUNT) {
+        ok &= copy_entry(out, r, i);
+    }
+    debug_assert!(ok, "the merge was sized to fit");
+    wr64(out, LINK_A, rd64(r, LINK_A));
+    wr64(out, LINK_B, rd64(l, LINK_B));
+    ok
+}
+
+/// The shortest separator `s` with `a <= s < b` (for `a < b`): a prefix of
+/// `b` one byte longer than what `a` and `b` share, or `a` itself.
+fn separator(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let c = common_prefix(a, b);
+    if c + 1 < b.len() {
+        b[..c + 1].to_vec()
+    } else {
+        a.to_vec()
+    }
+}
+
 /// Splits the latched node `b` (id `bid`) into `b` and the empty page `r`
-/// (id `rid`, to the right). Returns the separator to insert into the parent: keys
-/// `<= sep` stay in `b`. When `key` (the insert that needs room) is beyond
-/// every key of the rightmost leaf, the leaf keeps everything (an append
-/// pattern leaves full leaves behind).
+/// (id `rid`, to the right). Returns the separator to insert into the
+/// parent: keys `<= sep` stay in `b`, which gets `sep` as upper fence and
+/// `r` as lower. When `key` (the insert that needs room) is beyond every
+/// key of the rightmost node of its level, the node keeps all it can (an
+/// append pattern leaves full nodes behind).
 fn split_node(b: &mut [u8], r: &mut [u8], (bid, rid): (PageId, PageId), key: &[u8]) -> Vec<u8> {
     let mut tmp = PageBuf::zeroed();
     tmp.0.copy_from_slice(b);
     let t = &tmp.0;
     let n = rd16(t, COUNT);
     let k = t[KIND];
+    let (lower, upper) = fences(t);
     let (left_link, right_link) = (rd64(t, LINK_B), rd64(t, LINK_A));
-    init(b, k);
-    init(r, k);
+    let append = upper.is_none() && n > 0 && key_at(t, n - 1).as_slice() < key;
+    let fill = |b: &mut [u8], sep: &[u8], from: usize, to: usize| -> bool {
+        init(b, k);
+        set_fences(b, lower, Some(sep));
+        (from..to).all(|i| copy_entry(b, t, i))
+    };
     if k == LEAF {
-        let append = right_link == NONE && n > 0 && entry(t, n - 1).0 < key;
-        let m = if append {
-            n
-        } else {
-            // Split by bytes.
-            let half = rd16(t, LIVE) / 2;
-            let mut acc = 0;
-            let mut m = 0;
-            while m < n - 1 {
-                let (kk, v) = entry(t, m);
-                acc += kk.len() + v.len();
-                m += 1;
-                if acc >= half {
-                    break;
-                }
+        // Appending: the node keeps every entry if they fit with the new
+        // fence.
+        let kept = append
+            .then(|| key_at(t, n - 1))
+            .filter(|sep| fill(b, sep, 0, n));
+        let (m, sep) = match kept {
+            Some(sep) => (n, sep),
+            None => {
+                let m = if append {
+                    (n - 1).max(1)
+                } else {
+                    // Split by bytes.
+                    let half = (rd16(t, LIVE) - fence_bytes(t)) / 2;
+                    let mut acc = 0;
+                    let mut m = 0;
+                    while m + 1 < n {
+                        let (kk, v) = entry(t, m);
+                        acc += kk.len() + v.len();
+                        m += 1;
+                        if acc >= half {
+                            break;
+                        }
+                    }
+                    m.max(1)
+                };
+                let sep = if m < n {
+                    separator(&key_at(t, m - 1), &key_at(t, m))
+                } else {
+                    key_at(t, m - 1)
+                };
+                let fits = fill(b, &sep, 0, m);
+                debug_assert!(fits, "a split's left half fits");
+                (m, sep)
             }
-            m.max(1)
         };
-        for i in 0..m {
-            let (kk, v) = entry(t, i);
-            insert_at(b, i, kk, v);
-        }
+        init(r, k);
+        set_fences(r, Some(&sep), upper);
         for i in m..n {
-            let (kk, v) = entry(t, i);
-            insert_at(r, i - m, kk, v);
+            let fits = copy_entry(r, t, i);
+            debug_assert!(fits, "a split's right half fits");
         }
         wr64(b, LINK_B, left_link);
         wr64(b, LINK_A, rid.0);
         wr64(r, LINK_B, bid.0);
         wr64(r, LINK_A, right_link);
-        entry(t, m - 1).0.to_vec()
+        sep
     } else {
-        let m = n / 2;
-        for i in 0..m {
-            let (kk, v) = entry(t, i);
-            insert_at(b, i, kk, v);
-        }
+        let m = if append { n - 1 } else { n / 2 };
+        let sep = key_at(t, m);
+        let fits = fill(b, &sep, 0, m);
+        debug_assert!(fits, "a split's left half fits");
+        wr64(b, LINK_A, slot_of(t, m).3);
+        init(r, k);
+        set_fences(r, Some(&sep), upper);
         for i in m + 1..n {
-            let (kk, v) = entry(t, i);
-            insert_at(r, i - m - 1, kk, v);
+            let fits = copy_entry(r, t, i);
+            debug_assert!(fits, "a split's right half fits");
         }
-        let (sep, mid_child) = entry(t, m);
-        wr64(b, LINK_A, rd64(mid_child, 0));
         wr64(r, LINK_A, right_link);
-        sep.to_vec()
+        sep
     }
 }
 
@@ -966,6 +1478,8 @@ struct Batch {
     data: Vec<u8>,
     /// (key start, key len, value len) into data, in delivery order.
     items: Vec<(usize, usize, usize)>,
+    /// The leaf's prefix.
+    prefix: Vec<u8>,
     /// The next leaf in scan direction.
     next: u64,
 }
@@ -985,19 +1499,25 @@ impl Batch {
             Some(b) => lower_bound(p, Some(b))?,
             None => (if forward { 0 } else { n }, false),
         };
-        let range: Vec<usize> = if forward {
-            let from = if exact && !inclusive { pos + 1 } else { pos };
-            (from..n).collect()
+        let plen = p.u16_at(PREFIX)? as usize;
+        if plen > MAX_KEY {
+            return Err(Stale);
+        }
+        self.prefix.resize(plen, 0);
+        p.read_into(lower_fence_at(p)?, &mut self.prefix)?;
+        let (from, to) = if forward {
+            (if exact && !inclusive { pos + 1 } else { pos }, n)
         } else {
-            let to = if exact && inclusive { pos + 1 } else { pos };
-            (0..to).rev().collect()
+            (0, if exact && inclusive { pos + 1 } else { pos })
         };
-        for i in range {
-            let (off, klen, vlen) = slot(p, i)?;
+        for j in from..to {
+            let i = if forward { j } else { to - 1 - (j - from) };
+            let (off, klen, vlen) = leaf_slot(p, i)?;
             let at = self.data.len();
-            self.data.resize(at + klen + vlen, 0);
-            p.read_into(off, &mut self.data[at..])?;
-            self.items.push((at, klen, vlen));
+            self.data.extend_from_slice(&self.prefix);
+            self.data.resize(at + plen + klen + vlen, 0);
+            p.read_into(off, &mut self.data[at + plen..])?;
+            self.items.push((at, plen + klen, vlen));
         }
         self.next = p.u64_at(if forward { LINK_A } else { LINK_B })?;
         Ok(())
@@ -1011,5 +1531,658 @@ impl Batch {
 
     fn last_key(&self) -> Option<&[u8]> {
         self.items.last().map(|&(at, k, _)| &self.data[at..at + k])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+    use alloc::vec;
+
+    /// xorshift, seeded.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Every byte string over {0, 1, 0xff} of at most `max` bytes.
+    fn strings(max: usize) -> Vec<Vec<u8>> {
+        let mut all = vec![Vec::new()];
+        let mut last = vec![Vec::new()];
+        for _ in 0..max {
+            let mut next = Vec::new();
+            for s in &last {
+                for b in [0u8, 1, 0xff] {
+                    let mut t = s.clone();
+                    t.push(b);
+                    next.push(t);
+                }
+            }
+            all.extend(next.iter().cloned());
+            last = next;
+        }
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn heads_preserve_the_order_of_keys_of_every_length() {
+        // Sorted byte strings of 0 to 10 bytes (the empty key, keys that
+        // are prefixes of others, bytes 0 and 0xff where padding and
+        // lengths matter): their heads never decrease, and two neighbours
+        // with equal heads differ only beyond 8 bytes or in length, the
+        // shorter being a prefix of the longer.
+        let all = strings(10);
+        assert_eq!(all[0], Vec::<u8>::new());
+        for w in all.windows(2) {
+            let (a, b) = (&w[0], &w[1]);
+            let (ha, hb) = (be_head(a), be_head(b));
+            assert!(ha <= hb, "{a:?} {b:?}");
+            if ha == hb && a.len().min(b.len()) <= 8 {
+                assert!(b.starts_with(a), "{a:?} {b:?}");
+            }
+        }
+    }
+
+    /// A node of `kind` with the given fences and (sorted) entries.
+    fn node(
+        kind: u8,
+        lower: Option<&[u8]>,
+        upper: Option<&[u8]>,
+        entries: &[(Vec<u8>, Vec<u8>)],
+    ) -> PageBuf {
+        let mut p = PageBuf::zeroed();
+        init(&mut p.0, kind);
+        set_fences(&mut p.0, lower, upper);
+        for (k, v) in entries {
+            assert!(push(&mut p.0, k, v), "entry fits");
+        }
+        p
+    }
+
+    /// Where `key` goes among sorted `keys`: (position, found).
+    fn model_bound(keys: &[Vec<u8>], key: &[u8]) -> (usize, bool) {
+        match keys.binary_search_by(|k| k.as_slice().cmp(key)) {
+            Ok(i) => (i, true),
+            Err(i) => (i, false),
+        }
+    }
+
+    #[test]
+    fn slots_hold_heads_of_keys_without_the_prefix_and_search_finds_them() {
+        let p = b"prefix-shared-by-all-".to_vec();
+        let mut lower = p.clone();
+        lower.push(0);
+        let mut upper = p.clone();
+        upper.extend_from_slice(&[0xff; 12]);
+        // Keys in (lower, upper]: the prefix then 0 to 14 more bytes,
+        // many of them sharing 8 or more bytes after the prefix.
+        let mut keys: Vec<Vec<u8>> = strings(4)
+            .into_iter()
+            .chain([
+                vec![1; 9],
+                vec![1; 10],
+                [vec![1; 8], vec![0]].concat(),
+                vec![0xff; 12],
+            ])
+            .chain((0..20).map(|i| [vec![7; 8], vec![i; (i % 6) as usize]].concat()))
+            .map(|s| [p.clone(), s].concat())
+            .filter(|k| k.as_slice() > lower.as_slice() && k.as_slice() <= upper.as_slice())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = keys
+            .iter()
+            .map(|k| (k.clone(), vec![k.len() as u8]))
+            .collect();
+        let n = node(LEAF, Some(&lower), Some(&upper), &entries);
+        let b = &n.0;
+        assert_eq!(rd16(b, PREFIX), p.len(), "the fences share the prefix");
+        assert_eq!(
+            check_layout(b, Some(&lower), Some(&upper)),
+            Ok(keys.clone())
+        );
+        for (i, k) in keys.iter().enumerate() {
+            let (suffix, v) = entry(b, i);
+            assert_eq!(suffix, &k[rd16(b, PREFIX)..], "the prefix is cut");
+            assert_eq!(rd64(b, SLOTS + i * SLOT), be_head(suffix));
+            assert_eq!(v, &[k.len() as u8]);
+        }
+        // Probes: every key, and keys between, before and after them.
+        let mut probes = keys.clone();
+        for k in &keys {
+            let mut x = k.clone();
+            x.push(0);
+            probes.push(x);
+            let mut y = k.clone();
+            y.pop();
+            probes.push(y);
+        }
+        probes.extend([
+            Vec::new(),
+            vec![0xff; 40],
+            p[..5].to_vec(),
+            lower.clone(),
+            upper.clone(),
+        ]);
+        for q in &probes {
+            let want = if q.as_slice() <= lower.as_slice() {
+                (0, false)
+            } else if q.as_slice() > upper.as_slice() {
+                (keys.len(), false)
+            } else {
+                model_bound(&keys, q)
+            };
+            assert_eq!(lower_bound(&b[..], Some(q)), Ok(want), "{q:?}");
+        }
+    }
+
+    #[test]
+    fn hints_hold_spread_heads_and_narrow_the_search_correctly() {
+        let mut r = Rng(7);
+        for count in [0usize, 1, 2, 16, 17, 32, 33, 34, 50, 100, 140] {
+            // Keys of 4 random bytes from a small alphabet (so that some
+            // heads repeat across probes), a few long ones tying on heads.
+            let mut keys: Vec<Vec<u8>> = Vec::new();
+            while keys.len() < count {
+                let mut k: Vec<u8> = (0..4).map(|_| [0u8, 3, 9, 200][r.below(4)]).collect();
+                if r.below(4) == 0 {
+                    k = [
+                        vec![5; 8],
+                        (0..r.below(4)).map(|_| r.next() as u8).collect(),
+                    ]
+                    .concat();
+                }
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+            keys.sort();
+            let entries: Vec<_> = keys.iter().map(|k| (k.clone(), vec![1u8])).collect();
+            let n = node(LEAF, None, None, &entries);
+            let b = &n.0[..];
+            for i in 0..HINT_COUNT {
+                let want = if count == 0 {
+                    0
+                } else {
+                    be_head(&keys[hint_pos(i, count)])
+                };
+                assert_eq!(rd64(b, HINTS + 8 * i), want, "count {count} hint {i}");
+            }
+            for _ in 0..300 {
+                let q: Vec<u8> = if r.below(2) == 0 {
+                    keys.get(r.below(count.max(1))).cloned().unwrap_or_default()
+                } else {
+                    (0..r.below(10))
+                        .map(|_| [0u8, 3, 5, 9, 200][r.below(5)])
+                        .collect()
+                };
+                let want = model_bound(&keys, &q);
+                if count >= HINT_MIN {
+                    let (lo, hi) = hint_range(b, count, be_head(&q)).unwrap();
+                    assert!(
+                        lo <= want.0 && want.0 <= hi,
+                        "{q:?}: {lo}..={hi} misses {}",
+                        want.0
+                    );
+                    // Without a hint equal to the key's head, the hints
+                    // leave at most one stretch between two of them.
+                    let tie = (0..HINT_COUNT).any(|i| rd64(b, HINTS + 8 * i) == be_head(&q));
+                    assert!(
+                        tie || hi - lo <= count / (HINT_COUNT + 1) + 1,
+                        "{lo}..={hi}"
+                    );
+                }
+                assert_eq!(lower_bound(b, Some(&q)), Ok(want), "count {count}: {q:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn splits_cut_the_separator_short_and_the_prefix_grows() {
+        // A full leaf of keys "user:0000123:" + 2 bytes, between fences
+        // "user:0000" and "user:0001".
+        let lower = b"user:0000".to_vec();
+        let upper = b"user:0001".to_vec();
+        let mut entries = Vec::new();
+        let mut i = 0u32;
+        let base = node(LEAF, Some(&lower), Some(&upper), &[]);
+        assert_eq!(rd16(&base.0, PREFIX), 8, "\"user:000\" is shared");
+        let mut p = base.clone();
+        loop {
+            let k = format!("user:0000{:03}:", i / 7).into_bytes();
+            let k = [k, vec![b'a' + (i % 7) as u8, b'z']].concat();
+            if !push(&mut p.0, &k, &[0x5a; 40]) {
+                break;
+            }
+            entries.push((k, vec![0x5a; 40]));
+            i += 1;
+        }
+        let keys: Vec<Vec<u8>> = entries.iter().map(|e| e.0.clone()).collect();
+        let (bid, rid) = (PageId(10), PageId(11));
+        let mut right = PageBuf::zeroed();
+        let mut left = p.clone();
+        let probe = b"user:0000001:bb".to_vec();
+        let sep = split_node(&mut left.0, &mut right.0, (bid, rid), &probe);
+        let m = keys
+            .iter()
+            .position(|k| k.as_slice() > sep.as_slice())
+            .unwrap();
+        // The shortest separator between the halves' neighbouring keys.
+        assert!(keys[m - 1].as_slice() <= sep.as_slice() && sep.as_slice() < keys[m].as_slice());
+        assert_eq!(
+            sep.len(),
+            common_prefix(&keys[m - 1], &keys[m]) + 1,
+            "{sep:?}"
+        );
+        assert!(sep.len() < keys[m].len());
+        let lk = check_layout(&left.0, Some(&lower), Some(&sep)).unwrap();
+        let rk = check_layout(&right.0, Some(&sep), Some(&upper)).unwrap();
+        assert_eq!([lk, rk].concat(), keys);
+        // Each half's prefix is its new fences' common prefix, longer
+        // than the old one: the keys are stored shorter.
+        assert!(rd16(&left.0, PREFIX) >= 8 && rd16(&right.0, PREFIX) >= 8);
+        assert!(rd16(&left.0, PREFIX) > 8 || rd16(&right.0, PREFIX) > 8);
+        assert_eq!(
+            (rd64(&left.0, LINK_A), rd64(&right.0, LINK_B)),
+            (rid.0, bid.0)
+        );
+        // Merging the halves back gives the node again.
+        let mut merged = PageBuf::zeroed();
+        assert!(merge_nodes(&mut merged.0, &left.0, &right.0, None));
+        assert_eq!(
+            check_layout(&merged.0, Some(&lower), Some(&upper)),
+            Ok(keys.clone())
+        );
+        assert_eq!(rd16(&merged.0, PREFIX), 8);
+        for (i, (_, v)) in entries.iter().enumerate() {
+            assert_eq!(entry(&merged.0, i).1, v.as_slice());
+        }
+    }
+
+    #[test]
+    fn inner_splits_move_the_middle_key_up_and_keep_children() {
+        let keys: Vec<Vec<u8>> = (0..150u32)
+            .map(|i| format!("key{:05}", i * 3).into_bytes())
+            .collect();
+        let entries: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), (1000 + i as u64).to_le_bytes().to_vec()))
+            .collect();
+        let mut left = node(INNER, Some(b"key"), Some(b"key9"), &entries);
+        wr64(&mut left.0, LINK_A, 999);
+        let mut right = PageBuf::zeroed();
+        let sep = split_node(
+            &mut left.0,
+            &mut right.0,
+            (PageId(1), PageId(2)),
+            b"key00001",
+        );
+        let m = keys.iter().position(|k| *k == sep).expect("a key moved up");
+        assert_eq!(
+            check_layout(&left.0, Some(b"key"), Some(&sep)).unwrap(),
+            keys[..m]
+        );
+        assert_eq!(
+            check_layout(&right.0, Some(&sep), Some(b"key9")).unwrap(),
+            keys[m + 1..]
+        );
+        assert_eq!(
+            rd64(&left.0, LINK_A),
+            1000 + m as u64,
+            "the separator's child is the left upper child"
+        );
+        assert_eq!(rd64(&right.0, LINK_A), 999);
+        for i in 0..m {
+            assert_eq!(live_child(&left.0, i), PageId(1000 + i as u64));
+        }
+        for i in m + 1..keys.len() {
+            assert_eq!(live_child(&right.0, i - m - 1), PageId(1000 + i as u64));
+            assert_eq!(child(&right.0[..], i - m - 1), Ok(1000 + i as u64));
+        }
+        let mut merged = PageBuf::zeroed();
+        assert!(merge_nodes(&mut merged.0, &left.0, &right.0, Some(&sep)));
+        assert_eq!(
+            check_layout(&merged.0, Some(b"key"), Some(b"key9")),
+            Ok(keys.clone())
+        );
+        for i in 0..keys.len() {
+            assert_eq!(live_child(&merged.0, i), PageId(1000 + i as u64));
+        }
+        assert_eq!(live_child(&merged.0, keys.len()), PageId(999));
+    }
+
+    #[test]
+    fn slot_words_hold_the_largest_child_ids() {
+        for (off, klen, rest) in [
+            (SLOTS, 0, 0),
+            (PAGE_SIZE, MAX_KEY, MAX_PAGES - 1),
+            (4000, 513, 1024),
+        ] {
+            assert_eq!(unpack(pack(off, klen, rest)), (off, klen, rest));
+        }
+    }
+
+    /// A random key in the fences' range (lower, upper], often sharing
+    /// long stretches with others.
+    fn key_between(r: &mut Rng, lower: &[u8], upper: &[u8]) -> Option<Vec<u8>> {
+        for _ in 0..100 {
+            let base = if r.below(2) == 0 { lower } else { upper };
+            let cut = r.below(base.len() + 1);
+            let mut k = base[..cut].to_vec();
+            for _ in 0..r.below(14) {
+                k.push([0u8, 1, 0x61, 0x62, 0xfe, 0xff][r.below(6)]);
+            }
+            if k.as_slice() > lower && k.as_slice() <= upper {
+                return Some(k);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn node_operations_match_a_sorted_vec() {
+        let mut r = Rng(0x5eed);
+        for round in 0..60 {
+            // Fences sharing a prefix of 0 to 20 bytes.
+            let shared: Vec<u8> = (0..r.below(21)).map(|_| r.next() as u8).collect();
+            let lower = [shared.clone(), vec![0x10, r.next() as u8]].concat();
+            let upper = [
+                shared.clone(),
+                vec![0xf0],
+                (0..r.below(4)).map(|_| r.next() as u8).collect(),
+            ]
+            .concat();
+            let mut p = node(LEAF, Some(&lower), Some(&upper), &[]);
+            let mut model: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            for op in 0..600 {
+                let b = &mut p.0;
+                if r.below(3) > 0 || model.is_empty() {
+                    let Some(k) = key_between(&mut r, &lower, &upper) else {
+                        continue;
+                    };
+                    let v: Vec<u8> = (0..[0, 3, 40, 300][r.below(4)])
+                        .map(|_| r.next() as u8)
+                        .collect();
+                    let (pos, found) = lower_bound(&b[..], Some(&k)).unwrap();
+                    assert_eq!(
+                        (pos, found),
+                        model_bound(&model.iter().map(|e| e.0.clone()).collect::<Vec<_>>(), &k)
+                    );
+                    if found {
+                        continue;
+                    }
+                    if insert_at(b, pos, &k, &v) {
+                        model.insert(pos, (k, v));
+                    } else {
+                        assert!(
+                            free_space(b) < k.len() - rd16(b, PREFIX) + v.len() + SLOT,
+                            "refused with room"
+                        );
+                    }
+                } else {
+                    let i = r.below(model.len());
+                    remove_at(b, i);
+                    model.remove(i);
+                }
+                let keys: Vec<Vec<u8>> = model.iter().map(|e| e.0.clone()).collect();
+                assert_eq!(
+                    check_layout(b, Some(&lower), Some(&upper)),
+                    Ok(keys.clone()),
+                    "round {round} op {op}"
+                );
+                for (i, (_, v)) in model.iter().enumerate() {
+                    assert_eq!(entry(b, i).1, v.as_slice());
+                }
+                // Searches for keys present, absent and outside the fences.
+                for _ in 0..4 {
+                    let q = match r.below(3) {
+                        0 if !keys.is_empty() => keys[r.below(keys.len())].clone(),
+                        1 => lower[..r.below(lower.len() + 1)].to_vec(),
+                        _ => key_between(&mut r, &lower, &upper).unwrap_or_default(),
+                    };
+                    let want = if q.as_slice() <= lower.as_slice() {
+                        (0, false)
+                    } else {
+                        model_bound(&keys, &q)
+                    };
+                    assert_eq!(lower_bound(&b[..], Some(&q)), Ok(want), "{q:?}");
+                }
+            }
+        }
+    }
+
+    #[cfg(feature = "fuzzing")]
+    mod on_a_pool {
+        use super::*;
+        use crate::fuzzing::{MemDevice, MemDisk};
+        use crate::pool::hash::HashPool;
+        use crate::pool::{NoLog, PoolConfig};
+        use alloc::sync::Arc;
+
+        fn pool(pages: usize, capacity: usize) -> HashPool<MemDevice> {
+            let disk = MemDisk::new(vec![0; pages * PAGE_SIZE]);
+            let cfg = PoolConfig {
+                capacity,
+                allocated: 0,
+                first_block: 0,
+                pages: None,
+                evict_batch: 4,
+                durability: Arc::new(NoLog),
+                relax: std::thread::yield_now,
+            };
+            HashPool::new(vec![MemDevice::new(&disk)], cfg).unwrap()
+        }
+
+        #[test]
+        fn optimistic_searches_read_words_like_latched_ones() {
+            // The same nodes searched through an optimistic fix (racy word
+            // reads) and latched (plain slices) agree, ties on 8-byte
+            // heads and long prefixes included.
+            let p = pool(64, 16);
+            let mut r = Rng(99);
+            for _ in 0..30 {
+                let shared: Vec<u8> = (0..r.below(20)).map(|_| r.next() as u8).collect();
+                let lower = [shared.clone(), vec![1]].concat();
+                let upper = [shared.clone(), vec![0xfe, 7]].concat();
+                let mut keys = Vec::new();
+                for _ in 0..r.below(120) {
+                    if let Some(k) = key_between(&mut r, &lower, &upper) {
+                        keys.push(k);
+                    }
+                }
+                keys.sort();
+                keys.dedup();
+                let entries: Vec<_> = keys.iter().map(|k| (k.clone(), vec![3u8; 9])).collect();
+                let built = node(
+                    LEAF,
+                    Some(&lower),
+                    Some(&upper),
+                    &entries[..entries.len().min(100)],
+                );
+                let mut g = p.allocate().unwrap();
+                let id = g.id();
+                g.bytes_mut()[PAGE_HEADER..].copy_from_slice(&built.0[PAGE_HEADER..]);
+                drop(g);
+                let o = p.optimistic(id).unwrap();
+                for _ in 0..100 {
+                    let q = key_between(&mut r, &lower, &upper).unwrap_or_default();
+                    assert_eq!(
+                        lower_bound(&o, Some(&q)),
+                        lower_bound(&built.0[..], Some(&q)),
+                        "{q:?}"
+                    );
+                }
+                o.validate().unwrap();
+            }
+        }
+
+        #[test]
+        fn lookups_do_not_fix_the_meta_page() {
+            let p = pool(256, 200);
+            let t = BTree::create(&p).unwrap();
+            for k in 0..3000u32 {
+                t.insert(&k.to_be_bytes(), &[7; 40]).unwrap();
+            }
+            p.flush().unwrap();
+            while p.evict(64).unwrap() > 0 {}
+            let mut out = Vec::new();
+            let before = p.stats().reads;
+            assert!(t.lookup(&77u32.to_be_bytes(), &mut out).unwrap());
+            let read = p.stats().reads - before;
+            // Root, inner node, leaf: no meta page.
+            let depth = {
+                let mut d = 1;
+                let mut id = PageId(t.root.load(atomic::Ordering::Relaxed));
+                loop {
+                    let g = p.fix_shared(id).unwrap();
+                    if g.bytes()[KIND] == LEAF {
+                        break d;
+                    }
+                    id = live_child(g.bytes(), 0);
+                    d += 1;
+                }
+            };
+            assert!(depth >= 2);
+            assert_eq!(
+                read, depth as u64,
+                "one read per level, none of the meta page"
+            );
+        }
+
+        /// A key of the concurrent test: a long shared prefix (so nodes
+        /// cut prefixes and their fences change at splits and merges)
+        /// and a tail that makes some keys tie on 8-byte heads.
+        fn shared_key(k: u32) -> Vec<u8> {
+            let mut key = b"tenant-0042/orders/2024/".to_vec();
+            key.extend_from_slice(format!("{:04}", k % 2000).as_bytes());
+            if k.is_multiple_of(3) {
+                key.extend_from_slice(b"/line-items/");
+                key.extend_from_slice(&k.to_be_bytes());
+            }
+            key
+        }
+
+        /// A value naming its key and a generation.
+        fn tagged(key: &[u8], gen: u32) -> Vec<u8> {
+            let mut v = gen.to_le_bytes().to_vec();
+            v.extend_from_slice(key);
+            v.resize(4 + key.len() + (gen % 50) as usize, gen as u8);
+            v
+        }
+
+        fn check_tagged(key: &[u8], v: &[u8]) {
+            assert!(v.len() >= 4 + key.len(), "{key:?}: {v:?}");
+            let gen = u32::from_le_bytes(v[..4].try_into().unwrap());
+            assert_eq!(v, tagged(key, gen).as_slice(), "{key:?}");
+        }
+
+        #[test]
+        fn readers_see_whole_entries_while_writers_split_and_merge() {
+            // Two writers and two readers on a pool small enough to evict;
+            // every value a reader gets (by lookup or by scan, in order)
+            // must be a whole value written for its key.
+            let p = pool(4096, 48);
+            let t = BTree::create(&p).unwrap();
+            let stop = core::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|s| {
+                let writers: Vec<_> = (0..2u64)
+                    .map(|w| {
+                        let t = &t;
+                        s.spawn(move || {
+                            let mut r = Rng(0x1000 + w);
+                            for gen in 0..20_000u32 {
+                                let k = r.below(6000) as u32;
+                                let key = shared_key(k);
+                                if r.below(3) == 0 {
+                                    t.delete(&key).unwrap();
+                                } else {
+                                    t.upsert(&key, &tagged(&key, gen)).unwrap();
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for rd in 0..2u64 {
+                    let (t, stop) = (&t, &stop);
+                    s.spawn(move || {
+                        let mut r = Rng(0x2000 + rd);
+                        let mut out = Vec::new();
+                        loop {
+                            let key = shared_key(r.below(6000) as u32);
+                            if t.lookup(&key, &mut out).unwrap() {
+                                check_tagged(&key, &out);
+                            }
+                            let mut last: Option<Vec<u8>> = None;
+                            let fwd = r.below(2) == 0;
+                            let mut n = 0;
+                            let f = |k: &[u8], v: &[u8]| {
+                                check_tagged(k, v);
+                                if let Some(l) = &last {
+                                    assert!(if fwd {
+                                        l.as_slice() < k
+                                    } else {
+                                        l.as_slice() > k
+                                    });
+                                }
+                                last = Some(k.to_vec());
+                                n += 1;
+                                n < 50
+                            };
+                            if fwd {
+                                t.scan_forward(Some(&key), f).unwrap();
+                            } else {
+                                t.scan_backward(Some(&key), f).unwrap();
+                            }
+                            if stop.load(atomic::Ordering::Relaxed) {
+                                break;
+                            }
+                        }
+                    });
+                }
+                for w in writers {
+                    w.join().unwrap();
+                }
+                stop.store(true, atomic::Ordering::Relaxed);
+            });
+            t.check().unwrap();
+            assert!(p.stats().evictions > 0);
+        }
+
+        #[test]
+        fn a_second_handle_follows_root_splits_and_collapses() {
+            let p = pool(512, 512);
+            let t1 = BTree::create(&p).unwrap();
+            let t2 = BTree::open(&p, t1.meta()).unwrap();
+            let mut out = Vec::new();
+            assert!(t2.insert(b"first", b"1").unwrap());
+            // t1 grows the root (t2's cached root stops being the root).
+            for k in 0..4000u32 {
+                t1.insert(&k.to_be_bytes(), &[1; 30]).unwrap();
+            }
+            for k in (0..4000u32).step_by(37) {
+                assert!(t2.lookup(&k.to_be_bytes(), &mut out).unwrap());
+            }
+            assert!(t2.lookup(b"first", &mut out).unwrap());
+            // t2 deletes everything (the root collapses to a leaf).
+            for k in 0..4000u32 {
+                assert!(t2.delete(&k.to_be_bytes()).unwrap());
+            }
+            assert!(t1.lookup(b"first", &mut out).unwrap() && out == b"1");
+            assert!(!t1.lookup(&5u32.to_be_bytes(), &mut out).unwrap());
+            assert!(t1.insert(b"again", b"2").unwrap());
+            assert!(t2.lookup(b"again", &mut out).unwrap() && out == b"2");
+            assert_eq!(t1.check().unwrap(), 2);
+        }
     }
 }

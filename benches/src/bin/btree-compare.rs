@@ -1,13 +1,24 @@
 //! B+tree point lookups on the buffer pools side by side: the vmcache-style
-//! pool, the hash-table pool and (in memory) std's `BTreeMap`, 8-byte
-//! big-endian keys with 120-byte values in 4 KiB pages, uniform random keys,
-//! 1 and 2 threads.
+//! pool, the hash-table pool and (in memory) std's `BTreeMap` and the
+//! reference vmcache binary, 8-byte big-endian keys with 120-byte values in
+//! 4 KiB pages, uniform random keys, 1 and 2 threads.
 //!
-//! - `in-memory`: `--keys` keys, pools larger than the data. Target:
-//!   vmcache lookups/s per thread >= 1.5x the hash pool's.
+//! - `in-memory`: `--keys` keys, pools larger than the data. Targets: the
+//!   vmcache-style pool's lookups/s per thread at least 1.5x the hash
+//!   pool's, and at least 1.0x (goal 1.2x) the reference vmcache's in the
+//!   same shape. The reference is an optional peer: vmcache
+//!   (github.com/viktorleis/vmcache) built by hand, its binary given with
+//!   `--vmcache PATH` or `DBOS_VMCACHE=PATH`; it runs as a child process
+//!   with `RNDREAD=1 DATASIZE=<keys> PHYSGB VIRTGB THREADS RUNFOR` and
+//!   `BLOCK` a sparse file beside `--file`, and its rate is the mean of its
+//!   per-second `tx` column after the first second. Without it, its column
+//!   says "not installed".
 //! - `out-of-memory`: `--ooo-data-mib` of tree over a pool of
 //!   `--ooo-pool-mib` on `--file`, with QD1 random 4 KiB reads of the same
-//!   pages through the same queue-pair path measured in alternating rounds.
+//!   pages through the same kind of device measured in alternating rounds.
+//!   `--io` picks the device: `direct` (default, as the pools run in process
+//!   mode: each thread's own `pread`) or `qp` (queue pairs over the NVMe
+//!   poller thread, the guest's path).
 //!   Reports lookups/s, page reads/writes/evictions per second and TLB
 //!   shootdowns (the `TLB:` line of /proc/interrupts, all CPUs, whole
 //!   machine) per evicted page. Target: 1-thread lookups/s >= 85% of QD1
@@ -19,12 +30,17 @@
 //!
 //! The disk of a virtual machine moves 10-30% between runs, so everything
 //! runs in `--rounds` rounds in rotated order; medians of rounds and
-//! per-round ratios are reported.
+//! per-round ratios are reported. `--background-load N[,M...]` runs every
+//! comparison once per listed level with that many threads of pure
+//! computation started by the benchmark beside it (0: quiet), so a quiet
+//! and a loaded comparison come from one command.
 
 use clap::Parser;
+use dbos_benches::load::BackgroundLoad;
 use dbos_benches::{median, poller_config, require_direct_io};
 use dbos_bufferpool::btree::BTree;
 use dbos_bufferpool::device::{run_all, BlockDevice, DmaBytes, Io};
+use dbos_bufferpool::direct::DirectDevice;
 use dbos_bufferpool::host::{block_device, ProcessBlockDevice};
 use dbos_bufferpool::pool::hash::HashPool;
 use dbos_bufferpool::pool::vmcache::{PoolConfig, VmCache};
@@ -33,8 +49,11 @@ use dbos_bufferpool::{PageId, PAGE_SIZE};
 use dbos_nvme::host::{BackingFile, Device, UringConfig};
 use io_uring::{opcode, types, IoUring};
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -42,6 +61,17 @@ enum Part {
     InMemory,
     OutOfMemory,
     ReadPath,
+}
+
+/// How the pools read and write pages in process mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum IoMethod {
+    /// Each thread's own `pread`/`pwrite` on the O_DIRECT file
+    /// (`DirectDevice`): a miss costs one system call, no thread switch.
+    Direct,
+    /// A queue pair per thread served by the NVMe poller thread (the
+    /// guest's path, run as a process).
+    Qp,
 }
 
 #[derive(Parser)]
@@ -72,14 +102,178 @@ struct Args {
     /// Pool size of the out-of-memory part in MiB.
     #[arg(long, default_value_t = 256)]
     ooo_pool_mib: u64,
-    /// The poller's spin before parking, in microseconds.
+    /// How the pools (and the QD1 baseline) read pages: `direct` (the
+    /// process-mode default) or `qp` (queue pairs over the poller).
+    #[arg(long, value_enum, default_value_t = IoMethod::Direct)]
+    io: IoMethod,
+    /// The poller's spin before parking, in microseconds (`--io qp`).
     #[arg(long)]
     spin_us: Option<u64>,
+    /// Threads of pure computation run beside every measurement; a list
+    /// runs each comparison once per level (e.g. `0,2`: quiet, then 2 busy
+    /// threads).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0])]
+    background_load: Vec<usize>,
+    /// The reference vmcache binary (github viktorleis/vmcache, built by
+    /// hand); default: $DBOS_VMCACHE. Without one, its column says "not
+    /// installed".
+    #[arg(long)]
+    vmcache: Option<PathBuf>,
+    /// The reference vmcache's PHYSGB (its pool, GiB).
+    #[arg(long, default_value_t = 1)]
+    vmcache_physgb: u64,
+    /// The reference vmcache's VIRTGB (its window and the sparse BLOCK
+    /// file, GiB).
+    #[arg(long, default_value_t = 4)]
+    vmcache_virtgb: u64,
 }
 
 const VALUE: usize = 120;
-/// Keys per full leaf: (4096 - 56) / (8 + 120 + 6).
-const KEYS_PER_LEAF: u64 = 30;
+/// Keys per full leaf: (4096 - 208 - 6) / (16 + 3 + 120) (16-byte slots,
+/// keys without the 5 bytes their leaf's fences share, 3-byte fences).
+const KEYS_PER_LEAF: u64 = 27;
+
+/// The reference vmcache binary and the sparse file it runs on.
+struct Reference {
+    bin: PathBuf,
+    block: PathBuf,
+    physgb: u64,
+    virtgb: u64,
+}
+
+impl Reference {
+    /// The binary of `--vmcache` or `$DBOS_VMCACHE`, if any; exits if one
+    /// is named but missing.
+    fn find(args: &Args) -> Option<Reference> {
+        let bin = args
+            .vmcache
+            .clone()
+            .or_else(|| std::env::var_os("DBOS_VMCACHE").map(PathBuf::from))?;
+        if !bin.is_file() {
+            eprintln!("the vmcache binary {} does not exist", bin.display());
+            std::process::exit(1);
+        }
+        let mut block = args.file.clone().into_os_string();
+        block.push(".vmcache-block");
+        let block = PathBuf::from(block);
+        let f = std::fs::File::create(&block).unwrap_or_else(|e| {
+            eprintln!("cannot create {}: {e}", block.display());
+            std::process::exit(1);
+        });
+        // Sparse: nothing is written in memory.
+        f.set_len(args.vmcache_virtgb << 30)
+            .expect("size the BLOCK file");
+        Some(Reference {
+            bin,
+            block,
+            physgb: args.vmcache_physgb,
+            virtgb: args.vmcache_virtgb,
+        })
+    }
+
+    /// Lookups/s of one run of `threads` threads for about `secs` (after
+    /// its load phase): the mean of its per-second `tx` column, the first
+    /// second left out; per CPU-second: those lookups over the process's
+    /// CPU time from its first line to its last (read from /proc as the
+    /// lines arrive).
+    fn lookups(&self, keys: u64, threads: usize, secs: f64) -> Rate {
+        let runfor = secs.ceil().max(1.0) as u64 + 1;
+        let mut child = Command::new(&self.bin)
+            .env("RNDREAD", "1")
+            .env("DATASIZE", keys.to_string())
+            .env("PHYSGB", self.physgb.to_string())
+            .env("VIRTGB", self.virtgb.to_string())
+            .env("THREADS", threads.to_string())
+            .env("RUNFOR", runfor.to_string())
+            .env("BLOCK", &self.block)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {}: {e}", self.bin.display()));
+        let pid = child.id();
+        let mut text = String::new();
+        // CPU seconds of the child when each `tx` line arrived.
+        let mut cpu = Vec::new();
+        for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+            let line = line.expect("vmcache's output");
+            if !text.is_empty() && !line.starts_with("ts,") {
+                cpu.push(process_cpu(pid));
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        let out = child.wait_with_output().expect("vmcache");
+        match parse_tx(&text) {
+            Some(tx) if out.status.success() && cpu.len() == tx.len() => {
+                let after_first = &tx[1..];
+                let n: f64 = after_first.iter().sum();
+                Rate {
+                    wall: n / after_first.len() as f64,
+                    cpu: n / (cpu[cpu.len() - 1] - cpu[0]).max(1e-3),
+                }
+            }
+            _ => panic!(
+                "vmcache {} failed ({}): stdout {text:?} stderr {:?}",
+                self.bin.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+}
+
+/// CPU seconds (user + system) process `pid` has used, from /proc.
+fn process_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: state is field 3,
+    // utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / hz
+}
+
+/// CPU seconds the calling thread has used.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Lookups per second of wall-clock time, and per second of CPU time of
+/// the threads that did them (which a shared machine's load changes
+/// least: a thread that waits for a CPU uses none).
+#[derive(Clone, Copy, Debug)]
+struct Rate {
+    wall: f64,
+    cpu: f64,
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.block);
+    }
+}
+
+/// vmcache's CSV (`ts,tx,...` then one line per second): the `tx` column
+/// (at least two lines).
+fn parse_tx(csv: &str) -> Option<Vec<f64>> {
+    let mut lines = csv.lines().skip_while(|l| !l.starts_with("ts,"));
+    let header = lines.next()?;
+    let col = header.split(',').position(|c| c == "tx")?;
+    let tx: Vec<f64> = lines
+        .map(|l| l.split(',').nth(col)?.parse().ok())
+        .collect::<Option<_>>()?;
+    (tx.len() >= 2).then_some(tx)
+}
 
 fn value_of(k: u64) -> [u8; VALUE] {
     let mut v = [0u8; VALUE];
@@ -140,6 +334,32 @@ fn queues(dev: &Device, n: usize) -> Vec<ProcessBlockDevice> {
         .collect()
 }
 
+fn direct(file: &Arc<BackingFile>, n: usize) -> Vec<DirectDevice> {
+    (0..n).map(|_| DirectDevice::new(file.clone())).collect()
+}
+
+/// Runs `part` with pools on devices of `args.io`'s kind over `file`.
+fn with_devices(args: &Args, file: BackingFile, part: Part) {
+    match args.io {
+        IoMethod::Direct => {
+            let file = Arc::new(file);
+            let make = |n| direct(&file, n);
+            match part {
+                Part::InMemory => in_memory(args, &make),
+                _ => out_of_memory(args, &make),
+            }
+        }
+        IoMethod::Qp => {
+            let dev = device(&file, args);
+            let make = |n| queues(&dev, n);
+            match part {
+                Part::InMemory => in_memory(args, &make),
+                _ => out_of_memory(args, &make),
+            }
+        }
+    }
+}
+
 /// Builds a tree of keys 0..keys (ascending inserts) in `pool`; returns
 /// its meta page.
 fn build<B: BufferManager>(pool: &B, keys: u64) -> PageId {
@@ -166,15 +386,16 @@ fn timed_lookups(
     threads: usize,
     secs: f64,
     lookup: impl Fn(u64, &mut Vec<u8>) + Sync,
-) -> f64 {
+) -> Rate {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let start = Instant::now();
     let lookup = &lookup;
-    let total: u64 = std::thread::scope(|s| {
+    let (total, cpu) = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
             .map(|_| {
                 let mut r = Rng(seed());
                 s.spawn(move || {
+                    let cpu0 = thread_cpu();
                     let mut out = Vec::with_capacity(VALUE);
                     let mut n = 0u64;
                     loop {
@@ -183,26 +404,31 @@ fn timed_lookups(
                         }
                         n += 64;
                         if Instant::now() >= deadline {
-                            return n;
+                            return (n, thread_cpu() - cpu0);
                         }
                     }
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().expect("thread")).sum()
+        hs.into_iter()
+            .map(|h| h.join().expect("thread"))
+            .fold((0, 0.0), |(n, c), (m, d)| (n + m, c + d))
     });
-    total as f64 / start.elapsed().as_secs_f64()
+    Rate {
+        wall: total as f64 / start.elapsed().as_secs_f64(),
+        cpu: total as f64 / cpu.max(1e-3),
+    }
 }
 
 /// Lookups/s of `threads` threads for `secs`.
-fn lookups<B: BufferManager>(t: &BTree<'_, B>, keys: u64, threads: usize, secs: f64) -> f64 {
+fn lookups<B: BufferManager>(t: &BTree<'_, B>, keys: u64, threads: usize, secs: f64) -> Rate {
     timed_lookups(keys, threads, secs, |k, out| {
         let found = t.lookup(&k.to_be_bytes(), out).expect("lookup");
         assert!(found && out[..8] == k.to_be_bytes(), "key {k}");
     })
 }
 
-fn map_lookups(m: &BTreeMap<[u8; 8], Vec<u8>>, keys: u64, threads: usize, secs: f64) -> f64 {
+fn map_lookups(m: &BTreeMap<[u8; 8], Vec<u8>>, keys: u64, threads: usize, secs: f64) -> Rate {
     timed_lookups(keys, threads, secs, |k, out| {
         let v = m.get(&k.to_be_bytes()).expect("present");
         out.clear();
@@ -235,17 +461,20 @@ fn device(file: &BackingFile, args: &Args) -> Device {
     .expect("process device")
 }
 
-fn in_memory(args: &Args) {
+/// Pages of the in-memory part's file and pools.
+fn in_memory_pages(args: &Args) -> u64 {
+    args.keys / KEYS_PER_LEAF * 11 / 10 + 4096
+}
+
+fn in_memory<D: BlockDevice>(args: &Args, devices: &dyn Fn(usize) -> Vec<D>) {
     let keys = args.keys;
-    let pages = keys / KEYS_PER_LEAF * 11 / 10 + 4096;
-    let file = open_file(&args.file, pages * PAGE_SIZE as u64);
-    let dev = device(&file, args);
+    let pages = in_memory_pages(args);
     let nq = args.threads.iter().copied().max().unwrap_or(1) + 1;
     let cap = pages as usize;
-    let vm = VmCache::new(queues(&dev, nq), config(cap, 0)).expect("vmcache");
+    let vm = VmCache::new(devices(nq), config(cap, 0)).expect("vmcache");
     let meta = build(&vm, keys);
     let used = vm.page_count();
-    let hash = HashPool::new(queues(&dev, nq), config(cap, used)).expect("hash pool");
+    let hash = HashPool::new(devices(nq), config(cap, used)).expect("hash pool");
     let tv = BTree::open(&vm, meta).expect("open");
     let th = BTree::open(&hash, meta).expect("open");
     // Warm the hash pool: every page resident.
@@ -265,44 +494,107 @@ fn in_memory(args: &Args) {
         (used * PAGE_SIZE as u64) as f64 / (1 << 20) as f64,
         args.seconds
     );
+    let reference = Reference::find(args);
+    if reference.is_none() {
+        println!("  vmcache (reference): not installed (--vmcache PATH or DBOS_VMCACHE=PATH)");
+    }
+    let names = ["vm pool", "hash pool", "BTreeMap", "vmcache (ref)"];
+    let methods = if reference.is_some() { 4 } else { 3 };
     for &threads in &args.threads {
-        let mut res: [Vec<f64>; 3] = Default::default();
-        for round in 0..args.rounds {
-            for k in 0..3 {
-                let m = (k + round) % 3;
-                let r = match m {
-                    0 => lookups(&tv, keys, threads, args.seconds),
-                    1 => lookups(&th, keys, threads, args.seconds),
-                    _ => map_lookups(&map, keys, threads, args.seconds),
+        for &load in &args.background_load {
+            let _load = BackgroundLoad::start(load);
+            let what = format!("{threads} thread(s), background load {load}");
+            // Per method: lookups/s per thread, and per CPU-second.
+            let mut res: Vec<Vec<f64>> = vec![Vec::new(); 4];
+            let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); 4];
+            for round in 0..args.rounds {
+                for k in 0..methods {
+                    let m = (k + round) % methods;
+                    let r = match m {
+                        0 => lookups(&tv, keys, threads, args.seconds),
+                        1 => lookups(&th, keys, threads, args.seconds),
+                        2 => map_lookups(&map, keys, threads, args.seconds),
+                        _ => reference.as_ref().expect("installed").lookups(
+                            keys,
+                            threads,
+                            args.seconds,
+                        ),
+                    };
+                    res[m].push(r.wall / threads as f64);
+                    cpu[m].push(r.cpu);
+                }
+                let rates = |v: &[Vec<f64>]| {
+                    (0..methods)
+                        .map(|m| format!("{} {:.0}", names[m], v[m][round]))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 };
-                res[m].push(r / threads as f64);
+                let vs_ref = if methods == 4 {
+                    format!(
+                        ", vm pool/ref {:.2}, hash pool/ref {:.2}",
+                        res[0][round] / res[3][round],
+                        res[1][round] / res[3][round]
+                    )
+                } else {
+                    String::new()
+                };
+                println!(
+                    "  {what}, round {}: per thread {} lookups/s; vm pool/hash pool {:.2}{vs_ref}; \
+                     per CPU-second {}",
+                    round + 1,
+                    rates(&res),
+                    res[0][round] / res[1][round],
+                    rates(&cpu),
+                );
             }
+            let ratio = |v: &[Vec<f64>], a: usize, b: usize| -> Vec<f64> {
+                v[a].iter().zip(&v[b]).map(|(x, y)| x / y).collect()
+            };
+            let list = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let medians = (0..methods)
+                .map(|m| format!("{} {:.0}", names[m], median(&res[m])))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let vh = ratio(&res, 0, 1);
             println!(
-                "  {threads} thread(s) round {}: per thread vmcache {:.0}, hash {:.0}, BTreeMap {:.0} lookups/s; vmcache/hash {:.2}",
-                round + 1,
-                res[0][round],
-                res[1][round],
-                res[2][round],
-                res[0][round] / res[1][round]
+                "  {what}: medians per thread {medians} lookups/s; vm pool/hash pool median per-round \
+                 ratio {:.2} (rounds {}; target >= 1.5: {}), vm pool/BTreeMap {:.2}",
+                median(&vh),
+                list(&vh),
+                if median(&vh) >= 1.5 { "met" } else { "NOT met" },
+                median(&res[0]) / median(&res[2]),
             );
+            if methods == 4 {
+                for (m, name) in [(0, "vm pool"), (1, "hash pool")] {
+                    let r = ratio(&res, m, 3);
+                    let c = ratio(&cpu, m, 3);
+                    let x = median(&r);
+                    println!(
+                        "  {what}: {name}/vmcache (ref) median per-round ratio {x:.2} (rounds {}; \
+                         target >= 1.0: {}, goal 1.2: {}); per CPU-second {:.2} (rounds {})",
+                        list(&r),
+                        if x >= 1.0 { "met" } else { "NOT met" },
+                        if x >= 1.2 { "met" } else { "not met" },
+                        median(&c),
+                        list(&c),
+                    );
+                }
+            } else {
+                println!("  {what}: vmcache (ref) not installed");
+            }
         }
-        let ratios: Vec<f64> = res[0].iter().zip(&res[1]).map(|(a, b)| a / b).collect();
-        let (v, h, m) = (median(&res[0]), median(&res[1]), median(&res[2]));
-        println!(
-            "  {threads} thread(s) medians per thread: vmcache {v:.0}, hash {h:.0}, BTreeMap {m:.0} lookups/s; \
-             vmcache/hash {:.2} (median per-round ratio {:.2}; target >= 1.5: {}), vmcache/BTreeMap {:.2}",
-            v / h,
-            median(&ratios),
-            if median(&ratios) >= 1.5 { "met" } else { "NOT met" },
-            v / m
-        );
     }
     let s = vm.stats();
     assert_eq!(s.evictions, 0, "the in-memory pool evicted");
 }
 
 /// QD1 random 4 KiB reads of pages 0..pages through one queue pair: IOPS.
-fn qd1_reads(dev: &mut ProcessBlockDevice, buf: &DmaBytes, pages: u64, secs: f64) -> f64 {
+fn qd1_reads<D: BlockDevice>(dev: &mut D, buf: &DmaBytes, pages: u64, secs: f64) -> f64 {
     let mut r = Rng(seed());
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
@@ -326,7 +618,7 @@ fn ooo_measure<B: BufferManager>(t: &BTree<'_, B>, keys: u64, threads: usize, se
     let s0 = t.pool().stats();
     let tlb0 = tlb_shootdowns();
     let t0 = Instant::now();
-    let rate = lookups(t, keys, threads, secs);
+    let rate = lookups(t, keys, threads, secs).wall;
     let secs = t0.elapsed().as_secs_f64();
     let s1 = t.pool().stats();
     OooRun {
@@ -373,118 +665,128 @@ fn warm<B: BufferManager>(t: &BTree<'_, B>, keys: u64, name: &str) {
     );
 }
 
-fn out_of_memory(args: &Args) {
+/// Pages of the out-of-memory part's file.
+fn out_of_memory_pages(args: &Args) -> u64 {
+    (args.ooo_data_mib << 20) / PAGE_SIZE as u64 * 11 / 10 + 4096
+}
+
+fn out_of_memory<D: BlockDevice>(args: &Args, devices: &dyn Fn(usize) -> Vec<D>) {
     let data_pages = (args.ooo_data_mib << 20) / PAGE_SIZE as u64;
     let keys = data_pages * KEYS_PER_LEAF * 98 / 100;
     let cap = ((args.ooo_pool_mib << 20) / PAGE_SIZE as u64) as usize;
-    let file_pages = data_pages * 11 / 10 + 4096;
-    let file = open_file(&args.file, file_pages * PAGE_SIZE as u64);
-    let dev = device(&file, args);
     let nq = args.threads.iter().copied().max().unwrap_or(1) + 1;
     let (meta, used) = {
-        let builder = VmCache::new(queues(&dev, 2), config(cap, 0)).expect("vmcache");
+        let builder = VmCache::new(devices(2), config(cap, 0)).expect("vmcache");
         let meta = build(&builder, keys);
         (meta, builder.page_count())
     };
-    let vm = VmCache::new(queues(&dev, nq), config(cap, used)).expect("vmcache");
-    let hash = HashPool::new(queues(&dev, nq), config(cap, used)).expect("hash pool");
+    let vm = VmCache::new(devices(nq), config(cap, used)).expect("vmcache");
+    let hash = HashPool::new(devices(nq), config(cap, used)).expect("hash pool");
     let tv = BTree::open(&vm, meta).expect("open");
     let th = BTree::open(&hash, meta).expect("open");
     warm(&tv, keys, "vmcache");
     warm(&th, keys, "hash");
-    let mut qdev = block_device(&dev, 4).expect("queue pair");
+    let mut qdev = devices(1).pop().expect("a device");
     let buf = DmaBytes::new(qdev.alloc(1).expect("buffer"));
     println!(
         "out of memory: {keys} keys, {used} pages ({:.0} MiB) of tree over pools of {cap} pages ({} MiB), \
-         file {}, {:.1} s per run",
+         file {}, I/O {}, {:.1} s per run",
         (used * PAGE_SIZE as u64) as f64 / (1 << 20) as f64,
         args.ooo_pool_mib,
         args.file.display(),
+        match args.io {
+            IoMethod::Direct => "direct (each thread's own pread/pwrite)",
+            IoMethod::Qp => "queue pairs over the poller",
+        },
         args.seconds
     );
-    // runs[m][round]: 0 QD1 reads, then (vmcache, hash) per thread count.
-    let methods = 1 + 2 * args.threads.len();
-    let mut qd1 = Vec::new();
-    let mut runs: Vec<Vec<OooRun>> = (0..methods - 1).map(|_| Vec::new()).collect();
-    for round in 0..args.rounds {
-        println!("  round {}:", round + 1);
-        for k in 0..methods {
-            let m = (k + round) % methods;
-            if m == 0 {
-                let tlb0 = tlb_shootdowns();
-                let t0 = Instant::now();
-                let iops = qd1_reads(&mut qdev, &buf, used, args.seconds);
-                let tlb = (tlb_shootdowns() - tlb0) as f64 / t0.elapsed().as_secs_f64();
-                println!(
-                    "    {:<18} {iops:>9.0} IOPS (TLB shootdowns {tlb:.0}/s, no evictions)",
-                    "QD1 reads"
+    for &load in &args.background_load {
+        let _load = BackgroundLoad::start(load);
+        println!("  background load {load}:");
+        // runs[m][round]: 0 QD1 reads, then (vmcache, hash) per thread count.
+        let methods = 1 + 2 * args.threads.len();
+        let mut qd1 = Vec::new();
+        let mut runs: Vec<Vec<OooRun>> = (0..methods - 1).map(|_| Vec::new()).collect();
+        for round in 0..args.rounds {
+            println!("  round {}:", round + 1);
+            for k in 0..methods {
+                let m = (k + round) % methods;
+                if m == 0 {
+                    let tlb0 = tlb_shootdowns();
+                    let t0 = Instant::now();
+                    let iops = qd1_reads(&mut qdev, &buf, used, args.seconds);
+                    let tlb = (tlb_shootdowns() - tlb0) as f64 / t0.elapsed().as_secs_f64();
+                    println!(
+                        "    {:<18} {iops:>9.0} IOPS (TLB shootdowns {tlb:.0}/s, no evictions)",
+                        "QD1 reads"
+                    );
+                    qd1.push(iops);
+                    continue;
+                }
+                let threads = args.threads[(m - 1) / 2];
+                let r = if (m - 1).is_multiple_of(2) {
+                    ooo_measure(&tv, keys, threads, args.seconds)
+                } else {
+                    ooo_measure(&th, keys, threads, args.seconds)
+                };
+                let name = format!(
+                    "{} {threads}T",
+                    if (m - 1).is_multiple_of(2) {
+                        "vmcache"
+                    } else {
+                        "hash"
+                    }
                 );
-                qd1.push(iops);
-                continue;
+                ooo_row(&name, &r);
+                runs[m - 1].push(r);
             }
-            let threads = args.threads[(m - 1) / 2];
-            let r = if (m - 1).is_multiple_of(2) {
-                ooo_measure(&tv, keys, threads, args.seconds)
-            } else {
-                ooo_measure(&th, keys, threads, args.seconds)
-            };
-            let name = format!(
-                "{} {threads}T",
-                if (m - 1).is_multiple_of(2) {
-                    "vmcache"
-                } else {
-                    "hash"
-                }
-            );
-            ooo_row(&name, &r);
-            runs[m - 1].push(r);
         }
-    }
-    let q = median(&qd1);
-    println!("  medians: QD1 reads {q:.0} IOPS");
-    for (i, r) in runs.iter().enumerate() {
-        let threads = args.threads[i / 2];
-        let name = if i.is_multiple_of(2) {
-            "vmcache"
-        } else {
-            "hash"
-        };
-        let rates: Vec<f64> = r.iter().map(|x| x.rate).collect();
-        let ratios: Vec<f64> = rates.iter().zip(&qd1).map(|(a, b)| a / b).collect();
-        let reads_per: Vec<f64> = r
-            .iter()
-            .map(|x| x.stats.reads as f64 / (x.rate * x.secs))
-            .collect();
-        let tlb_per: Vec<f64> = r
-            .iter()
-            .map(|x| x.tlb as f64 / x.stats.evictions.max(1) as f64)
-            .collect();
-        let list = ratios
-            .iter()
-            .map(|x| format!("{:.0}%", x * 100.0))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let verdict = if threads == 1 {
-            format!(
-                "; target >= 85%: {}",
-                if median(&ratios) >= 0.85 {
-                    "met"
-                } else {
-                    "NOT met"
-                }
-            )
-        } else {
-            String::new()
-        };
-        println!(
-            "  {name} {threads}T: {:.0} lookups/s = {:.0}% of QD1 IOPS (per round {list}; median per-round {:.0}%{verdict}); \
-             {:.2} page reads per lookup, {:.3} TLB shootdowns per evicted page",
-            median(&rates),
-            median(&rates) / q * 100.0,
-            median(&ratios) * 100.0,
-            median(&reads_per),
-            median(&tlb_per)
-        );
+        let q = median(&qd1);
+        println!("  medians: QD1 reads {q:.0} IOPS");
+        for (i, r) in runs.iter().enumerate() {
+            let threads = args.threads[i / 2];
+            let name = if i.is_multiple_of(2) {
+                "vmcache"
+            } else {
+                "hash"
+            };
+            let rates: Vec<f64> = r.iter().map(|x| x.rate).collect();
+            let ratios: Vec<f64> = rates.iter().zip(&qd1).map(|(a, b)| a / b).collect();
+            let reads_per: Vec<f64> = r
+                .iter()
+                .map(|x| x.stats.reads as f64 / (x.rate * x.secs))
+                .collect();
+            let tlb_per: Vec<f64> = r
+                .iter()
+                .map(|x| x.tlb as f64 / x.stats.evictions.max(1) as f64)
+                .collect();
+            let list = ratios
+                .iter()
+                .map(|x| format!("{:.0}%", x * 100.0))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let verdict = if threads == 1 {
+                format!(
+                    "; target >= 85%: {}",
+                    if median(&ratios) >= 0.85 {
+                        "met"
+                    } else {
+                        "NOT met"
+                    }
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "  {name} {threads}T: {:.0} lookups/s = {:.0}% of QD1 IOPS (per round {list}; median per-round {:.0}%{verdict}); \
+                 {:.2} page reads per lookup, {:.3} TLB shootdowns per evicted page",
+                median(&rates),
+                median(&rates) / q * 100.0,
+                median(&ratios) * 100.0,
+                median(&reads_per),
+                median(&tlb_per)
+            );
+        }
     }
 }
 
@@ -570,28 +872,32 @@ fn read_path(args: &Args) {
         args.file.display(),
         args.seconds
     );
-    let (mut fixed, mut direct) = (Vec::new(), Vec::new());
-    for round in 0..args.rounds {
-        for k in 0..2 {
-            let is_fixed = (k + round) % 2 == 0;
-            let (iops, us) = run(is_fixed);
-            println!(
-                "  round {} {:<34} {iops:>9.0} IOPS {us:>7.1} us mean",
-                round + 1,
-                if is_fixed {
-                    "READ_FIXED to bounce + copy"
-                } else {
-                    "READ (not fixed) into the window"
-                }
-            );
-            if is_fixed { &mut fixed } else { &mut direct }.push(us);
+    for &load in &args.background_load {
+        let _load = BackgroundLoad::start(load);
+        println!("  background load {load}:");
+        let (mut fixed, mut direct) = (Vec::new(), Vec::new());
+        for round in 0..args.rounds {
+            for k in 0..2 {
+                let is_fixed = (k + round) % 2 == 0;
+                let (iops, us) = run(is_fixed);
+                println!(
+                    "  round {} {:<34} {iops:>9.0} IOPS {us:>7.1} us mean",
+                    round + 1,
+                    if is_fixed {
+                        "READ_FIXED to bounce + copy"
+                    } else {
+                        "READ (not fixed) into the window"
+                    }
+                );
+                if is_fixed { &mut fixed } else { &mut direct }.push(us);
+            }
         }
+        let (f, d) = (median(&fixed), median(&direct));
+        println!(
+            "  medians: bounce + copy {f:.1} us, straight into the window {d:.1} us per read (difference {:.2} us)",
+            f - d
+        );
     }
-    let (f, d) = (median(&fixed), median(&direct));
-    println!(
-        "  medians: bounce + copy {f:.1} us, straight into the window {d:.1} us per read (difference {:.2} us)",
-        f - d
-    );
     drop(ring);
     // SAFETY: our mapping; the ring that referenced it is gone.
     unsafe { libc::munmap(window.cast(), len + PAGE_SIZE) };
@@ -607,8 +913,14 @@ fn main() {
     };
     for p in parts {
         match p {
-            Part::InMemory => in_memory(&args),
-            Part::OutOfMemory => out_of_memory(&args),
+            Part::InMemory => {
+                let file = open_file(&args.file, in_memory_pages(&args) * PAGE_SIZE as u64);
+                with_devices(&args, file, p)
+            }
+            Part::OutOfMemory => {
+                let file = open_file(&args.file, out_of_memory_pages(&args) * PAGE_SIZE as u64);
+                with_devices(&args, file, p)
+            }
             Part::ReadPath => read_path(&args),
         }
     }

@@ -70,6 +70,7 @@ pub use latch::Latch;
 
 pub mod hash;
 mod memory;
+pub(crate) mod racy;
 mod resident;
 pub mod tabby;
 #[cfg(not(target_os = "none"))]
@@ -363,6 +364,7 @@ pub trait Pool: BufferManager {
     }
 
     /// Starts an optimistic read of page `id`.
+    #[inline]
     fn optimistic(&self, id: PageId) -> Result<OptimisticGuard<'_, Self>, PoolError> {
         let (frame, seen) = self.fix_optimistic_frame(id)?;
         Ok(OptimisticGuard {
@@ -502,6 +504,7 @@ impl<'a, B: BufferManager + ?Sized> OptimisticGuard<'a, B> {
     }
 
     /// Whether nothing changed the page since the read began.
+    #[inline]
     pub fn validate(&self) -> Result<(), Stale> {
         if self.frame.latch.validate(self.seen) {
             Ok(())
@@ -570,16 +573,19 @@ impl PageRead for [u8] {
     }
 }
 
-/// Copies `N` bytes at `p`, racing with writers (a seqlock read: the copy
-/// may be torn and is only used if the read validates).
-#[inline(always)]
-fn racy_chunk<const N: usize>(p: *const u8) -> [u8; N] {
-    // SAFETY: callers pass a pointer to N readable bytes inside a frame
-    // (bounds checked against PAGE_SIZE); volatile keeps the compiler from
-    // assuming the bytes are stable, and [u8; N] has no invalid values.
-    unsafe { p.cast::<[u8; N]>().read_volatile() }
+impl<B: BufferManager + ?Sized> OptimisticGuard<'_, B> {
+    #[inline(always)]
+    fn racy(&self) -> racy::RacyPage {
+        // SAFETY: BufferManager's contract: the frame's PAGE_SIZE bytes are
+        // 4 KiB aligned and stay readable while the pool lives, which the
+        // guard's borrow of the pool outlives.
+        unsafe { racy::RacyPage::new(self.frame.data.as_ptr()) }
+    }
 }
 
+// Reads race with writers (a seqlock read: what is read may be torn and is
+// only used if the read validates); each is bounds-checked, then done with
+// word-sized loads (`racy`).
 impl<B: BufferManager + ?Sized> PageRead for OptimisticGuard<'_, B> {
     #[inline]
     fn read_into(&self, off: usize, out: &mut [u8]) -> Result<(), Stale> {
@@ -587,16 +593,7 @@ impl<B: BufferManager + ?Sized> PageRead for OptimisticGuard<'_, B> {
         if end > PAGE_SIZE {
             return Err(Stale);
         }
-        let base = self.frame.data.as_ptr().wrapping_add(off);
-        let mut i = 0;
-        while i + 8 <= out.len() {
-            out[i..i + 8].copy_from_slice(&racy_chunk::<8>(base.wrapping_add(i)));
-            i += 8;
-        }
-        while i < out.len() {
-            out[i] = racy_chunk::<1>(base.wrapping_add(i))[0];
-            i += 1;
-        }
+        self.racy().copy(off, out);
         Ok(())
     }
 
@@ -606,26 +603,7 @@ impl<B: BufferManager + ?Sized> PageRead for OptimisticGuard<'_, B> {
         if end > PAGE_SIZE {
             return Err(Stale);
         }
-        let base = self.frame.data.as_ptr().wrapping_add(off);
-        let n = len.min(other.len());
-        let mut i = 0;
-        while i + 8 <= n {
-            // Big-endian words compare like their bytes.
-            let a = u64::from_be_bytes(racy_chunk::<8>(base.wrapping_add(i)));
-            let b = u64::from_be_bytes(other[i..i + 8].try_into().expect("8 bytes"));
-            match a.cmp(&b) {
-                core::cmp::Ordering::Equal => i += 8,
-                o => return Ok(o),
-            }
-        }
-        while i < n {
-            let c = racy_chunk::<1>(base.wrapping_add(i))[0];
-            match c.cmp(&other[i]) {
-                core::cmp::Ordering::Equal => i += 1,
-                o => return Ok(o),
-            }
-        }
-        Ok(len.cmp(&other.len()))
+        Ok(self.racy().compare(off, len, other))
     }
 
     #[inline]
@@ -633,9 +611,7 @@ impl<B: BufferManager + ?Sized> PageRead for OptimisticGuard<'_, B> {
         if off > PAGE_SIZE - 2 {
             return Err(Stale);
         }
-        Ok(u16::from_le_bytes(racy_chunk::<2>(
-            self.frame.data.as_ptr().wrapping_add(off),
-        )))
+        Ok(self.racy().u16_at(off))
     }
 
     #[inline]
@@ -643,9 +619,7 @@ impl<B: BufferManager + ?Sized> PageRead for OptimisticGuard<'_, B> {
         if off > PAGE_SIZE - 8 {
             return Err(Stale);
         }
-        Ok(u64::from_le_bytes(racy_chunk::<8>(
-            self.frame.data.as_ptr().wrapping_add(off),
-        )))
+        Ok(self.racy().u64_at(off))
     }
 
     #[inline]
@@ -653,7 +627,7 @@ impl<B: BufferManager + ?Sized> PageRead for OptimisticGuard<'_, B> {
         if off >= PAGE_SIZE {
             return Err(Stale);
         }
-        Ok(racy_chunk::<1>(self.frame.data.as_ptr().wrapping_add(off))[0])
+        Ok(self.racy().u8_at(off))
     }
 }
 
