@@ -172,6 +172,7 @@ pub fn env() -> Env {
     Env {
         relax: core::hint::spin_loop,
         now_ns: || 0,
+        sleep: None,
     }
 }
 

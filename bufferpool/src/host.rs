@@ -3,9 +3,10 @@
 //! io_uring on an `O_DIRECT` file), and the host [`Env`].
 
 use crate::device::{DmaAllocator, IoBuf, NvmeDevice, QueueAccess};
-use crate::Env;
+use crate::{Env, Sleep};
 use dbos_nvme::host::{Device, DeviceError, EventFdDoorbell, ProcessMemory, ProcessQueuePair};
 use dbos_nvme::QueuePair;
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 impl QueueAccess for ProcessQueuePair {
@@ -67,10 +68,47 @@ fn monotonic_ns() -> u64 {
 }
 
 /// The process platform: waits yield the CPU (threads may outnumber
-/// cores), the clock is `Instant`.
+/// cores), a long wait sleeps on a futex, the clock is `CLOCK_MONOTONIC`.
 pub fn env() -> Env {
     Env {
         relax: std::thread::yield_now,
         now_ns: monotonic_ns,
+        sleep: Some(Sleep {
+            wait: futex_wait,
+            wake_all: futex_wake_all,
+        }),
     }
+}
+
+/// Sleeps while `word` holds `expected`, at most 10 ms (a missed wake-up
+/// would cost time, never a hang).
+fn futex_wait(word: &AtomicU32, expected: u32) {
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 10_000_000,
+    };
+    // SAFETY: FUTEX_WAIT reads the aligned u32 behind `word`, which lives
+    // for the call, and the timespec we pass; it writes nothing of ours.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            &timeout as *const libc::timespec,
+        )
+    };
+}
+
+/// Wakes every thread sleeping on `word`.
+fn futex_wake_all(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only uses the address as a key.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        )
+    };
 }

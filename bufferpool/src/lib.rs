@@ -78,8 +78,23 @@ pub struct Env {
     /// Called in every wait loop (a lock held elsewhere, a batch in flight,
     /// a completion not yet posted).
     pub relax: fn(),
-    /// Monotonic nanoseconds (only differences are used: reports, ids).
+    /// Monotonic nanoseconds (only differences are used: reports, ids,
+    /// and, where `sleep` is given, how long a waiter has spun).
     pub now_ns: fn() -> u64,
+    /// How a thread sleeps until another wakes it, where the platform can
+    /// (a process: a futex). Without it every wait spins on `relax`, as
+    /// the guest's do (its vCPUs are not shared with other work).
+    pub sleep: Option<Sleep>,
+}
+
+/// Sleeping on a word until it changes (a futex's two calls).
+#[derive(Clone, Copy, Debug)]
+pub struct Sleep {
+    /// Sleeps while `word` holds `expected`; may return early (a signal, a
+    /// timeout), so the caller checks again.
+    pub wait: fn(word: &core::sync::atomic::AtomicU32, expected: u32),
+    /// Wakes every thread sleeping on `word`.
+    pub wake_all: fn(word: &core::sync::atomic::AtomicU32),
 }
 
 /// Identifies a database page: its index in the data file, so that page `n`

@@ -20,7 +20,9 @@
 //!
 //! `--background-load N` runs N busy threads beside every measurement (the
 //! same comparison on a machine whose cores are taken); `--spin` makes the
-//! WAL's waits spin instead of yielding the CPU.
+//! WAL's waits spin instead of yielding the CPU; `--no-sleep` keeps group
+//! commit's followers from sleeping (they yield until the batch ends, as
+//! before adaptive waits).
 //!
 //! Usage: `cargo run --release -p dbos-benches --bin wal-bench -- --dir DIR
 //! --seconds 2 --rounds 5 --device both --background-load 0` (DIR defaults
@@ -71,6 +73,10 @@ struct Args {
     /// The WAL's waits spin instead of yielding the CPU.
     #[arg(long)]
     spin: bool,
+    /// Group commit's followers never sleep (they spin on, yielding, until
+    /// the batch ends: the behaviour before adaptive waits, for an A/B).
+    #[arg(long)]
+    no_sleep: bool,
     /// The device(s) under the engine.
     #[arg(long, value_enum, default_value_t = DeviceArg::Both)]
     device: DeviceArg,
@@ -274,12 +280,16 @@ fn engine_run(
     committers: usize,
     secs: f64,
     spin: bool,
+    no_sleep: bool,
 ) -> Row {
     let path = dir.join("wal-bench.img");
     let file = backing_file(&path, LAYOUT.blocks() * 4096);
     let mut platform = env();
     if spin {
         platform.relax = std::hint::spin_loop;
+    }
+    if no_sleep {
+        platform.sleep = None;
     }
     let config = Config {
         mode,
@@ -407,7 +417,13 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let (dir, secs, rounds, spin) = (&args.dir, args.seconds, args.rounds, args.spin);
+    let (dir, secs, rounds, spin, no_sleep) = (
+        &args.dir,
+        args.seconds,
+        args.rounds,
+        args.spin,
+        args.no_sleep,
+    );
     let devices = match args.device {
         DeviceArg::Qp => vec![Dev::Qp],
         DeviceArg::Direct => vec![Dev::Direct],
@@ -424,6 +440,14 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", "),
         if spin { "spin" } else { "yield the CPU" },
+    );
+    println!(
+        "group commit's followers: {}",
+        if no_sleep {
+            "never sleep (--no-sleep)"
+        } else {
+            "sleep once they have waited as long as a batch takes (at most 100 us)"
+        }
     );
     println!(
         "background load: {} busy thread(s); load average at the start: {}; {} CPUs",
@@ -466,7 +490,7 @@ fn main() {
         for &d in &devices {
             let mut single = 0.0;
             for committers in [1, 4, 16, 64] {
-                let r = engine_run(dir, d, mode, committers, secs, spin);
+                let r = engine_run(dir, d, mode, committers, secs, spin, no_sleep);
                 if committers == 1 {
                     single = r.rate();
                 }
@@ -498,7 +522,7 @@ fn main() {
         for round in 1..=rounds {
             let (n, el, _) = raw_dsync_loop(dir, secs);
             let raw_us = el / n as f64 * 1e6;
-            let run = |d, c| engine_run(dir, d, CommitMode::Fua, c, secs, spin);
+            let run = |d, c| engine_run(dir, d, CommitMode::Fua, c, secs, spin, no_sleep);
             let ones: Vec<Row> = devices.iter().map(|&d| run(d, 1)).collect();
             let sixteens: Vec<Row> = devices.iter().map(|&d| run(d, 16)).collect();
             println!("round {round}: raw write {raw_us:.1} us");

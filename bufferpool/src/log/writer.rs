@@ -13,7 +13,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use spin::Mutex;
 
 /// How commits are made durable.
@@ -75,6 +75,9 @@ pub struct LogStats {
     pub blocks_written: u64,
     /// Flushes issued.
     pub flushes: u64,
+    /// Times a follower slept until a batch ended (instead of spinning on;
+    /// only where the platform can sleep, see [`Env::sleep`]).
+    pub follower_sleeps: u64,
 }
 
 #[derive(Default)]
@@ -85,6 +88,7 @@ struct AtomicLogStats {
     batches: AtomicU64,
     blocks_written: AtomicU64,
     flushes: AtomicU64,
+    follower_sleeps: AtomicU64,
 }
 
 /// The in-memory copy of the unwritten log: payload bytes at
@@ -187,7 +191,20 @@ pub struct Wal<D: BlockDevice> {
     failed: AtomicBool,
     failure: Mutex<Option<DeviceError>>,
     stats: AtomicLogStats,
+    /// Bumped each time the writer is let go of (a batch written or not):
+    /// what a sleeping follower waits on (see `wait_durable`).
+    batches: AtomicU32,
+    /// Followers asleep or about to sleep on `batches`.
+    sleepers: AtomicU32,
+    /// How long recent batches took, in ns (a moving average; measured
+    /// only where waits can sleep): how long a follower spins first.
+    batch_ns: AtomicU64,
 }
+
+/// A follower spins at most this long before sleeping, however slow the
+/// batches are: on a machine whose CPUs are busy, spinning takes the CPU
+/// the leader needs to finish its batch.
+const SPIN_MAX_NS: u64 = 100_000;
 
 impl<D: BlockDevice> Wal<D> {
     /// A log on `geo` written through `dev`, continuing at `tail` (from
@@ -250,6 +267,9 @@ impl<D: BlockDevice> Wal<D> {
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             stats: AtomicLogStats::default(),
+            batches: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
+            batch_ns: AtomicU64::new(SPIN_MAX_NS / 2),
         })
     }
 
@@ -308,6 +328,7 @@ impl<D: BlockDevice> Wal<D> {
             batches: l(&s.batches),
             blocks_written: l(&s.blocks_written),
             flushes: l(&s.flushes),
+            follower_sleeps: l(&s.follower_sleeps),
         }
     }
 
@@ -412,17 +433,91 @@ impl<D: BlockDevice> Wal<D> {
 
     /// Waits until everything before `lsn` (at most the insert position)
     /// is durable.
+    ///
+    /// The first waiter to find the writer free becomes the leader and
+    /// writes everything appended so far; the others follow: they spin
+    /// (`Env::relax`) for about as long as a batch takes (at most
+    /// 100 us), then, where the platform can sleep, sleep until
+    /// the writer is let go of. Spinning alone is fastest while every
+    /// waiter has a CPU; when other work takes the CPUs, spinning
+    /// followers take the CPU the leader needs, so they sleep.
     pub fn wait_durable(&self, lsn: Lsn) -> Result<(), WalError> {
+        let mut spinning_since = None;
         loop {
             if self.durable.load(Ordering::Acquire) >= lsn.0 {
                 return Ok(());
             }
             self.check_failed()?;
             if let Some(mut w) = self.writer.try_lock() {
-                self.write_batch(&mut w, false)?;
+                let result = self.lead(&mut w);
+                drop(w);
+                self.writer_released();
+                result?;
                 continue;
             }
-            (self.env.relax)();
+            match self.env.sleep {
+                Some(sleep) if self.spun_out(&mut spinning_since) => {
+                    self.sleep_while_writing(sleep.wait, lsn)
+                }
+                _ => (self.env.relax)(),
+            }
+        }
+    }
+
+    /// Writes a batch as the leader, timing it where waits can sleep.
+    fn lead(&self, w: &mut Writer<D>) -> Result<(), WalError> {
+        if self.env.sleep.is_none() {
+            return self.write_batch(w, false);
+        }
+        let t0 = (self.env.now_ns)();
+        let result = self.write_batch(w, false);
+        let took = (self.env.now_ns)().saturating_sub(t0);
+        let avg = self.batch_ns.load(Ordering::Relaxed);
+        self.batch_ns
+            .store(avg - avg / 8 + took / 8, Ordering::Relaxed);
+        result
+    }
+
+    /// Whether a follower that began spinning at `since` (set on the first
+    /// call) has spun as long as a batch takes.
+    fn spun_out(&self, since: &mut Option<u64>) -> bool {
+        let now = (self.env.now_ns)();
+        let start = *since.get_or_insert(now);
+        let budget = self.batch_ns.load(Ordering::Relaxed).min(SPIN_MAX_NS);
+        now.saturating_sub(start) >= budget
+    }
+
+    /// Sleeps until the writer's holder lets go of it (or `lsn` is durable,
+    /// or the log failed).
+    ///
+    /// No lost wake-up: the holder bumps `batches` after letting go of the
+    /// writer and then wakes sleepers if it sees any (both SeqCst). A
+    /// follower reads `batches`, announces itself in `sleepers`, and sleeps
+    /// only if the writer is still held then, and only while `batches` is
+    /// unchanged (the futex checks that atomically). If the holder's
+    /// release came before the follower's check, the follower sees it free
+    /// and does not sleep; if after, its bump changes `batches` (the futex
+    /// returns at once) or it sees the announcement and wakes the follower.
+    fn sleep_while_writing(&self, wait: fn(&AtomicU32, u32), lsn: Lsn) {
+        let seen = self.batches.load(Ordering::SeqCst);
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        if self.writer.is_locked()
+            && self.durable.load(Ordering::SeqCst) < lsn.0
+            && !self.failed.load(Ordering::SeqCst)
+        {
+            self.stats.follower_sleeps.fetch_add(1, Ordering::Relaxed);
+            wait(&self.batches, seen);
+        }
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Called after every release of the writer: wakes sleeping followers.
+    fn writer_released(&self) {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        if let Some(sleep) = self.env.sleep {
+            if self.sleepers.load(Ordering::SeqCst) > 0 {
+                (sleep.wake_all)(&self.batches);
+            }
         }
     }
 
@@ -433,7 +528,10 @@ impl<D: BlockDevice> Wal<D> {
     /// be read as part of the continued log.
     pub fn truncate_tail(&self) -> Result<(), WalError> {
         let mut w = lock(&self.writer, self.env.relax);
-        self.write_batch_as(&mut w, true, IoKind::WriteFua)
+        let result = self.write_batch_as(&mut w, true, IoKind::WriteFua);
+        drop(w);
+        self.writer_released();
+        result
     }
 
     /// The leader's turn: writes everything appended so far.

@@ -109,6 +109,7 @@ fn env() -> Env {
         // One VM exit per call; the engine reads the clock only to time
         // recovery and to make a format id.
         now_ns: libdbos::hypercall::clock_nanos,
+        sleep: None,
     }
 }
 
