@@ -69,7 +69,9 @@ fn guest_reads_and_writes_through_the_queue_pair_without_exits() {
 /// A guest CPU that waits for a completion sleeps in `hlt` until the
 /// poller's completion interrupt (the poller parks between reads here: a
 /// short spin), instead of spinning: every read is right, the CPU slept,
-/// and the poller sent at most one interrupt per sleep.
+/// and the poller sent at most one interrupt per sleep. (The guest reads
+/// on until it has slept: on a loaded host a read can complete before the
+/// emulated guest looks, every time for 32 reads.)
 #[test]
 fn a_waiting_guest_cpu_sleeps_until_the_completion_interrupt() {
     if !require_kvm() {
@@ -91,11 +93,14 @@ fn a_waiting_guest_cpu_sleeps_until_the_completion_interrupt() {
         },
     );
     assert_eq!(report.exit.process_status(), 0, "{}", report.exit);
-    assert_eq!(
-        report.console[0], "[vcpu0] sleeping reads: 32 reads, 0 wrong, slept true",
-        "{:#?}",
-        report.console
-    );
+    // At least 32 reads, more until the CPU has slept (see the scenario).
+    let reads: u64 = report.console[0]
+        .strip_prefix("[vcpu0] sleeping reads: ")
+        .and_then(|r| r.strip_suffix(" reads, 0 wrong, slept true"))
+        .unwrap_or_else(|| panic!("{:#?}", report.console))
+        .parse()
+        .unwrap();
+    assert!((32..=4096).contains(&reads), "{reads}");
     let sleeps: u64 = report.console[1]
         .strip_prefix("[vcpu0] sleeps ")
         .unwrap()

@@ -351,8 +351,14 @@ fn nvme_sleep() -> u8 {
         use libdbos::platform::Platform;
         libdbos::platform().counters()
     };
-    let (n, mut wrong) = (32u64, 0);
-    for i in 0..n {
+    // At least 32 reads, and on until the CPU has slept 3 times (at most
+    // 4096 reads): on a loaded host the emulated guest can be slow enough
+    // that a read completes before it looks, so it never needs to sleep.
+    let (mut n, mut wrong) = (0u64, 0);
+    let slept = || nvme_format::driver::SLEEPS.load(core::sync::atomic::Ordering::Relaxed) - sleeps0;
+    while n < 32 || (slept() < 3 && n < 4096) {
+        let i = n;
+        n += 1;
         let b = i % 4;
         // SAFETY: `buf` is 4096 bytes.
         unsafe { (buf as *mut u64).write(0) };
