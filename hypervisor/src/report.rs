@@ -534,9 +534,36 @@ pub struct RunReport {
     pub io_error: Option<crate::disk::IoErrorReport>,
 }
 
+/// The disk's I/O line of `--stats`: "disk: 12 I/Os with fixed buffers,
+/// 3 with plain buffers; 2 DMA regions (1048576 bytes) declared at the
+/// end".
+pub fn disk_io_line(disk: &dbos_nvme::host::PollerStats) -> String {
+    format!(
+        "disk: {} I/Os with fixed buffers, {} with plain buffers; {} DMA regions ({} bytes) \
+         declared at the end",
+        disk.fixed_ios, disk.plain_ios, disk.dma_regions, disk.dma_bytes
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_disk_line_names_fixed_and_plain_ios() {
+        let stats = dbos_nvme::host::PollerStats {
+            fixed_ios: 12,
+            plain_ios: 3,
+            dma_regions: 2,
+            dma_bytes: 1 << 20,
+            ..Default::default()
+        };
+        assert_eq!(
+            disk_io_line(&stats),
+            "disk: 12 I/Os with fixed buffers, 3 with plain buffers; 2 DMA regions \
+             (1048576 bytes) declared at the end"
+        );
+    }
 
     #[test]
     fn the_breakdown_sums_to_the_total() {
