@@ -532,7 +532,7 @@ fn dma(mode: Option<&str>, n: Option<&str>) -> u8 {
             let checks: [(&str, i64); 12] = [
                 ("past RAM's end", dma::declare(end - 4096, 8192)),
                 ("at RAM's end", dma::declare(end, 4096)),
-                ("wrapping", dma::declare(u64::MAX & !0xfff, 8192)),
+                ("wrapping", dma::declare(!0xfff, 8192)),
                 ("empty", dma::declare(run, 0)),
                 ("misaligned", dma::declare(run + 8, 4096)),
                 ("too large", dma::declare(0, (1 << 30) + 4096)),

@@ -34,11 +34,14 @@ use crate::types::PAGE_SIZE;
 use std::io;
 use std::vec::Vec;
 
-/// Fixed-buffer slots a backend reserves for declared regions.
-pub const MAX_DMA_REGIONS: usize = 64;
+/// Fixed-buffer slots a backend reserves for declared regions (the ABI's
+/// limit).
+pub const MAX_DMA_REGIONS: usize = dbos_abi::MAX_DMA_REGIONS as usize;
 
 /// Largest declared region: one io_uring fixed buffer (1 GiB).
-pub const MAX_DMA_REGION: u64 = super::memory::MAX_FIXED_BUFFER;
+pub const MAX_DMA_REGION: u64 = dbos_abi::MAX_DMA_REGION;
+
+const _: () = assert!(MAX_DMA_REGION == super::memory::MAX_FIXED_BUFFER);
 
 /// How much memory this process may pin: `None` without a limit (the
 /// process has `CAP_IPC_LOCK`, or `RLIMIT_MEMLOCK` is unlimited).
