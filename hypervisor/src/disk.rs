@@ -500,6 +500,20 @@ impl Disk {
         self.control.stats()
     }
 
+    /// CPU time the poller thread has used so far (its own thread CPU
+    /// clock); `None` once it has stopped or if the clock cannot be read.
+    pub fn poller_cpu_time(&self) -> Option<Duration> {
+        let poller = self.poller.lock().unwrap_or_else(|p| p.into_inner());
+        match poller.as_ref().map(PollerHandle::cpu_time) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                log::warn!("reading the disk poller's CPU clock: {e}");
+                None
+            }
+            None => None,
+        }
+    }
+
     /// Stops the poller (waiting for it) and returns its counters; on the
     /// power-cut model, then writes the disk's contents (the crash image
     /// after a cut) to the file. `None` if it was stopped already.

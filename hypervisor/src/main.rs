@@ -496,7 +496,10 @@ fn run(args: RunArgs) -> ExitCode {
             report.memory
         );
         if let Some(disk) = &report.disk {
-            eprintln!("dbos: {}", dbos_hypervisor::report::disk_io_line(disk));
+            eprintln!(
+                "dbos: {}",
+                dbos_hypervisor::report::disk_io_line(disk, report.disk_cpu)
+            );
         }
     }
     ExitCode::from(report.exit.process_status())
