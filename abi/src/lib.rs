@@ -12,7 +12,7 @@
 //! |---|---|
 //! | [`layout`] | page, large-page and sector sizes; the guest address space at entry (direct map, image window, boot region, RAM placement) |
 //! | [`boot`] | [`BootInfo`] and the guest-physical memory map |
-//! | [`hypercall`] | the [`Hypercall`] numbers, their argument blocks and how an argument block's address travels |
+//! | [`hypercall`] | the [`Hypercall`] numbers, their argument blocks and how an argument block's address travels (the DMA-region calls among them) |
 //! | [`nvme`] | the NVMe queue-pair registration ([`QueuePairConfig`]) and the ring layout in memory ([`QueueLayout`]) |
 //! | [`note`] | the ELF note that carries a guest image's ABI version |
 //! | [`paging`] | the page-table walker: the VMM builds the boot tables with it, the guest edits its live tables with it (atomic entries, level-aware operations) |
