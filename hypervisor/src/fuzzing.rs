@@ -144,7 +144,10 @@ fn expected_declare(declared: &[(u64, u64)], addr: u64, len: u64) -> Option<i64>
     if !inside {
         return err(libc::EFAULT);
     }
-    if declared.iter().any(|&(a, l)| a < addr + len && addr < a + l) {
+    if declared
+        .iter()
+        .any(|&(a, l)| a < addr + len && addr < a + l)
+    {
         return err(libc::EEXIST);
     }
     if declared.len() as u64 >= dbos_abi::MAX_DMA_REGIONS {
@@ -265,7 +268,6 @@ pub fn dma_regions(data: &[u8]) -> bool {
     let stats = disk.stats();
     assert_eq!(stats.dma_regions, declared.len() as u64);
     assert_eq!(stats.dma_bytes, declared.iter().map(|r| r.1).sum::<u64>());
-    drop(services);
     disk.discard();
     true
 }

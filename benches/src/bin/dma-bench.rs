@@ -104,7 +104,12 @@ fn guest_run(args: &Args, file: &Path, fixed: bool) -> PollerUse {
         .arg("--disk")
         .arg(file)
         .arg(&args.image)
-        .args(["--", mode, &args.guest_ios.to_string(), &args.depth.to_string()])
+        .args([
+            "--",
+            mode,
+            &args.guest_ios.to_string(),
+            &args.depth.to_string(),
+        ])
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", args.dbos.display()));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -180,7 +185,8 @@ fn compare(args: &Args, what: &str, run: impl Fn(bool) -> PollerUse) {
             }
         }
     }
-    let med = |v: &[PollerUse], f: fn(&PollerUse) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+    let med =
+        |v: &[PollerUse], f: fn(&PollerUse) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
     let (fu, pu) = (
         med(&fixed, PollerUse::cpu_us_per_io),
         med(&plain, PollerUse::cpu_us_per_io),

@@ -28,6 +28,11 @@ use crate::platform::{LARGE_PAGE_SIZE, PAGE_SIZE};
 use alloc::vec::Vec;
 use spin::Mutex;
 
+/// The host's answers for "no disk" and "this disk registers nothing"
+/// (Linux errno values, as the ABI's statuses are).
+const ENODEV: i32 = 19;
+const EOPNOTSUPP: i32 = 95;
+
 /// Pages of the smallest arena (2 MiB).
 const MIN_ARENA_PAGES: u64 = LARGE_PAGE_SIZE / PAGE_SIZE;
 /// Pages of the largest arena made to grow (64 MiB); a larger request
@@ -111,7 +116,7 @@ struct State {
     arenas: Vec<Arena>,
     declared: u64,
     refused: u64,
-    /// The errno of the first refusal, reported once.
+    /// An unexpected refusal was reported (once).
     reported: bool,
 }
 
@@ -202,7 +207,16 @@ fn new_arena(st: &mut State, pages: u64) -> Option<usize> {
         st.declared += 1;
     } else {
         st.refused += 1;
-        if !st.reported {
+        // No disk, or a disk that registers nothing (the power-cut model):
+        // expected, and said at debug level; any other refusal (the host's
+        // pinning limit, say) once as a warning.
+        let expected = status == -i64::from(ENODEV) || status == -i64::from(EOPNOTSUPP);
+        if expected {
+            log::debug!(
+                "dma: region not registered (errno {}): plain buffers",
+                -status
+            );
+        } else if !st.reported {
             st.reported = true;
             log::warn!(
                 "dma: the host did not register a DMA region of {} bytes (errno {}): its I/O \
