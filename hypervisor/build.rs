@@ -2,7 +2,8 @@
 //! of the normal build, so that `cargo build` and `cargo test` always have
 //! current guest images, twice:
 //!
-//! - the measured programs (`hello`, `kvstore`, `tabby`, `snappy`), without
+//! - the measured programs (`hello`, `kvstore`, `tabby`, `snappy`,
+//!   `iobench`), without
 //!   any test machinery on their paths, into
 //!   `<target dir>/guest/x86_64-unknown-none/release/` (`DBOS_GUEST_DIR`);
 //! - every program with feature `conformance` (libdbos's conformance suite

@@ -185,6 +185,16 @@ hypercalls! {
     /// driver rings it only when the poller has said (through the shadow
     /// doorbells' event indexes) that it is going idle.
     NvmeDoorbell = 13 => DoorbellArgs,
+    /// Declare a DMA region ([`DmaRegionArgs`]): a guest-physical range
+    /// the guest does disk I/O from (a pool's frames, the log's buffers,
+    /// queue rings), which the host registers with its I/O engine so that
+    /// I/O there costs no per-request pinning.
+    DmaDeclare = 14 => DmaRegionArgs,
+    /// Give back a DMA region declared with exactly this range
+    /// ([`DmaRegionArgs`]).
+    DmaRelease = 15 => DmaRegionArgs,
+    /// Read the disk's DMA counters ([`DmaStatsArgs`]).
+    DmaStats = 16 => DmaStatsArgs,
 }
 
 impl Hypercall {
@@ -381,6 +391,49 @@ pub struct NvmeQueueArgs {
     pub status: i64,
 }
 
+/// Most bytes one DMA region may have (one io_uring fixed buffer).
+pub const MAX_DMA_REGION: u64 = 1 << 30;
+
+/// Most DMA regions declared at once.
+pub const MAX_DMA_REGIONS: u64 = 64;
+
+/// Arguments of [`Hypercall::DmaDeclare`] and [`Hypercall::DmaRelease`].
+///
+/// A region is 4 KiB aligned in address and length, non-empty, at most
+/// [`MAX_DMA_REGION`] bytes, inside one range of guest RAM, and overlaps
+/// no declared region. `status` is written by the host: 0, or a negative
+/// errno: `-ENODEV` (no disk), `-EINVAL` (misaligned, empty or too large),
+/// `-EFAULT` (not inside one RAM range: past RAM's end, across a gap,
+/// wrapping), `-EEXIST` (overlaps a declared region), `-ENOSPC` (more than
+/// [`MAX_DMA_REGIONS`]), `-ENOMEM` (beyond the host's pinning limit,
+/// `RLIMIT_MEMLOCK`: the host says so on its standard error),
+/// `-EOPNOTSUPP` (this disk registers nothing: its I/O uses plain buffers
+/// anyway), `-ENOENT` (release of a range not declared as such). A refused
+/// declaration changes nothing: I/O from the range is still served, with
+/// plain buffers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DmaRegionArgs {
+    pub region: GuestBuf,
+    pub status: i64,
+}
+
+/// Arguments of [`Hypercall::DmaStats`]; written by the host (all zero
+/// without a disk).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DmaStatsArgs {
+    /// Disk reads and writes served with fixed buffers (the buffer lay in a
+    /// declared region) since the VM started.
+    pub fixed_ios: u64,
+    /// Disk reads and writes served with plain buffers.
+    pub plain_ios: u64,
+    /// DMA regions declared now.
+    pub regions: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
 /// The block of [`Hypercall::NvmeDoorbell`]: empty (the host reads none).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -416,6 +469,10 @@ unsafe impl Pod for NvmeInfoArgs {}
 unsafe impl Pod for NvmeQueueArgs {}
 // SAFETY: see above (no fields at all).
 unsafe impl Pod for DoorbellArgs {}
+// SAFETY: see above.
+unsafe impl Pod for DmaRegionArgs {}
+// SAFETY: see above.
+unsafe impl Pod for DmaStatsArgs {}
 
 #[cfg(test)]
 mod tests {
@@ -424,7 +481,7 @@ mod tests {
 
     #[test]
     fn ports_and_numbers_round_trip() {
-        assert_eq!(Hypercall::COUNT, 14);
+        assert_eq!(Hypercall::COUNT, 17);
         for (i, &call) in Hypercall::ALL.iter().enumerate() {
             assert_eq!(call as usize, i);
             assert_eq!(Hypercall::try_from(i as u16), Ok(call));
@@ -432,10 +489,10 @@ mod tests {
         }
         assert_eq!(
             Hypercall::try_from(Hypercall::COUNT as u16),
-            Err(UnknownHypercall(14))
+            Err(UnknownHypercall(17))
         );
         assert!(Hypercall::from_port(HYPERCALL_PORT_BASE - 1).is_err());
-        assert!(Hypercall::from_port(HYPERCALL_PORT_BASE + 14).is_err());
+        assert!(Hypercall::from_port(HYPERCALL_PORT_BASE + 17).is_err());
         assert!(Hypercall::from_port(0x3f8).is_err());
         assert_eq!(Hypercall::NvmeCreateQueue.name(), "NvmeCreateQueue");
     }
@@ -479,5 +536,7 @@ mod tests {
         assert_eq!(size_of::<FileArgs>(), 16);
         assert_eq!(size_of::<NvmeInfoArgs>(), 16);
         assert_eq!(size_of::<NvmeQueueArgs>(), 48);
+        assert_eq!(size_of::<DmaRegionArgs>(), 24);
+        assert_eq!(size_of::<DmaStatsArgs>(), 32);
     }
 }

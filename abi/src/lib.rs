@@ -12,7 +12,7 @@
 //! |---|---|
 //! | [`layout`] | page, large-page and sector sizes; the guest address space at entry (direct map, image window, boot region, RAM placement) |
 //! | [`boot`] | [`BootInfo`] and the guest-physical memory map |
-//! | [`hypercall`] | the [`Hypercall`] numbers, their argument blocks and how an argument block's address travels |
+//! | [`hypercall`] | the [`Hypercall`] numbers, their argument blocks and how an argument block's address travels (the DMA-region calls among them) |
 //! | [`nvme`] | the NVMe queue-pair registration ([`QueuePairConfig`]) and the ring layout in memory ([`QueueLayout`]) |
 //! | [`note`] | the ELF note that carries a guest image's ABI version |
 //! | [`paging`] | the page-table walker: the VMM builds the boot tables with it, the guest edits its live tables with it (atomic entries, level-aware operations) |
@@ -39,6 +39,9 @@
 //!   waiting word ([`nvme::WAIT_WORD`], 16 bytes in all).
 //! - 5: [`StatsArgs`] names its count for what it is (exits to the VMM,
 //!   `vmm_exits`) and adds KVM's own count of all VM exits (`kvm_exits`).
+//! - 6: DMA regions: [`Hypercall::DmaDeclare`], [`Hypercall::DmaRelease`]
+//!   and [`Hypercall::DmaStats`] (I/Os served with fixed and with plain
+//!   buffers).
 #![no_std]
 
 pub mod boot;
@@ -56,7 +59,7 @@ pub use layout::*;
 pub use nvme::{QueueLayout, QueuePairConfig};
 
 /// Version of this ABI (see the crate documentation for the history).
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// A guest-physical address: what the guest's page tables translate to and
 /// what the VMM checks against guest memory before it touches anything.
@@ -195,7 +198,7 @@ mod tests {
         core::fmt::Write::write_fmt(&mut buf, format_args!("{err}")).unwrap();
         assert_eq!(
             core::str::from_utf8(&buf.bytes[..buf.len]).unwrap(),
-            "dbos ABI version mismatch: guest built for version 5, hypervisor provides version 6"
+            "dbos ABI version mismatch: guest built for version 6, hypervisor provides version 7"
         );
     }
 

@@ -107,6 +107,34 @@ pub struct Summary {
     pub p99_us: f64,
     /// Real doorbells the driver rang (queue pair only).
     pub doorbells: Option<u64>,
+    /// The poller thread's work (queue pair only).
+    pub poller: Option<PollerUse>,
+}
+
+/// What the poller thread spent on a run: CPU time on its own thread CPU
+/// clock, and the operations it issued with fixed and with plain buffers.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PollerUse {
+    pub cpu: Duration,
+    pub fixed_ios: u64,
+    pub plain_ios: u64,
+}
+
+impl PollerUse {
+    /// Operations issued (fixed and plain).
+    pub fn ios(&self) -> u64 {
+        self.fixed_ios + self.plain_ios
+    }
+
+    /// Poller CPU time per operation, microseconds.
+    pub fn cpu_us_per_io(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.ios().max(1) as f64
+    }
+
+    /// Operations per second of poller CPU time (per poller core-second).
+    pub fn ios_per_core_second(&self) -> f64 {
+        self.ios() as f64 / self.cpu.as_secs_f64().max(1e-9)
+    }
 }
 
 impl Summary {
@@ -132,6 +160,7 @@ impl Summary {
             p50_us: pct(50),
             p99_us: pct(99),
             doorbells,
+            poller: None,
         }
     }
 }
@@ -376,6 +405,8 @@ pub fn run_queue_pair(
     let mut done = vec![Completion::default(); depth as usize];
     let (mut issued, mut seq) = (0u64, 0u64);
     let doorbells0 = qp.stats().doorbells;
+    let cpu0 = dev.poller().cpu_time().expect("the poller's CPU clock");
+    let stats0 = dev.poller().stats();
     let start = Instant::now();
     let deadline = start + budget.time;
     let mut end = start;
@@ -430,9 +461,18 @@ pub fn run_queue_pair(
         }
     }
     let doorbells = qp.stats().doorbells - doorbells0;
+    let stats = dev.poller().stats();
+    let poller = PollerUse {
+        cpu: dev.poller().cpu_time().expect("the poller's CPU clock") - cpu0,
+        fixed_ios: stats.fixed_ios - stats0.fixed_ios,
+        plain_ios: stats.plain_ios - stats0.plain_ios,
+    };
     drop(qp);
     drop(dev);
-    Summary::from_latencies(lat, end - start, Some(doorbells))
+    Summary {
+        poller: Some(poller),
+        ..Summary::from_latencies(lat, end - start, Some(doorbells))
+    }
 }
 
 /// fio's figure for the same pattern (io_uring engine, registered file and
@@ -487,5 +527,6 @@ pub fn run_fio(path: &Path, w: Workload, time: Duration) -> Result<Summary, Stri
         p50_us: pct("50.000000"),
         p99_us: pct("99.000000"),
         doorbells: None,
+        poller: None,
     })
 }

@@ -1,39 +1,35 @@
 //! Guest mode: [`BlockDevice`](crate::BlockDevice)s over libdbos's NVMe
-//! queue pairs (`libdbos::nvme`), with DMA buffers from the guest heap.
+//! queue pairs (`libdbos::nvme`), with buffers from libdbos's DMA memory
+//! (`libdbos::dma`: declared to the host, so their I/O uses fixed buffers).
 
 use crate::device::{DmaAllocator, IoBuf, NvmeDevice, BLOCK_SIZE};
-use libdbos::nvme::{self, dma, GuestQueuePair, SetupError};
+use dbos_nvme::DmaAddr;
+use libdbos::nvme::{self, GuestQueuePair, SetupError};
 
-/// DMA buffers from the guest heap: 4 KiB aligned and physically contiguous
-/// (the heap lives in the direct map). Never freed, as the device contract
-/// says.
-pub struct HeapDma;
+/// Buffers from libdbos's DMA memory: 4 KiB aligned, physically contiguous,
+/// zeroed. Never freed, as the device contract says.
+pub struct GuestDma;
 
-// SAFETY: every buffer is fresh heap memory of the requested size, 4 KiB
-// aligned, physically contiguous, owned by nobody else, and its `addr` is its
-// guest-physical address, which is what the host's poller expects.
-unsafe impl DmaAllocator for HeapDma {
+// SAFETY: every buffer is fresh DMA memory of at least the requested size,
+// 4 KiB aligned, physically contiguous (in the direct map), owned by nobody
+// else and never freed, and its `addr` is its guest-physical address, which
+// is what the host's poller expects.
+unsafe impl DmaAllocator for GuestDma {
     fn alloc(&mut self, bytes: usize) -> Option<IoBuf> {
-        let bytes = bytes.max(1).next_multiple_of(BLOCK_SIZE);
-        let layout = core::alloc::Layout::from_size_align(bytes, BLOCK_SIZE).ok()?;
-        // SAFETY: non-zero size.
-        let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return None;
-        }
+        let buf = libdbos::dma::alloc_zeroed(bytes)?;
         Some(IoBuf {
-            ptr,
-            addr: dma(ptr)?,
-            blocks: bytes / BLOCK_SIZE,
+            ptr: buf.virt,
+            addr: DmaAddr(buf.phys),
+            blocks: buf.len / BLOCK_SIZE,
         })
     }
 }
 
 /// A device over one guest queue pair.
-pub type GuestDevice = NvmeDevice<GuestQueuePair, HeapDma>;
+pub type GuestDevice = NvmeDevice<GuestQueuePair, GuestDma>;
 
 /// A device over a new queue pair of `depth` entries to the VM's disk,
 /// whose first `blocks` blocks it addresses.
 pub fn device(depth: u16, blocks: u64) -> Result<GuestDevice, SetupError> {
-    Ok(NvmeDevice::new(nvme::queue_pair(depth)?, HeapDma, blocks))
+    Ok(NvmeDevice::new(nvme::queue_pair(depth)?, GuestDma, blocks))
 }

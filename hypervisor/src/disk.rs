@@ -4,9 +4,17 @@
 //! Guest RAM is not registered as io_uring fixed buffers: registering pins
 //! and faults in all of it at start (a 4 GiB guest took 3-25 s to start
 //! here and kept 4 GiB resident and pinned, counted against
-//! `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK`). Plain `READ`/`WRITE`
-//! operations pin each I/O's pages only while it runs, so start-up cost
-//! does not grow with the guest and untouched guest RAM stays unallocated.
+//! `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK`). Instead the guest declares
+//! the ranges it does I/O from as DMA regions
+//! ([`Hypercall::DmaDeclare`](dbos_abi::Hypercall::DmaDeclare), as NVMe
+//! drivers and SPDK map only their DMA memory): each is validated against
+//! guest RAM and the regions already declared, checked against the
+//! pinning limit, and registered into a free fixed-buffer slot, until the
+//! guest gives it back ([`Hypercall::DmaRelease`](dbos_abi::Hypercall::DmaRelease)).
+//! An I/O whose buffer lies in a declared region uses `READ_FIXED`/
+//! `WRITE_FIXED`; any other uses plain `READ`/`WRITE`, which pin its pages
+//! only while it runs. Start-up cost does not grow with the guest, and
+//! nothing the guest did not declare is pinned.
 //!
 //! The backing file is locked (`flock`, see `dbos_nvme::host::file`) for as
 //! long as the disk lives: a second VM on the same file is refused.
@@ -39,7 +47,7 @@
 
 use crate::hypercall::{HypercallError, Outcome, Request};
 use crate::memory::GuestRam;
-use dbos_abi::{NvmeInfoArgs, NvmeQueueArgs};
+use dbos_abi::{DmaRegionArgs, DmaStatsArgs, NvmeInfoArgs, NvmeQueueArgs};
 use dbos_nvme::host::powercut::{
     remove_stale_writeback, CutReport, LoadError, OutOfMemory, PowerCut, PowerCutBackend,
     PowerCutStats, StoreError, WriteBackStep,
@@ -470,6 +478,18 @@ impl Disk {
         self.control.add_queue(config).map(|id| id.0)
     }
 
+    /// Declares a DMA region of guest RAM (`[addr, addr + len)`),
+    /// registered with io_uring as a fixed buffer; see
+    /// `dbos_nvme::host::fixed` for what is checked.
+    pub fn declare_region(&self, addr: u64, len: u64) -> Result<(), PollerError> {
+        self.control.declare_region(addr, len)
+    }
+
+    /// Gives back the DMA region declared at exactly `[addr, addr + len)`.
+    pub fn release_region(&self, addr: u64, len: u64) -> Result<(), PollerError> {
+        self.control.release_region(addr, len)
+    }
+
     /// The real doorbell: wakes the poller if it is parked.
     pub fn ring(&self) {
         self.control.wake_fd().wake();
@@ -478,6 +498,20 @@ impl Disk {
     /// The poller's counters so far.
     pub fn stats(&self) -> PollerStats {
         self.control.stats()
+    }
+
+    /// CPU time the poller thread has used so far (its own thread CPU
+    /// clock); `None` once it has stopped or if the clock cannot be read.
+    pub fn poller_cpu_time(&self) -> Option<Duration> {
+        let poller = self.poller.lock().unwrap_or_else(|p| p.into_inner());
+        match poller.as_ref().map(PollerHandle::cpu_time) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                log::warn!("reading the disk poller's CPU clock: {e}");
+                None
+            }
+            None => None,
+        }
     }
 
     /// Stops the poller (waiting for it) and returns its counters; on the
@@ -636,6 +670,78 @@ impl DiskService<'_> {
                 }
             },
         };
+        req.write_back(&args)
+    }
+
+    /// [`Hypercall::DmaDeclare`](dbos_abi::Hypercall::DmaDeclare): declares
+    /// a DMA region. A refusal is the guest's status and a warning on
+    /// stderr (which names the pinning limit when that is the reason),
+    /// never a stop: I/O from the range is still served, with plain
+    /// buffers.
+    pub fn declare_region(
+        &self,
+        req: &Request<'_>,
+        mut args: DmaRegionArgs,
+    ) -> Result<Outcome, HypercallError> {
+        let (addr, len) = (args.region.addr.0, args.region.len);
+        args.status = self.region_status(req, "declared", |d| d.declare_region(addr, len));
+        req.write_back(&args)
+    }
+
+    /// [`Hypercall::DmaRelease`](dbos_abi::Hypercall::DmaRelease): gives
+    /// a DMA region back.
+    pub fn release_region(
+        &self,
+        req: &Request<'_>,
+        mut args: DmaRegionArgs,
+    ) -> Result<Outcome, HypercallError> {
+        let (addr, len) = (args.region.addr.0, args.region.len);
+        args.status = self.region_status(req, "released", |d| d.release_region(addr, len));
+        req.write_back(&args)
+    }
+
+    fn region_status(
+        &self,
+        req: &Request<'_>,
+        what: &str,
+        f: impl FnOnce(&Disk) -> Result<(), PollerError>,
+    ) -> i64 {
+        let Some(disk) = self.disk else {
+            return -i64::from(libc::ENODEV);
+        };
+        match f(disk) {
+            Ok(()) => 0,
+            Err(PollerError::Region(e)) => {
+                if e.errno() == libc::EOPNOTSUPP {
+                    log::debug!("vCPU {}: {e}", req.vcpu);
+                } else {
+                    log::warn!("vCPU {}: DMA region not {what}: {e}", req.vcpu);
+                }
+                -i64::from(e.errno())
+            }
+            Err(e) => {
+                log::warn!("vCPU {}: DMA region not {what}: {e}", req.vcpu);
+                -i64::from(libc::EIO)
+            }
+        }
+    }
+
+    /// [`Hypercall::DmaStats`](dbos_abi::Hypercall::DmaStats): the disk's
+    /// fixed and plain I/O counts and the regions declared now.
+    pub fn dma_stats(
+        &self,
+        req: &Request<'_>,
+        _args: DmaStatsArgs,
+    ) -> Result<Outcome, HypercallError> {
+        let args = self.disk.map_or(DmaStatsArgs::default(), |d| {
+            let s = d.stats();
+            DmaStatsArgs {
+                fixed_ios: s.fixed_ios,
+                plain_ios: s.plain_ios,
+                regions: s.dma_regions,
+                bytes: s.dma_bytes,
+            }
+        });
         req.write_back(&args)
     }
 

@@ -114,6 +114,164 @@ pub fn hypercalls(data: &[u8]) -> bool {
     true
 }
 
+/// Guest RAM of the DMA-region target: 64 KiB at 0 and 64 KiB at 5 GiB.
+const DMA_LOW: Range = Range {
+    start: 0,
+    end: 0x1_0000,
+};
+const DMA_HIGH: Range = Range {
+    start: 5 << 30,
+    end: (5 << 30) + 0x1_0000,
+};
+
+/// Bytes per call of the DMA-region target's input.
+const DMA_CALL: usize = 8;
+
+/// The status the host must give a declaration of `[addr, addr + len)`
+/// when `declared` are the regions declared so far (`None`: either 0 or
+/// `-ENOMEM`, which depends on this process's pinning limit).
+fn expected_declare(declared: &[(u64, u64)], addr: u64, len: u64) -> Option<i64> {
+    let err = |e: i32| Some(-i64::from(e));
+    if len == 0 || !addr.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
+        return err(libc::EINVAL);
+    }
+    if len > dbos_abi::MAX_DMA_REGION {
+        return err(libc::EINVAL);
+    }
+    let inside = [DMA_LOW, DMA_HIGH]
+        .iter()
+        .any(|r| addr >= r.start && addr.checked_add(len).is_some_and(|e| e <= r.end));
+    if !inside {
+        return err(libc::EFAULT);
+    }
+    if declared
+        .iter()
+        .any(|&(a, l)| a < addr + len && addr < a + l)
+    {
+        return err(libc::EEXIST);
+    }
+    if declared.len() as u64 >= dbos_abi::MAX_DMA_REGIONS {
+        return err(libc::ENOSPC);
+    }
+    None
+}
+
+/// The DMA-region hypercalls (`DmaDeclare`, `DmaRelease`, `DmaStats`)
+/// against a real disk (io_uring on a scratch file, whose poller registers
+/// what is declared as fixed buffers), checked against a model.
+///
+/// Input: up to 32 calls of 8 bytes each: the call (low 2 bits: declare,
+/// release, stats; bit 7: the argument block is placed outside guest RAM,
+/// which must be refused as a bad block), the base of the region's address
+/// (low RAM, its end, high RAM, its end, near 2^64) and a 16-bit offset
+/// from it, and a 32-bit length. Every status must be the one the model of
+/// the declared regions predicts (a declaration within every rule may be
+/// refused only for the pinning limit, `-ENOMEM`), and `DmaStats` must
+/// report the model's regions and bytes. Returns whether any call was made.
+pub fn dma_regions(data: &[u8]) -> bool {
+    use crate::disk::{Disk, DiskConfig};
+    use dbos_abi::{DmaRegionArgs, DmaStatsArgs, GuestBuf};
+    use std::sync::atomic::Ordering;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let calls: Vec<&[u8]> = data.chunks_exact(DMA_CALL).take(32).collect();
+    if calls.is_empty() {
+        return false;
+    }
+    let ram = std::sync::Arc::new(
+        GuestRam::new(&[DMA_LOW, DMA_HIGH])
+            .unwrap_or_else(|e| panic!("cannot allocate the target's guest RAM: {e}")),
+    );
+    let path = std::env::temp_dir().join(format!(
+        "dbos-fuzz-dma-{}-{}.img",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let disk = Disk::start(&DiskConfig::new(&path, Some(1 << 20)), &ram, None)
+        .unwrap_or_else(|e| panic!("cannot start the target's disk: {e}"));
+    let console = Console::new(1, false, false);
+    let files = Files::default();
+    let (exits, stats_calls) = (AtomicU64::new(0), AtomicU64::new(0));
+    let kvm_stats = Err("no KVM in the fuzz target".to_string());
+    let services = Services {
+        ram: &ram,
+        console: &console,
+        control: Control {
+            vmm_exits: &exits,
+            stats_calls: &stats_calls,
+            kvm_stats: &kvm_stats,
+        },
+        clock: Clock::new(Instant::now()),
+        files: &files,
+        disk: DiskService { disk: Some(&disk) },
+    };
+    const BLOCK: u64 = 0x100;
+    let mut declared: Vec<(u64, u64)> = Vec::new();
+    for call in calls {
+        let base = match call[1] % 5 {
+            0 => DMA_LOW.start,
+            1 => DMA_LOW.end,
+            2 => DMA_HIGH.start,
+            3 => DMA_HIGH.end,
+            _ => u64::MAX - 0xffff,
+        };
+        let addr = base.wrapping_add(u64::from(u16::from_le_bytes([call[2], call[3]])));
+        let len = u64::from(u32::from_le_bytes([call[4], call[5], call[6], call[7]]));
+        let hypercall = match call[0] & 3 {
+            0 | 3 => Hypercall::DmaDeclare,
+            1 => Hypercall::DmaRelease,
+            _ => Hypercall::DmaStats,
+        };
+        if call[0] & 0x80 != 0 {
+            // A block outside guest RAM: refused, nothing changes.
+            let outside = GuestPhysAddr(DMA_LOW.end + BLOCK);
+            assert!(services.handle(0, hypercall, outside).is_err());
+            continue;
+        }
+        let args = DmaRegionArgs {
+            region: GuestBuf {
+                addr: GuestPhysAddr(addr),
+                len,
+            },
+            status: 1,
+        };
+        ram.write_pod(BLOCK, &args).expect("the block is in RAM");
+        services
+            .handle(0, hypercall, GuestPhysAddr(BLOCK))
+            .unwrap_or_else(|e| panic!("{hypercall:?} with a valid block stopped the guest: {e}"));
+        match hypercall {
+            Hypercall::DmaDeclare => {
+                let status = ram.read_pod::<DmaRegionArgs>(BLOCK).unwrap().status;
+                match expected_declare(&declared, addr, len) {
+                    Some(expected) => assert_eq!(status, expected, "declare {addr:#x}+{len:#x}"),
+                    None if status == 0 => declared.push((addr, len)),
+                    None => assert_eq!(status, -i64::from(libc::ENOMEM)),
+                }
+            }
+            Hypercall::DmaRelease => {
+                let status = ram.read_pod::<DmaRegionArgs>(BLOCK).unwrap().status;
+                match declared.iter().position(|&r| r == (addr, len)) {
+                    Some(i) => {
+                        assert_eq!(status, 0, "release {addr:#x}+{len:#x}");
+                        declared.remove(i);
+                    }
+                    None => assert_eq!(status, -i64::from(libc::ENOENT)),
+                }
+            }
+            _ => {
+                let stats = ram.read_pod::<DmaStatsArgs>(BLOCK).unwrap();
+                assert_eq!(stats.regions, declared.len() as u64);
+                assert_eq!(stats.bytes, declared.iter().map(|r| r.1).sum::<u64>());
+                assert_eq!((stats.fixed_ios, stats.plain_ios), (0, 0));
+            }
+        }
+    }
+    let stats = disk.stats();
+    assert_eq!(stats.dma_regions, declared.len() as u64);
+    assert_eq!(stats.dma_bytes, declared.iter().map(|r| r.1).sum::<u64>());
+    disk.discard();
+    true
+}
+
 /// The ELF loader and the layout on arbitrary bytes.
 ///
 /// Input: one byte for the vCPU count, eight for the memory size, then the

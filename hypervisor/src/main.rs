@@ -495,6 +495,12 @@ fn run(args: RunArgs) -> ExitCode {
             report.setup.as_secs_f64() * 1e3,
             report.memory
         );
+        if let Some(disk) = &report.disk {
+            eprintln!(
+                "dbos: {}",
+                dbos_hypervisor::report::disk_io_line(disk, report.disk_cpu)
+            );
+        }
     }
     ExitCode::from(report.exit.process_status())
 }

@@ -525,6 +525,9 @@ pub struct RunReport {
     pub console: Vec<String>,
     /// The disk poller's counters, when the VM had a disk.
     pub disk: Option<dbos_nvme::host::PollerStats>,
+    /// CPU time of the disk's poller thread (its thread CPU clock) when
+    /// the guest had stopped, when the VM had a disk.
+    pub disk_cpu: Option<Duration>,
     /// The power-cut model's counters, when the disk ran on it (a power
     /// cut was armed): `write_commands` is what `--power-cut-at-write`
     /// counts.
@@ -534,9 +537,41 @@ pub struct RunReport {
     pub io_error: Option<crate::disk::IoErrorReport>,
 }
 
+/// The disk's I/O line of `--stats`: "disk: 12 I/Os with fixed buffers,
+/// 3 with plain buffers; 2 DMA regions (1048576 bytes) declared at the
+/// end; poller thread CPU 1.500 ms".
+pub fn disk_io_line(disk: &dbos_nvme::host::PollerStats, cpu: Option<Duration>) -> String {
+    let cpu = match cpu {
+        Some(t) => format!("{:.3} ms", t.as_secs_f64() * 1e3),
+        None => "unknown".to_string(),
+    };
+    format!(
+        "disk: {} I/Os with fixed buffers, {} with plain buffers; {} DMA regions ({} bytes) \
+         declared at the end; poller thread CPU {cpu}",
+        disk.fixed_ios, disk.plain_ios, disk.dma_regions, disk.dma_bytes
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_disk_line_names_fixed_and_plain_ios() {
+        let stats = dbos_nvme::host::PollerStats {
+            fixed_ios: 12,
+            plain_ios: 3,
+            dma_regions: 2,
+            dma_bytes: 1 << 20,
+            ..Default::default()
+        };
+        assert_eq!(
+            disk_io_line(&stats, Some(Duration::from_micros(1500))),
+            "disk: 12 I/Os with fixed buffers, 3 with plain buffers; 2 DMA regions \
+             (1048576 bytes) declared at the end; poller thread CPU 1.500 ms"
+        );
+        assert!(disk_io_line(&stats, None).ends_with("poller thread CPU unknown"));
+    }
 
     #[test]
     fn the_breakdown_sums_to_the_total() {

@@ -48,6 +48,9 @@ impl Services<'_> {
             Args::NvmeInfo(a) => self.disk.info(&req, a),
             Args::NvmeCreateQueue(a) => self.disk.create_queue(&req, a),
             Args::NvmeDoorbell(_) => Ok(self.disk.doorbell()),
+            Args::DmaDeclare(a) => self.disk.declare_region(&req, a),
+            Args::DmaRelease(a) => self.disk.release_region(&req, a),
+            Args::DmaStats(a) => self.disk.dma_stats(&req, a),
         }
     }
 }
@@ -291,6 +294,39 @@ mod tests {
                 .unwrap()
                 .status,
             -i64::from(libc::ENODEV)
+        );
+        // DMA regions: refused without a disk, and the counters are zero.
+        ram.write_pod(
+            HIGH,
+            &dbos_abi::DmaRegionArgs {
+                region: text(0x4000, 0x1000),
+                status: 0,
+            },
+        )
+        .unwrap();
+        for call in [Hypercall::DmaDeclare, Hypercall::DmaRelease] {
+            services.handle(0, call, gpa(HIGH)).unwrap();
+            assert_eq!(
+                ram.read_pod::<dbos_abi::DmaRegionArgs>(HIGH)
+                    .unwrap()
+                    .status,
+                -i64::from(libc::ENODEV)
+            );
+        }
+        ram.write_pod(
+            HIGH,
+            &dbos_abi::DmaStatsArgs {
+                fixed_ios: 7,
+                plain_ios: 7,
+                regions: 7,
+                bytes: 7,
+            },
+        )
+        .unwrap();
+        services.handle(0, Hypercall::DmaStats, gpa(HIGH)).unwrap();
+        assert_eq!(
+            ram.read_pod::<dbos_abi::DmaStatsArgs>(HIGH).unwrap(),
+            dbos_abi::DmaStatsArgs::default()
         );
         // The doorbell reads no block: any address continues.
         assert_eq!(

@@ -303,6 +303,7 @@ impl Vm {
         // Before the disk goes: its ring's registrations, if any, still
         // count as pinned.
         let memory = crate::memory::ProcessMemory::read();
+        let disk_cpu = shared.disk.as_ref().and_then(Disk::poller_cpu_time);
         let disk = shared.disk.as_ref().map(Disk::stop).transpose()?.flatten();
         let power_cut_model = shared.disk.as_ref().and_then(Disk::power_cut_stats);
         let io_error = shared.disk.as_ref().and_then(Disk::io_error_report);
@@ -316,6 +317,7 @@ impl Vm {
             memory,
             console: shared.console.captured(),
             disk,
+            disk_cpu,
             power_cut_model,
             io_error,
         })

@@ -52,6 +52,14 @@ fn hypercalls_corpus() {
 }
 
 #[test]
+fn dma_regions_corpus() {
+    assert_most_reach(
+        "dma_regions",
+        replay("dma_regions", dbos_hypervisor::fuzzing::dma_regions),
+    );
+}
+
+#[test]
 fn elf_corpus() {
     assert_most_reach("elf", replay("elf", dbos_hypervisor::fuzzing::elf));
 }

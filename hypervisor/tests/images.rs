@@ -26,7 +26,7 @@ fn contains(image: &[u8], name: &str) -> bool {
 
 #[test]
 fn measured_images_link_no_test_machinery() {
-    for program in ["hello", "kvstore", "tabby", "snappy"] {
+    for program in ["hello", "kvstore", "tabby", "snappy", "iobench"] {
         let path = guest_image(program);
         let image = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let found: Vec<&str> = TEST_ONLY

@@ -207,7 +207,25 @@ fn kvstore_guest_recovers_after_being_stopped_mid_run() {
         )
     };
 
-    let first = kv(&["4"], Some(64 << 20), None);
+    let mut first = kv(&["4"], Some(64 << 20), None);
+    // Every disk I/O of the store is from declared DMA memory: none plain.
+    let dma = first.console.pop().unwrap();
+    let fixed = dma
+        .strip_prefix("[vcpu0] dma: ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{dma}"));
+    // The rings, the log's buffers and the pool's frames fit in one
+    // 2 MiB arena.
+    assert!(
+        dma.ends_with(
+            " I/Os with fixed buffers, 0 with plain buffers; 1 regions declared, 0 refused"
+        ),
+        "{dma}"
+    );
+    assert!(fixed > 0, "{dma}");
+    let disk = first.disk.expect("poller counters");
+    assert_eq!((disk.plain_ios, disk.fixed_ios), (0, fixed), "{dma}");
     assert_eq!(
         first.console,
         vec![

@@ -509,6 +509,23 @@ pub trait Platform: Sync {
     /// Frames still available to `alloc_frame` (small-frame units).
     fn free_frames(&self) -> u64;
 
+    /// Allocates a 4 KiB frame for disk I/O (a buffer pool's frame): in the
+    /// guest, from DMA memory declared to the host (`dma`), so that I/O
+    /// into it is served with fixed buffers; elsewhere (the default) an
+    /// ordinary frame. Contents unspecified.
+    fn alloc_dma_frame(&self) -> Result<Frame, Error> {
+        self.alloc_frame(PageSize::Small)
+    }
+
+    /// Returns a frame from [`alloc_dma_frame`](Self::alloc_dma_frame).
+    ///
+    /// # Safety
+    /// As [`free_frame`](Self::free_frame), for a frame of `alloc_dma_frame`.
+    unsafe fn free_dma_frame(&self, frame: Frame) {
+        // SAFETY: forwarded contract.
+        unsafe { self.free_frame(frame, PageSize::Small) }
+    }
+
     // ---- mappings ------------------------------------------------------
 
     /// Maps window page `page` to `frame` with `prot`. The page must be

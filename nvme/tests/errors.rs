@@ -24,7 +24,7 @@ fn uring_entries_are_the_right_syscalls() {
     let buf = HostBuf {
         ptr: 0x7000_0000_1000 as *mut u8,
         len: 8192,
-        buf_index: 3,
+        fixed: Some(3),
     };
     let u32_at = |b: &[u8; 64], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
     let u64_at = |b: &[u8; 64], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
@@ -76,10 +76,34 @@ fn uring_entries_are_the_right_syscalls() {
         libc::RWF_DSYNC as u32,
         "FUA is a RWF_DSYNC write"
     );
+    // Outside every registered buffer: the plain opcodes, no buffer index.
+    let plain = HostBuf { fixed: None, ..buf };
+    for (kind, code) in [
+        (IoKind::Read, io_uring::opcode::Read::CODE),
+        (IoKind::Write { fua: true }, io_uring::opcode::Write::CODE),
+    ] {
+        let e = sqe_bytes(&entry_for(
+            &IoOp {
+                kind,
+                offset: 4096,
+                buf: plain,
+            },
+            5,
+        ));
+        assert_eq!(e[0], code);
+        assert_eq!(
+            (
+                u64_at(&e, 16),
+                u32_at(&e, 24),
+                u16::from_le_bytes([e[40], e[41]])
+            ),
+            (0x7000_0000_1000, 8192, 0)
+        );
+    }
     let none = HostBuf {
         ptr: std::ptr::null_mut(),
         len: 0,
-        buf_index: 0,
+        fixed: None,
     };
     let e = sqe_bytes(&entry_for(
         &IoOp {

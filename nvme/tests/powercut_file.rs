@@ -18,7 +18,7 @@ fn run(b: &mut PowerCutBackend, kind: IoKind, offset: u64, buf: &mut [u8]) -> i3
         buf: HostBuf {
             ptr: buf.as_mut_ptr(),
             len: buf.len() as u32,
-            buf_index: 0,
+            fixed: None,
         },
     };
     assert!(b.push(&op, 1));

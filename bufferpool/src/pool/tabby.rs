@@ -276,8 +276,10 @@ impl<P: Platform + 'static, D: BlockDevice> Tabby<P, D> {
         }
         pool.set_header(pool.blank, INVALID);
         for _ in 0..cfg.pool.capacity {
+            // DMA memory: in the guest, declared to the host, so that the
+            // reads and write-backs of the frame use fixed buffers.
             let f = platform
-                .alloc_frame(PageSize::Small)
+                .alloc_dma_frame()
                 .map_err(platform_err("tabby: allocating a frame"))?;
             pool.frames.push(f);
             // Garbage never looks like a page (invariant 2).
@@ -541,11 +543,14 @@ impl<P: Platform + 'static, D> Drop for Tabby<P, D> {
                 return;
             }
         }
-        for &f in self.frames.iter().chain(core::iter::once(&self.blank)) {
-            // SAFETY: allocated by us with this size; every page mapping it
-            // went with the window, flushed from every CPU.
-            unsafe { self.platform.free_frame(f, PageSize::Small) };
+        for &f in &self.frames {
+            // SAFETY: allocated by us with alloc_dma_frame; every page
+            // mapping it went with the window, flushed from every CPU, and
+            // no I/O is in flight (the pool is being dropped).
+            unsafe { self.platform.free_dma_frame(f) };
         }
+        // SAFETY: allocated by us with this size; unmapped as above.
+        unsafe { self.platform.free_frame(self.blank, PageSize::Small) };
     }
 }
 

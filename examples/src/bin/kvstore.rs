@@ -378,6 +378,13 @@ fn main() -> u8 {
         "committed {txns} more: {} in all",
         found.len() as u64 + txns
     );
+    // The disk's I/O from declared DMA memory (the pool's frames, the
+    // log's buffers, the rings: libdbos::dma) and from anywhere else.
+    let dma = libdbos::dma::stats();
+    println!(
+        "dma: {} I/Os with fixed buffers, {} with plain buffers; {} regions declared, {} refused",
+        dma.host.fixed_ios, dma.host.plain_ios, dma.declared, dma.refused
+    );
     if bad == 0 {
         0
     } else {

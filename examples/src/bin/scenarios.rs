@@ -54,6 +54,7 @@ fn main() -> u8 {
         "files" => files(),
         "nvme" => nvme(),
         "nvme-sleep" => nvme_sleep(),
+        "dma" => dma(args.next(), args.next()),
         "window-stack" => window_stack(),
         "high-args" => high_args(),
         "panic" => panic!("scenario panic with value {}", 42),
@@ -468,6 +469,142 @@ fn nvme() -> u8 {
         alloc::alloc::dealloc(back, layout);
     }
     0
+}
+
+/// DMA regions (`dma MODE [N]`):
+///
+/// - `io`: a write from a DMA buffer (declared) and a read into a heap
+///   buffer (not declared) of the same blocks; the host's counts of I/Os
+///   served with fixed and with plain buffers, and the data.
+/// - `hostile`: declarations the host must refuse (past RAM's end,
+///   misaligned, empty, too large, overlapping a declared region) and
+///   releases of what was not declared, each with its status.
+/// - `limit N`: declares a region of 512 KiB, then one of N bytes; the
+///   statuses (the test runs it under a small `RLIMIT_MEMLOCK`).
+/// - `loop N`: N times, a 2 MiB DMA buffer (a new arena, declared), a
+///   write from it, and its release (the arena given back); the regions
+///   and bytes declared before and after, the peak, and the counts.
+fn dma(mode: Option<&str>, n: Option<&str>) -> u8 {
+    use libdbos::dma;
+    use libdbos::nvme;
+    use nvme_format::{Command, DataPtr, DmaAddr, Lba};
+    let n: u64 = n.map_or(0, |s| s.parse().expect("a number"));
+    match mode.unwrap_or("") {
+        "io" => {
+            let mut qp = nvme::queue_pair(16).expect("queue pair");
+            let inside = dma::alloc(8192).expect("DMA memory");
+            let layout = core::alloc::Layout::from_size_align(8192, 4096).unwrap();
+            // SAFETY: non-zero size; freed at the end.
+            let outside = unsafe { alloc::alloc::alloc_zeroed(layout) };
+            for i in 0..8192 {
+                // SAFETY: `inside` is 8192 bytes of DMA memory we own.
+                unsafe { *inside.virt.add(i) = (i % 253) as u8 };
+            }
+            let before = dma::host_stats();
+            qp.execute(&Command::write(
+                Lba(5),
+                2,
+                DataPtr::Contiguous(DmaAddr(inside.phys)),
+            ))
+            .unwrap();
+            qp.execute(&Command::read(
+                Lba(5),
+                2,
+                DataPtr::Contiguous(nvme::dma(outside).unwrap()),
+            ))
+            .unwrap();
+            let after = dma::host_stats();
+            // SAFETY: both are 8192 bytes.
+            let same = unsafe {
+                core::slice::from_raw_parts(inside.virt, 8192)
+                    == core::slice::from_raw_parts(outside, 8192)
+            };
+            println!(
+                "dma io: fixed {} plain {} same={same}; regions {} bytes {}",
+                after.fixed_ios - before.fixed_ios,
+                after.plain_ios - before.plain_ios,
+                after.regions,
+                after.bytes
+            );
+            let s = dma::stats();
+            println!("dma io: declared {} refused {}", s.declared, s.refused);
+            // SAFETY: allocated above with `layout`; no I/O in flight.
+            unsafe { alloc::alloc::dealloc(outside, layout) };
+            0
+        }
+        "hostile" => {
+            let end = libdbos::memory::phys_end();
+            let run = frames::alloc_contiguous(4).expect("4 frames");
+            let checks: [(&str, i64); 12] = [
+                ("past RAM's end", dma::declare(end - 4096, 8192)),
+                ("at RAM's end", dma::declare(end, 4096)),
+                ("wrapping", dma::declare(!0xfff, 8192)),
+                ("empty", dma::declare(run, 0)),
+                ("misaligned", dma::declare(run + 8, 4096)),
+                ("too large", dma::declare(0, (1 << 30) + 4096)),
+                ("valid", dma::declare(run, 4 * 4096)),
+                ("overlapping its end", dma::declare(run + 3 * 4096, 8192)),
+                ("inside it", dma::declare(run + 4096, 4096)),
+                ("release of a part", dma::release(run, 4096)),
+                ("release", dma::release(run, 4 * 4096)),
+                ("release again", dma::release(run, 4 * 4096)),
+            ];
+            for (what, status) in checks {
+                println!("dma hostile: {what}: {status}");
+            }
+            let h = dma::host_stats();
+            println!("dma hostile: regions {} bytes {}", h.regions, h.bytes);
+            0
+        }
+        "limit" => {
+            let small = 512 * 1024;
+            let run = frames::alloc_contiguous((small + n) / 4096).expect("frames");
+            let a = dma::declare(run, small);
+            let b = dma::declare(run + small, n);
+            let h = dma::host_stats();
+            println!(
+                "dma limit: 524288: {a}; {n}: {b}; regions {} bytes {}",
+                h.regions, h.bytes
+            );
+            0
+        }
+        "loop" => {
+            let mut qp = nvme::queue_pair(16).expect("queue pair");
+            let start = dma::host_stats();
+            let mut peak = start.regions;
+            for i in 0..n {
+                let buf = dma::alloc(2 << 20).expect("DMA memory");
+                // SAFETY: `buf` is ours.
+                unsafe { buf.virt.write_bytes(i as u8, 4096) };
+                qp.execute(&Command::write(
+                    Lba(i % 16),
+                    1,
+                    DataPtr::Contiguous(DmaAddr(buf.phys)),
+                ))
+                .unwrap();
+                peak = peak.max(dma::host_stats().regions);
+                // SAFETY: from dma::alloc; its write has completed.
+                unsafe { dma::free(buf) };
+            }
+            let end = dma::host_stats();
+            let s = dma::stats();
+            println!(
+                "dma loop {n}: regions {} -> {} (peak {peak}), bytes {} -> {}, fixed {} \
+                 plain {}, arenas {}, declared {} refused {}",
+                start.regions,
+                end.regions,
+                start.bytes,
+                end.bytes,
+                end.fixed_ios - start.fixed_ios,
+                end.plain_ios - start.plain_ios,
+                s.arenas,
+                s.declared,
+                s.refused
+            );
+            0
+        }
+        other => panic!("dma: unknown mode {other:?}"),
+    }
 }
 
 /// Calls `f` with the stack pointer at `top` and returns to the old stack.

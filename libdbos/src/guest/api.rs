@@ -294,6 +294,22 @@ impl Platform for GuestPlatform {
         crate::frames::available()
     }
 
+    fn alloc_dma_frame(&self) -> Result<Frame, Error> {
+        let buf = crate::dma::alloc(PAGE_SIZE as usize).ok_or(Error::OutOfFrames)?;
+        Ok(Frame::from_addr(buf.phys).expect("DMA buffers are 4 KiB aligned"))
+    }
+
+    unsafe fn free_dma_frame(&self, frame: Frame) {
+        let buf = crate::dma::DmaBuf {
+            virt: self.frame_ptr(frame),
+            phys: frame.addr(),
+            len: PAGE_SIZE as usize,
+        };
+        // SAFETY: the frame is one buffer of `dma::alloc(PAGE_SIZE)`
+        // (alloc_dma_frame), no longer used (forwarded contract).
+        unsafe { crate::dma::free(buf) }
+    }
+
     fn map(&self, page: u64, frame: Frame, size: PageSize, prot: Protection) -> Result<(), Error> {
         check_page(page, size)?;
         if !frame.addr().is_multiple_of(size.bytes()) {

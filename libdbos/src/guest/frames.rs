@@ -90,10 +90,14 @@ impl Frames {
     }
 
     fn bump(&mut self, size: PageSize) -> Option<u64> {
-        let bytes = size.bytes();
+        self.bump_aligned(size.bytes(), size.bytes())
+    }
+
+    /// `bytes` of fresh frames, contiguous, aligned to `align`.
+    fn bump_aligned(&mut self, bytes: u64, align: u64) -> Option<u64> {
         while self.current < self.count {
             let (_, end) = self.regions[self.current];
-            let start = self.next.next_multiple_of(bytes);
+            let start = self.next.next_multiple_of(align);
             if start + bytes <= end {
                 // Keep the frames skipped for alignment.
                 let mut skipped = self.next;
@@ -117,6 +121,52 @@ impl Frames {
 pub fn alloc_sized(size: PageSize) -> Option<PhysFrame> {
     let addr = locked(|f| f.pop(size).or_else(|| f.bump(size)))?;
     Some(PhysFrame::containing_address(PhysAddr::new(addr)))
+}
+
+/// Allocates `pages` physically contiguous 4 KiB frames (2 MiB aligned
+/// when `pages` is a multiple of 512): a freed frame of that size (512
+/// pages or 1) if there is one, else fresh memory; contents unspecified. `None` when
+/// no such run is left. Give them back with [`free_contiguous`].
+pub fn alloc_contiguous(pages: u64) -> Option<u64> {
+    let large_pages = LARGE_PAGE_SIZE / PAGE_SIZE;
+    let bytes = pages.checked_mul(PAGE_SIZE).filter(|&b| b > 0)?;
+    let align = if pages.is_multiple_of(large_pages) {
+        LARGE_PAGE_SIZE
+    } else {
+        PAGE_SIZE
+    };
+    // A freed frame of the size first, so that a run given back and asked
+    // for again (DMA arenas declared and dropped in a loop) is reused.
+    locked(|f| {
+        let freed = match pages {
+            1 => f.pop(PageSize::Small),
+            p if p == large_pages => f.pop(PageSize::Large),
+            _ => None,
+        };
+        freed.or_else(|| f.bump_aligned(bytes, align))
+    })
+}
+
+/// Gives back `pages` frames from [`alloc_contiguous`] starting at `start`:
+/// 2 MiB-aligned whole large frames as large frames, the rest as 4 KiB ones.
+///
+/// # Safety
+/// The frames must have come from one [`alloc_contiguous`] of `pages` and
+/// must no longer be mapped or used.
+pub unsafe fn free_contiguous(start: u64, pages: u64) {
+    let end = start + pages * PAGE_SIZE;
+    locked(|f| {
+        let mut at = start;
+        while at < end {
+            if at.is_multiple_of(LARGE_PAGE_SIZE) && at + LARGE_PAGE_SIZE <= end {
+                f.push(at, PageSize::Large);
+                at += LARGE_PAGE_SIZE;
+            } else {
+                f.push(at, PageSize::Small);
+                at += PAGE_SIZE;
+            }
+        }
+    })
 }
 
 /// Allocates one 4 KiB frame; its contents are unspecified.

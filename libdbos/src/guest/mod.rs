@@ -4,6 +4,7 @@ pub mod api;
 pub mod apic;
 pub mod boot;
 pub mod console;
+pub mod dma;
 pub mod frames;
 pub mod gdt;
 pub mod heap;

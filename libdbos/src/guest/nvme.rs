@@ -1,8 +1,9 @@
 //! The NVMe disk, from the guest: queue pairs in guest RAM served by the
 //! VMM's poller thread (`dbos run --disk PATH`).
 //!
-//! [`queue_pair`] allocates the rings in the heap (physically contiguous,
-//! 4 KiB aligned), registers them with the host by a hypercall and returns a
+//! [`queue_pair`] allocates the rings in DMA memory ([`crate::dma`]:
+//! physically contiguous, 4 KiB aligned, declared to the host), registers
+//! them with the host by a hypercall and returns a
 //! `dbos_nvme` driver whose real doorbell is the [`calls::NvmeDoorbell`]
 //! exit. Data buffers must be 4 KiB aligned and physically contiguous (the
 //! heap, the direct map, or a frame): [`dma`] gives their device address.
@@ -114,23 +115,17 @@ pub fn queue_pair(depth: u16) -> Result<GuestQueuePair, SetupError> {
         return Err(SetupError::NoDisk);
     }
     let layout = QueueLayout::new(depth).ok_or(SetupError::Driver(DriverError::Depth(depth)))?;
-    let bytes = layout.size() as usize;
-    let alloc_layout = core::alloc::Layout::from_size_align(bytes, crate::abi::PAGE_SIZE as usize)
-        .map_err(|_| SetupError::OutOfMemory)?;
-    // SAFETY: a non-zero-sized layout; the memory is never freed (the host
-    // keeps serving the ring for the VM's lifetime).
-    let virt = unsafe { alloc::alloc::alloc(alloc_layout) };
-    if virt.is_null() {
-        return Err(SetupError::OutOfMemory);
-    }
-    let phys = virt_to_phys(virt as u64).ok_or(SetupError::OutOfMemory)?;
+    // DMA memory (declared to the host, never freed: the host keeps
+    // serving the ring for the VM's lifetime).
+    let ring = crate::dma::alloc(layout.size() as usize).ok_or(SetupError::OutOfMemory)?;
+    let (virt, phys) = (ring.virt, ring.phys);
     let mem = QueueMemory {
         virt,
         dma: DmaAddr(phys),
     };
-    // SAFETY: `virt` is `bytes` bytes of heap memory owned by this queue pair
-    // alone (leaked), and `phys` is its guest-physical address: the heap is
-    // in the direct map, physically contiguous.
+    // SAFETY: `virt` is `layout.size()` bytes of DMA memory owned by this
+    // queue pair alone (never freed), and `phys` is its guest-physical
+    // address: DMA buffers are physically contiguous, in the direct map.
     let mut qp =
         unsafe { QueuePair::new(mem, depth, HypercallDoorbell) }.map_err(SetupError::Driver)?;
     // A CPU waiting for a completion sleeps until the host sends WAKE.

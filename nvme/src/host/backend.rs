@@ -7,6 +7,7 @@
 //! either to record or fail operations in tests. The poller is generic over
 //! the backend, so the real path pays no dynamic dispatch.
 
+use super::fixed::Registrar;
 use super::memory::HostBuf;
 use super::wake::WakeFd;
 use crate::status::{NvmeError, Status};
@@ -83,6 +84,13 @@ pub trait Backend: Send {
 
     /// Operations pushed and not yet reaped.
     fn in_flight(&self) -> usize;
+
+    /// How the backend registers declared DMA regions as fixed buffers;
+    /// `None` (the default) for a backend without fixed buffers, which
+    /// refuses every declaration.
+    fn registrar(&mut self) -> Option<&mut dyn Registrar> {
+        None
+    }
 }
 
 /// Why a backend failed an operation on purpose: a model of a failure

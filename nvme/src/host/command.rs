@@ -99,7 +99,7 @@ pub(crate) fn decode(
             let buf = HostBuf {
                 ptr: core::ptr::null_mut(),
                 len: 0,
-                buf_index: 0,
+                fixed: None,
             };
             ops.push(IoOp {
                 kind: IoKind::Flush,
@@ -215,7 +215,7 @@ mod tests {
                 buf: HostBuf {
                     ptr: host(0x12000),
                     len: 8192,
-                    buf_index: 0
+                    fixed: None
                 }
             }])
         );
@@ -240,7 +240,7 @@ mod tests {
                     buf: HostBuf {
                         ptr: host(0x20000),
                         len: 4096,
-                        buf_index: 0
+                        fixed: None
                     }
                 },
                 IoOp {
@@ -249,7 +249,7 @@ mod tests {
                     buf: HostBuf {
                         ptr: host(0x11000),
                         len: 4096,
-                        buf_index: 0
+                        fixed: None
                     }
                 },
             ])
@@ -277,7 +277,7 @@ mod tests {
             HostBuf {
                 ptr: host(0x10000),
                 len: 3 * 4096,
-                buf_index: 0
+                fixed: None
             }
         );
         assert_eq!(

@@ -74,15 +74,16 @@ fn fill(mem: &ProcessMemory, pattern: &[u8]) {
     }
 }
 
-/// Whether `buf` lies inside one region's host range.
+/// Whether `buf` lies inside one region's host range and one fixed buffer
+/// of it (the pieces are split at buffer boundaries).
 fn inside(mem: &DmaMemory, buf: &HostBuf) -> bool {
     let (p, len) = (buf.ptr as u64, buf.len as u64);
     mem.regions()
         .any(|r| p >= r.host as u64 && p + len <= r.host as u64 + r.len)
         && mem
             .fixed_buffers()
-            .get(buf.buf_index as usize)
-            .is_some_and(|&(h, l)| p >= h as u64 && p + len <= h as u64 + l)
+            .iter()
+            .any(|&(h, l)| p >= h as u64 && p + len <= h as u64 + l)
 }
 
 /// Device addresses of the `sqe` target's memory map: 12 pages at 0x10000

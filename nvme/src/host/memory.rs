@@ -54,8 +54,10 @@ pub struct HostBuf {
     pub ptr: *mut u8,
     /// Length in bytes.
     pub len: u32,
-    /// The io_uring fixed-buffer index that contains it.
-    pub buf_index: u16,
+    /// The io_uring fixed buffer that contains all of it, if one does
+    /// (set by the poller from its registered buffers, `crate::host::fixed`):
+    /// the operation then uses the fixed-buffer opcodes, else the plain ones.
+    pub fixed: Option<u16>,
 }
 
 // SAFETY: a HostBuf is an address, not a borrow; whoever dereferences it
@@ -67,7 +69,6 @@ struct Region {
     addr: u64,
     host: *mut u8,
     len: u64,
-    first_buffer: usize,
 }
 
 /// The validated memory the host serves.
@@ -136,7 +137,6 @@ impl DmaMemory {
                 addr: r.addr,
                 host: r.host,
                 len: r.len,
-                first_buffer: buffers.len(),
             });
             let mut off = 0;
             while off < r.len {
@@ -201,9 +201,11 @@ impl DmaMemory {
         Some(r.host.wrapping_add((addr.0 - r.addr) as usize))
     }
 
-    /// Appends the fixed-buffer pieces of `[addr, addr + len)` to `out`
-    /// (split at fixed-buffer boundaries). Returns `false`, appending
-    /// nothing, unless the whole range is inside one region.
+    /// Appends the host pieces of `[addr, addr + len)` to `out` (split at
+    /// the boundaries of [`DmaMemory::fixed_buffers`], so that each piece
+    /// lies in one buffer when all the memory is registered), with no
+    /// fixed buffer chosen yet. Returns `false`, appending nothing, unless
+    /// the whole range is inside one region.
     pub fn map_range(&self, addr: DmaAddr, len: u32, out: &mut Vec<HostBuf>) -> bool {
         let Some(r) = self.region_of(addr.0, len as u64).filter(|_| len > 0) else {
             return false;
@@ -216,7 +218,7 @@ impl DmaMemory {
             out.push(HostBuf {
                 ptr: r.host.wrapping_add(off as usize),
                 len: take as u32,
-                buf_index: (r.first_buffer + index) as u16,
+                fixed: None,
             });
             off += take;
         }
@@ -463,12 +465,12 @@ mod tests {
                 HostBuf {
                     ptr: (0x7000_0000_0000u64 + g - 4096) as *mut u8,
                     len: 4096,
-                    buf_index: 0
+                    fixed: None
                 },
                 HostBuf {
                     ptr: (0x7000_0000_0000u64 + g) as *mut u8,
                     len: 8192,
-                    buf_index: 1
+                    fixed: None
                 },
             ]
         );
@@ -479,7 +481,7 @@ mod tests {
             [HostBuf {
                 ptr: 0x7100_0000_2000u64 as *mut u8,
                 len: 4096,
-                buf_index: 3
+                fixed: None
             }]
         );
         out.clear();

@@ -8,7 +8,8 @@
 //! 2. Open the [`BackingFile`] (which locks it) and build a
 //!    [`UringBackend`] over it and the memory (the VMM turns
 //!    [`UringConfig::fixed_buffers`] off: registering all guest RAM would
-//!    pin it at start).
+//!    pin it at start; the guest declares the DMA regions it does I/O from
+//!    instead, [`PollerControl::declare_region`], see [`fixed`]).
 //! 3. [`Poller::new`] and [`Poller::spawn`] give a [`PollerHandle`].
 //! 4. For each queue pair the guest announces, [`PollerControl::add_queue`]
 //!    with its [`crate::QueuePairConfig`]; on the guest's doorbell exit,
@@ -28,6 +29,7 @@
 pub mod backend;
 mod command;
 pub mod file;
+pub mod fixed;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod memory;
@@ -43,6 +45,7 @@ pub mod wake;
 
 pub use backend::{simulated_failure, split_result, Backend, IoKind, IoOp, OpMatch, Simulated};
 pub use file::{BackingFile, FileError, LockHolder};
+pub use fixed::{PinLimit, RegionError, MAX_DMA_REGION, MAX_DMA_REGIONS};
 pub use memory::{DmaBuf, DmaMemory, DmaRegion, HostBuf, MemoryError, ProcessMemory};
 pub use poller::{
     DeletionWatch, ErrorInjection, FailedCommand, InterruptSender, Poller, PollerConfig,

@@ -46,6 +46,7 @@
 use super::backend::{status_for, Backend, IoKind, IoOp, OpMatch};
 use super::command::decode;
 use super::file::{link_count, BackingFile};
+use super::fixed::{Fixed, PinLimit, RegionError};
 use super::memory::{DmaMemory, HostBuf};
 use super::wake::{CompletionWaker, EventFdDoorbell, WakeFd};
 use crate::queue::{
@@ -115,6 +116,8 @@ pub enum PollerError {
     NoSuchQueue(QueueId),
     #[error("starting the poller failed: {0}")]
     Io(#[from] io::Error),
+    #[error("{0}")]
+    Region(#[from] RegionError),
 }
 
 /// Counters of a poller.
@@ -144,6 +147,16 @@ pub struct PollerStats {
     /// Completion interrupts sent to waiting CPUs
     /// ([`Poller::send_interrupts`]).
     pub interrupts: u64,
+    /// Read and write operations issued with fixed buffers
+    /// (`READ_FIXED`/`WRITE_FIXED`: the buffer lay in registered memory)
+    /// and with plain ones (`READ`/`WRITE`); their sum is `io_ops` less the
+    /// flushes.
+    pub fixed_ios: u64,
+    pub plain_ios: u64,
+    /// Declared DMA regions registered now, and their bytes
+    /// ([`PollerControl::declare_region`]).
+    pub dma_regions: u64,
+    pub dma_bytes: u64,
 }
 
 /// A command to fail on purpose: the `nth` command (from 1) of the kind
@@ -302,6 +315,10 @@ struct AtomicStats {
     flush_commands: AtomicU64,
     refused_deleted: AtomicU64,
     interrupts: AtomicU64,
+    fixed_ios: AtomicU64,
+    plain_ios: AtomicU64,
+    dma_regions: AtomicU64,
+    dma_bytes: AtomicU64,
 }
 
 impl AtomicStats {
@@ -324,6 +341,10 @@ impl AtomicStats {
             flush_commands: self.flush_commands.load(Ordering::Relaxed),
             refused_deleted: self.refused_deleted.load(Ordering::Relaxed),
             interrupts: self.interrupts.load(Ordering::Relaxed),
+            fixed_ios: self.fixed_ios.load(Ordering::Relaxed),
+            plain_ios: self.plain_ios.load(Ordering::Relaxed),
+            dma_regions: self.dma_regions.load(Ordering::Relaxed),
+            dma_bytes: self.dma_bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -335,6 +356,8 @@ enum Control {
         mpsc::Sender<Result<QueueId, PollerError>>,
     ),
     Remove(QueueId, mpsc::Sender<Result<(), PollerError>>),
+    Declare(u64, u64, mpsc::Sender<Result<(), PollerError>>),
+    Release(u64, u64, mpsc::Sender<Result<(), PollerError>>),
 }
 
 /// What the poller shares with its handles.
@@ -460,6 +483,8 @@ pub struct Poller<B: Backend> {
     /// How completion interrupts are sent; `None`: queue pairs asking for
     /// them are refused.
     interrupts: Option<InterruptSender>,
+    /// The registered fixed buffers and declared DMA regions.
+    fixed: Fixed,
 }
 
 // SAFETY: the raw pointers in HostQueue point into the served memory, which
@@ -469,7 +494,12 @@ unsafe impl<B: Backend> Send for Poller<B> {}
 
 impl<B: Backend> Poller<B> {
     /// A poller over `memory` issuing I/O through `backend`.
-    pub fn new(memory: Arc<DmaMemory>, backend: B, config: PollerConfig) -> io::Result<Poller<B>> {
+    pub fn new(
+        memory: Arc<DmaMemory>,
+        mut backend: B,
+        config: PollerConfig,
+    ) -> io::Result<Poller<B>> {
+        let fixed = Fixed::for_backend(&memory, backend.registrar(), PinLimit::of_this_process());
         let shared = Arc::new(Shared {
             control: Mutex::new(Some(Vec::new())),
             control_pending: AtomicBool::new(false),
@@ -491,7 +521,53 @@ impl<B: Backend> Poller<B> {
             config,
             gate: Gate::default(),
             interrupts: None,
+            fixed,
         })
+    }
+
+    /// Checks declared DMA regions against `limit` instead of this
+    /// process's own (`PinLimit::of_this_process`, which the poller starts
+    /// with).
+    pub fn set_pin_limit(&mut self, limit: Option<PinLimit>) {
+        self.fixed.set_limit(limit);
+    }
+
+    /// Declares `[addr, addr + len)` of the served memory a DMA region:
+    /// validated and registered as a fixed buffer (see `host::fixed`).
+    pub fn declare_region(&mut self, addr: u64, len: u64) -> Result<(), RegionError> {
+        let Poller {
+            memory,
+            backend,
+            fixed,
+            ..
+        } = self;
+        let r = match backend.registrar() {
+            Some(reg) => fixed.declare(memory, reg, addr, len),
+            None => Err(RegionError::Unsupported { addr }),
+        };
+        self.publish_regions();
+        r
+    }
+
+    /// Gives back the DMA region declared at exactly `[addr, addr + len)`.
+    pub fn release_region(&mut self, addr: u64, len: u64) -> Result<(), RegionError> {
+        let Poller { backend, fixed, .. } = self;
+        let r = match backend.registrar() {
+            Some(reg) => fixed.release(reg, addr, len),
+            None => Err(RegionError::NotDeclared { addr, len }),
+        };
+        self.publish_regions();
+        r
+    }
+
+    fn publish_regions(&self) {
+        let stats = &self.shared.stats;
+        stats
+            .dma_regions
+            .store(self.fixed.regions() as u64, Ordering::Relaxed);
+        stats
+            .dma_bytes
+            .store(self.fixed.declared_bytes(), Ordering::Relaxed);
     }
 
     /// Checks, before a flush or FUA write is reported complete, that
@@ -647,6 +723,14 @@ impl<B: Backend> Poller<B> {
                     let _ = reply.send(r);
                 }
                 Control::Remove(id, reply) => self.remove_queue(id, reply),
+                Control::Declare(addr, len, reply) => {
+                    let r = self.declare_region(addr, len);
+                    let _ = reply.send(r.map_err(PollerError::from));
+                }
+                Control::Release(addr, len, reply) => {
+                    let r = self.release_region(addr, len);
+                    let _ = reply.send(r.map_err(PollerError::from));
+                }
             }
         }
     }
@@ -688,6 +772,7 @@ impl<B: Backend> Poller<B> {
         };
         let stats = &self.shared.stats;
         let (mut commands, mut errors, mut io_ops) = (0, 0, 0);
+        let (mut fixed_ios, mut plain_ios) = (0, 0);
         q.cq_stalled = false;
         while q.sq_head != tail {
             // Take an entry only if its completion is sure to find room.
@@ -729,6 +814,16 @@ impl<B: Backend> Poller<B> {
                 }
                 Ok(kind) => {
                     q.set_cid_busy(cid, true);
+                    if kind != IoKind::Flush {
+                        for op in self.ops.iter_mut() {
+                            op.buf.fixed = self.fixed.lookup(op.buf.ptr, op.buf.len);
+                            if op.buf.fixed.is_some() {
+                                fixed_ios += 1;
+                            } else {
+                                plain_ios += 1;
+                            }
+                        }
+                    }
                     let p = Pending {
                         queue: q.id.0,
                         cid,
@@ -771,6 +866,8 @@ impl<B: Backend> Poller<B> {
         AtomicStats::add(&stats.commands, commands);
         AtomicStats::add(&stats.errors, errors);
         AtomicStats::add(&stats.io_ops, io_ops);
+        AtomicStats::add(&stats.fixed_ios, fixed_ios);
+        AtomicStats::add(&stats.plain_ios, plain_ios);
         commands > 0
     }
 
@@ -976,7 +1073,9 @@ impl<B: Backend> Poller<B> {
         for msg in msgs {
             match msg {
                 Control::Add(_, _, reply) => drop(reply.send(Err(PollerError::Stopped))),
-                Control::Remove(_, reply) => drop(reply.send(Err(PollerError::Stopped))),
+                Control::Remove(_, reply)
+                | Control::Declare(_, _, reply)
+                | Control::Release(_, _, reply) => drop(reply.send(Err(PollerError::Stopped))),
             }
         }
         log::debug!("nvme: poller stopped: {:?}", self.stats());
@@ -1089,6 +1188,19 @@ impl PollerControl {
     /// have completed and the poller no longer touches its memory.
     pub fn remove_queue(&self, id: QueueId) -> Result<(), PollerError> {
         self.request(|tx| Control::Remove(id, tx))
+    }
+
+    /// Declares `[addr, addr + len)` of the served memory a DMA region,
+    /// registered as a fixed buffer until [`PollerControl::release_region`]
+    /// (see `host::fixed` for what is checked).
+    pub fn declare_region(&self, addr: u64, len: u64) -> Result<(), PollerError> {
+        self.request(|tx| Control::Declare(addr, len, tx))
+    }
+
+    /// Gives back the DMA region declared at exactly `[addr, addr + len)`.
+    /// Operations in flight on it finish on its pages.
+    pub fn release_region(&self, addr: u64, len: u64) -> Result<(), PollerError> {
+        self.request(|tx| Control::Release(addr, len, tx))
     }
 
     /// The eventfd that wakes the poller (the VMM signals it on a doorbell

@@ -981,7 +981,7 @@ mod tests {
             buf: HostBuf {
                 ptr: buf.as_mut_ptr(),
                 len: buf.len() as u32,
-                buf_index: 0,
+                fixed: None,
             },
         }
     }

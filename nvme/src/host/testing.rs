@@ -134,4 +134,8 @@ impl<B: Backend> Backend for InspectBackend<B> {
     fn in_flight(&self) -> usize {
         self.inner.in_flight() + self.failed.len()
     }
+
+    fn registrar(&mut self) -> Option<&mut dyn crate::host::fixed::Registrar> {
+        self.inner.registrar()
+    }
 }

@@ -1,20 +1,26 @@
-//! The io_uring backend: reads and writes with `READ_FIXED`/`WRITE_FIXED`
-//! on the registered file, with all served memory registered as fixed
-//! buffers (so no per-I/O pinning or mapping), FUA as `RWF_DSYNC`, flush as
-//! `IORING_OP_FSYNC` with `IORING_FSYNC_DATASYNC` (`fdatasync`).
+//! The io_uring backend: reads and writes on the registered file, with
+//! `READ_FIXED`/`WRITE_FIXED` where the buffer lies in a registered fixed
+//! buffer (no per-I/O pinning or mapping) and plain `READ`/`WRITE`
+//! elsewhere (each I/O pins its pages for its duration), FUA as
+//! `RWF_DSYNC`, flush as `IORING_OP_FSYNC` with `IORING_FSYNC_DATASYNC`
+//! (`fdatasync`).
 //!
-//! Registering pins (and so faults in) all of the memory at once, counted
-//! against `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK`: right for process mode's
-//! small region, too costly for all of a VM's RAM (4 GiB took seconds and
-//! stayed pinned). [`UringConfig::fixed_buffers`] off registers nothing and
-//! issues plain `READ`/`WRITE` operations, which pin each I/O's pages for
-//! its duration only.
+//! Which memory is registered ([`UringConfig::fixed_buffers`]): all of the
+//! served memory at start (process mode's small region), or only the DMA
+//! regions the driver declares later (`crate::host::fixed`), into
+//! [`MAX_DMA_REGIONS`] empty slots reserved at start with
+//! `IORING_RSRC_REGISTER_SPARSE` and filled or emptied with
+//! `IORING_REGISTER_BUFFERS_UPDATE` (Linux 5.13). Registering all of a VM's
+//! RAM would pin (and fault in) all of it at start, counted against
+//! `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK` (4 GiB took seconds and stayed
+//! pinned); declared regions pin only what the guest does I/O from.
 //!
 //! Parking waits in `io_uring_enter` for either an I/O completion or a read
 //! of the poller's eventfd, so one wait covers both.
 
 use super::backend::{Backend, IoKind, IoOp};
 use super::file::BackingFile;
+use super::fixed::{Registrar, MAX_DMA_REGIONS};
 use super::memory::DmaMemory;
 use super::wake::WakeFd;
 use io_uring::{opcode, squeue, types, IoUring};
@@ -64,9 +70,11 @@ pub struct UringConfig {
     /// the IOPS for 4 KiB sequential writes at QD32). Figures in
     /// `nvme/docs/benchmarks.md`.
     pub submit_batch: u32,
-    /// Register the served memory as fixed buffers (default on). Off: no
-    /// registration (no start-up cost, nothing pinned or counted against
-    /// `RLIMIT_MEMLOCK`), and each I/O pins its pages while it runs.
+    /// Register all of the served memory as fixed buffers at start
+    /// (default on). Off: nothing is registered at start (no start-up
+    /// cost, nothing pinned or counted against `RLIMIT_MEMLOCK`); empty
+    /// slots wait for declared DMA regions, and I/O outside them pins its
+    /// pages while it runs.
     pub fixed_buffers: bool,
 }
 
@@ -109,39 +117,29 @@ pub enum UringError {
 const NOT_ISSUER: i32 = libc::EEXIST;
 
 /// The io_uring submission entry for `op` (exposed so tests can check what
-/// the kernel will be asked to do).
+/// the kernel will be asked to do): `READ_FIXED`/`WRITE_FIXED` when the
+/// poller found its buffer inside a registered one ([`HostBuf::fixed`]),
+/// plain `READ`/`WRITE` otherwise.
+///
+/// [`HostBuf::fixed`]: super::memory::HostBuf::fixed
 pub fn entry_for(op: &IoOp, tag: u64) -> squeue::Entry {
     let fd = types::Fixed(0);
-    match op.kind {
-        IoKind::Read => opcode::ReadFixed::new(fd, op.buf.ptr, op.buf.len, op.buf.buf_index)
+    let (ptr, len) = (op.buf.ptr, op.buf.len);
+    let dsync = |fua: bool| if fua { libc::RWF_DSYNC } else { 0 };
+    match (op.kind, op.buf.fixed) {
+        (IoKind::Read, Some(index)) => opcode::ReadFixed::new(fd, ptr, len, index)
             .offset(op.offset)
             .build(),
-        IoKind::Write { fua } => {
-            opcode::WriteFixed::new(fd, op.buf.ptr, op.buf.len, op.buf.buf_index)
-                .offset(op.offset)
-                .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
-                .build()
-        }
-        IoKind::Flush => opcode::Fsync::new(fd)
-            .flags(types::FsyncFlags::DATASYNC)
-            .build(),
-    }
-    .user_data(tag)
-}
-
-/// The io_uring submission entry for `op` on memory that is not registered
-/// (plain `READ`/`WRITE`; see [`UringConfig::fixed_buffers`]).
-pub fn plain_entry_for(op: &IoOp, tag: u64) -> squeue::Entry {
-    let fd = types::Fixed(0);
-    match op.kind {
-        IoKind::Read => opcode::Read::new(fd, op.buf.ptr, op.buf.len)
+        (IoKind::Read, None) => opcode::Read::new(fd, ptr, len).offset(op.offset).build(),
+        (IoKind::Write { fua }, Some(index)) => opcode::WriteFixed::new(fd, ptr, len, index)
             .offset(op.offset)
+            .rw_flags(dsync(fua))
             .build(),
-        IoKind::Write { fua } => opcode::Write::new(fd, op.buf.ptr, op.buf.len)
+        (IoKind::Write { fua }, None) => opcode::Write::new(fd, ptr, len)
             .offset(op.offset)
-            .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
+            .rw_flags(dsync(fua))
             .build(),
-        IoKind::Flush => opcode::Fsync::new(fd)
+        (IoKind::Flush, _) => opcode::Fsync::new(fd)
             .flags(types::FsyncFlags::DATASYNC)
             .build(),
     }
@@ -172,8 +170,11 @@ pub struct UringBackend {
     /// Kind and end offset of the last operation pushed, to tell whether
     /// the next one continues it.
     run_end: Option<(IoKind, u64)>,
-    /// The memory is registered as fixed buffers.
-    fixed: bool,
+    /// Empty fixed-buffer slots reserved for declared regions (0 when all
+    /// the memory is registered, or the kernel cannot reserve them).
+    region_slots: usize,
+    /// All of the served memory is registered.
+    whole_memory: bool,
 }
 
 impl UringBackend {
@@ -230,6 +231,23 @@ impl UringBackend {
                 }
             })?;
         }
+        let region_slots = if config.fixed_buffers {
+            0
+        } else {
+            match ring
+                .submitter()
+                .register_buffers_sparse(MAX_DMA_REGIONS as u32)
+            {
+                Ok(()) => MAX_DMA_REGIONS,
+                Err(e) => {
+                    log::warn!(
+                        "nvme: io_uring cannot reserve fixed-buffer slots for DMA regions \
+                         ({e}; Linux 5.13 or later can): every I/O uses plain buffers"
+                    );
+                    0
+                }
+            }
+        };
         let cq_entries = ring.params().cq_entries() as usize;
         Ok(UringBackend {
             ring,
@@ -246,7 +264,8 @@ impl UringBackend {
             disabled: config.defer_taskrun,
             submit_batch: config.submit_batch as usize,
             run_end: None,
-            fixed: config.fixed_buffers,
+            region_slots,
+            whole_memory: config.fixed_buffers,
         })
     }
 
@@ -308,12 +327,7 @@ impl Backend for UringBackend {
                 log::warn!("nvme: io_uring submission failed: {e}");
             }
         }
-        let entry = if self.fixed {
-            entry_for(op, tag)
-        } else {
-            plain_entry_for(op, tag)
-        };
-        if !self.push_entry(&entry) {
+        if !self.push_entry(&entry_for(op, tag)) {
             return false;
         }
         self.outstanding += 1;
@@ -370,6 +384,48 @@ impl Backend for UringBackend {
 
     fn in_flight(&self) -> usize {
         self.outstanding
+    }
+
+    fn registrar(&mut self) -> Option<&mut dyn Registrar> {
+        Some(self)
+    }
+}
+
+impl Registrar for UringBackend {
+    fn whole_memory(&self) -> bool {
+        self.whole_memory
+    }
+
+    fn region_slots(&self) -> usize {
+        self.region_slots
+    }
+
+    fn register_region(&mut self, slot: u16, host: *mut u8, len: u64) -> io::Result<()> {
+        let iov = [libc::iovec {
+            iov_base: host.cast(),
+            iov_len: len as usize,
+        }];
+        // SAFETY: the registry only registers ranges inside the served
+        // memory (`DmaMemory::host_ptr` checked them), which stays mapped
+        // while the backend holds its Arc; the ring is dropped first.
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(slot.into(), &iov, None)
+        }
+    }
+
+    fn unregister_region(&mut self, slot: u16) -> io::Result<()> {
+        let empty = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }];
+        // SAFETY: an empty iovec only clears the slot.
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(slot.into(), &empty, None)
+        }
     }
 }
 
