@@ -356,7 +356,8 @@ fn nvme_sleep() -> u8 {
     // 4096 reads): on a loaded host the emulated guest can be slow enough
     // that a read completes before it looks, so it never needs to sleep.
     let (mut n, mut wrong) = (0u64, 0);
-    let slept = || nvme_format::driver::SLEEPS.load(core::sync::atomic::Ordering::Relaxed) - sleeps0;
+    let slept =
+        || nvme_format::driver::SLEEPS.load(core::sync::atomic::Ordering::Relaxed) - sleeps0;
     while n < 32 || (slept() < 3 && n < 4096) {
         let i = n;
         n += 1;
