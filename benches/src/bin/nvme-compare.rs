@@ -54,6 +54,11 @@ struct Args {
     /// keeps polling (yielding the CPU between turns).
     #[arg(long, value_name = "US|never")]
     block_in_flight_us: Option<String>,
+    /// Spins before sleeping stay at their minimum (the poller's 20 us with
+    /// operations in flight, a waiter's 20 us) instead of adapting to the
+    /// waits: the behaviour before adaptive spins, for an A/B.
+    #[arg(long)]
+    fixed_spin: bool,
     /// Set up the poller's io_uring without COOP_TASKRUN.
     #[arg(long)]
     no_coop_taskrun: bool,
@@ -139,6 +144,7 @@ fn cpu_seconds() -> (f64, f64) {
 fn main() {
     let args = Args::parse();
     let mut poller = poller_config(args.spin_us);
+    poller.adaptive_spin = !args.fixed_spin;
     match args.block_in_flight_us.as_deref() {
         None => {}
         Some("never") => poller.block_in_flight_after = None,
@@ -190,6 +196,14 @@ fn main() {
     // Started after the file is prepared, stopped at the end (drop).
     let load = BackgroundLoad::start(args.background_load);
     println!("background load: {} busy thread(s)", load.threads());
+    println!(
+        "queue pair spins before sleeping: {}",
+        if args.fixed_spin {
+            "fixed at their minimum (--fixed-spin)"
+        } else {
+            "adapted to the waits (20-200 us)"
+        }
+    );
     println!(
         "  {:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "method", "IOPS", "mean us", "p50 us", "p99 us", "ops", "doorbells/IO"

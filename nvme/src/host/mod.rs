@@ -54,4 +54,4 @@ pub use poller::{
 pub use process::{Device, DeviceError, ProcessQueuePair};
 pub use sync::SyncBackend;
 pub use uring::{UringBackend, UringConfig, UringError};
-pub use wake::{CompletionWaker, EventFdDoorbell, WakeFd};
+pub use wake::{CompletionWaker, EventFdDoorbell, SpinBudget, WakeFd};

@@ -48,7 +48,7 @@ use super::command::decode;
 use super::file::{link_count, BackingFile};
 use super::fixed::{Fixed, PinLimit, RegionError};
 use super::memory::{DmaMemory, HostBuf};
-use super::wake::{CompletionWaker, EventFdDoorbell, WakeFd};
+use super::wake::{CompletionWaker, EventFdDoorbell, SpinBudget, WakeFd};
 use crate::queue::{
     post_cqe, read_sqe, shared_word, ConfigError, Cqe, QueuePairConfig, Sqe, CQ_HEAD_WORD,
     EVENT_IDX_POLLING, SQ_TAIL_WORD, WAIT_WORD,
@@ -81,7 +81,9 @@ pub struct PollerConfig {
     pub spin: Duration,
     /// How long to keep polling with operations in flight and nothing
     /// completing before blocking in the kernel until one completes (or a
-    /// doorbell rings: the doorbells are armed meanwhile). Completions of a
+    /// doorbell rings: the doorbells are armed meanwhile), at least: the
+    /// poller spins longer, up to [`IN_FLIGHT_SPIN_MAX`], while its waits
+    /// show completions arriving within that ([`SpinBudget`]). Completions of a
     /// busy queue arrive faster than this; a single durable write takes
     /// longer, and a poller spinning through it would take a CPU that the
     /// kernel (an io_uring worker running the write) or the waiting thread
@@ -89,6 +91,12 @@ pub struct PollerConfig {
     /// and 20 ms. `None`: never block with operations in flight (yield the
     /// CPU between turns instead, the old behaviour, for comparison).
     pub block_in_flight_after: Option<Duration>,
+    /// Whether spins before sleeping adapt to the waits they serve (the
+    /// poller's in-flight spin, and in process mode each queue pair's
+    /// waiter; see [`SpinBudget`]). `false`: both stay at their minimum
+    /// (`block_in_flight_after`, `process::WAIT_SPIN`), as before, for
+    /// comparison.
+    pub adaptive_spin: bool,
 }
 
 impl Default for PollerConfig {
@@ -96,6 +104,7 @@ impl Default for PollerConfig {
         PollerConfig {
             spin: Duration::from_micros(200),
             block_in_flight_after: Some(Duration::from_micros(20)),
+            adaptive_spin: true,
         }
     }
 }
@@ -485,7 +494,16 @@ pub struct Poller<B: Backend> {
     interrupts: Option<InterruptSender>,
     /// The registered fixed buffers and declared DMA regions.
     fixed: Fixed,
+    /// How long to spin with operations in flight before blocking:
+    /// between `block_in_flight_after` and [`IN_FLIGHT_SPIN_MAX`], adapted
+    /// to how long such waits take (`None`: never block).
+    in_flight_spin: Option<SpinBudget>,
 }
+
+/// The longest the poller spins with operations in flight before it
+/// blocks in the kernel, once its waits have shown that completions
+/// arrive within that.
+pub const IN_FLIGHT_SPIN_MAX: Duration = Duration::from_micros(200);
 
 // SAFETY: the raw pointers in HostQueue point into the served memory, which
 // DmaMemory (held in an Arc) keeps valid; they are only used by the thread
@@ -518,6 +536,14 @@ impl<B: Backend> Poller<B> {
             bufs: Vec::new(),
             ops: Vec::new(),
             shared,
+            in_flight_spin: config.block_in_flight_after.map(|after| {
+                let max = if config.adaptive_spin {
+                    IN_FLIGHT_SPIN_MAX
+                } else {
+                    after
+                };
+                SpinBudget::new(after, max)
+            }),
             config,
             gate: Gate::default(),
             interrupts: None,
@@ -1027,8 +1053,14 @@ impl<B: Backend> Poller<B> {
     pub fn run(&mut self) {
         let spin = self.config.spin;
         let mut idle_since: Option<Instant> = None;
+        // Since when the poller has had nothing to do but operations in
+        // flight (kept across a block, so the wait is measured whole).
+        let mut in_flight_since: Option<Instant> = None;
         while !self.shared.stop.load(Ordering::Relaxed) {
             if self.turn() {
+                if let (Some(t0), Some(budget)) = (in_flight_since.take(), &self.in_flight_spin) {
+                    budget.record(t0.elapsed());
+                }
                 idle_since = None;
                 continue;
             }
@@ -1036,11 +1068,12 @@ impl<B: Backend> Poller<B> {
             let idle = now.duration_since(*idle_since.get_or_insert(now));
             if idle < spin {
                 if self.backend.in_flight() > 0 {
-                    match self.config.block_in_flight_after {
+                    let waited = now.duration_since(*in_flight_since.get_or_insert(now));
+                    match &self.in_flight_spin {
                         // Waiting on the kernel for a while: block until an
                         // operation completes (or a doorbell rings), so the
                         // kernel's worker and the waiting thread get the CPU.
-                        Some(after) if idle > after => {
+                        Some(budget) if waited > budget.get() => {
                             self.park();
                             idle_since = None;
                         }
@@ -1048,6 +1081,7 @@ impl<B: Backend> Poller<B> {
                         _ => std::hint::spin_loop(),
                     }
                 } else {
+                    in_flight_since = None;
                     std::hint::spin_loop();
                 }
                 continue;

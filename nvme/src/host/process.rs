@@ -9,7 +9,7 @@ use super::poller::{
     DeletionWatch, Poller, PollerConfig, PollerControl, PollerError, PollerHandle,
 };
 use super::uring::{UringBackend, UringConfig, UringError};
-use super::wake::{CompletionWaker, EventFdDoorbell};
+use super::wake::{CompletionWaker, EventFdDoorbell, SpinBudget};
 use crate::driver::{DriverError, QueueMemory, QueuePair};
 use crate::queue::QueueLayout;
 use crate::types::QueueId;
@@ -40,6 +40,9 @@ pub struct Device {
     handle: PollerHandle,
     memory: Arc<ProcessMemory>,
     blocks: u64,
+    /// The longest a queue pair's waiter spins ([`WAIT_SPIN_MAX`], or
+    /// [`WAIT_SPIN`] without `PollerConfig::adaptive_spin`).
+    wait_spin_max: std::time::Duration,
 }
 
 impl Device {
@@ -81,6 +84,11 @@ impl Device {
         let dma = Arc::new(DmaMemory::from_process(memory.clone())?);
         let backend = make(&dma)?;
         let blocks = backend.capacity_blocks();
+        let wait_spin_max = if poller.adaptive_spin {
+            WAIT_SPIN_MAX
+        } else {
+            WAIT_SPIN
+        };
         let mut poller = Poller::new(dma, backend, poller)?;
         if let Some(watch) = watch {
             poller.watch_for_deletion(watch);
@@ -90,6 +98,7 @@ impl Device {
             handle,
             memory,
             blocks,
+            wait_spin_max,
         })
     }
 
@@ -140,6 +149,7 @@ impl Device {
             id,
             control: self.handle.control(),
             waker,
+            spin: SpinBudget::new(WAIT_SPIN, self.wait_spin_max),
             _memory: self.memory.clone(),
         })
     }
@@ -157,15 +167,21 @@ pub struct ProcessQueuePair {
     control: PollerControl,
     /// Signalled by the poller after each completion it posts here.
     waker: Arc<CompletionWaker>,
+    /// How long to poll before sleeping, adapted to the waits.
+    spin: SpinBudget,
     _memory: Arc<ProcessMemory>,
 }
 
 /// How long a waiting driver thread polls its completion ring before it
-/// sleeps until the poller wakes it: about a fast device's latency, so a
-/// completion that is about to arrive costs no sleep, and a slow one (or a
-/// poller that does not get a CPU because other work has them) costs no
-/// CPU spent spinning against the thread it waits for.
+/// sleeps until the poller wakes it, at least: a fast device's latency, so
+/// a completion that is about to arrive costs no sleep, and a slow one (or
+/// a poller that does not get a CPU because other work has them) costs
+/// little CPU spent spinning against the thread it waits for.
 pub const WAIT_SPIN: std::time::Duration = std::time::Duration::from_micros(20);
+
+/// The longest a waiter spins, once its waits have shown that completions
+/// arrive within that (a [`SpinBudget`] between [`WAIT_SPIN`] and this).
+pub const WAIT_SPIN_MAX: std::time::Duration = std::time::Duration::from_micros(200);
 
 impl ProcessQueuePair {
     /// The id the poller gave this queue pair.
@@ -174,20 +190,25 @@ impl ProcessQueuePair {
     }
 
     /// Waits until a completion is in the ring (returns at once if one
-    /// is, or if nothing is outstanding): polls for [`WAIT_SPIN`], then
+    /// is, or if nothing is outstanding): polls for its spin budget
+    /// (between [`WAIT_SPIN`] and [`WAIT_SPIN_MAX`], see [`SpinBudget`]), then
     /// sleeps until the poller posts one. Returns whether it slept.
     pub fn wait_for_completion(&self) -> bool {
         if self.qp.in_flight() == 0 {
             return false;
         }
         let start = std::time::Instant::now();
-        while start.elapsed() < WAIT_SPIN {
+        let budget = self.spin.get();
+        while start.elapsed() < budget {
             if self.qp.has_completion() {
+                self.spin.record(start.elapsed());
                 return false;
             }
             std::hint::spin_loop();
         }
-        self.waker.sleep_unless(|| self.qp.has_completion())
+        let slept = self.waker.sleep_unless(|| self.qp.has_completion());
+        self.spin.record(start.elapsed());
+        slept
     }
 }
 
