@@ -48,6 +48,18 @@ pub fn require_direct_io(file: &Path) {
     }
 }
 
+/// Exits (status 2, a usage error) with a message unless `dir` (a `--dir`
+/// option) is fit for a disk benchmark ([`disk_dir_problem`]).
+pub fn require_disk_dir(dir: &Path) {
+    if let Some(problem) = disk_dir_problem(dir) {
+        eprintln!(
+            "--dir {}: {problem}; pass --dir on a disk file system",
+            dir.display()
+        );
+        std::process::exit(2);
+    }
+}
+
 /// Why `dir` is no place for a disk benchmark's files, if it is not: it
 /// does not take `O_DIRECT`, or it is memory (tmpfs, ramfs), which on
 /// recent kernels takes `O_DIRECT` and makes every "durable" write a

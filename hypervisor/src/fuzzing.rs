@@ -49,6 +49,46 @@ fn scratch_file() -> Option<File> {
     Some(unsafe { File::from_raw_fd(fd) })
 }
 
+/// The counters a fuzz target's [`Services`] report through `Stats`: no
+/// exits counted, no KVM.
+struct Counters {
+    exits: AtomicU64,
+    stats_calls: AtomicU64,
+    kvm_stats: Result<Vec<crate::kvmstats::VcpuStats>, String>,
+}
+
+impl Counters {
+    fn new() -> Counters {
+        Counters {
+            exits: AtomicU64::new(0),
+            stats_calls: AtomicU64::new(0),
+            kvm_stats: Err("no KVM in the fuzz target".to_string()),
+        }
+    }
+
+    /// The hypercall services over `ram` with these counters.
+    fn services<'a>(
+        &'a self,
+        ram: &'a GuestRam,
+        console: &'a Console,
+        files: &'a Files,
+        disk: Option<&'a crate::disk::Disk>,
+    ) -> Services<'a> {
+        Services {
+            ram,
+            console,
+            control: Control {
+                vmm_exits: &self.exits,
+                stats_calls: &self.stats_calls,
+                kvm_stats: &self.kvm_stats,
+            },
+            clock: Clock::new(Instant::now()),
+            files,
+            disk: DiskService { disk },
+        }
+    }
+}
+
 /// The hypercall server against arbitrary guest memory and calls.
 ///
 /// Input: a count byte, then per call 4 bytes (call number, vCPU and where
@@ -82,20 +122,8 @@ pub fn hypercalls(data: &[u8]) -> bool {
             .into_iter()
             .collect(),
     );
-    let (exits, stats_calls) = (AtomicU64::new(0), AtomicU64::new(0));
-    let kvm_stats = Err("no KVM in the fuzz target".to_string());
-    let services = Services {
-        ram: &ram,
-        console: &console,
-        control: Control {
-            vmm_exits: &exits,
-            stats_calls: &stats_calls,
-            kvm_stats: &kvm_stats,
-        },
-        clock: Clock::new(Instant::now()),
-        files: &files,
-        disk: DiskService { disk: None },
-    };
+    let counters = Counters::new();
+    let services = counters.services(&ram, &console, &files, None);
     for call in calls.chunks_exact(4) {
         let hypercall = Hypercall::ALL[usize::from(call[0]) % Hypercall::ALL.len()];
         let vcpu = u32::from(call[1] & 1);
@@ -106,7 +134,9 @@ pub fn hypercalls(data: &[u8]) -> bool {
             2 => HIGH.start.wrapping_sub(offset),
             _ => u64::MAX - offset,
         };
-        exits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counters
+            .exits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Any result is fine (a bad block is an error, not a panic).
         let _ = services.handle(vcpu, hypercall, GuestPhysAddr(block));
     }
@@ -190,20 +220,8 @@ pub fn dma_regions(data: &[u8]) -> bool {
         .unwrap_or_else(|e| panic!("cannot start the target's disk: {e}"));
     let console = Console::new(1, false, false);
     let files = Files::default();
-    let (exits, stats_calls) = (AtomicU64::new(0), AtomicU64::new(0));
-    let kvm_stats = Err("no KVM in the fuzz target".to_string());
-    let services = Services {
-        ram: &ram,
-        console: &console,
-        control: Control {
-            vmm_exits: &exits,
-            stats_calls: &stats_calls,
-            kvm_stats: &kvm_stats,
-        },
-        clock: Clock::new(Instant::now()),
-        files: &files,
-        disk: DiskService { disk: Some(&disk) },
-    };
+    let counters = Counters::new();
+    let services = counters.services(&ram, &console, &files, Some(&disk));
     const BLOCK: u64 = 0x100;
     let mut declared: Vec<(u64, u64)> = Vec::new();
     for call in calls {

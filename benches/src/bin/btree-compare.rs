@@ -750,7 +750,8 @@ fn out_of_memory<D: BlockDevice>(args: &Args, devices: &dyn Fn(usize) -> Vec<D>)
         args.seconds
     );
     // The reference at the same shape: its pool is a whole number of GiB.
-    let reference = if args.ooo_pool_mib.is_multiple_of(1024) {
+    let named = args.vmcache.is_some() || std::env::var_os("DBOS_VMCACHE").is_some();
+    let reference = if !named || args.ooo_pool_mib.is_multiple_of(1024) {
         let virtgb = (args.ooo_data_mib * 2).div_ceil(1024) + 1;
         let r = Reference::find(args, args.ooo_pool_mib / 1024, virtgb);
         if r.is_none() {

@@ -219,13 +219,7 @@ fn main() {
         eprintln!("--seconds, --rounds and --depth take positive numbers");
         std::process::exit(2);
     }
-    if let Some(problem) = dbos_benches::disk_dir_problem(&args.dir) {
-        eprintln!(
-            "--dir {}: {problem}; pass --dir on a disk file system",
-            args.dir.display()
-        );
-        std::process::exit(2);
-    }
+    dbos_benches::require_disk_dir(&args.dir);
     let guest = matches!(args.mode, Mode::Guest | Mode::Both);
     if guest {
         for (what, path) in [("--dbos", &args.dbos), ("--image", &args.image)] {

@@ -410,13 +410,7 @@ fn main() {
         eprintln!("--seconds takes a positive number, not {}", args.seconds);
         std::process::exit(2);
     }
-    if let Some(problem) = dbos_benches::disk_dir_problem(&args.dir) {
-        eprintln!(
-            "--dir {}: {problem}; pass --dir on a disk file system",
-            args.dir.display()
-        );
-        std::process::exit(2);
-    }
+    dbos_benches::require_disk_dir(&args.dir);
     let (dir, secs, rounds, spin, no_sleep) = (
         &args.dir,
         args.seconds,
