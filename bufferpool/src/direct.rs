@@ -17,24 +17,18 @@
 //! write), because nothing written to a file without a name survives.
 
 use crate::device::{BlockDevice, DeviceError, Io, IoBuf, IoKind, IoTag, BLOCK_SIZE};
+use crate::immediate::Immediate;
 use dbos_nvme::host::BackingFile;
-use dbos_nvme::DmaAddr;
-use std::alloc::Layout;
-use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::vec::Vec;
 
 /// A device on an `O_DIRECT` file whose requests the caller carries out.
 pub struct DirectDevice {
     file: Arc<BackingFile>,
     blocks: u64,
-    /// Buffers handed out: (address, bytes, layout), freed on drop.
-    bufs: Vec<(usize, usize, Layout)>,
-    /// Results of requests carried out, not yet polled.
-    done: VecDeque<(IoTag, Result<(), DeviceError>)>,
-    next_tag: IoTag,
+    /// Buffers handed out, results not yet polled.
+    io: Immediate,
     /// The file was found deleted: writes and flushes fail from now on.
     deleted: bool,
 }
@@ -45,9 +39,7 @@ impl DirectDevice {
         DirectDevice {
             blocks: file.blocks(),
             file,
-            bufs: Vec::new(),
-            done: VecDeque::new(),
-            next_tag: 0,
+            io: Immediate::default(),
             deleted: false,
         }
     }
@@ -55,17 +47,6 @@ impl DirectDevice {
     /// Another device on the same file (for another thread).
     pub fn another(&self) -> DirectDevice {
         DirectDevice::new(self.file.clone())
-    }
-
-    /// The buffer that `io` names, if it lies inside one this device
-    /// handed out.
-    fn buffer(&self, io: &Io) -> Option<*mut u8> {
-        let len = io.blocks as usize * BLOCK_SIZE;
-        let start = usize::try_from(io.addr.0).ok()?;
-        self.bufs
-            .iter()
-            .any(|&(a, n, _)| start >= a && start.checked_add(len).is_some_and(|e| e <= a + n))
-            .then_some(start as *mut u8)
     }
 
     /// Carries out `io` (checked) on this thread.
@@ -82,8 +63,11 @@ impl DirectDevice {
         if io.blocks == 0 || end.is_none_or(|e| e > self.blocks) {
             return Err(DeviceError::LbaOutOfRange);
         }
-        let ptr = self.buffer(io).ok_or(DeviceError::InvalidRequest)?;
         let len = io.blocks as usize * BLOCK_SIZE;
+        let ptr = self
+            .io
+            .buffer(io.addr, len)
+            .ok_or(DeviceError::InvalidRequest)?;
         let offset = io.lba * BLOCK_SIZE as u64;
         match io.kind {
             IoKind::Read => {
@@ -187,44 +171,19 @@ unsafe impl BlockDevice for DirectDevice {
     }
 
     fn alloc(&mut self, blocks: usize) -> Result<IoBuf, DeviceError> {
-        let bytes = blocks.max(1) * BLOCK_SIZE;
-        let layout = Layout::from_size_align(bytes, BLOCK_SIZE)
-            .map_err(|_| DeviceError::OutOfDmaMemory(blocks))?;
-        // SAFETY: a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return Err(DeviceError::OutOfDmaMemory(blocks));
-        }
-        self.bufs.push((ptr as usize, bytes, layout));
-        Ok(IoBuf {
-            ptr,
-            addr: DmaAddr(ptr as u64),
-            blocks,
-        })
+        self.io.alloc(blocks)
     }
 
     fn submit(&mut self, io: &Io) -> Result<IoTag, DeviceError> {
-        let tag = self.next_tag;
-        self.next_tag = self.next_tag.wrapping_add(1);
         let result = self.execute(io);
-        self.done.push_back((tag, result));
-        Ok(tag)
+        Ok(self.io.complete(result))
     }
 
     fn poll(&mut self) -> Option<(IoTag, Result<(), DeviceError>)> {
-        self.done.pop_front()
+        self.io.poll()
     }
 
     fn in_flight(&self) -> usize {
-        self.done.len()
-    }
-}
-
-impl Drop for DirectDevice {
-    fn drop(&mut self) {
-        for &(ptr, _, layout) in &self.bufs {
-            // SAFETY: allocated in `alloc` with this layout, freed once.
-            unsafe { std::alloc::dealloc(ptr as *mut u8, layout) };
-        }
+        self.io.in_flight()
     }
 }

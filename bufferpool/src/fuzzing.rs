@@ -9,19 +9,18 @@
 use crate::control::{Control, Layout, CONTROL_BLOCKS};
 use crate::device::{BlockDevice, DeviceError, Io, IoBuf, IoKind, IoTag, BLOCK_SIZE};
 use crate::engine::{Config, Engine, Error, PageWrite, PoolSetup};
+use crate::immediate::Immediate;
 use crate::log::{CommitMode, SECTOR, SECTOR_HEADER};
 use crate::page::{PAGE_CONTENTS, PAGE_HEADER};
 use crate::pool::hash::HashPool;
 use crate::pool::PoolError;
 use crate::record::Record;
 use crate::{Env, Lsn, PageId};
-use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::ToString;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
-use dbos_nvme::DmaAddr;
 use spin::Mutex;
 
 /// The bytes of an in-memory disk, shared by the devices on it.
@@ -53,34 +52,16 @@ impl MemDisk {
 /// in order, and is stable when it completes.
 pub struct MemDevice {
     disk: Arc<MemDisk>,
-    bufs: Vec<(*mut u8, core::alloc::Layout)>,
-    done: VecDeque<(IoTag, Result<(), DeviceError>)>,
-    next_tag: IoTag,
+    io: Immediate,
 }
-
-// SAFETY: the raw pointers are buffers this device allocated and owns; it
-// touches them only from the thread that drives it (through &mut self).
-unsafe impl Send for MemDevice {}
 
 impl MemDevice {
     /// A device on `disk`.
     pub fn new(disk: &Arc<MemDisk>) -> MemDevice {
         MemDevice {
             disk: disk.clone(),
-            bufs: Vec::new(),
-            done: VecDeque::new(),
-            next_tag: 0,
+            io: Immediate::default(),
         }
-    }
-
-    /// The buffer memory `len` bytes at `addr` if they lie in one of this
-    /// device's buffers.
-    fn buffer(&self, addr: DmaAddr, len: usize) -> Option<*mut u8> {
-        let a = addr.0 as usize;
-        self.bufs.iter().find_map(|&(p, l)| {
-            let start = p as usize;
-            (a >= start && a.checked_add(len)? <= start + l.size()).then_some(a as *mut u8)
-        })
     }
 
     fn execute(&mut self, io: &Io) -> Result<(), DeviceError> {
@@ -89,6 +70,7 @@ impl MemDevice {
         }
         let len = io.blocks as usize * BLOCK_SIZE;
         let ptr = self
+            .io
             .buffer(io.addr, len)
             .ok_or(DeviceError::InvalidRequest)?;
         let mut disk = self.disk.bytes.lock();
@@ -113,16 +95,6 @@ impl MemDevice {
     }
 }
 
-impl Drop for MemDevice {
-    fn drop(&mut self) {
-        for &(p, l) in &self.bufs {
-            // SAFETY: allocated in `alloc` with this layout, freed once;
-            // the device (whose buffers they are) is going away.
-            unsafe { alloc::alloc::dealloc(p, l) };
-        }
-    }
-}
-
 // SAFETY: buffers are fresh zeroed allocations of the requested size,
 // 4 KiB aligned, owned by the device until it is dropped, handed out once;
 // their "device address" is their address, and the device touches them
@@ -133,36 +105,20 @@ unsafe impl BlockDevice for MemDevice {
     }
 
     fn alloc(&mut self, blocks: usize) -> Result<IoBuf, DeviceError> {
-        let size = blocks.max(1) * BLOCK_SIZE;
-        let layout = core::alloc::Layout::from_size_align(size, BLOCK_SIZE)
-            .map_err(|_| DeviceError::OutOfDmaMemory(blocks))?;
-        // SAFETY: non-zero size.
-        let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return Err(DeviceError::OutOfDmaMemory(blocks));
-        }
-        self.bufs.push((ptr, layout));
-        Ok(IoBuf {
-            ptr,
-            addr: DmaAddr(ptr as u64),
-            blocks,
-        })
+        self.io.alloc(blocks)
     }
 
     fn submit(&mut self, io: &Io) -> Result<IoTag, DeviceError> {
-        let tag = self.next_tag;
-        self.next_tag = self.next_tag.wrapping_add(1);
-        let r = self.execute(io);
-        self.done.push_back((tag, r));
-        Ok(tag)
+        let result = self.execute(io);
+        Ok(self.io.complete(result))
     }
 
     fn poll(&mut self) -> Option<(IoTag, Result<(), DeviceError>)> {
-        self.done.pop_front()
+        self.io.poll()
     }
 
     fn in_flight(&self) -> usize {
-        self.done.len()
+        self.io.in_flight()
     }
 }
 

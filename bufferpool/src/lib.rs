@@ -53,6 +53,8 @@ pub mod direct;
 pub mod guest;
 #[cfg(not(target_os = "none"))]
 pub mod host;
+#[cfg(any(feature = "fuzzing", not(target_os = "none")))]
+mod immediate;
 
 pub use control::Layout;
 pub use device::{

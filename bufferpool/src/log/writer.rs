@@ -466,15 +466,14 @@ impl<D: BlockDevice> Wal<D> {
 
     /// Writes a batch as the leader, timing it where waits can sleep.
     fn lead(&self, w: &mut Writer<D>) -> Result<(), WalError> {
-        if self.env.sleep.is_none() {
-            return self.write_batch(w, false);
-        }
-        let t0 = (self.env.now_ns)();
+        let t0 = self.env.sleep.map(|_| (self.env.now_ns)());
         let result = self.write_batch(w, false);
-        let took = (self.env.now_ns)().saturating_sub(t0);
-        let avg = self.batch_ns.load(Ordering::Relaxed);
-        self.batch_ns
-            .store(avg - avg / 8 + took / 8, Ordering::Relaxed);
+        if let Some(t0) = t0 {
+            let took = (self.env.now_ns)().saturating_sub(t0);
+            let avg = self.batch_ns.load(Ordering::Relaxed);
+            self.batch_ns
+                .store(avg - avg / 8 + took / 8, Ordering::Relaxed);
+        }
         result
     }
 
