@@ -1,0 +1,1 @@
+//! The in-process workload driver (being written).
