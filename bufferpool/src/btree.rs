@@ -74,7 +74,7 @@ use crate::pool::racy::{be_head, top_bytes};
 use crate::pool::{
     BufferManager, ExclusiveGuard, OptimisticGuard, PageRead, Pool, PoolError, Stale,
 };
-use crate::{PageId, PAGE_SIZE};
+use crate::{Lsn, PageId, PAGE_SIZE};
 use alloc::vec::Vec;
 use core::cmp::Ordering;
 use core::fmt;
@@ -131,6 +131,23 @@ const FREE: u8 = 4;
 /// The root flag (in `FLAGS`).
 const ROOT: u8 = 1;
 
+// The meta page: the root's id in `LINK_A`, then these.
+/// The first page on the free list (`NONE`: empty); each free page links
+/// the next in `LINK_A`.
+const META_FREE: usize = PAGE_HEADER + 16;
+/// Pages on the free list.
+const META_FREE_COUNT: usize = PAGE_HEADER + 24;
+/// A logged tree: the next page of its area never used yet (its pages
+/// are `META_FIRST..META_NEXT`); 0 in a tree whose pages the pool
+/// allocates.
+const META_NEXT: usize = PAGE_HEADER + 32;
+/// The first page of the tree's area: the meta page itself.
+const META_FIRST: usize = PAGE_HEADER + 40;
+
+/// Most changes one [`BTree::apply`] takes (each may latch a leaf of its
+/// own, and all are held together).
+pub const MAX_CHANGES: usize = 64;
+
 // Loads a reader does must be aligned words.
 const _: () =
     assert!(PREFIX_HEAD.is_multiple_of(8) && HINTS.is_multiple_of(8) && LINK_B.is_multiple_of(8));
@@ -155,6 +172,13 @@ pub enum TreeError {
     /// The pool gave the tree a page beyond the [`MAX_PAGES`] its inner
     /// nodes can address.
     PageTooFar { page: PageId },
+    /// A logged tree needs a new page and every one of the store's `pages`
+    /// is in use: the change was undone (nothing acknowledged is lost).
+    Full { pages: u64 },
+    /// [`BTree::apply`] was given more than [`MAX_CHANGES`] changes.
+    TooManyChanges { changes: usize },
+    /// The log or its engine failed (see [`crate::Error`]).
+    Engine(crate::engine::Error),
 }
 
 impl fmt::Display for TreeError {
@@ -171,6 +195,16 @@ impl fmt::Display for TreeError {
                 "page {} is beyond the {MAX_PAGES} pages a tree can address",
                 page.0
             ),
+            TreeError::Full { pages } => write!(
+                f,
+                "disk full: all {pages} pages of the store are in use; the change was not \
+                 made and nothing acknowledged is lost"
+            ),
+            TreeError::TooManyChanges { changes } => write!(
+                f,
+                "a transaction of {changes} changes (at most {MAX_CHANGES})"
+            ),
+            TreeError::Engine(e) => write!(f, "{e}"),
         }
     }
 }
@@ -181,11 +215,19 @@ impl From<PoolError> for TreeError {
     }
 }
 
-/// Internal: restart the operation, or fail it.
+/// Internal: restart the operation, fail it, split a leaf that has no
+/// room for change `i` of [`BTree::apply`] first, or make room in the log
+/// first (the unit was undone).
 enum E {
     Restart,
     Fail(TreeError),
+    Split(PageId, usize),
+    LogFull(TreeError),
 }
+
+/// Times an operation makes room in the log before it gives up: a unit
+/// that does not fit a log just checkpointed never will.
+const LOG_FULL_TRIES: u32 = 3;
 
 impl From<Stale> for E {
     fn from(_: Stale) -> E {
@@ -668,12 +710,169 @@ fn live_child(b: &[u8], pos: usize) -> PageId {
     }
 }
 
-/// What an operation does when the key exists or not.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Put {
-    Insert,
-    Update,
-    Upsert,
+/// Where a tree's changes go to be durable: the engine (see
+/// `crate::mtr`). Each change of the tree's pages (a leaf change, a
+/// split, a merge, a new or collapsed root, the free list) is one
+/// *mini-transaction*: its pages are latched exclusively as it goes, and
+/// once it has changed them [`log`](TreeLog::log) logs the changes as one
+/// atomic unit while they are still latched, so no page can be written
+/// back before its change is in the log.
+pub trait TreeLog<B: BufferManager + ?Sized>: Sync {
+    /// Called before each tree operation, with no page latched: the log
+    /// may take a checkpoint here.
+    fn prepare(&self) -> Result<(), TreeError>;
+    /// Logs the changes made to `pages` (page `i` held `before[i]` when it
+    /// was latched) as one atomic unit, sets the changed pages' LSNs to its
+    /// end, which it returns, and unlatches them (empties `pages`). Pages
+    /// equal to their before-image are left out. On an error nothing was
+    /// logged and `pages` are left latched, for the tree to undo.
+    fn log(
+        &self,
+        pages: &mut Vec<ExclusiveGuard<'_, B>>,
+        before: &[PageBuf],
+    ) -> Result<Lsn, Refused>;
+    /// After [`Refused::LogFull`], with no page latched: makes room in the
+    /// log (a checkpoint).
+    fn make_room(&self) -> Result<(), TreeError>;
+}
+
+/// Why [`TreeLog::log`] logged nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The log has no room until a checkpoint; the tree undoes the change,
+    /// calls [`TreeLog::make_room`] and tries again (a few times: then it
+    /// returns the error carried here).
+    LogFull(TreeError),
+    /// The log failed (the engine stopped) or the unit is impossible.
+    Failed(TreeError),
+}
+
+/// One change of a multi-key transaction ([`BTree::apply`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// Inserts `key` if absent (outcome: it was inserted).
+    Insert { key: &'a [u8], val: &'a [u8] },
+    /// Replaces the value of `key` if present (outcome: it was present).
+    Update { key: &'a [u8], val: &'a [u8] },
+    /// Inserts or replaces (outcome: the key was new).
+    Upsert { key: &'a [u8], val: &'a [u8] },
+    /// Removes `key` (outcome: it was present).
+    Delete { key: &'a [u8] },
+}
+
+impl<'a> Change<'a> {
+    /// The key the change is about.
+    pub fn key(&self) -> &'a [u8] {
+        match *self {
+            Change::Insert { key, .. }
+            | Change::Update { key, .. }
+            | Change::Upsert { key, .. }
+            | Change::Delete { key } => key,
+        }
+    }
+}
+
+/// What [`BTree::apply`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Per change, in order: its outcome (see [`Change`]).
+    pub outcomes: Vec<bool>,
+    /// The end of the log unit that holds the changes (`None`: the tree is
+    /// not logged, or nothing changed); durable once the log is durable up
+    /// to it.
+    pub lsn: Option<Lsn>,
+}
+
+/// A mini-transaction: the pages a change latched exclusively as it went
+/// and, where it may have to be undone (a logged tree, a multi-key change,
+/// a structural change), their contents when latched. Dropped without
+/// [`commit`](Mtr::commit), it puts those contents back before it unlatches
+/// the pages, so a change given up half-way leaves nothing behind.
+struct Mtr<'p, B: BufferManager + ?Sized> {
+    pages: Vec<ExclusiveGuard<'p, B>>,
+    before: Vec<PageBuf>,
+    /// Whether each page was dirty (to be written) when fixed.
+    dirty: Vec<bool>,
+    keep: bool,
+    done: bool,
+}
+
+impl<'p, B: BufferManager + ?Sized> Mtr<'p, B> {
+    fn new(keep: bool) -> Mtr<'p, B> {
+        Mtr {
+            pages: Vec::new(),
+            before: Vec::new(),
+            dirty: Vec::new(),
+            keep,
+            done: false,
+        }
+    }
+
+    /// Takes a latched page into the unit; returns its index.
+    fn add(&mut self, g: ExclusiveGuard<'p, B>) -> usize {
+        if self.keep {
+            let mut b = PageBuf::zeroed();
+            b.0.copy_from_slice(g.bytes());
+            self.before.push(b);
+            self.dirty.push(g.is_dirty());
+        }
+        self.pages.push(g);
+        self.pages.len() - 1
+    }
+
+    fn id(&self, i: usize) -> PageId {
+        self.pages[i].id()
+    }
+
+    fn b(&self, i: usize) -> &[u8] {
+        self.pages[i].bytes()
+    }
+
+    fn bm(&mut self, i: usize) -> &mut [u8] {
+        self.pages[i].bytes_mut()
+    }
+
+    /// Two distinct pages' bytes, to change both.
+    fn pair(&mut self, i: usize, j: usize) -> (&mut [u8], &mut [u8]) {
+        assert!(i != j);
+        if i < j {
+            let (a, b) = self.pages.split_at_mut(j);
+            (a[i].bytes_mut(), b[0].bytes_mut())
+        } else {
+            let (a, b) = self.pages.split_at_mut(i);
+            (b[0].bytes_mut(), a[j].bytes_mut())
+        }
+    }
+
+    /// The index of page `id` if the unit holds it.
+    fn find(&self, id: u64) -> Option<usize> {
+        self.pages.iter().position(|g| g.id().0 == id)
+    }
+
+    /// Logs the unit (if the tree is logged) and unlatches its pages.
+    fn commit(mut self, log: Option<&dyn TreeLog<B>>) -> R<Option<Lsn>> {
+        let lsn = match log {
+            None => None,
+            Some(log) => match log.log(&mut self.pages, &self.before) {
+                Ok(lsn) => Some(lsn),
+                Err(Refused::LogFull(e)) => return Err(E::LogFull(e)),
+                Err(Refused::Failed(e)) => return Err(E::Fail(e)),
+            },
+        };
+        self.done = true;
+        Ok(lsn)
+    }
+}
+
+impl<B: BufferManager + ?Sized> Drop for Mtr<'_, B> {
+    fn drop(&mut self) {
+        if self.done || !self.keep {
+            return;
+        }
+        for ((g, b), &d) in self.pages.iter_mut().zip(&self.before).zip(&self.dirty) {
+            g.undo(&b.0, d);
+        }
+    }
 }
 
 /// A B+tree whose meta page (holding the root's id) is `meta`.
@@ -682,35 +881,101 @@ pub struct BTree<'p, B: BufferManager + ?Sized> {
     meta: PageId,
     /// The root's id as last seen (checked by the root flag at every use).
     root: AtomicU64,
-    free: spin::Mutex<Vec<PageId>>,
+    log: Option<&'p dyn TreeLog<B>>,
 }
 
 impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
-    /// A new empty tree in `pool`.
+    /// A new empty tree in `pool`, not logged, its pages allocated from the
+    /// pool ([`Pool::allocate`]).
     pub fn create(pool: &'p B) -> Result<BTree<'p, B>, TreeError> {
-        let mut meta = pool.allocate()?;
-        let mut root = pool.allocate()?;
+        let meta = pool.allocate()?;
+        let root = pool.allocate()?;
+        Ok(BTree::create_in(pool, None, meta, root, 0)?.0)
+    }
+
+    /// A new empty tree whose changes are logged through `log`, on pages
+    /// `first..` of `pool`: the meta page is `first`, the root `first + 1`,
+    /// and the tree allocates the pages after them itself (recorded in the
+    /// meta page, so allocation is logged with the rest), up to the pool's
+    /// [`page_count`](BufferManager::page_count). Returns the tree and the
+    /// end of the log unit that created it.
+    pub fn create_logged(
+        pool: &'p B,
+        log: &'p dyn TreeLog<B>,
+        first: PageId,
+    ) -> Result<(BTree<'p, B>, Lsn), TreeError> {
+        let end = first.0 + 2;
+        if end > pool.page_count() {
+            return Err(TreeError::Full {
+                pages: pool.page_count(),
+            });
+        }
+        log.prepare()?;
+        let meta = pool.fix_overwrite(first)?;
+        let root = pool.fix_overwrite(PageId(first.0 + 1))?;
+        let (t, lsn) = BTree::create_in(pool, Some(log), meta, root, end)?;
+        Ok((t, lsn.unwrap_or(Lsn::ZERO)))
+    }
+
+    fn create_in(
+        pool: &'p B,
+        log: Option<&'p dyn TreeLog<B>>,
+        meta: ExclusiveGuard<'p, B>,
+        root: ExclusiveGuard<'p, B>,
+        next: u64,
+    ) -> Result<(BTree<'p, B>, Option<Lsn>), TreeError> {
         if root.id().0 >= MAX_PAGES {
             return Err(TreeError::PageTooFar { page: root.id() });
         }
-        let r = root.bytes_mut();
+        let mut m = Mtr::new(true);
+        let (mi, ri) = (m.add(meta), m.add(root));
+        let (id, root_id) = (m.id(mi), m.id(ri));
+        let r = m.bm(ri);
         init(r, LEAF);
         r[FLAGS] = ROOT;
-        let m = meta.bytes_mut();
-        init(m, META);
-        wr64(m, LINK_A, root.id().0);
-        let id = meta.id();
-        log::debug!("btree: created, meta {} root {}", id.0, root.id().0);
-        Ok(BTree {
+        let mb = m.bm(mi);
+        init(mb, META);
+        wr64(mb, LINK_A, root_id.0);
+        // (Over fields `init` set for nodes.)
+        wr64(mb, META_FREE, NONE);
+        wr64(mb, META_FREE_COUNT, 0);
+        wr64(mb, META_NEXT, next);
+        wr64(mb, META_FIRST, id.0);
+        let lsn = match m.commit(log) {
+            Ok(l) => l,
+            Err(E::Fail(e)) | Err(E::LogFull(e)) => return Err(e),
+            Err(_) => unreachable!("a commit only fails or finds the log full"),
+        };
+        log::debug!("btree: created, meta {} root {}", id.0, root_id.0);
+        let t = BTree {
             pool,
             meta: id,
-            root: AtomicU64::new(root.id().0),
-            free: spin::Mutex::new(Vec::new()),
-        })
+            root: AtomicU64::new(root_id.0),
+            log,
+        };
+        Ok((t, lsn))
     }
 
-    /// The tree whose meta page is `meta`.
+    /// The tree whose meta page is `meta`, not logged.
     pub fn open(pool: &'p B, meta: PageId) -> Result<BTree<'p, B>, TreeError> {
+        BTree::open_in(pool, None, meta)
+    }
+
+    /// The logged tree whose meta page is `meta` (see
+    /// [`create_logged`](Self::create_logged)).
+    pub fn open_logged(
+        pool: &'p B,
+        log: &'p dyn TreeLog<B>,
+        meta: PageId,
+    ) -> Result<BTree<'p, B>, TreeError> {
+        BTree::open_in(pool, Some(log), meta)
+    }
+
+    fn open_in(
+        pool: &'p B,
+        log: Option<&'p dyn TreeLog<B>>,
+        meta: PageId,
+    ) -> Result<BTree<'p, B>, TreeError> {
         let g = pool.fix_shared(meta)?;
         if g.bytes()[KIND] != META {
             return Err(TreeError::Corrupt {
@@ -718,13 +983,45 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 what: "not a tree meta page",
             });
         }
+        if log.is_some() && rd64(g.bytes(), META_NEXT) == 0 {
+            return Err(TreeError::Corrupt {
+                page: meta,
+                what: "the meta page of a tree that is not logged",
+            });
+        }
         let root = rd64(g.bytes(), LINK_A);
         Ok(BTree {
             pool,
             meta,
             root: AtomicU64::new(root),
-            free: spin::Mutex::new(Vec::new()),
+            log,
         })
+    }
+
+    /// A handle on the tree whose meta page is `meta` (opened before with
+    /// [`open_logged`](Self::open_logged) or [`open`](Self::open)),
+    /// starting from `root_hint` (a [`root_hint`](Self::root_hint) of an
+    /// earlier handle) without reading anything: a stale hint is found out
+    /// by the root flag and refreshed from the meta page at first use. So
+    /// a store that keeps the tree's meta page and last root can make a
+    /// handle per call at no cost.
+    pub fn attach(
+        pool: &'p B,
+        log: Option<&'p dyn TreeLog<B>>,
+        meta: PageId,
+        root_hint: u64,
+    ) -> BTree<'p, B> {
+        BTree {
+            pool,
+            meta,
+            root: AtomicU64::new(root_hint),
+            log,
+        }
+    }
+
+    /// The root's id as this handle last saw it.
+    pub fn root_hint(&self) -> u64 {
+        self.root.load(atomic::Ordering::Relaxed)
     }
 
     /// The meta page.
@@ -737,13 +1034,23 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         self.pool
     }
 
+    /// Pages of the tree's area in use or free, and pages on its free
+    /// list: `(next, free)`, where the area is `meta..next` (a logged
+    /// tree; `next` is 0 for one that is not).
+    pub fn space(&self) -> Result<(u64, u64), TreeError> {
+        let g = self.pool.fix_shared(self.meta)?;
+        Ok((rd64(g.bytes(), META_NEXT), rd64(g.bytes(), META_FREE_COUNT)))
+    }
+
     fn retry<T>(&self, mut f: impl FnMut() -> R<T>) -> Result<T, TreeError> {
         let mut restarts = 0u32;
+        let mut full = 0;
         loop {
             match f() {
                 Ok(t) => return Ok(t),
                 Err(E::Fail(e)) => return Err(e),
-                Err(E::Restart) => {
+                Err(E::LogFull(e)) => self.make_room(&mut full, e)?,
+                Err(E::Restart) | Err(E::Split(..)) => {
                     restarts += 1;
                     if restarts > 4 {
                         self.pool.relax();
@@ -752,6 +1059,16 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                     }
                 }
             }
+        }
+    }
+
+    /// After a unit was refused for a full log: a checkpoint, or the log's
+    /// error once `full` reaches [`LOG_FULL_TRIES`].
+    fn make_room(&self, full: &mut u32, e: TreeError) -> Result<(), TreeError> {
+        *full += 1;
+        match self.log {
+            Some(log) if *full <= LOG_FULL_TRIES => log.make_room(),
+            _ => Err(e),
         }
     }
 
@@ -856,78 +1173,243 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         })
     }
 
+    fn one(&self, c: Change<'_>) -> Result<bool, TreeError> {
+        Ok(self.apply(&[c])?.outcomes[0])
+    }
+
     /// Inserts `key` with `val`; false (and no change) if `key` exists.
+    /// (A logged tree logs the change; [`apply`](Self::apply) says where.)
     pub fn insert(&self, key: &[u8], val: &[u8]) -> Result<bool, TreeError> {
-        Self::check_entry(key, val)?;
-        self.retry(|| self.put(key, val, Put::Insert))
+        self.one(Change::Insert { key, val })
     }
 
     /// Replaces the value of `key`; false (and no change) if absent.
     pub fn update(&self, key: &[u8], val: &[u8]) -> Result<bool, TreeError> {
-        Self::check_entry(key, val)?;
-        self.retry(|| self.put(key, val, Put::Update))
+        self.one(Change::Update { key, val })
     }
 
     /// Inserts or replaces; true if `key` was new.
     pub fn upsert(&self, key: &[u8], val: &[u8]) -> Result<bool, TreeError> {
-        Self::check_entry(key, val)?;
-        self.retry(|| self.put(key, val, Put::Upsert))
+        self.one(Change::Upsert { key, val })
     }
 
-    fn put(&self, key: &[u8], val: &[u8], how: Put) -> R<bool> {
-        let leaf = self.descend(Some(key))?;
-        let id = leaf.id();
-        let mut x = leaf.upgrade()?;
-        if !within(x.bytes(), key) {
-            return Err(corrupt(id, "a key led to a leaf whose fences exclude it"));
+    /// Deletes `key`; false if absent.
+    pub fn delete(&self, key: &[u8]) -> Result<bool, TreeError> {
+        self.one(Change::Delete { key })
+    }
+
+    /// Applies `changes` in order as one atomic unit: in a logged tree one
+    /// mini-transaction (whose end [`Applied::lsn`] gives: the changes are
+    /// durable once the log is), so that after a crash either all of them
+    /// are in the tree or none. Splits that make room for them are units
+    /// of their own (they change no content); merges of the leaves they
+    /// leave underfull follow them. At most [`MAX_CHANGES`] changes.
+    pub fn apply(&self, changes: &[Change<'_>]) -> Result<Applied, TreeError> {
+        if changes.len() > MAX_CHANGES {
+            return Err(TreeError::TooManyChanges {
+                changes: changes.len(),
+            });
         }
-        let (pos, exact) =
-            lower_bound(x.bytes(), Some(key)).map_err(|_| corrupt(id, "latched leaf"))?;
-        match (how, exact) {
-            (Put::Insert, true) | (Put::Update, false) => return Ok(false),
-            _ => {}
+        for c in changes {
+            match *c {
+                Change::Insert { key, val }
+                | Change::Update { key, val }
+                | Change::Upsert { key, val } => Self::check_entry(key, val)?,
+                Change::Delete { key } => Self::check_entry(key, &[])?,
+            }
         }
-        let b = x.bytes();
-        let old = if exact {
-            let (k, v) = entry(b, pos);
-            k.len() + v.len() + SLOT
-        } else {
-            0
-        };
-        let need = key.len() - rd16(b, PREFIX) + val.len() + SLOT;
-        if free_space(b) + old >= need {
-            let b = x.bytes_mut();
+        let mut applied = Applied::default();
+        let mut under = Vec::new();
+        let mut restarts = 0u32;
+        let mut full = 0;
+        loop {
+            if let Some(log) = self.log {
+                log.prepare()?;
+            }
+            applied.outcomes.clear();
+            under.clear();
+            match self.apply_once(changes, &mut applied, &mut under) {
+                Ok(()) => break,
+                Err(E::Fail(e)) => return Err(e),
+                Err(E::LogFull(e)) => self.make_room(&mut full, e)?,
+                // One attempt: if the tree moved on (the leaf was split or
+                // merged meanwhile), the next attempt finds out.
+                Err(E::Split(leaf, i)) => match self.split(leaf, changes[i].key()) {
+                    Ok(()) | Err(E::Restart) | Err(E::Split(..)) => {}
+                    Err(E::LogFull(e)) => self.make_room(&mut full, e)?,
+                    Err(E::Fail(e)) => return Err(e),
+                },
+                Err(E::Restart) => {
+                    restarts += 1;
+                    if restarts > 4 {
+                        self.pool.relax();
+                    } else {
+                        core::hint::spin_loop();
+                    }
+                }
+            }
+        }
+        // The changes are made (and logged): a merge that fails now (the
+        // engine failed, a page read failed) does not make them fail; the
+        // next operation meets the failure.
+        for (leaf, i) in under.drain(..) {
+            if let Err(e) = self.merge_up(leaf, changes[i].key()) {
+                log::warn!("btree: merging leaf {} after a change failed: {e}", leaf.0);
+                break;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// One attempt at [`apply`](Self::apply): finds every change's leaf
+    /// optimistically with no latch held, latches the leaves (never
+    /// waiting: a latched or changed leaf restarts the attempt), then
+    /// changes them. A leaf without room gives the attempt up (the unit
+    /// puts the leaves back) and asks for a split.
+    fn apply_once(
+        &self,
+        changes: &[Change<'_>],
+        applied: &mut Applied,
+        under: &mut Vec<(PageId, usize)>,
+    ) -> R<()> {
+        let mut found: Vec<OptimisticGuard<'p, B>> = Vec::with_capacity(changes.len());
+        for c in changes {
+            let leaf = self.descend(Some(c.key()))?;
+            leaf.validate()?;
+            found.push(leaf);
+        }
+        let keep = self.log.is_some() || changes.len() > 1;
+        let mut m = Mtr::new(keep);
+        // All still as read (so two reads of one leaf saw one version),
+        // then latched: each upgrade checks its leaf is still that version.
+        for leaf in &found {
+            leaf.validate()?;
+        }
+        let mut leaf_of = Vec::with_capacity(changes.len());
+        for leaf in found {
+            let i = match m.find(leaf.id().0) {
+                Some(i) => i,
+                None => m.add(leaf.upgrade()?),
+            };
+            leaf_of.push(i);
+        }
+        for (ci, (c, &li)) in changes.iter().zip(&leaf_of).enumerate() {
+            let key = c.key();
+            let id = m.id(li);
+            let b = m.b(li);
+            if b[KIND] != LEAF || !within(b, key) {
+                return Err(corrupt(id, "a key led to a leaf whose fences exclude it"));
+            }
+            let (pos, exact) =
+                lower_bound(b, Some(key)).map_err(|_| corrupt(id, "latched leaf"))?;
+            let (val, outcome, change) = match (*c, exact) {
+                (Change::Insert { .. }, true) | (Change::Update { .. }, false) => {
+                    (None, false, false)
+                }
+                (Change::Delete { .. }, false) => (None, false, false),
+                (Change::Delete { .. }, true) => (None, true, true),
+                (Change::Insert { val, .. }, false) => (Some(val), true, true),
+                (Change::Update { val, .. }, true) => (Some(val), true, true),
+                (Change::Upsert { val, .. }, e) => (Some(val), !e, true),
+            };
+            applied.outcomes.push(outcome);
+            if !change {
+                continue;
+            }
+            let Some(val) = val else {
+                remove_at(m.bm(li), pos);
+                if used(m.b(li)) < UNDERFULL && !under.iter().any(|u| u.0 == id) {
+                    under.push((id, ci));
+                }
+                continue;
+            };
+            let old = if exact {
+                let (k, v) = entry(b, pos);
+                k.len() + v.len() + SLOT
+            } else {
+                0
+            };
+            let need = key.len() - rd16(b, PREFIX) + val.len() + SLOT;
+            if free_space(b) + old < need {
+                // `m` drops here and puts back what the attempt changed.
+                return Err(E::Split(id, ci));
+            }
+            let b = m.bm(li);
             if exact {
                 remove_at(b, pos);
             }
             let fits = insert_at(b, pos, key, val);
             debug_assert!(fits);
-            // insert/upsert: whether the key is new; update: it existed.
-            return Ok(how == Put::Update || !exact);
         }
-        drop(x);
-        self.split(id, key)?;
-        Err(E::Restart)
+        applied.lsn = m.commit(self.log)?;
+        Ok(())
     }
 
-    /// A page for a new node, latched exclusively.
-    fn new_node(&self) -> R<ExclusiveGuard<'p, B>> {
-        let reuse = self.free.lock().pop();
-        let node = match reuse {
-            Some(id) => self.pool.fix_exclusive(id)?,
-            None => self.pool.allocate()?,
+    /// Latches the meta page into `m`. Every structural unit (split, merge,
+    /// root change) takes the meta page first, holding nothing else yet,
+    /// since it may allocate or free a node: so no unit holding tree nodes
+    /// ever waits for the meta page, and one holding the meta page waits
+    /// only as units without it do (rightwards, downwards, for a free
+    /// page nobody holds), which makes no cycle.
+    fn latch_meta(&self, m: &mut Mtr<'p, B>) -> R<usize> {
+        if let Some(i) = m.find(self.meta.0) {
+            return Ok(i);
+        }
+        let g = self.pool.optimistic(self.meta)?.upgrade()?;
+        if g.bytes()[KIND] != META {
+            return Err(corrupt(self.meta, "not a tree meta page"));
+        }
+        Ok(m.add(g))
+    }
+
+    /// A page for a new node, latched exclusively into `m`: the head of
+    /// the free list, else (a logged tree) the next page of the tree's
+    /// area, else one the pool allocates.
+    fn new_node(&self, m: &mut Mtr<'p, B>) -> R<usize> {
+        let mi = self.latch_meta(m)?;
+        let head = rd64(m.b(mi), META_FREE);
+        let g = if head != NONE {
+            let g = self.pool.fix_exclusive(PageId(head))?;
+            if g.bytes()[KIND] != FREE {
+                return Err(corrupt(g.id(), "a page on the free list is not free"));
+            }
+            let next = rd64(g.bytes(), LINK_A);
+            let mb = m.bm(mi);
+            wr64(mb, META_FREE, next);
+            let n = rd64(mb, META_FREE_COUNT);
+            wr64(mb, META_FREE_COUNT, n.saturating_sub(1));
+            g
+        } else if self.log.is_some() {
+            let next = rd64(m.b(mi), META_NEXT);
+            if next >= self.pool.page_count() {
+                return Err(E::Fail(TreeError::Full {
+                    pages: self.pool.page_count(),
+                }));
+            }
+            let g = self.pool.fix_overwrite(PageId(next))?;
+            wr64(m.bm(mi), META_NEXT, next + 1);
+            g
+        } else {
+            self.pool.allocate()?
         };
-        if node.id().0 >= MAX_PAGES {
-            return Err(E::Fail(TreeError::PageTooFar { page: node.id() }));
+        if g.id().0 >= MAX_PAGES {
+            return Err(E::Fail(TreeError::PageTooFar { page: g.id() }));
         }
-        Ok(node)
+        Ok(m.add(g))
     }
 
-    fn free_node(&self, mut x: ExclusiveGuard<'p, B>) {
-        let id = x.id();
-        init(x.bytes_mut(), FREE);
-        drop(x);
-        self.free.lock().push(id);
+    /// Puts node `i` of `m` on the free list (in the same unit).
+    fn free_node(&self, m: &mut Mtr<'p, B>, i: usize) -> R<()> {
+        let mi = self.latch_meta(m)?;
+        let (head, n) = (rd64(m.b(mi), META_FREE), rd64(m.b(mi), META_FREE_COUNT));
+        let id = m.id(i);
+        let b = m.bm(i);
+        init(b, FREE);
+        wr64(b, LINK_A, head);
+        let mb = m.bm(mi);
+        wr64(mb, META_FREE, id.0);
+        wr64(mb, META_FREE_COUNT, n + 1);
+        Ok(())
     }
 
     /// Splits `target` (on the path of `key`), splitting its parent first
@@ -936,84 +1418,68 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     fn split(&self, target: PageId, key: &[u8]) -> R<()> {
         let parent = self.find_parent(target, Some(key))?;
         let node = self.pool.optimistic(target)?;
+        let mut m = Mtr::new(true);
+        let mi = self.latch_meta(&mut m)?;
         let Some((parent, pos)) = parent else {
             // The root: grow the tree by one level.
-            let meta = self.pool.optimistic(self.meta)?;
-            if meta.u64_at(LINK_A)? != target.0 {
+            if rd64(m.b(mi), LINK_A) != target.0 {
                 return Err(E::Restart);
             }
-            let mut m = meta.upgrade()?;
-            let mut n = node.upgrade()?;
-            let mut right = self.new_node()?;
-            let mut root = self.new_node()?;
-            let ids = (n.id(), right.id());
+            let ni = m.add(node.upgrade()?);
+            let ri = self.new_node(&mut m)?;
+            let ti = self.new_node(&mut m)?;
+            let (nid, rid, tid) = (m.id(ni), m.id(ri), m.id(ti));
             // The old root loses its flag here (split_node rebuilds it).
-            let sep = split_node(n.bytes_mut(), right.bytes_mut(), ids, key);
-            let r = root.bytes_mut();
+            let (nb, rb) = m.pair(ni, ri);
+            let sep = split_node(nb, rb, (nid, rid), key);
+            let r = m.bm(ti);
             init(r, INNER);
             r[FLAGS] = ROOT;
-            insert_at(r, 0, &sep, &n.id().0.to_le_bytes());
-            wr64(r, LINK_A, right.id().0);
-            wr64(m.bytes_mut(), LINK_A, root.id().0);
-            self.root.store(root.id().0, atomic::Ordering::Relaxed);
-            log::trace!("btree: root {} split, new root {}", target.0, root.id().0);
-            drop((m, n, right, root));
+            insert_at(r, 0, &sep, &nid.0.to_le_bytes());
+            wr64(r, LINK_A, rid.0);
+            wr64(m.bm(mi), LINK_A, tid.0);
+            m.commit(self.log)?;
+            self.root.store(tid.0, atomic::Ordering::Relaxed);
+            log::trace!("btree: root {} split, new root {}", target.0, tid.0);
             return Ok(());
         };
         let p = parent.upgrade()?;
         if free_space(p.bytes()) < MAX_KEY + 8 + SLOT {
             let pid = p.id();
             drop(p);
+            drop(m);
             return self.split(pid, key);
         }
-        let mut p = p;
-        let mut n = node.upgrade()?;
-        if live_child(p.bytes(), pos) != target {
+        let pi = m.add(p);
+        let ni = m.add(node.upgrade()?);
+        if live_child(m.b(pi), pos) != target {
             return Err(corrupt(
-                p.id(),
+                m.id(pi),
                 "parent does not point to the child it led to",
             ));
         }
-        let is_leaf = n.bytes()[KIND] == LEAF;
+        let is_leaf = m.b(ni)[KIND] == LEAF;
         // A leaf's right neighbour gets a new left sibling.
         let mut neighbour = None;
         if is_leaf {
-            let r = rd64(n.bytes(), LINK_A);
+            let r = rd64(m.b(ni), LINK_A);
             if r != NONE {
-                neighbour = Some(self.pool.optimistic(PageId(r))?.upgrade()?);
+                neighbour = Some(m.add(self.pool.optimistic(PageId(r))?.upgrade()?));
             }
         }
-        let mut right = self.new_node()?;
-        let ids = (n.id(), right.id());
-        let sep = split_node(n.bytes_mut(), right.bytes_mut(), ids, key);
-        if let Some(nb) = neighbour.as_mut() {
-            wr64(nb.bytes_mut(), LINK_B, right.id().0);
+        let ri = self.new_node(&mut m)?;
+        let (nid, rid) = (m.id(ni), m.id(ri));
+        let (nb, rb) = m.pair(ni, ri);
+        let sep = split_node(nb, rb, (nid, rid), key);
+        if let Some(x) = neighbour {
+            wr64(m.bm(x), LINK_B, rid.0);
         }
-        let pb = p.bytes_mut();
-        set_child(pb, pos, right.id());
-        let fits = insert_at(pb, pos, &sep, &n.id().0.to_le_bytes());
+        let pb = m.bm(pi);
+        set_child(pb, pos, rid);
+        let fits = insert_at(pb, pos, &sep, &nid.0.to_le_bytes());
         debug_assert!(fits, "checked the parent's room");
+        m.commit(self.log)?;
         Ok(())
-    }
-
-    /// Deletes `key`; false if absent.
-    pub fn delete(&self, key: &[u8]) -> Result<bool, TreeError> {
-        let (found, leaf, underfull) = self.retry(|| {
-            let leaf = self.descend(Some(key))?;
-            let id = leaf.id();
-            let mut x = leaf.upgrade()?;
-            let (pos, exact) =
-                lower_bound(x.bytes(), Some(key)).map_err(|_| corrupt(id, "latched leaf"))?;
-            if !exact {
-                return Ok((false, id, false));
-            }
-            remove_at(x.bytes_mut(), pos);
-            Ok((true, id, used(x.bytes()) < UNDERFULL))
-        })?;
-        if underfull {
-            self.merge_up(leaf, key)?;
-        }
-        Ok(found)
     }
 
     /// Merges `node` with a sibling while it (then its parent) is underfull.
@@ -1021,7 +1487,11 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         for _ in 0..64 {
             match self.try_merge(node, key) {
                 Ok(Some(parent)) => node = parent,
-                Ok(None) | Err(E::Restart) => return Ok(()),
+                Ok(None) | Err(E::Restart) | Err(E::Split(..)) => return Ok(()),
+                Err(E::LogFull(e)) => {
+                    // Merging is optional: make the room and leave it.
+                    return self.make_room(&mut 0, e);
+                }
                 Err(E::Fail(e)) => return Err(e),
             }
         }
@@ -1047,15 +1517,17 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         let lid = child(&parent, lpos)?;
         let rid = child(&parent, rpos)?;
         parent.validate()?;
-        let mut p = parent.upgrade()?;
-        let mut l = self.pool.optimistic(PageId(lid))?.upgrade()?;
-        let r = self.pool.optimistic(PageId(rid))?.upgrade()?;
-        let (lb, rb) = (l.bytes(), r.bytes());
+        let mut m = Mtr::new(true);
+        self.latch_meta(&mut m)?;
+        let pi = m.add(parent.upgrade()?);
+        let li = m.add(self.pool.optimistic(PageId(lid))?.upgrade()?);
+        let ri = m.add(self.pool.optimistic(PageId(rid))?.upgrade()?);
+        let (lb, rb) = (m.b(li), m.b(ri));
         if lb[KIND] != rb[KIND] || (lb[KIND] != LEAF && lb[KIND] != INNER) {
-            return Err(corrupt(p.id(), "siblings of different kinds"));
+            return Err(corrupt(m.id(pi), "siblings of different kinds"));
         }
         let leaf = lb[KIND] == LEAF;
-        let sep = key_at(p.bytes(), lpos);
+        let sep = key_at(m.b(pi), lpos);
         let mut tmp = PageBuf::zeroed();
         if !merge_nodes(&mut tmp.0, lb, rb, (!leaf).then_some(&sep[..])) {
             return Ok(None);
@@ -1064,22 +1536,21 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         if leaf {
             let x = rd64(rb, LINK_A);
             if x != NONE {
-                rr = Some(self.pool.optimistic(PageId(x))?.upgrade()?);
+                rr = Some(m.add(self.pool.optimistic(PageId(x))?.upgrade()?));
             }
         }
-        l.bytes_mut()[PAGE_HEADER..].copy_from_slice(&tmp.0[PAGE_HEADER..]);
-        if let Some(rr) = rr.as_mut() {
-            wr64(rr.bytes_mut(), LINK_B, l.id().0);
+        let lid = m.id(li);
+        m.bm(li)[PAGE_HEADER..].copy_from_slice(&tmp.0[PAGE_HEADER..]);
+        if let Some(x) = rr {
+            wr64(m.bm(x), LINK_B, lid.0);
         }
-        let pb = p.bytes_mut();
-        set_child(pb, rpos, l.id());
+        let pb = m.bm(pi);
+        set_child(pb, rpos, lid);
         remove_at(pb, lpos);
-        drop(rr);
-        drop(l);
-        self.free_node(r);
-        let pid = p.id();
-        let under = used(p.bytes()) < UNDERFULL;
-        drop(p);
+        self.free_node(&mut m, ri)?;
+        let pid = m.id(pi);
+        let under = used(m.b(pi)) < UNDERFULL;
+        m.commit(self.log)?;
         Ok(if under { Some(pid) } else { None })
     }
 
@@ -1093,16 +1564,19 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         }
         let only = root.u64_at(LINK_A)?;
         root.validate()?;
-        let mut m = meta.upgrade()?;
-        let r = root.upgrade()?;
-        let mut c = self.pool.optimistic(PageId(only))?.upgrade()?;
-        c.bytes_mut()[FLAGS] |= ROOT;
-        wr64(m.bytes_mut(), LINK_A, only);
-        self.root.store(only, atomic::Ordering::Relaxed);
-        drop(c);
-        drop(m);
+        let mut m = Mtr::new(true);
+        let mi = m.add(meta.upgrade()?);
+        if m.b(mi)[KIND] != META {
+            return Err(corrupt(self.meta, "not a tree meta page"));
+        }
+        let ri = m.add(root.upgrade()?);
+        let ci = m.add(self.pool.optimistic(PageId(only))?.upgrade()?);
+        m.bm(ci)[FLAGS] |= ROOT;
+        wr64(m.bm(mi), LINK_A, only);
         // The old root loses its flag here.
-        self.free_node(r);
+        self.free_node(&mut m, ri)?;
+        m.commit(self.log)?;
+        self.root.store(only, atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -1183,8 +1657,8 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 })();
                 match step {
                     Ok(s) => cur = s,
-                    Err(E::Restart) => break,
                     Err(E::Fail(e)) => return Err(e),
+                    Err(_) => break,
                 }
             }
         }
@@ -1194,16 +1668,33 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     /// keys sorted and within their parents' bounds, fences equal to those
     /// bounds, prefixes, heads and hints as the keys make them, the root
     /// flag on the root alone, all leaves at one depth, sibling links
-    /// consistent. Returns the number of entries. For tests and tools; do
-    /// not run it concurrently with writers.
+    /// consistent, the free list made of free pages and as long as the meta
+    /// page says; and in a logged tree, every page of its area reachable
+    /// exactly once (the meta page, a node, or a free page). Returns the
+    /// number of entries. For tests and tools; do not run it concurrently
+    /// with writers.
     pub fn check(&self) -> Result<usize, TreeError> {
-        let root = {
+        let (root, free_head, free_count, next, first) = {
             let m = self.pool.fix_shared(self.meta)?;
-            PageId(rd64(m.bytes(), LINK_A))
+            let b = m.bytes();
+            if b[KIND] != META {
+                return Err(TreeError::Corrupt {
+                    page: self.meta,
+                    what: "not a tree meta page",
+                });
+            }
+            (
+                PageId(rd64(b, LINK_A)),
+                rd64(b, META_FREE),
+                rd64(b, META_FREE_COUNT),
+                rd64(b, META_NEXT),
+                rd64(b, META_FIRST),
+            )
         };
         let mut leaves = Vec::new();
+        let mut nodes = Vec::new();
         let mut depth = None;
-        let n = self.check_node(root, None, None, 0, &mut depth, &mut leaves)?;
+        let n = self.check_node(root, None, None, 0, &mut depth, &mut leaves, &mut nodes)?;
         for (i, &id) in leaves.iter().enumerate() {
             let g = self.pool.fix_shared(id)?;
             let left = rd64(g.bytes(), LINK_B);
@@ -1217,9 +1708,50 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 });
             }
         }
+        let mut free = Vec::new();
+        let mut at = free_head;
+        while at != NONE {
+            if free.len() as u64 > free_count {
+                return Err(TreeError::Corrupt {
+                    page: self.meta,
+                    what: "the free list is longer than the meta page says (or a cycle)",
+                });
+            }
+            let g = self.pool.fix_shared(PageId(at))?;
+            if g.bytes()[KIND] != FREE {
+                return Err(TreeError::Corrupt {
+                    page: PageId(at),
+                    what: "a page on the free list is not free",
+                });
+            }
+            free.push(PageId(at));
+            at = rd64(g.bytes(), LINK_A);
+        }
+        if free.len() as u64 != free_count {
+            return Err(TreeError::Corrupt {
+                page: self.meta,
+                what: "the free list is shorter than the meta page says",
+            });
+        }
+        let mut all: Vec<u64> = nodes.iter().chain(&free).map(|p| p.0).collect();
+        all.push(self.meta.0);
+        all.sort_unstable();
+        if all.windows(2).any(|w| w[0] == w[1]) {
+            return Err(TreeError::Corrupt {
+                page: self.meta,
+                what: "a page is reachable twice (two parents, or a node on the free list)",
+            });
+        }
+        if next != 0 && (first != self.meta.0 || !all.iter().copied().eq(first..next)) {
+            return Err(TreeError::Corrupt {
+                page: self.meta,
+                what: "the tree's pages are not its area exactly (a page lost or out of it)",
+            });
+        }
         Ok(n)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn check_node(
         &self,
         id: PageId,
@@ -1228,8 +1760,13 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         level: usize,
         depth: &mut Option<usize>,
         leaves: &mut Vec<PageId>,
+        nodes: &mut Vec<PageId>,
     ) -> Result<usize, TreeError> {
         let bad = |what| TreeError::Corrupt { page: id, what };
+        if nodes.len() as u64 > self.pool.page_count() {
+            return Err(bad("more nodes than pages: a cycle"));
+        }
+        nodes.push(id);
         let g = self.pool.fix_shared(id)?;
         let b = g.bytes();
         let keys = check_layout(b, low, high).map_err(bad)?;
@@ -1260,7 +1797,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                     } else {
                         high
                     };
-                    total += self.check_node(c, lo, hi, level + 1, depth, leaves)?;
+                    total += self.check_node(c, lo, hi, level + 1, depth, leaves, nodes)?;
                 }
                 Ok(total)
             }

@@ -458,12 +458,12 @@ pub struct EngineStats {
 }
 
 #[derive(Default)]
-struct AtomicEngineStats {
-    transactions: AtomicU64,
-    page_writes: AtomicU64,
-    data_bytes: AtomicU64,
-    page_images: AtomicU64,
-    checkpoints: AtomicU64,
+pub(crate) struct AtomicEngineStats {
+    pub(crate) transactions: AtomicU64,
+    pub(crate) page_writes: AtomicU64,
+    pub(crate) data_bytes: AtomicU64,
+    pub(crate) page_images: AtomicU64,
+    pub(crate) checkpoints: AtomicU64,
 }
 
 /// What the engine gives the function that builds its pool: the pool must
@@ -569,13 +569,13 @@ pub struct Engine<D: BlockDevice, B> {
     /// The control block, format and flush I/O.
     io: Mutex<StoreIo<D>>,
     layout: Layout,
-    gate: Gate,
+    pub(crate) gate: Gate,
     /// Pages whose LSN is at most this get an image before their next change.
-    image_redo: AtomicU64,
+    pub(crate) image_redo: AtomicU64,
     control: Mutex<Control>,
     checkpointing: Mutex<()>,
     /// Checkpoint when this many log blocks are in use (0: never).
-    checkpoint_blocks: u64,
+    pub(crate) checkpoint_blocks: u64,
     /// Frames held fixed by commits in flight, at most `pin_limit`.
     pins: AtomicUsize,
     /// Half the pool's frames (at least 1). Commits fix all their pages
@@ -587,8 +587,8 @@ pub struct Engine<D: BlockDevice, B> {
     pin_limit: usize,
     /// Every data page's LSN, logged by each checkpoint (see
     /// `crate::lsntable`); `None` for a store too large for the table.
-    page_lsns: Option<PageLsns>,
-    stats: AtomicEngineStats,
+    pub(crate) page_lsns: Option<PageLsns>,
+    pub(crate) stats: AtomicEngineStats,
 }
 
 /// Frames a commit holds against [`Engine::commit_page_limit`]; given back
@@ -888,7 +888,7 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
 
     /// Takes a checkpoint if the log is filled past the threshold and no
     /// checkpoint is running.
-    fn checkpoint_if_due(&self) -> Result<(), Error> {
+    pub(crate) fn checkpoint_if_due(&self) -> Result<(), Error> {
         if self.checkpoint_blocks == 0 || self.log_blocks_in_use() < self.checkpoint_blocks {
             return Ok(());
         }
@@ -908,7 +908,7 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
 
     /// Takes a checkpoint unless one has completed since the checkpoint
     /// count was `seen` (then waits for any running one).
-    fn checkpoint_since(&self, seen: u64) -> Result<(), Error> {
+    pub(crate) fn checkpoint_since(&self, seen: u64) -> Result<(), Error> {
         let guard = lock(&self.checkpointing, self.env.relax);
         if self.stats.checkpoints.load(Ordering::Acquire) != seen {
             return Ok(());

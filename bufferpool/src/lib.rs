@@ -20,7 +20,8 @@
 //! - [`pool`]: the buffer-manager interface, versioned latches, and the
 //!   vmcache-style and hash-table pools (the hash pool also in the guest;
 //!   `docs/pools.md`).
-//! - [`btree`]: a B+tree on any buffer manager.
+//! - [`btree`]: a B+tree on any buffer manager, logged or not.
+//! - [`mtr`]: mini-transactions: how the engine logs a tree's changes.
 //!
 //! Design notes and measured figures: `docs/wal.md`.
 #![no_std]
@@ -40,6 +41,7 @@ pub mod fuzzing;
 pub mod kv;
 pub mod log;
 pub mod lsntable;
+pub mod mtr;
 pub mod page;
 pub mod pool;
 pub mod record;

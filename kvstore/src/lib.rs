@@ -14,7 +14,10 @@ extern crate alloc;
 #[cfg(not(target_os = "none"))]
 extern crate std;
 
+pub mod store;
 pub mod workload;
+
+pub use store::{Error, Store, StoreStats, FORMAT_VERSION};
 
 use alloc::vec::Vec;
 use core::fmt;

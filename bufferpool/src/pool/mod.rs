@@ -436,6 +436,20 @@ impl<'a, B: BufferManager + ?Sized> ExclusiveGuard<'a, B> {
     pub fn mark_dirty(&mut self) {
         self.dirty = true;
     }
+    /// Whether the page will be unfixed dirty.
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+    /// Puts back `before` (the page as it was when fixed) and the dirty
+    /// flag it was fixed with: a change undone leaves the page as it was,
+    /// not a page to write (a write of it would be one no log image
+    /// covers).
+    pub(crate) fn undo(&mut self, before: &[u8], dirty: bool) {
+        if self.bytes() != before {
+            self.bytes_mut().copy_from_slice(before);
+        }
+        self.dirty = dirty;
+    }
     /// The page LSN.
     pub fn lsn(&self) -> Lsn {
         page::page_lsn(self.bytes())

@@ -1,5 +1,459 @@
-//! `dbos-kv`: the key-value database as a Linux process (being written).
-fn main() {
-    eprintln!("dbos-kv: not built yet");
-    std::process::exit(2);
+//! `dbos-kv`: the key-value database as a Linux process: the durable
+//! B+tree store (`dbos_kvstore::store`) on the vmcache-style pool, its I/O
+//! done by the calling threads (`pread`/`pwrite` on an `O_DIRECT` file),
+//! the same data-file format as the guest image `kvstore`.
+//!
+//! ```text
+//! dbos-kv format   --dir DIR [--size 1G] [--log 64M] [--force]
+//! dbos-kv workload --dir DIR [--workload a..f] [--distribution uniform|zipfian]
+//!                  [--records N] [--operations N] [--threads N] [--value-size N]
+//!                  [--pool 64M] [--load-batch N] [--no-load] [--seed N]
+//! dbos-kv check    --dir DIR [--pool 64M]
+//! ```
+//!
+//! The store is the file `DIR/kv.db`. `workload` formats it if it does not
+//! exist (`--size`, `--log`), else opens it (recovering from the log),
+//! then: loads `--records` records (unless `--no-load`), runs the
+//! workload, verifies every acknowledged write, shuts the store down
+//! (without a checkpoint: the next open recovers from the log, as after a
+//! crash), opens it again and verifies again. It prints a table per phase
+//! and exits 0 only if both verifications passed. `format` refuses an
+//! existing store unless `--force`.
+
+use clap::{Parser, Subcommand};
+use dbos_bufferpool::direct::DirectDevice;
+use dbos_bufferpool::engine::PoolSetup;
+use dbos_bufferpool::host::env;
+use dbos_bufferpool::pool::vmcache::VmCache;
+use dbos_bufferpool::{Config, Layout, PoolError};
+use dbos_kvstore::workload::{self, Acked, Distribution, Report, Spec, Stats, Workload};
+use dbos_kvstore::{Store, StoreStats};
+use dbos_nvme::host::BackingFile;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type KvStore = Store<DirectDevice, VmCache<DirectDevice>>;
+
+#[derive(Parser)]
+#[command(name = "dbos-kv", about = "The dbos key-value database as a process")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Creates (or with --force, re-creates) an empty store.
+    Format {
+        #[command(flatten)]
+        file: FileArgs,
+        /// Discard an existing store.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Loads, runs a YCSB workload, verifies, restarts, verifies again.
+    Workload(WorkloadArgs),
+    /// Opens the store (recovering it) and checks the whole tree.
+    Check {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Buffer pool size.
+        #[arg(long, default_value = "64M", value_parser = parse_size)]
+        pool: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct FileArgs {
+    /// Directory of the store (its file is DIR/kv.db).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Size of a new store's file.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    size: u64,
+    /// Size of a new store's log.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    log: u64,
+}
+
+#[derive(clap::Args)]
+struct WorkloadArgs {
+    #[command(flatten)]
+    file: FileArgs,
+    /// YCSB core workload: a (50% reads, 50% updates), b (95/5), c (reads
+    /// only), d (read latest, 5% inserts), e (short scans, 5% inserts), f
+    /// (50% read-modify-write).
+    #[arg(long, default_value = "a", value_parser = parse_workload)]
+    workload: Workload,
+    /// How records are chosen (workload d always reads the latest).
+    #[arg(long, default_value = "zipfian", value_parser = parse_distribution)]
+    distribution: Distribution,
+    /// Records loaded.
+    #[arg(long, default_value_t = 100_000)]
+    records: u64,
+    /// Operations of the run phase (all threads together).
+    #[arg(long, default_value_t = 100_000)]
+    operations: u64,
+    /// Threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Bytes per value (at most 1000 with the 24-byte keys: an entry fits
+    /// a quarter page).
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Buffer pool size (the store may be larger: pages are evicted).
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pool: u64,
+    /// Records per load transaction (1: one put each).
+    #[arg(long, default_value_t = 1)]
+    load_batch: usize,
+    /// Skip the load (the records are in the store already).
+    #[arg(long)]
+    no_load: bool,
+    /// Seed of the workload's choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn parse_workload(s: &str) -> Result<Workload, String> {
+    s.parse().map_err(|e: workload::ParseError| e.to_string())
+}
+
+fn parse_distribution(s: &str) -> Result<Distribution, String> {
+    s.parse().map_err(|e: workload::ParseError| e.to_string())
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 1 << 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("'{s}' is not a size (a number with K, M or G)"))
+}
+
+fn store_path(dir: &Path) -> PathBuf {
+    dir.join("kv.db")
+}
+
+fn config() -> Config {
+    Config::new(env())
+}
+
+fn pool(
+    file: &Arc<BackingFile>,
+    bytes: u64,
+) -> impl FnOnce(PoolSetup) -> Result<VmCache<DirectDevice>, PoolError> {
+    let file = file.clone();
+    move |setup| {
+        let frames = (bytes / dbos_bufferpool::PAGE_SIZE as u64).max(16) as usize;
+        let devs = (0..4).map(|_| DirectDevice::new(file.clone())).collect();
+        VmCache::new(
+            devs,
+            dbos_bufferpool::PoolConfig {
+                relax: env().relax,
+                ..setup.config(frames)
+            },
+        )
+    }
+}
+
+/// Formats a new store file at `args.dir` (which must not hold one unless
+/// `force`).
+fn format(args: &FileArgs, force: bool) -> Result<KvStore, String> {
+    let path = store_path(&args.dir);
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| format!("{}: cannot create the directory: {e}", args.dir.display()))?;
+    if path.exists() {
+        if !force {
+            return Err(format!(
+                "{} exists: refusing to overwrite a store (`dbos-kv format --force` discards it)",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let blocks = args.size / 4096;
+    let log_blocks = args.log / 4096;
+    let overhead = Layout {
+        log_blocks,
+        data_pages: 0,
+    }
+    .blocks();
+    if log_blocks < 16 || blocks <= overhead + 64 {
+        return Err(format!(
+            "a store of {} bytes with a log of {} bytes leaves no room for data (the log needs \
+             at least 64K, the data at least 256K)",
+            args.size, args.log
+        ));
+    }
+    let layout = Layout {
+        log_blocks,
+        data_pages: blocks - overhead,
+    };
+    let file =
+        Arc::new(BackingFile::create(&path, layout.blocks() * 4096).map_err(|e| e.to_string())?);
+    let dev = DirectDevice::new(file.clone());
+    Store::format(dev.another(), dev, layout, config(), pool(&file, 64 << 20))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn open(dir: &Path, pool_bytes: u64) -> Result<KvStore, String> {
+    let path = store_path(dir);
+    let file = Arc::new(BackingFile::open(&path).map_err(|e| e.to_string())?);
+    let dev = DirectDevice::new(file.clone());
+    let (store, report) = Store::open(dev.another(), dev, config(), pool(&file, pool_bytes))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    println!(
+        "opened {}: recovery replayed {} log units ({} page writes applied, {} pages repaired) \
+         from LSN {} to {}",
+        path.display(),
+        report.transactions,
+        report.writes_applied,
+        report.pages_repaired.len(),
+        report.redo.0,
+        report.end.0
+    );
+    Ok(store)
+}
+
+/// Progress of a phase: a bar on a terminal, a line every 5 s otherwise.
+struct Progress {
+    done: AtomicU64,
+    total: u64,
+    stop: AtomicBool,
+}
+
+impl Progress {
+    fn show(&self, phase: &str, start: Instant) {
+        let tty = std::io::stderr().is_terminal();
+        let mut last_line = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+            let done = self.done.load(Ordering::Relaxed).min(self.total);
+            let pct = done as f64 * 100.0 / self.total.max(1) as f64;
+            let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            if tty {
+                let w = (pct / 2.5) as usize;
+                eprint!(
+                    "\r{phase:>8} [{}{}] {pct:5.1}% {done}/{} {rate:>9.0}/s ",
+                    "#".repeat(w),
+                    " ".repeat(40 - w.min(40)),
+                    self.total
+                );
+            } else if last_line.elapsed() >= Duration::from_secs(5) {
+                eprintln!("{phase}: {pct:.1}% ({done}/{}), {rate:.0}/s", self.total);
+                last_line = Instant::now();
+            }
+        }
+        if tty {
+            eprint!("\r{}\r", " ".repeat(78));
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// Runs `phase` on `spec.threads` threads with a progress display.
+fn threads<T: Send>(
+    name: &str,
+    total: u64,
+    spec: &Spec,
+    phase: impl Fn(usize, &dyn Fn(u64)) -> T + Sync,
+) -> (Vec<T>, u64) {
+    let progress = Progress {
+        done: AtomicU64::new(0),
+        total,
+        stop: AtomicBool::new(false),
+    };
+    let start = Instant::now();
+    let results = std::thread::scope(|s| {
+        let shower = s.spawn(|| progress.show(name, start));
+        let workers: Vec<_> = (0..spec.threads)
+            .map(|t| {
+                let (phase, progress) = (&phase, &progress);
+                s.spawn(move || {
+                    let last = AtomicU64::new(0);
+                    phase(t, &|done| {
+                        let prev = last.swap(done, Ordering::Relaxed);
+                        progress.done.fetch_add(done - prev, Ordering::Relaxed);
+                    })
+                })
+            })
+            .collect();
+        let r: Vec<T> = workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect();
+        progress.stop.store(true, Ordering::Relaxed);
+        shower.join().expect("progress");
+        r
+    });
+    (results, start.elapsed().as_nanos() as u64)
+}
+
+/// The counters of a phase, per operation.
+fn counters(before: &StoreStats, after: &StoreStats, ops: u64) -> Vec<(&'static str, f64)> {
+    let per = |a: u64, b: u64| (a - b) as f64 / ops.max(1) as f64;
+    let units = after.engine.transactions - before.engine.transactions;
+    let batches = after.log.batches - before.log.batches;
+    vec![
+        ("page reads / op", per(after.pool.reads, before.pool.reads)),
+        (
+            "page writes / op",
+            per(after.pool.writes, before.pool.writes),
+        ),
+        (
+            "evictions / op",
+            per(after.pool.evictions, before.pool.evictions),
+        ),
+        (
+            "log units / op",
+            per(after.engine.transactions, before.engine.transactions),
+        ),
+        (
+            "log bytes / op",
+            per(after.log.record_bytes, before.log.record_bytes),
+        ),
+        (
+            "log units / log write",
+            if batches == 0 {
+                0.0
+            } else {
+                units as f64 / batches as f64
+            },
+        ),
+        (
+            "checkpoints",
+            (after.engine.checkpoints - before.engine.checkpoints) as f64,
+        ),
+    ]
+}
+
+fn phase_report(name: &str, spec: &Spec, stats: &[Stats], ns: u64, c: &[(&str, f64)]) {
+    let mut merged = stats[0].clone();
+    for s in &stats[1..] {
+        merged.merge(s);
+    }
+    let r = Report {
+        phase: name,
+        spec,
+        stats: &merged,
+        elapsed_ns: ns,
+        counters: c,
+    };
+    println!("{r}");
+}
+
+fn verify(store: &KvStore, spec: &Spec, acked: &Acked, when: &str) -> bool {
+    let (v, ns) = threads(when, acked.claimed(), spec, |t, p| {
+        workload::verify(store, spec, acked, t, env().now_ns, p)
+    });
+    let mut all = v[0].clone();
+    for x in &v[1..] {
+        all.merge(x);
+    }
+    println!("verify {when} ({:.1} s): {all}", ns as f64 / 1e9);
+    all.passed()
+}
+
+fn run_workload(a: &WorkloadArgs) -> Result<bool, String> {
+    let spec = Spec {
+        workload: a.workload,
+        distribution: a.distribution,
+        records: a.records,
+        operations: a.operations,
+        value_size: a.value_size,
+        threads: a.threads,
+        seed: a.seed,
+        ordered_keys: false,
+        load_batch: a.load_batch,
+    };
+    spec.validate().map_err(|e| e.to_string())?;
+    if workload::KEY_LEN + a.value_size > dbos_bufferpool::btree::MAX_ENTRY {
+        return Err(format!(
+            "--value-size {} is too large: keys of {} bytes and values must fit {} bytes",
+            a.value_size,
+            workload::KEY_LEN,
+            dbos_bufferpool::btree::MAX_ENTRY
+        ));
+    }
+    let store = if store_path(&a.file.dir).exists() {
+        open(&a.file.dir, a.pool)?
+    } else {
+        println!("formatting {}", store_path(&a.file.dir).display());
+        drop(format(&a.file, false)?);
+        open(&a.file.dir, a.pool)?
+    };
+    println!("{spec}");
+    let acked = Acked::new(&spec);
+    let now = env().now_ns;
+    if !a.no_load {
+        let before = store.stats();
+        let (s, ns) = threads("load", spec.records, &spec, |t, p| {
+            workload::load(&store, &spec, &acked, t, now, p)
+        });
+        let c = counters(&before, &store.stats(), spec.records);
+        phase_report("load", &spec, &s, ns, &c);
+    }
+    let before = store.stats();
+    let (s, ns) = threads("run", spec.operations, &spec, |t, p| {
+        workload::run(&store, &spec, &acked, t, now, p)
+    });
+    let c = counters(&before, &store.stats(), spec.operations);
+    phase_report("run", &spec, &s, ns, &c);
+    let (next, free) = store.space().map_err(|e| e.to_string())?;
+    println!(
+        "store: {} pages of tree ({} MiB), {free} free; pool {} MiB",
+        next,
+        (next * 4096) >> 20,
+        a.pool >> 20
+    );
+    let mut ok = verify(&store, &spec, &acked, "before restart");
+    // Shut down without a checkpoint: the next open recovers from the log.
+    drop(store);
+    let store = open(&a.file.dir, a.pool)?;
+    ok &= verify(&store, &spec, &acked, "after restart");
+    println!("{}", if ok { "PASSED" } else { "FAILED" });
+    Ok(ok)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Format { file, force } => format(&file, force).map(|s| {
+            let l = s.engine().layout();
+            println!(
+                "formatted {}: {} data pages, {} log blocks",
+                store_path(&file.dir).display(),
+                l.data_pages,
+                l.log_blocks
+            );
+            true
+        }),
+        Command::Workload(a) => run_workload(&a),
+        Command::Check { dir, pool } => open(&dir, pool).and_then(|s| {
+            let n = s.check().map_err(|e| e.to_string())?;
+            let (next, free) = s.space().map_err(|e| e.to_string())?;
+            println!("check passed: {n} entries, {next} pages of tree, {free} free");
+            Ok(true)
+        }),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("dbos-kv: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

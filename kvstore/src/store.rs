@@ -1,0 +1,350 @@
+//! The durable store: a B+tree of keys and values on the engine's pages,
+//! every change logged as a mini-transaction (`dbos_bufferpool::mtr`),
+//! every write acknowledged only once its log unit is durable, with group
+//! commit across concurrent writers (the engine's WAL).
+//!
+//! # On disk
+//! The engine's layout (control blocks, log, data pages); in the data
+//! pages:
+//! ```text
+//! page 0   the store's header: magic "DBOS-KV\0", format version (u32)
+//! page 1   the tree's meta page (root, free list, the tree's next page)
+//! page 2.. the tree's nodes, allocated as it grows, freed pages reused
+//! ```
+//! The same file opens as a process (`dbos-kv`) and in the guest
+//! (`kvstore`): the format does not depend on the pool.
+//!
+//! # Transactions
+//! [`Store::transaction`] applies up to [`MAX_TRANSACTION`] puts and
+//! deletes as one log unit: after a crash, all of them or none. A reader
+//! may see a write before it is durable (as in Redis, whose reply waits for
+//! the fsync but whose data is visible at once); its writer is told only
+//! once it is durable.
+
+use crate::{Kv, Op};
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+use dbos_bufferpool::btree::{BTree, Change, TreeError, MAX_CHANGES, MAX_ENTRY, MAX_KEY};
+use dbos_bufferpool::engine::PoolSetup;
+use dbos_bufferpool::page::PAGE_HEADER;
+use dbos_bufferpool::{
+    BlockDevice, BufferManager, Config, Engine, Layout, PageId, PageWrite, PoolError,
+    RecoveryReport,
+};
+
+/// The format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The header page's magic.
+pub const MAGIC: [u8; 8] = *b"DBOS-KV\0";
+
+/// Most changes in one [`Store::transaction`].
+pub const MAX_TRANSACTION: usize = MAX_CHANGES;
+
+const HEADER_PAGE: PageId = PageId(0);
+const TREE_META: PageId = PageId(1);
+
+/// What went wrong in the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The engine failed: its log, its pages, recovery (see the engine's
+    /// error for what and where).
+    Engine(dbos_bufferpool::Error),
+    /// The tree refused or failed.
+    Tree(TreeError),
+    /// Page 0 does not hold a store's header: the device holds an engine
+    /// store of something else.
+    NotAStore,
+    /// The store was written in another format version.
+    Version { found: u32, supported: u32 },
+    /// A key longer than [`MAX_KEY`].
+    KeyTooLong { len: usize, max: usize },
+    /// A key and value together longer than [`MAX_ENTRY`].
+    ValueTooLarge { len: usize, max: usize },
+}
+
+impl From<dbos_bufferpool::Error> for Error {
+    fn from(e: dbos_bufferpool::Error) -> Error {
+        Error::Engine(e)
+    }
+}
+
+impl From<TreeError> for Error {
+    fn from(e: TreeError) -> Error {
+        match e {
+            TreeError::Engine(e) => Error::Engine(e),
+            TreeError::KeyTooLong { len } => Error::KeyTooLong { len, max: MAX_KEY },
+            TreeError::EntryTooLarge { len } => Error::ValueTooLarge {
+                len,
+                max: MAX_ENTRY,
+            },
+            e => Error::Tree(e),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Engine(e) => write!(f, "{e}"),
+            Error::Tree(e) => write!(f, "{e}"),
+            Error::NotAStore => f.write_str(
+                "not a key-value store: the device holds an engine store whose page 0 has no \
+                 store header (refusing to use it; `format --force` would discard it)",
+            ),
+            Error::Version { found, supported } => write!(
+                f,
+                "the store is format version {found}; this build reads and writes version \
+                 {supported} only (refusing to open it, nothing was written)"
+            ),
+            Error::KeyTooLong { len, max } => write!(f, "key of {len} bytes (at most {max})"),
+            Error::ValueTooLarge { len, max } => write!(
+                f,
+                "key and value of {len} bytes together (at most {max} in this version: values \
+                 do not spill to overflow pages yet)"
+            ),
+        }
+    }
+}
+
+/// Counters of a store, for reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// The engine's (log units, bytes logged, images, checkpoints).
+    pub engine: dbos_bufferpool::EngineStats,
+    /// The log's (batches written, commits).
+    pub log: dbos_bufferpool::LogStats,
+    /// The pool's (page reads, writes, evictions).
+    pub pool: dbos_bufferpool::PoolStats,
+}
+
+/// A durable key-value store on engine `Engine<D, B>`.
+pub struct Store<D: BlockDevice, B: BufferManager> {
+    engine: Engine<D, B>,
+    /// The tree's root as last seen (a hint, see `BTree::attach`).
+    root: AtomicU64,
+}
+
+impl<D: BlockDevice + Send + 'static, B: BufferManager> Store<D, B>
+where
+    Engine<D, B>: Sync,
+{
+    /// Formats the device for `layout` (whatever it holds: the explicit
+    /// format) and creates an empty store on it.
+    pub fn format(
+        log_dev: D,
+        data_dev: D,
+        layout: Layout,
+        config: Config,
+        make_pool: impl FnOnce(PoolSetup) -> Result<B, PoolError>,
+    ) -> Result<Store<D, B>, Error> {
+        let engine = Engine::format(log_dev, data_dev, layout, config, make_pool)?;
+        let mut header = [0u8; 12];
+        header[..8].copy_from_slice(&MAGIC);
+        header[8..].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        engine.commit(&[PageWrite {
+            page: HEADER_PAGE,
+            offset: PAGE_HEADER,
+            data: &header,
+        }])?;
+        let root = {
+            let (t, lsn) = BTree::create_logged(engine.pool(), &engine, TREE_META)?;
+            engine.wait_durable(lsn)?;
+            t.root_hint()
+        };
+        log::info!("kvstore: formatted, format version {FORMAT_VERSION}");
+        Ok(Store {
+            engine,
+            root: AtomicU64::new(root),
+        })
+    }
+
+    /// Opens the store on the device: recovers the engine, then checks the
+    /// store's header (refusing another format version, naming both).
+    pub fn open(
+        log_dev: D,
+        data_dev: D,
+        config: Config,
+        make_pool: impl FnOnce(PoolSetup) -> Result<B, PoolError>,
+    ) -> Result<(Store<D, B>, RecoveryReport), Error> {
+        let (engine, report) = Engine::open(log_dev, data_dev, config, make_pool)?;
+        let mut header = [0u8; 12];
+        engine.read(HEADER_PAGE, PAGE_HEADER, &mut header)?;
+        if header[..8] != MAGIC {
+            return Err(Error::NotAStore);
+        }
+        let found = u32::from_le_bytes(header[8..].try_into().expect("4 bytes"));
+        if found != FORMAT_VERSION {
+            return Err(Error::Version {
+                found,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let root = BTree::open_logged(engine.pool(), &engine, TREE_META)?.root_hint();
+        Ok((
+            Store {
+                engine,
+                root: AtomicU64::new(root),
+            },
+            report,
+        ))
+    }
+
+    /// A handle on the tree (no I/O), and when dropped the root it saw is
+    /// kept for the next.
+    fn tree(&self) -> Tree<'_, D, B> {
+        Tree {
+            tree: BTree::attach(
+                self.engine.pool(),
+                Some(&self.engine),
+                TREE_META,
+                self.root.load(Ordering::Relaxed),
+            ),
+            root: &self.root,
+            _d: core::marker::PhantomData,
+        }
+    }
+
+    /// The engine under the store.
+    pub fn engine(&self) -> &Engine<D, B> {
+        &self.engine
+    }
+
+    /// Copies the value of `key` into `out`; false if absent.
+    pub fn get(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, Error> {
+        if key.len() > MAX_KEY {
+            return Err(Error::KeyTooLong {
+                len: key.len(),
+                max: MAX_KEY,
+            });
+        }
+        Ok(self.tree().t().lookup(key, out)?)
+    }
+
+    /// Applies `changes` as one log unit and waits until it is durable.
+    fn apply(&self, changes: &[Change<'_>]) -> Result<Vec<bool>, Error> {
+        let applied = self.tree().t().apply(changes)?;
+        if let Some(lsn) = applied.lsn {
+            self.engine.wait_durable(lsn)?;
+        }
+        Ok(applied.outcomes)
+    }
+
+    /// Sets `key` to `value`, durably; true if the key was new.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<bool, Error> {
+        Ok(self.apply(&[Change::Upsert { key, val: value }])?[0])
+    }
+
+    /// Removes `key`, durably; false if it was absent.
+    pub fn delete(&self, key: &[u8]) -> Result<bool, Error> {
+        Ok(self.apply(&[Change::Delete { key }])?[0])
+    }
+
+    /// Applies `ops` in order, atomically and durably (one log unit, one
+    /// wait for the log). At most [`MAX_TRANSACTION`] operations.
+    pub fn transaction(&self, ops: &[Op<'_>]) -> Result<(), Error> {
+        let changes: Vec<Change<'_>> = ops
+            .iter()
+            .map(|op| match *op {
+                Op::Put { key, value } => Change::Upsert { key, val: value },
+                Op::Delete { key } => Change::Delete { key },
+            })
+            .collect();
+        self.apply(&changes).map(|_| ())
+    }
+
+    /// Calls `f(key, value)` for up to `limit` entries with keys `>=
+    /// start` in ascending order; returns how many.
+    pub fn scan(
+        &self,
+        start: &[u8],
+        limit: usize,
+        f: &mut dyn FnMut(&[u8], &[u8]),
+    ) -> Result<usize, Error> {
+        let mut n = 0;
+        if limit == 0 {
+            return Ok(0);
+        }
+        self.tree().t().scan_forward(Some(start), |k, v| {
+            f(k, v);
+            n += 1;
+            n < limit
+        })?;
+        Ok(n)
+    }
+
+    /// Checks the whole tree (see `BTree::check`) and returns its entries.
+    /// Not concurrently with writers.
+    pub fn check(&self) -> Result<usize, Error> {
+        Ok(self.tree().t().check()?)
+    }
+
+    /// Pages of the tree's area (`next`: pages `1..next` are the tree's)
+    /// and pages on its free list.
+    pub fn space(&self) -> Result<(u64, u64), Error> {
+        Ok(self.tree().t().space()?)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            engine: self.engine.stats(),
+            log: self.engine.wal().stats(),
+            pool: self.engine.pool().stats(),
+        }
+    }
+
+    /// Takes a checkpoint (every page written, the log freed): a clean
+    /// shutdown, after which opening replays nothing.
+    pub fn checkpoint(&self) -> Result<(), Error> {
+        self.engine.checkpoint()?;
+        Ok(())
+    }
+}
+
+/// A tree handle that hands its root hint back when dropped.
+struct Tree<'s, D, B: BufferManager> {
+    tree: BTree<'s, B>,
+    root: &'s AtomicU64,
+    _d: core::marker::PhantomData<D>,
+}
+
+impl<'s, D, B: BufferManager> Tree<'s, D, B> {
+    fn t(&self) -> &BTree<'s, B> {
+        &self.tree
+    }
+}
+
+impl<D, B: BufferManager> Drop for Tree<'_, D, B> {
+    fn drop(&mut self) {
+        self.root.store(self.tree.root_hint(), Ordering::Relaxed);
+    }
+}
+
+impl<D: BlockDevice + Send + 'static, B: BufferManager> Kv for Store<D, B>
+where
+    Engine<D, B>: Sync,
+{
+    type Error = Error;
+    fn get(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, Error> {
+        Store::get(self, key, out)
+    }
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<bool, Error> {
+        Store::put(self, key, value)
+    }
+    fn delete(&self, key: &[u8]) -> Result<bool, Error> {
+        Store::delete(self, key)
+    }
+    fn transaction(&self, ops: &[Op<'_>]) -> Result<(), Error> {
+        Store::transaction(self, ops)
+    }
+    fn scan(
+        &self,
+        start: &[u8],
+        limit: usize,
+        f: &mut dyn FnMut(&[u8], &[u8]),
+    ) -> Result<usize, Error> {
+        Store::scan(self, start, limit, f)
+    }
+}
