@@ -2,7 +2,7 @@
 //! of the normal build, so that `cargo build` and `cargo test` always have
 //! current guest images, twice:
 //!
-//! - the measured programs (`hello`, `kvstore`, `tabby`, `snappy`,
+//! - the measured programs (`hello`, `kvstore`, `kvarray`, `tabby`, `snappy`,
 //!   `iobench`), without
 //!   any test machinery on their paths, into
 //!   `<target dir>/guest/x86_64-unknown-none/release/` (`DBOS_GUEST_DIR`);
@@ -37,6 +37,8 @@ fn main() {
         "nvme/Cargo.toml",
         "bufferpool/src",
         "bufferpool/Cargo.toml",
+        "kvstore/src",
+        "kvstore/Cargo.toml",
         "snapshot/src",
         "snapshot/Cargo.toml",
         "libdbos-build/src",

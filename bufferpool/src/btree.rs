@@ -177,6 +177,9 @@ pub enum TreeError {
     Full { pages: u64 },
     /// [`BTree::apply`] was given more than [`MAX_CHANGES`] changes.
     TooManyChanges { changes: usize },
+    /// A unit would latch `pages` pages, more than the `limit` units may
+    /// hold at once (the engine's: half the pool).
+    TooManyPages { pages: usize, limit: usize },
     /// The log or its engine failed (see [`crate::Error`]).
     Engine(crate::engine::Error),
 }
@@ -205,6 +208,11 @@ impl fmt::Display for TreeError {
                 "a transaction of {changes} changes (at most {MAX_CHANGES})"
             ),
             TreeError::Engine(e) => write!(f, "{e}"),
+            TreeError::TooManyPages { pages, limit } => write!(
+                f,
+                "a change would hold {pages} pages at once, more than the {limit} allowed (half \
+                 the buffer pool): fewer keys per transaction, or a larger pool"
+            ),
         }
     }
 }
@@ -723,18 +731,62 @@ pub trait TreeLog<B: BufferManager + ?Sized>: Sync {
     fn prepare(&self) -> Result<(), TreeError>;
     /// Logs the changes made to `pages` (page `i` held `before[i]` when it
     /// was latched) as one atomic unit, sets the changed pages' LSNs to its
-    /// end, which it returns, and unlatches them (empties `pages`). Pages
-    /// equal to their before-image are left out. On an error nothing was
-    /// logged and `pages` are left latched, for the tree to undo.
+    /// end, which it returns (`None`: no page changed, nothing logged), and
+    /// unlatches them (empties `pages`). Pages equal to their before-image
+    /// are left out. On an error nothing was logged and `pages` are left
+    /// latched, for the tree to undo.
     fn log(
         &self,
         pages: &mut Vec<ExclusiveGuard<'_, B>>,
         before: &[PageBuf],
-    ) -> Result<Lsn, Refused>;
+    ) -> Result<Option<Lsn>, Refused>;
     /// After [`Refused::LogFull`], with no page latched: makes room in the
     /// log (a checkpoint).
     fn make_room(&self) -> Result<(), TreeError>;
+    /// Called with no page latched before a unit latches up to `pages`
+    /// pages: reserves that many frames against the owner's limit for
+    /// pages held by units in flight (the engine's: half the pool), waiting
+    /// while others hold it, so that units never latch every frame between
+    /// them. Released when the token drops; an error if `pages` is over the
+    /// limit.
+    fn reserve(&self, pages: usize) -> Result<Reserved<'_>, TreeError>;
 }
+
+/// Frames reserved by [`TreeLog::reserve`]; given back on drop.
+pub struct Reserved<'a> {
+    held: Option<&'a core::sync::atomic::AtomicUsize>,
+    pages: usize,
+}
+
+impl<'a> Reserved<'a> {
+    /// `pages` taken from `held`, given back on drop.
+    pub fn new(held: &'a core::sync::atomic::AtomicUsize, pages: usize) -> Reserved<'a> {
+        Reserved {
+            held: Some(held),
+            pages,
+        }
+    }
+
+    /// Nothing reserved (a tree that is not logged).
+    pub fn none() -> Reserved<'a> {
+        Reserved {
+            held: None,
+            pages: 0,
+        }
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.held {
+            h.fetch_sub(self.pages, atomic::Ordering::AcqRel);
+        }
+    }
+}
+
+/// Pages a structural unit latches at most (a split: the meta page, the
+/// parent, the node, its right neighbour, the new node, a free page).
+const STRUCTURAL_PAGES: usize = 6;
 
 /// Why [`TreeLog::log`] logged nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -778,8 +830,8 @@ pub struct Applied {
     /// Per change, in order: its outcome (see [`Change`]).
     pub outcomes: Vec<bool>,
     /// The end of the log unit that holds the changes (`None`: the tree is
-    /// not logged, or nothing changed); durable once the log is durable up
-    /// to it.
+    /// not logged, or nothing changed, so nothing was logged); durable once
+    /// the log is durable up to it.
     pub lsn: Option<Lsn>,
 }
 
@@ -854,7 +906,7 @@ impl<'p, B: BufferManager + ?Sized> Mtr<'p, B> {
         let lsn = match log {
             None => None,
             Some(log) => match log.log(&mut self.pages, &self.before) {
-                Ok(lsn) => Some(lsn),
+                Ok(lsn) => lsn,
                 Err(Refused::LogFull(e)) => return Err(E::LogFull(e)),
                 Err(Refused::Failed(e)) => return Err(E::Fail(e)),
             },
@@ -1059,6 +1111,15 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                     }
                 }
             }
+        }
+    }
+
+    /// Reserves frames for a unit of up to `pages` pages (see
+    /// [`TreeLog::reserve`]).
+    fn reserve(&self, pages: usize) -> Result<Reserved<'p>, TreeError> {
+        match self.log {
+            Some(log) => log.reserve(pages),
+            None => Ok(Reserved::none()),
         }
     }
 
@@ -1278,6 +1339,12 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             leaf.validate()?;
             found.push(leaf);
         }
+        // Frames for the distinct leaves, reserved before `m` so that they
+        // are given back after its pages are unlatched.
+        let mut ids: Vec<u64> = found.iter().map(|l| l.id().0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let _reserved = self.reserve(ids.len()).map_err(E::Fail)?;
         let keep = self.log.is_some() || changes.len() > 1;
         let mut m = Mtr::new(keep);
         // All still as read (so two reads of one leaf saw one version),
@@ -1416,6 +1483,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     /// if the parent has no room for a separator. Returns Ok when something
     /// changed or the tree moved on; the caller restarts either way.
     fn split(&self, target: PageId, key: &[u8]) -> R<()> {
+        let reserved = self.reserve(STRUCTURAL_PAGES).map_err(E::Fail)?;
         let parent = self.find_parent(target, Some(key))?;
         let node = self.pool.optimistic(target)?;
         let mut m = Mtr::new(true);
@@ -1448,6 +1516,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             let pid = p.id();
             drop(p);
             drop(m);
+            drop(reserved);
             return self.split(pid, key);
         }
         let pi = m.add(p);
@@ -1517,6 +1586,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         let lid = child(&parent, lpos)?;
         let rid = child(&parent, rpos)?;
         parent.validate()?;
+        let _reserved = self.reserve(STRUCTURAL_PAGES).map_err(E::Fail)?;
         let mut m = Mtr::new(true);
         self.latch_meta(&mut m)?;
         let pi = m.add(parent.upgrade()?);
@@ -1564,6 +1634,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         }
         let only = root.u64_at(LINK_A)?;
         root.validate()?;
+        let _reserved = self.reserve(STRUCTURAL_PAGES).map_err(E::Fail)?;
         let mut m = Mtr::new(true);
         let mi = m.add(meta.upgrade()?);
         if m.b(mi)[KIND] != META {

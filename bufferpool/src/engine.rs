@@ -65,6 +65,7 @@
 //! commit and checkpoint returns [`WalError::Failed`]. Nothing is retried;
 //! restart and recover.
 
+use crate::btree::Reserved;
 use crate::control::{Control, ControlError, Layout, LayoutError};
 use crate::device::{BlockDevice, DeviceError, IoFailure, IoKind, BLOCK_SIZE};
 use crate::log::{
@@ -591,19 +592,6 @@ pub struct Engine<D: BlockDevice, B> {
     pub(crate) stats: AtomicEngineStats,
 }
 
-/// Frames a commit holds against [`Engine::commit_page_limit`]; given back
-/// on drop (after the commit's pages are unfixed: declare it before them).
-struct Pins<'a> {
-    pins: &'a AtomicUsize,
-    n: usize,
-}
-
-impl Drop for Pins<'_> {
-    fn drop(&mut self) {
-        self.pins.fetch_sub(self.n, Ordering::AcqRel);
-    }
-}
-
 impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
     /// Formats the namespace for `layout`, whatever it holds (the explicit
     /// format request: its contents are discarded), and opens an empty
@@ -739,12 +727,17 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
     /// Reserves `n` frames for a commit, waiting while the commits in
     /// flight hold too many; a transaction larger than the limit is
     /// refused.
-    fn pin(&self, n: usize) -> Result<Pins<'_>, Error> {
+    fn pin(&self, n: usize) -> Result<Reserved<'_>, Error> {
+        self.reserve_frames(n)
+            .map_err(|limit| Error::TooManyPages { pages: n, limit })
+    }
+
+    /// Reserves `n` frames against [`Engine::commit_page_limit`] for a
+    /// commit or tree unit about to fix that many pages, waiting while
+    /// those in flight hold the limit; the limit if `n` is over it.
+    pub(crate) fn reserve_frames(&self, n: usize) -> Result<Reserved<'_>, usize> {
         if n > self.pin_limit {
-            return Err(Error::TooManyPages {
-                pages: n,
-                limit: self.pin_limit,
-            });
+            return Err(self.pin_limit);
         }
         let mut cur = self.pins.load(Ordering::Acquire);
         loop {
@@ -755,12 +748,7 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 ) {
-                    Ok(_) => {
-                        return Ok(Pins {
-                            pins: &self.pins,
-                            n,
-                        })
-                    }
+                    Ok(_) => return Ok(Reserved::new(&self.pins, n)),
                     Err(now) => cur = now,
                 }
             } else {
@@ -770,7 +758,6 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         }
     }
 
-    /// The log.
     pub fn wal(&self) -> &Wal<D> {
         &self.wal
     }

@@ -26,7 +26,7 @@
 //! [`TreeLog::make_room`] (a checkpoint) with no page latched: a checkpoint
 //! waits for latched pages, so it may never run while a unit holds any.
 
-use crate::btree::{Refused, TreeError, TreeLog};
+use crate::btree::{Refused, Reserved, TreeError, TreeLog};
 use crate::device::BlockDevice;
 use crate::engine::{Engine, Error};
 use crate::page::{PageBuf, PAGE_HEADER};
@@ -86,7 +86,7 @@ where
         &self,
         pages: &mut Vec<ExclusiveGuard<'_, B>>,
         before: &[PageBuf],
-    ) -> Result<Lsn, Refused> {
+    ) -> Result<Option<Lsn>, Refused> {
         debug_assert_eq!(pages.len(), before.len());
         // Held until the pages are unlatched (below): a checkpoint's redo
         // point falls before this unit's records or after its pages are
@@ -103,9 +103,9 @@ where
             ranges.push(core::mem::take(&mut scratch));
         }
         if writes == 0 {
-            // Nothing changed: nothing to log, nothing to wait for.
+            // Nothing changed: nothing to log.
             pages.clear();
-            return Ok(self.wal.insert_lsn());
+            return Ok(None);
         }
         let mut records = Vec::with_capacity(pages.len() + writes as usize + 1);
         for ((g, b), r) in pages.iter().zip(before).zip(&ranges) {
@@ -152,7 +152,12 @@ where
         // Unlatched (dirty) while the gate is held.
         pages.clear();
         drop(pass);
-        Ok(end)
+        Ok(Some(end))
+    }
+
+    fn reserve(&self, pages: usize) -> Result<Reserved<'_>, TreeError> {
+        self.reserve_frames(pages)
+            .map_err(|limit| TreeError::TooManyPages { pages, limit })
     }
 
     fn make_room(&self) -> Result<(), TreeError> {

@@ -379,5 +379,6 @@ fn the_engine_logs_a_leaf_change_as_a_few_bytes_not_a_page() {
     let a = t.apply(&[Change::Delete { key: b"absent" }]).unwrap();
     assert_eq!(engine.stats().transactions, after.transactions);
     assert_eq!(a.outcomes, vec![false]);
+    assert_eq!(a.lsn, None);
     let _: &dyn TreeLog<TestPool> = &engine;
 }

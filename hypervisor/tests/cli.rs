@@ -128,7 +128,7 @@ fn stats_report_exits_to_the_vmm_and_all_exits_counted_by_kvm() {
         "64M",
         "--disk-spin-us",
         "200000",
-        &image("kvstore"),
+        &image("kvarray"),
         "--",
         "4",
     ]);

@@ -4,9 +4,9 @@
 //! damaged stores that must be refused rather than "recovered" or
 //! reformatted, and one disk file never used by two VMs at once.
 //!
-//! The kvstore guest prints `acked T` when the commit of transaction T has
+//! The kvarray guest prints `acked T` when the commit of transaction T has
 //! returned, and `found N committed transactions, M wrong` after recovery
-//! (see examples/src/bin/kvstore.rs).
+//! (see examples/src/bin/kvarray.rs).
 
 mod common;
 
@@ -21,7 +21,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Big enough for kvstore's layout (2 control blocks, 256 log blocks, 64
+/// Big enough for kvarray's layout (2 control blocks, 256 log blocks, 64
 /// pages) and small enough to load and store quickly on the power-cut model.
 const DISK_BYTES: u64 = 2 << 20;
 
@@ -34,9 +34,9 @@ fn disk(path: &Path, create: Option<u64>, power_cut: Option<PowerCutPlan>) -> Di
     }
 }
 
-fn kvstore(args: &[&str], disk: DiskConfig) -> RunReport {
+fn kvarray(args: &[&str], disk: DiskConfig) -> RunReport {
     run(
-        "kvstore",
+        "kvarray",
         VmConfig {
             disk: Some(disk),
             ..config(args)
@@ -84,7 +84,7 @@ fn kvstore_survives_power_cuts_at_seeded_writes() {
     let dir = scratch();
     let path = dir.path().join("kv.img");
     let started = Instant::now();
-    let first = kvstore(&["4"], disk(&path, Some(DISK_BYTES), None));
+    let first = kvarray(&["4"], disk(&path, Some(DISK_BYTES), None));
     assert_eq!(first.exit.process_status(), 0, "{:#?}", first.console);
     assert_eq!(acked(&first), [1, 2, 3, 4]);
     let layout = control(&std::fs::read(&path).unwrap()).layout;
@@ -97,7 +97,7 @@ fn kvstore_survives_power_cuts_at_seeded_writes() {
         seed: 0,
     };
     let commits = CALIBRATION_COMMITS.to_string();
-    let calibrate = kvstore(&[&commits], disk(&path, None, Some(never)));
+    let calibrate = kvarray(&[&commits], disk(&path, None, Some(never)));
     assert_eq!(calibrate.exit.process_status(), 0, "{}", calibrate.exit);
     assert_eq!(found(&calibrate), Some((4, 0)), "{:#?}", calibrate.console);
     let writes = calibrate.power_cut_model.unwrap().write_commands;
@@ -146,7 +146,7 @@ fn kvstore_survives_power_cuts_at_seeded_writes() {
             at,
             seed: rng.next_u64(),
         };
-        let r = kvstore(&["15000", mode], disk(&path, None, Some(plan)));
+        let r = kvarray(&["15000", mode], disk(&path, None, Some(plan)));
         if let Some(refusal) = r
             .console
             .iter()
@@ -231,7 +231,7 @@ fn kvstore_survives_power_cuts_at_seeded_writes() {
         );
         previous = format!("the cut of seed {seed} ({:?}, {cut:?})", at);
     }
-    let last = kvstore(&["0"], disk(&path, None, None));
+    let last = kvarray(&["0"], disk(&path, None, None));
     if let Some(refusal) = last
         .console
         .iter()
@@ -312,7 +312,7 @@ fn kvstore_refuses_a_log_damaged_in_the_middle_of_durable_history() {
     }
     let dir = scratch();
     let path = dir.path().join("kv.img");
-    let first = kvstore(&["24"], disk(&path, Some(DISK_BYTES), None));
+    let first = kvarray(&["24"], disk(&path, Some(DISK_BYTES), None));
     assert_eq!(first.exit.process_status(), 0, "{:#?}", first.console);
     assert_eq!(acked(&first).last(), Some(&24));
 
@@ -334,7 +334,7 @@ fn kvstore_refuses_a_log_damaged_in_the_middle_of_durable_history() {
     image[at + 200] ^= 0x5a;
     std::fs::write(&path, &image).unwrap();
 
-    let after = kvstore(&["0"], disk(&path, None, None));
+    let after = kvarray(&["0"], disk(&path, None, None));
     let refusal = after
         .console
         .iter()
@@ -378,7 +378,7 @@ fn kvstore_refuses_a_log_damaged_in_the_middle_of_durable_history() {
     let (at, to): (u64, u64) = (at.parse().unwrap(), to.parse().unwrap());
     assert!(at < victim * SECTOR && to > victim * SECTOR, "{at} {to}");
     // Any other request is refused and writes nothing.
-    let wrong = kvstore(
+    let wrong = kvarray(
         &[
             "0",
             "fua",
@@ -390,7 +390,7 @@ fn kvstore_refuses_a_log_damaged_in_the_middle_of_durable_history() {
     );
     assert_refused_untouched(&wrong, &path, &image);
     // The reported one opens the store with the commits before the damage.
-    let cut = kvstore(
+    let cut = kvarray(
         &["2", "fua", "truncate", &at.to_string(), &to.to_string()],
         disk(&path, None, None),
     );
@@ -419,7 +419,7 @@ fn kvstore_refuses_a_log_damaged_in_the_middle_of_durable_history() {
     assert!(n < 24, "{n} transactions survived the cut");
     assert_eq!(acked(&cut), vec![n + 1, n + 2]);
     // And the store opens normally from now on.
-    let again = kvstore(&["0"], disk(&path, None, None));
+    let again = kvarray(&["0"], disk(&path, None, None));
     assert_eq!(again.exit.process_status(), 0, "{:#?}", again.console);
     assert!(
         again.console.contains(&format!(
@@ -441,7 +441,7 @@ fn kvstore_refuses_a_store_with_both_control_blocks_damaged() {
     }
     let dir = scratch();
     let path = dir.path().join("kv.img");
-    let first = kvstore(&["8"], disk(&path, Some(DISK_BYTES), None));
+    let first = kvarray(&["8"], disk(&path, Some(DISK_BYTES), None));
     assert_eq!(first.exit.process_status(), 0, "{:#?}", first.console);
     let mut image = std::fs::read(&path).unwrap();
     control(&image);
@@ -451,7 +451,7 @@ fn kvstore_refuses_a_store_with_both_control_blocks_damaged() {
     assert!(Control::decode(&image[4096..8192]).is_err());
     std::fs::write(&path, &image).unwrap();
 
-    let after = kvstore(&["4"], disk(&path, None, None));
+    let after = kvarray(&["4"], disk(&path, None, None));
     assert!(
         !after.console.iter().any(|l| l.contains("formatting")),
         "{:#?}",
@@ -460,7 +460,7 @@ fn kvstore_refuses_a_store_with_both_control_blocks_damaged() {
     assert_refused_untouched(&after, &path, &image);
 }
 
-/// A kvstore run that refused to open the store: a non-zero exit, the
+/// A kvarray run that refused to open the store: a non-zero exit, the
 /// refusal on the console, and the disk exactly `image`.
 #[track_caller]
 fn assert_refused_untouched(run: &RunReport, path: &Path, image: &[u8]) {
@@ -489,7 +489,7 @@ fn a_second_dbos_run_on_the_same_disk_is_refused() {
     let dir = scratch();
     let path = dir.path().join("kv.img");
     let disk_arg = path.to_str().unwrap();
-    let image = dbos_hypervisor::guest_image("kvstore");
+    let image = dbos_hypervisor::guest_image("kvarray");
     let image = image.to_str().unwrap();
     let mut first = Command::new(env!("CARGO_BIN_EXE_dbos"))
         .args(["run", "--disk", disk_arg, "--disk-size", "2M"])
@@ -550,7 +550,7 @@ fn power_cut_from_the_command_line() {
     let dir = scratch();
     let path = dir.path().join("kv.img");
     let disk_arg = path.to_str().unwrap();
-    let image = dbos_hypervisor::guest_image("kvstore");
+    let image = dbos_hypervisor::guest_image("kvarray");
     let image = image.to_str().unwrap();
     let dbos = |extra: &[&str], guest: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_dbos"))
@@ -636,7 +636,7 @@ fn power_cut_from_the_command_line() {
     assert!(stderr.contains("cannot be used with"), "{stderr}");
 }
 
-/// The `acked T` numbers in a `dbos run` kvstore's stdout.
+/// The `acked T` numbers in a `dbos run` kvarray's stdout.
 fn acked_lines(stdout: &str) -> Vec<u64> {
     stdout
         .lines()
@@ -645,7 +645,7 @@ fn acked_lines(stdout: &str) -> Vec<u64> {
         .collect()
 }
 
-/// `dbos run` of the kvstore guest on `disk` with `extra` options, the
+/// `dbos run` of the kvarray guest on `disk` with `extra` options, the
 /// guest arguments `guest` and `envs`: (status, signal, stdout, stderr).
 fn dbos_kvstore(
     disk: &Path,
@@ -654,7 +654,7 @@ fn dbos_kvstore(
     envs: &[(&str, &str)],
 ) -> (Option<i32>, Option<i32>, String, String) {
     use std::os::unix::process::ExitStatusExt;
-    let image = dbos_hypervisor::guest_image("kvstore");
+    let image = dbos_hypervisor::guest_image("kvarray");
     let out = Command::new(env!("CARGO_BIN_EXE_dbos"))
         .args(["run", "--disk", disk.to_str().unwrap()])
         .args(["--disk-spin-us", "200000"])
@@ -786,7 +786,7 @@ fn deleting_the_disk_while_the_guest_commits_stops_every_later_ack() {
     let path = dir.path().join("kv.img");
     let (code, _, _, stderr) = dbos_kvstore(&path, &["--disk-size", "2M"], &["0"], &[]);
     assert_eq!(code, Some(0), "{stderr}");
-    let image = dbos_hypervisor::guest_image("kvstore");
+    let image = dbos_hypervisor::guest_image("kvarray");
     let mut child = Command::new(env!("CARGO_BIN_EXE_dbos"))
         .args(["run", "--disk", path.to_str().unwrap()])
         .args(["--disk-spin-us", "200000", "--time-limit", "120"])
@@ -862,7 +862,7 @@ fn a_power_cut_model_too_large_for_the_address_space_is_refused_cleanly() {
     }
     let dir = scratch();
     let path = dir.path().join("big3.img");
-    let image = dbos_hypervisor::guest_image("kvstore");
+    let image = dbos_hypervisor::guest_image("kvarray");
     for (limit_kib, what) in [
         (5_000_000, "the disk's current contents (a second copy)"),
         (2_000_000, "the disk's contents"),

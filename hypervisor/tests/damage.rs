@@ -1,4 +1,4 @@
-//! The kvstore guest on damaged disks and with several committers (issue
+//! The kvarray guest on damaged disks and with several committers (issue
 //! 16): each case here lost acknowledged commits silently before, and must
 //! now be refused, untouched, with its place named, or recover every
 //! commit.
@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-/// The README's disk for the kvstore guest is 64M; this one is as small as
+/// The README's disk for the kvarray guest is 64M; this one is as small as
 /// its layout allows with room to spare (the backup control block goes in
 /// the last block), so the power-cut model loads it quickly.
 const DISK_BYTES: u64 = 2 << 20;
@@ -40,7 +40,7 @@ fn disk(path: &Path, power_cut: Option<PowerCutPlan>) -> DiskConfig {
 
 fn kvstore_on(path: &Path, vcpus: u32, args: &[&str], cut: Option<PowerCutPlan>) -> RunReport {
     run(
-        "kvstore",
+        "kvarray",
         VmConfig {
             vcpus,
             disk: Some(disk(path, cut)),
@@ -49,7 +49,7 @@ fn kvstore_on(path: &Path, vcpus: u32, args: &[&str], cut: Option<PowerCutPlan>)
     )
 }
 
-fn kvstore(path: &Path, args: &[&str]) -> RunReport {
+fn kvarray(path: &Path, args: &[&str]) -> RunReport {
     kvstore_on(path, 1, args, None)
 }
 
@@ -91,7 +91,7 @@ fn found_set(r: &RunReport) -> BTreeSet<u64> {
 /// A disk holding a store with 32 transactions, from two runs of 16.
 fn store_of_32(path: &Path) {
     for _ in 0..2 {
-        let r = kvstore(path, &["16"]);
+        let r = kvarray(path, &["16"]);
         assert_eq!(r.exit.process_status(), 0, "{:#?}", r.console);
     }
 }
@@ -101,7 +101,7 @@ fn store_of_32(path: &Path) {
 #[track_caller]
 fn refused_untouched(path: &Path, image: &[u8], says: &str) -> String {
     std::fs::write(path, image).unwrap();
-    let r = kvstore(path, &["0"]);
+    let r = kvarray(path, &["0"]);
     let refusal = line(&r, "cannot open the store: ")
         .unwrap_or_else(|| panic!("not refused: {}\n{:#?}", r.exit, r.console))
         .to_string();
@@ -174,7 +174,7 @@ fn a_store_with_its_first_blocks_zeroed_is_refused_never_reformatted() {
     }
     // The guest says what to do, and format without --force is a usage
     // error that writes nothing.
-    let r = kvstore(&path, &["0"]);
+    let r = kvarray(&path, &["0"]);
     assert!(
         line(
             &r,
@@ -185,12 +185,12 @@ fn a_store_with_its_first_blocks_zeroed_is_refused_never_reformatted() {
         r.console
     );
     let damaged = std::fs::read(&path).unwrap();
-    let r = kvstore(&path, &["format"]);
+    let r = kvarray(&path, &["format"]);
     assert_eq!(r.exit.process_status(), 2, "{:#?}", r.console);
     assert!(std::fs::read(&path).unwrap() == damaged);
-    let r = kvstore(&path, &["format", "--force"]);
+    let r = kvarray(&path, &["format", "--force"]);
     assert_eq!(r.exit.process_status(), 0, "{:#?}", r.console);
-    let r = kvstore(&path, &["2"]);
+    let r = kvarray(&path, &["2"]);
     assert_eq!(r.exit.process_status(), 0, "{:#?}", r.console);
     assert_eq!(
         line(&r, "found "),
@@ -210,15 +210,15 @@ fn an_older_copy_of_a_data_page_is_refused() {
     }
     let dir = scratch();
     let path = dir.path().join("kv.img");
-    let r = kvstore(&path, &["16"]);
+    let r = kvarray(&path, &["16"]);
     assert_eq!(r.exit.process_status(), 0, "{:#?}", r.console);
     // The second run's recovery ends with a checkpoint: page 0 on storage
     // holds the first 16 transactions.
-    let r = kvstore(&path, &["16"]);
+    let r = kvarray(&path, &["16"]);
     assert_eq!(r.exit.process_status(), 0, "{:#?}", r.console);
     let older = std::fs::read(&path).unwrap()[PAGE0_BLOCK * 4096..][..4096].to_vec();
     // The third run's checkpoint writes page 0 with all 32 and logs it.
-    let r = kvstore(&path, &["0"]);
+    let r = kvarray(&path, &["0"]);
     assert_eq!(
         line(&r, "found "),
         Some("32 committed transactions, 0 wrong")
@@ -296,7 +296,7 @@ fn kvstore_usage_errors_exit_2() {
     }
     let dir = scratch();
     let path = dir.path().join("kv.img");
-    let r = kvstore(&path, &["1"]);
+    let r = kvarray(&path, &["1"]);
     assert_eq!(r.exit.process_status(), 0, "{:#?}", r.console);
     let image = std::fs::read(&path).unwrap();
     for args in [
@@ -311,11 +311,11 @@ fn kvstore_usage_errors_exit_2() {
         &["format", "--force", "now"],
         &["20000"],
     ] {
-        let r = kvstore(&path, args);
+        let r = kvarray(&path, args);
         assert_eq!(r.exit.process_status(), 2, "{args:?}: {:#?}", r.console);
         assert!(acked(&r).is_empty(), "{args:?}");
         assert!(
-            r.console.iter().any(|l| l.contains("usage: kvstore")),
+            r.console.iter().any(|l| l.contains("usage: kvarray")),
             "{args:?}: {:#?}",
             r.console
         );

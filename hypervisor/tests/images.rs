@@ -26,7 +26,7 @@ fn contains(image: &[u8], name: &str) -> bool {
 
 #[test]
 fn measured_images_link_no_test_machinery() {
-    for program in ["hello", "kvstore", "tabby", "snappy", "iobench"] {
+    for program in ["hello", "kvstore", "kvarray", "tabby", "snappy", "iobench"] {
         let path = guest_image(program);
         let image = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let found: Vec<&str> = TEST_ONLY
@@ -49,7 +49,7 @@ fn measured_images_link_no_test_machinery() {
         }
     }
     // Every hook is on the paths of every test-build program.
-    for program in ["hello", "kvstore", "scenarios"] {
+    for program in ["hello", "kvstore", "kvarray", "scenarios"] {
         let image = std::fs::read(test_guest_image(program)).unwrap();
         for name in &TEST_ONLY[2..] {
             assert!(contains(&image, name), "test build of {program}: no {name}");

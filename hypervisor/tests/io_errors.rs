@@ -20,20 +20,20 @@ use common::{require_kvm, scratch};
 use std::path::Path;
 use std::process::Command;
 
-/// Committers of the kvstore guest in the full sweep: one, whose order of
+/// Committers of the kvarray guest in the full sweep: one, whose order of
 /// acknowledgements is exact. `two_committers_*` sweeps with two (one per
 /// vCPU), where [`check_gate`] checks what holds with several: every
 /// acknowledged commit found, the run stopped with an error.
 const COMMITTERS: u32 = 1;
 
-/// A kvstore run: its vCPUs (one committer each) and its arguments.
+/// A kvarray run: its vCPUs (one committer each) and its arguments.
 #[derive(Debug)]
 struct Guest {
     vcpus: u32,
     args: Vec<String>,
 }
 
-/// The kvstore guest's arguments: `txns` commits in `mode` by `committers`.
+/// The kvarray guest's arguments: `txns` commits in `mode` by `committers`.
 fn guest_args(txns: u64, mode: &str, committers: u32) -> Guest {
     Guest {
         vcpus: committers,
@@ -110,9 +110,9 @@ impl Run {
     }
 }
 
-/// `dbos run` of kvstore on `disk` with `extra` options.
+/// `dbos run` of kvarray on `disk` with `extra` options.
 fn dbos(disk: &Path, extra: &[&str], guest: &Guest) -> Run {
-    let image = dbos_hypervisor::guest_image("kvstore");
+    let image = dbos_hypervisor::guest_image("kvarray");
     let out = Command::new(env!("CARGO_BIN_EXE_dbos"))
         .args(["run", "--disk", disk.to_str().unwrap()])
         .args(["--disk-spin-us", "200000", "--time-limit", "120"])

@@ -198,7 +198,7 @@ fn kvstore_guest_recovers_after_being_stopped_mid_run() {
     };
     let kv = |args: &[&str], create, limit| {
         run(
-            "kvstore",
+            "kvarray",
             VmConfig {
                 disk: Some(disk(create)),
                 time_limit: limit,

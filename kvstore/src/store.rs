@@ -225,9 +225,13 @@ where
     /// Applies `changes` as one log unit and waits until it is durable.
     fn apply(&self, changes: &[Change<'_>]) -> Result<Vec<bool>, Error> {
         let applied = self.tree().t().apply(changes)?;
-        if let Some(lsn) = applied.lsn {
-            self.engine.wait_durable(lsn)?;
-        }
+        // A change that changed nothing (a delete of an absent key) was
+        // decided on what the tree held, which may not be durable yet:
+        // everything logged so far is waited for instead.
+        let lsn = applied
+            .lsn
+            .unwrap_or_else(|| self.engine.wal().insert_lsn());
+        self.engine.wait_durable(lsn)?;
         Ok(applied.outcomes)
     }
 

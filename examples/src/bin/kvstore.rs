@@ -1,100 +1,98 @@
-//! A key-value store guest: libdbos's write-ahead log and the engine's
-//! pages in a buffer pool (`dbos-bufferpool`'s Tabby, on the guest's own
-//! page tables, holding 16 of the 64 data pages) on the VM's NVMe disk, run
-//! in ring 0.
+//! The key-value database in ring 0: the durable B+tree store
+//! (`dbos_kvstore::store`) on Tabby (the buffer pool on the guest's own
+//! page tables) and the engine's write-ahead log, on the VM's NVMe disk,
+//! driven by the in-process YCSB workload driver on every vCPU.
 //!
 //! ```text
-//! dbos run [--vcpus N] --disk DISK --disk-size 64M kvstore -- [TXNS [fua|flush [truncate AT TO]]]
+//! dbos run [--vcpus N] --disk DISK --disk-size 64M kvstore -- [OPTION VALUE]...
+//!   records N     records loaded (default 400: more than the pool holds)
+//!   ops N         operations of the run phase (default 200)
+//!   workload X    a..f (default a: 50% reads, 50% updates)
+//!   dist X        uniform or zipfian (default zipfian)
+//!   value N       bytes per value (default 100)
+//!   pool N        frames of the buffer pool, 4 KiB each (default 16)
+//!   batch N       records per load transaction (default 8; a transaction
+//!                 may hold at most half the pool's frames)
+//!   seed N        the workload's seed (default 1)
+//! dbos run --disk DISK kvstore -- check
 //! dbos run --disk DISK kvstore -- format --force
 //! ```
 //!
-//! On a blank disk it formats the store; otherwise it recovers from the log
-//! and prints what recovery did. A disk that is not blank but holds no
-//! valid control block (a damaged store, or something else) is refused,
-//! never formatted, unless asked for explicitly: `format --force` formats
-//! the disk whatever it holds (its contents are lost) and exits.
+//! The default job: on a blank disk it formats a store (the log an eighth
+//! of the disk, the rest data pages), otherwise it recovers the store on
+//! it. Then it loads the records (more data than the pool holds, so pages
+//! are evicted and read back), runs the workload on every vCPU (group
+//! commit across them), verifies every acknowledged write, shuts the store
+//! down without a checkpoint, opens it again (recovery replays the log),
+//! verifies again, and prints a summary per phase with the platform's
+//! events per operation (VM exits, IPIs, invalidations, page-table
+//! writes). Exit status 0 only if both verifications passed; 2 for a usage
+//! error. A disk that holds something other than a store is refused unless
+//! `format --force`.
 //!
-//! Transaction `t` writes key `t` and its mirror key `MIRROR - t`, both
-//! `t * 7`, atomically. The store is checked first, every key of it: each
-//! transaction's two keys both there with its value or both absent, the
-//! keys no transaction writes absent; it prints `found N committed
-//! transactions, M wrong` (M counts the keys that break this) and
-//! `transactions found: [A-B,C-D]`, which ones, as ranges. It then
-//! commits TXNS more transactions, numbered on from the highest found
-//! (default 16; with FUA log writes, or plain writes and a flush with
-//! `flush`), on every vCPU at once (`--vcpus N`: N committers, so commits
-//! meet in group commit; committer `c` takes every N-th number), printing
-//! `acked T` as soon as the commit of transaction T has returned (it is
-//! durable), and exits 0 only if everything checked out. The crash tests
-//! compare the `acked` lines of a run cut short with what the next run
-//! finds. After a failed commit no committer acknowledges another: the
-//! engine stops at its first failed write or flush.
-//!
-//! A log damaged in the middle of durable history is refused (nothing is
-//! written) with the damage and the exact request that would accept the
-//! loss: `truncate AT TO` cuts the log at LSN `AT` (the end of the last
-//! commit before the damage) and discards it up to `TO`; the transactions
-//! committed in between are lost. Any other request is refused too.
-//!
-//! Usage errors (a TXNS that is not a number, an unknown mode, extra
-//! arguments, more transactions than the store holds) exit with status 2.
+//! The same data file opens as a process: `dbos-kv check --dir DIR` with
+//! the disk image as `DIR/kv.db`.
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
+use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use dbos_bufferpool::engine::PoolSetup;
-use dbos_bufferpool::kv::{SLOT, SLOTS_PER_PAGE};
-use dbos_bufferpool::page::{PAGE_CONTENTS, PAGE_HEADER};
 use dbos_bufferpool::pool::tabby::Tabby;
-use dbos_bufferpool::{
-    CommitMode, Config, Engine, Env, Error, KvTable, Layout, Lsn, PageId, PoolError,
-    RecoveryReport, TruncateRequest,
-};
+use dbos_bufferpool::{Config, Env, Layout, PoolError};
+use dbos_kvstore::workload::{self, Acked, Distribution, Report, Spec, Stats, Workload};
+use dbos_kvstore::{Error, Store, StoreStats};
 use libdbos::nvme;
-use libdbos::platform::Platform;
+use libdbos::platform::{EventCounts, Platform};
 use libdbos::println;
 
 libdbos::entry!(main);
 
-const LOG_BLOCKS: u64 = 256;
-const DATA_PAGES: u64 = 64;
-const LAYOUT: Layout = Layout {
-    log_blocks: LOG_BLOCKS,
-    data_pages: DATA_PAGES,
-};
-const QUEUE_DEPTH: u16 = 32;
-/// Frames of the buffer pool: a quarter of the data pages, so the pool
-/// evicts (and writes pages back under the write-ahead rule) as it runs.
-const POOL_FRAMES: usize = 16;
-/// Keys of the table: every slot of every data page.
-const KEYS: u64 = DATA_PAGES * SLOTS_PER_PAGE;
-/// Transaction `t` writes keys `t` and `MIRROR - t`, for `t` in
-/// `1..MIRROR / 2`; keys 0 and `MIRROR / 2` are never written.
-const MIRROR: u64 = KEYS;
-/// The highest transaction number the store holds (16255).
-const MAX_TXN: u64 = MIRROR / 2 - 1;
-const _: () = assert!(MAX_TXN == 16255);
-
-/// Exit statuses.
-const STATUS_USAGE: u8 = 2;
-
 type Device = dbos_bufferpool::guest::GuestDevice;
 type Pool = Tabby<libdbos::GuestPlatform, Device>;
-type Store = Engine<Device, Pool>;
+type KvStore = Store<Device, Pool>;
 
-/// The engine's pool: `POOL_FRAMES` frames, a queue pair per vCPU.
-fn pool(blocks: u64) -> impl FnOnce(PoolSetup) -> Result<Pool, PoolError> {
-    move |setup| {
-        let devices = (0..libdbos::platform().cpu_count())
-            .map(|_| device(blocks))
-            .collect();
-        let mut cfg = setup.tabby_config(POOL_FRAMES);
-        cfg.pool.evict_batch = 4;
-        cfg.pool.relax = env().relax;
-        Tabby::new(libdbos::platform(), devices, cfg)
+const QUEUE_DEPTH: u16 = 32;
+const STATUS_USAGE: u8 = 2;
+const USAGE: &str = "usage: kvstore -- [records N] [ops N] [workload a..f] [dist uniform|zipfian] \
+                     [value N] [pool FRAMES] [batch N] [seed N] | check | format --force";
+
+/// Nanoseconds per TSC tick, as a 32.32 fixed-point number (calibrated at
+/// start against the VMM's clock, so that timing an operation costs no VM
+/// exit).
+static NS_PER_TICK: AtomicU64 = AtomicU64::new(1 << 32);
+
+fn tsc() -> u64 {
+    // SAFETY: rdtsc reads the time-stamp counter; it has no preconditions
+    // and works in the guest.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+fn now_ns() -> u64 {
+    ((tsc() as u128 * NS_PER_TICK.load(Ordering::Relaxed) as u128) >> 32) as u64
+}
+
+/// Measures the TSC against the VMM's clock over about 20 ms.
+fn calibrate() {
+    let (n0, t0) = (libdbos::hypercall::clock_nanos(), tsc());
+    while libdbos::hypercall::clock_nanos() - n0 < 20_000_000 {
+        core::hint::spin_loop();
+    }
+    let (n1, t1) = (libdbos::hypercall::clock_nanos(), tsc());
+    if t1 > t0 {
+        let scale = (((n1 - n0) as u128) << 32) / (t1 - t0) as u128;
+        NS_PER_TICK.store(scale.max(1) as u64, Ordering::Relaxed);
+    }
+}
+
+fn env() -> Env {
+    Env {
+        relax: core::hint::spin_loop,
+        now_ns,
+        sleep: None,
     }
 }
 
@@ -103,131 +101,252 @@ fn device(blocks: u64) -> Device {
         .expect("an NVMe queue pair (run with --disk)")
 }
 
-fn env() -> Env {
-    Env {
-        relax: core::hint::spin_loop,
-        // One VM exit per call; the engine reads the clock only to time
-        // recovery and to make a format id.
-        now_ns: libdbos::hypercall::clock_nanos,
-        sleep: None,
+/// The store's pool: `frames` frames of Tabby, a queue pair per vCPU.
+fn pool(blocks: u64, frames: usize) -> impl FnOnce(PoolSetup) -> Result<Pool, PoolError> {
+    move |setup| {
+        let devices = (0..libdbos::platform().cpu_count())
+            .map(|_| device(blocks))
+            .collect();
+        let mut cfg = setup.tabby_config(frames);
+        cfg.pool.evict_batch = 4;
+        cfg.pool.relax = env().relax;
+        Tabby::new(libdbos::platform(), devices, cfg)
     }
 }
 
-/// What the command line asks for.
+/// Data pages of a new store at most: recovery reads and checks every
+/// data page, which costs seconds per thousand pages where guest code is
+/// emulated.
+const MAX_DATA_PAGES: u64 = 1024;
+
+/// The layout for a disk of `blocks`: 512 log blocks, then up to
+/// [`MAX_DATA_PAGES`] data pages.
+fn layout(blocks: u64) -> Layout {
+    let log_blocks = 512;
+    let overhead = Layout {
+        log_blocks,
+        data_pages: 0,
+    }
+    .blocks();
+    Layout {
+        log_blocks,
+        data_pages: blocks.saturating_sub(overhead).min(MAX_DATA_PAGES),
+    }
+}
+
+struct Args {
+    spec: Spec,
+    frames: usize,
+}
+
 enum Request {
-    /// Commit `txns` more (after recovering, or formatting a blank disk).
-    Run {
-        txns: u64,
-        mode: CommitMode,
-        mode_arg: &'static str,
-        truncate: Option<TruncateRequest>,
-    },
-    /// Format the disk whatever it holds.
+    Run(Args),
+    Check(usize),
     Format,
 }
 
-const USAGE: &str = "usage: kvstore -- [TXNS [fua|flush [truncate AT TO]]] | format --force";
-
-fn parse(args: &[&'static str]) -> Result<Request, &'static str> {
-    if args.first() == Some(&"format") {
-        return match args {
-            ["format", "--force"] => Ok(Request::Format),
-            _ => Err("format discards the store: say `format --force`"),
+fn parse(args: &[&'static str]) -> Result<Request, String> {
+    match args {
+        ["format", "--force"] => return Ok(Request::Format),
+        ["format", ..] => return Err("format discards the store: say `format --force`".into()),
+        ["check"] => return Ok(Request::Check(16)),
+        _ => {}
+    }
+    let mut spec = Spec {
+        workload: Workload::A,
+        distribution: Distribution::Zipfian,
+        records: 400,
+        operations: 200,
+        value_size: 100,
+        threads: libdbos::platform().cpu_count(),
+        seed: 1,
+        ordered_keys: false,
+        load_batch: 8,
+    };
+    let mut frames = 16;
+    if !args.len().is_multiple_of(2) {
+        return Err(alloc::format!("'{}' has no value", args[args.len() - 1]));
+    }
+    for pair in args.chunks_exact(2) {
+        let (name, value) = (pair[0], pair[1]);
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| alloc::format!("{name} takes a whole number, not '{value}'"))
         };
-    }
-    let txns = match args.first() {
-        None => 16,
-        Some(a) => a
-            .parse::<u64>()
-            .map_err(|_| "TXNS must be a whole number of transactions (0 or more)")?,
-    };
-    if txns > MAX_TXN {
-        return Err("TXNS is more transactions than the store holds (16255)");
-    }
-    let (mode, mode_arg) = match args.get(1) {
-        None | Some(&"fua") => (CommitMode::Fua, "fua"),
-        Some(&"flush") => (CommitMode::WriteFlush, "flush"),
-        Some(_) => return Err("the commit mode is fua or flush"),
-    };
-    let truncate = match &args[args.len().min(2)..] {
-        [] => None,
-        ["truncate", at, to] => match (at.parse(), to.parse()) {
-            (Ok(at), Ok(to)) => Some(TruncateRequest {
-                at: Lsn(at),
-                discard_to: Lsn(to),
-            }),
-            _ => return Err("truncate takes two LSNs (decimal), AT and TO"),
-        },
-        ["truncate", ..] => return Err("truncate takes two LSNs (decimal), AT and TO"),
-        _ => return Err("unknown arguments after the commit mode: truncate AT TO"),
-    };
-    Ok(Request::Run {
-        txns,
-        mode,
-        mode_arg,
-        truncate,
-    })
-}
-
-fn open(
-    blocks: u64,
-    mode: CommitMode,
-    truncate: Option<TruncateRequest>,
-) -> Result<(Store, Option<RecoveryReport>), Error> {
-    let config = Config {
-        mode,
-        ..Config::new(env())
-    };
-    let (log, data) = (device(blocks), device(blocks));
-    match truncate {
-        // Formats only a disk that is blank wherever format would write
-        // (and in its last block, where the backup control block goes).
-        None => Engine::open_or_format(log, data, LAYOUT, config, pool(blocks)),
-        Some(request) => Engine::open_truncating(log, data, config, request, pool(blocks))
-            .map(|(e, r)| (e, Some(r))),
-    }
-}
-
-/// The keys transaction `t` writes.
-fn keys(t: u64) -> [u64; 2] {
-    [t, MIRROR - t]
-}
-
-/// Checks every key of the store: returns the transactions found (the
-/// numbers whose keys are both there) and how many keys are wrong.
-fn check(engine: &Store) -> Result<(Vec<u64>, u64), Error> {
-    let mut values = Vec::with_capacity(KEYS as usize);
-    let mut page = [0u8; PAGE_CONTENTS];
-    for p in 0..DATA_PAGES {
-        engine.read(PageId(p), PAGE_HEADER, &mut page)?;
-        values.extend(
-            page.chunks_exact(SLOT)
-                .map(|v| u64::from_le_bytes(v.try_into().unwrap())),
-        );
-    }
-    let mut found = Vec::new();
-    let mut wrong = 0;
-    for t in 1..=MAX_TXN {
-        let [a, b] = keys(t).map(|k| values[k as usize]);
-        match (a, b) {
-            (0, 0) => {}
-            (a, b) if a == t * 7 && b == t * 7 => found.push(t),
-            (a, b) => {
-                println!("transaction {t}: keys {:?} hold {a} and {b}", keys(t));
-                wrong += (a != t * 7) as u64 + (b != t * 7) as u64;
+        match name {
+            "records" => spec.records = number()?,
+            "ops" => spec.operations = number()?,
+            "value" => spec.value_size = number()? as usize,
+            "pool" => frames = number()? as usize,
+            "seed" => spec.seed = number()?,
+            "batch" => spec.load_batch = number()? as usize,
+            "workload" => {
+                spec.workload = value
+                    .parse()
+                    .map_err(|e: workload::ParseError| alloc::format!("{e}"))?
             }
+            "dist" => {
+                spec.distribution = value
+                    .parse()
+                    .map_err(|e: workload::ParseError| alloc::format!("{e}"))?
+            }
+            _ => return Err(alloc::format!("unknown option '{name}'")),
         }
     }
-    for k in [0, MIRROR / 2] {
-        if values[k as usize] != 0 {
+    spec.validate().map_err(|e| alloc::format!("{e}"))?;
+    if workload::KEY_LEN + spec.value_size > dbos_bufferpool::btree::MAX_ENTRY {
+        return Err(alloc::format!(
+            "value {} is too large: {}-byte keys and values must fit {} bytes",
+            spec.value_size,
+            workload::KEY_LEN,
+            dbos_bufferpool::btree::MAX_ENTRY
+        ));
+    }
+    if frames < 16 {
+        return Err("pool takes at least 16 frames".into());
+    }
+    Ok(Request::Run(Args { spec, frames }))
+}
+
+/// Opens the store on the disk, formatting a blank disk.
+fn open(blocks: u64, frames: usize) -> Result<KvStore, Error> {
+    let config = Config::new(env());
+    match Store::open(device(blocks), device(blocks), config, pool(blocks, frames)) {
+        Ok((store, r)) => {
             println!(
-                "key {k}, which no transaction writes, holds {}",
-                values[k as usize]
+                "recovered: {} log units replayed from LSN {} to {}, {} page writes applied, {} \
+                 pages repaired",
+                r.transactions,
+                r.redo.0,
+                r.end.0,
+                r.writes_applied,
+                r.pages_repaired.len()
             );
-            wrong += 1;
+            Ok(store)
+        }
+        Err(Error::Engine(dbos_bufferpool::Error::NotFormatted)) => {
+            let l = layout(blocks);
+            println!(
+                "blank disk: formatting a store of {} data pages, {} log blocks",
+                l.data_pages, l.log_blocks
+            );
+            Store::format(
+                device(blocks),
+                device(blocks),
+                l,
+                config,
+                pool(blocks, frames),
+            )
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `phase` on every vCPU; returns each vCPU's result and the time.
+fn on_all<T: Send>(phase: impl Fn(usize) -> T + Sync) -> (Vec<T>, u64) {
+    let cpus = libdbos::platform().cpu_count();
+    let slots: Vec<spin::Mutex<Option<T>>> = (0..cpus).map(|_| spin::Mutex::new(None)).collect();
+    let t0 = now_ns();
+    libdbos::platform().run_on_all(&|cpu| {
+        let r = phase(cpu);
+        *slots[cpu].lock() = Some(r);
+    });
+    let ns = now_ns() - t0;
+    (
+        slots
+            .into_iter()
+            .map(|s| s.into_inner().expect("every vCPU ran"))
+            .collect(),
+        ns,
+    )
+}
+
+/// Plain progress lines from vCPU 0 (every 10% of its share).
+fn progress(phase: &'static str, cpu: usize, share: u64) -> impl Fn(u64) {
+    let step = (share / 10).max(1);
+    let last = AtomicU64::new(0);
+    move |done| {
+        if cpu == 0 && done / step != last.load(Ordering::Relaxed) {
+            last.store(done / step, Ordering::Relaxed);
+            println!("{phase}: vCPU 0 {done}/{share}");
         }
     }
-    Ok((found, wrong))
+}
+
+fn counters(
+    before: &(StoreStats, EventCounts),
+    after: &(StoreStats, EventCounts),
+    ops: u64,
+) -> Vec<(&'static str, f64)> {
+    let per = |a: u64, b: u64| (a - b) as f64 / ops.max(1) as f64;
+    let (s0, e0) = before;
+    let (s1, e) = (&after.0, after.1.since(e0));
+    let units = s1.engine.transactions - s0.engine.transactions;
+    let batches = s1.log.batches - s0.log.batches;
+    let mut c = alloc::vec![
+        ("page reads / op", per(s1.pool.reads, s0.pool.reads)),
+        ("page writes / op", per(s1.pool.writes, s0.pool.writes)),
+        ("evictions / op", per(s1.pool.evictions, s0.pool.evictions)),
+        (
+            "log units / log write",
+            if batches == 0 {
+                0.0
+            } else {
+                units as f64 / batches as f64
+            },
+        ),
+        ("VM exits to the VMM / op", per(e.vmm_exits, 0)),
+        ("IPIs / op", per(e.ipis_sent, 0)),
+        ("remote invalidations / op", per(e.remote_invalidations, 0)),
+        ("local invalidations / op", per(e.local_invalidations, 0)),
+        ("page-table writes / op", per(e.pte_writes, 0)),
+    ];
+    if let Some(k) = e.kvm_exits {
+        c.push(("KVM exits / op", per(k, 0)));
+    }
+    c
+}
+
+fn snapshot(store: &KvStore) -> (StoreStats, EventCounts) {
+    (store.stats(), libdbos::platform().counters())
+}
+
+fn report(phase: &str, spec: &Spec, stats: &[Stats], ns: u64, c: &[(&str, f64)]) {
+    let mut merged = stats[0].clone();
+    for s in &stats[1..] {
+        merged.merge(s);
+    }
+    let r = Report {
+        phase,
+        spec,
+        stats: &merged,
+        elapsed_ns: ns,
+        counters: c,
+    };
+    print_lines(&alloc::format!("{r}"));
+}
+
+/// Prints `text` a line at a time (a console line holds at most
+/// `libdbos::console::LINE_MAX` bytes).
+fn print_lines(text: &str) {
+    for line in text.lines() {
+        println!("{line}");
+    }
+}
+
+fn verify(store: &KvStore, spec: &Spec, acked: &Acked, when: &'static str) -> bool {
+    let (v, _) = on_all(|cpu| {
+        let share = spec.share(acked.claimed(), cpu);
+        let p = progress(when, cpu, share.end - share.start);
+        workload::verify(store, spec, acked, cpu, now_ns, &p)
+    });
+    let mut all = v[0].clone();
+    for x in &v[1..] {
+        all.merge(x);
+    }
+    print_lines(&alloc::format!("verify {when}: {all}"));
+    all.passed()
 }
 
 fn main() -> u8 {
@@ -241,20 +360,22 @@ fn main() -> u8 {
     };
     let disk =
         nvme::info().expect("kvstore needs a disk: dbos run --disk PATH --disk-size 64M ...");
-    let (txns, mode, mode_arg, truncate) = match request {
+    calibrate();
+    let a = match request {
         Request::Format => {
-            let config = Config::new(env());
-            return match Engine::format(
+            let l = layout(disk.blocks);
+            return match Store::format(
                 device(disk.blocks),
                 device(disk.blocks),
-                LAYOUT,
-                config,
-                pool(disk.blocks),
+                l,
+                Config::new(env()),
+                pool(disk.blocks, 16),
             ) {
                 Ok(_) => {
                     println!(
-                        "formatted: {LOG_BLOCKS} log blocks, {DATA_PAGES} data pages; the disk's \
-                         earlier contents are gone"
+                        "formatted: {} data pages, {} log blocks; the disk's earlier contents \
+                         are gone",
+                        l.data_pages, l.log_blocks
                     );
                     0
                 }
@@ -264,128 +385,83 @@ fn main() -> u8 {
                 }
             };
         }
-        Request::Run {
-            txns,
-            mode,
-            mode_arg,
-            truncate,
-        } => (txns, mode, mode_arg, truncate),
+        Request::Check(frames) => {
+            return match open(disk.blocks, frames).and_then(|s| Ok((s.check()?, s.space()?))) {
+                Ok((n, (next, free))) => {
+                    println!("check passed: {n} entries, {next} pages of tree, {free} free");
+                    0
+                }
+                Err(e) => {
+                    println!("check failed: {e}");
+                    1
+                }
+            };
+        }
+        Request::Run(a) => a,
     };
-    let (engine, report) = match open(disk.blocks, mode, truncate) {
-        Ok(opened) => opened,
+    let spec = a.spec;
+    let store = match open(disk.blocks, a.frames) {
+        Ok(s) => s,
         Err(e) => {
             println!("cannot open the store: {e}");
-            match e {
-                Error::LogCorrupt(d) => println!(
-                    "to accept the loss (the log from LSN {} to {} is discarded, with the \
-                     transactions committed in it: at least {} whose commits are intact past \
-                     the damage), run again with: -- {txns} {mode_arg} truncate {} {}",
-                    d.keep_end.0,
-                    d.lost_end().0,
-                    d.commits_beyond,
-                    d.keep_end.0,
-                    d.lost_end().0
-                ),
-                Error::NoControlBlock { .. } => println!(
-                    "to discard whatever the disk holds and start a new store, run with: -- \
-                     format --force"
-                ),
-                _ => {}
+            if let Error::Engine(dbos_bufferpool::Error::NoControlBlock { .. }) | Error::NotAStore =
+                e
+            {
+                println!("to discard what the disk holds, run with: -- format --force");
             }
             return 1;
         }
     };
-    match &report {
-        None => println!("fresh disk: formatted"),
-        Some(r) => {
-            if let Some(d) = r.truncated {
-                println!(
-                    "truncated: the log from LSN {} to {} was discarded",
-                    d.keep_end.0,
-                    d.lost_end().0
-                );
-            }
-            println!(
-                "recovered: {} transactions replayed, {} records, {} pages repaired",
-                r.transactions,
-                r.records,
-                r.pages_repaired.len()
-            );
-        }
-    }
-    let (found, bad) = match check(&engine) {
-        Ok(c) => c,
-        Err(e) => {
-            println!("cannot read the store: {e}");
-            return 1;
-        }
-    };
-    println!("found {} committed transactions, {bad} wrong", found.len());
-    // Which ones, as ranges (with several committers a cut can leave gaps:
-    // each committer's own numbers are a prefix).
-    let mut ranges = alloc::string::String::new();
-    let mut i = 0;
-    while i < found.len() {
-        let mut j = i;
-        while j + 1 < found.len() && found[j + 1] == found[j] + 1 {
-            j += 1;
-        }
-        let sep = if ranges.is_empty() { "" } else { "," };
-        ranges.push_str(&alloc::format!("{sep}{}-{}", found[i], found[j]));
-        i = j + 1;
-    }
-    println!("transactions found: [{ranges}]");
-    let base = found.last().copied().unwrap_or(0);
-    if txns > MAX_TXN - base {
-        println!(
-            "the store holds transactions up to {MAX_TXN}; {base} is the highest found, so at \
-             most {} more fit\n{USAGE}",
-            MAX_TXN - base
-        );
-        return STATUS_USAGE;
-    }
-    let committers = libdbos::platform().cpu_count() as u64;
-    let failed = AtomicBool::new(false);
-    let acked = AtomicU64::new(0);
-    let table = KvTable::new(&engine, PageId(0), DATA_PAGES);
-    libdbos::platform().run_on_all(&|cpu| {
-        let mut t = base + 1 + cpu as u64;
-        while t <= base + txns && !failed.load(Ordering::Acquire) {
-            let [a, b] = keys(t);
-            if let Err(e) = table.put(&[(a, t * 7), (b, t * 7)]) {
-                // No committer acknowledges anything after this: the
-                // engine has stopped (a failed write or flush), or this
-                // commit was refused.
-                failed.store(true, Ordering::Release);
-                println!("commit {t} failed: {e}");
-                return;
-            }
-            // `put` returned: transaction t is durable. Say so, so that a
-            // run cut short shows what it had acknowledged.
-            println!("acked {t}");
-            acked.fetch_add(1, Ordering::AcqRel);
-            t += committers;
-        }
+    println!("{spec}; pool {} frames ({} KiB)", a.frames, a.frames * 4);
+    let acked = Acked::new(&spec);
+    let b = snapshot(&store);
+    let (s, ns) = on_all(|cpu| {
+        let share = spec.share(spec.records, cpu);
+        let p = progress("load", cpu, share.end - share.start);
+        workload::load(&store, &spec, &acked, cpu, now_ns, &p)
     });
-    if failed.load(Ordering::Acquire) {
-        println!(
-            "stopped after a failed commit: {} of {txns} acknowledged",
-            acked.load(Ordering::Acquire)
-        );
-        return 1;
+    report(
+        "load",
+        &spec,
+        &s,
+        ns,
+        &counters(&b, &snapshot(&store), spec.records),
+    );
+    let b = snapshot(&store);
+    let (s, ns) = on_all(|cpu| {
+        let share = spec.share(spec.operations, cpu);
+        let p = progress("run", cpu, share.end - share.start);
+        workload::run(&store, &spec, &acked, cpu, now_ns, &p)
+    });
+    report(
+        "run",
+        &spec,
+        &s,
+        ns,
+        &counters(&b, &snapshot(&store), spec.operations),
+    );
+    match store.space() {
+        Ok((next, free)) => println!(
+            "store: {next} pages of tree ({} KiB, {:.1}x the pool), {free} free",
+            next * 4,
+            next as f64 / a.frames as f64
+        ),
+        Err(e) => println!("store: {e}"),
     }
-    println!(
-        "committed {txns} more: {} in all",
-        found.len() as u64 + txns
-    );
-    // The disk's I/O from declared DMA memory (the pool's frames, the
-    // log's buffers, the rings: libdbos::dma) and from anywhere else.
-    let dma = libdbos::dma::stats();
-    println!(
-        "dma: {} I/Os with fixed buffers, {} with plain buffers; {} regions declared, {} refused",
-        dma.host.fixed_ios, dma.host.plain_ios, dma.declared, dma.refused
-    );
-    if bad == 0 {
+    let mut ok = verify(&store, &spec, &acked, "before restart");
+    // Shut down without a checkpoint; opening again recovers from the log.
+    drop(store);
+    println!("restarting: the store is dropped and opened again from the disk");
+    let store = match open(disk.blocks, a.frames) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("cannot reopen the store: {e}");
+            return 1;
+        }
+    };
+    ok &= verify(&store, &spec, &acked, "after restart");
+    println!("{}", if ok { "PASSED" } else { "FAILED" });
+    if ok {
         0
     } else {
         1

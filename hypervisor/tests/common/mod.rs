@@ -42,7 +42,7 @@ pub fn image(name: &str) -> String {
     image_path(name).to_string_lossy().into_owned()
 }
 
-/// The `acked T` numbers of a kvstore run.
+/// The `acked T` numbers of a kvarray run.
 pub fn acked(report: &RunReport) -> Vec<u64> {
     report
         .console

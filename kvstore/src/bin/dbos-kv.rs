@@ -9,6 +9,7 @@
 //!                  [--records N] [--operations N] [--threads N] [--value-size N]
 //!                  [--pool 64M] [--load-batch N] [--no-load] [--seed N]
 //! dbos-kv check    --dir DIR [--pool 64M]
+//! dbos-kv verify-acks --dir DIR --acks FILE --value-size N
 //! ```
 //!
 //! The store is the file `DIR/kv.db`. `workload` formats it if it does not
@@ -19,6 +20,12 @@
 //! crash), opens it again and verifies again. It prints a table per phase
 //! and exits 0 only if both verifications passed. `format` refuses an
 //! existing store unless `--force`.
+//!
+//! Crash checks: `workload --acks FILE` appends a line `RECORD VERSION` to
+//! FILE for every write the store acknowledged (after it returned, so
+//! durable), flushed at once; kill the process at any moment, and
+//! `verify-acks` opens the store (recovering it) and checks that every
+//! record in FILE holds that version or a newer one.
 
 use clap::{Parser, Subcommand};
 use dbos_bufferpool::direct::DirectDevice;
@@ -57,6 +64,18 @@ enum Command {
     },
     /// Loads, runs a YCSB workload, verifies, restarts, verifies again.
     Workload(WorkloadArgs),
+    /// Opens the store (recovering it) and checks every write a killed
+    /// `workload --acks FILE` acknowledged.
+    VerifyAcks {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The acknowledgement file.
+        #[arg(long)]
+        acks: PathBuf,
+        /// The value size the workload wrote.
+        #[arg(long)]
+        value_size: usize,
+    },
     /// Opens the store (recovering it) and checks the whole tree.
     Check {
         #[arg(long)]
@@ -117,6 +136,102 @@ struct WorkloadArgs {
     /// Seed of the workload's choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Append `RECORD VERSION` to this file for every acknowledged write.
+    #[arg(long)]
+    acks: Option<PathBuf>,
+}
+
+/// A store that writes every acknowledged write's record and version to a
+/// file (`--acks`), flushed before the next operation starts.
+struct AckLog<'a> {
+    store: &'a KvStore,
+    file: std::sync::Mutex<std::fs::File>,
+    value_size: usize,
+}
+
+impl AckLog<'_> {
+    fn ack(&self, value: &[u8]) {
+        if let Ok((record, version)) = workload::check_value(value, self.value_size) {
+            let mut f = self.file.lock().expect("ack file");
+            // One write per line: a kill leaves whole lines and at most
+            // one cut at the end.
+            let _ = f.write_all(format!("{record} {version}\n").as_bytes());
+        }
+    }
+}
+
+impl dbos_kvstore::Kv for AckLog<'_> {
+    type Error = dbos_kvstore::Error;
+    fn get(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, Self::Error> {
+        self.store.get(key, out)
+    }
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<bool, Self::Error> {
+        let r = self.store.put(key, value)?;
+        self.ack(value);
+        Ok(r)
+    }
+    fn delete(&self, key: &[u8]) -> Result<bool, Self::Error> {
+        self.store.delete(key)
+    }
+    fn transaction(&self, ops: &[dbos_kvstore::Op<'_>]) -> Result<(), Self::Error> {
+        self.store.transaction(ops)?;
+        for op in ops {
+            if let dbos_kvstore::Op::Put { value, .. } = op {
+                self.ack(value);
+            }
+        }
+        Ok(())
+    }
+    fn scan(
+        &self,
+        start: &[u8],
+        limit: usize,
+        f: &mut dyn FnMut(&[u8], &[u8]),
+    ) -> Result<usize, Self::Error> {
+        self.store.scan(start, limit, f)
+    }
+}
+
+/// Checks every write `acks` lists against the store at `dir`.
+fn verify_acks(dir: &Path, acks: &Path, value_size: usize) -> Result<bool, String> {
+    let text = std::fs::read_to_string(acks).map_err(|e| format!("{}: {e}", acks.display()))?;
+    let mut newest = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let mut w = line.split(' ');
+        // A line cut by the kill (the last) is not an acknowledgement.
+        let (Some(r), Some(v), None) = (w.next(), w.next(), w.next()) else {
+            continue;
+        };
+        if let (Ok(r), Ok(v)) = (r.parse::<u64>(), v.parse::<u64>()) {
+            let e = newest.entry(r).or_insert(0);
+            *e = v.max(*e);
+        }
+    }
+    let store = open(dir, 64 << 20)?;
+    let (mut missing, mut wrong) = (0, 0);
+    let (mut key, mut value) = (Vec::new(), Vec::new());
+    for (&record, &version) in &newest {
+        workload::key_bytes(record, false, &mut key);
+        if !store.get(&key, &mut value).map_err(|e| e.to_string())? {
+            println!("record {record}: acknowledged at version {version}, missing");
+            missing += 1;
+            continue;
+        }
+        match workload::check_value(&value, value_size) {
+            Ok((r, v)) if r == record && v >= version => {}
+            got => {
+                println!("record {record}: acknowledged at version {version}, holds {got:?}");
+                wrong += 1;
+            }
+        }
+    }
+    let n = store.check().map_err(|e| e.to_string())?;
+    println!(
+        "{} acknowledged records checked: {missing} missing, {wrong} wrong; the tree checks \
+         out ({n} entries)",
+        newest.len()
+    );
+    Ok(missing == 0 && wrong == 0)
 }
 
 fn parse_workload(s: &str) -> Result<Workload, String> {
@@ -396,17 +511,35 @@ fn run_workload(a: &WorkloadArgs) -> Result<bool, String> {
     println!("{spec}");
     let acked = Acked::new(&spec);
     let now = env().now_ns;
+    let ack_log = match &a.acks {
+        None => None,
+        Some(path) => Some(AckLog {
+            store: &store,
+            file: std::sync::Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+            ),
+            value_size: spec.value_size,
+        }),
+    };
+    let kv: &dyn dbos_kvstore::Kv<Error = dbos_kvstore::Error> = match &ack_log {
+        Some(l) => l,
+        None => &store,
+    };
     if !a.no_load {
         let before = store.stats();
         let (s, ns) = threads("load", spec.records, &spec, |t, p| {
-            workload::load(&store, &spec, &acked, t, now, p)
+            workload::load(kv, &spec, &acked, t, now, p)
         });
         let c = counters(&before, &store.stats(), spec.records);
         phase_report("load", &spec, &s, ns, &c);
     }
     let before = store.stats();
     let (s, ns) = threads("run", spec.operations, &spec, |t, p| {
-        workload::run(&store, &spec, &acked, t, now, p)
+        workload::run(kv, &spec, &acked, t, now, p)
     });
     let c = counters(&before, &store.stats(), spec.operations);
     phase_report("run", &spec, &s, ns, &c);
@@ -419,6 +552,7 @@ fn run_workload(a: &WorkloadArgs) -> Result<bool, String> {
     );
     let mut ok = verify(&store, &spec, &acked, "before restart");
     // Shut down without a checkpoint: the next open recovers from the log.
+    drop(ack_log);
     drop(store);
     let store = open(&a.file.dir, a.pool)?;
     ok &= verify(&store, &spec, &acked, "after restart");
@@ -441,6 +575,11 @@ fn main() -> ExitCode {
             true
         }),
         Command::Workload(a) => run_workload(&a),
+        Command::VerifyAcks {
+            dir,
+            acks,
+            value_size,
+        } => verify_acks(&dir, &acks, value_size),
         Command::Check { dir, pool } => open(&dir, pool).and_then(|s| {
             let n = s.check().map_err(|e| e.to_string())?;
             let (next, free) = s.space().map_err(|e| e.to_string())?;
