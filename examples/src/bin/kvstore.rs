@@ -14,6 +14,8 @@
 //!   batch N       records per load transaction (default 8; a transaction
 //!                 may hold at most half the pool's frames)
 //!   seed N        the workload's seed (default 1)
+//!   acks 1        print `acked RECORD VERSION` for every write the store
+//!                 acknowledged (durable), for crash tests
 //! dbos run --disk DISK kvstore -- check
 //! dbos run --disk DISK kvstore -- format --force
 //! ```
@@ -44,7 +46,7 @@ use dbos_bufferpool::engine::PoolSetup;
 use dbos_bufferpool::pool::tabby::Tabby;
 use dbos_bufferpool::{Config, Env, Layout, PoolError};
 use dbos_kvstore::workload::{self, Acked, Distribution, Report, Spec, Stats, Workload};
-use dbos_kvstore::{Error, Store, StoreStats};
+use dbos_kvstore::{Error, Kv, Op, Store, StoreStats};
 use libdbos::nvme;
 use libdbos::platform::{EventCounts, Platform};
 use libdbos::println;
@@ -58,7 +60,7 @@ type KvStore = Store<Device, Pool>;
 const QUEUE_DEPTH: u16 = 32;
 const STATUS_USAGE: u8 = 2;
 const USAGE: &str = "usage: kvstore -- [records N] [ops N] [workload a..f] [dist uniform|zipfian] \
-                     [value N] [pool FRAMES] [batch N] [seed N] | check | format --force";
+                     [value N] [pool FRAMES] [batch N] [seed N] [acks 0|1] | check | format --force";
 
 /// Nanoseconds per TSC tick, as a 32.32 fixed-point number (calibrated at
 /// start against the VMM's clock, so that timing an operation costs no VM
@@ -119,10 +121,10 @@ fn pool(blocks: u64, frames: usize) -> impl FnOnce(PoolSetup) -> Result<Pool, Po
 /// emulated.
 const MAX_DATA_PAGES: u64 = 1024;
 
-/// The layout for a disk of `blocks`: 512 log blocks, then up to
-/// [`MAX_DATA_PAGES`] data pages.
+/// The layout for a disk of `blocks`: a quarter of it log (64 to 512
+/// blocks), then up to [`MAX_DATA_PAGES`] data pages.
 fn layout(blocks: u64) -> Layout {
-    let log_blocks = 512;
+    let log_blocks = (blocks / 4).clamp(64, 512);
     let overhead = Layout {
         log_blocks,
         data_pages: 0,
@@ -137,6 +139,8 @@ fn layout(blocks: u64) -> Layout {
 struct Args {
     spec: Spec,
     frames: usize,
+    /// Print `acked RECORD VERSION` for every acknowledged write.
+    acks: bool,
 }
 
 enum Request {
@@ -164,6 +168,7 @@ fn parse(args: &[&'static str]) -> Result<Request, String> {
         load_batch: 8,
     };
     let mut frames = 16;
+    let mut acks = false;
     if !args.len().is_multiple_of(2) {
         return Err(alloc::format!("'{}' has no value", args[args.len() - 1]));
     }
@@ -181,6 +186,7 @@ fn parse(args: &[&'static str]) -> Result<Request, String> {
             "pool" => frames = number()? as usize,
             "seed" => spec.seed = number()?,
             "batch" => spec.load_batch = number()? as usize,
+            "acks" => acks = number()? != 0,
             "workload" => {
                 spec.workload = value
                     .parse()
@@ -206,7 +212,7 @@ fn parse(args: &[&'static str]) -> Result<Request, String> {
     if frames < 16 {
         return Err("pool takes at least 16 frames".into());
     }
-    Ok(Request::Run(Args { spec, frames }))
+    Ok(Request::Run(Args { spec, frames, acks }))
 }
 
 /// Opens the store on the disk, formatting a blank disk.
@@ -306,6 +312,52 @@ fn counters(
         c.push(("KVM exits / op", per(k, 0)));
     }
     c
+}
+
+/// The store, printing every write it acknowledged (`acks 1`).
+struct Acks<'a> {
+    store: &'a KvStore,
+    value_size: usize,
+}
+
+impl Acks<'_> {
+    fn ack(&self, value: &[u8]) {
+        if let Ok((r, v)) = workload::check_value(value, self.value_size) {
+            println!("acked {r} {v}");
+        }
+    }
+}
+
+impl Kv for Acks<'_> {
+    type Error = Error;
+    fn get(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, Error> {
+        self.store.get(key, out)
+    }
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<bool, Error> {
+        let r = self.store.put(key, value)?;
+        self.ack(value);
+        Ok(r)
+    }
+    fn delete(&self, key: &[u8]) -> Result<bool, Error> {
+        self.store.delete(key)
+    }
+    fn transaction(&self, ops: &[Op<'_>]) -> Result<(), Error> {
+        self.store.transaction(ops)?;
+        for op in ops {
+            if let Op::Put { value, .. } = op {
+                self.ack(value);
+            }
+        }
+        Ok(())
+    }
+    fn scan(
+        &self,
+        start: &[u8],
+        limit: usize,
+        f: &mut dyn FnMut(&[u8], &[u8]),
+    ) -> Result<usize, Error> {
+        self.store.scan(start, limit, f)
+    }
 }
 
 fn snapshot(store: &KvStore) -> (StoreStats, EventCounts) {
@@ -414,11 +466,16 @@ fn main() -> u8 {
     };
     println!("{spec}; pool {} frames ({} KiB)", a.frames, a.frames * 4);
     let acked = Acked::new(&spec);
+    let printing = Acks {
+        store: &store,
+        value_size: spec.value_size,
+    };
+    let kv: &dyn Kv<Error = Error> = if a.acks { &printing } else { &store };
     let b = snapshot(&store);
     let (s, ns) = on_all(|cpu| {
         let share = spec.share(spec.records, cpu);
         let p = progress("load", cpu, share.end - share.start);
-        workload::load(&store, &spec, &acked, cpu, now_ns, &p)
+        workload::load(kv, &spec, &acked, cpu, now_ns, &p)
     });
     report(
         "load",
@@ -431,7 +488,7 @@ fn main() -> u8 {
     let (s, ns) = on_all(|cpu| {
         let share = spec.share(spec.operations, cpu);
         let p = progress("run", cpu, share.end - share.start);
-        workload::run(&store, &spec, &acked, cpu, now_ns, &p)
+        workload::run(kv, &spec, &acked, cpu, now_ns, &p)
     });
     report(
         "run",
@@ -450,6 +507,7 @@ fn main() -> u8 {
     }
     let mut ok = verify(&store, &spec, &acked, "before restart");
     // Shut down without a checkpoint; opening again recovers from the log.
+    drop(printing);
     drop(store);
     println!("restarting: the store is dropped and opened again from the disk");
     let store = match open(disk.blocks, a.frames) {
