@@ -507,7 +507,6 @@ fn main() -> u8 {
     }
     let mut ok = verify(&store, &spec, &acked, "before restart");
     // Shut down without a checkpoint; opening again recovers from the log.
-    drop(printing);
     drop(store);
     println!("restarting: the store is dropped and opened again from the disk");
     let store = match open(disk.blocks, a.frames) {
