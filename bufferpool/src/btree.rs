@@ -3,8 +3,26 @@
 //! node splits and merges. Readers use optimistic lock coupling (no latch is
 //! taken on the way down; each node is validated before its child pointer
 //! is trusted); writers descend optimistically and upgrade only the nodes
-//! they change, never waiting for a latch while holding one (a failed
-//! upgrade restarts the operation), so there is no deadlock.
+//! they change (a failed upgrade restarts the operation). A unit holding
+//! latches waits for another only rightwards (a leaf's neighbour),
+//! downwards (a collapsing root's child) or for a free page, and every
+//! unit that needs the meta page takes it first: so there is no cycle and
+//! no deadlock.
+//!
+//! # Durability: mini-transactions
+//! A tree made with [`BTree::create_logged`] logs every change through a
+//! [`TreeLog`] (the engine: `crate::mtr`). A change (a leaf's inserts and
+//! deletes, a split, a merge, a new or collapsed root, the free list, the
+//! allocation of a page) is a *unit*: it latches its pages exclusively as
+//! it goes, keeping each one's contents from when it was latched, changes
+//! them, and is logged as one atomic run of records while they are still
+//! latched; a unit given up half-way (no room in a leaf, a latch taken by
+//! another, a full log) puts every page back as it was before unlatching
+//! it. [`BTree::apply`] makes several leaf changes one unit (a multi-key
+//! transaction: after a crash all of them or none); the splits that make
+//! room for them are units of their own, which change no content.
+//! Units reserve their frames first ([`TreeLog::reserve`]), so that units
+//! in flight never latch the whole pool between them.
 //!
 //! It is `no_std` + `alloc` and generic over the pool, so the same source
 //! runs on the process pools and on the guest's.
@@ -58,9 +76,23 @@
 //! entry's key) to `c`, whose fences are exactly those two keys. Child ids
 //! in slots have 41 bits ([`MAX_PAGES`] pages, 8 PiB; every pool's limit is
 //! lower). Missing
-//! siblings are `u64::MAX`. Freed nodes are kept on an in-memory free list
-//! for reuse by splits (not persistent: the tree's free space is not logged
-//! yet).
+//! siblings are `u64::MAX`.
+//!
+//! # The meta page
+//! ```text
+//!  32  u8   kind: 3
+//!  40  u64  the root
+//!  48  u64  the free list's first page (u64::MAX: empty); a free page
+//!           (kind 4) links the next in its bytes 40..48
+//!  56  u64  pages on the free list
+//!  64  u64  a logged tree: the next page of its area never used (the
+//!           area is the meta page's id up to it); 0: the pool allocates
+//!  72  u64  the area's first page (the meta page)
+//! ```
+//! Merges put freed nodes on the free list and splits take them from it,
+//! in the same units, so freed pages are reused across restarts; a logged
+//! tree takes new pages from its area and fails with [`TreeError::Full`]
+//! (the change undone) once the pool's pages are all in use.
 //!
 //! # The root
 //! The tree caches its root's id; the root carries the root flag, cleared
