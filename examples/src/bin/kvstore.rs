@@ -45,8 +45,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use dbos_bufferpool::engine::PoolSetup;
 use dbos_bufferpool::pool::tabby::Tabby;
 use dbos_bufferpool::{Config, Env, Layout, PoolError};
-use dbos_kvstore::workload::{self, Acked, Distribution, Report, Spec, Stats, Workload};
-use dbos_kvstore::{Error, Kv, Op, Store, StoreStats};
+use dbos_kvstore::workload::{self, Acked, Acking, Distribution, Report, Spec, Stats, Workload};
+use dbos_kvstore::{Error, Kv, Store, StoreStats};
 use libdbos::nvme;
 use libdbos::platform::{EventCounts, Platform};
 use libdbos::println;
@@ -314,52 +314,6 @@ fn counters(
     c
 }
 
-/// The store, printing every write it acknowledged (`acks 1`).
-struct Acks<'a> {
-    store: &'a KvStore,
-    value_size: usize,
-}
-
-impl Acks<'_> {
-    fn ack(&self, value: &[u8]) {
-        if let Ok((r, v)) = workload::check_value(value, self.value_size) {
-            println!("acked {r} {v}");
-        }
-    }
-}
-
-impl Kv for Acks<'_> {
-    type Error = Error;
-    fn get(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, Error> {
-        self.store.get(key, out)
-    }
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<bool, Error> {
-        let r = self.store.put(key, value)?;
-        self.ack(value);
-        Ok(r)
-    }
-    fn delete(&self, key: &[u8]) -> Result<bool, Error> {
-        self.store.delete(key)
-    }
-    fn transaction(&self, ops: &[Op<'_>]) -> Result<(), Error> {
-        self.store.transaction(ops)?;
-        for op in ops {
-            if let Op::Put { value, .. } = op {
-                self.ack(value);
-            }
-        }
-        Ok(())
-    }
-    fn scan(
-        &self,
-        start: &[u8],
-        limit: usize,
-        f: &mut dyn FnMut(&[u8], &[u8]),
-    ) -> Result<usize, Error> {
-        self.store.scan(start, limit, f)
-    }
-}
-
 fn snapshot(store: &KvStore) -> (StoreStats, EventCounts) {
     (store.stats(), libdbos::platform().counters())
 }
@@ -466,9 +420,10 @@ fn main() -> u8 {
     };
     println!("{spec}; pool {} frames ({} KiB)", a.frames, a.frames * 4);
     let acked = Acked::new(&spec);
-    let printing = Acks {
-        store: &store,
+    let printing = Acking {
+        kv: &store,
         value_size: spec.value_size,
+        on_ack: |r, v| println!("acked {r} {v}"),
     };
     let kv: &dyn Kv<Error = Error> = if a.acks { &printing } else { &store };
     let b = snapshot(&store);

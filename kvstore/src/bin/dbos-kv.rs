@@ -141,57 +141,6 @@ struct WorkloadArgs {
     acks: Option<PathBuf>,
 }
 
-/// A store that writes every acknowledged write's record and version to a
-/// file (`--acks`), flushed before the next operation starts.
-struct AckLog<'a> {
-    store: &'a KvStore,
-    file: std::sync::Mutex<std::fs::File>,
-    value_size: usize,
-}
-
-impl AckLog<'_> {
-    fn ack(&self, value: &[u8]) {
-        if let Ok((record, version)) = workload::check_value(value, self.value_size) {
-            let mut f = self.file.lock().expect("ack file");
-            // One write per line: a kill leaves whole lines and at most
-            // one cut at the end.
-            let _ = f.write_all(format!("{record} {version}\n").as_bytes());
-        }
-    }
-}
-
-impl dbos_kvstore::Kv for AckLog<'_> {
-    type Error = dbos_kvstore::Error;
-    fn get(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, Self::Error> {
-        self.store.get(key, out)
-    }
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<bool, Self::Error> {
-        let r = self.store.put(key, value)?;
-        self.ack(value);
-        Ok(r)
-    }
-    fn delete(&self, key: &[u8]) -> Result<bool, Self::Error> {
-        self.store.delete(key)
-    }
-    fn transaction(&self, ops: &[dbos_kvstore::Op<'_>]) -> Result<(), Self::Error> {
-        self.store.transaction(ops)?;
-        for op in ops {
-            if let dbos_kvstore::Op::Put { value, .. } = op {
-                self.ack(value);
-            }
-        }
-        Ok(())
-    }
-    fn scan(
-        &self,
-        start: &[u8],
-        limit: usize,
-        f: &mut dyn FnMut(&[u8], &[u8]),
-    ) -> Result<usize, Self::Error> {
-        self.store.scan(start, limit, f)
-    }
-}
-
 /// Checks every write `acks` lists against the store at `dir`.
 fn verify_acks(dir: &Path, acks: &Path, value_size: usize) -> Result<bool, String> {
     let text = std::fs::read_to_string(acks).map_err(|e| format!("{}: {e}", acks.display()))?;
@@ -511,20 +460,28 @@ fn run_workload(a: &WorkloadArgs) -> Result<bool, String> {
     println!("{spec}");
     let acked = Acked::new(&spec);
     let now = env().now_ns;
-    let ack_log = match &a.acks {
+    let ack_file = match &a.acks {
         None => None,
-        Some(path) => Some(AckLog {
-            store: &store,
-            file: std::sync::Mutex::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?,
-            ),
-            value_size: spec.value_size,
-        }),
+        Some(path) => Some(std::sync::Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+        )),
     };
+    let ack_log = ack_file.as_ref().map(|file| workload::Acking {
+        kv: &store,
+        value_size: spec.value_size,
+        // One write per line: a kill leaves whole lines and at most one
+        // cut at the end.
+        on_ack: move |r: u64, v: u64| {
+            let _ = file
+                .lock()
+                .expect("ack file")
+                .write_all(format!("{r} {v}\n").as_bytes());
+        },
+    });
     let kv: &dyn dbos_kvstore::Kv<Error = dbos_kvstore::Error> = match &ack_log {
         Some(l) => l,
         None => &store,
@@ -552,7 +509,6 @@ fn run_workload(a: &WorkloadArgs) -> Result<bool, String> {
     );
     let mut ok = verify(&store, &spec, &acked, "before restart");
     // Shut down without a checkpoint: the next open recovers from the log.
-    drop(ack_log);
     drop(store);
     let store = open(&a.file.dir, a.pool)?;
     ok &= verify(&store, &spec, &acked, "after restart");

@@ -36,6 +36,7 @@
 //! each thread's [`Stats`]); nothing is allocated per operation.
 
 mod acked;
+mod acking;
 mod driver;
 mod histogram;
 pub mod keys;
@@ -44,6 +45,7 @@ mod spec;
 mod value;
 
 pub use acked::{Acked, PendingWrite};
+pub use acking::Acking;
 pub use driver::{load, run, verify, Offenders, OpStats, Report, Stats, Verification};
 pub use histogram::Histogram;
 pub use keys::{key_bytes, KEY_LEN};
