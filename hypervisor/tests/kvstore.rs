@@ -47,9 +47,9 @@ fn kvstore(args: &[&str], disk: DiskConfig) -> RunReport {
 }
 
 /// The newest version acknowledged per record (`acked R V` lines).
-fn acks(r: &RunReport) -> BTreeMap<u64, u64> {
+fn acks(console: &[String]) -> BTreeMap<u64, u64> {
     let mut m = BTreeMap::new();
-    for l in &r.console {
+    for l in console {
         let Some((_, rest)) = l.split_once("] acked ") else {
             continue;
         };
@@ -126,7 +126,7 @@ fn kvstore_guest_runs_its_job_and_its_disk_opens_as_a_process() {
         text.contains("remote invalidations / op              0"),
         "{text}"
     );
-    let acked = acks(&r);
+    let acked = acks(&r.console);
     assert_eq!(acked.len(), 40, "every record acknowledged: {acked:?}");
     // Acknowledged by both vCPUs.
     assert!(text.contains("[vcpu1] acked "), "{text}");
@@ -189,7 +189,7 @@ fn kvstore_guest_keeps_every_acknowledged_write_through_power_cuts() {
             );
         };
         lost += cut.lost + cut.torn;
-        let acked = acks(&r);
+        let acked = acks(&r.console);
         if !acked.is_empty() {
             cut_acking += 1;
         }
@@ -200,4 +200,63 @@ fn kvstore_guest_keeps_every_acknowledged_write_through_power_cuts() {
         "most cuts came after writes were acknowledged ({cut_acking} of {SEEDS})"
     );
     assert!(lost > 0, "the cuts lost or tore writes not yet durable");
+}
+
+/// `dbos run` killed with SIGKILL while the guest loads and updates (after
+/// 5, 20 and 40 acknowledged writes): the disk holds every acknowledged
+/// write and a whole tree.
+#[test]
+fn kvstore_guest_keeps_every_acknowledged_write_when_the_vmm_is_killed() {
+    if !require_kvm() {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    for kill_after in [5usize, 20, 40] {
+        let dir = scratch();
+        let path = dir.path().join("kv.db");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dbos"))
+            .args([
+                "run",
+                "--vcpus",
+                "2",
+                "--disk",
+                path.to_str().unwrap(),
+                "--disk-size",
+                "1M",
+                "--disk-spin-us",
+                "200000",
+                &common::image("kvstore"),
+                "--",
+                "records",
+                "100",
+                "ops",
+                "100",
+                "batch",
+                "2",
+                "acks",
+                "1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = Vec::new();
+        let mut acked = 0;
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            if line.contains("] acked ") {
+                acked += 1;
+            }
+            lines.push(line);
+            if acked == kill_after {
+                child.kill().unwrap(); // SIGKILL
+                break;
+            }
+        }
+        child.wait().unwrap();
+        assert_eq!(acked, kill_after, "the run ended early: {lines:#?}");
+        let acks = acks(&lines);
+        check_as_process(&path, &acks, &format!("killed after {kill_after} acks"));
+    }
 }
