@@ -89,8 +89,10 @@
 //!           area is the meta page's id up to it); 0: the pool allocates
 //!  72  u64  the area's first page (the meta page)
 //! ```
-//! Merges put freed nodes on the free list and splits take them from it,
-//! in the same units, so freed pages are reused across restarts; a logged
+//! In a logged tree, merges put freed nodes on the free list and splits
+//! take them from it, in the same units, so freed pages are reused across
+//! restarts (a tree that is not logged keeps its free pages in memory); a
+//! logged
 //! tree takes new pages from its area and fails with [`TreeError::Full`]
 //! (the change undone) once the pool's pages are all in use.
 //!
@@ -966,6 +968,12 @@ pub struct BTree<'p, B: BufferManager + ?Sized> {
     /// The root's id as last seen (checked by the root flag at every use).
     root: AtomicU64,
     log: Option<&'p dyn TreeLog<B>>,
+    /// A tree that is not logged: its free pages, in memory (a logged
+    /// tree keeps them on the meta page's free list). Structural units of
+    /// such a tree latch the meta page only to change the root, so a split
+    /// holds at most 4 pages (parent, node, neighbour, new node): pools of
+    /// 4 frames work.
+    free: spin::Mutex<Vec<PageId>>,
 }
 
 impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
@@ -1036,6 +1044,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             meta: id,
             root: AtomicU64::new(root_id.0),
             log,
+            free: spin::Mutex::new(Vec::new()),
         };
         Ok((t, lsn))
     }
@@ -1079,6 +1088,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             meta,
             root: AtomicU64::new(root),
             log,
+            free: spin::Mutex::new(Vec::new()),
         })
     }
 
@@ -1100,6 +1110,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             meta,
             root: AtomicU64::new(root_hint),
             log,
+            free: spin::Mutex::new(Vec::new()),
         }
     }
 
@@ -1444,12 +1455,13 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         Ok(())
     }
 
-    /// Latches the meta page into `m`. Every structural unit (split, merge,
-    /// root change) takes the meta page first, holding nothing else yet,
-    /// since it may allocate or free a node: so no unit holding tree nodes
+    /// Latches the meta page into `m`. Every structural unit that needs
+    /// it (in a logged tree all of them, since they may allocate or free a
+    /// node; in a tree that is not logged, root changes) takes the meta
+    /// page first, holding nothing else yet: so no unit holding tree nodes
     /// ever waits for the meta page, and one holding the meta page waits
-    /// only as units without it do (rightwards, downwards, for a free
-    /// page nobody holds), which makes no cycle.
+    /// only as units without it do (rightwards, downwards, for a free page
+    /// nobody holds), which makes no cycle.
     fn latch_meta(&self, m: &mut Mtr<'p, B>) -> R<usize> {
         if let Some(i) = m.find(self.meta.0) {
             return Ok(i);
@@ -1465,6 +1477,17 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     /// the free list, else (a logged tree) the next page of the tree's
     /// area, else one the pool allocates.
     fn new_node(&self, m: &mut Mtr<'p, B>) -> R<usize> {
+        if self.log.is_none() {
+            let reuse = self.free.lock().pop();
+            let g = match reuse {
+                Some(id) => self.pool.fix_exclusive(id)?,
+                None => self.pool.allocate()?,
+            };
+            if g.id().0 >= MAX_PAGES {
+                return Err(E::Fail(TreeError::PageTooFar { page: g.id() }));
+            }
+            return Ok(m.add(g));
+        }
         let mi = self.latch_meta(m)?;
         let head = rd64(m.b(mi), META_FREE);
         let g = if head != NONE {
@@ -1497,8 +1520,14 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         Ok(m.add(g))
     }
 
-    /// Puts node `i` of `m` on the free list (in the same unit).
-    fn free_node(&self, m: &mut Mtr<'p, B>, i: usize) -> R<()> {
+    /// Puts node `i` of `m` on the free list (in the same unit); a tree
+    /// that is not logged marks it free and returns it, for the caller to
+    /// put on the in-memory list once the unit is done.
+    fn free_node(&self, m: &mut Mtr<'p, B>, i: usize) -> R<Option<PageId>> {
+        if self.log.is_none() {
+            init(m.bm(i), FREE);
+            return Ok(Some(m.id(i)));
+        }
         let mi = self.latch_meta(m)?;
         let (head, n) = (rd64(m.b(mi), META_FREE), rd64(m.b(mi), META_FREE_COUNT));
         let id = m.id(i);
@@ -1508,7 +1537,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         let mb = m.bm(mi);
         wr64(mb, META_FREE, id.0);
         wr64(mb, META_FREE_COUNT, n + 1);
-        Ok(())
+        Ok(None)
     }
 
     /// Splits `target` (on the path of `key`), splitting its parent first
@@ -1519,9 +1548,16 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         let parent = self.find_parent(target, Some(key))?;
         let node = self.pool.optimistic(target)?;
         let mut m = Mtr::new(true);
-        let mi = self.latch_meta(&mut m)?;
+        // The meta page first (see `latch_meta`): a logged tree allocates
+        // through it, a new root is recorded in it.
+        let meta = if self.log.is_some() || parent.is_none() {
+            Some(self.latch_meta(&mut m)?)
+        } else {
+            None
+        };
         let Some((parent, pos)) = parent else {
             // The root: grow the tree by one level.
+            let mi = meta.expect("latched for a root split");
             if rd64(m.b(mi), LINK_A) != target.0 {
                 return Err(E::Restart);
             }
@@ -1620,7 +1656,9 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         parent.validate()?;
         let _reserved = self.reserve(STRUCTURAL_PAGES).map_err(E::Fail)?;
         let mut m = Mtr::new(true);
-        self.latch_meta(&mut m)?;
+        if self.log.is_some() {
+            self.latch_meta(&mut m)?;
+        }
         let pi = m.add(parent.upgrade()?);
         let li = m.add(self.pool.optimistic(PageId(lid))?.upgrade()?);
         let ri = m.add(self.pool.optimistic(PageId(rid))?.upgrade()?);
@@ -1649,10 +1687,11 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         let pb = m.bm(pi);
         set_child(pb, rpos, lid);
         remove_at(pb, lpos);
-        self.free_node(&mut m, ri)?;
+        let freed = self.free_node(&mut m, ri)?;
         let pid = m.id(pi);
         let under = used(m.b(pi)) < UNDERFULL;
         m.commit(self.log)?;
+        self.free.lock().extend(freed);
         Ok(if under { Some(pid) } else { None })
     }
 
@@ -1677,8 +1716,9 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         m.bm(ci)[FLAGS] |= ROOT;
         wr64(m.bm(mi), LINK_A, only);
         // The old root loses its flag here.
-        self.free_node(&mut m, ri)?;
+        let freed = self.free_node(&mut m, ri)?;
         m.commit(self.log)?;
+        self.free.lock().extend(freed);
         self.root.store(only, atomic::Ordering::Relaxed);
         Ok(())
     }
