@@ -168,6 +168,23 @@ impl Acked {
         }
     }
 
+    /// For a run on records an earlier process wrote (`dbos-kv workload
+    /// --no-load`): every loaded record counts as written up to version
+    /// `versions` by someone else (none acknowledged to this run), so a
+    /// read accepts any version up to it and this run's writes take
+    /// versions above it. Call before any write.
+    pub fn written_before(&self, versions: u64) {
+        assert!(
+            versions < 1 << (64 - IN_FLIGHT_BITS - 1),
+            "{versions} versions"
+        );
+        for r in 0..self.records {
+            self.slot(r)
+                .writes
+                .store(versions << IN_FLIGHT_BITS, SeqCst);
+        }
+    }
+
     /// The acknowledged version of `record`: any read that starts now
     /// must see it or a higher one. 0 if none.
     pub fn acked(&self, record: u64) -> u64 {
@@ -183,6 +200,19 @@ impl Acked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_written_before_accept_their_versions_and_take_higher_ones() {
+        let a = Acked::with_capacity(3, 4);
+        a.written_before(1000);
+        assert_eq!((a.issued(2), a.acked(2)), (1000, 0));
+        let w = a.begin_write(2);
+        assert_eq!(w.version, 1001);
+        a.end_write(w, true);
+        assert_eq!((a.issued(2), a.acked(2)), (1001, 1001));
+        // Inserts are untouched.
+        assert_eq!(a.issued(3), 0);
+    }
 
     #[test]
     fn lone_writes_raise_the_acknowledged_version() {
