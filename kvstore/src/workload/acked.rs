@@ -61,6 +61,9 @@ pub struct Acked {
     next_insert: AtomicU64,
     /// Every record below this one exists.
     available: AtomicU64,
+    /// Loaded records were written by an earlier run (see
+    /// [`Acked::history_unknown`]).
+    history_unknown: bool,
 }
 
 impl Acked {
@@ -84,6 +87,7 @@ impl Acked {
             records,
             next_insert: AtomicU64::new(records),
             available: AtomicU64::new(records),
+            history_unknown: false,
         }
     }
 
@@ -169,20 +173,11 @@ impl Acked {
     }
 
     /// For a run on records an earlier process wrote (`dbos-kv workload
-    /// --no-load`): every loaded record counts as written up to version
-    /// `versions` by someone else (none acknowledged to this run), so a
-    /// read accepts any version up to it and this run's writes take
-    /// versions above it. Call before any write.
-    pub fn written_before(&self, versions: u64) {
-        assert!(
-            versions < 1 << (64 - IN_FLIGHT_BITS - 1),
-            "{versions} versions"
-        );
-        for r in 0..self.records {
-            self.slot(r)
-                .writes
-                .store(versions << IN_FLIGHT_BITS, SeqCst);
-        }
+    /// --no-load`): their versions are unknown, so a read of a loaded
+    /// record accepts any version at or above what this run acknowledged
+    /// (the record and the fill are still checked). Call before sharing.
+    pub fn history_unknown(&mut self) {
+        self.history_unknown = true;
     }
 
     /// The acknowledged version of `record`: any read that starts now
@@ -191,8 +186,12 @@ impl Acked {
         self.slot(record).acked.load(SeqCst)
     }
 
-    /// Versions of `record` issued so far: no value can name a higher one.
+    /// Versions of `record` issued so far: no value can name a higher one
+    /// (`u64::MAX` for a loaded record of unknown history).
     pub fn issued(&self, record: u64) -> u64 {
+        if self.history_unknown && record < self.records {
+            return u64::MAX;
+        }
         self.slot(record).writes.load(SeqCst) >> IN_FLIGHT_BITS
     }
 }
@@ -202,15 +201,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_written_before_accept_their_versions_and_take_higher_ones() {
-        let a = Acked::with_capacity(3, 4);
-        a.written_before(1000);
-        assert_eq!((a.issued(2), a.acked(2)), (1000, 0));
+    fn records_of_unknown_history_accept_any_version() {
+        let mut a = Acked::with_capacity(3, 4);
+        assert_eq!(a.issued(2), 0);
+        a.history_unknown();
+        assert_eq!((a.issued(2), a.acked(2)), (u64::MAX, 0));
         let w = a.begin_write(2);
-        assert_eq!(w.version, 1001);
+        assert_eq!(w.version, 1);
         a.end_write(w, true);
-        assert_eq!((a.issued(2), a.acked(2)), (1001, 1001));
-        // Inserts are untouched.
+        assert_eq!((a.issued(2), a.acked(2)), (u64::MAX, 1));
+        // Inserts are this run's own.
         assert_eq!(a.issued(3), 0);
     }
 
