@@ -173,22 +173,28 @@ fn kvstore_guest_keeps_every_acknowledged_write_through_power_cuts() {
     assert_eq!(r.exit.process_status(), 0, "{:#?}", r.console);
     let writes = r.power_cut_model.unwrap().write_commands;
     assert!(writes > 20, "{writes} writes");
-    let (mut cut_acking, mut lost) = (0, 0);
+    let (mut cut_acking, mut lost, mut cuts) = (0, 0, 0);
     for seed in 0..SEEDS {
         let mut rng = Rng::new(seed);
         std::fs::copy(&base, &path).unwrap();
+        // Within the first three quarters of the calibration run's writes:
+        // with 2 vCPUs a run's writes vary (commits meet in group commit
+        // or not), and a run that makes fewer ends before its cut.
         let plan = PowerCutPlan {
-            at: CutAt::Write(1 + rng.below(writes)),
+            at: CutAt::Write(1 + rng.below(writes * 3 / 4)),
             seed: rng.next_u64(),
         };
         let r = kvstore(&job, disk(&path, None, Some(plan)));
-        let GuestExit::PowerCut { cut, .. } = &r.exit else {
-            panic!(
-                "seed {seed}: not stopped by the cut: {}\n{:#?}",
-                r.exit, r.console
-            );
-        };
-        lost += cut.lost + cut.torn;
+        match &r.exit {
+            GuestExit::PowerCut { cut, .. } => {
+                cuts += 1;
+                lost += cut.lost + cut.torn;
+            }
+            // The run ended before its cut: its store is checked all the
+            // same.
+            e if e.process_status() == 0 => {}
+            e => panic!("seed {seed}: neither cut nor done: {e}\n{:#?}", r.console),
+        }
         let acked = acks(&r.console);
         if !acked.is_empty() {
             cut_acking += 1;
@@ -200,6 +206,7 @@ fn kvstore_guest_keeps_every_acknowledged_write_through_power_cuts() {
         "most cuts came after writes were acknowledged ({cut_acking} of {SEEDS})"
     );
     assert!(lost > 0, "the cuts lost or tore writes not yet durable");
+    assert!(cuts >= SEEDS * 3 / 4, "{cuts} of {SEEDS} runs were cut");
 }
 
 /// `dbos run` killed with SIGKILL while the guest loads and updates (after
