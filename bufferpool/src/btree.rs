@@ -876,8 +876,10 @@ pub struct Applied {
 /// the pages, so a change given up half-way leaves nothing behind.
 struct Mtr<'p, B: BufferManager + ?Sized> {
     pages: Vec<ExclusiveGuard<'p, B>>,
+    /// Each page's contents when latched (where kept), for the log's diff
+    /// and for undoing.
     before: Vec<PageBuf>,
-    /// Whether each page was dirty (to be written) when fixed.
+    /// Whether each page was dirty (to be written) when fixed (where kept).
     dirty: Vec<bool>,
     keep: bool,
     done: bool,
@@ -1145,15 +1147,19 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 Ok(t) => return Ok(t),
                 Err(E::Fail(e)) => return Err(e),
                 Err(E::LogFull(e)) => self.make_room(&mut full, e)?,
-                Err(E::Restart) | Err(E::Split(..)) => {
-                    restarts += 1;
-                    if restarts > 4 {
-                        self.pool.relax();
-                    } else {
-                        core::hint::spin_loop();
-                    }
-                }
+                Err(E::Restart) | Err(E::Split(..)) => self.back_off(&mut restarts),
             }
+        }
+    }
+
+    /// Waits a little before restart number `restarts`: a spin at first,
+    /// then the pool's relax (the platform's yield).
+    fn back_off(&self, restarts: &mut u32) {
+        *restarts += 1;
+        if *restarts > 4 {
+            self.pool.relax();
+        } else {
+            core::hint::spin_loop();
         }
     }
 
@@ -1343,14 +1349,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                     Err(E::LogFull(e)) => self.make_room(&mut full, e)?,
                     Err(E::Fail(e)) => return Err(e),
                 },
-                Err(E::Restart) => {
-                    restarts += 1;
-                    if restarts > 4 {
-                        self.pool.relax();
-                    } else {
-                        core::hint::spin_loop();
-                    }
-                }
+                Err(E::Restart) => self.back_off(&mut restarts),
             }
         }
         // The changes are made (and logged): a merge that fails now (the
@@ -1378,16 +1377,19 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     ) -> R<()> {
         let mut found: Vec<OptimisticGuard<'p, B>> = Vec::with_capacity(changes.len());
         for c in changes {
-            let leaf = self.descend(Some(c.key()))?;
-            leaf.validate()?;
-            found.push(leaf);
+            found.push(self.descend(Some(c.key()))?);
         }
-        // Frames for the distinct leaves, reserved before `m` so that they
-        // are given back after its pages are unlatched.
-        let mut ids: Vec<u64> = found.iter().map(|l| l.id().0).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let _reserved = self.reserve(ids.len()).map_err(E::Fail)?;
+        // Frames for the distinct leaves (a logged tree), reserved before
+        // `m` so that they are given back after its pages are unlatched.
+        let _reserved = match self.log {
+            None => Reserved::none(),
+            Some(log) => {
+                let mut ids: Vec<u64> = found.iter().map(|l| l.id().0).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                log.reserve(ids.len()).map_err(E::Fail)?
+            }
+        };
         let keep = self.log.is_some() || changes.len() > 1;
         let mut m = Mtr::new(keep);
         // All still as read (so two reads of one leaf saw one version),
@@ -1473,9 +1475,10 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         Ok(m.add(g))
     }
 
-    /// A page for a new node, latched exclusively into `m`: the head of
-    /// the free list, else (a logged tree) the next page of the tree's
-    /// area, else one the pool allocates.
+    /// A page for a new node, latched exclusively into `m`: in a tree that
+    /// is not logged, a page from the in-memory free list or the pool's
+    /// allocation; in a logged tree, the head of the meta page's free list,
+    /// else the next page of the tree's area.
     fn new_node(&self, m: &mut Mtr<'p, B>) -> R<usize> {
         if self.log.is_none() {
             let reuse = self.free.lock().pop();
@@ -1483,10 +1486,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 Some(id) => self.pool.fix_exclusive(id)?,
                 None => self.pool.allocate()?,
             };
-            if g.id().0 >= MAX_PAGES {
-                return Err(E::Fail(TreeError::PageTooFar { page: g.id() }));
-            }
-            return Ok(m.add(g));
+            return self.new_node_in(m, g);
         }
         let mi = self.latch_meta(m)?;
         let head = rd64(m.b(mi), META_FREE);
@@ -1501,7 +1501,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             let n = rd64(mb, META_FREE_COUNT);
             wr64(mb, META_FREE_COUNT, n.saturating_sub(1));
             g
-        } else if self.log.is_some() {
+        } else {
             let next = rd64(m.b(mi), META_NEXT);
             if next >= self.pool.page_count() {
                 return Err(E::Fail(TreeError::Full {
@@ -1511,9 +1511,12 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             let g = self.pool.fix_overwrite(PageId(next))?;
             wr64(m.bm(mi), META_NEXT, next + 1);
             g
-        } else {
-            self.pool.allocate()?
         };
+        self.new_node_in(m, g)
+    }
+
+    /// Takes page `g` for a new node into `m`, if the tree can address it.
+    fn new_node_in(&self, m: &mut Mtr<'p, B>, g: ExclusiveGuard<'p, B>) -> R<usize> {
         if g.id().0 >= MAX_PAGES {
             return Err(E::Fail(TreeError::PageTooFar { page: g.id() }));
         }

@@ -74,7 +74,9 @@ use crate::log::{
 };
 use crate::lsntable::{self, PageLsns};
 use crate::page::{PageCheck, PAGE_HEADER};
-use crate::pool::{BufferManager, Durability, DurabilityError, Pool, PoolConfig, PoolError};
+use crate::pool::{
+    BufferManager, Durability, DurabilityError, ExclusiveGuard, Pool, PoolConfig, PoolError,
+};
 use crate::record::Record;
 use crate::store::StoreIo;
 use crate::sync::{lock, Gate};
@@ -948,7 +950,7 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
             );
         }
         let redo = Lsn(self.image_redo.load(Ordering::Acquire));
-        let end = {
+        let (end, images) = {
             let mut records = Vec::with_capacity(ids.len() + writes.len() + 1);
             for (id, g) in ids.iter().zip(&pages) {
                 if g.lsn() <= redo {
@@ -967,30 +969,40 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
             records.push(Record::Commit {
                 writes: writes.len() as u32,
             });
-            let end = self.wal.append(&records)?;
-            self.stats.page_images.fetch_add(images, Ordering::Relaxed);
-            end
+            (self.wal.append(&records)?, images)
         };
         for w in writes {
             let i = ids.binary_search(&w.page).expect("fixed");
             pages[i].bytes_mut()[w.offset..w.offset + w.data.len()].copy_from_slice(w.data);
         }
-        for (g, &id) in pages.iter_mut().zip(&ids) {
-            // Marks the page dirty: it is unfixed dirty when `pages` drops,
-            // and the pool writes it only once the log is durable to `end`.
-            g.set_lsn(end);
-            if let Some(t) = &self.page_lsns {
-                t.set(id, end);
-            }
+        for g in pages.iter_mut() {
+            self.stamp(g, end);
         }
         drop(pages);
+        let bytes: usize = writes.iter().map(|w| w.data.len()).sum();
+        self.count_unit(writes.len() as u64, bytes as u64, images);
+        Ok(end)
+    }
+
+    /// Gives page `g`, changed by the log unit ending at `end`, that LSN
+    /// (in the page and the page-LSN table). Marks the page dirty: it is
+    /// unfixed dirty, and the pool writes it only once the log is durable
+    /// to `end`.
+    pub(crate) fn stamp(&self, g: &mut ExclusiveGuard<'_, B>, end: Lsn) {
+        g.set_lsn(end);
+        if let Some(t) = &self.page_lsns {
+            t.set(g.id(), end);
+        }
+    }
+
+    /// Counts a log unit of `writes` page writes of `bytes` bytes and
+    /// `images` page images.
+    pub(crate) fn count_unit(&self, writes: u64, bytes: u64, images: u64) {
         let s = &self.stats;
         s.transactions.fetch_add(1, Ordering::Relaxed);
-        s.page_writes
-            .fetch_add(writes.len() as u64, Ordering::Relaxed);
-        let bytes: usize = writes.iter().map(|w| w.data.len()).sum();
-        s.data_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        Ok(end)
+        s.page_writes.fetch_add(writes, Ordering::Relaxed);
+        s.data_bytes.fetch_add(bytes, Ordering::Relaxed);
+        s.page_images.fetch_add(images, Ordering::Relaxed);
     }
 
     /// Waits until the log is durable up to `lsn` (from

@@ -88,44 +88,41 @@ where
         before: &[PageBuf],
     ) -> Result<Option<Lsn>, Refused> {
         debug_assert_eq!(pages.len(), before.len());
+        // The changed ranges, `(page index, offset, length)`, found before
+        // the gate: the pages are latched, only this unit changes them.
+        let mut ranges: Vec<(usize, usize, usize)> = Vec::new();
+        let mut scratch = Vec::new();
+        for (i, (g, b)) in pages.iter().zip(before).enumerate() {
+            changed_ranges(&b.0, g.bytes(), &mut scratch);
+            ranges.extend(scratch.iter().map(|&(off, len)| (i, off, len)));
+        }
+        if ranges.is_empty() {
+            // Nothing changed: nothing to log.
+            pages.clear();
+            return Ok(None);
+        }
+        let changed = |i: usize| ranges.iter().any(|r| r.0 == i);
         // Held until the pages are unlatched (below): a checkpoint's redo
         // point falls before this unit's records or after its pages are
         // dirty in the pool (module docs).
         let pass = self.gate.read(self.env.relax);
         let redo = Lsn(self.image_redo.load(Ordering::Acquire));
-        let mut ranges: Vec<Vec<(usize, usize)>> = Vec::with_capacity(pages.len());
-        let mut scratch = Vec::new();
-        let (mut writes, mut images, mut bytes) = (0u32, 0u64, 0u64);
-        for (g, b) in pages.iter().zip(before) {
-            changed_ranges(&b.0, g.bytes(), &mut scratch);
-            writes += scratch.len() as u32;
-            bytes += scratch.iter().map(|r| r.1 as u64).sum::<u64>();
-            ranges.push(core::mem::take(&mut scratch));
-        }
-        if writes == 0 {
-            // Nothing changed: nothing to log.
-            pages.clear();
-            return Ok(None);
-        }
-        let mut records = Vec::with_capacity(pages.len() + writes as usize + 1);
-        for ((g, b), r) in pages.iter().zip(before).zip(&ranges) {
-            if !r.is_empty() && g.lsn() <= redo {
+        let mut records = Vec::with_capacity(pages.len() + ranges.len() + 1);
+        for (i, (g, b)) in pages.iter().zip(before).enumerate() {
+            if changed(i) && g.lsn() <= redo {
                 records.push(Record::PageImage {
                     page: g.id(),
                     image: &b.0,
                 });
-                images += 1;
             }
         }
-        for (g, r) in pages.iter().zip(&ranges) {
-            for &(off, len) in r {
-                records.push(Record::PageWrite {
-                    page: g.id(),
-                    offset: off as u16,
-                    data: &g.bytes()[off..off + len],
-                });
-            }
-        }
+        let images = records.len() as u64;
+        records.extend(ranges.iter().map(|&(i, off, len)| Record::PageWrite {
+            page: pages[i].id(),
+            offset: off as u16,
+            data: &pages[i].bytes()[off..off + len],
+        }));
+        let writes = ranges.len() as u32;
         records.push(Record::Commit { writes });
         let end = match self.wal.append(&records) {
             Ok(end) => end,
@@ -135,20 +132,13 @@ where
             Err(e) => return Err(Refused::Failed(TreeError::Engine(Error::Log(e)))),
         };
         drop(records);
-        for (g, r) in pages.iter_mut().zip(&ranges) {
-            if r.is_empty() {
-                continue;
-            }
-            g.set_lsn(end);
-            if let Some(t) = &self.page_lsns {
-                t.set(g.id(), end);
+        for (i, g) in pages.iter_mut().enumerate() {
+            if changed(i) {
+                self.stamp(g, end);
             }
         }
-        let s = &self.stats;
-        s.transactions.fetch_add(1, Ordering::Relaxed);
-        s.page_writes.fetch_add(writes as u64, Ordering::Relaxed);
-        s.data_bytes.fetch_add(bytes, Ordering::Relaxed);
-        s.page_images.fetch_add(images, Ordering::Relaxed);
+        let bytes = ranges.iter().map(|r| r.2 as u64).sum();
+        self.count_unit(writes as u64, bytes, images);
         // Unlatched (dirty) while the gate is held.
         pages.clear();
         drop(pass);

@@ -119,6 +119,46 @@ pub struct StoreStats {
     pub pool: dbos_bufferpool::PoolStats,
 }
 
+impl StoreStats {
+    /// The counters of a phase that ran `ops` operations between `before`
+    /// and `self`, named for a report: per operation, page reads, page
+    /// writes, evictions, log units and log bytes; log units per log write
+    /// (how many units a group commit carried); checkpoints taken.
+    pub fn per_op(&self, before: &StoreStats, ops: u64) -> Vec<(&'static str, f64)> {
+        let per = |a: u64, b: u64| (a - b) as f64 / ops.max(1) as f64;
+        let units = self.engine.transactions - before.engine.transactions;
+        let batches = self.log.batches - before.log.batches;
+        alloc::vec![
+            ("page reads / op", per(self.pool.reads, before.pool.reads)),
+            (
+                "page writes / op",
+                per(self.pool.writes, before.pool.writes)
+            ),
+            (
+                "evictions / op",
+                per(self.pool.evictions, before.pool.evictions)
+            ),
+            ("log units / op", per(units, 0)),
+            (
+                "log bytes / op",
+                per(self.log.record_bytes, before.log.record_bytes),
+            ),
+            (
+                "log units / log write",
+                if batches == 0 {
+                    0.0
+                } else {
+                    units as f64 / batches as f64
+                },
+            ),
+            (
+                "checkpoints",
+                (self.engine.checkpoints - before.engine.checkpoints) as f64,
+            ),
+        ]
+    }
+}
+
 /// A durable key-value store on engine `Engine<D, B>`.
 pub struct Store<D: BlockDevice, B: BufferManager> {
     engine: Engine<D, B>,
@@ -193,7 +233,7 @@ where
 
     /// A handle on the tree (no I/O), and when dropped the root it saw is
     /// kept for the next.
-    fn tree(&self) -> Tree<'_, D, B> {
+    fn tree(&self) -> Tree<'_, B> {
         Tree {
             tree: BTree::attach(
                 self.engine.pool(),
@@ -202,7 +242,6 @@ where
                 self.root.load(Ordering::Relaxed),
             ),
             root: &self.root,
-            _d: core::marker::PhantomData,
         }
     }
 
@@ -219,12 +258,12 @@ where
                 max: MAX_KEY,
             });
         }
-        Ok(self.tree().t().lookup(key, out)?)
+        Ok(self.tree().lookup(key, out)?)
     }
 
     /// Applies `changes` as one log unit and waits until it is durable.
     fn apply(&self, changes: &[Change<'_>]) -> Result<Vec<bool>, Error> {
-        let applied = self.tree().t().apply(changes)?;
+        let applied = self.tree().apply(changes)?;
         // A change that changed nothing (a delete of an absent key) was
         // decided on what the tree held, which may not be durable yet:
         // everything logged so far is waited for instead.
@@ -270,7 +309,7 @@ where
         if limit == 0 {
             return Ok(0);
         }
-        self.tree().t().scan_forward(Some(start), |k, v| {
+        self.tree().scan_forward(Some(start), |k, v| {
             f(k, v);
             n += 1;
             n < limit
@@ -281,13 +320,13 @@ where
     /// Checks the whole tree (see `BTree::check`) and returns its entries.
     /// Not concurrently with writers.
     pub fn check(&self) -> Result<usize, Error> {
-        Ok(self.tree().t().check()?)
+        Ok(self.tree().check()?)
     }
 
     /// Pages of the tree's area (`next`: pages `1..next` are the tree's)
     /// and pages on its free list.
     pub fn space(&self) -> Result<(u64, u64), Error> {
-        Ok(self.tree().t().space()?)
+        Ok(self.tree().space()?)
     }
 
     /// The counters.
@@ -307,22 +346,27 @@ where
     }
 }
 
-/// A tree handle that hands its root hint back when dropped.
-struct Tree<'s, D, B: BufferManager> {
+/// A tree handle that hands its root hint back when dropped (a write to
+/// the shared hint only when the root moved: every operation makes a
+/// handle).
+struct Tree<'s, B: BufferManager> {
     tree: BTree<'s, B>,
     root: &'s AtomicU64,
-    _d: core::marker::PhantomData<D>,
 }
 
-impl<'s, D, B: BufferManager> Tree<'s, D, B> {
-    fn t(&self) -> &BTree<'s, B> {
+impl<'s, B: BufferManager> core::ops::Deref for Tree<'s, B> {
+    type Target = BTree<'s, B>;
+    fn deref(&self) -> &BTree<'s, B> {
         &self.tree
     }
 }
 
-impl<D, B: BufferManager> Drop for Tree<'_, D, B> {
+impl<B: BufferManager> Drop for Tree<'_, B> {
     fn drop(&mut self) {
-        self.root.store(self.tree.root_hint(), Ordering::Relaxed);
+        let seen = self.tree.root_hint();
+        if self.root.load(Ordering::Relaxed) != seen {
+            self.root.store(seen, Ordering::Relaxed);
+        }
     }
 }
 

@@ -445,9 +445,7 @@ impl<'a, B: BufferManager + ?Sized> ExclusiveGuard<'a, B> {
     /// not a page to write (a write of it would be one no log image
     /// covers).
     pub(crate) fn undo(&mut self, before: &[u8], dirty: bool) {
-        if self.bytes() != before {
-            self.bytes_mut().copy_from_slice(before);
-        }
+        self.bytes_mut().copy_from_slice(before);
         self.dirty = dirty;
     }
     /// The page LSN.

@@ -45,7 +45,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use dbos_bufferpool::engine::PoolSetup;
 use dbos_bufferpool::pool::tabby::Tabby;
 use dbos_bufferpool::{Config, Env, Layout, PoolError};
-use dbos_kvstore::workload::{self, Acked, Acking, Distribution, Report, Spec, Stats, Workload};
+use dbos_kvstore::workload::{
+    self, Acked, Acking, Distribution, Report, Spec, Stats, Verification, Workload,
+};
 use dbos_kvstore::{Error, Kv, Store, StoreStats};
 use libdbos::nvme;
 use libdbos::platform::{EventCounts, Platform};
@@ -280,36 +282,25 @@ fn progress(phase: &'static str, cpu: usize, share: u64) -> impl Fn(u64) {
     }
 }
 
+/// The counters of a phase of `ops` operations: the store's (see
+/// `StoreStats::per_op`), then the platform's events per operation.
 fn counters(
     before: &(StoreStats, EventCounts),
     after: &(StoreStats, EventCounts),
     ops: u64,
 ) -> Vec<(&'static str, f64)> {
-    let per = |a: u64, b: u64| (a - b) as f64 / ops.max(1) as f64;
-    let (s0, e0) = before;
-    let (s1, e) = (&after.0, after.1.since(e0));
-    let units = s1.engine.transactions - s0.engine.transactions;
-    let batches = s1.log.batches - s0.log.batches;
-    let mut c = alloc::vec![
-        ("page reads / op", per(s1.pool.reads, s0.pool.reads)),
-        ("page writes / op", per(s1.pool.writes, s0.pool.writes)),
-        ("evictions / op", per(s1.pool.evictions, s0.pool.evictions)),
-        (
-            "log units / log write",
-            if batches == 0 {
-                0.0
-            } else {
-                units as f64 / batches as f64
-            },
-        ),
-        ("VM exits to the VMM / op", per(e.vmm_exits, 0)),
-        ("IPIs / op", per(e.ipis_sent, 0)),
-        ("remote invalidations / op", per(e.remote_invalidations, 0)),
-        ("local invalidations / op", per(e.local_invalidations, 0)),
-        ("page-table writes / op", per(e.pte_writes, 0)),
-    ];
+    let per = |n: u64| n as f64 / ops.max(1) as f64;
+    let e = after.1.since(&before.1);
+    let mut c = after.0.per_op(&before.0, ops);
+    c.extend([
+        ("VM exits to the VMM / op", per(e.vmm_exits)),
+        ("IPIs / op", per(e.ipis_sent)),
+        ("remote invalidations / op", per(e.remote_invalidations)),
+        ("local invalidations / op", per(e.local_invalidations)),
+        ("page-table writes / op", per(e.pte_writes)),
+    ]);
     if let Some(k) = e.kvm_exits {
-        c.push(("KVM exits / op", per(k, 0)));
+        c.push(("KVM exits / op", per(k)));
     }
     c
 }
@@ -318,15 +309,29 @@ fn snapshot(store: &KvStore) -> (StoreStats, EventCounts) {
     (store.stats(), libdbos::platform().counters())
 }
 
+/// Runs phase `name` of `total` operations on every vCPU (`f(cpu,
+/// progress)` does one vCPU's share) and prints its report.
+fn phase(
+    store: &KvStore,
+    spec: &Spec,
+    name: &'static str,
+    total: u64,
+    f: impl Fn(usize, &dyn Fn(u64)) -> Stats + Sync,
+) {
+    let before = snapshot(store);
+    let (stats, ns) = on_all(|cpu| {
+        let share = spec.share(total, cpu);
+        f(cpu, &progress(name, cpu, share.end - share.start))
+    });
+    let c = counters(&before, &snapshot(store), total);
+    report(name, spec, &stats, ns, &c);
+}
+
 fn report(phase: &str, spec: &Spec, stats: &[Stats], ns: u64, c: &[(&str, f64)]) {
-    let mut merged = stats[0].clone();
-    for s in &stats[1..] {
-        merged.merge(s);
-    }
     let r = Report {
         phase,
         spec,
-        stats: &merged,
+        stats: &Stats::merged(stats),
         elapsed_ns: ns,
         counters: c,
     };
@@ -347,10 +352,7 @@ fn verify(store: &KvStore, spec: &Spec, acked: &Acked, when: &'static str) -> bo
         let p = progress(when, cpu, share.end - share.start);
         workload::verify(store, spec, acked, cpu, now_ns, &p)
     });
-    let mut all = v[0].clone();
-    for x in &v[1..] {
-        all.merge(x);
-    }
+    let all = Verification::merged(&v);
     print_lines(&alloc::format!("verify {when}: {all}"));
     all.passed()
 }
@@ -426,32 +428,12 @@ fn main() -> u8 {
         on_ack: |r, v| println!("acked {r} {v}"),
     };
     let kv: &dyn Kv<Error = Error> = if a.acks { &printing } else { &store };
-    let b = snapshot(&store);
-    let (s, ns) = on_all(|cpu| {
-        let share = spec.share(spec.records, cpu);
-        let p = progress("load", cpu, share.end - share.start);
-        workload::load(kv, &spec, &acked, cpu, now_ns, &p)
+    phase(&store, &spec, "load", spec.records, |cpu, p| {
+        workload::load(kv, &spec, &acked, cpu, now_ns, p)
     });
-    report(
-        "load",
-        &spec,
-        &s,
-        ns,
-        &counters(&b, &snapshot(&store), spec.records),
-    );
-    let b = snapshot(&store);
-    let (s, ns) = on_all(|cpu| {
-        let share = spec.share(spec.operations, cpu);
-        let p = progress("run", cpu, share.end - share.start);
-        workload::run(kv, &spec, &acked, cpu, now_ns, &p)
+    phase(&store, &spec, "run", spec.operations, |cpu, p| {
+        workload::run(kv, &spec, &acked, cpu, now_ns, p)
     });
-    report(
-        "run",
-        &spec,
-        &s,
-        ns,
-        &counters(&b, &snapshot(&store), spec.operations),
-    );
     match store.space() {
         Ok((next, free)) => println!(
             "store: {next} pages of tree ({} KiB, {:.1}x the pool), {free} free",

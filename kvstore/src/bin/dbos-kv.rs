@@ -33,8 +33,10 @@ use dbos_bufferpool::engine::PoolSetup;
 use dbos_bufferpool::host::env;
 use dbos_bufferpool::pool::vmcache::VmCache;
 use dbos_bufferpool::{Config, Layout, PoolError};
-use dbos_kvstore::workload::{self, Acked, Distribution, Report, Spec, Stats, Workload};
-use dbos_kvstore::{Store, StoreStats};
+use dbos_kvstore::workload::{
+    self, Acked, Distribution, Report, Spec, Stats, Verification, Workload,
+};
+use dbos_kvstore::Store;
 use dbos_nvme::host::BackingFile;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -370,55 +372,23 @@ fn threads<T: Send>(
     results
 }
 
-/// The counters of a phase, per operation.
-fn counters(before: &StoreStats, after: &StoreStats, ops: u64) -> Vec<(&'static str, f64)> {
-    let per = |a: u64, b: u64| (a - b) as f64 / ops.max(1) as f64;
-    let units = after.engine.transactions - before.engine.transactions;
-    let batches = after.log.batches - before.log.batches;
-    vec![
-        ("page reads / op", per(after.pool.reads, before.pool.reads)),
-        (
-            "page writes / op",
-            per(after.pool.writes, before.pool.writes),
-        ),
-        (
-            "evictions / op",
-            per(after.pool.evictions, before.pool.evictions),
-        ),
-        (
-            "log units / op",
-            per(after.engine.transactions, before.engine.transactions),
-        ),
-        (
-            "log bytes / op",
-            per(after.log.record_bytes, before.log.record_bytes),
-        ),
-        (
-            "log units / log write",
-            if batches == 0 {
-                0.0
-            } else {
-                units as f64 / batches as f64
-            },
-        ),
-        (
-            "checkpoints",
-            (after.engine.checkpoints - before.engine.checkpoints) as f64,
-        ),
-    ]
-}
-
-fn phase_report(name: &str, spec: &Spec, stats: &[Stats], ns: u64, c: &[(&str, f64)]) {
-    let mut merged = stats[0].clone();
-    for s in &stats[1..] {
-        merged.merge(s);
-    }
+/// Runs phase `name` of `total` operations on the spec's threads and
+/// prints its report with the store's counters per operation.
+fn phase(
+    store: &KvStore,
+    spec: &Spec,
+    name: &str,
+    total: u64,
+    f: impl Fn(usize, &dyn Fn(u64)) -> Stats + Sync,
+) {
+    let before = store.stats();
+    let (stats, ns) = threads(name, total, spec, f);
     let r = Report {
         phase: name,
         spec,
-        stats: &merged,
+        stats: &Stats::merged(&stats),
         elapsed_ns: ns,
-        counters: c,
+        counters: &store.stats().per_op(&before, total),
     };
     println!("{r}");
 }
@@ -427,10 +397,7 @@ fn verify(store: &KvStore, spec: &Spec, acked: &Acked, when: &str) -> bool {
     let (v, ns) = threads(when, acked.claimed(), spec, |t, p| {
         workload::verify(store, spec, acked, t, env().now_ns, p)
     });
-    let mut all = v[0].clone();
-    for x in &v[1..] {
-        all.merge(x);
-    }
+    let all = Verification::merged(&v);
     println!("verify {when} ({:.1} s): {all}", ns as f64 / 1e9);
     all.passed()
 }
@@ -498,19 +465,13 @@ fn run_workload(a: &WorkloadArgs) -> Result<bool, String> {
         None => &store,
     };
     if !a.no_load {
-        let before = store.stats();
-        let (s, ns) = threads("load", spec.records, &spec, |t, p| {
+        phase(&store, &spec, "load", spec.records, |t, p| {
             workload::load(kv, &spec, &acked, t, now, p)
         });
-        let c = counters(&before, &store.stats(), spec.records);
-        phase_report("load", &spec, &s, ns, &c);
     }
-    let before = store.stats();
-    let (s, ns) = threads("run", spec.operations, &spec, |t, p| {
+    phase(&store, &spec, "run", spec.operations, |t, p| {
         workload::run(kv, &spec, &acked, t, now, p)
     });
-    let c = counters(&before, &store.stats(), spec.operations);
-    phase_report("run", &spec, &s, ns, &c);
     let (next, free) = store.space().map_err(|e| e.to_string())?;
     println!(
         "store: {} pages of tree ({} MiB), {free} free; pool {} MiB",

@@ -129,6 +129,15 @@ impl Stats {
         })
     }
 
+    /// Every thread's stats added together (`parts` not empty).
+    pub fn merged(parts: &[Stats]) -> Stats {
+        let mut all = parts[0].clone();
+        for p in &parts[1..] {
+            all.merge(p);
+        }
+        all
+    }
+
     /// Adds another thread's stats.
     pub fn merge(&mut self, other: &Stats) {
         for (a, b) in self.ops.iter_mut().zip(other.ops.iter()) {
@@ -530,6 +539,15 @@ impl Verification {
     /// True if nothing was missing, wrong or failed.
     pub fn passed(&self) -> bool {
         self.missing == 0 && self.wrong == 0 && self.failed == 0
+    }
+
+    /// Every thread's findings added together (`parts` not empty).
+    pub fn merged(parts: &[Verification]) -> Verification {
+        let mut all = parts[0].clone();
+        for p in &parts[1..] {
+            all.merge(p);
+        }
+        all
     }
 
     /// Adds another thread's findings.
