@@ -25,7 +25,7 @@ use crate::{Kv, Op};
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
-use dbos_bufferpool::btree::{BTree, Change, TreeError, MAX_CHANGES, MAX_ENTRY, MAX_KEY};
+use dbos_bufferpool::btree::{BTree, Change, TreeError, MAX_CHANGES, MAX_KEY, MAX_VALUE};
 use dbos_bufferpool::engine::PoolSetup;
 use dbos_bufferpool::page::PAGE_HEADER;
 use dbos_bufferpool::{
@@ -33,8 +33,9 @@ use dbos_bufferpool::{
     RecoveryReport,
 };
 
-/// The format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build reads and writes (2: values larger than
+/// a quarter page on overflow chains).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The header page's magic.
 pub const MAGIC: [u8; 8] = *b"DBOS-KV\0";
@@ -60,7 +61,7 @@ pub enum Error {
     Version { found: u32, supported: u32 },
     /// A key longer than [`MAX_KEY`].
     KeyTooLong { len: usize, max: usize },
-    /// A key and value together longer than [`MAX_ENTRY`].
+    /// A value longer than [`MAX_VALUE`] (1 MiB).
     ValueTooLarge { len: usize, max: usize },
 }
 
@@ -75,9 +76,9 @@ impl From<TreeError> for Error {
         match e {
             TreeError::Engine(e) => Error::Engine(e),
             TreeError::KeyTooLong { len } => Error::KeyTooLong { len, max: MAX_KEY },
-            TreeError::EntryTooLarge { len } => Error::ValueTooLarge {
+            TreeError::ValueTooLarge { len } => Error::ValueTooLarge {
                 len,
-                max: MAX_ENTRY,
+                max: MAX_VALUE,
             },
             e => Error::Tree(e),
         }
@@ -99,11 +100,9 @@ impl fmt::Display for Error {
                  {supported} only (refusing to open it, nothing was written)"
             ),
             Error::KeyTooLong { len, max } => write!(f, "key of {len} bytes (at most {max})"),
-            Error::ValueTooLarge { len, max } => write!(
-                f,
-                "key and value of {len} bytes together (at most {max} in this version: values \
-                 do not spill to overflow pages yet)"
-            ),
+            Error::ValueTooLarge { len, max } => {
+                write!(f, "value of {len} bytes (at most {max})")
+            }
         }
     }
 }

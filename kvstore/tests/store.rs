@@ -144,6 +144,98 @@ fn a_store_four_times_its_pool_matches_a_map_across_restarts() {
     assert!(s.get(model.keys().next().unwrap(), &mut v).unwrap());
 }
 
+/// A value of `len` bytes unique to `tag`.
+fn large(tag: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ (i >> 8) as u8 ^ tag)
+        .collect()
+}
+
+#[test]
+fn values_up_to_a_mebibyte_go_to_overflow_pages_that_are_freed_and_reused() {
+    let d = dir();
+    let s = format(d.path());
+    let mut model = BTreeMap::new();
+    // Around every boundary: the largest value a leaf takes with a 4-byte
+    // key (1020), one chain page (4032 bytes) and two, and the largest.
+    let sizes = [1020, 1021, 4032, 4033, 8064, 8065, 50_000, 1 << 20];
+    for (i, &len) in sizes.iter().enumerate() {
+        let k = format!("big{i}").into_bytes();
+        let v = large(i as u8, len);
+        assert!(s.put(&k, &v).unwrap());
+        model.insert(k, v);
+    }
+    for i in 0..100u64 {
+        s.put(&key(i), b"small").unwrap();
+        model.insert(key(i), b"small".to_vec());
+    }
+    let check = |s: &TestStore, model: &BTreeMap<Vec<u8>, Vec<u8>>| {
+        assert_eq!(s.check().unwrap(), model.len());
+        assert_eq!(&all(s), model);
+        let mut out = Vec::new();
+        for (k, v) in model {
+            assert!(s.get(k, &mut out).unwrap());
+            assert!(out == *v, "value of {}", String::from_utf8_lossy(k));
+        }
+    };
+    check(&s, &model);
+    // A 1 MiB value is 261 chain pages.
+    let (_, free) = s.space().unwrap();
+    assert!(s.delete(b"big7").unwrap());
+    model.remove(&b"big7"[..]);
+    assert_eq!(s.space().unwrap().1, free + 261, "freed in one change");
+    let (next, _) = s.space().unwrap();
+    let v = large(99, 1 << 20);
+    assert!(s.put(b"again", &v).unwrap());
+    model.insert(b"again".to_vec(), v);
+    assert_eq!(s.space().unwrap().0, next, "its pages were reused");
+    // Large replaced by small, small by large, large by large, and a
+    // transaction of large values that also replaces one twice.
+    let (a, b, c) = (large(1, 3000), large(2, 9000), large(3, 20_000));
+    s.put(b"big2", b"now small").unwrap();
+    s.put(&key(5), &a).unwrap();
+    s.put(b"big3", &b).unwrap();
+    s.transaction(&[
+        Op::Put {
+            key: b"big4",
+            value: &c,
+        },
+        Op::Put {
+            key: b"t1",
+            value: &b,
+        },
+        Op::Put {
+            key: b"big4",
+            value: &a,
+        },
+        Op::Delete { key: b"big5" },
+    ])
+    .unwrap();
+    for (k, v) in [
+        (&b"big2"[..], &b"now small"[..]),
+        (&key(5), &a),
+        (b"big3", &b),
+        (b"big4", &a),
+        (b"t1", &b),
+    ] {
+        model.insert(k.to_vec(), v.to_vec());
+    }
+    model.remove(&b"big5"[..]);
+    check(&s, &model);
+    // No room for a second 1 MiB value: refused, the part written freed,
+    // nothing else changed.
+    let space = s.space().unwrap();
+    let e = s.put(b"no room", &large(5, 1 << 20)).unwrap_err();
+    assert!(e.to_string().contains("disk full"), "{e}");
+    let (next, free) = s.space().unwrap();
+    assert_eq!(next - free, space.0 - space.1, "pages in use unchanged");
+    check(&s, &model);
+    drop(s);
+    // Reopened (recovered from the log: no checkpoint at shutdown).
+    let s = open(d.path()).unwrap();
+    check(&s, &model);
+}
+
 #[test]
 fn bad_input_is_refused_with_what_was_wrong() {
     let d = dir();
@@ -153,18 +245,20 @@ fn bad_input_is_refused_with_what_was_wrong() {
         s.put(&long, b"v"),
         Err(Error::KeyTooLong { len: 600, max: 512 })
     );
+    let huge = vec![0; (1 << 20) + 1];
     assert_eq!(
-        s.put(b"k", &[0; 1100]),
+        s.put(b"k", &huge),
         Err(Error::ValueTooLarge {
-            len: 1101,
-            max: 1024
+            len: 1_048_577,
+            max: 1_048_576
         })
     );
-    assert!(s
-        .put(b"k", &[0; 1100])
-        .unwrap_err()
-        .to_string()
-        .contains("at most 1024"));
+    assert_eq!(
+        s.put(b"k", &huge).unwrap_err().to_string(),
+        "value of 1048577 bytes (at most 1048576)"
+    );
+    let mut out = Vec::new();
+    assert!(!s.get(b"k", &mut out).unwrap(), "nothing was stored");
     let keys: Vec<Vec<u8>> = (0..65).map(key).collect();
     let ops: Vec<Op<'_>> = keys.iter().map(|k| Op::Delete { key: k }).collect();
     assert!(matches!(
@@ -203,7 +297,7 @@ fn another_format_version_and_another_store_are_refused() {
     );
     let msg = e.to_string();
     assert!(
-        msg.contains("version 2") && msg.contains("version 1"),
+        msg.contains("version 3") && msg.contains("version 2"),
         "{msg}"
     );
     // An engine store that is not a key-value store.
@@ -238,7 +332,7 @@ fn the_binary_refuses_to_overwrite_a_store_and_rejects_bad_flags() {
     for bad in [
         &["workload", "--dir", p, "--workload", "g"][..],
         &["workload", "--dir", p, "--distribution", "normal"],
-        &["workload", "--dir", p, "--value-size", "2000"],
+        &["workload", "--dir", p, "--value-size", "2000000"],
         &["format", "--dir", p, "--size", "12Q"],
     ] {
         let out = dbos_kv(bad);

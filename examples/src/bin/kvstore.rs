@@ -203,12 +203,11 @@ fn parse(args: &[&'static str]) -> Result<Request, String> {
         }
     }
     spec.validate().map_err(|e| alloc::format!("{e}"))?;
-    if workload::KEY_LEN + spec.value_size > dbos_bufferpool::btree::MAX_ENTRY {
+    if spec.value_size > dbos_bufferpool::btree::MAX_VALUE {
         return Err(alloc::format!(
-            "value {} is too large: {}-byte keys and values must fit {} bytes",
+            "value {} is too large (at most {})",
             spec.value_size,
-            workload::KEY_LEN,
-            dbos_bufferpool::btree::MAX_ENTRY
+            dbos_bufferpool::btree::MAX_VALUE
         ));
     }
     if frames < 16 {

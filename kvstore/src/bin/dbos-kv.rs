@@ -415,12 +415,11 @@ fn run_workload(a: &WorkloadArgs) -> Result<bool, String> {
         load_batch: a.load_batch,
     };
     spec.validate().map_err(|e| e.to_string())?;
-    if workload::KEY_LEN + a.value_size > dbos_bufferpool::btree::MAX_ENTRY {
+    if a.value_size > dbos_bufferpool::btree::MAX_VALUE {
         return Err(format!(
-            "--value-size {} is too large: keys of {} bytes and values must fit {} bytes",
+            "--value-size {} is too large (at most {})",
             a.value_size,
-            workload::KEY_LEN,
-            dbos_bufferpool::btree::MAX_ENTRY
+            dbos_bufferpool::btree::MAX_VALUE
         ));
     }
     let store = if store_path(&a.file.dir).exists() {

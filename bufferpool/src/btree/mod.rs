@@ -28,10 +28,13 @@
 //! runs on the process pools and on the guest's.
 //!
 //! # Limits
-//! Keys are at most [`MAX_KEY`] (512) bytes and an entry (key + value) at
-//! most [`MAX_ENTRY`] (1024) bytes, a quarter of a page, so a node holding
-//! one entry and two fences of the longest kind still has room for another
-//! entry, and a split always makes progress.
+//! Keys are at most [`MAX_KEY`] (512) bytes and an entry (key + value) in a
+//! node at most [`MAX_ENTRY`] (1024) bytes, a quarter of a page, so a node
+//! holding one entry and two fences of the longest kind still has room for
+//! another entry, and a split always makes progress. In a logged tree a
+//! larger value (up to [`MAX_VALUE`], 1 MiB) goes to a chain of overflow
+//! pages and its leaf entry holds a reference to it (see `overflow`); a
+//! tree that is not logged refuses it.
 //!
 //! # Node format (after the 32-byte page header of [`crate::page`])
 //! The layout of vmcache's `BTreeNode` (after LeanStore): each slot carries
@@ -47,7 +50,8 @@
 //! node carries fences (the bounds its parent gives it) and stores its keys
 //! without their common prefix.
 //! ```text
-//!  32  u8   kind: 1 leaf, 2 inner, 3 meta, 4 free (unlinked)
+//!  32  u8   kind: 1 leaf, 2 inner, 3 meta, 4 free (unlinked),
+//!           5 overflow (see `overflow`)
 //!  33  u8   flags: bit 0 = this node is the root
 //!  34  u16  count of entries
 //!  36  u16  heap start (the heap grows down from the page's end)
@@ -63,8 +67,9 @@
 //! 208  slots, 16 bytes each, sorted by key: the head (u64), then a u64
 //!      of the entry's heap offset (bits 0..13), its key length without
 //!      the prefix (bits 13..23) and in bits 23..64 a leaf's value length
-//!      or an inner node's child page id (so a search that ends in an
-//!      inner slot has the child without touching the heap)
+//!      (plus bit 63 if the value is a reference to an overflow chain) or
+//!      an inner node's child page id (so a search that ends in an inner
+//!      slot has the child without touching the heap)
 //! ...  heap: entries (key without the prefix, then a leaf's value)
 //!      growing down, then the lower fence, then the upper fence at the
 //!      page's end
@@ -88,6 +93,9 @@
 //!  64  u64  a logged tree: the next page of its area never used (the
 //!           area is the meta page's id up to it); 0: the pool allocates
 //!  72  u64  the area's first page (the meta page)
+//!  80  u64  the last overflow chain's number (each chain gets the next)
+//!  96  pending overflow chains, 32 slots of 24 bytes: head, tail, pages
+//!      (0: the slot is empty)
 //! ```
 //! In a logged tree, merges put freed nodes on the free list and splits
 //! take them from it, in the same units, so freed pages are reused across
@@ -113,6 +121,10 @@ use alloc::vec::Vec;
 use core::cmp::Ordering;
 use core::fmt;
 use core::sync::atomic::{self, AtomicU64};
+
+mod overflow;
+pub use overflow::MAX_VALUE;
+use overflow::{Chain, Spilled, OVERFLOW, REF_LEN};
 
 /// Longest key in bytes.
 pub const MAX_KEY: usize = 512;
@@ -177,6 +189,19 @@ const META_FREE_COUNT: usize = PAGE_HEADER + 24;
 const META_NEXT: usize = PAGE_HEADER + 32;
 /// The first page of the tree's area: the meta page itself.
 const META_FIRST: usize = PAGE_HEADER + 40;
+/// The number of the last overflow chain made (see `overflow`).
+const META_CHAIN: usize = PAGE_HEADER + 48;
+/// Overflow chains being written (see `overflow`): `PENDING_SLOTS` slots of
+/// (head, tail, pages).
+const META_PENDING: usize = PAGE_HEADER + 64;
+const PENDING_SLOTS: usize = 32;
+const PENDING_SLOT: usize = 24;
+const _: () = assert!(META_PENDING + PENDING_SLOTS * PENDING_SLOT <= PAGE_SIZE);
+
+/// In a leaf slot's value-length field: the value is a [`REF_LEN`]-byte
+/// reference to an overflow chain.
+const REF_FLAG: u64 = 1 << 40;
+const _: () = assert!(REF_FLAG < MAX_PAGES && (REF_FLAG as usize) > PAGE_SIZE);
 
 /// Most changes one [`BTree::apply`] takes (each may latch a leaf of its
 /// own, and all are held together).
@@ -199,8 +224,11 @@ pub enum TreeError {
     Pool(PoolError),
     /// A key longer than [`MAX_KEY`].
     KeyTooLong { len: usize },
-    /// A key + value longer than [`MAX_ENTRY`].
+    /// A key + value longer than [`MAX_ENTRY`], in a tree that is not
+    /// logged (a logged tree moves the value to overflow pages).
     EntryTooLarge { len: usize },
+    /// A value longer than [`MAX_VALUE`].
+    ValueTooLarge { len: usize },
     /// A latched node does not parse: the tree is damaged.
     Corrupt { page: PageId, what: &'static str },
     /// The pool gave the tree a page beyond the [`MAX_PAGES`] its inner
@@ -223,8 +251,13 @@ impl fmt::Display for TreeError {
         match self {
             TreeError::Pool(e) => write!(f, "{e}"),
             TreeError::KeyTooLong { len } => write!(f, "key of {len} bytes (max {MAX_KEY})"),
-            TreeError::EntryTooLarge { len } => {
-                write!(f, "entry of {len} bytes (max {MAX_ENTRY})")
+            TreeError::EntryTooLarge { len } => write!(
+                f,
+                "entry of {len} bytes (max {MAX_ENTRY} in a tree that is not logged: only a \
+                 logged tree has overflow pages)"
+            ),
+            TreeError::ValueTooLarge { len } => {
+                write!(f, "value of {len} bytes (max {MAX_VALUE})")
             }
             TreeError::Corrupt { page, what } => write!(f, "node {} is damaged: {what}", page.0),
             TreeError::PageTooFar { page } => write!(
@@ -335,15 +368,19 @@ fn slot<P: PageRead + ?Sized>(p: &P, i: usize) -> Result<(usize, usize, u64), St
     Ok((off, klen, rest))
 }
 
-/// A leaf's slot `i`: (heap offset, key length, value length), checked to
-/// lie in the page.
+/// A leaf's slot `i`: (heap offset, key length, value length, whether the
+/// value is a reference to an overflow chain), checked to lie in the page.
 #[inline]
-fn leaf_slot<P: PageRead + ?Sized>(p: &P, i: usize) -> Result<(usize, usize, usize), Stale> {
-    let (off, klen, vlen) = slot(p, i)?;
+fn leaf_slot<P: PageRead + ?Sized>(
+    p: &P,
+    i: usize,
+) -> Result<(usize, usize, usize, bool), Stale> {
+    let (off, klen, rest) = slot(p, i)?;
+    let vlen = rest & !REF_FLAG;
     if vlen > (PAGE_SIZE - off - klen) as u64 {
         return Err(Stale);
     }
-    Ok((off, klen, vlen as usize))
+    Ok((off, klen, vlen as usize, rest & REF_FLAG != 0))
 }
 
 /// The head of slot `i`.
@@ -615,11 +652,21 @@ fn used(b: &[u8]) -> usize {
 }
 
 /// The slot of entry `i` of a latched node: (offset, key length, bytes of
-/// value in the heap (0 in an inner node), value length or child id).
+/// value in the heap (0 in an inner node), the slot's value-length field
+/// (with [`REF_FLAG`]) or child id).
 fn slot_of(b: &[u8], i: usize) -> (usize, usize, usize, u64) {
     let (off, klen, rest) = unpack(rd64(b, SLOTS + i * SLOT + 8));
-    let vlen = if b[KIND] == INNER { 0 } else { rest as usize };
+    let vlen = if b[KIND] == INNER {
+        0
+    } else {
+        (rest & !REF_FLAG) as usize
+    };
     (off, klen, vlen, rest)
+}
+
+/// Whether leaf entry `i` of a latched leaf refers to an overflow chain.
+fn is_ref(b: &[u8], i: usize) -> bool {
+    slot_of(b, i).3 & REF_FLAG != 0
 }
 
 /// The heap bytes of entry `i` of a latched node: (key without the
@@ -636,7 +683,8 @@ fn copy_entry(dst: &mut [u8], src: &[u8], i: usize) -> bool {
     if src[KIND] == INNER {
         push(dst, &key, &slot_of(src, i).3.to_le_bytes())
     } else {
-        push(dst, &key, entry(src, i).1)
+        let n = rd16(dst, COUNT);
+        insert_entry(dst, n, &key, entry(src, i).1, slot_of(src, i).3 & REF_FLAG)
     }
 }
 
@@ -683,6 +731,11 @@ fn compact(b: &mut [u8]) {
 /// value is the child id (8 bytes LE, below [`MAX_PAGES`]), kept in the
 /// slot.
 fn insert_at(b: &mut [u8], pos: usize, key: &[u8], val: &[u8]) -> bool {
+    insert_entry(b, pos, key, val, 0)
+}
+
+/// [`insert_at`], with `flag` ([`REF_FLAG`] or 0) in a leaf entry's slot.
+fn insert_entry(b: &mut [u8], pos: usize, key: &[u8], val: &[u8], flag: u64) -> bool {
     let plen = rd16(b, PREFIX);
     debug_assert!(key.starts_with(prefix(b)), "key outside the node's fences");
     let suffix = &key[plen..];
@@ -692,7 +745,7 @@ fn insert_at(b: &mut [u8], pos: usize, key: &[u8], val: &[u8]) -> bool {
             u64::from_le_bytes(val.try_into().expect("a child id")),
         )
     } else {
-        (val, val.len() as u64)
+        (val, val.len() as u64 | flag)
     };
     let need = suffix.len() + val.len();
     if free_space(b) < need + SLOT {
@@ -976,6 +1029,8 @@ pub struct BTree<'p, B: BufferManager + ?Sized> {
     /// holds at most 4 pages (parent, node, neighbour, new node): pools of
     /// 4 frames work.
     free: spin::Mutex<Vec<PageId>>,
+    /// Overflow pages freed at open, pending since a crash.
+    reclaimed: u64,
 }
 
 impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
@@ -1047,6 +1102,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             root: AtomicU64::new(root_id.0),
             log,
             free: spin::Mutex::new(Vec::new()),
+            reclaimed: 0,
         };
         Ok((t, lsn))
     }
@@ -1058,12 +1114,22 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
 
     /// The logged tree whose meta page is `meta` (see
     /// [`create_logged`](Self::create_logged)).
+    /// Overflow chains left pending by a crash (written, not yet referred
+    /// to by their leaf's unit) are freed here.
     pub fn open_logged(
         pool: &'p B,
         log: &'p dyn TreeLog<B>,
         meta: PageId,
     ) -> Result<BTree<'p, B>, TreeError> {
-        BTree::open_in(pool, Some(log), meta)
+        let mut t = BTree::open_in(pool, Some(log), meta)?;
+        t.reclaimed = t.reclaim_pending()?;
+        Ok(t)
+    }
+
+    /// Overflow pages [`open_logged`](Self::open_logged) freed: chains a
+    /// crash left written but not yet referred to (see `overflow`).
+    pub fn reclaimed_at_open(&self) -> u64 {
+        self.reclaimed
     }
 
     fn open_in(
@@ -1091,6 +1157,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             root: AtomicU64::new(root),
             log,
             free: spin::Mutex::new(Vec::new()),
+            reclaimed: 0,
         })
     }
 
@@ -1113,6 +1180,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             root: AtomicU64::new(root_hint),
             log,
             free: spin::Mutex::new(Vec::new()),
+            reclaimed: 0,
         }
     }
 
@@ -1256,30 +1324,53 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         Err(E::Restart)
     }
 
-    fn check_entry(key: &[u8], val: &[u8]) -> Result<(), TreeError> {
+    /// Checks a change's sizes; true if its value goes to overflow pages.
+    fn check_entry(&self, key: &[u8], val: &[u8]) -> Result<bool, TreeError> {
         if key.len() > MAX_KEY {
             return Err(TreeError::KeyTooLong { len: key.len() });
         }
-        if key.len() + val.len() > MAX_ENTRY {
+        if key.len() + val.len() <= MAX_ENTRY {
+            return Ok(false);
+        }
+        if self.log.is_none() {
             return Err(TreeError::EntryTooLarge {
                 len: key.len() + val.len(),
             });
         }
-        Ok(())
+        if val.len() > MAX_VALUE {
+            return Err(TreeError::ValueTooLarge { len: val.len() });
+        }
+        Ok(true)
     }
 
     /// Copies the value of `key` into `out`; false if absent.
     pub fn lookup(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, TreeError> {
+        // A chain page found not to belong to the value read last time
+        // (see `overflow`).
+        let mut suspect = None;
         self.retry(|| {
             let leaf = self.descend(Some(key))?;
             let (pos, exact) = lower_bound(&leaf, Some(key))?;
-            if exact {
-                let (off, klen, vlen) = leaf_slot(&leaf, pos)?;
+            if !exact {
+                leaf.validate()?;
+                return Ok(false);
+            }
+            let (off, klen, vlen, is_ref) = leaf_slot(&leaf, pos)?;
+            if !is_ref {
                 out.resize(vlen, 0);
                 leaf.read_into(off + klen, out)?;
+                leaf.validate()?;
+                return Ok(true);
             }
+            let mut r = [0u8; REF_LEN];
+            if vlen != REF_LEN {
+                leaf.validate()?;
+                return Err(corrupt(leaf.id(), "an overflow reference of the wrong size"));
+            }
+            leaf.read_into(off + klen, &mut r)?;
             leaf.validate()?;
-            Ok(exact)
+            self.read_value(&Chain::decode(&r), out, &mut suspect)?;
+            Ok(true)
         })
     }
 
@@ -1320,14 +1411,55 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 changes: changes.len(),
             });
         }
-        for c in changes {
-            match *c {
+        let mut large = Vec::new();
+        for (i, c) in changes.iter().enumerate() {
+            let spill = match *c {
                 Change::Insert { key, val }
                 | Change::Update { key, val }
-                | Change::Upsert { key, val } => Self::check_entry(key, val)?,
-                Change::Delete { key } => Self::check_entry(key, &[])?,
+                | Change::Upsert { key, val } => self.check_entry(key, val)?,
+                Change::Delete { key } => self.check_entry(key, &[])?,
+            };
+            if spill {
+                large.push(i);
             }
         }
+        // Values too large for a leaf go to overflow chains first, each
+        // recorded as pending on the meta page until the unit below refers
+        // to it (or a restart reclaims it).
+        let mut spilled: Vec<Spilled> = Vec::with_capacity(large.len());
+        for &i in &large {
+            let val = match changes[i] {
+                Change::Insert { val, .. }
+                | Change::Update { val, .. }
+                | Change::Upsert { val, .. } => val,
+                Change::Delete { .. } => unreachable!("a delete has no value"),
+            };
+            match self.write_chain(val) {
+                Ok((chain, slot)) => spilled.push(Spilled {
+                    change: i,
+                    chain,
+                    slot,
+                }),
+                Err(e) => {
+                    self.release_chains(&spilled);
+                    return Err(e);
+                }
+            }
+        }
+        let r = self.apply_spilled(changes, &spilled);
+        if r.is_err() {
+            self.release_chains(&spilled);
+        }
+        r
+    }
+
+    /// [`apply`](Self::apply) once the large values are in the chains
+    /// `spilled`.
+    fn apply_spilled(
+        &self,
+        changes: &[Change<'_>],
+        spilled: &[Spilled],
+    ) -> Result<Applied, TreeError> {
         let mut applied = Applied::default();
         let mut under = Vec::new();
         let mut restarts = 0u32;
@@ -1338,7 +1470,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             }
             applied.outcomes.clear();
             under.clear();
-            match self.apply_once(changes, &mut applied, &mut under) {
+            match self.apply_once(changes, spilled, &mut applied, &mut under) {
                 Ok(()) => break,
                 Err(E::Fail(e)) => return Err(e),
                 Err(E::LogFull(e)) => self.make_room(&mut full, e)?,
@@ -1372,22 +1504,47 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     fn apply_once(
         &self,
         changes: &[Change<'_>],
+        spilled: &[Spilled],
         applied: &mut Applied,
         under: &mut Vec<(PageId, usize)>,
     ) -> R<()> {
         let mut found: Vec<OptimisticGuard<'p, B>> = Vec::with_capacity(changes.len());
+        // Entries the changes may replace or delete that refer to overflow
+        // chains (as read optimistically; checked again once latched).
+        let mut old_refs = 0;
         for c in changes {
-            found.push(self.descend(Some(c.key()))?);
+            let leaf = self.descend(Some(c.key()))?;
+            if self.log.is_some() {
+                if let (pos, true) = lower_bound(&leaf, Some(c.key()))? {
+                    old_refs += leaf_slot(&leaf, pos)?.3 as usize;
+                }
+            }
+            found.push(leaf);
         }
-        // Frames for the distinct leaves (a logged tree), reserved before
-        // `m` so that they are given back after its pages are unlatched.
+        // A unit that makes or frees a chain changes the meta page.
+        let with_meta = old_refs > 0 || !spilled.is_empty();
+        // Frames for the distinct leaves, the meta page and the chains'
+        // tails (a logged tree), reserved before `m` so that they are given
+        // back after its pages are unlatched.
         let _reserved = match self.log {
             None => Reserved::none(),
             Some(log) => {
                 let mut ids: Vec<u64> = found.iter().map(|l| l.id().0).collect();
                 ids.sort_unstable();
                 ids.dedup();
-                log.reserve(ids.len()).map_err(E::Fail)?
+                // A new chain's tail is latched only to free it: when its
+                // change may have no effect, or a later change replaces it.
+                let freeable = spilled
+                    .iter()
+                    .filter(|s| {
+                        !matches!(changes[s.change], Change::Upsert { .. })
+                            || changes[s.change + 1..]
+                                .iter()
+                                .any(|c| c.key() == changes[s.change].key())
+                    })
+                    .count();
+                let chains = with_meta as usize + old_refs + freeable;
+                log.reserve(ids.len() + chains).map_err(E::Fail)?
             }
         };
         let keep = self.log.is_some() || changes.len() > 1;
@@ -1397,6 +1554,14 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         for leaf in &found {
             leaf.validate()?;
         }
+        // The meta page first (see `latch_meta`).
+        let meta = if with_meta {
+            Some(self.latch_meta(&mut m)?)
+        } else {
+            None
+        };
+        let mut freed = 0;
+        let mut installed = alloc::vec![false; spilled.len()];
         let mut leaf_of = Vec::with_capacity(changes.len());
         for leaf in found {
             let i = match m.find(leaf.id().0) {
@@ -1428,6 +1593,21 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             if !change {
                 continue;
             }
+            if exact && is_ref(b, pos) {
+                // The old value's chain is freed with the change; a leaf
+                // whose entry became a reference since it was read starts
+                // the attempt over with the frames it needs.
+                // (A chain this unit made, replaced by a later change of
+                // the same key, had its frame reserved with the others.)
+                let chain = Chain::decode(entry(b, pos).1);
+                let ours = spilled.iter().any(|s| s.chain == chain);
+                let Some(mi) = meta.filter(|_| ours || freed < old_refs) else {
+                    return Err(E::Restart);
+                };
+                self.free_chain(&mut m, mi, &chain)?;
+                freed += !ours as usize;
+            }
+            let b = m.b(li);
             let Some(val) = val else {
                 remove_at(m.bm(li), pos);
                 if used(m.b(li)) < UNDERFULL && !under.iter().any(|u| u.0 == id) {
@@ -1441,6 +1621,16 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             } else {
                 0
             };
+            let spill = spilled.iter().position(|s| s.change == ci);
+            let reference;
+            let (val, flag) = match spill {
+                Some(s) => {
+                    installed[s] = true;
+                    reference = spilled[s].chain.encode();
+                    (&reference[..], REF_FLAG)
+                }
+                None => (val, 0),
+            };
             let need = key.len() - rd16(b, PREFIX) + val.len() + SLOT;
             if free_space(b) + old < need {
                 // `m` drops here and puts back what the attempt changed.
@@ -1450,8 +1640,19 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             if exact {
                 remove_at(b, pos);
             }
-            let fits = insert_at(b, pos, key, val);
+            let fits = insert_entry(b, pos, key, val, flag);
             debug_assert!(fits);
+        }
+        if let Some(mi) = meta {
+            // The new chains are no longer pending; one whose change had no
+            // effect (an insert of a present key, an update of an absent
+            // one) is freed at once.
+            for (s, done) in spilled.iter().zip(&installed) {
+                overflow::clear_pending(m.bm(mi), s.slot);
+                if !done {
+                    self.free_chain(&mut m, mi, &s.chain)?;
+                }
+            }
         }
         applied.lsn = m.commit(self.log)?;
         Ok(())
@@ -1492,7 +1693,9 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         let head = rd64(m.b(mi), META_FREE);
         let g = if head != NONE {
             let g = self.pool.fix_exclusive(PageId(head))?;
-            if g.bytes()[KIND] != FREE {
+            // (A freed overflow chain is spliced onto the list whole: its
+            // pages link on in the same field.)
+            if !matches!(g.bytes()[KIND], FREE | OVERFLOW) {
                 return Err(corrupt(g.id(), "a page on the free list is not free"));
             }
             let next = rd64(g.bytes(), LINK_A);
@@ -1729,7 +1932,9 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     /// Calls `f(key, value)` for the entries with keys `>= start` (all if
     /// `None`) in ascending order until it returns false. Entries changed
     /// concurrently may or may not be seen; every entry delivered was in the
-    /// tree when its leaf was read.
+    /// tree when its leaf was read (a value on overflow pages: when its
+    /// chain was read, or when the key was looked up again because the
+    /// value changed in between).
     pub fn scan_forward(
         &self,
         start: Option<&[u8]>,
@@ -1758,6 +1963,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         let mut bound: Option<Vec<u8>> = start.map(|s| s.to_vec());
         let mut inclusive = true;
         let mut batch = Batch::default();
+        let mut large = Vec::new();
         loop {
             // Snapshot of the first leaf, found from the root.
             let res = self.retry(|| {
@@ -1772,8 +1978,23 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             })?;
             let mut cur = res;
             loop {
-                for (k, v) in batch.iter() {
-                    if !f(k, v) {
+                for (k, v, is_ref) in batch.iter() {
+                    let go = if is_ref {
+                        // Read now, with nothing latched. A chain freed
+                        // meanwhile means the key changed since its leaf
+                        // was read: then its value now, if it is there.
+                        let mut suspect = None;
+                        let present =
+                            match self.read_value(&Chain::decode(v), &mut large, &mut suspect) {
+                                Ok(()) => true,
+                                Err(E::Fail(e)) => return Err(e),
+                                Err(_) => self.lookup(k, &mut large)?,
+                            };
+                        !present || f(k, &large)
+                    } else {
+                        f(k, v)
+                    };
+                    if !go {
                         return Ok(());
                     }
                 }
@@ -1841,6 +2062,19 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         let mut nodes = Vec::new();
         let mut depth = None;
         let n = self.check_node(root, None, None, 0, &mut depth, &mut leaves, &mut nodes)?;
+        // Every leaf's overflow chains, and those still pending.
+        let mut chains = Vec::new();
+        for &id in &leaves {
+            let g = self.pool.fix_shared(id)?;
+            let b = g.bytes();
+            for i in (0..rd16(b, COUNT)).filter(|&i| is_ref(b, i)) {
+                chains.push((id, Chain::decode(entry(b, i).1)));
+            }
+        }
+        for (id, c) in chains {
+            self.check_chain(id, &c, true, &mut nodes)?;
+        }
+        self.check_pending(&mut nodes)?;
         for (i, &id) in leaves.iter().enumerate() {
             let g = self.pool.fix_shared(id)?;
             let left = rd64(g.bytes(), LINK_B);
@@ -1864,7 +2098,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 });
             }
             let g = self.pool.fix_shared(PageId(at))?;
-            if g.bytes()[KIND] != FREE {
+            if !matches!(g.bytes()[KIND], FREE | OVERFLOW) {
                 return Err(TreeError::Corrupt {
                     page: PageId(at),
                     what: "a page on the free list is not free",
@@ -2159,8 +2393,9 @@ fn split_node(b: &mut [u8], r: &mut [u8], (bid, rid): (PageId, PageId), key: &[u
 #[derive(Default)]
 struct Batch {
     data: Vec<u8>,
-    /// (key start, key len, value len) into data, in delivery order.
-    items: Vec<(usize, usize, usize)>,
+    /// (key start, key len, value len, whether the value is a reference to
+    /// an overflow chain) into data, in delivery order.
+    items: Vec<(usize, usize, usize, bool)>,
     /// The leaf's prefix.
     prefix: Vec<u8>,
     /// The next leaf in scan direction.
@@ -2195,25 +2430,33 @@ impl Batch {
         };
         for j in from..to {
             let i = if forward { j } else { to - 1 - (j - from) };
-            let (off, klen, vlen) = leaf_slot(p, i)?;
+            let (off, klen, vlen, is_ref) = leaf_slot(p, i)?;
+            if is_ref && vlen != REF_LEN {
+                return Err(Stale);
+            }
             let at = self.data.len();
             self.data.extend_from_slice(&self.prefix);
             self.data.resize(at + plen + klen + vlen, 0);
             p.read_into(off, &mut self.data[at + plen..])?;
-            self.items.push((at, plen + klen, vlen));
+            self.items.push((at, plen + klen, vlen, is_ref));
         }
         self.next = p.u64_at(if forward { LINK_A } else { LINK_B })?;
         Ok(())
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.items
-            .iter()
-            .map(|&(at, k, v)| (&self.data[at..at + k], &self.data[at + k..at + k + v]))
+    /// (key, value or overflow reference, whether it is a reference).
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], bool)> {
+        self.items.iter().map(|&(at, k, v, r)| {
+            (
+                &self.data[at..at + k],
+                &self.data[at + k..at + k + v],
+                r,
+            )
+        })
     }
 
     fn last_key(&self) -> Option<&[u8]> {
-        self.items.last().map(|&(at, k, _)| &self.data[at..at + k])
+        self.items.last().map(|&(at, k, _, _)| &self.data[at..at + k])
     }
 }
 
