@@ -8,6 +8,10 @@
 //! changes whose log unit ends at or before the recovered end, applied in
 //! log order; that end must cover every acknowledged change.
 //!
+//! Values are sometimes large enough for overflow chains, so cuts fall
+//! between a chain's units and its leaf's, and the pending chains must be
+//! freed at open.
+//!
 //! `DBOS_TREE_SEEDS=N` runs N power-cut seeds (default 500).
 
 mod common;
@@ -33,6 +37,17 @@ fn value(tag: u64, rng: &mut Rng) -> Vec<u8> {
     let len = 8 + rng.below(293) as usize;
     let mut v = tag.to_le_bytes().to_vec();
     v.resize(len, (tag % 251) as u8);
+    v
+}
+
+/// Like [`value`], but one in 8 is 1 to 3 overflow pages long.
+fn value_or_large(tag: u64, rng: &mut Rng) -> Vec<u8> {
+    if rng.below(8) != 0 {
+        return value(tag, rng);
+    }
+    let len = 1100 + rng.below(11_000) as usize;
+    let mut v = tag.to_le_bytes().to_vec();
+    v.extend((8..len).map(|i| (i as u64 ^ tag) as u8));
     v
 }
 
@@ -203,26 +218,28 @@ fn power_cuts_during_tree_changes_keep_the_tree_whole_and_exact() {
     let seeds: u64 = std::env::var("DBOS_TREE_SEEDS")
         .map(|v| v.parse().expect("a number"))
         .unwrap_or(500);
-    let mut totals = [0u64; 4];
+    let mut totals = [0u64; 5];
     for seed in 0..seeds {
         let t = run_seed(seed);
         for (a, b) in totals.iter_mut().zip(t) {
             *a += b;
         }
     }
-    let [logged, acked, recovered, lost] = totals;
+    let [logged, acked, recovered, lost, reclaimed] = totals;
     eprintln!(
         "durable tree: {seeds} seeds: {logged} units logged, {acked} acknowledged, \
-         {recovered} recovered, {lost} logged but lost with the power"
+         {recovered} recovered, {lost} logged but lost with the power, {reclaimed} overflow \
+         pages of pending chains freed at open"
     );
     assert!(acked > 0 && recovered >= acked);
     if seeds >= 50 {
         assert!(lost > 0, "no cut lost an unacknowledged unit");
+        assert!(reclaimed > 0, "no cut fell between a chain and its leaf");
     }
 }
 
 /// One seed: two rounds of concurrent changes cut short by the power.
-fn run_seed(seed: u64) -> [u64; 4] {
+fn run_seed(seed: u64) -> [u64; 5] {
     let mut rng = Rng::new(seed ^ 0x7eee);
     let mode = if seed.is_multiple_of(2) {
         CommitMode::Fua
@@ -240,7 +257,7 @@ fn run_seed(seed: u64) -> [u64; 4] {
         (pc.current(), meta)
     };
     let mut model = BTreeMap::new();
-    let mut totals = [0u64; 4];
+    let mut totals = [0u64; 5];
     for round in 0..2 {
         let (dev, pc) = memory_device(image);
         let (engine, _) = open(&dev, mode).unwrap();
@@ -262,7 +279,7 @@ fn run_seed(seed: u64) -> [u64; 4] {
                                 if rng.below(4) == 0 {
                                     (k, None)
                                 } else {
-                                    (k, Some(value(tag, &mut rng)))
+                                    (k, Some(value_or_large(tag, &mut rng)))
                                 }
                             })
                             .collect();
@@ -293,6 +310,7 @@ fn run_seed(seed: u64) -> [u64; 4] {
         let (dev, pc) = memory_device(crash);
         let (engine, report) = open(&dev, mode).unwrap();
         let t = BTree::open_logged(engine.pool(), &engine, meta).unwrap();
+        totals[4] += t.reclaimed_at_open();
         for u in &units {
             totals[0] += 1;
             if u.acked {
@@ -381,4 +399,93 @@ fn the_engine_logs_a_leaf_change_as_a_few_bytes_not_a_page() {
     assert_eq!(a.outcomes, vec![false]);
     assert_eq!(a.lsn, None);
     let _: &dyn TreeLog<TestPool> = &engine;
+}
+
+/// A value for key number `k`, version `ver`, that says whose it is: its
+/// length (small or 1 to 4 overflow pages) and every byte follow from both.
+fn described(k: u64, ver: u64) -> Vec<u8> {
+    let len = if ver % 4 == 3 {
+        40
+    } else {
+        1100 + ((k * 7919 + ver * 104_729) % 14_000) as usize
+    };
+    let mut v = k.to_le_bytes().to_vec();
+    v.extend(ver.to_le_bytes());
+    v.extend((16..len).map(|i| (i as u64 ^ k ^ ver.rotate_left(8)) as u8));
+    v
+}
+
+fn is_described(k: u64, v: &[u8]) -> bool {
+    v.len() >= 16
+        && v[..8] == k.to_le_bytes()
+        && *v == described(k, u64::from_le_bytes(v[8..16].try_into().unwrap()))
+}
+
+#[test]
+fn readers_see_whole_large_values_while_writers_replace_and_free_them() {
+    let layout = Layout {
+        log_blocks: 96,
+        data_pages: 400,
+    };
+    let (dev, _pc) = memory_device(vec![0; disk_bytes(layout)]);
+    let engine = format(&dev, layout, CommitMode::Fua);
+    let (t, _) = BTree::create_logged(engine.pool(), &engine, PageId(0)).unwrap();
+    const KEYS: u64 = 6;
+    for k in 0..KEYS {
+        t.upsert(&key(k), &described(k, 0)).unwrap();
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let reads = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..2u64)
+            .map(|th| {
+                let t = &t;
+                s.spawn(move || {
+                    let mut rng = Rng::new(th + 1);
+                    for i in 1..=150u64 {
+                        let k = rng.below(KEYS);
+                        if rng.below(6) == 0 {
+                            t.delete(&key(k)).unwrap();
+                        } else {
+                            t.upsert(&key(k), &described(k, th << 32 | i)).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for th in 0..2u64 {
+            let (t, stop, reads) = (&t, &stop, &reads);
+            s.spawn(move || {
+                let mut rng = Rng::new(th + 100);
+                let mut out = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let k = rng.below(KEYS);
+                    if t.lookup(&key(k), &mut out).unwrap() {
+                        assert!(is_described(k, &out), "a torn value of key {k}");
+                    }
+                    if rng.below(8) == 0 {
+                        t.scan_forward(None, |kk, v| {
+                            let k: u64 = std::str::from_utf8(&kk[3..]).unwrap().parse().unwrap();
+                            assert!(is_described(k, v), "a torn value of key {k} in a scan");
+                            true
+                        })
+                        .unwrap();
+                    }
+                    reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let n = t.check().unwrap();
+    let (next, free) = t.space().unwrap();
+    eprintln!(
+        "{} reads, {n} keys, {next} pages, {free} free, {:?}",
+        reads.into_inner(),
+        engine.pool().stats()
+    );
+    assert!(engine.pool().stats().evictions > 0, "chains were evicted and read back");
 }

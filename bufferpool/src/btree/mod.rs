@@ -94,7 +94,8 @@
 //!           area is the meta page's id up to it); 0: the pool allocates
 //!  72  u64  the area's first page (the meta page)
 //!  80  u64  the last overflow chain's number (each chain gets the next)
-//!  96  pending overflow chains, 32 slots of 24 bytes: head, tail, pages
+//!  96  pending overflow chains, 32 slots of 32 bytes: head, tail, pages,
+//!      chain number
 //!      (0: the slot is empty)
 //! ```
 //! In a logged tree, merges put freed nodes on the free list and splits
@@ -192,10 +193,10 @@ const META_FIRST: usize = PAGE_HEADER + 40;
 /// The number of the last overflow chain made (see `overflow`).
 const META_CHAIN: usize = PAGE_HEADER + 48;
 /// Overflow chains being written (see `overflow`): `PENDING_SLOTS` slots of
-/// (head, tail, pages).
+/// (head, tail, pages, chain number).
 const META_PENDING: usize = PAGE_HEADER + 64;
 const PENDING_SLOTS: usize = 32;
-const PENDING_SLOT: usize = 24;
+const PENDING_SLOT: usize = 32;
 const _: () = assert!(META_PENDING + PENDING_SLOTS * PENDING_SLOT <= PAGE_SIZE);
 
 /// In a leaf slot's value-length field: the value is a [`REF_LEN`]-byte
