@@ -1,10 +1,11 @@
-//! Damage on disk under a store: a flipped byte in a tree page and in the
-//! log's durable history. Each is detected and reported with where it is
+//! Damage on disk under a store: a flipped byte in a tree page, in an
+//! overflow page and in the log's durable history. Each is detected and reported with where it is
 //! (the page, the LSN); nothing damaged is ever served as data.
 
 use dbos_bufferpool::direct::DirectDevice;
 use dbos_bufferpool::host::env;
 use dbos_bufferpool::pool::vmcache::VmCache;
+use dbos_bufferpool::page::PAGE_HEADER;
 use dbos_bufferpool::{Config, Layout, PageId, PoolConfig};
 use dbos_kvstore::{Error, Store};
 use dbos_nvme::host::BackingFile;
@@ -74,48 +75,77 @@ fn flip(dir: &Path, offset: u64) {
     f.sync_all().unwrap();
 }
 
-#[test]
-fn a_flipped_byte_in_a_tree_page_is_reported_with_the_page_never_served() {
+/// Writes `data` to a new store and checkpoints it (every page on disk, the
+/// log freed: damage cannot be repaired from the log), flips a byte in the
+/// middle of `page`, and expects the damage reported naming the page: at
+/// open, or when the page is read, and never a wrong value.
+fn flipped_page_is_named_never_served(page: PageId, kind: u8, data: &[(Vec<u8>, Vec<u8>)]) {
     let d = dir();
     with_store(d.path(), true, |s| {
         let s = s.unwrap();
-        for i in 0..600 {
-            s.put(&key(i), &value(i)).unwrap();
+        for (k, v) in data {
+            s.put(k, v).unwrap();
         }
-        // Every page on disk and the log freed: the page's damage cannot be
-        // repaired from the log.
         s.checkpoint().unwrap();
-        assert!(s.space().unwrap().0 > 10);
+        assert!(s.space().unwrap().0 > page.0, "page {} is in use", page.0);
     });
-    // A byte in the middle of page 5 (a tree node).
-    let page = PageId(5);
-    flip(d.path(), LAYOUT.page_lba(page) * 4096 + 2000);
+    let at = LAYOUT.page_lba(page) * 4096;
+    let mut k = [0u8];
+    std::fs::File::open(d.path().join("kv.db"))
+        .unwrap()
+        .read_exact_at(&mut k, at + PAGE_HEADER as u64)
+        .unwrap();
+    assert_eq!(k[0], kind, "page {} is of the kind the test damages", page.0);
+    flip(d.path(), at + 2000);
+    let name = format!("page {}", page.0);
     with_store(d.path(), false, |s| match s {
         // Refused at open, naming the page.
         Err(e) => {
             let msg = e.to_string();
             eprintln!("refused at open: {msg}");
-            assert!(msg.contains("page 5"), "{msg}");
+            assert!(msg.contains(&name), "{msg}");
         }
         Ok(s) => {
             // Or served until the page is needed: then an error naming it,
             // and never a wrong value.
             let mut errors = 0;
             let mut v = Vec::new();
-            for i in 0..600 {
-                match s.get(&key(i), &mut v) {
-                    Ok(true) => assert_eq!(v, value(i), "key {i}"),
-                    Ok(false) => panic!("key {i} served as absent"),
+            for (k, want) in data {
+                match s.get(k, &mut v) {
+                    Ok(true) => assert!(v == *want, "a wrong value served"),
+                    Ok(false) => panic!("a key served as absent"),
                     Err(e) => {
-                        assert!(e.to_string().contains("page 5"), "{e}");
+                        assert!(e.to_string().contains(&name), "{e}");
                         errors += 1;
                     }
                 }
             }
-            eprintln!("{errors} reads failed naming page 5");
+            eprintln!("{errors} reads failed naming {name}");
             assert!(errors > 0, "the damaged page was never read");
         }
     });
+}
+
+#[test]
+fn a_flipped_byte_in_a_tree_page_is_reported_with_the_page_never_served() {
+    let data: Vec<_> = (0..600).map(|i| (key(i), value(i))).collect();
+    // Page 5 is a tree node (a leaf: kind 1).
+    flipped_page_is_named_never_served(PageId(5), 1, &data);
+}
+
+#[test]
+fn a_flipped_byte_in_an_overflow_page_is_reported_with_the_page_never_served() {
+    // Values of 5 overflow pages each. In a new store page 0 is the
+    // header, 1 the tree's meta page and 2 its root; the first value's
+    // chain is written last page first, in units of 4, from page 3 on: page
+    // 4 holds its fourth chunk.
+    let data: Vec<_> = (0..3)
+        .map(|i| {
+            let v: Vec<u8> = (0..20_000u32).map(|j| (j * 7 + i) as u8).collect();
+            (key(i as u64), v)
+        })
+        .collect();
+    flipped_page_is_named_never_served(PageId(4), 5, &data);
 }
 
 #[test]
