@@ -487,5 +487,8 @@ fn readers_see_whole_large_values_while_writers_replace_and_free_them() {
         reads.into_inner(),
         engine.pool().stats()
     );
-    assert!(engine.pool().stats().evictions > 0, "chains were evicted and read back");
+    assert!(
+        engine.pool().stats().evictions > 0,
+        "chains were evicted and read back"
+    );
 }

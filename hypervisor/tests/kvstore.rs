@@ -65,6 +65,17 @@ fn acks(console: &[String]) -> BTreeMap<u64, u64> {
 /// whole tree, and checks every acknowledged write; returns the entries.
 #[track_caller]
 fn check_as_process(path: &Path, acked: &BTreeMap<u64, u64>, what: &str) -> usize {
+    check_as_process_sized(path, acked, VALUE_SIZE, what)
+}
+
+/// [`check_as_process`] for values of `value_size` bytes.
+#[track_caller]
+fn check_as_process_sized(
+    path: &Path,
+    acked: &BTreeMap<u64, u64>,
+    value_size: usize,
+    what: &str,
+) -> usize {
     let file = Arc::new(BackingFile::open(path).unwrap());
     let f = file.clone();
     let make_pool = move |setup: dbos_bufferpool::PoolSetup| {
@@ -92,7 +103,7 @@ fn check_as_process(path: &Path, acked: &BTreeMap<u64, u64>, what: &str) -> usiz
             store.get(&key, &mut value).unwrap(),
             "{what}: record {rec} (acknowledged at version {ver}) is missing"
         );
-        let (r, v) = check_value(&value, VALUE_SIZE).expect("a well-formed value");
+        let (r, v) = check_value(&value, value_size).expect("a well-formed value");
         assert!(
             r == rec && v >= ver,
             "{what}: record {rec} acknowledged at version {ver}, holds record {r} version {v}"
@@ -142,6 +153,36 @@ fn kvstore_guest_runs_its_job_and_its_disk_opens_as_a_process() {
         let r = kvstore(bad, disk(&path, None, None));
         assert_eq!(r.exit.process_status(), 2, "{bad:?}: {:#?}", r.console);
     }
+}
+
+#[test]
+fn kvstore_guest_stores_values_on_overflow_pages() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let path = dir.path().join("kv.db");
+    // 9000-byte values: 3 overflow pages each, on Tabby, from 2 vCPUs.
+    let r = kvstore(
+        &[
+            "records", "12", "ops", "8", "batch", "2", "value", "9000", "acks", "1",
+        ],
+        disk(&path, Some(DISK_BYTES), None),
+    );
+    assert_eq!(r.exit.process_status(), 0, "{:#?}", r.console);
+    let text = r.console.join("\n");
+    assert!(text.contains("[vcpu0] PASSED"), "{text}");
+    assert_eq!(
+        text.matches("12 records checked (12 acknowledged)").count(),
+        2,
+        "verified before and after the restart: {text}"
+    );
+    let acked = acks(&r.console);
+    assert_eq!(acked.len(), 12, "every record acknowledged: {acked:?}");
+    assert_eq!(
+        check_as_process_sized(&path, &acked, 9000, "the guest's disk"),
+        12
+    );
 }
 
 #[test]

@@ -4,8 +4,8 @@
 
 use dbos_bufferpool::direct::DirectDevice;
 use dbos_bufferpool::host::env;
-use dbos_bufferpool::pool::vmcache::VmCache;
 use dbos_bufferpool::page::PAGE_HEADER;
+use dbos_bufferpool::pool::vmcache::VmCache;
 use dbos_bufferpool::{Config, Layout, PageId, PoolConfig};
 use dbos_kvstore::{Error, Store};
 use dbos_nvme::host::BackingFile;
@@ -95,7 +95,11 @@ fn flipped_page_is_named_never_served(page: PageId, kind: u8, data: &[(Vec<u8>, 
         .unwrap()
         .read_exact_at(&mut k, at + PAGE_HEADER as u64)
         .unwrap();
-    assert_eq!(k[0], kind, "page {} is of the kind the test damages", page.0);
+    assert_eq!(
+        k[0], kind,
+        "page {} is of the kind the test damages",
+        page.0
+    );
     flip(d.path(), at + 2000);
     let name = format!("page {}", page.0);
     with_store(d.path(), false, |s| match s {

@@ -372,10 +372,7 @@ fn slot<P: PageRead + ?Sized>(p: &P, i: usize) -> Result<(usize, usize, u64), St
 /// A leaf's slot `i`: (heap offset, key length, value length, whether the
 /// value is a reference to an overflow chain), checked to lie in the page.
 #[inline]
-fn leaf_slot<P: PageRead + ?Sized>(
-    p: &P,
-    i: usize,
-) -> Result<(usize, usize, usize, bool), Stale> {
+fn leaf_slot<P: PageRead + ?Sized>(p: &P, i: usize) -> Result<(usize, usize, usize, bool), Stale> {
     let (off, klen, rest) = slot(p, i)?;
     let vlen = rest & !REF_FLAG;
     if vlen > (PAGE_SIZE - off - klen) as u64 {
@@ -1366,7 +1363,10 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             let mut r = [0u8; REF_LEN];
             if vlen != REF_LEN {
                 leaf.validate()?;
-                return Err(corrupt(leaf.id(), "an overflow reference of the wrong size"));
+                return Err(corrupt(
+                    leaf.id(),
+                    "an overflow reference of the wrong size",
+                ));
             }
             leaf.read_into(off + klen, &mut r)?;
             leaf.validate()?;
@@ -2447,17 +2447,15 @@ impl Batch {
 
     /// (key, value or overflow reference, whether it is a reference).
     fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], bool)> {
-        self.items.iter().map(|&(at, k, v, r)| {
-            (
-                &self.data[at..at + k],
-                &self.data[at + k..at + k + v],
-                r,
-            )
-        })
+        self.items
+            .iter()
+            .map(|&(at, k, v, r)| (&self.data[at..at + k], &self.data[at + k..at + k + v], r))
     }
 
     fn last_key(&self) -> Option<&[u8]> {
-        self.items.last().map(|&(at, k, _, _)| &self.data[at..at + k])
+        self.items
+            .last()
+            .map(|&(at, k, _, _)| &self.data[at..at + k])
     }
 }
 

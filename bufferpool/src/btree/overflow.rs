@@ -39,8 +39,8 @@
 //! ```
 
 use super::{
-    corrupt, rd16, rd64, wr16, wr64, BTree, Mtr, TreeError, E, KIND, LINK_A, META_CHAIN,
-    META_FREE, META_FREE_COUNT, META_PENDING, NONE, PENDING_SLOT, PENDING_SLOTS, R,
+    corrupt, rd16, rd64, wr16, wr64, BTree, Mtr, TreeError, E, KIND, LINK_A, META_CHAIN, META_FREE,
+    META_FREE_COUNT, META_PENDING, NONE, PENDING_SLOT, PENDING_SLOTS, R,
 };
 use crate::page::PAGE_HEADER;
 use crate::pool::{BufferManager, Pool};
@@ -165,7 +165,10 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         suspect: &mut Option<u64>,
     ) -> R<()> {
         if !c.plausible() {
-            return Err(corrupt(PageId(c.head), "an overflow reference that does not parse"));
+            return Err(corrupt(
+                PageId(c.head),
+                "an overflow reference that does not parse",
+            ));
         }
         out.clear();
         let mut at = c.head;
@@ -313,7 +316,10 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     /// the list's old head.
     pub(super) fn free_chain(&self, m: &mut Mtr<'p, B>, mi: usize, c: &Chain) -> R<()> {
         if !c.plausible() {
-            return Err(corrupt(m.id(mi), "an overflow reference that does not parse"));
+            return Err(corrupt(
+                m.id(mi),
+                "an overflow reference that does not parse",
+            ));
         }
         let ti = match m.find(c.tail) {
             Some(i) => i,
@@ -388,7 +394,10 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             let g = self.pool.fix_shared(PageId(at))?;
             let b = g.bytes();
             if b[KIND] != OVERFLOW || rd64(b, O_NONCE) != c.nonce {
-                return Err(bad(PageId(at), "a page of an overflow chain is not the chain's"));
+                return Err(bad(
+                    PageId(at),
+                    "a page of an overflow chain is not the chain's",
+                ));
             }
             let l = rd16(b, O_LEN);
             let last = n + 1 == c.pages;
@@ -399,12 +408,18 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             pages.push(PageId(at));
             let next = rd64(b, LINK_A);
             if last && (at != c.tail || next != NONE) {
-                return Err(bad(PageId(at), "an overflow chain does not end at its last page"));
+                return Err(bad(
+                    PageId(at),
+                    "an overflow chain does not end at its last page",
+                ));
             }
             at = next;
         }
         if complete && len != c.len {
-            return Err(bad(from, "an overflow chain holds fewer bytes than its reference"));
+            return Err(bad(
+                from,
+                "an overflow chain holds fewer bytes than its reference",
+            ));
         }
         Ok(())
     }
