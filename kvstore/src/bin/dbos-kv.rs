@@ -37,7 +37,7 @@ use dbos_kvstore::workload::{
     self, Acked, Distribution, Report, Spec, Stats, Verification, Workload,
 };
 use dbos_kvstore::Store;
-use dbos_nvme::host::BackingFile;
+use dbos_nvme::host::{BackingFile, FileError};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -239,10 +239,16 @@ fn pool(
 
 /// Formats a new store file at `args.dir` (which must not hold one unless
 /// `force`).
+/// Formats a store in `args.dir`. It is built as `kv.db.new` and takes
+/// the name `kv.db` only once complete, so a kill while formatting leaves
+/// no half-made store (and, with `--force`, the old one in place). The old
+/// store is locked first: one in use is not replaced.
 fn format(args: &FileArgs, force: bool) -> Result<KvStore, String> {
     let path = store_path(&args.dir);
+    let new = args.dir.join("kv.db.new");
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| format!("{}: cannot create the directory: {e}", args.dir.display()))?;
+    let mut _old = None;
     if path.exists() {
         if !force {
             return Err(format!(
@@ -250,7 +256,14 @@ fn format(args: &FileArgs, force: bool) -> Result<KvStore, String> {
                 path.display()
             ));
         }
-        std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        _old = Some(BackingFile::open(&path).map_err(|e| e.to_string())?);
+    }
+    if new.exists() {
+        // Left by a format that was killed; one still running holds it.
+        if let Err(e @ FileError::Locked { .. }) = BackingFile::open(&new) {
+            return Err(e.to_string());
+        }
+        std::fs::remove_file(&new).map_err(|e| format!("{}: {e}", new.display()))?;
     }
     let blocks = args.size / 4096;
     let log_blocks = args.log / 4096;
@@ -271,10 +284,21 @@ fn format(args: &FileArgs, force: bool) -> Result<KvStore, String> {
         data_pages: blocks - overhead,
     };
     let file =
-        Arc::new(BackingFile::create(&path, layout.blocks() * 4096).map_err(|e| e.to_string())?);
+        Arc::new(BackingFile::create(&new, layout.blocks() * 4096).map_err(|e| e.to_string())?);
     let dev = DirectDevice::new(file.clone());
-    Store::format(dev.another(), dev, layout, config(), pool(&file, 64 << 20))
-        .map_err(|e| format!("{}: {e}", path.display()))
+    let store = Store::format(dev.another(), dev, layout, config(), pool(&file, 64 << 20))
+        .map_err(|e| format!("{}: {e}", new.display()))?;
+    // Complete and durable: it takes the name (without --force, only if
+    // no store appeared there meanwhile).
+    let named = if force {
+        std::fs::rename(&new, &path)
+    } else {
+        std::fs::hard_link(&new, &path).and_then(|()| std::fs::remove_file(&new))
+    };
+    named
+        .and_then(|()| std::fs::File::open(&args.dir)?.sync_all())
+        .map_err(|e| format!("{}: naming the new store: {e}", path.display()))?;
+    Ok(store)
 }
 
 fn open(dir: &Path, pool_bytes: u64) -> Result<KvStore, String> {
