@@ -254,6 +254,21 @@ pub unsafe trait BlockDevice: Send {
     /// Requests submitted and not yet polled.
     fn in_flight(&self) -> usize;
 
+    /// Makes sure blocks `first..first + count` have storage behind them,
+    /// so that writing them later cannot fail for want of space (a file's
+    /// blocks are allocated); [`DeviceError::CapacityExceeded`] if the
+    /// storage has no room. A device whose blocks all have storage (a
+    /// disk) has nothing to do: the default.
+    fn reserve(&mut self, first: u64, count: u64) -> Result<(), DeviceError> {
+        if first
+            .checked_add(count)
+            .is_none_or(|end| end > self.block_count())
+        {
+            return Err(DeviceError::LbaOutOfRange);
+        }
+        Ok(())
+    }
+
     /// Waits a moment for a completion (the last poll found none and
     /// requests are outstanding): `relax` by default; a device whose host
     /// can wake it sleeps until one arrives instead of spinning.

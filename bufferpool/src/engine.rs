@@ -226,6 +226,14 @@ pub enum Error {
     Pool(PoolError),
     /// The device has `have` blocks, the layout needs `needed`.
     DeviceTooSmall { needed: u64, have: u64 },
+    /// The data area of `pages` pages cannot grow (`max`: the most it may
+    /// have), for the reason `why`; the change that needed a page was not
+    /// made.
+    StoreFull {
+        pages: u64,
+        max: u64,
+        why: crate::growth::Limit,
+    },
     /// A write outside a page's contents, or a transaction with no writes.
     BadWrite {
         page: PageId,
@@ -373,6 +381,11 @@ impl fmt::Display for Error {
                     "device too small: it has {have} blocks of 4 KiB, the store needs {needed}"
                 )
             }
+            Error::StoreFull { pages, max, why } => write!(
+                f,
+                "store full: its {pages} data pages of 4 KiB cannot grow ({why}; at most {max} \
+                 here); the change was not made and nothing acknowledged is lost"
+            ),
             Error::BadWrite { page, offset, len } => write!(
                 f,
                 "write of {len} bytes at offset {offset} of page {} is outside its contents",
@@ -458,6 +471,8 @@ pub struct EngineStats {
     pub page_images: u64,
     /// Checkpoints completed.
     pub checkpoints: u64,
+    /// Times the data area grew.
+    pub growths: u64,
 }
 
 #[derive(Default)]
@@ -467,6 +482,7 @@ pub(crate) struct AtomicEngineStats {
     pub(crate) data_bytes: AtomicU64,
     pub(crate) page_images: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
+    pub(crate) growths: AtomicU64,
 }
 
 /// What the engine gives the function that builds its pool: the pool must
@@ -479,7 +495,8 @@ pub struct PoolSetup {
     pub durability: Arc<dyn Durability>,
     /// The device block of page 0 (after the control and log blocks).
     pub first_block: u64,
-    /// The layout's data pages.
+    /// The data pages the store may grow to (its layout's now, or more:
+    /// see `crate::growth`).
     pub pages: u64,
 }
 
@@ -571,12 +588,18 @@ pub struct Engine<D: BlockDevice, B> {
     pool: B,
     /// The control block, format and flush I/O.
     io: Mutex<StoreIo<D>>,
-    layout: Layout,
+    /// The log's size (its data pages: `data_pages`).
+    pub(crate) layout: Layout,
+    /// Pages in the data area now (see `crate::growth`).
+    pub(crate) data_pages: AtomicU64,
+    /// The most it may grow to, and why no more.
+    pub(crate) max_pages: u64,
+    pub(crate) limit: crate::growth::Limit,
     pub(crate) gate: Gate,
     /// Pages whose LSN is at most this get an image before their next change.
     pub(crate) image_redo: AtomicU64,
-    control: Mutex<Control>,
-    checkpointing: Mutex<()>,
+    pub(crate) control: Mutex<Control>,
+    pub(crate) checkpointing: Mutex<()>,
     /// Checkpoint when this many log blocks are in use (0: never).
     pub(crate) checkpoint_blocks: u64,
     /// Frames held fixed by commits in flight, at most `pin_limit`.
@@ -632,8 +655,9 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         layout.validate().map_err(Error::BadLayout)?;
         check_fits(&io, &layout)?;
         let hook = Arc::new(LogHook::new());
-        let pool = build_pool(&hook, &layout, make_pool)?;
-        let page_lsns = page_lsns(&layout, |_| 0)?;
+        let max = crate::growth::max_pages_on(&io, &layout);
+        let pool = build_pool(&hook, &layout, max.0, make_pool)?;
+        let page_lsns = page_lsns(&layout, max.0, |_| 0)?;
         // From here until the new control block is written the device is
         // no store: not the old one either.
         io.clear_control(0)?;
@@ -660,7 +684,9 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         // The backup first: a crash before the control block leaves a
         // device that is recognisably a (failed) store, never blank.
         io.write_backup_control(&control)?;
-        let engine = Engine::assemble(log_dev, io, pool, hook, control, tail, page_lsns, config)?;
+        let engine = Engine::assemble(
+            log_dev, io, pool, hook, control, tail, page_lsns, max, config,
+        )?;
         engine.wal.truncate_tail()?;
         engine.io().write_control(&control)?;
         log::info!(
@@ -683,6 +709,7 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         control: Control,
         tail: Tail,
         page_lsns: Option<PageLsns>,
+        (max_pages, limit): (u64, crate::growth::Limit),
         config: Config,
     ) -> Result<Engine<D, B>, Error> {
         let geo = control.log_geometry();
@@ -704,6 +731,9 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
             wal,
             io: Mutex::new(io),
             layout: control.layout,
+            data_pages: AtomicU64::new(control.layout.data_pages),
+            max_pages,
+            limit,
             gate: Gate::new(),
             image_redo: AtomicU64::new(control.redo.0),
             control: Mutex::new(control),
@@ -771,9 +801,12 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         &self.pool
     }
 
-    /// The layout.
+    /// The layout (its data pages as they are now: the area grows).
     pub fn layout(&self) -> Layout {
-        self.layout
+        Layout {
+            data_pages: self.data_pages.load(Ordering::Acquire),
+            ..self.layout
+        }
     }
 
     /// The control-block and raw I/O.
@@ -805,6 +838,7 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
             data_bytes: l(&s.data_bytes),
             page_images: l(&s.page_images),
             checkpoints: l(&s.checkpoints),
+            growths: l(&s.growths),
         }
     }
 
@@ -822,7 +856,7 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
                 len: out.len(),
             });
         }
-        if page.0 >= self.layout.data_pages {
+        if page.0 >= self.data_pages.load(Ordering::Acquire) {
             return Err(Error::NoSuchPage(page));
         }
         let g = self.pool.fix_shared(page).map_err(|e| self.pool_error(e))?;
@@ -832,7 +866,7 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
 
     /// The page LSN of `page` (in the pool, read in if need be).
     pub fn page_lsn(&self, page: PageId) -> Result<Lsn, Error> {
-        if page.0 >= self.layout.data_pages {
+        if page.0 >= self.data_pages.load(Ordering::Acquire) {
             return Err(Error::NoSuchPage(page));
         }
         let g = self.pool.fix_shared(page).map_err(|e| self.pool_error(e))?;
@@ -915,7 +949,7 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
                     len: w.data.len(),
                 });
             }
-            if w.page.0 >= self.layout.data_pages {
+            if w.page.0 >= self.data_pages.load(Ordering::Acquire) {
                 return Err(Error::NoSuchPage(w.page));
             }
         }
@@ -1018,6 +1052,11 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
     }
 
     fn checkpoint_locked(&self, _one: spin::MutexGuard<'_, ()>) -> Result<CheckpointReport, Error> {
+        self.checkpoint_held()
+    }
+
+    /// A checkpoint, by a caller that holds the checkpoint lock.
+    pub(crate) fn checkpoint_held(&self) -> Result<CheckpointReport, Error> {
         if let Some(e) = self.wal.failure() {
             return Err(Error::Log(WalError::Failed(e)));
         }
@@ -1078,7 +1117,7 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         let Some(t) = &self.page_lsns else {
             return Ok(());
         };
-        let chunks = t.chunks(redo);
+        let chunks = t.chunks(redo, self.data_pages.load(Ordering::Acquire));
         let records = lsntable::records(redo, &chunks);
         let max = self.wal.max_append();
         let mut end = None;
@@ -1102,8 +1141,11 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
 
 /// The engine's page-LSN table for `layout` (pages at `lsns`), if the store
 /// keeps one (`crate::lsntable::enabled`).
+/// The table has room for `max` pages, the most the store may grow to
+/// (`lsn_of` is asked only for the pages of `layout`).
 pub(crate) fn page_lsns(
     layout: &Layout,
+    max: u64,
     lsn_of: impl Fn(usize) -> u64,
 ) -> Result<Option<PageLsns>, Error> {
     if !lsntable::enabled(layout) {
@@ -1116,10 +1158,12 @@ pub(crate) fn page_lsns(
         );
         return Ok(None);
     }
-    let bytes = layout.data_pages * 8;
+    let bytes = max * 8;
     // `enabled` bounds the pages by the log's size, which is below 2^32
-    // blocks: they fit a usize.
-    PageLsns::new(layout.data_pages as usize, lsn_of)
+    // blocks, and so does growth (`crate::growth::max_pages`): they fit a
+    // usize.
+    let pages = layout.data_pages as usize;
+    PageLsns::new(max as usize, |i| if i < pages { lsn_of(i) } else { 0 })
         .map(Some)
         .ok_or(Error::OutOfMemory {
             what: "the page-LSN table",
@@ -1127,22 +1171,23 @@ pub(crate) fn page_lsns(
         })
 }
 
-/// Builds the engine's pool for `layout` and checks it serves every data
-/// page.
+/// Builds the engine's pool for `layout`, to serve the `max` pages the
+/// store may grow to, and checks it serves them.
 pub(crate) fn build_pool<D: BlockDevice + Send + 'static, B: BufferManager>(
     hook: &Arc<LogHook<D>>,
     layout: &Layout,
+    max: u64,
     make_pool: impl FnOnce(PoolSetup) -> Result<B, PoolError>,
 ) -> Result<B, Error> {
     let pool = make_pool(PoolSetup {
         durability: hook.clone(),
         first_block: layout.page_lba(PageId(0)),
-        pages: layout.data_pages,
+        pages: max,
     })
     .map_err(Error::Pool)?;
-    if pool.page_count() < layout.data_pages {
+    if pool.page_count() < max {
         return Err(Error::Pool(PoolError::OutOfRange {
-            id: PageId(layout.data_pages - 1),
+            id: PageId(max - 1),
             pages: pool.page_count(),
         }));
     }

@@ -38,6 +38,7 @@ pub mod device;
 pub mod engine;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod growth;
 pub mod kv;
 pub mod log;
 pub mod lsntable;

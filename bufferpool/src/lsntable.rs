@@ -74,12 +74,15 @@ impl PageLsns {
     }
 
     /// The table of the checkpoint whose redo point is `redo` and whose
-    /// pages are on storage: chunks of consecutive pages with their LSNs
-    /// (little-endian), each LSN above `redo` given as 0 (not known: the
-    /// page changed after the redo point); chunks of zeros left out.
-    pub fn chunks(&self, redo: Lsn) -> Vec<(PageId, Vec<u8>)> {
+    /// pages are on storage, for the data area's first `pages` pages (the
+    /// table has room for the pages the area may grow to): chunks of
+    /// consecutive pages with their LSNs (little-endian), each LSN above
+    /// `redo` given as 0 (not known: the page changed after the redo
+    /// point); chunks of zeros left out.
+    pub fn chunks(&self, redo: Lsn, pages: u64) -> Vec<(PageId, Vec<u8>)> {
         let mut out = Vec::new();
-        for (c, chunk) in self.lsns.chunks(PAGE_LSNS_PER_RECORD).enumerate() {
+        let n = (pages as usize).min(self.lsns.len());
+        for (c, chunk) in self.lsns[..n].chunks(PAGE_LSNS_PER_RECORD).enumerate() {
             let mut bytes = Vec::with_capacity(chunk.len() * 8);
             for l in chunk {
                 let l = l.load(Ordering::Acquire);

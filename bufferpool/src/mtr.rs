@@ -150,6 +150,23 @@ where
             .map_err(|limit| TreeError::TooManyPages { pages, limit })
     }
 
+    fn pages(&self) -> u64 {
+        self.data_pages.load(Ordering::Acquire)
+    }
+
+    fn grow(&self, pages: u64) -> Result<(), TreeError> {
+        match Engine::grow(self, pages) {
+            Ok(_) => Ok(()),
+            // The device holds no more: the tree's "disk full".
+            Err(Error::StoreFull {
+                pages,
+                why: crate::growth::Limit::Device,
+                ..
+            }) => Err(TreeError::Full { pages }),
+            Err(e) => Err(engine_error(e)),
+        }
+    }
+
     fn make_room(&self) -> Result<(), TreeError> {
         let seen = self.stats.checkpoints.load(Ordering::Acquire);
         self.checkpoint_since(seen).map_err(engine_error)

@@ -257,7 +257,8 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
     } = read_pages(&mut io, &layout)?;
     // The hook allows no page write until the checks below have passed.
     let hook = Arc::new(LogHook::new());
-    let pool = build_pool(&hook, &layout, make_pool)?;
+    let max = crate::growth::max_pages_on(&io, &layout);
+    let pool = build_pool(&hook, &layout, max.0, make_pool)?;
     let geo = control.log_geometry();
     let mut buf = DmaBytes::new(log_dev.alloc(SCAN_BLOCKS)?);
     let mut report = RecoveryReport {
@@ -369,9 +370,11 @@ fn recover<D: BlockDevice + Send + 'static, B: BufferManager>(
     let page_lsns = if stored.is_empty() {
         None
     } else {
-        page_lsns(&layout, |i| stored[i])?
+        page_lsns(&layout, max.0, |i| stored[i])?
     };
-    let engine = Engine::assemble(log_dev, io, pool, hook, control, tail, page_lsns, config)?;
+    let engine = Engine::assemble(
+        log_dev, io, pool, hook, control, tail, page_lsns, max, config,
+    )?;
     engine.wal.truncate_tail()?;
     let ckpt = engine.checkpoint()?;
     report.pages_written = ckpt.pages_written;

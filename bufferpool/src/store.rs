@@ -99,6 +99,12 @@ impl<D: BlockDevice> StoreIo<D> {
         run_one(&mut self.dev, io, self.env.relax)
     }
 
+    /// Reserves storage for blocks `first..first + count` (see
+    /// [`BlockDevice::reserve`]).
+    pub fn reserve(&mut self, first: u64, count: u64) -> Result<(), DeviceError> {
+        self.dev.reserve(first, count)
+    }
+
     /// The device's last block: where the backup control block goes.
     pub fn backup_lba(&self) -> u64 {
         self.block_count() - 1
@@ -134,9 +140,20 @@ impl<D: BlockDevice> StoreIo<D> {
     /// Writes every data page of `layout` as an empty, sealed page (page
     /// LSN 0) and flushes: the pages of a new store, which need no log.
     pub fn write_blank_pages(&mut self, layout: &Layout) -> Result<(), IoFailure> {
-        let mut first = 0;
-        while first < layout.data_pages {
-            let n = (layout.data_pages - first).min(BATCH as u64) as usize;
+        self.write_blank_range(layout, 0, layout.data_pages)
+    }
+
+    /// Writes pages `from..to` of `layout`'s data area blank and sealed,
+    /// and flushes (see [`write_blank_pages`](Self::write_blank_pages)).
+    pub fn write_blank_range(
+        &mut self,
+        layout: &Layout,
+        from: u64,
+        to: u64,
+    ) -> Result<(), IoFailure> {
+        let mut first = from;
+        while first < to {
+            let n = (to - first).min(BATCH as u64) as usize;
             let bytes = self.buf.bytes_mut();
             for i in 0..n {
                 let page = &mut bytes[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];

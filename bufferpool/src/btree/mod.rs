@@ -293,12 +293,14 @@ impl From<PoolError> for TreeError {
 
 /// Internal: restart the operation, fail it, split a leaf that has no
 /// room for change `i` of [`BTree::apply`] first, or make room in the log
-/// first (the unit was undone).
+/// or grow the tree's area first (the unit was undone).
 enum E {
     Restart,
     Fail(TreeError),
     Split(PageId, usize),
     LogFull(TreeError),
+    /// The unit needs the area grown to this many pages (it was undone).
+    Grow(u64),
 }
 
 /// Times an operation makes room in the log before it gives up: a unit
@@ -835,6 +837,13 @@ pub trait TreeLog<B: BufferManager + ?Sized>: Sync {
     /// them. Released when the token drops; an error if `pages` is over the
     /// limit.
     fn reserve(&self, pages: usize) -> Result<Reserved<'_>, TreeError>;
+    /// Pages the tree's area may use now (`0..pages()`).
+    fn pages(&self) -> u64;
+    /// Called with no page latched when a unit needed page `pages - 1`:
+    /// grows the area to at least `pages` pages, or fails with
+    /// [`TreeError::Full`] (the device holds no more) or the engine's
+    /// reason.
+    fn grow(&self, pages: u64) -> Result<(), TreeError>;
 }
 
 /// Frames reserved by [`TreeLog::reserve`]; given back on drop.
@@ -1052,10 +1061,8 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         first: PageId,
     ) -> Result<(BTree<'p, B>, Lsn), TreeError> {
         let end = first.0 + 2;
-        if end > pool.page_count() {
-            return Err(TreeError::Full {
-                pages: pool.page_count(),
-            });
+        if end > log.pages() {
+            log.grow(end)?;
         }
         log.prepare()?;
         let meta = pool.fix_overwrite(first)?;
@@ -1213,8 +1220,20 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 Ok(t) => return Ok(t),
                 Err(E::Fail(e)) => return Err(e),
                 Err(E::LogFull(e)) => self.make_room(&mut full, e)?,
+                Err(E::Grow(pages)) => self.grow(pages)?,
                 Err(E::Restart) | Err(E::Split(..)) => self.back_off(&mut restarts),
             }
+        }
+    }
+
+    /// After a unit was undone for want of pages: grows the area (a
+    /// logged tree's; one that is not logged never asks).
+    fn grow(&self, pages: u64) -> Result<(), TreeError> {
+        match self.log {
+            Some(log) => log.grow(pages),
+            None => Err(TreeError::Full {
+                pages: self.pool.page_count(),
+            }),
         }
     }
 
@@ -1475,11 +1494,13 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 Ok(()) => break,
                 Err(E::Fail(e)) => return Err(e),
                 Err(E::LogFull(e)) => self.make_room(&mut full, e)?,
+                Err(E::Grow(pages)) => self.grow(pages)?,
                 // One attempt: if the tree moved on (the leaf was split or
                 // merged meanwhile), the next attempt finds out.
                 Err(E::Split(leaf, i)) => match self.split(leaf, changes[i].key()) {
                     Ok(()) | Err(E::Restart) | Err(E::Split(..)) => {}
                     Err(E::LogFull(e)) => self.make_room(&mut full, e)?,
+                    Err(E::Grow(pages)) => self.grow(pages)?,
                     Err(E::Fail(e)) => return Err(e),
                 },
                 Err(E::Restart) => self.back_off(&mut restarts),
@@ -1707,10 +1728,8 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             g
         } else {
             let next = rd64(m.b(mi), META_NEXT);
-            if next >= self.pool.page_count() {
-                return Err(E::Fail(TreeError::Full {
-                    pages: self.pool.page_count(),
-                }));
+            if next >= self.log.map_or(0, |l| l.pages()) {
+                return Err(E::Grow(next + 1));
             }
             let g = self.pool.fix_overwrite(PageId(next))?;
             wr64(m.bm(mi), META_NEXT, next + 1);
@@ -1831,7 +1850,8 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         for _ in 0..64 {
             match self.try_merge(node, key) {
                 Ok(Some(parent)) => node = parent,
-                Ok(None) | Err(E::Restart) | Err(E::Split(..)) => return Ok(()),
+                // (A merge frees pages: it never needs the area grown.)
+                Ok(None) | Err(E::Restart) | Err(E::Split(..)) | Err(E::Grow(_)) => return Ok(()),
                 Err(E::LogFull(e)) => {
                     // Merging is optional: make the room and leave it.
                     return self.make_room(&mut 0, e);

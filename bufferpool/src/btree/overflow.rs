@@ -262,6 +262,11 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                             break Err(e);
                         }
                     }
+                    Err(E::Grow(pages)) => {
+                        if let Err(e) = self.grow(pages) {
+                            break Err(e);
+                        }
+                    }
                     Err(E::Restart) | Err(E::Split(..)) => self.back_off(&mut restarts),
                 }
             };
