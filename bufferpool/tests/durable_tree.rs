@@ -1,6 +1,8 @@
 //! The logged B+tree on the engine: a model test against `BTreeMap` with
 //! eviction forced by a small pool, and power cuts at seeded device writes
-//! during concurrent tree changes (splits and merges included).
+//! during concurrent tree changes (splits and merges included). Both run on
+//! every process pool: the hash pool, the vmcache-style pool and Tabby
+//! (`Eviction::Tabby`, on libdbos's process platform).
 //!
 //! After every cut, recovery must give a tree that passes the full
 //! structural check (`BTree::check`: order, fences, links, every page of
@@ -12,7 +14,10 @@
 //! between a chain's units and its leaf's, and the pending chains must be
 //! freed at open.
 //!
-//! `DBOS_TREE_SEEDS=N` runs N power-cut seeds (default 500).
+//! `DBOS_TREE_SEEDS=N` runs N power-cut seeds in all, split evenly over the
+//! three pools (each runs N/3 rounded up, seeds of its own: the hash pool
+//! `0..N/3`, vmcache the next N/3, Tabby the rest). The default is 600: 200
+//! seeds per pool.
 
 mod common;
 
@@ -22,6 +27,7 @@ use dbos_bufferpool::{BufferManager, CommitMode, Layout, Lsn, PageId};
 use dbos_nvme::host::powercut::Rng;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Instant;
 
 const LAYOUT: Layout = Layout {
     log_blocks: 48,
@@ -51,7 +57,7 @@ fn value_or_large(tag: u64, rng: &mut Rng) -> Vec<u8> {
     v
 }
 
-fn contents(t: &BTree<'_, TestPool>) -> BTreeMap<Vec<u8>, Vec<u8>> {
+fn contents<B: BufferManager>(t: &BTree<'_, B>) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut m = BTreeMap::new();
     t.scan_forward(None, |k, v| {
         m.insert(k.to_vec(), v.to_vec());
@@ -70,6 +76,19 @@ fn apply_to(model: &mut BTreeMap<Vec<u8>, Vec<u8>>, changes: &[(Vec<u8>, Option<
     }
 }
 
+/// While alive, names what runs (pool, seed) on stderr if it panics, so
+/// that a failure without a message of its own (an `unwrap`, a panic in a
+/// thread of the test) still says where it happened.
+struct Running(String);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("failed: {}", self.0);
+        }
+    }
+}
+
 fn as_changes(c: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<Change<'_>> {
     c.iter()
         .map(|(k, v)| match v {
@@ -81,8 +100,18 @@ fn as_changes(c: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<Change<'_>> {
 
 #[test]
 fn logged_tree_matches_a_map_through_eviction_and_restarts() {
+    tree_matches_a_map("hash", hash_pool);
+    tree_matches_a_map("vmcache", vmcache_pool);
+    tree_matches_a_map("tabby", tabby_pool);
+}
+
+/// [`logged_tree_matches_a_map_through_eviction_and_restarts`] on the pool
+/// named `pool` that `make` builds.
+fn tree_matches_a_map<B: BufferManager>(pool: &str, make: MakePool<B>) {
+    let _running = Running(format!("{pool}: model test"));
+    let started = Instant::now();
     let (dev, pc) = memory_device(vec![0; disk_bytes(LAYOUT)]);
-    let engine = format(&dev, LAYOUT, CommitMode::Fua);
+    let engine = format_on(&dev, LAYOUT, CommitMode::Fua, make);
     let (t, created) = BTree::create_logged(engine.pool(), &engine, PageId(0)).unwrap();
     engine.wait_durable(created).unwrap();
     let meta = t.meta();
@@ -118,27 +147,33 @@ fn logged_tree_matches_a_map_through_eviction_and_restarts() {
             } else {
                 model.len() < before
             };
-            assert_eq!(o, vec![changed], "change {i}");
+            assert_eq!(o, vec![changed], "{pool}: change {i}");
             outcomes += 1;
         }
         if let Some(lsn) = lsn {
             engine.wait_durable(lsn).unwrap();
         }
         if i % 500 == 499 {
-            assert_eq!(t.check().unwrap(), model.len());
-            assert_eq!(contents(&t), model);
+            assert_eq!(t.check().unwrap(), model.len(), "{pool}: change {i}");
+            assert_eq!(contents(&t), model, "{pool}: change {i}");
         }
     }
-    assert!(outcomes > 1000);
+    assert!(outcomes > 1000, "{pool}");
     let (next, free) = t.space().unwrap();
-    assert!(next > 20, "the tree grew over {next} pages");
+    assert!(next > 20, "{pool}: the tree grew over {next} pages");
     let s = engine.pool().stats();
-    assert!(s.evictions > 0 && s.reads > 0, "the pool evicted: {s:?}");
+    assert!(
+        s.evictions > 0 && s.reads > 0,
+        "{pool}: the pool evicted: {s:?}"
+    );
     assert!(
         engine.stats().checkpoints > 0,
-        "the log filled and checkpointed"
+        "{pool}: the log filled and checkpointed"
     );
-    eprintln!("{next} pages, {free} free, {s:?}, {:?}", engine.stats());
+    eprintln!(
+        "{pool}: {next} pages, {free} free, {s:?}, {:?}",
+        engine.stats()
+    );
     let _ = t;
     drop(engine);
     // Without a clean shutdown: the disk as it is (everything acknowledged
@@ -146,11 +181,11 @@ fn logged_tree_matches_a_map_through_eviction_and_restarts() {
     let image = pc.current();
     drop(dev);
     let (dev, _pc) = memory_device(image);
-    let (engine, report) = open(&dev, CommitMode::Fua).unwrap();
-    assert!(report.transactions > 0);
+    let (engine, report) = open_on(&dev, CommitMode::Fua, make).unwrap();
+    assert!(report.transactions > 0, "{pool}");
     let t = BTree::open_logged(engine.pool(), &engine, meta).unwrap();
-    assert_eq!(t.check().unwrap(), model.len());
-    assert_eq!(contents(&t), model);
+    assert_eq!(t.check().unwrap(), model.len(), "{pool}: after the restart");
+    assert_eq!(contents(&t), model, "{pool}: after the restart");
     // Freed pages are reused after the restart: delete everything, then
     // fill again; the area does not grow.
     let keys: Vec<Vec<u8>> = model.keys().cloned().collect();
@@ -158,14 +193,19 @@ fn logged_tree_matches_a_map_through_eviction_and_restarts() {
         let a = t.apply(&[Change::Delete { key: k }]).unwrap();
         engine.wait_durable(a.lsn.unwrap()).unwrap();
     }
-    assert_eq!(t.check().unwrap(), 0);
+    assert_eq!(t.check().unwrap(), 0, "{pool}");
     let (next_empty, free_empty) = t.space().unwrap();
-    assert!(free_empty > 5, "merges freed pages: {free_empty}");
+    assert!(free_empty > 5, "{pool}: merges freed pages: {free_empty}");
     for k in &keys {
         t.upsert(k, &[1; 200]).unwrap();
     }
-    assert_eq!(t.space().unwrap().0, next_empty, "freed pages reused");
-    assert_eq!(t.check().unwrap(), keys.len());
+    assert_eq!(
+        t.space().unwrap().0,
+        next_empty,
+        "{pool}: freed pages reused"
+    );
+    assert_eq!(t.check().unwrap(), keys.len(), "{pool}");
+    eprintln!("{pool}: model test in {:.1?}", started.elapsed());
 }
 
 #[test]
@@ -217,29 +257,69 @@ const KEYS: u64 = 150;
 fn power_cuts_during_tree_changes_keep_the_tree_whole_and_exact() {
     let seeds: u64 = std::env::var("DBOS_TREE_SEEDS")
         .map(|v| v.parse().expect("a number"))
-        .unwrap_or(500);
+        .unwrap_or(600);
+    let per_pool = seeds.div_ceil(3);
+    let runs = [
+        power_cuts_on("hash", 0..per_pool, hash_pool),
+        power_cuts_on("vmcache", per_pool..2 * per_pool, vmcache_pool),
+        power_cuts_on("tabby", 2 * per_pool..3 * per_pool, tabby_pool),
+    ];
     let mut totals = [0u64; 5];
-    for seed in 0..seeds {
-        let t = run_seed(seed);
+    for t in runs {
         for (a, b) in totals.iter_mut().zip(t) {
             *a += b;
         }
     }
+    report_and_check("all pools", 3 * per_pool, totals);
+}
+
+/// The power-cut test's `seeds` on the pool named `pool` that `make`
+/// builds, checked (as [`report_and_check`]) on their own; their totals.
+fn power_cuts_on<B: BufferManager>(
+    pool: &str,
+    seeds: std::ops::Range<u64>,
+    make: MakePool<B>,
+) -> [u64; 5] {
+    let started = Instant::now();
+    let mut totals = [0u64; 5];
+    for seed in seeds.clone() {
+        let t = run_seed(pool, seed, make);
+        for (a, b) in totals.iter_mut().zip(t) {
+            *a += b;
+        }
+    }
+    report_and_check(
+        &format!("{pool} (seeds {seeds:?}, {:.1?})", started.elapsed()),
+        seeds.end - seeds.start,
+        totals,
+    );
+    totals
+}
+
+/// Prints the totals of `seeds` power-cut seeds and checks them: every
+/// acknowledged unit recovered; over 50 seeds or more, some cut lost an
+/// unacknowledged unit and some fell between a chain and its leaf.
+fn report_and_check(what: &str, seeds: u64, totals: [u64; 5]) {
     let [logged, acked, recovered, lost, reclaimed] = totals;
     eprintln!(
-        "durable tree: {seeds} seeds: {logged} units logged, {acked} acknowledged, \
+        "durable tree, {what}: {seeds} seeds: {logged} units logged, {acked} acknowledged, \
          {recovered} recovered, {lost} logged but lost with the power, {reclaimed} overflow \
          pages of pending chains freed at open"
     );
-    assert!(acked > 0 && recovered >= acked);
+    assert!(acked > 0 && recovered >= acked, "{what}");
     if seeds >= 50 {
-        assert!(lost > 0, "no cut lost an unacknowledged unit");
-        assert!(reclaimed > 0, "no cut fell between a chain and its leaf");
+        assert!(lost > 0, "{what}: no cut lost an unacknowledged unit");
+        assert!(
+            reclaimed > 0,
+            "{what}: no cut fell between a chain and its leaf"
+        );
     }
 }
 
-/// One seed: two rounds of concurrent changes cut short by the power.
-fn run_seed(seed: u64) -> [u64; 5] {
+/// One seed on the pool named `pool` that `make` builds: two rounds of
+/// concurrent changes cut short by the power.
+fn run_seed<B: BufferManager>(pool: &str, seed: u64, make: MakePool<B>) -> [u64; 5] {
+    let _running = Running(format!("{pool}: seed {seed}"));
     let mut rng = Rng::new(seed ^ 0x7eee);
     let mode = if seed.is_multiple_of(2) {
         CommitMode::Fua
@@ -248,7 +328,7 @@ fn run_seed(seed: u64) -> [u64; 5] {
     };
     let (mut image, meta) = {
         let (dev, pc) = memory_device(vec![0; disk_bytes(LAYOUT)]);
-        let engine = format(&dev, LAYOUT, mode);
+        let engine = format_on(&dev, LAYOUT, mode, make);
         let (t, lsn) = BTree::create_logged(engine.pool(), &engine, PageId(0)).unwrap();
         engine.wait_durable(lsn).unwrap();
         let meta = t.meta();
@@ -260,9 +340,9 @@ fn run_seed(seed: u64) -> [u64; 5] {
     let mut totals = [0u64; 5];
     for round in 0..2 {
         let (dev, pc) = memory_device(image);
-        let (engine, _) = open(&dev, mode).unwrap();
+        let (engine, _) = open_on(&dev, mode, make).unwrap();
         let t = BTree::open_logged(engine.pool(), &engine, meta).unwrap();
-        assert_eq!(contents(&t), model, "seed {seed} round {round}");
+        assert_eq!(contents(&t), model, "{pool}: seed {seed} round {round}");
         pc.cut_after(1 + rng.below(400), rng.next_u64());
         let units = Mutex::new(Vec::<Unit>::new());
         std::thread::scope(|s| {
@@ -308,8 +388,10 @@ fn run_seed(seed: u64) -> [u64; 5] {
         let mut units = units.into_inner().unwrap();
         units.sort_by_key(|u| u.end);
         let (dev, pc) = memory_device(crash);
-        let (engine, report) = open(&dev, mode).unwrap();
-        let t = BTree::open_logged(engine.pool(), &engine, meta).unwrap();
+        let (engine, report) = open_on(&dev, mode, make)
+            .unwrap_or_else(|e| panic!("{pool}: seed {seed} round {round}: open: {e}"));
+        let t = BTree::open_logged(engine.pool(), &engine, meta)
+            .unwrap_or_else(|e| panic!("{pool}: seed {seed} round {round}: open tree: {e}"));
         totals[4] += t.reclaimed_at_open();
         for u in &units {
             totals[0] += 1;
@@ -317,7 +399,8 @@ fn run_seed(seed: u64) -> [u64; 5] {
                 totals[1] += 1;
                 assert!(
                     u.end <= report.end,
-                    "seed {seed} round {round}: acknowledged unit at {:?} lost (recovered to {:?})",
+                    "{pool}: seed {seed} round {round}: acknowledged unit at {:?} lost \
+                     (recovered to {:?})",
                     u.end,
                     report.end
                 );
@@ -331,7 +414,7 @@ fn run_seed(seed: u64) -> [u64; 5] {
         }
         let n = t
             .check()
-            .unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
+            .unwrap_or_else(|e| panic!("{pool}: seed {seed} round {round}: {e}"));
         let got = contents(&t);
         if got != model {
             let extra: Vec<_> = got.keys().filter(|k| !model.contains_key(*k)).collect();
@@ -355,12 +438,12 @@ fn run_seed(seed: u64) -> [u64; 5] {
                 }
             }
             panic!(
-                "seed {seed} round {round}: recovered to {:?} ({report:?}); extra {extra:?}, \
-                 missing {missing:?}, different values {differ:?}",
+                "{pool}: seed {seed} round {round}: recovered to {:?} ({report:?}); \
+                 extra {extra:?}, missing {missing:?}, different values {differ:?}",
                 report.end
             );
         }
-        assert_eq!(n, model.len(), "seed {seed} round {round}");
+        assert_eq!(n, model.len(), "{pool}: seed {seed} round {round}");
         let _ = t;
         drop(engine);
         image = pc.current();
