@@ -186,4 +186,19 @@ unsafe impl BlockDevice for DirectDevice {
     fn in_flight(&self) -> usize {
         self.io.in_flight()
     }
+
+    /// Allocates the file's blocks (`fallocate`): a growable store's file
+    /// is a hole past what it uses (`BackingFile::create_growable`).
+    fn reserve(&mut self, first: u64, count: u64) -> Result<(), DeviceError> {
+        if first.checked_add(count).is_none_or(|end| end > self.blocks) {
+            return Err(DeviceError::LbaOutOfRange);
+        }
+        self.check_deleted()?;
+        self.file
+            .reserve(first * BLOCK_SIZE as u64, count * BLOCK_SIZE as u64)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) => DeviceError::CapacityExceeded,
+                _ => DeviceError::WriteFault,
+            })
+    }
 }

@@ -41,8 +41,8 @@ use crate::sync::lock;
 use core::fmt;
 use core::sync::atomic::Ordering;
 
-/// The data area grows by at least this many pages (4 MiB) at a time.
-pub const GROW_MIN: u64 = 1024;
+/// The data area grows by at least this many pages (1 MiB) at a time.
+pub const GROW_MIN: u64 = 256;
 
 /// Why the store cannot grow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

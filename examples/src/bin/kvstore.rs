@@ -118,10 +118,11 @@ fn pool(blocks: u64, frames: usize) -> impl FnOnce(PoolSetup) -> Result<Pool, Po
     }
 }
 
-/// Data pages of a new store at most: recovery reads and checks every
-/// data page, which costs seconds per thousand pages where guest code is
-/// emulated.
-const MAX_DATA_PAGES: u64 = 1024;
+/// Data pages of a new store at most: it grows from there up to the
+/// disk's size as it fills (`dbos_bufferpool::growth`). Recovery reads and
+/// checks every page of the data area, which costs seconds per thousand
+/// pages where guest code is emulated, so a store starts small.
+const MAX_DATA_PAGES: u64 = 256;
 
 /// The layout for a disk of `blocks`: a quarter of it log (64 to 512
 /// blocks), then up to [`MAX_DATA_PAGES`] data pages.

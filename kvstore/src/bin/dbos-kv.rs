@@ -93,9 +93,16 @@ struct FileArgs {
     /// Directory of the store (its file is DIR/kv.db).
     #[arg(long)]
     dir: PathBuf,
-    /// Size of a new store's file.
-    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    /// Size of a new store when formatted: its log and first data pages.
+    /// It grows from there as it fills, up to --max-size.
+    #[arg(long, default_value = "128M", value_parser = parse_size)]
     size: u64,
+    /// Most a new store may grow to: the length of its file, whose blocks
+    /// are allocated on disk only as the store grows into them. (The log
+    /// also bounds it: a store's page-LSN table must fit a quarter of the
+    /// log, about 8G of data for a 64M log.)
+    #[arg(long, default_value = "16G", value_parser = parse_size)]
+    max_size: u64,
     /// Size of a new store's log.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     log: u64,
@@ -283,8 +290,20 @@ fn format(args: &FileArgs, force: bool) -> Result<KvStore, String> {
         log_blocks,
         data_pages: blocks - overhead,
     };
-    let file =
-        Arc::new(BackingFile::create(&new, layout.blocks() * 4096).map_err(|e| e.to_string())?);
+    if args.max_size < args.size {
+        return Err(format!(
+            "--max-size {} is less than --size {}",
+            args.max_size, args.size
+        ));
+    }
+    // The file is as long as the store may grow; what it does not use yet
+    // is a hole (the backup control block is its last block).
+    let file_blocks = (args.max_size / 4096).max(layout.blocks());
+    let in_use = (layout.blocks() - 1) * 4096;
+    let file = Arc::new(
+        BackingFile::create_growable(&new, file_blocks * 4096, in_use)
+            .map_err(|e| e.to_string())?,
+    );
     let dev = DirectDevice::new(file.clone());
     let store = Store::format(dev.another(), dev, layout, config(), pool(&file, 64 << 20))
         .map_err(|e| format!("{}: {e}", new.display()))?;

@@ -167,6 +167,27 @@ fn file_kind(t: &std::fs::FileType) -> &'static str {
     }
 }
 
+/// `fallocate` of bytes `offset..offset + len` of `file` (the length
+/// grows to cover them if it must); unsupported: a warning, and Ok.
+fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: plain syscall on a file descriptor we own.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, off, n) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(e);
+        }
+        log::warn!("fallocate unsupported: the file stays sparse");
+    }
+    Ok(())
+}
+
 fn open_direct(path: &Path, create: bool) -> Result<File, FileError> {
     let mut opts = OpenOptions::new();
     opts.read(true)
@@ -236,29 +257,72 @@ impl BackingFile {
             path: path.to_path_buf(),
             source,
         };
-        let len = libc::off_t::try_from(bytes).map_err(|_| FileError::Size {
+        libc::off_t::try_from(bytes).map_err(|_| FileError::Size {
             path: path.to_path_buf(),
             len: bytes,
         })?;
-        // SAFETY: plain syscall on a file descriptor we own.
-        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-                let _ = std::fs::remove_file(path);
-                return Err(err(e));
-            }
-            log::warn!(
-                "{}: fallocate unsupported, the file is sparse",
-                path.display()
-            );
-            file.set_len(bytes).map_err(err)?;
+        if let Err(e) = allocate(&file, 0, bytes) {
+            let _ = std::fs::remove_file(path);
+            return Err(err(e));
+        }
+        // (Where fallocate is unsupported the file is sparse.)
+        file.set_len(bytes).map_err(err)?;
+        Ok(BackingFile {
+            file,
+            path: path.to_path_buf(),
+            blocks: bytes / BLOCK_SIZE,
+        })
+    }
+
+    /// Creates a new file of `bytes` bytes of which only the first
+    /// `reserved` bytes and the last block are allocated: the rest is a
+    /// hole that the store grows into, allocating it first with
+    /// [`BackingFile::reserve`]. So the file's length is the most the
+    /// store may grow to, and its blocks on disk are what it uses. Fails if
+    /// the file exists; locked like [`BackingFile::create`].
+    pub fn create_growable(
+        path: impl AsRef<Path>,
+        bytes: u64,
+        reserved: u64,
+    ) -> Result<BackingFile, FileError> {
+        let path = path.as_ref();
+        if bytes == 0
+            || !bytes.is_multiple_of(BLOCK_SIZE)
+            || !reserved.is_multiple_of(BLOCK_SIZE)
+            || reserved >= bytes
+            || libc::off_t::try_from(bytes).is_err()
+        {
+            return Err(FileError::Size {
+                path: path.to_path_buf(),
+                len: bytes,
+            });
+        }
+        let file = open_direct(path, true)?;
+        lock(&file, path)?;
+        let made = allocate(&file, 0, reserved)
+            .and_then(|()| allocate(&file, bytes - BLOCK_SIZE, BLOCK_SIZE))
+            .and_then(|()| file.set_len(bytes));
+        if let Err(source) = made {
+            let _ = std::fs::remove_file(path);
+            return Err(FileError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
         }
         Ok(BackingFile {
             file,
             path: path.to_path_buf(),
             blocks: bytes / BLOCK_SIZE,
         })
+    }
+
+    /// Allocates the file's blocks for bytes `offset..offset + len`
+    /// (`fallocate`, keeping the length), so that writing them cannot fail
+    /// for want of space; `ENOSPC` if the file system has no room. Where
+    /// `fallocate` is unsupported nothing is reserved (a warning is
+    /// logged).
+    pub fn reserve(&self, offset: u64, len: u64) -> io::Result<()> {
+        allocate(&self.file, offset, len)
     }
 
     /// Opens an existing file; its length (a non-zero multiple of 4 KiB) is
