@@ -17,7 +17,8 @@
 //!     32     4  epoch: incremented at every start, tags log sectors
 //!     36     4  reserved (zero)
 //!     40     8  log blocks
-//!     48     8  data pages
+//!     48     8  data pages (the data area's size now: it grows, see
+//!               `crate::growth`)
 //!     56     8  redo LSN: recovery scans the log from here
 //!     64     8  epoch start LSN: where the log of this epoch begins
 //!     72  4024  reserved (zero)
@@ -35,7 +36,8 @@
 //! value is refused as corrupt, never trusted.
 //!
 //! Namespace layout: blocks 0-1 control, then `log_blocks` log blocks,
-//! then `data_pages` data pages; and the device's last block holds the
+//! then `data_pages` data pages (and room for the area to grow into);
+//! and the device's last block holds the
 //! *backup* control block, the copy format wrote (as GPT and ext4 keep a
 //! backup header). It is never updated and never used to open a store:
 //! it lets a store whose first blocks were destroyed be recognised, and
