@@ -24,9 +24,9 @@ use dbos_bufferpool::{
 };
 use dbos_nvme::host::powercut::Fate;
 use dbos_nvme::host::Device;
-use libdbos::process::{Config as PlatformConfig, ProcessPlatform};
+use libdbos::process::ProcessPlatform;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// 256 data pages; the pools below hold 8 of them.
@@ -76,19 +76,6 @@ fn hash(dev: &Device, setup: PoolSetup) -> Result<HashPool<ProcessBlockDevice>, 
     HashPool::new(queues(dev), small_config(setup))
 }
 
-/// The process platform the Tabby pools of this binary share.
-fn platform() -> &'static ProcessPlatform {
-    static P: OnceLock<&'static ProcessPlatform> = OnceLock::new();
-    P.get_or_init(|| {
-        ProcessPlatform::new(PlatformConfig {
-            frames: 1024,
-            cpus: 2,
-            pin: false,
-            ..PlatformConfig::default()
-        })
-        .expect("process platform")
-    })
-}
 
 /// Tabby's configuration for an engine's `setup`, from a process pool's.
 fn tabby_config(cfg: PoolConfig) -> TabbyConfig {
@@ -99,14 +86,14 @@ fn tabby(
     dev: &Device,
     setup: PoolSetup,
 ) -> Result<Tabby<ProcessPlatform, ProcessBlockDevice>, PoolError> {
-    Tabby::new(platform(), queues(dev), tabby_config(small_config(setup)))
+    Tabby::new(tabby_platform(), queues(dev), tabby_config(small_config(setup)))
 }
 
 fn tabby_mem<D: BlockDevice>(
     devs: Vec<D>,
     cfg: PoolConfig,
 ) -> Result<Tabby<ProcessPlatform, D>, PoolError> {
-    Tabby::new(platform(), devs, tabby_config(cfg))
+    Tabby::new(tabby_platform(), devs, tabby_config(cfg))
 }
 
 /// One random transaction: 1 to 3 writes of 1 to 64 random bytes at random
