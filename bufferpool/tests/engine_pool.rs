@@ -76,7 +76,6 @@ fn hash(dev: &Device, setup: PoolSetup) -> Result<HashPool<ProcessBlockDevice>, 
     HashPool::new(queues(dev), small_config(setup))
 }
 
-
 /// Tabby's configuration for an engine's `setup`, from a process pool's.
 fn tabby_config(cfg: PoolConfig) -> TabbyConfig {
     TabbyConfig::of(PoolConfig { pages: None, ..cfg })
@@ -86,7 +85,11 @@ fn tabby(
     dev: &Device,
     setup: PoolSetup,
 ) -> Result<Tabby<ProcessPlatform, ProcessBlockDevice>, PoolError> {
-    Tabby::new(tabby_platform(), queues(dev), tabby_config(small_config(setup)))
+    Tabby::new(
+        tabby_platform(),
+        queues(dev),
+        tabby_config(small_config(setup)),
+    )
 }
 
 fn tabby_mem<D: BlockDevice>(

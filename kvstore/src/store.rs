@@ -154,6 +154,10 @@ impl StoreStats {
                 "checkpoints",
                 (self.engine.checkpoints - before.engine.checkpoints) as f64,
             ),
+            (
+                "store growths",
+                (self.engine.growths - before.engine.growths) as f64,
+            ),
         ]
     }
 }

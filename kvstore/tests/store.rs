@@ -343,6 +343,59 @@ fn the_binary_refuses_to_overwrite_a_store_and_rejects_bad_flags() {
 }
 
 #[test]
+fn the_binary_grows_its_store_and_reports_counters_per_operation() {
+    let d = dir();
+    let p = d.path().to_str().unwrap();
+    // A store that starts at 2M (1M of log) and must grow: 3000 records of
+    // 1500 bytes (each on an overflow page) are 12M.
+    let out = dbos_kv(&[
+        "workload",
+        "--dir",
+        p,
+        "--size",
+        "2M",
+        "--log",
+        "1M",
+        "--max-size",
+        "64M",
+        "--records",
+        "3000",
+        "--value-size",
+        "1500",
+        "--operations",
+        "1000",
+        "--threads",
+        "2",
+        "--pool",
+        "1M",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("PASSED"), "{text}");
+    let line = |name: &str| -> f64 {
+        let l = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no '{name}' line: {text}"));
+        l[name.len()..].trim().parse().unwrap()
+    };
+    assert!(line("store growths") >= 1.0, "{text}");
+    assert!(line("page reads / op") >= 0.0);
+    if std::path::Path::new("/proc/interrupts").exists() {
+        assert!(line("TLB shootdowns / op (machine)") >= 0.0);
+    }
+    // The file is as long as the store may grow; on disk, what it uses.
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(d.path().join("kv.db")).unwrap();
+    assert_eq!(m.len(), 64 << 20);
+    let on_disk = m.blocks() * 512;
+    assert!(
+        on_disk > 12 << 20 && on_disk < 40 << 20,
+        "{on_disk} bytes on disk"
+    );
+}
+
+#[test]
 fn every_acknowledged_write_survives_a_sigkill_of_the_binary() {
     let mut total_acks = 0;
     for (round, ms) in [5u64, 300, 700, 1200].into_iter().enumerate() {

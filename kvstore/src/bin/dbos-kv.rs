@@ -425,15 +425,39 @@ fn phase(
     f: impl Fn(usize, &dyn Fn(u64)) -> Stats + Sync,
 ) {
     let before = store.stats();
+    let tlb = tlb_shootdowns();
     let (stats, ns) = threads(name, total, spec, f);
+    let mut counters = store.stats().per_op(&before, total);
+    // A process has no VM exits; the IPIs it causes are the kernel's TLB
+    // shootdowns (the vmcache pool's evictions unmap pages), counted for
+    // the whole machine: other processes' count too.
+    if let (Some(a), Some(b)) = (tlb, tlb_shootdowns()) {
+        counters.push((
+            "TLB shootdowns / op (machine)",
+            b.saturating_sub(a) as f64 / total.max(1) as f64,
+        ));
+    }
     let r = Report {
         phase: name,
         spec,
         stats: &Stats::merged(&stats),
         elapsed_ns: ns,
-        counters: &store.stats().per_op(&before, total),
+        counters: &counters,
     };
     println!("{r}");
+}
+
+/// The sum of the `TLB:` line of /proc/interrupts (TLB shootdown IPIs
+/// received, all CPUs); `None` where the kernel does not show it.
+fn tlb_shootdowns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/interrupts").ok()?;
+    let line = s.lines().find(|l| l.trim_start().starts_with("TLB:"))?;
+    Some(
+        line.split_whitespace()
+            .skip(1)
+            .map_while(|x| x.parse::<u64>().ok())
+            .sum(),
+    )
 }
 
 fn verify(store: &KvStore, spec: &Spec, acked: &Acked, when: &str) -> bool {
