@@ -116,6 +116,9 @@ pub struct StoreStats {
     pub log: dbos_bufferpool::LogStats,
     /// The pool's (page reads, writes, evictions).
     pub pool: dbos_bufferpool::PoolStats,
+    /// Pages the store's operations visited (see `BTree::counting`): a
+    /// visit that found its page resident was a hit.
+    pub visits: u64,
 }
 
 impl StoreStats {
@@ -127,7 +130,20 @@ impl StoreStats {
         let per = |a: u64, b: u64| (a - b) as f64 / ops.max(1) as f64;
         let units = self.engine.transactions - before.engine.transactions;
         let batches = self.log.batches - before.log.batches;
+        let visits = self.visits - before.visits;
+        let reads = self.pool.reads - before.pool.reads;
         alloc::vec![
+            // Page reads are misses (of visits, and of the splits' and
+            // merges' pages, which are not counted as visits).
+            (
+                "hit ratio",
+                if visits == 0 {
+                    1.0
+                } else {
+                    1.0 - (reads.min(visits) as f64 / visits as f64)
+                },
+            ),
+            ("page visits / op", per(visits, 0)),
             ("page reads / op", per(self.pool.reads, before.pool.reads)),
             (
                 "page writes / op",
@@ -167,7 +183,16 @@ pub struct Store<D: BlockDevice, B: BufferManager> {
     engine: Engine<D, B>,
     /// The tree's root as last seen (a hint, see `BTree::attach`).
     root: AtomicU64,
+    /// Pages visited by the store's operations, on cache lines of their
+    /// own, each thread adding to one (picked by its stack's address).
+    visits: [Padded; VISIT_SHARDS],
 }
+
+const VISIT_SHARDS: usize = 8;
+
+#[repr(align(64))]
+#[derive(Default)]
+struct Padded(AtomicU64);
 
 impl<D: BlockDevice + Send + 'static, B: BufferManager> Store<D, B>
 where
@@ -200,6 +225,7 @@ where
         Ok(Store {
             engine,
             root: AtomicU64::new(root),
+            visits: Default::default(),
         })
     }
 
@@ -229,6 +255,7 @@ where
             Store {
                 engine,
                 root: AtomicU64::new(root),
+                visits: Default::default(),
             },
             report,
         ))
@@ -243,8 +270,10 @@ where
                 Some(&self.engine),
                 TREE_META,
                 self.root.load(Ordering::Relaxed),
-            ),
+            )
+            .counting(),
             root: &self.root,
+            visits: &self.visits,
         }
     }
 
@@ -338,6 +367,11 @@ where
             engine: self.engine.stats(),
             log: self.engine.wal().stats(),
             pool: self.engine.pool().stats(),
+            visits: self
+                .visits
+                .iter()
+                .map(|v| v.0.load(Ordering::Relaxed))
+                .sum(),
         }
     }
 
@@ -355,6 +389,7 @@ where
 struct Tree<'s, B: BufferManager> {
     tree: BTree<'s, B>,
     root: &'s AtomicU64,
+    visits: &'s [Padded; VISIT_SHARDS],
 }
 
 impl<'s, B: BufferManager> core::ops::Deref for Tree<'s, B> {
@@ -370,6 +405,12 @@ impl<B: BufferManager> Drop for Tree<'_, B> {
         if self.root.load(Ordering::Relaxed) != seen {
             self.root.store(seen, Ordering::Relaxed);
         }
+        // Threads' stacks lie apart: a shard per stack region.
+        let here = 0u8;
+        let shard = (core::ptr::addr_of!(here) as usize >> 16) % VISIT_SHARDS;
+        self.visits[shard]
+            .0
+            .fetch_add(self.tree.visits(), Ordering::Relaxed);
     }
 }
 

@@ -1038,6 +1038,10 @@ pub struct BTree<'p, B: BufferManager + ?Sized> {
     free: spin::Mutex<Vec<PageId>>,
     /// Overflow pages freed at open, pending since a crash.
     reclaimed: u64,
+    /// Whether this handle counts the pages it visits (see
+    /// [`counting`](BTree::counting)), and the count.
+    counting: bool,
+    visits: AtomicU64,
 }
 
 impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
@@ -1108,6 +1112,8 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             log,
             free: spin::Mutex::new(Vec::new()),
             reclaimed: 0,
+            counting: false,
+            visits: AtomicU64::new(0),
         };
         Ok((t, lsn))
     }
@@ -1163,6 +1169,8 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             log,
             free: spin::Mutex::new(Vec::new()),
             reclaimed: 0,
+            counting: false,
+            visits: AtomicU64::new(0),
         })
     }
 
@@ -1186,6 +1194,29 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             log,
             free: spin::Mutex::new(Vec::new()),
             reclaimed: 0,
+            counting: false,
+            visits: AtomicU64::new(0),
+        }
+    }
+
+    /// This handle, counting the pages its operations visit (each node on
+    /// a path down, each leaf of a scan, each overflow page read; restarts
+    /// count again): what a hit ratio is a ratio of. A handle per thread or
+    /// per operation: the count is one atomic.
+    pub fn counting(mut self) -> BTree<'p, B> {
+        self.counting = true;
+        self
+    }
+
+    /// Pages visited since the handle began counting.
+    pub fn visits(&self) -> u64 {
+        self.visits.load(atomic::Ordering::Relaxed)
+    }
+
+    #[inline(always)]
+    fn visit(&self) {
+        if self.counting {
+            self.visits.fetch_add(1, atomic::Ordering::Relaxed);
         }
     }
 
@@ -1292,6 +1323,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     fn descend(&self, key: Option<&[u8]>) -> R<OptimisticGuard<'p, B>> {
         let mut node = self.root()?;
         for _ in 0..64 {
+            self.visit();
             match kind(&node)? {
                 LEAF => return Ok(node),
                 INNER => {}
@@ -2029,6 +2061,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 }
                 // The sibling, checked to still be this leaf's neighbour.
                 let step = (|| -> R<OptimisticGuard<'p, B>> {
+                    self.visit();
                     let s = self.pool.optimistic(PageId(next))?;
                     if kind(&s)? != LEAF {
                         s.validate()?;

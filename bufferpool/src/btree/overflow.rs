@@ -173,6 +173,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         out.clear();
         let mut at = c.head;
         for n in 0..c.pages {
+            self.visit();
             let g = self.pool.fix_shared(PageId(at))?;
             let b = g.bytes();
             let len = rd16(b, O_LEN);
