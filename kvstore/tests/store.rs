@@ -237,6 +237,46 @@ fn values_up_to_a_mebibyte_go_to_overflow_pages_that_are_freed_and_reused() {
 }
 
 #[test]
+fn transactions_of_many_large_values_from_many_threads_do_not_deadlock() {
+    let d = dir();
+    let s = format(d.path());
+    // More large values than the meta page has slots for chains being
+    // written: refused, nothing stored.
+    let keys: Vec<Vec<u8>> = (0..33).map(|i| format!("many{i}").into_bytes()).collect();
+    let v = large(7, 1100);
+    let ops: Vec<Op<'_>> = keys.iter().map(|k| Op::Put { key: k, value: &v }).collect();
+    let e = s.transaction(&ops).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "a transaction of 33 values larger than a quarter page (at most 32)"
+    );
+    assert_eq!(s.check().unwrap(), 0);
+    // 4 threads, each committing transactions of 12 large values: 48
+    // chains wanted at once from 32 slots. Each change claims all of its
+    // slots or none, so all of them finish.
+    std::thread::scope(|sc| {
+        for t in 0..4u8 {
+            let s = &s;
+            sc.spawn(move || {
+                for round in 0..4u8 {
+                    let keys: Vec<Vec<u8>> = (0..12)
+                        .map(|i| format!("t{t}r{round}k{i:02}").into_bytes())
+                        .collect();
+                    let v = large(t * 16 + round, 1500);
+                    let ops: Vec<Op<'_>> =
+                        keys.iter().map(|k| Op::Put { key: k, value: &v }).collect();
+                    s.transaction(&ops).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(s.check().unwrap(), 4 * 4 * 12);
+    let mut out = Vec::new();
+    assert!(s.get(b"t3r3k11", &mut out).unwrap());
+    assert!(out == large(3 * 16 + 3, 1500));
+}
+
+#[test]
 fn bad_input_is_refused_with_what_was_wrong() {
     let d = dir();
     let s = format(d.path());

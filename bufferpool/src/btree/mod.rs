@@ -240,6 +240,9 @@ pub enum TreeError {
     Full { pages: u64 },
     /// [`BTree::apply`] was given more than [`MAX_CHANGES`] changes.
     TooManyChanges { changes: usize },
+    /// [`BTree::apply`] was given more than `limit` values for overflow
+    /// chains (the meta page's pending slots).
+    TooManyLargeValues { values: usize, limit: usize },
     /// A unit would latch `pages` pages, more than the `limit` units may
     /// hold at once (the engine's: half the pool).
     TooManyPages { pages: usize, limit: usize },
@@ -274,6 +277,10 @@ impl fmt::Display for TreeError {
             TreeError::TooManyChanges { changes } => write!(
                 f,
                 "a transaction of {changes} changes (at most {MAX_CHANGES})"
+            ),
+            TreeError::TooManyLargeValues { values, limit } => write!(
+                f,
+                "a transaction of {values} values larger than a quarter page (at most {limit})"
             ),
             TreeError::Engine(e) => write!(f, "{e}"),
             TreeError::TooManyPages { pages, limit } => write!(
@@ -1479,21 +1486,30 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         // recorded as pending on the meta page until the unit below refers
         // to it (or a restart reclaims it).
         let mut spilled: Vec<Spilled> = Vec::with_capacity(large.len());
-        for &i in &large {
+        let claims = if large.is_empty() {
+            Vec::new()
+        } else {
+            self.claim_slots(large.len())?
+        };
+        for (n, (&i, &(slot, nonce))) in large.iter().zip(&claims).enumerate() {
             let val = match changes[i] {
                 Change::Insert { val, .. }
                 | Change::Update { val, .. }
                 | Change::Upsert { val, .. } => val,
                 Change::Delete { .. } => unreachable!("a delete has no value"),
             };
-            match self.write_chain(val) {
-                Ok((chain, slot)) => spilled.push(Spilled {
+            match self.write_chain(val, slot, nonce) {
+                Ok(chain) => spilled.push(Spilled {
                     change: i,
                     chain,
                     slot,
                 }),
                 Err(e) => {
+                    // (`write_chain` gave its own slot back.)
                     self.release_chains(&spilled);
+                    for &(slot, nonce) in &claims[n + 1..] {
+                        self.release(overflow::unwritten(nonce), slot);
+                    }
                     return Err(e);
                 }
             }

@@ -14,6 +14,9 @@
 //! latched, and units may hold half the pool), so it is written in units
 //! of [`PER_UNIT`] pages, last page first, each also recording the chain so
 //! far in a *pending* slot of the meta page (head, tail, pages, number).
+//! A change claims the slots of all its large values at once, in a unit of
+//! its own, or waits holding none: so writers never deadlock over the 32
+//! slots, and a change of more than 32 large values is refused.
 //! The leaf change that refers to the chain is a unit of its own that also
 //! empties the slot. A crash in between leaves the chain pending, and
 //! [`BTree::open_logged`](super::BTree::open_logged) frees every pending
@@ -118,6 +121,17 @@ impl Chain {
     }
 }
 
+/// The chain of a slot claimed for it and not written yet.
+pub(super) fn unwritten(nonce: u64) -> Chain {
+    Chain {
+        nonce,
+        len: 0,
+        head: NONE,
+        tail: NONE,
+        pages: 0,
+    }
+}
+
 /// A change of [`BTree::apply`] whose value went to a chain, pending in
 /// meta slot `slot`.
 pub(super) struct Spilled {
@@ -126,15 +140,17 @@ pub(super) struct Spilled {
     pub slot: usize,
 }
 
+/// Pending slot `slot`: `None` if free; a chain of 0 pages if claimed
+/// and not written yet.
 fn pending(meta: &[u8], slot: usize) -> Option<Chain> {
     let at = META_PENDING + slot * PENDING_SLOT;
-    let pages = rd64(meta, at + 16);
-    (pages != 0).then(|| Chain {
-        nonce: rd64(meta, at + 24),
+    let nonce = rd64(meta, at + 24);
+    (nonce != 0).then(|| Chain {
+        nonce,
         len: 0,
         head: rd64(meta, at),
         tail: rd64(meta, at + 8),
-        pages,
+        pages: rd64(meta, at + 16),
     })
 }
 
@@ -196,12 +212,58 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         Ok(())
     }
 
-    /// Writes `val` to a new chain, pending in a meta slot; returns the
-    /// chain and the slot. On an error the part written is freed.
-    pub(super) fn write_chain(&self, val: &[u8]) -> Result<(Chain, usize), TreeError> {
+    /// Claims `n` pending slots at once, each with its chain's number (a
+    /// unit of its own): all or none, so a writer never holds some slots
+    /// while it waits for more, and writers cannot deadlock over them.
+    pub(super) fn claim_slots(&self, n: usize) -> Result<Vec<(usize, u64)>, TreeError> {
+        if n > PENDING_SLOTS {
+            return Err(TreeError::TooManyLargeValues {
+                values: n,
+                limit: PENDING_SLOTS,
+            });
+        }
+        if let Some(log) = self.log {
+            log.prepare()?;
+        }
+        self.retry(|| {
+            let _reserved = self.reserve(1).map_err(E::Fail)?;
+            let mut m = Mtr::new(true);
+            let mi = self.latch_meta(&mut m)?;
+            let free: Vec<usize> = (0..PENDING_SLOTS)
+                .filter(|&s| pending(m.b(mi), s).is_none())
+                .take(n)
+                .collect();
+            if free.len() < n {
+                // Others' chains are pending: wait for them.
+                return Err(E::Restart);
+            }
+            let base = rd64(m.b(mi), META_CHAIN);
+            wr64(m.bm(mi), META_CHAIN, base + n as u64);
+            let claims: Vec<(usize, u64)> = free.into_iter().zip(base + 1..).collect();
+            for &(slot, nonce) in &claims {
+                set_pending(m.bm(mi), slot, &unwritten(nonce));
+            }
+            m.commit(self.log)?;
+            Ok(claims)
+        })
+    }
+
+    /// Writes `val` to a new chain numbered `nonce`, pending in the slot
+    /// `slot` claimed for it ([`claim_slots`](Self::claim_slots)); returns
+    /// the chain. On an error the part written is freed and the slot
+    /// given back.
+    pub(super) fn write_chain(
+        &self,
+        val: &[u8],
+        slot: usize,
+        nonce: u64,
+    ) -> Result<Chain, TreeError> {
         let log = self.log.expect("only a logged tree has overflow chains");
         let len = val.len();
-        let mut done: Option<(Chain, usize)> = None;
+        let mut done = Chain {
+            len: len as u64,
+            ..unwritten(nonce)
+        };
         let mut left = len.div_ceil(CHUNK);
         while left > 0 {
             let from = left.saturating_sub(PER_UNIT);
@@ -210,31 +272,13 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 if let Err(e) = log.prepare() {
                     break Err(e);
                 }
-                let unit = (|| -> R<(Chain, usize)> {
+                let unit = (|| -> R<Chain> {
                     // Declared before `m`: given back after its pages are
                     // unlatched.
                     let _reserved = self.reserve(left - from + 1).map_err(E::Fail)?;
                     let mut m = Mtr::new(true);
                     let mi = self.latch_meta(&mut m)?;
-                    let (mut c, slot) = match done {
-                        Some(d) => d,
-                        None => {
-                            // No free slot: wait for another writer's.
-                            let slot = (0..PENDING_SLOTS)
-                                .find(|&s| pending(m.b(mi), s).is_none())
-                                .ok_or(E::Restart)?;
-                            let nonce = rd64(m.b(mi), META_CHAIN) + 1;
-                            wr64(m.bm(mi), META_CHAIN, nonce);
-                            let c = Chain {
-                                nonce,
-                                len: len as u64,
-                                head: NONE,
-                                tail: NONE,
-                                pages: 0,
-                            };
-                            (c, slot)
-                        }
-                    };
+                    let mut c = done;
                     for j in (from..left).rev() {
                         let i = self.new_node(&mut m)?;
                         let data = &val[j * CHUNK..len.min((j + 1) * CHUNK)];
@@ -253,7 +297,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                     }
                     set_pending(m.bm(mi), slot, &c);
                     m.commit(self.log)?;
-                    Ok((c, slot))
+                    Ok(c)
                 })();
                 match unit {
                     Ok(d) => break Ok(d),
@@ -272,17 +316,15 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 }
             };
             match r {
-                Ok(d) => done = Some(d),
+                Ok(c) => done = c,
                 Err(e) => {
-                    if let Some((c, slot)) = done {
-                        self.release(c, slot);
-                    }
+                    self.release(done, slot);
                     return Err(e);
                 }
             }
             left = from;
         }
-        Ok(done.expect("a large value has at least one page"))
+        Ok(done)
     }
 
     /// Frees the chains of `spilled` that a failed change left pending.
@@ -292,9 +334,10 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         }
     }
 
-    /// Frees chain `c`, pending in `slot`, if it still is. A failure is
-    /// logged: the chain stays pending and the next open frees it.
-    fn release(&self, c: Chain, slot: usize) {
+    /// Frees chain `c` (of no pages: a slot claimed and not written),
+    /// pending in `slot`, if it still is, and gives the slot back. A failure
+    /// is logged: the chain stays pending and the next open frees it.
+    pub(super) fn release(&self, c: Chain, slot: usize) {
         let r = self.retry(|| {
             let _reserved = self.reserve(2).map_err(E::Fail)?;
             let mut m = Mtr::new(true);
@@ -302,7 +345,9 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             if pending(m.b(mi), slot) != Some(Chain { len: 0, ..c }) {
                 return Ok(());
             }
-            self.free_chain(&mut m, mi, &c)?;
+            if c.pages > 0 {
+                self.free_chain(&mut m, mi, &c)?;
+            }
             clear_pending(m.bm(mi), slot);
             m.commit(self.log)?;
             Ok(())
@@ -367,7 +412,9 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 let Some(c) = pending(m.b(mi), slot) else {
                     return Ok(0);
                 };
-                self.free_chain(&mut m, mi, &c)?;
+                if c.pages > 0 {
+                    self.free_chain(&mut m, mi, &c)?;
+                }
                 clear_pending(m.bm(mi), slot);
                 m.commit(self.log)?;
                 Ok(c.pages)
@@ -436,6 +483,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             let g = self.pool.fix_shared(self.meta)?;
             (0..PENDING_SLOTS)
                 .filter_map(|s| pending(g.bytes(), s))
+                .filter(|c| c.pages > 0)
                 .collect()
         };
         for c in chains {
