@@ -209,13 +209,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
         Some(b'K' | b'k') => (&s[..s.len() - 1], 1u64 << 10),
         Some(b'M' | b'm') => (&s[..s.len() - 1], 1 << 20),
         Some(b'G' | b'g') => (&s[..s.len() - 1], 1 << 30),
+        Some(b'T' | b't') => (&s[..s.len() - 1], 1 << 40),
         _ => (s, 1),
     };
     num.parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .filter(|&n| n > 0)
-        .ok_or_else(|| format!("'{s}' is not a size (a number with K, M or G)"))
+        .ok_or_else(|| format!("'{s}' is not a size (a number with K, M, G or T)"))
 }
 
 fn store_path(dir: &Path) -> PathBuf {
@@ -563,11 +564,19 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Format { file, force } => format(&file, force).map(|s| {
             let l = s.engine().layout();
+            let max = s.engine().max_data_pages();
             println!(
-                "formatted {}: {} data pages, {} log blocks",
+                "formatted {}: {} data pages, {} log blocks; it grows to at most {max} data \
+                 pages ({} MiB{})",
                 store_path(&file.dir).display(),
                 l.data_pages,
-                l.log_blocks
+                l.log_blocks,
+                (max * 4096) >> 20,
+                if (max + l.log_blocks + 3) * 4096 < file.max_size {
+                    ": a larger store needs a larger --log"
+                } else {
+                    ""
+                }
             );
             true
         }),
