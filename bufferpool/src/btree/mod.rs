@@ -1049,6 +1049,9 @@ pub struct BTree<'p, B: BufferManager + ?Sized> {
     /// [`counting`](BTree::counting)), and the count.
     counting: bool,
     visits: AtomicU64,
+    /// Pages visited by the attempt under way (added to `visits` when it
+    /// succeeds: a restarted attempt's visits are not counted).
+    attempt: AtomicU64,
 }
 
 impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
@@ -1121,6 +1124,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             reclaimed: 0,
             counting: false,
             visits: AtomicU64::new(0),
+            attempt: AtomicU64::new(0),
         };
         Ok((t, lsn))
     }
@@ -1178,6 +1182,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             reclaimed: 0,
             counting: false,
             visits: AtomicU64::new(0),
+            attempt: AtomicU64::new(0),
         })
     }
 
@@ -1203,13 +1208,15 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             reclaimed: 0,
             counting: false,
             visits: AtomicU64::new(0),
+            attempt: AtomicU64::new(0),
         }
     }
 
     /// This handle, counting the pages its operations visit (each node on
-    /// a path down, each leaf of a scan, each overflow page read; restarts
-    /// count again): what a hit ratio is a ratio of. A handle per thread or
-    /// per operation: the count is one atomic.
+    /// a path down, each leaf of a scan, each overflow page read, in the
+    /// attempts that succeed: an optimistic attempt that restarts is not
+    /// counted): what a hit ratio is a ratio of. A handle per thread or per
+    /// operation: the count is one atomic.
     pub fn counting(mut self) -> BTree<'p, B> {
         self.counting = true;
         self
@@ -1223,7 +1230,24 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     #[inline(always)]
     fn visit(&self) {
         if self.counting {
-            self.visits.fetch_add(1, atomic::Ordering::Relaxed);
+            self.attempt.fetch_add(1, atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// An attempt begins: visits so far that were not counted are dropped.
+    #[inline(always)]
+    fn begin_attempt(&self) {
+        if self.counting {
+            self.attempt.store(0, atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The attempt succeeded: its visits count.
+    #[inline(always)]
+    fn end_attempt(&self) {
+        if self.counting {
+            let n = self.attempt.swap(0, atomic::Ordering::Relaxed);
+            self.visits.fetch_add(n, atomic::Ordering::Relaxed);
         }
     }
 
@@ -1254,8 +1278,12 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         let mut restarts = 0u32;
         let mut full = 0;
         loop {
+            self.begin_attempt();
             match f() {
-                Ok(t) => return Ok(t),
+                Ok(t) => {
+                    self.end_attempt();
+                    return Ok(t);
+                }
                 Err(E::Fail(e)) => return Err(e),
                 Err(E::LogFull(e)) => self.make_room(&mut full, e)?,
                 Err(E::Grow(pages)) => self.grow(pages)?,
@@ -1538,8 +1566,12 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             }
             applied.outcomes.clear();
             under.clear();
+            self.begin_attempt();
             match self.apply_once(changes, spilled, &mut applied, &mut under) {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.end_attempt();
+                    break;
+                }
                 Err(E::Fail(e)) => return Err(e),
                 Err(E::LogFull(e)) => self.make_room(&mut full, e)?,
                 Err(E::Grow(pages)) => self.grow(pages)?,
@@ -2053,9 +2085,13 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                         // meanwhile means the key changed since its leaf
                         // was read: then its value now, if it is there.
                         let mut suspect = None;
+                        self.begin_attempt();
                         let present =
                             match self.read_value(&Chain::decode(v), &mut large, &mut suspect) {
-                                Ok(()) => true,
+                                Ok(()) => {
+                                    self.end_attempt();
+                                    true
+                                }
                                 Err(E::Fail(e)) => return Err(e),
                                 Err(_) => self.lookup(k, &mut large)?,
                             };
@@ -2076,6 +2112,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                     return Ok(());
                 }
                 // The sibling, checked to still be this leaf's neighbour.
+                self.begin_attempt();
                 let step = (|| -> R<OptimisticGuard<'p, B>> {
                     self.visit();
                     let s = self.pool.optimistic(PageId(next))?;
@@ -2093,7 +2130,10 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                     Ok(s)
                 })();
                 match step {
-                    Ok(s) => cur = s,
+                    Ok(s) => {
+                        self.end_attempt();
+                        cur = s;
+                    }
                     Err(E::Fail(e)) => return Err(e),
                     Err(_) => break,
                 }
