@@ -1,6 +1,7 @@
 //! Process mode: [`BlockDevice`](crate::BlockDevice)s over
 //! `dbos_nvme::host::process` queue pairs (the real driver, poller and
-//! io_uring on an `O_DIRECT` file), and the host [`Env`].
+//! io_uring on an `O_DIRECT` file), the host [`Env`], and the kernel's
+//! count of TLB shootdowns ([`tlb_shootdowns`]).
 
 use crate::device::{DmaAllocator, IoBuf, NvmeDevice, QueueAccess};
 use crate::{Env, Sleep};
@@ -111,4 +112,18 @@ fn futex_wake_all(word: &AtomicU32) {
             i32::MAX,
         )
     };
+}
+
+/// The sum of the `TLB:` line of /proc/interrupts: TLB shootdown IPIs
+/// received by all CPUs since boot (the whole machine's, every process's).
+/// `None` where the kernel does not show it.
+pub fn tlb_shootdowns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/interrupts").ok()?;
+    let line = s.lines().find(|l| l.trim_start().starts_with("TLB:"))?;
+    Some(
+        line.split_whitespace()
+            .skip(1)
+            .map_while(|x| x.parse::<u64>().ok())
+            .sum(),
+    )
 }

@@ -45,7 +45,7 @@ use dbos_benches::{median, poller_config, require_direct_io};
 use dbos_bufferpool::btree::BTree;
 use dbos_bufferpool::device::{run_all, BlockDevice, DmaBytes, Io};
 use dbos_bufferpool::direct::DirectDevice;
-use dbos_bufferpool::host::{block_device, ProcessBlockDevice};
+use dbos_bufferpool::host::{block_device, tlb_shootdowns, ProcessBlockDevice};
 use dbos_bufferpool::pool::hash::HashPool;
 use dbos_bufferpool::pool::vmcache::{PoolConfig, VmCache};
 use dbos_bufferpool::pool::{BufferManager, PoolStats};
@@ -352,23 +352,6 @@ impl Rng {
     }
 }
 
-/// Sum of the `TLB:` line of /proc/interrupts (shootdown IPIs received,
-/// all CPUs).
-fn tlb_shootdowns() -> u64 {
-    std::fs::read_to_string("/proc/interrupts")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.trim_start().starts_with("TLB:"))?;
-            Some(
-                line.split_whitespace()
-                    .skip(1)
-                    .map_while(|x| x.parse::<u64>().ok())
-                    .sum(),
-            )
-        })
-        .unwrap_or(0)
-}
-
 fn config(capacity: usize, allocated: u64) -> PoolConfig {
     PoolConfig {
         capacity,
@@ -665,7 +648,7 @@ struct OooRun {
 
 fn ooo_measure<B: BufferManager>(t: &BTree<'_, B>, keys: u64, threads: usize, secs: f64) -> OooRun {
     let s0 = t.pool().stats();
-    let tlb0 = tlb_shootdowns();
+    let tlb0 = tlb_shootdowns().unwrap_or(0);
     let t0 = Instant::now();
     let rate = lookups(t, keys, threads, secs).wall;
     let secs = t0.elapsed().as_secs_f64();
@@ -681,7 +664,7 @@ fn ooo_measure<B: BufferManager>(t: &BTree<'_, B>, keys: u64, threads: usize, se
             allocations: s1.allocations - s0.allocations,
             ..PoolStats::default()
         },
-        tlb: tlb_shootdowns() - tlb0,
+        tlb: tlb_shootdowns().unwrap_or(0) - tlb0,
         secs,
     }
 }
@@ -780,10 +763,11 @@ fn out_of_memory<D: BlockDevice>(args: &Args, devices: &dyn Fn(usize) -> Vec<D>)
             for k in 0..methods {
                 let m = (k + round) % methods;
                 if m == 0 {
-                    let tlb0 = tlb_shootdowns();
+                    let tlb0 = tlb_shootdowns().unwrap_or(0);
                     let t0 = Instant::now();
                     let iops = qd1_reads(&mut qdev, &buf, used, args.seconds);
-                    let tlb = (tlb_shootdowns() - tlb0) as f64 / t0.elapsed().as_secs_f64();
+                    let tlb =
+                        (tlb_shootdowns().unwrap_or(0) - tlb0) as f64 / t0.elapsed().as_secs_f64();
                     println!(
                         "    {:<18} {iops:>9.0} IOPS (TLB shootdowns {tlb:.0}/s, no evictions)",
                         "QD1 reads"

@@ -30,7 +30,7 @@
 use clap::{Parser, Subcommand};
 use dbos_bufferpool::direct::DirectDevice;
 use dbos_bufferpool::engine::PoolSetup;
-use dbos_bufferpool::host::env;
+use dbos_bufferpool::host::{env, tlb_shootdowns};
 use dbos_bufferpool::pool::vmcache::VmCache;
 use dbos_bufferpool::{Config, Layout, PoolError};
 use dbos_kvstore::workload::{
@@ -446,19 +446,6 @@ fn phase(
         counters: &counters,
     };
     println!("{r}");
-}
-
-/// The sum of the `TLB:` line of /proc/interrupts (TLB shootdown IPIs
-/// received, all CPUs); `None` where the kernel does not show it.
-fn tlb_shootdowns() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/interrupts").ok()?;
-    let line = s.lines().find(|l| l.trim_start().starts_with("TLB:"))?;
-    Some(
-        line.split_whitespace()
-            .skip(1)
-            .map_while(|x| x.parse::<u64>().ok())
-            .sum(),
-    )
 }
 
 fn verify(store: &KvStore, spec: &Spec, acked: &Acked, when: &str) -> bool {
