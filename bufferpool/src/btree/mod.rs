@@ -914,6 +914,16 @@ pub enum Change<'a> {
 }
 
 impl<'a> Change<'a> {
+    /// The value the change writes (`None`: a delete).
+    pub fn val(&self) -> Option<&'a [u8]> {
+        match *self {
+            Change::Insert { val, .. }
+            | Change::Update { val, .. }
+            | Change::Upsert { val, .. } => Some(val),
+            Change::Delete { .. } => None,
+        }
+    }
+
     /// The key the change is about.
     pub fn key(&self) -> &'a [u8] {
         match *self {
@@ -1500,13 +1510,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         }
         let mut large = Vec::new();
         for (i, c) in changes.iter().enumerate() {
-            let spill = match *c {
-                Change::Insert { key, val }
-                | Change::Update { key, val }
-                | Change::Upsert { key, val } => self.check_entry(key, val)?,
-                Change::Delete { key } => self.check_entry(key, &[])?,
-            };
-            if spill {
+            if self.check_entry(c.key(), c.val().unwrap_or(&[]))? {
                 large.push(i);
             }
         }
@@ -1520,12 +1524,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             self.claim_slots(large.len())?
         };
         for (n, (&i, &(slot, nonce))) in large.iter().zip(&claims).enumerate() {
-            let val = match changes[i] {
-                Change::Insert { val, .. }
-                | Change::Update { val, .. }
-                | Change::Upsert { val, .. } => val,
-                Change::Delete { .. } => unreachable!("a delete has no value"),
-            };
+            let val = changes[i].val().expect("only a value spills");
             match self.write_chain(val, slot, nonce) {
                 Ok(chain) => spilled.push(Spilled {
                     change: i,

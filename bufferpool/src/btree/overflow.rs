@@ -338,21 +338,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     /// pending in `slot`, if it still is, and gives the slot back. A failure
     /// is logged: the chain stays pending and the next open frees it.
     pub(super) fn release(&self, c: Chain, slot: usize) {
-        let r = self.retry(|| {
-            let _reserved = self.reserve(2).map_err(E::Fail)?;
-            let mut m = Mtr::new(true);
-            let mi = self.latch_meta(&mut m)?;
-            if pending(m.b(mi), slot) != Some(Chain { len: 0, ..c }) {
-                return Ok(());
-            }
-            if c.pages > 0 {
-                self.free_chain(&mut m, mi, &c)?;
-            }
-            clear_pending(m.bm(mi), slot);
-            m.commit(self.log)?;
-            Ok(())
-        });
-        if let Err(e) = r {
+        if let Err(e) = self.free_pending(slot, Some(c)) {
             log::warn!(
                 "btree: freeing overflow chain {} ({} pages) after a failed change: {e}; it \
                  stays pending until the store is opened again",
@@ -360,6 +346,29 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 c.pages
             );
         }
+    }
+
+    /// One unit: frees the chain pending in `slot` (if any, and if it is
+    /// `expect` where that is given) and empties the slot. Returns the pages
+    /// freed.
+    fn free_pending(&self, slot: usize, expect: Option<Chain>) -> Result<u64, TreeError> {
+        self.retry(|| {
+            let _reserved = self.reserve(2).map_err(E::Fail)?;
+            let mut m = Mtr::new(true);
+            let mi = self.latch_meta(&mut m)?;
+            let Some(c) = pending(m.b(mi), slot) else {
+                return Ok(0);
+            };
+            if expect.is_some_and(|e| Chain { len: 0, ..e } != c) {
+                return Ok(0);
+            }
+            if c.pages > 0 {
+                self.free_chain(&mut m, mi, &c)?;
+            }
+            clear_pending(m.bm(mi), slot);
+            m.commit(self.log)?;
+            Ok(c.pages)
+        })
     }
 
     /// Splices chain `c` onto the free list in unit `m`, which holds the
@@ -405,20 +414,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             if let Some(log) = self.log {
                 log.prepare()?;
             }
-            pages += self.retry(|| {
-                let _reserved = self.reserve(2).map_err(E::Fail)?;
-                let mut m = Mtr::new(true);
-                let mi = self.latch_meta(&mut m)?;
-                let Some(c) = pending(m.b(mi), slot) else {
-                    return Ok(0);
-                };
-                if c.pages > 0 {
-                    self.free_chain(&mut m, mi, &c)?;
-                }
-                clear_pending(m.bm(mi), slot);
-                m.commit(self.log)?;
-                Ok(c.pages)
-            })?;
+            pages += self.free_pending(slot, None)?;
         }
         if pages > 0 {
             log::info!("btree: freed {pages} overflow pages a crash left pending");
