@@ -588,8 +588,8 @@ pub struct Engine<D: BlockDevice, B> {
     pool: B,
     /// The control block, format and flush I/O.
     io: Mutex<StoreIo<D>>,
-    /// The log's size (its data pages: `data_pages`).
-    pub(crate) layout: Layout,
+    /// The log's size in blocks (the data area's: `data_pages`).
+    pub(crate) log_blocks: u64,
     /// Pages in the data area now (see `crate::growth`).
     pub(crate) data_pages: AtomicU64,
     /// The most it may grow to, and why no more.
@@ -730,7 +730,7 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
             env: config.env,
             wal,
             io: Mutex::new(io),
-            layout: control.layout,
+            log_blocks: control.layout.log_blocks,
             data_pages: AtomicU64::new(control.layout.data_pages),
             max_pages,
             limit,
@@ -804,8 +804,8 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
     /// The layout (its data pages as they are now: the area grows).
     pub fn layout(&self) -> Layout {
         Layout {
+            log_blocks: self.log_blocks,
             data_pages: self.data_pages.load(Ordering::Acquire),
-            ..self.layout
         }
     }
 

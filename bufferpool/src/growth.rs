@@ -154,7 +154,7 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
             // much free now, a checkpoint first (its table is the old
             // size's, for which room was kept).
             let reserve = lsntable::table_blocks(target);
-            if self.log_blocks_in_use() + reserve > self.layout.log_blocks {
+            if self.log_blocks_in_use() + reserve > self.log_blocks {
                 self.checkpoint_held()?;
             }
             self.wal.set_reserve(reserve);
