@@ -14,6 +14,9 @@ extern crate alloc;
 #[cfg(not(target_os = "none"))]
 extern crate std;
 
+#[cfg(not(target_os = "none"))]
+pub mod net;
+pub mod resp;
 pub mod server;
 pub mod store;
 pub mod workload;

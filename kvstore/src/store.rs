@@ -29,7 +29,7 @@ use dbos_bufferpool::btree::{BTree, Change, TreeError, MAX_CHANGES, MAX_KEY, MAX
 use dbos_bufferpool::engine::PoolSetup;
 use dbos_bufferpool::page::PAGE_HEADER;
 use dbos_bufferpool::{
-    BlockDevice, BufferManager, Config, Engine, Layout, PageId, PageWrite, PoolError,
+    BlockDevice, BufferManager, Config, Engine, Layout, Lsn, PageId, PageWrite, PoolError,
     RecoveryReport,
 };
 
@@ -314,6 +314,31 @@ where
     /// Removes `key`, durably; false if it was absent.
     pub fn delete(&self, key: &[u8]) -> Result<bool, Error> {
         Ok(self.apply(&[Change::Delete { key }])?[0])
+    }
+
+    /// Applies `ops` in order, atomically (one log unit), visible to every
+    /// reader on return, and returns the LSN to pass to [`wait`](Self::wait)
+    /// for durability: a server applies many clients' writes this way and
+    /// waits once for all of them. At most [`MAX_TRANSACTION`] operations.
+    pub fn write(&self, ops: &[Op<'_>]) -> Result<Lsn, Error> {
+        let changes: Vec<Change<'_>> = ops
+            .iter()
+            .map(|op| match *op {
+                Op::Put { key, value } => Change::Upsert { key, val: value },
+                Op::Delete { key } => Change::Delete { key },
+            })
+            .collect();
+        let applied = self.tree().apply(&changes)?;
+        // Nothing changed (deletes of absent keys): what was decided on may
+        // not be durable yet, so everything logged so far is waited for.
+        Ok(applied
+            .lsn
+            .unwrap_or_else(|| self.engine.wal().insert_lsn()))
+    }
+
+    /// Returns once the log is durable up to `lsn`.
+    pub fn wait(&self, lsn: Lsn) -> Result<(), Error> {
+        Ok(self.engine.wait_durable(lsn)?)
     }
 
     /// Applies `ops` in order, atomically and durably (one log unit, one

@@ -8,6 +8,8 @@
 //! dbos-kv workload --dir DIR [--workload a..f] [--distribution uniform|zipfian]
 //!                  [--records N] [--operations N] [--threads N] [--value-size N]
 //!                  [--pool 64M] [--load-batch N] [--no-load] [--seed N]
+//! dbos-kv serve    --dir DIR [--listen 127.0.0.1:6379] [--engine btree|memory]
+//!                  [--threads N] [--pool 64M] [--size 128M] [--max-size 16G]
 //! dbos-kv check    --dir DIR [--pool 64M]
 //! dbos-kv verify-acks --dir DIR --acks FILE --value-size N
 //! ```
@@ -33,10 +35,11 @@ use dbos_bufferpool::engine::PoolSetup;
 use dbos_bufferpool::host::{env, tlb_shootdowns};
 use dbos_bufferpool::pool::vmcache::VmCache;
 use dbos_bufferpool::{Config, Layout, PoolError};
+use dbos_kvstore::server::btree::BtreeEngine;
 use dbos_kvstore::workload::{
     self, Acked, Distribution, Report, Spec, Stats, Verification, Workload,
 };
-use dbos_kvstore::Store;
+use dbos_kvstore::{net, server, Store};
 use dbos_nvme::host::{BackingFile, FileError};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -78,6 +81,9 @@ enum Command {
         #[arg(long)]
         value_size: usize,
     },
+    /// Serves the store over the Redis protocol (RESP2) until SHUTDOWN;
+    /// formats a new store in --dir if it holds none.
+    Serve(ServeArgs),
     /// Opens the store (recovering it) and checks the whole tree.
     Check {
         #[arg(long)]
@@ -106,6 +112,34 @@ struct FileArgs {
     /// Size of a new store's log.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     log: u64,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    file: FileArgs,
+    /// Address to listen on (port 0: any free port; the address bound is
+    /// printed).
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    listen: String,
+    /// The storage engine.
+    #[arg(long, value_enum, default_value_t = EngineKind::Btree)]
+    engine: EngineKind,
+    /// Event loops serving connections.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Buffer pool size (btree engine).
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pool: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EngineKind {
+    /// The durable B+tree on the buffer pool: every write logged before it
+    /// is acknowledged.
+    Btree,
+    /// An in-memory hash table persisted by snapshots (BGSAVE).
+    Memory,
 }
 
 #[derive(clap::Args)]
@@ -545,6 +579,37 @@ fn run_workload(a: &WorkloadArgs) -> Result<bool, String> {
     Ok(ok)
 }
 
+fn serve(a: &ServeArgs) -> Result<bool, String> {
+    if a.engine == EngineKind::Memory {
+        return Err("the memory engine is not built into this binary yet".into());
+    }
+    let store = if store_path(&a.file.dir).exists() {
+        open(&a.file.dir, a.pool)?
+    } else {
+        format(&a.file, false)?;
+        open(&a.file.dir, a.pool)?
+    };
+    let listener = std::net::TcpListener::bind(&a.listen)
+        .map_err(|e| format!("listening on {}: {e}", a.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let config = server::Config {
+        dir: a.file.dir.display().to_string(),
+        ..server::Config::default()
+    };
+    config.port.store(u64::from(addr.port()), Ordering::Relaxed);
+    let engine = BtreeEngine::new(store, net::wall_clock);
+    let shared = Arc::new(server::Shared::new(engine, config, net::wall_clock));
+    println!(
+        "dbos-kv: serving {} (btree engine, {} event loops) on {addr}",
+        store_path(&a.file.dir).display(),
+        a.threads
+    );
+    let _ = std::io::stdout().flush();
+    net::serve(shared, listener, a.threads).map_err(|e| format!("serving: {e}"))?;
+    println!("dbos-kv: shut down");
+    Ok(true)
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
@@ -568,6 +633,7 @@ fn main() -> ExitCode {
             true
         }),
         Command::Workload(a) => run_workload(&a),
+        Command::Serve(a) => serve(&a),
         Command::VerifyAcks {
             dir,
             acks,

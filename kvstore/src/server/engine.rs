@@ -120,6 +120,7 @@ impl fmt::Display for EngineError {
 
 /// A key-value engine as the server's commands see it (see the module
 /// documentation for the contract).
+#[allow(clippy::len_without_is_empty)]
 pub trait KvEngine: Sync {
     /// The engine's name as `--engine` takes it (`btree`, `memory`).
     fn name(&self) -> &'static str;
@@ -150,6 +151,7 @@ pub trait KvEngine: Sync {
     /// on and returns where the next scan resumes ([`Cursor::Done`] at the
     /// end). Entries written during a scan may or may not be seen; an entry
     /// present for the whole scan is delivered exactly once.
+    #[allow(clippy::type_complexity)]
     fn scan(
         &self,
         from: &Cursor,

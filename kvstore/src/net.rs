@@ -1,0 +1,363 @@
+//! The process server's I/O: the sans-I/O sessions
+//! ([`crate::server::Session`]) served over TCP sockets by `threads` event
+//! loops (mio: epoll), each owning the connections it accepted.
+//!
+//! One round of a loop: read what every ready connection sent, run the
+//! complete requests of each (pipelined ones too), wait **once** for the
+//! durability of all the writes they made (the highest ticket: the WAL
+//! commits concurrent waits of the loops together), then send the
+//! replies. So no reply announces a write before it is durable, and one
+//! log write carries many clients' commands.
+//!
+//! Limits: `maxclients` (a client over it gets Redis's error and is
+//! closed), `client-query-buffer-limit` (a client that sends more than it
+//! without completing a request is closed), and back-pressure on output:
+//! a client that does not read its replies stops being served once
+//! [`OUTPUT_HIGH_WATER`] of them wait for it (its requests stay in the
+//! socket), so it costs bounded memory and nothing to other clients.
+
+use crate::server::engine::{KvEngine, Ticket, UnixMs};
+use crate::server::session::{Session, Shared, OUTPUT_HIGH_WATER};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use std::io::{self, Read, Write};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::vec::Vec;
+
+const LISTENER: Token = Token(usize::MAX);
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The wall clock as the server's commands take it.
+pub fn wall_clock() -> UnixMs {
+    UnixMs(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    )
+}
+
+struct Conn {
+    stream: TcpStream,
+    session: Session,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    /// Bytes of `output` already sent.
+    sent: usize,
+    /// The socket may hold more input than was read (reading stopped for
+    /// back-pressure).
+    unread: bool,
+    /// The socket is registered for writability too.
+    want_write: bool,
+    /// Close once the output is sent.
+    closing: bool,
+    /// Requests were left unanswered because the output passed the high
+    /// water mark (they are in `input`).
+    stalled: bool,
+    /// The ticket the output waits for.
+    ticket: Option<Ticket>,
+}
+
+/// Serves `listener` with `threads` event loops until a `SHUTDOWN`.
+pub fn serve<E: KvEngine + Send + 'static>(
+    shared: Arc<Shared<E>>,
+    listener: std::net::TcpListener,
+    threads: usize,
+) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let mut handles = Vec::new();
+    for i in 0..threads.max(1) {
+        let l = TcpListener::from_std(listener.try_clone()?);
+        let shared = shared.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(std::format!("dbos-kv-loop{i}"))
+                .spawn(move || event_loop(&shared, l))?,
+        );
+    }
+    let mut result = Ok(());
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(_) => result = Err(io::Error::other("an event loop panicked")),
+        }
+    }
+    result
+}
+
+fn event_loop<E: KvEngine>(shared: &Shared<E>, mut listener: TcpListener) -> io::Result<()> {
+    let mut poll = Poll::new()?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let mut conns: Vec<Option<Conn>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut events = Events::with_capacity(1024);
+    let mut ready: Vec<usize> = Vec::new();
+    // Connections to serve in the next round without an event: their
+    // output drained while requests were held back.
+    let mut carry: Vec<usize> = Vec::new();
+    let mut chunk = std::vec![0u8; READ_CHUNK];
+    while !shared.shutting_down() {
+        let timeout = if carry.is_empty() { 100 } else { 0 };
+        match poll.poll(&mut events, Some(Duration::from_millis(timeout))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        ready.clear();
+        ready.append(&mut carry);
+        for ev in events.iter() {
+            if ev.token() == LISTENER {
+                accept(shared, &poll, &mut listener, &mut conns, &mut free);
+            } else {
+                ready.push(ev.token().0);
+            }
+        }
+        ready.sort_unstable();
+        ready.dedup();
+        // Read and run.
+        let mut wait: Option<Ticket> = None;
+        for &i in &ready {
+            let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) else {
+                continue;
+            };
+            flush(shared, c);
+            if c.closing || c.ticket.is_some() {
+                continue;
+            }
+            if let Err(e) = read_and_run(shared, c, &mut chunk) {
+                log::debug!("client {}: {e}", c.session.id());
+                c.closing = true;
+                c.output.clear();
+                c.sent = 0;
+            }
+            wait = wait.max(c.ticket);
+        }
+        // One durable wait for every write of the round.
+        if let Some(t) = wait {
+            let commands: u64 = ready
+                .iter()
+                .filter_map(|&i| conns.get(i).and_then(|c| c.as_ref()))
+                .filter(|c| c.ticket.is_some())
+                .count() as u64;
+            shared.stats.durable_waits.fetch_add(1, Ordering::Relaxed);
+            shared
+                .stats
+                .durable_clients
+                .fetch_add(commands, Ordering::Relaxed);
+            if let Err(e) = shared.engine.wait(t) {
+                // Not durable: no client may be told otherwise. Their
+                // connections close without the replies.
+                log::error!("the log failed; closing every connection that waited for it: {e}");
+                for &i in &ready {
+                    if let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) {
+                        if c.ticket.is_some() {
+                            c.output.clear();
+                            c.sent = 0;
+                            c.closing = true;
+                        }
+                    }
+                }
+            }
+        }
+        // Send, and serve again what back-pressure held.
+        for &i in &ready {
+            let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) else {
+                continue;
+            };
+            c.ticket = None;
+            flush(shared, c);
+            let drained = c.sent == c.output.len();
+            if c.closing && drained || update_interest(&poll, c, i).is_err() {
+                close(shared, &poll, &mut conns, &mut free, i);
+            } else if drained && (c.stalled || c.unread) {
+                carry.push(i);
+            }
+        }
+    }
+    for i in 0..conns.len() {
+        if conns[i].is_some() {
+            close(shared, &poll, &mut conns, &mut free, i);
+        }
+    }
+    Ok(())
+}
+
+fn accept<E: KvEngine>(
+    shared: &Shared<E>,
+    poll: &Poll,
+    listener: &mut TcpListener,
+    conns: &mut Vec<Option<Conn>>,
+    free: &mut Vec<usize>,
+) {
+    loop {
+        let (mut stream, _) = match listener.accept() {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                // Out of file descriptors and the like: the clients
+                // already connected go on.
+                log::warn!("accept: {e}");
+                return;
+            }
+        };
+        let connected = shared.stats.connected_clients.load(Ordering::Relaxed);
+        if connected as usize >= shared.config.maxclients.load(Ordering::Relaxed) {
+            shared
+                .stats
+                .rejected_connections
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = stream.write(b"-ERR max number of clients reached\r\n");
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let i = free.pop().unwrap_or_else(|| {
+            conns.push(None);
+            conns.len() - 1
+        });
+        if let Err(e) = poll
+            .registry()
+            .register(&mut stream, Token(i), Interest::READABLE)
+        {
+            log::warn!("registering a connection: {e}");
+            free.push(i);
+            continue;
+        }
+        shared
+            .stats
+            .connected_clients
+            .fetch_add(1, Ordering::Relaxed);
+        conns[i] = Some(Conn {
+            stream,
+            session: shared.session(),
+            input: Vec::new(),
+            output: Vec::new(),
+            sent: 0,
+            unread: false,
+            want_write: false,
+            closing: false,
+            stalled: false,
+            ticket: None,
+        });
+    }
+}
+
+/// Reads what the client sent (until the socket is empty, or
+/// back-pressure) and runs its complete requests.
+fn read_and_run<E: KvEngine>(shared: &Shared<E>, c: &mut Conn, chunk: &mut [u8]) -> io::Result<()> {
+    let limit = shared
+        .config
+        .client_query_buffer_limit
+        .load(Ordering::Relaxed);
+    c.unread = false;
+    if c.stalled {
+        run(shared, c);
+    }
+    loop {
+        if c.output.len() - c.sent >= OUTPUT_HIGH_WATER || c.input.len() > limit {
+            // Back-pressure: leave the rest in the socket.
+            c.unread = true;
+            break;
+        }
+        match c.stream.read(chunk) {
+            Ok(0) => {
+                c.closing = true;
+                break;
+            }
+            Ok(n) => {
+                shared
+                    .stats
+                    .net_input_bytes
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                c.input.extend_from_slice(&chunk[..n]);
+                run(shared, c);
+                if c.closing {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn run<E: KvEngine>(shared: &Shared<E>, c: &mut Conn) {
+    if c.sent > 0 && c.sent == c.output.len() {
+        c.output.clear();
+        c.sent = 0;
+    }
+    let p = c.session.process(shared, &c.input, &mut c.output);
+    c.input.drain(..p.consumed);
+    c.ticket = c.ticket.max(p.ticket);
+    c.closing |= p.close;
+    c.stalled = c.output.len() >= OUTPUT_HIGH_WATER;
+}
+
+/// Sends what output is ready (not while it waits for durability).
+fn flush<E: KvEngine>(shared: &Shared<E>, c: &mut Conn) {
+    if c.ticket.is_some() {
+        return;
+    }
+    while c.sent < c.output.len() {
+        match c.stream.write(&c.output[c.sent..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                c.sent += n;
+                shared
+                    .stats
+                    .net_output_bytes
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                c.closing = true;
+                c.output.clear();
+                c.sent = 0;
+                return;
+            }
+        }
+    }
+    if c.sent == c.output.len() {
+        c.output.clear();
+        c.sent = 0;
+    }
+}
+
+/// Registers for writability while output is pending (what was held back
+/// is served again from the `carry` list once it is sent).
+fn update_interest(poll: &Poll, c: &mut Conn, i: usize) -> io::Result<()> {
+    let pending = c.sent < c.output.len();
+    if pending != c.want_write {
+        let interest = if pending {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        poll.registry()
+            .reregister(&mut c.stream, Token(i), interest)?;
+        c.want_write = pending;
+    }
+    Ok(())
+}
+
+fn close<E: KvEngine>(
+    shared: &Shared<E>,
+    poll: &Poll,
+    conns: &mut [Option<Conn>],
+    free: &mut Vec<usize>,
+    i: usize,
+) {
+    if let Some(mut c) = conns[i].take() {
+        let _ = poll.registry().deregister(&mut c.stream);
+        shared
+            .stats
+            .connected_clients
+            .fetch_sub(1, Ordering::Relaxed);
+        free.push(i);
+    }
+}
