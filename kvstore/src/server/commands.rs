@@ -267,6 +267,7 @@ fn execute<E: KvEngine>(
     out: &mut Vec<u8>,
 ) -> Result<(), Fail> {
     let e = engine_err;
+    db.counting = spec.flags & WRITE == 0;
     let mut r = Reply(out);
     match spec.cmd {
         Cmd::Ping => match a.len() {

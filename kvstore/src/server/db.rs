@@ -21,9 +21,11 @@ pub struct Db<'e, E: KvEngine + ?Sized> {
     /// The latest write per key, in first-write order (`None` = deleted).
     pending: Vec<(Vec<u8>, Option<Entry>)>,
     /// Reads that found a key / found none (Redis's keyspace hits and
-    /// misses).
+    /// misses), counted while `counting` (for reading commands: a write's
+    /// look at the old value is not a hit, as in Redis).
     pub hits: u64,
     pub misses: u64,
+    pub counting: bool,
 }
 
 impl<'e, E: KvEngine + ?Sized> Db<'e, E> {
@@ -35,6 +37,7 @@ impl<'e, E: KvEngine + ?Sized> Db<'e, E> {
             pending: Vec::new(),
             hits: 0,
             misses: 0,
+            counting: true,
         }
     }
 
@@ -64,20 +67,19 @@ impl<'e, E: KvEngine + ?Sized> Db<'e, E> {
                 _ => None,
             }
         };
-        if found.is_some() {
-            self.hits += 1;
-        } else {
-            self.misses += 1;
+        if self.counting {
+            if found.is_some() {
+                self.hits += 1;
+            } else {
+                self.misses += 1;
+            }
         }
         Ok(found)
     }
 
-    /// Whether `key` has a live entry (not counted as a hit or miss).
+    /// Whether `key` has a live entry.
     pub fn exists(&mut self, key: &[u8]) -> Result<bool, EngineError> {
-        let (h, m) = (self.hits, self.misses);
-        let e = self.get(key)?.is_some();
-        (self.hits, self.misses) = (h, m);
-        Ok(e)
+        Ok(self.get(key)?.is_some())
     }
 
     fn set(&mut self, key: &[u8], entry: Option<Entry>) {

@@ -1,0 +1,927 @@
+//! The Redis-protocol server (`dbos-kv serve`) tested as its users meet
+//! it: the binary started on a free loopback port and driven by a real
+//! client (the `redis` crate) or, where the exact bytes matter (hostile
+//! clients, error texts), by raw sockets. Replies are compared with what
+//! Redis documents for each command.
+
+use redis::{Commands, Connection, RedisResult, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running server; killed (SIGKILL) when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        Server::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dbos-kv"))
+            .args(["serve", "--dir"])
+            .arg(dir)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--size",
+                "16M",
+                "--log",
+                "4M",
+                "--max-size",
+                "256M",
+                "--pool",
+                "8M",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start dbos-kv serve");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        let port = loop {
+            line.clear();
+            let n = out.read_line(&mut line).expect("read the server's output");
+            assert!(n > 0, "the server exited before listening");
+            if let Some(addr) = line
+                .trim()
+                .rsplit(" on ")
+                .next()
+                .filter(|_| line.contains("serving"))
+            {
+                break addr.rsplit(':').next().unwrap().parse().expect("a port");
+            }
+        };
+        // Keep draining its output so that it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while out.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        Server { child, port }
+    }
+
+    fn conn(&self) -> Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .unwrap()
+            .get_connection()
+            .expect("connect")
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends raw bytes and returns what arrives within `wait` (or until
+    /// the server closes the connection).
+    fn raw(&self, bytes: &[u8], wait: Duration) -> (Vec<u8>, bool) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.write_all(bytes).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let (mut got, mut closed) = (Vec::new(), false);
+        let end = Instant::now() + wait;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < end {
+            match s.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        (got, closed)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The server's error reply, as `CODE detail`.
+fn err<T: std::fmt::Debug>(r: RedisResult<T>) -> String {
+    let e = r.expect_err("an error reply");
+    format!("{} {}", e.code().unwrap_or("?"), e.detail().unwrap_or(""))
+}
+
+fn cmd(c: &mut Connection, args: &[&str]) -> RedisResult<Value> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(c)
+}
+
+fn bulk(s: &str) -> Value {
+    Value::BulkString(s.as_bytes().to_vec())
+}
+
+#[test]
+fn string_commands_reply_as_redis_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut c = server.conn();
+    let _: () = c.set("k", "v").unwrap();
+    assert_eq!(c.get::<_, String>("k").unwrap(), "v");
+    assert_eq!(c.get::<_, Option<String>>("nope").unwrap(), None);
+    // SET's options.
+    assert_eq!(cmd(&mut c, &["SET", "k", "w", "NX"]).unwrap(), Value::Nil);
+    assert_eq!(cmd(&mut c, &["SET", "k2", "w", "XX"]).unwrap(), Value::Nil);
+    assert_eq!(
+        cmd(&mut c, &["SET", "k", "w", "XX", "GET"]).unwrap(),
+        bulk("v")
+    );
+    assert_eq!(
+        cmd(&mut c, &["SET", "new", "x", "GET"]).unwrap(),
+        Value::Nil
+    );
+    assert_eq!(
+        cmd(&mut c, &["SET", "k", "w", "NX", "XX"]).map_err(|e| e.detail().map(String::from)),
+        Err(Some("syntax error".into()))
+    );
+    assert_eq!(
+        err(cmd(&mut c, &["SET", "k", "w", "EX", "0"])),
+        "ERR invalid expire time in 'set' command"
+    );
+    assert_eq!(
+        err(cmd(&mut c, &["SET", "k", "w", "EX", "x"])),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(
+        err(cmd(&mut c, &["SET", "k", "w", "EX", "10", "PX", "10"])),
+        "ERR syntax error"
+    );
+    assert_eq!(
+        cmd(&mut c, &["SET", "t", "1", "EX", "100"]).unwrap(),
+        Value::Okay
+    );
+    assert_eq!(c.ttl::<_, i64>("t").unwrap(), 100);
+    assert_eq!(
+        cmd(&mut c, &["SET", "t", "2", "KEEPTTL"]).unwrap(),
+        Value::Okay
+    );
+    assert!(c.pttl::<_, i64>("t").unwrap() > 98_000);
+    assert_eq!(cmd(&mut c, &["SET", "t", "3"]).unwrap(), Value::Okay);
+    assert_eq!(
+        c.ttl::<_, i64>("t").unwrap(),
+        -1,
+        "a plain SET clears the expiry"
+    );
+    // SETNX, GETSET, GETDEL.
+    assert_eq!(cmd(&mut c, &["SETNX", "k", "z"]).unwrap(), Value::Int(0));
+    assert_eq!(
+        cmd(&mut c, &["SETNX", "fresh", "z"]).unwrap(),
+        Value::Int(1)
+    );
+    assert_eq!(cmd(&mut c, &["GETSET", "fresh", "y"]).unwrap(), bulk("z"));
+    assert_eq!(cmd(&mut c, &["GETDEL", "fresh"]).unwrap(), bulk("y"));
+    assert_eq!(cmd(&mut c, &["GETDEL", "fresh"]).unwrap(), Value::Nil);
+    // MSET, MGET, MSETNX.
+    assert_eq!(
+        cmd(&mut c, &["MSET", "a", "1", "b", "2"]).unwrap(),
+        Value::Okay
+    );
+    assert_eq!(
+        cmd(&mut c, &["MGET", "a", "nope", "b"]).unwrap(),
+        Value::Array(vec![bulk("1"), Value::Nil, bulk("2")])
+    );
+    assert_eq!(
+        err(cmd(&mut c, &["MSET", "a", "1", "b"])),
+        "ERR wrong number of arguments for 'mset' command"
+    );
+    assert_eq!(
+        cmd(&mut c, &["MSETNX", "c", "3", "a", "9"]).unwrap(),
+        Value::Int(0)
+    );
+    assert_eq!(
+        c.get::<_, Option<String>>("c").unwrap(),
+        None,
+        "MSETNX sets none if one exists"
+    );
+    assert_eq!(
+        cmd(&mut c, &["MSETNX", "c", "3", "d", "4"]).unwrap(),
+        Value::Int(1)
+    );
+    // Counters.
+    assert_eq!(c.incr::<_, _, i64>("n", 1).unwrap(), 1);
+    assert_eq!(cmd(&mut c, &["INCRBY", "n", "41"]).unwrap(), Value::Int(42));
+    assert_eq!(cmd(&mut c, &["DECR", "n"]).unwrap(), Value::Int(41));
+    assert_eq!(cmd(&mut c, &["DECRBY", "n", "50"]).unwrap(), Value::Int(-9));
+    assert_eq!(
+        err(cmd(&mut c, &["INCR", "k"])),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(
+        cmd(&mut c, &["SET", "max", "9223372036854775807"]).unwrap(),
+        Value::Okay
+    );
+    assert_eq!(
+        err(cmd(&mut c, &["INCR", "max"])),
+        "ERR increment or decrement would overflow"
+    );
+    assert_eq!(
+        err(cmd(&mut c, &["INCRBY", "n", "1.5"])),
+        "ERR value is not an integer or out of range"
+    );
+    // APPEND, STRLEN, GETRANGE, SETRANGE.
+    assert_eq!(
+        cmd(&mut c, &["APPEND", "s", "Hello"]).unwrap(),
+        Value::Int(5)
+    );
+    assert_eq!(
+        cmd(&mut c, &["APPEND", "s", " World"]).unwrap(),
+        Value::Int(11)
+    );
+    assert_eq!(cmd(&mut c, &["STRLEN", "s"]).unwrap(), Value::Int(11));
+    assert_eq!(cmd(&mut c, &["STRLEN", "nope"]).unwrap(), Value::Int(0));
+    assert_eq!(
+        cmd(&mut c, &["GETRANGE", "s", "0", "4"]).unwrap(),
+        bulk("Hello")
+    );
+    assert_eq!(
+        cmd(&mut c, &["GETRANGE", "s", "-5", "-1"]).unwrap(),
+        bulk("World")
+    );
+    assert_eq!(
+        cmd(&mut c, &["SETRANGE", "s", "6", "Redis"]).unwrap(),
+        Value::Int(11)
+    );
+    assert_eq!(c.get::<_, String>("s").unwrap(), "Hello Redis");
+    assert_eq!(
+        cmd(&mut c, &["SETRANGE", "pad", "3", "x"]).unwrap(),
+        Value::Int(4)
+    );
+    assert_eq!(c.get::<_, Vec<u8>>("pad").unwrap(), b"\0\0\0x");
+    assert_eq!(
+        err(cmd(&mut c, &["SETRANGE", "pad", "-1", "x"])),
+        "ERR offset is out of range"
+    );
+    // Binary keys and values survive.
+    let key = [0u8, 255, 13, 10, 36];
+    let val: Vec<u8> = (0..=255u8).collect();
+    let _: () = c.set(&key[..], &val[..]).unwrap();
+    assert_eq!(c.get::<_, Vec<u8>>(&key[..]).unwrap(), val);
+    // A value of 1 MiB - 9 bytes is the btree engine's largest.
+    let big = vec![7u8; (1 << 20) - 9];
+    let _: () = c.set("big", &big[..]).unwrap();
+    assert_eq!(c.get::<_, Vec<u8>>("big").unwrap(), big);
+    let too_big = vec![7u8; 1 << 20];
+    assert!(err(c.set::<_, _, ()>("big", &too_big[..]))
+        .starts_with("ERR string exceeds maximum allowed size"));
+}
+
+#[test]
+fn key_commands_scans_and_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut c = server.conn();
+    for i in 0..300 {
+        let _: () = c.set(format!("user:{i:03}"), i).unwrap();
+    }
+    let _: () = c.set("other", "x").unwrap();
+    assert_eq!(cmd(&mut c, &["DBSIZE"]).unwrap(), Value::Int(301));
+    assert_eq!(
+        cmd(&mut c, &["EXISTS", "other", "other", "nope"]).unwrap(),
+        Value::Int(2)
+    );
+    assert_eq!(
+        cmd(&mut c, &["TYPE", "other"]).unwrap(),
+        Value::SimpleString("string".into())
+    );
+    assert_eq!(
+        cmd(&mut c, &["TYPE", "nope"]).unwrap(),
+        Value::SimpleString("none".into())
+    );
+    // KEYS with a pattern.
+    let mut keys: Vec<String> = c.keys("user:1?0").unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "user:100", "user:110", "user:120", "user:130", "user:140", "user:150", "user:160",
+            "user:170", "user:180", "user:190"
+        ]
+    );
+    // SCAN visits every key exactly once, in pages of about COUNT.
+    let mut seen = Vec::new();
+    let mut cursor = "0".to_string();
+    let mut rounds = 0;
+    loop {
+        let (next, page): (String, Vec<String>) = redis::cmd("SCAN")
+            .arg(&cursor)
+            .arg("MATCH")
+            .arg("user:*")
+            .arg("COUNT")
+            .arg(50)
+            .query(&mut c)
+            .unwrap();
+        assert!(page.len() <= 50);
+        seen.extend(page);
+        rounds += 1;
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    seen.sort();
+    let want: Vec<String> = (0..300).map(|i| format!("user:{i:03}")).collect();
+    assert_eq!(seen, want);
+    assert!(rounds >= 6, "{rounds} rounds");
+    assert_eq!(err(cmd(&mut c, &["SCAN", "12345"])), "ERR invalid cursor");
+    // DBOS.RANGE: ordered, inclusive, limited.
+    assert_eq!(
+        cmd(&mut c, &["DBOS.RANGE", "user:010", "user:012"]).unwrap(),
+        Value::Array(vec![
+            bulk("user:010"),
+            bulk("10"),
+            bulk("user:011"),
+            bulk("11"),
+            bulk("user:012"),
+            bulk("12")
+        ])
+    );
+    assert_eq!(
+        cmd(&mut c, &["DBOS.RANGE", "user:2", "user:3", "LIMIT", "2"]).unwrap(),
+        Value::Array(vec![
+            bulk("user:200"),
+            bulk("200"),
+            bulk("user:201"),
+            bulk("201")
+        ])
+    );
+    // DEL, UNLINK, RENAME.
+    assert_eq!(
+        cmd(&mut c, &["DEL", "user:000", "user:001", "nope"]).unwrap(),
+        Value::Int(2)
+    );
+    assert_eq!(cmd(&mut c, &["UNLINK", "user:002"]).unwrap(), Value::Int(1));
+    assert_eq!(
+        cmd(&mut c, &["RENAME", "other", "moved"]).unwrap(),
+        Value::Okay
+    );
+    assert_eq!(c.get::<_, Option<String>>("other").unwrap(), None);
+    assert_eq!(c.get::<_, String>("moved").unwrap(), "x");
+    assert_eq!(
+        err(cmd(&mut c, &["RENAME", "nope", "x"])),
+        "ERR no such key"
+    );
+    assert_eq!(cmd(&mut c, &["DBSIZE"]).unwrap(), Value::Int(298));
+    assert_eq!(cmd(&mut c, &["FLUSHDB"]).unwrap(), Value::Okay);
+    assert_eq!(cmd(&mut c, &["DBSIZE"]).unwrap(), Value::Int(0));
+    assert_eq!(cmd(&mut c, &["FLUSHALL", "SYNC"]).unwrap(), Value::Okay);
+}
+
+#[test]
+fn expiry_works_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut c = server.conn();
+    let _: () = c.set("k", "v").unwrap();
+    assert_eq!(cmd(&mut c, &["TTL", "k"]).unwrap(), Value::Int(-1));
+    assert_eq!(cmd(&mut c, &["TTL", "nope"]).unwrap(), Value::Int(-2));
+    assert_eq!(
+        cmd(&mut c, &["EXPIRE", "nope", "10"]).unwrap(),
+        Value::Int(0)
+    );
+    assert_eq!(cmd(&mut c, &["EXPIRE", "k", "100"]).unwrap(), Value::Int(1));
+    assert_eq!(cmd(&mut c, &["TTL", "k"]).unwrap(), Value::Int(100));
+    assert_eq!(
+        cmd(&mut c, &["EXPIRE", "k", "50", "GT"]).unwrap(),
+        Value::Int(0)
+    );
+    assert_eq!(
+        cmd(&mut c, &["EXPIRE", "k", "50", "LT"]).unwrap(),
+        Value::Int(1)
+    );
+    assert_eq!(
+        cmd(&mut c, &["EXPIRE", "k", "70", "NX"]).unwrap(),
+        Value::Int(0)
+    );
+    assert_eq!(cmd(&mut c, &["PERSIST", "k"]).unwrap(), Value::Int(1));
+    assert_eq!(cmd(&mut c, &["PERSIST", "k"]).unwrap(), Value::Int(0));
+    assert_eq!(
+        cmd(&mut c, &["PEXPIRE", "k", "300000"]).unwrap(),
+        Value::Int(1)
+    );
+    let pttl: i64 = c.pttl("k").unwrap();
+    assert!((299_000..=300_000).contains(&pttl), "{pttl}");
+    // A key that expires vanishes from reads, scans and EXISTS.
+    assert_eq!(
+        cmd(&mut c, &["SET", "short", "v", "PX", "100"]).unwrap(),
+        Value::Okay
+    );
+    assert_eq!(
+        cmd(&mut c, &["EXPIRE", "gone", "-1"]).unwrap(),
+        Value::Int(0)
+    );
+    let _: () = c.set("now", "v").unwrap();
+    assert_eq!(cmd(&mut c, &["EXPIRE", "now", "0"]).unwrap(), Value::Int(1));
+    assert!(
+        !c.exists::<_, bool>("now").unwrap(),
+        "an expiry in the past deletes"
+    );
+    std::thread::sleep(Duration::from_millis(250));
+    assert_eq!(c.get::<_, Option<String>>("short").unwrap(), None);
+    assert!(!c.exists::<_, bool>("short").unwrap());
+    assert_eq!(cmd(&mut c, &["TTL", "short"]).unwrap(), Value::Int(-2));
+    let keys: Vec<String> = c.keys("*").unwrap();
+    assert_eq!(keys, ["k"]);
+    // Expiry is stored with the value: a restart (after a crash) keeps it.
+    assert_eq!(
+        cmd(&mut c, &["SET", "soon", "v", "PX", "1500"]).unwrap(),
+        Value::Okay
+    );
+    server.kill();
+    let server = Server::start(dir.path());
+    let mut c = server.conn();
+    let pttl: i64 = c.pttl("k").unwrap();
+    assert!((280_000..=300_000).contains(&pttl), "{pttl}");
+    let soon: i64 = c.pttl("soon").unwrap();
+    assert!((0..=1500).contains(&soon), "{soon}");
+    std::thread::sleep(Duration::from_millis(soon as u64 + 100));
+    assert_eq!(c.get::<_, Option<String>>("soon").unwrap(), None);
+}
+
+#[test]
+fn connection_and_server_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut c = server.conn();
+    assert_eq!(
+        cmd(&mut c, &["PING"]).unwrap(),
+        Value::SimpleString("PONG".into())
+    );
+    assert_eq!(cmd(&mut c, &["PING", "hi"]).unwrap(), bulk("hi"));
+    assert_eq!(cmd(&mut c, &["ECHO", "x y"]).unwrap(), bulk("x y"));
+    assert_eq!(cmd(&mut c, &["SELECT", "0"]).unwrap(), Value::Okay);
+    assert_eq!(
+        err(cmd(&mut c, &["SELECT", "1"])),
+        "ERR DB index is out of range"
+    );
+    assert_eq!(
+        err(cmd(&mut c, &["HELLO", "3"])),
+        "NOPROTO unsupported protocol version"
+    );
+    let hello = cmd(&mut c, &["HELLO", "2"]).unwrap();
+    let Value::Array(h) = hello else {
+        panic!("{hello:?}")
+    };
+    assert_eq!(h[0], bulk("server"));
+    assert_eq!(h[4], bulk("proto"));
+    assert_eq!(h[5], Value::Int(2));
+    // CLIENT.
+    let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut c).unwrap();
+    assert!(id > 0);
+    assert_eq!(cmd(&mut c, &["CLIENT", "GETNAME"]).unwrap(), Value::Nil);
+    assert_eq!(
+        cmd(&mut c, &["CLIENT", "SETNAME", "me"]).unwrap(),
+        Value::Okay
+    );
+    assert_eq!(cmd(&mut c, &["CLIENT", "GETNAME"]).unwrap(), bulk("me"));
+    assert_eq!(
+        err(cmd(&mut c, &["CLIENT", "SETNAME", "a b"])),
+        "ERR Client names cannot contain spaces, newlines or special characters."
+    );
+    assert_eq!(
+        err(cmd(&mut c, &["CLIENT", "KILL"])),
+        "ERR unknown subcommand 'KILL'. Try CLIENT HELP."
+    );
+    let mut other = server.conn();
+    let id2: i64 = redis::cmd("CLIENT").arg("ID").query(&mut other).unwrap();
+    assert_ne!(id, id2);
+    // Unknown commands and arity, with Redis's texts.
+    assert_eq!(
+        err(cmd(&mut c, &["NOSUCH", "a", "b"])),
+        "ERR unknown command 'NOSUCH', with args beginning with: 'a' 'b' "
+    );
+    assert_eq!(
+        err(cmd(&mut c, &["GET"])),
+        "ERR wrong number of arguments for 'get' command"
+    );
+    assert_eq!(
+        err(cmd(&mut c, &["GET", "a", "b"])),
+        "ERR wrong number of arguments for 'get' command"
+    );
+    // COMMAND.
+    let Value::Int(count) = cmd(&mut c, &["COMMAND", "COUNT"]).unwrap() else {
+        panic!()
+    };
+    assert!(count >= 48);
+    let info = cmd(&mut c, &["COMMAND", "INFO", "get", "nosuch"]).unwrap();
+    let Value::Array(info) = info else { panic!() };
+    let Value::Array(get) = &info[0] else {
+        panic!("{info:?}")
+    };
+    assert_eq!(get[0], bulk("get"));
+    assert_eq!(get[1], Value::Int(2));
+    assert_eq!(
+        (get[3].clone(), get[4].clone(), get[5].clone()),
+        (Value::Int(1), Value::Int(1), Value::Int(1))
+    );
+    assert_eq!(info[1], Value::Nil);
+    let Value::Array(docs) = cmd(&mut c, &["COMMAND", "DOCS", "set"]).unwrap() else {
+        panic!()
+    };
+    assert_eq!(docs[0], bulk("set"));
+    let Value::Array(all) = cmd(&mut c, &["COMMAND"]).unwrap() else {
+        panic!()
+    };
+    assert_eq!(all.len() as i64, count);
+    // CONFIG GET: what redis-benchmark asks at start.
+    assert_eq!(
+        cmd(&mut c, &["CONFIG", "GET", "save"]).unwrap(),
+        Value::Array(vec![bulk("save"), bulk("")])
+    );
+    assert_eq!(
+        cmd(&mut c, &["CONFIG", "GET", "appendonly"]).unwrap(),
+        Value::Array(vec![bulk("appendonly"), bulk("yes")])
+    );
+    assert_eq!(
+        cmd(&mut c, &["CONFIG", "GET", "nosuch"]).unwrap(),
+        Value::Array(vec![])
+    );
+    assert_eq!(
+        cmd(&mut c, &["CONFIG", "SET", "maxclients", "500"]).unwrap(),
+        Value::Okay
+    );
+    assert_eq!(
+        cmd(&mut c, &["CONFIG", "GET", "maxclients"]).unwrap(),
+        Value::Array(vec![bulk("maxclients"), bulk("500")])
+    );
+    assert_eq!(
+        err(cmd(&mut c, &["CONFIG", "SET", "nosuch", "1"])),
+        "ERR Unknown option or number of arguments for CONFIG SET - 'nosuch'"
+    );
+    // INFO: every section, and the dbos counters.
+    let _: () = c.set("a", "1").unwrap();
+    let _: Option<String> = c.get("a").unwrap();
+    let _: Option<String> = c.get("nope").unwrap();
+    let info: String = redis::cmd("INFO").query(&mut c).unwrap();
+    for section in [
+        "# Server",
+        "# Clients",
+        "# Persistence",
+        "# Stats",
+        "# Keyspace",
+        "# Dbos",
+    ] {
+        assert!(info.contains(section), "{section} in {info}");
+    }
+    let field = |name: &str| -> u64 {
+        let line = info
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("{name} in {info}"));
+        line.split(':').nth(1).unwrap().parse().unwrap()
+    };
+    assert_eq!(field("connected_clients"), 2);
+    assert_eq!(field("keyspace_hits"), 1);
+    assert_eq!(field("keyspace_misses"), 1);
+    assert!(field("log_units") >= 1);
+    assert!(field("log_writes") >= 1);
+    assert!(info.contains("db0:keys=1,"), "{info}");
+    let persistence: String = redis::cmd("INFO").arg("persistence").query(&mut c).unwrap();
+    assert!(persistence.starts_with("# Persistence\r\n") && !persistence.contains("# Server"));
+    // SAVE checkpoints; LASTSAVE is a recent time; BGSAVE is refused with why.
+    assert_eq!(cmd(&mut c, &["SAVE"]).unwrap(), Value::Okay);
+    let Value::Int(t) = cmd(&mut c, &["LASTSAVE"]).unwrap() else {
+        panic!()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - 5..=now).contains(&t));
+    assert!(err(cmd(&mut c, &["BGSAVE"])).starts_with("ERR BGSAVE (an online backup) is not built"));
+    // QUIT answers OK and closes.
+    assert_eq!(cmd(&mut c, &["QUIT"]).unwrap(), Value::Okay);
+    assert!(cmd(&mut c, &["PING"]).is_err());
+}
+
+#[test]
+fn multi_exec_is_atomic_and_queues_like_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut c = server.conn();
+    let _: () = c.set("n", "10").unwrap();
+    let (a, b, n): (String, i64, i64) = redis::pipe()
+        .atomic()
+        .set("a", "x")
+        .ignore()
+        .get("a")
+        .incr("n", 5)
+        .incr("n", 1)
+        .query(&mut c)
+        .map(|(a, b, n): (String, i64, i64)| (a, b, n))
+        .unwrap();
+    assert_eq!((a.as_str(), b, n), ("x", 15, 16));
+    // Raw: QUEUED replies, errors at queue time abort EXEC.
+    let (out, _) = server.raw(
+        b"MULTI\r\nSET k v\r\nGET\r\nEXEC\r\nGET k\r\n",
+        Duration::from_millis(300),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "+OK\r\n+QUEUED\r\n-ERR wrong number of arguments for 'get' command\r\n-EXECABORT Transaction discarded because of previous errors.\r\n$-1\r\n"
+    );
+    // A runtime error inside EXEC fails that command only.
+    let (out, _) = server.raw(
+        b"MULTI\r\nSET s abc\r\nINCR s\r\nSET t 1\r\nEXEC\r\n",
+        Duration::from_millis(300),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*3\r\n+OK\r\n-ERR value is not an integer or out of range\r\n+OK\r\n"
+    );
+    let (out, _) = server.raw(
+        b"EXEC\r\nDISCARD\r\nMULTI\r\nMULTI\r\nSET d 1\r\nDISCARD\r\nGET d\r\n",
+        Duration::from_millis(300),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "-ERR EXEC without MULTI\r\n-ERR DISCARD without MULTI\r\n+OK\r\n-ERR MULTI calls can not be nested\r\n+QUEUED\r\n+OK\r\n$-1\r\n"
+    );
+    // Concurrent INCRs lose nothing (the key locks).
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let mut c = server.conn();
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    let _: i64 = c.incr("counter", 1).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(c.get::<_, i64>("counter").unwrap(), 800);
+}
+
+#[test]
+fn multi_exec_blocks_are_all_or_nothing_across_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        let server = Server::start(dir.path());
+        let port = server.port;
+        // Writers: each EXEC sets a{i} and b{i} to the same number; the
+        // number of each acknowledged EXEC is recorded.
+        let acked: Vec<_> = (0..3)
+            .map(|w| {
+                let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+                std::thread::spawn(move || {
+                    let mut c = client.get_connection().unwrap();
+                    let mut last = None;
+                    for n in 0u64.. {
+                        let r: RedisResult<()> = redis::pipe()
+                            .atomic()
+                            .set(format!("a{w}"), n + round * 1_000_000)
+                            .set(format!("pad{w}"), vec![n as u8; 3000])
+                            .set(format!("b{w}"), n + round * 1_000_000)
+                            .query(&mut c);
+                        if r.is_err() {
+                            break;
+                        }
+                        last = Some(n + round * 1_000_000);
+                    }
+                    last
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300 + 200 * round));
+        server.kill();
+        let acked: Vec<Option<u64>> = acked.into_iter().map(|t| t.join().unwrap()).collect();
+        let server = Server::start(dir.path());
+        let mut c = server.conn();
+        for (w, last) in acked.iter().enumerate() {
+            let a: Option<u64> = c.get(format!("a{w}")).unwrap();
+            let b: Option<u64> = c.get(format!("b{w}")).unwrap();
+            assert_eq!(a, b, "round {round} writer {w}: a block half applied");
+            if let Some(last) = last {
+                // The acknowledged block is there, or the one in flight.
+                let a = a.expect("an acknowledged block is lost");
+                assert!(
+                    a == *last || a == last + 1,
+                    "round {round} writer {w}: {a} after ack {last}"
+                );
+            }
+        }
+        assert!(
+            acked.iter().any(|a| a.is_some()),
+            "no block was acknowledged"
+        );
+        server.kill();
+    }
+}
+
+#[test]
+fn pipelining_and_a_thousand_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut c = server.conn();
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.set(format!("p{i}"), i).ignore();
+    }
+    for i in 0..2000 {
+        pipe.get(format!("p{i}"));
+    }
+    let got: Vec<i64> = pipe.query(&mut c).unwrap();
+    assert_eq!(got, (0..2000).collect::<Vec<i64>>());
+    // A thousand connections open at once, each served.
+    let mut conns: Vec<Connection> = (0..1000).map(|_| server.conn()).collect();
+    for (i, c) in conns.iter_mut().enumerate().step_by(7) {
+        let _: () = c.set(format!("c{i}"), i).unwrap();
+    }
+    for (i, c) in conns.iter_mut().enumerate().step_by(7) {
+        assert_eq!(c.get::<_, i64>(format!("c{i}")).unwrap(), i as i64);
+    }
+    let info: String = redis::cmd("INFO").arg("clients").query(&mut c).unwrap();
+    assert!(info.contains("connected_clients:1001\r\n"), "{info}");
+}
+
+#[test]
+fn hostile_clients_get_an_error_and_harm_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut c = server.conn();
+    let _: () = c.set("k", "v").unwrap();
+    let expect_closed = |bytes: &[u8], reply: &str| {
+        let (out, closed) = server.raw(bytes, Duration::from_secs(2));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            reply,
+            "for {:?}",
+            String::from_utf8_lossy(bytes)
+        );
+        assert!(
+            closed,
+            "the connection stays open after {:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    };
+    expect_closed(
+        b"*1\r\n$9223372036854775808\r\n",
+        "-ERR Protocol error: invalid bulk length\r\n",
+    );
+    expect_closed(
+        b"*2\r\n$3\r\nGET\r\n$-3\r\n",
+        "-ERR Protocol error: invalid bulk length\r\n",
+    );
+    expect_closed(
+        b"*99999999999\r\n",
+        "-ERR Protocol error: invalid multibulk length\r\n",
+    );
+    expect_closed(
+        b"*1\r\n:5\r\n",
+        "-ERR Protocol error: expected '$', got ':'\r\n",
+    );
+    expect_closed(
+        b"PING\r\n*1\r\n$4\r\nPINGxx",
+        "+PONG\r\n-ERR Protocol error: bulk string not terminated by CRLF\r\n",
+    );
+    expect_closed(
+        b"SET \"unbalanced\r\n",
+        "-ERR Protocol error: unbalanced quotes in request\r\n",
+    );
+    // A huge inline line without a newline.
+    expect_closed(
+        &vec![b'a'; 100_000],
+        "-ERR Protocol error: too big inline request\r\n",
+    );
+    // Over proto-max-bulk-len (lowered here): refused at the length.
+    assert_eq!(
+        cmd(&mut c, &["CONFIG", "SET", "proto-max-bulk-len", "2048"]).unwrap(),
+        Value::Okay
+    );
+    expect_closed(
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4096\r\n",
+        "-ERR Protocol error: invalid bulk length\r\n",
+    );
+    assert_eq!(
+        cmd(&mut c, &["CONFIG", "SET", "proto-max-bulk-len", "16777216"]).unwrap(),
+        Value::Okay
+    );
+    // A bulk announced but never sent completely, then the client goes.
+    let (out, _) = server.raw(
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000\r\nshort",
+        Duration::from_millis(200),
+    );
+    assert!(out.is_empty());
+    // Inline commands work (telnet).
+    let (out, _) = server.raw(b"GET k\r\nEXISTS k\n", Duration::from_millis(300));
+    assert_eq!(out, b"$1\r\nv\r\n:1\r\n");
+    // Nothing above harmed the data or the other client.
+    assert_eq!(c.get::<_, String>("k").unwrap(), "v");
+}
+
+#[test]
+fn a_client_that_never_reads_costs_bounded_memory_and_no_one_else_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut c = server.conn();
+    let _: () = c.set("v", vec![1u8; 64 << 10]).unwrap();
+    let rss = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    let before = rss(server.child.id());
+    // 20,000 GETs of a 64 KiB value (1.3 GB of replies), never read.
+    let mut slow = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    slow.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let req = b"*2\r\n$3\r\nGET\r\n$1\r\nv\r\n".repeat(1000);
+    for _ in 0..20 {
+        if slow.write_all(&req).is_err() {
+            break; // the server stopped reading it: back-pressure
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // Others are served at once.
+    let t = Instant::now();
+    for i in 0..50 {
+        let _: () = c.set(format!("x{i}"), i).unwrap();
+    }
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let after = rss(server.child.id());
+    assert!(
+        after < before + (64 << 20),
+        "RSS grew from {before} to {after} bytes"
+    );
+    drop(slow);
+}
+
+#[test]
+fn ten_thousand_connections_are_served_or_refused_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut c = server.conn();
+    assert_eq!(
+        cmd(&mut c, &["CONFIG", "SET", "maxclients", "5000"]).unwrap(),
+        Value::Okay
+    );
+    let mut socks = Vec::new();
+    for _ in 0..10_000 {
+        match TcpStream::connect(("127.0.0.1", server.port)) {
+            Ok(s) => socks.push(s),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    // Those over maxclients got Redis's error and were closed.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut refused = 0;
+    let mut buf = [0u8; 64];
+    for s in socks.iter_mut().rev().take(100) {
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        if let Ok(n) = s.read(&mut buf) {
+            if n > 0 {
+                assert_eq!(&buf[..n], b"-ERR max number of clients reached\r\n");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 100, "the last 100 connections are over the limit");
+    let info: String = redis::cmd("INFO").arg("clients").query(&mut c).unwrap();
+    assert!(info.contains("connected_clients:5000\r\n"), "{info}");
+    drop(socks);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(c.get::<_, Option<String>>("nope").unwrap(), None);
+}
+
+#[test]
+fn shutdown_checkpoints_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let mut c = server.conn();
+    let _: () = c.set("k", "v").unwrap();
+    let _ = cmd(&mut c, &["SHUTDOWN"]);
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // Reopened: nothing to replay, the data is there.
+    let out = Command::new(env!("CARGO_BIN_EXE_dbos-kv"))
+        .args(["check", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("replayed 0 log units"), "{text}");
+    assert!(text.contains("check passed: 1 entries"), "{text}");
+}
