@@ -925,3 +925,71 @@ fn shutdown_checkpoints_and_exits() {
     assert!(text.contains("replayed 0 log units"), "{text}");
     assert!(text.contains("check passed: 1 entries"), "{text}");
 }
+
+/// Where a tool is installed (`None`: not installed). Under `CI=true` the
+/// tools `.ci/run` installs must be there.
+fn installed(tool: &str) -> Option<()> {
+    let found = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} is not installed, and CI=true (.ci/run installs it)"
+        );
+        eprintln!("{tool}: not installed; this check did not run");
+    }
+    found.then_some(())
+}
+
+#[test]
+fn redis_cli_and_redis_benchmark_work_unchanged() {
+    if installed("redis-cli").is_none() || installed("redis-benchmark").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let port = server.port.to_string();
+    let cli = |args: &[&str]| -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(cli(&["PING"]), "PONG\n");
+    assert_eq!(cli(&["SET", "greeting", "hello world"]), "OK\n");
+    assert_eq!(cli(&["GET", "greeting"]), "hello world\n");
+    assert_eq!(cli(&["INCRBY", "n", "5"]), "5\n");
+    assert_eq!(cli(&["--scan"]), "greeting\nn\n");
+    assert!(cli(&["INFO", "persistence"]).contains("rdb_last_bgsave_status:ok"));
+    // redis-benchmark asks CONFIG GET save and appendonly at start, then
+    // runs; every request must succeed.
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-p", &port, "-t", "set,get", "-n", "3000", "-c", "20", "-P", "4", "-q",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{out:?}");
+    let last = |name: &str| {
+        text.rsplit('\r')
+            .chain(text.lines())
+            .find(|l| {
+                l.trim_start().starts_with(&format!("{name}: "))
+                    && l.contains("requests per second")
+            })
+            .map(str::to_string)
+    };
+    assert!(last("SET").is_some() && last("GET").is_some(), "{text}");
+    let mut c = server.conn();
+    assert_eq!(
+        c.get::<_, Vec<u8>>("key:__rand_int__").unwrap().len(),
+        3,
+        "redis-benchmark's SETs (3-byte values) are stored"
+    );
+}
