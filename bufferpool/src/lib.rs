@@ -64,7 +64,8 @@ pub use device::{
     BlockDevice, DeviceError, DmaAllocator, Io, IoBuf, IoKind, NvmeDevice, QueueAccess,
 };
 pub use engine::{
-    CheckpointReport, Config, Engine, EngineStats, Error, PageWrite, PoolSetup, RecordProblem,
+    CheckpointHold, CheckpointReport, Config, Engine, EngineStats, Error, PageWrite, PoolSetup,
+    RecordProblem,
 };
 pub use kv::KvTable;
 pub use log::TruncateRequest;

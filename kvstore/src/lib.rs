@@ -15,6 +15,8 @@ extern crate alloc;
 extern crate std;
 
 #[cfg(not(target_os = "none"))]
+pub mod backup;
+#[cfg(not(target_os = "none"))]
 pub mod net;
 pub mod resp;
 pub mod server;

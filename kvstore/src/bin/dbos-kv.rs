@@ -35,11 +35,11 @@ use dbos_bufferpool::engine::PoolSetup;
 use dbos_bufferpool::host::{env, tlb_shootdowns};
 use dbos_bufferpool::pool::vmcache::VmCache;
 use dbos_bufferpool::{Config, Layout, PoolError};
-use dbos_kvstore::server::btree::BtreeEngine;
+use dbos_kvstore::server::btree::{Backup, BtreeEngine};
 use dbos_kvstore::workload::{
     self, Acked, Distribution, Report, Spec, Stats, Verification, Workload,
 };
-use dbos_kvstore::{net, server, Store};
+use dbos_kvstore::{backup, net, server, Store};
 use dbos_nvme::host::{BackingFile, FileError};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -356,6 +356,11 @@ fn format(args: &FileArgs, force: bool) -> Result<KvStore, String> {
 }
 
 fn open(dir: &Path, pool_bytes: u64) -> Result<KvStore, String> {
+    open_with_file(dir, pool_bytes).map(|(store, _)| store)
+}
+
+/// Opens the store, returning the file it is on too.
+fn open_with_file(dir: &Path, pool_bytes: u64) -> Result<(KvStore, Arc<BackingFile>), String> {
     let path = store_path(dir);
     let file = Arc::new(BackingFile::open(&path).map_err(|e| e.to_string())?);
     let dev = DirectDevice::new(file.clone());
@@ -371,7 +376,7 @@ fn open(dir: &Path, pool_bytes: u64) -> Result<KvStore, String> {
         report.redo.0,
         report.end.0
     );
-    Ok(store)
+    Ok((store, file))
 }
 
 /// Progress of a phase: a bar on a terminal, a line every 5 s otherwise.
@@ -583,12 +588,13 @@ fn serve(a: &ServeArgs) -> Result<bool, String> {
     if a.engine == EngineKind::Memory {
         return Err("the memory engine is not built into this binary yet".into());
     }
-    let store = if store_path(&a.file.dir).exists() {
-        open(&a.file.dir, a.pool)?
-    } else {
-        format(&a.file, false)?;
-        open(&a.file.dir, a.pool)?
-    };
+    if !store_path(&a.file.dir).exists() {
+        drop(format(&a.file, false)?);
+    }
+    let (store, file) = open_with_file(&a.file.dir, a.pool)?;
+    // BGSAVE and SAVE copy the store to DIR/backup/kv.db, online.
+    let dest = a.file.dir.join("backup");
+    let copy: Backup<_, _> = Arc::new(move |s: &KvStore| backup::copy_store(s, &file, &dest));
     let listener = std::net::TcpListener::bind(&a.listen)
         .map_err(|e| format!("listening on {}: {e}", a.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -597,7 +603,7 @@ fn serve(a: &ServeArgs) -> Result<bool, String> {
         ..server::Config::default()
     };
     config.port.store(u64::from(addr.port()), Ordering::Relaxed);
-    let engine = BtreeEngine::new(store, net::wall_clock);
+    let engine = BtreeEngine::new(store, net::wall_clock).with_backup(copy, backup::spawn);
     let shared = Arc::new(server::Shared::new(engine, config, net::wall_clock));
     println!(
         "dbos-kv: serving {} (btree engine, {} event loops) on {addr}",

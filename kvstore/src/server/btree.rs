@@ -3,6 +3,12 @@
 //! log unit; the server waits for the units of all the commands it ran in
 //! one round before it replies, so one log write carries them all.
 //!
+//! BGSAVE and SAVE make an online backup through a copier the host gives
+//! ([`BtreeEngine::with_backup`]; in process mode `crate::backup`, a copy
+//! of the store's file that opens as a store), in the background on a
+//! thread the host starts. Without one, SAVE takes a checkpoint and BGSAVE
+//! is refused.
+//!
 //! A value is stored with a one-byte header: `0` (no expiry) or `1`
 //! followed by the expiry (u64 little-endian, milliseconds since the
 //! epoch), so expiry survives restarts with the data.
@@ -10,9 +16,12 @@
 use super::engine::{Cursor, EngineError, KvEngine, SaveStatus, Ticket, UnixMs, Write};
 use crate::store::{Error, Store};
 use crate::Op;
+use alloc::boxed::Box;
 use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dbos_bufferpool::btree::{MAX_KEY, MAX_VALUE};
 use dbos_bufferpool::{BlockDevice, BufferManager, Engine, Lsn};
 
@@ -20,14 +29,32 @@ const NO_EXPIRY: u8 = 0;
 const EXPIRY: u8 = 1;
 const HEADER_MAX: usize = 9;
 
+/// Copies the store (an online backup), returning the bytes written.
+pub type Backup<D, B> = Arc<dyn Fn(&Store<D, B>) -> Result<u64, String> + Send + Sync>;
+
+/// Runs a job in the background (a thread, on the host); false if it
+/// could not be started.
+pub type Spawn = fn(Box<dyn FnOnce() + Send>) -> bool;
+
+/// The state of saves, shared with a background save.
+#[derive(Default)]
+struct Saves {
+    in_progress: AtomicBool,
+    /// When the last save completed, seconds since the epoch.
+    last_save: AtomicU64,
+    last_failed: AtomicBool,
+    saves: AtomicU64,
+    file_bytes: AtomicU64,
+    /// Writes since the last save began.
+    changes: AtomicU64,
+}
+
 /// The engine (see the module documentation).
 pub struct BtreeEngine<D: BlockDevice, B: BufferManager> {
-    store: Store<D, B>,
+    store: Arc<Store<D, B>>,
     clock: fn() -> UnixMs,
-    /// When the last checkpoint (SAVE, SHUTDOWN) completed, seconds.
-    last_save: AtomicU64,
-    saves: AtomicU64,
-    changes: AtomicU64,
+    saves: Arc<Saves>,
+    backup: Option<(Backup<D, B>, Spawn)>,
 }
 
 impl<D: BlockDevice + Send + 'static, B: BufferManager> BtreeEngine<D, B>
@@ -36,13 +63,21 @@ where
 {
     /// The engine on an open store; `clock` tells the time for LASTSAVE.
     pub fn new(store: Store<D, B>, clock: fn() -> UnixMs) -> Self {
+        let saves = Saves::default();
+        saves.last_save.store(clock().0 / 1000, Ordering::Relaxed);
         BtreeEngine {
-            store,
+            store: Arc::new(store),
             clock,
-            last_save: AtomicU64::new(clock().0 / 1000),
-            saves: AtomicU64::new(0),
-            changes: AtomicU64::new(0),
+            saves: Arc::new(saves),
+            backup: None,
         }
+    }
+
+    /// Makes SAVE and BGSAVE copy the store with `backup`, BGSAVE on a job
+    /// started by `spawn`.
+    pub fn with_backup(mut self, backup: Backup<D, B>, spawn: Spawn) -> Self {
+        self.backup = Some((backup, spawn));
+        self
     }
 
     /// The store under the engine.
@@ -100,7 +135,8 @@ fn err(e: Error) -> EngineError {
     }
 }
 
-impl<D: BlockDevice + Send + 'static, B: BufferManager> KvEngine for BtreeEngine<D, B>
+impl<D: BlockDevice + Send + 'static, B: BufferManager + Send + 'static> KvEngine
+    for BtreeEngine<D, B>
 where
     Engine<D, B>: Sync,
 {
@@ -144,7 +180,8 @@ where
             })
             .collect();
         let lsn = self.store.write(&ops).map_err(err)?;
-        self.changes
+        self.saves
+            .changes
             .fetch_add(writes.len() as u64, Ordering::Relaxed);
         Ok(Ticket(lsn.0))
     }
@@ -230,35 +267,73 @@ where
             }
             let ops: Vec<Op<'_>> = keys.iter().map(|k| Op::Delete { key: k }).collect();
             ticket = Ticket(self.store.write(&ops).map_err(err)?.0);
-            self.changes.fetch_add(keys.len() as u64, Ordering::Relaxed);
+            self.saves
+                .changes
+                .fetch_add(keys.len() as u64, Ordering::Relaxed);
         }
     }
 
     fn bgsave(&self) -> Result<(), EngineError> {
-        Err(EngineError::Unsupported(
-            "BGSAVE (an online backup) is not built for the btree engine yet; every \
-             acknowledged write is already durable in its log, and SAVE takes a checkpoint"
-                .into(),
-        ))
-    }
-
-    fn save(&self) -> Result<(), EngineError> {
-        self.store.checkpoint().map_err(err)?;
-        self.last_save
-            .store((self.clock)().0 / 1000, Ordering::Relaxed);
-        self.saves.fetch_add(1, Ordering::Relaxed);
-        self.changes.store(0, Ordering::Relaxed);
+        let Some((backup, spawn)) = &self.backup else {
+            return Err(EngineError::Unsupported(
+                "BGSAVE (an online backup) needs a backup destination, which this server \
+                 was started without; every acknowledged write is durable in the log already"
+                    .into(),
+            ));
+        };
+        if self.saves.in_progress.swap(true, Ordering::AcqRel) {
+            return Err(EngineError::Unsupported(
+                "Background save already in progress".into(),
+            ));
+        }
+        let (store, saves, backup, clock) = (
+            self.store.clone(),
+            self.saves.clone(),
+            backup.clone(),
+            self.clock,
+        );
+        let started = spawn(Box::new(move || {
+            let _ = run_save(&store, &saves, &*backup, clock);
+        }));
+        if !started {
+            self.saves.in_progress.store(false, Ordering::Release);
+            return Err(EngineError::Failed(
+                "the background save could not be started".into(),
+            ));
+        }
         Ok(())
     }
 
+    fn save(&self) -> Result<(), EngineError> {
+        let Some((backup, _)) = &self.backup else {
+            self.store.checkpoint().map_err(err)?;
+            self.saves
+                .last_save
+                .store((self.clock)().0 / 1000, Ordering::Relaxed);
+            self.saves.saves.fetch_add(1, Ordering::Relaxed);
+            self.saves.changes.store(0, Ordering::Relaxed);
+            return Ok(());
+        };
+        if self.saves.in_progress.swap(true, Ordering::AcqRel) {
+            return Err(EngineError::Unsupported(
+                "Background save already in progress".into(),
+            ));
+        }
+        run_save(&self.store, &self.saves, &**backup, self.clock).map_err(EngineError::Failed)
+    }
+
     fn save_status(&self) -> SaveStatus {
+        let s = &self.saves;
         SaveStatus {
-            in_progress: false,
-            last_save_unix: self.last_save.load(Ordering::Relaxed),
-            last_ok: true,
-            saves: self.saves.load(Ordering::Relaxed),
-            changes_since_save: self.changes.load(Ordering::Relaxed),
-            ..SaveStatus::default()
+            in_progress: s.in_progress.load(Ordering::Acquire),
+            last_save_unix: s.last_save.load(Ordering::Relaxed),
+            last_ok: !s.last_failed.load(Ordering::Relaxed),
+            saves: s.saves.load(Ordering::Relaxed),
+            latest_file_bytes: s.file_bytes.load(Ordering::Relaxed),
+            changes_since_save: s.changes.load(Ordering::Relaxed),
+            // Writers are not stopped for a backup.
+            latest_stall_us: 0,
+            latest_copied_bytes: 0,
         }
     }
 
@@ -282,10 +357,43 @@ where
     }
 
     fn shutdown(&self, _save: bool) -> Result<(), EngineError> {
+        // A background save finishes first (the process exits next).
+        while self.saves.in_progress.load(Ordering::Acquire) {
+            core::hint::spin_loop();
+        }
         // Every write is durable already; a checkpoint makes the next open
         // replay nothing.
-        self.save()
+        self.store.checkpoint().map_err(err)
     }
+}
+
+/// One save (the caller set `in_progress`, cleared here).
+fn run_save<D: BlockDevice + Send + 'static, B: BufferManager>(
+    store: &Store<D, B>,
+    saves: &Saves,
+    backup: &dyn Fn(&Store<D, B>) -> Result<u64, String>,
+    clock: fn() -> UnixMs,
+) -> Result<(), String>
+where
+    Engine<D, B>: Sync,
+{
+    let changes = saves.changes.load(Ordering::Relaxed);
+    let r = backup(store);
+    match &r {
+        Ok(bytes) => {
+            saves.file_bytes.store(*bytes, Ordering::Relaxed);
+            saves.last_save.store(clock().0 / 1000, Ordering::Relaxed);
+            saves.saves.fetch_add(1, Ordering::Relaxed);
+            saves.changes.fetch_sub(changes, Ordering::Relaxed);
+            saves.last_failed.store(false, Ordering::Relaxed);
+        }
+        Err(e) => {
+            log::error!("backup failed (the previous one is kept): {e}");
+            saves.last_failed.store(true, Ordering::Relaxed);
+        }
+    }
+    saves.in_progress.store(false, Ordering::Release);
+    r.map(|_| ())
 }
 
 #[cfg(test)]
