@@ -14,6 +14,7 @@ extern crate alloc;
 #[cfg(not(target_os = "none"))]
 extern crate std;
 
+pub mod memory;
 pub mod server;
 pub mod store;
 pub mod workload;
