@@ -115,7 +115,9 @@ pub fn dump<V: View, W: Sink>(
                 let (klen, vlen) = ((lens >> 32) as usize, (lens & 0xFFFF_FFFF) as usize);
                 let flags = word(head, R_FLAGS);
                 let expires = word(head, R_EXPIRES);
-                if klen > MAX_KEY || vlen > MAX_VALUE || record_bytes(klen, vlen) > class_size(class)
+                if klen > MAX_KEY
+                    || vlen > MAX_VALUE
+                    || record_bytes(klen, vlen) > class_size(class)
                 {
                     return Err(bad(format!(
                         "record at {at}: {klen}+{vlen} bytes do not fit class {class}"

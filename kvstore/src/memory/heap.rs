@@ -56,6 +56,11 @@ impl HeapMem {
         self.len
     }
 
+    /// True for a heap of no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     fn check(&self, off: usize, len: usize) {
         assert!(
             off.checked_add(len).is_some_and(|end| end <= self.len),

@@ -147,7 +147,10 @@ mod tests {
         }
         assert_eq!(class_for(1), Some(0));
         assert_eq!(class_for(65), Some(1));
-        assert_eq!(class_for(record_bytes(MAX_KEY, MAX_VALUE)), Some(CLASSES - 1));
+        assert_eq!(
+            class_for(record_bytes(MAX_KEY, MAX_VALUE)),
+            Some(CLASSES - 1)
+        );
         assert_eq!(class_for(class_size(CLASSES - 1) + 1), None);
     }
 

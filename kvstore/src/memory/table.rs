@@ -122,8 +122,7 @@ impl Table {
 
     fn key_of(&self, rec: usize) -> &[u8] {
         let lens = self.heap.u64_at(rec + R_LENS);
-        self.heap
-            .bytes(rec + RECORD_HEADER, (lens >> 32) as usize)
+        self.heap.bytes(rec + RECORD_HEADER, (lens >> 32) as usize)
     }
 
     fn value_of(&self, rec: usize) -> &[u8] {
@@ -267,7 +266,10 @@ impl Table {
         let heap = &mut self.heap;
         heap.set_u64(new + R_HASH, h);
         heap.set_u64(new + R_EXPIRES, expires.map_or(0, |e| e.0));
-        heap.set_u64(new + R_LENS, ((key.len() as u64) << 32) | value.len() as u64);
+        heap.set_u64(
+            new + R_LENS,
+            ((key.len() as u64) << 32) | value.len() as u64,
+        );
         heap.set_u64(
             new + R_FLAGS,
             if expires.is_some() { FLAG_EXPIRES } else { 0 },
@@ -364,7 +366,9 @@ impl Table {
             let mut steps = 0;
             while rec != 0 {
                 if rec < self.arena_start || rec >= bump || !rec.is_multiple_of(16) {
-                    return Err(format!("bucket {slot}: record offset {rec} outside the arena"));
+                    return Err(format!(
+                        "bucket {slot}: record offset {rec} outside the arena"
+                    ));
                 }
                 let w = heap.u64_at(rec);
                 if w >> 32 != LIVE {
@@ -374,7 +378,9 @@ impl Table {
                 let lens = heap.u64_at(rec + R_LENS);
                 let (k, v) = ((lens >> 32) as usize, (lens & 0xFFFF_FFFF) as usize);
                 if class >= CLASSES || record_bytes(k, v) > class_size(class) {
-                    return Err(format!("record {rec}: {k}+{v} bytes do not fit class {class}"));
+                    return Err(format!(
+                        "record {rec}: {k}+{v} bytes do not fit class {class}"
+                    ));
                 }
                 let h = hash(self.seed, self.key_of(rec));
                 if h != heap.u64_at(rec + R_HASH) || self.bucket_off(h) != self.index_off + slot * 8
@@ -428,11 +434,15 @@ impl Table {
             let mut b = heap.u64_at(H_FREE_HEADS + class * 8) as usize;
             while b != 0 {
                 if heap.u64_at(b) != (FREE << 32) | class as u64 {
-                    return Err(format!("free list {class}: block {b} not free of its class"));
+                    return Err(format!(
+                        "free list {class}: block {b} not free of its class"
+                    ));
                 }
                 n += 1;
                 if n > want {
-                    return Err(format!("free list {class}: more than the {want} free blocks"));
+                    return Err(format!(
+                        "free list {class}: more than the {want} free blocks"
+                    ));
                 }
                 b = heap.u64_at(b + R_NEXT) as usize;
             }

@@ -96,8 +96,7 @@ fn many_sizes_round_trip_and_blocks_are_reused() {
     let mut h = heap(8 << 20);
     let t = &mut h.table;
     let sizes = [
-        0usize, 1, 7, 8, 15, 16, 63, 64, 65, 100, 1000, 4095, 4096, 4097, 65536, 300_000,
-        MAX_VALUE,
+        0usize, 1, 7, 8, 15, 16, 63, 64, 65, 100, 1000, 4095, 4096, 4097, 65536, 300_000, MAX_VALUE,
     ];
     let key = |i: usize, klen: usize| {
         let mut k = format!("key-{i}-").into_bytes();
@@ -120,7 +119,11 @@ fn many_sizes_round_trip_and_blocks_are_reused() {
         let klen = [1, 16, 100, MAX_KEY][i % 4];
         let m = sizes[(i + 5) % sizes.len()];
         t.apply(&[put(&key(i, klen), &value(i + 1, m))]).unwrap();
-        assert_eq!(get(t, &key(i, klen)).unwrap().0, value(i + 1, m), "{n} -> {m}");
+        assert_eq!(
+            get(t, &key(i, klen)).unwrap().0,
+            value(i + 1, m),
+            "{n} -> {m}"
+        );
     }
     assert_eq!(t.len(), sizes.len() as u64);
     t.check().unwrap();
@@ -297,7 +300,11 @@ fn scan_delivers_each_key_once() {
     }
     assert!(steps > 100, "{steps}");
     for i in 0..3000u32 {
-        assert_eq!(seen.get(format!("stable{i}").as_bytes()), Some(&1), "stable{i}");
+        assert_eq!(
+            seen.get(format!("stable{i}").as_bytes()),
+            Some(&1),
+            "stable{i}"
+        );
     }
     assert!(seen.values().all(|&n| n == 1));
     t.check().unwrap();

@@ -133,7 +133,11 @@ impl<S: Source> Reader<S> {
         Ok(got)
     }
 
-    fn exact(&mut self, buf: &mut [u8], expected: &'static str) -> Result<(), DecodeError<S::Error>> {
+    fn exact(
+        &mut self,
+        buf: &mut [u8],
+        expected: &'static str,
+    ) -> Result<(), DecodeError<S::Error>> {
         if self.fill(buf)? < buf.len() {
             return Err(DecodeError::Truncated {
                 offset: self.offset,
@@ -286,13 +290,19 @@ fn check_trailer<E>(
     if records != summary.records {
         return bad(
             p,
-            format!("trailer counts {records} records, the file holds {}", summary.records),
+            format!(
+                "trailer counts {records} records, the file holds {}",
+                summary.records
+            ),
         );
     }
     if blocks != summary.blocks {
         return bad(
             p + 8,
-            format!("trailer counts {blocks} blocks, the file holds {}", summary.blocks),
+            format!(
+                "trailer counts {blocks} blocks, the file holds {}",
+                summary.blocks
+            ),
         );
     }
     if crc != file_crc {

@@ -32,7 +32,11 @@ fn decode_all(bytes: &[u8]) -> Result<(Vec<Owned>, DecodeSummary), DecodeError<I
 fn small() -> Vec<Owned> {
     vec![
         (b"a".to_vec(), b"1".to_vec(), None),
-        (b"key:2".to_vec(), b"value two".to_vec(), Some(1_700_000_123_456)),
+        (
+            b"key:2".to_vec(),
+            b"value two".to_vec(),
+            Some(1_700_000_123_456),
+        ),
         (Vec::new(), Vec::new(), None),
     ]
 }
@@ -158,7 +162,10 @@ fn errors_name_their_offset_in_text() {
     let last = bytes.len() - 25;
     bytes[last] ^= 0x10;
     let text = alloc::format!("{}", decode_all(&bytes).unwrap_err());
-    assert!(text.contains("checksum mismatch in block at byte offset"), "{text}");
+    assert!(
+        text.contains("checksum mismatch in block at byte offset"),
+        "{text}"
+    );
     let text = alloc::format!("{}", decode_all(&bytes[..40]).unwrap_err());
     assert_eq!(
         text,

@@ -7,12 +7,12 @@
 use super::snapshot::{AnyHeap, AnySnap};
 use crate::memory::dump::{dump, DumpError, View};
 use crate::memory::format::{decode, DecodeError, DecodeSummary, Encoder, Record, Sink, Source};
+use std::format;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::string::String;
 use std::time::{SystemTime, UNIX_EPOCH};
-use std::format;
 
 /// The file's name in the engine's directory.
 pub const DUMP: &str = "dump.dbkv";
@@ -78,9 +78,8 @@ pub fn write_dump(dir: &Path, heap: &AnyHeap, snap: &AnySnap) -> Result<Written,
     let tmp = dir.join(DUMP_TMP);
     let result = write_tmp(&tmp, heap, snap).and_then(|w| {
         let dst = dir.join(DUMP);
-        fs::rename(&tmp, &dst).map_err(|e| {
-            format!("renaming {} to {}: {e}", tmp.display(), dst.display())
-        })?;
+        fs::rename(&tmp, &dst)
+            .map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), dst.display()))?;
         sync_dir(dir)?;
         Ok(w)
     });
@@ -150,9 +149,15 @@ pub fn remove_leftover(dir: &Path) -> io::Result<()> {
 pub enum LoadError {
     Io(io::Error),
     /// The file is damaged at `offset`.
-    Bad { offset: u64, reason: String },
+    Bad {
+        offset: u64,
+        reason: String,
+    },
     /// The record at `offset` was refused (no room for it).
-    Refused { offset: u64, reason: String },
+    Refused {
+        offset: u64,
+        reason: String,
+    },
 }
 
 /// Reads `path` and calls `f` for each record; `Ok(None)` if there is no

@@ -33,10 +33,9 @@ use super::format::Record;
 use super::heap::HeapMem;
 use super::layout::{MAX_KEY, MAX_VALUE};
 use super::table::Table;
-use crate::server::engine::{
-    Cursor, EngineError, KvEngine, SaveStatus, Ticket, UnixMs, Write,
-};
+use crate::server::engine::{Cursor, EngineError, KvEngine, SaveStatus, Ticket, UnixMs, Write};
 use std::fmt;
+use std::format;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -46,7 +45,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 use std::vec::Vec;
-use std::format;
 
 /// Most writes one atomic group may hold.
 pub const MAX_WRITES: usize = 1024;
@@ -269,10 +267,7 @@ impl MemoryEngine {
                 status.last_save_unix = s.created_ms / 1000;
                 status.latest_file_bytes = s.bytes;
             }
-            None => log::info!(
-                "memory engine: no {} yet, starting empty",
-                path.display()
-            ),
+            None => log::info!("memory engine: no {} yet, starting empty", path.display()),
         }
         Ok(MemoryEngine {
             inner: Arc::new(Inner {
@@ -492,12 +487,10 @@ impl KvEngine for MemoryEngine {
             Cursor::Start => 0,
             Cursor::Slot(n) => *n,
             Cursor::Done => return Ok(Cursor::Done),
-            Cursor::Key(_) => {
-                return Err(EngineError::Unsupported(
-                    "the memory engine is unordered: its scan resumes from a slot cursor, not a key"
-                        .to_string(),
-                ))
-            }
+            Cursor::Key(_) => return Err(EngineError::Unsupported(
+                "the memory engine is unordered: its scan resumes from a slot cursor, not a key"
+                    .to_string(),
+            )),
         };
         let mut entries = Vec::new();
         // Copied out under the lock, delivered after it: `f` may be slow or
