@@ -46,6 +46,9 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 use std::vec::Vec;
 
+/// Redis's answer to a save while one runs.
+pub const IN_PROGRESS: &str = "Background save already in progress";
+
 /// Most writes one atomic group may hold.
 pub const MAX_WRITES: usize = 1024;
 
@@ -351,9 +354,7 @@ impl Inner {
         {
             let mut st = lock(&self.save);
             if st.in_progress {
-                return Err(EngineError::Unsupported(
-                    "Background save already in progress".to_string(),
-                ));
+                return Err(EngineError::Unsupported(IN_PROGRESS.to_string()));
             }
             st.in_progress = true;
         }
@@ -593,11 +594,17 @@ impl KvEngine for MemoryEngine {
     }
 
     fn shutdown(&self, save: bool) -> Result<(), EngineError> {
-        self.wait_for_save();
-        if save {
-            self.save()?;
+        loop {
+            self.wait_for_save();
+            if !save {
+                return Ok(());
+            }
+            match self.save() {
+                // A periodic save started meanwhile: wait for it, then save.
+                Err(EngineError::Unsupported(m)) if m == IN_PROGRESS => continue,
+                r => return r,
+            }
         }
-        Ok(())
     }
 }
 

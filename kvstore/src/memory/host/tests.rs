@@ -58,6 +58,24 @@ fn contents(e: &MemoryEngine) -> State {
     out
 }
 
+/// Asserts two states are equal, naming the first difference (not
+/// printing thousands of entries).
+#[track_caller]
+fn assert_same(got: &State, want: &State) {
+    if got == want {
+        return;
+    }
+    let only_got = got.iter().find(|(k, v)| want.get(*k) != Some(v));
+    let only_want = want.iter().find(|(k, v)| got.get(*k) != Some(v));
+    panic!(
+        "states differ: {} entries vs {} wanted; first entry not wanted: {:?}; first wanted entry missing or different: {:?}",
+        got.len(),
+        want.len(),
+        only_got.map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(&v.0), v.1)),
+        only_want.map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(&v.0), v.1)),
+    );
+}
+
 /// The records of a dump file.
 fn file_state(path: &Path) -> State {
     let bytes = std::fs::read(path).unwrap();
@@ -198,8 +216,8 @@ fn bgsave_under_writers(kind: SnapshotKind) {
     assert!(st.last_ok, "{st:?}");
     assert_eq!(st.saves, 1);
     assert_eq!(st.changes_since_save, changes_after);
-    assert_eq!(file_state(&dir.path().join(DUMP)), at_take);
-    assert_eq!(contents(&e), model.lock().unwrap().0);
+    assert_same(&file_state(&dir.path().join(DUMP)), &at_take);
+    assert_same(&contents(&e), &model.lock().unwrap().0);
     e.check().unwrap();
     if kind == SnapshotKind::Uffd {
         assert!(st.latest_copied_bytes > 0, "{st:?}");
@@ -215,7 +233,7 @@ fn bgsave_under_writers(kind: SnapshotKind) {
     // Restart: the last complete snapshot, not the later writes.
     drop(e);
     let e = open(dir.path(), kind).unwrap();
-    assert_eq!(contents(&e), at_take);
+    assert_same(&contents(&e), &at_take);
 }
 
 #[test]
@@ -464,4 +482,26 @@ fn engine_limits_full_heap_scan_and_clear() {
     assert_eq!(e.get(b"after", &mut out).unwrap(), Some(Some(UnixMs(9))));
     assert_eq!(out, b"clear");
     e.check().unwrap();
+}
+
+/// The stall is measured with the clock the engine was given: a clock that
+/// advances 1000 us per reading gives exactly 1000 (read once before the
+/// write lock is taken and once after it is released).
+#[test]
+fn the_stall_is_timed_with_the_given_clock() {
+    static NOW: AtomicU64 = AtomicU64::new(0);
+    fn clock() -> u64 {
+        NOW.fetch_add(1000, Ordering::Relaxed)
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = MemoryConfig::new(dir.path(), HEAP, SnapshotKind::Fork);
+    config.clock_us = clock;
+    let e = MemoryEngine::open(config).unwrap();
+    e.write(&[put(b"k", b"v", None)]).unwrap();
+    e.save().unwrap();
+    assert_eq!(e.save_status().latest_stall_us, 1000);
+    assert_eq!(NOW.load(Ordering::Relaxed), 2000);
+    let mut c = Vec::new();
+    e.counters(&mut c);
+    assert!(c.contains(&("snapshot_stall_us_last", 1000)), "{c:?}");
 }
