@@ -85,24 +85,26 @@ fn many_and_large_records_split_into_blocks() {
     assert!(summary.blocks >= 8, "{summary:?}");
 }
 
-/// Every bit of a small file flipped, one at a time: each is refused, with
-/// an offset inside the file, and flips in the first block's payload are
-/// reported as that block's checksum mismatch at offset 32.
+/// Every byte of a small file changed in every possible way (XOR with each
+/// of 1..=255), one at a time: each change is refused with an offset
+/// inside the file, and the error names what the changed byte belongs to
+/// (changes in the first block's payload are that block's checksum
+/// mismatch at offset 32).
 #[test]
-fn every_bit_flip_is_detected() {
+fn every_byte_change_is_detected() {
     let bytes = encode(&small());
     let block_end = bytes.len() - BLOCK_HEADER_LEN - TRAILER_PAYLOAD;
     for i in 0..bytes.len() {
-        for bit in 0..8 {
+        for x in 1..=255u8 {
             let mut b = bytes.clone();
-            b[i] ^= 1 << bit;
+            b[i] ^= x;
             let err = match decode_all(&b) {
-                Ok(_) => panic!("flip of bit {bit} of byte {i} not detected"),
+                Ok(_) => panic!("byte {i} xor {x:#x} not detected"),
                 Err(e) => e,
             };
             assert!(
                 err.offset() <= bytes.len() as u64,
-                "byte {i} bit {bit}: offset {} past the end: {err}",
+                "byte {i} xor {x:#x}: offset {} past the end: {err}",
                 err.offset()
             );
             match i {
@@ -110,25 +112,47 @@ fn every_bit_flip_is_detected() {
                 8..12 => assert_eq!(
                     err,
                     DecodeError::UnsupportedVersion {
-                        version: 1 ^ (1 << (bit + 8 * (i - 8)))
+                        version: 1 ^ (u32::from(x) << (8 * (i - 8)))
                     }
                 ),
                 12..32 => assert!(matches!(err, DecodeError::HeaderChecksum { .. }), "{err}"),
                 // The block's kind and length: an unknown kind, an
                 // impossible length, a truncation or a checksum mismatch.
                 32..40 => assert!(err.offset() >= 32, "{err}"),
-                40..48 => assert!(
+                _ if i < block_end => assert!(
                     matches!(err, DecodeError::BlockChecksum { offset: 32, .. }),
-                    "{err}"
-                ),
-                _ if i >= 48 && i < block_end => assert!(
-                    matches!(err, DecodeError::BlockChecksum { offset: 32, .. }),
-                    "byte {i}: {err}"
+                    "byte {i} xor {x:#x}: {err}"
                 ),
                 _ => assert!(err.offset() >= block_end as u64, "byte {i}: {err}"),
             }
         }
     }
+}
+
+/// A block changed and given a matching CRC (not damage but a forgery, or
+/// a bug) is still caught by the trailer's whole-file checksum.
+#[test]
+fn the_whole_file_checksum_catches_a_rechecksummed_block() {
+    let mut bytes = encode(&small());
+    let block_end = bytes.len() - BLOCK_HEADER_LEN - TRAILER_PAYLOAD;
+    // The first record's value ("1" -> "0"): payload from 48, its key at 57.
+    assert_eq!(&bytes[57..59], b"a1");
+    bytes[58] ^= 1;
+    let crc = dbos_bufferpool::checksum::Crc32c::new()
+        .update(&bytes[32..44])
+        .update(&bytes[48..block_end])
+        .finish();
+    bytes[44..48].copy_from_slice(&crc.to_le_bytes());
+    let err = decode_all(&bytes).unwrap_err();
+    assert_eq!(
+        err.offset(),
+        (block_end + BLOCK_HEADER_LEN + 16) as u64,
+        "{err}"
+    );
+    assert!(
+        alloc::format!("{err}").contains("whole-file checksum mismatch"),
+        "{err}"
+    );
 }
 
 /// Every proper prefix of a small file is refused as truncated, at the
