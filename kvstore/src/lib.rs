@@ -5,6 +5,12 @@
 //!   durable, group commit across writers.
 //! - [`workload`]: the in-process workload driver (YCSB's core workloads
 //!   A-F) and its report, over any [`Kv`].
+//! - [`server`]: the Redis-protocol server's commands, sans-I/O, over a
+//!   [`server::KvEngine`]: the B+tree engine (`server::btree`) or the
+//!   in-memory engine persisted by snapshots ([`memory`]).
+//! - [`resp`]: the RESP2 protocol (requests parsed, replies encoded).
+//! - Process mode only: `net` (the server's sockets and event loops) and
+//!   `backup` (the B+tree engine's online backup).
 //!
 //! The crate is `no_std` + `alloc`: the same code runs as the guest image
 //! `kvstore` and as the Linux binary `dbos-kv` (process mode).
@@ -16,6 +22,7 @@ extern crate std;
 
 #[cfg(not(target_os = "none"))]
 pub mod backup;
+pub mod memory;
 #[cfg(not(target_os = "none"))]
 pub mod net;
 pub mod resp;

@@ -368,6 +368,7 @@ where
 }
 
 /// One save (the caller set `in_progress`, cleared here).
+#[allow(clippy::type_complexity)]
 fn run_save<D: BlockDevice + Send + 'static, B: BufferManager>(
     store: &Store<D, B>,
     saves: &Saves,
