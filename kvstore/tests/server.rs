@@ -1087,3 +1087,225 @@ fn bgsave_makes_an_online_backup_that_opens_as_a_consistent_store() {
     }
     assert_eq!(found, 3, "the writers' blocks before the backup are in it");
 }
+
+const MEMORY: &[&str] = &["--engine", "memory", "--memory", "64M"];
+
+#[test]
+fn the_memory_engine_serves_the_same_commands_and_snapshots_on_bgsave() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), MEMORY);
+    let mut c = server.conn();
+    let _: () = c.set("k", "v").unwrap();
+    assert_eq!(c.incr::<_, _, i64>("n", 5).unwrap(), 5);
+    assert_eq!(
+        cmd(&mut c, &["SET", "e", "1", "EX", "1000"]).unwrap(),
+        Value::Okay
+    );
+    let (a, b): (String, i64) = redis::pipe()
+        .atomic()
+        .set("a", "x")
+        .ignore()
+        .get("a")
+        .incr("n", 1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!((a.as_str(), b), ("x", 6));
+    for i in 0..500 {
+        let _: () = c.set(format!("user:{i}"), i).unwrap();
+    }
+    // SCAN over the hash table's slots: every key once.
+    let mut seen = Vec::new();
+    let mut cursor = "0".to_string();
+    loop {
+        let (next, page): (String, Vec<String>) = redis::cmd("SCAN")
+            .arg(&cursor)
+            .arg("MATCH")
+            .arg("user:*")
+            .query(&mut c)
+            .unwrap();
+        seen.extend(page);
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    seen.sort();
+    let mut want: Vec<String> = (0..500).map(|i| format!("user:{i}")).collect();
+    want.sort();
+    assert_eq!(seen, want);
+    assert_eq!(cmd(&mut c, &["DBSIZE"]).unwrap(), Value::Int(504));
+    assert_eq!(
+        err(cmd(&mut c, &["DBOS.RANGE", "a", "z"])),
+        "ERR DBOS.RANGE needs an ordered engine; the 'memory' engine is not"
+    );
+    assert_eq!(
+        cmd(&mut c, &["CONFIG", "GET", "appendonly"]).unwrap(),
+        Value::Array(vec![bulk("appendonly"), bulk("no")])
+    );
+    // BGSAVE, then a write after it: a restart after SIGKILL has what the
+    // snapshot holds, not the later write.
+    assert_eq!(
+        cmd(&mut c, &["BGSAVE"]).unwrap(),
+        Value::SimpleString("Background saving started".into())
+    );
+    let info = wait_for_save(&mut c);
+    assert!(info.contains("rdb_saves:1\r\n"), "{info}");
+    assert!(info.contains("rdb_changes_since_last_save:0\r\n"), "{info}");
+    assert!(info.contains("latest_fork_usec:"), "{info}");
+    let _: () = c.set("after", "1").unwrap();
+    server.kill();
+    let server = Server::start_with(dir.path(), MEMORY);
+    let mut c = server.conn();
+    assert_eq!(c.get::<_, String>("k").unwrap(), "v");
+    assert_eq!(c.get::<_, i64>("n").unwrap(), 6);
+    assert_eq!(c.get::<_, i64>("user:499").unwrap(), 499);
+    let ttl: i64 = c.ttl("e").unwrap();
+    assert!((990..=1000).contains(&ttl), "expiry kept: {ttl}");
+    assert_eq!(c.get::<_, Option<String>>("after").unwrap(), None);
+    // A second server on the same directory is refused.
+    let second = Command::new(env!("CARGO_BIN_EXE_dbos-kv"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir.path())
+        .args(MEMORY)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another dbos-kv serves this directory")
+    );
+}
+
+#[test]
+fn memory_engine_writes_acknowledged_before_a_completed_snapshot_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), MEMORY);
+    let port = server.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = std::sync::Arc::new(
+        (0..3)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect::<Vec<_>>(),
+    );
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+            let (stop, acked) = (stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let mut c = client.get_connection().unwrap();
+                for n in 1u64.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let r: RedisResult<()> = redis::pipe()
+                        .atomic()
+                        .set(format!("a{w}"), n)
+                        .set(format!("b{w}"), n)
+                        .query(&mut c);
+                    if r.is_err() {
+                        break;
+                    }
+                    acked[w].store(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let mut c = server.conn();
+    std::thread::sleep(Duration::from_millis(300));
+    let before: Vec<u64> = acked
+        .iter()
+        .map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    let _: () = redis::cmd("BGSAVE").query(&mut c).unwrap();
+    let info = wait_for_save(&mut c);
+    assert!(info.contains("rdb_last_bgsave_status:ok"), "{info}");
+    std::thread::sleep(Duration::from_millis(100));
+    server.kill();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let server = Server::start_with(dir.path(), MEMORY);
+    let mut c = server.conn();
+    for (w, before) in before.iter().enumerate() {
+        let a: u64 = c.get(format!("a{w}")).unwrap();
+        let b: u64 = c.get(format!("b{w}")).unwrap();
+        assert_eq!(a, b, "writer {w}: half a block in the snapshot");
+        assert!(
+            a >= *before,
+            "writer {w}: {a} found, {before} acknowledged before BGSAVE"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_snapshot_is_refused_with_its_offset_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), MEMORY);
+    let mut c = server.conn();
+    for i in 0..100 {
+        let _: () = c.set(format!("k{i}"), "some value").unwrap();
+    }
+    let _: () = redis::cmd("SAVE").query(&mut c).unwrap();
+    server.kill();
+    let dump = dir.path().join("dump.dbkv");
+    let mut bytes = std::fs::read(&dump).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&dump, &bytes).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dbos-kv"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir.path())
+        .args(MEMORY)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("dump.dbkv") && text.contains("offset"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(&dump).unwrap(),
+        bytes,
+        "the damaged file is kept as it was"
+    );
+}
+
+#[test]
+fn periodic_saves_and_a_full_heap() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &["--engine", "memory", "--memory", "4M", "--save-every", "1"],
+    );
+    let mut c = server.conn();
+    assert_eq!(
+        cmd(&mut c, &["CONFIG", "GET", "save"]).unwrap(),
+        Value::Array(vec![bulk("save"), bulk("1 1")])
+    );
+    let _: () = c.set("kept", "yes").unwrap();
+    // Fill the heap: the write that does not fit gets OOM, nothing lost.
+    let value = vec![9u8; 100_000];
+    let mut stored = 0;
+    let oom = loop {
+        match c.set::<_, _, ()>(format!("big{stored}"), &value[..]) {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 100, "a 4 MiB heap took {stored} values of 100 kB");
+    };
+    assert_eq!(oom.code(), Some("OOM"), "{oom}");
+    assert!(stored > 5, "{stored}");
+    assert_eq!(c.get::<_, Vec<u8>>("big0").unwrap(), value);
+    let _: () = c.del("big0").unwrap();
+    let _: () = c.set("after-free", "fits").unwrap();
+    // Within two seconds a periodic save has taken it all.
+    std::thread::sleep(Duration::from_millis(2500));
+    let info: String = redis::cmd("INFO").arg("persistence").query(&mut c).unwrap();
+    assert!(!info.contains("rdb_saves:0\r\n"), "{info}");
+    server.kill();
+    let server = Server::start_with(dir.path(), &["--engine", "memory", "--memory", "4M"]);
+    let mut c = server.conn();
+    assert_eq!(c.get::<_, String>("kept").unwrap(), "yes");
+    assert_eq!(c.get::<_, String>("after-free").unwrap(), "fits");
+}

@@ -10,6 +10,7 @@
 //!                  [--pool 64M] [--load-batch N] [--no-load] [--seed N]
 //! dbos-kv serve    --dir DIR [--listen 127.0.0.1:6379] [--engine btree|memory]
 //!                  [--threads N] [--pool 64M] [--size 128M] [--max-size 16G]
+//!                  [--memory 256M] [--snapshot fork|uffd] [--save-every SECONDS]
 //! dbos-kv check    --dir DIR [--pool 64M]
 //! dbos-kv verify-acks --dir DIR --acks FILE --value-size N
 //! ```
@@ -35,6 +36,7 @@ use dbos_bufferpool::engine::PoolSetup;
 use dbos_bufferpool::host::{env, tlb_shootdowns};
 use dbos_bufferpool::pool::vmcache::VmCache;
 use dbos_bufferpool::{Config, Layout, PoolError};
+use dbos_kvstore::memory::host::{MemoryConfig, MemoryEngine, PeriodicSaves, SnapshotKind};
 use dbos_kvstore::server::btree::{Backup, BtreeEngine};
 use dbos_kvstore::workload::{
     self, Acked, Distribution, Report, Spec, Stats, Verification, Workload,
@@ -131,6 +133,17 @@ struct ServeArgs {
     /// Buffer pool size (btree engine).
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     pool: u64,
+    /// Heap size (memory engine): every key, value and the index live in
+    /// it, allocated at start; the engine refuses writes (OOM) when full.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    memory: u64,
+    /// How the memory engine takes snapshots: fork() or userfaultfd.
+    #[arg(long, default_value = "fork")]
+    snapshot: SnapshotKind,
+    /// Take a background save every this many seconds when keys changed
+    /// (0: only on BGSAVE, SAVE and SHUTDOWN SAVE).
+    #[arg(long, default_value_t = 0)]
+    save_every: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -585,33 +598,88 @@ fn run_workload(a: &WorkloadArgs) -> Result<bool, String> {
 }
 
 fn serve(a: &ServeArgs) -> Result<bool, String> {
-    if a.engine == EngineKind::Memory {
-        return Err("the memory engine is not built into this binary yet".into());
+    let dir = &a.file.dir;
+    let listener = || {
+        std::net::TcpListener::bind(&a.listen)
+            .map_err(|e| format!("listening on {}: {e}", a.listen))
+    };
+    match a.engine {
+        EngineKind::Btree => {
+            if !store_path(dir).exists() {
+                drop(format(&a.file, false)?);
+            }
+            let (store, file) = open_with_file(dir, a.pool)?;
+            // BGSAVE and SAVE copy the store to DIR/backup/kv.db, online.
+            let dest = dir.join("backup");
+            let copy: Backup<_, _> =
+                Arc::new(move |s: &KvStore| backup::copy_store(s, &file, &dest));
+            let engine = BtreeEngine::new(store, net::wall_clock).with_backup(copy, backup::spawn);
+            let what = format!("{} (btree engine", store_path(dir).display());
+            run_server(engine, a, listener()?, &what, None)
+        }
+        EngineKind::Memory => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("{}: cannot create the directory: {e}", dir.display()))?;
+            // One server per directory: a second would overwrite the
+            // first's snapshots.
+            let _lock = lock_dir(dir)?;
+            let config = MemoryConfig::new(dir, a.memory as usize, a.snapshot);
+            let engine = MemoryEngine::open(config).map_err(|e| e.to_string())?;
+            let periodic = (a.save_every > 0)
+                .then(|| engine.start_periodic_saves(Duration::from_secs(a.save_every)));
+            let what = format!(
+                "{} (memory engine, {} MiB heap, {} snapshots",
+                dir.join("dump.dbkv").display(),
+                a.memory >> 20,
+                a.snapshot
+            );
+            run_server(engine, a, listener()?, &what, periodic)
+        }
     }
-    if !store_path(&a.file.dir).exists() {
-        drop(format(&a.file, false)?);
+}
+
+/// Locks `DIR/dbos-kv.lock` for the life of the returned file.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("dbos-kv.lock");
+    let f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is
+    // passed.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(format!(
+            "{}: another dbos-kv serves this directory ({})",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
     }
-    let (store, file) = open_with_file(&a.file.dir, a.pool)?;
-    // BGSAVE and SAVE copy the store to DIR/backup/kv.db, online.
-    let dest = a.file.dir.join("backup");
-    let copy: Backup<_, _> = Arc::new(move |s: &KvStore| backup::copy_store(s, &file, &dest));
-    let listener = std::net::TcpListener::bind(&a.listen)
-        .map_err(|e| format!("listening on {}: {e}", a.listen))?;
+    Ok(f)
+}
+
+/// Serves `engine` until SHUTDOWN.
+fn run_server<E: server::KvEngine + Send + 'static>(
+    engine: E,
+    a: &ServeArgs,
+    listener: std::net::TcpListener,
+    what: &str,
+    periodic: Option<PeriodicSaves>,
+) -> Result<bool, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let config = server::Config {
         dir: a.file.dir.display().to_string(),
         ..server::Config::default()
     };
     config.port.store(u64::from(addr.port()), Ordering::Relaxed);
-    let engine = BtreeEngine::new(store, net::wall_clock).with_backup(copy, backup::spawn);
+    config.save_every.store(a.save_every, Ordering::Relaxed);
     let shared = Arc::new(server::Shared::new(engine, config, net::wall_clock));
     println!(
-        "dbos-kv: serving {} (btree engine, {} event loops) on {addr}",
-        store_path(&a.file.dir).display(),
+        "dbos-kv: serving {what}, {} event loops) on {addr}",
         a.threads
     );
     let _ = std::io::stdout().flush();
-    net::serve(shared, listener, a.threads).map_err(|e| format!("serving: {e}"))?;
+    let served = net::serve(shared, listener, a.threads).map_err(|e| format!("serving: {e}"));
+    drop(periodic);
+    served?;
     println!("dbos-kv: shut down");
     Ok(true)
 }
