@@ -2,11 +2,11 @@
 //! sans-I/O (bytes in, bytes out; the process build serves it with
 //! sockets in `net`, the guest will through the VMM's network queue).
 //!
-//! - [`engine`]: the [`KvEngine`](engine::KvEngine) interface every
+//! - [`engine`]: the [`KvEngine`] interface every
 //!   engine implements.
 //! - [`btree`]: the durable B+tree engine on [`crate::Store`].
 //! - [`session`]: one connection's state machine and what connections
-//!   share ([`Shared`](session::Shared)).
+//!   share ([`Shared`]).
 //! - [`table`]: the command table (names, arities, flags, keys).
 //! - `commands`: the commands themselves; `db`: a command's view of the
 //!   data (its writes collected into one atomic group); `locks`: striped
