@@ -14,6 +14,8 @@ extern crate alloc;
 #[cfg(not(target_os = "none"))]
 extern crate std;
 
+#[cfg(not(target_os = "none"))]
+pub mod loadgen;
 pub mod server;
 pub mod store;
 pub mod workload;
