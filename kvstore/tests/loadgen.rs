@@ -12,14 +12,23 @@
 //!   every acknowledged write (`--verify` exits 0). Without an
 //!   append-only file, the same kill loses them, and `--verify` says so
 //!   (exit 1).
+//!
+//! And against a fake ordered server (SET, GET, DBOS.RANGE on a
+//! `BTreeMap`, in this test; no Redis needed): workloads B, D, E and F,
+//! pipelined, one after the other on the same server, with exact totals
+//! (E's scans meet the records D inserted); and a server that drops
+//! updates, whose stale values the bench counts as wrong (exit 1).
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::thread::sleep;
+use std::sync::{Arc, Mutex};
+use std::thread::{self, sleep};
 use std::time::{Duration, Instant};
 
+use dbos_kvstore::loadgen::client::{parse_reply, Reply};
 use dbos_kvstore::workload::{Rng, Spec, Workload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dbos-kv");
@@ -98,7 +107,6 @@ impl Drop for Redis {
 }
 
 fn ping(port: u16) -> bool {
-    use std::io::{Read, Write};
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
@@ -323,4 +331,160 @@ fn verify_finds_the_writes_a_kill_lost_without_persistence() {
     );
     assert!(stdout.contains(" 500 missing, 0 wrong"), "{stdout}");
     assert!(stdout.contains("acknowledged at version"), "{stdout}");
+}
+
+/// A key-value map behind a RESP server on a free port: `SET` (always
+/// `+OK`; stored only if the key is new when `drop_updates`), `GET`,
+/// `DBOS.RANGE FROM TO LIMIT N` (keys `>= FROM` and `< TO`, flat array of
+/// keys and values). It runs until the test process ends.
+fn fake_server(drop_updates: bool) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let map = Arc::new(Mutex::new(BTreeMap::<Vec<u8>, Vec<u8>>::new()));
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let map = map.clone();
+            thread::spawn(move || serve(conn, &map, drop_updates));
+        }
+    });
+    port
+}
+
+fn bulk(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
+    out.extend_from_slice(b);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn serve(mut conn: TcpStream, map: &Mutex<BTreeMap<Vec<u8>, Vec<u8>>>, drop_updates: bool) {
+    let (mut buf, mut out) = (Vec::new(), Vec::new());
+    let mut chunk = [0; 16384];
+    loop {
+        let n = match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut used = 0;
+        while let Ok(Some((req, n))) = parse_reply(&buf[used..]) {
+            used += n;
+            let Reply::Array(args) = req else { return };
+            let args: Vec<Vec<u8>> = args
+                .into_iter()
+                .map(|a| match a {
+                    Reply::Bulk(b) => b,
+                    _ => Vec::new(),
+                })
+                .collect();
+            let mut map = map.lock().unwrap();
+            match (args[0].as_slice(), &args[1..]) {
+                (b"SET", [k, v]) => {
+                    if !(drop_updates && map.contains_key(k)) {
+                        map.insert(k.clone(), v.clone());
+                    }
+                    out.extend_from_slice(b"+OK\r\n");
+                }
+                (b"GET", [k]) => match map.get(k) {
+                    Some(v) => bulk(&mut out, v),
+                    None => out.extend_from_slice(b"$-1\r\n"),
+                },
+                (b"DBOS.RANGE", [from, to, limit, n]) if limit == b"LIMIT" => {
+                    let n: usize = std::str::from_utf8(n).unwrap().parse().unwrap();
+                    let entries: Vec<_> = map.range(from.clone()..to.clone()).take(n).collect();
+                    out.extend_from_slice(format!("*{}\r\n", 2 * entries.len()).as_bytes());
+                    for (k, v) in entries {
+                        bulk(&mut out, k);
+                        bulk(&mut out, v);
+                    }
+                }
+                _ => out.extend_from_slice(b"-ERR unknown command\r\n"),
+            }
+        }
+        buf.drain(..used);
+        if conn.write_all(&out).is_err() {
+            return;
+        }
+        out.clear();
+    }
+}
+
+#[test]
+fn workloads_b_d_e_f_against_an_ordered_server() {
+    let port = fake_server(false);
+    for (w, pipeline, rows) in [
+        ("b", "1", &["read", "update"][..]),
+        ("d", "4", &["read", "insert"][..]),
+        ("e", "3", &["insert", "scan"][..]),
+        ("f", "5", &["read", "read-modify-write"][..]),
+    ] {
+        let out = bench(
+            port,
+            &[
+                "--workload",
+                w,
+                "--records",
+                "800",
+                "--operations",
+                "3000",
+                "--clients",
+                "3",
+                "--pipeline",
+                pipeline,
+                "--seed",
+                "3",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "workload {w}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        row(&table(&stdout, "load:"), "total", 800);
+        let run = table(&stdout, "run:");
+        row(&run, "total", 3000);
+        let counts: Vec<u64> = rows
+            .iter()
+            .map(|name| {
+                let r = run
+                    .get(*name)
+                    .unwrap_or_else(|| panic!("{w}: no {name} row"));
+                row(&run, name, r[1].parse().unwrap());
+                r[1].parse().unwrap()
+            })
+            .collect();
+        assert_eq!(counts.iter().sum::<u64>(), 3000, "workload {w}");
+        assert_eq!(run.len(), rows.len() + 1, "workload {w}: {run:?}");
+        if w == "e" {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with("scans delivered"))
+                .unwrap();
+            let n: u64 = line.split(' ').nth(2).unwrap().parse().unwrap();
+            // 1..=100 entries each (fewer near the end of the keys).
+            assert!(n > counts[1] * 20 && n <= counts[1] * 100, "{line}");
+            // Workload d's bench inserted records on this server before;
+            // e's scans meet those it has not inserted again itself.
+            assert!(
+                line.contains("of records an earlier bench inserted"),
+                "{line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn stale_values_are_wrong() {
+    let port = fake_server(true);
+    let out = bench(
+        port,
+        &["--records", "100", "--operations", "2000", "--clients", "2"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let run = table(&stdout, "run:");
+    let wrong: u64 = run["read"][8].parse().unwrap();
+    assert!(wrong > 100, "{:?}", run["read"]);
+    assert!(
+        stdout.contains("first problem: read of record "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(acknowledged "), "{stdout}");
 }

@@ -74,6 +74,9 @@ pub struct PhaseStats {
     pub ops: [OpStats; OpKind::COUNT],
     /// Entries the scans delivered.
     pub scanned: u64,
+    /// Of those, entries of records past the loaded ones that this bench
+    /// has not written (left by an earlier bench).
+    pub scanned_foreign: u64,
     /// The first problem seen (an error reply, a wrong or missing
     /// value), with its operation and record.
     pub first_problem: Option<String>,
@@ -133,6 +136,7 @@ impl PhaseStats {
             a.merge(b);
         }
         self.scanned += other.scanned;
+        self.scanned_foreign += other.scanned_foreign;
         if self.first_problem.is_none() {
             self.first_problem.clone_from(&other.first_problem);
         }
@@ -232,7 +236,15 @@ pub fn table(stats: &PhaseStats, elapsed_ns: u64) -> String {
         );
     }
     if stats.ops[OpKind::Scan.index()].count > 0 {
-        let _ = writeln!(out, "scans delivered {} entries", stats.scanned);
+        let _ = write!(out, "scans delivered {} entries", stats.scanned);
+        if stats.scanned_foreign > 0 {
+            let _ = write!(
+                out,
+                " ({} of records an earlier bench inserted: versions not checked)",
+                stats.scanned_foreign
+            );
+        }
+        let _ = writeln!(out);
     }
     if let Some(p) = &stats.first_problem {
         let _ = writeln!(out, "first problem: {p}");
