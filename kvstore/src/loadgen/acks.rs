@@ -29,7 +29,12 @@
 //!
 //! Versions count from 1 in each bench process. A `--phase run` bench
 //! (records loaded by an earlier process, versions unknown) writes no
-//! `written` line for loaded records: their upper bound is unknown.
+//! `written` line for loaded records: their upper bound is unknown. Its
+//! lower bounds are weaker too: an earlier bench may have written the
+//! same record with the same or a higher version number, so a lost write
+//! can go unnoticed. The check is exact for a bench that loads (`--phase
+//! both`, the default, or `load`): every version on the server then comes
+//! from it.
 //!
 //! The clients buffer their lines and append them every 8 KiB or 200 ms
 //! (a line is never split between appends), and the bench appends the

@@ -21,7 +21,8 @@
 //! verification found any), 3 if the server went away (connection
 //! refused, reset or closed, no reply within `--timeout`), 4 if the bench
 //! could not go on (a command the server does not know, a malformed
-//! reply, the acknowledgement file). Bad options exit 2 (clap).
+//! reply, the acknowledgement file). Bad options exit 2 (as clap's
+//! usage errors do).
 //!
 //! [`Spec`]: crate::workload::Spec
 //! [`key_bytes`]: crate::workload::key_bytes
@@ -103,9 +104,11 @@ impl Outcome {
 pub fn bench(opts: &Options) -> u8 {
     let mut opts = opts.clone();
     opts.pipeline = opts.pipeline.max(1);
-    let outcome = if let Err(e) = opts.spec.validate() {
-        Outcome::Failed(std::format!("invalid workload: {e}"))
-    } else if opts.verify {
+    if let Err(e) = opts.spec.validate() {
+        std::eprintln!("dbos-kv bench: {e}");
+        return 2;
+    }
+    let outcome = if opts.verify {
         verify::verify(&opts)
     } else {
         run::phases(&opts)

@@ -610,7 +610,12 @@ pub fn phases(opts: &Options) -> Outcome {
         std::print!("{}", report::table(&stats, ns));
         problems += stats.problems();
         stop = sh.stop.into_inner().ok().flatten();
-        if stop.is_some() {
+        if let Some(s) = &stop {
+            let (Stop::Lost(why) | Stop::Fatal(why)) = s;
+            std::println!(
+                "{name} stopped after {} of {total} operations: {why}",
+                stats.total()
+            );
             break;
         }
     }
