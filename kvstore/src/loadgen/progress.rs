@@ -50,10 +50,9 @@ impl Progress {
         let start = Instant::now();
         let bar = std::io::stdout().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(Some(self.total), ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template(
-                "{prefix:>6} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
-            )
-            .map(|s| s.progress_chars("#>-"));
+            let style =
+                ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+                    .map(|s| s.progress_chars("#>-"));
             if let Ok(style) = style {
                 bar.set_style(style);
             }
@@ -65,7 +64,11 @@ impl Progress {
             thread::sleep(Duration::from_millis(100));
             let done = self.done().min(self.total);
             match &bar {
-                Some(bar) => bar.set_position(done),
+                Some(bar) => {
+                    bar.set_position(done);
+                    let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-9);
+                    bar.set_message(std::format!("{rate:.0} ops/s"));
+                }
                 None if Instant::now() >= next_line => {
                     let s = start.elapsed().as_secs_f64();
                     std::eprintln!(
