@@ -9,8 +9,10 @@
 //!   [`server::KvEngine`]: the B+tree engine (`server::btree`) or the
 //!   in-memory engine persisted by snapshots ([`memory`]).
 //! - [`resp`]: the RESP2 protocol (requests parsed, replies encoded).
-//! - Process mode only: `net` (the server's sockets and event loops) and
-//!   `backup` (the B+tree engine's online backup).
+//! - Process mode only: `net` (the server's sockets and event loops),
+//!   `backup` (the B+tree engine's online backup) and `loadgen` (`dbos-kv
+//!   bench`, a YCSB load generator over RESP that drives this server and
+//!   Redis alike).
 //!
 //! The crate is `no_std` + `alloc`: the same code runs as the guest image
 //! `kvstore` and as the Linux binary `dbos-kv` (process mode).
@@ -22,6 +24,8 @@ extern crate std;
 
 #[cfg(not(target_os = "none"))]
 pub mod backup;
+#[cfg(not(target_os = "none"))]
+pub mod loadgen;
 pub mod memory;
 #[cfg(not(target_os = "none"))]
 pub mod net;

@@ -13,6 +13,7 @@
 //!                  [--memory 256M] [--snapshot fork|uffd] [--save-every SECONDS]
 //! dbos-kv check    --dir DIR [--pool 64M]
 //! dbos-kv verify-acks --dir DIR --acks FILE --value-size N
+//! dbos-kv bench    [--host H] [--port P] [--workload a..f] [--clients N] ...
 //! ```
 //!
 //! The store is the file `DIR/kv.db`. `workload` formats it if it does not
@@ -41,7 +42,7 @@ use dbos_kvstore::server::btree::{Backup, BtreeEngine};
 use dbos_kvstore::workload::{
     self, Acked, Distribution, Report, Spec, Stats, Verification, Workload,
 };
-use dbos_kvstore::{backup, net, server, Store};
+use dbos_kvstore::{backup, loadgen, net, server, Store};
 use dbos_nvme::host::{BackingFile, FileError};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -86,6 +87,10 @@ enum Command {
     /// Serves the store over the Redis protocol (RESP2) until SHUTDOWN;
     /// formats a new store in --dir if it holds none.
     Serve(ServeArgs),
+    /// Drives a RESP server (dbos-kv serve, Redis) over TCP with a YCSB
+    /// workload, one connection per client; or, with --verify, checks it
+    /// against the writes an earlier bench --acks FILE acknowledged.
+    Bench(BenchArgs),
     /// Opens the store (recovering it) and checks the whole tree.
     Check {
         #[arg(long)]
@@ -199,6 +204,76 @@ struct WorkloadArgs {
     /// loaded before, with --no-load).
     #[arg(long)]
     no_verify: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 6379)]
+    port: u16,
+    /// YCSB core workload a..f (e needs the server's DBOS.RANGE).
+    #[arg(long, default_value = "a", value_parser = parse_workload)]
+    workload: Workload,
+    /// uniform, zipfian or latest (workload d always reads the latest).
+    #[arg(long, default_value = "zipfian", value_parser = loadgen::parse_distribution)]
+    distribution: (Distribution, bool),
+    /// Records loaded (and, for --phase run, loaded before).
+    #[arg(long, default_value_t = 100_000)]
+    records: u64,
+    /// Operations of the run phase (all clients together).
+    #[arg(long, default_value_t = 100_000)]
+    operations: u64,
+    /// Clients: each a thread with its own connection.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// load, run or both.
+    #[arg(long, default_value = "both")]
+    phase: loadgen::Phase,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Record acknowledged writes in FILE (replacing it); with --verify,
+    /// the file to check.
+    #[arg(long)]
+    acks: Option<PathBuf>,
+    /// Check every write FILE lists instead of running a workload.
+    #[arg(long, requires = "acks", conflicts_with = "phase")]
+    verify: bool,
+    /// Requests each client sends before reading their replies.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pipeline: u32,
+    /// Seconds to wait for a connection or a reply before giving up on the
+    /// server.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+}
+
+impl BenchArgs {
+    fn run(self) -> ExitCode {
+        let spec = Spec {
+            workload: self.workload,
+            distribution: self.distribution.0,
+            records: self.records,
+            operations: self.operations,
+            value_size: self.value_size,
+            threads: self.clients,
+            seed: self.seed,
+            ..Spec::default()
+        };
+        ExitCode::from(loadgen::bench(&loadgen::Options {
+            host: self.host,
+            port: self.port,
+            spec,
+            latest: self.distribution.1,
+            phase: self.phase,
+            pipeline: self.pipeline as usize,
+            acks: self.acks,
+            verify: self.verify,
+            timeout: Duration::from_secs(self.timeout.max(1)),
+        }))
+    }
 }
 
 /// Checks every write `acks` lists against the store at `dir`.
@@ -708,6 +783,7 @@ fn main() -> ExitCode {
         }),
         Command::Workload(a) => run_workload(&a),
         Command::Serve(a) => serve(&a),
+        Command::Bench(a) => return a.run(),
         Command::VerifyAcks {
             dir,
             acks,
