@@ -1309,3 +1309,134 @@ fn periodic_saves_and_a_full_heap() {
     assert_eq!(c.get::<_, String>("kept").unwrap(), "yes");
     assert_eq!(c.get::<_, String>("after-free").unwrap(), "fits");
 }
+
+/// `dbos-kv bench ARGS` against `port`.
+fn bench(port: u16, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_dbos-kv"))
+        .args(["bench", "--port", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_load_generator_drives_every_workload_and_checks_every_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let out = bench(
+        server.port,
+        &[
+            "--workload",
+            "a",
+            "--records",
+            "2000",
+            "--operations",
+            "3000",
+            "--clients",
+            "4",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for w in ["b", "c", "d", "e", "f"] {
+        let out = bench(
+            server.port,
+            &[
+                "--workload",
+                w,
+                "--records",
+                "2000",
+                "--operations",
+                "1500",
+                "--clients",
+                "3",
+                "--phase",
+                "run",
+                "--pipeline",
+                "4",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "workload {w}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut c = server.conn();
+    let Value::Int(keys) = cmd(&mut c, &["DBSIZE"]).unwrap() else {
+        panic!()
+    };
+    assert!(keys >= 2000, "{keys}");
+}
+
+#[test]
+fn every_write_the_load_generator_saw_acknowledged_survives_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let acks = dir.path().join("acks");
+    let data = dir.path().join("data");
+    for round in 0..2 {
+        let server = Server::start(&data);
+        let child = Command::new(env!("CARGO_BIN_EXE_dbos-kv"))
+            .args(["bench", "--port", &server.port.to_string()])
+            .args([
+                "--workload",
+                "a",
+                "--records",
+                "800",
+                "--operations",
+                "100000000",
+            ])
+            .args(["--clients", "6", "--distribution", "uniform", "--seed"])
+            .arg(round.to_string())
+            .arg("--acks")
+            .arg(&acks)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Kill once updates are being acknowledged (versions above 1).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let text = std::fs::read_to_string(&acks).unwrap_or_default();
+            let updates = text
+                .lines()
+                .filter(|l| l.split(' ').nth(1).is_some_and(|v| v != "1"))
+                .count();
+            if updates >= 300 + 200 * round {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no updates acknowledged");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server.kill();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let server = Server::start(&data);
+        let out = bench(
+            server.port,
+            &[
+                "--verify",
+                "--acks",
+                acks.to_str().unwrap(),
+                "--clients",
+                "2",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "round {round}: {text}");
+        assert!(text.contains(" 0 missing, 0 wrong, 0 errors"), "{text}");
+        assert!(text.contains("verify: PASSED"), "{text}");
+        // Format check: the bench loads again over the same store.
+        drop(server);
+    }
+}
