@@ -826,6 +826,52 @@ fn hostile_clients_get_an_error_and_harm_no_one() {
     // Inline commands work (telnet).
     let (out, _) = server.raw(b"GET k\r\nEXISTS k\n", Duration::from_millis(300));
     assert_eq!(out, b"$1\r\nv\r\n:1\r\n");
+    // An unknown command with 10,000 arguments: the error names only the
+    // first few, as Redis's does.
+    let mut many = redis::cmd("NOSUCH");
+    for i in 0..10_000 {
+        many.arg(format!("argument-{i}"));
+    }
+    let e = many.query::<()>(&mut c).unwrap_err();
+    let detail = e.detail().unwrap_or_default().to_string();
+    assert!(
+        detail.starts_with("unknown command 'NOSUCH', with args beginning with: 'argument-0' "),
+        "{detail}"
+    );
+    assert!(detail.len() < 300, "{} bytes of error", detail.len());
+    // A MULTI block is bounded by client-query-buffer-limit: past it the
+    // command is refused and EXEC discards the block.
+    assert_eq!(
+        cmd(
+            &mut c,
+            &["CONFIG", "SET", "client-query-buffer-limit", "1048576"]
+        )
+        .unwrap(),
+        Value::Okay
+    );
+    let value = "x".repeat(100_000);
+    let mut block = b"MULTI\r\n".to_vec();
+    for i in 0..12 {
+        block.extend_from_slice(
+            format!(
+                "*3\r\n$3\r\nSET\r\n$2\r\nm{}\r\n$100000\r\n{value}\r\n",
+                i % 10
+            )
+            .as_bytes(),
+        );
+    }
+    block.extend_from_slice(b"EXEC\r\nGET m1\r\n");
+    let (out, _) = server.raw(&block, Duration::from_secs(2));
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("+QUEUED").count(), 10, "{text}");
+    assert!(
+        text.contains("-ERR MULTI block over 1048576 bytes"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("-EXECABORT Transaction discarded because of previous errors.\r\n$-1\r\n"),
+        "{text}"
+    );
     // Nothing above harmed the data or the other client.
     assert_eq!(c.get::<_, String>("k").unwrap(), "v");
 }

@@ -46,6 +46,7 @@ pub(super) fn run<E: KvEngine>(
             } else {
                 s.multi = Some(Vec::new());
                 s.multi_failed = false;
+                s.multi_bytes = 0;
                 Reply(out).ok();
             }
             None

@@ -135,6 +135,8 @@ pub struct Session {
     pub(super) multi: Option<Vec<Vec<Vec<u8>>>>,
     /// A command of the block was refused while queuing: EXEC aborts.
     pub(super) multi_failed: bool,
+    /// Bytes of the commands queued in the block.
+    pub(super) multi_bytes: usize,
     /// Resume points of ordered SCANs: (cursor number, next key).
     pub(super) cursors: Vec<(u64, Vec<u8>)>,
     pub(super) next_cursor: u64,
@@ -236,7 +238,11 @@ impl Session {
                 "ERR unknown command '{}', with args beginning with: ",
                 printable(args[0], 128)
             );
+            // As Redis: the arguments until the text passes 128 bytes.
             for a in &args[1..] {
+                if text.len() > 128 + 60 {
+                    break;
+                }
                 text.push_str(&alloc::format!("'{}' ", printable(a, 128)));
             }
             if self.multi.is_some() {
@@ -256,6 +262,22 @@ impl Session {
             return None;
         }
         if let Some(block) = self.multi.as_mut().filter(|_| spec.flags & NO_MULTI == 0) {
+            // A block is held in memory until EXEC: at most
+            // `client-query-buffer-limit` bytes of it.
+            let bytes: usize = args.iter().map(|a| a.len() + 16).sum();
+            self.multi_bytes += bytes;
+            let limit = shared
+                .config
+                .client_query_buffer_limit
+                .load(Ordering::Relaxed);
+            if self.multi_bytes > limit {
+                self.multi_failed = true;
+                Reply(out).error(&alloc::format!(
+                    "ERR MULTI block over {limit} bytes (client-query-buffer-limit); EXEC will \
+                     discard it"
+                ));
+                return None;
+            }
             block.push(args.iter().map(|a| a.to_vec()).collect());
             Reply(out).simple("QUEUED");
             return None;
