@@ -18,7 +18,12 @@
 //!                 acknowledged (durable), for crash tests
 //! dbos run --disk DISK kvstore -- check
 //! dbos run --disk DISK kvstore -- format --force
+//! dbos run [--vcpus N] kvstore -- memory [records N] [ops N] [workload X]
+//!                                       [dist X] [value N] [heap KIB] [seed N]
 //! ```
+//!
+//! `memory` runs the memory engine on Snappy instead (see `memory.rs`): no
+//! disk, snapshots instead of a log.
 //!
 //! The default job: on a blank disk it formats a store (the log an eighth
 //! of the disk, the rest data pages), otherwise it recovers the store on
@@ -55,6 +60,9 @@ use libdbos::println;
 
 libdbos::entry!(main);
 
+#[path = "kvstore/memory.rs"]
+mod memory;
+
 type Device = dbos_bufferpool::guest::GuestDevice;
 type Pool = Tabby<libdbos::GuestPlatform, Device>;
 type KvStore = Store<Device, Pool>;
@@ -62,7 +70,8 @@ type KvStore = Store<Device, Pool>;
 const QUEUE_DEPTH: u16 = 32;
 const STATUS_USAGE: u8 = 2;
 const USAGE: &str = "usage: kvstore -- [records N] [ops N] [workload a..f] [dist uniform|zipfian] \
-                     [value N] [pool FRAMES] [batch N] [seed N] [acks 0|1] | check | format --force";
+                     [value N] [pool FRAMES] [batch N] [seed N] [acks 0|1] | check | format --force \
+                     | memory [OPTION VALUE]...";
 
 /// Nanoseconds per TSC tick, as a 32.32 fixed-point number (calibrated at
 /// start against the VMM's clock, so that timing an operation costs no VM
@@ -359,6 +368,10 @@ fn verify(store: &KvStore, spec: &Spec, acked: &Acked, when: &'static str) -> bo
 
 fn main() -> u8 {
     let args: Vec<&'static str> = libdbos::args().collect();
+    if args.first() == Some(&"memory") {
+        calibrate();
+        return memory::run(&args[1..]);
+    }
     let request = match parse(&args) {
         Ok(r) => r,
         Err(e) => {
