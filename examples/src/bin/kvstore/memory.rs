@@ -195,6 +195,9 @@ fn save_and_check(snappy: &Snappy, taken: &Taken) -> bool {
     ok
 }
 
+/// One vCPU's share of a phase, given its progress callback.
+type PhaseFn<'a> = dyn Fn(usize, &dyn Fn(u64)) -> Stats + Sync + 'a;
+
 /// Runs the memory-engine job; the exit status.
 pub fn run(args: &[&'static str]) -> u8 {
     let mut spec = Spec {
@@ -265,16 +268,15 @@ pub fn run(args: &[&'static str]) -> u8 {
     };
     println!("{spec}; memory engine, {heap_kib} KiB heap on Snappy");
     let acked = Acked::new(&spec);
-    let phase =
-        |name: &'static str, total: u64, f: &(dyn Fn(usize, &dyn Fn(u64)) -> Stats + Sync)| {
-            let before = libdbos::platform().counters();
-            let (stats, ns) = super::on_all(|cpu| {
-                let share = spec.share(total, cpu);
-                f(cpu, &super::progress(name, cpu, share.end - share.start))
-            });
-            let c = events(&before, &libdbos::platform().counters(), total);
-            super::report(name, &spec, &stats, ns, &c);
-        };
+    let phase = |name: &'static str, total: u64, f: &PhaseFn<'_>| {
+        let before = libdbos::platform().counters();
+        let (stats, ns) = super::on_all(|cpu| {
+            let share = spec.share(total, cpu);
+            f(cpu, &super::progress(name, cpu, share.end - share.start))
+        });
+        let c = events(&before, &libdbos::platform().counters(), total);
+        super::report(name, &spec, &stats, ns, &c);
+    };
     phase("load", spec.records, &|cpu, p| {
         workload::load(&kv, &spec, &acked, cpu, super::now_ns, p)
     });
