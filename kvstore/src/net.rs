@@ -3,11 +3,14 @@
 //! loops (mio: epoll), each owning the connections it accepted.
 //!
 //! One round of a loop: read what every ready connection sent, run the
-//! complete requests of each (pipelined ones too), wait **once** for the
-//! durability of all the writes they made (the highest ticket: the WAL
-//! commits concurrent waits of the loops together), then send the
-//! replies. So no reply announces a write before it is durable, and one
-//! log write carries many clients' commands.
+//! complete requests of each (pipelined ones too), send the replies of
+//! those that wrote nothing, and hold the others' until their writes are
+//! durable. The loop never blocks on the log: it posts the highest ticket
+//! its connections wait for to the flusher thread and goes on serving;
+//! the flusher waits for the highest ticket posted by any loop (one log
+//! write for all of them) and wakes the loops, which release the replies
+//! whose tickets are durable. So no reply announces a write before it is
+//! durable, and one log write carries many clients' commands.
 //!
 //! Limits: `maxclients` (a client over it gets Redis's error and is
 //! closed), `client-query-buffer-limit` (a client that sends more than it
@@ -19,14 +22,15 @@
 use crate::server::engine::{KvEngine, Ticket, UnixMs};
 use crate::server::session::{Session, Shared, OUTPUT_HIGH_WATER};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use std::io::{self, Read, Write};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use std::vec::Vec;
 
 const LISTENER: Token = Token(usize::MAX);
+const WAKE: Token = Token(usize::MAX - 1);
 const READ_CHUNK: usize = 16 * 1024;
 
 /// The wall clock as the server's commands take it.
@@ -59,6 +63,60 @@ struct Conn {
     ticket: Option<Ticket>,
 }
 
+/// Waits for durability on behalf of the event loops, so that no loop
+/// blocks on the log: a loop posts the highest ticket its connections
+/// wait for and goes on serving; this thread waits for the highest ticket
+/// posted (one log write for all of them: group commit across loops and
+/// rounds) and wakes every loop, which then sends the replies whose
+/// tickets are durable.
+struct Flusher {
+    requested: Mutex<u64>,
+    posted: Condvar,
+    /// The log failed: no waiting reply may be sent.
+    failed: AtomicBool,
+    wakers: Mutex<Vec<Arc<Waker>>>,
+}
+
+impl Flusher {
+    fn post(&self, t: Ticket) {
+        let mut r = self.requested.lock().unwrap_or_else(|e| e.into_inner());
+        if t.0 > *r {
+            *r = t.0;
+            self.posted.notify_one();
+        }
+    }
+
+    fn run<E: KvEngine>(&self, shared: &Shared<E>) {
+        let mut done = 0;
+        while !shared.shutting_down() && !self.failed.load(Ordering::Acquire) {
+            let t = {
+                let mut r = self.requested.lock().unwrap_or_else(|e| e.into_inner());
+                while *r <= done && !shared.shutting_down() {
+                    r = self
+                        .posted
+                        .wait_timeout(r, Duration::from_millis(100))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                *r
+            };
+            if t <= done {
+                continue;
+            }
+            shared.stats.durable_waits.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = shared.engine.wait(Ticket(t)) {
+                // Not durable: no client may be told otherwise.
+                log::error!("the log failed; no waiting reply will be sent: {e}");
+                self.failed.store(true, Ordering::Release);
+            }
+            done = t;
+            for w in self.wakers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let _ = w.wake();
+            }
+        }
+    }
+}
+
 /// Serves `listener` with `threads` event loops until a `SHUTDOWN`.
 pub fn serve<E: KvEngine + Send + 'static>(
     shared: Arc<Shared<E>>,
@@ -66,16 +124,35 @@ pub fn serve<E: KvEngine + Send + 'static>(
     threads: usize,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
+    let flusher = Arc::new(Flusher {
+        requested: Mutex::new(0),
+        posted: Condvar::new(),
+        failed: AtomicBool::new(false),
+        wakers: Mutex::new(Vec::new()),
+    });
     let mut handles = Vec::new();
     for i in 0..threads.max(1) {
         let l = TcpListener::from_std(listener.try_clone()?);
-        let shared = shared.clone();
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        flusher
+            .wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(waker);
+        let (shared, flusher) = (shared.clone(), flusher.clone());
         handles.push(
             std::thread::Builder::new()
                 .name(std::format!("dbos-kv-loop{i}"))
-                .spawn(move || event_loop(&shared, l))?,
+                .spawn(move || event_loop(&shared, &flusher, poll, l))?,
         );
     }
+    let flushing = {
+        let (shared, flusher) = (shared.clone(), flusher.clone());
+        std::thread::Builder::new()
+            .name("dbos-kv-flush".into())
+            .spawn(move || flusher.run(&shared))?
+    };
     let mut result = Ok(());
     for h in handles {
         match h.join() {
@@ -84,11 +161,18 @@ pub fn serve<E: KvEngine + Send + 'static>(
             Err(_) => result = Err(io::Error::other("an event loop panicked")),
         }
     }
+    if flushing.join().is_err() {
+        result = Err(io::Error::other("the flusher panicked"));
+    }
     result
 }
 
-fn event_loop<E: KvEngine>(shared: &Shared<E>, mut listener: TcpListener) -> io::Result<()> {
-    let mut poll = Poll::new()?;
+fn event_loop<E: KvEngine>(
+    shared: &Shared<E>,
+    flusher: &Flusher,
+    mut poll: Poll,
+    mut listener: TcpListener,
+) -> io::Result<()> {
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     let mut conns: Vec<Option<Conn>> = Vec::new();
@@ -96,8 +180,11 @@ fn event_loop<E: KvEngine>(shared: &Shared<E>, mut listener: TcpListener) -> io:
     let mut events = Events::with_capacity(1024);
     let mut ready: Vec<usize> = Vec::new();
     // Connections to serve in the next round without an event: their
-    // output drained while requests were held back.
+    // output drained while requests were held back, or their replies
+    // became durable.
     let mut carry: Vec<usize> = Vec::new();
+    // Connections whose replies wait for their ticket to be durable.
+    let mut waiting: Vec<usize> = Vec::new();
     let mut chunk = std::vec![0u8; READ_CHUNK];
     while !shared.shutting_down() {
         let timeout = if carry.is_empty() { 100 } else { 0 };
@@ -109,16 +196,42 @@ fn event_loop<E: KvEngine>(shared: &Shared<E>, mut listener: TcpListener) -> io:
         ready.clear();
         ready.append(&mut carry);
         for ev in events.iter() {
-            if ev.token() == LISTENER {
-                accept(shared, &poll, &mut listener, &mut conns, &mut free);
-            } else {
-                ready.push(ev.token().0);
+            match ev.token() {
+                LISTENER => accept(shared, &poll, &mut listener, &mut conns, &mut free),
+                WAKE => {}
+                t => ready.push(t.0),
             }
         }
+        // Replies now durable are released (or, if the log failed, their
+        // connections closed unanswered).
+        let durable = shared.engine.durable();
+        let failed = flusher.failed.load(Ordering::Acquire);
+        waiting.retain(|&i| {
+            let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) else {
+                return false;
+            };
+            match c.ticket {
+                Some(t) if t > durable && !failed => true,
+                Some(_) if failed => {
+                    c.output.clear();
+                    c.sent = 0;
+                    c.closing = true;
+                    c.ticket = None;
+                    ready.push(i);
+                    false
+                }
+                _ => {
+                    c.ticket = None;
+                    shared.stats.durable_clients.fetch_add(1, Ordering::Relaxed);
+                    ready.push(i);
+                    false
+                }
+            }
+        });
         ready.sort_unstable();
         ready.dedup();
         // Read and run.
-        let mut wait: Option<Ticket> = None;
+        let mut post: Option<Ticket> = None;
         for &i in &ready {
             let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) else {
                 continue;
@@ -133,41 +246,40 @@ fn event_loop<E: KvEngine>(shared: &Shared<E>, mut listener: TcpListener) -> io:
                 c.output.clear();
                 c.sent = 0;
             }
-            wait = wait.max(c.ticket);
-        }
-        // One durable wait for every write of the round.
-        if let Some(t) = wait {
-            let commands: u64 = ready
-                .iter()
-                .filter_map(|&i| conns.get(i).and_then(|c| c.as_ref()))
-                .filter(|c| c.ticket.is_some())
-                .count() as u64;
-            shared.stats.durable_waits.fetch_add(1, Ordering::Relaxed);
-            shared
-                .stats
-                .durable_clients
-                .fetch_add(commands, Ordering::Relaxed);
-            if let Err(e) = shared.engine.wait(t) {
-                // Not durable: no client may be told otherwise. Their
-                // connections close without the replies.
-                log::error!("the log failed; closing every connection that waited for it: {e}");
-                for &i in &ready {
-                    if let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) {
-                        if c.ticket.is_some() {
-                            c.output.clear();
-                            c.sent = 0;
-                            c.closing = true;
-                        }
-                    }
+            match c.ticket {
+                Some(t) if t <= durable => c.ticket = None,
+                Some(t) => {
+                    post = post.max(Some(t));
+                    waiting.push(i);
                 }
+                None => {}
             }
         }
-        // Send, and serve again what back-pressure held.
+        if let Some(t) = post {
+            if waiting.len() == 1 && ready.len() == 1 {
+                // One client and nothing else to do: waiting here costs
+                // less than the hand-off to the flusher and back.
+                shared.stats.durable_waits.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = shared.engine.wait(t) {
+                    log::error!("the log failed; no waiting reply will be sent: {e}");
+                    flusher.failed.store(true, Ordering::Release);
+                } else if let Some(c) = conns.get_mut(waiting[0]).and_then(|c| c.as_mut()) {
+                    c.ticket = None;
+                    shared.stats.durable_clients.fetch_add(1, Ordering::Relaxed);
+                    waiting.clear();
+                }
+            } else {
+                flusher.post(t);
+            }
+        }
+        // Send what may be sent; serve again what back-pressure held.
         for &i in &ready {
             let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) else {
                 continue;
             };
-            c.ticket = None;
+            if c.ticket.is_some() {
+                continue;
+            }
             flush(shared, c);
             let drained = c.sent == c.output.len();
             if c.closing && drained || update_interest(&poll, c, i).is_err() {

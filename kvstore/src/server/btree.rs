@@ -190,6 +190,10 @@ where
         self.store.wait(Lsn(ticket.0)).map_err(err)
     }
 
+    fn durable(&self) -> Ticket {
+        Ticket(self.store.engine().wal().durable_lsn().0)
+    }
+
     fn max_writes(&self) -> usize {
         crate::store::MAX_TRANSACTION
     }

@@ -136,6 +136,10 @@ pub trait KvEngine: Sync {
     /// Returns once every write up to `ticket` is durable.
     fn wait(&self, ticket: Ticket) -> Result<(), EngineError>;
 
+    /// The highest ticket durable now (without waiting): a ticket at or
+    /// below it needs no [`wait`](Self::wait).
+    fn durable(&self) -> Ticket;
+
     /// Most writes one [`write`](Self::write) takes.
     fn max_writes(&self) -> usize;
 

@@ -462,6 +462,11 @@ impl KvEngine for MemoryEngine {
         Ok(())
     }
 
+    /// Every write is as durable as it will be until the next snapshot.
+    fn durable(&self) -> Ticket {
+        Ticket(u64::MAX)
+    }
+
     fn max_writes(&self) -> usize {
         MAX_WRITES
     }
