@@ -933,6 +933,15 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         insert.saturating_sub(LogBlock::of(self.wal.redo_lsn()).0) + 1
     }
 
+    /// The log's blocks in use since the last checkpoint's redo point, and
+    /// its size in blocks: a caller that checkpoints in the background
+    /// (before a transaction finds the log past
+    /// [`Config::checkpoint_percent`] and checkpoints in its own path)
+    /// watches these.
+    pub fn log_fill(&self) -> (u64, u64) {
+        (self.log_blocks_in_use(), self.wal.geometry().blocks)
+    }
+
     /// Takes a checkpoint if the log is filled past the threshold and no
     /// checkpoint is running.
     pub(crate) fn checkpoint_if_due(&self) -> Result<(), Error> {

@@ -691,7 +691,7 @@ fn serve(a: &ServeArgs) -> Result<bool, String> {
                 Arc::new(move |s: &KvStore| backup::copy_store(s, &file, &dest));
             let engine = BtreeEngine::new(store, net::wall_clock).with_backup(copy, backup::spawn);
             let what = format!("{} (btree engine", store_path(dir).display());
-            run_server(engine, a, listener()?, &what, None)
+            run_server(engine, a, listener()?, &what, None, Some(checkpointer))
         }
         EngineKind::Memory => {
             std::fs::create_dir_all(dir)
@@ -709,7 +709,7 @@ fn serve(a: &ServeArgs) -> Result<bool, String> {
                 a.memory >> 20,
                 a.snapshot
             );
-            run_server(engine, a, listener()?, &what, periodic)
+            run_server(engine, a, listener()?, &what, periodic, None)
         }
     }
 }
@@ -732,13 +732,30 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
     Ok(f)
 }
 
-/// Serves `engine` until SHUTDOWN.
+/// The btree engine's background checkpoints: a checkpoint whenever the
+/// log since the last one passes 40% of it (the engine's own, in a
+/// writer's path, comes at half).
+fn checkpointer(shared: Arc<server::Shared<ServedBtree>>) {
+    while !shared.shutting_down() {
+        std::thread::sleep(Duration::from_millis(20));
+        if let Err(e) = shared.engine.checkpoint_if_over(40) {
+            log::error!("background checkpoint: {e}");
+            return;
+        }
+    }
+}
+
+type ServedBtree = BtreeEngine<DirectDevice, VmCache<DirectDevice>>;
+
+/// Serves `engine` until SHUTDOWN, with `background` running beside the
+/// event loops.
 fn run_server<E: server::KvEngine + Send + 'static>(
     engine: E,
     a: &ServeArgs,
     listener: std::net::TcpListener,
     what: &str,
     periodic: Option<PeriodicSaves>,
+    background: Option<fn(Arc<server::Shared<E>>)>,
 ) -> Result<bool, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let config = server::Config {
@@ -753,7 +770,14 @@ fn run_server<E: server::KvEngine + Send + 'static>(
         a.threads
     );
     let _ = std::io::stdout().flush();
+    let beside = background.map(|f| {
+        let shared = shared.clone();
+        std::thread::spawn(move || f(shared))
+    });
     let served = net::serve(shared, listener, a.threads).map_err(|e| format!("serving: {e}"));
+    if let Some(t) = beside {
+        let _ = t.join();
+    }
     drop(periodic);
     served?;
     println!("dbos-kv: shut down");
