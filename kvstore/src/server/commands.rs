@@ -652,7 +652,13 @@ fn set<E: KvEngine>(db: &mut Db<'_, E>, a: &[&[u8]], r: &mut Reply<'_>) -> Resul
         i += 1;
     }
     check_value(db, a[2].len())?;
-    let old = db.get(a[1]).map_err(engine_err)?;
+    // The old value matters only to NX, XX, GET and KEEPTTL: a plain SET
+    // reads nothing.
+    let old = if nx || xx || get || keep {
+        db.get(a[1]).map_err(engine_err)?
+    } else {
+        None
+    };
     let reply_old = |r: &mut Reply<'_>| match &old {
         Some(v) => r.bulk(&v.value),
         None => r.null(),
