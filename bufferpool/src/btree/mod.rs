@@ -1559,6 +1559,22 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         let mut under = Vec::new();
         let mut restarts = 0u32;
         let mut full = 0;
+        // What each change that stores a value takes in its leaf: a leaf
+        // split for this unit divides these with the leaf's entries, so
+        // that changes that do not fit one leaf together end up in two.
+        let pending: Vec<(&[u8], usize)> = changes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let v = c.val()?;
+                let inline = if spilled.iter().any(|s| s.change == i) {
+                    overflow::REF_LEN
+                } else {
+                    v.len()
+                };
+                Some((c.key(), c.key().len() + inline + SLOT))
+            })
+            .collect();
         loop {
             if let Some(log) = self.log {
                 log.prepare()?;
@@ -1576,7 +1592,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
                 Err(E::Grow(pages)) => self.grow(pages)?,
                 // One attempt: if the tree moved on (the leaf was split or
                 // merged meanwhile), the next attempt finds out.
-                Err(E::Split(leaf, i)) => match self.split(leaf, changes[i].key()) {
+                Err(E::Split(leaf, i)) => match self.split(leaf, changes[i].key(), &pending) {
                     Ok(()) | Err(E::Restart) | Err(E::Split(..)) => {}
                     Err(E::LogFull(e)) => self.make_room(&mut full, e)?,
                     Err(E::Grow(pages)) => self.grow(pages)?,
@@ -1848,7 +1864,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     /// Splits `target` (on the path of `key`), splitting its parent first
     /// if the parent has no room for a separator. Returns Ok when something
     /// changed or the tree moved on; the caller restarts either way.
-    fn split(&self, target: PageId, key: &[u8]) -> R<()> {
+    fn split(&self, target: PageId, key: &[u8], pending: &[(&[u8], usize)]) -> R<()> {
         let reserved = self.reserve(STRUCTURAL_PAGES).map_err(E::Fail)?;
         let parent = self.find_parent(target, Some(key))?;
         let node = self.pool.optimistic(target)?;
@@ -1872,7 +1888,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             let (nid, rid, tid) = (m.id(ni), m.id(ri), m.id(ti));
             // The old root loses its flag here (split_node rebuilds it).
             let (nb, rb) = m.pair(ni, ri);
-            let sep = split_node(nb, rb, (nid, rid), key);
+            let sep = split_node(nb, rb, (nid, rid), key, pending);
             let r = m.bm(ti);
             init(r, INNER);
             r[FLAGS] = ROOT;
@@ -1890,7 +1906,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             drop(p);
             drop(m);
             drop(reserved);
-            return self.split(pid, key);
+            return self.split(pid, key, &[]);
         }
         let pi = m.add(p);
         let ni = m.add(node.upgrade()?);
@@ -1912,7 +1928,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         let ri = self.new_node(&mut m)?;
         let (nid, rid) = (m.id(ni), m.id(ri));
         let (nb, rb) = m.pair(ni, ri);
-        let sep = split_node(nb, rb, (nid, rid), key);
+        let sep = split_node(nb, rb, (nid, rid), key, pending);
         if let Some(x) = neighbour {
             wr64(m.bm(x), LINK_B, rid.0);
         }
@@ -2420,7 +2436,13 @@ fn separator(a: &[u8], b: &[u8]) -> Vec<u8> {
 /// `r` as lower. When `key` (the insert that needs room) is beyond every
 /// key of the rightmost node of its level, the node keeps all it can (an
 /// append pattern leaves full nodes behind).
-fn split_node(b: &mut [u8], r: &mut [u8], (bid, rid): (PageId, PageId), key: &[u8]) -> Vec<u8> {
+fn split_node(
+    b: &mut [u8],
+    r: &mut [u8],
+    (bid, rid): (PageId, PageId),
+    key: &[u8],
+    pending: &[(&[u8], usize)],
+) -> Vec<u8> {
     let mut tmp = PageBuf::zeroed();
     tmp.0.copy_from_slice(b);
     let t = &tmp.0;
@@ -2428,7 +2450,69 @@ fn split_node(b: &mut [u8], r: &mut [u8], (bid, rid): (PageId, PageId), key: &[u
     let k = t[KIND];
     let (lower, upper) = fences(t);
     let (left_link, right_link) = (rd64(t, LINK_B), rd64(t, LINK_A));
+    // The values a unit of several changes brings to this leaf.
+    let mut incoming: Vec<(&[u8], usize)> = pending
+        .iter()
+        .filter(|(pk, _)| lower.is_none_or(|l| *pk > l) && upper.is_none_or(|u| *pk <= u))
+        .copied()
+        .collect();
+    let incoming_bytes: usize = incoming.iter().map(|(_, s)| s).sum();
     let append = upper.is_none() && n > 0 && key_at(t, n - 1).as_slice() < key;
+    // Split by its entries alone, each half keeps at most about half a
+    // page, so incoming values of less than that fit either half (an
+    // append keeps the node full and gives the new node all the room).
+    let by_entries_fits =
+        incoming_bytes <= PAGE_SIZE / 2 - 512 || (append && incoming_bytes <= PAGE_SIZE - 1024);
+    if k == LEAF && incoming.len() > 1 && (n < 2 || !by_entries_fits) {
+        // Split the leaf's entries and the incoming values together by
+        // bytes: a leaf with few entries (or none: the unit that did not
+        // fit was undone) is then divided between the incoming keys, so
+        // the next attempt finds them in two leaves. (Split by its entries
+        // alone, an empty leaf would split into an empty leaf and a new
+        // empty page, forever.)
+        let mut all: Vec<(Vec<u8>, usize)> = (0..n)
+            .map(|i| {
+                let (kk, v) = entry(t, i);
+                (key_at(t, i), kk.len() + v.len() + SLOT)
+            })
+            .collect();
+        incoming.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (pk, size) in incoming {
+            match all.binary_search_by(|(ek, _)| ek.as_slice().cmp(pk)) {
+                Ok(i) => all[i].1 = all[i].1.max(size),
+                Err(i) => all.insert(i, (pk.to_vec(), size)),
+            }
+        }
+        let total: usize = all.iter().map(|(_, s)| s).sum();
+        let mut acc = 0;
+        let mut m = 0;
+        while m + 1 < all.len() {
+            acc += all[m].1;
+            m += 1;
+            if acc * 2 >= total {
+                break;
+            }
+        }
+        let m = m.max(1);
+        let sep = separator(&all[m - 1].0, &all[m].0);
+        // The entries `<= sep` stay (a subset of what fit one page).
+        let left = (0..n)
+            .take_while(|&i| key_at(t, i).as_slice() <= sep.as_slice())
+            .count();
+        init(b, k);
+        set_fences(b, lower, Some(&sep));
+        let fits = (0..left).all(|i| copy_entry(b, t, i));
+        debug_assert!(fits, "a split's left half fits");
+        init(r, k);
+        set_fences(r, Some(&sep), upper);
+        let fits = (left..n).all(|i| copy_entry(r, t, i));
+        debug_assert!(fits, "a split's right half fits");
+        wr64(b, LINK_B, left_link);
+        wr64(b, LINK_A, rid.0);
+        wr64(r, LINK_B, bid.0);
+        wr64(r, LINK_A, right_link);
+        return sep;
+    }
     let fill = |b: &mut [u8], sep: &[u8], from: usize, to: usize| -> bool {
         init(b, k);
         set_fences(b, lower, Some(sep));
@@ -2805,7 +2889,7 @@ mod tests {
         let mut right = PageBuf::zeroed();
         let mut left = p.clone();
         let probe = b"user:0000001:bb".to_vec();
-        let sep = split_node(&mut left.0, &mut right.0, (bid, rid), &probe);
+        let sep = split_node(&mut left.0, &mut right.0, (bid, rid), &probe, &[]);
         let m = keys
             .iter()
             .position(|k| k.as_slice() > sep.as_slice())
@@ -2860,6 +2944,7 @@ mod tests {
             &mut right.0,
             (PageId(1), PageId(2)),
             b"key00001",
+            &[],
         );
         let m = keys.iter().position(|k| *k == sep).expect("a key moved up");
         assert_eq!(
