@@ -33,6 +33,27 @@ const LISTENER: Token = Token(usize::MAX);
 const WAKE: Token = Token(usize::MAX - 1);
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Connections the kernel completes and queues before the server accepts
+/// them (Redis's `tcp-backlog` is 511). The standard library listens with
+/// 128: a burst of connections (a client pool opening) overflows that
+/// before an event loop wakes, and each connection over it waits a second
+/// for its SYN to be sent again.
+const BACKLOG: i32 = 1024;
+
+/// Listens again with a backlog of `n` (Linux updates a listening
+/// socket's backlog on a second `listen`; the kernel caps it at
+/// `net.core.somaxconn`).
+fn set_backlog(listener: &std::net::TcpListener, n: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `listen` on a descriptor the listener owns and keeps open
+    // for the call; no memory is passed.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), n) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The wall clock as the server's commands take it.
 pub fn wall_clock() -> UnixMs {
     UnixMs(
@@ -124,6 +145,7 @@ pub fn serve<E: KvEngine + Send + 'static>(
     threads: usize,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
+    set_backlog(&listener, BACKLOG)?;
     let flusher = Arc::new(Flusher {
         requested: Mutex::new(0),
         posted: Condvar::new(),
