@@ -293,8 +293,9 @@ where
         Ok(self.tree().lookup(key, out)?)
     }
 
-    /// Applies `changes` as one log unit and waits until it is durable.
-    fn apply(&self, changes: &[Change<'_>]) -> Result<Vec<bool>, Error> {
+    /// Applies `changes` as one log unit, visible at once; its outcomes
+    /// and the LSN to wait for to make it durable.
+    fn apply_nowait(&self, changes: &[Change<'_>]) -> Result<(Vec<bool>, Lsn), Error> {
         let applied = self.tree().apply(changes)?;
         // A change that changed nothing (a delete of an absent key) was
         // decided on what the tree held, which may not be durable yet:
@@ -302,8 +303,14 @@ where
         let lsn = applied
             .lsn
             .unwrap_or_else(|| self.engine.wal().insert_lsn());
+        Ok((applied.outcomes, lsn))
+    }
+
+    /// Applies `changes` as one log unit and waits until it is durable.
+    fn apply(&self, changes: &[Change<'_>]) -> Result<Vec<bool>, Error> {
+        let (outcomes, lsn) = self.apply_nowait(changes)?;
         self.engine.wait_durable(lsn)?;
-        Ok(applied.outcomes)
+        Ok(outcomes)
     }
 
     /// Sets `key` to `value`, durably; true if the key was new.
@@ -321,19 +328,7 @@ where
     /// for durability: a server applies many clients' writes this way and
     /// waits once for all of them. At most [`MAX_TRANSACTION`] operations.
     pub fn write(&self, ops: &[Op<'_>]) -> Result<Lsn, Error> {
-        let changes: Vec<Change<'_>> = ops
-            .iter()
-            .map(|op| match *op {
-                Op::Put { key, value } => Change::Upsert { key, val: value },
-                Op::Delete { key } => Change::Delete { key },
-            })
-            .collect();
-        let applied = self.tree().apply(&changes)?;
-        // Nothing changed (deletes of absent keys): what was decided on may
-        // not be durable yet, so everything logged so far is waited for.
-        Ok(applied
-            .lsn
-            .unwrap_or_else(|| self.engine.wal().insert_lsn()))
+        Ok(self.apply_nowait(&as_changes(ops))?.1)
     }
 
     /// Returns once the log is durable up to `lsn`.
@@ -344,14 +339,7 @@ where
     /// Applies `ops` in order, atomically and durably (one log unit, one
     /// wait for the log). At most [`MAX_TRANSACTION`] operations.
     pub fn transaction(&self, ops: &[Op<'_>]) -> Result<(), Error> {
-        let changes: Vec<Change<'_>> = ops
-            .iter()
-            .map(|op| match *op {
-                Op::Put { key, value } => Change::Upsert { key, val: value },
-                Op::Delete { key } => Change::Delete { key },
-            })
-            .collect();
-        self.apply(&changes).map(|_| ())
+        self.apply(&as_changes(ops)).map(|_| ())
     }
 
     /// Calls `f(key, value)` for up to `limit` entries with keys `>=
@@ -406,6 +394,16 @@ where
         self.engine.checkpoint()?;
         Ok(())
     }
+}
+
+/// The tree's changes for a transaction's operations.
+fn as_changes<'a>(ops: &[Op<'a>]) -> Vec<Change<'a>> {
+    ops.iter()
+        .map(|op| match *op {
+            Op::Put { key, value } => Change::Upsert { key, val: value },
+            Op::Delete { key } => Change::Delete { key },
+        })
+        .collect()
 }
 
 /// A tree handle that hands its root hint back when dropped (a write to
