@@ -473,7 +473,22 @@ fn every_acknowledged_write_survives_a_sigkill_of_the_binary() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(ms));
+        if ms < 100 {
+            // Round 0: a kill while the store is being made.
+            std::thread::sleep(Duration::from_millis(ms));
+        } else {
+            // Later rounds: once some writes were acknowledged (however
+            // loaded the machine), more the later the round.
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while std::fs::read_to_string(&acks)
+                .map(|t| t.lines().count() as u64)
+                .unwrap_or(0)
+                < ms / 10
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         if !d.path().join("kv.db").exists() {
