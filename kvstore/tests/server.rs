@@ -1497,3 +1497,45 @@ fn every_write_the_load_generator_saw_acknowledged_survives_a_sigkill() {
         drop(server);
     }
 }
+
+#[test]
+fn expired_keys_are_swept_away_on_both_engines() {
+    for engine in [&[][..], MEMORY] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start_with(dir.path(), engine);
+        let mut c = server.conn();
+        for i in 0..50 {
+            assert_eq!(
+                cmd(&mut c, &["SET", &format!("short{i}"), "v", "PX", "100"]).unwrap(),
+                Value::Okay
+            );
+        }
+        for i in 0..5 {
+            let _: () = c.set(format!("kept{i}"), "v").unwrap();
+        }
+        let _: () = c.set("later", "v").unwrap();
+        assert_eq!(
+            cmd(&mut c, &["EXPIRE", "later", "1000"]).unwrap(),
+            Value::Int(1)
+        );
+        // Without a read of them, the sweep deletes them: DBSIZE falls.
+        let t = Instant::now();
+        loop {
+            let Value::Int(n) = cmd(&mut c, &["DBSIZE"]).unwrap() else {
+                panic!()
+            };
+            if n == 6 {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{engine:?}: DBSIZE {n}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let info: String = redis::cmd("INFO").arg("stats").query(&mut c).unwrap();
+        assert!(info.contains("expired_keys:50\r\n"), "{engine:?}: {info}");
+        assert_eq!(c.get::<_, String>("kept0").unwrap(), "v");
+        assert_eq!(c.get::<_, String>("later").unwrap(), "v");
+    }
+}

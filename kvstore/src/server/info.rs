@@ -111,6 +111,7 @@ fn section_text<E: KvEngine>(
             line(t, "total_net_input_bytes", &get(&st.net_input_bytes));
             line(t, "total_net_output_bytes", &get(&st.net_output_bytes));
             line(t, "rejected_connections", &get(&st.rejected_connections));
+            line(t, "expired_keys", &get(&st.expired_keys));
             line(t, "keyspace_hits", &get(&st.keyspace_hits));
             line(t, "keyspace_misses", &get(&st.keyspace_misses));
             line(t, "dbos_protocol_errors", &get(&st.protocol_errors));

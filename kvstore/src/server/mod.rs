@@ -11,11 +11,13 @@
 //! - `commands`: the commands themselves; `db`: a command's view of the
 //!   data (its writes collected into one atomic group); `locks`: striped
 //!   key locks; `info`: the `INFO` reply.
+//! - [`expire`]: active expiry, a sweep the host runs now and then.
 
 pub mod btree;
 mod commands;
 mod db;
 pub mod engine;
+pub mod expire;
 mod info;
 mod locks;
 pub mod session;

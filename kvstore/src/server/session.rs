@@ -71,6 +71,8 @@ pub struct Stats {
     pub net_input_bytes: AtomicU64,
     pub net_output_bytes: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Keys deleted by active expiry (Redis's `expired_keys`).
+    pub expired_keys: AtomicU64,
     /// Group commits: waits for a ticket, and the commands they covered.
     pub durable_waits: AtomicU64,
     pub durable_clients: AtomicU64,
