@@ -20,6 +20,7 @@
 //! [`Hypercall::Panic`], [`Hypercall::Fault`]) keep their numbers and layouts
 //! in every ABI version, so that a guest can always report an ABI mismatch.
 
+use crate::net::{NetInfoArgs, NetQueueArgs, NetStatsArgs, QueueIdArgs};
 use crate::nvme::QueuePairConfig;
 use crate::{GuestPhysAddr, Pod};
 
@@ -195,6 +196,22 @@ hypercalls! {
     DmaRelease = 15 => DmaRegionArgs,
     /// Read the disk's DMA counters ([`DmaStatsArgs`]).
     DmaStats = 16 => DmaStatsArgs,
+    /// Describe the network: the listeners the VMM offers ([`NetInfoArgs`]).
+    NetInfo = 17 => NetInfoArgs,
+    /// Register a network queue pair with the host's network poller
+    /// ([`NetQueueArgs`]).
+    NetCreateQueue = 18 => NetQueueArgs,
+    /// The real (exiting) network doorbell: wakes the parked network
+    /// poller; its block ([`DoorbellArgs`]) is not read.
+    NetDoorbell = 19 => DoorbellArgs,
+    /// Give a network queue pair back ([`QueueIdArgs`]): the host stops
+    /// serving it and closes its connections.
+    NetDestroyQueue = 20 => QueueIdArgs,
+    /// Read the network's counters ([`NetStatsArgs`]).
+    NetStats = 21 => NetStatsArgs,
+    /// Give a disk queue pair back ([`QueueIdArgs`]): the host stops
+    /// serving it.
+    NvmeDestroyQueue = 22 => QueueIdArgs,
 }
 
 impl Hypercall {
@@ -481,7 +498,7 @@ mod tests {
 
     #[test]
     fn ports_and_numbers_round_trip() {
-        assert_eq!(Hypercall::COUNT, 17);
+        assert_eq!(Hypercall::COUNT, 23);
         for (i, &call) in Hypercall::ALL.iter().enumerate() {
             assert_eq!(call as usize, i);
             assert_eq!(Hypercall::try_from(i as u16), Ok(call));
@@ -489,10 +506,10 @@ mod tests {
         }
         assert_eq!(
             Hypercall::try_from(Hypercall::COUNT as u16),
-            Err(UnknownHypercall(17))
+            Err(UnknownHypercall(23))
         );
         assert!(Hypercall::from_port(HYPERCALL_PORT_BASE - 1).is_err());
-        assert!(Hypercall::from_port(HYPERCALL_PORT_BASE + 17).is_err());
+        assert!(Hypercall::from_port(HYPERCALL_PORT_BASE + 23).is_err());
         assert!(Hypercall::from_port(0x3f8).is_err());
         assert_eq!(Hypercall::NvmeCreateQueue.name(), "NvmeCreateQueue");
     }

@@ -14,6 +14,7 @@
 //! | [`boot`] | [`BootInfo`] and the guest-physical memory map |
 //! | [`hypercall`] | the [`Hypercall`] numbers, their argument blocks and how an argument block's address travels (the DMA-region calls among them) |
 //! | [`nvme`] | the NVMe queue-pair registration ([`QueuePairConfig`]) and the ring layout in memory ([`QueueLayout`]) |
+//! | [`net`] | the network queue pair: its entries ([`net::NetSqe`], [`net::NetCqe`]), commands, statuses and calls (same ring shape and doorbells as [`nvme`]) |
 //! | [`note`] | the ELF note that carries a guest image's ABI version |
 //! | [`paging`] | the page-table walker: the VMM builds the boot tables with it, the guest edits its live tables with it (atomic entries, level-aware operations) |
 //!
@@ -42,11 +43,16 @@
 //! - 6: DMA regions: [`Hypercall::DmaDeclare`], [`Hypercall::DmaRelease`]
 //!   and [`Hypercall::DmaStats`] (I/Os served with fixed and with plain
 //!   buffers).
+//! - 7: the network queue pair ([`net`]): [`Hypercall::NetInfo`],
+//!   [`Hypercall::NetCreateQueue`], [`Hypercall::NetDoorbell`],
+//!   [`Hypercall::NetDestroyQueue`], [`Hypercall::NetStats`]; disk queue
+//!   pairs can be given back ([`Hypercall::NvmeDestroyQueue`]).
 #![no_std]
 
 pub mod boot;
 pub mod hypercall;
 pub mod layout;
+pub mod net;
 pub mod note;
 pub mod nvme;
 pub mod paging;
@@ -59,7 +65,7 @@ pub use layout::*;
 pub use nvme::{QueueLayout, QueuePairConfig};
 
 /// Version of this ABI (see the crate documentation for the history).
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// A guest-physical address: what the guest's page tables translate to and
 /// what the VMM checks against guest memory before it touches anything.
@@ -198,7 +204,7 @@ mod tests {
         core::fmt::Write::write_fmt(&mut buf, format_args!("{err}")).unwrap();
         assert_eq!(
             core::str::from_utf8(&buf.bytes[..buf.len]).unwrap(),
-            "dbos ABI version mismatch: guest built for version 6, hypervisor provides version 7"
+            "dbos ABI version mismatch: guest built for version 7, hypervisor provides version 8"
         );
     }
 

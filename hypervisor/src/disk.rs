@@ -47,6 +47,7 @@
 
 use crate::hypercall::{HypercallError, Outcome, Request};
 use crate::memory::GuestRam;
+use dbos_abi::net::QueueIdArgs;
 use dbos_abi::{DmaRegionArgs, DmaStatsArgs, NvmeInfoArgs, NvmeQueueArgs};
 use dbos_nvme::host::powercut::{
     remove_stale_writeback, CutReport, LoadError, OutOfMemory, PowerCut, PowerCutBackend,
@@ -478,6 +479,12 @@ impl Disk {
         self.control.add_queue(config).map(|id| id.0)
     }
 
+    /// Stops serving a queue pair; returns once its outstanding commands
+    /// have completed and the poller no longer touches its memory.
+    pub fn remove_queue(&self, id: u16) -> Result<(), PollerError> {
+        self.control.remove_queue(dbos_nvme::QueueId(id))
+    }
+
     /// Declares a DMA region of guest RAM (`[addr, addr + len)`),
     /// registered with io_uring as a fixed buffer; see
     /// `dbos_nvme::host::fixed` for what is checked.
@@ -668,6 +675,31 @@ impl DiskService<'_> {
                     log::warn!("vCPU {}: queue pair refused: {e}", req.vcpu);
                     -i64::from(libc::EINVAL)
                 }
+            },
+        };
+        req.write_back(&args)
+    }
+
+    /// [`Hypercall::NvmeDestroyQueue`](dbos_abi::Hypercall::NvmeDestroyQueue):
+    /// gives a queue pair back. Returns once its outstanding commands have
+    /// completed and the poller no longer touches its memory.
+    pub fn destroy_queue(
+        &self,
+        req: &Request<'_>,
+        mut args: QueueIdArgs,
+    ) -> Result<Outcome, HypercallError> {
+        args.status = match self.disk {
+            None => -i64::from(libc::ENODEV),
+            Some(disk) => match u16::try_from(args.queue) {
+                Err(_) => -i64::from(libc::ENOENT),
+                Ok(id) => match disk.remove_queue(id) {
+                    Ok(()) => 0,
+                    Err(PollerError::NoSuchQueue(_)) => -i64::from(libc::ENOENT),
+                    Err(e) => {
+                        log::warn!("vCPU {}: queue pair {id} not given back: {e}", req.vcpu);
+                        -i64::from(libc::EIO)
+                    }
+                },
             },
         };
         req.write_back(&args)

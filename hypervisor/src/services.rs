@@ -51,6 +51,19 @@ impl Services<'_> {
             Args::DmaDeclare(a) => self.disk.declare_region(&req, a),
             Args::DmaRelease(a) => self.disk.release_region(&req, a),
             Args::DmaStats(a) => self.disk.dma_stats(&req, a),
+            Args::NvmeDestroyQueue(a) => self.disk.destroy_queue(&req, a),
+            // No network yet: every VM is one without `--listen`.
+            Args::NetInfo(_) => req.write_back(&dbos_abi::net::NetInfoArgs::default()),
+            Args::NetCreateQueue(mut a) => {
+                a.status = -i64::from(libc::ENODEV);
+                req.write_back(&a)
+            }
+            Args::NetDoorbell(_) => Ok(Outcome::Continue),
+            Args::NetDestroyQueue(mut a) => {
+                a.status = -i64::from(libc::ENODEV);
+                req.write_back(&a)
+            }
+            Args::NetStats(_) => req.write_back(&dbos_abi::net::NetStatsArgs::default()),
         }
     }
 }
