@@ -330,6 +330,8 @@ pub const FAULT_GPR_NAMES: [&str; 15] = [
 pub struct ClockArgs {
     /// Nanoseconds on the host's monotonic clock since the VM was created.
     pub nanos: u64,
+    /// The host's wall clock: nanoseconds since the Unix epoch (ABI 7).
+    pub unix_nanos: u64,
 }
 
 /// Arguments of [`Hypercall::Stats`]; written by the host.
@@ -546,7 +548,7 @@ mod tests {
         assert_eq!(size_of::<PanicArgs>(), 40);
         // ABI 3: 64 bytes and the 15 general-purpose registers.
         assert_eq!(size_of::<FaultArgs>(), 64 + 15 * 8);
-        assert_eq!(size_of::<ClockArgs>(), 8);
+        assert_eq!(size_of::<ClockArgs>(), 16);
         assert_eq!(size_of::<StatsArgs>(), 16);
         assert_eq!(size_of::<FileOpenArgs>(), 24);
         assert_eq!(size_of::<FileIoArgs>(), 40);

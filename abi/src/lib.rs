@@ -46,7 +46,8 @@
 //! - 7: the network queue pair ([`net`]): [`Hypercall::NetInfo`],
 //!   [`Hypercall::NetCreateQueue`], [`Hypercall::NetDoorbell`],
 //!   [`Hypercall::NetDestroyQueue`], [`Hypercall::NetStats`]; disk queue
-//!   pairs can be given back ([`Hypercall::NvmeDestroyQueue`]).
+//!   pairs can be given back ([`Hypercall::NvmeDestroyQueue`]); [`ClockArgs`]
+//!   carries the host's wall clock too.
 #![no_std]
 
 pub mod boot;

@@ -148,11 +148,20 @@ mod tests {
         );
         assert_eq!(console.captured(), vec!["[vcpu0] hi there"]);
 
-        ram.write_pod(0x1100, &ClockArgs { nanos: 0 }).unwrap();
+        ram.write_pod(0x1100, &ClockArgs::default()).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
         services.handle(0, Hypercall::Clock, gpa(0x1100)).unwrap();
+        let after = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
         let clock: ClockArgs = ram.read_pod(0x1100).unwrap();
         assert!(clock.nanos >= 2_000_000);
+        assert!((before..=after).contains(&clock.unix_nanos));
     }
 
     #[test]

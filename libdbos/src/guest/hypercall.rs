@@ -147,6 +147,13 @@ pub fn clock_nanos() -> u64 {
     args.nanos
 }
 
+/// The host's wall clock: nanoseconds since the Unix epoch (one VM exit).
+pub fn unix_time_nanos() -> u64 {
+    let mut args = ClockArgs::default();
+    call(calls::Clock, &mut args);
+    args.unix_nanos
+}
+
 /// Exits taken so far by the whole VM, at two levels, not counting these
 /// queries (one exit to the VMM per call).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

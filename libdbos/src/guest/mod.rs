@@ -13,6 +13,7 @@ pub mod hypercall;
 pub mod idt;
 pub mod interrupts;
 pub mod memory;
+pub mod net;
 pub mod nvme;
 pub mod paging;
 pub mod panic;

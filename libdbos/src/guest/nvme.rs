@@ -33,41 +33,54 @@ impl Doorbell for HypercallDoorbell {
         hypercall::call(calls::NvmeDoorbell, &mut DoorbellArgs {});
     }
 
-    /// Sleeps in `hlt` until the host's completion interrupt (only when
-    /// interrupts are on: otherwise `false`, and the caller polls)
-    /// ([`vector::WAKE`](crate::apic::vector::WAKE), which only ends the
-    /// `hlt`). Interrupts are off from raising `waiting` until `sti; hlt`,
-    /// which enables them only for the `hlt` itself: an interrupt sent
-    /// after the last look at the ring cannot be taken before the `hlt`
-    /// (it wakes it). The `hlt` is served by KVM in the kernel (in-kernel
-    /// irqchip): no exit to the VMM.
+    /// Sleeps in `hlt` until the host's completion interrupt
+    /// ([`sleep_until_woken`]).
     fn sleep(&self, waiting: &AtomicU32, ready: &dyn Fn() -> bool) -> bool {
-        for _ in 0..POLLS_BEFORE_SLEEP {
-            if ready() {
-                return false;
-            }
-            core::hint::spin_loop();
-        }
-        // With interrupts off (an exception or interrupt handler, on its
-        // IST stack; a lock that must not be interrupted) the caller spins:
-        // enabling them there could nest an interrupt on the same stack.
-        if !x86_64::instructions::interrupts::are_enabled() {
+        sleep_until_woken(waiting, ready)
+    }
+}
+
+/// Sleeps in `hlt` until a queue's completion interrupt, for the disk's
+/// and the network's queue pairs: polls `ready` a few times, then raises
+/// `waiting` (the queue's waiting word, `dbos_abi::nvme::WAIT_WORD`),
+/// checks `ready` once more and halts until the host's
+/// [`vector::WAKE`](crate::apic::vector::WAKE) (which only ends the `hlt`).
+/// Returns `false` without sleeping when a poll found work or interrupts
+/// are off (the caller polls).
+///
+/// Invariant: interrupts are off from raising `waiting` until `sti; hlt`,
+/// which enables them only for the `hlt` itself, so an interrupt sent
+/// after the last look at the ring cannot be taken before the `hlt` (it
+/// wakes it). The host posts the completion, fences, then swaps the word:
+/// either it sees the word raised and interrupts, or the last look sees
+/// the completion. The `hlt` is served by KVM in the kernel (in-kernel
+/// irqchip): no exit to the VMM.
+pub fn sleep_until_woken(waiting: &AtomicU32, ready: &dyn Fn() -> bool) -> bool {
+    for _ in 0..POLLS_BEFORE_SLEEP {
+        if ready() {
             return false;
         }
-        x86_64::instructions::interrupts::disable();
-        let me = crate::percpu::cpu_id() + 1;
-        waiting.store(me, Ordering::SeqCst);
-        if ready() {
-            waiting.store(0, Ordering::SeqCst);
-        } else {
-            x86_64::instructions::interrupts::enable_and_hlt();
-            // The host cleared it when it sent the interrupt; another
-            // interrupt (a TLB shootdown, say) may have ended the `hlt`.
-            waiting.store(0, Ordering::SeqCst);
-        }
-        x86_64::instructions::interrupts::enable();
-        true
+        core::hint::spin_loop();
     }
+    // With interrupts off (an exception or interrupt handler, on its IST
+    // stack; a lock that must not be interrupted) the caller spins:
+    // enabling them there could nest an interrupt on the same stack.
+    if !x86_64::instructions::interrupts::are_enabled() {
+        return false;
+    }
+    x86_64::instructions::interrupts::disable();
+    let me = crate::percpu::cpu_id() + 1;
+    waiting.store(me, Ordering::SeqCst);
+    if ready() {
+        waiting.store(0, Ordering::SeqCst);
+    } else {
+        x86_64::instructions::interrupts::enable_and_hlt();
+        // The host cleared it when it sent the interrupt; another
+        // interrupt (a TLB shootdown, say) may have ended the `hlt`.
+        waiting.store(0, Ordering::SeqCst);
+    }
+    x86_64::instructions::interrupts::enable();
+    true
 }
 
 /// A queue pair of the guest's disk.
