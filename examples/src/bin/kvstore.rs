@@ -18,9 +18,13 @@
 //!                 acknowledged (durable), for crash tests
 //! dbos run --disk DISK kvstore -- check
 //! dbos run --disk DISK kvstore -- format --force
+//! dbos run --disk DISK --listen 127.0.0.1:PORT [--vcpus N] kvstore -- serve [pool FRAMES]
 //! dbos run [--vcpus N] kvstore -- memory [records N] [ops N] [workload X]
 //!                                       [dist X] [value N] [heap KIB] [seed N]
 //! ```
+//!
+//! `serve` serves the Redis protocol on the ports given with `--listen`
+//! (see `serve.rs`) until a client says SHUTDOWN.
 //!
 //! `memory` runs the memory engine on Snappy instead (see `memory.rs`): no
 //! disk, snapshots instead of a log.
@@ -62,6 +66,8 @@ libdbos::entry!(main);
 
 #[path = "kvstore/memory.rs"]
 mod memory;
+#[path = "kvstore/serve.rs"]
+mod serve;
 
 type Device = dbos_bufferpool::guest::GuestDevice;
 type Pool = Tabby<libdbos::GuestPlatform, Device>;
@@ -71,7 +77,7 @@ const QUEUE_DEPTH: u16 = 32;
 const STATUS_USAGE: u8 = 2;
 const USAGE: &str = "usage: kvstore -- [records N] [ops N] [workload a..f] [dist uniform|zipfian] \
                      [value N] [pool FRAMES] [batch N] [seed N] [acks 0|1] | check | format --force \
-                     | memory [OPTION VALUE]...";
+                     | memory [OPTION VALUE]... | serve [pool FRAMES]";
 
 /// Nanoseconds per TSC tick, as a 32.32 fixed-point number (calibrated at
 /// start against the VMM's clock, so that timing an operation costs no VM
@@ -86,6 +92,22 @@ fn tsc() -> u64 {
 
 fn now_ns() -> u64 {
     ((tsc() as u128 * NS_PER_TICK.load(Ordering::Relaxed) as u128) >> 32) as u64
+}
+
+/// The wall clock at [`calibrate_unix`], in milliseconds since the Unix
+/// epoch, and [`now_ns`] then.
+static UNIX_BASE: spin::Once<(u64, u64)> = spin::Once::new();
+
+/// Reads the host's wall clock once (one VM exit), so that [`unix_ms`]
+/// costs none.
+fn calibrate_unix() {
+    UNIX_BASE.call_once(|| (libdbos::hypercall::unix_time_nanos() / 1_000_000, now_ns()));
+}
+
+/// Milliseconds since the Unix epoch, from the TSC since [`calibrate_unix`].
+fn unix_ms() -> u64 {
+    let (base_ms, base_ns) = *UNIX_BASE.get().expect("calibrate_unix ran");
+    base_ms + now_ns().saturating_sub(base_ns) / 1_000_000
 }
 
 /// Measures the TSC against the VMM's clock over about 20 ms.
@@ -372,7 +394,7 @@ fn main() -> u8 {
         calibrate();
         return memory::run(&args[1..]);
     }
-    let request = match parse(&args) {
+    let request = match parse(if args.first() == Some(&"serve") { &[] } else { &args }) {
         Ok(r) => r,
         Err(e) => {
             println!("{e}\n{USAGE}");
@@ -382,6 +404,9 @@ fn main() -> u8 {
     let disk =
         nvme::info().expect("kvstore needs a disk: dbos run --disk PATH --disk-size 64M ...");
     calibrate();
+    if args.first() == Some(&"serve") {
+        return serve::run(&args[1..], disk.blocks);
+    }
     let a = match request {
         Request::Format => {
             let l = layout(disk.blocks);

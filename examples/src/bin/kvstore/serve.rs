@@ -1,0 +1,409 @@
+//! `kvstore -- serve`: the Redis-protocol server in ring 0. The same
+//! sans-I/O sessions as `dbos-kv serve` (`dbos_kvstore::server`), over the
+//! btree engine on Tabby and the NVMe disk, served through the VMM's
+//! network queue (`libdbos::net`) on the ports given with `dbos run
+//! --listen`, on every vCPU, until a client says `SHUTDOWN`.
+//!
+//! ```text
+//! dbos run --disk DISK --disk-size 64M --listen 127.0.0.1:6379 [--vcpus N] \
+//!     kvstore -- serve [pool FRAMES]
+//! ```
+//!
+//! Each vCPU has a queue pair of its own with an accept pending on every
+//! listener, and serves the connections it accepted. One round: turn the
+//! completions into work (a client's bytes run through its session; a
+//! sent buffer comes back), wait once for the highest ticket any reply of
+//! the round needs (the store's group commit joins the vCPUs' waits into
+//! shared log writes), then send every reply that is ready. A vCPU with
+//! nothing to do sleeps until the host's completion interrupt. A client
+//! that does not read its replies stops being read from once
+//! `OUTPUT_HIGH_WATER` bytes wait for it (no receive is pending for it),
+//! so it costs bounded memory and nothing to the others.
+
+use super::{calibrate_unix, now_ns, unix_ms, KvStore};
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+use dbos_kvstore::server::btree::BtreeEngine;
+use dbos_kvstore::server::engine::{KvEngine, Ticket};
+use dbos_kvstore::server::session::OUTPUT_HIGH_WATER;
+use dbos_kvstore::server::{self, Session, Shared};
+use libdbos::abi::net::{ConnId, NetOp, NetStatus, MAX_NET_IO};
+use libdbos::net::{self, Event, NetQueue};
+use libdbos::platform::Platform;
+use libdbos::println;
+
+type Engine = BtreeEngine<super::Device, super::Pool>;
+
+/// Entries per ring of each vCPU's queue pair (the most the ABI allows):
+/// with a receive, a send and a close in flight per connection at most,
+/// a vCPU serves up to about 1,360 connections at once.
+const DEPTH: u16 = 4096;
+/// Bytes a receive asks for.
+const RECV_BYTES: usize = 16 * 1024;
+/// Commands a connection can have in flight at once.
+const PER_CONN: usize = 3;
+
+/// One client, as its vCPU sees it.
+struct Client {
+    session: Session,
+    input: Vec<u8>,
+    /// Replies not yet handed to the queue.
+    output: Vec<u8>,
+    /// The durability the replies in `output` wait for.
+    ticket: Option<Ticket>,
+    receiving: bool,
+    sending: bool,
+    /// Close once the output is sent (QUIT, a protocol error, the client
+    /// closed its side, or it failed).
+    closing: bool,
+    close_sent: bool,
+    /// A spare receive buffer.
+    spare: Option<Vec<u8>>,
+}
+
+impl Client {
+    fn new(session: Session) -> Client {
+        Client {
+            session,
+            input: Vec::new(),
+            output: Vec::new(),
+            ticket: None,
+            receiving: false,
+            sending: false,
+            closing: false,
+            close_sent: false,
+            spare: None,
+        }
+    }
+
+    fn stalled(&self) -> bool {
+        self.output.len() >= OUTPUT_HIGH_WATER
+    }
+}
+
+/// What one vCPU serves.
+struct Loop<'a> {
+    shared: &'a Shared<Engine>,
+    q: NetQueue,
+    clients: BTreeMap<ConnId, Client>,
+    /// Listeners whose accept is not re-armed (too many connections here).
+    idle_listeners: Vec<u32>,
+    /// Requests answered on this vCPU.
+    requests: u64,
+}
+
+/// Set when the engine failed: every vCPU stops serving.
+static FAILED: AtomicBool = AtomicBool::new(false);
+
+impl Loop<'_> {
+    fn capacity(&self) -> usize {
+        (usize::from(DEPTH) - 1 - net::info().map_or(1, |i| i.ports.len())) / PER_CONN
+    }
+
+    fn arm_accept(&mut self, listener: u32) {
+        if self.clients.len() >= self.capacity() || self.q.accept(listener).is_err() {
+            self.idle_listeners.push(listener);
+        }
+    }
+
+    fn arm_recv(&mut self, conn: ConnId) {
+        let Some(c) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        let limit = self
+            .shared
+            .config
+            .client_query_buffer_limit
+            .load(Ordering::Relaxed);
+        if c.receiving || c.closing || c.stalled() || c.input.len() > limit {
+            return;
+        }
+        let buf = c
+            .spare
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(RECV_BYTES));
+        match self.q.recv(conn, buf) {
+            Ok(()) => c.receiving = true,
+            Err((e, buf)) => {
+                log::warn!("kvstore serve: {conn}: receive not queued: {e:?}");
+                c.spare = Some(buf);
+            }
+        }
+    }
+
+    /// Runs the client's complete requests.
+    fn run(&mut self, conn: ConnId) {
+        let Some(c) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        let p = c.session.process(self.shared, &c.input, &mut c.output);
+        c.input.drain(..p.consumed);
+        c.ticket = c.ticket.max(p.ticket);
+        c.closing |= p.close;
+        self.requests += p.commands;
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Accepted { listener, conn } => {
+                let stats = &self.shared.stats;
+                let mut c = Client::new(self.shared.session());
+                let connected = stats.connected_clients.fetch_add(1, Ordering::Relaxed);
+                if connected as usize >= self.shared.config.maxclients.load(Ordering::Relaxed) {
+                    stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                    c.output
+                        .extend_from_slice(b"-ERR max number of clients reached\r\n");
+                    c.closing = true;
+                }
+                self.clients.insert(conn, c);
+                self.arm_recv(conn);
+                self.arm_accept(listener);
+            }
+            Event::Received { conn, data } => {
+                let Some(c) = self.clients.get_mut(&conn) else {
+                    return;
+                };
+                c.receiving = false;
+                if data.is_empty() {
+                    c.closing = true;
+                    c.spare = Some(data);
+                    return;
+                }
+                self.shared
+                    .stats
+                    .net_input_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                c.input.extend_from_slice(&data);
+                c.spare = Some(data);
+                self.run(conn);
+                self.arm_recv(conn);
+            }
+            Event::Sent { conn, mut data } => {
+                let Some(c) = self.clients.get_mut(&conn) else {
+                    return;
+                };
+                self.shared
+                    .stats
+                    .net_output_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                c.sending = false;
+                if c.output.is_empty() {
+                    data.clear();
+                    c.output = data;
+                }
+                // Requests held back while the output was full.
+                if !c.input.is_empty() {
+                    self.run(conn);
+                }
+                self.arm_recv(conn);
+            }
+            Event::Closed { conn } => {
+                if self.clients.remove(&conn).is_some() {
+                    self.shared
+                        .stats
+                        .connected_clients
+                        .fetch_sub(1, Ordering::Relaxed);
+                }
+                if let Some(l) = self.idle_listeners.pop() {
+                    self.arm_accept(l);
+                }
+            }
+            Event::Failed {
+                op, conn, status, ..
+            } => match (op, status) {
+                (NetOp::Accept, s) => {
+                    log::error!("kvstore serve: accept on listener {conn} failed: {s}");
+                }
+                (_, NetStatus::Aborted) => {}
+                (_, s) => {
+                    if s != NetStatus::Reset {
+                        log::error!("kvstore serve: {op:?} on connection {conn} failed: {s}");
+                    }
+                    if let Some(c) = self.clients.get_mut(&ConnId(conn)) {
+                        c.receiving &= op != NetOp::Recv;
+                        c.sending &= op != NetOp::Send;
+                        c.closing = true;
+                        c.output.clear();
+                        c.ticket = None;
+                    }
+                }
+            },
+        }
+    }
+
+    /// Waits for the durability the round's replies need, then sends
+    /// every reply that is ready and closes the clients that are done.
+    fn flush(&mut self) -> bool {
+        let ticket = self.clients.values().filter_map(|c| c.ticket).max();
+        if let Some(t) = ticket {
+            if let Err(e) = self.shared.engine.wait(t) {
+                println!("kvstore serve: the log failed, the server stops: {e}");
+                FAILED.store(true, Ordering::Release);
+                return false;
+            }
+            self.shared.stats.durable_waits.fetch_add(1, Ordering::Relaxed);
+        }
+        let conns: Vec<ConnId> = self.clients.keys().copied().collect();
+        for conn in conns {
+            let c = self.clients.get_mut(&conn).expect("listed above");
+            if c.ticket.is_some_and(|t| Some(t) <= ticket) {
+                c.ticket = None;
+                self.shared
+                    .stats
+                    .durable_clients
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            if !c.sending && c.ticket.is_none() && !c.output.is_empty() {
+                let rest = if c.output.len() > MAX_NET_IO as usize {
+                    c.output.split_off(MAX_NET_IO as usize)
+                } else {
+                    Vec::new()
+                };
+                let out = core::mem::replace(&mut c.output, rest);
+                match self.q.send(conn, out) {
+                    Ok(()) => c.sending = true,
+                    Err((e, out)) => {
+                        log::warn!("kvstore serve: {conn}: send not queued: {e:?}");
+                        let rest = core::mem::replace(&mut c.output, out);
+                        c.output.extend_from_slice(&rest);
+                    }
+                }
+            }
+            let done = !c.sending && c.output.is_empty() && c.ticket.is_none();
+            if c.closing && !c.close_sent && done && self.q.close(conn).is_ok() {
+                c.close_sent = true;
+            }
+        }
+        true
+    }
+
+    fn serve(&mut self, listeners: usize, cpu: usize) {
+        for l in 0..listeners as u32 {
+            self.arm_accept(l);
+        }
+        let mut events = Vec::new();
+        let mut last_chores = now_ns();
+        loop {
+            events.clear();
+            if self.q.poll(&mut events) == 0 {
+                if self.shared.shutting_down() || FAILED.load(Ordering::Acquire) {
+                    break;
+                }
+                self.q.wait();
+                continue;
+            }
+            for ev in events.drain(..) {
+                self.on_event(ev);
+            }
+            if !self.flush() {
+                break;
+            }
+            if self.shared.shutting_down() || FAILED.load(Ordering::Acquire) {
+                break;
+            }
+            if cpu == 0 && now_ns() - last_chores > 100_000_000 {
+                last_chores = now_ns();
+                if let Err(e) = self.shared.engine.checkpoint_if_over(40) {
+                    println!("kvstore serve: checkpoint failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn clock() -> server::engine::UnixMs {
+    server::engine::UnixMs(unix_ms())
+}
+
+/// Serves until SHUTDOWN; the exit status.
+pub fn run(args: &[&'static str], blocks: u64) -> u8 {
+    let mut frames = 64;
+    match args {
+        [] => {}
+        ["pool", n] => match n.parse::<usize>() {
+            Ok(n) if n >= 16 => frames = n,
+            _ => {
+                println!("serve: pool takes a number of frames, at least 16, not '{n}'");
+                return super::STATUS_USAGE;
+            }
+        },
+        _ => {
+            println!("usage: kvstore -- serve [pool FRAMES]");
+            return super::STATUS_USAGE;
+        }
+    }
+    let Some(info) = net::info() else {
+        println!("kvstore serve needs a network: dbos run --listen 127.0.0.1:PORT ...");
+        return super::STATUS_USAGE;
+    };
+    calibrate_unix();
+    let store: KvStore = match super::open(blocks, frames) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("cannot open the store: {e}");
+            return 1;
+        }
+    };
+    let shared = Shared::new(Engine::new(store, clock), Default::default(), clock);
+    shared
+        .config
+        .port
+        .store(u64::from(info.ports[0]), Ordering::Relaxed);
+    let cpus = libdbos::platform().cpu_count();
+    println!(
+        "serving RESP on port(s) {:?} from {cpus} vCPU(s), pool {frames} frames",
+        info.ports
+    );
+    let served: Vec<spin::Mutex<(u64, net::NetQueueStats)>> =
+        (0..cpus).map(|_| spin::Mutex::new((0, Default::default()))).collect();
+    libdbos::platform().run_on_all(&|cpu| {
+        let q = match NetQueue::new(DEPTH) {
+            Ok(q) => q,
+            Err(e) => {
+                println!("vCPU {cpu}: no network queue: {e}");
+                FAILED.store(true, Ordering::Release);
+                return;
+            }
+        };
+        let mut l = Loop {
+            shared: &shared,
+            q,
+            clients: BTreeMap::new(),
+            idle_listeners: Vec::new(),
+            requests: 0,
+        };
+        l.serve(info.ports.len(), cpu);
+        // Wake the vCPUs sleeping until a completion: they see the
+        // shutdown (or the failure) and stop too.
+        for other in (0..cpus as u32).filter(|&o| o != cpu as u32) {
+            libdbos::apic::send_ipi(other, libdbos::apic::vector::WAKE);
+        }
+        *served[cpu].lock() = (l.requests, l.q.stats());
+    });
+    for (cpu, s) in served.iter().enumerate() {
+        let (requests, st) = *s.lock();
+        println!(
+            "vCPU {cpu}: {requests} requests, {} commands, {} doorbells, {} sleeps",
+            st.submitted, st.doorbells, st.sleeps
+        );
+    }
+    let h = net::host_stats();
+    println!(
+        "network: {} accepted, {} completions, {} poller wake-ups, {} doorbells, {} invalid",
+        h.accepted, h.completions, h.wakeups, h.doorbells, h.invalid
+    );
+    if FAILED.load(Ordering::Acquire) {
+        return 1;
+    }
+    match shared.engine.shutdown(false) {
+        Ok(()) => {
+            println!("shut down");
+            0
+        }
+        Err(e) => {
+            println!("shutdown failed: {e}");
+            1
+        }
+    }
+}
