@@ -138,6 +138,9 @@ fn section_text<E: KvEngine>(
             );
             let mut counters = Vec::new();
             sh.engine.counters(&mut counters);
+            if let Some(platform) = sh.platform_counters {
+                platform(&mut counters);
+            }
             for (k, v) in counters {
                 line(t, k, &v);
             }

@@ -88,6 +88,9 @@ pub struct Shared<E: KvEngine> {
     pub clock: fn() -> UnixMs,
     /// When the server started (for `uptime_in_seconds`).
     pub started: UnixMs,
+    /// Counters of what serves the engine and the connections (the guest's
+    /// VM exits, doorbells and network queue), added to `INFO dbos`.
+    pub platform_counters: Option<fn(&mut Vec<(&'static str, u64)>)>,
     next_client: AtomicU64,
     shutdown: AtomicBool,
 }
@@ -101,6 +104,7 @@ impl<E: KvEngine> Shared<E> {
             stats: Stats::default(),
             clock,
             started: clock(),
+            platform_counters: None,
             next_client: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
         }

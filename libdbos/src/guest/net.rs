@@ -137,6 +137,9 @@ pub struct NetQueueStats {
     pub sleeps: u64,
 }
 
+/// Real doorbells rung by every network queue pair (each a VM exit).
+pub static DOORBELLS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 /// A network queue pair (see the module documentation).
 pub struct NetQueue {
     mem: DmaBuf,
@@ -361,6 +364,7 @@ impl NetQueue {
         fence(Ordering::SeqCst);
         if dbos_nvme::queue::need_event(event.load(Ordering::Relaxed), new, old, self.depth) {
             self.stats.doorbells += 1;
+            DOORBELLS.fetch_add(1, Ordering::Relaxed);
             hypercall::call(calls::NetDoorbell, &mut DoorbellArgs {});
         }
     }

@@ -23,7 +23,7 @@
 use super::{calibrate_unix, now_ns, unix_ms, KvStore};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dbos_kvstore::server::btree::BtreeEngine;
 use dbos_kvstore::server::engine::{KvEngine, Ticket};
 use dbos_kvstore::server::session::OUTPUT_HIGH_WATER;
@@ -96,6 +96,29 @@ struct Loop<'a> {
 /// Set when the engine failed: every vCPU stops serving.
 static FAILED: AtomicBool = AtomicBool::new(false);
 
+/// Requests answered on all vCPUs.
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// `INFO dbos`'s guest counters: requests answered, VM exits to the VMM
+/// (all causes, the INFO's own included), the network doorbells the guest
+/// rang, and the host poller's wake-ups and completions (messages), so
+/// that exits per request and messages per wake-up can be read off.
+fn guest_counters(out: &mut Vec<(&'static str, u64)>) {
+    let e = libdbos::platform().counters();
+    let h = net::host_stats();
+    out.extend([
+        ("requests", REQUESTS.load(Ordering::Relaxed)),
+        ("vm_exits", e.vmm_exits),
+        ("net_doorbells", net::DOORBELLS.load(Ordering::Relaxed)),
+        ("net_poller_wakeups", h.wakeups),
+        ("net_completions", h.completions),
+        ("net_commands", h.commands),
+        ("net_accepted", h.accepted),
+        ("net_refused", h.refused),
+        ("net_invalid", h.invalid),
+    ]);
+}
+
 impl Loop<'_> {
     fn capacity(&self) -> usize {
         (usize::from(DEPTH) - 1 - net::info().map_or(1, |i| i.ports.len())) / PER_CONN
@@ -142,6 +165,7 @@ impl Loop<'_> {
         c.ticket = c.ticket.max(p.ticket);
         c.closing |= p.close;
         self.requests += p.commands;
+        REQUESTS.fetch_add(p.commands, Ordering::Relaxed);
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -345,7 +369,8 @@ pub fn run(args: &[&'static str], blocks: u64) -> u8 {
             return 1;
         }
     };
-    let shared = Shared::new(Engine::new(store, clock), Default::default(), clock);
+    let mut shared = Shared::new(Engine::new(store, clock), Default::default(), clock);
+    shared.platform_counters = Some(guest_counters);
     shared
         .config
         .port
