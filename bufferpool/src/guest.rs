@@ -2,9 +2,27 @@
 //! queue pairs (`libdbos::nvme`), with buffers from libdbos's DMA memory
 //! (`libdbos::dma`: declared to the host, so their I/O uses fixed buffers).
 
-use crate::device::{DmaAllocator, IoBuf, NvmeDevice, BLOCK_SIZE};
-use dbos_nvme::DmaAddr;
-use libdbos::nvme::{self, GuestQueuePair, SetupError};
+use crate::device::{DmaAllocator, IoBuf, NvmeDevice, QueueAccess, BLOCK_SIZE};
+use dbos_nvme::{DmaAddr, QueuePair};
+use libdbos::nvme::{self, GuestQueuePair, HypercallDoorbell, SetupError};
+
+impl QueueAccess for GuestQueuePair {
+    type Doorbell = HypercallDoorbell;
+    fn queue(&mut self) -> &mut QueuePair<HypercallDoorbell> {
+        self
+    }
+    fn queue_ref(&self) -> &QueuePair<HypercallDoorbell> {
+        self
+    }
+
+    /// Sleeps until the host's completion interrupt where it can (see
+    /// `libdbos::nvme::sleep_until_woken`), else `relax`.
+    fn wait_for_completion(&mut self, relax: fn()) {
+        if !self.sleep_until_completion() {
+            relax();
+        }
+    }
+}
 
 /// Buffers from libdbos's DMA memory: 4 KiB aligned, physically contiguous,
 /// zeroed. Never freed, as the device contract says.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{acked, config, require_kvm, run, scratch};
+use common::{acked, config, require_kvm, run, run_test_build, scratch};
 use dbos_hypervisor::disk::DiskConfig;
 use dbos_hypervisor::{GuestExit, Vm, VmConfig, VmError};
 use std::time::Duration;
@@ -293,4 +293,34 @@ fn kvstore_guest_recovers_after_being_stopped_mid_run() {
         "{:#?}",
         after.console
     );
+}
+
+/// Disk queue pairs are given back when dropped (`NvmeDestroyQueue`): 300
+/// of them in turn, more than the host serves at once (256), each used for
+/// a read, and their rings freed (the DMA pages in use are as before).
+#[test]
+fn disk_queue_pairs_are_given_back_when_dropped() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let disk = DiskConfig::new(dir.path().join("disk.img"), Some(1 << 20));
+    let report = run_test_build(
+        "scenarios",
+        VmConfig {
+            disk: Some(disk),
+            ..config(&["nvme-give-back"])
+        },
+    );
+    assert_eq!(report.exit.process_status(), 0, "{:#?}", report.console);
+    assert!(
+        report.console[0].starts_with("[vcpu0] 300 queue pairs made, used and given back"),
+        "{:#?}",
+        report.console
+    );
+    let pages = report.console[1]
+        .strip_prefix("[vcpu0] dma pages in use before ")
+        .unwrap_or_else(|| panic!("{:#?}", report.console));
+    let (before, after) = pages.split_once(" after ").unwrap();
+    assert_eq!(before, after, "ring pages leaked: {pages}");
 }

@@ -8,9 +8,10 @@
 //! exit. Data buffers must be 4 KiB aligned and physically contiguous (the
 //! heap, the direct map, or a frame): [`dma`] gives their device address.
 //!
-//! Queue pairs live as long as the VM: the host keeps serving a registered
-//! ring, so its memory is never freed.
+//! A queue pair is given back to the host when it is dropped, and its
+//! rings are freed then.
 
+use crate::abi::net::QueueIdArgs;
 use crate::abi::{calls, DoorbellArgs, NvmeInfoArgs, NvmeQueueArgs};
 use crate::hypercall;
 use crate::memory::virt_to_phys;
@@ -83,8 +84,59 @@ pub fn sleep_until_woken(waiting: &AtomicU32, ready: &dyn Fn() -> bool) -> bool 
     true
 }
 
-/// A queue pair of the guest's disk.
-pub type GuestQueuePair = QueuePair<HypercallDoorbell>;
+/// A queue pair of the guest's disk: the driver, and the ring memory it
+/// owns. Dropping it gives it back to the host
+/// ([`calls::NvmeDestroyQueue`]: the host finishes its outstanding
+/// commands and stops serving it) and then frees the rings.
+pub struct GuestQueuePair {
+    qp: QueuePair<HypercallDoorbell>,
+    ring: crate::dma::DmaBuf,
+    id: u64,
+}
+
+impl core::ops::Deref for GuestQueuePair {
+    type Target = QueuePair<HypercallDoorbell>;
+    fn deref(&self) -> &Self::Target {
+        &self.qp
+    }
+}
+
+impl core::ops::DerefMut for GuestQueuePair {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.qp
+    }
+}
+
+impl GuestQueuePair {
+    /// The id the host gave the queue pair.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for GuestQueuePair {
+    /// Gives the queue pair back, then frees its rings; if the host does
+    /// not confirm, the rings are kept (leaked) rather than freed under it.
+    fn drop(&mut self) {
+        let mut args = QueueIdArgs {
+            queue: self.id,
+            status: 0,
+        };
+        hypercall::call(calls::NvmeDestroyQueue, &mut args);
+        if args.status < 0 {
+            log::error!(
+                "nvme: the host did not give back queue pair {} (errno {}); its rings are kept",
+                self.id,
+                -args.status
+            );
+            return;
+        }
+        // SAFETY: the host no longer touches the rings (the call returned
+        // after its outstanding commands completed), and they came from
+        // `dma::alloc` unchanged.
+        unsafe { crate::dma::free(self.ring) };
+    }
+}
 
 /// The disk as the host describes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,8 +180,8 @@ pub fn queue_pair(depth: u16) -> Result<GuestQueuePair, SetupError> {
         return Err(SetupError::NoDisk);
     }
     let layout = QueueLayout::new(depth).ok_or(SetupError::Driver(DriverError::Depth(depth)))?;
-    // DMA memory (declared to the host, never freed: the host keeps
-    // serving the ring for the VM's lifetime).
+    // DMA memory (declared to the host), freed when the queue pair is
+    // given back.
     let ring = crate::dma::alloc(layout.size() as usize).ok_or(SetupError::OutOfMemory)?;
     let (virt, phys) = (ring.virt, ring.phys);
     let mem = QueueMemory {
@@ -137,10 +189,17 @@ pub fn queue_pair(depth: u16) -> Result<GuestQueuePair, SetupError> {
         dma: DmaAddr(phys),
     };
     // SAFETY: `virt` is `layout.size()` bytes of DMA memory owned by this
-    // queue pair alone (never freed), and `phys` is its guest-physical
-    // address: DMA buffers are physically contiguous, in the direct map.
-    let mut qp =
-        unsafe { QueuePair::new(mem, depth, HypercallDoorbell) }.map_err(SetupError::Driver)?;
+    // queue pair alone (freed only after the host gave it back), and
+    // `phys` is its guest-physical address: DMA buffers are physically
+    // contiguous, in the direct map.
+    let mut qp = match unsafe { QueuePair::new(mem, depth, HypercallDoorbell) } {
+        Ok(qp) => qp,
+        Err(e) => {
+            // SAFETY: nothing was registered; the ring is unused.
+            unsafe { crate::dma::free(ring) };
+            return Err(SetupError::Driver(e));
+        }
+    };
     // A CPU waiting for a completion sleeps until the host sends WAKE.
     qp.set_interrupt(crate::apic::vector::WAKE);
     let mut args = NvmeQueueArgs {
@@ -149,7 +208,13 @@ pub fn queue_pair(depth: u16) -> Result<GuestQueuePair, SetupError> {
     };
     hypercall::call(calls::NvmeCreateQueue, &mut args);
     if args.status < 0 {
+        // SAFETY: the host refused the rings and never touches them.
+        unsafe { crate::dma::free(ring) };
         return Err(SetupError::Refused(args.status));
     }
-    Ok(qp)
+    Ok(GuestQueuePair {
+        qp,
+        ring,
+        id: args.status as u64,
+    })
 }
