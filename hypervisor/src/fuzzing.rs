@@ -85,6 +85,7 @@ impl Counters {
             clock: Clock::new(Instant::now()),
             files,
             disk: DiskService { disk },
+            net: crate::net::NetService { net: None },
         }
     }
 }
