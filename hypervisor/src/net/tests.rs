@@ -726,7 +726,13 @@ fn registrations_are_checked() {
         );
     }
     assert_eq!(errno(good), Err(libc::ENOSPC));
-    assert_eq!(net.stats(), NetStatsArgs::default(), "no command yet");
+    // Only wake-ups (requests wake the parked poller) have moved.
+    let s = net.stats();
+    assert_eq!(
+        NetStatsArgs { wakeups: 0, ..s },
+        NetStatsArgs::default(),
+        "no command yet"
+    );
 }
 
 #[test]
