@@ -32,7 +32,7 @@ enum Command {
     /// wrote them (`[vcpu0] ...`); how the guest stopped, and exit counts,
     /// go to stderr.
     #[command(after_help = exit_statuses())]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 
     /// Create a cargo project for a guest of your own.
     ///
@@ -423,7 +423,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::New(args) => new(args),
     }
 }
