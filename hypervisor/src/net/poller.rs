@@ -174,9 +174,14 @@ impl Poller {
             // A wake-up is a doorbell, a socket or a request; the waker's
             // event left over from a request or doorbell already served
             // is not one (the poller goes back to sleep).
-            if sockets || self.shared.rung.load(Ordering::SeqCst) || busy(self) {
+            let requested = self.shared.control_pending.load(Ordering::SeqCst)
+                || self.queues.iter().flatten().any(NetQueue::moved);
+            if sockets || self.shared.rung.load(Ordering::SeqCst) || requested {
                 self.shared.stats.wakeups.fetch_add(1, Ordering::Relaxed);
                 break;
+            }
+            if self.shared.stop.load(Ordering::SeqCst) {
+                break; // Stopping is not a wake-up.
             }
             self.shared.stats.parks.fetch_sub(1, Ordering::Relaxed);
         }
