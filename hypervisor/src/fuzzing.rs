@@ -85,6 +85,7 @@ impl Counters {
             clock: Clock::new(Instant::now()),
             files,
             disk: DiskService { disk },
+            net: crate::net::NetService { net: None },
         }
     }
 }
@@ -319,6 +320,288 @@ pub fn elf(data: &[u8]) -> bool {
         assert!(map.windows(2).all(|w| w[0].end() <= w[1].start));
         for s in &image.segments {
             assert!(layout.image.start <= s.phys && s.phys_end() <= layout.image.end);
+        }
+    }
+    true
+}
+
+/// Guest RAM of the network target: 64 KiB at 0 and one page at 5 GiB.
+const NET_LOW: Range = Range {
+    start: 0,
+    end: 0x1_0000,
+};
+const NET_HIGH: Range = Range {
+    start: 5 << 30,
+    end: (5 << 30) + 0x1000,
+};
+/// Where the network target's own queue pair lives (depth 64: 12 KiB
+/// from 0x4000), and its argument block.
+const NET_QUEUE: u64 = 0x4000;
+const NET_DEPTH: u16 = 64;
+const NET_BLOCK: u64 = 0x100;
+/// Bytes of one entry of the network target's input.
+const NET_ENTRY: usize = 24;
+
+/// An address the network target's input picks: a base (low RAM, its
+/// end, high RAM, its end, near 2^64) and a 16-bit offset.
+fn net_addr(sel: u8, offset: u16) -> u64 {
+    let base = match sel % 5 {
+        0 => NET_LOW.start,
+        1 => NET_LOW.end,
+        2 => NET_HIGH.start,
+        3 => NET_HIGH.end,
+        _ => u64::MAX - 0xffff,
+    };
+    base.wrapping_add(u64::from(offset))
+}
+
+/// The errno the host must give the registration `c` (0: accepted), on
+/// the network target's RAM with no queue pair registered.
+fn expected_net_create(c: &dbos_abi::QueuePairConfig) -> i64 {
+    match c.validate_shape() {
+        Err(dbos_abi::nvme::ConfigError::OutsideMemory { .. }) => return -i64::from(libc::EFAULT),
+        Err(_) => return -i64::from(libc::EINVAL),
+        // A vector this network (no interrupt sender) does not send.
+        Ok(()) if c.interrupt != 0 => return -i64::from(libc::EINVAL),
+        Ok(()) => {}
+    }
+    let inside = |addr: u64, len: u64| {
+        [NET_LOW, NET_HIGH]
+            .iter()
+            .any(|r| addr >= r.start && addr.checked_add(len).is_some_and(|e| e <= r.end))
+    };
+    if c.areas().iter().all(|&(_, a, l, _)| inside(a, l)) {
+        0
+    } else {
+        -i64::from(libc::EFAULT)
+    }
+}
+
+/// The network queue pair against a real network (a listener on
+/// 127.0.0.1:0 and one client) and arbitrary entries.
+///
+/// Input: 16 bytes of a registration (`NetCreateQueue` through the
+/// hypercall server: each of the four areas at an address chosen as in
+/// [`net_addr`] by 3 bytes, then the depth and the vector), whose status
+/// must be the one the model predicts (the queue is given back at once
+/// if it was accepted); then up to 32 entries of [`NET_ENTRY`] bytes for
+/// the target's own queue pair, after a first command that accepts the
+/// client: an opcode (any byte mod 6), flags (kept only if bit 7 is
+/// set), a command id, a connection (bit 0 of a selector byte: the
+/// accepted client's id, otherwise the raw value), a buffer address
+/// ([`net_addr`]) and length (shifted right by a byte mod 32), and two
+/// bytes that, if odd, make a reserved field non-zero. The client sends
+/// 64 bytes and keeps its socket open. Checked: every entry is taken;
+/// every completion has a known status and the cid of an entry;
+/// completions and invalid commands are counted exactly as posted; and
+/// guest RAM changes only in the queue pair's rings and words, the
+/// argument block and the buffers of receive entries. Returns whether
+/// the input held a registration and an entry.
+pub fn net_queue(data: &[u8]) -> bool {
+    use crate::net::{NetConfig, NetService, Network};
+    use dbos_abi::net::{NetCqe, NetOp, NetQueueArgs, NetSqe, NetStatus, QueueIdArgs};
+    use dbos_abi::nvme::{QueueLayout, QueuePairConfig, SQ_TAIL_WORD};
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    if data.len() < 16 + NET_ENTRY {
+        return false;
+    }
+    let (reg, rest) = data.split_at(16);
+    let entries: Vec<&[u8]> = rest.chunks_exact(NET_ENTRY).take(32).collect();
+    let ram = std::sync::Arc::new(
+        GuestRam::new(&[NET_LOW, NET_HIGH])
+            .unwrap_or_else(|e| panic!("cannot allocate the target's guest RAM: {e}")),
+    );
+    let mut config = NetConfig::new(vec!["127.0.0.1:0".parse().expect("an address")]);
+    config.max_connections = 2;
+    let net = Network::start(&config, &ram, None)
+        .unwrap_or_else(|e| panic!("cannot start the target's network: {e}"));
+    let console = Console::new(1, false, false);
+    let files = Files::default();
+    let counters = Counters::new();
+    let mut services = counters.services(&ram, &console, &files, None);
+    services.net = NetService { net: Some(&net) };
+    let block = GuestPhysAddr(NET_BLOCK);
+
+    // The registration from the input.
+    let area = |i: usize| {
+        net_addr(
+            reg[3 * i],
+            u16::from_le_bytes([reg[3 * i + 1], reg[3 * i + 2]]),
+        )
+    };
+    let candidate = QueuePairConfig {
+        sq_addr: area(0),
+        cq_addr: area(1),
+        doorbell_addr: area(2),
+        event_idx_addr: area(3),
+        depth: u16::from_le_bytes([reg[12], reg[13]]),
+        interrupt: u16::from_le_bytes([reg[14], reg[15]]) % 300,
+        _reserved: [0; 2],
+    };
+    ram.write_pod(
+        NET_BLOCK,
+        &NetQueueArgs {
+            queue: candidate,
+            status: 1,
+        },
+    )
+    .expect("the block is in RAM");
+    services
+        .handle(0, Hypercall::NetCreateQueue, block)
+        .expect("a valid block");
+    let status = ram.read_pod::<NetQueueArgs>(NET_BLOCK).unwrap().status;
+    assert_eq!(status, expected_net_create(&candidate), "{candidate:x?}");
+    if status >= 0 {
+        ram.write_pod(
+            NET_BLOCK,
+            &QueueIdArgs {
+                queue: 0,
+                status: 1,
+            },
+        )
+        .unwrap();
+        services
+            .handle(0, Hypercall::NetDestroyQueue, block)
+            .unwrap();
+        assert_eq!(ram.read_pod::<QueueIdArgs>(NET_BLOCK).unwrap().status, 0);
+    }
+
+    // The target's own queue pair, and a client.
+    let qc = QueueLayout::new(NET_DEPTH)
+        .expect("a valid depth")
+        .config(NET_QUEUE);
+    // Memory the guest gives a new queue pair is zeroed by the guest.
+    ram.write(
+        NET_QUEUE,
+        &vec![0; QueueLayout::new(NET_DEPTH).unwrap().size() as usize],
+    )
+    .unwrap();
+    ram.write_pod(
+        NET_BLOCK,
+        &NetQueueArgs {
+            queue: qc,
+            status: 1,
+        },
+    )
+    .unwrap();
+    services
+        .handle(0, Hypercall::NetCreateQueue, block)
+        .unwrap();
+    assert_eq!(ram.read_pod::<NetQueueArgs>(NET_BLOCK).unwrap().status, 0);
+    let snapshot = || {
+        let mut low = vec![0u8; NET_LOW.len() as usize];
+        ram.read(NET_LOW.start, &mut low).unwrap();
+        let mut high = vec![0u8; NET_HIGH.len() as usize];
+        ram.read(NET_HIGH.start, &mut high).unwrap();
+        (low, high)
+    };
+    let before = snapshot();
+    let mut client = std::net::TcpStream::connect(net.addrs()[0])
+        .unwrap_or_else(|e| panic!("the target's client cannot connect: {e}"));
+    let mut tail = 0u32;
+    let submit = |tail: &mut u32, sqe: &NetSqe| {
+        ram.write_pod(qc.sq_addr + u64::from(*tail) * 64, sqe)
+            .unwrap();
+        *tail += 1;
+        ram.write(
+            qc.doorbell_addr + 4 * SQ_TAIL_WORD as u64,
+            &tail.to_le_bytes(),
+        )
+        .unwrap();
+        std::sync::atomic::fence(Ordering::SeqCst);
+        services
+            .handle(0, Hypercall::NetDoorbell, GuestPhysAddr(0))
+            .unwrap();
+    };
+    let read_cqe = |slot: u32| {
+        ram.read_pod::<NetCqe>(qc.cq_addr + u64::from(slot) * 16)
+            .unwrap()
+    };
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let t0 = std::time::Instant::now();
+        while !f() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "timed out: {what}");
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    };
+    // The first command accepts the client.
+    let accept = NetSqe {
+        opcode: NetOp::Accept as u8,
+        cid: 0xffff,
+        ..NetSqe::default()
+    };
+    submit(&mut tail, &accept);
+    wait("the accept", &|| read_cqe(0).phase());
+    let accepted = read_cqe(0);
+    assert_eq!(accepted.status(), Some(NetStatus::Success));
+    client.write_all(&[0x5a; 64]).unwrap();
+    let mut cids = vec![accept.cid];
+    let mut writable: Vec<(u64, u64)> = Vec::new();
+    for e in &entries {
+        let conn = if e[4] & 1 != 0 {
+            accepted.result
+        } else {
+            u32::from_le_bytes([e[5], e[6], e[7], e[8]])
+        };
+        let sqe = NetSqe {
+            opcode: e[0] % 6,
+            flags: if e[1] & 0x80 != 0 { e[1] } else { 0 },
+            cid: u16::from_le_bytes([e[2], e[3]]),
+            conn,
+            addr: net_addr(e[9], u16::from_le_bytes([e[10], e[11]])),
+            len: u32::from_le_bytes([e[12], e[13], e[14], e[15]]) >> (e[16] % 32),
+            _reserved0: u32::from(e[17] & 1),
+            _reserved: [0, 0, 0, 0, u64::from(e[18] & 1)],
+        };
+        if sqe.opcode == NetOp::Recv as u8 {
+            writable.push((sqe.addr, u64::from(sqe.len)));
+        }
+        cids.push(sqe.cid);
+        submit(&mut tail, &sqe);
+    }
+    let n = entries.len() as u64 + 1;
+    wait("every entry taken", &|| net.stats().commands == n);
+    std::thread::sleep(Duration::from_millis(1));
+    let stats = net.stop().expect("running");
+    // Completions: the ring did not wrap (at most 33 of 64).
+    let posted: Vec<NetCqe> = (0..u32::from(NET_DEPTH))
+        .map(read_cqe)
+        .take_while(NetCqe::phase)
+        .collect();
+    assert_eq!(posted.len() as u64, stats.completions);
+    assert!(stats.completions <= n);
+    let mut invalid = 0;
+    for cqe in &posted {
+        let status = cqe
+            .status()
+            .unwrap_or_else(|| panic!("unknown status in {cqe:?}"));
+        assert!(cids.contains(&cqe.cid), "{cqe:?}");
+        if !matches!(
+            status,
+            NetStatus::Success | NetStatus::Reset | NetStatus::Aborted
+        ) {
+            invalid += 1;
+        }
+    }
+    assert_eq!(invalid, stats.invalid);
+    assert_eq!(stats.accepted, 1);
+    // Guest RAM changed only where the host may write.
+    let may_write = |addr: u64| {
+        let queue = addr >= NET_QUEUE && addr < qc.doorbell_addr + 0x1000;
+        let block = (NET_BLOCK..NET_BLOCK + 64).contains(&addr);
+        let buffer = writable.iter().any(|&(a, l)| addr >= a && addr - a < l);
+        queue || block || buffer
+    };
+    let after = snapshot();
+    for (base, old, now) in [
+        (NET_LOW.start, &before.0, &after.0),
+        (NET_HIGH.start, &before.1, &after.1),
+    ] {
+        for (i, (a, b)) in old.iter().zip(now).enumerate() {
+            let addr = base + i as u64;
+            assert!(a == b || may_write(addr), "the host wrote {addr:#x}");
         }
     }
     true

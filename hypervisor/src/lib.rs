@@ -7,8 +7,8 @@
 //! [`RunReport`]. Guest services go through the hypercall server
 //! ([`hypercall`]), which checks every guest address against guest memory
 //! ([`memory`]) and hands each call to the module that owns it: [`console`],
-//! [`control`] (exit, panic, fault, counters), [`clock`], [`files`] and
-//! [`disk`]. The run report counts the exits that reach the VMM;
+//! [`control`] (exit, panic, fault, counters), [`clock`], [`files`],
+//! [`disk`] and [`net`]. The run report counts the exits that reach the VMM;
 //! [`kvmstats`] reads KVM's own per-vCPU statistics, which count every VM
 //! exit, those KVM handles in the kernel included. Everything the VMM and
 //! a guest agree on comes from the `dbos-abi` crate; the VMM does not link
@@ -27,6 +27,7 @@ pub mod hypercall;
 pub mod kvmstats;
 pub mod layout;
 pub mod memory;
+pub mod net;
 pub mod new_project;
 pub mod report;
 pub mod services;

@@ -32,7 +32,7 @@ enum Command {
     /// wrote them (`[vcpu0] ...`); how the guest stopped, and exit counts,
     /// go to stderr.
     #[command(after_help = exit_statuses())]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 
     /// Create a cargo project for a guest of your own.
     ///
@@ -163,6 +163,44 @@ struct RunArgs {
     /// to measure that against the default with --stats.
     #[arg(long, requires = "disk", conflicts_with_all = ["power_cut_after", "power_cut_at_write"])]
     disk_fixed_buffers: bool,
+
+    /// Accept TCP clients on ADDR:PORT for the guest (repeatable, at most 8
+    /// times: listener 0, 1, ... in order), served through network queue
+    /// pairs in guest memory by a host poller thread. Loopback addresses
+    /// only, unless --listen-any is given. Port 0 lets the kernel choose:
+    /// each listener's address is printed on stderr as `dbos: listening on
+    /// ADDR:PORT (listener N)` before the guest starts.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<std::net::SocketAddr>,
+
+    /// Allow --listen addresses other than loopback ones (clients from
+    /// other hosts).
+    #[arg(long, requires = "listen")]
+    listen_any: bool,
+
+    /// How long the network poller keeps polling without progress before it
+    /// parks (seconds, fractions allowed, or with an ms or s suffix; at most
+    /// 60 s); while it polls, messages cost the guest no VM exit.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = parse_spin,
+        requires = "listen",
+        allow_hyphen_values = true
+    )]
+    net_poll_spin: Option<std::time::Duration>,
+
+    /// Most client connections open at once (1 to 65536); clients beyond
+    /// it are accepted and closed at once.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = dbos_hypervisor::net::DEFAULT_MAX_CONNECTIONS,
+        requires = "listen",
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(u32).range(1..=65536)
+    )]
+    max_connections: u32,
 
     /// Stop the guest after this many seconds (fractions allowed, or with
     /// an ms or s suffix; finite, at most 1000000000), wherever it is; exit
@@ -338,6 +376,16 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// Parses a poll spin: a duration (as [`parse_duration`]) of at most
+/// [`MAX_SPIN_US`] microseconds.
+fn parse_spin(text: &str) -> Result<std::time::Duration, String> {
+    let spin = parse_duration(text)?;
+    if spin > std::time::Duration::from_micros(MAX_SPIN_US) {
+        return Err(format!("{text:?} is too long: at most 60 s"));
+    }
+    Ok(spin)
+}
+
 /// Parses "1.5", "1.5s", "300ms" into a duration: finite, non-negative, at
 /// most [`MAX_SECONDS`].
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -375,7 +423,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::New(args) => new(args),
     }
 }
@@ -434,7 +482,23 @@ fn run(args: RunArgs) -> ExitCode {
             dbos_abi::MAX_ARGS_BYTES
         ));
     }
+    let net = if args.listen.is_empty() {
+        None
+    } else {
+        if let Err(e) = dbos_hypervisor::net::listen::check_addrs(&args.listen, args.listen_any) {
+            return usage_error(&e.to_string());
+        }
+        Some(dbos_hypervisor::net::NetConfig {
+            listen_any: args.listen_any,
+            poll_spin: args
+                .net_poll_spin
+                .unwrap_or(dbos_hypervisor::net::DEFAULT_POLL_SPIN),
+            max_connections: args.max_connections,
+            ..dbos_hypervisor::net::NetConfig::new(args.listen.clone())
+        })
+    };
     let config = VmConfig {
+        net,
         vcpus: args.vcpus,
         memory: args.memory,
         args: args.args,
@@ -466,7 +530,17 @@ fn run(args: RunArgs) -> ExitCode {
         capture_console: false,
         ..VmConfig::default()
     };
-    let report = match Vm::from_file(&args.guest, config).and_then(Vm::run) {
+    let vm = match Vm::from_file(&args.guest, config) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("dbos: error: {e}");
+            return ExitCode::from(STATUS_SETUP);
+        }
+    };
+    for (i, addr) in vm.listen_addrs().iter().enumerate() {
+        eprintln!("{}", dbos_hypervisor::net::listen::listening_line(*addr, i));
+    }
+    let report = match vm.run() {
         Ok(report) => report,
         Err(e) => {
             eprintln!("dbos: error: {e}");
@@ -500,6 +574,9 @@ fn run(args: RunArgs) -> ExitCode {
                 "dbos: {}",
                 dbos_hypervisor::report::disk_io_line(disk, report.disk_cpu)
             );
+        }
+        if let Some(net) = &report.net {
+            eprintln!("dbos: {}", dbos_hypervisor::report::net_line(net));
         }
     }
     ExitCode::from(report.exit.process_status())

@@ -87,6 +87,25 @@ impl GuestRam {
             .map_err(|_| err)
     }
 
+    /// The host address of `[addr, addr + len)` (`len` > 0), a range that
+    /// lies entirely in one RAM region, so that the `len` host bytes from
+    /// the returned pointer are that range: for the network's socket I/O
+    /// and queue rings, which the VMM accesses through raw pointers (never
+    /// references: the guest may change the memory at any time). Valid as
+    /// long as `self`.
+    pub fn host_range(&self, addr: u64, len: u64) -> Result<*mut u8, MemoryError> {
+        let err = MemoryError::OutOfRange { addr, len };
+        if len == 0 {
+            return Err(err);
+        }
+        // `check` accepts only a range inside one region (regions are
+        // separate mappings: a range spanning two is refused).
+        self.check(addr, len).map_err(|_| err.clone())?;
+        self.mem
+            .get_host_address(GuestAddress(addr))
+            .map_err(|_| err)
+    }
+
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.check(addr, buf.len() as u64)?;
         self.mem

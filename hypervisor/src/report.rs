@@ -535,6 +535,8 @@ pub struct RunReport {
     /// What the injected I/O error did (`--io-error-at`), when one was
     /// asked for.
     pub io_error: Option<crate::disk::IoErrorReport>,
+    /// The network's counters, when the VM had a network (`--listen`).
+    pub net: Option<dbos_abi::net::NetStatsArgs>,
 }
 
 /// The disk's I/O line of `--stats`: "disk: 12 I/Os with fixed buffers,
@@ -552,9 +554,63 @@ pub fn disk_io_line(disk: &dbos_nvme::host::PollerStats, cpu: Option<Duration>) 
     )
 }
 
+/// The network's line of `--stats`: "net: 12 commands, 11 completions
+/// (3 invalid); 2 clients accepted, 0 refused; 10 bytes received, 20
+/// sent; poller woken 4 times (3.0 commands per wake-up), 2 doorbells, 0
+/// interrupts".
+pub fn net_line(net: &dbos_abi::net::NetStatsArgs) -> String {
+    let per_wakeup = if net.wakeups == 0 {
+        "never parked and woken".to_string()
+    } else {
+        format!(
+            "{:.1} commands per wake-up",
+            net.commands as f64 / net.wakeups as f64
+        )
+    };
+    format!(
+        "net: {} commands, {} completions ({} invalid); {} clients accepted, {} refused; \
+         {} bytes received, {} sent; poller woken {} times ({per_wakeup}), {} doorbells, \
+         {} interrupts",
+        net.commands,
+        net.completions,
+        net.invalid,
+        net.accepted,
+        net.refused,
+        net.bytes_received,
+        net.bytes_sent,
+        net.wakeups,
+        net.doorbells,
+        net.interrupts
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_net_line_counts_per_wakeup() {
+        let stats = dbos_abi::net::NetStatsArgs {
+            commands: 12,
+            completions: 11,
+            wakeups: 4,
+            doorbells: 2,
+            accepted: 2,
+            refused: 0,
+            invalid: 3,
+            bytes_received: 10,
+            bytes_sent: 20,
+            interrupts: 0,
+        };
+        assert_eq!(
+            net_line(&stats),
+            "net: 12 commands, 11 completions (3 invalid); 2 clients accepted, 0 refused; \
+             10 bytes received, 20 sent; poller woken 4 times (3.0 commands per wake-up), \
+             2 doorbells, 0 interrupts"
+        );
+        let idle = dbos_abi::net::NetStatsArgs::default();
+        assert!(net_line(&idle).contains("(never parked and woken)"));
+    }
 
     #[test]
     fn the_disk_line_names_fixed_and_plain_ios() {

@@ -2,7 +2,7 @@
 //! argument block as the call's own type ([`dbos_abi::Args`], one table in
 //! `dbos-abi` ties every call to its block) and hands the decoded request
 //! to the one service method for it (console, control, clock, host files,
-//! disk: one module each). The services see [`Request`] and their block,
+//! disk, network: one module each). The services see [`Request`] and their block,
 //! never a call number to match again, and do not know this module.
 
 use crate::clock::Clock;
@@ -12,6 +12,7 @@ use crate::disk::DiskService;
 use crate::files::Files;
 use crate::hypercall::{HypercallError, Outcome, Request};
 use crate::memory::GuestRam;
+use crate::net::NetService;
 use dbos_abi::{Args, GuestPhysAddr, Hypercall};
 
 /// Every service of one VM.
@@ -22,6 +23,7 @@ pub struct Services<'a> {
     pub clock: Clock,
     pub files: &'a Files,
     pub disk: DiskService<'a>,
+    pub net: NetService<'a>,
 }
 
 impl Services<'_> {
@@ -52,18 +54,11 @@ impl Services<'_> {
             Args::DmaRelease(a) => self.disk.release_region(&req, a),
             Args::DmaStats(a) => self.disk.dma_stats(&req, a),
             Args::NvmeDestroyQueue(a) => self.disk.destroy_queue(&req, a),
-            // No network yet: every VM is one without `--listen`.
-            Args::NetInfo(_) => req.write_back(&dbos_abi::net::NetInfoArgs::default()),
-            Args::NetCreateQueue(mut a) => {
-                a.status = -i64::from(libc::ENODEV);
-                req.write_back(&a)
-            }
-            Args::NetDoorbell(_) => Ok(Outcome::Continue),
-            Args::NetDestroyQueue(mut a) => {
-                a.status = -i64::from(libc::ENODEV);
-                req.write_back(&a)
-            }
-            Args::NetStats(_) => req.write_back(&dbos_abi::net::NetStatsArgs::default()),
+            Args::NetInfo(a) => self.net.info(&req, a),
+            Args::NetCreateQueue(a) => self.net.create_queue(&req, a),
+            Args::NetDoorbell(_) => Ok(self.net.doorbell()),
+            Args::NetDestroyQueue(a) => self.net.destroy_queue(&req, a),
+            Args::NetStats(a) => self.net.stats(&req, a),
         }
     }
 }
@@ -96,6 +91,7 @@ mod tests {
             clock: Clock::new(Instant::now()),
             files: FILES.get_or_init(Files::default),
             disk: DiskService { disk: None },
+            net: NetService { net: None },
         }
     }
 

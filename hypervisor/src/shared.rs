@@ -1,5 +1,5 @@
 //! What the vCPU threads and the thread that runs the VM share: guest RAM,
-//! the services' state, the exit counters, and how the guest stopped (the
+//! the services' state (disk and network included), the exit counters, and how the guest stopped (the
 //! first report wins; a power cut armed on the disk is settled with it).
 
 use crate::console::Console;
@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub kvm_stats: Result<Vec<VcpuStats>, String>,
     pub files: Files,
     pub disk: Option<Disk>,
+    /// The network, when the VM listens (`--listen`).
+    pub net: Option<crate::net::Network>,
     /// Set once the guest has stopped; vCPU loops return when they see it.
     pub stopping: AtomicBool,
     pub exit: Mutex<Option<GuestExit>>,

@@ -140,6 +140,9 @@ pub(crate) fn run(index: u32, mut vcpu: VcpuFd, shared: &Shared) -> ExitCounts {
         disk: DiskService {
             disk: shared.disk.as_ref(),
         },
+        net: crate::net::NetService {
+            net: shared.net.as_ref(),
+        },
     };
     loop {
         if shared.stopping.load(Ordering::Acquire) {

@@ -9,6 +9,7 @@ use crate::files::{FileGrant, FileOpenError, Files};
 use crate::kvmstats::{KvmCounts, KvmStats, VcpuStats};
 use crate::layout::{Layout, MemoryTooSmall, MAX_MEMORY, PAGE};
 use crate::memory::{GuestRam, MemoryError};
+use crate::net::{NetConfig, NetError, Network};
 use crate::report::{ExitCounts, GuestExit, RunReport};
 use crate::shared::Shared;
 use crate::vcpu;
@@ -45,6 +46,8 @@ pub struct VmConfig {
     pub files: Vec<FileGrant>,
     /// The NVMe disk, if any (`--disk PATH [--disk-size SIZE]`).
     pub disk: Option<DiskConfig>,
+    /// The network, if any (`--listen ADDR:PORT ...`).
+    pub net: Option<NetConfig>,
     /// Stop the guest cleanly once it has run this long: the disk finishes
     /// every I/O in flight, nothing is lost or torn (for a power cut, see
     /// [`DiskConfig::power_cut`]).
@@ -65,6 +68,7 @@ impl Default for VmConfig {
             capture_console: false,
             files: Vec::new(),
             disk: None,
+            net: None,
             time_limit: None,
             abi_version: dbos_abi::ABI_VERSION,
         }
@@ -141,6 +145,8 @@ pub enum VmError {
     File(#[from] FileOpenError),
     #[error(transparent)]
     Disk(#[from] DiskError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
 }
@@ -163,6 +169,7 @@ pub struct Vm {
     layout: Layout,
     files: Files,
     disk: Option<Disk>,
+    net: Option<Network>,
     kvm_stats: Result<Vec<VcpuStats>, String>,
     started: Instant,
 }
@@ -240,6 +247,13 @@ impl Vm {
             layout.heap.start,
             layout.heap.end
         );
+        // The network first: its listeners bind before the disk and the
+        // files are opened (a failure after them would have to undo them).
+        let net = config
+            .net
+            .as_ref()
+            .map(|n| Network::start(n, &ram, Some(interrupt_sender(&vm))))
+            .transpose()?;
         let (disk, files) = open_host_files(&config, &ram, interrupt_sender(&vm))?;
         Ok(Vm {
             vcpus,
@@ -250,6 +264,7 @@ impl Vm {
             layout,
             files,
             disk,
+            net,
             kvm_stats,
             started,
         })
@@ -258,6 +273,12 @@ impl Vm {
     /// The planned guest-physical layout.
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// The addresses the network listens on (with the ports the kernel
+    /// chose for port 0), listener 0 first; empty without `--listen`.
+    pub fn listen_addrs(&self) -> &[std::net::SocketAddr] {
+        self.net.as_ref().map_or(&[], Network::addrs)
     }
 
     /// Runs the guest until it stops, and reports how.
@@ -278,6 +299,7 @@ impl Vm {
             kvm_stats: std::mem::replace(&mut self.kvm_stats, Err(String::new())),
             files: std::mem::take(&mut self.files),
             disk: self.disk.take(),
+            net: self.net.take(),
             stopping: AtomicBool::new(false),
             exit: Mutex::new(None),
             stopped: Condvar::new(),
@@ -305,6 +327,8 @@ impl Vm {
         let memory = crate::memory::ProcessMemory::read();
         let disk_cpu = shared.disk.as_ref().and_then(Disk::poller_cpu_time);
         let disk = shared.disk.as_ref().map(Disk::stop).transpose()?.flatten();
+        // Closes every client connection and stops the poller.
+        let net = shared.net.as_ref().and_then(Network::stop);
         let power_cut_model = shared.disk.as_ref().and_then(Disk::power_cut_stats);
         let io_error = shared.disk.as_ref().and_then(Disk::io_error_report);
         Ok(RunReport {
@@ -320,6 +344,7 @@ impl Vm {
             disk_cpu,
             power_cut_model,
             io_error,
+            net,
         })
     }
 }

@@ -559,3 +559,67 @@ fn the_documented_minimum_memory_boots_hello() {
         "{stdout}"
     );
 }
+
+#[test]
+fn listen_prints_the_bound_ports_and_stats_count_the_network() {
+    if !require_kvm() {
+        return;
+    }
+    let (code, _, stderr) = dbos(&[
+        "run",
+        &image("hello"),
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--net-poll-spin",
+        "1ms",
+        "--max-connections",
+        "4",
+        "--stats",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let ports: Vec<(String, u16)> = stderr
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("dbos: listening on ")?;
+            let (addr, listener) = rest.split_once(" (listener ")?;
+            let addr: std::net::SocketAddr = addr.parse().ok()?;
+            Some((listener.trim_end_matches(')').to_string(), addr.port()))
+        })
+        .collect();
+    assert_eq!(ports.len(), 2, "{stderr}");
+    assert_eq!((ports[0].0.as_str(), ports[1].0.as_str()), ("0", "1"));
+    assert!(ports.iter().all(|&(_, p)| p != 0) && ports[0].1 != ports[1].1);
+    // hello uses no network: nothing counted, and stopping is no wake-up.
+    assert!(
+        stderr.contains(
+            "dbos: net: 0 commands, 0 completions (0 invalid); 0 clients accepted, 0 refused; \
+             0 bytes received, 0 sent; poller woken 0 times"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn listen_refuses_other_than_loopback_without_listen_any() {
+    let (code, _, stderr) = dbos(&["run", &image("hello"), "--listen", "0.0.0.0:6379"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--listen 0.0.0.0:6379: not a loopback address; give --listen-any"),
+        "{stderr}"
+    );
+    let many: Vec<String> = (0..9).map(|_| "--listen=127.0.0.1:0".to_string()).collect();
+    let mut args = vec!["run".to_string(), image("hello")];
+    args.extend(many);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, stderr) = dbos(&args);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("9 addresses to listen on; at most 8"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = dbos(&["run", &image("hello"), "--net-poll-spin", "1ms"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--listen"), "{stderr}");
+}

@@ -60,6 +60,14 @@ fn dma_regions_corpus() {
 }
 
 #[test]
+fn net_queue_corpus() {
+    assert_most_reach(
+        "net_queue",
+        replay("net_queue", dbos_hypervisor::fuzzing::net_queue),
+    );
+}
+
+#[test]
 fn elf_corpus() {
     assert_most_reach("elf", replay("elf", dbos_hypervisor::fuzzing::elf));
 }
