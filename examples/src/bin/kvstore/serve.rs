@@ -30,7 +30,7 @@ use dbos_kvstore::server::session::OUTPUT_HIGH_WATER;
 use dbos_kvstore::server::{self, Session, Shared};
 use libdbos::abi::net::{ConnId, NetOp, NetStatus, MAX_NET_IO};
 use libdbos::net::{self, Event, NetQueue};
-use libdbos::platform::Platform;
+use libdbos::platform::{EventCounts, Platform};
 use libdbos::println;
 
 type Engine = BtreeEngine<super::Device, super::Pool>;
@@ -89,8 +89,13 @@ struct Loop<'a> {
     clients: BTreeMap<ConnId, Client>,
     /// Listeners whose accept is not re-armed (too many connections here).
     idle_listeners: Vec<u32>,
+    /// Listeners the VMM offers.
+    listeners: usize,
     /// Requests answered on this vCPU.
     requests: u64,
+    /// The VM's event counters when this vCPU received its first request:
+    /// the steady state is measured from there.
+    first_request: Option<EventCounts>,
 }
 
 /// Set when the engine failed: every vCPU stops serving.
@@ -120,8 +125,10 @@ fn guest_counters(out: &mut Vec<(&'static str, u64)>) {
 }
 
 impl Loop<'_> {
+    /// Connections this vCPU serves at once: each may have [`PER_CONN`]
+    /// commands in flight beside one accept per listener.
     fn capacity(&self) -> usize {
-        (usize::from(DEPTH) - 1 - net::info().map_or(1, |i| i.ports.len())) / PER_CONN
+        (usize::from(DEPTH) - 1 - self.listeners) / PER_CONN
     }
 
     fn arm_accept(&mut self, listener: u32) {
@@ -185,6 +192,9 @@ impl Loop<'_> {
                 self.arm_accept(listener);
             }
             Event::Received { conn, data } => {
+                if self.first_request.is_none() {
+                    self.first_request = Some(libdbos::platform().counters());
+                }
                 let Some(c) = self.clients.get_mut(&conn) else {
                     return;
                 };
@@ -302,8 +312,8 @@ impl Loop<'_> {
         true
     }
 
-    fn serve(&mut self, listeners: usize, cpu: usize) {
-        for l in 0..listeners as u32 {
+    fn serve(&mut self, cpu: usize) {
+        for l in 0..self.listeners as u32 {
             self.arm_accept(l);
         }
         let mut events = Vec::new();
@@ -380,8 +390,10 @@ pub fn run(args: &[&'static str], blocks: u64) -> u8 {
         "serving RESP on port(s) {:?} from {cpus} vCPU(s), pool {frames} frames",
         info.ports
     );
-    let served: Vec<spin::Mutex<(u64, net::NetQueueStats)>> =
-        (0..cpus).map(|_| spin::Mutex::new((0, Default::default()))).collect();
+    type Served = (u64, net::NetQueueStats, Option<u64>);
+    let served: Vec<spin::Mutex<Served>> = (0..cpus)
+        .map(|_| spin::Mutex::new((0, Default::default(), None)))
+        .collect();
     libdbos::platform().run_on_all(&|cpu| {
         let q = match NetQueue::new(DEPTH) {
             Ok(q) => q,
@@ -396,21 +408,32 @@ pub fn run(args: &[&'static str], blocks: u64) -> u8 {
             q,
             clients: BTreeMap::new(),
             idle_listeners: Vec::new(),
+            listeners: info.ports.len(),
             requests: 0,
+            first_request: None,
         };
-        l.serve(info.ports.len(), cpu);
+        l.serve(cpu);
         // Wake the vCPUs sleeping until a completion: they see the
         // shutdown (or the failure) and stop too.
         for other in (0..cpus as u32).filter(|&o| o != cpu as u32) {
             libdbos::apic::send_ipi(other, libdbos::apic::vector::WAKE);
         }
-        *served[cpu].lock() = (l.requests, l.q.stats());
+        // Exits to the VMM (the whole VM's) from this vCPU's first request
+        // to the end of serving, before the queue is given back.
+        let exits = l
+            .first_request
+            .map(|e0| libdbos::platform().counters().since(&e0).vmm_exits);
+        *served[cpu].lock() = (l.requests, l.q.stats(), exits);
     });
     for (cpu, s) in served.iter().enumerate() {
-        let (requests, st) = *s.lock();
+        let (requests, st, exits) = *s.lock();
         println!(
-            "vCPU {cpu}: {requests} requests, {} commands, {} doorbells, {} sleeps",
-            st.submitted, st.doorbells, st.sleeps
+            "vCPU {cpu}: {requests} requests, {} commands, {} doorbells, {} sleeps, {} exits to \
+             the VMM from the first request on (the whole VM's)",
+            st.submitted,
+            st.doorbells,
+            st.sleeps,
+            exits.map_or("no".into(), |e| alloc::format!("{e}"))
         );
     }
     let h = net::host_stats();

@@ -1,0 +1,363 @@
+//! Clients reach the database in ring 0: the kvstore guest serves the Redis
+//! protocol (`kvstore -- serve`) through the VMM's network queue on the
+//! port `dbos run --listen 127.0.0.1:0` bound, and real clients (the
+//! `redis` crate, and plain sockets for the hostile ones) talk to it. The
+//! guest is emulated here, so the request counts stay small.
+
+mod common;
+
+use common::{require_kvm, scratch};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A `dbos run ... kvstore -- serve` child and the port it listens on.
+struct Server {
+    child: Child,
+    port: u16,
+    /// The guest's console lines (stdout), gathered by a thread.
+    console: mpsc::Receiver<String>,
+    _stderr: std::thread::JoinHandle<Vec<String>>,
+}
+
+/// Starts the guest server on a fresh disk in `dir` with `vcpus` vCPUs and
+/// waits until the VMM says where it listens and the guest says it serves.
+fn start(dir: &std::path::Path, vcpus: u32, extra: &[&str]) -> Server {
+    let disk = dir.join("kv.db");
+    let mut args: Vec<String> = [
+        "run",
+        "--vcpus",
+        &vcpus.to_string(),
+        "--disk",
+        disk.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !disk.exists() {
+        args.extend(["--disk-size".into(), "4M".into()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend([common::image("kvstore"), "--".into(), "serve".into()]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dbos"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (port_tx, port_rx) = mpsc::channel();
+    let stderr: ChildStderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap_or_default();
+            if let Some(rest) = line.strip_prefix("dbos: listening on ") {
+                let addr = rest.split_whitespace().next().unwrap();
+                let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+                let _ = port_tx.send(port);
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    let (tx, console) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let port = port_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("dbos run printed no 'dbos: listening on' line");
+    let mut server = Server {
+        child,
+        port,
+        console,
+        _stderr: stderr,
+    };
+    server.wait_for("serving RESP on port");
+    server
+}
+
+impl Server {
+    /// Waits (up to two minutes: the guest is emulated) for a console line
+    /// containing `text`; returns it.
+    fn wait_for(&mut self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.console.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("the guest never printed {text:?}"),
+            }
+        }
+    }
+
+    fn client(&self) -> redis::Connection {
+        let c = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap();
+        let conn = c.get_connection().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        conn
+    }
+
+    /// SHUTDOWN, then the rest of the console and the exit status.
+    fn shutdown(mut self) -> (Vec<String>, i32) {
+        let mut c = self.client();
+        // The connection closes without a reply, as Redis's does.
+        let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query(&mut c);
+        let status = wait_exit(&mut self.child, Duration::from_secs(120));
+        let rest: Vec<String> = self.console.try_iter().collect();
+        (rest, status)
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code().unwrap_or(-1);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("dbos run did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field(line: &str, after: &str) -> u64 {
+    let at = line
+        .find(after)
+        .unwrap_or_else(|| panic!("{after:?} in {line:?}"))
+        + after.len();
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_guest_server_answers_a_redis_client_and_keeps_its_writes_across_a_restart() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let server = start(dir.path(), 2, &["--net-poll-spin", "2s"]);
+    let mut c = server.client();
+    let pong: String = redis::cmd("PING").query(&mut c).unwrap();
+    assert_eq!(pong, "PONG");
+    let () = redis::cmd("SET")
+        .arg("greeting")
+        .arg("hello ring 0")
+        .query(&mut c)
+        .unwrap();
+    let v: String = redis::cmd("GET").arg("greeting").query(&mut c).unwrap();
+    assert_eq!(v, "hello ring 0");
+    let n: i64 = redis::cmd("INCRBY")
+        .arg("counter")
+        .arg(41)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(n, 41);
+    let n: i64 = redis::cmd("INCR").arg("counter").query(&mut c).unwrap();
+    assert_eq!(n, 42);
+    let e = redis::cmd("INCR")
+        .arg("greeting")
+        .query::<i64>(&mut c)
+        .unwrap_err();
+    assert_eq!(e.detail(), Some("value is not an integer or out of range"));
+    // MULTI/EXEC: one atomic, durable commit.
+    let (a, b): (String, i64) = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg("k1")
+        .arg("v1")
+        .cmd("INCR")
+        .arg("counter")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!((a.as_str(), b), ("OK", 43));
+    // Pipelining: 50 requests in one write.
+    let mut p = redis::pipe();
+    for i in 0..50 {
+        p.cmd("SET").arg(format!("p{i}")).arg(i).ignore();
+    }
+    p.cmd("DBSIZE");
+    let (size,): (u64,) = p.query(&mut c).unwrap();
+    assert_eq!(size, 53);
+    // A value larger than one receive buffer and one send.
+    let big = vec![b'x'; 200_000];
+    let () = redis::cmd("SET")
+        .arg("big")
+        .arg(&big)
+        .query(&mut c)
+        .unwrap();
+    let back: Vec<u8> = redis::cmd("GET").arg("big").query(&mut c).unwrap();
+    assert_eq!(back, big);
+    // A second client at the same time.
+    let mut d = server.client();
+    let v: String = redis::cmd("GET").arg("k1").query(&mut d).unwrap();
+    assert_eq!(v, "v1");
+    drop(d);
+    let (rest, status) = server.shutdown();
+    assert_eq!(status, 0, "{rest:#?}");
+
+    // Restart on the same disk: every acknowledged write is there.
+    let server = start(dir.path(), 1, &[]);
+    let mut c = server.client();
+    let v: String = redis::cmd("GET").arg("greeting").query(&mut c).unwrap();
+    assert_eq!(v, "hello ring 0");
+    let n: i64 = redis::cmd("GET").arg("counter").query(&mut c).unwrap();
+    assert_eq!(n, 43);
+    let back: Vec<u8> = redis::cmd("GET").arg("big").query(&mut c).unwrap();
+    assert_eq!(back.len(), big.len());
+    let size: u64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(size, 54);
+    let (_, status) = server.shutdown();
+    assert_eq!(status, 0);
+}
+
+#[test]
+fn hostile_clients_lose_only_their_own_connection() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let server = start(dir.path(), 1, &["--net-poll-spin", "2s"]);
+    let mut good = server.client();
+    let () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query(&mut good)
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", server.port);
+
+    // Malformed RESP: Redis's protocol error, then the connection closes.
+    let mut bad = TcpStream::connect(&addr).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    bad.write_all(b"*1\r\n$abc\r\n").unwrap();
+    let mut reply = Vec::new();
+    bad.read_to_end(&mut reply).unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("-ERR Protocol error"), "{reply:?}");
+
+    // A bulk length of 2^63: refused the same way.
+    let mut huge = TcpStream::connect(&addr).unwrap();
+    huge.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    huge.write_all(b"*2\r\n$3\r\nGET\r\n$9223372036854775808\r\n")
+        .unwrap();
+    let mut reply = Vec::new();
+    huge.read_to_end(&mut reply).unwrap();
+    assert!(String::from_utf8_lossy(&reply).starts_with("-ERR Protocol error"));
+
+    // A client that resets its connection mid-request.
+    let vanishing = TcpStream::connect(&addr).unwrap();
+    (&vanishing)
+        .write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nz")
+        .unwrap();
+    socket_reset(vanishing);
+
+    // Idle connections cost the others nothing.
+    let idle: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+
+    let v: String = redis::cmd("GET").arg("k").query(&mut good).unwrap();
+    assert_eq!(v, "v");
+    let exists: u64 = redis::cmd("EXISTS").arg("z").query(&mut good).unwrap();
+    assert_eq!(exists, 0);
+    drop(idle);
+    drop(good);
+    let (rest, status) = server.shutdown();
+    assert_eq!(status, 0, "{rest:#?}");
+    let net = rest
+        .iter()
+        .find(|l| l.contains("network: "))
+        .unwrap_or_else(|| panic!("no network line in {rest:#?}"));
+    // The good client (twice: SHUTDOWN has its own), the two protocol
+    // breakers, the vanishing one and the idle ones.
+    assert_eq!(field(net, "network: "), 1 + 1 + 2 + 1 + 50, "{net}");
+    assert!(
+        net.contains(" 0 invalid"),
+        "the guest sent no invalid command: {net}"
+    );
+}
+
+/// Closes `s` with a reset (SO_LINGER 0) instead of an orderly shutdown.
+fn socket_reset(s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a descriptor `s` owns, with a pointer to a
+    // live `linger` of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(s);
+}
+
+#[test]
+fn steady_requests_cost_no_exit_while_the_poller_polls() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    // The pollers (network and disk) keep polling for 5 s without work:
+    // far longer than the emulated guest takes between two requests.
+    let server = start(
+        dir.path(),
+        1,
+        &["--net-poll-spin", "5s", "--disk-spin-us", "5000000"],
+    );
+    let mut c = server.client();
+    const N: u64 = 100;
+    for i in 0..N {
+        let () = redis::cmd("SET").arg("k").arg(i).query(&mut c).unwrap();
+    }
+    drop(c);
+    let (rest, status) = server.shutdown();
+    assert_eq!(status, 0, "{rest:#?}");
+    let line = rest
+        .iter()
+        .find(|l| l.contains("vCPU 0: ") && l.contains(" requests"))
+        .unwrap_or_else(|| panic!("no vCPU 0 line in {rest:#?}"));
+    let requests = field(line, "vCPU 0: ");
+    // N SETs and the SHUTDOWN, and the two `CLIENT SETINFO` the redis
+    // crate sends on each of its two connections.
+    assert_eq!(requests, N + 1 + 4, "{line}");
+    // Every request's receive, reply and next receive were published
+    // without a doorbell, and its durable write went through the disk's
+    // queue pair without one: not one exit to the VMM from the first
+    // request to the end of serving.
+    assert_eq!(field(line, "commands, "), 0, "network doorbells: {line}");
+    assert_eq!(field(line, "sleeps, "), 0, "exits to the VMM: {line}");
+}
