@@ -78,6 +78,9 @@ pub struct Stats {
     pub durable_clients: AtomicU64,
 }
 
+/// Appends `name`, value pairs to an `INFO` section.
+pub type CountersFn = fn(&mut Vec<(&'static str, u64)>);
+
 /// What every connection shares.
 pub struct Shared<E: KvEngine> {
     pub engine: E,
@@ -90,7 +93,7 @@ pub struct Shared<E: KvEngine> {
     pub started: UnixMs,
     /// Counters of what serves the engine and the connections (the guest's
     /// VM exits, doorbells and network queue), added to `INFO dbos`.
-    pub platform_counters: Option<fn(&mut Vec<(&'static str, u64)>)>,
+    pub platform_counters: Option<CountersFn>,
     next_client: AtomicU64,
     shutdown: AtomicBool,
 }
