@@ -394,7 +394,15 @@ fn main() -> u8 {
         calibrate();
         return memory::run(&args[1..]);
     }
-    let request = match parse(if args.first() == Some(&"serve") { &[] } else { &args }) {
+    if args.first() == Some(&"serve") {
+        let Some(disk) = nvme::info() else {
+            println!("kvstore serve needs a disk: dbos run --disk PATH --disk-size 64M ...");
+            return STATUS_USAGE;
+        };
+        calibrate();
+        return serve::run(&args[1..], disk.blocks);
+    }
+    let request = match parse(&args) {
         Ok(r) => r,
         Err(e) => {
             println!("{e}\n{USAGE}");
@@ -404,9 +412,6 @@ fn main() -> u8 {
     let disk =
         nvme::info().expect("kvstore needs a disk: dbos run --disk PATH --disk-size 64M ...");
     calibrate();
-    if args.first() == Some(&"serve") {
-        return serve::run(&args[1..], disk.blocks);
-    }
     let a = match request {
         Request::Format => {
             let l = layout(disk.blocks);

@@ -353,7 +353,10 @@ fn nvme_give_back() -> u8 {
         .unwrap();
     }
     let after = libdbos::dma::stats();
-    println!("300 queue pairs made, used and given back; {} distinct ids", ids.len());
+    println!(
+        "300 queue pairs made, used and given back; {} distinct ids",
+        ids.len()
+    );
     println!(
         "dma pages in use before {} after {}",
         before.pages_in_use, after.pages_in_use

@@ -276,7 +276,10 @@ impl Loop<'_> {
                 FAILED.store(true, Ordering::Release);
                 return false;
             }
-            self.shared.stats.durable_waits.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .stats
+                .durable_waits
+                .fetch_add(1, Ordering::Relaxed);
         }
         let conns: Vec<ConnId> = self.clients.keys().copied().collect();
         for conn in conns {
