@@ -620,32 +620,24 @@ fn run_workload(a: &WorkloadArgs) -> Result<bool, String> {
         acked.history_unknown();
     }
     let now = env().now_ns;
-    let ack_file = match &a.acks {
-        None => None,
-        Some(path) => Some(std::sync::Mutex::new(
+    if let Some(path) = &a.acks {
+        let file = std::sync::Mutex::new(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|e| format!("{}: {e}", path.display()))?,
-        )),
-    };
-    let ack_log = ack_file.as_ref().map(|file| workload::Acking {
-        kv: &store,
-        value_size: spec.value_size,
-        // One write per line: a kill leaves whole lines and at most one
-        // cut at the end.
-        on_ack: move |r: u64, v: u64| {
+        );
+        // The sound lower bounds only (see `Acked::report_acks`), one write
+        // per line: a kill leaves whole lines and at most one cut at the end.
+        acked.report_acks(Box::new(move |r: u64, v: u64| {
             let _ = file
                 .lock()
                 .expect("ack file")
                 .write_all(format!("{r} {v}\n").as_bytes());
-        },
-    });
-    let kv: &dyn dbos_kvstore::Kv<Error = dbos_kvstore::Error> = match &ack_log {
-        Some(l) => l,
-        None => &store,
-    };
+        }));
+    }
+    let kv: &dyn dbos_kvstore::Kv<Error = dbos_kvstore::Error> = &store;
     if !a.no_load {
         phase(&store, &spec, "load", spec.records, |t, p| {
             workload::load(kv, &spec, &acked, t, now, p)

@@ -15,6 +15,13 @@
 //! crash, must show that version or a higher one. Two writes that
 //! overlap may land in either order, and the bound stays where it was.
 //!
+//! Crash tests need the same bound outside the process (the guest prints
+//! `acked RECORD VERSION`, `dbos-kv workload --acks FILE` appends it):
+//! [`Acked::report_acks`] installs a function called for exactly the
+//! acknowledged writes that raised the bound. Reporting every acknowledged
+//! write instead would be unsound: of two overlapping writes of a record,
+//! both acknowledged, the lower version may land last.
+//!
 //! Inserts take new record numbers from a shared counter
 //! ([`Acked::claim_insert`]); [`Acked::available`] is the number of
 //! records `0..n` that all exist (loaded, or inserted and acknowledged),
@@ -64,7 +71,13 @@ pub struct Acked {
     /// Loaded records were written by an earlier run (see
     /// [`Acked::history_unknown`]).
     history_unknown: bool,
+    /// Called with (record, version) for every write that raised a
+    /// record's acknowledged version ([`Acked::report_acks`]).
+    report: Option<AckReport>,
 }
+
+/// What [`Acked::report_acks`] calls.
+pub type AckReport = Box<dyn Fn(u64, u64) + Send + Sync>;
 
 impl Acked {
     /// The log for `spec`: records `0..spec.records` (which the load
@@ -88,6 +101,7 @@ impl Acked {
             next_insert: AtomicU64::new(records),
             available: AtomicU64::new(records),
             history_unknown: false,
+            report: None,
         }
     }
 
@@ -154,6 +168,9 @@ impl Acked {
             return;
         }
         slot.acked.fetch_max(write.version, SeqCst);
+        if let Some(report) = &self.report {
+            report(write.record, write.version);
+        }
         if write.record >= self.records {
             self.advance();
         }
@@ -170,6 +187,14 @@ impl Acked {
             }
             let _ = self.available.compare_exchange(n, n + 1, SeqCst, SeqCst);
         }
+    }
+
+    /// Calls `report(record, version)` for every acknowledged write that
+    /// raises its record's acknowledged version, after the store returned
+    /// (so the write is durable): the sound lower bounds a crash test
+    /// checks. Call before sharing.
+    pub fn report_acks(&mut self, report: AckReport) {
+        self.report = Some(report);
     }
 
     /// For a run on records an earlier process wrote (`dbos-kv workload
@@ -199,6 +224,33 @@ impl Acked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_writes_that_raise_the_bound_are_reported() {
+        use alloc::sync::Arc;
+        let seen = Arc::new(spin::Mutex::new(Vec::new()));
+        let mut a = Acked::with_capacity(4, 4);
+        let s = seen.clone();
+        a.report_acks(Box::new(move |r, v| s.lock().push((r, v))));
+        // Alone: reported.
+        let w = a.begin_write(1);
+        a.end_write(w, true);
+        // Two overlapping writes of record 2, both acknowledged, the
+        // higher version first: neither is a sound bound, neither is
+        // reported (the lower one may have landed last).
+        let w2 = a.begin_write(2);
+        let w3 = a.begin_write(2);
+        a.end_write(w3, true);
+        a.end_write(w2, true);
+        // Not acknowledged: not reported.
+        let w = a.begin_write(3);
+        a.end_write(w, false);
+        // Alone again after the overlap: reported.
+        let w = a.begin_write(2);
+        a.end_write(w, true);
+        assert_eq!(*seen.lock(), [(1, 1), (2, 3)]);
+        assert_eq!((a.acked(2), a.acked(3)), (3, 0));
+    }
 
     #[test]
     fn records_of_unknown_history_accept_any_version() {

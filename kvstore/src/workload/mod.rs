@@ -36,7 +36,6 @@
 //! each thread's [`Stats`]); nothing is allocated per operation.
 
 mod acked;
-mod acking;
 mod driver;
 mod histogram;
 pub mod keys;
@@ -44,8 +43,7 @@ mod rng;
 mod spec;
 mod value;
 
-pub use acked::{Acked, PendingWrite};
-pub use acking::Acking;
+pub use acked::{AckReport, Acked, PendingWrite};
 pub use driver::{load, run, verify, Offenders, OpStats, Report, Stats, Verification};
 pub use histogram::Histogram;
 pub use keys::{key_bytes, KEY_LEN};
