@@ -805,6 +805,27 @@ fn a_damaged_newest_snapshot_is_refused_with_its_offset_and_a_damaged_older_one_
     let (rest, status) = server.shutdown_on(c);
     assert_eq!(status, 0, "{rest:#?}");
 
+    // A torn write of the newest superblock (its CRC fails): the snapshot
+    // the other one names is loaded, and the next save goes to the torn
+    // slot, beside that snapshot, not over it.
+    let mut torn = file.clone();
+    torn[4096 + 20] ^= 0x01;
+    std::fs::write(&dump, &torn).unwrap();
+    let server = start_memory(&dump, 1);
+    server.saw("ignored the superblock at byte offset 4096");
+    server.saw("loaded snapshot 1 (10 keys");
+    let mut c = server.client();
+    let size: u64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(size, 10);
+    save(&mut c);
+    let (rest, status) = server.shutdown_on(c);
+    assert_eq!(status, 0, "{rest:#?}");
+    let after = std::fs::read(&dump).unwrap();
+    assert_eq!(superblock(&after, 0), Some(older));
+    let resaved = superblock(&after, 4096).expect("the new save's superblock in slot 1");
+    assert_eq!(resaved.0, 2);
+    assert!(resaved.1 >= older.1 + older.2, "{older:?} {resaved:?}");
+
     // Damage inside the newest snapshot's data: the server does not start
     // and names the offset; the file is left as it was.
     let mut damaged = file.clone();
