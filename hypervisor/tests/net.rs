@@ -875,6 +875,25 @@ fn the_memory_engine_saves_every_second_and_without_a_file_refuses_to_save() {
     // No --file dump=...: it serves, and SAVE and BGSAVE say what is missing.
     let server = spawn(&memory_args(None, 1, &[]));
     let mut c = server.client();
+    // A full heap (1 MiB) refuses the write that does not fit, as Redis's
+    // OOM, and keeps the others.
+    let value = vec![b'v'; 100_000];
+    let mut stored = 0;
+    let e = loop {
+        match redis::cmd("SET")
+            .arg(format!("big{stored}"))
+            .arg(&value)
+            .query::<()>(&mut c)
+        {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 20, "1 MiB of heap took {stored} values of 100 KB");
+    };
+    assert_eq!(e.code(), Some("OOM"), "{e}");
+    assert!(stored >= 5, "only {stored} values of 100 KB fit in 1 MiB");
+    let size: u64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(size, stored);
     for cmd in ["SAVE", "BGSAVE"] {
         let e = redis::cmd(cmd).query::<String>(&mut c).unwrap_err();
         assert!(e.to_string().contains("--file dump=PATH"), "{cmd}: {e}");
