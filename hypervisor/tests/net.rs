@@ -19,6 +19,8 @@ struct Server {
     port: u16,
     /// The guest's console lines (stdout), gathered by a thread.
     console: mpsc::Receiver<String>,
+    /// The console lines [`Server::wait_for`] read.
+    seen: Vec<String>,
     _stderr: std::thread::JoinHandle<Vec<String>>,
 }
 
@@ -43,8 +45,14 @@ fn start(dir: &std::path::Path, vcpus: u32, extra: &[&str]) -> Server {
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     args.extend([common::image("kvstore"), "--".into(), "serve".into()]);
+    spawn(&args)
+}
+
+/// `dbos run ARGS` with its console and stderr gathered; waits until the
+/// VMM says where it listens and the guest says it serves.
+fn spawn(args: &[String]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dbos"))
-        .args(&args)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -81,6 +89,7 @@ fn start(dir: &std::path::Path, vcpus: u32, extra: &[&str]) -> Server {
         child,
         port,
         console,
+        seen: Vec::new(),
         _stderr: stderr,
     };
     server.wait_for("serving RESP on port");
@@ -95,11 +104,22 @@ impl Server {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.console.recv_timeout(left) {
-                Ok(line) if line.contains(text) => return line,
-                Ok(_) => {}
+                Ok(line) if line.contains(text) => {
+                    self.seen.push(line.clone());
+                    return line;
+                }
+                Ok(line) => self.seen.push(line),
                 Err(_) => panic!("the guest never printed {text:?}"),
             }
         }
+    }
+
+    /// The console line containing `text` that [`Server::wait_for`] read.
+    fn saw(&self, text: &str) -> &str {
+        self.seen
+            .iter()
+            .find(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("no {text:?} in {:#?}", self.seen))
     }
 
     fn client(&self) -> redis::Connection {
@@ -534,6 +554,390 @@ fn every_acknowledged_write_survives_a_power_cut() {
             dir.path(),
             &acked,
             &format!("power cut at write {at_write}"),
+        );
+    }
+}
+
+// The memory engine on Snappy (`kvstore -- serve engine memory`): the hash
+// table in Snappy's heap, persisted by snapshots to the host file granted
+// as `dump`. The heap is 1 MiB: the guest is emulated.
+
+/// `dbos run ... kvstore -- serve engine memory heap 1024 OPTIONS...` with
+/// `--file dump=DUMP` when `dump` is given.
+fn memory_args(dump: Option<&std::path::Path>, vcpus: u32, options: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["run", "--vcpus", &vcpus.to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+    if let Some(d) = dump {
+        args.extend(["--file".into(), format!("dump={}", d.display())]);
+    }
+    args.extend([common::image("kvstore"), "--".into()]);
+    args.extend(
+        ["serve", "engine", "memory", "heap", "1024"]
+            .iter()
+            .chain(options)
+            .map(|s| s.to_string()),
+    );
+    args
+}
+
+fn start_memory(dump: &std::path::Path, vcpus: u32) -> Server {
+    spawn(&memory_args(Some(dump), vcpus, &[]))
+}
+
+/// Runs `dbos ARGS`, which must exit by itself (within two minutes);
+/// its exit status and console.
+fn run_to_exit(args: &[String]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dbos"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(120));
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    (status, out)
+}
+
+/// INFO `section` as `name -> value`.
+fn info(c: &mut redis::Connection, section: &str) -> std::collections::HashMap<String, String> {
+    let text: String = redis::cmd("INFO").arg(section).query(c).unwrap();
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn num(m: &std::collections::HashMap<String, String>, key: &str) -> u64 {
+    m.get(key)
+        .unwrap_or_else(|| panic!("{key} missing from {m:#?}"))
+        .parse()
+        .unwrap()
+}
+
+/// A superblock of the guest's snapshot file (see the layout in
+/// examples/src/bin/kvstore/snapengine.rs): sequence, data offset, length.
+fn superblock(file: &[u8], at: usize) -> Option<(u64, u64, u64)> {
+    let b = file.get(at..at + 64)?;
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+    (&b[0..8] == b"DBKVSUPR").then(|| (u64_at(16), u64_at(24), u64_at(32)))
+}
+
+#[test]
+fn the_memory_engine_serves_saves_on_snappy_and_keeps_the_snapshot_across_a_sigkill() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let dump = dir.path().join("dump.snap");
+    let mut server = start_memory(&dump, 2);
+    let mut c = server.client();
+    let () = redis::cmd("SET")
+        .arg("greeting")
+        .arg("hello Snappy")
+        .query(&mut c)
+        .unwrap();
+    let v: String = redis::cmd("GET").arg("greeting").query(&mut c).unwrap();
+    assert_eq!(v, "hello Snappy");
+    let n: i64 = redis::cmd("INCRBY")
+        .arg("counter")
+        .arg(41)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(n, 41);
+    let n: i64 = redis::cmd("INCR").arg("counter").query(&mut c).unwrap();
+    assert_eq!(n, 42);
+    let mut p = redis::pipe();
+    for i in 0..30 {
+        p.cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(format!("v{i}"))
+            .ignore();
+    }
+    p.cmd("DEL").arg("k29");
+    let (deleted,): (u64,) = p.query(&mut c).unwrap();
+    assert_eq!(deleted, 1);
+    let size: u64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(size, 31);
+    let before = info(&mut c, "persistence");
+    assert_eq!(num(&before, "rdb_saves"), 0);
+    assert!(
+        num(&before, "rdb_changes_since_last_save") >= 32,
+        "{before:#?}"
+    );
+
+    let started: String = redis::cmd("BGSAVE").query(&mut c).unwrap();
+    assert_eq!(started, "Background saving started");
+    let saved = server.wait_for("memory engine: snapshot 1 saved");
+    let p = info(&mut c, "persistence");
+    let d = info(&mut c, "dbos");
+    assert_eq!(num(&p, "rdb_saves"), 1, "{p:#?}");
+    assert_eq!(p["rdb_last_bgsave_status"], "ok");
+    assert_eq!(num(&p, "rdb_changes_since_last_save"), 0);
+    assert_eq!(num(&p, "rdb_bgsave_in_progress"), 0);
+    assert!(num(&p, "rdb_last_save_time") > 1_600_000_000);
+    // The writers' stall at Snappy's take is what Redis calls the fork.
+    assert_eq!(
+        num(&p, "latest_fork_usec"),
+        num(&d, "snapshot_stall_us_last"),
+        "{saved}"
+    );
+    // The figure Snappy exists for: two page-table writes per snapshot,
+    // whatever the heap holds.
+    assert_eq!(num(&d, "snapshot_pte_writes_last"), 2, "{d:#?}");
+    assert_eq!(num(&d, "snapshots"), 1);
+    assert_eq!(num(&d, "keys"), 31);
+    assert_eq!(num(&d, "heap_bytes"), 1 << 20);
+    assert_eq!(num(&d, "snapshot_seq"), 1);
+    assert_eq!(num(&d, "saves_failed"), 0);
+    let file_bytes = num(&d, "snapshot_file_bytes_last");
+    assert_eq!(num(&p, "rdb_last_file_size"), file_bytes);
+    assert!(
+        d.contains_key("snapshot_bytes_copied_last"),
+        "copy-on-write bytes: {d:#?}"
+    );
+    let f = std::fs::read(&dump).unwrap();
+    assert_eq!(superblock(&f, 0), Some((1, 8192, file_bytes)));
+    assert_eq!(superblock(&f, 4096), None);
+
+    // Writes after the save: not in any snapshot.
+    for i in 0..10 {
+        let () = redis::cmd("SET")
+            .arg(format!("after{i}"))
+            .arg("x")
+            .query(&mut c)
+            .unwrap();
+    }
+    let n: u64 = num(&info(&mut c, "persistence"), "rdb_changes_since_last_save");
+    assert_eq!(n, 10);
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    drop(server);
+
+    let server = start_memory(&dump, 1);
+    let mut c = server.client();
+    let v: String = redis::cmd("GET").arg("greeting").query(&mut c).unwrap();
+    assert_eq!(v, "hello Snappy");
+    let n: i64 = redis::cmd("GET").arg("counter").query(&mut c).unwrap();
+    assert_eq!(n, 42);
+    for i in 0..29 {
+        let v: String = redis::cmd("GET")
+            .arg(format!("k{i}"))
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(v, format!("v{i}"));
+    }
+    let gone: Option<String> = redis::cmd("GET").arg("k29").query(&mut c).unwrap();
+    assert_eq!(gone, None);
+    // Exactly the table at the snapshot: the writes after it are not there
+    // (there was no save after them).
+    let size: u64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(size, 31);
+    let p = info(&mut c, "persistence");
+    assert!(num(&p, "rdb_last_save_time") > 1_600_000_000);
+    server.saw("memory engine: loaded snapshot 1 (31 keys");
+    drop(c);
+    let (rest, status) = server.shutdown();
+    assert_eq!(status, 0, "{rest:#?}");
+}
+
+#[test]
+fn a_damaged_newest_snapshot_is_refused_with_its_offset_and_a_damaged_older_one_is_ignored() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let dump = dir.path().join("dump.snap");
+    let server = start_memory(&dump, 1);
+    let mut c = server.client();
+    let save = |c: &mut redis::Connection| {
+        let ok: String = redis::cmd("SAVE").query(c).unwrap();
+        assert_eq!(ok, "OK");
+    };
+    for i in 0..10 {
+        let () = redis::cmd("SET")
+            .arg(format!("a{i}"))
+            .arg(i)
+            .query(&mut c)
+            .unwrap();
+    }
+    save(&mut c);
+    for i in 0..10 {
+        let () = redis::cmd("SET")
+            .arg(format!("b{i}"))
+            .arg(i)
+            .query(&mut c)
+            .unwrap();
+    }
+    save(&mut c);
+    let (rest, status) = server.shutdown_on(c);
+    assert_eq!(status, 0, "{rest:#?}");
+
+    let file = std::fs::read(&dump).unwrap();
+    let newest = superblock(&file, 4096).expect("the second save's superblock in slot 1");
+    let older = superblock(&file, 0).expect("the first save's superblock in slot 0");
+    assert_eq!((older.0, newest.0), (1, 2));
+    // The second snapshot did not overwrite the first.
+    assert!(
+        newest.1 >= older.1 + older.2 || older.1 >= newest.1 + newest.2,
+        "regions overlap: {older:?} {newest:?}"
+    );
+
+    // Damage inside the older snapshot's data: it is never read.
+    let mut damaged = file.clone();
+    damaged[(older.1 + older.2 / 2) as usize] ^= 0x40;
+    std::fs::write(&dump, &damaged).unwrap();
+    let server = start_memory(&dump, 1);
+    server.saw("loaded snapshot 2 (20 keys");
+    let mut c = server.client();
+    let size: u64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(size, 20);
+    let v: u64 = redis::cmd("GET").arg("b9").query(&mut c).unwrap();
+    assert_eq!(v, 9);
+    let (rest, status) = server.shutdown_on(c);
+    assert_eq!(status, 0, "{rest:#?}");
+
+    // A torn write of the newest superblock (its CRC fails): the snapshot
+    // the other one names is loaded, and the next save goes to the torn
+    // slot, beside that snapshot, not over it.
+    let mut torn = file.clone();
+    torn[4096 + 20] ^= 0x01;
+    std::fs::write(&dump, &torn).unwrap();
+    let server = start_memory(&dump, 1);
+    server.saw("ignored the superblock at byte offset 4096");
+    server.saw("loaded snapshot 1 (10 keys");
+    let mut c = server.client();
+    let size: u64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(size, 10);
+    save(&mut c);
+    let (rest, status) = server.shutdown_on(c);
+    assert_eq!(status, 0, "{rest:#?}");
+    let after = std::fs::read(&dump).unwrap();
+    assert_eq!(superblock(&after, 0), Some(older));
+    let resaved = superblock(&after, 4096).expect("the new save's superblock in slot 1");
+    assert_eq!(resaved.0, 2);
+    assert!(resaved.1 >= older.1 + older.2, "{older:?} {resaved:?}");
+
+    // Damage inside the newest snapshot's data: the server does not start
+    // and names the offset; the file is left as it was.
+    let mut damaged = file.clone();
+    let flipped = newest.1 + newest.2 / 2;
+    damaged[flipped as usize] ^= 0x40;
+    std::fs::write(&dump, &damaged).unwrap();
+    let (status, out) = run_to_exit(&memory_args(Some(&dump), 1, &[]));
+    assert_eq!(status, 1, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("cannot open the store"))
+        .unwrap_or_else(|| panic!("no refusal in {out}"));
+    let at = field(line, "is damaged at byte offset ");
+    assert!(
+        (newest.1..=flipped).contains(&at),
+        "offset {at} is not in the damaged snapshot before byte {flipped}: {line}"
+    );
+    assert!(!out.contains("serving RESP"), "{out}");
+    assert_eq!(std::fs::read(&dump).unwrap(), damaged);
+}
+
+#[test]
+fn the_memory_engine_saves_every_second_and_without_a_file_refuses_to_save() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch();
+    let dump = dir.path().join("dump.snap");
+    let mut server = spawn(&memory_args(Some(&dump), 1, &["save-every", "1"]));
+    let mut c = server.client();
+    let () = redis::cmd("SET").arg("k").arg("v").query(&mut c).unwrap();
+    // vCPU 0 saves within a second or so, idle or not.
+    server.wait_for("memory engine: snapshot 1 saved: 1 keys");
+    let p = info(&mut c, "persistence");
+    assert_eq!(num(&p, "rdb_changes_since_last_save"), 0, "{p:#?}");
+    drop(c);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(server);
+    let server = start_memory(&dump, 1);
+    let mut c = server.client();
+    let v: String = redis::cmd("GET").arg("k").query(&mut c).unwrap();
+    assert_eq!(v, "v");
+    let (_, status) = server.shutdown_on(c);
+    assert_eq!(status, 0);
+
+    // No --file dump=...: it serves, and SAVE and BGSAVE say what is missing.
+    let server = spawn(&memory_args(None, 1, &[]));
+    let mut c = server.client();
+    // A full heap (1 MiB) refuses the write that does not fit, as Redis's
+    // OOM, and keeps the others.
+    let value = vec![b'v'; 100_000];
+    let mut stored = 0;
+    let e = loop {
+        match redis::cmd("SET")
+            .arg(format!("big{stored}"))
+            .arg(&value)
+            .query::<()>(&mut c)
+        {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 20, "1 MiB of heap took {stored} values of 100 KB");
+    };
+    assert_eq!(e.code(), Some("OOM"), "{e}");
+    assert!(stored >= 5, "only {stored} values of 100 KB fit in 1 MiB");
+    let size: u64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(size, stored);
+    for cmd in ["SAVE", "BGSAVE"] {
+        let e = redis::cmd(cmd).query::<String>(&mut c).unwrap_err();
+        assert!(e.to_string().contains("--file dump=PATH"), "{cmd}: {e}");
+    }
+    let (_, status) = server.shutdown_on(c);
+    assert_eq!(status, 0);
+}
+
+#[test]
+fn serve_refuses_an_unknown_engine_and_misplaced_options() {
+    if !require_kvm() {
+        return;
+    }
+    let kv = common::image("kvstore");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["engine", "foo"],
+            "engine takes btree or memory, not 'foo'",
+        ),
+        (
+            &["engine", "memory", "pool", "64"],
+            "pool is an option of engine btree",
+        ),
+        (
+            &["heap", "1024"],
+            "heap and save-every are options of engine memory",
+        ),
+        (
+            &["engine", "memory", "save-every", "5"],
+            "save-every needs a snapshot file: dbos run --file dump=PATH",
+        ),
+    ];
+    for (options, message) in cases {
+        let mut args: Vec<String> = ["run", "--listen", "127.0.0.1:0", &kv, "--", "serve"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(options.iter().map(|s| s.to_string()));
+        let (status, out) = run_to_exit(&args);
+        assert_eq!(status, 2, "{options:?}: {out}");
+        assert!(out.contains(message), "{options:?}: {out}");
+        assert!(
+            out.contains("usage: kvstore -- serve"),
+            "{options:?}: {out}"
         );
     }
 }

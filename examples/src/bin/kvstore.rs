@@ -19,12 +19,16 @@
 //! dbos run --disk DISK kvstore -- check
 //! dbos run --disk DISK kvstore -- format --force
 //! dbos run --disk DISK --listen 127.0.0.1:PORT [--vcpus N] kvstore -- serve [pool FRAMES]
+//! dbos run --listen 127.0.0.1:PORT [--file dump=PATH] [--vcpus N] \
+//!     kvstore -- serve engine memory [heap KIB] [save-every SECONDS]
 //! dbos run [--vcpus N] kvstore -- memory [records N] [ops N] [workload X]
 //!                                       [dist X] [value N] [heap KIB] [seed N]
 //! ```
 //!
 //! `serve` serves the Redis protocol on the ports given with `--listen`
-//! (see `serve.rs`) until a client says SHUTDOWN.
+//! (see `serve.rs`) until a client says SHUTDOWN, over the btree engine
+//! on the disk or, with `engine memory`, over the memory engine on Snappy
+//! persisted by snapshots to a host file (see `snapengine.rs`).
 //!
 //! `memory` runs the memory engine on Snappy instead (see `memory.rs`): no
 //! disk, snapshots instead of a log.
@@ -68,6 +72,8 @@ libdbos::entry!(main);
 mod memory;
 #[path = "kvstore/serve.rs"]
 mod serve;
+#[path = "kvstore/snapengine.rs"]
+mod snapengine;
 
 type Device = dbos_bufferpool::guest::GuestDevice;
 type Pool = Tabby<libdbos::GuestPlatform, Device>;
@@ -77,7 +83,7 @@ const QUEUE_DEPTH: u16 = 32;
 const STATUS_USAGE: u8 = 2;
 const USAGE: &str = "usage: kvstore -- [records N] [ops N] [workload a..f] [dist uniform|zipfian] \
                      [value N] [pool FRAMES] [batch N] [seed N] [acks 0|1] | check | format --force \
-                     | memory [OPTION VALUE]... | serve [pool FRAMES]";
+                     | memory [OPTION VALUE]... | serve [engine btree|memory] [OPTION VALUE]...";
 
 /// Nanoseconds per TSC tick, as a 32.32 fixed-point number (calibrated at
 /// start against the VMM's clock, so that timing an operation costs no VM
@@ -395,12 +401,8 @@ fn main() -> u8 {
         return memory::run(&args[1..]);
     }
     if args.first() == Some(&"serve") {
-        let Some(disk) = nvme::info() else {
-            println!("kvstore serve needs a disk: dbos run --disk PATH --disk-size 64M ...");
-            return STATUS_USAGE;
-        };
         calibrate();
-        return serve::run(&args[1..], disk.blocks);
+        return serve::run(&args[1..], nvme::info().map(|d| d.blocks));
     }
     let request = match parse(&args) {
         Ok(r) => r,

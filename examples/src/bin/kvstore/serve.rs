@@ -1,13 +1,25 @@
 //! `kvstore -- serve`: the Redis-protocol server in ring 0. The same
-//! sans-I/O sessions as `dbos-kv serve` (`dbos_kvstore::server`), over the
-//! btree engine on Tabby and the NVMe disk, served through the VMM's
-//! network queue (`libdbos::net`) on the ports given with `dbos run
-//! --listen`, on every vCPU, until a client says `SHUTDOWN`.
+//! sans-I/O sessions as `dbos-kv serve` (`dbos_kvstore::server`), over one
+//! of two engines, served through the VMM's network queue
+//! (`libdbos::net`) on the ports given with `dbos run --listen`, on every
+//! vCPU, until a client says `SHUTDOWN`:
+//!
+//! - `engine btree` (the default): the B+tree on Tabby and the NVMe disk,
+//!   every write logged and acknowledged once durable;
+//! - `engine memory`: the hash table in Snappy's heap, persisted by
+//!   snapshots to the host file granted as `dump` (`snapengine.rs`).
 //!
 //! ```text
 //! dbos run --disk DISK --disk-size 64M --listen 127.0.0.1:6379 [--vcpus N] \
-//!     kvstore -- serve [pool FRAMES]
+//!     kvstore -- serve [engine btree] [pool FRAMES]
+//! dbos run --listen 127.0.0.1:6379 [--vcpus N] [--file dump=PATH] \
+//!     kvstore -- serve engine memory [heap KIB] [save-every SECONDS]
 //! ```
+//!
+//! The loop is generic over the engine ([`Engine`]); vCPU 0 runs the
+//! engine's chores about every 100 ms between rounds (a checkpoint when
+//! the log is 40% full; a periodic save), also when idle if the engine
+//! asks for a timer tick to wake it.
 //!
 //! Each vCPU has a queue pair of its own with an accept pending on every
 //! listener, and serves the connections it accepted. One round: turn the
@@ -20,8 +32,10 @@
 //! `OUTPUT_HIGH_WATER` bytes wait for it (no receive is pending for it),
 //! so it costs bounded memory and nothing to the others.
 
+use super::snapengine::{SnapEngine, FILE_NAME};
 use super::{calibrate_unix, now_ns, unix_ms, KvStore};
 use alloc::collections::BTreeMap;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dbos_kvstore::server::btree::BtreeEngine;
@@ -33,7 +47,35 @@ use libdbos::net::{self, Event, NetQueue};
 use libdbos::platform::{EventCounts, Platform};
 use libdbos::println;
 
-type Engine = BtreeEngine<super::Device, super::Pool>;
+type Btree = BtreeEngine<super::Device, super::Pool>;
+
+/// What the loop needs of an engine beyond [`KvEngine`].
+pub trait Engine: KvEngine {
+    /// vCPU 0's chores, about every 100 ms between rounds.
+    fn chores(&self);
+    /// A timer period that wakes vCPU 0 when idle so its chores run
+    /// (`None`: chores wait for the next request).
+    fn tick_us(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl Engine for Btree {
+    fn chores(&self) {
+        if let Err(e) = self.checkpoint_if_over(40) {
+            println!("kvstore serve: checkpoint failed: {e}");
+        }
+    }
+}
+
+impl Engine for SnapEngine {
+    fn chores(&self) {
+        SnapEngine::chores(self);
+    }
+    fn tick_us(&self) -> Option<u64> {
+        (self.save_every() > 0).then_some(100_000)
+    }
+}
 
 /// Entries per ring of each vCPU's queue pair (the most the ABI allows):
 /// with a receive, a send and a close in flight per connection at most,
@@ -83,8 +125,8 @@ impl Client {
 }
 
 /// What one vCPU serves.
-struct Loop<'a> {
-    shared: &'a Shared<Engine>,
+struct Loop<'a, E: Engine> {
+    shared: &'a Shared<E>,
     q: NetQueue,
     clients: BTreeMap<ConnId, Client>,
     /// Listeners whose accept is not re-armed (too many connections here).
@@ -124,7 +166,7 @@ fn guest_counters(out: &mut Vec<(&'static str, u64)>) {
     ]);
 }
 
-impl Loop<'_> {
+impl<E: Engine> Loop<'_, E> {
     /// Connections this vCPU serves at once: each may have [`PER_CONN`]
     /// commands in flight beside one accept per listener.
     fn capacity(&self) -> usize {
@@ -321,12 +363,19 @@ impl Loop<'_> {
         }
         let mut events = Vec::new();
         let mut last_chores = now_ns();
+        let mut chores = |shared: &Shared<E>| {
+            if cpu == 0 && now_ns() - last_chores > 100_000_000 {
+                last_chores = now_ns();
+                shared.engine.chores();
+            }
+        };
         loop {
             events.clear();
             if self.q.poll(&mut events) == 0 {
                 if self.shared.shutting_down() || FAILED.load(Ordering::Acquire) {
                     break;
                 }
+                chores(self.shared);
                 self.q.wait();
                 continue;
             }
@@ -339,12 +388,7 @@ impl Loop<'_> {
             if self.shared.shutting_down() || FAILED.load(Ordering::Acquire) {
                 break;
             }
-            if cpu == 0 && now_ns() - last_chores > 100_000_000 {
-                last_chores = now_ns();
-                if let Err(e) = self.shared.engine.checkpoint_if_over(40) {
-                    println!("kvstore serve: checkpoint failed: {e}");
-                }
-            }
+            chores(self.shared);
         }
     }
 }
@@ -353,44 +397,158 @@ fn clock() -> server::engine::UnixMs {
     server::engine::UnixMs(unix_ms())
 }
 
-/// Serves until SHUTDOWN; the exit status.
-pub fn run(args: &[&'static str], blocks: u64) -> u8 {
-    let mut frames = 64;
-    match args {
-        [] => {}
-        ["pool", n] => match n.parse::<usize>() {
-            Ok(n) if n >= 16 => frames = n,
-            _ => {
-                println!("serve: pool takes a number of frames, at least 16, not '{n}'");
-                return super::STATUS_USAGE;
-            }
-        },
-        _ => {
-            println!("usage: kvstore -- serve [pool FRAMES]");
-            return super::STATUS_USAGE;
+const USAGE: &str = "usage: kvstore -- serve [engine btree] [pool FRAMES] \
+                     | serve engine memory [heap KIB] [save-every SECONDS]";
+
+/// The engine `serve` runs, from its options.
+#[derive(Debug, PartialEq, Eq)]
+enum Options {
+    Btree { frames: usize },
+    Memory { heap_kib: u64, save_every: u64 },
+}
+
+/// Parses `[engine btree|memory] [NAME VALUE]...`.
+fn parse(args: &[&str]) -> Result<Options, String> {
+    if !args.len().is_multiple_of(2) {
+        return Err(alloc::format!(
+            "serve: '{}' has no value",
+            args[args.len() - 1]
+        ));
+    }
+    let mut engine = "btree";
+    let (mut frames, mut heap_kib, mut save_every) = (None, None, None);
+    for pair in args.chunks_exact(2) {
+        let (name, value) = (pair[0], pair[1]);
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| alloc::format!("serve: {name} takes a whole number, not '{value}'"))
+        };
+        match name {
+            "engine" => match value {
+                "btree" | "memory" => engine = value,
+                _ => {
+                    return Err(alloc::format!(
+                        "serve: engine takes btree or memory, not '{value}'"
+                    ))
+                }
+            },
+            "pool" => frames = Some(number()?),
+            "heap" => heap_kib = Some(number()?),
+            "save-every" => save_every = Some(number()?),
+            _ => return Err(alloc::format!("serve: unknown option '{name}'")),
         }
     }
+    if engine == "btree" {
+        if heap_kib.is_some() || save_every.is_some() {
+            return Err("serve: heap and save-every are options of engine memory".into());
+        }
+        return match frames {
+            None => Ok(Options::Btree { frames: 64 }),
+            Some(n) if n >= 16 => Ok(Options::Btree { frames: n as usize }),
+            Some(n) => Err(alloc::format!(
+                "serve: pool takes a number of frames, at least 16, not '{n}'"
+            )),
+        };
+    }
+    if frames.is_some() {
+        return Err("serve: pool is an option of engine btree".into());
+    }
+    let heap_kib = heap_kib.unwrap_or(2048);
+    if !(16..=1 << 20).contains(&heap_kib) {
+        return Err(alloc::format!(
+            "serve: heap takes KiB from 16 to 1048576, not '{heap_kib}'"
+        ));
+    }
+    Ok(Options::Memory {
+        heap_kib,
+        save_every: save_every.unwrap_or(0),
+    })
+}
+
+/// Serves until SHUTDOWN; the exit status. `disk`: the blocks of the
+/// VM's disk, if it has one.
+pub fn run(args: &[&'static str], disk: Option<u64>) -> u8 {
+    let options = match parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            println!("{e}\n{USAGE}");
+            return super::STATUS_USAGE;
+        }
+    };
     let Some(info) = net::info() else {
         println!("kvstore serve needs a network: dbos run --listen 127.0.0.1:PORT ...");
         return super::STATUS_USAGE;
     };
     calibrate_unix();
-    let store: KvStore = match super::open(blocks, frames) {
-        Ok(s) => s,
-        Err(e) => {
-            println!("cannot open the store: {e}");
-            return 1;
+    match options {
+        Options::Btree { frames } => {
+            let Some(blocks) = disk else {
+                println!("kvstore serve needs a disk: dbos run --disk PATH --disk-size 64M ...");
+                return super::STATUS_USAGE;
+            };
+            let store: KvStore = match super::open(blocks, frames) {
+                Ok(s) => s,
+                Err(e) => {
+                    println!("cannot open the store: {e}");
+                    return 1;
+                }
+            };
+            let what = alloc::format!("pool {frames} frames");
+            serve(Btree::new(store, clock), &info, &what, 0)
         }
-    };
-    let mut shared = Shared::new(Engine::new(store, clock), Default::default(), clock);
+        Options::Memory {
+            heap_kib,
+            save_every,
+        } => {
+            let file = match libdbos::hostfile::HostFile::open(FILE_NAME) {
+                Ok(f) => Some(f),
+                Err(e) if e == libdbos::hostfile::Errno::ENOENT => None,
+                Err(e) => {
+                    println!("cannot open the host file '{FILE_NAME}': {e}");
+                    return 1;
+                }
+            };
+            if file.is_none() && save_every > 0 {
+                println!(
+                    "serve: save-every needs a snapshot file: dbos run --file {FILE_NAME}=PATH \
+                     ...\n{USAGE}"
+                );
+                return super::STATUS_USAGE;
+            }
+            let saving = if file.is_some() {
+                alloc::format!("snapshots to the host file '{FILE_NAME}'")
+            } else {
+                alloc::format!("no snapshot file (SAVE needs --file {FILE_NAME}=PATH)")
+            };
+            let engine = match SnapEngine::open(heap_kib, file, save_every) {
+                Ok(e) => e,
+                Err(e) => {
+                    println!("cannot open the store: {e}");
+                    return 1;
+                }
+            };
+            let what = alloc::format!("memory engine, {heap_kib} KiB heap on Snappy, {saving}");
+            serve(engine, &info, &what, save_every)
+        }
+    }
+}
+
+/// Serves `engine` until SHUTDOWN; the exit status.
+fn serve<E: Engine>(engine: E, info: &net::NetInfo, what: &str, save_every: u64) -> u8 {
+    let mut shared = Shared::new(engine, Default::default(), clock);
     shared.platform_counters = Some(guest_counters);
+    shared
+        .config
+        .save_every
+        .store(save_every, Ordering::Relaxed);
     shared
         .config
         .port
         .store(u64::from(info.ports[0]), Ordering::Relaxed);
     let cpus = libdbos::platform().cpu_count();
     println!(
-        "serving RESP on port(s) {:?} from {cpus} vCPU(s), pool {frames} frames",
+        "serving RESP on port(s) {:?} from {cpus} vCPU(s), {what}",
         info.ports
     );
     type Served = (u64, net::NetQueueStats, Option<u64>);
@@ -406,6 +564,16 @@ pub fn run(args: &[&'static str], blocks: u64) -> u8 {
                 return;
             }
         };
+        let tick = if cpu == 0 {
+            shared.engine.tick_us()
+        } else {
+            None
+        };
+        if tick.is_some() {
+            if let Err(e) = libdbos::platform().set_timer(tick) {
+                println!("vCPU 0: no timer for the engine's chores: {e:?}");
+            }
+        }
         let mut l = Loop {
             shared: &shared,
             q,
@@ -416,6 +584,9 @@ pub fn run(args: &[&'static str], blocks: u64) -> u8 {
             first_request: None,
         };
         l.serve(cpu);
+        if tick.is_some() {
+            let _ = libdbos::platform().set_timer(None);
+        }
         // Wake the vCPUs sleeping until a completion: they see the
         // shutdown (or the failure) and stop too.
         for other in (0..cpus as u32).filter(|&o| o != cpu as u32) {
