@@ -282,6 +282,25 @@ fn hostile_clients_lose_only_their_own_connection() {
         .unwrap();
     let addr = format!("127.0.0.1:{}", server.port);
 
+    // Active expiry runs in the guest too: a key whose time is up is
+    // deleted by the sweep (vCPU 0, between rounds), not only hidden.
+    let () = redis::cmd("SET")
+        .arg("short")
+        .arg("lived")
+        .arg("PX")
+        .arg(100)
+        .query(&mut good)
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        std::thread::sleep(Duration::from_millis(150));
+        let info: String = redis::cmd("INFO").arg("stats").query(&mut good).unwrap();
+        if field(&info, "expired_keys:") == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never swept: {info}");
+    }
+
     // Malformed RESP: Redis's protocol error, then the connection closes.
     let mut bad = TcpStream::connect(&addr).unwrap();
     bad.set_read_timeout(Some(Duration::from_secs(60))).unwrap();

@@ -39,7 +39,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dbos_kvstore::server::btree::BtreeEngine;
-use dbos_kvstore::server::engine::{KvEngine, Ticket};
+use dbos_kvstore::server::engine::{Cursor, KvEngine, Ticket};
 use dbos_kvstore::server::session::OUTPUT_HIGH_WATER;
 use dbos_kvstore::server::{self, Session, Shared};
 use libdbos::abi::net::{ConnId, NetOp, NetStatus, MAX_NET_IO};
@@ -363,10 +363,17 @@ impl<E: Engine> Loop<'_, E> {
         }
         let mut events = Vec::new();
         let mut last_chores = now_ns();
+        let mut sweep_from = Cursor::Start;
         let mut chores = |shared: &Shared<E>| {
             if cpu == 0 && now_ns() - last_chores > 100_000_000 {
                 last_chores = now_ns();
                 shared.engine.chores();
+                // Active expiry, a slice of the keyspace at a time (as
+                // `dbos-kv serve` does).
+                match server::expire::sweep(shared, &sweep_from, 200) {
+                    Ok((next, _)) => sweep_from = next,
+                    Err(e) => println!("kvstore serve: expiry sweep: {e}"),
+                }
             }
         };
         loop {
