@@ -12,13 +12,13 @@
 //! among its outstanding commands; completions may arrive in any order.
 
 use crate::queue::{
-    need_event, peek_cqe, shared_word, write_sqe, Cqe, Opcode, QueueLayout, QueuePairConfig, Sqe,
-    CQ_HEAD_WORD, SQ_TAIL_WORD, WAIT_WORD,
+    peek_cqe, publish_doorbell, shared_word, write_sqe, Cqe, Opcode, QueueLayout, QueuePairConfig,
+    Sqe, CQ_HEAD_WORD, SQ_TAIL_WORD, WAIT_WORD,
 };
 use crate::status::{NvmeError, Status};
 use crate::types::{CommandId, DmaAddr, Lba, BLOCK_SIZE, MAX_TRANSFER_BLOCKS, NSID, PAGE_SIZE};
 use alloc::vec::Vec;
-use core::sync::atomic::{fence, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 /// The real doorbell: wakes a parked host. In process mode it signals the
 /// poller's eventfd; in a guest it is a port-I/O hypercall (a VM exit).
@@ -387,9 +387,7 @@ impl<D: Doorbell> QueuePair<D> {
                 shared_word(self.events.add(SQ_TAIL_WORD)),
             )
         };
-        tail_word.store(new, Ordering::Release);
-        fence(Ordering::SeqCst);
-        if need_event(event_word.load(Ordering::Relaxed), new, old, self.depth) {
+        if publish_doorbell(tail_word, event_word, old, new, self.depth) {
             self.stats.doorbells += 1;
             self.doorbell.ring();
         }
@@ -478,9 +476,7 @@ impl<D: Doorbell> QueuePair<D> {
                 shared_word(self.events.add(CQ_HEAD_WORD)),
             )
         };
-        head_word.store(new, Ordering::Release);
-        fence(Ordering::SeqCst);
-        if need_event(event_word.load(Ordering::Relaxed), new, old, self.depth) {
+        if publish_doorbell(head_word, event_word, old, new, self.depth) {
             self.stats.doorbells += 1;
             self.doorbell.ring();
         }

@@ -289,6 +289,28 @@ pub const fn need_event(event: u32, new: u32, old: u32, depth: u32) -> bool {
     dist < span
 }
 
+/// Publishes a driver's index (an SQ tail or a CQ head, moving from `old`
+/// to `new`) in its shadow doorbell `word` and says whether the host asked
+/// for a real doorbell (its event index `event` lies in `[old, new)`): the
+/// driver's side of the protocol, shared by the disk's and the network's
+/// queue pairs.
+///
+/// Invariant: the index is written, then a full fence, then the event
+/// index read; the host writes the event index, fences, and reads the
+/// index once more before it parks. So either the host sees the new index
+/// or this side sees the host's event index and rings.
+pub fn publish_doorbell(
+    word: &AtomicU32,
+    event: &AtomicU32,
+    old: u32,
+    new: u32,
+    depth: u32,
+) -> bool {
+    word.store(new, Ordering::Release);
+    core::sync::atomic::fence(Ordering::SeqCst);
+    need_event(event.load(Ordering::Relaxed), new, old, depth)
+}
+
 /// The shared dword at `ptr` as an atomic.
 ///
 /// # Safety

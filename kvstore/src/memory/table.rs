@@ -19,7 +19,7 @@ use super::arena::{allocate, free, reset};
 use super::hash::hash;
 use super::heap::HeapMem;
 use super::layout::*;
-use crate::server::engine::{EngineError, UnixMs, Write};
+use crate::server::engine::{Cursor, EngineError, UnixMs, Write};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -34,6 +34,23 @@ enum Undo {
     Inserted { link: usize, new: usize },
     Replaced { link: usize, old: usize },
     Removed { link: usize, old: usize },
+}
+
+/// Most writes one atomic group (a MULTI block, an MSET) may hold.
+pub const MAX_WRITES: usize = 1024;
+
+/// The slot a scan resumes from, for an engine on a [`Table`]: `None` when
+/// the scan is over; an ordered cursor (a key) is refused, the table being
+/// unordered.
+pub fn scan_slot(from: &Cursor) -> Result<Option<u64>, EngineError> {
+    match from {
+        Cursor::Start => Ok(Some(0)),
+        Cursor::Slot(n) => Ok(Some(*n)),
+        Cursor::Done => Ok(None),
+        Cursor::Key(_) => Err(EngineError::Unsupported(
+            "the memory engine is unordered: its scan resumes from a slot cursor, not a key".into(),
+        )),
+    }
 }
 
 /// What [`Table::check`] found.
@@ -163,9 +180,16 @@ impl Table {
         Some(self.expiry_of(rec))
     }
 
-    /// Checks `writes` against the limits: nothing is applied if one is
-    /// over them.
+    /// Checks a group of `writes` against the limits (at most
+    /// [`MAX_WRITES`] writes, keys and values within theirs): nothing is
+    /// applied if one is over them.
     pub fn check_limits(writes: &[Write<'_>]) -> Result<(), EngineError> {
+        if writes.len() > MAX_WRITES {
+            return Err(EngineError::TooManyWrites {
+                writes: writes.len(),
+                max: MAX_WRITES,
+            });
+        }
         for w in writes {
             let key = match w {
                 Write::Put { key, value, .. } => {

@@ -29,7 +29,7 @@ use crate::dma::{self, DmaBuf};
 use crate::hypercall;
 use crate::memory::virt_to_phys;
 use alloc::vec::Vec;
-use core::sync::atomic::{fence, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 /// The network as the VMM offers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -356,13 +356,8 @@ impl NetQueue {
                 word(self.events.add(SQ_TAIL_WORD)),
             )
         };
-        // Invariant (shared with the host's poller): write the tail, full
-        // fence, then read the event index; the host writes the event index,
-        // fences, then re-reads the tail before it sleeps. So either it sees
-        // this tail or this side sees its event index and rings.
-        tail.store(new, Ordering::Release);
-        fence(Ordering::SeqCst);
-        if dbos_nvme::queue::need_event(event.load(Ordering::Relaxed), new, old, self.depth) {
+        // The doorbell protocol's invariant is `publish_doorbell`'s.
+        if dbos_nvme::queue::publish_doorbell(tail, event, old, new, self.depth) {
             self.stats.doorbells += 1;
             DOORBELLS.fetch_add(1, Ordering::Relaxed);
             hypercall::call(calls::NetDoorbell, &mut DoorbellArgs {});

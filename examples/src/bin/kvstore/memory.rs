@@ -77,10 +77,11 @@ impl Kv for MemKv {
     }
 }
 
-/// A snapshot's view, read through the `Snapshotter` interface.
-struct SnapView<'a> {
-    snappy: &'a Snappy,
-    snap: &'a Snapshot,
+/// A snapshot's view, read through the `Snapshotter` interface (also the
+/// guest server's memory engine's, `snapengine`).
+pub(crate) struct SnapView<'a> {
+    pub(crate) snappy: &'a Snappy,
+    pub(crate) snap: &'a Snapshot,
 }
 
 impl View for SnapView<'_> {

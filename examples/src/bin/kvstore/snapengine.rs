@@ -60,17 +60,18 @@
 //! unknown: the engine refuses further saves rather than risk overwriting
 //! the data of the snapshot that superblock may name.
 
+use super::memory::SnapView;
 use super::{now_ns, unix_ms};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dbos_bufferpool::checksum::crc32c;
-use dbos_kvstore::memory::dump::{dump, DumpError, View};
+use dbos_kvstore::memory::dump::{dump, DumpError};
 use dbos_kvstore::memory::format::{decode, DecodeError, Encoder, Record, Sink, Source};
 use dbos_kvstore::memory::heap::HeapMem;
 use dbos_kvstore::memory::layout::{MAX_KEY, MAX_VALUE};
-use dbos_kvstore::memory::table::Table;
+use dbos_kvstore::memory::table::{scan_slot, Table, MAX_WRITES};
 use dbos_kvstore::server::engine::{
     Cursor, EngineError, KvEngine, SaveStatus, Ticket, UnixMs, Write,
 };
@@ -83,8 +84,6 @@ use libdbos::println;
 pub const FILE_NAME: &str = "dump";
 /// Redis's answer to a save while one runs.
 const IN_PROGRESS: &str = "Background save already in progress";
-/// Most writes one atomic group may hold (as the host engine).
-const MAX_WRITES: usize = 1024;
 
 const SUPER_MAGIC: [u8; 8] = *b"DBKVSUPR";
 const SUPER_VERSION: u32 = 1;
@@ -263,21 +262,6 @@ impl Source for FileSource<'_> {
         out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
         self.at += n;
         Ok(n)
-    }
-}
-
-/// A snapshot's view, read through Snappy.
-struct SnapView<'a> {
-    snappy: &'a Snappy,
-    snap: &'a Snapshot,
-}
-
-impl View for SnapView<'_> {
-    type Error = String;
-    fn read(&mut self, offset: usize, buf: &mut [u8]) -> Result<(), String> {
-        self.snappy
-            .read(self.snap, offset, buf)
-            .map_err(|e| format!("{e:?}"))
     }
 }
 
@@ -633,12 +617,6 @@ impl KvEngine for SnapEngine {
     }
 
     fn write(&self, writes: &[Write<'_>]) -> Result<Ticket, EngineError> {
-        if writes.len() > MAX_WRITES {
-            return Err(EngineError::TooManyWrites {
-                writes: writes.len(),
-                max: MAX_WRITES,
-            });
-        }
         Table::check_limits(writes)?;
         let n = self.table.write().apply(writes)?;
         self.changes.fetch_add(n, Ordering::Relaxed);
@@ -676,17 +654,9 @@ impl KvEngine for SnapEngine {
         limit: usize,
         f: &mut dyn FnMut(&[u8], &[u8], Option<UnixMs>),
     ) -> Result<Cursor, EngineError> {
-        let slot =
-            match from {
-                Cursor::Start => 0,
-                Cursor::Slot(n) => *n,
-                Cursor::Done => return Ok(Cursor::Done),
-                Cursor::Key(_) => return Err(EngineError::Unsupported(
-                    "the memory engine is unordered: its scan resumes from a slot cursor, not a \
-                     key"
-                    .into(),
-                )),
-            };
+        let Some(slot) = scan_slot(from)? else {
+            return Ok(Cursor::Done);
+        };
         let mut entries = Vec::new();
         // Copied out under the lock, delivered after it.
         let next = self.read().scan(slot, limit, &mut entries);

@@ -32,7 +32,7 @@ use self::snapshot::{AnyHeap, AnySnap, HeapError};
 use super::format::Record;
 use super::heap::HeapMem;
 use super::layout::{MAX_KEY, MAX_VALUE};
-use super::table::Table;
+use super::table::{scan_slot, Table};
 use crate::server::engine::{Cursor, EngineError, KvEngine, SaveStatus, Ticket, UnixMs, Write};
 use std::fmt;
 use std::format;
@@ -49,8 +49,7 @@ use std::vec::Vec;
 /// Redis's answer to a save while one runs.
 pub const IN_PROGRESS: &str = "Background save already in progress";
 
-/// Most writes one atomic group may hold.
-pub const MAX_WRITES: usize = 1024;
+pub use super::table::MAX_WRITES;
 
 /// Microseconds on a monotonic clock (the default [`MemoryConfig::clock_us`]).
 pub fn monotonic_us() -> u64 {
@@ -446,12 +445,6 @@ impl KvEngine for MemoryEngine {
     }
 
     fn write(&self, writes: &[Write<'_>]) -> Result<Ticket, EngineError> {
-        if writes.len() > MAX_WRITES {
-            return Err(EngineError::TooManyWrites {
-                writes: writes.len(),
-                max: MAX_WRITES,
-            });
-        }
         Table::check_limits(writes)?;
         let n = self.inner.write().apply(writes)?;
         self.inner.changes.fetch_add(n, Ordering::Relaxed);
@@ -489,14 +482,8 @@ impl KvEngine for MemoryEngine {
         limit: usize,
         f: &mut dyn FnMut(&[u8], &[u8], Option<UnixMs>),
     ) -> Result<Cursor, EngineError> {
-        let slot = match from {
-            Cursor::Start => 0,
-            Cursor::Slot(n) => *n,
-            Cursor::Done => return Ok(Cursor::Done),
-            Cursor::Key(_) => return Err(EngineError::Unsupported(
-                "the memory engine is unordered: its scan resumes from a slot cursor, not a key"
-                    .to_string(),
-            )),
+        let Some(slot) = scan_slot(from)? else {
+            return Ok(Cursor::Done);
         };
         let mut entries = Vec::new();
         // Copied out under the lock, delivered after it: `f` may be slow or
