@@ -7,6 +7,7 @@ use std::time::Duration;
 
 pub mod load;
 pub mod nvme;
+pub mod snapshots;
 
 /// The middle of `v` by `key` (the lower middle for an even count).
 pub fn median_by<T: Clone>(v: &[T], key: impl Fn(&T) -> f64) -> T {

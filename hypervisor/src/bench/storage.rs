@@ -1,0 +1,369 @@
+//! Storage: the dbos queue pair (process mode, poller + io_uring) against
+//! `pread`/`pwrite`, io_uring used directly and fio, on one `O_DIRECT`
+//! file, in alternating rounds with medians (`dbos_benches::nvme`, the code
+//! behind `nvme-compare`).
+
+use super::plot::{self, Axis, Series};
+use super::report::{Cell, Figure, Kind, Plot, Section, Table, Value};
+use super::{disk_problem, installed, Ctx};
+use dbos_benches::nvme::{
+    prepare_file, run_fio, run_pread, run_queue_pair, run_uring, Budget, Pattern, Summary,
+    Workload,
+};
+use dbos_benches::{median_by, poller_config};
+use dbos_nvme::host::UringConfig;
+use std::time::Duration;
+
+const METHODS: [&str; 4] = ["pread", "io_uring", "queue pair", "fio"];
+
+/// Random-read queue depths (the IOPS-against-depth plot); QD1 and QD32
+/// carry the targets.
+const READ_DEPTHS: [usize; 3] = [1, 8, 32];
+const WRITE_DEPTHS: [usize; 2] = [1, 32];
+
+fn workloads() -> Vec<Workload> {
+    let mut v: Vec<Workload> = READ_DEPTHS
+        .iter()
+        .map(|&depth| Workload {
+            pattern: Pattern::RandRead,
+            block: 4096,
+            depth,
+        })
+        .collect();
+    v.extend(WRITE_DEPTHS.iter().map(|&depth| Workload {
+        pattern: Pattern::SeqWrite,
+        block: 4096,
+        depth,
+    }));
+    v
+}
+
+/// One method's median round on one workload, or why there is none.
+type Outcome = Result<Summary, Value>;
+
+/// Runs the section.
+pub fn run(ctx: &Ctx) -> Section {
+    let (size_mib, seconds, rounds) = if ctx.quick {
+        (64u64, 0.2, 1usize)
+    } else {
+        (1024, 3.0, 3)
+    };
+    let mut s = Section::new(
+        "storage",
+        "Storage: the queue pair against pread, io_uring and fio",
+        &format!(
+            "4 KiB random reads at queue depth {READ_DEPTHS:?} and 4 KiB sequential writes at \
+             {WRITE_DEPTHS:?} on one {size_mib} MiB O_DIRECT file, {seconds} s per run, \
+             {rounds} round(s), each round running every method once in a rotated order; \
+             each figure is a method's median round. pread: one thread per outstanding \
+             request. io_uring: one thread, registered file and buffers. Queue pair: the dbos \
+             NVMe queue pair in process mode, its poller thread issuing with io_uring. fio: \
+             io_uring engine, fixed buffers (where installed)."
+        ),
+    );
+    let command = format!(
+        "{} (building block: nvme-compare --size-mib {size_mib} --seconds {seconds} \
+         --rounds {rounds})",
+        ctx.command("storage")
+    );
+    if let Some(problem) = disk_problem(&ctx.work) {
+        s.notes.push(format!("not available here: {problem}"));
+        s.figures = targets(&[], &Value::not_available(problem));
+        return s;
+    }
+    let path = ctx.work.join("storage.img");
+    ctx.progress("storage", &format!("preparing a {size_mib} MiB file"));
+    let file = match prepare_file(&path, size_mib << 20) {
+        Ok(f) => f,
+        Err(e) => {
+            let why = format!("cannot prepare {}: {e}", path.display());
+            s.notes.push(format!("not available here: {why}"));
+            s.figures = targets(&[], &Value::not_available(why));
+            return s;
+        }
+    };
+    let have_fio = installed("fio");
+    let budget = Budget::time(Duration::from_secs_f64(seconds));
+    let poller = poller_config(None);
+    let uring = UringConfig::default();
+    // results[workload][method]
+    let mut results: Vec<(Workload, Vec<Outcome>)> = Vec::new();
+    for w in workloads() {
+        let mut runs: Vec<Vec<Summary>> = vec![Vec::new(); METHODS.len()];
+        let mut failed: Vec<Option<Value>> = vec![None; METHODS.len()];
+        if !have_fio {
+            failed[3] = Some(Value::not_installed("fio"));
+        }
+        for round in 0..rounds {
+            for k in 0..METHODS.len() {
+                let m = (k + round) % METHODS.len();
+                if failed[m].is_some() {
+                    continue;
+                }
+                let r = match m {
+                    0 => Ok(run_pread(&file, w, budget)),
+                    1 => Ok(run_uring(&file, w, budget)),
+                    2 => Ok(run_queue_pair(&file, w, budget, poller, uring)),
+                    _ => run_fio(&path, w, budget.time),
+                };
+                match r {
+                    Ok(sum) => {
+                        ctx.progress(
+                            "storage",
+                            &format!(
+                                "{} round {}: {:<10} {:>8.0} IOPS, mean {:.1} us",
+                                w.name(),
+                                round + 1,
+                                METHODS[m],
+                                sum.iops,
+                                sum.mean_us
+                            ),
+                        );
+                        runs[m].push(sum);
+                    }
+                    Err(e) => {
+                        ctx.progress("storage", &format!("{}: {}: {e}", w.name(), METHODS[m]));
+                        failed[m] = Some(Value::not_available(e));
+                    }
+                }
+            }
+        }
+        let med = runs
+            .iter()
+            .zip(failed)
+            .map(|(r, f)| match f {
+                Some(v) => Err(v),
+                None => Ok(median_by(r, |s| s.iops)),
+            })
+            .collect();
+        results.push((w, med));
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+
+    s.figures = targets(&results, &Value::not_installed("fio"));
+    s.tables.push(results_table(&results, &command));
+    s.tables.push(doorbells_table(&results, &command));
+    plots(ctx, &mut s, &results);
+    if !have_fio {
+        s.notes.push(
+            "fio is not installed (apt-get install fio): its rows and the QD32 target say so."
+                .into(),
+        );
+    }
+    s.notes.push(
+        "Not measured yet: the guest's VM exits per I/O (the queue pair driven from guest \
+         ring 0); this section runs the queue pair in process mode."
+            .into(),
+    );
+    s
+}
+
+fn find(results: &[(Workload, Vec<Outcome>)], p: Pattern, depth: usize) -> Option<&Vec<Outcome>> {
+    results
+        .iter()
+        .find(|(w, _)| w.pattern == p && w.depth == depth && w.block == 4096)
+        .map(|r| &r.1)
+}
+
+/// The targets: QD32 random reads >= 90% of fio's IOPS; QD1 mean latency
+/// <= 1.2x pread's, for reads and for writes. `no_fio` is the value of a
+/// figure that needs fio when fio gave none.
+fn targets(results: &[(Workload, Vec<Outcome>)], no_fio: &Value) -> Vec<Figure> {
+    let missing = |o: Option<&Outcome>, fallback: &Value| -> Value {
+        match o {
+            Some(Err(v)) => v.clone(),
+            _ => fallback.clone(),
+        }
+    };
+    let mut v = Vec::new();
+    let reads32 = find(results, Pattern::RandRead, 32);
+    let (qp, fio) = (
+        reads32.and_then(|r| r[2].as_ref().ok()),
+        reads32.and_then(|r| r[3].as_ref().ok()),
+    );
+    let (value, baseline_value) = match (qp, fio) {
+        (Some(q), Some(f)) => (Value::num(q.iops / f.iops), Value::num(f.iops)),
+        _ => (
+            missing(reads32.map(|r| &r[3]), no_fio),
+            missing(reads32.map(|r| &r[3]), no_fio),
+        ),
+    };
+    v.push(ratio_figure(
+        "queue pair IOPS / fio IOPS, 4 KiB random reads QD32",
+        value,
+        "fio, io_uring engine, fixed buffers (IOPS)",
+        baseline_value,
+        ">= 0.90",
+        |r| r >= 0.9,
+    ));
+    for (p, what) in [
+        (Pattern::RandRead, "4 KiB random reads"),
+        (Pattern::SeqWrite, "4 KiB sequential writes"),
+    ] {
+        let qd1 = find(results, p, 1);
+        let (qp, pread) = (
+            qd1.and_then(|r| r[2].as_ref().ok()),
+            qd1.and_then(|r| r[0].as_ref().ok()),
+        );
+        let (value, base) = match (qp, pread) {
+            (Some(q), Some(b)) => (Value::num(q.mean_us / b.mean_us), Value::num(b.mean_us)),
+            _ => (
+                missing(qd1.map(|r| &r[2]), no_fio),
+                missing(qd1.map(|r| &r[0]), no_fio),
+            ),
+        };
+        v.push(ratio_figure(
+            &format!("queue pair mean latency / pread's, {what} QD1"),
+            value,
+            "pread/pwrite, one request at a time (mean latency, us)",
+            base,
+            "<= 1.2",
+            |r| r <= 1.2,
+        ));
+    }
+    v
+}
+
+fn ratio_figure(
+    name: &str,
+    value: Value,
+    baseline: &str,
+    baseline_value: Value,
+    target: &str,
+    ok: impl Fn(f64) -> bool,
+) -> Figure {
+    Figure {
+        name: name.into(),
+        met: value.number().map(ok),
+        value,
+        unit: "x".into(),
+        baseline: baseline.into(),
+        baseline_value,
+        target: target.into(),
+        kind: Kind::WallClock,
+    }
+}
+
+fn results_table(results: &[(Workload, Vec<Outcome>)], command: &str) -> Table {
+    let mut rows = Vec::new();
+    for (w, outcomes) in results {
+        for (m, o) in METHODS.iter().zip(outcomes) {
+            let mut row: Vec<Cell> = vec![w.name().into(), (*m).into()];
+            match o {
+                Ok(s) => row.extend(
+                    [s.iops, s.mean_us, s.p50_us, s.p99_us, s.ops as f64]
+                        .map(|x| Cell::from(Value::num(x))),
+                ),
+                Err(v) => row.extend((0..5).map(|_| Cell::from(v.clone()))),
+            }
+            rows.push(row);
+        }
+    }
+    Table {
+        title: "IOPS and latency, each method's median round".into(),
+        command: command.into(),
+        kind: Kind::WallClock,
+        columns: [
+            "workload", "method", "IOPS", "mean us", "p50 us", "p99 us", "ops",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    }
+}
+
+fn doorbells_table(results: &[(Workload, Vec<Outcome>)], command: &str) -> Table {
+    let rows = results
+        .iter()
+        .map(|(w, o)| {
+            let v = match &o[2] {
+                Ok(s) => match s.doorbells {
+                    Some(d) => Value::num(d as f64 / s.ops.max(1) as f64),
+                    None => Value::not_available("the queue pair counted no doorbells"),
+                },
+                Err(v) => v.clone(),
+            };
+            vec![w.name().into(), v.into()]
+        })
+        .collect();
+    Table {
+        title: "Queue pair: doorbells rung per I/O (a doorbell wakes a parked poller)".into(),
+        command: command.into(),
+        kind: Kind::Counted,
+        columns: vec!["workload".into(), "doorbells per I/O".into()],
+        rows,
+    }
+}
+
+fn plots(ctx: &Ctx, s: &mut Section, results: &[(Workload, Vec<Outcome>)]) {
+    let add = |s: &mut Section, file: &str, title: &str, r: Result<(), String>| match r {
+        Ok(()) => s.plots.push(Plot {
+            title: title.into(),
+            file: file.into(),
+        }),
+        Err(e) => s.notes.push(format!("plot {file} not drawn: {e}")),
+    };
+    for depth in [1, 32] {
+        let Some(outcomes) = find(results, Pattern::RandRead, depth) else {
+            continue;
+        };
+        let series: Vec<Series> = METHODS
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(m, o)| {
+                let sum = o.as_ref().ok()?;
+                Some(Series {
+                    name: m.to_string(),
+                    points: sum.cdf.iter().map(|&(p, us)| (us, p / 100.0)).collect(),
+                })
+            })
+            .collect();
+        let file = format!("storage-cdf-randread-qd{depth}.svg");
+        let title = format!("Latency CDF, 4 KiB random reads, QD{depth}");
+        let r = plot::lines(
+            &ctx.out.join(&file),
+            &title,
+            Axis {
+                label: "latency (us, log scale)",
+                log: true,
+            },
+            Axis {
+                label: "fraction of requests at or below",
+                log: false,
+            },
+            &series,
+        );
+        add(s, &file, &title, r);
+    }
+    let series: Vec<Series> = METHODS
+        .iter()
+        .enumerate()
+        .map(|(i, m)| Series {
+            name: m.to_string(),
+            points: READ_DEPTHS
+                .iter()
+                .filter_map(|&d| {
+                    let o = find(results, Pattern::RandRead, d)?;
+                    Some((d as f64, o[i].as_ref().ok()?.iops))
+                })
+                .collect(),
+        })
+        .collect();
+    let file = "storage-iops-depth.svg";
+    let title = "IOPS against queue depth, 4 KiB random reads";
+    let r = plot::lines(
+        &ctx.out.join(file),
+        title,
+        Axis {
+            label: "queue depth (log scale)",
+            log: true,
+        },
+        Axis {
+            label: "IOPS",
+            log: false,
+        },
+        &series,
+    );
+    add(s, file, title, r);
+}
