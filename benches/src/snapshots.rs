@@ -108,4 +108,3 @@ pub fn run<S: Snapshotter>(
         copied_bytes: copied() - copied0,
     }
 }
-

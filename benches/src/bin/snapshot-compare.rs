@@ -17,8 +17,8 @@
 //! "none" is the same workload on the same kind of heap without snapshots.
 
 use clap::Parser;
-use dbos_snapshot::fork::ForkHeap;
 use dbos_benches::snapshots::{minflt, run, Outcome};
+use dbos_snapshot::fork::ForkHeap;
 use dbos_snapshot::uffd::UffdHeap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -101,13 +101,21 @@ fn disk_of(dir: &Path) -> String {
             .ok()
             .map(|s| s.trim().to_string())
     };
-    let block = if sys(dev, "size").is_some() { dev } else { &base };
+    let block = if sys(dev, "size").is_some() {
+        dev
+    } else {
+        &base
+    };
     let mut what = format!("{source} ({fs})");
     if let Some(sectors) = sys(block, "size").and_then(|s| s.parse::<f64>().ok()) {
         what += &format!(", {:.0} GiB", sectors * 512.0 / 1073741824.0);
     }
     if let Some(rot) = sys(block, "queue/rotational") {
-        what += if rot == "1" { ", rotational" } else { ", non-rotational" };
+        what += if rot == "1" {
+            ", rotational"
+        } else {
+            ", non-rotational"
+        };
     }
     if Path::new(&format!("/sys/block/{block}/device/virtio_features")).exists()
         || block.starts_with("vd")

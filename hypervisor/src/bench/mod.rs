@@ -177,11 +177,6 @@ fn utc_now() -> String {
     )
 }
 
-/// The file name of a plot in the report directory.
-pub fn plot_path(ctx: &Ctx, file: &str) -> PathBuf {
-    ctx.out.join(file)
-}
-
 /// Whether `tool` runs (`tool --version` succeeds).
 pub fn installed(tool: &str) -> bool {
     std::process::Command::new(tool)

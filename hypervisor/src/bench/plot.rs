@@ -1,8 +1,32 @@
 //! SVG line plots for the report (plotters, SVG backend only): one or more
 //! named series of (x, y) points on labelled axes, linear or logarithmic.
 
+use super::report::{format_number, Plot, Section};
 use plotters::prelude::*;
 use std::path::Path;
+
+/// Draws `series` into `dir/file` ([`lines`]) and adds the plot to `s`, or
+/// a note saying why it was not drawn.
+pub fn add(
+    s: &mut Section,
+    dir: &Path,
+    file: &str,
+    title: &str,
+    x: Axis,
+    y: Axis,
+    series: &[Series],
+) {
+    let (x_label, y_label) = (x.label.to_string(), y.label.to_string());
+    match lines(&dir.join(file), title, x, y, series) {
+        Ok(()) => s.plots.push(Plot {
+            title: title.into(),
+            file: file.into(),
+            x_label,
+            y_label,
+        }),
+        Err(e) => s.notes.push(format!("plot {file} not drawn: {e}")),
+    }
+}
 
 /// A named series of points.
 pub struct Series {
@@ -37,19 +61,18 @@ fn span(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
 /// Draws `series` to the SVG file `path`. Points that are not finite (or
 /// not positive on a log axis) are left out; a series left with no point
 /// is not drawn.
-pub fn lines(
-    path: &Path,
-    title: &str,
-    x: Axis,
-    y: Axis,
-    series: &[Series],
-) -> Result<(), String> {
+pub fn lines(path: &Path, title: &str, x: Axis, y: Axis, series: &[Series]) -> Result<(), String> {
     let keep = |&(a, b): &(f64, f64)| {
         a.is_finite() && b.is_finite() && (!x.log || a > 0.0) && (!y.log || b > 0.0)
     };
     let series: Vec<(&str, Vec<(f64, f64)>)> = series
         .iter()
-        .map(|s| (s.name.as_str(), s.points.iter().copied().filter(keep).collect()))
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.points.iter().copied().filter(keep).collect(),
+            )
+        })
         .filter(|(_, p): &(&str, Vec<(f64, f64)>)| !p.is_empty())
         .collect();
     let xs = span(series.iter().flat_map(|s| s.1.iter().map(|p| p.0)), x.log);
@@ -73,23 +96,24 @@ pub fn lines(
                     .configure_mesh()
                     .x_desc(x.label)
                     .y_desc(y.label)
+                    .x_label_formatter(&|v| format_number(*v))
+                    .y_label_formatter(&|v| format_number(*v))
                     .draw()
                     .map_err(e)?;
                 for (i, (name, points)) in series.iter().enumerate() {
                     let color = Palette99::pick(i).to_rgba();
                     chart
-                        .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+                        .draw_series(LineSeries::new(
+                            points.iter().copied(),
+                            color.stroke_width(2),
+                        ))
                         .map_err(e)?
                         .label(*name)
                         .legend(move |(px, py)| {
                             PathElement::new(vec![(px, py), (px + 20, py)], color.stroke_width(2))
                         });
                     chart
-                        .draw_series(
-                            points
-                                .iter()
-                                .map(|&p| Circle::new(p, 3, color.filled())),
-                        )
+                        .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
                         .map_err(e)?;
                 }
                 chart
@@ -103,12 +127,15 @@ pub fn lines(
         }
         match (x.log, y.log) {
             (false, false) => draw!(builder.build_cartesian_2d(xs.0..xs.1, ys.0..ys.1)),
-            (true, false) => draw!(builder.build_cartesian_2d((xs.0..xs.1).log_scale(), ys.0..ys.1)),
-            (false, true) => draw!(builder.build_cartesian_2d(xs.0..xs.1, (ys.0..ys.1).log_scale())),
-            (true, true) => draw!(builder.build_cartesian_2d(
-                (xs.0..xs.1).log_scale(),
-                (ys.0..ys.1).log_scale()
-            )),
+            (true, false) => {
+                draw!(builder.build_cartesian_2d((xs.0..xs.1).log_scale(), ys.0..ys.1))
+            }
+            (false, true) => {
+                draw!(builder.build_cartesian_2d(xs.0..xs.1, (ys.0..ys.1).log_scale()))
+            }
+            (true, true) => {
+                draw!(builder.build_cartesian_2d((xs.0..xs.1).log_scale(), (ys.0..ys.1).log_scale()))
+            }
         }
         root.present().map_err(e)?;
     }

@@ -110,7 +110,10 @@ pub fn markdown(r: &Report) -> String {
             .map(|(k, v)| vec![k.to_string(), v])
             .collect::<Vec<_>>(),
     );
-    let _ = writeln!(o, "## Wall-clock and counted figures\n\n{KINDS_EXPLAINED}\n");
+    let _ = writeln!(
+        o,
+        "## Wall-clock and counted figures\n\n{KINDS_EXPLAINED}\n"
+    );
     for s in &r.sections {
         let _ = writeln!(o, "## {} (`--only {}`)\n\n{}\n", s.title, s.name, s.about);
         let _ = writeln!(o, "Measured in {:.1} s.\n", s.seconds);

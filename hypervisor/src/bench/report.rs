@@ -168,6 +168,9 @@ pub struct Plot {
     pub title: String,
     /// The file name, relative to the report directory.
     pub file: String,
+    /// The axes' labels, as drawn.
+    pub x_label: String,
+    pub y_label: String,
 }
 
 /// One section of the report (storage, snapshots, ...).

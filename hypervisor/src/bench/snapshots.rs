@@ -5,7 +5,7 @@
 //! `dbos run .../snappy -- bench MAX_MIB` run as a child process.
 
 use super::plot::{self, Axis, Series};
-use super::report::{Cell, Figure, Kind, Plot, Section, Table, Value};
+use super::report::{Cell, Figure, Kind, Section, Table, Value};
 use super::Ctx;
 use dbos_benches::snapshots::{minflt, run as run_workload, Outcome};
 use dbos_snapshot::fork::ForkHeap;
@@ -113,7 +113,10 @@ pub fn run(ctx: &Ctx) -> Section {
 }
 
 fn join(v: &[usize]) -> String {
-    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn dbos_hypervisor_guest(name: &str) -> String {
@@ -258,9 +261,9 @@ fn process_plots(ctx: &Ctx, s: &mut Section, rows: &[Row], heaps: &[usize], writ
                 points: heaps
                     .iter()
                     .filter_map(|&h| {
-                        let r = rows.iter().find(|r| {
-                            r.heap_mib == h && r.writers == writers && r.method == *m
-                        })?;
+                        let r = rows
+                            .iter()
+                            .find(|r| r.heap_mib == h && r.writers == writers && r.method == *m)?;
                         Some((h as f64, f(r.outcome.as_ref().ok()?)))
                     })
                     .collect(),
@@ -270,23 +273,20 @@ fn process_plots(ctx: &Ctx, s: &mut Section, rows: &[Row], heaps: &[usize], writ
     let stall = series(&|o| pct(&o.lat_ns, 1.0), &METHODS);
     let file = "snapshots-stall-heap.svg";
     let title = format!("Writers' worst stall against heap size ({writers} writer(s))");
-    push_plot(
+    plot::add(
         s,
+        &ctx.out,
         file,
         &title,
-        plot::lines(
-            &ctx.out.join(file),
-            &title,
-            Axis {
-                label: "heap (MiB, log scale)",
-                log: true,
-            },
-            Axis {
-                label: "max update latency (us, log scale)",
-                log: true,
-            },
-            &stall,
-        ),
+        Axis {
+            label: "heap (MiB, log scale)",
+            log: true,
+        },
+        Axis {
+            label: "max update latency (us, log scale)",
+            log: true,
+        },
+        &stall,
     );
     let take = series(
         &|o| takes_ms(o).0.number().unwrap_or(f64::NAN),
@@ -294,34 +294,21 @@ fn process_plots(ctx: &Ctx, s: &mut Section, rows: &[Row], heaps: &[usize], writ
     );
     let file = "snapshots-take-heap.svg";
     let title = format!("Snapshot creation time against heap size ({writers} writer(s))");
-    push_plot(
+    plot::add(
         s,
+        &ctx.out,
         file,
         &title,
-        plot::lines(
-            &ctx.out.join(file),
-            &title,
-            Axis {
-                label: "heap (MiB, log scale)",
-                log: true,
-            },
-            Axis {
-                label: "median creation time (ms, log scale)",
-                log: true,
-            },
-            &take,
-        ),
+        Axis {
+            label: "heap (MiB, log scale)",
+            log: true,
+        },
+        Axis {
+            label: "median creation time (ms, log scale)",
+            log: true,
+        },
+        &take,
     );
-}
-
-fn push_plot(s: &mut Section, file: &str, title: &str, r: Result<(), String>) {
-    match r {
-        Ok(()) => s.plots.push(Plot {
-            title: title.into(),
-            file: file.into(),
-        }),
-        Err(e) => s.notes.push(format!("plot {file} not drawn: {e}")),
-    }
 }
 
 /// The columns of the guest's `bench` rows after mechanism and heap.
@@ -491,23 +478,20 @@ fn guest_plot(ctx: &Ctx, s: &mut Section, rows: &[GuestRow]) {
         .collect();
     let file = "snapshots-guest-take-writes.svg";
     let title = "Guest: page-table writes to take a snapshot against heap size";
-    push_plot(
+    plot::add(
         s,
+        &ctx.out,
         file,
         title,
-        plot::lines(
-            &ctx.out.join(file),
-            title,
-            Axis {
-                label: "heap (MiB, log scale)",
-                log: true,
-            },
-            Axis {
-                label: "page-table writes per take (log scale)",
-                log: true,
-            },
-            &series,
-        ),
+        Axis {
+            label: "heap (MiB, log scale)",
+            log: true,
+        },
+        Axis {
+            label: "page-table writes per take (log scale)",
+            log: true,
+        },
+        &series,
     );
 }
 

@@ -4,11 +4,10 @@
 //! behind `nvme-compare`).
 
 use super::plot::{self, Axis, Series};
-use super::report::{Cell, Figure, Kind, Plot, Section, Table, Value};
+use super::report::{Cell, Figure, Kind, Section, Table, Value};
 use super::{disk_problem, installed, Ctx};
 use dbos_benches::nvme::{
-    prepare_file, run_fio, run_pread, run_queue_pair, run_uring, Budget, Pattern, Summary,
-    Workload,
+    prepare_file, run_fio, run_pread, run_queue_pair, run_uring, Budget, Pattern, Summary, Workload,
 };
 use dbos_benches::{median_by, poller_config};
 use dbos_nvme::host::UringConfig;
@@ -297,13 +296,6 @@ fn doorbells_table(results: &[(Workload, Vec<Outcome>)], command: &str) -> Table
 }
 
 fn plots(ctx: &Ctx, s: &mut Section, results: &[(Workload, Vec<Outcome>)]) {
-    let add = |s: &mut Section, file: &str, title: &str, r: Result<(), String>| match r {
-        Ok(()) => s.plots.push(Plot {
-            title: title.into(),
-            file: file.into(),
-        }),
-        Err(e) => s.notes.push(format!("plot {file} not drawn: {e}")),
-    };
     for depth in [1, 32] {
         let Some(outcomes) = find(results, Pattern::RandRead, depth) else {
             continue;
@@ -321,8 +313,10 @@ fn plots(ctx: &Ctx, s: &mut Section, results: &[(Workload, Vec<Outcome>)]) {
             .collect();
         let file = format!("storage-cdf-randread-qd{depth}.svg");
         let title = format!("Latency CDF, 4 KiB random reads, QD{depth}");
-        let r = plot::lines(
-            &ctx.out.join(&file),
+        plot::add(
+            s,
+            &ctx.out,
+            &file,
             &title,
             Axis {
                 label: "latency (us, log scale)",
@@ -334,7 +328,6 @@ fn plots(ctx: &Ctx, s: &mut Section, results: &[(Workload, Vec<Outcome>)]) {
             },
             &series,
         );
-        add(s, &file, &title, r);
     }
     let series: Vec<Series> = METHODS
         .iter()
@@ -352,8 +345,10 @@ fn plots(ctx: &Ctx, s: &mut Section, results: &[(Workload, Vec<Outcome>)]) {
         .collect();
     let file = "storage-iops-depth.svg";
     let title = "IOPS against queue depth, 4 KiB random reads";
-    let r = plot::lines(
-        &ctx.out.join(file),
+    plot::add(
+        s,
+        &ctx.out,
+        file,
         title,
         Axis {
             label: "queue depth (log scale)",
@@ -365,5 +360,4 @@ fn plots(ctx: &Ctx, s: &mut Section, results: &[(Workload, Vec<Outcome>)]) {
         },
         &series,
     );
-    add(s, file, title, r);
 }
