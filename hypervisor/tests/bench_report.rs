@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 use std::path::Path;
 use std::process::Command;
 
-const BUILT: [&str; 2] = ["storage", "snapshots"];
+const BUILT: [&str; 3] = ["storage", "snapshots", "wal"];
 
 fn dbos() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dbos"))
@@ -253,6 +253,10 @@ fn bench_quick_writes_a_complete_report() {
         "{stderr}"
     );
     assert!(stderr.contains("snapshots: 16 MiB heap"), "{stderr}");
+    assert!(
+        stderr.contains("wal: round 1: qp FUA, 1 committer(s)"),
+        "{stderr}"
+    );
     assert!(
         stderr.lines().last().unwrap().contains("total time"),
         "{stderr}"

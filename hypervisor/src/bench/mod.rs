@@ -14,6 +14,7 @@ pub mod render;
 pub mod report;
 pub mod snapshots;
 pub mod storage;
+pub mod wal;
 
 use report::{Report, Section};
 use std::path::{Path, PathBuf};
@@ -24,7 +25,7 @@ use std::time::Instant;
 pub const SECTIONS: [(&str, bool); 5] = [
     ("storage", true),
     ("snapshots", true),
-    ("wal", false),
+    ("wal", true),
     ("pools", false),
     ("kvstore", false),
 ];
@@ -118,6 +119,7 @@ pub fn run(opts: &Options, command: &str) -> Result<Report, String> {
         let mut s = match name {
             "storage" => storage::run(&ctx),
             "snapshots" => snapshots::run(&ctx),
+            "wal" => wal::run(&ctx),
             _ => unreachable!("select returns built sections only"),
         };
         s.seconds = t.elapsed().as_secs_f64();
@@ -196,7 +198,7 @@ mod tests {
 
     #[test]
     fn only_names_built_sections() {
-        assert_eq!(select(&[]).unwrap(), vec!["storage", "snapshots"]);
+        assert_eq!(select(&[]).unwrap(), vec!["storage", "snapshots", "wal"]);
         assert_eq!(select(&["snapshots".into()]).unwrap(), vec!["snapshots"]);
         assert!(select(&["nope".into()]).is_err());
         assert!(select(&["kvstore".into()]).is_err());
