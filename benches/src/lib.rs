@@ -7,6 +7,7 @@ use std::time::Duration;
 
 pub mod load;
 pub mod nvme;
+pub mod pools;
 pub mod snapshots;
 pub mod wal;
 

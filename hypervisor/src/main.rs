@@ -64,8 +64,8 @@ struct BenchArgs {
     /// complete report, not figures to quote.
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (storage, snapshots, wal; pools and kvstore
-    /// are not built yet).
+    /// Run only these sections (storage, snapshots, wal, pools; kvstore is
+    /// not built yet).
     #[arg(long, num_args = 1.., value_name = "SECTION")]
     only: Vec<String>,
     /// The report directory.

@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 use std::path::Path;
 use std::process::Command;
 
-const BUILT: [&str; 3] = ["storage", "snapshots", "wal"];
+const BUILT: [&str; 4] = ["storage", "snapshots", "wal", "pools"];
 
 fn dbos() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dbos"))

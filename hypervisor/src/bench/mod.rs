@@ -10,6 +10,7 @@
 
 pub mod machine;
 pub mod plot;
+pub mod pools;
 pub mod render;
 pub mod report;
 pub mod snapshots;
@@ -26,7 +27,7 @@ pub const SECTIONS: [(&str, bool); 5] = [
     ("storage", true),
     ("snapshots", true),
     ("wal", true),
-    ("pools", false),
+    ("pools", true),
     ("kvstore", false),
 ];
 
@@ -120,6 +121,7 @@ pub fn run(opts: &Options, command: &str) -> Result<Report, String> {
             "storage" => storage::run(&ctx),
             "snapshots" => snapshots::run(&ctx),
             "wal" => wal::run(&ctx),
+            "pools" => pools::run(&ctx),
             _ => unreachable!("select returns built sections only"),
         };
         s.seconds = t.elapsed().as_secs_f64();
@@ -198,7 +200,10 @@ mod tests {
 
     #[test]
     fn only_names_built_sections() {
-        assert_eq!(select(&[]).unwrap(), vec!["storage", "snapshots", "wal"]);
+        assert_eq!(
+            select(&[]).unwrap(),
+            vec!["storage", "snapshots", "wal", "pools"]
+        );
         assert_eq!(select(&["snapshots".into()]).unwrap(), vec!["snapshots"]);
         assert!(select(&["nope".into()]).is_err());
         assert!(select(&["kvstore".into()]).is_err());

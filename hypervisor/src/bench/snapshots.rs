@@ -161,17 +161,17 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-fn takes_ms(o: &Outcome) -> (Value, Value) {
+/// The median and the largest creation time, ms; none without snapshots.
+fn takes_ms(o: &Outcome) -> Option<(Value, Value)> {
     let mut t: Vec<f64> = o.takes.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     if t.is_empty() {
-        let none = Value::not_available("no snapshot taken (method none)");
-        return (none.clone(), none);
+        return None;
     }
     t.sort_by(f64::total_cmp);
-    (
+    Some((
         Value::num(dbos_benches::median(&t)),
         Value::num(t[t.len() - 1]),
-    )
+    ))
 }
 
 fn process_table(rows: &[Row], command: &str) -> Table {
@@ -185,10 +185,14 @@ fn process_table(rows: &[Row], command: &str) -> Table {
             ];
             match &r.outcome {
                 Ok(o) => {
-                    let (med, max) = takes_ms(o);
                     row.push(Value::num(o.takes.len() as f64).into());
-                    row.push(med.into());
-                    row.push(max.into());
+                    match takes_ms(o) {
+                        Some((med, max)) => {
+                            row.push(med.into());
+                            row.push(max.into());
+                        }
+                        None => row.extend(["- (no snapshots)".into(), "-".into()]),
+                    }
                     for p in [0.5, 0.99, 0.999, 1.0] {
                         row.push(Value::num(pct(&o.lat_ns, p)).into());
                     }
@@ -289,7 +293,7 @@ fn process_plots(ctx: &Ctx, s: &mut Section, rows: &[Row], heaps: &[usize], writ
         &stall,
     );
     let take = series(
-        &|o| takes_ms(o).0.number().unwrap_or(f64::NAN),
+        &|o| takes_ms(o).and_then(|t| t.0.number()).unwrap_or(f64::NAN),
         &["fork", "uffd"],
     );
     let file = "snapshots-take-heap.svg";
