@@ -560,13 +560,15 @@ pub fn phases(opts: &Options) -> Outcome {
     } else {
         spec.distribution_name()
     };
-    std::println!(
-        "bench: {} at {}:{}, pipeline {}",
-        report::describe(spec, distribution),
-        opts.host,
-        opts.port,
-        opts.pipeline
-    );
+    if !opts.json {
+        std::println!(
+            "bench: {} at {}:{}, pipeline {}",
+            report::describe(spec, distribution),
+            opts.host,
+            opts.port,
+            opts.pipeline
+        );
+    }
     let runs = matches!(opts.phase, Phase::Run | Phase::Both);
     if runs && spec.workload == crate::workload::Workload::E {
         if let Err(stop) = probe_range(opts) {
@@ -595,8 +597,10 @@ pub fn phases(opts: &Options) -> Outcome {
         todo.push(("run", spec.operations, run_client));
     }
     for (name, total, body) in todo {
-        std::println!();
-        std::println!("{name}:");
+        if !opts.json {
+            std::println!();
+            std::println!("{name}:");
+        }
         let progress = Progress::new(total);
         let sh = Shared {
             opts,
@@ -607,12 +611,16 @@ pub fn phases(opts: &Options) -> Outcome {
             stop: Mutex::new(None),
         };
         let (stats, ns) = clients(&sh, name, body);
-        std::print!("{}", report::table(&stats, ns));
+        if opts.json {
+            std::println!("{}", report::json(name, &stats, ns));
+        } else {
+            std::print!("{}", report::table(&stats, ns));
+        }
         problems += stats.problems();
         stop = sh.stop.into_inner().ok().flatten();
         if let Some(s) = &stop {
             let (Stop::Lost(why) | Stop::Fatal(why)) = s;
-            std::println!(
+            std::eprintln!(
                 "{name} stopped after {} of {total} operations: {why}",
                 stats.total()
             );
@@ -621,7 +629,7 @@ pub fn phases(opts: &Options) -> Outcome {
     }
     if let (Some(f), Some(path)) = (&acks, &opts.acks) {
         match f.finish(&acked) {
-            Ok(()) => std::println!("acknowledged writes recorded in {}", path.display()),
+            Ok(()) => std::eprintln!("acknowledged writes recorded in {}", path.display()),
             Err(e) => return Outcome::Failed(format!("acknowledgement file: {e}")),
         }
     }
