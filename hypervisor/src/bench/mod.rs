@@ -8,6 +8,7 @@
 //! crates (the same code the `*-compare` binaries run) and returns a
 //! [`report::Section`].
 
+pub mod kvstore;
 pub mod machine;
 pub mod plot;
 pub mod pools;
@@ -28,7 +29,7 @@ pub const SECTIONS: [(&str, bool); 5] = [
     ("snapshots", true),
     ("wal", true),
     ("pools", true),
-    ("kvstore", false),
+    ("kvstore", true),
 ];
 
 /// What to run and where to write it.
@@ -122,6 +123,7 @@ pub fn run(opts: &Options, command: &str) -> Result<Report, String> {
             "snapshots" => snapshots::run(&ctx),
             "wal" => wal::run(&ctx),
             "pools" => pools::run(&ctx),
+            "kvstore" => kvstore::run(&ctx),
             _ => unreachable!("select returns built sections only"),
         };
         s.seconds = t.elapsed().as_secs_f64();
@@ -202,11 +204,11 @@ mod tests {
     fn only_names_built_sections() {
         assert_eq!(
             select(&[]).unwrap(),
-            vec!["storage", "snapshots", "wal", "pools"]
+            vec!["storage", "snapshots", "wal", "pools", "kvstore"]
         );
         assert_eq!(select(&["snapshots".into()]).unwrap(), vec!["snapshots"]);
         assert!(select(&["nope".into()]).is_err());
-        assert!(select(&["kvstore".into()]).is_err());
+        assert!(select(&["kvstore".into(), "x".into()]).is_err());
     }
 
     #[test]
