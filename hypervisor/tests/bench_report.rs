@@ -169,6 +169,7 @@ fn check_report(dir: &Path, sections: &[&str]) {
             html.contains(&format!("<h2 id=\"{name}\">")),
             "{name} not in index.html"
         );
+        assert!(s.get("failed").is_none(), "{name} failed: {}", s["failed"]);
         let figures = s["figures"].as_array().unwrap();
         assert!(!figures.is_empty(), "{name}: no figures");
         for f in figures {

@@ -38,6 +38,10 @@
 //! comparison once per listed level with that many threads of pure
 //! computation started by the benchmark beside it (0: quiet), so a quiet
 //! and a loaded comparison come from one command.
+//!
+//! `dbos bench --only pools` runs this comparison through the same library
+//! code (`dbos_benches`) and writes it into the one report with the others
+//! (`target/dbos-report/`).
 
 use clap::Parser;
 use dbos_benches::load::BackgroundLoad;

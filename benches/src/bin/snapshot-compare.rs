@@ -15,6 +15,10 @@
 //! times 4 KiB (an upper bound: every copy-on-write is a fault, but a write
 //! to a page whose child already exited also faults, without copying).
 //! "none" is the same workload on the same kind of heap without snapshots.
+//!
+//! `dbos bench --only snapshots` runs this comparison through the same library
+//! code (`dbos_benches`) and writes it into the one report with the others
+//! (`target/dbos-report/`).
 
 use clap::Parser;
 use dbos_benches::snapshots::{minflt, run, Outcome};

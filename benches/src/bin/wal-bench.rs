@@ -27,6 +27,10 @@
 //! Usage: `cargo run --release -p dbos-benches --bin wal-bench -- --dir DIR
 //! --seconds 2 --rounds 5 --device both --background-load 0` (DIR defaults
 //! to the system temp dir, which must support O_DIRECT).
+//!
+//! `dbos bench --only wal` runs this comparison through the same library
+//! code (`dbos_benches`) and writes it into the one report with the others
+//! (`target/dbos-report/`).
 
 use clap::Parser;
 use dbos_benches::load::BackgroundLoad;

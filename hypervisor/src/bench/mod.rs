@@ -118,14 +118,23 @@ pub fn run(opts: &Options, command: &str) -> Result<Report, String> {
     for name in sections {
         ctx.progress(name, "starting");
         let t = Instant::now();
-        let mut s = match name {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match name {
             "storage" => storage::run(&ctx),
             "snapshots" => snapshots::run(&ctx),
             "wal" => wal::run(&ctx),
             "pools" => pools::run(&ctx),
             "kvstore" => kvstore::run(&ctx),
             _ => unreachable!("select returns built sections only"),
-        };
+        }));
+        // A section whose workload failed is reported as failed (and the
+        // command fails), the others still are.
+        let mut s = ran.unwrap_or_else(|e| {
+            let why = panic_message(e.as_ref());
+            let mut s = Section::new(name, &format!("{name}: FAILED"), "The section failed.");
+            s.failed = Some(why.clone());
+            s.notes.push(format!("failed: {why}"));
+            s
+        });
         s.seconds = t.elapsed().as_secs_f64();
         ctx.progress(name, &format!("done in {:.1} s", s.seconds));
         done.push(s);
@@ -150,13 +159,33 @@ pub fn run(opts: &Options, command: &str) -> Result<Report, String> {
     }
     report.total_seconds = start.elapsed().as_secs_f64();
     render::write(&report, &out)?;
+    let failed: Vec<&str> = report
+        .sections
+        .iter()
+        .filter(|s| s.failed.is_some())
+        .map(|s| s.name.as_str())
+        .collect();
     eprintln!(
         "dbos bench: report in {} ({} section(s)), total time {:.1} s",
         out.join("index.html").display(),
         report.sections.len(),
         report.total_seconds
     );
+    if !failed.is_empty() {
+        return Err(format!(
+            "section(s) failed: {} (the report says why)",
+            failed.join(", ")
+        ));
+    }
     Ok(report)
+}
+
+/// The message of a panic's payload.
+pub fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "the workload panicked".into())
 }
 
 /// Now, UTC, as `YYYY-MM-DDTHH:MM:SSZ`.

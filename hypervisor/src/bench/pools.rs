@@ -20,7 +20,6 @@ use dbos_bufferpool::pool::vmcache::VmCache;
 use dbos_bufferpool::pool::BufferManager;
 use dbos_bufferpool::PAGE_SIZE;
 use dbos_nvme::host::BackingFile;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 const POOLS: [&str; 2] = ["vmcache", "hash"];
@@ -35,18 +34,6 @@ struct Shape {
     rounds: usize,
     /// `tabby -- bench` arguments (keys, frames, lookups), none: defaults.
     guest_args: Vec<&'static str>,
-}
-
-/// Runs `f`, or says why it failed (the workloads panic with what failed).
-fn attempt<T>(f: impl FnOnce() -> T) -> Result<T, Value> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|e| {
-        let msg = e
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "the workload panicked".into());
-        Value::not_available(msg)
-    })
 }
 
 /// In memory: lookups/s per (pool, threads), the median round.
@@ -112,7 +99,8 @@ pub fn run(ctx: &Ctx) -> Section {
         Some(p) => (Err(Value::not_available(&p)), Err(Value::not_available(p))),
         None => {
             ctx.progress("pools", &format!("in memory: building {} keys", shape.keys));
-            let mem = attempt(|| in_memory(ctx, &shape)).and_then(|r| r);
+            // A workload that fails panics: the section fails (mod.rs).
+            let mem = in_memory(ctx, &shape);
             ctx.progress(
                 "pools",
                 &format!(
@@ -120,7 +108,7 @@ pub fn run(ctx: &Ctx) -> Section {
                     shape.data_mib, shape.pool_mib
                 ),
             );
-            let ooo = attempt(|| out_of_memory(ctx, &shape)).and_then(|r| r);
+            let ooo = out_of_memory(ctx, &shape);
             (mem, ooo)
         }
     };

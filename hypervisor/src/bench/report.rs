@@ -187,6 +187,9 @@ pub struct Section {
     /// Remarks: what was skipped and why, what is not done yet.
     pub notes: Vec<String>,
     pub seconds: f64,
+    /// Why the section failed (a workload stopped on an error), if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 impl Section {
@@ -201,6 +204,7 @@ impl Section {
             plots: Vec::new(),
             notes: Vec::new(),
             seconds: 0.0,
+            failed: None,
         }
     }
 }
