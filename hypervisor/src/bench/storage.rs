@@ -6,6 +6,7 @@
 use super::plot::{self, Axis, Series};
 use super::report::{Cell, Figure, Kind, Section, Table, Value};
 use super::{disk_problem, installed, Ctx};
+use dbos_benches::load::BackgroundLoad;
 use dbos_benches::nvme::{
     prepare_file, run_fio, run_pread, run_queue_pair, run_uring, Budget, Pattern, Summary, Workload,
 };
@@ -20,7 +21,22 @@ const METHODS: [&str; 4] = ["pread", "io_uring", "queue pair", "fio"];
 const READ_DEPTHS: [usize; 3] = [1, 8, 32];
 const WRITE_DEPTHS: [usize; 2] = [1, 32];
 
-fn workloads() -> Vec<Workload> {
+/// Busy threads beside the loaded runs (issue 19's targets hold quiet and
+/// with 2).
+const LOAD: usize = 2;
+
+/// A workload's name, with the background load if any.
+fn label(w: &Workload, load: usize) -> String {
+    if load == 0 {
+        w.name()
+    } else {
+        format!("{} +{load} busy threads", w.name())
+    }
+}
+
+/// The workloads and the busy threads beside each: every one quiet, and
+/// the random reads that carry targets at QD1 and QD32 also loaded.
+fn workloads() -> Vec<(Workload, usize)> {
     let mut v: Vec<Workload> = READ_DEPTHS
         .iter()
         .map(|&depth| Workload {
@@ -34,7 +50,13 @@ fn workloads() -> Vec<Workload> {
         block: 4096,
         depth,
     }));
-    v
+    let mut all: Vec<(Workload, usize)> = v.iter().map(|&w| (w, 0)).collect();
+    all.extend(
+        v.iter()
+            .filter(|w| w.pattern == Pattern::RandRead && (w.depth == 1 || w.depth == 32))
+            .map(|&w| (w, LOAD)),
+    );
+    all
 }
 
 /// One method's median round on one workload, or why there is none.
@@ -57,7 +79,9 @@ pub fn run(ctx: &Ctx) -> Section {
              each figure is a method's median round. pread: one thread per outstanding \
              request. io_uring: one thread, registered file and buffers. Queue pair: the dbos \
              NVMe queue pair in process mode, its poller thread issuing with io_uring. fio: \
-             io_uring engine, fixed buffers (where installed)."
+             io_uring engine, fixed buffers (where installed). The random reads at QD1 and \
+             QD32 run again with {LOAD} threads of pure computation beside them (the machine \
+             shared), as issue 19's targets ask."
         ),
     );
     let command = format!(
@@ -86,8 +110,10 @@ pub fn run(ctx: &Ctx) -> Section {
     let poller = poller_config(None);
     let uring = UringConfig::default();
     // results[workload][method]
-    let mut results: Vec<(Workload, Vec<Outcome>)> = Vec::new();
-    for w in workloads() {
+    let mut results: Vec<(Workload, usize, Vec<Outcome>)> = Vec::new();
+    for (w, load) in workloads() {
+        // Started before the rounds, stopped (dropped) after them.
+        let _busy = BackgroundLoad::start(load);
         let mut runs: Vec<Vec<Summary>> = vec![Vec::new(); METHODS.len()];
         let mut failed: Vec<Option<Value>> = vec![None; METHODS.len()];
         if !have_fio {
@@ -111,7 +137,7 @@ pub fn run(ctx: &Ctx) -> Section {
                             "storage",
                             &format!(
                                 "{} round {}: {:<10} {:>8.0} IOPS, mean {:.1} us",
-                                w.name(),
+                                label(&w, load),
                                 round + 1,
                                 METHODS[m],
                                 sum.iops,
@@ -121,7 +147,10 @@ pub fn run(ctx: &Ctx) -> Section {
                         runs[m].push(sum);
                     }
                     Err(e) => {
-                        ctx.progress("storage", &format!("{}: {}: {e}", w.name(), METHODS[m]));
+                        ctx.progress(
+                            "storage",
+                            &format!("{}: {}: {e}", label(&w, load), METHODS[m]),
+                        );
                         failed[m] = Some(Value::not_available(e));
                     }
                 }
@@ -135,7 +164,7 @@ pub fn run(ctx: &Ctx) -> Section {
                 None => Ok(median_by(r, |s| s.iops)),
             })
             .collect();
-        results.push((w, med));
+        results.push((w, load, med));
     }
     drop(file);
     let _ = std::fs::remove_file(&path);
@@ -341,17 +370,20 @@ fn guest_table(guest: &[(usize, u64, Result<GuestIo, Value>)], command: &str) ->
     }
 }
 
-fn find(results: &[(Workload, Vec<Outcome>)], p: Pattern, depth: usize) -> Option<&Vec<Outcome>> {
+type Results = [(Workload, usize, Vec<Outcome>)];
+
+fn find(results: &Results, p: Pattern, depth: usize, load: usize) -> Option<&Vec<Outcome>> {
     results
         .iter()
-        .find(|(w, _)| w.pattern == p && w.depth == depth && w.block == 4096)
-        .map(|r| &r.1)
+        .find(|(w, l, _)| w.pattern == p && w.depth == depth && w.block == 4096 && *l == load)
+        .map(|r| &r.2)
 }
 
 /// The targets: QD32 random reads >= 90% of fio's IOPS; QD1 mean latency
 /// <= 1.2x pread's, for reads and for writes. `no_fio` is the value of a
-/// figure that needs fio when fio gave none.
-fn targets(results: &[(Workload, Vec<Outcome>)], no_fio: &Value) -> Vec<Figure> {
+/// figure that needs fio when fio gave none. The random-read targets also
+/// with [`LOAD`] busy threads beside.
+fn targets(results: &Results, no_fio: &Value) -> Vec<Figure> {
     let missing = |o: Option<&Outcome>, fallback: &Value| -> Value {
         match o {
             Some(Err(v)) => v.clone(),
@@ -359,50 +391,60 @@ fn targets(results: &[(Workload, Vec<Outcome>)], no_fio: &Value) -> Vec<Figure> 
         }
     };
     let mut v = Vec::new();
-    let reads32 = find(results, Pattern::RandRead, 32);
-    let (qp, fio) = (
-        reads32.and_then(|r| r[2].as_ref().ok()),
-        reads32.and_then(|r| r[3].as_ref().ok()),
-    );
-    let (value, baseline_value) = match (qp, fio) {
-        (Some(q), Some(f)) => (Value::num(q.iops / f.iops), Value::num(f.iops)),
-        _ => (
-            missing(reads32.map(|r| &r[3]), no_fio),
-            missing(reads32.map(|r| &r[3]), no_fio),
-        ),
-    };
-    v.push(ratio_figure(
-        "queue pair IOPS / fio IOPS, 4 KiB random reads QD32",
-        value,
-        "fio, io_uring engine, fixed buffers (IOPS)",
-        baseline_value,
-        ">= 0.90",
-        |r| r >= 0.9,
-    ));
-    for (p, what) in [
-        (Pattern::RandRead, "4 KiB random reads"),
-        (Pattern::SeqWrite, "4 KiB sequential writes"),
-    ] {
-        let qd1 = find(results, p, 1);
-        let (qp, pread) = (
-            qd1.and_then(|r| r[2].as_ref().ok()),
-            qd1.and_then(|r| r[0].as_ref().ok()),
+    for load in [0, LOAD] {
+        let beside = if load == 0 {
+            String::new()
+        } else {
+            format!(", {load} busy threads beside")
+        };
+        let reads32 = find(results, Pattern::RandRead, 32, load);
+        let (qp, fio) = (
+            reads32.and_then(|r| r[2].as_ref().ok()),
+            reads32.and_then(|r| r[3].as_ref().ok()),
         );
-        let (value, base) = match (qp, pread) {
-            (Some(q), Some(b)) => (Value::num(q.mean_us / b.mean_us), Value::num(b.mean_us)),
+        let (value, baseline_value) = match (qp, fio) {
+            (Some(q), Some(f)) => (Value::num(q.iops / f.iops), Value::num(f.iops)),
             _ => (
-                missing(qd1.map(|r| &r[2]), no_fio),
-                missing(qd1.map(|r| &r[0]), no_fio),
+                missing(reads32.map(|r| &r[3]), no_fio),
+                missing(reads32.map(|r| &r[3]), no_fio),
             ),
         };
         v.push(ratio_figure(
-            &format!("queue pair mean latency / pread's, {what} QD1"),
+            &format!("queue pair IOPS / fio IOPS, 4 KiB random reads QD32{beside}"),
             value,
-            "pread/pwrite, one request at a time (mean latency, us)",
-            base,
-            "<= 1.2",
-            |r| r <= 1.2,
+            "fio, io_uring engine, fixed buffers (IOPS)",
+            baseline_value,
+            ">= 0.90",
+            |r| r >= 0.9,
         ));
+        for (p, what) in [
+            (Pattern::RandRead, "4 KiB random reads"),
+            (Pattern::SeqWrite, "4 KiB sequential writes"),
+        ] {
+            if load > 0 && p == Pattern::SeqWrite {
+                continue;
+            }
+            let qd1 = find(results, p, 1, load);
+            let (qp, pread) = (
+                qd1.and_then(|r| r[2].as_ref().ok()),
+                qd1.and_then(|r| r[0].as_ref().ok()),
+            );
+            let (value, base) = match (qp, pread) {
+                (Some(q), Some(b)) => (Value::num(q.mean_us / b.mean_us), Value::num(b.mean_us)),
+                _ => (
+                    missing(qd1.map(|r| &r[2]), no_fio),
+                    missing(qd1.map(|r| &r[0]), no_fio),
+                ),
+            };
+            v.push(ratio_figure(
+                &format!("queue pair mean latency / pread's, {what} QD1{beside}"),
+                value,
+                "pread/pwrite, one request at a time (mean latency, us)",
+                base,
+                "<= 1.2",
+                |r| r <= 1.2,
+            ));
+        }
     }
     v
 }
@@ -427,11 +469,11 @@ fn ratio_figure(
     }
 }
 
-fn results_table(results: &[(Workload, Vec<Outcome>)], command: &str) -> Table {
+fn results_table(results: &Results, command: &str) -> Table {
     let mut rows = Vec::new();
-    for (w, outcomes) in results {
+    for (w, load, outcomes) in results {
         for (m, o) in METHODS.iter().zip(outcomes) {
-            let mut row: Vec<Cell> = vec![w.name().into(), (*m).into()];
+            let mut row: Vec<Cell> = vec![label(w, *load).into(), (*m).into()];
             match o {
                 Ok(s) => row.extend(
                     [s.iops, s.mean_us, s.p50_us, s.p99_us, s.ops as f64]
@@ -455,10 +497,10 @@ fn results_table(results: &[(Workload, Vec<Outcome>)], command: &str) -> Table {
     }
 }
 
-fn doorbells_table(results: &[(Workload, Vec<Outcome>)], command: &str) -> Table {
+fn doorbells_table(results: &Results, command: &str) -> Table {
     let rows = results
         .iter()
-        .map(|(w, o)| {
+        .map(|(w, load, o)| {
             let v = match &o[2] {
                 Ok(s) => match s.doorbells {
                     Some(d) => Value::num(d as f64 / s.ops.max(1) as f64),
@@ -466,7 +508,7 @@ fn doorbells_table(results: &[(Workload, Vec<Outcome>)], command: &str) -> Table
                 },
                 Err(v) => v.clone(),
             };
-            vec![w.name().into(), v.into()]
+            vec![label(w, *load).into(), v.into()]
         })
         .collect();
     Table {
@@ -478,9 +520,9 @@ fn doorbells_table(results: &[(Workload, Vec<Outcome>)], command: &str) -> Table
     }
 }
 
-fn plots(ctx: &Ctx, s: &mut Section, results: &[(Workload, Vec<Outcome>)]) {
+fn plots(ctx: &Ctx, s: &mut Section, results: &Results) {
     for depth in [1, 32] {
-        let Some(outcomes) = find(results, Pattern::RandRead, depth) else {
+        let Some(outcomes) = find(results, Pattern::RandRead, depth, 0) else {
             continue;
         };
         let series: Vec<Series> = METHODS
@@ -520,7 +562,7 @@ fn plots(ctx: &Ctx, s: &mut Section, results: &[(Workload, Vec<Outcome>)]) {
             points: READ_DEPTHS
                 .iter()
                 .filter_map(|&d| {
-                    let o = find(results, Pattern::RandRead, d)?;
+                    let o = find(results, Pattern::RandRead, d, 0)?;
                     Some((d as f64, o[i].as_ref().ok()?.iops))
                 })
                 .collect(),
