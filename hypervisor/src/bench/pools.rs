@@ -8,6 +8,7 @@
 use super::plot::{self, Axis, Series};
 use super::report::{Cell, Figure, Kind, Section, Table, Value};
 use super::{disk_problem, Ctx};
+use dbos_benches::load::BackgroundLoad;
 use dbos_benches::median;
 use dbos_benches::pools::{
     build, config, direct, lookups, ooo_measure, qd1_reads, warm, OooRun, KEYS_PER_LEAF,
@@ -24,6 +25,15 @@ use std::sync::Arc;
 
 const POOLS: [&str; 2] = ["vmcache", "hash"];
 const THREADS: [usize; 2] = [1, 2];
+/// Busy threads beside the loaded out-of-memory runs (issue 19's targets
+/// hold quiet and with 2).
+const LOAD: usize = 2;
+
+/// The run with the median rate.
+fn median_run(mut r: Vec<OooRun>) -> OooRun {
+    r.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    r.swap_remove((r.len() - 1) / 2)
+}
 
 /// The sizes of a run.
 struct Shape {
@@ -45,6 +55,10 @@ struct InMemory {
 struct OutOfMemory {
     qd1: f64,
     runs: Vec<(usize, usize, OooRun)>,
+    /// QD1 IOPS and each pool's 1-thread run with [`LOAD`] busy threads
+    /// beside.
+    qd1_loaded: f64,
+    loaded: Vec<(usize, OooRun)>,
     keys: u64,
     used_pages: u64,
     cap_pages: usize,
@@ -80,7 +94,7 @@ pub fn run(ctx: &Ctx) -> Section {
              from {THREADS:?} threads for {} s, {} round(s) in rotated order, medians. In \
              memory: {} keys, pools larger than the tree. Out of memory: {} MiB of tree over \
              pools of {} MiB, after a warm-up, against QD1 random 4 KiB reads of the same \
-             pages. Guest: Tabby against the classic pool that invalidates every TLB on \
+             pages, quiet and (1 thread) with {LOAD} busy threads beside. Guest: Tabby against the classic pool that invalidates every TLB on \
              eviction, same tree shape, events per evicted page.",
             shape.secs, shape.rounds, shape.keys, shape.data_mib, shape.pool_mib
         ),
@@ -141,8 +155,8 @@ pub fn run(ctx: &Ctx) -> Section {
     }
     s.notes.push(
         "Not measured yet here: the Tabby pool in process mode, the pools on the queue pair \
-         (btree-compare --io qp), the reference vmcache binary, and runs with a background \
-         load. TLB shootdowns are the whole machine's (the TLB line of /proc/interrupts), \
+         (btree-compare --io qp), the reference vmcache binary, and the in-memory runs \
+         with a background load. TLB shootdowns are the whole machine's (the TLB line of /proc/interrupts), \
          other processes' included."
             .into(),
     );
@@ -256,17 +270,46 @@ fn out_of_memory(ctx: &Ctx, shape: &Shape) -> Result<OutOfMemory, Value> {
             runs[m - 1].push(r);
         }
     }
+    // The same, 1 thread, with LOAD busy threads beside.
+    let busy = BackgroundLoad::start(LOAD);
+    let mut qd1_loaded = Vec::new();
+    let mut loaded: Vec<Vec<OooRun>> = POOLS.iter().map(|_| Vec::new()).collect();
+    for round in 0..shape.rounds {
+        for k in 0..=POOLS.len() {
+            let m = (k + round) % (POOLS.len() + 1);
+            let what = if m == 0 {
+                let iops = qd1_reads(&mut qdev, &buf, used, shape.secs);
+                qd1_loaded.push(iops);
+                format!("QD1 reads {iops:.0} IOPS")
+            } else {
+                let r = if m == 1 {
+                    ooo_measure(&tv, keys, 1, shape.secs)
+                } else {
+                    ooo_measure(&th, keys, 1, shape.secs)
+                };
+                let what = format!("{} 1 thread(s): {:.0} lookups/s", POOLS[m - 1], r.rate);
+                loaded[m - 1].push(r);
+                what
+            };
+            ctx.progress(
+                "pools",
+                &format!(
+                    "out of memory +{LOAD} busy threads round {}: {what}",
+                    round + 1
+                ),
+            );
+        }
+    }
+    drop(busy);
     Ok(OutOfMemory {
         qd1: median(&qd1),
         runs: runs
             .into_iter()
             .enumerate()
-            .map(|(m, mut r)| {
-                r.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-                let mid = r.swap_remove((r.len() - 1) / 2);
-                (m % POOLS.len(), THREADS[m / POOLS.len()], mid)
-            })
+            .map(|(m, r)| (m % POOLS.len(), THREADS[m / POOLS.len()], median_run(r)))
             .collect(),
+        qd1_loaded: median(&qd1_loaded),
+        loaded: loaded.into_iter().map(median_run).enumerate().collect(),
         keys,
         used_pages: used,
         cap_pages: cap,
@@ -332,6 +375,24 @@ fn figures(
         target: ">= 0.90 (btree-compare)".into(),
         kind: Kind::WallClock,
     });
+    let loaded = (|| {
+        let o = ooo.as_ref().map_err(Clone::clone)?;
+        let r = &o.loaded[0].1;
+        Ok(r.stats.reads as f64 / r.secs / o.qd1_loaded)
+    })();
+    v.push(Figure {
+        name: format!(
+            "out of memory, {LOAD} busy threads beside: vmcache-style page reads/s / QD1 IOPS, \
+             1 thread"
+        ),
+        met: val(loaded.clone()).number().map(|r| r >= 0.9),
+        value: val(loaded),
+        unit: "x".into(),
+        baseline: format!("QD1 random 4 KiB reads of the same pages, {LOAD} busy threads (IOPS)"),
+        baseline_value: val(ooo.as_ref().map(|o| o.qd1_loaded).map_err(Clone::clone)),
+        target: ">= 0.90 quiet and loaded (issue 19)".into(),
+        kind: Kind::WallClock,
+    });
     for (col, what) in [(0, "IPIs"), (1, "remote invalidations")] {
         let (value, base) = match guest {
             Ok(rows) => (
@@ -391,6 +452,21 @@ fn ooo_table(ooo: &Result<OutOfMemory, Value>, command: &str) -> Table {
                 val(r.map(|r| r.stats.reads as f64 / r.secs)).into(),
             ]);
         }
+    }
+    rows.push(vec![
+        format!("QD1 4 KiB reads +{LOAD} busy threads").into(),
+        "1".into(),
+        "- (the baseline: no lookups)".into(),
+        val(ooo.as_ref().map(|o| o.qd1_loaded).map_err(Clone::clone)).into(),
+    ]);
+    for (p, name) in POOLS.iter().enumerate() {
+        let r = ooo.as_ref().map(|o| &o.loaded[p].1).map_err(Clone::clone);
+        rows.push(vec![
+            format!("{name} +{LOAD} busy threads").into(),
+            "1".into(),
+            val(r.clone().map(|r| r.rate)).into(),
+            val(r.map(|r| r.stats.reads as f64 / r.secs)).into(),
+        ]);
     }
     let title = match ooo {
         Ok(o) => format!(
