@@ -7,6 +7,7 @@
 use super::plot::{self, Axis, Series};
 use super::report::{Cell, Figure, Kind, Section, Table, Value};
 use super::{disk_problem, Ctx};
+use dbos_benches::load::BackgroundLoad;
 use dbos_benches::median;
 use dbos_benches::wal::{engine_run, raw_dsync_loop, Dev, Row, TXN_BYTES};
 use dbos_bufferpool::CommitMode;
@@ -38,7 +39,9 @@ pub fn run(ctx: &Ctx) -> Section {
              through a fresh engine (WAL with group commit, FUA log writes) for {secs} s, on \
              the queue pair (its poller thread issuing with io_uring) and on the direct \
              device (the committers' own system calls); {rounds} round(s), figures are \
-             medians of per-round ratios."
+             medians of per-round ratios. Each round runs again with {LOAD} threads of pure \
+             computation beside it, at 1 and {} committers.",
+            many_of(&committers)
         ),
     );
     let command = format!(
@@ -47,65 +50,106 @@ pub fn run(ctx: &Ctx) -> Section {
     );
     if let Some(problem) = disk_problem(&ctx.work) {
         s.notes.push(format!("not available here: {problem}"));
-        s.figures = figures(&[], &committers, &Value::not_available(problem));
+        s.figures = figures(&[], &committers, &Value::not_available(problem), "");
         return s;
     }
     let dir = ctx.work.clone();
-    let mut done = Vec::new();
+    // Quiet, every committer count; with LOAD busy threads beside, 1 and
+    // the many the scaling target is about. Interleaved round by round.
+    let many = many_of(&committers);
+    let loaded_committers = vec![1, many];
+    let mut done: Vec<Round> = Vec::new();
+    let mut done_loaded: Vec<Round> = Vec::new();
     for round in 1..=rounds {
-        ctx.progress("wal", &format!("round {round}: raw 8 KiB O_DSYNC writes"));
-        // A workload that fails panics: the section fails (mod.rs).
-        let raw: Result<_, Value> = Ok(raw_dsync_loop(&dir, secs));
-        let raw_us = raw.clone().map(|(n, el, _)| el / n as f64 * 1e6);
-        let raw_p99_us = raw.map(|(_, _, p99)| p99);
-        if let Ok(us) = &raw_us {
-            ctx.progress("wal", &format!("  raw write mean {us:.1} us"));
-        }
-        let mut runs = Vec::new();
-        for dev in DEVICES {
-            for &c in &committers {
-                ctx.progress(
-                    "wal",
-                    &format!("round {round}: {} FUA, {c} committer(s)", dev.name()),
-                );
-                let r: Result<Row, Value> = Ok(engine_run(
-                    &dir,
-                    dev,
-                    CommitMode::Fua,
-                    c,
-                    secs,
-                    false,
-                    false,
-                ));
-                if let Ok(row) = &r {
+        for load in [0, LOAD] {
+            let _busy = BackgroundLoad::start(load);
+            let (committers, tag) = if load == 0 {
+                (&committers, String::new())
+            } else {
+                (&loaded_committers, format!(" +{load} busy threads"))
+            };
+            ctx.progress(
+                "wal",
+                &format!("round {round}{tag}: raw 8 KiB O_DSYNC writes"),
+            );
+            // A workload that fails panics: the section fails (mod.rs).
+            let raw: Result<_, Value> = Ok(raw_dsync_loop(&dir, secs));
+            let raw_us = raw.clone().map(|(n, el, _)| el / n as f64 * 1e6);
+            let raw_p99_us = raw.map(|(_, _, p99)| p99);
+            if let Ok(us) = &raw_us {
+                ctx.progress("wal", &format!("  raw write mean {us:.1} us"));
+            }
+            let mut runs = Vec::new();
+            for dev in DEVICES {
+                for &c in committers.iter() {
                     ctx.progress(
                         "wal",
-                        &format!(
-                            "  {:.0} commits/s, mean {:.1} us",
-                            row.rate(),
-                            row.mean_latency_us
-                        ),
+                        &format!("round {round}{tag}: {} FUA, {c} committer(s)", dev.name()),
                     );
+                    let r: Result<Row, Value> = Ok(engine_run(
+                        &dir,
+                        dev,
+                        CommitMode::Fua,
+                        c,
+                        secs,
+                        false,
+                        false,
+                    ));
+                    if let Ok(row) = &r {
+                        ctx.progress(
+                            "wal",
+                            &format!(
+                                "  {:.0} commits/s, mean {:.1} us",
+                                row.rate(),
+                                row.mean_latency_us
+                            ),
+                        );
+                    }
+                    runs.push((dev, c, r));
                 }
-                runs.push((dev, c, r));
+            }
+            let r = Round {
+                raw_us,
+                raw_p99_us,
+                runs,
+            };
+            if load == 0 {
+                done.push(r);
+            } else {
+                done_loaded.push(r);
             }
         }
-        done.push(Round {
-            raw_us,
-            raw_p99_us,
-            runs,
-        });
     }
-    s.figures = figures(&done, &committers, &Value::not_available("no round ran"));
-    s.tables.push(table(&done, &command, &committers));
+    let none = Value::not_available("no round ran");
+    s.figures = figures(&done, &committers, &none, "");
+    let beside = format!(", {LOAD} busy threads beside");
+    s.figures
+        .extend(figures(&done_loaded, &loaded_committers, &none, &beside));
+    s.tables.push(table(&done, &command, &committers, ""));
+    s.tables
+        .push(table(&done_loaded, &command, &loaded_committers, &beside));
     s.tables.push(counted_table(&done, &command, &committers));
     plots(ctx, &mut s, &done, &committers);
     s.notes.push(
         "Not measured yet here: commits with log writes plus one flush per batch \
-         (wal-bench runs them), and the same with a background load."
+         (wal-bench runs them)."
             .into(),
     );
     s
+}
+
+/// Busy threads beside the loaded runs (issue 19 asks every comparison
+/// quiet and with 2).
+const LOAD: usize = 2;
+
+/// The committer count the scaling target is about: 16, or the largest
+/// run.
+fn many_of(committers: &[usize]) -> usize {
+    if committers.contains(&16) {
+        16
+    } else {
+        *committers.last().unwrap_or(&1)
+    }
 }
 
 fn find(round: &Round, dev: Dev, c: usize) -> Result<&Row, Value> {
@@ -134,12 +178,8 @@ fn median_of(rounds: &[Round], none: &Value, f: impl Fn(&Round) -> Result<f64, V
 
 /// Per device: FUA 1-committer commit latency <= 1.2x the raw write;
 /// 16 committers >= 6x the commits/s of 1 (the targets `wal-bench` checks).
-fn figures(rounds: &[Round], committers: &[usize], none: &Value) -> Vec<Figure> {
-    let many = if committers.contains(&16) {
-        16
-    } else {
-        *committers.last().unwrap_or(&1)
-    };
+fn figures(rounds: &[Round], committers: &[usize], none: &Value, beside: &str) -> Vec<Figure> {
+    let many = many_of(committers);
     let mut v = Vec::new();
     for dev in DEVICES {
         let lat = median_of(rounds, none, |r| {
@@ -148,7 +188,7 @@ fn figures(rounds: &[Round], committers: &[usize], none: &Value) -> Vec<Figure> 
         });
         v.push(Figure {
             name: format!(
-                "{}: commit latency, 1 committer / raw 8 KiB O_DSYNC write",
+                "{}: commit latency, 1 committer / raw 8 KiB O_DSYNC write{beside}",
                 dev.name()
             ),
             met: lat.number().map(|x| x <= 1.2),
@@ -163,7 +203,10 @@ fn figures(rounds: &[Round], committers: &[usize], none: &Value) -> Vec<Figure> 
             Ok(find(r, dev, many)?.rate() / find(r, dev, 1)?.rate())
         });
         v.push(Figure {
-            name: format!("{}: commits/s, {many} committers / 1 committer", dev.name()),
+            name: format!(
+                "{}: commits/s, {many} committers / 1 committer{beside}",
+                dev.name()
+            ),
             met: scale.number().map(|x| x >= 6.0),
             value: scale,
             unit: "x".into(),
@@ -187,7 +230,7 @@ fn shown(rounds: &[Round]) -> Option<&Round> {
         .map(|&i| &rounds[i])
 }
 
-fn table(rounds: &[Round], command: &str, committers: &[usize]) -> Table {
+fn table(rounds: &[Round], command: &str, committers: &[usize], beside: &str) -> Table {
     let mut rows: Vec<Vec<Cell>> = Vec::new();
     if let Some(r) = shown(rounds) {
         rows.push(vec![
@@ -232,7 +275,7 @@ fn table(rounds: &[Round], command: &str, committers: &[usize]) -> Table {
         }
     }
     Table {
-        title: "Commits against the raw durable write (the median round)".into(),
+        title: format!("Commits against the raw durable write (the median round){beside}"),
         command: command.into(),
         kind: Kind::WallClock,
         columns: [
