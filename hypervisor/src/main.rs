@@ -53,8 +53,9 @@ enum Command {
     /// Writes index.md, index.html (the same content), report.json and SVG
     /// plots into --out: every figure next to its baseline and its target,
     /// the machine it ran on, the command behind each table. Outside tools
-    /// that are not installed (fio) give rows saying so. A progress line per
-    /// benchmark goes to stderr.
+    /// that are not installed (fio, redis-server) give rows saying so. A
+    /// progress line per benchmark goes to stderr, the total time at the
+    /// end; the status is non-zero if a section failed.
     Bench(BenchArgs),
 }
 
