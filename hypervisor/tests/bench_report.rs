@@ -128,6 +128,14 @@ fn has_data_line(svg: &str) -> bool {
     }) || svg.contains("<path")
 }
 
+/// `s` as HTML text.
+fn html_text(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 fn check_report(dir: &Path, sections: &[&str]) {
     let md = std::fs::read_to_string(dir.join("index.md")).unwrap();
     let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
@@ -178,6 +186,10 @@ fn check_report(dir: &Path, sections: &[&str]) {
                 md.contains(fname),
                 "{name}: figure {fname:?} not in index.md"
             );
+            assert!(
+                html.contains(&html_text(fname)),
+                "{name}: figure {fname:?} not in index.html"
+            );
             assert!(!f["target"].as_str().unwrap().is_empty());
             assert!(!f["baseline"].as_str().unwrap().is_empty());
             // A figure with a number says whether its target is met; one
@@ -197,6 +209,10 @@ fn check_report(dir: &Path, sections: &[&str]) {
                 "{name}: table command {command:?}"
             );
             assert!(md.contains(command), "{name}: command not in index.md");
+            assert!(
+                html.contains(&html_text(command)),
+                "{name}: command not in index.html"
+            );
             let width = t["columns"].as_array().unwrap().len();
             let rows = t["rows"].as_array().unwrap();
             assert!(!rows.is_empty(), "{name}: an empty table");
