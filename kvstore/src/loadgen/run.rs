@@ -620,16 +620,25 @@ pub fn phases(opts: &Options) -> Outcome {
         stop = sh.stop.into_inner().ok().flatten();
         if let Some(s) = &stop {
             let (Stop::Lost(why) | Stop::Fatal(why)) = s;
-            std::eprintln!(
+            let line = format!(
                 "{name} stopped after {} of {total} operations: {why}",
                 stats.total()
             );
+            // With --json, stdout holds only the JSON lines.
+            if opts.json {
+                std::eprintln!("{line}");
+            } else {
+                std::println!("{line}");
+            }
             break;
         }
     }
     if let (Some(f), Some(path)) = (&acks, &opts.acks) {
         match f.finish(&acked) {
-            Ok(()) => std::eprintln!("acknowledged writes recorded in {}", path.display()),
+            Ok(()) if opts.json => {
+                std::eprintln!("acknowledged writes recorded in {}", path.display())
+            }
+            Ok(()) => std::println!("acknowledged writes recorded in {}", path.display()),
             Err(e) => return Outcome::Failed(format!("acknowledgement file: {e}")),
         }
     }
