@@ -7,6 +7,9 @@ use std::time::Duration;
 
 pub mod load;
 pub mod nvme;
+pub mod pools;
+pub mod snapshots;
+pub mod wal;
 
 /// The middle of `v` by `key` (the lower middle for an even count).
 pub fn median_by<T: Clone>(v: &[T], key: impl Fn(&T) -> f64) -> T {

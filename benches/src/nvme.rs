@@ -105,6 +105,10 @@ pub struct Summary {
     pub mean_us: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// The latency distribution: (percentile, microseconds) pairs in
+    /// increasing order, at [`CDF_PERCENTILES`] (fio: at the percentiles
+    /// its report gives).
+    pub cdf: Vec<(f64, f64)>,
     /// Real doorbells the driver rang (queue pair only).
     pub doorbells: Option<u64>,
     /// The poller thread's work (queue pair only).
@@ -137,6 +141,13 @@ impl PollerUse {
     }
 }
 
+/// The percentiles at which a run's latency distribution is kept
+/// ([`Summary::cdf`]); 100 is the maximum.
+pub const CDF_PERCENTILES: [f64; 17] = [
+    0.0, 1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 99.0, 99.5, 99.9,
+    100.0,
+];
+
 impl Summary {
     fn from_latencies(mut lat_ns: Vec<u64>, elapsed: Duration, doorbells: Option<u64>) -> Summary {
         lat_ns.sort_unstable();
@@ -159,6 +170,17 @@ impl Summary {
             },
             p50_us: pct(50),
             p99_us: pct(99),
+            cdf: if n == 0 {
+                Vec::new()
+            } else {
+                CDF_PERCENTILES
+                    .iter()
+                    .map(|&p| {
+                        let i = ((n as f64 * p / 100.0) as usize).min(n - 1);
+                        (p, lat_ns[i] as f64 / 1000.0)
+                    })
+                    .collect()
+            },
             doorbells,
             poller: None,
         }
@@ -526,6 +548,18 @@ pub fn run_fio(path: &Path, w: Workload, time: Duration) -> Result<Summary, Stri
         mean_us: lat["mean"].as_f64().unwrap_or(0.0) / 1000.0,
         p50_us: pct("50.000000"),
         p99_us: pct("99.000000"),
+        cdf: {
+            let mut cdf: Vec<(f64, f64)> = lat["percentile"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(p, ns)| Some((p.parse().ok()?, ns.as_f64()? / 1000.0)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            cdf.sort_by(|a, b| a.0.total_cmp(&b.0));
+            cdf
+        },
         doorbells: None,
         poller: None,
     })

@@ -14,6 +14,7 @@
 //! a guest agree on comes from the `dbos-abi` crate; the VMM does not link
 //! `libdbos`.
 
+pub mod bench;
 pub mod boot;
 pub mod clock;
 pub mod console;

@@ -47,6 +47,30 @@ enum Command {
     /// platform's counters.
     #[command(after_help = NEW_STATUSES)]
     New(NewArgs),
+
+    /// Run the side-by-side benchmarks and write one report.
+    ///
+    /// Writes index.md, index.html (the same content), report.json and SVG
+    /// plots into --out: every figure next to its baseline and its target,
+    /// the machine it ran on, the command behind each table. Outside tools
+    /// that are not installed (fio, redis-server) give rows saying so. A
+    /// progress line per benchmark goes to stderr, the total time at the
+    /// end; the status is non-zero if a section failed.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Tiny sizes and short runs (seconds per section, not minutes): the
+    /// complete report, not figures to quote.
+    #[arg(long)]
+    quick: bool,
+    /// Run only these sections: storage, snapshots, wal, pools, kvstore.
+    #[arg(long, num_args = 1.., value_name = "SECTION")]
+    only: Vec<String>,
+    /// The report directory.
+    #[arg(long, default_value = "target/dbos-report", value_name = "DIR")]
+    out: PathBuf,
 }
 
 /// The exit statuses of `dbos new`, for `--help`.
@@ -425,6 +449,31 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(*args),
         Command::New(args) => new(args),
+        Command::Bench(args) => bench(args),
+    }
+}
+
+fn bench(args: BenchArgs) -> ExitCode {
+    use dbos_hypervisor::bench;
+    if let Err(e) = bench::select(&args.only) {
+        eprintln!("dbos: error: {e}\n\nFor more information, try 'dbos bench --help'.");
+        return ExitCode::from(STATUS_USAGE);
+    }
+    let command = std::iter::once("dbos".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let opts = bench::Options {
+        quick: args.quick,
+        only: args.only,
+        out: args.out,
+    };
+    match bench::run(&opts, &command) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dbos: error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -38,18 +38,25 @@
 //! comparison once per listed level with that many threads of pure
 //! computation started by the benchmark beside it (0: quiet), so a quiet
 //! and a loaded comparison come from one command.
+//!
+//! `dbos bench --only pools` runs this comparison through the same library
+//! code (`dbos_benches`) and writes it into the one report with the others
+//! (`target/dbos-report/`).
 
 use clap::Parser;
 use dbos_benches::load::BackgroundLoad;
+use dbos_benches::pools::{
+    build, config, direct, lookups, ooo_measure, qd1_reads, timed_lookups, value_of, warm, OooRun,
+    Rate, Rng, KEYS_PER_LEAF,
+};
 use dbos_benches::{median, poller_config, require_direct_io};
 use dbos_bufferpool::btree::BTree;
-use dbos_bufferpool::device::{run_all, BlockDevice, DmaBytes, Io};
-use dbos_bufferpool::direct::DirectDevice;
+use dbos_bufferpool::device::{BlockDevice, DmaBytes};
 use dbos_bufferpool::host::{block_device, tlb_shootdowns, ProcessBlockDevice};
 use dbos_bufferpool::pool::hash::HashPool;
-use dbos_bufferpool::pool::vmcache::{PoolConfig, VmCache};
-use dbos_bufferpool::pool::{BufferManager, PoolStats};
-use dbos_bufferpool::{PageId, PAGE_SIZE};
+use dbos_bufferpool::pool::vmcache::VmCache;
+use dbos_bufferpool::pool::BufferManager;
+use dbos_bufferpool::PAGE_SIZE;
 use dbos_nvme::host::{BackingFile, Device, UringConfig};
 use io_uring::{opcode, types, IoUring};
 use std::collections::BTreeMap;
@@ -131,11 +138,6 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     vmcache_virtgb: u64,
 }
-
-const VALUE: usize = 120;
-/// Keys per full leaf: (4096 - 208 - 6) / (16 + 3 + 120) (16-byte slots,
-/// keys without the 5 bytes their leaf's fences share, 3-byte fences).
-const KEYS_PER_LEAF: u64 = 27;
 
 /// The reference vmcache binary and the sparse file it runs on.
 struct Reference {
@@ -298,65 +300,9 @@ fn process_cpu(pid: u32) -> f64 {
     (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / hz
 }
 
-/// CPU seconds the calling thread has used.
-fn thread_cpu() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a pointer to a timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
-
-/// Lookups per second of wall-clock time, and per second of CPU time of
-/// the threads that did them (which a shared machine's load changes
-/// least: a thread that waits for a CPU uses none).
-#[derive(Clone, Copy, Debug)]
-struct Rate {
-    wall: f64,
-    cpu: f64,
-}
-
 impl Drop for Reference {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.block);
-    }
-}
-
-fn value_of(k: u64) -> [u8; VALUE] {
-    let mut v = [0u8; VALUE];
-    v[..8].copy_from_slice(&k.to_be_bytes());
-    for (i, b) in v[8..].iter_mut().enumerate() {
-        *b = (k as u8).wrapping_add(i as u8);
-    }
-    v
-}
-
-struct Rng(u64);
-
-/// A new seed for every lookup thread of every run, so that a run does not
-/// replay the keys an earlier run (or the warm-up) just made resident.
-fn seed() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    (n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1) ^ 0x1234_5678
-}
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-fn config(capacity: usize, allocated: u64) -> PoolConfig {
-    PoolConfig {
-        capacity,
-        allocated,
-        ..PoolConfig::new(capacity)
     }
 }
 
@@ -364,10 +310,6 @@ fn queues(dev: &Device, n: usize) -> Vec<ProcessBlockDevice> {
     (0..n)
         .map(|_| block_device(dev, 64).expect("queue pair"))
         .collect()
-}
-
-fn direct(file: &Arc<BackingFile>, n: usize) -> Vec<DirectDevice> {
-    (0..n).map(|_| DirectDevice::new(file.clone())).collect()
 }
 
 /// Runs `part` with pools on devices of `args.io`'s kind over `file`.
@@ -390,74 +332,6 @@ fn with_devices(args: &Args, file: BackingFile, part: Part) {
             }
         }
     }
-}
-
-/// Builds a tree of keys 0..keys (ascending inserts) in `pool`; returns
-/// its meta page.
-fn build<B: BufferManager>(pool: &B, keys: u64) -> PageId {
-    let t = BTree::create(pool).expect("create");
-    let t0 = Instant::now();
-    for k in 0..keys {
-        assert!(t.insert(&k.to_be_bytes(), &value_of(k)).expect("insert"));
-    }
-    let written = pool.flush().expect("flush");
-    eprintln!(
-        "built {keys} keys in {:.1} s: {} pages ({:.0} MiB), {written} written at the end",
-        t0.elapsed().as_secs_f64(),
-        pool.page_count(),
-        (pool.page_count() * PAGE_SIZE as u64) as f64 / (1 << 20) as f64
-    );
-    t.meta()
-}
-
-/// Lookups/s of `threads` threads for `secs`, each looking up uniform
-/// random keys below `keys` with `lookup(key, out)`, which checks what it
-/// finds.
-fn timed_lookups(
-    keys: u64,
-    threads: usize,
-    secs: f64,
-    lookup: impl Fn(u64, &mut Vec<u8>) + Sync,
-) -> Rate {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let start = Instant::now();
-    let lookup = &lookup;
-    let (total, cpu) = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..threads)
-            .map(|_| {
-                let mut r = Rng(seed());
-                s.spawn(move || {
-                    let cpu0 = thread_cpu();
-                    let mut out = Vec::with_capacity(VALUE);
-                    let mut n = 0u64;
-                    loop {
-                        for _ in 0..64 {
-                            lookup(r.below(keys), &mut out);
-                        }
-                        n += 64;
-                        if Instant::now() >= deadline {
-                            return (n, thread_cpu() - cpu0);
-                        }
-                    }
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("thread"))
-            .fold((0, 0.0), |(n, c), (m, d)| (n + m, c + d))
-    });
-    Rate {
-        wall: total as f64 / start.elapsed().as_secs_f64(),
-        cpu: total as f64 / cpu.max(1e-3),
-    }
-}
-
-/// Lookups/s of `threads` threads for `secs`.
-fn lookups<B: BufferManager>(t: &BTree<'_, B>, keys: u64, threads: usize, secs: f64) -> Rate {
-    timed_lookups(keys, threads, secs, |k, out| {
-        let found = t.lookup(&k.to_be_bytes(), out).expect("lookup");
-        assert!(found && out[..8] == k.to_be_bytes(), "key {k}");
-    })
 }
 
 fn map_lookups(m: &BTreeMap<[u8; 8], Vec<u8>>, keys: u64, threads: usize, secs: f64) -> Rate {
@@ -626,49 +500,6 @@ fn in_memory<D: BlockDevice>(args: &Args, devices: &dyn Fn(usize) -> Vec<D>) {
 }
 
 /// QD1 random 4 KiB reads of pages 0..pages through one queue pair: IOPS.
-fn qd1_reads<D: BlockDevice>(dev: &mut D, buf: &DmaBytes, pages: u64, secs: f64) -> f64 {
-    let mut r = Rng(seed());
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs_f64(secs);
-    let mut n = 0u64;
-    while Instant::now() < deadline {
-        let io = Io::read(r.below(pages), 1, buf.io_buf().addr);
-        run_all(dev, &[io], std::thread::yield_now).expect("read");
-        n += 1;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
-}
-
-struct OooRun {
-    rate: f64,
-    stats: PoolStats,
-    tlb: u64,
-    secs: f64,
-}
-
-fn ooo_measure<B: BufferManager>(t: &BTree<'_, B>, keys: u64, threads: usize, secs: f64) -> OooRun {
-    let s0 = t.pool().stats();
-    let tlb0 = tlb_shootdowns().unwrap_or(0);
-    let t0 = Instant::now();
-    let rate = lookups(t, keys, threads, secs).wall;
-    let secs = t0.elapsed().as_secs_f64();
-    let s1 = t.pool().stats();
-    OooRun {
-        rate,
-        stats: PoolStats {
-            reads: s1.reads - s0.reads,
-            writes: s1.writes - s0.writes,
-            evictions: s1.evictions - s0.evictions,
-            evict_batches: s1.evict_batches - s0.evict_batches,
-            dontneed_calls: s1.dontneed_calls - s0.dontneed_calls,
-            allocations: s1.allocations - s0.allocations,
-            ..PoolStats::default()
-        },
-        tlb: tlb_shootdowns().unwrap_or(0) - tlb0,
-        secs,
-    }
-}
-
 fn ooo_row(name: &str, r: &OooRun) {
     let per = |x: u64| x as f64 / r.secs;
     println!(
@@ -681,19 +512,6 @@ fn ooo_row(name: &str, r: &OooRun) {
         per(r.stats.dontneed_calls),
         per(r.tlb),
         r.tlb as f64 / r.stats.evictions.max(1) as f64
-    );
-}
-
-/// Warms a pool with lookups until it has read as many pages as it holds.
-fn warm<B: BufferManager>(t: &BTree<'_, B>, keys: u64, name: &str) {
-    let t0 = Instant::now();
-    while t.pool().stats().reads < t.pool().capacity() as u64 {
-        lookups(t, keys, 2, 1.0);
-    }
-    eprintln!(
-        "warmed the {name} pool in {:.1} s ({:?})",
-        t0.elapsed().as_secs_f64(),
-        t.pool().stats()
     );
 }
 
@@ -716,8 +534,8 @@ fn out_of_memory<D: BlockDevice>(args: &Args, devices: &dyn Fn(usize) -> Vec<D>)
     let hash = HashPool::new(devices(nq), config(cap, used)).expect("hash pool");
     let tv = BTree::open(&vm, meta).expect("open");
     let th = BTree::open(&hash, meta).expect("open");
-    warm(&tv, keys, "vmcache");
-    warm(&th, keys, "hash");
+    warm(&tv, keys, "vmcache", 1.0);
+    warm(&th, keys, "hash", 1.0);
     let mut qdev = devices(1).pop().expect("a device");
     let buf = DmaBytes::new(qdev.alloc(1).expect("buffer"));
     println!(

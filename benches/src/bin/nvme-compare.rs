@@ -13,6 +13,10 @@
 //! median round and the ratios of those medians, and for the QD32 target
 //! also the median of the per-round ratios (each from two runs that were
 //! seconds apart).
+//!
+//! `dbos bench --only storage` runs this comparison through the same library
+//! code (`dbos_benches`) and writes it into the one report with the others
+//! (`target/dbos-report/`).
 
 use clap::Parser;
 use dbos_benches::load::BackgroundLoad;

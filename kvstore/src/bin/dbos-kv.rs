@@ -249,6 +249,10 @@ struct BenchArgs {
     /// server.
     #[arg(long, default_value_t = 30)]
     timeout: u64,
+    /// Print each phase as one line of JSON (operations, rates, latency
+    /// percentiles, errors) instead of the tables.
+    #[arg(long)]
+    json: bool,
 }
 
 impl BenchArgs {
@@ -273,6 +277,7 @@ impl BenchArgs {
             acks: self.acks,
             verify: self.verify,
             timeout: Duration::from_secs(self.timeout.max(1)),
+            json: self.json,
         }))
     }
 }

@@ -72,6 +72,9 @@ pub struct Options {
     pub verify: bool,
     /// Bounds connecting and every read and write.
     pub timeout: Duration,
+    /// Print each phase as one line of JSON ([`report::json`]) instead of
+    /// the description and the tables, for tools (`dbos bench`).
+    pub json: bool,
 }
 
 /// How a bench ended.

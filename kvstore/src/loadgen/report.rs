@@ -252,9 +252,75 @@ pub fn table(stats: &PhaseStats, elapsed_ns: u64) -> String {
     out
 }
 
+/// A phase as one line of JSON: `{"phase", "seconds", "ops": [{"operation",
+/// "count", "ops_per_s", "p50_us", "p99_us", "p99_9_us", "max_us",
+/// "errors", "wrong", "missing"}, ...]}`, one entry per kind of operation
+/// done and a last one named `total`, as in [`table`].
+pub fn json(phase: &str, stats: &PhaseStats, elapsed_ns: u64) -> String {
+    let per_s = if elapsed_ns == 0 {
+        0.0
+    } else {
+        1e9 / elapsed_ns as f64
+    };
+    let mut all = OpStats::default();
+    let mut rows: Vec<(&str, &OpStats)> = Vec::new();
+    for kind in OpKind::ALL {
+        let op = &stats.ops[kind.index()];
+        if op.count > 0 {
+            rows.push((kind.name(), op));
+            all.merge(op);
+        }
+    }
+    rows.push(("total", &all));
+    let ops: Vec<String> = rows
+        .iter()
+        .map(|(name, op)| {
+            let us = |q: f64| op.latency.value_at_quantile(q) as f64 / 1000.0;
+            std::format!(
+                "{{\"operation\":\"{name}\",\"count\":{},\"ops_per_s\":{:.3},\"p50_us\":{:.3},\
+                 \"p99_us\":{:.3},\"p99_9_us\":{:.3},\"max_us\":{:.3},\"errors\":{},\
+                 \"wrong\":{},\"missing\":{}}}",
+                op.count,
+                op.count as f64 * per_s,
+                us(0.5),
+                us(0.99),
+                us(0.999),
+                op.latency.max() as f64 / 1000.0,
+                op.errors,
+                op.wrong,
+                op.missing
+            )
+        })
+        .collect();
+    std::format!(
+        "{{\"phase\":\"{phase}\",\"seconds\":{:.6},\"ops\":[{}]}}",
+        elapsed_ns as f64 / 1e9,
+        ops.join(",")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_has_a_row_per_kind_and_a_total() {
+        let mut stats = PhaseStats::default();
+        stats.done(OpKind::Read, 10_000);
+        stats.done(OpKind::Read, 30_000);
+        let j = json("run", &stats, 2_000_000_000);
+        assert!(
+            j.starts_with("{\"phase\":\"run\",\"seconds\":2.000000,\"ops\":["),
+            "{j}"
+        );
+        assert!(
+            j.contains("{\"operation\":\"read\",\"count\":2,\"ops_per_s\":1.000,"),
+            "{j}"
+        );
+        assert!(j.contains("{\"operation\":\"total\",\"count\":2,"), "{j}");
+        assert!(j.ends_with("}]}"), "{j}");
+        assert!(!j.contains('\n'));
+    }
 
     #[test]
     fn table_rows_and_totals() {

@@ -560,13 +560,15 @@ pub fn phases(opts: &Options) -> Outcome {
     } else {
         spec.distribution_name()
     };
-    std::println!(
-        "bench: {} at {}:{}, pipeline {}",
-        report::describe(spec, distribution),
-        opts.host,
-        opts.port,
-        opts.pipeline
-    );
+    if !opts.json {
+        std::println!(
+            "bench: {} at {}:{}, pipeline {}",
+            report::describe(spec, distribution),
+            opts.host,
+            opts.port,
+            opts.pipeline
+        );
+    }
     let runs = matches!(opts.phase, Phase::Run | Phase::Both);
     if runs && spec.workload == crate::workload::Workload::E {
         if let Err(stop) = probe_range(opts) {
@@ -595,8 +597,10 @@ pub fn phases(opts: &Options) -> Outcome {
         todo.push(("run", spec.operations, run_client));
     }
     for (name, total, body) in todo {
-        std::println!();
-        std::println!("{name}:");
+        if !opts.json {
+            std::println!();
+            std::println!("{name}:");
+        }
         let progress = Progress::new(total);
         let sh = Shared {
             opts,
@@ -607,20 +611,33 @@ pub fn phases(opts: &Options) -> Outcome {
             stop: Mutex::new(None),
         };
         let (stats, ns) = clients(&sh, name, body);
-        std::print!("{}", report::table(&stats, ns));
+        if opts.json {
+            std::println!("{}", report::json(name, &stats, ns));
+        } else {
+            std::print!("{}", report::table(&stats, ns));
+        }
         problems += stats.problems();
         stop = sh.stop.into_inner().ok().flatten();
         if let Some(s) = &stop {
             let (Stop::Lost(why) | Stop::Fatal(why)) = s;
-            std::println!(
+            let line = format!(
                 "{name} stopped after {} of {total} operations: {why}",
                 stats.total()
             );
+            // With --json, stdout holds only the JSON lines.
+            if opts.json {
+                std::eprintln!("{line}");
+            } else {
+                std::println!("{line}");
+            }
             break;
         }
     }
     if let (Some(f), Some(path)) = (&acks, &opts.acks) {
         match f.finish(&acked) {
+            Ok(()) if opts.json => {
+                std::eprintln!("acknowledged writes recorded in {}", path.display())
+            }
             Ok(()) => std::println!("acknowledged writes recorded in {}", path.display()),
             Err(e) => return Outcome::Failed(format!("acknowledgement file: {e}")),
         }

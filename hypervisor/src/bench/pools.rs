@@ -1,0 +1,730 @@
+//! Pools: B+tree point lookups on the vmcache-style pool and the
+//! hash-table pool in process mode (`dbos_benches::pools`, the code behind
+//! `btree-compare`), in memory and out of memory (data 4x the pool, against
+//! QD1 reads of the same pages), 1 and 2 threads; and the guest's Tabby
+//! against the classic invalidate-all eviction in counted events per
+//! evicted page (`dbos run ... tabby -- bench`, a child process).
+
+use super::plot::{self, Axis, Series};
+use super::report::{Cell, Figure, Kind, Section, Table, Value};
+use super::{disk_problem, Ctx};
+use dbos_benches::load::BackgroundLoad;
+use dbos_benches::median;
+use dbos_benches::pools::{
+    build, config, direct, lookups, ooo_measure, qd1_reads, warm, OooRun, KEYS_PER_LEAF,
+};
+use dbos_bufferpool::btree::BTree;
+use dbos_bufferpool::device::{BlockDevice, DmaBytes};
+use dbos_bufferpool::direct::DirectDevice;
+use dbos_bufferpool::pool::hash::HashPool;
+use dbos_bufferpool::pool::vmcache::VmCache;
+use dbos_bufferpool::pool::BufferManager;
+use dbos_bufferpool::PAGE_SIZE;
+use dbos_nvme::host::BackingFile;
+use std::sync::Arc;
+
+const POOLS: [&str; 2] = ["vmcache", "hash"];
+const THREADS: [usize; 2] = [1, 2];
+/// Busy threads beside the loaded out-of-memory runs (issue 19's targets
+/// hold quiet and with 2).
+const LOAD: usize = 2;
+
+/// The run with the median rate.
+fn median_run(mut r: Vec<OooRun>) -> OooRun {
+    r.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    r.swap_remove((r.len() - 1) / 2)
+}
+
+/// The sizes of a run.
+struct Shape {
+    keys: u64,
+    data_mib: u64,
+    pool_mib: u64,
+    secs: f64,
+    rounds: usize,
+    /// `tabby -- bench` arguments (keys, frames, lookups), none: defaults.
+    guest_args: Vec<&'static str>,
+}
+
+/// In memory: lookups/s per (pool, threads), the median round.
+struct InMemory {
+    rates: Vec<(usize, usize, f64)>,
+}
+
+/// Out of memory: QD1 IOPS and each pool's run per thread count, medians.
+struct OutOfMemory {
+    qd1: f64,
+    runs: Vec<(usize, usize, OooRun)>,
+    /// QD1 IOPS and each pool's 1-thread run with [`LOAD`] busy threads
+    /// beside.
+    qd1_loaded: f64,
+    loaded: Vec<(usize, OooRun)>,
+    keys: u64,
+    used_pages: u64,
+    cap_pages: usize,
+}
+
+/// Runs the section.
+pub fn run(ctx: &Ctx) -> Section {
+    let shape = if ctx.quick {
+        Shape {
+            keys: 20_000,
+            data_mib: 16,
+            pool_mib: 4,
+            secs: 0.2,
+            rounds: 1,
+            guest_args: vec!["300", "8", "40"],
+        }
+    } else {
+        Shape {
+            keys: 1_000_000,
+            data_mib: 1024,
+            pool_mib: 256,
+            secs: 2.0,
+            rounds: 3,
+            guest_args: vec![],
+        }
+    };
+    let mut s = Section::new(
+        "pools",
+        "Buffer pools: vmcache-style and hash-table pools; Tabby in the guest",
+        &format!(
+            "Process mode, each thread's own pread/pwrite on an O_DIRECT file (the direct \
+             device): a B+tree of 8-byte keys and 120-byte values, uniform random lookups \
+             from {THREADS:?} threads for {} s, {} round(s) in rotated order, medians. In \
+             memory: {} keys, pools larger than the tree. Out of memory: {} MiB of tree over \
+             pools of {} MiB, after a warm-up, against QD1 random 4 KiB reads of the same \
+             pages, quiet and (1 thread) with {LOAD} busy threads beside. Guest: Tabby against the classic pool that invalidates every TLB on \
+             eviction, same tree shape, events per evicted page.",
+            shape.secs, shape.rounds, shape.keys, shape.data_mib, shape.pool_mib
+        ),
+    );
+    let command = format!(
+        "{} (building block: btree-compare --keys {} --ooo-data-mib {} --ooo-pool-mib {} \
+         --threads 1,2 --seconds {} --rounds {})",
+        ctx.command("pools"),
+        shape.keys,
+        shape.data_mib,
+        shape.pool_mib,
+        shape.secs,
+        shape.rounds
+    );
+    let (mem, ooo) = match disk_problem(&ctx.work) {
+        Some(p) => (Err(Value::not_available(&p)), Err(Value::not_available(p))),
+        None => {
+            ctx.progress("pools", &format!("in memory: building {} keys", shape.keys));
+            // A workload that fails panics: the section fails (mod.rs).
+            let mem = in_memory(ctx, &shape);
+            ctx.progress(
+                "pools",
+                &format!(
+                    "out of memory: building {} MiB of tree over a {} MiB pool",
+                    shape.data_mib, shape.pool_mib
+                ),
+            );
+            let ooo = out_of_memory(ctx, &shape);
+            (mem, ooo)
+        }
+    };
+    let guest_args = shape.guest_args.join(" ");
+    ctx.progress(
+        "pools",
+        &format!("guest: tabby -- bench {guest_args} (KVM, counted events)"),
+    );
+    let guest = guest_bench(ctx, &shape.guest_args);
+    let guest_command = format!(
+        "{} (building block: dbos run --vcpus 2 --disk DISK --disk-size 4M --disk-spin-us \
+         200000 {} -- bench {guest_args})",
+        ctx.command("pools"),
+        crate::guest_image("tabby").display()
+    );
+    s.figures = figures(&mem, &ooo, &guest);
+    s.tables.push(in_memory_table(&mem, &command));
+    s.tables.push(ooo_table(&ooo, &command));
+    s.tables.push(ooo_counted_table(&ooo, &command));
+    match &guest {
+        Ok(rows) => s.tables.push(guest_table(rows, &guest_command)),
+        Err(v) => s.notes.push(format!("guest events: {}", v.text())),
+    }
+    plots(ctx, &mut s, &mem, &ooo);
+    if let Err(v) = &mem {
+        s.notes.push(format!("in memory: {}", v.text()));
+    }
+    if let Err(v) = &ooo {
+        s.notes.push(format!("out of memory: {}", v.text()));
+    }
+    s.notes.push(
+        "Not measured yet here: the Tabby pool in process mode, the pools on the queue pair \
+         (btree-compare --io qp), the reference vmcache binary, and the in-memory runs \
+         with a background load. TLB shootdowns are the whole machine's (the TLB line of /proc/interrupts), \
+         other processes' included."
+            .into(),
+    );
+    s
+}
+
+fn backing(ctx: &Ctx, name: &str, pages: u64) -> Result<Arc<BackingFile>, Value> {
+    let path = ctx.work.join(name);
+    let _ = std::fs::remove_file(&path);
+    BackingFile::create(&path, pages * PAGE_SIZE as u64)
+        .map(Arc::new)
+        .map_err(|e| Value::not_available(format!("cannot create {}: {e}", path.display())))
+}
+
+fn in_memory(ctx: &Ctx, shape: &Shape) -> Result<InMemory, Value> {
+    let keys = shape.keys;
+    let pages = keys / KEYS_PER_LEAF * 11 / 10 + 4096;
+    let file = backing(ctx, "pools-memory.img", pages)?;
+    let nq = THREADS.iter().max().copied().unwrap_or(1) + 1;
+    let cap = pages as usize;
+    let vm = VmCache::new(direct(&file, nq), config(cap, 0)).expect("vmcache pool");
+    let meta = build(&vm, keys);
+    let used = vm.page_count();
+    let hash = HashPool::new(direct(&file, nq), config(cap, used)).expect("hash pool");
+    let tv = BTree::open(&vm, meta).expect("open the tree");
+    let th = BTree::open(&hash, meta).expect("open the tree");
+    // Every page resident in the hash pool too.
+    th.scan_forward(None, |_, _| true).expect("scan");
+    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); POOLS.len() * THREADS.len()];
+    for round in 0..shape.rounds {
+        for k in 0..runs.len() {
+            let m = (k + round) % runs.len();
+            let (p, t) = (m % POOLS.len(), THREADS[m / POOLS.len()]);
+            let rate = if p == 0 {
+                lookups(&tv, keys, t, shape.secs).wall
+            } else {
+                lookups(&th, keys, t, shape.secs).wall
+            };
+            ctx.progress(
+                "pools",
+                &format!(
+                    "in memory round {}: {} {t} thread(s): {rate:.0} lookups/s",
+                    round + 1,
+                    POOLS[p]
+                ),
+            );
+            runs[m].push(rate);
+        }
+    }
+    Ok(InMemory {
+        rates: runs
+            .iter()
+            .enumerate()
+            .map(|(m, r)| (m % POOLS.len(), THREADS[m / POOLS.len()], median(r)))
+            .collect(),
+    })
+}
+
+fn out_of_memory(ctx: &Ctx, shape: &Shape) -> Result<OutOfMemory, Value> {
+    let data_pages = (shape.data_mib << 20) / PAGE_SIZE as u64;
+    let keys = data_pages * KEYS_PER_LEAF * 98 / 100;
+    let cap = ((shape.pool_mib << 20) / PAGE_SIZE as u64) as usize;
+    let file = backing(ctx, "pools-ooo.img", data_pages * 11 / 10 + 4096)?;
+    let nq = THREADS.iter().max().copied().unwrap_or(1) + 1;
+    let (meta, used) = {
+        let builder = VmCache::new(direct(&file, 2), config(cap, 0)).expect("vmcache pool");
+        (build(&builder, keys), builder.page_count())
+    };
+    let vm = VmCache::new(direct(&file, nq), config(cap, used)).expect("vmcache pool");
+    let hash = HashPool::new(direct(&file, nq), config(cap, used)).expect("hash pool");
+    let tv = BTree::open(&vm, meta).expect("open the tree");
+    let th = BTree::open(&hash, meta).expect("open the tree");
+    ctx.progress("pools", "out of memory: warming both pools");
+    warm(&tv, keys, "vmcache", shape.secs);
+    warm(&th, keys, "hash", shape.secs);
+    let mut qdev: DirectDevice = direct(&file, 1).pop().expect("a device");
+    let buf = DmaBytes::new(qdev.alloc(1).expect("an I/O buffer"));
+    let n = 1 + POOLS.len() * THREADS.len();
+    let mut qd1 = Vec::new();
+    let mut runs: Vec<Vec<OooRun>> = (1..n).map(|_| Vec::new()).collect();
+    for round in 0..shape.rounds {
+        for k in 0..n {
+            let m = (k + round) % n;
+            if m == 0 {
+                let iops = qd1_reads(&mut qdev, &buf, used, shape.secs);
+                ctx.progress(
+                    "pools",
+                    &format!(
+                        "out of memory round {}: QD1 reads {iops:.0} IOPS",
+                        round + 1
+                    ),
+                );
+                qd1.push(iops);
+                continue;
+            }
+            let (p, t) = ((m - 1) % POOLS.len(), THREADS[(m - 1) / POOLS.len()]);
+            let r = if p == 0 {
+                ooo_measure(&tv, keys, t, shape.secs)
+            } else {
+                ooo_measure(&th, keys, t, shape.secs)
+            };
+            ctx.progress(
+                "pools",
+                &format!(
+                    "out of memory round {}: {} {t} thread(s): {:.0} lookups/s",
+                    round + 1,
+                    POOLS[p],
+                    r.rate
+                ),
+            );
+            runs[m - 1].push(r);
+        }
+    }
+    // The same, 1 thread, with LOAD busy threads beside.
+    let busy = BackgroundLoad::start(LOAD);
+    let mut qd1_loaded = Vec::new();
+    let mut loaded: Vec<Vec<OooRun>> = POOLS.iter().map(|_| Vec::new()).collect();
+    for round in 0..shape.rounds {
+        for k in 0..=POOLS.len() {
+            let m = (k + round) % (POOLS.len() + 1);
+            let what = if m == 0 {
+                let iops = qd1_reads(&mut qdev, &buf, used, shape.secs);
+                qd1_loaded.push(iops);
+                format!("QD1 reads {iops:.0} IOPS")
+            } else {
+                let r = if m == 1 {
+                    ooo_measure(&tv, keys, 1, shape.secs)
+                } else {
+                    ooo_measure(&th, keys, 1, shape.secs)
+                };
+                let what = format!("{} 1 thread(s): {:.0} lookups/s", POOLS[m - 1], r.rate);
+                loaded[m - 1].push(r);
+                what
+            };
+            ctx.progress(
+                "pools",
+                &format!(
+                    "out of memory +{LOAD} busy threads round {}: {what}",
+                    round + 1
+                ),
+            );
+        }
+    }
+    drop(busy);
+    Ok(OutOfMemory {
+        qd1: median(&qd1),
+        runs: runs
+            .into_iter()
+            .enumerate()
+            .map(|(m, r)| (m % POOLS.len(), THREADS[m / POOLS.len()], median_run(r)))
+            .collect(),
+        qd1_loaded: median(&qd1_loaded),
+        loaded: loaded.into_iter().map(median_run).enumerate().collect(),
+        keys,
+        used_pages: used,
+        cap_pages: cap,
+    })
+}
+
+fn mem_rate(mem: &Result<InMemory, Value>, pool: usize, threads: usize) -> Result<f64, Value> {
+    let m = mem.as_ref().map_err(Clone::clone)?;
+    m.rates
+        .iter()
+        .find(|r| r.0 == pool && r.1 == threads)
+        .map(|r| r.2)
+        .ok_or_else(|| Value::not_available("not run"))
+}
+
+fn ooo_run(
+    ooo: &Result<OutOfMemory, Value>,
+    pool: usize,
+    threads: usize,
+) -> Result<&OooRun, Value> {
+    let o = ooo.as_ref().map_err(Clone::clone)?;
+    o.runs
+        .iter()
+        .find(|r| r.0 == pool && r.1 == threads)
+        .map(|r| &r.2)
+        .ok_or_else(|| Value::not_available("not run"))
+}
+
+fn val(r: Result<f64, Value>) -> Value {
+    r.map_or_else(|v| v, Value::num)
+}
+
+fn figures(
+    mem: &Result<InMemory, Value>,
+    ooo: &Result<OutOfMemory, Value>,
+    guest: &Result<Vec<GuestRow>, Value>,
+) -> Vec<Figure> {
+    let mut v = Vec::new();
+    let ratio = (|| Ok(mem_rate(mem, 0, 1)? / mem_rate(mem, 1, 1)?))();
+    let ratio = val(ratio);
+    v.push(Figure {
+        name: "in memory: vmcache-style lookups/s / hash pool's, 1 thread".into(),
+        met: ratio.number().map(|r| r >= 1.5),
+        value: ratio,
+        unit: "x".into(),
+        baseline: "the hash-table pool, 1 thread (lookups/s)".into(),
+        baseline_value: val(mem_rate(mem, 1, 1)),
+        target: ">= 1.5 (issue 19)".into(),
+        kind: Kind::WallClock,
+    });
+    let reads = (|| {
+        let r = ooo_run(ooo, 0, 1)?;
+        let qd1 = ooo.as_ref().map_err(Clone::clone)?.qd1;
+        Ok(r.stats.reads as f64 / r.secs / qd1)
+    })();
+    v.push(Figure {
+        name: "out of memory: vmcache-style page reads/s / QD1 IOPS, 1 thread".into(),
+        met: val(reads.clone()).number().map(|r| r >= 0.9),
+        value: val(reads),
+        unit: "x".into(),
+        baseline: "QD1 random 4 KiB reads of the same pages (IOPS)".into(),
+        baseline_value: val(ooo.as_ref().map(|o| o.qd1).map_err(Clone::clone)),
+        target: ">= 0.90 (btree-compare)".into(),
+        kind: Kind::WallClock,
+    });
+    let loaded = (|| {
+        let o = ooo.as_ref().map_err(Clone::clone)?;
+        let r = &o.loaded[0].1;
+        Ok(r.stats.reads as f64 / r.secs / o.qd1_loaded)
+    })();
+    v.push(Figure {
+        name: format!(
+            "out of memory, {LOAD} busy threads beside: vmcache-style page reads/s / QD1 IOPS, \
+             1 thread"
+        ),
+        met: val(loaded.clone()).number().map(|r| r >= 0.9),
+        value: val(loaded),
+        unit: "x".into(),
+        baseline: format!("QD1 random 4 KiB reads of the same pages, {LOAD} busy threads (IOPS)"),
+        baseline_value: val(ooo.as_ref().map(|o| o.qd1_loaded).map_err(Clone::clone)),
+        target: ">= 0.90 quiet and loaded (issue 19)".into(),
+        kind: Kind::WallClock,
+    });
+    for (col, what) in [(0, "IPIs"), (1, "remote invalidations")] {
+        let (value, base) = match guest {
+            Ok(rows) => (
+                guest_value(rows, "tabby", "lookups", col),
+                guest_value(rows, "invalidate_all", "lookups", col),
+            ),
+            Err(e) => (e.clone(), e.clone()),
+        };
+        v.push(Figure {
+            name: format!("guest: Tabby {what} per evicted page, during lookups"),
+            met: value.number().map(|x| x == 0.0),
+            value,
+            unit: "per page".into(),
+            baseline: "the classic pool that invalidates every TLB on eviction".into(),
+            baseline_value: base,
+            target: "= 0 (issue 19)".into(),
+            kind: Kind::Counted,
+        });
+    }
+    v
+}
+
+fn in_memory_table(mem: &Result<InMemory, Value>, command: &str) -> Table {
+    let mut rows = Vec::new();
+    for &t in &THREADS {
+        for (p, name) in POOLS.iter().enumerate() {
+            rows.push(vec![
+                Cell::from(*name),
+                t.to_string().into(),
+                val(mem_rate(mem, p, t)).into(),
+            ]);
+        }
+    }
+    Table {
+        title: "In memory: lookups per second".into(),
+        command: command.into(),
+        kind: Kind::WallClock,
+        columns: ["pool", "threads", "lookups/s"].map(String::from).to_vec(),
+        rows,
+    }
+}
+
+fn ooo_table(ooo: &Result<OutOfMemory, Value>, command: &str) -> Table {
+    let mut rows: Vec<Vec<Cell>> = vec![vec![
+        "QD1 4 KiB reads".into(),
+        "1".into(),
+        "- (the baseline: no lookups)".into(),
+        val(ooo.as_ref().map(|o| o.qd1).map_err(Clone::clone)).into(),
+    ]];
+    for &t in &THREADS {
+        for (p, name) in POOLS.iter().enumerate() {
+            let r = ooo_run(ooo, p, t);
+            rows.push(vec![
+                Cell::from(*name),
+                t.to_string().into(),
+                val(r.clone().map(|r| r.rate)).into(),
+                val(r.map(|r| r.stats.reads as f64 / r.secs)).into(),
+            ]);
+        }
+    }
+    rows.push(vec![
+        format!("QD1 4 KiB reads +{LOAD} busy threads").into(),
+        "1".into(),
+        "- (the baseline: no lookups)".into(),
+        val(ooo.as_ref().map(|o| o.qd1_loaded).map_err(Clone::clone)).into(),
+    ]);
+    for (p, name) in POOLS.iter().enumerate() {
+        let r = ooo.as_ref().map(|o| &o.loaded[p].1).map_err(Clone::clone);
+        rows.push(vec![
+            format!("{name} +{LOAD} busy threads").into(),
+            "1".into(),
+            val(r.clone().map(|r| r.rate)).into(),
+            val(r.map(|r| r.stats.reads as f64 / r.secs)).into(),
+        ]);
+    }
+    let title = match ooo {
+        Ok(o) => format!(
+            "Out of memory: {} keys, {} pages of tree over pools of {} pages",
+            o.keys, o.used_pages, o.cap_pages
+        ),
+        Err(_) => "Out of memory".into(),
+    };
+    Table {
+        title,
+        command: command.into(),
+        kind: Kind::WallClock,
+        columns: ["pool", "threads", "lookups/s", "page reads/s"]
+            .map(String::from)
+            .to_vec(),
+        rows,
+    }
+}
+
+fn ooo_counted_table(ooo: &Result<OutOfMemory, Value>, command: &str) -> Table {
+    let mut rows = Vec::new();
+    for &t in &THREADS {
+        for (p, name) in POOLS.iter().enumerate() {
+            let r = ooo_run(ooo, p, t);
+            let per_lookup = |f: fn(&OooRun) -> u64| {
+                val(r.clone().map(|r| f(r) as f64 / (r.rate * r.secs).max(1.0)))
+            };
+            rows.push(vec![
+                Cell::from(*name),
+                t.to_string().into(),
+                per_lookup(|r| r.stats.reads).into(),
+                per_lookup(|r| r.stats.evictions).into(),
+                val(r.clone().map(|r| {
+                    if r.stats.evictions == 0 {
+                        0.0
+                    } else {
+                        r.tlb as f64 / r.stats.evictions as f64
+                    }
+                }))
+                .into(),
+            ]);
+        }
+    }
+    Table {
+        title:
+            "Out of memory: page reads and evictions per lookup, TLB shootdowns per evicted page"
+                .into(),
+        command: command.into(),
+        kind: Kind::Counted,
+        columns: [
+            "pool",
+            "threads",
+            "page reads per lookup",
+            "evictions per lookup",
+            "TLB shootdowns per evicted page",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    }
+}
+
+fn plots(
+    ctx: &Ctx,
+    s: &mut Section,
+    mem: &Result<InMemory, Value>,
+    ooo: &Result<OutOfMemory, Value>,
+) {
+    let mut series = Vec::new();
+    for (p, name) in POOLS.iter().enumerate() {
+        series.push(Series {
+            name: format!("{name}, in memory"),
+            points: THREADS
+                .iter()
+                .filter_map(|&t| Some((t as f64, mem_rate(mem, p, t).ok()?)))
+                .collect(),
+        });
+        series.push(Series {
+            name: format!("{name}, out of memory"),
+            points: THREADS
+                .iter()
+                .filter_map(|&t| Some((t as f64, ooo_run(ooo, p, t).ok()?.rate)))
+                .collect(),
+        });
+    }
+    plot::add(
+        s,
+        &ctx.out,
+        "pools-lookups-threads.svg",
+        "Lookups per second against threads",
+        Axis {
+            label: "threads",
+            log: false,
+        },
+        Axis {
+            label: "lookups per second (log scale)",
+            log: true,
+        },
+        &series,
+    );
+}
+
+/// Per evicted page: ipis, remote, local, pte, vmm_exits, kvm_exits.
+const GUEST_EVENTS: [&str; 6] = ["ipis", "remote", "local", "pte", "vmm_exits", "kvm_exits"];
+
+/// One `MODE PHASE: evicted N; per evicted page: ...` line.
+struct GuestRow {
+    mode: String,
+    phase: String,
+    evicted: f64,
+    per_page: Vec<Option<f64>>,
+}
+
+fn guest_value(rows: &[GuestRow], mode: &str, phase: &str, col: usize) -> Value {
+    match rows.iter().find(|r| r.mode == mode && r.phase == phase) {
+        Some(r) => r.per_page[col].map_or_else(
+            || Value::not_available(format!("the guest reported no {}", GUEST_EVENTS[col])),
+            Value::num,
+        ),
+        None => Value::not_available(format!("the guest printed no {mode} {phase} line")),
+    }
+}
+
+/// Parses `tabby -- bench` output.
+fn parse_guest(stdout: &str) -> Vec<GuestRow> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let l = l.split_once("] ").map_or(l, |x| x.1);
+            let (head, rest) = l.split_once(": evicted ")?;
+            let (mode, phase) = head.split_once(' ')?;
+            let (evicted, rest) = rest.split_once(';')?;
+            let per = rest
+                .split(';')
+                .next()?
+                .trim()
+                .strip_prefix("per evicted page:")?;
+            let words: Vec<&str> = per.split_whitespace().collect();
+            let per_page = GUEST_EVENTS
+                .iter()
+                .map(|e| {
+                    let i = words.iter().position(|w| w == e)?;
+                    words.get(i + 1)?.parse().ok()
+                })
+                .collect();
+            Some(GuestRow {
+                mode: mode.into(),
+                phase: phase.into(),
+                evicted: evicted.trim().parse().ok()?,
+                per_page,
+            })
+        })
+        .collect()
+}
+
+fn guest_bench(ctx: &Ctx, args: &[&str]) -> Result<Vec<GuestRow>, Value> {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        return Err(Value::not_available("no /dev/kvm"));
+    }
+    let image = crate::guest_image("tabby");
+    if !image.exists() {
+        return Err(Value::not_available(format!(
+            "the guest image {} is not built",
+            image.display()
+        )));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Value::not_available(format!("the path of this dbos: {e}")))?;
+    let disk = ctx.work.join("tabby.img");
+    let out = std::process::Command::new(exe)
+        .args(["run", "--vcpus", "2", "--time-limit", "600", "--disk"])
+        .arg(&disk)
+        .args(["--disk-size", "4M", "--disk-spin-us", "200000"])
+        .arg(&image)
+        .arg("--")
+        .arg("bench")
+        .args(args)
+        .output()
+        .map_err(|e| Value::not_available(format!("running the guest: {e}")))?;
+    if !out.status.success() {
+        return Err(Value::not_available(format!(
+            "the guest failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        )));
+    }
+    let rows = parse_guest(&String::from_utf8_lossy(&out.stdout));
+    if rows.is_empty() {
+        return Err(Value::not_available("the guest printed no event lines"));
+    }
+    Ok(rows)
+}
+
+fn guest_table(rows: &[GuestRow], command: &str) -> Table {
+    let mut columns = vec!["pool".to_string(), "phase".into(), "evicted".into()];
+    columns.extend(
+        GUEST_EVENTS
+            .iter()
+            .map(|e| format!("{} per page", e.replace('_', " "))),
+    );
+    Table {
+        title: "Guest: events per evicted page, Tabby against invalidate-all".into(),
+        command: command.into(),
+        kind: Kind::Counted,
+        columns,
+        rows: rows
+            .iter()
+            .map(|r| {
+                let mut row: Vec<Cell> = vec![
+                    r.mode.clone().into(),
+                    r.phase.clone().into(),
+                    Value::num(r.evicted).into(),
+                ];
+                row.extend((0..GUEST_EVENTS.len()).map(|c| {
+                    Cell::from(guest_value(std::slice::from_ref(r), &r.mode, &r.phase, c))
+                }));
+                row
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tabby_event_lines_are_parsed() {
+        let out = "[vcpu0] tabby tree: 2000 keys, 79 pages, 16 frames\n\
+            [vcpu0] tabby lookups: evicted 176; per evicted page: ipis 0.00 remote 0.00 local 0.99 pte 0.99 vmm_exits 0.00 kvm_exits 24.15; totals: ipis 0\n\
+            [vcpu0] invalidate_all lookups: evicted 184; per evicted page: ipis 1.00 remote 1.00 local 3.01 pte 2.01 vmm_exits 0.01 kvm_exits n/a; totals: ipis 184\n\
+            [vcpu0] tabby: ok\n";
+        let rows = parse_guest(out);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].mode, "tabby");
+        assert_eq!(rows[0].phase, "lookups");
+        assert_eq!(rows[0].evicted, 176.0);
+        assert_eq!(rows[0].per_page[2], Some(0.99));
+        assert_eq!(rows[1].per_page[0], Some(1.0));
+        assert_eq!(rows[1].per_page[5], None);
+        let figs = figures(
+            &Err(Value::not_available("x")),
+            &Err(Value::not_available("x")),
+            &Ok(rows),
+        );
+        let ipis = figs
+            .iter()
+            .find(|f| f.name.starts_with("guest: Tabby IPIs"))
+            .unwrap();
+        assert_eq!(ipis.met, Some(true));
+        assert_eq!(ipis.baseline_value.number(), Some(1.0));
+        // Without process results, those figures have no verdict.
+        assert!(figs
+            .iter()
+            .filter(|f| f.kind == Kind::WallClock)
+            .all(|f| f.met.is_none()));
+    }
+}

@@ -1,0 +1,352 @@
+//! `dbos bench --quick` from a clean state, and the report it writes
+//! checked: every built section in index.md, index.html and report.json;
+//! every figure and table value a finite number or an explicit "not
+//! installed" / "not available here" with its reason; every plot a
+//! well-formed SVG with its axis labels and at least one line of data.
+
+use serde_json::Value as Json;
+use std::path::Path;
+use std::process::Command;
+
+const BUILT: [&str; 5] = ["storage", "snapshots", "wal", "pools", "kvstore"];
+
+fn dbos() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dbos"))
+}
+
+/// A scratch directory on the target's disk (the benchmarks need O_DIRECT
+/// on a real file system, which /tmp may not be).
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+/// Checks every measured value in `json` (objects tagged `kind`: number,
+/// not_installed, not_available) and returns how many there were.
+fn check_values(json: &Json, at: &str) -> usize {
+    match json {
+        Json::Object(m) => {
+            let mut n = 0;
+            match m.get("kind").and_then(Json::as_str) {
+                Some("number") => {
+                    let v = m.get("value").and_then(Json::as_f64);
+                    assert!(
+                        v.is_some_and(f64::is_finite),
+                        "{at}: a number that is not finite: {json}"
+                    );
+                    n += 1;
+                }
+                Some("not_installed") => {
+                    let tool = m.get("tool").and_then(Json::as_str).unwrap_or("");
+                    assert!(!tool.is_empty(), "{at}: not installed names no tool");
+                    n += 1;
+                }
+                Some("not_available") => {
+                    let why = m.get("reason").and_then(Json::as_str).unwrap_or("");
+                    assert!(
+                        !why.trim().is_empty(),
+                        "{at}: not available without a reason"
+                    );
+                    n += 1;
+                }
+                _ => {}
+            }
+            for (k, v) in m {
+                // A verdict is null when its figure has no value (checked
+                // figure by figure in check_report).
+                if k == "met" && v.is_null() {
+                    continue;
+                }
+                n += check_values(v, &format!("{at}.{k}"));
+            }
+            n
+        }
+        Json::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| check_values(v, &format!("{at}[{i}]")))
+            .sum(),
+        Json::Number(x) => {
+            assert!(x.as_f64().is_some_and(f64::is_finite), "{at}: {x}");
+            0
+        }
+        Json::Null => panic!("{at}: null (a NaN or a missing value) in report.json"),
+        _ => 0,
+    }
+}
+
+/// Well-formedness of an SVG as XML: one root `<svg>` element, every tag
+/// closed in order, attributes quoted; returns the text of its `<text>`
+/// elements and its elements' names.
+fn parse_svg(svg: &str) -> (Vec<String>, Vec<String>) {
+    let s = svg.trim();
+    assert!(s.starts_with("<svg"), "does not start with <svg");
+    assert!(s.ends_with("</svg>"), "does not end with </svg>");
+    let mut stack: Vec<String> = Vec::new();
+    let (mut texts, mut names) = (Vec::new(), Vec::new());
+    let mut rest = s;
+    let mut roots = 0;
+    while let Some(lt) = rest.find('<') {
+        let text = &rest[..lt];
+        if stack.last().is_some_and(|t| t == "text") && !text.trim().is_empty() {
+            texts.push(text.trim().to_string());
+        }
+        let gt = rest[lt..].find('>').expect("an unclosed tag") + lt;
+        let tag = &rest[lt + 1..gt];
+        assert!(!tag.contains('<'), "a '<' inside a tag: {tag}");
+        assert_eq!(tag.matches('"').count() % 2, 0, "unbalanced quotes: {tag}");
+        if let Some(name) = tag.strip_prefix('/') {
+            let open = stack.pop().expect("a close tag without its open tag");
+            assert_eq!(open, name.trim(), "tags closed out of order");
+        } else if !tag.starts_with('?') && !tag.starts_with('!') {
+            let name: String = tag
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != '/')
+                .collect();
+            if stack.is_empty() {
+                roots += 1;
+            }
+            names.push(name.clone());
+            if !tag.ends_with('/') {
+                stack.push(name);
+            }
+        }
+        rest = &rest[gt + 1..];
+    }
+    assert!(stack.is_empty(), "unclosed elements: {stack:?}");
+    assert_eq!(roots, 1, "one root element");
+    assert!(rest.trim().is_empty());
+    (texts, names)
+}
+
+/// A polyline with at least two points, or a path with a line in it.
+fn has_data_line(svg: &str) -> bool {
+    svg.split("<polyline").skip(1).any(|p| {
+        p.split("points=\"")
+            .nth(1)
+            .and_then(|q| q.split('"').next())
+            .is_some_and(|pts| pts.split_whitespace().count() >= 2)
+    }) || svg.contains("<path")
+}
+
+/// `s` as HTML text.
+fn html_text(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn check_report(dir: &Path, sections: &[&str]) {
+    let md = std::fs::read_to_string(dir.join("index.md")).unwrap();
+    let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    let json: Json =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    for text in [&md, &html] {
+        for bad in ["NaN", "inf us", " inf ", "null"] {
+            assert!(!text.contains(bad), "{bad:?} in the report");
+        }
+        for part in ["Machine", "Wall-clock and counted figures", "KVM"] {
+            assert!(text.contains(part), "no {part:?} in the report");
+        }
+    }
+    assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+    let got: Vec<&str> = json["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, sections, "the sections in report.json");
+    for m in ["cpu", "memory", "kernel", "disk", "kvm"] {
+        assert!(
+            json["machine"][m].as_str().is_some_and(|v| !v.is_empty()),
+            "machine.{m}"
+        );
+    }
+    assert!(json["total_seconds"].as_f64().is_some_and(|t| t > 0.0));
+    let values = check_values(&json, "report");
+    assert!(values > 0, "no values in the report");
+    for s in json["sections"].as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        let title = s["title"].as_str().unwrap();
+        assert!(
+            md.contains(&format!("## {title}")),
+            "{name} not in index.md"
+        );
+        assert!(
+            html.contains(&format!("<h2 id=\"{name}\">")),
+            "{name} not in index.html"
+        );
+        assert!(s.get("failed").is_none(), "{name} failed: {}", s["failed"]);
+        let figures = s["figures"].as_array().unwrap();
+        assert!(!figures.is_empty(), "{name}: no figures");
+        for f in figures {
+            let fname = f["name"].as_str().unwrap();
+            assert!(
+                md.contains(fname),
+                "{name}: figure {fname:?} not in index.md"
+            );
+            assert!(
+                html.contains(&html_text(fname)),
+                "{name}: figure {fname:?} not in index.html"
+            );
+            assert!(!f["target"].as_str().unwrap().is_empty());
+            assert!(!f["baseline"].as_str().unwrap().is_empty());
+            // A figure with a number says whether its target is met; one
+            // without says why not.
+            match f["value"]["kind"].as_str().unwrap() {
+                "number" => assert!(f["met"].is_boolean(), "{fname}: no verdict"),
+                _ => assert!(f["met"].is_null(), "{fname}: a verdict without a value"),
+            }
+            assert!(matches!(f["kind"].as_str(), Some("wall_clock" | "counted")));
+        }
+        let tables = s["tables"].as_array().unwrap();
+        assert!(!tables.is_empty(), "{name}: no tables");
+        for t in tables {
+            let command = t["command"].as_str().unwrap();
+            assert!(
+                command.starts_with("dbos bench") && command.contains(&format!("--only {name}")),
+                "{name}: table command {command:?}"
+            );
+            assert!(md.contains(command), "{name}: command not in index.md");
+            assert!(
+                html.contains(&html_text(command)),
+                "{name}: command not in index.html"
+            );
+            let width = t["columns"].as_array().unwrap().len();
+            let rows = t["rows"].as_array().unwrap();
+            assert!(!rows.is_empty(), "{name}: an empty table");
+            for r in rows {
+                assert_eq!(r.as_array().unwrap().len(), width, "{name}: a ragged row");
+            }
+        }
+        let plots = s["plots"].as_array().unwrap();
+        assert!(!plots.is_empty(), "{name}: no plots");
+        for p in plots {
+            let file = p["file"].as_str().unwrap();
+            assert!(md.contains(&format!("]({file})")), "{file} not in index.md");
+            assert!(
+                html.contains(&format!("src=\"{file}\"")),
+                "{file} not in html"
+            );
+            let svg = std::fs::read_to_string(dir.join(file)).unwrap();
+            let (texts, names) = parse_svg(&svg);
+            for label in [&p["x_label"], &p["y_label"]] {
+                let label = label.as_str().unwrap();
+                assert!(!label.is_empty());
+                assert!(
+                    texts.iter().any(|t| t == label),
+                    "{file}: axis label {label:?} not drawn ({texts:?})"
+                );
+            }
+            assert!(names.iter().any(|n| n == "polyline" || n == "path"));
+            assert!(has_data_line(&svg), "{file}: no line of data");
+        }
+    }
+    // fio is optional: without it its figure says "not installed".
+    let fio = Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !fio && sections.contains(&"storage") {
+        assert!(md.contains("not installed (fio)"));
+    }
+}
+
+#[test]
+fn bench_quick_writes_a_complete_report() {
+    let dir = scratch();
+    let out = dir.path().join("report");
+    let run = dbos()
+        .args(["bench", "--quick", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "dbos bench failed: {stderr}");
+    // A progress line per benchmark and the total time at the end.
+    assert!(
+        stderr.contains("storage: randread 4k qd1 round 1: pread"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("snapshots: 16 MiB heap"), "{stderr}");
+    assert!(
+        stderr.contains("wal: round 1: qp FUA, 1 committer(s)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.lines().last().unwrap().contains("total time"),
+        "{stderr}"
+    );
+    check_report(&out, &BUILT);
+    // The benchmark files are gone; the report is all that is left.
+    assert!(!out.join(".work").exists());
+}
+
+#[test]
+fn bench_only_runs_the_sections_named_and_refuses_others() {
+    let dir = scratch();
+    let out = dir.path().join("report");
+    let run = dbos()
+        .args(["bench", "--quick", "--only", "snapshots", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    check_report(&out, &["snapshots"]);
+    for bad in ["nope", "Storage"] {
+        let run = dbos()
+            .args(["bench", "--quick", "--only", bad, "--out"])
+            .arg(dir.path().join("other"))
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(2), "--only {bad}");
+        assert!(!dir.path().join("other").exists());
+    }
+}
+
+#[test]
+fn the_value_check_fails_on_missing_or_unexplained_values() {
+    for bad in [
+        r#"{"kind": "number", "value": null}"#,
+        r#"{"kind": "number"}"#,
+        r#"{"kind": "not_available", "reason": " "}"#,
+        r#"{"kind": "not_installed", "tool": ""}"#,
+        r#"{"rows": [[null]]}"#,
+    ] {
+        let json: Json = serde_json::from_str(bad).unwrap();
+        assert!(
+            std::panic::catch_unwind(|| check_values(&json, "t")).is_err(),
+            "{bad} passed"
+        );
+    }
+    let good: Json = serde_json::from_str(
+        r#"[{"kind": "number", "value": 1.5}, {"kind": "not_installed", "tool": "fio"}]"#,
+    )
+    .unwrap();
+    assert_eq!(check_values(&good, "t"), 2);
+}
+
+#[test]
+fn the_svg_check_fails_on_broken_svgs() {
+    for bad in [
+        "<svg><text>x</svg>",
+        "<svg><g></svg></g>",
+        "<html></html>",
+        "<svg><line x=\"1/></svg>",
+    ] {
+        assert!(
+            std::panic::catch_unwind(|| parse_svg(bad)).is_err(),
+            "{bad} passed"
+        );
+    }
+    let (texts, _) =
+        parse_svg("<svg a=\"1\"><text>IOPS</text><polyline points=\"1,2 3,4\"/></svg>");
+    assert_eq!(texts, ["IOPS"]);
+    assert!(has_data_line("<svg><polyline points=\"1,2 3,4\"/></svg>"));
+    assert!(!has_data_line("<svg><polyline points=\"1,2\"/></svg>"));
+}
