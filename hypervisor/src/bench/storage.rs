@@ -318,7 +318,7 @@ fn guest_figures(guest: &[(usize, u64, Result<GuestIo, Value>)]) -> Vec<Figure> 
                 unit: "per I/O".into(),
                 baseline: "every exit to the VMM in the run, set-up included, per I/O".into(),
                 baseline_value: base,
-                target: "< 0.01: no exit per I/O while the poller polls (DESIGN.md)".into(),
+                target: "< 0.01: no exit per I/O while the poller polls".into(),
                 kind: Kind::Counted,
             }
         })
