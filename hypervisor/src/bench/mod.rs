@@ -212,6 +212,48 @@ fn utc_now() -> String {
     )
 }
 
+/// Runs guest image `image` under this same `dbos` (`dbos run` with
+/// `run_args` before the image and `guest_args` after `--`) and returns
+/// its stdout and stderr, or why it cannot run here (no KVM, the image not
+/// built, the run failed).
+pub fn run_guest(
+    image: &str,
+    run_args: &[&str],
+    guest_args: &[&str],
+) -> Result<(String, String), report::Value> {
+    use report::Value;
+    if !Path::new("/dev/kvm").exists() {
+        return Err(Value::not_available("no /dev/kvm"));
+    }
+    let image = crate::guest_image(image);
+    if !image.exists() {
+        return Err(Value::not_available(format!(
+            "the guest image {} is not built",
+            image.display()
+        )));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Value::not_available(format!("the path of this dbos: {e}")))?;
+    let out = std::process::Command::new(exe)
+        .arg("run")
+        .args(run_args)
+        .arg(&image)
+        .arg("--")
+        .args(guest_args)
+        .output()
+        .map_err(|e| Value::not_available(format!("running the guest: {e}")))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(Value::not_available(format!(
+            "the guest failed ({}): {}",
+            out.status,
+            stderr.lines().last().unwrap_or("")
+        )));
+    }
+    Ok((stdout, stderr))
+}
+
 /// Whether `tool` runs (`tool --version` succeeds).
 pub fn installed(tool: &str) -> bool {
     std::process::Command::new(tool)

@@ -623,40 +623,25 @@ fn parse_guest(stdout: &str) -> Vec<GuestRow> {
 }
 
 fn guest_bench(ctx: &Ctx, args: &[&str]) -> Result<Vec<GuestRow>, Value> {
-    if !std::path::Path::new("/dev/kvm").exists() {
-        return Err(Value::not_available("no /dev/kvm"));
-    }
-    let image = crate::guest_image("tabby");
-    if !image.exists() {
-        return Err(Value::not_available(format!(
-            "the guest image {} is not built",
-            image.display()
-        )));
-    }
-    let exe = std::env::current_exe()
-        .map_err(|e| Value::not_available(format!("the path of this dbos: {e}")))?;
     let disk = ctx.work.join("tabby.img");
-    let out = std::process::Command::new(exe)
-        .args(["run", "--vcpus", "2", "--time-limit", "600", "--disk"])
-        .arg(&disk)
-        .args(["--disk-size", "4M", "--disk-spin-us", "200000"])
-        .arg(&image)
-        .arg("--")
-        .arg("bench")
-        .args(args)
-        .output()
-        .map_err(|e| Value::not_available(format!("running the guest: {e}")))?;
-    if !out.status.success() {
-        return Err(Value::not_available(format!(
-            "the guest failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        )));
-    }
-    let rows = parse_guest(&String::from_utf8_lossy(&out.stdout));
+    let disk = disk.to_string_lossy();
+    let run = [
+        "--vcpus",
+        "2",
+        "--time-limit",
+        "600",
+        "--disk",
+        &disk,
+        "--disk-size",
+        "4M",
+        "--disk-spin-us",
+        "200000",
+    ];
+    let guest: Vec<&str> = std::iter::once("bench")
+        .chain(args.iter().copied())
+        .collect();
+    let (stdout, _) = super::run_guest("tabby", &run, &guest)?;
+    let rows = parse_guest(&stdout);
     if rows.is_empty() {
         return Err(Value::not_available("the guest printed no event lines"));
     }

@@ -348,36 +348,14 @@ fn guest_time_limit(quick: bool) -> u64 {
 /// Runs `dbos run --vcpus 2 snappy -- bench MAX` (this same dbos binary) and
 /// parses its rows, or says why it cannot run here.
 fn guest_bench(max_mib: u64, quick: bool) -> Result<Vec<GuestRow>, Value> {
-    if !std::path::Path::new("/dev/kvm").exists() {
-        return Err(Value::not_available("no /dev/kvm"));
-    }
-    let image = crate::guest_image("snappy");
-    if !image.exists() {
-        return Err(Value::not_available(format!(
-            "the guest image {} is not built",
-            image.display()
-        )));
-    }
-    let exe = std::env::current_exe()
-        .map_err(|e| Value::not_available(format!("the path of this dbos: {e}")))?;
-    let out = std::process::Command::new(exe)
-        .args(["run", "--vcpus", "2", "--time-limit"])
-        .arg(guest_time_limit(quick).to_string())
-        .arg(&image)
-        .args(["--", "bench", &max_mib.to_string()])
-        .output()
-        .map_err(|e| Value::not_available(format!("running the guest: {e}")))?;
-    if !out.status.success() {
-        return Err(Value::not_available(format!(
-            "the guest failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        )));
-    }
-    let rows = parse_guest(&String::from_utf8_lossy(&out.stdout));
+    let limit = guest_time_limit(quick).to_string();
+    let max = max_mib.to_string();
+    let (stdout, _) = super::run_guest(
+        "snappy",
+        &["--vcpus", "2", "--time-limit", &limit],
+        &["bench", &max],
+    )?;
+    let rows = parse_guest(&stdout);
     if rows.is_empty() {
         return Err(Value::not_available("the guest printed no bench rows"));
     }

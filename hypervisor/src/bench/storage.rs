@@ -224,36 +224,26 @@ struct GuestIo {
 /// in declared DMA memory) under this dbos with `--stats`, and reads its
 /// counts from the stats lines.
 fn guest_io(ctx: &Ctx, reads: u64, depth: usize, spin_us: u64) -> Result<GuestIo, Value> {
-    if !std::path::Path::new("/dev/kvm").exists() {
-        return Err(Value::not_available("no /dev/kvm"));
-    }
-    let image = crate::guest_image("iobench");
-    if !image.exists() {
-        return Err(Value::not_available(format!(
-            "the guest image {} is not built",
-            image.display()
-        )));
-    }
-    let exe = std::env::current_exe()
-        .map_err(|e| Value::not_available(format!("the path of this dbos: {e}")))?;
     let disk = ctx.work.join("iobench.img");
-    let out = std::process::Command::new(exe)
-        .args(["run", "--stats", "--time-limit", "300", "--disk"])
-        .arg(&disk)
-        .args(["--disk-size", "64M", "--disk-spin-us", &spin_us.to_string()])
-        .arg(&image)
-        .args(["--", "fixed", &reads.to_string(), &depth.to_string()])
-        .output()
-        .map_err(|e| Value::not_available(format!("running the guest: {e}")))?;
+    let (path, spin) = (disk.to_string_lossy(), spin_us.to_string());
+    let run = [
+        "--stats",
+        "--time-limit",
+        "300",
+        "--disk",
+        &path,
+        "--disk-size",
+        "64M",
+        "--disk-spin-us",
+        &spin,
+    ];
+    let ran = super::run_guest(
+        "iobench",
+        &run,
+        &["fixed", &reads.to_string(), &depth.to_string()],
+    );
     let _ = std::fs::remove_file(&disk);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        return Err(Value::not_available(format!(
-            "the guest failed ({}): {}",
-            out.status,
-            stderr.lines().last().unwrap_or("")
-        )));
-    }
+    let (_, stderr) = ran?;
     parse_stats(&stderr).ok_or_else(|| Value::not_available("dbos --stats printed no counts"))
 }
 
