@@ -21,8 +21,8 @@ const METHODS: [&str; 4] = ["pread", "io_uring", "queue pair", "fio"];
 const READ_DEPTHS: [usize; 3] = [1, 8, 32];
 const WRITE_DEPTHS: [usize; 2] = [1, 32];
 
-/// Busy threads beside the loaded runs (issue 19's targets hold quiet and
-/// with 2).
+/// Busy threads beside the loaded runs (the queue pair's targets hold
+/// quiet and with 2: `nvme/docs/benchmarks.md`, "Sharing the CPU").
 const LOAD: usize = 2;
 
 /// A workload's name, with the background load if any.
@@ -81,7 +81,7 @@ pub fn run(ctx: &Ctx) -> Section {
              NVMe queue pair in process mode, its poller thread issuing with io_uring. fio: \
              io_uring engine, fixed buffers (where installed). The random reads at QD1 and \
              QD32 run again with {LOAD} threads of pure computation beside them (the machine \
-             shared), as issue 19's targets ask."
+             shared), as the queue pair's targets ask (nvme/docs/benchmarks.md)."
         ),
     );
     let command = format!(
