@@ -7,10 +7,12 @@ use dbos_bufferpool::btree::BTree;
 use dbos_bufferpool::device::{run_all, BlockDevice, DmaBytes, Io};
 use dbos_bufferpool::direct::DirectDevice;
 use dbos_bufferpool::host::tlb_shootdowns;
+use dbos_bufferpool::pool::tabby::{Eviction, Tabby, TabbyConfig};
 use dbos_bufferpool::pool::vmcache::PoolConfig;
 use dbos_bufferpool::pool::{BufferManager, PoolStats};
 use dbos_bufferpool::{PageId, PAGE_SIZE};
 use dbos_nvme::host::BackingFile;
+use libdbos::process::ProcessPlatform;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -221,4 +223,50 @@ pub fn warm<B: BufferManager>(t: &BTree<'_, B>, keys: u64, name: &str, secs: f64
         t0.elapsed().as_secs_f64(),
         t.pool().stats()
     );
+}
+
+/// Tabby on the process platform over direct devices.
+pub type ProcessTabby = Tabby<ProcessPlatform, DirectDevice>;
+
+/// A Tabby pool (`Eviction::Tabby`) of `capacity` frames over the first
+/// `pages` pages of `file` (`allocated` of them in use), on `devs` direct
+/// devices, on a process platform of its own (2 CPUs, unpinned, as many
+/// frames as the pool needs; it lives for the rest of the process, as every
+/// process platform does). Or why not: in a process, Tabby maps every page
+/// of its window at creation and each mapping is charged against
+/// `vm.max_map_count` ([`libdbos::process::maps`]), so a large window is
+/// refused with the numbers.
+pub fn tabby(
+    file: &Arc<BackingFile>,
+    devs: usize,
+    capacity: usize,
+    allocated: u64,
+    pages: u64,
+) -> Result<ProcessTabby, String> {
+    use libdbos::process::{maps, Config};
+    let limit = maps::system_limit();
+    let why = |what: &str, e: &dyn std::fmt::Display| {
+        format!(
+            "{what}: {e} (Tabby in a process maps each of the {pages} pages of its window at \
+             creation, {} mappings charged each, against {} allowed: 7/8 of vm.max_map_count \
+             {limit})",
+            maps::PER_PAGE,
+            maps::allowed(limit)
+        )
+    };
+    let platform = ProcessPlatform::new(Config {
+        frames: capacity as u64 + 64,
+        cpus: 2,
+        pin: false,
+        ..Config::default()
+    })
+    .map_err(|e| why("the process platform", &e))?;
+    let cfg = TabbyConfig {
+        eviction: Eviction::Tabby,
+        ..TabbyConfig::of(PoolConfig {
+            pages: Some(pages),
+            ..config(capacity, allocated)
+        })
+    };
+    Tabby::new(platform, direct(file, devs), cfg).map_err(|e| why("the Tabby pool", &e))
 }
