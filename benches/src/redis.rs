@@ -2,7 +2,7 @@
 //! a `redis-server` child on a free loopback port (no persistence of its
 //! own, DEBUG commands on), filled with 100-byte values to about a given
 //! heap size (`DEBUG POPULATE`), then `BGSAVE` a few times, each followed
-//! by `latest_fork_usec` from `INFO persistence` (how long the fork stalled
+//! by `latest_fork_usec` from `INFO stats` (how long the fork stalled
 //! the server). The server is shut down (`SHUTDOWN NOSAVE`, killed if it
 //! does not exit) when the run ends, whatever happened.
 
@@ -174,7 +174,7 @@ fn start(bin: &str, dir: &Path) -> Result<Server, String> {
 /// Starts `bin` (`redis-server`) with its files in `dir`, fills it with
 /// 100-byte values until `used_memory` is about `heap_bytes`, and runs
 /// `saves` BGSAVEs one after the other, reading `latest_fork_usec` after
-/// each. The server is shut down at the end, or on any failure.
+/// each (`INFO stats`). The server is shut down at the end, or on any failure.
 pub fn fork_stalls(
     bin: &str,
     dir: &Path,
@@ -211,7 +211,8 @@ pub fn fork_stalls(
         if !status.contains("rdb_last_bgsave_status:ok") {
             return Err("a BGSAVE failed (rdb_last_bgsave_status is not ok)".into());
         }
-        fork_usec.push(c.info("persistence", "latest_fork_usec")?);
+        // In INFO stats (Redis 7), not in INFO persistence.
+        fork_usec.push(c.info("stats", "latest_fork_usec")?);
     }
     let port = server.conn.stream.peer_addr().map_or(0, |a| a.port());
     drop(server);
