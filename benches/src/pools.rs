@@ -225,6 +225,17 @@ pub fn warm<B: BufferManager>(t: &BTree<'_, B>, keys: u64, name: &str, secs: f64
     );
 }
 
+/// The most pages (window and frames alike) a Tabby pool can have in this
+/// process, with a tenth left for other mappings: its platform's frames
+/// and its window's pages are each charged 2 mappings against 7/8 of
+/// `vm.max_map_count` ([`libdbos::process::maps`]).
+pub fn tabby_max_pages() -> u64 {
+    use libdbos::process::maps;
+    let allowed = maps::allowed(maps::system_limit());
+    let base = maps::worst_case(0, 2);
+    allowed.saturating_sub(base) / maps::PER_PAGE * 9 / 10
+}
+
 /// Tabby on the process platform over direct devices.
 pub type ProcessTabby = Tabby<ProcessPlatform, DirectDevice>;
 
@@ -244,14 +255,11 @@ pub fn tabby(
     pages: u64,
 ) -> Result<ProcessTabby, String> {
     use libdbos::process::{maps, Config};
-    let limit = maps::system_limit();
     let why = |what: &str, e: &dyn std::fmt::Display| {
         format!(
-            "{what}: {e} (Tabby in a process maps each of the {pages} pages of its window at \
-             creation, {} mappings charged each, against {} allowed: 7/8 of vm.max_map_count \
-             {limit})",
-            maps::PER_PAGE,
-            maps::allowed(limit)
+            "{what}: {e} (in a process, Tabby's {capacity} frames, and the {pages} pages of its \
+             window, each mapped at creation, are charged {} mappings each)",
+            maps::PER_PAGE
         )
     };
     let platform = ProcessPlatform::new(Config {
@@ -269,4 +277,25 @@ pub fn tabby(
         })
     };
     Tabby::new(platform, direct(file, devs), cfg).map_err(|e| why("the Tabby pool", &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tabby_past_the_mapping_limit_is_refused_with_the_numbers() {
+        let path = std::env::temp_dir().join(format!("tabby-limit-{}.img", std::process::id()));
+        let Ok(file) = BackingFile::create(&path, 64 * PAGE_SIZE as u64) else {
+            return; // no O_DIRECT file here: nothing to test on.
+        };
+        let file = Arc::new(file);
+        // More frames than the allowance can map apart, whatever the limit.
+        let limit = libdbos::process::maps::system_limit();
+        let frames = libdbos::process::maps::allowed(limit) as usize;
+        let err = tabby(&file, 1, frames, 0, 64).err().expect("refused");
+        let _ = std::fs::remove_file(&path);
+        assert!(err.contains("vm.max_map_count"), "{err}");
+        assert!(err.contains("the process platform"), "{err}");
+    }
 }

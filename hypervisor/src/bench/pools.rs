@@ -14,8 +14,8 @@ use super::{disk_problem, Ctx};
 use dbos_benches::load::BackgroundLoad;
 use dbos_benches::median;
 use dbos_benches::pools::{
-    build, config, direct, lookups, ooo_measure, qd1_reads, tabby, warm, OooRun, ProcessTabby,
-    KEYS_PER_LEAF,
+    build, config, direct, lookups, ooo_measure, qd1_reads, tabby, tabby_max_pages, warm, OooRun,
+    ProcessTabby, KEYS_PER_LEAF,
 };
 use dbos_benches::vmcache::{self, Reference};
 use dbos_bufferpool::btree::BTree;
@@ -71,6 +71,17 @@ struct InMemory {
     rates: Vec<(usize, usize, usize, f64)>,
     tabby: Result<(), Value>,
     reference: Result<(), Value>,
+    /// Where Tabby cannot map the section's tree: the vmcache-style pool
+    /// and Tabby on the largest tree it can map.
+    tabby_sized: Option<Result<TabbySized, Value>>,
+}
+
+/// In memory on the largest tree Tabby can map in this process: lookups/s
+/// per (pool, threads), quiet, the median round.
+struct TabbySized {
+    keys: u64,
+    pages: u64,
+    rates: Vec<(usize, usize, f64)>,
 }
 
 /// Out of memory: QD1 IOPS and each pool's run per thread count, medians.
@@ -236,6 +247,13 @@ pub fn run(ctx: &Ctx) -> Section {
     );
     s.figures = figures(&mem, &ooo, &guest);
     s.tables.push(in_memory_table(&mem, &command));
+    if let Ok(InMemory {
+        tabby_sized: Some(t),
+        ..
+    }) = &mem
+    {
+        s.tables.push(tabby_sized_table(t, &command));
+    }
     s.tables.push(ooo_table(&ooo, &command));
     s.tables.push(ooo_counted_table(&ooo, &command));
     match &guest {
@@ -247,7 +265,16 @@ pub fn run(ctx: &Ctx) -> Section {
         Err(v) => s.notes.push(format!("in memory: {}", v.text())),
         Ok(m) => {
             if let Err(v) = &m.tabby {
-                s.notes.push(format!("Tabby in memory: {}", v.text()));
+                s.notes.push(format!(
+                    "Tabby in memory at this tree: {}{}",
+                    v.text(),
+                    if m.tabby_sized.is_some() {
+                        "; so it is measured in memory on the largest tree it can map (its own \
+                         table)"
+                    } else {
+                        ""
+                    }
+                ));
             }
         }
     }
@@ -360,11 +387,110 @@ fn in_memory(ctx: &Ctx, shape: &Shape) -> Result<InMemory, Value> {
     if let Some(t) = &trees.tabby {
         assert_eq!(t.pool().stats().evictions, 0, "the in-memory Tabby evicted");
     }
+    let tabby_sized = (tabby_pool.is_err() && used > tabby_max_pages()).then(|| {
+        drop(trees);
+        tabby_sized(ctx, shape)
+    });
     Ok(InMemory {
         rates,
         tabby: tabby_pool.as_ref().map(|_| ()).map_err(Clone::clone),
         reference: refr.map(|_| ()),
+        tabby_sized,
     })
+}
+
+/// The vmcache-style pool and Tabby in memory on the largest tree Tabby
+/// can map in this process ([`tabby_max_pages`]), quiet.
+fn tabby_sized(ctx: &Ctx, shape: &Shape) -> Result<TabbySized, Value> {
+    let keys = tabby_max_pages() * KEYS_PER_LEAF * 8 / 10;
+    ctx.progress(
+        "pools",
+        &format!("in memory, Tabby-sized: building {keys} keys"),
+    );
+    let pages = keys / KEYS_PER_LEAF * 11 / 10 + 4096;
+    let file = backing(ctx, "pools-tabby.img", pages)?;
+    let nq = THREADS.iter().max().copied().unwrap_or(1) + 1;
+    let vm = VmCache::new(direct(&file, nq), config(pages as usize, 0)).expect("vmcache pool");
+    let meta = build(&vm, keys);
+    let used = vm.page_count();
+    let tp = tabby(&file, nq, used as usize, used, used).map_err(Value::not_available)?;
+    let tv = BTree::open(&vm, meta).expect("open the tree");
+    let tt = BTree::open(&tp, meta).expect("open the tree");
+    tt.scan_forward(None, |_, _| true).expect("scan");
+    let items: Vec<(usize, usize)> = THREADS.iter().flat_map(|&t| [(0, t), (2, t)]).collect();
+    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); items.len()];
+    for round in 0..shape.rounds {
+        for k in 0..items.len() {
+            let i = (k + round) % items.len();
+            let (p, t) = items[i];
+            let rate = if p == 0 {
+                lookups(&tv, keys, t, shape.secs).wall
+            } else {
+                lookups(&tt, keys, t, shape.secs).wall
+            };
+            ctx.progress(
+                "pools",
+                &format!(
+                    "in memory, Tabby-sized, round {}: {} {t} thread(s): {rate:.0} lookups/s",
+                    round + 1,
+                    POOLS[p]
+                ),
+            );
+            runs[i].push(rate);
+        }
+    }
+    Ok(TabbySized {
+        keys,
+        pages: used,
+        rates: items
+            .iter()
+            .zip(&runs)
+            .map(|(&(p, t), r)| (p, t, median(r)))
+            .collect(),
+    })
+}
+
+fn tabby_sized_table(t: &Result<TabbySized, Value>, command: &str) -> Table {
+    let rate = |p: usize, th: usize| -> Value {
+        match t {
+            Ok(t) => t
+                .rates
+                .iter()
+                .find(|r| r.0 == p && r.1 == th)
+                .map_or_else(|| Value::not_available("not run"), |r| Value::num(r.2)),
+            Err(v) => v.clone(),
+        }
+    };
+    let mut rows = Vec::new();
+    for &th in &THREADS {
+        for p in [0, 2] {
+            let ratio = match (rate(0, th).number(), rate(p, th)) {
+                (Some(a), Value::Number { value }) => Value::num(a / value),
+                (_, v) => v,
+            };
+            rows.push(vec![
+                Cell::from(POOLS[p]),
+                th.to_string().into(),
+                rate(p, th).into(),
+                ratio.into(),
+            ]);
+        }
+    }
+    Table {
+        title: match t {
+            Ok(t) => format!(
+                "In memory on the largest tree Tabby can map in this process: {} keys, {} pages",
+                t.keys, t.pages
+            ),
+            Err(_) => "In memory on the largest tree Tabby can map in this process".into(),
+        },
+        command: command.into(),
+        kind: Kind::WallClock,
+        columns: ["pool", "threads", "lookups/s", "vmcache-style / this"]
+            .map(String::from)
+            .to_vec(),
+        rows,
+    }
 }
 
 fn out_of_memory(ctx: &Ctx, shape: &Shape) -> Result<OutOfMemory, Value> {
