@@ -35,9 +35,16 @@ pub fn run(ctx: &Ctx) -> Section {
     } else {
         (vec![64, 256, 1024], vec![1, 2], 2.0, 10, 1024)
     };
+    // Redis's fork stall: at the smallest heap and 3 BGSAVEs when quick,
+    // else at every heap and 5.
+    let (redis_heaps, saves) = if ctx.quick {
+        (heaps[..1].to_vec(), 3)
+    } else {
+        (heaps.clone(), 5)
+    };
     let mut s = Section::new(
         "snapshots",
-        "Snapshots: fork and userfaultfd against none; Snappy in the guest",
+        "Snapshots: fork and userfaultfd against none and Redis's fork; Snappy in the guest",
         &format!(
             "Process mode: a hash table of 100-byte values fills the heap ({heaps:?} MiB), \
              updated by {writers:?} writer thread(s) for {seconds} s while a snapshot is taken \
@@ -50,12 +57,8 @@ pub fn run(ctx: &Ctx) -> Section {
              its own) filled with 100-byte values (DEBUG POPULATE) to about {} MiB of \
              used_memory, then BGSAVE {} times; its stall is latest_fork_usec after each, \
              beside our snapshot creation time at that heap size.",
-            if ctx.quick {
-                join(&heaps[..1])
-            } else {
-                join(&heaps)
-            },
-            if ctx.quick { 3 } else { 5 }
+            join(&redis_heaps),
+            saves
         ),
     );
     let command = format!(
@@ -118,12 +121,6 @@ pub fn run(ctx: &Ctx) -> Section {
     }
     s.figures = guest_figures(&guest);
 
-    // Redis's own fork stall at the heap sizes above (quick: the smallest).
-    let (redis_heaps, saves) = if ctx.quick {
-        (vec![heaps[0]], 3)
-    } else {
-        (heaps.clone(), 5)
-    };
     let redis = redis_runs(ctx, &redis_heaps, saves);
     s.tables
         .push(redis_table(&redis, &rows, writers[0], ctx, saves));
