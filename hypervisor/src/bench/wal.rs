@@ -206,7 +206,7 @@ fn figures(rounds: &[Round], committers: &[usize], none: &Value, beside: &str) -
             unit: "x".into(),
             baseline: "one raw 8 KiB O_DIRECT|O_DSYNC pwrite (mean us, median round)".into(),
             baseline_value: median_of(rounds, none, |r| r.raw_us.clone()),
-            target: "<= 1.2".into(),
+            target: "<= 1.2 (benches/src/bin/wal-bench.rs)".into(),
             kind: Kind::WallClock,
         });
         let scale = median_of(rounds, none, |r| {
@@ -225,7 +225,7 @@ fn figures(rounds: &[Round], committers: &[usize], none: &Value, beside: &str) -
             baseline_value: median_of(rounds, none, |r| {
                 Ok(find(r, dev, CommitMode::Fua, 1)?.rate())
             }),
-            target: ">= 6".into(),
+            target: ">= 6 (benches/src/bin/wal-bench.rs)".into(),
             kind: Kind::WallClock,
         });
     }
