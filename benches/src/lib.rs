@@ -8,7 +8,9 @@ use std::time::Duration;
 pub mod load;
 pub mod nvme;
 pub mod pools;
+pub mod redis;
 pub mod snapshots;
+pub mod vmcache;
 pub mod wal;
 
 /// The middle of `v` by `key` (the lower middle for an even count).

@@ -7,10 +7,12 @@ use dbos_bufferpool::btree::BTree;
 use dbos_bufferpool::device::{run_all, BlockDevice, DmaBytes, Io};
 use dbos_bufferpool::direct::DirectDevice;
 use dbos_bufferpool::host::tlb_shootdowns;
+use dbos_bufferpool::pool::tabby::{Eviction, Tabby, TabbyConfig};
 use dbos_bufferpool::pool::vmcache::PoolConfig;
 use dbos_bufferpool::pool::{BufferManager, PoolStats};
 use dbos_bufferpool::{PageId, PAGE_SIZE};
 use dbos_nvme::host::BackingFile;
+use libdbos::process::ProcessPlatform;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -221,4 +223,79 @@ pub fn warm<B: BufferManager>(t: &BTree<'_, B>, keys: u64, name: &str, secs: f64
         t0.elapsed().as_secs_f64(),
         t.pool().stats()
     );
+}
+
+/// The most pages (window and frames alike) a Tabby pool can have in this
+/// process, with a tenth left for other mappings: its platform's frames
+/// and its window's pages are each charged 2 mappings against 7/8 of
+/// `vm.max_map_count` ([`libdbos::process::maps`]).
+pub fn tabby_max_pages() -> u64 {
+    use libdbos::process::maps;
+    let allowed = maps::allowed(maps::system_limit());
+    let base = maps::worst_case(0, 2);
+    allowed.saturating_sub(base) / maps::PER_PAGE * 9 / 10
+}
+
+/// Tabby on the process platform over direct devices.
+pub type ProcessTabby = Tabby<ProcessPlatform, DirectDevice>;
+
+/// A Tabby pool (`Eviction::Tabby`) of `capacity` frames over the first
+/// `pages` pages of `file` (`allocated` of them in use), on `devs` direct
+/// devices, on a process platform of its own (2 CPUs, unpinned, as many
+/// frames as the pool needs; it lives for the rest of the process, as every
+/// process platform does). Or why not: in a process, Tabby maps every page
+/// of its window at creation and each mapping is charged against
+/// `vm.max_map_count` ([`libdbos::process::maps`]), so a large window is
+/// refused with the numbers.
+pub fn tabby(
+    file: &Arc<BackingFile>,
+    devs: usize,
+    capacity: usize,
+    allocated: u64,
+    pages: u64,
+) -> Result<ProcessTabby, String> {
+    use libdbos::process::{maps, Config};
+    let why = |what: &str, e: &dyn std::fmt::Display| {
+        format!(
+            "{what}: {e} (in a process, Tabby's {capacity} frames, and the {pages} pages of its \
+             window, each mapped at creation, are charged {} mappings each)",
+            maps::PER_PAGE
+        )
+    };
+    let platform = ProcessPlatform::new(Config {
+        frames: capacity as u64 + 64,
+        cpus: 2,
+        pin: false,
+        ..Config::default()
+    })
+    .map_err(|e| why("the process platform", &e))?;
+    let cfg = TabbyConfig {
+        eviction: Eviction::Tabby,
+        ..TabbyConfig::of(PoolConfig {
+            pages: Some(pages),
+            ..config(capacity, allocated)
+        })
+    };
+    Tabby::new(platform, direct(file, devs), cfg).map_err(|e| why("the Tabby pool", &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tabby_past_the_mapping_limit_is_refused_with_the_numbers() {
+        let path = std::env::temp_dir().join(format!("tabby-limit-{}.img", std::process::id()));
+        let Ok(file) = BackingFile::create(&path, 64 * PAGE_SIZE as u64) else {
+            return; // no O_DIRECT file here: nothing to test on.
+        };
+        let file = Arc::new(file);
+        // More frames than the allowance can map apart, whatever the limit.
+        let limit = libdbos::process::maps::system_limit();
+        let frames = libdbos::process::maps::allowed(limit) as usize;
+        let err = tabby(&file, 1, frames, 0, 64).err().expect("refused");
+        let _ = std::fs::remove_file(&path);
+        assert!(err.contains("vm.max_map_count"), "{err}");
+        assert!(err.contains("the process platform"), "{err}");
+    }
 }

@@ -253,6 +253,32 @@ fn check_report(dir: &Path, sections: &[&str]) {
     }
 }
 
+/// The snapshots section's Redis table: Redis's fork stall measured where
+/// redis-server runs, a row saying "not installed" where it does not.
+fn check_snapshot_redis(md: &str) {
+    let table = md
+        .split("### Redis's BGSAVE fork stall")
+        .nth(1)
+        .expect("no Redis table in the snapshots section");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("| 16 |"))
+        .expect("no 16 MiB row in the Redis table");
+    let redis = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if redis {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        // heap, keys, used_memory, stall: numbers.
+        for c in &cells[2..5] {
+            assert!(c.parse::<f64>().is_ok(), "not a number: {c:?} in {row}");
+        }
+    } else {
+        assert!(row.contains("not installed (redis-server)"), "{row}");
+    }
+}
+
 #[test]
 fn bench_quick_writes_a_complete_report() {
     let dir = scratch();
@@ -279,6 +305,34 @@ fn bench_quick_writes_a_complete_report() {
         "{stderr}"
     );
     check_report(&out, &BUILT);
+    let md = std::fs::read_to_string(out.join("index.md")).unwrap();
+    check_snapshot_redis(&md);
+    // wal: write+flush commits beside the FUA ones, on both devices.
+    for row in [
+        "| qp FUA | 1 |",
+        "| qp write+flush | 1 |",
+        "| direct write+flush | 16 |",
+    ] {
+        assert!(md.contains(row), "no {row:?} in the wal tables");
+    }
+    // pools: Tabby in process mode in and out of memory, the reference
+    // vmcache (a number or "not installed"), in memory with busy threads.
+    for row in [
+        "| tabby | 1 |",
+        "| tabby +2 busy threads | 1 |",
+        "| vmcache +2 busy threads | 2 |",
+        "| vmcache (reference) | 1 |",
+    ] {
+        assert!(md.contains(row), "no {row:?} in the pools tables");
+    }
+    if std::env::var_os("DBOS_VMCACHE").is_none() {
+        assert!(md.contains("not installed (vmcache: set DBOS_VMCACHE to its binary)"));
+    }
+    let counted = md
+        .split("TLB shootdowns per evicted page |")
+        .nth(1)
+        .expect("the pools' counted table");
+    assert!(counted.contains("| tabby | 1 |"), "no Tabby TLB shootdowns");
     // The benchmark files are gone; the report is all that is left.
     assert!(!out.join(".work").exists());
 }
@@ -298,6 +352,7 @@ fn bench_only_runs_the_sections_named_and_refuses_others() {
         String::from_utf8_lossy(&run.stderr)
     );
     check_report(&out, &["snapshots"]);
+    check_snapshot_redis(&std::fs::read_to_string(out.join("index.md")).unwrap());
     for bad in ["nope", "Storage"] {
         let run = dbos()
             .args(["bench", "--quick", "--only", bad, "--out"])

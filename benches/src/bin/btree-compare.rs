@@ -49,6 +49,7 @@ use dbos_benches::pools::{
     build, config, direct, lookups, ooo_measure, qd1_reads, timed_lookups, value_of, warm, OooRun,
     Rate, Rng, KEYS_PER_LEAF,
 };
+use dbos_benches::vmcache::{self, RefRun, Reference};
 use dbos_benches::{median, poller_config, require_direct_io};
 use dbos_bufferpool::btree::BTree;
 use dbos_bufferpool::device::{BlockDevice, DmaBytes};
@@ -60,10 +61,8 @@ use dbos_bufferpool::PAGE_SIZE;
 use dbos_nvme::host::{BackingFile, Device, UringConfig};
 use io_uring::{opcode, types, IoUring};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -139,171 +138,18 @@ struct Args {
     vmcache_virtgb: u64,
 }
 
-/// The reference vmcache binary and the sparse file it runs on.
-struct Reference {
-    bin: PathBuf,
-    block: PathBuf,
-    physgb: u64,
-    virtgb: u64,
-}
-
-impl Reference {
-    /// The binary of `--vmcache` or `$DBOS_VMCACHE`, if any; exits if one
-    /// is named but missing.
-    fn find(args: &Args, physgb: u64, virtgb: u64) -> Option<Reference> {
-        let bin = args
-            .vmcache
-            .clone()
-            .or_else(|| std::env::var_os("DBOS_VMCACHE").map(PathBuf::from))?;
-        if !bin.is_file() {
-            eprintln!("the vmcache binary {} does not exist", bin.display());
+/// The reference vmcache of `--vmcache` or `$DBOS_VMCACHE` with its
+/// sparse file beside `--file`, if one is named; exits if it cannot run.
+fn find_reference(args: &Args, physgb: u64, virtgb: u64) -> Option<Reference> {
+    let bin = vmcache::named(args.vmcache.clone())?;
+    let mut block = args.file.clone().into_os_string();
+    block.push(".vmcache-block");
+    Reference::new(bin, PathBuf::from(block), physgb, virtgb)
+        .map_err(|e| {
+            eprintln!("{e}");
             std::process::exit(1);
-        }
-        let mut block = args.file.clone().into_os_string();
-        block.push(".vmcache-block");
-        let block = PathBuf::from(block);
-        let f = std::fs::File::create(&block).unwrap_or_else(|e| {
-            eprintln!("cannot create {}: {e}", block.display());
-            std::process::exit(1);
-        });
-        // Sparse: nothing is written in memory.
-        f.set_len(virtgb << 30).expect("size the BLOCK file");
-        Some(Reference {
-            bin,
-            block,
-            physgb,
-            virtgb,
         })
-    }
-
-    /// Lookups/s of one in-memory run of `threads` threads for about
-    /// `secs` after its load phase (its first second left out).
-    fn lookups(&self, keys: u64, threads: usize, secs: f64) -> Rate {
-        self.run(keys, threads, secs, None).rate
-    }
-
-    /// One run of `threads` threads over `keys` keys: after its load
-    /// phase, vmcache's per-second lines are skipped until it has read
-    /// `warm_pages` pages (its pool turned over, as this benchmark warms
-    /// its own pools; `None`: the first second only), then the next `secs`
-    /// (rounded up) seconds are measured and the child is stopped. Lookups
-    /// per second are the mean of those seconds' `tx` column; per
-    /// CPU-second, those lookups over the process's CPU time across them
-    /// (read from /proc as the lines arrive); page reads per lookup from
-    /// its `rmb` column.
-    fn run(&self, keys: u64, threads: usize, secs: f64, warm_pages: Option<u64>) -> RefRun {
-        let measure = secs.ceil().max(1.0) as usize;
-        // Out of memory the warm-up's length is not known ahead: a long
-        // RUNFOR, and the child is stopped once the seconds are in.
-        let runfor = if warm_pages.is_some() {
-            3600
-        } else {
-            measure + 1
-        };
-        let mut child = Command::new(&self.bin)
-            .env("RNDREAD", "1")
-            .env("DATASIZE", keys.to_string())
-            .env("PHYSGB", self.physgb.to_string())
-            .env("VIRTGB", self.virtgb.to_string())
-            .env("THREADS", threads.to_string())
-            .env("RUNFOR", runfor.to_string())
-            .env("BLOCK", &self.block)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("running {}: {e}", self.bin.display()));
-        let pid = child.id();
-        let mut text = String::new();
-        let mut columns = None;
-        // Per second: lookups, MiB read, the child's CPU seconds then.
-        let mut rows: Vec<(f64, f64, f64)> = Vec::new();
-        let mut warm_end = None;
-        let mut read_pages = 0.0;
-        for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
-            let line = line.expect("vmcache's output");
-            text.push_str(&line);
-            text.push('\n');
-            let Some((tx_col, rmb_col)) = columns else {
-                if line.starts_with("ts,") {
-                    let col = |name| line.split(',').position(|c| c == name);
-                    columns = col("tx").zip(col("rmb"));
-                }
-                continue;
-            };
-            let cpu = process_cpu(pid);
-            let field = |c: usize| line.split(',').nth(c)?.parse::<f64>().ok();
-            let Some((tx, rmb)) = field(tx_col).zip(field(rmb_col)) else {
-                break;
-            };
-            rows.push((tx, rmb, cpu));
-            match warm_end {
-                None => {
-                    read_pages += rmb * (1 << 20) as f64 / PAGE_SIZE as f64;
-                    // A pool that never fills (the data fits) stops warming
-                    // after two minutes.
-                    if warm_pages.is_none_or(|p| read_pages >= p as f64) || rows.len() >= 120 {
-                        warm_end = Some(rows.len());
-                    }
-                }
-                Some(w) if rows.len() >= w + measure => break,
-                Some(_) => {}
-            }
-        }
-        if warm_pages.is_some() {
-            let _ = child.kill();
-        }
-        let out = child.wait_with_output().expect("vmcache");
-        match warm_end {
-            Some(w) if rows.len() >= w + measure => {
-                let m = &rows[w..w + measure];
-                let n: f64 = m.iter().map(|r| r.0).sum();
-                let read: f64 = m.iter().map(|r| r.1).sum();
-                RefRun {
-                    rate: Rate {
-                        wall: n / measure as f64,
-                        cpu: n / (m[measure - 1].2 - rows[w - 1].2).max(1e-3),
-                    },
-                    reads_per_lookup: read * (1 << 20) as f64 / PAGE_SIZE as f64 / n.max(1.0),
-                    warm_secs: w,
-                }
-            }
-            _ => panic!(
-                "vmcache {} failed ({}): stdout {text:?} stderr {:?}",
-                self.bin.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        }
-    }
-}
-
-/// One measured run of the reference.
-struct RefRun {
-    rate: Rate,
-    reads_per_lookup: f64,
-    /// Seconds it ran after its load phase before the measured ones.
-    warm_secs: usize,
-}
-
-/// CPU seconds (user + system) process `pid` has used, from /proc.
-fn process_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis: state is field 3,
-    // utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / hz
-}
-
-impl Drop for Reference {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.block);
-    }
+        .ok()
 }
 
 fn queues(dev: &Device, n: usize) -> Vec<ProcessBlockDevice> {
@@ -400,7 +246,7 @@ fn in_memory<D: BlockDevice>(args: &Args, devices: &dyn Fn(usize) -> Vec<D>) {
         (used * PAGE_SIZE as u64) as f64 / (1 << 20) as f64,
         args.seconds
     );
-    let reference = Reference::find(args, args.vmcache_physgb, args.vmcache_virtgb);
+    let reference = find_reference(args, args.vmcache_physgb, args.vmcache_virtgb);
     if reference.is_none() {
         println!("  vmcache (reference): not installed (--vmcache PATH or DBOS_VMCACHE=PATH)");
     }
@@ -420,11 +266,11 @@ fn in_memory<D: BlockDevice>(args: &Args, devices: &dyn Fn(usize) -> Vec<D>) {
                         0 => lookups(&tv, keys, threads, args.seconds),
                         1 => lookups(&th, keys, threads, args.seconds),
                         2 => map_lookups(&map, keys, threads, args.seconds),
-                        _ => reference.as_ref().expect("installed").lookups(
-                            keys,
-                            threads,
-                            args.seconds,
-                        ),
+                        _ => reference
+                            .as_ref()
+                            .expect("installed")
+                            .lookups(keys, threads, args.seconds)
+                            .unwrap_or_else(|e| panic!("{e}")),
                     };
                     res[m].push(r.wall / threads as f64);
                     cpu[m].push(r.cpu);
@@ -551,10 +397,10 @@ fn out_of_memory<D: BlockDevice>(args: &Args, devices: &dyn Fn(usize) -> Vec<D>)
         args.seconds
     );
     // The reference at the same shape: its pool is a whole number of GiB.
-    let named = args.vmcache.is_some() || std::env::var_os("DBOS_VMCACHE").is_some();
+    let named = vmcache::named(args.vmcache.clone()).is_some();
     let reference = if !named || args.ooo_pool_mib.is_multiple_of(1024) {
         let virtgb = (args.ooo_data_mib * 2).div_ceil(1024) + 1;
-        let r = Reference::find(args, args.ooo_pool_mib / 1024, virtgb);
+        let r = find_reference(args, args.ooo_pool_mib / 1024, virtgb);
         if r.is_none() {
             println!("  vmcache (reference): not installed (--vmcache PATH or DBOS_VMCACHE=PATH)");
         }
@@ -594,12 +440,11 @@ fn out_of_memory<D: BlockDevice>(args: &Args, devices: &dyn Fn(usize) -> Vec<D>)
                     continue;
                 }
                 if m == 1 + pools {
-                    let r = reference.as_ref().expect("present").run(
-                        keys,
-                        1,
-                        args.seconds,
-                        Some(cap as u64),
-                    );
+                    let r = reference
+                        .as_ref()
+                        .expect("present")
+                        .run(keys, 1, args.seconds, Some(cap as u64))
+                        .unwrap_or_else(|e| panic!("{e}"));
                     println!(
                         "    {:<18} {:>9.0} lookups/s  {:.2} page reads per lookup (after {} s of warm-up)",
                         "vmcache (ref) 1T", r.rate.wall, r.reads_per_lookup, r.warm_secs

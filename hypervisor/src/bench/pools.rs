@@ -1,9 +1,12 @@
-//! Pools: B+tree point lookups on the vmcache-style pool and the
-//! hash-table pool in process mode (`dbos_benches::pools`, the code behind
-//! `btree-compare`), in memory and out of memory (data 4x the pool, against
-//! QD1 reads of the same pages), 1 and 2 threads; and the guest's Tabby
-//! against the classic invalidate-all eviction in counted events per
-//! evicted page (`dbos run ... tabby -- bench`, a child process).
+//! Pools: B+tree point lookups on the vmcache-style pool, the hash-table
+//! pool and Tabby (on the process platform) in process mode
+//! (`dbos_benches::pools`, the code behind `btree-compare`), with the
+//! reference vmcache binary as an optional peer (`$DBOS_VMCACHE`,
+//! `dbos_benches::vmcache`), in memory and out of memory (data 4x the
+//! pool, against QD1 reads of the same pages), 1 and 2 threads, quiet and
+//! with busy threads beside; and the guest's Tabby against the classic
+//! invalidate-all eviction in counted events per evicted page
+//! (`dbos run ... tabby -- bench`, a child process).
 
 use super::plot::{self, Axis, Series};
 use super::report::{Cell, Figure, Kind, Section, Table, Value};
@@ -11,8 +14,10 @@ use super::{disk_problem, Ctx};
 use dbos_benches::load::BackgroundLoad;
 use dbos_benches::median;
 use dbos_benches::pools::{
-    build, config, direct, lookups, ooo_measure, qd1_reads, warm, OooRun, KEYS_PER_LEAF,
+    build, config, direct, lookups, ooo_measure, qd1_reads, tabby, tabby_max_pages, warm, OooRun,
+    ProcessTabby, KEYS_PER_LEAF,
 };
+use dbos_benches::vmcache::{self, Reference};
 use dbos_bufferpool::btree::BTree;
 use dbos_bufferpool::device::{BlockDevice, DmaBytes};
 use dbos_bufferpool::direct::DirectDevice;
@@ -23,11 +28,24 @@ use dbos_bufferpool::PAGE_SIZE;
 use dbos_nvme::host::BackingFile;
 use std::sync::Arc;
 
-const POOLS: [&str; 2] = ["vmcache", "hash"];
+/// The pools measured here, by index; [`REF`] is the reference vmcache.
+const POOLS: [&str; 3] = ["vmcache", "hash", "tabby"];
+/// The method index of the reference vmcache binary.
+const REF: usize = 3;
+const REF_NAME: &str = "vmcache (reference)";
 const THREADS: [usize; 2] = [1, 2];
-/// Busy threads beside the loaded out-of-memory runs (issue 19's targets
-/// hold quiet and with 2).
+/// Busy threads beside the loaded runs (the pools' targets in
+/// `bufferpool/docs/pools.md` hold quiet and with 2 busy threads).
 const LOAD: usize = 2;
+
+/// The name of method `m` (a pool or the reference).
+fn name(m: usize) -> &'static str {
+    if m == REF {
+        REF_NAME
+    } else {
+        POOLS[m]
+    }
+}
 
 /// The run with the median rate.
 fn median_run(mut r: Vec<OooRun>) -> OooRun {
@@ -46,8 +64,23 @@ struct Shape {
     guest_args: Vec<&'static str>,
 }
 
-/// In memory: lookups/s per (pool, threads), the median round.
+/// In memory: lookups/s per (busy threads beside, method, threads), the
+/// median round; and why Tabby or the reference have none, if they have
+/// none.
 struct InMemory {
+    rates: Vec<(usize, usize, usize, f64)>,
+    tabby: Result<(), Value>,
+    reference: Result<(), Value>,
+    /// Where Tabby cannot map the section's tree: the vmcache-style pool
+    /// and Tabby on the largest tree it can map.
+    tabby_sized: Option<Result<TabbySized, Value>>,
+}
+
+/// In memory on the largest tree Tabby can map in this process: lookups/s
+/// per (pool, threads), quiet, the median round.
+struct TabbySized {
+    keys: u64,
+    pages: u64,
     rates: Vec<(usize, usize, f64)>,
 }
 
@@ -59,9 +92,72 @@ struct OutOfMemory {
     /// beside.
     qd1_loaded: f64,
     loaded: Vec<(usize, OooRun)>,
+    /// Why Tabby has no runs, if it has none.
+    tabby: Result<(), Value>,
+    /// The reference's 1-thread lookups/s (quiet, loaded), or why none.
+    reference: Result<(f64, f64), Value>,
     keys: u64,
     used_pages: u64,
     cap_pages: usize,
+}
+
+/// The three trees (Tabby's only where it could be built).
+struct Trees<'a> {
+    vm: BTree<'a, VmCache<DirectDevice>>,
+    hash: BTree<'a, HashPool<DirectDevice>>,
+    tabby: Option<BTree<'a, ProcessTabby>>,
+}
+
+/// `$body` with `$t` bound to the tree of pool `$p` (Tabby's must exist).
+macro_rules! on_tree {
+    ($trees:expr, $p:expr, |$t:ident| $body:expr) => {
+        match $p {
+            0 => {
+                let $t = &$trees.vm;
+                $body
+            }
+            1 => {
+                let $t = &$trees.hash;
+                $body
+            }
+            _ => {
+                let $t = $trees.tabby.as_ref().expect("Tabby runs only if built");
+                $body
+            }
+        }
+    };
+}
+
+/// The pools that run: vmcache-style, hash, and Tabby if it was built.
+fn pools_of(trees: &Trees<'_>) -> Vec<usize> {
+    let mut p = vec![0, 1];
+    if trees.tabby.is_some() {
+        p.push(2);
+    }
+    p
+}
+
+/// The reference vmcache (`$DBOS_VMCACHE`) with a pool of `physgb` GiB and
+/// a window (and sparse file in the work directory) of `virtgb` GiB, or
+/// why it does not run.
+fn reference(ctx: &Ctx, physgb: u64, virtgb: u64) -> Result<Reference, Value> {
+    Reference::new(
+        reference_bin()?,
+        ctx.work.join("vmcache.block"),
+        physgb,
+        virtgb,
+    )
+    .map_err(Value::not_available)
+}
+
+/// The reference vmcache binary (`$DBOS_VMCACHE`), or "not installed".
+fn reference_bin() -> Result<std::path::PathBuf, Value> {
+    let tool = format!("vmcache: set {} to its binary", vmcache::ENV);
+    let bin = vmcache::named(None).ok_or_else(|| Value::not_installed(&tool))?;
+    match vmcache::problem(&bin) {
+        Some(p) => Err(Value::not_installed(&format!("{tool}; {p}"))),
+        None => Ok(bin),
+    }
 }
 
 /// Runs the section.
@@ -87,21 +183,32 @@ pub fn run(ctx: &Ctx) -> Section {
     };
     let mut s = Section::new(
         "pools",
-        "Buffer pools: vmcache-style and hash-table pools; Tabby in the guest",
+        "Buffer pools: vmcache-style, hash-table and Tabby pools, the reference vmcache; \
+         Tabby in the guest",
         &format!(
             "Process mode, each thread's own pread/pwrite on an O_DIRECT file (the direct \
              device): a B+tree of 8-byte keys and 120-byte values, uniform random lookups \
-             from {THREADS:?} threads for {} s, {} round(s) in rotated order, medians. In \
-             memory: {} keys, pools larger than the tree. Out of memory: {} MiB of tree over \
-             pools of {} MiB, after a warm-up, against QD1 random 4 KiB reads of the same \
-             pages, quiet and (1 thread) with {LOAD} busy threads beside. Guest: Tabby against the classic pool that invalidates every TLB on \
-             eviction, same tree shape, events per evicted page.",
-            shape.secs, shape.rounds, shape.keys, shape.data_mib, shape.pool_mib
+             from {THREADS:?} threads for {} s, {} round(s) in rotated order, medians, on the \
+             vmcache-style pool, the hash-table pool and Tabby (on the process platform, \
+             its eviction writing no page-table entry), and the reference vmcache binary \
+             (${}) as a child process where it is given. In memory: {} keys, pools larger \
+             than the tree, quiet and with {LOAD} busy threads beside. Out of memory: {} MiB \
+             of tree over pools of {} MiB, after a warm-up, against QD1 random 4 KiB reads \
+             of the same pages, quiet and (1 thread) with {LOAD} busy threads beside. Guest: \
+             Tabby against the classic pool that invalidates every TLB on eviction, same \
+             tree shape, events per evicted page.",
+            shape.secs,
+            shape.rounds,
+            vmcache::ENV,
+            shape.keys,
+            shape.data_mib,
+            shape.pool_mib
         ),
     );
     let command = format!(
         "{} (building block: btree-compare --keys {} --ooo-data-mib {} --ooo-pool-mib {} \
-         --threads 1,2 --seconds {} --rounds {})",
+         --threads 1,2 --seconds {} --rounds {} --background-load 0,{LOAD}; Tabby: \
+         dbos_benches::pools::tabby)",
         ctx.command("pools"),
         shape.keys,
         shape.data_mib,
@@ -140,6 +247,13 @@ pub fn run(ctx: &Ctx) -> Section {
     );
     s.figures = figures(&mem, &ooo, &guest);
     s.tables.push(in_memory_table(&mem, &command));
+    if let Ok(InMemory {
+        tabby_sized: Some(t),
+        ..
+    }) = &mem
+    {
+        s.tables.push(tabby_sized_table(t, &command));
+    }
     s.tables.push(ooo_table(&ooo, &command));
     s.tables.push(ooo_counted_table(&ooo, &command));
     match &guest {
@@ -147,17 +261,40 @@ pub fn run(ctx: &Ctx) -> Section {
         Err(v) => s.notes.push(format!("guest events: {}", v.text())),
     }
     plots(ctx, &mut s, &mem, &ooo);
-    if let Err(v) = &mem {
-        s.notes.push(format!("in memory: {}", v.text()));
+    match &mem {
+        Err(v) => s.notes.push(format!("in memory: {}", v.text())),
+        Ok(m) => {
+            if let Err(v) = &m.tabby {
+                s.notes.push(format!(
+                    "Tabby in memory at this tree: {}{}",
+                    v.text(),
+                    if m.tabby_sized.is_some() {
+                        "; so it is measured in memory on the largest tree it can map (its own \
+                         table)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
     }
-    if let Err(v) = &ooo {
-        s.notes.push(format!("out of memory: {}", v.text()));
+    match &ooo {
+        Err(v) => s.notes.push(format!("out of memory: {}", v.text())),
+        Ok(o) => {
+            if let Err(v) = &o.tabby {
+                s.notes.push(format!(
+                    "Tabby out of memory: {} (measured in memory only)",
+                    v.text()
+                ));
+            }
+        }
     }
     s.notes.push(
-        "Not measured yet here: the Tabby pool in process mode, the pools on the queue pair \
-         (btree-compare --io qp), the reference vmcache binary, and the in-memory runs \
-         with a background load. TLB shootdowns are the whole machine's (the TLB line of /proc/interrupts), \
-         other processes' included."
+        "Not measured yet here: the pools on the queue pair (btree-compare --io qp). TLB \
+         shootdowns are the whole machine's (the TLB line of /proc/interrupts), other \
+         processes' included; in a process Tabby's eviction writes no entry, but pointing a \
+         page at its new frame on a load is an mmap over the old mapping, which the kernel \
+         may shoot down."
             .into(),
     );
     s
@@ -181,38 +318,179 @@ fn in_memory(ctx: &Ctx, shape: &Shape) -> Result<InMemory, Value> {
     let meta = build(&vm, keys);
     let used = vm.page_count();
     let hash = HashPool::new(direct(&file, nq), config(cap, used)).expect("hash pool");
+    // Tabby's window covers the tree's pages, every one resident.
+    let tabby_pool = tabby(&file, nq, used as usize, used, used).map_err(Value::not_available);
+    let trees = Trees {
+        vm: BTree::open(&vm, meta).expect("open the tree"),
+        hash: BTree::open(&hash, meta).expect("open the tree"),
+        tabby: tabby_pool
+            .as_ref()
+            .ok()
+            .map(|t| BTree::open(t, meta).expect("open the tree")),
+    };
+    // Every page resident in the hash pool and Tabby too.
+    trees.hash.scan_forward(None, |_, _| true).expect("scan");
+    if let Some(t) = &trees.tabby {
+        t.scan_forward(None, |_, _| true).expect("scan");
+    }
+    let mut refr = reference(ctx, 1, 4);
+    let mut rates = Vec::new();
+    for load in [0, LOAD] {
+        let _busy = BackgroundLoad::start(load);
+        let tag = if load == 0 {
+            String::new()
+        } else {
+            format!(" +{load} busy threads")
+        };
+        let mut methods = pools_of(&trees);
+        if refr.is_ok() {
+            methods.push(REF);
+        }
+        let items: Vec<(usize, usize)> = THREADS
+            .iter()
+            .flat_map(|&t| methods.iter().map(move |&m| (m, t)))
+            .collect();
+        let mut runs: Vec<Vec<f64>> = vec![Vec::new(); items.len()];
+        for round in 0..shape.rounds {
+            for k in 0..items.len() {
+                let i = (k + round) % items.len();
+                let (m, t) = items[i];
+                let rate = if m == REF {
+                    let Ok(r) = &refr else { continue };
+                    match r.lookups(keys, t, shape.secs) {
+                        Ok(rate) => rate.wall,
+                        Err(e) => {
+                            refr = Err(Value::not_available(e));
+                            continue;
+                        }
+                    }
+                } else {
+                    on_tree!(trees, m, |tree| lookups(tree, keys, t, shape.secs).wall)
+                };
+                ctx.progress(
+                    "pools",
+                    &format!(
+                        "in memory{tag} round {}: {} {t} thread(s): {rate:.0} lookups/s",
+                        round + 1,
+                        name(m)
+                    ),
+                );
+                runs[i].push(rate);
+            }
+        }
+        for (i, r) in runs.iter().enumerate() {
+            if !r.is_empty() && (items[i].0 != REF || refr.is_ok()) {
+                rates.push((load, items[i].0, items[i].1, median(r)));
+            }
+        }
+    }
+    if let Some(t) = &trees.tabby {
+        assert_eq!(t.pool().stats().evictions, 0, "the in-memory Tabby evicted");
+    }
+    let tabby_sized = (tabby_pool.is_err() && used > tabby_max_pages()).then(|| {
+        drop(trees);
+        tabby_sized(ctx, shape)
+    });
+    Ok(InMemory {
+        rates,
+        tabby: tabby_pool.as_ref().map(|_| ()).map_err(Clone::clone),
+        reference: refr.map(|_| ()),
+        tabby_sized,
+    })
+}
+
+/// The vmcache-style pool and Tabby in memory on the largest tree Tabby
+/// can map in this process ([`tabby_max_pages`]), quiet.
+fn tabby_sized(ctx: &Ctx, shape: &Shape) -> Result<TabbySized, Value> {
+    let keys = tabby_max_pages() * KEYS_PER_LEAF * 8 / 10;
+    ctx.progress(
+        "pools",
+        &format!("in memory, Tabby-sized: building {keys} keys"),
+    );
+    let pages = keys / KEYS_PER_LEAF * 11 / 10 + 4096;
+    let file = backing(ctx, "pools-tabby.img", pages)?;
+    let nq = THREADS.iter().max().copied().unwrap_or(1) + 1;
+    let vm = VmCache::new(direct(&file, nq), config(pages as usize, 0)).expect("vmcache pool");
+    let meta = build(&vm, keys);
+    let used = vm.page_count();
+    let tp = tabby(&file, nq, used as usize, used, used).map_err(Value::not_available)?;
     let tv = BTree::open(&vm, meta).expect("open the tree");
-    let th = BTree::open(&hash, meta).expect("open the tree");
-    // Every page resident in the hash pool too.
-    th.scan_forward(None, |_, _| true).expect("scan");
-    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); POOLS.len() * THREADS.len()];
+    let tt = BTree::open(&tp, meta).expect("open the tree");
+    tt.scan_forward(None, |_, _| true).expect("scan");
+    let items: Vec<(usize, usize)> = THREADS.iter().flat_map(|&t| [(0, t), (2, t)]).collect();
+    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); items.len()];
     for round in 0..shape.rounds {
-        for k in 0..runs.len() {
-            let m = (k + round) % runs.len();
-            let (p, t) = (m % POOLS.len(), THREADS[m / POOLS.len()]);
+        for k in 0..items.len() {
+            let i = (k + round) % items.len();
+            let (p, t) = items[i];
             let rate = if p == 0 {
                 lookups(&tv, keys, t, shape.secs).wall
             } else {
-                lookups(&th, keys, t, shape.secs).wall
+                lookups(&tt, keys, t, shape.secs).wall
             };
             ctx.progress(
                 "pools",
                 &format!(
-                    "in memory round {}: {} {t} thread(s): {rate:.0} lookups/s",
+                    "in memory, Tabby-sized, round {}: {} {t} thread(s): {rate:.0} lookups/s",
                     round + 1,
                     POOLS[p]
                 ),
             );
-            runs[m].push(rate);
+            runs[i].push(rate);
         }
     }
-    Ok(InMemory {
-        rates: runs
+    Ok(TabbySized {
+        keys,
+        pages: used,
+        rates: items
             .iter()
-            .enumerate()
-            .map(|(m, r)| (m % POOLS.len(), THREADS[m / POOLS.len()], median(r)))
+            .zip(&runs)
+            .map(|(&(p, t), r)| (p, t, median(r)))
             .collect(),
     })
+}
+
+fn tabby_sized_table(t: &Result<TabbySized, Value>, command: &str) -> Table {
+    let rate = |p: usize, th: usize| -> Value {
+        match t {
+            Ok(t) => t
+                .rates
+                .iter()
+                .find(|r| r.0 == p && r.1 == th)
+                .map_or_else(|| Value::not_available("not run"), |r| Value::num(r.2)),
+            Err(v) => v.clone(),
+        }
+    };
+    let mut rows = Vec::new();
+    for &th in &THREADS {
+        for p in [0, 2] {
+            let ratio = match (rate(0, th).number(), rate(p, th)) {
+                (Some(a), Value::Number { value }) => Value::num(a / value),
+                (_, v) => v,
+            };
+            rows.push(vec![
+                Cell::from(POOLS[p]),
+                th.to_string().into(),
+                rate(p, th).into(),
+                ratio.into(),
+            ]);
+        }
+    }
+    Table {
+        title: match t {
+            Ok(t) => format!(
+                "In memory on the largest tree Tabby can map in this process: {} keys, {} pages",
+                t.keys, t.pages
+            ),
+            Err(_) => "In memory on the largest tree Tabby can map in this process".into(),
+        },
+        command: command.into(),
+        kind: Kind::WallClock,
+        columns: ["pool", "threads", "lookups/s", "vmcache-style / this"]
+            .map(String::from)
+            .to_vec(),
+        rows,
+    }
 }
 
 fn out_of_memory(ctx: &Ctx, shape: &Shape) -> Result<OutOfMemory, Value> {
@@ -227,101 +505,157 @@ fn out_of_memory(ctx: &Ctx, shape: &Shape) -> Result<OutOfMemory, Value> {
     };
     let vm = VmCache::new(direct(&file, nq), config(cap, used)).expect("vmcache pool");
     let hash = HashPool::new(direct(&file, nq), config(cap, used)).expect("hash pool");
-    let tv = BTree::open(&vm, meta).expect("open the tree");
-    let th = BTree::open(&hash, meta).expect("open the tree");
-    ctx.progress("pools", "out of memory: warming both pools");
-    warm(&tv, keys, "vmcache", shape.secs);
-    warm(&th, keys, "hash", shape.secs);
+    let tabby_pool = tabby(&file, nq, cap, used, used).map_err(Value::not_available);
+    let trees = Trees {
+        vm: BTree::open(&vm, meta).expect("open the tree"),
+        hash: BTree::open(&hash, meta).expect("open the tree"),
+        tabby: tabby_pool
+            .as_ref()
+            .ok()
+            .map(|t| BTree::open(t, meta).expect("open the tree")),
+    };
+    let pools = pools_of(&trees);
+    ctx.progress("pools", "out of memory: warming the pools");
+    for &p in &pools {
+        on_tree!(trees, p, |t| warm(t, keys, POOLS[p], shape.secs));
+    }
+    // The reference at the same shape: its pool is a whole number of GiB.
+    let mut refr = if shape.pool_mib.is_multiple_of(1024) {
+        let virtgb = (shape.data_mib * 2).div_ceil(1024) + 1;
+        reference(ctx, shape.pool_mib / 1024, virtgb)
+    } else {
+        reference_bin().and_then(|_| {
+            Err(Value::not_available(format!(
+                "the reference's pool (PHYSGB) is a whole number of GiB; this shape's pool \
+                 is {} MiB",
+                shape.pool_mib
+            )))
+        })
+    };
     let mut qdev: DirectDevice = direct(&file, 1).pop().expect("a device");
     let buf = DmaBytes::new(qdev.alloc(1).expect("an I/O buffer"));
-    let n = 1 + POOLS.len() * THREADS.len();
-    let mut qd1 = Vec::new();
-    let mut runs: Vec<Vec<OooRun>> = (1..n).map(|_| Vec::new()).collect();
-    for round in 0..shape.rounds {
-        for k in 0..n {
-            let m = (k + round) % n;
-            if m == 0 {
-                let iops = qd1_reads(&mut qdev, &buf, used, shape.secs);
+    // Quiet: QD1 reads, each pool at each thread count, the reference (1
+    // thread); with LOAD busy threads: the same at 1 thread.
+    let (mut qd1, mut qd1_loaded) = (Vec::new(), Vec::new());
+    let mut runs: Vec<(usize, usize, Vec<OooRun>)> = Vec::new();
+    let mut loaded: Vec<(usize, Vec<OooRun>)> = pools.iter().map(|&p| (p, Vec::new())).collect();
+    let (mut ref_quiet, mut ref_loaded) = (Vec::new(), Vec::new());
+    for load in [0, LOAD] {
+        let _busy = BackgroundLoad::start(load);
+        let threads: &[usize] = if load == 0 { &THREADS } else { &[1] };
+        // Items: None for QD1 reads, Some((method, threads)).
+        let mut items: Vec<Option<(usize, usize)>> = vec![None];
+        items.extend(
+            threads
+                .iter()
+                .flat_map(|&t| pools.iter().map(move |&p| Some((p, t)))),
+        );
+        if refr.is_ok() {
+            items.push(Some((REF, 1)));
+        }
+        if load == 0 {
+            runs = threads
+                .iter()
+                .flat_map(|&t| pools.iter().map(move |&p| (p, t, Vec::new())))
+                .collect();
+        }
+        let tag = if load == 0 {
+            String::new()
+        } else {
+            format!(" +{load} busy threads")
+        };
+        for round in 0..shape.rounds {
+            for k in 0..items.len() {
+                let what = match items[(k + round) % items.len()] {
+                    None => {
+                        let iops = qd1_reads(&mut qdev, &buf, used, shape.secs);
+                        if load == 0 { &mut qd1 } else { &mut qd1_loaded }.push(iops);
+                        format!("QD1 reads {iops:.0} IOPS")
+                    }
+                    Some((REF, _)) => {
+                        let Ok(r) = &refr else { continue };
+                        match r.run(keys, 1, shape.secs, Some(cap as u64)) {
+                            Ok(x) => {
+                                if load == 0 {
+                                    &mut ref_quiet
+                                } else {
+                                    &mut ref_loaded
+                                }
+                                .push(x.rate.wall);
+                                format!("{REF_NAME} 1 thread(s): {:.0} lookups/s", x.rate.wall)
+                            }
+                            Err(e) => {
+                                refr = Err(Value::not_available(e));
+                                continue;
+                            }
+                        }
+                    }
+                    Some((p, t)) => {
+                        let r = on_tree!(trees, p, |tree| ooo_measure(tree, keys, t, shape.secs));
+                        let what = format!("{} {t} thread(s): {:.0} lookups/s", POOLS[p], r.rate);
+                        let slot = if load == 0 {
+                            runs.iter_mut()
+                                .find(|x| x.0 == p && x.1 == t)
+                                .map(|x| &mut x.2)
+                        } else {
+                            loaded.iter_mut().find(|x| x.0 == p).map(|x| &mut x.1)
+                        };
+                        slot.expect("a run of each item").push(r);
+                        what
+                    }
+                };
                 ctx.progress(
                     "pools",
-                    &format!(
-                        "out of memory round {}: QD1 reads {iops:.0} IOPS",
-                        round + 1
-                    ),
+                    &format!("out of memory{tag} round {}: {what}", round + 1),
                 );
-                qd1.push(iops);
-                continue;
             }
-            let (p, t) = ((m - 1) % POOLS.len(), THREADS[(m - 1) / POOLS.len()]);
-            let r = if p == 0 {
-                ooo_measure(&tv, keys, t, shape.secs)
-            } else {
-                ooo_measure(&th, keys, t, shape.secs)
-            };
-            ctx.progress(
-                "pools",
-                &format!(
-                    "out of memory round {}: {} {t} thread(s): {:.0} lookups/s",
-                    round + 1,
-                    POOLS[p],
-                    r.rate
-                ),
-            );
-            runs[m - 1].push(r);
         }
     }
-    // The same, 1 thread, with LOAD busy threads beside.
-    let busy = BackgroundLoad::start(LOAD);
-    let mut qd1_loaded = Vec::new();
-    let mut loaded: Vec<Vec<OooRun>> = POOLS.iter().map(|_| Vec::new()).collect();
-    for round in 0..shape.rounds {
-        for k in 0..=POOLS.len() {
-            let m = (k + round) % (POOLS.len() + 1);
-            let what = if m == 0 {
-                let iops = qd1_reads(&mut qdev, &buf, used, shape.secs);
-                qd1_loaded.push(iops);
-                format!("QD1 reads {iops:.0} IOPS")
-            } else {
-                let r = if m == 1 {
-                    ooo_measure(&tv, keys, 1, shape.secs)
-                } else {
-                    ooo_measure(&th, keys, 1, shape.secs)
-                };
-                let what = format!("{} 1 thread(s): {:.0} lookups/s", POOLS[m - 1], r.rate);
-                loaded[m - 1].push(r);
-                what
-            };
-            ctx.progress(
-                "pools",
-                &format!(
-                    "out of memory +{LOAD} busy threads round {}: {what}",
-                    round + 1
-                ),
-            );
+    let reference = refr.and_then(|_| {
+        if ref_quiet.is_empty() || ref_loaded.is_empty() {
+            Err(Value::not_available("the reference gave no run"))
+        } else {
+            Ok((median(&ref_quiet), median(&ref_loaded)))
         }
-    }
-    drop(busy);
+    });
     Ok(OutOfMemory {
         qd1: median(&qd1),
         runs: runs
             .into_iter()
-            .enumerate()
-            .map(|(m, r)| (m % POOLS.len(), THREADS[m / POOLS.len()], median_run(r)))
+            .map(|(p, t, r)| (p, t, median_run(r)))
             .collect(),
         qd1_loaded: median(&qd1_loaded),
-        loaded: loaded.into_iter().map(median_run).enumerate().collect(),
+        loaded: loaded
+            .into_iter()
+            .map(|(p, r)| (p, median_run(r)))
+            .collect(),
+        tabby: tabby_pool.as_ref().map(|_| ()).map_err(Clone::clone),
+        reference,
         keys,
         used_pages: used,
         cap_pages: cap,
     })
 }
 
-fn mem_rate(mem: &Result<InMemory, Value>, pool: usize, threads: usize) -> Result<f64, Value> {
-    let m = mem.as_ref().map_err(Clone::clone)?;
-    m.rates
+/// The in-memory lookups/s of method `m` at `threads` with `load` busy
+/// threads beside.
+fn mem_rate(
+    mem: &Result<InMemory, Value>,
+    load: usize,
+    m: usize,
+    threads: usize,
+) -> Result<f64, Value> {
+    let mem = mem.as_ref().map_err(Clone::clone)?;
+    if m == 2 {
+        mem.tabby.clone()?;
+    }
+    if m == REF {
+        mem.reference.clone()?;
+    }
+    mem.rates
         .iter()
-        .find(|r| r.0 == pool && r.1 == threads)
-        .map(|r| r.2)
+        .find(|r| r.0 == load && r.1 == m && r.2 == threads)
+        .map(|r| r.3)
         .ok_or_else(|| Value::not_available("not run"))
 }
 
@@ -331,11 +665,34 @@ fn ooo_run(
     threads: usize,
 ) -> Result<&OooRun, Value> {
     let o = ooo.as_ref().map_err(Clone::clone)?;
+    if pool == 2 {
+        o.tabby.clone()?;
+    }
     o.runs
         .iter()
         .find(|r| r.0 == pool && r.1 == threads)
         .map(|r| &r.2)
         .ok_or_else(|| Value::not_available("not run"))
+}
+
+/// A pool's 1-thread out-of-memory run with [`LOAD`] busy threads beside.
+fn ooo_loaded(ooo: &Result<OutOfMemory, Value>, pool: usize) -> Result<&OooRun, Value> {
+    let o = ooo.as_ref().map_err(Clone::clone)?;
+    if pool == 2 {
+        o.tabby.clone()?;
+    }
+    o.loaded
+        .iter()
+        .find(|r| r.0 == pool)
+        .map(|r| &r.1)
+        .ok_or_else(|| Value::not_available("not run"))
+}
+
+/// The reference's out-of-memory lookups/s, quiet or loaded.
+fn ooo_ref(ooo: &Result<OutOfMemory, Value>, loaded: bool) -> Result<f64, Value> {
+    let o = ooo.as_ref().map_err(Clone::clone)?;
+    let (q, l) = o.reference.clone()?;
+    Ok(if loaded { l } else { q })
 }
 
 fn val(r: Result<f64, Value>) -> Value {
@@ -348,7 +705,7 @@ fn figures(
     guest: &Result<Vec<GuestRow>, Value>,
 ) -> Vec<Figure> {
     let mut v = Vec::new();
-    let ratio = (|| Ok(mem_rate(mem, 0, 1)? / mem_rate(mem, 1, 1)?))();
+    let ratio = (|| Ok(mem_rate(mem, 0, 0, 1)? / mem_rate(mem, 0, 1, 1)?))();
     let ratio = val(ratio);
     v.push(Figure {
         name: "in memory: vmcache-style lookups/s / hash pool's, 1 thread".into(),
@@ -356,8 +713,19 @@ fn figures(
         value: ratio,
         unit: "x".into(),
         baseline: "the hash-table pool, 1 thread (lookups/s)".into(),
-        baseline_value: val(mem_rate(mem, 1, 1)),
-        target: ">= 1.5 (issue 19)".into(),
+        baseline_value: val(mem_rate(mem, 0, 1, 1)),
+        target: ">= 1.5 (benches/src/bin/btree-compare.rs, bufferpool/docs/pools.md)".into(),
+        kind: Kind::WallClock,
+    });
+    let vs_ref = val((|| Ok(mem_rate(mem, 0, 0, 1)? / mem_rate(mem, 0, REF, 1)?))());
+    v.push(Figure {
+        name: "in memory: vmcache-style lookups/s / the reference vmcache's, 1 thread".into(),
+        met: vs_ref.number().map(|r| r >= 1.0),
+        value: vs_ref,
+        unit: "x".into(),
+        baseline: "the reference vmcache binary, 1 thread (lookups/s)".into(),
+        baseline_value: val(mem_rate(mem, 0, REF, 1)),
+        target: ">= 1.0, goal 1.2 (bufferpool/docs/pools.md)".into(),
         kind: Kind::WallClock,
     });
     let reads = (|| {
@@ -372,12 +740,12 @@ fn figures(
         unit: "x".into(),
         baseline: "QD1 random 4 KiB reads of the same pages (IOPS)".into(),
         baseline_value: val(ooo.as_ref().map(|o| o.qd1).map_err(Clone::clone)),
-        target: ">= 0.90 (btree-compare)".into(),
+        target: ">= 0.90 (benches/src/bin/btree-compare.rs)".into(),
         kind: Kind::WallClock,
     });
     let loaded = (|| {
         let o = ooo.as_ref().map_err(Clone::clone)?;
-        let r = &o.loaded[0].1;
+        let r = ooo_loaded(ooo, 0)?;
         Ok(r.stats.reads as f64 / r.secs / o.qd1_loaded)
     })();
     v.push(Figure {
@@ -390,7 +758,19 @@ fn figures(
         unit: "x".into(),
         baseline: format!("QD1 random 4 KiB reads of the same pages, {LOAD} busy threads (IOPS)"),
         baseline_value: val(ooo.as_ref().map(|o| o.qd1_loaded).map_err(Clone::clone)),
-        target: ">= 0.90 quiet and loaded (issue 19)".into(),
+        target: ">= 0.90 quiet and loaded (benches/src/bin/btree-compare.rs)".into(),
+        kind: Kind::WallClock,
+    });
+    let ooo_vs_ref = val((|| Ok(ooo_run(ooo, 0, 1)?.rate / ooo_ref(ooo, false)?))());
+    v.push(Figure {
+        name: "out of memory: vmcache-style lookups/s / the reference vmcache's, 1 thread, quiet"
+            .into(),
+        met: ooo_vs_ref.number().map(|r| r >= 1.2),
+        value: ooo_vs_ref,
+        unit: "x".into(),
+        baseline: "the reference vmcache binary at the same shape, 1 thread (lookups/s)".into(),
+        baseline_value: val(ooo_ref(ooo, false)),
+        target: ">= 1.2 quiet, >= 1.0 loaded (benches/src/bin/btree-compare.rs)".into(),
         kind: Kind::WallClock,
     });
     for (col, what) in [(0, "IPIs"), (1, "remote invalidations")] {
@@ -408,7 +788,7 @@ fn figures(
             unit: "per page".into(),
             baseline: "the classic pool that invalidates every TLB on eviction".into(),
             baseline_value: base,
-            target: "= 0 (issue 19)".into(),
+            target: "= 0 (bufferpool/docs/pools.md, Tabby)".into(),
             kind: Kind::Counted,
         });
     }
@@ -417,20 +797,33 @@ fn figures(
 
 fn in_memory_table(mem: &Result<InMemory, Value>, command: &str) -> Table {
     let mut rows = Vec::new();
-    for &t in &THREADS {
-        for (p, name) in POOLS.iter().enumerate() {
-            rows.push(vec![
-                Cell::from(*name),
-                t.to_string().into(),
-                val(mem_rate(mem, p, t)).into(),
-            ]);
+    for load in [0, LOAD] {
+        for &t in &THREADS {
+            for m in [0, 1, 2, REF] {
+                let pool = if load == 0 {
+                    name(m).to_string()
+                } else {
+                    format!("{} +{load} busy threads", name(m))
+                };
+                rows.push(vec![
+                    Cell::from(pool),
+                    t.to_string().into(),
+                    val(mem_rate(mem, load, m, t)).into(),
+                    val((|| {
+                        Ok(mem_rate(mem, load, 0, t)? / mem_rate(mem, load, m, t)?)
+                    })())
+                    .into(),
+                ]);
+            }
         }
     }
     Table {
         title: "In memory: lookups per second".into(),
         command: command.into(),
         kind: Kind::WallClock,
-        columns: ["pool", "threads", "lookups/s"].map(String::from).to_vec(),
+        columns: ["pool", "threads", "lookups/s", "vmcache-style / this"]
+            .map(String::from)
+            .to_vec(),
         rows,
     }
 }
@@ -454,13 +847,19 @@ fn ooo_table(ooo: &Result<OutOfMemory, Value>, command: &str) -> Table {
         }
     }
     rows.push(vec![
+        REF_NAME.into(),
+        "1".into(),
+        val(ooo_ref(ooo, false)).into(),
+        "- (not counted)".into(),
+    ]);
+    rows.push(vec![
         format!("QD1 4 KiB reads +{LOAD} busy threads").into(),
         "1".into(),
         "- (the baseline: no lookups)".into(),
         val(ooo.as_ref().map(|o| o.qd1_loaded).map_err(Clone::clone)).into(),
     ]);
     for (p, name) in POOLS.iter().enumerate() {
-        let r = ooo.as_ref().map(|o| &o.loaded[p].1).map_err(Clone::clone);
+        let r = ooo_loaded(ooo, p);
         rows.push(vec![
             format!("{name} +{LOAD} busy threads").into(),
             "1".into(),
@@ -468,6 +867,12 @@ fn ooo_table(ooo: &Result<OutOfMemory, Value>, command: &str) -> Table {
             val(r.map(|r| r.stats.reads as f64 / r.secs)).into(),
         ]);
     }
+    rows.push(vec![
+        format!("{REF_NAME} +{LOAD} busy threads").into(),
+        "1".into(),
+        val(ooo_ref(ooo, true)).into(),
+        "- (not counted)".into(),
+    ]);
     let title = match ooo {
         Ok(o) => format!(
             "Out of memory: {} keys, {} pages of tree over pools of {} pages",
@@ -541,7 +946,7 @@ fn plots(
             name: format!("{name}, in memory"),
             points: THREADS
                 .iter()
-                .filter_map(|&t| Some((t as f64, mem_rate(mem, p, t).ok()?)))
+                .filter_map(|&t| Some((t as f64, mem_rate(mem, 0, p, t).ok()?)))
                 .collect(),
         });
         series.push(Series {
@@ -552,6 +957,14 @@ fn plots(
                 .collect(),
         });
     }
+    series.push(Series {
+        name: format!("{REF_NAME}, in memory"),
+        points: THREADS
+            .iter()
+            .filter_map(|&t| Some((t as f64, mem_rate(mem, 0, REF, t).ok()?)))
+            .collect(),
+    });
+    series.retain(|s| !s.points.is_empty());
     plot::add(
         s,
         &ctx.out,

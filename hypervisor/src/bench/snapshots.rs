@@ -2,11 +2,15 @@
 //! snapshot, in process mode (`dbos_benches::snapshots`, the code behind
 //! `snapshot-compare`), over a few heap sizes; and the guest's Snappy
 //! against the fork-like snapshot in counted events per snapshot, from
-//! `dbos run .../snappy -- bench MAX_MIB` run as a child process.
+//! `dbos run .../snappy -- bench MAX_MIB` run as a child process; and
+//! Redis's own BGSAVE fork stall at the same heap sizes
+//! (`dbos_benches::redis`, a `redis-server` child), where it is installed.
 
 use super::plot::{self, Axis, Series};
 use super::report::{Cell, Figure, Kind, Section, Table, Value};
 use super::Ctx;
+use dbos_benches::redis::fork_stalls;
+use dbos_benches::redis::ForkStalls;
 use dbos_benches::snapshots::{minflt, run as run_workload, Outcome};
 use dbos_snapshot::fork::ForkHeap;
 use dbos_snapshot::uffd::UffdHeap;
@@ -31,9 +35,16 @@ pub fn run(ctx: &Ctx) -> Section {
     } else {
         (vec![64, 256, 1024], vec![1, 2], 2.0, 10, 1024)
     };
+    // Redis's fork stall: at the smallest heap and 3 BGSAVEs when quick,
+    // else at every heap and 5.
+    let (redis_heaps, saves) = if ctx.quick {
+        (heaps[..1].to_vec(), 3)
+    } else {
+        (heaps.clone(), 5)
+    };
     let mut s = Section::new(
         "snapshots",
-        "Snapshots: fork and userfaultfd against none; Snappy in the guest",
+        "Snapshots: fork and userfaultfd against none and Redis's fork; Snappy in the guest",
         &format!(
             "Process mode: a hash table of 100-byte values fills the heap ({heaps:?} MiB), \
              updated by {writers:?} writer thread(s) for {seconds} s while a snapshot is taken \
@@ -42,7 +53,12 @@ pub fn run(ctx: &Ctx) -> Section {
              copies exactly; for fork it is this process's minor faults times 4 KiB (an upper \
              bound). Guest: Snappy against a snapshot taken the way fork() takes one, 3 \
              snapshots per heap from 16 MiB to {guest_max_mib} MiB, 16 random pages written \
-             after each, in events the guest counts."
+             after each, in events the guest counts. Redis: redis-server (no persistence of \
+             its own) filled with 100-byte values (DEBUG POPULATE) to about {} MiB of \
+             used_memory, then BGSAVE {} times; its stall is latest_fork_usec after each, \
+             beside our snapshot creation time at that heap size.",
+            join(&redis_heaps),
+            saves
         ),
     );
     let command = format!(
@@ -104,12 +120,131 @@ pub fn run(ctx: &Ctx) -> Section {
         Err(v) => s.notes.push(format!("guest events: {}", v.text())),
     }
     s.figures = guest_figures(&guest);
-    s.notes.push(
-        "Not measured yet: Redis's own BGSAVE stall on the same data size, and the process \
-         baselines at a 100 ms interval."
-            .into(),
-    );
+
+    let redis = redis_runs(ctx, &redis_heaps, saves);
+    s.tables
+        .push(redis_table(&redis, &rows, writers[0], ctx, saves));
+    s.notes
+        .push("Not measured yet: the process baselines at a 100 ms interval.".into());
     s
+}
+
+/// Redis's fork stalls at one heap size, or why there are none.
+struct RedisRow {
+    heap_mib: usize,
+    stalls: Result<ForkStalls, Value>,
+}
+
+/// `redis-server` filled to each of `heaps` MiB, `saves` BGSAVEs each.
+fn redis_runs(ctx: &Ctx, heaps: &[usize], saves: usize) -> Vec<RedisRow> {
+    const BIN: &str = "redis-server";
+    heaps
+        .iter()
+        .map(|&mib| {
+            let stalls = if !super::installed(BIN) {
+                Err(Value::not_installed(BIN))
+            } else {
+                ctx.progress(
+                    "snapshots",
+                    &format!("redis-server filled to {mib} MiB: {saves} BGSAVEs"),
+                );
+                fork_stalls(BIN, &ctx.work, (mib as u64) << 20, saves)
+                    .map_err(|e| Value::not_available(format!("redis-server: {e}")))
+            };
+            if let Ok(r) = &stalls {
+                ctx.progress(
+                    "snapshots",
+                    &format!(
+                        "  {} keys, used_memory {:.1} MiB, latest_fork_usec {:?}",
+                        r.keys,
+                        r.used_memory as f64 / (1 << 20) as f64,
+                        r.fork_usec
+                    ),
+                );
+            }
+            RedisRow {
+                heap_mib: mib,
+                stalls,
+            }
+        })
+        .collect()
+}
+
+/// Redis's median fork stall beside our fork and userfaultfd creation
+/// times at the same heap size (`writers` writer(s)).
+fn redis_table(redis: &[RedisRow], rows: &[Row], writers: usize, ctx: &Ctx, saves: usize) -> Table {
+    let ours = |mib: usize, method: &str| -> Value {
+        match rows
+            .iter()
+            .find(|r| r.heap_mib == mib && r.writers == writers && r.method == method)
+            .map(|r| &r.outcome)
+        {
+            Some(Ok(o)) => {
+                takes_ms(o).map_or_else(|| Value::not_available("no snapshot was taken"), |t| t.0)
+            }
+            Some(Err(v)) => v.clone(),
+            None => Value::not_available("not run"),
+        }
+    };
+    let out = redis
+        .iter()
+        .map(|r| {
+            let (keys, used, stall) = match &r.stalls {
+                Ok(x) => {
+                    let ms: Vec<f64> = x.fork_usec.iter().map(|u| *u as f64 / 1e3).collect();
+                    (
+                        Value::num(x.keys as f64),
+                        Value::num(x.used_memory as f64 / (1 << 20) as f64),
+                        Value::num(dbos_benches::median(&ms)),
+                    )
+                }
+                Err(v) => (v.clone(), v.clone(), v.clone()),
+            };
+            let (fork, uffd) = (ours(r.heap_mib, "fork"), ours(r.heap_mib, "uffd"));
+            let ratio = |a: &Value| match (a.number(), stall.number()) {
+                (Some(a), Some(b)) if b > 0.0 => Value::num(a / b),
+                (Some(_), Some(_)) => Value::not_available("Redis's fork took 0 us"),
+                (None, _) => a.clone(),
+                (Some(_), None) => stall.clone(),
+            };
+            vec![
+                Cell::from(r.heap_mib.to_string()),
+                keys.into(),
+                used.into(),
+                stall.clone().into(),
+                fork.clone().into(),
+                uffd.clone().into(),
+                ratio(&fork).into(),
+                ratio(&uffd).into(),
+            ]
+        })
+        .collect();
+    Table {
+        title: format!(
+            "Redis's BGSAVE fork stall against our snapshot creation at the same heap size \
+             (median of {saves} BGSAVEs; ours: {writers} writer(s))"
+        ),
+        command: format!(
+            "{} (building block: redis-server --save \"\" --appendonly no \
+             --enable-debug-command yes; DEBUG POPULATE N key 100; BGSAVE; INFO stats \
+             latest_fork_usec)",
+            ctx.command("snapshots")
+        ),
+        kind: Kind::WallClock,
+        columns: [
+            "heap MiB",
+            "Redis keys",
+            "Redis used_memory MiB",
+            "Redis fork stall median ms",
+            "our fork take median ms",
+            "our uffd take median ms",
+            "our fork / Redis fork",
+            "our uffd / Redis fork",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: out,
+    }
 }
 
 fn join(v: &[usize]) -> String {
@@ -477,7 +612,7 @@ fn guest_plot(ctx: &Ctx, s: &mut Section, rows: &[GuestRow]) {
     );
 }
 
-/// The guest targets (issue 12): Snappy's take writes constant in the heap
+/// The guest targets (`snapshot/docs/snappy.md`): Snappy's take writes constant in the heap
 /// size; bytes copied = 4 KiB per copy-on-write fault.
 fn guest_figures(guest: &Result<Vec<GuestRow>, Value>) -> Vec<Figure> {
     let rows = match guest {
