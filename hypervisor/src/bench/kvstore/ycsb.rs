@@ -324,9 +324,6 @@ pub fn others_figures(
 /// Why a server does not run workload `w`, if it does not: E's scans
 /// need an ordered engine (`DBOS.RANGE`), which only the btree engine is.
 pub fn unsupported(w: &str, server: &str) -> Option<Value> {
-    (w == "e" && server != "dbos-kv btree").then(|| {
-        Value::not_available(
-            "workload E scans with DBOS.RANGE, which only an ordered engine (btree) has",
-        )
-    })
+    (w == "e" && server != "dbos-kv btree")
+        .then(|| Value::not_available("no DBOS.RANGE (workload E's scans need an ordered engine)"))
 }
