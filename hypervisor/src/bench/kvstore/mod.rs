@@ -159,10 +159,8 @@ pub fn run(ctx: &Ctx) -> Section {
                 .collect(),
         ),
     };
-    for st in state {
-        if let Ok(r) = st {
-            stop(r);
-        }
+    for r in state.into_iter().flatten() {
+        stop(r);
     }
     // A dbos-kv run that stopped (not a missing tool) fails the section.
     let stopped: Vec<String> = med_a
