@@ -44,7 +44,7 @@ pub fn run(ctx: &Ctx) -> Section {
     } else {
         (100_000, 100_000, vec![1, 16, 64], 3)
     };
-    let (other_ops, other_clients) = if ctx.quick { (500, 4) } else { (20_000, 16) };
+    let (other_ops, other_clients) = if ctx.quick { (500, 4) } else { (100_000, 16) };
     let mut s = Section::new(
         "kvstore",
         "kvstore: dbos-kv serve against Redis over the Redis protocol, and in ring 0",

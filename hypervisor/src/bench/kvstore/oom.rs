@@ -312,7 +312,13 @@ pub fn run(ctx: &Ctx, kv: &Result<std::path::PathBuf, Value>) -> Part {
             .to_vec(),
             rows,
         },
-        note: loaded.err().map(|v| format!("out of memory: {}", v.text())),
+        note: Some(match loaded {
+            Ok(_) => "Out of memory: dbos-kv serve runs its default single event loop, so its \
+                      reads per second do not grow with clients as the in-process driver's \
+                      threads do."
+                .to_string(),
+            Err(v) => format!("out of memory: {}", v.text()),
+        }),
     }
 }
 
