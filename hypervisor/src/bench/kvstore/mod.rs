@@ -19,7 +19,7 @@ pub mod servers;
 pub mod ycsb;
 
 use super::plot::{self, Axis, Series};
-use super::report::{Section, Value};
+use super::report::{Cell, Section, Value};
 use super::{installed, Ctx};
 use servers::{bench, bench_args, launch, stop, Kind as ServerKind, Running};
 
@@ -162,18 +162,6 @@ pub fn run(ctx: &Ctx) -> Section {
     for r in state.into_iter().flatten() {
         stop(r);
     }
-    // A dbos-kv run that stopped (not a missing tool) fails the section.
-    let stopped: Vec<String> = med_a
-        .iter()
-        .flatten()
-        .chain(med_others.iter().flatten())
-        .filter_map(|r| match r {
-            Err(Value::NotAvailable { reason }) if reason.contains("FAILED") => {
-                Some(reason.clone())
-            }
-            _ => None,
-        })
-        .collect();
     s.figures = ycsb::a_figures(&names, &clients, &med_a);
     s.tables
         .push(ycsb::a_table(&names, &clients, &med_a, &a_command));
@@ -245,6 +233,16 @@ pub fn run(ctx: &Ctx) -> Section {
          VT-x or AMD-V, so its requests per second say nothing about the same code on hardware."
             .into(),
     );
+    // A run that stopped or gave bad results (not a missing tool or
+    // device) fails the section.
+    let mut stopped: Vec<String> = Vec::new();
+    for cell in s.tables.iter().flat_map(|t| t.rows.iter().flatten()) {
+        if let Cell::Value(Value::NotAvailable { reason }) = cell {
+            if reason.contains("FAILED") && !stopped.contains(reason) {
+                stopped.push(reason.clone());
+            }
+        }
+    }
     if !stopped.is_empty() {
         let why = stopped.join("; ");
         s.notes.push(format!("failed: {why}"));
