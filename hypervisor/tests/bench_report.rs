@@ -333,8 +333,57 @@ fn bench_quick_writes_a_complete_report() {
         .nth(1)
         .expect("the pools' counted table");
     assert!(counted.contains("| tabby | 1 |"), "no Tabby TLB shootdowns");
+    check_kvstore_tables(&out);
     // The benchmark files are gone; the report is all that is left.
     assert!(!out.join(".work").exists());
+}
+
+/// The kvstore section has each of its tables, each row a value or the
+/// reason for none (the guest's without KVM, Redis's without Redis).
+fn check_kvstore_tables(dir: &Path) {
+    let json: Json =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let kv = json["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "kvstore")
+        .expect("a kvstore section");
+    let titles: Vec<&str> = kv["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["title"].as_str().unwrap())
+        .collect();
+    for table in [
+        "Workload A over the Redis protocol",
+        "Workloads B-F over the Redis protocol",
+        "redis-benchmark -t set,get",
+        "Out of memory: workload C",
+        "The guest server in ring 0: counted events per request",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.starts_with(table)),
+            "no table {table:?} in the kvstore section: {titles:?}"
+        );
+    }
+    let figures: Vec<&str> = kv["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    for figure in [
+        "workload F",
+        "redis-benchmark GET, -P 16",
+        "protocol / in-process reads per second, 4 client(s)",
+        "guest server, memory engine, --net-poll-spin 1s: exits to the VMM per request",
+    ] {
+        assert!(
+            figures.iter().any(|f| f.contains(figure)),
+            "no figure {figure:?} in the kvstore section: {figures:?}"
+        );
+    }
 }
 
 #[test]
