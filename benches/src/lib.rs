@@ -5,6 +5,7 @@ use dbos_nvme::host::{BackingFile, PollerConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod child;
 pub mod load;
 pub mod nvme;
 pub mod pools;

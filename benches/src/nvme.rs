@@ -6,6 +6,7 @@
 //! used up and reports a [`Summary`] (IOPS and per-request latency from
 //! submission to completion as the submitter sees it).
 
+use crate::child::dies_with_parent;
 use dbos_nvme::host::{BackingFile, Device, DmaBuf, PollerConfig, ProcessMemory, UringConfig};
 use dbos_nvme::{Command, CommandId, Completion, DataPtr, Lba, BLOCK_SIZE};
 use io_uring::{opcode, types, IoUring};
@@ -504,7 +505,7 @@ pub fn run_fio(path: &Path, w: Workload, time: Duration) -> Result<Summary, Stri
         Pattern::RandRead => "randread",
         Pattern::SeqWrite => "write",
     };
-    let out = Process::new("fio")
+    let out = dies_with_parent(&mut Process::new("fio"))
         .args([
             "--name=dbos",
             &format!("--filename={}", path.display()),

@@ -6,6 +6,7 @@
 //! the server). The server is shut down (`SHUTDOWN NOSAVE`, killed if it
 //! does not exit) when the run ends, whatever happened.
 
+use crate::child::dies_with_parent;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -133,7 +134,7 @@ fn free_port() -> Result<u16, String> {
 fn start(bin: &str, dir: &Path) -> Result<Server, String> {
     let port = free_port()?;
     let log = dir.join(format!("redis-{port}.log"));
-    let mut child = Command::new(bin)
+    let mut child = dies_with_parent(&mut Command::new(bin))
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")

@@ -5,6 +5,7 @@
 //! process (`RNDREAD=1 DATASIZE PHYSGB VIRTGB THREADS RUNFOR BLOCK`), read
 //! from its per-second lines.
 
+use crate::child::dies_with_parent;
 use crate::pools::Rate;
 use dbos_bufferpool::PAGE_SIZE;
 use std::io::{BufRead, BufReader};
@@ -105,7 +106,7 @@ impl Reference {
         } else {
             measure + 1
         };
-        let mut child = Command::new(&self.bin)
+        let mut child = dies_with_parent(&mut Command::new(&self.bin))
             .env("RNDREAD", "1")
             .env("DATASIZE", keys.to_string())
             .env("PHYSGB", self.physgb.to_string())

@@ -454,3 +454,90 @@ fn the_svg_check_fails_on_broken_svgs() {
     assert!(has_data_line("<svg><polyline points=\"1,2 3,4\"/></svg>"));
     assert!(!has_data_line("<svg><polyline points=\"1,2\"/></svg>"));
 }
+
+/// A second `dbos bench` into a report directory in use is refused (it
+/// would delete the first's benchmark files), and says who holds it.
+#[test]
+fn a_second_bench_into_the_same_directory_is_refused() {
+    let dir = scratch();
+    let out = dir.path().join("report");
+    std::fs::create_dir_all(&out).unwrap();
+    // This test holds the lock a running dbos bench holds.
+    let lock = std::fs::File::create(out.join(".lock")).unwrap();
+    lock.try_lock().unwrap();
+    let run = dbos()
+        .args(["bench", "--quick", "--only", "wal", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another dbos bench is writing its report into"),
+        "{stderr}"
+    );
+    assert!(!out.join("index.md").exists(), "nothing written");
+    drop(lock);
+}
+
+/// `dbos bench` killed while its servers run leaves none behind: every
+/// child (the servers under test, Redis, guests) dies with it.
+#[test]
+fn a_killed_bench_leaves_no_server_running() {
+    use std::io::{BufRead, BufReader};
+    let dir = scratch();
+    let out = dir.path().join("report");
+    let mut bench = dbos()
+        .args(["bench", "--quick", "--only", "kvstore", "--out"])
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the servers are up and being loaded.
+    let mut lines = BufReader::new(bench.stderr.take().unwrap()).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("dbos bench ended before loading its servers")
+            .unwrap();
+        if line.contains("loading") {
+            break;
+        }
+    }
+    let work = out.canonicalize().unwrap().join(".work");
+    let children = || -> Vec<String> {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(work.to_str().unwrap()) {
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                let zombie = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|s| s.split_whitespace().next())
+                    == Some("Z");
+                if !zombie {
+                    found.push(cmd);
+                }
+            }
+        }
+        found
+    };
+    assert!(
+        !children().is_empty(),
+        "no server runs under {}",
+        work.display()
+    );
+    bench.kill().unwrap();
+    bench.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !children().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after dbos bench was killed: {:?}",
+            children()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

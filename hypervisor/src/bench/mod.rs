@@ -103,6 +103,22 @@ pub fn run(opts: &Options, command: &str) -> Result<Report, String> {
         .out
         .canonicalize()
         .map_err(|e| format!("{}: {e}", opts.out.display()))?;
+    // One run per report directory: a second would delete the first's
+    // benchmark files under it and overwrite its report.
+    let lock_path = out.join(".lock");
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| format!("creating {}: {e}", lock_path.display()))?;
+    if let Err(e) = lock.try_lock() {
+        return Err(match e {
+            std::fs::TryLockError::WouldBlock => format!(
+                "another dbos bench is writing its report into {} (it holds {}); wait for it \
+                 to end or give this one another --out",
+                out.display(),
+                lock_path.display()
+            ),
+            std::fs::TryLockError::Error(e) => format!("locking {}: {e}", lock_path.display()),
+        });
+    }
     let work = out.join(".work");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| format!("creating {}: {e}", work.display()))?;
@@ -234,7 +250,7 @@ pub fn run_guest(
     }
     let exe = std::env::current_exe()
         .map_err(|e| Value::not_available(format!("the path of this dbos: {e}")))?;
-    let out = std::process::Command::new(exe)
+    let out = dbos_benches::child::dies_with_parent(&mut std::process::Command::new(exe))
         .arg("run")
         .args(run_args)
         .arg(&image)

@@ -8,6 +8,7 @@
 use super::super::report::{Cell, Figure, Kind, Table, Value};
 use super::super::Ctx;
 use super::servers::{bench, bench_args, info_fields, request, wait_or_kill};
+use dbos_benches::child::dies_with_parent;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -88,7 +89,7 @@ fn start(run_args: &[String], guest_args: &[&str]) -> Result<Guest, Value> {
     }
     let exe = std::env::current_exe()
         .map_err(|e| Value::not_available(format!("the path of this dbos: {e}")))?;
-    let mut child = Command::new(exe)
+    let mut child = dies_with_parent(&mut Command::new(exe))
         .arg("run")
         .args(run_args)
         .args(["--listen", "127.0.0.1:0"])

@@ -7,6 +7,7 @@
 use super::super::report::{Cell, Figure, Kind, Table, Value};
 use super::super::{disk_problem, Ctx};
 use super::servers::{bench, bench_args, launch, stop, Kind as ServerKind};
+use dbos_benches::child::dies_with_parent;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -55,7 +56,7 @@ pub fn parse_store_mib(out: &str) -> Option<f64> {
 
 /// Runs `dbos-kv workload ARGS`; its output, or why it failed.
 fn workload(kv: &Path, args: &[String]) -> Result<String, Value> {
-    let out = Command::new(kv)
+    let out = dies_with_parent(&mut Command::new(kv))
         .arg("workload")
         .args(args)
         .stdin(Stdio::null())

@@ -7,6 +7,7 @@ use super::super::report::{Cell, Figure, Kind, Table, Value};
 use super::super::{installed, Ctx};
 use super::servers::{launch, stop, wait_or_kill, Kind as ServerKind};
 use super::TARGET_SOURCE;
+use dbos_benches::child::dies_with_parent;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -81,7 +82,7 @@ fn run_once(port: u16, n: u64, pipeline: u32, limit: Duration) -> Result<Rates, 
     if pipeline > 1 {
         args.extend(["-P".into(), pipeline.to_string()]);
     }
-    let mut child = Command::new("redis-benchmark")
+    let mut child = dies_with_parent(&mut Command::new("redis-benchmark"))
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

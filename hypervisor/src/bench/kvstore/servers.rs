@@ -7,6 +7,7 @@
 use super::super::installed;
 use super::super::report::Value;
 use super::super::Ctx;
+use dbos_benches::child::dies_with_parent;
 use std::io::{BufRead, BufReader, Read, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -166,7 +167,7 @@ fn start(
     let err = out
         .try_clone()
         .map_err(|e| Value::not_available(e.to_string()))?;
-    let mut child = Command::new(program)
+    let mut child = dies_with_parent(&mut Command::new(program))
         .args(args)
         .stdin(Stdio::null())
         .stdout(out)
@@ -287,7 +288,7 @@ pub fn info_fields(text: &str) -> Vec<(String, String)> {
 /// phase `phase`. A run with error replies or wrong values still gives its
 /// phase (its `problems` count them); one that stopped is an error.
 pub fn bench(kv: &Path, port: u16, args: &[String], phase: &str) -> Result<Phase, Value> {
-    let out = Command::new(kv)
+    let out = dies_with_parent(&mut Command::new(kv))
         .args(["bench", "--json", "--port", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())
