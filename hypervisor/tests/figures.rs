@@ -20,13 +20,14 @@ const UNITS: [&str; 22] = [
 ];
 
 /// How a command that produces figures begins.
-const COMMANDS: [&str; 18] = [
+const COMMANDS: [&str; 19] = [
     "cargo run",
     "cargo test",
     "cargo bench",
     "cargo fuzz",
     "RUSTC_BOOTSTRAP=1 cargo fuzz",
     "dbos run",
+    "dbos bench",
     "target/release/",
     "./target/release/",
     "target/debug/",

@@ -2,7 +2,7 @@
 //! plots inline as images) and `report.json` (the data model as it is, for
 //! comparing runs later).
 
-use super::report::{Figure, Report, Table, KINDS_EXPLAINED};
+use super::report::{Figure, Report, Section, Table, KINDS_EXPLAINED};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -86,6 +86,15 @@ fn table_rows(t: &Table) -> Vec<Vec<String>> {
 }
 
 /// The report as markdown.
+/// The `dbos bench` command that reruns section `s` alone.
+fn section_command(r: &Report, s: &Section) -> String {
+    format!(
+        "dbos bench{} --only {}",
+        if r.quick { " --quick" } else { "" },
+        s.name
+    )
+}
+
 pub fn markdown(r: &Report) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# dbos bench report\n");
@@ -118,7 +127,12 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(o, "## {} (`--only {}`)\n\n{}\n", s.title, s.name, s.about);
         let _ = writeln!(o, "Measured in {:.1} s.\n", s.seconds);
         if !s.figures.is_empty() {
-            let _ = writeln!(o, "### Figures against their targets\n");
+            let _ = writeln!(
+                o,
+                "### Figures against their targets\n\nCommand: `{}` (the tables below name \
+                 each figure's building block).\n",
+                section_command(r, s)
+            );
             md_table(
                 &mut o,
                 &FIGURE_COLUMNS.map(String::from),
@@ -226,7 +240,12 @@ pub fn html(r: &Report) -> String {
             s.seconds
         );
         if !s.figures.is_empty() {
-            o.push_str("<h3>Figures against their targets</h3>\n");
+            let _ = writeln!(
+                o,
+                "<h3>Figures against their targets</h3>\n<p>Command: <code>{}</code> (the \
+                 tables below name each figure's building block).</p>",
+                esc(&section_command(r, s))
+            );
             html_table(
                 &mut o,
                 &FIGURE_COLUMNS.map(String::from),

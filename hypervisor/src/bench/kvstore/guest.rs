@@ -235,10 +235,11 @@ pub fn run(ctx: &Ctx, kv: &Result<std::path::PathBuf, Value>) -> Part {
     // requests.
     let (records, operations) = if ctx.quick { (20, 30) } else { (100, 200) };
     let command = format!(
-        "{} (building block: dbos run [--disk DISK --disk-size 64M --disk-spin-us 200000] \
-         [--net-poll-spin 1s] --listen 127.0.0.1:0 kvstore -- serve [engine memory heap 8192]; \
-         dbos-kv bench --workload a --records {records} --operations {operations} --clients 1 \
-         --phase both; INFO dbos before and after)",
+        "{} (building block: dbos run --disk DISK --disk-size 64M --disk-spin-us 200000 \
+         --net-poll-spin SPIN --listen 127.0.0.1:0 kvstore -- serve, the btree engine with a \
+         disk and the memory engine as serve engine memory heap 8192 without one, SPIN the \
+         default or 1s; dbos-kv bench --workload a --records {records} --operations \
+         {operations} --clients 1 --phase both; INFO dbos before and after)",
         ctx.command("kvstore")
     );
     let mut rows = Vec::new();
