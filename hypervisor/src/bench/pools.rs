@@ -647,7 +647,7 @@ fn mem_rate(
 ) -> Result<f64, Value> {
     let mem = mem.as_ref().map_err(Clone::clone)?;
     if m == 2 {
-        mem.tabby.clone()?;
+        mem.tabby.clone().map_err(|_| tabby_refused())?;
     }
     if m == REF {
         mem.reference.clone()?;
@@ -659,6 +659,14 @@ fn mem_rate(
         .ok_or_else(|| Value::not_available("not run"))
 }
 
+/// A table cell's short reason where Tabby did not run (the section's
+/// notes give the refusal in full).
+fn tabby_refused() -> Value {
+    Value::not_available(
+        "Tabby could not be created for this tree in a process (the notes say why)",
+    )
+}
+
 fn ooo_run(
     ooo: &Result<OutOfMemory, Value>,
     pool: usize,
@@ -666,7 +674,7 @@ fn ooo_run(
 ) -> Result<&OooRun, Value> {
     let o = ooo.as_ref().map_err(Clone::clone)?;
     if pool == 2 {
-        o.tabby.clone()?;
+        o.tabby.clone().map_err(|_| tabby_refused())?;
     }
     o.runs
         .iter()
@@ -679,7 +687,7 @@ fn ooo_run(
 fn ooo_loaded(ooo: &Result<OutOfMemory, Value>, pool: usize) -> Result<&OooRun, Value> {
     let o = ooo.as_ref().map_err(Clone::clone)?;
     if pool == 2 {
-        o.tabby.clone()?;
+        o.tabby.clone().map_err(|_| tabby_refused())?;
     }
     o.loaded
         .iter()
