@@ -80,6 +80,14 @@ struct Conn {
     /// Requests were left unanswered because the output passed the high
     /// water mark (they are in `input`).
     stalled: bool,
+    /// This round's event said the socket is readable and its peer has
+    /// not closed: a read that returns less than asked emptied the socket,
+    /// and anything arriving later raises a new event (epoll reports the
+    /// socket's state when the event is taken, end of input included, and
+    /// queues it again on every arrival after that), so reading may stop
+    /// there instead of paying a read that only says "would block". False:
+    /// read until the socket says it would block.
+    short_read_drains: bool,
     /// The ticket the output waits for.
     ticket: Option<Ticket>,
 }
@@ -221,7 +229,13 @@ fn event_loop<E: KvEngine>(
             match ev.token() {
                 LISTENER => accept(shared, &poll, &mut listener, &mut conns, &mut free),
                 WAKE => {}
-                t => ready.push(t.0),
+                t => {
+                    if let Some(c) = conns.get_mut(t.0).and_then(|c| c.as_mut()) {
+                        c.short_read_drains =
+                            ev.is_readable() && !ev.is_read_closed() && !ev.is_error();
+                    }
+                    ready.push(t.0)
+                }
             }
         }
         // Replies now durable are released (or, if the log failed, their
@@ -258,11 +272,14 @@ fn event_loop<E: KvEngine>(
             let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) else {
                 continue;
             };
+            // Only this round's event can say a short read empties the
+            // socket.
+            let short_read_drains = std::mem::take(&mut c.short_read_drains);
             flush(shared, c);
             if c.closing || c.ticket.is_some() {
                 continue;
             }
-            if let Err(e) = read_and_run(shared, c, &mut chunk) {
+            if let Err(e) = read_and_run(shared, c, &mut chunk, short_read_drains) {
                 log::debug!("client {}: {e}", c.session.id());
                 c.closing = true;
                 c.output.clear();
@@ -370,6 +387,7 @@ fn accept<E: KvEngine>(
             output: Vec::new(),
             sent: 0,
             unread: false,
+            short_read_drains: false,
             want_write: false,
             closing: false,
             stalled: false,
@@ -380,7 +398,15 @@ fn accept<E: KvEngine>(
 
 /// Reads what the client sent (until the socket is empty, or
 /// back-pressure) and runs its complete requests.
-fn read_and_run<E: KvEngine>(shared: &Shared<E>, c: &mut Conn, chunk: &mut [u8]) -> io::Result<()> {
+/// Reads what the socket holds (until it would block, or, if
+/// `short_read_drains`, until a read returns less than asked) and runs the
+/// requests read.
+fn read_and_run<E: KvEngine>(
+    shared: &Shared<E>,
+    c: &mut Conn,
+    chunk: &mut [u8],
+    short_read_drains: bool,
+) -> io::Result<()> {
     let limit = shared
         .config
         .client_query_buffer_limit
@@ -407,7 +433,7 @@ fn read_and_run<E: KvEngine>(shared: &Shared<E>, c: &mut Conn, chunk: &mut [u8])
                     .fetch_add(n as u64, Ordering::Relaxed);
                 c.input.extend_from_slice(&chunk[..n]);
                 run(shared, c);
-                if c.closing {
+                if c.closing || (short_read_drains && n < chunk.len()) {
                     break;
                 }
             }

@@ -1575,3 +1575,50 @@ fn expired_keys_are_swept_away_on_both_engines() {
         assert_eq!(c.get::<_, String>("later").unwrap(), "v");
     }
 }
+
+/// A client that sends its request and closes its side at once (the
+/// request and the end of its input arrive together), and one that
+/// closes after its reply, are both answered and then closed by the
+/// server: it never keeps a connection whose peer has gone (a server
+/// that stopped reading at a short read and missed the end of input
+/// would keep such connections forever, up to `maxclients`).
+#[test]
+fn clients_that_close_after_a_request_are_answered_and_closed() {
+    use std::net::Shutdown;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    for round in 0..50 {
+        let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+        if round % 2 == 1 {
+            // Close only after the reply came.
+            let mut reply = [0u8; 7];
+            c.read_exact(&mut reply).unwrap();
+            assert_eq!(&reply, b"+PONG\r\n");
+            c.shutdown(Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            c.read_to_end(&mut rest)
+                .unwrap_or_else(|e| panic!("round {round}: the server did not close: {e}"));
+            assert!(rest.is_empty());
+        } else {
+            c.shutdown(Shutdown::Write).unwrap();
+            let mut reply = Vec::new();
+            c.read_to_end(&mut reply)
+                .unwrap_or_else(|e| panic!("round {round}: the server did not close: {e}"));
+            assert_eq!(reply, b"+PONG\r\n");
+        }
+    }
+    // Only this connection is left (the count may trail the last close
+    // by a moment).
+    let mut conn = s.conn();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let info: String = redis::cmd("INFO").arg("clients").query(&mut conn).unwrap();
+        if info.contains("connected_clients:1\r\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{info}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
