@@ -27,7 +27,8 @@ const FIELDS: [&str; 5] = [
     "net_completions",
 ];
 
-/// The counters' values in an `INFO dbos` reply, in [`FIELDS`] order.
+/// The counters' values in an `INFO dbos` reply: requests, vm_exits,
+/// net_doorbells, net_poller_wakeups, net_completions, in that order.
 pub fn counters(info: &str) -> Result<[u64; 5], String> {
     let fields = info_fields(info);
     let mut v = [0; 5];
