@@ -499,12 +499,21 @@ fn a_second_dbos_run_on_the_same_disk_is_refused() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // The guest's first line comes once the VM, disk included, is set up.
+    // Wait until the store is formatted: killed while it formats, the
+    // first run would leave a device that is neither blank nor a store,
+    // which the third run rightly refuses to open (it asks for an
+    // explicit `format --force`; seen in CI when the kill came 20 ms or
+    // more into the format).
+    let mut out = BufReader::new(first.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(first.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("[vcpu0] "), "{line:?}");
+    while !line.contains("fresh disk: formatted") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the first dbos ended before formatting"
+        );
+        assert!(line.starts_with("[vcpu0] "), "{line:?}");
+    }
 
     let second = Command::new(env!("CARGO_BIN_EXE_dbos"))
         .args(["run", "--disk", disk_arg, image, "--", "0"])
