@@ -510,7 +510,10 @@ fn a_killed_bench_leaves_no_server_running() {
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(work.to_str().unwrap()) {
+            // redis-server rewrites its command line; it runs in its
+            // directory under the work directory.
+            let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
+            if cmd.contains(work.to_str().unwrap()) || cwd.starts_with(&work) {
                 let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
                 let zombie = stat
                     .rsplit(')')
