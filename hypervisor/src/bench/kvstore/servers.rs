@@ -112,8 +112,10 @@ pub fn launch(
             ]);
             start(&kv.clone()?, &args, port, &log, &["SHUTDOWN"])
         }
-        Kind::RedisAof { fsync } => {
-            let args = strings(&[
+        Kind::RedisAof { .. } | Kind::RedisNone => {
+            // One Redis on loopback in the foreground, no snapshots; the
+            // kinds differ in the append-only file only.
+            let mut args = strings(&[
                 "--port",
                 &p,
                 "--bind",
@@ -122,33 +124,22 @@ pub fn launch(
                 &d,
                 "--save",
                 "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                fsync,
                 "--daemonize",
                 "no",
             ]);
-            let redis = Path::new("redis-server");
-            start(redis, &args, port, &log, &["SHUTDOWN", "NOSAVE"])
-        }
-        Kind::RedisNone => {
-            let args = strings(&[
-                "--port",
-                &p,
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                &d,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ]);
-            let redis = Path::new("redis-server");
-            start(redis, &args, port, &log, &["SHUTDOWN", "NOSAVE"])
+            match kind {
+                Kind::RedisAof { fsync } => {
+                    args.extend(strings(&["--appendonly", "yes", "--appendfsync", fsync]))
+                }
+                _ => args.extend(strings(&["--appendonly", "no"])),
+            }
+            start(
+                Path::new("redis-server"),
+                &args,
+                port,
+                &log,
+                &["SHUTDOWN", "NOSAVE"],
+            )
         }
     }
 }
