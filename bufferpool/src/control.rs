@@ -42,6 +42,14 @@
 //! backup header). It is never updated and never used to open a store:
 //! it lets a store whose first blocks were destroyed be recognised, and
 //! refused, instead of being taken for a blank device and formatted.
+//!
+//! While a format runs, both slots hold its *marker* instead (magic
+//! "DBOSFMT1", the same checksum, version and format id at 12 and 16, the
+//! rest zero): a device interrupted during a format says so
+//! ([`ControlError::Unfinished`]), holds no store, and is formatted again
+//! by an open that formats blank devices, where anything unrecognised is
+//! refused. Format writes the marker to both slots first and clears slot 0
+//! (the marker's last copy) after its control block is stable in slot 1.
 
 use crate::checksum::crc32c;
 use crate::device::BLOCK_SIZE;
@@ -50,6 +58,8 @@ use crate::{Lsn, PageId};
 use core::fmt;
 
 const MAGIC: &[u8; 8] = b"DBOSCTL1";
+/// The magic of a format's marker (see the module docs).
+const FORMAT_MAGIC: &[u8; 8] = b"DBOSFMT1";
 /// The format version this build reads and writes.
 pub const VERSION: u32 = 3;
 
@@ -168,6 +178,9 @@ pub enum ControlError {
     Version(u32),
     /// The checksum holds, a field has an impossible value.
     BadField { field: &'static str, value: u64 },
+    /// The marker of a format that has not finished (see the module
+    /// docs), whose format id was `format_id`.
+    Unfinished { format_id: u64 },
 }
 
 impl fmt::Display for ControlError {
@@ -183,6 +196,10 @@ impl fmt::Display for ControlError {
             ControlError::BadField { field, value } => write!(
                 f,
                 "a corrupt control block: {field} = {value} is impossible"
+            ),
+            ControlError::Unfinished { format_id } => write!(
+                f,
+                "the marker of a format (id {format_id:#x}) that did not finish"
             ),
         }
     }
@@ -226,12 +243,44 @@ impl Control {
         out[8..12].copy_from_slice(&crc.to_le_bytes());
     }
 
+    /// Encodes into one block the marker a format of `format_id` leaves
+    /// in the control slots while it runs (see the module docs).
+    pub fn encode_format_marker(format_id: u64, out: &mut [u8]) {
+        let out = &mut out[..BLOCK_SIZE];
+        out.fill(0);
+        out[0..8].copy_from_slice(FORMAT_MAGIC);
+        out[12..16].copy_from_slice(&VERSION.to_le_bytes());
+        out[16..24].copy_from_slice(&format_id.to_le_bytes());
+        let crc = crc32c(&out[12..]);
+        out[8..12].copy_from_slice(&crc.to_le_bytes());
+    }
+
     /// Decodes one block (at least [`BLOCK_SIZE`] bytes): magic, checksum,
-    /// version and every field's bounds must hold.
+    /// version and every field's bounds must hold. A format's intact
+    /// marker is [`ControlError::Unfinished`].
     pub fn decode(block: &[u8]) -> Result<Control, ControlError> {
         let b = &block[..BLOCK_SIZE];
         let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
         let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        if &b[0..8] == FORMAT_MAGIC {
+            // Only an intact marker of this version, with nothing else in
+            // it, means "a format was running".
+            if u32_at(8) != crc32c(&b[12..]) {
+                return Err(ControlError::BadChecksum);
+            }
+            if u32_at(12) != VERSION {
+                return Err(ControlError::Version(u32_at(12)));
+            }
+            if let Some(i) = b[24..].iter().position(|&x| x != 0) {
+                return Err(ControlError::BadField {
+                    field: "format marker byte",
+                    value: 24 + i as u64,
+                });
+            }
+            return Err(ControlError::Unfinished {
+                format_id: u64_at(16),
+            });
+        }
         if &b[0..8] != MAGIC {
             if b.iter().all(|&x| x == 0) {
                 return Err(ControlError::Zeros);
@@ -335,6 +384,43 @@ mod tests {
         assert_eq!(
             Control::decode(&vec![7u8; 4096]),
             Err(ControlError::NotControl)
+        );
+    }
+
+    #[test]
+    fn format_markers_decode_as_unfinished_only_when_intact() {
+        let mut m = vec![0u8; 4096];
+        Control::encode_format_marker(0x1234, &mut m);
+        assert_eq!(
+            Control::decode(&m),
+            Err(ControlError::Unfinished { format_id: 0x1234 })
+        );
+        // Never a store, whatever the other slot holds but a control block.
+        assert_eq!(
+            Control::newest(&m, &vec![0u8; 4096]),
+            Err([
+                ControlError::Unfinished { format_id: 0x1234 },
+                ControlError::Zeros
+            ])
+        );
+        let mut c = vec![0u8; 4096];
+        sample().encode(&mut c);
+        assert_eq!(Control::newest(&m, &c), Ok(sample()));
+        // Torn or damaged: not a marker.
+        let mut torn = m.clone();
+        torn[3000] = 1;
+        assert_eq!(Control::decode(&torn), Err(ControlError::BadChecksum));
+        // A valid checksum around a marker with more in it: refused.
+        let mut extra = m.clone();
+        extra[100] = 1;
+        let crc = crc32c(&extra[12..]);
+        extra[8..12].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            Control::decode(&extra),
+            Err(ControlError::BadField {
+                field: "format marker byte",
+                value: 100
+            })
         );
     }
 

@@ -197,6 +197,13 @@ pub enum Error {
     /// be (blocks `0..BLANK_CHECK_BLOCKS` for [`Engine::open`], see
     /// `crate::recovery::BLANK_CHECK_BLOCKS`): never formatted.
     NotFormatted,
+    /// A format of the device was interrupted before it made a store:
+    /// the control blocks hold its marker (`slots`: what each holds, at
+    /// least one [`ControlError::Unfinished`], the other that or zeros).
+    /// The device holds nothing that was ever acknowledged;
+    /// [`Engine::open_or_format`] formats it again, [`Engine::open`]
+    /// refuses it with this.
+    FormatUnfinished { slots: [ControlError; 2] },
     /// No valid control block (what each of blocks 0 and 1 holds), and the
     /// device is not blank (block `data_at` holds data): a damaged store or
     /// something else. `backup` is the backup control block found in the
@@ -287,6 +294,16 @@ pub enum Error {
     LogChanged { checked: Lsn, replayed: Lsn },
 }
 
+impl Error {
+    /// Whether the device holds no store and nothing that was ever
+    /// acknowledged: blank ([`Error::NotFormatted`]) or an unfinished
+    /// format ([`Error::FormatUnfinished`]). A caller that formats blank
+    /// devices formats these.
+    pub fn holds_no_store(&self) -> bool {
+        matches!(self, Error::NotFormatted | Error::FormatUnfinished { .. })
+    }
+}
+
 impl From<WalError> for Error {
     fn from(e: WalError) -> Error {
         Error::Log(e)
@@ -324,6 +341,13 @@ impl fmt::Display for Error {
             ),
             Error::NotFormatted => f.write_str(
                 "not formatted: no control block, and the device is blank where a store would be",
+            ),
+            Error::FormatUnfinished { slots } => write!(
+                f,
+                "a format of this device was interrupted before it finished (block 0 holds \
+                 {}, block 1 holds {}): it holds no store and nothing stored in it was ever \
+                 acknowledged; formatting it again loses nothing",
+                slots[0], slots[1]
             ),
             Error::NoControlBlock {
                 slots,
@@ -661,13 +685,18 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
     }
 
     /// Formats through `io` (see [`Engine::format`]). Order: build the pool
-    /// (nothing written yet), clear both control blocks, write the log
-    /// area's unwritten sectors, write every page (empty, sealed), flush,
-    /// write the backup control block in the device's last block (FUA),
-    /// write the log's first sector (an empty, valid end of the log), then
-    /// the control block (FUA), which makes it a store. A crash before
-    /// that leaves no control block (and `open` refuses the device as not
-    /// blank).
+    /// (nothing written yet), write the format's marker over both control
+    /// blocks (FUA; see `crate::control`), write the log area's unwritten
+    /// sectors, write every page (empty, sealed), flush, write the backup
+    /// control block in the device's last block (FUA), write the log's
+    /// first sector (an empty, valid end of the log), then the control
+    /// block (FUA, slot 1), which makes it a store, and clear the marker
+    /// left in slot 0 (FUA). A crash before the control block leaves a
+    /// device marked as an unfinished format, which
+    /// [`Engine::open_or_format`] formats again and [`Engine::open`]
+    /// reports as [`Error::FormatUnfinished`]; a crash during the first
+    /// marker write leaves what was there (a blank device, or an old store
+    /// in its other slot).
     pub(crate) fn format_on(
         log_dev: D,
         mut io: StoreIo<D>,
@@ -682,10 +711,6 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         let max = crate::growth::max_pages_on(&io, &layout);
         let pool = build_pool(&hook, &layout, max.0, make_pool)?;
         let page_lsns = page_lsns(&layout, max.0, |_| 0)?;
-        // From here until the new control block is written the device is
-        // no store: not the old one either.
-        io.clear_control(0)?;
-        io.clear_control(1)?;
         let control = Control {
             seq: 1,
             format_id: (env.now_ns)() ^ 0x005e_ed0f_d805,
@@ -694,6 +719,10 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
             redo: FIRST_LSN,
             epoch_start: FIRST_LSN,
         };
+        // From here until the new control block is written the device is
+        // no store (not the old one either) but an unfinished format.
+        io.write_format_marker(0, control.format_id)?;
+        io.write_format_marker(1, control.format_id)?;
         // A log area holding only this format's sectors (never zeros) is
         // what lets recovery tell a torn tail from corruption (`crate::log`).
         let geo = control.log_geometry();
@@ -713,6 +742,8 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
         )?;
         engine.wal.truncate_tail()?;
         engine.io().write_control(&control)?;
+        debug_assert_eq!(control.lba(), 1);
+        engine.io().clear_control(0)?;
         log::info!(
             "engine: formatted {} log blocks, {} pages",
             layout.log_blocks,

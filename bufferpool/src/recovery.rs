@@ -3,10 +3,12 @@
 //! 1. Read the control block (the newer valid copy): the layout, the
 //!    epoch, the epoch start and the redo point of the last complete
 //!    checkpoint. With neither copy valid, a device that is blank where a
-//!    store would be is [`Error::NotFormatted`]; anything else is refused
-//!    ([`Error::NoControlBlock`], saying what blocks 0 and 1 hold): only an
-//!    explicit [`Engine::format`] reuses it. [`Engine::open_or_format`]
-//!    formats only a blank device.
+//!    store would be is [`Error::NotFormatted`], one holding the marker of
+//!    a format that did not finish is [`Error::FormatUnfinished`]; anything
+//!    else is refused ([`Error::NoControlBlock`], saying what blocks 0 and
+//!    1 hold): only an explicit [`Engine::format`] reuses it.
+//!    [`Engine::open_or_format`] formats only a blank device or an
+//!    unfinished format.
 //! 2. Read every data page and check it (checksum, page id): a torn page,
 //!    another page's image or an all-zero page (format writes every page
 //!    before the control block, so no store has one) is damaged. Only the
@@ -149,8 +151,9 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
     }
 
     /// Opens the store on the device, or formats it for `layout` if the
-    /// device is blank: every block format would write (`layout.blocks()`
-    /// from block 0) is zero. A device holding anything else without a
+    /// device is blank (every block format would write, `layout.blocks()`
+    /// from block 0, is zero) or holds a format that did not finish
+    /// ([`Error::FormatUnfinished`]). A device holding anything else without a
     /// valid control block is refused ([`Error::NoControlBlock`]). Returns
     /// the recovery report when it opened an existing store.
     pub fn open_or_format(
@@ -170,6 +173,13 @@ impl<D: BlockDevice + Send + 'static, B: BufferManager> Engine<D, B> {
                 log::info!("engine: blank device, formatting");
                 Engine::format_on(log_dev, io, layout, config, make_pool).map(|e| (e, None))
             }
+            Found::Unfinished(io, slots) => {
+                log::warn!(
+                    "engine: {}; formatting again",
+                    Error::FormatUnfinished { slots }
+                );
+                Engine::format_on(log_dev, io, layout, config, make_pool).map(|e| (e, None))
+            }
         }
     }
 }
@@ -187,6 +197,7 @@ fn open_existing<D: BlockDevice + Send + 'static, B: BufferManager>(
     match read_control(io, BLANK_CHECK_BLOCKS)? {
         Found::Store(control, io) => recover(log_dev, control, io, config, request, make_pool),
         Found::Blank(_) => Err(Error::NotFormatted),
+        Found::Unfinished(_, slots) => Err(Error::FormatUnfinished { slots }),
     }
 }
 
@@ -196,6 +207,8 @@ enum Found<D> {
     Store(Control, StoreIo<D>),
     /// No control block and a blank device.
     Blank(StoreIo<D>),
+    /// The marker of a format that did not finish (what each slot holds).
+    Unfinished(StoreIo<D>, [ControlError; 2]),
 }
 
 /// Reads the control block through `io`; without a valid one, tells a
@@ -216,6 +229,17 @@ fn read_control<D: BlockDevice>(mut io: StoreIo<D>, blank_check: u64) -> Result<
         Ok(control) => return Ok(Found::Store(control, io)),
         Err(slots) => slots,
     };
+    // A format's marker in one slot and it or nothing in the other: only
+    // a format that did not finish leaves that (it clears its last marker
+    // once its control block is stable).
+    let unfinished = |s: &ControlError| matches!(s, ControlError::Unfinished { .. });
+    if slots.iter().any(unfinished)
+        && slots
+            .iter()
+            .all(|s| unfinished(s) || *s == ControlError::Zeros)
+    {
+        return Ok(Found::Unfinished(io, slots));
+    }
     let backup_lba = io.backup_lba();
     let backup = io.read_backup_control()?;
     let data_at = match (io.first_nonzero(blank_check)?, backup) {

@@ -126,6 +126,14 @@ impl<D: BlockDevice> StoreIo<D> {
         Ok(Control::decode(&self.buf.bytes()[..BLOCK_SIZE]))
     }
 
+    /// Writes the marker of a running format of `format_id` over control
+    /// slot `slot` with FUA (see `crate::control`).
+    pub fn write_format_marker(&mut self, slot: u64, format_id: u64) -> Result<(), IoFailure> {
+        Control::encode_format_marker(format_id, &mut self.buf.bytes_mut()[..BLOCK_SIZE]);
+        let io = Io::write(slot, 1, self.buf.io_buf().addr, true);
+        run_one(&mut self.dev, io, self.env.relax)
+    }
+
     /// Writes zeros over control slot `slot` with FUA.
     pub fn clear_control(&mut self, slot: u64) -> Result<(), IoFailure> {
         self.buf.bytes_mut()[..BLOCK_SIZE].fill(0);

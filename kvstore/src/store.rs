@@ -27,7 +27,8 @@ use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use dbos_bufferpool::btree::{BTree, Change, TreeError, MAX_CHANGES, MAX_KEY, MAX_VALUE};
 use dbos_bufferpool::engine::PoolSetup;
-use dbos_bufferpool::page::PAGE_HEADER;
+use dbos_bufferpool::log::FIRST_LSN;
+use dbos_bufferpool::page::{PAGE_CONTENTS, PAGE_HEADER};
 use dbos_bufferpool::{
     BlockDevice, BufferManager, Config, Engine, Layout, Lsn, PageId, PageWrite, PoolError,
     RecoveryReport,
@@ -208,20 +209,31 @@ where
         make_pool: impl FnOnce(PoolSetup) -> Result<B, PoolError>,
     ) -> Result<Store<D, B>, Error> {
         let engine = Engine::format(log_dev, data_dev, layout, config, make_pool)?;
-        let mut header = [0u8; 12];
-        header[..8].copy_from_slice(&MAGIC);
-        header[8..].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        engine.commit(&[PageWrite {
-            page: HEADER_PAGE,
-            offset: PAGE_HEADER,
-            data: &header,
-        }])?;
+        let store = Store::finish_format(engine, false)?;
+        log::info!("kvstore: formatted, format version {FORMAT_VERSION}");
+        Ok(store)
+    }
+
+    /// The store's part of a format, on an engine store whose pages are as
+    /// format left them: the header (unless `has_header`), then the tree,
+    /// each one durable commit. [`Store::open`] finishes a format a crash
+    /// interrupted between them.
+    fn finish_format(engine: Engine<D, B>, has_header: bool) -> Result<Store<D, B>, Error> {
+        if !has_header {
+            let mut header = [0u8; 12];
+            header[..8].copy_from_slice(&MAGIC);
+            header[8..].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+            engine.commit(&[PageWrite {
+                page: HEADER_PAGE,
+                offset: PAGE_HEADER,
+                data: &header,
+            }])?;
+        }
         let root = {
             let (t, lsn) = BTree::create_logged(engine.pool(), &engine, TREE_META)?;
             engine.wait_durable(lsn)?;
             t.root_hint()
         };
-        log::info!("kvstore: formatted, format version {FORMAT_VERSION}");
         Ok(Store {
             engine,
             root: AtomicU64::new(root),
@@ -229,8 +241,20 @@ where
         })
     }
 
+    /// Whether `page` holds nothing but what format wrote (an empty page).
+    fn untouched(engine: &Engine<D, B>, page: PageId) -> Result<bool, Error> {
+        let mut body = alloc::vec![0u8; PAGE_CONTENTS];
+        engine.read(page, PAGE_HEADER, &mut body)?;
+        Ok(body.iter().all(|&b| b == 0))
+    }
+
     /// Opens the store on the device: recovers the engine, then checks the
-    /// store's header (refusing another format version, naming both).
+    /// store's header (refusing another format version, naming both). A
+    /// store whose format was interrupted after the engine's part is
+    /// finished now (nothing was ever stored in it): an engine store that
+    /// never committed anything, with the header page and the tree's meta
+    /// page as format left them, or a store with its header whose tree's
+    /// meta page is still empty.
     pub fn open(
         log_dev: D,
         data_dev: D,
@@ -240,6 +264,26 @@ where
         let (engine, report) = Engine::open(log_dev, data_dev, config, make_pool)?;
         let mut header = [0u8; 12];
         engine.read(HEADER_PAGE, PAGE_HEADER, &mut header)?;
+        let unfinished = |e: &Engine<D, B>, has_header: bool| -> Result<bool, Error> {
+            if !Store::untouched(e, TREE_META)? {
+                return Ok(false);
+            }
+            log::warn!(
+                "kvstore: the store's format was interrupted before its {}; finishing it",
+                if has_header { "tree" } else { "header" }
+            );
+            Ok(true)
+        };
+        // Without a header, only an engine store that never committed
+        // anything (the header is the format's first commit) is taken for
+        // this store's unfinished format: another program's store, once
+        // it has been used, is refused below.
+        if report.end == FIRST_LSN
+            && Store::untouched(&engine, HEADER_PAGE)?
+            && unfinished(&engine, false)?
+        {
+            return Ok((Store::finish_format(engine, false)?, report));
+        }
         if header[..8] != MAGIC {
             return Err(Error::NotAStore);
         }
@@ -249,6 +293,9 @@ where
                 found,
                 supported: FORMAT_VERSION,
             });
+        }
+        if unfinished(&engine, true)? {
+            return Ok((Store::finish_format(engine, true)?, report));
         }
         let root = BTree::open_logged(engine.pool(), &engine, TREE_META)?.root_hint();
         Ok((

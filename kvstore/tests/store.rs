@@ -340,13 +340,38 @@ fn another_format_version_and_another_store_are_refused() {
         msg.contains("version 3") && msg.contains("version 2"),
         "{msg}"
     );
-    // An engine store that is not a key-value store.
+    // An engine store that is not a key-value store (another program
+    // committed to it), whether page 0 or another page holds its data.
+    for page in [0, 7] {
+        let d = dir();
+        let f = file(d.path());
+        let dev = DirectDevice::new(f.clone());
+        let e = Engine::format(dev.another(), dev, LAYOUT, Config::new(env()), pool(&f)).unwrap();
+        e.commit(&[PageWrite {
+            page: PageId(page),
+            offset: PAGE_HEADER + 100,
+            data: b"another program's data",
+        }])
+        .unwrap();
+        drop(e);
+        drop(f);
+        assert_eq!(open(d.path()).err(), Some(Error::NotAStore), "page {page}");
+    }
+    // An engine store that never committed anything is what a crash
+    // between the engine's format and the store's leaves: the store's
+    // format is finished.
     let d = dir();
     let f = file(d.path());
     let dev = DirectDevice::new(f.clone());
     drop(Engine::format(dev.another(), dev, LAYOUT, Config::new(env()), pool(&f)).unwrap());
     drop(f);
-    assert_eq!(open(d.path()).err(), Some(Error::NotAStore));
+    let s = open(d.path()).expect("finished");
+    s.put(b"k", b"v").unwrap();
+    drop(s);
+    let s = open(d.path()).unwrap();
+    let mut v = Vec::new();
+    assert!(s.get(b"k", &mut v).unwrap());
+    assert_eq!(v, b"v");
 }
 
 fn dbos_kv(args: &[&str]) -> std::process::Output {

@@ -254,7 +254,8 @@ fn parse(args: &[&'static str]) -> Result<Request, String> {
     Ok(Request::Run(Args { spec, frames, acks }))
 }
 
-/// Opens the store on the disk, formatting a blank disk.
+/// Opens the store on the disk, formatting a blank disk or one whose
+/// format was interrupted.
 fn open(blocks: u64, frames: usize) -> Result<KvStore, Error> {
     let config = Config::new(env());
     match Store::open(device(blocks), device(blocks), config, pool(blocks, frames)) {
@@ -270,8 +271,11 @@ fn open(blocks: u64, frames: usize) -> Result<KvStore, Error> {
             );
             Ok(store)
         }
-        Err(Error::Engine(dbos_bufferpool::Error::NotFormatted)) => {
+        Err(Error::Engine(e)) if e.holds_no_store() => {
             let l = layout(blocks);
+            if e != dbos_bufferpool::Error::NotFormatted {
+                println!("{e}");
+            }
             println!(
                 "blank disk: formatting a store of {} data pages, {} log blocks",
                 l.data_pages, l.log_blocks
