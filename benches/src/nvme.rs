@@ -7,8 +7,11 @@
 //! submission to completion as the submitter sees it).
 
 use crate::child::dies_with_parent;
-use dbos_nvme::host::{BackingFile, Device, DmaBuf, PollerConfig, ProcessMemory, UringConfig};
-use dbos_nvme::{Command, CommandId, Completion, DataPtr, Lba, BLOCK_SIZE};
+use dbos_nvme::host::{
+    BackingFile, Device, DmaBuf, EventFdDoorbell, InlineDevice, InlineDoorbell, InlineQueuePair,
+    PollerConfig, ProcessMemory, ProcessQueuePair, UringConfig,
+};
+use dbos_nvme::{Command, CommandId, Completion, DataPtr, Doorbell, Lba, QueuePair, BLOCK_SIZE};
 use io_uring::{opcode, types, IoUring};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -404,32 +407,54 @@ pub fn run_uring_submitting(
     Summary::from_latencies(lat, end - start, None)
 }
 
-/// The dbos queue pair and poller in process mode: one driver thread keeps
-/// `depth` commands outstanding (refilling with one batch after each reap)
-/// and spins for completions; the poller thread issues them with io_uring.
-pub fn run_queue_pair(
-    file: &BackingFile,
+/// A queue pair the benchmark drives: served by the poller thread
+/// ([`ProcessQueuePair`]) or by its owner ([`InlineQueuePair`]).
+trait Driven {
+    type Bell: Doorbell;
+    fn queue(&mut self) -> &mut QueuePair<Self::Bell>;
+    /// Waits until a completion is in the ring (as the queue pair waits).
+    fn wait(&self);
+}
+
+impl Driven for ProcessQueuePair {
+    type Bell = EventFdDoorbell;
+    fn queue(&mut self) -> &mut QueuePair<EventFdDoorbell> {
+        self
+    }
+    fn wait(&self) {
+        self.wait_for_completion();
+    }
+}
+
+impl Driven for InlineQueuePair {
+    type Bell = InlineDoorbell;
+    fn queue(&mut self) -> &mut QueuePair<InlineDoorbell> {
+        self
+    }
+    fn wait(&self) {
+        self.wait_for_completion();
+    }
+}
+
+/// Keeps `w.depth` commands outstanding on `qp` (refilling with one batch
+/// after each reap) from buffers in `bufs` until `budget` is used up;
+/// returns the latencies, the time from the first submission to the last
+/// completion, and the real doorbells rung.
+fn drive<Q: Driven>(
+    qp: &mut Q,
+    bufs: &DmaBuf,
     w: Workload,
     budget: Budget,
-    poller: PollerConfig,
-    uring: UringConfig,
-) -> Summary {
-    let bytes = file.blocks() * BLOCK_SIZE;
-    let region = w.depth * w.block + (1 << 20);
-    let dev = Device::open(file, region, poller, uring).expect("process-mode device");
-    let depth = (w.depth + 1).max(2) as u16;
-    let mut qp = dev.queue_pair(depth).expect("queue pair");
-    let bufs: DmaBuf = dev.alloc(depth as usize * w.block).expect("buffers");
-    bufs.fill(0x5a);
+    bytes: u64,
+) -> (Vec<u64>, Duration, u64) {
+    let depth = qp.queue().depth();
     let blocks = (w.block as u64 / BLOCK_SIZE) as u32;
     let mut offs = Offsets::new(w, bytes, 0x1234_5678);
     let mut started = vec![Instant::now(); depth as usize];
     let mut lat = Vec::new();
     let mut done = vec![Completion::default(); depth as usize];
     let (mut issued, mut seq) = (0u64, 0u64);
-    let doorbells0 = qp.stats().doorbells;
-    let cpu0 = dev.poller().cpu_time().expect("the poller's CPU clock");
-    let stats0 = dev.poller().stats();
+    let doorbells0 = qp.queue().stats().doorbells;
     let start = Instant::now();
     let deadline = start + budget.time;
     let mut end = start;
@@ -458,7 +483,7 @@ pub fn run_queue_pair(
         }
         if !cmds.is_empty() {
             let t0 = Instant::now();
-            let n = qp.submit_batch(&cmds, &mut ids).expect("submit");
+            let n = qp.queue().submit_batch(&cmds, &mut ids).expect("submit");
             assert_eq!(n, cmds.len(), "the queue pair has room for depth commands");
             for (id, &slot) in ids[..n].iter().zip(&slots) {
                 started[id.0 as usize] = t0;
@@ -466,10 +491,10 @@ pub fn run_queue_pair(
             }
             issued += n as u64;
         }
-        if qp.in_flight() == 0 {
+        if qp.queue().in_flight() == 0 {
             break;
         }
-        let n = qp.reap(&mut done);
+        let n = qp.queue().reap(&mut done);
         if n > 0 {
             end = Instant::now();
             for c in &done[..n] {
@@ -478,12 +503,34 @@ pub fn run_queue_pair(
                 free_slots.push(slot_of[c.cid.0 as usize]);
             }
         } else {
-            // Polls a moment, then sleeps until the poller posts a
-            // completion (no spinning against the poller's thread).
-            qp.wait_for_completion();
+            qp.wait();
         }
     }
-    let doorbells = qp.stats().doorbells - doorbells0;
+    let doorbells = qp.queue().stats().doorbells - doorbells0;
+    (lat, end - start, doorbells)
+}
+
+/// The dbos queue pair and poller in process mode: one driver thread keeps
+/// `depth` commands outstanding (refilling with one batch after each reap)
+/// and waits for completions (polls a moment, then sleeps until the poller
+/// wakes it); the poller thread issues them with io_uring.
+pub fn run_queue_pair(
+    file: &BackingFile,
+    w: Workload,
+    budget: Budget,
+    poller: PollerConfig,
+    uring: UringConfig,
+) -> Summary {
+    let bytes = file.blocks() * BLOCK_SIZE;
+    let region = w.depth * w.block + (1 << 20);
+    let dev = Device::open(file, region, poller, uring).expect("process-mode device");
+    let depth = (w.depth + 1).max(2) as u16;
+    let mut qp = dev.queue_pair(depth).expect("queue pair");
+    let bufs: DmaBuf = dev.alloc(w.depth * w.block).expect("buffers");
+    bufs.fill(0x5a);
+    let cpu0 = dev.poller().cpu_time().expect("the poller's CPU clock");
+    let stats0 = dev.poller().stats();
+    let (lat, elapsed, doorbells) = drive(&mut qp, &bufs, w, budget, bytes);
     let stats = dev.poller().stats();
     let poller = PollerUse {
         cpu: dev.poller().cpu_time().expect("the poller's CPU clock") - cpu0,
@@ -494,8 +541,32 @@ pub fn run_queue_pair(
     drop(dev);
     Summary {
         poller: Some(poller),
-        ..Summary::from_latencies(lat, end - start, Some(doorbells))
+        ..Summary::from_latencies(lat, elapsed, Some(doorbells))
     }
+}
+
+/// The dbos queue pair in process mode with its host run by the driver
+/// thread itself (`dbos_nvme::host::inline`): submitting hands the commands
+/// to the queue pair's own io_uring at once, waiting blocks in
+/// `io_uring_enter`; no poller thread.
+pub fn run_inline_queue_pair(
+    file: &BackingFile,
+    w: Workload,
+    budget: Budget,
+    poller: PollerConfig,
+    uring: UringConfig,
+) -> Summary {
+    let bytes = file.blocks() * BLOCK_SIZE;
+    let region = w.depth * w.block + (1 << 20);
+    let dev = InlineDevice::open(file, region, poller, uring).expect("inline device");
+    let depth = (w.depth + 1).max(2) as u16;
+    let mut qp = dev.queue_pair(depth).expect("queue pair");
+    let bufs: DmaBuf = dev.alloc(w.depth * w.block).expect("buffers");
+    bufs.fill(0x5a);
+    let (lat, elapsed, doorbells) = drive(&mut qp, &bufs, w, budget, bytes);
+    drop(qp);
+    drop(dev);
+    Summary::from_latencies(lat, elapsed, Some(doorbells))
 }
 
 /// fio's figure for the same pattern (io_uring engine, registered file and

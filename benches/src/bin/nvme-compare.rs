@@ -1,8 +1,9 @@
 //! Side-by-side storage comparison on one file: `pread`/`pwrite`, io_uring
-//! used directly, the dbos queue pair + poller (process mode), and fio if
-//! installed, for random 4 KiB reads and sequential 4 KiB / 64 KiB writes
-//! at queue depth 1 and 32. Prints IOPS and latency and the ratios the
-//! targets are about:
+//! used directly, the dbos queue pair + poller (process mode), the queue
+//! pair with its host run by the driver thread (`qp-inline`, no poller
+//! thread), and fio if installed, for random 4 KiB reads and sequential
+//! 4 KiB / 64 KiB writes at queue depth 1 and 32. Prints IOPS and latency
+//! and the ratios the targets are about, for each kind of queue pair:
 //!
 //! - queue pair IOPS >= 90% of fio's at QD32 for 4 KiB random reads;
 //! - queue pair mean latency <= 1.2x `pread`'s at QD1.
@@ -21,8 +22,8 @@
 use clap::Parser;
 use dbos_benches::load::BackgroundLoad;
 use dbos_benches::nvme::{
-    prepare_file, run_fio, run_pread, run_queue_pair, run_uring_submitting, Budget, Pattern,
-    Summary, Workload,
+    prepare_file, run_fio, run_inline_queue_pair, run_pread, run_queue_pair, run_uring_submitting,
+    Budget, Pattern, Summary, Workload,
 };
 use dbos_benches::{median_by, poller_config, require_direct_io};
 use dbos_nvme::host::UringConfig;
@@ -30,7 +31,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(about = "Storage I/O side by side: pread/pwrite, io_uring, the dbos queue pair, fio")]
+#[command(
+    about = "Storage I/O side by side: pread/pwrite, io_uring, the dbos queue pair (poller thread or inline), fio"
+)]
 struct Args {
     /// The benchmark file (created and filled if missing or of another size).
     #[arg(long, default_value_os_t = std::env::temp_dir().join("nvme-bench.img"))]
@@ -90,6 +93,10 @@ enum Method {
     Uring,
     #[value(name = "qp")]
     QueuePair,
+    /// The queue pair with its host run by the driver thread (no poller
+    /// thread).
+    #[value(name = "qp-inline")]
+    InlineQueuePair,
     Fio,
 }
 
@@ -99,6 +106,7 @@ impl Method {
             Method::Pread => "pread",
             Method::Uring => "io_uring",
             Method::QueuePair => "queue pair",
+            Method::InlineQueuePair => "qp inline",
             Method::Fio => "fio",
         }
     }
@@ -213,7 +221,13 @@ fn main() {
         "method", "IOPS", "mean us", "p50 us", "p99 us", "ops", "doorbells/IO"
     );
     let requested = if args.methods.is_empty() {
-        vec![Method::Pread, Method::Uring, Method::QueuePair, Method::Fio]
+        vec![
+            Method::Pread,
+            Method::Uring,
+            Method::QueuePair,
+            Method::InlineQueuePair,
+            Method::Fio,
+        ]
     } else {
         args.methods.clone()
     };
@@ -249,6 +263,9 @@ fn main() {
                         run_uring_submitting(&file, w, budget, args.uring_submit_every)
                     }
                     Method::QueuePair => run_queue_pair(&file, w, budget, poller, uring),
+                    Method::InlineQueuePair => {
+                        run_inline_queue_pair(&file, w, budget, poller, uring)
+                    }
                     Method::Fio => run_fio(&args.file, w, time).unwrap_or_else(|e| {
                         eprintln!("{e}");
                         std::process::exit(1);
@@ -276,64 +293,67 @@ fn main() {
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         let at = |m: Method| methods.iter().position(|&x| x == m);
-        let Some(q) = at(Method::QueuePair) else {
-            continue;
-        };
-        let qp = &med[q];
-        let fio = at(Method::Fio).map(|i| (&med[i], &runs[i]));
-        let mut ratios = Vec::new();
-        if let Some(u) = at(Method::Uring) {
-            ratios.push(format!("qp/io_uring IOPS {:.2}", qp.iops / med[u].iops));
-        }
-        if let Some((f, _)) = fio {
-            ratios.push(format!("qp/fio IOPS {:.2}", qp.iops / f.iops));
-        }
-        let pread = at(Method::Pread).map(|p| &med[p]);
-        if let Some(p) = pread {
-            ratios.push(format!(
-                "qp/pread mean latency {:.2}",
-                qp.mean_us / p.mean_us
-            ));
-        }
-        if !ratios.is_empty() {
-            println!("  ratios: {}", ratios.join(", "));
-        }
-        if w.depth == 32 && w.block == 4096 && w.pattern == Pattern::RandRead {
-            if let Some((f, fio_runs)) = fio {
-                let r = qp.iops / f.iops;
-                let per_round: Vec<f64> = runs[q]
-                    .iter()
-                    .zip(fio_runs)
-                    .map(|(q, f)| q.iops / f.iops)
-                    .collect();
-                let list = per_round
-                    .iter()
-                    .map(|x| format!("{:.0}%", x * 100.0))
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let round_median = median_by(&per_round, |&x| x);
-                verdicts.push(format!(
-                    "QD32 4k randread: queue pair {:.0} IOPS = {:.0}% of fio's {:.0} \
-                     (medians of {rounds} round(s); per round: {list}; median per-round \
-                     ratio {:.0}%; target >= 90%): {}",
-                    qp.iops,
-                    r * 100.0,
-                    f.iops,
-                    round_median * 100.0,
-                    if r >= 0.9 { "met" } else { "NOT met" }
+        for kind in [Method::QueuePair, Method::InlineQueuePair] {
+            let Some(q) = at(kind) else {
+                continue;
+            };
+            let name = kind.name();
+            let qp = &med[q];
+            let fio = at(Method::Fio).map(|i| (&med[i], &runs[i]));
+            let mut ratios = Vec::new();
+            if let Some(u) = at(Method::Uring) {
+                ratios.push(format!("{name}/io_uring IOPS {:.2}", qp.iops / med[u].iops));
+            }
+            if let Some((f, _)) = fio {
+                ratios.push(format!("{name}/fio IOPS {:.2}", qp.iops / f.iops));
+            }
+            let pread = at(Method::Pread).map(|p| &med[p]);
+            if let Some(p) = pread {
+                ratios.push(format!(
+                    "{name}/pread mean latency {:.2}",
+                    qp.mean_us / p.mean_us
                 ));
             }
-        }
-        if let (1, Some(pread)) = (w.depth, pread) {
-            let r = qp.mean_us / pread.mean_us;
-            verdicts.push(format!(
-                "QD1 {}: queue pair mean {:.1} us = {:.2}x pread's {:.1} us (target <= 1.2x): {}",
-                w.name(),
-                qp.mean_us,
-                r,
-                pread.mean_us,
-                if r <= 1.2 { "met" } else { "NOT met" }
-            ));
+            if !ratios.is_empty() {
+                println!("  ratios: {}", ratios.join(", "));
+            }
+            if w.depth == 32 && w.block == 4096 && w.pattern == Pattern::RandRead {
+                if let Some((f, fio_runs)) = fio {
+                    let r = qp.iops / f.iops;
+                    let per_round: Vec<f64> = runs[q]
+                        .iter()
+                        .zip(fio_runs)
+                        .map(|(q, f)| q.iops / f.iops)
+                        .collect();
+                    let list = per_round
+                        .iter()
+                        .map(|x| format!("{:.0}%", x * 100.0))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    let round_median = median_by(&per_round, |&x| x);
+                    verdicts.push(format!(
+                        "QD32 4k randread: {name} {:.0} IOPS = {:.0}% of fio's {:.0} \
+                         (medians of {rounds} round(s); per round: {list}; median per-round \
+                         ratio {:.0}%; target >= 90%): {}",
+                        qp.iops,
+                        r * 100.0,
+                        f.iops,
+                        round_median * 100.0,
+                        if r >= 0.9 { "met" } else { "NOT met" }
+                    ));
+                }
+            }
+            if let (1, Some(pread)) = (w.depth, pread) {
+                let r = qp.mean_us / pread.mean_us;
+                verdicts.push(format!(
+                    "QD1 {}: {name} mean {:.1} us = {:.2}x pread's {:.1} us (target <= 1.2x): {}",
+                    w.name(),
+                    qp.mean_us,
+                    r,
+                    pread.mean_us,
+                    if r <= 1.2 { "met" } else { "NOT met" }
+                ));
+            }
         }
     }
     println!("targets:");

@@ -1,20 +1,29 @@
-//! Storage: the dbos queue pair (process mode, poller + io_uring) against
-//! `pread`/`pwrite`, io_uring used directly and fio, on one `O_DIRECT`
-//! file, in alternating rounds with medians (`dbos_benches::nvme`, the code
-//! behind `nvme-compare`).
+//! Storage: the dbos queue pair in process mode, served by the poller
+//! thread (poller + io_uring) and by the driver thread itself (`inline`,
+//! no poller thread), against `pread`/`pwrite`, io_uring used directly and
+//! fio, on one `O_DIRECT` file, in alternating rounds with medians
+//! (`dbos_benches::nvme`, the code behind `nvme-compare`).
 
 use super::plot::{self, Axis, Series};
 use super::report::{Cell, Figure, Kind, Section, Table, Value};
 use super::{disk_problem, installed, Ctx};
 use dbos_benches::load::BackgroundLoad;
 use dbos_benches::nvme::{
-    prepare_file, run_fio, run_pread, run_queue_pair, run_uring, Budget, Pattern, Summary, Workload,
+    prepare_file, run_fio, run_inline_queue_pair, run_pread, run_queue_pair, run_uring, Budget,
+    Pattern, Summary, Workload,
 };
 use dbos_benches::{median_by, poller_config};
 use dbos_nvme::host::UringConfig;
 use std::time::Duration;
 
-const METHODS: [&str; 4] = ["pread", "io_uring", "queue pair", "fio"];
+const METHODS: [&str; 5] = ["pread", "io_uring", "queue pair", "qp inline", "fio"];
+/// Indexes into [`METHODS`].
+const PREAD: usize = 0;
+const QP: usize = 2;
+const INLINE: usize = 3;
+const FIO: usize = 4;
+/// The two kinds of queue pair with the targets, and their names there.
+const QUEUE_PAIRS: [(usize, &str); 2] = [(QP, "queue pair"), (INLINE, "queue pair (inline host)")];
 
 /// Random-read queue depths (the IOPS-against-depth plot); QD1 and QD32
 /// carry the targets.
@@ -117,7 +126,7 @@ pub fn run(ctx: &Ctx) -> Section {
         let mut runs: Vec<Vec<Summary>> = vec![Vec::new(); METHODS.len()];
         let mut failed: Vec<Option<Value>> = vec![None; METHODS.len()];
         if !have_fio {
-            failed[3] = Some(Value::not_installed("fio"));
+            failed[FIO] = Some(Value::not_installed("fio"));
         }
         for round in 0..rounds {
             for k in 0..METHODS.len() {
@@ -126,10 +135,11 @@ pub fn run(ctx: &Ctx) -> Section {
                     continue;
                 }
                 let r = match m {
-                    0 => Ok(run_pread(&file, w, budget)),
-                    1 => Ok(run_uring(&file, w, budget)),
-                    2 => Ok(run_queue_pair(&file, w, budget, poller, uring)),
-                    _ => run_fio(&path, w, budget.time),
+                    PREAD => Ok(run_pread(&file, w, budget)),
+                    QP => Ok(run_queue_pair(&file, w, budget, poller, uring)),
+                    INLINE => Ok(run_inline_queue_pair(&file, w, budget, poller, uring)),
+                    FIO => run_fio(&path, w, budget.time),
+                    _ => Ok(run_uring(&file, w, budget)),
                 };
                 match r {
                     Ok(sum) => {
@@ -369,7 +379,8 @@ fn find(results: &Results, p: Pattern, depth: usize, load: usize) -> Option<&Vec
         .map(|r| &r.2)
 }
 
-/// The targets: QD32 random reads >= 90% of fio's IOPS; QD1 mean latency
+/// The targets, for each kind of queue pair ([`QUEUE_PAIRS`]): QD32 random
+/// reads >= 90% of fio's IOPS; QD1 mean latency
 /// <= 1.2x pread's, for reads and for writes. `no_fio` is the value of a
 /// figure that needs fio when fio gave none. The random-read targets also
 /// with [`LOAD`] busy threads beside.
@@ -381,59 +392,63 @@ fn targets(results: &Results, no_fio: &Value) -> Vec<Figure> {
         }
     };
     let mut v = Vec::new();
-    for load in [0, LOAD] {
-        let beside = if load == 0 {
-            String::new()
-        } else {
-            format!(", {load} busy threads beside")
-        };
-        let reads32 = find(results, Pattern::RandRead, 32, load);
-        let (qp, fio) = (
-            reads32.and_then(|r| r[2].as_ref().ok()),
-            reads32.and_then(|r| r[3].as_ref().ok()),
-        );
-        let (value, baseline_value) = match (qp, fio) {
-            (Some(q), Some(f)) => (Value::num(q.iops / f.iops), Value::num(f.iops)),
-            _ => (
-                missing(reads32.map(|r| &r[3]), no_fio),
-                missing(reads32.map(|r| &r[3]), no_fio),
-            ),
-        };
-        v.push(ratio_figure(
-            &format!("queue pair IOPS / fio IOPS, 4 KiB random reads QD32{beside}"),
-            value,
-            "fio, io_uring engine, fixed buffers (IOPS)",
-            baseline_value,
-            ">= 0.90",
-            |r| r >= 0.9,
-        ));
-        for (p, what) in [
-            (Pattern::RandRead, "4 KiB random reads"),
-            (Pattern::SeqWrite, "4 KiB sequential writes"),
-        ] {
-            if load > 0 && p == Pattern::SeqWrite {
-                continue;
-            }
-            let qd1 = find(results, p, 1, load);
-            let (qp, pread) = (
-                qd1.and_then(|r| r[2].as_ref().ok()),
-                qd1.and_then(|r| r[0].as_ref().ok()),
+    for (q, name) in QUEUE_PAIRS {
+        for load in [0, LOAD] {
+            let beside = if load == 0 {
+                String::new()
+            } else {
+                format!(", {load} busy threads beside")
+            };
+            let reads32 = find(results, Pattern::RandRead, 32, load);
+            let (qp, fio) = (
+                reads32.and_then(|r| r[q].as_ref().ok()),
+                reads32.and_then(|r| r[FIO].as_ref().ok()),
             );
-            let (value, base) = match (qp, pread) {
-                (Some(q), Some(b)) => (Value::num(q.mean_us / b.mean_us), Value::num(b.mean_us)),
+            let (value, baseline_value) = match (qp, fio) {
+                (Some(qp), Some(f)) => (Value::num(qp.iops / f.iops), Value::num(f.iops)),
                 _ => (
-                    missing(qd1.map(|r| &r[2]), no_fio),
-                    missing(qd1.map(|r| &r[0]), no_fio),
+                    missing(reads32.map(|r| &r[FIO]), no_fio),
+                    missing(reads32.map(|r| &r[FIO]), no_fio),
                 ),
             };
             v.push(ratio_figure(
-                &format!("queue pair mean latency / pread's, {what} QD1{beside}"),
+                &format!("{name} IOPS / fio IOPS, 4 KiB random reads QD32{beside}"),
                 value,
-                "pread/pwrite, one request at a time (mean latency, us)",
-                base,
-                "<= 1.2",
-                |r| r <= 1.2,
+                "fio, io_uring engine, fixed buffers (IOPS)",
+                baseline_value,
+                ">= 0.90",
+                |r| r >= 0.9,
             ));
+            for (p, what) in [
+                (Pattern::RandRead, "4 KiB random reads"),
+                (Pattern::SeqWrite, "4 KiB sequential writes"),
+            ] {
+                if load > 0 && p == Pattern::SeqWrite {
+                    continue;
+                }
+                let qd1 = find(results, p, 1, load);
+                let (qp, pread) = (
+                    qd1.and_then(|r| r[q].as_ref().ok()),
+                    qd1.and_then(|r| r[PREAD].as_ref().ok()),
+                );
+                let (value, base) = match (qp, pread) {
+                    (Some(qp), Some(b)) => {
+                        (Value::num(qp.mean_us / b.mean_us), Value::num(b.mean_us))
+                    }
+                    _ => (
+                        missing(qd1.map(|r| &r[q]), no_fio),
+                        missing(qd1.map(|r| &r[PREAD]), no_fio),
+                    ),
+                };
+                v.push(ratio_figure(
+                    &format!("{name} mean latency / pread's, {what} QD1{beside}"),
+                    value,
+                    "pread/pwrite, one request at a time (mean latency, us)",
+                    base,
+                    "<= 1.2",
+                    |r| r <= 1.2,
+                ));
+            }
         }
     }
     v
@@ -491,7 +506,7 @@ fn doorbells_table(results: &Results, command: &str) -> Table {
     let rows = results
         .iter()
         .map(|(w, load, o)| {
-            let v = match &o[2] {
+            let v = match &o[QP] {
                 Ok(s) => match s.doorbells {
                     Some(d) => Value::num(d as f64 / s.ops.max(1) as f64),
                     None => Value::not_available("the queue pair counted no doorbells"),

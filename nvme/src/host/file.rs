@@ -361,6 +361,17 @@ impl BackingFile {
         })
     }
 
+    /// Another handle on the same open file (a duplicated descriptor,
+    /// which shares the lock; the lock is held until every handle is
+    /// closed).
+    pub fn try_clone(&self) -> io::Result<BackingFile> {
+        Ok(BackingFile {
+            file: self.file.try_clone()?,
+            path: self.path.clone(),
+            blocks: self.blocks,
+        })
+    }
+
     /// Capacity in 4 KiB blocks.
     pub fn blocks(&self) -> u64 {
         self.blocks

@@ -16,7 +16,8 @@
 //!    [`WakeFd::wake`] on [`PollerControl::wake_fd`].
 //!
 //! In process mode, [`process::Device`] does all of this over a
-//! [`ProcessMemory`] region.
+//! [`ProcessMemory`] region; [`inline::InlineDevice`] gives queue pairs
+//! whose host runs in the thread that uses them (no poller thread).
 //!
 //! `powercut` (an in-memory disk that models a power cut; crash injection
 //! for `dbos run --power-cut-after` and for crash tests) is compiled with
@@ -32,6 +33,7 @@ pub mod file;
 pub mod fixed;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod inline;
 pub mod memory;
 pub mod poller;
 #[cfg(feature = "powercut")]
@@ -46,6 +48,7 @@ pub mod wake;
 pub use backend::{simulated_failure, split_result, Backend, IoKind, IoOp, OpMatch, Simulated};
 pub use file::{BackingFile, FileError, LockHolder};
 pub use fixed::{PinLimit, RegionError, MAX_DMA_REGION, MAX_DMA_REGIONS};
+pub use inline::{InlineDevice, InlineDoorbell, InlineQueuePair};
 pub use memory::{DmaBuf, DmaMemory, DmaRegion, HostBuf, MemoryError, ProcessMemory};
 pub use poller::{
     DeletionWatch, ErrorInjection, FailedCommand, InterruptSender, Poller, PollerConfig,

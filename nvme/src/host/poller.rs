@@ -1026,6 +1026,15 @@ impl<B: Backend> Poller<B> {
         }
     }
 
+    /// Blocks in the backend until an operation finishes (or the wake
+    /// eventfd is signalled), for a poller run by its queue pair's owner
+    /// (`host::inline`), which has nothing else to wait for.
+    pub fn wait_for_backend(&mut self) {
+        if let Err(e) = self.backend.park(&self.shared.wake) {
+            log::error!("nvme: waiting for the backend failed: {e}");
+        }
+    }
+
     /// Operations in the backend.
     pub fn in_flight(&self) -> usize {
         self.backend.in_flight()
