@@ -87,7 +87,9 @@ pub fn run(ctx: &Ctx) -> Section {
              {rounds} round(s), each round running every method once in a rotated order; \
              each figure is a method's median round. pread: one thread per outstanding \
              request. io_uring: one thread, registered file and buffers. Queue pair: the dbos \
-             NVMe queue pair in process mode, its poller thread issuing with io_uring. fio: \
+             NVMe queue pair in process mode, its poller thread issuing with io_uring. qp \
+             inline: the same queue pair with its host run by the driver thread (its own \
+             io_uring, no poller thread; nvme::host::inline). fio: \
              io_uring engine, fixed buffers (where installed). The random reads at QD1 and \
              QD32 run again with {LOAD} threads of pure computation beside them (the machine \
              shared), as the queue pair's targets ask (nvme/docs/benchmarks.md)."
