@@ -230,3 +230,29 @@ fn queue_pairs_on_several_threads_each_drive_their_own() {
         }
     });
 }
+
+#[test]
+fn a_queue_pair_moved_to_another_thread_goes_on_working() {
+    let dir = direct_io_dir();
+    let file = backing_file(dir.path(), 64);
+    let dev = device(&file);
+    let mut qp = dev.queue_pair(8).unwrap();
+    let buf = dev.alloc(B).unwrap();
+    buf.write(0, &pattern(3, 1, B));
+    qp.execute(&Command::write(Lba(3), 1, DataPtr::Contiguous(buf.addr)))
+        .unwrap();
+    let qp = std::thread::scope(|s| {
+        s.spawn(move || {
+            buf.fill(0);
+            qp.execute(&Command::read(Lba(3), 1, DataPtr::Contiguous(buf.addr)))
+                .unwrap();
+            let mut got = vec![0u8; B];
+            buf.read(0, &mut got);
+            assert!(got == pattern(3, 1, B));
+            qp
+        })
+        .join()
+        .unwrap()
+    });
+    drop(qp);
+}

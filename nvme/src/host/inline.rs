@@ -20,10 +20,11 @@
 //! (`QueuePair::poll`) does not run the host.
 //!
 //! [`process::Device`](super::process::Device)'s queue pairs, served by one
-//! poller thread, remain the guest's shape and the compared method; an
-//! [`InlineQueuePair`] belongs to one thread at a time (its io_uring is
-//! set up as the caller's [`UringConfig`] says; with `defer_taskrun` the
-//! first thread that waits on it becomes its only issuer).
+//! poller thread, remain the guest's shape and the compared method. An
+//! [`InlineQueuePair`] is used by one thread at a time but may move
+//! between threads: its io_uring is set up without
+//! `IORING_SETUP_SINGLE_ISSUER` (`UringConfig::defer_taskrun` is turned
+//! off), which would tie it to the first thread that used it.
 
 use super::file::BackingFile;
 use super::memory::{DmaBuf, DmaMemory, ProcessMemory};
@@ -47,7 +48,8 @@ pub struct InlineDevice {
 
 impl InlineDevice {
     /// A device on `file` with a registered region of `region_bytes`. Each
-    /// queue pair gets an io_uring set up as `uring` says; `poller` is
+    /// queue pair gets an io_uring set up as `uring` says (but without
+    /// `defer_taskrun`, see the module docs); `poller` is
     /// the host's configuration (its spins are unused: nothing polls
     /// without its owner).
     pub fn open(
@@ -63,7 +65,11 @@ impl InlineDevice {
             dma,
             file: file.try_clone()?,
             poller,
-            uring,
+            // A queue pair may move between threads (see the module docs).
+            uring: UringConfig {
+                defer_taskrun: false,
+                ..uring
+            },
         })
     }
 
