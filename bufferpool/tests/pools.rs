@@ -1215,3 +1215,42 @@ fn a_miss_waits_while_another_thread_holds_every_frame() {
         drop(guards);
     }
 }
+
+/// The vmcache-style pool releases an eviction batch's scattered pages with
+/// one system call (`process_madvise` on the pool's own process, this
+/// machine's kernel takes it), not one `madvise` per page: each call
+/// flushes the TLBs of the other CPUs running the process, so per-page
+/// calls cost a shootdown per evicted page while other threads run
+/// (`bufferpool/docs/pools.md`). The pages read back from storage intact.
+#[test]
+fn vmcache_releases_each_eviction_batch_with_one_call() {
+    let log = Arc::new(RecordingLog::default());
+    let disk = Disk::new(4096, log.clone());
+    let p = VmCache::new(vec![MemDevice::new(&disk)], config(16, &log, 8)).unwrap();
+    for i in 0..600u64 {
+        let mut g = p.allocate().unwrap();
+        g.bytes_mut()[64] = i as u8;
+        g.bytes_mut()[4000] = (i >> 8) as u8;
+    }
+    let mut x = 11u64;
+    for _ in 0..3000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Every 7th page: no two victims of a batch are neighbours.
+        let id = PageId((x % 85) * 7);
+        let g = p.fix_shared(id).unwrap();
+        assert_eq!(
+            (g.bytes()[64], g.bytes()[4000]),
+            (id.0 as u8, (id.0 >> 8) as u8)
+        );
+    }
+    let s = p.stats();
+    assert!(s.evict_batches > 100, "{s:?}");
+    assert!(s.evictions >= 4 * s.evict_batches, "{s:?}");
+    assert_eq!(
+        s.dontneed_calls, s.evict_batches,
+        "one release call per batch (a kernel without MADV_DONTNEED through \
+         process_madvise on PIDFD_SELF makes one per page): {s:?}"
+    );
+}

@@ -153,24 +153,24 @@ impl<D: BlockDevice> Frames for VmCache<D> {
         unsafe { core::slice::from_raw_parts(f.data.as_ptr(), PAGE_SIZE) }
     }
 
-    /// One `madvise(MADV_DONTNEED)` per run of adjacent page ids.
+    /// Releases each run of adjacent page ids, all runs in one system
+    /// call where the kernel allows (`Mapping::dontneed_ranges`).
     fn release(&self, victims: &[Held]) -> Result<(), PoolError> {
         let mut sorted: Vec<PageId> = victims.iter().map(|v| v.id).collect();
         sorted.sort_unstable();
-        let mut calls = 0;
+        let mut runs = Vec::new();
         let mut i = 0;
         while i < sorted.len() {
             let mut j = i + 1;
             while j < sorted.len() && sorted[j].0 == sorted[j - 1].0 + 1 {
                 j += 1;
             }
-            // On failure the runs before this one were released: the pool
-            // evicts the whole (clean) batch (see `Frames::release`).
-            self.window
-                .dontneed(sorted[i].0 as usize * PAGE_SIZE, (j - i) * PAGE_SIZE)?;
-            calls += 1;
+            runs.push((sorted[i].0 as usize * PAGE_SIZE, (j - i) * PAGE_SIZE));
             i = j;
         }
+        // On failure some runs may have been released: the pool evicts the
+        // whole (clean) batch (see `Frames::release`).
+        let calls = self.window.dontneed_ranges(&runs)?;
         Counters::add(&self.core.counters.dontneed_calls, calls);
         Ok(())
     }
