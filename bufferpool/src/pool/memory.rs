@@ -100,12 +100,12 @@ impl Mapping {
     /// Releases the page-aligned `(offset, len)` ranges, as
     /// [`dontneed`](Self::dontneed) each: with one
     /// `process_madvise(MADV_DONTNEED)` on this process for all of them
-    /// where the kernel takes it (`PIDFD_SELF`, any advice on the calling
-    /// process: Linux 6.14 and later), which also lets the kernel flush
-    /// the TLBs of the other CPUs running this process once for the batch
-    /// instead of once per range (a shootdown per evicted page while other
-    /// threads of the process run: `bufferpool/docs/pools.md`); else one
-    /// `madvise` per range. Returns the system calls made.
+    /// where the kernel takes it (`PIDFD_SELF`: Linux 6.14 and later),
+    /// which lets the kernel flush the TLBs of the other CPUs running this
+    /// process once for the batch instead of once per range (one
+    /// shootdown per evicted page while other threads of the process ran,
+    /// 0.016 with this, on Linux 6.18: `bufferpool/docs/pools.md`); else
+    /// one `madvise` per range. Returns the system calls made.
     pub fn dontneed_ranges(&self, ranges: &[(usize, usize)]) -> Result<u64, PoolError> {
         use core::sync::atomic::{AtomicBool, Ordering};
         /// Cleared at the first refusal: the kernel does not take it.
