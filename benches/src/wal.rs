@@ -8,10 +8,10 @@
 
 use dbos_bufferpool::device::{BlockDevice, Io};
 use dbos_bufferpool::direct::DirectDevice;
-use dbos_bufferpool::host::{block_device, env};
+use dbos_bufferpool::host::{block_device, env, inline_block_device};
 use dbos_bufferpool::pool::hash::HashPool;
 use dbos_bufferpool::{CommitMode, Config, Engine, Error, KvTable, Layout, PageId, WalError};
-use dbos_nvme::host::{BackingFile, Device, PollerConfig, UringConfig};
+use dbos_nvme::host::{BackingFile, Device, InlineDevice, PollerConfig, UringConfig};
 use std::fmt::Display;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
@@ -34,6 +34,9 @@ pub enum Dev {
     Qp,
     /// `DirectDevice`: the caller's own system calls.
     Direct,
+    /// The queue pair with its host run by the thread using it (no poller
+    /// thread: `dbos_nvme::host::inline`).
+    Inline,
 }
 
 impl Dev {
@@ -42,6 +45,7 @@ impl Dev {
         match self {
             Dev::Qp => "qp",
             Dev::Direct => "direct",
+            Dev::Inline => "qp-inline",
         }
     }
 }
@@ -167,6 +171,18 @@ fn open_device(file: &BackingFile, dma_bytes: usize) -> Device {
     )
 }
 
+fn open_inline(file: &BackingFile, dma_bytes: usize) -> InlineDevice {
+    or_fail(
+        InlineDevice::open(
+            file,
+            dma_bytes,
+            PollerConfig::default(),
+            UringConfig::default(),
+        ),
+        "cannot open the inline queue-pair device",
+    )
+}
+
 /// The device path without the WAL: 4 KiB FUA writes, one at a time,
 /// yielding the CPU while one is in flight: (writes, seconds).
 fn fua_write_loop<D: BlockDevice>(dev: &mut D, secs: f64) -> (u64, f64) {
@@ -203,6 +219,11 @@ pub fn device_fua_loop(dir: &Path, device: Dev, secs: f64) -> (u64, f64) {
             fua_write_loop(&mut qp, secs)
         }
         Dev::Direct => fua_write_loop(&mut DirectDevice::new(Arc::new(file)), secs),
+        Dev::Inline => {
+            let dev = open_inline(&file, 1 << 20);
+            let mut qp = or_fail(inline_block_device(&dev, 64), "no queue pair");
+            fua_write_loop(&mut qp, secs)
+        }
     };
     let _ = std::fs::remove_file(&path);
     result
@@ -239,6 +260,15 @@ pub fn engine_run(
             let qp = || or_fail(block_device(&dev, 64), "no queue pair");
             let engine = Engine::format(qp(), qp(), LAYOUT, config, |setup| {
                 // Every page resident: the benchmark measures the log.
+                HashPool::new(vec![qp()], setup.config(LAYOUT.data_pages as usize))
+            });
+            let engine = or_fail(engine, "cannot format the engine");
+            commit_for(&engine, device, mode, committers, secs)
+        }
+        Dev::Inline => {
+            let dev = open_inline(&file, 8 << 20);
+            let qp = || or_fail(inline_block_device(&dev, 64), "no queue pair");
+            let engine = Engine::format(qp(), qp(), LAYOUT, config, |setup| {
                 HashPool::new(vec![qp()], setup.config(LAYOUT.data_pages as usize))
             });
             let engine = or_fail(engine, "cannot format the engine");

@@ -5,7 +5,10 @@
 
 use crate::device::{DmaAllocator, IoBuf, NvmeDevice, QueueAccess};
 use crate::{Env, Sleep};
-use dbos_nvme::host::{Device, DeviceError, EventFdDoorbell, ProcessMemory, ProcessQueuePair};
+use dbos_nvme::host::{
+    Device, DeviceError, EventFdDoorbell, InlineDevice, InlineDoorbell, InlineQueuePair,
+    ProcessMemory, ProcessQueuePair,
+};
 use dbos_nvme::QueuePair;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
@@ -23,6 +26,23 @@ impl QueueAccess for ProcessQueuePair {
     /// wakes this queue's waker): no spinning against the poller thread.
     fn wait_for_completion(&mut self, _relax: fn()) {
         ProcessQueuePair::wait_for_completion(self);
+    }
+}
+
+impl QueueAccess for InlineQueuePair {
+    type Doorbell = InlineDoorbell;
+    fn queue(&mut self) -> &mut QueuePair<InlineDoorbell> {
+        self
+    }
+    fn queue_ref(&self) -> &QueuePair<InlineDoorbell> {
+        self
+    }
+
+    /// Runs the queue pair's host in this thread until a completion is
+    /// posted, blocking in the kernel while only I/O is outstanding
+    /// (`dbos_nvme::host::inline`).
+    fn wait_for_completion(&mut self, _relax: fn()) {
+        InlineQueuePair::wait_for_completion(self);
     }
 }
 
@@ -48,6 +68,24 @@ pub type ProcessBlockDevice = NvmeDevice<ProcessQueuePair, RegionAlloc>;
 
 /// A new queue pair of `depth` entries on `dev`, as a block device.
 pub fn block_device(dev: &Device, depth: u16) -> Result<ProcessBlockDevice, DeviceError> {
+    let qp = dev.queue_pair(depth)?;
+    Ok(NvmeDevice::new(
+        qp,
+        RegionAlloc(dev.memory().clone()),
+        dev.blocks(),
+    ))
+}
+
+/// A block device on an owner-driven queue pair (its host runs in the
+/// thread using it: `dbos_nvme::host::inline`).
+pub type InlineBlockDevice = NvmeDevice<InlineQueuePair, RegionAlloc>;
+
+/// A new owner-driven queue pair of `depth` entries on `dev`, as a block
+/// device.
+pub fn inline_block_device(
+    dev: &InlineDevice,
+    depth: u16,
+) -> Result<InlineBlockDevice, DeviceError> {
     let qp = dev.queue_pair(depth)?;
     Ok(NvmeDevice::new(
         qp,

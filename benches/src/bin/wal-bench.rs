@@ -7,9 +7,12 @@
 //!   committers through the engine (key-value transactions of 2 keys) and
 //!   the WAL's group commit, with FUA log writes and with log writes plus
 //!   one flush per batch, on each device: the NVMe queue pair with its
-//!   poller and io_uring (process mode, `qp`), and the direct device, whose
+//!   poller and io_uring (process mode, `qp`), the direct device, whose
 //!   callers make the system calls themselves (`direct`,
-//!   `dbos_bufferpool::direct`); both on an `O_DIRECT` file;
+//!   `dbos_bufferpool::direct`), and with `--device qp-inline|all` the
+//!   queue pair whose host runs in the thread using it (`qp-inline`,
+//!   `dbos_nvme::host::inline`, no poller thread); all on an `O_DIRECT`
+//!   file;
 //! - write amplification: bytes written to the log per committed byte.
 //!
 //! Then `--rounds` rounds of the raw loop, 1 and then 16 FUA committers on
@@ -74,7 +77,14 @@ struct Args {
 enum DeviceArg {
     Qp,
     Direct,
+    /// The queue pair with its host in the committing threads (no poller
+    /// thread).
+    #[value(name = "qp-inline")]
+    Inline,
+    /// qp and direct.
     Both,
+    /// qp, direct and qp-inline.
+    All,
 }
 
 /// The load average (1, 5, 15 minutes), as `uptime` shows it.
@@ -111,7 +121,9 @@ fn main() {
     let devices = match args.device {
         DeviceArg::Qp => vec![Dev::Qp],
         DeviceArg::Direct => vec![Dev::Direct],
+        DeviceArg::Inline => vec![Dev::Inline],
         DeviceArg::Both => vec![Dev::Qp, Dev::Direct],
+        DeviceArg::All => vec![Dev::Qp, Dev::Direct, Dev::Inline],
     };
     // Runs until the end of main: beside every measurement.
     let load = BackgroundLoad::start(args.background_load);
