@@ -70,13 +70,12 @@ fn group_commits_through_inline_queue_pairs_survive_a_reopen() {
     assert_eq!(e.stats().transactions, 240);
     let log = e.wal().stats();
     assert!(log.batches > 0 && log.batches <= 240, "{log:?}");
-    drop(kv);
     drop(e);
     drop(dev);
     drop(file);
     let file = BackingFile::open(&path).unwrap();
     let dev = device(&file);
-    let (e, report): (InlineEngine, _) = Engine::open(
+    let (e, _): (InlineEngine, _) = Engine::open(
         queue(&dev),
         queue(&dev),
         config(CommitMode::Fua),
