@@ -44,6 +44,12 @@ impl QueueAccess for InlineQueuePair {
     fn wait_for_completion(&mut self, _relax: fn()) {
         InlineQueuePair::wait_for_completion(self);
     }
+
+    /// Runs a turn of the host (a poll of the bare ring would never see
+    /// a completion otherwise).
+    fn progress(&mut self) {
+        InlineQueuePair::progress(self);
+    }
 }
 
 /// Buffers carved from a process device's registered region.

@@ -90,3 +90,34 @@ fn group_commits_through_inline_queue_pairs_survive_a_reopen() {
         assert_eq!(kv.get(500 + t).unwrap(), 60);
     }
 }
+
+/// A loop that polls and yields (allowed by the `BlockDevice` contract,
+/// which only asks callers to poll) completes on an owner-driven queue
+/// pair: its poll runs a turn of the host. It used to spin forever
+/// (`wal-bench`'s FUA loop did).
+#[test]
+fn polling_alone_completes_requests() {
+    use dbos_bufferpool::device::{BlockDevice, Io};
+    let dir = direct_io_dir();
+    let file = BackingFile::create(dir.path().join("poll.img"), 64 * 4096).unwrap();
+    let dev = device(&file);
+    let mut q = queue(&dev);
+    let buf = q.alloc(1).unwrap();
+    for n in 0..50u64 {
+        q.submit(&Io::write(n % 64, 1, buf.addr, n % 2 == 0))
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some((_, r)) = q.poll() {
+                r.unwrap();
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "write {n} never completed"
+            );
+            std::thread::yield_now();
+        }
+    }
+    assert_eq!(q.in_flight(), 0);
+}

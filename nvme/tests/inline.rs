@@ -256,3 +256,41 @@ fn a_queue_pair_moved_to_another_thread_goes_on_working() {
     });
     drop(qp);
 }
+
+#[test]
+fn polling_the_inline_queue_pair_runs_its_host() {
+    let dir = direct_io_dir();
+    let file = backing_file(dir.path(), 64);
+    let dev = device(&file);
+    let mut qp = dev.queue_pair(8).unwrap();
+    let buf = dev.alloc(4 * B).unwrap();
+    for round in 0..20u64 {
+        for i in 0..4u64 {
+            qp.submit(&Command::read(
+                Lba(i * 3),
+                1,
+                DataPtr::Contiguous(buf.addr.offset(i * BLOCK_SIZE)),
+            ))
+            .unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut got = 0;
+        let mut out = [Completion::default(); 4];
+        while got < 4 {
+            // Alternate the two: each runs the host when the ring is empty.
+            if round % 2 == 0 {
+                if let Some(c) = qp.poll() {
+                    assert_eq!(c.result(), Ok(()));
+                    got += 1;
+                }
+            } else {
+                got += qp.reap(&mut out[got..]);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: {got} of 4"
+            );
+            std::thread::yield_now();
+        }
+    }
+}

@@ -14,10 +14,15 @@
 //! takes the CPUs. Everything else is the queue pair's protocol as the
 //! poller thread serves it (the rings, the command checks, the gates).
 //!
-//! Completions therefore appear only while the owner submits or waits
-//! ([`InlineQueuePair::wait_for_completion`], [`InlineQueuePair::wait`],
-//! [`InlineQueuePair::execute`]); polling the ring alone
-//! (`QueuePair::poll`) does not run the host.
+//! Completions therefore appear only while the owner submits, polls or
+//! waits through the [`InlineQueuePair`] ([`InlineQueuePair::poll`] and
+//! [`InlineQueuePair::reap`] run a turn of the host when the ring is
+//! empty; [`InlineQueuePair::wait_for_completion`],
+//! [`InlineQueuePair::wait`] and [`InlineQueuePair::execute`] block);
+//! reading the ring through the bare [`QueuePair`] (its `poll`, `reap`,
+//! `has_completion`) does not run the host. The block device built on it
+//! (`dbos_bufferpool::host::inline_block_device`) polls through the
+//! [`InlineQueuePair`].
 //!
 //! [`process::Device`](super::process::Device)'s queue pairs, served by one
 //! poller thread, remain the guest's shape and the compared method. An
@@ -199,6 +204,35 @@ impl InlineQueuePair {
             p.turn();
         }
         blocked
+    }
+
+    /// Runs one turn of the host without blocking: collects the
+    /// operations that finished and posts their completions.
+    pub fn progress(&self) {
+        if self.qp.in_flight() > 0 {
+            serve(&mut self.host.lock());
+        }
+    }
+
+    /// Consumes one completion if there is one, running a turn of the
+    /// host first when the ring has none (shadows [`QueuePair::poll`],
+    /// which only reads the ring: a loop that polls and yields then
+    /// progresses, as it does with the poller thread).
+    pub fn poll(&mut self) -> Option<Completion> {
+        if !self.qp.has_completion() {
+            self.progress();
+        }
+        self.qp.poll()
+    }
+
+    /// Consumes up to `out.len()` completions, running a turn of the host
+    /// first when the ring has none (shadows [`QueuePair::reap`], as
+    /// [`poll`](Self::poll) does).
+    pub fn reap(&mut self, out: &mut [Completion]) -> usize {
+        if !self.qp.has_completion() {
+            self.progress();
+        }
+        self.qp.reap(out)
     }
 
     /// Waits for and consumes one completion; `None` if nothing is
