@@ -18,7 +18,7 @@
 
 use crate::device::{BlockDevice, DeviceError, Io, IoBuf, IoKind, IoTag, BLOCK_SIZE};
 use crate::immediate::Immediate;
-use dbos_nvme::host::BackingFile;
+use dbos_nvme::host::{link_count, BackingFile};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -102,8 +102,9 @@ impl DirectDevice {
 
     /// Fails (from now on) if the file has been deleted.
     fn check_deleted(&mut self) -> Result<(), DeviceError> {
-        use std::os::unix::fs::MetadataExt;
-        if !self.deleted && self.file.file().metadata().is_ok_and(|m| m.nlink() == 0) {
+        // The link count alone (`link_count`: a query of the timestamps
+        // would slow the durable write after it).
+        if !self.deleted && link_count(self.file.file()).is_ok_and(|n| n == 0) {
             log::error!(
                 "{} was deleted while in use: writes and flushes fail from now on",
                 self.file.path().display()

@@ -97,10 +97,41 @@ fn lock(file: &File, path: &Path) -> Result<(), FileError> {
     }
 }
 
-/// The link count of an open file (`fstat`'s `st_nlink`).
-pub(crate) fn link_count(file: &File) -> io::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    file.metadata().map(|m| m.nlink())
+/// The link count of an open file: `statx` asking for `STATX_NLINK` only.
+///
+/// Not `fstat` (nor `File::metadata`, which asks `statx` for the
+/// timestamps too): on this machine's Linux 6.18 (ext4), a query of a
+/// file's timestamps before each durable (`RWF_DSYNC`) 4 KiB write made
+/// the write about 55 us slower (180-186 us against 122-130 us without
+/// it; 135 us with this), presumably because a queried timestamp must be
+/// updated finely by the next write, which the durable write then waits
+/// to commit. The deletion gates check the link count at every flush and
+/// FUA write (`poller::Poller::watch_for_deletion`,
+/// `dbos_bufferpool::direct`).
+pub fn link_count(file: &File) -> io::Result<u64> {
+    let mut sx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: statx fills the struct we own; the path is an empty C
+    // string, which with AT_EMPTY_PATH names the descriptor itself.
+    let r = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_NLINK,
+            sx.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statx succeeded and wrote the struct (zeroed before).
+    let sx = unsafe { sx.assume_init() };
+    if sx.stx_mask & libc::STATX_NLINK == 0 {
+        // A file system that cannot say: ask the old way.
+        use std::os::unix::fs::MetadataExt;
+        return file.metadata().map(|m| m.nlink());
+    }
+    Ok(u64::from(sx.stx_nlink))
 }
 
 /// The holder of the `flock` on `file`, from `/proc/locks`.

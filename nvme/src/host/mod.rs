@@ -46,7 +46,7 @@ pub mod uring;
 pub mod wake;
 
 pub use backend::{simulated_failure, split_result, Backend, IoKind, IoOp, OpMatch, Simulated};
-pub use file::{BackingFile, FileError, LockHolder};
+pub use file::{link_count, BackingFile, FileError, LockHolder};
 pub use fixed::{PinLimit, RegionError, MAX_DMA_REGION, MAX_DMA_REGIONS};
 pub use inline::{InlineDevice, InlineDoorbell, InlineQueuePair};
 pub use memory::{DmaBuf, DmaMemory, DmaRegion, HostBuf, MemoryError, ProcessMemory};
