@@ -29,7 +29,11 @@
 //! [`InlineQueuePair`] is used by one thread at a time but may move
 //! between threads: its io_uring is set up without
 //! `IORING_SETUP_SINGLE_ISSUER` (`UringConfig::defer_taskrun` is turned
-//! off), which would tie it to the first thread that used it.
+//! off), which would tie it to the first thread that used it. Durable
+//! operations (FUA writes, flushes) are carried out by the caller's thread
+//! with `pwritev2(RWF_DSYNC)` and `fdatasync`
+//! (`UringConfig::durable_in_caller`): through the ring, io_uring hands
+//! them to a kernel worker thread, a second thread to schedule again.
 
 use super::file::BackingFile;
 use super::memory::{DmaBuf, DmaMemory, ProcessMemory};
@@ -70,9 +74,11 @@ impl InlineDevice {
             dma,
             file: file.try_clone()?,
             poller,
-            // A queue pair may move between threads (see the module docs).
+            // A queue pair may move between threads (see the module docs);
+            // durable writes are done by the caller, not by a kernel worker.
             uring: UringConfig {
                 defer_taskrun: false,
+                durable_in_caller: true,
                 ..uring
             },
         })
