@@ -300,7 +300,9 @@ impl UringBackend {
             return if unsafe { libc::fdatasync(fd) } == 0 {
                 0
             } else {
-                -io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+                -io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO)
             };
         }
         let len = op.buf.len as usize;
@@ -385,7 +387,8 @@ impl Backend for UringBackend {
         if self.room() == 0 {
             return false;
         }
-        if self.durable_in_caller && matches!(op.kind, IoKind::Flush | IoKind::Write { fua: true }) {
+        if self.durable_in_caller && matches!(op.kind, IoKind::Flush | IoKind::Write { fua: true })
+        {
             let res = self.durable_now(op);
             self.done.push((tag, res));
             self.outstanding += 1;
