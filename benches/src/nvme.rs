@@ -510,6 +510,13 @@ fn drive<Q: Driven>(
     (lat, end - start, doorbells)
 }
 
+/// The registered region (the buffers and room for the queues) and the
+/// queue depth (one entry more than the workload keeps outstanding) of a
+/// queue-pair run of `w`.
+fn queue_shape(w: Workload) -> (usize, u16) {
+    (w.depth * w.block + (1 << 20), (w.depth + 1).max(2) as u16)
+}
+
 /// The dbos queue pair and poller in process mode: one driver thread keeps
 /// `depth` commands outstanding (refilling with one batch after each reap)
 /// and waits for completions (polls a moment, then sleeps until the poller
@@ -521,16 +528,14 @@ pub fn run_queue_pair(
     poller: PollerConfig,
     uring: UringConfig,
 ) -> Summary {
-    let bytes = file.blocks() * BLOCK_SIZE;
-    let region = w.depth * w.block + (1 << 20);
+    let (region, depth) = queue_shape(w);
     let dev = Device::open(file, region, poller, uring).expect("process-mode device");
-    let depth = (w.depth + 1).max(2) as u16;
     let mut qp = dev.queue_pair(depth).expect("queue pair");
     let bufs: DmaBuf = dev.alloc(w.depth * w.block).expect("buffers");
     bufs.fill(0x5a);
     let cpu0 = dev.poller().cpu_time().expect("the poller's CPU clock");
     let stats0 = dev.poller().stats();
-    let (lat, elapsed, doorbells) = drive(&mut qp, &bufs, w, budget, bytes);
+    let (lat, elapsed, doorbells) = drive(&mut qp, &bufs, w, budget, file.blocks() * BLOCK_SIZE);
     let stats = dev.poller().stats();
     let poller = PollerUse {
         cpu: dev.poller().cpu_time().expect("the poller's CPU clock") - cpu0,
@@ -556,14 +561,12 @@ pub fn run_inline_queue_pair(
     poller: PollerConfig,
     uring: UringConfig,
 ) -> Summary {
-    let bytes = file.blocks() * BLOCK_SIZE;
-    let region = w.depth * w.block + (1 << 20);
+    let (region, depth) = queue_shape(w);
     let dev = InlineDevice::open(file, region, poller, uring).expect("inline device");
-    let depth = (w.depth + 1).max(2) as u16;
     let mut qp = dev.queue_pair(depth).expect("queue pair");
     let bufs: DmaBuf = dev.alloc(w.depth * w.block).expect("buffers");
     bufs.fill(0x5a);
-    let (lat, elapsed, doorbells) = drive(&mut qp, &bufs, w, budget, bytes);
+    let (lat, elapsed, doorbells) = drive(&mut qp, &bufs, w, budget, file.blocks() * BLOCK_SIZE);
     drop(qp);
     drop(dev);
     Summary::from_latencies(lat, elapsed, Some(doorbells))

@@ -5,13 +5,15 @@
 //! finished by the open if the cut came after the engine's part. Never a
 //! device refused as damaged or as another program's.
 
-use dbos_bufferpool::host::{block_device, env, ProcessBlockDevice};
+mod common;
+
+use common::{config as config_with, device, queues};
+use dbos_bufferpool::host::{block_device, ProcessBlockDevice};
 use dbos_bufferpool::pool::hash::HashPool;
-use dbos_bufferpool::{CommitMode, Config, Layout};
+use dbos_bufferpool::{Config, Layout};
 use dbos_kvstore::{Error, Store};
-use dbos_nvme::host::powercut::{PowerCut, PowerCutBackend};
-use dbos_nvme::host::{Device, DeviceError, PollerConfig};
-use std::sync::Arc;
+use dbos_nvme::host::powercut::PowerCut;
+use dbos_nvme::host::Device;
 
 const LAYOUT: Layout = Layout {
     log_blocks: 16,
@@ -20,33 +22,6 @@ const LAYOUT: Layout = Layout {
 const FRAMES: usize = 16;
 
 type TestStore = Store<ProcessBlockDevice, HashPool<ProcessBlockDevice>>;
-
-fn device(image: Vec<u8>) -> (Device, Arc<PowerCut>) {
-    let mut pc = None;
-    let dev = Device::with_backend(4 << 20, PollerConfig::default(), |_| {
-        let (b, p) = PowerCutBackend::new(image);
-        pc = Some(p);
-        Ok::<_, DeviceError>(b)
-    })
-    .expect("device");
-    (dev, pc.expect("the backend was made"))
-}
-
-fn config() -> Config {
-    Config {
-        env: env(),
-        mode: CommitMode::Fua,
-        log_buffer_blocks: 8,
-        checkpoint_percent: 50,
-    }
-}
-
-fn queues(dev: &Device) -> (ProcessBlockDevice, ProcessBlockDevice) {
-    (
-        block_device(dev, 64).expect("queue"),
-        block_device(dev, 64).expect("queue"),
-    )
-}
 
 fn pool(
     dev: &Device,
@@ -60,6 +35,10 @@ fn pool(
             s.config(FRAMES),
         )
     }
+}
+
+fn config() -> Config {
+    config_with(8)
 }
 
 fn format(dev: &Device) -> Result<TestStore, Error> {

@@ -7,16 +7,18 @@
 //! with the engine's error, and a power cut afterwards loses none of the
 //! writes acknowledged before.
 
-use dbos_bufferpool::host::{block_device, env, ProcessBlockDevice};
+mod common;
+
+use common::{config as config_with, device, queues};
+use dbos_bufferpool::host::{block_device, ProcessBlockDevice};
 use dbos_bufferpool::pool::hash::HashPool;
-use dbos_bufferpool::{CommitMode, Config, Layout};
+use dbos_bufferpool::{Config, Layout};
 use dbos_kvstore::net::{serve, wall_clock};
 use dbos_kvstore::server::btree::BtreeEngine;
 use dbos_kvstore::server::{Config as ServerConfig, Shared};
 use dbos_kvstore::Store;
-use dbos_nvme::host::powercut::{PowerCut, PowerCutBackend};
 use dbos_nvme::host::testing::OpMatch;
-use dbos_nvme::host::{Device, DeviceError, PollerConfig};
+use dbos_nvme::host::Device;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,32 +30,8 @@ const FRAMES: usize = 64;
 
 type TestStore = Store<ProcessBlockDevice, HashPool<ProcessBlockDevice>>;
 
-/// A device on an in-memory power-cut disk holding `image`.
-fn device(image: Vec<u8>) -> (Device, Arc<PowerCut>) {
-    let mut pc = None;
-    let dev = Device::with_backend(4 << 20, PollerConfig::default(), |_| {
-        let (b, p) = PowerCutBackend::new(image);
-        pc = Some(p);
-        Ok::<_, DeviceError>(b)
-    })
-    .expect("device");
-    (dev, pc.expect("the backend was made"))
-}
-
 fn config() -> Config {
-    Config {
-        env: env(),
-        mode: CommitMode::Fua,
-        log_buffer_blocks: 32,
-        checkpoint_percent: 50,
-    }
-}
-
-fn queues(dev: &Device) -> (ProcessBlockDevice, ProcessBlockDevice) {
-    (
-        block_device(dev, 64).expect("queue"),
-        block_device(dev, 64).expect("queue"),
-    )
+    config_with(32)
 }
 
 fn pool(dev: &Device) -> Vec<ProcessBlockDevice> {
