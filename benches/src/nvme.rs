@@ -7,11 +7,11 @@
 //! submission to completion as the submitter sees it).
 
 use crate::child::dies_with_parent;
+use dbos_bufferpool::device::QueueAccess;
 use dbos_nvme::host::{
-    BackingFile, Device, DmaBuf, EventFdDoorbell, InlineDevice, InlineDoorbell, InlineQueuePair,
-    PollerConfig, ProcessMemory, ProcessQueuePair, UringConfig,
+    BackingFile, Device, DmaBuf, InlineDevice, PollerConfig, ProcessMemory, UringConfig,
 };
-use dbos_nvme::{Command, CommandId, Completion, DataPtr, Doorbell, Lba, QueuePair, BLOCK_SIZE};
+use dbos_nvme::{Command, CommandId, Completion, DataPtr, Lba, BLOCK_SIZE};
 use io_uring::{opcode, types, IoUring};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -407,40 +407,11 @@ pub fn run_uring_submitting(
     Summary::from_latencies(lat, end - start, None)
 }
 
-/// A queue pair the benchmark drives: served by the poller thread
-/// ([`ProcessQueuePair`]) or by its owner ([`InlineQueuePair`]).
-trait Driven {
-    type Bell: Doorbell;
-    fn queue(&mut self) -> &mut QueuePair<Self::Bell>;
-    /// Waits until a completion is in the ring (as the queue pair waits).
-    fn wait(&self);
-}
-
-impl Driven for ProcessQueuePair {
-    type Bell = EventFdDoorbell;
-    fn queue(&mut self) -> &mut QueuePair<EventFdDoorbell> {
-        self
-    }
-    fn wait(&self) {
-        self.wait_for_completion();
-    }
-}
-
-impl Driven for InlineQueuePair {
-    type Bell = InlineDoorbell;
-    fn queue(&mut self) -> &mut QueuePair<InlineDoorbell> {
-        self
-    }
-    fn wait(&self) {
-        self.wait_for_completion();
-    }
-}
-
 /// Keeps `w.depth` commands outstanding on `qp` (refilling with one batch
 /// after each reap) from buffers in `bufs` until `budget` is used up;
 /// returns the latencies, the time from the first submission to the last
 /// completion, and the real doorbells rung.
-fn drive<Q: Driven>(
+fn drive<Q: QueueAccess>(
     qp: &mut Q,
     bufs: &DmaBuf,
     w: Workload,
@@ -503,7 +474,7 @@ fn drive<Q: Driven>(
                 free_slots.push(slot_of[c.cid.0 as usize]);
             }
         } else {
-            qp.wait();
+            qp.wait_for_completion(std::thread::yield_now);
         }
     }
     let doorbells = qp.queue().stats().doorbells - doorbells0;

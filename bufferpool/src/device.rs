@@ -330,10 +330,10 @@ pub trait QueueAccess: Send {
         relax();
     }
 
-    /// Lets the host make progress before a poll that found the ring
-    /// empty: nothing by default (the host runs elsewhere); a queue whose
-    /// host runs in the caller's thread (an owner-driven queue pair) runs
-    /// a turn of it, so a loop that polls and relaxes progresses.
+    /// Lets the host make progress before a poll: nothing by default (the
+    /// host runs elsewhere); a queue whose host runs in the caller's
+    /// thread (an owner-driven queue pair) runs a turn of it when its ring
+    /// is empty, so a loop that polls and relaxes progresses.
     fn progress(&mut self) {}
 }
 
@@ -422,9 +422,7 @@ unsafe impl<Q: QueueAccess, A: DmaAllocator> BlockDevice for NvmeDevice<Q, A> {
     }
 
     fn poll(&mut self) -> Option<(IoTag, Result<(), DeviceError>)> {
-        if !self.queue.queue_ref().has_completion() {
-            self.queue.progress();
-        }
+        self.queue.progress();
         let c = self.queue.queue().poll()?;
         Some((c.cid.0, c.result().map_err(DeviceError::from)))
     }

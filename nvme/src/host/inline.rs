@@ -212,10 +212,11 @@ impl InlineQueuePair {
         blocked
     }
 
-    /// Runs one turn of the host without blocking: collects the
+    /// Runs one turn of the host without blocking when commands are
+    /// outstanding and the ring holds no completion: collects the
     /// operations that finished and posts their completions.
     pub fn progress(&self) {
-        if self.qp.in_flight() > 0 {
+        if self.qp.in_flight() > 0 && !self.qp.has_completion() {
             serve(&mut self.host.lock());
         }
     }
@@ -225,9 +226,7 @@ impl InlineQueuePair {
     /// which only reads the ring: a loop that polls and yields then
     /// progresses, as it does with the poller thread).
     pub fn poll(&mut self) -> Option<Completion> {
-        if !self.qp.has_completion() {
-            self.progress();
-        }
+        self.progress();
         self.qp.poll()
     }
 
@@ -235,9 +234,7 @@ impl InlineQueuePair {
     /// first when the ring has none (shadows [`QueuePair::reap`], as
     /// [`poll`](Self::poll) does).
     pub fn reap(&mut self, out: &mut [Completion]) -> usize {
-        if !self.qp.has_completion() {
-            self.progress();
-        }
+        self.progress();
         self.qp.reap(out)
     }
 
