@@ -2,7 +2,7 @@
 """Copies the sections of a full `dbos bench` report into the crates' docs
 (storage -> nvme/docs/benchmarks.md, pools -> bufferpool/docs/pools.md,
 wal -> bufferpool/docs/wal.md, snapshots -> snapshot/docs/baselines.md,
-kvstore -> kvstore/docs/benchmarks.md),
+store -> kvstore/docs/store.md, kvstore -> kvstore/docs/benchmarks.md),
 between the markers it writes (a second run replaces the first), with
 the plots copied into each docs folder's figures/.
 
@@ -21,6 +21,7 @@ TARGETS = {
     'pools': ('bufferpool/docs/pools.md', r'^## Benchmarks$'),
     'wal': ('bufferpool/docs/wal.md', r'^## Benchmark$'),
     'snapshots': ('snapshot/docs/baselines.md', None),
+    'store': ('kvstore/docs/store.md', None),
     'kvstore': ('kvstore/docs/benchmarks.md', None),
 }
 PEERS = ("fio 3.33 and Redis 7.0.15 from Debian and `DBOS_VMCACHE` naming a vmcache\n"

@@ -157,15 +157,21 @@ pub fn lookups<B: BufferManager>(t: &BTree<'_, B>, keys: u64, threads: usize, se
     })
 }
 
-/// Random 4 KiB reads of pages below `pages`, one at a time, for `secs`:
-/// reads per second.
-pub fn qd1_reads<D: BlockDevice>(dev: &mut D, buf: &DmaBytes, pages: u64, secs: f64) -> f64 {
+/// Random 4 KiB reads of the blocks in `blocks`, one at a time, for
+/// `secs`: reads per second.
+pub fn qd1_reads<D: BlockDevice>(
+    dev: &mut D,
+    buf: &DmaBytes,
+    blocks: std::ops::Range<u64>,
+    secs: f64,
+) -> f64 {
     let mut r = Rng(seed());
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let mut n = 0u64;
     while Instant::now() < deadline {
-        let io = Io::read(r.below(pages), 1, buf.io_buf().addr);
+        let block = blocks.start + r.below(blocks.end - blocks.start);
+        let io = Io::read(block, 1, buf.io_buf().addr);
         run_all(dev, &[io], std::thread::yield_now).expect("read");
         n += 1;
     }

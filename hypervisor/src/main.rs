@@ -65,7 +65,7 @@ struct BenchArgs {
     /// complete report, not figures to quote.
     #[arg(long)]
     quick: bool,
-    /// Run only these sections: storage, snapshots, wal, pools, kvstore.
+    /// Run only these sections: storage, snapshots, wal, pools, store, kvstore.
     #[arg(long, num_args = 1.., value_name = "SECTION")]
     only: Vec<String>,
     /// The report directory.

@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 use std::path::Path;
 use std::process::Command;
 
-const BUILT: [&str; 5] = ["storage", "snapshots", "wal", "pools", "kvstore"];
+const BUILT: [&str; 6] = ["storage", "snapshots", "wal", "pools", "store", "kvstore"];
 
 fn dbos() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dbos"))

@@ -429,7 +429,7 @@ fn out_of_memory<D: BlockDevice>(args: &Args, devices: &dyn Fn(usize) -> Vec<D>)
                 if m == 0 {
                     let tlb0 = tlb_shootdowns().unwrap_or(0);
                     let t0 = Instant::now();
-                    let iops = qd1_reads(&mut qdev, &buf, used, args.seconds);
+                    let iops = qd1_reads(&mut qdev, &buf, 0..used, args.seconds);
                     let tlb =
                         (tlb_shootdowns().unwrap_or(0) - tlb0) as f64 / t0.elapsed().as_secs_f64();
                     println!(

@@ -16,6 +16,7 @@ pub mod render;
 pub mod report;
 pub mod snapshots;
 pub mod storage;
+pub mod store;
 pub mod wal;
 
 use report::{Report, Section};
@@ -24,11 +25,12 @@ use std::time::Instant;
 
 /// The sections `dbos bench` knows, in the order it runs them, and whether
 /// each is built yet.
-pub const SECTIONS: [(&str, bool); 5] = [
+pub const SECTIONS: [(&str, bool); 6] = [
     ("storage", true),
     ("snapshots", true),
     ("wal", true),
     ("pools", true),
+    ("store", true),
     ("kvstore", true),
 ];
 
@@ -139,6 +141,7 @@ pub fn run(opts: &Options, command: &str) -> Result<Report, String> {
             "snapshots" => snapshots::run(&ctx),
             "wal" => wal::run(&ctx),
             "pools" => pools::run(&ctx),
+            "store" => store::run(&ctx),
             "kvstore" => kvstore::run(&ctx),
             _ => unreachable!("select returns built sections only"),
         }));
@@ -291,7 +294,7 @@ mod tests {
     fn only_names_built_sections() {
         assert_eq!(
             select(&[]).unwrap(),
-            vec!["storage", "snapshots", "wal", "pools", "kvstore"]
+            vec!["storage", "snapshots", "wal", "pools", "store", "kvstore"]
         );
         assert_eq!(select(&["snapshots".into()]).unwrap(), vec!["snapshots"]);
         assert!(select(&["nope".into()]).is_err());

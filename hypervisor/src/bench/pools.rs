@@ -568,7 +568,7 @@ fn out_of_memory(ctx: &Ctx, shape: &Shape) -> Result<OutOfMemory, Value> {
             for k in 0..items.len() {
                 let what = match items[(k + round) % items.len()] {
                     None => {
-                        let iops = qd1_reads(&mut qdev, &buf, used, shape.secs);
+                        let iops = qd1_reads(&mut qdev, &buf, 0..used, shape.secs);
                         if load == 0 { &mut qd1 } else { &mut qd1_loaded }.push(iops);
                         format!("QD1 reads {iops:.0} IOPS")
                     }

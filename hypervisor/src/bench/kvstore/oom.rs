@@ -55,7 +55,7 @@ pub fn parse_store_mib(out: &str) -> Option<f64> {
 }
 
 /// Runs `dbos-kv workload ARGS`; its output, or why it failed.
-fn workload(kv: &Path, args: &[String]) -> Result<String, Value> {
+pub fn workload(kv: &Path, args: &[String]) -> Result<String, Value> {
     let out = dies_with_parent(&mut Command::new(kv))
         .arg("workload")
         .args(args)
