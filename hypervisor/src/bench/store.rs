@@ -113,7 +113,7 @@ pub fn run(ctx: &Ctx) -> Section {
             1usize,
         )
     } else {
-        ("4M", 4 << 20, "64M", 20_000, 8_000, 32_000, 2.0, 3)
+        ("4M", 4 << 20, "64M", 20_000, 8_000, 32_000, 2.0, 5)
     };
     // About 184 bytes of store per 100-byte record (measured): 4x the pool.
     let records = pool_bytes * 4 / 184;
