@@ -334,6 +334,7 @@ fn bench_quick_writes_a_complete_report() {
         .expect("the pools' counted table");
     assert!(counted.contains("| tabby | 1 |"), "no Tabby TLB shootdowns");
     check_kvstore_tables(&out);
+    check_store_figures(&out);
     // The benchmark files are gone; the report is all that is left.
     assert!(!out.join(".work").exists());
 }
@@ -374,6 +375,7 @@ fn check_kvstore_tables(dir: &Path) {
         .map(|f| f["name"].as_str().unwrap())
         .collect();
     for figure in [
+        "Redis appendfsync always, workload A, 1 clients",
         "workload F",
         "redis-benchmark GET, -P 16",
         "protocol / in-process reads per second, 4 client(s)",
@@ -382,6 +384,41 @@ fn check_kvstore_tables(dir: &Path) {
         assert!(
             figures.iter().any(|f| f.contains(figure)),
             "no figure {figure:?} in the kvstore section: {figures:?}"
+        );
+    }
+}
+
+/// The store section has its five figures against the disk and the bare
+/// WAL, each with a value (the store needs no outside tool).
+fn check_store_figures(dir: &Path) {
+    let json: Json =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let store = json["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "store")
+        .expect("a store section");
+    let figures = store["figures"].as_array().unwrap();
+    assert_eq!(figures.len(), 5, "{figures:?}");
+    for f in figures {
+        assert_eq!(
+            f["value"]["kind"], "number",
+            "a store figure without a value: {f}"
+        );
+    }
+    let names: Vec<&str> = figures
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    for figure in [
+        "workload C uniform, 1 thread: page reads/s",
+        "16 thread(s), store in a pool that holds it",
+        "1 thread(s), store 4x the pool",
+    ] {
+        assert!(
+            names.iter().any(|n| n.contains(figure)),
+            "no figure {figure:?} in the store section: {names:?}"
         );
     }
 }

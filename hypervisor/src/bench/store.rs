@@ -17,6 +17,7 @@
 
 use super::kvstore::oom::{parse_store_mib, workload};
 use super::kvstore::servers::dbos_kv;
+use super::plot::{self, Axis, Series};
 use super::report::{Cell, Figure, Kind, Section, Table, Value};
 use super::{disk_problem, Ctx};
 use dbos_benches::pools::{direct, qd1_reads};
@@ -344,6 +345,51 @@ pub fn run(ctx: &Ctx) -> Section {
             .to_vec(),
         rows,
     });
+    // Durable commits per second against threads: the store in and out
+    // of its pool, and the bare WAL.
+    let point = |item: Item, x: f64| {
+        let i = items.iter().position(|it| *it == item)?;
+        let v = at(i);
+        (!v.is_empty()).then(|| (x, dbos_benches::median(&v)))
+    };
+    let series: Vec<Series> = [
+        ("store, 4x the pool", Some(false)),
+        ("store, in a pool that holds it", Some(true)),
+        ("bare WAL", None),
+    ]
+    .into_iter()
+    .map(|(name, in_pool)| Series {
+        name: name.into(),
+        points: [1usize, 16]
+            .into_iter()
+            .filter_map(|t| {
+                let item = match in_pool {
+                    Some(in_pool) => Item::Updates {
+                        threads: t,
+                        in_pool,
+                    },
+                    None => Item::Wal { committers: t },
+                };
+                point(item, t as f64)
+            })
+            .collect(),
+    })
+    .collect();
+    plot::add(
+        &mut s,
+        &ctx.out,
+        "store-updates-threads.svg",
+        "Durable updates (store) and commits (bare WAL) per second against threads",
+        Axis {
+            label: "threads (log scale)",
+            log: true,
+        },
+        Axis {
+            label: "durable commits per second",
+            log: false,
+        },
+        &series,
+    );
     if !reads_per_op.is_empty() {
         s.notes.push(format!(
             "Workload C, out of memory: {:.3} page reads per lookup (median of the rounds).",
