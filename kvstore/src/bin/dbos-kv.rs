@@ -359,6 +359,15 @@ fn config() -> Config {
 /// the store (`format`, `check`, `verify-acks`).
 const QUEUES: usize = 4;
 
+/// At most this many I/O queues (each has a bounce buffer of an eviction
+/// batch, 256 KiB): more threads than this share them.
+const MAX_QUEUES: usize = 64;
+
+/// The I/O queues for `threads` threads using the store.
+fn queues_for(threads: usize) -> usize {
+    threads.clamp(QUEUES, MAX_QUEUES)
+}
+
 /// A vmcache-style pool of `bytes` over `file` with `queues` I/O queues.
 /// Every thread that may miss or evict at once needs a queue of its own:
 /// a thread that finds all queues taken waits by yielding, which on a
@@ -642,11 +651,11 @@ fn run_workload(a: &WorkloadArgs) -> Result<bool, String> {
         ));
     }
     let store = if store_path(&a.file.dir).exists() {
-        open(&a.file.dir, a.pool, a.threads.max(QUEUES))?
+        open(&a.file.dir, a.pool, queues_for(a.threads))?
     } else {
         println!("formatting {}", store_path(&a.file.dir).display());
         drop(format(&a.file, false)?);
-        open(&a.file.dir, a.pool, a.threads.max(QUEUES))?
+        open(&a.file.dir, a.pool, queues_for(a.threads))?
     };
     println!("{spec}");
     let mut acked = Acked::new(&spec);
@@ -695,7 +704,7 @@ fn run_workload(a: &WorkloadArgs) -> Result<bool, String> {
     let mut ok = verify(&store, &spec, &acked, "before restart");
     // Shut down without a checkpoint: the next open recovers from the log.
     drop(store);
-    let store = open(&a.file.dir, a.pool, a.threads.max(QUEUES))?;
+    let store = open(&a.file.dir, a.pool, queues_for(a.threads))?;
     ok &= verify(&store, &spec, &acked, "after restart");
     println!("{}", if ok { "PASSED" } else { "FAILED" });
     Ok(ok)
@@ -713,7 +722,7 @@ fn serve(a: &ServeArgs) -> Result<bool, String> {
                 drop(format(&a.file, false)?);
             }
             // The event loops, the flusher, active expiry and BGSAVE.
-            let (store, file) = open_with_file(dir, a.pool, a.threads + QUEUES)?;
+            let (store, file) = open_with_file(dir, a.pool, queues_for(a.threads + QUEUES))?;
             // BGSAVE and SAVE copy the store to DIR/backup/kv.db, online.
             let dest = dir.join("backup");
             let copy: Backup<_, _> =
