@@ -786,22 +786,19 @@ fn checkpointer(shared: Arc<server::Shared<ServedBtree>>) {
 type ServedBtree = BtreeEngine<DirectDevice, VmCache<DirectDevice>>;
 
 /// Active expiry: every 100 ms, slices of the keyspace for up to 5 ms
-/// (at most 5% of a core; Redis's slow cycle takes up to 25%).
+/// (at most 5% of a core; Redis's slow cycle takes up to 25%), none while
+/// no key has an expiry (`server::expire::Sweeper`).
 fn expire_keys<E: server::KvEngine>(shared: &server::Shared<E>) {
-    use server::engine::Cursor;
-    let mut cursor = Cursor::Start;
+    let mut sweeper = server::expire::Sweeper::new();
     while !shared.shutting_down() {
         std::thread::sleep(Duration::from_millis(100));
         let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(5) {
-            match server::expire::sweep(shared, &cursor, 200) {
-                Ok((next, _)) => cursor = next,
-                Err(e) => {
-                    log::error!("active expiry stopped: {e}");
-                    return;
-                }
+        while start.elapsed() < Duration::from_millis(5) && !sweeper.resting(shared) {
+            if let Err(e) = sweeper.step(shared, 200) {
+                log::error!("active expiry stopped: {e}");
+                return;
             }
-            if cursor == Cursor::Start {
+            if sweeper.pass_ended() {
                 break;
             }
         }

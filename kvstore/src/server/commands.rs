@@ -88,7 +88,12 @@ fn finish<E: KvEngine>(
     sh.stats
         .keyspace_misses
         .fetch_add(db.misses, Ordering::Relaxed);
-    match db.commit() {
+    let committed = db.commit();
+    // After the writes are applied (see `Stats::expiring_writes`).
+    sh.stats
+        .expiring_writes
+        .fetch_add(db.expiring_writes, Ordering::Release);
+    match committed {
         Ok(t) => t,
         Err(e) => {
             out.truncate(mark);

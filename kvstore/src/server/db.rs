@@ -26,6 +26,8 @@ pub struct Db<'e, E: KvEngine + ?Sized> {
     pub hits: u64,
     pub misses: u64,
     pub counting: bool,
+    /// Writes with an expiry that [`commit`](Self::commit) applied.
+    pub expiring_writes: u64,
 }
 
 impl<'e, E: KvEngine + ?Sized> Db<'e, E> {
@@ -38,6 +40,7 @@ impl<'e, E: KvEngine + ?Sized> Db<'e, E> {
             hits: 0,
             misses: 0,
             counting: true,
+            expiring_writes: 0,
         }
     }
 
@@ -123,6 +126,20 @@ impl<'e, E: KvEngine + ?Sized> Db<'e, E> {
             })
             .collect();
         let t = self.engine.write(&writes);
+        if t.is_ok() {
+            self.expiring_writes += writes
+                .iter()
+                .filter(|w| {
+                    matches!(
+                        w,
+                        Write::Put {
+                            expires: Some(_),
+                            ..
+                        }
+                    )
+                })
+                .count() as u64;
+        }
         drop(writes);
         self.pending.clear();
         t.map(Some)

@@ -2,12 +2,23 @@
 //! expiry has passed, so that they stop taking space and stop being
 //! counted by DBSIZE (reads already skip them: expiry is lazy first).
 //!
-//! The host calls [`sweep`] now and then with a small `limit` and the
-//! cursor it returned last (Redis samples keys with expiries ten times a
-//! second; here the whole keyspace is walked a slice at a time). Each
-//! delete takes its key's lock and checks again that the key is still
-//! expired, so a key set again meanwhile is kept. The deletes are not
-//! waited for: after a crash a swept key may be back, still expired.
+//! The host keeps a [`Sweeper`] and calls [`Sweeper::step`] now and then
+//! (Redis samples keys with expiries ten times a second; here the whole
+//! keyspace is walked a slice at a time, [`sweep`]). Each delete takes its
+//! key's lock and checks again that the key is still expired, so a key set
+//! again meanwhile is kept. The deletes are not waited for: after a crash a
+//! swept key may be back, still expired.
+//!
+//! A store without keys that expire costs nothing: once a whole pass found
+//! no key with an expiry, and no write with an expiry was applied since
+//! that pass began ([`Stats::expiring_writes`], counted after each write is
+//! applied), the sweeper rests until that count moves. A key with an
+//! expiry written before a pass began is present for the whole pass, so
+//! the pass sees it; one written after makes the count move. (Walking the
+//! keyspace regardless took 5% of the memory engine's CPU under
+//! `redis-benchmark -t set,get`, none of whose keys expire.)
+//!
+//! [`Stats::expiring_writes`]: super::session::Stats::expiring_writes
 
 use super::engine::{Cursor, EngineError, KvEngine, Write};
 use super::session::Shared;
@@ -22,9 +33,20 @@ pub fn sweep<E: KvEngine>(
     from: &Cursor,
     limit: usize,
 ) -> Result<(Cursor, u64), EngineError> {
+    sweep_seeing(shared, from, limit).map(|(next, deleted, _)| (next, deleted))
+}
+
+/// [`sweep`], and whether it saw a key with an expiry (expired or not).
+fn sweep_seeing<E: KvEngine>(
+    shared: &Shared<E>,
+    from: &Cursor,
+    limit: usize,
+) -> Result<(Cursor, u64, bool), EngineError> {
     let now = (shared.clock)();
     let mut expired: Vec<Vec<u8>> = Vec::new();
+    let mut seen = false;
     let next = shared.engine.scan(from, limit, &mut |k, _, exp| {
+        seen |= exp.is_some();
         if exp.is_some_and(|t| t <= now) {
             expired.push(k.to_vec());
         }
@@ -48,5 +70,82 @@ pub fn sweep<E: KvEngine>(
         Cursor::Done => Cursor::Start,
         c => c,
     };
-    Ok((next, deleted))
+    Ok((next, deleted, seen))
+}
+
+/// Active expiry's state between sweeps: where the next resumes, and
+/// whether it may rest (module documentation).
+#[derive(Debug)]
+pub struct Sweeper {
+    cursor: Cursor,
+    /// `expiring_writes` when the current pass began.
+    pass_began: u64,
+    /// Whether the current pass saw a key with an expiry.
+    seen: bool,
+    /// Resting since a pass found no key with an expiry, while
+    /// `expiring_writes` stays at this.
+    resting_at: Option<u64>,
+}
+
+impl Default for Sweeper {
+    fn default() -> Sweeper {
+        Sweeper::new()
+    }
+}
+
+impl Sweeper {
+    /// A sweeper at the start of its first pass.
+    pub fn new() -> Sweeper {
+        Sweeper {
+            cursor: Cursor::Start,
+            pass_began: 0,
+            seen: false,
+            resting_at: None,
+        }
+    }
+
+    /// Whether no key can be due: the last whole pass found none with an
+    /// expiry and no write with one was applied since it began.
+    pub fn resting<E: KvEngine>(&mut self, shared: &Shared<E>) -> bool {
+        let writes = shared.stats.expiring_writes.load(Ordering::Acquire);
+        match self.resting_at {
+            Some(at) if at == writes => true,
+            Some(_) => {
+                self.resting_at = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Sweeps about `limit` entries on (see [`sweep`]): the keys deleted.
+    /// Does nothing while [`resting`](Self::resting).
+    pub fn step<E: KvEngine>(
+        &mut self,
+        shared: &Shared<E>,
+        limit: usize,
+    ) -> Result<u64, EngineError> {
+        if self.resting(shared) {
+            return Ok(0);
+        }
+        if self.cursor == Cursor::Start {
+            self.pass_began = shared.stats.expiring_writes.load(Ordering::Acquire);
+            self.seen = false;
+        }
+        let (next, deleted, seen) = sweep_seeing(shared, &self.cursor, limit)?;
+        self.seen |= seen;
+        self.cursor = next;
+        if self.cursor == Cursor::Start
+            && !self.seen
+            && shared.stats.expiring_writes.load(Ordering::Acquire) == self.pass_began
+        {
+            self.resting_at = Some(self.pass_began);
+        }
+        Ok(deleted)
+    }
+
+    /// Whether the last step ended a pass (the next begins one).
+    pub fn pass_ended(&self) -> bool {
+        self.cursor == Cursor::Start
+    }
 }

@@ -73,6 +73,10 @@ pub struct Stats {
     pub protocol_errors: AtomicU64,
     /// Keys deleted by active expiry (Redis's `expired_keys`).
     pub expired_keys: AtomicU64,
+    /// Writes with an expiry applied so far, counted after they are
+    /// applied: active expiry rests while a whole pass found no key with
+    /// an expiry and this has not moved ([`super::expire::Sweeper`]).
+    pub expiring_writes: AtomicU64,
     /// Group commits: waits for a ticket, and the commands they covered.
     pub durable_waits: AtomicU64,
     pub durable_clients: AtomicU64,

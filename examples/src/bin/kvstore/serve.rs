@@ -363,16 +363,15 @@ impl<E: Engine> Loop<'_, E> {
         }
         let mut events = Vec::new();
         let mut last_chores = now_ns();
-        let mut sweep_from = Cursor::Start;
+        let mut sweeper = server::expire::Sweeper::new();
         let mut chores = |shared: &Shared<E>| {
             if cpu == 0 && now_ns() - last_chores > 100_000_000 {
                 last_chores = now_ns();
                 shared.engine.chores();
                 // Active expiry, a slice of the keyspace at a time (as
                 // `dbos-kv serve` does).
-                match server::expire::sweep(shared, &sweep_from, 200) {
-                    Ok((next, _)) => sweep_from = next,
-                    Err(e) => println!("kvstore serve: expiry sweep: {e}"),
+                if let Err(e) = sweeper.step(shared, 200) {
+                    println!("kvstore serve: expiry sweep: {e}");
                 }
             }
         };

@@ -557,3 +557,85 @@ fn figures_for_a_larger_heap() {
         assert!(st.last_ok);
     }
 }
+
+/// Runs `args` as one RESP request through a session: the reply.
+fn request(
+    shared: &crate::server::Shared<MemoryEngine>,
+    session: &mut crate::server::Session,
+    args: &[&str],
+) -> Vec<u8> {
+    let mut input = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        input.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    let mut out = Vec::new();
+    let p = session.process(shared, &input, &mut out);
+    assert_eq!(p.consumed, input.len(), "{args:?}");
+    if let Some(t) = p.ticket {
+        shared.engine.wait(t).unwrap();
+    }
+    out
+}
+
+/// Steps `sweeper` through one whole pass: the keys it deleted.
+fn one_pass(
+    sweeper: &mut crate::server::expire::Sweeper,
+    shared: &crate::server::Shared<MemoryEngine>,
+) -> u64 {
+    let mut deleted = 0;
+    for _ in 0..100_000 {
+        deleted += sweeper.step(shared, 7).unwrap();
+        if sweeper.pass_ended() {
+            return deleted;
+        }
+    }
+    panic!("a pass did not end");
+}
+
+#[test]
+fn active_expiry_rests_while_no_key_expires_and_wakes_for_one_that_does() {
+    use crate::server::expire::Sweeper;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), SnapshotKind::Fork).unwrap();
+    let shared = crate::server::Shared::new(engine, Default::default(), crate::net::wall_clock);
+    let mut s = shared.session();
+    for i in 0..100 {
+        assert_eq!(
+            request(&shared, &mut s, &["SET", &format!("k{i}"), "v"]),
+            b"+OK\r\n"
+        );
+    }
+    let mut sweeper = Sweeper::new();
+    assert!(!sweeper.resting(&shared), "rests before a pass");
+    assert_eq!(one_pass(&mut sweeper, &shared), 0);
+    assert!(sweeper.resting(&shared), "a pass without expiries");
+    // Writes without an expiry leave it resting.
+    request(&shared, &mut s, &["SET", "k1", "w"]);
+    assert!(sweeper.resting(&shared));
+    // A key with an expiry wakes it; the next pass deletes it once due.
+    request(&shared, &mut s, &["SET", "gone", "v", "PX", "1"]);
+    assert!(!sweeper.resting(&shared), "an expiring write must wake it");
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(one_pass(&mut sweeper, &shared), 1);
+    assert_eq!(request(&shared, &mut s, &["DBSIZE"]), b":100\r\n");
+    assert!(!sweeper.resting(&shared), "that pass saw an expiring key");
+    assert_eq!(one_pass(&mut sweeper, &shared), 0);
+    assert!(sweeper.resting(&shared), "the next pass found none");
+    // EXPIRE on an existing key wakes it too; a key with a later expiry
+    // keeps it awake, pass after pass.
+    assert_eq!(
+        request(&shared, &mut s, &["EXPIRE", "k2", "1000"]),
+        b":1\r\n"
+    );
+    assert!(!sweeper.resting(&shared));
+    for _ in 0..3 {
+        assert_eq!(one_pass(&mut sweeper, &shared), 0);
+        assert!(!sweeper.resting(&shared), "k2 still has an expiry");
+    }
+    // PERSIST removes the expiry: the next whole pass finds none.
+    assert_eq!(request(&shared, &mut s, &["PERSIST", "k2"]), b":1\r\n");
+    one_pass(&mut sweeper, &shared);
+    one_pass(&mut sweeper, &shared);
+    assert!(sweeper.resting(&shared));
+    assert_eq!(request(&shared, &mut s, &["DBSIZE"]), b":100\r\n");
+}
