@@ -39,7 +39,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use dbos_kvstore::server::btree::BtreeEngine;
-use dbos_kvstore::server::engine::{Cursor, KvEngine, Ticket};
+use dbos_kvstore::server::engine::{KvEngine, Ticket};
 use dbos_kvstore::server::session::OUTPUT_HIGH_WATER;
 use dbos_kvstore::server::{self, Session, Shared};
 use libdbos::abi::net::{ConnId, NetOp, NetStatus, MAX_NET_IO};
