@@ -4,7 +4,7 @@
 //!
 //! The host keeps a [`Sweeper`] and calls [`Sweeper::step`] now and then
 //! (Redis samples keys with expiries ten times a second; here the whole
-//! keyspace is walked a slice at a time, [`sweep`]). Each delete takes its
+//! keyspace is walked a slice at a time). Each delete takes its
 //! key's lock and checks again that the key is still expired, so a key set
 //! again meanwhile is kept. The deletes are not waited for: after a crash a
 //! swept key may be back, still expired.
@@ -26,18 +26,10 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 /// Deletes the expired keys among about `limit` entries from `from` on;
-/// returns where the next sweep resumes (the start again after the end)
-/// and how many it deleted.
-pub fn sweep<E: KvEngine>(
-    shared: &Shared<E>,
-    from: &Cursor,
-    limit: usize,
-) -> Result<(Cursor, u64), EngineError> {
-    sweep_seeing(shared, from, limit).map(|(next, deleted, _)| (next, deleted))
-}
-
-/// [`sweep`], and whether it saw a key with an expiry (expired or not).
-fn sweep_seeing<E: KvEngine>(
+/// returns where the next sweep resumes (the start again after the end),
+/// how many it deleted, and whether it saw a key with an expiry (expired
+/// or not).
+fn sweep<E: KvEngine>(
     shared: &Shared<E>,
     from: &Cursor,
     limit: usize,
@@ -82,9 +74,9 @@ pub struct Sweeper {
     pass_began: u64,
     /// Whether the current pass saw a key with an expiry.
     seen: bool,
-    /// Resting since a pass found no key with an expiry, while
-    /// `expiring_writes` stays at this.
-    resting_at: Option<u64>,
+    /// The last whole pass found no key with an expiry: resting while
+    /// `expiring_writes` stays at `pass_began`.
+    rested: bool,
 }
 
 impl Default for Sweeper {
@@ -100,26 +92,19 @@ impl Sweeper {
             cursor: Cursor::Start,
             pass_began: 0,
             seen: false,
-            resting_at: None,
+            rested: false,
         }
     }
 
     /// Whether no key can be due: the last whole pass found none with an
     /// expiry and no write with one was applied since it began.
     pub fn resting<E: KvEngine>(&mut self, shared: &Shared<E>) -> bool {
-        let writes = shared.stats.expiring_writes.load(Ordering::Acquire);
-        match self.resting_at {
-            Some(at) if at == writes => true,
-            Some(_) => {
-                self.resting_at = None;
-                false
-            }
-            None => false,
-        }
+        self.rested &= shared.stats.expiring_writes.load(Ordering::Acquire) == self.pass_began;
+        self.rested
     }
 
-    /// Sweeps about `limit` entries on (see [`sweep`]): the keys deleted.
-    /// Does nothing while [`resting`](Self::resting).
+    /// Sweeps about `limit` entries on from where the last step ended:
+    /// the keys deleted. Does nothing while [`resting`](Self::resting).
     pub fn step<E: KvEngine>(
         &mut self,
         shared: &Shared<E>,
@@ -132,15 +117,12 @@ impl Sweeper {
             self.pass_began = shared.stats.expiring_writes.load(Ordering::Acquire);
             self.seen = false;
         }
-        let (next, deleted, seen) = sweep_seeing(shared, &self.cursor, limit)?;
+        let (next, deleted, seen) = sweep(shared, &self.cursor, limit)?;
         self.seen |= seen;
         self.cursor = next;
-        if self.cursor == Cursor::Start
+        self.rested = self.cursor == Cursor::Start
             && !self.seen
-            && shared.stats.expiring_writes.load(Ordering::Acquire) == self.pass_began
-        {
-            self.resting_at = Some(self.pass_began);
-        }
+            && shared.stats.expiring_writes.load(Ordering::Acquire) == self.pass_began;
         Ok(deleted)
     }
 
