@@ -339,17 +339,23 @@ fn bench_quick_writes_a_complete_report() {
     assert!(!out.join(".work").exists());
 }
 
-/// The kvstore section has each of its tables, each row a value or the
-/// reason for none (the guest's without KVM, Redis's without Redis).
-fn check_kvstore_tables(dir: &Path) {
+/// Section `name` of the report in `dir`, from its report.json.
+fn section_json(dir: &Path, name: &str) -> Json {
     let json: Json =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
-    let kv = json["sections"]
+    json["sections"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["name"] == "kvstore")
-        .expect("a kvstore section");
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("a {name} section"))
+        .clone()
+}
+
+/// The kvstore section has each of its tables, each row a value or the
+/// reason for none (the guest's without KVM, Redis's without Redis).
+fn check_kvstore_tables(dir: &Path) {
+    let kv = section_json(dir, "kvstore");
     let titles: Vec<&str> = kv["tables"]
         .as_array()
         .unwrap()
@@ -391,14 +397,7 @@ fn check_kvstore_tables(dir: &Path) {
 /// The store section has its five figures against the disk and the bare
 /// WAL, each with a value (the store needs no outside tool).
 fn check_store_figures(dir: &Path) {
-    let json: Json =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
-    let store = json["sections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "store")
-        .expect("a store section");
+    let store = section_json(dir, "store");
     let figures = store["figures"].as_array().unwrap();
     assert_eq!(figures.len(), 5, "{figures:?}");
     for f in figures {

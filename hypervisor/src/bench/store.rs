@@ -15,7 +15,7 @@
 //! Every measurement of a round runs alone, in an order rotated each round;
 //! the figures are medians of per-round ratios.
 
-use super::kvstore::oom::{parse_store_mib, workload};
+use super::kvstore::oom::{checked_workload, parse_store_mib, workload, workload_args};
 use super::kvstore::servers::dbos_kv;
 use super::plot::{self, Axis, Series};
 use super::report::{Cell, Figure, Kind, Section, Table, Value};
@@ -69,8 +69,12 @@ impl Item {
     }
 }
 
-/// The rates of one round, per item (`None`: not measured).
-type Round = Vec<Option<f64>>;
+/// One round: the rate of each item (`None`: not measured), and the page
+/// reads per lookup of its workload C run.
+struct Round {
+    rates: Vec<Option<f64>>,
+    reads_per_op: Option<f64>,
+}
 
 /// What `dbos-kv workload` printed for its run phase: the `update` row's
 /// operations per second, or the whole phase's; and a counter of the
@@ -92,12 +96,6 @@ pub fn parse_row_rate(out: &str, kind: &str) -> Option<f64> {
 pub fn parse_counter(out: &str, label: &str) -> Option<f64> {
     let line = run_phase(out)?.lines().find(|l| l.starts_with(label))?;
     line[label.len()..].trim().parse().ok()
-}
-
-/// Failed operations, records not found and wrong values in the run
-/// phase (its summary line).
-fn problems(out: &str) -> Option<f64> {
-    super::kvstore::oom::parse_driver(out).map(|d| d.problems)
 }
 
 /// Runs the section.
@@ -171,7 +169,6 @@ pub fn run(ctx: &Ctx) -> Section {
     let mut rounds_done: Vec<Round> = Vec::new();
     // Per item: the first error, if any (the item is not measured again).
     let mut errors: Vec<Option<Value>> = vec![None; items.len()];
-    let mut reads_per_op: Vec<f64> = Vec::new();
     if let Err(v) = &loaded {
         errors.iter_mut().for_each(|e| *e = Some(v.clone()));
     }
@@ -180,49 +177,35 @@ pub fn run(ctx: &Ctx) -> Section {
             break;
         }
         let (kv, pages) = loaded.as_ref().map(|l| (&l.0, l.1)).expect("loaded");
-        let mut this: Round = vec![None; items.len()];
+        let mut this = Round {
+            rates: vec![None; items.len()],
+            reads_per_op: None,
+        };
         for k in 0..items.len() {
             let i = (k + round) % items.len();
             if errors[i].is_some() {
                 continue;
             }
             let item = items[i];
-            let common = |ops: u64, threads: usize, pool: &str| -> Vec<String> {
-                let d = dir.display().to_string();
-                [
-                    "--dir",
-                    &d,
-                    "--records",
-                    &records.to_string(),
-                    "--no-load",
-                    "--no-verify",
-                    "--operations",
-                    &ops.to_string(),
-                    "--threads",
-                    &threads.to_string(),
-                    "--pool",
-                    pool,
-                ]
-                .map(String::from)
-                .to_vec()
+            let args = |workload, distribution, ops, threads, pool| {
+                let mut a =
+                    workload_args(&dir, workload, distribution, records, ops, threads, pool);
+                a.extend(["--no-load", "--no-verify"].map(String::from));
+                a
             };
             let r: Result<f64, Value> = match item {
                 Item::Reads => {
-                    let mut args = common(reads, 1, pool);
-                    args.extend(["--workload", "c", "--distribution", "uniform"].map(String::from));
-                    driver(kv, &args, "read").map(|(rate, out)| {
-                        if let Some(per) = parse_counter(&out, "page reads / op") {
-                            reads_per_op.push(per);
-                        }
+                    driver(kv, &args("c", "uniform", reads, 1, pool), "read").map(|(rate, out)| {
+                        this.reads_per_op = parse_counter(&out, "page reads / op");
                         rate
                     })
                 }
                 Item::Disk => disk_reads(&dir, pages, secs),
                 Item::Updates { threads, in_pool } => {
                     let ops = if threads == 1 { ops1 } else { ops16 };
-                    let mut args = common(ops, threads, if in_pool { big_pool } else { pool });
-                    args.extend(["--workload", "a", "--distribution", "zipfian"].map(String::from));
-                    driver(kv, &args, "update").map(|(rate, _)| rate)
+                    let pool = if in_pool { big_pool } else { pool };
+                    driver(kv, &args("a", "zipfian", ops, threads, pool), "update")
+                        .map(|(rate, _)| rate)
                 }
                 Item::Wal { committers } => wal(&ctx.work, committers, secs),
             };
@@ -232,7 +215,7 @@ pub fn run(ctx: &Ctx) -> Section {
                         "store",
                         &format!("round {}: {}: {x:.0}", round + 1, item.name()),
                     );
-                    this[i] = Some(x);
+                    this.rates[i] = Some(x);
                 }
                 Err(v) => {
                     ctx.progress("store", &format!("{}: {}", item.name(), v.text()));
@@ -244,7 +227,7 @@ pub fn run(ctx: &Ctx) -> Section {
     }
     let _ = std::fs::remove_dir_all(&dir);
 
-    let at = |i: usize| -> Vec<f64> { rounds_done.iter().filter_map(|r| r[i]).collect() };
+    let at = |i: usize| -> Vec<f64> { rounds_done.iter().filter_map(|r| r.rates[i]).collect() };
     let median_of = |v: &[f64], i: Option<usize>| -> Value {
         match i.and_then(|i| errors[i].clone()) {
             Some(e) => e,
@@ -253,19 +236,17 @@ pub fn run(ctx: &Ctx) -> Section {
         }
     };
     // Per-round ratio of items a / b, scaled by `scale(round)`.
-    let ratio = |a: usize, b: usize, scale: &dyn Fn(usize) -> Option<f64>| -> Value {
+    let ratio = |a: usize, b: usize, scale: &dyn Fn(&Round) -> Option<f64>| -> Value {
         if let Some(e) = errors[a].clone().or_else(|| errors[b].clone()) {
             return e;
         }
         let v: Vec<f64> = rounds_done
             .iter()
-            .enumerate()
-            .filter_map(|(n, r)| Some(r[a]? * scale(n)? / r[b]?))
+            .filter_map(|r| Some(r.rates[a]? * scale(r)? / r.rates[b]?))
             .collect();
         median_of(&v, None)
     };
-    let per_op = reads_per_op.clone();
-    let read_ratio = ratio(0, 1, &|n| per_op.get(n).copied());
+    let read_ratio = ratio(0, 1, &|r| r.reads_per_op);
     let mut figures = vec![Figure {
         name: "store out of memory (4x the pool), workload C uniform, 1 thread: page reads/s \
                (lookups/s x page reads per lookup) / the disk's QD1 random reads/s"
@@ -390,6 +371,7 @@ pub fn run(ctx: &Ctx) -> Section {
         },
         &series,
     );
+    let reads_per_op: Vec<f64> = rounds_done.iter().filter_map(|r| r.reads_per_op).collect();
     if !reads_per_op.is_empty() {
         s.notes.push(format!(
             "Workload C, out of memory: {:.3} page reads per lookup (median of the rounds).",
@@ -451,20 +433,7 @@ fn load(
 /// Runs the driver with `args`: the run phase's operations per second of
 /// row `kind`, and its output. Bad reads fail it.
 fn driver(kv: &Path, args: &[String], kind: &str) -> Result<(f64, String), Value> {
-    let out = workload(kv, args)?;
-    match problems(&out) {
-        Some(p) if p > 0.0 => {
-            return Err(Value::not_available(format!(
-                "dbos-kv workload FAILED: {p} failed, missing or wrong operations"
-            )))
-        }
-        Some(_) => {}
-        None => {
-            return Err(Value::not_available(
-                "dbos-kv workload printed no run phase",
-            ))
-        }
-    }
+    let (_, out) = checked_workload(kv, args)?;
     let rate = parse_row_rate(&out, kind)
         .ok_or_else(|| Value::not_available(format!("dbos-kv workload printed no '{kind}' row")))?;
     Ok((rate, out))
@@ -527,7 +496,10 @@ mod tests {
         assert_eq!(parse_row_rate(out, "read"), Some(1744.3));
         assert_eq!(parse_row_rate(out, "insert"), None);
         assert_eq!(parse_counter(out, "page reads / op"), Some(0.699));
-        assert_eq!(problems(out), Some(0.0));
+        assert_eq!(
+            super::super::kvstore::oom::parse_driver(out).map(|d| d.problems),
+            Some(0.0)
+        );
         assert_eq!(parse_counter("no run", "page reads / op"), None);
     }
 }

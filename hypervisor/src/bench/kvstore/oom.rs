@@ -77,6 +77,53 @@ pub fn workload(kv: &Path, args: &[String]) -> Result<String, Value> {
     Ok(stdout)
 }
 
+/// The arguments of a `dbos-kv workload` run on the store in `dir`.
+pub fn workload_args(
+    dir: &Path,
+    workload: &str,
+    distribution: &str,
+    records: u64,
+    operations: u64,
+    threads: usize,
+    pool: &str,
+) -> Vec<String> {
+    [
+        "--dir",
+        &dir.display().to_string(),
+        "--workload",
+        workload,
+        "--distribution",
+        distribution,
+        "--records",
+        &records.to_string(),
+        "--operations",
+        &operations.to_string(),
+        "--threads",
+        &threads.to_string(),
+        "--pool",
+        pool,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Runs `dbos-kv workload ARGS` and checks its run phase: what it printed
+/// of it and its whole output; failed, missing or wrong operations fail
+/// it.
+pub fn checked_workload(kv: &Path, args: &[String]) -> Result<(Driver, String), Value> {
+    let out = workload(kv, args)?;
+    match parse_driver(&out) {
+        Some(d) if d.problems == 0.0 => Ok((d, out)),
+        Some(d) => Err(Value::not_available(format!(
+            "dbos-kv workload FAILED: {} failed, missing or wrong operations",
+            d.problems
+        ))),
+        None => Err(Value::not_available(
+            "dbos-kv workload printed no run phase",
+        )),
+    }
+}
+
 /// What this part adds to the section.
 pub struct Part {
     pub figures: Vec<Figure>,
@@ -95,7 +142,6 @@ pub fn run(ctx: &Ctx, kv: &Result<std::path::PathBuf, Value>) -> Part {
     let records = pool_bytes * 5 / 184;
     let clients = [1usize, 4];
     let dir = ctx.work.join("oom-driver");
-    let d = dir.display().to_string();
     let command = format!(
         "{} (building block: dbos-kv workload --dir DIR --workload c --distribution uniform \
          --records {records} --pool {pool} --no-load --no-verify --operations {operations} \
@@ -105,24 +151,7 @@ pub fn run(ctx: &Ctx, kv: &Result<std::path::PathBuf, Value>) -> Part {
         ctx.command("kvstore")
     );
     let common = |ops: u64, threads: usize| -> Vec<String> {
-        [
-            "--dir",
-            &d,
-            "--workload",
-            "c",
-            "--distribution",
-            "uniform",
-            "--records",
-            &records.to_string(),
-            "--operations",
-            &ops.to_string(),
-            "--threads",
-            &threads.to_string(),
-            "--pool",
-            pool,
-        ]
-        .map(String::from)
-        .to_vec()
+        workload_args(&dir, "c", "uniform", records, ops, threads, pool)
     };
     // Two stores of the same records: the server's values carry its own
     // header, so it cannot open the in-process driver's store. The driver's
@@ -193,16 +222,7 @@ pub fn run(ctx: &Ctx, kv: &Result<std::path::PathBuf, Value>) -> Part {
                     (0, _) => {
                         let mut args = common(operations, c);
                         args.extend(["--no-load".into(), "--no-verify".into()]);
-                        workload(kvp, &args).and_then(|out| match parse_driver(&out) {
-                            Some(d) if d.problems == 0.0 => Ok(d.ops_per_s),
-                            Some(d) => Err(Value::not_available(format!(
-                                "dbos-kv workload FAILED: {} failed, missing or wrong reads",
-                                d.problems
-                            ))),
-                            None => Err(Value::not_available(
-                                "dbos-kv workload printed no run phase",
-                            )),
-                        })
+                        checked_workload(kvp, &args).map(|(d, _)| d.ops_per_s)
                     }
                     (_, Ok(s)) => {
                         let args = bench_args("c", "uniform", records, operations, c, "run");

@@ -174,46 +174,54 @@ fn ratio(a: &Result<Phase, Value>, b: &Result<Phase, Value>) -> (Value, Value) {
     }
 }
 
-/// Workload A's figures, at the largest client count.
+/// Workload A's figures: the btree engine against Redis `appendfsync
+/// always` at every client count, the memory engine against `everysec` at
+/// the largest, and the bad replies of both engines.
 pub fn a_figures(
     names: &[&str],
     clients: &[usize],
     med: &[Vec<Result<Phase, Value>>],
 ) -> Vec<Figure> {
-    let ci = clients.len() - 1;
-    let c = clients[ci];
-    let at_count =
+    let at =
         |name: &str, i: usize| &med[names.iter().position(|n| *n == name).expect("a server")][i];
-    let at = |name: &str| at_count(name, ci);
-    let mut v = Vec::new();
-    // The durable engines side by side at every client count.
-    for (i, c) in clients.iter().enumerate() {
-        let (value, base) = ratio(at_count("dbos-kv btree", i), at_count("redis always", i));
-        v.push(Figure {
-            name: format!("btree engine ops/s / Redis appendfsync always, workload A, {c} clients"),
-            met: value.number().map(|r| r >= 1.0),
-            value,
-            unit: "x".into(),
-            baseline: "Redis, appendonly yes, appendfsync always (ops/s)".into(),
-            baseline_value: base,
-            target: format!(">= 1 ({TARGET_SOURCE})"),
-            kind: Kind::WallClock,
-        });
-    }
-    let (value, base) = ratio(at("dbos-kv memory"), at("redis everysec"));
-    v.push(Figure {
-        name: format!("memory engine ops/s / Redis appendfsync everysec, workload A, {c} clients"),
-        met: value.number().map(|r| r >= 1.0),
-        value,
-        unit: "x".into(),
-        baseline: "Redis, appendonly yes, appendfsync everysec (ops/s)".into(),
-        baseline_value: base,
-        target: format!(
+    // `ours` / `theirs` at client count `i`, target >= 1.
+    let versus =
+        |ours: &str, theirs: &str, i: usize, what: &str, baseline: &str, target: String| {
+            let (value, base) = ratio(at(ours, i), at(theirs, i));
+            Figure {
+                name: format!("{what}, workload A, {} clients", clients[i]),
+                met: value.number().map(|r| r >= 1.0),
+                value,
+                unit: "x".into(),
+                baseline: baseline.into(),
+                baseline_value: base,
+                target,
+                kind: Kind::WallClock,
+            }
+        };
+    let mut v: Vec<Figure> = (0..clients.len())
+        .map(|i| {
+            versus(
+                "dbos-kv btree",
+                "redis always",
+                i,
+                "btree engine ops/s / Redis appendfsync always",
+                "Redis, appendonly yes, appendfsync always (ops/s)",
+                format!(">= 1 ({TARGET_SOURCE})"),
+            )
+        })
+        .collect();
+    v.push(versus(
+        "dbos-kv memory",
+        "redis everysec",
+        clients.len() - 1,
+        "memory engine ops/s / Redis appendfsync everysec",
+        "Redis, appendonly yes, appendfsync everysec (ops/s)",
+        format!(
             ">= 1 ({TARGET_SOURCE} states it against Redis without persistence under \
              redis-benchmark; this is workload A)"
         ),
-        kind: Kind::WallClock,
-    });
+    ));
     for name in ["dbos-kv btree", "dbos-kv memory"] {
         let k = names.iter().position(|n| *n == name).expect("a server");
         let total = (0..clients.len())
