@@ -441,6 +441,20 @@ where
         self.engine.checkpoint()?;
         Ok(())
     }
+
+    /// Takes a checkpoint if the log since the last one fills `percent` of
+    /// it or more: called from a background thread often enough, writers
+    /// never reach the engine's own threshold, where the writer that finds
+    /// the log past it takes the checkpoint in its own path (a stall of
+    /// every dirty page's write). True if it took one.
+    pub fn checkpoint_if_over(&self, percent: u64) -> Result<bool, Error> {
+        let (used, size) = self.engine.log_fill();
+        if used * 100 < size * percent {
+            return Ok(false);
+        }
+        self.checkpoint()?;
+        Ok(true)
+    }
 }
 
 /// The tree's changes for a transaction's operations.

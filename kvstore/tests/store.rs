@@ -466,6 +466,62 @@ fn the_binary_grows_its_store_and_reports_counters_per_operation() {
 }
 
 #[test]
+fn the_binary_warms_up_before_its_timed_run_and_verifies_both() {
+    let d = dir();
+    let p = d.path().to_str().unwrap();
+    // A 1M log over 2,000 updates of 200-byte values in each phase:
+    // checkpoints come during the phases (taken in the background).
+    let out = dbos_kv(&[
+        "workload",
+        "--dir",
+        p,
+        "--size",
+        "8M",
+        "--log",
+        "1M",
+        "--records",
+        "2000",
+        "--value-size",
+        "200",
+        "--operations",
+        "4000",
+        "--threads",
+        "2",
+        "--workload",
+        "a",
+        "--distribution",
+        "uniform",
+        "--warm-up",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("warm-up: 2000 entries read in key order"),
+        "{text}"
+    );
+    // The warm-up phase, then the run, each with its own table of 4000
+    // operations and none failed; the warm-up's writes are verified with
+    // the run's, before and after the restart.
+    let warm = text.find("\nwarm-up: workload a").expect("a warm-up phase");
+    let run = text.find("\nrun: workload a").expect("a run phase");
+    assert!(warm < run, "{text}");
+    assert_eq!(text.matches("4000 operations in ").count(), 2, "{text}");
+    // The load, the warm-up and the run.
+    assert_eq!(
+        text.matches("; 0 failed, 0 not found, 0 wrong").count(),
+        3,
+        "{text}"
+    );
+    let checkpoints: f64 = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("checkpoints"))
+        .map(|v| v.trim().parse::<f64>().unwrap())
+        .sum();
+    assert!(checkpoints >= 1.0, "{text}");
+    assert!(text.contains("PASSED"), "{text}");
+}
+
+#[test]
 fn every_acknowledged_write_survives_a_sigkill_of_the_binary() {
     let mut total_acks = 0;
     for (round, ms) in [5u64, 300, 700, 1200].into_iter().enumerate() {

@@ -195,6 +195,14 @@ struct WorkloadArgs {
     /// Skip the load (the records are in the store already).
     #[arg(long)]
     no_load: bool,
+    /// Before the run phase, bring the store to a steady state, untimed:
+    /// read it whole in key order (a pool that holds the store starts the
+    /// run full), then run the workload once with another seed, reported
+    /// as the `warm-up` phase and verified like the run. Without it, the
+    /// run starts from a cold pool and from the checkpoint that ends every
+    /// open, after which each page's first change logs its whole image.
+    #[arg(long)]
+    warm_up: bool,
     /// Seed of the workload's choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -630,6 +638,40 @@ fn verify(store: &KvStore, spec: &Spec, acked: &Acked, when: &str) -> bool {
     all.passed()
 }
 
+/// Background checkpoints (the server's and the workload driver's): every
+/// `CHECKPOINT_EVERY`, a checkpoint if the log since the last one is
+/// `CHECKPOINT_PERCENT` full, before a writer finds it past the engine's own
+/// threshold (50%) and takes the checkpoint in its own path.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(20);
+const CHECKPOINT_PERCENT: u64 = 40;
+
+/// Runs `work` with background checkpoints beside it (see
+/// `CHECKPOINT_PERCENT`), as the server takes them. A failed checkpoint
+/// has stopped the engine: `work`'s writes fail from then on.
+fn with_checkpointer<T>(store: &KvStore, work: impl FnOnce() -> T) -> T {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let background = s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                if let Err(e) = store.checkpoint_if_over(CHECKPOINT_PERCENT) {
+                    log::error!("background checkpoint: {e}");
+                    eprintln!("dbos-kv: background checkpoint failed: {e}");
+                    return;
+                }
+            }
+        });
+        let result = work();
+        stop.store(true, Ordering::Relaxed);
+        background.join().expect("checkpointer");
+        result
+    })
+}
+
+/// Mixed into `--seed` for the warm-up's choices (`--warm-up`), so that
+/// the run's own choices are those of a run without one.
+const WARM_UP_SEED: u64 = 0x5741_524d_2d55_5021;
+
 fn run_workload(a: &WorkloadArgs) -> Result<bool, String> {
     let spec = Spec {
         workload: a.workload,
@@ -658,7 +700,12 @@ fn run_workload(a: &WorkloadArgs) -> Result<bool, String> {
         open(&a.file.dir, a.pool, queues_for(a.threads))?
     };
     println!("{spec}");
-    let mut acked = Acked::new(&spec);
+    // The warm-up's inserts need room too.
+    let mut acked = if a.warm_up && spec.workload.inserts() {
+        Acked::with_capacity(spec.records, spec.capacity() + spec.operations)
+    } else {
+        Acked::new(&spec)
+    };
     if a.no_load {
         // Written by an earlier run, versions unknown: reads check the
         // record and the fill, and no version above this run's own.
@@ -683,14 +730,34 @@ fn run_workload(a: &WorkloadArgs) -> Result<bool, String> {
         }));
     }
     let kv: &dyn dbos_kvstore::Kv<Error = dbos_kvstore::Error> = &store;
-    if !a.no_load {
-        phase(&store, &spec, "load", spec.records, |t, p| {
-            workload::load(kv, &spec, &acked, t, now, p)
+    with_checkpointer(&store, || -> Result<(), String> {
+        if !a.no_load {
+            phase(&store, &spec, "load", spec.records, |t, p| {
+                workload::load(kv, &spec, &acked, t, now, p)
+            });
+        }
+        if a.warm_up {
+            let start = std::time::Instant::now();
+            let entries = store
+                .scan(b"", usize::MAX, &mut |_, _| {})
+                .map_err(|e| format!("warming the pool: {e}"))?;
+            println!(
+                "warm-up: {entries} entries read in key order in {:.2} s",
+                start.elapsed().as_secs_f64()
+            );
+            let warm = Spec {
+                seed: spec.seed ^ WARM_UP_SEED,
+                ..spec
+            };
+            phase(&store, &warm, "warm-up", warm.operations, |t, p| {
+                workload::run(kv, &warm, &acked, t, now, p)
+            });
+        }
+        phase(&store, &spec, "run", spec.operations, |t, p| {
+            workload::run(kv, &spec, &acked, t, now, p)
         });
-    }
-    phase(&store, &spec, "run", spec.operations, |t, p| {
-        workload::run(kv, &spec, &acked, t, now, p)
-    });
+        Ok(())
+    })?;
     let (next, free) = store.space().map_err(|e| e.to_string())?;
     println!(
         "store: {} pages of tree ({} MiB), {free} free; pool {} MiB",
@@ -775,8 +842,8 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
 /// writer's path, comes at half).
 fn checkpointer(shared: Arc<server::Shared<ServedBtree>>) {
     while !shared.shutting_down() {
-        std::thread::sleep(Duration::from_millis(20));
-        if let Err(e) = shared.engine.checkpoint_if_over(40) {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if let Err(e) = shared.engine.checkpoint_if_over(CHECKPOINT_PERCENT) {
             log::error!("background checkpoint: {e}");
             return;
         }

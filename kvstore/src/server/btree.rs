@@ -85,18 +85,9 @@ where
         &self.store
     }
 
-    /// Takes a checkpoint if the log since the last one fills `percent` of
-    /// it or more: called from a background thread often enough, writers
-    /// never reach the engine's own threshold, where the writer that finds
-    /// the log past it takes the checkpoint in its own path (a stall of
-    /// every dirty page's write). True if it took one.
+    /// [`Store::checkpoint_if_over`].
     pub fn checkpoint_if_over(&self, percent: u64) -> Result<bool, EngineError> {
-        let (used, size) = self.store.engine().log_fill();
-        if used * 100 < size * percent {
-            return Ok(false);
-        }
-        self.store.checkpoint().map_err(err)?;
-        Ok(true)
+        self.store.checkpoint_if_over(percent).map_err(err)
     }
 }
 
