@@ -67,7 +67,7 @@ impl Server {
         let port = listener.local_addr().expect("addr").port();
         let engine = BtreeEngine::new(store, wall_clock);
         let shared = Arc::new(Shared::new(engine, ServerConfig::default(), wall_clock));
-        let thread = std::thread::spawn(move || serve(shared, listener, 1));
+        let thread = std::thread::spawn(move || serve(shared, listener, 1, Duration::ZERO));
         Server { port, thread }
     }
 

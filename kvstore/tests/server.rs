@@ -1622,3 +1622,56 @@ fn clients_that_close_after_a_request_are_answered_and_closed() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// CPU time (user + system) of process `pid` in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command's closing parenthesis; utime and stime
+    // are the 14th and 15th of the whole line.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn busy_polling_loops_serve_and_then_sleep() {
+    let dir = tempfile::tempdir().unwrap();
+    // The memory engine's loops poll for 50 us after a busy round (the
+    // default); a budget of 200 ms makes that polling visible.
+    for (poll, busy) in [(None, false), (Some("200000"), true)] {
+        let mut args = vec!["--engine", "memory", "--memory", "4M"];
+        if let Some(us) = poll {
+            args.extend(["--busy-poll", us]);
+        }
+        let server = Server::start_with(dir.path(), &args);
+        let pid = server.child.id();
+        let mut c = server.conn();
+        for i in 0..2000 {
+            let k = format!("k{}", i % 100);
+            let () = redis::cmd("SET").arg(&k).arg(i).query(&mut c).unwrap();
+        }
+        let v: i64 = redis::cmd("GET").arg("k99").query(&mut c).unwrap();
+        assert_eq!(v, 1999);
+        if busy {
+            // Right after a request the loop keeps polling: ~100 ms of its
+            // CPU in the next 100 ms (10 ticks), at least 3 even if this
+            // machine is shared.
+            let before = cpu_ticks(pid);
+            std::thread::sleep(Duration::from_millis(100));
+            let spent = cpu_ticks(pid) - before;
+            assert!(spent >= 3, "{spent} ticks while polling");
+        }
+        // Idle: the budget spent, the loop sleeps (active expiry wakes up
+        // every 100 ms and rests: no key has an expiry).
+        std::thread::sleep(Duration::from_millis(300));
+        let before = cpu_ticks(pid);
+        std::thread::sleep(Duration::from_secs(1));
+        let spent = cpu_ticks(pid) - before;
+        assert!(
+            spent <= 10,
+            "{spent} ticks in an idle second (poll {poll:?})"
+        );
+        drop(c);
+        server.kill();
+    }
+}
