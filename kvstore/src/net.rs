@@ -231,10 +231,14 @@ fn event_loop<E: KvEngine>(
     let mut busy = false;
     while !shared.shutting_down() {
         let timeout = if carry.is_empty() { 100 } else { 0 };
+        // Events found by polling busily; else the loop polls (and, with
+        // nothing to carry, sleeps) as usual.
+        let mut found = false;
         if busy && timeout > 0 && !busy_poll.is_zero() {
             poll_busily(&mut poll, &mut events, busy_poll)?;
+            found = !events.is_empty();
         }
-        if !busy || events.is_empty() {
+        if !found {
             match poll.poll(&mut events, Some(Duration::from_millis(timeout))) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
