@@ -471,28 +471,11 @@ fn the_binary_warms_up_before_its_timed_run_and_verifies_both() {
     let p = d.path().to_str().unwrap();
     // A 1M log over 2,000 updates of 200-byte values in each phase:
     // checkpoints come during the phases (taken in the background).
-    let out = dbos_kv(&[
-        "workload",
-        "--dir",
-        p,
-        "--size",
-        "8M",
-        "--log",
-        "1M",
-        "--records",
-        "2000",
-        "--value-size",
-        "200",
-        "--operations",
-        "4000",
-        "--threads",
-        "2",
-        "--workload",
-        "a",
-        "--distribution",
-        "uniform",
-        "--warm-up",
-    ]);
+    let args = format!(
+        "workload --dir {p} --size 8M --log 1M --records 2000 --value-size 200 \
+         --operations 4000 --threads 2 --workload a --distribution uniform --warm-up"
+    );
+    let out = dbos_kv(&args.split_whitespace().collect::<Vec<_>>());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
