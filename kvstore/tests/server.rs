@@ -1573,6 +1573,17 @@ fn expired_keys_are_swept_away_on_both_engines() {
         assert!(info.contains("expired_keys:50\r\n"), "{engine:?}: {info}");
         assert_eq!(c.get::<_, String>("kept0").unwrap(), "v");
         assert_eq!(c.get::<_, String>("later").unwrap(), "v");
+        // INFO keyspace counts the keys with an expiry, as Redis does:
+        // "later" now; then also kept1, and not "later" once it persists.
+        let keyspace =
+            |c: &mut Connection| -> String { redis::cmd("INFO").arg("keyspace").query(c).unwrap() };
+        let info = keyspace(&mut c);
+        assert!(info.contains("db0:keys=6,expires=1,"), "{engine:?}: {info}");
+        cmd(&mut c, &["EXPIRE", "kept1", "1000"]).unwrap();
+        cmd(&mut c, &["PERSIST", "later"]).unwrap();
+        cmd(&mut c, &["SET", "kept2", "w", "EX", "1000"]).unwrap();
+        let info = keyspace(&mut c);
+        assert!(info.contains("db0:keys=6,expires=2,"), "{engine:?}: {info}");
     }
 }
 

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! 0          header (HEADER_BYTES): magic, version, geometry, counters,
-//!            the allocator's bump offset and one free-list head per class
+//!            the allocator's bump offset, one free-list head per class,
+//!            the count of records with an expiry
 //! 4096       index: INDEX_SLOTS u64 bucket heads (offset of the first
 //!            record of the bucket's chain, 0 = empty)
 //! arena      blocks, carved from `bump` upwards, each of its class's size;
@@ -57,6 +58,8 @@ pub const H_SEED: usize = 80;
 /// Free-list heads, one word per class.
 pub const H_FREE_HEADS: usize = 88;
 
+/// Live records with an expiry (`FLAG_EXPIRES`): INFO's `expires`.
+pub const H_EXPIRING: usize = H_FREE_HEADS + CLASSES * 8;
 /// The header's room (the index starts here, page-aligned).
 pub const HEADER_BYTES: usize = 4096;
 
@@ -104,7 +107,7 @@ pub const fn record_bytes(key_len: usize, value_len: usize) -> usize {
     RECORD_HEADER + key_len + value_len
 }
 
-const _: () = assert!(H_FREE_HEADS + CLASSES * 8 <= HEADER_BYTES);
+const _: () = assert!(H_EXPIRING + 8 <= HEADER_BYTES);
 const _: () = assert!(class_size(CLASSES - 1) >= record_bytes(MAX_KEY, MAX_VALUE));
 const _: () = assert!(class_size(CLASSES - 2) < record_bytes(MAX_KEY, MAX_VALUE));
 

@@ -107,6 +107,15 @@ impl Table {
         self.heap.u64_at(H_COUNT)
     }
 
+    /// Keys with an expiry (expired ones not yet removed included).
+    pub fn expiring(&self) -> u64 {
+        self.heap.u64_at(H_EXPIRING)
+    }
+
+    fn expires(&self, rec: usize) -> bool {
+        self.heap.u64_at(rec + R_FLAGS) & FLAG_EXPIRES != 0
+    }
+
     /// True if the table holds no key.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -150,7 +159,7 @@ impl Table {
     }
 
     fn expiry_of(&self, rec: usize) -> Option<UnixMs> {
-        (self.heap.u64_at(rec + R_FLAGS) & FLAG_EXPIRES != 0)
+        self.expires(rec)
             .then(|| UnixMs(self.heap.u64_at(rec + R_EXPIRES)))
     }
 
@@ -258,6 +267,13 @@ impl Table {
                 changes += 1;
             }
         }
+        // The group applied: records it wrote and records it replaced or
+        // removed (a key written twice in a group is in both) move the
+        // count of keys with an expiry.
+        let gained = allocated.iter().filter(|&&r| self.expires(r)).count() as u64;
+        let lost = replaced.iter().filter(|&&r| self.expires(r)).count() as u64;
+        self.heap
+            .set_u64(H_EXPIRING, self.expiring() + gained - lost);
         for old in replaced {
             free(&mut self.heap, old);
         }
@@ -346,6 +362,7 @@ impl Table {
         self.heap.zero(self.index_off, self.slots * 8);
         reset(&mut self.heap, self.arena_start);
         self.set_count(0);
+        self.heap.set_u64(H_EXPIRING, 0);
         n
     }
 
@@ -384,7 +401,7 @@ impl Table {
     pub fn check(&self) -> Result<CheckSummary, String> {
         let heap = &self.heap;
         let bump = heap.u64_at(H_BUMP) as usize;
-        let mut records = 0u64;
+        let (mut records, mut expiring) = (0u64, 0u64);
         for slot in 0..self.slots {
             let mut rec = heap.u64_at(self.index_off + slot * 8) as usize;
             let mut steps = 0;
@@ -412,6 +429,7 @@ impl Table {
                     return Err(format!("record {rec}: wrong hash or bucket {slot}"));
                 }
                 records += 1;
+                expiring += u64::from(self.expires(rec));
                 steps += 1;
                 if steps > self.len() {
                     return Err(format!("bucket {slot}: chain loops"));
@@ -423,6 +441,12 @@ impl Table {
             return Err(format!(
                 "{records} records in the index, the header counts {}",
                 self.len()
+            ));
+        }
+        if expiring != self.expiring() {
+            return Err(format!(
+                "{expiring} records with an expiry, the header counts {}",
+                self.expiring()
             ));
         }
         let (mut live, mut live_bytes, mut free_blocks) = (0u64, 0u64, 0u64);

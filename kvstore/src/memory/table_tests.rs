@@ -381,3 +381,45 @@ fn dump_of_a_heap_holds_exactly_its_records() {
     .unwrap();
     assert_eq!(got, want);
 }
+
+#[test]
+fn the_count_of_keys_with_an_expiry_follows_every_write() {
+    let mut h = heap(64 * 1024);
+    let t = &mut h.table;
+    let ex = |key: &'static [u8]| Write::Put {
+        key,
+        value: b"v",
+        expires: Some(UnixMs(5)),
+    };
+    t.apply(&[ex(b"a"), ex(b"b"), put(b"c", b"v")]).unwrap();
+    assert_eq!((t.len(), t.expiring()), (3, 2));
+    // Replaced without an expiry, with one, and written twice in a group.
+    t.apply(&[put(b"a", b"w"), ex(b"c"), ex(b"d"), put(b"d", b"x")])
+        .unwrap();
+    assert_eq!((t.len(), t.expiring()), (4, 2));
+    t.apply(&[Write::Delete { key: b"b" }, Write::Delete { key: b"a" }])
+        .unwrap();
+    assert_eq!((t.len(), t.expiring()), (2, 1));
+    t.check().unwrap();
+    // A group the heap cannot hold changes nothing, the count included.
+    let big = vec![7u8; 40 * 1024];
+    let r = t.apply(&[
+        ex(b"e"),
+        Write::Put {
+            key: b"f",
+            value: &big,
+            expires: Some(UnixMs(1)),
+        },
+        Write::Put {
+            key: b"g",
+            value: &big,
+            expires: Some(UnixMs(1)),
+        },
+    ]);
+    assert!(matches!(r, Err(EngineError::Full(_))), "{r:?}");
+    assert_eq!((t.len(), t.expiring()), (2, 1));
+    t.check().unwrap();
+    t.clear();
+    assert_eq!((t.len(), t.expiring()), (0, 0));
+    t.check().unwrap();
+}

@@ -264,6 +264,17 @@ where
         Ok(n)
     }
 
+    fn expiring(&self) -> Result<u64, EngineError> {
+        // A value's first byte says whether an expiry follows (`encode`).
+        let mut n = 0u64;
+        self.store
+            .scan(&[], usize::MAX, &mut |_, v| {
+                n += u64::from(v.first() == Some(&EXPIRY))
+            })
+            .map_err(err)?;
+        Ok(n)
+    }
+
     fn clear(&self) -> Result<Ticket, EngineError> {
         let mut ticket = Ticket(0);
         loop {

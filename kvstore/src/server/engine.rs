@@ -167,6 +167,10 @@ pub trait KvEngine: Sync {
     /// Redis counts them).
     fn len(&self) -> Result<u64, EngineError>;
 
+    /// The number of keys with an expiry (expired ones not yet removed
+    /// included): INFO keyspace's `expires`.
+    fn expiring(&self) -> Result<u64, EngineError>;
+
     /// Removes every key; returns the ticket to wait for.
     fn clear(&self) -> Result<Ticket, EngineError>;
 

@@ -120,7 +120,8 @@ fn section_text<E: KvEngine>(
             t.push_str("# Keyspace\r\n");
             let keys = sh.engine.len()?;
             if keys > 0 {
-                let _ = write!(t, "db0:keys={keys},expires=0,avg_ttl=0\r\n");
+                let expires = sh.engine.expiring()?;
+                let _ = write!(t, "db0:keys={keys},expires={expires},avg_ttl=0\r\n");
             }
         }
         _ => {

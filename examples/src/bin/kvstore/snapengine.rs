@@ -670,6 +670,10 @@ impl KvEngine for SnapEngine {
         Ok(self.read().len())
     }
 
+    fn expiring(&self) -> Result<u64, EngineError> {
+        Ok(self.read().expiring())
+    }
+
     fn clear(&self) -> Result<Ticket, EngineError> {
         let n = self.table.write().clear();
         self.changes.fetch_add(n, Ordering::Relaxed);

@@ -499,6 +499,10 @@ impl KvEngine for MemoryEngine {
         Ok(self.inner.read().len())
     }
 
+    fn expiring(&self) -> Result<u64, EngineError> {
+        Ok(self.inner.read().expiring())
+    }
+
     fn clear(&self) -> Result<Ticket, EngineError> {
         let n = self.inner.write().clear();
         self.inner.changes.fetch_add(n, Ordering::Relaxed);
