@@ -151,7 +151,7 @@ pub fn run(ctx: &Ctx) -> Section {
         "{} (building blocks: dbos-kv workload --dir DIR --records {records} --no-load \
          --no-verify --workload c --distribution uniform --threads 1 --pool {pool} \
          --operations {reads}, and --workload a --distribution zipfian --threads 1|16 --pool \
-         {pool}|{big_pool} [--warm-up] --operations {ops1}|{ops16}; QD1 pread of kv.db's tree pages; \
+         {pool}|{big_pool} (the latter with --warm-up) --operations {ops1}|{ops16}; QD1 pread of kv.db's tree pages; \
          wal-bench --device direct --seconds {secs})",
         ctx.command("store")
     );
