@@ -31,18 +31,18 @@ use std::sync::Arc;
 /// Where the targets are stated in the repository.
 const TARGET_SOURCE: &str = "kvstore/docs/store.md, section 'Targets'";
 
-/// The store's log (`dbos-kv workload --log`): 256 MiB, four times the
+/// The store's log (`dbos-kv workload --log`, MiB): four times the
 /// default, so that checkpoints (one per 40% of the log, and a page's
 /// first change after each logs its whole image) are as rare against the
 /// 18 MiB store as on a store many times the default log's size: with
 /// the default 64 MiB, the images of the store's pages make most of the
 /// log in a steady state (kvstore/docs/store.md says how much).
-const LOG: &str = "256M";
-/// The store's file when formatted: the log and 64 MiB of data pages.
-const SIZE: &str = "320M";
-/// [`LOG`] in 4 KiB blocks: tree page `n` is at block `2 + LOG_BLOCKS + n`
+const LOG_MIB: u64 = 256;
+/// The store's file when formatted (MiB): the log and 64 MiB of data pages.
+const SIZE_MIB: u64 = LOG_MIB + 64;
+/// The log in 4 KiB blocks: tree page `n` is at block `2 + LOG_BLOCKS + n`
 /// of `kv.db`.
-const LOG_BLOCKS: u64 = (256 << 20) / 4096;
+const LOG_BLOCKS: u64 = (LOG_MIB << 20) / 4096;
 
 /// One measurement of a round.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -131,17 +131,17 @@ pub fn run(ctx: &Ctx) -> Section {
         &format!(
             "dbos-kv workload (the in-process driver: the durable B+tree store on the \
              vmcache-style pool, each thread's own pread/pwrite on the O_DIRECT file kv.db) \
-             on one store of {records} records (100-byte values; a {LOG} log, so that \
+             on one store of {records} records (100-byte values; a {LOG_MIB}M log, so that \
              checkpoints are as rare against the store as on one many times the default \
-             log), against the same disk in \
-             the same run: workload C uniform, 1 thread, {reads} reads with a {pool} pool \
+             log), against the same disk in the same run: workload C uniform, 1 thread, {reads} reads with a {pool} pool \
              (the store about 4x it), its page reads per second against QD1 random 4 KiB \
              reads of the store's own pages for {secs} s; workload A zipfian at 1 and 16 \
              threads ({ops1} and {ops16} operations), with the {pool} pool and with a \
              {big_pool} pool that holds the store (brought to a steady state before the \
-             timed run: --warm-up reads it whole and runs the workload once untimed), its updates per second (each a durable commit, group commit across \
-             threads) against the bare WAL (wal-bench's engine \
-             on the direct device, FUA commits of 2 keys on 64 resident pages) with as many \
+             timed run: --warm-up reads it whole and runs the workload once untimed), its \
+             updates per second (each a durable commit, group commit across threads) against \
+             the bare WAL (wal-bench's engine on the direct device, FUA commits of 2 keys on \
+             64 resident pages) with as many \
              committers for {secs} s. {rounds} round(s), each measurement alone, the order \
              rotated every round (each store update measurement next to its WAL \
              measurement); medians of the per-round ratios."
@@ -151,8 +151,8 @@ pub fn run(ctx: &Ctx) -> Section {
         "{} (building blocks: dbos-kv workload --dir DIR --records {records} --no-load \
          --no-verify --workload c --distribution uniform --threads 1 --pool {pool} \
          --operations {reads}, and --workload a --distribution zipfian --threads 1|16 --pool \
-         {pool}|{big_pool} (the latter with --warm-up) --operations {ops1}|{ops16}; QD1 pread of kv.db's tree pages; \
-         wal-bench --device direct --seconds {secs})",
+         {pool}|{big_pool} (the latter with --warm-up) --operations {ops1}|{ops16}; QD1 \
+         pread of kv.db's tree pages; wal-bench --device direct --seconds {secs})",
         ctx.command("store")
     );
     let dir = ctx.work.join("store");
@@ -443,9 +443,9 @@ fn load(
         "--dir",
         &d,
         "--size",
-        SIZE,
+        &format!("{SIZE_MIB}M"),
         "--log",
-        LOG,
+        &format!("{LOG_MIB}M"),
         "--records",
         &records.to_string(),
         "--operations",

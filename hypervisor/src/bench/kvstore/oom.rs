@@ -6,7 +6,7 @@
 
 use super::super::report::{Cell, Figure, Kind, Table, Value};
 use super::super::{disk_problem, Ctx};
-use super::servers::{bench, bench_args, launch, stop, Kind as ServerKind};
+use super::servers::{bench, bench_args, launch, stop, ycsb_args, Kind as ServerKind};
 use dbos_benches::child::dies_with_parent;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -87,24 +87,10 @@ pub fn workload_args(
     threads: usize,
     pool: &str,
 ) -> Vec<String> {
-    [
-        "--dir",
-        &dir.display().to_string(),
-        "--workload",
-        workload,
-        "--distribution",
-        distribution,
-        "--records",
-        &records.to_string(),
-        "--operations",
-        &operations.to_string(),
-        "--threads",
-        &threads.to_string(),
-        "--pool",
-        pool,
-    ]
-    .map(String::from)
-    .to_vec()
+    let mut a = vec!["--dir".to_string(), dir.display().to_string()];
+    a.extend(ycsb_args(workload, distribution, records, operations));
+    a.extend(["--threads", &threads.to_string(), "--pool", pool].map(String::from));
+    a
 }
 
 /// Runs `dbos-kv workload ARGS` and checks its run phase: what it printed

@@ -324,6 +324,22 @@ pub fn parse(stdout: &str, phase: &str) -> Option<Phase> {
     })
 }
 
+/// The YCSB flags `dbos-kv bench` and `dbos-kv workload` share.
+pub fn ycsb_args(workload: &str, distribution: &str, records: u64, operations: u64) -> Vec<String> {
+    [
+        "--workload",
+        workload,
+        "--distribution",
+        distribution,
+        "--records",
+        &records.to_string(),
+        "--operations",
+        &operations.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// `dbos-kv bench` arguments for `workload` on `records` records: the run
 /// phase of `operations` operations at `clients` clients (`phase` "run"),
 /// or the load (`phase` "load").
@@ -335,22 +351,9 @@ pub fn bench_args(
     clients: usize,
     phase: &str,
 ) -> Vec<String> {
-    [
-        "--workload",
-        workload,
-        "--distribution",
-        distribution,
-        "--records",
-        &records.to_string(),
-        "--operations",
-        &operations.to_string(),
-        "--clients",
-        &clients.to_string(),
-        "--phase",
-        phase,
-    ]
-    .map(String::from)
-    .to_vec()
+    let mut a = ycsb_args(workload, distribution, records, operations);
+    a.extend(["--clients", &clients.to_string(), "--phase", phase].map(String::from));
+    a
 }
 
 /// The median of the finished rounds: the round whose ops/s is the median.
