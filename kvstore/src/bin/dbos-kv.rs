@@ -651,22 +651,25 @@ fn verify(store: &KvStore, spec: &Spec, acked: &Acked, when: &str) -> bool {
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(20);
 const CHECKPOINT_PERCENT: u64 = 40;
 
-/// Runs `work` with background checkpoints beside it (see
-/// `CHECKPOINT_PERCENT`), as the server takes them. A failed checkpoint
-/// has stopped the engine: `work`'s writes fail from then on.
+/// Takes the background checkpoints of `store` until `stop` says so or
+/// one fails (a failed checkpoint has stopped the engine: its writers fail
+/// from then on).
+fn checkpoint_until(store: &KvStore, stop: &dyn Fn() -> bool) {
+    while !stop() {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if let Err(e) = store.checkpoint_if_over(CHECKPOINT_PERCENT) {
+            log::error!("background checkpoint: {e}");
+            return;
+        }
+    }
+}
+
+/// Runs `work` with background checkpoints beside it, as the server takes
+/// them.
 fn with_checkpointer<T>(store: &KvStore, work: impl FnOnce() -> T) -> T {
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
-        let background = s.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(CHECKPOINT_EVERY);
-                if let Err(e) = store.checkpoint_if_over(CHECKPOINT_PERCENT) {
-                    log::error!("background checkpoint: {e}");
-                    eprintln!("dbos-kv: background checkpoint failed: {e}");
-                    return;
-                }
-            }
-        });
+        let background = s.spawn(|| checkpoint_until(store, &|| stop.load(Ordering::Relaxed)));
         let result = work();
         stop.store(true, Ordering::Relaxed);
         background.join().expect("checkpointer");
@@ -847,13 +850,7 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
 /// log since the last one passes 40% of it (the engine's own, in a
 /// writer's path, comes at half).
 fn checkpointer(shared: Arc<server::Shared<ServedBtree>>) {
-    while !shared.shutting_down() {
-        std::thread::sleep(CHECKPOINT_EVERY);
-        if let Err(e) = shared.engine.checkpoint_if_over(CHECKPOINT_PERCENT) {
-            log::error!("background checkpoint: {e}");
-            return;
-        }
-    }
+    checkpoint_until(shared.engine.store(), &|| shared.shutting_down());
 }
 
 type ServedBtree = BtreeEngine<DirectDevice, VmCache<DirectDevice>>;
