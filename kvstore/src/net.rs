@@ -12,6 +12,14 @@
 //! whose tickets are durable. So no reply announces a write before it is
 //! durable, and one log write carries many clients' commands.
 //!
+//! Connections are spread over the loops: the loop that accepts a
+//! connection hands it to the loop serving the fewest ([`Balance`]), so
+//! clients that connect in a burst do not all land on the loop that won
+//! the race for the listener (every loop is woken by a connection; the
+//! first to accept would take the whole backlog). With the btree engine a
+//! loop blocks on its reads from disk, so the loops' share of the clients
+//! is the disk's queue depth.
+//!
 //! Limits: `maxclients` (a client over it gets Redis's error and is
 //! closed), `client-query-buffer-limit` (a client that sends more than it
 //! without completing a request is closed), and back-pressure on output:
@@ -24,7 +32,7 @@ use crate::server::session::{Session, Shared, OUTPUT_HIGH_WATER};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use std::vec::Vec;
@@ -96,18 +104,70 @@ struct Conn {
 /// blocks on the log: a loop posts the highest ticket its connections
 /// wait for and goes on serving; this thread waits for the highest ticket
 /// posted (one log write for all of them: group commit across loops and
-/// rounds) and wakes every loop, which then sends the replies whose
-/// tickets are durable.
+/// rounds) and wakes the loops whose tickets that write made durable,
+/// which then send the replies waiting for them.
 struct Flusher {
     requested: Mutex<u64>,
     posted: Condvar,
     /// The log failed: no waiting reply may be sent.
     failed: AtomicBool,
-    wakers: Mutex<Vec<Arc<Waker>>>,
+    /// Per loop, the highest ticket it posted and has not been woken for
+    /// (0: none). A loop with nothing waiting is not woken by a log write.
+    awaited: Vec<AtomicU64>,
+    wakers: Vec<Arc<Waker>>,
+}
+
+/// The connections each event loop serves, and the connections handed to
+/// it by another loop's accept.
+struct Balance {
+    served: Vec<AtomicUsize>,
+    inbox: Vec<Mutex<Vec<TcpStream>>>,
+    wakers: Vec<Arc<Waker>>,
+}
+
+impl Balance {
+    /// The loop that is to serve a new connection accepted by loop `me`:
+    /// the one serving the fewest (`me` among equals, so that one loop
+    /// needs no hand-off), counted as serving it from now on.
+    fn choose(&self, me: usize) -> usize {
+        let load = |i: usize| self.served[i].load(Ordering::Relaxed);
+        let mut best = me;
+        for i in 0..self.served.len() {
+            if load(i) < load(best) {
+                best = i;
+            }
+        }
+        self.served[best].fetch_add(1, Ordering::Relaxed);
+        best
+    }
+
+    /// Hands `stream` to loop `to` and wakes it.
+    fn hand_off(&self, to: usize, stream: TcpStream) {
+        self.inbox[to]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stream);
+        if let Err(e) = self.wakers[to].wake() {
+            log::warn!("waking event loop {to}: {e}");
+        }
+    }
+
+    /// The connections handed to loop `me`.
+    fn take(&self, me: usize) -> Vec<TcpStream> {
+        std::mem::take(&mut *self.inbox[me].lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl Flusher {
-    fn post(&self, t: Ticket) {
+    /// Loop `me` waits for ticket `t`. Returns with `t` durable or loop
+    /// `me` to be woken once it is: the caller reads the durable ticket
+    /// after this, and the flusher reads `awaited` after making a ticket
+    /// durable (both behind a SeqCst fence), so at least one of them sees
+    /// the other's write; a caller that finds `t` durable serves its
+    /// clients without waiting for a wake-up.
+    fn post(&self, me: usize, t: Ticket) {
+        self.awaited[me].fetch_max(t.0, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
         let mut r = self.requested.lock().unwrap_or_else(|e| e.into_inner());
         if t.0 > *r {
             *r = t.0;
@@ -139,8 +199,21 @@ impl Flusher {
                 self.failed.store(true, Ordering::Release);
             }
             done = t;
-            for w in self.wakers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                let _ = w.wake();
+            std::sync::atomic::fence(Ordering::SeqCst);
+            let failed = self.failed.load(Ordering::Acquire);
+            for (a, w) in self.awaited.iter().zip(&self.wakers) {
+                // Woken: a loop whose highest awaited ticket is durable
+                // (cleared, unless the loop posted a higher one meanwhile:
+                // then the next write wakes it), or every loop if the log
+                // failed.
+                let v = a.load(Ordering::SeqCst);
+                let due = v != 0
+                    && v <= done
+                    && a.compare_exchange(v, 0, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok();
+                if due || failed {
+                    let _ = w.wake();
+                }
             }
         }
     }
@@ -164,27 +237,41 @@ pub fn serve<E: KvEngine + Send + 'static>(
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     set_backlog(&listener, BACKLOG)?;
+    let n = threads.max(1);
+    let mut polls = Vec::with_capacity(n);
+    let mut wakers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let poll = Poll::new()?;
+        wakers.push(Arc::new(Waker::new(poll.registry(), WAKE)?));
+        polls.push(poll);
+    }
     let flusher = Arc::new(Flusher {
         requested: Mutex::new(0),
         posted: Condvar::new(),
         failed: AtomicBool::new(false),
-        wakers: Mutex::new(Vec::new()),
+        awaited: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        wakers: wakers.clone(),
+    });
+    let balance = Arc::new(Balance {
+        served: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        inbox: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+        wakers,
     });
     let mut handles = Vec::new();
-    for i in 0..threads.max(1) {
+    for (i, poll) in polls.into_iter().enumerate() {
         let l = TcpListener::from_std(listener.try_clone()?);
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
-        flusher
-            .wakers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(waker);
-        let (shared, flusher) = (shared.clone(), flusher.clone());
+        let (shared, flusher, balance) = (shared.clone(), flusher.clone(), balance.clone());
         handles.push(
             std::thread::Builder::new()
                 .name(std::format!("dbos-kv-loop{i}"))
-                .spawn(move || event_loop(&shared, &flusher, poll, l, busy_poll))?,
+                .spawn(move || {
+                    let me = Loop {
+                        index: i,
+                        flusher: &flusher,
+                        balance: &balance,
+                    };
+                    event_loop(&shared, &me, poll, l, busy_poll)
+                })?,
         );
     }
     let flushing = {
@@ -207,9 +294,17 @@ pub fn serve<E: KvEngine + Send + 'static>(
     result
 }
 
+/// What an event loop shares with the others.
+struct Loop<'a> {
+    /// Its place in [`Balance`].
+    index: usize,
+    flusher: &'a Flusher,
+    balance: &'a Balance,
+}
+
 fn event_loop<E: KvEngine>(
     shared: &Shared<E>,
-    flusher: &Flusher,
+    me: &Loop,
     mut poll: Poll,
     mut listener: TcpListener,
     busy_poll: Duration,
@@ -229,8 +324,15 @@ fn event_loop<E: KvEngine>(
     let mut chunk = std::vec![0u8; READ_CHUNK];
     // The last round had events: poll before sleeping (`busy_poll`).
     let mut busy = false;
+    // Replies posted to the flusher may already be durable: release them
+    // in the next round without sleeping.
+    let mut recheck = false;
     while !shared.shutting_down() {
-        let timeout = if carry.is_empty() { 100 } else { 0 };
+        let timeout = if carry.is_empty() && !std::mem::take(&mut recheck) {
+            100
+        } else {
+            0
+        };
         // Events found by polling busily; else the loop polls (and, with
         // nothing to carry, sleeps) as usual.
         let mut found = false;
@@ -250,8 +352,16 @@ fn event_loop<E: KvEngine>(
         ready.append(&mut carry);
         for ev in events.iter() {
             match ev.token() {
-                LISTENER => accept(shared, &poll, &mut listener, &mut conns, &mut free),
-                WAKE => {}
+                LISTENER => {
+                    for stream in accept(shared, me, &mut listener) {
+                        adopt(shared, me, &poll, &mut conns, &mut free, stream);
+                    }
+                }
+                WAKE => {
+                    for stream in me.balance.take(me.index) {
+                        adopt(shared, me, &poll, &mut conns, &mut free, stream);
+                    }
+                }
                 t => {
                     if let Some(c) = conns.get_mut(t.0).and_then(|c| c.as_mut()) {
                         c.short_read_drains =
@@ -264,7 +374,7 @@ fn event_loop<E: KvEngine>(
         // Replies now durable are released (or, if the log failed, their
         // connections closed unanswered).
         let durable = shared.engine.durable();
-        let failed = flusher.failed.load(Ordering::Acquire);
+        let failed = me.flusher.failed.load(Ordering::Acquire);
         waiting.retain(|&i| {
             let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) else {
                 return false;
@@ -324,14 +434,17 @@ fn event_loop<E: KvEngine>(
                 shared.stats.durable_waits.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = shared.engine.wait(t) {
                     log::error!("the log failed; no waiting reply will be sent: {e}");
-                    flusher.failed.store(true, Ordering::Release);
+                    me.flusher.failed.store(true, Ordering::Release);
                 } else if let Some(c) = conns.get_mut(waiting[0]).and_then(|c| c.as_mut()) {
                     c.ticket = None;
                     shared.stats.durable_clients.fetch_add(1, Ordering::Relaxed);
                     waiting.clear();
                 }
             } else {
-                flusher.post(t);
+                me.flusher.post(me.index, t);
+                // Made durable before the flusher saw the post: served in
+                // the next round, without sleeping.
+                recheck = shared.engine.durable() >= t;
             }
         }
         // Send what may be sent; serve again what back-pressure held.
@@ -345,7 +458,7 @@ fn event_loop<E: KvEngine>(
             flush(shared, c);
             let drained = c.sent == c.output.len();
             if c.closing && drained || update_interest(&poll, c, i).is_err() {
-                close(shared, &poll, &mut conns, &mut free, i);
+                close(shared, me, &poll, &mut conns, &mut free, i);
             } else if drained && (c.stalled || c.unread) {
                 carry.push(i);
             }
@@ -353,7 +466,7 @@ fn event_loop<E: KvEngine>(
     }
     for i in 0..conns.len() {
         if conns[i].is_some() {
-            close(shared, &poll, &mut conns, &mut free, i);
+            close(shared, me, &poll, &mut conns, &mut free, i);
         }
     }
     Ok(())
@@ -376,22 +489,23 @@ fn poll_busily(poll: &mut Poll, events: &mut Events, budget: Duration) -> io::Re
     }
 }
 
+/// Accepts the connections waiting on the listener; returns those this
+/// loop is to serve, having handed the others to the loops serving fewer.
 fn accept<E: KvEngine>(
     shared: &Shared<E>,
-    poll: &Poll,
+    me: &Loop,
     listener: &mut TcpListener,
-    conns: &mut Vec<Option<Conn>>,
-    free: &mut Vec<usize>,
-) {
+) -> Vec<TcpStream> {
+    let mut mine = Vec::new();
     loop {
         let (mut stream, _) = match listener.accept() {
             Ok(s) => s,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return mine,
             Err(e) => {
                 // Out of file descriptors and the like: the clients
                 // already connected go on.
                 log::warn!("accept: {e}");
-                return;
+                return mine;
             }
         };
         let connected = shared.stats.connected_clients.load(Ordering::Relaxed);
@@ -404,36 +518,58 @@ fn accept<E: KvEngine>(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let i = free.pop().unwrap_or_else(|| {
-            conns.push(None);
-            conns.len() - 1
-        });
-        if let Err(e) = poll
-            .registry()
-            .register(&mut stream, Token(i), Interest::READABLE)
-        {
-            log::warn!("registering a connection: {e}");
-            free.push(i);
-            continue;
-        }
+        // Counted at once, so that a burst over `maxclients` is refused
+        // whichever loop serves it.
         shared
             .stats
             .connected_clients
             .fetch_add(1, Ordering::Relaxed);
-        conns[i] = Some(Conn {
-            stream,
-            session: shared.session(),
-            input: Vec::new(),
-            output: Vec::new(),
-            sent: 0,
-            unread: false,
-            short_read_drains: false,
-            want_write: false,
-            closing: false,
-            stalled: false,
-            ticket: None,
-        });
+        match me.balance.choose(me.index) {
+            i if i == me.index => mine.push(stream),
+            i => me.balance.hand_off(i, stream),
+        }
     }
+}
+
+/// Starts serving `stream`, accepted for this loop (by it or another).
+fn adopt<E: KvEngine>(
+    shared: &Shared<E>,
+    me: &Loop,
+    poll: &Poll,
+    conns: &mut Vec<Option<Conn>>,
+    free: &mut Vec<usize>,
+    mut stream: TcpStream,
+) {
+    let i = free.pop().unwrap_or_else(|| {
+        conns.push(None);
+        conns.len() - 1
+    });
+    if let Err(e) = poll
+        .registry()
+        .register(&mut stream, Token(i), Interest::READABLE)
+    {
+        log::warn!("registering a connection: {e}");
+        free.push(i);
+        shared
+            .stats
+            .connected_clients
+            .fetch_sub(1, Ordering::Relaxed);
+        me.balance.served[me.index].fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    conns[i] = Some(Conn {
+        stream,
+        session: shared.session(),
+        input: Vec::new(),
+        output: Vec::new(),
+        sent: 0,
+        unread: false,
+        short_read_drains: false,
+        want_write: false,
+        closing: false,
+        stalled: false,
+        ticket: None,
+    });
 }
 
 /// Reads what the client sent (until the socket is empty, or
@@ -547,6 +683,7 @@ fn update_interest(poll: &Poll, c: &mut Conn, i: usize) -> io::Result<()> {
 
 fn close<E: KvEngine>(
     shared: &Shared<E>,
+    me: &Loop,
     poll: &Poll,
     conns: &mut [Option<Conn>],
     free: &mut Vec<usize>,
@@ -558,6 +695,61 @@ fn close<E: KvEngine>(
             .stats
             .connected_clients
             .fetch_sub(1, Ordering::Relaxed);
+        me.balance.served[me.index].fetch_sub(1, Ordering::Relaxed);
         free.push(i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn balance(n: usize) -> (Balance, Vec<Poll>) {
+        let polls: Vec<Poll> = (0..n).map(|_| Poll::new().unwrap()).collect();
+        let wakers = polls
+            .iter()
+            .map(|p| Arc::new(Waker::new(p.registry(), WAKE).unwrap()))
+            .collect();
+        let b = Balance {
+            served: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            inbox: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            wakers,
+        };
+        (b, polls)
+    }
+
+    #[test]
+    fn connections_go_to_the_loop_serving_the_fewest() {
+        let (b, _polls) = balance(4);
+        // Loop 2 accepts a burst of 8: two each, its own first.
+        let chosen: Vec<usize> = (0..8).map(|_| b.choose(2)).collect();
+        assert_eq!(chosen, [2, 0, 1, 3, 2, 0, 1, 3]);
+        let served: Vec<usize> = b.served.iter().map(|s| s.load(Ordering::Relaxed)).collect();
+        assert_eq!(served, [2, 2, 2, 2]);
+        // Loop 1's clients leave: the next two go there, whoever accepts.
+        b.served[1].store(0, Ordering::Relaxed);
+        assert_eq!(b.choose(3), 1);
+        assert_eq!(b.choose(0), 1);
+        assert_eq!(b.choose(0), 0);
+    }
+
+    #[test]
+    fn a_handed_off_connection_wakes_its_loop() {
+        let (b, mut polls) = balance(2);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        b.hand_off(1, TcpStream::from_std(stream));
+        let mut events = Events::with_capacity(4);
+        polls[1]
+            .poll(&mut events, Some(Duration::from_secs(5)))
+            .unwrap();
+        assert!(
+            events.iter().any(|e| e.token() == WAKE),
+            "loop 1 was not woken"
+        );
+        assert_eq!(b.take(1).len(), 1);
+        assert!(b.take(1).is_empty());
+        assert!(b.take(0).is_empty());
     }
 }

@@ -1686,3 +1686,75 @@ fn busy_polling_loops_serve_and_then_sleep() {
         server.kill();
     }
 }
+
+/// Voluntary context switches of each event loop thread (`dbos-kv-loopN`)
+/// of process `pid`, by loop.
+fn loop_switches(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap();
+        if !name.starts_with("dbos-kv-loop") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let n = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        out.insert(name.trim().to_string(), n);
+    }
+    out
+}
+
+#[test]
+fn connections_are_spread_over_the_event_loops() {
+    let dir = tempfile::tempdir().unwrap();
+    // The btree engine's default: 4 loops. Four clients connect one after
+    // another (every loop is woken by each; the first to accept would
+    // take them all) and then take turns: each loop serves one, so each
+    // sleeps in epoll_wait after each of its client's requests, while a
+    // loop without clients wakes only at its 100 ms poll timeout.
+    let server = Server::start(dir.path());
+    let pid = server.child.id();
+    let mut conns: Vec<Connection> = (0..4).map(|_| server.conn()).collect();
+    let before = loop_switches(pid);
+    assert_eq!(before.len(), 4, "event loops: {before:?}");
+    let start = Instant::now();
+    for i in 0..300 {
+        for (n, c) in conns.iter_mut().enumerate() {
+            let v: String = redis::cmd("ECHO").arg(format!("{n}:{i}")).query(c).unwrap();
+            assert_eq!(v, format!("{n}:{i}"));
+        }
+    }
+    let after = loop_switches(pid);
+    let idle_wakes = start.elapsed().as_millis() as u64 / 100 + 5;
+    for (name, n) in &after {
+        let slept = n - before[name];
+        assert!(
+            slept >= 250 && slept > idle_wakes,
+            "{name} slept {slept} times in 1,200 requests of 4 clients ({before:?} -> {after:?})"
+        );
+    }
+    // A client that leaves frees its place: the next one is served by
+    // the loop it left.
+    drop(conns.pop());
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = server.conn();
+    let before = loop_switches(pid);
+    for i in 0..300 {
+        let v: i64 = redis::cmd("ECHO").arg(i).query(&mut c).unwrap();
+        assert_eq!(v, i);
+        for c in &mut conns {
+            let () = redis::cmd("PING").query(c).unwrap();
+        }
+    }
+    let after = loop_switches(pid);
+    for (name, n) in &after {
+        assert!(n - before[name] >= 250, "{name}: {before:?} -> {after:?}");
+    }
+    server.kill();
+}
