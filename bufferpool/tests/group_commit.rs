@@ -176,3 +176,58 @@ fn a_failed_batch_wakes_sleeping_followers_with_the_error() {
     // The failure stopped the writes: no write after the failed one.
     assert_eq!(writes.load(Ordering::SeqCst), 10);
 }
+
+static SLOW_RELAXES: AtomicUsize = AtomicUsize::new(0);
+
+/// A spin step that gives the CPU away for 2 ms, as a yield does when
+/// other work takes the CPUs (the yielder waits out its time slice).
+fn relax_to_busy_neighbours() {
+    SLOW_RELAXES.fetch_add(1, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(2));
+}
+
+#[test]
+fn followers_sleep_without_spinning_once_a_spin_gave_the_cpu_away() {
+    let env = Env {
+        relax: relax_to_busy_neighbours,
+        ..host::env()
+    };
+    let (wal, _) = wal(env, Duration::from_millis(2), None);
+    let start = std::time::Instant::now();
+    let results = commit_from_threads(&wal);
+    let elapsed_ms = start.elapsed().as_millis() as u64;
+    let durable = wal.durable_lsn();
+    for r in &results {
+        let acked = r.as_ref().expect("every commit succeeds");
+        assert_eq!(acked.len(), COMMITS);
+        assert!(acked.iter().all(|&l| l <= durable));
+    }
+    let s = wal.stats();
+    let relaxes = SLOW_RELAXES.load(Ordering::SeqCst) as u64;
+    // Every follower's spin step was slow and counted as such (the log's
+    // spin locks relax too, uncounted); after each, followers slept
+    // without spinning for 10 ms, so there were about as many as there
+    // were 10 ms periods (the followers spinning when one ends may each
+    // take a step), not a spin budget's worth per wait.
+    assert!(s.slow_relaxes > 0, "{s:?}");
+    assert!(s.slow_relaxes <= relaxes, "{relaxes}: {s:?}");
+    assert!(
+        relaxes <= (elapsed_ms / 10 + 1) * THREADS as u64,
+        "{relaxes} slow spin steps in {elapsed_ms} ms: {s:?}"
+    );
+    assert!(s.follower_sleeps > 0, "{s:?}");
+}
+
+#[test]
+fn quick_spin_steps_are_not_counted_as_slow() {
+    let env = Env {
+        relax: core::hint::spin_loop,
+        ..host::env()
+    };
+    let (wal, _) = wal(env, Duration::from_millis(2), None);
+    let results = commit_from_threads(&wal);
+    assert!(results
+        .iter()
+        .all(|r| r.as_ref().is_ok_and(|a| a.len() == COMMITS)));
+    assert_eq!(wal.stats().slow_relaxes, 0, "{:?}", wal.stats());
+}

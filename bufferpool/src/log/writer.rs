@@ -78,6 +78,10 @@ pub struct LogStats {
     /// Times a follower slept until a batch ended (instead of spinning on;
     /// only where the platform can sleep, see [`Env::sleep`]).
     pub follower_sleeps: u64,
+    /// Followers' spin steps (`Env::relax`) that gave the CPU to other
+    /// work for longer than [`SLOW_RELAX_NS`]; after one, followers sleep
+    /// without spinning for a while.
+    pub slow_relaxes: u64,
 }
 
 #[derive(Default)]
@@ -89,6 +93,7 @@ struct AtomicLogStats {
     blocks_written: AtomicU64,
     flushes: AtomicU64,
     follower_sleeps: AtomicU64,
+    slow_relaxes: AtomicU64,
 }
 
 /// The in-memory copy of the unwritten log: payload bytes at
@@ -199,12 +204,38 @@ pub struct Wal<D: BlockDevice> {
     /// How long recent batches took, in ns (a moving average; measured
     /// only where waits can sleep): how long a follower spins first.
     batch_ns: AtomicU64,
+    /// Until this time (`Env::now_ns`), followers sleep without spinning:
+    /// a follower's `relax` (a yield) gave the CPU away for longer than
+    /// [`SLOW_RELAX_NS`], so other work wants the CPUs.
+    contended_until: AtomicU64,
+    /// Threads in `wait_durable`: a follower's yield may wait for each of
+    /// them before it returns, so they lengthen what counts as slow.
+    waiters: AtomicU32,
 }
 
 /// A follower spins at most this long before sleeping, however slow the
 /// batches are: on a machine whose CPUs are busy, spinning takes the CPU
 /// the leader needs to finish its batch.
 const SPIN_MAX_NS: u64 = 100_000;
+
+/// A follower's `relax` that takes longer than this (plus
+/// [`SLOW_RELAX_PER_WAITER_NS`] per waiting thread) gave its CPU to other
+/// work: followers then sleep at once for [`CONTENDED_NS`]. Measured on 2
+/// cores with 2 busy threads beside the committers: a yield returns after
+/// the busy thread's time slice (milliseconds), and yielding followers cut
+/// 16 committers from 51k commits/s to 3.1k (fewer than 1 committer's
+/// 7.4k); sleeping at once kept 44k. Quiet, a yield returns within
+/// microseconds and spinning wins (64 committers: 177k against 124k
+/// commits/s sleeping at once).
+const SLOW_RELAX_NS: u64 = 200_000;
+
+/// What each thread waiting for the log adds to [`SLOW_RELAX_NS`]: quiet,
+/// 64 yielding followers make a yield take hundreds of microseconds
+/// without any other work on the CPUs.
+const SLOW_RELAX_PER_WAITER_NS: u64 = 50_000;
+
+/// How long followers sleep without spinning after a slow `relax`.
+const CONTENDED_NS: u64 = 10_000_000;
 
 impl<D: BlockDevice> Wal<D> {
     /// A log on `geo` written through `dev`, continuing at `tail` (from
@@ -270,6 +301,8 @@ impl<D: BlockDevice> Wal<D> {
             batches: AtomicU32::new(0),
             sleepers: AtomicU32::new(0),
             batch_ns: AtomicU64::new(SPIN_MAX_NS / 2),
+            contended_until: AtomicU64::new(0),
+            waiters: AtomicU32::new(0),
         })
     }
 
@@ -329,6 +362,7 @@ impl<D: BlockDevice> Wal<D> {
             blocks_written: l(&s.blocks_written),
             flushes: l(&s.flushes),
             follower_sleeps: l(&s.follower_sleeps),
+            slow_relaxes: l(&s.slow_relaxes),
         }
     }
 
@@ -442,6 +476,17 @@ impl<D: BlockDevice> Wal<D> {
     /// waiter has a CPU; when other work takes the CPUs, spinning
     /// followers take the CPU the leader needs, so they sleep.
     pub fn wait_durable(&self, lsn: Lsn) -> Result<(), WalError> {
+        if self.durable.load(Ordering::Acquire) >= lsn.0 {
+            return Ok(());
+        }
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        let result = self.wait_durable_counted(lsn);
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+
+    /// [`Self::wait_durable`], counted in `waiters`.
+    fn wait_durable_counted(&self, lsn: Lsn) -> Result<(), WalError> {
         let mut spinning_since = None;
         loop {
             if self.durable.load(Ordering::Acquire) >= lsn.0 {
@@ -459,7 +504,8 @@ impl<D: BlockDevice> Wal<D> {
                 Some(sleep) if self.spun_out(&mut spinning_since) => {
                     self.sleep_while_writing(sleep.wait, lsn)
                 }
-                _ => (self.env.relax)(),
+                Some(_) => self.relax_timed(),
+                None => (self.env.relax)(),
             }
         }
     }
@@ -477,10 +523,28 @@ impl<D: BlockDevice> Wal<D> {
         result
     }
 
+    /// A follower's spin step: `relax`, timed; a slow one marks the CPUs
+    /// as contended.
+    fn relax_timed(&self) {
+        let t0 = (self.env.now_ns)();
+        (self.env.relax)();
+        let t1 = (self.env.now_ns)();
+        let waiters = u64::from(self.waiters.load(Ordering::Relaxed));
+        if t1.saturating_sub(t0) > SLOW_RELAX_NS + waiters * SLOW_RELAX_PER_WAITER_NS {
+            self.stats.slow_relaxes.fetch_add(1, Ordering::Relaxed);
+            self.contended_until
+                .store(t1 + CONTENDED_NS, Ordering::Relaxed);
+        }
+    }
+
     /// Whether a follower that began spinning at `since` (set on the first
-    /// call) has spun as long as a batch takes.
+    /// call) has spun as long as a batch takes, or should not spin at all
+    /// (the CPUs are contended).
     fn spun_out(&self, since: &mut Option<u64>) -> bool {
         let now = (self.env.now_ns)();
+        if now < self.contended_until.load(Ordering::Relaxed) {
+            return true;
+        }
         let start = *since.get_or_insert(now);
         let budget = self.batch_ns.load(Ordering::Relaxed).min(SPIN_MAX_NS);
         now.saturating_sub(start) >= budget
