@@ -46,6 +46,31 @@ pub fn parse_csv(out: &str) -> Option<Rates> {
     })
 }
 
+/// One run: its rates, and how busy redis-benchmark itself was.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Run {
+    pub rates: Rates,
+    /// redis-benchmark's CPU time over its run's wall time, in cores (it
+    /// is one thread: near 1, the client, not the server, set the pace).
+    pub client_cores: f64,
+}
+
+/// CPU seconds (user + system) of this process's children that have
+/// been waited for.
+fn waited_children_cpu_s() -> f64 {
+    // SAFETY: getrusage writes one `rusage` into the zeroed value it is
+    // given and keeps no pointer to it.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) != 0 {
+            return 0.0;
+        }
+        ru
+    };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(ru.ru_utime) + s(ru.ru_stime)
+}
+
 /// Which tool the rows of each side need, if one is missing: the whole
 /// comparison needs redis-benchmark; the Redis side needs redis-server.
 pub fn missing(have_benchmark: bool, have_server: bool) -> (Option<Value>, Option<Value>) {
@@ -61,7 +86,7 @@ pub fn missing(have_benchmark: bool, have_server: bool) -> (Option<Value>, Optio
 
 /// One `redis-benchmark` run against `port`, killed if it has not ended
 /// within `limit` (it retries a refused connection forever).
-fn run_once(port: u16, n: u64, pipeline: u32, limit: Duration) -> Result<Rates, Value> {
+fn run_once(port: u16, n: u64, pipeline: u32, limit: Duration) -> Result<Run, Value> {
     let mut args: Vec<String> = [
         "-p",
         &port.to_string(),
@@ -82,6 +107,7 @@ fn run_once(port: u16, n: u64, pipeline: u32, limit: Duration) -> Result<Rates, 
     if pipeline > 1 {
         args.extend(["-P".into(), pipeline.to_string()]);
     }
+    let cpu0 = waited_children_cpu_s();
     let mut child = dies_with_parent(&mut Command::new("redis-benchmark"))
         .args(&args)
         .stdin(Stdio::null())
@@ -109,6 +135,8 @@ fn run_once(port: u16, n: u64, pipeline: u32, limit: Duration) -> Result<Rates, 
     let start = std::time::Instant::now();
     wait_or_kill(&mut child, limit);
     let status = child.wait().ok();
+    let wall = start.elapsed().as_secs_f64();
+    let client_cores = (waited_children_cpu_s() - cpu0) / wall.max(1e-9);
     let (out, err) = (
         out.join().unwrap_or_default(),
         err.join().unwrap_or_default(),
@@ -120,7 +148,10 @@ fn run_once(port: u16, n: u64, pipeline: u32, limit: Duration) -> Result<Rates, 
         )));
     }
     match (status.is_some_and(|s| s.success()), parse_csv(&out)) {
-        (true, Some(r)) => Ok(r),
+        (true, Some(rates)) => Ok(Run {
+            rates,
+            client_cores,
+        }),
         _ => Err(Value::not_available(format!(
             "redis-benchmark FAILED ({}): {}",
             status.map_or("no status".into(), |s| s.to_string()),
@@ -149,7 +180,7 @@ pub fn run(ctx: &Ctx, kv: &Result<PathBuf, Value>) -> Part {
     );
     // [pipeline][side] = per-round rates, or why there are none.
     let pipelines = [1u32, 16];
-    let mut rates: Vec<[Result<Vec<Rates>, Value>; 2]> = Vec::new();
+    let mut rates: Vec<[Result<Vec<Run>, Value>; 2]> = Vec::new();
     // Per pipeline, the per-round (SET, GET) ratios.
     let mut ratios: Vec<Vec<(f64, f64)>> = vec![Vec::new(); pipelines.len()];
     let start_side = |side: usize| -> Result<_, Value> {
@@ -187,20 +218,23 @@ pub fn run(ctx: &Ctx, kv: &Result<PathBuf, Value>) -> Part {
                     continue;
                 }
                 match run_once(sv.port, n, p, limit) {
-                    Ok(r) => {
+                    Ok(run) => {
+                        let r = run.rates;
                         ctx.progress(
                             "kvstore",
                             &format!(
-                                "redis-benchmark -P {p} round {}: {}: SET {:.0}/s, GET {:.0}/s",
+                                "redis-benchmark -P {p} round {}: {}: SET {:.0}/s, GET {:.0}/s \
+                                 (redis-benchmark used {:.2} cores)",
                                 round + 1,
                                 ["dbos-kv memory", "redis none"][side],
                                 r.set,
-                                r.get
+                                r.get,
+                                run.client_cores
                             ),
                         );
                         this[side] = Some(r);
                         if let Ok(v) = &mut rates[pi][side] {
-                            v.push(r);
+                            v.push(run);
                         }
                     }
                     Err(v) => {
@@ -224,7 +258,7 @@ pub fn run(ctx: &Ctx, kv: &Result<PathBuf, Value>) -> Part {
             Value::num(dbos_benches::median(v))
         }
     };
-    let side_value = |r: &Result<Vec<Rates>, Value>, f: fn(&Rates) -> f64| -> Value {
+    let side_value = |r: &Result<Vec<Run>, Value>, f: fn(&Run) -> f64| -> Value {
         match r {
             Ok(v) => med(&v.iter().map(f).collect::<Vec<_>>()),
             Err(e) => e.clone(),
@@ -234,11 +268,12 @@ pub fn run(ctx: &Ctx, kv: &Result<PathBuf, Value>) -> Part {
     let mut figures = Vec::new();
     for (pi, &p) in pipelines.iter().enumerate() {
         for (what, f) in [
-            ("SET", (|r: &Rates| r.set) as fn(&Rates) -> f64),
-            ("GET", |r: &Rates| r.get),
+            ("SET", (|r: &Run| r.rates.set) as fn(&Run) -> f64),
+            ("GET", |r: &Run| r.rates.get),
         ] {
             let ours = side_value(&rates[pi][0], f);
             let theirs = side_value(&rates[pi][1], f);
+            let cores = |side: usize| side_value(&rates[pi][side], |r| r.client_cores);
             let ratio = match (&rates[pi][0], &rates[pi][1]) {
                 (Err(e), _) | (_, Err(e)) => e.clone(),
                 _ => med(&ratios[pi]
@@ -256,6 +291,8 @@ pub fn run(ctx: &Ctx, kv: &Result<PathBuf, Value>) -> Part {
                 ours.into(),
                 theirs.clone().into(),
                 ratio.clone().into(),
+                cores(0).into(),
+                cores(1).into(),
             ]);
             figures.push(Figure {
                 name: format!(
@@ -281,7 +318,9 @@ pub fn run(ctx: &Ctx, kv: &Result<PathBuf, Value>) -> Part {
         table: Table {
             title: format!(
                 "redis-benchmark -t set,get, 50 clients, 100-byte values, {rounds} alternating \
-                 round(s): medians of requests/s and of the per-round ratios"
+                 round(s): medians of requests/s and of the per-round ratios, and of the CPU \
+                 redis-benchmark (one thread) used in each run of both tests, in cores: near 1, \
+                 the client, not the server, set the pace"
             ),
             command,
             kind: Kind::WallClock,
@@ -291,6 +330,8 @@ pub fn run(ctx: &Ctx, kv: &Result<PathBuf, Value>) -> Part {
                 "dbos-kv memory req/s",
                 "Redis none req/s",
                 "dbos-kv / Redis",
+                "redis-benchmark cores, against dbos-kv",
+                "redis-benchmark cores, against Redis",
             ]
             .map(String::from)
             .to_vec(),
