@@ -13,7 +13,7 @@
 //! durable, and one log write carries many clients' commands.
 //!
 //! Connections are spread over the loops: the loop that accepts a
-//! connection hands it to the loop serving the fewest ([`Balance`]), so
+//! connection hands it to the loop serving the fewest (`Balance`), so
 //! clients that connect in a burst do not all land on the loop that won
 //! the race for the listener (every loop is woken by a connection; the
 //! first to accept would take the whole backlog). With the btree engine a

@@ -79,8 +79,8 @@ pub struct LogStats {
     /// only where the platform can sleep, see [`Env::sleep`]).
     pub follower_sleeps: u64,
     /// Followers' spin steps (`Env::relax`) that gave the CPU to other
-    /// work for longer than [`SLOW_RELAX_NS`]; after one, followers sleep
-    /// without spinning for a while.
+    /// work for too long (200 us plus 50 us per thread waiting for the
+    /// log); after one, followers sleep without spinning for 10 ms.
     pub slow_relaxes: u64,
 }
 
