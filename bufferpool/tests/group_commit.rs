@@ -123,10 +123,10 @@ fn commit_from_threads(wal: &Wal<SlowDevice>) -> Vec<Result<Vec<Lsn>, WalError>>
     })
 }
 
-#[test]
-fn followers_of_a_slow_batch_sleep_and_all_wake_durable() {
-    // Writes of 2 ms, far past the 100 us a follower spins at most.
-    let (wal, _) = wal(host::env(), Duration::from_millis(2), None);
+/// Commits from `THREADS` threads on a log of 2 ms writes under `env`,
+/// checking that every commit succeeded and was durable when acknowledged.
+fn commit_all_durable(env: Env) -> Wal<SlowDevice> {
+    let (wal, _) = wal(env, Duration::from_millis(2), None);
     let results = commit_from_threads(&wal);
     let durable = wal.durable_lsn();
     for r in &results {
@@ -134,6 +134,13 @@ fn followers_of_a_slow_batch_sleep_and_all_wake_durable() {
         assert_eq!(acked.len(), COMMITS);
         assert!(acked.iter().all(|&l| l <= durable));
     }
+    wal
+}
+
+#[test]
+fn followers_of_a_slow_batch_sleep_and_all_wake_durable() {
+    // Writes of 2 ms, far past the 100 us a follower spins at most.
+    let wal = commit_all_durable(host::env());
     let s = wal.stats();
     assert_eq!(s.appends, (THREADS * COMMITS) as u64);
     assert!(s.follower_sleeps > 0, "no follower slept: {s:?}");
@@ -147,11 +154,7 @@ fn without_a_way_to_sleep_followers_spin() {
         sleep: None,
         ..host::env()
     };
-    let (wal, _) = wal(env, Duration::from_millis(2), None);
-    let results = commit_from_threads(&wal);
-    assert!(results
-        .iter()
-        .all(|r| r.as_ref().is_ok_and(|a| a.len() == COMMITS)));
+    let wal = commit_all_durable(env);
     assert_eq!(wal.stats().follower_sleeps, 0);
 }
 
@@ -192,16 +195,9 @@ fn followers_sleep_without_spinning_once_a_spin_gave_the_cpu_away() {
         relax: relax_to_busy_neighbours,
         ..host::env()
     };
-    let (wal, _) = wal(env, Duration::from_millis(2), None);
     let start = std::time::Instant::now();
-    let results = commit_from_threads(&wal);
+    let wal = commit_all_durable(env);
     let elapsed_ms = start.elapsed().as_millis() as u64;
-    let durable = wal.durable_lsn();
-    for r in &results {
-        let acked = r.as_ref().expect("every commit succeeds");
-        assert_eq!(acked.len(), COMMITS);
-        assert!(acked.iter().all(|&l| l <= durable));
-    }
     let s = wal.stats();
     let relaxes = SLOW_RELAXES.load(Ordering::SeqCst) as u64;
     // Every follower's spin step was slow and counted as such (the log's
@@ -224,10 +220,6 @@ fn quick_spin_steps_are_not_counted_as_slow() {
         relax: core::hint::spin_loop,
         ..host::env()
     };
-    let (wal, _) = wal(env, Duration::from_millis(2), None);
-    let results = commit_from_threads(&wal);
-    assert!(results
-        .iter()
-        .all(|r| r.as_ref().is_ok_and(|a| a.len() == COMMITS)));
+    let wal = commit_all_durable(env);
     assert_eq!(wal.stats().slow_relaxes, 0, "{:?}", wal.stats());
 }

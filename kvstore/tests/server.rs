@@ -1584,6 +1584,25 @@ fn expired_keys_are_swept_away_on_both_engines() {
         cmd(&mut c, &["SET", "kept2", "w", "EX", "1000"]).unwrap();
         let info = keyspace(&mut c);
         assert!(info.contains("db0:keys=6,expires=2,"), "{engine:?}: {info}");
+        // avg_ttl: the mean time to live of those two (1,000 s each), as
+        // active expiry's next whole pass (every 100 ms) finds it.
+        let t = Instant::now();
+        loop {
+            let info = keyspace(&mut c);
+            let avg: u64 = info
+                .split("avg_ttl=")
+                .nth(1)
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{engine:?}: {info}"));
+            if (990_000..=1_000_000).contains(&avg) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{engine:?}: avg_ttl {avg}: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -18,6 +18,11 @@
 //! keyspace regardless took 5% of the memory engine's CPU under
 //! `redis-benchmark -t set,get`, none of whose keys expire.)
 //!
+//! Each whole pass also measures the mean remaining time to live of the
+//! keys with an expiry it found, which `INFO keyspace` reports as
+//! `avg_ttl` (Redis estimates it from its expiry sampling in the same
+//! way; 0 when no key has one).
+//!
 //! [`Stats::expiring_writes`]: super::session::Stats::expiring_writes
 
 use super::engine::{Cursor, EngineError, KvEngine, Write};
@@ -25,22 +30,36 @@ use super::session::Shared;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
+/// What a sweep saw of the keys with an expiry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Seen {
+    /// Keys with an expiry, expired or not.
+    expiring: u64,
+    /// Of those not expired yet: how many, and the sum of their
+    /// remaining times to live in milliseconds.
+    live: u64,
+    live_ttl_ms: u64,
+}
+
 /// Deletes the expired keys among about `limit` entries from `from` on;
 /// returns where the next sweep resumes (the start again after the end),
-/// how many it deleted, and whether it saw a key with an expiry (expired
-/// or not).
+/// how many it deleted, and what it saw of the keys with an expiry.
 fn sweep<E: KvEngine>(
     shared: &Shared<E>,
     from: &Cursor,
     limit: usize,
-) -> Result<(Cursor, u64, bool), EngineError> {
+) -> Result<(Cursor, u64, Seen), EngineError> {
     let now = (shared.clock)();
     let mut expired: Vec<Vec<u8>> = Vec::new();
-    let mut seen = false;
+    let mut seen = Seen::default();
     let next = shared.engine.scan(from, limit, &mut |k, _, exp| {
-        seen |= exp.is_some();
-        if exp.is_some_and(|t| t <= now) {
+        let Some(t) = exp else { return };
+        seen.expiring += 1;
+        if t <= now {
             expired.push(k.to_vec());
+        } else {
+            seen.live += 1;
+            seen.live_ttl_ms = seen.live_ttl_ms.saturating_add(t.0 - now.0);
         }
     })?;
     let mut deleted = 0;
@@ -72,8 +91,8 @@ pub struct Sweeper {
     cursor: Cursor,
     /// `expiring_writes` when the current pass began.
     pass_began: u64,
-    /// Whether the current pass saw a key with an expiry.
-    seen: bool,
+    /// What the current pass saw of the keys with an expiry.
+    seen: Seen,
     /// The last whole pass found no key with an expiry: resting while
     /// `expiring_writes` stays at `pass_began`.
     rested: bool,
@@ -91,7 +110,7 @@ impl Sweeper {
         Sweeper {
             cursor: Cursor::Start,
             pass_began: 0,
-            seen: false,
+            seen: Seen::default(),
             rested: false,
         }
     }
@@ -115,13 +134,24 @@ impl Sweeper {
         }
         if self.cursor == Cursor::Start {
             self.pass_began = shared.stats.expiring_writes.load(Ordering::Acquire);
-            self.seen = false;
+            self.seen = Seen::default();
         }
         let (next, deleted, seen) = sweep(shared, &self.cursor, limit)?;
-        self.seen |= seen;
+        self.seen.expiring += seen.expiring;
+        self.seen.live += seen.live;
+        self.seen.live_ttl_ms = self.seen.live_ttl_ms.saturating_add(seen.live_ttl_ms);
         self.cursor = next;
+        if self.cursor == Cursor::Start {
+            // A whole pass: its mean time to live is INFO's `avg_ttl`.
+            let avg = self
+                .seen
+                .live_ttl_ms
+                .checked_div(self.seen.live)
+                .unwrap_or(0);
+            shared.stats.avg_ttl_ms.store(avg, Ordering::Relaxed);
+        }
         self.rested = self.cursor == Cursor::Start
-            && !self.seen
+            && self.seen.expiring == 0
             && shared.stats.expiring_writes.load(Ordering::Acquire) == self.pass_began;
         Ok(deleted)
     }

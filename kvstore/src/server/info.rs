@@ -121,7 +121,8 @@ fn section_text<E: KvEngine>(
             let keys = sh.engine.len()?;
             if keys > 0 {
                 let expires = sh.engine.expiring()?;
-                let _ = write!(t, "db0:keys={keys},expires={expires},avg_ttl=0\r\n");
+                let avg_ttl = get(&st.avg_ttl_ms);
+                let _ = write!(t, "db0:keys={keys},expires={expires},avg_ttl={avg_ttl}\r\n");
             }
         }
         _ => {

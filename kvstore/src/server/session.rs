@@ -77,6 +77,9 @@ pub struct Stats {
     /// applied: active expiry rests while a whole pass found no key with
     /// an expiry and this has not moved ([`super::expire::Sweeper`]).
     pub expiring_writes: AtomicU64,
+    /// The mean remaining time to live, in milliseconds, of the keys
+    /// with an expiry that active expiry's last whole pass found (0: none).
+    pub avg_ttl_ms: AtomicU64,
     /// Group commits: waits for a ticket, and the commands they covered.
     pub durable_waits: AtomicU64,
     pub durable_clients: AtomicU64,
