@@ -111,8 +111,9 @@ struct Flusher {
     posted: Condvar,
     /// The log failed: no waiting reply may be sent.
     failed: AtomicBool,
-    /// Per loop, the highest ticket it posted and has not been woken for
-    /// (0: none). A loop with nothing waiting is not woken by a log write.
+    /// Per loop, the lowest ticket its waiting replies need, until it is
+    /// woken for it (0: none). A loop with nothing waiting is not woken by
+    /// a log write.
     awaited: Vec<AtomicU64>,
     wakers: Vec<Arc<Waker>>,
 }
@@ -159,20 +160,24 @@ impl Balance {
 }
 
 impl Flusher {
-    /// Loop `me` waits for ticket `t`. Returns with `t` durable or loop
-    /// `me` to be woken once it is: the caller reads the durable ticket
-    /// after this, and the flusher reads `awaited` after making a ticket
-    /// durable (both behind a SeqCst fence), so at least one of them sees
-    /// the other's write; a caller that finds `t` durable serves its
-    /// clients without waiting for a wake-up.
-    fn post(&self, me: usize, t: Ticket) {
-        self.awaited[me].fetch_max(t.0, Ordering::SeqCst);
-        std::sync::atomic::fence(Ordering::SeqCst);
+    /// Asks for a log write that makes ticket `t` durable.
+    fn post(&self, t: Ticket) {
         let mut r = self.requested.lock().unwrap_or_else(|e| e.into_inner());
         if t.0 > *r {
             *r = t.0;
             self.posted.notify_one();
         }
+    }
+
+    /// Loop `me`'s lowest waiting ticket is `t`: it is woken once a log
+    /// write makes `t` durable. The caller reads the durable ticket after
+    /// this, and the flusher reads `awaited` after making a ticket
+    /// durable (both behind a SeqCst fence), so at least one of them sees
+    /// the other's write: a caller that finds `t` durable serves its
+    /// clients without waiting for a wake-up.
+    fn await_from(&self, me: usize, t: Ticket) {
+        self.awaited[me].store(t.0, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     fn run<E: KvEngine>(&self, shared: &Shared<E>) {
@@ -202,10 +207,10 @@ impl Flusher {
             std::sync::atomic::fence(Ordering::SeqCst);
             let failed = self.failed.load(Ordering::Acquire);
             for (a, w) in self.awaited.iter().zip(&self.wakers) {
-                // Woken: a loop whose highest awaited ticket is durable
-                // (cleared, unless the loop posted a higher one meanwhile:
-                // then the next write wakes it), or every loop if the log
-                // failed.
+                // Woken: a loop whose lowest awaited ticket is durable
+                // (cleared; if the loop changed it meanwhile, the loop
+                // reads the durable ticket after its change), or every
+                // loop if the log failed.
                 let v = a.load(Ordering::SeqCst);
                 let due = v != 0
                     && v <= done
@@ -441,11 +446,18 @@ fn event_loop<E: KvEngine>(
                     waiting.clear();
                 }
             } else {
-                me.flusher.post(me.index, t);
-                // Made durable before the flusher saw the post: served in
-                // the next round, without sleeping.
-                recheck = shared.engine.durable() >= t;
+                me.flusher.post(t);
             }
+        }
+        // Woken once the first of the waiting replies may be sent; if that
+        // is already so, the next round runs without sleeping.
+        let lowest = waiting
+            .iter()
+            .filter_map(|&i| conns.get(i).and_then(|c| c.as_ref()).and_then(|c| c.ticket))
+            .min();
+        if let Some(low) = lowest {
+            me.flusher.await_from(me.index, low);
+            recheck = shared.engine.durable() >= low;
         }
         // Send what may be sent; serve again what back-pressure held.
         for &i in &ready {
