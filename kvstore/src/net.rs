@@ -115,15 +115,14 @@ struct Flusher {
     /// woken for it (0: none). A loop with nothing waiting is not woken by
     /// a log write.
     awaited: Vec<AtomicU64>,
-    wakers: Vec<Arc<Waker>>,
 }
 
-/// The connections each event loop serves, and the connections handed to
-/// it by another loop's accept.
+/// The connections each event loop serves, the connections handed to it
+/// by another loop's accept, and its waker (also the flusher's).
 struct Balance {
     served: Vec<AtomicUsize>,
     inbox: Vec<Mutex<Vec<TcpStream>>>,
-    wakers: Vec<Arc<Waker>>,
+    wakers: Vec<Waker>,
 }
 
 impl Balance {
@@ -180,7 +179,9 @@ impl Flusher {
         std::sync::atomic::fence(Ordering::SeqCst);
     }
 
-    fn run<E: KvEngine>(&self, shared: &Shared<E>) {
+    /// Makes posted tickets durable until shutdown (or a log failure),
+    /// waking the loops of `loops` that may then send replies.
+    fn run<E: KvEngine>(&self, shared: &Shared<E>, loops: &Balance) {
         let mut done = 0;
         while !shared.shutting_down() && !self.failed.load(Ordering::Acquire) {
             let t = {
@@ -206,7 +207,7 @@ impl Flusher {
             done = t;
             std::sync::atomic::fence(Ordering::SeqCst);
             let failed = self.failed.load(Ordering::Acquire);
-            for (a, w) in self.awaited.iter().zip(&self.wakers) {
+            for (a, w) in self.awaited.iter().zip(&loops.wakers) {
                 // Woken: a loop whose lowest awaited ticket is durable
                 // (cleared; if the loop changed it meanwhile, the loop
                 // reads the durable ticket after its change), or every
@@ -247,7 +248,7 @@ pub fn serve<E: KvEngine + Send + 'static>(
     let mut wakers = Vec::with_capacity(n);
     for _ in 0..n {
         let poll = Poll::new()?;
-        wakers.push(Arc::new(Waker::new(poll.registry(), WAKE)?));
+        wakers.push(Waker::new(poll.registry(), WAKE)?);
         polls.push(poll);
     }
     let flusher = Arc::new(Flusher {
@@ -255,7 +256,6 @@ pub fn serve<E: KvEngine + Send + 'static>(
         posted: Condvar::new(),
         failed: AtomicBool::new(false),
         awaited: (0..n).map(|_| AtomicU64::new(0)).collect(),
-        wakers: wakers.clone(),
     });
     let balance = Arc::new(Balance {
         served: (0..n).map(|_| AtomicUsize::new(0)).collect(),
@@ -280,10 +280,10 @@ pub fn serve<E: KvEngine + Send + 'static>(
         );
     }
     let flushing = {
-        let (shared, flusher) = (shared.clone(), flusher.clone());
+        let (shared, flusher, balance) = (shared.clone(), flusher.clone(), balance.clone());
         std::thread::Builder::new()
             .name("dbos-kv-flush".into())
-            .spawn(move || flusher.run(&shared))?
+            .spawn(move || flusher.run(&shared, &balance))?
     };
     let mut result = Ok(());
     for h in handles {
@@ -720,7 +720,7 @@ mod tests {
         let polls: Vec<Poll> = (0..n).map(|_| Poll::new().unwrap()).collect();
         let wakers = polls
             .iter()
-            .map(|p| Arc::new(Waker::new(p.registry(), WAKE).unwrap()))
+            .map(|p| Waker::new(p.registry(), WAKE).unwrap())
             .collect();
         let b = Balance {
             served: (0..n).map(|_| AtomicUsize::new(0)).collect(),

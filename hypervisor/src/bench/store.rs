@@ -133,8 +133,9 @@ pub fn run(ctx: &Ctx) -> Section {
              vmcache-style pool, each thread's own pread/pwrite on the O_DIRECT file kv.db) \
              on one store of {records} records (100-byte values; a {LOG_MIB}M log, so that \
              checkpoints are as rare against the store as on one many times the default \
-             log), against the same disk in the same run: workload C uniform, 1 thread, {reads} reads with a {pool} pool \
-             (the store about 4x it), its page reads per second against QD1 random 4 KiB \
+             log), against the same disk in the same run: workload C uniform, 1 thread, \
+             {reads} reads with a {pool} pool (the store about 4x it), its page reads per \
+             second against QD1 random 4 KiB \
              reads of the store's own pages for {secs} s; workload A zipfian at 1 and 16 \
              threads ({ops1} and {ops16} operations), with the {pool} pool and with a \
              {big_pool} pool that holds the store (brought to a steady state before the \

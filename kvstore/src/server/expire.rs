@@ -30,7 +30,7 @@ use super::session::Shared;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-/// What a sweep saw of the keys with an expiry.
+/// What a pass saw of the keys with an expiry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Seen {
     /// Keys with an expiry, expired or not.
@@ -41,17 +41,18 @@ struct Seen {
     live_ttl_ms: u64,
 }
 
-/// Deletes the expired keys among about `limit` entries from `from` on;
-/// returns where the next sweep resumes (the start again after the end),
-/// how many it deleted, and what it saw of the keys with an expiry.
+/// Deletes the expired keys among about `limit` entries from `from` on,
+/// adding what it saw of the keys with an expiry to `seen`; returns where
+/// the next sweep resumes (the start again after the end) and how many it
+/// deleted.
 fn sweep<E: KvEngine>(
     shared: &Shared<E>,
     from: &Cursor,
     limit: usize,
-) -> Result<(Cursor, u64, Seen), EngineError> {
+    seen: &mut Seen,
+) -> Result<(Cursor, u64), EngineError> {
     let now = (shared.clock)();
     let mut expired: Vec<Vec<u8>> = Vec::new();
-    let mut seen = Seen::default();
     let next = shared.engine.scan(from, limit, &mut |k, _, exp| {
         let Some(t) = exp else { return };
         seen.expiring += 1;
@@ -81,7 +82,7 @@ fn sweep<E: KvEngine>(
         Cursor::Done => Cursor::Start,
         c => c,
     };
-    Ok((next, deleted, seen))
+    Ok((next, deleted))
 }
 
 /// Active expiry's state between sweeps: where the next resumes, and
@@ -136,10 +137,7 @@ impl Sweeper {
             self.pass_began = shared.stats.expiring_writes.load(Ordering::Acquire);
             self.seen = Seen::default();
         }
-        let (next, deleted, seen) = sweep(shared, &self.cursor, limit)?;
-        self.seen.expiring += seen.expiring;
-        self.seen.live += seen.live;
-        self.seen.live_ttl_ms = self.seen.live_ttl_ms.saturating_add(seen.live_ttl_ms);
+        let (next, deleted) = sweep(shared, &self.cursor, limit, &mut self.seen)?;
         self.cursor = next;
         if self.cursor == Cursor::Start {
             // A whole pass: its mean time to live is INFO's `avg_ttl`.

@@ -323,10 +323,10 @@ pub fn run(ctx: &Ctx, kv: &Result<std::path::PathBuf, Value>) -> Part {
             Ok(_) => "Out of memory: dbos-kv serve's btree engine runs 4 event loops by \
                       default, each blocking on its reads from disk, so up to 4 clients read \
                       at once; each request over the protocol also sleeps in the server's \
-                      epoll_wait and the client's recv (measured by hand at e602f4c with perf stat -a: 3.6 \
-                      context switches per read over the protocol against 1.3 in process at \
-                      4 clients), which on this 2-core machine costs CPU the in-process \
-                      driver spends on reads."
+                      epoll_wait and the client's recv (measured by hand at e602f4c with \
+                      perf stat -a: 3.6 context switches per read over the protocol against \
+                      1.3 in process at 4 clients), which on this 2-core machine costs CPU \
+                      the in-process driver spends on reads."
                 .to_string(),
             Err(v) => format!("out of memory: {}", v.text()),
         }),
