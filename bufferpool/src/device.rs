@@ -275,6 +275,16 @@ pub unsafe trait BlockDevice: Send {
     fn wait(&mut self, relax: fn()) {
         relax();
     }
+
+    /// The file descriptor and byte offset of block `lba`, for a device
+    /// that is a file its requests read and write with plain system calls
+    /// (`DirectDevice`): what lets a caller read blocks with I/O of its
+    /// own that it completes later (an event loop's io_uring, through
+    /// [`BufferManager::begin_read`](crate::pool::BufferManager::begin_read)).
+    /// `None` (the default) for every other device.
+    fn file_at(&self, _lba: u64) -> Option<(i32, u64)> {
+        None
+    }
 }
 
 /// Carries out `ios` (in submission order, as many at a time as the queue

@@ -188,6 +188,10 @@ unsafe impl BlockDevice for DirectDevice {
         self.io.in_flight()
     }
 
+    fn file_at(&self, lba: u64) -> Option<(i32, u64)> {
+        (lba < self.blocks).then(|| (self.file.file().as_raw_fd(), lba * BLOCK_SIZE as u64))
+    }
+
     /// Allocates the file's blocks (`fallocate`): a growable store's file
     /// is a hole past what it uses (`BackingFile::create_growable`).
     fn reserve(&mut self, first: u64, count: u64) -> Result<(), DeviceError> {

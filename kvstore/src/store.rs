@@ -29,6 +29,7 @@ use dbos_bufferpool::btree::{BTree, Change, TreeError, MAX_CHANGES, MAX_KEY, MAX
 use dbos_bufferpool::engine::PoolSetup;
 use dbos_bufferpool::log::FIRST_LSN;
 use dbos_bufferpool::page::{PAGE_CONTENTS, PAGE_HEADER};
+use dbos_bufferpool::pool::Resident;
 use dbos_bufferpool::{
     BlockDevice, BufferManager, Config, Engine, Layout, Lsn, PageId, PageWrite, PoolError,
     RecoveryReport,
@@ -338,6 +339,18 @@ where
             });
         }
         Ok(self.tree().lookup(key, out)?)
+    }
+
+    /// [`get`](Self::get) through resident pages only: what a caller that
+    /// must not wait for storage uses (`BTree::lookup_resident`).
+    pub fn get_resident(&self, key: &[u8], out: &mut Vec<u8>) -> Result<Resident<bool>, Error> {
+        if key.len() > MAX_KEY {
+            return Err(Error::KeyTooLong {
+                len: key.len(),
+                max: MAX_KEY,
+            });
+        }
+        Ok(self.tree().lookup_resident(key, out)?)
     }
 
     /// Applies `changes` as one log unit, visible at once; its outcomes

@@ -13,7 +13,7 @@ use common::{config as config_with, device, queues};
 use dbos_bufferpool::host::{block_device, ProcessBlockDevice};
 use dbos_bufferpool::pool::hash::HashPool;
 use dbos_bufferpool::{Config, Layout};
-use dbos_kvstore::net::{serve, wall_clock};
+use dbos_kvstore::net::{serve, wall_clock, Options};
 use dbos_kvstore::server::btree::BtreeEngine;
 use dbos_kvstore::server::{Config as ServerConfig, Shared};
 use dbos_kvstore::Store;
@@ -67,7 +67,12 @@ impl Server {
         let port = listener.local_addr().expect("addr").port();
         let engine = BtreeEngine::new(store, wall_clock);
         let shared = Arc::new(Shared::new(engine, ServerConfig::default(), wall_clock));
-        let thread = std::thread::spawn(move || serve(shared, listener, 1, Duration::ZERO));
+        let options = Options {
+            threads: 1,
+            busy_poll: Duration::ZERO,
+            async_reads: true,
+        };
+        let thread = std::thread::spawn(move || serve(shared, listener, options));
         Server { port, thread }
     }
 

@@ -35,9 +35,12 @@ impl Server {
                 "4M",
                 "--max-size",
                 "256M",
-                "--pool",
-                "8M",
             ])
+            .args(if extra.contains(&"--pool") {
+                &[][..]
+            } else {
+                &["--pool", "8M"][..]
+            })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1732,12 +1735,12 @@ fn loop_switches(pid: u32) -> std::collections::BTreeMap<String, u64> {
 #[test]
 fn connections_are_spread_over_the_event_loops() {
     let dir = tempfile::tempdir().unwrap();
-    // The btree engine's default: 4 loops. Four clients connect one after
-    // another (every loop is woken by each; the first to accept would
-    // take them all) and then take turns: each loop serves one, so each
-    // sleeps in epoll_wait after each of its client's requests, while a
-    // loop without clients wakes only at its 100 ms poll timeout.
-    let server = Server::start(dir.path());
+    // Four loops. Four clients connect one after another (every loop is
+    // woken by each; the first to accept would take them all) and then
+    // take turns: each loop serves one, so each sleeps in epoll_wait after
+    // each of its client's requests, while a loop without clients wakes
+    // only at its 100 ms poll timeout.
+    let server = Server::start_with(dir.path(), &["--threads", "4"]);
     let pid = server.child.id();
     let mut conns: Vec<Connection> = (0..4).map(|_| server.conn()).collect();
     let before = loop_switches(pid);
@@ -1775,5 +1778,102 @@ fn connections_are_spread_over_the_event_loops() {
     for (name, n) in &after {
         assert!(n - before[name] >= 250, "{name}: {before:?} -> {after:?}");
     }
+    server.kill();
+}
+
+/// `INFO dbos` field `name` of the server behind `c`.
+fn dbos_counter(c: &mut Connection, name: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("dbos").query(c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("{name} in {info}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A store twice its pool, read by 8 clients at once through one event
+/// loop: lookups that miss the pool wait for their pages without blocking
+/// the loop (counted: pages read asynchronously), writes and values in
+/// overflow pages run the waiting way after the loop's reads in flight
+/// (counted), and every reply is the right one, in order, pipelines
+/// mixing reads and writes included.
+#[test]
+fn lookups_that_miss_the_pool_do_not_block_the_event_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), &["--pool", "1M", "--threads", "1"]);
+    let value = |i: usize| -> Vec<u8> {
+        // Every 100th value takes overflow pages (over a quarter page).
+        let len = if i.is_multiple_of(100) { 3000 } else { 300 };
+        std::iter::repeat_n(b'a' + (i % 26) as u8, len).collect()
+    };
+    let records = 6000;
+    let mut c = server.conn();
+    for chunk in (0..records).collect::<Vec<_>>().chunks(500) {
+        let mut p = redis::pipe();
+        for &i in chunk {
+            p.cmd("SET").arg(format!("k{i}")).arg(value(i)).ignore();
+        }
+        let () = p.query(&mut c).unwrap();
+    }
+    let async_before = dbos_counter(&mut c, "loop_async_reads");
+    let waiting_before = dbos_counter(&mut c, "loop_waiting_runs");
+    std::thread::scope(|s| {
+        for t in 0..8usize {
+            let server = &server;
+            s.spawn(move || {
+                let mut c = server.conn();
+                for round in 0..20usize {
+                    // 15 reads of keys spread over the store, a write and
+                    // its read back, in one pipeline.
+                    let keys: Vec<usize> = (0..15)
+                        .map(|j| (t * 7919 + round * 3001 + j * 401) % records)
+                        .collect();
+                    let mut p = redis::pipe();
+                    for &k in &keys[..8] {
+                        p.cmd("GET").arg(format!("k{k}"));
+                    }
+                    let mine = format!("t{t}:{round}");
+                    p.cmd("SET").arg(&mine).arg(round);
+                    p.cmd("GET").arg(&mine);
+                    p.cmd("MGET").arg(
+                        keys[8..]
+                            .iter()
+                            .map(|k| format!("k{k}"))
+                            .collect::<Vec<_>>(),
+                    );
+                    let (gets, set, back, mget): (Vec<Vec<u8>>, String, usize, Vec<Vec<u8>>) = {
+                        let r: Vec<redis::Value> = p.query(&mut c).unwrap();
+                        assert_eq!(r.len(), 11);
+                        let gets = r[..8]
+                            .iter()
+                            .map(|v| redis::from_redis_value(v).unwrap())
+                            .collect();
+                        (
+                            gets,
+                            redis::from_redis_value(&r[8]).unwrap(),
+                            redis::from_redis_value(&r[9]).unwrap(),
+                            redis::from_redis_value(&r[10]).unwrap(),
+                        )
+                    };
+                    for (k, v) in keys[..8].iter().zip(&gets) {
+                        assert_eq!(*v, value(*k), "k{k}");
+                    }
+                    assert_eq!(set, "OK");
+                    assert_eq!(back, round);
+                    for (k, v) in keys[8..].iter().zip(&mget) {
+                        assert_eq!(*v, value(*k), "k{k} in MGET");
+                    }
+                }
+            });
+        }
+    });
+    let async_reads = dbos_counter(&mut c, "loop_async_reads") - async_before;
+    let waiting = dbos_counter(&mut c, "loop_waiting_runs") - waiting_before;
+    assert!(
+        async_reads >= 200,
+        "{async_reads} pages read without blocking"
+    );
+    assert!(waiting >= 1, "{waiting} runs that waited");
     server.kill();
 }

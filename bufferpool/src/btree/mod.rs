@@ -115,7 +115,7 @@
 use crate::page::{PageBuf, PAGE_HEADER};
 use crate::pool::racy::{be_head, top_bytes};
 use crate::pool::{
-    BufferManager, ExclusiveGuard, OptimisticGuard, PageRead, Pool, PoolError, Stale,
+    BufferManager, ExclusiveGuard, OptimisticGuard, PageRead, Pool, PoolError, Resident, Stale,
 };
 use crate::{Lsn, PageId, PAGE_SIZE};
 use alloc::vec::Vec;
@@ -248,6 +248,10 @@ pub enum TreeError {
     TooManyPages { pages: usize, limit: usize },
     /// The log or its engine failed (see [`crate::Error`]).
     Engine(crate::engine::Error),
+    /// [`BTree::lookup_resident`] needs page `page`, which is not resident
+    /// (it returns this as [`Resident::Missing`]; no other operation
+    /// returns it).
+    NotResident { page: PageId },
 }
 
 impl fmt::Display for TreeError {
@@ -283,6 +287,7 @@ impl fmt::Display for TreeError {
                 "a transaction of {values} values larger than a quarter page (at most {limit})"
             ),
             TreeError::Engine(e) => write!(f, "{e}"),
+            TreeError::NotResident { page } => write!(f, "page {} is not resident", page.0),
             TreeError::TooManyPages { pages, limit } => write!(
                 f,
                 "a change would hold {pages} pages at once, more than the {limit} allowed (half \
@@ -1348,25 +1353,46 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
     /// otherwise the cache is refreshed from the meta page and the
     /// operation restarts.
     #[inline(always)]
-    fn root(&self) -> R<OptimisticGuard<'p, B>> {
+    fn root<const RESIDENT: bool>(&self) -> R<OptimisticGuard<'p, B>> {
         let id = self.root.load(atomic::Ordering::Relaxed);
-        let node = self.pool.optimistic(PageId(id))?;
+        let node = self.node::<RESIDENT>(PageId(id))?;
         if node.u8_at(FLAGS)? & ROOT != 0 {
             return Ok(node);
         }
         node.validate()?;
-        let meta = self.pool.optimistic(self.meta)?;
+        let meta = self.node::<RESIDENT>(self.meta)?;
         let root = meta.u64_at(LINK_A)?;
         meta.validate()?;
         self.root.store(root, atomic::Ordering::Relaxed);
         Err(E::Restart)
     }
 
+    /// Page `id` read optimistically; if `RESIDENT`, only if it is
+    /// resident (if not, [`TreeError::NotResident`]: nothing read, nothing
+    /// waited for).
+    #[inline(always)]
+    fn node<const RESIDENT: bool>(&self, id: PageId) -> R<OptimisticGuard<'p, B>> {
+        if RESIDENT {
+            self.pool
+                .optimistic_resident(id)?
+                .ok_or(E::Fail(TreeError::NotResident { page: id }))
+        } else {
+            Ok(self.pool.optimistic(id)?)
+        }
+    }
+
     /// Descends to the leaf for `key` (`None`: the last leaf), read
     /// optimistically (not validated yet).
     #[inline(always)]
     fn descend(&self, key: Option<&[u8]>) -> R<OptimisticGuard<'p, B>> {
-        let mut node = self.root()?;
+        self.descend_in::<false>(key)
+    }
+
+    /// [`descend`](Self::descend); if `RESIDENT`, through resident pages
+    /// only ([`TreeError::NotResident`] names the first that is not).
+    #[inline(always)]
+    fn descend_in<const RESIDENT: bool>(&self, key: Option<&[u8]>) -> R<OptimisticGuard<'p, B>> {
+        let mut node = self.root::<RESIDENT>()?;
         for _ in 0..64 {
             self.visit();
             match kind(&node)? {
@@ -1380,7 +1406,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             let (pos, _) = lower_bound(&node, key)?;
             let c = child(&node, pos)?;
             node.validate()?;
-            let next = self.pool.optimistic(PageId(c))?;
+            let next = self.node::<RESIDENT>(PageId(c))?;
             node.validate()?;
             node = next;
         }
@@ -1396,7 +1422,7 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
         target: PageId,
         key: Option<&[u8]>,
     ) -> R<Option<(OptimisticGuard<'p, B>, usize)>> {
-        let mut node = self.root()?;
+        let mut node = self.root::<false>()?;
         if node.id() == target {
             return Ok(None);
         }
@@ -1469,6 +1495,42 @@ impl<'p, B: BufferManager + ?Sized> BTree<'p, B> {
             self.read_value(&Chain::decode(&r), out, &mut suspect)?;
             Ok(true)
         })
+    }
+
+    /// [`lookup`](Self::lookup) through resident pages only, for a caller
+    /// that must not wait for storage (an event loop serving many
+    /// clients): [`Resident::Missing`] names the first page of the path
+    /// that is not resident or is latched exclusively (read it in with
+    /// [`BufferManager::begin_read`] and look up again); a value in
+    /// overflow pages is [`Resident::WouldBlock`]. Nothing is read and
+    /// nothing waited for, except in a pool that cannot read
+    /// asynchronously (see [`BufferManager::fix_optimistic_resident_frame`]).
+    pub fn lookup_resident(
+        &self,
+        key: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Resident<bool>, TreeError> {
+        let found = self.retry(|| {
+            let leaf = self.descend_in::<true>(Some(key))?;
+            let (pos, exact) = lower_bound(&leaf, Some(key))?;
+            if !exact {
+                leaf.validate()?;
+                return Ok(Resident::Done(false));
+            }
+            let (off, klen, vlen, is_ref) = leaf_slot(&leaf, pos)?;
+            if is_ref {
+                leaf.validate()?;
+                return Ok(Resident::WouldBlock);
+            }
+            out.resize(vlen, 0);
+            leaf.read_into(off + klen, out)?;
+            leaf.validate()?;
+            Ok(Resident::Done(true))
+        });
+        match found {
+            Err(TreeError::NotResident { page }) => Ok(Resident::Missing(page)),
+            r => r,
+        }
     }
 
     fn one(&self, c: Change<'_>) -> Result<bool, TreeError> {

@@ -342,6 +342,139 @@ pub unsafe trait BufferManager: Sync {
     fn stats(&self) -> PoolStats;
     /// Called in every wait loop.
     fn relax(&self);
+
+    /// As [`fix_optimistic_frame`](Self::fix_optimistic_frame) for a page
+    /// that is resident and not latched exclusively; `None` for any other
+    /// (not resident, being read in, written or evicted), without reading
+    /// and without waiting. A pool that cannot read asynchronously
+    /// ([`begin_read`](Self::begin_read) is [`BeginRead::Unsupported`])
+    /// may read and wait here as `fix_optimistic_frame` does: the default.
+    fn fix_optimistic_resident_frame(
+        &self,
+        id: PageId,
+    ) -> Result<Option<(Frame<'_>, u64)>, PoolError> {
+        self.fix_optimistic_frame(id).map(Some)
+    }
+
+    /// Prepares reading page `id` in without waiting for the read: with
+    /// [`BeginRead::Started`] the page is latched exclusively with a frame
+    /// reserved for it, and the caller reads [`PendingRead::LEN`] bytes
+    /// from the read's file and offset into its destination with I/O of
+    /// its own, then calls [`finish_read`](Self::finish_read) with the
+    /// outcome. Until then every other fix of the page waits, so the
+    /// caller must not wait for another latch of this pool while it holds
+    /// a started read (it could wait for a thread that waits for this
+    /// page). The default, for pools and devices that cannot:
+    /// [`BeginRead::Unsupported`].
+    fn begin_read(&self, _id: PageId) -> Result<BeginRead, PoolError> {
+        Ok(BeginRead::Unsupported)
+    }
+
+    /// Completes a read [`begin_read`](Self::begin_read) started:
+    /// `result` is the outcome of the caller's read. The page is checked
+    /// ([`page::verify`]) and becomes resident; if the read or the check
+    /// failed, the page stays evicted (the next fix reads it again) and
+    /// the error is returned.
+    fn finish_read(
+        &self,
+        read: PendingRead,
+        _result: Result<(), DeviceError>,
+    ) -> Result<(), PoolError> {
+        Err(PoolError::Device {
+            id: read.id,
+            kind: IoKind::Read,
+            error: DeviceError::InvalidRequest,
+        })
+    }
+}
+
+/// A page read a pool has prepared for its caller to carry out
+/// ([`BufferManager::begin_read`]): read [`LEN`](Self::LEN) bytes of
+/// descriptor `fd` at byte `offset` into [`dest`](Self::dest), then hand
+/// it back to [`BufferManager::finish_read`] of the same pool. Until then
+/// the page is latched: a read that is never finished blocks its page.
+#[must_use = "a started read holds its page latched until it is finished"]
+#[derive(Debug)]
+pub struct PendingRead {
+    /// The page.
+    pub id: PageId,
+    /// The file to read from.
+    pub fd: i32,
+    /// Its byte offset in the file.
+    pub offset: u64,
+    /// The page's memory: [`LEN`](Self::LEN) bytes, 4 KiB aligned.
+    dest: NonNull<u8>,
+    /// The pool's resident slot reserved for the page.
+    slot: usize,
+    /// The pool that started it (its address), checked when it finishes.
+    pool: usize,
+}
+
+impl PendingRead {
+    /// Bytes to read.
+    pub const LEN: usize = PAGE_SIZE;
+
+    /// Where the bytes go: the page's memory in the pool, `LEN` bytes
+    /// aligned to 4 KiB (so an `O_DIRECT` read may target it), which
+    /// nothing else writes until the read is finished.
+    pub fn dest(&self) -> *mut u8 {
+        self.dest.as_ptr()
+    }
+
+    /// A read of page `id` from `fd` at `offset` into `dest`, in slot
+    /// `slot` of the pool at address `pool`.
+    #[cfg_attr(target_os = "none", allow(dead_code))]
+    pub(crate) fn new(
+        id: PageId,
+        (fd, offset): (i32, u64),
+        dest: NonNull<u8>,
+        slot: usize,
+        pool: usize,
+    ) -> PendingRead {
+        PendingRead {
+            id,
+            fd,
+            offset,
+            dest,
+            slot,
+            pool,
+        }
+    }
+
+    /// The slot reserved, if the read belongs to the pool at `pool`.
+    #[cfg_attr(target_os = "none", allow(dead_code))]
+    pub(crate) fn slot_in(&self, pool: usize) -> Option<usize> {
+        (self.pool == pool).then_some(self.slot)
+    }
+}
+
+/// What [`BufferManager::begin_read`] did.
+#[derive(Debug)]
+pub enum BeginRead {
+    /// The caller is to carry out this read.
+    Started(PendingRead),
+    /// The page is resident (no read needed).
+    Resident,
+    /// The page is latched exclusively: being read in by another thread
+    /// (or another of the caller's reads), written, or evicted.
+    Busy,
+    /// This pool, or its device, cannot read asynchronously.
+    Unsupported,
+}
+
+/// What a lookup that never waits for storage found
+/// (`BTree::lookup_resident`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resident<T> {
+    /// The lookup completed.
+    Done(T),
+    /// It needs page `0`, which is not resident (or is latched
+    /// exclusively): read it in ([`BufferManager::begin_read`]) and try
+    /// again.
+    Missing(PageId),
+    /// It needs pages in a way that waits (an overflow chain): run the
+    /// waiting lookup.
+    WouldBlock,
 }
 
 /// The guard-returning API of every [`BufferManager`] (also on
@@ -372,6 +505,23 @@ pub trait Pool: BufferManager {
             frame,
             seen,
         })
+    }
+
+    /// Starts an optimistic read of page `id` if it is resident and not
+    /// latched exclusively (see
+    /// [`BufferManager::fix_optimistic_resident_frame`]); `None` if not.
+    #[inline]
+    fn optimistic_resident(
+        &self,
+        id: PageId,
+    ) -> Result<Option<OptimisticGuard<'_, Self>>, PoolError> {
+        Ok(self
+            .fix_optimistic_resident_frame(id)?
+            .map(|(frame, seen)| OptimisticGuard {
+                pool: self,
+                frame,
+                seen,
+            }))
     }
 
     /// Fixes page `id` exclusively without reading it, dirty: see
@@ -773,6 +923,12 @@ impl<D: BlockDevice> IoQueues<D> {
             }
             (self.relax)();
         }
+    }
+
+    /// The file descriptor and byte offset of page `id`, if the devices
+    /// are files read with plain system calls ([`BlockDevice::file_at`]).
+    pub fn file_at(&self, id: PageId) -> Option<(i32, u64)> {
+        self.with_queue(|q| q.dev.file_at(self.lba(id)))
     }
 
     /// Reads page `id` into `dest` and checks it is a valid image of `id`.

@@ -14,6 +14,11 @@
 //!   `madvise(MADV_DONTNEED)` (adjacent pages in one call) and the latches
 //!   become Evicted with a new version. Linux shoots down the TLBs of the
 //!   other CPUs running this process for every such call.
+//! - A caller that must not block on a miss (an event loop serving many
+//!   clients) reads the page itself: `begin_read` latches it and reserves
+//!   a slot as a miss does, the caller reads straight into the page's
+//!   address (its own io_uring, no bounce buffer: the window is page
+//!   aligned) and `finish_read` checks it and unlatches it.
 //! - The window stays one mapping whatever is evicted (DONTNEED never
 //!   splits a mapping), so `vm.max_map_count` does not limit the pool; an
 //!   optimistic reader of an evicted page reads zeros, never faults, and
@@ -21,8 +26,12 @@
 
 use super::memory::{Mapping, ZeroedArray};
 use super::resident::{forward_to_core, Frames, Held, PoolCore};
-use super::{overwritten, BufferManager, Counters, Frame, Latch, PoolError, PoolStats};
-use crate::device::BlockDevice;
+use super::{
+    overwritten, BeginRead, BufferManager, Counters, Frame, Latch, PendingRead, PoolError,
+    PoolStats,
+};
+use crate::device::{BlockDevice, DeviceError, IoKind};
+use crate::page::{self, PageCheck};
 use crate::{PageId, PAGE_SIZE};
 use latch_states::*;
 use std::vec::Vec;
@@ -235,6 +244,93 @@ unsafe impl<D: BlockDevice> BufferManager for VmCache<D> {
                     return Ok((self.frame(id), w));
                 }
                 _ => return Ok((self.frame(id), w)),
+            }
+        }
+    }
+
+    #[inline]
+    fn fix_optimistic_resident_frame(
+        &self,
+        id: PageId,
+    ) -> Result<Option<(Frame<'_>, u64)>, PoolError> {
+        self.core.check(id)?;
+        let latch = &self.latches[id.0 as usize];
+        let w = latch.load();
+        match state(w) {
+            EVICTED | EXCLUSIVE => Ok(None),
+            MARKED => {
+                latch.unmark(w);
+                Ok(Some((self.frame(id), w)))
+            }
+            _ => Ok(Some((self.frame(id), w))),
+        }
+    }
+
+    fn begin_read(&self, id: PageId) -> Result<BeginRead, PoolError> {
+        self.core.check(id)?;
+        let latch = &self.latches[id.0 as usize];
+        let w = latch.load();
+        match state(w) {
+            EVICTED => {}
+            EXCLUSIVE => return Ok(BeginRead::Busy),
+            _ => return Ok(BeginRead::Resident),
+        }
+        let Some(at) = self.core.io.file_at(id) else {
+            return Ok(BeginRead::Unsupported);
+        };
+        if !latch.try_lock_exclusive(w) {
+            return Ok(BeginRead::Busy);
+        }
+        // The window page is zero (never touched, or released with
+        // DONTNEED) and stays latched until `finish_read`: the caller's
+        // read overwrites all of it.
+        let slot = self.take_slot(latch)?;
+        let pool = self as *const Self as usize;
+        Ok(BeginRead::Started(PendingRead::new(
+            id,
+            at,
+            self.frame(id).data,
+            slot,
+            pool,
+        )))
+    }
+
+    fn finish_read(
+        &self,
+        read: PendingRead,
+        result: Result<(), DeviceError>,
+    ) -> Result<(), PoolError> {
+        let id = read.id;
+        let Some(slot) = read.slot_in(self as *const Self as usize) else {
+            return Err(PoolError::Setup {
+                what: "finishing a read another pool started",
+                errno: 0,
+            });
+        };
+        let latch = &self.latches[id.0 as usize];
+        let checked = result
+            .map_err(|error| PoolError::Device {
+                id,
+                kind: IoKind::Read,
+                error,
+            })
+            .and_then(|()| match page::verify(self.page_mut(id), id) {
+                PageCheck::Valid => Ok(()),
+                check => Err(PoolError::Corrupt { id, check }),
+            });
+        match checked {
+            Ok(()) => {
+                self.core.slots.set(slot, id);
+                Counters::add(&self.core.counters.reads, 1);
+                latch.unlock_exclusive();
+                Ok(())
+            }
+            Err(e) => {
+                // As a failed `load`: the page zero again, its slot free.
+                let _ = self.window.dontneed(id.0 as usize * PAGE_SIZE, PAGE_SIZE);
+                self.core.slots.push_free(slot, 0);
+                latch.unlock_exclusive_evicted();
+                Err(e)
             }
         }
     }

@@ -13,7 +13,10 @@
 //! followed by the expiry (u64 little-endian, milliseconds since the
 //! epoch), so expiry survives restarts with the data.
 
-use super::engine::{Cursor, EngineError, KvEngine, SaveStatus, Ticket, UnixMs, Write};
+use super::engine::{
+    BeginRead, Cursor, DeviceError, EngineError, KvEngine, PageId, PendingRead, Resident,
+    SaveStatus, Ticket, UnixMs, Write,
+};
 use crate::store::{Error, Store};
 use crate::Op;
 use alloc::boxed::Box;
@@ -160,6 +163,46 @@ where
         let (expires, at) = decode(out)?;
         out.drain(..at);
         Ok(Some(expires))
+    }
+
+    fn get_resident(
+        &self,
+        key: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Resident<Option<Option<UnixMs>>>, EngineError> {
+        if key.len() > MAX_KEY {
+            return Ok(Resident::Done(None));
+        }
+        match self.store.get_resident(key, out).map_err(err)? {
+            Resident::Done(false) => Ok(Resident::Done(None)),
+            Resident::Done(true) => {
+                let (expires, at) = decode(out)?;
+                out.drain(..at);
+                Ok(Resident::Done(Some(expires)))
+            }
+            Resident::Missing(page) => Ok(Resident::Missing(page)),
+            Resident::WouldBlock => Ok(Resident::WouldBlock),
+        }
+    }
+
+    fn begin_read(&self, page: PageId) -> Result<BeginRead, EngineError> {
+        self.store
+            .engine()
+            .pool()
+            .begin_read(page)
+            .map_err(|e| EngineError::Failed(format!("{e}")))
+    }
+
+    fn finish_read(
+        &self,
+        read: PendingRead,
+        result: Result<(), DeviceError>,
+    ) -> Result<(), EngineError> {
+        self.store
+            .engine()
+            .pool()
+            .finish_read(read, result)
+            .map_err(|e| EngineError::Failed(format!("{e}")))
     }
 
     fn write(&self, writes: &[Write<'_>]) -> Result<Ticket, EngineError> {

@@ -6,7 +6,7 @@
 use super::db::{Db, Entry};
 use super::engine::{Cursor, EngineError, KvEngine, Ticket, UnixMs};
 use super::session::{printable, Session, Shared};
-use super::table::{self, Cmd, Spec, COMMANDS, WRITE};
+use super::table::{self, Cmd, Spec, COMMANDS, POINT_READ, WRITE};
 use crate::resp::Reply;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -66,10 +66,20 @@ pub(super) fn run<E: KvEngine>(
                     .lock(spec.key_positions(args.len()).map(|i| args[i]))
             });
             let mut db = Db::new(&sh.engine, (sh.clock)());
+            // Only commands that read by point lookups run without
+            // waiting (`Session::process_async` lets no other run while
+            // reads are pending).
+            db.no_wait = s.no_wait && spec.flags & POINT_READ != 0;
             let mark = out.len();
             if let Err(text) = execute(s, sh, &mut db, spec, args, out) {
                 out.truncate(mark);
                 Reply(out).error(&text);
+            }
+            if let Some(why) = db.blocked {
+                // Abandoned: it runs again once what it needs is there.
+                out.truncate(mark);
+                s.blocked = Some(why);
+                return None;
             }
             finish(sh, &mut db, out, mark)
         }

@@ -4,7 +4,8 @@
 //! (or of a whole MULTI/EXEC block), which is what makes MSET, RENAME and
 //! EXEC atomic and a block one durable commit.
 
-use super::engine::{EngineError, KvEngine, Ticket, UnixMs, Write};
+use super::engine::{EngineError, KvEngine, Resident, Ticket, UnixMs, Write};
+use super::session::Blocked;
 use alloc::vec::Vec;
 
 /// A value and its expiry.
@@ -28,6 +29,11 @@ pub struct Db<'e, E: KvEngine + ?Sized> {
     pub counting: bool,
     /// Writes with an expiry that [`commit`](Self::commit) applied.
     pub expiring_writes: u64,
+    /// Reads do not wait for storage: a read that would wait fails with
+    /// [`EngineError::WouldWait`] and says why in `blocked`.
+    pub no_wait: bool,
+    /// What a read needed that was not there without waiting.
+    pub blocked: Option<Blocked>,
 }
 
 impl<'e, E: KvEngine + ?Sized> Db<'e, E> {
@@ -41,6 +47,8 @@ impl<'e, E: KvEngine + ?Sized> Db<'e, E> {
             misses: 0,
             counting: true,
             expiring_writes: 0,
+            no_wait: false,
+            blocked: None,
         }
     }
 
@@ -65,7 +73,16 @@ impl<'e, E: KvEngine + ?Sized> Db<'e, E> {
             e.clone()
         } else {
             let mut value = Vec::new();
-            match self.engine.get(key, &mut value)? {
+            let got = if self.no_wait {
+                match self.engine.get_resident(key, &mut value)? {
+                    Resident::Done(got) => got,
+                    Resident::Missing(page) => return Err(self.block(Blocked::Read(page))),
+                    Resident::WouldBlock => return Err(self.block(Blocked::Storage)),
+                }
+            } else {
+                self.engine.get(key, &mut value)?
+            };
+            match got {
                 Some(expires) if self.alive(expires) => Some(Entry { value, expires }),
                 _ => None,
             }
@@ -78,6 +95,11 @@ impl<'e, E: KvEngine + ?Sized> Db<'e, E> {
             }
         }
         Ok(found)
+    }
+
+    fn block(&mut self, why: Blocked) -> EngineError {
+        self.blocked = Some(why);
+        EngineError::WouldWait
     }
 
     /// Whether `key` has a live entry.

@@ -22,9 +22,12 @@
 //!   the engine stores with the value and returns with it; expired
 //!   entries are filtered by the command layer, not by the engine.
 
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
+pub use dbos_bufferpool::pool::{BeginRead, PendingRead, Resident};
+pub use dbos_bufferpool::{DeviceError, PageId};
 
 /// Milliseconds since the Unix epoch: when a key expires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -102,6 +105,10 @@ pub enum EngineError {
     /// The engine failed (an I/O error, a failed log write): it has
     /// stopped, no further write is accepted.
     Failed(String),
+    /// A command run without waiting for storage needs it: the command
+    /// is abandoned (nothing written, no reply) and runs again once the
+    /// page is read (`Session::process_async`). Never sent to a client.
+    WouldWait,
 }
 
 impl fmt::Display for EngineError {
@@ -114,6 +121,7 @@ impl fmt::Display for EngineError {
                 "{writes} writes in one atomic group; this engine applies at most {max} at once"
             ),
             EngineError::Failed(s) => write!(f, "the storage engine failed and stopped: {s}"),
+            EngineError::WouldWait => f.write_str("the command waits for storage"),
         }
     }
 }
@@ -128,6 +136,45 @@ pub trait KvEngine: Sync {
     /// Copies the value of `key` into `out` (replacing its contents) and
     /// returns `Some(expiry)`; `None` if absent.
     fn get(&self, key: &[u8], out: &mut Vec<u8>) -> Result<Option<Option<UnixMs>>, EngineError>;
+
+    /// [`get`](Self::get) without waiting for storage, for an event loop
+    /// that serves other clients while a page is read:
+    /// [`Resident::Missing`] names a page to read in first
+    /// ([`begin_read`](Self::begin_read)), [`Resident::WouldBlock`] says
+    /// only the waiting `get` can answer. The default is `get` itself: an
+    /// engine whose reads never wait for storage (the memory engine), or
+    /// that cannot read asynchronously.
+    fn get_resident(
+        &self,
+        key: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Resident<Option<Option<UnixMs>>>, EngineError> {
+        self.get(key, out).map(Resident::Done)
+    }
+
+    /// Prepares reading page `page` in for the caller to carry out (see
+    /// `BufferManager::begin_read`: while the read is pending the caller
+    /// must not wait for anything else of the engine). The default:
+    /// [`BeginRead::Unsupported`].
+    fn begin_read(&self, _page: PageId) -> Result<BeginRead, EngineError> {
+        Ok(BeginRead::Unsupported)
+    }
+
+    /// Completes a read [`begin_read`](Self::begin_read) started, with the
+    /// outcome of the caller's I/O; an error if the read failed or the
+    /// page read is damaged (the page stays unread: the waiting `get`
+    /// reads it again and reports what it finds).
+    fn finish_read(
+        &self,
+        read: PendingRead,
+        _result: Result<(), DeviceError>,
+    ) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported(format!(
+            "{}: no asynchronous reads (page {})",
+            self.name(),
+            read.id.0
+        )))
+    }
 
     /// Applies `writes` in order, atomically; visible on return, durable
     /// once [`wait`](Self::wait) for the returned ticket returns.

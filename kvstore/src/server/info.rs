@@ -138,6 +138,8 @@ fn section_text<E: KvEngine>(
                     get(&st.durable_clients) as f64 / waits.max(1) as f64
                 ),
             );
+            line(t, "loop_async_reads", &get(&st.async_reads));
+            line(t, "loop_waiting_runs", &get(&st.waiting_runs));
             let mut counters = Vec::new();
             sh.engine.counters(&mut counters);
             if let Some(platform) = sh.platform_counters {

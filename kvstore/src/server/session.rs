@@ -9,11 +9,17 @@
 //! durable: `process` returns the highest [`Ticket`] of the writes it
 //! applied, and the caller waits for it (for many connections at once:
 //! group commit) before it sends the output.
+//!
+//! A caller serving many connections on one thread need not wait for the
+//! disk either: [`Session::process_async`] stops before a request whose
+//! point lookup needs a page that is not resident ([`Blocked::Read`]);
+//! the caller reads the page in with I/O of its own (`KvEngine::begin_read`)
+//! and serves other connections meanwhile, then calls it again.
 
 use super::commands;
-use super::engine::{KvEngine, Ticket, UnixMs};
+use super::engine::{KvEngine, PageId, Ticket, UnixMs};
 use super::locks::KeyLocks;
-use super::table::{self, NO_MULTI};
+use super::table::{self, NO_DATA, NO_MULTI, POINT_READ};
 use crate::resp::{self, Limits, Reply};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -83,6 +89,12 @@ pub struct Stats {
     /// Group commits: waits for a ticket, and the commands they covered.
     pub durable_waits: AtomicU64,
     pub durable_clients: AtomicU64,
+    /// Pages the event loops read without blocking (`process_async`'s
+    /// lookups), and the times a loop completed its reads in flight to
+    /// run a command the waiting way (a write, a scan, a page latched by
+    /// another thread).
+    pub async_reads: AtomicU64,
+    pub waiting_runs: AtomicU64,
 }
 
 /// Appends `name`, value pairs to an `INFO` section.
@@ -158,6 +170,23 @@ pub struct Session {
     pub(super) next_cursor: u64,
     /// The client asked to close (QUIT) or broke the protocol.
     pub(super) closing: bool,
+    /// Commands that read by point lookups do not wait for storage (set
+    /// by [`Session::process_async`] for its call).
+    pub(super) no_wait: bool,
+    /// Why the command just run was abandoned (`no_wait`).
+    pub(super) blocked: Option<Blocked>,
+}
+
+/// Why [`Session::process_async`] stopped before a request (left in the
+/// input, unanswered: call again once it can run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    /// Its lookup needs this page, not resident: read it in
+    /// (`KvEngine::begin_read`).
+    Read(PageId),
+    /// It needs storage in a way that waits (a write, a scan, a value in
+    /// overflow pages): run it when the caller may wait.
+    Storage,
 }
 
 /// What [`Session::process`] did.
@@ -171,6 +200,9 @@ pub struct Progress {
     pub ticket: Option<Ticket>,
     /// Close the connection once the output is sent.
     pub close: bool,
+    /// [`Session::process_async`] stopped before the request at
+    /// `consumed`, for this reason.
+    pub blocked: Option<Blocked>,
 }
 
 /// Output past which `process` stops taking requests until the client has
@@ -192,6 +224,40 @@ impl Session {
         shared: &Shared<E>,
         input: &[u8],
         out: &mut Vec<u8>,
+    ) -> Progress {
+        self.process_in(shared, input, out, None)
+    }
+
+    /// [`process`](Self::process) for a caller that serves other
+    /// connections while the disk works: a command that reads by point
+    /// lookups (GET, MGET, EXISTS, ...) and needs a page that is not
+    /// resident is abandoned (nothing written, nothing replied) and
+    /// processing stops before it with [`Blocked::Read`]. If not
+    /// `may_wait` (the caller has reads of its own in flight, and waiting
+    /// for anything else of the engine could wait for a thread that waits
+    /// for one of those pages), processing also stops before any other
+    /// command that uses the engine's data ([`Blocked::Storage`]); with
+    /// `may_wait` those run as `process` runs them.
+    pub fn process_async<E: KvEngine>(
+        &mut self,
+        shared: &Shared<E>,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        may_wait: bool,
+    ) -> Progress {
+        self.no_wait = true;
+        let p = self.process_in(shared, input, out, Some(may_wait));
+        self.no_wait = false;
+        p
+    }
+
+    /// `process`, or with `no_wait` (`Some(may_wait)`) `process_async`.
+    fn process_in<E: KvEngine>(
+        &mut self,
+        shared: &Shared<E>,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        no_wait: Option<bool>,
     ) -> Progress {
         let mut p = Progress::default();
         let limits = shared.config.limits();
@@ -216,12 +282,22 @@ impl Session {
                 }
             };
             let args = req.args(&input[p.consumed..]);
-            p.consumed += req.consumed;
             if args.is_empty() {
+                p.consumed += req.consumed;
                 continue;
             }
+            if no_wait == Some(false) && !self.runs_without_waiting(&args) {
+                p.blocked = Some(Blocked::Storage);
+                break;
+            }
+            let t = self.dispatch(shared, &args, out);
+            if let Some(why) = self.blocked.take() {
+                p.blocked = Some(why);
+                break;
+            }
+            p.consumed += req.consumed;
             p.commands += 1;
-            if let Some(t) = self.dispatch(shared, &args, out) {
+            if let Some(t) = t {
                 p.ticket = p.ticket.max(Some(t));
             }
         }
@@ -231,6 +307,19 @@ impl Session {
             .fetch_add(p.commands, Ordering::Relaxed);
         p.close = self.closing;
         p
+    }
+
+    /// Whether the command `args` runs without waiting for storage when
+    /// its point lookups do not wait: it reads only by point lookups,
+    /// touches no data, or is only queued (inside MULTI), or is not a
+    /// command at all (an error reply).
+    fn runs_without_waiting(&self, args: &[&[u8]]) -> bool {
+        let Some(spec) = table::lookup(args[0]) else {
+            return true;
+        };
+        spec.flags & (POINT_READ | NO_DATA) != 0
+            || (self.multi.is_some() && spec.flags & NO_MULTI == 0)
+            || !spec.arity_ok(args.len())
     }
 
     fn protocol_error<E: KvEngine>(&mut self, shared: &Shared<E>, out: &mut Vec<u8>, what: &str) {

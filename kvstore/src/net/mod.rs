@@ -16,9 +16,16 @@
 //! connection hands it to the loop serving the fewest (`Balance`), so
 //! clients that connect in a burst do not all land on the loop that won
 //! the race for the listener (every loop is woken by a connection; the
-//! first to accept would take the whole backlog). With the btree engine a
-//! loop blocks on its reads from disk, so the loops' share of the clients
-//! is the disk's queue depth.
+//! first to accept would take the whole backlog).
+//!
+//! A loop does not block on the disk for a lookup: a GET (any command
+//! that reads by point lookups) that needs a page that is not resident
+//! stops its connection, the loop reads the page with an io_uring of its
+//! own (`net::reads`) and serves its other connections meanwhile, and runs the
+//! connection again once the page is in. So one loop keeps as many reads
+//! in flight as it has clients waiting for pages. Other commands that need
+//! the disk (writes, scans) still wait in the loop, after the loop's reads
+//! in flight have completed.
 //!
 //! Limits: `maxclients` (a client over it gets Redis's error and is
 //! closed), `client-query-buffer-limit` (a client that sends more than it
@@ -28,17 +35,27 @@
 //! socket), so it costs bounded memory and nothing to other clients.
 
 use crate::server::engine::{KvEngine, Ticket, UnixMs};
-use crate::server::session::{Session, Shared, OUTPUT_HIGH_WATER};
+use crate::server::session::{Blocked, Session, Shared, OUTPUT_HIGH_WATER};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use reads::{Reads, Started};
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use std::vec::Vec;
 
+mod reads;
+
 const LISTENER: Token = Token(usize::MAX);
 const WAKE: Token = Token(usize::MAX - 1);
+const READS: Token = Token(usize::MAX - 2);
+
+/// Times a connection's request may stop for a page read in, run again
+/// and stop again without finishing (its pages evicted again meanwhile:
+/// an MGET of more leaves than the pool holds) before it runs the waiting
+/// way.
+const MAX_READ_RETRIES: u32 = 8;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Connections the kernel completes and queues before the server accepts
@@ -96,8 +113,21 @@ struct Conn {
     /// there instead of paying a read that only says "would block". False:
     /// read until the socket says it would block.
     short_read_drains: bool,
+    /// The socket was read until it was empty and no event has come
+    /// since: nothing to read (epoll raises an event for whatever arrives
+    /// later).
+    drained: bool,
     /// The ticket the output waits for.
     ticket: Option<Ticket>,
+    /// The request at the start of `input` waits for a page being read
+    /// (`reads`): the connection is not served until it is in.
+    parked: bool,
+    /// `input` holds requests to run before more is read (the page the
+    /// connection waited for is in).
+    rerun: bool,
+    /// Times in a row the request at the start of `input` stopped for a
+    /// page (see [`MAX_READ_RETRIES`]).
+    retries: u32,
 }
 
 /// Waits for durability on behalf of the event loops, so that no loop
@@ -225,22 +255,37 @@ impl Flusher {
     }
 }
 
-/// Serves `listener` with `threads` event loops until a `SHUTDOWN`.
-///
-/// `busy_poll`: after a round that had events, a loop polls without
-/// sleeping for up to this long before it sleeps in `epoll_wait` (zero:
-/// it sleeps at once). The next requests of busy clients then find it
-/// awake, without a wake-up's cost; an idle loop sleeps as before, so
-/// the polling costs CPU only while clients keep it busy. It pays where
-/// requests need only the CPU (the memory engine); where they wait for
-/// the disk, the polling loop takes a core from the I/O's completions
-/// (measured slower on the btree engine).
+/// How [`serve`] serves.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Event loops.
+    pub threads: usize,
+    /// After a round that had events, a loop polls without sleeping for
+    /// up to this long before it sleeps in `epoll_wait` (zero: it sleeps
+    /// at once). The next requests of busy clients then find it awake,
+    /// without a wake-up's cost; an idle loop sleeps as before, so the
+    /// polling costs CPU only while clients keep it busy. It pays where
+    /// requests need only the CPU (the memory engine); where they wait for
+    /// the disk, the polling loop takes a core from the I/O's completions
+    /// (measured slower on the btree engine).
+    pub busy_poll: Duration,
+    /// Lookups read their pages without blocking the loop (`reads`); if
+    /// false (or io_uring is not available), a lookup waits for its page
+    /// in the loop as every other command does.
+    pub async_reads: bool,
+}
+
+/// Serves `listener` until a `SHUTDOWN` (see [`Options`]).
 pub fn serve<E: KvEngine + Send + 'static>(
     shared: Arc<Shared<E>>,
     listener: std::net::TcpListener,
-    threads: usize,
-    busy_poll: Duration,
+    options: Options,
 ) -> io::Result<()> {
+    let Options {
+        threads,
+        busy_poll,
+        async_reads,
+    } = options;
     listener.set_nonblocking(true)?;
     set_backlog(&listener, BACKLOG)?;
     let n = threads.max(1);
@@ -275,7 +320,7 @@ pub fn serve<E: KvEngine + Send + 'static>(
                         flusher: &flusher,
                         balance: &balance,
                     };
-                    event_loop(&shared, &me, poll, l, busy_poll)
+                    event_loop(&shared, &me, poll, l, busy_poll, async_reads)
                 })?,
         );
     }
@@ -313,6 +358,7 @@ fn event_loop<E: KvEngine>(
     mut poll: Poll,
     mut listener: TcpListener,
     busy_poll: Duration,
+    async_reads: bool,
 ) -> io::Result<()> {
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -327,6 +373,20 @@ fn event_loop<E: KvEngine>(
     // Connections whose replies wait for their ticket to be durable.
     let mut waiting: Vec<usize> = Vec::new();
     let mut chunk = std::vec![0u8; READ_CHUNK];
+    // Lookups read their pages without blocking the loop where io_uring
+    // is there; else they wait as every other command does.
+    let mut reads = if async_reads {
+        Reads::new(poll.registry(), READS)
+            .inspect_err(|e| {
+                log::info!(
+                    "event loop {}: no io_uring ({e}); lookups wait for the disk",
+                    me.index
+                )
+            })
+            .ok()
+    } else {
+        None
+    };
     // The last round had events: poll before sleeping (`busy_poll`).
     let mut busy = false;
     // Replies posted to the flusher may already be durable: release them
@@ -338,6 +398,9 @@ fn event_loop<E: KvEngine>(
         } else {
             0
         };
+        if let Some(r) = reads.as_mut() {
+            r.submit()?;
+        }
         // Events found by polling busily; else the loop polls (and, with
         // nothing to carry, sleeps) as usual.
         let mut found = false;
@@ -367,14 +430,21 @@ fn event_loop<E: KvEngine>(
                         adopt(shared, me, &poll, &mut conns, &mut free, stream);
                     }
                 }
+                READS => {}
                 t => {
                     if let Some(c) = conns.get_mut(t.0).and_then(|c| c.as_mut()) {
                         c.short_read_drains =
                             ev.is_readable() && !ev.is_read_closed() && !ev.is_error();
+                        c.drained = false;
                     }
                     ready.push(t.0)
                 }
             }
+        }
+        // Connections whose pages are in run again.
+        if let Some(r) = reads.as_mut() {
+            r.reap(&shared.engine);
+            resume(&mut conns, &mut r.done, &mut ready);
         }
         // Replies now durable are released (or, if the log failed, their
         // connections closed unanswered).
@@ -414,10 +484,14 @@ fn event_loop<E: KvEngine>(
             // socket.
             let short_read_drains = std::mem::take(&mut c.short_read_drains);
             flush(shared, c);
-            if c.closing || c.ticket.is_some() {
+            if c.closing || c.ticket.is_some() || c.parked {
                 continue;
             }
-            if let Err(e) = read_and_run(shared, c, &mut chunk, short_read_drains) {
+            let mut served = Served {
+                conn: i,
+                reads: reads.as_mut(),
+            };
+            if let Err(e) = read_and_run(shared, c, &mut chunk, short_read_drains, &mut served) {
                 log::debug!("client {}: {e}", c.session.id());
                 c.closing = true;
                 c.output.clear();
@@ -431,6 +505,11 @@ fn event_loop<E: KvEngine>(
                 }
                 None => {}
             }
+        }
+        // Connections whose reads completed while the loop drained them
+        // run in the next round.
+        if let Some(r) = reads.as_mut() {
+            resume(&mut conns, &mut r.done, &mut carry);
         }
         if let Some(t) = post {
             if waiting.len() == 1 && ready.len() == 1 {
@@ -476,12 +555,34 @@ fn event_loop<E: KvEngine>(
             }
         }
     }
+    if let Some(r) = reads.as_mut() {
+        // No page may stay latched by a read nobody finishes.
+        r.drain(&shared.engine)?;
+    }
     for i in 0..conns.len() {
         if conns[i].is_some() {
             close(shared, me, &poll, &mut conns, &mut free, i);
         }
     }
     Ok(())
+}
+
+/// Makes the connections in `done` (their pages are in) run again, adding
+/// them to `to`.
+fn resume(conns: &mut [Option<Conn>], done: &mut Vec<usize>, to: &mut Vec<usize>) {
+    for i in done.drain(..) {
+        if let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) {
+            c.parked = false;
+            c.rerun = true;
+            to.push(i);
+        }
+    }
+}
+
+/// The connection being served and its loop's reads.
+struct Served<'a> {
+    conn: usize,
+    reads: Option<&'a mut Reads>,
 }
 
 /// Polls without sleeping until an event comes or `budget` has passed
@@ -577,33 +678,38 @@ fn adopt<E: KvEngine>(
         sent: 0,
         unread: false,
         short_read_drains: false,
+        drained: false,
         want_write: false,
         closing: false,
         stalled: false,
         ticket: None,
+        parked: false,
+        rerun: false,
+        retries: 0,
     });
 }
 
-/// Reads what the client sent (until the socket is empty, or
-/// back-pressure) and runs its complete requests.
-/// Reads what the socket holds (until it would block, or, if
-/// `short_read_drains`, until a read returns less than asked) and runs the
-/// requests read.
+/// Runs the requests left from before (if any), then reads what the socket
+/// holds (until it would block, or, if `short_read_drains`, until a read
+/// returns less than asked) and runs the requests read; stops reading
+/// while the connection waits for a page.
 fn read_and_run<E: KvEngine>(
     shared: &Shared<E>,
     c: &mut Conn,
     chunk: &mut [u8],
     short_read_drains: bool,
+    served: &mut Served<'_>,
 ) -> io::Result<()> {
     let limit = shared
         .config
         .client_query_buffer_limit
         .load(Ordering::Relaxed);
     c.unread = false;
-    if c.stalled {
-        run(shared, c);
+    if c.stalled || std::mem::take(&mut c.rerun) {
+        run(shared, c, served)?;
     }
-    loop {
+    // Parked: the rest stays in the socket until the page is in.
+    while !c.parked && !c.drained {
         if c.output.len() - c.sent >= OUTPUT_HIGH_WATER || c.input.len() > limit {
             // Back-pressure: leave the rest in the socket.
             c.unread = true;
@@ -620,12 +726,19 @@ fn read_and_run<E: KvEngine>(
                     .net_input_bytes
                     .fetch_add(n as u64, Ordering::Relaxed);
                 c.input.extend_from_slice(&chunk[..n]);
-                run(shared, c);
-                if c.closing || (short_read_drains && n < chunk.len()) {
+                run(shared, c, served)?;
+                if c.closing {
+                    break;
+                }
+                if short_read_drains && n < chunk.len() {
+                    c.drained = true;
                     break;
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                c.drained = true;
+                break;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -633,16 +746,59 @@ fn read_and_run<E: KvEngine>(
     Ok(())
 }
 
-fn run<E: KvEngine>(shared: &Shared<E>, c: &mut Conn) {
-    if c.sent > 0 && c.sent == c.output.len() {
-        c.output.clear();
-        c.sent = 0;
+/// Runs the complete requests in `c.input`. A lookup that needs a page
+/// not resident parks the connection on its read (the loop goes on with
+/// others); a request that must wait for the engine otherwise runs after
+/// the loop's reads in flight have completed (see [`reads`]).
+fn run<E: KvEngine>(shared: &Shared<E>, c: &mut Conn, served: &mut Served<'_>) -> io::Result<()> {
+    // The next request must run the waiting way (after a drain).
+    let mut wait = false;
+    loop {
+        if c.sent > 0 && c.sent == c.output.len() {
+            c.output.clear();
+            c.sent = 0;
+        }
+        let p = match served.reads.as_deref() {
+            Some(r) if !wait => {
+                c.session
+                    .process_async(shared, &c.input, &mut c.output, r.is_empty())
+            }
+            _ => c.session.process(shared, &c.input, &mut c.output),
+        };
+        c.input.drain(..p.consumed);
+        c.ticket = c.ticket.max(p.ticket);
+        c.closing |= p.close;
+        c.stalled = c.output.len() >= OUTPUT_HIGH_WATER;
+        if p.consumed > 0 || wait {
+            c.retries = 0;
+        }
+        let Some(reads) = served.reads.as_deref_mut() else {
+            return Ok(());
+        };
+        match p.blocked {
+            None => return Ok(()),
+            Some(Blocked::Read(page)) if c.retries < MAX_READ_RETRIES => {
+                c.retries += 1;
+                match reads.start(shared, page, served.conn)? {
+                    Started::Waiting => {
+                        c.parked = true;
+                        return Ok(());
+                    }
+                    Started::Resident => {}
+                    Started::MustWait => {
+                        reads.drain(&shared.engine)?;
+                        shared.stats.waiting_runs.fetch_add(1, Ordering::Relaxed);
+                        wait = true;
+                    }
+                }
+            }
+            Some(_) => {
+                reads.drain(&shared.engine)?;
+                shared.stats.waiting_runs.fetch_add(1, Ordering::Relaxed);
+                wait = true;
+            }
+        }
     }
-    let p = c.session.process(shared, &c.input, &mut c.output);
-    c.input.drain(..p.consumed);
-    c.ticket = c.ticket.max(p.ticket);
-    c.closing |= p.close;
-    c.stalled = c.output.len() >= OUTPUT_HIGH_WATER;
 }
 
 /// Sends what output is ready (not while it waits for durability).
