@@ -512,9 +512,11 @@ fn event_loop<E: KvEngine>(
             resume(&mut conns, &mut r.done, &mut carry);
         }
         if let Some(t) = post {
-            if waiting.len() == 1 && ready.len() == 1 {
+            let reading = reads.as_ref().is_some_and(|r| !r.is_empty());
+            if waiting.len() == 1 && ready.len() == 1 && !reading {
                 // One client and nothing else to do: waiting here costs
-                // less than the hand-off to the flusher and back.
+                // less than the hand-off to the flusher and back (not
+                // with reads in flight: see `reads`).
                 shared.stats.durable_waits.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = shared.engine.wait(t) {
                     log::error!("the log failed; no waiting reply will be sent: {e}");
