@@ -251,6 +251,7 @@ fn main() {
         }
         println!("{}", w.name());
         let (total0, ours0) = cpu_seconds();
+        let load0 = load.cpu_seconds();
         let wall0 = Instant::now();
         // runs[m][round]
         let mut runs: Vec<Vec<Summary>> = vec![Vec::new(); methods.len()];
@@ -286,11 +287,15 @@ fn main() {
             row(m.name(), s);
         }
         let (total1, ours1) = cpu_seconds();
-        let other = ((total1 - total0) - (ours1 - ours0)).max(0.0);
+        let busy = load.cpu_seconds() - load0;
+        let other = ((total1 - total0) - (ours1 - ours0) - busy).max(0.0);
+        let wall = wall0.elapsed().as_secs_f64();
         println!(
-            "  other processes used {:.2} of {} CPUs during these runs",
-            other / wall0.elapsed().as_secs_f64(),
-            std::thread::available_parallelism().map_or(0, |n| n.get())
+            "  other processes used {:.2} of {} CPUs during these runs (the background load \
+             {:.2})",
+            other / wall,
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            busy / wall
         );
         let at = |m: Method| methods.iter().position(|&x| x == m);
         for kind in [Method::QueuePair, Method::InlineQueuePair] {
