@@ -374,8 +374,9 @@ fn event_loop<E: KvEngine>(
     let mut waiting: Vec<usize> = Vec::new();
     let mut chunk = std::vec![0u8; READ_CHUNK];
     // Lookups read their pages without blocking the loop where io_uring
-    // is there; else they wait as every other command does.
-    let mut reads = if async_reads {
+    // is there; else they wait as every other command does. An engine
+    // whose reads never wait needs no ring.
+    let mut reads = if async_reads && shared.engine.reads_storage() {
         Reads::new(poll.registry(), READS)
             .inspect_err(|e| {
                 log::info!(

@@ -185,6 +185,10 @@ where
         }
     }
 
+    fn reads_storage(&self) -> bool {
+        true
+    }
+
     fn begin_read(&self, page: PageId) -> Result<BeginRead, EngineError> {
         self.store
             .engine()

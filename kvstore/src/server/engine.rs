@@ -152,6 +152,14 @@ pub trait KvEngine: Sync {
         self.get(key, out).map(Resident::Done)
     }
 
+    /// Whether lookups may need pages read from storage, so that a caller
+    /// serving many clients gains from [`get_resident`](Self::get_resident)
+    /// and [`begin_read`](Self::begin_read) (the B+tree engine); false
+    /// (the default) for an engine whose reads never wait.
+    fn reads_storage(&self) -> bool {
+        false
+    }
+
     /// Prepares reading page `page` in for the caller to carry out (see
     /// `BufferManager::begin_read`: while the read is pending the caller
     /// must not wait for anything else of the engine). The default:
