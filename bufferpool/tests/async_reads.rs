@@ -62,17 +62,25 @@ fn value(i: u64) -> Vec<u8> {
     vec![(i % 251) as u8; 100]
 }
 
+/// A tree of 3,000 keys in `pool` (16 frames: most of it on disk), every
+/// page written back and evicted.
+fn evicted_tree(pool: &VmCache<DirectDevice>) -> BTree<'_, VmCache<DirectDevice>> {
+    let tree = BTree::create(pool).unwrap();
+    for i in 0..3000 {
+        assert!(tree.insert(&key(i), &value(i)).unwrap());
+    }
+    pool.flush().unwrap();
+    pool.evict(16).unwrap();
+    tree
+}
+
 /// A tree larger than its pool, looked up without waiting: each lookup
 /// names the pages it misses, the test reads each in, and the lookup then
 /// finds exactly what the waiting lookup finds.
 #[test]
 fn lookups_through_resident_pages_name_each_page_they_miss() {
     let (_dir, pool) = pool(16);
-    let tree = BTree::create(&pool).unwrap();
-    for i in 0..3000 {
-        assert!(tree.insert(&key(i), &value(i)).unwrap());
-    }
-    pool.evict(16).unwrap();
+    let tree = evicted_tree(&pool);
     let reads_before = pool.stats().reads;
     let (mut missed, mut finished) = (0u64, 0u64);
     let mut out = Vec::new();
@@ -113,12 +121,7 @@ fn lookups_through_resident_pages_name_each_page_they_miss() {
 #[test]
 fn a_started_read_holds_its_page_until_it_is_finished() {
     let (_dir, pool) = pool(16);
-    let tree = BTree::create(&pool).unwrap();
-    for i in 0..3000 {
-        tree.insert(&key(i), &value(i)).unwrap();
-    }
-    pool.flush().unwrap();
-    pool.evict(16).unwrap();
+    let _tree = evicted_tree(&pool);
     let page = PageId(3);
     let BeginRead::Started(read) = pool.begin_read(page).unwrap() else {
         panic!("page 3 was evicted");
@@ -155,12 +158,7 @@ fn a_started_read_holds_its_page_until_it_is_finished() {
 #[test]
 fn a_failed_or_damaged_read_leaves_the_page_unread() {
     let (_dir, pool) = pool(16);
-    let tree = BTree::create(&pool).unwrap();
-    for i in 0..3000 {
-        tree.insert(&key(i), &value(i)).unwrap();
-    }
-    pool.flush().unwrap();
-    pool.evict(16).unwrap();
+    let tree = evicted_tree(&pool);
     let page = PageId(2);
     let reads = pool.stats().reads;
     let BeginRead::Started(read) = pool.begin_read(page).unwrap() else {
