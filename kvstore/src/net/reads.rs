@@ -201,7 +201,15 @@ impl Reads {
             match self.ring.submit_and_wait(want) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Their pages stay latched: say so loudly (the caller
+                    // closes the connection it was serving).
+                    log::error!(
+                        "waiting for {want} page reads in flight failed: {e}; their pages stay \
+                         latched"
+                    );
+                    return Err(e);
+                }
             }
             self.reap(engine);
         }
