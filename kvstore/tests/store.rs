@@ -6,7 +6,13 @@ use dbos_bufferpool::direct::DirectDevice;
 use dbos_bufferpool::host::env;
 use dbos_bufferpool::page::PAGE_HEADER;
 use dbos_bufferpool::pool::vmcache::VmCache;
-use dbos_bufferpool::{Config, Engine, Layout, PageId, PageWrite, PoolConfig};
+use dbos_bufferpool::pool::{BeginRead, PendingRead};
+use dbos_bufferpool::{BufferManager, Config, Engine, Layout, PageId, PageWrite, PoolConfig};
+use dbos_kvstore::net::wall_clock;
+use dbos_kvstore::server::btree::BtreeEngine;
+use dbos_kvstore::server::engine::{Ticket, Write};
+use dbos_kvstore::server::session::Blocked;
+use dbos_kvstore::server::{Config as ServerConfig, KvEngine, Session, Shared};
 use dbos_kvstore::{Error, Op, Store, FORMAT_VERSION};
 use dbos_nvme::host::BackingFile;
 use std::collections::BTreeMap;
@@ -592,4 +598,118 @@ fn every_acknowledged_write_survives_a_sigkill_of_the_binary() {
         total_acks > 100,
         "the kills came after some acknowledgements: {total_acks}"
     );
+}
+
+/// Runs `input` through `session.process_async(.., may_wait)` on `shared`,
+/// reading in (with `pread`, as the server's io_uring would) every page a
+/// lookup stops for; returns the output and the progress of the last call.
+fn process_reading(
+    shared: &Shared<BtreeEngine<DirectDevice, VmCache<DirectDevice>>>,
+    session: &mut Session,
+    input: &[u8],
+    may_wait: bool,
+) -> (Vec<u8>, usize, Option<Blocked>, u32) {
+    let (mut out, mut consumed, mut reads) = (Vec::new(), 0, 0);
+    loop {
+        let p = session.process_async(shared, &input[consumed..], &mut out, may_wait);
+        consumed += p.consumed;
+        let Some(Blocked::Read(page)) = p.blocked else {
+            return (out, consumed, p.blocked, reads);
+        };
+        if let BeginRead::Started(read) = shared.engine.begin_read(page).unwrap() {
+            let f = std::mem::ManuallyDrop::new(
+                // SAFETY: the descriptor is the store's open file, owned by
+                // its device; ManuallyDrop keeps this from closing it.
+                unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(read.fd) },
+            );
+            // SAFETY: `dest` is the page's LEN bytes (4 KiB aligned, as
+            // O_DIRECT needs), which nothing else writes while the read is
+            // pending; the slice lives for this statement only.
+            let dest = unsafe { std::slice::from_raw_parts_mut(read.dest(), PendingRead::LEN) };
+            use std::os::unix::fs::FileExt;
+            f.read_exact_at(dest, read.offset).unwrap();
+            shared.engine.finish_read(read, Ok(())).unwrap();
+            reads += 1;
+        }
+        assert!(reads < 64, "no progress");
+    }
+}
+
+/// The session of the server's event loops on a store larger than its
+/// pool: a GET that misses stops before it (nothing replied) and answers
+/// once its pages are in; while the caller may not wait, a write and an
+/// EXEC stop before they run, what only queues or touches no data runs,
+/// and every reply comes once, in order.
+#[test]
+fn a_session_stops_before_what_would_wait_and_resumes_where_it_stopped() {
+    let d = dir();
+    let engine = BtreeEngine::new(format(d.path()), wall_clock);
+    let mut ticket = Ticket(0);
+    for i in 0..2000u64 {
+        let v = vec![b'a' + (i % 26) as u8; 100];
+        let w = [Write::Put {
+            key: &key(i),
+            value: &v,
+            expires: None,
+        }];
+        ticket = engine.write(&w).unwrap();
+    }
+    engine.wait(ticket).unwrap();
+    let pool = engine.store().engine().pool();
+    pool.flush().unwrap();
+    pool.evict(FRAMES).unwrap();
+    let shared = Shared::new(engine, ServerConfig::default(), wall_clock);
+    let mut s = shared.session();
+    let get = |i: u64| {
+        let k = key(i);
+        let mut r = format!("*2\r\n$3\r\nGET\r\n${}\r\n", k.len()).into_bytes();
+        r.extend_from_slice(&k);
+        r.extend_from_slice(b"\r\n");
+        r
+    };
+    let ping = b"*1\r\n$4\r\nPING\r\n".to_vec();
+    let set = b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$1\r\n1\r\n".to_vec();
+    let getx = b"*2\r\n$3\r\nGET\r\n$1\r\nx\r\n".to_vec();
+    let bulk100 = |i: u64| {
+        let mut r = b"$100\r\n".to_vec();
+        r.extend(vec![b'a' + (i % 26) as u8; 100]);
+        r.extend_from_slice(b"\r\n");
+        r
+    };
+
+    // PING, then a GET that needs pages read in.
+    let input = [ping.clone(), get(1234)].concat();
+    let p = s.process_async(&shared, &input, &mut Vec::new(), true);
+    assert_eq!(p.consumed, ping.len());
+    assert!(matches!(p.blocked, Some(Blocked::Read(_))), "{p:?}");
+    let (out, consumed, blocked, reads) = process_reading(&shared, &mut s, &input, true);
+    assert_eq!(out, [b"+PONG\r\n".to_vec(), bulk100(1234)].concat());
+    assert_eq!((consumed, blocked), (input.len(), None));
+    assert!(reads >= 1);
+
+    // Reads in flight (may not wait): the GET answers, the SET stops
+    // before it; then with waiting allowed the rest runs.
+    let input = [get(1235), set.clone(), getx.clone()].concat();
+    let (out, consumed, blocked, _) = process_reading(&shared, &mut s, &input, false);
+    assert_eq!(out, bulk100(1235));
+    assert_eq!(
+        (consumed, blocked),
+        (get(1235).len(), Some(Blocked::Storage))
+    );
+    let (out, consumed, blocked, _) = process_reading(&shared, &mut s, &input[consumed..], true);
+    assert_eq!(out, b"+OK\r\n$1\r\n1\r\n".to_vec());
+    assert_eq!((consumed, blocked), (set.len() + getx.len(), None));
+
+    // Inside MULTI, commands only queue; EXEC waits.
+    let multi = b"*1\r\n$5\r\nMULTI\r\n".to_vec();
+    let exec = b"*1\r\n$4\r\nEXEC\r\n".to_vec();
+    let input = [multi.clone(), set.clone(), exec.clone()].concat();
+    let (out, consumed, blocked, _) = process_reading(&shared, &mut s, &input, false);
+    assert_eq!(out, b"+OK\r\n+QUEUED\r\n".to_vec());
+    assert_eq!(
+        (consumed, blocked),
+        (multi.len() + set.len(), Some(Blocked::Storage))
+    );
+    let (out, _, blocked, _) = process_reading(&shared, &mut s, &exec, true);
+    assert_eq!((out, blocked), (b"*1\r\n+OK\r\n".to_vec(), None));
 }
