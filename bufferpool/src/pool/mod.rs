@@ -548,6 +548,24 @@ pub trait Pool: BufferManager {
 
 impl<B: BufferManager + ?Sized> Pool for B {}
 
+/// What a read of page `id` into `img` came to: the device's error, or
+/// the page's check ([`page::verify`]) of the bytes read.
+pub(crate) fn read_outcome(
+    id: PageId,
+    result: Result<(), DeviceError>,
+    img: &[u8],
+) -> Result<(), PoolError> {
+    result.map_err(|error| PoolError::Device {
+        id,
+        kind: IoKind::Read,
+        error,
+    })?;
+    match page::verify(&img[..PAGE_SIZE], id) {
+        PageCheck::Valid => Ok(()),
+        check => Err(PoolError::Corrupt { id, check }),
+    }
+}
+
 /// Makes `page` what [`BufferManager::fix_overwrite_frame`] returns for page
 /// `id`: zeros, with `id` in the page header's id field (bytes 16..24, as
 /// [`page::seal`] writes it).
@@ -937,19 +955,10 @@ impl<D: BlockDevice> IoQueues<D> {
         self.with_queue(|q| {
             let lba = self.lba(id);
             let io = Io::read(lba, PAGE_BLOCKS as u32, q.bounce.io_buf().addr);
-            run_all(&mut q.dev, &[io], relax).map_err(|error| PoolError::Device {
-                id,
-                kind: IoKind::Read,
-                error,
-            })?;
             let img = &q.bounce.bytes()[..PAGE_SIZE];
-            match page::verify(img, id) {
-                PageCheck::Valid => {
-                    dest[..PAGE_SIZE].copy_from_slice(img);
-                    Ok(())
-                }
-                check => Err(PoolError::Corrupt { id, check }),
-            }
+            read_outcome(id, run_all(&mut q.dev, &[io], relax), img)?;
+            dest[..PAGE_SIZE].copy_from_slice(img);
+            Ok(())
         })
     }
 
@@ -969,15 +978,7 @@ impl<D: BlockDevice> IoQueues<D> {
         let relax = self.relax;
         self.with_queue(|q| {
             let io = Io::read(self.lba(id), PAGE_BLOCKS as u32, addr);
-            run_all(&mut q.dev, &[io], relax).map_err(|error| PoolError::Device {
-                id,
-                kind: IoKind::Read,
-                error,
-            })?;
-            match page::verify(&dest[..PAGE_SIZE], id) {
-                PageCheck::Valid => Ok(()),
-                check => Err(PoolError::Corrupt { id, check }),
-            }
+            read_outcome(id, run_all(&mut q.dev, &[io], relax), dest)
         })
     }
 

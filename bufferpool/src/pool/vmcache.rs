@@ -27,11 +27,10 @@
 use super::memory::{Mapping, ZeroedArray};
 use super::resident::{forward_to_core, Frames, Held, PoolCore};
 use super::{
-    overwritten, BeginRead, BufferManager, Counters, Frame, Latch, PendingRead, PoolError,
-    PoolStats,
+    overwritten, read_outcome, BeginRead, BufferManager, Counters, Frame, Latch, PendingRead,
+    PoolError, PoolStats,
 };
-use crate::device::{BlockDevice, DeviceError, IoKind};
-use crate::page::{self, PageCheck};
+use crate::device::{BlockDevice, DeviceError};
 use crate::{PageId, PAGE_SIZE};
 use latch_states::*;
 use std::vec::Vec;
@@ -121,11 +120,24 @@ impl<D: BlockDevice> VmCache<D> {
         let slot = self.take_slot(latch)?;
         // The window page is zero (never touched, or released with
         // DONTNEED); the read overwrites all of it.
-        if let Err(e) = self.core.io.read_page(id, self.page_mut(id)) {
-            // Leave the page zero for the next attempt.
+        let read = self.core.io.read_page(id, self.page_mut(id));
+        self.settle(id, slot, read)
+    }
+
+    /// Ends a read of page `id` (latched exclusively) into resident slot
+    /// `slot`: the page resident and counted, still latched; or, if
+    /// `outcome` is an error, the page zero again for the next attempt,
+    /// its slot free and its latch released as Evicted.
+    fn settle(
+        &self,
+        id: PageId,
+        slot: usize,
+        outcome: Result<(), PoolError>,
+    ) -> Result<(), PoolError> {
+        if let Err(e) = outcome {
             let _ = self.window.dontneed(id.0 as usize * PAGE_SIZE, PAGE_SIZE);
             self.core.slots.push_free(slot, 0);
-            latch.unlock_exclusive_evicted();
+            self.latches[id.0 as usize].unlock_exclusive_evicted();
             return Err(e);
         }
         self.core.slots.set(slot, id);
@@ -307,32 +319,10 @@ unsafe impl<D: BlockDevice> BufferManager for VmCache<D> {
                 errno: 0,
             });
         };
-        let latch = &self.latches[id.0 as usize];
-        let checked = result
-            .map_err(|error| PoolError::Device {
-                id,
-                kind: IoKind::Read,
-                error,
-            })
-            .and_then(|()| match page::verify(self.page_mut(id), id) {
-                PageCheck::Valid => Ok(()),
-                check => Err(PoolError::Corrupt { id, check }),
-            });
-        match checked {
-            Ok(()) => {
-                self.core.slots.set(slot, id);
-                Counters::add(&self.core.counters.reads, 1);
-                latch.unlock_exclusive();
-                Ok(())
-            }
-            Err(e) => {
-                // As a failed `load`: the page zero again, its slot free.
-                let _ = self.window.dontneed(id.0 as usize * PAGE_SIZE, PAGE_SIZE);
-                self.core.slots.push_free(slot, 0);
-                latch.unlock_exclusive_evicted();
-                Err(e)
-            }
-        }
+        let outcome = read_outcome(id, result, self.page_mut(id));
+        self.settle(id, slot, outcome)?;
+        self.latches[id.0 as usize].unlock_exclusive();
+        Ok(())
     }
 
     fn fix_overwrite_frame(&self, id: PageId) -> Result<Frame<'_>, PoolError> {
